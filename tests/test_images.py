@@ -1,0 +1,539 @@
+"""Input decoding: every pixel format to RGB uint8, and every bad input to a readable error."""
+
+from __future__ import annotations
+
+import io
+import os
+import pickle
+import struct
+import zlib
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image, ImageFile
+
+from kerascope import images
+from kerascope.images import (
+    IMAGE_SUFFIXES,
+    MAX_PIXELS,
+    ImageError,
+    as_rgb_array,
+    expand_inputs,
+    load_image,
+    resize,
+    to_rgb,
+)
+
+
+@pytest.fixture(scope="module")
+def chelsea() -> np.ndarray:
+    """A real photo (cat, 300x451) shipped with scikit-image."""
+    pytest.importorskip("skimage")
+    with Image.open(resources.files("skimage.data") / "chelsea.png") as img:
+        return np.array(img.convert("RGB"))
+
+
+@pytest.fixture
+def chelsea_jpeg(tmp_path: Path, chelsea: np.ndarray) -> Path:
+    path = tmp_path / "chelsea.jpg"
+    Image.fromarray(chelsea).save(path, quality=95)
+    return path
+
+
+def _save(tmp_path: Path, img: Image.Image, name: str, **kw) -> Path:
+    path = tmp_path / name
+    img.save(path, **kw)
+    return path
+
+
+def _png_chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
+# --- pixel formats -------------------------------------------------------------------------
+
+
+def test_rgb_photo_round_trips_exactly(tmp_path, chelsea):
+    out = load_image(_save(tmp_path, Image.fromarray(chelsea), "c.png"))
+    assert out.dtype == np.uint8 and out.shape == chelsea.shape and out.flags.writeable
+    np.testing.assert_array_equal(out, chelsea)
+
+
+def test_grayscale_becomes_three_equal_channels(tmp_path):
+    gray = np.arange(256, dtype=np.uint8).reshape(16, 16)
+    out = load_image(_save(tmp_path, Image.fromarray(gray, "L"), "g.png"))
+    assert out.shape == (16, 16, 3)
+    for c in range(3):
+        np.testing.assert_array_equal(out[..., c], gray)
+
+
+def test_one_bit_is_black_and_white(tmp_path):
+    img = Image.new("1", (4, 2), 0)
+    img.putpixel((1, 0), 1)
+    out = load_image(_save(tmp_path, img, "b.png"))
+    assert out[0, 1].tolist() == [255, 255, 255] and out[0, 0].tolist() == [0, 0, 0]
+
+
+@pytest.mark.parametrize("name", ["g16.png", "g16.tif", "g16.pgm"])
+def test_16bit_gray_is_scaled_not_clipped(tmp_path, name):
+    values = np.array([[0, 257, 32768, 65535]], dtype=np.uint16)
+    path = _save(tmp_path, Image.fromarray(values), name)
+    with Image.open(path) as img:  # PNG/TIFF give I;16, PGM gives I: both paths are exercised
+        assert img.mode in ("I;16", "I")
+    out = load_image(path)
+    assert out[0, :, 0].tolist() == [0, 1, 128, 255]
+    assert (out == out[..., :1]).all()
+
+
+def test_16bit_big_endian_mode():
+    values = np.array([[0, 32768, 65535]], dtype=">u2")
+    img = Image.frombytes("I;16B", (3, 1), values.tobytes())
+    assert np.asarray(to_rgb(img))[0, :, 1].tolist() == [0, 128, 255]
+
+
+def test_32bit_int_mode_with_8bit_values_is_not_darkened():
+    img = Image.fromarray(np.array([[0, 100, 255]], dtype=np.uint8)).convert("I")
+    assert np.asarray(to_rgb(img))[0, :, 0].tolist() == [0, 100, 255]
+
+
+@pytest.mark.parametrize(
+    ("values", "expected"),
+    [
+        ([0.0, 0.5, 1.0], [0, 128, 255]),
+        ([0.0, 100.0, 255.0], [0, 100, 255]),
+        ([-1, 0, 3], [0, 64, 255]),
+    ],
+)
+def test_float_tiff_is_scaled(tmp_path, values, expected):
+    path = _save(tmp_path, Image.fromarray(np.array([values], dtype=np.float32)), "f.tif")
+    assert load_image(path)[0, :, 2].tolist() == expected
+
+
+def test_rgba_transparent_pixels_become_white(tmp_path):
+    rgba = np.array(
+        [[[12, 34, 56, 0], [200, 100, 50, 255], [0, 0, 0, 128]]], dtype=np.uint8
+    )  # the transparent pixel holds garbage colour on purpose
+    out = load_image(_save(tmp_path, Image.fromarray(rgba, "RGBA"), "a.png"))
+    assert out[0, 0].tolist() == [255, 255, 255]
+    assert out[0, 1].tolist() == [200, 100, 50]
+    assert out[0, 2].tolist() == [127, 127, 127]
+
+
+def test_la_composited_on_white(tmp_path):
+    la = Image.merge("LA", [Image.new("L", (2, 1), 40), Image.frombytes("L", (2, 1), b"\x00\xff")])
+    out = load_image(_save(tmp_path, la, "la.png"))
+    assert out[0].tolist() == [[255, 255, 255], [40, 40, 40]]
+
+
+def test_rgb_png_with_trns_colour_is_white(tmp_path):
+    img = Image.fromarray(np.array([[[1, 2, 3], [9, 8, 7]]], dtype=np.uint8))
+    out = load_image(_save(tmp_path, img, "t.png", transparency=(1, 2, 3)))
+    assert out[0].tolist() == [[255, 255, 255], [9, 8, 7]]
+
+
+def test_premultiplied_la():
+    la = Image.new("La", (1, 1))
+    la.putpixel((0, 0), (40, 128))  # premultiplied grey 40 at alpha 128: 40 + (255 - 128)
+    assert np.asarray(to_rgb(la))[0, 0].tolist() == [167, 167, 167]
+
+
+def test_premultiplied_modes():
+    rgba = Image.fromarray(np.array([[[100, 50, 0, 255], [9, 9, 9, 0]]], dtype=np.uint8), "RGBA")
+    assert np.asarray(to_rgb(rgba.convert("RGBa")))[0].tolist() == [[100, 50, 0], [255] * 3]
+
+
+def test_palette_maps_to_palette_colours(tmp_path):
+    img = Image.new("P", (3, 1))
+    img.putpalette([255, 0, 0, 0, 255, 0, 0, 0, 255] + [0] * (253 * 3))
+    img.putdata([0, 1, 2])
+    for name in ("p.png", "p.gif", "p.bmp"):
+        out = load_image(_save(tmp_path, img, name))
+        assert out[0].tolist() == [[255, 0, 0], [0, 255, 0], [0, 0, 255]], name
+
+
+@pytest.mark.parametrize("name", ["t.png", "t.gif"])
+def test_palette_transparency_is_white(tmp_path, name):
+    img = Image.new("P", (2, 1))
+    img.putpalette([0, 0, 0, 10, 20, 30] + [0] * (254 * 3))
+    img.putdata([0, 1])
+    out = load_image(_save(tmp_path, img, name, transparency=0))
+    assert out[0].tolist() == [[255, 255, 255], [10, 20, 30]]
+
+
+def test_gray_png_with_trns_transparency_is_white(tmp_path):
+    img = Image.fromarray(np.array([[7, 200]], dtype=np.uint8), "L")
+    out = load_image(_save(tmp_path, img, "t.png", transparency=7))
+    assert out[0].tolist() == [[255, 255, 255], [200, 200, 200]]
+
+
+def test_cmyk_jpeg_close_to_rgb(tmp_path, chelsea):
+    path = _save(tmp_path, Image.fromarray(chelsea).convert("CMYK"), "cmyk.jpg", quality=95)
+    with Image.open(path) as img:
+        assert img.mode == "CMYK"
+    out = load_image(path)
+    assert out.shape == chelsea.shape
+    assert np.abs(out.astype(int) - chelsea).mean() < 4
+
+
+@pytest.mark.parametrize("mode", ["YCbCr", "HSV", "LAB"])
+def test_other_colour_spaces(chelsea, mode):
+    out = np.asarray(
+        to_rgb(Image.fromarray(chelsea).convert(mode) if mode != "LAB" else _lab(chelsea))
+    )
+    assert out.shape == chelsea.shape
+    assert np.abs(out.astype(int) - chelsea).mean() < 3
+
+
+def _lab(rgb: np.ndarray) -> Image.Image:
+    from PIL import ImageCms
+
+    srgb, lab = ImageCms.createProfile("sRGB"), ImageCms.createProfile("LAB")
+    return ImageCms.applyTransform(
+        Image.fromarray(rgb), ImageCms.buildTransform(srgb, lab, "RGB", "LAB")
+    )
+
+
+def test_multi_frame_uses_first_frame(tmp_path):
+    frames = [Image.new("RGB", (4, 4), c) for c in ((255, 0, 0), (0, 0, 255))]
+    for name in ("anim.gif", "multi.tif"):
+        path = tmp_path / name
+        frames[0].save(path, save_all=True, append_images=frames[1:])
+        assert load_image(path)[0, 0].tolist() == [255, 0, 0], name
+
+
+def test_exif_orientation_is_applied(tmp_path, chelsea):
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored sideways: display is the stored image rotated 90 degrees clockwise
+    path = _save(tmp_path, Image.fromarray(chelsea), "rot.jpg", quality=95, exif=exif)
+    with Image.open(path) as img:
+        stored = np.array(img.convert("RGB"))
+    out = load_image(path)
+    assert out.shape == (chelsea.shape[1], chelsea.shape[0], 3)
+    np.testing.assert_array_equal(out, np.rot90(stored, k=-1))
+    # and it is the upright cat, not some other rotation: compare against the original
+    assert np.abs(out.astype(int) - np.rot90(chelsea, k=-1)).mean() < 3
+
+
+def test_to_rgb_passes_rgb_through():
+    img = Image.new("RGB", (2, 2))
+    assert to_rgb(img) is img
+
+
+# --- errors ---------------------------------------------------------------------------------
+
+
+def _reason(path) -> str:
+    with pytest.raises(ImageError) as info:
+        load_image(path)
+    assert info.value.path == str(path)
+    assert str(info.value) == f"cannot read '{path}': {info.value.reason}"
+    return info.value.reason
+
+
+def test_image_error_format_and_pickle():
+    err = ImageError("a.jpg", "no such file")
+    assert str(err) == "cannot read 'a.jpg': no such file"
+    again = pickle.loads(pickle.dumps(err))
+    assert (again.path, again.reason) == ("a.jpg", "no such file")
+
+
+def test_missing_file(tmp_path):
+    assert _reason(tmp_path / "nope.jpg") == "no such file"
+
+
+def test_broken_symlink(tmp_path):
+    link = tmp_path / "link.jpg"
+    link.symlink_to(tmp_path / "gone.jpg")
+    assert "broken symbolic link" in _reason(link)
+
+
+def test_directory(tmp_path):
+    assert "directory" in _reason(tmp_path)
+
+
+def test_empty_file(tmp_path):
+    (tmp_path / "e.jpg").write_bytes(b"")
+    assert _reason(tmp_path / "e.jpg") == "empty file (0 bytes)"
+
+
+@pytest.mark.parametrize(
+    "content", [b"hello, this is text\n", os.urandom(4096), b"\xff\xd8\xff" + b"\x00" * 10]
+)
+def test_not_an_image(tmp_path, content):
+    (tmp_path / "x.jpg").write_bytes(content)
+    reason = _reason(tmp_path / "x.jpg")
+    assert "not an image file (unrecognised format)" in reason or "corrupt" in reason
+
+
+def test_text_file_named_jpg(tmp_path):
+    (tmp_path / "notes.jpg").write_text("not a picture")
+    assert _reason(tmp_path / "notes.jpg") == "not an image file (unrecognised format)"
+
+
+def test_heic_hint(tmp_path):
+    (tmp_path / "IMG_0001.HEIC").write_bytes(b"\x00\x00\x00\x18ftypheic" + b"\x00" * 64)
+    assert "pillow-heif" in _reason(tmp_path / "IMG_0001.HEIC")
+
+
+@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() == 0, reason="root reads anything")
+def test_permission_denied(tmp_path, chelsea_jpeg):
+    chelsea_jpeg.chmod(0)
+    try:
+        assert _reason(chelsea_jpeg) == "permission denied"
+    finally:
+        chelsea_jpeg.chmod(0o644)
+
+
+def test_permission_denied_simulated(monkeypatch, chelsea_jpeg):
+    def denied(path):
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(images.Image, "open", denied)  # root can read chmod 000 files
+    assert _reason(chelsea_jpeg) == "permission denied"
+
+
+@pytest.mark.parametrize("fmt", ["jpg", "png"])
+def test_truncated_file(tmp_path, chelsea, fmt):
+    assert not ImageFile.LOAD_TRUNCATED_IMAGES
+    buf = io.BytesIO()
+    Image.fromarray(chelsea).save(buf, "JPEG" if fmt == "jpg" else "PNG")
+    data = buf.getvalue()
+    path = tmp_path / f"half.{fmt}"
+    path.write_bytes(data[: len(data) // 2])
+    assert "truncated or corrupt image data" in _reason(path)
+
+
+def test_pixel_limit_from_env(tmp_path, monkeypatch):
+    path = _save(tmp_path, Image.new("RGB", (100, 50)), "small.png")
+    monkeypatch.setenv("KERASCOPE_MAX_PIXELS", "1000")
+    reason = _reason(path)
+    assert "100x50 = 5,000 pixels, over the 1,000 pixels limit" in reason
+    assert "KERASCOPE_MAX_PIXELS" in reason
+    monkeypatch.setenv("KERASCOPE_MAX_PIXELS", "5000")
+    assert load_image(path).shape == (50, 100, 3)
+    monkeypatch.setenv("KERASCOPE_MAX_PIXELS", "lots")
+    with pytest.raises(ValueError, match="KERASCOPE_MAX_PIXELS"):
+        load_image(path)
+
+
+def test_raised_limit_overrides_pillows_own_check(tmp_path, monkeypatch):
+    path = _save(tmp_path, Image.new("RGB", (100, 50)), "small.png")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # Pillow alone would refuse 5000 px
+    with pytest.raises(Image.DecompressionBombError):
+        Image.open(path)
+    monkeypatch.setenv("KERASCOPE_MAX_PIXELS", "1000000")
+    assert load_image(path).shape == (50, 100, 3)
+    assert Image.MAX_IMAGE_PIXELS == 1000  # restored
+
+
+def test_decompression_bomb_refused_before_decoding(tmp_path, monkeypatch):
+    # A genuine 20000x20000 1-bit PNG: 50 MB of zero rows that deflate to ~50 KB.
+    side, row = 20000, b"\x00" * (1 + 20000 // 8)
+    deflate = zlib.compressobj(9)
+    idat = b"".join(deflate.compress(row) for _ in range(side)) + deflate.flush()
+    ihdr = struct.pack(">IIBBBBB", side, side, 1, 0, 0, 0, 0)
+    path = tmp_path / "bomb.png"
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n"
+        + _png_chunk(b"IHDR", ihdr)
+        + _png_chunk(b"IDAT", idat)
+        + _png_chunk(b"IEND", b"")
+    )
+    assert path.stat().st_size < 200_000
+
+    def no_decode(self):
+        raise AssertionError("pixels were decoded")
+
+    monkeypatch.setattr(ImageFile.ImageFile, "load", no_decode)
+    monkeypatch.delenv("KERASCOPE_MAX_PIXELS", raising=False)
+    reason = _reason(path)
+    assert reason == (
+        "image is 20000x20000 = 400 MP, over the 179 MP limit "
+        "(set KERASCOPE_MAX_PIXELS to raise it)"
+    )
+    assert MAX_PIXELS == 178_956_970 == images.max_pixels()
+
+
+def test_zero_size_image(tmp_path, monkeypatch, chelsea_jpeg):
+    # Pillow's decoders refuse zero dimensions in headers; guard our own check anyway.
+    monkeypatch.setattr(images.Image, "open", lambda fp: Image.new("RGB", (0, 3)))
+    assert _reason(chelsea_jpeg) == "image has zero size (0x3)"
+
+
+def test_no_raw_exception_escapes_for_random_files(tmp_path, chelsea):
+    buf = io.BytesIO()
+    Image.fromarray(chelsea).save(buf, "PNG")
+    data = bytearray(buf.getvalue())
+    rng = np.random.default_rng(0)
+    for i in range(30):  # flip bytes all over a valid file: every outcome is an array or ImageError
+        bad = bytearray(data)
+        for pos in rng.integers(8, len(bad), size=5):
+            bad[pos] ^= 0xFF
+        path = tmp_path / f"fuzz{i}.png"
+        path.write_bytes(bytes(bad))
+        try:
+            assert load_image(path).shape == chelsea.shape
+        except ImageError:
+            pass
+
+
+# --- expand_inputs ----------------------------------------------------------------------------
+
+
+@pytest.fixture
+def tree(tmp_path: Path) -> Path:
+    root = tmp_path / "photos"
+    for rel in [
+        "b.jpg",
+        "a.png",
+        "notes.txt",
+        ".DS_Store",
+        ".hidden.jpg",
+        ".ipynb_checkpoints/x-checkpoint.png",
+        "sub/c.JPG",
+        "sub/d.txt",
+        "sub/.git/e.png",
+        "sub/deeper/f.webp",
+        "empty/.keep",
+    ]:
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_bytes(b"x")
+    return root
+
+
+def _rel(paths: list[str], root: Path) -> list[str]:
+    return [Path(p).relative_to(root).as_posix() for p in paths]
+
+
+def test_folder_recursive_sorted_hidden_ignored(tree):
+    found = expand_inputs([tree])
+    assert _rel(found.paths, tree) == ["a.png", "b.jpg", "sub/c.JPG", "sub/deeper/f.webp"]
+    assert _rel(found.skipped, tree) == ["notes.txt", "sub/d.txt"]
+    assert found.missing == []
+    assert all(isinstance(p, str) and p.startswith(str(tree)) for p in found.paths)
+
+
+def test_explicit_files_kept_whatever_the_suffix(tree):
+    found = expand_inputs([str(tree / "notes.txt"), tree / ".hidden.jpg"])
+    assert _rel(found.paths, tree) == ["notes.txt", ".hidden.jpg"]
+    assert found.skipped == []
+
+
+def test_globs(tree):
+    found = expand_inputs([str(tree / "**" / "*.png"), str(tree / "*")])
+    # ** does not descend into hidden folders; "*" expands the sub folders it matches
+    assert _rel(found.paths, tree) == ["a.png", "b.jpg", "sub/c.JPG", "sub/deeper/f.webp"]
+    assert _rel(found.skipped, tree) == ["notes.txt", "sub/d.txt"]
+
+
+def test_missing_inputs(tree):
+    missing = [str(tree / "nope.jpg"), str(tree / "*.gif"), ""]
+    found = expand_inputs([*missing, str(tree / "a.png"), str(tree / "nope.jpg")])
+    assert found.missing == missing
+    assert _rel(found.paths, tree) == ["a.png"]
+
+
+def test_order_preserved_and_duplicates_removed(tree, monkeypatch):
+    monkeypatch.chdir(tree.parent)
+    found = expand_inputs(
+        ["photos/sub", "photos/a.png", "./photos/a.png", "photos", tree / "b.jpg"]
+    )
+    assert found.paths == [
+        os.path.join("photos/sub", "c.JPG"),
+        os.path.join("photos/sub", "deeper", "f.webp"),
+        "photos/a.png",
+        os.path.join("photos", "b.jpg"),
+    ]
+    assert found.skipped == [
+        os.path.join("photos/sub", "d.txt"),
+        os.path.join("photos", "notes.txt"),
+    ]
+
+
+def test_suffixes_are_lower_case_with_dot():
+    assert {
+        ".jpg",
+        ".jpeg",
+        ".png",
+        ".bmp",
+        ".gif",
+        ".tif",
+        ".tiff",
+        ".webp",
+        ".jfif",
+    } <= IMAGE_SUFFIXES
+    assert all(s.startswith(".") and s == s.lower() for s in IMAGE_SUFFIXES)
+
+
+# --- as_rgb_array and resize ------------------------------------------------------------------
+
+
+def test_as_rgb_array_dtypes_and_shapes():
+    gray = np.array([[0, 128, 255]], dtype=np.uint8)
+    for shaped in (gray, gray[..., None]):
+        out = as_rgb_array(shaped)
+        assert out.shape == (1, 3, 3) and out.dtype == np.uint8
+        assert out[0, :, 2].tolist() == [0, 128, 255]
+    assert as_rgb_array(np.array([[0, 32768, 65535]], np.uint16))[0, :, 0].tolist() == [0, 128, 255]
+    assert as_rgb_array(np.array([[0.0, 0.5, 1.0]], np.float32))[0, :, 0].tolist() == [0, 128, 255]
+    assert as_rgb_array(np.array([[0.0, 3.0, 255.0]]))[0, :, 0].tolist() == [0, 3, 255]
+    assert as_rgb_array(np.array([[False, True]]))[0, :, 0].tolist() == [0, 255]
+    assert as_rgb_array(np.array([[0, 200]], np.int64))[0, :, 0].tolist() == [0, 200]
+    rgba = np.array([[[1, 2, 3, 0], [10, 20, 30, 255]]], np.uint8)
+    assert as_rgb_array(rgba)[0].tolist() == [[255, 255, 255], [10, 20, 30]]
+
+
+def test_as_rgb_array_does_not_copy_valid_input():
+    rgb = np.zeros((4, 5, 3), np.uint8)
+    assert np.shares_memory(as_rgb_array(rgb), rgb)
+
+
+@pytest.mark.parametrize(
+    ("array", "match"),
+    [
+        (np.zeros((3, 8, 8), np.uint8), "channels-first"),
+        (np.zeros((2, 8, 8, 3), np.uint8), "batch"),
+        (np.zeros((8, 8, 2), np.uint8), r"expected \(H, W\)"),
+        (np.zeros(8, np.uint8), r"expected \(H, W\)"),
+        (np.zeros((0, 8, 3), np.uint8), "no pixels"),
+        (np.full((2, 2), -0.5, np.float32), r"\[-1, 1\]"),
+        (np.full((2, 2), np.nan), "NaN"),
+        (np.full((2, 2), 300, np.int32), "0..255"),
+        (np.zeros((2, 2), complex), "dtype"),
+    ],
+)
+def test_as_rgb_array_rejects(array, match):
+    with pytest.raises(ValueError, match=match):
+        as_rgb_array(array)
+
+
+def test_resize_shape_order_and_filter(chelsea):
+    out = resize(chelsea, (100, 150))
+    assert out.shape == (100, 150, 3) and out.dtype == np.uint8
+    expected = Image.fromarray(chelsea).resize(
+        (150, 100), Image.Resampling.BILINEAR, reducing_gap=3.0
+    )
+    np.testing.assert_array_equal(out, np.asarray(expected))
+    assert (
+        np.abs(out.astype(int) - np.asarray(Image.fromarray(chelsea).resize((150, 100), 2))).mean()
+        < 1
+    )
+
+
+def test_resize_antialiases_and_upsamples():
+    stripes = np.zeros((64, 64, 3), np.uint8)
+    stripes[:, ::2] = 255  # one-pixel stripes: aliasing would give pure black or white
+    small = resize(stripes, (8, 8))
+    assert np.abs(small.astype(int) - 128).max() < 8
+    big = resize(np.full((2, 3), 77, np.uint8), (20, 30))
+    assert big.shape == (20, 30, 3) and (big == 77).all()
+
+
+def test_resize_same_size_copies_and_rejects_bad_sizes():
+    rgb = np.ones((4, 4, 3), np.uint8)
+    out = resize(rgb, (4, 4))
+    assert not np.shares_memory(out, rgb)
+    with pytest.raises(ValueError, match="positive"):
+        resize(rgb, (0, 4))
