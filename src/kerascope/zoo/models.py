@@ -82,7 +82,7 @@ def build(
 
 
 def _load_keras_app_weights(model, path: Path) -> None:
-    """Keras applications ship legacy .h5 files, matched to layers by name."""
+    """Keras applications ship legacy .h5 files (matched to layers in order; ours add none)."""
     model.load_weights(str(path), skip_mismatch=False)
 
 

@@ -71,12 +71,16 @@ def register(spec: ModelSpec) -> ModelSpec:
     return spec
 
 
+_builtin_loaded = False
+
+
 def _load_builtin() -> None:
-    if not _REGISTRY:
-        from kerascope.zoo import (
-            applications,  # noqa: F401
-            efficientnet_lite,  # noqa: F401  (they register)
-        )
+    """Import the modules that register the built-in specs, once, whatever was imported first."""
+    global _builtin_loaded
+    if not _builtin_loaded:
+        from kerascope.zoo import applications, efficientnet_lite  # noqa: F401  (they register)
+
+        _builtin_loaded = True
 
 
 class UnknownModelError(KeyError):

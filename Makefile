@@ -1,0 +1,48 @@
+# kerascope developer commands. `make demo` and `make test` work on a fresh clone (no network
+# beyond the package registry): they create .venv, install, and run.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip install -q --disable-pip-version-check
+PHOTOS := chelsea.png coffee.png astronaut.png rocket.jpg
+
+.PHONY: demo test test-fast lint bench install install-test clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) -U pip
+	$(PIP) -e '.[demo]'
+	touch $@
+
+$(VENV)/.installed-test: $(VENV)/.installed pyproject.toml
+	# torch==2.13.0 is the CPU wheel on this machine type; pinning it keeps pip from pulling CUDA.
+	$(PIP) -e '.[demo,test]'
+	# timm is only read for its ImageNet synset files (an independent class-index source);
+	# its torchvision dependency does not import beside torch 2.13, so it is installed bare.
+	$(PIP) --no-deps timm==1.0.31
+	touch $@
+
+install: $(VENV)/.installed
+install-test: $(VENV)/.installed-test
+
+demo: $(VENV)/.installed
+	@data=$$($(PY) -c 'import skimage, pathlib; print(pathlib.Path(skimage.__file__).parent / "data")'); \
+	$(VENV)/bin/kerascope classify $(addprefix $$data/,$(PHOTOS)) --top 3
+
+test: $(VENV)/.installed-test
+	$(VENV)/bin/ruff check src tests benchmarks
+	KERAS_BACKEND=jax $(PY) -m pytest -q
+	KERAS_BACKEND=torch $(PY) -m pytest -q -m backends
+
+test-fast: $(VENV)/.installed-test
+	KERAS_BACKEND=jax $(PY) -m pytest -q -m "not slow"
+
+lint: $(VENV)/.installed-test
+	$(VENV)/bin/ruff check src tests benchmarks
+	$(VENV)/bin/ruff format --check src tests benchmarks
+
+bench: $(VENV)/.installed-test
+	$(PY) benchmarks/classify_cpu.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info

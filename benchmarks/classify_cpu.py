@@ -1,0 +1,144 @@
+"""EfficientNet-Lite0 inference speed: kerascope beside its references, in one run.
+
+Prints images/second at batch 1 and 32 for
+  - kerascope (the engine `kerascope.classify` uses: onnx on CPU, from the Keras graph),
+  - kerascope with the Keras engine forced (jit-compiled Keras on the active backend),
+  - the reference PyTorch implementation (efficientnet-lite-pytorch, eager, no_grad),
+  - onnxruntime running the reference exported by torch.onnx,
+all on the same ported weights and the same uint8 batches; then the cold-start wall time of
+`kerascope classify` on one photo (a new process; weights already cached).
+
+    python benchmarks/classify_cpu.py [--repeats 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def images_per_second(fn, batch: np.ndarray, seconds: float, repeats: int) -> float:
+    """Best of ``repeats`` timed windows (after two warm-up calls): the least-noise estimate."""
+    fn(batch)
+    fn(batch)
+    best = 0.0
+    for _ in range(repeats):
+        count, start = 0, time.perf_counter()
+        while time.perf_counter() - start < seconds:
+            fn(batch)
+            count += len(batch)
+        best = max(best, count / (time.perf_counter() - start))
+    return best
+
+
+def reference_torch(weights: Path):
+    import torch
+    from efficientnet_lite_pytorch import EfficientNet
+
+    from kerascope.zoo.efficientnet_lite import INPUT_MEAN, INPUT_STD
+
+    net = EfficientNet.from_name("efficientnet-lite0")
+    net.load_state_dict(torch.load(weights, map_location="cpu"))
+    net.eval()
+
+    def run(x: np.ndarray) -> np.ndarray:
+        t = torch.from_numpy(x).permute(0, 3, 1, 2).float()
+        with torch.no_grad():
+            return net((t - INPUT_MEAN) / INPUT_STD).numpy()
+
+    return net, run
+
+
+def reference_onnx(net):
+    import onnxruntime as ort
+    import torch
+
+    from kerascope.zoo.efficientnet_lite import INPUT_MEAN, INPUT_STD
+
+    path = Path(tempfile.mkdtemp()) / "reference.onnx"
+    torch.onnx.export(
+        net,
+        torch.zeros(1, 3, 224, 224),
+        str(path),
+        input_names=["x"],
+        dynamic_axes={"x": {0: "batch"}},
+        dynamo=False,
+    )
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+
+    def run(x: np.ndarray) -> np.ndarray:
+        nchw = ((x.astype(np.float32) - INPUT_MEAN) / INPUT_STD).transpose(0, 3, 1, 2)
+        return session.run(None, {"x": np.ascontiguousarray(nchw)})[0]
+
+    return run
+
+
+def cold_start(photo: Path) -> float:
+    start = time.perf_counter()
+    subprocess.run(
+        [sys.executable, "-m", "kerascope", "classify", str(photo), "--top", "1"],
+        check=True,
+        capture_output=True,
+    )
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--seconds", type=float, default=4.0, help="length of one timed window")
+    args = parser.parse_args()
+
+    import skimage
+
+    import kerascope
+    from kerascope.engine import forward_fn, keras_forward
+    from kerascope.images import load_image, resize
+    from kerascope.zoo import registry
+    from kerascope.zoo.weights import package_file
+
+    photo = Path(skimage.__file__).parent / "data" / "chelsea.png"
+    clf = kerascope.load_model("efficientnet_lite0")
+    default = forward_fn(clf)
+    net, torch_run = reference_torch(package_file(registry.get("efficientnet_lite0")))
+    candidates = {
+        f"kerascope ({clf.extra['engine']} engine)": default,
+        f"kerascope (keras engine, {os.environ.get('KERAS_BACKEND')})": keras_forward(clf.model),
+        "reference PyTorch eager": torch_run,
+        "onnxruntime (reference via torch.onnx)": reference_onnx(net),
+    }
+    image = resize(load_image(photo), clf.input_size)
+    import torch
+
+    print(f"CPU threads: torch {torch.get_num_threads()}, os {os.cpu_count()}")
+    print(f"{'engine':<44}{'batch 1 img/s':>15}{'batch 32 img/s':>16}")
+    for name, fn in candidates.items():
+        speeds = [
+            images_per_second(fn, np.repeat(image[None], bs, 0), args.seconds, args.repeats)
+            for bs in (1, 32)
+        ]
+        print(f"{name:<44}{speeds[0]:>15.1f}{speeds[1]:>16.1f}", flush=True)
+
+    photos = [str(photo)] * 64
+    start = time.perf_counter()
+    kerascope.classify(photos, model=clf, batch_size=32)
+    print(
+        f"kerascope.classify end to end (decode+resize+infer, 64 files): "
+        f"{64 / (time.perf_counter() - start):.1f} img/s"
+    )
+    times = sorted(cold_start(photo) for _ in range(3))
+    print(
+        f"cold start `kerascope classify chelsea.png` (new process, cached weights): "
+        f"min {times[0]:.2f} s, median {times[1]:.2f} s"
+    )
+
+
+if __name__ == "__main__":
+    main()
