@@ -78,7 +78,8 @@ def _load_builtin() -> None:
     """Import the modules that register the built-in specs, once, whatever was imported first."""
     global _builtin_loaded
     if not _builtin_loaded:
-        from kerascope.zoo import applications, efficientnet_lite  # noqa: F401  (they register)
+        from kerascope.zoo import efficientnet_lite  # noqa: F401, I001  (default model first)
+        from kerascope.zoo import applications  # noqa: F401
 
         _builtin_loaded = True
 
