@@ -6,6 +6,7 @@ import contextlib
 import csv
 import io
 import json
+import os
 import sys
 from collections.abc import Iterator
 from dataclasses import asdict
@@ -75,6 +76,14 @@ def _rows(results: list[ImageResult]) -> Iterator[dict]:
             }
 
 
+def _short(path: str) -> str:
+    """Paths under the working directory are shown relative to it; others in full."""
+    try:
+        return os.path.relpath(path) if not os.path.relpath(path).startswith("..") else path
+    except ValueError:
+        return path
+
+
 def render(results: list[ImageResult], fmt: str) -> str:
     if fmt == "json":
         data = [
@@ -99,10 +108,10 @@ def render(results: list[ImageResult], fmt: str) -> str:
         table.add_column(col, justify=justify)
     for r in results:
         if not r.ok:
-            table.add_row(r.source, "", "", f"[red]error: {r.error}[/]", "")
+            table.add_row(_short(r.source), "", "", f"[red]error: {r.error}[/]", "")
             continue
         for p in r.predictions:
-            image = r.source if p.rank == 1 else ""
+            image = _short(r.source) if p.rank == 1 else ""
             table.add_row(image, str(p.rank), p.class_id, p.name, f"{p.probability:.4f}")
     buf = io.StringIO()
     Console(file=buf, width=120, force_terminal=False).print(table)
