@@ -8,6 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+os.environ.setdefault("KERAS_BACKEND", "jax")  # plain `import keras` would default to TF
+
 
 def pytest_configure(config):
     """A fresh weights cache per session: exercises the port from the installed .pth packages

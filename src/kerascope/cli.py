@@ -34,6 +34,24 @@ def _add_models(sub) -> None:
     p.set_defaults(func=_run_models)
 
 
+def _add_augment(sub) -> None:
+    p = sub.add_parser("augment", help="preview the training augmentation on one image")
+    p.add_argument("image", help="the picture to augment")
+    p.add_argument("-n", type=int, default=20, help="number of samples (default 20)")
+    p.add_argument("-o", "--output", default="preview", help="folder to write into")
+    p.add_argument("--seed", type=int, default=0)
+    for flag, default in (
+        ("rotation", 40.0),
+        ("width-shift", 0.2),
+        ("height-shift", 0.2),
+        ("shear", 0.2),
+        ("zoom", 0.2),
+    ):
+        p.add_argument(f"--{flag}", type=float, default=default)
+    p.add_argument("--no-flip", action="store_true", help="no horizontal flips")
+    p.set_defaults(func=_run_augment)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="kerascope",
@@ -43,6 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_classify(sub)
     _add_models(sub)
+    _add_augment(sub)
     return parser
 
 
@@ -72,6 +91,29 @@ def _run_classify(args) -> int:
     if failed:
         output.note(f"{len(failed)} of {len(results)} input(s) could not be classified")
         return 1
+    return 0
+
+
+def _run_augment(args) -> int:
+    from kerascope import output
+    from kerascope.data.augment import AugmentConfig, augment_preview
+    from kerascope.images import load_image
+
+    if args.n < 1:
+        raise CliError("-n must be at least 1")
+    load_image(args.image)  # a bad picture fails here with a one-line reason
+    config = AugmentConfig(
+        rotation=args.rotation,
+        width_shift=args.width_shift,
+        height_shift=args.height_shift,
+        shear=args.shear,
+        zoom=args.zoom,
+        horizontal_flip=not args.no_flip,
+    )
+    paths = augment_preview(
+        args.image, n=args.n, out_dir=args.output, config=config, seed=args.seed
+    )
+    output.note(f"wrote {len(paths) - 1} samples and {paths[-1]}")
     return 0
 
 

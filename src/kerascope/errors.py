@@ -5,9 +5,17 @@ from __future__ import annotations
 
 def user_errors() -> tuple[type[BaseException], ...]:
     """Error types whose message already tells the user what to do (no traceback needed)."""
+    from kerascope.data.folders import DatasetError
     from kerascope.images import ImageError
     from kerascope.zoo.models import ModelFileError
     from kerascope.zoo.registry import UnknownModelError
     from kerascope.zoo.weights import WeightsError
 
-    return (ImageError, ModelFileError, UnknownModelError, WeightsError, FileNotFoundError)
+    return (
+        DatasetError,
+        ImageError,
+        ModelFileError,
+        UnknownModelError,
+        WeightsError,
+        FileNotFoundError,
+    )
