@@ -52,6 +52,35 @@ def _add_augment(sub) -> None:
     p.set_defaults(func=_run_augment)
 
 
+def _add_explain_args(p) -> None:
+    p.add_argument("--model", "-m", default="efficientnet_lite0", help="zoo name or .keras file")
+    p.add_argument("--method", choices=("cam", "gradcam", "gradcam++"), default="gradcam")
+    p.add_argument("--class", dest="target", help="class to explain: name, WordNet id or index")
+    p.add_argument("--layer", help="layer to explain (default: found automatically)")
+    p.add_argument("--alpha", type=float, default=0.4, help="heatmap opacity at its peak")
+    p.add_argument("--colormap", default="jet")
+    p.add_argument("--batch-size", "-b", type=int, default=16)
+
+
+def _add_explain(sub) -> None:
+    p = sub.add_parser("explain", help="class-activation heatmaps, saved beside the original")
+    p.add_argument("paths", nargs="+", help="image files, folders (recursive) or globs")
+    _add_explain_args(p)
+    p.add_argument("-o", "--output", default=".", help="folder for <name>-output.jpg files")
+    p.set_defaults(func=_run_explain)
+
+
+def _add_video(sub) -> None:
+    p = sub.add_parser("video", help="heatmaps for every frame of a video, into a new video")
+    p.add_argument("input", help="any common video file")
+    p.add_argument("-o", "--output", help="output .mp4 (default: <input>-output.mp4)")
+    _add_explain_args(p)
+    p.add_argument("--every", type=int, default=1, help="fresh heatmap every N frames")
+    p.add_argument("--layout", choices=("side", "overlay"), default="side")
+    p.add_argument("--frames-dir", help="also write every output frame as a JPEG here")
+    p.set_defaults(func=_run_video)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="kerascope",
@@ -62,6 +91,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_classify(sub)
     _add_models(sub)
     _add_augment(sub)
+    _add_explain(sub)
+    _add_video(sub)
     return parser
 
 
@@ -91,6 +122,97 @@ def _run_classify(args) -> int:
     if failed:
         output.note(f"{len(failed)} of {len(results)} input(s) could not be classified")
         return 1
+    return 0
+
+
+def _target(clf, query: str | None) -> int | None:
+    """--class as an output index; an unknown class is a one-line error."""
+    from kerascope.explain import resolve_target
+
+    if query is None:
+        return None
+    try:
+        return resolve_target(clf, query)
+    except ValueError as exc:
+        raise CliError(str(exc)) from None
+
+
+def _run_explain(args) -> int:
+    from pathlib import Path
+
+    from kerascope import output
+    from kerascope.cam.overlay import overlay, save_jpeg, side_by_side
+    from kerascope.explain import _cached_explainer, explain
+    from kerascope.images import load_image
+    from kerascope.predict import normalise_inputs
+    from kerascope.zoo.models import load_model
+
+    sources, skipped, missing = normalise_inputs(args.paths)
+    if skipped:
+        output.note(f"skipped {len(skipped)} non-image file(s): {', '.join(skipped[:5])}")
+    if not sources and not missing:
+        raise CliError("no images found in " + " ".join(args.paths))
+    clf = load_model(args.model)
+    _cached_explainer(clf, args.method, args.layer)  # a bad --layer fails before any work
+    target = _target(clf, args.target)
+    out_dir = Path(args.output)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rows = [(m, None, "no such file, folder or matching glob") for m in missing]
+    with output.progress_bar(len(sources), "explaining", min_total=16) as advance:
+        for start in range(0, len(sources), args.batch_size):
+            chunk = sources[start : start + args.batch_size]
+            found = explain(chunk, clf, args.method, target, args.layer, args.batch_size)
+            for e in found if isinstance(found, list) else [found]:
+                if not e.ok:
+                    rows.append((e.source, None, e.error))
+                    continue
+                image = load_image(e.source)
+                label = f"{e.class_name.replace('_', ' ')} {e.probability:.1%} ({args.method})"
+                picture = side_by_side(
+                    image, overlay(image, e.heatmap, args.alpha, args.colormap), label
+                )
+                path = out_dir / f"{Path(e.source).stem}-output.jpg"
+                save_jpeg(picture, path)
+                rows.append((e.source, e, str(path)))
+            advance(len(chunk))
+    output.print_explanations(rows)
+    failed = sum(1 for _, e, _ in rows if e is None)
+    if failed:
+        output.note(f"{failed} of {len(rows)} input(s) could not be explained")
+    return 1 if failed else 0
+
+
+def _run_video(args) -> int:
+    from kerascope import output
+    from kerascope.video import estimate_frames, explain_video
+    from kerascope.zoo.models import load_model
+
+    if args.every < 1:
+        raise CliError("--every must be at least 1")
+    total = estimate_frames(args.input)
+    clf = load_model(args.model)
+    target = _target(clf, args.target)
+    with output.progress_bar(total, "video frames", min_total=1) as advance:
+        report = explain_video(
+            args.input,
+            args.output,
+            clf=clf,
+            method=args.method,
+            target=target,
+            every=args.every,
+            layout=args.layout,
+            frames_dir=args.frames_dir,
+            batch_size=args.batch_size,
+            alpha=args.alpha,
+            colormap=args.colormap,
+            progress=advance,
+            layer=args.layer,
+        )
+    audio = "audio kept" if report.audio_kept else "no audio"
+    output.note(
+        f"wrote {report.output}: {report.frames} frames, {float(report.fps):.2f} fps, "
+        f"{report.size[0]}x{report.size[1]}, {audio} ({report.frames_per_second:.1f} frames/s)"
+    )
     return 0
 
 

@@ -5,13 +5,18 @@ from __future__ import annotations
 
 def user_errors() -> tuple[type[BaseException], ...]:
     """Error types whose message already tells the user what to do (no traceback needed)."""
+    from kerascope.cam.base import LayerError, MethodError
     from kerascope.data.folders import DatasetError
     from kerascope.images import ImageError
+    from kerascope.video import VideoError
     from kerascope.zoo.models import ModelFileError
     from kerascope.zoo.registry import UnknownModelError
     from kerascope.zoo.weights import WeightsError
 
     return (
+        LayerError,
+        MethodError,
+        VideoError,
         DatasetError,
         ImageError,
         ModelFileError,

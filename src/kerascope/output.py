@@ -183,3 +183,17 @@ def print_spec(name: str, fmt: str = "table") -> None:
         elif value not in (None, "", (), {}):
             table.add_row(key, str(value))
     Console(width=120).print(table)
+
+
+def print_explanations(rows: list) -> None:
+    """One line per input: the class explained and the picture written, or the error."""
+    table = Table()
+    table.add_column("image", overflow="fold")
+    for col in ("class", "probability", "written to"):
+        table.add_column(col, overflow="fold")
+    for source, e, info in rows:
+        if e is None:
+            table.add_row(_short(source), f"[red]error: {info}[/]", "", "")
+        else:
+            table.add_row(_short(source), e.class_name, f"{e.probability:.4f}", _short(info))
+    Console(width=120).print(table)

@@ -1,0 +1,391 @@
+"""What every class-activation method shares: the target layer, the class score and its gradient.
+
+A method only says how it weights the target layer's channels (``channel_weights``); the base
+runs the forward pass, gets the gradients, applies the weights, the ReLU and the normalisation
+(the split of pytorch-grad-cam's ``BaseCAM``).
+
+Two ways to get the gradient of the class score ``y_c`` (the pre-softmax logit) with respect to
+the activations ``A`` of the target layer:
+
+* **analytic**: when ``A`` reaches the logits only through GlobalAveragePooling2D -> (Dropout)
+  -> Dense, ``y_c = b_c + sum_k W[k, c] * mean_ij A[i, j, k]``, so
+  ``dy_c / dA[i, j, k] = W[k, c] / (h * w)`` at every position. One forward pass to ``A`` is
+  enough (run by the fast inference engine: onnxruntime on CPU), the rest is a matrix product.
+* **autodiff**: any other graph (a ``layer=`` inside a block, Flatten or LayerNorm heads) goes
+  through ``gradients.py``: d y_c / d delta at delta = 0, with ``delta`` added to ``A`` in a
+  rebuilt graph, so skip connections around the layer and nested models need no hooks.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from kerascope.zoo.models import Classifier
+
+# Final activations that leave a per-class score (the logit) separable from the output.
+_SEPARABLE = ("softmax", "sigmoid", "linear")
+_PASS_THROUGH = ("Dropout", "SpatialDropout2D", "GaussianDropout", "GaussianNoise", "Identity")
+
+
+class LayerError(ValueError):
+    """A target layer that does not exist or cannot carry a heatmap; names the candidates."""
+
+
+class MethodError(ValueError):
+    """A method that cannot explain this model (e.g. CAM without a GAP + Dense head)."""
+
+
+def _functional(op: Any) -> Any:
+    import keras
+
+    if isinstance(op, keras.Sequential):
+        return getattr(op, "_functional", None)
+    return op if hasattr(op, "_nodes_by_depth") else None
+
+
+def _nodes(fn: Any) -> Iterator[Any]:
+    """Nodes of a functional graph in execution order (deepest first, as Keras runs them)."""
+    for depth in sorted(fn._nodes_by_depth, reverse=True):
+        for node in fn._nodes_by_depth[depth]:
+            if node.operation is not None and not node.is_input:
+                yield node
+
+
+def _walk(model: Any) -> Iterator[tuple[Any, tuple]]:
+    """(operation, output shape) of every call in ``model``, nested models expanded in place."""
+    fn = _functional(model)
+    if fn is None:
+        raise LayerError(
+            f"model '{model.name}' is subclassed; heatmaps need a functional or Sequential model"
+        )
+    for node in _nodes(fn):
+        if _functional(node.operation) is not None:
+            yield from _walk(node.operation)
+        if len(node.outputs) == 1:
+            yield node.operation, tuple(node.outputs[0].shape)
+
+
+def candidate_layers(model: Any) -> list[str]:
+    """Names of the layers with a 4-D (batch, height, width, channels) output, last first."""
+    names = [op.name for op, shape in _walk(model) if len(shape) == 4]
+    return list(dict.fromkeys(reversed(names)))
+
+
+def find_layer(model: Any, name: str | None = None) -> Any:
+    """The layer whose activations are explained: ``name``, or the last spatial 4-D layer.
+
+    "Last" is in execution order over the whole graph, inside nested models (a layer of the
+    base rather than the base itself), preferring maps bigger than 1x1 (a 1x1 map cannot say
+    where; inception at 75 px ends at 1x1). A nested model can still be named explicitly.
+    """
+    calls = list(_walk(model))
+    spatial = [(op, s) for op, s in calls if len(s) == 4]
+    if name is None:
+        if not spatial:
+            raise LayerError(f"model '{model.name}' has no layer with a 4-D spatial output")
+        plain = [(op, s) for op, s in spatial if _functional(op) is None] or spatial
+        wide = [op for op, s in plain if (s[1] or 2) * (s[2] or 2) > 1]
+        return (wide or [op for op, _ in plain])[-1]
+    found = [(op, s) for op, s in calls if op.name == name]
+    if found and len(found[-1][1]) == 4:
+        return found[-1][0]
+    listed = candidate_layers(model)
+    if found:
+        reason = f"layer '{name}' has output shape {found[-1][1]}, not (batch, h, w, channels)"
+    else:
+        close = difflib.get_close_matches(name, listed, n=3)
+        hint = f" (did you mean {', '.join(close)}?)" if close else ""
+        reason = f"model '{model.name}' has no layer '{name}'{hint}"
+    more = f", ... ({len(listed)} in all)" if len(listed) > 8 else ""
+    raise LayerError(
+        f"{reason}; layers that can carry a heatmap, last first: {', '.join(listed[:8])}{more}"
+    )
+
+
+def rebuild(model: Any, target: Any, delta: Any = None) -> tuple[list, Any, Any]:
+    """Call ``model``'s layers again on fresh inputs, nested models inlined, so that the
+    target layer's output becomes reachable from the outer input (and, with ``delta``, is
+    replaced by ``output + delta``). Layers and weights are shared; the model is not changed.
+
+    Returns:
+        (new inputs, the target's output tensor, the model's first output tensor).
+    """
+    import keras
+
+    fn = _functional(model)
+    inputs = [keras.Input(shape=tuple(t.shape[1:]), name=t.name) for t in fn.inputs]
+    found: list = []
+
+    def replay(fn: Any, values_in: list) -> list:
+        values = {id(t): v for t, v in zip(fn.inputs, values_in, strict=True)}
+        for node in _nodes(fn):
+            op = node.operation
+            if any(id(t) not in values for t in node.input_tensors):
+                continue
+            args, kwargs = node.arguments.fill_in(values)
+            inner = _functional(op)
+            if inner is not None and op is not target:
+                outs = replay(inner, [a for a in keras.tree.flatten(args) if a is not None])
+            else:
+                outs = keras.tree.flatten(op(*args, **kwargs))
+            if op is target and not found:
+                found.append(outs[0])
+                if delta is not None:
+                    outs = [keras.layers.Add(name="kerascope_cam_delta")([outs[0], delta])]
+            for t, v in zip(node.outputs, outs, strict=True):
+                values[id(t)] = v
+        return [values[id(t)] for t in fn.outputs]
+
+    outputs = replay(fn, inputs)
+    if not found:
+        raise LayerError(f"the prediction of '{model.name}' does not depend on '{target.name}'")
+    return inputs, found[0], outputs[0]
+
+
+def _producer(tensor: Any) -> tuple[Any, Any]:
+    op, node_index, _ = tensor._keras_history
+    return op, op._inbound_nodes[node_index]
+
+
+def _activation_name(op: Any) -> str | None:
+    import keras
+
+    if isinstance(op, keras.layers.Softmax):
+        return "softmax"
+    fn = getattr(op, "activation", None)
+    return getattr(fn, "__name__", None) if isinstance(op, keras.layers.Activation) else None
+
+
+@dataclass
+class Head:
+    """How the class score is read off the graph, and the Dense weights when it is analytic.
+
+    ``kind``: ``dense`` (score = ``h @ kernel + bias``: a Dense with its softmax built in),
+    ``logits`` (``h`` is the logits, a separate softmax follows) or ``output`` (no separable
+    activation: the score is the output itself).
+    """
+
+    score_input: Any  # the tensor h the score is computed from
+    kind: str
+    activation: str = "linear"
+    kernel: np.ndarray | None = None  # (K, classes), set for kind "dense" and analytic heads
+    bias: np.ndarray | None = None
+    analytic: bool = False  # features -> GAP -> (Dropout) -> Dense: gradient in closed form
+
+
+def analyse_head(features: Any, output: Any) -> Head:
+    """Walk back from the output to find the logits and whether the head is GAP + Dense."""
+    import keras
+
+    op, node = _producer(output)
+    act = _activation_name(op)
+    dense = None
+    if act in _SEPARABLE:
+        head = Head(node.input_tensors[0], "logits", act)
+        op, node = _producer(head.score_input)
+        if isinstance(op, keras.layers.Dense) and op.activation.__name__ == "linear":
+            dense = op
+    elif isinstance(op, keras.layers.Dense) and op.activation.__name__ in _SEPARABLE:
+        dense = op
+        head = Head(node.input_tensors[0], "dense", op.activation.__name__)
+    else:
+        return Head(output, "output")
+    if dense is None:
+        return head
+    head.kernel = keras.ops.convert_to_numpy(dense.kernel).astype(np.float32)
+    bias = dense.bias if dense.use_bias else np.zeros(dense.units)
+    head.bias = keras.ops.convert_to_numpy(bias).astype(np.float32)
+    t = node.input_tensors[0]
+    op, node = _producer(t)
+    while type(op).__name__ in _PASS_THROUGH:
+        t = node.input_tensors[0]
+        op, node = _producer(t)
+    head.analytic = (
+        isinstance(op, keras.layers.GlobalAveragePooling2D)
+        and not op.keepdims
+        and op.data_format == "channels_last"
+        and node.input_tensors[0] is features
+    )
+    return head
+
+
+def _activate(logits: np.ndarray, activation: str) -> np.ndarray:
+    if activation == "softmax":
+        e = np.exp(logits - logits.max(-1, keepdims=True))
+        return e / e.sum(-1, keepdims=True)
+    if activation == "sigmoid":
+        return 1.0 / (1.0 + np.exp(-logits))
+    return logits
+
+
+class Probe:
+    """The target layer of one model and the two ways to reach its gradient, built once.
+
+    Cached per (model, layer) on ``Classifier.extra``, so every method and every call reuses
+    the same inference session and the same compiled gradient function (no retracing).
+    """
+
+    def __init__(self, model: Any, target: Any):
+        import keras
+
+        self.model, self.target, self.layer = model, target, target.name
+        inputs, features, output = rebuild(model, target)
+        self.head = analyse_head(features, output)
+        self.feature_shape = tuple(features.shape[1:])
+        self._features_model = keras.Model(inputs[0], features, name=f"{model.name}_features")
+        self._forward = self._gradients = None
+
+    def features(self, pixels: np.ndarray) -> np.ndarray:
+        """Target-layer activations from the inference engine (onnxruntime on CPU)."""
+        if self._forward is None:
+            from kerascope import engine
+
+            fm = self._features_model
+            clf = Classifier(model=fm, name=fm.name, input_size=(0, 0), labels=[])
+            kind = engine.choose_engine(clf)
+            self.engine = kind
+            self._forward = engine.onnx_forward(fm) if kind == "onnx" else engine.keras_forward(fm)
+        return np.asarray(self._forward(pixels), dtype=np.float32)
+
+    def analytic(self, pixels: np.ndarray, targets: np.ndarray) -> tuple:
+        """Features and the closed-form gradient ``W[k, c] / (h * w)`` (module docstring)."""
+        a = self.features(pixels)
+        logits = a.mean(axis=(1, 2)) @ self.head.kernel + self.head.bias
+        probs = _activate(logits, self.head.activation)
+        classes = np.where(targets < 0, logits.argmax(-1), targets)
+        g = self.head.kernel[:, classes].T / (a.shape[1] * a.shape[2])
+        grads = np.broadcast_to(g[:, None, None, :], a.shape)  # a view: no copy per position
+        return a, grads, classes, probs[np.arange(len(a)), classes]
+
+    def autodiff(self, pixels: np.ndarray, targets: np.ndarray) -> tuple:
+        """Features and gradients by automatic differentiation on the active backend."""
+        if self._gradients is None:
+            self._gradients = self._gradient_fn()
+        return self._gradients(pixels, targets)
+
+    def traces(self) -> int:
+        """How many times the gradient function was compiled (0 before the first call)."""
+        return self._gradients.traces() if self._gradients is not None else 0
+
+    def _gradient_fn(self):
+        import keras
+
+        from kerascope.cam.gradients import gradient_fn
+
+        delta = keras.Input(shape=self.feature_shape, name="kerascope_cam_delta_input")
+        inputs, features, output = rebuild(self.model, self.target, delta)
+        h = analyse_head(features, output).score_input  # same structure, the rebuilt tensor
+        probe = keras.Model([*inputs, delta], [features, h], name=f"{self.model.name}_probe")
+        head, ops = self.head, keras.ops
+        kernel = bias = None  # backend tensors: torch would hand NumPy operands to NumPy
+        if head.kind == "dense":
+            kernel, bias = ops.convert_to_tensor(head.kernel), ops.convert_to_tensor(head.bias)
+
+        def score(h):
+            logits = ops.add(ops.matmul(h, kernel), bias) if head.kind == "dense" else h
+            if head.kind == "output" or head.activation == "linear":
+                return logits, logits
+            fn = ops.softmax if head.activation == "softmax" else ops.sigmoid
+            return logits, fn(logits)
+
+        return gradient_fn(probe, score)
+
+
+def as_classifier(clf: Classifier | Any) -> Classifier:
+    """Accept a bare Keras model too (labels ``class_i``, input size from its input shape)."""
+    if isinstance(clf, Classifier):
+        return clf
+    shape = clf.input_shape[0] if isinstance(clf.input_shape, list) else clf.input_shape
+    labels = [(str(i), f"class_{i}") for i in range(int(clf.output_shape[-1]))]
+    return Classifier(model=clf, name=clf.name, input_size=(shape[1], shape[2]), labels=labels)
+
+
+def get_probe(clf: Classifier, layer: str | None) -> Probe:
+    """The cached probe for ``layer`` (``None``: the zoo's ``cam_layer``, else auto-detected)."""
+    model = clf.model
+    if len(model.inputs) != 1:
+        raise LayerError(f"model '{model.name}' has {len(model.inputs)} inputs; explain needs 1")
+    if layer is None and clf.cam_layer and clf.cam_layer in candidate_layers(model):
+        layer = clf.cam_layer
+    target = find_layer(model, layer)
+    probes = clf.extra.setdefault("cam_probes", {})
+    if target.name not in probes:
+        probes[target.name] = Probe(model, target)
+    return probes[target.name]
+
+
+class BaseCAM:
+    """Forward, gradients, channel weights, ReLU, normalisation; subclasses weight channels.
+
+    Args:
+        clf: a `Classifier` (or a bare Keras model).
+        layer: target layer name; default the zoo's ``cam_layer``, else the last spatial layer.
+        analytic: ``None`` picks the closed-form gradient when the head allows it; ``False``
+            forces automatic differentiation (for checks); ``True`` insists on closed form.
+    """
+
+    name = "base"
+    needs_dense_head = False  # CAM reads the Dense weights, so it needs GAP + Dense
+
+    def __init__(self, clf: Classifier | Any, layer: str | None = None, analytic=None):
+        self.clf = as_classifier(clf)
+        self.probe = get_probe(self.clf, layer)
+        self.layer = self.probe.layer
+        possible = self.probe.head.analytic
+        if (analytic or self.needs_dense_head) and not possible:
+            raise MethodError(
+                f"{self.name} needs layer '{self.layer}' to feed GlobalAveragePooling2D -> "
+                f"Dense directly, which '{self.clf.model.name}' does not; use gradcam"
+            )
+        self.analytic = possible if analytic is None else bool(analytic)
+
+    def channel_weights(self, features: np.ndarray, grads: np.ndarray, classes: np.ndarray):
+        """(N, K) weight of each channel of ``features`` (N, h, w, K) for the class."""
+        raise NotImplementedError
+
+    def raw_maps(self, pixels: np.ndarray, targets: np.ndarray) -> tuple:
+        """ReLU(sum_k w_k A^k) before normalisation (Selvaraju et al. 2017, Eq. 2)."""
+        run = self.probe.analytic if self.analytic else self.probe.autodiff
+        features, grads, classes, probs = run(pixels, targets)
+        weights = self.channel_weights(features, grads, classes).astype(np.float32)
+        maps = np.maximum(np.einsum("nhwk,nk->nhw", features, weights), 0.0)
+        return maps, classes.astype(np.int64), probs.astype(np.float32)
+
+    def explain_batch(self, pixels: np.ndarray, targets=None) -> tuple:
+        """Heatmaps at feature resolution for a batch at ``clf.input_size``.
+
+        Args:
+            pixels: (N, h, w, 3) uint8 RGB at the classifier's input size.
+            targets: ``None`` (top-1 of each image), one class index for all, or one each.
+
+        Returns:
+            (maps (N, fh, fw) float32 in [0, 1], class indices (N,), probabilities (N,)).
+        """
+        pixels = np.asarray(pixels)
+        expected = (*self.clf.input_size, 3)
+        if pixels.ndim != 4 or tuple(pixels.shape[1:]) != expected:
+            raise ValueError(f"expected pixels of shape (N, {expected}), got {pixels.shape}")
+        if pixels.dtype != np.uint8:
+            pixels = np.clip(np.rint(pixels), 0, 255).astype(np.uint8)
+        maps, classes, probs = self.raw_maps(pixels, self._targets(targets, len(pixels)))
+        return normalise(maps), classes, probs
+
+    def _targets(self, targets, n: int) -> np.ndarray:
+        if targets is None:
+            return np.full(n, -1, np.int64)
+        t = np.broadcast_to(np.asarray(targets, dtype=np.int64), (n,)).copy()
+        bad = t[(t < -1) | (t >= self.clf.num_classes)]
+        if bad.size:
+            raise ValueError(f"class index {bad[0]} outside 0..{self.clf.num_classes - 1}")
+        return t
+
+
+def normalise(maps: np.ndarray) -> np.ndarray:
+    """Scale each non-negative map to peak 1; a map with no positive evidence stays 0."""
+    peak = maps.max(axis=(1, 2), keepdims=True)
+    return np.where(peak > 0, maps / np.where(peak > 0, peak, 1.0), 0.0).astype(np.float32)

@@ -1,0 +1,228 @@
+"""Turn a low-resolution heatmap into a picture a person can read: colour, blend, label, save.
+
+Everything here is plain NumPy + Pillow and runs once per frame in ``kerascope video``, so the
+hot path stays in uint8 inside Pillow's C code: the colormap is a 256-entry lookup table, the
+blend is one ``Image.composite``, and label bars are rendered once per distinct text.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import os
+import secrets
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+
+# Piecewise-linear colormaps as (x, value) breakpoints per channel, matplotlib's definitions
+# (matplotlib/_cm.py), so results look like the tutorials people compare against without
+# depending on matplotlib. Any other name is looked up in matplotlib if it is installed.
+_SEGMENTS: dict[str, tuple[list[tuple[float, float]], ...]] = {
+    "jet": (
+        [(0.0, 0.0), (0.35, 0.0), (0.66, 1.0), (0.89, 1.0), (1.0, 0.5)],
+        [(0.0, 0.0), (0.125, 0.0), (0.375, 1.0), (0.64, 1.0), (0.91, 0.0), (1.0, 0.0)],
+        [(0.0, 0.5), (0.11, 1.0), (0.34, 1.0), (0.65, 0.0), (1.0, 0.0)],
+    ),
+    "hot": (
+        [(0.0, 0.0416), (0.365079, 1.0), (1.0, 1.0)],
+        [(0.0, 0.0), (0.365079, 0.0), (0.746032, 1.0), (1.0, 1.0)],
+        [(0.0, 0.0), (0.746032, 0.0), (1.0, 1.0)],
+    ),
+    "gray": ([(0.0, 0.0), (1.0, 1.0)],) * 3,
+}
+COLORMAPS: tuple[str, ...] = tuple(_SEGMENTS)
+"""Colormaps available without matplotlib."""
+
+
+@functools.lru_cache(maxsize=16)
+def colormap_lut(name: str = "jet") -> np.ndarray:
+    """The (256, 3) uint8 lookup table for ``name``; built once, then shared.
+
+    Raises:
+        ValueError: unknown name (and matplotlib, which knows more, is not installed).
+    """
+    x = np.linspace(0.0, 1.0, 256)
+    if name in _SEGMENTS:
+        channels = [np.interp(x, *zip(*segs, strict=True)) for segs in _SEGMENTS[name]]
+        lut = np.stack(channels, axis=1)
+    else:
+        try:
+            import matplotlib
+
+            lut = matplotlib.colormaps[name](x)[:, :3]
+        except ImportError:
+            raise ValueError(
+                f"unknown colormap {name!r}: built in are {', '.join(COLORMAPS)} "
+                "(install matplotlib for the others)"
+            ) from None
+        except KeyError:
+            raise ValueError(f"unknown colormap {name!r}") from None
+    lut = np.round(lut * 255.0).astype(np.uint8)
+    lut.setflags(write=False)
+    return lut
+
+
+def upsample(heatmap: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Resize a (h, w) map to ``size`` = (H, W) with bilinear interpolation, clipped to [0, 1].
+
+    Bilinear on pixel centres (Pillow's "F" mode) keeps a hot cell centred where it was and
+    gives the smooth blobs people expect, without the ringing of bicubic.
+    """
+    a = np.ascontiguousarray(heatmap, dtype=np.float32)
+    if a.ndim != 2:
+        raise ValueError(f"heatmap must be 2-D (h, w), got shape {a.shape}")
+    height, width = (int(s) for s in size)
+    if a.shape != (height, width):
+        a = np.asarray(Image.fromarray(a).resize((width, height), Image.Resampling.BILINEAR))
+    return np.clip(np.nan_to_num(a, nan=0.0), 0.0, 1.0, dtype=np.float32)
+
+
+def colorize(heatmap: np.ndarray, colormap: str = "jet") -> np.ndarray:
+    """Map values in [0, 1] to RGB through a 256-entry table: (H, W) -> (H, W, 3) uint8."""
+    a = np.nan_to_num(np.asarray(heatmap, dtype=np.float32), nan=0.0)
+    index = (np.clip(a, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+    return colormap_lut(colormap)[index]
+
+
+@functools.lru_cache(maxsize=16)
+def _point_tables(colormap: str, alpha: float) -> tuple[list[list[int]], list[int]]:
+    """Per-channel colour tables and the heat -> opacity table, as Image.point wants them."""
+    lut = colormap_lut(colormap)
+    return [lut[:, c].tolist() for c in range(3)], [round(v * alpha) for v in range(256)]
+
+
+def overlay(
+    image: np.ndarray, heatmap: np.ndarray, alpha: float = 0.4, colormap: str = "jet"
+) -> np.ndarray:
+    """Blend the coloured heatmap over ``image``, more strongly where the map is hot.
+
+    Each pixel's opacity is ``alpha * heat``: where the model did not look (heat 0) the photo
+    is untouched, and at the peak it is ``alpha`` colour. A uniform blend (the classic Keras
+    tutorial) tints the whole picture blue and hides the photo that is being explained.
+
+    The map is quantised to 8 bits *before* upsampling so that the resize, the colour lookup
+    and the blend all run in Pillow's C code on uint8: 2-3x faster than NumPy on a 720p frame,
+    and the 1/255 steps are invisible under a smooth bilinear ramp.
+
+    Args:
+        image: (H, W, 3) uint8 RGB.
+        heatmap: (h, w) in [0, 1] at any resolution; upsampled to (H, W).
+        alpha: opacity at heat 1, in [0, 1].
+        colormap: a name from :data:`COLORMAPS` (or matplotlib's, if installed).
+
+    Returns:
+        (H, W, 3) uint8.
+    """
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"alpha must be in [0, 1], got {alpha}")
+    image = np.asarray(image)
+    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+        raise ValueError(f"image must be (H, W, 3) uint8, got {image.shape} {image.dtype}")
+    heat = np.ascontiguousarray(heatmap, dtype=np.float32)
+    if heat.ndim != 2:
+        raise ValueError(f"heatmap must be 2-D (h, w), got shape {heat.shape}")
+    height, width = image.shape[:2]
+    heat8 = (np.clip(np.nan_to_num(heat, nan=0.0), 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+    level = Image.fromarray(heat8)
+    if heat8.shape != (height, width):
+        level = level.resize((width, height), Image.Resampling.BILINEAR)
+    channels, opacity = _point_tables(colormap, float(alpha))
+    color = Image.merge("RGB", [level.point(table) for table in channels])
+    blended = Image.composite(
+        color, Image.fromarray(np.ascontiguousarray(image)), level.point(opacity)
+    )
+    return np.asarray(blended, dtype=np.uint8)
+
+
+@functools.lru_cache(maxsize=8)
+def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
+    """Pillow's bundled font at ``size`` px (a fixed bitmap font when FreeType is missing)."""
+    try:
+        return ImageFont.load_default(size=size)
+    except (TypeError, OSError, ImportError):  # Pillow < 10.1 or no FreeType
+        return ImageFont.load_default()
+
+
+def bar_height(image_height: int) -> int:
+    """Label-bar height for an image: ~7% of it, at least 20 px, always even (for H.264)."""
+    h = max(20, round(image_height * 0.07))
+    return h + (h % 2)
+
+
+@functools.lru_cache(maxsize=256)
+def _label_bar(label: str, width: int, height: int) -> np.ndarray:
+    """White text on black, vertically centred; cached because video labels repeat."""
+    bar = Image.new("RGB", (width, height), (0, 0, 0))
+    draw = ImageDraw.Draw(bar)
+    font = _font(max(8, round(height * 0.68)))
+    left, top, right, bottom = draw.textbbox((0, 0), label, font=font)
+    y = (height - (bottom - top)) // 2 - top
+    draw.text((max(4, height // 4), y), label, fill=(255, 255, 255), font=font)
+    out = np.asarray(bar, dtype=np.uint8)
+    out.setflags(write=False)
+    return out
+
+
+def side_by_side(image: np.ndarray, overlaid: np.ndarray, label: str) -> np.ndarray:
+    """Original left, overlay right, with ``label`` (e.g. "tabby 87.3%") in a bar on top.
+
+    The layout of the seed's ``dog-output.jpg``: the unmodified photo next to the heatmap,
+    so the eye can check what is under the hot region.
+
+    Returns:
+        (bar_height(H) + H, 2 * W, 3) uint8.
+    """
+    if image.shape != overlaid.shape:
+        raise ValueError(f"image {image.shape} and overlay {overlaid.shape} differ in shape")
+    height, width = image.shape[:2]
+    bar = bar_height(height)
+    out = np.empty((bar + height, 2 * width, 3), dtype=np.uint8)
+    out[:bar] = _label_bar(label, 2 * width, bar)
+    out[bar:, :width] = image
+    out[bar:, width:] = overlaid
+    return out
+
+
+def label_frame(overlaid: np.ndarray, label: str) -> np.ndarray:
+    """Write ``label`` in the top-left corner of the image itself, on a darkened strip.
+
+    For the overlay layout, where the output keeps the input's size. Returns a new array.
+    """
+    out = np.array(overlaid, dtype=np.uint8, copy=True)
+    height, width = out.shape[:2]
+    bar = min(bar_height(height), height)
+    text = _label_bar(label, width, bar)
+    # Only as wide as the text (plus padding), so the picture stays visible beside it.
+    columns = np.flatnonzero(text.max(axis=(0, 2)))
+    right = min(width, int(columns[-1]) + 1 + bar // 4) if columns.size else 0
+    region = out[:bar, :right]
+    region >>= 1  # darken to half so white text reads on any background
+    np.maximum(region, text[:, :right], out=region)
+    return out
+
+
+def partial_path(path: str | os.PathLike) -> str:
+    """A hidden, unique temp name beside ``path``: same folder, so ``os.replace`` is atomic."""
+    folder, name = os.path.split(os.path.abspath(os.fspath(path)))
+    return os.path.join(folder, f".{name}.{os.getpid()}-{secrets.token_hex(4)}.partial")
+
+
+def save_jpeg(array: np.ndarray, path: str | os.PathLike, quality: int = 90) -> None:
+    """Write an RGB array as JPEG atomically: a temp file in the same folder, then rename.
+
+    An interrupted run (Ctrl-C, a full disk) never leaves a half-written file under ``path``
+    that a later step or a viewer would take for a result.
+    """
+    image = Image.fromarray(np.ascontiguousarray(array, dtype=np.uint8))
+    tmp = partial_path(path)
+    try:
+        # O_EXCL: never clobber someone else's file; mode 0o666 lets the umask apply as usual.
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        with os.fdopen(fd, "wb") as fh:
+            image.save(fh, "JPEG", quality=quality)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise

@@ -1,0 +1,186 @@
+"""Why does the model think so? Heatmaps for images given as paths, folders, globs or arrays.
+
+``explain`` mirrors ``classify``: same inputs, same decoding, one result per image in order,
+and a file that cannot be read comes back with ``error`` set instead of raising. ``Explainer``
+is the reusable part (video calls it per batch of frames): it keeps the compiled forward and
+gradient functions, so explaining thousands of images compiles once and keeps memory flat.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+import types
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from kerascope.cam.base import BaseCAM, as_classifier
+from kerascope.cam.methods import get_method
+from kerascope.zoo.models import Classifier
+
+
+@dataclass
+class Explanation:
+    """One input: its heatmap and the class it explains, or why it could not be explained."""
+
+    source: str
+    heatmap: np.ndarray | None = None  # (H, W) float32 in [0, 1] at the image's resolution
+    class_index: int | None = None
+    class_id: str | None = None  # WordNet id for ImageNet models, the index for trained ones
+    class_name: str | None = None
+    probability: float | None = None
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+class Explainer:
+    """A method bound to a classifier and a layer, reusable across calls.
+
+    Args:
+        clf: a `Classifier` or a bare Keras model.
+        method: ``cam``, ``gradcam`` or ``gradcam++``.
+        layer: the layer to explain; default the zoo's ``cam_layer`` or the last spatial layer.
+        analytic: see `BaseCAM` (``None``: closed-form gradient when the head allows it).
+
+    Example:
+        >>> ex = Explainer(load_model("efficientnet_lite0"), "gradcam")
+        >>> maps, classes, probs = ex.explain_batch(frames)  # frames: (N, 224, 224, 3) uint8
+    """
+
+    def __init__(
+        self, clf: Classifier, method: str = "gradcam", layer: str | None = None, analytic=None
+    ):
+        self.clf = as_classifier(clf)
+        self.cam: BaseCAM = get_method(method)(self.clf, layer=layer, analytic=analytic)
+        self.method, self.layer = self.cam.name, self.cam.layer
+
+    def explain_batch(self, pixels: np.ndarray, targets: None | int | Sequence[int] = None):
+        """(N, h, w, 3) uint8 at ``clf.input_size`` -> (maps (N, fh, fw) float32 in [0, 1] at
+        feature resolution, class indices (N,), probabilities (N,)); upsample maps yourself."""
+        return self.cam.explain_batch(pixels, targets)
+
+
+def _is_imagenet(clf: Classifier) -> bool:
+    return clf.num_classes == 1000 and all(re.fullmatch(r"n\d{8}", i) for i, _ in clf.labels)
+
+
+def resolve_target(clf: Classifier, target: int | str) -> int:
+    """A class given as index, name or WordNet id -> its output index, or a clear ValueError."""
+    if _is_imagenet(clf):
+        from kerascope.zoo.imagenet import resolve_class
+
+        return resolve_class(target)
+    if isinstance(target, str) and target.strip().isdigit():
+        target = int(target)
+    if not isinstance(target, str):
+        index = int(target)
+        if not 0 <= index < clf.num_classes:
+            raise ValueError(f"class index must be 0..{clf.num_classes - 1}, got {index}")
+        return index
+    key = re.sub(r"[\s_\-]+", " ", target).strip().lower()
+    names = {re.sub(r"[\s_\-]+", " ", n).strip().lower(): i for i, (_, n) in enumerate(clf.labels)}
+    if key in names:
+        return names[key]
+    shown = ", ".join(n for _, n in clf.labels[:20]) + (", ..." if clf.num_classes > 20 else "")
+    raise ValueError(f"unknown class {target!r} for model '{clf.name}'; its classes: {shown}")
+
+
+def _is_single(inputs) -> bool:
+    if isinstance(inputs, np.ndarray):
+        return inputs.ndim in (2, 3)
+    if isinstance(inputs, str | os.PathLike):
+        path = os.fspath(inputs)
+        return os.path.isfile(path) or not (os.path.isdir(path) or any(c in path for c in "*?["))
+    return False
+
+
+def explain(
+    images_or_paths: str | os.PathLike | np.ndarray | Iterable,
+    model: str | Classifier = "efficientnet_lite0",
+    method: str = "gradcam",
+    target: None | int | str | Sequence[int | str] = None,
+    layer: str | None = None,
+    batch_size: int = 16,
+) -> Explanation | list[Explanation]:
+    """Explain the predictions for images given as paths, folders, globs or RGB arrays.
+
+    Args:
+        images_or_paths: one image (path or (H, W, 3) array) or many (list, folder, glob).
+        model: zoo name, ``.keras`` path or run directory, or a loaded `Classifier`.
+        method: ``gradcam`` (default), ``gradcam++`` or ``cam``.
+        target: the class to explain: ``None`` for each image's top-1, an index, a name
+            (``"tabby"``) or a WordNet id; or a list, one per image found (in the order
+            folders and globs expand to; missing inputs do not count).
+        layer: the layer to explain (default: the zoo's, else the last spatial layer).
+        batch_size: images per forward pass.
+
+    Returns:
+        One `Explanation` for a single image, else a list in input order. Unreadable inputs
+        get ``error`` set; an unknown class, method or layer raises ValueError.
+
+    Example:
+        >>> e = kerascope.explain("chelsea.png")
+        >>> e.class_name, e.heatmap.shape
+        ('tabby', (300, 451))
+    """
+    from kerascope.cam.overlay import upsample
+    from kerascope.predict import iter_batches, normalise_inputs
+    from kerascope.zoo.models import load_model
+
+    clf = model if isinstance(model, Classifier) else load_model(model)
+    explainer = _cached_explainer(clf, method, layer)
+    single = _is_single(images_or_paths)
+    sources, _, missing = normalise_inputs(images_or_paths)
+    results = [Explanation(m, error="no such file or folder") for m in missing]
+    n = len(sources)
+    if target is None or isinstance(target, str | int | np.integer):
+        targets = None if target is None else np.full(n, resolve_target(clf, target))
+    else:
+        if len(target) != n:
+            raise ValueError(f"{len(target)} targets given for {n} images")
+        targets = np.array([resolve_target(clf, t) for t in target], dtype=np.int64)
+    start = 0
+    for items in iter_batches(sources, clf.input_size, batch_size, keep_original=True):
+        rows = [i for i, it in enumerate(items) if it.error is None]
+        if rows:
+            batch_targets = None if targets is None else targets[start + np.array(rows)]
+            pixels = np.stack([items[i].pixels for i in rows])
+            maps, classes, probs = explainer.explain_batch(pixels, batch_targets)
+        for i, it in enumerate(items):
+            if it.error is not None:
+                results.append(Explanation(it.source, error=it.error))
+                continue
+            r = rows.index(i)
+            c = int(classes[r])
+            wnid, name = clf.labels[c]
+            heatmap = upsample(maps[r], it.original.shape[:2])
+            results.append(Explanation(it.source, heatmap, c, wnid, name, float(probs[r])))
+        start += len(items)
+    return results[0] if single and len(results) == 1 else results
+
+
+def _cached_explainer(clf: Classifier, method: str, layer: str | None) -> Explainer:
+    """One Explainer per (classifier, method, layer), so repeated calls compile nothing."""
+    cache = clf.extra.setdefault("explainers", {})
+    key = (get_method(method).name, layer)
+    if key not in cache:
+        cache[key] = Explainer(clf, method, layer)
+    return cache[key]
+
+
+class _CallableModule(types.ModuleType):
+    """``kerascope.explain`` names both this module and its function: importing the module
+    (as the video module does) rebinds the package attribute to the module, so the module
+    forwards calls to `explain` and ``kerascope.explain(image)`` works either way."""
+
+    def __call__(self, *args, **kwargs):
+        return explain(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule

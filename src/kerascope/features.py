@@ -1,0 +1,538 @@
+"""Bottleneck features: what a zoo backbone sees in each image, computed once and cached in HDF5.
+
+Training a small head on stored features (the seed's ``gap_%s.h5``) is minutes instead of hours,
+but only if the store never lies: every row is keyed by the SHA-1 of its file's bytes (cheap next
+to a forward pass), every group records the SHA-256 of the weights and the settings that made it,
+so a changed image, weights file or setting recomputes only what it affects. Work happens in
+``features.h5.partial`` with a per-row ``done`` mask flushed every batch; only a finished run is
+renamed to ``features.h5``, so a killed run resumes and never leaves a file that reads complete.
+
+A branch is ``Input(image_size) -> Resizing(backbone size) -> backbone [-> layer] -> pool``; the
+ensemble model of ``train.ensemble`` is built from the same branches, so cached features and the
+saved model agree by construction.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+import os
+import shutil
+import sys
+import time
+import types
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from kerascope.config import ensure_backend
+
+POOLS = ("avg", "max", "none")
+SPLITS = ("train", "validation", "test")
+FORMAT = 1
+Progress = Callable[[str, int, int], None]  # (backbone, rows done, rows in all)
+Forward = Callable[[np.ndarray], np.ndarray]
+
+
+class FeatureCacheError(RuntimeError):
+    """A feature file or group that cannot be used as asked; the message says why and the fix."""
+
+
+@dataclass(frozen=True)
+class FeatureSpec:
+    """What produces one feature group: backbone, layer, pooling and the size images arrive at.
+
+    ``image_size`` may exceed the backbone's own input size: images are then decoded at
+    ``image_size`` and resized inside the graph, as in an ensemble of backbones of several sizes.
+    """
+
+    backbone: str
+    layer: str | None = None
+    pool: str = "avg"
+    image_size: int | None = None
+    weights: str | None = None  # explicit weights file; None for the zoo's ImageNet weights
+
+    @classmethod
+    def make(cls, backbone: str, layer=None, pool="avg", image_size=None, weights=None):
+        """Canonical names and sizes, so equal settings give equal keys."""
+        from kerascope.zoo import registry
+
+        if pool not in POOLS:
+            raise ValueError(f"pool must be one of {', '.join(POOLS)}, got {pool!r}")
+        spec = registry.get(backbone)
+        size = int(image_size or spec.input_size)
+        return cls(spec.name, layer or None, pool, size, str(weights) if weights else None)
+
+    @property
+    def input_size(self) -> int:
+        from kerascope.zoo import registry
+
+        return registry.get(self.backbone).input_size
+
+    @property
+    def key(self) -> str:
+        layer = self.layer or "last"
+        return f"{self.backbone},layer={layer},pool={self.pool},size={self.image_size}"
+
+
+def weights_file(spec: FeatureSpec) -> Path:
+    from kerascope.zoo import registry, weights
+
+    return weights.resolve(registry.get(spec.backbone), spec.weights)
+
+
+_SUMS: dict[tuple, str] = {}
+
+
+def weights_checksum(path: str | os.PathLike) -> str:
+    """SHA-256 of a weights file, remembered per (path, size, mtime) within the process."""
+    path = Path(path)
+    st = path.stat()
+    key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
+    if key not in _SUMS:
+        digest = hashlib.sha256()
+        with open(path, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(block)
+        _SUMS[key] = digest.hexdigest()
+    return _SUMS[key]
+
+
+def build_body(spec: FeatureSpec) -> Any:
+    """Backbone (at its own input size) up to ``spec.layer``, pooled; preprocessing inside."""
+    ensure_backend()
+    import keras
+
+    from kerascope.zoo.models import build
+
+    weights = spec.weights or "imagenet"
+    if spec.layer is None and spec.pool != "none":
+        return build(spec.backbone, weights=weights, include_top=False, pooling=spec.pool)
+    base = build(spec.backbone, weights=weights, include_top=False, pooling=None)
+    x = base.output
+    if spec.layer is not None:
+        names = [layer.name for layer in base.layers]
+        if spec.layer not in names:
+            close = difflib.get_close_matches(spec.layer, names, n=5, cutoff=0.5)
+            hint = f"; close matches: {', '.join(close)}" if close else ""
+            raise FeatureCacheError(
+                f"'{spec.backbone}' has no layer '{spec.layer}'{hint} ({len(names)} layers; "
+                f"list them with kerascope.zoo.models.build('{spec.backbone}').summary())"
+            )
+        x = base.get_layer(spec.layer).output
+    if spec.pool != "none" and len(x.shape) == 4:
+        pool = (
+            keras.layers.GlobalAveragePooling2D
+            if spec.pool == "avg"
+            else keras.layers.GlobalMaxPooling2D
+        )
+        x = pool(name=f"{spec.pool}_pool")(x)
+    return keras.Model(base.input, x, name=f"{spec.backbone}_{spec.layer or 'last'}_{spec.pool}")
+
+
+def resizer(spec: FeatureSpec) -> Any | None:
+    """The in-graph resize from ``image_size`` to the backbone's size (None when equal)."""
+    import keras
+
+    size = spec.input_size
+    if spec.image_size == size:
+        return None
+    return keras.layers.Resizing(size, size, name=f"resize_{spec.backbone}")
+
+
+_FORWARDS: dict[tuple, tuple[Forward, tuple]] = {}
+
+
+def forward_for(spec: FeatureSpec) -> tuple[Forward, tuple[int, ...]]:
+    """A fast uint8 -> features function and its row shape, built once per spec and weights.
+
+    The body runs on the inference engine ``classify`` uses (onnxruntime on CPU when it converts,
+    else jitted Keras); the resize, which the ONNX converter does not cover, runs as the Keras
+    ``Resizing`` layer itself: the same op the ensemble model applies.
+    """
+    from kerascope.engine import forward_fn
+    from kerascope.zoo.models import Classifier
+
+    cache_key = (spec, weights_checksum(weights_file(spec)))
+    if cache_key not in _FORWARDS:
+        import keras
+
+        body = build_body(spec)
+        size = spec.input_size
+        clf = Classifier(model=body, name=body.name, input_size=(size, size), labels=[])
+        run = forward_fn(clf)
+        resize = resizer(spec)
+        if resize is not None:
+            inner = run
+
+            def run(x: np.ndarray) -> np.ndarray:
+                return inner(keras.ops.convert_to_numpy(resize(x.astype("float32"))))
+
+        while len(_FORWARDS) >= 4:  # models are large; keep the few a session alternates
+            _FORWARDS.pop(next(iter(_FORWARDS)))
+        _FORWARDS[cache_key] = (run, tuple(int(d) for d in body.output_shape[1:]))
+    return _FORWARDS[cache_key]
+
+
+def features(
+    images: Any,
+    model: str = "efficientnet_lite0",
+    layer: str | None = None,
+    pool: str = "avg",
+    image_size: int | None = None,
+    batch_size: int = 32,
+    weights: str | None = None,
+) -> np.ndarray:
+    """Features of images given as paths, folders, globs or RGB arrays; nothing is cached.
+
+    Example:
+        >>> kerascope.features("cat.jpg", layer="blocks_9_add", pool="max").shape  # doctest: +SKIP
+        (1, 112)
+    """
+    from kerascope.images import ImageError
+    from kerascope.predict import iter_batches, normalise_inputs
+
+    spec = FeatureSpec.make(model, layer, pool, image_size, weights)
+    sources, _, missing = normalise_inputs(images)
+    if missing:
+        raise FileNotFoundError(f"no such file or folder: {', '.join(map(str, missing[:5]))}")
+    run, shape = forward_for(spec)
+    out = [np.zeros((0, *shape), np.float32)]
+    for items in iter_batches(sources, (spec.image_size, spec.image_size), batch_size):
+        for it in items:
+            if it.error is not None:
+                raise ImageError(it.source, it.error)
+        out.append(run(np.stack([it.pixels for it in items])))
+    return np.concatenate(out)
+
+
+@dataclass
+class Rows:
+    """One entry per dataset image, in split order; ``sha1`` keys its features."""
+
+    paths: list[str]
+    labels: np.ndarray
+    splits: np.ndarray
+    sha1: np.ndarray
+    classes: list[str]
+
+    @classmethod
+    def of(cls, dataset: Any) -> Rows:
+        items = [(p, y, SPLITS.index(s)) for s in SPLITS for p, y in dataset.splits.get(s, [])]
+        paths = [str(p) for p, _, _ in items]
+        with ThreadPoolExecutor(min(8, os.cpu_count() or 2)) as pool:
+            sha = list(pool.map(lambda p: hashlib.sha1(Path(p).read_bytes()).hexdigest(), paths))
+        return cls(
+            paths,
+            np.array([y for _, y, _ in items], np.int32),
+            np.array([s for _, _, s in items], np.uint8),
+            np.array(sha, dtype="S40"),
+            list(dataset.classes),
+        )
+
+
+@dataclass
+class FeatureSet:
+    """Features of one group (optionally one split) with what is needed to train on them."""
+
+    features: np.ndarray
+    labels: np.ndarray
+    paths: list[str]
+    splits: np.ndarray  # split name per row
+    classes: list[str]
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def split(self, name: str) -> FeatureSet:
+        keep = np.flatnonzero(self.splits == name)
+        paths = [self.paths[i] for i in keep]
+        sub = (self.features[keep], self.labels[keep], paths, self.splits[keep])
+        return FeatureSet(*sub, self.classes, self.info)
+
+
+def partial_path(path: str | os.PathLike) -> Path:
+    path = Path(path)
+    return path.with_name(path.name + ".partial")
+
+
+class FeatureStore:
+    """Read side of a feature file; refuses groups an interrupted extraction left unfinished.
+
+    ``computed`` maps each group key to the rows the extraction that returned this store
+    actually ran through a backbone (0 when everything came from the cache).
+    """
+
+    def __init__(self, path: str | os.PathLike, computed: dict[str, int] | None = None):
+        self.path = Path(path)
+        self.computed = dict(computed or {})
+        if not self.path.is_file():
+            again = " run extract_features again to finish it"
+            if partial_path(self.path).is_file():
+                raise FeatureCacheError(
+                    f"'{self.path}' is not complete: an extraction was interrupted (its progress "
+                    f"is in '{partial_path(self.path)}');{again}"
+                )
+            raise FeatureCacheError(
+                f"no feature file '{self.path}' (make it with extract_features)"
+            )
+
+    def _open(self):
+        import h5py
+
+        return h5py.File(self.path, "r")
+
+    def keys(self) -> list[str]:
+        with self._open() as f:
+            return sorted(f)
+
+    def info(self, key: str) -> dict[str, Any]:
+        with self._open() as f:
+            return {k: _attr(v) for k, v in f[key].attrs.items()}
+
+    def load(
+        self,
+        backbone: str,
+        layer: str | None = None,
+        pool: str = "avg",
+        image_size: int | None = None,
+        split: str | None = None,
+    ) -> FeatureSet:
+        """The features of one group; ``backbone`` may also be a full key from ``keys()``."""
+        key = (
+            backbone if "," in backbone else FeatureSpec.make(backbone, layer, pool, image_size).key
+        )
+        with self._open() as f:
+            if key not in f:
+                held = ", ".join(k for k in f) or "nothing"
+                raise FeatureCacheError(
+                    f"no features for '{key}' in '{self.path}' (it holds: {held}); "
+                    "run extract_features with these settings"
+                )
+            g = f[key]
+            done = g["done"][:]
+            if not (g.attrs.get("complete", False) and done.all()):
+                raise FeatureCacheError(
+                    f"features for '{key}' in '{self.path}' are incomplete ({int(done.sum())}/"
+                    f"{len(done)} rows): an extraction was interrupted; run extract_features "
+                    "again to finish it"
+                )
+            names = json.loads(g.attrs["splits"])
+            out = FeatureSet(
+                g["features"][:],
+                g["label"][:].astype(np.int64),
+                [p.decode() if isinstance(p, bytes) else p for p in g["path"][:]],
+                np.array([names[i] for i in g["split"][:]]),
+                json.loads(g.attrs["classes"]),
+                {k: _attr(v) for k, v in g.attrs.items()},
+            )
+        return out.split(split) if split else out
+
+
+def _attr(value: Any) -> Any:
+    return value.item() if isinstance(value, np.generic) else value
+
+
+def extract_features(
+    data: Any,
+    backbones: Sequence[str] = ("efficientnet_lite0",),
+    layer: str | None = None,
+    pool: str = "avg",
+    output: str | os.PathLike = "features.h5",
+    batch_size: int = 32,
+    val_split: float = 0.2,
+    seed: int = 0,
+    skip_bad: bool = False,
+    progress: Progress | None = None,
+    image_size: int | None = None,
+    weights: str | None = None,
+) -> FeatureStore:
+    """Run each backbone once over every split of a folder dataset and cache the features.
+
+    Args:
+        data: a dataset folder (layouts as in ``train``) or a scanned ``Dataset``.
+        backbones: zoo names; each becomes one HDF5 group per (layer, pool, image size).
+        layer: any layer name of the backbone (default: its last feature map).
+        pool: ``avg``/``max`` over height and width, or ``none`` to keep the map.
+        output: the HDF5 file; ``OUTPUT.partial`` holds an unfinished run.
+        image_size: side images are decoded at (default: each backbone's own size); larger
+            sizes are resized inside the graph, as the ensemble model does.
+        progress: ``progress(backbone, rows_done, rows_total)`` after every batch; an
+            exception raised there stops the run, which the next call resumes.
+
+    Raises:
+        FeatureCacheError: an unknown layer (close matches listed) or an unreadable image.
+        kerascope.data.DatasetError: the folder is not a usable dataset.
+    """
+    import h5py
+
+    from kerascope.data import scan_dataset
+
+    dataset = data
+    if isinstance(data, str | os.PathLike):
+        dataset = scan_dataset(data, val_split=val_split, seed=seed, skip_bad=skip_bad)
+    rows = Rows.of(dataset)
+    specs = list(
+        dict.fromkeys(FeatureSpec.make(b, layer, pool, image_size, weights) for b in backbones)
+    )
+    sums = {s: weights_checksum(weights_file(s)) for s in specs}
+    out, partial = Path(output), partial_path(output)
+    if partial.is_file() and not _readable(partial):
+        partial.unlink()  # killed while the file itself was written: start from the last good one
+    source = partial if partial.is_file() else out
+    plans: dict[FeatureSpec, tuple[str, np.ndarray | None]] = {}
+    with h5py.File(source, "r") if source.is_file() else nullcontext({}) as f:
+        for s in specs:
+            plans[s] = _plan(f.get(s.key), rows, sums[s])
+    computed = dict.fromkeys((s.key for s in specs), 0)
+    if source == out and all(mode == "keep" for mode, _ in plans.values()):
+        return FeatureStore(out, computed)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if source == out and out.is_file():
+        shutil.copyfile(out, partial)
+    with h5py.File(partial, "a") as f:
+        f.attrs["format"] = FORMAT
+        for s in specs:
+            computed[s.key] = _fill(f, s, plans[s], rows, sums[s], batch_size, progress)
+    os.replace(partial, out)
+    return FeatureStore(out, computed)
+
+
+def _readable(path: Path) -> bool:
+    import h5py
+
+    try:
+        with h5py.File(path, "r") as f:
+            list(f)
+    except OSError:
+        return False
+    return True
+
+
+def _plan(g: Any, rows: Rows, checksum: str) -> tuple[str, np.ndarray | None]:
+    """``keep``, ``resume`` (same rows, some not done), ``rebuild`` (reuse by SHA-1) or ``new``."""
+    if g is None or g.attrs.get("weights_sha256") != checksum:
+        return "new", None
+    done = g["done"][:]
+    same = (
+        json.loads(g.attrs["classes"]) == rows.classes
+        and np.array_equal(g["sha1"][:], rows.sha1)
+        and np.array_equal(g["label"][:], rows.labels)
+        and np.array_equal(g["split"][:], rows.splits)
+        and [p.decode() if isinstance(p, bytes) else p for p in g["path"][:]] == rows.paths
+    )
+    if same:
+        return ("keep" if done.all() and g.attrs.get("complete") else "resume"), None
+    old = {sha: i for i, sha in enumerate(g["sha1"][:]) if done[i]}
+    return "rebuild", np.array([old.get(sha, -1) for sha in rows.sha1], np.int64)
+
+
+def _new_group(f: Any, spec: FeatureSpec, rows: Rows, checksum: str, shape: tuple, batch: int):
+    import h5py
+    import keras
+
+    import kerascope
+
+    n = len(rows.paths)
+    g = f.create_group(spec.key)
+    chunks = (max(1, min(n, batch)), *shape) if n else None
+    g.create_dataset("features", shape=(n, *shape), dtype="f4", chunks=chunks)
+    g.create_dataset("done", data=np.zeros(n, bool))
+    g.create_dataset("sha1", data=rows.sha1)
+    g.create_dataset("path", data=rows.paths, dtype=h5py.string_dtype())
+    g.create_dataset("label", data=rows.labels)
+    g.create_dataset("split", data=rows.splits)
+    meta = {
+        "model": spec.backbone,
+        "weights_file": str(weights_file(spec)),
+        "weights_sha256": checksum,
+        "layer": spec.layer or "",
+        "pool": spec.pool,
+        "input_size": spec.input_size,
+        "image_size": spec.image_size,
+        "classes": json.dumps(rows.classes),
+        "splits": json.dumps(list(SPLITS)),
+        "kerascope_version": kerascope.__version__,
+        "keras_version": keras.__version__,
+        "backend": keras.backend.backend(),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "complete": False,
+    }
+    g.attrs.update(meta)
+    return g
+
+
+def _fill(f, spec, plan, rows, checksum, batch_size, progress) -> int:
+    """Bring one group up to date in the working file; return the rows run through the model."""
+    mode, reuse = plan
+    n = len(rows.paths)
+    if mode == "keep":
+        return 0
+    g = f.get(spec.key)
+    run = None
+    if mode == "resume":
+        todo = np.flatnonzero(~g["done"][:])
+    else:
+        todo = np.arange(n) if reuse is None else np.flatnonzero(reuse < 0)
+        kept = np.flatnonzero(reuse >= 0) if reuse is not None else np.zeros(0, np.int64)
+        shape, old = None, None
+        if len(kept):
+            uniq, inverse = np.unique(reuse[kept], return_inverse=True)
+            old, shape = g["features"][uniq][inverse], g["features"].shape[1:]
+        if g is not None:
+            del f[spec.key]
+        if len(todo):
+            run, shape = forward_for(spec)
+        g = _new_group(f, spec, rows, checksum, tuple(shape or ()), batch_size)
+        if len(kept):
+            g["features"][kept] = old
+            g["done"][kept] = True
+    f.flush()
+    done = n - len(todo)
+    if progress is not None:
+        progress(spec.backbone, done, n)
+    if len(todo):
+        run = run or forward_for(spec)[0]
+        done = _compute(f, g, spec, run, rows, todo, batch_size, progress, done)
+    g.attrs["complete"] = True
+    f.flush()
+    return len(todo)
+
+
+def _compute(f, g, spec, run, rows, todo, batch_size, progress, done) -> int:
+    """Forward the ``todo`` rows batch by batch, flushing features before their ``done`` bits."""
+    from kerascope.predict import iter_batches
+
+    size = (spec.image_size, spec.image_size)
+    sources = [rows.paths[i] for i in todo]
+    for start, items in zip(
+        range(0, len(todo), batch_size), iter_batches(sources, size, batch_size), strict=True
+    ):
+        bad = [it for it in items if it.error is not None]
+        if bad:
+            raise FeatureCacheError(
+                f"cannot read '{bad[0].source}': {bad[0].error} (leave it out with skip_bad=True)"
+            )
+        chunk = todo[start : start + batch_size]
+        g["features"][chunk] = run(np.stack([it.pixels for it in items]))
+        f.flush()
+        g["done"][chunk] = True
+        f.flush()
+        done += len(chunk)
+        if progress is not None:
+            progress(spec.backbone, done, len(rows.paths))
+    return done
+
+
+class _CallableModule(types.ModuleType):
+    """Makes ``kerascope.features(images)`` work although ``kerascope.features`` is this module."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> np.ndarray:
+        return features(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule

@@ -1,0 +1,189 @@
+"""What a run leaves behind for people: history table, training curves, a short Markdown report,
+and the plots of an evaluation (confusion matrix, top-losses gallery).
+
+Plots use Matplotlib's Agg backend (files only, no display), imported on first use so that
+training and evaluation never pay for it unless a figure is drawn.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+HISTORY_FIELDS = ("epoch", "stage", "loss", "accuracy", "val_loss", "val_accuracy", "lr", "seconds")
+
+
+def read_history(path: str | os.PathLike) -> list[dict[str, float]]:
+    """Rows of ``history.csv`` as dicts of numbers (``[]`` when there is none yet)."""
+    path = Path(path)
+    if not path.is_file():
+        return []
+    with path.open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    return [{k: _number(v) for k, v in row.items()} for row in rows]
+
+
+def _number(text: str) -> float | int | None:
+    if text in ("", None):
+        return None
+    value = float(text)
+    return int(value) if value.is_integer() and "." not in text else value
+
+
+def write_history(path: str | os.PathLike, rows: Sequence[dict[str, Any]]) -> None:
+    """Write all rows at once through a temporary file: a crash never leaves half a table."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    with tmp.open("w", newline="") as f:
+        writer = csv.DictWriter(f, HISTORY_FIELDS, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+    os.replace(tmp, path)
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_curves(history: Sequence[dict[str, Any]], path: str | os.PathLike) -> Path:
+    """Loss and accuracy per epoch, train beside validation; a dotted line at each new stage.
+
+    The gap between the two curves is the quickest overfitting check there is.
+    """
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4), dpi=100)
+    epochs = [row["epoch"] for row in history]
+    for ax, metric in zip(axes, ("loss", "accuracy"), strict=True):
+        for prefix, style in (("", "-o"), ("val_", "-s")):
+            values = [row.get(prefix + metric) for row in history]
+            if any(v is not None for v in values):
+                label = "validation" if prefix else "train"
+                ax.plot(epochs, [np.nan if v is None else v for v in values], style, label=label)
+        for prev, row in zip(history, history[1:], strict=False):
+            if row.get("stage") != prev.get("stage"):
+                ax.axvline(row["epoch"] - 0.5, color="gray", linestyle=":")
+        ax.set_xlabel("epoch")
+        ax.set_title(metric)
+        ax.grid(alpha=0.3)
+        if metric == "accuracy":
+            ax.set_ylim(-0.02, 1.02)
+        ax.legend()
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def write_run_report(
+    path: str | os.PathLike, config: dict[str, Any], summary: str, outcome: dict[str, Any]
+) -> Path:
+    """A short ``report.md``: data, result, time, and how to use the model."""
+    run_dir = Path(config["output"])
+    size = "x".join(str(s) for s in config["image_size"])
+    body = config["backbone"] + " backbone, " if config.get("backbone") else ""
+    stages = ", then ".join(
+        f"{s['epochs']} epochs {s['optimizer']} lr={s['lr']:g}" for s in config["stages"]
+    )
+    lines = [
+        f"# Training run `{run_dir.name}`",
+        "",
+        f"Recipe **{config['recipe']}** ({body}{size} px, batch {config['batch_size']}): "
+        f"{stages}; seed {config['seed']}, Keras {config['versions']['keras']} on "
+        f"{config['backend']}.",
+        "",
+        "## Data",
+        "",
+        "```",
+        summary,
+        "```",
+        "",
+        "## Result",
+        "",
+        f"- saved model: epoch {outcome['best_epoch']} (lowest validation loss), validation "
+        f"accuracy **{_pct(outcome['val_accuracy'])}**, loss {outcome['val_loss']:.4f}",
+        f"- last epoch ({outcome['epochs']}): validation accuracy "
+        f"{_pct(outcome['final_val_accuracy'])}; best over epochs "
+        f"{_pct(outcome['best_val_accuracy'])}",
+        f"- training time: {outcome['seconds']:.0f} s",
+        "",
+        "![training curves](curves.png)",
+        "",
+        "## Use it",
+        "",
+        "```",
+        f"kerascope classify PHOTOS --model {run_dir}",
+        f"kerascope evaluate {run_dir} DATA",
+        f"kerascope predict {run_dir} FOLDER -o predictions.csv",
+        "```",
+        "",
+        "```python",
+        "import kerascope",
+        f'results = kerascope.classify("photos/", model="{run_dir}")',
+        "```",
+        "",
+    ]
+    path = Path(path)
+    path.write_text("\n".join(lines))
+    return path
+
+
+def _pct(value: float | None) -> str:
+    return "n/a" if value is None or math.isnan(value) else f"{100 * value:.1f} %"
+
+
+def plot_confusion(matrix: np.ndarray, classes: Sequence[str], path: str | os.PathLike) -> Path:
+    """Confusion matrix as counts, rows true and columns predicted, shaded by row share."""
+    plt = _pyplot()
+    k = len(classes)
+    side = min(16.0, 2.0 + 0.6 * k)
+    fig, ax = plt.subplots(figsize=(side, side), dpi=100)
+    rows = matrix.sum(axis=1, keepdims=True)
+    share = np.divide(matrix, rows, out=np.zeros(matrix.shape, float), where=rows > 0)
+    ax.imshow(share, cmap="Blues", vmin=0, vmax=1)
+    ax.set_xticks(range(k), classes, rotation=45, ha="right")
+    ax.set_yticks(range(k), classes)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    if k <= 30:
+        for i in range(k):
+            for j in range(k):
+                color = "white" if share[i, j] > 0.5 else "black"
+                ax.text(j, i, str(int(matrix[i, j])), ha="center", va="center", color=color)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def plot_gallery(
+    images: Sequence[np.ndarray], titles: Sequence[str], path: str | os.PathLike, cols: int = 4
+) -> Path:
+    """Images in a grid, each titled (true / predicted / probability for top losses)."""
+    plt = _pyplot()
+    n = max(1, len(images))
+    cols = min(cols, n)
+    rows = math.ceil(n / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3 * cols, 3.8 * rows), dpi=100, squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, image, title in zip(axes.flat, images, titles, strict=False):
+        ax.imshow(image)
+        ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path)
+    plt.close(fig)
+    return path

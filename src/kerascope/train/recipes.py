@@ -1,0 +1,373 @@
+"""The training recipes: which network, at what size, trained how, in how many stages.
+
+Each recipe is the seed tutorial's choice made explicit, with every number a default that a
+run may override (and that is written to the run's ``config.yaml``):
+
+* ``scratch``: the cats-vs-dogs small CNN (three 3x3 conv + max-pool blocks of 32, 32, 64
+  filters, Dense 64, Dropout 0.5) at 150x150, RMSprop, heavy augmentation.
+* ``lenet``: LeNet as in the traffic-sign tutorial (conv 20 5x5, pool, conv 50 5x5, pool,
+  Dense 500) at its ``norm_size`` 32x32, Adam 1e-3, 35 epochs, batch 32. Its augmentation
+  is the tutorial's minus horizontal flips: a mirrored "turn left" sign is a "turn right".
+* ``transfer``: a pretrained zoo backbone, frozen, under GAP -> Dropout -> Dense; RMSprop as
+  in the Keras Applications guide for the new head.
+* ``finetune``: ``transfer`` (stage 1), then the top of the backbone unfrozen and trained
+  with SGD(1e-4, momentum 0.9) (stage 2), the guide's recipe: a low rate and no adaptive
+  optimizer, so the update cannot wreck the pretrained features.
+
+Every model takes RGB 0..255 and holds its scaling and augmentation as layers, so a saved
+model classifies raw pixels like any zoo model (Keras augmentation layers are identities at
+inference).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from kerascope.data.augment import AugmentConfig, build_augmentation
+from kerascope.train import heads
+
+NO_AUGMENT = AugmentConfig(0, 0, 0, 0, 0, horizontal_flip=False)
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One ``fit`` call: its optimizer, learning rate and epoch budget."""
+
+    optimizer: str  # "rmsprop" | "adam" | "sgd" (momentum 0.9)
+    lr: float
+    epochs: int
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """Defaults of one recipe; ``train`` resolves them against the caller's overrides."""
+
+    name: str
+    summary: str
+    stages: tuple[Stage, ...]
+    image_size: int | None  # None: the backbone's native size
+    batch_size: int
+    patience: int
+    dropout: float
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    uses_backbone: bool = False
+
+
+RECIPES: dict[str, Recipe] = {
+    "scratch": Recipe(
+        "scratch",
+        "small CNN from the cats-vs-dogs tutorial, trained from random weights",
+        (Stage("rmsprop", 1e-3, 50),),
+        image_size=150,
+        batch_size=32,
+        patience=10,
+        dropout=0.5,
+    ),
+    "lenet": Recipe(
+        "lenet",
+        "LeNet for small images such as traffic signs",
+        (Stage("adam", 1e-3, 35),),
+        image_size=32,
+        batch_size=32,
+        patience=10,
+        dropout=0.0,
+        augment=AugmentConfig(30, 0.1, 0.1, 0.2, 0.2, horizontal_flip=False),
+    ),
+    "transfer": Recipe(
+        "transfer",
+        "frozen pretrained backbone, new classifier head",
+        (Stage("rmsprop", 1e-3, 10),),
+        image_size=None,
+        batch_size=32,
+        patience=3,
+        dropout=0.2,
+        uses_backbone=True,
+    ),
+    "finetune": Recipe(
+        "finetune",
+        "transfer, then the top of the backbone trained with SGD at a low rate",
+        (Stage("rmsprop", 1e-3, 5), Stage("sgd", 1e-4, 10)),
+        image_size=None,
+        batch_size=32,
+        patience=3,
+        dropout=0.2,
+        uses_backbone=True,
+    ),
+}
+
+
+def get_recipe(name: str) -> Recipe:
+    """The recipe called ``name``, or a ValueError listing the recipes."""
+    try:
+        return RECIPES[name.lower()]
+    except KeyError:
+        raise ValueError(f"unknown recipe {name!r}; choose one of {', '.join(RECIPES)}") from None
+
+
+def native_size(backbone: str) -> int:
+    """The backbone's pretrained input size (what its weights expect)."""
+    from kerascope.zoo import registry
+
+    return registry.get(backbone).input_size
+
+
+def build_model(
+    recipe: Recipe,
+    num_classes: int,
+    image_size: tuple[int, int],
+    augment: AugmentConfig | None,
+    seed: int,
+    backbone: str | None = None,
+    backbone_weights: str | None = "imagenet",
+    dropout: float | None = None,
+) -> Any:
+    """The recipe's network: Input (RGB 0..255) -> augmentation -> body -> softmax.
+
+    For ``transfer``/``finetune`` the body is the zoo backbone as a nested model, frozen, so
+    the explain module finds its last conv layer and a checkpoint keeps its weight names.
+    """
+    import keras
+
+    dropout = recipe.dropout if dropout is None else dropout
+    inputs = keras.Input(shape=(*image_size, 3), name="image")
+    x = build_augmentation(augment or NO_AUGMENT, seed=seed)(inputs)
+    if recipe.uses_backbone:
+        from kerascope.zoo.models import build
+
+        base = build(backbone, weights=backbone_weights, include_top=False, pooling=None,
+                     input_shape=(*image_size, 3))  # fmt: skip
+        heads.freeze(base)
+        outputs = heads.classifier_head(base(x, training=False), num_classes, dropout)
+        name = f"{base.name}_{recipe.name}"
+    elif recipe.name == "scratch":
+        outputs, name = _small_cnn(x, num_classes, dropout), "small_cnn"
+    elif recipe.name == "lenet":
+        outputs, name = _lenet(x, num_classes), "lenet"
+    else:
+        raise ValueError(f"recipe {recipe.name!r} has no model builder")
+    return keras.Model(inputs, outputs, name=name)
+
+
+def _small_cnn(x: Any, num_classes: int, dropout: float) -> Any:
+    """The tutorial's three conv blocks; Rescaling inside, as the tutorial's ``rescale=1/255``."""
+    import keras
+
+    L = keras.layers
+    x = L.Rescaling(1.0 / 255.0, name="rescale")(x)
+    for i, filters in enumerate((32, 32, 64), 1):
+        x = L.Conv2D(filters, 3, activation="relu", name=f"conv{i}")(x)
+        x = L.MaxPooling2D(2, name=f"pool{i}")(x)
+    x = L.Flatten(name="flatten")(x)
+    x = L.Dense(64, activation="relu", name="fc1")(x)
+    x = L.Dropout(dropout, name="dropout")(x)
+    return L.Dense(num_classes, activation="softmax", name="predictions")(x)
+
+
+def _lenet(x: Any, num_classes: int) -> Any:
+    """LeNet-5 as in the traffic-sign tutorial ("same" padding, ReLU, 2x2/2 max-pooling)."""
+    import keras
+
+    L = keras.layers
+    x = L.Rescaling(1.0 / 255.0, name="rescale")(x)
+    x = L.Conv2D(20, 5, padding="same", activation="relu", name="conv1")(x)
+    x = L.MaxPooling2D(2, 2, name="pool1")(x)
+    x = L.Conv2D(50, 5, padding="same", activation="relu", name="conv2")(x)
+    x = L.MaxPooling2D(2, 2, name="pool2")(x)
+    x = L.Flatten(name="flatten")(x)
+    x = L.Dense(500, activation="relu", name="fc1")(x)
+    return L.Dense(num_classes, activation="softmax", name="predictions")(x)
+
+
+def inference_model(model: Any) -> Any:
+    """The trained network without its augmentation layers, sharing their weights: what is
+    saved as ``model.keras``.
+
+    Augmentation is an identity at inference, so predictions are the same; leaving it out
+    keeps the saved graph loadable (Keras 3.15 cannot deserialize ``RandomShear``: its config
+    holds ``x_factor=[-0.2, 0.2]``, which its constructor rejects) and convertible to ONNX
+    for the fast CPU engine.
+    """
+    import keras
+
+    inputs = keras.Input(shape=model.input_shape[1:], name="image")
+    x = inputs
+    for layer in model.layers[1:]:
+        if layer.name != "augmentation":
+            x = layer(x)
+    return keras.Model(inputs, x, name=model.name)
+
+
+def backbone_of(model: Any) -> Any | None:
+    """The nested pretrained model inside a transfer model (None for scratch/lenet)."""
+    nested = [layer for layer in model.layers if getattr(layer, "layers", None)]
+    nested = [m for m in nested if m.name != "augmentation"]
+    return nested[0] if nested else None
+
+
+def prepare_stage(model: Any, stage_index: int, unfreeze: heads.UnfreezeSpec) -> list[str]:
+    """Set the trainable flags for a stage; stage 2 of finetune unfreezes the backbone's top.
+
+    Returns:
+        Names of the backbone layers being fine-tuned (empty in a head-only stage).
+    """
+    if stage_index == 0:
+        return []
+    base = backbone_of(model)
+    if base is None:
+        raise ValueError("only a backbone recipe has a fine-tuning stage")
+    return heads.unfreeze_top(base, unfreeze)
+
+
+def make_optimizer(name: str, lr: float) -> Any:
+    """An optimizer by recipe name; SGD gets the guide's momentum 0.9."""
+    import keras
+
+    if name == "sgd":
+        return keras.optimizers.SGD(learning_rate=lr, momentum=0.9)
+    if name == "adam":
+        return keras.optimizers.Adam(learning_rate=lr)
+    if name == "rmsprop":
+        return keras.optimizers.RMSprop(learning_rate=lr)
+    raise ValueError(f"unknown optimizer {name!r}; use rmsprop, adam or sgd")
+
+
+def resolve_config(
+    data: str | os.PathLike,
+    recipe: str,
+    output: str | os.PathLike | None,
+    backbone: str,
+    epochs: int | Sequence[int] | None,
+    batch_size: int | None,
+    lr: float | Sequence[float] | None,
+    seed: int,
+    val_split: float,
+    skip_bad: bool,
+    class_weight: str | dict | None,
+    unfreeze: heads.UnfreezeSpec,
+    augment: bool | AugmentConfig | None,
+    image_size: int | Sequence[int] | None,
+    patience: int | None,
+) -> dict[str, Any]:
+    """Every setting of a run as plain data, defaults filled in (written as ``config.yaml``)."""
+    r = get_recipe(recipe)
+    n = len(r.stages)
+    epochs_ = _per_stage(epochs, n, "epochs", broadcast=True)
+    lrs = _per_stage(lr, n, "lr", broadcast=False)
+    stages = [
+        {
+            "optimizer": s.optimizer,
+            "lr": float(lrs[i] or s.lr),
+            "epochs": int(epochs_[i] or s.epochs),
+        }
+        for i, s in enumerate(r.stages)
+    ]
+    if image_size is None:
+        image_size = r.image_size or native_size(backbone)
+    size = [int(image_size)] * 2 if isinstance(image_size, int) else [int(v) for v in image_size]
+    if augment is True:
+        augment = r.augment
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    if isinstance(class_weight, dict):
+        class_weight = {str(k): float(v) for k, v in class_weight.items()}
+    return {
+        "recipe": r.name,
+        "data": str(Path(data).expanduser().resolve()),
+        "output": str(Path(output or Path("runs") / f"{stamp}-{r.name}").expanduser().resolve()),
+        "backbone": backbone if r.uses_backbone else None,
+        "image_size": size,
+        "batch_size": int(batch_size or r.batch_size),
+        "stages": stages,
+        "seed": int(seed),
+        "val_split": float(val_split),
+        "skip_bad": bool(skip_bad),
+        "class_weight": class_weight,
+        "unfreeze": unfreeze if r.uses_backbone and n > 1 else None,
+        "augment": asdict(augment) if augment else None,
+        "dropout": r.dropout,
+        "patience": int(patience if patience is not None else r.patience),
+        "monitor": "val_loss",
+        "backend": keras_backend(),
+        "versions": versions(),
+        "created": time.strftime("%Y-%m-%d %H:%M:%S"),
+    }
+
+
+def _per_stage(value, n: int, name: str, broadcast: bool) -> list:
+    """A scalar (every stage, or the first only) or one value per stage."""
+    if value is None:
+        return [None] * n
+    if isinstance(value, (list, tuple)):
+        if len(value) != n:
+            raise ValueError(f"{name} needs {n} value(s), one per stage, got {list(value)}")
+        return list(value)
+    return [value] * n if broadcast else [value] + [None] * (n - 1)
+
+
+def keras_backend() -> str:
+    import keras
+
+    return keras.backend.backend()
+
+
+def versions() -> dict[str, str]:
+    """Versions that can change a result, for the run's config."""
+    import platform
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {"python": platform.python_version()}
+    for package in ("kerascope", "keras", keras_backend(), "numpy"):
+        try:
+            out[package] = version(package)
+        except PackageNotFoundError:
+            out[package] = "unknown"
+    return out
+
+
+def save_config(run_dir: Path, config: dict[str, Any]) -> Path:
+    """Write ``config.yaml`` (keys in a readable order, not sorted)."""
+    import yaml
+
+    path = Path(run_dir) / "config.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False, default_flow_style=None))
+    return path
+
+
+def load_config(run_dir: str | os.PathLike) -> dict[str, Any]:
+    """Read a run's ``config.yaml``, with a clear error when it is not a run directory."""
+    import yaml
+
+    path = Path(run_dir) / "config.yaml"
+    if not path.is_file():
+        raise ValueError(f"cannot resume '{run_dir}': no config.yaml (is it a run directory?)")
+    return yaml.safe_load(path.read_text())
+
+
+def class_weights(
+    mode: str | dict | None, classes: Sequence[str], counts: dict[str, int]
+) -> dict[int, float] | None:
+    """Per-class loss weights: ``"auto"`` gives n / (k * n_c), so each class weighs the same.
+
+    A dict may name classes or give indices; classes it leaves out weigh 1.
+    """
+    if mode is None:
+        return None
+    if mode in ("auto", "balanced"):
+        total, k = sum(counts.values()), len(classes)
+        return {i: total / (k * counts[c]) for i, c in enumerate(classes)}
+    if isinstance(mode, dict):
+        out = {i: 1.0 for i in range(len(classes))}
+        for key, value in mode.items():
+            key = str(key)
+            if key in classes:
+                out[classes.index(key)] = float(value)
+            elif key.isdigit() and int(key) < len(classes):
+                out[int(key)] = float(value)
+            else:
+                raise ValueError(f"class_weight names unknown class {key!r}; classes: {classes}")
+        return out
+    raise ValueError(f"class_weight must be None, 'auto' or a dict, got {mode!r}")

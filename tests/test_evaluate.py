@@ -1,0 +1,125 @@
+"""evaluate / predict on a saved (untrained, so fast) recipe model and generated folders.
+
+The numbers are checked against an independent computation from ``kerascope.classify``, so a
+wrong confusion matrix or a dropped file cannot pass by being self-consistent.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image, ImageDraw
+
+from kerascope.evaluate import evaluate, format_confusion, metrics_from, predict
+from kerascope.predict import classify
+
+CLASSES = ["disc", "plain"]
+
+
+def _images(folder: Path, kind: str, n: int, seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        image = Image.new("RGB", (40, 40), tuple(int(v) for v in rng.integers(0, 255, 3)))
+        if kind == "disc":
+            ImageDraw.Draw(image).ellipse([8, 8, 32, 32], fill=(250, 250, 250))
+        image.save(folder / f"{i:02d}.png")
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory) -> Path:
+    """A LeNet run directory as ``train`` leaves it (model.keras + labels.json), untrained."""
+    import keras
+
+    from kerascope.train.recipes import build_model, get_recipe, inference_model
+
+    keras.utils.set_random_seed(0)
+    recipe = get_recipe("lenet")
+    model = inference_model(build_model(recipe, len(CLASSES), (32, 32), None, seed=0))
+    run = tmp_path_factory.mktemp("run")
+    model.save(run / "model.keras")
+    (run / "labels.json").write_text(json.dumps({"classes": CLASSES}))
+    return run
+
+
+@pytest.fixture()
+def data(tmp_path) -> Path:
+    root = tmp_path / "data"
+    for k, name in enumerate(CLASSES):
+        _images(root / name, name, 7 + k, seed=k)
+    (root / "disc" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    return root
+
+
+def test_evaluate_numbers_match_classify(run_dir, data, tmp_path):
+    out = tmp_path / "eval"
+    metrics = evaluate(run_dir, data, batch_size=4, output=out)
+    # independent reference: classify every readable file, compare with its folder
+    readable = [p for c in CLASSES for p in sorted((data / c).iterdir()) if p.suffix == ".png"]
+    results = classify(readable, model=run_dir, top=1)
+    truth = [CLASSES.index(p.parent.name) for p in readable]
+    guess = [r.predictions[0].index for r in results]
+    expected = np.zeros((2, 2), int)
+    for t, g in zip(truth, guess, strict=True):
+        expected[t, g] += 1
+    confusion = np.array(metrics["confusion"])
+    np.testing.assert_array_equal(confusion, expected)
+    assert confusion.sum() == metrics["n"] == len(readable) == 15
+    assert metrics["accuracy"] == pytest.approx(np.trace(confusion) / confusion.sum())
+    assert metrics["split"] == "all"
+    assert [Path(p).name for p, _ in metrics["unreadable"]] == ["broken.jpg"]
+    assert {c: metrics["per_class"][c]["support"] for c in CLASSES} == {"disc": 7, "plain": 8}
+    assert json.loads((out / "metrics.json").read_text())["confusion"] == metrics["confusion"]
+    for name in ("confusion.png", "top_losses.png"):
+        assert (out / name).stat().st_size > 1000
+    table = format_confusion(metrics)
+    assert "disc" in table and f"accuracy {metrics['accuracy']:.4f} on 15 images" in table
+
+
+def test_evaluate_prefers_the_test_split(run_dir, tmp_path):
+    root = tmp_path / "split"
+    for k, name in enumerate(CLASSES):
+        _images(root / "train" / name, name, 3, seed=k)
+        _images(root / "test" / name, name, 2, seed=10 + k)
+    metrics = evaluate(run_dir, root, top_losses=0)
+    assert metrics["split"] == "test" and metrics["n"] == 4
+    assert (run_dir / "metrics.json").is_file() and not (run_dir / "top_losses.png").exists()
+
+
+def test_evaluate_rejects_unknown_class_folder(run_dir, tmp_path):
+    from kerascope.data import DatasetError
+
+    _images(tmp_path / "d" / "zebra", "plain", 1, seed=0)
+    with pytest.raises(DatasetError, match="zebra' is not a class"):
+        evaluate(run_dir, tmp_path / "d")
+
+
+def test_metrics_by_hand():
+    labels = np.array([0, 0, 0, 1, 1, 2])
+    predicted = np.array([0, 0, 1, 1, 2, 2])
+    m = metrics_from(labels, predicted, ["a", "b", "c"])
+    assert m["confusion"] == [[2, 1, 0], [0, 1, 1], [0, 0, 1]]
+    assert m["accuracy"] == pytest.approx(4 / 6)
+    assert m["per_class"]["a"] == pytest.approx(
+        {"precision": 1.0, "recall": 2 / 3, "f1": 0.8, "support": 3}
+    )
+    assert m["per_class"]["b"]["precision"] == pytest.approx(0.5)
+
+
+def test_predict_writes_one_row_per_file(run_dir, data, tmp_path):
+    out = tmp_path / "sub" / "predictions.csv"
+    rows = predict(run_dir, data, out)
+    with out.open() as f:
+        written = list(csv.DictReader(f))
+    assert len(written) == len(rows) == 16  # 15 images + the broken one
+    broken = [r for r in written if r["path"].endswith("broken.jpg")]
+    assert len(broken) == 1 and broken[0]["error"] and broken[0]["label"] == ""
+    good = [r for r in written if not r["error"]]
+    reference = {r.source: r.predictions[0] for r in classify(data, model=run_dir, top=1) if r.ok}
+    for r in good:
+        assert r["label"] == reference[r["path"]].name
+        assert float(r["probability"]) == pytest.approx(reference[r["path"]].probability, abs=1e-6)

@@ -1,0 +1,236 @@
+"""Training recipes on generated and real-photo folders: accuracy, run files, resume, reload.
+
+Datasets are tiny and made in ``tmp_path`` so the whole file runs in a few minutes on 2 CPU
+cores: coloured shapes (separable, for "does it learn at all") and crops of scikit-image's
+real photos (for "does a pretrained backbone beat training from scratch").
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+from PIL import Image, ImageDraw, ImageOps
+
+from kerascope.report import read_history
+from kerascope.train import train
+from kerascope.train.heads import unfreeze_start
+from kerascope.train.recipes import class_weights, get_recipe
+
+SHAPE_COLOURS = {"circle": (220, 60, 60), "square": (60, 200, 60), "triangle": (70, 90, 230)}
+
+
+def make_shapes(root: Path, n: int = 40, size: int = 64, seed: int = 0) -> Path:
+    """Circles, squares and triangles, each class in its own colour, random size and place."""
+    rng = np.random.default_rng(seed)
+    for name, colour in SHAPE_COLOURS.items():
+        (root / name).mkdir(parents=True, exist_ok=True)
+        for i in range(n):
+            background = tuple(int(v) for v in rng.integers(0, 70, 3))
+            fill = tuple(int(np.clip(c + rng.integers(-30, 30), 0, 255)) for c in colour)
+            image = Image.new("RGB", (size, size), background)
+            draw = ImageDraw.Draw(image)
+            r = rng.uniform(0.2, 0.4) * size
+            x, y = rng.uniform(r, size - r, 2)
+            if name == "circle":
+                draw.ellipse([x - r, y - r, x + r, y + r], fill=fill)
+            elif name == "square":
+                draw.rectangle([x - r, y - r, x + r, y + r], fill=fill)
+            else:
+                draw.polygon([(x, y - r), (x - r, y + r), (x + r, y + r)], fill=fill)
+            image.save(root / name / f"{i:03d}.png")
+    return root
+
+
+def make_photo_crops(root: Path, skimage_data: Path, n_train: int = 24, n_val: int = 8) -> Path:
+    """Random grey crops of three real photos; validation crops are drawn separately.
+
+    Grey, with random scale, brightness and mirroring, so colour alone does not give the
+    class away and a small network trained from scratch for two epochs is near chance.
+    """
+    rng = np.random.default_rng(0)
+    photos = {"astronaut": "astronaut.png", "cat": "chelsea.png", "coffee": "coffee.png"}
+    for split, n in (("train", n_train), ("validation", n_val)):
+        for name, file in photos.items():
+            photo = ImageOps.grayscale(Image.open(skimage_data / file)).convert("RGB")
+            w, h = photo.size
+            (root / split / name).mkdir(parents=True, exist_ok=True)
+            for i in range(n):
+                s = int(rng.uniform(0.35, 0.7) * min(w, h))
+                x, y = rng.integers(0, w - s), rng.integers(0, h - s)
+                crop = photo.crop((x, y, x + s, y + s)).resize((96, 96), Image.BILINEAR)
+                if rng.random() < 0.5:
+                    crop = ImageOps.mirror(crop)
+                a = np.asarray(crop, np.float32) * rng.uniform(0.7, 1.3) + rng.uniform(-30, 30)
+                out = Image.fromarray(np.clip(a, 0, 255).astype(np.uint8))
+                out.save(root / split / name / f"{i:03d}.jpg", quality=90)
+    return root
+
+
+@pytest.fixture(scope="module")
+def shapes(tmp_path_factory) -> Path:
+    return make_shapes(tmp_path_factory.mktemp("shapes"))
+
+
+class StopAfter(keras.callbacks.Callback):
+    """Simulates Ctrl-C at the end of epoch ``epoch`` (0-based, counted across stages)."""
+
+    def __init__(self, epoch: int):
+        super().__init__()
+        self.epoch = epoch
+
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch == self.epoch:
+            raise KeyboardInterrupt
+
+
+def test_scratch_learns_separable_shapes(shapes, tmp_path):
+    run = tmp_path / "run"
+    result = train(shapes, recipe="scratch", output=run, epochs=12, image_size=64,
+                   augment=False, class_weight="auto", progress=False)  # fmt: skip
+    print(f"scratch on shapes: val accuracy {result.val_accuracy:.3f}")
+    assert result.val_accuracy >= 0.95
+    for name in ("model.keras", "labels.json", "config.yaml", "history.csv", "curves.png",
+                 "report.md"):  # fmt: skip
+        assert (run / name).is_file(), name
+    assert not (run / "backup").exists() and not (run / "best.weights.h5").exists()
+    assert json.loads((run / "labels.json").read_text()) == {"classes": list(SHAPE_COLOURS)}
+    config = result.config
+    assert config["recipe"] == "scratch" and config["backend"] == keras.backend.backend()
+    assert config["classes"] == list(SHAPE_COLOURS) and config["data"] == str(shapes.resolve())
+    assert config["stages"] == [{"optimizer": "rmsprop", "lr": 1e-3, "epochs": 12}]
+    assert config["counts"]["validation"] == {c: 8 for c in SHAPE_COLOURS}
+    history = read_history(run / "history.csv")
+    assert [r["epoch"] for r in history] == list(range(1, len(history) + 1))
+    assert "validation accuracy" in (run / "report.md").read_text()
+    layer_types = [type(layer).__name__ for layer in result.model.layers]
+    assert layer_types[:3] == ["InputLayer", "Rescaling", "Conv2D"]  # saved without augmentation
+    with pytest.raises(ValueError, match="already holds a run"):
+        train(shapes, recipe="scratch", output=run)  # never overwrites a finished run
+
+
+def test_resume_after_interrupt_matches_unbroken_run(shapes, tmp_path):
+    kwargs = dict(recipe="lenet", epochs=2, image_size=32, progress=False)
+    whole = train(shapes, output=tmp_path / "whole", **kwargs)
+    broken = tmp_path / "broken"
+    with pytest.raises(KeyboardInterrupt):
+        train(shapes, output=broken, callbacks=[StopAfter(0)], **kwargs)
+    assert [r["epoch"] for r in read_history(broken / "history.csv")] == [1]
+    assert (broken / "backup" / "stage1" / "seeds.npz").is_file()
+    assert json.loads((broken / "run_state.json").read_text())["status"] == "interrupted"
+    resumed = train(resume=broken, progress=False)
+    assert [r["epoch"] for r in resumed.history] == [1, 2]
+    # augmentation seeds, optimizer state and batch order are restored: the same numbers
+    for a, b in zip(whole.history, resumed.history, strict=True):
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-5)
+        assert a["val_loss"] == pytest.approx(b["val_loss"], rel=1e-5)
+    with pytest.raises(ValueError, match="already finished"):
+        train(resume=broken, progress=False)
+
+
+@pytest.mark.backends
+def test_transfer_saves_a_model_that_reloads_identically(shapes, tmp_path):
+    from kerascope.predict import classify
+    from kerascope.zoo.models import load_model
+
+    run = tmp_path / "transfer"
+    result = train(shapes, recipe="transfer", output=run, epochs=1, image_size=64,
+                   batch_size=16, progress=False)  # fmt: skip
+    model = result.model
+    names = [layer.name for layer in model.layers]
+    assert names[1:] == ["efficientnet_lite0", "avg_pool", "head_dropout", "predictions"]
+    base = model.get_layer("efficientnet_lite0")
+    assert not any(w.trainable for w in base.weights)
+    clf = load_model(run)
+    assert [name for _, name in clf.labels] == list(SHAPE_COLOURS)
+    assert clf.input_size == (64, 64)
+    x = np.random.default_rng(0).integers(0, 256, (6, 64, 64, 3)).astype("float32")
+    before = keras.ops.convert_to_numpy(model(x, training=False))
+    after = keras.ops.convert_to_numpy(clf.model(x, training=False))
+    assert np.max(np.abs(before - after)) <= 1e-6
+    paths = sorted((shapes / "circle").iterdir())[:3]
+    results = classify(paths, model=run / "model.keras", top=1)
+    assert [r.ok for r in results] == [True] * 3
+    try:
+        from kerascope.cam.base import find_layer
+    except ImportError:
+        return
+    assert find_layer(clf.model).name == "conv_head_relu6"  # the backbone's last conv
+
+
+@pytest.mark.slow
+def test_transfer_beats_scratch_on_real_photos(tmp_path, skimage_data):
+    data = make_photo_crops(tmp_path / "crops", skimage_data)
+    budget = dict(epochs=2, image_size=96, progress=False)
+    scratch = train(data, recipe="scratch", output=tmp_path / "scratch", **budget)
+    transfer = train(data, recipe="transfer", output=tmp_path / "transfer", **budget)
+    print(f"photo crops, 3 classes, 2 epochs: scratch {scratch.val_accuracy:.3f}, "
+          f"transfer {transfer.val_accuracy:.3f}")  # fmt: skip
+    assert transfer.val_accuracy >= 0.75  # chance is 1/3
+    assert transfer.val_accuracy >= scratch.val_accuracy + 0.2
+
+
+@pytest.mark.slow
+def test_finetune_resumes_in_its_second_stage(shapes, tmp_path):
+    run = tmp_path / "finetune"
+    kwargs = dict(recipe="finetune", epochs=[1, 2], image_size=32, unfreeze="blocks_15_expand_conv")
+    with pytest.raises(KeyboardInterrupt):
+        train(shapes, output=run, callbacks=[StopAfter(1)], progress=False, **kwargs)
+    state = json.loads((run / "run_state.json").read_text())
+    assert state["completed_stages"] == 1 and state["stage"] == 2
+    assert (run / "backup" / "stage2").is_dir()
+    result = train(resume=run, progress=False)
+    assert [(r["epoch"], r["stage"]) for r in result.history] == [(1, 1), (2, 2), (3, 2)]
+    assert [r["lr"] for r in result.history] == pytest.approx([1e-3, 1e-4, 1e-4])
+    base = result.model.get_layer("efficientnet_lite0")
+    trainable = {layer.name for layer in base.layers if layer.trainable}
+    assert "blocks_15_expand_conv" in trainable and "conv_head" in trainable
+    assert "blocks_14_project_conv" not in trainable
+    assert not any(n.startswith("bn") or "_bn" in n for n in trainable)  # BN stays frozen
+
+
+def test_models_take_raw_pixels_and_augment_inside():
+    from kerascope.data.augment import AugmentConfig
+    from kerascope.train.recipes import build_model, inference_model
+
+    recipe = get_recipe("lenet")
+    model = build_model(recipe, 5, (32, 32), recipe.augment, seed=0)
+    assert [layer.name for layer in model.layers[:3]] == ["image", "augmentation", "rescale"]
+    assert model.output_shape == (None, 5)
+    x = np.random.default_rng(0).integers(0, 256, (4, 32, 32, 3)).astype("float32")
+    plain = inference_model(model)
+    assert "augmentation" not in [layer.name for layer in plain.layers]
+    np.testing.assert_array_equal(
+        keras.ops.convert_to_numpy(model(x, training=False)),
+        keras.ops.convert_to_numpy(plain(x, training=False)),
+    )
+    noisy = keras.ops.convert_to_numpy(model.get_layer("augmentation")(x, training=True))
+    assert not np.allclose(noisy, x)
+    assert AugmentConfig().horizontal_flip and not recipe.augment.horizontal_flip
+
+
+def test_unfreeze_rules_align_to_blocks():
+    from kerascope.zoo.models import build
+
+    base = build("efficientnet_lite0", weights=None, include_top=False, input_shape=(32, 32, 3))
+    names = [layer.name for layer in base.layers]
+    start = unfreeze_start(base, 0.2)
+    assert names[start].startswith("blocks_") and names[start].endswith("expand_conv")
+    assert unfreeze_start(base, 3) == names.index("conv_head")  # no block prefix: as counted
+    assert unfreeze_start(base, "blocks_15_expand_conv") == names.index("blocks_15_expand_conv")
+    assert unfreeze_start(base, "0.2") == start
+    with pytest.raises(ValueError, match="no layer"):
+        unfreeze_start(base, "block99")
+
+
+def test_class_weights_balance_classes():
+    weights = class_weights("auto", ["a", "b"], {"a": 30, "b": 10})
+    assert weights == pytest.approx({0: 40 / 60, 1: 40 / 20})
+    assert class_weights({"b": 3}, ["a", "b"], {"a": 1, "b": 1}) == {0: 1.0, 1: 3.0}
+    with pytest.raises(ValueError, match="unknown class"):
+        class_weights({"c": 3}, ["a", "b"], {"a": 1, "b": 1})
+    with pytest.raises(ValueError, match="unknown recipe"):
+        get_recipe("resnet")
