@@ -45,8 +45,8 @@ def main() -> None:
     import skimage
 
     from kerascope import engine
+    from kerascope.cam.explain import Explainer, explain
     from kerascope.cam.overlay import overlay, upsample
-    from kerascope.explain import Explainer, explain
     from kerascope.images import load_image, resize
     from kerascope.zoo.models import load_model
 

@@ -38,7 +38,7 @@ def make_data(root: Path, per_class: int) -> Path:
 
 def extraction(data: Path, out: Path, batch_size: int) -> list[tuple]:
     """(backbone, engine, build s, images/s cold, cache-hit s) per backbone."""
-    from kerascope import features as kf
+    import kerascope.bottleneck as kf
     from kerascope.data import scan_dataset
 
     dataset = scan_dataset(data)

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from kerascope.cam import CAM, GradCAM, GradCAMPlusPlus, LayerError, MethodError, find_layer
-from kerascope.explain import Explainer, Explanation, explain, resolve_target
+from kerascope.cam.explain import Explainer, Explanation, explain, resolve_target
 
 from .conftest import load_rgb
 
@@ -194,7 +194,7 @@ def test_analytic_head_equals_autodiff_on_lite0(lite0, photo_paths):
 
 _OTHER_BACKEND = """
 import sys, numpy as np
-from kerascope.explain import Explainer
+from kerascope.cam.explain import Explainer
 from kerascope.images import load_image, resize
 from kerascope.zoo.models import load_model
 pixels = resize(load_image(sys.argv[1]), (224, 224))[None]
@@ -235,7 +235,6 @@ def test_same_heatmap_on_jax_and_torch(lite0, photo_paths, tmp_path):
 
 def test_explain_mirrors_classify_on_lists_and_bad_files(lite0, photo_paths, tmp_path):
     import kerascope
-    import kerascope.explain  # the module shadows the function name: it must stay callable
 
     broken = tmp_path / "broken.jpg"
     broken.write_bytes(b"not a jpeg")

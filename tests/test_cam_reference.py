@@ -51,7 +51,7 @@ def _reference_gradcam(images: np.ndarray, plus_plus: bool = False):
 @pytest.mark.slow
 @pytest.mark.parametrize("method", ["gradcam", "gradcam++"])
 def test_gradcam_matches_independent_pytorch_gradcam(lite0, photo_paths, method):
-    from kerascope.explain import Explainer
+    from kerascope.cam.explain import Explainer
 
     images = np.stack([load_rgb(p, 224) for p in photo_paths.values()])
     theirs, their_classes = _reference_gradcam(images, plus_plus=method == "gradcam++")

@@ -64,7 +64,7 @@ def harder(tmp_path_factory, skimage_data) -> Path:
 
 def test_cache_equals_fresh_features_and_records_provenance(tiny, tmp_path):
     import kerascope
-    import kerascope.features as kf
+    import kerascope.bottleneck as kf
     from kerascope.zoo import registry, weights
 
     store = kf.extract_features(tiny, [LITE0], output=tmp_path / "f.h5")
@@ -75,7 +75,9 @@ def test_cache_equals_fresh_features_and_records_provenance(tiny, tmp_path):
     assert all(
         Path(p).parent.name == got.classes[y] for p, y in zip(got.paths, got.labels, strict=True)
     )
-    kf._FORWARDS.clear()  # computed afresh: a new model, a new engine
+    from kerascope.bottleneck import branches
+
+    branches._FORWARDS.clear()  # computed afresh: a new model, a new engine
     fresh = kerascope.features(got.paths)
     np.testing.assert_allclose(got.features, fresh, atol=1e-5, rtol=0)
     info = store.info(store.keys()[0])
@@ -91,7 +93,7 @@ def test_cache_equals_fresh_features_and_records_provenance(tiny, tmp_path):
 
 
 def test_cache_recomputes_only_what_changed(tiny_copy, tmp_path, monkeypatch):
-    import kerascope.features as kf
+    import kerascope.bottleneck as kf
 
     out = tmp_path / "f.h5"
     key0, key1 = (kf.FeatureSpec.make(b).key for b in (LITE0, LITE1))
@@ -117,7 +119,7 @@ def test_cache_recomputes_only_what_changed(tiny_copy, tmp_path, monkeypatch):
     assert np.abs(after.features[3] - before.features[3]).max() > 1e-3
 
     real = kf.weights_checksum
-    monkeypatch.setattr(kf, "weights_checksum", lambda p: "other-" + real(p))
+    monkeypatch.setattr("kerascope.bottleneck.store.weights_checksum", lambda p: "other-" + real(p))
     assert kf.extract_features(tiny_copy, [LITE0], output=out).computed == {key0: 10}
     monkeypatch.undo()
 
@@ -129,7 +131,7 @@ def test_cache_recomputes_only_what_changed(tiny_copy, tmp_path, monkeypatch):
 
 
 def test_interrupted_extraction_resumes_and_is_refused_until_done(tiny, tmp_path):
-    import kerascope.features as kf
+    import kerascope.bottleneck as kf
 
     reference = kf.extract_features(tiny, [LITE0], output=tmp_path / "ref.h5", batch_size=2)
     out = tmp_path / "f.h5"
@@ -170,7 +172,7 @@ def test_interrupted_extraction_resumes_and_is_refused_until_done(tiny, tmp_path
 def test_intermediate_layer_matches_a_hand_built_submodel(tiny, pool):
     import keras
 
-    import kerascope.features as kf
+    import kerascope.bottleneck as kf
     from kerascope.images import load_image, resize
     from kerascope.zoo.models import build
 
@@ -187,7 +189,7 @@ def test_intermediate_layer_matches_a_hand_built_submodel(tiny, pool):
 
 
 def test_layer_setting_makes_its_own_group_and_wrong_names_suggest_close_ones(tiny, tmp_path):
-    import kerascope.features as kf
+    import kerascope.bottleneck as kf
 
     out = tmp_path / "f.h5"
     store = kf.extract_features(tiny, [LITE0], layer="blocks_9_add", output=out)
@@ -200,8 +202,8 @@ def test_layer_setting_makes_its_own_group_and_wrong_names_suggest_close_ones(ti
 
 
 def test_ensemble_model_equals_head_on_cache_and_beats_single_backbones(harder, tmp_path):
+    from kerascope.bottleneck import FeatureSpec
     from kerascope.engine import forward_fn
-    from kerascope.features import FeatureSpec
     from kerascope.predict import classify, iter_batches
     from kerascope.train.ensemble import concat_features, fit_head, train_features
     from kerascope.zoo.models import load_model
@@ -212,7 +214,7 @@ def test_ensemble_model_equals_head_on_cache_and_beats_single_backbones(harder, 
     classes = ["astronaut", "brick", "chelsea", "coffee", "grass", "gravel"]
     assert json.loads((run.run_dir / "labels.json").read_text())["classes"] == classes
 
-    from kerascope.features import FeatureStore
+    from kerascope.bottleneck import FeatureStore
 
     store = FeatureStore(run.features_path)
     specs = [FeatureSpec.make(b, image_size=240) for b in (LITE0, LITE1)]

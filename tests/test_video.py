@@ -242,7 +242,7 @@ def test_interrupted_run_leaves_nothing(lite0, clips, tmp_path):
 
 @pytest.mark.slow
 def test_heatmap_stays_on_the_cat(lite0, frames):
-    from kerascope.explain import Explainer
+    from kerascope.cam.explain import Explainer
 
     size = lite0.input_size
     batch = np.stack([resize(f, size) for f in frames[:CAT_FRAMES]])

@@ -11,11 +11,13 @@ from typing import TYPE_CHECKING
 from kerascope.config import ensure_backend
 
 __version__ = "0.1.0"
-__all__ = ["classify", "load_model", "list_models", "__version__"]
+__all__ = ["classify", "explain", "features", "load_model", "list_models", "__version__"]
 
 ensure_backend()
 
 if TYPE_CHECKING:
+    from kerascope.bottleneck import features
+    from kerascope.cam.explain import explain
     from kerascope.predict import classify
     from kerascope.zoo.models import load_model
 
@@ -32,6 +34,14 @@ def __getattr__(name: str):
         from kerascope.predict import classify
 
         return classify
+    if name == "explain":
+        from kerascope.cam.explain import explain
+
+        return explain
+    if name == "features":
+        from kerascope.bottleneck import features
+
+        return features
     if name == "load_model":
         from kerascope.zoo.models import load_model
 

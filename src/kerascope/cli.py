@@ -127,7 +127,7 @@ def _run_classify(args) -> int:
 
 def _target(clf, query: str | None) -> int | None:
     """--class as an output index; an unknown class is a one-line error."""
-    from kerascope.explain import resolve_target
+    from kerascope.cam.explain import resolve_target
 
     if query is None:
         return None
@@ -141,8 +141,8 @@ def _run_explain(args) -> int:
     from pathlib import Path
 
     from kerascope import output
+    from kerascope.cam.explain import _cached_explainer, explain
     from kerascope.cam.overlay import overlay, save_jpeg, side_by_side
-    from kerascope.explain import _cached_explainer, explain
     from kerascope.images import load_image
     from kerascope.predict import normalise_inputs
     from kerascope.zoo.models import load_model

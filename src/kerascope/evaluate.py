@@ -178,8 +178,8 @@ def _top_losses(clf, kept, probs, labels, path: Path, count: int, heatmaps: bool
 def _with_heatmaps(clf: Classifier, pixels: np.ndarray, targets: np.ndarray) -> np.ndarray:
     """Overlay the explain module's heatmap for the predicted class, if that module exists."""
     try:
+        from kerascope.cam.explain import Explainer
         from kerascope.cam.overlay import overlay
-        from kerascope.explain import Explainer
     except ImportError:
         return pixels
     maps, _, _ = Explainer(clf, "gradcam").explain_batch(pixels, targets)

@@ -297,7 +297,7 @@ def explain_video(
             as ``.<name>.partial`` first and renamed on success, so an interrupted run leaves
             nothing under this name.
         clf: a loaded :class:`~kerascope.zoo.models.Classifier`; else ``model`` is loaded.
-        method: ``cam``, ``gradcam`` or ``gradcam++`` (see :class:`kerascope.explain.Explainer`).
+        method: ``cam``, ``gradcam`` or ``gradcam++`` (see `kerascope.cam.explain.Explainer`).
         target: class index or name to explain in every frame; ``None``: each frame's top-1.
         every: compute a fresh heatmap every N frames and reuse it in between (all frames
             are still written); N > 1 trades heatmap lag for speed.
@@ -314,7 +314,7 @@ def explain_video(
     Raises:
         VideoError: the input is missing, not a video, has no video stream or fails to decode.
     """
-    from kerascope.explain import Explainer, resolve_target
+    from kerascope.cam.explain import Explainer, resolve_target
 
     if every < 1 or batch_size < 1:
         raise ValueError(f"every and batch_size must be >= 1, got {every} and {batch_size}")

@@ -21,8 +21,9 @@ from typing import Any
 
 import numpy as np
 
+from kerascope.bottleneck import FeatureSpec, build_body, extract_features, resizer
+from kerascope.bottleneck.store import Progress
 from kerascope.config import ensure_backend
-from kerascope.features import FeatureSpec, Progress, build_body, extract_features, resizer
 
 DEFAULT_BACKBONES = ("efficientnet_lite0", "efficientnet_lite1")
 

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import os
 import re
-import sys
-import types
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -172,15 +170,3 @@ def _cached_explainer(clf: Classifier, method: str, layer: str | None) -> Explai
     if key not in cache:
         cache[key] = Explainer(clf, method, layer)
     return cache[key]
-
-
-class _CallableModule(types.ModuleType):
-    """``kerascope.explain`` names both this module and its function: importing the module
-    (as the video module does) rebinds the package attribute to the module, so the module
-    forwards calls to `explain` and ``kerascope.explain(image)`` works either way."""
-
-    def __call__(self, *args, **kwargs):
-        return explain(*args, **kwargs)
-
-
-sys.modules[__name__].__class__ = _CallableModule

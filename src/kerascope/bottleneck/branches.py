@@ -1,0 +1,194 @@
+"""Feature branches: ``Input -> Resizing -> backbone [-> layer] -> pool``, and their forward.
+
+The HDF5 cache (`store`) and the ensemble model (`kerascope.train.ensemble`) are built from the
+same branches, so cached features and the saved model agree by construction.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from kerascope.config import ensure_backend
+
+POOLS = ("avg", "max", "none")
+Forward = Callable[[np.ndarray], np.ndarray]
+
+
+class FeatureCacheError(RuntimeError):
+    """A feature file or group that cannot be used as asked; the message says why and the fix."""
+
+
+@dataclass(frozen=True)
+class FeatureSpec:
+    """What produces one feature group: backbone, layer, pooling and the size images arrive at.
+
+    ``image_size`` may exceed the backbone's own input size: images are then decoded at
+    ``image_size`` and resized inside the graph, as in an ensemble of backbones of several sizes.
+    """
+
+    backbone: str
+    layer: str | None = None
+    pool: str = "avg"
+    image_size: int | None = None
+    weights: str | None = None  # explicit weights file; None for the zoo's ImageNet weights
+
+    @classmethod
+    def make(cls, backbone: str, layer=None, pool="avg", image_size=None, weights=None):
+        """Canonical names and sizes, so equal settings give equal keys."""
+        from kerascope.zoo import registry
+
+        if pool not in POOLS:
+            raise ValueError(f"pool must be one of {', '.join(POOLS)}, got {pool!r}")
+        spec = registry.get(backbone)
+        size = int(image_size or spec.input_size)
+        return cls(spec.name, layer or None, pool, size, str(weights) if weights else None)
+
+    @property
+    def input_size(self) -> int:
+        from kerascope.zoo import registry
+
+        return registry.get(self.backbone).input_size
+
+    @property
+    def key(self) -> str:
+        layer = self.layer or "last"
+        return f"{self.backbone},layer={layer},pool={self.pool},size={self.image_size}"
+
+
+def weights_file(spec: FeatureSpec) -> Path:
+    from kerascope.zoo import registry, weights
+
+    return weights.resolve(registry.get(spec.backbone), spec.weights)
+
+
+_SUMS: dict[tuple, str] = {}
+
+
+def weights_checksum(path: str | os.PathLike) -> str:
+    """SHA-256 of a weights file, remembered per (path, size, mtime) within the process."""
+    path = Path(path)
+    st = path.stat()
+    key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
+    if key not in _SUMS:
+        digest = hashlib.sha256()
+        with open(path, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(block)
+        _SUMS[key] = digest.hexdigest()
+    return _SUMS[key]
+
+
+def build_body(spec: FeatureSpec) -> Any:
+    """Backbone (at its own input size) up to ``spec.layer``, pooled; preprocessing inside."""
+    ensure_backend()
+    import keras
+
+    from kerascope.zoo.models import build
+
+    weights = spec.weights or "imagenet"
+    if spec.layer is None and spec.pool != "none":
+        return build(spec.backbone, weights=weights, include_top=False, pooling=spec.pool)
+    base = build(spec.backbone, weights=weights, include_top=False, pooling=None)
+    x = base.output
+    if spec.layer is not None:
+        names = [layer.name for layer in base.layers]
+        if spec.layer not in names:
+            close = difflib.get_close_matches(spec.layer, names, n=5, cutoff=0.5)
+            hint = f"; close matches: {', '.join(close)}" if close else ""
+            raise FeatureCacheError(
+                f"'{spec.backbone}' has no layer '{spec.layer}'{hint} ({len(names)} layers; "
+                f"list them with kerascope.zoo.models.build('{spec.backbone}').summary())"
+            )
+        x = base.get_layer(spec.layer).output
+    if spec.pool != "none" and len(x.shape) == 4:
+        pool = (
+            keras.layers.GlobalAveragePooling2D
+            if spec.pool == "avg"
+            else keras.layers.GlobalMaxPooling2D
+        )
+        x = pool(name=f"{spec.pool}_pool")(x)
+    return keras.Model(base.input, x, name=f"{spec.backbone}_{spec.layer or 'last'}_{spec.pool}")
+
+
+def resizer(spec: FeatureSpec) -> Any | None:
+    """The in-graph resize from ``image_size`` to the backbone's size (None when equal)."""
+    import keras
+
+    size = spec.input_size
+    if spec.image_size == size:
+        return None
+    return keras.layers.Resizing(size, size, name=f"resize_{spec.backbone}")
+
+
+_FORWARDS: dict[tuple, tuple[Forward, tuple]] = {}
+
+
+def forward_for(spec: FeatureSpec) -> tuple[Forward, tuple[int, ...]]:
+    """A fast uint8 -> features function and its row shape, built once per spec and weights.
+
+    The body runs on the inference engine ``classify`` uses (onnxruntime on CPU when it converts,
+    else jitted Keras); the resize, which the ONNX converter does not cover, runs as the Keras
+    ``Resizing`` layer itself: the same op the ensemble model applies.
+    """
+    from kerascope.engine import forward_fn
+    from kerascope.zoo.models import Classifier
+
+    cache_key = (spec, weights_checksum(weights_file(spec)))
+    if cache_key not in _FORWARDS:
+        import keras
+
+        body = build_body(spec)
+        size = spec.input_size
+        clf = Classifier(model=body, name=body.name, input_size=(size, size), labels=[])
+        run = forward_fn(clf)
+        resize = resizer(spec)
+        if resize is not None:
+            inner = run
+
+            def run(x: np.ndarray) -> np.ndarray:
+                return inner(keras.ops.convert_to_numpy(resize(x.astype("float32"))))
+
+        while len(_FORWARDS) >= 4:  # models are large; keep the few a session alternates
+            _FORWARDS.pop(next(iter(_FORWARDS)))
+        _FORWARDS[cache_key] = (run, tuple(int(d) for d in body.output_shape[1:]))
+    return _FORWARDS[cache_key]
+
+
+def features(
+    images: Any,
+    model: str = "efficientnet_lite0",
+    layer: str | None = None,
+    pool: str = "avg",
+    image_size: int | None = None,
+    batch_size: int = 32,
+    weights: str | None = None,
+) -> np.ndarray:
+    """Features of images given as paths, folders, globs or RGB arrays; nothing is cached.
+
+    Example:
+        >>> kerascope.features("cat.jpg", layer="blocks_9_add", pool="max").shape  # doctest: +SKIP
+        (1, 112)
+    """
+    from kerascope.images import ImageError
+    from kerascope.predict import iter_batches, normalise_inputs
+
+    spec = FeatureSpec.make(model, layer, pool, image_size, weights)
+    sources, _, missing = normalise_inputs(images)
+    if missing:
+        raise FileNotFoundError(f"no such file or folder: {', '.join(map(str, missing[:5]))}")
+    run, shape = forward_for(spec)
+    out = [np.zeros((0, *shape), np.float32)]
+    for items in iter_batches(sources, (spec.image_size, spec.image_size), batch_size):
+        for it in items:
+            if it.error is not None:
+                raise ImageError(it.source, it.error)
+        out.append(run(np.stack([it.pixels for it in items])))
+    return np.concatenate(out)
