@@ -7,10 +7,7 @@ import sys
 from collections.abc import Sequence
 
 from kerascope import __version__
-
-
-class CliError(Exception):
-    """A user-facing failure: printed as one line, exit code 2."""
+from kerascope.errors import CliError
 
 
 def _add_classify(sub) -> None:
@@ -32,24 +29,6 @@ def _add_models(sub) -> None:
     p.add_argument("name", nargs="?", help="model to show")
     p.add_argument("--format", "-f", choices=("table", "json"), default="table")
     p.set_defaults(func=_run_models)
-
-
-def _add_augment(sub) -> None:
-    p = sub.add_parser("augment", help="preview the training augmentation on one image")
-    p.add_argument("image", help="the picture to augment")
-    p.add_argument("-n", type=int, default=20, help="number of samples (default 20)")
-    p.add_argument("-o", "--output", default="preview", help="folder to write into")
-    p.add_argument("--seed", type=int, default=0)
-    for flag, default in (
-        ("rotation", 40.0),
-        ("width-shift", 0.2),
-        ("height-shift", 0.2),
-        ("shear", 0.2),
-        ("zoom", 0.2),
-    ):
-        p.add_argument(f"--{flag}", type=float, default=default)
-    p.add_argument("--no-flip", action="store_true", help="no horizontal flips")
-    p.set_defaults(func=_run_augment)
 
 
 def _add_explain_args(p) -> None:
@@ -90,9 +69,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_classify(sub)
     _add_models(sub)
-    _add_augment(sub)
     _add_explain(sub)
     _add_video(sub)
+    from kerascope import cli_train
+
+    cli_train.add_commands(sub)
     return parser
 
 
@@ -213,29 +194,6 @@ def _run_video(args) -> int:
         f"wrote {report.output}: {report.frames} frames, {float(report.fps):.2f} fps, "
         f"{report.size[0]}x{report.size[1]}, {audio} ({report.frames_per_second:.1f} frames/s)"
     )
-    return 0
-
-
-def _run_augment(args) -> int:
-    from kerascope import output
-    from kerascope.data.augment import AugmentConfig, augment_preview
-    from kerascope.images import load_image
-
-    if args.n < 1:
-        raise CliError("-n must be at least 1")
-    load_image(args.image)  # a bad picture fails here with a one-line reason
-    config = AugmentConfig(
-        rotation=args.rotation,
-        width_shift=args.width_shift,
-        height_shift=args.height_shift,
-        shear=args.shear,
-        zoom=args.zoom,
-        horizontal_flip=not args.no_flip,
-    )
-    paths = augment_preview(
-        args.image, n=args.n, out_dir=args.output, config=config, seed=args.seed
-    )
-    output.note(f"wrote {len(paths) - 1} samples and {paths[-1]}")
     return 0
 
 

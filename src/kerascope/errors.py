@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 
+class CliError(Exception):
+    """A user-facing failure of the command line: printed as one line, exit code 2."""
+
+
 def user_errors() -> tuple[type[BaseException], ...]:
     """Error types whose message already tells the user what to do (no traceback needed)."""
+    from kerascope.bottleneck import FeatureCacheError
     from kerascope.cam.base import LayerError, MethodError
     from kerascope.data.folders import DatasetError
     from kerascope.images import ImageError
@@ -14,6 +19,7 @@ def user_errors() -> tuple[type[BaseException], ...]:
     from kerascope.zoo.weights import WeightsError
 
     return (
+        FeatureCacheError,
         LayerError,
         MethodError,
         VideoError,

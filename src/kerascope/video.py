@@ -71,9 +71,11 @@ def open_video(path: str | os.PathLike):
     The file is checked first because FFmpeg's messages for a missing file, a folder or an
     empty file name neither the file nor the fix.
     """
-    import av
-
     p = os.fspath(path)
+    try:
+        import av
+    except ImportError:
+        raise VideoError(p, "video support needs PyAV: pip install 'kerascope[video]'") from None
     try:
         st = os.stat(p)
     except FileNotFoundError:
