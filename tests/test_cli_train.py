@@ -1,0 +1,73 @@
+"""The train-side commands end to end, as a user runs them: train, then use the run everywhere."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+
+import pytest
+
+from kerascope.cli import main
+
+from .test_train import make_shapes
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A tiny scratch run on separable shapes (its accuracy is asserted in test_train)."""
+    root = tmp_path_factory.mktemp("cli")
+    data = make_shapes(root / "data", n=16, size=48)
+    run = root / "run"
+    code = main(["train", str(data), "--recipe", "scratch", "--epochs", "2", "--image-size", "48",
+                 "--batch-size", "8", "-o", str(run)])  # fmt: skip
+    assert code == 0
+    return data, run
+
+
+@pytest.mark.slow
+def test_run_directory_has_everything(trained):
+    _, run = trained
+    for name in ("model.keras", "labels.json", "config.yaml", "history.csv", "curves.png",
+                 "report.md"):  # fmt: skip
+        assert (run / name).is_file(), name
+    classes = json.loads((run / "labels.json").read_text())
+    assert isinstance(classes, list | dict)
+
+
+@pytest.mark.slow
+def test_trained_run_works_with_evaluate_predict_classify_explain(trained, tmp_path, capsys):
+    data, run = trained
+    assert main(["evaluate", str(run), str(data), "-o", str(tmp_path / "eval")]) == 0
+    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    confusion = metrics["confusion"]
+    assert sum(map(sum, confusion)) == metrics["n"]
+    assert (tmp_path / "eval" / "confusion.png").is_file()
+
+    pics = tmp_path / "pics"
+    shutil.copytree(data, pics)
+    broken = next(pics.rglob("*.png")).with_name("broken.png")
+    broken.write_bytes(b"\x89PNG truncated")
+    out = tmp_path / "pred.csv"
+    assert main(["predict", str(run), str(pics), "-o", str(out)]) == 1  # one unreadable file
+    rows = list(csv.DictReader(out.open()))
+    assert len(rows) == len([p for p in pics.rglob("*") if p.is_file()])
+    assert [r for r in rows if r["path"].endswith("broken.png")][0]["error"]
+
+    image = str(next(data.rglob("*.png")))
+    capsys.readouterr()
+    assert main(["classify", image, "--model", str(run / "model.keras"), "-f", "json"]) == 0
+    result = json.loads(capsys.readouterr().out)[0]
+    assert result["predictions"][0]["name"] in json.dumps(json.loads((run / "labels.json")
+                                                                     .read_text()))  # fmt: skip
+    assert main(["explain", image, "--model", str(run), "-o", str(tmp_path / "ex")]) == 0
+    assert list((tmp_path / "ex").glob("*-output.jpg"))
+
+
+def test_train_errors_are_one_line(tmp_path, capsys):
+    (tmp_path / "only").mkdir()
+    (tmp_path / "only" / "a.txt").write_text("x")
+    assert main(["train", str(tmp_path), "--recipe", "scratch"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("kerascope: error:") and "Traceback" not in err
+    assert main(["train"]) == 2
