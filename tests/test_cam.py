@@ -87,6 +87,43 @@ def test_layer_inside_a_nested_base_model():
     assert not inner.cam.analytic and inner.explain_batch(_pixels(1))[0].shape == (1, 32, 32)
 
 
+def _ensemble():
+    """Two branches of one zoo network (identical inner layer names) behind in-graph resizes,
+    each wrapped under its own name as ``bottleneck.build_body`` does; random weights."""
+    import keras
+
+    from kerascope.zoo.models import build
+
+    inputs = keras.Input((96, 96, 3), name="image")
+    branches = []
+    for size in (64, 80):
+        base = build("efficientnet_lite0", weights=None, include_top=False, pooling="avg",
+                     input_shape=(size, size, 3))  # fmt: skip
+        body = keras.Model(base.input, base.output, name=f"lite0_{size}")
+        branches.append(body(keras.layers.Resizing(size, size, name=f"resize_{size}")(inputs)))
+    x = keras.layers.Concatenate(name="concat")(branches)
+    outputs = keras.layers.Dense(3, activation="softmax", name="predictions")(x)
+    return keras.Model(inputs, outputs, name="ensemble")
+
+
+def test_ensemble_with_same_named_layers_in_two_branches():
+    """Only the branch holding the target is inlined; the other is called whole."""
+    model = _ensemble()
+    pixels = _pixels(2, 96)
+    expected = model.predict(pixels.astype("float32"), verbose=0)
+    auto = Explainer(model, "gradcam")
+    given = Explainer(model, "gradcam", layer="lite0_64/conv_head_relu6")
+    inner = Explainer(model, "gradcam++", layer="lite0_64/conv_stem_relu6")
+    for ex, size in ((auto, 3), (given, 2), (inner, 32)):  # lite0 strides 32, stem 2
+        maps, classes, probs = ex.explain_batch(pixels)
+        assert maps.shape == (2, size, size) and np.isfinite(maps).all()
+        assert np.allclose(probs, expected[np.arange(2), classes], atol=1e-5)
+    assert auto.layer == "conv_head_relu6" and given.layer == "lite0_64/conv_head_relu6"
+    assert find_layer(model, "conv_head_relu6") is find_layer(model, "lite0_80/conv_head_relu6")
+    with pytest.raises(LayerError, match="no layer 'nope'"):
+        find_layer(model, "lite0_64/nope")
+
+
 # --- methods ----------------------------------------------------------------------------------
 
 

@@ -167,6 +167,118 @@ def test_nested_models_are_inlined():
     _assert_matches(outer, _images(33), 1e-4)
 
 
+@pytest.mark.backends
+@pytest.mark.parametrize("mode", ["caffe", "tf", "torch", "none"])
+def test_image_preprocess_modes(mode):
+    import keras
+
+    from kerascope.zoo.preprocess import ImagePreprocess
+
+    inputs = keras.Input((12, 12, 3))
+    x = ImagePreprocess(mode)(inputs)
+    model = keras.Model(inputs, [x, keras.layers.Conv2D(4, 1)(x)])
+    _assert_matches(model, _images(12), 1e-6, relative=True)
+
+
+ZOO = [
+    ("mobilenet_v2", {"input_shape": (96, 96, 3), "classifier_activation": None}),  # tf mode
+    ("vgg16", {"include_top": False, "pooling": "avg", "input_shape": (64, 64, 3)}),  # caffe
+]
+
+
+@pytest.mark.parametrize("name, kwargs", ZOO, ids=[z[0] for z in ZOO])
+def test_zoo_models_start_with_image_preprocess_and_get_the_onnx_engine(name, kwargs, monkeypatch):
+    from kerascope import engine
+    from kerascope.zoo.models import Classifier, build
+
+    model = build(name, weights=None, **kwargs)
+    _randomize_batchnorm(model)
+    assert "ImagePreprocess" in {type(layer).__name__ for layer in model.layers}
+    _assert_matches(model, _images(kwargs["input_shape"][0]), 1e-5, relative=True)
+    monkeypatch.delenv("KERASCOPE_ENGINE", raising=False)
+    clf = Classifier(model=model, name=name, input_size=kwargs["input_shape"][:2], labels=[])
+    assert engine.choose_engine(clf) == ("onnx" if engine._on_cpu() else "keras")
+
+
+@pytest.mark.backends
+@pytest.mark.parametrize("interpolation", ["bilinear", "nearest"])
+def test_resizing_matches_keras(interpolation):
+    """Keras resizes at half-pixel centers without antialiasing: ONNX Resize half_pixel."""
+    import keras
+
+    L = keras.layers
+    inputs = keras.Input((260, 260, 3))
+    x = L.Resizing(224, 224, interpolation=interpolation)(inputs)
+    model = keras.Model(inputs, L.Conv2D(4, 3, padding="same")(x))
+    _assert_matches(model, _images(260), 1e-4, relative=True)
+    inputs = keras.Input((31, 17, 3))  # up in one axis, down in the other, odd ratios
+    model = keras.Model(inputs, L.Resizing(13, 40, interpolation=interpolation)(inputs))
+    _assert_matches(model, _images(31)[:, :, :17], 1e-4, relative=True)
+
+
+def test_ensemble_of_resized_zoo_branches():
+    """The ``features`` recipe's model: one input, a resize per branch, same-named inner layers."""
+    import keras
+
+    from kerascope.zoo.models import build
+
+    inputs = keras.Input((96, 96, 3), name="image")
+    branches = []
+    for size in (64, 80):
+        base = build("efficientnet_lite0", weights=None, include_top=False, pooling="avg",
+                     input_shape=(size, size, 3))  # fmt: skip
+        _randomize_batchnorm(base, seed=size)
+        body = keras.Model(base.input, base.output, name=f"lite0_{size}")
+        branches.append(body(keras.layers.Resizing(size, size)(inputs)))
+    x = keras.layers.Concatenate()(branches)
+    model = keras.Model(inputs, keras.layers.Dense(3)(x))
+    _assert_matches(model, _images(96), 1e-4, relative=True)
+
+
+def test_resizing_options_that_change_the_result_are_refused():
+    import keras
+
+    inputs = keras.Input((40, 30, 3))
+    for kwargs in ({"crop_to_aspect_ratio": True}, {"antialias": True}, {"interpolation": "area"}):
+        model = keras.Model(inputs, keras.layers.Resizing(20, 20, name="rs", **kwargs)(inputs))
+        assert not supports(model)
+        with pytest.raises(UnsupportedLayerError, match="'rs' "):
+            keras_to_onnx(model)
+
+
+def _augmentations():
+    import keras
+
+    L, fill = keras.layers, {"value_range": (0, 255)}
+    return [
+        L.RandomFlip(), L.RandomRotation(0.2), L.RandomTranslation(0.2, 0.2), L.RandomZoom(0.2),
+        L.RandomShear(0.2), L.RandomContrast(0.3), L.RandomBrightness(0.3, **fill),
+        L.RandomHue(0.2, **fill), L.RandomSaturation(0.2, **fill), L.RandomColorJitter(**fill),
+        L.RandomGrayscale(), L.RandomSharpness(0.2, **fill), L.RandomInvert(**fill),
+        L.RandomPosterization(4, **fill), L.RandomGaussianBlur(), L.RandomErasing(**fill),
+        L.RandomPerspective(),
+    ]  # fmt: skip
+
+
+@pytest.mark.backends
+def test_random_augmentation_is_identity_at_inference():
+    import keras
+
+    from kerascope.data.augment import build_augmentation
+
+    L = keras.layers
+    inputs = keras.Input((24, 24, 3))
+    x = build_augmentation(seed=0)(inputs)  # nested Sequential, as the train recipes make it
+    for layer in _augmentations():
+        x = layer(x)
+    x = L.GlobalAveragePooling2D()(L.Conv2D(4, 3)(L.Rescaling(1 / 255.0)(x)))
+    model = keras.Model(inputs, L.Dense(3, activation="softmax")(x))
+    assert supports(model)
+    _assert_matches(model, _images(24), 1e-5)
+    inputs = keras.Input((24, 24, 3))
+    assert not supports(keras.Model(inputs, L.RandomCrop(16, 16)(inputs)))  # center crop
+
+
 @pytest.mark.parametrize("size", [31, 32])
 def test_dynamic_spatial_size(size):
     model = _small_base((None, None, 3))

@@ -1,7 +1,8 @@
 """Class activation maps: which pixels made the model choose a class.
 
-``methods`` holds CAM, Grad-CAM and Grad-CAM++; ``base`` the shared machinery; ``gradients``
-the backend-specific autodiff; ``overlay`` the colouring. Most users want `kerascope.explain`.
+``methods`` holds CAM, Grad-CAM and Grad-CAM++; ``base`` the shared machinery; ``graph`` finding
+and re-calling the target layer; ``gradients`` the backend-specific autodiff; ``overlay`` the
+colouring. Most users want `kerascope.explain`.
 """
 
 from kerascope.cam.base import BaseCAM, LayerError, MethodError, candidate_layers, find_layer

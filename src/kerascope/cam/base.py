@@ -18,13 +18,12 @@ the activations ``A`` of the target layer:
 
 from __future__ import annotations
 
-import difflib
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+from kerascope.cam.graph import LayerError, candidate_layers, find_layer, rebuild
 from kerascope.zoo.models import Classifier
 
 # Final activations that leave a per-class score (the logit) separable from the output.
@@ -32,119 +31,8 @@ _SEPARABLE = ("softmax", "sigmoid", "linear")
 _PASS_THROUGH = ("Dropout", "SpatialDropout2D", "GaussianDropout", "GaussianNoise", "Identity")
 
 
-class LayerError(ValueError):
-    """A target layer that does not exist or cannot carry a heatmap; names the candidates."""
-
-
 class MethodError(ValueError):
     """A method that cannot explain this model (e.g. CAM without a GAP + Dense head)."""
-
-
-def _functional(op: Any) -> Any:
-    import keras
-
-    if isinstance(op, keras.Sequential):
-        return getattr(op, "_functional", None)
-    return op if hasattr(op, "_nodes_by_depth") else None
-
-
-def _nodes(fn: Any) -> Iterator[Any]:
-    """Nodes of a functional graph in execution order (deepest first, as Keras runs them)."""
-    for depth in sorted(fn._nodes_by_depth, reverse=True):
-        for node in fn._nodes_by_depth[depth]:
-            if node.operation is not None and not node.is_input:
-                yield node
-
-
-def _walk(model: Any) -> Iterator[tuple[Any, tuple]]:
-    """(operation, output shape) of every call in ``model``, nested models expanded in place."""
-    fn = _functional(model)
-    if fn is None:
-        raise LayerError(
-            f"model '{model.name}' is subclassed; heatmaps need a functional or Sequential model"
-        )
-    for node in _nodes(fn):
-        if _functional(node.operation) is not None:
-            yield from _walk(node.operation)
-        if len(node.outputs) == 1:
-            yield node.operation, tuple(node.outputs[0].shape)
-
-
-def candidate_layers(model: Any) -> list[str]:
-    """Names of the layers with a 4-D (batch, height, width, channels) output, last first."""
-    names = [op.name for op, shape in _walk(model) if len(shape) == 4]
-    return list(dict.fromkeys(reversed(names)))
-
-
-def find_layer(model: Any, name: str | None = None) -> Any:
-    """The layer whose activations are explained: ``name``, or the last spatial 4-D layer.
-
-    "Last" is in execution order over the whole graph, inside nested models (a layer of the
-    base rather than the base itself), preferring maps bigger than 1x1 (a 1x1 map cannot say
-    where; inception at 75 px ends at 1x1). A nested model can still be named explicitly.
-    """
-    calls = list(_walk(model))
-    spatial = [(op, s) for op, s in calls if len(s) == 4]
-    if name is None:
-        if not spatial:
-            raise LayerError(f"model '{model.name}' has no layer with a 4-D spatial output")
-        plain = [(op, s) for op, s in spatial if _functional(op) is None] or spatial
-        wide = [op for op, s in plain if (s[1] or 2) * (s[2] or 2) > 1]
-        return (wide or [op for op, _ in plain])[-1]
-    found = [(op, s) for op, s in calls if op.name == name]
-    if found and len(found[-1][1]) == 4:
-        return found[-1][0]
-    listed = candidate_layers(model)
-    if found:
-        reason = f"layer '{name}' has output shape {found[-1][1]}, not (batch, h, w, channels)"
-    else:
-        close = difflib.get_close_matches(name, listed, n=3)
-        hint = f" (did you mean {', '.join(close)}?)" if close else ""
-        reason = f"model '{model.name}' has no layer '{name}'{hint}"
-    more = f", ... ({len(listed)} in all)" if len(listed) > 8 else ""
-    raise LayerError(
-        f"{reason}; layers that can carry a heatmap, last first: {', '.join(listed[:8])}{more}"
-    )
-
-
-def rebuild(model: Any, target: Any, delta: Any = None) -> tuple[list, Any, Any]:
-    """Call ``model``'s layers again on fresh inputs, nested models inlined, so that the
-    target layer's output becomes reachable from the outer input (and, with ``delta``, is
-    replaced by ``output + delta``). Layers and weights are shared; the model is not changed.
-
-    Returns:
-        (new inputs, the target's output tensor, the model's first output tensor).
-    """
-    import keras
-
-    fn = _functional(model)
-    inputs = [keras.Input(shape=tuple(t.shape[1:]), name=t.name) for t in fn.inputs]
-    found: list = []
-
-    def replay(fn: Any, values_in: list) -> list:
-        values = {id(t): v for t, v in zip(fn.inputs, values_in, strict=True)}
-        for node in _nodes(fn):
-            op = node.operation
-            if any(id(t) not in values for t in node.input_tensors):
-                continue
-            args, kwargs = node.arguments.fill_in(values)
-            inner = _functional(op)
-            if inner is not None and op is not target:
-                outs = replay(inner, [a for a in keras.tree.flatten(args) if a is not None])
-            else:
-                outs = keras.tree.flatten(op(*args, **kwargs))
-            if op is target and not found:
-                found.append(outs[0])
-                if delta is not None:
-                    outs = [keras.layers.Add(name="kerascope_cam_delta")([outs[0], delta])]
-            for t, v in zip(node.outputs, outs, strict=True):
-                values[id(t)] = v
-        return [values[id(t)] for t in fn.outputs]
-
-    outputs = replay(fn, inputs)
-    if not found:
-        raise LayerError(f"the prediction of '{model.name}' does not depend on '{target.name}'")
-    return inputs, found[0], outputs[0]
 
 
 def _producer(tensor: Any) -> tuple[Any, Any]:
@@ -230,10 +118,10 @@ class Probe:
     the same inference session and the same compiled gradient function (no retracing).
     """
 
-    def __init__(self, model: Any, target: Any):
+    def __init__(self, model: Any, target: Any, layer: str | None = None):
         import keras
 
-        self.model, self.target, self.layer = model, target, target.name
+        self.model, self.target, self.layer = model, target, layer or target.name
         inputs, features, output = rebuild(model, target)
         self.head = analyse_head(features, output)
         self.feature_shape = tuple(features.shape[1:])
@@ -313,10 +201,11 @@ def get_probe(clf: Classifier, layer: str | None) -> Probe:
     if layer is None and clf.cam_layer and clf.cam_layer in candidate_layers(model):
         layer = clf.cam_layer
     target = find_layer(model, layer)
+    key = layer if layer and "/" in layer else target.name  # "branch/name": not the same layer
     probes = clf.extra.setdefault("cam_probes", {})
-    if target.name not in probes:
-        probes[target.name] = Probe(model, target)
-    return probes[target.name]
+    if key not in probes:
+        probes[key] = Probe(model, target, key)
+    return probes[key]
 
 
 class BaseCAM:

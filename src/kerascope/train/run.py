@@ -118,12 +118,12 @@ def train(
         if (run_dir / "config.yaml").exists():
             raise ValueError(f"'{run_dir}' already holds a run: choose another output, or "
                              "continue it with resume")  # fmt: skip
-        run_dir.mkdir(parents=True, exist_ok=True)
     dataset = scan_dataset(config["data"], config["val_split"], config["seed"], config["skip_bad"])
     if resume is not None and dataset.classes != config["classes"]:
         raise ValueError(f"classes in '{config['data']}' changed since '{run_dir}' started: "
                          f"{dataset.classes} vs {config['classes']}")  # fmt: skip
     config["classes"], config["counts"] = dataset.classes, dataset.counts
+    run_dir.mkdir(parents=True, exist_ok=True)  # only now: a bad dataset leaves no empty run
     save_config(run_dir, config)
     (run_dir / "labels.json").write_text(json.dumps({"classes": dataset.classes}, indent=1))
 
