@@ -23,20 +23,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-
-
-def images_per_second(fn, batch: np.ndarray, seconds: float, repeats: int) -> float:
-    """Best of ``repeats`` timed windows (after two warm-up calls): the least-noise estimate."""
-    fn(batch)
-    fn(batch)
-    best = 0.0
-    for _ in range(repeats):
-        count, start = 0, time.perf_counter()
-        while time.perf_counter() - start < seconds:
-            fn(batch)
-            count += len(batch)
-        best = max(best, count / (time.perf_counter() - start))
-    return best
+from _timing import images_per_second
 
 
 def reference_torch(weights: Path):

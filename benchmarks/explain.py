@@ -19,20 +19,7 @@ import os
 import time
 
 import numpy as np
-
-
-def per_second(fn, batch: np.ndarray, seconds: float, repeats: int) -> float:
-    """Best of ``repeats`` timed windows after two warm-up calls (the least-noise estimate)."""
-    fn(batch)
-    fn(batch)
-    best = 0.0
-    for _ in range(repeats):
-        count, start = 0, time.perf_counter()
-        while time.perf_counter() - start < seconds:
-            fn(batch)
-            count += len(batch)
-        best = max(best, count / (time.perf_counter() - start))
-    return best
+from _timing import images_per_second
 
 
 def main() -> None:
@@ -57,7 +44,7 @@ def main() -> None:
     frames = np.stack([resize(p, (224, 224)) for p in photos])
     b32 = np.concatenate([frames] * 11)[:32]
     b8 = b32[:8]
-    timed = lambda fn, batch: per_second(fn, batch, args.seconds, args.repeats)  # noqa: E731
+    timed = lambda fn, batch: images_per_second(fn, batch, args.seconds, args.repeats)  # noqa: E731
 
     print(
         f"EfficientNet-Lite0, Keras {keras.__version__} on {keras.backend.backend()}, "

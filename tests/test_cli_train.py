@@ -71,3 +71,21 @@ def test_train_errors_are_one_line(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.startswith("kerascope: error:") and "Traceback" not in err
     assert main(["train"]) == 2
+
+
+@pytest.mark.slow
+def test_features_command_caches_and_the_features_recipe_saves_one_model(tmp_path, capsys):
+    data = make_shapes(tmp_path / "data", n=6, size=48)
+    out = tmp_path / "f.h5"
+    args = ["features", str(data), "--backbone", "efficientnet_lite0", "-o", str(out)]
+    assert main(args) == 0
+    assert "computed 18 row(s)" in capsys.readouterr().err
+    assert main(args) == 0  # the cache answers: nothing is computed again
+    assert "computed 0 row(s)" in capsys.readouterr().err
+    run = tmp_path / "run"
+    assert main(["train", str(data), "--recipe", "features", "--backbone", "efficientnet_lite0",
+                 "--epochs", "2", "-o", str(run)]) == 0  # fmt: skip
+    image = str(next(data.rglob("*.png")))
+    capsys.readouterr()
+    assert main(["classify", image, "--model", str(run), "-f", "json"]) == 0
+    assert json.loads(capsys.readouterr().out)[0]["predictions"]
