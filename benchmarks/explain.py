@@ -28,6 +28,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
 
+    os.environ.setdefault("KERAS_BACKEND", "jax")  # as kerascope would; Keras loads first here
     import keras
     import skimage
 
