@@ -72,6 +72,27 @@ def _fmt_pixels(n: int) -> str:
     return f"{n / 1e6:.{0 if n >= 1e7 else 1}f} MP" if n >= 1e6 else f"{n:,} pixels"
 
 
+def file_problem(path: str, kind: str) -> str | None:
+    """Why ``path`` cannot be read as a file at all (decoders' own messages name neither the
+    file nor the fix), or ``None``. ``kind`` completes "is a directory, not ...".
+    """
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return "broken symbolic link" if os.path.islink(path) else "no such file"
+    except PermissionError:
+        return "permission denied"
+    except OSError as err:
+        return f"cannot access file ({err.strerror or err})"
+    if stat.S_ISDIR(st.st_mode):
+        return f"is a directory, not {kind}"
+    if not stat.S_ISREG(st.st_mode):
+        return "not a regular file"
+    if st.st_size == 0:
+        return "empty file (0 bytes)"
+    return None
+
+
 def load_image(path: str | os.PathLike) -> np.ndarray:
     """Decode one file to an (H, W, 3) uint8 RGB array, or raise ImageError.
 
@@ -86,21 +107,9 @@ def load_image(path: str | os.PathLike) -> np.ndarray:
         ImageError: with ``reason`` saying what is wrong and, where possible, what to do.
     """
     p = os.fspath(path)
-    try:
-        st = os.stat(p)
-    except FileNotFoundError:
-        reason = "broken symbolic link" if os.path.islink(p) else "no such file"
-        raise ImageError(p, reason) from None
-    except PermissionError:
-        raise ImageError(p, "permission denied") from None
-    except OSError as err:
-        raise ImageError(p, f"cannot access file ({err.strerror or err})") from None
-    if stat.S_ISDIR(st.st_mode):
-        raise ImageError(p, "is a directory, not an image file")
-    if not stat.S_ISREG(st.st_mode):
-        raise ImageError(p, "not a regular file")
-    if st.st_size == 0:
-        raise ImageError(p, "empty file (0 bytes)")
+    problem = file_problem(p, "an image file")
+    if problem:
+        raise ImageError(p, problem)
     try:
         with _PIL_LIMIT_LOCK:
             saved, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import stat
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -20,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from kerascope.cam import overlay as ov
-from kerascope.images import resize
+from kerascope.images import file_problem, resize
 
 # Audio codecs the MP4 muxer accepts as they are (checked with PyAV 18's FFmpeg, including
 # opus from webm); anything else (PCM from mov/mkv/avi, vorbis, ...) is transcoded to AAC.
@@ -76,16 +75,9 @@ def open_video(path: str | os.PathLike):
         import av
     except ImportError:
         raise VideoError(p, "video support needs PyAV: pip install 'kerascope[video]'") from None
-    try:
-        st = os.stat(p)
-    except FileNotFoundError:
-        raise VideoError(p, "no such file") from None
-    except OSError as err:
-        raise VideoError(p, f"cannot access file ({err.strerror or err})") from None
-    if stat.S_ISDIR(st.st_mode):
-        raise VideoError(p, "is a directory, not a video file")
-    if st.st_size == 0:
-        raise VideoError(p, "empty file (0 bytes)")
+    problem = file_problem(p, "a video file")
+    if problem:
+        raise VideoError(p, problem)
     try:
         container = av.open(p, metadata_errors="ignore")
     except av.error.InvalidDataError:
