@@ -29,6 +29,15 @@ def skimage_data() -> Path:
 
 
 @pytest.fixture(scope="session")
+def chelsea(skimage_data) -> np.ndarray:
+    """A real photo (cat, 300x451) shipped with scikit-image."""
+    from PIL import Image
+
+    with Image.open(skimage_data / "chelsea.png") as img:
+        return np.array(img.convert("RGB"))
+
+
+@pytest.fixture(scope="session")
 def photo_paths(skimage_data) -> dict[str, Path]:
     names = ["chelsea.png", "coffee.png", "astronaut.png", "rocket.jpg"]
     return {n.split(".")[0]: skimage_data / n for n in names}
