@@ -56,6 +56,15 @@ def _pyplot():
     return plt
 
 
+def _save(fig: Any, path: str | os.PathLike) -> Path:
+    """Lay out, write and close a figure (closing frees it: pyplot keeps every open one)."""
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path)
+    _pyplot().close(fig)
+    return path
+
+
 def plot_curves(history: Sequence[dict[str, Any]], path: str | os.PathLike) -> Path:
     """Loss and accuracy per epoch, train beside validation; a dotted line at each new stage.
 
@@ -79,11 +88,7 @@ def plot_curves(history: Sequence[dict[str, Any]], path: str | os.PathLike) -> P
         if metric == "accuracy":
             ax.set_ylim(-0.02, 1.02)
         ax.legend()
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def write_run_report(
@@ -161,11 +166,7 @@ def plot_confusion(matrix: np.ndarray, classes: Sequence[str], path: str | os.Pa
             for j in range(k):
                 color = "white" if share[i, j] > 0.5 else "black"
                 ax.text(j, i, str(int(matrix[i, j])), ha="center", va="center", color=color)
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def plot_gallery(
@@ -182,8 +183,4 @@ def plot_gallery(
     for ax, image, title in zip(axes.flat, images, titles, strict=False):
         ax.imshow(image)
         ax.set_title(title, fontsize=9)
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
