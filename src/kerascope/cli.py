@@ -125,7 +125,7 @@ def _run_explain(args) -> int:
     from kerascope.cam.explain import _cached_explainer, explain
     from kerascope.cam.overlay import overlay, save_jpeg, side_by_side
     from kerascope.images import load_image
-    from kerascope.predict import normalise_inputs
+    from kerascope.predict import MISSING_INPUT, normalise_inputs
     from kerascope.zoo.models import load_model
 
     sources, skipped, missing = normalise_inputs(args.paths)
@@ -138,7 +138,7 @@ def _run_explain(args) -> int:
     target = _target(clf, args.target)
     out_dir = Path(args.output)
     out_dir.mkdir(parents=True, exist_ok=True)
-    rows = [(m, None, "no such file, folder or matching glob") for m in missing]
+    rows = [(m, None, MISSING_INPUT) for m in missing]
     with output.progress_bar(len(sources), "explaining", min_total=16) as advance:
         for start in range(0, len(sources), args.batch_size):
             chunk = sources[start : start + args.batch_size]

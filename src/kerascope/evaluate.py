@@ -20,7 +20,7 @@ import numpy as np
 
 from kerascope.data.folders import SPLIT_DIRS, DatasetError
 from kerascope.images import expand_inputs, load_image, resize
-from kerascope.predict import classify_sources, normalise_inputs
+from kerascope.predict import MISSING_INPUT, classify_sources, normalise_inputs
 from kerascope.report import plot_confusion, plot_gallery
 from kerascope.zoo.models import Classifier, load_model
 
@@ -224,7 +224,7 @@ def predict(
     """
     clf = run_dir if isinstance(run_dir, Classifier) else load_model(run_dir)
     sources, _, missing = normalise_inputs(inputs if isinstance(inputs, list) else [inputs])
-    rows = [{"path": m, "label": "", "probability": "", "error": "no such file or folder"}
+    rows = [{"path": m, "label": "", "probability": "", "error": MISSING_INPUT}
             for m in missing]  # fmt: skip
     for r in classify_sources(clf, sources, top=1, batch_size=batch_size):
         if r.ok:

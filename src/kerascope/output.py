@@ -15,7 +15,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from kerascope.predict import ImageResult
+from kerascope.predict import MISSING_INPUT, ImageResult
 
 _err = Console(stderr=True)
 
@@ -25,7 +25,7 @@ def note(message: str) -> None:
 
 
 def missing_results(missing: list[str]) -> list[ImageResult]:
-    return [ImageResult(m, error="no such file, folder or matching glob") for m in missing]
+    return [ImageResult(m, error=MISSING_INPUT) for m in missing]
 
 
 @contextlib.contextmanager

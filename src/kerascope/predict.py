@@ -18,6 +18,9 @@ import numpy as np
 from kerascope.images import ImageError, as_rgb_array, expand_inputs, load_image, resize
 from kerascope.zoo.models import Classifier
 
+# The reason given for an input that names nothing on disk (a path, folder or glob).
+MISSING_INPUT = "no such file, folder or matching glob"
+
 
 @dataclass
 class Prediction:
@@ -153,6 +156,6 @@ def classify(
 
     clf = model if isinstance(model, Classifier) else load_model(model)
     sources, _, missing = normalise_inputs(inputs)
-    results = [ImageResult(m, error="no such file or folder") for m in missing]
+    results = [ImageResult(m, error=MISSING_INPUT) for m in missing]
     results += list(classify_sources(clf, sources, top, threshold, batch_size))
     return results

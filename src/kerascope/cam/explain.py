@@ -128,14 +128,14 @@ def explain(
         ('tabby', (300, 451))
     """
     from kerascope.cam.overlay import upsample
-    from kerascope.predict import iter_batches, normalise_inputs
+    from kerascope.predict import MISSING_INPUT, iter_batches, normalise_inputs
     from kerascope.zoo.models import load_model
 
     clf = model if isinstance(model, Classifier) else load_model(model)
     explainer = _cached_explainer(clf, method, layer)
     single = _is_single(images_or_paths)
     sources, _, missing = normalise_inputs(images_or_paths)
-    results = [Explanation(m, error="no such file or folder") for m in missing]
+    results = [Explanation(m, error=MISSING_INPUT) for m in missing]
     n = len(sources)
     if target is None or isinstance(target, str | int | np.integer):
         targets = None if target is None else np.full(n, resolve_target(clf, target))
