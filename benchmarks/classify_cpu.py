@@ -87,18 +87,19 @@ def main() -> None:
     import skimage
 
     import kerascope
-    from kerascope.engine import forward_fn, keras_forward
     from kerascope.images import load_image, resize
+    from kerascope.inference import compiled
     from kerascope.zoo import registry
     from kerascope.zoo.weights import package_file
 
     photo = Path(skimage.__file__).parent / "data" / "chelsea.png"
     clf = kerascope.load_model("efficientnet_lite0")
-    default = forward_fn(clf)
+    default = compiled(clf.model)
+    backend = os.environ.get("KERAS_BACKEND")
     net, torch_run = reference_torch(package_file(registry.get("efficientnet_lite0")))
     candidates = {
-        f"kerascope ({clf.extra['engine']} engine)": default,
-        f"kerascope (keras engine, {os.environ.get('KERAS_BACKEND')})": keras_forward(clf.model),
+        f"kerascope ({default.engine} engine)": default,
+        f"kerascope (keras engine, {backend})": compiled(clf.model, "keras"),
         "reference PyTorch eager": torch_run,
         "onnxruntime (reference via torch.onnx)": reference_onnx(net),
     }

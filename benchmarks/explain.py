@@ -32,10 +32,10 @@ def main() -> None:
     import keras
     import skimage
 
-    from kerascope import engine
     from kerascope.cam.explain import Explainer, explain
     from kerascope.cam.overlay import overlay, upsample
     from kerascope.images import load_image, resize
+    from kerascope.inference import compiled
     from kerascope.zoo.models import load_model
 
     data = os.path.join(os.path.dirname(skimage.__file__), "data")
@@ -52,9 +52,9 @@ def main() -> None:
         f"{os.cpu_count()} CPU cores; best of {args.repeats} x {args.seconds}s windows"
     )
     rows = []
-    fwd = engine.forward_fn(clf)
+    fwd = compiled(clf.model)
     base = timed(fwd, b32)
-    rows.append((f"forward ({clf.extra['engine']} engine), batch 32", base, base))
+    rows.append((f"forward ({fwd.engine} engine), batch 32", base, base))
     for method in ("gradcam", "gradcam++", "cam"):
         ex = Explainer(clf, method)
         rate = timed(lambda b, ex=ex: ex.explain_batch(b), b32)
@@ -75,7 +75,7 @@ def main() -> None:
     rate = len(files) / (time.perf_counter() - start)
     rows.append(("kerascope.explain on files (decode, full-res maps)", rate, base))
 
-    keras_fwd = engine.keras_forward(clf.model)
+    keras_fwd = compiled(clf.model, "keras")
     kbase = timed(keras_fwd, b8)
     rows.append(("forward (Keras, jit), batch 8", kbase, kbase))
     auto = Explainer(clf, "gradcam", analytic=False)

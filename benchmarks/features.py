@@ -60,10 +60,10 @@ def extraction(data: Path, out: Path, batch_size: int) -> list[tuple]:
 
 
 def _engine() -> str:
-    from kerascope.engine import _on_cpu
+    from kerascope.inference import on_cpu
 
     wanted = os.environ.get("KERASCOPE_ENGINE", "auto")
-    return wanted if wanted != "auto" else ("onnx" if _on_cpu() else "keras")
+    return wanted if wanted != "auto" else ("onnx" if on_cpu() else "keras")
 
 
 def training(data: Path, out: Path, epochs: int, backbone: str) -> list[tuple]:

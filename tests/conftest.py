@@ -1,4 +1,5 @@
-"""Shared fixtures: real photos from scikit-image and a private weights cache per test session."""
+"""Shared fixtures: real photos from scikit-image, a private weights cache per test session, one
+JAX compilation cache kept between sessions, and NumPy-drawn random weights."""
 
 from __future__ import annotations
 
@@ -13,12 +14,54 @@ os.environ.setdefault("KERAS_BACKEND", "jax")  # plain `import keras` would defa
 
 def pytest_configure(config):
     """A fresh weights cache per session: exercises the port from the installed .pth packages
-    and never touches the user's ~/.keras. Runs before kerascope (and Keras) are imported."""
+    and never touches the user's ~/.keras. Runs before kerascope (and Keras) are imported.
+
+    XLA compilations, though, are kept in ``.pytest_cache/jax-cache`` across sessions (and for
+    the subprocesses tests start): they depend only on the program, and recompiling every
+    initializer and layer shape cost minutes per session. ``pytest --cache-clear`` empties it.
+    """
+    import sys
     import tempfile
+
+    config.addinivalue_line(
+        "markers", "keras_init: build models with Keras's initializers, not NumPy-drawn values"
+    )
 
     home = Path(tempfile.mkdtemp(prefix="kerascope-test-home-"))
     os.environ["KERASCOPE_HOME"] = str(home)
     os.environ["KERASCOPE_OFFLINE"] = "1"  # CI has no network; never try to download
+    jax_settings = {
+        "JAX_COMPILATION_CACHE_DIR": str(config.rootpath / ".pytest_cache" / "jax-cache"),
+        "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",  # the tiny programs are the point
+        "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0",
+    }
+    for name, value in jax_settings.items():
+        os.environ.setdefault(name, value)  # a developer's own JAX_* settings win
+    if "jax" in sys.modules:  # a plugin imported JAX first: it has read its environment already
+        import jax
+
+        env = os.environ
+        jax.config.update("jax_compilation_cache_dir", env["JAX_COMPILATION_CACHE_DIR"])
+        jax.config.update(
+            "jax_persistent_cache_min_compile_time_secs",
+            float(env["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"]),
+        )
+        jax.config.update(
+            "jax_persistent_cache_min_entry_size_bytes",
+            int(env["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"]),
+        )
+
+
+@pytest.fixture(autouse=True)
+def numpy_init(request):
+    """Every model a test builds gets its random weights from NumPy (same distributions as
+    Keras's initializers): on JAX each new weight shape otherwise compiles its initializer,
+    which was most of the suite's time (see kerascope.zoo.fast_init). Tests marked
+    ``keras_init`` get Keras's own initializers."""
+    from kerascope.zoo.fast_init import numpy_init
+
+    with numpy_init(enabled=request.node.get_closest_marker("keras_init") is None):
+        yield
 
 
 @pytest.fixture(scope="session")

@@ -341,29 +341,6 @@ ZOO = [
 ]
 
 
-@pytest.fixture
-def numpy_init(monkeypatch):
-    """Random weights drawn by NumPy: on JAX every new kernel shape otherwise compiles its
-    initializer (EfficientNetB0 took 34 s to build here, 1.6 s with this); values don't matter."""
-    from keras.src.backend import random
-
-    rng = np.random.default_rng(0)
-
-    def uniform(shape, minval=0.0, maxval=1.0, dtype=None, seed=None):
-        return rng.uniform(minval, maxval, shape).astype(dtype or "float32")
-
-    def normal(shape, mean=0.0, stddev=1.0, dtype=None, seed=None):
-        return (mean + stddev * rng.standard_normal(shape)).astype(dtype or "float32")
-
-    def truncated_normal(shape, mean=0.0, stddev=1.0, dtype=None, seed=None):
-        return (mean + stddev * np.clip(rng.standard_normal(shape), -2, 2)).astype(
-            dtype or "float32"
-        )
-
-    for fn in (uniform, normal, truncated_normal):
-        monkeypatch.setattr(random, fn.__name__, fn)
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize(("name", "size"), ZOO, ids=[n for n, _ in ZOO])
 def test_every_zoo_family_gives_a_finite_map(name, size, numpy_init):

@@ -203,7 +203,7 @@ def test_layer_setting_makes_its_own_group_and_wrong_names_suggest_close_ones(ti
 
 def test_ensemble_model_equals_head_on_cache_and_beats_single_backbones(harder, tmp_path):
     from kerascope.bottleneck import FeatureSpec
-    from kerascope.engine import forward_fn
+    from kerascope.inference import compiled
     from kerascope.predict import classify, iter_batches
     from kerascope.train.ensemble import concat_features, fit_head, train_features
     from kerascope.zoo.models import load_model
@@ -236,7 +236,7 @@ def test_ensemble_model_equals_head_on_cache_and_beats_single_backbones(harder, 
     pixels = np.concatenate(
         [np.stack([it.pixels for it in b]) for b in iter_batches(paths, clf.input_size, 32)]
     )
-    probs = forward_fn(clf)(pixels)
+    probs = compiled(clf.model)(pixels)
     assert np.abs(probs - expected).max() <= 1e-4
     top = [r.predictions[0].index for r in classify(paths[:6], model=clf, top=1)]
     assert top == list(expected[:6].argmax(-1))

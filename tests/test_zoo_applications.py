@@ -8,6 +8,7 @@ import subprocess
 import sys
 from collections import Counter
 
+import numpy as np
 import pytest
 
 from kerascope.zoo import registry
@@ -97,13 +98,15 @@ def test_import_does_not_import_keras():
 @pytest.mark.parametrize("spec", APP_SPECS, ids=[s.name for s in APP_SPECS])
 def test_built_model_matches_spec(spec):
     from kerascope.config import ensure_backend
+    from kerascope.zoo.fast_init import numpy_init
 
     ensure_backend()
     import keras
 
     keras.backend.clear_session()
     gc.collect()
-    model = spec.builder_fn()(weights=None)
+    with numpy_init():  # conftest does so for every test; 548 s -> ~100 s for this one alone
+        model = spec.builder_fn()(weights=None)
     try:
         height, width = model.input_shape[1:3]
         if spec.family == "mobilenet_v3":  # built for any size unless told; weights are 224
@@ -126,3 +129,101 @@ def test_built_model_matches_spec(spec):
         del model
         keras.backend.clear_session()
         gc.collect()
+
+
+# --- kerascope.zoo.fast_init: how the zoo models above (and every test model) get built --------
+
+
+def _stats(values) -> tuple[float, float, float, float]:
+    values = np.asarray(values, dtype=np.float64)
+    return values.mean(), values.std(), values.min(), values.max()
+
+
+def test_numpy_init_draws_what_the_keras_initializers_draw():
+    from kerascope.config import ensure_backend
+    from kerascope.zoo.fast_init import numpy_value
+
+    ensure_backend()
+    from keras import initializers as ki
+
+    shape = (3, 3, 24, 40)  # a conv kernel: fan_in 216, fan_out 360
+    cases = [
+        ki.GlorotUniform(), ki.GlorotNormal(), ki.HeNormal(), ki.HeUniform(), ki.LecunNormal(),
+        ki.LecunUniform(), ki.VarianceScaling(2.0, "fan_out", "untruncated_normal"),
+        ki.RandomUniform(-1.0, 2.0), ki.RandomNormal(1.0, 0.5), ki.TruncatedNormal(0.5, 0.02),
+        ki.Orthogonal(gain=2.0), ki.Zeros(), ki.Ones(), ki.Constant(3.5),
+    ]  # fmt: skip
+    for init in cases:
+        name = type(init).__name__
+        keras_value = np.asarray(init(shape, dtype="float32"))
+        ours = numpy_value(init, shape, "float32")
+        assert ours.shape == shape and ours.dtype == np.float32, name
+        (km, ks, klo, khi), (m, s, lo, hi) = _stats(keras_value), _stats(ours)
+        assert abs(m - km) <= 0.05 * max(ks, abs(km), 1e-12), name
+        assert abs(s - ks) <= 0.05 * ks if ks else s == 0, name
+        if isinstance(init, (ki.RandomUniform, ki.TruncatedNormal, ki.GlorotUniform)):
+            spread = khi - klo  # bounded draws: same bounds (uniform limits, 2-sigma cut)
+            assert klo - 0.01 * spread <= lo and hi <= khi + 0.01 * spread, name
+            assert lo <= klo + 0.05 * spread and khi - 0.05 * spread <= hi, name
+    q = numpy_value(ki.Orthogonal(), (48, 16), "float32").astype(np.float64)
+    assert np.allclose(q.T @ q, np.eye(16), atol=1e-5)
+    assert (numpy_value(ki.Identity(gain=2.0), (3, 4), "float32") == 2 * np.eye(3, 4)).all()
+    # An integer seed gives the same values every time, as in Keras; another seed others.
+    seeded = numpy_value(ki.HeNormal(seed=7), shape, "float32")
+    assert np.array_equal(seeded, numpy_value(ki.HeNormal(seed=7), shape, "float32"))
+    assert not np.array_equal(seeded, numpy_value(ki.HeNormal(seed=8), shape, "float32"))
+    assert numpy_value(ki.Zeros(), (2, 3), "int32").dtype == np.int32
+
+    class Custom(ki.GlorotUniform):  # its own __call__: left to Keras
+        def __call__(self, shape, dtype=None):
+            return super().__call__(shape, dtype) * 0
+
+    assert numpy_value(Custom(), shape, "float32") is None
+    assert numpy_value(ki.GlorotUniform(), shape, "int32") is None
+    assert numpy_value(ki.GlorotUniform(), shape, "bfloat16") is None
+    assert numpy_value(lambda shape, dtype=None: np.ones(shape), shape, "float32") is None
+
+
+@pytest.mark.keras_init  # conftest's numpy_init would be on around the whole test
+def test_numpy_init_compiles_nothing_and_puts_keras_back():
+    from kerascope.config import ensure_backend
+    from kerascope.zoo.fast_init import numpy_init
+
+    if ensure_backend() != "jax":
+        pytest.skip("the compilations counted are JAX's")
+    import jax.monitoring
+    import keras
+    from keras.src.backend.common.variables import Variable
+
+    keras_init = Variable._initialize_with_initializer
+    programs = []
+
+    def on_event(event, secs, **kwargs):
+        if event.startswith("/jax/core/compile/"):
+            programs.append(event)
+
+    def build(width):  # sizes no other test uses: each would need XLA programs of its own
+        keras.utils.set_random_seed(1)
+        inputs = keras.Input((9, 9, 3))
+        x = keras.layers.Conv2D(width, 3)(inputs)
+        x = keras.layers.BatchNormalization()(x)
+        x = keras.layers.GlobalAveragePooling2D()(x)
+        return keras.Model(inputs, keras.layers.Dense(width + 2)(x))
+
+    jax.monitoring.register_event_duration_secs_listener(on_event)
+    try:
+        with numpy_init():
+            with numpy_init():  # nested: NumPy inside, and still after the inner block
+                a = build(37)
+            assert Variable._initialize_with_initializer is not keras_init
+            b = build(37)
+        assert Variable._initialize_with_initializer is keras_init
+        assert programs == []
+        with numpy_init(enabled=False):
+            build(41)
+        assert programs, "Keras's own initializers compile on JAX: nothing was measured"
+    finally:
+        jax.monitoring.unregister_event_duration_listener(on_event)
+    assert all(np.array_equal(u, v) for u, v in zip(a.weights, b.weights, strict=True))
+    kernel = np.asarray(a.layers[1].kernel)  # glorot-uniform: within its limit, not constant
+    assert 0 < kernel.std() and np.abs(kernel).max() <= np.sqrt(6 / (27 + 9 * 37))

@@ -1,19 +1,17 @@
 """kerascope: what is in this picture, and why does the model think so?
 
-The public API imports lazily, so ``import kerascope`` (and ``kerascope models``) stay fast and
-the Keras backend is chosen before Keras is imported.
+The public API imports lazily, so ``import kerascope`` (and ``kerascope models``) stay fast.
+Importing it changes nothing in the process (no environment variables): the functions import
+Keras on the backend the user chose (JAX when none is chosen and TensorFlow is not installed;
+see `kerascope.config.ensure_backend`).
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from kerascope.config import ensure_backend
-
 __version__ = "0.1.0"
 __all__ = ["classify", "explain", "features", "load_model", "list_models", "__version__"]
-
-ensure_backend()
 
 if TYPE_CHECKING:
     from kerascope.bottleneck import features

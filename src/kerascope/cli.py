@@ -7,7 +7,7 @@ import sys
 from collections.abc import Sequence
 
 from kerascope import __version__
-from kerascope.errors import CliError
+from kerascope.errors import CliError, KerascopeError
 
 
 def _add_classify(sub) -> None:
@@ -209,21 +209,38 @@ def _run_models(args) -> int:
     return 0
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    from kerascope.errors import user_errors
+def _one_line(text: str) -> str:
+    """User-controlled text as it is, but on one line (control characters escaped)."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
+
+def _os_error(exc: OSError) -> str:
+    """``No such file or directory: 'x'`` without the ``[Errno 2]``; the message if no path."""
+    if exc.filename is None or not exc.strerror:
+        return str(exc)
+    text = f"{exc.strerror}: '{exc.filename}'"
+    return text + (f" -> '{exc.filename2}'" if exc.filename2 is not None else "")
+
+
+def _fail(message: str) -> int:
+    print(f"kerascope: error: {_one_line(message)}", file=sys.stderr)
+    return 2
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from kerascope.config import configure_cli
+
+    configure_cli()  # this process only, before Keras loads: JAX default, compile cache
+    args = build_parser().parse_args(argv)
     try:
         return args.func(args)
     except KeyboardInterrupt:
         print("kerascope: interrupted", file=sys.stderr)
         return 130
-    except CliError as exc:
-        print(f"kerascope: error: {exc}", file=sys.stderr)
-        return 2
-    except user_errors() as exc:
-        print(f"kerascope: error: {exc}", file=sys.stderr)
-        return 2
+    except KerascopeError as exc:
+        return _fail(str(exc))
+    except (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError) as exc:
+        return _fail(_os_error(exc))
 
 
 if __name__ == "__main__":

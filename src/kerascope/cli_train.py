@@ -43,6 +43,12 @@ def _add_train(sub) -> None:
     p.add_argument("--patience", type=int, help="early-stopping patience in epochs")
     p.add_argument("--layer", help="features: backbone layer to take features from")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run")
+    p.add_argument(
+        "--engine", choices=("auto", "keras", "onnx"), default=None,
+        help="auto (default, or $KERASCOPE_ENGINE): on a CPU the frozen part of the backbone "
+        "runs on onnxruntime and only the trainable part trains in Keras; keras: the whole "
+        "graph in Keras (the GPU path)",
+    )  # fmt: skip
     p.set_defaults(func=_run_train)
 
 
@@ -102,6 +108,8 @@ def _run_train(args) -> int:
 
     if not args.data and not args.resume:
         raise CliError("give a dataset folder, or --resume RUN_DIR")
+    if args.resume and args.recipe == "features":
+        raise CliError("--resume does not apply to --recipe features; train it again")
     if args.recipe == "features":
         from kerascope.train.ensemble import train_features
 
@@ -124,6 +132,7 @@ def _run_train(args) -> int:
         lr=args.lr, seed=args.seed, val_split=args.val_split, skip_bad=args.skip_bad,
         class_weight=args.class_weight, augment=not args.no_augment,
         image_size=args.image_size, patience=args.patience, resume=args.resume,
+        engine=args.engine,
     )  # fmt: skip
     if args.backbone:
         kwargs["backbone"] = args.backbone

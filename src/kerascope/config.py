@@ -1,8 +1,22 @@
-"""Backend choice and cache locations, decided before Keras is imported."""
+"""Backend choice and cache locations, decided before Keras is imported.
+
+Importing kerascope changes nothing in the process. Two functions decide the backend:
+
+* `ensure_backend` (the API): imports Keras on the user's backend, and only when nothing names
+  one that can be imported (no ``KERAS_BACKEND``, no ``keras.json`` choice, Keras's own default
+  TensorFlow not installed) on JAX. It leaves ``os.environ`` exactly as it found it.
+* `configure_cli` (the ``kerascope`` command, which owns its process): JAX by default, quiet
+  TensorFlow logging and a persistent JAX compilation cache, set as environment defaults.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import importlib.util
+import json
 import os
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 # On CPU the JAX backend measured fastest for EfficientNet-Lite inference on the 2-core
@@ -11,7 +25,67 @@ DEFAULT_BACKEND = "jax"
 
 
 def ensure_backend() -> str:
-    """Pick the Keras backend once, honouring ``KERAS_BACKEND`` when the user set it."""
+    """Import Keras on a usable backend and return its name; ``os.environ`` is left unchanged.
+
+    The user's choice wins: ``KERAS_BACKEND``, a backend in Keras's ``keras.json`` other than
+    its default TensorFlow, or Keras already imported. Only when Keras would fall back to
+    TensorFlow and TensorFlow is not installed is Keras imported on `DEFAULT_BACKEND`; the
+    variable is set just for that import (Keras reads it once), so the user's later code and
+    child processes see the environment they set.
+    """
+    if "keras" not in sys.modules:
+        fallback = _fallback_backend()
+        with _temporary_env("KERAS_BACKEND", fallback) if fallback else contextlib.nullcontext():
+            import keras  # noqa: F401
+    import keras
+
+    return keras.config.backend()
+
+
+def _fallback_backend() -> str | None:
+    """`DEFAULT_BACKEND` when Keras would otherwise pick TensorFlow and cannot import it."""
+    if os.environ.get("KERAS_BACKEND"):
+        return None
+    if _keras_json_backend() not in (None, "tensorflow"):
+        return None
+    if importlib.util.find_spec("tensorflow") is not None:
+        return None
+    return DEFAULT_BACKEND
+
+
+def _keras_json_backend() -> str | None:
+    """The backend in Keras's config file (found as Keras finds it), or None."""
+    home = os.environ.get("KERAS_HOME")
+    if not home:
+        base = os.path.expanduser("~")
+        home = os.path.join(base if os.access(base, os.W_OK) else "/tmp", ".keras")
+    try:
+        with open(os.path.join(os.path.expanduser(home), "keras.json")) as f:
+            backend = json.load(f).get("backend")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return backend if isinstance(backend, str) else None
+
+
+@contextlib.contextmanager
+def _temporary_env(name: str, value: str) -> Iterator[None]:
+    old = os.environ.get(name)
+    os.environ[name] = value
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = old
+
+
+def configure_cli() -> str:
+    """Process settings for the ``kerascope`` command; call before Keras is imported.
+
+    Environment defaults only, so the user's own ``KERAS_BACKEND`` and ``JAX_*`` settings win.
+    Never called by the library: a program that imports kerascope keeps its environment.
+    """
     os.environ.setdefault("KERAS_BACKEND", DEFAULT_BACKEND)
     # Keras prints a line for every import of the TF-less JAX backend otherwise.
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")

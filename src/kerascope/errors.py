@@ -1,32 +1,25 @@
-"""The exceptions that mean "the user's input or setup is wrong", shown as one line by the CLI."""
+"""kerascope's exceptions: every error that means "the input or setup is wrong" is a
+`KerascopeError`, whose message already says what to do. The CLI prints it as one line.
+
+The classes live beside the code that raises them (`kerascope.images.ImageError`, ...); the
+ones defined here have no better home. Where callers used to catch a builtin (``ValueError``,
+``KeyError``, ``RuntimeError``), the class derives from that builtin too.
+"""
 
 from __future__ import annotations
 
 
-class CliError(Exception):
+class KerascopeError(Exception):
+    """Base of kerascope's user-facing errors: the message tells the user what to fix."""
+
+
+class CliError(KerascopeError):
     """A user-facing failure of the command line: printed as one line, exit code 2."""
 
 
-def user_errors() -> tuple[type[BaseException], ...]:
-    """Error types whose message already tells the user what to do (no traceback needed)."""
-    from kerascope.bottleneck import FeatureCacheError
-    from kerascope.cam.base import LayerError, MethodError
-    from kerascope.data.folders import DatasetError
-    from kerascope.images import ImageError
-    from kerascope.video import VideoError
-    from kerascope.zoo.models import ModelFileError
-    from kerascope.zoo.registry import UnknownModelError
-    from kerascope.zoo.weights import WeightsError
+class ConfigError(KerascopeError, ValueError):
+    """A training setting that cannot be used (unknown recipe or optimizer, bad value)."""
 
-    return (
-        FeatureCacheError,
-        LayerError,
-        MethodError,
-        VideoError,
-        DatasetError,
-        ImageError,
-        ModelFileError,
-        UnknownModelError,
-        WeightsError,
-        FileNotFoundError,
-    )
+
+class RunError(KerascopeError, ValueError):
+    """A run directory that cannot be started or resumed (not a run, taken, finished)."""

@@ -20,6 +20,7 @@ import numpy as np
 
 from kerascope.data.folders import SPLIT_DIRS, DatasetError
 from kerascope.images import expand_inputs, load_image, resize
+from kerascope.output import csv_safe
 from kerascope.predict import MISSING_INPUT, classify_sources, normalise_inputs
 from kerascope.report import plot_confusion, plot_gallery
 from kerascope.zoo.models import Classifier, load_model
@@ -238,5 +239,5 @@ def predict(
     with path.open("w", newline="") as f:
         writer = csv.DictWriter(f, ["path", "label", "probability", "error"])
         writer.writeheader()
-        writer.writerows(rows)
+        writer.writerows(csv_safe(row) for row in rows)
     return rows

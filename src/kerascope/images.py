@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 import numpy as np
 from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
+from kerascope.errors import KerascopeError
+
 IMAGE_SUFFIXES: frozenset[str] = frozenset(
     ".jpg .jpeg .jpe .jfif .png .apng .bmp .dib .gif .tif .tiff .webp .avif .ppm .pgm .pbm"
     " .pnm .tga .ico .heic .heif".split()
@@ -36,7 +38,7 @@ _WHITE = 255
 _PIL_LIMIT_LOCK = threading.Lock()
 
 
-class ImageError(Exception):
+class ImageError(KerascopeError):
     """An input that cannot be used, with the path and a reason a user can act on."""
 
     def __init__(self, path: str, reason: str):

@@ -76,6 +76,22 @@ def _rows(results: list[ImageResult]) -> Iterator[dict]:
             }
 
 
+# A cell starting with one of these is run as a formula by spreadsheets (OWASP CSV injection).
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def csv_safe(row: dict) -> dict:
+    """``row`` with every text cell that a spreadsheet would run as a formula quoted.
+
+    Such cells (paths, class names, errors) get a leading single quote. Numbers are left as
+    numbers: a negative value is data, not a formula. Shared by every CSV kerascope writes.
+    """
+    return {
+        key: "'" + value if isinstance(value, str) and value.startswith(_FORMULA_START) else value
+        for key, value in row.items()
+    }
+
+
 def _short(path: str) -> str:
     """Paths under the working directory are shown relative to it; others in full."""
     try:
@@ -95,7 +111,7 @@ def render(results: list[ImageResult], fmt: str) -> str:
         buf = io.StringIO()
         writer = csv.DictWriter(buf, ["image", "rank", "class_id", "name", "probability", "error"])
         writer.writeheader()
-        writer.writerows(_rows(results))
+        writer.writerows(csv_safe(row) for row in _rows(results))
         return buf.getvalue()
     table = Table(show_lines=False)
     for col, justify in (

@@ -118,9 +118,9 @@ def classify_sources(
     progress=None,
 ) -> Iterator[ImageResult]:
     """Yield one result per source, in order; failures carry their reason, never raise."""
-    from kerascope.engine import forward_fn
+    from kerascope.inference import compiled
 
-    forward = forward_fn(clf)
+    forward = compiled(clf.model)
     for items in iter_batches(sources, clf.input_size, batch_size):
         good = [it for it in items if it.error is None]
         probs = forward(np.stack([it.pixels for it in good])) if good else None

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from kerascope.cam import overlay as ov
+from kerascope.errors import KerascopeError
 from kerascope.images import file_problem, resize
 
 # Audio codecs the MP4 muxer accepts as they are (checked with PyAV 18's FFmpeg, including
@@ -28,7 +29,7 @@ _AAC_RATES = (96000, 88200, 64000, 48000, 44100, 32000, 24000, 22050, 16000, 120
 _PENDING_BYTES = 256 << 20  # frames held while waiting for their heatmap batch (--every N)
 
 
-class VideoError(Exception):
+class VideoError(KerascopeError):
     """A video that cannot be used, with the path and a reason a user can act on."""
 
     def __init__(self, path: str | os.PathLike, reason: str):

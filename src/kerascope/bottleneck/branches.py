@@ -17,12 +17,13 @@ from typing import Any
 import numpy as np
 
 from kerascope.config import ensure_backend
+from kerascope.errors import KerascopeError
 
 POOLS = ("avg", "max", "none")
 Forward = Callable[[np.ndarray], np.ndarray]
 
 
-class FeatureCacheError(RuntimeError):
+class FeatureCacheError(KerascopeError, RuntimeError):
     """A feature file or group that cannot be used as asked; the message says why and the fix."""
 
 
@@ -138,17 +139,14 @@ def forward_for(spec: FeatureSpec) -> tuple[Forward, tuple[int, ...]]:
     else jitted Keras); the resize, which the ONNX converter does not cover, runs as the Keras
     ``Resizing`` layer itself: the same op the ensemble model applies.
     """
-    from kerascope.engine import forward_fn
-    from kerascope.zoo.models import Classifier
+    from kerascope.inference import compiled
 
     cache_key = (spec, weights_checksum(weights_file(spec)))
     if cache_key not in _FORWARDS:
         import keras
 
         body = build_body(spec)
-        size = spec.input_size
-        clf = Classifier(model=body, name=body.name, input_size=(size, size), labels=[])
-        run = forward_fn(clf)
+        run = compiled(body)
         resize = resizer(spec)
         if resize is not None:
             inner = run

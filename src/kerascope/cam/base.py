@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from kerascope.cam.graph import LayerError, candidate_layers, find_layer, rebuild
+from kerascope.errors import KerascopeError
 from kerascope.zoo.models import Classifier
 
 # Final activations that leave a per-class score (the logit) separable from the output.
@@ -31,7 +32,7 @@ _SEPARABLE = ("softmax", "sigmoid", "linear")
 _PASS_THROUGH = ("Dropout", "SpatialDropout2D", "GaussianDropout", "GaussianNoise", "Identity")
 
 
-class MethodError(ValueError):
+class MethodError(KerascopeError, ValueError):
     """A method that cannot explain this model (e.g. CAM without a GAP + Dense head)."""
 
 
@@ -126,19 +127,21 @@ class Probe:
         self.head = analyse_head(features, output)
         self.feature_shape = tuple(features.shape[1:])
         self._features_model = keras.Model(inputs[0], features, name=f"{model.name}_features")
-        self._forward = self._gradients = None
+        self._gradients = None
 
     def features(self, pixels: np.ndarray) -> np.ndarray:
         """Target-layer activations from the inference engine (onnxruntime on CPU)."""
-        if self._forward is None:
-            from kerascope import engine
+        from kerascope.inference import compiled
 
-            fm = self._features_model
-            clf = Classifier(model=fm, name=fm.name, input_size=(0, 0), labels=[])
-            kind = engine.choose_engine(clf)
-            self.engine = kind
-            self._forward = engine.onnx_forward(fm) if kind == "onnx" else engine.keras_forward(fm)
-        return np.asarray(self._forward(pixels), dtype=np.float32)
+        forward = compiled(self._features_model)  # built on the first call, cached on the model
+        return np.asarray(forward(pixels), dtype=np.float32)
+
+    @property
+    def engine(self) -> str:
+        """``"onnx"`` or ``"keras"``: the engine :meth:`features` runs on."""
+        from kerascope.inference import engine_name
+
+        return engine_name(self._features_model)
 
     def analytic(self, pixels: np.ndarray, targets: np.ndarray) -> tuple:
         """Features and the closed-form gradient ``W[k, c] / (h * w)`` (module docstring)."""

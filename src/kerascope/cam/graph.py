@@ -14,8 +14,10 @@ import difflib
 from collections.abc import Iterator
 from typing import Any
 
+from kerascope.errors import KerascopeError
 
-class LayerError(ValueError):
+
+class LayerError(KerascopeError, ValueError):
     """A target layer that does not exist or cannot carry a heatmap; names the candidates."""
 
 

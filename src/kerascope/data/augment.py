@@ -15,11 +15,14 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-import keras
-import numpy as np
-from PIL import Image
+from kerascope.config import ensure_backend
 
-from kerascope.images import load_image, resize
+ensure_backend()  # the user's backend (JAX if none is usable) before Keras loads
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from kerascope.images import load_image, resize  # noqa: E402
 
 FILL_MODES = ("reflect", "wrap", "constant", "nearest")
 

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from kerascope.errors import KerascopeError
 from kerascope.images import IMAGE_SUFFIXES, ImageError, expand_inputs, load_image
 
 SPLIT_DIRS: dict[str, tuple[str, ...]] = {
@@ -42,7 +43,7 @@ Item = tuple[str, int]
 Progress = Callable[[int, int], None]
 
 
-class DatasetError(Exception):
+class DatasetError(KerascopeError):
     """The dataset folder cannot be trained on as it is; the message says why and what to do."""
 
 

@@ -18,10 +18,13 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import keras
-import numpy as np
+from kerascope.config import ensure_backend
 
-from kerascope.images import load_image, resize
+ensure_backend()  # the user's backend (JAX if none is usable) before Keras loads
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+
+from kerascope.images import load_image, resize  # noqa: E402
 
 if TYPE_CHECKING:
     from kerascope.data.folders import Dataset
@@ -140,7 +143,15 @@ class FolderSequence(keras.utils.PyDataset):
     def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         if not 0 <= index < len(self):
             raise IndexError(f"batch {index} out of range (0..{len(self) - 1})")
-        rows = self._order[index * self.batch_size : (index + 1) * self.batch_size]
+        rows = self.batch_rows(index)
+        return self.load_rows(rows), self.labels[rows]
+
+    def batch_rows(self, index: int) -> np.ndarray:
+        """Which rows (indices into ``paths``) batch ``index`` holds in the current epoch."""
+        return self._order[index * self.batch_size : (index + 1) * self.batch_size]
+
+    def load_rows(self, rows: np.ndarray) -> np.ndarray:
+        """The images of ``rows`` as one batch: cached rows from the memmap, others decoded."""
         images = np.empty((len(rows), *self.image_size, 3), dtype=np.uint8)
         todo = range(len(rows))
         if self.cache_path is not None:
@@ -151,7 +162,7 @@ class FolderSequence(keras.utils.PyDataset):
             todo = np.flatnonzero(~hit).tolist()
         for j in todo:
             images[j] = self._image(int(rows[j]))
-        return images.astype(self.dtype, copy=False), self.labels[rows]
+        return images.astype(self.dtype, copy=False)
 
     def on_epoch_end(self) -> None:
         """Advance to the next epoch's permutation and flush cache writes to disk."""

@@ -1,10 +1,11 @@
 """Keras 3 functional image models as ONNX graphs, for fast CPU inference with onnxruntime.
 
 ``graph`` holds the graph builder and shared helpers, ``layers`` the per-layer converters and
-``export`` the walk over the Keras graph that ties them together.
+``export`` the walk over the Keras graph that ties them together; ``cache`` keeps converted
+graphs on disk, keyed by converter version, model structure and weights.
 """
 
-from kerascope.onnx_export.export import keras_to_onnx, supports
+from kerascope.onnx_export.export import CONVERTER_VERSION, keras_to_onnx, supports
 from kerascope.onnx_export.graph import UnsupportedLayerError
 
-__all__ = ["UnsupportedLayerError", "keras_to_onnx", "supports"]
+__all__ = ["CONVERTER_VERSION", "UnsupportedLayerError", "keras_to_onnx", "supports"]

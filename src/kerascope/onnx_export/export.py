@@ -32,6 +32,9 @@ from kerascope.onnx_export.graph import (
 )
 
 _RESAMPLE = ("nearest", "bilinear")
+# Part of the key of cached graphs (onnx_export.cache): bump it whenever a change here or in
+# graph.py / layers.py changes the ONNX graph written for some model.
+CONVERTER_VERSION = "1"
 
 
 def _functional(model: Any) -> Any:
@@ -160,11 +163,13 @@ def keras_to_onnx(model: Any, opset: int = 17, batch_dim: str = "batch") -> byte
         name = g.op("Transpose", [t.name], perm=list(TO_NCHW)) if len(shape) == 4 else t.name
         values.append(_Value(name, shape))
     outs = _run(g, fn, values)
-    graph_outputs, names = [], []
+    graph_outputs, names = [], {t.name for t in fn.inputs}  # an output may be an input too
     for t, v in zip(fn.outputs, outs, strict=True):
-        name = t._keras_history.operation.name
-        name = name if name not in names else f"{name}_{len(names)}"
-        names.append(name)
+        base = name = t._keras_history.operation.name
+        i = len(graph_outputs)
+        while name in names:  # one tensor twice, two outputs of one layer, an input as output
+            name, i = f"{base}_{i}", i + 1
+        names.add(name)
         if len(v.shape) == 4:
             g.op("Transpose", [v.name], output=name, perm=list(TO_NHWC))
         else:

@@ -13,6 +13,8 @@ from typing import Any
 
 import numpy as np
 
+from kerascope.errors import KerascopeError
+
 TO_NCHW = (0, 3, 1, 2)
 TO_NHWC = (0, 2, 3, 1)
 _INT_MAX = np.iinfo(np.int64).max
@@ -26,7 +28,7 @@ _ACTIVATIONS |= {"gelu", "softmax", "log_softmax"}
 _CONVERTERS: dict[str, Callable] = {}
 
 
-class UnsupportedLayerError(ValueError):
+class UnsupportedLayerError(KerascopeError, ValueError):
     """A layer (or model) that :func:`keras_to_onnx` cannot express; names the layer and class."""
 
     def __init__(self, layer: Any, reason: str = "no ONNX conversion for this layer class"):

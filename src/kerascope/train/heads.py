@@ -18,6 +18,8 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from kerascope.errors import ConfigError
+
 UnfreezeSpec = int | float | str
 
 DEFAULT_UNFREEZE: float = 0.2
@@ -90,7 +92,7 @@ def unfreeze_start(backbone: Any, unfreeze: UnfreezeSpec = DEFAULT_UNFREEZE) -> 
             pass
         names = [layer.name for layer in layers]
         if unfreeze not in names:
-            raise ValueError(
+            raise ConfigError(
                 f"backbone '{backbone.name}' has no layer '{unfreeze}'; its last layers: "
                 + ", ".join(names[-8:])
             )
@@ -99,12 +101,12 @@ def unfreeze_start(backbone: Any, unfreeze: UnfreezeSpec = DEFAULT_UNFREEZE) -> 
         return 1  # everything but the Input layer
     if isinstance(unfreeze, float) and not isinstance(unfreeze, bool):
         if not 0.0 < unfreeze <= 1.0:
-            raise ValueError(f"unfreeze as a fraction must be in (0, 1], got {unfreeze}")
+            raise ConfigError(f"unfreeze as a fraction must be in (0, 1], got {unfreeze}")
         count = max(1, round((n - 1) * unfreeze))
     else:
         count = int(unfreeze)
         if not 1 <= count < n:
-            raise ValueError(f"unfreeze must be 1..{n - 1} layers of '{backbone.name}'")
+            raise ConfigError(f"unfreeze must be 1..{n - 1} layers of '{backbone.name}'")
     start = n - count
     match = _BLOCK.match(layers[start].name)
     if match:

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from kerascope.data.augment import AugmentConfig, build_augmentation
+from kerascope.errors import ConfigError, RunError
 from kerascope.train import heads
 
 NO_AUGMENT = AugmentConfig(0, 0, 0, 0, 0, horizontal_flip=False)
@@ -106,7 +107,7 @@ def get_recipe(name: str) -> Recipe:
     try:
         return RECIPES[name.lower()]
     except KeyError:
-        raise ValueError(f"unknown recipe {name!r}; choose one of {', '.join(RECIPES)}") from None
+        raise ConfigError(f"unknown recipe {name!r}; choose one of {', '.join(RECIPES)}") from None
 
 
 def native_size(backbone: str) -> int:
@@ -233,7 +234,7 @@ def make_optimizer(name: str, lr: float) -> Any:
         return keras.optimizers.Adam(learning_rate=lr)
     if name == "rmsprop":
         return keras.optimizers.RMSprop(learning_rate=lr)
-    raise ValueError(f"unknown optimizer {name!r}; use rmsprop, adam or sgd")
+    raise ConfigError(f"unknown optimizer {name!r}; use rmsprop, adam or sgd")
 
 
 def resolve_config(
@@ -303,7 +304,7 @@ def _per_stage(value, n: int, name: str, broadcast: bool) -> list:
         return [None] * n
     if isinstance(value, (list, tuple)):
         if len(value) != n:
-            raise ValueError(f"{name} needs {n} value(s), one per stage, got {list(value)}")
+            raise ConfigError(f"{name} needs {n} value(s), one per stage, got {list(value)}")
         return list(value)
     return [value] * n if broadcast else [value] + [None] * (n - 1)
 
@@ -343,7 +344,7 @@ def load_config(run_dir: str | os.PathLike) -> dict[str, Any]:
 
     path = Path(run_dir) / "config.yaml"
     if not path.is_file():
-        raise ValueError(f"cannot resume '{run_dir}': no config.yaml (is it a run directory?)")
+        raise RunError(f"cannot resume '{run_dir}': no config.yaml (is it a run directory?)")
     return yaml.safe_load(path.read_text())
 
 
@@ -368,6 +369,6 @@ def class_weights(
             elif key.isdigit() and int(key) < len(classes):
                 out[int(key)] = float(value)
             else:
-                raise ValueError(f"class_weight names unknown class {key!r}; classes: {classes}")
+                raise ConfigError(f"class_weight names unknown class {key!r}; classes: {classes}")
         return out
-    raise ValueError(f"class_weight must be None, 'auto' or a dict, got {mode!r}")
+    raise ConfigError(f"class_weight must be None, 'auto' or a dict, got {mode!r}")

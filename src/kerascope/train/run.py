@@ -20,15 +20,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import keras
-import numpy as np
-
 from kerascope.config import ensure_backend
-from kerascope.data.augment import AugmentConfig
-from kerascope.report import plot_curves, read_history, write_history, write_run_report
-from kerascope.train import recipes
-from kerascope.train.heads import DEFAULT_UNFREEZE, UnfreezeSpec, parameter_counts
-from kerascope.train.recipes import class_weights, load_config, resolve_config, save_config
+
+ensure_backend()  # the user's backend (JAX if none is usable) before Keras loads
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+
+from kerascope.data.affine import random_affine  # noqa: E402
+from kerascope.data.augment import AugmentConfig  # noqa: E402
+from kerascope.errors import ConfigError, RunError  # noqa: E402
+from kerascope.fast_depthwise import fast_depthwise  # noqa: E402
+from kerascope.report import plot_curves, read_history, write_history, write_run_report  # noqa: E402
+from kerascope.train import recipes  # noqa: E402
+from kerascope.train.heads import DEFAULT_UNFREEZE, UnfreezeSpec, parameter_counts  # noqa: E402
+from kerascope.train.progress import TrainProgress  # noqa: E402
+from kerascope.train.recipes import class_weights, load_config, resolve_config, save_config  # noqa: E402
+from kerascope.train.split import PrefixSequence, SplitModel, split_model  # noqa: E402
 
 MONITOR = "val_loss"  # finer-grained than accuracy on small validation sets, where it ties
 
@@ -69,6 +76,7 @@ def train(
     resume: str | os.PathLike | None = None,
     progress: bool = True,
     callbacks: list | None = None,
+    engine: str | None = None,
 ) -> RunResult:
     """Train ``recipe`` on the class folders in ``data`` and write a run directory.
 
@@ -93,6 +101,10 @@ def train(
             other arguments are ignored: the run continues as it was configured).
         progress: Keras progress bar per epoch and a line per stage.
         callbacks: extra Keras callbacks, run after kerascope's own in every stage.
+        engine: ``None``/``"auto"``: on a CPU, the frozen part of a backbone recipe runs on
+            the inference engine and only the trainable part trains in Keras
+            (``kerascope.train.split``); ``"keras"`` trains the whole graph in Keras (the GPU
+            default). Default: ``KERASCOPE_ENGINE``, else auto. Results are the same.
 
     Raises:
         kerascope.data.DatasetError: the dataset cannot be trained on (message says why).
@@ -110,17 +122,17 @@ def train(
         config = load_config(run_dir)
     else:
         if data is None:
-            raise ValueError("train needs a dataset folder (or resume=RUN_DIR)")
+            raise ConfigError("train needs a dataset folder (or resume=RUN_DIR)")
         config = resolve_config(data, recipe, output, backbone, epochs, batch_size, lr, seed,
                                 val_split, skip_bad, class_weight, unfreeze, augment,
                                 image_size, patience)  # fmt: skip
         run_dir = Path(config["output"])
         if (run_dir / "config.yaml").exists():
-            raise ValueError(f"'{run_dir}' already holds a run: choose another output, or "
+            raise RunError(f"'{run_dir}' already holds a run: choose another output, or "
                              "continue it with resume")  # fmt: skip
     dataset = scan_dataset(config["data"], config["val_split"], config["seed"], config["skip_bad"])
     if resume is not None and dataset.classes != config["classes"]:
-        raise ValueError(f"classes in '{config['data']}' changed since '{run_dir}' started: "
+        raise RunError(f"classes in '{config['data']}' changed since '{run_dir}' started: "
                          f"{dataset.classes} vs {config['classes']}")  # fmt: skip
     config["classes"], config["counts"] = dataset.classes, dataset.counts
     run_dir.mkdir(parents=True, exist_ok=True)  # only now: a bad dataset leaves no empty run
@@ -140,14 +152,16 @@ def train(
     weights = class_weights(config["class_weight"], dataset.classes, dataset.counts["train"])
     state = _read_state(run_dir)
     if state.get("status") == "done":
-        raise ValueError(f"run '{run_dir}' already finished; its model is '{run_dir}/model.keras'")
-    verbose = (1 if sys.stdout.isatty() else 2) if progress else 0
+        raise RunError(f"run '{run_dir}' already finished; its model is '{run_dir}/model.keras'")
+    verbose = (1 if sys.stdout.isatty() else 0) if progress else 0
+    split = use_split(engine)
     try:
         for index, stage in enumerate(config["stages"]):
             if index < state.get("completed_stages", 0):
                 recipes.prepare_stage(model, index, config["unfreeze"])
                 continue
-            _run_stage(model, run_dir, config, index, stage, seqs, weights, verbose, callbacks)
+            _run_stage(model, run_dir, config, index, stage, seqs, weights, verbose, callbacks,
+                       split, progress)  # fmt: skip
             _write_state(run_dir, {**_read_state(run_dir), "completed_stages": index + 1})
     except KeyboardInterrupt:
         _write_state(run_dir, {**_read_state(run_dir), "status": "interrupted"})
@@ -158,42 +172,103 @@ def train(
     return _finish(model, run_dir, config, dataset.summary())
 
 
+def use_split(engine: str | None = None) -> bool:
+    """Whether backbone stages train split (frozen prefix on the inference engine): on a CPU,
+    unless ``engine`` or ``KERASCOPE_ENGINE`` asks for the whole graph in Keras."""
+    from kerascope.inference import _wanted, on_cpu
+
+    wanted = _wanted(engine)
+    return wanted == "onnx" or (wanted == "auto" and on_cpu())
+
+
 def _run_stage(model, run_dir: Path, config: dict, index: int, stage: dict, seqs, weights,
-               verbose: int, extra: list | None) -> None:  # fmt: skip
+               verbose: int, extra: list | None, split: bool, progress: bool) -> None:  # fmt: skip
     """One ``fit``: flags, optimizer, callbacks; epochs are numbered across stages."""
     fine_tuned = recipes.prepare_stage(model, index, config["unfreeze"])
     backup = run_dir / "backup" / f"stage{index + 1}"
     best = run_dir / "best.weights.h5"
     if index > 0 and best.is_file() and not backup.is_dir():
         model.load_weights(best)  # stage 2 starts from stage 1's best, as the guide does
-    model.compile(optimizer=recipes.make_optimizer(stage["optimizer"], stage["lr"]),
-                  loss="sparse_categorical_crossentropy", metrics=["accuracy"])  # fmt: skip
+    parts = split_model(model) if split else None
+    trained = parts.suffix if parts else model
+    trained.compile(optimizer=recipes.make_optimizer(stage["optimizer"], stage["lr"]),
+                    loss="sparse_categorical_crossentropy", metrics=["accuracy"])  # fmt: skip
     start = sum(s["epochs"] for s in config["stages"][:index])
     end = start + stage["epochs"]
     resumed = _backup_epoch(backup)
     seqs["train"].set_epoch(resumed if resumed is not None else start)
+    train_data, val_data = seqs["train"], seqs["validation"]
+    if parts is not None:
+        train_data, val_data = _prefix_sequences(parts, seqs, config, run_dir, progress)
     history = read_history(run_dir / "history.csv")
     seen = [r["val_loss"] for r in history if r["val_loss"] is not None]
-    if verbose:
+    if progress:
         trainable, frozen = parameter_counts(model)
         what = f", fine-tuning {len(fine_tuned)} backbone layers" if fine_tuned else ""
         again = f", resuming after epoch {resumed}" if resumed else ""
         print(f"stage {index + 1}/{len(config['stages'])}: {stage['optimizer']} "
               f"lr={stage['lr']:g}, epochs {start + 1}-{end}{what} ({trainable:,} trainable, "
               f"{frozen:,} frozen parameters){again}")  # fmt: skip
+        if parts is not None:
+            cut = f"from '{parts.cut}' on" if parts.cut else "head only"
+            print(f"  split training: frozen prefix on {train_data.forward.engine}, "
+                  f"Keras trains {cut}")  # fmt: skip
     callbacks = [
         keras.callbacks.BackupAndRestore(str(backup)),
-        keras.callbacks.ModelCheckpoint(str(best), monitor=MONITOR, save_best_only=True,
-                                        save_weights_only=True,
-                                        initial_value_threshold=min(seen) if seen else None),
+        _FullModelCheckpoint(model, str(best), monitor=MONITOR, save_best_only=True,
+                             save_weights_only=True,
+                             initial_value_threshold=min(seen) if seen else None),
         keras.callbacks.EarlyStopping(monitor=MONITOR, patience=config["patience"]),
         _EpochLog(run_dir, index + 1, backup),
+        *([TrainProgress(len(seqs["train"].paths), end - start)] if progress else []),
         *(extra or []),
     ]  # fmt: skip
-    model._initial_epoch = None  # set by a previous stage's BackupAndRestore, never reset
-    model.fit(seqs["train"], validation_data=seqs["validation"], epochs=end,
-              initial_epoch=start, callbacks=callbacks, class_weight=weights, shuffle=False,
-              verbose=verbose)  # fmt: skip
+    trained._initial_epoch = None  # set by a previous stage's BackupAndRestore, never reset
+    with fast_depthwise():
+        trained.fit(train_data, validation_data=val_data, epochs=end, initial_epoch=start,
+                    callbacks=callbacks, class_weight=weights, shuffle=False,
+                    verbose=verbose)  # fmt: skip
+
+
+def _prefix_sequences(parts: SplitModel, seqs, config: dict, run_dir: Path, progress: bool):
+    """Train and validation batches through the stage's compiled prefix; validation (and
+    training without augmentation) runs the prefix once and reuses its outputs."""
+    from kerascope.inference import compiled
+
+    forward = compiled(parts.prefix)
+    augment = None
+    if config["augment"]:
+        augment = random_affine(AugmentConfig(**config["augment"]), config["seed"])
+    scratch = run_dir / "backup" / "prefix-outputs"
+    out = []
+    for name, aug in (("train", augment), ("validation", None)):
+        bar = _precompute_bar(name, progress) if aug is None else None
+        out.append(PrefixSequence(seqs[name], forward, aug, scratch=scratch, progress=bar))
+    return out
+
+
+def _precompute_bar(split: str, progress: bool):
+    """A line when the prefix outputs of a split are computed (once per stage)."""
+    if not progress:
+        return None
+
+    def report(done: int, total: int) -> None:
+        if done == total:
+            print(f"  {split}: frozen prefix computed once for {total} batch(es)", flush=True)
+
+    return report
+
+
+class _FullModelCheckpoint(keras.callbacks.ModelCheckpoint):
+    """``ModelCheckpoint`` that saves the whole network's weights while a split stage fits
+    only its suffix (the two share their variables)."""
+
+    def __init__(self, full_model, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._full = full_model
+
+    def set_model(self, model) -> None:
+        super().set_model(self._full)
 
 
 class _EpochLog(keras.callbacks.Callback):

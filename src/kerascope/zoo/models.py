@@ -13,7 +13,9 @@ from pathlib import Path
 from typing import Any
 
 from kerascope.config import ensure_backend
+from kerascope.errors import KerascopeError
 from kerascope.zoo import registry
+from kerascope.zoo.fast_init import numpy_init
 from kerascope.zoo.registry import ModelSpec
 
 DEFAULT_MODEL = "efficientnet_lite0"
@@ -66,13 +68,16 @@ def build(
         path = weights_mod.resolve(spec, explicit)
     kwargs = {**spec.builder_kwargs, **builder_kwargs}
     builder = spec.builder_fn()
-    if spec.family == "efficientnet_lite":
-        model = builder(**kwargs)
-    else:
-        size = kwargs.pop("input_shape", None) or (spec.input_size, spec.input_size, 3)
-        inputs = keras.Input(shape=size, name="image")
-        x = ImagePreprocess(spec.preprocess, name="preprocess")(inputs)
-        model = builder(input_tensor=x, weights=None, **kwargs)
+    # Weights about to be loaded: draw the throwaway initial values with NumPy (on JAX, Keras
+    # would compile an initializer for every weight shape, most of a cold start).
+    with numpy_init(enabled=path is not None):
+        if spec.family == "efficientnet_lite":
+            model = builder(**kwargs)
+        else:
+            size = kwargs.pop("input_shape", None) or (spec.input_size, spec.input_size, 3)
+            inputs = keras.Input(shape=size, name="image")
+            x = ImagePreprocess(spec.preprocess, name="preprocess")(inputs)
+            model = builder(input_tensor=x, weights=None, **kwargs)
     if path is not None:
         if spec.family == "efficientnet_lite" or str(path).endswith(".weights.h5"):
             model.load_weights(str(path))
@@ -110,7 +115,7 @@ def load_model(name_or_path: str | os.PathLike = DEFAULT_MODEL, weights=None) ->
     )
 
 
-class ModelFileError(RuntimeError):
+class ModelFileError(KerascopeError, RuntimeError):
     """A model file or run directory that cannot be used; the message says why."""
 
 
@@ -125,7 +130,8 @@ def _load_file(path: Path) -> Classifier:
     if not model_path.is_file():
         raise ModelFileError(f"no model file at '{model_path}'")
     try:
-        model = keras.saving.load_model(str(model_path), compile=False)
+        with numpy_init():  # every weight is then read from the file
+            model = keras.saving.load_model(str(model_path), compile=False)
     except Exception as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ModelFileError(f"cannot load model '{model_path}': {first}") from None

@@ -6,7 +6,10 @@ preprocessing with them, and it runs on the device fused with the first convolut
 
 from __future__ import annotations
 
-import keras
+from kerascope.config import ensure_backend
+
+ensure_backend()  # the user's backend (JAX if none is usable) before Keras loads
+import keras  # noqa: E402
 
 _CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
 _TORCH_MEAN = (0.485, 0.456, 0.406)

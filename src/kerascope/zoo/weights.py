@@ -15,10 +15,11 @@ import tempfile
 from pathlib import Path
 
 from kerascope.config import cache_dir
+from kerascope.errors import KerascopeError
 from kerascope.zoo.registry import ModelSpec, all_specs
 
 
-class WeightsError(RuntimeError):
+class WeightsError(KerascopeError, RuntimeError):
     """Weights that cannot be found or fetched; the message says what to do."""
 
 

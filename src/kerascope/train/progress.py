@@ -1,0 +1,77 @@
+"""What a user sees while a stage trains: an early time estimate, then img/s every epoch.
+
+Keras's own bar says nothing about how long the run will take and, when stdout is not a
+terminal (CI, ``nohup``, a pipe), prints nothing until the epoch ends. This callback times the
+first steps, prints the estimated time per epoch and for the stage, and ends every epoch with
+one line carrying its metrics and images per second, on a terminal or not.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import TextIO
+
+from kerascope.config import ensure_backend
+
+ensure_backend()  # the user's backend (JAX if none is usable) before Keras loads
+import keras  # noqa: E402
+
+_SHOWN = ("loss", "accuracy", "val_loss", "val_accuracy")
+
+
+class TrainProgress(keras.callbacks.Callback):
+    """Estimate after the first timed steps; one line per epoch with img/s.
+
+    Args:
+        images_per_epoch: training images in one epoch (for img/s).
+        epochs: epochs this stage will run at most (for the run estimate).
+        stream: where to print (stdout by default).
+    """
+
+    def __init__(self, images_per_epoch: int, epochs: int, stream: TextIO | None = None):
+        super().__init__()
+        self.images = int(images_per_epoch)
+        self.epochs = int(epochs)
+        self.stream = stream or sys.stdout
+        self._estimated = False
+        self._epoch_start = 0.0
+        self._step_ends: list[float] = []
+
+    def on_epoch_begin(self, epoch: int, logs=None) -> None:
+        self._epoch_start = time.perf_counter()
+        self._step_ends = []
+
+    def on_train_batch_end(self, batch: int, logs=None) -> None:
+        self._step_ends.append(time.perf_counter())
+        steps = self.params.get("steps") or 0
+        if self._estimated or len(self._step_ends) < min(2, steps):
+            return
+        self._estimated = True
+        first = self._step_ends[0] - self._epoch_start  # includes compilation
+        later = self._step_ends[-1] - self._step_ends[0] if len(self._step_ends) > 1 else first
+        per_step = later / max(1, len(self._step_ends) - 1)
+        epoch = first + per_step * max(0, steps - 1)
+        self._print(
+            f"  estimated {_duration(epoch)} per epoch, up to {_duration(epoch * self.epochs)} "
+            f"for {self.epochs} epoch(s) (first step {first:.1f} s incl. compilation, then "
+            f"{per_step:.2f} s/step; validation not included)"
+        )
+
+    def on_epoch_end(self, epoch: int, logs=None) -> None:
+        seconds = time.perf_counter() - self._epoch_start
+        train = (self._step_ends[-1] - self._epoch_start) if self._step_ends else seconds
+        metrics = "  ".join(f"{k} {logs[k]:.4f}" for k in _SHOWN if logs and k in logs)
+        rate = self.images / train if train > 0 else float("nan")
+        self._print(f"  epoch {epoch + 1}: {metrics}  {rate:.1f} img/s  {seconds:.1f} s")
+
+    def _print(self, line: str) -> None:
+        print(line, file=self.stream, flush=True)
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds / 3600:.1f} h"

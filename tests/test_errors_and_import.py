@@ -1,0 +1,176 @@
+"""`import kerascope` leaves the process alone; kerascope's errors share one base the CLI prints."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from kerascope.cli import main
+from kerascope.errors import CliError, ConfigError, KerascopeError, RunError
+
+_DIFF = (
+    "import json, os; before = dict(os.environ); {body}; "
+    "print(json.dumps(sorted(set(os.environ.items()) ^ set(before.items()))))"
+)
+_SETTINGS = ("KERAS_BACKEND", "JAX_", "TF_", "XLA_")
+
+
+def _python(code: str, tmp_path, backend: str | None, **extra: str) -> str:
+    """Run ``code`` in a fresh interpreter with none of the backend settings but ``backend``."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(_SETTINGS)}
+    env["KERAS_HOME"] = str(tmp_path / "keras-home")  # no keras.json of the user's
+    if backend is not None:
+        env["KERAS_BACKEND"] = backend
+    env.update(extra)
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    return done.stdout.strip().splitlines()[-1]
+
+
+@pytest.mark.parametrize("backend", ["jax", "numpy", None])
+def test_import_changes_no_environment_variable(tmp_path, backend):
+    changed = json.loads(_python(_DIFF.format(body="import kerascope"), tmp_path, backend))
+    assert changed == []
+    body = "import kerascope; kerascope.list_models(); from kerascope import cli"
+    assert json.loads(_python(_DIFF.format(body=body), tmp_path, backend)) == []
+
+
+@pytest.mark.parametrize("backend", ["jax", "numpy"])
+def test_keras_after_kerascope_runs_on_the_users_backend(tmp_path, backend):
+    code = "import kerascope, keras; print(keras.config.backend())"
+    assert _python(code, tmp_path, backend) == backend
+
+
+@pytest.mark.skipif(
+    importlib.util.find_spec("tensorflow") is not None, reason="Keras's default is usable"
+)
+def test_api_falls_back_to_jax_without_touching_the_environment(tmp_path):
+    body = "from kerascope.config import ensure_backend; print(ensure_backend())"
+    changed = json.loads(_python(_DIFF.format(body=body), tmp_path, None))
+    # No more than plain Keras on JAX changes by itself (JAX and Keras set a few TF_* / TPU_*).
+    plain = json.loads(_python(_DIFF.format(body="import keras"), tmp_path, "jax"))
+    assert changed == plain
+    assert not any(k.startswith(("KERAS_BACKEND", "JAX_", "XLA_")) for k, _ in changed)
+    code = "from kerascope.config import ensure_backend; print(ensure_backend())"
+    assert _python(code, tmp_path, None) == "jax"
+
+
+def test_api_honours_the_backend_in_keras_json(tmp_path):
+    home = tmp_path / "keras-home"
+    home.mkdir()
+    (home / "keras.json").write_text(json.dumps({"backend": "numpy"}))
+    code = "from kerascope.config import ensure_backend; print(ensure_backend())"
+    assert _python(code, tmp_path, None) == "numpy"
+
+
+def test_cli_chooses_jax_and_the_compile_cache_for_its_own_process(tmp_path):
+    code = (
+        "import os; from kerascope.cli import main; main(['models', '-f', 'json']); "
+        "print(os.environ['KERAS_BACKEND'], 'JAX_COMPILATION_CACHE_DIR' in os.environ)"
+    )
+    assert _python(code, tmp_path, None) == "jax True"
+    assert _python(code, tmp_path, "numpy") == "numpy False"
+
+
+def _user_errors() -> list[type[BaseException]]:
+    from kerascope.bottleneck import FeatureCacheError
+    from kerascope.cam.base import LayerError, MethodError
+    from kerascope.data.folders import DatasetError
+    from kerascope.images import ImageError
+    from kerascope.onnx_export.graph import UnsupportedLayerError
+    from kerascope.video import VideoError
+    from kerascope.zoo.models import ModelFileError
+    from kerascope.zoo.registry import UnknownModelError
+    from kerascope.zoo.weights import WeightsError
+
+    return [
+        FeatureCacheError, LayerError, MethodError, VideoError, DatasetError, ImageError,
+        ModelFileError, UnknownModelError, WeightsError, UnsupportedLayerError, CliError,
+        ConfigError, RunError,
+    ]  # fmt: skip
+
+
+def test_every_user_error_is_a_kerascope_error():
+    for cls in _user_errors():
+        assert issubclass(cls, KerascopeError), cls
+    # Callers that caught the builtin still do.
+    from kerascope.cam.base import LayerError, MethodError
+    from kerascope.zoo.registry import UnknownModelError
+    from kerascope.zoo.weights import WeightsError
+
+    assert issubclass(LayerError, ValueError) and issubclass(MethodError, ValueError)
+    assert issubclass(ConfigError, ValueError) and issubclass(RunError, ValueError)
+    assert issubclass(UnknownModelError, KeyError) and issubclass(WeightsError, RuntimeError)
+    assert str(UnknownModelError("unknown model 'x'")) == "unknown model 'x'"
+
+
+def test_every_public_exception_class_of_kerascope_is_a_kerascope_error():
+    import importlib
+    import pkgutil
+
+    import kerascope
+
+    found = []
+    for info in pkgutil.walk_packages(kerascope.__path__, "kerascope."):
+        if info.name == "kerascope.__main__":
+            continue
+        module = importlib.import_module(info.name)
+        found += [
+            v
+            for v in vars(module).values()
+            if isinstance(v, type) and issubclass(v, BaseException) and v.__module__ == info.name
+        ]
+    found = [c for c in found if not c.__name__.startswith("_")]  # private control flow
+    assert set(_user_errors()) <= set(found)
+    assert [c for c in found if not issubclass(c, KerascopeError)] == []
+
+
+def test_train_resume_of_a_missing_run_is_one_line(tmp_path):
+    missing = str(tmp_path / "nonexistent")
+    done = subprocess.run(
+        [sys.executable, "-m", "kerascope", "train", "--resume", missing],
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode != 0
+    assert "Traceback" not in done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("kerascope: error: cannot resume")
+    assert missing in lines[0]
+
+
+@pytest.mark.parametrize(
+    "exc, line",
+    [
+        (RunError("run 'r' already finished"), "run 'r' already finished"),
+        (FileNotFoundError(2, "No such file or directory", "/x/[red]y"),
+         "No such file or directory: '/x/[red]y'"),
+        (PermissionError(13, "Permission denied", "/root/z"), "Permission denied: '/root/z'"),
+        (CliError("two\nlines [/]"), "two\\nlines [/]"),
+    ],
+)  # fmt: skip
+def test_cli_prints_kerascope_and_file_errors_as_one_literal_line(monkeypatch, capsys, exc, line):
+    import kerascope.cli
+
+    def fail(args):
+        raise exc
+
+    monkeypatch.setattr(kerascope.cli, "_run_models", fail)
+    assert main(["models"]) == 2
+    assert capsys.readouterr().err == f"kerascope: error: {line}\n"
+
+
+def test_other_exceptions_still_show_their_traceback(monkeypatch):
+    import kerascope.cli
+
+    def fail(args):
+        raise ValueError("a bug in kerascope")
+
+    monkeypatch.setattr(kerascope.cli, "_run_models", fail)
+    with pytest.raises(ValueError, match="a bug"):
+        main(["models"])

@@ -1,0 +1,190 @@
+"""Split training: the frozen prefix on the inference engine, the rest in Keras.
+
+The split must be exact (one step on the suffix = one step on the whole graph), save the whole
+network, reach the whole graph's accuracy on real photos, and resume like an unbroken run.
+"""
+
+from __future__ import annotations
+
+import json
+
+import keras
+import numpy as np
+import pytest
+
+from kerascope.data.affine import random_affine
+from kerascope.data.augment import AugmentConfig
+from kerascope.inference import compiled
+from kerascope.report import read_history
+from kerascope.train import recipes, train
+from kerascope.train.split import split_model
+from tests.test_train import StopAfter, make_photo_crops, make_shapes
+
+
+@pytest.fixture(scope="module")
+def shapes(tmp_path_factory):
+    return make_shapes(tmp_path_factory.mktemp("shapes"), n=24)
+
+
+def _photo_batch(skimage_data, size: int, n: int = 8) -> np.ndarray:
+    from PIL import Image
+
+    rng = np.random.default_rng(1)
+    out = []
+    for name in ("chelsea.png", "coffee.png", "astronaut.png", "rocket.jpg") * (n // 4):
+        photo = Image.open(skimage_data / name).convert("RGB")
+        w, h = photo.size
+        s = int(min(w, h) * rng.uniform(0.5, 0.9))
+        x, y = rng.integers(0, w - s + 1), rng.integers(0, h - s + 1)
+        out.append(np.asarray(photo.crop((x, y, x + s, y + s)).resize((size, size))))
+    return np.stack(out)
+
+
+def _weights(model) -> list[np.ndarray]:
+    return [keras.ops.convert_to_numpy(v).copy() for v in model.weights]
+
+
+@pytest.mark.backends
+@pytest.mark.parametrize("stage", [0, 1], ids=["transfer-head", "finetune-stage2"])
+def test_one_step_on_the_split_equals_one_step_on_the_whole_graph(stage, skimage_data):
+    recipe = recipes.get_recipe("finetune")
+    keras.utils.set_random_seed(0)
+    model = recipes.build_model(recipe, 4, (64, 64), None, 0, "efficientnet_lite0", dropout=0.0)
+    recipes.prepare_stage(model, stage, 0.2)
+    x = _photo_batch(skimage_data, 64)
+    y = np.array([0, 1, 2, 3] * 2)
+    before = _weights(model)
+
+    model.compile(keras.optimizers.SGD(0.5), "sparse_categorical_crossentropy")
+    model.train_on_batch(x.astype("float32"), y)
+    whole = _weights(model)
+    for v, value in zip(model.weights, before, strict=True):
+        v.assign(value)
+
+    parts = split_model(model)
+    assert (parts.cut is None) == (stage == 0)
+    features = compiled(parts.prefix)(x)
+    parts.suffix.compile(keras.optimizers.SGD(0.5), "sparse_categorical_crossentropy")
+    parts.suffix.train_on_batch(features, y)
+    split = _weights(model)
+
+    moved = max(float(np.max(np.abs(w - b))) for w, b in zip(whole, before, strict=True))
+    assert moved > 1e-2  # the step really changed the weights
+    changed = [i for i, (w, b) in enumerate(zip(whole, before, strict=True)) if np.any(w != b)]
+    assert changed == [i for i, (s, b) in enumerate(zip(split, before, strict=True))
+                       if np.any(s != b)]  # fmt: skip
+    for w, s in zip(whole, split, strict=True):
+        np.testing.assert_allclose(s, w, atol=1e-4)
+
+
+@pytest.mark.backends
+@pytest.mark.parametrize("recipe", ["transfer", "finetune"])
+def test_split_run_saves_the_whole_network(recipe, shapes, tmp_path):
+    from kerascope.zoo.models import load_model
+
+    run = tmp_path / recipe
+    result = train(shapes, recipe=recipe, output=run, epochs=1, image_size=64, batch_size=16,
+                   unfreeze="blocks_15_expand_conv", progress=False)  # fmt: skip
+    reloaded = load_model(run).model
+    parts = split_model(result.model)
+    x = np.random.default_rng(0).integers(0, 256, (6, 64, 64, 3)).astype("uint8")
+    composite = keras.ops.convert_to_numpy(parts.suffix(compiled(parts.prefix)(x)))
+    saved = keras.ops.convert_to_numpy(reloaded(x.astype("float32"), training=False))
+    np.testing.assert_allclose(saved, composite, atol=1e-4)
+    assert parts.cut == (None if recipe == "transfer" else "blocks_15_expand_conv")
+    assert not (run / "backup").exists()
+
+
+@pytest.mark.slow
+def test_split_reaches_the_whole_graph_accuracy_on_real_photos(tmp_path, skimage_data):
+    data = make_photo_crops(tmp_path / "crops", skimage_data)
+    budget = dict(image_size=96, progress=False, augment=False)
+    for recipe, epochs in (("transfer", 3), ("finetune", [2, 1])):
+        whole = train(data, recipe=recipe, output=tmp_path / f"{recipe}-keras", epochs=epochs,
+                      engine="keras", **budget)  # fmt: skip
+        split = train(data, recipe=recipe, output=tmp_path / f"{recipe}-split", epochs=epochs,
+                      engine="auto", **budget)  # fmt: skip
+        print(f"{recipe}: whole graph {whole.val_accuracy:.3f}, split {split.val_accuracy:.3f}")
+        assert split.val_accuracy >= whole.val_accuracy - 0.02
+        assert split.val_accuracy >= 0.75  # chance is 1/3
+        for a, b in zip(whole.history, split.history, strict=True):
+            assert b["loss"] == pytest.approx(a["loss"], rel=1e-3)  # exact up to float noise
+
+
+@pytest.mark.slow
+def test_split_resume_in_stage_two_reproduces_an_unbroken_run(shapes, tmp_path):
+    kwargs = dict(recipe="finetune", epochs=[1, 2], image_size=48, batch_size=16,
+                  unfreeze="blocks_15_expand_conv")  # fmt: skip
+    whole = train(shapes, output=tmp_path / "whole", progress=False, **kwargs)
+    run = tmp_path / "broken"
+    with pytest.raises(KeyboardInterrupt):
+        train(shapes, output=run, callbacks=[StopAfter(1)], progress=False, **kwargs)
+    state = json.loads((run / "run_state.json").read_text())
+    assert state["completed_stages"] == 1 and state["stage"] == 2
+    assert [r["epoch"] for r in read_history(run / "history.csv")] == [1, 2]
+    resumed = train(resume=run, progress=False)
+    assert [r["epoch"] for r in resumed.history] == [1, 2, 3]
+    for a, b in zip(whole.history, resumed.history, strict=True):
+        assert b["loss"] == pytest.approx(a["loss"], rel=1e-5)
+        assert b["val_loss"] == pytest.approx(a["val_loss"], rel=1e-5)
+
+
+def test_progress_prints_an_estimate_and_img_per_second(shapes, tmp_path, capsys):
+    train(shapes, recipe="transfer", output=tmp_path / "run", epochs=2, image_size=48,
+          batch_size=16, augment=False)  # fmt: skip
+    out = capsys.readouterr().out
+    assert "split training: frozen prefix on onnx" in out
+    assert "estimated" in out and "per epoch" in out
+    lines = [line for line in out.splitlines() if line.strip().startswith("epoch ")]
+    assert len(lines) == 2 and all("img/s" in line for line in lines)
+
+
+def test_random_affine_is_seeded_and_keeps_the_picture(skimage_data):
+    x = _photo_batch(skimage_data, 96)
+    augment = random_affine(AugmentConfig(), seed=3)
+    a, b, c = augment(x, 0, 0), augment(x, 0, 0), augment(x, 1, 0)
+    assert a.dtype == np.uint8 and a.shape == x.shape
+    assert np.array_equal(a, b) and not np.array_equal(a, c)  # (seed, epoch, batch) decide
+    assert not np.array_equal(a, x)
+    # "nearest" fill: no black borders appear where the photo has none
+    assert a[:, :2].min() > 0 or x[:, :2].min() == 0
+    flip = random_affine(AugmentConfig(0, 0, 0, 0, 0, horizontal_flip=True), seed=0)(x, 0, 0)
+    assert all(np.array_equal(f, i) or np.array_equal(f, i[:, ::-1])
+               for f, i in zip(flip, x, strict=True))  # fmt: skip
+    none = random_affine(AugmentConfig(0, 0, 0, 0, 0, horizontal_flip=False), seed=0)(x, 0, 0)
+    assert np.array_equal(none, x)
+    # a small rotation keeps the centre of the picture nearly where it was
+    small = random_affine(AugmentConfig(5, 0, 0, 0, 0, horizontal_flip=False), seed=0)(x, 0, 0)
+    centre = (slice(None), slice(40, 56), slice(40, 56))
+    assert np.mean(np.abs(small[centre].astype(int) - x[centre])) < 20
+
+
+def test_fast_depthwise_equals_keras(tmp_path):
+    import jax
+
+    from kerascope.fast_depthwise import fast_depthwise
+
+    if keras.backend.backend() != "jax":
+        pytest.skip("a JAX-only formulation")
+    rng = np.random.default_rng(0)
+    cases = [(7, 7, 5, 1, "same"), (15, 16, 3, 2, "same"), (14, 14, 5, 2, "valid"),
+             (9, 8, 3, 1, "valid")]  # fmt: skip
+    for height, width, k, stride, padding in cases:
+        layer = keras.layers.DepthwiseConv2D(k, strides=stride, padding=padding)
+        x = rng.normal(size=(2, height, width, 8)).astype("float32")
+        expected = np.asarray(layer(x))
+        with fast_depthwise():
+            got = np.asarray(jax.jit(lambda v, layer=layer: layer(v))(x))
+        np.testing.assert_allclose(got, expected, atol=1e-5)
+        kernel = layer.depthwise_kernel.value
+
+        def loss(kern, inputs, stride=stride, padding=padding):
+            return keras.ops.sum(keras.ops.depthwise_conv(inputs, kern, stride, padding) ** 2)
+
+        ref = jax.grad(loss)(kernel, x)
+        with fast_depthwise():
+            fast = jax.grad(loss)(kernel, x)
+        np.testing.assert_allclose(np.asarray(fast), np.asarray(ref), rtol=1e-4, atol=1e-3)
+    from keras.src.backend.jax import nn
+
+    assert nn.depthwise_conv.__module__ == "keras.src.backend.jax.nn"  # restored after the block
