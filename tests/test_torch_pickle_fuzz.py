@@ -580,7 +580,7 @@ def _scan(data: bytes, records: int = 5) -> tuple[list[int], list[tuple[int, int
     return ends, numbers
 
 
-BOUNDARIES, NUMBERS = _scan(ORIGINAL) if ORIGINAL else ([0], [(0, 1)])
+BOUNDARIES, NUMBERS = _scan(ORIGINAL) if ORIGINAL else (list(range(6)), [(0, 1)])
 HEADER = BOUNDARIES[-1]  # the five pickle records; the raw storages follow
 HEAD = HEADER + 16 * 1024  # the bytes mutated: the pickles and the first storages
 

@@ -11,12 +11,35 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 __version__ = "0.1.0"
-__all__ = ["classify", "explain", "features", "load_model", "list_models", "__version__"]
+__all__ = [
+    "classify",
+    "evaluate",
+    "explain",
+    "features",
+    "list_models",
+    "load_model",
+    "predict",
+    "train",
+    "__version__",
+]
+
+# Public name -> module that defines it, imported on first use.
+_LAZY = {
+    "classify": "kerascope.predict",
+    "explain": "kerascope.cam.explain",
+    "features": "kerascope.bottleneck",
+    "load_model": "kerascope.zoo.models",
+    "train": "kerascope.train.run",
+    "evaluate": "kerascope.evaluate",
+    "predict": "kerascope.evaluate",
+}
 
 if TYPE_CHECKING:
     from kerascope.bottleneck import features
     from kerascope.cam.explain import explain
+    from kerascope.evaluate import evaluate, predict
     from kerascope.predict import classify
+    from kerascope.train.run import train
     from kerascope.zoo.models import load_model
 
 
@@ -28,20 +51,8 @@ def list_models():
 
 
 def __getattr__(name: str):
-    if name == "classify":
-        from kerascope.predict import classify
+    if name in _LAZY:
+        import importlib
 
-        return classify
-    if name == "explain":
-        from kerascope.cam.explain import explain
-
-        return explain
-    if name == "features":
-        from kerascope.bottleneck import features
-
-        return features
-    if name == "load_model":
-        from kerascope.zoo.models import load_model
-
-        return load_model
+        return getattr(importlib.import_module(_LAZY[name]), name)
     raise AttributeError(f"module 'kerascope' has no attribute {name!r}")

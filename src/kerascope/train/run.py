@@ -29,7 +29,7 @@ import numpy as np  # noqa: E402
 from kerascope.data.affine import random_affine  # noqa: E402
 from kerascope.data.augment import AugmentConfig  # noqa: E402
 from kerascope.errors import ConfigError, RunError  # noqa: E402
-from kerascope.fast_depthwise import fast_depthwise  # noqa: E402
+from kerascope.fast_convs import fast_convs  # noqa: E402
 from kerascope.report import plot_curves, read_history, write_history, write_run_report  # noqa: E402
 from kerascope.train import recipes  # noqa: E402
 from kerascope.train.heads import DEFAULT_UNFREEZE, UnfreezeSpec, parameter_counts  # noqa: E402
@@ -224,7 +224,7 @@ def _run_stage(model, run_dir: Path, config: dict, index: int, stage: dict, seqs
         *(extra or []),
     ]  # fmt: skip
     trained._initial_epoch = None  # set by a previous stage's BackupAndRestore, never reset
-    with fast_depthwise():
+    with fast_convs():
         trained.fit(train_data, validation_data=val_data, epochs=end, initial_epoch=start,
                     callbacks=callbacks, class_weight=weights, shuffle=False,
                     verbose=verbose)  # fmt: skip

@@ -4,8 +4,10 @@ A ``torch.save`` state dict needs only ``collections.OrderedDict``,
 ``torch._utils._rebuild_tensor`` / ``_rebuild_tensor_v2``, the ``torch.*Storage`` types and
 persistent ids that name storages. Those become inert stand-ins (`Storage`, `TensorRef`) whose
 arguments are type-checked; any other global, any other persistent id and any attempt to set
-state on a stand-in is refused, so a hostile file cannot run code. Sizes, strides and offsets
-are checked against the storages in `torch_pickle`, once the storage bytes are read.
+state on a stand-in is refused, so a hostile file cannot run code. `load_record` scans each
+record's opcodes before the C unpickler sees them, so a few bytes cannot make it allocate
+gigabytes. Sizes, strides and offsets are checked against the storages in `torch_pickle`,
+once the storage bytes are read.
 """
 
 from __future__ import annotations
@@ -40,8 +42,8 @@ _EXTENSIONS = frozenset({"EXT1", "EXT2", "EXT4"})  # copyreg's cache can bypass 
 class TorchFileError(WeightsError, ValueError):
     """A ``.pth`` file that is not a well-formed PyTorch state dict, or that tries to run code.
 
-    The CLI prints it as one line (exit code 2) because it is a `WeightsError`; it is also a
-    `ValueError`, which is what the reader raised before it had its own type.
+    A `WeightsError`, hence a `KerascopeError`: the CLI prints it as one line (exit code 2).
+    It is also a `ValueError`, which is what the reader raised before it had its own type.
     """
 
 
