@@ -16,10 +16,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from kerascope.classification import ImageResult, Prediction
 from kerascope.cli import main
-from kerascope.evaluate import predict
 from kerascope.output import csv_safe, render
-from kerascope.predict import ImageResult, Prediction
+from kerascope.prediction import predict
 
 CLASSES = ['=HYPERLINK("http://evil.example","x")', "@SUM(A1)"]
 NAMES = ["=1+2.png", "+cmd.png", "@at.png", "plain.png"]
@@ -113,5 +113,5 @@ def test_predict_csv_is_escaped_and_returned_rows_are_not(run_dir, images, tmp_p
     out = tmp_path / "predictions.csv"
     rows = predict(run_dir, images, out)
     _check(list(csv.DictReader(out.open(newline=""))), "path", "label")
-    assert [r["path"] for r in rows] == NAMES  # the API returns the data as it is
-    assert all(r["label"] in CLASSES for r in rows)
+    assert [r.source for r in rows] == NAMES  # the API returns the data as it is
+    assert all(r.label in CLASSES for r in rows)

@@ -14,8 +14,9 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
-from kerascope.evaluate import evaluate, format_confusion, metrics_from, predict
-from kerascope.predict import classify
+from kerascope.classification import classify
+from kerascope.evaluation import Evaluation, evaluate, format_confusion, metrics_from
+from kerascope.prediction import PredictedLabel, predict
 
 CLASSES = ["disc", "plain"]
 
@@ -58,6 +59,7 @@ def data(tmp_path) -> Path:
 def test_evaluate_numbers_match_classify(run_dir, data, tmp_path):
     out = tmp_path / "eval"
     metrics = evaluate(run_dir, data, batch_size=4, output=out)
+    assert isinstance(metrics, Evaluation) and metrics.output == out
     # independent reference: classify every readable file, compare with its folder
     readable = [p for c in CLASSES for p in sorted((data / c).iterdir()) if p.suffix == ".png"]
     results = classify(readable, model=run_dir, top=1)
@@ -66,18 +68,22 @@ def test_evaluate_numbers_match_classify(run_dir, data, tmp_path):
     expected = np.zeros((2, 2), int)
     for t, g in zip(truth, guess, strict=True):
         expected[t, g] += 1
-    confusion = np.array(metrics["confusion"])
+    confusion = np.array(metrics.confusion)
     np.testing.assert_array_equal(confusion, expected)
-    assert confusion.sum() == metrics["n"] == len(readable) == 15
-    assert metrics["accuracy"] == pytest.approx(np.trace(confusion) / confusion.sum())
-    assert metrics["split"] == "all"
-    assert [Path(p).name for p, _ in metrics["unreadable"]] == ["broken.jpg"]
-    assert {c: metrics["per_class"][c]["support"] for c in CLASSES} == {"disc": 7, "plain": 8}
-    assert json.loads((out / "metrics.json").read_text())["confusion"] == metrics["confusion"]
+    assert confusion.sum() == metrics.n == len(readable) == 15
+    assert metrics.accuracy == pytest.approx(np.trace(confusion) / confusion.sum())
+    assert metrics.split == "all"
+    assert [Path(p).name for p, _ in metrics.unreadable] == ["broken.jpg"]
+    assert {c: metrics.per_class[c].support for c in CLASSES} == {"disc": 7, "plain": 8}
+    written = json.loads((out / "metrics.json").read_text())
+    assert written == json.loads(json.dumps(metrics.to_dict()))
+    assert list(written) == ["n", "accuracy", "macro_f1", "per_class", "classes", "confusion",
+                             "data", "split", "unreadable", "model"]  # fmt: skip
+    assert written["data"] == str(data.resolve()) and written["unreadable"][0][1]
     for name in ("confusion.png", "top_losses.png"):
         assert (out / name).stat().st_size > 1000
     table = format_confusion(metrics)
-    assert "disc" in table and f"accuracy {metrics['accuracy']:.4f} on 15 images" in table
+    assert "disc" in table and f"accuracy {metrics.accuracy:.4f} on 15 images" in table
 
 
 def test_evaluate_prefers_the_test_split(run_dir, tmp_path):
@@ -86,7 +92,7 @@ def test_evaluate_prefers_the_test_split(run_dir, tmp_path):
         _images(root / "train" / name, name, 3, seed=k)
         _images(root / "test" / name, name, 2, seed=10 + k)
     metrics = evaluate(run_dir, root, top_losses=0)
-    assert metrics["split"] == "test" and metrics["n"] == 4
+    assert metrics.split == "test" and metrics.n == 4
     assert (run_dir / "metrics.json").is_file() and not (run_dir / "top_losses.png").exists()
 
 
@@ -113,9 +119,13 @@ def test_metrics_by_hand():
 def test_predict_writes_one_row_per_file(run_dir, data, tmp_path):
     out = tmp_path / "sub" / "predictions.csv"
     rows = predict(run_dir, data, out)
+    assert all(isinstance(r, PredictedLabel) for r in rows)
+    assert [r.ok for r in rows].count(False) == 1
     with out.open() as f:
         written = list(csv.DictReader(f))
     assert len(written) == len(rows) == 16  # 15 images + the broken one
+    assert list(written[0]) == ["path", "label", "probability", "error"]
+    assert [p.name for p in out.parent.iterdir()] == ["predictions.csv"]  # no temp file left
     broken = [r for r in written if r["path"].endswith("broken.jpg")]
     assert len(broken) == 1 and broken[0]["error"] and broken[0]["label"] == ""
     good = [r for r in written if not r["error"]]

@@ -203,8 +203,8 @@ def test_layer_setting_makes_its_own_group_and_wrong_names_suggest_close_ones(ti
 
 def test_ensemble_model_equals_head_on_cache_and_beats_single_backbones(harder, tmp_path):
     from kerascope.bottleneck import FeatureSpec
+    from kerascope.classification import classify, iter_batches
     from kerascope.inference import compiled
-    from kerascope.predict import classify, iter_batches
     from kerascope.train.ensemble import concat_features, fit_head, train_features
     from kerascope.zoo.models import load_model
 

@@ -133,7 +133,7 @@ def test_resume_after_interrupt_matches_unbroken_run(shapes, tmp_path):
 
 @pytest.mark.backends
 def test_transfer_saves_a_model_that_reloads_identically(shapes, tmp_path):
-    from kerascope.predict import classify
+    from kerascope.classification import classify
     from kerascope.zoo.models import load_model
 
     run = tmp_path / "transfer"

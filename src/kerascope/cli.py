@@ -79,7 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _run_classify(args) -> int:
     from kerascope import output
-    from kerascope.predict import classify_sources, normalise_inputs
+    from kerascope.classification import classify_sources, normalise_inputs
     from kerascope.zoo.models import load_model
 
     if args.top < 1:
@@ -119,13 +119,9 @@ def _target(clf, query: str | None) -> int | None:
 
 
 def _run_explain(args) -> int:
-    from pathlib import Path
-
     from kerascope import output
-    from kerascope.cam.explain import _cached_explainer, explain
-    from kerascope.cam.overlay import overlay, save_jpeg, side_by_side
-    from kerascope.images import load_image
-    from kerascope.predict import MISSING_INPUT, normalise_inputs
+    from kerascope.cam.save import save_explanations
+    from kerascope.classification import normalise_inputs
     from kerascope.zoo.models import load_model
 
     sources, skipped, missing = normalise_inputs(args.paths)
@@ -134,32 +130,16 @@ def _run_explain(args) -> int:
     if not sources and not missing:
         raise CliError("no images found in " + " ".join(args.paths))
     clf = load_model(args.model)
-    _cached_explainer(clf, args.method, args.layer)  # a bad --layer fails before any work
     target = _target(clf, args.target)
-    out_dir = Path(args.output)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    rows = [(m, None, MISSING_INPUT) for m in missing]
     with output.progress_bar(len(sources), "explaining", min_total=16) as advance:
-        for start in range(0, len(sources), args.batch_size):
-            chunk = sources[start : start + args.batch_size]
-            found = explain(chunk, clf, args.method, target, args.layer, args.batch_size)
-            for e in found if isinstance(found, list) else [found]:
-                if not e.ok:
-                    rows.append((e.source, None, e.error))
-                    continue
-                image = load_image(e.source)
-                label = f"{e.class_name.replace('_', ' ')} {e.probability:.1%} ({args.method})"
-                picture = side_by_side(
-                    image, overlay(image, e.heatmap, args.alpha, args.colormap), label
-                )
-                path = out_dir / f"{Path(e.source).stem}-output.jpg"
-                save_jpeg(picture, path)
-                rows.append((e.source, e, str(path)))
-            advance(len(chunk))
-    output.print_explanations(rows)
-    failed = sum(1 for _, e, _ in rows if e is None)
+        saved = save_explanations(
+            missing + sources, args.output, clf, args.method, target, args.layer,
+            args.batch_size, args.alpha, args.colormap, progress=advance,
+        )  # fmt: skip
+    output.print_explanations(saved)
+    failed = sum(1 for s in saved if not s.ok)
     if failed:
-        output.note(f"{failed} of {len(rows)} input(s) could not be explained")
+        output.note(f"{failed} of {len(saved)} input(s) could not be explained")
     return 1 if failed else 0
 
 

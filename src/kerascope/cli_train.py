@@ -165,22 +165,22 @@ def _feature_progress():
 
 def _run_evaluate(args) -> int:
     from kerascope import output
-    from kerascope.evaluate import evaluate, format_confusion
+    from kerascope.evaluation import evaluate, format_confusion
 
-    metrics = evaluate(args.run, args.data, batch_size=args.batch_size, output=args.output)
-    print(format_confusion(metrics))
-    for path, reason in metrics.get("unreadable", []):
+    result = evaluate(args.run, args.data, batch_size=args.batch_size, output=args.output)
+    print(format_confusion(result))
+    for path, reason in result.unreadable:
         output.note(f"could not read {path}: {reason}")
-    output.note(f"accuracy {metrics['accuracy']:.4f} on {metrics['n']} images")
-    return 1 if metrics.get("unreadable") else 0
+    output.note(f"accuracy {result.accuracy:.4f} on {result.n} images")
+    return 1 if result.unreadable else 0
 
 
 def _run_predict(args) -> int:
     from kerascope import output
-    from kerascope.evaluate import predict
+    from kerascope.prediction import predict
 
     rows = predict(args.run, args.inputs, args.output, batch_size=args.batch_size)
-    failed = [r for r in rows if r.get("error")]
+    failed = [r for r in rows if not r.ok]
     output.note(f"wrote {len(rows)} rows to {args.output}" + (
         f"; {len(failed)} could not be read" if failed else ""))  # fmt: skip
     return 1 if failed else 0

@@ -15,7 +15,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from kerascope.predict import MISSING_INPUT, ImageResult
+from kerascope.classification import MISSING_INPUT, ImageResult
 
 _err = Console(stderr=True)
 
@@ -201,15 +201,18 @@ def print_spec(name: str, fmt: str = "table") -> None:
     Console(width=120).print(table)
 
 
-def print_explanations(rows: list) -> None:
-    """One line per input: the class explained and the picture written, or the error."""
+def print_explanations(saved: list) -> None:
+    """One line per `SavedExplanation`: the class explained and the picture written, or why not."""
     table = Table()
     table.add_column("image", overflow="fold")
     for col in ("class", "probability", "written to"):
         table.add_column(col, overflow="fold")
-    for source, e, info in rows:
-        if e is None:
-            table.add_row(_short(source), f"[red]error: {info}[/]", "", "")
+    for s in saved:
+        if not s.ok:
+            table.add_row(_short(s.source), f"[red]error: {s.error}[/]", "", "")
         else:
-            table.add_row(_short(source), e.class_name, f"{e.probability:.4f}", _short(info))
+            e = s.explanation
+            table.add_row(
+                _short(s.source), e.class_name, f"{e.probability:.4f}", _short(str(s.path))
+            )
     Console(width=120).print(table)

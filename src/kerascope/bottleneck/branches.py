@@ -169,14 +169,14 @@ def features(
     batch_size: int = 32,
     weights: str | None = None,
 ) -> np.ndarray:
-    """Features of images given as paths, folders, globs or RGB arrays; nothing is cached.
+    """Features of images given as paths, folders, globs, RGB arrays or PIL Images; no cache.
 
     Example:
         >>> kerascope.features("cat.jpg", layer="blocks_9_add", pool="max").shape  # doctest: +SKIP
         (1, 112)
     """
+    from kerascope.classification import iter_batches, normalise_inputs
     from kerascope.images import ImageError
-    from kerascope.predict import iter_batches, normalise_inputs
 
     spec = FeatureSpec.make(model, layer, pool, image_size, weights)
     sources, _, missing = normalise_inputs(images)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -90,6 +90,10 @@ def resolve_target(clf: Classifier, target: int | str) -> int:
 
 
 def _is_single(inputs) -> bool:
+    from PIL import Image
+
+    if isinstance(inputs, Image.Image):
+        return True
     if isinstance(inputs, np.ndarray):
         return inputs.ndim in (2, 3)
     if isinstance(inputs, str | os.PathLike):
@@ -106,10 +110,11 @@ def explain(
     layer: str | None = None,
     batch_size: int = 16,
 ) -> Explanation | list[Explanation]:
-    """Explain the predictions for images given as paths, folders, globs or RGB arrays.
+    """Explain the predictions for images given as paths, folders, globs, arrays or PIL Images.
 
     Args:
-        images_or_paths: one image (path or (H, W, 3) array) or many (list, folder, glob).
+        images_or_paths: one image (path, (H, W, 3) array or PIL Image) or many (list,
+            folder, glob).
         model: zoo name, ``.keras`` path or run directory, or a loaded `Classifier`.
         method: ``gradcam`` (default), ``gradcam++`` or ``cam``.
         target: the class to explain: ``None`` for each image's top-1, an index, a name
@@ -127,22 +132,45 @@ def explain(
         >>> e.class_name, e.heatmap.shape
         ('tabby', (300, 451))
     """
-    from kerascope.cam.overlay import upsample
-    from kerascope.predict import MISSING_INPUT, iter_batches, normalise_inputs
+    from kerascope.classification import MISSING_INPUT, normalise_inputs
     from kerascope.zoo.models import load_model
 
     clf = model if isinstance(model, Classifier) else load_model(model)
     explainer = _cached_explainer(clf, method, layer)
     single = _is_single(images_or_paths)
     sources, _, missing = normalise_inputs(images_or_paths)
+    targets = resolve_targets(clf, target, len(sources))
     results = [Explanation(m, error=MISSING_INPUT) for m in missing]
-    n = len(sources)
+    results += [e for e, _ in iter_explanations(clf, explainer, sources, targets, batch_size)]
+    return results[0] if single and len(results) == 1 else results
+
+
+def resolve_targets(
+    clf: Classifier, target: None | int | str | Sequence[int | str], n: int
+) -> np.ndarray | None:
+    """``target`` as `explain` takes it -> None (each image's top-1) or n output indices."""
     if target is None or isinstance(target, str | int | np.integer):
-        targets = None if target is None else np.full(n, resolve_target(clf, target))
-    else:
-        if len(target) != n:
-            raise ValueError(f"{len(target)} targets given for {n} images")
-        targets = np.array([resolve_target(clf, t) for t in target], dtype=np.int64)
+        return None if target is None else np.full(n, resolve_target(clf, target))
+    if len(target) != n:
+        raise ValueError(f"{len(target)} targets given for {n} images")
+    return np.array([resolve_target(clf, t) for t in target], dtype=np.int64)
+
+
+def iter_explanations(
+    clf: Classifier,
+    explainer: Explainer,
+    sources: Sequence,
+    targets: np.ndarray | None = None,
+    batch_size: int = 16,
+) -> Iterator[tuple[Explanation, np.ndarray | None]]:
+    """Explain sources (as `normalise_inputs` returns them) in order, one batch at a time.
+
+    Yields each `Explanation` with its full-resolution RGB image (None when unreadable), so a
+    caller that draws the overlay does not decode the file again.
+    """
+    from kerascope.cam.overlay import upsample
+    from kerascope.classification import iter_batches
+
     start = 0
     for items in iter_batches(sources, clf.input_size, batch_size, keep_original=True):
         rows = [i for i, it in enumerate(items) if it.error is None]
@@ -152,15 +180,14 @@ def explain(
             maps, classes, probs = explainer.explain_batch(pixels, batch_targets)
         for i, it in enumerate(items):
             if it.error is not None:
-                results.append(Explanation(it.source, error=it.error))
+                yield Explanation(it.source, error=it.error), None
                 continue
             r = rows.index(i)
             c = int(classes[r])
             wnid, name = clf.labels[c]
             heatmap = upsample(maps[r], it.original.shape[:2])
-            results.append(Explanation(it.source, heatmap, c, wnid, name, float(probs[r])))
+            yield Explanation(it.source, heatmap, c, wnid, name, float(probs[r])), it.original
         start += len(items)
-    return results[0] if single and len(results) == 1 else results
 
 
 def _cached_explainer(clf: Classifier, method: str, layer: str | None) -> Explainer:

@@ -1,5 +1,9 @@
 """Batch inference: images in, top-k predictions out, with decoding overlapped with the model.
 
+Also the one way inputs enter kerascope: `normalise_inputs` turns paths, folders, globs, RGB
+arrays and PIL Images into sources, and `iter_batches` decodes them (classify, explain,
+evaluate, predict and features all go through both).
+
 Pixels stay uint8 until the engine; normalisation is part of the model graph. On CPU the
 forward pass runs through onnxruntime on a graph converted from the Keras model (measured
 ~19x faster than Keras-JAX for EfficientNet-Lite0 on 2 cores; see benchmarks/classify_cpu.py);
@@ -14,8 +18,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
+from PIL import Image
 
-from kerascope.images import ImageError, as_rgb_array, expand_inputs, load_image, resize
+from kerascope.images import ImageError, as_rgb_array, expand_inputs, load_image, resize, to_rgb
 from kerascope.zoo.models import Classifier
 
 # The reason given for an input that names nothing on disk (a path, folder or glob).
@@ -54,29 +59,60 @@ class Item:
     error: str | None = None
 
 
-def _decode(source, size: tuple[int, int], keep_original: bool) -> Item:
-    name = source if isinstance(source, str) else "<array>"
+Source = str | os.PathLike | np.ndarray | Image.Image
+"""One input: a path (file, folder or glob), an RGB array or a PIL Image."""
+
+
+def source_name(source) -> str:
+    """How a source is named in results: its path, else ``<array>`` or ``<image>``."""
+    if isinstance(source, str | os.PathLike):
+        return os.fspath(source)
+    return "<image>" if isinstance(source, Image.Image) else "<array>"
+
+
+def load_source(source) -> np.ndarray:
+    """One source at full resolution as (H, W, 3) uint8 RGB.
+
+    Raises:
+        ImageError: an unreadable file. ValueError: an array or image that is not a picture.
+    """
+    if isinstance(source, str | os.PathLike):
+        return load_image(source)
+    if isinstance(source, Image.Image):
+        return as_rgb_array(np.asarray(to_rgb(source)))  # what a file of it would give
+    return as_rgb_array(source)
+
+
+def decode_item(source, size: tuple[int, int], keep_original: bool = False) -> Item:
+    """Decode one source and resize it to ``size``; a failure comes back as ``Item.error``."""
+    name = source_name(source)
     try:
-        image = load_image(source) if isinstance(source, str) else as_rgb_array(source)
+        image = load_source(source)
     except ImageError as exc:
         return Item(name, error=exc.reason)
-    except ValueError as exc:
+    except (ValueError, OSError) as exc:
         return Item(name, error=str(exc))
     return Item(name, resize(image, size), image if keep_original else None)
 
 
 def normalise_inputs(inputs) -> tuple[list, list[str], list[str]]:
-    """Turn a path, array, or a list of either into sources; also return skipped and missing."""
+    """Turn inputs into sources; also return the skipped (non-image) and missing paths.
+
+    ``inputs`` is one source or an iterable of them: paths (files, folders walked
+    recursively, globs), (H, W, 3) arrays, PIL Images, or an (N, H, W, 3) array. Paths and
+    in-memory images are not mixed in one call.
+    """
     if isinstance(inputs, np.ndarray) and inputs.ndim == 4:
         return list(inputs), [], []
-    if isinstance(inputs, (str, os.PathLike, np.ndarray)):
+    if isinstance(inputs, str | os.PathLike | np.ndarray | Image.Image):
         inputs = [inputs]
-    arrays = [x for x in inputs if isinstance(x, np.ndarray)]
-    paths = [x for x in inputs if not isinstance(x, np.ndarray)]
-    if arrays and paths:
-        raise ValueError("pass either paths or arrays, not both")
-    if arrays:
-        return arrays, [], []
+    inputs = list(inputs)
+    images = [x for x in inputs if isinstance(x, np.ndarray | Image.Image)]
+    paths = [x for x in inputs if not isinstance(x, np.ndarray | Image.Image)]
+    if images and paths:
+        raise ValueError("pass either paths or in-memory images (arrays, PIL), not both")
+    if images:
+        return images, [], []
     found = expand_inputs(paths)
     return list(found.paths), list(found.skipped), list(found.missing)
 
@@ -90,7 +126,7 @@ def iter_batches(
         chunks = [sources[i : i + batch_size] for i in range(0, len(sources), batch_size)]
         pending = None
         for chunk in chunks:
-            future = [pool.submit(_decode, s, size, keep_original) for s in chunk]
+            future = [pool.submit(decode_item, s, size, keep_original) for s in chunk]
             if pending is not None:
                 yield [f.result() for f in pending]
             pending = future
@@ -136,13 +172,13 @@ def classify_sources(
 
 
 def classify(
-    inputs: str | os.PathLike | np.ndarray | Iterable,
+    inputs: Source | Iterable[Source],
     model: str | Classifier = "efficientnet_lite0",
     top: int = 5,
     threshold: float = 0.0,
     batch_size: int = 32,
 ) -> list[ImageResult]:
-    """Classify images given as paths, folders, globs or RGB arrays.
+    """Classify images given as paths, folders, globs, RGB arrays or PIL Images.
 
     Returns one `ImageResult` per image, in input order; unreadable inputs come back with
     ``error`` set instead of raising, so one bad file never loses the rest of the batch.

@@ -1,0 +1,323 @@
+"""How good is a trained model, and on which images is it wrong?
+
+``evaluate`` runs a model over labelled images (class folders, or any inputs with their labels)
+and writes ``metrics.json`` (accuracy, per-class precision / recall / F1, confusion matrix),
+``confusion.png`` and ``top_losses.png`` (the images the model is most confidently wrong about,
+the quickest way to find mislabelled data). It runs through
+``kerascope.classification.classify_sources``, the path every classifier takes, so an
+evaluated model behaves exactly as it will in ``classify``. Kaggle-style CSV predictions are
+``kerascope.prediction``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from kerascope.classification import (
+    MISSING_INPUT,
+    Source,
+    classify_sources,
+    decode_item,
+    normalise_inputs,
+)
+from kerascope.data.folders import SPLIT_DIRS, DatasetError
+from kerascope.images import expand_inputs
+from kerascope.report import plot_confusion, plot_gallery
+from kerascope.zoo.models import Classifier, load_model
+
+TOP_LOSSES = 12
+
+
+@dataclass
+class ClassScores:
+    """Precision, recall and F1 of one class, and how many images truly belong to it."""
+
+    precision: float
+    recall: float
+    f1: float
+    support: int
+
+
+@dataclass
+class Evaluation:
+    """What `evaluate` measured; `to_dict` is the content of ``metrics.json``.
+
+    Attributes:
+        n: images scored (unreadable ones left out).
+        accuracy: share of the ``n`` images whose top-1 class is the true one.
+        macro_f1: mean F1 over the classes that have images.
+        per_class: `ClassScores` by class name.
+        classes: class names, in the model's output order.
+        confusion: ``confusion[i][j]`` counts images of true class i predicted as j.
+        data: the evaluated folder (absolute), or None for other inputs.
+        split: ``test``, ``validation`` or ``all`` (folder used), or ``labels`` (labels given).
+        unreadable: ``(source, reason)`` of each input left out.
+        model: where the model came from.
+        output: the folder holding ``metrics.json`` and the plots.
+    """
+
+    n: int
+    accuracy: float
+    macro_f1: float
+    per_class: dict[str, ClassScores]
+    classes: list[str]
+    confusion: list[list[int]]
+    data: str | None = None
+    split: str = "all"
+    unreadable: list[tuple[str, str]] = field(default_factory=list)
+    model: str = ""
+    output: Path | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The metrics as plain JSON data (without ``output``), as in ``metrics.json``."""
+        return {
+            "n": self.n,
+            "accuracy": self.accuracy,
+            "macro_f1": self.macro_f1,
+            "per_class": {c: vars(s).copy() for c, s in self.per_class.items()},
+            "classes": list(self.classes),
+            "confusion": [list(row) for row in self.confusion],
+            "data": self.data,
+            "split": self.split,
+            "unreadable": [[source, reason] for source, reason in self.unreadable],
+            "model": self.model,
+        }
+
+
+def evaluation_items(data: str | os.PathLike, classes: list[str]) -> tuple[str, list]:
+    """``(split used, [(path, label)])`` for ``data``: its ``test/`` split, else its
+    ``validation/`` split, else ``data/<class>/`` itself (every image).
+
+    Raises:
+        DatasetError: no class folders, or a folder that is not one of the model's classes.
+    """
+    root = Path(data).expanduser()
+    if not root.is_dir():
+        raise DatasetError(f"evaluation folder '{root}' does not exist")
+    folders = {p.name.lower(): p for p in root.iterdir() if p.is_dir()}
+    split, where = "all", root
+    for name in ("test", "validation"):
+        hit = next((folders[n] for n in SPLIT_DIRS[name] if n in folders), None)
+        if hit is not None:
+            split, where = name, hit
+            break
+    class_dirs = sorted(p for p in where.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not class_dirs:
+        raise DatasetError(f"no class folders in '{where}': put each class's images in a folder "
+                           f"named after the class ({', '.join(classes[:5])})")  # fmt: skip
+    items = []
+    for folder in class_dirs:
+        if folder.name not in classes:
+            raise DatasetError(f"'{folder}' is not a class of this model (its classes: "
+                               f"{', '.join(classes)}); rename or remove it")  # fmt: skip
+        label = classes.index(folder.name)
+        items += [(p, label) for p in expand_inputs([folder]).paths]
+    if not items:
+        raise DatasetError(f"no images in the class folders of '{where}'")
+    return split, items
+
+
+def metrics_from(labels: np.ndarray, predicted: np.ndarray, classes: list[str]) -> dict:
+    """Accuracy, per-class precision / recall / F1 / support and the confusion matrix.
+
+    ``confusion[i][j]`` counts images of true class i predicted as j. A class never
+    predicted has precision 0 (not NaN) so that macro averages stay defined.
+    """
+    k = len(classes)
+    confusion = np.zeros((k, k), dtype=np.int64)
+    np.add.at(confusion, (labels, predicted), 1)
+    tp = np.diag(confusion).astype(float)
+    predicted_n, true_n = confusion.sum(axis=0), confusion.sum(axis=1)
+    precision = np.divide(tp, predicted_n, out=np.zeros(k), where=predicted_n > 0)
+    recall = np.divide(tp, true_n, out=np.zeros(k), where=true_n > 0)
+    denom = precision + recall
+    f1 = np.divide(2 * precision * recall, denom, out=np.zeros(k), where=denom > 0)
+    n = int(confusion.sum())
+    per_class = {
+        c: {"precision": float(precision[i]), "recall": float(recall[i]), "f1": float(f1[i]),
+            "support": int(true_n[i])}
+        for i, c in enumerate(classes)
+    }  # fmt: skip
+    present = true_n > 0
+    return {
+        "n": n,
+        "accuracy": float(tp.sum() / n) if n else float("nan"),
+        "macro_f1": float(f1[present].mean()) if present.any() else float("nan"),
+        "per_class": per_class,
+        "classes": list(classes),
+        "confusion": confusion.tolist(),
+    }
+
+
+def evaluate(
+    run_dir: str | os.PathLike | Classifier,
+    data: Source | Iterable[Source],
+    labels: Sequence[str | int] | None = None,
+    *,
+    batch_size: int = 32,
+    output: str | os.PathLike | None = None,
+    top_losses: int = TOP_LOSSES,
+    heatmaps: bool = True,
+) -> Evaluation:
+    """Score a trained model on labelled images and write the evaluation files.
+
+    Args:
+        run_dir: a run directory or ``.keras`` file (or a loaded `Classifier`).
+        data: without ``labels``, a folder with ``test/`` or ``validation/`` class folders,
+            or class folders. With ``labels``, any inputs ``classify`` takes: paths, folders,
+            globs, (H, W, 3) arrays or PIL Images.
+        labels: the true class of each image in ``data`` (name or index), in the order
+            folders and globs expand to.
+        batch_size: images per forward pass.
+        output: where ``metrics.json``, ``confusion.png`` and ``top_losses.png`` go;
+            default the run directory.
+        top_losses: how many of the worst-scored images to show (0: no gallery).
+        heatmaps: overlay what the model looked at on the gallery, when the explain
+            module is installed.
+
+    Returns:
+        An `Evaluation`; unreadable images are left out and listed in ``unreadable``.
+
+    Raises:
+        DatasetError: no class folders, a folder that is not a class of the model, a missing
+            input, or nothing readable.
+        ValueError: ``labels`` that do not match the images or name an unknown class.
+
+    Example:
+        >>> result = kerascope.evaluate("runs/cats", "data/cats_dogs")  # doctest: +SKIP
+        >>> result.accuracy, result.per_class["cat"].recall  # doctest: +SKIP
+        (0.94, 0.96)
+    """
+    clf = run_dir if isinstance(run_dir, Classifier) else load_model(run_dir)
+    classes = [name for _, name in clf.labels]
+    if labels is None:
+        split, items = evaluation_items(data, classes)
+    else:
+        split, items = "labels", _labelled_items(data, labels, classes)
+    names = _names([source for source, _ in items])
+    results = classify_sources(clf, [source for source, _ in items], top=len(classes),
+                               batch_size=batch_size)  # fmt: skip
+    kept, probs, unreadable = [], [], []
+    for (source, label), name, result in zip(items, names, results, strict=True):
+        if not result.ok:
+            unreadable.append((name, result.error))
+            continue
+        row = np.zeros(len(classes), dtype=np.float32)
+        for p in result.predictions:
+            row[p.index] = p.probability
+        kept.append((source, name, label))
+        probs.append(row)
+    if not kept:
+        where = f" in '{data}'" if isinstance(data, str | os.PathLike) else ""
+        raise DatasetError(f"none of the {len(items)} images{where} could be read")
+    probs_ = np.stack(probs)
+    truth = np.array([label for _, _, label in kept])
+    m = metrics_from(truth, probs_.argmax(axis=1), classes)
+    out = Path(output) if output is not None else _default_output(run_dir, clf)
+    result = Evaluation(
+        n=m["n"], accuracy=m["accuracy"], macro_f1=m["macro_f1"],
+        per_class={c: ClassScores(**v) for c, v in m["per_class"].items()},
+        classes=m["classes"], confusion=m["confusion"],
+        data=str(Path(data).resolve()) if isinstance(data, str | os.PathLike) else None,
+        split=split, unreadable=unreadable, model=str(clf.source), output=out,
+    )  # fmt: skip
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "metrics.json").write_text(json.dumps(result.to_dict(), indent=1))
+    plot_confusion(np.array(result.confusion), classes, out / "confusion.png")
+    if top_losses:
+        _top_losses(clf, kept, probs_, truth, out / "top_losses.png", top_losses, heatmaps)
+    return result
+
+
+def _labelled_items(data, labels: Sequence[str | int], classes: list[str]) -> list:
+    """``[(source, class index)]`` for inputs given with their labels."""
+    sources, _, missing = normalise_inputs(data)
+    if missing:
+        raise DatasetError(f"'{missing[0]}': {MISSING_INPUT}")
+    labels = list(labels)
+    if len(labels) != len(sources):
+        raise ValueError(f"{len(labels)} labels given for {len(sources)} images")
+    if not sources:
+        raise DatasetError("no images to evaluate")
+    return [(s, _class_index(label, classes)) for s, label in zip(sources, labels, strict=True)]
+
+
+def _class_index(label: str | int, classes: list[str]) -> int:
+    if isinstance(label, str) and label in classes:
+        return classes.index(label)
+    if isinstance(label, int | np.integer) or (isinstance(label, str) and label.isdigit()):
+        index = int(label)
+        if 0 <= index < len(classes):
+            return index
+    raise ValueError(f"label {label!r} is not a class of this model: {', '.join(classes)}")
+
+
+def _names(sources: list) -> list[str]:
+    """Paths as they are; in-memory images as ``<image i>`` (their position in the inputs)."""
+    return [
+        os.fspath(s) if isinstance(s, str | os.PathLike) else f"<image {i}>"
+        for i, s in enumerate(sources)
+    ]
+
+
+def _default_output(run_dir: Any, clf: Classifier) -> Path:
+    if isinstance(run_dir, Classifier):
+        return Path(clf.source).parent
+    path = Path(run_dir)
+    return path if path.is_dir() else path.parent
+
+
+def _top_losses(clf, kept, probs, labels, path: Path, count: int, heatmaps: bool) -> Path:
+    """Gallery of the highest cross-entropy images: true class, prediction, probability."""
+    true_p = probs[np.arange(len(labels)), labels]
+    order = np.argsort(true_p, kind="stable")[:count]  # lowest p(true) = highest loss
+    pixels = np.stack([decode_item(kept[i][0], clf.input_size).pixels for i in order])
+    predicted = probs[order].argmax(axis=1)
+    if heatmaps:
+        pixels = _with_heatmaps(clf, pixels, predicted)
+    names = [name for _, name in clf.labels]
+    titles = [
+        f"{'/'.join(Path(kept[i][1]).parts[-2:])}\ntrue {names[labels[i]]} / pred {names[p]} "
+        f"{probs[i, p]:.2f}\nloss {-np.log(max(true_p[i], 1e-12)):.2f}"
+        for i, p in zip(order, predicted, strict=True)
+    ]
+    return plot_gallery(list(pixels), titles, path)
+
+
+def _with_heatmaps(clf: Classifier, pixels: np.ndarray, targets: np.ndarray) -> np.ndarray:
+    """Overlay the explain module's heatmap for the predicted class, if that module exists."""
+    try:
+        from kerascope.cam.explain import Explainer
+        from kerascope.cam.overlay import overlay
+    except ImportError:
+        return pixels
+    maps, _, _ = Explainer(clf, "gradcam").explain_batch(pixels, targets)
+    return np.stack([overlay(image, heat) for image, heat in zip(pixels, maps, strict=True)])
+
+
+def format_confusion(result: Evaluation) -> str:
+    """The confusion matrix and per-class scores as a plain-text table (for the CLI)."""
+    classes = result.classes
+    width = max(8, *(len(c) for c in classes))
+    corner = "true \\ pred"
+    head = f"{corner:<{width}}  " + "  ".join(f"{c[:width]:>{width}}" for c in classes)
+    lines = [head]
+    for c, row in zip(classes, result.confusion, strict=True):
+        lines.append(f"{c:<{width}}  " + "  ".join(f"{v:>{width}}" for v in row))
+    lines.append("")
+    lines.append(f"{'class':<{width}}  precision  recall      f1  support")
+    for c in classes:
+        s = result.per_class[c]
+        lines.append(f"{c:<{width}}  {s.precision:9.3f}  {s.recall:6.3f}  {s.f1:6.3f}"
+                     f"  {s.support:7d}")  # fmt: skip
+    lines.append(f"accuracy {result.accuracy:.4f} on {result.n} images")
+    if result.unreadable:
+        lines.append(f"{len(result.unreadable)} unreadable image(s) left out")
+    return "\n".join(lines)
