@@ -1,8 +1,8 @@
-"""Feature extraction speed per backbone, and head-on-cache vs end-to-end transfer training time.
+"""Feature extraction speed per backbone, and the features recipe vs whole-graph transfer time.
 
-Why: the features recipe is only worth its cache if extraction is fast and training on cached
-features is much cheaper than training through a frozen backbone every epoch. Both sides run
-here, on the same images, in one process.
+Why: the HDF5 cache is only worth it if extraction is fast, and the features recipe only if
+training on features computed once is much cheaper than training through a frozen backbone
+every epoch. Both sides run here, on the same images, in one process.
 
     python benchmarks/features.py                    # crops of scikit-image photos, 3 classes
     python benchmarks/features.py --data DIR --epochs 5 --per-class 40
@@ -67,50 +67,24 @@ def _engine() -> str:
 
 
 def training(data: Path, out: Path, epochs: int, backbone: str) -> list[tuple]:
-    """(method, seconds, validation accuracy) for the features recipe and transfer."""
-    from kerascope.train.ensemble import train_features
+    """(method, seconds, validation accuracy): the features recipe (frozen backbone run once
+    per run by the split trainer) and transfer through the whole graph every epoch."""
+    from kerascope.train import train
 
     rows = []
     start = time.perf_counter()
-    run = train_features(data, [backbone], output=out / "features_run", epochs=epochs,
-                         features_path=out / "features.h5")  # fmt: skip
-    total = time.perf_counter() - start
-    rows.append((f"features head, cached ({backbone})", run.seconds["fit"], run.val_accuracy))
-    rows.append(("  same, incl. cache check + save", total, run.val_accuracy))
-    try:
-        from kerascope.train import train
-    except ImportError:
-        train = None
+    run = train(data, recipe="features", output=out / "features_run", backbone=backbone,
+                epochs=epochs, progress=False)  # fmt: skip
+    rows.append((f"features recipe ({backbone})", time.perf_counter() - start,
+                 run.final_val_accuracy))  # fmt: skip
+    fit = sum(r["seconds"] or 0.0 for r in run.history)
+    rows.append(("  of which epochs (head on features)", fit, run.final_val_accuracy))
     start = time.perf_counter()
-    if train is not None:
-        result = train(data, recipe="transfer", output=out / "transfer_run", backbone=backbone,
-                       epochs=epochs, augment=False, progress=False)  # fmt: skip
-        accuracy = result.final_val_accuracy
-    else:
-        accuracy = _plain_transfer(data, backbone, epochs)
-    rows.append((f"end-to-end transfer ({backbone})", time.perf_counter() - start, accuracy))
+    result = train(data, recipe="transfer", output=out / "transfer_run", backbone=backbone,
+                   epochs=epochs, augment=False, progress=False, engine="keras")  # fmt: skip
+    rows.append((f"transfer, whole graph ({backbone})", time.perf_counter() - start,
+                 result.final_val_accuracy))  # fmt: skip
     return rows
-
-
-def _plain_transfer(data: Path, backbone: str, epochs: int) -> float:
-    """Frozen backbone + head trained through the backbone each epoch (when train is absent)."""
-    import keras
-
-    from kerascope.data import make_sequences, scan_dataset
-    from kerascope.zoo import registry
-    from kerascope.zoo.models import build
-
-    size = registry.get(backbone).input_size
-    dataset = scan_dataset(data)
-    seqs = make_sequences(dataset, (size, size), 32, 0)
-    base = build(backbone, include_top=False, pooling="avg")
-    base.trainable = False
-    inputs = keras.Input((size, size, 3))
-    x = keras.layers.Dropout(0.5)(base(inputs, training=False))
-    model = keras.Model(inputs, keras.layers.Dense(len(dataset.classes), "softmax")(x))
-    model.compile("adam", "sparse_categorical_crossentropy", ["accuracy"])
-    fit = model.fit(seqs["train"], validation_data=seqs["validation"], epochs=epochs, verbose=0)
-    return float(fit.history["val_accuracy"][-1])
 
 
 def main() -> None:

@@ -3,6 +3,7 @@ JAX compilation cache kept between sessions, and NumPy-drawn random weights."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
@@ -52,15 +53,24 @@ def pytest_configure(config):
         )
 
 
-@pytest.fixture(autouse=True)
-def numpy_init(request):
-    """Every model a test builds gets its random weights from NumPy (same distributions as
-    Keras's initializers): on JAX each new weight shape otherwise compiles its initializer,
-    which was most of the suite's time (see kerascope.zoo.fast_init). Tests marked
-    ``keras_init`` get Keras's own initializers."""
+@pytest.fixture(scope="session", autouse=True)
+def numpy_init():
+    """Every model the tests and their fixtures build gets its random weights from NumPy (same
+    distributions as Keras's initializers): on JAX each new weight shape otherwise compiles its
+    initializer, which was most of the suite's time (see kerascope.zoo.fast_init)."""
     from kerascope.zoo.fast_init import numpy_init
 
-    with numpy_init(enabled=request.node.get_closest_marker("keras_init") is None):
+    with numpy_init():
+        yield
+
+
+@pytest.fixture(autouse=True)
+def _keras_init_when_marked(request):
+    """Tests marked ``keras_init`` get Keras's own initializers."""
+    from kerascope.zoo.fast_init import keras_init
+
+    marked = request.node.get_closest_marker("keras_init") is not None
+    with keras_init() if marked else contextlib.nullcontext():
         yield
 
 

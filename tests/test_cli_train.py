@@ -85,7 +85,36 @@ def test_features_command_caches_and_the_features_recipe_saves_one_model(tmp_pat
     run = tmp_path / "run"
     assert main(["train", str(data), "--recipe", "features", "--backbone", "efficientnet_lite0",
                  "--epochs", "2", "-o", str(run)]) == 0  # fmt: skip
+    for name in ("model.keras", "labels.json", "config.yaml", "history.csv", "curves.png",
+                 "report.md", "run_state.json"):  # fmt: skip
+        assert (run / name).is_file(), name
     image = str(next(data.rglob("*.png")))
     capsys.readouterr()
     assert main(["classify", image, "--model", str(run), "-f", "json"]) == 0
     assert json.loads(capsys.readouterr().out)[0]["predictions"]
+    assert main(["train", "--resume", str(run)]) == 2  # resumable like any run: it is done
+    assert "already finished" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_features_recipe_takes_a_layer_and_pooling(tmp_path, capsys):
+    import yaml
+
+    data = make_shapes(tmp_path / "data", n=6, size=48)
+    run = tmp_path / "run"
+    args = ["train", str(data), "--recipe", "features", "--backbone", "efficientnet_lite0",
+            "--epochs", "1", "--image-size", "48", "-o", str(run)]  # fmt: skip
+    assert main([*args, "--layer", "blocks_9_add", "--pool", "max"]) == 0
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    assert (config["layer"], config["pool"]) == ("blocks_9_add", "max")
+    from kerascope.train.split import split_model
+    from kerascope.zoo.models import load_model
+
+    assert split_model(load_model(run).model).suffix.input_shape == (None, 112)
+    capsys.readouterr()
+    assert main([*args[:-1], str(tmp_path / "bad"), "--layer", "block_9_add"]) == 2
+    err = capsys.readouterr().err
+    assert "no layer 'block_9_add'" in err and "blocks_9_add" in err and "Traceback" not in err
+    assert not (tmp_path / "bad").exists()  # refused before anything is written
+    assert main(["train", str(data), "--recipe", "transfer", "--layer", "blocks_9_add"]) == 2
+    assert "takes neither" in capsys.readouterr().err

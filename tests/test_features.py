@@ -201,36 +201,48 @@ def test_layer_setting_makes_its_own_group_and_wrong_names_suggest_close_ones(ti
         kf.features(np.zeros((64, 64, 3), np.uint8), layer="block_9_add")
 
 
-def test_ensemble_model_equals_head_on_cache_and_beats_single_backbones(harder, tmp_path):
-    from kerascope.bottleneck import FeatureSpec
+def test_features_recipe_model_equals_its_head_on_the_cache_and_beats_single_backbones(
+    harder, tmp_path
+):
+    """The features recipe through ``train``: a standard run folder whose one raw-image model
+    equals the trained head applied to the HDF5 cache's features of the same images."""
+    import keras
+
+    from kerascope.bottleneck import FeatureSpec, extract_features
     from kerascope.classification import classify, iter_batches
     from kerascope.inference import compiled
-    from kerascope.train.ensemble import concat_features, fit_head, train_features
+    from kerascope.train import train
+    from kerascope.train.split import split_model
     from kerascope.zoo.models import load_model
 
-    run = train_features(harder, [LITE0, LITE1], output=tmp_path / "run", epochs=10)
-    for name in ("model.keras", "labels.json", "config.yaml", "history.csv", "features.h5"):
+    budget = dict(recipe="features", epochs=10, progress=False)
+    run = train(harder, backbone=[LITE0, LITE1], output=tmp_path / "run", **budget)
+    for name in ("model.keras", "labels.json", "config.yaml", "history.csv", "curves.png",
+                 "report.md", "run_state.json"):  # fmt: skip
         assert (run.run_dir / name).is_file(), name
     classes = ["astronaut", "brick", "chelsea", "coffee", "grass", "gravel"]
     assert json.loads((run.run_dir / "labels.json").read_text())["classes"] == classes
+    assert run.config["backbone"] == [LITE0, LITE1] and run.config["image_size"] == [240, 240]
 
-    from kerascope.bottleneck import FeatureStore
-
-    store = FeatureStore(run.features_path)
-    specs = [FeatureSpec.make(b, image_size=240) for b in (LITE0, LITE1)]
     accuracy = {}
-    for branch in ([specs[0]], [specs[1]]):
-        x, y, _ = concat_features(store, branch, "train")
-        xv, yv, _ = concat_features(store, branch, "validation")
-        head, _ = fit_head(x, y, xv, yv, len(classes), epochs=10)
-        accuracy[branch[0].backbone] = float(np.mean(head.predict(xv, verbose=0).argmax(-1) == yv))
+    for backbone in (LITE0, LITE1):  # each alone, on the same 240-px images
+        single = train(harder, backbone=backbone, image_size=240, output=tmp_path / backbone,
+                       **budget)  # fmt: skip
+        accuracy[backbone] = single.val_accuracy
     accuracy["ensemble"] = run.val_accuracy
     print(f"\nvalidation accuracy (36 images, 6 classes): {accuracy}")
     assert accuracy["ensemble"] >= max(accuracy[LITE0], accuracy[LITE1])
     assert accuracy["ensemble"] >= 0.8
 
-    x_val, y_val, paths = concat_features(store, specs, "validation")
-    expected = run.head.predict(x_val, verbose=0)
+    store = extract_features(harder, [LITE0, LITE1], output=tmp_path / "f.h5", image_size=240)
+    sets = [store.load(FeatureSpec.make(b, image_size=240).key, split="validation")
+            for b in (LITE0, LITE1)]  # fmt: skip
+    assert sets[0].paths == sets[1].paths
+    x_val = np.concatenate([s.features for s in sets], axis=1)
+    paths = sets[0].paths
+    head = split_model(run.model).suffix  # boundary: the concatenated pooled features
+    assert head.input_shape == (None, x_val.shape[1])
+    expected = keras.ops.convert_to_numpy(head(x_val, training=False))
     clf = load_model(run.run_dir)
     assert clf.input_size == (240, 240) and [n for _, n in clf.labels] == classes
     pixels = np.concatenate(
@@ -238,5 +250,6 @@ def test_ensemble_model_equals_head_on_cache_and_beats_single_backbones(harder, 
     )
     probs = compiled(clf.model)(pixels)
     assert np.abs(probs - expected).max() <= 1e-4
+    assert np.mean(probs.argmax(-1) == sets[0].labels) == pytest.approx(run.val_accuracy)
     top = [r.predictions[0].index for r in classify(paths[:6], model=clf, top=1)]
     assert top == list(expected[:6].argmax(-1))

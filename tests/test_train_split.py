@@ -129,6 +129,79 @@ def test_split_resume_in_stage_two_reproduces_an_unbroken_run(shapes, tmp_path):
         assert b["val_loss"] == pytest.approx(a["val_loss"], rel=1e-5)
 
 
+@pytest.mark.slow
+def test_features_recipe_is_a_standard_split_run_that_resumes_exactly(shapes, tmp_path):
+    """Two frozen backbones concatenated: the split trainer runs them once, the run folder is
+    every recipe's, and an interrupted run continues to the unbroken run's numbers."""
+    from kerascope.zoo.models import load_model
+
+    kwargs = dict(recipe="features", backbone="efficientnet_lite0,efficientnet_lite1",
+                  epochs=3, image_size=64, batch_size=16, progress=False)  # fmt: skip
+    whole = train(shapes, output=tmp_path / "whole", **kwargs)
+    run = whole.run_dir
+    for name in ("model.keras", "labels.json", "config.yaml", "history.csv", "curves.png",
+                 "report.md", "run_state.json"):  # fmt: skip
+        assert (run / name).is_file(), name
+    assert not (run / "backup").exists() and not (run / "best.weights.h5").exists()
+    config = whole.config
+    assert config["backbone"] == ["efficientnet_lite0", "efficientnet_lite1"]
+    assert (config["layer"], config["pool"], config["augment"]) == (None, "avg", None)
+    assert config["stages"] == [{"optimizer": "adam", "lr": 1e-3, "epochs": 3}]
+    assert json.loads((run / "run_state.json").read_text())["status"] == "done"
+    assert "efficientnet_lite0 + efficientnet_lite1" in (run / "report.md").read_text()
+    print(f"features on shapes: val accuracy {whole.val_accuracy:.3f}")
+    assert whole.val_accuracy >= 0.9
+
+    names = [layer.name for layer in whole.model.layers]
+    assert names == ["image", "efficientnet_lite0", "efficientnet_lite1", "concat",
+                     "head_dropout", "predictions"]  # fmt: skip
+    assert [w.name for w in whole.model.trainable_weights] == ["kernel", "bias"]
+    parts = split_model(whole.model)
+    assert parts.cut is None and parts.prefix.output_shape == (None, 1280 + 1280)
+    assert [layer.name for layer in parts.suffix.layers][1:] == ["head_dropout", "predictions"]
+    x = np.random.default_rng(0).integers(0, 256, (6, 64, 64, 3)).astype("uint8")
+    composite = keras.ops.convert_to_numpy(parts.suffix(compiled(parts.prefix)(x)))
+    saved = keras.ops.convert_to_numpy(load_model(run).model(x.astype("float32"), training=False))
+    np.testing.assert_allclose(saved, composite, atol=1e-4)
+
+    broken = tmp_path / "broken"
+    with pytest.raises(KeyboardInterrupt):
+        train(shapes, output=broken, callbacks=[StopAfter(0)], **kwargs)
+    assert json.loads((broken / "run_state.json").read_text())["status"] == "interrupted"
+    assert [r["epoch"] for r in read_history(broken / "history.csv")] == [1]
+    resumed = train(resume=broken, progress=False)
+    assert [r["epoch"] for r in resumed.history] == [1, 2, 3]
+    for a, b in zip(whole.history, resumed.history, strict=True):
+        assert b["loss"] == pytest.approx(a["loss"], rel=1e-5)
+        assert b["val_loss"] == pytest.approx(a["val_loss"], rel=1e-5)
+
+
+def test_split_cuts_an_ensemble_after_its_frozen_branches():
+    """Resizes, frozen nested models and their concatenation form the prefix; the random
+    Dropout and the trainable Dense the suffix; a trainable-free model is not split."""
+    L = keras.layers
+    inputs = keras.Input((16, 16, 3), name="image")
+    branches = []
+    for size in (8, 12):
+        x = keras.Input((size, size, 3))
+        body = keras.Model(x, L.GlobalAveragePooling2D()(L.Conv2D(4, 3)(x)), name=f"b{size}")
+        body.trainable = False
+        branches.append(body(L.Resizing(size, size, name=f"resize_{size}")(inputs)))
+    x = L.Dropout(0.5, name="drop")(L.Concatenate(name="concat")(branches))
+    model = keras.Model(inputs, L.Dense(3, name="dense")(x))
+    parts = split_model(model)
+    assert [layer.name for layer in parts.prefix.layers][1:] == [
+        "resize_8", "resize_12", "b8", "b12", "concat"]  # fmt: skip
+    assert [layer.name for layer in parts.suffix.layers][1:] == ["drop", "dense"]
+    assert parts.suffix.get_layer("dense") is model.get_layer("dense")
+    pixels = np.random.default_rng(0).uniform(0, 255, (4, 16, 16, 3)).astype("float32")
+    whole = keras.ops.convert_to_numpy(model(pixels, training=False))
+    split = keras.ops.convert_to_numpy(parts.suffix(parts.prefix(pixels), training=False))
+    np.testing.assert_allclose(split, whole, atol=1e-6)
+    scratch = recipes.build_model(recipes.get_recipe("lenet"), 3, (32, 32), None, 0)
+    assert split_model(scratch) is None  # its prefix would be a weightless Rescaling only
+
+
 def test_progress_prints_an_estimate_and_img_per_second(shapes, tmp_path, capsys):
     train(shapes, recipe="transfer", output=tmp_path / "run", epochs=2, image_size=48,
           batch_size=16, augment=False)  # fmt: skip

@@ -184,18 +184,16 @@ def test_numpy_init_draws_what_the_keras_initializers_draw():
     assert numpy_value(lambda shape, dtype=None: np.ones(shape), shape, "float32") is None
 
 
-@pytest.mark.keras_init  # conftest's numpy_init would be on around the whole test
-def test_numpy_init_compiles_nothing_and_puts_keras_back():
+@pytest.mark.keras_init  # conftest's numpy_init is on around the whole session otherwise
+def test_numpy_init_compiles_nothing_and_nests():
     from kerascope.config import ensure_backend
-    from kerascope.zoo.fast_init import numpy_init
+    from kerascope.zoo.fast_init import keras_init, numpy_init
 
     if ensure_backend() != "jax":
         pytest.skip("the compilations counted are JAX's")
     import jax.monitoring
     import keras
-    from keras.src.backend.common.variables import Variable
 
-    keras_init = Variable._initialize_with_initializer
     programs = []
 
     def on_event(event, secs, **kwargs):
@@ -210,18 +208,26 @@ def test_numpy_init_compiles_nothing_and_puts_keras_back():
         x = keras.layers.GlobalAveragePooling2D()(x)
         return keras.Model(inputs, keras.layers.Dense(width + 2)(x))
 
+    def compiles(width) -> bool:
+        programs.clear()
+        build(width)
+        return bool(programs)
+
     jax.monitoring.register_event_duration_secs_listener(on_event)
     try:
+        assert compiles(41), "Keras's own initializers compile on JAX: nothing was measured"
         with numpy_init():
             with numpy_init():  # nested: NumPy inside, and still after the inner block
+                programs.clear()
                 a = build(37)
-            assert Variable._initialize_with_initializer is not keras_init
+                assert programs == []
+            assert not compiles(43)
+            with keras_init():  # the innermost block decides
+                assert compiles(47)
+            with numpy_init(enabled=False):
+                assert not compiles(53)
             b = build(37)
-        assert Variable._initialize_with_initializer is keras_init
-        assert programs == []
-        with numpy_init(enabled=False):
-            build(41)
-        assert programs, "Keras's own initializers compile on JAX: nothing was measured"
+        assert compiles(59)  # Keras's again once the blocks end
     finally:
         jax.monitoring.unregister_event_duration_listener(on_event)
     assert all(np.array_equal(u, v) for u, v in zip(a.weights, b.weights, strict=True))

@@ -42,6 +42,7 @@ def _add_train(sub) -> None:
     p.add_argument("--image-size", type=int)
     p.add_argument("--patience", type=int, help="early-stopping patience in epochs")
     p.add_argument("--layer", help="features: backbone layer to take features from")
+    p.add_argument("--pool", choices=("avg", "max", "none"), help="features: pooling (avg)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run")
     p.add_argument(
         "--engine", choices=("auto", "keras", "onnx"), default=None,
@@ -108,20 +109,6 @@ def _run_train(args) -> int:
 
     if not args.data and not args.resume:
         raise CliError("give a dataset folder, or --resume RUN_DIR")
-    if args.resume and args.recipe == "features":
-        raise CliError("--resume does not apply to --recipe features; train it again")
-    if args.recipe == "features":
-        from kerascope.train.ensemble import train_features
-
-        run = train_features(
-            args.data,
-            _backbones(args.backbone, "efficientnet_lite0,efficientnet_lite1"),
-            output=args.output, epochs=args.epochs or 10, batch_size=args.batch_size or 32,
-            seed=args.seed, layer=args.layer, lr=args.lr or 1e-3, val_split=args.val_split,
-            skip_bad=args.skip_bad, progress=_feature_progress(), verbose=1,
-        )  # fmt: skip
-        output.note(f"validation accuracy {run.val_accuracy:.3f}; run in {run.run_dir}")
-        return 0
     from kerascope.train import train
 
     unfreeze = args.unfreeze
@@ -136,6 +123,10 @@ def _run_train(args) -> int:
     )  # fmt: skip
     if args.backbone:
         kwargs["backbone"] = args.backbone
+    if args.layer:
+        kwargs["layer"] = args.layer
+    if args.pool:
+        kwargs["pool"] = args.pool
     if unfreeze is not None:
         kwargs["unfreeze"] = unfreeze
     try:

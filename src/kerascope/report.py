@@ -97,7 +97,10 @@ def write_run_report(
     """A short ``report.md``: data, result, time, and how to use the model."""
     run_dir = Path(config["output"])
     size = "x".join(str(s) for s in config["image_size"])
-    body = config["backbone"] + " backbone, " if config.get("backbone") else ""
+    backbone = config.get("backbone")
+    body = f"{backbone} backbone, " if isinstance(backbone, str) else ""
+    if isinstance(backbone, list):  # the features recipe: several, concatenated
+        body = f"{' + '.join(backbone)} features, "
     stages = ", then ".join(
         f"{s['epochs']} epochs {s['optimizer']} lr={s['lr']:g}" for s in config["stages"]
     )

@@ -1,7 +1,7 @@
 """Feature branches: ``Input -> Resizing -> backbone [-> layer] -> pool``, and their forward.
 
-The HDF5 cache (`store`) and the ensemble model (`kerascope.train.ensemble`) are built from the
-same branches, so cached features and the saved model agree by construction.
+The HDF5 cache (`store`) and the ``features`` recipe's model (`kerascope.train.recipes`) are
+built from the same branches, so cached features and the saved model agree by construction.
 """
 
 from __future__ import annotations
@@ -87,17 +87,20 @@ def weights_checksum(path: str | os.PathLike) -> str:
     return _SUMS[key]
 
 
-def build_body(spec: FeatureSpec) -> Any:
-    """Backbone (at its own input size) up to ``spec.layer``, pooled; preprocessing inside."""
+def build_body(spec: FeatureSpec, input_shape: tuple[int, int, int] | None = None) -> Any:
+    """Backbone up to ``spec.layer``, pooled; preprocessing inside. It takes its own input
+    size unless ``input_shape`` says otherwise (the ``features`` recipe on small images)."""
     ensure_backend()
     import keras
 
     from kerascope.zoo.models import build
 
     weights = spec.weights or "imagenet"
+    shape = {"input_shape": tuple(input_shape)} if input_shape else {}
     if spec.layer is None and spec.pool != "none":
-        return build(spec.backbone, weights=weights, include_top=False, pooling=spec.pool)
-    base = build(spec.backbone, weights=weights, include_top=False, pooling=None)
+        return build(spec.backbone, weights=weights, include_top=False, pooling=spec.pool,
+                     **shape)  # fmt: skip
+    base = build(spec.backbone, weights=weights, include_top=False, pooling=None, **shape)
     x = base.output
     if spec.layer is not None:
         names = [layer.name for layer in base.layers]

@@ -8,8 +8,8 @@ so a changed image, weights file or setting recomputes only what it affects. Wor
 renamed to ``features.h5``, so a killed run resumes and never leaves a file that reads complete.
 
 A branch is ``Input(image_size) -> Resizing(backbone size) -> backbone [-> layer] -> pool``; the
-ensemble model of ``train.ensemble`` is built from the same branches, so cached features and the
-saved model agree by construction.
+``features`` recipe's model (``train.recipes``) is built from the same branches, so cached
+features and the saved model agree by construction.
 """
 
 from __future__ import annotations

@@ -18,10 +18,11 @@ ensure_backend()  # the user's backend (JAX if none is usable) before Keras load
 import keras  # noqa: E402
 
 _SHOWN = ("loss", "accuracy", "val_loss", "val_accuracy")
+TIMED_STEPS = 10  # steps timed before the estimate is printed
 
 
 class TrainProgress(keras.callbacks.Callback):
-    """Estimate after the first timed steps; one line per epoch with img/s.
+    """Estimate after the first ``TIMED_STEPS`` steps; one line per epoch with img/s.
 
     Args:
         images_per_epoch: training images in one epoch (for img/s).
@@ -45,12 +46,17 @@ class TrainProgress(keras.callbacks.Callback):
     def on_train_batch_end(self, batch: int, logs=None) -> None:
         self._step_ends.append(time.perf_counter())
         steps = self.params.get("steps") or 0
-        if self._estimated or len(self._step_ends) < min(2, steps):
+        # Wait for enough steps: the first ones may come from batches prefetched during
+        # compilation, so the later half of the first TIMED steps sets the pace.
+        if self._estimated or len(self._step_ends) < min(TIMED_STEPS, steps):
             return
         self._estimated = True
-        first = self._step_ends[0] - self._epoch_start  # includes compilation
-        later = self._step_ends[-1] - self._step_ends[0] if len(self._step_ends) > 1 else first
-        per_step = later / max(1, len(self._step_ends) - 1)
+        ends = self._step_ends
+        first = ends[0] - self._epoch_start  # includes compilation
+        half = len(ends) // 2
+        per_step = (
+            (ends[-1] - ends[half]) / max(1, len(ends) - 1 - half) if len(ends) > 1 else first
+        )
         epoch = first + per_step * max(0, steps - 1)
         self._print(
             f"  estimated {_duration(epoch)} per epoch, up to {_duration(epoch * self.epochs)} "

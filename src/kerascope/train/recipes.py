@@ -13,6 +13,11 @@ run may override (and that is written to the run's ``config.yaml``):
 * ``finetune``: ``transfer`` (stage 1), then the top of the backbone unfrozen and trained
   with SGD(1e-4, momentum 0.9) (stage 2), the guide's recipe: a low rate and no adaptive
   optimizer, so the update cannot wreck the pretrained features.
+* ``features``: the seed's bottleneck ensemble (``gap_ResNet50.h5 + gap_Xception.h5 + ...``):
+  several frozen backbones' pooled features concatenated under Dropout(0.5) -> Dense, Adam
+  1e-3, no augmentation (so the backbones run once per stage: ``kerascope.train.split``). The
+  saved model holds the backbones too and takes raw images at the largest backbone's size;
+  each branch resizes to its own size inside the graph, as ``kerascope.bottleneck`` does.
 
 Every model takes RGB 0..255 and holds its scaling and augmentation as layers, so a saved
 model classifies raw pixels like any zoo model (Keras augmentation layers are identities at
@@ -55,8 +60,9 @@ class Recipe:
     batch_size: int
     patience: int
     dropout: float
-    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    augment: AugmentConfig | None = field(default_factory=AugmentConfig)
     uses_backbone: bool = False
+    backbone: str | tuple[str, ...] | None = None  # default; a tuple: several, concatenated
 
 
 RECIPES: dict[str, Recipe] = {
@@ -88,6 +94,7 @@ RECIPES: dict[str, Recipe] = {
         patience=3,
         dropout=0.2,
         uses_backbone=True,
+        backbone="efficientnet_lite0",
     ),
     "finetune": Recipe(
         "finetune",
@@ -98,6 +105,19 @@ RECIPES: dict[str, Recipe] = {
         patience=3,
         dropout=0.2,
         uses_backbone=True,
+        backbone="efficientnet_lite0",
+    ),
+    "features": Recipe(
+        "features",
+        "pooled features of frozen backbones, concatenated, under a new classifier head",
+        (Stage("adam", 1e-3, 10),),
+        image_size=None,
+        batch_size=32,
+        patience=10,
+        dropout=0.5,
+        augment=None,
+        uses_backbone=True,
+        backbone=("efficientnet_lite0", "efficientnet_lite1"),
     ),
 }
 
@@ -110,11 +130,12 @@ def get_recipe(name: str) -> Recipe:
         raise ConfigError(f"unknown recipe {name!r}; choose one of {', '.join(RECIPES)}") from None
 
 
-def native_size(backbone: str) -> int:
-    """The backbone's pretrained input size (what its weights expect)."""
+def native_size(backbone: str | Sequence[str]) -> int:
+    """The backbone's pretrained input size (what its weights expect); of several, the largest."""
     from kerascope.zoo import registry
 
-    return registry.get(backbone).input_size
+    names = [backbone] if isinstance(backbone, str) else backbone
+    return max(registry.get(name).input_size for name in names)
 
 
 def build_model(
@@ -123,21 +144,35 @@ def build_model(
     image_size: tuple[int, int],
     augment: AugmentConfig | None,
     seed: int,
-    backbone: str | None = None,
+    backbone: str | Sequence[str] | None = None,
     backbone_weights: str | None = "imagenet",
     dropout: float | None = None,
+    layer: str | None = None,
+    pool: str = "avg",
 ) -> Any:
     """The recipe's network: Input (RGB 0..255) -> augmentation -> body -> softmax.
 
     For ``transfer``/``finetune`` the body is the zoo backbone as a nested model, frozen, so
     the explain module finds its last conv layer and a checkpoint keeps its weight names.
+    For ``features`` it is one frozen branch per backbone (``layer``, ``pool``: which
+    activations each contributes, as in ``kerascope.bottleneck``), concatenated.
     """
     import keras
 
     dropout = recipe.dropout if dropout is None else dropout
     inputs = keras.Input(shape=(*image_size, 3), name="image")
     x = build_augmentation(augment or NO_AUGMENT, seed=seed)(inputs)
-    if recipe.uses_backbone:
+    if recipe.name == "features":
+        names = [backbone] if isinstance(backbone, str) else list(backbone or recipe.backbone)
+        x = _feature_branches(x, names, image_size, layer, pool, backbone_weights)
+        # Seeded here, not by the global seed: building the branches may draw random numbers
+        # (a first build ports the weights), and the head must not depend on it.
+        x = keras.layers.Dropout(dropout, seed=seed, name="head_dropout")(x)
+        init = keras.initializers.GlorotUniform(seed=seed)
+        outputs = keras.layers.Dense(num_classes, activation="softmax", kernel_initializer=init,
+                                     name="predictions")(x)  # fmt: skip
+        name = "features_ensemble"
+    elif recipe.uses_backbone:
         from kerascope.zoo.models import build
 
         base = build(backbone, weights=backbone_weights, include_top=False, pooling=None,
@@ -152,6 +187,36 @@ def build_model(
     else:
         raise ValueError(f"recipe {recipe.name!r} has no model builder")
     return keras.Model(inputs, outputs, name=name)
+
+
+def _feature_branches(x: Any, names: list[str], image_size: tuple[int, int], layer: str | None,
+                      pool: str, weights: str | None) -> Any:  # fmt: skip
+    """Per backbone: resize -> frozen body (``bottleneck.build_body``) [-> flatten]; then the
+    branches concatenated. A backbone runs at its pretrained size, resized inside the graph
+    (the ``Resizing`` ``bottleneck.resizer`` makes), unless the images are smaller than that:
+    then at the image size, as ``transfer`` runs its backbone."""
+    import keras
+
+    from kerascope.bottleneck import FeatureSpec, build_body
+
+    if weights is None:
+        raise ConfigError("the features recipe needs pretrained backbones (weights=None given)")
+    explicit = None if weights == "imagenet" else weights
+    branches = []
+    for name in names:
+        spec = FeatureSpec.make(name, layer, pool, weights=explicit)
+        size = spec.input_size
+        small = min(image_size) < size
+        body = build_body(spec, input_shape=(*image_size, 3) if small else None)
+        heads.freeze(body)
+        y = x
+        if not small and tuple(image_size) != (size, size):
+            y = keras.layers.Resizing(size, size, name=f"resize_{spec.backbone}")(y)
+        y = body(y, training=False)
+        if len(y.shape) > 2:
+            y = keras.layers.Flatten(name=f"flatten_{spec.backbone}")(y)
+        branches.append(y)
+    return branches[0] if len(branches) == 1 else keras.layers.Concatenate(name="concat")(branches)
 
 
 def _small_cnn(x: Any, num_classes: int, dropout: float) -> Any:
@@ -195,12 +260,11 @@ def inference_model(model: Any) -> Any:
     """
     import keras
 
-    inputs = keras.Input(shape=model.input_shape[1:], name="image")
-    x = inputs
-    for layer in model.layers[1:]:
-        if layer.name != "augmentation":
-            x = layer(x)
-    return keras.Model(inputs, x, name=model.name)
+    def call(layer: Any, *args: Any, **kwargs: Any) -> Any:
+        return args[0] if layer.name == "augmentation" else layer(*args, **kwargs)
+
+    return keras.models.clone_model(model, clone_function=lambda layer: layer,
+                                    call_function=call)  # fmt: skip
 
 
 def backbone_of(model: Any) -> Any | None:
@@ -241,7 +305,7 @@ def resolve_config(
     data: str | os.PathLike,
     recipe: str,
     output: str | os.PathLike | None,
-    backbone: str,
+    backbone: str | Sequence[str] | None,
     epochs: int | Sequence[int] | None,
     batch_size: int | None,
     lr: float | Sequence[float] | None,
@@ -253,9 +317,15 @@ def resolve_config(
     augment: bool | AugmentConfig | None,
     image_size: int | Sequence[int] | None,
     patience: int | None,
+    layer: str | None = None,
+    pool: str = "avg",
 ) -> dict[str, Any]:
     """Every setting of a run as plain data, defaults filled in (written as ``config.yaml``)."""
     r = get_recipe(recipe)
+    backbone = resolve_backbone(r, backbone)
+    if r.name != "features" and (layer is not None or pool != "avg"):
+        raise ConfigError("layer and pool choose the features recipe's features; "
+                          f"recipe {r.name!r} takes neither")  # fmt: skip
     n = len(r.stages)
     epochs_ = _per_stage(epochs, n, "epochs", broadcast=True)
     lrs = _per_stage(lr, n, "lr", broadcast=False)
@@ -272,6 +342,9 @@ def resolve_config(
     size = [int(image_size)] * 2 if isinstance(image_size, int) else [int(v) for v in image_size]
     if augment is True:
         augment = r.augment
+    chosen = {}  # which features: the features recipe's own settings
+    if r.name == "features":
+        chosen = {"layer": _check_layer(backbone, layer), "pool": _check_pool(pool)}
     stamp = time.strftime("%Y%m%d-%H%M%S")
     if isinstance(class_weight, dict):
         class_weight = {str(k): float(v) for k, v in class_weight.items()}
@@ -279,7 +352,8 @@ def resolve_config(
         "recipe": r.name,
         "data": str(Path(data).expanduser().resolve()),
         "output": str(Path(output or Path("runs") / f"{stamp}-{r.name}").expanduser().resolve()),
-        "backbone": backbone if r.uses_backbone else None,
+        "backbone": backbone,
+        **chosen,
         "image_size": size,
         "batch_size": int(batch_size or r.batch_size),
         "stages": stages,
@@ -296,6 +370,55 @@ def resolve_config(
         "versions": versions(),
         "created": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
+
+
+def resolve_backbone(recipe: Recipe, backbone: str | Sequence[str] | None) -> Any:
+    """The recipe's backbone as given (None: its default): one zoo name, or for ``features`` a
+    list of canonical names (a comma-separated string also lists several)."""
+    from kerascope.zoo import registry
+
+    if not recipe.uses_backbone:
+        return None
+    value = recipe.backbone if backbone is None else backbone
+    names = value.split(",") if isinstance(value, str) else list(value)
+    names = [str(n).strip() for n in names if str(n).strip()]
+    if not isinstance(recipe.backbone, tuple):
+        if len(names) != 1:
+            raise ConfigError(f"recipe {recipe.name!r} takes one backbone, got {value!r} "
+                              "(the features recipe combines several)")  # fmt: skip
+        registry.get(names[0])  # an unknown name fails here, before anything is written
+        return names[0]
+    names = [registry.get(n).name for n in names]
+    if not names or len(set(names)) != len(names):
+        raise ConfigError(f"recipe {recipe.name!r} needs distinct backbones, got {value!r}")
+    return names
+
+
+def _check_pool(pool: str) -> str:
+    from kerascope.bottleneck import POOLS
+
+    if pool not in POOLS:
+        raise ConfigError(f"pool must be one of {', '.join(POOLS)}, got {pool!r}")
+    return pool
+
+
+def _check_layer(backbones: list[str], layer: str | None) -> str | None:
+    """``layer`` if every backbone has it (checked on random weights drawn by NumPy: cheap)."""
+    if layer is None:
+        return None
+    from kerascope.zoo.fast_init import numpy_init
+    from kerascope.zoo.models import build
+
+    for name in backbones:
+        with numpy_init():
+            names = [x.name for x in build(name, weights=None, include_top=False).layers]
+        if layer not in names:
+            import difflib
+
+            close = difflib.get_close_matches(layer, names, n=5, cutoff=0.5)
+            hint = f"; close matches: {', '.join(close)}" if close else ""
+            raise ConfigError(f"backbone '{name}' has no layer '{layer}'{hint}")
+    return layer
 
 
 def _per_stage(value, n: int, name: str, broadcast: bool) -> list:

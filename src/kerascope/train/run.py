@@ -61,7 +61,7 @@ def train(
     data: str | os.PathLike | None = None,
     recipe: str = "transfer",
     output: str | os.PathLike | None = None,
-    backbone: str = "efficientnet_lite0",
+    backbone: str | list[str] | None = None,
     epochs: int | list[int] | None = None,
     batch_size: int | None = None,
     lr: float | list[float] | None = None,
@@ -77,15 +77,20 @@ def train(
     progress: bool = True,
     callbacks: list | None = None,
     engine: str | None = None,
+    layer: str | None = None,
+    pool: str = "avg",
 ) -> RunResult:
     """Train ``recipe`` on the class folders in ``data`` and write a run directory.
 
     Args:
         data: dataset folder (``DATA/<class>/`` or ``DATA/train|validation/<class>/``);
             may be omitted with ``resume``.
-        recipe: ``scratch``, ``lenet``, ``transfer`` or ``finetune`` (see ``recipes``).
+        recipe: ``scratch``, ``lenet``, ``transfer``, ``finetune`` or ``features`` (see
+            ``recipes``).
         output: the run directory; default ``runs/<YYYYmmdd-HHMMSS>-<recipe>``.
-        backbone: zoo model under ``transfer``/``finetune``.
+        backbone: zoo model under ``transfer``/``finetune`` (default ``efficientnet_lite0``);
+            under ``features`` several, as a list or comma-separated (default
+            ``efficientnet_lite0,efficientnet_lite1``).
         epochs: epochs per stage; one int applies to every stage, a list gives each.
         batch_size, image_size, patience: override the recipe's defaults.
         lr: learning rate; a float sets the first stage only (finetune's stage 2 keeps its
@@ -101,10 +106,13 @@ def train(
             other arguments are ignored: the run continues as it was configured).
         progress: Keras progress bar per epoch and a line per stage.
         callbacks: extra Keras callbacks, run after kerascope's own in every stage.
-        engine: ``None``/``"auto"``: on a CPU, the frozen part of a backbone recipe runs on
-            the inference engine and only the trainable part trains in Keras
-            (``kerascope.train.split``); ``"keras"`` trains the whole graph in Keras (the GPU
-            default). Default: ``KERASCOPE_ENGINE``, else auto. Results are the same.
+        engine: ``None``/``"auto"``: on a CPU, or on any device when nothing is augmented,
+            the frozen part of a backbone recipe runs on the inference engine and only the
+            trainable part trains in Keras (``kerascope.train.split``); ``"keras"`` trains the
+            whole graph in Keras (the GPU default with augmentation). Default:
+            ``KERASCOPE_ENGINE``, else auto. Results are the same.
+        layer, pool: ``features`` only: the backbone layer whose activations are taken
+            (default: the last) and their pooling (``avg``, ``max`` or ``none``).
 
     Raises:
         kerascope.data.DatasetError: the dataset cannot be trained on (message says why).
@@ -125,7 +133,7 @@ def train(
             raise ConfigError("train needs a dataset folder (or resume=RUN_DIR)")
         config = resolve_config(data, recipe, output, backbone, epochs, batch_size, lr, seed,
                                 val_split, skip_bad, class_weight, unfreeze, augment,
-                                image_size, patience)  # fmt: skip
+                                image_size, patience, layer=layer, pool=pool)  # fmt: skip
         run_dir = Path(config["output"])
         if (run_dir / "config.yaml").exists():
             raise RunError(f"'{run_dir}' already holds a run: choose another output, or "
@@ -148,13 +156,14 @@ def train(
     augment_cfg = AugmentConfig(**config["augment"]) if config["augment"] else None
     model = recipes.build_model(recipe_, len(dataset.classes), tuple(config["image_size"]),
                                 augment_cfg, config["seed"], config["backbone"],
-                                dropout=config["dropout"])  # fmt: skip
+                                dropout=config["dropout"], layer=config.get("layer"),
+                                pool=config.get("pool", "avg"))  # fmt: skip
     weights = class_weights(config["class_weight"], dataset.classes, dataset.counts["train"])
     state = _read_state(run_dir)
     if state.get("status") == "done":
         raise RunError(f"run '{run_dir}' already finished; its model is '{run_dir}/model.keras'")
     verbose = (1 if sys.stdout.isatty() else 0) if progress else 0
-    split = use_split(engine)
+    split = use_split(engine, augmented=bool(config["augment"]))
     try:
         for index, stage in enumerate(config["stages"]):
             if index < state.get("completed_stages", 0):
@@ -172,13 +181,14 @@ def train(
     return _finish(model, run_dir, config, dataset.summary())
 
 
-def use_split(engine: str | None = None) -> bool:
+def use_split(engine: str | None = None, augmented: bool = True) -> bool:
     """Whether backbone stages train split (frozen prefix on the inference engine): on a CPU,
-    unless ``engine`` or ``KERASCOPE_ENGINE`` asks for the whole graph in Keras."""
+    and on any device when nothing is augmented (the prefix then runs once per stage, not once
+    per epoch), unless ``engine`` or ``KERASCOPE_ENGINE`` asks for the whole graph in Keras."""
     from kerascope.inference import _wanted, on_cpu
 
     wanted = _wanted(engine)
-    return wanted == "onnx" or (wanted == "auto" and on_cpu())
+    return wanted == "onnx" or (wanted == "auto" and (on_cpu() or not augmented))
 
 
 def _run_stage(model, run_dir: Path, config: dict, index: int, stage: dict, seqs, weights,
@@ -197,9 +207,6 @@ def _run_stage(model, run_dir: Path, config: dict, index: int, stage: dict, seqs
     end = start + stage["epochs"]
     resumed = _backup_epoch(backup)
     seqs["train"].set_epoch(resumed if resumed is not None else start)
-    train_data, val_data = seqs["train"], seqs["validation"]
-    if parts is not None:
-        train_data, val_data = _prefix_sequences(parts, seqs, config, run_dir, progress)
     history = read_history(run_dir / "history.csv")
     seen = [r["val_loss"] for r in history if r["val_loss"] is not None]
     if progress:
@@ -210,9 +217,14 @@ def _run_stage(model, run_dir: Path, config: dict, index: int, stage: dict, seqs
               f"lr={stage['lr']:g}, epochs {start + 1}-{end}{what} ({trainable:,} trainable, "
               f"{frozen:,} frozen parameters){again}")  # fmt: skip
         if parts is not None:
+            from kerascope.inference import engine_name
+
             cut = f"from '{parts.cut}' on" if parts.cut else "head only"
-            print(f"  split training: frozen prefix on {train_data.forward.engine}, "
+            print(f"  split training: frozen prefix on {engine_name(parts.prefix)}, "
                   f"Keras trains {cut}")  # fmt: skip
+    train_data, val_data = seqs["train"], seqs["validation"]
+    if parts is not None:
+        train_data, val_data = _prefix_sequences(parts, seqs, config, run_dir, progress)
     callbacks = [
         keras.callbacks.BackupAndRestore(str(backup)),
         _FullModelCheckpoint(model, str(best), monitor=MONITOR, save_best_only=True,

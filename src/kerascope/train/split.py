@@ -1,8 +1,9 @@
 """Split training: the frozen prefix of a network runs on the inference engine, only the
 trainable suffix trains in Keras.
 
-Why: on a CPU the frozen part of a transfer or fine-tuning model is 80-100 % of every training
-step's forward cost, and onnxruntime runs it ~20x faster than Keras (DESIGN.md). A stage's
+Why: on a CPU the frozen part of a transfer, fine-tuning or features model is 80-100 % of every
+training step's forward cost, and onnxruntime runs it ~20x faster than Keras (DESIGN.md); and
+without augmentation it need not run more than once per stage, on any device. A stage's
 network is cut where trainable layers begin (:func:`split_model`): the *prefix* (augmented
 pixels in, the tensors that cross the cut out) is compiled once per stage by
 :func:`kerascope.inference.compiled`; the *suffix* (those tensors in, probabilities out) is a
@@ -62,65 +63,147 @@ def _first_trainable(layers: list) -> int | None:
     return None
 
 
+def _graph_nodes(model: Any) -> list:
+    """The call nodes of ``model``'s own graph (not of other graphs sharing its layers), inputs
+    first: a layer's inputs are always made by an earlier node."""
+    return [node for depth in sorted(model._nodes_by_depth, reverse=True)
+            for node in model._nodes_by_depth[depth] if not node.is_input]  # fmt: skip
+
+
 def _boundary(backbone: Any, start: int) -> list:
     """Tensors made by ``backbone.layers[:start]`` and read by ``backbone.layers[start:]``."""
     before = {id(layer) for layer in backbone.layers[:start]}
     tensors: list = []
-    for layer in backbone.layers[start:]:
-        for node in layer._inbound_nodes:
-            for tensor in node.input_tensors:
-                made_by = tensor._keras_history.operation
-                if id(made_by) in before and not any(tensor is t for t in tensors):
-                    tensors.append(tensor)
+    for node in _graph_nodes(backbone):
+        if id(node.operation) in before:
+            continue
+        for tensor in node.input_tensors:
+            made_by = tensor._keras_history.operation
+            if id(made_by) in before and not any(tensor is t for t in tensors):
+                tensors.append(tensor)
     return tensors
 
 
-def _outer_output(model: Any, layer: Any) -> Any:
-    """The tensor ``layer`` (a nested model) produces inside ``model``'s graph."""
-    for node in layer._inbound_nodes:
-        for tensor in node.output_tensors:
-            if any(tensor is t for t in _graph_tensors(model)):
-                return tensor
-    raise ValueError(f"'{layer.name}' is not called inside '{model.name}'")
+def _leaves(layer: Any) -> list:
+    nested = getattr(layer, "layers", None)
+    return [leaf for inner in nested for leaf in _leaves(inner)] if nested else [layer]
 
 
-def _graph_tensors(model: Any) -> list:
-    out = []
-    for nodes in model._nodes_by_depth.values():
-        for node in nodes:
-            out += list(node.output_tensors)
-    return out
+def _deterministic(layer: Any) -> bool:
+    """Whether ``layer`` computes the same in training as at inference: no random layer
+    (Dropout with a rate, noise) and no BatchNorm on batch statistics inside."""
+    for leaf in _leaves(layer):
+        # A frozen backbone's Dropout keeps its seed generator with its rate set to 0.
+        if getattr(leaf, "seed_generator", None) is not None and getattr(leaf, "rate", 1):
+            return False
+        if isinstance(leaf, keras.layers.BatchNormalization) and leaf.trainable:
+            return False
+    return True
+
+
+def _cut_inside(layer: Any) -> int | None:
+    """Where a partially trainable nested model starts training (its first trainable layer),
+    None when it is not such a model or when (nearly) all of it trains."""
+    if not isinstance(layer, keras.Model) or not hasattr(layer, "_nodes_by_depth"):
+        return None
+    start = _first_trainable(layer.layers)
+    return start if start is not None and start > 1 else None
 
 
 def split_model(model: Any) -> SplitModel | None:
-    """Cut a backbone recipe's model (Input -> augmentation -> backbone -> head) where its
-    trainable layers begin, or None when it has no frozen backbone to cut off.
+    """Cut a model where its trainable layers begin, or None when no frozen weights come first.
 
-    The backbone's layers before the first one with trainable weights form the prefix; the
-    rest of the backbone and the head form the suffix. Layers past the cut that are frozen
+    One rule for every backbone recipe. The outer graph is walked from its input (or from the
+    output of its ``augmentation`` layer, which the split trainer applies to the uint8 batch
+    itself): a layer joins the *prefix* when all its inputs come from the prefix, it has no
+    trainable weights and it computes the same in training as at inference (so a frozen
+    backbone, the pooling after it, the in-graph resizes and the concatenation of the
+    ``features`` ensemble join; Dropout does not). A nested model that trains only from some
+    layer on (fine-tuning) is cut inside, at that layer. The tensors the prefix hands to the
+    rest are the boundary: the prefix outputs them, the *suffix* takes them as inputs and runs
+    the rest of the graph on the very same layer objects. Layers past the cut that are frozen
     (BatchNorm in fine-tuning) stay in the suffix, in inference mode, as in the whole graph.
     """
-    from kerascope.train.recipes import backbone_of
+    nodes = _graph_nodes(model)
+    augment = [n for n in nodes if n.operation.name == "augmentation"]
+    source = augment[0].output_tensors[0] if augment else model.inputs[0]
+    if augment:
+        nodes.remove(augment[0])
+    ready = {id(source)}  # tensors the prefix computes
+    prefix_nodes, cuts, rest = [], [], []
+    for node in nodes:
+        layer = node.operation
+        inside = all(id(t) in ready for t in node.input_tensors)
+        if inside and not layer.trainable_weights and _deterministic(layer):
+            prefix_nodes.append(node)
+            ready.update(id(t) for t in node.output_tensors)
+        elif inside and _cut_inside(layer) is not None and len(node.output_tensors) == 1:
+            cuts.append((node, _cut_inside(layer)))
+            rest.append(node)
+        else:
+            rest.append(node)
+    if not any(node.operation.weights for node in prefix_nodes) and not cuts:
+        return None  # nothing frozen to run ahead of time
+    if id(model.outputs[0]) in ready:
+        return None  # nothing trains
+    boundary: list = []
+    for node in rest:
+        if any(node is c for c, _ in cuts):
+            continue
+        for t in node.input_tensors:
+            if id(t) in ready and not any(t is b for b in boundary):
+                boundary.append(t)
 
-    backbone = backbone_of(model)
-    if backbone is None:
-        return None
-    start = _first_trainable(backbone.layers)
-    if start is not None and start <= 1:
-        return None  # everything trains: nothing to run ahead of time
-    inner = [backbone.output] if start is None else _boundary(backbone, start)
-    prefix = keras.Model(backbone.input, inner, name=f"{backbone.name}_prefix")
-    inputs = [keras.Input(shape=t.shape[1:], name=f"boundary_{i}") for i, t in enumerate(inner)]
-    if start is None:
-        features = inputs[0]
-    else:
-        body = keras.Model(inner, backbone.output, name=f"{backbone.name}_top")
-        features = body(inputs if len(inputs) > 1 else inputs[0])
-    head = keras.Model(_outer_output(model, backbone), model.output, name="head")
-    suffix = keras.Model(inputs if len(inputs) > 1 else inputs[0], head(features),
+    # The prefix: the same layers replayed on a fresh input, plus each cut model's bottom.
+    image = keras.Input(shape=source.shape[1:], dtype=source.dtype, name="image")
+    values = _replay(prefix_nodes, {id(source): image})
+    outputs = [values[id(t)] for t in boundary]
+    suffix_inputs = [keras.Input(shape=t.shape[1:], name=f"boundary_{i}")
+                     for i, t in enumerate(boundary)]  # fmt: skip
+    known = {id(t): x for t, x in zip(boundary, suffix_inputs, strict=True)}
+    tops = {}
+    for node, start in cuts:
+        inner = node.operation
+        tensors = _boundary(inner, start)
+        bottom = keras.Model(inner.input, tensors, name=f"{inner.name}_prefix")
+        args, kwargs = node.arguments.fill_in(values)
+        got = bottom(*args, **kwargs)
+        outputs += list(got) if isinstance(got, list | tuple) else [got]
+        cut_inputs = [keras.Input(shape=t.shape[1:], name=f"boundary_{len(suffix_inputs) + i}")
+                      for i, t in enumerate(tensors)]  # fmt: skip
+        suffix_inputs += cut_inputs
+        top = keras.Model(tensors, inner.output, name=f"{inner.name}_top")
+        tops[id(node)] = (top, cut_inputs)
+    prefix = keras.Model(image, _pack(outputs), name=f"{model.name}_prefix")
+
+    def call(node: Any, values: dict) -> Any:
+        if id(node) in tops:
+            top, cut_inputs = tops[id(node)]
+            return top(_pack(cut_inputs))
+        args, kwargs = node.arguments.fill_in(values)
+        return node.operation(*args, **kwargs)
+
+    values = _replay(rest, known, call)
+    suffix = keras.Model(_pack(suffix_inputs), values[id(model.outputs[0])],
                          name=f"{model.name}_suffix")  # fmt: skip
-    cut = None if start is None else backbone.layers[start].name
+    cut = cuts[0][0].operation.layers[cuts[0][1]].name if cuts else None
     return SplitModel(prefix, suffix, cut)
+
+
+def _call(node: Any, values: dict) -> Any:
+    args, kwargs = node.arguments.fill_in(values)
+    return node.operation(*args, **kwargs)
+
+
+def _replay(nodes: list, values: dict, call: Callable = _call) -> dict:
+    """Call each node's layer again on the tensors in ``values`` (keyed by the id of the
+    original tensor), in order; returns ``values`` with every node's outputs added."""
+    for node in nodes:
+        out = call(node, values)
+        flat = list(out) if isinstance(out, list | tuple) else [out]
+        for original, new in zip(node.output_tensors, flat, strict=True):
+            values[id(original)] = new
+    return values
 
 
 class PrefixSequence(keras.utils.PyDataset):

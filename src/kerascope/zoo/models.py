@@ -65,7 +65,8 @@ def build(
     path = None
     if weights is not None:
         explicit = None if weights == "imagenet" else weights
-        path = weights_mod.resolve(spec, explicit)
+        with numpy_init():  # a first use may port packaged weights into a model built for that
+            path = weights_mod.resolve(spec, explicit)
     kwargs = {**spec.builder_kwargs, **builder_kwargs}
     builder = spec.builder_fn()
     # Weights about to be loaded: draw the throwaway initial values with NumPy (on JAX, Keras
