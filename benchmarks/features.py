@@ -69,7 +69,7 @@ def _engine() -> str:
 def training(data: Path, out: Path, epochs: int, backbone: str) -> list[tuple]:
     """(method, seconds, validation accuracy): the features recipe (frozen backbone run once
     per run by the split trainer) and transfer through the whole graph every epoch."""
-    from kerascope.train import train
+    from kerascope.training import train
 
     rows = []
     start = time.perf_counter()

@@ -5,7 +5,7 @@ pipeline (decode-once uint8 cache filled, as from epoch 2 of `kerascope train`),
   - ``whole graph``: today's Keras path, the full model (augmentation layers, frozen backbone,
     head) in ``model.fit`` (`kerascope train --engine keras`, the GPU path);
   - ``split``: what `kerascope train` does on a CPU: Pillow augmentation, the frozen prefix on
-    onnxruntime, only the trainable suffix in ``fit`` (kerascope.train.split);
+    onnxruntime, only the trainable suffix in ``fit`` (kerascope.training.split);
   - ``torch eager``: the loop a user writes by hand on the reference efficientnet-lite-pytorch
     model with the same layers frozen (shared/anchors/torch_lite0_train_cpu.py; no
     augmentation, so it is favoured);
@@ -37,8 +37,8 @@ from kerascope.data import FolderSequence  # noqa: E402
 from kerascope.data.affine import random_affine  # noqa: E402
 from kerascope.fast_convs import fast_convs  # noqa: E402
 from kerascope.inference import compiled  # noqa: E402
-from kerascope.train import recipes  # noqa: E402
-from kerascope.train.split import PrefixSequence, split_model  # noqa: E402
+from kerascope.training import recipes  # noqa: E402
+from kerascope.training.split import PrefixSequence, split_model  # noqa: E402
 
 
 class StepTimer(keras.callbacks.Callback):

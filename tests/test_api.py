@@ -30,13 +30,13 @@ PUBLIC = ("classify", "evaluate", "predict", "train", "explain", "features")
 def test_public_names_are_functions_whatever_was_imported_first():
     code = (
         "import inspect, kerascope.classification, kerascope.evaluation, "
-        "kerascope.prediction, kerascope.train.run, kerascope.train, kerascope.bottleneck, "
+        "kerascope.prediction, kerascope.training.run, kerascope.training, kerascope.bottleneck, "
         "kerascope.cam.explain\n"
         "import kerascope\n"
         f"for name in {PUBLIC!r}:\n"
         "    f = getattr(kerascope, name)\n"
         "    assert inspect.isfunction(f) and f.__name__ == name, (name, f)\n"
-        "from kerascope.train import recipes, train\n"  # the subpackage is still importable
+        "from kerascope.training import recipes, train\n"  # the subpackage is still importable
         "assert train is kerascope.train and recipes.get_recipe\n"
         "print('ok')\n"
     )

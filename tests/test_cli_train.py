@@ -107,7 +107,7 @@ def test_features_recipe_takes_a_layer_and_pooling(tmp_path, capsys):
     assert main([*args, "--layer", "blocks_9_add", "--pool", "max"]) == 0
     config = yaml.safe_load((run / "config.yaml").read_text())
     assert (config["layer"], config["pool"]) == ("blocks_9_add", "max")
-    from kerascope.train.split import split_model
+    from kerascope.training.split import split_model
     from kerascope.zoo.models import load_model
 
     assert split_model(load_model(run).model).suffix.input_shape == (None, 112)

@@ -72,7 +72,7 @@ def run_dir(tmp_path_factory) -> Path:
     """A LeNet run directory (untrained) whose class names are formulas."""
     import keras
 
-    from kerascope.train.recipes import build_model, get_recipe, inference_model
+    from kerascope.training.recipes import build_model, get_recipe, inference_model
 
     keras.utils.set_random_seed(0)
     recipe = get_recipe("lenet")

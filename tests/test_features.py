@@ -211,8 +211,8 @@ def test_features_recipe_model_equals_its_head_on_the_cache_and_beats_single_bac
     from kerascope.bottleneck import FeatureSpec, extract_features
     from kerascope.classification import classify, iter_batches
     from kerascope.inference import compiled
-    from kerascope.train import train
-    from kerascope.train.split import split_model
+    from kerascope.training import train
+    from kerascope.training.split import split_model
     from kerascope.zoo.models import load_model
 
     budget = dict(recipe="features", epochs=10, progress=False)

@@ -16,9 +16,9 @@ import pytest
 from PIL import Image, ImageDraw, ImageOps
 
 from kerascope.report import read_history
-from kerascope.train import train
-from kerascope.train.heads import unfreeze_start
-from kerascope.train.recipes import class_weights, get_recipe
+from kerascope.training import train
+from kerascope.training.heads import unfreeze_start
+from kerascope.training.recipes import class_weights, get_recipe
 
 SHAPE_COLOURS = {"circle": (220, 60, 60), "square": (60, 200, 60), "triangle": (70, 90, 230)}
 
@@ -194,7 +194,7 @@ def test_finetune_resumes_in_its_second_stage(shapes, tmp_path):
 
 def test_models_take_raw_pixels_and_augment_inside():
     from kerascope.data.augment import AugmentConfig
-    from kerascope.train.recipes import build_model, inference_model
+    from kerascope.training.recipes import build_model, inference_model
 
     recipe = get_recipe("lenet")
     model = build_model(recipe, 5, (32, 32), recipe.augment, seed=0)

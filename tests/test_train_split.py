@@ -16,8 +16,8 @@ from kerascope.data.affine import random_affine
 from kerascope.data.augment import AugmentConfig
 from kerascope.inference import compiled
 from kerascope.report import read_history
-from kerascope.train import recipes, train
-from kerascope.train.split import split_model
+from kerascope.training import recipes, train
+from kerascope.training.split import split_model
 from tests.test_train import StopAfter, make_photo_crops, make_shapes
 
 

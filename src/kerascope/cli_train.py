@@ -109,7 +109,7 @@ def _run_train(args) -> int:
 
     if not args.data and not args.resume:
         raise CliError("give a dataset folder, or --resume RUN_DIR")
-    from kerascope.train import train
+    from kerascope.training import train
 
     unfreeze = args.unfreeze
     if unfreeze is not None and unfreeze >= 1:

@@ -1,6 +1,6 @@
 """Feature branches: ``Input -> Resizing -> backbone [-> layer] -> pool``, and their forward.
 
-The HDF5 cache (`store`) and the ``features`` recipe's model (`kerascope.train.recipes`) are
+The HDF5 cache (`store`) and the ``features`` recipe's model (`kerascope.training.recipes`) are
 built from the same branches, so cached features and the saved model agree by construction.
 """
 

@@ -15,7 +15,7 @@ run may override (and that is written to the run's ``config.yaml``):
   optimizer, so the update cannot wreck the pretrained features.
 * ``features``: the seed's bottleneck ensemble (``gap_ResNet50.h5 + gap_Xception.h5 + ...``):
   several frozen backbones' pooled features concatenated under Dropout(0.5) -> Dense, Adam
-  1e-3, no augmentation (so the backbones run once per stage: ``kerascope.train.split``). The
+  1e-3, no augmentation (so the backbones run once per stage: ``kerascope.training.split``). The
   saved model holds the backbones too and takes raw images at the largest backbone's size;
   each branch resizes to its own size inside the graph, as ``kerascope.bottleneck`` does.
 
@@ -35,7 +35,7 @@ from typing import Any
 
 from kerascope.data.augment import AugmentConfig, build_augmentation
 from kerascope.errors import ConfigError, RunError
-from kerascope.train import heads
+from kerascope.training import heads
 
 NO_AUGMENT = AugmentConfig(0, 0, 0, 0, 0, horizontal_flip=False)
 

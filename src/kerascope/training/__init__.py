@@ -1,6 +1,6 @@
 """Training recipes on folder datasets, into run directories (``train``), lazily imported.
 
-``kerascope.train.train`` imports Keras; ``RECIPES`` and ``get_recipe`` need only the recipe
+``kerascope.training.train`` imports Keras; ``RECIPES`` and ``get_recipe`` need only the recipe
 table (which imports the augmentation layers, hence Keras too, once the backend is chosen).
 """
 
@@ -19,13 +19,13 @@ _WHERE = {
 }
 
 if TYPE_CHECKING:
-    from kerascope.train.recipes import RECIPES, Recipe, get_recipe
-    from kerascope.train.run import RunResult, train
+    from kerascope.training.recipes import RECIPES, Recipe, get_recipe
+    from kerascope.training.run import RunResult, train
 
 
 def __getattr__(name: str):
     if name in _WHERE:
         import importlib
 
-        return getattr(importlib.import_module(f"kerascope.train.{_WHERE[name]}"), name)
-    raise AttributeError(f"module 'kerascope.train' has no attribute {name!r}")
+        return getattr(importlib.import_module(f"kerascope.training.{_WHERE[name]}"), name)
+    raise AttributeError(f"module 'kerascope.training' has no attribute {name!r}")

@@ -31,11 +31,11 @@ from kerascope.data.augment import AugmentConfig  # noqa: E402
 from kerascope.errors import ConfigError, RunError  # noqa: E402
 from kerascope.fast_convs import fast_convs  # noqa: E402
 from kerascope.report import plot_curves, read_history, write_history, write_run_report  # noqa: E402
-from kerascope.train import recipes  # noqa: E402
-from kerascope.train.heads import DEFAULT_UNFREEZE, UnfreezeSpec, parameter_counts  # noqa: E402
-from kerascope.train.progress import TrainProgress  # noqa: E402
-from kerascope.train.recipes import class_weights, load_config, resolve_config, save_config  # noqa: E402
-from kerascope.train.split import PrefixSequence, SplitModel, split_model  # noqa: E402
+from kerascope.training import recipes  # noqa: E402
+from kerascope.training.heads import DEFAULT_UNFREEZE, UnfreezeSpec, parameter_counts  # noqa: E402
+from kerascope.training.progress import TrainProgress  # noqa: E402
+from kerascope.training.recipes import class_weights, load_config, resolve_config, save_config  # noqa: E402
+from kerascope.training.split import PrefixSequence, SplitModel, split_model  # noqa: E402
 
 MONITOR = "val_loss"  # finer-grained than accuracy on small validation sets, where it ties
 
@@ -108,7 +108,7 @@ def train(
         callbacks: extra Keras callbacks, run after kerascope's own in every stage.
         engine: ``None``/``"auto"``: on a CPU, or on any device when nothing is augmented,
             the frozen part of a backbone recipe runs on the inference engine and only the
-            trainable part trains in Keras (``kerascope.train.split``); ``"keras"`` trains the
+            trainable part trains in Keras (``kerascope.training.split``); ``"keras"`` trains the
             whole graph in Keras (the GPU default with augmentation). Default:
             ``KERASCOPE_ENGINE``, else auto. Results are the same.
         layer, pool: ``features`` only: the backbone layer whose activations are taken
