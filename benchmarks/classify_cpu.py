@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from _timing import images_per_second
+from _timing import interleaved, spread, window_rate
 
 
 def reference_torch(weights: Path):
@@ -107,13 +107,20 @@ def main() -> None:
     import torch
 
     print(f"CPU threads: torch {torch.get_num_threads()}, os {os.cpu_count()}")
-    print(f"{'engine':<44}{'batch 1 img/s':>15}{'batch 32 img/s':>16}")
-    for name, fn in candidates.items():
-        speeds = [
-            images_per_second(fn, np.repeat(image[None], bs, 0), args.seconds, args.repeats)
-            for bs in (1, 32)
-        ]
-        print(f"{name:<44}{speeds[0]:>15.1f}{speeds[1]:>16.1f}", flush=True)
+    batches = {bs: np.repeat(image[None], bs, 0) for bs in (1, 32)}
+    for fn in candidates.values():  # warm-up (compilation, first-call allocations)
+        for batch in batches.values():
+            fn(batch)
+    contenders = {
+        (name, bs): (lambda fn=fn, batch=batch: window_rate(fn, batch, args.seconds))
+        for name, fn in candidates.items()
+        for bs, batch in batches.items()
+    }
+    rates = interleaved(contenders, args.repeats, show=False)
+    print(f"img/s, median [min - max] over {args.repeats} interleaved repeats")
+    print(f"{'engine':<44}{'batch 1':>22}{'batch 32':>24}")
+    for name in candidates:
+        print(f"{name:<44}{spread(rates[(name, 1)]):>22}{spread(rates[(name, 32)]):>24}")
 
     folder = Path(tempfile.mkdtemp())
     for i in range(64):  # distinct files: inputs are de-duplicated by path

@@ -23,14 +23,17 @@ import argparse
 import glob
 import os
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 os.environ.setdefault("KERAS_BACKEND", "jax")
+sys.path.insert(0, os.path.dirname(__file__))  # _timing, when imported rather than run
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
+from _timing import interleaved, spread  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from kerascope.data import FolderSequence  # noqa: E402
@@ -186,16 +189,10 @@ def main() -> None:
             contenders[(name, "split")] = split
             if not args.no_torch:
                 contenders[(name, "torch eager")] = torch_contender(name, seq, args.steps)
-        rates: dict = {key: [] for key in contenders}
-        for rep in range(args.repeats):
-            for key, measure in contenders.items():
-                rates[key].append(measure())
-                print(f"  repeat {rep + 1}: {key[0]:<8} {key[1]:<12} {rates[key][-1]:7.1f} img/s",
-                      flush=True)  # fmt: skip
+        rates = interleaved(contenders, args.repeats)
     print("\nrecipe    contender     img/s median [min - max]")
     for (name, who), values in rates.items():
-        print(f"{name:<9} {who:<12} {statistics.median(values):8.1f} "
-              f"[{min(values):.1f} - {max(values):.1f}]")  # fmt: skip
+        print(f"{name:<9} {who:<12} {spread(values)}")
     median = {key: statistics.median(values) for key, values in rates.items()}
     for name in ("transfer", "finetune"):
         split = median[(name, "split")]
