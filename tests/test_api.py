@@ -111,9 +111,9 @@ def test_save_explanations_names_files_and_leaves_no_temp_files(run_dir, tmp_pat
     (files / "broken.png").write_bytes(b"\x89PNG nope")
     out = tmp_path / "out"
     saved = save_explanations([str(files), str(tmp_path / "nope.png")], out, model=run_dir)
-    assert [Path(s.source).name for s in saved] == ["nope.png", "00.png", "01.png", "broken.png"]
-    assert [s.ok for s in saved] == [False, True, True, False]
-    assert saved[1].path == out / "00-output.jpg" and saved[1].explanation.heatmap is None
+    assert [Path(s.source).name for s in saved] == ["00.png", "01.png", "broken.png", "nope.png"]
+    assert [s.ok for s in saved] == [True, True, False, False]
+    assert saved[0].path == out / "00-output.jpg" and saved[0].explanation.heatmap is None
     assert sorted(p.name for p in out.iterdir()) == ["00-output.jpg", "01-output.jpg"]
     with Image.open(out / "00-output.jpg") as im:
         assert im.size[0] == 2 * 40  # original | overlay

@@ -277,12 +277,12 @@ def test_explain_mirrors_classify_on_lists_and_bad_files(lite0, photo_paths, tmp
     broken.write_bytes(b"not a jpeg")
     inputs = [str(photo_paths["coffee"]), str(broken), str(tmp_path / "missing.png")]
     results = explain(inputs, model=lite0, target=["espresso", 0], batch_size=2)
-    # One target per image found; missing inputs come first, as in classify.
-    assert [r.ok for r in results] == [False, True, False]
-    ok = results[1]
+    # One target per image found; missing inputs keep their place, as in classify.
+    assert [r.ok for r in results] == [True, False, False]
+    ok = results[0]
     assert ok.source == inputs[0] and ok.class_name == "espresso"
     assert ok.heatmap.shape == load_rgb(photo_paths["coffee"]).shape[:2]
-    assert "not an image" in results[2].error and results[2].heatmap is None
+    assert "not an image" in results[1].error and results[1].heatmap is None
     single = kerascope.explain(load_rgb(photo_paths["coffee"]), model=lite0, method="cam")
     assert isinstance(single, Explanation) and single.class_index == ok.class_index
     with pytest.raises(ValueError, match="unknown method 'lime'"):

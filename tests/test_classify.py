@@ -51,6 +51,27 @@ def test_batch_size_does_not_change_results(lite0, photo_paths):
         assert abs(a.predictions[0].probability - b.predictions[0].probability) < 1e-4
 
 
+@pytest.mark.parametrize("batch_size", [1, 3])
+def test_missing_inputs_keep_their_place(lite0, photo_paths, tmp_path, batch_size):
+    from kerascope.classification import MISSING_INPUT
+
+    cat, coffee = str(photo_paths["chelsea"]), str(photo_paths["coffee"])
+    inputs = [str(tmp_path / "a_missing.png"), cat, str(tmp_path / "b_missing.png"), coffee]
+    results = kerascope.classify(inputs, model=lite0, top=1, batch_size=batch_size)
+    assert [r.source for r in results] == inputs
+    assert [r.ok for r in results] == [False, True, False, True]
+    assert results[0].error == results[2].error == MISSING_INPUT
+    assert results[1].predictions[0].name in CATS
+    rows = kerascope.predict(lite0, inputs, tmp_path / "rows.csv", batch_size=batch_size)
+    assert [r.source for r in rows] == inputs
+    assert [r.ok for r in rows] == [False, True, False, True]
+    assert rows[0].error == rows[2].error == MISSING_INPUT
+    assert [r.label for r in rows] == [None, results[1].predictions[0].name, None,
+                                       results[3].predictions[0].name]  # fmt: skip
+    with open(tmp_path / "rows.csv", newline="") as f:
+        assert [r["path"] for r in csv.DictReader(f)] == inputs
+
+
 @pytest.fixture
 def messy_folder(tmp_path, photo_paths):
     """Good photos beside every kind of broken file, nested, with hidden clutter."""

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gc
 import re
 import subprocess
 import sys
@@ -103,8 +102,7 @@ def test_built_model_matches_spec(spec):
     ensure_backend()
     import keras
 
-    keras.backend.clear_session()
-    gc.collect()
+    keras.backend.clear_session()  # collects garbage too (free_memory=True)
     with numpy_init():  # conftest does so for every test; 548 s -> ~100 s for this one alone
         model = spec.builder_fn()(weights=None)
     try:
@@ -128,7 +126,6 @@ def test_built_model_matches_spec(spec):
     finally:
         del model
         keras.backend.clear_session()
-        gc.collect()
 
 
 # --- kerascope.zoo.fast_init: how the zoo models above (and every test model) get built --------

@@ -1,8 +1,9 @@
 """Batch inference: images in, top-k predictions out, with decoding overlapped with the model.
 
-Also the one way inputs enter kerascope: `normalise_inputs` turns paths, folders, globs, RGB
-arrays and PIL Images into sources, and `iter_batches` decodes them (classify, explain,
-evaluate, predict and features all go through both).
+Inputs enter through the inference core (`kerascope.inference`): `normalise_inputs` turns
+paths, folders, globs, RGB arrays and PIL Images into sources in input order, and
+`iter_batches` decodes them, missing and unreadable inputs as error items in place (both are
+re-exported here).
 
 Pixels stay uint8 until the engine; normalisation is part of the model graph. On CPU the
 forward pass runs through onnxruntime on a graph converted from the Keras model (measured
@@ -12,19 +13,23 @@ elsewhere, and whenever the conversion does not cover a layer, through Keras its
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
-from PIL import Image
 
-from kerascope.images import ImageError, as_rgb_array, expand_inputs, load_image, resize, to_rgb
+from kerascope.inference import (  # noqa: F401  (re-exported: the one way inputs enter)
+    MISSING_INPUT,
+    Item,
+    Missing,
+    Source,
+    decode_item,
+    iter_batches,
+    load_source,
+    normalise_inputs,
+    source_name,
+)
 from kerascope.zoo.models import Classifier
-
-# The reason given for an input that names nothing on disk (a path, folder or glob).
-MISSING_INPUT = "no such file, folder or matching glob"
 
 
 @dataclass
@@ -49,91 +54,6 @@ class ImageResult:
         return self.error is None
 
 
-@dataclass
-class Item:
-    """A decoded input ready for a model, or the error met while decoding it."""
-
-    source: str
-    pixels: np.ndarray | None = None  # (H, W, 3) uint8 at the model's input size
-    original: np.ndarray | None = None  # full-resolution RGB, kept when asked for
-    error: str | None = None
-
-
-Source = str | os.PathLike | np.ndarray | Image.Image
-"""One input: a path (file, folder or glob), an RGB array or a PIL Image."""
-
-
-def source_name(source) -> str:
-    """How a source is named in results: its path, else ``<array>`` or ``<image>``."""
-    if isinstance(source, str | os.PathLike):
-        return os.fspath(source)
-    return "<image>" if isinstance(source, Image.Image) else "<array>"
-
-
-def load_source(source) -> np.ndarray:
-    """One source at full resolution as (H, W, 3) uint8 RGB.
-
-    Raises:
-        ImageError: an unreadable file. ValueError: an array or image that is not a picture.
-    """
-    if isinstance(source, str | os.PathLike):
-        return load_image(source)
-    if isinstance(source, Image.Image):
-        return as_rgb_array(np.asarray(to_rgb(source)))  # what a file of it would give
-    return as_rgb_array(source)
-
-
-def decode_item(source, size: tuple[int, int], keep_original: bool = False) -> Item:
-    """Decode one source and resize it to ``size``; a failure comes back as ``Item.error``."""
-    name = source_name(source)
-    try:
-        image = load_source(source)
-    except ImageError as exc:
-        return Item(name, error=exc.reason)
-    except (ValueError, OSError) as exc:
-        return Item(name, error=str(exc))
-    return Item(name, resize(image, size), image if keep_original else None)
-
-
-def normalise_inputs(inputs) -> tuple[list, list[str], list[str]]:
-    """Turn inputs into sources; also return the skipped (non-image) and missing paths.
-
-    ``inputs`` is one source or an iterable of them: paths (files, folders walked
-    recursively, globs), (H, W, 3) arrays, PIL Images, or an (N, H, W, 3) array. Paths and
-    in-memory images are not mixed in one call.
-    """
-    if isinstance(inputs, np.ndarray) and inputs.ndim == 4:
-        return list(inputs), [], []
-    if isinstance(inputs, str | os.PathLike | np.ndarray | Image.Image):
-        inputs = [inputs]
-    inputs = list(inputs)
-    images = [x for x in inputs if isinstance(x, np.ndarray | Image.Image)]
-    paths = [x for x in inputs if not isinstance(x, np.ndarray | Image.Image)]
-    if images and paths:
-        raise ValueError("pass either paths or in-memory images (arrays, PIL), not both")
-    if images:
-        return images, [], []
-    found = expand_inputs(paths)
-    return list(found.paths), list(found.skipped), list(found.missing)
-
-
-def iter_batches(
-    sources: Sequence, size: tuple[int, int], batch_size: int, keep_original: bool = False
-) -> Iterator[list[Item]]:
-    """Decode in a thread pool, one batch ahead of the consumer (Pillow releases the GIL)."""
-    workers = min(8, (os.cpu_count() or 2))
-    with ThreadPoolExecutor(workers) as pool:
-        chunks = [sources[i : i + batch_size] for i in range(0, len(sources), batch_size)]
-        pending = None
-        for chunk in chunks:
-            future = [pool.submit(decode_item, s, size, keep_original) for s in chunk]
-            if pending is not None:
-                yield [f.result() for f in pending]
-            pending = future
-        if pending is not None:
-            yield [f.result() for f in pending]
-
-
 def top_k(
     probs: np.ndarray, labels: list[tuple[str, str]], k: int, threshold: float
 ) -> list[Prediction]:
@@ -153,7 +73,7 @@ def classify_sources(
     batch_size: int = 32,
     progress=None,
 ) -> Iterator[ImageResult]:
-    """Yield one result per source, in order; failures carry their reason, never raise."""
+    """Yield one result per source, in order; failures (missing included) carry their reason."""
     from kerascope.inference import compiled
 
     forward = compiled(clf.model)
@@ -180,8 +100,9 @@ def classify(
 ) -> list[ImageResult]:
     """Classify images given as paths, folders, globs, RGB arrays or PIL Images.
 
-    Returns one `ImageResult` per image, in input order; unreadable inputs come back with
-    ``error`` set instead of raising, so one bad file never loses the rest of the batch.
+    Returns one `ImageResult` per image, in input order (folders and globs in their expansion
+    order); missing and unreadable inputs come back at their place with ``error`` set instead
+    of raising, so one bad file never loses the rest of the batch.
 
     Example:
         >>> results = kerascope.classify("photos/")
@@ -191,7 +112,5 @@ def classify(
     from kerascope.zoo.models import load_model
 
     clf = model if isinstance(model, Classifier) else load_model(model)
-    sources, _, missing = normalise_inputs(inputs)
-    results = [ImageResult(m, error=MISSING_INPUT) for m in missing]
-    results += list(classify_sources(clf, sources, top, threshold, batch_size))
-    return results
+    sources, _, _ = normalise_inputs(inputs)
+    return list(classify_sources(clf, sources, top, threshold, batch_size))

@@ -79,23 +79,23 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _run_classify(args) -> int:
     from kerascope import output
-    from kerascope.classification import classify_sources, normalise_inputs
+    from kerascope.classification import classify_sources
+    from kerascope.inference import normalise_inputs
     from kerascope.zoo.models import load_model
 
     if args.top < 1:
         raise CliError("--top must be at least 1")
     if args.batch_size < 1:
         raise CliError("--batch-size must be at least 1")
-    sources, skipped, missing = normalise_inputs(args.paths)
+    sources, skipped, _ = normalise_inputs(args.paths)
     if skipped:
         shown = ", ".join(skipped[:5]) + (" ..." if len(skipped) > 5 else "")
         output.note(f"skipped {len(skipped)} non-image file(s): {shown}")
-    if not sources and not missing:
+    if not sources:
         raise CliError("no images found in " + " ".join(args.paths))
     clf = load_model(args.model, weights=args.weights)
-    results = output.missing_results(missing)
     with output.progress_bar(len(sources), "classifying") as advance:
-        results += list(
+        results = list(
             classify_sources(clf, sources, args.top, args.threshold, args.batch_size, advance)
         )
     output.write_results(results, args.format, args.output)
@@ -121,19 +121,19 @@ def _target(clf, query: str | None) -> int | None:
 def _run_explain(args) -> int:
     from kerascope import output
     from kerascope.cam.save import save_explanations
-    from kerascope.classification import normalise_inputs
+    from kerascope.inference import normalise_inputs
     from kerascope.zoo.models import load_model
 
-    sources, skipped, missing = normalise_inputs(args.paths)
+    sources, skipped, _ = normalise_inputs(args.paths)
     if skipped:
         output.note(f"skipped {len(skipped)} non-image file(s): {', '.join(skipped[:5])}")
-    if not sources and not missing:
+    if not sources:
         raise CliError("no images found in " + " ".join(args.paths))
     clf = load_model(args.model)
     target = _target(clf, args.target)
     with output.progress_bar(len(sources), "explaining", min_total=16) as advance:
         saved = save_explanations(
-            missing + sources, args.output, clf, args.method, target, args.layer,
+            sources, args.output, clf, args.method, target, args.layer,
             args.batch_size, args.alpha, args.colormap, progress=advance,
         )  # fmt: skip
     output.print_explanations(saved)

@@ -20,15 +20,10 @@ from typing import Any
 
 import numpy as np
 
-from kerascope.classification import (
-    MISSING_INPUT,
-    Source,
-    classify_sources,
-    decode_item,
-    normalise_inputs,
-)
+from kerascope.classification import Source, classify_sources
 from kerascope.data.folders import SPLIT_DIRS, DatasetError
 from kerascope.images import expand_inputs
+from kerascope.inference import MISSING_INPUT, iter_batches, normalise_inputs
 from kerascope.report import plot_confusion, plot_gallery
 from kerascope.zoo.models import Classifier, load_model
 
@@ -278,7 +273,8 @@ def _top_losses(clf, kept, probs, labels, path: Path, count: int, heatmaps: bool
     """Gallery of the highest cross-entropy images: true class, prediction, probability."""
     true_p = probs[np.arange(len(labels)), labels]
     order = np.argsort(true_p, kind="stable")[:count]  # lowest p(true) = highest loss
-    pixels = np.stack([decode_item(kept[i][0], clf.input_size).pixels for i in order])
+    batch = next(iter_batches([kept[i][0] for i in order], clf.input_size, max(1, len(order))))
+    pixels = np.stack([it.pixels for it in batch])
     predicted = probs[order].argmax(axis=1)
     if heatmaps:
         pixels = _with_heatmaps(clf, pixels, predicted)

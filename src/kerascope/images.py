@@ -325,11 +325,14 @@ class InputList:
         paths: files to try, in a stable order.
         skipped: non-image files (by suffix) met while walking folders or glob matches.
         missing: inputs that are neither an existing file or folder nor a matching glob.
+        ordered: ``(name, missing)`` for every path and missing input, in input order (folders
+            and globs in their expansion order), so results can keep the user's order.
     """
 
     paths: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
     missing: list[str] = field(default_factory=list)
+    ordered: list[tuple[str, bool]] = field(default_factory=list)
 
 
 def expand_inputs(inputs: Iterable[str | os.PathLike]) -> InputList:
@@ -349,6 +352,8 @@ def expand_inputs(inputs: Iterable[str | os.PathLike]) -> InputList:
         if key not in seen:
             seen.add(key)
             to.append(path)
+            if to is result.paths:
+                result.ordered.append((path, False))
 
     def add_found(path: str) -> None:
         image = os.path.splitext(path)[1].lower() in IMAGE_SUFFIXES
@@ -380,4 +385,5 @@ def expand_inputs(inputs: Iterable[str | os.PathLike]) -> InputList:
                     add_found(match)
         elif raw not in result.missing:
             result.missing.append(raw)
+            result.ordered.append((raw, True))
     return result

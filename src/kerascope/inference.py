@@ -17,17 +17,28 @@ backbone prefix in the split trainer. Two engines, chosen by measurement
 
 ``KERASCOPE_ENGINE`` (auto|keras|onnx) overrides the choice; auto picks onnx on a CPU when
 :func:`kerascope.onnx_export.supports` the model, keras otherwise.
+
+It is also the one way images reach a model: :func:`normalise_inputs` turns paths, folders,
+globs, RGB arrays and PIL Images into sources in input order (a missing path stays at its
+place as a :class:`Missing`), and :func:`iter_batches` decodes them on a thread pool into
+batches of :class:`Item` in that same order, missing and unreadable inputs as error items in
+place. classify, explain, evaluate, predict and features all go through both; video frames,
+which are not files, have their own pipeline (``kerascope.video``).
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from PIL import Image
 
 from kerascope.errors import KerascopeError
+from kerascope.images import ImageError, as_rgb_array, expand_inputs, load_image, resize, to_rgb
 
 ENGINES = ("auto", "keras", "onnx")
 ENV_VAR = "KERASCOPE_ENGINE"
@@ -228,3 +239,103 @@ def _onnx_forward(model: Any) -> Callable[[list[np.ndarray]], list]:
         return session.run(None, feed)
 
     return call
+
+
+# The reason given for an input that names nothing on disk (a path, folder or glob).
+MISSING_INPUT = "no such file, folder or matching glob"
+
+Source = str | os.PathLike | np.ndarray | Image.Image
+"""One input: a path (file, folder or glob), an RGB array or a PIL Image."""
+
+
+class Missing(str):
+    """An input path that names nothing on disk, kept at its place among the sources."""
+
+
+@dataclass
+class Item:
+    """A decoded input ready for a model, or the error met while decoding it."""
+
+    source: str
+    pixels: np.ndarray | None = None  # (H, W, 3) uint8 at the model's input size
+    original: np.ndarray | None = None  # full-resolution RGB, kept when asked for
+    error: str | None = None
+
+
+def source_name(source) -> str:
+    """How a source is named in results: its path, else ``<array>`` or ``<image>``."""
+    if isinstance(source, str | os.PathLike):
+        return str(os.fspath(source))
+    return "<image>" if isinstance(source, Image.Image) else "<array>"
+
+
+def load_source(source) -> np.ndarray:
+    """One source at full resolution as (H, W, 3) uint8 RGB.
+
+    Raises:
+        ImageError: an unreadable file. ValueError: an array or image that is not a picture.
+    """
+    if isinstance(source, str | os.PathLike):
+        return load_image(source)
+    if isinstance(source, Image.Image):
+        return as_rgb_array(np.asarray(to_rgb(source)))  # what a file of it would give
+    return as_rgb_array(source)
+
+
+def decode_item(source, size: tuple[int, int], keep_original: bool = False) -> Item:
+    """Decode one source and resize it to ``size``; a failure comes back as ``Item.error``."""
+    name = source_name(source)
+    if isinstance(source, Missing):
+        return Item(name, error=MISSING_INPUT)
+    try:
+        image = load_source(source)
+    except ImageError as exc:
+        return Item(name, error=exc.reason)
+    except (ValueError, OSError) as exc:
+        return Item(name, error=str(exc))
+    return Item(name, resize(image, size), image if keep_original else None)
+
+
+def normalise_inputs(inputs) -> tuple[list, list[str], list[str]]:
+    """Inputs as sources in input order; also the skipped (non-image) and missing paths.
+
+    ``inputs`` is one source or an iterable of them: paths (files, folders walked
+    recursively, globs), (H, W, 3) arrays, PIL Images, or an (N, H, W, 3) array. Paths and
+    in-memory images are not mixed in one call. Folders and globs expand in place; a missing
+    path stays at its position as a :class:`Missing` (and is listed in the third value too).
+    """
+    if isinstance(inputs, np.ndarray) and inputs.ndim == 4:
+        return list(inputs), [], []
+    if isinstance(inputs, str | os.PathLike | np.ndarray | Image.Image):
+        inputs = [inputs]
+    inputs = list(inputs)
+    images = [x for x in inputs if isinstance(x, np.ndarray | Image.Image)]
+    paths = [x for x in inputs if not isinstance(x, np.ndarray | Image.Image)]
+    if images and paths:
+        raise ValueError("pass either paths or in-memory images (arrays, PIL), not both")
+    if images:
+        return images, [], []
+    found = expand_inputs(paths)
+    sources = [Missing(name) if missing else name for name, missing in found.ordered]
+    return sources, list(found.skipped), list(found.missing)
+
+
+def iter_batches(
+    inputs: Sequence, size: tuple[int, int], batch_size: int, keep_original: bool = False
+) -> Iterator[list[Item]]:
+    """Batches of decoded `Item`s in input order; missing and unreadable ones as error items.
+
+    ``inputs`` are sources as :func:`normalise_inputs` returns them. Decoding runs in a thread
+    pool, one batch ahead of the consumer (Pillow releases the GIL).
+    """
+    workers = min(8, (os.cpu_count() or 2))
+    with ThreadPoolExecutor(workers) as pool:
+        pending = None
+        for start in range(0, len(inputs), batch_size):
+            chunk = inputs[start : start + batch_size]
+            future = [pool.submit(decode_item, s, size, keep_original) for s in chunk]
+            if pending is not None:
+                yield [f.result() for f in pending]
+            pending = future
+        if pending is not None:
+            yield [f.result() for f in pending]

@@ -15,17 +15,13 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from kerascope.classification import MISSING_INPUT, ImageResult
+from kerascope.classification import ImageResult
 
 _err = Console(stderr=True)
 
 
 def note(message: str) -> None:
     _err.print(f"[yellow]kerascope:[/] {message}", highlight=False)
-
-
-def missing_results(missing: list[str]) -> list[ImageResult]:
-    return [ImageResult(m, error=MISSING_INPUT) for m in missing]
 
 
 @contextlib.contextmanager

@@ -14,7 +14,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from kerascope.classification import MISSING_INPUT, Source, classify_sources, normalise_inputs
+from kerascope.classification import Source, classify_sources
+from kerascope.inference import normalise_inputs
 from kerascope.output import csv_safe
 from kerascope.zoo.models import Classifier, load_model
 
@@ -60,7 +61,8 @@ def predict(
     """Label every image in ``inputs`` with its top-1 class, and write them as CSV if asked.
 
     A file that cannot be read gets a row with its ``error`` instead of vanishing, so the row
-    count always matches the inputs given (missing paths first, then the images found).
+    count always matches the inputs given, each at its place (folders and globs in their
+    expansion order, a missing path's error row where the path was given).
 
     Args:
         run_dir: a run directory or ``.keras`` file (or a loaded `Classifier`).
@@ -79,8 +81,8 @@ def predict(
         ('cat', 0.97)
     """
     clf = run_dir if isinstance(run_dir, Classifier) else load_model(run_dir)
-    sources, _, missing = normalise_inputs(inputs)
-    rows = [PredictedLabel(m, error=MISSING_INPUT) for m in missing]
+    sources, _, _ = normalise_inputs(inputs)
+    rows = []
     for r in classify_sources(clf, sources, top=1, batch_size=batch_size):
         if r.ok:
             top = r.predictions[0]

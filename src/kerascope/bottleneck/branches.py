@@ -178,8 +178,8 @@ def features(
         >>> kerascope.features("cat.jpg", layer="blocks_9_add", pool="max").shape  # doctest: +SKIP
         (1, 112)
     """
-    from kerascope.classification import iter_batches, normalise_inputs
     from kerascope.images import ImageError
+    from kerascope.inference import iter_batches, normalise_inputs
 
     spec = FeatureSpec.make(model, layer, pool, image_size, weights)
     sources, _, missing = normalise_inputs(images)

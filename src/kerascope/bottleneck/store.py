@@ -334,7 +334,7 @@ def _fill(f, spec, plan, rows, checksum, batch_size, progress) -> int:
 
 def _compute(f, g, spec, run, rows, todo, batch_size, progress, done) -> int:
     """Forward the ``todo`` rows batch by batch, flushing features before their ``done`` bits."""
-    from kerascope.classification import iter_batches
+    from kerascope.inference import iter_batches
 
     size = (spec.image_size, spec.image_size)
     sources = [rows.paths[i] for i in todo]

@@ -132,16 +132,15 @@ def explain(
         >>> e.class_name, e.heatmap.shape
         ('tabby', (300, 451))
     """
-    from kerascope.classification import MISSING_INPUT, normalise_inputs
+    from kerascope.inference import normalise_inputs
     from kerascope.zoo.models import load_model
 
     clf = model if isinstance(model, Classifier) else load_model(model)
     explainer = _cached_explainer(clf, method, layer)
     single = _is_single(images_or_paths)
     sources, _, missing = normalise_inputs(images_or_paths)
-    targets = resolve_targets(clf, target, len(sources))
-    results = [Explanation(m, error=MISSING_INPUT) for m in missing]
-    results += [e for e, _ in iter_explanations(clf, explainer, sources, targets, batch_size)]
+    targets = spread_targets(resolve_targets(clf, target, len(sources) - len(missing)), sources)
+    results = [e for e, _ in iter_explanations(clf, explainer, sources, targets, batch_size)]
     return results[0] if single and len(results) == 1 else results
 
 
@@ -156,6 +155,18 @@ def resolve_targets(
     return np.array([resolve_target(clf, t) for t in target], dtype=np.int64)
 
 
+def spread_targets(targets: np.ndarray | None, sources: Sequence) -> np.ndarray | None:
+    """Targets given per image found -> one per source, a placeholder at each missing input."""
+    from kerascope.inference import Missing
+
+    if targets is None:
+        return None
+    found = np.array([not isinstance(s, Missing) for s in sources], dtype=bool)
+    full = np.zeros(len(sources), np.int64)
+    full[found] = targets
+    return full
+
+
 def iter_explanations(
     clf: Classifier,
     explainer: Explainer,
@@ -165,11 +176,14 @@ def iter_explanations(
 ) -> Iterator[tuple[Explanation, np.ndarray | None]]:
     """Explain sources (as `normalise_inputs` returns them) in order, one batch at a time.
 
+    ``targets`` has one entry per source (see `spread_targets`); a missing or unreadable
+    source yields an `Explanation` with ``error`` set at its place.
+
     Yields each `Explanation` with its full-resolution RGB image (None when unreadable), so a
     caller that draws the overlay does not decode the file again.
     """
     from kerascope.cam.overlay import upsample
-    from kerascope.classification import iter_batches
+    from kerascope.inference import iter_batches
 
     start = 0
     for items in iter_batches(sources, clf.input_size, batch_size, keep_original=True):

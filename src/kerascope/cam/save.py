@@ -19,9 +19,10 @@ from kerascope.cam.explain import (
     _cached_explainer,
     iter_explanations,
     resolve_targets,
+    spread_targets,
 )
 from kerascope.cam.overlay import overlay, save_jpeg, side_by_side
-from kerascope.classification import MISSING_INPUT, Source, normalise_inputs
+from kerascope.inference import Source, normalise_inputs
 from kerascope.zoo.models import Classifier, load_model
 
 
@@ -77,8 +78,8 @@ def save_explanations(
         progress: called with the number of images done, after each image.
 
     Returns:
-        One `SavedExplanation` per input (missing paths first, then the images found, in
-        order); an unreadable input has ``error`` set and no file.
+        One `SavedExplanation` per input, in input order (folders and globs in their expansion
+        order); a missing or unreadable input has ``error`` set, at its place, and no file.
 
     Raises:
         ValueError: an unknown method, layer or class (before any work).
@@ -91,10 +92,10 @@ def save_explanations(
     clf = model if isinstance(model, Classifier) else load_model(model)
     explainer = _cached_explainer(clf, method, layer)  # a bad method or layer fails first
     sources, _, missing = normalise_inputs(inputs)
-    targets = resolve_targets(clf, target, len(sources))
+    targets = spread_targets(resolve_targets(clf, target, len(sources) - len(missing)), sources)
     out_dir = Path(output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    saved = [SavedExplanation(Explanation(m, error=MISSING_INPUT)) for m in missing]
+    saved = []
     found = iter_explanations(clf, explainer, sources, targets, batch_size)
     for i, (source, (e, image)) in enumerate(zip(sources, found, strict=True)):
         if e.ok:
