@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +19,7 @@ from kerascope.classification import ImageResult, Prediction
 from kerascope.cli import main
 from kerascope.output import csv_safe, render
 from kerascope.prediction import predict
+from tests.test_evaluate import untrained_run
 
 CLASSES = ['=HYPERLINK("http://evil.example","x")', "@SUM(A1)"]
 NAMES = ["=1+2.png", "+cmd.png", "@at.png", "plain.png"]
@@ -70,17 +70,7 @@ def test_render_csv_escapes_paths_names_and_errors():
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory) -> Path:
     """A LeNet run directory (untrained) whose class names are formulas."""
-    import keras
-
-    from kerascope.training.recipes import build_model, get_recipe, inference_model
-
-    keras.utils.set_random_seed(0)
-    recipe = get_recipe("lenet")
-    model = inference_model(build_model(recipe, len(CLASSES), (32, 32), None, seed=0))
-    run = tmp_path_factory.mktemp("run")
-    model.save(run / "model.keras")
-    (run / "labels.json").write_text(json.dumps({"classes": CLASSES}))
-    return run
+    return untrained_run(tmp_path_factory.mktemp("run"), CLASSES)
 
 
 @pytest.fixture()

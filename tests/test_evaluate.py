@@ -31,8 +31,7 @@ def _images(folder: Path, kind: str, n: int, seed: int) -> None:
         image.save(folder / f"{i:02d}.png")
 
 
-@pytest.fixture(scope="module")
-def run_dir(tmp_path_factory) -> Path:
+def untrained_run(run: Path, classes: list[str]) -> Path:
     """A LeNet run directory as ``train`` leaves it (model.keras + labels.json), untrained."""
     import keras
 
@@ -40,11 +39,15 @@ def run_dir(tmp_path_factory) -> Path:
 
     keras.utils.set_random_seed(0)
     recipe = get_recipe("lenet")
-    model = inference_model(build_model(recipe, len(CLASSES), (32, 32), None, seed=0))
-    run = tmp_path_factory.mktemp("run")
+    model = inference_model(build_model(recipe, len(classes), (32, 32), None, seed=0))
     model.save(run / "model.keras")
-    (run / "labels.json").write_text(json.dumps({"classes": CLASSES}))
+    (run / "labels.json").write_text(json.dumps({"classes": classes}))
     return run
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory) -> Path:
+    return untrained_run(tmp_path_factory.mktemp("run"), CLASSES)
 
 
 @pytest.fixture()
