@@ -63,7 +63,10 @@ def test_one_step_on_the_split_equals_one_step_on_the_whole_graph(stage, skimage
 
     parts = split_model(model)
     assert (parts.cut is None) == (stage == 0)
-    features = compiled(parts.prefix)(x)
+    # The prefix on the Keras engine: this checks the cut itself. (onnxruntime's forward differs
+    # from Keras's by ~1e-5, which a step of this size amplifies to ~1e-2 on some weights; the
+    # onnx prefix is checked by the saved-model and accuracy tests below.)
+    features = compiled(parts.prefix, engine="keras")(x)
     parts.suffix.compile(keras.optimizers.SGD(0.5), "sparse_categorical_crossentropy")
     parts.suffix.train_on_batch(features, y)
     split = _weights(model)
