@@ -99,7 +99,8 @@ def on_cpu() -> bool:
     return True
 
 
-def _wanted(engine: str | None) -> str:
+def requested_engine(engine: str | None = None) -> str:
+    """The engine asked for: ``engine``, else ``KERASCOPE_ENGINE``, else ``"auto"`` (checked)."""
     wanted = (engine or os.environ.get(ENV_VAR) or "auto").strip().lower()
     if wanted not in ENGINES:
         source = "engine" if engine else ENV_VAR
@@ -113,7 +114,7 @@ def choose_engine(model: Any, engine: str | None = None) -> str:
     Auto is onnx on a CPU when onnxruntime is installed and the converter supports every layer
     (a cheap walk over the graph, nothing is converted), keras otherwise.
     """
-    wanted = _wanted(engine)
+    wanted = requested_engine(engine)
     if wanted != "auto":
         return wanted
     if not on_cpu():
@@ -158,7 +159,7 @@ def compiled(model: Any, engine: str | None = None) -> Forward:
         ((8, 28, 28, 40), 'onnx')
     """
     cache = _cache(model)
-    wanted = _wanted(engine)
+    wanted = requested_engine(engine)
     if wanted not in cache:
         kind = choose_engine(model, wanted)
         if kind not in cache:
@@ -170,7 +171,7 @@ def compiled(model: Any, engine: str | None = None) -> Forward:
 
 def engine_name(model: Any, engine: str | None = None) -> str:
     """``"onnx"`` or ``"keras"``: the engine running (or about to run) ``model``, for reports."""
-    cached = vars(model).get(_ATTR, {}).get(_wanted(engine))
+    cached = vars(model).get(_ATTR, {}).get(requested_engine(engine))
     return cached.engine if cached is not None else choose_engine(model, engine)
 
 

@@ -185,9 +185,9 @@ def use_split(engine: str | None = None, augmented: bool = True) -> bool:
     """Whether backbone stages train split (frozen prefix on the inference engine): on a CPU,
     and on any device when nothing is augmented (the prefix then runs once per stage, not once
     per epoch), unless ``engine`` or ``KERASCOPE_ENGINE`` asks for the whole graph in Keras."""
-    from kerascope.inference import _wanted, on_cpu
+    from kerascope.inference import on_cpu, requested_engine
 
-    wanted = _wanted(engine)
+    wanted = requested_engine(engine)
     return wanted == "onnx" or (wanted == "auto" and (on_cpu() or not augmented))
 
 

@@ -180,8 +180,7 @@ def split_model(model: Any) -> SplitModel | None:
         if id(node) in tops:
             top, cut_inputs = tops[id(node)]
             return top(_pack(cut_inputs))
-        args, kwargs = node.arguments.fill_in(values)
-        return node.operation(*args, **kwargs)
+        return _call(node, values)
 
     values = _replay(rest, known, call)
     suffix = keras.Model(_pack(suffix_inputs), values[id(model.outputs[0])],
