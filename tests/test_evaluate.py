@@ -81,7 +81,8 @@ def test_evaluate_numbers_match_classify(run_dir, data, tmp_path):
     written = json.loads((out / "metrics.json").read_text())
     assert written == json.loads(json.dumps(metrics.to_dict()))
     assert list(written) == ["n", "accuracy", "macro_f1", "per_class", "classes", "confusion",
-                             "data", "split", "unreadable", "model"]  # fmt: skip
+                             "data", "split", "split_source", "trained_on", "unreadable",
+                             "model"]  # fmt: skip
     assert written["data"] == str(data.resolve()) and written["unreadable"][0][1]
     for name in ("confusion.png", "top_losses.png"):
         assert (out / name).stat().st_size > 1000

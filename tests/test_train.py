@@ -108,7 +108,7 @@ def test_scratch_learns_separable_shapes(shapes, tmp_path):
     assert "validation accuracy" in (run / "report.md").read_text()
     layer_types = [type(layer).__name__ for layer in result.model.layers]
     assert layer_types[:3] == ["InputLayer", "Rescaling", "Conv2D"]  # saved without augmentation
-    with pytest.raises(ValueError, match="already holds a run"):
+    with pytest.raises(ValueError, match="already holds a finished run"):
         train(shapes, recipe="scratch", output=run)  # never overwrites a finished run
 
 
@@ -119,7 +119,7 @@ def test_resume_after_interrupt_matches_unbroken_run(shapes, tmp_path):
     with pytest.raises(KeyboardInterrupt):
         train(shapes, output=broken, callbacks=[StopAfter(0)], **kwargs)
     assert [r["epoch"] for r in read_history(broken / "history.csv")] == [1]
-    assert (broken / "backup" / "stage1" / "seeds.npz").is_file()
+    assert (broken / "backup" / "stage1" / "epoch1.seeds.npz").is_file()
     assert json.loads((broken / "run_state.json").read_text())["status"] == "interrupted"
     resumed = train(resume=broken, progress=False)
     assert [r["epoch"] for r in resumed.history] == [1, 2]

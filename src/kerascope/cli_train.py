@@ -5,7 +5,33 @@ Like `kerascope.cli`: parse, call the API, print; no logic of its own.
 
 from __future__ import annotations
 
+import argparse
+
 from kerascope.errors import CliError
+
+
+class _Help(argparse.ArgumentDefaultsHelpFormatter):
+    """``--help`` with each option's default, except where there is none to show (None,
+    off switches) or the help text already says it."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if action.default in (None, False, argparse.SUPPRESS) or "default" in text:
+            return text
+        return super()._get_help_string(action)
+
+
+def _parser(sub, name: str, text: str):
+    return sub.add_parser(name, help=text, description=text, formatter_class=_Help)
+
+
+def _note(message: str) -> None:
+    """A line on stderr; user text (paths, class names) is shown as it is, never as markup."""
+    from rich.console import Console
+    from rich.text import Text
+
+    Console(stderr=True, highlight=False).print(Text.assemble(("kerascope:", "yellow"), " ",
+                                                              message))  # fmt: skip
 
 
 def add_commands(sub) -> None:
@@ -17,33 +43,45 @@ def add_commands(sub) -> None:
 
 
 def _add_train(sub) -> None:
-    p = sub.add_parser("train", help="train a classifier on DATA/<class>/ image folders")
+    p = _parser(sub, "train", "train a classifier on DATA/<class>/ image folders")
     p.add_argument("data", nargs="?", help="dataset folder (omit with --resume)")
     p.add_argument(
-        "--recipe", "-r", default="transfer",
+        "--recipe", "-r", default="transfer", help="what to train (see the README)",
         choices=("scratch", "lenet", "transfer", "finetune", "features"),
     )  # fmt: skip
-    p.add_argument("--backbone", default=None, help="zoo model(s); comma-separated for features")
-    p.add_argument("--output", "-o", help="run directory (default runs/<time>-<recipe>)")
-    p.add_argument("--epochs", type=int)
-    p.add_argument("--batch-size", type=int)
-    p.add_argument("--lr", type=float, help="learning rate of the first stage")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--val-split", type=float, default=0.2)
-    p.add_argument("--skip-bad", action="store_true", help="leave unreadable images out")
+    p.add_argument("--backbone", default=None, help="zoo model(s); comma-separated for "
+                   "features (default: efficientnet_lite0; features: lite0,lite1)")  # fmt: skip
+    p.add_argument("--output", "-o", help="run directory, new or empty (default: "
+                   "runs/<time>-<recipe>)")  # fmt: skip
+    p.add_argument("--epochs", type=int, help="epochs per stage (default: the recipe's); with "
+                   "--resume: for the stages not finished yet")  # fmt: skip
+    p.add_argument("--batch-size", type=int, help="images per step (default: the recipe's)")
+    p.add_argument("--lr", type=float, help="learning rate of the first stage (default: the "
+                   "recipe's)")  # fmt: skip
+    p.add_argument("--seed", type=int, default=0, help="seeds weights, augmentation, split")
+    p.add_argument("--val-split", type=float, default=0.2,
+                   help="validation share when DATA has no validation/ folder")  # fmt: skip
+    p.add_argument("--skip-bad", action="store_true", help="leave unreadable images out "
+                   "(listed in RUN/skipped.txt)")  # fmt: skip
     p.add_argument("--class-weight", choices=("auto",), help="balance imbalanced classes")
     p.add_argument(
         "--unfreeze",
         type=float,
         default=None,
-        help="finetune: fraction (<1) or number of top backbone layers to train",
+        help="finetune: fraction (<1) or number of top backbone layers to train (default: "
+        "the recipe's)",
     )
-    p.add_argument("--no-augment", action="store_true")
-    p.add_argument("--image-size", type=int)
-    p.add_argument("--patience", type=int, help="early-stopping patience in epochs")
-    p.add_argument("--layer", help="features: backbone layer to take features from")
-    p.add_argument("--pool", choices=("avg", "max", "none"), help="features: pooling (avg)")
-    p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run")
+    p.add_argument("--no-augment", action="store_true", help="train without augmentation")
+    p.add_argument("--image-size", type=int, help="side in pixels (default: the recipe's, "
+                   "or the backbone's)")  # fmt: skip
+    p.add_argument("--patience", type=int, help="early-stopping patience in epochs (default: "
+                   "the recipe's)")  # fmt: skip
+    p.add_argument("--layer", help="features: backbone layer to take features from (default: "
+                   "its last)")  # fmt: skip
+    p.add_argument("--pool", choices=("avg", "max", "none"), help="features: pooling (default: "
+                   "avg)")  # fmt: skip
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run as it was "
+                   "configured (only --epochs and --patience may change)")  # fmt: skip
     p.add_argument(
         "--engine", choices=("auto", "keras", "onnx"), default=None,
         help="auto (default, or $KERASCOPE_ENGINE): on a CPU the frozen part of the backbone "
@@ -54,48 +92,59 @@ def _add_train(sub) -> None:
 
 
 def _add_evaluate(sub) -> None:
-    p = sub.add_parser("evaluate", help="accuracy, per-class scores and confusion of a run")
+    from kerascope.evaluation import SPLITS
+
+    p = _parser(sub, "evaluate", "accuracy, per-class scores and confusion of a run")
     p.add_argument("run", help="run directory or .keras file")
-    p.add_argument("data", help="labelled class folders (uses test/ or validation/ if present)")
-    p.add_argument("--output", "-o", help="folder for metrics.json and plots (default: run)")
-    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("data", help="labelled class folders")
+    p.add_argument("--split", choices=SPLITS, default="auto",
+                   help="which images of DATA: auto = its test/ folder, else the run's own "
+                   "held-out images when DATA is the folder it trained from, else its "
+                   "validation/ folder, else all; all = every image, training ones "
+                   "included")  # fmt: skip
+    p.add_argument("--output", "-o", help="folder for metrics.json and plots (default: the "
+                   "run directory)")  # fmt: skip
+    p.add_argument("--batch-size", type=int, default=32, help="images per forward pass")
     p.set_defaults(func=_run_evaluate)
 
 
 def _add_predict(sub) -> None:
-    p = sub.add_parser("predict", help="label a folder with a trained run, into a CSV")
+    p = _parser(sub, "predict", "label a folder with a trained run, into a CSV")
     p.add_argument("run", help="run directory or .keras file")
     p.add_argument("inputs", nargs="+", help="image files, folders or globs")
-    p.add_argument("--output", "-o", default="predictions.csv")
-    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--output", "-o", help="CSV to write (default: predictions.csv, or "
+                   "predictions-1.csv, ... when that exists: never replaced unless "
+                   "named)")  # fmt: skip
+    p.add_argument("--batch-size", type=int, default=32, help="images per forward pass")
     p.set_defaults(func=_run_predict)
 
 
 def _add_features(sub) -> None:
-    p = sub.add_parser("features", help="cache bottleneck features of backbones in HDF5")
+    p = _parser(sub, "features", "cache bottleneck features of backbones in HDF5")
     p.add_argument("data", help="dataset folder (layouts as in train)")
     p.add_argument("--backbone", default="efficientnet_lite0", help="comma-separated zoo names")
     p.add_argument("--layer", help="any layer name of the backbone (default: its last)")
-    p.add_argument("--pool", choices=("avg", "max", "none"), default="avg")
-    p.add_argument("--output", "-o", default="features.h5")
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--val-split", type=float, default=0.2)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--skip-bad", action="store_true")
+    p.add_argument("--pool", choices=("avg", "max", "none"), default="avg", help="pooling")
+    p.add_argument("--output", "-o", default="features.h5", help="HDF5 store to add to")
+    p.add_argument("--batch-size", type=int, default=32, help="images per forward pass")
+    p.add_argument("--val-split", type=float, default=0.2,
+                   help="validation share when DATA has no validation/ folder")  # fmt: skip
+    p.add_argument("--seed", type=int, default=0, help="seeds the split")
+    p.add_argument("--skip-bad", action="store_true", help="leave unreadable images out")
     p.set_defaults(func=_run_features)
 
 
 def _add_augment(sub) -> None:
-    p = sub.add_parser("augment", help="preview the training augmentation on one image")
+    p = _parser(sub, "augment", "preview the training augmentation on one image")
     p.add_argument("image", help="the picture to augment")
-    p.add_argument("-n", type=int, default=20, help="number of samples (default 20)")
+    p.add_argument("-n", type=int, default=20, help="number of samples")
     p.add_argument("-o", "--output", default="preview", help="folder to write into")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seeds the random transforms")
     for flag, default in (
         ("rotation", 40.0), ("width-shift", 0.2), ("height-shift", 0.2), ("shear", 0.2),
         ("zoom", 0.2),
     ):  # fmt: skip
-        p.add_argument(f"--{flag}", type=float, default=default)
+        p.add_argument(f"--{flag}", type=float, default=default, help=f"{flag} range")
     p.add_argument("--no-flip", action="store_true", help="no horizontal flips")
     p.set_defaults(func=_run_augment)
 
@@ -134,11 +183,17 @@ def _run_train(args) -> int:
     except KeyboardInterrupt:
         output.note("interrupted: the last finished epoch is saved; continue with --resume RUN_DIR")
         return 130
-    output.note(
-        f"best validation accuracy {run.best_val_accuracy:.3f} (epoch {run.best_epoch}); "
-        f"run in {run.run_dir} — try: kerascope evaluate {run.run_dir} DATA"
-    )
+    _note(headline(run))
     return 0
+
+
+def headline(run) -> str:
+    """What was saved: the model's own epoch and validation numbers (not the best over all
+    epochs, which may be another epoch's)."""
+    accuracy = "n/a" if run.val_accuracy is None else f"{run.val_accuracy:.3f}"
+    return (f"saved model: epoch {run.best_epoch} (lowest validation loss {run.val_loss:.4f}), "
+            f"validation accuracy {accuracy}; run in {run.run_dir} — try: kerascope evaluate "
+            f"{run.run_dir} DATA")  # fmt: skip
 
 
 def _feature_progress():
@@ -155,25 +210,40 @@ def _feature_progress():
 
 
 def _run_evaluate(args) -> int:
-    from kerascope import output
     from kerascope.evaluation import evaluate, format_confusion
 
-    result = evaluate(args.run, args.data, batch_size=args.batch_size, output=args.output)
+    result = evaluate(args.run, args.data, batch_size=args.batch_size, output=args.output,
+                      split=args.split)  # fmt: skip
     print(format_confusion(result))
     for path, reason in result.unreadable:
-        output.note(f"could not read {path}: {reason}")
-    output.note(f"accuracy {result.accuracy:.4f} on {result.n} images")
+        _note(f"could not read {path}: {reason}")
+    _note(f"accuracy {result.accuracy:.4f} on {result.n} images: {_which(result)}")
+    if result.trained_on:
+        _note(f"WARNING: {result.trained_on} of the {result.n} scored images were used to "
+              "train this model, so this accuracy overstates how it does on new images "
+              "(score held-out images: --split validation, or a separate test/ "
+              "folder)")  # fmt: skip
+    _note(f"metrics in {result.output / 'metrics.json'}")
     return 1 if result.unreadable else 0
 
 
-def _run_predict(args) -> int:
-    from kerascope import output
-    from kerascope.prediction import predict
+def _which(result) -> str:
+    if result.split_source == "run":
+        held = "held out for validation" if result.split == "validation" else "trained on"
+        return f"the images the run {held} (its split.json) in {result.data}"
+    if result.split == "all":
+        return f"every image in {result.data}"
+    return f"the {result.split}/ folder of {result.data}"
 
-    rows = predict(args.run, args.inputs, args.output, batch_size=args.batch_size)
+
+def _run_predict(args) -> int:
+    from kerascope.prediction import fresh_path, predict
+
+    target = args.output or fresh_path("predictions.csv")
+    rows = predict(args.run, args.inputs, target, batch_size=args.batch_size)
     failed = [r for r in rows if not r.ok]
-    output.note(f"wrote {len(rows)} rows to {args.output}" + (
-        f"; {len(failed)} could not be read" if failed else ""))  # fmt: skip
+    _note(f"wrote {len(rows)} rows to {target}" + (
+        f"; {len(failed)} could not be read (error rows)" if failed else ""))  # fmt: skip
     return 1 if failed else 0
 
 

@@ -11,7 +11,6 @@ evaluated model behaves exactly as it will in ``classify``. Kaggle-style CSV pre
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -22,12 +21,18 @@ import numpy as np
 
 from kerascope.classification import Source, classify_sources
 from kerascope.data.folders import SPLIT_DIRS, DatasetError
+from kerascope.files import write_json
 from kerascope.images import expand_inputs
 from kerascope.inference import MISSING_INPUT, iter_batches, normalise_inputs
 from kerascope.report import plot_confusion, plot_gallery
+from kerascope.rundir import read_labels, read_split, split_files
 from kerascope.zoo.models import Classifier, load_model
 
 TOP_LOSSES = 12
+SPLITS = ("auto", "test", "validation", "train", "all")
+"""``evaluate``'s ``split``: ``auto`` scores the folder's ``test/`` split if it has one, else the
+run's own held-out validation images when the folder is the one it trained from, else the
+folder's ``validation/`` split, else every image."""
 
 
 @dataclass
@@ -52,7 +57,11 @@ class Evaluation:
         classes: class names, in the model's output order.
         confusion: ``confusion[i][j]`` counts images of true class i predicted as j.
         data: the evaluated folder (absolute), or None for other inputs.
-        split: ``test``, ``validation`` or ``all`` (folder used), or ``labels`` (labels given).
+        split: ``test``, ``validation``, ``train`` or ``all``, or ``labels`` (labels given).
+        split_source: ``run`` when the images are the ones the run itself put in ``split``
+            (its ``split.json``), ``folder`` when they are the folder's own split folder.
+        trained_on: how many scored images the run trained on (0 unless the run recorded
+            its files): above 0 the accuracy overstates how the model does on new images.
         unreadable: ``(source, reason)`` of each input left out.
         model: where the model came from.
         output: the folder holding ``metrics.json`` and the plots.
@@ -66,6 +75,8 @@ class Evaluation:
     confusion: list[list[int]]
     data: str | None = None
     split: str = "all"
+    split_source: str = "folder"
+    trained_on: int = 0
     unreadable: list[tuple[str, str]] = field(default_factory=list)
     model: str = ""
     output: Path | None = None
@@ -81,28 +92,56 @@ class Evaluation:
             "confusion": [list(row) for row in self.confusion],
             "data": self.data,
             "split": self.split,
+            "split_source": self.split_source,
+            "trained_on": self.trained_on,
             "unreadable": [[source, reason] for source, reason in self.unreadable],
             "model": self.model,
         }
 
 
-def evaluation_items(data: str | os.PathLike, classes: list[str]) -> tuple[str, list]:
-    """``(split used, [(path, label)])`` for ``data``: its ``test/`` split, else its
-    ``validation/`` split, else ``data/<class>/`` itself (every image).
+def evaluation_items(data: str | os.PathLike, classes: list[str], split: str = "auto",
+                     record: dict | None = None) -> tuple[str, list, str]:  # fmt: skip
+    """``(split used, [(path, label)], source)`` for the folder ``data``.
+
+    ``split`` as in `SPLITS`. ``record`` is the run's ``split.json``: when ``data`` is the
+    folder the run trained from, ``validation`` and ``train`` are the files the run itself
+    held out and trained on (``source`` ``"run"``); otherwise the folder's own ``validation/``
+    or ``train/`` folder (``source`` ``"folder"``).
 
     Raises:
-        DatasetError: no class folders, or a folder that is not one of the model's classes.
+        DatasetError: no class folders, a folder that is not one of the model's classes, or
+            no such split.
     """
+    if split not in SPLITS:
+        raise DatasetError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
     root = Path(data).expanduser()
     if not root.is_dir():
         raise DatasetError(f"evaluation folder '{root}' does not exist")
     folders = {p.name.lower(): p for p in root.iterdir() if p.is_dir()}
-    split, where = "all", root
-    for name in ("test", "validation"):
-        hit = next((folders[n] for n in SPLIT_DIRS[name] if n in folders), None)
-        if hit is not None:
-            split, where = name, hit
-            break
+    found = {name: next((folders[n] for n in names if n in folders), None)
+             for name, names in SPLIT_DIRS.items()}  # fmt: skip
+    ours = record is not None and root.resolve() == Path(record["data"])
+    if split == "auto":
+        split = "test" if found["test"] else "validation" if ours or found["validation"] else "all"
+    if ours and split in ("train", "validation") and record["splits"].get(split):
+        items = _recorded_items(record, split, classes)
+        return split, items, "run"
+    if split == "all":
+        where = [p for p in found.values() if p is not None] or [root]
+    elif found[split] is not None:
+        where = [found[split]]
+    else:
+        raise DatasetError(f"'{root}' has no {split}/ folder" + (
+            "" if not ours else f" and the run recorded no {split} files")
+            + f"; choose another --split ({', '.join(SPLITS)})")  # fmt: skip
+    items = [item for folder in where for item in _folder_items(folder, classes)]
+    if not items:
+        raise DatasetError(f"no images in the class folders of '{where[0]}'")
+    return split, items, "folder"
+
+
+def _folder_items(where: Path, classes: list[str]) -> list:
+    """``[(path, label)]`` of the class folders in ``where``."""
     class_dirs = sorted(p for p in where.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not class_dirs:
         raise DatasetError(f"no class folders in '{where}': put each class's images in a folder "
@@ -114,9 +153,28 @@ def evaluation_items(data: str | os.PathLike, classes: list[str]) -> tuple[str, 
                                f"{', '.join(classes)}); rename or remove it")  # fmt: skip
         label = classes.index(folder.name)
         items += [(p, label) for p in expand_inputs([folder]).paths]
-    if not items:
-        raise DatasetError(f"no images in the class folders of '{where}'")
-    return split, items
+    return items
+
+
+def _recorded_items(record: dict, split: str, classes: list[str]) -> list:
+    """The files the run put in ``split``, labelled by their class folder."""
+    items = []
+    for path in split_files(record, split):
+        parent = Path(path).parent.name
+        if parent not in classes:
+            raise DatasetError(f"'{path}' (recorded in the run's split.json) is not in a class "
+                               f"folder of this model; evaluate with --split all")  # fmt: skip
+        items.append((path, classes.index(parent)))
+    return items
+
+
+def _trained_on(record: dict | None, sources: list) -> int:
+    """How many of ``sources`` are files the run trained on (by real path)."""
+    if record is None:
+        return 0
+    trained = {os.path.realpath(p) for p in split_files(record, "train")}
+    return sum(isinstance(s, str | os.PathLike) and os.path.realpath(s) in trained
+               for s in sources)  # fmt: skip
 
 
 def metrics_from(labels: np.ndarray, predicted: np.ndarray, classes: list[str]) -> dict:
@@ -160,6 +218,7 @@ def evaluate(
     output: str | os.PathLike | None = None,
     top_losses: int = TOP_LOSSES,
     heatmaps: bool = True,
+    split: str = "auto",
 ) -> Evaluation:
     """Score a trained model on labelled images and write the evaluation files.
 
@@ -176,6 +235,10 @@ def evaluate(
         top_losses: how many of the worst-scored images to show (0: no gallery).
         heatmaps: overlay what the model looked at on the gallery, when the explain
             module is installed.
+        split: which images of the folder ``data`` to score (`SPLITS`): ``auto`` takes
+            its ``test/`` folder, else, when ``data`` is the folder the run trained from, the
+            images the run held out for validation, else its ``validation/`` folder, else
+            every image; ``all`` every image, train ones included.
 
     Returns:
         An `Evaluation`; unreadable images are left out and listed in ``unreadable``.
@@ -190,10 +253,15 @@ def evaluate(
         >>> result.accuracy, result.per_class["cat"].recall  # doctest: +SKIP
         (0.94, 0.96)
     """
+    folder = _run_folder(run_dir)
+    if folder is not None:
+        read_labels(folder)  # a damaged labels.json: one line, before the model loads
+    record = read_split(folder) if folder is not None else None
     clf = run_dir if isinstance(run_dir, Classifier) else load_model(run_dir)
     classes = [name for _, name in clf.labels]
+    origin = "folder"
     if labels is None:
-        split, items = evaluation_items(data, classes)
+        split, items, origin = evaluation_items(data, classes, split, record)
     else:
         split, items = "labels", _labelled_items(data, labels, classes)
     names = _names([source for source, _ in items])
@@ -221,10 +289,11 @@ def evaluate(
         per_class={c: ClassScores(**v) for c, v in m["per_class"].items()},
         classes=m["classes"], confusion=m["confusion"],
         data=str(Path(data).resolve()) if isinstance(data, str | os.PathLike) else None,
-        split=split, unreadable=unreadable, model=str(clf.source), output=out,
+        split=split, split_source=origin, unreadable=unreadable, model=str(clf.source),
+        output=out, trained_on=_trained_on(record, [s for s, _, _ in kept]),
     )  # fmt: skip
     out.mkdir(parents=True, exist_ok=True)
-    (out / "metrics.json").write_text(json.dumps(result.to_dict(), indent=1))
+    write_json(out / "metrics.json", result.to_dict())
     plot_confusion(np.array(result.confusion), classes, out / "confusion.png")
     if top_losses:
         _top_losses(clf, kept, probs_, truth, out / "top_losses.png", top_losses, heatmaps)
@@ -260,6 +329,14 @@ def _names(sources: list) -> list[str]:
         os.fspath(s) if isinstance(s, str | os.PathLike) else f"<image {i}>"
         for i, s in enumerate(sources)
     ]
+
+
+def _run_folder(run_dir: Any) -> Path | None:
+    """The run directory of a run directory or of a ``.keras`` file inside one."""
+    if isinstance(run_dir, Classifier):
+        return None
+    path = Path(run_dir)
+    return path if path.is_dir() else path.parent if path.suffix == ".keras" else None
 
 
 def _default_output(run_dir: Any, clf: Classifier) -> Path:

@@ -9,14 +9,17 @@ from __future__ import annotations
 
 import csv
 import os
-import secrets
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 from kerascope.classification import Source, classify_sources
+from kerascope.errors import KerascopeError
+from kerascope.files import atomic_open
+from kerascope.images import IMAGE_SUFFIXES
 from kerascope.inference import normalise_inputs
 from kerascope.output import csv_safe
+from kerascope.rundir import read_labels
 from kerascope.zoo.models import Classifier, load_model
 
 CSV_FIELDS = ("path", "label", "probability", "error")
@@ -62,7 +65,9 @@ def predict(
 
     A file that cannot be read gets a row with its ``error`` instead of vanishing, so the row
     count always matches the inputs given, each at its place (folders and globs in their
-    expansion order, a missing path's error row where the path was given).
+    expansion order, a missing path's error row where the path was given). Files that
+    folders and globs hold but that are not images by their suffix (``.jp2``, ``.txt``) get
+    an error row too, after the others.
 
     Args:
         run_dir: a run directory or ``.keras`` file (or a loaded `Classifier`).
@@ -80,8 +85,10 @@ def predict(
         >>> rows[0].label, rows[0].probability  # doctest: +SKIP
         ('cat', 0.97)
     """
+    if not isinstance(run_dir, Classifier):
+        _check_labels(Path(run_dir))
     clf = run_dir if isinstance(run_dir, Classifier) else load_model(run_dir)
-    sources, _, _ = normalise_inputs(inputs)
+    sources, skipped, _ = normalise_inputs(inputs)
     rows = []
     for r in classify_sources(clf, sources, top=1, batch_size=batch_size):
         if r.ok:
@@ -89,25 +96,44 @@ def predict(
             rows.append(PredictedLabel(r.source, top.name, top.index, top.probability))
         else:
             rows.append(PredictedLabel(r.source, error=r.error))
+    rows += [PredictedLabel(path, error=skip_reason(path)) for path in skipped]
     if output_csv is not None:
         write_csv(rows, output_csv)
     return rows
 
 
+def skip_reason(path: str) -> str:
+    """Why a file met in a folder or glob was not tried."""
+    suffix = os.path.splitext(path)[1].lower()
+    what = f"'{suffix}' is not" if suffix else "a name without a suffix is not"
+    return f"skipped: {what} an image format kerascope reads ({len(IMAGE_SUFFIXES)} suffixes)"
+
+
+def _check_labels(path: Path) -> None:
+    """A damaged ``labels.json`` is one line here, before the model is loaded."""
+    folder = path if path.is_dir() else path.parent if path.suffix == ".keras" else None
+    if folder is not None:
+        read_labels(folder)
+
+
+def fresh_path(path: str | os.PathLike) -> Path:
+    """``path`` if nothing is there, else the first free ``stem-1.suffix``, ``stem-2...``:
+    for a default output name, which must never replace a file the user did not name."""
+    path = Path(path)
+    for n in range(10_000):
+        candidate = path if n == 0 else path.with_name(f"{path.stem}-{n}{path.suffix}")
+        if not os.path.lexists(candidate):
+            return candidate
+    raise KerascopeError(f"'{path}' and 9,999 numbered variants exist: give -o FILE")
+
+
 def write_csv(rows: Iterable[PredictedLabel], path: str | os.PathLike) -> Path:
-    """Write ``rows`` through a temp file in the same folder: never half a CSV at ``path``."""
+    """Write ``rows`` through a temp file in the same folder: never half a CSV at ``path``,
+    and on a full disk the previous file is kept (`kerascope.files.OutputError`)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}.partial")
-    try:
-        # O_EXCL: never clobber someone else's file; mode 0o666 lets the umask apply as usual.
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
-            writer = csv.DictWriter(f, CSV_FIELDS)
-            writer.writeheader()
-            writer.writerows(csv_safe(row.csv_row()) for row in rows)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    with atomic_open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, CSV_FIELDS)
+        writer.writeheader()
+        writer.writerows(csv_safe(row.csv_row()) for row in rows)
     return path

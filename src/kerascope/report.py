@@ -16,6 +16,8 @@ from typing import Any
 
 import numpy as np
 
+from kerascope.files import atomic_open, atomic_path, write_text
+
 HISTORY_FIELDS = ("epoch", "stage", "loss", "accuracy", "val_loss", "val_accuracy", "lr", "seconds")
 
 
@@ -38,13 +40,10 @@ def _number(text: str) -> float | int | None:
 
 def write_history(path: str | os.PathLike, rows: Sequence[dict[str, Any]]) -> None:
     """Write all rows at once through a temporary file: a crash never leaves half a table."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("w", newline="") as f:
+    with atomic_open(path, "w", newline="") as f:
         writer = csv.DictWriter(f, HISTORY_FIELDS, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(rows)
-    os.replace(tmp, path)
 
 
 def _pyplot():
@@ -57,11 +56,15 @@ def _pyplot():
 
 
 def _save(fig: Any, path: str | os.PathLike) -> Path:
-    """Lay out, write and close a figure (closing frees it: pyplot keeps every open one)."""
-    fig.tight_layout()
+    """Lay out, write (atomically) and close a figure (closing frees it: pyplot keeps every
+    open one, also when the write fails)."""
     path = Path(path)
-    fig.savefig(path)
-    _pyplot().close(fig)
+    try:
+        fig.tight_layout()
+        with atomic_path(path, suffix=path.suffix) as tmp:
+            fig.savefig(tmp)
+    finally:
+        _pyplot().close(fig)
     return path
 
 
@@ -117,13 +120,15 @@ def write_run_report(
         summary,
         "```",
         "",
+        *_skipped_note(path),
         "## Result",
         "",
-        f"- saved model: epoch {outcome['best_epoch']} (lowest validation loss), validation "
-        f"accuracy **{_pct(outcome['val_accuracy'])}**, loss {outcome['val_loss']:.4f}",
+        f"- saved model (`model.keras`): epoch {outcome['best_epoch']} (lowest validation "
+        f"loss), validation accuracy **{_pct(outcome['val_accuracy'])}**, loss "
+        f"{outcome['val_loss']:.4f}",
         f"- last epoch ({outcome['epochs']}): validation accuracy "
         f"{_pct(outcome['final_val_accuracy'])}; best over epochs "
-        f"{_pct(outcome['best_val_accuracy'])}",
+        f"{_pct(outcome['best_val_accuracy'])} (not necessarily the saved epoch)",
         f"- training time: {outcome['seconds']:.0f} s",
         "",
         "![training curves](curves.png)",
@@ -142,9 +147,13 @@ def write_run_report(
         "```",
         "",
     ]
-    path = Path(path)
-    path.write_text("\n".join(lines))
-    return path
+    return write_text(path, "\n".join(lines))
+
+
+def _skipped_note(report: str | os.PathLike) -> list[str]:
+    if not (Path(report).parent / "skipped.txt").is_file():
+        return []
+    return ["Every left-out or ignored file is listed in `skipped.txt`.", ""]
 
 
 def _pct(value: float | None) -> str:

@@ -9,6 +9,7 @@ uint8 (0..255, as kerascope models expect) until they reach the device.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import math
@@ -58,6 +59,22 @@ def cache_key(paths: Sequence[str], image_size: tuple[int, int]) -> str:
             entries.append([os.path.abspath(p), -1, -1])
     blob = json.dumps([_CACHE_VERSION, list(image_size), entries]).encode()
     return hashlib.sha256(blob).hexdigest()[:32]
+
+
+def reserve_blocks(path: str | os.PathLike) -> None:
+    """Allocate a (sparse) file's blocks now: writing through a memory map into a hole on a
+    full disk is a SIGBUS that kills the process, while this fails with ENOSPC, cleanly."""
+    fd = os.open(path, os.O_RDWR)
+    try:
+        size = os.fstat(fd).st_size
+        if size and hasattr(os, "posix_fallocate"):
+            try:
+                os.posix_fallocate(fd, 0, size)
+            except OSError as exc:
+                if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
+                    raise
+    finally:
+        os.close(fd)
 
 
 class FolderSequence(keras.utils.PyDataset):
@@ -131,6 +148,7 @@ class FolderSequence(keras.utils.PyDataset):
         self.cache_path: Path | None = None
         self._pixels: np.ndarray | None = None  # (N, H, W, 3) uint8 memmap
         self._filled: np.ndarray | None = None  # (N,) uint8 memmap, 1 once a row is written
+        self._cache_off = False  # the cache could not be made: decode every epoch
         if cache is not None and cache is not False:
             folder = default_cache_dir() if cache is True else Path(cache).expanduser()
             key = cache_key(self.paths, self.image_size)
@@ -192,6 +210,8 @@ class FolderSequence(keras.utils.PyDataset):
         """
         self._open_cache()
         if self._filled is None:
+            if self._cache_off:
+                return 0
             raise ValueError("fill_cache needs a cache: construct FolderSequence with cache=...")
         missing = np.flatnonzero(self._filled == 0).tolist()
         workers = workers or min(8, os.cpu_count() or 1)
@@ -234,9 +254,24 @@ class FolderSequence(keras.utils.PyDataset):
             filled = np.lib.format.open_memmap(mask, mode="r+")
             if pixels.shape != shape or filled.shape != shape[:1]:
                 raise ValueError("cache shape mismatch")
+            reserve_blocks(self.cache_path)  # made sparse by an older kerascope, perhaps
         except (OSError, ValueError):
-            pixels, filled = self._create_cache(shape, mask)
+            try:
+                pixels, filled = self._create_cache(shape, mask)
+            except OSError as exc:
+                self._no_cache(exc)
+                return
         self._pixels, self._filled = pixels, filled
+
+    def _no_cache(self, exc: OSError) -> None:
+        """Train without the cache when it cannot be made (a full disk): decoding every epoch
+        is slower, never wrong; said once, on stderr."""
+        import sys
+
+        print(f"kerascope: no decoded-image cache in '{self.cache_path.parent}' "
+              f"({exc.strerror or exc}); decoding the images every epoch instead",
+              file=sys.stderr)  # fmt: skip
+        self.cache_path, self._cache_off = None, True
 
     def _create_cache(self, shape: tuple[int, ...], mask: Path) -> tuple[np.ndarray, np.ndarray]:
         """Create both files under temporary names, then rename: never a half-made cache."""
@@ -244,8 +279,14 @@ class FolderSequence(keras.utils.PyDataset):
         tmp = f".tmp-{os.getpid()}-{id(self)}"
         tmp_pixels = self.cache_path.with_name(self.cache_path.name + tmp)
         tmp_mask = mask.with_name(mask.name + tmp)
-        np.lib.format.open_memmap(tmp_pixels, mode="w+", dtype=np.uint8, shape=shape).flush()
-        np.lib.format.open_memmap(tmp_mask, mode="w+", dtype=np.uint8, shape=shape[:1]).flush()
+        try:
+            for tmp_file, dims in ((tmp_pixels, shape), (tmp_mask, shape[:1])):
+                np.lib.format.open_memmap(tmp_file, mode="w+", dtype=np.uint8, shape=dims).flush()
+                reserve_blocks(tmp_file)
+        except OSError:
+            tmp_pixels.unlink(missing_ok=True)
+            tmp_mask.unlink(missing_ok=True)
+            raise
         os.replace(tmp_pixels, self.cache_path)  # pixels first: the mask vouches for them
         os.replace(tmp_mask, mask)
         return (

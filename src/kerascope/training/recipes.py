@@ -35,6 +35,7 @@ from typing import Any
 
 from kerascope.data.augment import AugmentConfig, build_augmentation
 from kerascope.errors import ConfigError, RunError
+from kerascope.files import write_text
 from kerascope.training import heads
 
 NO_AUGMENT = AugmentConfig(0, 0, 0, 0, 0, horizontal_flip=False)
@@ -457,18 +458,50 @@ def save_config(run_dir: Path, config: dict[str, Any]) -> Path:
     import yaml
 
     path = Path(run_dir) / "config.yaml"
-    path.write_text(yaml.safe_dump(config, sort_keys=False, default_flow_style=None))
-    return path
+    return write_text(path, yaml.safe_dump(config, sort_keys=False, default_flow_style=None,
+                                           allow_unicode=True))  # fmt: skip
+
+
+_CONFIG_KEYS = {"recipe": str, "data": str, "image_size": list, "batch_size": int,
+                "stages": list, "seed": int, "val_split": float, "patience": int}  # fmt: skip
 
 
 def load_config(run_dir: str | os.PathLike) -> dict[str, Any]:
-    """Read a run's ``config.yaml``, with a clear error when it is not a run directory."""
+    """Read a run's ``config.yaml``, with one clear line when it is missing or damaged."""
     import yaml
 
     path = Path(run_dir) / "config.yaml"
     if not path.is_file():
         raise RunError(f"cannot resume '{run_dir}': no config.yaml (is it a run directory?)")
-    return yaml.safe_load(path.read_text())
+    try:
+        config = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise RunError(f"cannot resume '{run_dir}': '{path}' is not valid YAML ({first}); "
+                       "restore it or start a new run") from None  # fmt: skip
+    problem = _config_problem(config)
+    if problem:
+        raise RunError(f"cannot resume '{run_dir}': '{path}' {problem}; restore it or start "
+                       "a new run")  # fmt: skip
+    return config
+
+
+def _config_problem(config: Any) -> str | None:
+    """What is wrong with a loaded config (None when it has what a resume reads)."""
+    if not isinstance(config, dict):
+        return "is not a mapping of settings"
+    for key, kind in _CONFIG_KEYS.items():
+        value = config.get(key)
+        if kind is float and isinstance(value, int):
+            continue
+        if not isinstance(value, kind) or isinstance(value, bool):
+            return f"has no valid '{key}'"
+    for stage in config["stages"]:
+        if not isinstance(stage, dict) or not {"optimizer", "lr", "epochs"} <= set(stage):
+            return "has a stage without optimizer, lr and epochs"
+    if config["recipe"] not in RECIPES:
+        return f"names an unknown recipe {config['recipe']!r}"
+    return None
 
 
 def class_weights(

@@ -2,15 +2,24 @@
 
 A run directory holds everything needed to use, reproduce or continue the run:
 ``config.yaml`` (every setting, defaults included), ``labels.json``, ``history.csv``,
-``model.keras``, ``curves.png``, ``report.md``; while training also ``backup/stage<N>/``
-(Keras ``BackupAndRestore``: weights, optimizer and epoch, saved after every epoch),
+``model.keras``, ``curves.png``, ``report.md``, ``split.json`` (which files each split used,
+for ``evaluate``) and, with ``skip_bad``, ``skipped.txt``; while training also
+``backup/stage<N>/`` (weights, optimizer, seed states and epoch, saved after every epoch),
 ``best.weights.h5`` (lowest validation loss so far) and ``run_state.json`` (which stage is
 running), so an interruption loses at most the epoch in progress and ``resume=RUN_DIR``
-continues exactly where the backup stands, in the right stage.
+continues exactly where the backup stands, in the right stage (``training.checkpoints``).
+
+Every file goes through ``kerascope.files`` (temp name, fsync, rename): a kill or a full disk
+leaves the previous version. One process writes a run at a time (``kerascope.rundir``
+lock). The finishing steps run in an order that a kill at any point can resume from: the
+final model is written from the best weights, then the report, then the state says "done",
+and only then are the best weights and backups removed.
 """
 
 from __future__ import annotations
 
+import contextlib
+import inspect
 import json
 import os
 import shutil
@@ -24,14 +33,17 @@ from kerascope.config import ensure_backend
 
 ensure_backend()  # the user's backend (JAX if none is usable) before Keras loads
 import keras  # noqa: E402
-import numpy as np  # noqa: E402
 
 from kerascope.data.affine import random_affine  # noqa: E402
 from kerascope.data.augment import AugmentConfig  # noqa: E402
 from kerascope.errors import ConfigError, RunError  # noqa: E402
 from kerascope.fast_convs import fast_convs  # noqa: E402
+from kerascope.files import OutputError, atomic_path, is_disk_error, write_json, write_text  # noqa: E402
 from kerascope.report import plot_curves, read_history, write_history, write_run_report  # noqa: E402
+from kerascope.rundir import LABELS_NAME, lock_run, write_split  # noqa: E402
 from kerascope.training import recipes  # noqa: E402
+from kerascope.training import resume as resuming  # noqa: E402
+from kerascope.training.checkpoints import Backup, BestCheckpoint, backup_epoch, read_best  # noqa: E402
 from kerascope.training.heads import DEFAULT_UNFREEZE, UnfreezeSpec, parameter_counts  # noqa: E402
 from kerascope.training.progress import TrainProgress  # noqa: E402
 from kerascope.training.recipes import class_weights, load_config, resolve_config, save_config  # noqa: E402
@@ -50,11 +62,12 @@ class RunResult:
     history: list[dict[str, Any]]
     best_epoch: int
     val_accuracy: float  # of the saved model (the epoch with the lowest validation loss)
-    best_val_accuracy: float
+    best_val_accuracy: float  # highest over all epochs: not necessarily the saved model's
     final_val_accuracy: float
     seconds: float
     config: dict[str, Any]
     model: Any = field(default=None, repr=False)  # as saved: no augmentation layers
+    val_loss: float = float("nan")  # of the saved model
 
 
 def train(
@@ -102,8 +115,10 @@ def train(
             the loss) or ``{class name or index: weight}``.
         unfreeze: what finetune's stage 2 trains (see ``heads.unfreeze_start``).
         augment: ``True`` for the recipe's augmentation, ``False`` for none, or a config.
-        resume: a run directory to continue from its ``config.yaml`` and backup (the
-            other arguments are ignored: the run continues as it was configured).
+        resume: a run directory to continue from its ``config.yaml`` and backup. The run
+            continues as it was configured: ``epochs`` (an int: each stage not finished yet;
+            a list: every stage, finished ones unchanged) and ``patience`` are honoured, any
+            other setting given that differs from ``config.yaml`` is refused (RunError).
         progress: Keras progress bar per epoch and a line per stage.
         callbacks: extra Keras callbacks, run after kerascope's own in every stage.
         engine: ``None``/``"auto"``: on a CPU, or on any device when nothing is augmented,
@@ -116,6 +131,10 @@ def train(
 
     Raises:
         kerascope.data.DatasetError: the dataset cannot be trained on (message says why).
+        kerascope.errors.RunError: ``output`` already holds a run or other files, another
+            process is writing it, or ``resume`` cannot continue it (message says why).
+        kerascope.files.OutputError: a file could not be written (a full disk): ``resume``
+            continues once there is space.
         KeyboardInterrupt: after saving; ``resume`` the run directory to continue.
 
     Example:
@@ -123,11 +142,10 @@ def train(
         >>> kerascope.classify("new.jpg", model=result.run_dir)  # doctest: +SKIP
     """
     ensure_backend()
-    from kerascope.data import make_sequences, scan_dataset
-
     if resume is not None:
         run_dir = Path(resume)
         config = load_config(run_dir)
+        given = _given_options(locals())
     else:
         if data is None:
             raise ConfigError("train needs a dataset folder (or resume=RUN_DIR)")
@@ -135,17 +153,81 @@ def train(
                                 val_split, skip_bad, class_weight, unfreeze, augment,
                                 image_size, patience, layer=layer, pool=pool)  # fmt: skip
         run_dir = Path(config["output"])
-        if (run_dir / "config.yaml").exists():
-            raise RunError(f"'{run_dir}' already holds a run: choose another output, or "
-                             "continue it with resume")  # fmt: skip
+        if run_dir.exists() and not (run_dir / "config.yaml").exists():
+            _check_new_output(run_dir)  # a file or someone's folder: refused, no lock left there
+    with lock_run(run_dir, create=resume is None):  # a run being written: "in use"
+        if resume is None:
+            _check_new_output(run_dir)  # under the lock: two starts cannot both pass
+        else:
+            state = _read_state(run_dir)
+            _refuse_finished(run_dir, state)
+            config = resuming.apply_options(run_dir, config, state, given)
+        try:
+            return _train(run_dir, config, resume is not None, engine, progress, callbacks)
+        except OutputError as exc:
+            raise OutputError(f"{exc}; then continue with `kerascope train --resume "
+                              f"{run_dir}`") from exc  # fmt: skip
+        except Exception as exc:
+            if not is_disk_error(exc):
+                raise
+            raise OutputError(f"could not write into '{run_dir}': no space left on the device; "
+                              f"free some space, then continue with `kerascope train --resume "
+                              f"{run_dir}`") from exc  # fmt: skip
+
+
+def _given_options(args: dict[str, Any]) -> dict[str, Any]:
+    """The run settings passed to ``train`` with a value other than their default."""
+    defaults = inspect.signature(train).parameters
+    return {name: args[name] for name in resuming.FLAGS
+            if not _equal(args[name], defaults[name].default)}  # fmt: skip
+
+
+def _equal(a: Any, b: Any) -> bool:
+    try:
+        return bool(a == b)
+    except Exception:  # arrays and other odd values: treat as given
+        return False
+
+
+def _check_new_output(run_dir: Path) -> None:
+    """A new run starts in a new or empty folder, never over another run or other files."""
+    if run_dir.exists() and not run_dir.is_dir():
+        raise RunError(f"output '{run_dir}' is a file: choose a folder for the run")
+    if (run_dir / "config.yaml").exists():
+        if _read_state(run_dir).get("status") == "done":
+            raise RunError(f"'{run_dir}' already holds a finished run (its model is "
+                           f"'{run_dir / 'model.keras'}'): choose another output")  # fmt: skip
+        raise RunError(f"'{run_dir}' already holds an unfinished run: continue it with "
+                       f"`kerascope train --resume {run_dir}`, or choose another "
+                       "output")  # fmt: skip
+    if run_dir.is_dir() and any(not p.name.startswith(".") for p in run_dir.iterdir()):
+        raise RunError(f"output '{run_dir}' exists and is not empty (and holds no run): "
+                       "choose a new or empty folder")  # fmt: skip
+
+
+def _refuse_finished(run_dir: Path, state: dict[str, Any]) -> None:
+    """A finished run is not trained again; leftovers of a kill during cleanup are removed."""
+    if state.get("status") != "done":
+        return
+    _remove_leftovers(run_dir)
+    raise RunError(f"run '{run_dir}' already finished; its model is '{run_dir}/model.keras' "
+                   "(start a new run to train longer)")  # fmt: skip
+
+
+def _train(run_dir: Path, config: dict[str, Any], resumed: bool, engine: str | None,
+           progress: bool, callbacks: list | None) -> RunResult:  # fmt: skip
+    """Scan, build and fit every stage not finished yet, then finish; under the run's lock."""
+    from kerascope.data import make_sequences, scan_dataset
+
     dataset = scan_dataset(config["data"], config["val_split"], config["seed"], config["skip_bad"])
-    if resume is not None and dataset.classes != config["classes"]:
+    if resumed and dataset.classes != config["classes"]:
         raise RunError(f"classes in '{config['data']}' changed since '{run_dir}' started: "
                          f"{dataset.classes} vs {config['classes']}")  # fmt: skip
     config["classes"], config["counts"] = dataset.classes, dataset.counts
-    run_dir.mkdir(parents=True, exist_ok=True)  # only now: a bad dataset leaves no empty run
     save_config(run_dir, config)
-    (run_dir / "labels.json").write_text(json.dumps({"classes": dataset.classes}, indent=1))
+    write_json(run_dir / LABELS_NAME, {"classes": dataset.classes})
+    write_split(run_dir, config["data"], dataset.splits)
+    _report_scan(dataset, run_dir, progress)
 
     recipe_ = recipes.get_recipe(config["recipe"])
     seqs = make_sequences(dataset, tuple(config["image_size"]), config["batch_size"],
@@ -160,25 +242,54 @@ def train(
                                 pool=config.get("pool", "avg"))  # fmt: skip
     weights = class_weights(config["class_weight"], dataset.classes, dataset.counts["train"])
     state = _read_state(run_dir)
-    if state.get("status") == "done":
-        raise RunError(f"run '{run_dir}' already finished; its model is '{run_dir}/model.keras'")
     verbose = (1 if sys.stdout.isatty() else 0) if progress else 0
     split = use_split(engine, augmented=bool(config["augment"]))
+    trained_here = False
     try:
         for index, stage in enumerate(config["stages"]):
             if index < state.get("completed_stages", 0):
                 recipes.prepare_stage(model, index, config["unfreeze"])
                 continue
+            trained_here = True
             _run_stage(model, run_dir, config, index, stage, seqs, weights, verbose, callbacks,
                        split, progress)  # fmt: skip
             _write_state(run_dir, {**_read_state(run_dir), "completed_stages": index + 1})
+            shutil.rmtree(run_dir / "backup" / f"stage{index + 1}", ignore_errors=True)
     except KeyboardInterrupt:
-        _write_state(run_dir, {**_read_state(run_dir), "status": "interrupted"})
+        with contextlib.suppress(OutputError):
+            _write_state(run_dir, {**_read_state(run_dir), "status": "interrupted"})
         if progress:
             print(f"\ninterrupted: continue with `kerascope train --resume {run_dir}`",
                   file=sys.stderr)  # fmt: skip
         raise
-    return _finish(model, run_dir, config, dataset.summary())
+    except Exception:
+        with contextlib.suppress(Exception):
+            _write_state(run_dir, {**_read_state(run_dir), "status": "failed"})
+        raise
+    return _finish(model, run_dir, config, dataset.summary(), trained_here)
+
+
+def _report_scan(dataset, run_dir: Path, progress: bool) -> None:
+    """The scan's findings on stderr before the first epoch; dropped and ignored files listed
+    in ``skipped.txt`` (path, tab, reason), since a terminal shows only the first few."""
+    dropped = [(p, r) for p, r in dataset.bad] + [(p, "not an image file (ignored by suffix)")
+                                                  for p in dataset.skipped]  # fmt: skip
+    listing = run_dir / "skipped.txt"
+    if dropped:
+        write_text(listing, "".join(f"{_one_line(p)}\t{_one_line(r)}\n" for p, r in dropped))
+    if not progress:
+        return
+    if dataset.bad:
+        print(f"warning: --skip-bad left out {len(dataset.bad)} unreadable file(s); the list "
+              f"is in {listing}", file=sys.stderr)  # fmt: skip
+    for warning in dataset.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    if dataset.skipped and not dataset.bad:
+        print(f"  (ignored files are listed in {listing})", file=sys.stderr)
+
+
+def _one_line(text: str) -> str:
+    return text.replace("\t", " ").replace("\n", " ").replace("\r", " ")
 
 
 def use_split(engine: str | None = None, augmented: bool = True) -> bool:
@@ -197,7 +308,7 @@ def _run_stage(model, run_dir: Path, config: dict, index: int, stage: dict, seqs
     fine_tuned = recipes.prepare_stage(model, index, config["unfreeze"])
     backup = run_dir / "backup" / f"stage{index + 1}"
     best = run_dir / "best.weights.h5"
-    if index > 0 and best.is_file() and not backup.is_dir():
+    if index > 0 and best.is_file() and backup_epoch(backup) is None:
         model.load_weights(best)  # stage 2 starts from stage 1's best, as the guide does
     parts = split_model(model) if split else None
     trained = parts.suffix if parts else model
@@ -205,10 +316,8 @@ def _run_stage(model, run_dir: Path, config: dict, index: int, stage: dict, seqs
                     loss="sparse_categorical_crossentropy", metrics=["accuracy"])  # fmt: skip
     start = sum(s["epochs"] for s in config["stages"][:index])
     end = start + stage["epochs"]
-    resumed = _backup_epoch(backup)
+    resumed = backup_epoch(backup)
     seqs["train"].set_epoch(resumed if resumed is not None else start)
-    history = read_history(run_dir / "history.csv")
-    seen = [r["val_loss"] for r in history if r["val_loss"] is not None]
     if progress:
         trainable, frozen = parameter_counts(model)
         what = f", fine-tuning {len(fine_tuned)} backbone layers" if fine_tuned else ""
@@ -225,13 +334,14 @@ def _run_stage(model, run_dir: Path, config: dict, index: int, stage: dict, seqs
     train_data, val_data = seqs["train"], seqs["validation"]
     if parts is not None:
         train_data, val_data = _prefix_sequences(parts, seqs, config, run_dir, progress)
+    # Order matters for a kill between two of them: the history row and the best weights of
+    # an epoch are written before its backup, so a resume redoes that epoch (same numbers)
+    # rather than skipping past an epoch that history.csv or best.weights.h5 lacks.
     callbacks = [
-        keras.callbacks.BackupAndRestore(str(backup)),
-        _FullModelCheckpoint(model, str(best), monitor=MONITOR, save_best_only=True,
-                             save_weights_only=True,
-                             initial_value_threshold=min(seen) if seen else None),
+        _EpochLog(run_dir, index + 1),
+        BestCheckpoint(model, best, monitor=MONITOR),
+        Backup(backup),
         keras.callbacks.EarlyStopping(monitor=MONITOR, patience=config["patience"]),
-        _EpochLog(run_dir, index + 1, backup),
         *([TrainProgress(len(seqs["train"].paths), end - start)] if progress else []),
         *(extra or []),
     ]  # fmt: skip
@@ -271,39 +381,14 @@ def _precompute_bar(split: str, progress: bool):
     return report
 
 
-class _FullModelCheckpoint(keras.callbacks.ModelCheckpoint):
-    """``ModelCheckpoint`` that saves the whole network's weights while a split stage fits
-    only its suffix (the two share their variables)."""
-
-    def __init__(self, full_model, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self._full = full_model
-
-    def set_model(self, model) -> None:
-        super().set_model(self._full)
-
-
 class _EpochLog(keras.callbacks.Callback):
     """Appends each epoch to ``history.csv`` (rewriting epochs redone after a resume) and
-    backs up the random-layer seed states, which ``save_weights`` leaves out: without them a
-    resumed run would draw different augmentations and dropout masks than an unbroken one."""
+    records the stage and epoch in ``run_state.json``."""
 
-    def __init__(self, run_dir: Path, stage: int, backup: Path):
+    def __init__(self, run_dir: Path, stage: int):
         super().__init__()
-        self.run_dir, self.stage, self.backup = run_dir, stage, backup
+        self.run_dir, self.stage = run_dir, stage
         self.started = time.perf_counter()
-
-    def _seed_states(self) -> list:
-        return [v for v in self.model.variables if v.path.endswith("seed_generator_state")]
-
-    def on_train_begin(self, logs=None) -> None:
-        saved = self.backup / "seeds.npz"
-        states = self._seed_states()
-        if saved.is_file():
-            with np.load(saved) as arrays:
-                if len(arrays.files) == len(states):
-                    for i, v in enumerate(states):
-                        v.assign(arrays[f"s{i}"])
 
     def on_epoch_begin(self, epoch: int, logs=None) -> None:
         self.started = time.perf_counter()
@@ -318,44 +403,25 @@ class _EpochLog(keras.callbacks.Callback):
         rows.append({"epoch": epoch + 1, "stage": self.stage, **row, "lr": float(lr),
                      "seconds": seconds})  # fmt: skip
         write_history(path, rows)
-        if self.backup.is_dir():
-            states = {f"s{i}": keras.ops.convert_to_numpy(v) for i, v in
-                      enumerate(self._seed_states())}  # fmt: skip
-            np.savez(self.backup / "seeds.npz", **states)
         state = {**_read_state(self.run_dir), "stage": self.stage, "epoch": epoch + 1}
         _write_state(self.run_dir, {**state, "status": "running"})
 
 
-def _finish(model, run_dir: Path, config: dict, summary: str) -> RunResult:
-    """Restore the best weights, save the model and write the report."""
-    best = run_dir / "best.weights.h5"
-    if best.is_file():
-        model.load_weights(best)
-    model_path = run_dir / "model.keras"
-    model = recipes.inference_model(model)
-    model.save(model_path)
-    best.unlink(missing_ok=True)  # model.keras holds these weights now
-    shutil.rmtree(run_dir / "backup", ignore_errors=True)  # each stage's backup is gone already
+def _finish(model, run_dir: Path, config: dict, summary: str, trained_here: bool) -> RunResult:
+    """The finishing steps, each safe to redo after a kill: the final model from the best
+    weights, then the curves and report, then the state "done", then the best weights and
+    backups removed. Until "done", ``best.weights.h5`` is kept, so a resumed finish saves the
+    same model again; it never saves weights that were not trained."""
     history = read_history(run_dir / "history.csv")
-    with_val = [r for r in history if r["val_loss"] is not None] or history
-    top = min(with_val, key=lambda r: r["val_loss"] if r["val_loss"] is not None else 0.0)
-    accuracies = [r["val_accuracy"] for r in with_val if r["val_accuracy"] is not None]
-    outcome = {
-        "best_epoch": int(top["epoch"]),
-        "val_accuracy": top["val_accuracy"],
-        "val_loss": top["val_loss"] or float("nan"),
-        "best_val_accuracy": max(accuracies, default=float("nan")),
-        "final_val_accuracy": history[-1]["val_accuracy"],
-        "epochs": int(history[-1]["epoch"]),
-        "seconds": float(sum(r["seconds"] or 0.0 for r in history)),
-    }
-    plot_curves(history, run_dir / "curves.png")
-    write_run_report(run_dir / "report.md", config, summary, outcome)
-    _write_state(run_dir, {"completed_stages": len(config["stages"]), "status": "done",
-                           "outcome": outcome})  # fmt: skip
+    best = read_best(run_dir / "best.weights.h5")
+    saved = _save_final_model(model, run_dir, trained_here)
+    outcome = _outcome(history, best)
+    _write_report_files(run_dir, config, summary, history, outcome)
+    _mark_done(run_dir, config, outcome)
+    _remove_leftovers(run_dir)
     return RunResult(
         run_dir=run_dir,
-        model_path=model_path,
+        model_path=run_dir / "model.keras",
         classes=list(config["classes"]),
         history=history,
         best_epoch=outcome["best_epoch"],
@@ -364,17 +430,69 @@ def _finish(model, run_dir: Path, config: dict, summary: str) -> RunResult:
         final_val_accuracy=outcome["final_val_accuracy"],
         seconds=outcome["seconds"],
         config=config,
-        model=model,
+        model=saved,
+        val_loss=outcome["val_loss"],
     )
 
 
-def _backup_epoch(backup: Path) -> int | None:
-    """The epoch ``BackupAndRestore`` will resume after, if it has a backup."""
-    meta = backup / "training_metadata.json"
-    try:
-        return int(json.loads(meta.read_text())["epoch"])
-    except (OSError, ValueError, KeyError):
-        return None
+def _save_final_model(model, run_dir: Path, trained_here: bool):
+    """``model.keras`` from the best weights (atomically), or the model already saved when
+    the best weights are gone; RunError rather than saving untrained weights."""
+    best = run_dir / "best.weights.h5"
+    path = run_dir / "model.keras"
+    if best.is_file():
+        model.load_weights(best)
+    elif path.is_file():
+        from kerascope.zoo.models import load_model
+
+        return load_model(path).model
+    elif not trained_here:
+        raise RunError(f"cannot finish '{run_dir}': its best weights (best.weights.h5) and "
+                       "model.keras are both missing, so nothing trained is left to save; "
+                       "start a new run")  # fmt: skip
+    saved = recipes.inference_model(model)
+    with atomic_path(path, suffix=".keras") as tmp:
+        saved.save(tmp)
+    return saved
+
+
+def _outcome(history: list[dict[str, Any]], best: dict[str, Any] | None) -> dict[str, Any]:
+    """The saved model's epoch and numbers (from the checkpoint itself when it recorded them),
+    and the run's other headline numbers."""
+    with_val = [r for r in history if r["val_loss"] is not None] or history
+    if best is None and with_val:
+        best = min(with_val, key=lambda r: r["val_loss"] if r["val_loss"] is not None else 0.0)
+    best = best or {"epoch": 0, "val_accuracy": None, "val_loss": None}
+    accuracies = [r["val_accuracy"] for r in with_val if r["val_accuracy"] is not None]
+    return {
+        "best_epoch": int(best["epoch"]),
+        "val_accuracy": best["val_accuracy"],
+        "val_loss": best["val_loss"] if best["val_loss"] is not None else float("nan"),
+        "best_val_accuracy": max(accuracies, default=float("nan")),
+        "final_val_accuracy": history[-1]["val_accuracy"] if history else None,
+        "epochs": int(history[-1]["epoch"]) if history else 0,
+        "seconds": float(sum(r["seconds"] or 0.0 for r in history)),
+    }
+
+
+def _write_report_files(run_dir: Path, config: dict, summary: str, history: list,
+                        outcome: dict) -> None:  # fmt: skip
+    plot_curves(history, run_dir / "curves.png")
+    write_run_report(run_dir / "report.md", config, summary, outcome)
+
+
+def _mark_done(run_dir: Path, config: dict, outcome: dict) -> None:
+    _write_state(run_dir, {"completed_stages": len(config["stages"]), "status": "done",
+                           "outcome": outcome})  # fmt: skip
+
+
+def _remove_leftovers(run_dir: Path) -> None:
+    """After "done": the best weights (model.keras holds them), every stage's backup, and
+    temp files of writes a kill cut short (this process holds the lock: none is live)."""
+    (run_dir / "best.weights.h5").unlink(missing_ok=True)
+    shutil.rmtree(run_dir / "backup", ignore_errors=True)
+    for partial in run_dir.glob(".*.partial*"):
+        partial.unlink(missing_ok=True)
 
 
 def _read_state(run_dir: Path) -> dict[str, Any]:
@@ -385,6 +503,4 @@ def _read_state(run_dir: Path) -> dict[str, Any]:
 
 
 def _write_state(run_dir: Path, state: dict[str, Any]) -> None:
-    tmp = run_dir / "run_state.json.tmp"
-    tmp.write_text(json.dumps(state, indent=1))
-    os.replace(tmp, run_dir / "run_state.json")
+    write_json(run_dir / "run_state.json", state)

@@ -273,11 +273,19 @@ class PrefixSequence(keras.utils.PyDataset):
         nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
         if nbytes <= IN_MEMORY_BYTES or self.scratch is None:
             return np.empty(shape, dtype)
+        from kerascope.data.loader import reserve_blocks
+        from kerascope.files import output_error
+
         self.scratch.mkdir(parents=True, exist_ok=True)
         handle = tempfile.NamedTemporaryFile(dir=self.scratch, suffix=".npy", delete=False)
         handle.close()
-        array = np.lib.format.open_memmap(handle.name, mode="w+", dtype=dtype, shape=shape)
-        os.unlink(handle.name)  # the mapping keeps the data; nothing is left behind on a crash
+        try:
+            array = np.lib.format.open_memmap(handle.name, mode="w+", dtype=dtype, shape=shape)
+            reserve_blocks(handle.name)  # a full disk fails here, not as a SIGBUS later
+        except OSError as exc:
+            raise output_error(self.scratch, exc) from exc
+        finally:
+            os.unlink(handle.name)  # the mapping keeps the data; nothing is left behind
         return array
 
 

@@ -1,0 +1,153 @@
+"""The per-epoch files a run keeps while it trains, each written so that a kill or a full disk at
+any moment leaves a consistent set behind.
+
+* ``backup/stage<N>/``: weights and optimizer (``epoch<E>.weights.h5``), the random layers'
+  seed states (``epoch<E>.seeds.npz``), then ``training_metadata.json`` naming both: that last
+  atomic rename is the commit. Keras's ``BackupAndRestore`` writes its weights and its epoch
+  as two plain writes, so a kill between them resumed epoch E's weights as epoch E-1's.
+* ``best.weights.h5``: the weights with the lowest validation loss so far, with that epoch's
+  numbers stored inside the same file (an HDF5 attribute), so what the run reports as its
+  saved model is by construction the epoch whose weights it saves.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+import keras
+import numpy as np
+
+from kerascope.files import atomic_open, write_bytes, write_json
+
+META = "training_metadata.json"
+BEST_ATTR = "kerascope_best"
+
+
+def backup_epoch(folder: Path) -> int | None:
+    """The epoch a stage's backup resumes after, or None without a (complete) backup."""
+    meta = _backup_meta(folder)
+    return None if meta is None else int(meta["epoch"])
+
+
+def _backup_meta(folder: Path) -> dict[str, Any] | None:
+    try:
+        meta = json.loads((folder / META).read_text())
+        int(meta["epoch"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    meta.setdefault("weights", "latest.weights.h5")  # written by Keras's BackupAndRestore
+    meta.setdefault("seeds", "seeds.npz")
+    return meta
+
+
+class Backup(keras.callbacks.Callback):
+    """Saves the trained model's weights, optimizer and seed states after every epoch and
+    restores them when a stage starts again; nothing is deleted here (the run removes a
+    stage's backup once the stage is marked complete)."""
+
+    def __init__(self, folder: str | os.PathLike):
+        super().__init__()
+        self.folder = Path(folder)
+
+    def _seed_states(self) -> list:
+        return [v for v in self.model.variables if v.path.endswith("seed_generator_state")]
+
+    def on_train_begin(self, logs=None) -> None:
+        meta = _backup_meta(self.folder)
+        if meta is None:
+            return
+        optimizer = getattr(self.model, "optimizer", None)
+        if optimizer is not None and not optimizer.built:
+            optimizer.build(self.model.trainable_variables)  # its slots must exist to load
+        self.model.load_weights(self.folder / meta["weights"])
+        seeds = self.folder / meta["seeds"]
+        states = self._seed_states()
+        if seeds.is_file():
+            with np.load(seeds) as arrays:
+                if len(arrays.files) == len(states):
+                    for i, v in enumerate(states):
+                        v.assign(arrays[f"s{i}"])
+        self.model._initial_epoch = int(meta["epoch"])
+
+    def on_epoch_end(self, epoch: int, logs=None) -> None:
+        done = epoch + 1
+        self.folder.mkdir(parents=True, exist_ok=True)
+        weights, seeds = f"epoch{done}.weights.h5", f"epoch{done}.seeds.npz"
+        write_bytes(self.folder / weights, weights_h5(self.model))
+        states = {f"s{i}": keras.ops.convert_to_numpy(v) for i, v in
+                  enumerate(self._seed_states())}  # fmt: skip
+        with atomic_open(self.folder / seeds, "wb") as handle:
+            np.savez(handle, **states)
+        write_json(self.folder / META, {"epoch": done, "batch": 0, "weights": weights,
+                                        "seeds": seeds})  # fmt: skip
+        for old in self.folder.iterdir():
+            if old.is_file() and old.name.startswith("epoch") and old.name not in (weights, seeds):
+                old.unlink(missing_ok=True)
+
+
+def read_best(path: str | os.PathLike) -> dict[str, Any] | None:
+    """The numbers of the epoch whose weights ``best.weights.h5`` holds (None: no such file,
+    or one written before kerascope recorded them)."""
+    import h5py
+
+    path = Path(path)
+    if not path.is_file():
+        return None
+    try:
+        with h5py.File(path, "r") as f:
+            return json.loads(f.attrs[BEST_ATTR])
+    except (OSError, KeyError, ValueError):
+        return None
+
+
+class BestCheckpoint(keras.callbacks.Callback):
+    """Keeps the whole network's weights of the epoch with the lowest ``monitor`` so far (over
+    every stage of the run), with that epoch's logs inside the file. The whole network, not the
+    trained model: a split stage fits only the suffix, which shares the network's variables."""
+
+    def __init__(self, full_model: Any, path: str | os.PathLike, monitor: str = "val_loss"):
+        super().__init__()
+        self.full, self.path, self.monitor = full_model, Path(path), monitor
+        best = read_best(self.path)
+        self.best = float(best[monitor]) if best and best.get(monitor) is not None else math.inf
+
+    def on_epoch_end(self, epoch: int, logs=None) -> None:
+        logs = logs or {}
+        value = logs.get(self.monitor)
+        if value is None or not math.isfinite(float(value)) or float(value) >= self.best:
+            return
+        meta = {"epoch": epoch + 1, **{k: _plain(logs.get(k)) for k in
+                ("loss", "accuracy", "val_loss", "val_accuracy")}}  # fmt: skip
+        write_bytes(self.path, weights_h5(self.full, meta))
+        self.best = float(value)
+
+
+class _Memory(io.BytesIO):
+    """An in-memory ``.weights.h5`` for Keras (which checks the name's suffix)."""
+
+    def __str__(self) -> str:
+        return "memory.weights.h5"
+
+
+def weights_h5(model: Any, meta: dict[str, Any] | None = None) -> bytes:
+    """``model.save_weights`` as bytes, built in memory: HDF5 never writes to the disk itself,
+    so a full disk fails in one plain write (`kerascope.files`) instead of halfway through
+    HDF5's own writes, which left open handles that crashed the interpreter at exit."""
+    import h5py
+    from keras.src.saving import saving_lib
+
+    buffer = _Memory()
+    saving_lib.save_weights_only(model, buffer)
+    if meta is not None:
+        with h5py.File(buffer, "a") as f:
+            f.attrs[BEST_ATTR] = json.dumps(meta)
+    return buffer.getvalue()
+
+
+def _plain(value: Any) -> float | None:
+    return None if value is None else float(value)

@@ -1,0 +1,124 @@
+"""What a resumed run may change: it continues as ``config.yaml`` says, so an option given
+with ``resume`` either means the same as the saved setting, is honoured (``epochs`` for stages
+not finished yet, ``patience``), or is refused in one line naming it — never silently ignored.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+from kerascope.errors import RunError
+from kerascope.training import recipes
+
+FLAGS = {
+    "data": "DATA", "recipe": "--recipe", "output": "--output", "backbone": "--backbone",
+    "epochs": "--epochs", "batch_size": "--batch-size", "lr": "--lr", "seed": "--seed",
+    "val_split": "--val-split", "skip_bad": "--skip-bad", "class_weight": "--class-weight",
+    "unfreeze": "--unfreeze", "augment": "--no-augment", "image_size": "--image-size",
+    "patience": "--patience", "layer": "--layer", "pool": "--pool",
+}  # fmt: skip
+"""Arguments of ``train`` that are settings of the run, and their command-line flag."""
+
+
+def apply_options(run_dir: Path, config: dict[str, Any], state: dict[str, Any],
+                  given: dict[str, Any]) -> dict[str, Any]:  # fmt: skip
+    """``config`` with the honoured options applied; RunError for any other that differs."""
+    config = {**config, "stages": [dict(s) for s in config["stages"]]}
+    for name, value in given.items():
+        if name == "epochs":
+            _extend(run_dir, config, state, value)
+        elif name == "patience":
+            config["patience"] = int(value)
+        elif not _same(name, value, config, run_dir):
+            saved = _saved(name, config, run_dir)
+            raise RunError(f"cannot resume '{run_dir}' with {_given(name, value)}: the "
+                           f"run was started with {saved} (config.yaml); leave the option out "
+                           "to continue as configured, or start a new run")  # fmt: skip
+    return config
+
+
+def _extend(run_dir: Path, config: dict, state: dict, epochs: Any) -> None:
+    """Epochs of the stages not finished yet (an int: each of them; a list: every stage, the
+    finished ones unchanged). A stage may not end before the epochs it has already run."""
+    stages = config["stages"]
+    finished = int(state.get("completed_stages", 0))
+    if isinstance(epochs, list | tuple):
+        values = recipes._per_stage(list(epochs), len(stages), "epochs", broadcast=True)
+    else:
+        values = [None] * finished + [epochs] * (len(stages) - finished)
+    if all(v is None for v in values):
+        raise RunError(f"every stage of '{run_dir}' is finished: --epochs cannot extend it; "
+                       "start a new run to train longer")  # fmt: skip
+    for i, value in enumerate(values):
+        if value is None or int(value) == stages[i]["epochs"]:
+            continue
+        if i < finished:
+            raise RunError(f"cannot change --epochs of stage {i + 1} of '{run_dir}': that stage "
+                           f"is finished ({stages[i]['epochs']} epochs)")  # fmt: skip
+        ran = _epochs_run(run_dir, config, i)
+        if int(value) < max(ran, 1):
+            raise RunError(f"stage {i + 1} of '{run_dir}' has already run {ran} epoch(s): give "
+                           f"--epochs {max(ran, 1)} or more")  # fmt: skip
+        stages[i]["epochs"] = int(value)
+
+
+def _epochs_run(run_dir: Path, config: dict, index: int) -> int:
+    """Epochs stage ``index`` has backed up so far."""
+    from kerascope.training.checkpoints import backup_epoch
+
+    start = sum(s["epochs"] for s in config["stages"][:index])
+    done = backup_epoch(run_dir / "backup" / f"stage{index + 1}")
+    return max(0, (done or start) - start)
+
+
+def _same(name: str, value: Any, config: dict, run_dir: Path) -> bool:
+    """Whether an option given with ``resume`` means what the run was configured with."""
+    if name in ("data", "output"):
+        saved = config["data"] if name == "data" else run_dir
+        return Path(value).expanduser().resolve() == Path(saved).expanduser().resolve()
+    if name == "recipe":
+        return recipes.get_recipe(value).name == config["recipe"]
+    if name == "backbone":
+        return recipes.resolve_backbone(recipes.get_recipe(config["recipe"]), value) == \
+            config["backbone"]  # fmt: skip
+    if name == "lr":
+        lrs = recipes._per_stage(value, len(config["stages"]), "lr", broadcast=False)
+        return all(v is None or float(v) == s["lr"] for v, s in zip(lrs, config["stages"],
+                                                                      strict=True))  # fmt: skip
+    if name == "image_size":
+        size = [int(value)] * 2 if isinstance(value, int) else [int(v) for v in value]
+        return size == list(config["image_size"])
+    if name == "augment":
+        if value is False or value is None:
+            return config["augment"] is None
+        return value is True or dataclasses.asdict(value) == config["augment"]
+    if name == "class_weight" and isinstance(value, dict):
+        value = {str(k): float(v) for k, v in value.items()}
+    return value == config.get(name)
+
+
+def _saved(name: str, config: dict, run_dir: Path) -> str:
+    if name == "output":
+        return f"output {run_dir}"
+    if name == "augment":
+        return "augmentation" if config["augment"] else "no augmentation"
+    if name == "lr":
+        return "lr " + ", ".join(f"{s['lr']:g}" for s in config["stages"])
+    return f"{name} {_show(config.get(name))}"
+
+
+def _given(name: str, value: Any) -> str:
+    """The option as it was given on the command line."""
+    if name in ("augment", "skip_bad") and isinstance(value, bool):
+        return FLAGS[name] if value != (name == "augment") else f"{name}={value}"
+    return f"{FLAGS[name]} {_show(value)}"
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if isinstance(value, str):
+        return value
+    return repr(value)
