@@ -72,4 +72,7 @@ def test_ported_weights_are_cached_once(tmp_path, monkeypatch):
     stamp = first.stat().st_mtime_ns
     assert first == tmp_path / spec.weights.filename
     assert weights.resolve(spec).stat().st_mtime_ns == stamp  # second call reuses the cache
-    assert [p.name for p in tmp_path.iterdir()] == [spec.weights.filename]  # no temp leftovers
+    assert sorted(p.name for p in tmp_path.iterdir()) == [  # no temp leftovers
+        spec.weights.filename,
+        weights.checksum_file(first).name,  # size + SHA-256, checked on every load
+    ]

@@ -257,3 +257,36 @@ def test_heatmap_stays_on_the_cat(lite0, frames):
         x = wx + (px + 0.5) * CROP[0] / size[1]
         y = wy + (py + 0.5) * CROP[1] / size[0]
         assert x0 <= x <= x1 and y0 <= y <= y1, f"frame {i}: peak at ({x:.0f}, {y:.0f})"
+
+
+def test_output_that_is_the_input_or_in_a_missing_folder_is_one_line(clips, tmp_path):
+    from kerascope.video import VideoError
+
+    with pytest.raises(VideoError, match="it is the input video") as caught:
+        explain_video(clips["plain"], clips["plain"])
+    assert "\n" not in str(caught.value) and str(clips["plain"]) in str(caught.value)
+    missing = tmp_path / "nodir" / "out.mp4"
+    with pytest.raises(VideoError, match="folder .*nodir' does not exist"):
+        explain_video(clips["plain"], missing)
+    assert not missing.parent.exists()
+
+
+def test_full_disk_is_one_line_and_leaves_no_file(lite0, clips):
+    from kerascope.files import OutputError
+    from tests.fulldisk import small_disk
+
+    with small_disk(1 << 20) as disk:
+        if not disk.tmpfs:
+            pytest.skip("needs a tmpfs (run as root)")
+        disk.fill()
+        with open(disk.folder / ".filler", "r+b") as f:  # leave 16 KB: the header fits
+            f.truncate(os.path.getsize(disk.folder / ".filler") - 16384)
+        out = disk.folder / "pan-output.mp4"
+        with pytest.raises(OutputError) as caught:
+            explain_video(clips["aac"], out, clf=lite0, batch_size=8)
+        assert "\n" not in str(caught.value) and str(out) in str(caught.value)
+        assert "no space left" in str(caught.value)
+        assert sorted(os.listdir(disk.folder)) == [".filler"]  # no final, no temp file
+        disk.free()
+        explain_video(clips["aac"], out, clf=lite0, batch_size=8)
+        assert probe(out)["frames"] > 0

@@ -7,6 +7,8 @@ every pixel format reaches the model as 8-bit RGB, rescaled where Pillow would c
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import glob
 import os
 import stat
@@ -74,6 +76,10 @@ def _fmt_pixels(n: int) -> str:
     return f"{n / 1e6:.{0 if n >= 1e7 else 1}f} MP" if n >= 1e6 else f"{n:,} pixels"
 
 
+LINK_LOOP = "symbolic link loop (the link leads back to itself); fix or remove the link"
+"""The reason every command gives for a path caught in a loop of symbolic links."""
+
+
 def file_problem(path: str, kind: str) -> str | None:
     """Why ``path`` cannot be read as a file at all (decoders' own messages name neither the
     file nor the fix), or ``None``. ``kind`` completes "is a directory, not ...".
@@ -85,6 +91,8 @@ def file_problem(path: str, kind: str) -> str | None:
     except PermissionError:
         return "permission denied"
     except OSError as err:
+        if err.errno == errno.ELOOP:
+            return LINK_LOOP
         return f"cannot access file ({err.strerror or err})"
     if stat.S_ISDIR(st.st_mode):
         return f"is a directory, not {kind}"
@@ -95,8 +103,47 @@ def file_problem(path: str, kind: str) -> str | None:
     return None
 
 
-def load_image(path: str | os.PathLike) -> np.ndarray:
+DECODE_BUDGET: int = 200_000_000
+"""Pixels decoded at once by all threads together. One image over it still decodes (alone):
+full decodes peak at about 7 bytes per pixel (Pillow's 4-byte RGBX buffer, then the 3-byte
+array), so eight 100 MP files decoded at once by the pool would need over 5 GB."""
+
+
+class _PixelBudget:
+    """A semaphore counted in pixels: large decodes wait for each other, small ones do not."""
+
+    def __init__(self, total: int):
+        self.total, self.used = total, 0
+        self._cond = threading.Condition()
+
+    @contextlib.contextmanager
+    def take(self, pixels: int):
+        pixels = min(pixels, self.total)
+        with self._cond:
+            self._cond.wait_for(lambda: self.used + pixels <= self.total)
+            self.used += pixels
+        try:
+            yield
+        finally:
+            with self._cond:
+                self.used -= pixels
+                self._cond.notify_all()
+
+
+_DECODES = _PixelBudget(DECODE_BUDGET)
+
+
+def load_image(
+    path: str | os.PathLike, max_side: int | None = None, min_size: tuple[int, int] | None = None
+) -> np.ndarray:
     """Decode one file to an (H, W, 3) uint8 RGB array, or raise ImageError.
+
+    ``max_side``: scale the result down (antialiased) so its longest side is at most this.
+    ``min_size``: the (height, width) the caller will resize to; the decoder may then reduce
+    the image while it stays at least twice that on both sides (JPEG ``draft``: DCT scaling,
+    4-64x less memory and time; other formats: an integer box ``reduce`` before the copy to
+    NumPy), so a 169 MP photo never becomes a full-size array when 224 px are wanted.
+    Concurrent decodes share :data:`DECODE_BUDGET` pixels.
 
     The file is checked before Pillow sees it (missing, directory, FIFO, empty) because
     Pillow's errors for those are cryptic or, for a FIFO, a hang. The header is read
@@ -139,20 +186,46 @@ def load_image(path: str | os.PathLike) -> np.ndarray:
                 f"image is {width}x{height} = {_fmt_pixels(width * height)}, over the "
                 f"{_fmt_pixels(limit)} limit (set KERASCOPE_MAX_PIXELS to raise it)",
             )
-        try:
-            img.load()  # frame 0 of multi-frame GIF/TIFF: Image.open leaves it there
-        except Image.DecompressionBombError as err:  # a GIF frame bigger than its canvas
-            raise ImageError(p, f"image too large to decode safely ({err})") from None
-        except MemoryError:
-            raise ImageError(p, f"not enough memory to decode {width}x{height}") from None
-        except Exception as err:
-            raise ImageError(p, f"truncated or corrupt image data ({err})") from None
-        try:
-            return np.array(to_rgb(img), dtype=np.uint8)
-        except ValueError as err:
-            raise ImageError(p, f"unsupported pixel format: {err}") from None
-        except Exception as err:  # EXIF parsing or a conversion inside Pillow
-            raise ImageError(p, f"corrupt image ({err})") from None
+        with _DECODES.take(width * height):
+            return _decode(p, img, max_side, min_size)
+
+
+def _decode(p: str, img: Image.Image, max_side: int | None, min_size) -> np.ndarray:
+    """Pixels of an opened, size-checked image, reduced as early as the format allows."""
+    width, height = img.size
+    floor = 2 * max(min_size) if min_size else None
+    if floor and img.format == "JPEG" and min(width, height) >= 2 * floor:
+        img.draft(img.mode, (floor, floor))  # keeps both sides >= floor, by powers of two
+    try:
+        img.load()  # frame 0 of multi-frame GIF/TIFF: Image.open leaves it there
+    except Image.DecompressionBombError as err:  # a GIF frame bigger than its canvas
+        raise ImageError(p, f"image too large to decode safely ({err})") from None
+    except MemoryError:
+        raise ImageError(p, f"not enough memory to decode {width}x{height}") from None
+    except Exception as err:
+        raise ImageError(p, f"truncated or corrupt image data ({err})") from None
+    try:
+        rgb = to_rgb(_shrink(img, floor, max_side))
+        return np.array(rgb, dtype=np.uint8)
+    except ValueError as err:
+        raise ImageError(p, f"unsupported pixel format: {err}") from None
+    except Exception as err:  # EXIF parsing or a conversion inside Pillow
+        raise ImageError(p, f"corrupt image ({err})") from None
+
+
+def _shrink(img: Image.Image, floor: int | None, max_side: int | None) -> Image.Image:
+    """Reduce a decoded image before it is copied: by an integer box factor (keeping both sides
+    >= ``floor``), or to fit ``max_side``. Modes Pillow cannot resample are left as they are."""
+    width, height = img.size
+    if img.mode not in ("RGB", "RGBA", "L", "LA", "RGBX", "CMYK"):
+        return img
+    if max_side and max(width, height) > max_side:
+        scale = max_side / max(width, height)
+        size = (max(1, round(width * scale)), max(1, round(height * scale)))
+        return img.resize(size, Image.Resampling.BILINEAR, reducing_gap=3.0)
+    if floor and min(width, height) >= 2 * floor:
+        return img.reduce(min(width, height) // floor)
+    return img
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
@@ -371,8 +444,8 @@ def expand_inputs(inputs: Iterable[str | os.PathLike]) -> InputList:
         path = os.path.expanduser(raw) if raw.startswith("~") else raw
         if path and os.path.isdir(path):
             walk(path)
-        elif path and os.path.exists(path):
-            add(path, result.paths)
+        elif path and (os.path.exists(path) or os.path.islink(path)):
+            add(path, result.paths)  # a broken link or a loop is tried, and says which
         elif (
             path
             and any(c in path for c in "*?[")
@@ -381,7 +454,7 @@ def expand_inputs(inputs: Iterable[str | os.PathLike]) -> InputList:
             for match in matches:
                 if os.path.isdir(match):
                     walk(match)
-                elif os.path.isfile(match):
+                elif os.path.isfile(match) or os.path.islink(match):
                     add_found(match)
         elif raw not in result.missing:
             result.missing.append(raw)

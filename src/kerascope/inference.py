@@ -270,14 +270,16 @@ def source_name(source) -> str:
     return "<image>" if isinstance(source, Image.Image) else "<array>"
 
 
-def load_source(source) -> np.ndarray:
-    """One source at full resolution as (H, W, 3) uint8 RGB.
+def load_source(source, size: tuple[int, int] | None = None) -> np.ndarray:
+    """One source as (H, W, 3) uint8 RGB: at full resolution, or, when only a ``size`` input
+    is needed, a large file decoded at reduced size (at least twice ``size``; see
+    `kerascope.images.load_image`).
 
     Raises:
         ImageError: an unreadable file. ValueError: an array or image that is not a picture.
     """
     if isinstance(source, str | os.PathLike):
-        return load_image(source)
+        return load_image(source, min_size=size)
     if isinstance(source, Image.Image):
         return as_rgb_array(np.asarray(to_rgb(source)))  # what a file of it would give
     return as_rgb_array(source)
@@ -289,7 +291,7 @@ def decode_item(source, size: tuple[int, int], keep_original: bool = False) -> I
     if isinstance(source, Missing):
         return Item(name, error=MISSING_INPUT)
     try:
-        image = load_source(source)
+        image = load_source(source, None if keep_original else size)
     except ImageError as exc:
         return Item(name, error=exc.reason)
     except (ValueError, OSError) as exc:

@@ -3,7 +3,8 @@
 The seed's workflow took three tools (ffmpeg to frames, a script per frame, ffmpeg back to a
 video) and lost the sound and the frame rate on the way. Here one pass keeps both: frames are
 re-stamped with their own timestamps, audio packets are copied through (or transcoded to AAC
-when MP4 cannot hold the codec), and the result is renamed into place only when complete.
+when MP4 cannot hold the codec), and the result is fsynced and renamed into place only when
+complete (`kerascope.files.atomic_path`): a full disk is one line and leaves no file.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import numpy as np
 
 from kerascope.cam import overlay as ov
 from kerascope.errors import KerascopeError
+from kerascope.files import atomic_path, is_disk_error, output_error
 from kerascope.images import file_problem, resize
 
 # Audio codecs the MP4 muxer accepts as they are (checked with PyAV 18's FFmpeg, including
@@ -39,6 +41,17 @@ class VideoError(KerascopeError):
 
     def __reduce__(self):
         return (type(self), (self.path, self.reason))
+
+
+class VideoOutputError(VideoError, ValueError):
+    """An output video that cannot be written where asked (the input itself, no such folder)."""
+
+    def __init__(self, path: str | os.PathLike, reason: str):
+        super().__init__(path, reason)
+        self.args = (f"cannot write video '{self.path}': {reason}",)
+
+    def __str__(self) -> str:
+        return self.args[0]
 
 
 @dataclass
@@ -289,8 +302,8 @@ def explain_video(
     Args:
         input_path: any video FFmpeg reads (mp4, mov, mkv, webm, avi, ...).
         output_path: where to write; default ``<stem>-output.mp4`` beside the input. Written
-            as ``.<name>.partial`` first and renamed on success, so an interrupted run leaves
-            nothing under this name.
+            to a hidden temp file beside it, fsynced and renamed on success, so an interrupted
+            run or a full disk leaves nothing under this name.
         clf: a loaded :class:`~kerascope.zoo.models.Classifier`; else ``model`` is loaded.
         method: ``cam``, ``gradcam`` or ``gradcam++`` (see `kerascope.cam.explain.Explainer`).
         target: class index or name to explain in every frame; ``None``: each frame's top-1.
@@ -307,7 +320,10 @@ def explain_video(
         A :class:`VideoReport`.
 
     Raises:
-        VideoError: the input is missing, not a video, has no video stream or fails to decode.
+        VideoError: the input is missing, not a video, has no video stream or fails to decode;
+            `VideoOutputError` (a VideoError) when the output is the input or its folder is
+            missing.
+        kerascope.files.OutputError: the output could not be written (full disk, read-only).
     """
     from kerascope.cam.explain import Explainer, resolve_target
 
@@ -317,8 +333,7 @@ def explain_video(
         raise ValueError(f"layout must be 'side' or 'overlay', got {layout!r}")
     ov.colormap_lut(colormap)  # unknown names fail now, not after the model has loaded
     output = Path(output_path) if output_path is not None else default_output(input_path)
-    if output.exists() and output.resolve() == Path(input_path).resolve():
-        raise ValueError(f"output '{output}' would overwrite the input")
+    check_output(input_path, output)
     fmt = _FORMATS.get(output.suffix.lower(), "mp4")
     start = time.perf_counter()
     container, vstream = open_video(input_path)
@@ -338,16 +353,9 @@ def explain_video(
             fps=frame_rate(vstream), format=fmt, preset=preset,
         )  # fmt: skip
         astream = container.streams.audio[0] if container.streams.audio else None
-        partial = output.with_name(f".{output.name}.partial")
-        try:
-            with _open_output(partial, fmt) as out:
-                pipeline = _Pipeline(explainer, clf, options, out, vstream, astream, progress)
-                _run(container, vstream, astream, pipeline, input_path)
-            os.replace(partial, output)
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(partial)
-            raise
+        with atomic_path(output) as partial, _open_output(partial, fmt, output) as out:
+            pipeline = _Pipeline(explainer, clf, options, out, vstream, astream, progress)
+            _run(container, vstream, astream, pipeline, input_path)
     return VideoReport(
         frames=pipeline.count,
         fps=float(options["fps"]),
@@ -359,15 +367,36 @@ def explain_video(
     )
 
 
+def check_output(input_path: str | os.PathLike, output: Path) -> None:
+    """Refuse, before any work, an output that is the input or lies in a missing folder."""
+    folder = output.parent if str(output.parent) else Path(".")
+    if not folder.is_dir():
+        raise VideoOutputError(
+            output, f"its folder '{folder}' does not exist; create it or choose another output"
+        )
+    if output.exists() and os.path.samefile(output, input_path):
+        raise VideoOutputError(
+            output, "it is the input video; choose another name (default: <input>-output.mp4)"
+        )
+
+
 @contextlib.contextmanager
-def _open_output(path: Path, fmt: str):
+def _open_output(path: Path, fmt: str, final: Path):
+    """PyAV's output container; a write error (a full disk) becomes one line naming ``final``."""
     import av
 
-    out = av.open(os.fspath(path), "w", format=fmt)
     try:
-        yield out
-    finally:
-        out.close()
+        out = av.open(os.fspath(path), "w", format=fmt)
+        try:
+            yield out
+        finally:
+            out.close()
+    except (av.error.FFmpegError, OSError) as exc:
+        if isinstance(exc, KerascopeError):
+            raise
+        if is_disk_error(exc) or getattr(exc, "errno", None) is not None:
+            raise output_error(final, exc) from None
+        raise VideoOutputError(final, str(exc).splitlines()[0]) from None
 
 
 def _run(container, vstream, astream, pipeline: _Pipeline, path) -> None:

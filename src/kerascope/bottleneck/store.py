@@ -14,14 +14,20 @@ features and the saved model agree by construction.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import hashlib
+import io
 import json
 import os
+import re
 import shutil
+import sys
 import time
-from collections.abc import Callable, Sequence
+import traceback
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,6 +41,7 @@ from kerascope.bottleneck.branches import (
     weights_checksum,
     weights_file,
 )
+from kerascope.files import OutputError, fsync_dir, fsync_path, is_disk_error, output_error
 
 SPLITS = ("train", "validation", "test")
 FORMAT = 1
@@ -221,14 +228,123 @@ def extract_features(
     if source == out and all(mode == "keep" for mode, _ in plans.values()):
         return FeatureStore(out, computed)
     out.parent.mkdir(parents=True, exist_ok=True)
-    if source == out and out.is_file():
-        shutil.copyfile(out, partial)
-    with h5py.File(partial, "a") as f:
-        f.attrs["format"] = FORMAT
-        for s in specs:
-            computed[s.key] = _fill(f, s, plans[s], rows, sums[s], batch_size, progress)
-    os.replace(partial, out)
+    with _h5_errors(out) as lost:
+        if source == out and out.is_file():
+            shutil.copyfile(out, partial)
+        f = h5py.File(partial, "a")
+        try:
+            f.attrs["format"] = FORMAT
+            for s in specs:
+                computed[s.key] = _fill(f, s, plans[s], rows, sums[s], batch_size, progress)
+        except BaseException as exc:
+            _release(f, exc)
+            raise
+        f.close()
+        if lost:
+            raise output_error(out, _as_os_error(lost[0]))
+        _finish(partial, out, [s.key for s in specs], len(rows.paths))
     return FeatureStore(out, computed)
+
+
+def _release(f: Any, exc: BaseException) -> None:
+    """Close ``f`` after a failure, releasing first the datasets the failed frames hold.
+
+    HDF5 crashes (SIGSEGV) when a dataset is freed after its file's close failed to write, and
+    Cython prints a traceback for each object whose release fails; both are kept quiet here
+    (the failure itself is reported by `_h5_errors`).
+    """
+    with contextlib.redirect_stderr(io.StringIO()):
+        traceback.clear_frames(exc.__traceback__)
+        with contextlib.suppress(Exception):
+            f.close()
+
+
+@contextmanager
+def _h5_errors(out: Path) -> Iterator[list[BaseException]]:
+    """Any failed write (a full disk, a read-only folder) stops the job with one line.
+
+    HDF5 writes a dataset's cached chunks when the dataset object is released, and h5py only
+    *prints* an error raised there, so the run would go on and report success over rows of
+    zeros. Such errors are collected (``sys.unraisablehook``) into the list yielded.
+    """
+    lost: list[BaseException] = []
+    previous = sys.unraisablehook
+
+    def hook(info: Any) -> None:
+        if info.exc_value is not None and _h5_write_failed(info.exc_value):
+            lost.append(info.exc_value)
+        else:
+            previous(info)
+
+    sys.unraisablehook = hook
+    try:
+        yield lost
+    except OutputError:
+        _discard(partial_path(out))
+        raise
+    except Exception as exc:
+        if _h5_write_failed(exc) or isinstance(exc, OSError):
+            _discard(partial_path(out))
+            raise output_error(out, _as_os_error(exc)) from None
+        raise
+    finally:
+        sys.unraisablehook = previous
+
+
+def _discard(partial: Path) -> None:
+    """A work file whose write failed may hold half-written structures: never resume from it
+    (its rows are recomputed next time), and give its space back to the full disk."""
+    with contextlib.suppress(OSError):
+        partial.unlink()
+
+
+def _h5_write_failed(exc: BaseException) -> bool:
+    return is_disk_error(exc) or "write failed" in str(exc) or "errno = " in str(exc)
+
+
+def _as_os_error(exc: BaseException) -> OSError:
+    """h5py's RuntimeError text holds the C errno (``errno = 28``); turn it back into one."""
+    if isinstance(exc, OSError) and exc.errno is not None:
+        return exc
+    found = re.search(r"errno = (\d+), error message = '([^']*)'", str(exc))
+    if found:
+        return OSError(int(found[1]), found[2])
+    if is_disk_error(exc):
+        return OSError(errno.ENOSPC, "No space left on device")
+    return OSError(errno.EIO, str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+
+
+def _finish(partial: Path, out: Path, keys: list[str], n: int) -> None:
+    """Mark the groups complete only once their rows are verified on disk, then rename.
+
+    Order: fsync; re-open and check every row is done; set ``complete``; fsync; re-open and
+    check the mark; rename; fsync the folder. A failure at any step leaves no final file.
+    """
+    import h5py
+
+    fsync_path(partial)
+    _verify(partial, out, keys, n, marked=False)
+    with h5py.File(partial, "a") as f:
+        for key in keys:
+            f[key].attrs["complete"] = True
+    fsync_path(partial)
+    _verify(partial, out, keys, n, marked=True)
+    os.replace(partial, out)
+    fsync_dir(out.parent)
+
+
+def _verify(partial: Path, out: Path, keys: list[str], n: int, marked: bool) -> None:
+    import h5py
+
+    with h5py.File(partial, "r") as f:
+        for key in keys:
+            g = f[key]
+            rows, done = len(g["features"]), int(g["done"][:].sum())
+            if rows != n or done != n or (marked and not g.attrs.get("complete", False)):
+                raise output_error(
+                    out,
+                    OSError(errno.EIO, f"'{key}' holds {done}/{n} rows after writing ({rows})"),
+                )
 
 
 def _readable(path: Path) -> bool:
@@ -327,8 +443,7 @@ def _fill(f, spec, plan, rows, checksum, batch_size, progress) -> int:
     if len(todo):
         run = run or forward_for(spec)[0]
         done = _compute(f, g, spec, run, rows, todo, batch_size, progress, done)
-    g.attrs["complete"] = True
-    f.flush()
+    f.flush()  # ``complete`` is set by `_finish`, once the rows are verified on disk
     return len(todo)
 
 
@@ -338,6 +453,9 @@ def _compute(f, g, spec, run, rows, todo, batch_size, progress, done) -> int:
 
     size = (spec.image_size, spec.image_size)
     sources = [rows.paths[i] for i in todo]
+    # Held open, so each flush writes (and checks) their cached chunks; a temporary dataset
+    # would write them on release, where h5py can only print the error.
+    features, marks = g["features"], g["done"]
     for start, items in zip(
         range(0, len(todo), batch_size), iter_batches(sources, size, batch_size), strict=True
     ):
@@ -347,9 +465,9 @@ def _compute(f, g, spec, run, rows, todo, batch_size, progress, done) -> int:
                 f"cannot read '{bad[0].source}': {bad[0].error} (leave it out with skip_bad=True)"
             )
         chunk = todo[start : start + batch_size]
-        g["features"][chunk] = run(np.stack([it.pixels for it in items]))
+        features[chunk] = run(np.stack([it.pixels for it in items]))
         f.flush()
-        g["done"][chunk] = True
+        marks[chunk] = True
         f.flush()
         done += len(chunk)
         if progress is not None:

@@ -180,13 +180,38 @@ def iter_explanations(
     source yields an `Explanation` with ``error`` set at its place.
 
     Yields each `Explanation` with its full-resolution RGB image (None when unreadable), so a
-    caller that draws the overlay does not decode the file again.
+    caller that draws the overlay does not decode the file again. Two batches of full-size
+    images are held at a time; `iter_small` holds none (what `save_explanations` uses).
     """
     from kerascope.cam.overlay import upsample
+
+    for e, cam, it in _iter_cams(clf, explainer, sources, targets, batch_size, True):
+        if cam is None:
+            yield e, None
+        else:
+            e.heatmap = upsample(cam, it.original.shape[:2])
+            yield e, it.original
+
+
+def iter_small(
+    clf: Classifier,
+    explainer: Explainer,
+    sources: Sequence,
+    targets: np.ndarray | None = None,
+    batch_size: int = 16,
+) -> Iterator[tuple[Explanation, np.ndarray | None]]:
+    """As `iter_explanations`, but keeping no full-size image: each `Explanation` comes without
+    ``heatmap``, with its map at feature resolution (None when unreadable) beside it."""
+    for e, cam, _ in _iter_cams(clf, explainer, sources, targets, batch_size, False):
+        yield e, cam
+
+
+def _iter_cams(clf, explainer, sources, targets, batch_size, keep_original):
+    """(Explanation without heatmap, feature-resolution map or None, decoded item) per source."""
     from kerascope.inference import iter_batches
 
     start = 0
-    for items in iter_batches(sources, clf.input_size, batch_size, keep_original=True):
+    for items in iter_batches(sources, clf.input_size, batch_size, keep_original=keep_original):
         rows = [i for i, it in enumerate(items) if it.error is None]
         if rows:
             batch_targets = None if targets is None else targets[start + np.array(rows)]
@@ -194,13 +219,13 @@ def iter_explanations(
             maps, classes, probs = explainer.explain_batch(pixels, batch_targets)
         for i, it in enumerate(items):
             if it.error is not None:
-                yield Explanation(it.source, error=it.error), None
+                yield Explanation(it.source, error=it.error), None, it
                 continue
             r = rows.index(i)
             c = int(classes[r])
             wnid, name = clf.labels[c]
-            heatmap = upsample(maps[r], it.original.shape[:2])
-            yield Explanation(it.source, heatmap, c, wnid, name, float(probs[r])), it.original
+            yield Explanation(it.source, None, c, wnid, name, float(probs[r])), maps[r], it
+            items[i] = None  # the consumer may drop its full-size image as soon as it is done
         start += len(items)
 
 

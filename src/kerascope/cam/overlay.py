@@ -7,13 +7,13 @@ blend is one ``Image.composite``, and label bars are rendered once per distinct 
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import os
-import secrets
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
+
+from kerascope.files import atomic_open
 
 # Piecewise-linear colormaps as (x, value) breakpoints per channel, matplotlib's definitions
 # (matplotlib/_cm.py), so results look like the tutorials people compare against without
@@ -150,9 +150,24 @@ def bar_height(image_height: int) -> int:
     return h + (h % 2)
 
 
-@functools.lru_cache(maxsize=256)
+_CACHED_BAR_BYTES = 1 << 20
+
+
 def _label_bar(label: str, width: int, height: int) -> np.ndarray:
-    """White text on black, vertically centred; cached because video labels repeat."""
+    """White text on black, vertically centred. Bars up to 1 MB (video frames, whose labels
+    repeat) are cached; explain's labels are all different and a 4096 px picture's bar is 7 MB,
+    so caching those made memory grow with the number of images."""
+    if width * height * 3 <= _CACHED_BAR_BYTES:
+        return _cached_bar(label, width, height)
+    return _draw_bar(label, width, height)
+
+
+@functools.lru_cache(maxsize=256)
+def _cached_bar(label: str, width: int, height: int) -> np.ndarray:
+    return _draw_bar(label, width, height)
+
+
+def _draw_bar(label: str, width: int, height: int) -> np.ndarray:
     bar = Image.new("RGB", (width, height), (0, 0, 0))
     draw = ImageDraw.Draw(bar)
     font = _font(max(8, round(height * 0.68)))
@@ -202,27 +217,11 @@ def label_frame(overlaid: np.ndarray, label: str) -> np.ndarray:
     return out
 
 
-def partial_path(path: str | os.PathLike) -> str:
-    """A hidden, unique temp name beside ``path``: same folder, so ``os.replace`` is atomic."""
-    folder, name = os.path.split(os.path.abspath(os.fspath(path)))
-    return os.path.join(folder, f".{name}.{os.getpid()}-{secrets.token_hex(4)}.partial")
-
-
 def save_jpeg(array: np.ndarray, path: str | os.PathLike, quality: int = 90) -> None:
-    """Write an RGB array as JPEG atomically: a temp file in the same folder, then rename.
-
-    An interrupted run (Ctrl-C, a full disk) never leaves a half-written file under ``path``
-    that a later step or a viewer would take for a result.
+    """Write an RGB array as JPEG atomically (`kerascope.files.atomic_open`: temp file beside
+    it, fsync, rename). An interrupted run or a full disk never leaves a half-written file under
+    ``path``; a failed write raises `kerascope.files.OutputError` naming it.
     """
     image = Image.fromarray(np.ascontiguousarray(array, dtype=np.uint8))
-    tmp = partial_path(path)
-    try:
-        # O_EXCL: never clobber someone else's file; mode 0o666 lets the umask apply as usual.
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-        with os.fdopen(fd, "wb") as fh:
-            image.save(fh, "JPEG", quality=quality)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+    with atomic_open(path, "wb") as fh:
+        image.save(fh, "JPEG", quality=quality)

@@ -6,7 +6,6 @@ class probabilities, its input size, the label of each output and the layer for 
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,6 +13,7 @@ from typing import Any
 
 from kerascope.config import ensure_backend
 from kerascope.errors import KerascopeError
+from kerascope.rundir import read_labels
 from kerascope.zoo import registry
 from kerascope.zoo.fast_init import numpy_init
 from kerascope.zoo.registry import ModelSpec
@@ -80,11 +80,57 @@ def build(
             x = ImagePreprocess(spec.preprocess, name="preprocess")(inputs)
             model = builder(input_tensor=x, weights=None, **kwargs)
     if path is not None:
-        if spec.family == "efficientnet_lite" or str(path).endswith(".weights.h5"):
-            model.load_weights(str(path))
-        else:
-            _load_keras_app_weights(model, path)
+        _load_weights(model, spec, Path(path))
     return model
+
+
+def _load_weights(model, spec: ModelSpec, path: Path) -> None:
+    """Load ``path`` into ``model``; a damaged file or another model's is one clear line.
+
+    Keras reports those as an h5py traceback, a 69-object shape dump, or (a file holding fewer
+    layers) only warnings while leaving those layers random; all of them are refused here.
+    """
+    import warnings
+
+    from kerascope.zoo.weights import WeightsError
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            if spec.family == "efficientnet_lite" or str(path).endswith(".weights.h5"):
+                model.load_weights(str(path))
+            else:
+                _load_keras_app_weights(model, path)
+        except Exception as exc:
+            raise WeightsError(f"cannot load weights '{path}' into '{spec.name}': "
+                               f"{weights_mismatch(exc)}") from None  # fmt: skip
+    skipped = [w for w in caught if "Skipping" in str(w.message) or "not loaded" in str(w.message)]
+    if skipped:
+        raise WeightsError(
+            f"cannot load weights '{path}' into '{spec.name}': the file has no weights for "
+            f"{len(skipped)} of its layer groups (is it another model's?)"
+        )
+    for w in caught:
+        warnings.showwarning(w.message, w.category, w.filename, w.lineno)
+
+
+def weights_mismatch(exc: BaseException) -> str:
+    """What is wrong with a weights file, from the error Keras or h5py raised on loading it."""
+    import re
+
+    text = str(exc)
+    if m := re.search(r"truncated file: eof = (\d+).*stored_eof = (\d+)", text):
+        return f"the file is truncated ({int(m[1]):,} of {int(m[2]):,} bytes)"
+    if "file signature not found" in text:
+        return "not a Keras weights file (HDF5 signature missing: empty, damaged or another format)"
+    shapes = re.search(r"variable\.shape=(\([^)]*\)), Received: value\.shape=(\([^)]*\))", text)
+    layer = re.search(r"name=([\w/.-]+)", text)
+    if shapes:
+        where = f"layer '{layer[1]}' " if layer else ""
+        return (f"{where}expects shape {shapes[1]} but the file holds {shapes[2]}: the file "
+                "belongs to another model (pass that model with --model)")  # fmt: skip
+    first = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
+    return f"{first} (is it a weights file of this model?)"
 
 
 def _load_keras_app_weights(model, path: Path) -> None:
@@ -141,9 +187,8 @@ def _load_file(path: Path) -> Classifier:
         shape = shape[0]
     classes = int(model.output_shape[-1])
     labels_file = run_dir / "labels.json"
-    if labels_file.is_file():
-        names = json.loads(labels_file.read_text())
-        names = names["classes"] if isinstance(names, dict) else names
+    names = read_labels(run_dir)  # a damaged labels.json is one line, not a traceback
+    if names is not None:
         labels = [(str(i), n) for i, n in enumerate(names)]
     elif classes == 1000:
         labels = _imagenet_labels()

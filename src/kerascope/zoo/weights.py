@@ -8,14 +8,16 @@ that names the file, where to put it and which models work offline.
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import importlib.util
+import json
 import os
-import tempfile
 from pathlib import Path
 
 from kerascope.config import cache_dir
 from kerascope.errors import KerascopeError
+from kerascope.files import atomic_path, write_json
 from kerascope.zoo.registry import ModelSpec, all_specs
 
 
@@ -52,21 +54,83 @@ def offline_models() -> list[str]:
     return [s.name for s in all_specs() if works_offline(s)]
 
 
+def checksum_file(path: Path) -> Path:
+    """The sidecar beside a ported file: its size and SHA-256, recorded when it was written."""
+    return path.with_name(path.name + ".sha256.json")
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _record(path: Path) -> None:
+    """Write the sidecar (atomically), so every later load can tell a damaged cache file."""
+    write_json(checksum_file(path), {"size": path.stat().st_size, "sha256": _sha256(path)})
+
+
+def cache_problem(path: Path) -> str | None:
+    """Why a cached, ported file does not match what was recorded when it was written, or None.
+
+    The size is compared first (a truncated or emptied file fails without reading it); the
+    SHA-256 only when the size matches (35-55 ms for the 19-25 MB Lite0-2 files, warm).
+    ``"no checksum recorded"`` for a file written before checksums were kept.
+    """
+    try:
+        recorded = json.loads(checksum_file(path).read_text(encoding="utf-8"))
+        size, sha = int(recorded["size"]), str(recorded["sha256"])
+    except FileNotFoundError:
+        return "no checksum recorded"
+    except (OSError, ValueError, KeyError, TypeError):
+        return "its checksum record is unreadable"
+    actual = path.stat().st_size
+    if actual != size:
+        return f"it is {actual:,} bytes, {size:,} were written"
+    if _sha256(path) != sha:
+        return "its content changed since it was written (SHA-256 differs)"
+    return None
+
+
 def _port_from_package(spec: ModelSpec, source: Path) -> Path:
-    """Run the spec's converter into a temp file, then rename: a crash never leaves half a file."""
+    """Run the spec's converter into a temp file, fsync, rename, then record its checksum."""
     target = cached_file(spec)
     target.parent.mkdir(parents=True, exist_ok=True)
     module, _, attr = spec.weights.converter.partition(":")
     convert = getattr(importlib.import_module(module), attr)
-    fd, tmp = tempfile.mkstemp(suffix=".weights.h5", dir=target.parent)
-    os.close(fd)
-    try:
-        convert(spec.name, source, Path(tmp))
-        os.replace(tmp, target)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with atomic_path(target, suffix=".weights.h5") as tmp:  # Keras wants that suffix
+        convert(spec.name, source, tmp)
+    _record(target)
     return target
+
+
+def _cached_or_ported(spec: ModelSpec, source: Path | None) -> Path:
+    """The cached port if it is intact, else a fresh port from the package (said in one line).
+
+    A cache file without a checksum (written by an older kerascope) is ported again once when
+    the package is installed: about 2 s, once, and it never blesses a file that may already be
+    damaged. Without the package there is nothing better to use, so it is trusted and recorded.
+    """
+    target = cached_file(spec)
+    problem = cache_problem(target)
+    if problem is None:
+        return target
+    if source is None or not spec.weights.converter:
+        if problem == "no checksum recorded":
+            _record(target)
+            return target
+        raise WeightsError(
+            f"cached weights '{target}' for '{spec.name}' are damaged: {problem}; delete the "
+            "file so they are fetched again"
+        )
+    from kerascope.output import note
+
+    why = "damaged" if problem != "no checksum recorded" else "unchecked"
+    note(f"cached weights '{target}' are {why} ({problem}); porting them again from the "
+         f"'{spec.weights.package}' package")  # fmt: skip
+    return _port_from_package(spec, source)
 
 
 def _download(spec: ModelSpec) -> Path:
@@ -102,9 +166,11 @@ def resolve(spec: ModelSpec, explicit: str | os.PathLike | None = None) -> Path:
         if not path.is_file():
             raise WeightsError(f"weights file '{path}' does not exist")
         return path
-    if is_cached(spec):
-        return cached_file(spec)
     source = package_file(spec)
+    if is_cached(spec):
+        if spec.weights.converter:
+            return _cached_or_ported(spec, source)
+        return cached_file(spec)
     if source is not None and spec.weights.converter:
         return _port_from_package(spec, source)
     if source is not None:

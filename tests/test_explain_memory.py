@@ -1,0 +1,79 @@
+"""Memory of `explain` is flat in the number of images and bounded in their size.
+
+Each measurement runs in a fresh process (peak RSS, ``ru_maxrss``, is per process and never
+goes down); nothing is timed. The bound is generous: between 16 and 40 images of 6 MP the old
+pipeline's peak grew by 320 MB (two batches of full-size originals, a cache of wide label bars),
+this one's by 29 MB. Both runs keep the decode pool busy, so in-flight decodes count in both.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+pytestmark = pytest.mark.slow
+
+_SCRIPT = r"""
+import json, resource, sys
+from kerascope.cam.save import save_explanations
+from kerascope.zoo.models import load_model
+
+folder, out, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
+clf = load_model("efficientnet_lite0")
+paths = sorted(str(p) for p in __import__("pathlib").Path(folder).glob("*.jpg"))[:n]
+save_explanations(paths[:2], out + "-warm", clf)  # compile and warm up first
+base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+saved = save_explanations(paths, out, clf)
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+print(json.dumps({"grew_mb": (peak - base) / 1024, "ok": sum(s.ok for s in saved)}))
+"""
+
+
+def _photo(height: int, width: int) -> Image.Image:
+    """A smooth picture (small JPEG file, full-size decode) with a bright blob."""
+    y, x = np.mgrid[0:height, 0:width].astype(np.float32)
+    r = np.hypot(y - height / 3, x - width / 2) / max(height, width)
+    pixels = np.stack([255 * (1 - r), 128 + 100 * np.sin(x / 97), y / height * 255], -1)
+    return Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
+
+
+def _grown_mb(folder: Path, out: Path, n: int) -> float:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    done = subprocess.run(
+        [sys.executable, "-c", _SCRIPT, str(folder), str(out), str(n)],
+        capture_output=True, text=True, env=env, timeout=600,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["ok"] == n
+    return result["grew_mb"]
+
+
+def test_explain_memory_is_flat_in_the_number_of_images(tmp_path):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    _photo(2000, 3000).save(folder / "000.jpg", quality=85)  # 6 MP: 18 MB decoded
+    for i in range(1, 40):
+        os.link(folder / "000.jpg", folder / f"{i:03d}.jpg")
+    few = _grown_mb(folder, tmp_path / "few", 16)
+    many = _grown_mb(folder, tmp_path / "many", 40)
+    assert many - few < 120, f"peak RSS grew {few:.0f} MB over 16 images, {many:.0f} MB over 40"
+    with Image.open(tmp_path / "many" / "039-output.jpg") as im:
+        assert im.width == 2 * 3000  # written at the original size (under the cap)
+
+
+def test_explain_writes_huge_images_at_the_documented_cap(tmp_path, lite0):
+    from kerascope.cam.save import OUTPUT_MAX_SIDE, save_explanations
+
+    _photo(3000, 6000).save(tmp_path / "wide.jpg", quality=80)
+    saved = save_explanations([str(tmp_path / "wide.jpg")], tmp_path / "out", lite0)
+    with Image.open(saved[0].path) as im:
+        assert im.width == 2 * OUTPUT_MAX_SIDE == 8192
+        assert abs(im.height - (OUTPUT_MAX_SIDE // 2 + 144)) <= 2  # half as high, + label bar
