@@ -41,6 +41,20 @@ def test_coffee_is_coffee_and_arrays_equal_files(lite0, photo_paths):
     )
 
 
+def test_iter_classify_yields_each_result_as_its_batch_finishes(lite0, photo_paths):
+    from kerascope.classification import iter_classify
+
+    paths = [str(p) for p in photo_paths.values()]
+    stream = iter_classify(paths, model=lite0, top=1, batch_size=1)
+    first = next(stream)  # the first batch only: nothing else computed yet
+    assert first.source == paths[0] and first.predictions[0].name in CATS
+    rest = list(stream)
+    assert [r.source for r in rest] == paths[1:]
+    assert [r.predictions[0].index for r in [first, *rest]] == [
+        r.predictions[0].index for r in kerascope.classify(paths, model=lite0, top=1)
+    ]
+
+
 def test_batch_size_does_not_change_results(lite0, photo_paths):
     paths = [str(p) for p in photo_paths.values()]
     one = kerascope.classify(paths, model=lite0, top=2, batch_size=1)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import importlib.util
 import json
 import os
@@ -12,6 +13,7 @@ import pytest
 
 from kerascope.cli import main
 from kerascope.errors import CliError, ConfigError, KerascopeError, RunError
+from kerascope.files import output_error
 
 _DIFF = (
     "import json, os; before = dict(os.environ); {body}; "
@@ -152,6 +154,9 @@ def test_train_resume_of_a_missing_run_is_one_line(tmp_path):
          "No such file or directory: '/x/[red]y'"),
         (PermissionError(13, "Permission denied", "/root/z"), "Permission denied: '/root/z'"),
         (CliError("two\nlines [/]"), "two\\nlines [/]"),
+        (output_error("/x/[b]out.csv", OSError(errno.ENOSPC, "No space left on device")),
+         "could not write '/x/[b]out.csv': no space left on the device; free some space and run "
+         "again (any previous file is kept)"),
     ],
 )  # fmt: skip
 def test_cli_prints_kerascope_and_file_errors_as_one_literal_line(monkeypatch, capsys, exc, line):

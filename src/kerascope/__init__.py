@@ -15,7 +15,9 @@ __all__ = [
     "classify",
     "evaluate",
     "explain",
+    "export_model",
     "features",
+    "iter_classify",
     "list_models",
     "load_model",
     "predict",
@@ -28,7 +30,9 @@ __all__ = [
 # importing it would set the package attribute to the module, hiding the function.
 _LAZY = {
     "classify": "kerascope.classification",
+    "iter_classify": "kerascope.classification",
     "explain": "kerascope.cam.explain",
+    "export_model": "kerascope.export",
     "features": "kerascope.bottleneck",
     "load_model": "kerascope.zoo.models",
     "train": "kerascope.training.run",
@@ -39,8 +43,9 @@ _LAZY = {
 if TYPE_CHECKING:
     from kerascope.bottleneck import features
     from kerascope.cam.explain import explain
-    from kerascope.classification import classify
+    from kerascope.classification import classify, iter_classify
     from kerascope.evaluation import evaluate
+    from kerascope.export import export_model
     from kerascope.prediction import predict
     from kerascope.training.run import train
     from kerascope.zoo.models import load_model

@@ -91,6 +91,25 @@ def classify_sources(
             progress(len(items))
 
 
+def iter_classify(
+    inputs: Source | Iterable[Source],
+    model: str | Classifier = "efficientnet_lite0",
+    top: int = 5,
+    threshold: float = 0.0,
+    batch_size: int = 32,
+) -> Iterator[ImageResult]:
+    """`classify`, one `ImageResult` at a time as each batch finishes.
+
+    For long jobs: a caller that stops early (Ctrl-C, a deadline) keeps every result it has
+    seen, and memory does not grow with the number of images.
+    """
+    from kerascope.zoo.models import load_model
+
+    clf = model if isinstance(model, Classifier) else load_model(model)
+    sources, _, _ = normalise_inputs(inputs)
+    yield from classify_sources(clf, sources, top, threshold, batch_size)
+
+
 def classify(
     inputs: Source | Iterable[Source],
     model: str | Classifier = "efficientnet_lite0",
@@ -102,15 +121,12 @@ def classify(
 
     Returns one `ImageResult` per image, in input order (folders and globs in their expansion
     order); missing and unreadable inputs come back at their place with ``error`` set instead
-    of raising, so one bad file never loses the rest of the batch.
+    of raising, so one bad file never loses the rest of the batch. `iter_classify` yields the
+    same results as they are computed.
 
     Example:
         >>> results = kerascope.classify("photos/")
         >>> results[0].predictions[0].name
         'tabby'
     """
-    from kerascope.zoo.models import load_model
-
-    clf = model if isinstance(model, Classifier) else load_model(model)
-    sources, _, _ = normalise_inputs(inputs)
-    return list(classify_sources(clf, sources, top, threshold, batch_size))
+    return list(iter_classify(inputs, model, top, threshold, batch_size))

@@ -3,46 +3,145 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
+import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from pathlib import Path
 
 from kerascope import __version__
 from kerascope.errors import CliError, KerascopeError
 
+DASH_NOTE = (
+    "A file name that starts with '-' goes after '--', which ends the options: "
+    "kerascope classify -k 3 -- -cat.png"
+)
+
+_argv: list[str] = []  # this run's arguments, for the hint in one-line usage errors
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Every option's default in its help, unless it has none or the help already says it."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if any(action.default is v for v in (None, False, argparse.SUPPRESS)) or "default" in text:
+            return text
+        if not action.option_strings and action.nargs not in ("?", "*"):
+            return text
+        return text + " (default: %(default)s)"
+
+
+class Parser(argparse.ArgumentParser):
+    """Usage errors as one line naming the bad value, instead of usage text plus an error."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        kwargs.setdefault("formatter_class", HelpFormatter)
+        super().__init__(*args, **kwargs)
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        line = f"{self.prog}: error: {_one_line(message)}"
+        dashed = [a for a in _argv if a.startswith("-") and len(a) > 1 and os.path.exists(a)]
+        if dashed and "--" not in _argv:
+            line += (
+                f"; put file names that start with '-' after the options and '--': -- {dashed[0]}"
+            )
+        self.exit(2, f"{line} (see {self.prog} --help)\n")
+
+
+def _fraction(text: str) -> float:
+    """A number from 0 to 1 (--alpha, --threshold)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number from 0 to 1")
+    return value
+
+
+def _positive(text: str) -> int:
+    """A whole number of at least 1 (--top, --batch-size, --every)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of at least 1")
+    return value
+
+
+def _colormap(name: str) -> str:
+    """A colormap the overlay knows: checked now, not after the model has loaded."""
+    from kerascope.cam.overlay import COLORMAPS, colormap_lut
+
+    try:
+        colormap_lut(name)
+    except ValueError:
+        more = " or a matplotlib colormap (viridis, magma, turbo, ...)" if _has_matplotlib() else ""
+        raise argparse.ArgumentTypeError(
+            f"unknown colormap {name!r}; use one of: {', '.join(COLORMAPS)}{more}"
+        ) from None
+    return name
+
+
+def _has_matplotlib() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("matplotlib") is not None
+
 
 def _add_classify(sub) -> None:
-    p = sub.add_parser("classify", help="what is in these pictures (top-k ImageNet classes)")
+    p = sub.add_parser(
+        "classify",
+        help="what is in these pictures (top-k ImageNet classes)",
+        description="Top-k classes of each picture, as a table, JSON or CSV. Ctrl-C keeps the "
+        "results computed so far.",
+        epilog=DASH_NOTE,
+    )
     p.add_argument("paths", nargs="+", help="image files, folders (recursive) or globs")
-    p.add_argument("--model", "-m", default="efficientnet_lite0", help="zoo name or .keras file")
+    p.add_argument("--model", "-m", default="efficientnet_lite0", help="zoo name, run or .keras")
     p.add_argument("--weights", help="explicit weights file for a zoo model")
-    p.add_argument("--top", "-k", type=int, default=5, help="classes per image (default 5)")
-    p.add_argument("--threshold", type=float, default=0.0, help="hide classes below this")
-    p.add_argument("--format", "-f", choices=("table", "json", "csv"), default="table")
+    p.add_argument("--top", "-k", type=_positive, default=5, help="classes per image")
+    p.add_argument(
+        "--threshold", type=_fraction, default=0.0, help="hide classes below this probability"
+    )
+    p.add_argument(
+        "--format", "-f", choices=("table", "json", "csv"), default="table", help="output format"
+    )
     p.add_argument("--output", "-o", help="write to this file instead of the terminal")
-    p.add_argument("--batch-size", "-b", type=int, default=32)
+    p.add_argument("--batch-size", "-b", type=_positive, default=32, help="images per batch")
     p.set_defaults(func=_run_classify)
 
 
 def _add_models(sub) -> None:
     p = sub.add_parser("models", help="list the model zoo, or `models show NAME`")
-    p.add_argument("action", nargs="?", choices=("list", "show"), default="list")
+    p.add_argument("action", nargs="?", choices=("list", "show"), default="list", help="what to do")
     p.add_argument("name", nargs="?", help="model to show")
-    p.add_argument("--format", "-f", choices=("table", "json"), default="table")
+    p.add_argument("--format", "-f", choices=("table", "json"), default="table", help="format")
     p.set_defaults(func=_run_models)
 
 
 def _add_explain_args(p) -> None:
     p.add_argument("--model", "-m", default="efficientnet_lite0", help="zoo name or .keras file")
-    p.add_argument("--method", choices=("cam", "gradcam", "gradcam++"), default="gradcam")
-    p.add_argument("--class", dest="target", help="class to explain: name, WordNet id or index")
+    p.add_argument(
+        "--method", choices=("cam", "gradcam", "gradcam++"), default="gradcam", help="CAM method"
+    )
+    p.add_argument("--class", dest="target", help="class to explain: name, WordNet id or index "
+                   "(default: the top class)")  # fmt: skip
     p.add_argument("--layer", help="layer to explain (default: found automatically)")
-    p.add_argument("--alpha", type=float, default=0.4, help="heatmap opacity at its peak")
-    p.add_argument("--colormap", default="jet")
-    p.add_argument("--batch-size", "-b", type=int, default=16)
+    p.add_argument(
+        "--alpha", type=_fraction, default=0.4, help="heatmap opacity at its peak, 0 to 1"
+    )
+    p.add_argument("--colormap", type=_colormap, default="jet", help="heatmap colours")
+    p.add_argument("--batch-size", "-b", type=_positive, default=16, help="images per batch")
 
 
 def _add_explain(sub) -> None:
-    p = sub.add_parser("explain", help="class-activation heatmaps, saved beside the original")
+    p = sub.add_parser(
+        "explain", help="class-activation heatmaps, saved beside the original", epilog=DASH_NOTE
+    )
     p.add_argument("paths", nargs="+", help="image files, folders (recursive) or globs")
     _add_explain_args(p)
     p.add_argument("-o", "--output", default=".", help="folder for <name>-output.jpg files")
@@ -50,20 +149,28 @@ def _add_explain(sub) -> None:
 
 
 def _add_video(sub) -> None:
-    p = sub.add_parser("video", help="heatmaps for every frame of a video, into a new video")
+    p = sub.add_parser(
+        "video", help="heatmaps for every frame of a video, into a new video", epilog=DASH_NOTE
+    )
     p.add_argument("input", help="any common video file")
     p.add_argument("-o", "--output", help="output .mp4 (default: <input>-output.mp4)")
     _add_explain_args(p)
-    p.add_argument("--every", type=int, default=1, help="fresh heatmap every N frames")
-    p.add_argument("--layout", choices=("side", "overlay"), default="side")
+    p.add_argument("--every", type=_positive, default=1, help="fresh heatmap every N frames")
+    p.add_argument(
+        "--layout",
+        choices=("side", "overlay"),
+        default="side",
+        help="side: original | overlay; overlay: the overlay alone, at the input size",
+    )
     p.add_argument("--frames-dir", help="also write every output frame as a JPEG here")
     p.set_defaults(func=_run_video)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="kerascope",
         description="Classify, explain and train image models with Keras 3 on any backend.",
+        epilog=DASH_NOTE,
     )
     parser.add_argument("--version", action="version", version=f"kerascope {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -71,9 +178,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_models(sub)
     _add_explain(sub)
     _add_video(sub)
-    from kerascope import cli_train
+    from kerascope import cli_batch, cli_export, cli_serve, cli_train
 
     cli_train.add_commands(sub)
+    cli_serve.add_serve_command(sub)
+    cli_export.add_export_command(sub)
+    cli_batch.add_batch_command(sub)
     return parser
 
 
@@ -83,10 +193,6 @@ def _run_classify(args) -> int:
     from kerascope.inference import normalise_inputs
     from kerascope.zoo.models import load_model
 
-    if args.top < 1:
-        raise CliError("--top must be at least 1")
-    if args.batch_size < 1:
-        raise CliError("--batch-size must be at least 1")
     sources, skipped, _ = normalise_inputs(args.paths)
     if skipped:
         shown = ", ".join(skipped[:5]) + (" ..." if len(skipped) > 5 else "")
@@ -94,16 +200,37 @@ def _run_classify(args) -> int:
     if not sources:
         raise CliError("no images found in " + " ".join(args.paths))
     clf = load_model(args.model, weights=args.weights)
-    with output.progress_bar(len(sources), "classifying") as advance:
-        results = list(
-            classify_sources(clf, sources, args.top, args.threshold, args.batch_size, advance)
+    stream = classify_sources(clf, sources, args.top, args.threshold, args.batch_size)
+    results, interrupted = _until_interrupted(stream, len(sources), "classifying")
+    if interrupted:
+        where = f"'{args.output}'" if args.output else "the output"
+        if not results:
+            output.note("interrupted before any image was classified; nothing written")
+            return 130
+        output.note(
+            f"interrupted after {len(results)} of {len(sources)} images; "
+            f"{where} holds those {len(results)} only"
         )
     output.write_results(results, args.format, args.output)
     failed = [r for r in results if not r.ok]
     if failed:
         output.note(f"{len(failed)} of {len(results)} input(s) could not be classified")
-        return 1
-    return 0
+    return 130 if interrupted else 1 if failed else 0
+
+
+def _until_interrupted(stream: Iterator, total: int, label: str) -> tuple[list, bool]:
+    """Everything ``stream`` yields, with a progress bar; Ctrl-C keeps what came so far."""
+    from kerascope import output
+
+    done: list = []
+    try:
+        with output.progress_bar(total, label) as advance:
+            for item in stream:
+                done.append(item)
+                advance(1)
+    except KeyboardInterrupt:
+        return done, True
+    return done, False
 
 
 def _target(clf, query: str | None) -> int | None:
@@ -148,8 +275,7 @@ def _run_video(args) -> int:
     from kerascope.video import estimate_frames, explain_video
     from kerascope.zoo.models import load_model
 
-    if args.every < 1:
-        raise CliError("--every must be at least 1")
+    _check_video_output(args.input, args.output)
     total = estimate_frames(args.input)
     clf = load_model(args.model)
     target = _target(clf, args.target)
@@ -175,6 +301,26 @@ def _run_video(args) -> int:
         f"{report.size[0]}x{report.size[1]}, {audio} ({report.frames_per_second:.1f} frames/s)"
     )
     return 0
+
+
+def _check_video_output(source: str, target: str | None) -> None:
+    """Refuse an --output that would overwrite the input or has no folder, before any work."""
+    if target is None:
+        return
+    folder = Path(target).parent
+    if not folder.is_dir():
+        raise CliError(
+            f"the folder of --output '{target}' does not exist ('{folder}'); "
+            "create it or choose another --output"
+        )
+    same = Path(os.path.realpath(source)) == Path(os.path.realpath(target))
+    with contextlib.suppress(OSError):
+        same = same or os.path.samefile(source, target)
+    if same:
+        raise CliError(
+            f"--output '{target}' is the input video; choose another name "
+            "(default: <input>-output.mp4)"
+        )
 
 
 def _run_models(args) -> int:
@@ -207,16 +353,60 @@ def _fail(message: str) -> int:
     return 2
 
 
+def _tolerant_streams() -> None:
+    """Print what the terminal cannot show as '?' instead of failing after the work is done.
+
+    Under ``LC_ALL=C`` (or ``PYTHONIOENCODING=ascii``) stdout is ASCII; a non-ASCII file name
+    would otherwise raise UnicodeEncodeError while the results are printed. Files are written
+    as UTF-8 regardless (`kerascope.files`).
+    """
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(AttributeError, ValueError, io.UnsupportedOperation):
+            stream.reconfigure(errors="replace")
+
+
+def _check_settings(args: argparse.Namespace) -> None:
+    """Environment settings, checked before a model loads: each bad one is one line."""
+    if args.command == "models":  # lists plain data, needs neither
+        return
+    from kerascope.config import check_backend
+    from kerascope.inference import requested_engine
+
+    check_backend()
+    if getattr(args, "engine", None) is None:  # an --engine option wins over the variable
+        requested_engine()
+
+
+def _quiet_stdout() -> None:
+    """The reader went away (``| head``): send what is left to /dev/null, print nothing."""
+    with contextlib.suppress(OSError, ValueError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """The ``kerascope`` command. Returns the exit status (2 for one-line user errors).
+
+    Anything that is not a `KerascopeError` or a file error is a bug: it keeps its traceback.
+    """
     from kerascope.config import configure_cli
 
+    global _argv
+    _argv = list(sys.argv[1:] if argv is None else argv)
+    _tolerant_streams()
     configure_cli()  # this process only, before Keras loads: JAX default, compile cache
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_args(_argv)
     try:
-        return args.func(args)
+        _check_settings(args)
+        code = args.func(args)
+        sys.stdout.flush()  # a closed pipe shows up here, not at interpreter exit
+        return code
     except KeyboardInterrupt:
         print("kerascope: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        _quiet_stdout()
+        return 141  # what a shell reports for a command stopped by SIGPIPE
     except KerascopeError as exc:
         return _fail(str(exc))
     except (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError) as exc:

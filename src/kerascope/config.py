@@ -19,6 +19,17 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+from kerascope.errors import ConfigError
+
+# Keras 3's backends and the module each one imports first.
+BACKENDS = {
+    "jax": "jax",
+    "tensorflow": "tensorflow",
+    "torch": "torch",
+    "numpy": "numpy",
+    "openvino": "openvino",
+}
+
 # On CPU the JAX backend measured fastest for EfficientNet-Lite inference on the 2-core
 # reference machine (see benchmarks/classify_cpu.py); JAX is also the GPU default.
 DEFAULT_BACKEND = "jax"
@@ -92,6 +103,41 @@ def configure_cli() -> str:
     if os.environ["KERAS_BACKEND"] == "jax":
         _persistent_jax_cache()
     return os.environ["KERAS_BACKEND"]
+
+
+def check_backend() -> str:
+    """The CLI's backend, checked before Keras imports it: a bad one is one line, not a traceback.
+
+    ``KERAS_BACKEND=torch`` without torch (or with a broken install) fails deep inside
+    ``import keras``; importing the backend's module here first names the problem and the
+    backends that are installed. Nothing to check once Keras is imported.
+    """
+    name = os.environ.get("KERAS_BACKEND") or DEFAULT_BACKEND
+    if "keras" in sys.modules:
+        return name
+    others = [b for b, module in BACKENDS.items() if b != name and _installed(module)]
+    installed = ", ".join(others) or "none"
+    if name not in BACKENDS:
+        raise ConfigError(
+            f"KERAS_BACKEND={name!r} is not a Keras backend; use one of: "
+            f"{', '.join(BACKENDS)} (installed: {installed})"
+        )
+    try:
+        importlib.import_module(BACKENDS[name])
+    except (ImportError, OSError) as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        alternative = f", or use one of the installed backends: {installed}" if others else ""
+        raise ConfigError(
+            f"KERAS_BACKEND={name!r} cannot be used ({reason}); install {name}{alternative}"
+        ) from None
+    return name
+
+
+def _installed(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        return False
 
 
 def _persistent_jax_cache() -> None:

@@ -1,9 +1,17 @@
-"""Rendering for the CLI: result tables, JSON, CSV, the zoo listing and progress bars."""
+"""Rendering for the CLI: result tables, JSON, CSV, the zoo listing and progress bars.
+
+Paths, class names and error messages come from the user's files; they are shown literally
+(`literal`): never read as rich markup or emoji codes, so ``IMG_001 [edited].png`` stays itself
+and a ``[/b]`` in a path cannot break a table after the work is done. Files are written as
+UTF-8 whatever the locale; text for the terminal is encoded by the CLI with replacement
+characters (see `kerascope.cli.main`).
+"""
 
 from __future__ import annotations
 
 import contextlib
 import csv
+import errno
 import io
 import json
 import os
@@ -11,17 +19,48 @@ import sys
 from collections.abc import Iterator
 from dataclasses import asdict
 
+from rich import box
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
+from rich.text import Text
 
+from kerascope import files
 from kerascope.classification import ImageResult
 
-_err = Console(stderr=True)
+
+class _Console(Console):
+    """A closed pipe (``| head``) reaches `kerascope.cli.main` as BrokenPipeError, like every
+    other write, instead of rich's own ``exit(1)``."""
+
+    def on_broken_pipe(self) -> None:
+        self.quiet = True
+        raise BrokenPipeError(errno.EPIPE, "Broken pipe")
+
+
+_err = _Console(stderr=True)
+
+
+def clean(text: str) -> str:
+    """``text`` that a UTF-8 file can hold.
+
+    File names the OS could not decode arrive with their bytes as lone surrogates (PEP 383);
+    those bytes are decoded as UTF-8 (what they almost always are), invalid ones as U+FFFD.
+    """
+    if not any("\udc80" <= c <= "\udcff" for c in text):
+        return text
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+
+
+def literal(value: object, style: str = "") -> Text:
+    """User-controlled text for rich, shown as it is: no markup, no emoji codes."""
+    return Text(clean(str(value)), style=style)
 
 
 def note(message: str) -> None:
-    _err.print(f"[yellow]kerascope:[/] {message}", highlight=False)
+    """One literal line on stderr, never wrapped (a long path stays on its line)."""
+    line = Text.assemble(("kerascope:", "yellow"), " ", literal(message))
+    _err.print(line, soft_wrap=True, highlight=False)
 
 
 @contextlib.contextmanager
@@ -31,7 +70,7 @@ def progress_bar(total: int, label: str, min_total: int = 64) -> Iterator:
         yield lambda n: None
         return
     columns = (
-        TextColumn(label),
+        TextColumn(label.replace("{", "{{").replace("}", "}}"), markup=False),
         BarColumn(),
         MofNCompleteColumn(),
         TextColumn("{task.fields[rate]}"),
@@ -53,20 +92,20 @@ def _rows(results: list[ImageResult]) -> Iterator[dict]:
     for r in results:
         if not r.ok:
             yield {
-                "image": r.source,
+                "image": clean(r.source),
                 "rank": "",
                 "class_id": "",
                 "name": "",
                 "probability": "",
-                "error": r.error,
+                "error": clean(r.error),
             }
             continue
         for p in r.predictions:
             yield {
-                "image": r.source,
+                "image": clean(r.source),
                 "rank": p.rank,
-                "class_id": p.class_id,
-                "name": p.name,
+                "class_id": clean(p.class_id),
+                "name": clean(p.name),
                 "probability": round(p.probability, 6),
                 "error": "",
             }
@@ -96,20 +135,42 @@ def _short(path: str) -> str:
         return path
 
 
-def render(results: list[ImageResult], fmt: str) -> str:
-    if fmt == "json":
-        data = [
-            {"image": r.source, "error": r.error, "predictions": [asdict(p) for p in r.predictions]}
-            for r in results
-        ]
-        return json.dumps(data, indent=2) + "\n"
-    if fmt == "csv":
-        buf = io.StringIO()
-        writer = csv.DictWriter(buf, ["image", "rank", "class_id", "name", "probability", "error"])
-        writer.writeheader()
-        writer.writerows(csv_safe(row) for row in _rows(results))
-        return buf.getvalue()
-    table = Table(show_lines=False)
+def _json(results: list[ImageResult]) -> str:
+    """ASCII JSON (non-ASCII as \\u escapes): exact in a file and on any terminal alike."""
+    data = [
+        {
+            "image": clean(r.source),
+            "error": None if r.error is None else clean(r.error),
+            "predictions": [
+                {**asdict(p), "class_id": clean(p.class_id), "name": clean(p.name)}
+                for p in r.predictions
+            ],
+        }
+        for r in results
+    ]
+    return json.dumps(data, indent=2) + "\n"
+
+
+def _csv(results: list[ImageResult]) -> str:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, ["image", "rank", "class_id", "name", "probability", "error"])
+    writer.writeheader()
+    writer.writerows(csv_safe(row) for row in _rows(results))
+    return buf.getvalue()
+
+
+def _table(results: list[ImageResult], ascii_only: bool = False) -> Table:
+    """The results table; ``ascii_only`` for a terminal that cannot show more (``LC_ALL=C``).
+
+    There, every character it cannot show is a '?' before rich measures the columns, so the
+    lines stay aligned, and the box is drawn with ASCII.
+    """
+
+    def cell(text: str, style: str = "") -> Text:
+        text = clean(text)
+        return literal(text.encode("ascii", "replace").decode() if ascii_only else text, style)
+
+    table = Table(show_lines=False, box=box.ASCII2 if ascii_only else box.HEAVY_HEAD)
     for col, justify in (
         ("image", "left"),
         ("#", "right"),
@@ -120,24 +181,41 @@ def render(results: list[ImageResult], fmt: str) -> str:
         table.add_column(col, justify=justify)
     for r in results:
         if not r.ok:
-            table.add_row(_short(r.source), "", "", f"[red]error: {r.error}[/]", "")
+            table.add_row(cell(_short(r.source)), "", "", cell(f"error: {r.error}", "red"), "")
             continue
         for p in r.predictions:
-            image = _short(r.source) if p.rank == 1 else ""
-            table.add_row(image, str(p.rank), p.class_id, p.name, f"{p.probability:.4f}")
+            image = cell(_short(r.source)) if p.rank == 1 else ""
+            table.add_row(
+                image, str(p.rank), cell(p.class_id), cell(p.name), f"{p.probability:.4f}"
+            )
+    return table
+
+
+def render(results: list[ImageResult], fmt: str, ascii_only: bool = False) -> str:
+    """``results`` as JSON, CSV or a table (drawn in ASCII with ``ascii_only``)."""
+    if fmt == "json":
+        return _json(results)
+    if fmt == "csv":
+        return _csv(results)
     buf = io.StringIO()
-    Console(file=buf, width=120, force_terminal=False).print(table)
+    Console(file=buf, width=120, force_terminal=False).print(_table(results, ascii_only))
     return buf.getvalue()
 
 
+def stdout_is_utf8() -> bool:
+    """Whether the terminal (or pipe) takes UTF-8; ``LC_ALL=C`` gives ASCII."""
+    encoding = (getattr(sys.stdout, "encoding", None) or "").lower().replace("-", "")
+    return encoding.startswith("utf")
+
+
 def write_results(results: list[ImageResult], fmt: str, path: str | None) -> None:
-    text = render(results, fmt)
+    """To ``path`` atomically (the previous file stays until the new one is complete), or stdout."""
     if path:
-        with open(path, "w", encoding="utf-8", newline="") as f:
-            f.write(text)
+        with files.atomic_open(path, "w", newline="") as f:
+            f.write(render(results, fmt))
         note(f"wrote {len(results)} result(s) to {path}")
     else:
-        sys.stdout.write(text)
+        sys.stdout.write(render(results, fmt, ascii_only=not stdout_is_utf8()))
 
 
 def print_zoo(fmt: str = "table") -> None:
@@ -155,7 +233,7 @@ def print_zoo(fmt: str = "table") -> None:
         table.add_column(col, justify="left" if col == "name" else "right")
     for s in specs:
         table.add_row(
-            s.name,
+            literal(s.name),
             f"{s.input_size}px",
             f"{s.params / 1e6:.1f}M",
             f"{s.top1:.1%}" if s.top1 else "-",
@@ -164,7 +242,7 @@ def print_zoo(fmt: str = "table") -> None:
             "yes" if works_offline(s) else "no",
             "yes" if is_cached(s) else "no",
         )
-    Console(width=120).print(table)
+    _Console(width=120).print(table)
 
 
 def _spec_dict(spec) -> dict:
@@ -186,15 +264,15 @@ def print_spec(name: str, fmt: str = "table") -> None:
     if fmt == "json":
         sys.stdout.write(json.dumps(data, indent=2) + "\n")
         return
-    table = Table(show_header=False, title=data["name"])
+    table = Table(show_header=False, title=literal(data["name"]))
     for key, value in data.items():
         if key == "weights":
             for wk, wv in value.items():
                 if wv is not None:
-                    table.add_row(f"weights.{wk}", str(wv))
+                    table.add_row(f"weights.{wk}", literal(wv))
         elif value not in (None, "", (), {}):
-            table.add_row(key, str(value))
-    Console(width=120).print(table)
+            table.add_row(key, literal(value))
+    _Console(width=120).print(table)
 
 
 def print_explanations(saved: list) -> None:
@@ -205,10 +283,13 @@ def print_explanations(saved: list) -> None:
         table.add_column(col, overflow="fold")
     for s in saved:
         if not s.ok:
-            table.add_row(_short(s.source), f"[red]error: {s.error}[/]", "", "")
+            table.add_row(literal(_short(s.source)), literal(f"error: {s.error}", "red"), "", "")
         else:
             e = s.explanation
             table.add_row(
-                _short(s.source), e.class_name, f"{e.probability:.4f}", _short(str(s.path))
+                literal(_short(s.source)),
+                literal(e.class_name),
+                f"{e.probability:.4f}",
+                literal(_short(str(s.path))),
             )
-    Console(width=120).print(table)
+    _Console(width=120).print(table)
