@@ -16,7 +16,10 @@ $(VENV)/.installed: pyproject.toml
 
 $(VENV)/.installed-test: $(VENV)/.installed pyproject.toml
 	# torch==2.13.0 is the CPU wheel on this machine type; pinning it keeps pip from pulling CUDA.
-	$(PIP) -e '.[demo,test]'
+	$(PIP) -e '.[demo,serve,ray,test]'
+	# The serve page's browser test drives Debian's Chromium through its own driver, so
+	# Selenium never downloads a browser or a driver.
+	test -x /usr/bin/chromedriver || { apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y chromium chromium-driver; }
 	# timm is only read for its ImageNet synset files (an independent class-index source);
 	# its torchvision dependency does not import beside torch 2.13, so it is installed bare.
 	$(PIP) --no-deps timm==1.0.31

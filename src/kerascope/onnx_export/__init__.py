@@ -2,7 +2,8 @@
 
 ``graph`` holds the graph builder and shared helpers, ``layers`` the per-layer converters and
 ``export`` the walk over the Keras graph that ties them together; ``cache`` keeps converted
-graphs on disk, keyed by converter version, model structure and weights.
+graphs on disk, keyed by converter version, model structure and weights; ``package`` turns a
+converted classifier into a file to deploy (`kerascope export`: uint8 input, labels in metadata).
 """
 
 from kerascope.onnx_export.export import CONVERTER_VERSION, keras_to_onnx, supports

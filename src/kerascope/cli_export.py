@@ -1,0 +1,46 @@
+"""The ``kerascope export`` subcommand. Like `kerascope.cli`: parse, call the API, print."""
+
+from __future__ import annotations
+
+
+def add_export_command(sub) -> None:
+    """Register ``export`` on the ``kerascope`` subparsers."""
+    p = sub.add_parser(
+        "export", help="write a model as a standalone .onnx or .keras file (checked first)"
+    )
+    p.add_argument("model", help="zoo name, run directory or .keras file")
+    p.add_argument("-o", "--output", required=True, help="file to write: .onnx or .keras")
+    p.add_argument(
+        "--format", "-f", choices=("onnx", "keras"), help="default: from the output's extension"
+    )
+    p.add_argument(
+        "--input", dest="input_type", choices=("uint8", "float"), default=None,
+        help="ONNX input type, RGB 0..255 either way (default uint8)",
+    )  # fmt: skip
+    p.add_argument(
+        "--check", nargs="+", metavar="IMAGE",
+        help="images to compare the export with Keras on (default: scikit-image's photos)",
+    )  # fmt: skip
+    p.add_argument("--weights", help="explicit weights file for a zoo model")
+    p.set_defaults(func=_run_export)
+
+
+def _run_export(args) -> int:
+    from kerascope import output
+    from kerascope.export import ExportError, export_model, output_format
+
+    fmt = output_format(args.output, args.format)
+    if fmt == "keras" and args.input_type is not None:
+        raise ExportError("--input applies to ONNX exports only (a .keras model takes any dtype)")
+    result = export_model(
+        args.model, args.output, format=fmt, input_type=args.input_type or "uint8",
+        check=args.check, weights=args.weights,
+    )  # fmt: skip
+    h, w = result.input_size
+    what = f"{result.input_type} " if result.input_type else ""
+    output.note(
+        f"wrote {result.path} ({result.format}: {what}{h}x{w} RGB input, {result.classes} "
+        f"classes); max |Δ probability| vs Keras {result.max_abs_diff:.1e} on "
+        f"{len(result.checked_on)} images ({', '.join(result.checked_on)})"
+    )
+    return 0

@@ -1,0 +1,270 @@
+"""The ASGI app: JSON API under /v1 (OpenAPI at /v1/openapi.json), the web page at /.
+
+Routes parse, hand pixels to the model's batcher and shape the answer; decoding and drawing run
+on a thread pool, forward passes on the model's own thread, so the event loop only moves bytes.
+Every failure a client can cause is a 4xx with ``{"error": "..."}``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import os
+from concurrent.futures import ThreadPoolExecutor
+from importlib import resources
+from urllib.parse import quote
+
+from fastapi import FastAPI, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.staticfiles import StaticFiles
+from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect
+
+from kerascope import __version__
+from kerascope.serve import schemas
+from kerascope.serve.limits import BodyLimit, BodyTimeout, BodyTooLarge
+from kerascope.serve.served import RequestError, ServedModel
+from kerascope.serve.uploads import data_url, decode_all, encode, failure_status, read_uploads
+
+STATIC = resources.files("kerascope.serve") / "static"
+COLORMAPS = ("jet", "hot", "gray")
+IMAGE_BODY = {
+    "required": True,
+    "content": {
+        "multipart/form-data": {
+            "schema": {
+                "type": "object",
+                "properties": {
+                    "file": {"type": "array", "items": {"type": "string", "format": "binary"}}
+                },
+            }
+        },
+        "image/*": {"schema": {"type": "string", "format": "binary"}},
+    },
+}
+ERRORS = {code: {"model": schemas.Error} for code in (400, 404, 408, 413, 415, 422)}
+
+
+def _error(status: int, message: str, **extra) -> JSONResponse:
+    return JSONResponse({"error": message, **extra}, status_code=status)
+
+
+def create_app(served: dict[str, ServedModel], max_body_mb: float = 20.0) -> FastAPI:
+    """The app serving ``served`` (first = default); ``max_body_mb`` caps one request's body.
+
+    Example:
+        >>> app = create_app(load_served(["efficientnet_lite0"]))
+        >>> uvicorn.run(app, host="127.0.0.1", port=8000)  # doctest: +SKIP
+    """
+    if not served:
+        raise ValueError("serve at least one model")
+    default = next(iter(served))
+    pool = ThreadPoolExecutor(min(8, os.cpu_count() or 2), thread_name_prefix="kerascope-decode")
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app):
+        yield
+        for model in served.values():
+            await model.close()
+        pool.shutdown(wait=False, cancel_futures=True)
+
+    app = FastAPI(
+        title="kerascope",
+        version=__version__,
+        summary="Classify images and explain the predictions with class-activation heatmaps.",
+        openapi_url="/v1/openapi.json",
+        docs_url=None,  # Swagger UI loads from a CDN: the server must work offline
+        redoc_url=None,
+        lifespan=lifespan,
+    )
+    app.add_middleware(BodyLimit, max_bytes=int(max_body_mb * 1e6))
+    _add_handlers(app)
+
+    def pick(name: str | None) -> ServedModel:
+        key = name or default
+        if key not in served:
+            raise RequestError(f"unknown model {key!r}; this server has: {', '.join(served)}", 404)
+        return served[key]
+
+    @app.get("/healthz", response_model=schemas.Health, tags=["server"])
+    async def healthz():
+        """Liveness, and how well batching works: passes run and images carried per model."""
+        stats = {k: {"batches": m.classifier.batches, "items": m.classifier.items,
+                     "largest": m.classifier.largest} for k, m in served.items()}  # fmt: skip
+        return {"status": "ok", "models": stats}
+
+    @app.get("/v1/models", response_model=schemas.ModelList, tags=["api"])
+    async def models():
+        """The models this server holds; the default answers requests that name none."""
+        return {"default": default, "models": [m.describe(k == default) for k, m in served.items()]}
+
+    @app.post(
+        "/v1/classify",
+        tags=["api"],
+        openapi_extra={"requestBody": IMAGE_BODY},
+        responses={200: {"model": schemas.ClassifyResponse}, **ERRORS},
+    )
+    async def classify(
+        request: Request,
+        top: int = Query(5, ge=1, le=1000, description="classes per image"),
+        threshold: float = Query(0.0, ge=0.0, le=1.0, description="hide classes below this"),
+        model: str | None = Query(None, description="a name from /v1/models"),
+    ):
+        """Top-k classes of each image (multipart files, or the image as the body).
+
+        Results are `kerascope.classify`'s ``ImageResult``s; an unreadable image gets ``error``
+        in place while the others are classified (4xx only when none could be).
+        """
+        from kerascope.classification import ImageResult, top_k
+
+        served_model = pick(model)
+        clf = served_model.clf
+        uploads = await read_uploads(request)
+        batcher = served_model.classifier
+        with batcher.expecting(len(uploads)):
+            items = await decode_all(uploads, clf.input_size, pool)
+        good = [it for it in items if it.error is None]
+        probs = await batcher.run_all([it.pixels for it in good])
+        by_item = dict(zip(map(id, good), probs, strict=True))
+        results = [
+            ImageResult(it.name, error=it.error)
+            if it.error is not None
+            else ImageResult(it.name, top_k(by_item[id(it)], clf.labels, top, threshold))
+            for it in items
+        ]
+        body = {"model": served_model.key, "engine": served_model.engine,
+                "results": [dataclasses.asdict(r) for r in results]}  # fmt: skip
+        status = failure_status(items)
+        if status != 200:
+            return _error(status, items[0].error, **body)
+        return JSONResponse(body)  # already plain JSON: skip jsonable_encoder
+
+    @app.post(
+        "/v1/explain",
+        tags=["api"],
+        openapi_extra={"requestBody": IMAGE_BODY},
+        responses={
+            200: {
+                "model": schemas.ExplainResponse,
+                "content": {"image/jpeg": {}, "image/png": {}},
+                "description": "JSON, or with format=jpeg|png the overlay itself (one image); "
+                "then the X-Kerascope-* headers carry the class and probability",
+            },
+            **ERRORS,
+        },
+    )
+    async def explain(
+        request: Request,
+        method: str = Query("gradcam", description="cam, gradcam or gradcam++"),
+        target: str | None = Query(
+            None, alias="class", description="class to explain: name, WordNet id or index"
+        ),
+        model: str | None = Query(None, description="a name from /v1/models"),
+        format: str = Query("json", pattern="^(json|jpeg|png)$", description="json|jpeg|png"),
+        alpha: float = Query(0.4, ge=0.0, le=1.0, description="heatmap opacity at its peak"),
+        colormap: str = Query("jet", pattern="^(jet|hot|gray)$"),
+        max_side: int = Query(
+            1024, ge=0, le=8192, description="long side of the pictures; 0: full"
+        ),
+    ):
+        """Where the model looks: heatmap, class and probability for each image.
+
+        JSON results are `kerascope.explain`'s ``Explanation``s (the heatmap as pictures:
+        ``overlay``, the blended photo, and ``heatmap``, the coloured layer alone, as data URLs).
+        """
+        from kerascope.cam.explain import Explanation
+
+        served_model = pick(model)
+        clf = served_model.clf
+        batcher = served_model.explainer(method)
+        class_index = served_model.resolve_class(target)
+        uploads = await read_uploads(request)
+        if format != "json" and len(uploads) != 1:
+            raise RequestError(f"format={format} returns one picture; send one image or use json")
+        with batcher.expecting(len(uploads)):
+            items = await decode_all(uploads, clf.input_size, pool, keep=True)
+        good = [it for it in items if it.error is None]
+        outs = await batcher.run_all([(it.pixels, class_index) for it in good])
+        loop = asyncio.get_running_loop()
+        from kerascope.serve.render import render
+
+        drawn = await asyncio.gather(*(
+            loop.run_in_executor(pool, render, it.original, out[0], alpha, colormap, max_side)
+            for it, out in zip(good, outs, strict=True)
+        ))  # fmt: skip
+        done = {id(it): (out, pics) for it, out, pics in zip(good, outs, drawn, strict=True)}
+        status = failure_status(items)
+        if format != "json" and status == 200:
+            (_, c, p), (over, _) = done[id(items[0])]
+            picture = await loop.run_in_executor(pool, encode, over, format)
+            wnid, name = clf.labels[c]
+            headers = {"X-Kerascope-Class": quote(name), "X-Kerascope-Class-Id": quote(wnid),
+                       "X-Kerascope-Class-Index": str(c), "X-Kerascope-Probability": f"{p:.6f}",
+                       "X-Kerascope-Model": quote(served_model.key)}  # fmt: skip
+            return Response(picture, media_type=f"image/{format}", headers=headers)
+
+        def result(it) -> dict:
+            if it.error is not None:
+                return _explanation_dict(Explanation(it.name, error=it.error))
+            (_, c, p), (over, layer) = done[id(it)]
+            wnid, name = clf.labels[c]
+            row = _explanation_dict(Explanation(it.name, None, c, wnid, name, p))
+            row.update(width=over.shape[1], height=over.shape[0])
+            row.update(overlay=data_url(over, "jpeg"), heatmap=data_url(layer, "png"))
+            return row
+
+        rows = await loop.run_in_executor(pool, lambda: [result(it) for it in items])
+        body = {"model": served_model.key, "method": method, "results": rows}
+        if status != 200:
+            return _error(status, items[0].error, **body)
+        return JSONResponse(body)  # already plain JSON: skip jsonable_encoder
+
+    @app.get("/", include_in_schema=False)
+    async def index():
+        return FileResponse(str(STATIC / "index.html"), media_type="text/html")
+
+    app.mount("/static", StaticFiles(directory=str(STATIC)), name="static")
+    return app
+
+
+def _explanation_dict(e) -> dict:
+    """An `Explanation` as JSON: every field but the heatmap array (sent as pictures)."""
+    return {f.name: getattr(e, f.name) for f in dataclasses.fields(e) if f.name != "heatmap"}
+
+
+def _add_handlers(app: FastAPI) -> None:
+    """Map every error a client can cause to a 4xx JSON ``{"error": ...}``."""
+
+    @app.exception_handler(RequestError)
+    async def _request_error(_request, exc: RequestError):
+        return _error(exc.status, str(exc))
+
+    @app.exception_handler(BodyTooLarge)
+    async def _too_large(_request, exc: BodyTooLarge):
+        return _error(413, str(exc))
+
+    @app.exception_handler(BodyTimeout)
+    async def _timeout(_request, exc: BodyTimeout):
+        return _error(408, str(exc))
+
+    @app.exception_handler(ClientDisconnect)
+    async def _gone(_request, _exc):
+        return Response(status_code=499)  # nobody is listening; frees the request at once
+
+    @app.exception_handler(HTTPException)
+    async def _http(_request, exc: HTTPException):
+        return _error(exc.status_code, str(exc.detail))
+
+    @app.exception_handler(Exception)
+    async def _bug(_request, exc: Exception):  # a server bug, not the client's: logged too
+        return _error(500, f"internal error ({type(exc).__name__}); see the server log")
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_request, exc: RequestValidationError):
+        parts = []
+        for err in exc.errors():
+            where = ".".join(str(x) for x in err.get("loc", ())[1:]) or "request"
+            parts.append(f"{where}: {err.get('msg', 'invalid')}")
+        return _error(400, "; ".join(parts) or "invalid request")

@@ -1,0 +1,48 @@
+"""Pictures of an explanation for the web: the blended overlay and the heatmap layer alone.
+
+The page stacks the heatmap layer (an RGBA PNG whose opacity is the heat) over the photo and
+changes its CSS opacity with a slider, so moving the slider costs no request. Both are drawn
+at most ``max_side`` pixels on the long side: a 12 MP phone photo needs no 12 MP overlay on
+a screen, and the response stays small.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from PIL import Image
+
+from kerascope.cam.overlay import colormap_lut, overlay
+
+
+def fit(image: np.ndarray, max_side: int) -> np.ndarray:
+    """``image`` scaled down (never up) so its long side is at most ``max_side`` (0: as is)."""
+    height, width = image.shape[:2]
+    scale = max_side / max(height, width) if max_side else 1.0
+    if scale >= 1.0:
+        return image
+    size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    pil = Image.fromarray(image).resize(size, Image.Resampling.BILINEAR, reducing_gap=3.0)
+    return np.asarray(pil)
+
+
+def heat_layer(heatmap: np.ndarray, size: tuple[int, int], colormap: str = "jet") -> Image.Image:
+    """The coloured heatmap at ``size`` = (H, W) as RGBA, alpha = heat (0 where it is cold).
+
+    Quantised and upsampled as `kerascope.cam.overlay.overlay` does, so the layer at opacity
+    ``alpha`` over the photo is the overlay the API returns for that ``alpha``.
+    """
+    heat8 = (np.clip(np.nan_to_num(heatmap, nan=0.0), 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+    level = Image.fromarray(heat8)
+    height, width = size
+    if heat8.shape != (height, width):
+        level = level.resize((width, height), Image.Resampling.BILINEAR)
+    rgb = colormap_lut(colormap)[np.asarray(level)]
+    return Image.fromarray(np.dstack([rgb, np.asarray(level)]), "RGBA")
+
+
+def render(
+    image: np.ndarray, heatmap: np.ndarray, alpha: float, colormap: str, max_side: int
+) -> tuple[np.ndarray, Image.Image]:
+    """(overlay (h, w, 3) uint8, heatmap layer RGBA) for one image, ``max_side`` applied."""
+    shown = fit(image, max_side)
+    return overlay(shown, heatmap, alpha, colormap), heat_layer(heatmap, shown.shape[:2], colormap)

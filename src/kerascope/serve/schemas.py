@@ -1,0 +1,80 @@
+"""The JSON the API returns, as pydantic models: they document the OpenAPI schema only.
+
+Responses are built from the Python API's own dataclasses (`ImageResult`, `Prediction`,
+`Explanation`, via ``dataclasses.asdict``), so a field added there shows up here as a test
+failure (tests/test_serve.py compares the two), never as a silent difference.
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, Field
+
+
+class Error(BaseModel):
+    error: str = Field(description="what was wrong with the request, in one line")
+
+
+class Prediction(BaseModel):
+    rank: int
+    index: int = Field(description="output index of the class")
+    class_id: str = Field(description="WordNet id for ImageNet models, the index for trained")
+    name: str
+    probability: float
+
+
+class ImageResult(BaseModel):
+    source: str = Field(description="the uploaded file's name, or <body> for a raw body")
+    predictions: list[Prediction] = []
+    error: str | None = Field(None, description="why this image could not be classified")
+
+
+class ClassifyResponse(BaseModel):
+    model: str
+    engine: str = Field(description="onnx or keras: what ran the forward pass")
+    results: list[ImageResult]
+
+
+class ExplainResult(BaseModel):
+    source: str
+    class_index: int | None = None
+    class_id: str | None = None
+    class_name: str | None = None
+    probability: float | None = None
+    error: str | None = None
+    width: int | None = Field(None, description="size of overlay and heatmap, in pixels")
+    height: int | None = None
+    overlay: str | None = Field(None, description="data: URL, the photo with the heatmap over it")
+    heatmap: str | None = Field(
+        None, description="data: URL, PNG of the coloured heatmap alone, opacity = heat"
+    )
+
+
+class ExplainResponse(BaseModel):
+    model: str
+    method: str
+    results: list[ExplainResult]
+
+
+class ModelInfo(BaseModel):
+    name: str
+    default: bool
+    input_size: list[int] = Field(description="(height, width) the model sees")
+    num_classes: int
+    engine: str
+    methods: list[str]
+
+
+class ModelList(BaseModel):
+    default: str
+    models: list[ModelInfo]
+
+
+class BatchStats(BaseModel):
+    batches: int = Field(description="forward passes run for classify")
+    items: int = Field(description="images they carried")
+    largest: int = Field(description="largest batch so far")
+
+
+class Health(BaseModel):
+    status: str
+    models: dict[str, BatchStats]

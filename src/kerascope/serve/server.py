@@ -1,0 +1,81 @@
+"""Bind the socket, then run uvicorn on it.
+
+The socket is bound here, not by uvicorn, so a port in use is one clear error line (uvicorn
+logs and exits) and ``--port 0`` can report the port the system chose.
+"""
+
+from __future__ import annotations
+
+import socket
+import sys
+from collections.abc import Callable, Sequence
+
+from kerascope.errors import KerascopeError
+
+
+class ServeError(KerascopeError, OSError):
+    """The server cannot start (address in use, missing extra); the message says why."""
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """A listening TCP socket on ``host:port`` (port 0: any free port)."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
+        sock = socket.socket(family, kind, proto)
+    except (OSError, UnicodeError) as exc:
+        raise ServeError(f"cannot listen on {host}:{port}: {exc}") from None
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+        sock.listen(2048)
+    except OSError as exc:
+        sock.close()
+        reason = exc.strerror or str(exc)
+        raise ServeError(f"cannot listen on {host}:{port}: {reason}") from None
+    sock.set_inheritable(True)
+    return sock
+
+
+def run_server(
+    models: Sequence[str],
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    max_batch: int = 32,
+    max_wait_ms: float = 5.0,
+    max_body_mb: float = 20.0,
+    log_level: str = "info",
+    announce: Callable[[str], None] | None = None,
+) -> None:
+    """Load ``models`` (the first is the default), then serve until interrupted.
+
+    Raises:
+        ServeError: the ``serve`` extra is missing or the address cannot be used.
+        KerascopeError: a model cannot be loaded.
+    """
+    say = announce or (lambda line: print(f"kerascope: {line}", file=sys.stderr, flush=True))
+    try:
+        import uvicorn
+
+        from kerascope.serve.app import create_app
+    except ImportError as exc:
+        raise ServeError(
+            f"kerascope serve needs {exc.name or 'fastapi and uvicorn'}: "
+            "pip install 'kerascope[serve]'"
+        ) from None
+    from kerascope.serve.served import load_served
+
+    sock = bind(host, port)  # first: a port in use fails before minutes of model loading
+    try:
+        say(f"loading {', '.join(models)}")
+        served = load_served(models, max_batch, max_wait_ms)
+        app = create_app(served, max_body_mb)
+        bound_host, bound_port = sock.getsockname()[:2]
+        shown = f"[{bound_host}]" if ":" in bound_host else bound_host
+        engines = ", ".join(f"{k} ({m.engine})" for k, m in served.items())
+        say(f"serving {engines} on http://{shown}:{bound_port}/ (Ctrl-C stops)")
+        config = uvicorn.Config(app, log_level=log_level, timeout_graceful_shutdown=5)
+        uvicorn.Server(config).run(sockets=[sock])
+    finally:
+        sock.close()

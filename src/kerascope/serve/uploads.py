@@ -1,0 +1,99 @@
+"""What a request carries: its images as bytes, then as pixels, decoded off the event loop.
+
+Images come as ``multipart/form-data`` (any field name, one or more files) or as the raw
+request body (any image content type). They are held in memory only up to the body limit
+(`kerascope.serve.limits`) and decoded on a thread pool (Pillow releases the GIL), so a big
+photo never stalls the requests around it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import io
+from concurrent.futures import Executor
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image
+from starlette.datastructures import UploadFile
+from starlette.requests import Request
+
+from kerascope.serve.decode import DecodeError, decode_bytes
+from kerascope.serve.served import RequestError
+
+MAX_FILES = 64
+RAW_NAME = "<body>"
+
+
+@dataclass
+class Upload:
+    """One image of a request: its name for the results, and its pixels or why there are none."""
+
+    name: str
+    original: np.ndarray | None = None  # full resolution, kept for explain
+    pixels: np.ndarray | None = None  # at the model's input size
+    error: str | None = None
+    status: int = 200  # the 4xx this failure maps to when nothing in the request worked
+
+
+async def read_uploads(request: Request) -> list[tuple[str, bytes]]:
+    """The images of a request as (name, bytes), in the order sent; a 400 when there are none."""
+    kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if kind == "multipart/form-data":
+        form = await request.form(max_files=MAX_FILES, max_fields=MAX_FILES)
+        try:
+            files = [(key, v) for key, v in form.multi_items() if isinstance(v, UploadFile)]
+            found = [(f.filename or key, await f.read()) for key, f in files]
+        finally:
+            await form.close()
+        if not found:
+            raise RequestError("no file in the multipart form: send the image(s) as files")
+        return found
+    body = await request.body()
+    if not body:
+        raise RequestError("no image in the request: send it as the body or as multipart files")
+    return [(RAW_NAME, body)]
+
+
+def _prepare(name: str, data: bytes, size: tuple[int, int], keep: bool) -> Upload:
+    from kerascope.images import resize
+
+    try:
+        image = decode_bytes(data)
+    except DecodeError as exc:
+        return Upload(name, error=f"cannot read '{name}': {exc.reason}", status=exc.status)
+    return Upload(name, image if keep else None, resize(image, size))
+
+
+async def decode_all(
+    uploads: list[tuple[str, bytes]], size: tuple[int, int], pool: Executor, keep: bool = False
+) -> list[Upload]:
+    """Decode and resize every upload on ``pool``; failures come back in place with a reason."""
+    loop = asyncio.get_running_loop()
+    jobs = [loop.run_in_executor(pool, _prepare, n, d, size, keep) for n, d in uploads]
+    return list(await asyncio.gather(*jobs))
+
+
+def failure_status(items: list[Upload]) -> int:
+    """200 when any image worked; else the status of the failure (413 wins: it says "resize")."""
+    if any(it.error is None for it in items):
+        return 200
+    statuses = {it.status for it in items}
+    return 413 if 413 in statuses else min(statuses)
+
+
+def data_url(image: np.ndarray | Image.Image, fmt: str) -> str:
+    """``data:image/...;base64,...``: drops straight into an <img src> or a file after a split."""
+    return f"data:image/{fmt};base64," + base64.b64encode(encode(image, fmt)).decode("ascii")
+
+
+def encode(image: np.ndarray | Image.Image, fmt: str) -> bytes:
+    """PNG (fast compression: these are throwaway views) or JPEG quality 90."""
+    pil = image if isinstance(image, Image.Image) else Image.fromarray(image)
+    out = io.BytesIO()
+    if fmt == "png":
+        pil.save(out, "PNG", compress_level=1)
+    else:
+        pil.convert("RGB").save(out, "JPEG", quality=90)
+    return out.getvalue()

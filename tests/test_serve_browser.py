@@ -1,0 +1,89 @@
+"""The web page in headless Chromium (Debian's chromium + chromium-driver, driven by Selenium):
+upload chelsea.png, see a cat class among the bars and the heatmap overlay loaded, on a
+phone-sized window; a screenshot is kept in tests/artifacts/ for people to look at."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from tests.serve_server import running_server
+
+CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
+ARTIFACTS = Path(__file__).parent / "artifacts"
+CAT_NAMES = ("tabby", "tiger cat", "Persian cat", "Siamese cat", "Egyptian cat")
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(
+        not (os.access(CHROMIUM, os.X_OK) and os.access(CHROMEDRIVER, os.X_OK)),
+        reason=f"needs Debian's chromium and chromium-driver ({CHROMIUM}, {CHROMEDRIVER}); "
+        "`make install-test` installs them",
+    ),
+]
+webdriver = pytest.importorskip("selenium.webdriver", reason="needs selenium (the test extra)")
+
+
+@pytest.fixture(scope="module")
+def server():
+    with running_server() as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from selenium.webdriver.chrome.options import Options
+    from selenium.webdriver.chrome.service import Service
+
+    options = Options()
+    options.binary_location = CHROMIUM
+    for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
+                 "--window-size=412,915", "--no-first-run", "--disable-extensions"):  # fmt: skip
+        options.add_argument(flag)
+    # An explicit driver path: Selenium Manager never tries to download a driver or a browser.
+    driver = webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=options)
+    driver.set_page_load_timeout(60)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+def test_upload_shows_a_cat_and_its_heatmap(server, browser, photo_paths):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ec
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    browser.get(server + "/")
+    assert "kerascope" in browser.title
+    browser.find_element(By.ID, "files").send_keys(str(photo_paths["chelsea"]))
+    wait = WebDriverWait(browser, 120)
+    card = wait.until(
+        ec.presence_of_element_located((By.CSS_SELECTOR, ".card[data-classified][data-explained]"))
+    )
+    labels = [e.text for e in card.find_elements(By.CSS_SELECTOR, ".classes .label")]
+    assert labels and labels[0] in CAT_NAMES, labels
+    overlay = card.find_element(By.CSS_SELECTOR, "img.overlay")
+    wait.until(lambda d: d.execute_script("return arguments[0].complete", overlay))
+    assert browser.execute_script("return arguments[0].naturalWidth", overlay) == 451
+    caption = card.find_element(By.CSS_SELECTOR, ".explained").text
+    assert caption.startswith("Grad-CAM: where the model sees") and labels[0] in caption
+    assert card.find_element(By.CSS_SELECTOR, ".error").get_attribute("hidden") is not None
+
+    # Choose another class with the keyboard: the heatmap is explained for that class.
+    second = card.find_elements(By.CSS_SELECTOR, ".classes button")[1]
+    browser.execute_script("arguments[0].focus()", second)
+    second.send_keys("\n")
+    wait.until(lambda d: second.get_attribute("aria-pressed") == "true")
+    wait.until(lambda d: labels[1] in card.find_element(By.CSS_SELECTOR, ".explained").text)
+
+    # The page fits a phone-sized window: nothing wider than the viewport.
+    width = browser.execute_script("return document.documentElement.scrollWidth")
+    assert width <= browser.execute_script("return window.innerWidth")
+
+    from kerascope.files import write_bytes
+
+    ARTIFACTS.mkdir(exist_ok=True)
+    shot = write_bytes(ARTIFACTS / "serve-page.png", browser.get_screenshot_as_png())
+    assert shot.stat().st_size > 10_000
