@@ -1,0 +1,100 @@
+"""The ``kerascope batch`` subcommand: classify, features or explain into Parquet shards, in
+this process or on Ray. Like `kerascope.cli`: parse, call the API, print; no logic of its own.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from kerascope.errors import CliError
+
+_DESCRIPTION = """\
+Run classify, features or explain over many images into one output folder of Parquet
+shards (one per block of --block-size inputs, written atomically). Every input appears
+exactly once, as a result or an error row; run the same command again to resume a job
+that stopped. Inputs: files, folders, globs, or listing files (.txt one path a line,
+.csv or .parquet with a 'path' column), on storage every worker can read.
+
+Where it runs:
+  no --ray           in this process (no Ray needed; same output, same resume)
+  --ray              a Ray instance started on this machine, with all its CPUs
+  --ray ADDRESS      an existing Ray cluster: auto, ray://HEAD:10001 or HEAD:6379
+                     (kerascope[ray] installed on every node)
+"""
+
+
+def add_batch_command(sub) -> None:
+    """Register ``batch`` (with ``classify``, ``features``, ``explain``) on the subparsers."""
+    p = sub.add_parser(
+        "batch", help="classify/features/explain at scale into Parquet, on Ray or locally",
+        description=_DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )  # fmt: skip
+    tasks = p.add_subparsers(dest="task", required=True, metavar="TASK")
+    c = _task(tasks, "classify", "top-k classes: columns image, rank, class_id, name, "
+              "probability, error (as classify --format csv)")  # fmt: skip
+    c.add_argument("--model", "-m", default="efficientnet_lite0", help="zoo name or .keras file")
+    c.add_argument("--weights", help="explicit weights file for a zoo model")
+    c.add_argument("--top", "-k", type=int, default=5, help="classes per image (default 5)")
+    c.add_argument("--threshold", type=float, default=0.0, help="hide classes below this")
+    f = _task(tasks, "features", "pooled feature vectors: columns image, vector, error; "
+              "model, layer, pool and sizes in each shard's metadata")  # fmt: skip
+    f.add_argument("--model", "--backbone", "-m", default="efficientnet_lite0", help="zoo name")
+    f.add_argument("--weights", help="explicit weights file")
+    f.add_argument("--layer", help="any layer name of the backbone (default: its last)")
+    f.add_argument("--pool", choices=("avg", "max", "none"), default="avg")
+    f.add_argument("--image-size", type=int, help="decode size (default: the backbone's)")
+    e = _task(tasks, "explain", "heatmap pictures <name>-output.jpg in OUTDIR (as explain "
+              "writes them), indexed in OUTDIR/index/*.parquet")  # fmt: skip
+    e.add_argument("--model", "-m", default="efficientnet_lite0", help="zoo name or .keras file")
+    e.add_argument("--method", choices=("cam", "gradcam", "gradcam++"), default="gradcam")
+    e.add_argument("--class", dest="target", help="class to explain: name, WordNet id or index")
+    e.add_argument("--layer", help="layer to explain (default: found automatically)")
+    e.add_argument("--alpha", type=float, default=0.4, help="heatmap opacity at its peak")
+    e.add_argument("--colormap", default="jet")
+
+
+def _task(tasks, name: str, text: str):
+    p = tasks.add_parser(
+        name, help=text, description=f"{text}.\n\n{_DESCRIPTION}",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )  # fmt: skip
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help="files, folders, globs, listings")
+    p.add_argument("-o", "--output", required=True, metavar="OUTDIR", help="dataset folder")
+    p.add_argument(
+        "--ray", nargs="?", const="local", default=None, metavar="ADDRESS",
+        help="run on Ray: alone, a local instance with this machine's CPUs; with an address "
+        "(auto, ray://HEAD:10001, HEAD:6379), that cluster. Without --ray: in this process. "
+        "Put it after the inputs (or write --ray=ADDRESS)",
+    )  # fmt: skip
+    p.add_argument("--workers", type=int, help="model copies (default: one per GPU, else CPU)")
+    p.add_argument("--block-size", type=int, default=256, help="inputs per shard (default 256)")
+    p.add_argument("--batch-size", "-b", type=int, default=32, help="images per forward pass")
+    p.set_defaults(func=_run_batch)
+    return p
+
+
+def _run_batch(args) -> int:
+    from kerascope import output
+    from kerascope.scale import run_batch
+
+    options = {k: v for k, v in vars(args).items() if k in _OPTIONS and v is not None}
+    if args.task == "classify" and args.top < 1:
+        raise CliError("--top must be at least 1")
+    report = run_batch(
+        args.task, args.inputs, args.output, cluster=args.ray, workers=args.workers,
+        block_size=args.block_size, batch_size=args.batch_size, **options,
+    )  # fmt: skip
+    if report.skipped_files:
+        shown = ", ".join(report.skipped_files[:5])
+        output.note(f"skipped {len(report.skipped_files)} non-image file(s): {shown}")
+    resumed = f" ({report.already} done before)" if report.already else ""
+    output.note(
+        f"{report.inputs} input(s) in {report.blocks} shard(s) in {report.output}{resumed}, "
+        f"ran {report.where}; {report.errors} error row(s)"
+    )
+    return 1 if report.errors else 0
+
+
+_OPTIONS = frozenset(
+    "model weights top threshold layer pool image_size method target alpha colormap".split()
+)

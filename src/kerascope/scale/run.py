@@ -1,0 +1,242 @@
+"""Run a batch job: in this process, on a local Ray instance, or on an existing Ray cluster.
+
+The driver only plans (`plan`): it lists the inputs, cuts them into blocks, skips the blocks
+whose shard exists and hands the rest to `BlockWorker`s. On Ray that is a Ray Data pipeline,
+one row per block, through ``map_batches`` with an actor pool of one actor per GPU (GPU
+clusters, ``num_gpus=1`` each) or per CPU, so each worker loads the model once. Ray restarts
+a killed actor and retries its block; the atomic per-block shard makes the retry harmless.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from kerascope.scale.plan import (
+    TASKS,
+    BatchError,
+    Block,
+    collect_inputs,
+    finish,
+    make_blocks,
+    manifest_for,
+    pending,
+    prepare_output,
+    shard_dir,
+)
+
+LOCAL = "local"  # --ray without an address: a Ray instance on this machine, all its CPUs
+INSTALL = "pip install 'kerascope[ray]'"
+# Environment that decides what a worker computes (backend, engine, caches, limits): the
+# driver's values travel to every worker through Ray's runtime environment.
+_ENV_PREFIXES = ("KERASCOPE_", "KERAS_", "JAX_", "XLA_FLAGS", "TF_CPP_")
+
+
+@dataclass
+class BatchReport:
+    """What a run did: ``written`` blocks now, ``already`` done before; ``errors`` is the
+    number of inputs with an error row in the whole output."""
+
+    task: str
+    output: Path
+    inputs: int
+    blocks: int
+    written: int
+    already: int
+    errors: int
+    workers: int
+    skipped_files: list[str]
+    where: str
+
+
+def _settings(task: str, o: dict[str, Any]) -> dict[str, Any]:
+    """The options that decide the output (a resumed job must use the same ones)."""
+    model = o.get("model", "efficientnet_lite0")
+    if os.path.exists(str(model)):  # a .keras file or run directory: workers need it absolute
+        model = os.path.abspath(str(model))
+    weights = o.get("weights")
+    weights = os.path.abspath(weights) if weights else None
+    if task == "classify":
+        top = int(o.get("top", 5))
+        if top < 1:
+            raise BatchError("--top must be at least 1")
+        return {"model": model, "weights": weights, "top": top,
+                "threshold": float(o.get("threshold", 0.0))}  # fmt: skip
+    if task == "features":
+        size = int(o["image_size"]) if o.get("image_size") else None
+        return {"model": model, "weights": weights, "layer": o.get("layer"),
+                "pool": o.get("pool", "avg"), "image_size": size}  # fmt: skip
+    target = o.get("target")
+    return {"model": model, "method": o.get("method", "gradcam"), "layer": o.get("layer"),
+            "target": None if target is None else str(target),
+            "alpha": float(o.get("alpha", 0.4)), "colormap": o.get("colormap", "jet")}  # fmt: skip
+
+
+def run_batch(
+    task: str,
+    inputs: list[str],
+    output: str | os.PathLike,
+    *,
+    cluster: str | None = None,
+    workers: int | None = None,
+    block_size: int = 256,
+    batch_size: int = 32,
+    progress: Callable[[int], None] | None = None,
+    **options: Any,
+) -> BatchReport:
+    """Classify, extract features or explain every input into Parquet shards in ``output``.
+
+    Args:
+        task: ``classify``, ``features`` or ``explain``.
+        inputs: files, folders, globs, and listing files (``.txt`` one path a line, ``.csv``
+            or ``.parquet`` with a ``path`` column), on storage every worker can read.
+        output: the dataset folder; a job stopped part-way resumes when run again with it.
+        cluster: None runs in this process; ``"local"`` starts Ray on this machine; else a
+            Ray address (``auto``, ``ray://head:10001``, ``10.0.0.5:6379``). An already
+            initialised Ray (``ray.init`` by the caller) is used as it is.
+        workers: actors (model copies); default one per GPU of the cluster, else per CPU.
+        block_size: inputs per block: per shard, and per unit of retry and resume.
+        options: the task's options, as the single-machine commands take them: ``model``,
+            ``weights``, ``top``, ``threshold``; ``layer``, ``pool``, ``image_size``;
+            ``method``, ``target``, ``alpha``, ``colormap``.
+
+    Returns:
+        A `BatchReport`. Each input is in the output exactly once: a result, or an error row.
+
+    Raises:
+        BatchError: no inputs, an output folder holding something else, Ray missing or not
+            reachable, or a setup error on the workers (unknown model, layer or class).
+    """
+    if task not in TASKS:
+        raise BatchError(f"task must be one of {', '.join(TASKS)}, got {task!r}")
+    if batch_size < 1:
+        raise BatchError("--batch-size must be at least 1")
+    if workers is not None and workers < 1:
+        raise BatchError("--workers must be at least 1")
+    _require("Parquet output", "pyarrow")
+    settings = _settings(task, options)
+    found = collect_inputs([os.fspath(i) for i in inputs])
+    if not found.paths:
+        raise BatchError("no images found in " + " ".join(map(str, inputs)))
+    blocks = make_blocks(found, block_size, task)
+    out = Path(output).absolute()
+    manifest = manifest_for(task, settings, blocks, block_size)
+    prepare_output(out, manifest)
+    todo = pending(out, task, blocks)
+    job = {"task": task, "output": str(out), "settings": settings, "batch_size": batch_size}
+    used, where = 0, "in this process"
+    if todo:
+        if cluster is None:
+            results, used = _in_process(job, todo), 1
+        else:
+            results, used, where = _on_ray(job, todo, cluster, workers)
+        with contextlib.closing(results):  # stops the pipeline (and Ray) on an error
+            for summary in results:
+                if summary["fatal"]:
+                    raise BatchError(summary["fatal"])
+                if progress is not None:
+                    progress(summary["inputs"])
+    finish(out, manifest, blocks)
+    from kerascope.scale.work import shard_info
+
+    folder = shard_dir(out, task)
+    errors = sum(shard_info(folder / b.shard).get("errors", 0) for b in blocks)
+    return BatchReport(task, out, len(found.paths), len(blocks), len(todo),
+                       len(blocks) - len(todo), errors, used, found.skipped, where)  # fmt: skip
+
+
+def _require(what: str, module: str) -> None:
+    try:
+        __import__(module)
+    except ImportError:
+        raise BatchError(f"{what} needs {module}: {INSTALL}") from None
+
+
+def _in_process(job: dict, todo: list[Block]) -> Iterator[dict]:
+    from kerascope.scale.work import BlockWorker
+
+    worker = BlockWorker(job)
+    for block in todo:
+        yield worker.run_block(block.row())
+
+
+def _import_ray():
+    try:
+        import ray
+        import ray.data  # noqa: F401
+    except ImportError:
+        raise BatchError(f"--ray needs Ray Data: {INSTALL}") from None
+    return ray
+
+
+def worker_env() -> dict[str, str]:
+    """The driver's settings that change what a worker computes, for Ray's runtime env."""
+    return {k: v for k, v in os.environ.items() if k.startswith(_ENV_PREFIXES)}
+
+
+def _connect(ray, cluster: str) -> bool:
+    """Connect (or start Ray locally); True when this call started the connection."""
+    if ray.is_initialized():
+        return False
+    kwargs = dict(
+        include_dashboard=False,
+        logging_level=logging.WARNING,
+        log_to_driver=True,
+        runtime_env={"env_vars": worker_env()},
+    )
+    try:
+        if cluster == LOCAL:
+            ray.init(num_cpus=os.cpu_count() or 1, **kwargs)
+        else:
+            ray.init(address=cluster, **kwargs)
+    except (ConnectionError, RuntimeError, ValueError, TimeoutError) as exc:
+        raise BatchError(
+            f"cannot connect to Ray at '{cluster}': {str(exc).splitlines()[0]} "
+            "(start it with `ray start --head`, or run without an address for a local one)"
+        ) from None
+    return True
+
+
+def _on_ray(job: dict, todo: list[Block], cluster: str, workers: int | None):
+    ray = _import_ray()
+    started = _connect(ray, cluster)
+    resources = ray.cluster_resources()
+    gpus = int(resources.get("GPU", 0))
+    count = workers or (gpus or int(resources.get("CPU", 1)) or 1)
+    count = max(1, min(count, len(todo)))
+    where = f"on Ray ({'local' if cluster == LOCAL else cluster}), {count} worker(s)"
+    where += f", {gpus} GPU(s)" if gpus else ""
+    return _stream(ray, job, todo, count, gpus, started), count, where
+
+
+def _stream(ray, job: dict, todo: list[Block], count: int, gpus: int, started: bool):
+    """Summaries as blocks finish; Ray is shut down afterwards if this job started it."""
+    from kerascope.scale.work import BlockWorker
+
+    try:
+        context = ray.data.DataContext.get_current()
+        context.enable_progress_bars = False
+        context.print_on_execution_start = False
+        logging.getLogger("ray.data").setLevel(logging.WARNING)
+        rows = [b.row() for b in todo]
+        ds = ray.data.from_items(rows, override_num_blocks=len(rows))
+        # The job travels inside the class (pickled by value), not as constructor arguments in
+        # the object store: a restarted actor must not depend on an object that may be gone.
+        worker = type("BlockWorker", (BlockWorker,), {"JOB": job})
+        ds = ds.map_batches(
+            worker,
+            batch_size=1,
+            batch_format="pyarrow",
+            compute=ray.data.ActorPoolStrategy(size=count, max_tasks_in_flight_per_actor=1),
+            num_cpus=1,
+            num_gpus=1 if gpus else 0,
+        )
+        yield from ds.iter_rows()
+    finally:
+        if started:
+            ray.shutdown()

@@ -1,0 +1,270 @@
+"""The worker: a callable class that loads the model once and turns one block into one shard.
+
+Ray Data runs it in an actor pool (``map_batches``), and the in-process mode calls it directly,
+so both run the same code, and it is kerascope's own: `classify_sources`, the feature forward
+of `kerascope.bottleneck`, `iter_explanations` and the overlay drawing of ``explain``. Decoding
+happens here, on the worker (the inference core's thread pool overlaps it with the model).
+
+A block's rows are written as one Parquet file under a temp name, then renamed
+(`kerascope.files.atomic_path`): a worker killed mid-block leaves no shard, and the block's
+retry writes the same file again. A block whose shard exists is not recomputed. Bad images
+become error rows; only a setup error (unknown model, layer or class) stops the job, reported
+back as ``fatal`` so the driver can print it as one line.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from kerascope import files
+from kerascope.errors import KerascopeError
+from kerascope.scale.plan import shard_dir
+
+META_KEY = b"kerascope"
+
+
+def _pa():
+    import pyarrow as pa
+
+    return pa
+
+
+def summary_schema():
+    pa = _pa()
+    return pa.schema(
+        [
+            ("block", pa.int64()),
+            ("shard", pa.string()),
+            ("inputs", pa.int64()),
+            ("errors", pa.int64()),
+            ("skipped", pa.bool_()),
+            ("fatal", pa.string()),
+            ("host", pa.string()),
+            ("pid", pa.int64()),
+        ]
+    )
+
+
+def _clean(text: str | None) -> str | None:
+    from kerascope.output import clean
+
+    return None if text is None else clean(str(text))
+
+
+def provenance() -> dict[str, Any]:
+    """Which software and which process wrote a shard (kept in its Parquet metadata)."""
+    import keras
+
+    import kerascope
+
+    return {
+        "kerascope_version": kerascope.__version__,
+        "keras_version": keras.__version__,
+        "backend": keras.backend.backend(),
+        "host": socket.gethostname(),
+        "pid": os.getpid(),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+    }
+
+
+class BlockWorker:
+    """``worker(batch)``: each row of ``batch`` is a `Block` row; returns one summary per row.
+
+    Args:
+        job: ``task``, ``output`` (folder), ``settings`` (the task's options) and
+            ``batch_size``, as plain data (it travels to every actor).
+    """
+
+    JOB: dict[str, Any] | None = None  # set on a subclass by the Ray driver
+
+    def __init__(self, job: dict[str, Any] | None = None):
+        job = job if job is not None else self.JOB
+        self.task = job["task"]
+        self.out = Path(job["output"])
+        self.folder = shard_dir(self.out, self.task)
+        self.settings = job["settings"]
+        self.batch_size = int(job["batch_size"])
+        self.fatal: str | None = None
+        try:
+            self._setup()
+        except (KerascopeError, ValueError, OSError) as exc:
+            self.fatal = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+
+    def _setup(self) -> None:
+        s = self.settings
+        if self.task == "features":
+            from kerascope.bottleneck import FeatureSpec, forward_for, weights_checksum
+            from kerascope.bottleneck.branches import weights_file
+
+            self.spec = FeatureSpec.make(s["model"], s["layer"], s["pool"], s["image_size"],
+                                         s["weights"])  # fmt: skip
+            self.forward, self.shape = forward_for(self.spec)
+            self.meta = {
+                "model": self.spec.backbone,
+                "layer": self.spec.layer or "",
+                "pool": self.spec.pool,
+                "image_size": self.spec.image_size,
+                "input_size": self.spec.input_size,
+                "shape": list(self.shape),
+                "weights_file": str(weights_file(self.spec)),
+                "weights_sha256": weights_checksum(weights_file(self.spec)),
+            }
+            return
+        from kerascope.zoo.models import load_model
+
+        self.clf = load_model(s["model"], weights=s.get("weights"))
+        self.meta = {"model": self.clf.name, "model_source": self.clf.source}
+        if self.task == "explain":
+            from kerascope.cam.explain import _cached_explainer, resolve_target
+
+            self.explainer = _cached_explainer(self.clf, s["method"], s["layer"])
+            self.target = None if s["target"] is None else resolve_target(self.clf, s["target"])
+            self.meta.update(method=self.explainer.method, layer=self.explainer.layer)
+
+    def __call__(self, batch: Any) -> Any:
+        rows = batch.to_pylist() if hasattr(batch, "to_pylist") else list(batch)
+        return _pa().Table.from_pylist([self.run_block(r) for r in rows], schema=summary_schema())
+
+    def run_block(self, row: dict[str, Any]) -> dict[str, Any]:
+        """Write the block's shard unless it exists; a summary either way."""
+        done = {"block": row["block"], "shard": row["shard"], "inputs": len(row["paths"]),
+                "errors": 0, "skipped": False, "fatal": self.fatal,
+                "host": socket.gethostname(), "pid": os.getpid()}  # fmt: skip
+        if self.fatal:
+            return done
+        path = self.folder / row["shard"]
+        if path.is_file():  # a retry of a block whose shard was written: nothing to redo
+            return dict(done, skipped=True, errors=shard_info(path).get("errors", 0))
+        try:
+            table, errors = getattr(self, f"_{self.task}")(row)
+            meta = {"task": self.task, "settings": self.settings, "block": row["block"],
+                    "inputs": len(row["paths"]), "errors": errors, **self.meta,
+                    **provenance()}  # fmt: skip
+            table = table.replace_schema_metadata({META_KEY: json.dumps(meta)})
+            write_shard(table, path)
+        except KerascopeError as exc:  # disk full, read-only output: the job cannot go on
+            return dict(done, fatal=str(exc).splitlines()[0])
+        return dict(done, errors=errors)
+
+    def _sources(self, row: dict[str, Any]) -> list:
+        from kerascope.inference import Missing
+
+        return [Missing(p) if m else p for p, m in zip(row["paths"], row["missing"], strict=True)]
+
+    def _classify(self, row: dict[str, Any]):
+        from kerascope.classification import classify_sources
+
+        s = self.settings
+        cols: dict[str, list] = {k: [] for k in CLASSIFY_COLUMNS}
+        errors = 0
+        found = classify_sources(self.clf, self._sources(row), s["top"], s["threshold"],
+                                 self.batch_size)  # fmt: skip
+        for r in found:
+            if not r.ok:
+                errors += 1
+                _append(cols, _clean(r.source), None, None, None, None, _clean(r.error))
+            for p in r.predictions:
+                _append(cols, _clean(r.source), p.rank, _clean(p.class_id), _clean(p.name),
+                        p.probability, None)  # fmt: skip
+        return _pa().table(cols, schema=classify_schema()), errors
+
+    def _features(self, row: dict[str, Any]):
+        from kerascope.inference import iter_batches
+
+        size = (self.spec.image_size, self.spec.image_size)
+        dim = int(np.prod(self.shape))
+        images, vectors, errs = [], [], []
+        for items in iter_batches(self._sources(row), size, self.batch_size):
+            good = [it for it in items if it.error is None]
+            out = self.forward(np.stack([it.pixels for it in good])) if good else None
+            k = 0
+            for it in items:
+                images.append(_clean(it.source))
+                errs.append(_clean(it.error))
+                if it.error is None:
+                    vectors.append(np.asarray(out[k], np.float32).reshape(-1).tolist())
+                    k += 1
+                else:
+                    vectors.append(None)
+        table = _pa().table(
+            {"image": images, "vector": vectors, "error": errs}, schema=features_schema(dim)
+        )
+        return table, sum(e is not None for e in errs)
+
+    def _explain(self, row: dict[str, Any]):
+        from kerascope.cam.explain import iter_explanations
+        from kerascope.cam.overlay import overlay, save_jpeg, side_by_side
+
+        s = self.settings
+        sources = self._sources(row)
+        targets = None if self.target is None else np.full(len(sources), self.target)
+        cols: dict[str, list] = {k: [] for k in EXPLAIN_COLUMNS}
+        errors = 0
+        found = iter_explanations(self.clf, self.explainer, sources, targets, self.batch_size)
+        for name, (e, image) in zip(row["outputs"], found, strict=True):
+            if not e.ok:
+                errors += 1
+                _append(cols, _clean(e.source), None, None, None, None, None, _clean(e.error))
+                continue
+            # As `kerascope.cam.save.save_explanations` draws it (same label, same pictures).
+            label = f"{e.class_name.replace('_', ' ')} {e.probability:.1%} ({s['method']})"
+            picture = side_by_side(image, overlay(image, e.heatmap, s["alpha"], s["colormap"]),
+                                   label)  # fmt: skip
+            save_jpeg(picture, self.out / name)
+            _append(cols, _clean(e.source), e.class_index, _clean(e.class_id),
+                    _clean(e.class_name), e.probability, name, None)  # fmt: skip
+        return _pa().table(cols, schema=explain_schema()), errors
+
+
+CLASSIFY_COLUMNS = ("image", "rank", "class_id", "name", "probability", "error")
+EXPLAIN_COLUMNS = ("image", "class_index", "class_id", "name", "probability", "output", "error")
+
+
+def _append(cols: dict[str, list], *values) -> None:
+    for column, value in zip(cols.values(), values, strict=True):
+        column.append(value)
+
+
+def classify_schema():
+    """The columns of ``classify --format csv``, typed: empty cells are nulls."""
+    pa = _pa()
+    return pa.schema([("image", pa.string()), ("rank", pa.int32()), ("class_id", pa.string()),
+                      ("name", pa.string()), ("probability", pa.float64()),
+                      ("error", pa.string())])  # fmt: skip
+
+
+def features_schema(dim: int):
+    pa = _pa()
+    return pa.schema([("image", pa.string()), ("vector", pa.list_(pa.float32(), dim)),
+                      ("error", pa.string())])  # fmt: skip
+
+
+def explain_schema():
+    pa = _pa()
+    return pa.schema([("image", pa.string()), ("class_index", pa.int32()),
+                      ("class_id", pa.string()), ("name", pa.string()),
+                      ("probability", pa.float64()), ("output", pa.string()),
+                      ("error", pa.string())])  # fmt: skip
+
+
+def write_shard(table: Any, path: Path) -> None:
+    """All of the block's rows, or nothing: temp name, fsync, rename."""
+    import pyarrow.parquet as pq
+
+    with files.atomic_path(path) as tmp:
+        pq.write_table(table, tmp)
+
+
+def shard_info(path: str | os.PathLike) -> dict[str, Any]:
+    """The kerascope metadata of a shard (settings, provenance, counts), from its footer only."""
+    import pyarrow.parquet as pq
+
+    meta = pq.read_schema(path).metadata or {}
+    return json.loads(meta.get(META_KEY, b"{}"))
