@@ -33,7 +33,7 @@ demo: $(VENV)/.installed
 	$(VENV)/bin/kerascope classify $(addprefix $$data/,$(PHOTOS)) --top 3
 
 test: $(VENV)/.installed-test
-	$(VENV)/bin/ruff check src tests benchmarks
+	$(VENV)/bin/ruff check src tests benchmarks examples
 	KERAS_BACKEND=jax $(PY) -m pytest -q
 	KERAS_BACKEND=torch $(PY) -m pytest -q -m backends
 
@@ -41,7 +41,7 @@ test-fast: $(VENV)/.installed-test
 	KERAS_BACKEND=jax $(PY) -m pytest -q -m "not slow"
 
 lint: $(VENV)/.installed-test
-	$(VENV)/bin/ruff check src tests benchmarks
+	$(VENV)/bin/ruff check src tests benchmarks examples
 	$(VENV)/bin/ruff format --check src tests benchmarks
 
 bench: $(VENV)/.installed-test

@@ -15,6 +15,7 @@ import stat
 import threading
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import IO
 
 import numpy as np
 from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
@@ -43,13 +44,14 @@ _PIL_LIMIT_LOCK = threading.Lock()
 class ImageError(KerascopeError):
     """An input that cannot be used, with the path and a reason a user can act on."""
 
-    def __init__(self, path: str, reason: str):
+    def __init__(self, path: str, reason: str, kind: str = "corrupt"):
         self.path = str(path)
         self.reason = reason
+        self.kind = kind  # corrupt | not_image | too_large | unsupported | unreadable
         super().__init__(f"cannot read '{self.path}': {reason}")
 
     def __reduce__(self):  # keep pickling (multiprocessing data loaders) working
-        return (type(self), (self.path, self.reason))
+        return (type(self), (self.path, self.reason, self.kind))
 
 
 def max_pixels() -> int:
@@ -158,21 +160,40 @@ def load_image(
     p = os.fspath(path)
     problem = file_problem(p, "an image file")
     if problem:
-        raise ImageError(p, problem)
+        raise ImageError(p, problem, "unreadable")
+    return decode_image(p, p, max_side, min_size)
+
+
+LIMIT_HINT = "set KERASCOPE_MAX_PIXELS to raise it"
+
+
+def decode_image(
+    source: str | os.PathLike | IO[bytes],
+    name: str,
+    max_side: int | None = None,
+    min_size: tuple[int, int] | None = None,
+    limit_hint: str = LIMIT_HINT,
+) -> np.ndarray:
+    """`load_image` for a path already checked or an open binary file (an upload): the same
+    header check, pixel limit, budget and reduced decode; errors name ``name``.
+
+    ``ImageError.kind`` says what went wrong for callers that map it (HTTP statuses).
+    """
+    p = name
     try:
         with _PIL_LIMIT_LOCK:
             saved, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
             try:
-                img = Image.open(p)
+                img = Image.open(source)
             finally:
                 Image.MAX_IMAGE_PIXELS = saved
     except UnidentifiedImageError:
         reason = "not an image file (unrecognised format)"
         if os.path.splitext(p)[1].lower() in {".heic", ".heif"}:
             reason += "; HEIC/HEIF needs `pip install pillow-heif`, or convert it to JPEG"
-        raise ImageError(p, reason) from None
+        raise ImageError(p, reason, "not_image") from None
     except PermissionError:
-        raise ImageError(p, "permission denied") from None
+        raise ImageError(p, "permission denied", "unreadable") from None
     except Exception as err:  # plugins raise OSError, SyntaxError, struct.error, ...
         raise ImageError(p, f"truncated or corrupt image header ({err})") from None
     with img:
@@ -184,7 +205,8 @@ def load_image(
             raise ImageError(
                 p,
                 f"image is {width}x{height} = {_fmt_pixels(width * height)}, over the "
-                f"{_fmt_pixels(limit)} limit (set KERASCOPE_MAX_PIXELS to raise it)",
+                f"{_fmt_pixels(limit)} limit ({limit_hint})",
+                "too_large",
             )
         with _DECODES.take(width * height):
             return _decode(p, img, max_side, min_size)
@@ -199,16 +221,16 @@ def _decode(p: str, img: Image.Image, max_side: int | None, min_size) -> np.ndar
     try:
         img.load()  # frame 0 of multi-frame GIF/TIFF: Image.open leaves it there
     except Image.DecompressionBombError as err:  # a GIF frame bigger than its canvas
-        raise ImageError(p, f"image too large to decode safely ({err})") from None
+        raise ImageError(p, f"image too large to decode safely ({err})", "too_large") from None
     except MemoryError:
-        raise ImageError(p, f"not enough memory to decode {width}x{height}") from None
+        raise ImageError(p, f"not enough memory to decode {width}x{height}", "too_large") from None
     except Exception as err:
         raise ImageError(p, f"truncated or corrupt image data ({err})") from None
     try:
         rgb = to_rgb(_shrink(img, floor, max_side))
         return np.array(rgb, dtype=np.uint8)
     except ValueError as err:
-        raise ImageError(p, f"unsupported pixel format: {err}") from None
+        raise ImageError(p, f"unsupported pixel format: {err}", "unsupported") from None
     except Exception as err:  # EXIF parsing or a conversion inside Pillow
         raise ImageError(p, f"corrupt image ({err})") from None
 

@@ -432,6 +432,7 @@ def _fill(f, spec, plan, rows, checksum, batch_size, progress) -> int:
             del f[spec.key]
         if len(todo):
             run, shape = forward_for(spec)
+        _check_space(f, len(todo), tuple(shape or ()))
         g = _new_group(f, spec, rows, checksum, tuple(shape or ()), batch_size)
         if len(kept):
             g["features"][kept] = old
@@ -441,10 +442,28 @@ def _fill(f, spec, plan, rows, checksum, batch_size, progress) -> int:
     if progress is not None:
         progress(spec.backbone, done, n)
     if len(todo):
+        if mode == "resume":
+            _check_space(f, len(todo), g["features"].shape[1:])
         run = run or forward_for(spec)[0]
         done = _compute(f, g, spec, run, rows, todo, batch_size, progress, done)
     f.flush()  # ``complete`` is set by `_finish`, once the rows are verified on disk
     return len(todo)
+
+
+def _check_space(f: Any, todo: int, shape: tuple) -> None:
+    """Refuse before writing rows that cannot fit: HDF5 left with a failed write may crash the
+    process later (at exit), so a disk that is already too full is caught here, in Python.
+    A disk filled by someone else during the run is still caught by `_h5_errors`."""
+    needed = todo * int(np.prod(shape, dtype=np.int64)) * 4 + (1 << 20)  # float32 + metadata
+    partial = Path(f.filename)
+    free = shutil.disk_usage(partial.parent).free
+    if needed > free:
+        out = partial.with_name(partial.name.removesuffix(".partial"))
+        raise OutputError(
+            f"could not write '{out}': no space left on the device (about "
+            f"{needed / 1e6:.1f} MB needed, {free / 1e6:.1f} MB free); free some space and run "
+            "again (any previous file is kept)"
+        )
 
 
 def _compute(f, g, spec, run, rows, todo, batch_size, progress, done) -> int:

@@ -152,10 +152,6 @@ def session(model: Any) -> Any:
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.log_severity_level = 3
-    # No busy-waiting between runs: kerascope runs a session beside other CPU work (decode
-    # threads, augmentation, the training step of the trainable suffix), which spinning
-    # intra-op threads would take cores from.
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     providers = ["CPUExecutionProvider"]
     try:
         return ort.InferenceSession(onnx_bytes(model), options, providers=providers)

@@ -60,7 +60,7 @@ def _prepare(name: str, data: bytes, size: tuple[int, int], keep: bool) -> Uploa
     from kerascope.images import resize
 
     try:
-        image = decode_bytes(data)
+        image = decode_bytes(data, None if keep else size)  # as classify decodes a file
     except DecodeError as exc:
         return Upload(name, error=f"cannot read '{name}': {exc.reason}", status=exc.status)
     return Upload(name, image if keep else None, resize(image, size))
