@@ -27,11 +27,9 @@ def _parser(sub, name: str, text: str):
 
 def _note(message: str) -> None:
     """A line on stderr; user text (paths, class names) is shown as it is, never as markup."""
-    from rich.console import Console
-    from rich.text import Text
+    from kerascope.output import note
 
-    Console(stderr=True, highlight=False).print(Text.assemble(("kerascope:", "yellow"), " ",
-                                                              message))  # fmt: skip
+    note(message)
 
 
 def add_commands(sub) -> None:
