@@ -73,6 +73,23 @@ def test_train_errors_are_one_line(tmp_path, capsys):
     assert main(["train"]) == 2
 
 
+@pytest.mark.parametrize(
+    ("option", "value", "said"),
+    [("--epochs", "0", "epochs must be at least 1, got 0"),
+     ("--batch-size", "0", "batch_size must be at least 1, got 0"),
+     ("--lr", "0", "lr must be above 0, got 0.0")],
+)  # fmt: skip
+def test_explicit_zeros_are_refused_not_read_as_the_default(tmp_path, capsys, option, value,
+                                                            said):  # fmt: skip
+    """`--epochs 0` used to train the recipe's 50 epochs: a zero is a value, never "unset"."""
+    data = make_shapes(tmp_path / "data", n=4, size=32)
+    run = tmp_path / "run"
+    code = main(["train", str(data), "--recipe", "scratch", option, value, "-o", str(run)])
+    err = capsys.readouterr().err
+    assert code == 2 and said in err and len(err.strip().splitlines()) == 1
+    assert not run.exists()
+
+
 @pytest.mark.slow
 def test_features_command_caches_and_the_features_recipe_saves_one_model(tmp_path, capsys):
     data = make_shapes(tmp_path / "data", n=6, size=48)

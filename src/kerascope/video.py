@@ -88,7 +88,7 @@ def open_video(path: str | os.PathLike):
     try:
         import av
     except ImportError:
-        raise VideoError(p, "video support needs PyAV: pip install 'kerascope[video]'") from None
+        raise VideoError(p, "video support needs PyAV: pip install av") from None
     problem = file_problem(p, "a video file")
     if problem:
         raise VideoError(p, problem)

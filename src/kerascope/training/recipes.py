@@ -302,6 +302,17 @@ def make_optimizer(name: str, lr: float) -> Any:
     raise ConfigError(f"unknown optimizer {name!r}; use rmsprop, adam or sgd")
 
 
+def _given(value: Any, default: Any, name: str, minimum: float, strict: bool = False) -> Any:
+    """``value`` when given (an explicit 0 included: it is never read as "the default"),
+    else ``default``; a value below ``minimum`` (or equal to it, when ``strict``) is refused."""
+    if value is None:
+        return default
+    if value < minimum or (strict and value == minimum):
+        bound = f"above {minimum:g}" if strict else f"at least {minimum:g}"
+        raise ConfigError(f"{name} must be {bound}, got {value!r}")
+    return value
+
+
 def resolve_config(
     data: str | os.PathLike,
     recipe: str,
@@ -333,8 +344,8 @@ def resolve_config(
     stages = [
         {
             "optimizer": s.optimizer,
-            "lr": float(lrs[i] or s.lr),
-            "epochs": int(epochs_[i] or s.epochs),
+            "lr": float(_given(lrs[i], s.lr, "lr", minimum=0.0, strict=True)),
+            "epochs": int(_given(epochs_[i], s.epochs, "epochs", minimum=1)),
         }
         for i, s in enumerate(r.stages)
     ]
@@ -356,7 +367,7 @@ def resolve_config(
         "backbone": backbone,
         **chosen,
         "image_size": size,
-        "batch_size": int(batch_size or r.batch_size),
+        "batch_size": int(_given(batch_size, r.batch_size, "batch_size", minimum=1)),
         "stages": stages,
         "seed": int(seed),
         "val_split": float(val_split),
