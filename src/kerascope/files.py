@@ -33,6 +33,16 @@ def temp_name(path: str | os.PathLike) -> Path:
     return path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}.partial")
 
 
+def remove_stale_temps(folder: str | os.PathLike) -> None:
+    """Delete the temp files of writes a kill cut short in ``folder`` (`temp_name`'s pattern).
+
+    Only for a folder the caller owns exclusively (a locked run, a job's output): a live write
+    of another process would lose its temp file.
+    """
+    for stale in Path(folder).glob(".*.partial*"):
+        stale.unlink(missing_ok=True)
+
+
 def output_error(path: str | os.PathLike, exc: BaseException) -> OutputError:
     """One line for a failed write of ``path``: what happened and what to do."""
     code = getattr(exc, "errno", None)

@@ -20,7 +20,6 @@ import contextlib
 import hashlib
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -102,25 +101,14 @@ def _prune(keep: Path) -> None:
 
 def _write(path: Path, payload: bytes) -> None:
     """Atomically store ``payload``; a cache that cannot be written is silently skipped."""
-    tmp = None
+    from kerascope import files
+
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(
-            dir=path.parent, prefix=f".{path.stem[:16]}-", suffix=".tmp", delete=False
-        ) as fh:
-            tmp = fh.name
-            fh.write(_MAGIC + hashlib.sha256(payload).digest() + payload)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o644)  # like any other cache file (mkstemp makes it private)
-        os.replace(tmp, path)
-        tmp = None
+        files.write_bytes(path, _MAGIC + hashlib.sha256(payload).digest() + payload)
         _prune(path)
-    except OSError:
+    except OSError:  # files.OutputError included: the cache is an optimisation, never a failure
         pass
-    finally:
-        if tmp is not None:
-            Path(tmp).unlink(missing_ok=True)
 
 
 def onnx_bytes(model: Any, opset: int = 17, refresh: bool = False) -> bytes:

@@ -200,8 +200,7 @@ def prepare_output(out: Path, manifest: dict) -> None:
     shards = shard_dir(out, manifest["task"])
     shards.mkdir(parents=True, exist_ok=True)
     for folder in {out, shards}:
-        for stale in folder.glob(".*.partial*"):
-            stale.unlink(missing_ok=True)
+        files.remove_stale_temps(folder)
     if not path.is_file():
         files.write_json(path, manifest)
 
