@@ -161,8 +161,7 @@ def save_explanations(
     found = iter_small(clf, explainer, sources, targets, batch_size)
     for source, name, (e, cam) in zip(sources, names, found, strict=True):
         if e.ok:
-            label = f"{e.class_name.replace('_', ' ')} {e.probability:.1%} ({method})"
-            e = _draw(source, cam, label, alpha, colormap, out_dir / name, e)
+            e = draw_explanation(source, cam, e, method, alpha, colormap, out_dir / name)
         saved.append(SavedExplanation(e, out_dir / name if e.ok else None))
         if progress is not None:
             progress(1)
@@ -174,6 +173,22 @@ def overlay_check(alpha: float, colormap: str) -> None:
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha must be in [0, 1], got {alpha}")
     colormap_lut(colormap)
+
+
+def draw_explanation(
+    source: Source,
+    cam: np.ndarray,
+    e: Explanation,
+    method: str,
+    alpha: float,
+    colormap: str,
+    path: Path,
+) -> Explanation:
+    """Write the picture `explain` writes for one explained source (original beside overlay,
+    labelled with class, probability and method); ``e``, with ``error`` set when the file can
+    no longer be decoded. Shared by `save_explanations` and ``kerascope batch explain``."""
+    label = f"{e.class_name.replace('_', ' ')} {e.probability:.1%} ({method})"
+    return _draw(source, cam, label, alpha, colormap, path, e)
 
 
 def _draw(source, cam, label, alpha, colormap, path: Path, e: Explanation) -> Explanation:

@@ -199,25 +199,23 @@ class BlockWorker:
         return table, sum(e is not None for e in errs)
 
     def _explain(self, row: dict[str, Any]):
-        from kerascope.cam.explain import iter_explanations
-        from kerascope.cam.overlay import overlay, save_jpeg, side_by_side
+        from kerascope.cam.explain import iter_small
+        from kerascope.cam.save import draw_explanation
 
         s = self.settings
         sources = self._sources(row)
         targets = None if self.target is None else np.full(len(sources), self.target)
         cols: dict[str, list] = {k: [] for k in EXPLAIN_COLUMNS}
         errors = 0
-        found = iter_explanations(self.clf, self.explainer, sources, targets, self.batch_size)
-        for name, (e, image) in zip(row["outputs"], found, strict=True):
+        found = iter_small(self.clf, self.explainer, sources, targets, self.batch_size)
+        for source, name, (e, cam) in zip(sources, row["outputs"], found, strict=True):
+            if e.ok:  # the picture single-machine `explain` writes, drawn by the same code
+                e = draw_explanation(source, cam, e, s["method"], s["alpha"], s["colormap"],
+                                     self.out / name)  # fmt: skip
             if not e.ok:
                 errors += 1
                 _append(cols, _clean(e.source), None, None, None, None, None, _clean(e.error))
                 continue
-            # As `kerascope.cam.save.save_explanations` draws it (same label, same pictures).
-            label = f"{e.class_name.replace('_', ' ')} {e.probability:.1%} ({s['method']})"
-            picture = side_by_side(image, overlay(image, e.heatmap, s["alpha"], s["colormap"]),
-                                   label)  # fmt: skip
-            save_jpeg(picture, self.out / name)
             _append(cols, _clean(e.source), e.class_index, _clean(e.class_id),
                     _clean(e.class_name), e.probability, name, None)  # fmt: skip
         return _pa().table(cols, schema=explain_schema()), errors
