@@ -2,7 +2,7 @@
 train and evaluate; predict and evaluate that never lose or hide a file.
 
 Crashes are real ``SIGKILL``s of a subprocess: a small driver script wraps one finishing step
-of ``kerascope.training.run`` so the process kills itself right there (no hook in the code).
+of ``kerascope.training.finish`` so the process kills itself right there (no hook in the code).
 """
 
 from __future__ import annotations
@@ -47,14 +47,14 @@ if step == "model-write":
             die()  # the temp file is complete, the rename has not happened
     files.fsync_path = fsync_path
 else:
-    import kerascope.training.run as run
-    original = getattr(run, step)
+    import kerascope.training.finish as finish
+    original = getattr(finish, step)
     def wrapped(*args, **kwargs):
         if when == "before":
             die()
         out = original(*args, **kwargs)
         die()
-    setattr(run, step, wrapped)
+    setattr(finish, step, wrapped)
 from kerascope.cli import main
 sys.exit(main(sys.argv[3:]))
 """

@@ -26,6 +26,7 @@ from kerascope.files import write_json
 LOCK_NAME = ".lock"
 SPLIT_NAME = "split.json"
 LABELS_NAME = "labels.json"
+STATE_NAME = "run_state.json"
 
 
 @contextlib.contextmanager
@@ -77,6 +78,19 @@ def _busy_message(folder: Path, fd: int) -> str:
         who = "another kerascope process"
     return (f"'{folder}' is in use by {who}, which is writing this run: wait for it to "
             "finish, or choose another --output")  # fmt: skip
+
+
+def read_state(run_dir: str | os.PathLike) -> dict[str, Any]:
+    """``run_state.json`` (which stage and epoch, running / done / ...); {} when absent or
+    unreadable: a run killed before its first state write starts from the beginning."""
+    try:
+        return json.loads((Path(run_dir) / STATE_NAME).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+
+
+def write_state(run_dir: str | os.PathLike, state: dict[str, Any]) -> None:
+    write_json(Path(run_dir) / STATE_NAME, state)
 
 
 def read_labels(run_dir: str | os.PathLike) -> list[str] | None:

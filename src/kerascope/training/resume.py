@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from kerascope.errors import RunError
-from kerascope.training import recipes
+from kerascope.training import recipes, settings
 
 FLAGS = {
     "data": "DATA", "recipe": "--recipe", "output": "--output", "backbone": "--backbone",
@@ -45,7 +45,7 @@ def _extend(run_dir: Path, config: dict, state: dict, epochs: Any) -> None:
     stages = config["stages"]
     finished = int(state.get("completed_stages", 0))
     if isinstance(epochs, list | tuple):
-        values = recipes._per_stage(list(epochs), len(stages), "epochs", broadcast=True)
+        values = settings.per_stage(list(epochs), len(stages), "epochs", broadcast=True)
     else:
         values = [None] * finished + [epochs] * (len(stages) - finished)
     if all(v is None for v in values):
@@ -81,10 +81,10 @@ def _same(name: str, value: Any, config: dict, run_dir: Path) -> bool:
     if name == "recipe":
         return recipes.get_recipe(value).name == config["recipe"]
     if name == "backbone":
-        return recipes.resolve_backbone(recipes.get_recipe(config["recipe"]), value) == \
+        return settings.resolve_backbone(recipes.get_recipe(config["recipe"]), value) == \
             config["backbone"]  # fmt: skip
     if name == "lr":
-        lrs = recipes._per_stage(value, len(config["stages"]), "lr", broadcast=False)
+        lrs = settings.per_stage(value, len(config["stages"]), "lr", broadcast=False)
         return all(v is None or float(v) == s["lr"] for v, s in zip(lrs, config["stages"],
                                                                       strict=True))  # fmt: skip
     if name == "image_size":

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import inspect
-import json
 import os
 import shutil
 import sys
@@ -38,15 +37,22 @@ from kerascope.data.affine import random_affine  # noqa: E402
 from kerascope.data.augment import AugmentConfig  # noqa: E402
 from kerascope.errors import ConfigError, RunError  # noqa: E402
 from kerascope.fast_convs import fast_convs  # noqa: E402
-from kerascope.files import OutputError, atomic_path, is_disk_error, write_json, write_text  # noqa: E402
-from kerascope.report import plot_curves, read_history, write_history, write_run_report  # noqa: E402
-from kerascope.rundir import LABELS_NAME, lock_run, write_split  # noqa: E402
+from kerascope.files import (  # noqa: E402
+    OutputError,
+    is_disk_error,
+    write_json,
+    write_text,
+)
+from kerascope.report import read_history, write_history  # noqa: E402
+from kerascope.rundir import LABELS_NAME, lock_run, read_state, write_split, write_state  # noqa: E402
 from kerascope.training import recipes  # noqa: E402
 from kerascope.training import resume as resuming  # noqa: E402
-from kerascope.training.checkpoints import Backup, BestCheckpoint, backup_epoch, read_best  # noqa: E402
+from kerascope.training.checkpoints import Backup, BestCheckpoint, backup_epoch  # noqa: E402
+from kerascope.training.finish import finish_run, remove_leftovers  # noqa: E402
 from kerascope.training.heads import DEFAULT_UNFREEZE, UnfreezeSpec, parameter_counts  # noqa: E402
 from kerascope.training.progress import TrainProgress  # noqa: E402
-from kerascope.training.recipes import class_weights, load_config, resolve_config, save_config  # noqa: E402
+from kerascope.training.recipes import class_weights  # noqa: E402
+from kerascope.training.settings import load_config, resolve_config, save_config  # noqa: E402
 from kerascope.training.split import PrefixSequence, SplitModel, split_model  # noqa: E402
 
 MONITOR = "val_loss"  # finer-grained than accuracy on small validation sets, where it ties
@@ -159,7 +165,7 @@ def train(
         if resume is None:
             _check_new_output(run_dir)  # under the lock: two starts cannot both pass
         else:
-            state = _read_state(run_dir)
+            state = read_state(run_dir)
             _refuse_finished(run_dir, state)
             config = resuming.apply_options(run_dir, config, state, given)
         try:
@@ -194,7 +200,7 @@ def _check_new_output(run_dir: Path) -> None:
     if run_dir.exists() and not run_dir.is_dir():
         raise RunError(f"output '{run_dir}' is a file: choose a folder for the run")
     if (run_dir / "config.yaml").exists():
-        if _read_state(run_dir).get("status") == "done":
+        if read_state(run_dir).get("status") == "done":
             raise RunError(f"'{run_dir}' already holds a finished run (its model is "
                            f"'{run_dir / 'model.keras'}'): choose another output")  # fmt: skip
         raise RunError(f"'{run_dir}' already holds an unfinished run: continue it with "
@@ -209,7 +215,7 @@ def _refuse_finished(run_dir: Path, state: dict[str, Any]) -> None:
     """A finished run is not trained again; leftovers of a kill during cleanup are removed."""
     if state.get("status") != "done":
         return
-    _remove_leftovers(run_dir)
+    remove_leftovers(run_dir)
     raise RunError(f"run '{run_dir}' already finished; its model is '{run_dir}/model.keras' "
                    "(start a new run to train longer)")  # fmt: skip
 
@@ -241,7 +247,7 @@ def _train(run_dir: Path, config: dict[str, Any], resumed: bool, engine: str | N
                                 dropout=config["dropout"], layer=config.get("layer"),
                                 pool=config.get("pool", "avg"))  # fmt: skip
     weights = class_weights(config["class_weight"], dataset.classes, dataset.counts["train"])
-    state = _read_state(run_dir)
+    state = read_state(run_dir)
     verbose = (1 if sys.stdout.isatty() else 0) if progress else 0
     split = use_split(engine, augmented=bool(config["augment"]))
     trained_here = False
@@ -253,18 +259,18 @@ def _train(run_dir: Path, config: dict[str, Any], resumed: bool, engine: str | N
             trained_here = True
             _run_stage(model, run_dir, config, index, stage, seqs, weights, verbose, callbacks,
                        split, progress)  # fmt: skip
-            _write_state(run_dir, {**_read_state(run_dir), "completed_stages": index + 1})
+            write_state(run_dir, {**read_state(run_dir), "completed_stages": index + 1})
             shutil.rmtree(run_dir / "backup" / f"stage{index + 1}", ignore_errors=True)
     except KeyboardInterrupt:
         with contextlib.suppress(OutputError):
-            _write_state(run_dir, {**_read_state(run_dir), "status": "interrupted"})
+            write_state(run_dir, {**read_state(run_dir), "status": "interrupted"})
         if progress:
             print(f"\ninterrupted: continue with `kerascope train --resume {run_dir}`",
                   file=sys.stderr)  # fmt: skip
         raise
     except Exception:
         with contextlib.suppress(Exception):
-            _write_state(run_dir, {**_read_state(run_dir), "status": "failed"})
+            write_state(run_dir, {**read_state(run_dir), "status": "failed"})
         raise
     return _finish(model, run_dir, config, dataset.summary(), trained_here)
 
@@ -403,22 +409,13 @@ class _EpochLog(keras.callbacks.Callback):
         rows.append({"epoch": epoch + 1, "stage": self.stage, **row, "lr": float(lr),
                      "seconds": seconds})  # fmt: skip
         write_history(path, rows)
-        state = {**_read_state(self.run_dir), "stage": self.stage, "epoch": epoch + 1}
-        _write_state(self.run_dir, {**state, "status": "running"})
+        state = {**read_state(self.run_dir), "stage": self.stage, "epoch": epoch + 1}
+        write_state(self.run_dir, {**state, "status": "running"})
 
 
 def _finish(model, run_dir: Path, config: dict, summary: str, trained_here: bool) -> RunResult:
-    """The finishing steps, each safe to redo after a kill: the final model from the best
-    weights, then the curves and report, then the state "done", then the best weights and
-    backups removed. Until "done", ``best.weights.h5`` is kept, so a resumed finish saves the
-    same model again; it never saves weights that were not trained."""
-    history = read_history(run_dir / "history.csv")
-    best = read_best(run_dir / "best.weights.h5")
-    saved = _save_final_model(model, run_dir, trained_here)
-    outcome = _outcome(history, best)
-    _write_report_files(run_dir, config, summary, history, outcome)
-    _mark_done(run_dir, config, outcome)
-    _remove_leftovers(run_dir)
+    """`finish.finish_run`'s steps, then the run's result."""
+    saved, history, outcome = finish_run(model, run_dir, config, summary, trained_here)
     return RunResult(
         run_dir=run_dir,
         model_path=run_dir / "model.keras",
@@ -433,74 +430,3 @@ def _finish(model, run_dir: Path, config: dict, summary: str, trained_here: bool
         model=saved,
         val_loss=outcome["val_loss"],
     )
-
-
-def _save_final_model(model, run_dir: Path, trained_here: bool):
-    """``model.keras`` from the best weights (atomically), or the model already saved when
-    the best weights are gone; RunError rather than saving untrained weights."""
-    best = run_dir / "best.weights.h5"
-    path = run_dir / "model.keras"
-    if best.is_file():
-        model.load_weights(best)
-    elif path.is_file():
-        from kerascope.zoo.models import load_model
-
-        return load_model(path).model
-    elif not trained_here:
-        raise RunError(f"cannot finish '{run_dir}': its best weights (best.weights.h5) and "
-                       "model.keras are both missing, so nothing trained is left to save; "
-                       "start a new run")  # fmt: skip
-    saved = recipes.inference_model(model)
-    with atomic_path(path, suffix=".keras") as tmp:
-        saved.save(tmp)
-    return saved
-
-
-def _outcome(history: list[dict[str, Any]], best: dict[str, Any] | None) -> dict[str, Any]:
-    """The saved model's epoch and numbers (from the checkpoint itself when it recorded them),
-    and the run's other headline numbers."""
-    with_val = [r for r in history if r["val_loss"] is not None] or history
-    if best is None and with_val:
-        best = min(with_val, key=lambda r: r["val_loss"] if r["val_loss"] is not None else 0.0)
-    best = best or {"epoch": 0, "val_accuracy": None, "val_loss": None}
-    accuracies = [r["val_accuracy"] for r in with_val if r["val_accuracy"] is not None]
-    return {
-        "best_epoch": int(best["epoch"]),
-        "val_accuracy": best["val_accuracy"],
-        "val_loss": best["val_loss"] if best["val_loss"] is not None else float("nan"),
-        "best_val_accuracy": max(accuracies, default=float("nan")),
-        "final_val_accuracy": history[-1]["val_accuracy"] if history else None,
-        "epochs": int(history[-1]["epoch"]) if history else 0,
-        "seconds": float(sum(r["seconds"] or 0.0 for r in history)),
-    }
-
-
-def _write_report_files(run_dir: Path, config: dict, summary: str, history: list,
-                        outcome: dict) -> None:  # fmt: skip
-    plot_curves(history, run_dir / "curves.png")
-    write_run_report(run_dir / "report.md", config, summary, outcome)
-
-
-def _mark_done(run_dir: Path, config: dict, outcome: dict) -> None:
-    _write_state(run_dir, {"completed_stages": len(config["stages"]), "status": "done",
-                           "outcome": outcome})  # fmt: skip
-
-
-def _remove_leftovers(run_dir: Path) -> None:
-    """After "done": the best weights (model.keras holds them), every stage's backup, and
-    temp files of writes a kill cut short (this process holds the lock: none is live)."""
-    (run_dir / "best.weights.h5").unlink(missing_ok=True)
-    shutil.rmtree(run_dir / "backup", ignore_errors=True)
-    for partial in run_dir.glob(".*.partial*"):
-        partial.unlink(missing_ok=True)
-
-
-def _read_state(run_dir: Path) -> dict[str, Any]:
-    try:
-        return json.loads((run_dir / "run_state.json").read_text())
-    except (OSError, ValueError):
-        return {}
-
-
-def _write_state(run_dir: Path, state: dict[str, Any]) -> None:
-    write_json(run_dir / "run_state.json", state)
