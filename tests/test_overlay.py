@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from itertools import pairwise
 
 import numpy as np
 import pytest
@@ -36,7 +37,7 @@ def test_colorize_maps_range_through_the_table(name):
 
 def test_colorize_clips_and_ignores_nan():
     out = ov.colorize(np.array([[-1.0, np.nan, 2.0]], dtype=np.float32))
-    lut = ov.colormap_lut("jet")
+    lut = ov.colormap_lut(ov.DEFAULT_COLORMAP)
     assert out[0].tolist() == [lut[0].tolist(), lut[0].tolist(), lut[255].tolist()]
 
 
@@ -48,7 +49,7 @@ def test_unknown_colormap_is_a_clear_error():
 def test_overlay_keeps_the_photo_where_the_heat_is_zero(cat):
     heat = np.zeros((7, 7), dtype=np.float32)
     heat[:, 5:] = 1.0
-    out = ov.overlay(cat, heat, alpha=0.5)
+    out = ov.overlay(cat, heat, alpha=0.5, colormap="jet")
     assert out.shape == cat.shape and out.dtype == np.uint8
     # Up to the centre of column 4 (x = 4.5 / 7 * 451 = 290) the upsampled heat is exactly 0,
     # so the photo is untouched there.
@@ -130,3 +131,141 @@ def test_save_jpeg_leaves_no_partial_file_on_error(tmp_path, monkeypatch, cat):
         ov.save_jpeg(np.zeros_like(cat), path)
     assert os.listdir(tmp_path) == ["cat-output.jpg"]  # no .partial left behind
     assert path.read_bytes() == before  # the earlier result is intact
+
+
+# --- the default colormap: measured on real photos ----------------------------------------------
+
+
+def _blob(size: int = 7, sigma: float = 1.3) -> np.ndarray:
+    """A Grad-CAM-like map: one smooth peak in the middle, exactly 0 at the corners."""
+    y, x = np.mgrid[:size, :size] - (size - 1) / 2
+    blob = np.exp(-(x**2 + y**2) / (2 * sigma**2))
+    return ((blob - blob.min()) / (blob.max() - blob.min())).astype(np.float32)
+
+
+def _delta_e(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Per-pixel CIE76 colour difference (CIE Lab) between two uint8 RGB images."""
+    from skimage.color import rgb2lab
+
+    return np.linalg.norm(rgb2lab(a) - rgb2lab(b), axis=-1)
+
+
+def _contrast_by_heat(image: np.ndarray, colormap: str, edges=(0.2, 0.4, 0.6, 0.8, 0.9, 1.01)):
+    """Mean ΔE between overlay (default alpha) and photo in bands of heat, coldest first."""
+    big = ov.upsample(_blob(), image.shape[:2])
+    diff = _delta_e(ov.overlay(image, _blob(), colormap=colormap), image)
+    return [float(diff[(big >= lo) & (big < hi)].mean()) for lo, hi in pairwise(edges)]
+
+
+@pytest.fixture(scope="module", params=["chelsea", "dark chelsea", "dark astronaut"])
+def photo(request, photo_paths) -> np.ndarray:
+    """The red/brown tabby, and photos at a quarter of their brightness (dark subjects)."""
+    name = request.param.removeprefix("dark ")
+    image = load_rgb(photo_paths[name])
+    if request.param.startswith("dark"):
+        image = (image.astype(np.float32) * 0.25).round().astype(np.uint8)
+    return image
+
+
+def test_default_colormap_shows_the_hottest_region_better_than_jet(photo):
+    """Where the model looked most (heat >= 0.9) the default differs more from the photo than
+    jet, whose dark-red end melts into a brown cat and into shadows."""
+    default = _contrast_by_heat(photo, ov.DEFAULT_COLORMAP)
+    jet = _contrast_by_heat(photo, "jet")
+    assert default[-1] > jet[-1]
+    # ... and the hotter, the more visible: the eye is drawn to the peak, not to middling heat.
+    assert all(np.diff(default) > 0)
+
+
+def test_default_colormap_leaves_cold_pixels_untouched(cat):
+    big = ov.upsample(_blob(), cat.shape[:2])
+    out = ov.overlay(cat, _blob())
+    np.testing.assert_array_equal(out[big == 0], cat[big == 0])
+    assert (big == 0).sum() > 1000  # the corners of the blob really are cold
+
+
+def test_builtin_default_works_without_matplotlib_and_matches_it(monkeypatch):
+    import sys
+
+    matplotlib = pytest.importorskip("matplotlib")
+    ov.colormap_lut.cache_clear()
+    try:
+        with monkeypatch.context() as patch:
+            patch.setitem(sys.modules, "matplotlib", None)  # `import matplotlib` now fails
+            lut = ov.colormap_lut(ov.DEFAULT_COLORMAP)
+            with pytest.raises(ValueError, match="install matplotlib"):
+                ov.colormap_lut("magma")
+    finally:
+        ov.colormap_lut.cache_clear()
+    reference = matplotlib.colormaps[ov.DEFAULT_COLORMAP](np.linspace(0, 1, 256))[:, :3] * 255
+    assert np.abs(lut - reference).max() <= 3.5  # 33 control points: within 3/255
+    from skimage.color import rgb2lab
+
+    # Perceptually ordered: lighter with every step (up to 8-bit rounding), dark to light.
+    lightness = rgb2lab(lut[None].astype(np.uint8))[0, :, 0]
+    assert np.diff(lightness).min() > -0.1 and lightness[-1] - lightness[0] > 70
+
+
+# --- colour bar -------------------------------------------------------------------------------
+
+
+def _gradient_run(row: np.ndarray, colormap: str) -> tuple[slice, np.ndarray]:
+    """The columns of ``row`` (W, 3) drawn from ``colormap``'s table, and their table indices."""
+    lut = ov.colormap_lut(colormap).astype(int)
+    dist = np.abs(row.astype(int)[:, None, :] - lut[None]).max(axis=-1)  # (W, 256)
+    on_map = np.flatnonzero(dist.min(axis=1) <= 2)
+    assert on_map.size, "no colormap colours in the bar"
+    run = slice(int(on_map[0]), int(on_map[-1]) + 1)
+    return run, dist[run].argmin(axis=1)
+
+
+@pytest.mark.parametrize("colormap", [ov.DEFAULT_COLORMAP, "jet"])
+def test_side_by_side_colorbar_runs_from_low_to_high_under_the_overlay(cat, colormap):
+    blended = ov.overlay(cat, _blob(), colormap=colormap)
+    out = ov.side_by_side(cat, blended, "tabby 87.3%", colorbar=True, colormap=colormap)
+    bar = ov.bar_height(300)
+    assert out.shape == (300 + 2 * bar, 2 * 451, 3)
+    np.testing.assert_array_equal(out[:-bar], ov.side_by_side(cat, blended, "tabby 87.3%"))
+    key = out[-bar:]
+    assert key[:, :451].max() == 0  # nothing under the original
+    run, index = _gradient_run(key[bar // 2, 451:], colormap)
+    assert run.stop - run.start > 451 // 2  # most of the overlay's width
+    assert index[0] <= 2 and index[-1] >= 253 and all(np.diff(index) >= 0)
+    under = key[:, 451:]
+    assert under[:, : run.start].max() == 255 and under[:, run.stop :].max() == 255  # low, high
+
+
+def test_colorbar_without_room_for_words_is_the_gradient_alone():
+    key = ov.colorbar(40, 20)
+    run, index = _gradient_run(key[10], ov.DEFAULT_COLORMAP)
+    assert (run.start, run.stop) == (0, 40) and index[0] == 0 and index[-1] == 255
+
+
+def test_label_frame_colorbar_sits_in_the_bottom_right_corner(cat):
+    out = ov.label_frame(cat, "tabby", colorbar=True)
+    bar = ov.bar_height(300)
+    assert out.shape == cat.shape
+    np.testing.assert_array_equal(out[bar:-bar], cat[bar:-bar])
+    np.testing.assert_array_equal(out[-bar:, : 451 - 451 // 3], cat[-bar:, : 451 - 451 // 3])
+    run, index = _gradient_run(out[-bar // 2, 451 - 451 // 3 :], ov.DEFAULT_COLORMAP)
+    assert index[0] <= 2 and index[-1] >= 253
+
+
+# --- empty maps -------------------------------------------------------------------------------
+
+
+def test_empty_map_is_flagged_and_said_in_the_label(cat):
+    zero = np.zeros((7, 7), dtype=np.float32)
+    assert ov.is_empty(zero) and ov.is_empty(np.full((7, 7), np.nan))
+    assert not ov.is_empty(_blob()) and not ov.is_empty(np.eye(7) * 0.01)
+    assert ov.mark_empty("tabby 87.3%", _blob()) == "tabby 87.3%"
+    label = ov.mark_empty("space shuttle 0.0%", zero)
+    assert label.startswith("space shuttle 0.0%") and ov.EMPTY_NOTICE in label
+    # The overlay of an empty map is the photo itself: only the label tells them apart.
+    np.testing.assert_array_equal(ov.overlay(cat, zero), cat)
+    plain = ov.side_by_side(cat, cat, "space shuttle 0.0%")
+    marked = ov.side_by_side(cat, cat, label)
+    bar = ov.bar_height(300)
+    np.testing.assert_array_equal(marked[bar:], plain[bar:])
+    text_end = np.flatnonzero(plain[:bar].max(axis=(0, 2)))[-1]
+    assert marked[:bar, text_end + 10 :].max() == 255  # the notice is written after the label

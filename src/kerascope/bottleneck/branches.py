@@ -67,7 +67,7 @@ class FeatureSpec:
 def weights_file(spec: FeatureSpec) -> Path:
     from kerascope.zoo import registry, weights
 
-    return weights.resolve(registry.get(spec.backbone), spec.weights)
+    return weights.resolve(registry.get(spec.backbone), spec.weights, include_top=False)
 
 
 _SUMS: dict[tuple, str] = {}

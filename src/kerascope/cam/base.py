@@ -127,7 +127,9 @@ class Probe:
         self.head = analyse_head(features, output)
         self.feature_shape = tuple(features.shape[1:])
         self._features_model = keras.Model(inputs[0], features, name=f"{model.name}_features")
+        self._inputs, self._features = inputs, features
         self._gradients = None
+        self._tail = None
 
     def features(self, pixels: np.ndarray) -> np.ndarray:
         """Target-layer activations from the inference engine (onnxruntime on CPU)."""
@@ -158,6 +160,91 @@ class Probe:
         if self._gradients is None:
             self._gradients = self._gradient_fn()
         return self._gradients(pixels, targets)
+
+    def forward(self, pixels: np.ndarray, targets: np.ndarray) -> tuple:
+        """Features, classes and probabilities without gradients (gradient-free methods).
+
+        On an analytic head that is :meth:`analytic` (its gradient is a free broadcast view);
+        otherwise one pass of ``image -> [features, head input]`` on the inference engine.
+        """
+        if self.head.analytic:
+            return self.analytic(pixels, targets)
+        import keras
+
+        from kerascope.inference import compiled
+
+        model = self._model("both", lambda: keras.Model(
+            self._inputs[0], [self._features, self.head.score_input], name="kerascope_cam_both"
+        ))  # fmt: skip
+        a, h = compiled(model)(pixels)
+        logits, probs = self.scores(h)
+        classes = np.where(targets < 0, logits.argmax(-1), targets)
+        return np.asarray(a, np.float32), None, classes, probs[np.arange(len(a)), classes]
+
+    def scores(self, h: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(logits, probabilities) from the head input ``h`` (the class score is the logit)."""
+        h = np.asarray(h, np.float32)
+        if self.head.kind == "output":
+            return h, h
+        logits = h @ self.head.kernel + self.head.bias if self.head.kind == "dense" else h
+        return logits, _activate(logits, self.head.activation)
+
+    def logits(self, pixels: np.ndarray) -> np.ndarray:
+        """Class logits of whole images (uint8 or float 0..255), on the inference engine."""
+        import keras
+
+        from kerascope.inference import compiled
+
+        model = self._model("logits", lambda: keras.Model(
+            self._inputs[0], self.head.score_input, name="kerascope_cam_logits"
+        ))  # fmt: skip
+        return self.scores(compiled(model)(pixels))[0]
+
+    def tail(self, pixels: np.ndarray):
+        """``run(i, activations) -> logits``: the network after the target layer, for image i.
+
+        Analytic head: the closed form ``b + mean_ij(A) W``. Otherwise the layers after the
+        target on given activations, on the inference engine; when something after the target
+        also reads an earlier tensor (a skip connection around it), the whole network runs
+        with the target's output replaced (``A + delta``, ``delta = A' - A``).
+        """
+        head = self.head
+        if head.analytic:
+            return lambda i, a: a.mean(axis=(1, 2)) @ head.kernel + head.bias
+        from kerascope.inference import compiled
+
+        if self._tail is None:
+            self._tail = self._tail_model()
+        forward = compiled(self._tail)
+        if len(self._tail.inputs) == 1:
+            return lambda i, a: self.scores(forward(a))[0]
+        original = self.features(pixels)
+
+        def run(i: int, a: np.ndarray) -> np.ndarray:
+            images = np.repeat(pixels[i : i + 1], len(a), axis=0)
+            return self.scores(forward([images, a - original[i]]))[0]
+
+        return run
+
+    def _tail_model(self):
+        import keras
+
+        given = keras.Input(shape=self.feature_shape, name="kerascope_cam_activations")
+        _, features, output = rebuild(self.model, self.target, replace=given)
+        h = analyse_head(features, output).score_input
+        try:
+            return keras.Model(given, h, name="kerascope_cam_tail")
+        except ValueError:  # the layers after the target also read the image: skip connection
+            delta = keras.Input(shape=self.feature_shape, name="kerascope_cam_delta_input")
+            inputs, features, output = rebuild(self.model, self.target, delta)
+            h = analyse_head(features, output).score_input
+            return keras.Model([inputs[0], delta], h, name="kerascope_cam_tail")
+
+    def _model(self, key: str, build):
+        models = vars(self).setdefault("_models", {})
+        if key not in models:
+            models[key] = build()
+        return models[key]
 
     def traces(self) -> int:
         """How many times the gradient function was compiled (0 before the first call)."""
@@ -211,6 +298,17 @@ def get_probe(clf: Classifier, layer: str | None) -> Probe:
     return probes[key]
 
 
+@dataclass
+class Activations:
+    """One batch at the target layer: what a method combines into maps."""
+
+    pixels: np.ndarray  # (N, H, W, 3) the images (float when augmented), 0..255
+    features: np.ndarray  # A (N, h, w, K)
+    grads: np.ndarray | None  # dy_c / dA (N, h, w, K); None for gradient-free methods
+    classes: np.ndarray  # (N,) the class each map explains
+    probe: Probe
+
+
 class BaseCAM:
     """Forward, gradients, channel weights, ReLU, normalisation; subclasses weight channels.
 
@@ -219,15 +317,29 @@ class BaseCAM:
         layer: target layer name; default the zoo's ``cam_layer``, else the last spatial layer.
         analytic: ``None`` picks the closed-form gradient when the head allows it; ``False``
             forces automatic differentiation (for checks); ``True`` insists on closed form.
+        aug_smooth: average the maps of flipped and intensity-scaled copies (`smoothing`).
+        eigen_smooth: first principal component of the weighted activations instead of their
+            sum over channels (`smoothing.first_component`).
     """
 
     name = "base"
+    cost = ""  # for --help: passes per image, and time relative to Grad-CAM when it differs
+    sanity = True  # passes the weight-randomisation sanity check (Adebayo et al. 2018)
     needs_dense_head = False  # CAM reads the Dense weights, so it needs GAP + Dense
+    needs_gradients = True  # False: one forward pass (no backward) gives what it needs
 
-    def __init__(self, clf: Classifier | Any, layer: str | None = None, analytic=None):
+    def __init__(
+        self,
+        clf: Classifier | Any,
+        layer: str | None = None,
+        analytic=None,
+        aug_smooth: bool = False,
+        eigen_smooth: bool = False,
+    ):
         self.clf = as_classifier(clf)
         self.probe = get_probe(self.clf, layer)
         self.layer = self.probe.layer
+        self.aug_smooth, self.eigen_smooth = bool(aug_smooth), bool(eigen_smooth)
         possible = self.probe.head.analytic
         if (analytic or self.needs_dense_head) and not possible:
             raise MethodError(
@@ -240,13 +352,48 @@ class BaseCAM:
         """(N, K) weight of each channel of ``features`` (N, h, w, K) for the class."""
         raise NotImplementedError
 
+    def combine(self, batch: Activations) -> np.ndarray:
+        """(N, h, w) map before the ReLU: ``sum_k w_k A^k`` (Selvaraju et al. 2017, Eq. 2).
+
+        The hook a method overrides when its map is not a weighted sum of whole channels
+        (HiResCAM, LayerCAM, Eigen-CAM) or its weights need more than A and g (Score-CAM).
+        """
+        weights = self.channel_weights(batch.features, batch.grads, batch.classes)
+        return self.weighted_sum(batch.features, np.asarray(weights, np.float32))
+
+    def weighted_sum(self, features: np.ndarray, weights: np.ndarray) -> np.ndarray:
+        """``sum_k w_k A^k``, or with ``eigen_smooth`` the first component of ``w_k A^k``."""
+        if self.eigen_smooth:
+            return self.reduce_channels(features * weights[:, None, None, :])
+        return np.einsum("nhwk,nk->nhw", features, weights)
+
+    def reduce_channels(self, weighted: np.ndarray) -> np.ndarray:
+        """(N, h, w, K) -> (N, h, w): the sum over channels, or its first principal component."""
+        if self.eigen_smooth:
+            from kerascope.cam.smoothing import first_component
+
+            return first_component(weighted)
+        return weighted.sum(axis=-1)
+
     def raw_maps(self, pixels: np.ndarray, targets: np.ndarray) -> tuple:
-        """ReLU(sum_k w_k A^k) before normalisation (Selvaraju et al. 2017, Eq. 2)."""
-        run = self.probe.analytic if self.analytic else self.probe.autodiff
+        """ReLU(combined map) before normalisation, averaged over augmentations if asked."""
+        if self.aug_smooth:
+            from kerascope.cam.perturbation import neutral_pixel
+            from kerascope.cam.smoothing import augmented_maps
+
+            neutral = neutral_pixel(self.clf.model)
+            return augmented_maps(self._raw_maps, pixels, targets, neutral)
+        return self._raw_maps(pixels, targets)
+
+    def _raw_maps(self, pixels: np.ndarray, targets: np.ndarray) -> tuple:
+        if self.analytic:
+            run = self.probe.analytic
+        else:
+            run = self.probe.autodiff if self.needs_gradients else self.probe.forward
         features, grads, classes, probs = run(pixels, targets)
-        weights = self.channel_weights(features, grads, classes).astype(np.float32)
-        maps = np.maximum(np.einsum("nhwk,nk->nhw", features, weights), 0.0)
-        return maps, classes.astype(np.int64), probs.astype(np.float32)
+        batch = Activations(pixels, features, grads, np.asarray(classes), self.probe)
+        maps = np.maximum(self.combine(batch), 0.0).astype(np.float32)
+        return maps, batch.classes.astype(np.int64), np.asarray(probs, np.float32)
 
     def explain_batch(self, pixels: np.ndarray, targets=None) -> tuple:
         """Heatmaps at feature resolution for a batch at ``clf.input_size``.

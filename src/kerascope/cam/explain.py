@@ -12,6 +12,7 @@ import os
 import re
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -36,15 +37,65 @@ class Explanation:
     def ok(self) -> bool:
         return self.error is None
 
+    @property
+    def empty(self) -> bool:
+        """True when explained but the map is all zeros: no positive evidence for the class."""
+        return self.ok and self.heatmap is not None and not np.any(self.heatmap > 0)
+
+    def overlay(
+        self, image: np.ndarray | None = None, alpha: float = 0.4, colormap: str | None = None
+    ) -> np.ndarray:
+        """The photo with the heatmap blended over it, (H, W, 3) uint8.
+
+        Args:
+            image: the (H, W, 3) RGB image explained; default: reloaded from ``source``.
+            alpha: opacity at heat 1.
+            colormap: default `kerascope.cam.overlay.DEFAULT_COLORMAP`.
+        """
+        from kerascope.cam import overlay as overlay_module
+
+        if not self.ok or self.heatmap is None:
+            raise ValueError(f"no heatmap for '{self.source}': {self.error or 'not computed'}")
+        image = self._image(image)
+        colormap = colormap or getattr(overlay_module, "DEFAULT_COLORMAP", "jet")
+        return overlay_module.overlay(image, self.heatmap, alpha, colormap)
+
+    def save(
+        self,
+        path: str | os.PathLike,
+        image: np.ndarray | None = None,
+        alpha: float = 0.4,
+        colormap: str | None = None,
+    ) -> Path:
+        """Write original | overlay side by side under a label bar as JPEG (atomically)."""
+        from kerascope.cam.overlay import save_jpeg, side_by_side
+
+        image = self._image(image)
+        blended = self.overlay(image, alpha, colormap)
+        label = f"{self.class_name} {100 * (self.probability or 0.0):.1f}%"
+        save_jpeg(side_by_side(image, blended, label), path)
+        return Path(path)
+
+    def _image(self, image: np.ndarray | None) -> np.ndarray:
+        if image is not None:
+            return np.asarray(image, dtype=np.uint8)
+        if not isinstance(self.source, str | os.PathLike) or not os.path.isfile(self.source):
+            raise ValueError(f"'{self.source}' is not a file to reload; pass image=")
+        from kerascope.images import load_image
+
+        return load_image(self.source)
+
 
 class Explainer:
     """A method bound to a classifier and a layer, reusable across calls.
 
     Args:
         clf: a `Classifier` or a bare Keras model.
-        method: ``cam``, ``gradcam`` or ``gradcam++``.
+        method: a name from `kerascope.cam.methods.METHODS` (``gradcam``, ``scorecam``, ...).
         layer: the layer to explain; default the zoo's ``cam_layer`` or the last spatial layer.
         analytic: see `BaseCAM` (``None``: closed-form gradient when the head allows it).
+        aug_smooth: average over flipped and intensity-scaled copies (6x the cost).
+        eigen_smooth: first principal component instead of the channel sum (less noise).
 
     Example:
         >>> ex = Explainer(load_model("efficientnet_lite0"), "gradcam")
@@ -52,10 +103,19 @@ class Explainer:
     """
 
     def __init__(
-        self, clf: Classifier, method: str = "gradcam", layer: str | None = None, analytic=None
+        self,
+        clf: Classifier,
+        method: str = "gradcam",
+        layer: str | None = None,
+        analytic=None,
+        aug_smooth: bool = False,
+        eigen_smooth: bool = False,
     ):
         self.clf = as_classifier(clf)
-        self.cam: BaseCAM = get_method(method)(self.clf, layer=layer, analytic=analytic)
+        self.cam: BaseCAM = get_method(method)(
+            self.clf, layer=layer, analytic=analytic, aug_smooth=aug_smooth,
+            eigen_smooth=eigen_smooth,
+        )  # fmt: skip
         self.method, self.layer = self.cam.name, self.cam.layer
 
     def explain_batch(self, pixels: np.ndarray, targets: None | int | Sequence[int] = None):
@@ -109,6 +169,8 @@ def explain(
     target: None | int | str | Sequence[int | str] = None,
     layer: str | None = None,
     batch_size: int = 16,
+    aug_smooth: bool = False,
+    eigen_smooth: bool = False,
 ) -> Explanation | list[Explanation]:
     """Explain the predictions for images given as paths, folders, globs, arrays or PIL Images.
 
@@ -116,12 +178,14 @@ def explain(
         images_or_paths: one image (path, (H, W, 3) array or PIL Image) or many (list,
             folder, glob).
         model: zoo name, ``.keras`` path or run directory, or a loaded `Classifier`.
-        method: ``gradcam`` (default), ``gradcam++`` or ``cam``.
+        method: ``gradcam`` (default) or another name of `kerascope.cam.methods.METHODS`.
         target: the class to explain: ``None`` for each image's top-1, an index, a name
             (``"tabby"``) or a WordNet id; or a list, one per image found (in the order
             folders and globs expand to; missing inputs do not count).
         layer: the layer to explain (default: the zoo's, else the last spatial layer).
         batch_size: images per forward pass.
+        aug_smooth: average the maps of flipped and intensity-scaled copies.
+        eigen_smooth: first principal component of the weighted activations.
 
     Returns:
         One `Explanation` for a single image, else a list in input order. Unreadable inputs
@@ -136,7 +200,7 @@ def explain(
     from kerascope.zoo.models import load_model
 
     clf = model if isinstance(model, Classifier) else load_model(model)
-    explainer = _cached_explainer(clf, method, layer)
+    explainer = _cached_explainer(clf, method, layer, aug_smooth, eigen_smooth)
     single = _is_single(images_or_paths)
     sources, _, missing = normalise_inputs(images_or_paths)
     targets = spread_targets(resolve_targets(clf, target, len(sources) - len(missing)), sources)
@@ -229,10 +293,19 @@ def _iter_cams(clf, explainer, sources, targets, batch_size, keep_original):
         start += len(items)
 
 
-def _cached_explainer(clf: Classifier, method: str, layer: str | None) -> Explainer:
-    """One Explainer per (classifier, method, layer), so repeated calls compile nothing."""
+def _cached_explainer(
+    clf: Classifier,
+    method: str,
+    layer: str | None,
+    aug_smooth: bool = False,
+    eigen_smooth: bool = False,
+) -> Explainer:
+    """One Explainer per (classifier, method, layer, options), so repeated calls compile
+    nothing. The plain key stays ``(method, layer)``, as callers look it up."""
     cache = clf.extra.setdefault("explainers", {})
     key = (get_method(method).name, layer)
+    if aug_smooth or eigen_smooth:
+        key = (*key, bool(aug_smooth), bool(eigen_smooth))
     if key not in cache:
-        cache[key] = Explainer(clf, method, layer)
+        cache[key] = Explainer(clf, method, layer, aug_smooth=aug_smooth, eigen_smooth=eigen_smooth)
     return cache[key]

@@ -95,10 +95,13 @@ def find_layer(model: Any, name: str | None = None) -> Any:
     )
 
 
-def rebuild(model: Any, target: Any, delta: Any = None) -> tuple[list, Any, Any]:
+def rebuild(
+    model: Any, target: Any, delta: Any = None, replace: Any = None
+) -> tuple[list, Any, Any]:
     """Call ``model``'s layers again on fresh inputs, the nested models holding ``target``
     inlined, so that the target layer's output becomes reachable from the outer input (and,
-    with ``delta``, is replaced by ``output + delta``). Other nested models are called whole
+    with ``delta``, is replaced by ``output + delta``; with ``replace``, by that tensor, so the
+    layers after the target can run on given activations). Other nested models are called whole
     (module docstring). Layers and weights are shared; the model is not changed.
 
     Returns:
@@ -130,7 +133,9 @@ def rebuild(model: Any, target: Any, delta: Any = None) -> tuple[list, Any, Any]
                 outs = keras.tree.flatten(op(*args, **kwargs))
             if op is target and not found:
                 found.append(outs[0])
-                if delta is not None:
+                if replace is not None:
+                    outs = [replace]
+                elif delta is not None:
                     outs = [keras.layers.Add(name="kerascope_cam_delta")([outs[0], delta])]
             for t, v in zip(node.outputs, outs, strict=True):
                 values[id(t)] = v

@@ -25,7 +25,16 @@ from kerascope.cam.explain import (
     resolve_targets,
     spread_targets,
 )
-from kerascope.cam.overlay import colormap_lut, overlay, save_jpeg, side_by_side, upsample
+from kerascope.cam.overlay import (
+    DEFAULT_COLORMAP,
+    colormap_lut,
+    is_empty,
+    mark_empty,
+    overlay,
+    save_jpeg,
+    side_by_side,
+    upsample,
+)
 from kerascope.images import ImageError, load_image, resize
 from kerascope.inference import Source, load_source, normalise_inputs
 from kerascope.zoo.models import Classifier, load_model
@@ -37,6 +46,7 @@ class SavedExplanation:
 
     explanation: Explanation
     path: Path | None = None  # the JPEG written; None when ``error`` is set
+    empty: bool = False  # the map had nothing to show (no evidence for the class); see is_empty
 
     @property
     def source(self) -> str:
@@ -117,8 +127,11 @@ def save_explanations(
     layer: str | None = None,
     batch_size: int = 16,
     alpha: float = 0.4,
-    colormap: str = "jet",
+    colormap: str | None = None,
     progress: Callable[[int], None] | None = None,
+    colorbar: bool = False,
+    aug_smooth: bool = False,
+    eigen_smooth: bool = False,
 ) -> list[SavedExplanation]:
     """Explain images and write each as original | overlay, labelled, into ``output_dir``.
 
@@ -133,12 +146,16 @@ def save_explanations(
         inputs: what `kerascope.explain` takes: paths, folders, globs, arrays, PIL Images.
         output_dir: created if needed.
         model, method, target, layer, batch_size: as for `kerascope.explain`.
-        alpha, colormap: heatmap opacity at its peak, and its colours (see `overlay`).
+        alpha, colormap: heatmap opacity at its peak, and its colours (see `overlay`; None:
+            :data:`~kerascope.cam.overlay.DEFAULT_COLORMAP`).
         progress: called with the number of images done, after each image.
+        colorbar: draw a low-to-high key of the colormap under the overlay.
+        aug_smooth, eigen_smooth: smoothing options of the explainer (see `Explainer`).
 
     Returns:
         One `SavedExplanation` per input, in input order (folders and globs in their expansion
         order); a missing or unreadable input has ``error`` set, at its place, and no file.
+        ``empty`` is set when the map showed nothing (the picture says so in its label).
 
     Raises:
         ValueError: an unknown method, layer or class (before any work).
@@ -150,7 +167,10 @@ def save_explanations(
         (PosixPath('explained/cat-output.jpg'), 'tabby')
     """
     clf = model if isinstance(model, Classifier) else load_model(model)
-    explainer = _cached_explainer(clf, method, layer)  # a bad method or layer fails first
+    # Passed only when asked for: older explainers take neither keyword.
+    smooth = {k: v for k, v in (("aug_smooth", aug_smooth), ("eigen_smooth", eigen_smooth)) if v}
+    explainer = _cached_explainer(clf, method, layer, **smooth)  # bad method or layer: first
+    colormap = colormap or DEFAULT_COLORMAP
     overlay_check(alpha, colormap)
     sources, _, missing = normalise_inputs(inputs)
     targets = spread_targets(resolve_targets(clf, target, len(sources) - len(missing)), sources)
@@ -161,8 +181,9 @@ def save_explanations(
     found = iter_small(clf, explainer, sources, targets, batch_size)
     for source, name, (e, cam) in zip(sources, names, found, strict=True):
         if e.ok:
-            e = draw_explanation(source, cam, e, method, alpha, colormap, out_dir / name)
-        saved.append(SavedExplanation(e, out_dir / name if e.ok else None))
+            e = draw_explanation(source, cam, e, method, alpha, colormap, out_dir / name, colorbar)
+        empty = e.ok and is_empty(cam)
+        saved.append(SavedExplanation(e, out_dir / name if e.ok else None, empty))
         if progress is not None:
             progress(1)
     return saved
@@ -181,25 +202,27 @@ def draw_explanation(
     e: Explanation,
     method: str,
     alpha: float,
-    colormap: str,
+    colormap: str | None,
     path: Path,
+    colorbar: bool = False,
 ) -> Explanation:
     """Write the picture `explain` writes for one explained source (original beside overlay,
-    labelled with class, probability and method); ``e``, with ``error`` set when the file can
-    no longer be decoded. Shared by `save_explanations` and ``kerascope batch explain``."""
-    label = f"{e.class_name.replace('_', ' ')} {e.probability:.1%} ({method})"
-    return _draw(source, cam, label, alpha, colormap, path, e)
+    labelled with class, probability and method, and a note when the map is empty, optionally
+    a colour key); ``e``, with ``error`` set when the file can no longer be decoded. Shared by
+    `save_explanations` and ``kerascope batch explain``. ``colormap`` None: the default."""
+    label = mark_empty(f"{e.class_name.replace('_', ' ')} {e.probability:.1%} ({method})", cam)
+    return _draw(source, cam, label, alpha, colormap or DEFAULT_COLORMAP, path, e, colorbar)
 
 
-def _draw(source, cam, label, alpha, colormap, path: Path, e: Explanation) -> Explanation:
+def _draw(source, cam, label, alpha, colormap, path: Path, e: Explanation, colorbar: bool):
     """Decode ``source`` again at the picture's size, draw and write it; one image at a time."""
     try:
         image = _picture_image(source)
     except (ImageError, ValueError, OSError) as exc:  # changed or removed since the forward
         return dataclasses.replace(e, error=getattr(exc, "reason", str(exc)))
-    picture = side_by_side(image, overlay(image, upsample(cam, image.shape[:2]), alpha, colormap),
-                           label)  # fmt: skip
-    del image
+    blended = overlay(image, upsample(cam, image.shape[:2]), alpha, colormap)
+    picture = side_by_side(image, blended, label, colorbar=colorbar, colormap=colormap)
+    del image, blended
     path.parent.mkdir(parents=True, exist_ok=True)
     save_jpeg(picture, path)
     return e

@@ -66,7 +66,8 @@ def build(
     if weights is not None:
         explicit = None if weights == "imagenet" else weights
         with numpy_init():  # a first use may port packaged weights into a model built for that
-            path = weights_mod.resolve(spec, explicit)
+            include_top = builder_kwargs.get("include_top", True)
+            path = weights_mod.resolve(spec, explicit, include_top=include_top)
     kwargs = {**spec.builder_kwargs, **builder_kwargs}
     builder = spec.builder_fn()
     # Weights about to be loaded: draw the throwaway initial values with NumPy (on JAX, Keras

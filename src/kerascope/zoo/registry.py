@@ -27,6 +27,13 @@ class WeightsSource:
     package: str | None = None  # installed distribution carrying the weights offline
     package_file: str | None = None  # path inside that package
     converter: str | None = None  # dotted function turning the package file into the cache file
+    # The file for the model without its classifier (``include_top=False``), where the family
+    # ships one: Keras's ``*_notop.h5``. None: the one file serves both.
+    notop: WeightsSource | None = None
+
+    def for_top(self, include_top: bool) -> WeightsSource:
+        """The source for a model built with or without its classifier."""
+        return self if include_top or self.notop is None else self.notop
 
 
 @dataclass(frozen=True)

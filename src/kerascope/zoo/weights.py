@@ -37,12 +37,13 @@ def package_file(spec: ModelSpec) -> Path | None:
     return path if path.is_file() else None
 
 
-def cached_file(spec: ModelSpec) -> Path:
-    return cache_dir() / spec.weights.filename
+def cached_file(spec: ModelSpec, include_top: bool = True) -> Path:
+    """Where the weights file lives in the cache (Keras's own name, ``_notop`` without top)."""
+    return cache_dir() / spec.weights.for_top(include_top).filename
 
 
-def is_cached(spec: ModelSpec) -> bool:
-    return cached_file(spec).is_file()
+def is_cached(spec: ModelSpec, include_top: bool = True) -> bool:
+    return cached_file(spec, include_top).is_file()
 
 
 def works_offline(spec: ModelSpec) -> bool:
@@ -133,10 +134,10 @@ def _cached_or_ported(spec: ModelSpec, source: Path | None) -> Path:
     return _port_from_package(spec, source)
 
 
-def _download(spec: ModelSpec) -> Path:
+def _download(spec: ModelSpec, include_top: bool = True) -> Path:
     import keras
 
-    source = spec.weights
+    source = spec.weights.for_top(include_top)
     try:
         path = keras.utils.get_file(
             source.filename,
@@ -145,36 +146,46 @@ def _download(spec: ModelSpec) -> Path:
             file_hash=source.file_hash,
         )
     except Exception as exc:  # get_file raises bare Exception on network errors
-        raise WeightsError(_missing_message(spec, reason=str(exc).splitlines()[0])) from None
+        reason = str(exc).splitlines()[0]
+        raise WeightsError(_missing_message(spec, reason, include_top)) from None
     return Path(path)
 
 
-def _missing_message(spec: ModelSpec, reason: str) -> str:
+def _missing_message(spec: ModelSpec, reason: str, include_top: bool = True) -> str:
     offline = ", ".join(offline_models()) or "none"
-    where = cached_file(spec)
-    fetch = f" (download: {spec.weights.url})" if spec.weights.url else ""
+    source = spec.weights.for_top(include_top)
+    where = cached_file(spec, include_top)
+    fetch = f" (download: {source.url})" if source.url else ""
     return (
-        f"weights for '{spec.name}' are not available: {reason}. Put {spec.weights.filename}"
+        f"weights for '{spec.name}' are not available: {reason}. Put {source.filename}"
         f"{fetch} at {where}, or pass --weights FILE. Models that work offline here: {offline}"
     )
 
 
-def resolve(spec: ModelSpec, explicit: str | os.PathLike | None = None) -> Path:
-    """Return a local weights file for ``spec``, porting or downloading it if needed."""
+def resolve(
+    spec: ModelSpec, explicit: str | os.PathLike | None = None, include_top: bool = True
+) -> Path:
+    """Return a local weights file for ``spec``, porting or downloading it if needed.
+
+    ``include_top=False`` asks for the file of the model without its classifier, which Keras
+    publishes separately for its applications (``*_notop.h5``: the legacy loader matches layers
+    by count, so the with-top file does not load into a model without top).
+    """
     if explicit is not None:
         path = Path(explicit).expanduser()
         if not path.is_file():
             raise WeightsError(f"weights file '{path}' does not exist")
         return path
-    source = package_file(spec)
-    if is_cached(spec):
-        if spec.weights.converter:
+    own_file = spec.weights.for_top(include_top) is spec.weights  # packaged/ported: one file
+    source = package_file(spec) if own_file else None
+    if is_cached(spec, include_top):
+        if own_file and spec.weights.converter:
             return _cached_or_ported(spec, source)
-        return cached_file(spec)
+        return cached_file(spec, include_top)
     if source is not None and spec.weights.converter:
         return _port_from_package(spec, source)
     if source is not None:
         return source
-    if spec.weights.url and os.environ.get("KERASCOPE_OFFLINE") != "1":
-        return _download(spec)
-    raise WeightsError(_missing_message(spec, reason="not cached and no download source"))
+    if spec.weights.for_top(include_top).url and os.environ.get("KERASCOPE_OFFLINE") != "1":
+        return _download(spec, include_top)
+    raise WeightsError(_missing_message(spec, "not cached and no download source", include_top))
