@@ -78,3 +78,16 @@ def test_colorbar_and_colormap_reach_the_picture(for_and_against, photo_paths, t
     assert index[: len(index) // 10].mean() < 40 and index[-len(index) // 10 :].mean() > 215
     with pytest.raises(ValueError, match="colormap"):
         save_explanations(cat, tmp_path, for_and_against, colormap="no-such-map")
+
+
+def test_smoothing_options_reach_the_explainer(for_and_against, photo_paths, tmp_path):
+    """aug_smooth / eigen_smooth change the map itself, so they must reach the explainer."""
+    cat = str(photo_paths["chelsea"])
+    plain = save_explanations(cat, tmp_path / "plain", for_and_against, target="cat")[0]
+    smooth = save_explanations(
+        cat, tmp_path / "smooth", for_and_against, target="cat", eigen_smooth=True
+    )[0]
+    assert plain.ok and smooth.ok
+    with Image.open(plain.path) as a, Image.open(smooth.path) as b:
+        assert np.asarray(a).shape == np.asarray(b).shape
+        assert not np.array_equal(np.asarray(a), np.asarray(b))  # a different map was drawn

@@ -62,10 +62,9 @@ def _interpolation(out: int, size: int) -> np.ndarray:
 def upsampled_masks(features: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """(h, w, K) activations of one image -> (K, H, W) masks in [0, 1]: each channel
     upsampled bilinearly to the input and min-max normalised (Score-CAM, Eq. 3-4)."""
-    up = np.einsum(
-        "Hh,hwk,Ww->kHW", _interpolation(size[0], features.shape[0]), features,
-        _interpolation(size[1], features.shape[1]),
-    )  # fmt: skip
+    rows = _interpolation(size[0], features.shape[0])
+    cols = _interpolation(size[1], features.shape[1])
+    up = rows @ np.moveaxis(features.astype(np.float32), -1, 0) @ cols.T  # (K, H, W)
     low = up.min(axis=(1, 2), keepdims=True)
     high = up.max(axis=(1, 2), keepdims=True)
     return ((up - low) / (high - low + 1e-8)).astype(np.float32)
@@ -91,7 +90,8 @@ def masked_scores(
         for start in range(0, varies.size, CHUNK):
             chosen = varies[start : start + CHUNK]
             masks = upsampled_masks(features[i][..., chosen], x.shape[:2])
-            batch = neutral + masks[..., None] * x
+            batch = masks[..., None] * x
+            batch += neutral
             out[i, chosen] = scores(batch)[:, classes[i]]
     return out
 

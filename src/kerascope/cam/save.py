@@ -167,9 +167,9 @@ def save_explanations(
         (PosixPath('explained/cat-output.jpg'), 'tabby')
     """
     clf = model if isinstance(model, Classifier) else load_model(model)
-    # Passed only when asked for: older explainers take neither keyword.
-    smooth = {k: v for k, v in (("aug_smooth", aug_smooth), ("eigen_smooth", eigen_smooth)) if v}
-    explainer = _cached_explainer(clf, method, layer, **smooth)  # bad method or layer: first
+    explainer = _cached_explainer(  # a bad method or layer fails first
+        clf, method, layer, aug_smooth=aug_smooth, eigen_smooth=eigen_smooth
+    )
     colormap = colormap or DEFAULT_COLORMAP
     overlay_check(alpha, colormap)
     sources, _, missing = normalise_inputs(inputs)

@@ -18,6 +18,19 @@ PREPROCESS_MODES = ("caffe", "tf", "torch", "none")
 
 
 @dataclass(frozen=True)
+class InputConvention:
+    """How the weights were evaluated, timm-style: it belongs to the checkpoint, not the network.
+
+    ``resize``: ``"squash"`` scales the whole picture to the input size (aspect ratio not
+    kept); ``"crop"`` scales the shorter side to ``size / crop_fraction`` and cuts the centre
+    (how published top-1 figures are measured, e.g. 0.875 = 224 from 256).
+    """
+
+    resize: str = "squash"
+    crop_fraction: float = 1.0
+
+
+@dataclass(frozen=True)
 class WeightsSource:
     """Where the ImageNet weights of a model come from, in the order they are tried."""
 
@@ -30,6 +43,7 @@ class WeightsSource:
     # The file for the model without its classifier (``include_top=False``), where the family
     # ships one: Keras's ``*_notop.h5``. None: the one file serves both.
     notop: WeightsSource | None = None
+    convention: InputConvention = field(default_factory=InputConvention)
 
     def for_top(self, include_top: bool) -> WeightsSource:
         """The source for a model built with or without its classifier."""
