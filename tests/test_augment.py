@@ -83,3 +83,15 @@ def test_preview_writes_samples_and_grid(photo_paths, tmp_path):
         assert grid.width > 2 * 192 and grid.height > 2 * 192
     assert (out / "mine.txt").read_text() == "keep me"
     assert sorted(p.name for p in out.iterdir()) == sorted(["mine.txt", *(p.name for p in paths)])
+
+
+def test_bad_settings_are_one_line_from_the_cli(photo_paths, tmp_path, capsys):
+    from kerascope.cli import main
+
+    with pytest.raises(ValueError, match="zoom must be below 1"):
+        AugmentConfig(zoom=1.5)
+    out = tmp_path / "preview"
+    assert main(["augment", str(photo_paths["chelsea"]), "--zoom", "1.5", "-o", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "zoom must be below 1 (a fraction), got 1.5" in err and "Traceback" not in err
+    assert not out.exists()

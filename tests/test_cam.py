@@ -325,7 +325,8 @@ def test_memory_stays_flat_and_nothing_recompiles(lite0, photo_paths):
     cached = lite0.extra["explainers"][("gradcam", None)]
     explain(str(photo_paths["chelsea"]), model=lite0)
     assert lite0.extra["explainers"][("gradcam", None)] is cached  # built once, reused
-    assert list(lite0.extra["cam_probes"]) == ["conv_head_relu6"]  # shared by every method
+    probe = lite0.extra["cam_probes"]["conv_head_relu6"]
+    assert fast.cam.probe is probe is cached.cam.probe  # one per layer, shared by every method
 
 
 # --- every zoo family, structurally -----------------------------------------------------------

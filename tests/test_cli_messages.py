@@ -238,7 +238,7 @@ def test_a_backend_that_cannot_import_is_one_line(tmp_path):
     "command, defaults",
     [
         ("classify", ["(default: 5)", "(default: 0.0)", "(default: table)", "(default: 32)"]),
-        ("explain", ["(default: 0.4)", "(default: jet)", "(default: gradcam)", "(default: .)"]),
+        ("explain", ["(default: 0.4)", "(default: viridis)", "(default: gradcam)", "(default: .)"]),
         ("video", ["(default: side)", "(default: 1)", "(default: 16)"]),
         ("models", ["(default: list)", "(default: table)"]),
     ],

@@ -90,6 +90,61 @@ def test_explicit_zeros_are_refused_not_read_as_the_default(tmp_path, capsys, op
     assert not run.exists()
 
 
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    return make_shapes(tmp_path_factory.mktemp("tiny"), n=4, size=32)
+
+
+@pytest.mark.parametrize(
+    ("args", "said"),
+    [(["--head", "gap,dens:256"], "head: unknown part 'dens:256'; use comma-separated gap"),
+     (["--head", "dense:256"], "start the head with gap, gmp or flatten"),
+     (["--recipe", "features", "--head", "gap"], "vectors already (pooled by --pool)"),
+     (["--recipe", "scratch", "--head", "gap"], "recipe 'scratch' has its own network"),
+     (["--optimizer", "nadam"], "unknown optimizer 'nadam'; use rmsprop, adam, sgd, adadelta"),
+     (["--optimizer", "adam", "--momentum", "0.9"], "momentum is SGD's"),
+     (["--lr-schedule", "step"], "unknown lr schedule 'step'; use constant"),
+     (["--lr", "1e-3,x"], "'1e-3,x' is not a number or a comma-separated list"),
+     (["--recipe", "finetune", "--unfreeze", "500"],
+      "unfreeze index 500 is out of range for 'efficientnet_lite0': its layers are numbered"),
+     (["--recipe", "finetune", "--unfreeze", "1.5"], "between 0 and 1, got 1.5"),
+     (["--recipe", "finetune", "--unfreeze", "blocks_15_expand"],
+      "no layer 'blocks_15_expand'; close matches: blocks_15_expand_conv"),
+     (["--unfreeze", "0.3"], "recipe 'transfer' has no such stage"),
+     (["--weights", "no-such.h5"], "no-such.h5' does not exist"),
+     (["--recipe", "lenet", "--no-augment", "--zoom", "0.1"], "--no-augment turns augmentation"),
+     (["--recipe", "lenet", "--zoom", "1.5"], "zoom must be below 1 (a fraction), got 1.5"),
+     (["--backbone", "vgg16", "--image-size", "16"], "'vgg16' cannot run on 16x16 images")],
+)  # fmt: skip
+def test_bad_training_choices_are_one_line_before_anything_is_written(tiny, tmp_path, capsys,
+                                                                      args, said):  # fmt: skip
+    run = tmp_path / "run"
+    try:
+        code = main(["train", str(tiny), *args, "-o", str(run)])
+    except SystemExit as exc:  # argparse's own usage errors
+        code = exc.code
+    assert code == 2
+    err = capsys.readouterr().err
+    assert said in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert not run.exists()
+
+
+def test_augmentation_options_change_the_recipes_and_are_saved(tiny, tmp_path):
+    import yaml
+
+    from kerascope.training.settings import changed_augmentation
+
+    kept = changed_augmentation("lenet", {"zoom": 0.0})  # one option: the rest stays lenet's
+    assert (kept.rotation, kept.width_shift, kept.zoom, kept.horizontal_flip) == (30, 0.1, 0, False)
+    run = tmp_path / "run"
+    assert main(["train", str(tiny), "--recipe", "lenet", "--epochs", "1", "--rotation", "10",
+                 "--width-shift", "0", "--height-shift", "0", "--shear", "0", "--zoom", "0",
+                 "--no-flip", "-o", str(run)]) == 0  # fmt: skip
+    augment = yaml.safe_load((run / "config.yaml").read_text())["augment"]
+    assert augment == {**augment, "rotation": 10.0, "width_shift": 0.0, "height_shift": 0.0,
+                       "shear": 0.0, "zoom": 0.0, "horizontal_flip": False}  # fmt: skip
+
+
 @pytest.mark.slow
 def test_features_command_caches_and_the_features_recipe_saves_one_model(tmp_path, capsys):
     data = make_shapes(tmp_path / "data", n=6, size=48)

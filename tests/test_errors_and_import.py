@@ -160,22 +160,22 @@ def test_train_resume_of_a_missing_run_is_one_line(tmp_path):
     ],
 )  # fmt: skip
 def test_cli_prints_kerascope_and_file_errors_as_one_literal_line(monkeypatch, capsys, exc, line):
-    import kerascope.cli
+    import kerascope.cli_models
 
     def fail(args):
         raise exc
 
-    monkeypatch.setattr(kerascope.cli, "_run_models", fail)
+    monkeypatch.setattr(kerascope.cli_models, "_run_models", fail)
     assert main(["models"]) == 2
     assert capsys.readouterr().err == f"kerascope: error: {line}\n"
 
 
 def test_other_exceptions_still_show_their_traceback(monkeypatch):
-    import kerascope.cli
+    import kerascope.cli_models
 
     def fail(args):
         raise ValueError("a bug in kerascope")
 
-    monkeypatch.setattr(kerascope.cli, "_run_models", fail)
+    monkeypatch.setattr(kerascope.cli_models, "_run_models", fail)
     with pytest.raises(ValueError, match="a bug"):
         main(["models"])

@@ -80,7 +80,9 @@ def test_evaluate_numbers_match_classify(run_dir, data, tmp_path):
     assert {c: metrics.per_class[c].support for c in CLASSES} == {"disc": 7, "plain": 8}
     written = json.loads((out / "metrics.json").read_text())
     assert written == json.loads(json.dumps(metrics.to_dict()))
-    assert list(written) == ["n", "accuracy", "macro_f1", "per_class", "classes", "confusion",
+    assert written["top5_accuracy"] is None  # two classes: top-5 would always be right
+    assert list(written) == ["n", "accuracy", "top5_accuracy", "macro_f1", "per_class",
+                             "classes", "confusion",
                              "data", "split", "split_source", "trained_on", "unreadable",
                              "model"]  # fmt: skip
     assert written["data"] == str(data.resolve()) and written["unreadable"][0][1]
@@ -106,6 +108,38 @@ def test_evaluate_rejects_unknown_class_folder(run_dir, tmp_path):
     _images(tmp_path / "d" / "zebra", "plain", 1, seed=0)
     with pytest.raises(DatasetError, match="zebra' is not a class"):
         evaluate(run_dir, tmp_path / "d")
+
+
+def test_top5_accuracy_is_reported_beside_top1_with_more_than_five_classes(tmp_path, capsys):
+    from kerascope.cli import main
+
+    classes = [f"c{i}" for i in range(7)]
+    (tmp_path / "run").mkdir()
+    run = untrained_run(tmp_path / "run", classes)
+    data = tmp_path / "seven"
+    for k, name in enumerate(classes):
+        _images(data / name, "disc" if k % 2 else "plain", 3, seed=k)
+    assert main(["evaluate", str(run), str(data), "-o", str(tmp_path / "eval")]) == 0
+    written = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    # independent reference: the rank of the true class in classify's full ranking
+    paths = sorted(data.rglob("*.png"))
+    results = classify(paths, model=run, top=7)
+    ranks = [[p.name for p in r.predictions].index(path.parent.name)
+             for r, path in zip(results, paths, strict=True)]  # fmt: skip
+    assert written["top5_accuracy"] == pytest.approx(np.mean(np.array(ranks) < 5))
+    assert written["accuracy"] == pytest.approx(np.mean(np.array(ranks) == 0))
+    err = capsys.readouterr().err
+    assert f"accuracy {written['accuracy']:.4f}, top-5 {written['top5_accuracy']:.4f} on 21" in err
+
+
+def test_top_k_accuracy_by_hand():
+    from kerascope.evaluation import top_k_accuracy
+
+    probs = np.array([[0.5, 0.3, 0.2], [0.1, 0.2, 0.7], [0.2, 0.2, 0.6]])
+    labels = np.array([1, 0, 1])
+    assert top_k_accuracy(probs, labels, 1) == 0.0
+    assert top_k_accuracy(probs, labels, 2) == pytest.approx(1 / 3)  # a tie ranks it after
+    assert top_k_accuracy(probs, labels, 3) == 1.0
 
 
 def test_metrics_by_hand():

@@ -77,3 +77,49 @@ def test_explain_writes_huge_images_at_the_documented_cap(tmp_path, lite0):
     with Image.open(saved[0].path) as im:
         assert im.width == 2 * OUTPUT_MAX_SIDE == 8192
         assert abs(im.height - (OUTPUT_MAX_SIDE // 2 + 144)) <= 2  # half as high, + label bar
+
+
+def _rss_mb() -> float:
+    with open("/proc/self/status") as f:
+        line = next(x for x in f if x.startswith("VmRSS:"))
+    return int(line.split()[1]) / 1024
+
+
+def _tiny(head: str):
+    """A small random CNN: GAP + Dense (closed forms) or Flatten + Dense (autodiff, tails)."""
+    import keras
+
+    layers = keras.layers
+    inputs = keras.Input((32, 32, 3), name="image")
+    x = layers.Rescaling(1 / 127.5, offset=-1)(inputs)
+    x = layers.Conv2D(8, 3, strides=2, padding="same", activation="relu", name="conv1")(x)
+    x = layers.Conv2D(12, 3, padding="same", activation="relu", name="conv2")(x)
+    x = layers.GlobalAveragePooling2D()(x) if head == "gap" else layers.Flatten()(x)
+    outputs = layers.Dense(5, activation="softmax", name="predictions")(x)
+    return keras.Model(inputs, outputs, name=f"tiny_{head}")
+
+
+def test_every_method_keeps_memory_flat_over_200_images():
+    """Each method, on both kinds of head, explains 200 images in batches of 20 after a
+    warm-up; nothing per call may stay behind (models, sessions, traces, arrays)."""
+    from kerascope.cam.explain import Explainer
+    from kerascope.cam.methods import METHODS
+
+    pixels = np.random.default_rng(0).integers(0, 256, (20, 32, 32, 3), dtype=np.uint8)
+    explainers = [
+        Explainer(model, method, aug_smooth=method == "gradcam", eigen_smooth=method == "hirescam")
+        for model in (_tiny("gap"), _tiny("flatten"))
+        for method in METHODS
+        if not (method == "cam" and model.name == "tiny_flatten")
+    ]
+    for _ in range(3):  # warm-up: sessions, compilation, allocator pools
+        for ex in explainers:
+            ex.explain_batch(pixels)
+            ex.explain_batch(pixels[:7])
+    before = _rss_mb()
+    for i in range(10):  # 200 images per explainer
+        for ex in explainers:
+            maps, _, _ = ex.explain_batch(pixels, targets=i % 5)
+            assert np.isfinite(maps).all() and maps.shape == (20, 16, 16)
+    grown = _rss_mb() - before
+    assert grown < 60, f"resident memory grew by {grown:.0f} MB over 200 images per method"

@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 
 from kerascope.export import ExportError, check_images, export_model, output_format
+from kerascope.images import fit, load_image
 from kerascope.zoo.models import Classifier
 
 from .conftest import load_rgb
@@ -129,11 +130,16 @@ def test_lite0_onnx_matches_classify_at_batch_1_and_3(lite0_onnx, lite0, photo_p
     assert len(classes) == len(ids) == 1000
     assert (ids[285], classes[285]) == ("n02124075", "Egyptian_cat")
     assert json.loads(info["input_size"]) == [224, 224] and info["input_dtype"] == "uint8"
+    assert json.loads(info["fit"]) == {
+        "resize": "crop",
+        "crop_fraction": 0.875,
+        "interpolation": "bicubic",
+    }  # what classify does for Lite0, so a runtime without kerascope can do the same
     assert info["model"] == "efficientnet_lite0"
     assert json.loads(info["checked"])["max_abs_diff_vs_keras"] <= 1e-4
 
     paths = [photo_paths[n] for n in PHOTOS[:3]]
-    batch = np.stack([load_rgb(p, 224) for p in paths])
+    batch = np.stack([fit(load_image(p), (224, 224), lite0.convention) for p in paths])
     expected = probabilities(classify(paths, model=lite0, top=1000), 1000)
     (three,) = sess.run(None, {"image": batch})
     ones = np.concatenate([sess.run(None, {"image": x[None]})[0] for x in batch])
@@ -390,7 +396,8 @@ def test_keras_exports_load_in_a_clean_venv(clean_venv, lite0, run_dir, shape_im
     expected = {}
     for name, (model, paths, size) in cases.items():
         assert export_model(model, tmp_path / f"{name}.keras").max_abs_diff <= 1e-4
-        batch = np.stack([load_rgb(p, size) for p in paths])
+        convention = getattr(model, "convention", None)  # a run directory: squash, as trained
+        batch = np.stack([fit(load_image(p), (size, size), convention) for p in paths])
         np.save(tmp_path / f"{name}.npy", batch)
         if model is tiny:
             expected[name] = tiny.model.predict(batch.astype(np.float32), verbose=0)

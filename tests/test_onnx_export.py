@@ -62,14 +62,10 @@ def _randomize_batchnorm(model, seed: int = 0) -> None:
 
 
 def _lite(variant: str):
-    from kerascope.zoo import registry
-    from kerascope.zoo.efficientnet_lite import build_efficientnet_lite, port_state_dict
-    from kerascope.zoo.torch_pickle import load_state_dict
-    from kerascope.zoo.weights import package_file
+    """The zoo model (its "lite" ImagePreprocess first) with the real ported weights."""
+    from kerascope.zoo.models import build
 
-    model = build_efficientnet_lite(variant)
-    port_state_dict(model, load_state_dict(package_file(registry.get(variant))))
-    return model
+    return build(variant)
 
 
 @pytest.mark.slow
@@ -90,9 +86,9 @@ def test_efficientnet_lite_with_real_weights(variant, photo_paths):
 def test_lite_graph_is_lean(tmp_path):
     """One Transpose in, and after onnxruntime's basic optimizations (which fold BN and Pad into
     Conv) nothing but the 49 convolutions, their ReLU6 and the residual adds: torch's export."""
-    from kerascope.zoo.efficientnet_lite import build_efficientnet_lite
+    from kerascope.zoo.models import build
 
-    proto = keras_to_onnx(build_efficientnet_lite())
+    proto = keras_to_onnx(build("efficientnet_lite0", weights=None))  # "lite" preprocessing first
     ops = [n.op_type for n in onnx.load_from_string(proto).graph.node]
     assert ops.count("Conv") == 49 and ops.count("Transpose") == 1 and "Reshape" not in ops
     options = ort.SessionOptions()
@@ -168,7 +164,7 @@ def test_nested_models_are_inlined():
 
 
 @pytest.mark.backends
-@pytest.mark.parametrize("mode", ["caffe", "tf", "torch", "none"])
+@pytest.mark.parametrize("mode", ["caffe", "tf", "torch", "lite", "none"])
 def test_image_preprocess_modes(mode):
     import keras
 
@@ -397,3 +393,18 @@ def test_other_opsets(opset):
     )
     with pytest.raises(ValueError, match="opset 13"):
         keras_to_onnx(model, opset=13)
+
+
+@pytest.mark.slow
+def test_compiled_runs_lite0_on_onnxruntime_with_keras_probabilities(lite0, photo_paths):
+    """The inference core on a CPU: Lite0 (its "lite" preprocessing included) goes through
+    onnxruntime and gives the probabilities Keras gives, on real photos."""
+    from kerascope import inference
+
+    if not inference.on_cpu():
+        pytest.skip("the onnx engine is the CPU choice")
+    x = np.stack([load_rgb(p, 224) for p in photo_paths.values()])
+    fast = inference.compiled(lite0.model, "auto")
+    assert fast.engine == "onnx"
+    keras_probs = inference.compiled(lite0.model, "keras")(x)
+    assert np.abs(fast(x) - keras_probs).max() <= 1e-4

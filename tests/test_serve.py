@@ -127,8 +127,10 @@ def test_classify_cat_multipart_and_raw_body(client, photo_paths):
 def test_classify_threshold_and_per_image_errors(client, photo_paths):
     cat = photo_paths["chelsea"].read_bytes()
     r = client.post("/v1/classify?top=10&threshold=0.05", files=files(("a.png", cat)))
-    probs = [p["probability"] for p in r.json()["results"][0]["predictions"]]
-    assert probs[0] > 0.5 and all(p >= 0.05 for p in probs) and len(probs) < 10
+    predictions = r.json()["results"][0]["predictions"]
+    probs = [p["probability"] for p in predictions]
+    assert "cat" in predictions[0]["name"].lower() and probs[0] > 0.3
+    assert all(p >= 0.05 for p in probs) and 1 < len(probs) < 10  # the threshold cut the rest
     mixed = client.post("/v1/classify", files=files(("cat.png", cat), ("notes.txt", b"hello")))
     assert mixed.status_code == 200  # one bad file never loses the rest
     good, bad = mixed.json()["results"]

@@ -131,6 +131,29 @@ def test_resume_after_interrupt_matches_unbroken_run(shapes, tmp_path):
         train(resume=broken, progress=False)
 
 
+def test_resume_keeps_the_optimizer_and_schedule_and_refuses_other_ones(shapes, tmp_path):
+    """The blog's ``Adam(lr, decay=lr / EPOCHS)``; a resume continues its decay where the
+    backup stands, and refuses another optimizer or schedule in one line naming it."""
+    run = tmp_path / "run"
+    kwargs = dict(recipe="lenet", epochs=2, image_size=32, optimizer="adam", lr=1e-3,
+                  lr_schedule="inverse-time:0.05", progress=False)  # fmt: skip
+    with pytest.raises(KeyboardInterrupt):
+        train(shapes, output=run, callbacks=[StopAfter(0)], **kwargs)
+    for option, said in ((dict(optimizer="sgd"), "--optimizer sgd: the run was started with "
+                          "adam lr=0.001, inverse-time:0.05 schedule"),
+                         (dict(lr_schedule="cosine"), "--lr-schedule cosine"),
+                         (dict(head="gap"), "--head")):  # fmt: skip
+        with pytest.raises(ValueError, match=said):
+            train(resume=run, progress=False, **option)
+    result = train(resume=run, progress=False, optimizer="adam")  # the same: accepted
+    steps = -(-sum(result.config["counts"]["train"].values()) // result.config["batch_size"])
+    assert [r["lr"] for r in result.history] == pytest.approx(
+        [1e-3 / (1 + 0.05 * steps), 1e-3 / (1 + 0.05 * 2 * steps)], rel=1e-5)  # fmt: skip
+    assert result.config["stages"] == [{"optimizer": "adam", "lr": 1e-3, "epochs": 2,
+                                        "schedule": "inverse-time:0.05"}]  # fmt: skip
+    assert "adam lr=0.001, inverse-time:0.05 schedule" in (run / "report.md").read_text()
+
+
 @pytest.mark.backends
 def test_transfer_saves_a_model_that_reloads_identically(shapes, tmp_path):
     from kerascope.classification import classify
@@ -212,18 +235,110 @@ def test_models_take_raw_pixels_and_augment_inside():
     assert AugmentConfig().horizontal_flip and not recipe.augment.horizontal_flip
 
 
-def test_unfreeze_rules_align_to_blocks():
+def test_unfreeze_fraction_aligns_to_blocks_and_an_int_is_a_layer_index():
+    from kerascope.zoo.layers import numbered_layers
     from kerascope.zoo.models import build
 
     base = build("efficientnet_lite0", weights=None, include_top=False, input_shape=(32, 32, 3))
     names = [layer.name for layer in base.layers]
     start = unfreeze_start(base, 0.2)
     assert names[start].startswith("blocks_") and names[start].endswith("expand_conv")
-    assert unfreeze_start(base, 3) == names.index("conv_head")  # no block prefix: as counted
-    assert unfreeze_start(base, "blocks_15_expand_conv") == names.index("blocks_15_expand_conv")
     assert unfreeze_start(base, "0.2") == start
-    with pytest.raises(ValueError, match="no layer"):
-        unfreeze_start(base, "block99")
+    numbered = dict(numbered_layers(base))  # the preprocessing layer left out of the count
+    assert base.layers[unfreeze_start(base, 3)] is numbered[3]  # an index: exact, not aligned
+    assert unfreeze_start(base, "3") == unfreeze_start(base, 3)
+    assert unfreeze_start(base, "blocks_15_expand_conv") == names.index("blocks_15_expand_conv")
+    assert unfreeze_start(base, "all") == 1
+    with pytest.raises(ValueError, match="no layer 'blocks_15_expand'; close matches: "
+                       "blocks_15_expand_conv"):  # fmt: skip
+        unfreeze_start(base, "blocks_15_expand")
+    last = len(numbered) - 1
+    with pytest.raises(ValueError, match=f"numbered 0..{last} .* give 1..{last}, a fraction"):
+        unfreeze_start(base, last + 1)
+    with pytest.raises(ValueError, match="between 0 and 1"):
+        unfreeze_start(base, 1.0)
+
+
+def test_unfreeze_index_counts_layers_as_keras_applications_does():
+    """The InceptionV3 guide's "train from layer 249" (the top two inception blocks) means
+    the same here, although kerascope's model has a preprocessing layer Keras's has not."""
+    import keras
+
+    from kerascope.training.heads import freeze, keras_index, unfreeze_top
+    from kerascope.zoo.models import build
+
+    base = build("inception_v3", weights=None, include_top=False, input_shape=(75, 75, 3))
+    plain = keras.applications.InceptionV3(weights=None, include_top=False,
+                                           input_shape=(75, 75, 3))  # fmt: skip
+    assert plain.layers[248].name == "mixed8"
+    start = unfreeze_start(base, 249)
+    assert base.layers[start - 1].name == "mixed8" and keras_index(base, start) == 249
+    freeze(base)
+    trained = unfreeze_top(base, 249)
+    expected = [
+        layer.name
+        for layer in plain.layers[249:]
+        if layer.weights and not isinstance(layer, keras.layers.BatchNormalization)
+    ]
+    assert len(trained) == len(expected) == 18  # mixed9 and mixed10: 9 convolutions each
+    assert base.get_layer("mixed8").trainable is False
+    assert not any(layer.trainable for layer in base.layers[:start] if layer.weights)
+
+
+def test_head_parts_parse_check_and_build():
+    from kerascope.training.heads import check_head, classifier_head, parse_head
+
+    assert parse_head(" GAP, dense:1024 ") == ["gap", "dense:1024"]
+    assert parse_head(["flatten", "dense:256", "dropout:0.50"]) == [
+        "flatten", "dense:256", "dropout:0.5"]  # fmt: skip
+    for bad, said in (("gap,dens:256", "unknown part 'dens:256'"), ("dense:0", "number of units"),
+                      ("dropout:1.5", "rate in [0, 1)"), ("gap:2", "unknown part 'gap:2'"),
+                      ("", "head is empty")):  # fmt: skip
+        with pytest.raises(ValueError, match=said.replace("[", r"\[").replace(")", r"\)")):
+            parse_head(bad)
+    with pytest.raises(ValueError, match="start the head with gap"):
+        check_head(["dense:64"], spatial=True)
+    with pytest.raises(ValueError, match="vectors already"):
+        check_head(["gap"], spatial=False)
+    check_head(["dropout"], spatial=False)
+
+    maps = keras.Input((4, 4, 8))
+    default = keras.Model(maps, classifier_head(maps, 3, dropout=0.3))
+    assert [layer.name for layer in default.layers[1:]] == ["avg_pool", "head_dropout",
+                                                            "predictions"]  # fmt: skip
+    assert default.get_layer("head_dropout").rate == 0.3
+    parts = ["gmp", "dense:16", "dropout", "dense:8", "dropout:0.1"]
+    model = keras.Model(maps, classifier_head(maps, 3, 0.3, parts, seed=0))
+    assert [(layer.name, type(layer).__name__) for layer in model.layers[1:]] == [
+        ("max_pool", "GlobalMaxPooling2D"), ("fc1", "Dense"), ("head_dropout", "Dropout"),
+        ("fc2", "Dense"), ("head_dropout_2", "Dropout"), ("predictions", "Dense")]  # fmt: skip
+    assert model.get_layer("head_dropout").rate == 0.3 and model.get_layer("fc2").units == 8
+    assert model.get_layer("fc1").activation.__name__ == "relu"
+    x = np.random.default_rng(0).normal(size=(2, 4, 4, 8)).astype("float32")
+    probs = keras.ops.convert_to_numpy(model(x))
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-6)
+
+
+def test_optimizers_and_the_blogs_adam_decay():
+    """``inverse-time:D`` is Keras 2's ``Adam(lr, decay=D)``: lr / (1 + D * step)."""
+    from kerascope.training.optimizers import check_schedule, make_optimizer
+
+    sgd = make_optimizer("SGD", 1e-4)
+    assert type(sgd).__name__ == "SGD" and float(sgd.momentum) == pytest.approx(0.9)
+    assert float(make_optimizer("sgd", 1e-2, momentum=0.5).momentum) == 0.5
+    assert type(make_optimizer("adadelta", 1.0)).__name__ == "Adadelta"
+    adam = make_optimizer("adam", 1e-3, schedule="inverse-time:0.01")
+    decayed = keras.ops.convert_to_numpy(adam._learning_rate(200))
+    assert float(decayed) == pytest.approx(1e-3 / (1 + 0.01 * 200), rel=1e-6)
+    cosine = make_optimizer("rmsprop", 0.1, schedule="cosine", steps=50)
+    assert float(keras.ops.convert_to_numpy(cosine._learning_rate(50))) == pytest.approx(0.0)
+    assert float(keras.ops.convert_to_numpy(cosine._learning_rate(25))) == pytest.approx(0.05)
+    with pytest.raises(ValueError, match="unknown optimizer 'nadam'; use rmsprop, adam, sgd"):
+        make_optimizer("nadam", 1e-3)
+    with pytest.raises(ValueError, match="unknown lr schedule 'step'"):
+        check_schedule("step")
+    assert check_schedule("constant") is None and check_schedule("Inverse-Time:1e-4") == (
+        "inverse-time:0.0001")  # fmt: skip
 
 
 def test_class_weights_balance_classes():

@@ -45,11 +45,16 @@ def _weights(model) -> list[np.ndarray]:
 
 
 @pytest.mark.backends
-@pytest.mark.parametrize("stage", [0, 1], ids=["transfer-head", "finetune-stage2"])
-def test_one_step_on_the_split_equals_one_step_on_the_whole_graph(stage, skimage_data):
+@pytest.mark.parametrize(
+    ("stage", "head"),
+    [(0, None), (1, None), (1, ["gmp", "dense:32", "dropout:0", "dense:16"])],
+    ids=["transfer-head", "finetune-stage2", "finetune-stage2-dense-head"],
+)
+def test_one_step_on_the_split_equals_one_step_on_the_whole_graph(stage, head, skimage_data):
     recipe = recipes.get_recipe("finetune")
     keras.utils.set_random_seed(0)
-    model = recipes.build_model(recipe, 4, (64, 64), None, 0, "efficientnet_lite0", dropout=0.0)
+    model = recipes.build_model(recipe, 4, (64, 64), None, 0, "efficientnet_lite0", dropout=0.0,
+                                head=head)  # fmt: skip
     recipes.prepare_stage(model, stage, 0.2)
     x = _photo_batch(skimage_data, 64)
     y = np.array([0, 1, 2, 3] * 2)
@@ -86,8 +91,9 @@ def test_split_run_saves_the_whole_network(recipe, shapes, tmp_path):
     from kerascope.zoo.models import load_model
 
     run = tmp_path / recipe
+    fine_tune = {"unfreeze": "blocks_15_expand_conv"} if recipe == "finetune" else {}
     result = train(shapes, recipe=recipe, output=run, epochs=1, image_size=64, batch_size=16,
-                   unfreeze="blocks_15_expand_conv", progress=False)  # fmt: skip
+                   progress=False, **fine_tune)  # fmt: skip
     reloaded = load_model(run).model
     parts = split_model(result.model)
     x = np.random.default_rng(0).integers(0, 256, (6, 64, 64, 3)).astype("uint8")

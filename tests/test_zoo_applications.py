@@ -71,9 +71,21 @@ def test_spec_fields_are_consistent():
         assert spec.top5 is None or spec.top1 < spec.top5 < 1
         w = spec.weights
         assert w.url and w.url.startswith("https://storage.googleapis.com/")
-        assert w.filename.endswith(".h5") and "notop" not in w.filename
+        assert w.filename.endswith(".h5") and not re.search(r"no_?top", w.filename)
         assert w.file_hash is None or re.fullmatch(r"[0-9a-f]{32}|[0-9a-f]{64}", w.file_hash)
         assert w.package is None and w.converter is None
+        # Keras's file without the classifier: its own name, URL and hash of the same kind.
+        notop = w.notop
+        assert notop is not None and w.for_top(False) is notop and w.for_top(True) is w
+        assert notop.filename.endswith(".h5") and re.search(r"no_?top", notop.filename)
+        assert notop.url and notop.url.startswith("https://storage.googleapis.com/")
+        assert notop.url.rsplit("/", 1)[0] == w.url.rsplit("/", 1)[0]
+        assert (notop.file_hash is None) == (w.file_hash is None)
+        assert notop.file_hash is None or len(notop.file_hash) == len(w.file_hash)
+        assert notop.file_hash != w.file_hash or w.file_hash is None
+        assert notop.notop is None and notop.package is None
+    lite = registry.get("efficientnet_lite0").weights  # one ported file serves both
+    assert lite.notop is None and lite.for_top(False) is lite
     by_name = {spec.name: spec for spec in APP_SPECS}
     assert by_name["vgg16"].preprocess == "caffe"
     assert by_name["resnet50"].preprocess == "caffe"
@@ -94,17 +106,37 @@ def test_import_does_not_import_keras():
 
 
 @pytest.mark.slow
+@pytest.mark.filterwarnings("ignore:`input_shape` is undefined")  # MobileNetV3 on imagenet
 @pytest.mark.parametrize("spec", APP_SPECS, ids=[s.name for s in APP_SPECS])
-def test_built_model_matches_spec(spec):
+def test_built_model_matches_spec(spec, monkeypatch):
     from kerascope.config import ensure_backend
     from kerascope.zoo.fast_init import numpy_init
 
     ensure_backend()
     import keras
+    from keras.src.models.model import Model
+    from keras.src.utils import file_utils
+
+    # What Keras itself asks get_file for, with and without top: the spec's files must be
+    # those (name, URL, hash). Nothing is downloaded and nothing loaded.
+    asked: list[tuple] = []
+
+    def get_file(fname=None, origin=None, *args, file_hash=None, **kwargs):
+        asked.append((fname, origin, file_hash, kwargs.get("hash_algorithm", "auto")))
+        return "not-downloaded.h5"
+
+    monkeypatch.setattr(file_utils, "get_file", get_file)
+    monkeypatch.setattr(Model, "load_weights", lambda self, *args, **kwargs: None)
 
     keras.backend.clear_session()  # collects garbage too (free_memory=True)
     with numpy_init():  # as conftest does for the session: this file took 552 s, now 67 s
-        model = spec.builder_fn()(weights=None)
+        model = spec.builder_fn()(weights="imagenet")
+        spec.builder_fn()(weights="imagenet", include_top=False)
+    with_top, without_top = (spec.weights, spec.weights.notop)
+    assert asked == [
+        (with_top.filename, with_top.url, with_top.file_hash, "auto"),
+        (without_top.filename, without_top.url, without_top.file_hash, "auto"),
+    ]
     try:
         height, width = model.input_shape[1:3]
         if spec.family == "mobilenet_v3":  # built for any size unless told; weights are 224

@@ -16,6 +16,7 @@ __all__ = [
     "evaluate",
     "explain",
     "export_model",
+    "faithfulness",
     "features",
     "iter_classify",
     "list_models",
@@ -33,6 +34,7 @@ _LAZY = {
     "iter_classify": "kerascope.classification",
     "explain": "kerascope.cam.explain",
     "export_model": "kerascope.export",
+    "faithfulness": "kerascope.cam.faithfulness",
     "features": "kerascope.bottleneck",
     "load_model": "kerascope.zoo.models",
     "train": "kerascope.training.run",
@@ -43,6 +45,7 @@ _LAZY = {
 if TYPE_CHECKING:
     from kerascope.bottleneck import features
     from kerascope.cam.explain import explain
+    from kerascope.cam.faithfulness import faithfulness
     from kerascope.classification import classify, iter_classify
     from kerascope.evaluation import evaluate
     from kerascope.export import export_model

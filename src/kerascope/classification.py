@@ -73,11 +73,15 @@ def classify_sources(
     batch_size: int = 32,
     progress=None,
 ) -> Iterator[ImageResult]:
-    """Yield one result per source, in order; failures (missing included) carry their reason."""
+    """Yield one result per source, in order; failures (missing included) carry their reason.
+
+    Pictures are fitted to the input under ``clf.convention`` (a centre crop for zoo weights
+    whose published accuracy was measured so), as the weights were evaluated.
+    """
     from kerascope.inference import compiled
 
     forward = compiled(clf.model)
-    for items in iter_batches(sources, clf.input_size, batch_size):
+    for items in iter_batches(sources, clf.input_size, batch_size, convention=clf.convention):
         good = [it for it in items if it.error is None]
         probs = forward(np.stack([it.pixels for it in good])) if good else None
         row = 0

@@ -50,7 +50,7 @@ def add_batch_command(sub) -> None:
     e.add_argument("--class", dest="target", help="class to explain: name, WordNet id or index")
     e.add_argument("--layer", help="layer to explain (default: found automatically)")
     e.add_argument("--alpha", type=float, default=0.4, help="heatmap opacity at its peak")
-    e.add_argument("--colormap", default="jet")
+    e.add_argument("--colormap", default=None, help="heatmap colours (default: viridis)")
 
 
 def _task(tasks, name: str, text: str):

@@ -39,19 +39,103 @@ def _has_matplotlib() -> bool:
     return importlib.util.find_spec("matplotlib") is not None
 
 
+class _Lazy(argparse.Action):
+    """Stores one value, with help text and choices computed only when argparse reads them.
+
+    They come from ``kerascope.cam`` (the methods and their costs, the overlay's default
+    colormap), which imports NumPy: building the parser for ``kerascope models`` must not.
+    """
+
+    def __init__(self, *args, help_text=None, choices_from=None, **kwargs):
+        self._help_text, self._choices_from = help_text, choices_from
+        super().__init__(*args, **kwargs)
+
+    @property
+    def help(self):  # type: ignore[override]
+        return self._help_text().replace("%", "%%") if self._help_text else None
+
+    @help.setter
+    def help(self, value) -> None:
+        pass
+
+    @property
+    def choices(self):  # type: ignore[override]
+        return self._choices_from() if self._choices_from else None
+
+    @choices.setter
+    def choices(self, value) -> None:
+        pass
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        setattr(namespace, self.dest, values)
+
+
+def _method_names() -> list[str]:
+    from kerascope.cam.methods import METHODS
+
+    return list(METHODS)
+
+
+def _method_help() -> str:
+    """Every method with what it costs per image; the ones that fail the weight-randomisation
+    sanity check (Adebayo et al. 2018) are marked, since their maps may not depend on the model."""
+    from kerascope.cam.methods import METHODS
+
+    parts = []
+    for name, cls in METHODS.items():
+        notes = [getattr(cls, "cost", "")]
+        if getattr(cls, "sanity", True) is False:
+            notes.append("fails the randomisation sanity check")
+        notes = [n for n in notes if n]
+        parts.append(f"{name} ({'; '.join(notes)})" if notes else name)
+    return "CAM method: " + ", ".join(parts)
+
+
+def _default_colormap() -> str:
+    from kerascope.cam import overlay
+
+    return getattr(overlay, "DEFAULT_COLORMAP", "jet")
+
+
+def _metric_names() -> list[str]:
+    from kerascope.cam.faithfulness import METRICS
+
+    return list(METRICS)
+
+
+def _metric_help() -> str:
+    from kerascope.cam.compare import DEFAULT_METRIC
+    from kerascope.cam.faithfulness import METRICS
+
+    listed = ", ".join(
+        f"{m.name} ({'higher' if m.higher_is_better else 'lower'} is better)"
+        for m in METRICS.values()
+    )
+    return (
+        f"metric that ranks the methods in --compare: {listed} (default: {DEFAULT_METRIC}: "
+        "ROAD fills removed pixels from their neighbours, so the removed shape does not leak "
+        "the class as deletion's flat fill does; deletion is 2-3x faster)"
+    )
+
+
 def _add_explain_args(p) -> None:
     p.add_argument("--model", "-m", default="efficientnet_lite0", help="zoo name or .keras file")
     p.add_argument("--weights", help="explicit weights file for a zoo model")
-    p.add_argument(
-        "--method", choices=("cam", "gradcam", "gradcam++"), default="gradcam", help="CAM method"
-    )
+    p.add_argument("--method", action=_Lazy, metavar="METHOD", default="gradcam",
+                   help_text=_method_help, choices_from=_method_names)  # fmt: skip
     p.add_argument("--class", dest="target", help="class to explain: name, WordNet id or index "
                    "(default: the top class)")  # fmt: skip
     p.add_argument("--layer", help="layer to explain (default: found automatically)")
     p.add_argument(
         "--alpha", type=_fraction, default=0.4, help="heatmap opacity at its peak, 0 to 1"
     )
-    p.add_argument("--colormap", type=_colormap, default="jet", help="heatmap colours")
+    p.add_argument(
+        "--colormap",
+        type=_colormap,
+        action=_Lazy,
+        default=None,
+        help_text=lambda: f"heatmap colours (default: {_default_colormap()})",
+    )
     p.add_argument("--batch-size", "-b", type=_positive, default=16, help="images per batch")
 
 
@@ -62,6 +146,31 @@ def _add_explain(sub) -> None:
     p.add_argument("paths", nargs="+", help="image files, folders (recursive) or globs")
     _add_explain_args(p)
     p.add_argument("-o", "--output", default=".", help="folder for <name>-output.jpg files")
+    p.add_argument(
+        "--aug-smooth",
+        action="store_true",
+        help="average the maps of flipped and rescaled copies (6x the cost)",
+    )
+    p.add_argument(
+        "--eigen-smooth",
+        action="store_true",
+        help="first principal component of the weighted activations: less noise",
+    )
+    p.add_argument("--colorbar", action="store_true", help="add a colour bar to each picture")
+    p.add_argument(
+        "--score",
+        action="store_true",
+        help="also print faithfulness numbers per image: deletion and insertion AUC, ROAD "
+        "MoRF/LeRF, average drop (seconds per image on a CPU)",
+    )
+    p.add_argument(
+        "--compare",
+        action="store_true",
+        help="run every method on each image, write <name>-compare.jpg (one panel per method, "
+        "its scores under it) and print the methods ranked by --metric",
+    )
+    p.add_argument("--metric", action=_Lazy, metavar="METRIC", default=None,
+                   help_text=_metric_help, choices_from=_metric_names)  # fmt: skip
     p.set_defaults(func=_run_explain)
 
 
@@ -97,10 +206,11 @@ def _target(clf, query: str | None) -> int | None:
 
 def _run_explain(args) -> int:
     from kerascope import output
-    from kerascope.cam.save import save_explanations
     from kerascope.inference import normalise_inputs
     from kerascope.zoo.models import load_model
 
+    if args.metric is not None and not args.compare:
+        raise CliError("--metric ranks the methods of --compare; add --compare (or drop --metric)")
     sources, skipped, _ = normalise_inputs(args.paths)
     if skipped:
         output.note(f"skipped {len(skipped)} non-image file(s): {', '.join(skipped[:5])}")
@@ -108,16 +218,168 @@ def _run_explain(args) -> int:
         raise CliError("no images found in " + " ".join(args.paths))
     clf = load_model(args.model, weights=args.weights)
     target = _target(clf, args.target)
+    if args.compare:
+        return _run_compare(args, clf, sources, target)
+    options = _smoothing(args)
     with output.progress_bar(len(sources), "explaining", min_total=16) as advance:
-        saved = save_explanations(
-            sources, args.output, clf, args.method, target, args.layer,
-            args.batch_size, args.alpha, args.colormap, progress=advance,
-        )  # fmt: skip
+        saved = _save(args, clf, sources, target, advance, options)
     output.print_explanations(saved)
     failed = sum(1 for s in saved if not s.ok)
+    if args.score:
+        _print_scores(args, clf, [s for s, d in zip(sources, saved, strict=True) if d.ok],
+                      target, options)  # fmt: skip
     if failed:
         output.note(f"{failed} of {len(saved)} input(s) could not be explained")
     return 1 if failed else 0
+
+
+def _smoothing(args) -> dict[str, bool]:
+    return {"aug_smooth": args.aug_smooth, "eigen_smooth": args.eigen_smooth}
+
+
+def _save(args, clf, sources, target, advance, options):
+    """`save_explanations` with the flags this version of it takes (a flag it lacks is one line)."""
+    import inspect
+
+    from kerascope.cam.save import save_explanations
+
+    extra = {**options, "colorbar": args.colorbar}
+    accepted = inspect.signature(save_explanations).parameters
+    missing = [k for k, on in extra.items() if on and k not in accepted]
+    if missing:
+        raise CliError(f"--{missing[0].replace('_', '-')} is not supported by this version")
+    extra = {k: v for k, v in extra.items() if k in accepted}
+    return save_explanations(
+        sources, args.output, clf, args.method, target, args.layer,
+        args.batch_size, args.alpha, args.colormap, progress=advance, **extra,
+    )  # fmt: skip
+
+
+def _print_scores(args, clf, sources, target, options) -> None:
+    """Faithfulness of each explained image's map, one table row per image."""
+    from rich.table import Table
+
+    from kerascope import output
+    from kerascope.cam.explain import resolve_targets, spread_targets
+    from kerascope.cam.faithfulness import METRICS, iter_scores
+
+    targets = spread_targets(resolve_targets(clf, target, len(sources)), sources)
+    table = Table(title=f"faithfulness of {args.method} (class probability on perturbed copies)")
+    table.add_column("image", overflow="fold")
+    table.add_column("class", overflow="fold")
+    for metric in METRICS.values():
+        table.add_column(
+            metric.title + (" ↑" if metric.higher_is_better else " ↓"), justify="right"
+        )
+    with output.progress_bar(len(sources), "scoring", min_total=2) as advance:
+        scored = iter_scores(clf, sources, args.method, targets, args.layer,
+                             batch_size=args.batch_size, **options)  # fmt: skip
+        for e, f in scored:
+            image = output.literal(_short(e.source))
+            if f is None:
+                table.add_row(image, output.literal(f"error: {e.error}", "red"))
+            else:
+                table.add_row(image, output.literal(e.class_name),
+                              *(_number(m, f.value(m)) for m in METRICS))  # fmt: skip
+            advance(1)
+    _print(table)
+    output.note(
+        "↓ lower is better, ↑ higher is better; increase: 1 if image x heatmap scores higher"
+    )
+
+
+def _number(metric: str, value: float | None) -> str:
+    if value is None:
+        return ""
+    if metric == "increase":
+        return "1" if value else "0"
+    if metric == "drop":
+        return f"{value:.1%}"
+    return f"{value:+.3f}" if metric.startswith("road") else f"{value:.3f}"
+
+
+def _print(table) -> None:
+    """A rich table on stdout, as `kerascope.output` prints its own (a closed pipe stays a
+    BrokenPipeError for `kerascope.cli.main`)."""
+    from kerascope.output import _Console
+
+    _Console(width=140).print(table)
+
+
+def _short(path: str) -> str:
+    """A path as `kerascope.output` shows it in the explain table (relative when under .)."""
+    from kerascope.output import _short
+
+    return _short(path)
+
+
+def _run_compare(args, clf, sources, target) -> int:
+    """Every method on each image: one grid picture and a ranking table per image."""
+    from kerascope import output
+    from kerascope.cam.compare import DEFAULT_METRIC, compare_methods
+    from kerascope.cam.save import output_names
+    from kerascope.images import ImageError
+    from kerascope.inference import Missing
+
+    if args.colorbar:
+        raise CliError("--colorbar is for the per-image pictures, not --compare's grid; drop it")
+    metric = args.metric or DEFAULT_METRIC
+    out_dir = Path(args.output)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    failed = 0
+    for source, name in zip(sources, output_names(sources), strict=True):
+        if isinstance(source, Missing):
+            output.note(f"cannot read '{source}': no such file, folder or matching glob")
+            failed += 1
+            continue
+        path = out_dir / (name.removesuffix("-output.jpg") + "-compare.jpg")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            comparison = compare_methods(
+                source, path, clf, target=target, layer=args.layer, metric=metric,
+                alpha=args.alpha, colormap=args.colormap, **_smoothing(args),
+            )  # fmt: skip
+        except ImageError as exc:
+            output.note(f"cannot read '{source}': {exc.reason}")
+            failed += 1
+            continue
+        _print_ranking(comparison)
+    return 1 if failed else 0
+
+
+def _print_ranking(comparison) -> None:
+    from rich.table import Table
+
+    from kerascope import output
+    from kerascope.cam.faithfulness import METRICS
+
+    chosen = METRICS[comparison.metric]
+    shown = list(dict.fromkeys((comparison.metric, "deletion", "insertion", "drop")))
+    better = "higher" if chosen.higher_is_better else "lower"
+    title = (
+        f"{_short(comparison.source)}: {comparison.class_name} {comparison.probability:.1%}, "
+        f"methods ranked by {chosen.title} ({better} is better)"
+    )
+    table = Table(title=output.literal(title))
+    table.add_column("rank", justify="right")
+    table.add_column("method")
+    for m in shown:
+        table.add_column(METRICS[m].title, justify="right")
+    table.add_column("explain s", justify="right")
+    table.add_column("cost per image", overflow="fold")
+    for rank, row in enumerate(comparison.ranking(), 1):
+        f = row.faithfulness
+        sanity = "" if row.sanity else " (fails sanity check)"
+        empty = " (empty map)" if row.empty else ""
+        table.add_row(str(rank), output.literal(row.method + sanity + empty),
+                      *(_number(m, f.value(m)) for m in shown), f"{row.seconds:.2f}",
+                      output.literal(row.cost))  # fmt: skip
+    _print(table)
+    for row in comparison.methods:
+        if not row.ok:
+            output.note(f"skipped {row.method}: {row.skipped}")
+    if comparison.path is not None:
+        output.note(f"wrote {comparison.path}")
 
 
 def _run_video(args) -> int:

@@ -51,11 +51,30 @@ def _add_train(sub) -> None:
                    "features (default: efficientnet_lite0; features: lite0,lite1)")  # fmt: skip
     p.add_argument("--output", "-o", help="run directory, new or empty (default: "
                    "runs/<time>-<recipe>)")  # fmt: skip
-    p.add_argument("--epochs", type=int, help="epochs per stage (default: the recipe's); with "
-                   "--resume: for the stages not finished yet")  # fmt: skip
+    p.add_argument("--epochs", type=_ints, help="epochs of every stage, or one per stage "
+                   "(5,10) (default: the recipe's); with --resume: for the stages not finished "
+                   "yet")  # fmt: skip
     p.add_argument("--batch-size", type=int, help="images per step (default: the recipe's)")
-    p.add_argument("--lr", type=float, help="learning rate of the first stage (default: the "
+    p.add_argument("--lr", type=_floats, help="learning rate of the first stage, or one per "
+                   "stage (1e-3,1e-4) (default: the recipe's, or the optimizer's own when "
+                   "--optimizer changes it)")  # fmt: skip
+    p.add_argument("--optimizer", help="rmsprop, adam, sgd or adadelta for the first stage, or "
+                   "one per stage (rmsprop,sgd) (default: the recipe's: finetune trains its "
+                   "second stage with sgd)")  # fmt: skip
+    p.add_argument("--momentum", type=float, help="momentum of the sgd stages (default: 0.9, "
+                   "the fine-tuning guide's)")  # fmt: skip
+    p.add_argument("--lr-schedule", metavar="SCHEDULE", help="constant (default), "
+                   "inverse-time:DECAY (lr / (1 + DECAY * step): Keras 2's decay=DECAY) or "
+                   "cosine (down to 0 over each stage)")  # fmt: skip
+    p.add_argument("--head", help="layers between the backbone and the final softmax Dense, "
+                   "comma-separated: gap, gmp, flatten, dropout[:RATE], dense:UNITS (relu) "
+                   "(default: gap,dropout, which explain computes CAM for exactly; features: "
+                   "dropout)")  # fmt: skip
+    p.add_argument("--dropout", type=float, help="rate of the head's dropout (default: the "
                    "recipe's)")  # fmt: skip
+    p.add_argument("--weights", metavar="FILE", help="the backbone's weights file (default: "
+                   "the zoo's ImageNet weights); features: one per backbone, "
+                   "comma-separated")  # fmt: skip
     p.add_argument("--seed", type=int, default=0, help="seeds weights, augmentation, split")
     p.add_argument("--val-split", type=float, default=0.2,
                    help="validation share when DATA has no validation/ folder")  # fmt: skip
@@ -64,12 +83,16 @@ def _add_train(sub) -> None:
     p.add_argument("--class-weight", choices=("auto",), help="balance imbalanced classes")
     p.add_argument(
         "--unfreeze",
-        type=float,
         default=None,
-        help="finetune: fraction (<1) or number of top backbone layers to train (default: "
-        "the recipe's)",
+        help="finetune, stage 2: which backbone layers train: a fraction of the top layers "
+        "(0.2), the index of the first one as keras.applications numbers them (249: the "
+        "InceptionV3 guide's top two blocks; `kerascope models layers NAME` lists them), a "
+        "layer name, or all (default: 0.2); BatchNorm stays frozen",
     )
     p.add_argument("--no-augment", action="store_true", help="train without augmentation")
+    _add_augment_options(p.add_argument_group(
+        "augmentation", "change the recipe's random transformations (preview them on a photo "
+        "with `kerascope augment`, which takes the same options)"), defaults=False)  # fmt: skip
     p.add_argument("--image-size", type=int, help="side in pixels (default: the recipe's, "
                    "or the backbone's)")  # fmt: skip
     p.add_argument("--patience", type=int, help="early-stopping patience in epochs (default: "
@@ -123,6 +146,12 @@ def _add_features(sub) -> None:
     p.add_argument("--backbone", default="efficientnet_lite0", help="comma-separated zoo names")
     p.add_argument("--layer", help="any layer name of the backbone (default: its last)")
     p.add_argument("--pool", choices=("avg", "max", "none"), default="avg", help="pooling")
+    p.add_argument("--image-size", type=int, help="side images are resized to (default: each "
+                   "backbone's own); smaller runs the backbone at that size (vgg16 at 150 "
+                   "gives 4x4x512 maps with --pool none), larger is resized to the backbone's "
+                   "in the graph")  # fmt: skip
+    p.add_argument("--weights", metavar="FILE", help="the backbone's weights file (default: "
+                   "the zoo's ImageNet weights); one per backbone, comma-separated")  # fmt: skip
     p.add_argument("--output", "-o", default="features.h5", help="HDF5 store to add to")
     p.add_argument("--batch-size", type=int, default=32, help="images per forward pass")
     p.add_argument("--val-split", type=float, default=0.2,
@@ -138,13 +167,26 @@ def _add_augment(sub) -> None:
     p.add_argument("-n", type=int, default=20, help="number of samples")
     p.add_argument("-o", "--output", default="preview", help="folder to write into")
     p.add_argument("--seed", type=int, default=0, help="seeds the random transforms")
-    for flag, default in (
-        ("rotation", 40.0), ("width-shift", 0.2), ("height-shift", 0.2), ("shear", 0.2),
-        ("zoom", 0.2),
-    ):  # fmt: skip
-        p.add_argument(f"--{flag}", type=float, default=default, help=f"{flag} range")
-    p.add_argument("--no-flip", action="store_true", help="no horizontal flips")
+    _add_augment_options(p, defaults=True)
     p.set_defaults(func=_run_augment)
+
+
+_AUGMENT_FLAGS = (
+    ("rotation", 40.0, "maximum rotation in degrees"),
+    ("width-shift", 0.2, "maximum horizontal shift, a fraction of the width"),
+    ("height-shift", 0.2, "maximum vertical shift, a fraction of the height"),
+    ("shear", 0.2, "maximum shear (tan of the angle)"),
+    ("zoom", 0.2, "maximum zoom in or out, a fraction"),
+)
+
+
+def _add_augment_options(p, defaults: bool) -> None:
+    """The augmentation options of `augment` (with the tutorial's values as defaults) and of
+    `train` (no defaults: a given value changes the recipe's)."""
+    for flag, default, text in _AUGMENT_FLAGS:
+        p.add_argument(f"--{flag}", type=float, default=default if defaults else None,
+                       help=text + ("" if defaults else " (0: none)"))  # fmt: skip
+    p.add_argument("--no-flip", action="store_true", help="no horizontal flips")
 
 
 def _backbones(text: str | None, default: str) -> list[str]:
@@ -158,15 +200,14 @@ def _run_train(args) -> int:
         raise CliError("give a dataset folder, or --resume RUN_DIR")
     from kerascope.training import train
 
-    unfreeze = args.unfreeze
-    if unfreeze is not None and unfreeze >= 1:
-        unfreeze = int(unfreeze)
     kwargs = dict(
         recipe=args.recipe, output=args.output, epochs=args.epochs, batch_size=args.batch_size,
         lr=args.lr, seed=args.seed, val_split=args.val_split, skip_bad=args.skip_bad,
-        class_weight=args.class_weight, augment=not args.no_augment,
+        class_weight=args.class_weight, augment=_train_augment(args),
         image_size=args.image_size, patience=args.patience, resume=args.resume,
-        engine=args.engine,
+        engine=args.engine, unfreeze=args.unfreeze, head=args.head, dropout=args.dropout,
+        optimizer=args.optimizer, momentum=args.momentum, lr_schedule=args.lr_schedule,
+        weights=args.weights,
     )  # fmt: skip
     if args.backbone:
         kwargs["backbone"] = args.backbone
@@ -174,8 +215,6 @@ def _run_train(args) -> int:
         kwargs["layer"] = args.layer
     if args.pool:
         kwargs["pool"] = args.pool
-    if unfreeze is not None:
-        kwargs["unfreeze"] = unfreeze
     try:
         run = train(args.data, **kwargs)
     except KeyboardInterrupt:
@@ -183,6 +222,42 @@ def _run_train(args) -> int:
         return 130
     _note(headline(run))
     return 0
+
+
+def _ints(text: str) -> int | list[int]:
+    return _numbers(text, int, "a whole number")
+
+
+def _floats(text: str) -> float | list[float]:
+    return _numbers(text, float, "a number")
+
+
+def _numbers(text: str, kind, what: str):
+    """One number, or one per stage, comma-separated (argparse's ``type``)."""
+    try:
+        values = [kind(v) for v in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not {what} or a comma-separated list of "
+                                         "them (one per stage)") from None  # fmt: skip
+    return values[0] if len(values) == 1 else values
+
+
+def _train_augment(args):
+    """``--no-augment``, the recipe's augmentation, or it changed by the augmentation options."""
+    given = {flag.replace("-", "_"): getattr(args, flag.replace("-", "_"))
+             for flag, _, _ in _AUGMENT_FLAGS}  # fmt: skip
+    given = {name: value for name, value in given.items() if value is not None}
+    if args.no_flip:
+        given["horizontal_flip"] = False
+    if not given:
+        return not args.no_augment
+    if args.no_augment:
+        raise CliError("--no-augment turns augmentation off; leave out --"
+                       + next(iter(given)).replace("_", "-").replace("horizontal-flip", "no-flip")
+                       + " (or --no-augment)")  # fmt: skip
+    from kerascope.training.settings import changed_augmentation
+
+    return changed_augmentation(args.recipe, given, resume=args.resume)
 
 
 def headline(run) -> str:
@@ -208,14 +283,15 @@ def _feature_progress():
 
 
 def _run_evaluate(args) -> int:
-    from kerascope.evaluation import evaluate, format_confusion
+    from kerascope.evaluation import evaluate, format_confusion, top5_note
 
     result = evaluate(args.run, args.data, batch_size=args.batch_size, output=args.output,
                       split=args.split)  # fmt: skip
     print(format_confusion(result))
     for path, reason in result.unreadable:
         _note(f"could not read {path}: {reason}")
-    _note(f"accuracy {result.accuracy:.4f} on {result.n} images: {_which(result)}")
+    _note(f"accuracy {result.accuracy:.4f}{top5_note(result)} on {result.n} images: "
+          f"{_which(result)}")  # fmt: skip
     if result.trained_on:
         _note(f"WARNING: {result.trained_on} of the {result.n} scored images were used to "
               "train this model, so this accuracy overstates how it does on new images "
@@ -253,10 +329,12 @@ def _run_features(args) -> int:
         args.data, _backbones(args.backbone, "efficientnet_lite0"), layer=args.layer,
         pool=args.pool, output=args.output, batch_size=args.batch_size,
         val_split=args.val_split, seed=args.seed, skip_bad=args.skip_bad,
-        progress=_feature_progress(),
+        progress=_feature_progress(), image_size=args.image_size,
+        weights=args.weights.split(",") if args.weights else None,
     )  # fmt: skip
     for key, rows in store.computed.items():
-        output.note(f"{key}: computed {rows} row(s)")
+        shape = "x".join(str(d) for d in store.row_shape(key))
+        output.note(f"{key}: computed {rows} row(s) of {shape} features")
     output.note(f"features in {args.output}")
     return 0
 

@@ -52,6 +52,8 @@ class Evaluation:
     Attributes:
         n: images scored (unreadable ones left out).
         accuracy: share of the ``n`` images whose top-1 class is the true one.
+        top5_accuracy: share whose true class is among the 5 most probable; None with 5
+            classes or fewer (where it would always be 1).
         macro_f1: mean F1 over the classes that have images.
         per_class: `ClassScores` by class name.
         classes: class names, in the model's output order.
@@ -80,12 +82,14 @@ class Evaluation:
     unreadable: list[tuple[str, str]] = field(default_factory=list)
     model: str = ""
     output: Path | None = None
+    top5_accuracy: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The metrics as plain JSON data (without ``output``), as in ``metrics.json``."""
         return {
             "n": self.n,
             "accuracy": self.accuracy,
+            "top5_accuracy": self.top5_accuracy,
             "macro_f1": self.macro_f1,
             "per_class": {c: vars(s).copy() for c, s in self.per_class.items()},
             "classes": list(self.classes),
@@ -209,6 +213,15 @@ def metrics_from(labels: np.ndarray, predicted: np.ndarray, classes: list[str]) 
     }
 
 
+def top_k_accuracy(probs: np.ndarray, labels: np.ndarray, k: int) -> float:
+    """Share of rows whose true class is among the ``k`` most probable. A tie at the k-th
+    probability counts against the image (its class is ranked after those it ties with)."""
+    true_p = probs[np.arange(len(labels)), labels]
+    higher = (probs > true_p[:, None]).sum(axis=1)
+    ties = (probs == true_p[:, None]).sum(axis=1) - 1
+    return float(np.mean(higher + ties < k)) if len(labels) else float("nan")
+
+
 def evaluate(
     run_dir: str | os.PathLike | Classifier,
     data: Source | Iterable[Source],
@@ -291,6 +304,7 @@ def evaluate(
         data=str(Path(data).resolve()) if isinstance(data, str | os.PathLike) else None,
         split=split, split_source=origin, unreadable=unreadable, model=str(clf.source),
         output=out, trained_on=_trained_on(record, [s for s, _, _ in kept]),
+        top5_accuracy=top_k_accuracy(probs_, truth, 5) if len(classes) > 5 else None,
     )  # fmt: skip
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "metrics.json", result.to_dict())
@@ -375,6 +389,11 @@ def _with_heatmaps(clf: Classifier, pixels: np.ndarray, targets: np.ndarray) -> 
     return np.stack([overlay(image, heat) for image, heat in zip(pixels, maps, strict=True)])
 
 
+def top5_note(result: Evaluation) -> str:
+    """``", top-5 0.9500"`` when top-5 accuracy was measured, else nothing."""
+    return "" if result.top5_accuracy is None else f", top-5 {result.top5_accuracy:.4f}"
+
+
 def format_confusion(result: Evaluation) -> str:
     """The confusion matrix and per-class scores as a plain-text table (for the CLI)."""
     classes = result.classes
@@ -390,7 +409,7 @@ def format_confusion(result: Evaluation) -> str:
         s = result.per_class[c]
         lines.append(f"{c:<{width}}  {s.precision:9.3f}  {s.recall:6.3f}  {s.f1:6.3f}"
                      f"  {s.support:7d}")  # fmt: skip
-    lines.append(f"accuracy {result.accuracy:.4f} on {result.n} images")
+    lines.append(f"accuracy {result.accuracy:.4f}{top5_note(result)} on {result.n} images")
     if result.unreadable:
         lines.append(f"{len(result.unreadable)} unreadable image(s) left out")
     return "\n".join(lines)

@@ -203,7 +203,9 @@ def _write_onnx(clf, path: Path, input_type: str, images, expected, names) -> fl
     except UnsupportedLayerError as exc:
         raise ExportError(f"{exc}; nothing written (a .keras export keeps every layer)") from None
     try:
-        proto = package.package(raw, input_type, clf.labels, clf.input_size)
+        proto = package.package(
+            raw, input_type, clf.labels, clf.input_size, convention=clf.convention
+        )
     except package.InterfaceError as exc:
         raise ExportError(f"cannot export '{clf.name}' to ONNX: {exc}") from None
     try:
@@ -261,19 +263,17 @@ def _standard_preprocess(layer: Any) -> Any:
     from kerascope.zoo import preprocess
 
     kwargs = {"name": layer.name, "dtype": layer.dtype_policy.name}
-    if layer.mode == "tf":
-        return keras.layers.Rescaling(1.0 / 127.5, offset=-1.0, **kwargs)
-    if layer.mode == "torch":
-        std, mean = np.array(preprocess._TORCH_STD), np.array(preprocess._TORCH_MEAN)
-        scale, offset = (1.0 / (255.0 * std)).tolist(), (-mean / std).tolist()
-        return keras.layers.Rescaling(scale, offset=offset, **kwargs)
-    if layer.mode == "caffe":
+    if layer.mode == "none":
+        return keras.layers.Identity(**kwargs)
+    bgr, scale, offset = preprocess.affine(layer.mode)
+    if bgr:
         conv = keras.layers.Conv2D(3, 1, trainable=False, **kwargs)
         conv.build((None, None, None, 3))
-        flip = np.eye(3, dtype=np.float32)[::-1].reshape(1, 1, 3, 3)
-        conv.set_weights([flip, -np.asarray(preprocess._CAFFE_MEAN_BGR, np.float32)])
+        flip = (np.eye(3, dtype=np.float32)[::-1] * scale.astype(np.float32)).reshape(1, 1, 3, 3)
+        conv.set_weights([flip, offset.astype(np.float32)])
         return conv
-    return keras.layers.Identity(**kwargs)
+    one = lambda v: float(v[0]) if np.all(v == v[0]) else v.tolist()  # noqa: E731
+    return keras.layers.Rescaling(one(scale), offset=one(offset), **kwargs)
 
 
 def portable_model(model: Any) -> Any:

@@ -38,7 +38,15 @@ import numpy as np
 from PIL import Image
 
 from kerascope.errors import KerascopeError
-from kerascope.images import ImageError, as_rgb_array, expand_inputs, load_image, resize, to_rgb
+from kerascope.images import (
+    ImageError,
+    as_rgb_array,
+    expand_inputs,
+    fit,
+    fit_box,
+    load_image,
+    to_rgb,
+)
 
 ENGINES = ("auto", "keras", "onnx")
 ENV_VAR = "KERASCOPE_ENGINE"
@@ -261,6 +269,8 @@ class Item:
     pixels: np.ndarray | None = None  # (H, W, 3) uint8 at the model's input size
     original: np.ndarray | None = None  # full-resolution RGB, kept when asked for
     error: str | None = None
+    box: tuple[float, float, float, float] | None = None  # the part `pixels` shows (fit_box)
+    shape: tuple[int, int] | None = None  # (height, width) of the decoded picture
 
 
 def source_name(source) -> str:
@@ -285,8 +295,11 @@ def load_source(source, size: tuple[int, int] | None = None) -> np.ndarray:
     return as_rgb_array(source)
 
 
-def decode_item(source, size: tuple[int, int], keep_original: bool = False) -> Item:
-    """Decode one source and resize it to ``size``; a failure comes back as ``Item.error``."""
+def decode_item(
+    source, size: tuple[int, int], keep_original: bool = False, convention: Any = None
+) -> Item:
+    """Decode one source and fit it to ``size`` under ``convention`` (`kerascope.images.fit`;
+    ``None``: squash); a failure comes back as ``Item.error``."""
     name = source_name(source)
     if isinstance(source, Missing):
         return Item(name, error=MISSING_INPUT)
@@ -296,7 +309,9 @@ def decode_item(source, size: tuple[int, int], keep_original: bool = False) -> I
         return Item(name, error=exc.reason)
     except (ValueError, OSError) as exc:
         return Item(name, error=str(exc))
-    return Item(name, resize(image, size), image if keep_original else None)
+    box = fit_box(image.shape, size, convention)
+    kept = image if keep_original else None
+    return Item(name, fit(image, size, convention), kept, box=box, shape=image.shape[:2])
 
 
 def normalise_inputs(inputs) -> tuple[list, list[str], list[str]]:
@@ -324,19 +339,29 @@ def normalise_inputs(inputs) -> tuple[list, list[str], list[str]]:
 
 
 def iter_batches(
-    inputs: Sequence, size: tuple[int, int], batch_size: int, keep_original: bool = False
+    inputs: Sequence,
+    size: tuple[int, int],
+    batch_size: int,
+    keep_original: bool = False,
+    convention: Any = None,
 ) -> Iterator[list[Item]]:
     """Batches of decoded `Item`s in input order; missing and unreadable ones as error items.
 
     ``inputs`` are sources as :func:`normalise_inputs` returns them. Decoding runs in a thread
     pool, one batch ahead of the consumer (Pillow releases the GIL).
+
+    ``convention`` (a `kerascope.zoo.registry.InputConvention`) says how pictures are fitted to
+    ``size``: classification passes its classifier's (``Classifier.convention``: a centre crop
+    for zoo weights measured that way). The default, squash, keeps the whole picture: explain
+    and video use it so a heatmap covers everything the user sees, and features and training
+    use it because trained models learnt on squashed pictures.
     """
     workers = min(8, (os.cpu_count() or 2))
     with ThreadPoolExecutor(workers) as pool:
         pending = None
         for start in range(0, len(inputs), batch_size):
             chunk = inputs[start : start + batch_size]
-            future = [pool.submit(decode_item, s, size, keep_original) for s in chunk]
+            future = [pool.submit(decode_item, s, size, keep_original, convention) for s in chunk]
             if pending is not None:
                 yield [f.result() for f in pending]
             pending = future

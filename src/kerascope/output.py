@@ -219,41 +219,68 @@ def write_results(results: list[ImageResult], fmt: str, path: str | None) -> Non
 
 
 def print_zoo(fmt: str = "table") -> None:
-    """List every spec without building any network (specs are plain data)."""
+    """List every spec without building any network (specs are plain data).
+
+    The CPU column holds what ``kerascope models --measure`` measured on this machine's CPU.
+    """
+    from kerascope.zoo.measure import timings
     from kerascope.zoo.registry import all_specs
     from kerascope.zoo.weights import is_cached, works_offline
 
     specs = all_specs()
+    measured = timings()
     if fmt == "json":
-        rows = [_spec_dict(s) for s in specs]
+        rows = [_spec_dict(s, measured) for s in specs]
         sys.stdout.write(json.dumps(rows, indent=2) + "\n")
         return
     table = Table(title="kerascope model zoo")
-    for col in ("name", "input", "params", "top-1", "top-5", "size MB", "offline", "cached"):
+    columns = ("name", "input", "params", "depth", "top-1", "top-5", "size MB", "CPU ms/img",
+               "offline", "cached")  # fmt: skip
+    for col in columns:
         table.add_column(col, justify="left" if col == "name" else "right")
     for s in specs:
+        ms = measured.get(s.name)
         table.add_row(
             literal(s.name),
             f"{s.input_size}px",
             f"{s.params / 1e6:.1f}M",
+            str(s.depth) if s.depth is not None else "-",
             f"{s.top1:.1%}" if s.top1 else "-",
             f"{s.top5:.1%}" if s.top5 else "-",
             f"{s.size_mb:g}",
+            f"{ms:.1f}" if ms is not None else "-",
             "yes" if works_offline(s) else "no",
-            "yes" if is_cached(s) else "no",
+            _cached(s, is_cached),
         )
-    _Console(width=120).print(table)
+    _Console(width=140).print(table)
 
 
-def _spec_dict(spec) -> dict:
+def _cached(spec, is_cached) -> str:
+    """Which of a model's weights files are in the cache (Keras ships two: with top, without)."""
+    top = is_cached(spec)
+    if spec.weights.notop is None:
+        return "yes" if top else "no"
+    notop = is_cached(spec, include_top=False)
+    return {(True, True): "yes", (True, False): "with top", (False, True): "without top"}.get(
+        (top, notop), "no"
+    )
+
+
+def _spec_dict(spec, measured: dict[str, float] | None = None) -> dict:
+    from kerascope.zoo.measure import cpu_name, timings
     from kerascope.zoo.weights import cached_file, is_cached, package_file, works_offline
 
     data = asdict(spec)
     data["weights"]["cache_path"] = str(cached_file(spec))
     data["weights"]["cached"] = is_cached(spec)
+    if spec.weights.notop is not None:
+        data["weights"]["notop"]["cache_path"] = str(cached_file(spec, include_top=False))
+        data["weights"]["notop"]["cached"] = is_cached(spec, include_top=False)
     pkg = package_file(spec)
     data["weights"]["package_path"] = str(pkg) if pkg else None
     data["offline"] = works_offline(spec)
+    data["cpu"] = cpu_name()
+    data["cpu_ms_per_image"] = (timings() if measured is None else measured).get(spec.name)
     return data
 
 
@@ -265,14 +292,51 @@ def print_spec(name: str, fmt: str = "table") -> None:
         sys.stdout.write(json.dumps(data, indent=2) + "\n")
         return
     table = Table(show_header=False, title=literal(data["name"]))
-    for key, value in data.items():
-        if key == "weights":
-            for wk, wv in value.items():
-                if wv is not None:
-                    table.add_row(f"weights.{wk}", literal(wv))
-        elif value not in (None, "", (), {}):
+    for key, value in _flat(data):
+        if value not in (None, "", (), {}):
             table.add_row(key, literal(value))
     _Console(width=120).print(table)
+
+
+def _flat(data: dict, prefix: str = "") -> Iterator[tuple[str, object]]:
+    """``weights.notop.filename``-style keys for nested fields, in their order."""
+    for key, value in data.items():
+        if isinstance(value, dict):
+            yield from _flat(value, f"{prefix}{key}.")
+        else:
+            yield f"{prefix}{key}", value
+
+
+def print_layers(name: str, rows: list, fmt: str = "table") -> None:
+    """`kerascope models layers`: index (as Keras counts), name, shape, parameters, heatmap."""
+    if fmt == "json":
+        data = [{**asdict(r), "output_shape": list(r.output_shape)} for r in rows]
+        sys.stdout.write(json.dumps(data, indent=2) + "\n")
+        return
+    table = Table(title=literal(f"{name}: backbone layers (without top), numbered as Keras does"))
+    for col in ("#", "name", "type", "output shape", "params", "heatmap"):
+        table.add_column(col, justify="right" if col in ("#", "params") else "left")
+    for r in rows:
+        shape = "(" + ", ".join("None" if d is None else str(d) for d in r.output_shape) + ")"
+        table.add_row(str(r.index), literal(r.name), literal(r.kind), shape, f"{r.params:,}",
+                      "default" if r.cam_default else "")  # fmt: skip
+    _Console(width=120).print(table)
+
+
+def print_verify(checks: list, fmt: str = "table") -> None:
+    """`kerascope models verify`: one line per weights file, OK / MISMATCH / not cached."""
+    if fmt == "json":
+        data = [{**asdict(c), "path": str(c.path)} for c in checks]
+        sys.stdout.write(json.dumps(data, indent=2) + "\n")
+        return
+    table = Table(title="cached weights against their published hashes")
+    for col in ("model", "file", "for", "status", "detail"):
+        table.add_column(col, overflow="fold")
+    styles = {"OK": "green", "MISMATCH": "bold red"}
+    for c in checks:
+        table.add_row(literal(c.model), literal(c.path.name), c.kind,
+                      literal(c.status, styles.get(c.status, "")), literal(c.detail))  # fmt: skip
+    _Console(width=160).print(table)
 
 
 def print_explanations(saved: list) -> None:
@@ -288,7 +352,14 @@ def print_explanations(saved: list) -> None:
             e = s.explanation
             table.add_row(
                 literal(_short(s.source)),
-                literal(e.class_name),
+                literal(
+                    e.class_name
+                    + (
+                        " (empty map: no evidence for this class)"
+                        if getattr(s, "empty", False)
+                        else ""
+                    )
+                ),
                 f"{e.probability:.4f}",
                 literal(_short(str(s.path))),
             )

@@ -104,9 +104,9 @@ def write_run_report(
     body = f"{backbone} backbone, " if isinstance(backbone, str) else ""
     if isinstance(backbone, list):  # the features recipe: several, concatenated
         body = f"{' + '.join(backbone)} features, "
-    stages = ", then ".join(
-        f"{s['epochs']} epochs {s['optimizer']} lr={s['lr']:g}" for s in config["stages"]
-    )
+    from kerascope.training.optimizers import describe
+
+    stages = ", then ".join(f"{s['epochs']} epochs {describe(s)}" for s in config["stages"])
     lines = [
         f"# Training run `{run_dir.name}`",
         "",
@@ -114,6 +114,7 @@ def write_run_report(
         f"{stages}; seed {config['seed']}, Keras {config['versions']['keras']} on "
         f"{config['backend']}.",
         "",
+        *_model_notes(config),
         "## Data",
         "",
         "```",
@@ -148,6 +149,26 @@ def write_run_report(
         "",
     ]
     return write_text(path, "\n".join(lines))
+
+
+def _model_notes(config: dict[str, Any]) -> list[str]:
+    """The head, what fine-tuning trains and the backbone's weights, for backbone recipes."""
+    if not config.get("backbone"):
+        return []
+    k = len(config.get("classes") or []) or "N"
+    parts = config.get("head") or (["gap", "dropout"] if config["recipe"] != "features"
+                                   else ["dropout"])  # fmt: skip
+    shown = [p.replace("dropout", f"dropout {config['dropout']:g}") if p == "dropout" else
+             p.replace(":", " ") for p in parts]  # fmt: skip
+    lines = [f"- head: {' -> '.join([*shown, f'dense {k} softmax'])}"]
+    if config.get("unfreeze_index") is not None:
+        lines.append(f"- fine-tuning (stage 2) trains the backbone from layer index "
+                     f"{config['unfreeze_index']} on (keras.applications numbering; --unfreeze "
+                     f"{config['unfreeze']}), BatchNorm layers kept frozen")  # fmt: skip
+    if config.get("weights"):
+        files = config["weights"] if isinstance(config["weights"], list) else [config["weights"]]
+        lines.append(f"- backbone weights: {', '.join(f'`{f}`' for f in files)}")
+    return [*lines, ""]
 
 
 def _skipped_note(report: str | os.PathLike) -> list[str]:

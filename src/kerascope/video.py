@@ -230,6 +230,7 @@ class _Pipeline:
 
     def _write(self, rgb: np.ndarray, pts: int | None) -> None:
         heat, label = self.current
+        label = ov.mark_empty(label, heat)
         blended = ov.overlay(rgb, heat, self.opt["alpha"], self.opt["colormap"])
         if self.opt["layout"] == "side":
             image = ov.side_by_side(rgb, blended, label)
@@ -292,7 +293,7 @@ def explain_video(
     frames_dir: str | os.PathLike | None = None,
     batch_size: int = 16,
     alpha: float = 0.4,
-    colormap: str = "jet",
+    colormap: str | None = None,
     progress: Callable[[int], None] | None = None,
     layer: str | None = None,
     preset: str = "veryfast",
@@ -331,6 +332,7 @@ def explain_video(
         raise ValueError(f"every and batch_size must be >= 1, got {every} and {batch_size}")
     if layout not in ("side", "overlay"):
         raise ValueError(f"layout must be 'side' or 'overlay', got {layout!r}")
+    colormap = colormap or ov.DEFAULT_COLORMAP
     ov.colormap_lut(colormap)  # unknown names fail now, not after the model has loaded
     output = Path(output_path) if output_path is not None else default_output(input_path)
     check_output(input_path, output)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import difflib
 import hashlib
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,6 +33,8 @@ class FeatureSpec:
 
     ``image_size`` may exceed the backbone's own input size: images are then decoded at
     ``image_size`` and resized inside the graph, as in an ensemble of backbones of several sizes.
+    A smaller ``image_size`` runs the backbone at that size (VGG16 at the tutorial's 150 px
+    gives 4x4x512 maps), as the ``features`` and ``transfer`` recipes run it.
     """
 
     backbone: str
@@ -59,6 +61,11 @@ class FeatureSpec:
         return registry.get(self.backbone).input_size
 
     @property
+    def body_size(self) -> int:
+        """The side the backbone runs at: its own, or the images' when they are smaller."""
+        return min(int(self.image_size or self.input_size), self.input_size)
+
+    @property
     def key(self) -> str:
         layer = self.layer or "last"
         return f"{self.backbone},layer={layer},pool={self.pool},size={self.image_size}"
@@ -68,6 +75,17 @@ def weights_file(spec: FeatureSpec) -> Path:
     from kerascope.zoo import registry, weights
 
     return weights.resolve(registry.get(spec.backbone), spec.weights, include_top=False)
+
+
+def weights_per_backbone(weights: Any, backbones: Sequence[str]) -> list:
+    """One weights file (or None: the zoo's) per backbone."""
+    if weights is None:
+        return [None] * len(backbones)
+    files = [weights] if isinstance(weights, str | os.PathLike) else list(weights)
+    if len(files) != len(backbones):
+        raise FeatureCacheError(f"give one weights file per backbone ({len(backbones)}, "
+                                f"comma-separated), got {len(files)}")  # fmt: skip
+    return files
 
 
 _SUMS: dict[tuple, str] = {}
@@ -88,19 +106,29 @@ def weights_checksum(path: str | os.PathLike) -> str:
 
 
 def build_body(spec: FeatureSpec, input_shape: tuple[int, int, int] | None = None) -> Any:
-    """Backbone up to ``spec.layer``, pooled; preprocessing inside. It takes its own input
-    size unless ``input_shape`` says otherwise (the ``features`` recipe on small images)."""
+    """Backbone up to ``spec.layer``, pooled; preprocessing inside. It runs at
+    ``spec.body_size`` unless ``input_shape`` says otherwise (the ``features`` recipe on small
+    images that are not square)."""
     ensure_backend()
     import keras
 
     from kerascope.zoo.models import build
 
     weights = spec.weights or "imagenet"
+    if input_shape is None and spec.body_size != spec.input_size:
+        input_shape = (spec.body_size, spec.body_size, 3)
     shape = {"input_shape": tuple(input_shape)} if input_shape else {}
-    if spec.layer is None and spec.pool != "none":
-        return build(spec.backbone, weights=weights, include_top=False, pooling=spec.pool,
-                     **shape)  # fmt: skip
-    base = build(spec.backbone, weights=weights, include_top=False, pooling=None, **shape)
+    pooling = spec.pool if spec.layer is None and spec.pool != "none" else None
+    try:
+        base = build(spec.backbone, weights=weights, include_top=False, pooling=pooling, **shape)
+    except ValueError:
+        side = "x".join(str(v) for v in (input_shape or (spec.input_size,) * 2)[:2])
+        raise FeatureCacheError(
+            f"'{spec.backbone}' cannot run on {side} images: its layers shrink them to nothing; "
+            f"use a larger image size (it was trained at {spec.input_size})"
+        ) from None
+    if pooling is not None:
+        return base
     x = base.output
     if spec.layer is not None:
         names = [layer.name for layer in base.layers]
@@ -127,8 +155,8 @@ def resizer(spec: FeatureSpec) -> Any | None:
     import keras
 
     size = spec.input_size
-    if spec.image_size == size:
-        return None
+    if spec.image_size <= size:
+        return None  # the backbone runs at the images' size (`FeatureSpec.body_size`)
     return keras.layers.Resizing(size, size, name=f"resize_{spec.backbone}")
 
 

@@ -40,6 +40,7 @@ from kerascope.bottleneck.branches import (
     forward_for,
     weights_checksum,
     weights_file,
+    weights_per_backbone,
 )
 from kerascope.files import OutputError, fsync_dir, fsync_path, is_disk_error, output_error
 
@@ -122,6 +123,11 @@ class FeatureStore:
 
         return h5py.File(self.path, "r")
 
+    def row_shape(self, key: str) -> tuple[int, ...]:
+        """The shape of one image's features in group ``key`` (``(4, 4, 512)`` unpooled)."""
+        with self._open() as f:
+            return tuple(int(d) for d in f[key]["features"].shape[1:])
+
     def keys(self) -> list[str]:
         with self._open() as f:
             return sorted(f)
@@ -185,7 +191,7 @@ def extract_features(
     skip_bad: bool = False,
     progress: Progress | None = None,
     image_size: int | None = None,
-    weights: str | None = None,
+    weights: str | os.PathLike | Sequence[str | os.PathLike] | None = None,
 ) -> FeatureStore:
     """Run each backbone once over every split of a folder dataset and cache the features.
 
@@ -196,7 +202,9 @@ def extract_features(
         pool: ``avg``/``max`` over height and width, or ``none`` to keep the map.
         output: the HDF5 file; ``OUTPUT.partial`` holds an unfinished run.
         image_size: side images are decoded at (default: each backbone's own size); larger
-            sizes are resized inside the graph, as the ensemble model does.
+            sizes are resized inside the graph, as the ensemble model does; a smaller one runs
+            the backbone at that size.
+        weights: a weights file for the backbone (default: the zoo's), or one per backbone.
         progress: ``progress(backbone, rows_done, rows_total)`` after every batch; an
             exception raised there stops the run, which the next call resumes.
 
@@ -211,11 +219,15 @@ def extract_features(
     dataset = data
     if isinstance(data, str | os.PathLike):
         dataset = scan_dataset(data, val_split=val_split, seed=seed, skip_bad=skip_bad)
-    rows = Rows.of(dataset)
+    files = weights_per_backbone(weights, backbones)
     specs = list(
-        dict.fromkeys(FeatureSpec.make(b, layer, pool, image_size, weights) for b in backbones)
+        dict.fromkeys(
+            FeatureSpec.make(b, layer, pool, image_size, w)
+            for b, w in zip(backbones, files, strict=True)
+        )
     )
     sums = {s: weights_checksum(weights_file(s)) for s in specs}
+    rows = Rows.of(dataset)
     out, partial = Path(output), partial_path(output)
     if partial.is_file() and not _readable(partial):
         partial.unlink()  # killed while the file itself was written: start from the last good one

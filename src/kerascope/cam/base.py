@@ -129,7 +129,7 @@ class Probe:
         self._features_model = keras.Model(inputs[0], features, name=f"{model.name}_features")
         self._inputs, self._features = inputs, features
         self._gradients = None
-        self._tail = None
+        self._models: dict[str, Any] = {}  # sub-models for the gradient-free methods, by use
 
     def features(self, pixels: np.ndarray) -> np.ndarray:
         """Target-layer activations from the inference engine (onnxruntime on CPU)."""
@@ -169,14 +169,9 @@ class Probe:
         """
         if self.head.analytic:
             return self.analytic(pixels, targets)
-        import keras
-
         from kerascope.inference import compiled
 
-        model = self._model("both", lambda: keras.Model(
-            self._inputs[0], [self._features, self.head.score_input], name="kerascope_cam_both"
-        ))  # fmt: skip
-        a, h = compiled(model)(pixels)
+        a, h = compiled(self._model("both", [self._features, self.head.score_input]))(pixels)
         logits, probs = self.scores(h)
         classes = np.where(targets < 0, logits.argmax(-1), targets)
         return np.asarray(a, np.float32), None, classes, probs[np.arange(len(a)), classes]
@@ -191,16 +186,11 @@ class Probe:
 
     def logits(self, pixels: np.ndarray) -> np.ndarray:
         """Class logits of whole images (uint8 or float 0..255), on the inference engine."""
-        import keras
-
         from kerascope.inference import compiled
 
-        model = self._model("logits", lambda: keras.Model(
-            self._inputs[0], self.head.score_input, name="kerascope_cam_logits"
-        ))  # fmt: skip
-        return self.scores(compiled(model)(pixels))[0]
+        return self.scores(compiled(self._model("logits", self.head.score_input))(pixels))[0]
 
-    def tail(self, pixels: np.ndarray):
+    def tail(self, pixels: np.ndarray, analytic: bool = True):
         """``run(i, activations) -> logits``: the network after the target layer, for image i.
 
         Analytic head: the closed form ``b + mean_ij(A) W``. Otherwise the layers after the
@@ -209,14 +199,14 @@ class Probe:
         with the target's output replaced (``A + delta``, ``delta = A' - A``).
         """
         head = self.head
-        if head.analytic:
+        if head.analytic and analytic:
             return lambda i, a: a.mean(axis=(1, 2)) @ head.kernel + head.bias
         from kerascope.inference import compiled
 
-        if self._tail is None:
-            self._tail = self._tail_model()
-        forward = compiled(self._tail)
-        if len(self._tail.inputs) == 1:
+        if "tail" not in self._models:
+            self._models["tail"] = self._tail_model()
+        forward = compiled(self._models["tail"])
+        if len(self._models["tail"].inputs) == 1:
             return lambda i, a: self.scores(forward(a))[0]
         original = self.features(pixels)
 
@@ -240,11 +230,13 @@ class Probe:
             h = analyse_head(features, output).score_input
             return keras.Model([inputs[0], delta], h, name="kerascope_cam_tail")
 
-    def _model(self, key: str, build):
-        models = vars(self).setdefault("_models", {})
-        if key not in models:
-            models[key] = build()
-        return models[key]
+    def _model(self, key: str, outputs):
+        """The model from the image to ``outputs`` (tensors of the rebuilt graph), built once."""
+        import keras
+
+        if key not in self._models:
+            self._models[key] = keras.Model(self._inputs[0], outputs, name=f"kerascope_cam_{key}")
+        return self._models[key]
 
     def traces(self) -> int:
         """How many times the gradient function was compiled (0 before the first call)."""

@@ -67,10 +67,16 @@ class Explanation:
         alpha: float = 0.4,
         colormap: str | None = None,
     ) -> Path:
-        """Write original | overlay side by side under a label bar as JPEG (atomically)."""
+        """Write original | overlay side by side under a label bar as JPEG (atomically),
+        creating the folder if needed."""
         from kerascope.cam.overlay import save_jpeg, side_by_side
+        from kerascope.files import output_error
 
         image = self._image(image)
+        try:
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise output_error(path, exc) from exc
         blended = self.overlay(image, alpha, colormap)
         label = f"{self.class_name} {100 * (self.probability or 0.0):.1f}%"
         save_jpeg(side_by_side(image, blended, label), path)
@@ -253,7 +259,9 @@ def iter_explanations(
         if cam is None:
             yield e, None
         else:
-            e.heatmap = upsample(cam, it.original.shape[:2])
+            heat = upsample(cam, it.original.shape[:2])
+            peak = float(heat.max())
+            e.heatmap = heat * (float(cam.max()) / peak) if peak > 0 else heat  # peak kept
             yield e, it.original
 
 
@@ -271,11 +279,19 @@ def iter_small(
 
 
 def _iter_cams(clf, explainer, sources, targets, batch_size, keep_original):
-    """(Explanation without heatmap, feature-resolution map or None, decoded item) per source."""
+    """(Explanation without heatmap, low-resolution map or None, decoded item) per source.
+
+    Pictures are fitted as `classify` fits them (the classifier's convention), so an image
+    gets the class and probability `classify` gives it; where that is a centre crop, the map
+    is placed over the cropped part of the whole picture (`overlay.place_in_picture`), the
+    rest staying cold: the model did not see it.
+    """
+    from kerascope.cam.overlay import place_in_picture
     from kerascope.inference import iter_batches
 
     start = 0
-    for items in iter_batches(sources, clf.input_size, batch_size, keep_original=keep_original):
+    size, convention = clf.input_size, clf.convention
+    for items in iter_batches(sources, size, batch_size, keep_original, convention):
         rows = [i for i, it in enumerate(items) if it.error is None]
         if rows:
             batch_targets = None if targets is None else targets[start + np.array(rows)]
@@ -288,7 +304,8 @@ def _iter_cams(clf, explainer, sources, targets, batch_size, keep_original):
             r = rows.index(i)
             c = int(classes[r])
             wnid, name = clf.labels[c]
-            yield Explanation(it.source, None, c, wnid, name, float(probs[r])), maps[r], it
+            cam = place_in_picture(maps[r], it.shape, it.box)
+            yield Explanation(it.source, None, c, wnid, name, float(probs[r])), cam, it
             items[i] = None  # the consumer may drop its full-size image as soon as it is done
         start += len(items)
 

@@ -8,7 +8,11 @@ the class score (the pre-softmax logit ``y_c``), ``Z = h * w``. The base class t
 
 ``cost`` is what one image costs, for ``--help``; the times relative to Grad-CAM were measured
 on CPU (EfficientNet-Lite0, 224 px, batch 8, 2 cores). ``sanity`` records the weight
-randomisation check of Adebayo et al. 2018 (tests/test_cam_methods.py).
+randomisation check of Adebayo et al. 2018 (tests/test_cam_methods.py): with Lite0's classifier
+and last block re-drawn at random, the map must correlate below 0.5 with the trained model's on
+each of four real photos. Grad-CAM++ and LayerCAM fail it (highest 0.572 and 0.570, on
+coffee.png; mean 0.435 and 0.443): both keep only positive gradients and weight them by the
+activations, so a map survives the randomisation partly as the layer's own activation pattern.
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ class CAM(BaseCAM):
     """
 
     name = "cam"
-    cost = "1 forward"
+    cost = "1 forward (GAP + Dense head only)"
     needs_dense_head = True
     needs_gradients = False
 
@@ -71,6 +75,7 @@ class GradCAMPlusPlus(BaseCAM):
 
     name = "gradcam++"
     cost = "1 forward + 1 backward"
+    sanity = False  # see the module docstring
 
     def channel_weights(self, features, grads, classes) -> np.ndarray:
         grads = np.asarray(grads)
@@ -91,16 +96,16 @@ class ScoreCAM(BaseCAM):
     the input masked by that channel's map.
 
     Eq. 3-4: ``H^k = s(Up(A^k))``, the map upsampled to the input and min-max normalised to
-    [0, 1]; the input is masked as ``X o H^k``. Eq. 6-8: ``w_k = C(A^k)``, the score of the
-    masked input. As pytorch-grad-cam's ``ScoreCAM`` (Algorithm 1's softmax), the weights are
-    the softmax over the K channels of the masked inputs' class *logits*
-    (the authors' code instead uses each masked input's class probability). The mask blends
-    towards the pixel the model's preprocessing maps to zero (pytorch-grad-cam masks the
-    normalised tensor), not towards black. K forwards per image, batched.
+    [0, 1]; the input is masked as ``X o H^k``. Eq. 6-8: ``w_k = C(A^k)``, the class score
+    of the masked input. The score here is pytorch-grad-cam's: the softmax over the K channels
+    of the masked inputs' class *logits* (the authors' code uses each masked input's class
+    probability, softmax over classes; both drop the constant baseline term). The mask blends
+    towards the pixel the model's preprocessing maps to zero, as masking pytorch-grad-cam's
+    normalised tensor does, not towards black. K forwards per image, batched.
     """
 
     name = "scorecam"
-    cost = "K masked forwards (K channels, ~200x Grad-CAM)"
+    cost = "K masked forwards (K channels, ~300x Grad-CAM)"
     needs_gradients = False
 
     def combine(self, batch: Activations) -> np.ndarray:
@@ -126,20 +131,20 @@ class AblationCAM(BaseCAM):
     """
 
     name = "ablationcam"
-    cost = "K ablated forwards of the layers after the target (GAP + Dense head: closed form)"
+    cost = "K ablated tail forwards (GAP + Dense head: closed form, ~1x Grad-CAM)"
     needs_gradients = False
 
     def combine(self, batch: Activations) -> np.ndarray:
         from kerascope.cam.perturbation import ablated_scores
 
         a, classes, head = batch.features, batch.classes, self.probe.head
-        if head.analytic:
+        if self.analytic:
             pooled = a.mean(axis=(1, 2), dtype=np.float64)
             kernel = head.kernel[:, classes].T.astype(np.float64)
             score = (pooled * kernel).sum(axis=1) + head.bias[classes]
             drop = pooled * kernel  # y_c - y_c^k
         else:
-            tail = self.probe.tail(batch.pixels)
+            tail = self.probe.tail(batch.pixels, analytic=False)
             score = _scores(tail, a, classes)
             drop = score[:, None] - ablated_scores(tail, a, classes)
         score = np.where(np.abs(score) > 1e-12, score, 1e-12)
@@ -187,7 +192,7 @@ class EigenCAM(BaseCAM):
     is positive (`smoothing.first_component`)."""
 
     name = "eigencam"
-    cost = "1 forward, class-independent"
+    cost = "1 forward + an SVD, class-independent"
     needs_gradients = False
 
     def combine(self, batch: Activations) -> np.ndarray:
@@ -203,6 +208,7 @@ class LayerCAM(BaseCAM):
 
     name = "layercam"
     cost = "1 forward + 1 backward"
+    sanity = False  # see the module docstring
 
     def combine(self, batch: Activations) -> np.ndarray:
         return self.reduce_channels(np.maximum(np.asarray(batch.grads), 0.0) * batch.features)

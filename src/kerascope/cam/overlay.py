@@ -99,6 +99,34 @@ def upsample(heatmap: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return np.clip(np.nan_to_num(a, nan=0.0), 0.0, 1.0, dtype=np.float32)
 
 
+PLACED_SIDE = 256
+"""Long side of a heatmap placed in its picture: fine enough for any later bilinear upsampling."""
+
+
+def place_in_picture(
+    heatmap: np.ndarray, shape: tuple[int, ...], box: tuple[float, float, float, float]
+) -> np.ndarray:
+    """A map over the whole (height, width) picture, ``heatmap`` inside ``box`` and 0 outside.
+
+    Classification may show the model only the centre of a picture (``images.fit_box``); the
+    heatmap explains that part, so it is drawn there and the rest stays the plain photo. The
+    result has the picture's aspect ratio at no more than :data:`PLACED_SIDE` pixels a side.
+    """
+    height, width = (int(s) for s in shape[:2])
+    if box == (0.0, 0.0, float(width), float(height)):
+        return np.asarray(heatmap, dtype=np.float32)
+    scale = min(1.0, PLACED_SIDE / max(height, width))
+    grid_h, grid_w = max(1, round(height * scale)), max(1, round(width * scale))
+    left, top, right, bottom = (round(v * scale) for v in box)
+    placed = np.zeros((grid_h, grid_w), np.float32)
+    if right > left and bottom > top:
+        placed[top:bottom, left:right] = upsample(heatmap, (bottom - top, right - left))
+    peak, placed_peak = float(np.max(heatmap, initial=0.0)), float(placed.max())
+    if placed_peak > 0:  # resampling between grid points shaves the peak: keep it at the map's
+        placed *= peak / placed_peak
+    return placed
+
+
 def colorize(heatmap: np.ndarray, colormap: str = DEFAULT_COLORMAP) -> np.ndarray:
     """Map values in [0, 1] to RGB through a 256-entry table: (H, W) -> (H, W, 3) uint8."""
     a = np.nan_to_num(np.asarray(heatmap, dtype=np.float32), nan=0.0)

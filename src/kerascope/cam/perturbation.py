@@ -20,7 +20,8 @@ def neutral_pixel(model: Any) -> np.ndarray:
 
     Masking or scaling the *normalised* input, as pytorch-grad-cam does on its tensors, is
     masking towards this value in 0..255 pixels (mid-grey for most models, not black).
-    Recognises a leading ``Rescaling`` and kerascope's ``ImagePreprocess``; else 0.
+    Recognises a leading ``Rescaling`` and kerascope's ``ImagePreprocess`` (whose modes
+    `kerascope.zoo.preprocess.neutral_rgb` knows); else 0.
     """
     import keras
 
@@ -33,16 +34,10 @@ def neutral_pixel(model: Any) -> np.ndarray:
             scale = np.broadcast_to(np.asarray(op.scale, np.float32), (3,))
             offset = np.broadcast_to(np.asarray(op.offset, np.float32), (3,))
             return (-offset / scale).astype(np.float32)
-        mode = getattr(op, "mode", None)
         if type(op).__name__ == "ImagePreprocess":
-            from kerascope.zoo import preprocess
+            from kerascope.zoo.preprocess import neutral_rgb
 
-            means = {
-                "tf": (127.5,) * 3,
-                "torch": tuple(255 * m for m in preprocess._TORCH_MEAN),
-                "caffe": preprocess._CAFFE_MEAN_BGR[::-1],
-            }
-            return np.asarray(means.get(mode, (0.0,) * 3), np.float32)
+            return neutral_rgb(op.mode)
         break
     return np.zeros(3, np.float32)
 

@@ -22,6 +22,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
+from kerascope.errors import ConfigError  # noqa: E402
 from kerascope.images import load_image, resize  # noqa: E402
 
 FILL_MODES = ("reflect", "wrap", "constant", "nearest")
@@ -62,18 +63,20 @@ class AugmentConfig:
     rescale: float | None = 1.0 / 255.0
 
     def __post_init__(self) -> None:
+        """Refuse values the random layers would misread; ConfigError (a ValueError) names
+        the setting, so the CLI prints one line."""
         if self.fill_mode not in FILL_MODES:
-            raise ValueError(f"fill_mode must be one of {FILL_MODES}, got {self.fill_mode!r}")
+            raise ConfigError(f"fill_mode must be one of {FILL_MODES}, got {self.fill_mode!r}")
         for name in ("rotation", "width_shift", "height_shift", "shear", "zoom"):
             if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+                raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.rotation > 180:
-            raise ValueError(f"rotation is in degrees and at most 180, got {self.rotation}")
+            raise ConfigError(f"rotation is in degrees and at most 180, got {self.rotation}")
         if self.zoom >= 1:
-            raise ValueError(f"zoom must be below 1 (a fraction), got {self.zoom}")
+            raise ConfigError(f"zoom must be below 1 (a fraction), got {self.zoom}")
         for name in ("width_shift", "height_shift", "shear"):
             if getattr(self, name) > 1:
-                raise ValueError(f"{name} is a fraction and at most 1, got {getattr(self, name)}")
+                raise ConfigError(f"{name} is a fraction and at most 1, got {getattr(self, name)}")
 
 
 def build_augmentation(

@@ -213,19 +213,20 @@ def _augmentation(g: _Graph, layer: Any, xs: list[_Value], args: Any) -> str:
 # layer of the same name is never taken for it.
 @_converts("kerascope.zoo.preprocess.ImagePreprocess")
 def _image_preprocess(g: _Graph, layer: Any, xs: list[_Value], args: Any) -> str:
+    """Every mode is ``preprocess.affine``: a channel flip (caffe: a Gather), then Mul and Add."""
     from kerascope.zoo import preprocess
 
     x, rank = xs[0], len(xs[0].shape)
-    if layer.mode == "tf":
-        return _affine(g, x, 1.0 / 127.5, -1.0)
-    if layer.mode == "torch":
-        mean, std = np.array(preprocess._TORCH_MEAN), np.array(preprocess._TORCH_STD)
-        return _affine(g, x, 1.0 / (255.0 * std), -mean / std)
-    if layer.mode == "caffe":  # RGB -> BGR: a Gather on the channel axis, then minus the mean
+    bgr, scale, offset = preprocess.affine(layer.mode)
+    if bgr:
         flip = g.const(np.arange(x.shape[-1])[::-1], np.int64)
-        y = g.op("Gather", [x.name, flip], axis=_axis(-1, rank))
-        return g.op("Add", [y, g.const(_broadcast(-np.asarray(preprocess._CAFFE_MEAN_BGR), rank))])
-    return x.name
+        x = _Value(g.op("Gather", [x.name, flip], axis=_axis(-1, rank)), x.shape)
+    return _affine(g, x, _uniform(scale), _uniform(offset))
+
+
+def _uniform(values: np.ndarray) -> Any:
+    """One scalar when every channel has the same value (a smaller graph), else the vector."""
+    return float(values[0]) if np.all(values == values[0]) else values
 
 
 @_converts("Resizing")

@@ -17,7 +17,10 @@ from kerascope.errors import KerascopeError
 
 INPUT_NAME = "image"
 OUTPUT_NAME = "probabilities"
-RESIZE = "bilinear, antialiased: Pillow Image.resize(BILINEAR, reducing_gap=3.0) to input_size"
+RESIZE = (
+    "antialiased Pillow Image.resize(filter, box, reducing_gap=3.0) to input_size; 'fit' says "
+    "which filter and whether the centre is cropped first (kerascope.images.fit)"
+)
 
 
 class InterfaceError(KerascopeError, ValueError):
@@ -40,6 +43,7 @@ def package(
     labels: Sequence[tuple[str, str]],
     input_size: tuple[int, int],
     metadata: dict[str, str] | None = None,
+    convention: Any = None,
 ) -> Any:
     """The deployable ``ModelProto`` of a converted classifier.
 
@@ -49,6 +53,9 @@ def package(
         labels: ``(id, name)`` per output index (WordNet id for ImageNet models).
         input_size: ``(height, width)`` the images must be resized to.
         metadata: more ``metadata_props`` entries (strings).
+        convention: how pictures are fitted to ``input_size`` (an ``InputConvention``; None:
+            squash, bilinear), recorded as the ``fit`` entry so a runtime without kerascope
+            feeds what kerascope feeds.
 
     Raises:
         InterfaceError: not one 4-D input and one 2-D output of ``len(labels)`` classes.
@@ -79,6 +86,13 @@ def package(
         "input_dtype": input_type,
         "input_layout": "NHWC, RGB, 0..255",
         "resize": RESIZE,
+        "fit": json.dumps(
+            {
+                "resize": getattr(convention, "resize", "squash"),
+                "crop_fraction": float(getattr(convention, "crop_fraction", 1.0)),
+                "interpolation": getattr(convention, "interpolation", "bilinear"),
+            }
+        ),
         "classes": json.dumps([name for _, name in labels], ensure_ascii=False),
         "class_ids": json.dumps([str(i) for i, _ in labels], ensure_ascii=False),
         **(metadata or {}),

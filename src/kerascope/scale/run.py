@@ -74,7 +74,7 @@ def _settings(task: str, o: dict[str, Any]) -> dict[str, Any]:
     target = o.get("target")
     return {"model": model, "method": o.get("method", "gradcam"), "layer": o.get("layer"),
             "target": None if target is None else str(target),
-            "alpha": float(o.get("alpha", 0.4)), "colormap": o.get("colormap", "jet")}  # fmt: skip
+            "alpha": float(o.get("alpha", 0.4)), "colormap": o.get("colormap")}  # fmt: skip
 
 
 def run_batch(

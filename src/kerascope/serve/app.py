@@ -29,7 +29,7 @@ from kerascope.serve.served import RequestError, ServedModel
 from kerascope.serve.uploads import data_url, decode_all, encode, failure_status, read_uploads
 
 STATIC = resources.files("kerascope.serve") / "static"
-COLORMAPS = ("jet", "hot", "gray")
+COLORMAPS = ("viridis", "jet", "hot", "gray")
 IMAGE_BODY = {
     "required": True,
     "content": {
@@ -124,7 +124,7 @@ def create_app(served: dict[str, ServedModel], max_body_mb: float = 20.0) -> Fas
         uploads = await read_uploads(request)
         batcher = served_model.classifier
         with batcher.expecting(len(uploads)):
-            items = await decode_all(uploads, clf.input_size, pool)
+            items = await decode_all(uploads, clf.input_size, pool, convention=clf.convention)
         good = [it for it in items if it.error is None]
         probs = await batcher.run_all([it.pixels for it in good])
         by_item = dict(zip(map(id, good), probs, strict=True))
@@ -164,7 +164,7 @@ def create_app(served: dict[str, ServedModel], max_body_mb: float = 20.0) -> Fas
         model: str | None = Query(None, description="a name from /v1/models"),
         format: str = Query("json", pattern="^(json|jpeg|png)$", description="json|jpeg|png"),
         alpha: float = Query(0.4, ge=0.0, le=1.0, description="heatmap opacity at its peak"),
-        colormap: str = Query("jet", pattern="^(jet|hot|gray)$"),
+        colormap: str = Query("viridis", pattern="^(viridis|jet|hot|gray)$"),
         max_side: int = Query(
             1024, ge=0, le=8192, description="long side of the pictures; 0: full"
         ),
@@ -184,15 +184,21 @@ def create_app(served: dict[str, ServedModel], max_body_mb: float = 20.0) -> Fas
         if format != "json" and len(uploads) != 1:
             raise RequestError(f"format={format} returns one picture; send one image or use json")
         with batcher.expecting(len(uploads)):
-            items = await decode_all(uploads, clf.input_size, pool, keep=True)
+            items = await decode_all(uploads, clf.input_size, pool, True, clf.convention)
         good = [it for it in items if it.error is None]
         outs = await batcher.run_all([(it.pixels, class_index) for it in good])
         loop = asyncio.get_running_loop()
+        from kerascope.cam.overlay import place_in_picture
+        from kerascope.images import fit_box
         from kerascope.serve.render import render
 
+        def draw(it, heat):  # the map covers what the model saw: the fitted part (explain's)
+            shape = it.original.shape
+            heat = place_in_picture(heat, shape, fit_box(shape, clf.input_size, clf.convention))
+            return render(it.original, heat, alpha, colormap, max_side)
+
         drawn = await asyncio.gather(*(
-            loop.run_in_executor(pool, render, it.original, out[0], alpha, colormap, max_side)
-            for it, out in zip(good, outs, strict=True)
+            loop.run_in_executor(pool, draw, it, out[0]) for it, out in zip(good, outs, strict=True)
         ))  # fmt: skip
         done = {id(it): (out, pics) for it, out, pics in zip(good, outs, drawn, strict=True)}
         status = failure_status(items)

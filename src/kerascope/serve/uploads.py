@@ -21,6 +21,7 @@ from starlette.requests import Request
 
 from kerascope.serve.decode import DecodeError, decode_bytes
 from kerascope.serve.served import RequestError
+from kerascope.zoo.registry import InputConvention
 
 MAX_FILES = 64
 RAW_NAME = "<body>"
@@ -56,22 +57,30 @@ async def read_uploads(request: Request) -> list[tuple[str, bytes]]:
     return [(RAW_NAME, body)]
 
 
-def _prepare(name: str, data: bytes, size: tuple[int, int], keep: bool) -> Upload:
-    from kerascope.images import resize
+def _prepare(name: str, data: bytes, size: tuple[int, int], keep: bool, convention) -> Upload:
+    from kerascope.images import fit
 
     try:
         image = decode_bytes(data, None if keep else size)  # as classify decodes a file
     except DecodeError as exc:
         return Upload(name, error=f"cannot read '{name}': {exc.reason}", status=exc.status)
-    return Upload(name, image if keep else None, resize(image, size))
+    return Upload(name, image if keep else None, fit(image, size, convention))
 
 
 async def decode_all(
-    uploads: list[tuple[str, bytes]], size: tuple[int, int], pool: Executor, keep: bool = False
+    uploads: list[tuple[str, bytes]],
+    size: tuple[int, int],
+    pool: Executor,
+    keep: bool = False,
+    convention: InputConvention | None = None,
 ) -> list[Upload]:
-    """Decode and resize every upload on ``pool``; failures come back in place with a reason."""
+    """Decode and fit every upload to ``size`` on ``pool``; failures come back in place.
+
+    ``convention``: the classifier's (``Classifier.convention``) for classification, as
+    ``classify`` fits files; ``None`` (squash) keeps the whole picture, for explain.
+    """
     loop = asyncio.get_running_loop()
-    jobs = [loop.run_in_executor(pool, _prepare, n, d, size, keep) for n, d in uploads]
+    jobs = [loop.run_in_executor(pool, _prepare, n, d, size, keep, convention) for n, d in uploads]
     return list(await asyncio.gather(*jobs))
 
 

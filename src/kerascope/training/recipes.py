@@ -19,6 +19,10 @@ run may override (and that is written to the run's ``config.yaml``):
   saved model holds the backbones too and takes raw images at the largest backbone's size;
   each branch resizes to its own size inside the graph, as ``kerascope.bottleneck`` does.
 
+A run may change any of these: the head (``heads.parse_head``: the seed's Flatten -> Dense 256
+-> Dropout 0.5, the guide's GAP -> Dense 1024), the optimizer, rate, SGD momentum and schedule
+of each stage (``optimizers``), what fine-tuning unfreezes, the augmentation.
+
 Every model takes RGB 0..255 and holds its scaling and augmentation as layers, so a saved
 model classifies raw pixels like any zoo model (Keras augmentation layers are identities at
 inference).
@@ -33,6 +37,7 @@ from typing import Any
 from kerascope.data.augment import AugmentConfig, build_augmentation
 from kerascope.errors import ConfigError
 from kerascope.training import heads
+from kerascope.training.optimizers import make_optimizer  # noqa: F401  (benchmarks use it here)
 
 NO_AUGMENT = AugmentConfig(0, 0, 0, 0, 0, horizontal_flip=False)
 
@@ -41,7 +46,7 @@ NO_AUGMENT = AugmentConfig(0, 0, 0, 0, 0, horizontal_flip=False)
 class Stage:
     """One ``fit`` call: its optimizer, learning rate and epoch budget."""
 
-    optimizer: str  # "rmsprop" | "adam" | "sgd" (momentum 0.9)
+    optimizer: str  # kerascope.training.optimizers.OPTIMIZERS (sgd: momentum 0.9)
     lr: float
     epochs: int
 
@@ -146,36 +151,38 @@ def build_model(
     dropout: float | None = None,
     layer: str | None = None,
     pool: str = "avg",
+    head: Sequence[str] | None = None,
 ) -> Any:
-    """The recipe's network: Input (RGB 0..255) -> augmentation -> body -> softmax.
+    """The recipe's network: Input (RGB 0..255) -> augmentation -> body -> head -> softmax.
 
     For ``transfer``/``finetune`` the body is the zoo backbone as a nested model, frozen, so
     the explain module finds its last conv layer and a checkpoint keeps its weight names.
     For ``features`` it is one frozen branch per backbone (``layer``, ``pool``: which
     activations each contributes, as in ``kerascope.bottleneck``), concatenated.
+    ``head``: `heads.parse_head` parts (None: `heads.default_head`). ``backbone_weights``:
+    ``"imagenet"`` (the zoo's file), a weights file, or one file per ``features`` backbone.
     """
     import keras
 
     dropout = recipe.dropout if dropout is None else dropout
     inputs = keras.Input(shape=(*image_size, 3), name="image")
     x = build_augmentation(augment or NO_AUGMENT, seed=seed)(inputs)
+    # The head is seeded here, not by the global seed: building a backbone may draw random
+    # numbers (a first build ports the weights), and the head must not depend on it.
     if recipe.name == "features":
         names = [backbone] if isinstance(backbone, str) else list(backbone or recipe.backbone)
-        x = _feature_branches(x, names, image_size, layer, pool, backbone_weights)
-        # Seeded here, not by the global seed: building the branches may draw random numbers
-        # (a first build ports the weights), and the head must not depend on it.
-        x = keras.layers.Dropout(dropout, seed=seed, name="head_dropout")(x)
-        init = keras.initializers.GlorotUniform(seed=seed)
-        outputs = keras.layers.Dense(num_classes, activation="softmax", kernel_initializer=init,
-                                     name="predictions")(x)  # fmt: skip
+        spatial = len(names) == 1 and heads.reduces_first(head)
+        x = _feature_branches(x, names, image_size, layer, pool, backbone_weights, spatial)
+        outputs = heads.classifier_head(x, num_classes, dropout, head, seed=seed)
         name = "features_ensemble"
     elif recipe.uses_backbone:
         from kerascope.zoo.models import build
 
-        base = build(backbone, weights=backbone_weights, include_top=False, pooling=None,
-                     input_shape=(*image_size, 3))  # fmt: skip
+        base = build(backbone, weights=_one_file(backbone_weights), include_top=False,
+                     pooling=None, input_shape=(*image_size, 3))  # fmt: skip
         heads.freeze(base)
-        outputs = heads.classifier_head(base(x, training=False), num_classes, dropout)
+        outputs = heads.classifier_head(base(x, training=False), num_classes, dropout, head,
+                                        seed=seed)  # fmt: skip
         name = f"{base.name}_{recipe.name}"
     elif recipe.name == "scratch":
         outputs, name = _small_cnn(x, num_classes, dropout), "small_cnn"
@@ -186,21 +193,31 @@ def build_model(
     return keras.Model(inputs, outputs, name=name)
 
 
+def _one_file(weights: Any) -> Any:
+    """A transfer backbone's weights: ``"imagenet"``, None or its one file."""
+    if isinstance(weights, list | tuple):
+        return weights[0]
+    return weights
+
+
 def _feature_branches(x: Any, names: list[str], image_size: tuple[int, int], layer: str | None,
-                      pool: str, weights: str | None) -> Any:  # fmt: skip
+                      pool: str, weights: Any, spatial: bool = False) -> Any:  # fmt: skip
     """Per backbone: resize -> frozen body (``bottleneck.build_body``) [-> flatten]; then the
     branches concatenated. A backbone runs at its pretrained size, resized inside the graph
     (the ``Resizing`` ``bottleneck.resizer`` makes), unless the images are smaller than that:
-    then at the image size, as ``transfer`` runs its backbone."""
+    then at the image size, as ``transfer`` runs its backbone (and as ``kerascope features``
+    caches it). ``spatial``: one branch keeps its feature map for a head that pools or
+    flattens it itself (the seed's Flatten -> Dense 256 on VGG16's 4x4x512)."""
     import keras
 
     from kerascope.bottleneck import FeatureSpec, build_body
 
     if weights is None:
         raise ConfigError("the features recipe needs pretrained backbones (weights=None given)")
-    explicit = None if weights == "imagenet" else weights
+    files = weights if isinstance(weights, list | tuple) else [weights] * len(names)
     branches = []
-    for name in names:
+    for name, file in zip(names, files, strict=True):
+        explicit = None if file == "imagenet" else file
         spec = FeatureSpec.make(name, layer, pool, weights=explicit)
         size = spec.input_size
         small = min(image_size) < size
@@ -210,7 +227,7 @@ def _feature_branches(x: Any, names: list[str], image_size: tuple[int, int], lay
         if not small and tuple(image_size) != (size, size):
             y = keras.layers.Resizing(size, size, name=f"resize_{spec.backbone}")(y)
         y = body(y, training=False)
-        if len(y.shape) > 2:
+        if len(y.shape) > 2 and not spatial:
             y = keras.layers.Flatten(name=f"flatten_{spec.backbone}")(y)
         branches.append(y)
     return branches[0] if len(branches) == 1 else keras.layers.Concatenate(name="concat")(branches)
@@ -283,19 +300,6 @@ def prepare_stage(model: Any, stage_index: int, unfreeze: heads.UnfreezeSpec) ->
     if base is None:
         raise ValueError("only a backbone recipe has a fine-tuning stage")
     return heads.unfreeze_top(base, unfreeze)
-
-
-def make_optimizer(name: str, lr: float) -> Any:
-    """An optimizer by recipe name; SGD gets the guide's momentum 0.9."""
-    import keras
-
-    if name == "sgd":
-        return keras.optimizers.SGD(learning_rate=lr, momentum=0.9)
-    if name == "adam":
-        return keras.optimizers.Adam(learning_rate=lr)
-    if name == "rmsprop":
-        return keras.optimizers.RMSprop(learning_rate=lr)
-    raise ConfigError(f"unknown optimizer {name!r}; use rmsprop, adam or sgd")
 
 
 def class_weights(

@@ -10,14 +10,16 @@ from pathlib import Path
 from typing import Any
 
 from kerascope.errors import RunError
-from kerascope.training import recipes, settings
+from kerascope.training import heads, optimizers, recipes, settings
 
 FLAGS = {
     "data": "DATA", "recipe": "--recipe", "output": "--output", "backbone": "--backbone",
     "epochs": "--epochs", "batch_size": "--batch-size", "lr": "--lr", "seed": "--seed",
     "val_split": "--val-split", "skip_bad": "--skip-bad", "class_weight": "--class-weight",
     "unfreeze": "--unfreeze", "augment": "--no-augment", "image_size": "--image-size",
-    "patience": "--patience", "layer": "--layer", "pool": "--pool",
+    "patience": "--patience", "layer": "--layer", "pool": "--pool", "head": "--head",
+    "dropout": "--dropout", "optimizer": "--optimizer", "momentum": "--momentum",
+    "lr_schedule": "--lr-schedule", "weights": "--weights",
 }  # fmt: skip
 """Arguments of ``train`` that are settings of the run, and their command-line flag."""
 
@@ -87,6 +89,17 @@ def _same(name: str, value: Any, config: dict, run_dir: Path) -> bool:
         lrs = settings.per_stage(value, len(config["stages"]), "lr", broadcast=False)
         return all(v is None or float(v) == s["lr"] for v, s in zip(lrs, config["stages"],
                                                                       strict=True))  # fmt: skip
+    if name in ("optimizer", "lr_schedule", "momentum"):
+        return _same_stages(name, value, config)
+    if name == "head":
+        return heads.parse_head(value) == config.get("head")
+    if name == "dropout":
+        return float(value) == float(config["dropout"])
+    if name == "unfreeze":
+        return heads.parse_unfreeze(value) == config.get("unfreeze")
+    if name == "weights":
+        recipe = recipes.get_recipe(config["recipe"])
+        return settings.resolve_weights(recipe, config["backbone"], value) == config.get("weights")
     if name == "image_size":
         size = [int(value)] * 2 if isinstance(value, int) else [int(v) for v in value]
         return size == list(config["image_size"])
@@ -99,6 +112,17 @@ def _same(name: str, value: Any, config: dict, run_dir: Path) -> bool:
     return value == config.get(name)
 
 
+def _same_stages(name: str, value: Any, config: dict) -> bool:
+    """Whether per-stage optimizer settings given with ``resume`` are the saved ones."""
+    stages = config["stages"]
+    if name == "momentum":
+        return all(s.get("momentum") == float(value) for s in stages if s["optimizer"] == "sgd")
+    key, broadcast = ("optimizer", False) if name == "optimizer" else ("schedule", True)
+    values = settings.per_stage(settings.listed(value), len(stages), name, broadcast=broadcast)
+    check = optimizers.check_optimizer if key == "optimizer" else optimizers.check_schedule
+    return all(v is None or check(v) == s.get(key) for v, s in zip(values, stages, strict=True))
+
+
 def _saved(name: str, config: dict, run_dir: Path) -> str:
     if name == "output":
         return f"output {run_dir}"
@@ -106,6 +130,12 @@ def _saved(name: str, config: dict, run_dir: Path) -> str:
         return "augmentation" if config["augment"] else "no augmentation"
     if name == "lr":
         return "lr " + ", ".join(f"{s['lr']:g}" for s in config["stages"])
+    if name in ("optimizer", "momentum"):
+        return ", then ".join(optimizers.describe(s) for s in config["stages"])
+    if name == "lr_schedule":
+        return "schedule " + ", ".join(s.get("schedule") or "constant" for s in config["stages"])
+    if name == "head":
+        return "head " + ",".join(config.get("head") or ["(default)"])
     return f"{name} {_show(config.get(name))}"
 
 

@@ -49,7 +49,8 @@ from kerascope.training import recipes  # noqa: E402
 from kerascope.training import resume as resuming  # noqa: E402
 from kerascope.training.checkpoints import Backup, BestCheckpoint, backup_epoch  # noqa: E402
 from kerascope.training.finish import finish_run, remove_leftovers  # noqa: E402
-from kerascope.training.heads import DEFAULT_UNFREEZE, UnfreezeSpec, parameter_counts  # noqa: E402
+from kerascope.training.heads import UnfreezeSpec, parameter_counts  # noqa: E402
+from kerascope.training.optimizers import describe, make_optimizer  # noqa: E402
 from kerascope.training.progress import TrainProgress  # noqa: E402
 from kerascope.training.recipes import class_weights  # noqa: E402
 from kerascope.training.settings import load_config, resolve_config, save_config  # noqa: E402
@@ -88,7 +89,7 @@ def train(
     val_split: float = 0.2,
     skip_bad: bool = False,
     class_weight: str | dict | None = None,
-    unfreeze: UnfreezeSpec = DEFAULT_UNFREEZE,
+    unfreeze: UnfreezeSpec | None = None,
     augment: bool | AugmentConfig = True,
     image_size: int | tuple[int, int] | None = None,
     patience: int | None = None,
@@ -98,6 +99,12 @@ def train(
     engine: str | None = None,
     layer: str | None = None,
     pool: str = "avg",
+    head: str | list[str] | None = None,
+    dropout: float | None = None,
+    optimizer: str | list[str] | None = None,
+    momentum: float | None = None,
+    lr_schedule: str | list[str] | None = None,
+    weights: str | os.PathLike | list[str] | None = None,
 ) -> RunResult:
     """Train ``recipe`` on the class folders in ``data`` and write a run directory.
 
@@ -119,7 +126,10 @@ def train(
         skip_bad: leave unreadable images out instead of stopping.
         class_weight: ``None``, ``"auto"`` (n / (k * n_c), so every class weighs the same in
             the loss) or ``{class name or index: weight}``.
-        unfreeze: what finetune's stage 2 trains (see ``heads.unfreeze_start``).
+        unfreeze: what finetune's stage 2 trains: a fraction in (0, 1) of the top layers
+            (default 0.2), the index of the first layer to train in keras.applications'
+            numbering (the InceptionV3 guide's 249), a layer name, or ``"all"`` (see
+            ``heads.unfreeze_start``).
         augment: ``True`` for the recipe's augmentation, ``False`` for none, or a config.
         resume: a run directory to continue from its ``config.yaml`` and backup. The run
             continues as it was configured: ``epochs`` (an int: each stage not finished yet;
@@ -134,6 +144,19 @@ def train(
             ``KERASCOPE_ENGINE``, else auto. Results are the same.
         layer, pool: ``features`` only: the backbone layer whose activations are taken
             (default: the last) and their pooling (``avg``, ``max`` or ``none``).
+        head: the classifier on the backbone, before the final ``Dense(classes, softmax)``:
+            parts as a list or comma-separated, ``gap``, ``gmp``, ``flatten``,
+            ``dropout[:RATE]``, ``dense:UNITS`` (ReLU). Default ``gap,dropout`` (``dropout``
+            for ``features``), the shape CAM explains in closed form.
+        dropout: rate of the head's ``dropout`` parts given without one (default: the
+            recipe's).
+        optimizer: ``rmsprop``, ``adam``, ``sgd`` or ``adadelta``; like ``lr``, one name sets
+            the first stage, a list (or ``"rmsprop,sgd"``) each stage.
+        momentum: SGD's momentum (default 0.9, the fine-tuning guide's).
+        lr_schedule: ``constant``, ``inverse-time:DECAY`` (Keras 2's ``decay=DECAY``) or
+            ``cosine`` (to 0 over the stage); one for every stage, or a list.
+        weights: the backbone's weights file (default: the zoo's ImageNet file); for
+            ``features`` one per backbone, as a list or comma-separated.
 
     Raises:
         kerascope.data.DatasetError: the dataset cannot be trained on (message says why).
@@ -157,7 +180,9 @@ def train(
             raise ConfigError("train needs a dataset folder (or resume=RUN_DIR)")
         config = resolve_config(data, recipe, output, backbone, epochs, batch_size, lr, seed,
                                 val_split, skip_bad, class_weight, unfreeze, augment,
-                                image_size, patience, layer=layer, pool=pool)  # fmt: skip
+                                image_size, patience, layer=layer, pool=pool, head=head,
+                                dropout=dropout, optimizer=optimizer, momentum=momentum,
+                                lr_schedule=lr_schedule, weights=weights)  # fmt: skip
         run_dir = Path(config["output"])
         if run_dir.exists() and not (run_dir / "config.yaml").exists():
             _check_new_output(run_dir)  # a file or someone's folder: refused, no lock left there
@@ -244,8 +269,10 @@ def _train(run_dir: Path, config: dict[str, Any], resumed: bool, engine: str | N
     augment_cfg = AugmentConfig(**config["augment"]) if config["augment"] else None
     model = recipes.build_model(recipe_, len(dataset.classes), tuple(config["image_size"]),
                                 augment_cfg, config["seed"], config["backbone"],
+                                backbone_weights=config.get("weights") or "imagenet",
                                 dropout=config["dropout"], layer=config.get("layer"),
-                                pool=config.get("pool", "avg"))  # fmt: skip
+                                pool=config.get("pool", "avg"),
+                                head=config.get("head"))  # fmt: skip
     weights = class_weights(config["class_weight"], dataset.classes, dataset.counts["train"])
     state = read_state(run_dir)
     verbose = (1 if sys.stdout.isatty() else 0) if progress else 0
@@ -254,7 +281,7 @@ def _train(run_dir: Path, config: dict[str, Any], resumed: bool, engine: str | N
     try:
         for index, stage in enumerate(config["stages"]):
             if index < state.get("completed_stages", 0):
-                recipes.prepare_stage(model, index, config["unfreeze"])
+                recipes.prepare_stage(model, index, _unfreeze(config))
                 continue
             trained_here = True
             _run_stage(model, run_dir, config, index, stage, seqs, weights, verbose, callbacks,
@@ -273,6 +300,12 @@ def _train(run_dir: Path, config: dict[str, Any], resumed: bool, engine: str | N
             write_state(run_dir, {**read_state(run_dir), "status": "failed"})
         raise
     return _finish(model, run_dir, config, dataset.summary(), trained_here)
+
+
+def _unfreeze(config: dict[str, Any]) -> UnfreezeSpec:
+    """Where fine-tuning starts: the index resolved when the run was configured."""
+    index = config.get("unfreeze_index")
+    return config.get("unfreeze") if index is None else int(index)
 
 
 def _report_scan(dataset, run_dir: Path, progress: bool) -> None:
@@ -311,15 +344,18 @@ def use_split(engine: str | None = None, augmented: bool = True) -> bool:
 def _run_stage(model, run_dir: Path, config: dict, index: int, stage: dict, seqs, weights,
                verbose: int, extra: list | None, split: bool, progress: bool) -> None:  # fmt: skip
     """One ``fit``: flags, optimizer, callbacks; epochs are numbered across stages."""
-    fine_tuned = recipes.prepare_stage(model, index, config["unfreeze"])
+    fine_tuned = recipes.prepare_stage(model, index, _unfreeze(config))
     backup = run_dir / "backup" / f"stage{index + 1}"
     best = run_dir / "best.weights.h5"
     if index > 0 and best.is_file() and backup_epoch(backup) is None:
         model.load_weights(best)  # stage 2 starts from stage 1's best, as the guide does
     parts = split_model(model) if split else None
     trained = parts.suffix if parts else model
-    trained.compile(optimizer=recipes.make_optimizer(stage["optimizer"], stage["lr"]),
-                    loss="sparse_categorical_crossentropy", metrics=["accuracy"])  # fmt: skip
+    steps = len(seqs["train"]) * stage["epochs"]
+    optimizer = make_optimizer(stage["optimizer"], stage["lr"], stage.get("momentum"),
+                               stage.get("schedule"), steps)  # fmt: skip
+    trained.compile(optimizer=optimizer, loss="sparse_categorical_crossentropy",
+                    metrics=["accuracy"])  # fmt: skip
     start = sum(s["epochs"] for s in config["stages"][:index])
     end = start + stage["epochs"]
     resumed = backup_epoch(backup)
@@ -328,8 +364,8 @@ def _run_stage(model, run_dir: Path, config: dict, index: int, stage: dict, seqs
         trainable, frozen = parameter_counts(model)
         what = f", fine-tuning {len(fine_tuned)} backbone layers" if fine_tuned else ""
         again = f", resuming after epoch {resumed}" if resumed else ""
-        print(f"stage {index + 1}/{len(config['stages'])}: {stage['optimizer']} "
-              f"lr={stage['lr']:g}, epochs {start + 1}-{end}{what} ({trainable:,} trainable, "
+        print(f"stage {index + 1}/{len(config['stages'])}: {describe(stage)}, "
+              f"epochs {start + 1}-{end}{what} ({trainable:,} trainable, "
               f"{frozen:,} frozen parameters){again}")  # fmt: skip
         if parts is not None:
             from kerascope.inference import engine_name

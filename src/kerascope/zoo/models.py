@@ -16,7 +16,7 @@ from kerascope.errors import KerascopeError
 from kerascope.rundir import read_labels
 from kerascope.zoo import registry
 from kerascope.zoo.fast_init import numpy_init
-from kerascope.zoo.registry import ModelSpec
+from kerascope.zoo.registry import InputConvention, ModelSpec
 
 DEFAULT_MODEL = "efficientnet_lite0"
 
@@ -32,6 +32,9 @@ class Classifier:
     cam_layer: str | None = None
     spec: ModelSpec | None = None
     source: str = ""  # where the weights came from, for reports
+    # How pictures are fitted to input_size for classification: the weights' own convention
+    # for zoo models, squash for trained ones (their training pipeline squashes).
+    convention: InputConvention = field(default_factory=InputConvention)
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -52,8 +55,16 @@ def build(
 ):
     """Build a zoo network (RGB 0..255 in) with ImageNet, random (``None``) or given weights.
 
-    Extra keyword arguments go to the builder (``include_top=False, pooling="avg"`` for a
-    backbone, ``input_shape=...``). Preprocessing is always part of the graph.
+    Extra keyword arguments go to the builder, as for ``keras.applications``
+    (``include_top=False, pooling="avg"`` for a backbone, ``input_shape=...``,
+    ``input_tensor=...``). Every family takes the same path: the spec's preprocessing is
+    applied to the input (a new ``keras.Input`` named ``image``, or the given
+    ``input_tensor``), then the builder runs on the result; with an ``input_tensor`` the
+    model's input is that tensor's source input, as in Keras.
+
+    Example:
+        >>> inputs = keras.Input(shape=(224, 224, 3))
+        >>> base = build("inception_v3", input_tensor=inputs, include_top=False)
     """
     ensure_backend()
     import keras
@@ -73,13 +84,21 @@ def build(
     # Weights about to be loaded: draw the throwaway initial values with NumPy (on JAX, Keras
     # would compile an initializer for every weight shape, most of a cold start).
     with numpy_init(enabled=path is not None):
-        if spec.family == "efficientnet_lite":
-            model = builder(**kwargs)
-        else:
-            size = kwargs.pop("input_shape", None) or (spec.input_size, spec.input_size, 3)
+        inputs = kwargs.pop("input_tensor", None)
+        size = kwargs.pop("input_shape", None) or (spec.input_size, spec.input_size, 3)
+        if inputs is None:
             inputs = keras.Input(shape=size, name="image")
-            x = ImagePreprocess(spec.preprocess, name="preprocess")(inputs)
-            model = builder(input_tensor=x, weights=None, **kwargs)
+        elif not keras.backend.is_keras_tensor(inputs):
+            raise TypeError(
+                f"input_tensor must be a Keras tensor (keras.Input(...) or a layer's output), "
+                f"got {type(inputs).__name__}"
+            )
+        x = ImagePreprocess(spec.preprocess, name="preprocess")(inputs)
+        model = builder(input_tensor=x, weights=None, **kwargs)
+    if isinstance(model.input, list) and len(model.inputs) == 1:
+        # Keras applications keep get_source_inputs()'s one-item list, so every call on a
+        # plain tensor warns that the input structure does not match; same layers, one input.
+        model = keras.Model(model.inputs[0], model.output, name=model.name)
     if path is not None:
         _load_weights(model, spec, Path(path))
     return model
@@ -101,7 +120,9 @@ def _load_weights(model, spec: ModelSpec, path: Path) -> None:
             if spec.family == "efficientnet_lite" or str(path).endswith(".weights.h5"):
                 model.load_weights(str(path))
             else:
-                _load_keras_app_weights(model, path)
+                _load_keras_app_weights(model, path, spec.name)
+        except WeightsError as exc:
+            raise WeightsError(f"cannot load weights '{path}' into '{spec.name}': {exc}") from None
         except Exception as exc:
             raise WeightsError(f"cannot load weights '{path}' into '{spec.name}': "
                                f"{weights_mismatch(exc)}") from None  # fmt: skip
@@ -125,7 +146,9 @@ def weights_mismatch(exc: BaseException) -> str:
     if "file signature not found" in text:
         return "not a Keras weights file (HDF5 signature missing: empty, damaged or another format)"
     shapes = re.search(r"variable\.shape=(\([^)]*\)), Received: value\.shape=(\([^)]*\))", text)
-    layer = re.search(r"name=([\w/.-]+)", text)
+    # Keras's legacy .h5 loader says it its own way (files of keras.applications).
+    shapes = shapes or re.search(r"expects shape (\([^)]*\))\. Received .*shape (\([^)]*\))", text)
+    layer = re.search(r"name=([\w/.-]+)", text) or re.search(r"\(named ([\w/.-]+)\)", text)
     if shapes:
         where = f"layer '{layer[1]}' " if layer else ""
         return (f"{where}expects shape {shapes[1]} but the file holds {shapes[2]}: the file "
@@ -134,9 +157,57 @@ def weights_mismatch(exc: BaseException) -> str:
     return f"{first} (is it a weights file of this model?)"
 
 
-def _load_keras_app_weights(model, path: Path) -> None:
-    """Keras applications ship legacy .h5 files (matched to layers in order; ours add none)."""
-    model.load_weights(str(path), skip_mismatch=False)
+def _load_keras_app_weights(model, path: Path, name: str = "") -> None:
+    """Load a Keras applications legacy ``.h5`` file, matching its layers to ours in order.
+
+    In order, as Keras does, not by name: Keras's own files hold auto-generated layer names
+    (InceptionV3's ``conv2d_57``) that a model built in another session does not share. A
+    with-top file also loads into a model built without top (the backbone's layers come
+    first in both; the classifier's are left out, said in a note). A file without classifier
+    for a model with one is refused: its classifier would stay random.
+    """
+    import h5py
+    from keras.src.legacy.saving import legacy_h5_format as legacy
+
+    from kerascope.zoo.weights import WeightsError
+
+    def _legacy_order(layer) -> list:  # the order legacy files hold a layer's variables in
+        return layer.trainable_weights + layer.non_trainable_weights
+
+    layers = [layer for layer in model.layers if layer.weights]
+    with h5py.File(path, "r") as f:
+        group = f["model_weights"] if "layer_names" not in f.attrs and "model_weights" in f else f
+        saved = []  # (name, shapes) of the file's layers that hold weights, in order
+        for layer_name in legacy.load_attributes_from_hdf5_group(group, "layer_names"):
+            weight_names = legacy.load_attributes_from_hdf5_group(group[layer_name], "weight_names")
+            if weight_names:
+                shapes = [tuple(group[layer_name][w].shape) for w in weight_names]
+                saved.append((layer_name, shapes))
+        if len(saved) == len(layers):
+            legacy.load_weights_from_hdf5_group(group, model)  # Keras's own loader
+            return
+        ours = [[tuple(w.shape) for w in _legacy_order(layer)] for layer in layers]
+        common = min(len(saved), len(ours))
+        same_backbone = [shapes for _, shapes in saved[:common]] == ours[:common]
+        if not same_backbone:
+            raise WeightsError(f"the file holds weights for {len(saved)} layers, the model has "
+                               f"{len(ours)} (is it another model's?)")  # fmt: skip
+        if len(saved) < len(layers):
+            missing = ", ".join(layer.name for layer in layers[len(saved) :])
+            raise WeightsError(
+                f"the file has no classifier (it is a without-top file, like Keras's "
+                f"*_notop.h5; missing: {missing}): build the model without top, or pass the "
+                "with-top file"
+            )
+        for (layer_name, _), layer in zip(saved, layers, strict=False):
+            values = legacy.load_subset_weights_from_hdf5_group(group[layer_name])
+            for variable, value in zip(_legacy_order(layer), values, strict=True):
+                variable.assign(value)
+    from kerascope.output import note
+
+    left_out = ", ".join(layer_name for layer_name, _ in saved[len(layers) :])
+    note(f"'{path}' holds the model with its classifier; '{name or model.name}' is built "
+         f"without top, so the classifier's layers ({left_out}) were left out")  # fmt: skip
 
 
 def load_model(name_or_path: str | os.PathLike = DEFAULT_MODEL, weights=None) -> Classifier:
@@ -160,6 +231,7 @@ def load_model(name_or_path: str | os.PathLike = DEFAULT_MODEL, weights=None) ->
         cam_layer=spec.cam_layer,
         spec=spec,
         source=str(weights or spec.weights.filename),
+        convention=spec.weights.convention,
     )
 
 

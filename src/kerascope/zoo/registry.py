@@ -14,7 +14,7 @@ from kerascope.errors import KerascopeError
 
 # Preprocessing modes (what ``preprocess_input`` of each Keras family does), applied inside the
 # model graph by ``zoo.preprocess`` so callers always feed raw RGB 0..255 pixels.
-PREPROCESS_MODES = ("caffe", "tf", "torch", "none")
+PREPROCESS_MODES = ("caffe", "tf", "torch", "lite", "none")
 
 
 @dataclass(frozen=True)
@@ -23,11 +23,13 @@ class InputConvention:
 
     ``resize``: ``"squash"`` scales the whole picture to the input size (aspect ratio not
     kept); ``"crop"`` scales the shorter side to ``size / crop_fraction`` and cuts the centre
-    (how published top-1 figures are measured, e.g. 0.875 = 224 from 256).
+    (how published top-1 figures are measured, e.g. 0.875 = 224 from 256). ``interpolation``
+    is the resampling filter of that evaluation.
     """
 
     resize: str = "squash"
     crop_fraction: float = 1.0
+    interpolation: str = "bilinear"  # or "bicubic", the filter the EfficientNet papers use
 
 
 @dataclass(frozen=True)

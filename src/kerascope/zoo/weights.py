@@ -4,6 +4,11 @@ Order: an explicit file > the local cache > an installed package resource (porte
 the cache) > the URL, through Keras's own hash-checked ``get_file`` (which caches in the same
 folder). Without network, a model whose weights are not cached fails with a `WeightsError`
 that names the file, where to put it and which models work offline.
+
+Keras publishes two files per application: with its classifier and without (``*_notop.h5``,
+for ``include_top=False``); both are known here, with Keras's names and hashes. A file found in
+the cache is used as it is (copying a file there by hand is the usual offline case; hashing
+500 MB on every start is not free): `verify` checks the cache on demand.
 """
 
 from __future__ import annotations
@@ -13,12 +18,13 @@ import importlib
 import importlib.util
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 from kerascope.config import cache_dir
 from kerascope.errors import KerascopeError
 from kerascope.files import atomic_path, write_json
-from kerascope.zoo.registry import ModelSpec, all_specs
+from kerascope.zoo.registry import ModelSpec, WeightsSource, all_specs
 
 
 class WeightsError(KerascopeError, RuntimeError):
@@ -186,6 +192,93 @@ def resolve(
         return _port_from_package(spec, source)
     if source is not None:
         return source
-    if spec.weights.for_top(include_top).url and os.environ.get("KERASCOPE_OFFLINE") != "1":
+    if not spec.weights.for_top(include_top).url:
+        reason = "not cached and no download source"
+    elif os.environ.get("KERASCOPE_OFFLINE") == "1":
+        reason = "not cached and downloads are off (KERASCOPE_OFFLINE=1)"
+    else:
         return _download(spec, include_top)
-    raise WeightsError(_missing_message(spec, "not cached and no download source", include_top))
+    raise WeightsError(_missing_message(spec, reason, include_top))
+
+
+# --- `kerascope models verify`: cached files against the published hashes ----------------------
+
+
+@dataclass(frozen=True)
+class FileCheck:
+    """One cached weights file of one model, checked: ``status`` is one of `CHECK_STATUSES`."""
+
+    model: str
+    kind: str  # "with top", "without top", or "with and without top" (one file serves both)
+    path: Path
+    status: str
+    detail: str = ""  # what was compared, or why it failed
+
+    @property
+    def failed(self) -> bool:
+        return self.status == "MISMATCH"
+
+
+CHECK_STATUSES = ("OK", "MISMATCH", "not cached", "no published hash", "no checksum recorded")
+
+
+def hash_algorithm(file_hash: str) -> str:
+    """The algorithm of a published hash, told by its length as Keras's ``get_file`` tells it."""
+    return "sha256" if len(file_hash) == 64 else "md5"
+
+
+def file_digest(path: Path, algorithm: str) -> str:
+    digest = hashlib.new(algorithm)
+    with open(path, "rb") as f:
+        while block := f.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def weight_files(spec: ModelSpec) -> list[tuple[str, WeightsSource]]:
+    """Every file a spec can use, labelled: Keras's with-top and ``_notop`` files, or one."""
+    if spec.weights.notop is None:
+        return [("with and without top", spec.weights)]
+    return [("with top", spec.weights), ("without top", spec.weights.notop)]
+
+
+def verify(spec: ModelSpec) -> list[FileCheck]:
+    """Check each cached file of ``spec`` against the hash Keras publishes for it.
+
+    Loading never hashes a Keras file (a file copied into the cache by hand is the usual
+    offline case, and a 500 MB MD5 on every start is not free); this is the check on demand.
+    Ported files (EfficientNet-Lite) have no published hash: their recorded SHA-256 is used.
+    """
+    checks = []
+    for kind, source in weight_files(spec):
+        path = cache_dir() / source.filename
+        if not path.is_file():
+            checks.append(FileCheck(spec.name, kind, path, "not cached"))
+        elif source.converter:
+            checks.append(_check_recorded(spec, kind, path))
+        elif not source.file_hash:
+            checks.append(FileCheck(spec.name, kind, path, "no published hash",
+                                    "Keras publishes none for this file"))  # fmt: skip
+        else:
+            algorithm = hash_algorithm(source.file_hash)
+            actual = file_digest(path, algorithm)
+            if actual == source.file_hash:
+                checks.append(FileCheck(spec.name, kind, path, "OK", f"{algorithm} {actual}"))
+            else:
+                detail = f"{algorithm} expected {source.file_hash}, got {actual}"
+                checks.append(FileCheck(spec.name, kind, path, "MISMATCH", detail))
+    return checks
+
+
+def _check_recorded(spec: ModelSpec, kind: str, path: Path) -> FileCheck:
+    problem = cache_problem(path)
+    if problem is None:
+        return FileCheck(spec.name, kind, path, "OK", "sha256 as recorded when it was ported")
+    if problem == "no checksum recorded":
+        return FileCheck(spec.name, kind, path, problem, "ported by an older kerascope")
+    return FileCheck(spec.name, kind, path, "MISMATCH", problem)
+
+
+def verify_cached() -> list[FileCheck]:
+    """`verify` for every model, keeping only the files that are in the cache."""
+    return [c for spec in all_specs() for c in verify(spec) if c.status != "not cached"]

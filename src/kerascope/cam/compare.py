@@ -1,0 +1,250 @@
+"""Every CAM method on one image: one grid picture (each method's overlay with its faithfulness
+numbers under it) and a ranking by one metric.
+
+Which method to trust for a model is an empirical question: the maps look alike, their
+faithfulness does not (Rong et al. 2022). All methods explain the same class (the image's top-1
+unless a target is given), on the same pixels, scored by the same metric. A method that cannot
+run on the model (CAM needs a GlobalAveragePooling2D -> Dense head) is skipped with its reason.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+
+from kerascope.cam.faithfulness import (
+    DEFAULT_STEPS,
+    METRICS,
+    Faithfulness,
+    check_metrics,
+    score_pixels,
+)
+
+DEFAULT_METRIC = "road_morf"
+"""Ranking metric: ROAD's most-relevant-first sweep. Deletion with a constant fill draws the
+removed region's outline for the model to see, so its rankings disagree with the reverse
+(LeRF) order; ROAD's imputation closes that leak and ranks consistently (Rong et al. 2022,
+Sec. 3-5). It costs nine sparse solves per method (`benchmarks/explain.py`); ``deletion`` is
+the fast choice."""
+CHEAP_METRICS = ("deletion", "insertion", "drop")
+"""Always shown in the grid: together a few dozen forward passes per method."""
+PANEL_SIDE = 320
+"""Longest side of each method's overlay in the grid, in pixels."""
+_GAP, _TITLE, _LINE, _HEADER = 10, 26, 18, 30
+_BACKGROUND, _TEXT, _DIM, _HIGHLIGHT = (24, 24, 24), (255, 255, 255), (170, 170, 170), (255, 214, 0)
+
+
+@dataclass
+class MethodScore:
+    """One method on the image: its numbers, or why it could not run there."""
+
+    method: str
+    cost: str = ""
+    sanity: bool = True  # passes the weight-randomisation check (Adebayo et al. 2018)
+    faithfulness: Faithfulness | None = None
+    skipped: str | None = None
+    empty: bool = False  # the map has no positive evidence at all (every pixel ties)
+    seconds: float = 0.0  # explaining the image (scoring not included)
+
+    @property
+    def ok(self) -> bool:
+        return self.skipped is None
+
+
+@dataclass
+class Comparison:
+    """Every method's scores for one image and class, and the grid picture written."""
+
+    source: str
+    class_index: int
+    class_name: str
+    probability: float
+    metric: str
+    methods: list[MethodScore]  # in `METHODS` order, skipped ones included
+    path: Path | None = None
+    panels: list[tuple[str, tuple[int, int, int, int]]] = field(default_factory=list)
+    """Each drawn method and its overlay's box (left, top, right, bottom) in the picture."""
+
+    def ranking(self) -> list[MethodScore]:
+        """The methods that ran, best first by :attr:`metric` (stable: ties keep METHODS order)."""
+        sign = -1.0 if METRICS[self.metric].higher_is_better else 1.0
+
+        def key(m: MethodScore) -> float:
+            value = m.faithfulness.value(self.metric) if m.faithfulness else None
+            return math.inf if value is None or math.isnan(value) else sign * value
+
+        return sorted((m for m in self.methods if m.ok), key=key)
+
+
+def compare_methods(
+    image: Any,
+    output: str | os.PathLike | None = None,
+    model: Any = "efficientnet_lite0",
+    methods: Iterable[str] | None = None,
+    target: None | int | str = None,
+    layer: str | None = None,
+    metric: str = DEFAULT_METRIC,
+    steps: int = DEFAULT_STEPS,
+    alpha: float = 0.4,
+    colormap: str | None = None,
+    seed: int = 0,
+    progress: Callable[[str], None] | None = None,
+    **options: bool,
+) -> Comparison:
+    """Run every method on ``image``, score each heatmap, write one grid picture, rank them.
+
+    Args:
+        image: a path, an (H, W, 3) RGB array or a PIL Image.
+        output: the grid picture (JPEG, written atomically); ``None`` writes nothing.
+        model: zoo name, ``.keras`` path or run directory, or a loaded `Classifier`.
+        methods: names from `kerascope.cam.methods.METHODS` (default: all of them).
+        target: the class to explain (index, name or WordNet id); default the top-1 class.
+        layer: the layer to explain (default: the zoo's, else the last spatial layer).
+        metric: the ranking metric, a name from `kerascope.cam.faithfulness.METRICS`; the
+            grid also shows deletion, insertion and average drop.
+        steps: deletion and insertion steps.
+        alpha, colormap: the overlays' opacity and colours (default colormap: the overlay's).
+        seed: for ROAD's noise and the order of equally hot pixels.
+        progress: called with each method's name before it runs.
+        options: ``aug_smooth``, ``eigen_smooth``, as `Explainer` takes them.
+
+    Returns:
+        A `Comparison`; ``ranking()`` gives the methods best first.
+
+    Raises:
+        ValueError: an unknown method, metric, class or layer (before any work).
+        kerascope.images.ImageError: an unreadable image.
+    """
+    from kerascope.cam import overlay as overlay_module
+    from kerascope.cam.base import MethodError, as_classifier
+    from kerascope.cam.explain import _cached_explainer, resolve_target
+    from kerascope.cam.methods import METHODS, get_method
+    from kerascope.images import resize
+    from kerascope.inference import compiled, load_source, source_name
+    from kerascope.zoo.models import Classifier, load_model
+
+    clf = model if isinstance(model, Classifier) else None
+    if clf is None:
+        clf = load_model(model) if isinstance(model, str | os.PathLike) else as_classifier(model)
+    names = [get_method(m).name for m in (METHODS if methods is None else methods)]
+    wanted = check_metrics(dict.fromkeys((*CHEAP_METRICS, metric)))
+    colormap = colormap or getattr(overlay_module, "DEFAULT_COLORMAP", "jet")
+    overlay_module.colormap_lut(colormap)  # a bad colormap fails before any work
+    pixels = resize(load_source(image, clf.input_size), clf.input_size)
+    probs = np.asarray(compiled(clf.model)(pixels[None]))[0]
+    class_index = int(probs.argmax()) if target is None else resolve_target(clf, target)
+
+    rows, maps = [], {}
+    for name in names:
+        cls = get_method(name)
+        row = MethodScore(name, getattr(cls, "cost", ""), bool(getattr(cls, "sanity", True)))
+        rows.append(row)
+        if progress is not None:
+            progress(name)
+        start = time.perf_counter()
+        try:
+            explainer = _cached_explainer(clf, name, layer, **options)
+            cams, _, _ = explainer.explain_batch(pixels[None], class_index)
+        except MethodError as exc:
+            row.skipped = str(exc)
+            continue
+        row.seconds = time.perf_counter() - start
+        maps[name] = cams[0]
+        row.empty = not np.any(cams[0] > 0)
+        row.faithfulness = score_pixels(clf, pixels, cams[0], class_index, wanted, steps,
+                                        seed=seed)  # fmt: skip
+    name = clf.labels[class_index][1]
+    comparison = Comparison(
+        source_name(image), class_index, name, float(probs[class_index]), metric, rows
+    )
+    if output is not None and maps:
+        picture = _fit(load_source(image), PANEL_SIDE)
+        grid, comparison.panels = draw_grid(comparison, picture, maps, alpha, colormap)
+        overlay_module.save_jpeg(grid, output)
+        comparison.path = Path(output)
+    return comparison
+
+
+def _fit(image: np.ndarray, side: int) -> np.ndarray:
+    """``image`` scaled so its longest side is ``side`` (antialiased, as classify resizes)."""
+    from kerascope.images import resize
+
+    height, width = image.shape[:2]
+    scale = side / max(height, width)
+    return resize(image, (max(1, round(height * scale)), max(1, round(width * scale))))
+
+
+def draw_grid(
+    comparison: Comparison,
+    picture: np.ndarray,
+    maps: dict[str, np.ndarray],
+    alpha: float,
+    colormap: str,
+) -> tuple[np.ndarray, list[tuple[str, tuple[int, int, int, int]]]]:
+    """The grid: a header line, then one panel per method that ran (rank and name, its overlay,
+    its numbers), in ranking order, best first. Returns the picture and each overlay's box."""
+    from kerascope.cam.overlay import overlay, upsample
+
+    ranked = [m for m in comparison.ranking() if m.method in maps]
+    height, width = picture.shape[:2]
+    lines = max(len(_score_lines(m, comparison.metric)) for m in ranked)
+    panel_w, panel_h = width, _TITLE + height + lines * _LINE + 6
+    cols = min(len(ranked), math.ceil(math.sqrt(len(ranked))))
+    rows = math.ceil(len(ranked) / cols)
+    size = (cols * panel_w + (cols + 1) * _GAP, _HEADER + rows * (panel_h + _GAP) + _GAP)
+    canvas = Image.new("RGB", size, _BACKGROUND)
+    draw = ImageDraw.Draw(canvas)
+    metric = METRICS[comparison.metric]
+    header = (
+        f"{comparison.class_name} {comparison.probability:.1%}, ranked by {metric.title} "
+        f"({'higher' if metric.higher_is_better else 'lower'} is better)"
+    )
+    draw.text((_GAP, 6), header, fill=_TEXT, font=_font(16))
+    boxes = []
+    for i, row in enumerate(ranked):
+        left = _GAP + (i % cols) * (panel_w + _GAP)
+        top = _HEADER + _GAP + (i // cols) * (panel_h + _GAP)
+        title = f"#{i + 1} {row.method}" + ("" if row.sanity else " (fails sanity check)")
+        draw.text((left, top + 3), title, fill=_HIGHLIGHT if i == 0 else _TEXT, font=_font(18))
+        heat = upsample(maps[row.method], (height, width))
+        canvas.paste(Image.fromarray(overlay(picture, heat, alpha, colormap)), (left, top + _TITLE))
+        boxes.append((row.method, (left, top + _TITLE, left + width, top + _TITLE + height)))
+        y = top + _TITLE + height + 3
+        for text, chosen in _score_lines(row, comparison.metric):
+            draw.text((left, y), text, fill=_HIGHLIGHT if chosen else _DIM, font=_font(13))
+            y += _LINE
+    return np.asarray(canvas, dtype=np.uint8), boxes
+
+
+def _score_lines(row: MethodScore, metric: str) -> list[tuple[str, bool]]:
+    """The numbers under a panel, one (text, holds the ranking metric) per line."""
+    f = row.faithfulness
+    assert f is not None
+    lines = [
+        (f"deletion {f.deletion:.3f}  insertion {f.insertion:.3f}", metric in CHEAP_METRICS[:2]),
+        (f"avg drop {f.drop:.1%}  increase {'yes' if f.increase else 'no'}",
+         metric in ("drop", "increase")),
+    ]  # fmt: skip
+    road = [(METRICS[m].title, f.value(m)) for m in ("road_morf", "road_lerf", "road")]
+    shown = [f"{title} {value:+.3f}" for title, value in road if value is not None]
+    if shown:
+        lines.append(("  ".join(shown), metric.startswith("road")))
+    if row.empty:
+        lines.append(("empty map: no positive evidence", False))
+    return lines
+
+
+def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
+    """Pillow's bundled font at ``size`` px (its fixed bitmap font without FreeType)."""
+    try:
+        return ImageFont.load_default(size=size)
+    except (TypeError, OSError, ImportError):
+        return ImageFont.load_default()

@@ -1,0 +1,185 @@
+"""keras.applications weight files: with top and ``_notop``, in Keras's own legacy layout.
+
+Keras's published files cannot be downloaded here, but their layout can be reproduced exactly:
+the Keras application built with ``weights=None`` (with and without top), written by Keras's
+own legacy HDF5 writer under Keras's file name into the cache. Each file holds values no
+initializer draws (a seeded normal), so "loaded" means equal to the file, never random. The
+layer names in the file are those of another build (auto-generated ones differ, as in Keras's
+real files), so loading must match layers in order, as Keras does.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import h5py
+import numpy as np
+import pytest
+
+from kerascope.cli import main
+from kerascope.zoo import registry
+from kerascope.zoo.weights import WeightsError, cached_file, verify
+
+# The smallest model of every family the zoo lists; the first runs in the quick tests.
+FAMILY_MODELS = (
+    "mobilenet_v3_small", "vgg16", "resnet50", "resnet50_v2", "inception_v3",
+    "inception_resnet_v2", "xception", "mobilenet", "mobilenet_v2", "densenet121",
+    "nasnet_mobile", "efficientnet_b0", "efficientnet_v2_b0", "convnext_tiny",
+)  # fmt: skip
+QUICK = FAMILY_MODELS[0]
+NO_TOP_FILE_ONLY = {"vgg16"}  # its with-top file is 553 MB: the notop one (59 MB) is tested
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch):
+    """A private, empty weights cache for one test (files are deleted with it)."""
+    monkeypatch.setenv("KERASCOPE_HOME", str(tmp_path / "cache"))
+    (tmp_path / "cache").mkdir()
+    return tmp_path / "cache"
+
+
+def write_keras_file(spec, include_top: bool, seed: int) -> list[np.ndarray]:
+    """Write ``spec``'s weights file as Keras publishes it; return the values it holds."""
+    import keras
+    from keras.src.legacy.saving import legacy_h5_format
+
+    from kerascope.zoo.fast_init import numpy_init
+
+    with numpy_init():
+        model = spec.builder_fn()(weights=None, include_top=include_top)
+    rng = np.random.default_rng(seed)
+    for variable in model.weights:
+        if "float" in str(variable.dtype):
+            variable.assign(rng.standard_normal(variable.shape).astype(variable.dtype))
+    path = cached_file(spec, include_top)
+    with h5py.File(path, "w") as f:
+        legacy_h5_format.save_weights_to_hdf5_group(f, model)
+    values = [np.asarray(v) for v in model.weights]
+    del model
+    keras.backend.clear_session()
+    return values
+
+
+def assert_holds(model, values: list[np.ndarray]) -> None:
+    """``model``'s weights, in order, are ``values`` (a with-top file may hold more)."""
+    weights = model.weights
+    assert 0 < len(weights) <= len(values)
+    for variable, value in zip(weights, values, strict=False):
+        assert variable.shape == value.shape, variable.path
+        assert np.array_equal(np.asarray(variable), value), variable.path
+
+
+def check_family(name: str, both_files: bool = True) -> None:
+    """The checks every family passes: cache files load, the offline error names `_notop`."""
+    from kerascope.zoo.models import build
+
+    spec = registry.get(name)
+    notop = write_keras_file(spec, include_top=False, seed=2)
+    assert_holds(build(name, include_top=False, pooling="avg"), notop)
+    if both_files:
+        top = write_keras_file(spec, include_top=True, seed=1)
+        model = build(name)
+        assert_holds(model, top)
+        assert len(model.weights) == len(top)
+    cached_file(spec, include_top=False).unlink()
+    with pytest.raises(WeightsError) as raised:
+        build(name, include_top=False, pooling="avg")
+    message = str(raised.value)
+    assert spec.weights.notop.filename in message
+    assert f"Put {spec.weights.notop.filename} " in message and "KERASCOPE_OFFLINE" in message
+    for path in cached_file(spec).parent.iterdir():
+        path.unlink()  # hundreds of MB for the big families: not left for pytest's temp dirs
+
+
+def test_cached_keras_files_load_with_and_without_top(cache):
+    check_family(QUICK)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", FAMILY_MODELS[1:])
+def test_every_family_loads_its_keras_files(cache, name):
+    check_family(name, both_files=name not in NO_TOP_FILE_ONLY)
+
+
+def test_with_top_file_loads_into_a_model_without_top(cache, capsys):
+    from kerascope.zoo.models import build
+
+    spec = registry.get(QUICK)
+    top = write_keras_file(spec, include_top=True, seed=3)
+    path = cache / "downloaded by hand.h5"
+    cached_file(spec).rename(path)
+    model = build(QUICK, weights=path, include_top=False, pooling="avg")
+    assert_holds(model, top)
+    assert len(model.weights) < len(top)  # the classifier (conv_2, logits) was left out
+    err = capsys.readouterr().err
+    assert "classifier" in err and "conv_2, logits" in err and str(path) in err
+
+
+def test_notop_file_for_a_model_with_top_is_one_clear_error(cache, skimage_data, capsys):
+    from kerascope.zoo.models import build
+
+    spec = registry.get(QUICK)
+    write_keras_file(spec, include_top=False, seed=4)
+    notop = cached_file(spec, include_top=False)
+    with pytest.raises(WeightsError, match="the file has no classifier"):
+        build(QUICK, weights=notop)
+    # On the command line: one line naming the file and what to do, no traceback.
+    code = main(["classify", "--model", QUICK, "--weights", str(notop),
+                 str(skimage_data / "chelsea.png")])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert notop.name in err and "no classifier" in err and "without top" in err
+
+
+def test_verify_compares_cached_files_with_published_hashes(cache, capsys):
+    from kerascope.zoo.models import build
+
+    spec = registry.get(QUICK)
+    top = write_keras_file(spec, include_top=True, seed=5)
+    # Loading uses a cached file as it is, hash or not: no MD5 of every file on every start.
+    assert_holds(build(QUICK), top)
+    digest = hashlib.md5(cached_file(spec).read_bytes()).hexdigest()
+    checks = {c.kind: c for c in verify(spec)}
+    mismatch = checks["with top"]  # written here: not the file Keras published
+    assert mismatch.status == "MISMATCH" and mismatch.failed
+    assert spec.weights.file_hash in mismatch.detail and digest in mismatch.detail
+    assert checks["without top"].status == "not cached"
+
+    assert main(["models", "verify", QUICK, "--format", "json"]) == 1
+    rows = capsys.readouterr().out
+    assert '"MISMATCH"' in rows and '"not cached"' in rows and digest in rows
+    assert main(["models", "verify"]) == 1  # every cached file: this one
+    out = capsys.readouterr().out
+    assert cached_file(spec).name in out and "MISMATCH" in out and "not cached" not in out
+
+
+def test_verify_says_no_published_hash_for_mobilenet(cache, capsys):
+    spec = registry.get("mobilenet_v2")
+    assert spec.weights.file_hash is None and spec.weights.notop.file_hash is None
+    cached_file(spec, include_top=False).write_bytes(b"copied by hand")
+    assert main(["models", "verify", "MobileNetV2", "--format", "json"]) == 0
+    out = capsys.readouterr().out
+    assert '"no published hash"' in out and '"not cached"' in out
+
+
+def test_verify_checks_ported_files_against_their_recorded_checksum(
+    lite0, tmp_path, monkeypatch, capsys
+):
+    import shutil
+
+    from kerascope.zoo.weights import checksum_file
+
+    spec = registry.get("efficientnet_lite0")
+    ported = cached_file(spec)  # in the session's cache, where `lite0` was ported
+    monkeypatch.setenv("KERASCOPE_HOME", str(tmp_path))  # a copy is damaged, not that file
+    shutil.copy(ported, tmp_path)
+    shutil.copy(checksum_file(ported), tmp_path)
+    assert main(["models", "verify", "efficientnet_lite0"]) == 0
+    assert "OK" in capsys.readouterr().out
+    damaged = bytearray((tmp_path / ported.name).read_bytes())
+    damaged[len(damaged) // 2] ^= 0xFF
+    (tmp_path / ported.name).write_bytes(bytes(damaged))
+    assert main(["models", "verify", "efficientnet_lite0", "--format", "json"]) == 1
+    out = capsys.readouterr().out
+    assert '"MISMATCH"' in out and "SHA-256 differs" in out
