@@ -260,8 +260,8 @@ def iter_explanations(
             yield e, None
         else:
             heat = upsample(cam, it.original.shape[:2])
-            peak = float(heat.max())
-            e.heatmap = heat * (float(cam.max()) / peak) if peak > 0 else heat  # peak kept
+            peak = float(heat.max())  # maps peak at 1; resampling (twice, when placed) shaves it
+            e.heatmap = heat / peak if peak > 0 else heat
             yield e, it.original
 
 

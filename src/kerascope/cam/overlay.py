@@ -121,9 +121,6 @@ def place_in_picture(
     placed = np.zeros((grid_h, grid_w), np.float32)
     if right > left and bottom > top:
         placed[top:bottom, left:right] = upsample(heatmap, (bottom - top, right - left))
-    peak, placed_peak = float(np.max(heatmap, initial=0.0)), float(placed.max())
-    if placed_peak > 0:  # resampling between grid points shaves the peak: keep it at the map's
-        placed *= peak / placed_peak
     return placed
 
 

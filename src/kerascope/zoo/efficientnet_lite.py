@@ -22,6 +22,7 @@ Bicubic, as the reference: the probability distance is smaller with it at every 
 
 from __future__ import annotations
 
+import functools
 import math
 from pathlib import Path
 
@@ -180,24 +181,9 @@ def build_efficientnet_lite(
 
 
 def _variant_builder(variant: str):
-    """``EfficientNetLiteN(include_top=True, weights=None, input_tensor=None, ...)``."""
-
-    def builder(
-        include_top: bool = True,
-        weights: str | None = None,
-        input_tensor=None,
-        input_shape: tuple[int, int, int] | None = None,
-        pooling: str | None = None,
-        classes: int = 1000,
-        classifier_activation: str | None = "softmax",
-        name: str = variant,
-        **kwargs,
-    ):
-        return build_efficientnet_lite(
-            variant, include_top, weights, input_tensor, input_shape, pooling, classes,
-            classifier_activation, name, **kwargs,
-        )  # fmt: skip
-
+    """``EfficientNetLiteN(include_top=True, weights=None, input_tensor=None, ...)``: the
+    builder with its variant bound, so the signature is `build_efficientnet_lite`'s own."""
+    builder = functools.partial(build_efficientnet_lite, variant)
     builder.__name__ = builder.__qualname__ = f"EfficientNetLite{variant[-1]}"
     builder.__doc__ = f"EfficientNet-Lite{variant[-1]}; see `build_efficientnet_lite`."
     return builder
