@@ -1,0 +1,66 @@
+"""Which numeric precision a job computes in: the one rule behind every ``--precision``.
+
+``auto`` is bfloat16 mixed precision where the device computes it natively (NVIDIA GPUs from
+Ampere on, TPUs), and float32 everywhere else: on a CPU without native bf16 a reduced-precision
+graph is slower, and float32 is what the published accuracies were measured in. ``float16``
+is offered for older GPUs; in training it needs loss scaling, which Keras's ``LossScaleOptimizer``
+does. Weights always stay float32 ("mixed" policies): only activations and matrix products run in
+the reduced type, so a saved model is the same file whatever precision trained it.
+"""
+
+from __future__ import annotations
+
+import os
+
+from kerascope.errors import ConfigError
+
+PRECISIONS = ("auto", "float32", "bfloat16", "float16")
+_POLICIES = {"float32": "float32", "bfloat16": "mixed_bfloat16", "float16": "mixed_float16"}
+
+
+def check_precision(name: str | None) -> str:
+    """``name`` (or ``KERASCOPE_PRECISION``, or ``auto``) checked against the choices."""
+    value = (name or os.environ.get("KERASCOPE_PRECISION") or "auto").strip().lower()
+    aliases = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16", "f32": "float32"}
+    value = aliases.get(value, value)
+    if value not in PRECISIONS:
+        raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}; got {name!r}")
+    return value
+
+
+def native_bfloat16() -> bool:
+    """Whether the Keras backend's default device computes bfloat16 natively (GPU sm >= 8.0, TPU)."""
+    import keras
+
+    backend = keras.backend.backend()
+    if backend == "jax":
+        import jax
+
+        device = jax.devices()[0]
+        if device.platform == "tpu":
+            return True
+        if device.platform != "gpu":
+            return False
+        capability = getattr(device, "compute_capability", None)
+        try:
+            return float(capability) >= 8.0
+        except (TypeError, ValueError):
+            return False
+    if backend == "torch":
+        import torch
+
+        return bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
+    return False
+
+
+def resolve_precision(name: str | None = None) -> str:
+    """The concrete precision a job runs in: ``auto`` becomes bfloat16 or float32 by device."""
+    value = check_precision(name)
+    if value == "auto":
+        return "bfloat16" if native_bfloat16() else "float32"
+    return value
+
+
+def dtype_policy(precision: str) -> str:
+    """The Keras dtype policy name for a resolved precision (``mixed_bfloat16`` ...)."""
+    return _POLICIES[check_precision(precision) if precision != "auto" else resolve_precision()]
