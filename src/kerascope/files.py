@@ -5,6 +5,12 @@ complete new one, never half of one. A full disk or a read-only folder stops the
 line naming the file (`OutputError`), and the previous file is left untouched. Writers that
 need a path rather than a file object (Keras ``model.save``, matplotlib ``savefig``, h5py,
 PyAV) use `atomic_path`; everything else uses `atomic_open` or the ``write_*`` helpers.
+
+What sits at the path decides how it is written (`output_target`): a regular file or a new
+name is replaced atomically as above; a symbolic link is followed and the file it points to is
+replaced (the link stays a link); a FIFO, a character device (``/dev/null``, a terminal) or a
+``/dev/fd/N`` (bash ``-o >(gzip > x.gz)``) is written in place, streaming, never renamed over;
+a directory, socket or block device is refused in one line.
 """
 
 from __future__ import annotations
@@ -14,7 +20,11 @@ import errno
 import json
 import os
 import secrets
+import shutil
+import stat
+import tempfile
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
@@ -43,8 +53,12 @@ def remove_stale_temps(folder: str | os.PathLike) -> None:
         stale.unlink(missing_ok=True)
 
 
-def output_error(path: str | os.PathLike, exc: BaseException) -> OutputError:
-    """One line for a failed write of ``path``: what happened and what to do."""
+def output_error(path: str | os.PathLike, exc: BaseException, kept: bool = True) -> OutputError:
+    """One line for a failed write of ``path``: what happened and what to do.
+
+    ``kept``: the previous file is untouched (atomic replacement); False for a stream written in
+    place (a FIFO, a device), where that promise would be false.
+    """
     code = getattr(exc, "errno", None)
     if code in _DISK_ERRORS:
         reason = "no space left on the device"
@@ -55,7 +69,8 @@ def output_error(path: str | os.PathLike, exc: BaseException) -> OutputError:
     else:
         reason = getattr(exc, "strerror", None) or str(exc).splitlines()[0] or type(exc).__name__
         todo = "check the output location and run again"
-    error = OutputError(f"could not write '{path}': {reason}; {todo} (any previous file is kept)")
+    kept_note = " (any previous file is kept)" if kept else ""
+    error = OutputError(f"could not write '{path}': {reason}; {todo}{kept_note}")
     error.errno = code
     return error
 
@@ -90,31 +105,139 @@ def fsync_dir(folder: str | os.PathLike) -> None:
             os.close(fd)
 
 
+# Paths that name a descriptor of this process (bash process substitution gives /dev/fd/63):
+# written in place whatever they resolve to, since the name is not a file a rename could land on.
+_FD_PREFIXES = ("/dev/fd/", "/proc/self/fd/", "/proc/thread-self/fd/", "/dev/stdout", "/dev/stderr")
+
+
+@dataclass(frozen=True)
+class OutputTarget:
+    """Where and how an output is written: ``path`` is the file to replace atomically (a
+    symbolic link already followed), or the FIFO/device/descriptor to write in place when
+    ``stream`` is true; ``what`` says what was found (for messages)."""
+
+    path: Path
+    stream: bool
+    what: str
+
+
+def _names_a_descriptor(path: str) -> bool:
+    absolute = os.path.abspath(path)
+    if absolute.startswith(_FD_PREFIXES):
+        return True
+    parts = absolute.split(os.sep)  # /proc/<pid>/fd/<n>
+    return len(parts) == 5 and parts[1] == "proc" and parts[3] == "fd"
+
+
+def output_target(path: str | os.PathLike) -> OutputTarget:
+    """What sits at ``path`` and how kerascope writes there; refuses what it must not replace.
+
+    Callers may check an output this way before any work; `atomic_path` and `atomic_open` do.
+
+    Raises:
+        OutputError: ``path`` is a directory, socket, block device or a symbolic link loop.
+    """
+    name = os.fspath(path)
+    try:
+        st = os.stat(name)  # follows links, also /proc/self/fd/N to the pipe behind it
+    except FileNotFoundError:
+        # a new name, or a link to one: the link's target is created (the link stays)
+        real = os.path.realpath(name) if os.path.islink(name) else name
+        return OutputTarget(Path(real), False, "new file")
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise _refused(name, "a symbolic link loop (the link leads back to itself)") from None
+        return OutputTarget(Path(name), False, "file")  # the write says what is wrong
+    mode = st.st_mode
+    if stat.S_ISFIFO(mode):
+        return OutputTarget(Path(name), True, "FIFO")
+    if stat.S_ISCHR(mode):
+        return OutputTarget(Path(name), True, "character device")
+    if stat.S_ISREG(mode):
+        if _names_a_descriptor(name):
+            return OutputTarget(Path(name), True, "open file descriptor")
+        return OutputTarget(Path(os.path.realpath(name)), False, "file")
+    what = (
+        "a directory" if stat.S_ISDIR(mode)
+        else "a socket" if stat.S_ISSOCK(mode)
+        else "a block device" if stat.S_ISBLK(mode)
+        else "not a regular file"
+    )  # fmt: skip
+    raise _refused(name, what)
+
+
+def _refused(path: str, what: str) -> OutputError:
+    error = OutputError(
+        f"cannot write '{path}': it is {what}, which kerascope does not replace; "
+        "name a file (a new one, or one to replace), a FIFO or a device"
+    )
+    error.errno = errno.EISDIR if what == "a directory" else errno.EINVAL
+    return error
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
-    """Yield a temp path beside ``path`` for a library to write; on success fsync and rename.
+    """Yield a temp path for a library to write; on success fsync and rename it over ``path``.
 
     ``suffix`` is appended to the temp name for libraries that pick the format from it
     (``.keras``, ``.png``, ``.mp4``). On any error the temp file is removed, ``path`` is left as
-    it was, and an OS error becomes an `OutputError`.
+    it was, and an OS error becomes an `OutputError`. A symbolic link is followed (its target
+    is replaced); a FIFO or device (`output_target`) gets the finished temp file's bytes copied
+    into it instead of a rename, since a library given a path cannot stream.
     """
-    path = Path(path)
-    tmp = temp_name(path)
+    target = output_target(path)
+    if target.stream:
+        with _via_temp_copy(Path(path), suffix) as tmp:
+            yield tmp
+        return
+    final = target.path
+    tmp = temp_name(final)
     if suffix:
         tmp = tmp.with_name(tmp.name + suffix)
     try:
         yield tmp
         fsync_path(tmp)
-        os.replace(tmp, path)
+        os.replace(tmp, final)
         fsync_dir(tmp.parent)
     except BaseException as exc:
         with contextlib.suppress(OSError):
             tmp.unlink()
-        if isinstance(exc, OSError) and not isinstance(exc, KerascopeError):
-            raise output_error(path, exc) from exc
-        if isinstance(exc, Exception) and is_disk_error(exc):
-            raise output_error(path, OSError(errno.ENOSPC, "No space left on device")) from exc
+        _reraise(path, exc, kept=True)
         raise
+
+
+def _reraise(path: str | os.PathLike, exc: BaseException, kept: bool) -> None:
+    """An OS error or a full disk raised as `OutputError`; anything else is left to raise."""
+    if isinstance(exc, OSError) and not isinstance(exc, KerascopeError):
+        raise output_error(path, exc, kept) from exc
+    if isinstance(exc, Exception) and is_disk_error(exc):
+        raise output_error(path, OSError(errno.ENOSPC, "No space left on device"), kept) from exc
+
+
+@contextlib.contextmanager
+def _via_temp_copy(path: Path, suffix: str) -> Iterator[Path]:
+    """A temp file in the system temp folder; once complete, its bytes go into ``path``."""
+    folder = Path(tempfile.mkdtemp(prefix="kerascope-out-"))
+    tmp = folder / f"{path.name or 'output'}.partial{suffix}"
+    try:
+        yield tmp
+        with open(tmp, "rb") as src, _open_stream(path, "wb") as dst:
+            shutil.copyfileobj(src, dst, 1 << 20)
+    except BaseException as exc:
+        _reraise(path, exc, kept=False)
+        raise
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _open_stream(path: Path, mode: str, encoding: str | None = None,
+                 newline: str | None = None) -> IO[Any]:  # fmt: skip
+    """Open a FIFO, device or descriptor for writing as it is: no create, no rename."""
+    flags = os.O_WRONLY
+    if stat.S_ISREG(os.stat(path).st_mode):
+        flags |= os.O_TRUNC  # /dev/fd/N on a regular file: replace its content like `>`
+    fd = os.open(path, flags)
+    return os.fdopen(fd, mode, encoding=encoding, newline=newline)
 
 
 @contextlib.contextmanager
@@ -126,14 +249,22 @@ def atomic_open(
 ) -> Iterator[IO[Any]]:
     """``open(path, mode)`` that only replaces ``path`` once everything was written and synced.
 
-    Text is always UTF-8, whatever the locale (``LC_ALL=C`` must not break an output).
+    Text is always UTF-8, whatever the locale (``LC_ALL=C`` must not break an output). A FIFO,
+    device or ``/dev/fd/N`` is opened and written in place, streaming (`output_target`).
     """
     binary = "b" in mode
+    encoding, newline = (None, None) if binary else (encoding, newline)
+    if output_target(path).stream:
+        try:
+            with _open_stream(Path(path), mode, encoding, newline) as handle:
+                yield handle
+        except BaseException as exc:
+            _reraise(path, exc, kept=False)
+            raise
+        return
     with atomic_path(path) as tmp:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-        with os.fdopen(
-            fd, mode, encoding=None if binary else encoding, newline=None if binary else newline
-        ) as handle:
+        with os.fdopen(fd, mode, encoding=encoding, newline=newline) as handle:
             yield handle
             handle.flush()
 

@@ -1,0 +1,206 @@
+"""`-o` writes what sits at the path the way its kind needs (`kerascope.files.output_target`).
+
+A regular file or a new name is replaced atomically; a symbolic link is followed, so the file
+it points to is written and the link stays; a FIFO, a character device or a ``/dev/fd/N`` is
+written in place (a reader gets every byte, the node stays a node); a directory, a socket or a
+link loop is refused in one line before any writer runs.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import shutil
+import socket
+import stat
+import threading
+from pathlib import Path
+
+import pytest
+
+from kerascope import files
+from kerascope.files import OutputError
+
+CATS = {281, 282, 283, 284, 285}  # tabby, tiger cat, Persian, Siamese, Egyptian cat
+
+
+class FifoReader:
+    """Reads a FIFO to its end in a thread. If nothing ever opens the FIFO for writing (the old
+    code renamed a file over it), `stop` unblocks the reader so the test fails, not hangs."""
+
+    def __init__(self, path: Path):
+        self.path, self.data = path, None
+        self.thread = threading.Thread(target=self._read, daemon=True)
+        self.thread.start()
+
+    def _read(self) -> None:
+        with open(self.path, "rb") as fifo:
+            self.data = fifo.read()
+
+    def stop(self) -> bytes | None:
+        self.thread.join(timeout=20)
+        if self.thread.is_alive():  # never opened for writing: open it once so the read ends
+            fd = os.open(self.path, os.O_WRONLY | os.O_NONBLOCK)
+            os.close(fd)
+            self.thread.join(timeout=5)
+            return None
+        return self.data
+
+
+@pytest.fixture
+def private_temp(tmp_path, monkeypatch) -> Path:
+    """The system temp folder for this test only, to see that stream copies leave nothing."""
+    folder = tmp_path / "systemp"
+    folder.mkdir()
+    monkeypatch.setattr("tempfile.tempdir", str(folder))
+    return folder
+
+
+def test_regular_and_new_files_are_replaced_atomically(tmp_path):
+    out = tmp_path / "out.txt"
+    files.write_text(out, "one")
+    files.write_text(out, "two")
+    assert out.read_text() == "two" and stat.S_ISREG(out.lstat().st_mode)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.txt"]
+
+
+def test_a_symlink_is_followed_its_target_written_and_the_link_kept(tmp_path):
+    real_dir = tmp_path / "real"
+    real_dir.mkdir()
+    (real_dir / "results.json").write_text("old")
+    link = tmp_path / "link.json"
+    os.symlink(real_dir / "results.json", link)
+    files.write_json(link, {"x": 1})
+    assert link.is_symlink() and os.readlink(link) == str(real_dir / "results.json")
+    assert json.loads((real_dir / "results.json").read_text()) == {"x": 1}
+    # a path-taking writer (model.save, savefig) too, with its suffix
+    with files.atomic_path(link, suffix=".json") as tmp:
+        assert tmp.parent == real_dir  # the temp file sits beside the target: rename is atomic
+        tmp.write_text('{"y": 2}')
+    assert link.is_symlink() and json.loads((real_dir / "results.json").read_text()) == {"y": 2}
+    assert sorted(p.name for p in real_dir.iterdir()) == ["results.json"]
+    # a link to a name that does not exist yet: the target is created, the link stays
+    dangling = tmp_path / "new-link.txt"
+    os.symlink("real/new.txt", dangling)
+    files.write_text(dangling, "made")
+    assert dangling.is_symlink() and (real_dir / "new.txt").read_text() == "made"
+
+
+@pytest.mark.parametrize("writer", ["atomic_open", "atomic_path"])
+def test_a_fifo_is_written_in_place_and_its_reader_gets_every_byte(tmp_path, private_temp,
+                                                                   writer):  # fmt: skip
+    fifo = tmp_path / "out.fifo"
+    os.mkfifo(fifo)
+    payload = os.urandom(3 << 20)  # larger than a pipe buffer: the write has to stream
+    reader = FifoReader(fifo)
+    if writer == "atomic_open":
+        with files.atomic_open(fifo, "wb") as handle:
+            handle.write(payload)
+    else:
+        with files.atomic_path(fifo, suffix=".bin") as tmp:
+            assert tmp.name.endswith(".bin") and tmp.is_relative_to(private_temp)
+            tmp.write_bytes(payload)
+    assert reader.stop() == payload
+    assert stat.S_ISFIFO(fifo.lstat().st_mode)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.fifo", "systemp"]
+    assert list(private_temp.iterdir()) == []  # the path-taking writer's temp copy is gone
+
+
+def test_dev_fd_of_a_pipe_is_written_in_place(tmp_path):
+    """What bash's ``-o >(wc -c)`` passes: /dev/fd/N, a pipe of this process."""
+    read_end, write_end = os.pipe()
+    payload = b"kerascope " * 100_000
+    chunks: list[bytes] = []
+
+    def _collect() -> None:
+        while chunk := os.read(read_end, 1 << 16):
+            chunks.append(chunk)
+
+    reader = threading.Thread(target=_collect, daemon=True)
+    reader.start()
+    try:
+        files.write_bytes(f"/dev/fd/{write_end}", payload)
+    finally:
+        os.close(write_end)
+    reader.join(timeout=20)
+    os.close(read_end)
+    assert b"".join(chunks) == payload
+
+
+@pytest.fixture
+def scratch_devices(tmp_path) -> dict[str, Path]:
+    """A null and a full device made with mknod in a temp folder (root only)."""
+    if os.geteuid() != 0:
+        pytest.skip("making a device node needs root")
+    nodes = {"null": (1, 3), "full": (1, 7)}
+    made = {}
+    for name, (major, minor) in nodes.items():
+        path = tmp_path / f"scratch-{name}"
+        try:
+            os.mknod(path, 0o666 | stat.S_IFCHR, os.makedev(major, minor))
+            os.close(os.open(path, os.O_WRONLY))
+        except OSError as exc:  # a container without CAP_MKNOD, a nodev mount
+            pytest.skip(f"cannot make or open a device node here ({exc.strerror})")
+        made[name] = path
+    return made
+
+
+def test_a_character_device_is_written_in_place_never_replaced(scratch_devices, tmp_path):
+    null, full = scratch_devices["null"], scratch_devices["full"]
+    files.write_bytes(null, b"x" * (1 << 20))
+    with files.atomic_path(null, suffix=".keras") as tmp:
+        tmp.write_bytes(b"model" * 1000)
+    assert stat.S_ISCHR(null.lstat().st_mode) and null.lstat().st_rdev == os.makedev(1, 3)
+    with pytest.raises(OutputError, match="no space left") as info:
+        files.write_bytes(full, b"x" * (1 << 20))
+    assert info.value.errno == errno.ENOSPC
+    assert "previous file is kept" not in str(info.value)  # nothing was kept: it is a device
+    assert stat.S_ISCHR(full.lstat().st_mode) and full.lstat().st_rdev == os.makedev(1, 7)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["scratch-full", "scratch-null"]
+
+
+def test_a_directory_a_socket_and_a_link_loop_are_refused_before_writing(tmp_path):
+    folder = tmp_path / "results"
+    folder.mkdir()
+    (folder / "keep.txt").write_text("mine")
+    sock_path = tmp_path / "s.sock"
+    server = socket.socket(socket.AF_UNIX)
+    server.bind(str(sock_path))
+    os.symlink("loop", tmp_path / "loop")
+    cases = {folder: "it is a directory", sock_path: "it is a socket",
+             tmp_path / "loop": "symbolic link loop"}  # fmt: skip
+    try:
+        for path, what in cases.items():
+            ran = []
+            with pytest.raises(OutputError) as info:
+                with files.atomic_path(path, suffix=".keras") as tmp:
+                    ran.append(tmp)  # a library would spend minutes writing here
+            message = str(info.value)
+            assert ran == [] and len(message.splitlines()) == 1
+            assert f"'{path}'" in message and what in message
+            with pytest.raises(OutputError, match=what):
+                files.write_text(path, "x")
+    finally:
+        server.close()
+    assert folder.is_dir() and (folder / "keep.txt").read_text() == "mine"
+    assert stat.S_ISSOCK(sock_path.lstat().st_mode)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["loop", "results", "s.sock"]
+
+
+def test_classify_json_into_a_fifo_through_the_cli(tmp_path, photo_paths, capsys):
+    from kerascope.cli import main
+
+    fifo = tmp_path / "results.fifo"
+    os.mkfifo(fifo)
+    chelsea = tmp_path / "chelsea.png"
+    shutil.copy(photo_paths["chelsea"], chelsea)
+    reader = FifoReader(fifo)
+    code = main(["classify", str(chelsea), "--format", "json", "-k", "3", "-o", str(fifo)])
+    data = reader.stop()
+    err = capsys.readouterr().err
+    assert code == 0, err
+    assert data is not None, "the FIFO's reader got nothing"
+    rows = json.loads(data)
+    assert rows[0]["image"] == str(chelsea) and rows[0]["predictions"][0]["index"] in CATS
+    assert stat.S_ISFIFO(fifo.lstat().st_mode)
