@@ -33,6 +33,17 @@ def _colormap(name: str) -> str:
     return name
 
 
+def _precision(name: str) -> str:
+    """--precision checked now (one line naming the choices), resolved later on the device."""
+    from kerascope.errors import KerascopeError
+    from kerascope.precision import check_precision
+
+    try:
+        return check_precision(name)
+    except KerascopeError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def _has_matplotlib() -> bool:
     import importlib.util
 
@@ -137,6 +148,20 @@ def _add_explain_args(p) -> None:
         help_text=lambda: f"heatmap colours (default: {_default_colormap()})",
     )
     p.add_argument("--batch-size", "-b", type=_positive, default=16, help="images per batch")
+    p.add_argument(
+        "--precision",
+        type=_precision,
+        default=None,
+        help="auto, float32, bfloat16 or float16 (default: auto = bfloat16 mixed precision on "
+        "GPUs that compute it natively, float32 elsewhere; also KERASCOPE_PRECISION). Reduced "
+        "precision applies to the gradient methods without smoothing; the output says which ran",
+    )
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace existing output files; without it an existing file is never replaced, "
+        "and an input never is, even with it",
+    )
 
 
 def _add_explain(sub) -> None:
@@ -145,7 +170,14 @@ def _add_explain(sub) -> None:
     )
     p.add_argument("paths", nargs="+", help="image files, folders (recursive) or globs")
     _add_explain_args(p)
-    p.add_argument("-o", "--output", default=".", help="folder for <name>-output.jpg files")
+    p.add_argument(
+        "-o",
+        "--output",
+        default=".",
+        help="folder for the <name>-output.jpg pictures (names unique within a run: inputs in "
+        "different folders keep their sub-folders). An existing picture is not replaced "
+        "unless --overwrite is given; an input is never replaced, even with --overwrite",
+    )
     p.add_argument(
         "--aug-smooth",
         action="store_true",
@@ -179,7 +211,12 @@ def _add_video(sub) -> None:
         "video", help="heatmaps for every frame of a video, into a new video", epilog=DASH_NOTE
     )
     p.add_argument("input", help="any common video file")
-    p.add_argument("-o", "--output", help="output .mp4 (default: <input>-output.mp4)")
+    p.add_argument(
+        "-o",
+        "--output",
+        help="output .mp4 (default: <input>-output.mp4); an existing file is not replaced "
+        "unless --overwrite is given, and the input never is",
+    )
     _add_explain_args(p)
     p.add_argument("--every", type=_positive, default=1, help="fresh heatmap every N frames")
     p.add_argument(
@@ -216,11 +253,19 @@ def _run_explain(args) -> int:
         output.note(f"skipped {len(skipped)} non-image file(s): {', '.join(skipped[:5])}")
     if not sources:
         raise CliError("no images found in " + " ".join(args.paths))
+    if not args.compare:  # the overwrite rule, before the model loads (compare checks its own)
+        from kerascope.cam.save import check_output_folder, check_outputs, output_names
+
+        check_output_folder(args.output, sources)
+        names = output_names(sources)
+        check_outputs([None if n is None else Path(args.output) / n for n in names], sources,
+                      args.overwrite)  # fmt: skip
     clf = load_model(args.model, weights=args.weights)
     target = _target(clf, args.target)
     if args.compare:
         return _run_compare(args, clf, sources, target)
     options = _smoothing(args)
+    _say_precision(args, clf, options)
     with output.progress_bar(len(sources), "explaining", min_total=16) as advance:
         saved = _save(args, clf, sources, target, advance, options)
     output.print_explanations(saved)
@@ -233,6 +278,17 @@ def _run_explain(args) -> int:
     return 1 if failed else 0
 
 
+def _say_precision(args, clf, options) -> None:
+    """One note: the precision the maps are computed in, and where (before the work starts)."""
+    from kerascope import output
+    from kerascope.cam.explain import _cached_explainer
+
+    explainer = _cached_explainer(clf, args.method, args.layer, precision=args.precision,
+                                  **options)  # fmt: skip
+    where = "on the device, one compiled call per batch" if explainer.on_device else "on the host"
+    output.note(f"{explainer.method} maps in {explainer.precision} ({where})")
+
+
 def _smoothing(args) -> dict[str, bool]:
     return {"aug_smooth": args.aug_smooth, "eigen_smooth": args.eigen_smooth}
 
@@ -243,7 +299,8 @@ def _save(args, clf, sources, target, advance, options):
 
     from kerascope.cam.save import save_explanations
 
-    extra = {**options, "colorbar": args.colorbar}
+    extra = {**options, "colorbar": args.colorbar, "precision": args.precision,
+             "overwrite": args.overwrite}  # fmt: skip
     accepted = inspect.signature(save_explanations).parameters
     missing = [k for k, on in extra.items() if on and k not in accepted]
     if missing:
@@ -317,7 +374,7 @@ def _run_compare(args, clf, sources, target) -> int:
     """Every method on each image: one grid picture and a ranking table per image."""
     from kerascope import output
     from kerascope.cam.compare import DEFAULT_METRIC, compare_methods
-    from kerascope.cam.save import output_names
+    from kerascope.cam.save import check_output_folder, check_outputs, output_names
     from kerascope.images import ImageError
     from kerascope.inference import Missing
 
@@ -325,14 +382,18 @@ def _run_compare(args, clf, sources, target) -> int:
         raise CliError("--colorbar is for the per-image pictures, not --compare's grid; drop it")
     metric = args.metric or DEFAULT_METRIC
     out_dir = Path(args.output)
+    names = output_names(sources)
+    paths = [None if n is None else out_dir / (n.removesuffix("-output.jpg") + "-compare.jpg")
+             for n in names]  # fmt: skip
+    check_output_folder(out_dir, sources)
+    check_outputs(paths, sources, args.overwrite)
     out_dir.mkdir(parents=True, exist_ok=True)
     failed = 0
-    for source, name in zip(sources, output_names(sources), strict=True):
+    for source, path in zip(sources, paths, strict=True):
         if isinstance(source, Missing):
             output.note(f"cannot read '{source}': no such file, folder or matching glob")
             failed += 1
             continue
-        path = out_dir / (name.removesuffix("-output.jpg") + "-compare.jpg")
         path.parent.mkdir(parents=True, exist_ok=True)
         try:
             comparison = compare_methods(
@@ -387,7 +448,7 @@ def _run_video(args) -> int:
     from kerascope.video import estimate_frames, explain_video
     from kerascope.zoo.models import load_model
 
-    _check_video_output(args.input, args.output)
+    _check_video_output(args.input, args.output, args.overwrite)
     total = estimate_frames(args.input)
     clf = load_model(args.model, weights=args.weights)
     target = _target(clf, args.target)
@@ -406,17 +467,21 @@ def _run_video(args) -> int:
             colormap=args.colormap,
             progress=advance,
             layer=args.layer,
+            precision=args.precision,
+            overwrite=args.overwrite,
         )
     audio = "audio kept" if report.audio_kept else "no audio"
     output.note(
         f"wrote {report.output}: {report.frames} frames, {float(report.fps):.2f} fps, "
-        f"{report.size[0]}x{report.size[1]}, {audio} ({report.frames_per_second:.1f} frames/s)"
+        f"{report.size[0]}x{report.size[1]}, {audio} ({report.frames_per_second:.1f} frames/s, "
+        f"maps in {report.precision})"
     )
     return 0
 
 
-def _check_video_output(source: str, target: str | None) -> None:
-    """Refuse an --output that would overwrite the input or has no folder, before any work."""
+def _check_video_output(source: str, target: str | None, overwrite: bool = False) -> None:
+    """Refuse an --output that would overwrite the input or has no folder, before any work
+    (an existing file without --overwrite is `kerascope.video.check_output`'s one line)."""
     if target is None:
         return
     folder = Path(target).parent

@@ -65,6 +65,7 @@ class VideoReport:
     output: str
     audio_kept: bool
     frames_dir: str | None = None
+    precision: str = "float32"  # what the heatmaps were computed in
 
     @property
     def frames_per_second(self) -> float:
@@ -210,7 +211,10 @@ class _Pipeline:
         results = iter(())
         if self.keys:
             maps, classes, probs = self.explainer.explain_batch(
-                np.stack(self.keys), targets=self.opt["target"]
+                np.stack(self.keys),
+                targets=self.opt["target"],
+                pad_to=self.opt["batch_size"],  # a short last batch compiles nothing new
+                upsample=self.explainer.on_device,
             )
             probs = np.asarray(probs)
             labels = []
@@ -297,6 +301,8 @@ def explain_video(
     progress: Callable[[int], None] | None = None,
     layer: str | None = None,
     preset: str = "veryfast",
+    precision: str | None = None,
+    overwrite: bool = False,
 ) -> VideoReport:
     """Write a copy of a video with each frame's class heatmap beside it (or over it).
 
@@ -316,14 +322,17 @@ def explain_video(
         alpha: heatmap opacity at its peak.
         progress: called with the number of frames just written, after each batch.
         preset: x264 speed preset; ``veryfast`` keeps encoding well under the model's cost.
+        precision: ``auto`` (default), ``float32``, ``bfloat16``, ``float16`` (see
+            `kerascope.cam.explain.Explainer`); the report says which ran.
+        overwrite: replace an existing output (and frame files); the input is never replaced.
 
     Returns:
         A :class:`VideoReport`.
 
     Raises:
         VideoError: the input is missing, not a video, has no video stream or fails to decode;
-            `VideoOutputError` (a VideoError) when the output is the input or its folder is
-            missing.
+            `VideoOutputError` (a VideoError) when the output is the input, exists (without
+            ``overwrite``) or its folder is missing.
         kerascope.files.OutputError: the output could not be written (full disk, read-only).
     """
     from kerascope.cam.explain import Explainer, resolve_target
@@ -335,7 +344,9 @@ def explain_video(
     colormap = colormap or ov.DEFAULT_COLORMAP
     ov.colormap_lut(colormap)  # unknown names fail now, not after the model has loaded
     output = Path(output_path) if output_path is not None else default_output(input_path)
-    check_output(input_path, output)
+    check_output(input_path, output, overwrite)
+    if frames_dir is not None:
+        check_frames_dir(frames_dir, input_path, overwrite)
     fmt = _FORMATS.get(output.suffix.lower(), "mp4")
     start = time.perf_counter()
     container, vstream = open_video(input_path)
@@ -344,7 +355,7 @@ def explain_video(
             from kerascope.zoo.models import load_model
 
             clf = load_model(model)
-        explainer = Explainer(clf, method=method, layer=layer)
+        explainer = Explainer(clf, method=method, layer=layer, precision=precision)
         clf = explainer.clf  # a bare Keras model comes back wrapped, with labels
         if frames_dir is not None:
             os.makedirs(frames_dir, exist_ok=True)
@@ -366,11 +377,13 @@ def explain_video(
         output=str(output),
         audio_kept=pipeline.audio is not None,
         frames_dir=options["frames_dir"],
+        precision=explainer.precision,
     )
 
 
-def check_output(input_path: str | os.PathLike, output: Path) -> None:
-    """Refuse, before any work, an output that is the input or lies in a missing folder."""
+def check_output(input_path: str | os.PathLike, output: Path, overwrite: bool = False) -> None:
+    """Refuse, before any work, an output that is the input (always), an existing file (unless
+    ``overwrite``: the overwrite rule of `kerascope.cam.save`) or lies in a missing folder."""
     folder = output.parent if str(output.parent) else Path(".")
     if not folder.is_dir():
         raise VideoOutputError(
@@ -379,6 +392,27 @@ def check_output(input_path: str | os.PathLike, output: Path) -> None:
     if output.exists() and os.path.samefile(output, input_path):
         raise VideoOutputError(
             output, "it is the input video; choose another name (default: <input>-output.mp4)"
+        )
+    if os.path.isdir(output):
+        raise VideoOutputError(output, "it is a folder; name the output file (-o clip.mp4)")
+    if os.path.lexists(output) and not overwrite:
+        raise VideoOutputError(
+            output, "it already exists; add --overwrite to replace it, or choose another -o"
+        )
+
+
+def check_frames_dir(frames_dir, input_path: str | os.PathLike, overwrite: bool) -> None:
+    """--frames-dir: earlier ``frame_*.jpg`` files are not replaced unless ``overwrite``; the
+    folder must not be a file (least of all the input)."""
+    folder = Path(frames_dir)
+    if folder.exists() and not folder.is_dir():
+        raise VideoOutputError(folder, "--frames-dir is a file, not a folder; choose a folder")
+    earlier = sorted(folder.glob("frame_*.jpg")) if folder.is_dir() else []
+    if earlier and not overwrite:
+        raise VideoOutputError(
+            earlier[0],
+            f"--frames-dir already holds {len(earlier)} frame file(s); add --overwrite to "
+            "replace them, or choose another folder",
         )
 
 

@@ -242,11 +242,28 @@ class Probe:
         """How many times the gradient function was compiled (0 before the first call)."""
         return self._gradients.traces() if self._gradients is not None else 0
 
-    def _gradient_fn(self):
-        import keras
+    def fused(self, combine, key: str, precision: str = "float32"):
+        """The device function of `kerascope.cam.gradients.fused_fn` for one method's
+        ``combine`` (cached by ``key`` and precision, so a job compiles once per batch shape)."""
+        from kerascope.cam.gradients import fused_fn
 
+        cache = self._models.setdefault("fused", {})
+        if (key, precision) not in cache:
+            probe, score = self._probe_and_score()
+            cache[(key, precision)] = fused_fn(probe, score, combine, precision)
+        return cache[(key, precision)]
+
+    def _gradient_fn(self):
         from kerascope.cam.gradients import gradient_fn
 
+        return gradient_fn(*self._probe_and_score())
+
+    def _probe_and_score(self):
+        """``keras.Model([image, delta], [features, head input])`` and the score function."""
+        import keras
+
+        if "probe" in self._models:
+            return self._models["probe"]
         delta = keras.Input(shape=self.feature_shape, name="kerascope_cam_delta_input")
         inputs, features, output = rebuild(self.model, self.target, delta)
         h = analyse_head(features, output).score_input  # same structure, the rebuilt tensor
@@ -263,7 +280,8 @@ class Probe:
             fn = ops.softmax if head.activation == "softmax" else ops.sigmoid
             return logits, fn(logits)
 
-        return gradient_fn(probe, score)
+        self._models["probe"] = (probe, score)
+        return probe, score
 
 
 def as_classifier(clf: Classifier | Any) -> Classifier:
@@ -327,7 +345,10 @@ class BaseCAM:
         analytic=None,
         aug_smooth: bool = False,
         eigen_smooth: bool = False,
+        precision: str | None = None,
     ):
+        from kerascope.precision import resolve_precision
+
         self.clf = as_classifier(clf)
         self.probe = get_probe(self.clf, layer)
         self.layer = self.probe.layer
@@ -339,6 +360,36 @@ class BaseCAM:
                 f"Dense directly, which '{self.clf.model.name}' does not; use gradcam"
             )
         self.analytic = possible if analytic is None else bool(analytic)
+        wanted = resolve_precision(precision)
+        # The whole map on the device (`gradients.fused_fn`) wherever the network runs on the
+        # Keras engine (GPUs; CPUs when asked) or in reduced precision, which onnxruntime's CPU
+        # path does not offer; on a CPU's onnx engine the measured-faster host path stays.
+        self.on_device = self._device_capable() and (
+            wanted != "float32" or self.probe.engine == "keras"
+        )
+        self.precision = wanted if self.on_device else "float32"
+
+    def _device_capable(self) -> bool:
+        import keras
+
+        return (
+            type(self).device_map is not BaseCAM.device_map
+            and not (self.aug_smooth or self.eigen_smooth)
+            and keras.backend.backend() in ("jax", "torch")
+            and analytic_ok(self)
+        )
+
+    def device_map(self, features, grads, classes):
+        """(N, h, w) map before the ReLU from A, g and the classes, written with ``keras.ops``
+        so it runs inside the compiled device function; the methods that have one override it
+        (the same equation as their ``channel_weights`` / ``combine``)."""
+        raise NotImplementedError
+
+    def compilations(self) -> int:
+        """How many times this method's device function was compiled (JAX; 0 elsewhere)."""
+        if not self.on_device:
+            return 0
+        return self.probe.fused(self.device_map, self.name, self.precision).traces()
 
     def channel_weights(self, features: np.ndarray, grads: np.ndarray, classes: np.ndarray):
         """(N, K) weight of each channel of ``features`` (N, h, w, K) for the class."""
@@ -387,12 +438,18 @@ class BaseCAM:
         maps = np.maximum(self.combine(batch), 0.0).astype(np.float32)
         return maps, batch.classes.astype(np.int64), np.asarray(probs, np.float32)
 
-    def explain_batch(self, pixels: np.ndarray, targets=None) -> tuple:
-        """Heatmaps at feature resolution for a batch at ``clf.input_size``.
+    def explain_batch(
+        self, pixels: np.ndarray, targets=None, pad_to: int | None = None, upsample: bool = False
+    ) -> tuple:
+        """Heatmaps for a batch at ``clf.input_size``.
 
         Args:
             pixels: (N, h, w, 3) uint8 RGB at the classifier's input size.
             targets: ``None`` (top-1 of each image), one class index for all, or one each.
+            pad_to: on the device path, run the batch padded to this many images (a job passes
+                its batch size, so its last partial batch compiles nothing new).
+            upsample: maps at the input size (bilinear, renormalised; on the device path done
+                there) instead of the feature resolution.
 
         Returns:
             (maps (N, fh, fw) float32 in [0, 1], class indices (N,), probabilities (N,)).
@@ -403,8 +460,18 @@ class BaseCAM:
             raise ValueError(f"expected pixels of shape (N, {expected}), got {pixels.shape}")
         if pixels.dtype != np.uint8:
             pixels = np.clip(np.rint(pixels), 0, 255).astype(np.uint8)
-        maps, classes, probs = self.raw_maps(pixels, self._targets(targets, len(pixels)))
-        return normalise(maps), classes, probs
+        targets = self._targets(targets, len(pixels))
+        size = tuple(self.clf.input_size) if upsample else None
+        if self.on_device:
+            run = self.probe.fused(self.device_map, self.name, self.precision)
+            return run(pixels, targets, size=size, pad_to=pad_to)
+        maps, classes, probs = self.raw_maps(pixels, targets)
+        maps = normalise(maps)
+        if size is not None and maps.shape[1:] != size:
+            from kerascope.cam.overlay import upsample as resample
+
+            maps = normalise(np.stack([resample(m, size) for m in maps]))
+        return maps, classes, probs
 
     def _targets(self, targets, n: int) -> np.ndarray:
         if targets is None:
@@ -414,6 +481,12 @@ class BaseCAM:
         if bad.size:
             raise ValueError(f"class index {bad[0]} outside 0..{self.clf.num_classes - 1}")
         return t
+
+
+def analytic_ok(cam: BaseCAM) -> bool:
+    """Whether the device path computes what this method's host path computes: CAM reads the
+    Dense weights, which only a GAP + Dense head has (there its map is Grad-CAM's)."""
+    return not cam.needs_dense_head or cam.probe.head.analytic
 
 
 def normalise(maps: np.ndarray) -> np.ndarray:

@@ -102,6 +102,9 @@ class Explainer:
         analytic: see `BaseCAM` (``None``: closed-form gradient when the head allows it).
         aug_smooth: average over flipped and intensity-scaled copies (6x the cost).
         eigen_smooth: first principal component instead of the channel sum (less noise).
+        precision: ``auto``, ``float32``, ``bfloat16`` or ``float16`` (`kerascope.precision`);
+            ``precision`` afterwards says what runs: reduced precision needs the device path
+            (the gradient methods without smoothing), others run in float32.
 
     Example:
         >>> ex = Explainer(load_model("efficientnet_lite0"), "gradcam")
@@ -116,18 +119,40 @@ class Explainer:
         analytic=None,
         aug_smooth: bool = False,
         eigen_smooth: bool = False,
+        precision: str | None = None,
     ):
         self.clf = as_classifier(clf)
         self.cam: BaseCAM = get_method(method)(
             self.clf, layer=layer, analytic=analytic, aug_smooth=aug_smooth,
-            eigen_smooth=eigen_smooth,
+            eigen_smooth=eigen_smooth, precision=precision,
         )  # fmt: skip
         self.method, self.layer = self.cam.name, self.cam.layer
 
-    def explain_batch(self, pixels: np.ndarray, targets: None | int | Sequence[int] = None):
+    @property
+    def precision(self) -> str:
+        """The precision the maps are computed in (``float32``, ``bfloat16``, ``float16``)."""
+        return self.cam.precision
+
+    @property
+    def on_device(self) -> bool:
+        """Whether the whole map is computed in one compiled device call (`gradients.fused_fn`)."""
+        return self.cam.on_device
+
+    def compilations(self) -> int:
+        """How many times the device function was compiled so far (JAX; 0 elsewhere)."""
+        return self.cam.compilations()
+
+    def explain_batch(
+        self,
+        pixels: np.ndarray,
+        targets: None | int | Sequence[int] = None,
+        pad_to: int | None = None,
+        upsample: bool = False,
+    ):
         """(N, h, w, 3) uint8 at ``clf.input_size`` -> (maps (N, fh, fw) float32 in [0, 1] at
-        feature resolution, class indices (N,), probabilities (N,)); upsample maps yourself."""
-        return self.cam.explain_batch(pixels, targets)
+        feature resolution, or at the input size with ``upsample``, class indices (N,),
+        probabilities (N,)). ``pad_to``: the job's batch size (see `BaseCAM.explain_batch`)."""
+        return self.cam.explain_batch(pixels, targets, pad_to=pad_to, upsample=upsample)
 
 
 def _is_imagenet(clf: Classifier) -> bool:
@@ -177,6 +202,7 @@ def explain(
     batch_size: int = 16,
     aug_smooth: bool = False,
     eigen_smooth: bool = False,
+    precision: str | None = None,
 ) -> Explanation | list[Explanation]:
     """Explain the predictions for images given as paths, folders, globs, arrays or PIL Images.
 
@@ -192,6 +218,7 @@ def explain(
         batch_size: images per forward pass.
         aug_smooth: average the maps of flipped and intensity-scaled copies.
         eigen_smooth: first principal component of the weighted activations.
+        precision: ``auto``, ``float32``, ``bfloat16`` or ``float16`` (see `Explainer`).
 
     Returns:
         One `Explanation` for a single image, else a list in input order. Unreadable inputs
@@ -206,7 +233,7 @@ def explain(
     from kerascope.zoo.models import load_model
 
     clf = model if isinstance(model, Classifier) else load_model(model)
-    explainer = _cached_explainer(clf, method, layer, aug_smooth, eigen_smooth)
+    explainer = _cached_explainer(clf, method, layer, aug_smooth, eigen_smooth, precision)
     single = _is_single(images_or_paths)
     sources, _, missing = normalise_inputs(images_or_paths)
     targets = spread_targets(resolve_targets(clf, target, len(sources) - len(missing)), sources)
@@ -296,7 +323,9 @@ def _iter_cams(clf, explainer, sources, targets, batch_size, keep_original):
         if rows:
             batch_targets = None if targets is None else targets[start + np.array(rows)]
             pixels = np.stack([items[i].pixels for i in rows])
-            maps, classes, probs = explainer.explain_batch(pixels, batch_targets)
+            maps, classes, probs = explainer.explain_batch(
+                pixels, batch_targets, pad_to=batch_size, upsample=explainer.on_device
+            )
         for i, it in enumerate(items):
             if it.error is not None:
                 yield Explanation(it.source, error=it.error), None, it
@@ -316,13 +345,20 @@ def _cached_explainer(
     layer: str | None,
     aug_smooth: bool = False,
     eigen_smooth: bool = False,
+    precision: str | None = None,
 ) -> Explainer:
     """One Explainer per (classifier, method, layer, options), so repeated calls compile
     nothing. The plain key stays ``(method, layer)``, as callers look it up."""
+    from kerascope.precision import resolve_precision
+
     cache = clf.extra.setdefault("explainers", {})
     key = (get_method(method).name, layer)
     if aug_smooth or eigen_smooth:
         key = (*key, bool(aug_smooth), bool(eigen_smooth))
+    wanted = resolve_precision(precision)
+    if wanted != "float32":
+        key = (*key, wanted)
     if key not in cache:
-        cache[key] = Explainer(clf, method, layer, aug_smooth=aug_smooth, eigen_smooth=eigen_smooth)
+        cache[key] = Explainer(clf, method, layer, aug_smooth=aug_smooth,
+                               eigen_smooth=eigen_smooth, precision=wanted)  # fmt: skip
     return cache[key]

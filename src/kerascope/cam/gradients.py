@@ -8,7 +8,9 @@ for any graph (skip connections around the target layer, nested models) without 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+import threading
+from collections.abc import Callable, Iterator
 
 import numpy as np
 
@@ -93,6 +95,170 @@ def _torch(probe, head: Callable) -> GradientFn:
         (grads,) = torch.autograd.grad(score, delta)
         p = probs.gather(1, classes[:, None])[:, 0]
         return tuple(v.detach().cpu().numpy() for v in (features, grads, classes, p))
+
+    call.traces = lambda: 0
+    return call
+
+
+# --- the whole map on the device ----------------------------------------------------------------
+
+# (maps (N, H, W) float32 in [0, 1], class indices (N,), probabilities (N,))
+MapsResult = tuple[np.ndarray, np.ndarray, np.ndarray]
+MapsFn = Callable[..., MapsResult]
+Combine = Callable[[object, object, object], object]  # (A, g, classes) -> (N, h, w), keras.ops
+
+
+def fused_fn(probe, head: Callable, combine: Combine, precision: str = "float32") -> MapsFn:
+    """``run(pixels_uint8, targets, size=None, pad_to=None) -> (maps, classes, probs)``: the
+    forward pass, the gradient, the method's channel weighting (``combine``, written with
+    ``keras.ops``), the ReLU, the upsampling to ``size`` = (H, W) (None: the feature
+    resolution) and the per-map normalisation, all on the device in one call; only the maps,
+    classes and probabilities are copied back.
+
+    The batch is padded (repeating its last image) to ``pad_to`` images, or to the next power of
+    two, so a job compiles once per batch shape, its last partial batch included. ``precision``
+    (a resolved name of `kerascope.precision`) is the compute type of the network's layers;
+    the weighting, upsampling and normalisation always run in float32.
+
+    Raises:
+        NotImplementedError: a backend without a fused path (TensorFlow): use `gradient_fn`.
+    """
+    import keras
+
+    backend = keras.backend.backend()
+    if backend == "jax":
+        return _jax_fused(probe, head, combine, precision)
+    if backend == "torch":
+        return _torch_fused(probe, head, combine, precision)
+    raise NotImplementedError(f"no fused heatmap path for the {backend!r} backend")
+
+
+def padded_size(n: int, pad_to: int | None) -> int:
+    """The batch size ``n`` images run at: ``pad_to`` when it holds them, else a power of two."""
+    if pad_to is not None and pad_to >= n:
+        return int(pad_to)
+    return 1 << max(0, n - 1).bit_length()
+
+
+def _pad(pixels: np.ndarray, targets: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
+    n = len(pixels)
+    if size == n:
+        return pixels, targets
+    pixels = np.concatenate([pixels, np.repeat(pixels[-1:], size - n, 0)])
+    return pixels, np.concatenate([targets, np.repeat(targets[-1:], size - n)])
+
+
+@contextlib.contextmanager
+def compute_policy(model, precision: str) -> Iterator[None]:
+    """Run ``model``'s layers in ``precision`` (mixed: float32 weights, reduced activations).
+
+    Keras reads a layer's compute type from its dtype policy when the layer is *called*, so the
+    policies are swapped only while the caller traces (a jitted function's body runs once per
+    shape) and restored at once: the user's model is left as it was. A lock keeps two traces
+    from interleaving their swaps.
+    """
+    if precision == "float32":
+        yield
+        return
+    from kerascope.precision import dtype_policy
+
+    policy = dtype_policy(precision)
+    with _POLICY_LOCK:
+        layers = [x for x in model._flatten_layers(include_self=True, recursive=True)]
+        saved = [(x, x._dtype_policy) for x in layers]
+        try:
+            for x in layers:
+                if getattr(x._dtype_policy, "name", None) == "float32":
+                    x.dtype_policy = policy
+            yield
+        finally:
+            for x, p in saved:
+                x._dtype_policy = p
+
+
+_POLICY_LOCK = threading.RLock()
+
+
+def _normalise_maps(ops, maps):
+    """ReLU'd maps scaled to peak 1 each; a map with no positive evidence stays 0."""
+    peak = ops.max(maps, axis=(1, 2), keepdims=True)
+    return ops.where(peak > 0, maps / ops.where(peak > 0, peak, 1.0), 0.0)
+
+
+def _jax_fused(probe, head: Callable, combine: Combine, precision: str) -> MapsFn:
+    import functools
+
+    import jax
+    import jax.numpy as jnp
+    from keras import ops
+
+    shape = tuple(probe.inputs[1].shape[1:])
+    traces = [0]
+
+    @functools.partial(jax.jit, static_argnames=("size",))
+    def run(trainable, frozen, pixels, targets, size):
+        traces[0] += 1  # a Python side effect runs once per trace: this counts compilations
+        x = pixels.astype("float32")  # uint8 crosses to the device; the cast is compiled in
+        with compute_policy(probe, precision):
+
+            def forward(delta):
+                (a, h), _ = probe.stateless_call(trainable, frozen, [x, delta], training=False)
+                logits, probs = head(h.astype("float32"))
+                return logits, (a, probs)
+
+            delta = jnp.zeros((x.shape[0], *shape), "float32")
+            logits, vjp, (a, probs) = jax.vjp(forward, delta, has_aux=True)
+            classes = jnp.where(targets < 0, jnp.argmax(logits, axis=-1), targets)
+            (grads,) = vjp(jax.nn.one_hot(classes, logits.shape[-1], dtype=logits.dtype))
+        a, grads = a.astype("float32"), grads.astype("float32")
+        maps = jnp.maximum(combine(a, grads, classes), 0.0)
+        if size is not None and tuple(maps.shape[1:]) != size:
+            maps = jax.image.resize(maps, (maps.shape[0], *size), "bilinear")
+        prob = jnp.take_along_axis(probs, classes[:, None], 1)[:, 0]
+        return _normalise_maps(ops, maps), classes, prob.astype("float32")
+
+    def call(pixels: np.ndarray, targets: np.ndarray, size=None, pad_to=None) -> MapsResult:
+        n = len(pixels)
+        pixels, targets = _pad(pixels, targets.astype(np.int32), padded_size(n, pad_to))
+        trainable = [v.value for v in probe.trainable_variables]  # current weights, each call
+        frozen = [v.value for v in probe.non_trainable_variables]
+        size = None if size is None else (int(size[0]), int(size[1]))
+        out = run(trainable, frozen, pixels, targets, size)
+        return tuple(np.asarray(o)[:n] for o in out)
+
+    call.traces = lambda: traces[0]
+    return call
+
+
+def _torch_fused(probe, head: Callable, combine: Combine, precision: str) -> MapsFn:
+    import keras
+    import torch
+    import torch.nn.functional as F
+    from keras import ops
+
+    shape = tuple(probe.inputs[1].shape[1:])
+    reduced = {"bfloat16": torch.bfloat16, "float16": torch.float16}.get(precision)
+
+    def call(pixels: np.ndarray, targets: np.ndarray, size=None, pad_to=None) -> MapsResult:
+        n = len(pixels)
+        pixels, targets = _pad(pixels, targets, padded_size(n, pad_to))
+        x = keras.ops.convert_to_tensor(pixels).to(torch.float32)  # uint8 crosses, cast there
+        delta = torch.zeros((len(x), *shape), device=x.device, requires_grad=True)
+        with torch.autocast(x.device.type, dtype=reduced or torch.float32, enabled=bool(reduced)):
+            a, h = probe([x, delta], training=False)
+            logits, probs = head(h.float())
+        t = torch.as_tensor(targets, device=x.device, dtype=torch.long)
+        classes = torch.where(t < 0, logits.argmax(-1), t)
+        (grads,) = torch.autograd.grad(logits.gather(1, classes[:, None]).sum(), delta)
+        with torch.no_grad():
+            maps = torch.clamp(combine(a.detach().float(), grads.float(), classes), min=0.0)
+            if size is not None and tuple(maps.shape[1:]) != tuple(size):
+                size = (int(size[0]), int(size[1]))
+                maps = F.interpolate(maps[:, None], size, mode="bilinear", align_corners=False)
+                maps = maps[:, 0]
+            maps = _normalise_maps(ops, maps)
+            p = probs.gather(1, classes[:, None])[:, 0].float()
+        return tuple(v.detach().cpu().numpy()[:n] for v in (maps, classes, p))
 
     call.traces = lambda: 0
     return call

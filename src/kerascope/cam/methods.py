@@ -24,6 +24,18 @@ import numpy as np
 from kerascope.cam.base import Activations, BaseCAM
 
 
+def ops():
+    """``keras.ops``, imported when a device map is traced (not when the CLI lists methods)."""
+    from keras import ops as keras_ops
+
+    return keras_ops
+
+
+def _weighted(features, weights):
+    """``sum_k w_k A^k`` on the device: (N, h, w, K), (N, K) -> (N, h, w)."""
+    return ops().einsum("nhwk,nk->nhw", features, weights)
+
+
 class CAM(BaseCAM):
     """Class activation mapping (Zhou et al. 2016, "Learning Deep Features for Discriminative
     Localization", Sec. 2): ``M_c(x, y) = sum_k w_k^c f_k(x, y)`` with ``w_k^c`` the Dense
@@ -42,6 +54,11 @@ class CAM(BaseCAM):
     def channel_weights(self, features, grads, classes) -> np.ndarray:
         return self.probe.head.kernel[:, classes].T
 
+    def device_map(self, features, grads, classes):
+        # On the GAP + Dense head CAM requires, dy_c/dA = W[k, c] / Z everywhere: Grad-CAM's
+        # weights are CAM's divided by Z, which the normalisation removes (docstring above).
+        return _weighted(features, ops().mean(grads, axis=(1, 2)))
+
 
 class GradCAM(BaseCAM):
     """Grad-CAM (Selvaraju et al. 2017, Eq. 1): ``w_k^c = 1/Z sum_ij dy_c / dA_ij^k``, the
@@ -52,6 +69,9 @@ class GradCAM(BaseCAM):
 
     def channel_weights(self, features, grads, classes) -> np.ndarray:
         return np.asarray(grads).mean(axis=(1, 2))
+
+    def device_map(self, features, grads, classes):
+        return _weighted(features, ops().mean(grads, axis=(1, 2)))
 
 
 class GradCAMPlusPlus(BaseCAM):
@@ -88,6 +108,14 @@ class GradCAMPlusPlus(BaseCAM):
         ok = (g != 0) & (denominator != 0)
         alpha = np.where(ok, 1.0 / np.where(ok, denominator, 1.0), 0.0)
         return positions * (alpha * np.maximum(g, 0.0)).sum(axis=(1, 2))
+
+    def device_map(self, features, grads, classes):
+        o = ops()
+        total = o.sum(features, axis=(1, 2), keepdims=True)
+        denominator = 2.0 + grads * total
+        ok = o.logical_and(grads != 0, denominator != 0)
+        alpha = o.where(ok, 1.0 / o.where(ok, denominator, 1.0), 0.0)
+        return _weighted(features, o.sum(alpha * o.relu(grads), axis=(1, 2)))
 
 
 class ScoreCAM(BaseCAM):
@@ -170,6 +198,13 @@ class XGradCAM(BaseCAM):
         ok = total != 0
         return np.where(ok, mass / np.where(ok, total, 1.0), 0.0)
 
+    def device_map(self, features, grads, classes):
+        o = ops()
+        total = o.sum(features, axis=(1, 2))
+        mass = o.sum(features * grads, axis=(1, 2))
+        ok = total != 0
+        return _weighted(features, o.where(ok, mass / o.where(ok, total, 1.0), 0.0))
+
 
 class HiResCAM(BaseCAM):
     """HiResCAM (Draelos & Carin 2020, "Use HiResCAM instead of Grad-CAM for faithful
@@ -182,6 +217,9 @@ class HiResCAM(BaseCAM):
 
     def combine(self, batch: Activations) -> np.ndarray:
         return self.reduce_channels(np.asarray(batch.grads) * batch.features)
+
+    def device_map(self, features, grads, classes):
+        return ops().sum(grads * features, axis=-1)
 
 
 class EigenCAM(BaseCAM):
@@ -212,6 +250,9 @@ class LayerCAM(BaseCAM):
 
     def combine(self, batch: Activations) -> np.ndarray:
         return self.reduce_channels(np.maximum(np.asarray(batch.grads), 0.0) * batch.features)
+
+    def device_map(self, features, grads, classes):
+        return ops().sum(ops().relu(grads) * features, axis=-1)
 
 
 METHODS: dict[str, type[BaseCAM]] = {

@@ -1,18 +1,30 @@
 """Explanations as pictures on disk: original | overlay, labelled, one JPEG per image.
 
 What ``kerascope explain`` writes, as a function: the CLI only parses, calls this and prints.
-Images are explained a batch at a time and each picture is written as soon as it is drawn, so
-a folder of thousands keeps memory flat: the batches hold only model-size pixels, each file is
-decoded again (at most :data:`OUTPUT_MAX_SIDE` px) just to draw its picture, and the results
-keep no heatmap (they are in the pictures; `kerascope.explain` returns them).
+Images are explained a batch at a time; each picture is drawn and written by a pool of threads
+(decoding, blending, JPEG encoding and writing run in Pillow's C code, outside the GIL) while
+the next batch runs on the device, so the device does not wait on pictures. A bounded number
+of pictures is in flight, so a folder of thousands keeps memory flat: the batches hold only
+model-size pixels, each file is decoded again (at most :data:`OUTPUT_MAX_SIDE` px) just to draw
+its picture, and the results keep no heatmap (they are in the pictures; `kerascope.explain`
+returns them).
+
+The overwrite rule (every command that writes pictures or videos): an existing file is never
+replaced unless ``overwrite`` is given, and an input of the job never, even then. Everything is
+checked before any work (one line naming the file), and each picture is published without
+replacing anything that appeared since (a hard link of the finished temp file: atomic, and it
+fails if the name was taken). Names are unique within a job by construction (`output_names`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import errno
 import os
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,11 +45,16 @@ from kerascope.cam.overlay import (
     overlay,
     save_jpeg,
     side_by_side,
-    upsample,
 )
+from kerascope.errors import KerascopeError
+from kerascope.files import fsync_dir, output_error, temp_name
 from kerascope.images import ImageError, load_image, resize
 from kerascope.inference import Source, load_source, normalise_inputs
 from kerascope.zoo.models import Classifier, load_model
+
+
+class OutputExistsError(KerascopeError, FileExistsError):
+    """An output that would replace an existing file (without ``overwrite``) or an input."""
 
 
 @dataclass
@@ -132,15 +149,19 @@ def save_explanations(
     colorbar: bool = False,
     aug_smooth: bool = False,
     eigen_smooth: bool = False,
+    precision: str | None = None,
+    overwrite: bool = False,
+    workers: int | None = None,
 ) -> list[SavedExplanation]:
     """Explain images and write each as original | overlay, labelled, into ``output_dir``.
 
     Files are named ``<stem>-output.jpg`` (``image-<i>-output.jpg`` for the i-th in-memory
     image), keeping sub-folders so that no two outputs of a run share a name (see
-    `output_names`), and written atomically (`kerascope.files`). Results stream out: each
-    picture is written as soon as it is drawn and only a small record is kept per image, so
-    memory does not grow with the number of images; originals larger than
-    :data:`OUTPUT_MAX_SIDE` are written scaled down to it.
+    `output_names`), and written atomically (`kerascope.files`). An existing file is not
+    replaced unless ``overwrite``; an input never is (module docstring). Pictures are drawn
+    and written by ``workers`` threads while the next batch is explained; only a small record
+    is kept per image, so memory does not grow with the number of images; originals larger
+    than :data:`OUTPUT_MAX_SIDE` are written scaled down to it.
 
     Args:
         inputs: what `kerascope.explain` takes: paths, folders, globs, arrays, PIL Images.
@@ -151,6 +172,10 @@ def save_explanations(
         progress: called with the number of images done, after each image.
         colorbar: draw a low-to-high key of the colormap under the overlay.
         aug_smooth, eigen_smooth: smoothing options of the explainer (see `Explainer`).
+        precision: ``auto`` (default), ``float32``, ``bfloat16``, ``float16``; see `Explainer`
+            (`precision_of` says which ran).
+        overwrite: replace existing files at the output names (never an input).
+        workers: threads drawing and writing pictures (default: one per CPU, at most 32).
 
     Returns:
         One `SavedExplanation` per input, in input order (folders and globs in their expansion
@@ -159,6 +184,8 @@ def save_explanations(
 
     Raises:
         ValueError: an unknown method, layer or class (before any work).
+        OutputExistsError: an output name is taken (no ``overwrite``) or is an input, or
+            ``output_dir`` is a file (before any work).
         kerascope.files.OutputError: a picture could not be written (full disk, read-only).
 
     Example:
@@ -168,25 +195,128 @@ def save_explanations(
     """
     clf = model if isinstance(model, Classifier) else load_model(model)
     explainer = _cached_explainer(  # a bad method or layer fails first
-        clf, method, layer, aug_smooth=aug_smooth, eigen_smooth=eigen_smooth
-    )
+        clf, method, layer, aug_smooth=aug_smooth, eigen_smooth=eigen_smooth,
+        precision=precision,
+    )  # fmt: skip
     colormap = colormap or DEFAULT_COLORMAP
     overlay_check(alpha, colormap)
     sources, _, missing = normalise_inputs(inputs)
     targets = spread_targets(resolve_targets(clf, target, len(sources) - len(missing)), sources)
     out_dir = Path(output_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     names = output_names(sources)
-    saved = []
+    paths = [None if n is None else out_dir / n for n in names]
+    check_output_folder(out_dir, sources)
+    check_outputs(paths, sources, overwrite)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise output_error(out_dir, exc) from exc
+    draw = dict(method=method, alpha=alpha, colormap=colormap, colorbar=colorbar,
+                replace=overwrite)  # fmt: skip
     found = iter_small(clf, explainer, sources, targets, batch_size)
-    for source, name, (e, cam) in zip(sources, names, found, strict=True):
-        if e.ok:
-            e = draw_explanation(source, cam, e, method, alpha, colormap, out_dir / name, colorbar)
-        empty = e.ok and is_empty(cam)
-        saved.append(SavedExplanation(e, out_dir / name if e.ok else None, empty))
+    saved: list[SavedExplanation] = []
+    workers = workers or min(32, os.cpu_count() or 1)
+    in_flight: deque = deque()  # (Explanation, future or None, path), in input order
+
+    def collect() -> None:
+        e, future, path = in_flight.popleft()
+        empty = False
+        if future is not None:
+            e, empty = future.result()  # a write error (full disk) stops the job here
+        saved.append(SavedExplanation(e, path if e.ok else None, empty))
         if progress is not None:
             progress(1)
+
+    with ThreadPoolExecutor(workers, thread_name_prefix="kerascope-picture") as pool:
+        try:
+            for source, path, (e, cam) in zip(sources, paths, found, strict=True):
+                future = pool.submit(_draw_one, source, cam, e, path, draw) if e.ok else None
+                in_flight.append((e, future, path))
+                while len(in_flight) > 2 * workers + batch_size:  # bounded: memory stays flat
+                    collect()
+            while in_flight:
+                collect()
+        except BaseException:
+            for _, future, _ in in_flight:
+                if future is not None:
+                    future.cancel()
+            raise
     return saved
+
+
+def precision_of(
+    clf: Classifier, method: str = "gradcam", layer: str | None = None, **options
+) -> str:
+    """The precision `save_explanations` / `kerascope.explain` with these arguments computes
+    in (``float32``, ``bfloat16``, ``float16``): what the CLI reports."""
+    return _cached_explainer(clf, method, layer, **options).precision
+
+
+def _draw_one(source, cam, e: Explanation, path: Path, draw: dict) -> tuple[Explanation, bool]:
+    """One picture, in a worker thread: (the explanation, error set if the file went away;
+    whether the map was empty)."""
+    e = draw_explanation(source, cam, e, draw["method"], draw["alpha"], draw["colormap"], path,
+                         draw["colorbar"], replace=draw["replace"])  # fmt: skip
+    return e, e.ok and is_empty(cam)
+
+
+def _identity(path: str | os.PathLike) -> tuple[int, int] | None:
+    """(device, inode) of what ``path`` names (links followed), or None when nothing is there."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
+def input_files(sources: Sequence[Source]) -> dict[tuple[int, int], str]:
+    """The files a job reads, by (device, inode): a link or another spelling is the same file."""
+    from kerascope.inference import Missing
+
+    found = {}
+    for s in sources:
+        if isinstance(s, str | os.PathLike) and not isinstance(s, Missing):
+            key = _identity(s)
+            if key is not None:
+                found[key] = os.fspath(s)
+    return found
+
+
+def check_output_folder(out_dir: str | os.PathLike, sources: Sequence[Source] = ()) -> None:
+    """``-o`` must be a folder (or a new name): a file there is one line, not a traceback."""
+    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+        which = " (it is one of the inputs)" if _identity(out_dir) in input_files(sources) else ""
+        raise OutputExistsError(
+            f"the output folder '{out_dir}' is a file{which}; -o names the folder the "
+            "<name>-output.jpg pictures go to: choose a folder"
+        )
+
+
+def check_outputs(
+    paths: Sequence[Path | None], sources: Sequence[Source], overwrite: bool = False
+) -> None:
+    """Refuse, before any work, outputs that would replace an input (always) or an existing
+    file (unless ``overwrite``): the overwrite rule of the module docstring."""
+    inputs = input_files(sources)
+    taken = []
+    for path in paths:
+        if path is None or not os.path.lexists(path):
+            continue
+        source = inputs.get(_identity(path))
+        if source is not None:
+            raise OutputExistsError(
+                f"the output '{path}' is the input '{source}'; inputs are never replaced, even "
+                "with --overwrite: choose another output folder (-o)"
+            )
+        if os.path.isdir(path):
+            raise OutputExistsError(f"the output '{path}' is a folder; choose another -o")
+        taken.append(path)
+    if taken and not overwrite:
+        more = f" (and {len(taken) - 1} more)" if len(taken) > 1 else ""
+        raise OutputExistsError(
+            f"'{taken[0]}' already exists{more}; add --overwrite to replace existing pictures, "
+            "or choose another output folder (-o)"
+        )
 
 
 def overlay_check(alpha: float, colormap: str) -> None:
@@ -205,27 +335,79 @@ def draw_explanation(
     colormap: str | None,
     path: Path,
     colorbar: bool = False,
+    replace: bool = True,
 ) -> Explanation:
     """Write the picture `explain` writes for one explained source (original beside overlay,
     labelled with class, probability and method, and a note when the map is empty, optionally
     a colour key); ``e``, with ``error`` set when the file can no longer be decoded. Shared by
-    `save_explanations` and ``kerascope batch explain``. ``colormap`` None: the default."""
+    `save_explanations` and ``kerascope batch explain``. ``colormap`` None: the default.
+    ``replace`` False: a file that appeared at ``path`` is kept (`OutputExistsError`).
+    Thread-safe: `save_explanations` calls it from a pool."""
     label = mark_empty(f"{e.class_name.replace('_', ' ')} {e.probability:.1%} ({method})", cam)
-    return _draw(source, cam, label, alpha, colormap or DEFAULT_COLORMAP, path, e, colorbar)
+    return _draw(source, cam, label, alpha, colormap or DEFAULT_COLORMAP, path, e, colorbar,
+                 replace)  # fmt: skip
 
 
-def _draw(source, cam, label, alpha, colormap, path: Path, e: Explanation, colorbar: bool):
+def _draw(source, cam, label, alpha, colormap, path: Path, e, colorbar: bool, replace=True):
     """Decode ``source`` again at the picture's size, draw and write it; one image at a time."""
     try:
         image = _picture_image(source)
     except (ImageError, ValueError, OSError) as exc:  # changed or removed since the forward
         return dataclasses.replace(e, error=getattr(exc, "reason", str(exc)))
-    blended = overlay(image, upsample(cam, image.shape[:2]), alpha, colormap)
+    # overlay() resamples the map in Pillow, in uint8 (the device path sends it at input size)
+    blended = overlay(image, cam, alpha, colormap)
     picture = side_by_side(image, blended, label, colorbar=colorbar, colormap=colormap)
     del image, blended
-    path.parent.mkdir(parents=True, exist_ok=True)
-    save_jpeg(picture, path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise output_error(path, exc) from exc
+    if replace:
+        save_jpeg(picture, path)
+    else:
+        write_new_jpeg(picture, path)
     return e
+
+
+def write_new_jpeg(array: np.ndarray, path: str | os.PathLike, quality: int = 90) -> Path:
+    """Write a JPEG at a name that must not exist: encoded to a temp file beside it, synced,
+    then published with a hard link, which fails if the name was taken meanwhile (the file
+    there is kept: `OutputExistsError`). Where the file system has no hard links, the name is
+    checked and the temp file renamed (a small window, as any rename)."""
+    from PIL import Image
+
+    path = Path(path)
+    tmp = temp_name(path)
+    try:
+        with open(tmp, "xb") as fh:
+            Image.fromarray(np.ascontiguousarray(array, dtype=np.uint8)).save(
+                fh, "JPEG", quality=quality
+            )
+            fh.flush()
+            os.fsync(fh.fileno())
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            raise OutputExistsError(
+                f"'{path}' appeared while the job ran; it was kept (add --overwrite to replace "
+                "it, or choose another output folder)"
+            ) from None
+        except OSError as exc:
+            if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EMLINK):
+                raise
+            if os.path.lexists(path):
+                taken = f"'{path}' appeared while the job ran; it was kept"
+                raise OutputExistsError(taken) from None
+            os.replace(tmp, path)
+        fsync_dir(path.parent)
+    except OSError as exc:
+        if isinstance(exc, KerascopeError):
+            raise
+        raise output_error(path, exc) from exc
+    finally:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+    return path
 
 
 def _picture_image(source: Source) -> np.ndarray:
