@@ -284,10 +284,11 @@ def _feature_progress():
 
 def _run_evaluate(args) -> int:
     from kerascope.evaluation import evaluate, format_confusion, top5_note
+    from kerascope.output import printable_lines
 
     result = evaluate(args.run, args.data, batch_size=args.batch_size, output=args.output,
                       split=args.split)  # fmt: skip
-    print(format_confusion(result))
+    print(printable_lines(format_confusion(result)))  # class names with ESC: shown escaped
     for path, reason in result.unreadable:
         _note(f"could not read {path}: {reason}")
     _note(f"accuracy {result.accuracy:.4f}{top5_note(result)} on {result.n} images: "

@@ -2,9 +2,11 @@
 
 Paths, class names and error messages come from the user's files; they are shown literally
 (`literal`): never read as rich markup or emoji codes, so ``IMG_001 [edited].png`` stays itself
-and a ``[/b]`` in a path cannot break a table after the work is done. Files are written as
-UTF-8 whatever the locale; text for the terminal is encoded by the CLI with replacement
-characters (see `kerascope.cli.main`).
+and a ``[/b]`` in a path cannot break a table after the work is done; control characters
+(ESC, a newline, a bidi override) are shown escaped (`printable`), so a name cannot clear the
+screen, retitle the window or fake a line. Files are written as UTF-8 whatever the locale;
+text for the terminal is encoded by the CLI with replacement characters (see
+`kerascope.cli.main`).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import io
 import json
 import os
 import sys
+import unicodedata
 from collections.abc import Iterator
 from dataclasses import asdict
 
@@ -52,9 +55,39 @@ def clean(text: str) -> str:
     return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
 
 
+# Bidirectional embeddings, overrides and isolates: they reorder what follows on the line, so a
+# name could show "gpj.exe" as "exe.jpg" (Unicode TR36); shown escaped like control characters.
+_BIDI_CONTROLS = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+# C0/C1 controls (ESC starts every terminal escape sequence), and the line/paragraph separators.
+_UNSAFE_CATEGORIES = frozenset({"Cc", "Zl", "Zp"})
+
+
+def _unsafe(char: str) -> bool:
+    return char in _BIDI_CONTROLS or unicodedata.category(char) in _UNSAFE_CATEGORIES
+
+
+def printable(text: str) -> str:
+    r"""``text`` for a terminal: each control character shown as its Python escape (ESC as the
+    four characters ``\x1b``, a newline as ``\n``); ordinary Unicode is kept.
+
+    A file or class name holding ``\x1b[2J`` or ``\x1b]2;...\x07`` would otherwise clear the
+    screen or retitle the window when printed. Files written with ``-o`` keep the exact text.
+    """
+    if not any(_unsafe(c) for c in text):
+        return text
+    return "".join(repr(c)[1:-1] if _unsafe(c) else c for c in text)
+
+
+def printable_lines(text: str) -> str:
+    """`printable` for text of several lines (a plain-text report): only the newlines stay."""
+    return "\n".join(printable(line) for line in text.split("\n"))
+
+
 def literal(value: object, style: str = "") -> Text:
-    """User-controlled text for rich, shown as it is: no markup, no emoji codes."""
-    return Text(clean(str(value)), style=style)
+    """User-controlled text for rich, shown as it is: no markup, no emoji codes, and control
+    characters escaped (`printable`). Every table cell and note of user text goes through here.
+    """
+    return Text(printable(clean(str(value))), style=style)
 
 
 def note(message: str) -> None:
