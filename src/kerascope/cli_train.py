@@ -109,6 +109,12 @@ def _add_train(sub) -> None:
         "runs on onnxruntime and only the trainable part trains in Keras; keras: the whole "
         "graph in Keras (the GPU path)",
     )  # fmt: skip
+    from kerascope.precision import PRECISIONS
+
+    p.add_argument("--precision", choices=PRECISIONS, default=None,
+                   help="compute precision of training (weights stay float32): auto (default, "
+                   "or $KERASCOPE_PRECISION) is bfloat16 on GPUs that compute it natively, "
+                   "float32 elsewhere; float16 adds loss scaling")  # fmt: skip
     p.set_defaults(func=_run_train)
 
 
@@ -207,7 +213,7 @@ def _run_train(args) -> int:
         image_size=args.image_size, patience=args.patience, resume=args.resume,
         engine=args.engine, unfreeze=args.unfreeze, head=args.head, dropout=args.dropout,
         optimizer=args.optimizer, momentum=args.momentum, lr_schedule=args.lr_schedule,
-        weights=args.weights,
+        weights=args.weights, precision=args.precision,
     )  # fmt: skip
     if args.backbone:
         kwargs["backbone"] = args.backbone

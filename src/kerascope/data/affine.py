@@ -1,26 +1,22 @@
-"""The augmentation of :class:`AugmentConfig` on uint8 batches in Pillow, for CPU training.
+"""The host executor of the augmentation: Pillow resamples each uint8 image at the affine map
+:func:`kerascope.data.augment.sample_matrices` drew for it.
 
-Keras's ``Random*`` layers are right on a GPU, inside the compiled model. On a CPU, XLA runs
-their resampling very slowly: measured on the 2-core reference machine, the five layers of the
-default config took ~8-10 s for a batch of 32 224x224 images, far more than the network's
-forward pass. Here the same random transformations (flip, rotation, shift, shear, zoom, in
-:class:`AugmentConfig`'s terms and ranges) are composed into one affine map per image and
-applied once by Pillow's C resampler, with the fill mode reproduced by padding the image first
-(edge padding is "nearest", symmetric is Keras's "reflect").
-
-Draws come from ``(seed, epoch, batch)``, so every epoch sees new views and a resumed run sees
-the ones an unbroken run would have.
+This is what the split trainer uses on a CPU: XLA's CPU resampling of a batch is slower than
+the network's whole forward pass (the Keras ``Random*`` layers took ~8-10 s per batch of 32
+224x224 images on the 2-core reference machine), while Pillow's C resampler, which releases the
+GIL, takes milliseconds. The fill mode is reproduced by padding the image first (edge padding
+is "nearest", symmetric is "reflect"), just enough for every pixel the map reads. The device
+executor, :func:`kerascope.data.augment.warp`, reads the same matrices: same seed, same views.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 
 import numpy as np
 from PIL import Image
 
-from kerascope.data.augment import AugmentConfig
+from kerascope.data.augment import AugmentConfig, sample_matrices
 
 _PAD_MODES = {"nearest": "edge", "reflect": "symmetric", "wrap": "wrap", "constant": "constant"}
 
@@ -37,41 +33,56 @@ def random_affine(config: AugmentConfig, seed: int) -> BatchAugmenter:
     """
 
     def run(images: np.ndarray, epoch: int, batch: int) -> np.ndarray:
-        rng = np.random.default_rng([seed, epoch, batch])
-        return np.stack([_one(image, config, rng) for image in images])
+        if config.is_identity:
+            return images
+        n, height, width = images.shape[:3]
+        matrices = sample_matrices(config, seed, epoch, batch, n, height, width)
+        return warp_pillow(images, matrices, config.fill_mode)
 
     return run
 
 
-def _one(image: np.ndarray, c: AugmentConfig, rng: np.random.Generator) -> np.ndarray:
+def warp_pillow(images: np.ndarray, matrices: np.ndarray, fill_mode: str = "nearest") -> np.ndarray:
+    """uint8 (N, H, W, C) images resampled bilinearly at ``matrices`` (N, 2, 3): output pixel
+    index -> input pixel index, as :func:`kerascope.data.augment.sample_matrices` draws them."""
+    return np.stack([_one(image, m, fill_mode) for image, m in zip(images, matrices, strict=True)])
+
+
+def _one(image: np.ndarray, matrix: np.ndarray, fill_mode: str) -> np.ndarray:
     height, width = image.shape[:2]
-    if c.horizontal_flip and rng.random() < 0.5:
-        image = image[:, ::-1]
-    if c.vertical_flip and rng.random() < 0.5:
-        image = image[::-1]
-    angle = math.radians(rng.uniform(-c.rotation, c.rotation))
-    shift_y = rng.uniform(-c.height_shift, c.height_shift) * height
-    shift_x = rng.uniform(-c.width_shift, c.width_shift) * width
-    shear = rng.uniform(-c.shear, c.shear)
-    zoom_y, zoom_x = rng.uniform(1 - c.zoom, 1 + c.zoom, 2)
-    # output pixel -> input pixel, about the centre: zoom . shear . rotation, then the shift
-    cos, sin = math.cos(angle), math.sin(angle)
-    rotate = np.array([[cos, -sin], [sin, cos]])
-    matrix = np.diag([zoom_x, zoom_y]) @ np.array([[1.0, shear], [0.0, 1.0]]) @ rotate
-    if not np.any(matrix - np.eye(2)) and shift_x == shift_y == 0:
+    linear, offset = np.asarray(matrix[:, :2], float), np.asarray(matrix[:, 2], float)
+    if np.array_equal(linear, np.eye(2)) and not offset.any():
         return np.ascontiguousarray(image)
-    centre = np.array([(width - 1) / 2, (height - 1) / 2])
-    offset = centre - matrix @ centre - np.array([shift_x, shift_y])
+    flipped = _flip(linear, offset, width, height)
+    if flipped is not None:
+        return np.ascontiguousarray(image[flipped])
     # pad just enough for every source pixel the output reads (the bilinear taps included)
     corners = np.array([[0, 0], [width - 1, 0], [0, height - 1], [width - 1, height - 1]])
-    source = corners @ matrix.T + offset
+    source = corners @ linear.T + offset
     low = np.maximum(0, np.ceil(-source.min(axis=0)) + 2).astype(int)
     high = np.maximum(0, np.ceil(source.max(axis=0) - [width - 1, height - 1]) + 2).astype(int)
     pads = ((low[1], high[1]), (low[0], high[0]), (0, 0))
-    padded = np.pad(image, pads, mode=_PAD_MODES[c.fill_mode])
+    padded = np.pad(image, pads, mode=_PAD_MODES[fill_mode])
     offset = offset + low
-    coefficients = (*matrix[0], offset[0], *matrix[1], offset[1])
+    # Pillow samples pixel centres: it reads a.(x + .5) + c - .5 where the map says a.x + c
+    offset = offset + 0.5 - 0.5 * linear.sum(axis=1)
+    coefficients = (*linear[0], offset[0], *linear[1], offset[1])
     out = Image.fromarray(padded).transform(
         (width, height), Image.Transform.AFFINE, coefficients, resample=Image.Resampling.BILINEAR
     )
     return np.asarray(out)
+
+
+def _flip(linear: np.ndarray, offset: np.ndarray, width: int, height: int) -> tuple | None:
+    """The slicing of a pure mirror map (no resampling needed), or None for any other map."""
+    if not np.array_equal(np.abs(linear), np.eye(2)):
+        return None
+    index: list = [slice(None), slice(None)]
+    for axis, size, array_axis in ((0, width, 1), (1, height, 0)):
+        if linear[axis, axis] < 0:
+            if offset[axis] != size - 1:
+                return None
+            index[array_axis] = slice(None, None, -1)
+        elif offset[axis] != 0:
+            return None
+    return tuple(index)

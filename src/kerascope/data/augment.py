@@ -1,11 +1,23 @@
-"""Data augmentation as Keras preprocessing layers, with the classic ImageDataGenerator settings.
+"""The seed's data augmentation: one definition, two executors.
 
 The cats-vs-dogs tutorials augment with ``ImageDataGenerator(rotation_range=40,
 width_shift_range=0.2, height_shift_range=0.2, shear_range=0.2, zoom_range=0.2,
-horizontal_flip=True, fill_mode='nearest')``. ImageDataGenerator is gone from Keras 3 and
-needs TensorFlow; the same transformations exist as ``keras.layers.Random*`` layers, which run
-on every backend, on the device, inside the model, and only while training (at inference they
-pass images through unchanged, so a saved model needs no separate preprocessing switch).
+horizontal_flip=True, fill_mode='nearest')``. Here those settings are :class:`AugmentConfig`,
+and what they mean is one function, :func:`sample_matrices`: from ``(seed, epoch, batch)`` it
+draws each image's flip, rotation, shift, shear and zoom and composes them into one 2x3 affine
+matrix (output pixel index -> input pixel index, flips folded in). Two executors resample with
+those matrices, bilinearly, with the fill mode of the config:
+
+* on the host, :func:`kerascope.data.affine.warp_pillow` (Pillow's C resampler, for the split
+  trainer on a CPU, where XLA's resampling is slower than the whole network);
+* on the device, :func:`warp` (``keras.ops`` gathers), traced into the jitted train step of
+  the whole-graph trainer (``kerascope.training.whole``), so the uint8 batch is augmented,
+  cast, and trained on in one compiled call.
+
+Both read the same matrices, so the same seed gives the same pictures on either (a test
+holds them within a few grey levels on a real photo, for every fill mode). A resumed run draws
+the views an unbroken run would have. Saved models carry no augmentation: it is part of
+training, not of the network.
 """
 
 from __future__ import annotations
@@ -47,7 +59,7 @@ class AugmentConfig:
         fill_mode: how pixels moved in from outside the image are filled; ``"nearest"``
             repeats the edge, as in the tutorial.
         rescale: the tutorial's ``1/255``, kept so its settings round-trip. It is *not*
-            applied by :func:`build_augmentation`: kerascope models take 0..255 pixels and
+            applied by the augmentation: kerascope models take 0..255 pixels and
             normalise inside the graph, so scaling belongs to the model (the scratch recipe
             starts with ``keras.layers.Rescaling(config.rescale)``), never to the data.
     """
@@ -78,19 +90,120 @@ class AugmentConfig:
             if getattr(self, name) > 1:
                 raise ConfigError(f"{name} is a fraction and at most 1, got {getattr(self, name)}")
 
+    @property
+    def is_identity(self) -> bool:
+        """Whether nothing is ever transformed (every range zero, no flips)."""
+        return not (self.rotation or self.width_shift or self.height_shift or self.shear
+                    or self.zoom or self.horizontal_flip or self.vertical_flip)  # fmt: skip
+
+
+def sample_matrices(
+    config: AugmentConfig, seed: int, epoch: int, batch: int, n: int, height: int, width: int
+) -> np.ndarray:
+    """The augmentation of one batch: ``(n, 2, 3)`` float32 affine maps, drawn from
+    ``(seed, epoch, batch)``. This is the one definition both executors apply.
+
+    Row ``i`` maps an output pixel index ``(x, y, 1)`` to the input position it reads:
+    about the image centre, zoom (x and y apart) . shear . rotation, then the shift, then the
+    flips (a horizontal flip reads column ``width - 1 - x``). Draws are uniform in the
+    config's ranges (rotation in degrees either way, shifts as fractions of the size, shear
+    as ``tan``, zoom in ``1 +- zoom``), flips with probability 1/2.
+
+    Example:
+        >>> sample_matrices(AugmentConfig(), 0, 0, 0, n=2, height=8, width=8).shape
+        (2, 2, 3)
+    """
+    c = config
+    rng = np.random.default_rng([int(seed), int(epoch), int(batch)])
+    flip_x = rng.random(n) < 0.5 if c.horizontal_flip else np.zeros(n, bool)
+    flip_y = rng.random(n) < 0.5 if c.vertical_flip else np.zeros(n, bool)
+    angle = np.radians(rng.uniform(-c.rotation, c.rotation, n))
+    shift = rng.uniform(-1, 1, (n, 2)) * [c.width_shift * width, c.height_shift * height]
+    shear = rng.uniform(-c.shear, c.shear, n)
+    zoom = rng.uniform(1 - c.zoom, 1 + c.zoom, (n, 2))  # (x, y)
+    cos, sin = np.cos(angle), np.sin(angle)
+    rotate = np.stack([np.stack([cos, -sin], -1), np.stack([sin, cos], -1)], -2)
+    shearing = np.tile(np.eye(2), (n, 1, 1))
+    shearing[:, 0, 1] = shear
+    linear = zoom[:, :, None] * (shearing @ rotate)  # diag(zoom) . shear . rotate
+    centre = np.array([(width - 1) / 2, (height - 1) / 2])
+    offset = centre - linear @ centre - shift
+    out = np.concatenate([linear, offset[:, :, None]], axis=2)
+    for axis, flip, size in ((0, flip_x, width), (1, flip_y, height)):
+        out[flip, axis] = -out[flip, axis]
+        out[flip, axis, 2] += size - 1
+    return out.astype(np.float32)
+
+
+def identity_matrices(n: int) -> np.ndarray:
+    """``(n, 2, 3)`` maps that read every pixel where it is: no augmentation."""
+    return np.tile(np.eye(2, 3, dtype=np.float32), (n, 1, 1))
+
+
+def _fold(index, size: int, mode: str):
+    """Input indices mapped into ``0..size-1`` by the fill mode; with ``constant`` also
+    whether each index was inside (outside reads 0)."""
+    ops = keras.ops
+    if mode == "nearest":
+        return ops.clip(index, 0, size - 1), None
+    if mode == "wrap":
+        return ops.mod(index, size), None
+    if mode == "reflect":  # d c b a | a b c d | d c b a (numpy's "symmetric")
+        m = ops.mod(index, 2 * size)
+        return ops.where(m >= size, 2 * size - 1 - m, m), None
+    inside = ops.logical_and(index >= 0, index < size)
+    return ops.clip(index, 0, size - 1), inside
+
+
+def warp(images, matrices, fill_mode: str = "nearest", dtype: str = "float32"):
+    """The device executor: ``images`` (N, H, W, C, any dtype) resampled bilinearly at
+    ``matrices`` (N, 2, 3, from :func:`sample_matrices`), as ``dtype``.
+
+    Written with ``keras.ops`` (an index map per fill mode and four gathers), so it traces into
+    a jitted train step on any backend: no Python per image, no separate dispatch.
+    """
+    if fill_mode not in FILL_MODES:
+        raise ConfigError(f"fill_mode must be one of {FILL_MODES}, got {fill_mode!r}")
+    ops = keras.ops
+    n = ops.shape(images)[0]
+    height, width, channels = (int(v) for v in images.shape[1:])
+    m = ops.cast(matrices, "float32")
+    ys = ops.arange(height, dtype="float32")[None, :, None]
+    xs = ops.arange(width, dtype="float32")[None, None, :]
+
+    def row(r: int):
+        return (m[:, r, 0][:, None, None] * xs + m[:, r, 1][:, None, None] * ys
+                + m[:, r, 2][:, None, None])  # fmt: skip
+
+    sx, sy = row(0), row(1)
+    x0, y0 = ops.floor(sx), ops.floor(sy)
+    wx, wy = (sx - x0)[..., None], (sy - y0)[..., None]
+    x0, y0 = ops.cast(x0, "int32"), ops.cast(y0, "int32")
+    flat = ops.reshape(images, (-1, channels))
+    base = (ops.arange(n, dtype="int32") * (height * width))[:, None, None]
+
+    def tap(y, x):
+        yi, y_in = _fold(y, height, fill_mode)
+        xi, x_in = _fold(x, width, fill_mode)
+        value = ops.cast(ops.take(flat, base + yi * width + xi, axis=0), "float32")
+        if y_in is not None:
+            value = value * ops.cast(ops.logical_and(y_in, x_in), "float32")[..., None]
+        return value
+
+    top = tap(y0, x0) * (1 - wx) + tap(y0, x0 + 1) * wx
+    bottom = tap(y0 + 1, x0) * (1 - wx) + tap(y0 + 1, x0 + 1) * wx
+    return ops.cast(top * (1 - wy) + bottom * wy, dtype)
+
 
 def build_augmentation(
     config: AugmentConfig | None = None, seed: int | None = None, name: str = "augmentation"
 ) -> keras.Sequential:
-    """A ``keras.Sequential`` of random layers to put at the front of a model being trained.
+    """The same settings as ``keras.layers.Random*`` layers, for a user's own Keras model.
 
-    Transformations set to zero are left out. Each layer gets its own seed derived from
-    ``seed`` so a seeded pipeline is reproducible on every backend. Output is float32 in
-    the input's 0..255 range; the layers are identities when ``training`` is false.
-
-    Example:
-        >>> aug = build_augmentation(AugmentConfig(), seed=0)  # doctest: +SKIP
-        >>> x = aug(images, training=True)  # doctest: +SKIP
+    kerascope's training does not use these (they ran eagerly, outside the compiled step, at
+    ~180 img/s on a GPU, and drew from their own generators): it augments with
+    :func:`sample_matrices` and :func:`warp`. Kept for code that wants the layers inside a
+    model; Keras 3.15 cannot reload a saved ``RandomShear``, so leave them out of saved models.
     """
     c = config or AugmentConfig()
     fill = {"fill_mode": c.fill_mode, "interpolation": "bilinear"}
@@ -128,6 +241,7 @@ def augment_preview(
 ) -> list[Path]:
     """Write ``n`` augmented versions of one image as JPEGs, plus ``grid.jpg`` showing them all.
 
+    Drawn by :func:`sample_matrices` (as training draws them) and resampled by Pillow.
     This is the tutorial's ``datagen.flow(..., save_to_dir='preview')`` step: look at what the
     augmentation does to your own pictures before training on it (too much rotation or zoom
     can destroy what identifies a class). Files are named ``<stem>_<i>.jpg``; existing files
@@ -152,10 +266,11 @@ def augment_preview(
     if max_side and max(height, width) > max_side:
         scale = max_side / max(height, width)
         image = resize(image, (max(1, round(height * scale)), max(1, round(width * scale))))
-    augment = build_augmentation(config, seed=seed)
-    batch = np.repeat(image[None], n, axis=0).astype("float32")
-    samples = keras.ops.convert_to_numpy(augment(batch, training=True))
-    samples = np.clip(np.rint(samples), 0, 255).astype(np.uint8)
+    from kerascope.data.affine import warp_pillow
+
+    c = config or AugmentConfig()
+    matrices = sample_matrices(c, seed, 0, 0, n, *image.shape[:2])
+    samples = warp_pillow(np.repeat(image[None], n, axis=0), matrices, c.fill_mode)
     out = Path(out_dir).expanduser()
     out.mkdir(parents=True, exist_ok=True)
     stem = Path(image_path).stem

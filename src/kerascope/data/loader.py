@@ -168,6 +168,16 @@ class FolderSequence(keras.utils.PyDataset):
         """Which rows (indices into ``paths``) batch ``index`` holds in the current epoch."""
         return self._order[index * self.batch_size : (index + 1) * self.batch_size]
 
+    def padded_rows(self, index: int) -> tuple[np.ndarray, int]:
+        """Batch ``index``'s rows padded to the full batch size (by repeating its first row),
+        and how many are real: one batch shape means one compiled step, the last batch
+        included. Padded rows must weigh 0 (:func:`kerascope.training.whole.sample_weights`)."""
+        rows = self.batch_rows(index)
+        real = len(rows)
+        if real < self.batch_size:
+            rows = np.concatenate([rows, np.full(self.batch_size - real, rows[0], rows.dtype)])
+        return rows, real
+
     def load_rows(self, rows: np.ndarray) -> np.ndarray:
         """The images of ``rows`` as one batch: cached rows from the memmap, others decoded."""
         images = np.empty((len(rows), *self.image_size, 3), dtype=np.uint8)

@@ -147,8 +147,9 @@ def classifier_head(
             named("fc")
         else:
             raise ConfigError(f"head: unknown part {part!r}; {_HEAD_HELP}")
+    # float32 whatever the precision: a softmax in bfloat16 keeps 3 significant digits
     return L.Dense(num_classes, activation="softmax", kernel_initializer=init(0),
-                   name="predictions")(x)  # fmt: skip
+                   dtype="float32", name="predictions")(x)  # fmt: skip
 
 
 def _is_batchnorm(layer: Any) -> bool:

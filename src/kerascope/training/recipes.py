@@ -23,9 +23,15 @@ A run may change any of these: the head (``heads.parse_head``: the seed's Flatte
 -> Dropout 0.5, the guide's GAP -> Dense 1024), the optimizer, rate, SGD momentum and schedule
 of each stage (``optimizers``), what fine-tuning unfreezes, the augmentation.
 
-Every model takes RGB 0..255 and holds its scaling and augmentation as layers, so a saved
-model classifies raw pixels like any zoo model (Keras augmentation layers are identities at
-inference).
+Every model takes RGB 0..255 and holds its scaling as layers, so a saved model classifies raw
+pixels like any zoo model. Augmentation is not part of the model: the trainers apply it to the
+batch (``kerascope.data.augment``: one definition, a Pillow executor on the host and a device
+executor inside the jitted step), so what is trained is what is saved.
+
+Precision: a model is built in float32; :func:`set_precision` switches the layers a stage trains
+to a Keras mixed policy (float32 weights, bfloat16/float16 compute), the output layer kept in
+float32 (a softmax in bfloat16 rounds probabilities to 3 significant digits), and
+:func:`inference_model` switches everything back before the model is saved.
 """
 
 from __future__ import annotations
@@ -34,7 +40,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from kerascope.data.augment import AugmentConfig, build_augmentation
+from kerascope.data.augment import AugmentConfig
 from kerascope.errors import ConfigError
 from kerascope.training import heads
 from kerascope.training.optimizers import make_optimizer  # noqa: F401  (benchmarks use it here)
@@ -153,7 +159,10 @@ def build_model(
     pool: str = "avg",
     head: Sequence[str] | None = None,
 ) -> Any:
-    """The recipe's network: Input (RGB 0..255) -> augmentation -> body -> head -> softmax.
+    """The recipe's network: Input (RGB 0..255) -> body -> head -> softmax, in float32.
+
+    ``augment`` is not built in (the trainers augment the batch; kept in the signature so
+    callers that pass the recipe's config still work).
 
     For ``transfer``/``finetune`` the body is the zoo backbone as a nested model, frozen, so
     the explain module finds its last conv layer and a checkpoint keeps its weight names.
@@ -166,7 +175,7 @@ def build_model(
 
     dropout = recipe.dropout if dropout is None else dropout
     inputs = keras.Input(shape=(*image_size, 3), name="image")
-    x = build_augmentation(augment or NO_AUGMENT, seed=seed)(inputs)
+    x = inputs
     # The head is seeded here, not by the global seed: building a backbone may draw random
     # numbers (a first build ports the weights), and the head must not depend on it.
     if recipe.name == "features":
@@ -264,21 +273,39 @@ def _lenet(x: Any, num_classes: int) -> Any:
 
 
 def inference_model(model: Any) -> Any:
-    """The trained network without its augmentation layers, sharing their weights: what is
-    saved as ``model.keras``.
+    """The trained network as it is saved as ``model.keras``: every layer back in float32.
 
-    Augmentation is an identity at inference, so predictions are the same; leaving it out
-    keeps the saved graph loadable (Keras 3.15 cannot deserialize ``RandomShear``: its config
-    holds ``x_factor=[-0.2, 0.2]``, which its constructor rejects) and convertible to ONNX
-    for the fast CPU engine.
+    Training may have run layers under a mixed policy (:func:`set_precision`); the weights
+    are float32 either way, so only the compute dtype changes and the saved file is the same
+    whatever precision trained it (inference picks its own with ``--precision``). Models of
+    older kerascope versions had an ``augmentation`` layer up front; it is left out here.
     """
     import keras
+
+    set_precision(model, "float32")
+    if not any(layer.name == "augmentation" for layer in model.layers):
+        return model
 
     def call(layer: Any, *args: Any, **kwargs: Any) -> Any:
         return args[0] if layer.name == "augmentation" else layer(*args, **kwargs)
 
     return keras.models.clone_model(model, clone_function=lambda layer: layer,
                                     call_function=call)  # fmt: skip
+
+
+def set_precision(model: Any, precision: str) -> None:
+    """Run ``model``'s layers in ``precision`` (``float32``, ``bfloat16``, ``float16``) with
+    float32 weights, its output layers in float32. Nested models included; the weights are
+    untouched, so this can change between stages and back before saving."""
+    import keras
+
+    from kerascope.precision import dtype_policy
+
+    policy = dtype_policy(precision)
+    outputs = {id(t._keras_history.operation) for t in model.outputs}
+    for layer in model._flatten_layers(include_self=True, recursive=True):
+        if not isinstance(layer, keras.layers.InputLayer):
+            layer.dtype_policy = "float32" if id(layer) in outputs else policy
 
 
 def backbone_of(model: Any) -> Any | None:

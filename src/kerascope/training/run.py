@@ -55,6 +55,7 @@ from kerascope.training.progress import TrainProgress  # noqa: E402
 from kerascope.training.recipes import class_weights  # noqa: E402
 from kerascope.training.settings import load_config, resolve_config, save_config  # noqa: E402
 from kerascope.training.split import PrefixSequence, SplitModel, split_model  # noqa: E402
+from kerascope.training.whole import AugmentedTrainer, DeviceFeed  # noqa: E402
 
 MONITOR = "val_loss"  # finer-grained than accuracy on small validation sets, where it ties
 
@@ -105,6 +106,7 @@ def train(
     momentum: float | None = None,
     lr_schedule: str | list[str] | None = None,
     weights: str | os.PathLike | list[str] | None = None,
+    precision: str | None = None,
 ) -> RunResult:
     """Train ``recipe`` on the class folders in ``data`` and write a run directory.
 
@@ -157,6 +159,11 @@ def train(
             ``cosine`` (to 0 over the stage); one for every stage, or a list.
         weights: the backbone's weights file (default: the zoo's ImageNet file); for
             ``features`` one per backbone, as a list or comma-separated.
+        precision: ``auto`` (default, or ``KERASCOPE_PRECISION``: bfloat16 on devices that
+            compute it natively, else float32), ``float32``, ``bfloat16`` or ``float16``: the
+            compute type of the layers being trained, under Keras mixed policies (float32
+            weights, the output layer in float32, loss scaling for float16). Stored resolved
+            in ``config.yaml``; a resume keeps the run's unless given.
 
     Raises:
         kerascope.data.DatasetError: the dataset cannot be trained on (message says why).
@@ -175,6 +182,10 @@ def train(
         run_dir = Path(resume)
         config = load_config(run_dir)
         given = _given_options(locals())
+        if precision is not None:  # not the network's shape: a resume may change it
+            from kerascope.precision import resolve_precision
+
+            config["precision"] = resolve_precision(precision)
     else:
         if data is None:
             raise ConfigError("train needs a dataset folder (or resume=RUN_DIR)")
@@ -182,7 +193,8 @@ def train(
                                 val_split, skip_bad, class_weight, unfreeze, augment,
                                 image_size, patience, layer=layer, pool=pool, head=head,
                                 dropout=dropout, optimizer=optimizer, momentum=momentum,
-                                lr_schedule=lr_schedule, weights=weights)  # fmt: skip
+                                lr_schedule=lr_schedule, weights=weights,
+                                precision=precision)  # fmt: skip
         run_dir = Path(config["output"])
         if run_dir.exists() and not (run_dir / "config.yaml").exists():
             _check_new_output(run_dir)  # a file or someone's folder: refused, no lock left there
@@ -264,7 +276,7 @@ def _train(run_dir: Path, config: dict[str, Any], resumed: bool, engine: str | N
     seqs = make_sequences(dataset, tuple(config["image_size"]), config["batch_size"],
                           config["seed"], cache=True)  # fmt: skip
     for seq in (seqs["train"], seqs["validation"]):
-        seq.fill_cache()
+        seq.fill_cache()  # decoded once, on every core
     keras.utils.set_random_seed(config["seed"])
     augment_cfg = AugmentConfig(**config["augment"]) if config["augment"] else None
     model = recipes.build_model(recipe_, len(dataset.classes), tuple(config["image_size"]),
@@ -277,6 +289,9 @@ def _train(run_dir: Path, config: dict[str, Any], resumed: bool, engine: str | N
     state = read_state(run_dir)
     verbose = (1 if sys.stdout.isatty() else 0) if progress else 0
     split = use_split(engine, augmented=bool(config["augment"]))
+    config.setdefault("precision", "float32")  # runs made before --precision trained so
+    if progress:
+        print(f"precision: {config['precision']} (weights float32)")
     trained_here = False
     try:
         for index, stage in enumerate(config["stages"]):
@@ -349,11 +364,20 @@ def _run_stage(model, run_dir: Path, config: dict, index: int, stage: dict, seqs
     best = run_dir / "best.weights.h5"
     if index > 0 and best.is_file() and backup_epoch(backup) is None:
         model.load_weights(best)  # stage 2 starts from stage 1's best, as the guide does
+    recipes.set_precision(model, "float32")  # the prefix is compiled in float32
     parts = split_model(model) if split else None
-    trained = parts.suffix if parts else model
+    augment = AugmentConfig(**config["augment"]) if config["augment"] else None
+    if parts is not None:
+        trained = parts.suffix
+    else:
+        trained = AugmentedTrainer(model, augment.fill_mode if augment else "nearest")
+    precision = config.get("precision", "float32")
+    recipes.set_precision(parts.suffix if parts else model, precision)
     steps = len(seqs["train"]) * stage["epochs"]
     optimizer = make_optimizer(stage["optimizer"], stage["lr"], stage.get("momentum"),
                                stage.get("schedule"), steps)  # fmt: skip
+    if precision == "float16":  # float16 gradients underflow without loss scaling
+        optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
     trained.compile(optimizer=optimizer, loss="sparse_categorical_crossentropy",
                     metrics=["accuracy"])  # fmt: skip
     start = sum(s["epochs"] for s in config["stages"][:index])
@@ -373,14 +397,20 @@ def _run_stage(model, run_dir: Path, config: dict, index: int, stage: dict, seqs
             cut = f"from '{parts.cut}' on" if parts.cut else "head only"
             print(f"  split training: frozen prefix on {engine_name(parts.prefix)}, "
                   f"Keras trains {cut}")  # fmt: skip
-    train_data, val_data = seqs["train"], seqs["validation"]
+        else:
+            where = "augmented on the device inside" if augment else "cast inside"
+            print(f"  whole graph in Keras: uint8 batches {where} the compiled train step")
+    # Full-shape batches (one compiled step), class weights folded into the sample weights.
     if parts is not None:
-        train_data, val_data = _prefix_sequences(parts, seqs, config, run_dir, progress)
+        train_data, val_data = _prefix_sequences(parts, seqs, config, run_dir, progress, weights)
+    else:
+        train_data = DeviceFeed(seqs["train"], augment, config["seed"], weights)
+        val_data = DeviceFeed(seqs["validation"], None, config["seed"])
     # Order matters for a kill between two of them: the history row and the best weights of
     # an epoch are written before its backup, so a resume redoes that epoch (same numbers)
     # rather than skipping past an epoch that history.csv or best.weights.h5 lacks.
     callbacks = [
-        _EpochLog(run_dir, index + 1),
+        _EpochLog(run_dir, index + 1, len(seqs["train"].paths)),
         BestCheckpoint(model, best, monitor=MONITOR),
         Backup(backup),
         keras.callbacks.EarlyStopping(monitor=MONITOR, patience=config["patience"]),
@@ -390,11 +420,12 @@ def _run_stage(model, run_dir: Path, config: dict, index: int, stage: dict, seqs
     trained._initial_epoch = None  # set by a previous stage's BackupAndRestore, never reset
     with fast_convs():
         trained.fit(train_data, validation_data=val_data, epochs=end, initial_epoch=start,
-                    callbacks=callbacks, class_weight=weights, shuffle=False,
+                    callbacks=callbacks, shuffle=False,
                     verbose=verbose)  # fmt: skip
 
 
-def _prefix_sequences(parts: SplitModel, seqs, config: dict, run_dir: Path, progress: bool):
+def _prefix_sequences(parts: SplitModel, seqs, config: dict, run_dir: Path, progress: bool,
+                      class_weight: dict | None = None):  # fmt: skip
     """Train and validation batches through the stage's compiled prefix; validation (and
     training without augmentation) runs the prefix once and reuses its outputs."""
     from kerascope.inference import compiled
@@ -407,7 +438,9 @@ def _prefix_sequences(parts: SplitModel, seqs, config: dict, run_dir: Path, prog
     out = []
     for name, aug in (("train", augment), ("validation", None)):
         bar = _precompute_bar(name, progress) if aug is None else None
-        out.append(PrefixSequence(seqs[name], forward, aug, scratch=scratch, progress=bar))
+        weights = class_weight if name == "train" else None
+        out.append(PrefixSequence(seqs[name], forward, aug, scratch=scratch, progress=bar,
+                                  class_weight=weights))  # fmt: skip
     return out
 
 
@@ -425,25 +458,51 @@ def _precompute_bar(split: str, progress: bool):
 
 class _EpochLog(keras.callbacks.Callback):
     """Appends each epoch to ``history.csv`` (rewriting epochs redone after a resume) and
-    records the stage and epoch in ``run_state.json``."""
+    records the stage and epoch in ``run_state.json``.
 
-    def __init__(self, run_dir: Path, stage: int):
+    ``train_seconds`` is the epoch's training alone (validation excluded; the device is
+    waited for, so queued asynchronous steps count), ``images_per_second`` the training
+    images over it: the steady throughput is this column from the second epoch of a stage on
+    (the first includes compilation)."""
+
+    def __init__(self, run_dir: Path, stage: int, images: int = 0):
         super().__init__()
-        self.run_dir, self.stage = run_dir, stage
+        self.run_dir, self.stage, self.images = run_dir, stage, int(images)
         self.started = time.perf_counter()
+        self.trained: float | None = None
+        self.last: Any = None
 
     def on_epoch_begin(self, epoch: int, logs=None) -> None:
         self.started = time.perf_counter()
+        self.trained, self.last = None, None
+
+    def on_train_batch_end(self, batch: int, logs=None) -> None:
+        self.last = logs
+
+    def on_test_begin(self, logs=None) -> None:
+        if self.trained is None:
+            self.trained = self._train_end()
+
+    def _train_end(self) -> float:
+        """Now, once the last step's results exist (JAX returns before computing them)."""
+        if self.last:
+            for value in self.last.values():
+                with contextlib.suppress(Exception):
+                    float(keras.ops.convert_to_numpy(value))
+        return time.perf_counter() - self.started
 
     def on_epoch_end(self, epoch: int, logs=None) -> None:
+        trained = self.trained if self.trained is not None else self._train_end()
         logs = logs or {}
         path = self.run_dir / "history.csv"
         rows = [r for r in read_history(path) if r["epoch"] <= epoch]
         lr = keras.ops.convert_to_numpy(self.model.optimizer.learning_rate)
         row = {k: logs.get(k) for k in ("loss", "accuracy", "val_loss", "val_accuracy")}
         seconds = round(time.perf_counter() - self.started, 3)
+        rate = round(self.images / trained, 1) if trained > 0 and self.images else None
         rows.append({"epoch": epoch + 1, "stage": self.stage, **row, "lr": float(lr),
-                     "seconds": seconds})  # fmt: skip
+                     "seconds": seconds, "train_seconds": round(trained, 3),
+                     "images_per_second": rate})  # fmt: skip
         write_history(path, rows)
         state = {**read_state(self.run_dir), "stage": self.stage, "epoch": epoch + 1}
         write_state(self.run_dir, {**state, "status": "running"})

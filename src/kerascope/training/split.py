@@ -34,6 +34,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
 from kerascope.data.loader import FolderSequence  # noqa: E402
+from kerascope.training.whole import row_weights, sample_weights  # noqa: E402
 
 # Prefix outputs above this size are kept in a memory-mapped file, not in RAM.
 IN_MEMORY_BYTES = 1 << 30
@@ -206,8 +207,9 @@ def _replay(nodes: list, values: dict, call: Callable = _call) -> dict:
 
 
 class PrefixSequence(keras.utils.PyDataset):
-    """``(boundary tensors, labels)`` batches: a :class:`FolderSequence`'s uint8 images,
-    augmented, through the compiled prefix.
+    """``(boundary tensors, labels, sample weights)`` batches: a :class:`FolderSequence`'s
+    uint8 images, augmented, through the compiled prefix; every batch full-size (the last one
+    padded with weight-0 rows) and ``class_weight`` folded into the weights.
 
     Without ``augment`` every image's prefix outputs are computed once (:meth:`precompute`)
     and batches are gathered from them in the wrapped sequence's order, epoch after epoch.
@@ -220,12 +222,14 @@ class PrefixSequence(keras.utils.PyDataset):
         augment: Callable[[np.ndarray, int, int], np.ndarray] | None = None,
         scratch: str | os.PathLike | None = None,
         progress: Callable[[int, int], None] | None = None,
+        class_weight: dict[int, float] | None = None,
     ):
         # Two threads: one batch's augmentation (Pillow, GIL released) overlaps the other's
         # prefix (onnxruntime): measured 2x the img/s of one thread for transfer on 2 cores.
         super().__init__(workers=2, use_multiprocessing=False, max_queue_size=4)
         self.images, self.forward, self.augment = images, forward, augment
         self.scratch = Path(scratch) if scratch else None
+        self.row_weight = row_weights(images, class_weight)
         self.outputs: list[np.ndarray] | None = None
         if augment is None:
             self.precompute(progress)
@@ -243,14 +247,16 @@ class PrefixSequence(keras.utils.PyDataset):
     def on_epoch_end(self) -> None:
         self.images.on_epoch_end()
 
-    def __getitem__(self, index: int) -> tuple[Any, np.ndarray]:
-        rows = self.images.batch_rows(index)
+    def __getitem__(self, index: int) -> tuple[Any, np.ndarray, np.ndarray]:
+        # Full-size batches (the last one padded, weight 0): the suffix's step compiles once.
+        rows, real = self.images.padded_rows(index)
         labels = self.images.labels[rows]
+        weights = sample_weights(labels, real, self.row_weight)
         if self.outputs is not None:
-            return _pack([out[rows] for out in self.outputs]), labels
+            return _pack([out[rows] for out in self.outputs]), labels, weights
         pixels = self.images.load_rows(rows)
         pixels = self.augment(pixels, self.epoch, index)
-        return _pack(_as_list(self.forward(pixels))), labels
+        return _pack(_as_list(self.forward(pixels))), labels, weights
 
     def precompute(self, progress: Callable[[int, int], None] | None = None) -> None:
         """Run every image through the prefix once, in file order."""

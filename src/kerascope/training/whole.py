@@ -1,0 +1,146 @@
+"""Whole-graph training (``--engine keras``, the GPU default with augmentation): the uint8
+batch goes to the device as it is, and augmentation, cast, forward, backward and update run in
+the one jitted Keras train step.
+
+Two pieces:
+
+* :class:`AugmentedTrainer`, a ``keras.Model`` around the network being trained. It takes
+  ``{"image": uint8 batch, "matrices": (N, 2, 3)}`` and resamples the batch on the device with
+  :func:`kerascope.data.augment.warp` before calling the network; plain images (validation,
+  no augmentation) are only cast. Its variables *are* the network's, so training it trains the
+  network, and ``model.keras`` is saved from the network: no augmentation, no extra input.
+* :class:`DeviceFeed`, the batches: the decoded-once uint8 cache, the augmentation matrices of
+  :func:`kerascope.data.augment.sample_matrices` (the one definition, same draws as the CPU
+  trainer's Pillow executor), labels and sample weights. Every batch has the full batch shape,
+  the last partial one padded with weight-0 rows, so the step compiles once per stage, not
+  again for the last batch. On an accelerator each batch is ``jax.device_put`` by the worker
+  thread that prepared it, so the next batches are already on the device (prefetch depth =
+  the queue, at least 2) while the current one trains.
+
+Weights: real rows weigh ``steps * batch / images`` (times the class weight), padding 0, so an
+epoch's loss and accuracy are the exact means over its real images (Keras averages the batch
+means, each of ``batch`` rows).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from kerascope.config import ensure_backend
+
+ensure_backend()  # the user's backend (JAX if none is usable) before Keras loads
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+
+from kerascope.data.augment import AugmentConfig, sample_matrices, warp  # noqa: E402
+from kerascope.data.loader import FolderSequence  # noqa: E402
+
+PREFETCH = 4  # batches prepared (and transferred) ahead of the step
+
+
+class AugmentedTrainer(keras.Model):
+    """``network`` with the augmentation in front, for ``fit`` only (see the module doc)."""
+
+    def __init__(self, network: Any, fill_mode: str = "nearest", **kwargs: Any):
+        super().__init__(name=f"{network.name}_trainer", **kwargs)
+        self.network = network
+        self.fill_mode = fill_mode
+        self.built = True  # the network is built; nothing of its own to create
+
+    def call(self, inputs: Any, training: bool = False) -> Any:
+        if isinstance(inputs, dict):
+            x = warp(inputs["image"], inputs["matrices"], self.fill_mode)
+        else:
+            x = keras.ops.cast(inputs, "float32")
+        return self.network(x, training=training)
+
+
+def on_accelerator() -> bool:
+    """Whether the JAX backend computes on something other than the host CPU."""
+    if keras.backend.backend() != "jax":
+        return False
+    import jax
+
+    return jax.default_backend() != "cpu"
+
+
+class DeviceFeed(keras.utils.PyDataset):
+    """Full-shape batches ``(inputs, labels, sample_weights)`` of a :class:`FolderSequence`
+    for :class:`AugmentedTrainer` (see the module doc).
+
+    Args:
+        images: the uint8 batches (its batch size, order and epoch are used).
+        augment: the augmentation, or None for plain images (validation).
+        seed: the run's seed; batch ``b`` of epoch ``e`` draws ``(seed, e, b)``.
+        class_weight: ``{class index: weight}`` folded into the sample weights.
+        workers: threads preparing batches (a cache read and a transfer each).
+        transfer: ``jax.device_put`` each batch in the worker (default: on an accelerator).
+    """
+
+    def __init__(
+        self,
+        images: FolderSequence,
+        augment: AugmentConfig | None = None,
+        seed: int = 0,
+        class_weight: dict[int, float] | None = None,
+        workers: int | None = None,
+        transfer: bool | None = None,
+    ):
+        workers = workers or max(2, min(PREFETCH, os.cpu_count() or 1))
+        super().__init__(workers=workers, use_multiprocessing=False, max_queue_size=PREFETCH)
+        self.images, self.seed = images, int(seed)
+        self.augment = None if augment is None or augment.is_identity else augment
+        self.row_weight = row_weights(images, class_weight)
+        self.transfer = on_accelerator() if transfer is None else transfer
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    @property
+    def epoch(self) -> int:
+        return self.images.epoch
+
+    def set_epoch(self, epoch: int) -> None:
+        self.images.set_epoch(epoch)
+
+    def on_epoch_end(self) -> None:
+        self.images.on_epoch_end()
+
+    def __getitem__(self, index: int) -> tuple[Any, np.ndarray, np.ndarray]:
+        seq = self.images
+        rows, real = seq.padded_rows(index)  # one shape: no second compile for the last batch
+        size = len(rows)
+        pixels = seq.load_rows(rows)
+        labels = seq.labels[rows]
+        weights = sample_weights(labels, real, self.row_weight)
+        inputs: Any = pixels
+        if self.augment is not None:
+            height, width = pixels.shape[1:3]
+            matrices = sample_matrices(self.augment, self.seed, self.epoch, index, size, height,
+                                       width)  # fmt: skip
+            inputs = {"image": pixels, "matrices": matrices}
+        batch = (inputs, labels, weights)
+        if self.transfer:
+            import jax
+
+            batch = jax.device_put(batch)
+        return batch
+
+
+def row_weights(images: FolderSequence, class_weight: dict[int, float] | None) -> np.ndarray:
+    """Per class, the sample weight of a real row: ``steps * batch / images`` times the class
+    weight, so that with padded batches (Keras averages batch means of ``batch`` rows each) an
+    epoch's loss and accuracy are the exact means over its real images."""
+    weights = np.full(len(images.classes), len(images) * images.batch_size / len(images.paths),
+                      np.float32)  # fmt: skip
+    for index, value in (class_weight or {}).items():
+        weights[int(index)] *= float(value)
+    return weights
+
+
+def sample_weights(labels: np.ndarray, real: int, row_weight: np.ndarray) -> np.ndarray:
+    """A padded batch's sample weights: each real row its class's, padding 0."""
+    weights = row_weight[labels].astype(np.float32)
+    weights[real:] = 0.0
+    return weights
