@@ -18,7 +18,8 @@ import numpy as np
 
 from kerascope.files import atomic_open, atomic_path, write_text
 
-HISTORY_FIELDS = ("epoch", "stage", "loss", "accuracy", "val_loss", "val_accuracy", "lr", "seconds")
+HISTORY_FIELDS = ("epoch", "stage", "loss", "accuracy", "val_loss", "val_accuracy", "lr", "seconds",
+                  "train_seconds", "images_per_second")
 
 
 def read_history(path: str | os.PathLike) -> list[dict[str, float]]:
@@ -112,7 +113,7 @@ def write_run_report(
         "",
         f"Recipe **{config['recipe']}** ({body}{size} px, batch {config['batch_size']}): "
         f"{stages}; seed {config['seed']}, Keras {config['versions']['keras']} on "
-        f"{config['backend']}.",
+        f"{config['backend']}, precision {config.get('precision', 'float32')}.",
         "",
         *_model_notes(config),
         "## Data",

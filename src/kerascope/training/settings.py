@@ -56,8 +56,14 @@ def resolve_config(
     momentum: float | None = None,
     lr_schedule: str | Sequence[str] | None = None,
     weights: str | os.PathLike | Sequence[str | os.PathLike] | None = None,
+    precision: str | None = None,
 ) -> dict[str, Any]:
-    """Every setting of a run as plain data, defaults filled in (written as ``config.yaml``)."""
+    """Every setting of a run as plain data, defaults filled in (written as ``config.yaml``).
+
+    ``precision`` is stored resolved (``auto`` becomes what this device computes in)."""
+    from kerascope.precision import resolve_precision
+
+    precision_ = resolve_precision(precision)
     r = get_recipe(recipe)
     backbone = resolve_backbone(r, backbone)
     if r.name != "features" and (layer is not None or pool != "avg"):
@@ -104,6 +110,7 @@ def resolve_config(
         "dropout": dropout,
         "weights": weights_,
         "patience": int(patience if patience is not None else r.patience),
+        "precision": precision_,
         "monitor": "val_loss",
         "backend": keras_backend(),
         "versions": versions(),
