@@ -380,3 +380,101 @@ def test_every_help_shows_the_defaults(command, shown, capsys):
     text = " ".join(capsys.readouterr().out.split())
     assert shown in text
     assert "(default: None)" not in text
+
+
+def _copy_run(lenet_run: Path, to: Path, finished: bool = True) -> Path:
+    """A copy of the finished LeNet run; unfinished: its model gone, its state interrupted
+    after stage 1's first epoch (as a Ctrl-C leaves it)."""
+    run = Path(shutil.copytree(lenet_run, to))
+    if not finished:
+        (run / "model.keras").unlink()
+        (run / "run_state.json").write_text('{"stage": 1, "epoch": 1, "status": "interrupted"}')
+    return run
+
+
+@pytest.mark.parametrize(
+    "state", [None, "{}", "garbage\n", "[1, 2]", '{"completed_stages": "two"}', "\x00" * 64]
+)
+def test_a_finished_run_is_never_retrained_whatever_its_state_file_holds(
+    lenet_run, tmp_path, capsys, state
+):
+    """Before: a missing, empty or garbage state resumed from scratch (exit 0, model.keras
+    replaced by a new training); a list was an AttributeError traceback."""
+    run = _copy_run(lenet_run, tmp_path / "run")
+    if state is None:
+        (run / "run_state.json").unlink()
+    else:
+        (run / "run_state.json").write_text(state)
+    model, history = (run / "model.keras").read_bytes(), (run / "history.csv").read_text()
+    assert main(["train", "--resume", str(run)]) == 2
+    line = _one_line_error(capsys.readouterr().err)
+    if state in (None, "{}"):
+        assert "already finished" in line and str(run / "model.keras") in line
+    else:
+        assert f"'{run / 'run_state.json'}' is damaged" in line and "will not guess" in line
+    assert (run / "model.keras").read_bytes() == model
+    assert (run / "history.csv").read_text() == history
+    with pytest.raises(RunError):
+        train(resume=run, progress=False)
+
+
+def test_an_unfinished_run_with_a_damaged_state_is_refused_not_restarted(
+    lenet_run, shapes32, tmp_path, capsys
+):
+    run = _copy_run(lenet_run, tmp_path / "run", finished=False)
+    (run / "run_state.json").write_text('{"stage": 1, "epo')  # cut short
+    history = (run / "history.csv").read_text()
+    assert main(["train", "--resume", str(run)]) == 2
+    assert "is damaged (not JSON" in _one_line_error(capsys.readouterr().err)
+    assert (run / "history.csv").read_text() == history and not (run / "model.keras").exists()
+    # a new run into that folder names the same damage (it holds a run all the same)
+    assert main(["train", str(shapes32), "--recipe", "lenet", "-o", str(run)]) == 2
+    assert "run_state.json' is damaged" in _one_line_error(capsys.readouterr().err)
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "shown"),
+    [("batch_size", -3, "'batch_size' -3"), ("batch_size", 0, "'batch_size' 0"),
+     ("image_size", [0, 32], "'image_size' [0, 32]"), ("patience", -1, "'patience' -1"),
+     ("lr", -0.1, "'stages[1].lr' -0.1"), ("epochs", 0, "'stages[1].epochs' 0"),
+     ("stages", [], "has no stages")],
+)  # fmt: skip
+def test_resume_refuses_impossible_settings_in_config_yaml(
+    lenet_run, tmp_path, capsys, key, value, shown
+):
+    """Before: ``batch_size: -3`` (and the others) reached Keras and ended in a traceback."""
+    import yaml
+
+    run = _copy_run(lenet_run, tmp_path / "run", finished=False)
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    if key in ("lr", "epochs"):
+        config["stages"][0][key] = value
+    else:
+        config[key] = value
+    (run / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    history = (run / "history.csv").read_text()
+    assert main(["train", "--resume", str(run)]) == 2
+    line = _one_line_error(capsys.readouterr().err)
+    assert "config.yaml' " in line and shown in line and "restore it" in line
+    assert (run / "history.csv").read_text() == history and not (run / "model.keras").exists()
+
+
+def test_train_on_a_read_only_file_system_is_one_line(lenet_run, shapes32, capsys):
+    """Before: EROFS from the run folder's mkdir (a new run) or its lock (a resume) was a
+    traceback."""
+    from .readonly import read_only
+
+    def fill(folder: Path) -> None:
+        _copy_run(lenet_run, folder / "unfinished", finished=False)
+
+    with read_only(fill) as disk:
+        new = disk / "new"
+        assert main(["train", str(shapes32), "--recipe", "lenet", "-o", str(new)]) == 2
+        line = _one_line_error(capsys.readouterr().err)
+        assert f"'{new}'" in line and ("read-only" in line or "permission denied" in line)
+        assert not new.exists()
+        run = disk / "unfinished"
+        assert main(["train", "--resume", str(run)]) == 2
+        line = _one_line_error(capsys.readouterr().err)
+        assert str(run) in line and ("read-only" in line or "permission denied" in line)
+        assert not (run / "model.keras").exists()

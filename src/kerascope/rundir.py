@@ -8,6 +8,9 @@ directory before they load a model.
 * ``labels.json``: ``{"classes": [...]}``, the model's output order.
 * ``split.json``: the dataset folder and, per split, the files (relative to it) the run used,
   so ``evaluate`` can score the held-out ones and warn when a scored image was trained on.
+* ``run_state.json``: where the run stands (`read_state`). A folder with a ``model.keras`` is a
+  finished run unless its state says otherwise, and a damaged state is refused in one line:
+  guessing "start over" retrained finished runs and replaced their model without a word.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from kerascope.errors import RunError
-from kerascope.files import write_json
+from kerascope.files import output_error, write_json
 
 LOCK_NAME = ".lock"
 SPLIT_NAME = "split.json"
@@ -40,10 +43,16 @@ def lock_run(run_dir: str | os.PathLike, create: bool = False) -> Iterator[Path]
 
     folder = Path(run_dir)
     made = create and not folder.exists()
-    if create:
-        folder.mkdir(parents=True, exist_ok=True)
     lock = folder / LOCK_NAME
-    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        if create:
+            folder.mkdir(parents=True, exist_ok=True)
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
+    except FileExistsError:  # a file where the run's folder (or a parent) should be
+        raise RunError(f"output '{folder}' is a file (or lies under one): choose a folder "
+                       "for the run") from None  # fmt: skip
+    except OSError as exc:  # a read-only file system, no permission
+        raise output_error(folder, exc) from None
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -80,13 +89,50 @@ def _busy_message(folder: Path, fd: int) -> str:
             "finish, or choose another --output")  # fmt: skip
 
 
+_STATE_FIELDS = {"status": str, "completed_stages": int, "stage": int, "epoch": int}
+
+
 def read_state(run_dir: str | os.PathLike) -> dict[str, Any]:
-    """``run_state.json`` (which stage and epoch, running / done / ...); {} when absent or
-    unreadable: a run killed before its first state write starts from the beginning."""
+    """``run_state.json`` (which stage and epoch, running / done / ...).
+
+    A missing or empty state means the run never recorded an epoch, so it starts from its
+    backups, unless the folder holds a ``model.keras``: then the run finished (the state is
+    written before the model, and says "done" after it), whatever removed the state, and it
+    reads ``{"status": "done"}`` so that nothing retrains it and replaces its model. A state
+    that is not a JSON object of the expected fields is refused (RunError, one line): how far
+    the run got is then unknown, and no guess may retrain it.
+    """
+    path = Path(run_dir) / STATE_NAME
     try:
-        return json.loads((Path(run_dir) / STATE_NAME).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
+        text = path.read_bytes()
+    except FileNotFoundError:
+        state: Any = {}
+    except OSError as exc:
+        raise RunError(f"cannot read '{path}' ({_first_line(exc)}): {_STATE_FIX}") from None
+    else:
+        try:
+            state = json.loads(text.decode("utf-8"))
+        except ValueError as exc:
+            raise RunError(_damaged_state(path, f"not JSON: {_first_line(exc)}")) from None
+    if not isinstance(state, dict):
+        raise RunError(_damaged_state(path, f"a JSON {type(state).__name__}, not an object"))
+    for key, kind in _STATE_FIELDS.items():
+        value = state.get(key)
+        if value is not None and (not isinstance(value, kind) or isinstance(value, bool)):
+            raise RunError(_damaged_state(path, f"its '{key}' is {value!r}"))
+    if state.get("status") is None and (Path(run_dir) / "model.keras").is_file():
+        return {**state, "status": "done"}
+    return state
+
+
+_STATE_FIX = ("kerascope will not guess how far the run got (a guess could train it again "
+              "and replace its model): restore the file, delete it to continue from the "
+              "backups that remain (a run with a model.keras then counts as finished), or "
+              "start a new run")  # fmt: skip
+
+
+def _damaged_state(path: Path, why: str) -> str:
+    return f"'{path}' is damaged ({why}); {_STATE_FIX}"
 
 
 def write_state(run_dir: str | os.PathLike, state: dict[str, Any]) -> None:

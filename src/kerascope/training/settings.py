@@ -368,9 +368,40 @@ def _config_problem(config: Any) -> str | None:
             continue
         if not isinstance(value, kind) or isinstance(value, bool):
             return f"has no valid '{key}'"
+    if not config["stages"]:
+        return "has no stages"
     for stage in config["stages"]:
         if not isinstance(stage, dict) or not {"optimizer", "lr", "epochs"} <= set(stage):
             return "has a stage without optimizer, lr and epochs"
     if config["recipe"] not in RECIPES:
         return f"names an unknown recipe {config['recipe']!r}"
+    return _range_problem(config)
+
+
+def _range_problem(config: dict[str, Any]) -> str | None:
+    """A value no run could have been started with (an edited or damaged file): each is
+    checked here, where ``train`` checks it for a new run, rather than deep in a ``fit``."""
+    size = config["image_size"]
+    if len(size) != 2 or not all(_number(v, int) and v >= 1 for v in size):
+        return f"has an invalid 'image_size' {size!r} (two whole numbers of at least 1)"
+    checks = [("batch_size", config["batch_size"], 1, "a whole number of at least 1"),
+              ("patience", config["patience"], 0, "a whole number of at least 0")]  # fmt: skip
+    for i, stage in enumerate(config["stages"], 1):
+        checks.append((f"stages[{i}].epochs", stage["epochs"], 1, "a whole number of at least 1"))
+    for key, value, low, rule in checks:
+        if not _number(value, int) or value < low:
+            return f"has an invalid '{key}' {value!r} ({rule})"
+    for i, stage in enumerate(config["stages"], 1):
+        lr = stage["lr"]
+        if not _number(lr, float) or not 0.0 < lr < float("inf"):
+            return f"has an invalid 'stages[{i}].lr' {lr!r} (a number above 0)"
+    split = config["val_split"]
+    if not 0.0 <= split < 1.0:
+        return f"has an invalid 'val_split' {split!r} (a number in [0, 1))"
     return None
+
+
+def _number(value: Any, kind: type) -> bool:
+    """An int (or, for float, any real number), never a bool."""
+    allowed = (int, float) if kind is float else (int,)
+    return isinstance(value, allowed) and not isinstance(value, bool)
