@@ -145,11 +145,11 @@ class StateUnpickler(RecordUnpickler):
         self,
         file: BinaryIO,
         storages: dict[str, Storage],
-        loader: Callable[[str, np.dtype], np.ndarray] | None = None,
+        loader: Callable[[str, np.dtype, int], np.ndarray] | None = None,
     ) -> None:
         super().__init__(file)
         self._storages = storages
-        self._loader = loader  # zip format: reads a storage's bytes when first named
+        self._loader = loader  # zip format: reads a storage's numel elements when first named
 
     def find_class(self, module: str, name: str) -> Any:
         if (module, name) in _GLOBALS:
@@ -177,7 +177,7 @@ class StateUnpickler(RecordUnpickler):
         if storage is None:
             storage = Storage(key, storage_type.dtype, numel if self._loader is None else None)
             if self._loader is not None:
-                storage.data = self._loader(key, storage.dtype)
+                storage.data = self._loader(key, storage.dtype, numel)
             self._storages[key] = storage
         elif storage.dtype != storage_type.dtype:
             raise TorchFileError(f"storage {brief(key)} is used with two dtypes")

@@ -9,7 +9,11 @@ torch < 0.4 is refused.
 Every file is treated as hostile. Each pickle record goes through a restricted unpickler
 (`kerascope.zoo.torch_format`) that knows only the globals a tensor checkpoint needs; a storage
 is never larger than the bytes the file actually holds; every tensor's size, stride and offset
-are checked against its storage before it is viewed. Anything else raises `TorchFileError`.
+are checked against its storage before it is viewed. The work is bounded as well as the bytes:
+a zip's entries may not overlap (a few KB could otherwise be read as gigabytes, and Python
+3.11's zipfile does not check), and the unpickled record is converted with a memo (an object
+referenced twice is built once), a cap on nesting and a cap on the objects it stands for once
+expanded (lists that each hold the previous one twice). Anything else raises `TorchFileError`.
 """
 
 from __future__ import annotations
@@ -44,6 +48,15 @@ _DEFLATE_MAX_RATIO = 1032  # no deflate stream expands more than this
 # a few pickle bytes must not expand into gigabytes of copies of one storage.
 _COPY_FACTOR = 4
 _MAX_EMPTY_SHAPE = 1 << 48  # product of the non-zero dimensions of a zero-size tensor
+# A zip's entries together may expand to this many times the file (torch stores, never
+# deflates: a re-zipped checkpoint of float weights expands ~1.1x).
+_ZIP_EXPANSION = 64
+_LOCAL_HEADER = struct.Struct("<4s2B4HL2L2H")  # zipfile.structFileHeader
+# The state dict record: containers nested deeper than this, or standing for more objects
+# than this once every shared reference is expanded, are no tensor checkpoint (a large model's
+# state dict holds some 10^4 tensors, each a handful of objects).
+_MAX_DEPTH = 64
+_MAX_OBJECTS = 1 << 21
 
 
 class _NeedMore(Exception):
@@ -123,7 +136,48 @@ def _parse_legacy(buf: io.BytesIO, complete: bool, f: BinaryIO, file_size: int) 
     return result
 
 
-def _read_entry(archive: zipfile.ZipFile, name: str, file_size: int) -> bytes:
+def _check_entries(archive: zipfile.ZipFile, data: bytes) -> None:
+    """Refuse a zip whose entries overlap, run out of order or expand far beyond the file.
+
+    Each entry must start after the previous one ends (its local header, name, extra field and
+    compressed bytes) and the last must end before the central directory: overlapping entries
+    let a few KB of deflated zeros be read once per entry (a 56 KB file read as 1 GB).
+    """
+    infos = archive.infolist()
+    names = [i.filename for i in infos]
+    if len(set(names)) != len(names):
+        twice = next(n for n in names if names.count(n) > 1)
+        raise TorchFileError(f"zip archive lists {brief(twice)} twice")
+    end, previous = 0, None
+    for info in infos:
+        start = info.header_offset
+        header = data[start : start + _LOCAL_HEADER.size]
+        if len(header) < _LOCAL_HEADER.size or header[:4] != _ZIP_MAGIC:
+            raise TorchFileError(f"zip record {brief(info.filename)} has no local header")
+        fields = _LOCAL_HEADER.unpack(header)
+        if start < end:
+            raise TorchFileError(
+                f"zip records {brief(previous)} and {brief(info.filename)} overlap or are out "
+                f"of order (one starts at byte {start}, before byte {end})"
+            )
+        end = start + _LOCAL_HEADER.size + fields[10] + fields[11] + info.compress_size
+        previous = info.filename
+    directory = getattr(archive, "start_dir", len(data))
+    if end > directory:
+        raise TorchFileError(
+            f"zip record {brief(previous)} runs into the central directory (byte {end} > "
+            f"{directory})"
+        )
+    total, limit = sum(i.file_size for i in infos), _ZIP_EXPANSION * len(data) + (1 << 20)
+    if total > limit:
+        raise TorchFileError(
+            f"zip records expand to {total:,} bytes from a {len(data):,}-byte file (more than "
+            f"{_ZIP_EXPANSION}x); save it again with torch.save, which does not compress"
+        )
+
+
+def _read_entry(archive: zipfile.ZipFile, name: str, file_size: int, numel: int = -1,
+                dtype: np.dtype | None = None) -> bytes:  # fmt: skip
     try:
         info = archive.getinfo(name)
     except KeyError:
@@ -139,6 +193,14 @@ def _read_entry(archive: zipfile.ZipFile, name: str, file_size: int) -> bytes:
             f"zip record {brief(name)} claims {info.file_size} bytes from "
             f"{info.compress_size} bytes (compression {info.compress_type})"
         )
+    if dtype is not None:
+        if info.file_size % dtype.itemsize:
+            raise TorchFileError(f"storage {brief(name)} is not a whole number of {dtype}")
+        if info.file_size != numel * dtype.itemsize:  # read no more than the tensors need
+            raise TorchFileError(
+                f"storage {brief(name)} holds {info.file_size // dtype.itemsize} elements, "
+                f"the state dict says {numel}"
+            )
     try:
         return archive.read(info)
     except Exception as exc:  # bad CRC, broken deflate stream, header past the end
@@ -146,21 +208,21 @@ def _read_entry(archive: zipfile.ZipFile, name: str, file_size: int) -> bytes:
         raise TorchFileError(f"corrupt zip record {brief(name)} ({reason})") from exc
 
 
-def _load_zip(f: BinaryIO, file_size: int) -> Any:
-    with zipfile.ZipFile(f) as archive:
+def _load_zip(data: bytes) -> Any:
+    file_size = len(data)
+    with zipfile.ZipFile(io.BytesIO(data)) as archive:
         names = archive.namelist()
         if not names:
             raise TorchFileError("empty zip archive")
+        _check_entries(archive, data)
         prefix = names[0].split("/")[0]
         if f"{prefix}/byteorder" in names:
             order = _read_entry(archive, f"{prefix}/byteorder", file_size)
             if order != b"little":
                 raise TorchFileError(f"byte order {brief(order)} is not supported")
 
-        def loader(key: str, dtype: np.dtype) -> np.ndarray:
-            raw = _read_entry(archive, f"{prefix}/data/{key}", file_size)
-            if len(raw) % dtype.itemsize:
-                raise TorchFileError(f"storage {brief(key)} is not a whole number of {dtype}")
+        def loader(key: str, dtype: np.dtype, numel: int) -> np.ndarray:
+            raw = _read_entry(archive, f"{prefix}/data/{key}", file_size, numel, dtype)
             return np.frombuffer(raw, dtype=dtype)
 
         pickled = io.BytesIO(_read_entry(archive, f"{prefix}/data.pkl", file_size))
@@ -203,18 +265,67 @@ def _tensor(ref: TensorRef, name: str, budget: list[int]) -> np.ndarray:
     return view.copy()
 
 
-def _materialise(obj: Any, name: str, budget: list[int]) -> Any:
-    if isinstance(obj, TensorRef):
-        return _tensor(obj, name, budget)
-    if isinstance(obj, dict):
-        return collections.OrderedDict(
-            (k, _materialise(v, k if isinstance(k, str) else name, budget)) for k, v in obj.items()
-        )
-    if isinstance(obj, list | tuple):
-        return type(obj)(_materialise(v, name, budget) for v in obj)
-    if isinstance(obj, Storage):
-        raise TorchFileError(f"a bare storage under {brief(name)} is not a tensor")
-    return obj
+class _Materialiser:
+    """Turns the unpickled record into dicts, lists and arrays, each object built once.
+
+    Pickle's memo lets a record refer to one object many times; copying per reference made
+    ~700 bytes (lists each holding the previous one twice) grow without bound. Here a shared
+    object is built once and shared in the result as in the record; what it stands for once
+    expanded is still counted, and refused past `_MAX_OBJECTS`, as is nesting past
+    `_MAX_DEPTH` and a container that holds itself.
+    """
+
+    def __init__(self, budget: int) -> None:
+        self.budget = [budget]  # bytes of tensor copies still allowed
+        self.built: dict[int, tuple[Any, int]] = {}  # id -> (result, expanded object count)
+        self.open: set[int] = set()
+
+    def build(self, obj: Any, name: str, depth: int = 0) -> tuple[Any, int]:
+        if not isinstance(obj, TensorRef | Storage | dict | list | tuple):
+            return obj, 1
+        key = id(obj)  # the record keeps every object alive while it is converted
+        if key in self.built:
+            return self.built[key]
+        if key in self.open:
+            raise TorchFileError(f"a container under {brief(name)} holds itself")
+        if depth > _MAX_DEPTH:
+            raise TorchFileError(f"containers nested more than {_MAX_DEPTH} deep under "
+                                 f"{brief(name)}")  # fmt: skip
+        self.open.add(key)
+        count = 1
+        if isinstance(obj, TensorRef):
+            result = _tensor(obj, name, self.budget)
+        elif isinstance(obj, Storage):
+            raise TorchFileError(f"a bare storage under {brief(name)} is not a tensor")
+        elif isinstance(obj, dict):
+            result = collections.OrderedDict()
+            for k, v in obj.items():
+                result[k], n = self.build(v, k if isinstance(k, str) else name, depth + 1)
+                count += n + 1
+                self._check(count, name)
+        else:
+            items = []
+            for v in obj:
+                item, n = self.build(v, name, depth + 1)
+                items.append(item)
+                count += n
+                self._check(count, name)
+            result = type(obj)(items)
+        self.open.discard(key)
+        self.built[key] = (result, count)
+        return result, count
+
+    @staticmethod
+    def _check(count: int, name: str) -> None:
+        if count > _MAX_OBJECTS:
+            raise TorchFileError(
+                f"the state dict stands for more than {_MAX_OBJECTS:,} objects (under "
+                f"{brief(name)}: containers that hold the same containers again and again)"
+            )
+
+
+def _materialise(obj: Any, budget: int) -> Any:
+    return _Materialiser(budget).build(obj, "")[0]
 
 
 def _one_line(text: str, limit: int = 400) -> str:
@@ -235,20 +346,22 @@ def load_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
     """
     path = Path(path)
     what = f"cannot read PyTorch weights '{path}'"
+    if path.exists() and not path.is_file():  # a directory, FIFO or device: never opened
+        raise TorchFileError(f"{what}: not a regular file")
     with open(path, "rb") as f:
         file_size = os.fstat(f.fileno()).st_size
         try:
             head = f.read(512)
             f.seek(0)
             if head.startswith(_ZIP_MAGIC):
-                raw = _load_zip(io.BytesIO(f.read()), file_size)  # reads never over-allocate
+                raw = _load_zip(f.read())  # reads never over-allocate
             elif head[257:262] == b"ustar":
                 raise TorchFileError("the tar format of torch < 0.4 is not supported")
             else:
                 raw = _load_legacy(f, file_size)
             if not isinstance(raw, dict):
                 raise TorchFileError(f"holds a {type(raw).__name__}, not a state dict")
-            return _materialise(raw, "", [_COPY_FACTOR * file_size + (1 << 20)])
+            return _materialise(raw, _COPY_FACTOR * file_size + (1 << 20))
         except TorchFileError as exc:
             raise TorchFileError(_one_line(f"{what}: {exc}")) from None
         except Exception as exc:  # anything else a malformed file makes the parsers raise
