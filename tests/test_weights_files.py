@@ -183,3 +183,27 @@ def test_verify_checks_ported_files_against_their_recorded_checksum(
     assert main(["models", "verify", "efficientnet_lite0", "--format", "json"]) == 1
     out = capsys.readouterr().out
     assert '"MISMATCH"' in out and "SHA-256 differs" in out
+
+
+@pytest.mark.parametrize("kind", ["directory", "fifo", "device", "missing"])
+def test_weights_that_are_not_a_regular_file_are_named_as_such(kind, tmp_path, skimage_data,
+                                                                capsys):  # fmt: skip
+    """Issue 23: a directory, FIFO or /dev/zero given to --weights said "does not exist"."""
+    import os
+
+    path = {"device": "/dev/zero"}.get(kind, str(tmp_path / "weights.h5"))
+    if kind == "directory":
+        os.mkdir(path)
+    elif kind == "fifo":
+        os.mkfifo(path)  # reading it would wait for a writer forever
+    expected = {
+        "directory": "is a directory: pass the weights file inside it",
+        "fifo": "is a FIFO, not a regular file: save the weights to a file and pass that file",
+        "device": "is a device, not a regular file: save the weights to a file",
+        "missing": "does not exist",
+    }[kind]
+    code = main(["classify", "--model", QUICK, "--weights", path,
+                 str(skimage_data / "chelsea.png")])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "Traceback" not in err
+    assert err.startswith(f"kerascope: error: weights file '{path}' {expected}")

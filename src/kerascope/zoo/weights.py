@@ -168,6 +168,28 @@ def _missing_message(spec: ModelSpec, reason: str, include_top: bool = True) -> 
     )
 
 
+def _not_a_file(path: Path) -> str:
+    """Why ``path`` cannot be read as a weights file, said as the rest of a sentence.
+
+    A directory, FIFO or device is named as such: "does not exist" sent users looking for a
+    typo in a path that is there (and reading /dev/zero or a FIFO would never end).
+    """
+    import stat
+
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        return "does not exist"
+    except OSError as exc:  # a permission, a symlink loop, a name too long
+        return f"cannot be read ({exc.strerror or type(exc).__name__})"
+    if stat.S_ISDIR(mode):
+        return "is a directory: pass the weights file inside it (.h5 or .weights.h5)"
+    kinds = {stat.S_ISFIFO: "a FIFO", stat.S_ISCHR: "a device", stat.S_ISBLK: "a device",
+             stat.S_ISSOCK: "a socket"}  # fmt: skip
+    kind = next((name for test, name in kinds.items() if test(mode)), "something else")
+    return f"is {kind}, not a regular file: save the weights to a file and pass that file"
+
+
 def resolve(
     spec: ModelSpec, explicit: str | os.PathLike | None = None, include_top: bool = True
 ) -> Path:
@@ -180,7 +202,7 @@ def resolve(
     if explicit is not None:
         path = Path(explicit).expanduser()
         if not path.is_file():
-            raise WeightsError(f"weights file '{path}' does not exist")
+            raise WeightsError(f"weights file '{path}' {_not_a_file(path)}")
         return path
     own_file = spec.weights.for_top(include_top) is spec.weights  # packaged/ported: one file
     source = package_file(spec) if own_file else None
