@@ -1,8 +1,10 @@
 """The ASGI app: JSON API under /v1 (OpenAPI at /v1/openapi.json), the web page at /.
 
 Routes parse, hand pixels to the model's batcher and shape the answer; decoding and drawing run
-on a thread pool, forward passes on the model's own thread, so the event loop only moves bytes.
-Every failure a client can cause is a 4xx with ``{"error": "..."}``.
+on a thread pool, forward passes on the model's own threads (one per cost class), so the event
+loop only moves bytes. Every failure a client can cause is a 4xx with ``{"error": "..."}``; a
+server too busy to answer in time says 503 (or 429 for the expensive methods' quota) with
+``Retry-After``. Each request is weighed in decoded pixels before anything is decoded.
 """
 
 from __future__ import annotations
@@ -24,9 +26,26 @@ from starlette.requests import ClientDisconnect
 
 from kerascope import __version__
 from kerascope.serve import schemas
-from kerascope.serve.limits import BodyLimit, BodyTimeout, BodyTooLarge
+from kerascope.serve.limits import (
+    MP,
+    BodyLimit,
+    BodyTimeout,
+    BodyTooLarge,
+    Busy,
+    DescriptorLog,
+    PixelBudget,
+    PixelsTooMany,
+    ServeLimits,
+)
 from kerascope.serve.served import RequestError, ServedModel
-from kerascope.serve.uploads import data_url, decode_all, encode, failure_status, read_uploads
+from kerascope.serve.uploads import (
+    data_url,
+    decode_all,
+    encode,
+    failure_status,
+    pixel_cost,
+    read_uploads,
+)
 
 STATIC = resources.files("kerascope.serve") / "static"
 COLORMAPS = ("viridis", "jet", "hot", "gray")
@@ -44,15 +63,19 @@ IMAGE_BODY = {
         "image/*": {"schema": {"type": "string", "format": "binary"}},
     },
 }
-ERRORS = {code: {"model": schemas.Error} for code in (400, 404, 408, 413, 415, 422)}
+ERRORS = {code: {"model": schemas.Error} for code in (400, 403, 404, 408, 413, 415, 422, 429, 503)}
+CLOSE = {"Connection": "close"}  # the body was not read to its end: the connection cannot go on
 
 
-def _error(status: int, message: str, **extra) -> JSONResponse:
-    return JSONResponse({"error": message, **extra}, status_code=status)
+def _error(status: int, message: str, headers: dict | None = None, **extra) -> JSONResponse:
+    return JSONResponse({"error": message, **extra}, status_code=status, headers=headers)
 
 
-def create_app(served: dict[str, ServedModel], max_body_mb: float = 20.0) -> FastAPI:
-    """The app serving ``served`` (first = default); ``max_body_mb`` caps one request's body.
+def create_app(
+    served: dict[str, ServedModel], max_body_mb: float = 20.0, limits: ServeLimits | None = None
+) -> FastAPI:
+    """The app serving ``served`` (first = default) under ``limits`` (default: `ServeLimits`
+    with ``max_body_mb``, the cap on one request's body).
 
     Example:
         >>> app = create_app(load_served(["efficientnet_lite0"]))
@@ -61,10 +84,14 @@ def create_app(served: dict[str, ServedModel], max_body_mb: float = 20.0) -> Fas
     if not served:
         raise ValueError("serve at least one model")
     default = next(iter(served))
+    limits = limits or ServeLimits(max_body_mb=max_body_mb)
+    limits.check()
+    budget = PixelBudget(limits.max_request_mp * MP, limits.max_inflight_mp * MP)
     pool = ThreadPoolExecutor(min(8, os.cpu_count() or 2), thread_name_prefix="kerascope-decode")
 
     @contextlib.asynccontextmanager
     async def lifespan(_app):
+        DescriptorLog().install(asyncio.get_running_loop())
         yield
         for model in served.values():
             await model.close()
@@ -79,7 +106,12 @@ def create_app(served: dict[str, ServedModel], max_body_mb: float = 20.0) -> Fas
         redoc_url=None,
         lifespan=lifespan,
     )
-    app.add_middleware(BodyLimit, max_bytes=int(max_body_mb * 1e6))
+    app.add_middleware(
+        BodyLimit,
+        max_bytes=int(limits.max_body_mb * MP),
+        read_timeout=min(limits.read_timeout_s, limits.body_timeout_s),
+        body_timeout=limits.body_timeout_s,
+    )
     _add_handlers(app)
 
     def pick(name: str | None) -> ServedModel:
@@ -123,10 +155,13 @@ def create_app(served: dict[str, ServedModel], max_body_mb: float = 20.0) -> Fas
         clf = served_model.clf
         uploads = await read_uploads(request)
         batcher = served_model.classifier
-        with batcher.expecting(len(uploads)):
-            items = await decode_all(uploads, clf.input_size, pool, convention=clf.convention)
-        good = [it for it in items if it.error is None]
-        probs = await batcher.run_all([it.pixels for it in good])
+        loop = asyncio.get_running_loop()
+        cost = await loop.run_in_executor(pool, pixel_cost, uploads, clf.input_size)
+        with budget.reserve(cost):
+            with batcher.expecting(len(uploads)):
+                items = await decode_all(uploads, clf.input_size, pool, convention=clf.convention)
+            good = [it for it in items if it.error is None]
+            probs = await batcher.run_all([it.pixels for it in good])
         by_item = dict(zip(map(id, good), probs, strict=True))
         results = [
             ImageResult(it.name, error=it.error)
@@ -157,7 +192,11 @@ def create_app(served: dict[str, ServedModel], max_body_mb: float = 20.0) -> Fas
     )
     async def explain(
         request: Request,
-        method: str = Query("gradcam", description="cam, gradcam or gradcam++"),
+        method: str = Query(
+            "gradcam",
+            description="a method of /v1/models (gradcam, gradcam++, cam, ...); scorecam and "
+            "other perturbation methods only on servers started with --allow-expensive",
+        ),
         target: str | None = Query(
             None, alias="class", description="class to explain: name, WordNet id or index"
         ),
@@ -166,7 +205,11 @@ def create_app(served: dict[str, ServedModel], max_body_mb: float = 20.0) -> Fas
         alpha: float = Query(0.4, ge=0.0, le=1.0, description="heatmap opacity at its peak"),
         colormap: str = Query("viridis", pattern="^(viridis|jet|hot|gray)$"),
         max_side: int = Query(
-            1024, ge=0, le=8192, description="long side of the pictures; 0: full"
+            1024,
+            ge=0,
+            le=8192,
+            description="long side of the pictures; 0: full (every pixel counts twice against "
+            "the pixel budget: decoded and drawn)",
         ),
     ):
         """Where the model looks: heatmap, class and probability for each image.
@@ -174,23 +217,35 @@ def create_app(served: dict[str, ServedModel], max_body_mb: float = 20.0) -> Fas
         JSON results are `kerascope.explain`'s ``Explanation``s (the heatmap as pictures:
         ``overlay``, the blended photo, and ``heatmap``, the coloured layer alone, as data URLs).
         """
-        from kerascope.cam.explain import Explanation
-
         served_model = pick(model)
         clf = served_model.clf
-        batcher = served_model.explainer(method)
+        method = served_model.method(method)  # refused before the body is read
         class_index = served_model.resolve_class(target)
         uploads = await read_uploads(request)
         if format != "json" and len(uploads) != 1:
             raise RequestError(f"format={format} returns one picture; send one image or use json")
-        with batcher.expecting(len(uploads)):
-            items = await decode_all(uploads, clf.input_size, pool, True, clf.convention)
-        good = [it for it in items if it.error is None]
-        outs = await batcher.run_all([(it.pixels, class_index) for it in good])
+        batcher = served_model.explainer(method, len(uploads))
         loop = asyncio.get_running_loop()
+        cost = await loop.run_in_executor(pool, pixel_cost, uploads, clf.input_size, True, max_side)
+        with budget.reserve(cost):  # held until the pictures are drawn and encoded
+            with batcher.expecting(len(uploads)):
+                items = await decode_all(
+                    uploads, clf.input_size, pool, True, clf.convention, max_side
+                )
+            good = [it for it in items if it.error is None]
+            outs = await batcher.run_all([(it.pixels, class_index) for it in good])
+            return await answer(served_model, method, items, good, outs,
+                                format, alpha, colormap, max_side)  # fmt: skip
+
+    async def answer(served_model, method, items, good, outs, format, alpha, colormap, max_side):
+        """The explain response: the pictures drawn on the pool, as JSON or one image."""
+        from kerascope.cam.explain import Explanation
         from kerascope.cam.overlay import place_in_picture
         from kerascope.images import fit_box
         from kerascope.serve.render import render
+
+        clf = served_model.clf
+        loop = asyncio.get_running_loop()
 
         def draw(it, heat):  # the map covers what the model saw: the fitted part (explain's)
             shape = it.original.shape
@@ -249,11 +304,19 @@ def _add_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(BodyTooLarge)
     async def _too_large(_request, exc: BodyTooLarge):
-        return _error(413, str(exc))
+        return _error(413, str(exc), CLOSE)
 
     @app.exception_handler(BodyTimeout)
     async def _timeout(_request, exc: BodyTimeout):
-        return _error(408, str(exc))
+        return _error(408, str(exc), CLOSE)
+
+    @app.exception_handler(PixelsTooMany)
+    async def _too_many_pixels(_request, exc: PixelsTooMany):
+        return _error(413, str(exc))
+
+    @app.exception_handler(Busy)
+    async def _busy(_request, exc: Busy):
+        return _error(exc.status, str(exc), {"Retry-After": str(exc.retry_after)})
 
     @app.exception_handler(ClientDisconnect)
     async def _gone(_request, _exc):

@@ -8,6 +8,11 @@ so under load batches form with no waiting at all. ``max_batch=1`` switches batc
 
 It waits only for requests known to be on their way (`expecting`: being decoded): a lone
 client never pays ``max_wait_ms`` for company that is not coming.
+
+A queue is bounded in time and, optionally, in items: a payload that would wait longer than
+``queue_timeout`` (estimated from the recent pass times, or measured while it waits) is refused
+with `Busy` (503 + ``Retry-After``) instead of holding its client for minutes, and ``max_items``
+caps what is queued or running (the expensive methods' budget: `Busy` with ``busy_status``).
 """
 
 from __future__ import annotations
@@ -15,9 +20,13 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import math
+import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Executor
 from typing import Any
+
+from kerascope.serve.limits import Busy
 
 
 class DynamicBatcher:
@@ -29,6 +38,10 @@ class DynamicBatcher:
         executor: where ``run`` is called.
         max_batch: largest list handed to ``run``.
         max_wait_ms: how long the first payload may wait for others.
+        queue_timeout: longest wait (s) for a pass to start; None: no limit.
+        max_items: most payloads queued or running at once; None: no limit.
+        busy_status: the HTTP status of a refusal over ``max_items`` (429: a quota).
+        label: what the queue runs, for the refusal messages.
 
     Example:
         >>> b = DynamicBatcher(lambda xs: [x * 2 for x in xs], pool, max_batch=32)
@@ -42,6 +55,10 @@ class DynamicBatcher:
         executor: Executor,
         max_batch: int = 32,
         max_wait_ms: float = 5.0,
+        queue_timeout: float | None = None,
+        max_items: int | None = None,
+        busy_status: int = 503,
+        label: str = "the model",
     ):
         if max_batch < 1:
             raise ValueError(f"max_batch must be at least 1, got {max_batch}")
@@ -52,6 +69,11 @@ class DynamicBatcher:
         self.batches = 0  # forward passes run, and the items they carried: for /healthz, tests
         self.items = 0
         self.largest = 0
+        self.queue_timeout, self.max_items = queue_timeout, max_items
+        self.busy_status, self.label = busy_status, label
+        self.refused = 0  # payloads turned away (queue too long, deadline passed, over budget)
+        self._running = 0  # payloads in the pass now running
+        self._pass_s: float | None = None  # smoothed duration of one pass
         self._pending: collections.deque = collections.deque()
         self._incoming = 0  # payloads announced by `expecting` and not yet queued
         self._wake: asyncio.Event | None = None
@@ -70,16 +92,46 @@ class DynamicBatcher:
             if self._wake is not None:
                 self._wake.set()  # a forming batch re-checks whether to wait any longer
 
+    def expected_wait(self) -> float:
+        """Seconds until a payload queued now would start: passes ahead x recent pass time."""
+        if self._pass_s is None:
+            return 0.0
+        ahead = math.ceil(len(self._pending) / self.max_batch) + (1 if self._running else 0)
+        return ahead * self._pass_s
+
     def enqueue(self, payloads: Sequence[Any]) -> list[asyncio.Future]:
-        """Queue payloads at once (no await: they join the same batch); await the futures."""
+        """Queue payloads at once (no await: they join the same batch); await the futures.
+
+        Raises:
+            Busy: over ``max_items``, or the wait would pass ``queue_timeout``.
+        """
         loop = asyncio.get_running_loop()
+        wait = self.expected_wait()
+        held = len(self._pending) + self._running
+        if self.max_items is not None and held + len(payloads) > self.max_items:
+            self.refused += len(payloads)
+            raise Busy(
+                f"{self.label} has {held} image(s) queued or running, its limit is "
+                f"{self.max_items}; retry later",
+                retry_after=wait + (self._pass_s or 1.0),
+                status=self.busy_status,
+            )
+        if self.queue_timeout is not None and wait > self.queue_timeout:
+            self.refused += len(payloads)
+            raise Busy(
+                f"{self.label} is busy: about {wait:.0f} s of work queued, over this server's "
+                f"{self.queue_timeout:g} s queue limit; retry later",
+                retry_after=wait,
+            )
         if self._task is None or self._task.done():
             self._wake = asyncio.Event()
             self._task = loop.create_task(self._work(), name="kerascope-batcher")
         futures = []
         for payload in payloads:
             futures.append(loop.create_future())
-            self._pending.append((payload, futures[-1]))
+            self._pending.append((payload, futures[-1], loop.time()))
+        if self.queue_timeout is not None:  # refused on time, not when the running pass ends
+            loop.call_later(self.queue_timeout, lambda: self._expire(loop.time()))
         self._wake.set()
         return futures
 
@@ -102,9 +154,28 @@ class DynamicBatcher:
         while self._pending:
             self._pending.popleft()[1].cancel()
 
+    def _expire(self, now: float) -> None:
+        """Refuse the payloads that have waited past ``queue_timeout`` (their clients get a
+        503 now instead of a result much later); the others keep their places."""
+        if self.queue_timeout is None:
+            return
+        kept: collections.deque = collections.deque()
+        for payload, future, since in self._pending:
+            if now - since >= self.queue_timeout - 1e-3 and not future.done():
+                self.refused += 1
+                future.set_exception(Busy(
+                    f"waited {now - since:.0f} s for {self.label}, over this server's "
+                    f"{self.queue_timeout:g} s queue limit; retry later",
+                    retry_after=self.expected_wait(),
+                ))  # fmt: skip
+            elif not future.done():
+                kept.append((payload, future, since))
+        self._pending = kept
+
     async def _gather(self) -> list[tuple[Any, asyncio.Future]]:
         """Wait for a first payload, then for company until full or ``max_wait`` has passed."""
         loop = asyncio.get_running_loop()
+        self._expire(loop.time())
         while not self._pending:
             self._wake.clear()
             await self._wake.wait()
@@ -120,7 +191,7 @@ class DynamicBatcher:
                 break
         take = min(self.max_batch, len(self._pending))
         batch = [self._pending.popleft() for _ in range(take)]
-        return [(p, f) for p, f in batch if not f.done()]  # a client gone: its slot is freed
+        return [(p, f) for p, f, _ in batch if not f.done()]  # a client gone: slot freed
 
     async def _work(self) -> None:
         loop = asyncio.get_running_loop()
@@ -129,6 +200,8 @@ class DynamicBatcher:
             if not batch:
                 continue
             payloads = [p for p, _ in batch]
+            self._running = len(payloads)
+            start = time.perf_counter()
             try:
                 results = await loop.run_in_executor(self.executor, self.run, payloads)
                 if len(results) != len(payloads):
@@ -138,6 +211,10 @@ class DynamicBatcher:
                     if not future.done():
                         future.set_exception(exc)
                 continue
+            finally:
+                self._running = 0
+                took = time.perf_counter() - start
+                self._pass_s = took if self._pass_s is None else 0.7 * self._pass_s + 0.3 * took
             self.batches += 1
             self.items += len(payloads)
             self.largest = max(self.largest, len(payloads))

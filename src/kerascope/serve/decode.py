@@ -6,6 +6,9 @@ uses (header first, the pixel limit of ``KERASCOPE_MAX_PIXELS`` before any pixel
 the shared decode budget, the same reduced decode when only the model input is needed), so a
 photo sent to the server is classified exactly as `kerascope.classify` classifies the file.
 Each failure carries the HTTP status a client should get.
+
+`decode_cost` reads only the header to say how many pixels that decode will hold, so a request
+is weighed against the server's pixel budget before any pixel is allocated.
 """
 
 from __future__ import annotations
@@ -13,9 +16,10 @@ from __future__ import annotations
 import io
 
 import numpy as np
+from PIL import Image
 
 from kerascope.errors import KerascopeError
-from kerascope.images import ImageError, decode_image
+from kerascope.images import _PIL_LIMIT_LOCK, ImageError, decode_image, max_pixels
 
 BAD_REQUEST, TOO_LARGE, UNSUPPORTED, UNPROCESSABLE = 400, 413, 415, 422
 
@@ -48,3 +52,31 @@ def decode_bytes(data: bytes, min_size: tuple[int, int] | None = None) -> np.nda
                             limit_hint="set by this server: send a smaller image")  # fmt: skip
     except ImageError as exc:
         raise DecodeError(exc.reason, _STATUS.get(exc.kind, UNPROCESSABLE)) from None
+
+
+def decode_cost(data: bytes, min_size: tuple[int, int] | None = None) -> tuple[int, int, int]:
+    """(pixels the decode of ``data`` will hold, width, height as decoded) from the header.
+
+    The rule is `kerascope.images`'s: a JPEG at least twice the floor (2 x the largest side of
+    ``min_size``) is decoded reduced (``draft``); every other format is decoded whole before it
+    is reduced. Unreadable headers, and images over the pixel limit, cost 0: their decode fails
+    before it allocates anything (and says why, for that image alone).
+    """
+    try:
+        with _PIL_LIMIT_LOCK:  # our limit, not Pillow's (as decode_image opens it)
+            saved, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
+            try:
+                img = Image.open(io.BytesIO(data))
+            finally:
+                Image.MAX_IMAGE_PIXELS = saved
+        with img:
+            width, height = img.size
+            if width * height > max_pixels():
+                return 0, 0, 0
+            floor = 2 * max(min_size) if min_size else None
+            if floor and img.format == "JPEG" and min(width, height) >= 2 * floor:
+                img.draft(img.mode, (floor, floor))  # the size only: nothing is decoded yet
+                width, height = img.size
+    except Exception:  # noqa: BLE001  (any unreadable header: the decode says why)
+        return 0, 0, 0
+    return width * height, width, height

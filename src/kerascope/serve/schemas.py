@@ -61,7 +61,11 @@ class ModelInfo(BaseModel):
     input_size: list[int] = Field(description="(height, width) the model sees")
     num_classes: int
     engine: str
-    methods: list[str]
+    methods: list[str] = Field(description="explain methods this server answers for the model")
+    expensive_methods: list[str] = Field(
+        description="methods that run the model K times per image: their own queue and "
+        "limits, answered only by servers started with --allow-expensive"
+    )
 
 
 class ModelList(BaseModel):

@@ -3,6 +3,12 @@
 A model is named on the command line (zoo name, run directory or ``.keras`` file) and known to
 clients only by a short key (the zoo name or the run's folder name): requests choose among the
 loaded models and never pass a path, so nothing a client sends can make the server open a file.
+
+Work comes in two cost classes with a worker thread each, so a cheap request never waits behind
+an expensive one: classify and the one-pass explain methods (gradcam, ...) share one queue; the
+perturbation methods, which run the network K times per image (scorecam always, ablationcam
+unless its closed form applies: see ``cost`` in `kerascope.cam.methods`), have their own, with
+their own limits, and are refused (403) unless the server allows them.
 """
 
 from __future__ import annotations
@@ -17,9 +23,14 @@ import numpy as np
 
 from kerascope.errors import KerascopeError
 from kerascope.serve.batching import DynamicBatcher
+from kerascope.serve.limits import ServeLimits
 from kerascope.zoo.models import Classifier
 
-METHODS = ("cam", "gradcam", "gradcam++")
+# kerascope.cam.methods.METHODS, without importing the cam package at startup (a test pins it)
+METHODS = ("cam", "gradcam", "gradcam++", "scorecam", "ablationcam", "xgradcam", "hirescam",
+           "eigencam", "layercam")  # fmt: skip
+# K forward passes per image (K: channels of the target layer; ~300x Grad-CAM on Lite0).
+PERTURBATION = ("scorecam", "ablationcam")
 
 
 class RequestError(KerascopeError):
@@ -38,18 +49,25 @@ class ServedModel:
     clf: Classifier
     max_batch: int
     max_wait_ms: float
+    limits: ServeLimits = field(default_factory=ServeLimits)
     executor: ThreadPoolExecutor = field(init=False)
+    slow_executor: ThreadPoolExecutor = field(init=False)
     classifier: DynamicBatcher = field(init=False)
+    closed_form_head: bool = field(default=False, init=False)  # GAP + Dense: ablation is cheap
     _explainers: dict[str, DynamicBatcher] = field(default_factory=dict, init=False)
     _cams: dict[str, Any] = field(default_factory=dict, init=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, init=False)
+    _build_lock: threading.Lock = field(default_factory=threading.Lock, init=False)
 
     def __post_init__(self) -> None:
-        # One thread per model: its passes run one after another, each using every core.
+        # One thread per cost class: cheap passes run one after another, each using every
+        # core; an expensive pass runs beside them instead of in front of them.
         self.executor = ThreadPoolExecutor(1, thread_name_prefix=f"kerascope-{self.key}")
+        self.slow_executor = ThreadPoolExecutor(1, thread_name_prefix=f"kerascope-{self.key}-x")
         self.classifier = DynamicBatcher(
-            self._classify, self.executor, self.max_batch, self.max_wait_ms
-        )
+            self._classify, self.executor, self.max_batch, self.max_wait_ms,
+            queue_timeout=self.limits.queue_timeout_s, label=f"model '{self.key}'",
+        )  # fmt: skip
 
     @property
     def engine(self) -> str:
@@ -65,8 +83,16 @@ class ServedModel:
             "input_size": list(self.clf.input_size),
             "num_classes": self.clf.num_classes,
             "engine": self.engine,
-            "methods": list(METHODS),
+            "methods": [m for m in METHODS if self.allowed(m)],
+            "expensive_methods": [m for m in METHODS if self.expensive(m)],
         }
+
+    def expensive(self, method: str) -> bool:
+        """Whether ``method`` (a canonical name) runs the network K times per image here."""
+        return method == "scorecam" or (method == "ablationcam" and not self.closed_form_head)
+
+    def allowed(self, method: str) -> bool:
+        return self.limits.allow_expensive or not self.expensive(method)
 
     def warm_up(self) -> None:
         """Build the forward passes (onnx conversion or jit) of classify and of the default
@@ -75,6 +101,7 @@ class ServedModel:
         self._classify([blank])
         try:
             self._explain("gradcam", [(blank, -1)])
+            self.closed_form_head = bool(self._cams["gradcam"].cam.probe.head.analytic)
         except Exception:  # noqa: BLE001  (explain is optional: its requests will say why)
             self._cams.clear()
 
@@ -103,21 +130,54 @@ class ServedModel:
         except (ValueError, TypeError, KeyError) as exc:
             raise RequestError(str(exc.args[0] if exc.args else exc), 400) from None
 
-    def explainer(self, method: str) -> DynamicBatcher:
-        """The batcher for one method; the explainer behind it is built on first use."""
+    def method(self, method: str) -> str:
+        """The canonical name of a method a request asks for, if this server answers it.
+
+        Raises:
+            RequestError: unknown method (400); an expensive one on a server that does not
+                allow them (403, naming the flag).
+        """
         from kerascope.cam.methods import get_method
 
         try:
-            name = get_method(method).name
+            cls = get_method(method)
         except ValueError as exc:
             raise RequestError(str(exc), 400) from None
+        if not self.allowed(cls.name):
+            raise RequestError(
+                f"method {cls.name} costs {cls.cost} per image; this server refuses it "
+                "(start it with --allow-expensive to answer it)",
+                403,
+            )
+        return cls.name
+
+    def explainer(self, method: str, images: int = 1) -> DynamicBatcher:
+        """The batcher for one method and a request of ``images``; the explainer behind it is
+        built on first use.
+
+        Raises:
+            RequestError: as `method`; more images than an expensive method takes (413).
+        """
+        name = self.method(method)
+        expensive = self.expensive(name)
+        most = self.limits.max_expensive_images
+        if expensive and images > most:
+            raise RequestError(
+                f"method {name} takes at most {most} image(s) per request on this server "
+                f"(--max-expensive-images), got {images}: send them one request at a time",
+                413,
+            )
         with self._lock:
             if name not in self._explainers:
                 self._explainers[name] = DynamicBatcher(
                     lambda items, m=name: self._explain(m, items),
-                    self.executor,
-                    self.max_batch,
+                    self.slow_executor if expensive else self.executor,
+                    most if expensive else self.max_batch,
                     self.max_wait_ms,
+                    queue_timeout=self.limits.queue_timeout_s,
+                    max_items=self.limits.max_expensive_inflight if expensive else None,
+                    busy_status=429,
+                    label=f"{name} on '{self.key}'",
                 )
             return self._explainers[name]
 
@@ -125,13 +185,15 @@ class ServedModel:
         """(pixels, target or -1) each -> (map at feature resolution, class, probability)."""
         from kerascope.cam.explain import Explainer
 
-        explainer = self._cams.get(method)  # only this model's thread gets here: no race
+        explainer = self._cams.get(method)  # one thread per method: no race on its explainer
         if explainer is None:
-            try:
-                explainer = self._cams[method] = Explainer(self.clf, method)
-            except ValueError as exc:  # MethodError, LayerError: this model cannot
-                raise RequestError(str(exc), 400) from None
-        rows = self._padded(len(items))
+            with self._build_lock:  # the two threads may both build one (the shared probe)
+                try:
+                    explainer = self._cams[method] = Explainer(self.clf, method)
+                except ValueError as exc:  # MethodError, LayerError: this model cannot
+                    raise RequestError(str(exc), 400) from None
+        # Padding (for the jit's compile cache) would cost K passes per padded row here.
+        rows = len(items) if self.expensive(method) else self._padded(len(items))
         pixels = _pad(np.stack([p for p, _ in items]), rows)
         targets = _pad(np.array([t for _, t in items], dtype=np.int64), rows)
         maps, classes, probs = explainer.explain_batch(pixels, targets)
@@ -142,6 +204,7 @@ class ServedModel:
         for batcher in list(self._explainers.values()):
             await batcher.close()
         self.executor.shutdown(wait=False, cancel_futures=True)
+        self.slow_executor.shutdown(wait=False, cancel_futures=True)
 
 
 def _pad(x: np.ndarray, rows: int) -> np.ndarray:
@@ -161,7 +224,11 @@ def model_key(clf: Classifier, taken: set[str]) -> str:
 
 
 def load_served(
-    names: Sequence[str], max_batch: int = 32, max_wait_ms: float = 5.0, warm: bool = True
+    names: Sequence[str],
+    max_batch: int = 32,
+    max_wait_ms: float = 5.0,
+    warm: bool = True,
+    limits: ServeLimits | None = None,
 ) -> dict[str, ServedModel]:
     """Load every model named (zoo name, run directory or .keras file); the first is default.
 
@@ -174,7 +241,7 @@ def load_served(
     for name in names:
         clf = load_model(name)
         key = model_key(clf, set(served))
-        served[key] = ServedModel(key, clf, max_batch, max_wait_ms)
+        served[key] = ServedModel(key, clf, max_batch, max_wait_ms, limits or ServeLimits())
         if warm:
             served[key].warm_up()
     return served

@@ -1,7 +1,8 @@
-"""Bind the socket, then run uvicorn on it.
+"""Bind the socket, then run uvicorn on it, with the connection limits of `ServeLimits`.
 
 The socket is bound here, not by uvicorn, so a port in use is one clear error line (uvicorn
-logs and exits) and ``--port 0`` can report the port the system chose.
+logs and exits) and ``--port 0`` can report the port the system chose. Connections get the
+deadlines and the cap of `kerascope.serve.connections`.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import sys
 from collections.abc import Callable, Sequence
 
 from kerascope.errors import KerascopeError
+from kerascope.serve.limits import ServeLimits
 
 
 class ServeError(KerascopeError, OSError):
@@ -47,18 +49,33 @@ def run_server(
     max_body_mb: float = 20.0,
     log_level: str = "info",
     announce: Callable[[str], None] | None = None,
+    limits: ServeLimits | None = None,
 ) -> None:
     """Load ``models`` (the first is the default), then serve until interrupted.
+
+    ``limits``: every limit (default: `ServeLimits` with ``max_body_mb``).
 
     Raises:
         ServeError: the ``serve`` extra is missing or the address cannot be used.
         KerascopeError: a model cannot be loaded.
     """
     say = announce or (lambda line: print(f"kerascope: {line}", file=sys.stderr, flush=True))
+    limits = limits or ServeLimits(max_body_mb=max_body_mb)
+    try:
+        limits.check()
+    except ValueError as exc:
+        raise ServeError(str(exc)) from None
     try:
         import uvicorn
 
         from kerascope.serve.app import create_app
+        from kerascope.serve.connections import (
+            ACCEPT_BATCH,
+            MAX_HEADER_BYTES,
+            connection_cap,
+            guarded_protocol,
+            server_class,
+        )
     except ImportError as exc:
         raise ServeError(
             f"kerascope serve needs {exc.name or 'fastapi and uvicorn'}: "
@@ -69,13 +86,26 @@ def run_server(
     sock = bind(host, port)  # first: a port in use fails before minutes of model loading
     try:
         say(f"loading {', '.join(models)}")
-        served = load_served(models, max_batch, max_wait_ms)
-        app = create_app(served, max_body_mb)
+        served = load_served(models, max_batch, max_wait_ms, limits=limits)
+        app = create_app(served, limits=limits)
         bound_host, bound_port = sock.getsockname()[:2]
         shown = f"[{bound_host}]" if ":" in bound_host else bound_host
         engines = ", ".join(f"{k} ({m.engine})" for k, m in served.items())
+        cap = connection_cap(limits)
+        if cap < limits.limit_concurrency:
+            say(f"at most {cap} connections, not {limits.limit_concurrency}: this process may "
+                "open few files (raise `ulimit -n`)")  # fmt: skip
         say(f"serving {engines} on http://{shown}:{bound_port}/ (Ctrl-C stops)")
-        config = uvicorn.Config(app, log_level=log_level, timeout_graceful_shutdown=5)
-        uvicorn.Server(config).run(sockets=[sock])
+        config = uvicorn.Config(
+            app,
+            log_level=log_level,
+            timeout_graceful_shutdown=5,
+            http=guarded_protocol(limits, cap),
+            timeout_keep_alive=limits.keep_alive_s,  # type: ignore[arg-type]  (a float works)
+            limit_concurrency=cap + 1,  # uvicorn's 503 per request: a backstop to the cap
+            h11_max_incomplete_event_size=MAX_HEADER_BYTES,
+            backlog=ACCEPT_BATCH,
+        )
+        server_class()(config).run(sockets=[sock])
     finally:
         sock.close()

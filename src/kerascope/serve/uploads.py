@@ -3,7 +3,12 @@
 Images come as ``multipart/form-data`` (any field name, one or more files) or as the raw
 request body (any image content type). They are held in memory only up to the body limit
 (`kerascope.serve.limits`) and decoded on a thread pool (Pillow releases the GIL), so a big
-photo never stalls the requests around it.
+photo never stalls the requests around it. Before any of them is decoded, `pixel_cost` weighs
+the request from the headers alone (the server's pixel budget: a 22 KB PNG can claim 179 MP).
+
+Decoding is reduced as ``classify`` reduces a file: to at least twice the model input for
+classify; for explain, to at least the long side of the pictures drawn (``max_side``), and only
+``max_side=0`` (full size) decodes and draws every pixel.
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import io
+import math
 from concurrent.futures import Executor
 from dataclasses import dataclass
 
@@ -19,7 +25,7 @@ from PIL import Image
 from starlette.datastructures import UploadFile
 from starlette.requests import Request
 
-from kerascope.serve.decode import DecodeError, decode_bytes
+from kerascope.serve.decode import DecodeError, decode_bytes, decode_cost
 from kerascope.serve.served import RequestError
 from kerascope.zoo.registry import InputConvention
 
@@ -57,14 +63,47 @@ async def read_uploads(request: Request) -> list[tuple[str, bytes]]:
     return [(RAW_NAME, body)]
 
 
-def _prepare(name: str, data: bytes, size: tuple[int, int], keep: bool, convention) -> Upload:
+def decode_floor(size: tuple[int, int], keep: bool, max_side: int | None) -> tuple[int, int] | None:
+    """The ``min_size`` a decode may reduce to: the model input (classify), or for a kept
+    picture (explain) one whose short side stays >= ``max_side`` and >= 2x the input; ``None``
+    (full size) for ``max_side`` 0."""
+    if not keep:
+        return size
+    if not max_side:
+        return None
+    side = max(math.ceil(max_side / 2), *size)
+    return side, side
+
+
+def _prepare(
+    name: str, data: bytes, size: tuple[int, int], keep: bool, convention, max_side: int | None
+) -> Upload:
     from kerascope.images import fit
 
-    try:
-        image = decode_bytes(data, None if keep else size)  # as classify decodes a file
+    try:  # as classify decodes a file
+        image = decode_bytes(data, decode_floor(size, keep, max_side))
     except DecodeError as exc:
         return Upload(name, error=f"cannot read '{name}': {exc.reason}", status=exc.status)
     return Upload(name, image if keep else None, fit(image, size, convention))
+
+
+def pixel_cost(
+    uploads: list[tuple[str, bytes]],
+    size: tuple[int, int],
+    keep: bool = False,
+    max_side: int | None = None,
+) -> int:
+    """Pixels a request will hold at once: each image as decoded (headers only are read),
+    plus, for explain (``keep``), the pictures drawn at ``max_side`` (0: full size)."""
+    floor = decode_floor(size, keep, max_side)
+    total = 0
+    for _, data in uploads:
+        pixels, width, height = decode_cost(data, floor)
+        total += pixels
+        if keep and pixels:
+            scale = min(1.0, max_side / max(width, height)) if max_side else 1.0
+            total += math.ceil(pixels * scale * scale)
+    return total
 
 
 async def decode_all(
@@ -73,14 +112,20 @@ async def decode_all(
     pool: Executor,
     keep: bool = False,
     convention: InputConvention | None = None,
+    max_side: int | None = None,
 ) -> list[Upload]:
     """Decode and fit every upload to ``size`` on ``pool``; failures come back in place.
 
     ``convention``: the classifier's (``Classifier.convention``) for classification, as
     ``classify`` fits files; ``None`` (squash) keeps the whole picture, for explain.
+    ``keep``: keep the decoded picture too (explain), reduced while its short side stays at
+    least ``max_side`` (0 or None: full size).
     """
     loop = asyncio.get_running_loop()
-    jobs = [loop.run_in_executor(pool, _prepare, n, d, size, keep, convention) for n, d in uploads]
+    jobs = [
+        loop.run_in_executor(pool, _prepare, n, d, size, keep, convention, max_side)
+        for n, d in uploads
+    ]
     return list(await asyncio.gather(*jobs))
 
 

@@ -1,0 +1,467 @@
+"""What one client may cost `kerascope serve` (issue 23, item 2), against real servers on
+loopback: expensive methods on their own queue and quota, a pixel budget per request and in
+flight, deadlines for headers, bodies and idle connections, a connection cap below the file
+descriptor limit, and flags that are checked in one line.
+
+The model is tiny (random weights, 64 px) but its target layer has 256 channels, so Score-CAM
+runs 256 masked forward passes per image: seconds, as on a real model, while classify takes
+milliseconds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import logging
+import re
+import socket
+import struct
+import subprocess
+import sys
+import threading
+import time
+import zlib
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from tests.serve_server import httpx, server_process
+
+CHANNELS, SIZE = 256, 64
+
+
+def slow_cam_run(folder):
+    """A run directory whose Score-CAM costs seconds: 256 channels at 62x62 to mask."""
+    import keras
+
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([
+        keras.Input((SIZE, SIZE, 3)),
+        keras.layers.Rescaling(1 / 255.0),
+        keras.layers.Conv2D(16, 3, activation="relu"),
+        keras.layers.Conv2D(CHANNELS, 3, activation="relu", name="features"),
+        keras.layers.GlobalAveragePooling2D(),
+        keras.layers.Dense(3, activation="softmax"),
+    ])  # fmt: skip
+    model.save(folder / "model.keras")
+    (folder / "labels.json").write_text(json.dumps({"classes": ["a", "b", "c"]}))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    return slow_cam_run(tmp_path_factory.mktemp("slowcam"))
+
+
+GUARDED = (
+    "--allow-expensive", "--max-expensive-images", "2", "--max-expensive-inflight", "3",
+    "--queue-timeout-s", "1.5", "--keep-alive-s", "1", "--header-timeout-s", "2",
+    "--body-timeout-s", "3", "--max-request-mp", "50", "--max-inflight-mp", "60",
+)  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def guarded(run_dir):
+    """Expensive methods allowed, short deadlines, small pixel budgets."""
+    with server_process("--model", str(run_dir), *GUARDED) as server:
+        yield server
+
+
+def png_1bit(width: int, height: int) -> bytes:
+    """A real, complete 1-bit PNG (all black): a few KB on disk, width x height decoded."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        crc = zlib.crc32(kind + data) & 0xFFFFFFFF
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", crc)
+
+    row = b"\0" * (1 + (width + 7) // 8)  # filter byte + packed bits
+    raw = zlib.compress(row * height, 9)
+    ihdr = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", raw) + chunk(b"IEND", b"")
+
+
+def files(*named: tuple[str, bytes]) -> list:
+    return [("file", (name, data)) for name, data in named]
+
+
+def raw_request(port: int, data: bytes) -> socket.socket:
+    s = socket.create_connection(("127.0.0.1", port), timeout=15)
+    if data:
+        s.sendall(data)
+    return s
+
+
+def seconds_until_closed(s: socket.socket, limit: float) -> tuple[float, bytes]:
+    """(seconds until the server closed ``s``, what it sent); ``inf`` if still open at ``limit``."""
+    start, got = time.monotonic(), b""
+    s.settimeout(0.2)
+    while time.monotonic() - start < limit:
+        try:
+            chunk = s.recv(65536)
+        except TimeoutError:
+            continue
+        except ConnectionResetError:
+            return time.monotonic() - start, got
+        if not chunk:
+            return time.monotonic() - start, got
+        got += chunk
+    return float("inf"), got
+
+
+# --- expensive methods: their own worker, quota and deadline -------------------------------
+
+
+def test_scorecam_in_flight_does_not_delay_classify(guarded, photo_paths):
+    """Before: one worker per model, classify waited for the whole Score-CAM pass."""
+    cat, coffee = (photo_paths[k].read_bytes() for k in ("chelsea", "coffee"))
+    done: dict[str, float] = {}
+
+    def scorecam():
+        with httpx.Client(base_url=guarded.url, timeout=120) as c:
+            start = time.monotonic()
+            two = files(("a.png", cat), ("b.png", coffee))
+            r = c.post("/v1/explain?method=scorecam", files=two)
+            done["scorecam"] = time.monotonic()
+            done["scorecam_s"] = done["scorecam"] - start
+            done["status"] = r.status_code
+
+    with httpx.Client(base_url=guarded.url, timeout=120) as c:
+        assert c.post("/v1/classify", content=cat).status_code == 200  # warm
+        worker = threading.Thread(target=scorecam)
+        worker.start()
+        time.sleep(0.7)  # decoded and running
+        start = time.monotonic()
+        r = c.post("/v1/classify", files=files(("cat.png", cat)))
+        classify_s = time.monotonic() - start
+        classified_at = time.monotonic()
+        assert r.status_code == 200, r.text
+        worker.join(120)
+    assert done["status"] == 200
+    assert done["scorecam_s"] > 2.0, done  # the premise: Score-CAM is slow on this model
+    assert classify_s < 1.5, (classify_s, done)
+    assert classified_at < done["scorecam"]  # answered while Score-CAM still ran
+
+
+def test_expensive_quota_per_request_and_in_flight_and_queue_deadline(guarded, photo_paths):
+    """Per request: at most 2 images (413). In flight: at most 3 (429 + Retry-After). Queued
+    past the 1.5 s deadline (or certain to be): 503 + Retry-After, not an answer much later."""
+    cat = photo_paths["chelsea"].read_bytes()
+    url = f"{guarded.url}/v1/explain?method=score-cam"
+    three = httpx.post(url, files=files(*[(f"{i}.png", cat) for i in range(3)]), timeout=60)
+    assert three.status_code == 413, three.text
+    assert "at most 2 image(s)" in three.json()["error"]
+    assert "--max-expensive-images" in three.json()["error"]
+
+    def post(n: int, delay: float) -> tuple[int, dict, dict, float]:
+        time.sleep(delay)
+        start = time.monotonic()
+        r = httpx.post(url, files=files(*[(f"{i}.png", cat) for i in range(n)]), timeout=120)
+        return r.status_code, dict(r.headers), r.json(), time.monotonic() - start
+
+    with ThreadPoolExecutor(3) as pool:
+        running = pool.submit(post, 2, 0.0)  # 2 images: the pass runs for seconds
+        queued = pool.submit(post, 1, 0.5)  # waits behind it: over the 1.5 s deadline
+        over = pool.submit(post, 2, 1.0)  # 2 running + 2 > 3 in flight
+        (s1, _, _, t1), (s2, h2, b2, t2), (s3, h3, b3, t3) = (
+            f.result(timeout=120) for f in (running, queued, over)
+        )
+    assert s1 == 200 and t1 > 2.0
+    assert s2 == 503, b2
+    assert "queue limit" in b2["error"] and int(h2["retry-after"]) >= 1
+    # refused at once (the pass time is known) or at its deadline; never when the pass ended
+    assert t2 < 2.2 < t1
+    assert s3 == 429, b3
+    assert "limit is 3" in b3["error"] and int(h3["retry-after"]) >= 1
+    assert t3 < 1.0  # refused at once
+
+
+def test_expensive_methods_refused_unless_allowed(default_server, photo_paths):
+    cat = photo_paths["chelsea"].read_bytes()
+    with httpx.Client(base_url=default_server.url, timeout=60) as c:
+        for method in ("scorecam", "Score-CAM"):
+            r = c.post(f"/v1/explain?method={method}", content=cat)
+            assert r.status_code == 403, r.text
+            assert "--allow-expensive" in r.json()["error"]
+        assert c.post("/v1/explain?method=gradcam", content=cat).status_code == 200
+        (info,) = c.get("/v1/models").json()["models"]
+    assert "scorecam" not in info["methods"] and "gradcam" in info["methods"]
+    assert "scorecam" in info["expensive_methods"]
+    # ablationcam has a closed form on this GAP + Dense head: cheap, so answered
+    assert "ablationcam" in info["methods"] and "ablationcam" not in info["expensive_methods"]
+
+
+# --- pixels: per request and in flight -----------------------------------------------------
+
+
+def test_pixel_bombs_in_one_request_are_413_at_once(guarded):
+    """Eight 6000x6000 1-bit PNGs (4 KB each, 36 MP each decoded). Before: each under the
+    per-image limit, all decoded (seconds, GBs)."""
+    bomb = png_1bit(6000, 6000)
+    assert len(bomb) < 10_000
+    before = guarded.peak_rss_mb()
+    with httpx.Client(base_url=guarded.url, timeout=60) as c:
+        for path in ("/v1/classify", "/v1/explain"):
+            start = time.monotonic()
+            r = c.post(path, files=files(*[(f"{i}.png", bomb) for i in range(8)]))
+            assert r.status_code == 413, r.text
+            assert time.monotonic() - start < 2.0
+            assert "MP per request" in r.json()["error"]
+        # explain at full size counts every pixel twice (decoded and drawn): one is too many
+        r = c.post("/v1/explain?max_side=0", files=files(("big.png", bomb)))
+        assert r.status_code == 413 and "72.0 MP" in r.json()["error"]
+    assert guarded.peak_rss_mb() - before < 100  # nothing was decoded
+
+
+def test_in_flight_pixel_budget_is_503_with_retry_after(guarded, photo_paths):
+    """A 25 MP picture held by a slow Score-CAM + 36 MP more > the 60 MP in flight."""
+    held, more = png_1bit(5000, 5000), png_1bit(6000, 6000)
+    out: dict = {}
+
+    def slow():
+        r = httpx.post(f"{guarded.url}/v1/explain?method=scorecam&max_side=256",
+                       files=files(("held.png", held)), timeout=120)  # fmt: skip
+        out["slow"] = r.status_code
+
+    worker = threading.Thread(target=slow)
+    worker.start()
+    time.sleep(1.0)
+    r = httpx.post(f"{guarded.url}/v1/classify", files=files(("more.png", more)), timeout=60)
+    worker.join(120)
+    assert out["slow"] == 200
+    assert r.status_code == 503, r.text
+    assert int(r.headers["retry-after"]) >= 1 and "retry shortly" in r.json()["error"]
+    again = httpx.post(f"{guarded.url}/v1/classify", files=files(("more.png", more)), timeout=60)
+    assert again.status_code == 200, again.text  # alone it fits: decoded, then classified
+
+
+# --- connections: deadlines for headers, bodies and idle time -----------------------------
+
+
+def test_idle_connections_are_closed(guarded):
+    """Before: a connection that sent nothing stayed open for ever (keep-alive started only
+    after a response)."""
+    silent = raw_request(guarded.port, b"")
+    took, _ = seconds_until_closed(silent, 8)
+    assert 1.5 < took < 4.0  # --header-timeout-s 2
+    kept = raw_request(guarded.port, b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+    took, got = seconds_until_closed(kept, 8)
+    assert got.startswith(b"HTTP/1.1 200") and 0.5 < took < 3.0  # --keep-alive-s 1
+
+
+def test_trickled_headers_are_closed_at_the_header_deadline(guarded):
+    s = raw_request(guarded.port, b"GET /healthz HTTP/1.1\r\n")
+    start, closed = time.monotonic(), None
+    for i in range(16):  # a header line every 0.4 s: each would reset a per-read timer
+        time.sleep(0.4)
+        try:
+            s.sendall(f"X-{i}: y\r\n".encode())
+        except OSError:
+            closed = time.monotonic() - start
+            break
+    assert closed is not None and closed < 4.0
+
+
+def test_trickled_body_gets_408_at_the_body_deadline(guarded):
+    """Before: a byte every few seconds reset the 30 s read timeout for ever."""
+    s = raw_request(
+        guarded.port,
+        b"POST /v1/classify HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\n"
+        b"Content-Length: 1000\r\n\r\n",
+    )
+    start, got = time.monotonic(), b""
+    s.settimeout(0.05)
+    while time.monotonic() - start < 10:
+        try:
+            s.sendall(b"x")
+        except OSError:
+            break
+        try:
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            got += chunk
+        except TimeoutError:
+            pass
+        time.sleep(0.35)
+    took = time.monotonic() - start
+    assert got.startswith(b"HTTP/1.1 408"), got[:200]
+    assert b"after the headers" in got
+    assert 2.5 < took < 5.0  # --body-timeout-s 3
+
+
+def test_oversized_headers_are_refused(guarded):
+    s = raw_request(guarded.port, b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 20_000)
+    took, got = seconds_until_closed(s, 5)
+    assert got.startswith(b"HTTP/1.1 400") and took < 2
+
+
+# --- a server with the defaults and few file descriptors ----------------------------------
+
+NOFILE = 256
+
+
+@pytest.fixture(scope="module")
+def default_server(run_dir):
+    with server_process("--model", str(run_dir), nofile=NOFILE) as server:
+        yield server
+
+
+def test_a_socket_flood_is_refused_below_the_descriptor_limit(default_server):
+    """Before: 1,024 idle sockets used up the descriptors; every accept failed and logged a
+    traceback, and the server was unreachable. Now connections over the cap (below the
+    limit) get a 503 and are closed at once; the log says so once."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < 1024 <= hard or hard == resource.RLIM_INFINITY:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, 1024), hard))
+    sockets = []
+    try:
+        for _ in range(NOFILE + 64):
+            sockets.append(socket.create_connection(("127.0.0.1", default_server.port), 5))
+        time.sleep(1.0)
+        refused = 0
+        for s in sockets:
+            s.settimeout(0.01)
+            try:
+                got = s.recv(4096)
+            except TimeoutError:
+                continue
+            except ConnectionResetError:
+                got = b""
+            refused += 1
+            assert got == b"" or got.startswith(b"HTTP/1.1 503")
+        assert refused >= 64 + 64  # over the cap: at least the reserve under the limit
+        assert refused < len(sockets)  # the others are held (until their header deadline)
+    finally:
+        for s in sockets:
+            s.close()
+    deadline = time.monotonic() + 10
+    while True:  # reachable again once the flood is gone
+        try:
+            r = httpx.get(f"{default_server.url}/healthz", timeout=2)
+            if r.status_code == 200:
+                break
+        except httpx.TransportError:
+            pass
+        assert time.monotonic() < deadline, default_server.log()
+        time.sleep(0.2)
+    log = default_server.log()
+    assert "Too many open files" not in log and "Traceback" not in log
+    assert log.count("connection limit") == 1
+
+
+def test_descriptor_errors_are_logged_once_a_minute(caplog):
+    import errno
+
+    from kerascope.serve.limits import DescriptorLog
+
+    handler = DescriptorLog()
+    loop = asyncio.new_event_loop()
+    try:
+        handler.install(loop)
+        err = OSError(errno.EMFILE, "Too many open files")
+        with caplog.at_level(logging.ERROR):
+            for _ in range(1000):
+                loop.call_exception_handler(
+                    {"message": "socket.accept() out of system resource", "exception": err}
+                )
+            logging.getLogger("uvicorn.error").error("Exception in ASGI", exc_info=err)
+            loop.call_exception_handler({"message": "something else"})
+    finally:
+        loop.close()
+        for name in ("asyncio", "uvicorn.error"):
+            logging.getLogger(name).removeFilter(handler)
+    texts = [r.getMessage() for r in caplog.records]
+    assert sum("descriptor table full" in t for t in texts) == 1
+    assert not any("Exception in ASGI" in t for t in texts)
+    assert any("something else" in t for t in texts)  # other errors still logged
+    assert handler.hidden == 1000
+
+
+# --- flags ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("flag", "value"),
+    [("--max-body-mb", "inf"), ("--max-body-mb", "nan"), ("--max-body-mb", "-1"),
+     ("--max-body-mb", "0"), ("--max-request-mp", "inf"), ("--body-timeout-s", "nan"),
+     ("--limit-concurrency", "0"), ("--max-expensive-images", "-2")],
+)  # fmt: skip
+def test_bad_limits_are_one_line(flag, value):
+    import argparse
+
+    from kerascope.cli_serve import add_serve_command
+    from kerascope.errors import CliError
+
+    parser = argparse.ArgumentParser()
+    add_serve_command(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["serve", flag, value])
+    with pytest.raises(CliError, match=re.escape(flag) + " must be a finite number above 0"):
+        args.func(args)
+
+
+def test_max_body_mb_inf_is_one_line_not_a_traceback():
+    """Before: OverflowError (int(inf * 1e6)) with a traceback, after loading the model."""
+    done = subprocess.run(
+        [sys.executable, "-m", "kerascope.serve", "--max-body-mb", "inf", "--port", "0"],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [
+        "kerascope: error: --max-body-mb must be a finite number above 0, got inf"
+    ]
+
+
+# --- the queue deadline, in isolation ------------------------------------------------------
+
+
+def test_batcher_refuses_what_waited_past_its_deadline():
+    from kerascope.serve.batching import DynamicBatcher
+    from kerascope.serve.limits import Busy
+
+    def slow(xs):
+        time.sleep(0.6)
+        return xs
+
+    async def scenario():
+        batcher = DynamicBatcher(slow, pool, max_batch=1, max_wait_ms=0, queue_timeout=0.3)
+        first = asyncio.ensure_future(batcher.submit(1))
+        await asyncio.sleep(0.05)
+        start = time.monotonic()
+        with pytest.raises(Busy) as waited:
+            await batcher.submit(2)  # behind a 0.6 s pass: refused at 0.3 s
+        refused_after = time.monotonic() - start
+        assert await first == 1
+        with pytest.raises(Busy) as estimated:  # the pass time is known now: refused at once
+            batcher.enqueue([3])
+            batcher.enqueue([4])
+        await batcher.close()
+        return waited.value, refused_after, estimated.value
+
+    with ThreadPoolExecutor(1) as pool:
+        waited, refused_after, estimated = asyncio.run(scenario())
+    assert 0.25 < refused_after < 0.5 and waited.status == 503 and waited.retry_after >= 1
+    assert "queue limit" in str(estimated)
+
+
+def test_pixel_budget_counts_decoded_pixels_from_the_header(photo_paths):
+    from PIL import Image
+
+    from kerascope.serve.uploads import pixel_cost
+
+    jpeg = io.BytesIO()
+    Image.new("RGB", (4000, 3000), (10, 20, 30)).save(jpeg, "JPEG")
+    big_jpeg = jpeg.getvalue()
+    cat = photo_paths["chelsea"].read_bytes()  # PNG 451 x 300
+    size = (224, 224)
+    assert pixel_cost([("c", cat)], size) == 451 * 300
+    assert pixel_cost([("b", png_1bit(6000, 6000))], size) == 36_000_000  # PNG: whole
+    # JPEG: decoded reduced (draft to >= 448 px: 1/4), as classify decodes a file
+    assert pixel_cost([("j", big_jpeg)], size) == 1000 * 750
+    # explain keeps the picture (short side >= max_side) and draws it at max_side
+    drawn = pixel_cost([("j", big_jpeg)], size, True, 1024) - 2000 * 1500
+    assert drawn == pytest.approx(1024 * 768, abs=1)
+    assert pixel_cost([("j", big_jpeg)], size, True, 0) == 2 * 4000 * 3000
+    assert pixel_cost([("x", b"not an image")], size) == 0
