@@ -2,8 +2,10 @@
 
 For EfficientNet-Lite0 at 224 px, batch 32, images/second of training including the data
 pipeline (decode-once uint8 cache filled, as from epoch 2 of `kerascope train`), for
-  - ``whole graph``: today's Keras path, the full model (augmentation layers, frozen backbone,
-    head) in ``model.fit`` (`kerascope train --engine keras`, the GPU path);
+  - ``whole graph``: the full model in ``model.fit`` (`kerascope train --engine keras`, the GPU
+    path): uint8 batches and their augmentation matrices in, augmentation (the device executor,
+    kerascope.data.augment.warp), cast, forward, backward and update in the one jitted step
+    (kerascope.training.whole); ``whole no-aug`` the same without augmentation;
   - ``split``: what `kerascope train` does on a CPU: Pillow augmentation, the frozen prefix on
     onnxruntime, only the trainable suffix in ``fit`` (kerascope.training.split);
   - ``torch eager``: the loop a user writes by hand on the reference efficientnet-lite-pytorch
@@ -12,7 +14,8 @@ pipeline (decode-once uint8 cache filled, as from epoch 2 of `kerascope train`),
 for ``transfer`` (frozen backbone, new head) and ``finetune`` stage 2 (top 20 % unfrozen).
 Contenders run interleaved, repeat by repeat (A B C A B C ...), so a neighbour's load hits all
 alike; each figure is the median over repeats with the [min - max] spread. Compilation is
-excluded (a warm-up fit per contender first).
+excluded (a warm-up fit per contender first). Also printed: the host time per batch spent
+outside the compiled step by the whole-graph feed (cache read, padding, augmentation matrices).
 
     python benchmarks/train.py [--repeats 3] [--steps 6]
 """
@@ -42,6 +45,7 @@ from kerascope.fast_convs import fast_convs  # noqa: E402
 from kerascope.inference import compiled  # noqa: E402
 from kerascope.training import recipes  # noqa: E402
 from kerascope.training.split import PrefixSequence, split_model  # noqa: E402
+from kerascope.training.whole import AugmentedTrainer, DeviceFeed  # noqa: E402
 
 
 class StepTimer(keras.callbacks.Callback):
@@ -84,22 +88,31 @@ def make_jpegs(folder: Path, n: int, size: int = 320) -> list[tuple[str, int]]:
 
 
 def keras_contenders(name: str, seq: FolderSequence, size: int, batch: int, steps: int):
-    """(whole graph, split) measurement functions for one recipe's last stage."""
+    """{contender: measurement function} for one recipe's last stage."""
     recipe = recipes.get_recipe(name)
     stage = len(recipe.stages) - 1
     s = recipe.stages[stage]
 
     def build():
         keras.utils.set_random_seed(0)
-        model = recipes.build_model(
-            recipe, 2, (size, size), recipe.augment, 0, "efficientnet_lite0"
-        )
+        model = recipes.build_model(recipe, 2, (size, size), None, 0, "efficientnet_lite0")
         recipes.prepare_stage(model, stage, recipes.heads.DEFAULT_UNFREEZE)
         return model
 
-    whole = build()
-    whole.compile(recipes.make_optimizer(s.optimizer, s.lr), "sparse_categorical_crossentropy")
-    whole.fit(seq, epochs=1, steps_per_epoch=1, verbose=0, shuffle=False)  # compile
+    out = {}
+    for label, augment in (("whole graph", recipe.augment), ("whole no-aug", None)):
+        trainer = AugmentedTrainer(build(), recipe.augment.fill_mode)
+        optimizer = recipes.make_optimizer(s.optimizer, s.lr)
+        trainer.compile(optimizer, "sparse_categorical_crossentropy")
+        feed = DeviceFeed(seq, augment, seed=0)
+        with fast_convs():
+            trainer.fit(feed, epochs=1, steps_per_epoch=1, verbose=0, shuffle=False)  # compile
+
+        def rate(trainer=trainer, feed=feed) -> float:
+            with fast_convs():
+                return fit_rate(trainer, feed, steps, batch)
+
+        out[label] = rate
 
     parts = split_model(build())
     parts.suffix.compile(
@@ -113,7 +126,19 @@ def keras_contenders(name: str, seq: FolderSequence, size: int, batch: int, step
         with fast_convs():
             return fit_rate(parts.suffix, feed, steps, batch)
 
-    return (lambda: fit_rate(whole, seq, steps, batch)), split_rate
+    out["split"] = split_rate
+    return out
+
+
+def host_ms_per_batch(seq: FolderSequence, augment, repeats: int = 20) -> float:
+    """Median ms a whole-graph batch costs the host outside the compiled step."""
+    feed = DeviceFeed(seq, augment, seed=0)
+    times = []
+    for i in range(repeats):
+        start = time.perf_counter()
+        feed[i % len(feed)]
+        times.append(time.perf_counter() - start)
+    return 1000 * statistics.median(times)
 
 
 def torch_contender(name: str, seq: FolderSequence, steps: int):
@@ -189,22 +214,32 @@ def main() -> None:
         seq.fill_cache()
         contenders = {}
         for name in ("transfer", "finetune"):
-            whole, split = keras_contenders(name, seq, size, b, args.steps)
-            contenders[(name, "whole graph")] = whole
-            contenders[(name, "split")] = split
+            for who, rate in keras_contenders(name, seq, size, b, args.steps).items():
+                contenders[(name, who)] = rate
             if not args.no_torch:
                 contenders[(name, "torch eager")] = torch_contender(name, seq, args.steps)
         rates = interleaved(contenders, args.repeats)
+        augment = recipes.get_recipe("transfer").augment
+        host = {label: host_ms_per_batch(seq, aug) for label, aug in
+                (("augmented", augment), ("plain", None))}  # fmt: skip
     print("\nrecipe    contender     img/s median [min - max]")
     for (name, who), values in rates.items():
         print(f"{name:<9} {who:<12} {spread(values)}")
     median = {key: statistics.median(values) for key, values in rates.items()}
     for name in ("transfer", "finetune"):
         split = median[(name, "split")]
-        line = f"{name}: split / whole graph {split / median[(name, 'whole graph')]:.1f}x"
+        whole = median[(name, "whole graph")]
+        line = (
+            f"{name}: split / whole graph {split / whole:.1f}x, whole graph augmentation "
+            f"on / off {whole / median[(name, 'whole no-aug')]:.2f}x"
+        )
         if (name, "torch eager") in median:
             line += f", split / torch eager {split / median[(name, 'torch eager')]:.2f}x"
         print(line)
+    print(
+        "host time per whole-graph batch outside the compiled step (cache read, padding, "
+        f"matrices): augmented {host['augmented']:.1f} ms, plain {host['plain']:.1f} ms"
+    )
 
 
 if __name__ == "__main__":

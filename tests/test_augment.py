@@ -1,4 +1,6 @@
-"""Augmentation layers: the tutorial's settings, training-only behaviour, and the preview."""
+"""Augmentation: the tutorial's settings, the one definition (sample_matrices) and its two
+executors (Pillow on the host, keras.ops on the device) agreeing, fill modes, the preview, and
+the legacy Keras layers."""
 
 from __future__ import annotations
 
@@ -6,7 +8,16 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from kerascope.data.augment import AugmentConfig, augment_preview, build_augmentation
+from kerascope.data.affine import random_affine, warp_pillow
+from kerascope.data.augment import (
+    FILL_MODES,
+    AugmentConfig,
+    augment_preview,
+    build_augmentation,
+    identity_matrices,
+    sample_matrices,
+    warp,
+)
 
 
 @pytest.fixture(scope="module")
@@ -95,3 +106,73 @@ def test_bad_settings_are_one_line_from_the_cli(photo_paths, tmp_path, capsys):
     err = capsys.readouterr().err
     assert "zoom must be below 1 (a fraction), got 1.5" in err and "Traceback" not in err
     assert not out.exists()
+
+
+def _device(images: np.ndarray, matrices: np.ndarray, fill_mode: str) -> np.ndarray:
+    """The device executor as the train step runs it: compiled (jit on JAX)."""
+    import keras
+
+    if keras.backend.backend() == "jax":
+        import jax
+
+        return np.asarray(jax.jit(lambda x, m: warp(x, m, fill_mode))(images, matrices))
+    return keras.ops.convert_to_numpy(warp(images, matrices, fill_mode))
+
+
+@pytest.fixture(scope="module")
+def cats(chelsea) -> np.ndarray:
+    from kerascope.images import resize
+
+    return np.repeat(resize(chelsea, (96, 128))[None], 12, axis=0)
+
+
+@pytest.mark.parametrize("fill_mode", FILL_MODES)
+def test_both_executors_draw_the_same_views_on_a_photo(cats, fill_mode):
+    """Same seed, same matrices, same pictures: Pillow (CPU trainer) and the jitted keras.ops
+    warp (whole-graph trainer) differ by rounding only, for every fill mode."""
+    config = AugmentConfig(fill_mode=fill_mode)
+    matrices = sample_matrices(config, 7, 2, 5, len(cats), 96, 128)
+    host = warp_pillow(cats, matrices, fill_mode).astype(np.float32)
+    device = _device(cats, matrices, fill_mode)
+    assert host.shape == device.shape == cats.shape
+    difference = np.abs(host - device)
+    assert difference.mean() < 1.0 and np.percentile(difference, 99.9) <= 2.0
+    assert np.abs(host - cats).mean() > 15  # the views really are transformed
+    again = random_affine(config, 7)(cats, 2, 5)  # the CPU trainer's call: the same draws
+    np.testing.assert_array_equal(again, host.astype(np.uint8))
+
+
+@pytest.mark.parametrize("fill_mode", FILL_MODES)
+def test_fill_modes_read_outside_the_picture_as_keras_does(fill_mode):
+    """A shift by 3 pixels reads columns w..w+2 past the right edge: nearest repeats the
+    edge, reflect mirrors it, wrap comes round from the left, constant is black."""
+    rng = np.random.default_rng(0)
+    x = rng.integers(1, 256, (1, 4, 6, 3)).astype(np.uint8)
+    shift = identity_matrices(1)
+    shift[0, 0, 2] = 3.0
+    pad = {"nearest": "edge", "reflect": "symmetric", "wrap": "wrap", "constant": "constant"}
+    expected = np.pad(x, ((0, 0), (0, 0), (0, 3), (0, 0)), mode=pad[fill_mode])[:, :, 3:]
+    np.testing.assert_allclose(_device(x, shift, fill_mode), expected, atol=1e-3)
+    np.testing.assert_array_equal(warp_pillow(x, shift, fill_mode), expected)
+
+
+def test_matrices_are_seeded_and_follow_the_config():
+    c = AugmentConfig()
+    a = sample_matrices(c, 3, 0, 0, 8, 64, 48)
+    assert a.shape == (8, 2, 3) and a.dtype == np.float32
+    np.testing.assert_array_equal(a, sample_matrices(c, 3, 0, 0, 8, 64, 48))
+    assert not np.array_equal(a, sample_matrices(c, 3, 1, 0, 8, 64, 48))  # a new epoch
+    assert not np.array_equal(a, sample_matrices(c, 3, 0, 1, 8, 64, 48))  # another batch
+    none = AugmentConfig(0, 0, 0, 0, 0, horizontal_flip=False)
+    assert none.is_identity and not c.is_identity
+    np.testing.assert_array_equal(sample_matrices(none, 0, 0, 0, 4, 8, 8), identity_matrices(4))
+    flips = sample_matrices(AugmentConfig(0, 0, 0, 0, 0), 0, 0, 0, 32, 8, 10)
+    mirror = np.array([[-1, 0, 9], [0, 1, 0]], np.float32)
+    is_mirror = [np.array_equal(m, mirror) for m in flips]
+    assert all(is_mirror[i] or np.array_equal(m, identity_matrices(1)[0])
+               for i, m in enumerate(flips)) and 4 < sum(is_mirror) < 28  # fmt: skip
+    # rotation only: a pure rotation about the centre, within the range
+    turn = sample_matrices(AugmentConfig(30, 0, 0, 0, 0, horizontal_flip=False), 0, 0, 0, 64, 9, 9)
+    angles = np.degrees(np.arctan2(turn[:, 1, 0], turn[:, 0, 0]))
+    assert np.abs(angles).max() <= 30 and np.abs(angles).max() > 20
+    np.testing.assert_allclose(turn[:, :, :2] @ [4, 4] + turn[:, :, 2], 4, atol=1e-4)

@@ -1,0 +1,140 @@
+"""The whole-graph trainer (``--engine keras``): augmentation inside the one compiled step, one
+compilation per step function whatever the last batch, the feed, and mixed precision."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+from PIL import Image
+
+from kerascope.data.affine import random_affine
+from kerascope.data.augment import AugmentConfig, sample_matrices, warp
+from kerascope.data.loader import FolderSequence
+from kerascope.report import read_history
+from kerascope.training import train
+from kerascope.training.whole import DeviceFeed
+
+from .test_train import make_shapes
+
+pytestmark = pytest.mark.skipif(keras.backend.backend() != "jax", reason="counts JAX compiles")
+
+
+@pytest.fixture(scope="module")
+def shapes(tmp_path_factory) -> Path:
+    return make_shapes(tmp_path_factory.mktemp("shapes"), n=15, size=40)
+
+
+def make_cats_and_coffee(root: Path, skimage_data: Path, n: int = 24, size: int = 40) -> Path:
+    """Two classes of real-photo crops: chelsea (the cat) and coffee, random place and scale."""
+    rng = np.random.default_rng(1)
+    for name, file in (("cat", "chelsea.png"), ("coffee", "coffee.png")):
+        photo = Image.open(skimage_data / file).convert("RGB")
+        (root / name).mkdir(parents=True, exist_ok=True)
+        for i in range(n):
+            s = int(rng.uniform(0.5, 0.9) * min(photo.size))
+            x, y = rng.integers(0, photo.width - s), rng.integers(0, photo.height - s)
+            crop = photo.crop((x, y, x + s, y + s)).resize((size, size), Image.BILINEAR)
+            crop.save(root / name / f"{i:03d}.jpg", quality=90)
+    return root
+
+
+class _Compiles(logging.Handler):
+    """JAX's compile log: one record per XLA compilation, naming the function."""
+
+    def __init__(self):
+        super().__init__(logging.DEBUG)
+        self.names: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        message = record.getMessage()
+        if message.startswith("Compiling "):
+            self.names.append(message.split()[1])
+
+
+@pytest.fixture
+def compiles():
+    import jax
+
+    handler = _Compiles()
+    logger = logging.getLogger("jax")
+    logger.addHandler(handler)
+    jax.config.update("jax_log_compiles", True)
+    try:
+        yield handler
+    finally:
+        jax.config.update("jax_log_compiles", False)
+        logger.removeHandler(handler)
+
+
+def test_one_compilation_per_step_function_with_a_partial_last_batch(shapes, tmp_path,
+                                                                     compiles):  # fmt: skip
+    """36 training images in batches of 16 (the last one 4): augmented on the device inside
+    the train step, which compiles once for three epochs; evaluation once too."""
+    run = train(shapes, recipe="lenet", output=tmp_path / "run", epochs=3, batch_size=16,
+                image_size=32, engine="keras", progress=False)  # fmt: skip
+    steps = [n for n in compiles.names if "train_step" in n or "test_step" in n]
+    assert sorted(steps) == ["jit(test_step)", "jit(train_step)"], compiles.names
+    history = read_history(run.run_dir / "history.csv")
+    assert [r["epoch"] for r in history] == [1, 2, 3]
+    assert all(r["images_per_second"] > 0 and 0 < r["train_seconds"] <= r["seconds"]
+               for r in history)  # fmt: skip
+    assert run.config["precision"] == "float32"  # auto, on a CPU
+
+
+def test_feed_pads_weighs_and_draws_the_cpu_trainers_views(shapes, tmp_path):
+    """Every batch has the full shape; padding weighs 0 and real rows weigh steps*B/n (class
+    weights folded in), so epoch means are exact; the matrices are the ones the Pillow
+    trainer draws for the same (seed, epoch, batch), so both trainers see the same views."""
+    items = [(str(p), i % 3) for i, p in enumerate(sorted(shapes.rglob("*.png")))][:20]
+    images = FolderSequence(items, ["a", "b", "c"], 32, batch_size=8, shuffle=True, seed=4,
+                            cache=tmp_path / "cache")  # fmt: skip
+    images.set_epoch(2)
+    feed = DeviceFeed(images, AugmentConfig(), seed=9, class_weight={1: 2.0})
+    assert len(feed) == 3
+    batches = [feed[i] for i in range(3)]
+    for inputs, labels, weights in batches:
+        assert inputs["image"].shape == (8, 32, 32, 3) and inputs["image"].dtype == np.uint8
+        assert inputs["matrices"].shape == (8, 2, 3) and labels.shape == weights.shape == (8,)
+    last_rows, real = images.padded_rows(2)
+    assert real == 4 and np.array_equal(batches[2][1][:4], images.labels[last_rows[:4]])
+    weights = np.concatenate([w for _, _, w in batches])
+    labels = np.concatenate([y for _, y, _ in batches])
+    np.testing.assert_array_equal(weights[-4:], 0)
+    scale = 3 * 8 / 20
+    np.testing.assert_allclose(weights[:20], np.where(labels[:20] == 1, 2 * scale, scale))
+    inputs = batches[1][0]
+    np.testing.assert_array_equal(inputs["matrices"],
+                                  sample_matrices(AugmentConfig(), 9, 2, 1, 8, 32, 32))  # fmt: skip
+    device = keras.ops.convert_to_numpy(warp(inputs["image"], inputs["matrices"]))
+    host = random_affine(AugmentConfig(), 9)(inputs["image"], 2, 1)
+    assert np.abs(device - host).mean() < 1.0
+    plain = DeviceFeed(images, None)[0][0]  # validation: plain uint8 images
+    assert isinstance(plain, np.ndarray) and plain.shape == (8, 32, 32, 3)
+
+
+def test_bfloat16_training_learns_real_photos(tmp_path, skimage_data):
+    """A short bfloat16 run of the whole graph on a CPU (cat vs coffee crops) learns: the
+    layers compute in bfloat16 while it trains, and the saved model is float32 again."""
+    data = make_cats_and_coffee(tmp_path / "data", skimage_data)
+    seen: dict[str, str] = {}
+
+    class Watch(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            network = self.model.network
+            seen["conv"] = network.get_layer("conv1").compute_dtype
+            seen["out"] = network.get_layer("predictions").compute_dtype
+
+    run = train(data, recipe="lenet", output=tmp_path / "run", epochs=6, batch_size=16,
+                image_size=32, engine="keras", precision="bfloat16", lr=3e-3, progress=False,
+                callbacks=[Watch()], val_split=0.25)  # fmt: skip
+    assert seen == {"conv": "bfloat16", "out": "float32"}
+    assert run.config["precision"] == "bfloat16"
+    assert "precision bfloat16" in (run.run_dir / "report.md").read_text()
+    assert max(r["accuracy"] for r in run.history) > 0.75  # chance is 0.5
+    assert run.val_accuracy > 0.6
+    saved = keras.saving.load_model(run.model_path)
+    assert {layer.dtype_policy.name for layer in saved.layers} == {"float32"}
