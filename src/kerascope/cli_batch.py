@@ -87,6 +87,9 @@ def _run_batch(args) -> int:
     if report.skipped_files:
         shown = ", ".join(report.skipped_files[:5])
         output.note(f"skipped {len(report.skipped_files)} non-image file(s): {shown}")
+    if report.redone:
+        output.note(f"{len(report.redone)} damaged shard(s) found and computed again: "
+                    f"{', '.join(report.redone[:3])}")  # fmt: skip
     resumed = f" ({report.already} done before)" if report.already else ""
     output.note(
         f"{report.inputs} input(s) in {report.blocks} shard(s) in {report.output}{resumed}, "

@@ -48,7 +48,7 @@ def lock_run(run_dir: str | os.PathLike, create: bool = False) -> Iterator[Path]
         if create:
             folder.mkdir(parents=True, exist_ok=True)
         fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
-    except FileExistsError:  # a file where the run's folder (or a parent) should be
+    except (FileExistsError, NotADirectoryError):  # a file where a folder should be
         raise RunError(f"output '{folder}' is a file (or lies under one): choose a folder "
                        "for the run") from None  # fmt: skip
     except OSError as exc:  # a read-only file system, no permission

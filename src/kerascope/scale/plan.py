@@ -121,18 +121,36 @@ def _digest(parts: list[str]) -> str:
 
 
 def explain_names(paths: list[str]) -> dict[str, str]:
-    """Picture names as ``kerascope explain`` gives them (``<stem>-output.jpg``).
+    """Picture names as ``kerascope explain`` gives them (``<stem>-output.jpg``), one per input
+    and all distinct, by construction.
 
     In one output folder two inputs with the same stem (``a/IMG_1.jpg``, ``b/IMG_1.jpg``)
-    would overwrite each other; those get a short hash of their path before ``-output``.
+    would overwrite each other; those get a short hash of their path before ``-output``. A
+    hashed name can still equal another input's plain name (``c/IMG_1-<hash>.jpg``) or, in
+    principle, another hashed one: the names every other input wants are reserved first, and
+    any name left in a tie gets the first free ``-2``, ``-3``, ... in the sorted inputs'
+    order. The inputs are the job's whole sorted list, so the names are the same on a resume.
     """
     stems = Counter(Path(p).stem for p in paths)
-    return {
+    wanted = {
         p: f"{Path(p).stem}-output.jpg"
         if stems[Path(p).stem] == 1
         else f"{Path(p).stem}-{_digest([p])[:8]}-output.jpg"
         for p in paths
     }
+    counts = Counter(wanted.values())
+    taken = {name for name, n in counts.items() if n == 1}
+    names = {}
+    for p in sorted(paths):
+        name = wanted[p]
+        if counts[name] > 1:
+            stem = name.removesuffix("-output.jpg")
+            k = 2
+            while (name := f"{stem}-{k}-output.jpg") in taken:
+                k += 1
+            taken.add(name)
+        names[p] = name
+    return names
 
 
 def make_blocks(found: Inputs, block_size: int, task: str) -> list[Block]:
@@ -181,6 +199,9 @@ def prepare_output(out: Path, manifest: dict) -> None:
     blocks they belonged to have no shard and run again.
     """
     path = out / MANIFEST
+    if out.exists() and not out.is_dir():
+        raise BatchError(f"output '{out}' is a file: batch writes a folder of Parquet shards; "
+                         "choose a new or empty folder")  # fmt: skip
     if path.is_file():
         try:
             old = json.loads(path.read_text(encoding="utf-8"))
@@ -198,9 +219,14 @@ def prepare_output(out: Path, manifest: dict) -> None:
             "output folder"
         )
     shards = shard_dir(out, manifest["task"])
-    shards.mkdir(parents=True, exist_ok=True)
-    for folder in {out, shards}:
-        files.remove_stale_temps(folder)
+    try:
+        shards.mkdir(parents=True, exist_ok=True)
+        for folder in {out, shards}:
+            files.remove_stale_temps(folder)
+    except (FileExistsError, NotADirectoryError):  # a file where a parent folder should be
+        raise BatchError(f"output '{out}' lies under a file: choose a folder") from None
+    except OSError as exc:  # a read-only file system, no permission
+        raise files.output_error(out, exc) from None
     if not path.is_file():
         files.write_json(path, manifest)
 
@@ -224,5 +250,13 @@ def finish(out: Path, manifest: dict, blocks: list[Block]) -> dict:
             f"unexpected {extra[:3]}); run the same command again to finish it"
         )
     done = dict(manifest, complete=True)
-    files.write_json(out / MANIFEST, done)
+    if _read_manifest(out / MANIFEST) != done:  # a finished job is not written again
+        files.write_json(out / MANIFEST, done)
     return done
+
+
+def _read_manifest(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None

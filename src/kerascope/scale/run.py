@@ -13,7 +13,7 @@ import contextlib
 import logging
 import os
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +52,7 @@ class BatchReport:
     workers: int
     skipped_files: list[str]
     where: str
+    redone: list[str] = field(default_factory=list)  # damaged shards found and written again
 
 
 def _settings(task: str, o: dict[str, Any]) -> dict[str, Any]:
@@ -127,6 +128,9 @@ def run_batch(
     out = Path(output).absolute()
     manifest = manifest_for(task, settings, blocks, block_size)
     prepare_output(out, manifest)
+    from kerascope.scale.work import remove_damaged
+
+    redone = remove_damaged(shard_dir(out, task), blocks)
     todo = pending(out, task, blocks)
     job = {"task": task, "output": str(out), "settings": settings, "batch_size": batch_size}
     used, where = 0, "in this process"
@@ -147,7 +151,8 @@ def run_batch(
     folder = shard_dir(out, task)
     errors = sum(shard_info(folder / b.shard).get("errors", 0) for b in blocks)
     return BatchReport(task, out, len(found.paths), len(blocks), len(todo),
-                       len(blocks) - len(todo), errors, used, found.skipped, where)  # fmt: skip
+                       len(blocks) - len(todo), errors, used, found.skipped, where,
+                       redone)  # fmt: skip
 
 
 def _require(what: str, module: str) -> None:

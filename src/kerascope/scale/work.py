@@ -140,8 +140,9 @@ class BlockWorker:
         if self.fatal:
             return done
         path = self.folder / row["shard"]
-        if path.is_file():  # a retry of a block whose shard was written: nothing to redo
-            return dict(done, skipped=True, errors=shard_info(path).get("errors", 0))
+        info = shard_check(path, row["block"], len(row["paths"]))
+        if info is not None:  # a retry of a block whose shard was written: nothing to redo
+            return dict(done, skipped=True, errors=info.get("errors", 0))
         try:
             table, errors = getattr(self, f"_{self.task}")(row)
             meta = {"task": self.task, "settings": self.settings, "block": row["block"],
@@ -266,3 +267,41 @@ def shard_info(path: str | os.PathLike) -> dict[str, Any]:
 
     meta = pq.read_schema(path).metadata or {}
     return json.loads(meta.get(META_KEY, b"{}"))
+
+
+def shard_check(path: Path, block: int, inputs: int) -> dict[str, Any] | None:
+    """A shard's metadata when ``path`` is a whole shard of block ``block`` (its footer reads
+    and names that block and its number of inputs); None when there is no such file or it is
+    damaged (a truncated copy, a disk error): such a block is computed again.
+
+    The footer is the end of the file and holds every column chunk's offset, so a file cut
+    anywhere fails here without reading its rows.
+    """
+    import pyarrow.parquet as pq
+
+    if not path.is_file():
+        return None
+    try:
+        meta = pq.read_metadata(path)
+        info = json.loads((meta.metadata or {}).get(META_KEY, b"{}"))
+        if info.get("block") != block or info.get("inputs") != inputs or meta.num_rows < inputs:
+            return None
+    except Exception:  # noqa: BLE001  (pyarrow raises ArrowInvalid, OSError, ... for bad files)
+        return None
+    return info
+
+
+def remove_damaged(folder: Path, blocks: list) -> list[str]:
+    """Delete the shards of ``blocks`` in ``folder`` that exist but are not whole (see
+    `shard_check`), so that their blocks run again; their names. Only the job's own shard
+    names are looked at, in a folder that holds this job (the manifest says so)."""
+    damaged = []
+    for b in blocks:
+        path = folder / b.shard
+        if path.is_file() and shard_check(path, b.index, len(b.paths)) is None:
+            try:
+                path.unlink()
+            except OSError as exc:
+                raise files.output_error(path, exc) from None
+            damaged.append(b.shard)
+    return damaged
