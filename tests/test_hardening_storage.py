@@ -291,6 +291,30 @@ def test_classify_reports_symlink_loops_given_walked_or_globbed(loops, capsys):
         assert len(rows) - len(errors) == 1  # the cat is still classified
 
 
+def test_loops_without_an_image_suffix_are_reported_as_loops_not_skipped(loops, capsys):
+    """A link loop has no kind: walking a folder or a glob must not count it as a non-image."""
+    from kerascope.cli import main
+    from kerascope.images import expand_inputs
+
+    os.symlink("y", loops / "x")
+    os.symlink("x", loops / "y")
+    os.symlink("me", loops / "me")
+    (loops / "notes.txt").write_text("a real non-image file")
+    found = expand_inputs([str(loops)])
+    assert sorted(Path(p).name for p in found.paths) == [
+        "a.jpg", "b.jpg", "cat.png", "me", "self.jpg", "x", "y"]  # fmt: skip
+    assert [Path(p).name for p in found.skipped] == ["notes.txt"]
+    for inputs in ([str(loops)], [str(loops / "*")]):
+        code = main(["classify", *inputs, "--format", "json", "-k", "1"])
+        captured = capsys.readouterr()
+        rows = json.loads(captured.out)
+        errors = {Path(r["image"]).name: r["error"] for r in rows if r.get("error")}
+        assert code == 1
+        assert set(errors) == {"a.jpg", "b.jpg", "self.jpg", "me", "x", "y"}
+        assert all(e.startswith("symbolic link loop") for e in errors.values())
+        assert "skipped 1 non-image file(s): " in captured.err and "notes.txt" in captured.err
+
+
 def test_explain_reports_symlink_loops(loops, lite0, tmp_path):
     from kerascope.cam.save import save_explanations
 

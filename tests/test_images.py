@@ -364,3 +364,67 @@ def test_no_raw_exception_escapes_for_random_files(tmp_path, chelsea):
             assert load_image(path).shape == chelsea.shape
         except ImageError:
             pass
+
+
+# -- headers that lie about the data --------------------------------------------------------
+
+
+def _inflated_jpeg(chelsea: np.ndarray, side: int) -> bytes:
+    """A complete 16x16 JPEG (end marker included) whose frame header claims ``side``x``side``:
+    libjpeg pads the missing blocks with grey and Pillow drops its warning."""
+    buf = io.BytesIO()
+    Image.fromarray(chelsea[:16, :16]).save(buf, "JPEG")
+    data = bytearray(buf.getvalue())
+    sof = data.find(b"\xff\xc0")
+    struct.pack_into(">HH", data, sof + 5, side, side)
+    return bytes(data)
+
+
+@pytest.mark.parametrize("min_size", [None, (224, 224)])  # full and reduced (draft) decode
+def test_jpeg_header_claiming_more_than_its_data_is_refused_as_truncated(tmp_path, chelsea,
+                                                                         min_size):  # fmt: skip
+    data = _inflated_jpeg(chelsea, 12_000)
+    path = tmp_path / "inflated.jpg"
+    path.write_bytes(data)
+    with pytest.raises(ImageError) as info:
+        load_image(path, min_size=min_size)
+    assert info.value.reason.startswith("truncated image data: the header says 12000x12000")
+    assert f"the file has {len(data):,}" in info.value.reason
+    with pytest.raises(ImageError, match="truncated image data"):  # an upload: a file object
+        images.decode_image(io.BytesIO(data), "upload.jpg", min_size=min_size)
+
+
+@pytest.mark.parametrize("progressive", [False, True])
+@pytest.mark.parametrize("mode", ["RGB", "L"])
+def test_large_flat_jpegs_are_not_mistaken_for_truncated(tmp_path, mode, progressive):
+    """The smallest honest files there are: one flat colour, optimised Huffman tables."""
+    path = tmp_path / "flat.jpg"
+    Image.new(mode, (6000, 4000), 128 if mode == "L" else (200, 200, 200)).save(
+        path, quality=10, progressive=progressive, optimize=True, subsampling=2
+    )
+    assert path.stat().st_size < 300_000
+    image = load_image(path, min_size=(224, 224))
+    assert image.shape[0] >= 448 and np.all(np.abs(image.astype(int) - image[0, 0]) <= 1)
+
+
+def test_png_rows_too_wide_to_convert_say_so(tmp_path):
+    """178,000,000 x 1 is under the pixel limit, but Pillow cannot copy such a row to RGB (its
+    row size in bits overflows a C int: a bare MemoryError)."""
+    width = 178_000_000
+    deflate = zlib.compressobj(9)
+    idat = deflate.compress(b"\x00" * (width + 1)) + deflate.flush()
+    path = tmp_path / "wide.png"
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n"
+        + _png_chunk(b"IHDR", struct.pack(">IIBBBBB", width, 1, 8, 0, 0, 0, 0))
+        + _png_chunk(b"IDAT", idat)
+        + _png_chunk(b"IEND", b"")
+    )
+    with pytest.raises(ImageError) as info:
+        load_image(path)
+    assert info.value.kind == "too_large"
+    assert info.value.reason == (
+        "image rows are 178,000,000 pixels wide (178000000x1), more than the 89,478,478 "
+        "Pillow can convert; crop or resize it first"
+    )
+    assert images.max_row_pixels("L") == 89_478_478 and images.max_row_pixels("RGBA") < 7e7

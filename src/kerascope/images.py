@@ -208,8 +208,79 @@ def decode_image(
                 f"{_fmt_pixels(limit)} limit ({limit_hint})",
                 "too_large",
             )
+        if img.format == "JPEG":
+            _check_jpeg_length(p, img)
         with _DECODES.take(width * height):
             return _decode(p, img, max_side, min_size)
+
+
+# Start-of-frame markers of Huffman-coded JPEGs (baseline, extended, progressive; lossless is
+# refused by Pillow). Arithmetic-coded ones (0xC9-0xCB, 0xCD-0xCF) can be smaller than any bound.
+_HUFFMAN_SOF = frozenset({0xC0, 0xC1, 0xC2})
+
+
+def _jpeg_frame(fp: IO[bytes]) -> tuple[int, list[tuple[int, int]]] | None:
+    """The start-of-frame marker and each component's (h, v) sampling, read from the segment
+    headers (Pillow keeps neither the marker nor whether the scans are Huffman coded)."""
+    fp.seek(0)
+    if fp.read(2) != b"\xff\xd8":
+        return None
+    while True:
+        byte = fp.read(1)
+        while byte == b"\xff":  # fill bytes before a marker
+            byte = fp.read(1)
+        if not byte:
+            return None
+        marker = byte[0]
+        if marker in (0x01, *range(0xD0, 0xD8)):  # no length field
+            continue
+        head = fp.read(2)
+        if len(head) < 2 or marker == 0xDA:  # start of scan: no frame seen
+            return None
+        length = int.from_bytes(head, "big")
+        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
+            body = fp.read(length - 2)
+            count = body[5] if len(body) > 5 else 0
+            sampling = [(b >> 4, b & 15) for b in body[7 : 6 + 3 * count : 3]]
+            return marker, [(h, v) for h, v in sampling if h and v]
+        fp.seek(length - 2, os.SEEK_CUR)
+
+
+def _ceil_div(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def _check_jpeg_length(p: str, img: Image.Image) -> None:
+    """Refuse a JPEG whose file is too short for the size its header claims.
+
+    A Huffman-coded JPEG spends at least one bit on every 8x8 block of every component (the DC
+    coefficient), so its file cannot be shorter than blocks / 8 bytes. libjpeg pads a scan that
+    ends early at an end marker with grey, and Pillow drops libjpeg's warning, so a 16x16 photo
+    whose header says 12000x12000 would otherwise be "decoded" and classified.
+    """
+    fp = getattr(img, "fp", None)
+    try:
+        where = fp.tell()
+        size = fp.seek(0, os.SEEK_END)
+        frame = _jpeg_frame(fp)
+        fp.seek(where)
+    except (AttributeError, OSError, ValueError):  # not a seekable file: nothing to measure
+        return
+    if frame is None or frame[0] not in _HUFFMAN_SOF or not frame[1]:
+        return
+    width, height = img.size
+    h_max, v_max = max(h for h, _ in frame[1]), max(v for _, v in frame[1])
+    blocks = sum(
+        _ceil_div(_ceil_div(width * h, h_max), 8) * _ceil_div(_ceil_div(height * v, v_max), 8)
+        for h, v in frame[1]
+    )
+    need = blocks // 8
+    if size < need:
+        raise ImageError(
+            p,
+            f"truncated image data: the header says {width}x{height}, which needs at least "
+            f"{need:,} bytes of compressed data, but the file has {size:,}",
+        )
 
 
 def _decode(p: str, img: Image.Image, max_side: int | None, min_size) -> np.ndarray:
@@ -231,8 +302,31 @@ def _decode(p: str, img: Image.Image, max_side: int | None, min_size) -> np.ndar
         return np.array(rgb, dtype=np.uint8)
     except ValueError as err:
         raise ImageError(p, f"unsupported pixel format: {err}", "unsupported") from None
+    except MemoryError:  # Pillow raises it without a message, also for rows it cannot copy
+        raise ImageError(p, _memory_reason(img), "too_large") from None
     except Exception as err:  # EXIF parsing or a conversion inside Pillow
-        raise ImageError(p, f"corrupt image ({err})") from None
+        raise ImageError(p, f"corrupt image ({str(err) or type(err).__name__})") from None
+
+
+def max_row_pixels(mode: str) -> int:
+    """The widest row Pillow copies out of an image of ``mode`` on its way to an RGB array.
+
+    Pillow's encoders keep a row's size in bits in a C ``int``: a row over ``INT_MAX / bits``
+    raises a bare MemoryError whatever the free memory (a 178,000,000 x 1 PNG).
+    """
+    bits = 32 if mode in ("I", "F") or Image.getmodebands(mode) >= 4 else 24
+    return (2**31 - 1) // bits - 7
+
+
+def _memory_reason(img: Image.Image) -> str:
+    width, height = img.size
+    widest = max_row_pixels(img.mode)
+    if width > widest:
+        return (
+            f"image rows are {width:,} pixels wide ({width}x{height}), more than the "
+            f"{widest:,} Pillow can convert; crop or resize it first"
+        )
+    return f"not enough memory to convert {width}x{height} = {_fmt_pixels(width * height)}"
 
 
 def _shrink(img: Image.Image, floor: int | None, max_side: int | None) -> Image.Image:
@@ -488,12 +582,21 @@ class InputList:
     ordered: list[tuple[str, bool]] = field(default_factory=list)
 
 
+def _is_link_loop(path: str) -> bool:
+    try:
+        os.stat(path)
+    except OSError as err:
+        return err.errno == errno.ELOOP
+    return False
+
+
 def expand_inputs(inputs: Iterable[str | os.PathLike]) -> InputList:
     """Files as given, folders recursively, globs (including ``**``) expanded.
 
     A file named explicitly is kept whatever its suffix: the user asked for it, so it is
     tried and fails with a reason rather than vanishing. Inside folders and glob matches
-    only :data:`IMAGE_SUFFIXES` are kept (others go to ``skipped``) and hidden entries
+    only :data:`IMAGE_SUFFIXES` and symbolic link loops (whatever their names; they fail with
+    :data:`LINK_LOOP`) are kept (others go to ``skipped``) and hidden entries
     (``.DS_Store``, ``.ipynb_checkpoints``, ``.git``) are ignored. Folders are walked in
     sorted order, inputs keep their order, and a file reached twice is listed once.
     """
@@ -510,7 +613,8 @@ def expand_inputs(inputs: Iterable[str | os.PathLike]) -> InputList:
 
     def add_found(path: str) -> None:
         image = os.path.splitext(path)[1].lower() in IMAGE_SUFFIXES
-        add(path, result.paths if image else result.skipped)
+        # a link loop has no kind to judge by its name: it is tried, and says it is a loop
+        add(path, result.paths if image or _is_link_loop(path) else result.skipped)
 
     def walk(folder: str) -> None:
         for dirpath, dirnames, filenames in os.walk(folder):
