@@ -156,15 +156,22 @@ def export_model(
         raise ExportError(f"unknown input type '{input_type}' (uint8 or float)")
     clf = model if isinstance(model, Classifier) else load_model(model, weights=weights)
     _check_interface(clf)
-    images, names = check_images(clf.input_size, check)
-    expected = _keras_probabilities(clf.model, images)
     path = Path(output)
-    if fmt == "onnx":
-        kind = INPUT_TYPES[input_type]
-        diff = _write_onnx(clf, path, kind, images, expected, names)
-    else:
-        kind = None
-        diff = _write_keras(clf, path, images, expected, names)
+    try:
+        images, names = check_images(clf.input_size, check)
+        expected = _keras_probabilities(clf.model, images)
+        if fmt == "onnx":
+            kind = INPUT_TYPES[input_type]
+            diff = _write_onnx(clf, path, kind, images, expected, names)
+        else:
+            kind = None
+            diff = _write_keras(clf, path, images, expected, names)
+    except MemoryError:  # a one-line error like any other, never a traceback
+        h, w = clf.input_size
+        raise ExportError(
+            f"ran out of memory exporting '{clf.name}' ({h}x{w} input); nothing written: "
+            "free memory, or export a model with a smaller input"
+        ) from None
     return ExportResult(path, fmt, clf.name, clf.input_size, kind, clf.num_classes, diff, names)
 
 
