@@ -84,7 +84,8 @@ def test_evaluate_numbers_match_classify(run_dir, data, tmp_path):
     assert list(written) == ["n", "accuracy", "top5_accuracy", "macro_f1", "per_class",
                              "classes", "confusion",
                              "data", "split", "split_source", "trained_on", "unreadable",
-                             "model"]  # fmt: skip
+                             "model", "precision"]  # fmt: skip
+    assert written["precision"] == "float32"  # auto on a CPU
     assert written["data"] == str(data.resolve()) and written["unreadable"][0][1]
     for name in ("confusion.png", "top_losses.png"):
         assert (out / name).stat().st_size > 1000

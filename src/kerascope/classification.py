@@ -5,16 +5,19 @@ paths, folders, globs, RGB arrays and PIL Images into sources in input order, an
 `iter_batches` decodes them, missing and unreadable inputs as error items in place (both are
 re-exported here).
 
-Pixels stay uint8 until the engine; normalisation is part of the model graph. On CPU the
-forward pass runs through onnxruntime on a graph converted from the Keras model (measured
-~19x faster than Keras-JAX for EfficientNet-Lite0 on 2 cores; see benchmarks/classify_cpu.py);
-elsewhere, and whenever the conversion does not cover a layer, through Keras itself.
+Pixels stay uint8 until the engine, decoded straight into one array per batch; normalisation
+is part of the model graph. On CPU the forward pass runs through onnxruntime on a graph
+converted from the Keras model (measured ~19x faster than Keras-JAX for EfficientNet-Lite0 on
+2 cores; see benchmarks/classify_cpu.py); elsewhere, for reduced precision, and whenever the
+conversion does not cover a layer, through Keras itself, jitted on JAX with the top-k selection
+inside (`kerascope.inference.Forward.top_k`) and batches padded to a few fixed shapes.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -22,13 +25,19 @@ from kerascope.inference import (  # noqa: F401  (re-exported: the one way input
     MISSING_INPUT,
     Item,
     Missing,
+    Pending,
+    PixelBatch,
     Source,
+    compiled,
     decode_item,
+    host_top_k,
     iter_batches,
+    iter_pixel_batches,
     load_source,
     normalise_inputs,
     source_name,
 )
+from kerascope.precision import resolve_precision
 from kerascope.zoo.models import Classifier
 
 
@@ -57,12 +66,68 @@ class ImageResult:
 def top_k(
     probs: np.ndarray, labels: list[tuple[str, str]], k: int, threshold: float
 ) -> list[Prediction]:
-    order = np.argsort(-probs)[: max(1, k)]
+    """The ``k`` most probable classes of one probability row (rank 1 always kept)."""
+    values, indices = host_top_k(np.asarray(probs)[None], k)
+    return _predictions(values[0].tolist(), indices[0].tolist(), labels, threshold)
+
+
+def _predictions(values: list[float], indices: list[int], labels: list[tuple[str, str]],
+                 threshold: float) -> list[Prediction]:  # fmt: skip
     return [
-        Prediction(rank + 1, int(i), labels[i][0], labels[i][1], float(probs[i]))
-        for rank, i in enumerate(order)
-        if probs[i] >= threshold or rank == 0
+        Prediction(rank, i, *labels[i], p)
+        for rank, (i, p) in enumerate(zip(indices, values, strict=True), 1)
+        if p >= threshold or rank == 1
     ]
+
+
+def run_precision(clf: Classifier, precision: str | None = None) -> str:
+    """The concrete precision a job on ``clf`` computes in: ``precision``, else the one
+    `load_model` was given, else ``KERASCOPE_PRECISION``, else auto (bfloat16 on GPUs that
+    compute it natively, float32 elsewhere)."""
+    return resolve_precision(precision or clf.extra.get("precision"))
+
+
+def iter_outputs(
+    clf: Classifier,
+    sources: Sequence,
+    batch_size: int = 32,
+    top: int | None = None,
+    precision: str | None = None,
+) -> Iterator[tuple[PixelBatch, Any]]:
+    """``(batch, outputs)`` for each batch of ``sources``, in order: the pipeline every
+    classifier job runs on.
+
+    ``outputs`` is ``(values, indices)`` of the ``top`` most probable classes per input, or the
+    whole probability rows when ``top`` is None; one row per input of the batch (an input that
+    failed has a row of no meaning: check ``batch.errors``), None when no input of the batch
+    could be read. Decoding runs ``PREFETCH`` batches ahead on every core; batch i + 1 is
+    dispatched to the device before batch i's results are copied back, so the device always
+    has the next batch while the host turns results into objects.
+    """
+    forward = compiled(clf.model, precision=run_precision(clf, precision))
+    batches = iter_pixel_batches(
+        sources, clf.input_size, batch_size, clf.convention,
+        rows=lambda n: forward.rows(n, batch_size),
+    )  # fmt: skip
+    pending = None
+    for batch in batches:
+        running = None
+        if batch.ok:
+            running = (forward.start_top_k(batch.pixels, top, batch_size) if top is not None
+                       else forward.start(batch.pixels, batch_size))  # fmt: skip
+        if pending is not None:
+            yield _finished(*pending)
+        pending = (batch, running)
+    if pending is not None:
+        yield _finished(*pending)
+
+
+def _finished(batch: PixelBatch, running: Pending | None) -> tuple[PixelBatch, Any]:
+    if running is None:
+        return batch, None
+    out = running.result()
+    n = batch.n
+    return batch, ([o[:n] for o in out] if isinstance(out, list) else out[:n])
 
 
 def classify_sources(
@@ -72,27 +137,26 @@ def classify_sources(
     threshold: float = 0.0,
     batch_size: int = 32,
     progress=None,
+    precision: str | None = None,
 ) -> Iterator[ImageResult]:
     """Yield one result per source, in order; failures (missing included) carry their reason.
 
     Pictures are fitted to the input under ``clf.convention`` (a centre crop for zoo weights
-    whose published accuracy was measured so), as the weights were evaluated.
+    whose published accuracy was measured so), as the weights were evaluated. The top-k
+    selection runs with the model (on the device on the keras engine); ``precision`` as in
+    `run_precision`.
     """
-    from kerascope.inference import compiled
-
-    forward = compiled(clf.model)
-    for items in iter_batches(sources, clf.input_size, batch_size, convention=clf.convention):
-        good = [it for it in items if it.error is None]
-        probs = forward(np.stack([it.pixels for it in good])) if good else None
-        row = 0
-        for it in items:
-            if it.error is not None:
-                yield ImageResult(it.source, error=it.error)
+    labels = clf.labels
+    k = max(1, min(int(top), len(labels)))
+    for batch, out in iter_outputs(clf, sources, batch_size, top=k, precision=precision):
+        values, indices = (out[0].tolist(), out[1].tolist()) if out is not None else ((), ())
+        for i, (name, error) in enumerate(zip(batch.names, batch.errors, strict=True)):
+            if error is not None:
+                yield ImageResult(name, error=error)
             else:
-                yield ImageResult(it.source, top_k(probs[row], clf.labels, top, threshold))
-                row += 1
+                yield ImageResult(name, _predictions(values[i], indices[i], labels, threshold))
         if progress is not None:
-            progress(len(items))
+            progress(batch.n)
 
 
 def iter_classify(
@@ -101,6 +165,7 @@ def iter_classify(
     top: int = 5,
     threshold: float = 0.0,
     batch_size: int = 32,
+    precision: str | None = None,
 ) -> Iterator[ImageResult]:
     """`classify`, one `ImageResult` at a time as each batch finishes.
 
@@ -111,7 +176,7 @@ def iter_classify(
 
     clf = model if isinstance(model, Classifier) else load_model(model)
     sources, _, _ = normalise_inputs(inputs)
-    yield from classify_sources(clf, sources, top, threshold, batch_size)
+    yield from classify_sources(clf, sources, top, threshold, batch_size, precision=precision)
 
 
 def classify(
@@ -120,6 +185,7 @@ def classify(
     top: int = 5,
     threshold: float = 0.0,
     batch_size: int = 32,
+    precision: str | None = None,
 ) -> list[ImageResult]:
     """Classify images given as paths, folders, globs, RGB arrays or PIL Images.
 
@@ -128,9 +194,17 @@ def classify(
     of raising, so one bad file never loses the rest of the batch. `iter_classify` yields the
     same results as they are computed.
 
+    ``inputs`` may be one (N, H, W, 3) uint8 array: its rows are fitted into the batches by the
+    decode threads, with no per-image copy when they are at the model's size already (and the
+    weights squash). ``precision``: ``"auto"`` (bfloat16 mixed precision on GPUs that compute
+    it natively, float32 elsewhere), ``"float32"``, ``"bfloat16"`` or ``"float16"``; default
+    the one `load_model` was given, else ``KERASCOPE_PRECISION``, else auto. Reduced precision
+    runs on the keras engine (`kerascope.inference`).
+
     Example:
         >>> results = kerascope.classify("photos/")
         >>> results[0].predictions[0].name
         'tabby'
+        >>> kerascope.classify(batch_uint8, batch_size=256, precision="bfloat16")  # doctest: +SKIP
     """
-    return list(iter_classify(inputs, model, top, threshold, batch_size))
+    return list(iter_classify(inputs, model, top, threshold, batch_size, precision))

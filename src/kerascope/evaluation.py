@@ -4,7 +4,7 @@
 and writes ``metrics.json`` (accuracy, per-class precision / recall / F1, confusion matrix),
 ``confusion.png`` and ``top_losses.png`` (the images the model is most confidently wrong about,
 the quickest way to find mislabelled data). It runs through
-``kerascope.classification.classify_sources``, the path every classifier takes, so an
+``kerascope.classification.iter_outputs``, the path every classifier takes, so an
 evaluated model behaves exactly as it will in ``classify``. Kaggle-style CSV predictions are
 ``kerascope.prediction``.
 """
@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from kerascope.classification import Source, classify_sources
+from kerascope.classification import Source, iter_outputs, run_precision
 from kerascope.data.folders import SPLIT_DIRS, DatasetError
 from kerascope.files import write_json
 from kerascope.images import expand_inputs
@@ -66,6 +66,7 @@ class Evaluation:
             its files): above 0 the accuracy overstates how the model does on new images.
         unreadable: ``(source, reason)`` of each input left out.
         model: where the model came from.
+        precision: what the model computed in (float32, bfloat16, float16).
         output: the folder holding ``metrics.json`` and the plots.
     """
 
@@ -83,6 +84,7 @@ class Evaluation:
     model: str = ""
     output: Path | None = None
     top5_accuracy: float | None = None
+    precision: str = "float32"
 
     def to_dict(self) -> dict[str, Any]:
         """The metrics as plain JSON data (without ``output``), as in ``metrics.json``."""
@@ -100,6 +102,7 @@ class Evaluation:
             "trained_on": self.trained_on,
             "unreadable": [[source, reason] for source, reason in self.unreadable],
             "model": self.model,
+            "precision": self.precision,
         }
 
 
@@ -232,6 +235,7 @@ def evaluate(
     top_losses: int = TOP_LOSSES,
     heatmaps: bool = True,
     split: str = "auto",
+    precision: str | None = None,
 ) -> Evaluation:
     """Score a trained model on labelled images and write the evaluation files.
 
@@ -252,6 +256,8 @@ def evaluate(
             its ``test/`` folder, else, when ``data`` is the folder the run trained from, the
             images the run held out for validation, else its ``validation/`` folder, else
             every image; ``all`` every image, train ones included.
+        precision: what the model computes in (auto, float32, bfloat16, float16; see
+            `kerascope.classification.run_precision`); ``metrics.json`` records it.
 
     Returns:
         An `Evaluation`; unreadable images are left out and listed in ``unreadable``.
@@ -278,18 +284,18 @@ def evaluate(
     else:
         split, items = "labels", _labelled_items(data, labels, classes)
     names = _names([source for source, _ in items])
-    results = classify_sources(clf, [source for source, _ in items], top=len(classes),
-                               batch_size=batch_size)  # fmt: skip
     kept, probs, unreadable = [], [], []
-    for (source, label), name, result in zip(items, names, results, strict=True):
-        if not result.ok:
-            unreadable.append((name, result.error))
-            continue
-        row = np.zeros(len(classes), dtype=np.float32)
-        for p in result.predictions:
-            row[p.index] = p.probability
-        kept.append((source, name, label))
-        probs.append(row)
+    position = 0
+    outputs = iter_outputs(clf, [source for source, _ in items], batch_size, precision=precision)
+    for batch, rows in outputs:
+        for error, row in zip(batch.errors, range(batch.n), strict=True):
+            (source, label), name = items[position], names[position]
+            position += 1
+            if error is not None:
+                unreadable.append((name, error))
+                continue
+            kept.append((source, name, label))
+            probs.append(rows[row])
     if not kept:
         where = f" in '{data}'" if isinstance(data, str | os.PathLike) else ""
         raise DatasetError(f"none of the {len(items)} images{where} could be read")
@@ -305,6 +311,7 @@ def evaluate(
         split=split, split_source=origin, unreadable=unreadable, model=str(clf.source),
         output=out, trained_on=_trained_on(record, [s for s, _, _ in kept]),
         top5_accuracy=top_k_accuracy(probs_, truth, 5) if len(classes) > 5 else None,
+        precision=run_precision(clf, precision),
     )  # fmt: skip
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "metrics.json", result.to_dict())

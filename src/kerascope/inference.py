@@ -9,26 +9,40 @@ backbone prefix in the split trainer. Two engines, chosen by measurement
   onnxruntime; on a CPU this was ~19x faster than Keras-JAX for EfficientNet-Lite0. The
   converted graph is cached on disk (``kerascope.onnx_export.cache``), so a new process skips
   the conversion. Weights are baked into the graph: the forward is a **snapshot** of the weights
-  at ``compiled()`` time; call :func:`forget` after changing them.
+  at ``compiled()`` time; call :func:`forget` after changing them. It computes in float32.
 - ``keras``: the Keras model itself, jit-compiled on JAX with the uint8 -> float cast inside
   the jitted function (so batches cross to the device as uint8). It reads the model's
   **current** variable values on every call, so it stays right while a trainer updates them.
-  Used on GPUs, for models the converter does not cover, and when asked for.
+  Used on GPUs, for models the converter does not cover, for reduced precision, and when asked
+  for. On JAX every batch is padded to a **bucket** (:func:`bucket`: the job's batch size or a
+  power of two), so a process compiles each model once per bucket, never once per odd last
+  batch; the padded rows' outputs are dropped before anything is copied back. ``top_k`` runs
+  the model and the top-k selection as one compiled function: only k values and indices per
+  image leave the device.
+
+Precision (``kerascope.precision``): ``compiled(model, precision="bfloat16")`` runs a clone of
+the model under Keras's ``mixed_bfloat16`` policy (``mixed_float16`` likewise): activations and
+matrix products in the reduced type, the variables float32 (read from the original model on
+each call, so the clone never goes stale), and the layers that produce the model's outputs
+(the softmax) in float32. Only the keras engine computes in reduced precision; auto picks it.
 
 ``KERASCOPE_ENGINE`` (auto|keras|onnx) overrides the choice; auto picks onnx on a CPU when
-:func:`kerascope.onnx_export.supports` the model, keras otherwise.
+:func:`kerascope.onnx_export.supports` the model and the precision is float32, keras otherwise.
 
 It is also the one way images reach a model: :func:`normalise_inputs` turns paths, folders,
 globs, RGB arrays and PIL Images into sources in input order (a missing path stays at its
-place as a :class:`Missing`), and :func:`iter_batches` decodes them on a thread pool into
-batches of :class:`Item` in that same order, missing and unreadable inputs as error items in
-place. classify, explain, evaluate, predict and features all go through both; video frames,
-which are not files, have their own pipeline (``kerascope.video``).
+place as a :class:`Missing`), and :func:`iter_batches` / :func:`iter_pixel_batches` decode
+them on a thread pool as large as the machine's cores, ``PREFETCH`` batches ahead of the
+consumer, into batches in that same order, missing and unreadable inputs as errors in place.
+classify, explain, evaluate, predict and features all go through them; video frames, which are
+not files, have their own pipeline (``kerascope.video``).
 """
 
 from __future__ import annotations
 
+import itertools
 import os
+from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -47,9 +61,12 @@ from kerascope.images import (
     load_image,
     to_rgb,
 )
+from kerascope.precision import PrecisionError, resolve_precision
 
 ENGINES = ("auto", "keras", "onnx")
 ENV_VAR = "KERASCOPE_ENGINE"
+WORKERS_VAR = "KERASCOPE_DECODE_WORKERS"
+PREFETCH = 2  # batches decoded ahead of the one the model is running
 _ATTR = "_kerascope_forwards"  # per-model cache, on the model: freed with it (no global leak)
 
 Batch = np.ndarray | Sequence[np.ndarray]
@@ -60,35 +77,152 @@ class EngineError(KerascopeError, ValueError):
     """An engine name that is not auto, keras or onnx."""
 
 
+def bucket(n: int, batch_size: int | None = None, smallest: int = 1) -> int:
+    """The number of rows a batch of ``n`` runs at on a compiling engine (JAX).
+
+    The job's ``batch_size`` when ``n`` is more than half of it, else the next power of two
+    (at least ``smallest``): a job of 37 images at batch 16 runs 16, 16 and 8 rows, a later job
+    of 21 runs 16 and 8 again, so the process compiles each model at most once per bucket (at
+    most ``log2(batch_size) + 1`` shapes) and never for an odd last batch. Without a
+    ``batch_size`` (a caller that passes whatever it has) buckets are the powers of two.
+    """
+    if n < 1:
+        raise ValueError(f"a batch has at least one row, got {n}")
+    rows = max(int(smallest), 1 << (n - 1).bit_length())
+    if batch_size and n <= batch_size:
+        return min(rows, int(batch_size))
+    return rows
+
+
+class Pending:
+    """Outputs dispatched to the device and not yet copied back (JAX runs asynchronously):
+    ``result()`` waits for them and returns the first ``rows`` rows as NumPy arrays."""
+
+    def __init__(self, outs: list, rows: int, single: bool):
+        self._outs = outs
+        self._rows = rows
+        self._single = single
+
+    def result(self) -> Any:
+        outs = [np.asarray(o)[: self._rows] for o in self._outs]
+        return outs[0] if self._single else outs
+
+
 class Forward:
     """A compiled forward pass: ``fwd(x)`` -> one array, or a list for a multi-output model.
 
     Attributes:
         engine: ``"onnx"`` or ``"keras"``.
         name: the model's name, for messages and reports.
+        precision: ``"float32"``, ``"bfloat16"`` or ``"float16"``: what it computes in.
         snapshot: True when the weights were copied in at compile time (onnx): changing the
             model's weights afterwards needs :func:`forget` and a new :func:`compiled`.
+        pads: True when batches are padded to a :func:`bucket` (the JAX engine).
     """
 
-    def __init__(self, run: Callable[[list[np.ndarray]], list], engine: str, name: str):
+    def __init__(
+        self,
+        run: Callable[[list], list],
+        engine: str,
+        name: str,
+        *,
+        precision: str = "float32",
+        top_k: Callable[[list, int], list] | None = None,
+        pads: bool = False,
+        traces: list[int] | None = None,
+    ):
         self._run = run
+        self._top_k = top_k
+        self._traces = traces if traces is not None else [0]
         self.engine = engine
         self.name = name
+        self.precision = precision
         self.snapshot = engine == "onnx"
+        self.pads = pads
 
-    def __call__(self, x: Batch) -> Output:
+    @property
+    def compilations(self) -> int:
+        """How many times its compiled functions were traced (= compiled) in this process:
+        one per bucket and output kind (outputs, or top-k for each k). 0 on onnx."""
+        return self._traces[0]
+
+    def rows(self, n: int, batch_size: int | None = None) -> int:
+        """The rows a batch of ``n`` runs at: its :func:`bucket` when this engine pads, else n."""
+        return bucket(n, batch_size) if self.pads else n
+
+    def _inputs(self, x: Batch, batch_size: int | None) -> tuple[list, int]:
+        xs = list(x) if isinstance(x, list | tuple) else [x]
+        n = int(xs[0].shape[0])
+        rows = self.rows(n, batch_size) if n else n
+        if rows != n:
+            xs = [_pad_rows(a, rows) for a in xs]
+        return xs, n
+
+    def __call__(self, x: Batch, batch_size: int | None = None) -> Output:
         """Run a batch: (N, ...) uint8 or float; a list of arrays for a multi-input model.
+
+        ``batch_size``: the job's batch size, which picks the bucket an odd batch is padded
+        to (see :func:`bucket`); padded rows never come back.
 
         Returns:
             float32 outputs in the Keras layout: one array for a single-output model, else a
             list in ``model.outputs`` order.
         """
-        xs = list(x) if isinstance(x, list | tuple) else [x]
-        outs = [np.asarray(o) for o in self._run(xs)]
-        return outs[0] if len(outs) == 1 else outs
+        return self.start(x, batch_size).result()
+
+    def start(self, x: Batch, batch_size: int | None = None) -> Pending:
+        """``self(x)`` dispatched without waiting: the caller prepares the next batch while the
+        device computes this one, then calls ``.result()``."""
+        xs, n = self._inputs(x, batch_size)
+        outs = list(self._run(xs))
+        return Pending(outs, n, len(outs) == 1)
+
+    def top_k(
+        self, x: Batch, k: int, batch_size: int | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The ``k`` largest values of the (first) output per row, largest first, and their
+        indices: ``(values float32 (N, k), indices int32 (N, k))``; ties to the lower index."""
+        return self.start_top_k(x, k, batch_size).result()
+
+    def start_top_k(self, x: Batch, k: int, batch_size: int | None = None) -> Pending:
+        """:meth:`top_k` dispatched without waiting. On the JAX engine model and selection are
+        one compiled function, so only ``2 * k`` numbers per image are copied back."""
+        xs, n = self._inputs(x, batch_size)
+        if self._top_k is not None:
+            return Pending(list(self._top_k(xs, int(k))), n, False)
+        out = self._run(xs)[0]
+        return Pending(list(host_top_k(np.asarray(out), int(k))), n, False)
 
     def __repr__(self) -> str:
-        return f"<Forward {self.name!r} on {self.engine}>"
+        return f"<Forward {self.name!r} on {self.engine} in {self.precision}>"
+
+
+def host_top_k(values: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Top-k of each row on the host, vectorised (argpartition, then a stable sort of k)."""
+    values = np.asarray(values, np.float32)
+    k = max(1, min(int(k), values.shape[-1]))
+    if k < values.shape[-1]:
+        part = np.argpartition(-values, k - 1, axis=-1)[..., :k]
+        part.sort(axis=-1)  # equal values keep index order in the stable sort below
+    else:
+        part = np.broadcast_to(np.arange(k), values.shape).copy()
+    picked = np.take_along_axis(values, part, axis=-1)
+    order = np.argsort(-picked, axis=-1, kind="stable")
+    return (np.take_along_axis(picked, order, axis=-1),
+            np.take_along_axis(part, order, axis=-1).astype(np.int32))  # fmt: skip
+
+
+def _pad_rows(a: Any, rows: int) -> Any:
+    """``a`` with zero rows appended up to ``rows`` (NumPy on the host, else on its device)."""
+    n = int(a.shape[0])
+    if isinstance(a, np.ndarray):
+        out = np.zeros((rows, *a.shape[1:]), a.dtype)
+        out[:n] = a
+        return out
+    import keras
+
+    pad = keras.ops.zeros((rows - n, *a.shape[1:]), dtype=a.dtype)
+    return keras.ops.concatenate([a, pad], axis=0)
 
 
 def on_cpu() -> bool:
@@ -116,13 +250,22 @@ def requested_engine(engine: str | None = None) -> str:
     return wanted
 
 
-def choose_engine(model: Any, engine: str | None = None) -> str:
+def choose_engine(model: Any, engine: str | None = None, precision: str = "float32") -> str:
     """The engine ``compiled(model)`` would use: ``engine``, else ``KERASCOPE_ENGINE``, else auto.
 
-    Auto is onnx on a CPU when onnxruntime is installed and the converter supports every layer
-    (a cheap walk over the graph, nothing is converted), keras otherwise.
+    Auto is onnx on a CPU when onnxruntime is installed, the converter supports every layer
+    (a cheap walk over the graph, nothing is converted) and the precision is float32; keras
+    otherwise. onnx asked for with a reduced ``precision`` is refused in one line.
     """
     wanted = requested_engine(engine)
+    precision = resolve_precision(precision)
+    if precision != "float32":
+        if wanted == "onnx":
+            raise PrecisionError(
+                f"the onnx engine computes in float32 only; for {precision} use the keras "
+                f"engine ({ENV_VAR}=keras or unset), or --precision float32"
+            )
+        return "keras"
     if wanted != "auto":
         return wanted
     if not on_cpu():
@@ -145,8 +288,12 @@ def _cache(model: Any) -> dict[str, Forward]:
     return cache
 
 
-def compiled(model: Any, engine: str | None = None) -> Forward:
-    """The forward pass of ``model`` on the best engine, built once per model object.
+def _key(engine: str, precision: str) -> str:
+    return engine if precision == "float32" else f"{engine}:{precision}"
+
+
+def compiled(model: Any, engine: str | None = None, precision: str | None = "float32") -> Forward:
+    """The forward pass of ``model`` on the best engine, built once per model and precision.
 
     Works for any functional (sub)model: a full classifier, a backbone prefix cut at an
     intermediate layer, a model with several outputs, a model whose inputs are intermediate
@@ -155,11 +302,14 @@ def compiled(model: Any, engine: str | None = None) -> Forward:
     Args:
         model: a Keras 3 model with one or more inputs (RGB 0..255 images for zoo models).
         engine: ``"auto"``, ``"keras"`` or ``"onnx"``; default ``KERASCOPE_ENGINE`` or auto.
+        precision: ``"float32"`` (the default), ``"bfloat16"``, ``"float16"`` or ``"auto"``
+            (`kerascope.precision.resolve_precision`; None reads ``KERASCOPE_PRECISION``).
 
     Returns:
         A :class:`Forward`: ``fwd(x)`` takes uint8 or float batches and returns float32 numpy
-        output(s); ``fwd.engine`` says which engine runs it. The onnx engine snapshots the
-        weights (see :func:`forget`); the keras engine reads the current ones on each call.
+        output(s); ``fwd.engine`` and ``fwd.precision`` say what runs it. The onnx engine
+        snapshots the weights (see :func:`forget`); the keras engine reads the current ones on
+        each call.
 
     Example:
         >>> fwd = compiled(keras.Model(backbone.input, backbone.get_layer("block_3").output))
@@ -168,19 +318,24 @@ def compiled(model: Any, engine: str | None = None) -> Forward:
     """
     cache = _cache(model)
     wanted = requested_engine(engine)
-    if wanted not in cache:
-        kind = choose_engine(model, wanted)
-        if kind not in cache:
-            build = _onnx_forward if kind == "onnx" else _keras_forward
-            cache[kind] = Forward(build(model), kind, getattr(model, "name", "model"))
-        cache[wanted] = cache[kind]
-    return cache[wanted]
+    precision = resolve_precision(precision)
+    asked = _key(wanted, precision)
+    if asked not in cache:
+        kind = choose_engine(model, wanted, precision)
+        key = _key(kind, precision)
+        if key not in cache:
+            name = getattr(model, "name", "model")
+            cache[key] = _onnx_forward(model, name) if kind == "onnx" else _keras_forward(
+                model, name, precision)  # fmt: skip
+        cache[asked] = cache[key]
+    return cache[asked]
 
 
-def engine_name(model: Any, engine: str | None = None) -> str:
+def engine_name(model: Any, engine: str | None = None, precision: str | None = "float32") -> str:
     """``"onnx"`` or ``"keras"``: the engine running (or about to run) ``model``, for reports."""
-    cached = vars(model).get(_ATTR, {}).get(requested_engine(engine))
-    return cached.engine if cached is not None else choose_engine(model, engine)
+    precision = resolve_precision(precision)
+    cached = vars(model).get(_ATTR, {}).get(_key(requested_engine(engine), precision))
+    return cached.engine if cached is not None else choose_engine(model, engine, precision)
 
 
 def forget(model: Any) -> None:
@@ -197,57 +352,143 @@ def _input_dtypes(model: Any) -> list[str]:
     return [str(getattr(t, "dtype", None) or "float32") for t in inputs] or ["float32"]
 
 
-def _keras_forward(model: Any) -> Callable[[list[np.ndarray]], list]:
-    """Keras on the active backend; on JAX one jitted function, weights passed in at call time."""
+def mixed_clone(model: Any, precision: str) -> Any:
+    """``model`` rebuilt under the mixed policy of ``precision`` (``mixed_bfloat16`` ...).
+
+    Every layer computes in the reduced type except the input layers and the layers whose
+    outputs are the model's (a classifier's softmax stays float32, as Keras's mixed-precision
+    guide advises); nested functional models are rebuilt alike. Variables stay float32 and are
+    copied from ``model``. Why a clone: a Keras layer's policy is fixed when it is built, and
+    changing the user's model in place would change it for training and saving too.
+    """
+    import keras
+
+    from kerascope.precision import dtype_policy
+    from kerascope.zoo.fast_init import numpy_init
+
+    policy = dtype_policy(precision)
+    keep = set()
+    for tensor in keras.tree.flatten(model.outputs):
+        history = getattr(tensor, "_keras_history", None)
+        if history is not None:
+            keep.add(id(history[0]))
+
+    def clone_layer(layer):
+        config = layer.get_config()
+        if isinstance(layer, keras.layers.InputLayer):
+            return layer.__class__.from_config(config)
+        config["dtype"] = "float32" if id(layer) in keep else policy
+        return layer.__class__.from_config(config)
+
+    with numpy_init():  # the clone's own initial values are replaced right away
+        clone = keras.models.clone_model(model, clone_function=clone_layer, recursive=True)
+    clone.set_weights(model.get_weights())
+    return clone
+
+
+def _same_variables(a: list, b: list) -> bool:
+    return len(a) == len(b) and all(
+        tuple(x.shape) == tuple(y.shape) and x.dtype == y.dtype for x, y in zip(a, b, strict=True)
+    )
+
+
+def _keras_forward(model: Any, name: str, precision: str = "float32") -> Forward:
+    """Keras on the active backend; on JAX jitted functions, weights passed in at call time,
+    batches padded to buckets and top-k selected on the device."""
     import keras
 
     dtypes = _input_dtypes(model)
     single = len(dtypes) == 1
+    runner = model if precision == "float32" else mixed_clone(model, precision)
+    # The clone reads the original's current variables when they line up (they do for any
+    # functional model), so it follows a trainer's updates like the float32 forward does.
+    source = model
+    if runner is not model and not (
+        _same_variables(runner.trainable_variables, model.trainable_variables)
+        and _same_variables(runner.non_trainable_variables, model.non_trainable_variables)
+    ):
+        source = runner
     backend = keras.backend.backend()
     if backend == "jax":
         import jax
+        import jax.numpy as jnp
 
-        @jax.jit
-        def run(trainable, frozen, xs):
+        traces = [0]
+
+        def outputs(trainable, frozen, xs):
             xs = [x.astype(d) for x, d in zip(xs, dtypes, strict=True)]  # uint8 cast on device
-            out, _ = model.stateless_call(
+            out, _ = runner.stateless_call(
                 trainable, frozen, xs[0] if single else xs, training=False
             )
-            return keras.tree.flatten(out)
+            return [o.astype(jnp.float32) if jnp.issubdtype(o.dtype, jnp.floating) else o
+                    for o in keras.tree.flatten(out)]  # fmt: skip
 
-        def call(xs: list[np.ndarray]) -> list:
-            trainable = [v.value for v in model.trainable_variables]
-            frozen = [v.value for v in model.non_trainable_variables]
-            return run(trainable, frozen, xs)
+        def traced_outputs(trainable, frozen, xs):
+            traces[0] += 1  # runs only while tracing, i.e. once per compilation
+            return outputs(trainable, frozen, xs)
 
-        return call
+        def traced_top_k(trainable, frozen, xs, k):
+            traces[0] += 1
+            values, indices = jax.lax.top_k(outputs(trainable, frozen, xs)[0], k)
+            return [values, indices.astype(jnp.int32)]
 
-    def call_eager(xs: list[np.ndarray]) -> list:
+        run_outputs = jax.jit(traced_outputs)
+        run_top_k = jax.jit(traced_top_k, static_argnums=3)
+
+        def weights() -> tuple[list, list]:
+            return ([v.value for v in source.trainable_variables],
+                    [v.value for v in source.non_trainable_variables])  # fmt: skip
+
+        def call(xs: list) -> list:
+            return run_outputs(*weights(), xs)
+
+        width = _output_width(runner)
+
+        def top_k(xs: list, k: int) -> list:
+            k = max(1, min(k, width)) if width else max(1, k)
+            return run_top_k(*weights(), xs, k)
+
+        return Forward(call, "keras", name, precision=precision, top_k=top_k, pads=True,
+                       traces=traces)  # fmt: skip
+
+    def call_eager(xs: list) -> list:
         xs = [np.asarray(x).astype(d) for x, d in zip(xs, dtypes, strict=True)]
         if backend == "torch":
             import torch
 
             with torch.no_grad():
-                out = model(xs[0] if single else xs, training=False)
+                out = runner(xs[0] if single else xs, training=False)
         else:
-            out = model.predict_on_batch(xs[0] if single else xs)
-        return [keras.ops.convert_to_numpy(o) for o in keras.tree.flatten(out)]
+            out = runner.predict_on_batch(xs[0] if single else xs)
+        return [np.asarray(keras.ops.convert_to_numpy(o), np.float32)
+                for o in keras.tree.flatten(out)]  # fmt: skip
 
-    return call_eager
+    return Forward(call_eager, "keras", name, precision=precision)
 
 
-def _onnx_forward(model: Any) -> Callable[[list[np.ndarray]], list]:
+def _output_width(model: Any) -> int | None:
+    """The last dimension of the model's first output (the classes), if known."""
+    import keras
+
+    try:
+        shape = tuple(keras.tree.flatten(model.outputs)[0].shape)
+        return int(shape[-1]) if shape and shape[-1] is not None else None
+    except (AttributeError, ValueError, TypeError, IndexError):
+        return None
+
+
+def _onnx_forward(model: Any, name: str) -> Forward:
     """onnxruntime on the converted graph (from the disk cache when it is there)."""
     from kerascope.onnx_export import cache
 
     session = cache.session(model)
     names = [i.name for i in session.get_inputs()]
 
-    def call(xs: list[np.ndarray]) -> list:
+    def call(xs: list) -> list:
         feed = {n: np.asarray(x, np.float32) for n, x in zip(names, xs, strict=True)}
         return session.run(None, feed)
 
-    return call
+    return Forward(call, "onnx", name)
 
 
 # The reason given for an input that names nothing on disk (a path, folder or glob).
@@ -338,6 +579,51 @@ def normalise_inputs(inputs) -> tuple[list, list[str], list[str]]:
     return sources, list(found.skipped), list(found.missing)
 
 
+def decode_workers() -> int:
+    """Threads that decode and fit pictures: one per core this process may run on (Pillow
+    releases the GIL while it decodes and resamples), or ``KERASCOPE_DECODE_WORKERS``."""
+    wanted = os.environ.get(WORKERS_VAR, "").strip()
+    if wanted:
+        try:
+            return max(1, int(wanted))
+        except ValueError:
+            raise KerascopeError(f"{WORKERS_VAR}={wanted!r} is not a whole number of threads; "
+                                 "unset it to use every core") from None  # fmt: skip
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # macOS, Windows
+        return os.cpu_count() or 2
+
+
+def _pieces(n: int, workers: int) -> list[tuple[int, int]]:
+    """Row ranges of one batch for the pool: about two per worker, so that one slow picture
+    does not hold a whole batch while the other threads idle."""
+    size = max(1, -(-n // (2 * workers)))
+    return [(lo, min(n, lo + size)) for lo in range(0, n, size)]
+
+
+def _ahead(batches: Iterator[Callable[[], Any]], depth: int) -> Iterator[Any]:
+    """Run ``batches`` ``depth`` ahead: each item of ``batches`` has already submitted its work
+    to a pool and is the function that waits for it; results come in order."""
+    queue = deque(itertools.islice(batches, depth + 1))
+    while queue:
+        wait = queue.popleft()
+        queue.extend(itertools.islice(batches, 1))
+        yield wait()
+
+
+def _scheduled(total: int, batch_size: int, submit, depth: int = PREFETCH) -> Iterator[Any]:
+    """``submit(pool, lo, hi)`` for each batch of ``total`` rows on a pool of
+    :func:`decode_workers` threads, ``depth`` batches ahead of the consumer."""
+    pool = ThreadPoolExecutor(decode_workers(), thread_name_prefix="kerascope-decode")
+    try:
+        starts = (submit(pool, lo, min(total, lo + batch_size))
+                  for lo in range(0, total, max(1, batch_size)))  # fmt: skip
+        yield from _ahead(starts, depth)
+    finally:  # a consumer that stops early (Ctrl-C, a deadline) leaves no work queued
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
 def iter_batches(
     inputs: Sequence,
     size: tuple[int, int],
@@ -347,8 +633,8 @@ def iter_batches(
 ) -> Iterator[list[Item]]:
     """Batches of decoded `Item`s in input order; missing and unreadable ones as error items.
 
-    ``inputs`` are sources as :func:`normalise_inputs` returns them. Decoding runs in a thread
-    pool, one batch ahead of the consumer (Pillow releases the GIL).
+    ``inputs`` are sources as :func:`normalise_inputs` returns them. Decoding runs on a pool of
+    :func:`decode_workers` threads, ``PREFETCH`` batches ahead of the consumer.
 
     ``convention`` (a `kerascope.zoo.registry.InputConvention`) says how pictures are fitted to
     ``size``: classification passes its classifier's (``Classifier.convention``: a centre crop
@@ -356,14 +642,102 @@ def iter_batches(
     and video use it so a heatmap covers everything the user sees, and features and training
     use it because trained models learnt on squashed pictures.
     """
-    workers = min(8, (os.cpu_count() or 2))
-    with ThreadPoolExecutor(workers) as pool:
-        pending = None
-        for start in range(0, len(inputs), batch_size):
-            chunk = inputs[start : start + batch_size]
-            future = [pool.submit(decode_item, s, size, keep_original, convention) for s in chunk]
-            if pending is not None:
-                yield [f.result() for f in pending]
-            pending = future
-        if pending is not None:
-            yield [f.result() for f in pending]
+
+    def decode(chunk: Sequence) -> list[Item]:
+        return [decode_item(s, size, keep_original, convention) for s in chunk]
+
+    def submit(pool, lo: int, hi: int) -> Callable[[], list[Item]]:
+        futures = [pool.submit(decode, inputs[lo + a : lo + b])
+                   for a, b in _pieces(hi - lo, pool._max_workers)]  # fmt: skip
+        return lambda: [item for f in futures for item in f.result()]
+
+    yield from _scheduled(len(inputs), batch_size, submit)
+
+
+@dataclass
+class PixelBatch:
+    """One batch as the model takes it: pixels of every input in one uint8 array.
+
+    Attributes:
+        pixels: (rows, H, W, 3) uint8; row i is input i of the batch; rows past ``n`` (padding
+            to a bucket) and rows of inputs that failed are zeros.
+        names: how each input is named in results (:func:`source_name`).
+        errors: per input, why it could not be read, else None.
+    """
+
+    pixels: np.ndarray
+    names: list[str]
+    errors: list[str | None]
+
+    @property
+    def n(self) -> int:
+        """The inputs in this batch (``pixels`` may have more rows: padding)."""
+        return len(self.names)
+
+    @property
+    def ok(self) -> bool:
+        """Whether any input of the batch was read (else it needs no forward pass)."""
+        return any(e is None for e in self.errors)
+
+
+def _fit_into(out: np.ndarray, source, size: tuple[int, int], convention: Any) -> str | None:
+    """Decode one source and write it fitted into ``out`` (a row of a batch); the reason on
+    failure (the row is then zeroed). An array already at ``size`` under squash is copied as
+    it is, with no resampling."""
+    if isinstance(source, Missing):
+        out[...] = 0
+        return MISSING_INPUT
+    try:
+        image = load_source(source, size)
+        squash = getattr(convention, "resize", "squash") == "squash"
+        if squash and image.shape[:2] == tuple(size):
+            out[...] = image
+        else:
+            out[...] = fit(image, size, convention)
+    except ImageError as exc:
+        out[...] = 0
+        return exc.reason
+    except (ValueError, OSError) as exc:
+        out[...] = 0
+        return str(exc)
+    return None
+
+
+def iter_pixel_batches(
+    inputs: Sequence,
+    size: tuple[int, int],
+    batch_size: int,
+    convention: Any = None,
+    rows: Callable[[int], int] | None = None,
+) -> Iterator[PixelBatch]:
+    """Batches as single uint8 arrays, decoded and fitted straight into them: the fast path
+    of classify, predict, evaluate and features (no per-image arrays to stack).
+
+    Like :func:`iter_batches` (same order, errors in place, same thread pool and prefetch),
+    but each batch is one :class:`PixelBatch`. ``rows(n)`` is how many rows to allocate for
+    ``n`` inputs (``Forward.rows``: the bucket the engine pads to), so no copy is needed to pad.
+    """
+    height, width = (int(s) for s in size)
+
+    def fill(buffer: np.ndarray, chunk: Sequence, errors: list, offset: int) -> None:
+        for i, source in enumerate(chunk):
+            errors[offset + i] = _fit_into(buffer[offset + i], source, size, convention)
+
+    def submit(pool, lo: int, hi: int) -> Callable[[], PixelBatch]:
+        n = hi - lo
+        total = max(n, rows(n) if rows is not None else n)
+        buffer = np.empty((total, height, width, 3), np.uint8)
+        buffer[n:] = 0
+        errors: list[str | None] = [None] * n
+        chunk = inputs[lo:hi]
+        futures = [pool.submit(fill, buffer, chunk[a:b], errors, a)
+                   for a, b in _pieces(n, pool._max_workers)]  # fmt: skip
+
+        def wait() -> PixelBatch:
+            for f in futures:
+                f.result()
+            return PixelBatch(buffer, [source_name(s) for s in chunk], errors)
+
+        return wait
+
+    yield from _scheduled(len(inputs), batch_size, submit)

@@ -18,6 +18,10 @@ PRECISIONS = ("auto", "float32", "bfloat16", "float16")
 _POLICIES = {"float32": "float32", "bfloat16": "mixed_bfloat16", "float16": "mixed_float16"}
 
 
+class PrecisionError(ConfigError):
+    """A precision that cannot run as asked (the onnx engine computes in float32 only)."""
+
+
 def check_precision(name: str | None) -> str:
     """``name`` (or ``KERASCOPE_PRECISION``, or ``auto``) checked against the choices."""
     value = (name or os.environ.get("KERASCOPE_PRECISION") or "auto").strip().lower()
@@ -29,7 +33,7 @@ def check_precision(name: str | None) -> str:
 
 
 def native_bfloat16() -> bool:
-    """Whether the Keras backend's default device computes bfloat16 natively (GPU sm >= 8.0, TPU)."""
+    """Whether the default device of the Keras backend computes bfloat16 natively (sm 8.0+, TPU)."""
     import keras
 
     backend = keras.backend.backend()

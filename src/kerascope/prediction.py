@@ -60,6 +60,7 @@ def predict(
     inputs: Source | Iterable[Source],
     output_csv: str | os.PathLike | None = None,
     batch_size: int = 32,
+    precision: str | None = None,
 ) -> list[PredictedLabel]:
     """Label every image in ``inputs`` with its top-1 class, and write them as CSV if asked.
 
@@ -76,6 +77,8 @@ def predict(
         output_csv: write ``path,label,probability,error`` rows here (atomically; text
             cells a spreadsheet would run as formulas are quoted); None writes nothing.
         batch_size: images per forward pass.
+        precision: what the model computes in: auto, float32, bfloat16 or float16 (see
+            `kerascope.classification.run_precision`).
 
     Returns:
         One `PredictedLabel` per input, in input order.
@@ -90,7 +93,7 @@ def predict(
     clf = run_dir if isinstance(run_dir, Classifier) else load_model(run_dir)
     sources, skipped, _ = normalise_inputs(inputs)
     rows = []
-    for r in classify_sources(clf, sources, top=1, batch_size=batch_size):
+    for r in classify_sources(clf, sources, top=1, batch_size=batch_size, precision=precision):
         if r.ok:
             top = r.predictions[0]
             rows.append(PredictedLabel(r.source, top.name, top.index, top.probability))

@@ -163,27 +163,38 @@ def resizer(spec: FeatureSpec) -> Any | None:
 _FORWARDS: dict[tuple, tuple[Forward, tuple]] = {}
 
 
-def forward_for(spec: FeatureSpec) -> tuple[Forward, tuple[int, ...]]:
-    """A fast uint8 -> features function and its row shape, built once per spec and weights.
+def forward_for(
+    spec: FeatureSpec, precision: str | None = "float32"
+) -> tuple[Forward, tuple[int, ...]]:
+    """A fast uint8 -> features function and its row shape, built once per spec, weights and
+    precision (`kerascope.precision`; reduced precision runs on the keras engine).
 
     The body runs on the inference engine ``classify`` uses (onnxruntime on CPU when it converts,
-    else jitted Keras); the resize, which the ONNX converter does not cover, runs as the Keras
-    ``Resizing`` layer itself: the same op the ensemble model applies.
+    else jitted Keras, batches padded to a few fixed shapes); the resize, which the ONNX
+    converter does not cover, runs as the Keras ``Resizing`` layer itself: the same op the
+    ensemble model applies. ``run(x, batch_size=None)``: ``batch_size`` is the job's, which
+    picks the shape an odd last batch is padded to (`kerascope.inference.bucket`).
     """
     from kerascope.inference import compiled
+    from kerascope.precision import resolve_precision
 
-    cache_key = (spec, weights_checksum(weights_file(spec)))
+    precision = resolve_precision(precision)
+    cache_key = (spec, weights_checksum(weights_file(spec)), precision)
     if cache_key not in _FORWARDS:
         import keras
 
         body = build_body(spec)
-        run = compiled(body)
+        run = compiled(body, precision=precision)
         resize = resizer(spec)
         if resize is not None:
             inner = run
 
-            def run(x: np.ndarray) -> np.ndarray:
-                return inner(keras.ops.convert_to_numpy(resize(x.astype("float32"))))
+            def run(x: np.ndarray, batch_size: int | None = None) -> np.ndarray:
+                rows = inner.rows(len(x), batch_size)  # resize the padded batch: one shape
+                padded = x if rows == len(x) else np.concatenate(
+                    [x, np.zeros((rows - len(x), *x.shape[1:]), x.dtype)])  # fmt: skip
+                resized = keras.ops.convert_to_numpy(resize(padded.astype("float32")))
+                return inner(resized, batch_size)[: len(x)]
 
         while len(_FORWARDS) >= 4:  # models are large; keep the few a session alternates
             _FORWARDS.pop(next(iter(_FORWARDS)))
@@ -199,25 +210,31 @@ def features(
     image_size: int | None = None,
     batch_size: int = 32,
     weights: str | None = None,
+    precision: str | None = None,
 ) -> np.ndarray:
     """Features of images given as paths, folders, globs, RGB arrays or PIL Images; no cache.
+
+    ``precision``: auto (bfloat16 on GPUs that compute it natively, float32 elsewhere; the
+    default, or ``KERASCOPE_PRECISION``), float32, bfloat16 or float16. The features come back
+    as float32 whatever the precision.
 
     Example:
         >>> kerascope.features("cat.jpg", layer="blocks_9_add", pool="max").shape  # doctest: +SKIP
         (1, 112)
     """
     from kerascope.images import ImageError
-    from kerascope.inference import iter_batches, normalise_inputs
+    from kerascope.inference import iter_pixel_batches, normalise_inputs
 
     spec = FeatureSpec.make(model, layer, pool, image_size, weights)
     sources, _, missing = normalise_inputs(images)
     if missing:
         raise FileNotFoundError(f"no such file or folder: {', '.join(map(str, missing[:5]))}")
-    run, shape = forward_for(spec)
+    run, shape = forward_for(spec, precision)
     out = [np.zeros((0, *shape), np.float32)]
-    for items in iter_batches(sources, (spec.image_size, spec.image_size), batch_size):
-        for it in items:
-            if it.error is not None:
-                raise ImageError(it.source, it.error)
-        out.append(run(np.stack([it.pixels for it in items])))
+    size = (spec.image_size, spec.image_size)
+    for batch in iter_pixel_batches(sources, size, batch_size):
+        for name, error in zip(batch.names, batch.errors, strict=True):
+            if error is not None:
+                raise ImageError(name, error)
+        out.append(run(batch.pixels, batch_size))
     return np.concatenate(out)
