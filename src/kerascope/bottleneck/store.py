@@ -6,6 +6,10 @@ to a forward pass), every group records the SHA-256 of the weights and the setti
 so a changed image, weights file or setting recomputes only what it affects. Work happens in
 ``features.h5.partial`` with a per-row ``done`` mask flushed every batch; only a finished run is
 renamed to ``features.h5``, so a killed run resumes and never leaves a file that reads complete.
+One process writes an output at a time: it holds ``.features.h5.lock`` (``flock``, dropped by
+the kernel however the process ends), and a second run on the same output is refused in one
+line instead of deleting the first one's work file (both failed). A ``features.h5`` that is
+not a readable HDF5 file (truncated, or some other file) is refused in one line, never replaced.
 
 A branch is ``Input(image_size) -> Resizing(backbone size) -> backbone [-> layer] -> pool``; the
 ``features`` recipe's model (``train.recipes``) is built from the same branches, so cached
@@ -27,7 +31,7 @@ import time
 import traceback
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,7 +46,14 @@ from kerascope.bottleneck.branches import (
     weights_file,
     weights_per_backbone,
 )
-from kerascope.files import OutputError, fsync_dir, fsync_path, is_disk_error, output_error
+from kerascope.files import (
+    OutputError,
+    fsync_dir,
+    fsync_path,
+    is_disk_error,
+    output_error,
+    temp_name,
+)
 
 SPLITS = ("train", "validation", "test")
 FORMAT = 1
@@ -107,6 +118,8 @@ class FeatureStore:
     def __init__(self, path: str | os.PathLike, computed: dict[str, int] | None = None):
         self.path = Path(path)
         self.computed = dict(computed or {})
+        if self.path.is_dir():
+            raise FeatureCacheError(f"'{self.path}' is a folder, not a feature file")
         if not self.path.is_file():
             again = " run extract_features again to finish it"
             if partial_path(self.path).is_file():
@@ -121,7 +134,10 @@ class FeatureStore:
     def _open(self):
         import h5py
 
-        return h5py.File(self.path, "r")
+        try:
+            return h5py.File(self.path, "r")
+        except OSError as exc:
+            raise FeatureCacheError(_unreadable(self.path, exc)) from None
 
     def row_shape(self, key: str) -> tuple[int, ...]:
         """The shape of one image's features in group ``key`` (``(4, 4, 512)`` unpooled)."""
@@ -211,14 +227,27 @@ def extract_features(
     Raises:
         FeatureCacheError: an unknown layer (close matches listed) or an unreadable image.
         kerascope.data.DatasetError: the folder is not a usable dataset.
+        FeatureCacheError: ``output`` is written by another process right now, or is not a
+            readable feature file (truncated, or another kind of file): it is never replaced.
     """
-    import h5py
-
     from kerascope.data import scan_dataset
 
-    dataset = data
-    if isinstance(data, str | os.PathLike):
-        dataset = scan_dataset(data, val_split=val_split, seed=seed, skip_bad=skip_bad)
+    out = Path(output)
+    with _writer_lock(out):
+        _check_output(out)
+        dataset = data
+        if isinstance(data, str | os.PathLike):
+            dataset = scan_dataset(data, val_split=val_split, seed=seed, skip_bad=skip_bad)
+        return _extract(dataset, backbones, layer, pool, out, batch_size, progress, image_size,
+                        weights)  # fmt: skip
+
+
+def _extract(dataset: Any, backbones: Sequence[str], layer: str | None, pool: str, out: Path,
+             batch_size: int, progress: Progress | None, image_size: int | None,
+             weights: Any) -> FeatureStore:  # fmt: skip
+    """`extract_features` under the output's lock, its output checked."""
+    import h5py
+
     files = weights_per_backbone(weights, backbones)
     specs = list(
         dict.fromkeys(
@@ -228,21 +257,24 @@ def extract_features(
     )
     sums = {s: weights_checksum(weights_file(s)) for s in specs}
     rows = Rows.of(dataset)
-    out, partial = Path(output), partial_path(output)
-    if partial.is_file() and not _readable(partial):
-        partial.unlink()  # killed while the file itself was written: start from the last good one
-    source = partial if partial.is_file() else out
-    plans: dict[FeatureSpec, tuple[str, np.ndarray | None]] = {}
-    with h5py.File(source, "r") if source.is_file() else nullcontext({}) as f:
-        for s in specs:
-            plans[s] = _plan(f.get(s.key), rows, sums[s])
+    partial = partial_path(out)
+    plans = None
+    if partial.is_file():  # this process holds the lock: no one else is writing it
+        plans = _plans(partial, specs, rows, sums)
+        if plans is None:  # killed while the file itself was written: resume from `out`
+            _remove(partial, out)
+    source = partial if plans is not None else out
+    if plans is None:
+        plans = _plans(out, specs, rows, sums) if out.is_file() else {}
+        if plans is None:
+            raise FeatureCacheError(_unreadable(out, None))
+        plans = {s: plans.get(s, ("new", None)) for s in specs}
     computed = dict.fromkeys((s.key for s in specs), 0)
     if source == out and all(mode == "keep" for mode, _ in plans.values()):
         return FeatureStore(out, computed)
-    out.parent.mkdir(parents=True, exist_ok=True)
     with _h5_errors(out) as lost:
         if source == out and out.is_file():
-            shutil.copyfile(out, partial)
+            _copy(out, partial)
         f = h5py.File(partial, "a")
         try:
             f.attrs["format"] = FORMAT
@@ -359,15 +391,125 @@ def _verify(partial: Path, out: Path, keys: list[str], n: int, marked: bool) -> 
                 )
 
 
-def _readable(path: Path) -> bool:
+def _plans(source: Path, specs: list, rows: Rows, sums: dict) -> dict | None:
+    """Each spec's plan against the groups in ``source``; None when ``source`` cannot be read
+    (truncated, not HDF5, a damaged group)."""
     import h5py
 
     try:
-        with h5py.File(path, "r") as f:
+        with h5py.File(source, "r") as f:
+            return {s: _plan(f.get(s.key), rows, sums[s]) for s in specs}
+    except (OSError, KeyError, ValueError, TypeError):
+        return None
+
+
+def _unreadable(path: Path, exc: BaseException | None) -> str:
+    why = f" ({str(exc).splitlines()[0]})" if exc is not None and str(exc) else ""
+    return (f"'{path}' is not a readable feature file{why}: it is truncated or not an HDF5 "
+            "file kerascope wrote; kerascope does not replace it: move it away (or delete it) "
+            "to compute the features again, or choose another output")  # fmt: skip
+
+
+def _check_output(out: Path) -> None:
+    """The output is a new path or a readable HDF5 file; anything else is one line."""
+    import h5py
+
+    if out.is_dir():
+        raise FeatureCacheError(f"output '{out}' is a folder: give a file name, such as "
+                                f"'{out / 'features.h5'}'")  # fmt: skip
+    if not out.exists():
+        return
+    try:
+        with h5py.File(out, "r") as f:
             list(f)
-    except OSError:
-        return False
-    return True
+    except OSError as exc:
+        raise FeatureCacheError(_unreadable(out, exc)) from None
+
+
+def _remove(path: Path, out: Path) -> None:
+    try:
+        path.unlink(missing_ok=True)
+    except OSError as exc:
+        raise output_error(out, exc) from None
+
+
+def _copy(out: Path, partial: Path) -> None:
+    """``out`` copied to the work file under a name of this process, then renamed: a kill
+    mid-copy leaves a stray temp file, never a work file that is half a copy."""
+    tmp = temp_name(partial)
+    try:
+        shutil.copyfile(out, tmp)
+        os.replace(tmp, partial)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def lock_path(output: str | os.PathLike) -> Path:
+    """The lock file a writer of ``output`` holds: hidden, beside it."""
+    out = Path(output)
+    return out.with_name(f".{out.name}.lock")
+
+
+@contextmanager
+def _writer_lock(out: Path) -> Iterator[None]:
+    """Hold ``out``'s lock for the block, or refuse in one line when another process does.
+
+    The lock file is removed on release; a process that opened it just before (and so locks
+    a removed file) notices that the path no longer names what it locked and tries again. A
+    folder where no file can be created (read-only) is used without a lock: no one can write
+    there, and a run that only reads its cached features still works.
+    """
+    import fcntl
+
+    lock = lock_path(out)
+    try:
+        lock.parent.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise FeatureCacheError(f"output '{out}' lies under a file: choose a folder") from None
+    except OSError as exc:
+        raise output_error(out, exc) from None
+    while True:
+        try:
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
+        except OSError as exc:
+            if exc.errno not in (errno.EROFS, errno.EACCES, errno.EPERM) or not out.is_file():
+                raise output_error(out, exc) from None
+            yield  # nothing can be written here, by anyone: reading the cache needs no lock
+            return
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            holder = _lock_holder(fd)
+            os.close(fd)
+            if exc.errno not in (errno.EWOULDBLOCK, errno.EACCES):
+                raise output_error(out, exc) from None
+            raise FeatureCacheError(
+                f"'{out}' is being written by {holder}: wait for it to finish (then run again "
+                "to use its features), or choose another output"
+            ) from None
+        try:
+            same = os.path.samestat(os.fstat(fd), os.stat(lock))
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        os.close(fd)  # the previous holder removed the file we locked: lock the new one
+    try:
+        with contextlib.suppress(OSError):
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield
+    finally:
+        with contextlib.suppress(OSError):
+            lock.unlink()  # still held: no one can have taken it in between
+        os.close(fd)
+
+
+def _lock_holder(fd: int) -> str:
+    try:
+        return f"another kerascope process (pid {int(os.pread(fd, 32, 0).decode().strip())})"
+    except (OSError, ValueError):
+        return "another kerascope process"
 
 
 def _plan(g: Any, rows: Rows, checksum: str) -> tuple[str, np.ndarray | None]:
