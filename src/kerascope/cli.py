@@ -11,6 +11,7 @@ from collections.abc import Iterator, Sequence
 
 from kerascope import __version__
 from kerascope.errors import CliError, KerascopeError
+from kerascope.precision import add_precision_option
 
 DASH_NOTE = (
     "A file name that starts with '-' goes after '--', which ends the options: "
@@ -91,6 +92,7 @@ def _add_classify(sub) -> None:
     )
     p.add_argument("--output", "-o", help="write to this file instead of the terminal")
     p.add_argument("--batch-size", "-b", type=_positive, default=32, help="images per batch")
+    add_precision_option(p)
     p.set_defaults(func=_run_classify)
 
 
@@ -117,8 +119,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _run_classify(args) -> int:
     from kerascope import output
-    from kerascope.classification import classify_sources
-    from kerascope.inference import normalise_inputs
+    from kerascope.classification import classify_sources, run_precision
+    from kerascope.inference import engine_name, normalise_inputs
+    from kerascope.precision import say_precision
     from kerascope.zoo.models import load_model
 
     sources, skipped, _ = normalise_inputs(args.paths)
@@ -128,7 +131,10 @@ def _run_classify(args) -> int:
     if not sources:
         raise CliError("no images found in " + " ".join(args.paths))
     clf = load_model(args.model, weights=args.weights)
-    stream = classify_sources(clf, sources, args.top, args.threshold, args.batch_size)
+    precision = run_precision(clf, args.precision)
+    say_precision(args.precision, precision, engine_name(clf.model, precision=precision))
+    stream = classify_sources(clf, sources, args.top, args.threshold, args.batch_size,
+                              precision=precision)  # fmt: skip
     results, interrupted = _until_interrupted(stream, len(sources), "classifying")
     if interrupted:
         where = f"'{args.output}'" if args.output else "the output"

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 
 from kerascope.errors import CliError
+from kerascope.precision import add_precision_option, say_precision
 
 
 class _Help(argparse.ArgumentDefaultsHelpFormatter):
@@ -132,6 +133,7 @@ def _add_evaluate(sub) -> None:
     p.add_argument("--output", "-o", help="folder for metrics.json and plots (default: the "
                    "run directory)")  # fmt: skip
     p.add_argument("--batch-size", type=int, default=32, help="images per forward pass")
+    add_precision_option(p)
     p.set_defaults(func=_run_evaluate)
 
 
@@ -143,6 +145,7 @@ def _add_predict(sub) -> None:
                    "predictions-1.csv, ... when that exists: never replaced unless "
                    "named)")  # fmt: skip
     p.add_argument("--batch-size", type=int, default=32, help="images per forward pass")
+    add_precision_option(p)
     p.set_defaults(func=_run_predict)
 
 
@@ -293,7 +296,8 @@ def _run_evaluate(args) -> int:
     from kerascope.output import printable_lines
 
     result = evaluate(args.run, args.data, batch_size=args.batch_size, output=args.output,
-                      split=args.split)  # fmt: skip
+                      split=args.split, precision=args.precision)  # fmt: skip
+    say_precision(args.precision, result.precision)
     print(printable_lines(format_confusion(result)))  # class names with ESC: shown escaped
     for path, reason in result.unreadable:
         _note(f"could not read {path}: {reason}")
@@ -318,10 +322,13 @@ def _which(result) -> str:
 
 
 def _run_predict(args) -> int:
+    from kerascope.precision import resolve_precision
     from kerascope.prediction import fresh_path, predict
 
     target = args.output or fresh_path("predictions.csv")
-    rows = predict(args.run, args.inputs, target, batch_size=args.batch_size)
+    say_precision(args.precision, resolve_precision(args.precision))
+    rows = predict(args.run, args.inputs, target, batch_size=args.batch_size,
+                   precision=args.precision)  # fmt: skip
     failed = [r for r in rows if not r.ok]
     _note(f"wrote {len(rows)} rows to {target}" + (
         f"; {len(failed)} could not be read (error rows)" if failed else ""))  # fmt: skip

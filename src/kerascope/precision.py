@@ -18,6 +18,9 @@ PRECISIONS = ("auto", "float32", "bfloat16", "float16")
 _POLICIES = {"float32": "float32", "bfloat16": "mixed_bfloat16", "float16": "mixed_float16"}
 
 
+ALIASES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16", "f32": "float32"}
+
+
 class PrecisionError(ConfigError):
     """A precision that cannot run as asked (the onnx engine computes in float32 only)."""
 
@@ -25,8 +28,7 @@ class PrecisionError(ConfigError):
 def check_precision(name: str | None) -> str:
     """``name`` (or ``KERASCOPE_PRECISION``, or ``auto``) checked against the choices."""
     value = (name or os.environ.get("KERASCOPE_PRECISION") or "auto").strip().lower()
-    aliases = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16", "f32": "float32"}
-    value = aliases.get(value, value)
+    value = ALIASES.get(value, value)
     if value not in PRECISIONS:
         raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}; got {name!r}")
     return value
@@ -68,3 +70,39 @@ def resolve_precision(name: str | None = None) -> str:
 def dtype_policy(precision: str) -> str:
     """The Keras dtype policy name for a resolved precision (``mixed_bfloat16`` ...)."""
     return _POLICIES[check_precision(precision) if precision != "auto" else resolve_precision()]
+
+
+PRECISION_HELP = (
+    "what the model computes in: auto = bfloat16 mixed precision on GPUs that compute it "
+    "natively, float32 elsewhere (default, or $KERASCOPE_PRECISION); bfloat16 and float16 run "
+    "on the keras engine, with float32 weights and outputs"
+)
+
+
+def add_precision_option(parser) -> None:
+    """``--precision`` on a command that runs a model (classify, evaluate, predict, features)."""
+    parser.add_argument("--precision", type=_cli_name, choices=PRECISIONS, default=None,
+                        help=PRECISION_HELP)  # fmt: skip
+
+
+def _cli_name(text: str) -> str:
+    """``--precision``'s value, aliases (bf16, fp16, fp32) read as their names."""
+    value = text.strip().lower()
+    return ALIASES.get(value, value)
+
+
+def ran_in(precision: str, engine: str | None = None) -> str:
+    """The line a command prints about what it computed in, e.g. ``computing in bfloat16 (mixed:
+    float32 weights and outputs) on the keras engine``."""
+    mixed = " (mixed: float32 weights and outputs)" if precision != "float32" else ""
+    engine = engine or ("keras" if precision != "float32" else None)
+    return f"computing in {precision}{mixed}" + (f" on the {engine} engine" if engine else "")
+
+
+def say_precision(asked: str | None, precision: str, engine: str | None = None) -> None:
+    """Print `ran_in` on stderr when the precision was asked for or is not float32 (a plain
+    CPU run stays quiet: nothing to report)."""
+    if asked is not None or precision != "float32":
+        from kerascope.output import note
+
+        note(ran_in(precision, engine))
