@@ -1,15 +1,16 @@
 """`explain` of JPEG files with the pictures written, in images per second: the figure issue 18
 sets a target for (>= 1,000 img/s on an H200), measured end to end through
 `kerascope.cam.save.save_explanations` (decode, forward, gradient, maps, drawing, JPEG encode,
-atomic write) into a fresh output folder each repeat.
+atomic write) into a fresh output folder each job.
 
 The files are the scikit-image photos resized to 500x375 (the size of the GPU benchmark's
-JPEGs) and cycled up to ``--files``. One warm-up job compiles; the median of ``--repeats`` jobs
-is reported (min - max). ``--engine keras`` is the Keras/JAX path a GPU uses (on a CPU the
-default engine is onnxruntime).
+JPEGs) and cycled up to ``--files``. One warm-up job compiles; then the median of ``--repeats``
+jobs (min - max) for each of ``--variants``, in the same process: the diagnostics say where the
+time goes. ``--engine keras`` is the Keras/JAX path a GPU uses (on a CPU the default engine is
+onnxruntime).
 
     KERAS_BACKEND=jax python benchmarks/explain_files.py --files 64 --batch-size 32 \
-        --engine keras [--precision bfloat16] [--method gradcam] [--model efficientnet_lite0]
+        --engine keras [--precision bfloat16] [--variants pictures,maps,no-fsync]
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import json
 import os
 import shutil
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -42,6 +44,54 @@ def make_files(folder: Path, count: int, size: tuple[int, int] = (500, 375)) -> 
     return paths
 
 
+def maps_only(inputs, clf, method, batch_size, precision) -> None:
+    """Decode and compute the maps (on the device where it applies), drawing nothing."""
+    from kerascope.cam.explain import _cached_explainer, iter_small
+
+    explainer = _cached_explainer(clf, method, None, precision=precision)
+    for e, _ in iter_small(clf, explainer, inputs, None, batch_size):
+        assert e.ok, e.error
+
+
+VARIANTS = {
+    "pictures": "the job as users run it",
+    "maps": "decode + maps on the device, no pictures: the ceiling pictures are held to",
+    "no-fsync": "pictures with os.fsync a no-op (diagnostic: what syncing costs here)",
+    "switch": "pictures with sys.setswitchinterval(0.0005) (diagnostic: GIL hand-over)",
+    "workers8": "pictures with 8 picture threads",
+    "workers32": "pictures with 32 picture threads",
+}
+
+
+def run_variant(variant, inputs, clf, args, extra, out: Path) -> float:
+    """One job of ``variant``; its wall-clock seconds."""
+    from kerascope.cam.save import save_explanations
+
+    extra = dict(extra)
+    if variant.startswith("workers"):
+        extra["workers"] = int(variant.removeprefix("workers"))
+    fsync, interval = os.fsync, sys.getswitchinterval()
+    if variant == "no-fsync":
+        os.fsync = lambda fd: None
+    if variant == "switch":
+        sys.setswitchinterval(0.0005)
+    try:
+        start = time.perf_counter()
+        if variant == "maps":
+            maps_only(inputs, clf, args.method, args.batch_size, args.precision)
+            return time.perf_counter() - start
+        saved = save_explanations(inputs, out, clf, args.method, batch_size=args.batch_size,
+                                  **extra)  # fmt: skip
+        seconds = time.perf_counter() - start
+    finally:
+        os.fsync = fsync
+        sys.setswitchinterval(interval)
+    assert all(s.ok for s in saved), [s.error for s in saved if not s.ok][:3]
+    assert len(list(out.rglob("*-output.jpg"))) == len(inputs)
+    shutil.rmtree(out)
+    return seconds
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--files", type=int, default=64)
@@ -52,10 +102,25 @@ def main() -> None:
     ap.add_argument("--method", default="gradcam")
     ap.add_argument("--model", default="efficientnet_lite0")
     ap.add_argument("--folder", default=None, help="existing JPEG folder instead of generated")
-    ap.add_argument("--json", default=None, help="also write the result here")
+    ap.add_argument("--json", default=None, help="also write the results here")
+    ap.add_argument("--workers", type=int, default=None, help="picture threads (if supported)")
+    ap.add_argument(
+        "--variants",
+        default="pictures",
+        help="comma-separated, each timed in the same process (one compile): "
+        + "; ".join(f"{k}: {v}" for k, v in VARIANTS.items()),
+    )
+    ap.add_argument("--make-files", default=None, help="only write --files JPEGs here, then exit")
     args = ap.parse_args()
+    if args.make_files:
+        make_files(Path(args.make_files), args.files)
+        return
     if args.engine:
         os.environ["KERASCOPE_ENGINE"] = args.engine
+    variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+    unknown = [v for v in variants if v not in VARIANTS]
+    if unknown:
+        ap.error(f"unknown variant {unknown[0]!r}; choose from {', '.join(VARIANTS)}")
 
     from kerascope.cam.save import save_explanations
     from kerascope.zoo.models import load_model
@@ -68,43 +133,47 @@ def main() -> None:
             inputs = make_files(work / "in", args.files)
         clf = load_model(args.model)
         extra = {}
-        if args.precision and "precision" in inspect.signature(save_explanations).parameters:
+        accepted = inspect.signature(save_explanations).parameters
+        if args.precision and "precision" in accepted:
             extra["precision"] = args.precision
         elif args.precision:
             print("this version of save_explanations has no precision option: float32")
-        rates = []
-        for rep in range(args.repeats + 1):  # the first job compiles: not counted
-            out = work / f"out{rep}"
-            start = time.perf_counter()
-            saved = save_explanations(
-                inputs, out, clf, args.method, batch_size=args.batch_size, **extra
-            )
-            seconds = time.perf_counter() - start
-            assert all(s.ok for s in saved), [s.error for s in saved if not s.ok][:3]
-            assert len(list(out.rglob("*-output.jpg"))) == len(inputs)
-            if rep:
+        if args.workers and "workers" in accepted:
+            extra["workers"] = args.workers
+        ran = "float32"
+        if "precision" in accepted:
+            from kerascope.cam.save import precision_of
+
+            ran = precision_of(clf, args.method, precision=args.precision)
+        seconds = run_variant(variants[0], inputs, clf, args, extra, work / "warm")
+        print(f"warm-up job (compiles): {len(inputs) / seconds:.1f} img/s")
+        results = []
+        for variant in variants:
+            rates = []
+            for rep in range(args.repeats):
+                seconds = run_variant(variant, inputs, clf, args, extra, work / f"out{rep}")
                 rates.append(len(inputs) / seconds)
-            print(f"job {rep}{' (warm-up)' if not rep else ''}: {len(inputs) / seconds:.1f} img/s")
-            shutil.rmtree(out)
-        result = {
-            "files": len(inputs),
-            "batch_size": args.batch_size,
-            "engine": os.environ.get("KERASCOPE_ENGINE", "auto"),
-            "precision": args.precision or "default",
-            "method": args.method,
-            "model": args.model,
-            "img_per_s_median": statistics.median(rates),
-            "img_per_s_min": min(rates),
-            "img_per_s_max": max(rates),
-            "cpus": os.cpu_count(),
-        }
-        print(
-            f"explain {args.method} with pictures, {len(inputs)} files, batch {args.batch_size}, "
-            f"engine {result['engine']}: {result['img_per_s_median']:.1f} img/s "
-            f"[{min(rates):.1f} - {max(rates):.1f}]"
-        )
+            result = {
+                "variant": variant,
+                "files": len(inputs),
+                "batch_size": args.batch_size,
+                "engine": os.environ.get("KERASCOPE_ENGINE", "auto"),
+                "precision": ran,
+                "method": args.method,
+                "model": args.model,
+                "img_per_s_median": statistics.median(rates),
+                "img_per_s_min": min(rates),
+                "img_per_s_max": max(rates),
+                "cpus": os.cpu_count(),
+            }
+            results.append(result)
+            print(
+                f"explain {args.method} [{variant}] in {ran}, {len(inputs)} files, batch "
+                f"{args.batch_size}, engine {result['engine']}: "
+                f"{result['img_per_s_median']:.1f} img/s [{min(rates):.1f} - {max(rates):.1f}]"
+            )
         if args.json:
-            Path(args.json).write_text(json.dumps(result, indent=1) + "\n")
+            Path(args.json).write_text(json.dumps(results, indent=1) + "\n")
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

@@ -12,8 +12,9 @@ import pytest
 from PIL import Image
 
 from kerascope.cam.base import as_classifier
-from kerascope.cam.save import OutputExistsError, save_explanations
+from kerascope.cam.save import save_explanations
 from kerascope.cli import main
+from kerascope.errors import KerascopeError
 
 
 def _tiny():
@@ -54,8 +55,9 @@ def test_an_existing_picture_is_kept_unless_overwrite(tiny_clf, chelsea, tmp_pat
     out.mkdir()
     earlier = out / "pic-output.jpg"
     earlier.write_bytes(b"someone else's file")
-    with pytest.raises(OutputExistsError, match=r"pic-output.jpg' already exists.*--overwrite"):
+    with pytest.raises(FileExistsError, match=r"pic-output.jpg' already exists.*--overwrite") as e:
         save_explanations(photo, out, tiny_clf)
+    assert isinstance(e.value, KerascopeError)  # the CLI prints it as one line
     assert earlier.read_bytes() == b"someone else's file"
     saved = save_explanations(photo, out, tiny_clf, overwrite=True)
     assert saved[0].path == earlier
@@ -82,7 +84,7 @@ def test_an_input_is_never_replaced_even_with_overwrite(tiny_clf, chelsea, tmp_p
     second = _jpeg(folder / "pic-output.jpg", chelsea, shift=20)
     before = _digest(second)
     for overwrite in (False, True):
-        with pytest.raises(OutputExistsError, match="is the input .* never replaced"):
+        with pytest.raises(FileExistsError, match="is the input .* never replaced"):
             save_explanations(folder, folder, tiny_clf, overwrite=overwrite)
         assert _digest(second) == before
     assert sorted(p.name for p in folder.iterdir()) == ["pic-output.jpg", "pic.jpg"]
@@ -94,7 +96,7 @@ def test_an_input_reached_through_a_link_is_not_replaced(tiny_clf, chelsea, tmp_
     out.mkdir()
     (out / "pic-output.jpg").symlink_to(photo)
     before = _digest(photo)
-    with pytest.raises(OutputExistsError, match="is the input"):
+    with pytest.raises(FileExistsError, match="is the input"):
         save_explanations(photo, out, tiny_clf, overwrite=True)
     assert _digest(photo) == before
 
@@ -126,7 +128,7 @@ def test_a_picture_that_appears_during_the_job_is_kept(tiny_clf, chelsea, tmp_pa
 
     target = tmp_path / "late-output.jpg"
     target.write_bytes(b"arrived first")
-    with pytest.raises(OutputExistsError, match="appeared while the job ran"):
+    with pytest.raises(FileExistsError, match="appeared while the job ran"):
         write_new_jpeg(np.zeros((8, 8, 3), np.uint8), target)
     assert target.read_bytes() == b"arrived first"
     assert [p.name for p in tmp_path.iterdir()] == ["late-output.jpg"]  # no temp file left

@@ -269,3 +269,25 @@ def test_empty_map_is_flagged_and_said_in_the_label(cat):
     np.testing.assert_array_equal(marked[bar:], plain[bar:])
     text_end = np.flatnonzero(plain[:bar].max(axis=(0, 2)))[-1]
     assert marked[:bar, text_end + 10 :].max() == 255  # the notice is written after the label
+
+
+@pytest.mark.parametrize("size", [(60, 80), (900, 1300)])  # cached label bar, and drawn in place
+@pytest.mark.parametrize("colorbar", [False, True])
+def test_pillow_picture_is_the_numpy_picture(chelsea, size, colorbar):
+    """explain's picture threads draw in Pillow (no NumPy copies, outside the GIL): the same
+    pixels as `overlay` + `side_by_side`."""
+    from PIL import Image
+
+    from kerascope.cam.overlay import overlay_image, side_by_side_image
+    from kerascope.images import resize
+
+    photo = resize(chelsea, size)
+    heat = np.random.default_rng(0).random((7, 7)).astype(np.float32)
+    label = "tabby 87.3% (gradcam)"
+    blended = ov.overlay(photo, heat, 0.4, "viridis")
+    expected = ov.side_by_side(photo, blended, label, colorbar=colorbar, colormap="viridis")
+    base = Image.fromarray(photo)
+    drawn = overlay_image(base, heat, 0.4, "viridis")
+    np.testing.assert_array_equal(np.asarray(drawn), blended)
+    picture = side_by_side_image(base, drawn, label, colorbar=colorbar, colormap="viridis")
+    np.testing.assert_array_equal(np.asarray(picture), expected)

@@ -280,12 +280,13 @@ def iter_explanations(
     caller that draws the overlay does not decode the file again. Two batches of full-size
     images are held at a time; `iter_small` holds none (what `save_explanations` uses).
     """
-    from kerascope.cam.overlay import upsample
+    from kerascope.cam.overlay import place_in_picture, upsample
 
     for e, cam, it in _iter_cams(clf, explainer, sources, targets, batch_size, True):
         if cam is None:
             yield e, None
         else:
+            cam = place_in_picture(cam, it.shape, it.box)
             heat = upsample(cam, it.original.shape[:2])
             peak = float(heat.max())  # maps peak at 1; resampling (twice, when placed) shaves it
             e.heatmap = heat / peak if peak > 0 else heat
@@ -301,19 +302,36 @@ def iter_small(
 ) -> Iterator[tuple[Explanation, np.ndarray | None]]:
     """As `iter_explanations`, but keeping no full-size image: each `Explanation` comes without
     ``heatmap``, with its map at feature resolution (None when unreadable) beside it."""
-    for e, cam, _ in _iter_cams(clf, explainer, sources, targets, batch_size, False):
-        yield e, cam
+    from kerascope.cam.overlay import place_in_picture
+
+    for e, cam, it in _iter_cams(clf, explainer, sources, targets, batch_size, False):
+        yield e, None if cam is None else place_in_picture(cam, it.shape, it.box)
+
+
+def iter_unplaced(
+    clf: Classifier,
+    explainer: Explainer,
+    sources: Sequence,
+    targets: np.ndarray | None = None,
+    batch_size: int = 16,
+) -> Iterator[tuple[Explanation, np.ndarray | None, tuple | None, tuple | None]]:
+    """As `iter_small`, but each map comes as the model saw it, with the picture's (height,
+    width) and the box the model saw (`overlay.place_in_picture` places it): so the caller can
+    place it in a worker thread, off the thread that feeds the device."""
+    for e, cam, it in _iter_cams(clf, explainer, sources, targets, batch_size, False):
+        yield e, cam, it.shape, it.box
 
 
 def _iter_cams(clf, explainer, sources, targets, batch_size, keep_original):
-    """(Explanation without heatmap, low-resolution map or None, decoded item) per source.
+    """(Explanation without heatmap, map as the model saw it or None, decoded item) per source.
 
     Pictures are fitted as `classify` fits them (the classifier's convention), so an image
-    gets the class and probability `classify` gives it; where that is a centre crop, the map
-    is placed over the cropped part of the whole picture (`overlay.place_in_picture`), the
-    rest staying cold: the model did not see it.
+    gets the class and probability `classify` gives it; where that is a centre crop, the
+    callers place the map over the cropped part of the whole picture
+    (`overlay.place_in_picture`, from ``item.shape`` and ``item.box``), the rest staying cold:
+    the model did not see it. Placing is left to them so that `save_explanations` does it in
+    its picture threads, not in the thread that feeds the device.
     """
-    from kerascope.cam.overlay import place_in_picture
     from kerascope.inference import iter_batches
 
     start = 0
@@ -326,15 +344,15 @@ def _iter_cams(clf, explainer, sources, targets, batch_size, keep_original):
             maps, classes, probs = explainer.explain_batch(
                 pixels, batch_targets, pad_to=batch_size, upsample=explainer.on_device
             )
+        row = {i: r for r, i in enumerate(rows)}
         for i, it in enumerate(items):
             if it.error is not None:
                 yield Explanation(it.source, error=it.error), None, it
                 continue
-            r = rows.index(i)
+            r = row[i]
             c = int(classes[r])
             wnid, name = clf.labels[c]
-            cam = place_in_picture(maps[r], it.shape, it.box)
-            yield Explanation(it.source, None, c, wnid, name, float(probs[r])), cam, it
+            yield Explanation(it.source, None, c, wnid, name, float(probs[r])), maps[r], it
             items[i] = None  # the consumer may drop its full-size image as soon as it is done
         start += len(items)
 

@@ -160,25 +160,31 @@ def overlay(
     Returns:
         (H, W, 3) uint8.
     """
-    if not 0.0 <= alpha <= 1.0:
-        raise ValueError(f"alpha must be in [0, 1], got {alpha}")
     image = np.asarray(image)
     if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
         raise ValueError(f"image must be (H, W, 3) uint8, got {image.shape} {image.dtype}")
+    blended = overlay_image(Image.fromarray(np.ascontiguousarray(image)), heatmap, alpha, colormap)
+    return np.asarray(blended, dtype=np.uint8)
+
+
+def overlay_image(
+    image: Image.Image, heatmap: np.ndarray, alpha: float = 0.4, colormap: str = DEFAULT_COLORMAP
+) -> Image.Image:
+    """`overlay` on a Pillow RGB image, returning one: what explain's picture threads use, so a
+    picture is drawn without NumPy copies (Pillow's C code runs outside the GIL)."""
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"alpha must be in [0, 1], got {alpha}")
     heat = np.ascontiguousarray(heatmap, dtype=np.float32)
     if heat.ndim != 2:
         raise ValueError(f"heatmap must be 2-D (h, w), got shape {heat.shape}")
-    height, width = image.shape[:2]
+    width, height = image.size
     heat8 = (np.clip(np.nan_to_num(heat, nan=0.0), 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
     level = Image.fromarray(heat8)
     if heat8.shape != (height, width):
         level = level.resize((width, height), Image.Resampling.BILINEAR)
     channels, opacity = _point_tables(colormap, float(alpha))
     color = Image.merge("RGB", [level.point(table) for table in channels])
-    blended = Image.composite(
-        color, Image.fromarray(np.ascontiguousarray(image)), level.point(opacity)
-    )
-    return np.asarray(blended, dtype=np.uint8)
+    return Image.composite(color, image, level.point(opacity))
 
 
 @functools.lru_cache(maxsize=8)
@@ -215,14 +221,18 @@ def _cached_bar(label: str, width: int, height: int) -> np.ndarray:
 
 def _draw_bar(label: str, width: int, height: int) -> np.ndarray:
     bar = Image.new("RGB", (width, height), (0, 0, 0))
-    draw = ImageDraw.Draw(bar)
+    _write_label(ImageDraw.Draw(bar), label, height)
+    out = np.asarray(bar, dtype=np.uint8)
+    out.setflags(write=False)
+    return out
+
+
+def _write_label(draw: ImageDraw.ImageDraw, label: str, height: int) -> None:
+    """White ``label`` vertically centred in the top ``height`` rows (a label bar)."""
     font = _font(max(8, round(height * 0.68)))
     left, top, right, bottom = draw.textbbox((0, 0), label, font=font)
     y = (height - (bottom - top)) // 2 - top
     draw.text((max(4, height // 4), y), label, fill=(255, 255, 255), font=font)
-    out = np.asarray(bar, dtype=np.uint8)
-    out.setflags(write=False)
-    return out
 
 
 EMPTY_NOTICE = "empty map: no evidence for this class"
@@ -313,6 +323,33 @@ def side_by_side(
 _colorbar_fn = colorbar  # `side_by_side` and `label_frame` name their flag ``colorbar``
 
 
+def side_by_side_image(
+    image: Image.Image,
+    overlaid: Image.Image,
+    label: str,
+    colorbar: bool = False,
+    colormap: str = DEFAULT_COLORMAP,
+) -> Image.Image:
+    """`side_by_side` on Pillow images, pixel for pixel the same picture, drawn without NumPy:
+    the label is written straight onto the canvas (its bar is the canvas's black top rows, the
+    photos pasted after it clip the text as the bar's edge does)."""
+    if image.size != overlaid.size:
+        raise ValueError(f"image {image.size} and overlay {overlaid.size} differ in size")
+    width, height = image.size
+    bar = bar_height(height)
+    key = bar if colorbar else 0
+    canvas = Image.new("RGB", (2 * width, bar + height + key), (0, 0, 0))
+    if 2 * width * bar * 3 <= _CACHED_BAR_BYTES:  # small: the cached bar, as side_by_side
+        canvas.paste(Image.fromarray(_cached_bar(label, 2 * width, bar)), (0, 0))
+    else:
+        _write_label(ImageDraw.Draw(canvas), label, bar)
+    canvas.paste(image, (0, bar))
+    canvas.paste(overlaid, (width, bar))
+    if colorbar:
+        canvas.paste(Image.fromarray(_colorbar_fn(width, key, colormap)), (width, bar + height))
+    return canvas
+
+
 def label_frame(
     overlaid: np.ndarray, label: str, colorbar: bool = False, colormap: str = DEFAULT_COLORMAP
 ) -> np.ndarray:
@@ -337,11 +374,14 @@ def label_frame(
     return out
 
 
-def save_jpeg(array: np.ndarray, path: str | os.PathLike, quality: int = 90) -> None:
-    """Write an RGB array as JPEG atomically (`kerascope.files.atomic_open`: temp file beside
-    it, fsync, rename). An interrupted run or a full disk never leaves a half-written file under
-    ``path``; a failed write raises `kerascope.files.OutputError` naming it.
+def save_jpeg(array: np.ndarray | Image.Image, path: str | os.PathLike, quality: int = 90) -> None:
+    """Write an RGB array (or Pillow image) as JPEG atomically (`kerascope.files.atomic_open`:
+    temp file beside it, fsync, rename). An interrupted run or a full disk never leaves a
+    half-written file under ``path``; a failed write raises `kerascope.files.OutputError`.
     """
-    image = Image.fromarray(np.ascontiguousarray(array, dtype=np.uint8))
+    if isinstance(array, Image.Image):
+        image = array
+    else:
+        image = Image.fromarray(np.ascontiguousarray(array, dtype=np.uint8))
     with atomic_open(path, "wb") as fh:
         image.save(fh, "JPEG", quality=quality)

@@ -29,11 +29,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
 from kerascope.cam.explain import (
     Explanation,
     _cached_explainer,
-    iter_small,
+    iter_unplaced,
     resolve_targets,
     spread_targets,
 )
@@ -42,9 +43,9 @@ from kerascope.cam.overlay import (
     colormap_lut,
     is_empty,
     mark_empty,
-    overlay,
-    save_jpeg,
-    side_by_side,
+    overlay_image,
+    place_in_picture,
+    side_by_side_image,
 )
 from kerascope.errors import KerascopeError
 from kerascope.files import fsync_dir, output_error, temp_name
@@ -213,7 +214,7 @@ def save_explanations(
         raise output_error(out_dir, exc) from exc
     draw = dict(method=method, alpha=alpha, colormap=colormap, colorbar=colorbar,
                 replace=overwrite)  # fmt: skip
-    found = iter_small(clf, explainer, sources, targets, batch_size)
+    found = iter_unplaced(clf, explainer, sources, targets, batch_size)
     saved: list[SavedExplanation] = []
     workers = workers or min(32, os.cpu_count() or 1)
     in_flight: deque = deque()  # (Explanation, future or None, path), in input order
@@ -229,13 +230,17 @@ def save_explanations(
 
     with ThreadPoolExecutor(workers, thread_name_prefix="kerascope-picture") as pool:
         try:
-            for source, path, (e, cam) in zip(sources, paths, found, strict=True):
-                future = pool.submit(_draw_one, source, cam, e, path, draw) if e.ok else None
+            for source, path, (e, cam, shape, box) in zip(sources, paths, found, strict=True):
+                future = None
+                if e.ok:
+                    future = pool.submit(_draw_one, source, (cam, shape, box), e, path, draw)
                 in_flight.append((e, future, path))
                 while len(in_flight) > 2 * workers + batch_size:  # bounded: memory stays flat
                     collect()
             while in_flight:
                 collect()
+            for folder in {p.parent for p in paths if p is not None}:  # the names, durable
+                fsync_dir(folder)
         except BaseException:
             for _, future, _ in in_flight:
                 if future is not None:
@@ -252,11 +257,12 @@ def precision_of(
     return _cached_explainer(clf, method, layer, **options).precision
 
 
-def _draw_one(source, cam, e: Explanation, path: Path, draw: dict) -> tuple[Explanation, bool]:
+def _draw_one(source, map_at, e: Explanation, path: Path, draw: dict) -> tuple[Explanation, bool]:
     """One picture, in a worker thread: (the explanation, error set if the file went away;
-    whether the map was empty)."""
+    whether the map was empty). ``map_at``: (map as the model saw it, picture shape, box)."""
+    cam = place_in_picture(*map_at)
     e = draw_explanation(source, cam, e, draw["method"], draw["alpha"], draw["colormap"], path,
-                         draw["colorbar"], replace=draw["replace"])  # fmt: skip
+                         draw["colorbar"], replace=draw["replace"], sync_folder=False)  # fmt: skip
     return e, e.ok and is_empty(cam)
 
 
@@ -336,70 +342,78 @@ def draw_explanation(
     path: Path,
     colorbar: bool = False,
     replace: bool = True,
+    sync_folder: bool = True,
 ) -> Explanation:
     """Write the picture `explain` writes for one explained source (original beside overlay,
     labelled with class, probability and method, and a note when the map is empty, optionally
     a colour key); ``e``, with ``error`` set when the file can no longer be decoded. Shared by
     `save_explanations` and ``kerascope batch explain``. ``colormap`` None: the default.
-    ``replace`` False: a file that appeared at ``path`` is kept (`OutputExistsError`).
-    Thread-safe: `save_explanations` calls it from a pool."""
+    ``replace`` False: a file that appeared at ``path`` is kept (`OutputExistsError`);
+    ``sync_folder`` False: the caller syncs the folder (`write_jpeg`). Thread-safe:
+    `save_explanations` calls it from a pool."""
     label = mark_empty(f"{e.class_name.replace('_', ' ')} {e.probability:.1%} ({method})", cam)
     return _draw(source, cam, label, alpha, colormap or DEFAULT_COLORMAP, path, e, colorbar,
-                 replace)  # fmt: skip
+                 replace, sync_folder)  # fmt: skip
 
 
-def _draw(source, cam, label, alpha, colormap, path: Path, e, colorbar: bool, replace=True):
+def _draw(source, cam, label, alpha, colormap, path: Path, e, colorbar, replace=True,
+          sync_folder=True):  # fmt: skip
     """Decode ``source`` again at the picture's size, draw and write it; one image at a time."""
     try:
         image = _picture_image(source)
     except (ImageError, ValueError, OSError) as exc:  # changed or removed since the forward
         return dataclasses.replace(e, error=getattr(exc, "reason", str(exc)))
-    # overlay() resamples the map in Pillow, in uint8 (the device path sends it at input size)
-    blended = overlay(image, cam, alpha, colormap)
-    picture = side_by_side(image, blended, label, colorbar=colorbar, colormap=colormap)
-    del image, blended
+    # All in Pillow (its C code runs outside the GIL, so the picture threads run in parallel);
+    # the map is resampled to the picture in uint8 (the device path sends it at input size).
+    base = Image.fromarray(image)
+    del image
+    blended = overlay_image(base, cam, alpha, colormap)
+    picture = side_by_side_image(base, blended, label, colorbar=colorbar, colormap=colormap)
+    del base, blended
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise output_error(path, exc) from exc
-    if replace:
-        save_jpeg(picture, path)
-    else:
-        write_new_jpeg(picture, path)
+    write_jpeg(picture, path, replace=replace, sync_folder=sync_folder)
     return e
 
 
-def write_new_jpeg(array: np.ndarray, path: str | os.PathLike, quality: int = 90) -> Path:
-    """Write a JPEG at a name that must not exist: encoded to a temp file beside it, synced,
-    then published with a hard link, which fails if the name was taken meanwhile (the file
-    there is kept: `OutputExistsError`). Where the file system has no hard links, the name is
-    checked and the temp file renamed (a small window, as any rename)."""
-    from PIL import Image
+def write_new_jpeg(array: np.ndarray | Image.Image, path: str | os.PathLike, quality: int = 90):
+    """`write_jpeg` that never replaces: the name must still be free when it is published."""
+    return write_jpeg(array, path, quality, replace=False)
 
+
+def write_jpeg(
+    array: np.ndarray | Image.Image,
+    path: str | os.PathLike,
+    quality: int = 90,
+    replace: bool = True,
+    sync_folder: bool = True,
+) -> Path:
+    """Write a JPEG atomically: encoded to a temp file beside ``path``, synced, then published.
+
+    ``replace`` False: published with a hard link, which fails if the name was taken meanwhile
+    (the file there is kept: `OutputExistsError`); where the file system has no hard links, the
+    name is checked and the temp file renamed (a small window, as any rename). ``replace``
+    True: renamed over ``path``. ``sync_folder`` False leaves the folder's sync (which makes
+    the new name durable) to the caller, once for many pictures: a crash may then lose a
+    picture, never leave half of one.
+    """
     path = Path(path)
     tmp = temp_name(path)
+    if not isinstance(array, Image.Image):
+        array = Image.fromarray(np.ascontiguousarray(array, dtype=np.uint8))
     try:
         with open(tmp, "xb") as fh:
-            Image.fromarray(np.ascontiguousarray(array, dtype=np.uint8)).save(
-                fh, "JPEG", quality=quality
-            )
+            array.save(fh, "JPEG", quality=quality)
             fh.flush()
             os.fsync(fh.fileno())
-        try:
-            os.link(tmp, path)
-        except FileExistsError:
-            raise OutputExistsError(
-                f"'{path}' appeared while the job ran; it was kept (add --overwrite to replace "
-                "it, or choose another output folder)"
-            ) from None
-        except OSError as exc:
-            if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EMLINK):
-                raise
-            if os.path.lexists(path):
-                taken = f"'{path}' appeared while the job ran; it was kept"
-                raise OutputExistsError(taken) from None
+        if replace:
             os.replace(tmp, path)
-        fsync_dir(path.parent)
+        else:
+            _link(tmp, path)
+        if sync_folder:
+            fsync_dir(path.parent)
     except OSError as exc:
         if isinstance(exc, KerascopeError):
             raise
@@ -408,6 +422,23 @@ def write_new_jpeg(array: np.ndarray, path: str | os.PathLike, quality: int = 90
         with contextlib.suppress(OSError):
             tmp.unlink()
     return path
+
+
+def _link(tmp: Path, path: Path) -> None:
+    """Publish ``tmp`` under ``path`` only if nothing is there (module docstring)."""
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        raise OutputExistsError(
+            f"'{path}' appeared while the job ran; it was kept (add --overwrite to replace "
+            "it, or choose another output folder)"
+        ) from None
+    except OSError as exc:
+        if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EMLINK):
+            raise
+        if os.path.lexists(path):
+            raise OutputExistsError(f"'{path}' appeared while the job ran; it was kept") from None
+        os.replace(tmp, path)
 
 
 def _picture_image(source: Source) -> np.ndarray:
