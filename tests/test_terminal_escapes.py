@@ -90,3 +90,32 @@ def test_evaluate_confusion_matrix_shows_escaped_class_names(escape_run, tmp_pat
         assert shown(name) in out
     metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     assert metrics["classes"] == classes  # the file keeps the exact names
+
+
+def test_csv_on_a_terminal_shows_escapes_and_a_pipe_gets_exact_names(monkeypatch, capsys):
+    import io
+    import os
+    import pty
+
+    from kerascope import output
+    from kerascope.classification import ImageResult, Prediction
+
+    name = f"cat{CLEAR}{TITLE}.png"
+    results = [ImageResult(name, [Prediction(1, 281, "n02123045", f"tabby{CLEAR}", 0.5)])]
+    output.write_results(results, "csv", None)  # captured: not a terminal, like a pipe
+    piped = capsys.readouterr().out
+    assert name in piped and f"tabby{CLEAR}" in piped
+
+    leader, follower = pty.openpty()
+    terminal = io.TextIOWrapper(os.fdopen(follower, "wb", buffering=0), encoding="utf-8")
+    monkeypatch.setattr("sys.stdout", terminal)
+    try:
+        output.write_results(results, "csv", None)
+        terminal.flush()
+        shown_text = os.read(leader, 1 << 16).decode()
+    finally:
+        terminal.close()
+        os.close(leader)
+    assert ESC not in shown_text and "\x07" not in shown_text
+    assert f"cat{shown(CLEAR)}{shown(TITLE)}.png" in shown_text
+    assert f"tabby{shown(CLEAR)}" in shown_text

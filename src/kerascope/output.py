@@ -66,21 +66,22 @@ def _unsafe(char: str) -> bool:
     return char in _BIDI_CONTROLS or unicodedata.category(char) in _UNSAFE_CATEGORIES
 
 
-def printable(text: str) -> str:
+def printable(text: str, keep: str = "") -> str:
     r"""``text`` for a terminal: each control character shown as its Python escape (ESC as the
     four characters ``\x1b``, a newline as ``\n``); ordinary Unicode is kept.
 
     A file or class name holding ``\x1b[2J`` or ``\x1b]2;...\x07`` would otherwise clear the
     screen or retitle the window when printed. Files written with ``-o`` keep the exact text.
+    ``keep``: control characters left as they are (the line ends of a multi-line text).
     """
-    if not any(_unsafe(c) for c in text):
+    if not any(_unsafe(c) and c not in keep for c in text):
         return text
-    return "".join(repr(c)[1:-1] if _unsafe(c) else c for c in text)
+    return "".join(repr(c)[1:-1] if _unsafe(c) and c not in keep else c for c in text)
 
 
 def printable_lines(text: str) -> str:
     """`printable` for text of several lines (a plain-text report): only the newlines stay."""
-    return "\n".join(printable(line) for line in text.split("\n"))
+    return printable(text, keep="\n")
 
 
 def literal(value: object, style: str = "") -> Text:
@@ -242,13 +243,27 @@ def stdout_is_utf8() -> bool:
 
 
 def write_results(results: list[ImageResult], fmt: str, path: str | None) -> None:
-    """To ``path`` atomically (the previous file stays until the new one is complete), or stdout."""
+    """To ``path`` atomically (the previous file stays until the new one is complete), or stdout.
+
+    On a terminal, CSV shows control characters in names escaped (the table always does, JSON
+    escapes them itself); a file or a pipe gets the exact names.
+    """
     if path:
         with files.atomic_open(path, "w", newline="") as f:
             f.write(render(results, fmt))
         note(f"wrote {len(results)} result(s) to {path}")
     else:
-        sys.stdout.write(render(results, fmt, ascii_only=not stdout_is_utf8()))
+        text = render(results, fmt, ascii_only=not stdout_is_utf8())
+        if fmt == "csv" and _is_terminal(sys.stdout):  # piped CSV keeps the exact names
+            text = printable(text, keep="\r\n")
+        sys.stdout.write(text)
+
+
+def _is_terminal(stream: object) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError, OSError):
+        return False
 
 
 def print_zoo(fmt: str = "table") -> None:
