@@ -253,7 +253,7 @@ class ModelFileError(KerascopeError, RuntimeError):
 
 
 # The first layer's float32 output for one image may take this much. ResNet-50 at 224x224
-# needs 3.2 MB; a 16 KB .keras declaring a 200,000x200,000 input asked for ~1 TB and had
+# needs 3.2 MB; a 16 KB .keras declaring a 200,000x200,000 input asked for ~480 GB and had
 # classify and export resize pictures to that size until the kernel killed them.
 MAX_FIRST_ACTIVATION = 2_000_000_000
 _MAX_CONFIG_BYTES = 64 << 20  # config.json of the largest Keras application: ~0.5 MB
@@ -262,7 +262,7 @@ _SAFE_MODE_TOGGLES = frozenset({"enable_unsafe_deserialization", "SafeModeScope"
                                 "safe_mode_saving"})  # fmt: skip
 
 
-def _megabytes(n: float) -> str:
+def _size_text(n: float) -> str:
     for unit, size in (("TB", 1e12), ("GB", 1e9), ("MB", 1e6)):
         if n >= size:
             return f"{n / size:,.1f} {unit}"
@@ -290,7 +290,9 @@ def check_model_archive(path: Path) -> None:
         with zipfile.ZipFile(path) as archive:
             info = archive.getinfo("config.json")
             if info.file_size > _MAX_CONFIG_BYTES:
-                raise ModelFileError(f"{what}: its config.json claims {info.file_size:,} bytes")
+                size = f"{info.file_size:,}"
+                raise ModelFileError(f"{what}: its config.json claims {size} bytes (Keras writes "
+                                     "well under 1 MB); copy or save the model again")  # fmt: skip
             config = json.loads(archive.read(info))
     except KeyError:
         raise ModelFileError(f"{what}: the archive has no config.json (not a Keras 3 model "
@@ -396,7 +398,7 @@ def _check_input_size(shape: Any, first: dict | None, what: str) -> None:
         size = "x".join(str(d) for d in shape[1:])
         raise ModelFileError(
             f"{what}: it takes {size} inputs, so its first layer alone would need "
-            f"~{_megabytes(need)} per image (limit {_megabytes(MAX_FIRST_ACTIVATION)}); rebuild "
+            f"~{_size_text(need)} per image (limit {_size_text(MAX_FIRST_ACTIVATION)}); rebuild "
             "it with an input of a few hundred pixels a side, e.g. keras.Input((224, 224, 3))"
         )
 
