@@ -225,7 +225,10 @@ def _jpeg_frame(fp: IO[bytes]) -> tuple[int, list[tuple[int, int]]] | None:
     fp.seek(0)
     if fp.read(2) != b"\xff\xd8":
         return None
-    while True:
+    for _ in range(10_000):  # segments before the frame; a damaged file gets no verdict here
+        byte = fp.read(1)
+        while byte and byte != b"\xff":  # junk between segments: Pillow skips it too
+            byte = fp.read(1)
         byte = fp.read(1)
         while byte == b"\xff":  # fill bytes before a marker
             byte = fp.read(1)
@@ -235,15 +238,16 @@ def _jpeg_frame(fp: IO[bytes]) -> tuple[int, list[tuple[int, int]]] | None:
         if marker in (0x01, *range(0xD0, 0xD8)):  # no length field
             continue
         head = fp.read(2)
-        if len(head) < 2 or marker == 0xDA:  # start of scan: no frame seen
-            return None
         length = int.from_bytes(head, "big")
+        if len(head) < 2 or length < 2 or marker == 0xDA:  # start of scan: no frame seen
+            return None
         if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
             body = fp.read(length - 2)
             count = body[5] if len(body) > 5 else 0
             sampling = [(b >> 4, b & 15) for b in body[7 : 6 + 3 * count : 3]]
             return marker, [(h, v) for h, v in sampling if h and v]
         fp.seek(length - 2, os.SEEK_CUR)
+    return None
 
 
 def _ceil_div(a: int, b: int) -> int:
