@@ -243,3 +243,22 @@ def test_the_untouched_files_still_load(saved):
     for kind in ("tiny", "sequential"):
         clf = load_model(saved[kind])
         assert clf.input_size == (24, 24) and clf.num_classes == 3
+
+
+def test_running_out_of_memory_is_one_line(saved, tmp_path, monkeypatch, capsys):
+    """MemoryError, wherever an export or a load meets it, is one line, never a traceback."""
+    import kerascope.export
+
+    def no_memory(*args, **kwargs):
+        raise MemoryError
+
+    with monkeypatch.context() as mp:
+        mp.setattr(kerascope.export, "check_images", no_memory)
+        message = one_line(["export", str(saved["tiny"]), "-o", str(tmp_path / "t.onnx")],
+                           monkeypatch, capsys)  # fmt: skip
+    assert message == ("ran out of memory exporting 'tiny' (24x24 input); nothing written: free "
+                       "memory, or export a model with a smaller input")  # fmt: skip
+    monkeypatch.setattr(keras.saving, "load_model", no_memory)
+    with pytest.raises(ModelFileError, match="it does not fit in memory"):
+        load_model(saved["tiny"])
+    assert not list(tmp_path.iterdir())
