@@ -393,8 +393,10 @@ def _copy_run(lenet_run: Path, to: Path, finished: bool = True) -> Path:
 
 
 @pytest.mark.parametrize(
-    "state", [None, "{}", "garbage\n", "[1, 2]", '{"completed_stages": "two"}', "\x00" * 64]
-)
+    "state",
+    [None, "{}", "garbage\n", "[1, 2]", '{"completed_stages": "two"}', '{"status": "bogus"}',
+     '{"status": "running", "completed_stages": -1}', "\x00" * 64],
+)  # fmt: skip
 def test_a_finished_run_is_never_retrained_whatever_its_state_file_holds(
     lenet_run, tmp_path, capsys, state
 ):

@@ -90,6 +90,7 @@ def _busy_message(folder: Path, fd: int) -> str:
 
 
 _STATE_FIELDS = {"status": str, "completed_stages": int, "stage": int, "epoch": int}
+_STATUSES = ("running", "interrupted", "failed", "done")  # what `training.run` writes
 
 
 def read_state(run_dir: str | os.PathLike) -> dict[str, Any]:
@@ -118,7 +119,13 @@ def read_state(run_dir: str | os.PathLike) -> dict[str, Any]:
         raise RunError(_damaged_state(path, f"a JSON {type(state).__name__}, not an object"))
     for key, kind in _STATE_FIELDS.items():
         value = state.get(key)
-        if value is not None and (not isinstance(value, kind) or isinstance(value, bool)):
+        if value is None:
+            continue
+        if (
+            not isinstance(value, kind)
+            or isinstance(value, bool)
+            or (value not in _STATUSES if key == "status" else value < 0)
+        ):
             raise RunError(_damaged_state(path, f"its '{key}' is {value!r}"))
     if state.get("status") is None and (Path(run_dir) / "model.keras").is_file():
         return {**state, "status": "done"}
