@@ -29,6 +29,7 @@ import pytest
 from tests.serve_server import httpx, server_process
 
 CHANNELS, SIZE = 256, 64
+real_server = pytest.mark.slow  # a server subprocess per module: ~20 s to start on 2 cores
 
 
 def slow_cam_run(folder):
@@ -112,6 +113,7 @@ def seconds_until_closed(s: socket.socket, limit: float) -> tuple[float, bytes]:
 # --- expensive methods: their own worker, quota and deadline -------------------------------
 
 
+@real_server
 def test_scorecam_in_flight_does_not_delay_classify(guarded, photo_paths):
     """Before: one worker per model, classify waited for the whole Score-CAM pass."""
     cat, coffee = (photo_paths[k].read_bytes() for k in ("chelsea", "coffee"))
@@ -143,6 +145,7 @@ def test_scorecam_in_flight_does_not_delay_classify(guarded, photo_paths):
     assert classified_at < done["scorecam"]  # answered while Score-CAM still ran
 
 
+@real_server
 def test_expensive_quota_per_request_and_in_flight_and_queue_deadline(guarded, photo_paths):
     """Per request: at most 2 images (413). In flight: at most 3 (429 + Retry-After). Queued
     past the 1.5 s deadline (or certain to be): 503 + Retry-After, not an answer much later."""
@@ -176,6 +179,7 @@ def test_expensive_quota_per_request_and_in_flight_and_queue_deadline(guarded, p
     assert t3 < 1.0  # refused at once
 
 
+@real_server
 def test_expensive_methods_refused_unless_allowed(default_server, photo_paths):
     cat = photo_paths["chelsea"].read_bytes()
     with httpx.Client(base_url=default_server.url, timeout=60) as c:
@@ -194,6 +198,7 @@ def test_expensive_methods_refused_unless_allowed(default_server, photo_paths):
 # --- pixels: per request and in flight -----------------------------------------------------
 
 
+@real_server
 def test_pixel_bombs_in_one_request_are_413_at_once(guarded):
     """Eight 6000x6000 1-bit PNGs (4 KB each, 36 MP each decoded). Before: each under the
     per-image limit, all decoded (seconds, GBs)."""
@@ -213,6 +218,7 @@ def test_pixel_bombs_in_one_request_are_413_at_once(guarded):
     assert guarded.peak_rss_mb() - before < 100  # nothing was decoded
 
 
+@real_server
 def test_in_flight_pixel_budget_is_503_with_retry_after(guarded, photo_paths):
     """A 25 MP picture held by a slow Score-CAM + 36 MP more > the 60 MP in flight."""
     held, more = png_1bit(5000, 5000), png_1bit(6000, 6000)
@@ -238,6 +244,7 @@ def test_in_flight_pixel_budget_is_503_with_retry_after(guarded, photo_paths):
 # --- connections: deadlines for headers, bodies and idle time -----------------------------
 
 
+@real_server
 def test_idle_connections_are_closed(guarded):
     """Before: a connection that sent nothing stayed open for ever (keep-alive started only
     after a response)."""
@@ -249,6 +256,7 @@ def test_idle_connections_are_closed(guarded):
     assert got.startswith(b"HTTP/1.1 200") and 0.5 < took < 3.0  # --keep-alive-s 1
 
 
+@real_server
 def test_trickled_headers_are_closed_at_the_header_deadline(guarded):
     s = raw_request(guarded.port, b"GET /healthz HTTP/1.1\r\n")
     start, closed = time.monotonic(), None
@@ -262,6 +270,7 @@ def test_trickled_headers_are_closed_at_the_header_deadline(guarded):
     assert closed is not None and closed < 4.0
 
 
+@real_server
 def test_trickled_body_gets_408_at_the_body_deadline(guarded):
     """Before: a byte every few seconds reset the 30 s read timeout for ever."""
     s = raw_request(
@@ -290,6 +299,7 @@ def test_trickled_body_gets_408_at_the_body_deadline(guarded):
     assert 2.5 < took < 5.0  # --body-timeout-s 3
 
 
+@real_server
 def test_oversized_headers_are_refused(guarded):
     s = raw_request(guarded.port, b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 20_000)
     took, got = seconds_until_closed(s, 5)
@@ -307,6 +317,7 @@ def default_server(run_dir):
         yield server
 
 
+@real_server
 def test_a_socket_flood_is_refused_below_the_descriptor_limit(default_server):
     """Before: 1,024 idle sockets used up the descriptors; every accept failed and logged a
     traceback, and the server was unreachable. Now connections over the cap (below the

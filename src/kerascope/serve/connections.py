@@ -24,7 +24,6 @@ import asyncio
 import json
 import logging
 import os
-import resource
 
 import h11
 from uvicorn.protocols.http.h11_impl import H11Protocol
@@ -42,6 +41,10 @@ log = logging.getLogger("uvicorn.error")
 def descriptor_room() -> int:
     """Descriptors this process may still open: the soft limit (raised to the hard limit
     first, as servers do) minus those open now."""
+    try:
+        import resource
+    except ImportError:  # not a POSIX system: no such limit to stay under
+        return 1 << 20
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft != resource.RLIM_INFINITY and (hard == resource.RLIM_INFINITY or soft < hard):
         try:
