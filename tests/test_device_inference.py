@@ -301,3 +301,20 @@ def test_load_model_takes_a_precision(lite0):
     clf = Classifier(**{**vars(lite0), "extra": {"precision": "bfloat16"}})
     assert run_precision(clf) == "bfloat16" and run_precision(clf, "float32") == "float32"
     assert run_precision(lite0) == "float32"  # auto on a CPU
+
+
+def test_features_in_bfloat16_are_their_own_group_and_close_to_float32(photo_paths):
+    from kerascope.bottleneck import FeatureSpec
+
+    plain = FeatureSpec.make("efficientnet_lite0")
+    assert plain.key == "efficientnet_lite0,layer=last,pool=avg,size=224"  # unchanged
+    half = FeatureSpec.make("efficientnet_lite0", precision="bf16")
+    assert half.key == plain.key + ",precision=bfloat16" and half != plain
+    paths = [str(photo_paths[n]) for n in ("chelsea", "coffee", "rocket")]
+    full = kerascope.features(paths, precision="float32", batch_size=2)
+    reduced = kerascope.features(paths, precision="bfloat16", batch_size=2)
+    assert full.shape == reduced.shape == (3, 1280) and reduced.dtype == np.float32
+    cosine = (
+        (full * reduced).sum(1) / np.linalg.norm(full, axis=1) / np.linalg.norm(reduced, axis=1)
+    )
+    assert cosine.min() > 0.99

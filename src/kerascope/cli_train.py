@@ -167,6 +167,10 @@ def _add_features(sub) -> None:
                    help="validation share when DATA has no validation/ folder")  # fmt: skip
     p.add_argument("--seed", type=int, default=0, help="seeds the split")
     p.add_argument("--skip-bad", action="store_true", help="leave unreadable images out")
+    add_precision_option(p, "what the backbones compute in: float32 (default: training reads "
+                         "this cache), bfloat16 or float16 (their own groups, ',precision=' in "
+                         "the key; keras engine), or auto (bfloat16 on GPUs that compute it "
+                         "natively)")  # fmt: skip
     p.set_defaults(func=_run_features)
 
 
@@ -338,6 +342,7 @@ def _run_predict(args) -> int:
 def _run_features(args) -> int:
     from kerascope import output
     from kerascope.bottleneck import extract_features
+    from kerascope.precision import resolve_precision
 
     store = extract_features(
         args.data, _backbones(args.backbone, "efficientnet_lite0"), layer=args.layer,
@@ -345,7 +350,10 @@ def _run_features(args) -> int:
         val_split=args.val_split, seed=args.seed, skip_bad=args.skip_bad,
         progress=_feature_progress(), image_size=args.image_size,
         weights=args.weights.split(",") if args.weights else None,
+        precision=args.precision or "float32",
     )  # fmt: skip
+    if args.precision is not None:
+        say_precision(args.precision, resolve_precision(args.precision))
     for key, rows in store.computed.items():
         shape = "x".join(str(d) for d in store.row_shape(key))
         output.note(f"{key}: computed {rows} row(s) of {shape} features")

@@ -79,10 +79,10 @@ PRECISION_HELP = (
 )
 
 
-def add_precision_option(parser) -> None:
+def add_precision_option(parser, help: str = PRECISION_HELP) -> None:
     """``--precision`` on a command that runs a model (classify, evaluate, predict, features)."""
     parser.add_argument("--precision", type=_cli_name, choices=PRECISIONS, default=None,
-                        help=PRECISION_HELP)  # fmt: skip
+                        help=help)  # fmt: skip
 
 
 def _cli_name(text: str) -> str:

@@ -42,17 +42,21 @@ class FeatureSpec:
     pool: str = "avg"
     image_size: int | None = None
     weights: str | None = None  # explicit weights file; None for the zoo's ImageNet weights
+    precision: str = "float32"  # what the body computes in (`kerascope.precision`)
 
     @classmethod
-    def make(cls, backbone: str, layer=None, pool="avg", image_size=None, weights=None):
-        """Canonical names and sizes, so equal settings give equal keys."""
+    def make(cls, backbone: str, layer=None, pool="avg", image_size=None, weights=None,
+             precision: str = "float32"):  # fmt: skip
+        """Canonical names, sizes and precision, so equal settings give equal keys."""
+        from kerascope.precision import resolve_precision
         from kerascope.zoo import registry
 
         if pool not in POOLS:
             raise ValueError(f"pool must be one of {', '.join(POOLS)}, got {pool!r}")
         spec = registry.get(backbone)
         size = int(image_size or spec.input_size)
-        return cls(spec.name, layer or None, pool, size, str(weights) if weights else None)
+        return cls(spec.name, layer or None, pool, size, str(weights) if weights else None,
+                   resolve_precision(precision))  # fmt: skip
 
     @property
     def input_size(self) -> int:
@@ -68,7 +72,9 @@ class FeatureSpec:
     @property
     def key(self) -> str:
         layer = self.layer or "last"
-        return f"{self.backbone},layer={layer},pool={self.pool},size={self.image_size}"
+        key = f"{self.backbone},layer={layer},pool={self.pool},size={self.image_size}"
+        # Reduced-precision features are another group: never mixed with float32 ones.
+        return key if self.precision == "float32" else f"{key},precision={self.precision}"
 
 
 def weights_file(spec: FeatureSpec) -> Path:
@@ -163,11 +169,10 @@ def resizer(spec: FeatureSpec) -> Any | None:
 _FORWARDS: dict[tuple, tuple[Forward, tuple]] = {}
 
 
-def forward_for(
-    spec: FeatureSpec, precision: str | None = "float32"
-) -> tuple[Forward, tuple[int, ...]]:
+def forward_for(spec: FeatureSpec, precision: str | None = None) -> tuple[Forward, tuple[int, ...]]:
     """A fast uint8 -> features function and its row shape, built once per spec, weights and
-    precision (`kerascope.precision`; reduced precision runs on the keras engine).
+    precision (``precision``, else ``spec.precision``; reduced precision runs on the keras
+    engine).
 
     The body runs on the inference engine ``classify`` uses (onnxruntime on CPU when it converts,
     else jitted Keras, batches padded to a few fixed shapes); the resize, which the ONNX
@@ -178,7 +183,7 @@ def forward_for(
     from kerascope.inference import compiled
     from kerascope.precision import resolve_precision
 
-    precision = resolve_precision(precision)
+    precision = resolve_precision(precision or spec.precision)
     cache_key = (spec, weights_checksum(weights_file(spec)), precision)
     if cache_key not in _FORWARDS:
         import keras

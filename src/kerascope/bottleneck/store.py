@@ -208,6 +208,7 @@ def extract_features(
     progress: Progress | None = None,
     image_size: int | None = None,
     weights: str | os.PathLike | Sequence[str | os.PathLike] | None = None,
+    precision: str = "float32",
 ) -> FeatureStore:
     """Run each backbone once over every split of a folder dataset and cache the features.
 
@@ -221,6 +222,8 @@ def extract_features(
             sizes are resized inside the graph, as the ensemble model does; a smaller one runs
             the backbone at that size.
         weights: a weights file for the backbone (default: the zoo's), or one per backbone.
+        precision: what the backbones compute in (float32 unless asked: training reads this
+            cache); features of another precision are their own group (``...,precision=``).
         progress: ``progress(backbone, rows_done, rows_total)`` after every batch; an
             exception raised there stops the run, which the next call resumes.
 
@@ -239,19 +242,19 @@ def extract_features(
         if isinstance(data, str | os.PathLike):
             dataset = scan_dataset(data, val_split=val_split, seed=seed, skip_bad=skip_bad)
         return _extract(dataset, backbones, layer, pool, out, batch_size, progress, image_size,
-                        weights)  # fmt: skip
+                        weights, precision)  # fmt: skip
 
 
 def _extract(dataset: Any, backbones: Sequence[str], layer: str | None, pool: str, out: Path,
              batch_size: int, progress: Progress | None, image_size: int | None,
-             weights: Any) -> FeatureStore:  # fmt: skip
+             weights: Any, precision: str = "float32") -> FeatureStore:  # fmt: skip
     """`extract_features` under the output's lock, its output checked."""
     import h5py
 
     files = weights_per_backbone(weights, backbones)
     specs = list(
         dict.fromkeys(
-            FeatureSpec.make(b, layer, pool, image_size, w)
+            FeatureSpec.make(b, layer, pool, image_size, w, precision)
             for b, w in zip(backbones, files, strict=True)
         )
     )
@@ -404,10 +407,12 @@ def _plans(source: Path, specs: list, rows: Rows, sums: dict) -> dict | None:
 
 
 def _unreadable(path: Path, exc: BaseException | None) -> str:
-    why = f" ({str(exc).splitlines()[0]})" if exc is not None and str(exc) else ""
-    return (f"'{path}' is not a readable feature file{why}: it is truncated or not an HDF5 "
-            "file kerascope wrote; kerascope does not replace it: move it away (or delete it) "
-            "to compute the features again, or choose another output")  # fmt: skip
+    text = str(exc).splitlines()[0] if exc is not None and str(exc) else ""
+    inner = re.search(r"\(([^()]*)\)\s*$", text)  # h5py: "Unable to ... (the reason)"
+    why = f" ({inner[1] if inner else text})" if text else ""
+    return (f"'{path}' is not a readable feature file{why}: it is truncated or not HDF5, and "
+            "is kept as it is: move it away (or delete it) to compute the features again, or "
+            "choose another output")  # fmt: skip
 
 
 def _check_output(out: Path) -> None:
