@@ -2,8 +2,10 @@
 
 ``served`` loads the models and their batchers, ``batching`` gathers concurrent requests into
 one forward pass, ``uploads``/``decode`` turn request bodies into pixels (never paths),
-``limits`` caps bodies, ``render`` draws explanations, ``app`` wires the routes and ``server``
-binds the socket and runs uvicorn. The page is plain HTML/CSS/JS in ``static/``, no build step.
+``limits`` caps what one client may cost (body, pixels, expensive methods, queue time),
+``render`` draws explanations, ``app`` wires the routes, ``server`` binds the socket and runs
+uvicorn, and ``connections`` gives uvicorn's connections their deadlines and a cap. The page
+is plain HTML/CSS/JS in ``static/``, no build step.
 
 Nothing heavy is imported here: FastAPI and uvicorn come with the ``serve`` extra and load only
 when a server starts.
