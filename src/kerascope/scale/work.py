@@ -271,11 +271,11 @@ def shard_info(path: str | os.PathLike) -> dict[str, Any]:
 
 def shard_check(path: Path, block: int, inputs: int) -> dict[str, Any] | None:
     """A shard's metadata when ``path`` is a whole shard of block ``block`` (its footer reads
-    and names that block and its number of inputs); None when there is no such file or it is
-    damaged (a truncated copy, a disk error): such a block is computed again.
+    and names that block, its number of inputs and at least as many rows); None when there is
+    no such file, or it is cut short or not this block's: such a block is computed again.
 
-    The footer is the end of the file and holds every column chunk's offset, so a file cut
-    anywhere fails here without reading its rows.
+    The footer is the end of the file, so a file cut anywhere fails here without its rows
+    being read (damage inside a whole file would need a full read, which this does not do).
     """
     import pyarrow.parquet as pq
 
