@@ -131,11 +131,15 @@ class FeatureStore:
                 f"no feature file '{self.path}' (make it with extract_features)"
             )
 
-    def _open(self):
+    @contextmanager
+    def _open(self) -> Iterator[Any]:
+        """The file, read-only; a file HDF5 cannot open or read (truncated, not HDF5) is one
+        line naming it."""
         import h5py
 
         try:
-            return h5py.File(self.path, "r")
+            with h5py.File(self.path, "r") as f:
+                yield f
         except OSError as exc:
             raise FeatureCacheError(_unreadable(self.path, exc)) from None
 
