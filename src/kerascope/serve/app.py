@@ -122,10 +122,10 @@ def create_app(
 
     @app.get("/healthz", response_model=schemas.Health, tags=["server"])
     async def healthz():
-        """Liveness, and how well batching works: passes run and images carried per model."""
-        stats = {k: {"batches": m.classifier.batches, "items": m.classifier.items,
-                     "largest": m.classifier.largest} for k, m in served.items()}  # fmt: skip
-        return {"status": "ok", "models": stats}
+        """Liveness, how well batching works (passes run, images carried) and the load now:
+        images queued, running and refused, per model and per explain method."""
+        stats = {k: m.stats() for k, m in served.items()}
+        return {"status": "ok", "pixels_in_flight": budget.used, "models": stats}
 
     @app.get("/v1/models", response_model=schemas.ModelList, tags=["api"])
     async def models():

@@ -92,6 +92,12 @@ class DynamicBatcher:
             if self._wake is not None:
                 self._wake.set()  # a forming batch re-checks whether to wait any longer
 
+    def stats(self) -> dict[str, int]:
+        """Passes run, images carried, largest pass; images queued, running and refused."""
+        return {"batches": self.batches, "items": self.items, "largest": self.largest,
+                "queued": len(self._pending), "running": self._running,
+                "refused": self.refused}  # fmt: skip
+
     def expected_wait(self) -> float:
         """Seconds until a payload queued now would start: passes ahead x recent pass time."""
         if self._pass_s is None:

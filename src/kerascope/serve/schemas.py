@@ -77,8 +77,18 @@ class BatchStats(BaseModel):
     batches: int = Field(description="forward passes run for classify")
     items: int = Field(description="images they carried")
     largest: int = Field(description="largest batch so far")
+    queued: int = Field(0, description="images waiting for a pass now")
+    running: int = Field(0, description="images in the pass running now")
+    refused: int = Field(0, description="images turned away: queue too long, or over a quota")
+
+
+class ModelStats(BatchStats):
+    explain: dict[str, BatchStats] = Field(
+        {}, description="the same for each explain method used so far (its own queue)"
+    )
 
 
 class Health(BaseModel):
     status: str
-    models: dict[str, BatchStats]
+    pixels_in_flight: int = Field(0, description="decoded pixels the requests now hold")
+    models: dict[str, ModelStats]

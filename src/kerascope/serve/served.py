@@ -87,6 +87,12 @@ class ServedModel:
             "expensive_methods": [m for m in METHODS if self.expensive(m)],
         }
 
+    def stats(self) -> dict[str, Any]:
+        """What ``/healthz`` says about this model: its classify queue and each explain one."""
+        with self._lock:
+            explainers = dict(self._explainers)
+        return {**self.classifier.stats(), "explain": {k: b.stats() for k, b in explainers.items()}}
+
     def expensive(self, method: str) -> bool:
         """Whether ``method`` (a canonical name) runs the network K times per image here."""
         return method == "scorecam" or (method == "ablationcam" and not self.closed_form_head)
