@@ -105,6 +105,11 @@ def iter_outputs(
     has the next batch while the host turns results into objects.
     """
     forward = compiled(clf.model, precision=run_precision(clf, precision))
+    if isinstance(sources, np.ndarray):
+        if top is not None and forward.fits_on_device:
+            yield from _array_outputs(clf, forward, sources, batch_size, top)
+            return
+        sources = list(sources)
     batches = iter_pixel_batches(
         sources, clf.input_size, batch_size, clf.convention,
         rows=lambda n: forward.rows(n, batch_size),
@@ -122,6 +127,36 @@ def iter_outputs(
         yield _finished(*pending)
 
 
+def is_picture_batch(inputs: Any) -> bool:
+    """Whether ``inputs`` is one (N, H, W, 3) uint8 array: pictures of one size, which the
+    keras engine fits to the model's input on the device, with no per-picture host work."""
+    return (isinstance(inputs, np.ndarray) and inputs.ndim == 4 and inputs.dtype == np.uint8
+            and inputs.shape[-1] == 3 and inputs.shape[1] > 0 and inputs.shape[2] > 0)  # fmt: skip
+
+
+def _array_outputs(
+    clf: Classifier, forward: Any, pictures: np.ndarray, batch_size: int, top: int
+) -> Iterator[tuple[PixelBatch, Any]]:
+    """`iter_outputs` of one (N, H, W, 3) uint8 array on the JAX engine: batches are slices
+    of it, fitted (crop, resize) inside the compiled forward (`kerascope.inference.device_fit`)
+    unless they are at the input size already and the weights squash."""
+    from kerascope.inference import device_fit
+
+    as_is = pictures.shape[1:3] == tuple(clf.input_size) and (
+        getattr(clf.convention, "resize", "squash") == "squash")  # fmt: skip
+    fit = None if as_is else device_fit(pictures.shape[1:], clf.input_size, clf.convention)
+    pending = None
+    for lo in range(0, len(pictures), max(1, batch_size)):
+        chunk = pictures[lo : lo + batch_size]
+        running = forward.start_top_k(chunk, top, batch_size, fit=fit)
+        batch = PixelBatch(chunk, ["<array>"] * len(chunk), [None] * len(chunk))
+        if pending is not None:
+            yield _finished(*pending)
+        pending = (batch, running)
+    if pending is not None:
+        yield _finished(*pending)
+
+
 def _finished(batch: PixelBatch, running: Pending | None) -> tuple[PixelBatch, Any]:
     if running is None:
         return batch, None
@@ -132,7 +167,7 @@ def _finished(batch: PixelBatch, running: Pending | None) -> tuple[PixelBatch, A
 
 def classify_sources(
     clf: Classifier,
-    sources: Sequence,
+    sources: Sequence | np.ndarray,
     top: int = 5,
     threshold: float = 0.0,
     batch_size: int = 32,
@@ -175,7 +210,8 @@ def iter_classify(
     from kerascope.zoo.models import load_model
 
     clf = model if isinstance(model, Classifier) else load_model(model)
-    sources, _, _ = normalise_inputs(inputs)
+    # One uint8 picture batch stays one array: the keras engine fits it on the device.
+    sources = inputs if is_picture_batch(inputs) else normalise_inputs(inputs)[0]
     yield from classify_sources(clf, sources, top, threshold, batch_size, precision=precision)
 
 
@@ -194,12 +230,15 @@ def classify(
     of raising, so one bad file never loses the rest of the batch. `iter_classify` yields the
     same results as they are computed.
 
-    ``inputs`` may be one (N, H, W, 3) uint8 array: its rows are fitted into the batches by the
-    decode threads, with no per-image copy when they are at the model's size already (and the
-    weights squash). ``precision``: ``"auto"`` (bfloat16 mixed precision on GPUs that compute
-    it natively, float32 elsewhere), ``"float32"``, ``"bfloat16"`` or ``"float16"``; default
-    the one `load_model` was given, else ``KERASCOPE_PRECISION``, else auto. Reduced precision
-    runs on the keras engine (`kerascope.inference`).
+    ``inputs`` may be one (N, H, W, 3) uint8 array: on the keras engine its batches go to the
+    device as slices of it and are fitted to the model's input there, in the compiled forward
+    (crop and resize as `kerascope.images.fit` does, within a few grey levels of Pillow's;
+    `kerascope.inference.device_fit`); on onnx the decode threads fit them.
+
+    ``precision``: ``"auto"`` (bfloat16 mixed precision on GPUs that compute it natively,
+    float32 elsewhere), ``"float32"``, ``"bfloat16"`` or ``"float16"``; default the one
+    `load_model` was given, else ``KERASCOPE_PRECISION``, else auto. Reduced precision runs on
+    the keras engine (`kerascope.inference`).
 
     Example:
         >>> results = kerascope.classify("photos/")

@@ -128,17 +128,25 @@ class Forward:
         *,
         precision: str = "float32",
         top_k: Callable[[list, int], list] | None = None,
+        fit_top_k: Callable[[list, int, DeviceFit], list] | None = None,
         pads: bool = False,
         traces: list[int] | None = None,
     ):
         self._run = run
         self._top_k = top_k
+        self._fit_top_k = fit_top_k
         self._traces = traces if traces is not None else [0]
         self.engine = engine
         self.name = name
         self.precision = precision
         self.snapshot = engine == "onnx"
         self.pads = pads
+
+    @property
+    def fits_on_device(self) -> bool:
+        """Whether :meth:`start_top_k` takes ``fit=``: pictures of any one size fitted to the
+        model's input inside the compiled function (the JAX engine)."""
+        return self._fit_top_k is not None
 
     @property
     def compilations(self) -> int:
@@ -184,10 +192,19 @@ class Forward:
         indices: ``(values float32 (N, k), indices int32 (N, k))``; ties to the lower index."""
         return self.start_top_k(x, k, batch_size).result()
 
-    def start_top_k(self, x: Batch, k: int, batch_size: int | None = None) -> Pending:
+    def start_top_k(
+        self, x: Batch, k: int, batch_size: int | None = None, fit: DeviceFit | None = None
+    ) -> Pending:
         """:meth:`top_k` dispatched without waiting. On the JAX engine model and selection are
-        one compiled function, so only ``2 * k`` numbers per image are copied back."""
+        one compiled function, so only ``2 * k`` numbers per image are copied back.
+
+        ``fit`` (:func:`device_fit`; needs :attr:`fits_on_device`): ``x`` holds uint8 pictures
+        of one size, which the same compiled function fits to the model's input first."""
         xs, n = self._inputs(x, batch_size)
+        if fit is not None:
+            if self._fit_top_k is None:
+                raise ValueError(f"the {self.engine} engine does not fit pictures on the device")
+            return Pending(list(self._fit_top_k(xs, int(k), fit)), n, False)
         if self._top_k is not None:
             return Pending(list(self._top_k(xs, int(k))), n, False)
         out = self._run(xs)[0]
@@ -210,6 +227,45 @@ def host_top_k(values: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     order = np.argsort(-picked, axis=-1, kind="stable")
     return (np.take_along_axis(picked, order, axis=-1),
             np.take_along_axis(part, order, axis=-1).astype(np.int32))  # fmt: skip
+
+
+@dataclass(frozen=True)
+class DeviceFit:
+    """How pictures of one size are fitted to a model's input inside the compiled forward:
+    the crop box of `kerascope.images.fit_box` as a scale and shift per axis, and the filter."""
+
+    size: tuple[int, int]  # (height, width) of the model's input
+    scale: tuple[float, float]
+    shift: tuple[float, float]
+    method: str  # "cubic" or "linear" (jax.image)
+
+
+def device_fit(shape: tuple[int, ...], size: tuple[int, int], convention: Any = None) -> DeviceFit:
+    """The :class:`DeviceFit` of pictures of ``shape`` (H, W, ...) under ``convention``: the
+    same box and filter as `kerascope.images.fit`, antialiased like Pillow when shrinking, the
+    result rounded to whole grey levels as a uint8 picture holds them. Measured against
+    Pillow's ``fit`` on the four real photos: at most 5 grey levels apart, 0.1-0.2 on average
+    (rounding at the borders of the filter); Pillow's shrink-by-box step for pictures over 3x
+    the input (``reducing_gap``) is not mimicked."""
+    left, top, right, bottom = fit_box(shape, size, convention)
+    height, width = (int(v) for v in size)
+    sy, sx = height / (bottom - top), width / (right - left)
+    bicubic = getattr(convention, "interpolation", "bilinear") == "bicubic"
+    return DeviceFit((height, width), (sy, sx), (-top * sy, -left * sx),
+                     "cubic" if bicubic else "linear")  # fmt: skip
+
+
+def _fit_on_device(x: Any, fit: DeviceFit) -> Any:
+    """A (N, H, W, C) uint8 batch fitted under ``fit``, as float32 whole grey levels."""
+    import jax
+    import jax.numpy as jnp
+
+    shape = (x.shape[0], *fit.size, x.shape[3])
+    out = jax.image.scale_and_translate(
+        x.astype(jnp.float32), shape, (1, 2), jnp.asarray(fit.scale, jnp.float32),
+        jnp.asarray(fit.shift, jnp.float32), method=fit.method, antialias=True,
+    )  # fmt: skip
+    return jnp.clip(jnp.round(out), 0.0, 255.0)
 
 
 def _pad_rows(a: Any, rows: int) -> Any:
@@ -432,8 +488,15 @@ def _keras_forward(model: Any, name: str, precision: str = "float32") -> Forward
             values, indices = jax.lax.top_k(outputs(trainable, frozen, xs)[0], k)
             return [values, indices.astype(jnp.int32)]
 
+        def traced_fit_top_k(trainable, frozen, xs, k, fit):
+            traces[0] += 1
+            fitted = [_fit_on_device(xs[0], fit)]
+            values, indices = jax.lax.top_k(outputs(trainable, frozen, fitted)[0], k)
+            return [values, indices.astype(jnp.int32)]
+
         run_outputs = jax.jit(traced_outputs)
         run_top_k = jax.jit(traced_top_k, static_argnums=3)
+        run_fit_top_k = jax.jit(traced_fit_top_k, static_argnums=(3, 4))
 
         def weights() -> tuple[list, list]:
             return ([v.value for v in source.trainable_variables],
@@ -448,7 +511,12 @@ def _keras_forward(model: Any, name: str, precision: str = "float32") -> Forward
             k = max(1, min(k, width)) if width else max(1, k)
             return run_top_k(*weights(), xs, k)
 
-        return Forward(call, "keras", name, precision=precision, top_k=top_k, pads=True,
+        def fit_top_k(xs: list, k: int, fit: DeviceFit) -> list:
+            k = max(1, min(k, width)) if width else max(1, k)
+            return run_fit_top_k(*weights(), xs, k, fit)
+
+        return Forward(call, "keras", name, precision=precision, top_k=top_k,
+                       fit_top_k=fit_top_k if single else None, pads=True,
                        traces=traces)  # fmt: skip
 
     def call_eager(xs: list) -> list:
