@@ -87,8 +87,9 @@ def make_jpegs(folder: Path, n: int, size: int = 320) -> list[tuple[str, int]]:
     return items
 
 
-def keras_contenders(name: str, seq: FolderSequence, size: int, batch: int, steps: int):
-    """{contender: measurement function} for one recipe's last stage."""
+def keras_contenders(name: str, seq: FolderSequence, size: int, batch: int, steps: int,
+                     only: set[str] | None = None):  # fmt: skip
+    """{contender: measurement function} for one recipe's last stage (those in ``only``)."""
     recipe = recipes.get_recipe(name)
     stage = len(recipe.stages) - 1
     s = recipe.stages[stage]
@@ -101,6 +102,8 @@ def keras_contenders(name: str, seq: FolderSequence, size: int, batch: int, step
 
     out = {}
     for label, augment in (("whole graph", recipe.augment), ("whole no-aug", None)):
+        if only and label not in only:
+            continue
         trainer = AugmentedTrainer(build(), recipe.augment.fill_mode)
         optimizer = recipes.make_optimizer(s.optimizer, s.lr)
         trainer.compile(optimizer, "sparse_categorical_crossentropy")
@@ -114,6 +117,8 @@ def keras_contenders(name: str, seq: FolderSequence, size: int, batch: int, step
 
         out[label] = rate
 
+    if only and "split" not in only:
+        return out
     parts = split_model(build())
     parts.suffix.compile(
         recipes.make_optimizer(s.optimizer, s.lr), "sparse_categorical_crossentropy"
@@ -202,6 +207,8 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--image-size", type=int, default=224)
     parser.add_argument("--no-torch", action="store_true", help="skip the PyTorch loop")
+    parser.add_argument("--only", help="comma-separated contenders to run: whole graph, "
+                        "whole no-aug, split (default: all)")  # fmt: skip
     args = parser.parse_args()
     b, size = args.batch_size, args.image_size
     print(f"keras {keras.__version__} on {keras.backend.backend()}, {os.cpu_count()} CPU(s); "
@@ -214,7 +221,8 @@ def main() -> None:
         seq.fill_cache()
         contenders = {}
         for name in ("transfer", "finetune"):
-            for who, rate in keras_contenders(name, seq, size, b, args.steps).items():
+            only = set(args.only.split(",")) if args.only else None
+            for who, rate in keras_contenders(name, seq, size, b, args.steps, only).items():
                 contenders[(name, who)] = rate
             if not args.no_torch:
                 contenders[(name, "torch eager")] = torch_contender(name, seq, args.steps)
@@ -227,13 +235,14 @@ def main() -> None:
         print(f"{name:<9} {who:<12} {spread(values)}")
     median = {key: statistics.median(values) for key, values in rates.items()}
     for name in ("transfer", "finetune"):
-        split = median[(name, "split")]
-        whole = median[(name, "whole graph")]
-        line = (
-            f"{name}: split / whole graph {split / whole:.1f}x, whole graph augmentation "
-            f"on / off {whole / median[(name, 'whole no-aug')]:.2f}x"
-        )
-        if (name, "torch eager") in median:
+        split = median.get((name, "split"))
+        whole, plain = median.get((name, "whole graph")), median.get((name, "whole no-aug"))
+        line = f"{name}:"
+        if split and whole:
+            line += f" split / whole graph {split / whole:.1f}x"
+        if whole and plain:
+            line += f", whole graph augmentation on / off {whole / plain:.2f}x"
+        if split and (name, "torch eager") in median:
             line += f", split / torch eager {split / median[(name, 'torch eager')]:.2f}x"
         print(line)
     print(

@@ -48,8 +48,9 @@ def _add_train(sub) -> None:
         "--recipe", "-r", default="transfer", help="what to train (see the README)",
         choices=("scratch", "lenet", "transfer", "finetune", "features"),
     )  # fmt: skip
-    p.add_argument("--backbone", default=None, help="zoo model(s); comma-separated for "
-                   "features (default: efficientnet_lite0; features: lite0,lite1)")  # fmt: skip
+    p.add_argument("--backbone", "--model", dest="backbone", default=None, help="zoo model(s); "
+                   "comma-separated for features (default: efficientnet_lite0; features: "
+                   "lite0,lite1)")  # fmt: skip
     p.add_argument("--output", "-o", help="run directory, new or empty (default: "
                    "runs/<time>-<recipe>)")  # fmt: skip
     p.add_argument("--epochs", type=_ints, help="epochs of every stage, or one per stage "

@@ -33,6 +33,23 @@ if TYPE_CHECKING:
 _CACHE_VERSION = 1  # bump when decoding or resizing changes, so old caches are not reused
 
 
+def decode_workers() -> int:
+    """Threads that decode JPEGs: one per core (Pillow releases the GIL while decoding and
+    resizing, so threads scale; a 16-core machine decodes on 16)."""
+    return max(1, os.cpu_count() or 1)
+
+
+_POOL: ThreadPoolExecutor | None = None
+
+
+def _pool() -> ThreadPoolExecutor:
+    """The process's decode pool, made on first use and shared by every sequence."""
+    global _POOL
+    if _POOL is None:
+        _POOL = ThreadPoolExecutor(decode_workers(), thread_name_prefix="kerascope-decode")
+    return _POOL
+
+
 def default_cache_dir() -> Path:
     """``$KERASCOPE_HOME/datasets`` if set, else ``$XDG_CACHE_HOME/kerascope/datasets``.
 
@@ -188,8 +205,13 @@ class FolderSequence(keras.utils.PyDataset):
             by_row = np.flatnonzero(hit)[np.argsort(rows[hit])]  # read the file front to back
             images[by_row] = self._pixels[rows[by_row]]
             todo = np.flatnonzero(~hit).tolist()
-        for j in todo:
-            images[j] = self._image(int(rows[j]))
+        todo = list(todo)
+        if len(todo) > 1:  # not cached: decode the batch on every core
+            for j, image in zip(todo, _pool().map(self._image, [int(rows[j]) for j in todo]),
+                                strict=True):  # fmt: skip
+                images[j] = image
+        elif todo:
+            images[todo[0]] = self._image(int(rows[todo[0]]))
         return images.astype(self.dtype, copy=False)
 
     def on_epoch_end(self) -> None:
@@ -224,7 +246,7 @@ class FolderSequence(keras.utils.PyDataset):
                 return 0
             raise ValueError("fill_cache needs a cache: construct FolderSequence with cache=...")
         missing = np.flatnonzero(self._filled == 0).tolist()
-        workers = workers or min(8, os.cpu_count() or 1)
+        workers = workers or decode_workers()
         with ThreadPoolExecutor(workers) as pool:
             for done, _ in enumerate(pool.map(self._image, missing), 1):
                 if progress:

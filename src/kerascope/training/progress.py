@@ -8,8 +8,12 @@ one line carrying its metrics and images per second, on a terminal or not.
 
 from __future__ import annotations
 
+import contextlib
+import os
+import statistics
 import sys
 import time
+from pathlib import Path
 from typing import TextIO
 
 from kerascope.config import ensure_backend
@@ -38,12 +42,28 @@ class TrainProgress(keras.callbacks.Callback):
         self._estimated = False
         self._epoch_start = 0.0
         self._step_ends: list[float] = []
+        self._last: dict | None = None
+        self._trained: float | None = None
 
     def on_epoch_begin(self, epoch: int, logs=None) -> None:
         self._epoch_start = time.perf_counter()
         self._step_ends = []
+        self._last, self._trained = None, None
+
+    def on_test_begin(self, logs=None) -> None:
+        if self._trained is None:
+            self._trained = self._train_end()
+
+    def _train_end(self) -> float:
+        """Seconds since the epoch began, once the last step has really run (JAX returns a
+        step's results before computing them, so a step's end is not its completion)."""
+        for value in (self._last or {}).values():
+            with contextlib.suppress(Exception):
+                float(keras.ops.convert_to_numpy(value))
+        return time.perf_counter() - self._epoch_start
 
     def on_train_batch_end(self, batch: int, logs=None) -> None:
+        self._last = logs
         self._step_ends.append(time.perf_counter())
         steps = self.params.get("steps") or 0
         # Wait for enough steps: the first ones may come from batches prefetched during
@@ -65,8 +85,8 @@ class TrainProgress(keras.callbacks.Callback):
         )
 
     def on_epoch_end(self, epoch: int, logs=None) -> None:
+        train = self._trained if self._trained is not None else self._train_end()
         seconds = time.perf_counter() - self._epoch_start
-        train = (self._step_ends[-1] - self._epoch_start) if self._step_ends else seconds
         metrics = "  ".join(f"{k} {logs[k]:.4f}" for k in _SHOWN if logs and k in logs)
         rate = self.images / train if train > 0 else float("nan")
         self._print(f"  epoch {epoch + 1}: {metrics}  {rate:.1f} img/s  {seconds:.1f} s")
@@ -81,3 +101,24 @@ def _duration(seconds: float) -> str:
     if seconds < 5400:
         return f"{seconds / 60:.1f} min"
     return f"{seconds / 3600:.1f} h"
+
+
+def steady_images_per_second(run_dir: str | os.PathLike, stage: int | None = None) -> float | None:
+    """A run's steady training throughput: the median ``images_per_second`` of
+    ``history.csv`` over every epoch but the first of each stage (which pays compilation), of
+    ``stage`` only when given (1-based); None when no such epoch was recorded.
+
+    Example:
+        >>> steady_images_per_second("runs/gpu-transfer")  # doctest: +SKIP
+        5230.4
+    """
+    from kerascope.report import read_history
+
+    rows = read_history(Path(run_dir) / "history.csv")
+    firsts: dict[int, int] = {}
+    for row in rows:
+        firsts.setdefault(row["stage"], row["epoch"])
+    rates = [row["images_per_second"] for row in rows
+             if row.get("images_per_second") and row["epoch"] != firsts[row["stage"]]
+             and (stage is None or row["stage"] == stage)]  # fmt: skip
+    return statistics.median(rates) if rates else None
