@@ -25,7 +25,7 @@ LIMITS = (
     ("--header-timeout-s", "header_timeout_s", float,
      "time for a request's headers, from its first byte or the connect (default 10)"),
     ("--body-timeout-s", "body_timeout_s", float,
-     "time for a whole request body, however it trickles, else 408 (default 60)"),
+     "time for a whole request body, however it trickles, else 408 (default 120)"),
     ("--limit-concurrency", "limit_concurrency", int,
      "open connections; more are answered 503 and closed (default 256)"),
 )  # fmt: skip

@@ -36,7 +36,7 @@ class ServeLimits:
 
     max_body_mb: float = 20.0  # one request's body
     read_timeout_s: float = 30.0  # longest pause while a body arrives
-    body_timeout_s: float = 60.0  # the whole body, from the end of the headers
+    body_timeout_s: float = 120.0  # the whole body, from the end of the headers (20 MB: 170 KB/s)
     max_request_mp: float = 64.0  # decoded (and, for explain, drawn) megapixels per request
     max_inflight_mp: float = 256.0  # the same, summed over every request in progress
     queue_timeout_s: float = 30.0  # longest wait for a model's worker before a 503
@@ -126,7 +126,9 @@ class PixelsTooMany(KerascopeError):
 class BodyLimit:
     """Pure ASGI middleware (no buffering of its own); see the module docstring."""
 
-    def __init__(self, app, max_bytes: int, read_timeout: float = 30.0, body_timeout: float = 60.0):
+    def __init__(
+        self, app, max_bytes: int, read_timeout: float = 30.0, body_timeout: float = 120.0
+    ):
         self.app, self.max_bytes = app, int(max_bytes)
         self.read_timeout, self.body_timeout = read_timeout, body_timeout
 
