@@ -64,9 +64,11 @@ def add_serve_command(sub) -> None:
     )  # fmt: skip
     defaults = ServeLimits()
     for flag, field, kind, text in LIMITS:
+        unit = flag.rsplit("-", 1)[1].upper()
         limits.add_argument(
-            flag, dest=field, type=kind, default=getattr(defaults, field), help=text
-        )
+            flag, dest=field, type=kind, default=getattr(defaults, field), help=text,
+            metavar=unit if unit in ("MB", "MP", "S") else "N",
+        )  # fmt: skip
     p.set_defaults(func=_run_serve)
 
 
