@@ -345,3 +345,22 @@ def test_a_picture_batch_is_fitted_on_the_device_like_pillow_fits_it(lite0, phot
         # measured on CPU: top-5 probabilities at most 0.018 apart (rocket), 0.001 (chelsea)
         assert a.predictions[0].probability == pytest.approx(b.predictions[0].probability,
                                                              abs=0.03)  # fmt: skip
+
+
+def test_mixed_clone_of_a_model_holding_a_model(monkeypatch):
+    """A backbone nested as one layer (how transfer models are built) is rebuilt mixed too."""
+    import keras
+
+    inner = _tiny_classifier(seed=12).model
+    backbone = keras.Model(inner.input, inner.get_layer("gap").output, name="backbone")
+    inputs = keras.Input((16, 16, 3))
+    outputs = keras.layers.Dense(3, activation="softmax", name="head")(backbone(inputs))
+    model = keras.Model(inputs, outputs, name="transfer")
+    clone = inference.mixed_clone(model, "bfloat16")
+    nested = next(layer for layer in clone.layers if isinstance(layer, keras.Model))
+    assert nested.get_layer("conv").dtype_policy.name == "mixed_bfloat16"
+    assert clone.get_layer("head").dtype_policy.name == "float32"
+    x = _pixels(5, seed=13)
+    expected = model.predict(x.astype("float32"), verbose=0)
+    np.testing.assert_allclose(inference.compiled(model, "keras", "bfloat16")(x), expected,
+                               atol=0.03)  # fmt: skip

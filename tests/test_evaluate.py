@@ -172,3 +172,22 @@ def test_predict_writes_one_row_per_file(run_dir, data, tmp_path):
     for r in good:
         assert r["label"] == reference[r["path"]].name
         assert float(r["probability"]) == pytest.approx(reference[r["path"]].probability, abs=1e-6)
+
+
+def test_evaluate_and_predict_in_bfloat16_on_a_saved_run(run_dir, data, tmp_path, monkeypatch):
+    """A .keras run (not a zoo model) runs under the mixed policy too, on the keras engine."""
+    monkeypatch.delenv("KERASCOPE_ENGINE", raising=False)
+    full = evaluate(run_dir, data, batch_size=4, output=tmp_path / "f32", top_losses=0)
+    half = evaluate(run_dir, data, batch_size=4, output=tmp_path / "bf16", top_losses=0,
+                    precision="bfloat16")  # fmt: skip
+    assert (full.precision, half.precision) == ("float32", "bfloat16")
+    assert json.loads((tmp_path / "bf16" / "metrics.json").read_text())["precision"] == "bfloat16"
+    assert half.n == full.n == 15
+    rows32 = predict(run_dir, data, batch_size=4)
+    rows16 = predict(run_dir, data, batch_size=4, precision="bf16")
+    assert [r.source for r in rows16] == [r.source for r in rows32]
+    for a, b in zip(rows32, rows16, strict=True):
+        assert a.ok == b.ok
+        if a.ok:
+            p16 = b.probability if b.label == a.label else 1.0 - b.probability  # two classes
+            assert p16 == pytest.approx(a.probability, abs=0.02)
