@@ -105,22 +105,32 @@ def test_a_failed_write_in_the_pool_stops_the_job_with_one_error(chelsea, tmp_pa
 
 
 @pytest.mark.slow  # Lite0 compiled twice by XLA on the CPU (float32 and bfloat16)
-def test_bfloat16_gradcam_agrees_with_float32_on_the_cat(lite0, chelsea):
-    """bfloat16 mixed precision (forced on the CPU, where auto means float32) gives the same
-    top class and a Grad-CAM map that correlates with the float32 map. Measured: r = 0.99."""
+def test_bfloat16_gradcam_agrees_with_float32_on_real_photos(lite0, photo_paths):
+    """bfloat16 mixed precision (forced on the CPU, where auto means float32: the device path on
+    Keras/JAX) gives the top class, probabilities within 0.03 and Grad-CAM maps that correlate
+    with the float32 maps of the host path. Measured on the four photos: r >= 0.9995,
+    probabilities within 0.012, maps within 0.021."""
     from kerascope.images import fit
 
-    pixels = fit(chelsea, lite0.input_size, lite0.convention)[None]
+    from .conftest import load_rgb
+
+    names = ["chelsea", "coffee", "astronaut", "rocket"]
+    pixels = np.stack(
+        [fit(load_rgb(photo_paths[n]), lite0.input_size, lite0.convention) for n in names]
+    )
     results = {}
     for precision in ("float32", "bfloat16"):
         explainer = Explainer(lite0, "gradcam", precision=precision)
         results[precision] = explainer.explain_batch(pixels, upsample=True)
         assert explainer.precision == precision
+        assert explainer.on_device == (precision == "bfloat16")  # float32: the onnx host path
     (m32, c32, p32), (m16, c16, p16) = results["float32"], results["bfloat16"]
-    assert c32[0] == c16[0] and lite0.labels[int(c32[0])][1] in ("tabby", "tiger_cat")
-    assert abs(float(p32[0]) - float(p16[0])) < 0.05
-    r = float(np.corrcoef(m32.ravel(), m16.ravel())[0, 1])
-    assert r > 0.95, r
+    np.testing.assert_array_equal(c32, c16)
+    assert lite0.labels[int(c32[0])][1] in ("tabby", "tiger_cat")  # chelsea
+    np.testing.assert_allclose(p16, p32, atol=0.03)
+    for i, name in enumerate(names):
+        r = float(np.corrcoef(m32[i].ravel(), m16[i].ravel())[0, 1])
+        assert r > 0.99, (name, r)
     assert not np.array_equal(m32, m16)  # it did run in another precision
 
 
