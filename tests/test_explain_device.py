@@ -143,3 +143,22 @@ def test_auto_is_float32_on_a_cpu_and_methods_without_a_device_path_stay_float32
     scorecam = Explainer(model, "scorecam", precision="bfloat16")
     assert not scorecam.on_device and scorecam.precision == "float32"
     assert Explainer(model, "gradcam", precision="bf16").precision == "bfloat16"
+
+
+def test_the_cli_says_which_precision_ran_and_refuses_an_unknown_one(chelsea, tmp_path, capsys):
+    from kerascope.cli import main
+
+    model = tmp_path / "tiny.keras"
+    _tiny().save(model)
+    photo = tmp_path / "cat.png"
+    Image.fromarray(chelsea).save(photo)
+    argv = ["explain", str(photo), "-o", str(tmp_path / "out"), "--model", str(model)]
+    assert main([*argv, "--precision", "bf16"]) == 0
+    err = " ".join(capsys.readouterr().err.split())
+    assert "gradcam: computing in bfloat16 (mixed: float32 weights and outputs)" in err
+    assert (tmp_path / "out" / "cat-output.jpg").is_file()
+    with pytest.raises(SystemExit) as exit_info:
+        main([*argv, "--precision", "fp8"])
+    assert exit_info.value.code == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and "--precision" in lines[0] and "bfloat16" in lines[0]

@@ -279,14 +279,19 @@ def _run_explain(args) -> int:
 
 
 def _say_precision(args, clf, options) -> None:
-    """One note: the precision the maps are computed in, and where (before the work starts)."""
+    """What the maps are computed in, as classify says it (`kerascope.precision.ran_in`): when
+    --precision was given or it is not float32; and where (the device path or the host)."""
     from kerascope import output
     from kerascope.cam.explain import _cached_explainer
+    from kerascope.precision import ran_in
 
     explainer = _cached_explainer(clf, args.method, args.layer, precision=args.precision,
                                   **options)  # fmt: skip
-    where = "on the device, one compiled call per batch" if explainer.on_device else "on the host"
-    output.note(f"{explainer.method} maps in {explainer.precision} ({where})")
+    if args.precision is None and explainer.precision == "float32" and not explainer.on_device:
+        return  # a plain CPU run: nothing to report
+    engine = explainer.cam.probe.engine if not explainer.on_device else "keras"
+    where = "one compiled call per batch" if explainer.on_device else "maps on the host"
+    output.note(f"{explainer.method}: {ran_in(explainer.precision, engine)}, {where}")
 
 
 def _smoothing(args) -> dict[str, bool]:
