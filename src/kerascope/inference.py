@@ -681,11 +681,14 @@ def _ahead(batches: Iterator[Callable[[], Any]], depth: int) -> Iterator[Any]:
 
 
 def _scheduled(total: int, batch_size: int, submit, depth: int = PREFETCH) -> Iterator[Any]:
-    """``submit(pool, lo, hi)`` for each batch of ``total`` rows on a pool of
-    :func:`decode_workers` threads, ``depth`` batches ahead of the consumer."""
-    pool = ThreadPoolExecutor(decode_workers(), thread_name_prefix="kerascope-decode")
+    """``submit(pool, pieces, lo, hi)`` for each batch of ``total`` rows on a pool of
+    :func:`decode_workers` threads, ``depth`` batches ahead of the consumer; ``pieces`` are
+    the batch's row ranges (:func:`_pieces`), one task each."""
+    workers = decode_workers()
+    pool = ThreadPoolExecutor(workers, thread_name_prefix="kerascope-decode")
     try:
-        starts = (submit(pool, lo, min(total, lo + batch_size))
+        starts = (submit(pool, _pieces(min(total, lo + batch_size) - lo, workers), lo,
+                         min(total, lo + batch_size))
                   for lo in range(0, total, max(1, batch_size)))  # fmt: skip
         yield from _ahead(starts, depth)
     finally:  # a consumer that stops early (Ctrl-C, a deadline) leaves no work queued
@@ -714,9 +717,8 @@ def iter_batches(
     def decode(chunk: Sequence) -> list[Item]:
         return [decode_item(s, size, keep_original, convention) for s in chunk]
 
-    def submit(pool, lo: int, hi: int) -> Callable[[], list[Item]]:
-        futures = [pool.submit(decode, inputs[lo + a : lo + b])
-                   for a, b in _pieces(hi - lo, pool._max_workers)]  # fmt: skip
+    def submit(pool, pieces: list, lo: int, hi: int) -> Callable[[], list[Item]]:
+        futures = [pool.submit(decode, inputs[lo + a : lo + b]) for a, b in pieces]
         return lambda: [item for f in futures for item in f.result()]
 
     yield from _scheduled(len(inputs), batch_size, submit)
@@ -791,15 +793,14 @@ def iter_pixel_batches(
         for i, source in enumerate(chunk):
             errors[offset + i] = _fit_into(buffer[offset + i], source, size, convention)
 
-    def submit(pool, lo: int, hi: int) -> Callable[[], PixelBatch]:
+    def submit(pool, pieces: list, lo: int, hi: int) -> Callable[[], PixelBatch]:
         n = hi - lo
         total = max(n, rows(n) if rows is not None else n)
         buffer = np.empty((total, height, width, 3), np.uint8)
         buffer[n:] = 0
         errors: list[str | None] = [None] * n
         chunk = inputs[lo:hi]
-        futures = [pool.submit(fill, buffer, chunk[a:b], errors, a)
-                   for a, b in _pieces(n, pool._max_workers)]  # fmt: skip
+        futures = [pool.submit(fill, buffer, chunk[a:b], errors, a) for a, b in pieces]
 
         def wait() -> PixelBatch:
             for f in futures:
