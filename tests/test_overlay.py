@@ -289,5 +289,20 @@ def test_pillow_picture_is_the_numpy_picture(chelsea, size, colorbar):
     base = Image.fromarray(photo)
     drawn = overlay_image(base, heat, 0.4, "viridis")
     np.testing.assert_array_equal(np.asarray(drawn), blended)
+    np.testing.assert_array_equal(blended, _point_overlay(photo, heat, 0.4, "viridis"))
     picture = side_by_side_image(base, drawn, label, colorbar=colorbar, colormap="viridis")
     np.testing.assert_array_equal(np.asarray(picture), expected)
+
+
+def _point_overlay(photo: np.ndarray, heat: np.ndarray, alpha: float, colormap: str):
+    """The overlay as first written (Image.point per channel, then merge): the reference the
+    palette lookups of `overlay_image` must match pixel for pixel."""
+    from PIL import Image
+
+    height, width = photo.shape[:2]
+    heat8 = (np.clip(heat, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+    level = Image.fromarray(heat8).resize((width, height), Image.Resampling.BILINEAR)
+    lut = ov.colormap_lut(colormap)
+    color = Image.merge("RGB", [level.point(lut[:, c].tolist()) for c in range(3)])
+    mask = level.point([round(v * alpha) for v in range(256)])
+    return np.asarray(Image.composite(color, Image.fromarray(photo), mask))

@@ -132,10 +132,12 @@ def colorize(heatmap: np.ndarray, colormap: str = DEFAULT_COLORMAP) -> np.ndarra
 
 
 @functools.lru_cache(maxsize=16)
-def _point_tables(colormap: str, alpha: float) -> tuple[list[list[int]], list[int]]:
-    """Per-channel colour tables and the heat -> opacity table, as Image.point wants them."""
+def _palettes(colormap: str, alpha: float) -> tuple[bytes, bytes]:
+    """RGB palettes: the colormap, and the opacity ``round(alpha * heat)`` as grey levels
+    (grey (o, o, o) converts to L = o exactly)."""
     lut = colormap_lut(colormap)
-    return [lut[:, c].tolist() for c in range(3)], [round(v * alpha) for v in range(256)]
+    grey = np.repeat(np.array([round(v * alpha) for v in range(256)], np.uint8), 3)
+    return lut.tobytes(), grey.tobytes()
 
 
 def overlay(
@@ -182,9 +184,15 @@ def overlay_image(
     level = Image.fromarray(heat8)
     if heat8.shape != (height, width):
         level = level.resize((width, height), Image.Resampling.BILINEAR)
-    channels, opacity = _point_tables(colormap, float(alpha))
-    color = Image.merge("RGB", [level.point(table) for table in channels])
-    return Image.composite(color, image, level.point(opacity))
+    # The heat levels as palette indices (L -> P keeps the values): the colour and the opacity
+    # are then palette lookups in C; Image.point would round its 256-entry table in Python on
+    # every call, which the picture threads of explain feel (it holds the GIL).
+    colours, opacity = _palettes(colormap, float(alpha))
+    indexed = level.convert("P")
+    indexed.putpalette(colours)
+    color = indexed.convert("RGB")
+    indexed.putpalette(opacity)
+    return Image.composite(color, image, indexed.convert("L"))
 
 
 @functools.lru_cache(maxsize=8)
