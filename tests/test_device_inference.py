@@ -323,7 +323,8 @@ def test_features_in_bfloat16_are_their_own_group_and_close_to_float32(photo_pat
 def test_a_picture_batch_is_fitted_on_the_device_like_pillow_fits_it(lite0, photo_paths,
                                                                      monkeypatch):  # fmt: skip
     """An (N, H, W, 3) uint8 array on the keras engine: crop and resize run in the compiled
-    forward (no per-picture host work); same top-1 as Pillow's fit in the decode threads."""
+    forward (no per-picture host work; the default on a GPU, asked for here on the CPU); same
+    top-1 as Pillow's fit in the decode threads."""
     from PIL import Image
 
     pictures = np.stack([
@@ -332,9 +333,9 @@ def test_a_picture_batch_is_fitted_on_the_device_like_pillow_fits_it(lite0, phot
     monkeypatch.setenv("KERASCOPE_ENGINE", "keras")
     forward = inference.compiled(lite0.model)
     assert forward.fits_on_device
-    on_device = kerascope.classify(pictures, model=lite0, top=3, batch_size=4)
+    on_device = list(classify_sources(lite0, pictures, top=3, batch_size=4, device_fit=True))
     compiles = forward.compilations
-    again = kerascope.classify(pictures[:3], model=lite0, top=3, batch_size=4)
+    again = list(classify_sources(lite0, pictures[:3], top=3, batch_size=4, device_fit=True))
     assert forward.compilations == compiles  # 3 rows padded to the same 4
     assert [r.predictions for r in again] == [r.predictions for r in on_device[:3]]
     by_pillow = kerascope.classify(list(pictures), model=lite0, top=3, batch_size=4)
