@@ -729,8 +729,9 @@ class PixelBatch:
     """One batch as the model takes it: pixels of every input in one uint8 array.
 
     Attributes:
-        pixels: (rows, H, W, 3) uint8; row i is input i of the batch; rows past ``n`` (padding
-            to a bucket) and rows of inputs that failed are zeros.
+        pixels: (rows, H, W, 3) uint8 at the model's input size (or, for a picture batch fitted
+            on the device, a slice of it as given); row i is input i of the batch; rows past
+            ``n`` (padding to a bucket) and rows of inputs that failed are zeros.
         names: how each input is named in results (:func:`source_name`).
         errors: per input, why it could not be read, else None.
     """
