@@ -162,3 +162,23 @@ def test_the_cli_says_which_precision_ran_and_refuses_an_unknown_one(chelsea, tm
     assert exit_info.value.code == 2
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and "--precision" in lines[0] and "bfloat16" in lines[0]
+
+
+def test_small_files_are_decoded_once_and_give_the_same_pictures(chelsea, tmp_path, monkeypatch):
+    """Files the model's pass decodes at full size (no reduction, within the picture cap) are
+    drawn from that decode instead of being read again: the pictures are byte for byte those
+    of the second decode, and the picture threads open no file."""
+    import kerascope.cam.save as save
+
+    clf = as_classifier(_tiny(size=64))  # 200 x 260 photos: no reduced decode below 4 x 64
+    paths = _photos(tmp_path / "in", chelsea, 5)
+    opened = []
+    load_image = save.load_image
+    monkeypatch.setattr(save, "load_image", lambda *a, **k: opened.append(a) or load_image(*a, **k))
+    once = save_explanations(paths, tmp_path / "once", clf, batch_size=2)
+    assert opened == []
+    monkeypatch.setattr(save, "DECODE_ONCE_BYTES", 0)  # over budget: each file read again
+    twice = save_explanations(paths, tmp_path / "twice", clf, batch_size=2)
+    assert len(opened) == 5
+    for a, b in zip(once, twice, strict=True):
+        assert a.path.read_bytes() == b.path.read_bytes()

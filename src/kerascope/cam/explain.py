@@ -314,12 +314,13 @@ def iter_unplaced(
     sources: Sequence,
     targets: np.ndarray | None = None,
     batch_size: int = 16,
-) -> Iterator[tuple[Explanation, np.ndarray | None, tuple | None, tuple | None]]:
-    """As `iter_small`, but each map comes as the model saw it, with the picture's (height,
-    width) and the box the model saw (`overlay.place_in_picture` places it): so the caller can
-    place it in a worker thread, off the thread that feeds the device."""
-    for e, cam, it in _iter_cams(clf, explainer, sources, targets, batch_size, False):
-        yield e, cam, it.shape, it.box
+    keep_original: bool = False,
+) -> Iterator[tuple[Explanation, np.ndarray | None, object]]:
+    """As `iter_small`, but each map comes as the model saw it, with its decoded item (whose
+    ``shape`` and ``box`` `overlay.place_in_picture` needs, and with ``keep_original`` the
+    full-size picture): so the caller can place and draw it in a worker thread, off the thread
+    that feeds the device."""
+    yield from _iter_cams(clf, explainer, sources, targets, batch_size, keep_original)
 
 
 def _iter_cams(clf, explainer, sources, targets, batch_size, keep_original):

@@ -22,6 +22,7 @@ import contextlib
 import dataclasses
 import errno
 import os
+import warnings
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -214,10 +215,12 @@ def save_explanations(
         raise output_error(out_dir, exc) from exc
     draw = dict(method=method, alpha=alpha, colormap=colormap, colorbar=colorbar,
                 replace=overwrite)  # fmt: skip
-    found = iter_unplaced(clf, explainer, sources, targets, batch_size)
-    saved: list[SavedExplanation] = []
     workers = workers or min(32, os.cpu_count() or 1)
     in_flight: deque = deque()  # (Explanation, future or None, path), in input order
+    limit = 2 * workers + batch_size  # pictures in flight: memory stays flat
+    keep = _decode_once(sources, clf.input_size, limit + (PREFETCH_BATCHES + 1) * batch_size)
+    found = iter_unplaced(clf, explainer, sources, targets, batch_size, keep_original=keep)
+    saved: list[SavedExplanation] = []
 
     def collect() -> None:
         e, future, path = in_flight.popleft()
@@ -230,12 +233,14 @@ def save_explanations(
 
     with ThreadPoolExecutor(workers, thread_name_prefix="kerascope-picture") as pool:
         try:
-            for source, path, (e, cam, shape, box) in zip(sources, paths, found, strict=True):
+            for source, path, (e, cam, item) in zip(sources, paths, found, strict=True):
                 future = None
                 if e.ok:
-                    future = pool.submit(_draw_one, source, (cam, shape, box), e, path, draw)
+                    picture = source if item.original is None else _Decoded(item.original)
+                    map_at = (cam, item.shape, item.box)
+                    future = pool.submit(_draw_one, picture, map_at, e, path, draw)
                 in_flight.append((e, future, path))
-                while len(in_flight) > 2 * workers + batch_size:  # bounded: memory stays flat
+                while len(in_flight) > limit:
                     collect()
             while in_flight:
                 collect()
@@ -247,6 +252,50 @@ def save_explanations(
                     future.cancel()
             raise
     return saved
+
+
+PREFETCH_BATCHES = 2  # batches `inference.iter_batches` decodes ahead of the one explained
+DECODE_ONCE_BYTES = 1 << 30
+"""Largest memory the full-size pictures of a job may hold at once (the batches decoded ahead,
+the one explained, the pictures in flight) for each file to be decoded once (`_decode_once`)."""
+
+
+class _Decoded:
+    """A picture already decoded at full size for the model (see `_decode_once`)."""
+
+    def __init__(self, image: np.ndarray):
+        self.image = image
+
+
+def _decode_once(sources: Sequence[Source], size: tuple[int, int], held: int) -> bool:
+    """Whether to keep each file's full-size decode from the model's pass for its picture,
+    instead of decoding it again: when that decode is exactly the one the model's input is
+    fitted from (no JPEG draft or box reduction: the shorter side under four times the input)
+    and the one the picture shows (the longer side within :data:`OUTPUT_MAX_SIDE`), and ``held``
+    such pictures fit in :data:`DECODE_ONCE_BYTES`. Read from the headers only; any doubt (an
+    unreadable header, an in-memory image) keeps the two decodes."""
+    from PIL import Image
+
+    from kerascope.inference import Missing
+
+    reduce_from = 4 * max(size)  # images.load_image reduces from 2 * (2 * max(size))
+    largest = 0
+    for source in sources:
+        if isinstance(source, Missing):
+            continue
+        if not isinstance(source, str | os.PathLike):
+            return False
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+                with Image.open(source) as img:
+                    width, height = img.size
+        except Exception:  # noqa: BLE001 - decoded (and reported) by the model's pass
+            return False
+        if min(width, height) >= reduce_from or max(width, height) > OUTPUT_MAX_SIDE:
+            return False
+        largest = max(largest, width * height)
+    return largest * 3 * held <= DECODE_ONCE_BYTES
 
 
 def precision_of(
@@ -441,8 +490,10 @@ def _link(tmp: Path, path: Path) -> None:
         os.replace(tmp, path)
 
 
-def _picture_image(source: Source) -> np.ndarray:
+def _picture_image(source: Source | _Decoded) -> np.ndarray:
     """The original as drawn: full size up to :data:`OUTPUT_MAX_SIDE`, scaled down beyond."""
+    if isinstance(source, _Decoded):
+        return source.image
     if isinstance(source, str | os.PathLike):
         return load_image(source, max_side=OUTPUT_MAX_SIDE)
     image = load_source(source)
