@@ -237,14 +237,14 @@ def main() -> None:
     for name in ("transfer", "finetune"):
         split = median.get((name, "split"))
         whole, plain = median.get((name, "whole graph")), median.get((name, "whole no-aug"))
-        line = f"{name}:"
+        ratios = []
         if split and whole:
-            line += f" split / whole graph {split / whole:.1f}x"
+            ratios.append(f"split / whole graph {split / whole:.1f}x")
         if whole and plain:
-            line += f", whole graph augmentation on / off {whole / plain:.2f}x"
+            ratios.append(f"whole graph augmentation on / off {whole / plain:.2f}x")
         if split and (name, "torch eager") in median:
-            line += f", split / torch eager {split / median[(name, 'torch eager')]:.2f}x"
-        print(line)
+            ratios.append(f"split / torch eager {split / median[(name, 'torch eager')]:.2f}x")
+        print(f"{name}: {', '.join(ratios)}")
     print(
         "host time per whole-graph batch outside the compiled step (cache read, padding, "
         f"matrices): augmented {host['augmented']:.1f} ms, plain {host['plain']:.1f} ms"
