@@ -114,7 +114,9 @@ def tiny(tmp_path_factory):
      (["--weights", "no-such.h5"], "no-such.h5' does not exist"),
      (["--recipe", "lenet", "--no-augment", "--zoom", "0.1"], "--no-augment turns augmentation"),
      (["--recipe", "lenet", "--zoom", "1.5"], "zoom must be below 1 (a fraction), got 1.5"),
-     (["--backbone", "vgg16", "--image-size", "16"], "'vgg16' cannot run on 16x16 images")],
+     (["--backbone", "vgg16", "--image-size", "16"], "'vgg16' cannot run on 16x16 images"),
+     (["--precision", "fp8"], "--precision"),
+     (["--model", "vgg16", "--image-size", "16"], "'vgg16' cannot run on 16x16 images")],
 )  # fmt: skip
 def test_bad_training_choices_are_one_line_before_anything_is_written(tiny, tmp_path, capsys,
                                                                       args, said):  # fmt: skip
@@ -143,6 +145,27 @@ def test_augmentation_options_change_the_recipes_and_are_saved(tiny, tmp_path):
     augment = yaml.safe_load((run / "config.yaml").read_text())["augment"]
     assert augment == {**augment, "rotation": 10.0, "width_shift": 0.0, "height_shift": 0.0,
                        "shear": 0.0, "zoom": 0.0, "horizontal_flip": False}  # fmt: skip
+
+
+def test_precision_is_chosen_printed_and_saved_and_epochs_record_img_per_second(tiny, tmp_path,
+                                                                               capsys):  # fmt: skip
+    """float16 (loss scaling) on the whole-graph path, one batch larger than the data (all of
+    it one padded batch); the run says its precision, config.yaml keeps it, history.csv has
+    each epoch's training img/s, and steady_images_per_second reads it back."""
+    import yaml
+
+    from kerascope.report import read_history
+    from kerascope.training.progress import steady_images_per_second
+
+    run = tmp_path / "run"
+    assert main(["train", str(tiny), "--recipe", "lenet", "--epochs", "3", "--batch-size", "64",
+                 "--engine", "keras", "--precision", "float16", "-o", str(run)]) == 0  # fmt: skip
+    assert "precision: float16 (weights float32)" in capsys.readouterr().out
+    assert yaml.safe_load((run / "config.yaml").read_text())["precision"] == "float16"
+    rates = [r["images_per_second"] for r in read_history(run / "history.csv")]
+    assert len(rates) == 3 and all(r > 0 for r in rates)
+    assert steady_images_per_second(run) == pytest.approx(sorted(rates[1:])[0] / 2
+                                                          + sorted(rates[1:])[1] / 2)  # fmt: skip
 
 
 @pytest.mark.slow
