@@ -80,6 +80,10 @@ def test_one_compilation_per_step_function_with_a_partial_last_batch(shapes, tmp
     assert sorted(steps) == ["jit(test_step)", "jit(train_step)"], compiles.names
     history = read_history(run.run_dir / "history.csv")
     assert [r["epoch"] for r in history] == [1, 2, 3]
+    # accuracy counts the 36 (9) real images, not the padding: k / 36 (k / 9), never k / 48
+    for r in history:
+        assert r["accuracy"] * 36 == pytest.approx(round(r["accuracy"] * 36), abs=1e-3)
+        assert r["val_accuracy"] * 9 == pytest.approx(round(r["val_accuracy"] * 9), abs=1e-3)
     assert all(r["images_per_second"] > 0 and 0 < r["train_seconds"] <= r["seconds"]
                for r in history)  # fmt: skip
     assert run.config["precision"] == "float32"  # auto, on a CPU

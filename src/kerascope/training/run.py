@@ -55,7 +55,7 @@ from kerascope.training.progress import TrainProgress  # noqa: E402
 from kerascope.training.recipes import class_weights  # noqa: E402
 from kerascope.training.settings import load_config, resolve_config, save_config  # noqa: E402
 from kerascope.training.split import PrefixSequence, SplitModel, split_model  # noqa: E402
-from kerascope.training.whole import AugmentedTrainer, DeviceFeed  # noqa: E402
+from kerascope.training.whole import AugmentedTrainer, DeviceFeed, RealAccuracy  # noqa: E402
 
 MONITOR = "val_loss"  # finer-grained than accuracy on small validation sets, where it ties
 
@@ -378,8 +378,9 @@ def _run_stage(model, run_dir: Path, config: dict, index: int, stage: dict, seqs
                                stage.get("schedule"), steps)  # fmt: skip
     if precision == "float16":  # float16 gradients underflow without loss scaling
         optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
+    # batches are padded (weight 0): accuracy counts the real rows only
     trained.compile(optimizer=optimizer, loss="sparse_categorical_crossentropy",
-                    metrics=["accuracy"])  # fmt: skip
+                    weighted_metrics=[RealAccuracy()])  # fmt: skip
     start = sum(s["epochs"] for s in config["stages"][:index])
     end = start + stage["epochs"]
     resumed = backup_epoch(backup)

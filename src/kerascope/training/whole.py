@@ -144,3 +144,17 @@ def sample_weights(labels: np.ndarray, real: int, row_weight: np.ndarray) -> np.
     weights = row_weight[labels].astype(np.float32)
     weights[real:] = 0.0
     return weights
+
+
+class RealAccuracy(keras.metrics.SparseCategoricalAccuracy):
+    """``accuracy`` over the real rows of padded batches: a row counts when its sample weight
+    is above 0, and counts once whatever its class weight (Keras's unweighted ``accuracy``
+    would count the padding; a weighted one would count class weights)."""
+
+    def __init__(self, name: str = "accuracy", **kwargs: Any):
+        super().__init__(name=name, **kwargs)
+
+    def update_state(self, y_true: Any, y_pred: Any, sample_weight: Any = None) -> Any:
+        if sample_weight is not None:
+            sample_weight = keras.ops.cast(keras.ops.greater(sample_weight, 0), "float32")
+        return super().update_state(y_true, y_pred, sample_weight=sample_weight)
