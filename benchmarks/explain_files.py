@@ -58,6 +58,7 @@ VARIANTS = {
     "maps": "decode + maps on the device, no pictures: the ceiling pictures are held to",
     "no-fsync": "pictures with os.fsync a no-op (diagnostic: what syncing costs here)",
     "switch": "pictures with sys.setswitchinterval(0.0005) (diagnostic: GIL hand-over)",
+    "processes": "pictures drawn in spawned processes (save_explanations pool='processes')",
     "workers8": "pictures with 8 picture threads",
     "workers32": "pictures with 32 picture threads",
 }
@@ -70,6 +71,8 @@ def run_variant(variant, inputs, clf, args, extra, out: Path) -> float:
     extra = dict(extra)
     if variant.startswith("workers"):
         extra["workers"] = int(variant.removeprefix("workers"))
+    if variant == "processes":
+        extra["pool"] = "processes"
     fsync, interval = os.fsync, sys.getswitchinterval()
     if variant == "no-fsync":
         os.fsync = lambda fd: None

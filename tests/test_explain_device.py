@@ -182,3 +182,20 @@ def test_small_files_are_decoded_once_and_give_the_same_pictures(chelsea, tmp_pa
     assert len(opened) == 5
     for a, b in zip(once, twice, strict=True):
         assert a.path.read_bytes() == b.path.read_bytes()
+
+
+def test_pictures_drawn_in_processes_are_those_drawn_in_threads(chelsea, tmp_path):
+    """pool="processes" (spawned workers, each file decoded there, maps sent small) writes the
+    same bytes as the threads, and a write error there still stops the job in one error."""
+    clf = as_classifier(_tiny())
+    paths = _photos(tmp_path / "in" / "a", chelsea, 4) + _photos(tmp_path / "in" / "b", chelsea, 2)
+    threads = save_explanations(paths, tmp_path / "threads", clf, batch_size=4, workers=2)
+    spawned = save_explanations(paths, tmp_path / "spawned", clf, batch_size=4, workers=2,
+                                pool="processes")  # fmt: skip
+    for a, b in zip(threads, spawned, strict=True):
+        assert a.ok and b.ok and a.path.read_bytes() == b.path.read_bytes()
+    blocked = tmp_path / "blocked"
+    blocked.mkdir()
+    (blocked / "b").write_text("a file where the sub-folder b/ should go")
+    with pytest.raises(OutputError, match="could not write"):
+        save_explanations(paths, blocked, clf, batch_size=4, workers=2, pool="processes")

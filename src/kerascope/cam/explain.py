@@ -315,15 +315,17 @@ def iter_unplaced(
     targets: np.ndarray | None = None,
     batch_size: int = 16,
     keep_original: bool = False,
+    upsample: bool = True,
 ) -> Iterator[tuple[Explanation, np.ndarray | None, object]]:
     """As `iter_small`, but each map comes as the model saw it, with its decoded item (whose
     ``shape`` and ``box`` `overlay.place_in_picture` needs, and with ``keep_original`` the
     full-size picture): so the caller can place and draw it in a worker thread, off the thread
-    that feeds the device."""
-    yield from _iter_cams(clf, explainer, sources, targets, batch_size, keep_original)
+    that feeds the device. ``upsample`` False: maps at feature resolution on the device path
+    too (small to send to another process)."""
+    yield from _iter_cams(clf, explainer, sources, targets, batch_size, keep_original, upsample)
 
 
-def _iter_cams(clf, explainer, sources, targets, batch_size, keep_original):
+def _iter_cams(clf, explainer, sources, targets, batch_size, keep_original, upsample=True):
     """(Explanation without heatmap, map as the model saw it or None, decoded item) per source.
 
     Pictures are fitted as `classify` fits them (the classifier's convention), so an image
@@ -343,7 +345,7 @@ def _iter_cams(clf, explainer, sources, targets, batch_size, keep_original):
             batch_targets = None if targets is None else targets[start + np.array(rows)]
             pixels = np.stack([items[i].pixels for i in rows])
             maps, classes, probs = explainer.explain_batch(
-                pixels, batch_targets, pad_to=batch_size, upsample=explainer.on_device
+                pixels, batch_targets, pad_to=batch_size, upsample=upsample and explainer.on_device
             )
         row = {i: r for r, i in enumerate(rows)}
         for i, it in enumerate(items):

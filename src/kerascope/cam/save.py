@@ -28,6 +28,7 @@ from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -154,6 +155,7 @@ def save_explanations(
     precision: str | None = None,
     overwrite: bool = False,
     workers: int | None = None,
+    pool: str = "threads",
 ) -> list[SavedExplanation]:
     """Explain images and write each as original | overlay, labelled, into ``output_dir``.
 
@@ -178,6 +180,11 @@ def save_explanations(
             (`precision_of` says which ran).
         overwrite: replace existing files at the output names (never an input).
         workers: threads drawing and writing pictures (default: one per CPU, at most 32).
+        pool: ``threads`` (default), or ``processes``: the pictures drawn in that many worker
+            processes (spawned once per process and kept), each file decoded there and each map
+            sent at feature resolution, so the drawing shares no GIL with the thread feeding
+            the device. An option to measure where many cores meet a GIL-bound host
+            (``benchmarks/explain_files.py --variants pictures,processes``).
 
     Returns:
         One `SavedExplanation` per input, in input order (folders and globs in their expansion
@@ -215,11 +222,16 @@ def save_explanations(
         raise output_error(out_dir, exc) from exc
     draw = dict(method=method, alpha=alpha, colormap=colormap, colorbar=colorbar,
                 replace=overwrite)  # fmt: skip
+    if pool not in ("threads", "processes"):
+        raise ValueError(f"pool must be 'threads' or 'processes', got {pool!r}")
     workers = workers or min(32, os.cpu_count() or 1)
+    processes = pool == "processes"
     in_flight: deque = deque()  # (Explanation, future or None, path), in input order
     limit = 2 * workers + batch_size  # pictures in flight: memory stays flat
-    keep = _decode_once(sources, clf.input_size, limit + (PREFETCH_BATCHES + 1) * batch_size)
-    found = iter_unplaced(clf, explainer, sources, targets, batch_size, keep_original=keep)
+    held = limit + (PREFETCH_BATCHES + 1) * batch_size
+    keep = not processes and _decode_once(sources, clf.input_size, held)
+    found = iter_unplaced(clf, explainer, sources, targets, batch_size, keep_original=keep,
+                          upsample=not processes)  # fmt: skip
     saved: list[SavedExplanation] = []
 
     def collect() -> None:
@@ -231,7 +243,8 @@ def save_explanations(
         if progress is not None:
             progress(1)
 
-    with ThreadPoolExecutor(workers, thread_name_prefix="kerascope-picture") as pool:
+    executor = _process_pool(workers) if processes else None
+    with executor or ThreadPoolExecutor(workers, thread_name_prefix="kerascope-picture") as pool:
         try:
             for source, path, (e, cam, item) in zip(sources, paths, found, strict=True):
                 future = None
@@ -296,6 +309,34 @@ def _decode_once(sources: Sequence[Source], size: tuple[int, int], held: int) ->
             return False
         largest = max(largest, width * height)
     return largest * 3 * held <= DECODE_ONCE_BYTES
+
+
+_PROCESS_POOLS: dict[int, Any] = {}
+
+
+class _KeptPool:
+    """A process pool kept across jobs (spawning costs ~0.5 s): ``with`` does not shut it."""
+
+    def __init__(self, pool):
+        self.pool = pool
+
+    def __enter__(self):
+        return self.pool
+
+    def __exit__(self, *exc) -> None:
+        return None
+
+
+def _process_pool(workers: int) -> _KeptPool:
+    """``workers`` spawned processes (not forked: JAX's threads must not be copied), kept."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    pool = _PROCESS_POOLS.get(workers)
+    if pool is None or getattr(pool, "_broken", False):
+        context = multiprocessing.get_context("spawn")
+        pool = _PROCESS_POOLS[workers] = ProcessPoolExecutor(workers, mp_context=context)
+    return _KeptPool(pool)
 
 
 def precision_of(
