@@ -1,4 +1,5 @@
-"""Folder datasets for training: scan and split, batches for ``fit``, augmentation.
+"""Folder datasets for training: scan and split, batches for ``fit``, augmentation (one
+definition, ``sample_matrices``; executed by Pillow on the host or ``warp`` on the device).
 
 Names are imported lazily: scanning a folder (``kerascope.data.folders``) needs neither Keras
 nor a backend, while the loader and augmentation import Keras.
@@ -16,7 +17,9 @@ __all__ = [
     "augment_preview",
     "build_augmentation",
     "make_sequences",
+    "sample_matrices",
     "scan_dataset",
+    "warp",
 ]
 
 _WHERE = {
@@ -28,10 +31,18 @@ _WHERE = {
     "AugmentConfig": "augment",
     "augment_preview": "augment",
     "build_augmentation": "augment",
+    "sample_matrices": "augment",
+    "warp": "augment",
 }
 
 if TYPE_CHECKING:
-    from kerascope.data.augment import AugmentConfig, augment_preview, build_augmentation
+    from kerascope.data.augment import (
+        AugmentConfig,
+        augment_preview,
+        build_augmentation,
+        sample_matrices,
+        warp,
+    )
     from kerascope.data.folders import Dataset, DatasetError, scan_dataset
     from kerascope.data.loader import FolderSequence, make_sequences
 
