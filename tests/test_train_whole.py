@@ -120,6 +120,20 @@ def test_feed_pads_weighs_and_draws_the_cpu_trainers_views(shapes, tmp_path):
     assert isinstance(plain, np.ndarray) and plain.shape == (8, 32, 32, 3)
 
 
+def test_feed_transfers_each_batch_in_its_worker_with_batches_queued_ahead(shapes, tmp_path):
+    """On an accelerator the worker that prepares a batch also puts it on the device, and
+    several batches are prepared ahead (prefetch depth >= 2) while the step runs."""
+    import jax
+
+    items = [(str(p), i % 3) for i, p in enumerate(sorted(shapes.rglob("*.png")))][:12]
+    images = FolderSequence(items, ["a", "b", "c"], 32, batch_size=8)
+    feed = DeviceFeed(images, AugmentConfig(), transfer=True)
+    inputs, labels, weights = feed[1]
+    assert isinstance(inputs["image"], jax.Array) and isinstance(weights, jax.Array)
+    assert inputs["image"].dtype == "uint8" and inputs["image"].shape == (8, 32, 32, 3)
+    assert feed.workers >= 2 and feed.max_queue_size >= 2
+
+
 def test_bfloat16_training_learns_real_photos(tmp_path, skimage_data):
     """A short bfloat16 run of the whole graph on a CPU (cat vs coffee crops) learns: the
     layers compute in bfloat16 while it trains, and the saved model is float32 again."""
