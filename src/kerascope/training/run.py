@@ -399,7 +399,8 @@ def _run_stage(model, run_dir: Path, config: dict, index: int, stage: dict, seqs
             print(f"  split training: frozen prefix on {engine_name(parts.prefix)}, "
                   f"Keras trains {cut}")  # fmt: skip
         else:
-            where = "augmented on the device inside" if augment else "cast inside"
+            augmented = augment is not None and not augment.is_identity
+            where = "augmented on the device inside" if augmented else "cast inside"
             print(f"  whole graph in Keras: uint8 batches {where} the compiled train step")
     # Full-shape batches (one compiled step), class weights folded into the sample weights.
     if parts is not None:

@@ -18,8 +18,9 @@ Two pieces:
   the queue, at least 2) while the current one trains.
 
 Weights: real rows weigh ``steps * batch / images`` (times the class weight), padding 0, so an
-epoch's loss and accuracy are the exact means over its real images (Keras averages the batch
-means, each of ``batch`` rows).
+epoch's loss is the exact mean over its real images (Keras averages the batch means, each of
+``batch`` rows), and :class:`RealAccuracy` counts the real rows once each. The split trainer's
+batches (``kerascope.training.split.PrefixSequence``) are padded and weighed the same way.
 """
 
 from __future__ import annotations
