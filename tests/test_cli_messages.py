@@ -313,14 +313,14 @@ def test_classify_output_on_a_full_disk_keeps_the_previous_file(run_dir, photo_p
 _SLOW_CLI = """
 import runpy, sys, time
 import kerascope.classification as c
-marker, done, top_k = sys.argv.pop(1), [0], c.top_k
-def slow_top_k(*args, **kwargs):
+marker, done, predictions = sys.argv.pop(1), [0], c._predictions
+def slow_predictions(*args, **kwargs):
     done[0] += 1
     if done[0] == 25:  # 24 finished
         open(marker, "w").close()
     time.sleep(0.05)
-    return top_k(*args, **kwargs)
-c.top_k = slow_top_k
+    return predictions(*args, **kwargs)
+c._predictions = slow_predictions  # one call per classified image
 runpy.run_module("kerascope", run_name="__main__")
 """
 
