@@ -19,7 +19,7 @@ Where it runs:
   no --ray           in this process (no Ray needed; same output, same resume)
   --ray              a Ray instance started on this machine, with all its CPUs
   --ray ADDRESS      an existing Ray cluster: auto, ray://HEAD:10001 or HEAD:6379
-                     (kerascope[ray] installed on every node)
+                     (the ray extra installed on every node: pip install -e '.[ray]')
 """
 
 

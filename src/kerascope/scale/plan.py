@@ -21,6 +21,7 @@ from typing import Any
 
 from kerascope import files
 from kerascope.errors import KerascopeError
+from kerascope.extras import install_command
 from kerascope.images import expand_inputs
 
 MANIFEST = "_kerascope_batch.json"
@@ -92,7 +93,7 @@ def _no_path_column(path: str, columns) -> str:
 
 
 def _needs(what: str, package: str) -> str:
-    return f"{what} needs {package}: pip install 'kerascope[ray]'"
+    return f"{what} needs {package}: {install_command('ray')}"
 
 
 def collect_inputs(inputs: list[str]) -> Inputs:

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from kerascope.extras import install_command
 from kerascope.scale.plan import (
     TASKS,
     BatchError,
@@ -31,7 +32,6 @@ from kerascope.scale.plan import (
 )
 
 LOCAL = "local"  # --ray without an address: a Ray instance on this machine, all its CPUs
-INSTALL = "pip install 'kerascope[ray]'"
 # Environment that decides what a worker computes (backend, engine, caches, limits): the
 # driver's values travel to every worker through Ray's runtime environment.
 _ENV_PREFIXES = ("KERASCOPE_", "KERAS_", "JAX_", "XLA_FLAGS", "TF_CPP_")
@@ -159,7 +159,7 @@ def _require(what: str, module: str) -> None:
     try:
         __import__(module)
     except ImportError:
-        raise BatchError(f"{what} needs {module}: {INSTALL}") from None
+        raise BatchError(f"{what} needs {module}: {install_command('ray')}") from None
 
 
 def _in_process(job: dict, todo: list[Block]) -> Iterator[dict]:
@@ -175,7 +175,7 @@ def _import_ray():
         import ray
         import ray.data  # noqa: F401
     except ImportError:
-        raise BatchError(f"--ray needs Ray Data: {INSTALL}") from None
+        raise BatchError(f"--ray needs Ray Data: {install_command('ray')}") from None
     return ray
 
 

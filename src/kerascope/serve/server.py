@@ -12,6 +12,7 @@ import sys
 from collections.abc import Callable, Sequence
 
 from kerascope.errors import KerascopeError
+from kerascope.extras import install_command
 from kerascope.serve.limits import ServeLimits
 
 
@@ -78,8 +79,7 @@ def run_server(
         )
     except ImportError as exc:
         raise ServeError(
-            f"kerascope serve needs {exc.name or 'fastapi and uvicorn'}: "
-            "pip install 'kerascope[serve]'"
+            f"kerascope serve needs {exc.name or 'fastapi and uvicorn'}: {install_command('serve')}"
         ) from None
     from kerascope.serve.served import load_served
 
