@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from kerascope.cam.graph import LayerError, candidate_layers, find_layer, rebuild
+from kerascope.cam.smoothing import augmented_maps, first_component, normalise
 from kerascope.errors import KerascopeError
 from kerascope.zoo.models import Classifier
 
@@ -413,8 +414,6 @@ class BaseCAM:
     def reduce_channels(self, weighted: np.ndarray) -> np.ndarray:
         """(N, h, w, K) -> (N, h, w): the sum over channels, or its first principal component."""
         if self.eigen_smooth:
-            from kerascope.cam.smoothing import first_component
-
             return first_component(weighted)
         return weighted.sum(axis=-1)
 
@@ -422,7 +421,6 @@ class BaseCAM:
         """ReLU(combined map) before normalisation, averaged over augmentations if asked."""
         if self.aug_smooth:
             from kerascope.cam.perturbation import neutral_pixel
-            from kerascope.cam.smoothing import augmented_maps
 
             neutral = neutral_pixel(self.clf.model)
             return augmented_maps(self._raw_maps, pixels, targets, neutral)
@@ -487,9 +485,3 @@ def analytic_ok(cam: BaseCAM) -> bool:
     """Whether the device path computes what this method's host path computes: CAM reads the
     Dense weights, which only a GAP + Dense head has (there its map is Grad-CAM's)."""
     return not cam.needs_dense_head or cam.probe.head.analytic
-
-
-def normalise(maps: np.ndarray) -> np.ndarray:
-    """Scale each non-negative map to peak 1; a map with no positive evidence stays 0."""
-    peak = maps.max(axis=(1, 2), keepdims=True)
-    return np.where(peak > 0, maps / np.where(peak > 0, peak, 1.0), 0.0).astype(np.float32)

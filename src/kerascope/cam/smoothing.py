@@ -43,6 +43,12 @@ def first_component(activations: np.ndarray) -> np.ndarray:
     return projection.reshape(n, h, w).astype(np.float32)
 
 
+def normalise(maps: np.ndarray) -> np.ndarray:
+    """Scale each non-negative map to peak 1; a map with no positive evidence stays 0."""
+    peak = maps.max(axis=(1, 2), keepdims=True)
+    return np.where(peak > 0, maps / np.where(peak > 0, peak, 1.0), 0.0).astype(np.float32)
+
+
 def augmented_maps(
     raw_maps: Callable[[np.ndarray, np.ndarray], tuple],
     pixels: np.ndarray,
@@ -60,8 +66,6 @@ def augmented_maps(
         (mean of the peak-normalised maps (N, h, w), classes (N,), probabilities (N,)), the
         classes and probabilities those of the plain image.
     """
-    from kerascope.cam.base import normalise
-
     x = pixels.astype(np.float32)
     copies = []
     for flip in FLIPS:
