@@ -10,13 +10,9 @@ import sys
 from collections.abc import Iterator, Sequence
 
 from kerascope import __version__
+from kerascope.cli_common import DASH_NOTE, fraction, positive_int
 from kerascope.errors import CliError, KerascopeError
 from kerascope.precision import add_precision_option
-
-DASH_NOTE = (
-    "A file name that starts with '-' goes after '--', which ends the options: "
-    "kerascope classify -k 3 -- -cat.png"
-)
 
 _argv: list[str] = []  # this run's arguments, for the hint in one-line usage errors
 
@@ -50,28 +46,6 @@ class Parser(argparse.ArgumentParser):
         self.exit(2, f"{line} (see {self.prog} --help)\n")
 
 
-def _fraction(text: str) -> float:
-    """A number from 0 to 1 (--alpha, --threshold)."""
-    try:
-        value = float(text)
-    except ValueError:
-        value = float("nan")
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number from 0 to 1")
-    return value
-
-
-def _positive(text: str) -> int:
-    """A whole number of at least 1 (--top, --batch-size, --every)."""
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of at least 1")
-    return value
-
-
 def _add_classify(sub) -> None:
     p = sub.add_parser(
         "classify",
@@ -83,15 +57,15 @@ def _add_classify(sub) -> None:
     p.add_argument("paths", nargs="+", help="image files, folders (recursive) or globs")
     p.add_argument("--model", "-m", default="efficientnet_lite0", help="zoo name, run or .keras")
     p.add_argument("--weights", help="explicit weights file for a zoo model")
-    p.add_argument("--top", "-k", type=_positive, default=5, help="classes per image")
+    p.add_argument("--top", "-k", type=positive_int, default=5, help="classes per image")
     p.add_argument(
-        "--threshold", type=_fraction, default=0.0, help="hide classes below this probability"
+        "--threshold", type=fraction, default=0.0, help="hide classes below this probability"
     )
     p.add_argument(
         "--format", "-f", choices=("table", "json", "csv"), default="table", help="output format"
     )
     p.add_argument("--output", "-o", help="write to this file instead of the terminal")
-    p.add_argument("--batch-size", "-b", type=_positive, default=32, help="images per batch")
+    p.add_argument("--batch-size", "-b", type=positive_int, default=32, help="images per batch")
     add_precision_option(p)
     p.set_defaults(func=_run_classify)
 

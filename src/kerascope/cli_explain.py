@@ -10,7 +10,7 @@ import contextlib
 import os
 from pathlib import Path
 
-from kerascope.cli import DASH_NOTE, _fraction, _positive
+from kerascope.cli_common import DASH_NOTE, fraction, positive_int
 from kerascope.errors import CliError
 
 
@@ -138,7 +138,7 @@ def _add_explain_args(p) -> None:
                    "(default: the top class)")  # fmt: skip
     p.add_argument("--layer", help="layer to explain (default: found automatically)")
     p.add_argument(
-        "--alpha", type=_fraction, default=0.4, help="heatmap opacity at its peak, 0 to 1"
+        "--alpha", type=fraction, default=0.4, help="heatmap opacity at its peak, 0 to 1"
     )
     p.add_argument(
         "--colormap",
@@ -147,7 +147,7 @@ def _add_explain_args(p) -> None:
         default=None,
         help_text=lambda: f"heatmap colours (default: {_default_colormap()})",
     )
-    p.add_argument("--batch-size", "-b", type=_positive, default=16, help="images per batch")
+    p.add_argument("--batch-size", "-b", type=positive_int, default=16, help="images per batch")
     p.add_argument(
         "--precision",
         type=_precision,
@@ -218,7 +218,7 @@ def _add_video(sub) -> None:
         "unless --overwrite is given, and the input never is",
     )
     _add_explain_args(p)
-    p.add_argument("--every", type=_positive, default=1, help="fresh heatmap every N frames")
+    p.add_argument("--every", type=positive_int, default=1, help="fresh heatmap every N frames")
     p.add_argument(
         "--layout",
         choices=("side", "overlay"),

@@ -1,0 +1,36 @@
+"""Argument helpers shared by the ``kerascope`` commands (cli.py and the cli_* modules).
+
+They live below every cli module so that a command module never imports from cli.py, which
+imports the command modules to build its parser (see DESIGN.md, "Import direction").
+"""
+
+from __future__ import annotations
+
+import argparse
+
+DASH_NOTE = (
+    "A file name that starts with '-' goes after '--', which ends the options: "
+    "kerascope classify -k 3 -- -cat.png"
+)
+
+
+def fraction(text: str) -> float:
+    """A number from 0 to 1 (--alpha, --threshold)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number from 0 to 1")
+    return value
+
+
+def positive_int(text: str) -> int:
+    """A whole number of at least 1 (--top, --batch-size, --every)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of at least 1")
+    return value
