@@ -379,6 +379,7 @@ def _run_compare(args, clf, sources, target) -> int:
     """Every method on each image: one grid picture and a ranking table per image."""
     from kerascope import output
     from kerascope.cam.compare import DEFAULT_METRIC, compare_methods
+    from kerascope.cam.methods import METHODS
     from kerascope.cam.save import check_output_folder, check_outputs, output_names
     from kerascope.images import ImageError
     from kerascope.inference import Missing
@@ -393,22 +394,37 @@ def _run_compare(args, clf, sources, target) -> int:
     check_output_folder(out_dir, sources)
     check_outputs(paths, sources, args.overwrite)
     out_dir.mkdir(parents=True, exist_ok=True)
-    failed = 0
-    for source, path in zip(sources, paths, strict=True):
-        if isinstance(source, Missing):
-            output.note(f"cannot read '{source}': no such file, folder or matching glob")
-            failed += 1
-            continue
-        path.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            comparison = compare_methods(
-                source, path, clf, target=target, layer=args.layer, metric=metric,
-                alpha=args.alpha, colormap=args.colormap, **_smoothing(args),
-            )  # fmt: skip
-        except ImageError as exc:
-            output.note(f"cannot read '{source}': {exc.reason}")
-            failed += 1
-            continue
+    failed, done = 0, []
+    with output.progress_bar(len(sources) * len(METHODS), "comparing (image x method)",
+                             min_total=2) as advance:  # fmt: skip
+        for source, path in zip(sources, paths, strict=True):
+            if isinstance(source, Missing):
+                output.note(f"cannot read '{source}': no such file, folder or matching glob")
+                failed += 1
+                advance(len(METHODS))
+                continue
+            path.parent.mkdir(parents=True, exist_ok=True)
+            started = []  # compare_methods calls back as each method starts: the one before is done
+
+            def finished_previous(name: str, started=started) -> None:
+                if started:
+                    advance(1)
+                started.append(name)
+
+            try:
+                comparison = compare_methods(
+                    source, path, clf, target=target, layer=args.layer, metric=metric,
+                    alpha=args.alpha, colormap=args.colormap, progress=finished_previous,
+                    **_smoothing(args),
+                )  # fmt: skip
+            except ImageError as exc:
+                output.note(f"cannot read '{source}': {exc.reason}")
+                failed += 1
+                continue
+            finally:
+                advance(len(METHODS) - max(len(started) - 1, 0))
+            done.append(comparison)
+    for comparison in done:  # after the bar: stdout written under a live bar goes to stderr
         _print_ranking(comparison)
     return 1 if failed else 0
 

@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import argparse
 
+from kerascope.cli_common import say_precision
 from kerascope.errors import CliError
-from kerascope.precision import add_precision_option, say_precision
+from kerascope.precision import add_precision_option
 
 
 class _Help(argparse.ArgumentDefaultsHelpFormatter):
@@ -327,15 +328,20 @@ def _which(result) -> str:
 
 
 def _run_predict(args) -> int:
+    from kerascope import output
+    from kerascope.inference import normalise_inputs
     from kerascope.precision import resolve_precision
-    from kerascope.prediction import fresh_path, predict
+    from kerascope.prediction import fresh_path, predict, summary
 
     target = args.output or fresh_path("predictions.csv")
     say_precision(args.precision, resolve_precision(args.precision))
-    rows = predict(args.run, args.inputs, target, batch_size=args.batch_size,
-                   precision=args.precision)  # fmt: skip
+    total = len(normalise_inputs(args.inputs)[0])  # for the progress line only
+    with output.progress_bar(total, "predicting") as advance:
+        rows = predict(args.run, args.inputs, target, batch_size=args.batch_size,
+                       precision=args.precision, progress=advance)  # fmt: skip
     failed = [r for r in rows if not r.ok]
-    _note(f"wrote {len(rows)} rows to {target}" + (
+    labelled = summary(rows)
+    _note(f"wrote {len(rows)} rows to {target}" + (f": {labelled}" if labelled else "") + (
         f"; {len(failed)} could not be read (error rows)" if failed else ""))  # fmt: skip
     return 1 if failed else 0
 

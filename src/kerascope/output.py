@@ -18,6 +18,7 @@ import io
 import json
 import os
 import sys
+import time
 import unicodedata
 from collections.abc import Iterator
 from dataclasses import asdict
@@ -97,10 +98,23 @@ def note(message: str) -> None:
     _err.print(line, soft_wrap=True, highlight=False)
 
 
+# Piped or logged (stderr not a terminal): one plain line at most this often instead of a bar.
+PLAIN_EVERY_S = 10.0
+
+
 @contextlib.contextmanager
 def progress_bar(total: int, label: str, min_total: int = 64) -> Iterator:
-    """A progress bar on stderr for long jobs; yields ``advance(n)``. Silent for short ones."""
-    if total < min_total or not _err.is_terminal:
+    """A progress bar on stderr for long jobs; yields ``advance(n)``. Silent for short ones.
+
+    When stderr is not a terminal (piped, a log file, CI), a bar would be escape codes, so a
+    plain line says how far it got every `PLAIN_EVERY_S` seconds: a long job is never silent,
+    and one shorter than that prints nothing.
+    """
+    if not _err.is_terminal:
+        with _plain_progress(total, label) as advance:
+            yield advance
+        return
+    if total < min_total:
         yield lambda n: None
         return
     columns = (
@@ -120,6 +134,31 @@ def progress_bar(total: int, label: str, min_total: int = 64) -> Iterator:
                 progress.update(task, rate=f"{speed:.1f} img/s")
 
         yield advance
+
+
+@contextlib.contextmanager
+def _plain_progress(total: int, label: str) -> Iterator:
+    """`progress_bar` for a pipe: ``label: done/total, rate/s, elapsed`` lines, then one
+    ``done`` line if any was printed (so a log shows the job finished)."""
+    start = last = time.monotonic()
+    done = shown = 0
+
+    def line(now: float) -> str:
+        elapsed = now - start
+        rate = f", {done / elapsed:.1f}/s" if elapsed > 0 and done else ""
+        return f"{label}: {done}/{total}{rate}, {elapsed:.0f} s"
+
+    def advance(n: int) -> None:
+        nonlocal done, last, shown
+        done += n
+        now = time.monotonic()
+        if done != total and now - last >= PLAIN_EVERY_S:  # the last one: the command says
+            last, shown = now, shown + 1
+            note(line(now))
+
+    yield advance
+    if shown:
+        note(line(time.monotonic()) + " (done)")
 
 
 def _rows(results: list[ImageResult]) -> Iterator[dict]:
@@ -271,7 +310,7 @@ def print_zoo(fmt: str = "table") -> None:
 
     The CPU column holds what ``kerascope models --measure`` measured on this machine's CPU.
     """
-    from kerascope.zoo.measure import timings
+    from kerascope.measure import timings
     from kerascope.zoo.registry import all_specs
     from kerascope.zoo.weights import is_cached, works_offline
 
@@ -315,7 +354,7 @@ def _cached(spec, is_cached) -> str:
 
 
 def _spec_dict(spec, measured: dict[str, float] | None = None) -> dict:
-    from kerascope.zoo.measure import cpu_name, timings
+    from kerascope.measure import cpu_name, timings
     from kerascope.zoo.weights import cached_file, is_cached, package_file, works_offline
 
     data = asdict(spec)

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import csv
 import os
-from collections.abc import Iterable
+from collections import Counter
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -61,6 +62,7 @@ def predict(
     output_csv: str | os.PathLike | None = None,
     batch_size: int = 32,
     precision: str | None = None,
+    progress: Callable[[int], None] | None = None,
 ) -> list[PredictedLabel]:
     """Label every image in ``inputs`` with its top-1 class, and write them as CSV if asked.
 
@@ -79,6 +81,7 @@ def predict(
         batch_size: images per forward pass.
         precision: what the model computes in: auto, float32, bfloat16 or float16 (see
             `kerascope.classification.run_precision`).
+        progress: called with 1 as each image is labelled (the CLI's progress line).
 
     Returns:
         One `PredictedLabel` per input, in input order.
@@ -99,10 +102,21 @@ def predict(
             rows.append(PredictedLabel(r.source, top.name, top.index, top.probability))
         else:
             rows.append(PredictedLabel(r.source, error=r.error))
+        if progress is not None:
+            progress(1)
     rows += [PredictedLabel(path, error=skip_reason(path)) for path in skipped]
     if output_csv is not None:
         write_csv(rows, output_csv)
     return rows
+
+
+def summary(rows: list[PredictedLabel], shown: int = 5) -> str:
+    """How many images got each label, most first (``7 cat, 5 dog``): what ``predict`` says
+    on screen, since the labels themselves go to the CSV."""
+    counts = Counter(r.label for r in rows if r.ok).most_common()
+    text = ", ".join(f"{n} {label}" for label, n in counts[:shown])
+    rest = sum(n for _, n in counts[shown:])
+    return text + (f", {rest} in {len(counts) - shown} other classes" if rest else "")
 
 
 def skip_reason(path: str) -> str:
