@@ -106,8 +106,8 @@ def test_models_layers_table_and_errors(capsys):
 def test_models_measure_remembers_cpu_time_per_cpu(lite0, tmp_path, monkeypatch, capsys):
     import shutil
 
+    from kerascope.measure import cpu_name, timings_path
     from kerascope.zoo import registry
-    from kerascope.zoo.measure import cpu_name, timings_path
     from kerascope.zoo.weights import cached_file, checksum_file
 
     ported = cached_file(registry.get("efficientnet_lite0"))  # ported for `lite0`

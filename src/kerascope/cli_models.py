@@ -62,8 +62,8 @@ def _run_models(args) -> int:
 
 
 def _measure(name: str | None) -> None:
+    from kerascope.measure import cpu_name, measure
     from kerascope.output import note
-    from kerascope.zoo.measure import cpu_name, measure
     from kerascope.zoo.registry import get
     from kerascope.zoo.weights import offline_models
 

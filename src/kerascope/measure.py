@@ -5,6 +5,9 @@ number only means something next to the processor it was measured on, so the cac
 keyed by CPU name, then model. Measured through the engine `classify` uses
 (`kerascope.inference.compiled`) on a batch of real photos at the model's input size: the
 median of a few timed runs after warm-up, since one run on a shared machine is noise.
+
+It sits above the zoo (beside `output` and `cli_models`, its users) because measuring runs
+`inference` and `export`, which themselves build on the zoo.
 """
 
 from __future__ import annotations

@@ -171,7 +171,12 @@ def _converts(*names: str) -> Callable:
 
 def _key(op: Any) -> str:
     """The registry key of ``op``'s exact class; subclasses may change ``call``: not trusted."""
-    module, name = type(op).__module__, type(op).__name__
+    return _class_key(type(op))
+
+
+def _class_key(cls: type) -> str:
+    """`_key` of an instance of ``cls``: bare for Keras's own layers, else module-qualified."""
+    module, name = cls.__module__, cls.__name__
     if module == "keras.src.ops.numpy":
         return f"ops.{name}"
     return name if module.startswith("keras.src.layers.") else f"{module}.{name}"

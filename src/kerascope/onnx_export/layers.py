@@ -18,6 +18,7 @@ from kerascope.onnx_export.graph import (
     UnsupportedLayerError,
     _axis,
     _broadcast,
+    _class_key,
     _conv,
     _converts,
     _Graph,
@@ -209,15 +210,28 @@ def _augmentation(g: _Graph, layer: Any, xs: list[_Value], args: Any) -> str:
     return xs[0].name
 
 
-# The zoo's in-graph preprocess_input; keys of non-Keras classes are module-qualified, so a user
-# layer of the same name is never taken for it.
-@_converts("kerascope.zoo.preprocess.ImagePreprocess")
-def _image_preprocess(g: _Graph, layer: Any, xs: list[_Value], args: Any) -> str:
-    """Every mode is ``preprocess.affine``: a channel flip (caffe: a Gather), then Mul and Add."""
-    from kerascope.zoo import preprocess
+ChannelAffine = Callable[[Any], tuple[bool, np.ndarray, np.ndarray]]
 
-    x, rank = xs[0], len(xs[0].shape)
-    bgr, scale, offset = preprocess.affine(layer.mode)
+
+def register_channel_affine(layer_class: type, affine_of: ChannelAffine) -> None:
+    """Convert ``layer_class`` as ``x[..., ::-1 if bgr] * scale + offset`` per channel, with
+    ``(bgr, scale, offset) = affine_of(layer)``.
+
+    Why: layers defined above the converter (the zoo's in-graph ``ImagePreprocess``) register
+    themselves when their module is imported, so the converter never imports the zoo, and a
+    model holding such a layer cannot exist before its converter does. Keys of non-Keras classes
+    are module-qualified, so a user layer of the same name is never taken for it.
+    """
+
+    def convert(g: _Graph, layer: Any, xs: list[_Value], args: Any) -> str:
+        return _channel_affine(g, xs[0], *affine_of(layer))
+
+    _CONVERTERS[_class_key(layer_class)] = convert
+
+
+def _channel_affine(g: _Graph, x: _Value, bgr: bool, scale: Any, offset: Any) -> str:
+    """A channel flip (caffe: a Gather), then Mul and Add."""
+    rank = len(x.shape)
     if bgr:
         flip = g.const(np.arange(x.shape[-1])[::-1], np.int64)
         x = _Value(g.op("Gather", [x.name, flip], axis=_axis(-1, rank)), x.shape)

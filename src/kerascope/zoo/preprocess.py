@@ -13,6 +13,7 @@ from __future__ import annotations
 import numpy as np
 
 from kerascope.config import ensure_backend
+from kerascope.onnx_export.layers import register_channel_affine
 from kerascope.zoo.registry import PREPROCESS_MODES
 
 ensure_backend()  # the user's backend (JAX if none is usable) before Keras loads
@@ -88,3 +89,8 @@ class ImagePreprocess(keras.layers.Layer):
 
     def get_config(self) -> dict:
         return {**super().get_config(), "mode": self.mode}
+
+
+# The ONNX converter learns the layer from here (it does not import the zoo): whatever loads or
+# builds a model holding an ImagePreprocess has imported this module, so has registered it.
+register_channel_affine(ImagePreprocess, lambda layer: affine(layer.mode))
