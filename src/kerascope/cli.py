@@ -10,7 +10,7 @@ import sys
 from collections.abc import Iterator, Sequence
 
 from kerascope import __version__
-from kerascope.cli_common import DASH_NOTE, fraction, positive_int
+from kerascope.cli_common import DASH_NOTE, fraction, positive_int, say_precision
 from kerascope.errors import CliError, KerascopeError
 from kerascope.precision import add_precision_option
 
@@ -95,7 +95,6 @@ def _run_classify(args) -> int:
     from kerascope import output
     from kerascope.classification import classify_sources, run_precision
     from kerascope.inference import engine_name, normalise_inputs
-    from kerascope.precision import say_precision
     from kerascope.zoo.models import load_model
 
     sources, skipped, _ = normalise_inputs(args.paths)

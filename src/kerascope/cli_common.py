@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import argparse
 
+from kerascope.precision import ran_in
+
 DASH_NOTE = (
     "A file name that starts with '-' goes after '--', which ends the options: "
     "kerascope classify -k 3 -- -cat.png"
@@ -34,3 +36,13 @@ def positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of at least 1")
     return value
+
+
+def say_precision(asked: str | None, precision: str, engine: str | None = None) -> None:
+    """Print `kerascope.precision.ran_in` on stderr when the precision was asked for or is not
+    float32 (a plain CPU run stays quiet: nothing to report). Here, not in precision.py, since
+    printing is the command's business and precision sits below `output`."""
+    if asked is not None or precision != "float32":
+        from kerascope.output import note
+
+        note(ran_in(precision, engine))

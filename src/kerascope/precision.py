@@ -97,12 +97,3 @@ def ran_in(precision: str, engine: str | None = None) -> str:
     mixed = " (mixed: float32 weights and outputs)" if precision != "float32" else ""
     engine = engine or ("keras" if precision != "float32" else None)
     return f"computing in {precision}{mixed}" + (f" on the {engine} engine" if engine else "")
-
-
-def say_precision(asked: str | None, precision: str, engine: str | None = None) -> None:
-    """Print `ran_in` on stderr when the precision was asked for or is not float32 (a plain
-    CPU run stays quiet: nothing to report)."""
-    if asked is not None or precision != "float32":
-        from kerascope.output import note
-
-        note(ran_in(precision, engine))
