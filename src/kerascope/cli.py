@@ -59,7 +59,11 @@ def _add_classify(sub) -> None:
     p.add_argument("--weights", help="explicit weights file for a zoo model")
     p.add_argument("--top", "-k", type=positive_int, default=5, help="classes per image")
     p.add_argument(
-        "--threshold", type=fraction, default=0.0, help="hide classes below this probability"
+        "--threshold",
+        type=fraction,
+        default=0.0,
+        help="hide classes below this probability; the top class (rank 1) is always shown, "
+        "so an image always gets an answer, even one below the threshold",
     )
     p.add_argument(
         "--format", "-f", choices=("table", "json", "csv"), default="table", help="output format"

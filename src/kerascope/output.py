@@ -17,6 +17,7 @@ import errno
 import io
 import json
 import os
+import re
 import sys
 import time
 import unicodedata
@@ -232,6 +233,9 @@ def _csv(results: list[ImageResult]) -> str:
     return buf.getvalue()
 
 
+_WNID = re.compile(r"n\d{8}")
+
+
 def _table(results: list[ImageResult], ascii_only: bool = False) -> Table:
     """The results table; ``ascii_only`` for a terminal that cannot show more (``LC_ALL=C``).
 
@@ -243,24 +247,23 @@ def _table(results: list[ImageResult], ascii_only: bool = False) -> Table:
         text = clean(text)
         return literal(text.encode("ascii", "replace").decode() if ascii_only else text, style)
 
+    # A trained model's class_id is its class index (0, 1, 2): under "WordNet id" that misleads,
+    # so the column is there only when the model's classes have WordNet ids (ImageNet).
+    wordnet = any(_WNID.fullmatch(p.class_id) for r in results for p in r.predictions)
     table = Table(show_lines=False, box=box.ASCII2 if ascii_only else box.HEAVY_HEAD)
-    for col, justify in (
-        ("image", "left"),
-        ("#", "right"),
-        ("WordNet id", "left"),
-        ("class", "left"),
-        ("probability", "right"),
-    ):
+    columns = [("image", "left"), ("#", "right"), ("WordNet id", "left"), ("class", "left"),
+               ("probability", "right")]  # fmt: skip
+    for col, justify in columns if wordnet else columns[:2] + columns[3:]:
         table.add_column(col, justify=justify)
     for r in results:
         if not r.ok:
-            table.add_row(cell(_short(r.source)), "", "", cell(f"error: {r.error}", "red"), "")
+            table.add_row(cell(_short(r.source)), "", *([""] if wordnet else []),
+                          cell(f"error: {r.error}", "red"), "")  # fmt: skip
             continue
         for p in r.predictions:
             image = cell(_short(r.source)) if p.rank == 1 else ""
-            table.add_row(
-                image, str(p.rank), cell(p.class_id), cell(p.name), f"{p.probability:.4f}"
-            )
+            wnid = [cell(p.class_id)] if wordnet else []
+            table.add_row(image, str(p.rank), *wnid, cell(p.name), f"{p.probability:.4f}")
     return table
 
 

@@ -36,6 +36,9 @@ SPLIT_DIRS: dict[str, tuple[str, ...]] = {
 IMBALANCE_RATIO = 3.0
 """Largest/smallest class size in train above which a warning is raised: accuracy stops
 meaning much, and class weights or resampling are worth considering."""
+IMBALANCE_HINT = "consider --class-weight auto or more images"
+IMBALANCE_WEIGHTED = "--class-weight auto weighs them equally in the loss"
+"""The imbalance warning's advice, and what a run given ``--class-weight`` says instead."""
 
 _SHOW = 5  # how many offending files an error message names before "and N more"
 
@@ -187,7 +190,7 @@ def scan_dataset(
         small = min(counts["train"], key=counts["train"].get)
         warnings.append(
             f"classes are imbalanced: '{big}' has {max(train_counts)} training images, "
-            f"'{small}' {min(train_counts)} (consider class weights or more images)"
+            f"'{small}' {min(train_counts)} ({IMBALANCE_HINT})"
         )
     if skipped:
         shown = ", ".join(f"'{p}'" for p in skipped[:_SHOW])

@@ -270,7 +270,7 @@ def _train(run_dir: Path, config: dict[str, Any], resumed: bool, engine: str | N
     save_config(run_dir, config)
     write_json(run_dir / LABELS_NAME, {"classes": dataset.classes})
     write_split(run_dir, config["data"], dataset.splits)
-    _report_scan(dataset, run_dir, progress)
+    _report_scan(dataset, run_dir, progress, weighted=config["class_weight"] is not None)
 
     recipe_ = recipes.get_recipe(config["recipe"])
     seqs = make_sequences(dataset, tuple(config["image_size"]), config["batch_size"],
@@ -323,7 +323,7 @@ def _unfreeze(config: dict[str, Any]) -> UnfreezeSpec:
     return config.get("unfreeze") if index is None else int(index)
 
 
-def _report_scan(dataset, run_dir: Path, progress: bool) -> None:
+def _report_scan(dataset, run_dir: Path, progress: bool, weighted: bool = False) -> None:
     """The scan's findings on stderr before the first epoch; dropped and ignored files listed
     in ``skipped.txt`` (path, tab, reason), since a terminal shows only the first few."""
     dropped = [(p, r) for p, r in dataset.bad] + [(p, "not an image file (ignored by suffix)")
@@ -337,6 +337,10 @@ def _report_scan(dataset, run_dir: Path, progress: bool) -> None:
         print(f"warning: --skip-bad left out {len(dataset.bad)} unreadable file(s); the list "
               f"is in {listing}", file=sys.stderr)  # fmt: skip
     for warning in dataset.warnings:
+        if weighted:  # the advice is already taken
+            from kerascope.data.folders import IMBALANCE_HINT, IMBALANCE_WEIGHTED
+
+            warning = warning.replace(IMBALANCE_HINT, IMBALANCE_WEIGHTED)
         print(f"warning: {warning}", file=sys.stderr)
     if dataset.skipped and not dataset.bad:
         print(f"  (ignored files are listed in {listing})", file=sys.stderr)
