@@ -281,19 +281,81 @@ def augment_preview(
         Image.fromarray(sample).save(path, quality=92)
         paths.append(path)
     grid = out / "grid.jpg"
-    _grid([image, *samples]).save(grid, quality=90)
+    h, w = image.shape[:2]
+    labels = ["original"] + [
+        f"{i:0{digits}d}: {_describe(_transform_of(m, c, h, w))}" for i, m in enumerate(matrices)
+    ]
+    _grid([image, *samples], labels).save(grid, quality=90)
     return [*paths, grid]
 
 
-def _grid(images: list[np.ndarray], tile: int = 192, gap: int = 4) -> Image.Image:
-    """Tiles on a white sheet, nearly square; the first tile is the original picture."""
+def _transform_of(matrix: np.ndarray, config: AugmentConfig, height: int, width: int) -> dict:
+    """The flips, rotation, shift, shear and zoom one `sample_matrices` map was drawn with,
+    read back from the 2x3 matrix (for the preview's labels): the inverse of its composition.
+
+    A vertical flip with a rotation of r is the same map as a horizontal flip with r + 180;
+    with ``vertical_flip`` on, the reading whose rotation is within the config's range wins.
+    """
+    m = np.asarray(matrix, np.float64).copy()
+    linear, offset = m[:, :2], m[:, 2]
+    angle = math.atan2(linear[1, 0], linear[1, 1])  # row 1 is zoom_y * (sin, cos)
+    flip_y = False
+    if config.vertical_flip and abs(math.degrees(angle)) > config.rotation + 1e-6:
+        flip_y, angle = True, math.atan2(-linear[1, 0], -linear[1, 1])
+    cos, sin = math.cos(angle), math.sin(angle)
+    along = float(linear[0] @ [cos, -sin])  # zoom_x, negated by a horizontal flip
+    flip_x = along < 0
+    for axis, flipped, size in ((0, flip_x, width), (1, flip_y, height)):
+        if flipped:
+            linear[axis], offset[axis] = -linear[axis], size - 1 - offset[axis]
+    zoom_x, zoom_y = float(linear[0] @ [cos, -sin]), float(np.hypot(*linear[1]))
+    shear = float(linear[0] @ [sin, cos]) / zoom_x
+    centre = np.array([(width - 1) / 2, (height - 1) / 2])
+    shift = centre - linear @ centre - offset  # in pixels: input read from further along
+    return {"flip_x": flip_x, "flip_y": flip_y, "rotation": math.degrees(angle),
+            "shift": (float(shift[0]) / width, float(shift[1]) / height), "shear": shear,
+            "zoom": (zoom_x, zoom_y)}  # fmt: skip
+
+
+def _describe(t: dict) -> str:
+    """One preview label: what `_transform_of` found, in the config's units."""
+    flips = "+".join(n for n, on in (("flip", t["flip_x"]), ("vflip", t["flip_y"])) if on)
+    first = f"rot {t['rotation']:+.0f}°" + (f" {flips}" if flips else "")
+    second = (f"shift {t['shift'][0]:+.0%} {t['shift'][1]:+.0%} "
+              f"zoom {t['zoom'][0]:.2f}/{t['zoom'][1]:.2f}")  # fmt: skip
+    return f"{first} shear {t['shear']:+.2f}\n{second}"
+
+
+def _grid(images: list[np.ndarray], labels: list[str] | None = None, tile: int = 192,
+          gap: int = 4) -> Image.Image:  # fmt: skip
+    """Tiles on a white sheet, nearly square, each with its label underneath; the first tile
+    is the original picture. Cells take the pictures' shape (all are the same size), so a
+    landscape photo does not leave a square's worth of white around it."""
+    from PIL import ImageDraw, ImageFont
+
     cols = math.ceil(math.sqrt(len(images)))
     rows = math.ceil(len(images) / cols)
-    sheet = Image.new("RGB", (cols * (tile + gap) + gap, rows * (tile + gap) + gap), "white")
+    height, width = images[0].shape[:2]
+    scale = tile / max(height, width)
+    cell_w, cell_h = max(1, round(width * scale)), max(1, round(height * scale))
+    font = ImageFont.load_default(size=11)
+    lines = max((label.count("\n") + 1 for label in labels or []), default=0)
+    text_h = lines * 13 + (3 if lines else 0)
+    measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    widest = max((measure.multiline_textbbox((0, 0), t, font=font)[2] for t in labels or []),
+                 default=0)  # fmt: skip
+    cell_w = max(cell_w, widest)  # a portrait picture's label stays under its own tile
+    step_x, step_y = cell_w + gap, cell_h + text_h + gap
+    sheet = Image.new("RGB", (cols * step_x + gap, rows * step_y + gap), "white")
+    draw = ImageDraw.Draw(sheet)
     for k, a in enumerate(images):
         thumb = Image.fromarray(a)
-        thumb.thumbnail((tile, tile), Image.Resampling.BILINEAR, reducing_gap=3.0)
-        x = gap + (k % cols) * (tile + gap) + (tile - thumb.width) // 2
-        y = gap + (k // cols) * (tile + gap) + (tile - thumb.height) // 2
+        thumb.thumbnail((cell_w, cell_h), Image.Resampling.BILINEAR, reducing_gap=3.0)
+        x = gap + (k % cols) * step_x + (cell_w - thumb.width) // 2
+        y = gap + (k // cols) * step_y + (cell_h - thumb.height) // 2
         sheet.paste(thumb, (x, y))
+        if labels:
+            top = gap + (k // cols) * step_y + cell_h + 2
+            draw.multiline_text((gap + (k % cols) * step_x, top), labels[k], fill="black",
+                                font=font, spacing=2)  # fmt: skip
     return sheet
