@@ -23,3 +23,10 @@ class ConfigError(KerascopeError, ValueError):
 
 class RunError(KerascopeError, ValueError):
     """A run directory that cannot be started or resumed (not a run, taken, finished)."""
+
+
+class WeightsError(KerascopeError, RuntimeError):
+    """Weights that cannot be found or fetched; the message says what to do.
+
+    Here rather than in `zoo.weights` so that the weight-file readers (`zoo.torch_format`)
+    need not import the cache code above them."""

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import re
 
-from kerascope.zoo.registry import InputConvention, ModelSpec, WeightsSource, register
+from kerascope.zoo.specs import InputConvention, ModelSpec, WeightsSource, register
 
 _GCS = "https://storage.googleapis.com/tensorflow/keras-applications/"
 

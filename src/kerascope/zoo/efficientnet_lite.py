@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from kerascope.zoo.registry import InputConvention, ModelSpec, WeightsSource, register
+from kerascope.zoo.specs import InputConvention, ModelSpec, WeightsSource, register
 
 # (width, depth, resolution, dropout) from efficientnet_lite_builder.py
 LITE_PARAMS = {

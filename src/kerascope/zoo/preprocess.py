@@ -14,7 +14,7 @@ import numpy as np
 
 from kerascope.config import ensure_backend
 from kerascope.onnx_export.layers import register_channel_affine
-from kerascope.zoo.registry import PREPROCESS_MODES
+from kerascope.zoo.specs import PREPROCESS_MODES
 
 ensure_backend()  # the user's backend (JAX if none is usable) before Keras loads
 import keras  # noqa: E402

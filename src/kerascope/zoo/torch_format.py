@@ -21,7 +21,7 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
-from kerascope.zoo.weights import WeightsError
+from kerascope.errors import WeightsError
 
 STORAGE_DTYPES = {
     "FloatStorage": np.float32,

@@ -17,18 +17,18 @@ import hashlib
 import importlib
 import importlib.util
 import json
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from kerascope.config import cache_dir
-from kerascope.errors import KerascopeError
+from kerascope.errors import WeightsError
 from kerascope.files import atomic_path, write_json
 from kerascope.zoo.registry import ModelSpec, WeightsSource, all_specs
 
-
-class WeightsError(KerascopeError, RuntimeError):
-    """Weights that cannot be found or fetched; the message says what to do."""
+# What happened that the caller may want to say (the command prints it; DESIGN.md).
+_log = logging.getLogger(__name__)
 
 
 def package_file(spec: ModelSpec) -> Path | None:
@@ -132,11 +132,14 @@ def _cached_or_ported(spec: ModelSpec, source: Path | None) -> Path:
             f"cached weights '{target}' for '{spec.name}' are damaged: {problem}; delete the "
             "file so they are fetched again"
         )
-    from kerascope.output import note
-
     why = "damaged" if problem != "no checksum recorded" else "unchecked"
-    note(f"cached weights '{target}' are {why} ({problem}); porting them again from the "
-         f"'{spec.weights.package}' package")  # fmt: skip
+    _log.warning(
+        "cached weights '%s' are %s (%s); porting them again from the '%s' package",
+        target,
+        why,
+        problem,
+        spec.weights.package,
+    )
     return _port_from_package(spec, source)
 
 
