@@ -8,6 +8,7 @@ one, the in-process cases inject ENOSPC instead.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 from pathlib import Path
@@ -146,22 +147,27 @@ def _unrecorded(path: Path) -> None:
 
 @pytest.mark.parametrize("damage", [_truncate, _empty, _alter, _unrecorded])
 def test_damaged_or_unrecorded_cache_is_ported_again_with_one_line(
-    private_cache, damage, capsys, chelsea
+    private_cache, damage, caplog, chelsea
 ):
+    """The zoo reports it as one warning on its logger (the command prints it as a note)."""
     from kerascope.zoo.models import build
     from kerascope.zoo.weights import cache_problem
 
     path = _port_lite0()
     good = path.read_bytes()
     damage(path)
-    capsys.readouterr()
-    model = build(LITE0)
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and str(path) in err and "porting them again" in err
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="kerascope"):
+        model = build(LITE0)
+    said = [r.getMessage() for r in caplog.records if r.name.startswith("kerascope")]
+    assert len(said) == 1 and str(path) in said[0] and "porting them again" in said[0]
+    assert "\n" not in said[0]
     assert path.read_bytes() == good and cache_problem(path) is None
     assert model.count_params() > 0
-    build(LITE0)  # now intact: silent
-    assert capsys.readouterr().err == ""
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="kerascope"):
+        build(LITE0)  # now intact: silent
+    assert not [r for r in caplog.records if r.name.startswith("kerascope")]
 
 
 def test_unrecorded_cache_without_its_package_is_trusted_and_recorded(private_cache, monkeypatch):

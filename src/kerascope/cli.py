@@ -10,7 +10,13 @@ import sys
 from collections.abc import Iterator, Sequence
 
 from kerascope import __version__
-from kerascope.cli_common import DASH_NOTE, fraction, positive_int, say_precision
+from kerascope.cli_common import (
+    DASH_NOTE,
+    fraction,
+    positive_int,
+    print_library_notes,
+    say_precision,
+)
 from kerascope.errors import CliError, KerascopeError
 from kerascope.precision import add_precision_option
 
@@ -204,6 +210,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     _argv = list(sys.argv[1:] if argv is None else argv)
     _tolerant_streams()
     configure_cli()  # this process only, before Keras loads: JAX default, compile cache
+    print_library_notes()
     args = build_parser().parse_args(_argv)
     try:
         _check_settings(args)

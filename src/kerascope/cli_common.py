@@ -7,6 +7,7 @@ imports the command modules to build its parser (see DESIGN.md, "Import directio
 from __future__ import annotations
 
 import argparse
+import logging
 
 from kerascope.precision import ran_in
 
@@ -46,3 +47,19 @@ def say_precision(asked: str | None, precision: str, engine: str | None = None) 
         from kerascope.output import note
 
         note(ran_in(precision, engine))
+
+
+class _NoteHandler(logging.Handler):
+    def emit(self, record: logging.LogRecord) -> None:
+        from kerascope.output import note
+
+        note(record.getMessage())
+
+
+def print_library_notes() -> None:
+    """Show what the library reports through `logging` (``kerascope.*`` loggers, warnings and
+    up: the zoo porting damaged weights again, a with-top file loaded without top) as one
+    ``kerascope:`` line each on stderr. The library says what happened; the command prints it."""
+    logger = logging.getLogger("kerascope")
+    if not any(isinstance(h, _NoteHandler) for h in logger.handlers):
+        logger.addHandler(_NoteHandler(logging.WARNING))

@@ -6,6 +6,7 @@ class probabilities, its input size, the label of each output and the layer for 
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +18,9 @@ from kerascope.rundir import read_labels
 from kerascope.zoo import registry
 from kerascope.zoo.fast_init import numpy_init
 from kerascope.zoo.registry import InputConvention, ModelSpec
+
+# What happened that the caller may want to say (the command prints it; DESIGN.md).
+_log = logging.getLogger(__name__)
 
 DEFAULT_MODEL = "efficientnet_lite0"
 
@@ -203,11 +207,14 @@ def _load_keras_app_weights(model, path: Path, name: str = "") -> None:
             values = legacy.load_subset_weights_from_hdf5_group(group[layer_name])
             for variable, value in zip(_legacy_order(layer), values, strict=True):
                 variable.assign(value)
-    from kerascope.output import note
-
     left_out = ", ".join(layer_name for layer_name, _ in saved[len(layers) :])
-    note(f"'{path}' holds the model with its classifier; '{name or model.name}' is built "
-         f"without top, so the classifier's layers ({left_out}) were left out")  # fmt: skip
+    _log.warning(
+        "'%s' holds the model with its classifier; '%s' is built without top, so the "
+        "classifier's layers (%s) were left out",
+        path,
+        name or model.name,
+        left_out,
+    )
 
 
 def load_model(
