@@ -104,3 +104,15 @@ def test_predict_summary_names_the_top_labels_and_the_rest():
     assert summary(rows, shown=3) == "3 a, 2 b, 1 c, 4 in 4 other classes"
     assert summary(rows[:5]) == "3 a, 2 b"
     assert summary(rows[-1:]) == ""
+
+
+def test_piped_video_prints_plain_progress_lines(run_dir, photo_paths, tmp_path, monkeypatch,
+                                                 capsys):  # fmt: skip
+    from tests.test_video import clip_frames, write_clip
+
+    clip = write_clip(tmp_path / "pan.mp4", clip_frames(photo_paths)[:10])
+    monkeypatch.setattr(output, "PLAIN_EVERY_S", 0.0)
+    argv = ["video", str(clip), "-m", str(run_dir), "-o", str(tmp_path / "out.mp4"), "-b", "4"]
+    assert main(argv) == 0
+    counts = _counts(capsys.readouterr().err, "video frames")  # frames come in batches of 4
+    assert counts == [(4, 10), (8, 10), (10, 10)]
