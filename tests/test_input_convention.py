@@ -146,8 +146,8 @@ def test_serve_uploads_fit_with_the_given_convention(photo_paths):
 
     data = photo_paths["chelsea"].read_bytes()
     image = decode_bytes(data, None)
-    cropped = _prepare("chelsea.png", data, (224, 224), False, CROP)
-    whole = _prepare("chelsea.png", data, (224, 224), True, None)
+    cropped = _prepare("chelsea.png", data, (224, 224), False, CROP, None)
+    whole = _prepare("chelsea.png", data, (224, 224), True, None, 0)  # max_side 0: full size
     assert np.array_equal(cropped.pixels, fit(image, (224, 224), CROP))
     assert np.array_equal(whole.pixels, resize(image, (224, 224)))
     assert whole.original.shape == image.shape

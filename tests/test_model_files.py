@@ -43,7 +43,8 @@ def tiny(size=(24, 24), outputs: int = 1, sequential: bool = False) -> keras.Mod
             x = layer(x)
         heads = [keras.layers.Dense(3, activation="softmax", name=f"p{i}")(x)
                  for i in range(outputs)]  # fmt: skip
-        model = keras.Model(inputs, heads if outputs > 1 else heads[0])
+        # named: Keras numbers unnamed models per process (functional_57 in a full suite run)
+        model = keras.Model(inputs, heads if outputs > 1 else heads[0], name="tiny")
     rng = np.random.default_rng(0)
     model.set_weights([rng.normal(0, 0.05, w.shape) for w in model.get_weights()])
     return model
@@ -181,7 +182,7 @@ def test_every_truncation_says_truncated(saved, tmp_path, monkeypatch, capsys, p
 @pytest.mark.parametrize(
     "where, fragment",
     [
-        ("layer list", "names 'enable_unsafe_deserialization' in layer 'functional', which "
+        ("layer list", "names 'enable_unsafe_deserialization' in layer 'tiny', which "
                        "would switch Keras's safe mode off"),
         ("activation", "names 'enable_unsafe_deserialization' in layer 'conv', which would "
                        "switch Keras's safe mode off"),
