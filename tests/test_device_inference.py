@@ -3,7 +3,6 @@ forward, a decode pool on every core running ahead, and reduced precision."""
 
 from __future__ import annotations
 
-import logging
 import os
 import threading
 import time
@@ -53,37 +52,6 @@ def _randomize(model, seed: int) -> None:
 
 def _pixels(n: int, size: int = 16, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, 256, (n, size, size, 3), dtype=np.uint8)
-
-
-class _Compiles(logging.Handler):
-    """JAX's own count: one "Compiling <name>" record per XLA compilation (jax_log_compiles)."""
-
-    def __init__(self) -> None:
-        super().__init__(logging.WARNING)
-        self.names: list[str] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        text = record.getMessage()
-        if text.startswith("Compiling "):
-            self.names.append(text.split()[1])
-
-
-@pytest.fixture
-def jax_compiles():
-    import jax
-
-    handler = _Compiles()
-    logger = logging.getLogger("jax")
-    level = logger.level
-    logger.addHandler(handler)
-    logger.setLevel(logging.WARNING)
-    jax.config.update("jax_log_compiles", True)
-    try:
-        yield handler
-    finally:
-        jax.config.update("jax_log_compiles", False)
-        logger.removeHandler(handler)
-        logger.setLevel(level)
 
 
 def test_buckets():

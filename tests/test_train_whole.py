@@ -3,7 +3,6 @@ compilation per step function whatever the last batch, the feed, and mixed preci
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
 import keras
@@ -42,42 +41,14 @@ def make_cats_and_coffee(root: Path, skimage_data: Path, n: int = 24, size: int 
     return root
 
 
-class _Compiles(logging.Handler):
-    """JAX's compile log: one record per XLA compilation, naming the function."""
-
-    def __init__(self):
-        super().__init__(logging.DEBUG)
-        self.names: list[str] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        message = record.getMessage()
-        if message.startswith("Compiling "):
-            self.names.append(message.split()[1])
-
-
-@pytest.fixture
-def compiles():
-    import jax
-
-    handler = _Compiles()
-    logger = logging.getLogger("jax")
-    logger.addHandler(handler)
-    jax.config.update("jax_log_compiles", True)
-    try:
-        yield handler
-    finally:
-        jax.config.update("jax_log_compiles", False)
-        logger.removeHandler(handler)
-
-
 def test_one_compilation_per_step_function_with_a_partial_last_batch(shapes, tmp_path,
-                                                                     compiles):  # fmt: skip
+                                                                     jax_compiles):  # fmt: skip
     """36 training images in batches of 16 (the last one 4): augmented on the device inside
     the train step, which compiles once for three epochs; evaluation once too."""
     run = train(shapes, recipe="lenet", output=tmp_path / "run", epochs=3, batch_size=16,
                 image_size=32, engine="keras", progress=False)  # fmt: skip
-    steps = [n for n in compiles.names if "train_step" in n or "test_step" in n]
-    assert sorted(steps) == ["jit(test_step)", "jit(train_step)"], compiles.names
+    steps = [n for n in jax_compiles.names if "train_step" in n or "test_step" in n]
+    assert sorted(steps) == ["jit(test_step)", "jit(train_step)"], jax_compiles.names
     history = read_history(run.run_dir / "history.csv")
     assert [r["epoch"] for r in history] == [1, 2, 3]
     # accuracy counts the 36 (9) real images, not the padding: k / 36 (k / 9), never k / 48
