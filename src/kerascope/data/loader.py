@@ -353,3 +353,23 @@ def make_sequences(
         )
         for split, items in dataset.splits.items()
     }
+
+
+class DerivedSequence(keras.utils.PyDataset):
+    """Batches made from a :class:`FolderSequence` (``self.images``): its length, order and
+    epoch, so the trainers' sequences (device feed, split prefix) follow the one shuffle."""
+
+    images: FolderSequence
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    @property
+    def epoch(self) -> int:
+        return self.images.epoch
+
+    def set_epoch(self, epoch: int) -> None:
+        self.images.set_epoch(epoch)
+
+    def on_epoch_end(self) -> None:
+        self.images.on_epoch_end()

@@ -33,7 +33,7 @@ ensure_backend()  # the user's backend (JAX if none is usable) before Keras load
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
-from kerascope.data.loader import FolderSequence  # noqa: E402
+from kerascope.data.loader import DerivedSequence, FolderSequence  # noqa: E402
 from kerascope.training.whole import row_weights, sample_weights  # noqa: E402
 
 # Prefix outputs above this size are kept in a memory-mapped file, not in RAM.
@@ -206,7 +206,7 @@ def _replay(nodes: list, values: dict, call: Callable = _call) -> dict:
     return values
 
 
-class PrefixSequence(keras.utils.PyDataset):
+class PrefixSequence(DerivedSequence):
     """``(boundary tensors, labels, sample weights)`` batches: a :class:`FolderSequence`'s
     uint8 images, augmented, through the compiled prefix; every batch full-size (the last one
     padded with weight-0 rows) and ``class_weight`` folded into the weights.
@@ -233,19 +233,6 @@ class PrefixSequence(keras.utils.PyDataset):
         self.outputs: list[np.ndarray] | None = None
         if augment is None:
             self.precompute(progress)
-
-    def __len__(self) -> int:
-        return len(self.images)
-
-    @property
-    def epoch(self) -> int:
-        return self.images.epoch
-
-    def set_epoch(self, epoch: int) -> None:
-        self.images.set_epoch(epoch)
-
-    def on_epoch_end(self) -> None:
-        self.images.on_epoch_end()
 
     def __getitem__(self, index: int) -> tuple[Any, np.ndarray, np.ndarray]:
         # Full-size batches (the last one padded, weight 0): the suffix's step compiles once.

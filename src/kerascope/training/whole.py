@@ -35,7 +35,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
 from kerascope.data.augment import AugmentConfig, sample_matrices, warp  # noqa: E402
-from kerascope.data.loader import FolderSequence  # noqa: E402
+from kerascope.data.loader import DerivedSequence, FolderSequence  # noqa: E402
 
 PREFETCH = 4  # batches prepared (and transferred) ahead of the step
 
@@ -66,7 +66,7 @@ def on_accelerator() -> bool:
     return jax.default_backend() != "cpu"
 
 
-class DeviceFeed(keras.utils.PyDataset):
+class DeviceFeed(DerivedSequence):
     """Full-shape batches ``(inputs, labels, sample_weights)`` of a :class:`FolderSequence`
     for :class:`AugmentedTrainer` (see the module doc).
 
@@ -94,19 +94,6 @@ class DeviceFeed(keras.utils.PyDataset):
         self.augment = None if augment is None or augment.is_identity else augment
         self.row_weight = row_weights(images, class_weight)
         self.transfer = on_accelerator() if transfer is None else transfer
-
-    def __len__(self) -> int:
-        return len(self.images)
-
-    @property
-    def epoch(self) -> int:
-        return self.images.epoch
-
-    def set_epoch(self, epoch: int) -> None:
-        self.images.set_epoch(epoch)
-
-    def on_epoch_end(self) -> None:
-        self.images.on_epoch_end()
 
     def __getitem__(self, index: int) -> tuple[Any, np.ndarray, np.ndarray]:
         seq = self.images
