@@ -12,12 +12,12 @@ from kerascope.data.affine import random_affine, warp_pillow
 from kerascope.data.augment import (
     FILL_MODES,
     AugmentConfig,
-    augment_preview,
     build_augmentation,
     identity_matrices,
     sample_matrices,
     warp,
 )
+from kerascope.data.preview import augment_preview
 
 
 @pytest.fixture(scope="module")

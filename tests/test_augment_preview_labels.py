@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from kerascope.data.augment import AugmentConfig, augment_preview, sample_matrices
+from kerascope.data.augment import AugmentConfig, sample_matrices
+from kerascope.data.preview import augment_preview
 
 
 def _draws(c: AugmentConfig, seed: int, n: int, height: int, width: int) -> list[dict]:
@@ -35,7 +36,7 @@ def _draws(c: AugmentConfig, seed: int, n: int, height: int, width: int) -> list
     ],  # fmt: skip
 )
 def test_labels_read_back_what_sample_matrices_drew(config):
-    from kerascope.data.augment import _transform_of
+    from kerascope.data.preview import _transform_of
 
     height, width = 300, 451
     matrices = sample_matrices(config, 3, 0, 0, 40, height, width)

@@ -370,7 +370,8 @@ def _run_features(args) -> int:
 
 def _run_augment(args) -> int:
     from kerascope import output
-    from kerascope.data.augment import AugmentConfig, augment_preview
+    from kerascope.data.augment import AugmentConfig
+    from kerascope.data.preview import augment_preview
     from kerascope.images import load_image
 
     if args.n < 1:

@@ -29,7 +29,7 @@ _WHERE = {
     "FolderSequence": "loader",
     "make_sequences": "loader",
     "AugmentConfig": "augment",
-    "augment_preview": "augment",
+    "augment_preview": "preview",
     "build_augmentation": "augment",
     "sample_matrices": "augment",
     "warp": "augment",
@@ -38,13 +38,13 @@ _WHERE = {
 if TYPE_CHECKING:
     from kerascope.data.augment import (
         AugmentConfig,
-        augment_preview,
         build_augmentation,
         sample_matrices,
         warp,
     )
     from kerascope.data.folders import Dataset, DatasetError, scan_dataset
     from kerascope.data.loader import FolderSequence, make_sequences
+    from kerascope.data.preview import augment_preview
 
 
 def __getattr__(name: str):
