@@ -70,6 +70,10 @@ class Comparison:
     metric: str
     methods: list[MethodScore]  # in `METHODS` order, skipped ones included
     path: Path | None = None
+    fit: str = "whole"  # what the model saw of the picture (`kerascope.cam.fitting`)
+    box: tuple[float, float, float, float] | None = None  # that part (`cam.fitting.Box`)
+    maps: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
+    """Each method's map as the model computed it (what its numbers score)."""
     panels: list[tuple[str, tuple[int, int, int, int]]] = field(default_factory=list)
     """Each drawn method and its overlay's box (left, top, right, bottom) in the picture."""
 
@@ -97,6 +101,7 @@ def compare_methods(
     colormap: str | None = None,
     seed: int = 0,
     progress: Callable[[str], None] | None = None,
+    fit: str = "whole",
     **options: bool,
 ) -> Comparison:
     """Run every method on ``image``, score each heatmap, write one grid picture, rank them.
@@ -114,6 +119,8 @@ def compare_methods(
         alpha, colormap: the overlays' opacity and colours (default colormap: the overlay's).
         seed: for ROAD's noise and the order of equally hot pixels.
         progress: called with each method's name before it runs.
+        fit: ``whole`` or ``crop``, what the model sees (`kerascope.cam.fitting`): the same
+            input, class, probability and maps as `kerascope.explain` with that ``fit``.
         options: ``aug_smooth``, ``eigen_smooth``, as `Explainer` takes them.
 
     Returns:
@@ -126,8 +133,9 @@ def compare_methods(
     from kerascope.cam import overlay as overlay_module
     from kerascope.cam.base import MethodError, as_classifier
     from kerascope.cam.explain import _cached_explainer, resolve_target
+    from kerascope.cam.fitting import as_fractions, check_fit, model_input
     from kerascope.cam.methods import METHODS, get_method
-    from kerascope.images import resize
+    from kerascope.images import ImageError
     from kerascope.inference import compiled, load_source, source_name
     from kerascope.zoo.models import Classifier, load_model
 
@@ -138,7 +146,11 @@ def compare_methods(
     wanted = check_metrics(dict.fromkeys((*CHEAP_METRICS, metric)))
     colormap = colormap or getattr(overlay_module, "DEFAULT_COLORMAP", "jet")
     overlay_module.colormap_lut(colormap)  # a bad colormap fails before any work
-    pixels = resize(load_source(image, clf.input_size), clf.input_size)
+    check_fit(fit)
+    item = model_input(clf, image, fit)  # explain's input: one decode and fit for every number
+    if item.error is not None:
+        raise ImageError(item.source, item.error)
+    pixels = item.pixels
     probs = np.asarray(compiled(clf.model)(pixels[None]))[0]
     class_index = int(probs.argmax()) if target is None else resolve_target(clf, target)
 
@@ -163,8 +175,9 @@ def compare_methods(
                                         seed=seed)  # fmt: skip
     name = clf.labels[class_index][1]
     comparison = Comparison(
-        source_name(image), class_index, name, float(probs[class_index]), metric, rows
-    )
+        source_name(image), class_index, name, float(probs[class_index]), metric, rows,
+        fit=fit, box=as_fractions(item.box, item.shape), maps=maps,
+    )  # fmt: skip
     if output is not None and maps:
         picture = _fit(load_source(image), PANEL_SIDE)
         grid, comparison.panels = draw_grid(comparison, picture, maps, alpha, colormap)
@@ -190,7 +203,10 @@ def draw_grid(
     colormap: str,
 ) -> tuple[np.ndarray, list[tuple[str, tuple[int, int, int, int]]]]:
     """The grid: a header line, then one panel per method that ran (rank and name, its overlay,
-    its numbers), in ranking order, best first. Returns the picture and each overlay's box."""
+    its numbers), in ranking order, best first. Returns the picture and each overlay's box.
+    With a crop (``comparison.box``), each map covers that part, outlined, and the header
+    says what the model saw."""
+    from kerascope.cam.fitting import caption, draw_outline, place
     from kerascope.cam.overlay import overlay, upsample
 
     ranked = [m for m in comparison.ranking() if m.method in maps]
@@ -199,7 +215,9 @@ def draw_grid(
     panel_w, panel_h = width, _TITLE + height + lines * _LINE + 6
     cols = min(len(ranked), math.ceil(math.sqrt(len(ranked))))
     rows = math.ceil(len(ranked) / cols)
-    size = (cols * panel_w + (cols + 1) * _GAP, _HEADER + rows * (panel_h + _GAP) + _GAP)
+    seen = caption(comparison.box, picture.shape)  # one more header line: what the model saw
+    head = _HEADER + (_LINE if seen else 0)
+    size = (cols * panel_w + (cols + 1) * _GAP, head + rows * (panel_h + _GAP) + _GAP)
     canvas = Image.new("RGB", size, _BACKGROUND)
     draw = ImageDraw.Draw(canvas)
     metric = METRICS[comparison.metric]
@@ -208,14 +226,18 @@ def draw_grid(
         f"({'higher' if metric.higher_is_better else 'lower'} is better)"
     )
     draw.text((_GAP, 6), header, fill=_TEXT, font=_font(16))
+    if seen:
+        draw.text((_GAP, _HEADER - 2), seen, fill=_DIM, font=_font(13))
     boxes = []
     for i, row in enumerate(ranked):
         left = _GAP + (i % cols) * (panel_w + _GAP)
-        top = _HEADER + _GAP + (i // cols) * (panel_h + _GAP)
+        top = head + _GAP + (i // cols) * (panel_h + _GAP)
         title = f"#{i + 1} {row.method}" + ("" if row.sanity else " (fails sanity check)")
         draw.text((left, top + 3), title, fill=_HIGHLIGHT if i == 0 else _TEXT, font=_font(18))
-        heat = upsample(maps[row.method], (height, width))
-        canvas.paste(Image.fromarray(overlay(picture, heat, alpha, colormap)), (left, top + _TITLE))
+        heat = upsample(place(maps[row.method], comparison.box, picture.shape), (height, width))
+        panel = draw_outline(Image.fromarray(overlay(picture, heat, alpha, colormap)),
+                             comparison.box)  # fmt: skip
+        canvas.paste(panel, (left, top + _TITLE))
         boxes.append((row.method, (left, top + _TITLE, left + width, top + _TITLE + height)))
         y = top + _TITLE + height + 3
         for text, chosen in _score_lines(row, comparison.metric):

@@ -11,12 +11,13 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from kerascope.cam.base import BaseCAM, as_classifier
+from kerascope.cam.fitting import DEFAULT_FIT, as_fractions, check_fit, fit_convention, place
 from kerascope.cam.methods import get_method
 from kerascope.zoo.models import Classifier
 
@@ -32,6 +33,11 @@ class Explanation:
     class_name: str | None = None
     probability: float | None = None
     error: str | None = None
+    fit: str = "whole"  # what the model saw: the whole picture or its crop (`cam.fitting`)
+    box: tuple[float, float, float, float] | None = None  # that part (`cam.fitting.Box`)
+    model_map: np.ndarray | None = field(default=None, repr=False)
+    """The map as the model computed it (feature or input resolution), before it was placed
+    over the picture: what `kerascope.faithfulness` scores, so its numbers are this map's."""
 
     @property
     def ok(self) -> bool:
@@ -68,7 +74,11 @@ class Explanation:
         colormap: str | None = None,
     ) -> Path:
         """Write original | overlay side by side under a label bar as JPEG (atomically),
-        creating the folder if needed."""
+        creating the folder if needed. With ``fit="crop"`` the crop the model saw is outlined
+        and the label says so (`kerascope.cam.fitting`)."""
+        from PIL import Image
+
+        from kerascope.cam.fitting import draw_outline, with_caption
         from kerascope.cam.overlay import save_jpeg, side_by_side
         from kerascope.files import output_error
 
@@ -77,8 +87,12 @@ class Explanation:
             Path(path).parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise output_error(path, exc) from exc
-        blended = self.overlay(image, alpha, colormap)
-        label = f"{self.class_name} {100 * (self.probability or 0.0):.1f}%"
+        blended = np.asarray(
+            draw_outline(Image.fromarray(self.overlay(image, alpha, colormap)), self.box)
+        )
+        label = with_caption(
+            f"{self.class_name} {100 * (self.probability or 0.0):.1f}%", self.box, image.shape
+        )
         save_jpeg(side_by_side(image, blended, label), path)
         return Path(path)
 
@@ -203,6 +217,7 @@ def explain(
     aug_smooth: bool = False,
     eigen_smooth: bool = False,
     precision: str | None = None,
+    fit: str = DEFAULT_FIT,
 ) -> Explanation | list[Explanation]:
     """Explain the predictions for images given as paths, folders, globs, arrays or PIL Images.
 
@@ -219,6 +234,9 @@ def explain(
         aug_smooth: average the maps of flipped and intensity-scaled copies.
         eigen_smooth: first principal component of the weighted activations.
         precision: ``auto``, ``float32``, ``bfloat16`` or ``float16`` (see `Explainer`).
+        fit: ``whole`` (default): the model sees the whole picture resized to its input, and
+            the map covers all of it; ``crop``: it sees what `classify` shows it (the zoo's
+            centre crop), the map covers that part (`kerascope.cam.fitting`).
 
     Returns:
         One `Explanation` for a single image, else a list in input order. Unreadable inputs
@@ -232,12 +250,14 @@ def explain(
     from kerascope.inference import normalise_inputs
     from kerascope.zoo.models import load_model
 
+    check_fit(fit)
     clf = model if isinstance(model, Classifier) else load_model(model)
     explainer = _cached_explainer(clf, method, layer, aug_smooth, eigen_smooth, precision)
     single = _is_single(images_or_paths)
     sources, _, missing = normalise_inputs(images_or_paths)
     targets = spread_targets(resolve_targets(clf, target, len(sources) - len(missing)), sources)
-    results = [e for e, _ in iter_explanations(clf, explainer, sources, targets, batch_size)]
+    found = iter_explanations(clf, explainer, sources, targets, batch_size, fit=fit)
+    results = [e for e, _ in found]
     return results[0] if single and len(results) == 1 else results
 
 
@@ -270,6 +290,7 @@ def iter_explanations(
     sources: Sequence,
     targets: np.ndarray | None = None,
     batch_size: int = 16,
+    fit: str = DEFAULT_FIT,
 ) -> Iterator[tuple[Explanation, np.ndarray | None]]:
     """Explain sources (as `normalise_inputs` returns them) in order, one batch at a time.
 
@@ -279,14 +300,16 @@ def iter_explanations(
     Yields each `Explanation` with its full-resolution RGB image (None when unreadable), so a
     caller that draws the overlay does not decode the file again. Two batches of full-size
     images are held at a time; `iter_small` holds none (what `save_explanations` uses).
+    ``fit``: what the model sees of each picture (`kerascope.cam.fitting`).
     """
-    from kerascope.cam.overlay import place_in_picture, upsample
+    from kerascope.cam.overlay import upsample
 
-    for e, cam, it in _iter_cams(clf, explainer, sources, targets, batch_size, True):
+    for e, cam, it in _iter_cams(clf, explainer, sources, targets, batch_size, True, fit=fit):
         if cam is None:
             yield e, None
         else:
-            cam = place_in_picture(cam, it.shape, it.box)
+            e.model_map = cam
+            cam = place(cam, e.box, it.shape)
             heat = upsample(cam, it.original.shape[:2])
             peak = float(heat.max())  # maps peak at 1; resampling (twice, when placed) shaves it
             e.heatmap = heat / peak if peak > 0 else heat
@@ -299,13 +322,15 @@ def iter_small(
     sources: Sequence,
     targets: np.ndarray | None = None,
     batch_size: int = 16,
+    fit: str = DEFAULT_FIT,
 ) -> Iterator[tuple[Explanation, np.ndarray | None]]:
     """As `iter_explanations`, but keeping no full-size image: each `Explanation` comes without
-    ``heatmap``, with its map at feature resolution (None when unreadable) beside it."""
-    from kerascope.cam.overlay import place_in_picture
-
-    for e, cam, it in _iter_cams(clf, explainer, sources, targets, batch_size, False):
-        yield e, None if cam is None else place_in_picture(cam, it.shape, it.box)
+    ``heatmap`` (its ``model_map`` set), with its map placed over the picture at feature
+    resolution (None when unreadable) beside it."""
+    for e, cam, it in _iter_cams(clf, explainer, sources, targets, batch_size, False, fit=fit):
+        if cam is not None:
+            e.model_map = cam
+        yield e, None if cam is None else place(cam, e.box, it.shape)
 
 
 def iter_unplaced(
@@ -316,29 +341,34 @@ def iter_unplaced(
     batch_size: int = 16,
     keep_original: bool = False,
     upsample: bool = True,
+    fit: str = DEFAULT_FIT,
 ) -> Iterator[tuple[Explanation, np.ndarray | None, object]]:
     """As `iter_small`, but each map comes as the model saw it, with its decoded item (whose
     ``shape`` and ``box`` `overlay.place_in_picture` needs, and with ``keep_original`` the
     full-size picture): so the caller can place and draw it in a worker thread, off the thread
     that feeds the device. ``upsample`` False: maps at feature resolution on the device path
     too (small to send to another process)."""
-    yield from _iter_cams(clf, explainer, sources, targets, batch_size, keep_original, upsample)
+    yield from _iter_cams(clf, explainer, sources, targets, batch_size, keep_original, upsample,
+                          fit)  # fmt: skip
 
 
-def _iter_cams(clf, explainer, sources, targets, batch_size, keep_original, upsample=True):
+def _iter_cams(
+    clf, explainer, sources, targets, batch_size, keep_original, upsample=True, fit=DEFAULT_FIT
+):
     """(Explanation without heatmap, map as the model saw it or None, decoded item) per source.
 
-    Pictures are fitted as `classify` fits them (the classifier's convention), so an image
-    gets the class and probability `classify` gives it; where that is a centre crop, the
-    callers place the map over the cropped part of the whole picture
-    (`overlay.place_in_picture`, from ``item.shape`` and ``item.box``), the rest staying cold:
-    the model did not see it. Placing is left to them so that `save_explanations` does it in
-    its picture threads, not in the thread that feeds the device.
+    Pictures are fitted under ``fit`` (`kerascope.cam.fitting.fit_convention`: ``whole``
+    resizes the whole picture to the input, ``crop`` fits it as `classify` does), and the
+    `Explanation` says which part the model saw (``box``). Where that is a part, the callers
+    place the map over it (`fitting.place`), the rest staying untinted: the model did not see
+    it. Placing is left to them so that `save_explanations` does it in its picture threads, not
+    in the thread that feeds the device. Every number of the explanation (class, probability,
+    map) comes from ``item.pixels``: the one input `faithfulness` scores too.
     """
     from kerascope.inference import iter_batches
 
     start = 0
-    size, convention = clf.input_size, clf.convention
+    size, convention = clf.input_size, fit_convention(clf, fit)
     for items in iter_batches(sources, size, batch_size, keep_original, convention):
         rows = [i for i, it in enumerate(items) if it.error is None]
         if rows:
@@ -355,7 +385,9 @@ def _iter_cams(clf, explainer, sources, targets, batch_size, keep_original, upsa
             r = row[i]
             c = int(classes[r])
             wnid, name = clf.labels[c]
-            yield Explanation(it.source, None, c, wnid, name, float(probs[r])), maps[r], it
+            box = as_fractions(it.box, it.shape)
+            e = Explanation(it.source, None, c, wnid, name, float(probs[r]), fit=fit, box=box)
+            yield e, maps[r], it
             items[i] = None  # the consumer may drop its full-size image as soon as it is done
         start += len(items)
 

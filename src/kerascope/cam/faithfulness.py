@@ -113,6 +113,8 @@ class Faithfulness:
     road_morf_curve: np.ndarray | None = field(default=None, repr=False)
     road_lerf_curve: np.ndarray | None = field(default=None, repr=False)
     road_percentiles: tuple[int, ...] = field(default=ROAD_PERCENTILES, repr=False)
+    heatmap: np.ndarray | None = field(default=None, repr=False)
+    """The map scored, at the model's input size, min-max scaled: pixels are ranked by it."""
 
     @property
     def road(self) -> float | None:
@@ -151,8 +153,14 @@ def faithfulness(
     road_percentiles: Sequence[int] = ROAD_PERCENTILES,
     seed: int = 0,
     batch_size: int = 32,
+    fit: str | None = None,
 ) -> Faithfulness:
     """How faithful a heatmap is to the model: deletion, insertion, ROAD, average drop.
+
+    The numbers are computed on the input the explanation was computed on: ``image`` fitted to
+    the model under the explanation's ``fit`` (`kerascope.cam.fitting`), and its map as the
+    model computed it (``Explanation.model_map``), so class, probability and map are the ones
+    its picture shows.
 
     Args:
         image: a path, an (H, W, 3) RGB array or a PIL Image: the image that was explained.
@@ -167,6 +175,9 @@ def faithfulness(
         road_percentiles: percent of pixels removed in the ROAD sweeps.
         seed: for the imputation noise and the order of equally hot pixels.
         batch_size: perturbed images per forward pass.
+        fit: ``whole`` or ``crop``: what the model sees of ``image``; default the
+            explanation's, ``whole`` for a raw heatmap (which then covers the whole picture;
+            with ``crop`` its part over the crop is scored).
 
     Returns:
         A `Faithfulness` with the requested numbers (the others ``None``).
@@ -182,37 +193,64 @@ def faithfulness(
         True
     """
     from kerascope.cam.base import as_classifier
-    from kerascope.images import resize
-    from kerascope.inference import load_source
+    from kerascope.cam.fitting import FitError, check_fit, model_input
+    from kerascope.images import ImageError
     from kerascope.zoo.models import Classifier, load_model
 
     clf = model if isinstance(model, Classifier) else None
     if clf is None:
         clf = load_model(model) if isinstance(model, str | os.PathLike) else as_classifier(model)
-    heatmap, explained = _heatmap_of(explanation)
-    pixels = resize(load_source(image, clf.input_size), clf.input_size)
+    heatmap, explained, explained_fit, placed = _heatmap_of(explanation)
+    fit = fit or explained_fit or "whole"
+    try:
+        check_fit(fit)
+    except FitError as exc:
+        raise MetricError(str(exc)) from None
+    item = model_input(clf, image, fit)
+    if item.error is not None:
+        raise ImageError(item.source, item.error)
+    if placed:  # a map over the whole picture: the part the model saw
+        heatmap = _part(_finite(heatmap), item.box, item.shape)
     target = class_index if class_index is not None else explained
     return score_pixels(
-        clf, pixels, heatmap, target, metrics, steps, road_percentiles, seed, batch_size
+        clf, item.pixels, heatmap, target, metrics, steps, road_percentiles, seed, batch_size
     )
 
 
-def _heatmap_of(explanation: Any) -> tuple[np.ndarray, int | None]:
-    """(heatmap, its class or None) from an `Explanation` or a raw array."""
+def _heatmap_of(explanation: Any) -> tuple[np.ndarray, int | None, str | None, bool]:
+    """(map, its class or None, its fit or None, whether the map covers the whole picture)
+    from an `Explanation` (its ``model_map`` when it has one) or a raw array."""
     if hasattr(explanation, "heatmap") and hasattr(explanation, "class_index"):
         if getattr(explanation, "error", None):
             raise MetricError(
                 f"cannot score '{explanation.source}': it was not explained ({explanation.error})"
             )
+        fit = getattr(explanation, "fit", None)
+        model_map = getattr(explanation, "model_map", None)
+        if model_map is not None:
+            return np.asarray(model_map), explanation.class_index, fit, False
         if explanation.heatmap is None:
             raise MetricError("the explanation has no heatmap; pass one from kerascope.explain")
-        return np.asarray(explanation.heatmap), explanation.class_index
+        return np.asarray(explanation.heatmap), explanation.class_index, fit, True
     heatmap = np.asarray(explanation)
     if heatmap.ndim != 2 or not np.issubdtype(heatmap.dtype, np.number):
         raise MetricError(
             f"explanation must be an Explanation or a 2-D heatmap, got shape {heatmap.shape}"
         )
-    return heatmap, None
+    return heatmap, None, None, True
+
+
+def _part(heatmap: np.ndarray, box: tuple[float, ...] | None, shape: tuple[int, ...]) -> np.ndarray:
+    """The part of a map over a whole (height, width) picture that lies in ``box`` (picture
+    pixels, `kerascope.images.fit_box`): what the model saw."""
+    if box is None:
+        return heatmap
+    height, width = (int(s) for s in shape[:2])
+    rows, cols = heatmap.shape
+    left, top, right, bottom = box
+    r0, r1 = int(np.floor(top / height * rows)), int(np.ceil(bottom / height * rows))
+    c0, c1 = int(np.floor(left / width * cols)), int(np.ceil(right / width * cols))
+    return heatmap[r0 : max(r1, r0 + 1), c0 : max(c1, c0 + 1)]
 
 
 def score_pixels(
@@ -258,7 +296,7 @@ def score_pixels(
     probs = _class_probabilities(compiled(clf.model), batches, class_index, batch_size)
 
     target, p = probs.pop("class_index"), float(probs["original"][0])
-    result = Faithfulness(int(target), p, road_percentiles=percentiles)
+    result = Faithfulness(int(target), p, road_percentiles=percentiles, heatmap=heat)
     if "deletion" in probs:
         result.deletion_curve = probs["deletion"]
         result.deletion = _auc(probs["deletion"])
@@ -429,28 +467,23 @@ def iter_scores(
     steps: int = DEFAULT_STEPS,
     batch_size: int = 16,
     seed: int = 0,
-    **options: bool,
+    fit: str = "whole",
+    **options: Any,
 ) -> Iterator[tuple[Any, Faithfulness | None]]:
     """Explain sources (as `kerascope.inference.normalise_inputs` returns them) and score each
     map: ``(Explanation without heatmap, Faithfulness)`` in order, ``None`` for a source that
     could not be explained (its ``error`` says why). ``options``: ``aug_smooth``,
-    ``eigen_smooth`` as `Explainer` takes them. What ``kerascope explain --score`` prints."""
-    import dataclasses
-
-    from kerascope.cam.explain import _cached_explainer, iter_small
-    from kerascope.images import ImageError, resize
-    from kerascope.inference import load_source
+    ``eigen_smooth``, ``precision`` as `Explainer` takes them. What ``kerascope explain
+    --score`` prints. Each map is scored on the very pixels it was computed from (``fit``:
+    `kerascope.cam.fitting`), decoded once."""
+    from kerascope.cam.explain import _cached_explainer, iter_unplaced
 
     check_metrics(metrics)
     explainer = _cached_explainer(clf, method, layer, **options)
-    found = iter_small(clf, explainer, sources, targets, batch_size)
-    for source, (e, cam) in zip(sources, found, strict=True):
+    found = iter_unplaced(clf, explainer, sources, targets, batch_size, fit=fit)
+    for e, cam, item in found:
         if not e.ok:
             yield e, None
             continue
-        try:  # decoded again (one image at a time): the file may have changed since
-            pixels = resize(load_source(source, clf.input_size), clf.input_size)
-        except (ImageError, ValueError, OSError) as exc:
-            yield dataclasses.replace(e, error=getattr(exc, "reason", str(exc))), None
-            continue
-        yield e, score_pixels(clf, pixels, cam, e.class_index, metrics, steps, seed=seed)
+        e.model_map = cam
+        yield e, score_pixels(clf, item.pixels, cam, e.class_index, metrics, steps, seed=seed)

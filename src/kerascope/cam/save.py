@@ -40,6 +40,7 @@ from kerascope.cam.explain import (
     resolve_targets,
     spread_targets,
 )
+from kerascope.cam.fitting import DEFAULT_FIT, check_fit, draw_outline, with_caption
 from kerascope.cam.overlay import (
     DEFAULT_COLORMAP,
     colormap_lut,
@@ -156,6 +157,7 @@ def save_explanations(
     overwrite: bool = False,
     workers: int | None = None,
     pool: str = "threads",
+    fit: str = DEFAULT_FIT,
 ) -> list[SavedExplanation]:
     """Explain images and write each as original | overlay, labelled, into ``output_dir``.
 
@@ -185,6 +187,8 @@ def save_explanations(
             sent at feature resolution, so the drawing shares no GIL with the thread feeding
             the device. An option to measure where many cores meet a GIL-bound host
             (``benchmarks/explain_files.py --variants pictures,processes``).
+        fit: ``whole`` (default) or ``crop``: what the model sees of each picture
+            (`kerascope.cam.fitting`); with ``crop`` the crop is outlined and the label says so.
 
     Returns:
         One `SavedExplanation` per input, in input order (folders and globs in their expansion
@@ -202,6 +206,7 @@ def save_explanations(
         >>> saved[0].path, saved[0].explanation.class_name  # doctest: +SKIP
         (PosixPath('explained/cat-output.jpg'), 'tabby')
     """
+    check_fit(fit)
     clf = model if isinstance(model, Classifier) else load_model(model)
     explainer = _cached_explainer(  # a bad method or layer fails first
         clf, method, layer, aug_smooth=aug_smooth, eigen_smooth=eigen_smooth,
@@ -231,7 +236,7 @@ def save_explanations(
     held = limit + (PREFETCH_BATCHES + 1) * batch_size
     keep = not processes and _decode_once(sources, clf.input_size, held)
     found = iter_unplaced(clf, explainer, sources, targets, batch_size, keep_original=keep,
-                          upsample=not processes)  # fmt: skip
+                          upsample=not processes, fit=fit)  # fmt: skip
     saved: list[SavedExplanation] = []
 
     def collect() -> None:
@@ -440,7 +445,8 @@ def draw_explanation(
     `save_explanations` and ``kerascope batch explain``. ``colormap`` None: the default.
     ``replace`` False: a file that appeared at ``path`` is kept (`OutputExistsError`);
     ``sync_folder`` False: the caller syncs the folder (`write_jpeg`). Thread-safe:
-    `save_explanations` calls it from a pool."""
+    `save_explanations` calls it from a pool. When the model saw a crop (``e.box``), it is
+    outlined on the overlay and the label says so (`kerascope.cam.fitting`)."""
     label = mark_empty(f"{e.class_name.replace('_', ' ')} {e.probability:.1%} ({method})", cam)
     return _draw(source, cam, label, alpha, colormap or DEFAULT_COLORMAP, path, e, colorbar,
                  replace, sync_folder)  # fmt: skip
@@ -456,8 +462,9 @@ def _draw(source, cam, label, alpha, colormap, path: Path, e, colorbar, replace=
     # All in Pillow (its C code runs outside the GIL, so the picture threads run in parallel);
     # the map is resampled to the picture in uint8 (the device path sends it at input size).
     base = Image.fromarray(image)
+    label = with_caption(label, e.box, image.shape)
     del image
-    blended = overlay_image(base, cam, alpha, colormap)
+    blended = draw_outline(overlay_image(base, cam, alpha, colormap), e.box)
     picture = side_by_side_image(base, blended, label, colorbar=colorbar, colormap=colormap)
     del base, blended
     try:
