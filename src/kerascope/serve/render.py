@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
-from kerascope.cam.overlay import colormap_lut, overlay
+from kerascope.cam.overlay import colormap_lut, opacity_gain, opacity_levels, overlay
 
 
 def fit(image: np.ndarray, max_side: int) -> np.ndarray:
@@ -26,7 +26,8 @@ def fit(image: np.ndarray, max_side: int) -> np.ndarray:
 
 
 def heat_layer(heatmap: np.ndarray, size: tuple[int, int], colormap: str = "jet") -> Image.Image:
-    """The coloured heatmap at ``size`` = (H, W) as RGBA, alpha = heat (0 where it is cold).
+    """The coloured heatmap at ``size`` = (H, W) as RGBA, alpha = heat (0 where it is cold),
+    stretched by the overlay's contrast rule (`kerascope.cam.overlay.opacity_gain`).
 
     Quantised and upsampled as `kerascope.cam.overlay.overlay` does, so the layer at opacity
     ``alpha`` over the photo is the overlay the API returns for that ``alpha``.
@@ -36,8 +37,9 @@ def heat_layer(heatmap: np.ndarray, size: tuple[int, int], colormap: str = "jet"
     height, width = size
     if heat8.shape != (height, width):
         level = level.resize((width, height), Image.Resampling.BILINEAR)
-    rgb = colormap_lut(colormap)[np.asarray(level)]
-    return Image.fromarray(np.dstack([rgb, np.asarray(level)]), "RGBA")
+    levels = np.asarray(level)
+    opacity = opacity_levels(1.0, opacity_gain(heat8))[levels]
+    return Image.fromarray(np.dstack([colormap_lut(colormap)[levels], opacity]), "RGBA")
 
 
 def render(
