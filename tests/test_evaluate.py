@@ -84,10 +84,12 @@ def test_evaluate_numbers_match_classify(run_dir, data, tmp_path):
     assert list(written) == ["n", "accuracy", "top5_accuracy", "macro_f1", "per_class",
                              "classes", "confusion",
                              "data", "split", "split_source", "trained_on", "unreadable",
-                             "model", "precision"]  # fmt: skip
+                             "model", "precision", "top1_interval", "top5_interval",
+                             "confusion_nonzero", "most_confused", "images_per_second",
+                             "tta"]  # fmt: skip
     assert written["precision"] == "float32"  # auto on a CPU
     assert written["data"] == str(data.resolve()) and written["unreadable"][0][1]
-    for name in ("confusion.png", "top_losses.png"):
+    for name in ("confusion.png", "top_losses.png", "predictions.png"):
         assert (out / name).stat().st_size > 1000
     table = format_confusion(metrics)
     assert "disc" in table and f"accuracy {metrics.accuracy:.4f} on 15 images" in table

@@ -98,6 +98,9 @@ def build_parser() -> argparse.ArgumentParser:
     cli_serve.add_serve_command(sub)
     cli_export.add_export_command(sub)
     cli_batch.add_batch_command(sub)
+    from kerascope import cli_validate
+
+    cli_validate.add_validate_command(sub)
     return parser
 
 

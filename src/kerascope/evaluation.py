@@ -3,7 +3,9 @@
 ``evaluate`` runs a model over labelled images (class folders, or any inputs with their labels)
 and writes ``metrics.json`` (accuracy, per-class precision / recall / F1, confusion matrix),
 ``confusion.png`` and ``top_losses.png`` (the images the model is most confidently wrong about,
-the quickest way to find mislabelled data). It runs through
+the quickest way to find mislabelled data) and ``predictions.png`` (a labelled grid of random
+scored images). `kerascope.validation.validate` scores any labelled folder (zoo models included)
+through the same `score_items`. It runs through
 ``kerascope.classification.iter_outputs``, the path every classifier takes, so an
 evaluated model behaves exactly as it will in ``classify``. Kaggle-style CSV predictions are
 ``kerascope.prediction``.
@@ -12,6 +14,7 @@ evaluated model behaves exactly as it will in ``classify``. Kaggle-style CSV pre
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,14 +24,28 @@ import numpy as np
 
 from kerascope.classification import Source, iter_outputs, run_precision
 from kerascope.data.folders import SPLIT_DIRS, DatasetError
+from kerascope.eval_plots import plot_most_confused, plot_predictions
 from kerascope.files import write_json
 from kerascope.images import expand_inputs
 from kerascope.inference import MISSING_INPUT, iter_batches, normalise_inputs
+from kerascope.metrics import (  # noqa: F401  (metrics_from, top_k_accuracy: re-exported)
+    metrics_from,
+    most_confused,
+    top_k_accuracy,
+    wilson_interval,
+)
 from kerascope.report import plot_confusion, plot_gallery
 from kerascope.rundir import read_labels, read_split, split_files
+from kerascope.tta import TTA, iter_tta_outputs
 from kerascope.zoo.models import Classifier, load_model
 
 TOP_LOSSES = 12
+GRID = 16
+"""Images in ``predictions.png`` (a 4x4 grid, as the tutorials' "cat 97%" picture)."""
+MATRIX_CLASSES = 50
+"""Above this many classes the confusion picture and the printed table show the most confused
+pairs (fastai's ``most_confused``) instead of the full matrix, and ``metrics.json`` keeps the
+matrix's non-zero cells only."""
 SPLITS = ("auto", "test", "validation", "train", "all")
 """``evaluate``'s ``split``: ``auto`` scores the folder's ``test/`` split if it has one, else the
 run's own held-out validation images when the folder is the one it trained from, else the
@@ -68,6 +85,11 @@ class Evaluation:
         model: where the model came from.
         precision: what the model computed in (float32, bfloat16, float16).
         output: the folder holding ``metrics.json`` and the plots.
+        top1_interval: 95 % Wilson score interval of ``accuracy`` (`wilson_interval`).
+        top5_interval: the same for ``top5_accuracy`` (None when that is None).
+        most_confused: ``(true, predicted, count)`` of the most frequent mistakes, most first.
+        images_per_second: images scored per second, decoding included (TTA views count once).
+        tta: the `kerascope.tta.TTA` settings used (``views``, ``flip``, ``crops``), or None.
     """
 
     n: int
@@ -85,9 +107,18 @@ class Evaluation:
     output: Path | None = None
     top5_accuracy: float | None = None
     precision: str = "float32"
+    top1_interval: tuple[float, float] = (float("nan"), float("nan"))
+    top5_interval: tuple[float, float] | None = None
+    most_confused: list[tuple[str, str, int]] = field(default_factory=list)
+    images_per_second: float = float("nan")
+    tta: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        """The metrics as plain JSON data (without ``output``), as in ``metrics.json``."""
+        """The metrics as plain JSON data (without ``output``), as in ``metrics.json``; above
+        `MATRIX_CLASSES` classes the confusion matrix as its non-zero ``[true, pred, n]``."""
+        small = len(self.classes) <= MATRIX_CLASSES
+        nonzero = [] if small else [[i, j, v] for i, row in enumerate(self.confusion)
+                                    for j, v in enumerate(row) if v]  # fmt: skip
         return {
             "n": self.n,
             "accuracy": self.accuracy,
@@ -95,7 +126,7 @@ class Evaluation:
             "macro_f1": self.macro_f1,
             "per_class": {c: vars(s).copy() for c, s in self.per_class.items()},
             "classes": list(self.classes),
-            "confusion": [list(row) for row in self.confusion],
+            "confusion": [list(row) for row in self.confusion] if small else None,
             "data": self.data,
             "split": self.split,
             "split_source": self.split_source,
@@ -103,6 +134,12 @@ class Evaluation:
             "unreadable": [[source, reason] for source, reason in self.unreadable],
             "model": self.model,
             "precision": self.precision,
+            "top1_interval": list(self.top1_interval),
+            "top5_interval": None if self.top5_interval is None else list(self.top5_interval),
+            "confusion_nonzero": None if small else nonzero,
+            "most_confused": [list(pair) for pair in self.most_confused],
+            "images_per_second": self.images_per_second,
+            "tta": self.tta,
         }
 
 
@@ -184,47 +221,6 @@ def _trained_on(record: dict | None, sources: list) -> int:
                for s in sources)  # fmt: skip
 
 
-def metrics_from(labels: np.ndarray, predicted: np.ndarray, classes: list[str]) -> dict:
-    """Accuracy, per-class precision / recall / F1 / support and the confusion matrix.
-
-    ``confusion[i][j]`` counts images of true class i predicted as j. A class never
-    predicted has precision 0 (not NaN) so that macro averages stay defined.
-    """
-    k = len(classes)
-    confusion = np.zeros((k, k), dtype=np.int64)
-    np.add.at(confusion, (labels, predicted), 1)
-    tp = np.diag(confusion).astype(float)
-    predicted_n, true_n = confusion.sum(axis=0), confusion.sum(axis=1)
-    precision = np.divide(tp, predicted_n, out=np.zeros(k), where=predicted_n > 0)
-    recall = np.divide(tp, true_n, out=np.zeros(k), where=true_n > 0)
-    denom = precision + recall
-    f1 = np.divide(2 * precision * recall, denom, out=np.zeros(k), where=denom > 0)
-    n = int(confusion.sum())
-    per_class = {
-        c: {"precision": float(precision[i]), "recall": float(recall[i]), "f1": float(f1[i]),
-            "support": int(true_n[i])}
-        for i, c in enumerate(classes)
-    }  # fmt: skip
-    present = true_n > 0
-    return {
-        "n": n,
-        "accuracy": float(tp.sum() / n) if n else float("nan"),
-        "macro_f1": float(f1[present].mean()) if present.any() else float("nan"),
-        "per_class": per_class,
-        "classes": list(classes),
-        "confusion": confusion.tolist(),
-    }
-
-
-def top_k_accuracy(probs: np.ndarray, labels: np.ndarray, k: int) -> float:
-    """Share of rows whose true class is among the ``k`` most probable. A tie at the k-th
-    probability counts against the image (its class is ranked after those it ties with)."""
-    true_p = probs[np.arange(len(labels)), labels]
-    higher = (probs > true_p[:, None]).sum(axis=1)
-    ties = (probs == true_p[:, None]).sum(axis=1) - 1
-    return float(np.mean(higher + ties < k)) if len(labels) else float("nan")
-
-
 def evaluate(
     run_dir: str | os.PathLike | Classifier,
     data: Source | Iterable[Source],
@@ -236,6 +232,7 @@ def evaluate(
     heatmaps: bool = True,
     split: str = "auto",
     precision: str | None = None,
+    tta: TTA | None = None,
 ) -> Evaluation:
     """Score a trained model on labelled images and write the evaluation files.
 
@@ -247,8 +244,8 @@ def evaluate(
         labels: the true class of each image in ``data`` (name or index), in the order
             folders and globs expand to.
         batch_size: images per forward pass.
-        output: where ``metrics.json``, ``confusion.png`` and ``top_losses.png`` go;
-            default the run directory.
+        output: where ``metrics.json``, ``confusion.png``, ``top_losses.png`` and
+            ``predictions.png`` go; default the run directory.
         top_losses: how many of the worst-scored images to show (0: no gallery).
         heatmaps: overlay what the model looked at on the gallery, when the explain
             module is installed.
@@ -258,6 +255,8 @@ def evaluate(
             every image; ``all`` every image, train ones included.
         precision: what the model computes in (auto, float32, bfloat16, float16; see
             `kerascope.classification.run_precision`); ``metrics.json`` records it.
+        tta: average the probabilities over these views (`kerascope.tta.TTA`); recorded in
+            ``metrics.json``.
 
     Returns:
         An `Evaluation`; unreadable images are left out and listed in ``unreadable``.
@@ -283,10 +282,47 @@ def evaluate(
         split, items, origin = evaluation_items(data, classes, split, record)
     else:
         split, items = "labels", _labelled_items(data, labels, classes)
+    out = Path(output) if output is not None else _default_output(run_dir, clf)
+    return score_items(
+        clf, items, out, data=data, split=split, split_source=origin, record=record,
+        batch_size=batch_size, top_losses=top_losses, heatmaps=heatmaps, precision=precision,
+        tta=tta,
+    )  # fmt: skip
+
+
+def score_items(
+    clf: Classifier,
+    items: list,
+    output: Path,
+    *,
+    data: Any = None,
+    split: str = "all",
+    split_source: str = "folder",
+    record: dict | None = None,
+    batch_size: int = 32,
+    top_losses: int = TOP_LOSSES,
+    heatmaps: bool = True,
+    precision: str | None = None,
+    tta: TTA | None = None,
+    grid: int = GRID,
+    seed: int = 0,
+) -> Evaluation:
+    """Score ``items`` (``[(source, class index)]``) and write the evaluation files into
+    ``output``: the one implementation behind `evaluate` and `kerascope.validation.validate`.
+
+    ``tta``: average the probabilities over its views (`kerascope.tta`); ``grid``: images in
+    ``predictions.png`` (0: none), drawn at random (``seed``) among the scored ones.
+    """
+    classes = [name for _, name in clf.labels]
     names = _names([source for source, _ in items])
     kept, probs, unreadable = [], [], []
     position = 0
-    outputs = iter_outputs(clf, [source for source, _ in items], batch_size, precision=precision)
+    sources = [source for source, _ in items]
+    if tta is None:
+        outputs = iter_outputs(clf, sources, batch_size, precision=precision)
+    else:
+        outputs = iter_tta_outputs(clf, sources, tta, batch_size, precision)
+    start = time.perf_counter()
     for batch, rows in outputs:
         for error, row in zip(batch.errors, range(batch.n), strict=True):
             (source, label), name = items[position], names[position]
@@ -296,29 +332,55 @@ def evaluate(
                 continue
             kept.append((source, name, label))
             probs.append(rows[row])
+    seconds = time.perf_counter() - start
     if not kept:
         where = f" in '{data}'" if isinstance(data, str | os.PathLike) else ""
         raise DatasetError(f"none of the {len(items)} images{where} could be read")
     probs_ = np.stack(probs)
     truth = np.array([label for _, _, label in kept])
     m = metrics_from(truth, probs_.argmax(axis=1), classes)
-    out = Path(output) if output is not None else _default_output(run_dir, clf)
+    top5 = top_k_accuracy(probs_, truth, 5) if len(classes) > 5 else None
     result = Evaluation(
         n=m["n"], accuracy=m["accuracy"], macro_f1=m["macro_f1"],
         per_class={c: ClassScores(**v) for c, v in m["per_class"].items()},
         classes=m["classes"], confusion=m["confusion"],
         data=str(Path(data).resolve()) if isinstance(data, str | os.PathLike) else None,
-        split=split, split_source=origin, unreadable=unreadable, model=str(clf.source),
-        output=out, trained_on=_trained_on(record, [s for s, _, _ in kept]),
-        top5_accuracy=top_k_accuracy(probs_, truth, 5) if len(classes) > 5 else None,
-        precision=run_precision(clf, precision),
+        split=split, split_source=split_source, unreadable=unreadable, model=str(clf.source),
+        output=output, trained_on=_trained_on(record, [s for s, _, _ in kept]),
+        top5_accuracy=top5, precision=run_precision(clf, precision),
+        top1_interval=wilson_interval(round(m["accuracy"] * m["n"]), m["n"]),
+        top5_interval=None if top5 is None else wilson_interval(round(top5 * m["n"]), m["n"]),
+        most_confused=most_confused(np.array(m["confusion"]), classes),
+        images_per_second=len(items) / seconds if seconds > 0 else float("nan"),
+        tta=None if tta is None else tta.to_dict(),
     )  # fmt: skip
-    out.mkdir(parents=True, exist_ok=True)
-    write_json(out / "metrics.json", result.to_dict())
-    plot_confusion(np.array(result.confusion), classes, out / "confusion.png")
+    output.mkdir(parents=True, exist_ok=True)
+    write_json(output / "metrics.json", result.to_dict())
+    if len(classes) <= MATRIX_CLASSES:
+        plot_confusion(np.array(result.confusion), classes, output / "confusion.png")
+    else:
+        plot_most_confused(result.most_confused, m["n"], output / "confusion.png")
     if top_losses:
-        _top_losses(clf, kept, probs_, truth, out / "top_losses.png", top_losses, heatmaps)
+        _top_losses(clf, kept, probs_, truth, output / "top_losses.png", top_losses, heatmaps)
+    if grid:
+        _predictions_grid(clf, kept, probs_, truth, output / "predictions.png", grid, seed)
     return result
+
+
+def _predictions_grid(clf, kept, probs, labels, path: Path, count: int, seed: int) -> Path:
+    """``predictions.png``: ``count`` random scored images with their predicted class."""
+    rng = np.random.default_rng(seed)
+    chosen = np.sort(rng.choice(len(kept), size=min(count, len(kept)), replace=False))
+    batch = next(iter_batches([kept[i][0] for i in chosen], clf.input_size, len(chosen)))
+    names = [name for _, name in clf.labels]
+    predicted = probs[chosen].argmax(axis=1)
+    return plot_predictions(
+        [it.pixels for it in batch],
+        [names[p] for p in predicted],
+        [float(probs[i, p]) for i, p in zip(chosen, predicted, strict=True)],
+        [names[labels[i]] for i in chosen],
+        path,
+    )
 
 
 def _labelled_items(data, labels: Sequence[str | int], classes: list[str]) -> list:
@@ -402,21 +464,52 @@ def top5_note(result: Evaluation) -> str:
 
 
 def format_confusion(result: Evaluation) -> str:
-    """The confusion matrix and per-class scores as a plain-text table (for the CLI)."""
+    """The confusion matrix (the most confused pairs above `MATRIX_CLASSES` classes) and the
+    per-class scores as a plain-text table, then the headline numbers (for the CLI)."""
     classes = result.classes
-    width = max(8, *(len(c) for c in classes))
-    corner = "true \\ pred"
-    head = f"{corner:<{width}}  " + "  ".join(f"{c[:width]:>{width}}" for c in classes)
-    lines = [head]
-    for c, row in zip(classes, result.confusion, strict=True):
-        lines.append(f"{c:<{width}}  " + "  ".join(f"{v:>{width}}" for v in row))
+    big = len(classes) > MATRIX_CLASSES
+    predicted_n = np.asarray(result.confusion).sum(axis=0)
+    shown = [c for i, c in enumerate(classes)
+             if not big or result.per_class[c].support or predicted_n[i]]  # fmt: skip
+    width = max(8, *(len(c) for c in shown))
+    lines = []
+    if not big:
+        corner = "true \\ pred"
+        lines.append(f"{corner:<{width}}  " + "  ".join(f"{c[:width]:>{width}}" for c in classes))
+        for c, row in zip(classes, result.confusion, strict=True):
+            lines.append(f"{c:<{width}}  " + "  ".join(f"{v:>{width}}" for v in row))
+    else:
+        lines.append("most confused (true -> predicted: images):")
+        lines += [f"  {t} -> {p}: {n}" for t, p, n in result.most_confused[:10]] or ["  none"]
     lines.append("")
     lines.append(f"{'class':<{width}}  precision  recall      f1  support")
-    for c in classes:
+    for c in shown:
         s = result.per_class[c]
         lines.append(f"{c:<{width}}  {s.precision:9.3f}  {s.recall:6.3f}  {s.f1:6.3f}"
                      f"  {s.support:7d}")  # fmt: skip
-    lines.append(f"accuracy {result.accuracy:.4f}{top5_note(result)} on {result.n} images")
+    if big:
+        lines.append(f"({len(shown)} of {len(classes)} classes shown: those with images or "
+                     "predictions)")  # fmt: skip
+    lines.append(headline(result))
     if result.unreadable:
         lines.append(f"{len(result.unreadable)} unreadable image(s) left out")
     return "\n".join(lines)
+
+
+def headline(result: Evaluation) -> str:
+    """Two lines: ``accuracy 0.5000, top-5 1.0000 on 4 images`` and the 95 % intervals,
+    speed and TTA (``95 % CI (Wilson): top-1 0.15-0.85, top-5 0.51-1.00; 12.3 img/s``)."""
+    lo, hi = result.top1_interval
+    text = f"accuracy {result.accuracy:.4f}{top5_note(result)} on {result.n} images\n"
+    text += f"95 % CI (Wilson): top-1 {lo:.2f}-{hi:.2f}"
+    if result.top5_interval is not None:
+        text += f", top-5 {result.top5_interval[0]:.2f}-{result.top5_interval[1]:.2f}"
+    text += f"; {result.images_per_second:.1f} img/s"
+    if result.tta is not None:
+        text += f"; TTA: mean of {result.tta['views']} views ({_tta_words(result.tta)})"
+    return text
+
+
+def _tta_words(tta: dict[str, Any]) -> str:
+    return " + ".join(([f"{tta['crops']} crops"] if tta["crops"] > 1 else [])
+                      + (["flip"] if tta["flip"] else []))  # fmt: skip

@@ -1,0 +1,57 @@
+"""``kerascope validate MODEL DATA``: score any model on a labelled folder (timm's
+``validate.py``, ``yolo val``). Parse, call `kerascope.validation.validate`, print."""
+
+from __future__ import annotations
+
+from kerascope.cli_common import positive_int, say_precision
+from kerascope.precision import add_precision_option
+from kerascope.tta import add_tta_options
+
+
+def add_validate_command(sub) -> None:
+    p = sub.add_parser(
+        "validate",
+        help="top-1/top-5 (95 %% CI), per-class scores and img/s of any model on labelled data",
+        description="Score a zoo model, run or .keras file on DATA: one folder per class, named "
+        "by WordNet id (ImageNet layout, n02123045/) or by the model's class name (tabby/). "
+        "Prints top-1 and top-5 accuracy with 95 %% Wilson intervals, per-class "
+        "precision/recall/F1 and img/s; writes metrics.json, confusion.png (the most confused "
+        "pairs above 50 classes), top_losses.png and predictions.png.",
+    )
+    p.add_argument("model", help="zoo name, run directory or .keras file")
+    p.add_argument("data", help="folder of class folders (WordNet ids or class names)")
+    p.add_argument("--output", "-o", help="folder for the files; its metrics.json and pictures "
+                   "are replaced (default: a new validate-MODEL folder here, validate-MODEL-1 "
+                   "... when that exists)")  # fmt: skip
+    p.add_argument("--weights", help="explicit weights file for a zoo model")
+    p.add_argument("--batch-size", "-b", type=positive_int, default=32,
+                   help="images per forward pass")  # fmt: skip
+    p.add_argument("--top-losses", type=int, default=12, help="images in top_losses.png (0: none)")
+    add_tta_options(p)
+    add_precision_option(p)
+    p.set_defaults(func=_run_validate)
+
+
+def _run_validate(args) -> int:
+    from kerascope.evaluation import format_confusion, headline
+    from kerascope.output import note, printable_lines
+    from kerascope.tta import tta_from_args
+    from kerascope.validation import validate
+
+    result = validate(args.model, args.data, output=args.output, batch_size=args.batch_size,
+                      weights=args.weights, tta=tta_from_args(args), precision=args.precision,
+                      top_losses=max(0, args.top_losses))  # fmt: skip
+    say_precision(args.precision, result.precision)
+    print(printable_lines(format_confusion(result)))  # class names with ESC: shown escaped
+    for path, reason in result.unreadable:
+        note(f"could not read {path}: {reason}")
+    if result.trained_on:
+        note(f"WARNING: {result.trained_on} of the {result.n} scored images were used to train "
+             "this model, so this accuracy overstates how it does on new images")  # fmt: skip
+    note(headline(result).replace("\n", "; "))
+    note(
+        "wrote metrics.json, confusion.png, predictions.png"
+        + (", top_losses.png" if args.top_losses > 0 else "")
+        + f" to {result.output}"
+    )
+    return 1 if result.unreadable else 0

@@ -1,0 +1,152 @@
+"""How good is any model (zoo, run, ``.keras``) on a labelled folder: ``kerascope validate``.
+
+The counterpart of timm's ``validate.py`` and ``yolo val``. The folder holds one sub-folder per
+class, named either by the class's WordNet id (ImageNet layout: ``n02123045/``) or by its name
+as the model labels it (``tabby/``; case, spaces, ``-`` and ``_`` do not matter). A folder that
+matches no class stops the job before any image is decoded, with every such folder named.
+Scoring and the files written are `kerascope.evaluation.score_items`, the one implementation
+behind ``evaluate`` too.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+from kerascope.data.folders import DatasetError
+from kerascope.evaluation import GRID, TOP_LOSSES, Evaluation, score_items
+from kerascope.images import expand_inputs
+from kerascope.prediction import fresh_path
+from kerascope.rundir import read_labels, read_split
+from kerascope.tta import TTA
+from kerascope.zoo.models import Classifier, load_model
+
+_WNID = re.compile(r"n\d{8}")
+
+
+def _key(name: str) -> str:
+    """A class or folder name compared without case, spaces, ``-`` or ``_``."""
+    return re.sub(r"[\s_\-]+", "", name).casefold()
+
+
+def class_folders(data: str | os.PathLike, labels: list[tuple[str, str]]) -> list[tuple[Path, int]]:
+    """``[(folder, class index)]`` for each class folder of ``data``, in name order.
+
+    A folder maps to a class by its WordNet id (``n02123045``) when the model's labels carry
+    them, else by the class name, compared without case, spaces, ``-`` or ``_``.
+
+    Raises:
+        DatasetError: ``data`` is no folder or has no class folders; folders that match no
+            class (all named in one line), or a name two classes share (use the id).
+    """
+    root = Path(data).expanduser()
+    if not root.is_dir():
+        raise DatasetError(f"validation folder '{root}' does not exist")
+    folders = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not folders:
+        raise DatasetError(f"no class folders in '{root}': put each class's images in a folder "
+                           "named by its WordNet id (n02123045) or class name (tabby)")  # fmt: skip
+    ids = {cid: i for i, (cid, _) in enumerate(labels) if _WNID.fullmatch(cid)}
+    by_name: dict[str, list[int]] = {}
+    for i, (_, name) in enumerate(labels):
+        by_name.setdefault(_key(name), []).append(i)
+    mapped, unknown = [], []
+    for folder in folders:
+        if folder.name in ids:
+            mapped.append((folder, ids[folder.name]))
+            continue
+        found = by_name.get(_key(folder.name), [])
+        if len(found) > 1:
+            choices = " or ".join(labels[i][0] for i in found)
+            raise DatasetError(f"'{folder}': {len(found)} classes of this model are named "
+                               f"'{labels[found[0]][1]}'; name the folder by its WordNet id "
+                               f"({choices})")  # fmt: skip
+        if found:
+            mapped.append((folder, found[0]))
+        else:
+            unknown.append(folder.name)
+    if unknown:
+        shown = ", ".join(f"'{n}'" for n in unknown[:10]) + (" ..." if len(unknown) > 10 else "")
+        how = "a WordNet id (n02123045) or a class name" if ids else "a class name"
+        examples = ", ".join(name for _, name in labels[:5])
+        raise DatasetError(f"{len(unknown)} folder(s) of '{root}' match no class of the model: "
+                           f"{shown}; rename each to {how} of the model (e.g. {examples}) or "
+                           "remove it")  # fmt: skip
+    return mapped
+
+
+def validation_items(data: str | os.PathLike, labels: list[tuple[str, str]]) -> list:
+    """``[(path, class index)]`` of every image in the class folders of ``data``."""
+    items = [(p, index) for folder, index in class_folders(data, labels)
+             for p in expand_inputs([folder]).paths]  # fmt: skip
+    if not items:
+        raise DatasetError(f"no images in the class folders of '{data}'")
+    return items
+
+
+def default_output(model: str | os.PathLike | Classifier) -> Path:
+    """``validate-<model>`` in the current folder, or ``validate-<model>-1`` ... when that
+    exists: a default name never replaces what is there (only a named ``-o`` folder's files
+    are replaced, as everywhere in kerascope)."""
+    if isinstance(model, Classifier):
+        name = Path(model.source).stem or "model"
+    else:
+        path = Path(model)
+        name = path.stem if path.suffix == ".keras" else path.name
+    return fresh_path(f"validate-{name or 'model'}")
+
+
+def validate(
+    model: str | os.PathLike | Classifier,
+    data: str | os.PathLike,
+    *,
+    output: str | os.PathLike | None = None,
+    batch_size: int = 32,
+    weights: str | None = None,
+    tta: TTA | None = None,
+    precision: str | None = None,
+    top_losses: int = TOP_LOSSES,
+    heatmaps: bool = True,
+    grid: int = GRID,
+) -> Evaluation:
+    """Score ``model`` on the labelled folder ``data``; write the evaluation files.
+
+    Args:
+        model: a zoo name (``efficientnet_lite0``), a run directory or a ``.keras`` file, or a
+            loaded `Classifier`.
+        data: one folder per class, named by WordNet id or class name (`class_folders`).
+        output: folder for ``metrics.json``, ``confusion.png``, ``top_losses.png`` and
+            ``predictions.png`` (its files of those names are replaced); default a new
+            ``validate-<model>`` folder here (`default_output`).
+        batch_size: images per forward pass.
+        weights: explicit weights file for a zoo model.
+        tta: average over these views (`kerascope.tta.TTA`); recorded in ``metrics.json``.
+        precision: auto, float32, bfloat16 or float16.
+        top_losses: images in the top-losses sheet (0: none).
+        heatmaps: overlay Grad-CAM on the top-losses sheet.
+        grid: images in ``predictions.png`` (0: none).
+
+    Returns:
+        An `Evaluation` (top-1 / top-5 with 95 % Wilson intervals, per-class scores, img/s).
+
+    Example:
+        >>> r = kerascope.validate("efficientnet_lite0", "imagenet/val")  # doctest: +SKIP
+        >>> r.accuracy, r.top1_interval  # doctest: +SKIP
+        (0.75, (0.74, 0.76))
+    """
+    record = None
+    if not isinstance(model, Classifier):
+        path = Path(model)
+        folder = path if path.is_dir() else path.parent if path.suffix == ".keras" else None
+        if folder is not None:
+            read_labels(folder)  # a damaged labels.json: one line, before the model loads
+            record = read_split(folder)
+    clf = model if isinstance(model, Classifier) else load_model(model, weights=weights)
+    items = validation_items(data, clf.labels)
+    out = Path(output) if output is not None else default_output(model)
+    return score_items(
+        clf, items, out, data=data, split="all", split_source="folder", record=record,
+        batch_size=batch_size, top_losses=top_losses, heatmaps=heatmaps, precision=precision,
+        tta=tta, grid=grid,
+    )  # fmt: skip
