@@ -2,9 +2,9 @@
 the record of which images it trained on. No Keras here: evaluate and predict check a run
 directory before they load a model.
 
-* ``.lock``: held (``fcntl.flock``, exclusive) by the one process writing the run, so a second
-  ``train`` into the same folder is refused instead of mixing two runs' files. The kernel drops
-  the lock when the holder exits, however it exits (a kill included): no stale lock to clean.
+* ``.lock``: held (`kerascope.locks`) by the one process writing the run, so a second
+  ``train`` into the same folder is refused instead of mixing two runs' files; removed when the
+  run ends, and never stale (the kernel drops the lock however the holder exits).
 * ``labels.json``: ``{"classes": [...]}``, the model's output order.
 * ``split.json``: the dataset folder and, per split, the files (relative to it) the run used,
   so ``evaluate`` can score the held-out ones and warn when a scored image was trained on.
@@ -16,15 +16,16 @@ directory before they load a model.
 from __future__ import annotations
 
 import contextlib
-import errno
 import json
 import os
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from kerascope.errors import RunError
 from kerascope.files import output_error, write_json
+from kerascope.locks import LockBusy, acquire
 
 LOCK_NAME = ".lock"
 SPLIT_NAME = "split.json"
@@ -36,57 +37,50 @@ STATE_NAME = "run_state.json"
 def lock_run(run_dir: str | os.PathLike, create: bool = False) -> Iterator[Path]:
     """Hold the run directory's exclusive lock for the ``with`` block, or refuse in one line.
 
-    With ``create`` the folder is made first; if it was made here and still holds nothing but
-    the lock when the block ends (the dataset was refused, say), it is removed again.
+    With ``create`` the folder is made first; if it was made here and holds nothing when the
+    block ends (the dataset was refused, say), it is removed again. The lock file goes with
+    the lock: a finished run's folder holds no ``.lock``.
     """
-    import fcntl
-
     folder = Path(run_dir)
     made = create and not folder.exists()
-    lock = folder / LOCK_NAME
     try:
         if create:
             folder.mkdir(parents=True, exist_ok=True)
-        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
+        held = acquire(folder / LOCK_NAME)
+    except LockBusy as busy:
+        raise RunError(f"'{folder}' is in use by {busy.holder}, which is writing this run: "
+                       "wait for it to finish, or choose another --output") from None  # fmt: skip
     except (FileExistsError, NotADirectoryError):  # a file where a folder should be
         raise RunError(f"output '{folder}' is a file (or lies under one): choose a folder "
                        "for the run") from None  # fmt: skip
     except OSError as exc:  # a read-only file system, no permission
         raise output_error(folder, exc) from None
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as exc:
-            if exc.errno not in (errno.EWOULDBLOCK, errno.EACCES):
-                raise
-            raise RunError(_busy_message(folder, fd)) from None
-        _write_pid(fd)
-        try:
+        with held:
             yield folder
-        finally:
-            if made and {p.name for p in folder.iterdir()} <= {LOCK_NAME}:
-                lock.unlink(missing_ok=True)
-                with contextlib.suppress(OSError):
-                    folder.rmdir()
     finally:
-        os.close(fd)  # closing the descriptor releases the lock
+        if made:
+            with contextlib.suppress(OSError):
+                folder.rmdir()  # only when empty
 
 
-def _write_pid(fd: int) -> None:
-    """Leave the holder's pid in the lock file for the refusal message (best effort: a full
-    disk must not stop a run over a courtesy)."""
+def discard_new_run(run_dir: str | os.PathLike, before: set[str]) -> None:
+    """Remove what a new run wrote into ``run_dir`` (every entry not in ``before``).
+
+    For a run that failed before it saved an epoch: its config, labels and split alone are not
+    a run, and left behind they made the next attempt refuse the folder ("continue with
+    --resume") while ``--resume`` failed the same way.
+    """
+    folder = Path(run_dir)
     with contextlib.suppress(OSError):
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-
-
-def _busy_message(folder: Path, fd: int) -> str:
-    try:
-        who = f"another kerascope process (pid {int(os.pread(fd, 32, 0).decode().strip())})"
-    except (OSError, ValueError):
-        who = "another kerascope process"
-    return (f"'{folder}' is in use by {who}, which is writing this run: wait for it to "
-            "finish, or choose another --output")  # fmt: skip
+        for entry in folder.iterdir():
+            if entry.name in before or entry.name == LOCK_NAME:
+                continue
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry, ignore_errors=True)
+            else:
+                with contextlib.suppress(OSError):
+                    entry.unlink()
 
 
 _STATE_FIELDS = {"status": str, "completed_stages": int, "stage": int, "epoch": int}

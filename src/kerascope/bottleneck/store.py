@@ -54,6 +54,7 @@ from kerascope.files import (
     output_error,
     temp_name,
 )
+from kerascope.locks import LockBusy, acquire
 
 SPLITS = ("train", "validation", "test")
 FORMAT = 1
@@ -463,13 +464,9 @@ def lock_path(output: str | os.PathLike) -> Path:
 def _writer_lock(out: Path) -> Iterator[None]:
     """Hold ``out``'s lock for the block, or refuse in one line when another process does.
 
-    The lock file is removed on release; a process that opened it just before (and so locks
-    a removed file) notices that the path no longer names what it locked and tries again. A
-    folder where no file can be created (read-only) is used without a lock: no one can write
+    A folder where no file can be created (read-only) is used without a lock: no one can write
     there, and a run that only reads its cached features still works.
     """
-    import fcntl
-
     lock = lock_path(out)
     try:
         lock.parent.mkdir(parents=True, exist_ok=True)
@@ -477,48 +474,20 @@ def _writer_lock(out: Path) -> Iterator[None]:
         raise FeatureCacheError(f"output '{out}' lies under a file: choose a folder") from None
     except OSError as exc:
         raise output_error(out, exc) from None
-    while True:
-        try:
-            fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
-        except OSError as exc:
-            if exc.errno not in (errno.EROFS, errno.EACCES, errno.EPERM) or not out.is_file():
-                raise output_error(out, exc) from None
-            yield  # nothing can be written here, by anyone: reading the cache needs no lock
-            return
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as exc:
-            holder = _lock_holder(fd)
-            os.close(fd)
-            if exc.errno not in (errno.EWOULDBLOCK, errno.EACCES):
-                raise output_error(out, exc) from None
-            raise FeatureCacheError(
-                f"'{out}' is being written by {holder}: wait for it to finish (then run again "
-                "to use its features), or choose another output"
-            ) from None
-        try:
-            same = os.path.samestat(os.fstat(fd), os.stat(lock))
-        except FileNotFoundError:
-            same = False
-        if same:
-            break
-        os.close(fd)  # the previous holder removed the file we locked: lock the new one
     try:
-        with contextlib.suppress(OSError):
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        held = acquire(lock)
+    except LockBusy as busy:
+        raise FeatureCacheError(
+            f"'{out}' is being written by {busy.holder}: wait for it to finish (then run again "
+            "to use its features), or choose another output"
+        ) from None
+    except OSError as exc:
+        if exc.errno not in (errno.EROFS, errno.EACCES, errno.EPERM) or not out.is_file():
+            raise output_error(out, exc) from None
+        yield  # nothing can be written here, by anyone: reading the cache needs no lock
+        return
+    with held:
         yield
-    finally:
-        with contextlib.suppress(OSError):
-            lock.unlink()  # still held: no one can have taken it in between
-        os.close(fd)
-
-
-def _lock_holder(fd: int) -> str:
-    try:
-        return f"another kerascope process (pid {int(os.pread(fd, 32, 0).decode().strip())})"
-    except (OSError, ValueError):
-        return "another kerascope process"
 
 
 def _plan(g: Any, rows: Rows, checksum: str) -> tuple[str, np.ndarray | None]:

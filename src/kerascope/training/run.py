@@ -35,6 +35,7 @@ import keras  # noqa: E402
 
 from kerascope.data.affine import random_affine  # noqa: E402
 from kerascope.data.augment import AugmentConfig  # noqa: E402
+from kerascope.data.regularise import RegulariseConfig, SoftRealAccuracy  # noqa: E402
 from kerascope.errors import ConfigError, RunError  # noqa: E402
 from kerascope.fast_convs import fast_convs  # noqa: E402
 from kerascope.files import (  # noqa: E402
@@ -44,7 +45,15 @@ from kerascope.files import (  # noqa: E402
     write_text,
 )
 from kerascope.report import read_history, write_history  # noqa: E402
-from kerascope.rundir import LABELS_NAME, lock_run, read_state, write_split, write_state  # noqa: E402
+from kerascope.rundir import (  # noqa: E402
+    LABELS_NAME,
+    discard_new_run,
+    lock_run,
+    read_state,
+    write_split,
+    write_state,
+)
+from kerascope.training import devices as placing  # noqa: E402
 from kerascope.training import recipes  # noqa: E402
 from kerascope.training import resume as resuming  # noqa: E402
 from kerascope.training.checkpoints import Backup, BestCheckpoint, backup_epoch  # noqa: E402
@@ -107,6 +116,13 @@ def train(
     lr_schedule: str | list[str] | None = None,
     weights: str | os.PathLike | list[str] | None = None,
     precision: str | None = None,
+    label_smoothing: float | None = None,
+    mixup: float | None = None,
+    cutmix: float | None = None,
+    devices: placing.DeviceSpec = None,
+    coordinator: str | None = None,
+    num_processes: int | None = None,
+    process_id: int | None = None,
 ) -> RunResult:
     """Train ``recipe`` on the class folders in ``data`` and write a run directory.
 
@@ -164,6 +180,20 @@ def train(
             compute type of the layers being trained, under Keras mixed policies (float32
             weights, the output layer in float32, loss scaling for float16). Stored resolved
             in ``config.yaml``; a resume keeps the run's unless given.
+        label_smoothing, mixup, cutmix: batch regularisers (``kerascope.data.regularise``):
+            targets ``(1 - e) * one_hot + e / classes``; mixup's and CutMix's Beta(a, a)
+            parameter (0 or None: off; both on: each batch takes one). Applied where the
+            augmentation runs (on the device in the whole graph, before the prefix when split).
+
+        devices: ``"all"`` (default: every accelerator; one CPU device unless virtual ones
+            are forced), a count, or device numbers (``"0,2,5"``): data-parallel training
+            with ``keras.distribution.DataParallel`` (``kerascope.training.devices``).
+            ``batch_size`` is the global batch, split evenly over the devices, and ``lr``
+            applies to it unchanged (``config.yaml``'s ``devices.lr_rule``).
+        coordinator, num_processes, process_id: a run over several processes (machines),
+            joined through ``keras.distribution.initialize`` (default: Keras's
+            ``KERAS_DISTRIBUTION_*`` variables): each process feeds its shard of every
+            batch, and only process 0 writes the run directory.
 
     Raises:
         kerascope.data.DatasetError: the dataset cannot be trained on (message says why).
@@ -178,6 +208,7 @@ def train(
         >>> kerascope.classify("new.jpg", model=result.run_dir)  # doctest: +SKIP
     """
     ensure_backend()
+    placing.join_cluster(coordinator, num_processes, process_id)  # before JAX computes
     if resume is not None:
         run_dir = Path(resume)
         config = load_config(run_dir)
@@ -194,28 +225,46 @@ def train(
                                 image_size, patience, layer=layer, pool=pool, head=head,
                                 dropout=dropout, optimizer=optimizer, momentum=momentum,
                                 lr_schedule=lr_schedule, weights=weights,
-                                precision=precision)  # fmt: skip
+                                precision=precision, label_smoothing=label_smoothing,
+                                mixup=mixup, cutmix=cutmix)  # fmt: skip
         run_dir = Path(config["output"])
         if run_dir.exists() and not (run_dir / "config.yaml").exists():
             _check_new_output(run_dir)  # a file or someone's folder: refused, no lock left there
-    with lock_run(run_dir, create=resume is None):  # a run being written: "in use"
+    parallel = placing.data_parallel(devices, config["batch_size"])  # refused before writing
+    writes = placing.private_run_dir(run_dir, resume is not None)  # only process 0 writes it
+    with parallel as placement, writes as run_dir, lock_run(run_dir, create=resume is None):
+        config["devices"] = placement.record(config["batch_size"])
         if resume is None:
             _check_new_output(run_dir)  # under the lock: two starts cannot both pass
         else:
             state = read_state(run_dir)
             _refuse_finished(run_dir, state)
             config = resuming.apply_options(run_dir, config, state, given)
+        before = {p.name for p in run_dir.iterdir()}
         try:
             return _train(run_dir, config, resume is not None, engine, progress, callbacks)
-        except OutputError as exc:
-            raise OutputError(f"{exc}; then continue with `kerascope train --resume "
-                              f"{run_dir}`") from exc  # fmt: skip
         except Exception as exc:
+            fresh = resume is None and not _saved_an_epoch(run_dir)
+            if fresh:  # nothing worth resuming: leave the folder as it was
+                discard_new_run(run_dir, before)
+            then = ("then run the same command again" if fresh
+                    else f"then continue with `kerascope train --resume {run_dir}`")  # fmt: skip
+            if isinstance(exc, OutputError):
+                raise OutputError(f"{exc}; {then}") from exc
             if not is_disk_error(exc):
                 raise
             raise OutputError(f"could not write into '{run_dir}': no space left on the device; "
-                              f"free some space, then continue with `kerascope train --resume "
-                              f"{run_dir}`") from exc  # fmt: skip
+                              f"free some space, {then}") from exc  # fmt: skip
+
+
+def _saved_an_epoch(run_dir: Path) -> bool:
+    """Whether the run has anything a resume would continue from (an epoch, a backup)."""
+    try:
+        state = read_state(run_dir)
+    except RunError:
+        return True  # a damaged state is kept for the user to look at, never deleted
+    return bool(state.get("epoch") or state.get("completed_stages")
+                or (run_dir / "backup").exists())  # fmt: skip
 
 
 def _given_options(args: dict[str, Any]) -> dict[str, Any]:
@@ -288,7 +337,8 @@ def _train(run_dir: Path, config: dict[str, Any], resumed: bool, engine: str | N
     weights = class_weights(config["class_weight"], dataset.classes, dataset.counts["train"])
     state = read_state(run_dir)
     verbose = (1 if sys.stdout.isatty() else 0) if progress else 0
-    split = use_split(engine, augmented=bool(config["augment"]))
+    mixes = bool(config.get("mixup") or config.get("cutmix"))  # pixels change every epoch
+    split = use_split(engine, augmented=bool(config["augment"]) or mixes)
     config.setdefault("precision", "float32")  # runs made before --precision trained so
     if progress:
         print(f"precision: {config['precision']} (weights float32)")
@@ -382,9 +432,12 @@ def _run_stage(model, run_dir: Path, config: dict, index: int, stage: dict, seqs
                                stage.get("schedule"), steps)  # fmt: skip
     if precision == "float16":  # float16 gradients underflow without loss scaling
         optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
-    # batches are padded (weight 0): accuracy counts the real rows only
-    trained.compile(optimizer=optimizer, loss="sparse_categorical_crossentropy",
-                    weighted_metrics=[RealAccuracy()])  # fmt: skip
+    # batches are padded (weight 0): accuracy counts the real rows only; regularisers give
+    # soft targets (validation one-hot), so the loss is then the categorical one
+    regularise = RegulariseConfig.from_config(config)
+    loss, metric = ("categorical_crossentropy", SoftRealAccuracy()) if regularise else (
+        "sparse_categorical_crossentropy", RealAccuracy())  # fmt: skip
+    trained.compile(optimizer=optimizer, loss=loss, weighted_metrics=[metric])
     start = sum(s["epochs"] for s in config["stages"][:index])
     end = start + stage["epochs"]
     resumed = backup_epoch(backup)
@@ -410,8 +463,11 @@ def _run_stage(model, run_dir: Path, config: dict, index: int, stage: dict, seqs
     if parts is not None:
         train_data, val_data = _prefix_sequences(parts, seqs, config, run_dir, progress, weights)
     else:
-        train_data = DeviceFeed(seqs["train"], augment, config["seed"], weights)
-        val_data = DeviceFeed(seqs["validation"], None, config["seed"])
+        hard = RegulariseConfig() if regularise else None  # one-hot validation targets
+        train_data = DeviceFeed(seqs["train"], augment, config["seed"], weights,
+                                regularise=regularise)  # fmt: skip
+        val_data = DeviceFeed(seqs["validation"], None, config["seed"], regularise=hard)
+    train_data, val_data = placing.process_shard(train_data), placing.process_shard(val_data)
     # Order matters for a kill between two of them: the history row and the best weights of
     # an epoch are written before its backup, so a resume redoes that epoch (same numbers)
     # rather than skipping past an epoch that history.csv or best.weights.h5 lacks.
@@ -445,8 +501,12 @@ def _prefix_sequences(parts: SplitModel, seqs, config: dict, run_dir: Path, prog
     for name, aug in (("train", augment), ("validation", None)):
         bar = _precompute_bar(name, progress) if aug is None else None
         weights = class_weight if name == "train" else None
+        regularise = RegulariseConfig.from_config(config)
+        if regularise is not None and name == "validation":
+            regularise = RegulariseConfig()  # one-hot targets, no mixing
         out.append(PrefixSequence(seqs[name], forward, aug, scratch=scratch, progress=bar,
-                                  class_weight=weights))  # fmt: skip
+                                  class_weight=weights, regularise=regularise,
+                                  seed=config["seed"]))  # fmt: skip
     return out
 
 
