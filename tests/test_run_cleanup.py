@@ -89,9 +89,7 @@ class FailAfter(keras.callbacks.Callback):
             raise RuntimeError("simulated crash")
 
 
-def test_a_run_failing_after_an_epoch_stays_resumable_and_ends_without_a_lock(
-    shapes32, tmp_path
-):
+def test_a_run_failing_after_an_epoch_stays_resumable_and_ends_without_a_lock(shapes32, tmp_path):
     run = tmp_path / "run"
     with pytest.raises(RuntimeError, match="simulated crash"):
         train(shapes32, recipe="lenet", output=run, epochs=2, image_size=32, progress=False,
