@@ -81,6 +81,37 @@ def _predictions(values: list[float], indices: list[int], labels: list[tuple[str
     ]
 
 
+def group_top_k(rows: np.ndarray, groups: list, k: int, threshold: float) -> list[list[Prediction]]:
+    """Group probability rows (N, G) -> the ``k`` most probable groups of each row.
+
+    A group of several classes has ``index`` -1 (no single output is it); a class standing for
+    itself keeps its index. Ties keep the order of ``groups``.
+    """
+    from kerascope.zoo.imagenet import resolve_class
+
+    k = max(1, min(int(k), len(groups)))
+    out = []
+    for row in np.asarray(rows, np.float64):
+        order = np.argsort(-row, kind="stable")[:k]
+        out.append([
+            Prediction(rank, resolve_class(groups[j].wnid) if groups[j].is_class else -1,
+                       groups[j].wnid, groups[j].name, float(row[j]))
+            for rank, j in enumerate(order.tolist(), 1)
+            if row[j] >= threshold or rank == 1
+        ])  # fmt: skip
+    return out
+
+
+def _groups_of(clf: Classifier, group: bool | str | Sequence[str]) -> tuple[list, bool] | None:
+    """``group`` as the classify functions take it -> (groups, rest) or None (no roll-up)."""
+    if group is False or group is None:
+        return None
+    from kerascope.zoo.hierarchy import basic_groups, check_imagenet, resolve_groups
+
+    check_imagenet(clf.labels, f"model '{clf.name}'")
+    return (basic_groups(), True) if group is True else (resolve_groups(group), False)
+
+
 def run_precision(clf: Classifier, precision: str | None = None) -> str:
     """The concrete precision a job on ``clf`` computes in: ``precision``, else the one
     `load_model` was given, else ``KERASCOPE_PRECISION``, else auto (bfloat16 on GPUs that
@@ -182,14 +213,24 @@ def classify_sources(
     progress=None,
     precision: str | None = None,
     device_fit: bool | None = None,
+    group: bool | str | Sequence[str] = False,
 ) -> Iterator[ImageResult]:
-    """Yield one result per source, in order; failures (missing included) carry their reason.
+    """One result per source, in order; failures (missing included) carry their reason.
 
     Pictures are fitted to the input under ``clf.convention`` (a centre crop for zoo weights
     whose published accuracy was measured so), as the weights were evaluated. The top-k
     selection runs with the model (on the device on the keras engine); ``precision`` as in
-    `run_precision`; ``device_fit`` as in `iter_outputs`.
+    `run_precision`; ``device_fit`` as in `iter_outputs`; ``group`` as in `classify`.
     """
+    grouped = _groups_of(clf, group)  # checked now, not at the first result
+    if grouped is not None:
+        return _classify_groups(clf, sources, grouped, top, threshold, batch_size, progress,
+                                precision)  # fmt: skip
+    return _classify_classes(clf, sources, top, threshold, batch_size, progress, precision,
+                             device_fit)  # fmt: skip
+
+
+def _classify_classes(clf, sources, top, threshold, batch_size, progress, precision, device_fit):
     labels = clf.labels
     k = max(1, min(int(top), len(labels)))
     outputs = iter_outputs(clf, sources, batch_size, k, precision, device_fit)
@@ -204,6 +245,26 @@ def classify_sources(
             progress(batch.n)
 
 
+def _classify_groups(clf, sources, grouped, top, threshold, batch_size, progress, precision):
+    """`classify_sources` with ``group``: whole probability rows, summed per group on the host."""
+    from kerascope.zoo.hierarchy import roll_up
+
+    groups, rest = grouped
+    for batch, out in iter_outputs(clf, sources, batch_size, None, precision):
+        ranked = []
+        if out is not None:
+            rows, columns = roll_up(np.asarray(out), groups, rest)
+            ranked = group_top_k(rows, columns, top, threshold)
+        for i, (name, error) in enumerate(zip(batch.names, batch.errors, strict=True)):
+            yield (
+                ImageResult(name, error=error)
+                if error is not None
+                else ImageResult(name, ranked[i])
+            )
+        if progress is not None:
+            progress(batch.n)
+
+
 def iter_classify(
     inputs: Source | Iterable[Source],
     model: str | Classifier = "efficientnet_lite0",
@@ -211,6 +272,7 @@ def iter_classify(
     threshold: float = 0.0,
     batch_size: int = 32,
     precision: str | None = None,
+    group: bool | str | Sequence[str] = False,
 ) -> Iterator[ImageResult]:
     """`classify`, one `ImageResult` at a time as each batch finishes.
 
@@ -222,7 +284,8 @@ def iter_classify(
     clf = model if isinstance(model, Classifier) else load_model(model)
     # One uint8 picture batch stays one array: the keras engine fits it on the device.
     sources = inputs if is_picture_batch(inputs) else normalise_inputs(inputs)[0]
-    yield from classify_sources(clf, sources, top, threshold, batch_size, precision=precision)
+    yield from classify_sources(clf, sources, top, threshold, batch_size, precision=precision,
+                                group=group)  # fmt: skip
 
 
 def classify(
@@ -232,6 +295,7 @@ def classify(
     threshold: float = 0.0,
     batch_size: int = 32,
     precision: str | None = None,
+    group: bool | str | Sequence[str] = False,
 ) -> list[ImageResult]:
     """Classify images given as paths, folders, globs, RGB arrays or PIL Images.
 
@@ -250,10 +314,18 @@ def classify(
     `load_model` was given, else ``KERASCOPE_PRECISION``, else auto. Reduced precision runs on
     the keras engine (`kerascope.inference`).
 
+    ``group`` (ImageNet-1k models): ``True`` ranks groups instead of classes: the curated
+    `kerascope.zoo.hierarchy.basic_groups` (cat, dog, bird, car, ...), each the sum of the
+    probabilities of its ImageNet descendants, with every class in none of them standing for
+    itself; or names (``"cat,dog"`` or a list: any WordNet ancestor name or wnid) to rank just
+    those groups. A group's `Prediction` has its wnid and name, and index -1.
+
     Example:
         >>> results = kerascope.classify("photos/")
         >>> results[0].predictions[0].name
         'tabby'
         >>> kerascope.classify(batch_uint8, batch_size=256, precision="bfloat16")  # doctest: +SKIP
+        >>> kerascope.classify("chelsea.png", group=True)[0].predictions[0].name
+        'cat'
     """
-    return list(iter_classify(inputs, model, top, threshold, batch_size, precision))
+    return list(iter_classify(inputs, model, top, threshold, batch_size, precision, group))

@@ -76,6 +76,19 @@ def _add_classify(sub) -> None:
     )
     p.add_argument("--output", "-o", help="write to this file instead of the terminal")
     p.add_argument("--batch-size", "-b", type=positive_int, default=32, help="images per batch")
+    p.add_argument(
+        "--group",
+        action="store_true",
+        help="rank groups instead of classes: cat, dog, bird, car, clothing, ... (WordNet "
+        "ancestors of the ImageNet classes), each the summed probability of its classes; a "
+        "class in no group stands for itself",
+    )
+    p.add_argument(
+        "--groups",
+        metavar="NAMES",
+        help="rank these groups only, comma-separated: any WordNet ancestor name or id of "
+        "ImageNet classes (cat,dog,vehicle,n02121808)",
+    )
     add_precision_option(p)
     p.set_defaults(func=_run_classify)
 
@@ -116,11 +129,12 @@ def _run_classify(args) -> int:
         output.note(f"skipped {len(skipped)} non-image file(s): {shown}")
     if not sources:
         raise CliError("no images found in " + " ".join(args.paths))
+    group = _group_option(args)
     clf = load_model(args.model, weights=args.weights)
     precision = run_precision(clf, args.precision)
     say_precision(args.precision, precision, engine_name(clf.model, precision=precision))
     stream = classify_sources(clf, sources, args.top, args.threshold, args.batch_size,
-                              precision=precision)  # fmt: skip
+                              precision=precision, group=group)  # fmt: skip
     results, interrupted = _until_interrupted(stream, len(sources), "classifying")
     if interrupted:
         where = f"'{args.output}'" if args.output else "the output"
@@ -136,6 +150,15 @@ def _run_classify(args) -> int:
     if failed:
         output.note(f"{len(failed)} of {len(results)} input(s) could not be classified")
     return 130 if interrupted else 1 if failed else 0
+
+
+def _group_option(args) -> bool | list:
+    """--group / --groups: the names checked before the model loads (one line if unknown)."""
+    if args.groups is None:
+        return bool(args.group)
+    from kerascope.zoo.hierarchy import resolve_groups
+
+    return [g.wnid for g in resolve_groups(args.groups)]
 
 
 def _until_interrupted(stream: Iterator, total: int, label: str) -> tuple[list, bool]:

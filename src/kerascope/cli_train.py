@@ -96,6 +96,15 @@ def _add_train(sub) -> None:
     _add_augment_options(p.add_argument_group(
         "augmentation", "change the recipe's random transformations (preview them on a photo "
         "with `kerascope augment`, which takes the same options)"), defaults=False)  # fmt: skip
+    regular = p.add_argument_group("regularisation", "applied on each training batch where the "
+                                   "augmentation runs; validation keeps hard labels")  # fmt: skip
+    regular.add_argument("--label-smoothing", type=float, metavar="E", help="targets "
+                         "(1-E)*one_hot + E/classes (0.1 usual; default 0)")  # fmt: skip
+    regular.add_argument("--mixup", type=float, metavar="A", help="mixup: blend each image "
+                         "with another, share ~ Beta(A, A) (0.2 usual; default off)")  # fmt: skip
+    regular.add_argument("--cutmix", type=float, metavar="A", help="CutMix: paste a box of "
+                         "another image, area share ~ Beta(A, A) (1.0 usual; with --mixup each "
+                         "batch takes one; default off)")  # fmt: skip
     p.add_argument("--image-size", type=int, help="side in pixels (default: the recipe's, "
                    "or the backbone's)")  # fmt: skip
     p.add_argument("--patience", type=int, help="early-stopping patience in epochs (default: "
@@ -223,6 +232,7 @@ def _run_train(args) -> int:
         engine=args.engine, unfreeze=args.unfreeze, head=args.head, dropout=args.dropout,
         optimizer=args.optimizer, momentum=args.momentum, lr_schedule=args.lr_schedule,
         weights=args.weights, precision=args.precision,
+        label_smoothing=args.label_smoothing, mixup=args.mixup, cutmix=args.cutmix,
     )  # fmt: skip
     if args.backbone:
         kwargs["backbone"] = args.backbone

@@ -20,6 +20,7 @@ FLAGS = {
     "patience": "--patience", "layer": "--layer", "pool": "--pool", "head": "--head",
     "dropout": "--dropout", "optimizer": "--optimizer", "momentum": "--momentum",
     "lr_schedule": "--lr-schedule", "weights": "--weights",
+    "label_smoothing": "--label-smoothing", "mixup": "--mixup", "cutmix": "--cutmix",
 }  # fmt: skip
 """Arguments of ``train`` that are settings of the run, and their command-line flag."""
 

@@ -57,10 +57,15 @@ def resolve_config(
     lr_schedule: str | Sequence[str] | None = None,
     weights: str | os.PathLike | Sequence[str | os.PathLike] | None = None,
     precision: str | None = None,
+    label_smoothing: float | None = None,
+    mixup: float | None = None,
+    cutmix: float | None = None,
 ) -> dict[str, Any]:
     """Every setting of a run as plain data, defaults filled in (written as ``config.yaml``).
 
-    ``precision`` is stored resolved (``auto`` becomes what this device computes in)."""
+    ``precision`` is stored resolved (``auto`` becomes what this device computes in);
+    ``label_smoothing``, ``mixup`` and ``cutmix`` as floats, 0 when off."""
+    from kerascope.data.regularise import RegulariseConfig
     from kerascope.precision import resolve_precision
 
     precision_ = resolve_precision(precision)
@@ -70,6 +75,7 @@ def resolve_config(
         raise ConfigError("layer and pool choose the features recipe's features; "
                           f"recipe {r.name!r} takes neither")  # fmt: skip
     stages = resolve_stages(r, epochs, lr, optimizer, momentum, lr_schedule)
+    regular = RegulariseConfig(float(label_smoothing or 0), float(mixup or 0), float(cutmix or 0))
     if image_size is None:
         image_size = r.image_size or native_size(backbone)
     size = [int(image_size)] * 2 if isinstance(image_size, int) else [int(v) for v in image_size]
@@ -106,6 +112,7 @@ def resolve_config(
         "class_weight": class_weight,
         **fine_tune,
         "augment": asdict(augment) if augment else None,
+        **asdict(regular),
         "head": head_,
         "dropout": dropout,
         "weights": weights_,

@@ -34,6 +34,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
 from kerascope.data.loader import DerivedSequence, FolderSequence  # noqa: E402
+from kerascope.data.regularise import RegulariseConfig, regularise_batch, soft_targets  # noqa: E402
 from kerascope.training.whole import row_weights, sample_weights  # noqa: E402
 
 # Prefix outputs above this size are kept in a memory-mapped file, not in RAM.
@@ -223,6 +224,8 @@ class PrefixSequence(DerivedSequence):
         scratch: str | os.PathLike | None = None,
         progress: Callable[[int, int], None] | None = None,
         class_weight: dict[int, float] | None = None,
+        regularise: RegulariseConfig | None = None,
+        seed: int = 0,
     ):
         # Two threads: one batch's augmentation (Pillow, GIL released) overlaps the other's
         # prefix (onnxruntime): measured 2x the img/s of one thread for transfer on 2 cores.
@@ -230,8 +233,11 @@ class PrefixSequence(DerivedSequence):
         self.images, self.forward, self.augment = images, forward, augment
         self.scratch = Path(scratch) if scratch else None
         self.row_weight = row_weights(images, class_weight)
+        # Soft targets (an inactive config: one-hot, for validation); mixup and CutMix mix
+        # pixels, so the prefix then runs per batch like augmentation does.
+        self.regularise, self.seed = regularise, int(seed)
         self.outputs: list[np.ndarray] | None = None
-        if augment is None:
+        if augment is None and not (regularise is not None and regularise.mixes):
             self.precompute(progress)
 
     def __getitem__(self, index: int) -> tuple[Any, np.ndarray, np.ndarray]:
@@ -239,10 +245,17 @@ class PrefixSequence(DerivedSequence):
         rows, real = self.images.padded_rows(index)
         labels = self.images.labels[rows]
         weights = sample_weights(labels, real, self.row_weight)
+        r, classes = self.regularise, len(self.images.classes)
         if self.outputs is not None:
+            if r is not None:
+                labels = soft_targets(labels, classes, smoothing=r.label_smoothing)
             return _pack([out[rows] for out in self.outputs]), labels, weights
         pixels = self.images.load_rows(rows)
-        pixels = self.augment(pixels, self.epoch, index)
+        if self.augment is not None:
+            pixels = self.augment(pixels, self.epoch, index)
+        if r is not None:
+            pixels, labels = regularise_batch(r, self.seed, self.epoch, index, pixels, labels,
+                                              classes)  # fmt: skip
         return _pack(_as_list(self.forward(pixels))), labels, weights
 
     def precompute(self, progress: Callable[[int, int], None] | None = None) -> None:

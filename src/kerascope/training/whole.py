@@ -36,6 +36,12 @@ import numpy as np  # noqa: E402
 
 from kerascope.data.augment import AugmentConfig, sample_matrices, warp  # noqa: E402
 from kerascope.data.loader import DerivedSequence, FolderSequence  # noqa: E402
+from kerascope.data.regularise import (  # noqa: E402
+    RegulariseConfig,
+    mix_ops,
+    sample_mix,
+    soft_targets,
+)
 
 PREFETCH = 4  # batches prepared (and transferred) ahead of the step
 
@@ -51,7 +57,12 @@ class AugmentedTrainer(keras.Model):
 
     def call(self, inputs: Any, training: bool = False) -> Any:
         if isinstance(inputs, dict):
-            x = warp(inputs["image"], inputs["matrices"], self.fill_mode)
+            if "matrices" in inputs:
+                x = warp(inputs["image"], inputs["matrices"], self.fill_mode)
+            else:
+                x = keras.ops.cast(inputs["image"], "float32")
+            if "partner" in inputs:  # mixup / CutMix, after the warp as on the host
+                x = mix_ops(x, inputs["partner"], inputs["boxes"])
         else:
             x = keras.ops.cast(inputs, "float32")
         return self.network(x, training=training)
@@ -77,6 +88,8 @@ class DeviceFeed(DerivedSequence):
         class_weight: ``{class index: weight}`` folded into the sample weights.
         workers: threads preparing batches (a cache read and a transfer each).
         transfer: ``jax.device_put`` each batch in the worker (default: on an accelerator).
+        regularise: label smoothing / mixup / CutMix (training), or for validation an
+            inactive config: one-hot targets (the loss then takes soft targets).
     """
 
     def __init__(
@@ -87,6 +100,7 @@ class DeviceFeed(DerivedSequence):
         class_weight: dict[int, float] | None = None,
         workers: int | None = None,
         transfer: bool | None = None,
+        regularise: RegulariseConfig | None = None,
     ):
         workers = workers or max(2, min(PREFETCH, os.cpu_count() or 1))
         super().__init__(workers=workers, use_multiprocessing=False, max_queue_size=PREFETCH)
@@ -94,6 +108,7 @@ class DeviceFeed(DerivedSequence):
         self.augment = None if augment is None or augment.is_identity else augment
         self.row_weight = row_weights(images, class_weight)
         self.transfer = on_accelerator() if transfer is None else transfer
+        self.regularise = regularise
 
     def __getitem__(self, index: int) -> tuple[Any, np.ndarray, np.ndarray]:
         seq = self.images
@@ -103,12 +118,20 @@ class DeviceFeed(DerivedSequence):
         labels = seq.labels[rows]
         weights = sample_weights(labels, real, self.row_weight)
         inputs: Any = pixels
+        height, width = pixels.shape[1:3]
         if self.augment is not None:
-            height, width = pixels.shape[1:3]
             matrices = sample_matrices(self.augment, self.seed, self.epoch, index, size, height,
                                        width)  # fmt: skip
             inputs = {"image": pixels, "matrices": matrices}
-        batch = (inputs, labels, weights)
+        targets: Any = labels
+        if self.regularise is not None:  # soft targets; the pixels are mixed on the device
+            r = self.regularise
+            plan = sample_mix(r, self.seed, self.epoch, index, size, height, width)
+            if plan.kind != "none":
+                inputs = inputs if isinstance(inputs, dict) else {"image": pixels}
+                inputs.update(partner=plan.partner.astype(np.int32), boxes=plan.boxes)
+            targets = soft_targets(labels, len(seq.classes), plan, r.label_smoothing)
+        batch = (inputs, targets, weights)
         if self.transfer:
             import jax
 
