@@ -30,22 +30,31 @@ class TrainProgress(keras.callbacks.Callback):
 
     Args:
         images_per_epoch: training images in one epoch (for img/s).
-        epochs: epochs this stage will run at most (for the run estimate).
+        end_epoch: the epoch (1-based) the stage ends with at most; a resumed stage estimates
+            only the epochs it has left.
         stream: where to print (stdout by default).
+        cached: epochs read stored outputs of a frozen part (computed once), so img/s is the
+            trained part's speed alone and is labelled so.
     """
 
-    def __init__(self, images_per_epoch: int, epochs: int, stream: TextIO | None = None):
+    def __init__(self, images_per_epoch: int, end_epoch: int, stream: TextIO | None = None,
+                 cached: bool = False):  # fmt: skip
         super().__init__()
         self.images = int(images_per_epoch)
-        self.epochs = int(epochs)
+        self.end_epoch = int(end_epoch)
         self.stream = stream or sys.stdout
+        self.unit = "img/s on cached features" if cached else "img/s"
         self._estimated = False
+        self._first_epoch: int | None = None
         self._epoch_start = 0.0
         self._step_ends: list[float] = []
         self._last: dict | None = None
         self._trained: float | None = None
+        self._first_seconds = 0.0
 
     def on_epoch_begin(self, epoch: int, logs=None) -> None:
+        if self._first_epoch is None:
+            self._first_epoch = epoch
         self._epoch_start = time.perf_counter()
         self._step_ends = []
         self._last, self._trained = None, None
@@ -62,26 +71,30 @@ class TrainProgress(keras.callbacks.Callback):
                 float(keras.ops.convert_to_numpy(value))
         return time.perf_counter() - self._epoch_start
 
+    @property
+    def _left(self) -> int:
+        """Epochs this fit runs, counting the one in progress."""
+        return max(1, self.end_epoch - (self._first_epoch or 0))
+
     def on_train_batch_end(self, batch: int, logs=None) -> None:
         self._last = logs
         self._step_ends.append(time.perf_counter())
         steps = self.params.get("steps") or 0
         # Wait for enough steps: the first ones may come from batches prefetched during
-        # compilation, so the later half of the first TIMED steps sets the pace.
-        if self._estimated or len(self._step_ends) < min(TIMED_STEPS, steps):
+        # compilation, so the later half of the first TIMED steps sets the pace. Epochs of
+        # fewer steps are timed whole, on the second epoch (the first one compiles).
+        if self._estimated or steps < TIMED_STEPS or len(self._step_ends) < TIMED_STEPS:
             return
         self._estimated = True
         ends = self._step_ends
         first = ends[0] - self._epoch_start  # includes compilation
         half = len(ends) // 2
-        per_step = (
-            (ends[-1] - ends[half]) / max(1, len(ends) - 1 - half) if len(ends) > 1 else first
-        )
+        per_step = (ends[-1] - ends[half]) / max(1, len(ends) - 1 - half)
         epoch = first + per_step * max(0, steps - 1)
         self._print(
-            f"  estimated {_duration(epoch)} per epoch, up to {_duration(epoch * self.epochs)} "
-            f"for {self.epochs} epoch(s) (first step {first:.1f} s incl. compilation, then "
-            f"{per_step:.2f} s/step; validation not included)"
+            f"  estimated {_duration(epoch)} per epoch, up to {_duration(epoch * self._left)} "
+            f"for {self._left} epoch(s) (first step {first:.1f} s incl. compilation, then "
+            f"{_per_step(per_step)}; validation not included)"
         )
 
     def on_epoch_end(self, epoch: int, logs=None) -> None:
@@ -89,13 +102,32 @@ class TrainProgress(keras.callbacks.Callback):
         seconds = time.perf_counter() - self._epoch_start
         metrics = "  ".join(f"{k} {logs[k]:.4f}" for k in _SHOWN if logs and k in logs)
         rate = self.images / train if train > 0 else float("nan")
-        self._print(f"  epoch {epoch + 1}: {metrics}  {rate:.1f} img/s  {seconds:.1f} s")
+        self._print(f"  epoch {epoch + 1}: {metrics}  {rate:.1f} {self.unit}  {seconds:.1f} s")
+        if self._estimated:
+            return
+        if epoch == self._first_epoch:
+            self._first_seconds = seconds
+            return
+        self._estimated = True  # short epochs: this one, past compilation, sets the pace
+        left = self.end_epoch - epoch - 1
+        if left > 0:
+            self._print(
+                f"  estimated {_duration(seconds)} per epoch, about {_duration(seconds * left)} "
+                f"for the {left} epoch(s) left (the first took {self._first_seconds:.1f} s "
+                "incl. compilation)"
+            )
 
     def _print(self, line: str) -> None:
         print(line, file=self.stream, flush=True)
 
 
+def _per_step(seconds: float) -> str:
+    return f"{seconds * 1000:.1f} ms/step" if seconds < 0.1 else f"{seconds:.2f} s/step"
+
+
 def _duration(seconds: float) -> str:
+    if seconds < 10:
+        return f"{seconds:.1f} s"
     if seconds < 90:
         return f"{seconds:.0f} s"
     if seconds < 5400:

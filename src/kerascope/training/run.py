@@ -476,7 +476,9 @@ def _run_stage(model, run_dir: Path, config: dict, index: int, stage: dict, seqs
         BestCheckpoint(model, best, monitor=MONITOR),
         Backup(backup),
         keras.callbacks.EarlyStopping(monitor=MONITOR, patience=config["patience"]),
-        *([TrainProgress(len(seqs["train"].paths), end - start)] if progress else []),
+        *([TrainProgress(len(seqs["train"].paths), end,
+                         cached=parts is not None and not config["augment"])]
+          if progress else []),  # fmt: skip
         *(extra or []),
     ]  # fmt: skip
     trained._initial_epoch = None  # set by a previous stage's BackupAndRestore, never reset
