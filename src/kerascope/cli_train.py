@@ -127,6 +127,21 @@ def _add_train(sub) -> None:
                    help="compute precision of training (weights stay float32): auto (default, "
                    "or $KERASCOPE_PRECISION) is bfloat16 on GPUs that compute it natively, "
                    "float32 elsewhere; float16 adds loss scaling")  # fmt: skip
+    where = p.add_argument_group(
+        "devices and machines", "data-parallel training (Keras's DataParallel): --batch-size "
+        "is the global batch, split evenly over the devices, and --lr applies to it "
+        "unchanged")  # fmt: skip
+    where.add_argument("--devices", default=None, help="all (default: every accelerator; on a "
+                       "CPU-only machine its one device), a count (2) or device numbers "
+                       "(0,2,5)")  # fmt: skip
+    where.add_argument("--coordinator", metavar="HOST:PORT", help="several machines: process "
+                       "0's address, the same for every process (or "
+                       "$KERAS_DISTRIBUTION_JOB_ADDRESSES)")  # fmt: skip
+    where.add_argument("--num-processes", type=int, metavar="N", help="several machines: how "
+                       "many processes in all (or $KERAS_DISTRIBUTION_NUM_PROCESSES)")  # fmt: skip
+    where.add_argument("--process-id", type=int, metavar="I", help="several machines: this "
+                       "process's number, 0 to N-1; only 0 writes the run directory (or "
+                       "$KERAS_DISTRIBUTION_PROCESS_ID)")  # fmt: skip
     p.set_defaults(func=_run_train)
 
 
@@ -240,6 +255,8 @@ def _run_train(args) -> int:
         kwargs["layer"] = args.layer
     if args.pool:
         kwargs["pool"] = args.pool
+    kwargs.update(devices=args.devices, coordinator=args.coordinator,
+                  num_processes=args.num_processes, process_id=args.process_id)  # fmt: skip
     try:
         run = train(args.data, **kwargs)
     except KeyboardInterrupt:

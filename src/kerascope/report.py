@@ -115,6 +115,7 @@ def write_run_report(
         f"{stages}; seed {config['seed']}, Keras {config['versions']['keras']} on "
         f"{config['backend']}, precision {config.get('precision', 'float32')}.",
         "",
+        *_devices_note(config),
         *_model_notes(config),
         "## Data",
         "",
@@ -150,6 +151,18 @@ def write_run_report(
         "",
     ]
     return write_text(path, "\n".join(lines))
+
+
+def _devices_note(config: dict[str, Any]) -> list[str]:
+    """Where the run trained and its learning-rate rule (nothing for runs made before
+    ``--devices``)."""
+    devices = config.get("devices")
+    if not devices:
+        return []
+    where = f"{devices['count']} device(s) ({', '.join(devices['names'])})"
+    return [f"Devices: {where} in {devices['processes']} process(es), "
+            f"{devices['per_device_batch']} images per device per step; learning rate "
+            f"{devices['lr_rule']}.", ""]  # fmt: skip
 
 
 def _model_notes(config: dict[str, Any]) -> list[str]:

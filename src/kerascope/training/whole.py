@@ -107,7 +107,9 @@ class DeviceFeed(DerivedSequence):
         self.images, self.seed = images, int(seed)
         self.augment = None if augment is None or augment.is_identity else augment
         self.row_weight = row_weights(images, class_weight)
-        self.transfer = on_accelerator() if transfer is None else transfer
+        if transfer is None:  # a distributed run's batches are split over devices by Keras
+            transfer = on_accelerator() and keras.distribution.distribution() is None
+        self.transfer = transfer
         self.regularise = regularise
 
     def __getitem__(self, index: int) -> tuple[Any, np.ndarray, np.ndarray]:
