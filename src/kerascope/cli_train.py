@@ -68,7 +68,8 @@ def _add_train(sub) -> None:
                    "the fine-tuning guide's)")  # fmt: skip
     p.add_argument("--lr-schedule", metavar="SCHEDULE", help="constant (default), "
                    "inverse-time:DECAY (lr / (1 + DECAY * step): Keras 2's decay=DECAY) or "
-                   "cosine (down to 0 over each stage)")  # fmt: skip
+                   "cosine (down to 0 over each stage) or onecycle (fastai's fit_one_cycle: "
+                   "up from lr/25 to lr over the first quarter, down to lr/1e5)")  # fmt: skip
     p.add_argument("--head", help="layers between the backbone and the final softmax Dense, "
                    "comma-separated: gap, gmp, flatten, dropout[:RATE], dense:UNITS (relu) "
                    "(default: gap,dropout, which explain computes CAM for exactly; features: "
