@@ -51,6 +51,8 @@ def add_batch_command(sub) -> None:
     e.add_argument("--layer", help="layer to explain (default: found automatically)")
     e.add_argument("--alpha", type=float, default=0.4, help="heatmap opacity at its peak")
     e.add_argument("--colormap", default=None, help="heatmap colours (default: viridis)")
+    e.add_argument("--fit", choices=("whole", "crop"), default="whole",
+                   help="what the model sees, as explain --fit (default: whole)")  # fmt: skip
 
 
 def _task(tasks, name: str, text: str):
@@ -99,5 +101,5 @@ def _run_batch(args) -> int:
 
 
 _OPTIONS = frozenset(
-    "model weights top threshold layer pool image_size method target alpha colormap".split()
+    "model weights top threshold layer pool image_size method target alpha colormap fit".split()
 )

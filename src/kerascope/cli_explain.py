@@ -138,6 +138,14 @@ def _add_explain_args(p) -> None:
                    "(default: the top class)")  # fmt: skip
     p.add_argument("--layer", help="layer to explain (default: found automatically)")
     p.add_argument(
+        "--fit",
+        choices=("whole", "crop"),
+        default="whole",
+        help="what the model sees: whole (default) = the whole picture resized to its input, "
+        "the heatmap covers all of it and the label is that input's class; crop = the centre "
+        "crop classify shows it (its class and probability), outlined, the rest untinted",
+    )
+    p.add_argument(
         "--alpha", type=fraction, default=0.4, help="heatmap opacity at its peak, 0 to 1"
     )
     p.add_argument(
@@ -306,7 +314,7 @@ def _save(args, clf, sources, target, advance, options):
     from kerascope.cam.save import save_explanations
 
     extra = {**options, "colorbar": args.colorbar, "precision": args.precision,
-             "overwrite": args.overwrite}  # fmt: skip
+             "overwrite": args.overwrite, "fit": args.fit}  # fmt: skip
     accepted = inspect.signature(save_explanations).parameters
     missing = [k for k, on in extra.items() if on and k not in accepted]
     if missing:
@@ -336,7 +344,8 @@ def _print_scores(args, clf, sources, target, options) -> None:
         )
     with output.progress_bar(len(sources), "scoring", min_total=2) as advance:
         scored = iter_scores(clf, sources, args.method, targets, args.layer,
-                             batch_size=args.batch_size, **options)  # fmt: skip
+                             batch_size=args.batch_size, fit=args.fit,
+                             precision=args.precision, **options)  # fmt: skip
         for e, f in scored:
             image = output.literal(_short(e.source))
             if f is None:
@@ -416,7 +425,7 @@ def _run_compare(args, clf, sources, target) -> int:
                 comparison = compare_methods(
                     source, path, clf, target=target, layer=args.layer, metric=metric,
                     alpha=args.alpha, colormap=args.colormap, progress=finished_previous,
-                    **_smoothing(args),
+                    fit=args.fit, precision=args.precision, **_smoothing(args),
                 )  # fmt: skip
             except ImageError as exc:
                 output.note(f"cannot read '{source}': {exc.reason}")
@@ -491,6 +500,7 @@ def _run_video(args) -> int:
             layer=args.layer,
             precision=args.precision,
             overwrite=args.overwrite,
+            fit=args.fit,
         )
     audio = "audio kept" if report.audio_kept else "no audio"
     output.note(

@@ -18,11 +18,14 @@ from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
+from kerascope.cam import fitting
 from kerascope.cam import overlay as ov
 from kerascope.errors import KerascopeError
 from kerascope.files import atomic_path, is_disk_error, output_error
-from kerascope.images import file_problem, resize
+from kerascope.images import file_problem, fit_box, resize
+from kerascope.images import fit as fit_picture
 
 # Audio codecs the MP4 muxer accepts as they are (checked with PyAV 18's FFmpeg, including
 # opus from webm); anything else (PCM from mov/mkv/avi, vorbis, ...) is transcoded to AAC.
@@ -186,6 +189,7 @@ class _Pipeline:
         self.count = 0
         self.size = (0, 0)
         self.frame_shape: tuple[int, int] | None = None
+        self.box = None  # the part of each frame the model sees (`cam.fitting.Box`)
 
     def audio_packet(self, packet) -> None:
         if self.audio is None:
@@ -197,11 +201,13 @@ class _Pipeline:
         rgb = _rgb(frame)
         if self.frame_shape is None:
             self.frame_shape = rgb.shape[:2]
+            shown = fit_box(rgb.shape, self.clf.input_size, self.opt["convention"])
+            self.box = fitting.as_fractions(shown, rgb.shape)
         elif rgb.shape[:2] != self.frame_shape:  # the size changed mid-stream: keep the first
             rgb = resize(rgb, self.frame_shape)
         key = index % self.opt["every"] == 0
         if key:
-            self.keys.append(resize(rgb, self.clf.input_size))
+            self.keys.append(fit_picture(rgb, self.clf.input_size, self.opt["convention"]))
         self.pending.append((rgb, frame.pts, key))
         self.pending_bytes += rgb.nbytes
         if len(self.keys) >= self.opt["batch_size"] or self.pending_bytes > _PENDING_BYTES:
@@ -234,8 +240,12 @@ class _Pipeline:
 
     def _write(self, rgb: np.ndarray, pts: int | None) -> None:
         heat, label = self.current
-        label = ov.mark_empty(label, heat)
+        label = fitting.with_caption(ov.mark_empty(label, heat), self.box, rgb.shape)
+        heat = fitting.place(heat, self.box, rgb.shape)
         blended = ov.overlay(rgb, heat, self.opt["alpha"], self.opt["colormap"])
+        if fitting.is_part(self.box, rgb.shape):
+            kept = fitting.photo_outside(Image.fromarray(blended), Image.fromarray(rgb), self.box)
+            blended = np.asarray(fitting.draw_outline(kept, self.box))
         if self.opt["layout"] == "side":
             image = ov.side_by_side(rgb, blended, label)
         else:
@@ -303,6 +313,7 @@ def explain_video(
     preset: str = "veryfast",
     precision: str | None = None,
     overwrite: bool = False,
+    fit: str = fitting.DEFAULT_FIT,
 ) -> VideoReport:
     """Write a copy of a video with each frame's class heatmap beside it (or over it).
 
@@ -325,6 +336,8 @@ def explain_video(
         precision: ``auto`` (default), ``float32``, ``bfloat16``, ``float16`` (see
             `kerascope.cam.explain.Explainer`); the report says which ran.
         overwrite: replace an existing output (and frame files); the input is never replaced.
+        fit: ``whole`` (default): the model sees each whole frame resized to its input;
+            ``crop``: the centre crop `classify` shows it, outlined (`kerascope.cam.fitting`).
 
     Returns:
         A :class:`VideoReport`.
@@ -341,6 +354,7 @@ def explain_video(
         raise ValueError(f"every and batch_size must be >= 1, got {every} and {batch_size}")
     if layout not in ("side", "overlay"):
         raise ValueError(f"layout must be 'side' or 'overlay', got {layout!r}")
+    fitting.check_fit(fit)
     colormap = colormap or ov.DEFAULT_COLORMAP
     ov.colormap_lut(colormap)  # unknown names fail now, not after the model has loaded
     output = Path(output_path) if output_path is not None else default_output(input_path)
@@ -364,6 +378,7 @@ def explain_video(
             frames_dir=None if frames_dir is None else os.fspath(frames_dir),
             target=None if target is None else resolve_target(clf, target),
             fps=frame_rate(vstream), format=fmt, preset=preset,
+            convention=fitting.fit_convention(clf, fit),
         )  # fmt: skip
         astream = container.streams.audio[0] if container.streams.audio else None
         with atomic_path(output) as partial, _open_output(partial, fmt, output) as out:

@@ -102,7 +102,7 @@ def compare_methods(
     seed: int = 0,
     progress: Callable[[str], None] | None = None,
     fit: str = "whole",
-    **options: bool,
+    **options: Any,
 ) -> Comparison:
     """Run every method on ``image``, score each heatmap, write one grid picture, rank them.
 
@@ -121,7 +121,7 @@ def compare_methods(
         progress: called with each method's name before it runs.
         fit: ``whole`` or ``crop``, what the model sees (`kerascope.cam.fitting`): the same
             input, class, probability and maps as `kerascope.explain` with that ``fit``.
-        options: ``aug_smooth``, ``eigen_smooth``, as `Explainer` takes them.
+        options: ``aug_smooth``, ``eigen_smooth``, ``precision``, as `Explainer` takes them.
 
     Returns:
         A `Comparison`; ``ranking()`` gives the methods best first.
@@ -206,7 +206,7 @@ def draw_grid(
     its numbers), in ranking order, best first. Returns the picture and each overlay's box.
     With a crop (``comparison.box``), each map covers that part, outlined, and the header
     says what the model saw."""
-    from kerascope.cam.fitting import caption, draw_outline, place
+    from kerascope.cam.fitting import caption, draw_outline, photo_outside, place
     from kerascope.cam.overlay import overlay, upsample
 
     ranked = [m for m in comparison.ranking() if m.method in maps]
@@ -235,8 +235,9 @@ def draw_grid(
         title = f"#{i + 1} {row.method}" + ("" if row.sanity else " (fails sanity check)")
         draw.text((left, top + 3), title, fill=_HIGHLIGHT if i == 0 else _TEXT, font=_font(18))
         heat = upsample(place(maps[row.method], comparison.box, picture.shape), (height, width))
-        panel = draw_outline(Image.fromarray(overlay(picture, heat, alpha, colormap)),
-                             comparison.box)  # fmt: skip
+        panel = photo_outside(Image.fromarray(overlay(picture, heat, alpha, colormap)),
+                              Image.fromarray(picture), comparison.box)  # fmt: skip
+        panel = draw_outline(panel, comparison.box)
         canvas.paste(panel, (left, top + _TITLE))
         boxes.append((row.method, (left, top + _TITLE, left + width, top + _TITLE + height)))
         y = top + _TITLE + height + 3

@@ -17,7 +17,14 @@ from pathlib import Path
 import numpy as np
 
 from kerascope.cam.base import BaseCAM, as_classifier
-from kerascope.cam.fitting import DEFAULT_FIT, as_fractions, check_fit, fit_convention, place
+from kerascope.cam.fitting import (
+    DEFAULT_FIT,
+    as_fractions,
+    check_fit,
+    fit_convention,
+    place,
+    untinted_outside,
+)
 from kerascope.cam.methods import get_method
 from kerascope.zoo.models import Classifier
 
@@ -58,13 +65,20 @@ class Explanation:
             alpha: opacity at heat 1.
             colormap: default `kerascope.cam.overlay.DEFAULT_COLORMAP`.
         """
+        from PIL import Image
+
         from kerascope.cam import overlay as overlay_module
+        from kerascope.cam.fitting import photo_outside
 
         if not self.ok or self.heatmap is None:
             raise ValueError(f"no heatmap for '{self.source}': {self.error or 'not computed'}")
         image = self._image(image)
         colormap = colormap or getattr(overlay_module, "DEFAULT_COLORMAP", "jet")
-        return overlay_module.overlay(image, self.heatmap, alpha, colormap)
+        blended = overlay_module.overlay(image, self.heatmap, alpha, colormap)
+        if self.box is None:
+            return blended
+        kept = photo_outside(Image.fromarray(blended), Image.fromarray(image), self.box)
+        return np.asarray(kept)  # outside a crop: the photo, pixel for pixel
 
     def save(
         self,
@@ -228,7 +242,10 @@ def explain(
         method: ``gradcam`` (default) or another name of `kerascope.cam.methods.METHODS`.
         target: the class to explain: ``None`` for each image's top-1, an index, a name
             (``"tabby"``) or a WordNet id; or a list, one per image found (in the order
-            folders and globs expand to; missing inputs do not count).
+            folders and globs expand to; missing inputs do not count). For ImageNet models
+            also a group, any WordNet ancestor of its classes (``"cat"``, ``"dog"``,
+            ``"vehicle"`` or a wnid): the map of the group's merged logit, the label its summed
+            probability (`kerascope.cam.groups`).
         layer: the layer to explain (default: the zoo's, else the last spatial layer).
         batch_size: images per forward pass.
         aug_smooth: average the maps of flipped and intensity-scaled copies.
@@ -247,11 +264,13 @@ def explain(
         >>> e.class_name, e.heatmap.shape
         ('tabby', (300, 451))
     """
+    from kerascope.cam.groups import class_or_group
     from kerascope.inference import normalise_inputs
     from kerascope.zoo.models import load_model
 
     check_fit(fit)
     clf = model if isinstance(model, Classifier) else load_model(model)
+    clf, target = class_or_group(clf, target)  # "cat": its classes merged (kerascope.cam.groups)
     explainer = _cached_explainer(clf, method, layer, aug_smooth, eigen_smooth, precision)
     single = _is_single(images_or_paths)
     sources, _, missing = normalise_inputs(images_or_paths)
@@ -312,7 +331,7 @@ def iter_explanations(
             cam = place(cam, e.box, it.shape)
             heat = upsample(cam, it.original.shape[:2])
             peak = float(heat.max())  # maps peak at 1; resampling (twice, when placed) shaves it
-            e.heatmap = heat / peak if peak > 0 else heat
+            e.heatmap = untinted_outside(heat / peak if peak > 0 else heat, e.box)
             yield e, it.original
 
 

@@ -118,6 +118,36 @@ def place(cam: Any, box: Box | None, shape: tuple[int, ...]) -> Any:
     return place_in_picture(cam, shape, in_pixels(box, shape) if is_part(box, shape) else whole)
 
 
+def pixel_box(box: Box, shape: tuple[int, ...]) -> tuple[int, int, int, int]:
+    """A `Box` as whole pixels (left, top, right, bottom) of a (height, width) picture: the
+    pixels whose centres lie in it, the ones an explanation of the crop may tint."""
+    left, top, right, bottom = in_pixels(box, shape)
+    return round(left), round(top), round(right), round(bottom)
+
+
+def untinted_outside(heatmap: Any, box: Box | None) -> Any:
+    """``heatmap`` over the whole picture, exactly 0 outside ``box`` (resampling a placed map
+    spreads it a pixel or two past the crop's edge); as is when the box is all of it."""
+    if not is_part(box, heatmap.shape):
+        return heatmap
+    left, top, right, bottom = pixel_box(box, heatmap.shape)
+    out = heatmap * 0
+    out[top:bottom, left:right] = heatmap[top:bottom, left:right]
+    return out
+
+
+def photo_outside(blended: Image.Image, photo: Image.Image, box: Box | None) -> Image.Image:
+    """The overlay inside ``box`` and the plain ``photo`` outside it, pixel for pixel (the
+    model did not see that part); ``blended`` as is when the box is all of the picture."""
+    shape = (photo.size[1], photo.size[0])
+    if not is_part(box, shape):
+        return blended
+    left, top, right, bottom = pixel_box(box, shape)
+    out = photo.copy()
+    out.paste(blended.crop((left, top, right, bottom)), (left, top))
+    return out
+
+
 def draw_outline(image: Image.Image, box: Box | None) -> Image.Image:
     """``image`` with ``box`` outlined, in place; as is when the box is the whole picture. The
     line is about 0.4 % of the longer side (2 px at least): seen on a 4k picture, thin on a
@@ -125,14 +155,13 @@ def draw_outline(image: Image.Image, box: Box | None) -> Image.Image:
     shape = (image.size[1], image.size[0])
     if not is_part(box, shape):
         return image
-    left, top, right, bottom = in_pixels(box, shape)
+    left, top, right, bottom = pixel_box(box, shape)
     width = max(2, round(max(image.size) / 250))
     draw = ImageDraw.Draw(image)
     for i, colour in enumerate(_OUTLINE):
         inset = i * width
         draw.rectangle(
-            (round(left) + inset, round(top) + inset,
-             round(right) - 1 - inset, round(bottom) - 1 - inset),
+            (left + inset, top + inset, right - 1 - inset, bottom - 1 - inset),
             outline=colour, width=width,
         )  # fmt: skip
     return image

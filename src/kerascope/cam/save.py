@@ -40,7 +40,13 @@ from kerascope.cam.explain import (
     resolve_targets,
     spread_targets,
 )
-from kerascope.cam.fitting import DEFAULT_FIT, check_fit, draw_outline, with_caption
+from kerascope.cam.fitting import (
+    DEFAULT_FIT,
+    check_fit,
+    draw_outline,
+    photo_outside,
+    with_caption,
+)
 from kerascope.cam.overlay import (
     DEFAULT_COLORMAP,
     colormap_lut,
@@ -464,7 +470,8 @@ def _draw(source, cam, label, alpha, colormap, path: Path, e, colorbar, replace=
     base = Image.fromarray(image)
     label = with_caption(label, e.box, image.shape)
     del image
-    blended = draw_outline(overlay_image(base, cam, alpha, colormap), e.box)
+    blended = overlay_image(base, cam, alpha, colormap)
+    blended = draw_outline(photo_outside(blended, base, e.box), e.box)  # a crop: outlined
     picture = side_by_side_image(base, blended, label, colorbar=colorbar, colormap=colormap)
     del base, blended
     try:

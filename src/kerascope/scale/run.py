@@ -73,9 +73,12 @@ def _settings(task: str, o: dict[str, Any]) -> dict[str, Any]:
         return {"model": model, "weights": weights, "layer": o.get("layer"),
                 "pool": o.get("pool", "avg"), "image_size": size}  # fmt: skip
     target = o.get("target")
+    if o.get("fit", "whole") not in ("whole", "crop"):
+        raise BatchError(f"--fit must be whole or crop, got {o.get('fit')!r}")
     return {"model": model, "method": o.get("method", "gradcam"), "layer": o.get("layer"),
             "target": None if target is None else str(target),
-            "alpha": float(o.get("alpha", 0.4)), "colormap": o.get("colormap")}  # fmt: skip
+            "alpha": float(o.get("alpha", 0.4)), "colormap": o.get("colormap"),
+            "fit": o.get("fit", "whole")}  # fmt: skip
 
 
 def run_batch(

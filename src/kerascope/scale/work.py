@@ -208,7 +208,8 @@ class BlockWorker:
         targets = None if self.target is None else np.full(len(sources), self.target)
         cols: dict[str, list] = {k: [] for k in EXPLAIN_COLUMNS}
         errors = 0
-        found = iter_small(self.clf, self.explainer, sources, targets, self.batch_size)
+        found = iter_small(self.clf, self.explainer, sources, targets, self.batch_size,
+                           fit=s.get("fit", "whole"))  # fmt: skip
         for source, name, (e, cam) in zip(sources, row["outputs"], found, strict=True):
             if e.ok:  # the picture single-machine `explain` writes, drawn by the same code
                 e = draw_explanation(source, cam, e, s["method"], s["alpha"], s["colormap"],

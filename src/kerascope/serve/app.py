@@ -211,12 +211,21 @@ def create_app(
             description="long side of the pictures; 0: full (every pixel counts twice against "
             "the pixel budget: decoded and drawn)",
         ),
+        fit: str = Query(
+            "whole",
+            pattern="^(whole|crop)$",
+            description="what the model sees: whole (the whole picture resized to its input; "
+            "the heatmap covers it all) or crop (classify's centre crop, outlined; the rest "
+            "untinted), as explain --fit",
+        ),
     ):
         """Where the model looks: heatmap, class and probability for each image.
 
         JSON results are `kerascope.explain`'s ``Explanation``s (the heatmap as pictures:
         ``overlay``, the blended photo, and ``heatmap``, the coloured layer alone, as data URLs).
         """
+        from kerascope.cam.fitting import fit_convention
+
         served_model = pick(model)
         clf = served_model.clf
         method = served_model.method(method)  # refused before the body is read
@@ -230,27 +239,50 @@ def create_app(
         with budget.reserve(cost):  # held until the pictures are drawn and encoded
             with batcher.expecting(len(uploads)):
                 items = await decode_all(
-                    uploads, clf.input_size, pool, True, clf.convention, max_side
+                    uploads, clf.input_size, pool, True, fit_convention(clf, fit), max_side
                 )
             good = [it for it in items if it.error is None]
             outs = await batcher.run_all([(it.pixels, class_index) for it in good])
             return await answer(served_model, method, items, good, outs,
-                                format, alpha, colormap, max_side)  # fmt: skip
+                                format, alpha, colormap, max_side, fit)  # fmt: skip
 
-    async def answer(served_model, method, items, good, outs, format, alpha, colormap, max_side):
+    async def answer(
+        served_model, method, items, good, outs, format, alpha, colormap, max_side, fit="whole"
+    ):
         """The explain response: the pictures drawn on the pool, as JSON or one image."""
+        import numpy as np
+        from PIL import Image
+
         from kerascope.cam.explain import Explanation
-        from kerascope.cam.overlay import place_in_picture
+        from kerascope.cam.fitting import (
+            as_fractions,
+            draw_outline,
+            fit_convention,
+            is_part,
+            photo_outside,
+            place,
+        )
         from kerascope.images import fit_box
+        from kerascope.serve.render import fit as fit_shown
         from kerascope.serve.render import render
 
         clf = served_model.clf
         loop = asyncio.get_running_loop()
+        convention = fit_convention(clf, fit)
+        boxes = {}
 
-        def draw(it, heat):  # the map covers what the model saw: the fitted part (explain's)
+        def draw(it, heat):  # the map covers what the model saw (explain's rule, `cam.fitting`)
             shape = it.original.shape
-            heat = place_in_picture(heat, shape, fit_box(shape, clf.input_size, clf.convention))
-            return render(it.original, heat, alpha, colormap, max_side)
+            box = boxes[id(it)] = as_fractions(fit_box(shape, clf.input_size, convention), shape)
+            over, layer = render(it.original, place(heat, box, shape), alpha, colormap, max_side)
+            if not is_part(box, shape):
+                return over, layer
+            shown = Image.fromarray(fit_shown(it.original, max_side))  # a crop: photo outside it
+            over = photo_outside(Image.fromarray(over), shown, box)
+            clear = Image.new("RGBA", layer.size, (0, 0, 0, 0))
+            return np.asarray(draw_outline(over, box)), draw_outline(
+                photo_outside(layer, clear, box), box
+            )
 
         drawn = await asyncio.gather(*(
             loop.run_in_executor(pool, draw, it, out[0]) for it, out in zip(good, outs, strict=True)
@@ -271,7 +303,9 @@ def create_app(
                 return _explanation_dict(Explanation(it.name, error=it.error))
             (_, c, p), (over, layer) = done[id(it)]
             wnid, name = clf.labels[c]
-            row = _explanation_dict(Explanation(it.name, None, c, wnid, name, p))
+            row = _explanation_dict(
+                Explanation(it.name, None, c, wnid, name, p, fit=fit, box=boxes[id(it)])
+            )
             row.update(width=over.shape[1], height=over.shape[0])
             row.update(overlay=data_url(over, "jpeg"), heatmap=data_url(layer, "png"))
             return row
@@ -291,8 +325,9 @@ def create_app(
 
 
 def _explanation_dict(e) -> dict:
-    """An `Explanation` as JSON: every field but the heatmap array (sent as pictures)."""
-    return {f.name: getattr(e, f.name) for f in dataclasses.fields(e) if f.name != "heatmap"}
+    """An `Explanation` as JSON: every field but the maps (sent as pictures)."""
+    maps = ("heatmap", "model_map")
+    return {f.name: getattr(e, f.name) for f in dataclasses.fields(e) if f.name not in maps}
 
 
 def _add_handlers(app: FastAPI) -> None:

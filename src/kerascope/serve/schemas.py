@@ -41,6 +41,11 @@ class ExplainResult(BaseModel):
     class_name: str | None = None
     probability: float | None = None
     error: str | None = None
+    fit: str | None = Field(None, description="what the model saw: whole or crop (the fit asked)")
+    box: list[float] | None = Field(
+        None, description="the part of the picture the model saw, (left, top, right, bottom) as "
+        "fractions of its width and height; outlined on the pictures when it is not all of it"
+    )  # fmt: skip
     width: int | None = Field(None, description="size of overlay and heatmap, in pixels")
     height: int | None = None
     overlay: str | None = Field(None, description="data: URL, the photo with the heatmap over it")
@@ -55,6 +60,18 @@ class ExplainResponse(BaseModel):
     results: list[ExplainResult]
 
 
+class MethodInfo(BaseModel):
+    name: str = Field(description="the value of explain's method parameter")
+    title: str = Field(description="the method's name for people")
+    cost: str = Field(description="what one image costs (passes; time relative to Grad-CAM)")
+    sanity: bool = Field(
+        description="passes the weight-randomisation sanity check (Adebayo et al. 2018): false "
+        "means the map may partly not depend on the model"
+    )
+    expensive: bool = Field(description="runs the model K times per image on this server")
+    allowed: bool = Field(description="this server answers it (expensive ones: --allow-expensive)")
+
+
 class ModelInfo(BaseModel):
     name: str
     default: bool
@@ -65,6 +82,9 @@ class ModelInfo(BaseModel):
     expensive_methods: list[str] = Field(
         description="methods that run the model K times per image: their own queue and "
         "limits, answered only by servers started with --allow-expensive"
+    )
+    method_details: list[MethodInfo] = Field(
+        description="every explain method the API knows, with its cost and sanity-check flag"
     )
 
 

@@ -4,8 +4,43 @@
 "use strict";
 
 const $ = (sel, root = document) => root.querySelector(sel);
-const state = { model: null, cards: [] };
-const METHOD_NAMES = { cam: "CAM", gradcam: "Grad-CAM", "gradcam++": "Grad-CAM++" };
+const state = { model: null, cards: [], methods: {} };
+
+// The methods come from /v1/models (the server's registry): each with its cost per image and
+// whether it passes the weight-randomisation sanity check.
+function methodTitle(name) {
+  const d = state.methods[name];
+  if (d) return d.title;
+  const option = [...$("#method").options].find((o) => o.value === name); // before /v1/models
+  return option ? option.textContent : name;
+}
+
+function methodNote(d) {
+  if (!d) return "";
+  return `Cost per image: ${d.cost}.` +
+    (d.sanity ? "" : " Fails the randomisation sanity check: the map may partly show the " +
+      "layer itself rather than what the model learned.") +
+    (d.allowed ? "" : " This server refuses it (started without --allow-expensive).");
+}
+
+function fillMethods(details) {
+  const select = $("#method");
+  const chosen = select.value || "gradcam";
+  state.methods = Object.fromEntries(details.map((d) => [d.name, d]));
+  select.replaceChildren();
+  for (const d of details) {
+    const option = document.createElement("option");
+    option.value = d.name;
+    option.textContent = d.title + (d.sanity ? "" : " (fails sanity check)") +
+      (d.allowed ? "" : " (not on this server)");
+    option.title = methodNote(d);
+    option.disabled = !d.allowed;
+    option.selected = d.name === chosen;
+    select.append(option);
+  }
+  if (!state.methods[select.value] || !state.methods[select.value].allowed) select.value = "gradcam";
+  $("#method-note").textContent = methodNote(state.methods[select.value]);
+}
 
 function status(text) { $("#status").textContent = text; }
 
@@ -27,7 +62,12 @@ function query(params) {
   return q.toString();
 }
 
-function percent(p) { return `${(100 * p).toFixed(p >= 0.1 ? 1 : 2)}%`; }
+// As kerascope.output.percent: one decimal, two under 0.1 %, never a "0.0%" for a non-zero p.
+function percent(p) {
+  if (p >= 0.001) return `${(100 * p).toFixed(1)}%`;
+  if (p >= 0.0001) return `${(100 * p).toFixed(2)}%`;
+  return p > 0 ? "<0.01%" : "0%";
+}
 
 function showError(card, message) {
   const el = $(".error", card.root);
@@ -63,21 +103,23 @@ async function explain(card, classIndex) {
   card.target = classIndex;
   const method = $("#method").value;
   const caption = $(".explained", card.root);
-  caption.textContent = `${METHOD_NAMES[method]}: computing…`;
+  caption.textContent = `${methodTitle(method)}: computing…`;
   for (const b of card.root.querySelectorAll(".classes button")) {
     b.setAttribute("aria-pressed", String(classIndex !== null && b.dataset.index === String(classIndex)));
   }
   const ticket = (card.ticket = (card.ticket || 0) + 1);
   try {
-    const q = query({ method, model: state.model, class: classIndex, max_side: 1024 });
+    const fit = $("#fit").value;
+    const q = query({ method, model: state.model, class: classIndex, max_side: 1024, fit });
     const data = await api(`/v1/explain?${q}`, card.file);
     if (ticket !== card.ticket) return; // a newer request for this card won
     const r = data.results[0];
     const overlay = $(".overlay", card.root);
-    overlay.alt = `${METHOD_NAMES[method]} heatmap for ${r.class_name}`;
+    overlay.alt = `${methodTitle(method)} heatmap for ${r.class_name}`;
     overlay.src = r.heatmap;
-    caption.textContent = `${METHOD_NAMES[method]}: where the model sees ` +
-      `${r.class_name.replaceAll("_", " ")} (${percent(r.probability)})`;
+    caption.textContent = `${methodTitle(method)}: where the model sees ` +
+      `${r.class_name.replaceAll("_", " ")} (${percent(r.probability)})` +
+      (r.fit === "crop" ? "; it saw only the outlined centre crop" : "");
     for (const b of card.root.querySelectorAll(".classes button")) {
       b.setAttribute("aria-pressed", String(b.dataset.index === String(r.class_index)));
     }
@@ -130,6 +172,8 @@ async function loadModels() {
     const response = await fetch("/v1/models");
     const data = await response.json();
     state.model = data.default;
+    const details = (m) => (data.models.find((x) => x.name === m) || {}).method_details || [];
+    fillMethods(details(state.model));
     const select = $("#model");
     for (const m of data.models) {
       const option = document.createElement("option");
@@ -141,6 +185,7 @@ async function loadModels() {
     $("#model-field").hidden = data.models.length < 2;
     select.addEventListener("change", () => {
       state.model = select.value;
+      fillMethods(details(state.model));
       for (const card of state.cards) { classify(card); explain(card, null); }
     });
   } catch (err) {
@@ -151,6 +196,10 @@ async function loadModels() {
 function setUp() {
   $("#files").addEventListener("change", (e) => { addPhotos(e.target.files); e.target.value = ""; });
   $("#method").addEventListener("change", () => {
+    $("#method-note").textContent = methodNote(state.methods[$("#method").value]);
+    for (const card of state.cards) explain(card, card.target);
+  });
+  $("#fit").addEventListener("change", () => {
     for (const card of state.cards) explain(card, card.target);
   });
   $("#opacity").addEventListener("input", (e) => setOpacity(e.target.value));
