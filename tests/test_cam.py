@@ -11,6 +11,7 @@ import pytest
 
 from kerascope.cam import CAM, GradCAM, GradCAMPlusPlus, LayerError, MethodError, find_layer
 from kerascope.cam.explain import Explainer, Explanation, explain, resolve_target
+from kerascope.cam.graph import candidate_layers
 
 from .conftest import load_rgb
 
@@ -122,6 +123,16 @@ def test_ensemble_with_same_named_layers_in_two_branches():
     assert find_layer(model, "conv_head_relu6") is find_layer(model, "lite0_80/conv_head_relu6")
     with pytest.raises(LayerError, match="no layer 'nope'"):
         find_layer(model, "lite0_64/nope")
+    # names the branches share are listed with their branch, so each picks one layer
+    # (before: "conv_head_relu6" once, which always meant the last branch)
+    listed = candidate_layers(model)
+    assert {"lite0_64/conv_head_relu6", "lite0_80/conv_head_relu6"} <= set(listed)
+    assert "conv_head_relu6" not in listed and "resize_64" in listed  # unique: plain
+    assert find_layer(model, listed[1]) is not find_layer(model, listed[0])
+    with pytest.raises(LayerError) as err:
+        find_layer(model, "conv_head_relu")
+    meant = str(err.value).split("did you mean ")[1].split("?")[0].split(", ")
+    assert {"lite0_64/conv_head_relu6", "lite0_80/conv_head_relu6"} <= set(meant)
 
 
 # --- methods ----------------------------------------------------------------------------------

@@ -39,6 +39,12 @@ def _nodes(fn: Any) -> Iterator[Any]:
 
 def _walk(model: Any) -> Iterator[tuple[Any, tuple]]:
     """(operation, output shape) of every call in ``model``, nested models expanded in place."""
+    for op, shape, _ in _walk_named(model):
+        yield op, shape
+
+
+def _walk_named(model: Any, outer: str = "") -> Iterator[tuple[Any, tuple, str]]:
+    """`_walk`, each call with the name of the nested model it runs in ("" at the top)."""
     fn = _functional(model)
     if fn is None:
         raise LayerError(
@@ -46,14 +52,23 @@ def _walk(model: Any) -> Iterator[tuple[Any, tuple]]:
         )
     for node in _nodes(fn):
         if _functional(node.operation) is not None:
-            yield from _walk(node.operation)
+            yield from _walk_named(node.operation, node.operation.name)
         if len(node.outputs) == 1:
-            yield node.operation, tuple(node.outputs[0].shape)
+            yield node.operation, tuple(node.outputs[0].shape), outer
 
 
 def candidate_layers(model: Any) -> list[str]:
-    """Names of the layers with a 4-D (batch, height, width, channels) output, last first."""
-    names = [op.name for op, shape in _walk(model) if len(shape) == 4]
+    """Names of the layers with a 4-D (batch, height, width, channels) output, last first.
+
+    A name that several nested models share (an ensemble's branches) is listed as
+    ``"branch/layer"``, the form `find_layer` takes, so every listed name picks one layer.
+    """
+    calls = [(op.name, outer) for op, shape, outer in _walk_named(model) if len(shape) == 4]
+    owners: dict[str, set[str]] = {}
+    for name, outer in calls:
+        owners.setdefault(name, set()).add(outer)
+    names = [f"{outer}/{name}" if len(owners[name]) > 1 and outer else name
+             for name, outer in calls]  # fmt: skip
     return list(dict.fromkeys(reversed(names)))
 
 
@@ -86,7 +101,9 @@ def find_layer(model: Any, name: str | None = None) -> Any:
     if found:
         reason = f"layer '{name}' has output shape {found[-1][1]}, not (batch, h, w, channels)"
     else:
-        close = difflib.get_close_matches(name, listed, n=3)
+        plain = name.rsplit("/", 1)[-1]
+        near = set(difflib.get_close_matches(plain, [n.rsplit("/", 1)[-1] for n in listed], n=3))
+        close = [n for n in listed if n.rsplit("/", 1)[-1] in near][:6]
         hint = f" (did you mean {', '.join(close)}?)" if close else ""
         reason = f"model '{model.name}' has no layer '{name}'{hint}"
     more = f", ... ({len(listed)} in all)" if len(listed) > 8 else ""
