@@ -90,6 +90,9 @@ def _add_classify(sub) -> None:
         "ImageNet classes (cat,dog,vehicle,n02121808)",
     )
     add_precision_option(p)
+    from kerascope.tta import add_tta_options
+
+    add_tta_options(p)
     p.set_defaults(func=_run_classify)
 
 
@@ -135,6 +138,16 @@ def _run_classify(args) -> int:
     say_precision(args.precision, precision, engine_name(clf.model, precision=precision))
     stream = classify_sources(clf, sources, args.top, args.threshold, args.batch_size,
                               precision=precision, group=group)  # fmt: skip
+    from kerascope.tta import classify_tta, tta_from_args
+
+    tta = tta_from_args(args)
+    if tta is not None:
+        if group:
+            raise CliError("--tta does not combine with --group/--groups yet; drop one of them")
+        output.note(f"probabilities are the mean of {tta.views} views per image (TTA: "
+                    f"{tta.describe()})")  # fmt: skip
+        stream = classify_tta(clf, sources, tta, args.top, args.threshold, args.batch_size,
+                              precision)  # fmt: skip
     results, interrupted = _until_interrupted(stream, len(sources), "classifying")
     if interrupted:
         where = f"'{args.output}'" if args.output else "the output"

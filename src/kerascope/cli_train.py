@@ -10,6 +10,7 @@ import argparse
 from kerascope.cli_common import say_precision
 from kerascope.errors import CliError
 from kerascope.precision import add_precision_option
+from kerascope.tta import add_tta_options, tta_from_args
 
 
 class _Help(argparse.ArgumentDefaultsHelpFormatter):
@@ -106,6 +107,10 @@ def _add_train(sub) -> None:
     regular.add_argument("--cutmix", type=float, metavar="A", help="CutMix: paste a box of "
                          "another image, area share ~ Beta(A, A) (1.0 usual; with --mixup each "
                          "batch takes one; default off)")  # fmt: skip
+    p.add_argument("--find-lr", action="store_true", help="run the learning-rate finder "
+                   "instead of training: an exponential sweep of the recipe's first stage "
+                   "(same network, same split path), writes lr_find.png (lr_find-1.png... when "
+                   "taken) and prints the suggested --lr; no run directory is made")  # fmt: skip
     p.add_argument("--image-size", type=int, help="side in pixels (default: the recipe's, "
                    "or the backbone's)")  # fmt: skip
     p.add_argument("--patience", type=int, help="early-stopping patience in epochs (default: "
@@ -161,6 +166,7 @@ def _add_evaluate(sub) -> None:
                    "run directory)")  # fmt: skip
     p.add_argument("--batch-size", type=int, default=32, help="images per forward pass")
     add_precision_option(p)
+    add_tta_options(p)
     p.set_defaults(func=_run_evaluate)
 
 
@@ -173,6 +179,7 @@ def _add_predict(sub) -> None:
                    "named)")  # fmt: skip
     p.add_argument("--batch-size", type=int, default=32, help="images per forward pass")
     add_precision_option(p)
+    add_tta_options(p)
     p.set_defaults(func=_run_predict)
 
 
@@ -258,12 +265,34 @@ def _run_train(args) -> int:
         kwargs["pool"] = args.pool
     kwargs.update(devices=args.devices, coordinator=args.coordinator,
                   num_processes=args.num_processes, process_id=args.process_id)  # fmt: skip
+    if args.find_lr:
+        return _find_lr(args, kwargs)
     try:
         run = train(args.data, **kwargs)
     except KeyboardInterrupt:
         output.note("interrupted: the last finished epoch is saved; continue with --resume RUN_DIR")
         return 130
     _note(headline(run))
+    return 0
+
+
+def _find_lr(args, kwargs: dict) -> int:
+    """``train --find-lr``: the sweep, its picture and the suggestion; nothing else written."""
+    from kerascope import output
+    from kerascope.prediction import fresh_path
+    from kerascope.training.lr_find import find_lr
+
+    if args.resume:
+        raise CliError("--find-lr sweeps a new run's first stage; leave out --resume")
+    target = fresh_path("lr_find.png")
+    with output.progress_bar(100, "lr finder") as advance:
+        result = find_lr(args.data, plot=target, progress=lambda done, total: advance(1),
+                         **{k: v for k, v in kwargs.items() if k != "recipe"},
+                         recipe=args.recipe)  # fmt: skip
+    stage = f"{result.optimizer}, {result.trained}"
+    _note(f"suggested lr {result.suggestion:.2g} ({stage}; the sweep is in {result.plot}); "
+          f"train with it: the same command with --lr {result.suggestion:.2g} instead of "
+          "--find-lr")  # fmt: skip
     return 0
 
 
@@ -330,7 +359,8 @@ def _run_evaluate(args) -> int:
     from kerascope.output import printable_lines
 
     result = evaluate(args.run, args.data, batch_size=args.batch_size, output=args.output,
-                      split=args.split, precision=args.precision)  # fmt: skip
+                      split=args.split, precision=args.precision,
+                      tta=tta_from_args(args))  # fmt: skip
     say_precision(args.precision, result.precision)
     print(printable_lines(format_confusion(result)))  # class names with ESC: shown escaped
     for path, reason in result.unreadable:
@@ -366,11 +396,15 @@ def _run_predict(args) -> int:
     total = len(normalise_inputs(args.inputs)[0])  # for the progress line only
     with output.progress_bar(total, "predicting") as advance:
         rows = predict(args.run, args.inputs, target, batch_size=args.batch_size,
-                       precision=args.precision, progress=advance)  # fmt: skip
+                       precision=args.precision, progress=advance,
+                       tta=tta_from_args(args))  # fmt: skip
     failed = [r for r in rows if not r.ok]
     labelled = summary(rows)
     _note(f"wrote {len(rows)} rows to {target}" + (f": {labelled}" if labelled else "") + (
         f"; {len(failed)} could not be read (error rows)" if failed else ""))  # fmt: skip
+    if tta_from_args(args) is not None:
+        _note(f"labels are the mean probabilities of {tta_from_args(args).views} views per "
+              f"image (TTA: {tta_from_args(args).describe()})")  # fmt: skip
     return 1 if failed else 0
 
 

@@ -371,7 +371,8 @@ def _predictions_grid(clf, kept, probs, labels, path: Path, count: int, seed: in
     """``predictions.png``: ``count`` random scored images with their predicted class."""
     rng = np.random.default_rng(seed)
     chosen = np.sort(rng.choice(len(kept), size=min(count, len(kept)), replace=False))
-    batch = next(iter_batches([kept[i][0] for i in chosen], clf.input_size, len(chosen)))
+    batch = next(iter_batches([kept[i][0] for i in chosen], clf.input_size, len(chosen),
+                              convention=clf.convention))  # as the model saw them  # fmt: skip
     names = [name for _, name in clf.labels]
     predicted = probs[chosen].argmax(axis=1)
     return plot_predictions(
@@ -433,7 +434,8 @@ def _top_losses(clf, kept, probs, labels, path: Path, count: int, heatmaps: bool
     """Gallery of the highest cross-entropy images: true class, prediction, probability."""
     true_p = probs[np.arange(len(labels)), labels]
     order = np.argsort(true_p, kind="stable")[:count]  # lowest p(true) = highest loss
-    batch = next(iter_batches([kept[i][0] for i in order], clf.input_size, max(1, len(order))))
+    batch = next(iter_batches([kept[i][0] for i in order], clf.input_size, max(1, len(order)),
+                              convention=clf.convention))  # as the model saw them  # fmt: skip
     pixels = np.stack([it.pixels for it in batch])
     predicted = probs[order].argmax(axis=1)
     if heatmaps:

@@ -21,6 +21,7 @@ from kerascope.images import IMAGE_SUFFIXES
 from kerascope.inference import normalise_inputs
 from kerascope.output import csv_safe
 from kerascope.rundir import read_labels
+from kerascope.tta import TTA, classify_tta
 from kerascope.zoo.models import Classifier, load_model
 
 CSV_FIELDS = ("path", "label", "probability", "error")
@@ -63,6 +64,7 @@ def predict(
     batch_size: int = 32,
     precision: str | None = None,
     progress: Callable[[int], None] | None = None,
+    tta: TTA | None = None,
 ) -> list[PredictedLabel]:
     """Label every image in ``inputs`` with its top-1 class, and write them as CSV if asked.
 
@@ -82,6 +84,7 @@ def predict(
         precision: what the model computes in: auto, float32, bfloat16 or float16 (see
             `kerascope.classification.run_precision`).
         progress: called with 1 as each image is labelled (the CLI's progress line).
+        tta: label by the mean probabilities over these views (`kerascope.tta.TTA`).
 
     Returns:
         One `PredictedLabel` per input, in input order.
@@ -96,7 +99,13 @@ def predict(
     clf = run_dir if isinstance(run_dir, Classifier) else load_model(run_dir)
     sources, skipped, _ = normalise_inputs(inputs)
     rows = []
-    for r in classify_sources(clf, sources, top=1, batch_size=batch_size, precision=precision):
+    if tta is None:
+        results = classify_sources(clf, sources, top=1, batch_size=batch_size,
+                                   precision=precision)  # fmt: skip
+    else:
+        results = classify_tta(clf, sources, tta, top=1, batch_size=batch_size,
+                               precision=precision)  # fmt: skip
+    for r in results:
         if r.ok:
             top = r.predictions[0]
             rows.append(PredictedLabel(r.source, top.name, top.index, top.probability))

@@ -1,0 +1,148 @@
+"""validate on the offline EfficientNet-Lite0 (real ported weights) and real photos that ship
+in installed packages, labelled with their true ImageNet classes:
+
+- skimage chelsea.png -> n02123045 tabby (Chelsea is a tabby; Lite0 says tiger_cat 0.39,
+  tabby 3rd at 0.17: top-1 wrong, top-5 right)
+- skimage coffee.png -> n07920052 espresso (Lite0: espresso 0.95, right)
+- matplotlib grace_hopper.jpg -> n03763968 military_uniform (Lite0: academic_gown 0.24,
+  military_uniform 3rd at 0.18: top-1 wrong, top-5 right)
+- skimage camera.png (the cameraman) -> n04485082 tripod (Lite0: tripod 0.94, right)
+
+So top-1 is 2/4 and top-5 4/4, whatever the folder layout. The 95 % Wilson intervals of 2/4
+and 4/4 are the textbook values [0.150, 0.850] and [0.510, 1.000].
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from kerascope.data.folders import DatasetError
+from kerascope.validation import class_folders, validate
+
+PHOTOS = {  # file: (WordNet id, ImageNet name, a class-name folder as a person would type it)
+    "chelsea.png": ("n02123045", "tabby", "Tabby"),
+    "coffee.png": ("n07920052", "espresso", "espresso"),
+    "grace_hopper.jpg": ("n03763968", "military_uniform", "military uniform"),
+    "camera.png": ("n04485082", "tripod", "tripod"),
+}
+
+
+def _photo(skimage_data: Path, name: str) -> Path:
+    if name == "grace_hopper.jpg":
+        import matplotlib
+
+        return Path(matplotlib.get_data_path()) / "sample_data" / name
+    return skimage_data / name
+
+
+def _folder(root: Path, skimage_data: Path, column: int) -> Path:
+    for name, labels in PHOTOS.items():
+        (root / labels[column]).mkdir(parents=True)
+        shutil.copy(_photo(skimage_data, name), root / labels[column] / name)
+    return root
+
+
+@pytest.fixture(scope="module")
+def imagenet_layout(tmp_path_factory, skimage_data) -> Path:
+    return _folder(tmp_path_factory.mktemp("imagenet") / "val", skimage_data, 0)
+
+
+@pytest.fixture(scope="module")
+def by_wnid(imagenet_layout, lite0, tmp_path_factory):
+    out = tmp_path_factory.mktemp("validate") / "out"
+    return validate(lite0, imagenet_layout, output=out, heatmaps=False, top_losses=2)
+
+
+def test_imagenet_layout_gives_the_expected_top1_and_top5(by_wnid):
+    r = by_wnid
+    assert r.n == 4 and not r.unreadable
+    assert r.accuracy == 0.5 and r.top5_accuracy == 1.0
+    assert r.top1_interval == pytest.approx((0.150, 0.850), abs=5e-4)
+    assert r.top5_interval == pytest.approx((0.510, 1.000), abs=5e-4)
+    assert {c: (r.per_class[c].recall, r.per_class[c].support)
+            for c in ("tabby", "espresso", "military_uniform", "tripod")} == {
+        "tabby": (0.0, 1), "espresso": (1.0, 1), "military_uniform": (0.0, 1),
+        "tripod": (1.0, 1)}  # fmt: skip
+    assert r.per_class["tiger_cat"].precision == 0.0 and r.per_class["tiger_cat"].support == 0
+    assert ("tabby", "tiger_cat", 1) in r.most_confused and len(r.most_confused) == 2
+    assert r.images_per_second > 0 and r.tta is None
+
+
+def test_validate_writes_metrics_and_pictures(by_wnid):
+    out = by_wnid.output
+    written = json.loads((out / "metrics.json").read_text())
+    assert written["accuracy"] == 0.5 and written["top5_accuracy"] == 1.0
+    assert written["confusion"] is None  # 1000 classes: the non-zero cells only
+    cells = {(a, b): n for a, b, n in written["confusion_nonzero"]}
+    classes = written["classes"]
+    assert cells[(classes.index("tabby"), classes.index("tiger_cat"))] == 1
+    assert sum(cells.values()) == 4
+    for name in ("confusion.png", "top_losses.png", "predictions.png"):
+        assert (out / name).stat().st_size > 5000
+
+
+def test_class_name_folders_map_to_the_same_classes(imagenet_layout, lite0, skimage_data,
+                                                    tmp_path, by_wnid):  # fmt: skip
+    by_name = _folder(tmp_path / "named", skimage_data, 2)
+    mapped = {f.name: lite0.labels[i][1] for f, i in class_folders(by_name, lite0.labels)}
+    assert mapped == {"Tabby": "tabby", "espresso": "espresso",
+                      "military uniform": "military_uniform", "tripod": "tripod"}  # fmt: skip
+    r = validate(lite0, by_name, output=tmp_path / "out", heatmaps=False, top_losses=0, grid=0)
+    assert (r.accuracy, r.top5_accuracy, r.confusion) == (0.5, 1.0, by_wnid.confusion)
+
+
+def test_folders_matching_no_class_are_all_named(imagenet_layout, lite0, tmp_path):
+    root = tmp_path / "data"
+    shutil.copytree(imagenet_layout, root)
+    (root / "kitten").mkdir()
+    (root / "n99999999").mkdir()
+    with pytest.raises(DatasetError) as info:
+        class_folders(root, lite0.labels)
+    message = str(info.value)
+    assert "2 folder(s)" in message and "'kitten'" in message and "'n99999999'" in message
+    assert "\n" not in message and "WordNet id" in message
+
+
+def test_a_name_two_classes_share_asks_for_the_wordnet_id(lite0, tmp_path):
+    (tmp_path / "crane").mkdir()  # ImageNet has the bird n02012849 and the machine n03126707
+    with pytest.raises(DatasetError, match="n02012849 or n03126707"):
+        class_folders(tmp_path, lite0.labels)
+
+
+def test_cli_validate_prints_and_never_replaces_a_default_folder(imagenet_layout, tmp_path,
+                                                                monkeypatch, capsys):  # fmt: skip
+    from kerascope.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    kept = tmp_path / "validate-efficientnet_lite0"
+    kept.mkdir()
+    (kept / "metrics.json").write_text("mine")
+    assert main(["validate", "efficientnet_lite0", str(imagenet_layout), "--top-losses", "0"]) == 0
+    out, err = capsys.readouterr()
+    assert "accuracy 0.5000, top-5 1.0000 on 4 images" in out
+    assert "top-1 0.15-0.85, top-5 0.51-1.00" in out and "img/s" in out
+    assert "tabby -> tiger_cat: 1" in out
+    assert (kept / "metrics.json").read_text() == "mine"
+    fresh = tmp_path / "validate-efficientnet_lite0-1"
+    assert json.loads((fresh / "metrics.json").read_text())["n"] == 4
+    assert f"to {fresh.name}" in err
+
+    bad = tmp_path / "bad"
+    (bad / "kitten").mkdir(parents=True)
+    assert main(["validate", "efficientnet_lite0", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "'kitten'" in err and "error" in err
+
+
+def test_wilson_interval_by_hand():
+    from kerascope.metrics import wilson_interval
+
+    # Brown, Cai & DasGupta (2001): 0 of 10 -> [0, 0.2775]; 5 of 10 -> [0.2366, 0.7634]
+    assert wilson_interval(0, 10) == pytest.approx((0.0, 0.2775), abs=1e-4)
+    assert wilson_interval(5, 10) == pytest.approx((0.2366, 0.7634), abs=1e-4)
+    assert all(np.isnan(wilson_interval(0, 0)))
