@@ -146,3 +146,27 @@ def test_wilson_interval_by_hand():
     assert wilson_interval(0, 10) == pytest.approx((0.0, 0.2775), abs=1e-4)
     assert wilson_interval(5, 10) == pytest.approx((0.2366, 0.7634), abs=1e-4)
     assert all(np.isnan(wilson_interval(0, 0)))
+
+
+def _red_pixels(path: Path) -> int:
+    """Pixels of the wrong-prediction colour (eval_plots.WRONG, #cf222e) in a picture."""
+    from PIL import Image
+
+    rgb = np.asarray(Image.open(path).convert("RGB")).astype(int)
+    return int((np.abs(rgb - (0xCF, 0x22, 0x2E)).sum(axis=-1) < 30).sum())
+
+
+def test_predictions_grid_marks_exactly_the_wrong_ones(by_wnid, lite0, skimage_data, tmp_path):
+    from kerascope.eval_plots import prediction_title
+
+    assert prediction_title("espresso", 0.951, "espresso") == ("espresso 95%", True)
+    title, right = prediction_title("tiger_cat", 0.385, "tabby")
+    assert not right and title.startswith("\u2717 tiger_cat 38%") and "(true: tabby)" in title
+    # 2 wrong of 4: two red frames (3 px around a 224 px tile: thousands of pixels)
+    assert _red_pixels(by_wnid.output / "predictions.png") > 2000
+    right_only = tmp_path / "right"
+    for name in ("coffee.png", "camera.png"):
+        (right_only / PHOTOS[name][0]).mkdir(parents=True)
+        shutil.copy(_photo(skimage_data, name), right_only / PHOTOS[name][0] / name)
+    r = validate(lite0, right_only, output=tmp_path / "out", heatmaps=False, top_losses=0)
+    assert r.accuracy == 1.0 and _red_pixels(r.output / "predictions.png") == 0

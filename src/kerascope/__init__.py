@@ -23,6 +23,7 @@ __all__ = [
     "load_model",
     "predict",
     "train",
+    "validate",
     "__version__",
 ]
 
@@ -40,6 +41,7 @@ _LAZY = {
     "train": "kerascope.training.run",
     "evaluate": "kerascope.evaluation",
     "predict": "kerascope.prediction",
+    "validate": "kerascope.validation",
 }
 
 if TYPE_CHECKING:
@@ -51,6 +53,7 @@ if TYPE_CHECKING:
     from kerascope.export import export_model
     from kerascope.prediction import predict
     from kerascope.training.run import train
+    from kerascope.validation import validate
     from kerascope.zoo.models import load_model
 
 
