@@ -1,0 +1,198 @@
+"""Training on several devices and processes (issue 19): ``--devices``, the Keras
+DataParallel run on two virtual CPU devices, two real processes on 127.0.0.1 joined through
+``--coordinator`` (JAX's gloo CPU collectives), and the one-line refusals.
+
+Tolerances, measured: one LeNet epoch on two virtual devices ends within 6e-7 of the
+one-device weights (the split batch only changes the order of float32 sums); the test
+allows 1e-5. Two processes' history matches one process's to ~2e-7 relative; allowed 1e-5.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+
+from kerascope.cli import main
+from kerascope.errors import ConfigError
+from kerascope.training import devices as placing
+
+from .serve_server import free_port
+from .test_train_whole import make_cats_and_coffee
+
+ROOT = Path(__file__).resolve().parents[1]
+jax_only = pytest.mark.skipif(keras.backend.backend() != "jax", reason="JAX's devices")
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory, skimage_data) -> Path:
+    """Cat and coffee crops of real photos: 26 training images, 6 validation (val_split 0.2)."""
+    return make_cats_and_coffee(tmp_path_factory.mktemp("photos"), skimage_data, n=16, size=40)
+
+
+def _env(**extra: str) -> dict[str, str]:
+    env = {**os.environ, "KERAS_BACKEND": "jax", "PYTHONUNBUFFERED": "1", **extra}
+    for name in placing.ENV.values():
+        env.pop(name, None)
+    return env
+
+
+def _files(run: Path) -> set[str]:
+    return {str(p.relative_to(run)) for p in run.rglob("*")}
+
+
+def _history(run: Path) -> list[dict[str, str]]:
+    with open(run / "history.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_devices_option_values():
+    assert placing.parse_devices(None) == placing.parse_devices(" All ") == "all"
+    assert placing.parse_devices("2") == placing.parse_devices(2) == 2
+    assert placing.parse_devices("0, 2,5") == placing.parse_devices([0, 2, 5]) == (0, 2, 5)
+    for bad, says in (("two", "takes all, a count"), ("0", "at least 1"), ("1,1", "twice"),
+                      ("-1", "takes all, a count")):  # fmt: skip
+        with pytest.raises(ConfigError, match=says):
+            placing.parse_devices(bad)
+    with pytest.raises(ConfigError, match="give a multiple of 4 \\(e.g. 32\\)"):
+        placing.check_batch(30, 4)
+    placing.check_batch(32, 4)
+
+
+@jax_only
+def test_too_many_devices_is_one_line_and_writes_nothing(photos, tmp_path, capsys):
+    """This machine's JAX shows one CPU device: --devices 9 is refused before any file."""
+    run = tmp_path / "run"
+    code = main(["train", str(photos), "--recipe", "lenet", "--image-size", "32", "--devices",
+                 "9", "-o", str(run)])  # fmt: skip
+    err = capsys.readouterr().err.strip()
+    assert code == 2, err
+    assert err.count("\n") == 0 and "Traceback" not in err
+    assert "--devices 9: this machine has 1 CPU device(s), numbered 0-0; give at most 1" in err
+    assert not run.exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "says"),
+    [
+        (["--coordinator", "127.0.0.1:1234", "--num-processes", "2", "--process-id", "2"], {},
+         "--process-id 2 is out of range for --num-processes 2: give 0-1"),
+        ([], {"KERAS_DISTRIBUTION_JOB_ADDRESSES": "127.0.0.1:1234",
+              "KERAS_DISTRIBUTION_NUM_PROCESSES": "4", "KERAS_DISTRIBUTION_PROCESS_ID": "-1"},
+         "--process-id -1 is out of range for --num-processes 4: give 0-3"),
+        (["--coordinator", "no-port", "--num-processes", "2", "--process-id", "0"], {},
+         "--coordinator 'no-port': give HOST:PORT"),
+        (["--coordinator", "127.0.0.1:1234", "--process-id", "0"], {},
+         "--coordinator needs --num-processes N"),
+        (["--num-processes", "2", "--process-id", "1"], {}, "need --coordinator HOST:PORT"),
+    ],
+)  # fmt: skip
+def test_bad_process_options_are_one_line(photos, tmp_path, capsys, monkeypatch, args, env, says):
+    """Checked before JAX is asked to join anything, and before any file is written."""
+    for name in placing.ENV.values():
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    run = tmp_path / "run"
+    code = main(["train", str(photos), "--recipe", "lenet", "-o", str(run), *args])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err.count("\n") == 0 and says in err, err
+    assert not run.exists()
+
+
+@jax_only
+@pytest.mark.slow
+def test_two_virtual_devices_train_the_one_device_weights(photos, tmp_path):
+    """One epoch, same seed and global batch (8): on two devices (4 rows each, weights on
+    both) the weights equal one device's within 1e-5 and the run directory has the same
+    files; --devices 3 on two devices, a batch of 9 over two, device 2 of two: one line each,
+    no folder left."""
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "tests" / "devices_worker.py"), str(photos), str(tmp_path)],
+        env=_env(XLA_FLAGS="--xla_force_host_platform_device_count=2"), capture_output=True,
+        text=True, timeout=600,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["jax_devices"] == 2
+    one, two = out["1"], out["all"]
+    assert one["weights_on"] == [1] and two["weights_on"] == [2]
+    assert one["config"]["count"] == 1 and one["config"]["per_device_batch"] == 8
+    assert two["config"]["names"] == ["cpu:0", "cpu:1"] and two["config"]["per_device_batch"] == 4
+    assert two["config"]["lr_rule"] == placing.LR_RULE
+    a, b = (keras.saving.load_model(Path(r["run"]) / "model.keras") for r in (one, two))
+    pairs = zip(a.get_weights(), b.get_weights(), strict=True)
+    assert max(float(np.abs(x - y).max()) for x, y in pairs) < 1e-5
+    assert _files(Path(one["run"])) == _files(Path(two["run"]))
+    for name in ("history.csv", "config.yaml", "report.md", "model.keras", "split.json"):
+        assert (Path(two["run"]) / name).is_file()
+    report = (Path(two["run"]) / "report.md").read_text()
+    assert "Devices: 2 device(s) (cpu:0, cpu:1) in 1 process(es), 4 images per device" in report
+    assert "learning rate per global batch" in report
+    assert "this machine has 2 CPU device(s), numbered 0-1; give at most 2" in out["refused 3 8"]
+    assert "--batch-size 9 does not split evenly over 2 devices" in out["refused all 9"]
+    assert "--devices 0,2: no device 2" in out["refused 0,2 8"]
+    assert out["refused left a folder"] is False
+
+
+@jax_only
+@pytest.mark.slow
+def test_two_processes_train_together_and_only_process_0_writes(photos, tmp_path):
+    """Two real processes on 127.0.0.1 (gloo CPU collectives): the history equals one
+    process's run; process 1 writes nothing under the shared output path."""
+    common = ["train", str(photos), "--recipe", "lenet", "--engine", "keras", "--epochs", "2",
+              "--batch-size", "8", "--image-size", "32", "--seed", "0"]  # fmt: skip
+    kerascope = [sys.executable, "-m", "kerascope"]
+    single = tmp_path / "single"
+    alone = subprocess.run([*kerascope, *common, "-o", str(single)], env=_env(),
+                           capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert alone.returncode == 0, alone.stderr[-3000:]
+    run, port = tmp_path / "pair", free_port()
+    procs = [subprocess.Popen([*kerascope, *common, "-o", str(run), "--coordinator",
+                               f"127.0.0.1:{port}", "--num-processes", "2", "--process-id",
+                               str(i)], env=_env(), stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True)
+             for i in (0, 1)]  # fmt: skip
+    outs = [p.communicate(timeout=600) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs[0][1][-2000:] + outs[1][1][-2000:]
+    pair, ref = _history(run), _history(single)
+    assert len(pair) == len(ref) == 2
+    for got, want in zip(pair, ref, strict=True):
+        for key in ("loss", "accuracy", "val_loss", "val_accuracy"):
+            assert float(got[key]) == pytest.approx(float(want[key]), rel=1e-5), key
+    config = (run / "config.yaml").read_text()
+    assert "processes: 2" in config and "per_device_batch: 4" in config
+    assert _files(run) == _files(single)  # one writer: no second lock, no stray files
+    assert "run in /" in outs[1][1]  # process 1 finished too (its scratch copy is gone)
+
+
+@jax_only
+@pytest.mark.slow
+def test_a_coordinator_that_does_not_answer_ends_with_one_line(photos, tmp_path):
+    """Process 1 with nobody at the address: after the timeout (3 s here), one line naming
+    the address, exit code 3, not JAX's abort with a C++ stack trace after 300 s."""
+    port = free_port()
+    started = time.monotonic()
+    proc = subprocess.run(
+        [sys.executable, "-m", "kerascope", "train", str(photos), "--recipe", "lenet", "-o",
+         str(tmp_path / "run"), "--coordinator", f"127.0.0.1:{port}", "--num-processes", "2",
+         "--process-id", "1"],
+        env=_env(KERASCOPE_COORDINATOR_TIMEOUT="3"), capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == placing.EXIT_NO_COORDINATOR, proc.stderr[-2000:]
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("kerascope:")]
+    assert lines == [f"kerascope: error: the coordinator did not answer at 127.0.0.1:{port} "
+                     "within 3 s (process 1 of 2): start process 0 there with the same "
+                     "--num-processes, check the address and that the port is open, or wait "
+                     f"longer with {placing.TIMEOUT_ENV}=SECONDS"]  # fmt: skip
+    assert "Check failure" not in proc.stderr
+    assert time.monotonic() - started < 60
+    assert not (tmp_path / "run").exists()
