@@ -134,7 +134,8 @@ def _add_explain_args(p) -> None:
     p.add_argument("--weights", help="explicit weights file for a zoo model")
     p.add_argument("--method", action=_Lazy, metavar="METHOD", default="gradcam",
                    help_text=_method_help, choices_from=_method_names)  # fmt: skip
-    p.add_argument("--class", dest="target", help="class to explain: name, WordNet id or index "
+    p.add_argument("--class", dest="target", help="class to explain: name, WordNet id or index, "
+                   "or a group of ImageNet classes: cat, dog, vehicle, any WordNet ancestor "
                    "(default: the top class)")  # fmt: skip
     p.add_argument("--layer", help="layer to explain (default: found automatically)")
     p.add_argument(
@@ -238,14 +239,17 @@ def _add_video(sub) -> None:
     p.set_defaults(func=_run_video)
 
 
-def _target(clf, query: str | None) -> int | None:
-    """--class as an output index; an unknown class is a one-line error."""
+def _target(clf, query: str | None) -> tuple:
+    """--class as (classifier, output index); a WordNet group ("cat", "dog") of an ImageNet
+    model as its merged classifier and 0 (`kerascope.cam.groups`); unknown: one line."""
     from kerascope.cam.explain import resolve_target
+    from kerascope.cam.groups import class_or_group
 
     if query is None:
-        return None
+        return clf, None
     try:
-        return resolve_target(clf, query)
+        clf, query = class_or_group(clf, query)
+        return clf, resolve_target(clf, query)
     except ValueError as exc:
         raise CliError(str(exc)) from None
 
@@ -270,7 +274,7 @@ def _run_explain(args) -> int:
         check_outputs([None if n is None else Path(args.output) / n for n in names], sources,
                       args.overwrite)  # fmt: skip
     clf = load_model(args.model, weights=args.weights)
-    target = _target(clf, args.target)
+    clf, target = _target(clf, args.target)
     if args.compare:
         return _run_compare(args, clf, sources, target)
     options = _smoothing(args)
@@ -482,7 +486,7 @@ def _run_video(args) -> int:
     _check_video_output(args.input, args.output, args.overwrite)
     total = estimate_frames(args.input)
     clf = load_model(args.model, weights=args.weights)
-    target = _target(clf, args.target)
+    clf, target = _target(clf, args.target)
     with output.progress_bar(total, "video frames", min_total=1) as advance:
         report = explain_video(
             args.input,
