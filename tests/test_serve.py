@@ -92,6 +92,36 @@ def test_models_health_and_openapi(client):
     assert {"multipart/form-data", "image/*"} <= set(body)
 
 
+def test_models_list_every_method_of_the_registry_with_cost_and_sanity(client, photo_paths):
+    """/v1/models lists what the API accepts (issue 20: the page offered 3 of 9): every method
+    of `kerascope.cam.methods.METHODS`, so one added there shows up, with its cost and its
+    sanity-check flag; each allowed one is accepted by /v1/explain, the refused one says why."""
+    from kerascope.cam.methods import METHODS
+
+    info = client.get("/v1/models").json()["models"][0]
+    details = {d["name"]: d for d in info["method_details"]}
+    assert list(details) == list(METHODS) and len(details) >= 9
+    for name, d in details.items():
+        assert d["cost"] == METHODS[name].cost and d["title"]
+        assert d["sanity"] is METHODS[name].sanity
+    assert details["gradcam"]["title"] == "Grad-CAM" and details["gradcam"]["sanity"] is True
+    assert details["layercam"]["sanity"] is False and details["gradcam++"]["sanity"] is False
+    assert "~300x" in details["scorecam"]["cost"]
+    assert details["scorecam"]["expensive"] and not details["scorecam"]["allowed"]
+    assert info["methods"] == [n for n, d in details.items() if d["allowed"]]
+    assert info["expensive_methods"] == [n for n, d in details.items() if d["expensive"]]
+    not_an_image = files(("notes.txt", b"hello"))  # accepted or refused before any work
+    for name in info["methods"]:
+        r = client.post("/v1/explain", params={"method": name}, files=not_an_image)
+        assert r.status_code == 415, (name, r.text[:200])  # the method taken, the file not
+        assert r.json()["method"] == name and "not an image" in r.json()["error"]
+    refused = client.post("/v1/explain?method=scorecam", files=not_an_image)
+    assert refused.status_code == 403 and "--allow-expensive" in refused.json()["error"]
+    r = client.post("/v1/explain?method=eigencam",  # not on the page before: a real map now
+                    files=files(("chelsea.png", photo_paths["chelsea"].read_bytes())))  # fmt: skip
+    assert r.status_code == 200 and r.json()["results"][0]["heatmap"].startswith("data:image/png")
+
+
 def test_page_and_assets_are_served_from_the_package(client):
     page = client.get("/")
     assert page.status_code == 200 and "text/html" in page.headers["content-type"]

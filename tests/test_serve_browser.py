@@ -87,3 +87,25 @@ def test_upload_shows_a_cat_and_its_heatmap(server, browser, photo_paths):
     ARTIFACTS.mkdir(exist_ok=True)
     shot = write_bytes(ARTIFACTS / "serve-page.png", browser.get_screenshot_as_png())
     assert shot.stat().st_size > 10_000
+
+
+def test_the_method_menu_offers_every_method_with_cost_and_sanity_note(server, browser):
+    """The page's menu is filled from /v1/models: every method of the registry, the ones this
+    server refuses disabled, and the chosen one's cost and sanity-check note under it."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select, WebDriverWait
+
+    from kerascope.cam.methods import METHODS
+
+    browser.get(server + "/")
+    menu = Select(browser.find_element(By.ID, "method"))
+    WebDriverWait(browser, 60).until(lambda d: len(menu.options) == len(METHODS))
+    assert [o.get_attribute("value") for o in menu.options] == list(METHODS)
+    assert menu.first_selected_option.get_attribute("value") == "gradcam"
+    disabled = {o.get_attribute("value") for o in menu.options if not o.is_enabled()}
+    assert disabled == {"scorecam"}  # expensive: this server was started without the flag
+    note = browser.find_element(By.ID, "method-note")
+    assert note.text == f"Cost per image: {METHODS['gradcam'].cost}."
+    menu.select_by_value("layercam")
+    assert "Fails the randomisation sanity check" in note.text
+    assert "(fails sanity check)" in menu.first_selected_option.text

@@ -13,6 +13,7 @@ their own limits, and are refused (403) unless the server allows them.
 
 from __future__ import annotations
 
+import re
 import threading
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -26,11 +27,20 @@ from kerascope.serve.batching import DynamicBatcher
 from kerascope.serve.limits import ServeLimits
 from kerascope.zoo.models import Classifier
 
-# kerascope.cam.methods.METHODS, without importing the cam package at startup (a test pins it)
-METHODS = ("cam", "gradcam", "gradcam++", "scorecam", "ablationcam", "xgradcam", "hirescam",
-           "eigencam", "layercam")  # fmt: skip
 # K forward passes per image (K: channels of the target layer; ~300x Grad-CAM on Lite0).
 PERTURBATION = ("scorecam", "ablationcam")
+
+
+def method_title(name: str, cls: type) -> str:
+    """A method's name for people: its ``title``, else the words its docstring opens with
+    before the citation ("Grad-CAM (Selvaraju et al. ...": Grad-CAM), with the API name in
+    brackets when the title does not spell it ("Class activation mapping (cam)")."""
+    title = getattr(cls, "title", "") or (cls.__doc__ or "").strip().split(" (", 1)[0].strip()
+    title = title.splitlines()[0].rstrip(":.") if title else ""
+    if not title or len(title) > 40:
+        return name
+    squeezed = re.sub(r"[^a-z0-9+]", "", title.lower())
+    return title if squeezed == re.sub(r"[^a-z0-9+]", "", name) else f"{title} ({name})"
 
 
 class RequestError(KerascopeError):
@@ -77,15 +87,30 @@ class ServedModel:
 
     def describe(self, default: bool) -> dict[str, Any]:
         """What ``GET /v1/models`` says about this model (no server paths)."""
+        methods = self.method_details()
         return {
             "name": self.key,
             "default": default,
             "input_size": list(self.clf.input_size),
             "num_classes": self.clf.num_classes,
             "engine": self.engine,
-            "methods": [m for m in METHODS if self.allowed(m)],
-            "expensive_methods": [m for m in METHODS if self.expensive(m)],
+            "methods": [m["name"] for m in methods if m["allowed"]],
+            "expensive_methods": [m["name"] for m in methods if m["expensive"]],
+            "method_details": methods,
         }
+
+    def method_details(self) -> list[dict[str, Any]]:
+        """Every explain method of the registry (`kerascope.cam.methods.METHODS`, so a method
+        added there is listed here too): its name, title, cost per image, whether it passes the
+        weight-randomisation sanity check (Adebayo et al. 2018), and how this server treats it."""
+        from kerascope.cam.methods import METHODS
+
+        return [
+            {"name": name, "title": method_title(name, cls), "cost": getattr(cls, "cost", ""),
+             "sanity": bool(getattr(cls, "sanity", True)), "expensive": self.expensive(name),
+             "allowed": self.allowed(name)}
+            for name, cls in METHODS.items()
+        ]  # fmt: skip
 
     def stats(self) -> dict[str, Any]:
         """What ``/healthz`` says about this model: its classify queue and each explain one."""
