@@ -35,14 +35,15 @@ def test_score_prints_the_faithfulness_the_api_computes(photo_paths, lite0, tmp_
     lines = out.splitlines()
     header = next(i for i, line in enumerate(lines) if "deletion AUC" in line)
     row = next(cells for line in lines[header + 1 :] if len(cells := _cells(line)) > 2)
-    assert row[1] == kerascope.classify(path, model=lite0)[0].predictions[0].name  # classify's
+    explained = kerascope.explain(path, model=lite0)  # --fit whole, as the CLI's default
+    assert row[1] == explained.class_name
     numbers = row[2:]  # deletion, insertion, MoRF, LeRF, ROAD, drop, increase (0 or 1)
     assert all(re.fullmatch(_NUMBER, n) for n in numbers[:-1]) and numbers[-1] in ("0", "1")
-    expected = kerascope.faithfulness(path, kerascope.explain(path, model=lite0), model=lite0,
+    expected = kerascope.faithfulness(path, explained, model=lite0,
                                       metrics=["deletion", "insertion"])  # fmt: skip
-    # The API scores the full-resolution heatmap, the CLI the 7 x 7 map: resampled differently.
-    assert float(numbers[0]) == pytest.approx(expected.deletion, abs=0.01)
-    assert float(numbers[1]) == pytest.approx(expected.insertion, abs=0.01)
+    # One input and one map (issue 20): the same numbers, as printed (3 decimals).
+    assert numbers[0] == f"{expected.deletion:.3f}"
+    assert numbers[1] == f"{expected.insertion:.3f}"
 
 
 def _cells(line: str) -> list[str]:
