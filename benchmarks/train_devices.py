@@ -1,0 +1,101 @@
+"""Training img/s on 1 and 2 devices (issue 19): ``kerascope train --devices``.
+
+    .venv/bin/python benchmarks/train_devices.py            # CPU: 1 and 2 virtual devices
+    .venv/bin/python benchmarks/train_devices.py --quick    # smoke run, tiny sizes
+
+Each row is the CLI a user runs (``python -m kerascope train``) in its own subprocess, on a
+folder of real-photo crops (scikit-image's chelsea and coffee, two classes): the whole graph
+in Keras (``--engine keras``, augmentation inside the compiled step), the same global batch
+and seed on every row. The number is the steady training img/s of ``history.csv``'s
+``images_per_second`` (median over the epochs after the first, which compiles).
+
+On a CPU the two devices are virtual (``XLA_FLAGS=--xla_force_host_platform_device_count=2``):
+they share the same cores, so this measures the cost of the split (sharding, the gradient
+all-reduce), not a speed-up; XLA's CPU backend already uses every core for one device. On a
+machine with a GPU the script adds a 1-GPU row; one GPU cannot show scaling, so the
+multi-GPU goal in README stays unmeasured until a machine with several is available.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+
+def make_photos(root: Path, n: int, size: int) -> Path:
+    """Two classes of random crops of two real photos (as the tests' cat-and-coffee data)."""
+    import skimage
+    from PIL import Image
+
+    data = Path(skimage.__file__).parent / "data"
+    rng = np.random.default_rng(1)
+    for name, file in (("cat", "chelsea.png"), ("coffee", "coffee.png")):
+        photo = Image.open(data / file).convert("RGB")
+        (root / name).mkdir(parents=True, exist_ok=True)
+        for i in range(n):
+            s = int(rng.uniform(0.5, 0.9) * min(photo.size))
+            x, y = rng.integers(0, photo.width - s), rng.integers(0, photo.height - s)
+            crop = photo.crop((x, y, x + s, y + s)).resize((size, size), Image.BILINEAR)
+            crop.save(root / name / f"{i:03d}.jpg", quality=90)
+    return root
+
+
+def run(data: Path, out: Path, devices: str, env_extra: dict[str, str], args) -> float:
+    """Steady img/s of one ``kerascope train`` in a fresh process."""
+    env = {**os.environ, "KERAS_BACKEND": "jax", **env_extra}
+    cmd = [sys.executable, "-m", "kerascope", "train", str(data), "--recipe", args.recipe,
+           "--engine", "keras", "--epochs", str(args.epochs), "--batch-size", str(args.batch),
+           "--image-size", str(args.size), "--patience", str(args.epochs), "--devices", devices,
+           "-o", str(out)]  # fmt: skip
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=3600)
+    if proc.returncode:
+        raise SystemExit(f"{' '.join(cmd)} failed:\n{proc.stderr[-3000:]}")
+    with open(out / "history.csv", newline="") as f:
+        rates = [float(r["images_per_second"]) for r in csv.DictReader(f)][1:]
+    return statistics.median(rates)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--recipe", default="scratch", help="scratch (3 conv blocks) or lenet")
+    p.add_argument("--images", type=int, default=160, help="photos per class")
+    p.add_argument("--size", type=int, default=96, help="image side")
+    p.add_argument("--batch", type=int, default=32, help="global batch")
+    p.add_argument("--epochs", type=int, default=4, help="epochs (the first is not counted)")
+    p.add_argument("--quick", action="store_true", help="tiny sizes: a smoke run")
+    args = p.parse_args()
+    if args.quick:
+        args.recipe, args.images, args.size, args.batch, args.epochs = "lenet", 24, 32, 8, 2
+    import jax  # only to see what this machine has; the rows run in their own processes
+
+    gpu = jax.default_backend() != "cpu"
+    with tempfile.TemporaryDirectory(prefix="train-devices-") as tmp:
+        data = make_photos(Path(tmp) / "data", args.images, max(args.size, 40))
+        two = {"XLA_FLAGS": "--xla_force_host_platform_device_count=2", "JAX_PLATFORMS": "cpu"}
+        rows = [("1 CPU device", "1", {"JAX_PLATFORMS": "cpu"}),
+                ("2 virtual CPU devices", "2", two)]  # fmt: skip
+        if gpu:
+            rows.append(("1 GPU", "1", {}))
+        print(f"kerascope train --recipe {args.recipe}, {2 * args.images} photos at "
+              f"{args.size}px, global batch {args.batch}, {os.cpu_count()} cores; steady "
+              "img/s (median of epochs 2+)")  # fmt: skip
+        base = None
+        for name, devices, env in rows:
+            rate = run(data, Path(tmp) / name.replace(" ", "-"), devices, env, args)
+            base = base or rate
+            print(f"  {name:<24} {rate:8.1f} img/s   ({rate / base:.2f}x the 1-device row)",
+                  flush=True)  # fmt: skip
+        if gpu:
+            print("  one GPU cannot show scaling: the multi-GPU goal stays unmeasured")
+
+
+if __name__ == "__main__":
+    main()
