@@ -111,10 +111,6 @@ def _add_train(sub) -> None:
                    "instead of training: an exponential sweep of the recipe's first stage "
                    "(same network, same split path), writes lr_find.png (lr_find-1.png... when "
                    "taken) and prints the suggested --lr; no run directory is made")  # fmt: skip
-    p.add_argument("--find-lr", action="store_true", help="run the learning-rate finder "
-                   "instead of training: an exponential sweep of the recipe's first stage "
-                   "(same network, same split path), writes lr_find.png (lr_find-1.png... when "
-                   "taken) and prints the suggested --lr; no run directory is made")  # fmt: skip
     p.add_argument("--image-size", type=int, help="side in pixels (default: the recipe's, "
                    "or the backbone's)")  # fmt: skip
     p.add_argument("--patience", type=int, help="early-stopping patience in epochs (default: "
@@ -271,34 +267,12 @@ def _run_train(args) -> int:
                   num_processes=args.num_processes, process_id=args.process_id)  # fmt: skip
     if args.find_lr:
         return _find_lr(args, kwargs)
-    if args.find_lr:
-        return _find_lr(args, kwargs)
     try:
         run = train(args.data, **kwargs)
     except KeyboardInterrupt:
         output.note("interrupted: the last finished epoch is saved; continue with --resume RUN_DIR")
         return 130
     _note(headline(run))
-    return 0
-
-
-def _find_lr(args, kwargs: dict) -> int:
-    """``train --find-lr``: the sweep, its picture and the suggestion; nothing else written."""
-    from kerascope import output
-    from kerascope.prediction import fresh_path
-    from kerascope.training.lr_find import find_lr
-
-    if args.resume:
-        raise CliError("--find-lr sweeps a new run's first stage; leave out --resume")
-    target = fresh_path("lr_find.png")
-    with output.progress_bar(100, "lr finder") as advance:
-        result = find_lr(args.data, plot=target, progress=lambda done, total: advance(1),
-                         **{k: v for k, v in kwargs.items() if k != "recipe"},
-                         recipe=args.recipe)  # fmt: skip
-    stage = f"{result.optimizer}, {result.trained}"
-    _note(f"suggested lr {result.suggestion:.2g} ({stage}; the sweep is in {result.plot}); "
-          f"train with it: the same command with --lr {result.suggestion:.2g} instead of "
-          "--find-lr")  # fmt: skip
     return 0
 
 
