@@ -453,7 +453,8 @@ def _print_ranking(comparison) -> None:
     shown = list(dict.fromkeys((comparison.metric, "deletion", "insertion", "drop")))
     better = "higher" if chosen.higher_is_better else "lower"
     title = (
-        f"{_short(comparison.source)}: {comparison.class_name} {comparison.probability:.1%}, "
+        f"{_short(comparison.source)}: {comparison.class_name} "
+        f"{output.percent(comparison.probability)}, "
         f"methods ranked by {chosen.title} ({better} is better)"
     )
     table = Table(title=output.literal(title))

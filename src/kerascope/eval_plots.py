@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from kerascope.output import percent
 from kerascope.report import _pyplot, _save
 
 RIGHT, WRONG = "#1a7f37", "#cf222e"
@@ -22,7 +23,7 @@ RIGHT, WRONG = "#1a7f37", "#cf222e"
 def prediction_title(predicted: str, probability: float, truth: str) -> tuple[str, bool]:
     """A tile's title and whether it is right: ``"tabby 97%"``, or ``"✗ tiger_cat 38%\\n(true:
     tabby)"`` when the prediction is wrong."""
-    text = f"{predicted} {100 * probability:.0f}%"
+    text = f"{predicted} {percent(probability)}"
     if predicted == truth:
         return text, True
     return f"\u2717 {text}\n(true: {truth})", False

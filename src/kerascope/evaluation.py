@@ -34,6 +34,7 @@ from kerascope.metrics import (  # noqa: F401  (metrics_from, top_k_accuracy: re
     top_k_accuracy,
     wilson_interval,
 )
+from kerascope.output import percent
 from kerascope.report import plot_confusion, plot_gallery
 from kerascope.rundir import read_labels, read_split, split_files
 from kerascope.tta import TTA, iter_tta_outputs
@@ -443,7 +444,7 @@ def _top_losses(clf, kept, probs, labels, path: Path, count: int, heatmaps: bool
     names = [name for _, name in clf.labels]
     titles = [
         f"{'/'.join(Path(kept[i][1]).parts[-2:])}\ntrue {names[labels[i]]} / pred {names[p]} "
-        f"{probs[i, p]:.2f}\nloss {-np.log(max(true_p[i], 1e-12)):.2f}"
+        f"{percent(probs[i, p])}\nloss {-np.log(max(true_p[i], 1e-12)):.2f}"
         for i, p in zip(order, predicted, strict=True)
     ]
     return plot_gallery(list(pixels), titles, path)

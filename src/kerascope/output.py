@@ -93,6 +93,22 @@ def literal(value: object, style: str = "") -> Text:
     return Text(printable(clean(str(value))), style=style)
 
 
+def percent(probability: float) -> str:
+    """A probability for people, the one format of every table, label and title.
+
+    One decimal (``38.5%``); under 0.1 % two (``0.04%``), under 0.01 % ``<0.01%``: a class the
+    model gives something never reads "0.0%", the same as one it gives nothing (``0%``).
+    """
+    p = float(probability)
+    if p != p:  # NaN
+        return "n/a"
+    if p >= 0.001:
+        return f"{100 * p:.1f}%"
+    if p >= 0.0001:
+        return f"{100 * p:.2f}%"
+    return "<0.01%" if p > 0 else "0%"
+
+
 def note(message: str) -> None:
     """One literal line on stderr, never wrapped (a long path stays on its line)."""
     line = Text.assemble(("kerascope:", "yellow"), " ", literal(message))
@@ -263,7 +279,7 @@ def _table(results: list[ImageResult], ascii_only: bool = False) -> Table:
         for p in r.predictions:
             image = cell(_short(r.source)) if p.rank == 1 else ""
             wnid = [cell(p.class_id)] if wordnet else []
-            table.add_row(image, str(p.rank), *wnid, cell(p.name), f"{p.probability:.4f}")
+            table.add_row(image, str(p.rank), *wnid, cell(p.name), percent(p.probability))
     return table
 
 
@@ -450,7 +466,7 @@ def print_explanations(saved: list) -> None:
                         else ""
                     )
                 ),
-                f"{e.probability:.4f}",
+                percent(e.probability),
                 literal(_short(str(s.path))),
             )
     _Console(width=120).print(table)

@@ -26,6 +26,7 @@ from kerascope.errors import KerascopeError
 from kerascope.files import atomic_path, is_disk_error, output_error
 from kerascope.images import file_problem, fit_box, resize
 from kerascope.images import fit as fit_picture
+from kerascope.output import percent
 
 # Audio codecs the MP4 muxer accepts as they are (checked with PyAV 18's FFmpeg, including
 # opus from webm); anything else (PCM from mov/mkv/avi, vorbis, ...) is transcoded to AAC.
@@ -227,7 +228,7 @@ class _Pipeline:
             for i, c in enumerate(np.asarray(classes).reshape(-1)):
                 p = probs[i, c] if probs.ndim == 2 else probs[i]
                 name = self.clf.labels[int(c)][1].replace("_", " ")  # Keras: "Egyptian_cat"
-                labels.append(f"{name} {100.0 * float(p):.1f}%")
+                labels.append(f"{name} {percent(p)}")
             results = zip(np.asarray(maps), labels, strict=True)
         for rgb, pts, key in self.pending:
             if key:

@@ -27,6 +27,7 @@ from kerascope.cam.faithfulness import (
     check_metrics,
     score_pixels,
 )
+from kerascope.output import percent
 
 DEFAULT_METRIC = "road_morf"
 """Ranking metric: ROAD's most-relevant-first sweep. Deletion with a constant fill draws the
@@ -222,7 +223,7 @@ def draw_grid(
     draw = ImageDraw.Draw(canvas)
     metric = METRICS[comparison.metric]
     header = (
-        f"{comparison.class_name} {comparison.probability:.1%}, ranked by {metric.title} "
+        f"{comparison.class_name} {percent(comparison.probability)}, ranked by {metric.title} "
         f"({'higher' if metric.higher_is_better else 'lower'} is better)"
     )
     draw.text((_GAP, 6), header, fill=_TEXT, font=_font(16))

@@ -95,6 +95,7 @@ class Explanation:
         from kerascope.cam.fitting import draw_outline, with_caption
         from kerascope.cam.overlay import save_jpeg, side_by_side
         from kerascope.files import output_error
+        from kerascope.output import percent
 
         image = self._image(image)
         try:
@@ -105,7 +106,7 @@ class Explanation:
             draw_outline(Image.fromarray(self.overlay(image, alpha, colormap)), self.box)
         )
         label = with_caption(
-            f"{self.class_name} {100 * (self.probability or 0.0):.1f}%", self.box, image.shape
+            f"{self.class_name} {percent(self.probability or 0.0)}", self.box, image.shape
         )
         save_jpeg(side_by_side(image, blended, label), path)
         return Path(path)

@@ -60,6 +60,7 @@ from kerascope.errors import KerascopeError
 from kerascope.files import fsync_dir, output_error, temp_name
 from kerascope.images import ImageError, load_image, resize
 from kerascope.inference import Source, load_source, normalise_inputs
+from kerascope.output import percent
 from kerascope.zoo.models import Classifier, load_model
 
 
@@ -453,7 +454,7 @@ def draw_explanation(
     ``sync_folder`` False: the caller syncs the folder (`write_jpeg`). Thread-safe:
     `save_explanations` calls it from a pool. When the model saw a crop (``e.box``), it is
     outlined on the overlay and the label says so (`kerascope.cam.fitting`)."""
-    label = mark_empty(f"{e.class_name.replace('_', ' ')} {e.probability:.1%} ({method})", cam)
+    label = mark_empty(f"{e.class_name.replace('_', ' ')} {percent(e.probability)} ({method})", cam)
     return _draw(source, cam, label, alpha, colormap or DEFAULT_COLORMAP, path, e, colorbar,
                  replace, sync_folder)  # fmt: skip
 
