@@ -23,6 +23,10 @@ $(VENV)/.installed-test: $(VENV)/.installed pyproject.toml
 	# timm is only read for its ImageNet synset files (an independent class-index source);
 	# its torchvision dependency does not import beside torch 2.13, so it is installed bare.
 	$(PIP) --no-deps timm==1.0.31
+	# OpenVINO, the second CPU engine (59 MB wheel, 180 MB installed), also installed bare:
+	# its openvino-telemetry dependency sends a usage event on import (kerascope.engines
+	# blocks that import too); its other dependency, numpy, is already here.
+	$(PIP) --no-deps 'openvino>=2025.0'
 	touch $@
 
 install: $(VENV)/.installed

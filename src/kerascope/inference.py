@@ -24,10 +24,14 @@ Precision (``kerascope.precision``): ``compiled(model, precision="bfloat16")`` r
 the model under Keras's ``mixed_bfloat16`` policy (``mixed_float16`` likewise): activations and
 matrix products in the reduced type, the variables float32 (read from the original model on
 each call, so the clone never goes stale), and the layers that produce the model's outputs
-(the softmax) in float32. Only the keras engine computes in reduced precision; auto picks it.
+(the softmax) in float32. On a CPU with bfloat16 units, bfloat16 runs on OpenVINO instead.
 
-``KERASCOPE_ENGINE`` (auto|keras|onnx) overrides the choice; auto picks onnx on a CPU when
-:func:`kerascope.onnx_export.supports` the model and the precision is float32, keras otherwise.
+- ``openvino``: the same converted graph run by OpenVINO (optional package;
+  ``kerascope.engines``), in float32 or, on CPUs with bf16 units, bfloat16. A snapshot too.
+
+``KERASCOPE_ENGINE`` (auto|keras|onnx|openvino) overrides the choice; auto is keras off the CPU
+and `kerascope.engines.cpu_engine` on it (onnx for float32 unless a measurement on this CPU
+model found OpenVINO faster; keras for models the converter does not support).
 
 It is also the one way images reach a model: :func:`normalise_inputs` turns paths, folders,
 globs, RGB arrays and PIL Images into sources in input order (a missing path stays at its
@@ -51,6 +55,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from kerascope.engines import ENGINES, GRAPH_ENGINES, check_graph_precision, cpu_engine
 from kerascope.errors import KerascopeError
 from kerascope.images import (
     ImageError,
@@ -61,9 +66,8 @@ from kerascope.images import (
     load_image,
     to_rgb,
 )
-from kerascope.precision import PrecisionError, resolve_precision
+from kerascope.precision import resolve_precision
 
-ENGINES = ("auto", "keras", "onnx")
 ENV_VAR = "KERASCOPE_ENGINE"
 WORKERS_VAR = "KERASCOPE_DECODE_WORKERS"
 PREFETCH = 2  # batches decoded ahead of the one the model is running
@@ -74,7 +78,7 @@ Output = np.ndarray | list[np.ndarray]
 
 
 class EngineError(KerascopeError, ValueError):
-    """An engine name that is not auto, keras or onnx."""
+    """An engine name that is not auto, keras, onnx or openvino."""
 
 
 def bucket(n: int, batch_size: int | None = None, smallest: int = 1) -> int:
@@ -112,11 +116,12 @@ class Forward:
     """A compiled forward pass: ``fwd(x)`` -> one array, or a list for a multi-output model.
 
     Attributes:
-        engine: ``"onnx"`` or ``"keras"``.
+        engine: ``"onnx"``, ``"openvino"`` or ``"keras"``.
         name: the model's name, for messages and reports.
         precision: ``"float32"``, ``"bfloat16"`` or ``"float16"``: what it computes in.
-        snapshot: True when the weights were copied in at compile time (onnx): changing the
-            model's weights afterwards needs :func:`forget` and a new :func:`compiled`.
+        snapshot: True when the weights were copied in at compile time (onnx, openvino):
+            changing the model's weights afterwards needs :func:`forget` and a new
+            :func:`compiled`.
         pads: True when batches are padded to a :func:`bucket` (the JAX engine).
     """
 
@@ -139,7 +144,7 @@ class Forward:
         self.engine = engine
         self.name = name
         self.precision = precision
-        self.snapshot = engine == "onnx"
+        self.snapshot = engine in GRAPH_ENGINES
         self.pads = pads
 
     @property
@@ -309,30 +314,23 @@ def requested_engine(engine: str | None = None) -> str:
 def choose_engine(model: Any, engine: str | None = None, precision: str = "float32") -> str:
     """The engine ``compiled(model)`` would use: ``engine``, else ``KERASCOPE_ENGINE``, else auto.
 
-    Auto is onnx on a CPU when onnxruntime is installed, the converter supports every layer
-    (a cheap walk over the graph, nothing is converted) and the precision is float32; keras
-    otherwise. onnx asked for with a reduced ``precision`` is refused in one line.
+    Auto is keras off the CPU; on a CPU it is `kerascope.engines.cpu_engine`: for float32
+    onnxruntime (OpenVINO where a measurement on this CPU model found it faster), for bfloat16
+    OpenVINO on CPUs with bf16 units, keras otherwise and for models the converter does not
+    support (a cheap walk over the graph, nothing is converted). A graph engine asked for with
+    a precision it cannot compute here is refused in one line.
     """
     wanted = requested_engine(engine)
     precision = resolve_precision(precision)
-    if precision != "float32":
-        if wanted == "onnx":
-            raise PrecisionError(
-                f"the onnx engine computes in float32 only; for {precision} use the keras "
-                f"engine ({ENV_VAR}=keras or unset), or --precision float32"
-            )
-        return "keras"
-    if wanted != "auto":
+    if wanted in GRAPH_ENGINES:
+        check_graph_precision(wanted, precision)
         return wanted
-    if not on_cpu():
+    if wanted == "keras" or not on_cpu():
         return "keras"
     try:
-        import onnxruntime  # noqa: F401
-
-        from kerascope.onnx_export import supports
-    except ImportError:
+        return cpu_engine(model, precision)
+    except ImportError:  # the converter's own dependency (onnx) is missing
         return "keras"
-    return "onnx" if supports(model) else "keras"
 
 
 def _cache(model: Any) -> dict[str, Forward]:
@@ -357,7 +355,8 @@ def compiled(model: Any, engine: str | None = None, precision: str | None = "flo
 
     Args:
         model: a Keras 3 model with one or more inputs (RGB 0..255 images for zoo models).
-        engine: ``"auto"``, ``"keras"`` or ``"onnx"``; default ``KERASCOPE_ENGINE`` or auto.
+        engine: ``"auto"``, ``"keras"``, ``"onnx"`` or ``"openvino"``; default
+            ``KERASCOPE_ENGINE`` or auto (:func:`choose_engine`).
         precision: ``"float32"`` (the default), ``"bfloat16"``, ``"float16"`` or ``"auto"``
             (`kerascope.precision.resolve_precision`; None reads ``KERASCOPE_PRECISION``).
 
@@ -381,21 +380,25 @@ def compiled(model: Any, engine: str | None = None, precision: str | None = "flo
         key = _key(kind, precision)
         if key not in cache:
             name = getattr(model, "name", "model")
-            cache[key] = _onnx_forward(model, name) if kind == "onnx" else _keras_forward(
-                model, name, precision)  # fmt: skip
+            if kind == "onnx":
+                cache[key] = _onnx_forward(model, name)
+            elif kind == "openvino":
+                cache[key] = _openvino_forward(model, name, precision)
+            else:
+                cache[key] = _keras_forward(model, name, precision)
         cache[asked] = cache[key]
     return cache[asked]
 
 
 def engine_name(model: Any, engine: str | None = None, precision: str | None = "float32") -> str:
-    """``"onnx"`` or ``"keras"``: the engine running (or about to run) ``model``, for reports."""
+    """``"onnx"``, ``"openvino"`` or ``"keras"``: the engine running (or about to run) ``model``."""
     precision = resolve_precision(precision)
     cached = vars(model).get(_ATTR, {}).get(_key(requested_engine(engine), precision))
     return cached.engine if cached is not None else choose_engine(model, engine, precision)
 
 
 def forget(model: Any) -> None:
-    """Drop the cached forward(s) of ``model`` (after changing weights an onnx forward baked in)."""
+    """Drop the cached forward(s) of ``model`` (after changing weights a graph engine baked in)."""
     vars(model).pop(_ATTR, None)
 
 
@@ -557,6 +560,13 @@ def _onnx_forward(model: Any, name: str) -> Forward:
         return session.run(None, feed)
 
     return Forward(call, "onnx", name)
+
+
+def _openvino_forward(model: Any, name: str, precision: str) -> Forward:
+    """OpenVINO on the same converted graph (`kerascope.engines.openvino_runner`)."""
+    from kerascope.engines import openvino_runner
+
+    return Forward(openvino_runner(model, precision), "openvino", name, precision=precision)
 
 
 # The reason given for an input that names nothing on disk (a path, folder or glob).

@@ -59,6 +59,39 @@ def native_bfloat16() -> bool:
     return False
 
 
+def cpu_info() -> tuple[str, frozenset[str]]:
+    """This machine's processor model name and its feature flags, read from ``/proc/cpuinfo``
+    (Linux); elsewhere what `platform` knows and no flags (so no native bf16 is claimed)."""
+    import platform
+
+    name, flags = "", frozenset()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                key = key.strip()
+                if key == "model name" and not name:
+                    name = " ".join(value.split())
+                elif key == "flags" and not flags:
+                    flags = frozenset(value.split())
+                if name and flags:
+                    break
+    except OSError:
+        pass
+    return name or platform.processor() or platform.machine() or "unknown CPU", flags
+
+
+CPU_BF16_FLAGS = ("amx_bf16", "avx512_bf16")
+
+
+def cpu_native_bfloat16(flags: frozenset[str] | None = None) -> bool:
+    """Whether this CPU has bfloat16 arithmetic units (AMX tiles or AVX512-BF16). Why it
+    matters: without them a bf16 graph is converted back to float32 on every op, slower than
+    float32 and less exact, so CPU bf16 is offered only where these flags are present."""
+    flags = cpu_info()[1] if flags is None else flags
+    return any(flag in flags for flag in CPU_BF16_FLAGS)
+
+
 def resolve_precision(name: str | None = None) -> str:
     """The concrete precision a job runs in: ``auto`` becomes bfloat16 or float32 by device."""
     value = check_precision(name)
@@ -74,8 +107,9 @@ def dtype_policy(precision: str) -> str:
 
 PRECISION_HELP = (
     "what the model computes in: auto = bfloat16 mixed precision on GPUs that compute it "
-    "natively, float32 elsewhere (default, or $KERASCOPE_PRECISION); bfloat16 and float16 run "
-    "on the keras engine, with float32 weights and outputs"
+    "natively, float32 elsewhere, CPUs included (default, or $KERASCOPE_PRECISION); bfloat16 "
+    "and float16 run on the keras engine, with float32 weights and outputs, except bfloat16 on "
+    "a CPU with bf16 units (AMX, AVX512-BF16), which runs on OpenVINO when it is installed"
 )
 
 
@@ -95,5 +129,7 @@ def ran_in(precision: str, engine: str | None = None) -> str:
     """The line a command prints about what it computed in, e.g. ``computing in bfloat16 (mixed:
     float32 weights and outputs) on the keras engine``."""
     mixed = " (mixed: float32 weights and outputs)" if precision != "float32" else ""
+    if engine == "openvino" and precision != "float32":
+        mixed = " (OpenVINO's bf16 inference: float32 in and out)"
     engine = engine or ("keras" if precision != "float32" else None)
     return f"computing in {precision}{mixed}" + (f" on the {engine} engine" if engine else "")

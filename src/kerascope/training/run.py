@@ -407,7 +407,7 @@ def use_split(engine: str | None = None, augmented: bool = True) -> bool:
     from kerascope.inference import on_cpu, requested_engine
 
     wanted = requested_engine(engine)
-    return wanted == "onnx" or (wanted == "auto" and (on_cpu() or not augmented))
+    return wanted in ("onnx", "openvino") or (wanted == "auto" and (on_cpu() or not augmented))
 
 
 def _run_stage(model, run_dir: Path, config: dict, index: int, stage: dict, seqs, weights,
