@@ -170,3 +170,15 @@ def test_predictions_grid_marks_exactly_the_wrong_ones(by_wnid, lite0, skimage_d
         shutil.copy(_photo(skimage_data, name), right_only / PHOTOS[name][0] / name)
     r = validate(lite0, right_only, output=tmp_path / "out", heatmaps=False, top_losses=0)
     assert r.accuracy == 1.0 and _red_pixels(r.output / "predictions.png") == 0
+
+
+def test_flip_tta_numbers_stated_in_the_readme(imagenet_layout, lite0, tmp_path):
+    from kerascope.tta import TTA
+
+    flip = validate(lite0, imagenet_layout, output=tmp_path / "a", tta=TTA(), heatmaps=False,
+                    top_losses=0, grid=0)  # fmt: skip
+    assert (flip.accuracy, flip.top5_accuracy) == (0.75, 1.0)  # Grace Hopper becomes right
+    assert flip.per_class["military_uniform"].recall == 1.0 and flip.tta["views"] == 2
+    ten = validate(lite0, imagenet_layout, output=tmp_path / "b", tta=TTA(crops=5),
+                   heatmaps=False, top_losses=0, grid=0)  # fmt: skip
+    assert (ten.accuracy, ten.top5_accuracy, ten.tta["views"]) == (0.5, 1.0, 10)
