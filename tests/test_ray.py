@@ -316,6 +316,9 @@ def test_cluster_cli_resumes_after_the_driver_is_killed(two_nodes, photos, singl
     rerun = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert rerun.returncode == 1, rerun.stderr[-3000:]  # 1: two inputs have error rows
     assert "done before" in rerun.stderr and "2 worker(s)" in rerun.stderr
+    # before: an error-level core_worker line and a "Progress bars disabled" warning from Ray
+    # on every successful run
+    assert "core_worker" not in rerun.stderr and "Progress bars" not in rerun.stderr, rerun.stderr
     assert all(p.stat().st_mtime_ns == t for p, t in before.items())  # not recomputed
     df = _read(out)
     _assert_same_as_single(df, single)

@@ -226,25 +226,74 @@ def _stream(ray, job: dict, todo: list[Block], count: int, gpus: int, started: b
     """Summaries as blocks finish; Ray is shut down afterwards if this job started it."""
     from kerascope.scale.work import BlockWorker
 
+    with _dropping_stderr_lines(RAY_NOTICES):
+        try:
+            context = ray.data.DataContext.get_current()
+            context.enable_progress_bars = False  # kerascope prints its own progress
+            context.print_on_execution_start = False
+            logging.getLogger("ray.data").setLevel(logging.WARNING)
+            # ... and Ray Data would warn about the bars it was told not to draw
+            logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)
+            rows = [b.row() for b in todo]
+            ds = ray.data.from_items(rows, override_num_blocks=len(rows))
+            # The job travels inside the class (pickled by value), not as constructor arguments in
+            # the object store: a restarted actor must not depend on an object that may be gone.
+            worker = type("BlockWorker", (BlockWorker,), {"JOB": job})
+            ds = ds.map_batches(
+                worker,
+                batch_size=1,
+                batch_format="pyarrow",
+                compute=ray.data.ActorPoolStrategy(size=count, max_tasks_in_flight_per_actor=1),
+                num_cpus=1,
+                num_gpus=1 if gpus else 0,
+            )
+            yield from ds.iter_rows()
+        finally:
+            if started:
+                ray.shutdown()
+
+
+# Error-level lines Ray's C++ core worker writes to the driver's stderr on every successful
+# run: Ray Data itself passes its actors' constructor arguments through the object store and
+# restarts actors (ray-project/ray#53727); nothing a kerascope user can or needs to act on.
+RAY_NOTICES = (b"has constructor arguments in the object store and max_restarts > 0",)
+
+
+@contextlib.contextmanager
+def _dropping_stderr_lines(needles: tuple[bytes, ...]) -> Iterator[None]:
+    """Pass this process's stderr (file descriptor 2, where C++ code writes too) through a
+    pipe that drops lines holding one of ``needles``; everything else is forwarded as is.
+
+    Without a real descriptor 2 (captured by a test, say) nothing is filtered.
+    """
+    import sys
+    import threading
+
     try:
-        context = ray.data.DataContext.get_current()
-        context.enable_progress_bars = False
-        context.print_on_execution_start = False
-        logging.getLogger("ray.data").setLevel(logging.WARNING)
-        rows = [b.row() for b in todo]
-        ds = ray.data.from_items(rows, override_num_blocks=len(rows))
-        # The job travels inside the class (pickled by value), not as constructor arguments in
-        # the object store: a restarted actor must not depend on an object that may be gone.
-        worker = type("BlockWorker", (BlockWorker,), {"JOB": job})
-        ds = ds.map_batches(
-            worker,
-            batch_size=1,
-            batch_format="pyarrow",
-            compute=ray.data.ActorPoolStrategy(size=count, max_tasks_in_flight_per_actor=1),
-            num_cpus=1,
-            num_gpus=1 if gpus else 0,
-        )
-        yield from ds.iter_rows()
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError, AttributeError):
+        yield
+        return
+    read, write = os.pipe()
+    os.dup2(write, 2)
+    os.close(write)
+
+    def pump() -> None:
+        with os.fdopen(read, "rb") as lines:
+            for line in lines:
+                if not any(needle in line for needle in needles):
+                    with contextlib.suppress(OSError):
+                        os.write(saved, line)
+
+    thread = threading.Thread(target=pump, name="kerascope-stderr-filter", daemon=True)
+    thread.start()
+    try:
+        yield
     finally:
-        if started:
-            ray.shutdown()
+        with contextlib.suppress(Exception):
+            sys.stderr.flush()
+        os.dup2(saved, 2)  # the pipe ends once no process holds its writing end any more
+        thread.join(timeout=5)
+        if not thread.is_alive():
+            os.close(saved)
