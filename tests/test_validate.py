@@ -159,9 +159,10 @@ def _red_pixels(path: Path) -> int:
 def test_predictions_grid_marks_exactly_the_wrong_ones(by_wnid, lite0, skimage_data, tmp_path):
     from kerascope.eval_plots import prediction_title
 
-    assert prediction_title("espresso", 0.951, "espresso") == ("espresso 95%", True)
-    title, right = prediction_title("tiger_cat", 0.385, "tabby")
-    assert not right and title.startswith("\u2717 tiger_cat 38%") and "(true: tabby)" in title
+    assert prediction_title("espresso", 0.951, "espresso") == ("espresso 95.1%", True)
+    title, right = prediction_title("tiger_cat", 0.385, "tabby")  # output.percent's format
+    assert not right and title.startswith("\u2717 tiger_cat 38.5%") and "(true: tabby)" in title
+    assert prediction_title("wok", 0.0004, "tabby")[0].startswith("\u2717 wok 0.04%")  # not 0%
     # 2 wrong of 4: two red frames (3 px around a 224 px tile: thousands of pixels)
     assert _red_pixels(by_wnid.output / "predictions.png") > 2000
     right_only = tmp_path / "right"
@@ -182,3 +183,28 @@ def test_flip_tta_numbers_stated_in_the_readme(imagenet_layout, lite0, tmp_path)
     ten = validate(lite0, imagenet_layout, output=tmp_path / "b", tta=TTA(crops=5),
                    heatmaps=False, top_losses=0, grid=0)  # fmt: skip
     assert (ten.accuracy, ten.top5_accuracy, ten.tta["views"]) == (0.5, 1.0, 10)
+
+
+def test_validate_a_run_and_its_keras_file_like_evaluate(tmp_path, capsys):
+    from kerascope.cli import main
+    from kerascope.evaluation import evaluate
+    from tests.test_evaluate import _images, untrained_run
+
+    (tmp_path / "run").mkdir()
+    run = untrained_run(tmp_path / "run", ["disc", "plain"])
+    data = tmp_path / "data"
+    _images(data / "Disc", "disc", 5, seed=0)  # class names compared without case
+    _images(data / "plain", "plain", 6, seed=1)
+    by_run = validate(run, data, output=tmp_path / "v", heatmaps=False)
+    by_file = validate(run / "model.keras", data, output=tmp_path / "k", heatmaps=False)
+    _images(tmp_path / "same" / "disc", "disc", 5, seed=0)
+    _images(tmp_path / "same" / "plain", "plain", 6, seed=1)
+    reference = evaluate(run, tmp_path / "same", output=tmp_path / "e", heatmaps=False)
+    assert by_run.confusion == by_file.confusion == reference.confusion
+    assert by_run.n == 11 and by_run.top5_accuracy is None and by_run.top5_interval is None
+    assert (tmp_path / "v" / "predictions.png").is_file()
+
+    target = tmp_path / "labels.csv"
+    assert main(["predict", str(run), str(data), "-o", str(target), "--tta"]) == 0
+    assert "mean probabilities of 2 views per image (TTA: flip)" in capsys.readouterr().err
+    assert len(target.read_text().splitlines()) == 12
