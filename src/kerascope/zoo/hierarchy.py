@@ -116,12 +116,27 @@ def resolve_group(query: str) -> Group:
 
 def close_matches(query: str) -> str:
     """``"; did you mean 'cat', 'bat'?"`` over class and group names, or ``""``."""
+    key = _normalise(query)
+    scored = []
+    for word, size in _words().items():
+        matcher = difflib.SequenceMatcher(None, key, word)
+        if matcher.real_quick_ratio() >= 0.6 and matcher.quick_ratio() >= 0.6:
+            ratio = matcher.ratio()
+            if ratio >= 0.6:  # equally close: the larger group first ("kat": cat before vat)
+                scored.append((-ratio, -size, word))
+    close = [w for *_, w in sorted(scored)[:4]]
+    return f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+
+
+@cache
+def _words() -> dict[str, int]:
+    """Every class and group name -> how many classes it covers."""
     from kerascope.zoo.imagenet import _by_name as class_names
 
-    key = _normalise(query)
-    words = list(dict.fromkeys([*class_names(), *_by_name()]))
-    close = difflib.get_close_matches(key, words, n=4, cutoff=0.6)
-    return f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+    words = dict.fromkeys(class_names(), 1)
+    for word, wnid in _by_name().items():
+        words[word] = max(words.get(word, 1), len(_descendants()[wnid]))
+    return words
 
 
 def basic_groups() -> list[Group]:
@@ -169,9 +184,14 @@ def roll_up(
     return probs @ membership(groups).astype(np.float64), groups
 
 
+def is_imagenet(labels: list[tuple[str, str]]) -> bool:
+    """Whether a model's classes are the ImageNet-1k classes, in their order."""
+    return [w for w, _ in labels] == [w for w, _ in class_index()]
+
+
 def check_imagenet(labels: list[tuple[str, str]], model: str = "the model") -> None:
     """Groups sum ImageNet-1k classes: a model with other classes gets a one-line `GroupError`."""
-    if [w for w, _ in labels] != [w for w, _ in class_index()]:
+    if not is_imagenet(labels):
         raise GroupError(
             f"groups are WordNet ancestors of the 1000 ImageNet classes; {model} has "
             f"{len(labels)} other classes (use a zoo model, or name one of its classes)"
