@@ -133,17 +133,17 @@ def _run_classify(args) -> int:
     if not sources:
         raise CliError("no images found in " + " ".join(args.paths))
     group = _group_option(args)
+    from kerascope.tta import classify_tta, tta_from_args
+
+    tta = tta_from_args(args)
+    if tta is not None and group:  # before the model loads: a usage error is instant
+        raise CliError("--tta does not combine with --group/--groups yet; drop one of them")
     clf = load_model(args.model, weights=args.weights)
     precision = run_precision(clf, args.precision)
     say_precision(args.precision, precision, engine_name(clf.model, precision=precision))
     stream = classify_sources(clf, sources, args.top, args.threshold, args.batch_size,
                               precision=precision, group=group)  # fmt: skip
-    from kerascope.tta import classify_tta, tta_from_args
-
-    tta = tta_from_args(args)
     if tta is not None:
-        if group:
-            raise CliError("--tta does not combine with --group/--groups yet; drop one of them")
         output.note(f"probabilities are the mean of {tta.views} views per image (TTA: "
                     f"{tta.describe()})")  # fmt: skip
         stream = classify_tta(clf, sources, tta, args.top, args.threshold, args.batch_size,
