@@ -21,8 +21,9 @@ RIGHT, WRONG = "#1a7f37", "#cf222e"
 
 
 def prediction_title(predicted: str, probability: float, truth: str) -> tuple[str, bool]:
-    """A tile's title and whether it is right: ``"tabby 97%"``, or ``"✗ tiger_cat 38%\\n(true:
-    tabby)"`` when the prediction is wrong."""
+    """A tile's title and whether it is right: ``"tabby 97.0%"``, or ``"✗ tiger_cat 38.5%\\n(true:
+    tabby)"`` when the prediction is wrong (`kerascope.output.percent`: never "0%" for a class
+    the model gives something)."""
     text = f"{predicted} {percent(probability)}"
     if predicted == truth:
         return text, True
