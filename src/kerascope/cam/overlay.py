@@ -148,8 +148,8 @@ def opacity_gain(heat8: np.ndarray) -> float:
     the colour bar still tells the true heat and a cold (0) pixel stays the plain photo. The
     gain is ``CONTRAST_LEVEL / p95`` (p95: the 95th percentile of the levels above 0), at
     least 1 and at most `MAX_GAIN`; and at least ``CONTRAST_LEVEL / max``, so the peak of any
-    non-empty map (one not normalised to 1 too) shows whatever the cap. A histogram of 256 bins, not a sort: one pass over
-    the map, cheap per video frame.
+    non-empty map (one not normalised to 1 too) shows whatever the cap. A histogram of 256
+    bins, not a sort: one pass over the map, cheap per video frame.
     """
     counts = np.bincount(np.asarray(heat8, np.uint8).ravel(), minlength=256)[1:]
     total = int(counts.sum())
