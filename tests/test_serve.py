@@ -179,8 +179,8 @@ def test_explain_matches_the_python_api(client, photo_paths, lite0):
     assert body["method"] == "gradcam"
     (res,) = body["results"]
     expected = kerascope.explain(path, model=lite0, method="gradcam")
-    fields = {f.name for f in dataclasses.fields(Explanation)} - {"heatmap"}
-    assert fields <= set(res)
+    fields = {f.name for f in dataclasses.fields(Explanation)} - {"heatmap", "model_map"}
+    assert fields <= set(res) and res["fit"] == "whole" and res["box"] == [0.0, 0.0, 1.0, 1.0]
     assert res["class_index"] == expected.class_index and res["class_index"] in CATS
     assert res["class_name"] == expected.class_name
     assert res["probability"] == pytest.approx(expected.probability, abs=1e-5)
@@ -190,6 +190,14 @@ def test_explain_matches_the_python_api(client, photo_paths, lite0):
     # The layer's opacity is the heat: it peaks where kerascope.explain's heatmap peaks.
     heat = np.asarray(layer)[..., 3].astype(float) / 255
     assert np.corrcoef(heat.ravel(), expected.heatmap.ravel())[0, 1] > 0.99
+    # --fit crop (issue 20): explain's crop, class and box; the layer is clear outside the crop.
+    r = client.post("/v1/explain?fit=crop", files=files(("chelsea.png", path.read_bytes())))
+    (res,) = r.json()["results"]
+    cropped = kerascope.explain(path, model=lite0, fit="crop")
+    assert res["fit"] == "crop" and res["box"] == pytest.approx(list(cropped.box))
+    assert res["class_name"] == cropped.class_name != expected.class_name
+    clear = np.asarray(decode_data_url(res["heatmap"]))[..., 3]
+    assert clear[:, :80].max() == 0 and clear[:, 80:].max() > 0  # crop's left edge: x = 94
 
 
 @pytest.mark.parametrize("target", ["Siamese_cat", "n02123597", "284"])
