@@ -3,6 +3,10 @@
 Everything here is plain NumPy + Pillow and runs once per frame in ``kerascope video``, so the
 hot path stays in uint8 inside Pillow's C code: the colormap is a 256-entry lookup table, the
 blend is one ``Image.composite``, and label bars are rendered once per distinct text.
+
+Contrast rule: a pixel's opacity follows its heat, stretched (`opacity_gain`) when a map's
+evidence is faint nearly everywhere (LayerCAM at an early layer), so the hottest part of any
+non-empty map shows; the colour is always the true heat, so the colour bar reads true.
 """
 
 from __future__ import annotations
