@@ -1,14 +1,18 @@
 """EfficientNet-Lite0 inference speed: kerascope beside its references, in one run.
 
-Prints images/second at batch 1 and 32 for
-  - kerascope (the engine `kerascope.classify` uses: onnx on CPU, from the Keras graph),
+Prints images/second at batch 1 and 32, median [min - max] over interleaved repeats, for
+  - onnxruntime fp32 on kerascope's converted graph (the onnx engine: today's CPU default),
+  - OpenVINO f32 on the same graph (the openvino engine; `pip install openvino`),
+  - OpenVINO bf16, only on a CPU with bf16 units (AMX / AVX512-BF16; elsewhere it would
+    silently compute in f32, so the row is left out and the script says so),
   - kerascope with the Keras engine forced (jit-compiled Keras on the active backend),
   - the reference PyTorch implementation (efficientnet-lite-pytorch, eager, no_grad),
   - onnxruntime running the reference exported by torch.onnx,
-all on the same ported weights and the same uint8 batches; then the cold-start wall time of
-`kerascope classify` on one photo (a new process; weights already cached).
+all on the same ported weights and the same uint8 batches (real photo crops); then which
+engine auto picks here, `kerascope.classify` end to end on each graph engine (interleaved) and
+the cold-start wall time of `kerascope classify` on one photo (a new process; weights cached).
 
-    python benchmarks/classify_cpu.py [--repeats 5]
+    python benchmarks/classify_cpu.py [--repeats 5] [--engines-only]
 """
 
 from __future__ import annotations
@@ -82,32 +86,47 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--seconds", type=float, default=4.0, help="length of one timed window")
+    parser.add_argument(
+        "--engines-only",
+        action="store_true",
+        help="only the kerascope CPU engines (no Keras, PyTorch, cold start)",
+    )
     args = parser.parse_args()
 
     import skimage
 
     import kerascope
-    from kerascope.images import load_image, resize
-    from kerascope.inference import compiled
+    from kerascope.engines import openvino_installed
+    from kerascope.inference import choose_engine, compiled
+    from kerascope.precision import cpu_info, cpu_native_bfloat16
     from kerascope.zoo import registry
     from kerascope.zoo.weights import package_file
 
     photo = Path(skimage.__file__).parent / "data" / "chelsea.png"
     clf = kerascope.load_model("efficientnet_lite0")
-    default = compiled(clf.model)
     backend = os.environ.get("KERAS_BACKEND")
-    net, torch_run = reference_torch(package_file(registry.get("efficientnet_lite0")))
-    candidates = {
-        f"kerascope ({default.engine} engine)": default,
-        f"kerascope (keras engine, {backend})": compiled(clf.model, "keras"),
-        "reference PyTorch eager": torch_run,
-        "onnxruntime (reference via torch.onnx)": reference_onnx(net),
-    }
-    image = resize(load_image(photo), clf.input_size)
-    import torch
+    candidates = {"onnxruntime fp32 (onnx engine)": compiled(clf.model, "onnx")}
+    if openvino_installed():
+        candidates["OpenVINO f32 (openvino engine)"] = compiled(clf.model, "openvino")
+        if cpu_native_bfloat16():
+            fwd = compiled(clf.model, "openvino", precision="bfloat16")
+            candidates["OpenVINO bf16 (openvino engine)"] = fwd
+    cpu = cpu_info()[0]
+    bf16 = "has bf16 units" if cpu_native_bfloat16() else "no bf16 units: no bf16 row"
+    print(f"CPU: {cpu}, {os.cpu_count()} threads, {bf16}; openvino "
+          f"{'installed' if openvino_installed() else 'not installed'}")  # fmt: skip
+    if not args.engines_only:
+        import torch
 
-    print(f"CPU threads: torch {torch.get_num_threads()}, os {os.cpu_count()}")
-    batches = {bs: np.repeat(image[None], bs, 0) for bs in (1, 32)}
+        net, torch_run = reference_torch(package_file(registry.get("efficientnet_lite0")))
+        candidates[f"kerascope (keras engine, {backend})"] = compiled(clf.model, "keras")
+        candidates["reference PyTorch eager"] = torch_run
+        candidates["onnxruntime (reference via torch.onnx)"] = reference_onnx(net)
+        print(f"torch threads {torch.get_num_threads()}")
+    # Real-photo crops (the scikit-image samples), as `kerascope models --measure` times them.
+    from kerascope.measure import sample_batch
+
+    batches = {bs: sample_batch(clf.input_size[0], bs) for bs in (1, 32)}
     for fn in candidates.values():  # warm-up (compilation, first-call allocations)
         for batch in batches.values():
             fn(batch)
@@ -121,17 +140,32 @@ def main() -> None:
     print(f"{'engine':<44}{'batch 1':>22}{'batch 32':>24}")
     for name in candidates:
         print(f"{name:<44}{spread(rates[(name, 1)]):>22}{spread(rates[(name, 32)]):>24}")
+    print(f"auto picks here: {choose_engine(clf.model)} (float32), "
+          f"{choose_engine(clf.model, precision='bfloat16')} (bfloat16)")  # fmt: skip
 
     folder = Path(tempfile.mkdtemp())
     for i in range(64):  # distinct files: inputs are de-duplicated by path
         shutil.copy(photo, folder / f"photo_{i:02d}.png")
-    start = time.perf_counter()
-    results = kerascope.classify(str(folder), model=clf, batch_size=32)
-    assert len(results) == 64 and all(r.ok for r in results)
-    print(
-        "kerascope.classify end to end (decode+resize+infer, 64 PNG files 451x300): "
-        f"{64 / (time.perf_counter() - start):.1f} img/s"
-    )
+    engines = ["onnx"] + (["openvino"] if openvino_installed() else [])
+
+    def end_to_end(engine: str) -> float:
+        os.environ["KERASCOPE_ENGINE"] = engine
+        try:
+            start = time.perf_counter()
+            results = kerascope.classify(str(folder), model=clf, batch_size=32)
+            assert len(results) == 64 and all(r.ok for r in results)
+            return 64 / (time.perf_counter() - start)
+        finally:
+            os.environ.pop("KERASCOPE_ENGINE")
+
+    for engine in engines:
+        end_to_end(engine)  # warm-up
+    e2e = interleaved({e: (lambda e=e: end_to_end(e)) for e in engines}, args.repeats, False)
+    for engine in engines:
+        print(f"kerascope.classify end to end on {engine} (decode+resize+infer, 64 PNG files "
+              f"451x300): {spread(e2e[engine])} img/s")  # fmt: skip
+    if args.engines_only:
+        return
     times = sorted(cold_start(photo) for _ in range(3))
     print(
         f"cold start `kerascope classify chelsea.png` (new process, cached weights): "
