@@ -155,14 +155,9 @@ def test_two_processes_train_together_and_only_process_0_writes(photos, tmp_path
     alone = subprocess.run([*kerascope, *common, "-o", str(single)], env=_env(),
                            capture_output=True, text=True, timeout=600)  # fmt: skip
     assert alone.returncode == 0, alone.stderr[-3000:]
-    run, port = tmp_path / "pair", free_port()
-    procs = [subprocess.Popen([*kerascope, *common, "-o", str(run), "--coordinator",
-                               f"127.0.0.1:{port}", "--num-processes", "2", "--process-id",
-                               str(i)], env=_env(), stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True)
-             for i in (0, 1)]  # fmt: skip
-    outs = [p.communicate(timeout=600) for p in procs]
-    assert [p.returncode for p in procs] == [0, 0], outs[0][1][-2000:] + outs[1][1][-2000:]
+    run = tmp_path / "pair"
+    codes, outs = _pair([*common, "-o", str(run)], [*common, "-o", str(run)])
+    assert codes == [0, 0], outs[0][1][-2000:] + outs[1][1][-2000:]
     pair, ref = _history(run), _history(single)
     assert len(pair) == len(ref) == 2
     for got, want in zip(pair, ref, strict=True):
@@ -171,7 +166,35 @@ def test_two_processes_train_together_and_only_process_0_writes(photos, tmp_path
     config = (run / "config.yaml").read_text()
     assert "processes: 2" in config and "per_device_batch: 4" in config
     assert _files(run) == _files(single)  # one writer: no second lock, no stray files
-    assert "run in /" in outs[1][1]  # process 1 finished too (its scratch copy is gone)
+    assert f"run in {run}" in outs[1][1]  # process 1 names the run (its scratch copy is gone)
+
+
+def _pair(args0: list[str], args1: list[str]) -> tuple[list[int], list[tuple[str, str]]]:
+    """``kerascope ARGS --coordinator 127.0.0.1:PORT --num-processes 2 --process-id I`` for
+    I = 0, 1 at once: their exit codes and (stdout, stderr)."""
+    port = free_port()
+    procs = [subprocess.Popen([sys.executable, "-m", "kerascope", *args, "--coordinator",
+                               f"127.0.0.1:{port}", "--num-processes", "2", "--process-id",
+                               str(i)], env=_env(), stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True)
+             for i, args in enumerate((args0, args1))]  # fmt: skip
+    outs = [p.communicate(timeout=600) for p in procs]
+    return [p.returncode for p in procs], outs
+
+
+@jax_only
+@pytest.mark.slow
+def test_processes_started_with_other_options_both_refuse_naming_it(photos, tmp_path):
+    """Process 1 given another --seed: both processes stop at once with the same line (no
+    lockstep training of two different runs, no wait for JAX's heartbeat), nothing written."""
+    common = ["train", str(photos), "--recipe", "lenet", "--image-size", "32", "--batch-size",
+              "8", "-o", str(tmp_path / "run")]  # fmt: skip
+    codes, outs = _pair(common, [*common, "--seed", "1"])
+    says = ("kerascope: error: process 1 was started with another --seed than process 0: "
+            "start every process with the same options (only --process-id differs)")  # fmt: skip
+    assert codes == [2, 2], outs
+    assert all(says in err.splitlines() for _, err in outs), outs
+    assert not (tmp_path / "run").exists()
 
 
 @jax_only

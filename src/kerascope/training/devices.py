@@ -347,3 +347,50 @@ def private_run_dir(run_dir: Path, resume: bool) -> Iterator[Path]:
         yield target
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
+
+
+# The settings every process must share (its data path and output may differ per machine).
+SHARED = ("recipe", "backbone", "layer", "pool", "image_size", "batch_size", "stages", "seed",
+          "val_split", "skip_bad", "class_weight", "unfreeze", "augment", "head", "dropout",
+          "patience", "precision", "label_smoothing", "mixup", "cutmix")  # fmt: skip
+
+
+def check_same_options(config: dict[str, Any]) -> None:
+    """Every process of a run refuses, naming the option, when any process was started with
+    other settings than process 0: they would otherwise train different models in lockstep
+    (or wait on each other until JAX's heartbeat aborts them)."""
+    if keras.backend.backend() != "jax":
+        return
+    import jax
+
+    if jax.process_count() == 1:
+        return
+    import json
+    import zlib
+
+    from jax.experimental import multihost_utils
+
+    from kerascope.training.resume import FLAGS
+
+    devices = config.get("devices") or {}
+    values = [config.get(k) for k in SHARED] + [devices.get("count")]
+    mine = np.array([zlib.crc32(json.dumps(v, sort_keys=True, default=str).encode()) & 0x7FFFFFFF
+                     for v in values], np.int32)  # fmt: skip
+    every = np.asarray(multihost_utils.process_allgather(mine)).reshape(jax.process_count(), -1)
+    for process, theirs in enumerate(every[1:], start=1):
+        for key, a, b in zip((*SHARED, "devices"), every[0], theirs, strict=True):
+            if a != b:
+                flag = FLAGS.get(key, "--" + key.replace("_", "-"))
+                raise ConfigError(f"process {process} was started with another {flag} than "
+                                  f"process 0: start every process with the same options (only "
+                                  "--process-id differs)")  # fmt: skip
+
+
+def reported(result: Any, run_dir: Path) -> Any:
+    """A run's result naming the run directory process 0 writes, in every process."""
+    import dataclasses
+
+    if Path(result.run_dir) == Path(run_dir):
+        return result
+    return dataclasses.replace(result, run_dir=Path(run_dir),
+                               model_path=Path(run_dir) / "model.keras")  # fmt: skip

@@ -231,9 +231,11 @@ def train(
         if run_dir.exists() and not (run_dir / "config.yaml").exists():
             _check_new_output(run_dir)  # a file or someone's folder: refused, no lock left there
     parallel = placing.data_parallel(devices, config["batch_size"])  # refused before writing
-    writes = placing.private_run_dir(run_dir, resume is not None)  # only process 0 writes it
+    shared = run_dir  # what every process reports; only process 0 writes it
+    writes = placing.private_run_dir(run_dir, resume is not None)
     with parallel as placement, writes as run_dir, lock_run(run_dir, create=resume is None):
         config["devices"] = placement.record(config["batch_size"])
+        placing.check_same_options(config)  # every process: the same settings
         if resume is None:
             _check_new_output(run_dir)  # under the lock: two starts cannot both pass
         else:
@@ -242,7 +244,8 @@ def train(
             config = resuming.apply_options(run_dir, config, state, given)
         before = {p.name for p in run_dir.iterdir()}
         try:
-            return _train(run_dir, config, resume is not None, engine, progress, callbacks)
+            result = _train(run_dir, config, resume is not None, engine, progress, callbacks)
+            return placing.reported(result, shared)
         except Exception as exc:
             fresh = resume is None and not _saved_an_epoch(run_dir)
             if fresh:  # nothing worth resuming: leave the folder as it was
