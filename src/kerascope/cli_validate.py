@@ -12,11 +12,11 @@ def add_validate_command(sub) -> None:
     p = sub.add_parser(
         "validate",
         help="top-1/top-5 (95 %% CI), per-class scores and img/s of any model on labelled data",
-        description="Score a zoo model, run or .keras file on DATA: one folder per class, named "
-        "by WordNet id (ImageNet layout, n02123045/) or by the model's class name (tabby/). "
-        "Prints top-1 and top-5 accuracy with 95 %% Wilson intervals, per-class "
-        "precision/recall/F1 and img/s; writes metrics.json, confusion.png (the most confused "
-        "pairs above 50 classes), top_losses.png and predictions.png.",
+        description="Score a zoo model, run or .keras file on DATA: one folder per class, named\n"
+        "by WordNet id (ImageNet layout, n02123045/) or by the model's class name (tabby/).\n"
+        "Prints top-1 and top-5 accuracy with 95 % Wilson intervals, per-class\n"
+        "precision/recall/F1 and img/s; writes metrics.json, confusion.png (the most\n"
+        "confused pairs above 50 classes), top_losses.png and predictions.png.",
     )
     p.add_argument("model", help="zoo name, run directory or .keras file")
     p.add_argument("data", help="folder of class folders (WordNet ids or class names)")
