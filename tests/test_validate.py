@@ -208,3 +208,7 @@ def test_validate_a_run_and_its_keras_file_like_evaluate(tmp_path, capsys):
     assert main(["predict", str(run), str(data), "-o", str(target), "--tta"]) == 0
     assert "mean probabilities of 2 views per image (TTA: flip)" in capsys.readouterr().err
     assert len(target.read_text().splitlines()) == 12
+    assert main(["evaluate", str(run), str(tmp_path / "same"), "-o", str(tmp_path / "t"),
+                 "--tta", "--tta-crops", "5"]) == 0  # fmt: skip
+    assert "TTA: mean of 10 views (5 crops + flip)" in capsys.readouterr().out
+    assert json.loads((tmp_path / "t" / "metrics.json").read_text())["tta"]["views"] == 10
