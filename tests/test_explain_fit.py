@@ -131,7 +131,7 @@ def test_caption_says_what_the_model_saw():
 
     assert with_caption("tabby 50.0%", (0.0, 0.0, 1.0, 1.0), (300, 451)) == "tabby 50.0%"
     text = caption((0.25, 0.0, 0.75, 1.0), (300, 451))
-    assert "outlined crop" in text and "50% x 100%" in text and "--fit whole" in text
+    assert text == "the model saw only the outlined crop (50% x 100%)"
 
 
 def test_fit_is_checked_before_any_work(photo_paths, lite0):
@@ -158,3 +158,27 @@ def test_faithfulness_of_a_raw_map_over_the_picture_scores_the_part_the_model_sa
     assert raw.probability == f.probability
     assert np.corrcoef(raw.heatmap.ravel(), f.heatmap.ravel())[0, 1] > 0.98
     assert raw.deletion == pytest.approx(f.deletion, abs=0.02)
+
+
+def test_video_crop_leaves_each_frame_outside_the_crop_as_it_was(lite0, photo_paths, tmp_path):
+    """Frames of 320 x 240: the model's crop is the centre 210 x 210; beside it, the overlay half
+    of a written frame is the frame itself (up to JPEG loss), and the crop is outlined."""
+    pytest.importorskip("av")
+    from kerascope.cam import overlay as ov
+    from kerascope.video import explain_video
+    from tests.test_video import SIZE, clip_frames, write_clip
+
+    clip = write_clip(tmp_path / "pan.mp4", clip_frames(photo_paths)[:8])
+    frames_dir = tmp_path / "frames"
+    explain_video(clip, tmp_path / "out.mp4", clf=lite0, every=8, batch_size=1,
+                  frames_dir=frames_dir, fit="crop")  # fmt: skip
+    with Image.open(frames_dir / "frame_00001.jpg") as img:
+        frame = np.asarray(img.convert("RGB"), dtype=np.int16)
+    photo, drawn = (
+        frame[ov.bar_height(SIZE[1]) :, : SIZE[0]],
+        frame[ov.bar_height(SIZE[1]) :, SIZE[0] :],
+    )
+    left = round((SIZE[0] - 0.875 * SIZE[1]) / 2)  # 55: 0.875 of the shorter side, centred
+    assert np.abs(drawn[:, : left - 4] - photo[:, : left - 4]).mean() < 3
+    assert np.abs(drawn[:, -(left - 4) :] - photo[:, -(left - 4) :]).mean() < 3
+    assert drawn[40:-40, left].min() > 180  # the white outline at the crop's left edge

@@ -96,10 +96,7 @@ def caption(box: Box | None, shape: tuple[int, ...]) -> str:
     if not is_part(box, shape):
         return ""
     left, top, right, bottom = box
-    return (
-        f"the model saw the outlined crop only ({right - left:.0%} x {bottom - top:.0%} of the "
-        "picture; --fit whole shows it all)"
-    )
+    return f"the model saw only the outlined crop ({right - left:.0%} x {bottom - top:.0%})"
 
 
 def with_caption(label: str, box: Box | None, shape: tuple[int, ...]) -> str:
