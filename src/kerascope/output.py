@@ -124,8 +124,8 @@ def progress_bar(total: int, label: str, min_total: int = 64) -> Iterator:
     """A progress bar on stderr for long jobs; yields ``advance(n)``. Silent for short ones.
 
     When stderr is not a terminal (piped, a log file, CI), a bar would be escape codes, so a
-    plain line says how far it got every `PLAIN_EVERY_S` seconds: a long job is never silent,
-    and one shorter than that prints nothing.
+    plain line says how far it got every `PLAIN_EVERY_S` seconds and at each further 10 % of
+    the job: a long job is never silent, and one shorter than that prints nothing.
     """
     if not _err.is_terminal:
         with _plain_progress(total, label) as advance:
@@ -156,9 +156,11 @@ def progress_bar(total: int, label: str, min_total: int = 64) -> Iterator:
 @contextlib.contextmanager
 def _plain_progress(total: int, label: str) -> Iterator:
     """`progress_bar` for a pipe: ``label: done/total, rate/s, elapsed`` lines, then one
-    ``done`` line if any was printed (so a log shows the job finished)."""
+    ``done`` line if any was printed (so a log shows the job finished). Once the job has run
+    `PLAIN_EVERY_S`, a line every `PLAIN_EVERY_S` and one per 10 % step crossed: at most ~10
+    more for a fast long job, and a slow one still says it is alive."""
     start = last = time.monotonic()
-    done = shown = 0
+    done = shown = tenth = 0
 
     def line(now: float) -> str:
         elapsed = now - start
@@ -166,11 +168,13 @@ def _plain_progress(total: int, label: str) -> Iterator:
         return f"{label}: {done}/{total}{rate}, {elapsed:.0f} s"
 
     def advance(n: int) -> None:
-        nonlocal done, last, shown
+        nonlocal done, last, shown, tenth
         done += n
         now = time.monotonic()
-        if done != total and now - last >= PLAIN_EVERY_S:  # the last one: the command says
-            last, shown = now, shown + 1
+        step = 10 * done // total if total > 0 else 0
+        due = now - last >= PLAIN_EVERY_S or step > tenth
+        if done != total and now - start >= PLAIN_EVERY_S and due:  # the last: the command's
+            last, shown, tenth = now, shown + 1, step
             note(line(now))
 
     yield advance
