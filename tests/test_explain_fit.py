@@ -182,3 +182,40 @@ def test_video_crop_leaves_each_frame_outside_the_crop_as_it_was(lite0, photo_pa
     assert np.abs(drawn[:, : left - 4] - photo[:, : left - 4]).mean() < 3
     assert np.abs(drawn[:, -(left - 4) :] - photo[:, -(left - 4) :]).mean() < 3
     assert drawn[40:-40, left].min() > 180  # the white outline at the crop's left edge
+
+
+@pytest.mark.parametrize("command", [["explain", "a.png"], ["video", "a.mp4"]])
+def test_cli_fit_choice_is_one_line(command, capsys):
+    from kerascope.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main([*command, "--fit", "letterbox"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "--fit" in err and "'whole', 'crop'" in err
+
+
+def test_cli_explain_fit_crop_labels_classify_s_class_and_says_what_the_model_saw(
+    lite0, photo_paths, tmp_path, capsys
+):
+    """The CLI passes --fit through: its printed class is the crop's (classify's), and the
+    picture's overlay is the photo outside the outlined crop."""
+    from kerascope.cli import main
+
+    path = photo_paths["chelsea"]
+    assert main(["explain", str(path), "-o", str(tmp_path), "--fit", "crop"]) == 0
+    assert "tiger_cat" in capsys.readouterr().out
+    with Image.open(tmp_path / "chelsea-output.jpg") as img:
+        picture = np.asarray(img.convert("RGB"), dtype=np.int16)
+    photo, drawn = picture[-300:, :451], picture[-300:, 451:]
+    assert np.abs(drawn[:, :85] - photo[:, :85]).mean() < 3  # the crop starts at x = 94
+    assert np.abs(drawn[:, 100:350] - photo[:, 100:350]).mean() > 5  # tinted inside it
+
+
+def test_batch_settings_keep_the_fit_and_refuse_a_bad_one():
+    from kerascope.scale.run import BatchError, _settings
+
+    assert _settings("explain", {})["fit"] == "whole"
+    assert _settings("explain", {"fit": "crop"})["fit"] == "crop"
+    with pytest.raises(BatchError, match="--fit must be whole or crop"):
+        _settings("explain", {"fit": "square"})
