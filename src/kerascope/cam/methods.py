@@ -22,6 +22,7 @@ import re
 import numpy as np
 
 from kerascope.cam.base import Activations, BaseCAM
+from kerascope.cam.pixel import PIXEL_ALIASES, PIXEL_METHODS
 
 
 def ops():
@@ -265,15 +266,23 @@ METHODS: dict[str, type[BaseCAM]] = {
     "hirescam": HiResCAM,
     "eigencam": EigenCAM,
     "layercam": LayerCAM,
+    **PIXEL_METHODS,  # pixel-level attribution (cam/pixel.py): saliency, smoothgrad, ig, ...
 }
-ALIASES = {"gradcampp": "gradcam++", "gradcamplusplus": "gradcam++"}
+CAM_METHODS = tuple(m for m in METHODS if m not in PIXEL_METHODS)
+ALIASES = {"gradcampp": "gradcam++", "gradcamplusplus": "gradcam++", **PIXEL_ALIASES}
 
 
 def get_method(name: str) -> type[BaseCAM]:
     """The method class for ``name``: case, spaces, ``-`` and ``_`` are ignored, so
-    ``Score-CAM``, ``score_cam`` and ``ScoreCAM`` all mean ``scorecam``."""
-    key = re.sub(r"[\s_\-]+", "", str(name)).lower()
+    ``Score-CAM``, ``score_cam`` and ``ScoreCAM`` all mean ``scorecam``. Options of the pixel
+    methods follow a colon: ``ig:steps=64,baseline=blurred`` (`kerascope.cam.pixel`)."""
+    base, colon, options = str(name).partition(":")
+    key = re.sub(r"[\s_\-]+", "", base).lower()
     key = ALIASES.get(key, key)
     if key not in METHODS:
         raise ValueError(f"unknown method {name!r}; choose one of {', '.join(METHODS)}")
-    return METHODS[key]
+    if not colon:
+        return METHODS[key]
+    if key not in PIXEL_METHODS:
+        raise ValueError(f"method {key} takes no options, got {name!r}")
+    return PIXEL_METHODS[key].configured(options)
