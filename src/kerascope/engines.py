@@ -236,3 +236,37 @@ def measure(model: Any, batch: np.ndarray, rounds: int = 7, remember: bool = Tru
         engines_path().parent.mkdir(parents=True, exist_ok=True)
         write_json(engines_path(), data)
     return record
+
+
+def _photos(size: tuple[int, int], count: int) -> np.ndarray:
+    """``count`` real photos at ``size`` (scikit-image's samples when installed, else a
+    deterministic noise picture: the engines' speed does not depend on the content)."""
+    from kerascope.images import load_image, resize
+
+    try:
+        import skimage
+
+        folder = Path(skimage.__file__).parent / "data"
+        names = ("chelsea.png", "coffee.png", "astronaut.png", "rocket.jpg")
+        pictures = [resize(load_image(folder / n), size) for n in names]
+    except (ImportError, OSError):
+        pictures = [np.random.default_rng(0).integers(0, 256, (*size, 3), dtype=np.uint8)]
+    return np.stack([pictures[i % len(pictures)] for i in range(count)])
+
+
+def measure_default_model(rounds: int = 7, batch: int = 8) -> dict:
+    """:func:`measure` on EfficientNet-Lite0 (the default model, offline weights) at ``batch``
+    real photos, kept for this CPU model: ``python -m kerascope.engines``."""
+    from kerascope.config import ensure_backend
+
+    ensure_backend()
+    from kerascope.zoo.models import load_model
+
+    clf = load_model("efficientnet_lite0")
+    return measure(clf.model, _photos(clf.input_size, batch), rounds)
+
+
+if __name__ == "__main__":  # pragma: no cover  (a maintenance command, run by hand)
+    record = measure_default_model()
+    print(f"{cpu_info()[0]}: float32 on {record['float32']} "
+          f"(ms per image {record['ms_per_image']}), kept in {engines_path()}")  # fmt: skip
