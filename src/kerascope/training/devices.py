@@ -44,7 +44,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
 from kerascope.data.loader import DerivedSequence  # noqa: E402
-from kerascope.errors import ConfigError  # noqa: E402
+from kerascope.errors import ConfigError, KerascopeError, RunError  # noqa: E402
 
 LR_RULE = ("per global batch: --batch-size is the batch of one step over all devices (split "
            "evenly across them) and --lr applies to it unchanged, whatever the number of "
@@ -394,3 +394,24 @@ def reported(result: Any, run_dir: Path) -> Any:
         return result
     return dataclasses.replace(result, run_dir=Path(run_dir),
                                model_path=Path(run_dir) / "model.keras")  # fmt: skip
+
+
+@contextlib.contextmanager
+def peers_watched(run_dir: Path) -> Iterator[None]:
+    """A process of a multi-process run that dies makes the others' next collective fail
+    (gloo: "connection reset by peer", within seconds); that failure becomes one line saying
+    what happened and how to continue, instead of JAX's traceback."""
+    try:
+        yield
+    except Exception as exc:
+        if keras.backend.backend() != "jax" or isinstance(exc, KerascopeError):
+            raise
+        import jax
+
+        if jax.process_count() == 1:
+            raise
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise RunError(f"process {jax.process_index()} of {jax.process_count()}: another "
+                       f"process of the run stopped ({first[:200]}); start every process "
+                       f"again with `--resume {run_dir}` (process 0's last saved epoch "
+                       "continues)") from exc  # fmt: skip

@@ -244,7 +244,9 @@ def train(
             config = resuming.apply_options(run_dir, config, state, given)
         before = {p.name for p in run_dir.iterdir()}
         try:
-            result = _train(run_dir, config, resume is not None, engine, progress, callbacks)
+            with placing.peers_watched(shared):  # a process that died: one line, not a hang
+                result = _train(run_dir, config, resume is not None, engine, progress,
+                                callbacks)  # fmt: skip
             return placing.reported(result, shared)
         except Exception as exc:
             fresh = resume is None and not _saved_an_epoch(run_dir)
