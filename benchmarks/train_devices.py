@@ -7,7 +7,8 @@ Each row is the CLI a user runs (``python -m kerascope train``) in its own subpr
 folder of real-photo crops (scikit-image's chelsea and coffee, two classes): the whole graph
 in Keras (``--engine keras``, augmentation inside the compiled step), the same global batch
 and seed on every row. The number is the steady training img/s of ``history.csv``'s
-``images_per_second`` (median over the epochs after the first, which compiles).
+``images_per_second`` (median over the epochs after the first, which compiles); the rows
+run in turn, ``--repeats`` times, and each prints its median with [min-max].
 
 On a CPU the two devices are virtual (``XLA_FLAGS=--xla_force_host_platform_device_count=2``):
 they share the same cores, so this measures the cost of the split (sharding, the gradient
@@ -70,10 +71,12 @@ def main() -> None:
     p.add_argument("--size", type=int, default=96, help="image side")
     p.add_argument("--batch", type=int, default=32, help="global batch")
     p.add_argument("--epochs", type=int, default=4, help="epochs (the first is not counted)")
+    p.add_argument("--repeats", type=int, default=2, help="runs of each row, interleaved")
     p.add_argument("--quick", action="store_true", help="tiny sizes: a smoke run")
     args = p.parse_args()
     if args.quick:
         args.recipe, args.images, args.size, args.batch, args.epochs = "lenet", 24, 32, 8, 2
+        args.repeats = 1
     import jax  # only to see what this machine has; the rows run in their own processes
 
     gpu = jax.default_backend() != "cpu"
@@ -87,12 +90,16 @@ def main() -> None:
         print(f"kerascope train --recipe {args.recipe}, {2 * args.images} photos at "
               f"{args.size}px, global batch {args.batch}, {os.cpu_count()} cores; steady "
               "img/s (median of epochs 2+)")  # fmt: skip
-        base = None
-        for name, devices, env in rows:
-            rate = run(data, Path(tmp) / name.replace(" ", "-"), devices, env, args)
-            base = base or rate
-            print(f"  {name:<24} {rate:8.1f} img/s   ({rate / base:.2f}x the 1-device row)",
-                  flush=True)  # fmt: skip
+        rates: dict[str, list[float]] = {name: [] for name, _, _ in rows}
+        for repeat in range(args.repeats):  # rows interleaved: a neighbour's load hits all
+            for name, devices, env in rows:
+                out = Path(tmp) / f"{name.replace(' ', '-')}-{repeat}"
+                rates[name].append(run(data, out, devices, env, args))
+        base = statistics.median(rates[rows[0][0]])
+        for name, got in rates.items():
+            rate = statistics.median(got)
+            print(f"  {name:<24} {rate:8.1f} img/s [{min(got):.1f}-{max(got):.1f}]   "
+                  f"({rate / base:.2f}x the 1-device row)", flush=True)  # fmt: skip
         if gpu:
             print("  one GPU cannot show scaling: the multi-GPU goal stays unmeasured")
 
