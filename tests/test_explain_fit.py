@@ -219,3 +219,17 @@ def test_batch_settings_keep_the_fit_and_refuse_a_bad_one():
     assert _settings("explain", {"fit": "crop"})["fit"] == "crop"
     with pytest.raises(BatchError, match="--fit must be whole or crop"):
         _settings("explain", {"fit": "square"})
+
+
+def test_a_large_jpeg_is_one_input_too(lite0, chelsea, tmp_path):
+    """A photo over four times the input is decoded at reduced size for the model (JPEG draft)
+    by --score, --compare and faithfulness(); explain() fits the same decode (it fitted the
+    full one: 76.8 % against faithfulness()'s 78.4 % here), its heatmap still full size."""
+    import kerascope
+
+    path = tmp_path / "big.jpg"
+    Image.fromarray(chelsea).resize((2706, 1800), Image.Resampling.BICUBIC).save(path, quality=92)
+    e = kerascope.explain(path, model=lite0)
+    f = kerascope.faithfulness(path, e, model=lite0, metrics=CHEAP, steps=2)
+    assert abs(e.probability - f.probability) < 1e-5
+    assert e.heatmap.shape == (1800, 2706)

@@ -318,22 +318,35 @@ def iter_explanations(
     source yields an `Explanation` with ``error`` set at its place.
 
     Yields each `Explanation` with its full-resolution RGB image (None when unreadable), so a
-    caller that draws the overlay does not decode the file again. Two batches of full-size
-    images are held at a time; `iter_small` holds none (what `save_explanations` uses).
-    ``fit``: what the model sees of each picture (`kerascope.cam.fitting`).
-    """
-    from kerascope.cam.overlay import upsample
+    caller that draws the overlay does not decode the file again. ``fit``: what the model sees
+    of each picture (`kerascope.cam.fitting`).
 
-    for e, cam, it in _iter_cams(clf, explainer, sources, targets, batch_size, True, fit=fit):
+    The model's input is decoded as every other explain path decodes it (a large JPEG at
+    reduced size, `kerascope.inference.decode_item`), so `kerascope.faithfulness`, ``--score``
+    and ``--compare`` see the very pixels this explanation was computed on; the full-size
+    picture, for the heatmap's resolution, is a second decode, one image at a time.
+    """
+    import dataclasses
+
+    from kerascope.cam.overlay import upsample
+    from kerascope.images import ImageError
+    from kerascope.inference import load_source
+
+    found = _iter_cams(clf, explainer, sources, targets, batch_size, False, fit=fit)
+    for source, (e, cam, it) in zip(sources, found, strict=True):
         if cam is None:
             yield e, None
-        else:
-            e.model_map = cam
-            cam = place(cam, e.box, it.shape)
-            heat = upsample(cam, it.original.shape[:2])
-            peak = float(heat.max())  # maps peak at 1; resampling (twice, when placed) shaves it
-            e.heatmap = untinted_outside(heat / peak if peak > 0 else heat, e.box)
-            yield e, it.original
+            continue
+        try:  # the picture at full size (the model's input may come from a reduced decode)
+            original = load_source(source)
+        except (ImageError, ValueError, OSError) as exc:  # changed or removed since
+            yield dataclasses.replace(e, error=getattr(exc, "reason", str(exc))), None
+            continue
+        e.model_map = cam
+        heat = upsample(place(cam, e.box, it.shape), original.shape[:2])
+        peak = float(heat.max())  # maps peak at 1; resampling (twice, when placed) shaves it
+        e.heatmap = untinted_outside(heat / peak if peak > 0 else heat, e.box)
+        yield e, original
 
 
 def iter_small(
