@@ -234,6 +234,10 @@ def _add_augment_options(p, defaults: bool) -> None:
         p.add_argument(f"--{flag}", type=float, default=default if defaults else None,
                        help=text + ("" if defaults else " (0: none)"))  # fmt: skip
     p.add_argument("--no-flip", action="store_true", help="no horizontal flips")
+    p.add_argument("--augment-policy", choices=("randaugment", "trivialaugment"), default=None,
+                   help="on top of the transformations above: RandAugment (2 operations at "
+                   "magnitude 9 of 30 per image) or TrivialAugment (1 at a random magnitude), "
+                   "torchvision's operations and ranges")  # fmt: skip
 
 
 def _backbones(text: str | None, default: str) -> list[str]:
@@ -321,11 +325,14 @@ def _train_augment(args):
     given = {name: value for name, value in given.items() if value is not None}
     if args.no_flip:
         given["horizontal_flip"] = False
+    if args.augment_policy:
+        given["policy"] = args.augment_policy
     if not given:
         return not args.no_augment
     if args.no_augment:
         raise CliError("--no-augment turns augmentation off; leave out --"
                        + next(iter(given)).replace("_", "-").replace("horizontal-flip", "no-flip")
+                       .replace("policy", "augment-policy")
                        + " (or --no-augment)")  # fmt: skip
     from kerascope.training.settings import changed_augmentation
 
@@ -442,6 +449,7 @@ def _run_augment(args) -> int:
     config = AugmentConfig(
         rotation=args.rotation, width_shift=args.width_shift, height_shift=args.height_shift,
         shear=args.shear, zoom=args.zoom, horizontal_flip=not args.no_flip,
+        policy=args.augment_policy,
     )  # fmt: skip
     paths = augment_preview(args.image, n=args.n, out_dir=args.output, config=config,
                             seed=args.seed)  # fmt: skip

@@ -30,6 +30,7 @@ ensure_backend()  # the user's backend (JAX if none is usable) before Keras load
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
+from kerascope.data.policy import PolicyPlan, check_policy, compose, sample_policy  # noqa: E402
 from kerascope.errors import ConfigError  # noqa: E402
 
 FILL_MODES = ("reflect", "wrap", "constant", "nearest")
@@ -53,6 +54,10 @@ class AugmentConfig:
         vertical_flip: mirror half the images upside down (off: few photos are symmetric so).
         fill_mode: how pixels moved in from outside the image are filled; ``"nearest"``
             repeats the edge, as in the tutorial.
+        policy: ``randaugment`` or ``trivialaugment`` (:mod:`kerascope.data.policy`) on top
+            of the transformations above, or None.
+        policy_ops, policy_magnitude: RandAugment's N (operations per image) and M (of 31
+            bins); TrivialAugment draws one operation at a random magnitude.
         rescale: the tutorial's ``1/255``, kept so its settings round-trip. It is *not*
             applied by the augmentation: kerascope models take 0..255 pixels and
             normalise inside the graph, so scaling belongs to the model (the scratch recipe
@@ -68,12 +73,20 @@ class AugmentConfig:
     vertical_flip: bool = False
     fill_mode: str = "nearest"
     rescale: float | None = 1.0 / 255.0
+    policy: str | None = None
+    policy_ops: int = 2
+    policy_magnitude: int = 9
 
     def __post_init__(self) -> None:
         """Refuse values the random layers would misread; ConfigError (a ValueError) names
         the setting, so the CLI prints one line."""
         if self.fill_mode not in FILL_MODES:
             raise ConfigError(f"fill_mode must be one of {FILL_MODES}, got {self.fill_mode!r}")
+        self.policy = check_policy(self.policy)
+        if not 1 <= int(self.policy_ops) <= 4:
+            raise ConfigError(f"policy_ops must be 1 to 4, got {self.policy_ops}")
+        if not 0 <= int(self.policy_magnitude) <= 30:
+            raise ConfigError(f"policy_magnitude is a bin, 0 to 30, got {self.policy_magnitude}")
         for name in ("rotation", "width_shift", "height_shift", "shear", "zoom"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
@@ -89,7 +102,8 @@ class AugmentConfig:
     def is_identity(self) -> bool:
         """Whether nothing is ever transformed (every range zero, no flips)."""
         return not (self.rotation or self.width_shift or self.height_shift or self.shear
-                    or self.zoom or self.horizontal_flip or self.vertical_flip)  # fmt: skip
+                    or self.zoom or self.horizontal_flip or self.vertical_flip
+                    or self.policy)  # fmt: skip
 
 
 def sample_matrices(
@@ -127,7 +141,16 @@ def sample_matrices(
     for axis, flip, size in ((0, flip_x, width), (1, flip_y, height)):
         out[flip, axis] = -out[flip, axis]
         out[flip, axis, 2] += size - 1
+    if c.policy:  # the policy's geometric operations, on the picture made above
+        out = compose(out, policy_plan(c, seed, epoch, batch, n, height, width).matrices)
     return out.astype(np.float32)
+
+
+def policy_plan(config: AugmentConfig, seed: int, epoch: int, batch: int, n: int, height: int,
+                width: int) -> PolicyPlan:  # fmt: skip
+    """The config's policy draw for one batch (its colour operations go to the executors)."""
+    return sample_policy(config.policy or "randaugment", seed, epoch, batch, n, height, width,
+                         config.policy_ops, config.policy_magnitude)  # fmt: skip
 
 
 def identity_matrices(n: int) -> np.ndarray:

@@ -11,13 +11,15 @@ from __future__ import annotations
 
 import math
 import os
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-from kerascope.data.affine import warp_pillow
-from kerascope.data.augment import AugmentConfig, sample_matrices
+from kerascope.data.affine import colour_host, warp_pillow
+from kerascope.data.augment import AugmentConfig, policy_plan, sample_matrices
+from kerascope.data.policy import describe as describe_policy
 from kerascope.images import load_image, resize
 
 
@@ -59,6 +61,10 @@ def augment_preview(
     c = config or AugmentConfig()
     matrices = sample_matrices(c, seed, 0, 0, n, *image.shape[:2])
     samples = warp_pillow(np.repeat(image[None], n, axis=0), matrices, c.fill_mode)
+    policy = policy_plan(c, seed, 0, 0, n, *image.shape[:2]) if c.policy else None
+    if policy is not None:  # its colour operations, as training applies them
+        samples = colour_host(samples, policy)
+        matrices = sample_matrices(replace(c, policy=None), seed, 0, 0, n, *image.shape[:2])
     out = Path(out_dir).expanduser()
     out.mkdir(parents=True, exist_ok=True)
     stem = Path(image_path).stem
@@ -73,6 +79,9 @@ def augment_preview(
     labels = ["original"] + [
         f"{i:0{digits}d}: {_describe(_transform_of(m, c, h, w))}" for i, m in enumerate(matrices)
     ]
+    if policy is not None:  # a third line: the policy's operations on top of the above
+        for i in range(n):
+            labels[i + 1] += "\n" + describe_policy(policy.names[i], policy.values[i])
     _grid([image, *samples], labels).save(grid, quality=90)
     return [*paths, grid]
 

@@ -34,8 +34,9 @@ ensure_backend()  # the user's backend (JAX if none is usable) before Keras load
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
-from kerascope.data.augment import AugmentConfig, sample_matrices, warp  # noqa: E402
+from kerascope.data.augment import AugmentConfig, policy_plan, sample_matrices, warp  # noqa: E402
 from kerascope.data.loader import DerivedSequence, FolderSequence  # noqa: E402
+from kerascope.data.policy import apply_colour  # noqa: E402
 from kerascope.data.regularise import (  # noqa: E402
     RegulariseConfig,
     mix_ops,
@@ -61,6 +62,8 @@ class AugmentedTrainer(keras.Model):
                 x = warp(inputs["image"], inputs["matrices"], self.fill_mode)
             else:
                 x = keras.ops.cast(inputs["image"], "float32")
+            if "colour" in inputs:  # the augment policy's colour operations
+                x = apply_colour(x, inputs["colour"])
             if "partner" in inputs:  # mixup / CutMix, after the warp as on the host
                 x = mix_ops(x, inputs["partner"], inputs["boxes"])
         else:
@@ -125,6 +128,9 @@ class DeviceFeed(DerivedSequence):
             matrices = sample_matrices(self.augment, self.seed, self.epoch, index, size, height,
                                        width)  # fmt: skip
             inputs = {"image": pixels, "matrices": matrices}
+            if self.augment.policy:
+                plan = policy_plan(self.augment, self.seed, self.epoch, index, size, height, width)
+                inputs["colour"] = plan.colour
         targets: Any = labels
         if self.regularise is not None:  # soft targets; the pixels are mixed on the device
             r = self.regularise
