@@ -39,7 +39,7 @@ print(store.computed)
 HOLD_LOCK = """
 import sys, time
 from pathlib import Path
-from kerascope.bottleneck.store import _writer_lock
+from kerascope.bottleneck.extract import _writer_lock
 out, release = Path(sys.argv[1]), Path(sys.argv[2])
 with _writer_lock(out):
     Path(str(release) + ".held").touch()

@@ -80,13 +80,13 @@ def test_features_on_a_full_disk_stop_with_one_line_and_resume_once_freed(
 def test_features_completion_mark_only_after_verified_rows(noise_dataset, tmp_path, monkeypatch):
     """A check that reads back fewer rows than written refuses to mark or rename the file."""
     import kerascope.bottleneck as kf
-    from kerascope.bottleneck import store as store_mod
+    from kerascope.bottleneck import groups as groups_mod
     from kerascope.files import OutputError
 
     monkeypatch.setattr(
-        store_mod, "_compute", lambda f, g, spec, run, rows, todo, *a: 0
+        groups_mod, "_compute", lambda f, g, spec, run, rows, todo, *a: 0
     )  # a write that "succeeded" but left every row missing
-    monkeypatch.setattr(store_mod, "forward_for", lambda spec: (None, (4,)))
+    monkeypatch.setattr(groups_mod, "forward_for", lambda spec: (None, (4,)))
     out = tmp_path / "f.h5"
     with pytest.raises(OutputError, match="holds 0/40 rows"):
         kf.extract_features(noise_dataset, [LITE0], output=out)

@@ -1,4 +1,5 @@
-"""Bottleneck features of zoo backbones, cached in HDF5 (`store`), built from `branches`."""
+"""Bottleneck features of zoo backbones, built from `branches`, cached in HDF5 (`extract` writes
+the store, `groups` brings each backbone's group up to date, `store` reads it)."""
 
 from kerascope.bottleneck.branches import (
     POOLS,
@@ -10,7 +11,8 @@ from kerascope.bottleneck.branches import (
     resizer,
     weights_checksum,
 )
-from kerascope.bottleneck.store import FeatureSet, FeatureStore, extract_features, partial_path
+from kerascope.bottleneck.extract import extract_features
+from kerascope.bottleneck.store import FeatureSet, FeatureStore, partial_path
 
 __all__ = [
     "POOLS",
