@@ -107,6 +107,10 @@ def _add_train(sub) -> None:
     regular.add_argument("--cutmix", type=float, metavar="A", help="CutMix: paste a box of "
                          "another image, area share ~ Beta(A, A) (1.0 usual; with --mixup each "
                          "batch takes one; default off)")  # fmt: skip
+    p.add_argument("--init-from", metavar="RUN", help="start from an earlier run (or .keras "
+                   "file): its layers with the same names, the head (and the backbone when it "
+                   "was fine-tuned), as the seed's fine-tuning loads its bottleneck-trained "
+                   "head; other shapes stop with the layer named")  # fmt: skip
     p.add_argument("--find-lr", action="store_true", help="run the learning-rate finder "
                    "instead of training: an exponential sweep of the recipe's first stage "
                    "(same network, same split path), writes lr_find.png (lr_find-1.png... when "
@@ -260,6 +264,7 @@ def _run_train(args) -> int:
         optimizer=args.optimizer, momentum=args.momentum, lr_schedule=args.lr_schedule,
         weights=args.weights, precision=args.precision,
         label_smoothing=args.label_smoothing, mixup=args.mixup, cutmix=args.cutmix,
+        init_from=args.init_from,
     )  # fmt: skip
     if args.backbone:
         kwargs["backbone"] = args.backbone

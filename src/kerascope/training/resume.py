@@ -21,6 +21,7 @@ FLAGS = {
     "dropout": "--dropout", "optimizer": "--optimizer", "momentum": "--momentum",
     "lr_schedule": "--lr-schedule", "weights": "--weights",
     "label_smoothing": "--label-smoothing", "mixup": "--mixup", "cutmix": "--cutmix",
+    "init_from": "--init-from",
 }  # fmt: skip
 """Arguments of ``train`` that are settings of the run, and their command-line flag."""
 
@@ -83,6 +84,8 @@ def _same(name: str, value: Any, config: dict, run_dir: Path) -> bool:
         return Path(value).expanduser().resolve() == Path(saved).expanduser().resolve()
     if name == "recipe":
         return recipes.get_recipe(value).name == config["recipe"]
+    if name == "init_from":
+        return str(Path(value).expanduser().resolve()) == config.get("init_from")
     if name == "backbone":
         return settings.resolve_backbone(recipes.get_recipe(config["recipe"]), value) == \
             config["backbone"]  # fmt: skip

@@ -119,6 +119,7 @@ def train(
     label_smoothing: float | None = None,
     mixup: float | None = None,
     cutmix: float | None = None,
+    init_from: str | os.PathLike | None = None,
     devices: placing.DeviceSpec = None,
     coordinator: str | None = None,
     num_processes: int | None = None,
@@ -184,6 +185,9 @@ def train(
             targets ``(1 - e) * one_hot + e / classes``; mixup's and CutMix's Beta(a, a)
             parameter (0 or None: off; both on: each batch takes one). Applied where the
             augmentation runs (on the device in the whole graph, before the prefix when split).
+        init_from: an earlier run directory or ``.keras`` file: its layers with the same names
+            (the head; the backbone when it was fine-tuned) start this run
+            (``kerascope.training.init_from``; other shapes: ConfigError naming the layer).
 
         devices: ``"all"`` (default: every accelerator; one CPU device unless virtual ones
             are forced), a count, or device numbers (``"0,2,5"``): data-parallel training
@@ -226,7 +230,7 @@ def train(
                                 dropout=dropout, optimizer=optimizer, momentum=momentum,
                                 lr_schedule=lr_schedule, weights=weights,
                                 precision=precision, label_smoothing=label_smoothing,
-                                mixup=mixup, cutmix=cutmix)  # fmt: skip
+                                mixup=mixup, cutmix=cutmix, init_from=init_from)  # fmt: skip
         run_dir = Path(config["output"])
         if run_dir.exists() and not (run_dir / "config.yaml").exists():
             _check_new_output(run_dir)  # a file or someone's folder: refused, no lock left there
@@ -339,6 +343,12 @@ def _train(run_dir: Path, config: dict[str, Any], resumed: bool, engine: str | N
                                 dropout=config["dropout"], layer=config.get("layer"),
                                 pool=config.get("pool", "avg"),
                                 head=config.get("head"))  # fmt: skip
+    if config.get("init_from"):  # an earlier run's head (and matching layers)
+        from kerascope.training.init_from import load_init_weights
+
+        copied = load_init_weights(model, config["init_from"], dataset.classes)
+        if progress:
+            print(f"init from {config['init_from']}: {', '.join(copied)}")
     weights = class_weights(config["class_weight"], dataset.classes, dataset.counts["train"])
     state = read_state(run_dir)
     verbose = (1 if sys.stdout.isatty() else 0) if progress else 0

@@ -60,6 +60,7 @@ def resolve_config(
     label_smoothing: float | None = None,
     mixup: float | None = None,
     cutmix: float | None = None,
+    init_from: str | os.PathLike | None = None,
 ) -> dict[str, Any]:
     """Every setting of a run as plain data, defaults filled in (written as ``config.yaml``).
 
@@ -67,6 +68,7 @@ def resolve_config(
     ``label_smoothing``, ``mixup`` and ``cutmix`` as floats, 0 when off."""
     from kerascope.data.regularise import RegulariseConfig
     from kerascope.precision import resolve_precision
+    from kerascope.training.init_from import resolve_init_from
 
     precision_ = resolve_precision(precision)
     r = get_recipe(recipe)
@@ -113,6 +115,7 @@ def resolve_config(
         **fine_tune,
         "augment": asdict(augment) if augment else None,
         **asdict(regular),
+        "init_from": resolve_init_from(init_from),
         "head": head_,
         "dropout": dropout,
         "weights": weights_,
