@@ -100,9 +100,19 @@ def test_evaluate_prefers_the_test_split(run_dir, tmp_path):
     for k, name in enumerate(CLASSES):
         _images(root / "train" / name, name, 3, seed=k)
         _images(root / "test" / name, name, 2, seed=10 + k)
+    (run_dir / "metrics.json").write_text("the run's own")
     metrics = evaluate(run_dir, root, top_losses=0)
     assert metrics.split == "test" and metrics.n == 4
-    assert (run_dir / "metrics.json").is_file() and not (run_dir / "top_losses.png").exists()
+    # another folder than the run trained from: its own sub-folder (before: the run's own
+    # metrics.json and confusion.png were replaced), and a second one never replaces the first
+    assert metrics.output == run_dir / "evaluations" / "split"
+    assert (metrics.output / "metrics.json").is_file()
+    assert not (metrics.output / "top_losses.png").exists()
+    assert (run_dir / "metrics.json").read_text() == "the run's own"
+    again = evaluate(run_dir, root, top_losses=0)
+    assert again.output == run_dir / "evaluations" / "split-1"
+    assert json.loads((metrics.output / "metrics.json").read_text())["n"] == 4
+    (run_dir / "metrics.json").unlink()
 
 
 def test_evaluate_rejects_unknown_class_folder(run_dir, tmp_path):

@@ -259,6 +259,20 @@ def test_evaluate_scores_the_held_out_split_and_warns_about_training_images(
     err = capsys.readouterr().err
     assert f"WARNING: {n_train} of the {n_train + n_val} scored images were used to train" in err
 
+    # without -o: the data the run trained from is the run's own evaluation (its folder);
+    # another folder's results go to their own sub-folder, never over the run's files
+    assert evaluate(lenet_run, shapes32, top_losses=0).output == lenet_run
+    own = (lenet_run / "metrics.json").read_bytes()
+    other = tmp_path / "other"
+    shutil.copytree(shapes32, other)
+    try:
+        theirs = evaluate(lenet_run, other, top_losses=0, split="all")
+        assert theirs.output == lenet_run / "evaluations" / "other"
+        assert (theirs.output / "metrics.json").is_file()
+        assert (lenet_run / "metrics.json").read_bytes() == own
+    finally:
+        shutil.rmtree(lenet_run / "evaluations", ignore_errors=True)
+
 
 def test_scan_findings_are_printed_before_the_first_epoch(shapes32, tmp_path, capsys):
     data = tmp_path / "data"

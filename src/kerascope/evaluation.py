@@ -25,7 +25,7 @@ import numpy as np
 from kerascope.classification import Source, iter_outputs, run_precision
 from kerascope.data.folders import SPLIT_DIRS, DatasetError
 from kerascope.eval_plots import plot_most_confused, plot_predictions
-from kerascope.files import write_json
+from kerascope.files import fresh_path, write_json
 from kerascope.images import expand_inputs
 from kerascope.inference import MISSING_INPUT, compiled, iter_batches, normalise_inputs
 from kerascope.metrics import (  # noqa: F401  (metrics_from, top_k_accuracy: re-exported)
@@ -247,7 +247,8 @@ def evaluate(
             folders and globs expand to.
         batch_size: images per forward pass.
         output: where ``metrics.json``, ``confusion.png``, ``top_losses.png`` and
-            ``predictions.png`` go; default the run directory.
+            ``predictions.png`` go; default the run directory for the data the run trained
+            from, else a new ``evaluations/<data folder>`` inside it.
         top_losses: how many of the worst-scored images to show (0: no gallery).
         heatmaps: overlay what the model looked at on the gallery, when the explain
             module is installed.
@@ -284,7 +285,12 @@ def evaluate(
         split, items, origin = evaluation_items(data, classes, split, record)
     else:
         split, items = "labels", _labelled_items(data, labels, classes)
-    out = Path(output) if output is not None else _default_output(run_dir, clf)
+    own = origin == "run" or (
+        record is not None
+        and labels is None
+        and Path(data).expanduser().resolve() == Path(record["data"])
+    )
+    out = Path(output) if output is not None else _default_output(run_dir, clf, data, own)
     return score_items(
         clf, items, out, data=data, split=split, split_source=origin, record=record,
         batch_size=batch_size, top_losses=top_losses, heatmaps=heatmaps, precision=precision,
@@ -426,11 +432,19 @@ def _run_folder(run_dir: Any) -> Path | None:
     return path if path.is_dir() else path.parent if path.suffix == ".keras" else None
 
 
-def _default_output(run_dir: Any, clf: Classifier) -> Path:
+def _default_output(run_dir: Any, clf: Classifier, data: Any = None, own: bool = True) -> Path:
+    """The run's folder when scoring the data it trained from (its own evaluation), else a new
+    ``evaluations/<data>`` folder inside it: another folder's results never replace the run's
+    own ``metrics.json`` and pictures, nor an earlier evaluation's (``<data>-1``, ...)."""
     if isinstance(run_dir, Classifier):
-        return Path(clf.source).parent
-    path = Path(run_dir)
-    return path if path.is_dir() else path.parent
+        folder = Path(clf.source).parent
+    else:
+        path = Path(run_dir)
+        folder = path if path.is_dir() else path.parent
+    if own:
+        return folder
+    name = Path(data).expanduser().resolve().name if isinstance(data, str | os.PathLike) else ""
+    return fresh_path(folder / "evaluations" / (name or "images"))
 
 
 def _top_losses(clf, kept, probs, labels, path: Path, count: int, heatmaps: bool) -> Path:

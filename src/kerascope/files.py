@@ -283,3 +283,14 @@ def write_text(path: str | os.PathLike, text: str, newline: str | None = None) -
 
 def write_json(path: str | os.PathLike, data: Any) -> Path:
     return write_text(path, json.dumps(data, indent=1, ensure_ascii=False) + "\n")
+
+
+def fresh_path(path: str | os.PathLike) -> Path:
+    """``path`` if nothing is there, else the first free ``stem-1.suffix``, ``stem-2...``:
+    for a default output name, which must never replace a file the user did not name."""
+    path = Path(path)
+    for n in range(10_000):
+        candidate = path if n == 0 else path.with_name(f"{path.stem}-{n}{path.suffix}")
+        if not os.path.lexists(candidate):
+            return candidate
+    raise KerascopeError(f"'{path}' and 9,999 numbered variants exist: give -o FILE")

@@ -15,8 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from kerascope.classification import Source, classify_sources
-from kerascope.errors import KerascopeError
-from kerascope.files import atomic_open
+from kerascope.files import atomic_open, fresh_path  # noqa: F401  (fresh_path: old import path)
 from kerascope.images import IMAGE_SUFFIXES
 from kerascope.inference import normalise_inputs
 from kerascope.output import csv_safe
@@ -140,17 +139,6 @@ def _check_labels(path: Path) -> None:
     folder = path if path.is_dir() else path.parent if path.suffix == ".keras" else None
     if folder is not None:
         read_labels(folder)
-
-
-def fresh_path(path: str | os.PathLike) -> Path:
-    """``path`` if nothing is there, else the first free ``stem-1.suffix``, ``stem-2...``:
-    for a default output name, which must never replace a file the user did not name."""
-    path = Path(path)
-    for n in range(10_000):
-        candidate = path if n == 0 else path.with_name(f"{path.stem}-{n}{path.suffix}")
-        if not os.path.lexists(candidate):
-            return candidate
-    raise KerascopeError(f"'{path}' and 9,999 numbered variants exist: give -o FILE")
 
 
 def write_csv(rows: Iterable[PredictedLabel], path: str | os.PathLike) -> Path:

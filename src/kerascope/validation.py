@@ -16,8 +16,8 @@ from pathlib import Path
 
 from kerascope.data.folders import DatasetError
 from kerascope.evaluation import GRID, TOP_LOSSES, Evaluation, score_items
+from kerascope.files import fresh_path
 from kerascope.images import expand_inputs
-from kerascope.prediction import fresh_path
 from kerascope.rundir import read_labels, read_split
 from kerascope.tta import TTA
 from kerascope.zoo.models import Classifier, load_model
