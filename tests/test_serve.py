@@ -10,6 +10,7 @@ import asyncio
 import base64
 import dataclasses
 import io
+import re
 import socket
 import struct
 import subprocess
@@ -108,6 +109,10 @@ def test_models_list_every_method_of_the_registry_with_cost_and_sanity(client, p
     assert details["layercam"]["sanity"] is False and details["gradcam++"]["sanity"] is False
     assert "~300x" in details["scorecam"]["cost"]
     assert details["scorecam"]["expensive"] and not details["scorecam"]["allowed"]
+    for name, cls in METHODS.items():  # ~Nx one pass with N >= 10 (SmoothGrad, IG): expensive
+        multiple = max(map(float, re.findall(r"~(\d+)x", cls.cost)), default=1.0)
+        if name != "ablationcam":  # its closed form on this GAP + Dense head: cheap
+            assert details[name]["expensive"] is (multiple >= 10), name
     assert info["methods"] == [n for n, d in details.items() if d["allowed"]]
     assert info["expensive_methods"] == [n for n, d in details.items() if d["expensive"]]
     not_an_image = files(("notes.txt", b"hello"))  # accepted or refused before any work

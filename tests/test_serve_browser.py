@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.serve_server import running_server
+from tests.serve_server import httpx, running_server
 
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 ARTIFACTS = Path(__file__).parent / "artifacts"
@@ -103,7 +103,9 @@ def test_the_method_menu_offers_every_method_with_cost_and_sanity_note(server, b
     assert [o.get_attribute("value") for o in menu.options] == list(METHODS)
     assert menu.first_selected_option.get_attribute("value") == "gradcam"
     disabled = {o.get_attribute("value") for o in menu.options if not o.is_enabled()}
-    assert disabled == {"scorecam"}  # expensive: this server was started without the flag
+    (info,) = httpx.get(server + "/v1/models").json()["models"]
+    refused = {d["name"] for d in info["method_details"] if not d["allowed"]}
+    assert "scorecam" in disabled and disabled == refused  # started without --allow-expensive
     note = browser.find_element(By.ID, "method-note")
     assert note.text == f"Cost per image: {METHODS['gradcam'].cost}."
     menu.select_by_value("layercam")

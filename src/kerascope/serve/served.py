@@ -31,6 +31,23 @@ from kerascope.zoo.models import Classifier
 PERTURBATION = ("scorecam", "ablationcam")
 
 
+EXPENSIVE_MULTIPLE = 10
+"""A method stated to cost this many passes of a one-pass method or more is expensive."""
+
+
+def cost_multiple(method: str) -> float:
+    """The ``~Nx`` a method's ``cost`` states (largest if several; 1 if none): "25 noisy
+    forwards + backwards (~25x saliency)" -> 25. Read from the registry, so a method added
+    there is weighed as it describes itself."""
+    from kerascope.cam.methods import get_method
+
+    try:
+        cost = getattr(get_method(method), "cost", "")
+    except ValueError:
+        return 1.0
+    return max((float(n) for n in re.findall(r"~(\d+(?:\.\d+)?)x", cost)), default=1.0)
+
+
 def method_title(name: str, cls: type) -> str:
     """A method's name for people: its ``title``, else the words its docstring opens with
     before the citation ("Grad-CAM (Selvaraju et al. ...": Grad-CAM), with the API name in
@@ -119,8 +136,14 @@ class ServedModel:
         return {**self.classifier.stats(), "explain": {k: b.stats() for k, b in explainers.items()}}
 
     def expensive(self, method: str) -> bool:
-        """Whether ``method`` (a canonical name) runs the network K times per image here."""
-        return method == "scorecam" or (method == "ablationcam" and not self.closed_form_head)
+        """Whether ``method`` (a canonical name) runs the network K times per image here:
+        Score-CAM, Ablation-CAM without its closed form, and any method whose ``cost`` says
+        it is ``~Nx`` one pass with N >= `EXPENSIVE_MULTIPLE` (SmoothGrad's 25 noisy copies,
+        Integrated Gradients' 32 steps): the page offers every method, and these must not
+        hold up classify and Grad-CAM in the cheap queue."""
+        if method == "ablationcam":
+            return not self.closed_form_head
+        return method == "scorecam" or cost_multiple(method) >= EXPENSIVE_MULTIPLE
 
     def allowed(self, method: str) -> bool:
         return self.limits.allow_expensive or not self.expensive(method)
