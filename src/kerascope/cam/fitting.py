@@ -24,6 +24,8 @@ from typing import Any
 
 from PIL import Image, ImageDraw
 
+from kerascope.errors import KerascopeError
+
 FITS: tuple[str, ...] = ("whole", "crop")
 """The choices of ``--fit``."""
 DEFAULT_FIT = "whole"
@@ -31,8 +33,8 @@ DEFAULT_FIT = "whole"
 _OUTLINE = ((255, 255, 255), (0, 0, 0))  # a white line with a black one inside: seen anywhere
 
 
-class FitError(ValueError):
-    """An unknown ``fit``."""
+class FitError(KerascopeError, ValueError):
+    """An unknown ``fit``: one line naming the choices."""
 
 
 def check_fit(fit: str) -> str:
