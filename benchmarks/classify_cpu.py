@@ -140,6 +140,14 @@ def main() -> None:
     print(f"{'engine':<44}{'batch 1':>22}{'batch 32':>24}")
     for name in candidates:
         print(f"{name:<44}{spread(rates[(name, 1)]):>22}{spread(rates[(name, 32)]):>24}")
+    base = "onnxruntime fp32 (onnx engine)"
+    for name in candidates:  # per-repeat ratios: a neighbour's load hits both sides of one
+        if name.startswith("OpenVINO"):
+            ratios = {bs: np.divide(rates[(name, bs)], rates[(base, bs)]) for bs in (1, 32)}
+            shown = {bs: f"{np.median(r):.2f}x [{min(r):.2f} - {max(r):.2f}]"
+                     for bs, r in ratios.items()}  # fmt: skip
+            print(f"{name} / onnxruntime fp32, per repeat: batch 1 {shown[1]}, "
+                  f"batch 32 {shown[32]}")  # fmt: skip
     print(f"auto picks here: {choose_engine(clf.model)} (float32), "
           f"{choose_engine(clf.model, precision='bfloat16')} (bfloat16)")  # fmt: skip
 
