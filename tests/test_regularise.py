@@ -161,3 +161,27 @@ def test_a_short_run_with_each_regulariser_learns_real_photos(crops, tmp_path, e
     saved = yaml.safe_load((run.run_dir / "config.yaml").read_text())
     for name in ("label_smoothing", "mixup", "cutmix"):
         assert saved[name] == options.get(name, 0.0)
+
+
+def test_augment_preview_shows_the_mix(chelsea, tmp_path):
+    """`kerascope augment --cutmix`: each tile says whose box it holds and how much of the
+    picture that box is (the samples are mixed after augmenting, as in training)."""
+    from PIL import Image
+
+    from kerascope.data import preview
+    from kerascope.data.augment import AugmentConfig
+
+    labels: list[str] = []
+    real_grid = preview._grid
+    preview._grid = lambda images, text, **kw: (labels.extend(text), real_grid(images, text))[1]
+    config = RegulariseConfig(cutmix=1.0)
+    try:
+        Image.fromarray(chelsea).save(tmp_path / "cat.png")
+        preview.augment_preview(tmp_path / "cat.png", n=4, out_dir=tmp_path / "out",
+                                config=AugmentConfig(), seed=3, regularise=config)  # fmt: skip
+    finally:
+        preview._grid = real_grid
+    plan = sample_mix(config, 3, 0, 0, 4, *chelsea.shape[:2])
+    for i in range(4):
+        share = 1 - float(plan.own[i])
+        assert labels[i + 1].split("\n")[-1] == f"cutmix: {share:.0%} box of {plan.partner[i]}"

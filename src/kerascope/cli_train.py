@@ -219,6 +219,10 @@ def _add_augment(sub) -> None:
     p.add_argument("-o", "--output", default="preview", help="folder to write into")
     p.add_argument("--seed", type=int, default=0, help="seeds the random transforms")
     _add_augment_options(p, defaults=True)
+    p.add_argument("--mixup", type=float, metavar="A", help="train's --mixup: each sample "
+                   "mixed with another sample, share ~ Beta(A, A)")  # fmt: skip
+    p.add_argument("--cutmix", type=float, metavar="A", help="train's --cutmix: a box of "
+                   "another sample pasted in (labelled with its number and area)")  # fmt: skip
     p.set_defaults(func=_run_augment)
 
 
@@ -456,7 +460,10 @@ def _run_augment(args) -> int:
         shear=args.shear, zoom=args.zoom, horizontal_flip=not args.no_flip,
         policy=args.augment_policy,
     )  # fmt: skip
+    from kerascope.data.regularise import RegulariseConfig
+
+    mixing = RegulariseConfig(mixup=args.mixup or 0.0, cutmix=args.cutmix or 0.0)
     paths = augment_preview(args.image, n=args.n, out_dir=args.output, config=config,
-                            seed=args.seed)  # fmt: skip
+                            seed=args.seed, regularise=mixing)  # fmt: skip
     output.note(f"wrote {len(paths) - 1} samples and {paths[-1]}")
     return 0

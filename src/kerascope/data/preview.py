@@ -20,6 +20,7 @@ from PIL import Image
 from kerascope.data.affine import colour_host, warp_pillow
 from kerascope.data.augment import AugmentConfig, policy_plan, sample_matrices
 from kerascope.data.policy import describe as describe_policy
+from kerascope.data.regularise import RegulariseConfig, mix_host, sample_mix
 from kerascope.images import load_image, resize
 
 
@@ -30,6 +31,7 @@ def augment_preview(
     config: AugmentConfig | None = None,
     seed: int = 0,
     max_side: int | None = 512,
+    regularise: RegulariseConfig | None = None,
 ) -> list[Path]:
     """Write ``n`` augmented versions of one image as JPEGs, plus ``grid.jpg`` showing them all.
 
@@ -47,6 +49,8 @@ def augment_preview(
         seed: makes the samples reproducible.
         max_side: shrink the picture so its longer side is at most this many pixels before
             augmenting (a 12 MP photo would be slow and no more informative); None keeps it.
+        regularise: mixup / CutMix drawn as training draws them, each sample mixed with
+            another of the samples (its number and share in the label).
 
     Returns:
         Paths of the ``n`` samples followed by the grid.
@@ -65,6 +69,10 @@ def augment_preview(
     if policy is not None:  # its colour operations, as training applies them
         samples = colour_host(samples, policy)
         matrices = sample_matrices(replace(c, policy=None), seed, 0, 0, n, *image.shape[:2])
+    mix = None
+    if regularise is not None and regularise.mixes and n > 1:
+        mix = sample_mix(regularise, seed, 0, 0, n, *image.shape[:2])
+        samples = mix_host(samples, mix)
     out = Path(out_dir).expanduser()
     out.mkdir(parents=True, exist_ok=True)
     stem = Path(image_path).stem
@@ -82,6 +90,12 @@ def augment_preview(
     if policy is not None:  # a third line: the policy's operations on top of the above
         for i in range(n):
             labels[i + 1] += "\n" + describe_policy(policy.names[i], policy.values[i])
+    if mix is not None:  # whom each sample was mixed with, and how much of it is its own
+        for i in range(n):
+            other = f"{int(mix.partner[i]):0{digits}d}"
+            share = 1 - float(mix.own[i])
+            labels[i + 1] += ("\n" + (f"mixup: {share:.0%} of {other}" if mix.kind == "mixup"
+                                       else f"cutmix: {share:.0%} box of {other}"))  # fmt: skip
     _grid([image, *samples], labels).save(grid, quality=90)
     return [*paths, grid]
 
