@@ -212,3 +212,27 @@ def test_classify_says_it_ran_on_openvino_with_onnxruntime_s_answer(photo_paths,
         rows[engine] = captured.out.splitlines()[1].split(",")
     assert rows["openvino"][3] == rows["onnx"][3] and rows["onnx"][3].endswith("cat")
     assert abs(float(rows["openvino"][4]) - float(rows["onnx"][4])) <= 1e-4
+
+
+def test_split_training_runs_its_frozen_prefix_on_openvino(tmp_path, monkeypatch, capsys):
+    """The same engine choice for training: the prefix on OpenVINO, the saved network right."""
+    import keras
+
+    from kerascope.training import train
+    from kerascope.training.split import split_model
+    from kerascope.zoo.models import load_model
+    from tests.test_train import make_shapes
+
+    monkeypatch.setenv("KERASCOPE_ENGINE", "openvino")
+    data = make_shapes(tmp_path / "shapes", n=24)
+    result = train(data, recipe="transfer", output=tmp_path / "run", epochs=1, image_size=48,
+                   batch_size=16, augment=False)  # fmt: skip
+    assert "split training: frozen prefix on openvino" in capsys.readouterr().out
+    parts = split_model(result.model)
+    prefix = inference.compiled(parts.prefix)
+    assert prefix.engine == "openvino"
+    x = np.random.default_rng(0).integers(0, 256, (6, 48, 48, 3)).astype("uint8")
+    composite = keras.ops.convert_to_numpy(parts.suffix(prefix(x)))
+    saved = load_model(tmp_path / "run").model
+    np.testing.assert_allclose(composite, keras.ops.convert_to_numpy(saved(x.astype("float32"))),
+                               atol=1e-4)  # fmt: skip
