@@ -185,3 +185,32 @@ def test_augment_preview_shows_the_mix(chelsea, tmp_path):
     for i in range(4):
         share = 1 - float(plan.own[i])
         assert labels[i + 1].split("\n")[-1] == f"cutmix: {share:.0%} box of {plan.partner[i]}"
+
+
+@pytest.mark.slow  # three runs, ~35 s
+def test_resume_keeps_the_mix_and_refuses_another(crops, tmp_path):
+    """An interrupted run with mixup and a policy resumes to the unbroken run's numbers (the
+    draws come from (seed, epoch, batch)); a different --mixup on resume is refused."""
+    from kerascope.data.augment import AugmentConfig
+    from kerascope.errors import RunError
+
+    from .test_train import StopAfter
+
+    kwargs = dict(
+        recipe="transfer",
+        epochs=2,
+        image_size=48,
+        batch_size=16,
+        progress=False,
+        mixup=0.4,
+        augment=AugmentConfig(0, 0, 0, 0, 0, policy="trivialaugment"),
+    )
+    whole = train(crops, output=tmp_path / "whole", **kwargs)
+    broken = tmp_path / "broken"
+    with pytest.raises(KeyboardInterrupt):
+        train(crops, output=broken, callbacks=[StopAfter(0)], **kwargs)
+    with pytest.raises(RunError, match="--mixup"):
+        train(resume=broken, mixup=0.2, progress=False)
+    resumed = train(resume=broken, progress=False)
+    for a, b in zip(whole.history, resumed.history, strict=True):
+        assert b["loss"] == pytest.approx(a["loss"], rel=1e-4)
