@@ -194,3 +194,26 @@ def test_explain_names_unknown_classes_and_groups(lite0, chelsea):
         class_or_group(lite0, "crane")
     assert class_or_group(lite0, "Tinca tinca") == (lite0, 0)  # another lemma of the tench
     assert class_or_group(lite0, "tabby") == (lite0, "tabby")
+
+
+@pytest.mark.slow
+def test_merged_model_runs_on_the_cpu_engine_with_the_summed_probability(lite0, chelsea):
+    """The merge layer converts to ONNX (the gradient-free methods' CPU engine) and computes
+    the group's summed probability; two groups never share a cached graph."""
+    from kerascope.cam.groups import group_classifier
+    from kerascope.images import fit
+    from kerascope.inference import compiled, engine_name
+    from kerascope.onnx_export.cache import model_key
+
+    cat = group_classifier(lite0, hierarchy.resolve_group("cat"))
+    dog = group_classifier(lite0, hierarchy.resolve_group("dog"))
+    assert engine_name(cat.model) == "onnx"
+    assert model_key(cat.model) != model_key(dog.model)
+    pixels = np.stack([fit(chelsea, lite0.input_size), fit(chelsea[::-1], lite0.input_size)])
+    plain = np.asarray(compiled(lite0.model)(pixels), np.float64)
+    merged = np.asarray(compiled(cat.model)(pixels), np.float64)
+    keras_merged = np.asarray(cat.model([pixels.astype("float32")]), np.float64)
+    np.testing.assert_allclose(merged[:, 0], plain[:, list(CATS)].sum(1), atol=1e-5)
+    np.testing.assert_allclose(merged, keras_merged, atol=1e-5)
+    others = [c for c in range(1000) if c not in CATS]
+    np.testing.assert_allclose(merged[:, 1:], plain[:, others], atol=1e-5)

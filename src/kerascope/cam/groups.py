@@ -18,7 +18,10 @@ the classes outside the group (a class's map does not either).
 from __future__ import annotations
 
 import dataclasses
+from functools import cache
 from typing import Any
+
+import numpy as np
 
 from kerascope.zoo.hierarchy import (
     Group,
@@ -31,21 +34,43 @@ from kerascope.zoo.hierarchy import (
 from kerascope.zoo.models import Classifier
 
 
-def _merge_layer(members: list[int], others: list[int]) -> Any:
+@cache
+def _layer_class() -> type:
+    """The merge layer's class, defined once (Keras is imported only when a group is used),
+    with its ONNX converter registered: the gradient-free methods run the network after the
+    target layer on the CPU engine, which measured 11x faster than Keras-JAX for Score-CAM."""
     import keras
 
     class GroupLogits(keras.layers.Layer):
-        """(N, classes) logits -> (N, 1 + others): the group's merged logit, then the rest."""
+        """(N, classes) logits -> (N, 1 + others): the merged logit of ``members``, then the
+        logits of ``others`` in order."""
+
+        def __init__(self, members: list[int], others: list[int], **kwargs):
+            super().__init__(**kwargs)
+            self.members, self.others = list(members), list(others)
 
         def call(self, z):
             ops = keras.ops
-            inside = ops.logsumexp(ops.take(z, members, axis=-1), axis=-1, keepdims=True)
-            return ops.concatenate([inside, ops.take(z, others, axis=-1)], axis=-1)
+            inside = ops.logsumexp(ops.take(z, self.members, axis=-1), axis=-1, keepdims=True)
+            return ops.concatenate([inside, ops.take(z, self.others, axis=-1)], axis=-1)
 
         def compute_output_shape(self, shape):
-            return (shape[0], 1 + len(others))
+            return (shape[0], 1 + len(self.others))
 
-    return GroupLogits(name="kerascope_group_logits")
+        def get_config(self):  # the classes are part of the structure (the ONNX cache key)
+            return {**super().get_config(), "members": self.members, "others": self.others}
+
+    from kerascope.onnx_export.graph import _CONVERTERS, _class_key
+
+    def convert(g, layer, xs, args) -> str:
+        def gather(indices: list[int]) -> str:
+            return g.op("Gather", [xs[0].name, g.const(np.array(indices), np.int64)], axis=1)
+
+        inside = g.op("ReduceLogSumExp", [gather(layer.members)], axes=[1], keepdims=1)
+        return g.op("Concat", [inside, gather(layer.others)], axis=1)
+
+    _CONVERTERS[_class_key(GroupLogits)] = convert
+    return GroupLogits
 
 
 def group_classifier(clf: Classifier, group: Group) -> Classifier:
@@ -71,7 +96,7 @@ def group_classifier(clf: Classifier, group: Group) -> Classifier:
     members = list(group.classes)
     inside = set(members)
     others = [c for c in range(clf.num_classes) if c not in inside]
-    merged = _merge_layer(members, others)(logits)
+    merged = _layer_class()(members, others, name="kerascope_group_logits")(logits)
     out = keras.layers.Softmax(name="kerascope_group_softmax")(merged)
     wrapped = keras.Model(model.inputs, out, name=f"{model.name}_group")
     labels = [(group.wnid, group.name), *(clf.labels[c] for c in others)]
