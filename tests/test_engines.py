@@ -212,8 +212,12 @@ def test_classify_says_it_ran_on_openvino_with_onnxruntime_s_answer(photo_paths,
         rows[engine] = captured.out.splitlines()[1].split(",")
     assert rows["openvino"][3] == rows["onnx"][3] and rows["onnx"][3].endswith("cat")
     assert abs(float(rows["openvino"][4]) - float(rows["onnx"][4])) <= 1e-4
+    monkeypatch.setenv("KERASCOPE_ENGINE", "openvino")  # no --precision: still said
+    assert main(["classify", chelsea, "--top", "1", "-f", "csv"]) == 0
+    assert "computing in float32 on the openvino engine" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_split_training_runs_its_frozen_prefix_on_openvino(tmp_path, monkeypatch, capsys):
     """The same engine choice for training: the prefix on OpenVINO, the saved network right."""
     import keras

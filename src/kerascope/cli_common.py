@@ -41,9 +41,10 @@ def positive_int(text: str) -> int:
 
 def say_precision(asked: str | None, precision: str, engine: str | None = None) -> None:
     """Print `kerascope.precision.ran_in` on stderr when the precision was asked for or is not
-    float32 (a plain CPU run stays quiet: nothing to report). Here, not in precision.py, since
+    float32, or the engine is OpenVINO (set, or picked by a measurement on this CPU); a plain
+    CPU run on onnxruntime stays quiet: nothing new to report. Here, not in precision.py, since
     printing is the command's business and precision sits below `output`."""
-    if asked is not None or precision != "float32":
+    if asked is not None or precision != "float32" or engine == "openvino":
         from kerascope.output import note
 
         note(ran_in(precision, engine))
