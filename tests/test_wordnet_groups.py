@@ -217,3 +217,18 @@ def test_merged_model_runs_on_the_cpu_engine_with_the_summed_probability(lite0, 
     np.testing.assert_allclose(merged, keras_merged, atol=1e-5)
     others = [c for c in range(1000) if c not in CATS]
     np.testing.assert_allclose(merged[:, 1:], plain[:, others], atol=1e-5)
+
+
+@pytest.mark.slow
+def test_batch_explain_takes_a_group(lite0, photo_paths, tmp_path):
+    import pyarrow.parquet as pq
+
+    from kerascope.cam.explain import explain
+    from kerascope.scale.run import run_batch
+
+    path = str(photo_paths["chelsea"])
+    report = run_batch("explain", [path], tmp_path / "out", model="efficientnet_lite0",
+                       target="cat")  # fmt: skip
+    row = pq.read_table(tmp_path / "out" / "index").to_pandas().iloc[0]
+    assert report.errors == 0 and (row["class_id"], row["name"]) == ("n02121620", "cat")
+    assert row["probability"] == pytest.approx(explain(path, lite0, target="cat").probability)

@@ -123,9 +123,11 @@ class BlockWorker:
         self.meta = {"model": self.clf.name, "model_source": self.clf.source}
         if self.task == "explain":
             from kerascope.cam.explain import _cached_explainer, resolve_target
+            from kerascope.cam.groups import class_or_group
 
+            self.clf, target = class_or_group(self.clf, s["target"])  # "cat": a WordNet group
             self.explainer = _cached_explainer(self.clf, s["method"], s["layer"])
-            self.target = None if s["target"] is None else resolve_target(self.clf, s["target"])
+            self.target = None if target is None else resolve_target(self.clf, target)
             self.meta.update(method=self.explainer.method, layer=self.explainer.layer)
 
     def __call__(self, batch: Any) -> Any:
