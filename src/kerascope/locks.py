@@ -14,9 +14,11 @@ import errno
 import os
 from pathlib import Path
 
+from kerascope.errors import KerascopeError
 
-class LockBusy(Exception):
-    """Another process holds the lock; ``holder`` names it for the caller's message."""
+
+class LockBusy(KerascopeError):
+    """Another process holds the lock; ``holder`` names it (callers word their own message)."""
 
     def __init__(self, holder: str):
         super().__init__(holder)
