@@ -29,8 +29,11 @@ def pytest_configure(config):
         "markers", "keras_init: build models with Keras's initializers, not NumPy-drawn values"
     )
 
-    home = Path(tempfile.mkdtemp(prefix="kerascope-test-home-"))
-    os.environ["KERASCOPE_HOME"] = str(home)
+    # pytest-xdist workers inherit the controller's environment: they share its cache, so the
+    # weights are ported and the ONNX graphs converted once per run, not once per worker
+    shared = os.environ.get("KERASCOPE_TEST_HOME") if hasattr(config, "workerinput") else None
+    home = Path(shared) if shared else Path(tempfile.mkdtemp(prefix="kerascope-test-home-"))
+    os.environ["KERASCOPE_HOME"] = os.environ["KERASCOPE_TEST_HOME"] = str(home)
     os.environ["KERASCOPE_OFFLINE"] = "1"  # CI has no network; never try to download
     jax_settings = {
         "JAX_COMPILATION_CACHE_DIR": str(config.rootpath / ".pytest_cache" / "jax-cache"),
