@@ -18,6 +18,7 @@ from kerascope.cam.fitting import pixel_box
 
 FITS = ("whole", "crop")
 CHEAP = ["deletion"]
+STEPS = 5  # deletion in 5 steps: the numbers are compared with each other, not with a value
 
 
 @pytest.fixture(scope="module")
@@ -31,9 +32,11 @@ def chelsea_numbers(lite0, photo_paths):
     out = {}
     for fit in FITS:
         e = kerascope.explain(path, model=lite0, fit=fit)
-        f = kerascope.faithfulness(path, e, model=lite0, metrics=CHEAP)
-        scored_e, scored_f = next(iter_scores(lite0, [path], "gradcam", metrics=CHEAP, fit=fit))
-        c = compare_methods(path, None, lite0, methods=["gradcam"], metric="deletion", fit=fit)
+        f = kerascope.faithfulness(path, e, model=lite0, metrics=CHEAP, steps=STEPS)
+        scored = iter_scores(lite0, [path], "gradcam", metrics=CHEAP, steps=STEPS, fit=fit)
+        scored_e, scored_f = next(scored)
+        c = compare_methods(path, None, lite0, methods=["gradcam"], metric="deletion",
+                            steps=STEPS, fit=fit)  # fmt: skip
         out[fit] = (e, f, scored_e, scored_f, c)
     return out
 
@@ -153,8 +156,8 @@ def test_faithfulness_of_a_raw_map_over_the_picture_scores_the_part_the_model_sa
     import kerascope
 
     e, f = chelsea_numbers["crop"][:2]
-    raw = kerascope.faithfulness(photo_paths["chelsea"], e.heatmap, lite0, CHEAP, fit="crop",
-                                 class_index=e.class_index)  # fmt: skip
+    raw = kerascope.faithfulness(photo_paths["chelsea"], e.heatmap, lite0, CHEAP, STEPS,
+                                 class_index=e.class_index, fit="crop")  # fmt: skip
     assert raw.probability == f.probability
     assert np.corrcoef(raw.heatmap.ravel(), f.heatmap.ravel())[0, 1] > 0.98
     assert raw.deletion == pytest.approx(f.deletion, abs=0.02)
