@@ -81,3 +81,22 @@ def test_cli_find_lr_writes_the_picture_and_no_run(crops, tmp_path, monkeypatch,
     assert sorted(p.relative_to(crops) for p in crops.rglob("*")) == before
     err = capsys.readouterr().err
     assert "suggested lr " in err and "--lr " in err and "instead of --find-lr" in err
+
+
+def test_cli_lr_find_trains_with_the_suggestion_and_keeps_the_sweep(crops, tmp_path, capsys):
+    """`--lr find`: the sweep first, then the run at its suggestion (config.yaml's lr), the
+    picture kept in the run directory; nothing written outside it."""
+    import yaml
+
+    from kerascope.cli import main
+
+    run = tmp_path / "run"
+    code = main(["train", str(crops), "--lr", "find", "--epochs", "1", "--image-size", "64",
+                 "--batch-size", "16", "--no-augment", "-o", str(run)])  # fmt: skip
+    assert code == 0
+    assert (run / "lr_find.png").stat().st_size > 10_000
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
+    err = capsys.readouterr().err
+    suggested = float(err.split("suggested lr ")[1].split(";")[0])
+    lr = yaml.safe_load((run / "config.yaml").read_text())["stages"][0]["lr"]
+    assert lr == pytest.approx(suggested, rel=0.05) and lr != 1e-3

@@ -59,9 +59,10 @@ def _add_train(sub) -> None:
                    "(5,10) (default: the recipe's); with --resume: for the stages not finished "
                    "yet")  # fmt: skip
     p.add_argument("--batch-size", type=int, help="images per step (default: the recipe's)")
-    p.add_argument("--lr", type=_floats, help="learning rate of the first stage, or one per "
-                   "stage (1e-3,1e-4) (default: the recipe's, or the optimizer's own when "
-                   "--optimizer changes it)")  # fmt: skip
+    p.add_argument("--lr", type=_lr_values, help="learning rate of the first stage, or one "
+                   "per stage (1e-3,1e-4), or find: the lr finder's suggestion (its sweep is "
+                   "kept as RUN/lr_find.png) (default: the recipe's, or the optimizer's own "
+                   "when --optimizer changes it)")  # fmt: skip
     p.add_argument("--optimizer", help="rmsprop, adam, sgd or adadelta for the first stage, or "
                    "one per stage (rmsprop,sgd) (default: the recipe's: finetune trains its "
                    "second stage with sgd)")  # fmt: skip
@@ -280,33 +281,51 @@ def _run_train(args) -> int:
                   num_processes=args.num_processes, process_id=args.process_id)  # fmt: skip
     if args.find_lr:
         return _find_lr(args, kwargs)
+    found = _sweep(args, kwargs, None) if args.lr == "find" else None
+    if found is not None:  # --lr find: train with the suggestion, the sweep kept in the run
+        kwargs["lr"] = found.suggestion
+        _note(f"lr finder: suggested lr {found.suggestion:.2g}; training with it")
     try:
         run = train(args.data, **kwargs)
     except KeyboardInterrupt:
         output.note("interrupted: the last finished epoch is saved; continue with --resume RUN_DIR")
         return 130
+    if found is not None:
+        from kerascope.training.lr_find import plot_lr_find
+
+        _note(f"the lr sweep is in {plot_lr_find(found, run.run_dir / 'lr_find.png')}")
     _note(headline(run))
     return 0
 
 
 def _find_lr(args, kwargs: dict) -> int:
     """``train --find-lr``: the sweep, its picture and the suggestion; nothing else written."""
-    from kerascope import output
     from kerascope.prediction import fresh_path
-    from kerascope.training.lr_find import find_lr
 
-    if args.resume:
-        raise CliError("--find-lr sweeps a new run's first stage; leave out --resume")
-    target = fresh_path("lr_find.png")
-    with output.progress_bar(100, "lr finder") as advance:
-        result = find_lr(args.data, plot=target, progress=lambda done, total: advance(1),
-                         **{k: v for k, v in kwargs.items() if k != "recipe"},
-                         recipe=args.recipe)  # fmt: skip
+    result = _sweep(args, kwargs, fresh_path("lr_find.png"))
     stage = f"{result.optimizer}, {result.trained}"
     _note(f"suggested lr {result.suggestion:.2g} ({stage}; the sweep is in {result.plot}); "
           f"train with it: the same command with --lr {result.suggestion:.2g} instead of "
-          "--find-lr")  # fmt: skip
+          "--find-lr (or --lr find: sweep, then train with the suggestion)")  # fmt: skip
     return 0
+
+
+def _sweep(args, kwargs: dict, plot):
+    """The LR finder's sweep on the run's settings (`kerascope.training.lr_find`)."""
+    from kerascope import output
+    from kerascope.training.lr_find import find_lr
+
+    if args.resume:
+        raise CliError("the lr finder sweeps a new run's first stage; leave out --resume")
+    options = {k: v for k, v in kwargs.items() if k not in ("recipe", "lr")}
+    with output.progress_bar(100, "lr finder") as advance:
+        return find_lr(args.data, plot=plot, progress=lambda done, total: advance(1),
+                       recipe=args.recipe, **options)  # fmt: skip
+
+
+def _lr_values(text: str) -> float | list[float] | str:
+    """``--lr``: numbers as :func:`_floats`, or ``find``."""
+    return "find" if text.strip().lower() == "find" else _floats(text)
 
 
 def _ints(text: str) -> int | list[int]:
