@@ -94,8 +94,14 @@ def test_named_groups_rank_only_those():
 
 
 def test_groups_need_imagenet_classes():
+    from kerascope.cam.groups import class_or_group
+    from kerascope.zoo.models import Classifier
+
     with pytest.raises(GroupError, match="1000 ImageNet classes"):
         hierarchy.check_imagenet([("0", "cat"), ("1", "dog")], "model 'pets'")
+    # a trained model's own class "cat" stays its class: groups are for ImageNet's classes
+    pets = Classifier(None, "pets", (32, 32), [("0", "cat"), ("1", "dog")])
+    assert class_or_group(pets, "cat") == (pets, "cat")
 
 
 @pytest.mark.skipif(not (WORDNET / "data.noun").exists(), reason="wordnet-base not installed")
