@@ -20,6 +20,9 @@ $(VENV)/.installed-test: $(VENV)/.installed pyproject.toml
 	# The serve page's browser test drives Debian's Chromium through its own driver, so
 	# Selenium never downloads a browser or a driver.
 	test -x /usr/bin/chromedriver || { apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y chromium chromium-driver; }
+	# WordNet 3.0 (Debian's wordnet-base): the test that re-derives the bundled ImageNet hierarchy
+	# with scripts/make_imagenet_hierarchy.py reads it; kerascope itself never does.
+	test -f /usr/share/wordnet/data.noun || { apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y wordnet-base; }
 	# timm is only read for its ImageNet synset files (an independent class-index source);
 	# its torchvision dependency does not import beside torch 2.13, so it is installed bare.
 	$(PIP) --no-deps timm==1.0.31
