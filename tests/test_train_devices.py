@@ -199,6 +199,44 @@ def test_processes_started_with_other_options_both_refuse_naming_it(photos, tmp_
 
 @jax_only
 @pytest.mark.slow
+def test_a_killed_process_stops_the_other_with_one_line_and_both_resume(photos, tmp_path):
+    """Process 1 killed once process 0 has saved an epoch: process 0 stops within seconds
+    (its next collective fails) with one line saying to resume; `--resume` on both then
+    finishes the run from the saved epoch."""
+    run, port = tmp_path / "run", free_port()
+    args = ["train", str(photos), "--recipe", "lenet", "--engine", "keras", "--epochs", "40",
+            "--patience", "40", "--batch-size", "8", "--image-size", "32",
+            "-o", str(run)]  # fmt: skip
+    procs = [subprocess.Popen([sys.executable, "-m", "kerascope", *args, "--coordinator",
+                               f"127.0.0.1:{port}", "--num-processes", "2", "--process-id",
+                               str(i)], env=_env(), stdout=subprocess.DEVNULL,
+                              stderr=subprocess.PIPE, text=True)
+             for i in (0, 1)]  # fmt: skip
+    deadline = time.monotonic() + 400
+    while not (run / "history.csv").is_file() and time.monotonic() < deadline:
+        assert procs[0].poll() is None, procs[0].communicate()[1][-2000:]
+        time.sleep(0.5)
+    procs[1].kill()
+    procs[1].communicate()
+    killed = time.monotonic()
+    _, err = procs[0].communicate(timeout=120)
+    assert time.monotonic() - killed < 60  # not JAX's 100 s heartbeat, and no hang
+    assert procs[0].returncode == 2, err[-2000:]
+    lines = [line for line in err.splitlines() if line.startswith("kerascope:")]
+    assert len(lines) == 1 and "Traceback" not in err, err[-2000:]
+    assert "process 0 of 2: another process of the run stopped" in lines[0]
+    assert f"again with `--resume {run}`" in lines[0]
+    saved = len(_history(run))
+    assert saved >= 1
+    codes, outs = _pair(["train", "--resume", str(run), "--epochs", str(saved + 1)],
+                        ["train", "--resume", str(run), "--epochs", str(saved + 1)])  # fmt: skip
+    assert codes == [0, 0], outs[0][1][-2000:] + outs[1][1][-2000:]
+    assert [int(r["epoch"]) for r in _history(run)] == list(range(1, saved + 2))
+    assert (run / "model.keras").is_file() and not (run / "backup").exists()
+
+
+@jax_only
+@pytest.mark.slow
 def test_a_coordinator_that_does_not_answer_ends_with_one_line(photos, tmp_path):
     """Process 1 with nobody at the address: after the timeout (3 s here), one line naming
     the address, exit code 3, not JAX's abort with a C++ stack trace after 300 s."""

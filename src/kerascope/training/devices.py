@@ -400,7 +400,8 @@ def reported(result: Any, run_dir: Path) -> Any:
 def peers_watched(run_dir: Path) -> Iterator[None]:
     """A process of a multi-process run that dies makes the others' next collective fail
     (gloo: "connection reset by peer", within seconds); that failure becomes one line saying
-    what happened and how to continue, instead of JAX's traceback."""
+    what happened and how to continue, instead of JAX's traceback, and the process then ends
+    with exit code 2 as soon as Python exits (:func:`_exit_without_jax_shutdown`)."""
     try:
         yield
     except Exception as exc:
@@ -411,7 +412,19 @@ def peers_watched(run_dir: Path) -> Iterator[None]:
         if jax.process_count() == 1:
             raise
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        import atexit
+
+        atexit.register(_exit_without_jax_shutdown)
         raise RunError(f"process {jax.process_index()} of {jax.process_count()}: another "
                        f"process of the run stopped ({first[:200]}); start every process "
                        f"again with `--resume {run_dir}` (process 0's last saved epoch "
                        "continues)") from exc  # fmt: skip
+
+
+def _exit_without_jax_shutdown() -> None:
+    """At exit after a peer died: leave now with the CLI's error code (2). JAX's client would
+    otherwise wait at its shutdown barrier for the dead process until the heartbeat timeout
+    (100 s) and then abort with a C++ stack trace (exit 134) after our one line."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(2)
