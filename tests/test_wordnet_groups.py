@@ -238,3 +238,22 @@ def test_batch_explain_takes_a_group(lite0, photo_paths, tmp_path):
     row = pq.read_table(tmp_path / "out" / "index").to_pandas().iloc[0]
     assert report.errors == 0 and (row["class_id"], row["name"]) == ("n02121620", "cat")
     assert row["probability"] == pytest.approx(explain(path, lite0, target="cat").probability)
+
+
+@pytest.mark.slow
+def test_compare_and_video_take_a_group(lite0, chelsea, photo_paths, tmp_path):
+    from kerascope.cam.compare import compare_methods
+    from kerascope.cam.explain import explain
+    from kerascope.video import explain_video
+    from tests.test_video import clip_frames, write_clip
+
+    comparison = compare_methods(chelsea, None, lite0, methods=["gradcam"], target="cat")
+    assert (comparison.class_name, comparison.class_index) == ("cat", 0)
+    alone = explain(chelsea, lite0, target="cat")
+    assert comparison.probability == pytest.approx(alone.probability, abs=1e-5)
+    with pytest.raises(GroupError, match="did you mean 'cat'"):
+        compare_methods(chelsea, None, lite0, methods=["gradcam"], target="kat")
+    frames = clip_frames(photo_paths)[:4]
+    clip = write_clip(tmp_path / "cat.mp4", frames)
+    report = explain_video(clip, tmp_path / "out.mp4", clf=lite0, target="cat", batch_size=4)
+    assert report.frames == 4

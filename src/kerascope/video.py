@@ -349,7 +349,9 @@ def explain_video(
             ``overwrite``) or its folder is missing.
         kerascope.files.OutputError: the output could not be written (full disk, read-only).
     """
+    from kerascope.cam.base import as_classifier
     from kerascope.cam.explain import Explainer, resolve_target
+    from kerascope.cam.groups import class_or_group
 
     if every < 1 or batch_size < 1:
         raise ValueError(f"every and batch_size must be >= 1, got {every} and {batch_size}")
@@ -370,6 +372,7 @@ def explain_video(
             from kerascope.zoo.models import load_model
 
             clf = load_model(model)
+        clf, target = class_or_group(as_classifier(clf), target)  # "cat": a WordNet group
         explainer = Explainer(clf, method=method, layer=layer, precision=precision)
         clf = explainer.clf  # a bare Keras model comes back wrapped, with labels
         if frames_dir is not None:

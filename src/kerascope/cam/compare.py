@@ -135,6 +135,7 @@ def compare_methods(
     from kerascope.cam.base import MethodError, as_classifier
     from kerascope.cam.explain import _cached_explainer, resolve_target
     from kerascope.cam.fitting import as_fractions, check_fit, model_input
+    from kerascope.cam.groups import class_or_group
     from kerascope.cam.methods import METHODS, get_method
     from kerascope.images import ImageError
     from kerascope.inference import compiled, load_source, source_name
@@ -143,6 +144,7 @@ def compare_methods(
     clf = model if isinstance(model, Classifier) else None
     if clf is None:
         clf = load_model(model) if isinstance(model, str | os.PathLike) else as_classifier(model)
+    clf, target = class_or_group(clf, target)  # "cat": a WordNet group (kerascope.cam.groups)
     names = [get_method(m).name for m in (METHODS if methods is None else methods)]
     wanted = check_metrics(dict.fromkeys((*CHEAP_METRICS, metric)))
     colormap = colormap or getattr(overlay_module, "DEFAULT_COLORMAP", "jet")
