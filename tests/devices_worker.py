@@ -1,7 +1,7 @@
 """Run by tests/test_train_devices.py in a subprocess whose JAX shows two virtual CPU devices
 (``XLA_FLAGS=--xla_force_host_platform_device_count=2``, read once when JAX starts, hence
-the subprocess): the same LeNet epoch on one device and on both, and the refusals that need
-two devices. Prints one JSON line.
+the subprocess): the same LeNet epoch (whole graph) and transfer epoch (split trainer) on
+one device and on both, and the refusals that need two devices. Prints one JSON line.
 
 Usage: python tests/devices_worker.py DATA OUT
 """
@@ -40,6 +40,11 @@ def main(data: str, out: str) -> None:
                         progress=False, devices=devices, callbacks=[Watch()])  # fmt: skip
         result[devices] = {"run": str(run.run_dir), "weights_on": sorted(set(seen["weights_on"])),
                            "config": run.config["devices"]}  # fmt: skip
+    for devices in ("1", "all"):  # the split trainer: frozen prefix on onnxruntime, suffix
+        run = train(data, recipe="transfer", output=Path(out) / f"transfer-{devices}",
+                    epochs=1, batch_size=8, image_size=64, seed=0, progress=False,
+                    devices=devices)  # fmt: skip
+        result[f"transfer {devices}"] = str(run.run_dir)
     for devices, batch in (("3", 8), ("all", 9), ("0,2", 8)):
         try:
             train(data, recipe="lenet", output=Path(out) / "refused", epochs=1, batch_size=batch,

@@ -112,7 +112,8 @@ def test_bad_process_options_are_one_line(photos, tmp_path, capsys, monkeypatch,
 @pytest.mark.slow
 def test_two_virtual_devices_train_the_one_device_weights(photos, tmp_path):
     """One epoch, same seed and global batch (8): on two devices (4 rows each, weights on
-    both) the weights equal one device's within 1e-5 and the run directory has the same
+    both) the weights equal one device's within 1e-5, for the whole graph and for the split
+    trainer (transfer: frozen prefix on onnxruntime), and the run directory has the same
     files; --devices 3 on two devices, a batch of 9 over two, device 2 of two: one line each,
     no folder left."""
     proc = subprocess.run(
@@ -128,9 +129,13 @@ def test_two_virtual_devices_train_the_one_device_weights(photos, tmp_path):
     assert one["config"]["count"] == 1 and one["config"]["per_device_batch"] == 8
     assert two["config"]["names"] == ["cpu:0", "cpu:1"] and two["config"]["per_device_batch"] == 4
     assert two["config"]["lr_rule"] == placing.LR_RULE
-    a, b = (keras.saving.load_model(Path(r["run"]) / "model.keras") for r in (one, two))
-    pairs = zip(a.get_weights(), b.get_weights(), strict=True)
-    assert max(float(np.abs(x - y).max()) for x, y in pairs) < 1e-5
+    import kerascope.zoo.preprocess  # noqa: F401  (registers the backbone's layer for loading)
+
+    runs = [(one["run"], two["run"]), (out["transfer 1"], out["transfer all"])]
+    for first, second in runs:  # the whole graph (LeNet), the split trainer (transfer)
+        a, b = (keras.saving.load_model(Path(r) / "model.keras") for r in (first, second))
+        pairs = zip(a.get_weights(), b.get_weights(), strict=True)
+        assert max(float(np.abs(x - y).max()) for x, y in pairs) < 1e-5
     assert _files(Path(one["run"])) == _files(Path(two["run"]))
     for name in ("history.csv", "config.yaml", "report.md", "model.keras", "split.json"):
         assert (Path(two["run"]) / name).is_file()
