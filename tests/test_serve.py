@@ -203,6 +203,15 @@ def test_explain_matches_the_python_api(client, photo_paths, lite0):
     assert res["class_name"] == cropped.class_name != expected.class_name
     clear = np.asarray(decode_data_url(res["heatmap"]))[..., 3]
     assert clear[:, :80].max() == 0 and clear[:, 80:].max() > 0  # crop's left edge: x = 94
+    # classify with the same fit names the explained class with its probability (the page
+    # sends its fit to both; before, its class list was the crop's beside a whole-picture map)
+    for fit, shown in (("whole", expected), ("crop", cropped)):
+        r = client.post(f"/v1/classify?fit={fit}", files=files(("c.png", path.read_bytes())))
+        top = r.json()["results"][0]["predictions"][0]
+        assert top["name"] == shown.class_name
+        assert top["probability"] == pytest.approx(shown.probability, abs=1e-4)
+    plain = client.post("/v1/classify", files=files(("c.png", path.read_bytes()))).json()
+    assert plain["results"][0]["predictions"][0]["name"] == cropped.class_name  # as classify
 
 
 @pytest.mark.parametrize("target", ["Siamese_cat", "n02123597", "284"])

@@ -143,12 +143,20 @@ def create_app(
         top: int = Query(5, ge=1, le=1000, description="classes per image"),
         threshold: float = Query(0.0, ge=0.0, le=1.0, description="hide classes below this"),
         model: str | None = Query(None, description="a name from /v1/models"),
+        fit: str = Query(
+            "crop",
+            pattern="^(whole|crop)$",
+            description="what the model sees: crop (the weights' own convention, as `kerascope "
+            "classify`) or whole (the whole picture resized to its input, as explain's default "
+            "--fit whole: the page sends the same fit to both, so classes and heatmap agree)",
+        ),
     ):
         """Top-k classes of each image (multipart files, or the image as the body).
 
         Results are `kerascope.classify`'s ``ImageResult``s; an unreadable image gets ``error``
         in place while the others are classified (4xx only when none could be).
         """
+        from kerascope.cam.fitting import fit_convention
         from kerascope.classification import ImageResult, top_k
 
         served_model = pick(model)
@@ -159,7 +167,9 @@ def create_app(
         cost = await loop.run_in_executor(pool, pixel_cost, uploads, clf.input_size)
         with budget.reserve(cost):
             with batcher.expecting(len(uploads)):
-                items = await decode_all(uploads, clf.input_size, pool, convention=clf.convention)
+                items = await decode_all(
+                    uploads, clf.input_size, pool, convention=fit_convention(clf, fit)
+                )
             good = [it for it in items if it.error is None]
             probs = await batcher.run_all([it.pixels for it in good])
         by_item = dict(zip(map(id, good), probs, strict=True))

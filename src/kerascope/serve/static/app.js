@@ -133,7 +133,8 @@ async function explain(card, classIndex) {
 
 async function classify(card) {
   try {
-    const data = await api(`/v1/classify?${query({ top: 5, model: state.model })}`, card.file);
+    const fit = $("#fit").value; // the same input as the heatmap: classes and map agree
+    const data = await api(`/v1/classify?${query({ top: 5, model: state.model, fit })}`, card.file);
     renderClasses(card, data.results[0].predictions);
     card.root.dataset.classified = "true";
   } catch (err) {
@@ -200,7 +201,7 @@ function setUp() {
     for (const card of state.cards) explain(card, card.target);
   });
   $("#fit").addEventListener("change", () => {
-    for (const card of state.cards) explain(card, card.target);
+    for (const card of state.cards) { classify(card); explain(card, card.target); }
   });
   $("#opacity").addEventListener("input", (e) => setOpacity(e.target.value));
   setOpacity($("#opacity").value);
