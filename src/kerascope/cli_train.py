@@ -168,7 +168,8 @@ def _add_evaluate(sub) -> None:
                    "validation/ folder, else all; all = every image, training ones "
                    "included")  # fmt: skip
     p.add_argument("--output", "-o", help="folder for metrics.json and plots (default: the "
-                   "run directory)")  # fmt: skip
+                   "run directory for the data it trained from, else a new "
+                   "RUN/evaluations/DATA-NAME folder)")  # fmt: skip
     p.add_argument("--batch-size", type=int, default=32, help="images per forward pass")
     add_precision_option(p)
     add_tta_options(p)
@@ -300,7 +301,7 @@ def _run_train(args) -> int:
 
 def _find_lr(args, kwargs: dict) -> int:
     """``train --find-lr``: the sweep, its picture and the suggestion; nothing else written."""
-    from kerascope.prediction import fresh_path
+    from kerascope.files import fresh_path
 
     result = _sweep(args, kwargs, fresh_path("lr_find.png"))
     stage = f"{result.optimizer}, {result.trained}"
@@ -422,9 +423,10 @@ def _which(result) -> str:
 
 def _run_predict(args) -> int:
     from kerascope import output
+    from kerascope.files import fresh_path
     from kerascope.inference import normalise_inputs
     from kerascope.precision import resolve_precision
-    from kerascope.prediction import fresh_path, predict, summary
+    from kerascope.prediction import predict, summary
 
     target = args.output or fresh_path("predictions.csv")
     say_precision(args.precision, resolve_precision(args.precision))

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from kerascope.classification import Source, classify_sources
-from kerascope.files import atomic_open, fresh_path  # noqa: F401  (fresh_path: old import path)
+from kerascope.files import atomic_open
 from kerascope.images import IMAGE_SUFFIXES
 from kerascope.inference import normalise_inputs
 from kerascope.output import csv_safe
