@@ -5,7 +5,8 @@ float32; OpenVINO (``pip install openvino``, optional) runs the same graph and i
 two with bfloat16 kernels for CPUs that have bf16 units (AMX, AVX512-BF16). Issue 22 measured,
 on such a CPU (2 threads, EfficientNet-Lite0, batch 32): OpenVINO bf16 1.3-2.5x onnxruntime's
 fp32 at 30/32 top-1 agreement, OpenVINO f32 no faster than onnxruntime. On this project's AMD
-EPYC (AVX2 only, no bf16 units) f32 was level within the noise of a shared machine
+EPYC (AVX2 only, no bf16 units, a shared machine) OpenVINO f32 was 1.04-1.12x onnxruntime at
+batch 32 and 0.97-1.19x at batch 1 over three interleaved runs, level end to end
 (benchmarks/classify_cpu.py; README "CPU engines").
 
 The rule ``auto`` follows on a CPU (:func:`cpu_engine`):
