@@ -174,18 +174,3 @@ def regularise_batch(config: RegulariseConfig, seed: int, epoch: int, batch: int
     n, height, width = images.shape[:3]
     plan = sample_mix(config, seed, epoch, batch, n, height, width)
     return mix_host(images, plan), soft_targets(labels, classes, plan, config.label_smoothing)
-
-
-class SoftRealAccuracy(keras.metrics.CategoricalAccuracy):
-    """``accuracy`` against the largest share of soft targets, over the real rows of padded
-    batches (a row counts once when its sample weight is above 0), like
-    :class:`kerascope.training.whole.RealAccuracy` for hard labels. With mixup the largest
-    share is the image's own label when lambda > 1/2, the partner's otherwise."""
-
-    def __init__(self, name: str = "accuracy", **kwargs: Any):
-        super().__init__(name=name, **kwargs)
-
-    def update_state(self, y_true: Any, y_pred: Any, sample_weight: Any = None) -> Any:
-        if sample_weight is not None:
-            sample_weight = keras.ops.cast(keras.ops.greater(sample_weight, 0), "float32")
-        return super().update_state(y_true, y_pred, sample_weight=sample_weight)

@@ -35,7 +35,7 @@ import keras  # noqa: E402
 
 from kerascope.data.affine import random_affine  # noqa: E402
 from kerascope.data.augment import AugmentConfig  # noqa: E402
-from kerascope.data.regularise import RegulariseConfig, SoftRealAccuracy  # noqa: E402
+from kerascope.data.regularise import RegulariseConfig  # noqa: E402
 from kerascope.errors import ConfigError, RunError  # noqa: E402
 from kerascope.fast_convs import fast_convs  # noqa: E402
 from kerascope.files import (  # noqa: E402
@@ -64,7 +64,12 @@ from kerascope.training.progress import TrainProgress  # noqa: E402
 from kerascope.training.recipes import class_weights  # noqa: E402
 from kerascope.training.settings import load_config, resolve_config, save_config  # noqa: E402
 from kerascope.training.split import PrefixSequence, SplitModel, split_model  # noqa: E402
-from kerascope.training.whole import AugmentedTrainer, DeviceFeed, RealAccuracy  # noqa: E402
+from kerascope.training.whole import (  # noqa: E402
+    AugmentedTrainer,
+    DeviceFeed,
+    RealAccuracy,
+    SoftRealAccuracy,
+)
 
 MONITOR = "val_loss"  # finer-grained than accuracy on small validation sets, where it ties
 

@@ -165,10 +165,10 @@ def sample_weights(labels: np.ndarray, real: int, row_weight: np.ndarray) -> np.
     return weights
 
 
-class RealAccuracy(keras.metrics.SparseCategoricalAccuracy):
-    """``accuracy`` over the real rows of padded batches: a row counts when its sample weight
-    is above 0, and counts once whatever its class weight (Keras's unweighted ``accuracy``
-    would count the padding; a weighted one would count class weights)."""
+class _RealRows:
+    """Counts the real rows of padded batches: a row counts when its sample weight is above 0,
+    and counts once whatever its class weight (Keras's unweighted ``accuracy`` would count the
+    padding; a weighted one would count class weights)."""
 
     def __init__(self, name: str = "accuracy", **kwargs: Any):
         super().__init__(name=name, **kwargs)
@@ -177,3 +177,13 @@ class RealAccuracy(keras.metrics.SparseCategoricalAccuracy):
         if sample_weight is not None:
             sample_weight = keras.ops.cast(keras.ops.greater(sample_weight, 0), "float32")
         return super().update_state(y_true, y_pred, sample_weight=sample_weight)
+
+
+class RealAccuracy(_RealRows, keras.metrics.SparseCategoricalAccuracy):
+    """``accuracy`` of hard labels over the real rows of padded batches (`_RealRows`)."""
+
+
+class SoftRealAccuracy(_RealRows, keras.metrics.CategoricalAccuracy):
+    """``accuracy`` against the largest share of soft targets (label smoothing, mixup,
+    cutmix), over the real rows of padded batches. With mixup the largest share is the
+    image's own label when lambda > 1/2, the partner's otherwise."""
