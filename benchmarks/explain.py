@@ -229,7 +229,8 @@ def main() -> None:
     base = timed(fwd, b32)
     rows.append((f"forward ({fwd.engine} engine), batch 32", base, base, ""))
     methods = args.methods or list(METHODS)
-    reference = {} if args.no_reference else reference_runs(b8, methods)
+    no_grad_cam = args.no_reference or not set(methods) & set(REFERENCE_NAMES)
+    reference = {} if no_grad_cam else reference_runs(b8, methods)
     pixel = {}  # pixel methods: plain PyTorch autograd on the same network
     if not args.no_reference:
         from _pixel_reference import pixel_reference_runs
