@@ -101,8 +101,16 @@ def _blurred(pixels, fraction: float = 0.05):
                      for p in pixels])  # fmt: skip
 
 
-def _jax_noise(i: int) -> np.ndarray:
-    """kerascope's i-th SmoothGrad draw (seed 0), so both sides average the same copies."""
+def _backend_noise(i: int) -> np.ndarray:
+    """kerascope's i-th SmoothGrad draw (seed 0) on the active backend, so both sides average
+    the same noisy copies."""
+    import keras
+
+    if keras.backend.backend() == "torch":
+        import torch
+
+        gen = torch.Generator().manual_seed(i)
+        return torch.randn((224, 224, 3), generator=gen).numpy().astype(np.float64)
     import jax
 
     key = jax.random.fold_in(jax.random.key(0), i)
@@ -119,7 +127,9 @@ def _reference_attributions(net, method: str, pixels, classes):  # noqa: F811
         return _pixel_grad(_guided_net(net), p, classes)[0] * _gradcam(net, p, classes)[..., None]
     if method == "smoothgrad":  # Smilkov et al.: sd 0.15 (max - min), mean of the gradients
         sd = 0.15 * (p.max(axis=(1, 2, 3)) - p.min(axis=(1, 2, 3)))[:, None, None, None]
-        total = sum(_pixel_grad(net, p + sd * _jax_noise(i), classes)[0] for i in range(SAMPLES))
+        total = sum(
+            _pixel_grad(net, p + sd * _backend_noise(i), classes)[0] for i in range(SAMPLES)
+        )
         return total / SAMPLES
     if method in ("ig", "ig-blur"):
         start = np.zeros_like(p) if method == "ig" else _blurred(p)
