@@ -124,7 +124,7 @@ def test_same_names_in_different_folders_get_distinct_pictures(tiny_clf, chelsea
 def test_a_picture_that_appears_during_the_job_is_kept(tiny_clf, chelsea, tmp_path):
     """Publishing is exclusive (a hard link of the finished temp file): a file created at the
     name after the check is not replaced."""
-    from kerascope.cam.save import write_new_jpeg
+    from kerascope.cam.outputs import write_new_jpeg
 
     target = tmp_path / "late-output.jpg"
     target.write_bytes(b"arrived first")

@@ -267,7 +267,7 @@ def _run_explain(args) -> int:
     if not sources:
         raise CliError("no images found in " + " ".join(args.paths))
     if not args.compare:  # the overwrite rule, before the model loads (compare checks its own)
-        from kerascope.cam.save import check_output_folder, check_outputs, output_names
+        from kerascope.cam.outputs import check_output_folder, check_outputs, output_names
 
         check_output_folder(args.output, sources)
         names = output_names(sources)
@@ -394,7 +394,7 @@ def _run_compare(args, clf, sources, target) -> int:
     from kerascope import output
     from kerascope.cam.compare import DEFAULT_METRIC, compare_methods
     from kerascope.cam.methods import METHODS
-    from kerascope.cam.save import check_output_folder, check_outputs, output_names
+    from kerascope.cam.outputs import check_output_folder, check_outputs, output_names
     from kerascope.images import ImageError
     from kerascope.inference import Missing
 

@@ -9,21 +9,15 @@ model-size pixels, each file is decoded again (at most :data:`OUTPUT_MAX_SIDE` p
 its picture, and the results keep no heatmap (they are in the pictures; `kerascope.explain`
 returns them).
 
-The overwrite rule (every command that writes pictures or videos): an existing file is never
-replaced unless ``overwrite`` is given, and an input of the job never, even then. Everything is
-checked before any work (one line naming the file), and each picture is published without
-replacing anything that appeared since (a hard link of the finished temp file: atomic, and it
-fails if the name was taken). Names are unique within a job by construction (`output_names`).
+Where the pictures go, and the overwrite rule, are `kerascope.cam.outputs`.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import errno
 import os
 import warnings
-from collections import Counter, deque
+from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -47,6 +41,12 @@ from kerascope.cam.fitting import (
     photo_outside,
     with_caption,
 )
+from kerascope.cam.outputs import (
+    check_output_folder,
+    check_outputs,
+    output_names,
+    write_jpeg,
+)
 from kerascope.cam.overlay import (
     DEFAULT_COLORMAP,
     colormap_lut,
@@ -56,16 +56,11 @@ from kerascope.cam.overlay import (
     place_in_picture,
     side_by_side_image,
 )
-from kerascope.errors import KerascopeError
-from kerascope.files import fsync_dir, output_error, temp_name
+from kerascope.files import fsync_dir, output_error
 from kerascope.images import ImageError, load_image, resize
 from kerascope.inference import Source, load_source, normalise_inputs
 from kerascope.output import percent
 from kerascope.zoo.models import Classifier, load_model
-
-
-class OutputExistsError(KerascopeError, FileExistsError):
-    """An output that would replace an existing file (without ``overwrite``) or an input."""
 
 
 @dataclass
@@ -92,58 +87,6 @@ class SavedExplanation:
 OUTPUT_MAX_SIDE: int = 4096
 """Longest side of the original in a written picture (the picture is twice as wide): larger
 images are scaled down to it, so memory per image is bounded (about 300 MB at the cap)."""
-
-
-def output_name(source: Source, index: int) -> str:
-    """``<stem>-output.jpg`` for a file; ``image-<index>-output.jpg`` for an in-memory image."""
-    if isinstance(source, str | os.PathLike):
-        return f"{Path(source).stem}-output.jpg"
-    return f"image-{index}-output.jpg"
-
-
-def output_names(sources: Sequence[Source]) -> list[str | None]:
-    """One unique relative name per source (None for a missing input), so no output of a run
-    overwrites another.
-
-    The rule: a file keeps its folder relative to the deepest folder holding every file
-    input (``a/pic.jpg b/pic.png`` -> ``a/pic-output.jpg``, ``b/pic-output.jpg``; one folder
-    of inputs -> plain ``<stem>-output.jpg``); files that still meet on one name (``pic.jpg``
-    and ``pic.png`` side by side) keep their extension (``pic.png-output.jpg``); anything
-    else that meets gets ``-2``, ``-3``.
-    """
-    from kerascope.inference import Missing
-
-    files = [i for i, s in enumerate(sources) if isinstance(s, str | os.PathLike)]
-    real = [os.path.abspath(sources[i]) for i in files if not isinstance(sources[i], Missing)]
-    root = os.path.commonpath([os.path.dirname(p) for p in real]) if real else ""
-    names: list[str | None] = [output_name(s, i) for i, s in enumerate(sources)]
-    for i in files:
-        if isinstance(sources[i], Missing):
-            names[i] = None
-            continue
-        rel = Path(os.path.relpath(os.path.abspath(sources[i]), root))
-        names[i] = str(rel.with_name(f"{rel.stem}-output.jpg"))
-    clash = Counter(n.lower() for n in names if n is not None)  # case-insensitive disks too
-    for i in files:
-        if names[i] is not None and clash[names[i].lower()] > 1:
-            rel = Path(os.path.relpath(os.path.abspath(sources[i]), root))
-            names[i] = str(rel.with_name(f"{rel.name}-output.jpg"))
-    return _numbered(names)
-
-
-def _numbered(names: list[str | None]) -> list[str | None]:
-    """Make the last clashes (case-insensitive file systems included) unique with a counter."""
-    seen: set[str] = set()
-    out: list[str | None] = []
-    for name in names:
-        if name is not None:
-            base, n = name, 1
-            while name.lower() in seen:
-                n += 1
-                name = base.removesuffix("-output.jpg") + f"-{n}-output.jpg"
-            seen.add(name.lower())
-        out.append(name)
-    return out
 
 
 def save_explanations(
@@ -368,65 +311,6 @@ def _draw_one(source, map_at, e: Explanation, path: Path, draw: dict) -> tuple[E
     return e, e.ok and is_empty(cam)
 
 
-def _identity(path: str | os.PathLike) -> tuple[int, int] | None:
-    """(device, inode) of what ``path`` names (links followed), or None when nothing is there."""
-    try:
-        st = os.stat(path)
-    except OSError:
-        return None
-    return st.st_dev, st.st_ino
-
-
-def input_files(sources: Sequence[Source]) -> dict[tuple[int, int], str]:
-    """The files a job reads, by (device, inode): a link or another spelling is the same file."""
-    from kerascope.inference import Missing
-
-    found = {}
-    for s in sources:
-        if isinstance(s, str | os.PathLike) and not isinstance(s, Missing):
-            key = _identity(s)
-            if key is not None:
-                found[key] = os.fspath(s)
-    return found
-
-
-def check_output_folder(out_dir: str | os.PathLike, sources: Sequence[Source] = ()) -> None:
-    """``-o`` must be a folder (or a new name): a file there is one line, not a traceback."""
-    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
-        which = " (it is one of the inputs)" if _identity(out_dir) in input_files(sources) else ""
-        raise OutputExistsError(
-            f"the output folder '{out_dir}' is a file{which}; -o names the folder the "
-            "<name>-output.jpg pictures go to: choose a folder"
-        )
-
-
-def check_outputs(
-    paths: Sequence[Path | None], sources: Sequence[Source], overwrite: bool = False
-) -> None:
-    """Refuse, before any work, outputs that would replace an input (always) or an existing
-    file (unless ``overwrite``): the overwrite rule of the module docstring."""
-    inputs = input_files(sources)
-    taken = []
-    for path in paths:
-        if path is None or not os.path.lexists(path):
-            continue
-        source = inputs.get(_identity(path))
-        if source is not None:
-            raise OutputExistsError(
-                f"the output '{path}' is the input '{source}'; inputs are never replaced, even "
-                "with --overwrite: choose another output folder (-o)"
-            )
-        if os.path.isdir(path):
-            raise OutputExistsError(f"the output '{path}' is a folder; choose another -o")
-        taken.append(path)
-    if taken and not overwrite:
-        more = f" (and {len(taken) - 1} more)" if len(taken) > 1 else ""
-        raise OutputExistsError(
-            f"'{taken[0]}' already exists{more}; add --overwrite to replace existing pictures, "
-            "or choose another output folder (-o)"
-        )
-
-
 def overlay_check(alpha: float, colormap: str) -> None:
     """Bad drawing options fail before any work, not at the first picture."""
     if not 0.0 <= alpha <= 1.0:
@@ -481,69 +365,6 @@ def _draw(source, cam, label, alpha, colormap, path: Path, e, colorbar, replace=
         raise output_error(path, exc) from exc
     write_jpeg(picture, path, replace=replace, sync_folder=sync_folder)
     return e
-
-
-def write_new_jpeg(array: np.ndarray | Image.Image, path: str | os.PathLike, quality: int = 90):
-    """`write_jpeg` that never replaces: the name must still be free when it is published."""
-    return write_jpeg(array, path, quality, replace=False)
-
-
-def write_jpeg(
-    array: np.ndarray | Image.Image,
-    path: str | os.PathLike,
-    quality: int = 90,
-    replace: bool = True,
-    sync_folder: bool = True,
-) -> Path:
-    """Write a JPEG atomically: encoded to a temp file beside ``path``, synced, then published.
-
-    ``replace`` False: published with a hard link, which fails if the name was taken meanwhile
-    (the file there is kept: `OutputExistsError`); where the file system has no hard links, the
-    name is checked and the temp file renamed (a small window, as any rename). ``replace``
-    True: renamed over ``path``. ``sync_folder`` False leaves the folder's sync (which makes
-    the new name durable) to the caller, once for many pictures: a crash may then lose a
-    picture, never leave half of one.
-    """
-    path = Path(path)
-    tmp = temp_name(path)
-    if not isinstance(array, Image.Image):
-        array = Image.fromarray(np.ascontiguousarray(array, dtype=np.uint8))
-    try:
-        with open(tmp, "xb") as fh:
-            array.save(fh, "JPEG", quality=quality)
-            fh.flush()
-            os.fsync(fh.fileno())
-        if replace:
-            os.replace(tmp, path)
-        else:
-            _link(tmp, path)
-        if sync_folder:
-            fsync_dir(path.parent)
-    except OSError as exc:
-        if isinstance(exc, KerascopeError):
-            raise
-        raise output_error(path, exc) from exc
-    finally:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-    return path
-
-
-def _link(tmp: Path, path: Path) -> None:
-    """Publish ``tmp`` under ``path`` only if nothing is there (module docstring)."""
-    try:
-        os.link(tmp, path)
-    except FileExistsError:
-        raise OutputExistsError(
-            f"'{path}' appeared while the job ran; it was kept (add --overwrite to replace "
-            "it, or choose another output folder)"
-        ) from None
-    except OSError as exc:
-        if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EMLINK):
-            raise
-        if os.path.lexists(path):
-            raise OutputExistsError(f"'{path}' appeared while the job ran; it was kept") from None
-        os.replace(tmp, path)
 
 
 def _picture_image(source: Source | _Decoded) -> np.ndarray:
