@@ -13,7 +13,6 @@ It sits above the zoo (beside `output` and `cli_models`, its users) because meas
 from __future__ import annotations
 
 import json
-import platform
 import statistics
 import time
 from dataclasses import asdict, dataclass
@@ -47,16 +46,10 @@ class Timing:
 
 
 def cpu_name() -> str:
-    """The processor's model name (``/proc/cpuinfo``), else what `platform` knows."""
-    try:
-        text = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
-        for line in text.splitlines():
-            key, _, value = line.partition(":")
-            if key.strip() == "model name" and value.strip():
-                return " ".join(value.split())
-    except OSError:
-        pass
-    return platform.processor() or platform.machine() or "unknown CPU"
+    """The processor's model name: the key measurements are saved under."""
+    from kerascope.precision import cpu_info
+
+    return cpu_info()[0]
 
 
 def timings_path() -> Path:
