@@ -54,6 +54,67 @@ def _history(run: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(f))
 
 
+def _fed(n: int, batch: int, seed: int, epochs: range | None, index: int,
+         count: int) -> set[int]:  # fmt: skip
+    """The rows process ``index`` of ``count`` feeds, by the rule written out here: epoch e's
+    order is the permutation of ``(seed, e)`` (file order when ``epochs`` is None: no
+    shuffle), every batch padded to ``batch`` rows with its first row, and the process takes
+    the ``index``-th of ``count`` equal parts of every padded batch."""
+    orders = ([np.arange(n)] if epochs is None
+              else [np.random.default_rng([seed, e]).permutation(n) for e in epochs])  # fmt: skip
+    part = batch // count
+    rows: set[int] = set()
+    for order in orders:
+        for begin in range(0, n, batch):
+            chunk = list(order[begin : begin + batch])
+            chunk += [chunk[0]] * (batch - len(chunk))
+            rows.update(int(r) for r in chunk[index * part : (index + 1) * part])
+    return rows
+
+
+def _cached(home: Path) -> dict[int, set[int]]:
+    """The rows held by each decoded-image cache under a KERASCOPE_HOME, by cache size."""
+    return {
+        len(filled): set(np.flatnonzero(filled).tolist())
+        for filled in (np.load(f) for f in (home / "datasets").glob("*.filled.npy"))
+    }
+
+
+def test_a_process_decodes_only_its_part_of_every_batch(photos, tmp_path):
+    """With ``share=(i, 2)`` a sequence decodes and caches only the rows process i feeds (its
+    half of every padded batch), yet its device feed, cut to that half, equals the one of a
+    sequence that read every image: same pixels, augmentation matrices, mixing and weights."""
+    from kerascope.data import FolderSequence, scan_dataset
+    from kerascope.data.augment import AugmentConfig
+    from kerascope.data.regularise import RegulariseConfig
+    from kerascope.training.whole import DeviceFeed
+
+    dataset = scan_dataset(photos, 0.2, 0)
+    items = dataset.splits["train"]
+    assert len(items) == 26  # 4 batches of 8, the last one 2 real rows and 6 of padding
+
+    def feed(images):
+        return DeviceFeed(images, AugmentConfig(), 0, regularise=RegulariseConfig(mixup=0.4))
+
+    everything = feed(FolderSequence(items, dataset.classes, 32, 8, shuffle=True, seed=0))
+    for index in (0, 1):
+        images = FolderSequence(items, dataset.classes, 32, 8, shuffle=True, seed=0,
+                                cache=tmp_path / str(index), share=(index, 2))  # fmt: skip
+        mine = _fed(26, 8, 0, range(1), index, 2)
+        assert images.fill_cache() == len(mine) == (14 if index == 0 else 13)
+        shard = feed(images)
+        for b in range(len(shard)):
+            got = placing.shard_rows(shard[b], index, 2)
+            want = placing.shard_rows(everything[b], index, 2)
+            assert got[0].keys() == want[0].keys() == {"image", "matrices", "partner", "boxes"}
+            for key in got[0]:
+                np.testing.assert_array_equal(got[0][key], want[0][key])
+            np.testing.assert_array_equal(got[1], want[1])
+            np.testing.assert_array_equal(got[2], want[2])
+        filled = np.load(images.cache_path.with_suffix(".filled.npy"))
+        assert set(np.flatnonzero(filled).tolist()) == mine  # reading the epoch decoded no more
+
+
 def test_devices_option_values():
     assert placing.parse_devices(None) == placing.parse_devices(" All ") == "all"
     assert placing.parse_devices("2") == placing.parse_devices(2) == 2
@@ -152,7 +213,8 @@ def test_two_virtual_devices_train_the_one_device_weights(photos, tmp_path):
 @pytest.mark.slow
 def test_two_processes_train_together_and_only_process_0_writes(photos, tmp_path):
     """Two real processes on 127.0.0.1 (gloo CPU collectives): the history equals one
-    process's run; process 1 writes nothing under the shared output path."""
+    process's run; process 1 writes nothing under the shared output path; each process (its
+    own KERASCOPE_HOME, as on two machines) decoded and cached only the rows it fed."""
     common = ["train", str(photos), "--recipe", "lenet", "--engine", "keras", "--epochs", "2",
               "--batch-size", "8", "--image-size", "32", "--seed", "0"]  # fmt: skip
     kerascope = [sys.executable, "-m", "kerascope"]
@@ -161,7 +223,8 @@ def test_two_processes_train_together_and_only_process_0_writes(photos, tmp_path
                            capture_output=True, text=True, timeout=600)  # fmt: skip
     assert alone.returncode == 0, alone.stderr[-3000:]
     run = tmp_path / "pair"
-    codes, outs = _pair([*common, "-o", str(run)], [*common, "-o", str(run)])
+    homes = [tmp_path / "home0", tmp_path / "home1"]
+    codes, outs = _pair([*common, "-o", str(run)], [*common, "-o", str(run)], homes)
     assert codes == [0, 0], outs[0][1][-2000:] + outs[1][1][-2000:]
     pair, ref = _history(run), _history(single)
     assert len(pair) == len(ref) == 2
@@ -172,15 +235,29 @@ def test_two_processes_train_together_and_only_process_0_writes(photos, tmp_path
     assert "processes: 2" in config and "per_device_batch: 4" in config
     assert _files(run) == _files(single)  # one writer: no second lock, no stray files
     assert f"run in {run}" in outs[1][1]  # process 1 names the run (its scratch copy is gone)
+    # Each process's caches hold its half of every batch it fed, no other row: validation's
+    # 6 images (one batch, padded with its first row) exactly; the 26 training images
+    # reshuffled each epoch, so epochs 1 and 2's halves, and perhaps some of the third's
+    # (Keras's queue prefetches the epoch after the last one: 4 batches, all of it here)
+    caches = [_cached(home) for home in homes]
+    assert [c[6] for c in caches] == [{0, 1, 2, 3}, {4, 5, 0}]
+    for index, cache in enumerate(caches):
+        assert set(cache) == {6, 26}
+        fed, prefetched = (_fed(26, 8, 0, range(e), index, 2) for e in (2, 3))
+        assert fed <= cache[26] <= prefetched, (index, sorted(cache[26]))
+    assert len(caches[0][26]) < 26 and len(caches[1][26]) < 26
 
 
-def _pair(args0: list[str], args1: list[str]) -> tuple[list[int], list[tuple[str, str]]]:
+def _pair(args0: list[str], args1: list[str], homes: list[Path] | None = None,
+          ) -> tuple[list[int], list[tuple[str, str]]]:  # fmt: skip
     """``kerascope ARGS --coordinator 127.0.0.1:PORT --num-processes 2 --process-id I`` for
-    I = 0, 1 at once: their exit codes and (stdout, stderr)."""
+    I = 0, 1 at once (with ``homes``, each its own KERASCOPE_HOME): their exit codes and
+    (stdout, stderr)."""
     port = free_port()
+    envs = [_env(KERASCOPE_HOME=str(h)) for h in homes] if homes else [_env(), _env()]
     procs = [subprocess.Popen([sys.executable, "-m", "kerascope", *args, "--coordinator",
                                f"127.0.0.1:{port}", "--num-processes", "2", "--process-id",
-                               str(i)], env=_env(), stdout=subprocess.PIPE,
+                               str(i)], env=envs[i], stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True)
              for i, args in enumerate((args0, args1))]  # fmt: skip
     outs = [p.communicate(timeout=600) for p in procs]
@@ -200,6 +277,33 @@ def test_processes_started_with_other_options_both_refuse_naming_it(photos, tmp_
     assert codes == [2, 2], outs
     assert all(says in err.splitlines() for _, err in outs), outs
     assert not (tmp_path / "run").exists()
+
+
+@jax_only
+@pytest.mark.slow
+def test_process_0_refused_before_training_stops_the_others_at_once(photos, tmp_path):
+    """Process 0's output folder holds someone's files (process 1's, on its own machine, is
+    new): process 0 refuses as alone, and process 1 stops at once with one line giving
+    process 0's reason, instead of waiting in its first collective for JAX's heartbeat."""
+    taken = tmp_path / "taken"
+    taken.mkdir()
+    (taken / "notes.txt").write_text("mine")
+    common = ["train", str(photos), "--recipe", "lenet", "--image-size", "32", "--batch-size",
+              "8"]  # fmt: skip
+    started = time.monotonic()
+    codes, outs = _pair([*common, "-o", str(taken)], [*common, "-o", str(tmp_path / "fresh")])
+    took = time.monotonic() - started
+    reason = (f"output '{taken}' exists and is not empty (and holds no run): choose a new or "
+              "empty folder")  # fmt: skip
+    lines = [[line for line in err.splitlines() if line.startswith("kerascope:")]
+             for _, err in outs]  # fmt: skip
+    assert codes == [2, 2], outs
+    assert lines == [[f"kerascope: error: {reason}"],
+                     [f"kerascope: error: process 1 of 2: process 0 stopped before training: "
+                      f"{reason}"]], outs  # fmt: skip
+    assert all("Traceback" not in err for _, err in outs)
+    assert took < 60, took  # both started, refused and left: no heartbeat wait (100 s)
+    assert _files(taken) == {"notes.txt"} and not (tmp_path / "fresh").exists()
 
 
 @jax_only

@@ -94,6 +94,13 @@ def reserve_blocks(path: str | os.PathLike) -> None:
         os.close(fd)
 
 
+def share_part(size: int, index: int, count: int) -> slice:
+    """Positions of part ``index`` of ``count`` equal parts of a batch of ``size`` rows: what
+    one process of a multi-process run feeds (``kerascope.training.devices``)."""
+    part = size // count
+    return slice(index * part, (index + 1) * part)
+
+
 class FolderSequence(keras.utils.PyDataset):
     """``(images, labels)`` batches from ``(path, label)`` pairs, for ``fit``/``evaluate``.
 
@@ -117,6 +124,9 @@ class FolderSequence(keras.utils.PyDataset):
             a folder for the memory-mapped decoded cache.
         dtype: ``"uint8"`` (default; keep it until the device) or ``"float32"`` (0..255).
         max_queue_size: batches prepared ahead by the workers.
+        share: ``(index, count)`` in a run of ``count`` processes: this process feeds only
+            part ``index`` of every batch (:func:`share_part`), so :meth:`fill_cache` decodes
+            only the rows it feeds and ``load_rows(rows, fed_part())`` reads nothing else.
 
     Example:
         >>> ds = scan_dataset("data")  # doctest: +SKIP (the three lines need a dataset)
@@ -137,6 +147,7 @@ class FolderSequence(keras.utils.PyDataset):
         cache: bool | str | os.PathLike | None = None,
         dtype: str = "uint8",
         max_queue_size: int = 10,
+        share: tuple[int, int] | None = None,
     ):
         super().__init__(
             workers=workers, use_multiprocessing=use_multiprocessing, max_queue_size=max_queue_size
@@ -160,6 +171,9 @@ class FolderSequence(keras.utils.PyDataset):
         self.shuffle = shuffle
         self.seed = seed
         self.dtype = dtype
+        if share is not None and not 0 <= share[0] < share[1]:
+            raise ValueError(f"share must be (index, count) with 0 <= index < count, got {share}")
+        self.share = None if share is None or share[1] == 1 else (int(share[0]), int(share[1]))
         self.epoch = 0
         self._order = self._permutation()
         self.cache_path: Path | None = None
@@ -195,8 +209,29 @@ class FolderSequence(keras.utils.PyDataset):
             rows = np.concatenate([rows, np.full(self.batch_size - real, rows[0], rows.dtype)])
         return rows, real
 
-    def load_rows(self, rows: np.ndarray) -> np.ndarray:
-        """The images of ``rows`` as one batch: cached rows from the memmap, others decoded."""
+    def fed_part(self, size: int | None = None) -> slice:
+        """The positions of a (padded) batch of ``size`` rows that this process feeds: all of
+        them alone, its equal part with a ``share``."""
+        if self.share is None:
+            return slice(None)
+        return share_part(self.batch_size if size is None else size, *self.share)
+
+    def fed_rows(self) -> np.ndarray:
+        """The rows this process feeds in the current epoch (sorted): every row alone, the
+        rows at its part of every padded batch with a ``share``."""
+        if self.share is None:
+            return np.arange(len(self.paths))
+        part = self.fed_part()
+        return np.unique(np.concatenate([self.padded_rows(b)[0][part] for b in range(len(self))]))
+
+    def load_rows(self, rows: np.ndarray, part: slice | None = None) -> np.ndarray:
+        """The images of ``rows`` as one batch: cached rows from the memmap, others decoded.
+        With ``part`` only those positions are read; the others stay zero (another process
+        feeds them)."""
+        if part is not None and part != slice(None):
+            images = np.zeros((len(rows), *self.image_size, 3), dtype=self.dtype)
+            images[part] = self.load_rows(np.asarray(rows)[part])
+            return images
         images = np.empty((len(rows), *self.image_size, 3), dtype=np.uint8)
         todo = range(len(rows))
         if self.cache_path is not None:
@@ -238,14 +273,17 @@ class FolderSequence(keras.utils.PyDataset):
         """Decode every image not yet cached, on a thread pool; return how many were decoded.
 
         Doing this before ``fit`` makes epoch 1 as fast as the rest and lets a progress bar
-        show the one slow pass. ``progress(done, total)`` counts the missing images.
+        show the one slow pass. ``progress(done, total)`` counts the missing images. With a
+        ``share`` only the rows this process feeds in the current epoch are decoded (the
+        others are another process's; a later epoch's new rows are decoded as they come).
         """
         self._open_cache()
         if self._filled is None:
             if self._cache_off:
                 return 0
             raise ValueError("fill_cache needs a cache: construct FolderSequence with cache=...")
-        missing = np.flatnonzero(self._filled == 0).tolist()
+        fed = self.fed_rows()
+        missing = fed[self._filled[fed] == 0].tolist()
         workers = workers or decode_workers()
         with ThreadPoolExecutor(workers) as pool:
             for done, _ in enumerate(pool.map(self._image, missing), 1):

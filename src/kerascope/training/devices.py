@@ -14,7 +14,9 @@ Nothing here is home-made parallelism: the engine is Keras 3's distribution API.
   ``keras.distribution.initialize`` (:func:`join_cluster`), before JAX starts. The mesh then
   holds every process's chosen devices; each process feeds only its rows of every global
   batch (:class:`ProcessShard`, cut after the batch is drawn, so augmentation and mixing are
-  the single-process run's), and only process 0 writes the run directory
+  the single-process run's) and decodes and caches only those rows (its images are a
+  ``FolderSequence(share=process_share())``: the other rows of its batches stay zeros, never
+  read), and only process 0 writes the run directory
   (:func:`private_run_dir` gives the others a scratch copy).
 
 The learning-rate rule (:data:`LR_RULE`): ``--batch-size`` is the *global* batch, the one
@@ -26,13 +28,14 @@ devices); a larger global batch for more devices is the user's choice, with its 
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import re
 import shutil
 import sys
 import tempfile
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,7 +46,7 @@ ensure_backend()
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
-from kerascope.data.loader import DerivedSequence  # noqa: E402
+from kerascope.data.loader import DerivedSequence, share_part  # noqa: E402
 from kerascope.errors import ConfigError, KerascopeError, RunError  # noqa: E402
 
 LR_RULE = ("per global batch: --batch-size is the batch of one step over all devices (split "
@@ -60,6 +63,7 @@ ENV = {
 TIMEOUT_ENV = "KERASCOPE_COORDINATOR_TIMEOUT"
 CONNECT_TIMEOUT = 120.0  # seconds; below JAX's own 300 s, which aborts with a C++ trace
 EXIT_NO_COORDINATOR = 3
+START_TIMEOUT = 900.0  # seconds a process waits for the others to reach the start of training
 
 DeviceSpec = str | int | Sequence[int] | None
 
@@ -205,7 +209,8 @@ def data_parallel(value: DeviceSpec, batch_size: int) -> Iterator[Placement]:
 class ProcessShard(DerivedSequence):
     """This process's rows of every batch of ``batches`` (a device feed or prefix sequence):
     the whole batch is made as in a single-process run, then cut, so every random draw is
-    the same; Keras assembles the global batch from the processes' parts."""
+    the same (its images made with ``share``: only this part's pixels are read); Keras
+    assembles the global batch from the processes' parts."""
 
     def __init__(self, batches: Any, index: int, count: int):
         super().__init__(workers=batches.workers, use_multiprocessing=False,
@@ -231,18 +236,24 @@ def shard_rows(batch: Any, index: int, count: int) -> Any:
         return type(batch)(shard_rows(v, index, count) for v in batch)
     if batch is None:
         return None
-    rows = len(batch) // count
-    return np.asarray(batch)[index * rows : (index + 1) * rows]
+    return np.asarray(batch)[share_part(len(batch), index, count)]
+
+
+def process_share() -> tuple[int, int] | None:
+    """``(process index, process count)`` in a multi-process run (the current distribution's),
+    else None: what a ``FolderSequence(share=...)`` needs to decode only this process's rows."""
+    distribution = keras.distribution.distribution()
+    if distribution is None or distribution.num_processes == 1:
+        return None
+    import jax
+
+    return jax.process_index(), jax.process_count()
 
 
 def process_shard(batches: Any) -> Any:
     """``batches`` as this process feeds them: all of it alone, its shard among several."""
-    distribution = keras.distribution.distribution()
-    if distribution is None or distribution.num_processes == 1:
-        return batches
-    import jax
-
-    return ProcessShard(batches, jax.process_index(), jax.process_count())
+    share = process_share()
+    return batches if share is None else ProcessShard(batches, *share)
 
 
 def cluster_options(coordinator: str | None, num_processes: int | None,
@@ -365,6 +376,7 @@ def check_same_options(config: dict[str, Any]) -> None:
 
     if jax.process_count() == 1:
         return
+    start_together("options")  # a process refused before this: told, not waited for
     import json
     import zlib
 
@@ -401,7 +413,9 @@ def peers_watched(run_dir: Path) -> Iterator[None]:
     """A process of a multi-process run that dies makes the others' next collective fail
     (gloo: "connection reset by peer", within seconds); that failure becomes one line saying
     what happened and how to continue, instead of JAX's traceback, and the process then ends
-    with exit code 2 as soon as Python exits (:func:`_exit_without_jax_shutdown`)."""
+    with exit code 2 as soon as Python exits (:func:`_exit_without_jax_shutdown`). Training
+    starts when every process has got here (:func:`start_together`)."""
+    start_together("train")
     try:
         yield
     except Exception as exc:
@@ -428,3 +442,87 @@ def _exit_without_jax_shutdown() -> None:
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(2)
+
+
+# Starting together. A process refused before training (an output folder that exists, a run
+# that is locked or finished) would leave the others waiting in their next collective until
+# JAX's heartbeat aborts them; instead each process says on JAX's coordination service
+# (key-value store) that it reached a step ("ready") or why it stopped, and the others read it.
+_PHASES = ("options", "train")
+_calls = 0  # train() calls in this process: every process makes the same ones, in order
+_posted: set[str] = set()
+
+
+def _client() -> Any:
+    """JAX's distributed client in a multi-process run, else None."""
+    if keras.backend.backend() != "jax":
+        return None
+    import jax
+
+    if not jax.distributed.is_initialized() or jax.process_count() == 1:
+        return None
+    from jax._src import distributed
+
+    return getattr(distributed.global_state, "client", None)
+
+
+def _key(phase: str, process: int) -> str:
+    return f"kerascope/train{_calls}/{phase}/{process}"
+
+
+def _post(client: Any, phase: str, value: str) -> None:
+    import jax
+
+    key = _key(phase, jax.process_index())
+    if key not in _posted:
+        _posted.add(key)
+        with contextlib.suppress(Exception):  # the coordinator may be gone: nothing to tell
+            client.key_value_set(key, value)
+
+
+def start_together(phase: str, timeout: float = START_TIMEOUT) -> None:
+    """Say this process reached ``phase`` and wait for the others: the first that stopped
+    before it ends this process too, in one line naming that process and its reason."""
+    client = _client()
+    if client is None:
+        return
+    import jax
+
+    pid, count = jax.process_index(), jax.process_count()
+    _post(client, phase, "ready")
+    for other in range(count):
+        if other == pid:
+            continue
+        try:
+            value = client.blocking_key_value_get(_key(phase, other), int(timeout * 1000))
+        except Exception as exc:  # the coordinator (process 0) gone, or the wait timed out
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise RunError(f"process {pid} of {count}: process {other} did not reach the start "
+                           f"of training ({first[:200]}); start every process again with the "
+                           "same options") from None  # fmt: skip
+        if value != "ready":
+            raise RunError(f"process {pid} of {count}: process {other} stopped before "
+                           f"training: {value}")  # fmt: skip
+
+
+def refusals_told(train: Callable[..., Any]) -> Callable[..., Any]:
+    """``train`` that, in a multi-process run, tells the other processes why it stopped
+    before training (:func:`start_together` reads it), so they stop within a second."""
+
+    @functools.wraps(train)
+    def told(*args: Any, **kwargs: Any) -> Any:
+        global _calls
+        _calls += 1
+        try:
+            return train(*args, **kwargs)
+        except BaseException as exc:
+            client = _client()
+            if client is not None:
+                text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+                if not isinstance(exc, KerascopeError):
+                    text = f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+                for phase in _PHASES:  # the steps it had not reached
+                    _post(client, phase, text[:500] or "stopped")
+            raise
+
+    return told

@@ -92,6 +92,7 @@ class RunResult:
     val_loss: float = float("nan")  # of the saved model
 
 
+@placing.refusals_told  # a process stopped before training tells the others
 def train(
     data: str | os.PathLike | None = None,
     recipe: str = "transfer",
@@ -337,9 +338,10 @@ def _train(run_dir: Path, config: dict[str, Any], resumed: bool, engine: str | N
 
     recipe_ = recipes.get_recipe(config["recipe"])
     seqs = make_sequences(dataset, tuple(config["image_size"]), config["batch_size"],
-                          config["seed"], cache=True)  # fmt: skip
+                          config["seed"], cache=True,
+                          share=placing.process_share())  # fmt: skip
     for seq in (seqs["train"], seqs["validation"]):
-        seq.fill_cache()  # decoded once, on every core
+        seq.fill_cache()  # decoded once, on every core (several processes: each its rows)
     keras.utils.set_random_seed(config["seed"])
     augment_cfg = AugmentConfig(**config["augment"]) if config["augment"] else None
     model = recipes.build_model(recipe_, len(dataset.classes), tuple(config["image_size"]),

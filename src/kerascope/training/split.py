@@ -250,7 +250,7 @@ class PrefixSequence(DerivedSequence):
             if r is not None:
                 labels = soft_targets(labels, classes, smoothing=r.label_smoothing)
             return _pack([out[rows] for out in self.outputs]), labels, weights
-        pixels = self.images.load_rows(rows)
+        pixels = self.images.load_rows(rows, self.images.fed_part(len(rows)))  # others': 0
         if self.augment is not None:
             pixels = self.augment(pixels, self.epoch, index)
         if r is not None:

@@ -119,7 +119,7 @@ class DeviceFeed(DerivedSequence):
         seq = self.images
         rows, real = seq.padded_rows(index)  # one shape: no second compile for the last batch
         size = len(rows)
-        pixels = seq.load_rows(rows)
+        pixels = seq.load_rows(rows, seq.fed_part(size))  # another process's rows: zeros
         labels = seq.labels[rows]
         weights = sample_weights(labels, real, self.row_weight)
         inputs: Any = pixels
