@@ -17,7 +17,9 @@ Nothing here is home-made parallelism: the engine is Keras 3's distribution API.
   the single-process run's) and decodes and caches only those rows (its images are a
   ``FolderSequence(share=process_share())``: the other rows of its batches stay zeros, never
   read), and only process 0 writes the run directory
-  (:func:`private_run_dir` gives the others a scratch copy).
+  (:func:`private_run_dir` gives the others a scratch copy). A process that stops before
+  training tells the others, which stop at once naming its reason
+  (:mod:`kerascope.training.starting`; ``train`` is wrapped in :func:`refusals_told`).
 
 The learning-rate rule (:data:`LR_RULE`): ``--batch-size`` is the *global* batch, the one
 optimizer step sees over all devices, and ``--lr`` applies to it unchanged. The same
@@ -28,14 +30,13 @@ devices); a larger global batch for more devices is the user's choice, with its 
 from __future__ import annotations
 
 import contextlib
-import functools
 import os
 import re
 import shutil
 import sys
 import tempfile
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -48,6 +49,10 @@ import numpy as np  # noqa: E402
 
 from kerascope.data.loader import DerivedSequence, share_part  # noqa: E402
 from kerascope.errors import ConfigError, KerascopeError, RunError  # noqa: E402
+from kerascope.training.starting import (  # noqa: E402
+    refusals_told,  # noqa: F401  (run.py wraps train in it, as placing.refusals_told)
+    start_together,
+)
 
 LR_RULE = ("per global batch: --batch-size is the batch of one step over all devices (split "
            "evenly across them) and --lr applies to it unchanged, whatever the number of "
@@ -63,7 +68,6 @@ ENV = {
 TIMEOUT_ENV = "KERASCOPE_COORDINATOR_TIMEOUT"
 CONNECT_TIMEOUT = 120.0  # seconds; below JAX's own 300 s, which aborts with a C++ trace
 EXIT_NO_COORDINATOR = 3
-START_TIMEOUT = 900.0  # seconds a process waits for the others to reach the start of training
 
 DeviceSpec = str | int | Sequence[int] | None
 
@@ -442,87 +446,3 @@ def _exit_without_jax_shutdown() -> None:
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(2)
-
-
-# Starting together. A process refused before training (an output folder that exists, a run
-# that is locked or finished) would leave the others waiting in their next collective until
-# JAX's heartbeat aborts them; instead each process says on JAX's coordination service
-# (key-value store) that it reached a step ("ready") or why it stopped, and the others read it.
-_PHASES = ("options", "train")
-_calls = 0  # train() calls in this process: every process makes the same ones, in order
-_posted: set[str] = set()
-
-
-def _client() -> Any:
-    """JAX's distributed client in a multi-process run, else None."""
-    if keras.backend.backend() != "jax":
-        return None
-    import jax
-
-    if not jax.distributed.is_initialized() or jax.process_count() == 1:
-        return None
-    from jax._src import distributed
-
-    return getattr(distributed.global_state, "client", None)
-
-
-def _key(phase: str, process: int) -> str:
-    return f"kerascope/train{_calls}/{phase}/{process}"
-
-
-def _post(client: Any, phase: str, value: str) -> None:
-    import jax
-
-    key = _key(phase, jax.process_index())
-    if key not in _posted:
-        _posted.add(key)
-        with contextlib.suppress(Exception):  # the coordinator may be gone: nothing to tell
-            client.key_value_set(key, value)
-
-
-def start_together(phase: str, timeout: float = START_TIMEOUT) -> None:
-    """Say this process reached ``phase`` and wait for the others: the first that stopped
-    before it ends this process too, in one line naming that process and its reason."""
-    client = _client()
-    if client is None:
-        return
-    import jax
-
-    pid, count = jax.process_index(), jax.process_count()
-    _post(client, phase, "ready")
-    for other in range(count):
-        if other == pid:
-            continue
-        try:
-            value = client.blocking_key_value_get(_key(phase, other), int(timeout * 1000))
-        except Exception as exc:  # the coordinator (process 0) gone, or the wait timed out
-            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-            raise RunError(f"process {pid} of {count}: process {other} did not reach the start "
-                           f"of training ({first[:200]}); start every process again with the "
-                           "same options") from None  # fmt: skip
-        if value != "ready":
-            raise RunError(f"process {pid} of {count}: process {other} stopped before "
-                           f"training: {value}")  # fmt: skip
-
-
-def refusals_told(train: Callable[..., Any]) -> Callable[..., Any]:
-    """``train`` that, in a multi-process run, tells the other processes why it stopped
-    before training (:func:`start_together` reads it), so they stop within a second."""
-
-    @functools.wraps(train)
-    def told(*args: Any, **kwargs: Any) -> Any:
-        global _calls
-        _calls += 1
-        try:
-            return train(*args, **kwargs)
-        except BaseException as exc:
-            client = _client()
-            if client is not None:
-                text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-                if not isinstance(exc, KerascopeError):
-                    text = f"{type(exc).__name__}: {text}" if text else type(exc).__name__
-                for phase in _PHASES:  # the steps it had not reached
-                    _post(client, phase, text[:500] or "stopped")
-            raise
-
-    return told
