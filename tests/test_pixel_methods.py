@@ -156,8 +156,14 @@ OPTIONS = {"ig": f"ig:steps={STEPS}", "ig-blur": f"ig-blur:steps={STEPS}",
            "smoothgrad": f"smoothgrad:samples={SAMPLES}"}  # fmt: skip
 
 
+# ig-blur differs from ig only in the baseline, which its completeness test checks against SciPy
+REFERENCE = [
+    pytest.param(m, marks=pytest.mark.slow) if m == "ig-blur" else m for m in PIXEL_METHODS
+]
+
+
 @pytest.mark.backends
-@pytest.mark.parametrize("method", list(PIXEL_METHODS))
+@pytest.mark.parametrize("method", REFERENCE)
 def test_pixel_method_matches_an_independent_pytorch_reference(lite0, net, photos, method):  # noqa: F811
     import torch
 
@@ -187,7 +193,7 @@ def logit_model(lite0):
 
 
 COMPLETENESS = [
-    ("ig-blur", 32, 0.05),
+    ("ig-blur", 64, 0.05),
     pytest.param("ig", 128, 0.15, marks=pytest.mark.slow),  # 128 steps: a minute on 2 cores
 ]
 
@@ -198,9 +204,9 @@ def test_integrated_gradients_sum_to_the_score_difference(
 ):
     """Completeness (Sundararajan et al. 2017, Prop. 1): the attributions sum to
     ``y_c(x) - y_c(baseline)``, up to the Riemann sum's error. Measured on chelsea (relative
-    error): blurred baseline 1.8 % at 64 and 128 steps; black baseline 41 % at 32 steps, 33 %
-    at 64, 9.7 % at 128, its path crossing sharp changes of the gradient; hence the defaults
-    (ig 128 steps, ig-blur 32) and the tolerances stated here."""
+    error): blurred baseline 11 % at 32 steps, 1.8 % at 64 and 128; black baseline 41 % at 32,
+    33 % at 64, 9.7 % at 128, its path crossing sharp changes of the gradient; hence the
+    defaults (ig 128 steps, ig-blur 64) and the tolerances stated here."""
     x = load_rgb_array(chelsea)
     attributions, classes, scores = Explainer(lite0, f"{method}:steps={steps}").cam.attributions(x)
     start = np.zeros_like(x, np.float32) if method == "ig" else _blurred(x).astype(np.float32)
