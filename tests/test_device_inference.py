@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import kerascope
-from kerascope import inference
+from kerascope import inference, sources
 from kerascope.classification import classify_sources
 from kerascope.cli import main
 from kerascope.zoo.models import Classifier
@@ -119,7 +119,7 @@ def test_engines_agree_on_top_k_and_failed_inputs_keep_their_place(monkeypatch, 
         Image.fromarray(p).save(path)
         paths.append(str(path))
     paths.insert(2, str(broken))
-    paths.append(inference.Missing(str(tmp_path / "gone.png")))
+    paths.append(sources.Missing(str(tmp_path / "gone.png")))
     by_engine = {}
     for engine in ("keras", "onnx"):
         monkeypatch.setenv("KERASCOPE_ENGINE", engine)
@@ -127,7 +127,7 @@ def test_engines_agree_on_top_k_and_failed_inputs_keep_their_place(monkeypatch, 
     keras_results, onnx_results = by_engine["keras"], by_engine["onnx"]
     assert [r.source for r in keras_results] == [str(p) for p in paths]
     assert [r.ok for r in keras_results] == [True, True, False, True, True, True, False]
-    assert keras_results[6].error == inference.MISSING_INPUT
+    assert keras_results[6].error == sources.MISSING_INPUT
     for a, b in zip(keras_results, onnx_results, strict=True):
         assert a.error == b.error
         assert [p.index for p in a.predictions] == [p.index for p in b.predictions]
@@ -136,31 +136,31 @@ def test_engines_agree_on_top_k_and_failed_inputs_keep_their_place(monkeypatch, 
 
 
 def test_decode_pool_uses_every_core(monkeypatch):
-    monkeypatch.delenv(inference.WORKERS_VAR, raising=False)
+    monkeypatch.delenv(sources.WORKERS_VAR, raising=False)
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    assert inference.decode_workers() == cores  # not capped at 8
-    monkeypatch.setenv(inference.WORKERS_VAR, "16")
-    assert inference.decode_workers() == 16
-    monkeypatch.setenv(inference.WORKERS_VAR, "many")
+    assert sources.decode_workers() == cores  # not capped at 8
+    monkeypatch.setenv(sources.WORKERS_VAR, "16")
+    assert sources.decode_workers() == 16
+    monkeypatch.setenv(sources.WORKERS_VAR, "many")
     with pytest.raises(kerascope.errors.KerascopeError, match="KERASCOPE_DECODE_WORKERS"):
-        inference.decode_workers()
+        sources.decode_workers()
 
 
 def test_decoding_runs_two_batches_ahead(monkeypatch):
     """While the consumer holds batch 0, batches 1 and 2 are decoded (prefetch depth 2)."""
-    monkeypatch.setenv(inference.WORKERS_VAR, "4")
+    monkeypatch.setenv(sources.WORKERS_VAR, "4")
     seen: set[int] = set()
     lock = threading.Lock()
-    load = inference.load_source
+    load = sources.load_source
 
     def recording(source, size=None):
         with lock:
             seen.add(int(source[0, 0, 0]))
         return load(source, size)
 
-    monkeypatch.setattr(inference, "load_source", recording)
-    sources = [np.full((8, 8, 3), i, np.uint8) for i in range(20)]  # row i holds value i
-    batches = inference.iter_pixel_batches(sources, (8, 8), 4, rows=lambda n: 8)
+    monkeypatch.setattr(sources, "load_source", recording)
+    arrays = [np.full((8, 8, 3), i, np.uint8) for i in range(20)]  # row i holds value i
+    batches = sources.iter_pixel_batches(arrays, (8, 8), 4, rows=lambda n: 8)
     first = next(batches)
     deadline = time.monotonic() + 10
     while len(seen) < 12 and time.monotonic() < deadline:
@@ -233,7 +233,7 @@ def test_bfloat16_agrees_with_float32_on_real_photos(lite0, photo_paths, monkeyp
                 assert abs(p.probability - by_class[p.index]) <= PROBABILITY_TOLERANCE
     forward = inference.compiled(lite0.model, precision="bfloat16")
     x = np.stack([
-        inference.decode_item(p, lite0.input_size, convention=lite0.convention).pixels
+        sources.decode_item(p, lite0.input_size, convention=lite0.convention).pixels
         for p in paths
     ])  # fmt: skip
     difference = np.abs(forward(x) - inference.compiled(lite0.model, "keras")(x)).max()

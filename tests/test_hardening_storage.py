@@ -221,7 +221,7 @@ def test_bad_explicit_weights_file_is_one_line_naming_file_and_model(
 
 def test_output_names_keep_sub_folders_then_extensions_then_count(tmp_path):
     from kerascope.cam.outputs import output_names
-    from kerascope.inference import Missing
+    from kerascope.sources import Missing
 
     for rel in ("a/pic.jpg", "b/pic.png", "b/pic.jpg", "b/Pic.JPG", "c/x.png"):
         (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)

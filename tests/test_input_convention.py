@@ -124,7 +124,8 @@ def _squash_probabilities(clf, images: list[np.ndarray]) -> np.ndarray:
 def test_classify_fits_with_the_classifier_convention(lite0, photo_paths):
     """classify = forward(fit(image, convention)); explain-style squash gives other numbers."""
     from kerascope.classification import classify
-    from kerascope.inference import compiled, iter_batches
+    from kerascope.inference import compiled
+    from kerascope.sources import iter_batches
 
     assert lite0.convention == registry.get("efficientnet_lite0").weights.convention
     path = photo_paths["chelsea"]
@@ -243,7 +244,7 @@ def test_lite_builders_take_the_keras_applications_signature():
 
 def test_pil_images_fit_the_same_way(chelsea):
     """PIL Images go through the same fit (classify accepts them)."""
-    from kerascope.inference import decode_item
+    from kerascope.sources import decode_item
 
     item = decode_item(Image.fromarray(chelsea), (224, 224), convention=CROP)
     assert item.error is None and np.array_equal(item.pixels, fit(chelsea, (224, 224), CROP))

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from kerascope.inference import compiled, iter_batches
+from kerascope.inference import compiled
+from kerascope.sources import iter_batches
 from kerascope.tta import TTA, iter_tta_outputs
 
 

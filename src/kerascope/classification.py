@@ -21,24 +21,21 @@ from typing import Any
 
 import numpy as np
 
-from kerascope.inference import (  # noqa: F401  (re-exported: the one way inputs enter)
+from kerascope.inference import Pending, compiled, host_top_k, on_cpu
+from kerascope.precision import resolve_precision
+from kerascope.sources import (  # noqa: F401  (re-exported: the one way inputs enter)
     MISSING_INPUT,
     Item,
     Missing,
-    Pending,
     PixelBatch,
     Source,
-    compiled,
     decode_item,
-    host_top_k,
     iter_batches,
     iter_pixel_batches,
     load_source,
     normalise_inputs,
-    on_cpu,
     source_name,
 )
-from kerascope.precision import resolve_precision
 from kerascope.zoo.models import Classifier
 
 

@@ -123,7 +123,8 @@ def build_parser() -> argparse.ArgumentParser:
 def _run_classify(args) -> int:
     from kerascope import output
     from kerascope.classification import classify_sources, run_precision
-    from kerascope.inference import engine_name, normalise_inputs
+    from kerascope.inference import engine_name
+    from kerascope.sources import normalise_inputs
     from kerascope.zoo.models import load_model
 
     sources, skipped, _ = normalise_inputs(args.paths)

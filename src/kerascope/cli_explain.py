@@ -256,7 +256,7 @@ def _target(clf, query: str | None) -> tuple:
 
 def _run_explain(args) -> int:
     from kerascope import output
-    from kerascope.inference import normalise_inputs
+    from kerascope.sources import normalise_inputs
     from kerascope.zoo.models import load_model
 
     if args.metric is not None and not args.compare:
@@ -396,7 +396,7 @@ def _run_compare(args, clf, sources, target) -> int:
     from kerascope.cam.methods import METHODS
     from kerascope.cam.outputs import check_output_folder, check_outputs, output_names
     from kerascope.images import ImageError
-    from kerascope.inference import Missing
+    from kerascope.sources import Missing
 
     if args.colorbar:
         raise CliError("--colorbar is for the per-image pictures, not --compare's grid; drop it")

@@ -424,9 +424,9 @@ def _which(result) -> str:
 def _run_predict(args) -> int:
     from kerascope import output
     from kerascope.files import fresh_path
-    from kerascope.inference import normalise_inputs
     from kerascope.precision import resolve_precision
     from kerascope.prediction import predict, summary
+    from kerascope.sources import normalise_inputs
 
     target = args.output or fresh_path("predictions.csv")
     say_precision(args.precision, resolve_precision(args.precision))

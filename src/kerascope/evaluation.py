@@ -27,7 +27,7 @@ from kerascope.data.folders import SPLIT_DIRS, DatasetError
 from kerascope.eval_plots import plot_most_confused, plot_predictions
 from kerascope.files import fresh_path, write_json
 from kerascope.images import expand_inputs
-from kerascope.inference import MISSING_INPUT, compiled, iter_batches, normalise_inputs
+from kerascope.inference import compiled
 from kerascope.metrics import (  # noqa: F401  (metrics_from, top_k_accuracy: re-exported)
     metrics_from,
     most_confused,
@@ -37,6 +37,7 @@ from kerascope.metrics import (  # noqa: F401  (metrics_from, top_k_accuracy: re
 from kerascope.output import percent
 from kerascope.report import plot_confusion, plot_gallery
 from kerascope.rundir import read_labels, read_split, split_files
+from kerascope.sources import MISSING_INPUT, iter_batches, normalise_inputs
 from kerascope.tta import TTA, iter_tta_outputs
 from kerascope.zoo.models import Classifier, load_model
 

@@ -17,9 +17,9 @@ from pathlib import Path
 from kerascope.classification import Source, classify_sources
 from kerascope.files import atomic_open
 from kerascope.images import IMAGE_SUFFIXES
-from kerascope.inference import normalise_inputs
 from kerascope.output import csv_safe
 from kerascope.rundir import read_labels
+from kerascope.sources import normalise_inputs
 from kerascope.tta import TTA, classify_tta
 from kerascope.zoo.models import Classifier, load_model
 

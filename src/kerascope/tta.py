@@ -25,7 +25,8 @@ from typing import Any
 import numpy as np
 
 from kerascope.classification import ImageResult, Prediction, run_precision
-from kerascope.inference import PixelBatch, compiled, iter_pixel_batches
+from kerascope.inference import compiled
+from kerascope.sources import PixelBatch, iter_pixel_batches
 from kerascope.zoo.models import Classifier
 
 CROP_SHARE = 0.875

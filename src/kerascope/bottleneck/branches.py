@@ -178,7 +178,7 @@ def forward_for(spec: FeatureSpec, precision: str | None = None) -> tuple[Forwar
     else jitted Keras, batches padded to a few fixed shapes); the resize, which the ONNX
     converter does not cover, runs as the Keras ``Resizing`` layer itself: the same op the
     ensemble model applies. ``run(x, batch_size=None)``: ``batch_size`` is the job's, which
-    picks the shape an odd last batch is padded to (`kerascope.inference.bucket`).
+    picks the shape an odd last batch is padded to (`kerascope.sources.bucket`).
     """
     from kerascope.inference import compiled
     from kerascope.precision import resolve_precision
@@ -228,7 +228,7 @@ def features(
         (1, 112)
     """
     from kerascope.images import ImageError
-    from kerascope.inference import iter_pixel_batches, normalise_inputs
+    from kerascope.sources import iter_pixel_batches, normalise_inputs
 
     spec = FeatureSpec.make(model, layer, pool, image_size, weights)
     sources, _, missing = normalise_inputs(images)

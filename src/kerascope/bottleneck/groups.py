@@ -149,7 +149,7 @@ def _check_space(f: Any, todo: int, shape: tuple) -> None:
 
 def _compute(f, g, spec, run, rows, todo, batch_size, progress, done) -> int:
     """Forward the ``todo`` rows batch by batch, flushing features before their ``done`` bits."""
-    from kerascope.inference import iter_batches
+    from kerascope.sources import iter_batches
 
     size = (spec.image_size, spec.image_size)
     sources = [rows.paths[i] for i in todo]

@@ -138,7 +138,8 @@ def compare_methods(
     from kerascope.cam.groups import class_or_group
     from kerascope.cam.methods import METHODS, get_method
     from kerascope.images import ImageError
-    from kerascope.inference import compiled, load_source, source_name
+    from kerascope.inference import compiled
+    from kerascope.sources import load_source, source_name
     from kerascope.zoo.models import Classifier, load_model
 
     clf = model if isinstance(model, Classifier) else None

@@ -266,7 +266,7 @@ def explain(
         ('tabby', (300, 451))
     """
     from kerascope.cam.groups import class_or_group
-    from kerascope.inference import normalise_inputs
+    from kerascope.sources import normalise_inputs
     from kerascope.zoo.models import load_model
 
     check_fit(fit)
@@ -294,7 +294,7 @@ def resolve_targets(
 
 def spread_targets(targets: np.ndarray | None, sources: Sequence) -> np.ndarray | None:
     """Targets given per image found -> one per source, a placeholder at each missing input."""
-    from kerascope.inference import Missing
+    from kerascope.sources import Missing
 
     if targets is None:
         return None
@@ -322,7 +322,7 @@ def iter_explanations(
     of each picture (`kerascope.cam.fitting`).
 
     The model's input is decoded as every other explain path decodes it (a large JPEG at
-    reduced size, `kerascope.inference.decode_item`), so `kerascope.faithfulness`, ``--score``
+    reduced size, `kerascope.sources.decode_item`), so `kerascope.faithfulness`, ``--score``
     and ``--compare`` see the very pixels this explanation was computed on; the full-size
     picture, for the heatmap's resolution, is a second decode, one image at a time.
     """
@@ -330,7 +330,7 @@ def iter_explanations(
 
     from kerascope.cam.overlay import upsample
     from kerascope.images import ImageError
-    from kerascope.inference import load_source
+    from kerascope.sources import load_source
 
     found = _iter_cams(clf, explainer, sources, targets, batch_size, False, fit=fit)
     for source, (e, cam, it) in zip(sources, found, strict=True):
@@ -398,7 +398,7 @@ def _iter_cams(
     in the thread that feeds the device. Every number of the explanation (class, probability,
     map) comes from ``item.pixels``: the one input `faithfulness` scores too.
     """
-    from kerascope.inference import iter_batches
+    from kerascope.sources import iter_batches
 
     start = 0
     size, convention = clf.input_size, fit_convention(clf, fit)

@@ -470,7 +470,7 @@ def iter_scores(
     fit: str = "whole",
     **options: Any,
 ) -> Iterator[tuple[Any, Faithfulness | None]]:
-    """Explain sources (as `kerascope.inference.normalise_inputs` returns them) and score each
+    """Explain sources (as `kerascope.sources.normalise_inputs` returns them) and score each
     map: ``(Explanation without heatmap, Faithfulness)`` in order, ``None`` for a source that
     could not be explained (its ``error`` says why). ``options``: ``aug_smooth``,
     ``eigen_smooth``, ``precision`` as `Explainer` takes them. What ``kerascope explain

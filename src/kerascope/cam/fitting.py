@@ -55,9 +55,9 @@ def fit_convention(clf: Any, fit: str = DEFAULT_FIT) -> Any:
 
 def model_input(clf: Any, source: Any, fit: str = DEFAULT_FIT, keep_original: bool = False):
     """One source decoded and fitted as every explain path fits it: a
-    `kerascope.inference.Item` (``pixels`` at ``clf.input_size``, ``box``, ``shape``; ``error``
+    `kerascope.sources.Item` (``pixels`` at ``clf.input_size``, ``box``, ``shape``; ``error``
     set when unreadable). `kerascope.cam.explain`'s batches use the same convention."""
-    from kerascope.inference import decode_item
+    from kerascope.sources import decode_item
 
     return decode_item(source, clf.input_size, keep_original, fit_convention(clf, fit))
 

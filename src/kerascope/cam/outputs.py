@@ -20,7 +20,7 @@ from PIL import Image
 
 from kerascope.errors import KerascopeError
 from kerascope.files import fsync_dir, output_error, temp_name
-from kerascope.inference import Source
+from kerascope.sources import Source
 
 
 class OutputExistsError(KerascopeError, FileExistsError):
@@ -44,7 +44,7 @@ def output_names(sources: Sequence[Source]) -> list[str | None]:
     and ``pic.png`` side by side) keep their extension (``pic.png-output.jpg``); anything
     else that meets gets ``-2``, ``-3``.
     """
-    from kerascope.inference import Missing
+    from kerascope.sources import Missing
 
     files = [i for i, s in enumerate(sources) if isinstance(s, str | os.PathLike)]
     real = [os.path.abspath(sources[i]) for i in files if not isinstance(sources[i], Missing)]
@@ -90,7 +90,7 @@ def _identity(path: str | os.PathLike) -> tuple[int, int] | None:
 
 def input_files(sources: Sequence[Source]) -> dict[tuple[int, int], str]:
     """The files a job reads, by (device, inode): a link or another spelling is the same file."""
-    from kerascope.inference import Missing
+    from kerascope.sources import Missing
 
     found = {}
     for s in sources:

@@ -58,8 +58,8 @@ from kerascope.cam.overlay import (
 )
 from kerascope.files import fsync_dir, output_error
 from kerascope.images import ImageError, load_image, resize
-from kerascope.inference import Source, load_source, normalise_inputs
 from kerascope.output import percent
+from kerascope.sources import Source, load_source, normalise_inputs
 from kerascope.zoo.models import Classifier, load_model
 
 
@@ -222,7 +222,7 @@ def save_explanations(
     return saved
 
 
-PREFETCH_BATCHES = 2  # batches `inference.iter_batches` decodes ahead of the one explained
+PREFETCH_BATCHES = 2  # batches `sources.iter_batches` decodes ahead of the one explained
 DECODE_ONCE_BYTES = 1 << 30
 """Largest memory the full-size pictures of a job may hold at once (the batches decoded ahead,
 the one explained, the pictures in flight) for each file to be decoded once (`_decode_once`)."""
@@ -244,7 +244,7 @@ def _decode_once(sources: Sequence[Source], size: tuple[int, int], held: int) ->
     unreadable header, an in-memory image) keeps the two decodes."""
     from PIL import Image
 
-    from kerascope.inference import Missing
+    from kerascope.sources import Missing
 
     reduce_from = 4 * max(size)  # images.load_image reduces from 2 * (2 * max(size))
     largest = 0

@@ -157,7 +157,7 @@ class BlockWorker:
         return dict(done, errors=errors)
 
     def _sources(self, row: dict[str, Any]) -> list:
-        from kerascope.inference import Missing
+        from kerascope.sources import Missing
 
         return [Missing(p) if m else p for p, m in zip(row["paths"], row["missing"], strict=True)]
 
@@ -179,7 +179,7 @@ class BlockWorker:
         return _pa().table(cols, schema=classify_schema()), errors
 
     def _features(self, row: dict[str, Any]):
-        from kerascope.inference import iter_batches
+        from kerascope.sources import iter_batches
 
         size = (self.spec.image_size, self.spec.image_size)
         dim = int(np.prod(self.shape))
