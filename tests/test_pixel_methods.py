@@ -354,3 +354,21 @@ def test_one_compilation_per_batch_shape_and_maps_do_not_depend_on_the_batch():
         assert np.allclose(p1, probs[2:3], atol=1e-5)
         chosen, c2, _ = ex.explain_batch(pixels, targets=3)
         assert (c2 == 3).all() and not np.allclose(chosen, maps, atol=1e-3)
+
+
+def test_the_command_line_takes_method_options(photo_paths, tmp_path, capsys):
+    """``--method ig:steps=8`` reaches the method (before: "invalid choice"); options a method
+    does not take are refused by the parser, naming the value."""
+    from kerascope.cli import main
+
+    out = tmp_path / "out"
+    assert (
+        main(["explain", str(photo_paths["chelsea"]), "--method", "ig:steps=8", "-o", str(out)])
+        == 0
+    )
+    assert [p.suffix for p in out.iterdir()] == [".jpg"]
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as stop:
+        main(["explain", str(photo_paths["chelsea"]), "--method", "ig:bogus=1", "-o", str(out)])
+    assert stop.value.code == 2
+    assert "invalid choice: 'ig:bogus=1'" in capsys.readouterr().err

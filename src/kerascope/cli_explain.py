@@ -81,10 +81,29 @@ class _Lazy(argparse.Action):
         setattr(namespace, self.dest, values)
 
 
+class _MethodChoices(list):
+    """The registry's method names; a name with options after a colon (``ig:steps=256``,
+    ``smoothgrad:samples=50``) counts as a choice when the method takes those options."""
+
+    def __contains__(self, value: object) -> bool:
+        from kerascope.cam.methods import get_method
+
+        name = str(value)
+        if ":" not in name:
+            return list.__contains__(self, name)
+        if not list.__contains__(self, name.partition(":")[0]):
+            return False
+        try:
+            get_method(name)
+        except ValueError:
+            return False
+        return True
+
+
 def _method_names() -> list[str]:
     from kerascope.cam.methods import METHODS
 
-    return list(METHODS)
+    return _MethodChoices(METHODS)
 
 
 def _method_help() -> str:
