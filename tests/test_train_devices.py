@@ -284,7 +284,8 @@ def test_processes_started_with_other_options_both_refuse_naming_it(photos, tmp_
 def test_process_0_refused_before_training_stops_the_others_at_once(photos, tmp_path):
     """Process 0's output folder holds someone's files (process 1's, on its own machine, is
     new): process 0 refuses as alone, and process 1 stops at once with one line giving
-    process 0's reason, instead of waiting in its first collective for JAX's heartbeat."""
+    process 0's reason, instead of waiting in its first collective until JAX aborts both
+    (measured before: 5 min, then SIGABRT with a C++ stack trace). And the other way round."""
     taken = tmp_path / "taken"
     taken.mkdir()
     (taken / "notes.txt").write_text("mine")
@@ -304,6 +305,19 @@ def test_process_0_refused_before_training_stops_the_others_at_once(photos, tmp_
     assert all("Traceback" not in err for _, err in outs)
     assert took < 60, took  # both started, refused and left: no heartbeat wait (100 s)
     assert _files(taken) == {"notes.txt"} and not (tmp_path / "fresh").exists()
+    # the other way round: process 1 refused (its dataset path is missing on its machine)
+    missing = tmp_path / "nowhere"
+    run = tmp_path / "run"
+    codes, outs = _pair(["train", str(photos), *common[2:], "-o", str(run)],
+                        ["train", str(missing), *common[2:], "-o", str(run)])  # fmt: skip
+    lines = [[line for line in err.splitlines() if line.startswith("kerascope:")]
+             for _, err in outs]  # fmt: skip
+    assert codes == [2, 2], outs
+    assert lines[0] == [
+        f"kerascope: error: process 0 of 2: process 1 stopped before "
+        f"training: {lines[1][0].removeprefix('kerascope: error: ')}"
+    ], outs
+    assert str(missing) in lines[1][0] and not run.exists()
 
 
 @jax_only

@@ -417,9 +417,7 @@ def peers_watched(run_dir: Path) -> Iterator[None]:
     """A process of a multi-process run that dies makes the others' next collective fail
     (gloo: "connection reset by peer", within seconds); that failure becomes one line saying
     what happened and how to continue, instead of JAX's traceback, and the process then ends
-    with exit code 2 as soon as Python exits (:func:`_exit_without_jax_shutdown`). Training
-    starts when every process has got here (:func:`start_together`)."""
-    start_together("train")
+    with exit code 2 as soon as Python exits (:func:`_exit_without_jax_shutdown`)."""
     try:
         yield
     except Exception as exc:

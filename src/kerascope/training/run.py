@@ -342,6 +342,7 @@ def _train(run_dir: Path, config: dict[str, Any], resumed: bool, engine: str | N
                           share=placing.process_share())  # fmt: skip
     for seq in (seqs["train"], seqs["validation"]):
         seq.fill_cache()  # decoded once, on every core (several processes: each its rows)
+    placing.start_together("train")  # every process scanned its data: the collectives begin
     keras.utils.set_random_seed(config["seed"])
     augment_cfg = AugmentConfig(**config["augment"]) if config["augment"] else None
     model = recipes.build_model(recipe_, len(dataset.classes), tuple(config["image_size"]),

@@ -39,7 +39,9 @@ def _client() -> Any:
         return None
     from jax._src import distributed
 
-    return getattr(distributed.global_state, "client", None)
+    client = getattr(distributed.global_state, "client", None)  # private: checked, not assumed
+    needs = ("key_value_set", "blocking_key_value_get")
+    return client if all(hasattr(client, name) for name in needs) else None
 
 
 def _key(phase: str, process: int) -> str:
