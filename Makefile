@@ -41,11 +41,11 @@ demo: $(VENV)/.installed
 
 test: $(VENV)/.installed-test
 	$(VENV)/bin/ruff check src tests benchmarks examples
-	KERAS_BACKEND=jax $(PY) -m pytest -q
+	KERAS_BACKEND=jax $(PY) -m pytest -q -n auto --dist loadfile
 	KERAS_BACKEND=torch $(PY) -m pytest -q -m backends
 
 test-fast: $(VENV)/.installed-test
-	KERAS_BACKEND=jax $(PY) -m pytest -q -m "not slow"
+	KERAS_BACKEND=jax $(PY) -m pytest -q -n auto --dist loadfile -m "not slow"
 
 lint: $(VENV)/.installed-test
 	$(VENV)/bin/ruff check src tests benchmarks examples
