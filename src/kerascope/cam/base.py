@@ -320,6 +320,18 @@ class Activations:
     probe: Probe
 
 
+def model_pixels(clf: Any, pixels: np.ndarray) -> np.ndarray:
+    """A batch at ``clf``'s input size as uint8 (rounded and clipped when given as floats), or a
+    ValueError naming the shape expected: what every explain method takes."""
+    pixels = np.asarray(pixels)
+    expected = (*clf.input_size, 3)
+    if pixels.ndim != 4 or tuple(pixels.shape[1:]) != expected:
+        raise ValueError(f"expected pixels of shape (N, {expected}), got {pixels.shape}")
+    if pixels.dtype != np.uint8:
+        pixels = np.clip(np.rint(pixels), 0, 255).astype(np.uint8)
+    return pixels
+
+
 class BaseCAM:
     """Forward, gradients, channel weights, ReLU, normalisation; subclasses weight channels.
 
@@ -452,12 +464,7 @@ class BaseCAM:
         Returns:
             (maps (N, fh, fw) float32 in [0, 1], class indices (N,), probabilities (N,)).
         """
-        pixels = np.asarray(pixels)
-        expected = (*self.clf.input_size, 3)
-        if pixels.ndim != 4 or tuple(pixels.shape[1:]) != expected:
-            raise ValueError(f"expected pixels of shape (N, {expected}), got {pixels.shape}")
-        if pixels.dtype != np.uint8:
-            pixels = np.clip(np.rint(pixels), 0, 255).astype(np.uint8)
+        pixels = model_pixels(self.clf, pixels)
         targets = self._targets(targets, len(pixels))
         size = tuple(self.clf.input_size) if upsample else None
         if self.on_device:

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from kerascope.cam.base import BaseCAM, MethodError, as_classifier, get_probe
+from kerascope.cam.base import BaseCAM, MethodError, as_classifier, get_probe, model_pixels
 
 _OPTIONS = {"steps": int, "samples": int, "noise": float, "baseline": str, "seed": int}
 
@@ -148,24 +148,15 @@ class PixelMethod(BaseCAM):
     ) -> tuple:
         """(maps (N, H, W) float32 in [0, 1] at the input size, whatever ``upsample`` says,
         class indices (N,), probabilities (N,)); arguments as `BaseCAM.explain_batch`."""
-        pixels = self._pixels(pixels)
+        pixels = model_pixels(self.clf, pixels)
         return self._fn()(pixels, self._targets(targets, len(pixels)), pad_to=pad_to)
 
     def attributions(self, pixels: np.ndarray, targets=None) -> tuple:
         """The signed attributions before the reduction: ((N, H, W, 3) float32 per input pixel
         and channel, class indices (N,), class logits (N,)). For Integrated Gradients their
         sum is ~ ``y_c(x) - y_c(baseline)`` (completeness; see `IntegratedGradients`)."""
-        pixels = self._pixels(pixels)
+        pixels = model_pixels(self.clf, pixels)
         return self._fn()(pixels, self._targets(targets, len(pixels)), raw=True)
-
-    def _pixels(self, pixels: np.ndarray) -> np.ndarray:
-        pixels = np.asarray(pixels)
-        expected = (*self.clf.input_size, 3)
-        if pixels.ndim != 4 or tuple(pixels.shape[1:]) != expected:
-            raise ValueError(f"expected pixels of shape (N, {expected}), got {pixels.shape}")
-        if pixels.dtype != np.uint8:
-            pixels = np.clip(np.rint(pixels), 0, 255).astype(np.uint8)
-        return pixels
 
 
 _CONFIGURED: dict[str, type[PixelMethod]] = {}
