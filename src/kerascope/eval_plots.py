@@ -7,7 +7,6 @@ Matplotlib (Agg, files only) is imported on first use, as in ``kerascope.report`
 
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -15,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from kerascope.output import percent
-from kerascope.report import _pyplot, _save
+from kerascope.report import _pyplot, _save, image_grid
 
 RIGHT, WRONG = "#1a7f37", "#cf222e"
 
@@ -40,13 +39,7 @@ def plot_predictions(
 ) -> Path:
     """A grid of images titled with the predicted class and its probability; a wrong
     prediction is marked (red title, a cross, and the true class)."""
-    plt = _pyplot()
-    n = max(1, len(images))
-    cols = min(cols, n)
-    rows = math.ceil(n / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(3 * cols, 3.6 * rows), dpi=100, squeeze=False)
-    for ax in axes.flat:
-        ax.axis("off")
+    fig, axes = image_grid(len(images), cols, 3.6)
     tiles = zip(axes.flat, images, predicted, probabilities, truths, strict=False)
     for ax, image, guess, p, truth in tiles:
         title, right = prediction_title(guess, p, truth)

@@ -18,8 +18,18 @@ import numpy as np
 
 from kerascope.files import atomic_open, atomic_path, write_text
 
-HISTORY_FIELDS = ("epoch", "stage", "loss", "accuracy", "val_loss", "val_accuracy", "lr", "seconds",
-                  "train_seconds", "images_per_second")
+HISTORY_FIELDS = (
+    "epoch",
+    "stage",
+    "loss",
+    "accuracy",
+    "val_loss",
+    "val_accuracy",
+    "lr",
+    "seconds",
+    "train_seconds",
+    "images_per_second",
+)
 
 
 def read_history(path: str | os.PathLike) -> list[dict[str, float]]:
@@ -216,17 +226,26 @@ def plot_confusion(matrix: np.ndarray, classes: Sequence[str], path: str | os.Pa
     return _save(fig, path)
 
 
+def image_grid(count: int, cols: int, tile_height: float) -> tuple[Any, Any]:
+    """A figure of ``count`` tiles, ``cols`` wide (fewer when there are fewer images), every
+    axis blank until an image is drawn on it: the grid of the galleries."""
+    plt = _pyplot()
+    n = max(1, count)
+    cols = min(cols, n)
+    rows = math.ceil(n / cols)
+    fig, axes = plt.subplots(
+        rows, cols, figsize=(3 * cols, tile_height * rows), dpi=100, squeeze=False
+    )
+    for ax in axes.flat:
+        ax.axis("off")
+    return fig, axes
+
+
 def plot_gallery(
     images: Sequence[np.ndarray], titles: Sequence[str], path: str | os.PathLike, cols: int = 4
 ) -> Path:
     """Images in a grid, each titled (true / predicted / probability for top losses)."""
-    plt = _pyplot()
-    n = max(1, len(images))
-    cols = min(cols, n)
-    rows = math.ceil(n / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(3 * cols, 3.8 * rows), dpi=100, squeeze=False)
-    for ax in axes.flat:
-        ax.axis("off")
+    fig, axes = image_grid(len(images), cols, 3.8)
     for ax, image, title in zip(axes.flat, images, titles, strict=False):
         ax.imshow(image)
         ax.set_title(title, fontsize=9)
