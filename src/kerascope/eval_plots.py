@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from kerascope.output import percent
+from kerascope.output import percent, printable_lines
 from kerascope.report import _pyplot, _save, image_grid
 
 RIGHT, WRONG = "#1a7f37", "#cf222e"
@@ -64,7 +64,7 @@ def plot_most_confused(
     shown = list(pairs)[:20]
     fig, ax = plt.subplots(figsize=(8, 1.5 + 0.35 * max(1, len(shown))), dpi=100)
     if shown:
-        labels = [f"{t} \u2192 {p}" for t, p, _ in shown][::-1]
+        labels = [printable_lines(f"{t} \u2192 {p}") for t, p, _ in shown][::-1]
         counts = [c for _, _, c in shown][::-1]
         ax.barh(range(len(shown)), counts, color="#4c72b0")
         ax.set_yticks(range(len(shown)), labels)

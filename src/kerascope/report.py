@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from kerascope.files import atomic_open, atomic_path, write_text
+from kerascope.output import printable_lines
 
 HISTORY_FIELDS = (
     "epoch",
@@ -68,9 +69,15 @@ def _pyplot():
 
 def _save(fig: Any, path: str | os.PathLike) -> Path:
     """Lay out, write (atomically) and close a figure (closing frees it: pyplot keeps every
-    open one, also when the write fails)."""
+    open one, also when the write fails). Every title and text on it is shown as the terminal
+    shows it (`printable`): a class or file name with control characters has no glyphs to draw.
+    (Tick labels are drawn later: their makers pass `printable_lines` names.)"""
+    from matplotlib.text import Text
+
     path = Path(path)
     try:
+        for text in fig.findobj(Text):
+            text.set_text(printable_lines(text.get_text()))
         fig.tight_layout()
         with atomic_path(path, suffix=path.suffix) as tmp:
             fig.savefig(tmp)
@@ -214,8 +221,9 @@ def plot_confusion(matrix: np.ndarray, classes: Sequence[str], path: str | os.Pa
     rows = matrix.sum(axis=1, keepdims=True)
     share = np.divide(matrix, rows, out=np.zeros(matrix.shape, float), where=rows > 0)
     ax.imshow(share, cmap="Blues", vmin=0, vmax=1)
-    ax.set_xticks(range(k), classes, rotation=45, ha="right")
-    ax.set_yticks(range(k), classes)
+    names = [printable_lines(name) for name in classes]  # tick labels are drawn later
+    ax.set_xticks(range(k), names, rotation=45, ha="right")
+    ax.set_yticks(range(k), names)
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
     if k <= 30:
