@@ -9,38 +9,10 @@ options as kerascope's defaults. Correctness is tests/test_pixel_methods.py's bu
 
 from __future__ import annotations
 
-import copy
-
 import numpy as np
 
+from kerascope.testing.torch_reference import guided_copy
 from kerascope.zoo.efficientnet_lite import INPUT_MEAN, INPUT_STD
-
-
-def _guided(net):
-    """A copy of ``net`` whose ReLU6 modules pass back only positive gradients."""
-    import torch
-
-    class GuidedReLU6(torch.autograd.Function):
-        @staticmethod
-        def forward(ctx, z):
-            ctx.save_for_backward(z)
-            return z.clamp(0, 6)
-
-        @staticmethod
-        def backward(ctx, g):
-            (z,) = ctx.saved_tensors
-            return g * ((z > 0) & (z < 6)).to(g.dtype) * (g > 0).to(g.dtype)
-
-    class Guided(torch.nn.Module):
-        def forward(self, z):
-            return GuidedReLU6.apply(z)
-
-    guided = copy.deepcopy(net)
-    for module in guided.modules():
-        for name in ("_swish", "_head_act"):
-            if isinstance(getattr(module, name, None), torch.nn.ReLU6):
-                setattr(module, name, Guided())
-    return guided.eval()
 
 
 def pixel_reference_runs(net, methods) -> dict:
@@ -50,7 +22,7 @@ def pixel_reference_runs(net, methods) -> dict:
 
     from kerascope.cam.methods import get_method
 
-    guided = _guided(net)
+    guided, _ = guided_copy(net)
 
     def logits_of(model, pixels):
         return model(((pixels - INPUT_MEAN) / INPUT_STD).permute(0, 3, 1, 2))

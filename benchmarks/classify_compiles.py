@@ -17,7 +17,6 @@ a shared machine they are the steadier number.
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import sys
 import tempfile
@@ -29,19 +28,6 @@ os.environ.setdefault("KERASCOPE_ENGINE", "keras")
 
 PHOTOS = ("chelsea.png", "coffee.png", "astronaut.png", "rocket.jpg", "motorcycle_left.png",
           "hubble_deep_field.jpg", "retina.jpg", "immunohistochemistry.png")  # fmt: skip
-
-
-class CompileCounter(logging.Handler):
-    """Counts JAX's "Compiling <name>" log records (one per XLA compilation)."""
-
-    def __init__(self) -> None:
-        super().__init__(logging.WARNING)
-        self.names: list[str] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        text = record.getMessage()
-        if text.startswith("Compiling "):
-            self.names.append(text.split()[1])
 
 
 def write_photos(folder: Path, n: int) -> list[Path]:
@@ -73,16 +59,12 @@ def main() -> int:
 
     import jax
 
-    jax.config.update("jax_log_compiles", True)
-    counter = CompileCounter()
-    logging.getLogger("jax").addHandler(counter)
-    logging.getLogger("jax").setLevel(logging.WARNING)
-
     import kerascope
+    from kerascope.testing import count_compiles
 
     extra = {"precision": args.precision} if args.precision else {}
-    clf = kerascope.load_model("efficientnet_lite0", **extra)
-    with tempfile.TemporaryDirectory() as tmp:
+    with count_compiles() as counter, tempfile.TemporaryDirectory() as tmp:
+        clf = kerascope.load_model("efficientnet_lite0", **extra)
         paths = write_photos(Path(tmp), args.images)
         sizes = [args.images] + [int(s) for s in args.again.split(",") if s]
         print(f"engine={os.environ.get('KERASCOPE_ENGINE')} batch={args.batch_size} "

@@ -28,25 +28,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-import numpy as np
-
-
-def make_photos(root: Path, n: int, size: int) -> Path:
-    """Two classes of random crops of two real photos (as the tests' cat-and-coffee data)."""
-    import skimage
-    from PIL import Image
-
-    data = Path(skimage.__file__).parent / "data"
-    rng = np.random.default_rng(1)
-    for name, file in (("cat", "chelsea.png"), ("coffee", "coffee.png")):
-        photo = Image.open(data / file).convert("RGB")
-        (root / name).mkdir(parents=True, exist_ok=True)
-        for i in range(n):
-            s = int(rng.uniform(0.5, 0.9) * min(photo.size))
-            x, y = rng.integers(0, photo.width - s), rng.integers(0, photo.height - s)
-            crop = photo.crop((x, y, x + s, y + s)).resize((size, size), Image.BILINEAR)
-            crop.save(root / name / f"{i:03d}.jpg", quality=90)
-    return root
+from kerascope.testing import cat_and_coffee
 
 
 def run(data: Path, out: Path, devices: str, env_extra: dict[str, str], args) -> float:
@@ -81,7 +63,7 @@ def main() -> None:
 
     gpu = jax.default_backend() != "cpu"
     with tempfile.TemporaryDirectory(prefix="train-devices-") as tmp:
-        data = make_photos(Path(tmp) / "data", args.images, max(args.size, 40))
+        data = cat_and_coffee(Path(tmp) / "data", args.images, max(args.size, 40))
         two = {"XLA_FLAGS": "--xla_force_host_platform_device_count=2", "JAX_PLATFORMS": "cpu"}
         rows = [("1 CPU device", "1", {"JAX_PLATFORMS": "cpu"}),
                 ("2 virtual CPU devices", "2", two)]  # fmt: skip

@@ -23,31 +23,7 @@ from pathlib import Path
 
 os.environ.setdefault("KERAS_BACKEND", "jax")
 
-import numpy as np  # noqa: E402
-from PIL import Image, ImageOps  # noqa: E402
-
-
-def photo_crops(root: Path, n_train: int = 24, n_val: int = 8) -> Path:
-    import skimage
-
-    data = Path(skimage.__file__).parent / "data"
-    rng = np.random.default_rng(0)
-    for split, n in (("train", n_train), ("validation", n_val)):
-        for name, file in (("astronaut", "astronaut.png"), ("cat", "chelsea.png"),
-                           ("coffee", "coffee.png")):  # fmt: skip
-            photo = ImageOps.grayscale(Image.open(data / file)).convert("RGB")
-            w, h = photo.size
-            (root / split / name).mkdir(parents=True, exist_ok=True)
-            for i in range(n):
-                s = int(rng.uniform(0.35, 0.7) * min(w, h))
-                x, y = rng.integers(0, w - s), rng.integers(0, h - s)
-                crop = photo.crop((x, y, x + s, y + s)).resize((96, 96), Image.BILINEAR)
-                if rng.random() < 0.5:
-                    crop = ImageOps.mirror(crop)
-                a = np.asarray(crop, np.float32) * rng.uniform(0.7, 1.3) + rng.uniform(-30, 30)
-                Image.fromarray(np.clip(a, 0, 255).astype(np.uint8)).save(
-                    root / split / name / f"{i:03d}.jpg", quality=90)  # fmt: skip
-    return root
+from kerascope.testing import grey_photo_crops  # noqa: E402
 
 
 def main() -> None:
@@ -57,7 +33,7 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        crops = photo_crops(root / "crops")
+        crops = grey_photo_crops(root / "crops")
         sweep = find_lr(crops, "transfer", image_size=64, batch_size=16, plot=None)
         common = dict(recipe="transfer", epochs=1, image_size=64, batch_size=16, seed=0,
                       augment=False, progress=False)  # fmt: skip

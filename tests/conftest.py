@@ -4,7 +4,6 @@ JAX compilation cache kept between sessions, and NumPy-drawn random weights."""
 from __future__ import annotations
 
 import contextlib
-import logging
 import os
 from pathlib import Path
 
@@ -118,32 +117,10 @@ def load_rgb(path: Path, size: int | None = None) -> np.ndarray:
 # --- counting XLA compilations (tests of "one compile per shape") ---------------------------
 
 
-class _Compiles(logging.Handler):
-    """JAX's own count: one "Compiling <name>" record per XLA compilation (jax_log_compiles)."""
-
-    def __init__(self) -> None:
-        super().__init__(logging.WARNING)
-        self.names: list[str] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        text = record.getMessage()
-        if text.startswith("Compiling "):
-            self.names.append(text.split()[1])
-
-
 @pytest.fixture
 def jax_compiles():
-    import jax
+    """JAX's own count of the XLA compilations made during the test (kerascope.testing)."""
+    from kerascope.testing import count_compiles
 
-    handler = _Compiles()
-    logger = logging.getLogger("jax")
-    level = logger.level
-    logger.addHandler(handler)
-    logger.setLevel(logging.WARNING)
-    jax.config.update("jax_log_compiles", True)
-    try:
-        yield handler
-    finally:
-        jax.config.update("jax_log_compiles", False)
-        logger.removeHandler(handler)
-        logger.setLevel(level)
+    with count_compiles() as counter:
+        yield counter

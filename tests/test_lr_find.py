@@ -8,9 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from kerascope.testing import grey_photo_crops
 from kerascope.training.lr_find import find_lr, smooth, valley
-
-from .test_train import make_photo_crops
 
 
 def test_valley_is_inside_the_longest_fall():
@@ -25,8 +24,8 @@ def test_valley_is_inside_the_longest_fall():
 
 
 @pytest.fixture(scope="module")
-def crops(tmp_path_factory, skimage_data) -> Path:
-    return make_photo_crops(tmp_path_factory.mktemp("crops"), skimage_data)
+def crops(tmp_path_factory) -> Path:
+    return grey_photo_crops(tmp_path_factory.mktemp("crops"))
 
 
 @pytest.fixture(scope="module")

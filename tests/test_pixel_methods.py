@@ -12,14 +12,13 @@ Criterion: Pearson correlation >= 0.95 per photo, as for the CAM methods.
 
 from __future__ import annotations
 
-import copy
-
 import numpy as np
 import pytest
 
 from kerascope.cam.explain import Explainer
 from kerascope.cam.methods import METHODS, get_method
 from kerascope.cam.pixel import PIXEL_METHODS
+from kerascope.testing.torch_reference import guided_copy
 
 from .conftest import load_rgb
 from .test_cam_reference import HEAD, net  # noqa: F401  (the reference network fixture)
@@ -42,31 +41,9 @@ def _corr(a, b) -> float:
 
 def _guided_net(net):  # noqa: F811
     """A copy of ``net`` whose ReLU6 modules pass back ``g 1[0 < z < 6] 1[g > 0]``."""
-    import torch
-
-    class GuidedReLU6(torch.autograd.Function):
-        @staticmethod
-        def forward(ctx, z):
-            ctx.save_for_backward(z)
-            return z.clamp(0, 6)
-
-        @staticmethod
-        def backward(ctx, g):
-            (z,) = ctx.saved_tensors
-            return g * ((z > 0) & (z < 6)).to(g.dtype) * (g > 0).to(g.dtype)
-
-    class Guided(torch.nn.Module):
-        def forward(self, z):
-            return GuidedReLU6.apply(z)
-
-    guided = copy.deepcopy(net)
-    swapped = 0
-    for module in guided.modules():
-        if isinstance(getattr(module, "_swish", None), torch.nn.ReLU6):
-            module._swish = Guided()
-            swapped += 1
+    guided, swapped = guided_copy(net)
     assert swapped == 17  # the stem/head and the 16 blocks
-    return guided.eval()
+    return guided
 
 
 def _pixel_grad(model, pixels, classes):

@@ -19,11 +19,11 @@ from kerascope.data.regularise import (
     soft_targets,
 )
 from kerascope.errors import ConfigError
+from kerascope.testing import grey_photo_crops
 from kerascope.training import train
 from kerascope.training.whole import AugmentedTrainer, DeviceFeed
 
 from .conftest import load_rgb
-from .test_train import make_photo_crops
 
 
 @pytest.fixture(scope="module")
@@ -137,9 +137,8 @@ def test_device_executor_mixes_as_the_host_does(photos, tmp_path, kind):
 
 
 @pytest.fixture(scope="module")
-def crops(tmp_path_factory, skimage_data) -> Path:
-    return make_photo_crops(tmp_path_factory.mktemp("crops"), skimage_data, n_train=16,
-                            n_val=8)  # fmt: skip
+def crops(tmp_path_factory) -> Path:
+    return grey_photo_crops(tmp_path_factory.mktemp("crops"), n_train=16, n_val=8)
 
 
 @pytest.mark.parametrize(
@@ -161,6 +160,9 @@ def test_a_short_run_with_each_regulariser_learns_real_photos(crops, tmp_path, e
     saved = yaml.safe_load((run.run_dir / "config.yaml").read_text())
     for name in ("label_smoothing", "mixup", "cutmix"):
         assert saved[name] == options.get(name, 0.0)
+    report = (run.run_dir / "report.md").read_text()
+    for name, value in options.items():  # report.md says so too (before: only config.yaml)
+        assert f"{name.replace('_', ' ')} {value:g}" in report
 
 
 def test_augment_preview_shows_the_mix(chelsea, tmp_path):

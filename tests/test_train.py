@@ -13,9 +13,10 @@ from pathlib import Path
 import keras
 import numpy as np
 import pytest
-from PIL import Image, ImageDraw, ImageOps
+from PIL import Image, ImageDraw
 
 from kerascope.report import read_history
+from kerascope.testing import grey_photo_crops
 from kerascope.training import train
 from kerascope.training.heads import unfreeze_start
 from kerascope.training.recipes import class_weights, get_recipe
@@ -42,31 +43,6 @@ def make_shapes(root: Path, n: int = 40, size: int = 64, seed: int = 0) -> Path:
             else:
                 draw.polygon([(x, y - r), (x - r, y + r), (x + r, y + r)], fill=fill)
             image.save(root / name / f"{i:03d}.png")
-    return root
-
-
-def make_photo_crops(root: Path, skimage_data: Path, n_train: int = 24, n_val: int = 8) -> Path:
-    """Random grey crops of three real photos; validation crops are drawn separately.
-
-    Grey, with random scale, brightness and mirroring, so colour alone does not give the
-    class away and a small network trained from scratch for two epochs is near chance.
-    """
-    rng = np.random.default_rng(0)
-    photos = {"astronaut": "astronaut.png", "cat": "chelsea.png", "coffee": "coffee.png"}
-    for split, n in (("train", n_train), ("validation", n_val)):
-        for name, file in photos.items():
-            photo = ImageOps.grayscale(Image.open(skimage_data / file)).convert("RGB")
-            w, h = photo.size
-            (root / split / name).mkdir(parents=True, exist_ok=True)
-            for i in range(n):
-                s = int(rng.uniform(0.35, 0.7) * min(w, h))
-                x, y = rng.integers(0, w - s), rng.integers(0, h - s)
-                crop = photo.crop((x, y, x + s, y + s)).resize((96, 96), Image.BILINEAR)
-                if rng.random() < 0.5:
-                    crop = ImageOps.mirror(crop)
-                a = np.asarray(crop, np.float32) * rng.uniform(0.7, 1.3) + rng.uniform(-30, 30)
-                out = Image.fromarray(np.clip(a, 0, 255).astype(np.uint8))
-                out.save(root / split / name / f"{i:03d}.jpg", quality=90)
     return root
 
 
@@ -185,8 +161,8 @@ def test_transfer_saves_a_model_that_reloads_identically(shapes, tmp_path):
 
 
 @pytest.mark.slow
-def test_transfer_beats_scratch_on_real_photos(tmp_path, skimage_data):
-    data = make_photo_crops(tmp_path / "crops", skimage_data)
+def test_transfer_beats_scratch_on_real_photos(tmp_path):
+    data = grey_photo_crops(tmp_path / "crops")
     budget = dict(epochs=2, image_size=96, progress=False)
     scratch = train(data, recipe="scratch", output=tmp_path / "scratch", **budget)
     transfer = train(data, recipe="transfer", output=tmp_path / "transfer", **budget)

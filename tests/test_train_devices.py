@@ -23,19 +23,19 @@ import pytest
 
 from kerascope.cli import main
 from kerascope.errors import ConfigError
+from kerascope.testing import cat_and_coffee
 from kerascope.training import devices as placing
 
 from .serve_server import free_port
-from .test_train_whole import make_cats_and_coffee
 
 ROOT = Path(__file__).resolve().parents[1]
 jax_only = pytest.mark.skipif(keras.backend.backend() != "jax", reason="JAX's devices")
 
 
 @pytest.fixture(scope="module")
-def photos(tmp_path_factory, skimage_data) -> Path:
+def photos(tmp_path_factory) -> Path:
     """Cat and coffee crops of real photos: 26 training images, 6 validation (val_split 0.2)."""
-    return make_cats_and_coffee(tmp_path_factory.mktemp("photos"), skimage_data, n=16, size=40)
+    return cat_and_coffee(tmp_path_factory.mktemp("photos"), n=16, size=40)
 
 
 def _env(**extra: str) -> dict[str, str]:

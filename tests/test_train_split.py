@@ -16,9 +16,10 @@ from kerascope.data.affine import random_affine
 from kerascope.data.augment import AugmentConfig
 from kerascope.inference import compiled
 from kerascope.report import read_history
+from kerascope.testing import grey_photo_crops
 from kerascope.training import recipes, train
 from kerascope.training.split import split_model
-from tests.test_train import StopAfter, make_photo_crops, make_shapes
+from tests.test_train import StopAfter, make_shapes
 
 
 @pytest.fixture(scope="module")
@@ -105,8 +106,8 @@ def test_split_run_saves_the_whole_network(recipe, shapes, tmp_path):
 
 
 @pytest.mark.slow
-def test_split_reaches_the_whole_graph_accuracy_on_real_photos(tmp_path, skimage_data):
-    data = make_photo_crops(tmp_path / "crops", skimage_data)
+def test_split_reaches_the_whole_graph_accuracy_on_real_photos(tmp_path):
+    data = grey_photo_crops(tmp_path / "crops")
     budget = dict(image_size=96, progress=False, augment=False)
     for recipe, epochs in (("transfer", 3), ("finetune", [2, 1])):
         whole = train(data, recipe=recipe, output=tmp_path / f"{recipe}-keras", epochs=epochs,

@@ -8,12 +8,12 @@ from pathlib import Path
 import keras
 import numpy as np
 import pytest
-from PIL import Image
 
 from kerascope.data.affine import random_affine
 from kerascope.data.augment import AugmentConfig, sample_matrices, warp
 from kerascope.data.loader import FolderSequence
 from kerascope.report import read_history
+from kerascope.testing import cat_and_coffee
 from kerascope.training import train
 from kerascope.training.whole import DeviceFeed
 
@@ -25,20 +25,6 @@ pytestmark = pytest.mark.skipif(keras.backend.backend() != "jax", reason="counts
 @pytest.fixture(scope="module")
 def shapes(tmp_path_factory) -> Path:
     return make_shapes(tmp_path_factory.mktemp("shapes"), n=15, size=40)
-
-
-def make_cats_and_coffee(root: Path, skimage_data: Path, n: int = 24, size: int = 40) -> Path:
-    """Two classes of real-photo crops: chelsea (the cat) and coffee, random place and scale."""
-    rng = np.random.default_rng(1)
-    for name, file in (("cat", "chelsea.png"), ("coffee", "coffee.png")):
-        photo = Image.open(skimage_data / file).convert("RGB")
-        (root / name).mkdir(parents=True, exist_ok=True)
-        for i in range(n):
-            s = int(rng.uniform(0.5, 0.9) * min(photo.size))
-            x, y = rng.integers(0, photo.width - s), rng.integers(0, photo.height - s)
-            crop = photo.crop((x, y, x + s, y + s)).resize((size, size), Image.BILINEAR)
-            crop.save(root / name / f"{i:03d}.jpg", quality=90)
-    return root
 
 
 def test_one_compilation_per_step_function_with_a_partial_last_batch(shapes, tmp_path,
@@ -105,10 +91,10 @@ def test_feed_transfers_each_batch_in_its_worker_with_batches_queued_ahead(shape
     assert feed.workers >= 2 and feed.max_queue_size >= 2
 
 
-def test_bfloat16_training_learns_real_photos(tmp_path, skimage_data):
+def test_bfloat16_training_learns_real_photos(tmp_path):
     """A short bfloat16 run of the whole graph on a CPU (cat vs coffee crops) learns: the
     layers compute in bfloat16 while it trains, and the saved model is float32 again."""
-    data = make_cats_and_coffee(tmp_path / "data", skimage_data)
+    data = cat_and_coffee(tmp_path / "data")
     seen: dict[str, str] = {}
 
     class Watch(keras.callbacks.Callback):
