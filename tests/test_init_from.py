@@ -48,6 +48,10 @@ def test_finetune_starts_from_the_earlier_runs_head(crops, transfer_run, tmp_pat
     for start, earlier in zip(FirstWeights.seen["head"], saved.get_weights(), strict=True):
         np.testing.assert_array_equal(start, earlier)
     assert run.config["init_from"] == str(transfer_run.run_dir.resolve())
+    assert (
+        f"head (and matching layers) of `{transfer_run.run_dir.resolve()}`"
+        in (run.run_dir / "report.md").read_text()
+    )
     assert run.val_accuracy >= 0.75
 
 

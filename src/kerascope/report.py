@@ -134,6 +134,7 @@ def write_run_report(
         "",
         *_devices_note(config),
         *_model_notes(config),
+        *_regularisers_note(config),
         "## Data",
         "",
         "```",
@@ -200,6 +201,19 @@ def _model_notes(config: dict[str, Any]) -> list[str]:
         files = config["weights"] if isinstance(config["weights"], list) else [config["weights"]]
         lines.append(f"- backbone weights: {', '.join(f'`{f}`' for f in files)}")
     return [*lines, ""]
+
+
+def _regularisers_note(config: dict[str, Any]) -> list[str]:
+    """Regularisers, augmentation policy and a head taken from an earlier run: what changes
+    the result beyond recipe and stages (``config.yaml`` records them too)."""
+    parts = [f"{name.replace('_', ' ')} {config[name]:g}"
+             for name in ("label_smoothing", "mixup", "cutmix") if config.get(name)]  # fmt: skip
+    policy = (config.get("augment") or {}).get("policy")
+    if policy:
+        parts.append(f"augmentation policy {policy}")
+    if config.get("init_from"):
+        parts.append(f"started from the head (and matching layers) of `{config['init_from']}`")
+    return [f"Also: {'; '.join(parts)}.", ""] if parts else []
 
 
 def _skipped_note(report: str | os.PathLike) -> list[str]:
