@@ -45,7 +45,8 @@ def add_commands(sub) -> None:
 
 def _add_train(sub) -> None:
     p = _parser(sub, "train", "train a classifier on DATA/<class>/ image folders")
-    p.add_argument("data", nargs="?", help="dataset folder (omit with --resume)")
+    p.add_argument("data", nargs="?", help="dataset folder (omit with --resume), or a CSV of "
+                   "path,labels (labels split by ; or |): a multi-label sigmoid head")  # fmt: skip
     p.add_argument(
         "--recipe", "-r", default="transfer", help="what to train (see the README)",
         choices=("scratch", "lenet", "transfer", "finetune", "features"),
@@ -78,6 +79,9 @@ def _add_train(sub) -> None:
                    "dropout)")  # fmt: skip
     p.add_argument("--dropout", type=float, help="rate of the head's dropout (default: the "
                    "recipe's)")  # fmt: skip
+    p.add_argument("--binary", action="store_true", help="two classes: one sigmoid unit "
+                   "(probability of the second class) and binary cross-entropy instead of a "
+                   "softmax")  # fmt: skip
     p.add_argument("--weights", metavar="FILE", help="the backbone's weights file (default: "
                    "the zoo's ImageNet weights); features: one per backbone, "
                    "comma-separated")  # fmt: skip
@@ -272,6 +276,8 @@ def _run_train(args) -> int:
         label_smoothing=args.label_smoothing, mixup=args.mixup, cutmix=args.cutmix,
         init_from=args.init_from,
     )  # fmt: skip
+    if args.binary:
+        kwargs["binary"] = True
     if args.backbone:
         kwargs["backbone"] = args.backbone
     if args.layer:

@@ -107,8 +107,13 @@ def classifier_head(
     dropout: float = 0.2,
     parts: Sequence[str] | None = None,
     seed: int | None = None,
+    activation: str = "softmax",
 ) -> Any:
     """The head's layers, then Dense(softmax) named ``predictions``.
+
+    ``activation="sigmoid"``: independent probabilities instead (a binary head is
+    ``num_classes=1``, the seed's cats-vs-dogs Dense(1, sigmoid); a multi-label head one unit
+    per label), trained with binary cross-entropy (`kerascope.training.outputs`).
 
     The default (``gap, dropout``) is GlobalAveragePooling2D -> Dropout -> Dense: this exact
     shape lets the explain module compute CAM / Grad-CAM gradients in closed form (the Dense
@@ -148,7 +153,7 @@ def classifier_head(
         else:
             raise ConfigError(f"head: unknown part {part!r}; {_HEAD_HELP}")
     # float32 whatever the precision: a softmax in bfloat16 keeps 3 significant digits
-    return L.Dense(num_classes, activation="softmax", kernel_initializer=init(0),
+    return L.Dense(num_classes, activation=activation, kernel_initializer=init(0),
                    dtype="float32", name="predictions")(x)  # fmt: skip
 
 

@@ -158,8 +158,12 @@ def build_model(
     layer: str | None = None,
     pool: str = "avg",
     head: Sequence[str] | None = None,
+    task: str = "multiclass",
 ) -> Any:
     """The recipe's network: Input (RGB 0..255) -> body -> head -> softmax, in float32.
+
+    ``task``: ``"multiclass"`` (softmax, one class per image), ``"binary"`` (two classes, one
+    sigmoid unit: the probability of class 1) or ``"multilabel"`` (a sigmoid unit per label).
 
     ``augment`` is not built in (the trainers augment the batch; kept in the signature so
     callers that pass the recipe's config still work).
@@ -174,6 +178,8 @@ def build_model(
     import keras
 
     dropout = recipe.dropout if dropout is None else dropout
+    activation = "softmax" if task == "multiclass" else "sigmoid"
+    num_classes = 1 if task == "binary" else num_classes
     inputs = keras.Input(shape=(*image_size, 3), name="image")
     x = inputs
     # The head is seeded here, not by the global seed: building a backbone may draw random
@@ -182,7 +188,8 @@ def build_model(
         names = [backbone] if isinstance(backbone, str) else list(backbone or recipe.backbone)
         spatial = len(names) == 1 and heads.reduces_first(head)
         x = _feature_branches(x, names, image_size, layer, pool, backbone_weights, spatial)
-        outputs = heads.classifier_head(x, num_classes, dropout, head, seed=seed)
+        outputs = heads.classifier_head(x, num_classes, dropout, head, seed=seed,
+                                        activation=activation)  # fmt: skip
         name = "features_ensemble"
     elif recipe.uses_backbone:
         from kerascope.zoo.models import build
@@ -191,12 +198,12 @@ def build_model(
                      pooling=None, input_shape=(*image_size, 3))  # fmt: skip
         heads.freeze(base)
         outputs = heads.classifier_head(base(x, training=False), num_classes, dropout, head,
-                                        seed=seed)  # fmt: skip
+                                        seed=seed, activation=activation)  # fmt: skip
         name = f"{base.name}_{recipe.name}"
     elif recipe.name == "scratch":
-        outputs, name = _small_cnn(x, num_classes, dropout), "small_cnn"
+        outputs, name = _small_cnn(x, num_classes, dropout, activation), "small_cnn"
     elif recipe.name == "lenet":
-        outputs, name = _lenet(x, num_classes), "lenet"
+        outputs, name = _lenet(x, num_classes, activation), "lenet"
     else:
         raise ValueError(f"recipe {recipe.name!r} has no model builder")
     return keras.Model(inputs, outputs, name=name)
@@ -242,7 +249,7 @@ def _feature_branches(x: Any, names: list[str], image_size: tuple[int, int], lay
     return branches[0] if len(branches) == 1 else keras.layers.Concatenate(name="concat")(branches)
 
 
-def _small_cnn(x: Any, num_classes: int, dropout: float) -> Any:
+def _small_cnn(x: Any, num_classes: int, dropout: float, activation: str = "softmax") -> Any:
     """The tutorial's three conv blocks; Rescaling inside, as the tutorial's ``rescale=1/255``."""
     import keras
 
@@ -254,10 +261,10 @@ def _small_cnn(x: Any, num_classes: int, dropout: float) -> Any:
     x = L.Flatten(name="flatten")(x)
     x = L.Dense(64, activation="relu", name="fc1")(x)
     x = L.Dropout(dropout, name="dropout")(x)
-    return L.Dense(num_classes, activation="softmax", name="predictions")(x)
+    return L.Dense(num_classes, activation=activation, name="predictions")(x)
 
 
-def _lenet(x: Any, num_classes: int) -> Any:
+def _lenet(x: Any, num_classes: int, activation: str = "softmax") -> Any:
     """LeNet-5 as in the traffic-sign tutorial ("same" padding, ReLU, 2x2/2 max-pooling)."""
     import keras
 
@@ -269,7 +276,7 @@ def _lenet(x: Any, num_classes: int) -> Any:
     x = L.MaxPooling2D(2, 2, name="pool2")(x)
     x = L.Flatten(name="flatten")(x)
     x = L.Dense(500, activation="relu", name="fc1")(x)
-    return L.Dense(num_classes, activation="softmax", name="predictions")(x)
+    return L.Dense(num_classes, activation=activation, name="predictions")(x)
 
 
 def inference_model(model: Any) -> Any:

@@ -60,16 +60,12 @@ from kerascope.training.checkpoints import Backup, BestCheckpoint, backup_epoch 
 from kerascope.training.finish import finish_run, remove_leftovers  # noqa: E402
 from kerascope.training.heads import UnfreezeSpec, parameter_counts  # noqa: E402
 from kerascope.training.optimizers import describe, make_optimizer  # noqa: E402
+from kerascope.training.outputs import check_task, loss_and_metric, task_of  # noqa: E402
 from kerascope.training.progress import TrainProgress  # noqa: E402
 from kerascope.training.recipes import class_weights  # noqa: E402
 from kerascope.training.settings import load_config, resolve_config, save_config  # noqa: E402
 from kerascope.training.split import PrefixSequence, SplitModel, split_model  # noqa: E402
-from kerascope.training.whole import (  # noqa: E402
-    AugmentedTrainer,
-    DeviceFeed,
-    RealAccuracy,
-    SoftRealAccuracy,
-)
+from kerascope.training.whole import AugmentedTrainer, DeviceFeed  # noqa: E402
 
 MONITOR = "val_loss"  # finer-grained than accuracy on small validation sets, where it ties
 
@@ -126,6 +122,7 @@ def train(
     mixup: float | None = None,
     cutmix: float | None = None,
     init_from: str | os.PathLike | None = None,
+    binary: bool = False,
     devices: placing.DeviceSpec = None,
     coordinator: str | None = None,
     num_processes: int | None = None,
@@ -194,6 +191,11 @@ def train(
         init_from: an earlier run directory or ``.keras`` file: its layers with the same names
             (the head; the backbone when it was fine-tuned) start this run
             (``kerascope.training.init_from``; other shapes: ConfigError naming the layer).
+        binary: a two-class folder trains one sigmoid unit (the probability of its second
+            class) with binary cross-entropy, as the seed's cats-vs-dogs model; a folder with
+            another number of classes is refused (``kerascope.training.outputs``). A ``data``
+            that is a ``.csv`` of ``path,labels`` trains a multi-label sigmoid head instead
+            (``kerascope.training.multilabel``).
 
         devices: ``"all"`` (default: every accelerator; one CPU device unless virtual ones
             are forced), a count, or device numbers (``"0,2,5"``): data-parallel training
@@ -230,13 +232,23 @@ def train(
     else:
         if data is None:
             raise ConfigError("train needs a dataset folder (or resume=RUN_DIR)")
+        if str(data).lower().endswith(".csv"):  # path,labels: a multi-label dataset
+            from kerascope.training.multilabel import train_multilabel
+
+            return train_multilabel(data, recipe, output, backbone=backbone, epochs=epochs,
+                                    batch_size=batch_size, lr=lr, seed=seed,
+                                    val_split=val_split, image_size=image_size,
+                                    patience=patience, head=head, dropout=dropout,
+                                    optimizer=optimizer, weights=weights, progress=progress,
+                                    augment=augment, layer=layer, pool=pool)  # fmt: skip
         config = resolve_config(data, recipe, output, backbone, epochs, batch_size, lr, seed,
                                 val_split, skip_bad, class_weight, unfreeze, augment,
                                 image_size, patience, layer=layer, pool=pool, head=head,
                                 dropout=dropout, optimizer=optimizer, momentum=momentum,
                                 lr_schedule=lr_schedule, weights=weights,
                                 precision=precision, label_smoothing=label_smoothing,
-                                mixup=mixup, cutmix=cutmix, init_from=init_from)  # fmt: skip
+                                mixup=mixup, cutmix=cutmix, init_from=init_from,
+                                task="binary" if binary else "multiclass")  # fmt: skip
         run_dir = Path(config["output"])
         if run_dir.exists() and not (run_dir / "config.yaml").exists():
             _check_new_output(run_dir)  # a file or someone's folder: refused, no lock left there
@@ -330,6 +342,7 @@ def _train(run_dir: Path, config: dict[str, Any], resumed: bool, engine: str | N
     if resumed and dataset.classes != config["classes"]:
         raise RunError(f"classes in '{config['data']}' changed since '{run_dir}' started: "
                          f"{dataset.classes} vs {config['classes']}")  # fmt: skip
+    check_task(task_of(config), dataset.classes, config["data"])  # --binary: two classes
     config["classes"], config["counts"] = dataset.classes, dataset.counts
     save_config(run_dir, config)
     write_json(run_dir / LABELS_NAME, {"classes": dataset.classes})
@@ -349,8 +362,8 @@ def _train(run_dir: Path, config: dict[str, Any], resumed: bool, engine: str | N
                                 augment_cfg, config["seed"], config["backbone"],
                                 backbone_weights=config.get("weights") or "imagenet",
                                 dropout=config["dropout"], layer=config.get("layer"),
-                                pool=config.get("pool", "avg"),
-                                head=config.get("head"))  # fmt: skip
+                                pool=config.get("pool", "avg"), head=config.get("head"),
+                                task=task_of(config))  # fmt: skip
     if config.get("init_from"):  # an earlier run's head (and matching layers)
         from kerascope.training.init_from import load_init_weights
 
@@ -458,8 +471,7 @@ def _run_stage(model, run_dir: Path, config: dict, index: int, stage: dict, seqs
     # batches are padded (weight 0): accuracy counts the real rows only; regularisers give
     # soft targets (validation one-hot), so the loss is then the categorical one
     regularise = RegulariseConfig.from_config(config)
-    loss, metric = ("categorical_crossentropy", SoftRealAccuracy()) if regularise else (
-        "sparse_categorical_crossentropy", RealAccuracy())  # fmt: skip
+    loss, metric = loss_and_metric(task_of(config), bool(regularise))
     trained.compile(optimizer=optimizer, loss=loss, weighted_metrics=[metric])
     start = sum(s["epochs"] for s in config["stages"][:index])
     end = start + stage["epochs"]

@@ -61,8 +61,11 @@ def resolve_config(
     mixup: float | None = None,
     cutmix: float | None = None,
     init_from: str | os.PathLike | None = None,
+    task: str = "multiclass",
 ) -> dict[str, Any]:
     """Every setting of a run as plain data, defaults filled in (written as ``config.yaml``).
+
+    ``task``: ``multiclass``, ``binary`` or ``multilabel`` (`kerascope.training.outputs`).
 
     ``precision`` is stored resolved (``auto`` becomes what this device computes in);
     ``label_smoothing``, ``mixup`` and ``cutmix`` as floats, 0 when off."""
@@ -78,6 +81,10 @@ def resolve_config(
                           f"recipe {r.name!r} takes neither")  # fmt: skip
     stages = resolve_stages(r, epochs, lr, optimizer, momentum, lr_schedule)
     regular = RegulariseConfig(float(label_smoothing or 0), float(mixup or 0), float(cutmix or 0))
+    from kerascope.training.outputs import check_regularisers, check_task
+
+    check_task(task, ["?", "?"])  # the task's name; its classes are checked after the scan
+    check_regularisers(task, asdict(regular))
     if image_size is None:
         image_size = r.image_size or native_size(backbone)
     size = [int(image_size)] * 2 if isinstance(image_size, int) else [int(v) for v in image_size]
@@ -117,6 +124,7 @@ def resolve_config(
         **asdict(regular),
         "init_from": resolve_init_from(init_from),
         "head": head_,
+        "task": task,
         "dropout": dropout,
         "weights": weights_,
         "patience": int(patience if patience is not None else r.patience),

@@ -187,3 +187,8 @@ class SoftRealAccuracy(_RealRows, keras.metrics.CategoricalAccuracy):
     """``accuracy`` against the largest share of soft targets (label smoothing, mixup,
     cutmix), over the real rows of padded batches. With mixup the largest share is the
     image's own label when lambda > 1/2, the partner's otherwise."""
+
+
+class RealBinaryAccuracy(_RealRows, keras.metrics.BinaryAccuracy):
+    """``accuracy`` of a sigmoid head (binary, or each label of a multi-label head, at 0.5)
+    over the real rows of padded batches (`_RealRows`)."""

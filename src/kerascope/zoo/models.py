@@ -462,6 +462,11 @@ def _load_file(path: Path) -> Classifier:
     shape, classes = _check_interface(model, model_path)
     labels_file = run_dir / "labels.json"
     names = read_labels(run_dir)  # a damaged labels.json is one line, not a traceback
+    from kerascope.zoo.sigmoid_heads import is_binary_sigmoid, read_multilabel, two_class_view
+
+    if classes == 1 and names is not None and len(names) == 2 and is_binary_sigmoid(model):
+        model, classes = two_class_view(model), 2  # a binary run: read as two classes
+    multilabel = read_multilabel(run_dir)
     if names is not None:
         labels = [(str(i), n) for i, n in enumerate(names)]
     elif classes == 1000:
@@ -478,4 +483,5 @@ def _load_file(path: Path) -> Classifier:
         input_size=(int(shape[1]), int(shape[2])),
         labels=labels,
         source=str(model_path),
+        extra={"multilabel": multilabel} if multilabel else {},
     )

@@ -1,0 +1,57 @@
+"""Runs whose network ends in sigmoid units, read like any classifier.
+
+* A binary run (``train --binary``) saves the seed's Dense(1, sigmoid): the probability of
+  class 1. Loaded, it gets a fixed two-unit layer on top giving ``[1 - p, p]``, so every
+  reader of ``(N, classes)`` probability rows (classify, evaluate, predict, validate, TTA,
+  serve) sees two classes. ``model.keras`` itself keeps the one unit.
+* A multi-label run saves ``multilabel.json`` (its labels and the per-label thresholds tuned
+  on validation); the loaded classifier carries them in ``Classifier.extra["multilabel"]``, and
+  each sigmoid output is a label's own probability.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+MULTILABEL_NAME = "multilabel.json"
+
+
+def is_binary_sigmoid(model: Any) -> bool:
+    """One sigmoid unit at the output (the seed's binary head)."""
+    import keras
+
+    out = model.outputs[0]
+    layer = out._keras_history.operation
+    activation = getattr(layer, "activation", None)
+    return tuple(out.shape)[1:] == (1,) and activation is keras.activations.sigmoid
+
+
+def two_class_view(model: Any) -> Any:
+    """``model`` with outputs ``[1 - p, p]``: a Dense(2) on the sigmoid, weights [[-1, 1]],
+    bias [1, 0] (exact, and a layer every engine runs), sharing the model's layers."""
+    import keras
+    import numpy as np
+
+    layer = keras.layers.Dense(2, dtype="float32", name="two_classes", trainable=False)
+    outputs = layer(model.outputs[0])
+    layer.set_weights([np.array([[-1.0, 1.0]], np.float32), np.array([1.0, 0.0], np.float32)])
+    return keras.Model(model.inputs, outputs, name=model.name)
+
+
+def read_multilabel(run_dir: str | Path) -> dict[str, Any] | None:
+    """``multilabel.json`` of a run (labels, thresholds), or None for other runs."""
+    path = Path(run_dir) / MULTILABEL_NAME
+    if not path.is_file():
+        return None
+    from kerascope.errors import RunError
+
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+        thresholds = [float(t) for t in record["thresholds"]]
+        labels = [str(n) for n in record["labels"]]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise RunError(f"'{path}' is damaged ({type(exc).__name__}: {exc}); train the "
+                             "run again or restore the file") from None  # fmt: skip
+    return {"labels": labels, "thresholds": thresholds}
