@@ -75,7 +75,10 @@ def _add_classify(sub) -> None:
         "--format", "-f", choices=("table", "json", "csv"), default="table", help="output format"
     )
     p.add_argument("--output", "-o", help="write to this file instead of the terminal")
-    p.add_argument("--batch-size", "-b", type=positive_int, default=32, help="images per batch")
+    from kerascope.batch_sizes import batch_size_help
+
+    p.add_argument("--batch-size", "-b", type=positive_int, default=None,
+                   help=batch_size_help("classify"))  # fmt: skip
     p.add_argument(
         "--group",
         action="store_true",
@@ -140,6 +143,9 @@ def _run_classify(args) -> int:
     if tta is not None and group:  # before the model loads: a usage error is instant
         raise CliError("--tta does not combine with --group/--groups yet; drop one of them")
     clf = load_model(args.model, weights=args.weights)
+    from kerascope.batch_sizes import batch_size_or_default
+
+    args.batch_size = batch_size_or_default(args.batch_size, "classify")  # by the device
     precision = run_precision(clf, args.precision)
     say_precision(args.precision, precision, engine_name(clf.model, precision=precision))
     stream = classify_sources(clf, sources, args.top, args.threshold, args.batch_size,

@@ -6,7 +6,14 @@ from __future__ import annotations
 
 import argparse
 
+from kerascope.batch_sizes import batch_size_help
 from kerascope.errors import CliError
+from kerascope.precision import PRECISION_HELP, add_precision_option
+
+BATCH_PRECISION_HELP = (
+    PRECISION_HELP + "; auto is resolved on each worker, and each shard's metadata and the "
+    "closing line say what ran"
+)
 
 _DESCRIPTION = """\
 Run classify, features or explain over many images into one output folder of Parquet
@@ -70,7 +77,10 @@ def _task(tasks, name: str, text: str):
     )  # fmt: skip
     p.add_argument("--workers", type=int, help="model copies (default: one per GPU, else CPU)")
     p.add_argument("--block-size", type=int, default=256, help="inputs per shard (default 256)")
-    p.add_argument("--batch-size", "-b", type=int, default=32, help="images per forward pass")
+    p.add_argument("--batch-size", "-b", type=int, default=None,
+                   help=batch_size_help("explain" if name == "explain" else "classify")
+                   + "; each worker's device decides")  # fmt: skip
+    add_precision_option(p, BATCH_PRECISION_HELP)
     p.set_defaults(func=_run_batch)
     return p
 
@@ -95,11 +105,13 @@ def _run_batch(args) -> int:
     resumed = f" ({report.already} done before)" if report.already else ""
     output.note(
         f"{report.inputs} input(s) in {report.blocks} shard(s) in {report.output}{resumed}, "
-        f"ran {report.where}; {report.errors} error row(s)"
+        f"ran {report.where}; {report.errors} error row(s); computed in "
+        f"{' and '.join(report.precisions)}"
     )
     return 1 if report.errors else 0
 
 
 _OPTIONS = frozenset(
-    "model weights top threshold layer pool image_size method target alpha colormap fit".split()
+    "model weights top threshold layer pool image_size method target alpha colormap fit "
+    "precision".split()
 )

@@ -10,6 +10,7 @@ import contextlib
 import os
 from pathlib import Path
 
+from kerascope.batch_sizes import batch_size_help, batch_size_or_default
 from kerascope.cli_common import DASH_NOTE, fraction, positive_int
 from kerascope.errors import CliError
 
@@ -175,7 +176,8 @@ def _add_explain_args(p) -> None:
         default=None,
         help_text=lambda: f"heatmap colours (default: {_default_colormap()})",
     )
-    p.add_argument("--batch-size", "-b", type=positive_int, default=16, help="images per batch")
+    p.add_argument("--batch-size", "-b", type=positive_int, default=None,
+                   help=batch_size_help("explain"))  # fmt: skip
     p.add_argument(
         "--precision",
         type=_precision,
@@ -293,6 +295,7 @@ def _run_explain(args) -> int:
         check_outputs([None if n is None else Path(args.output) / n for n in names], sources,
                       args.overwrite)  # fmt: skip
     clf = load_model(args.model, weights=args.weights)
+    args.batch_size = batch_size_or_default(args.batch_size, "explain")  # by the device
     clf, target = _target(clf, args.target)
     if args.compare:
         return _run_compare(args, clf, sources, target)
@@ -506,6 +509,7 @@ def _run_video(args) -> int:
     _check_video_output(args.input, args.output, args.overwrite)
     total = estimate_frames(args.input)
     clf = load_model(args.model, weights=args.weights)
+    args.batch_size = batch_size_or_default(args.batch_size, "explain")  # by the device
     clf, target = _target(clf, args.target)
     with output.progress_bar(total, "video frames", min_total=1) as advance:
         report = explain_video(

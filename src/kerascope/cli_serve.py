@@ -69,6 +69,9 @@ def add_serve_command(sub) -> None:
             flag, dest=field, type=kind, default=getattr(defaults, field), help=text,
             metavar=unit if unit in ("MB", "MP", "S") else "N",
         )  # fmt: skip
+    from kerascope.precision import PRECISION_HELP, add_precision_option
+
+    add_precision_option(p, PRECISION_HELP + "; /v1/models and every response say what ran")
     p.set_defaults(func=_run_serve)
 
 
@@ -104,5 +107,6 @@ def _run_serve(args) -> int:
         max_wait_ms=args.max_wait_ms,
         log_level=args.log_level,
         limits=limits,
+        precision=args.precision,
     )
     return 0

@@ -53,6 +53,7 @@ class BatchReport:
     skipped_files: list[str]
     where: str
     redone: list[str] = field(default_factory=list)  # damaged shards found and written again
+    precisions: list[str] = field(default_factory=list)  # what the shards were computed in
 
 
 def _settings(task: str, o: dict[str, Any]) -> dict[str, Any]:
@@ -62,6 +63,11 @@ def _settings(task: str, o: dict[str, Any]) -> dict[str, Any]:
         model = os.path.abspath(str(model))
     weights = o.get("weights")
     weights = os.path.abspath(weights) if weights else None
+    if o.get("precision") is not None:  # only when asked: older jobs' settings stay as they were
+        from kerascope.precision import check_precision
+
+        return {**_settings(task, {**o, "precision": None}),
+                "precision": check_precision(o["precision"])}  # fmt: skip
     if task == "classify":
         top = int(o.get("top", 5))
         if top < 1:
@@ -89,7 +95,7 @@ def run_batch(
     cluster: str | None = None,
     workers: int | None = None,
     block_size: int = 256,
-    batch_size: int = 32,
+    batch_size: int | None = None,
     progress: Callable[[int], None] | None = None,
     **options: Any,
 ) -> BatchReport:
@@ -105,9 +111,15 @@ def run_batch(
             initialised Ray (``ray.init`` by the caller) is used as it is.
         workers: actors (model copies); default one per GPU of the cluster, else per CPU.
         block_size: inputs per block: per shard, and per unit of retry and resume.
+        batch_size: images per forward pass; None: each worker's device decides
+            (`kerascope.batch_sizes.default_batch_size`: 32 / 16 for explain on a CPU, 256 / 128
+            on a GPU).
         options: the task's options, as the single-machine commands take them: ``model``,
             ``weights``, ``top``, ``threshold``; ``layer``, ``pool``, ``image_size``;
-            ``method``, ``target``, ``alpha``, ``colormap``.
+            ``method``, ``target``, ``alpha``, ``colormap``; and ``precision`` (auto, float32,
+            bfloat16, float16; None: ``KERASCOPE_PRECISION`` or auto, resolved on each worker,
+            so a GPU worker runs bfloat16 where a CPU one runs float32; each shard's metadata
+            and `BatchReport.precisions` say what ran).
 
     Returns:
         A `BatchReport`. Each input is in the output exactly once: a result, or an error row.
@@ -118,7 +130,7 @@ def run_batch(
     """
     if task not in TASKS:
         raise BatchError(f"task must be one of {', '.join(TASKS)}, got {task!r}")
-    if batch_size < 1:
+    if batch_size is not None and batch_size < 1:
         raise BatchError("--batch-size must be at least 1")
     if workers is not None and workers < 1:
         raise BatchError("--workers must be at least 1")
@@ -152,10 +164,12 @@ def run_batch(
     from kerascope.scale.work import shard_info
 
     folder = shard_dir(out, task)
-    errors = sum(shard_info(folder / b.shard).get("errors", 0) for b in blocks)
+    infos = [shard_info(folder / b.shard) for b in blocks]
+    errors = sum(info.get("errors", 0) for info in infos)
+    precisions = sorted({info.get("precision", "not recorded") for info in infos})
     return BatchReport(task, out, len(found.paths), len(blocks), len(todo),
                        len(blocks) - len(todo), errors, used, found.skipped, where,
-                       redone)  # fmt: skip
+                       redone, precisions)  # fmt: skip
 
 
 def _require(what: str, module: str) -> None:

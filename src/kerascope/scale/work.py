@@ -79,7 +79,8 @@ class BlockWorker:
 
     Args:
         job: ``task``, ``output`` (folder), ``settings`` (the task's options) and
-            ``batch_size``, as plain data (it travels to every actor).
+            ``batch_size`` (None: `kerascope.batch_sizes.default_batch_size` for the device
+            this worker runs on), as plain data (it travels to every actor).
     """
 
     JOB: dict[str, Any] | None = None  # set on a subclass by the Ray driver
@@ -90,22 +91,27 @@ class BlockWorker:
         self.out = Path(job["output"])
         self.folder = shard_dir(self.out, self.task)
         self.settings = job["settings"]
-        self.batch_size = int(job["batch_size"])
         self.fatal: str | None = None
+        self.batch_size = 0
         try:
+            from kerascope.batch_sizes import batch_size_or_default
+
+            work = "explain" if self.task == "explain" else "classify"
+            self.batch_size = batch_size_or_default(job.get("batch_size"), work)  # this device's
             self._setup()
         except (KerascopeError, ValueError, OSError) as exc:
             self.fatal = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
 
     def _setup(self) -> None:
         s = self.settings
+        asked = s.get("precision")  # None: KERASCOPE_PRECISION or auto, on this worker's device
         if self.task == "features":
             from kerascope.bottleneck import FeatureSpec, forward_for, weights_checksum
             from kerascope.bottleneck.branches import weights_file
 
             self.spec = FeatureSpec.make(s["model"], s["layer"], s["pool"], s["image_size"],
                                          s["weights"])  # fmt: skip
-            self.forward, self.shape = forward_for(self.spec)
+            self.forward, self.shape = forward_for(self.spec, asked)
             self.meta = {
                 "model": self.spec.backbone,
                 "layer": self.spec.layer or "",
@@ -115,20 +121,24 @@ class BlockWorker:
                 "shape": list(self.shape),
                 "weights_file": str(weights_file(self.spec)),
                 "weights_sha256": weights_checksum(weights_file(self.spec)),
+                "precision": self.forward.precision,
             }
             return
+        from kerascope.classification import run_precision
         from kerascope.zoo.models import load_model
 
-        self.clf = load_model(s["model"], weights=s.get("weights"))
-        self.meta = {"model": self.clf.name, "model_source": self.clf.source}
+        self.clf = load_model(s["model"], weights=s.get("weights"), precision=asked)
+        self.meta = {"model": self.clf.name, "model_source": self.clf.source,
+                     "precision": run_precision(self.clf)}  # fmt: skip
         if self.task == "explain":
             from kerascope.cam.explain import _cached_explainer, resolve_target
             from kerascope.cam.groups import class_or_group
 
             self.clf, target = class_or_group(self.clf, s["target"])  # "cat": a WordNet group
-            self.explainer = _cached_explainer(self.clf, s["method"], s["layer"])
+            self.explainer = _cached_explainer(self.clf, s["method"], s["layer"], precision=asked)
             self.target = None if target is None else resolve_target(self.clf, target)
-            self.meta.update(method=self.explainer.method, layer=self.explainer.layer)
+            self.meta.update(method=self.explainer.method, layer=self.explainer.layer,
+                             precision=self.explainer.precision)  # fmt: skip
 
     def __call__(self, batch: Any) -> Any:
         rows = batch.to_pylist() if hasattr(batch, "to_pylist") else list(batch)

@@ -180,6 +180,7 @@ def create_app(
             for it in items
         ]
         body = {"model": served_model.key, "engine": served_model.engine,
+                "precision": served_model.precision,
                 "results": [dataclasses.asdict(r) for r in results]}  # fmt: skip
         status = failure_status(items)
         if status != 200:
@@ -305,7 +306,8 @@ def create_app(
             wnid, name = clf.labels[c]
             headers = {"X-Kerascope-Class": quote(name), "X-Kerascope-Class-Id": quote(wnid),
                        "X-Kerascope-Class-Index": str(c), "X-Kerascope-Probability": f"{p:.6f}",
-                       "X-Kerascope-Model": quote(served_model.key)}  # fmt: skip
+                       "X-Kerascope-Model": quote(served_model.key),
+                       "X-Kerascope-Precision": served_model.explain_precision(method)}  # fmt: skip
             return Response(picture, media_type=f"image/{format}", headers=headers)
 
         def result(it) -> dict:
@@ -321,7 +323,12 @@ def create_app(
             return row
 
         rows = await loop.run_in_executor(pool, lambda: [result(it) for it in items])
-        body = {"model": served_model.key, "method": method, "results": rows}
+        body = {
+            "model": served_model.key,
+            "method": method,
+            "precision": served_model.explain_precision(method),
+            "results": rows,
+        }
         if status != 200:
             return _error(status, items[0].error, **body)
         return JSONResponse(body)  # already plain JSON: skip jsonable_encoder

@@ -31,6 +31,9 @@ class ImageResult(BaseModel):
 class ClassifyResponse(BaseModel):
     model: str
     engine: str = Field(description="onnx or keras: what ran the forward pass")
+    precision: str = Field(
+        "float32", description="what the forward pass computed in: float32, bfloat16, float16"
+    )
     results: list[ImageResult]
 
 
@@ -57,6 +60,7 @@ class ExplainResult(BaseModel):
 class ExplainResponse(BaseModel):
     model: str
     method: str
+    precision: str = Field("float32", description="what the maps were computed in")
     results: list[ExplainResult]
 
 
@@ -78,6 +82,7 @@ class ModelInfo(BaseModel):
     input_size: list[int] = Field(description="(height, width) the model sees")
     num_classes: int
     engine: str
+    precision: str = Field("float32", description="what classify computes in on this server")
     methods: list[str] = Field(description="explain methods this server answers for the model")
     expensive_methods: list[str] = Field(
         description="methods that run the model K times per image: their own queue and "

@@ -97,10 +97,24 @@ class ServedModel:
         )  # fmt: skip
 
     @property
+    def precision(self) -> str:
+        """What classify computes in here: the server's ``--precision`` (`load_served`),
+        resolved on this machine (auto: bfloat16 on GPUs that compute it natively)."""
+        from kerascope.classification import run_precision
+
+        return run_precision(self.clf)
+
+    @property
     def engine(self) -> str:
         from kerascope.inference import engine_name
 
-        return engine_name(self.clf.model)
+        return engine_name(self.clf.model, precision=self.precision)
+
+    def explain_precision(self, method: str) -> str:
+        """What ``method``'s maps are computed in here (float32 where a method has no
+        reduced-precision path: the host maps, the smoothing options)."""
+        cam = self._cams.get(method)
+        return cam.precision if cam is not None else self.precision
 
     def describe(self, default: bool) -> dict[str, Any]:
         """What ``GET /v1/models`` says about this model (no server paths)."""
@@ -111,6 +125,7 @@ class ServedModel:
             "input_size": list(self.clf.input_size),
             "num_classes": self.clf.num_classes,
             "engine": self.engine,
+            "precision": self.precision,
             "methods": [m["name"] for m in methods if m["allowed"]],
             "expensive_methods": [m["name"] for m in methods if m["expensive"]],
             "method_details": methods,
@@ -170,7 +185,7 @@ class ServedModel:
         from kerascope.inference import compiled
 
         x = _pad(np.stack(batch), self._padded(len(batch)))
-        probs = compiled(self.clf.model)(x)
+        probs = compiled(self.clf.model, precision=self.precision)(x)
         return list(np.asarray(probs, dtype=np.float32)[: len(batch)])
 
     def resolve_class(self, query: str | None) -> int:
@@ -243,7 +258,9 @@ class ServedModel:
         if explainer is None:
             with self._build_lock:  # the two threads may both build one (the shared probe)
                 try:
-                    explainer = self._cams[method] = Explainer(self.clf, method)
+                    explainer = self._cams[method] = Explainer(
+                        self.clf, method, precision=self.precision
+                    )
                 except ValueError as exc:  # MethodError, LayerError: this model cannot
                     raise RequestError(str(exc), 400) from None
         # Padding (for the jit's compile cache) would cost K passes per padded row here.
@@ -283,8 +300,12 @@ def load_served(
     max_wait_ms: float = 5.0,
     warm: bool = True,
     limits: ServeLimits | None = None,
+    precision: str | None = None,
 ) -> dict[str, ServedModel]:
     """Load every model named (zoo name, run directory or .keras file); the first is default.
+
+    ``precision``: what the models compute in (auto, float32, bfloat16, float16; None:
+    ``KERASCOPE_PRECISION`` or auto); `ServedModel.precision` says what it resolved to.
 
     Raises:
         KerascopeError: a model that cannot be loaded (the message names it).
@@ -293,7 +314,7 @@ def load_served(
 
     served: dict[str, ServedModel] = {}
     for name in names:
-        clf = load_model(name)
+        clf = load_model(name, precision=precision)
         key = model_key(clf, set(served))
         served[key] = ServedModel(key, clf, max_batch, max_wait_ms, limits or ServeLimits())
         if warm:

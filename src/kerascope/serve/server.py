@@ -51,10 +51,12 @@ def run_server(
     log_level: str = "info",
     announce: Callable[[str], None] | None = None,
     limits: ServeLimits | None = None,
+    precision: str | None = None,
 ) -> None:
     """Load ``models`` (the first is the default), then serve until interrupted.
 
-    ``limits``: every limit (default: `ServeLimits` with ``max_body_mb``).
+    ``limits``: every limit (default: `ServeLimits` with ``max_body_mb``). ``precision``: what
+    the models compute in (auto, float32, bfloat16, float16; see `load_served`).
 
     Raises:
         ServeError: the ``serve`` extra is missing or the address cannot be used.
@@ -86,11 +88,11 @@ def run_server(
     sock = bind(host, port)  # first: a port in use fails before minutes of model loading
     try:
         say(f"loading {', '.join(models)}")
-        served = load_served(models, max_batch, max_wait_ms, limits=limits)
+        served = load_served(models, max_batch, max_wait_ms, limits=limits, precision=precision)
         app = create_app(served, limits=limits)
         bound_host, bound_port = sock.getsockname()[:2]
         shown = f"[{bound_host}]" if ":" in bound_host else bound_host
-        engines = ", ".join(f"{k} ({m.engine})" for k, m in served.items())
+        engines = ", ".join(f"{k} ({m.engine}, {m.precision})" for k, m in served.items())
         cap = connection_cap(limits)
         if cap < limits.limit_concurrency:
             say(f"at most {cap} connections, not {limits.limit_concurrency}: this process may "

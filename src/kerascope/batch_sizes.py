@@ -1,0 +1,65 @@
+"""Default batch sizes by device: the one rule behind the ``--batch-size`` defaults.
+
+Why it depends on the device: on a CPU a batch of 32 (classify) or 16 (explain) already keeps
+every core busy and larger ones only cost memory (benchmarks/classify_cpu.py), while a GPU
+idles at such sizes: on an H200, EfficientNet-Lite0 ran 13,104 img/s at batch 256 (issue 18's
+table). Explain keeps half of classify's size: its backward pass holds the activations too.
+An explicit ``-b`` always wins; this only fills in what was not given.
+"""
+
+from __future__ import annotations
+
+# work -> device kind -> images per batch
+BATCH_SIZES: dict[str, dict[str, int]] = {
+    "classify": {"cpu": 32, "gpu": 256, "tpu": 256},
+    "explain": {"cpu": 16, "gpu": 128, "tpu": 128},
+}
+DEVICE_KINDS = ("cpu", "gpu", "tpu")
+
+
+def device_kind() -> str:
+    """``"gpu"``, ``"tpu"`` or ``"cpu"``: what the active Keras backend computes on by default.
+
+    Imports the backend (the command is about to run a model on it anyway)."""
+    import keras
+
+    backend = keras.backend.backend()
+    if backend == "jax":
+        import jax
+
+        platform = jax.default_backend()
+        return "cpu" if platform == "cpu" else "tpu" if platform == "tpu" else "gpu"
+    if backend == "torch":
+        import torch
+
+        if torch.cuda.is_available():
+            return "gpu"
+        mps = getattr(torch.backends, "mps", None)
+        return "gpu" if mps is not None and mps.is_available() else "cpu"
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        return "gpu" if tf.config.list_physical_devices("GPU") else "cpu"
+    return "cpu"
+
+
+def default_batch_size(work: str, kind: str | None = None) -> int:
+    """Images per batch for ``work`` (``classify`` or ``explain``) on ``kind`` (a device kind;
+    None: this process's, `device_kind`)."""
+    if work not in BATCH_SIZES:
+        raise ValueError(f"work must be one of {', '.join(BATCH_SIZES)}, got {work!r}")
+    kind = device_kind() if kind is None else kind
+    if kind not in DEVICE_KINDS:
+        raise ValueError(f"device kind must be one of {', '.join(DEVICE_KINDS)}, got {kind!r}")
+    return BATCH_SIZES[work][kind]
+
+
+def batch_size_help(work: str) -> str:
+    """``--batch-size``'s help for ``work``, the defaults read from `BATCH_SIZES`."""
+    sizes = BATCH_SIZES[work]
+    return f"images per batch (default: {sizes['cpu']} on a CPU, {sizes['gpu']} on a GPU or TPU)"
+
+
+def batch_size_or_default(asked: int | None, work: str) -> int:
+    """``asked`` when given (an explicit -b wins), else `default_batch_size` on this device."""
+    return int(asked) if asked is not None else default_batch_size(work)

@@ -1,0 +1,163 @@
+"""Issue 18 on CPU: device-dependent batch defaults, and ``--precision`` on serve and batch.
+
+The real default model (efficientnet_lite0, ported weights) on the real cat photo (chelsea,
+a tabby): bfloat16 and float32 agree on its class; every answer says what it computed in.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from kerascope.batch_sizes import (
+    BATCH_SIZES,
+    batch_size_or_default,
+    default_batch_size,
+    device_kind,
+)
+
+CATS = range(281, 286)  # tabby, tiger cat, Persian, Siamese, Egyptian cat
+CAT_IDS = ("n02123045", "n02123159", "n02123394", "n02123597", "n02124075")
+
+
+# --- the batch-size rule ------------------------------------------------------------------------
+
+
+def test_gpu_defaults_are_larger_and_explicit_batch_size_wins():
+    assert default_batch_size("classify", "cpu") == 32
+    assert default_batch_size("explain", "cpu") == 16
+    assert default_batch_size("classify", "gpu") == 256
+    assert default_batch_size("explain", "gpu") == 128
+    assert default_batch_size("classify", "tpu") == 256
+    for work in BATCH_SIZES:  # a device never gets a smaller batch than the CPU
+        assert BATCH_SIZES[work]["gpu"] > BATCH_SIZES[work]["cpu"]
+    assert batch_size_or_default(8, "classify") == 8  # -b 8 on any device
+    assert device_kind() == "cpu"  # this machine (CI has no GPU)
+    assert batch_size_or_default(None, "explain") == 16
+    with pytest.raises(ValueError, match="device kind"):
+        default_batch_size("classify", "npu")
+
+
+@pytest.mark.parametrize(("command", "cpu", "gpu"), [("classify", 32, 256), ("explain", 16, 128)])
+def test_help_states_the_rule(command, cpu, gpu, capsys):
+    from kerascope.cli import build_parser
+
+    parser = build_parser()
+    args = parser.parse_args([command, "x.jpg"])
+    assert args.batch_size is None  # filled in by the device when the command runs
+    assert parser.parse_args([command, "-b", "8", "x.jpg"]).batch_size == 8
+    with pytest.raises(SystemExit):
+        parser.parse_args([command, "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert f"default: {cpu} on a CPU, {gpu} on a GPU or TPU" in text
+
+
+# --- serve --------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def chelsea_224(chelsea):
+    from kerascope.images import resize
+
+    return resize(chelsea, (224, 224))
+
+
+@pytest.fixture(scope="module")
+def served_bf16(lite0):
+    from kerascope.serve.served import load_served
+
+    served = load_served(["efficientnet_lite0"], max_batch=4, warm=False, precision="bfloat16")
+    yield next(iter(served.values()))
+
+
+def test_serve_runs_in_the_precision_asked_and_says_so(served_bf16, lite0, chelsea_224):
+    from kerascope.inference import compiled
+
+    model = served_bf16
+    assert model.precision == "bfloat16" and model.engine == "keras"
+    assert model.describe(True)["precision"] == "bfloat16"
+    (probs,) = model._classify([chelsea_224])
+    exact = compiled(lite0.model, precision="float32")(chelsea_224[None])[0]
+    assert int(np.argmax(probs)) == int(np.argmax(exact)) and np.argmax(probs) in CATS
+    assert np.abs(probs - exact).max() < 0.05  # bfloat16 keeps ~3 significant digits
+    ((heat, cls, p),) = model._explain("gradcam", [(chelsea_224, -1)])
+    assert cls == int(np.argmax(exact)) and model.explain_precision("gradcam") == "bfloat16"
+    assert heat.max() == pytest.approx(1.0, abs=1e-3)
+
+
+def test_serve_responses_say_the_precision(served_bf16, chelsea_224):
+    import io
+
+    from fastapi.testclient import TestClient
+    from PIL import Image
+
+    from kerascope.serve.app import create_app
+
+    app = create_app({served_bf16.key: served_bf16})
+    data = io.BytesIO()
+    Image.fromarray(chelsea_224).save(data, "PNG")
+    upload = [("file", ("cat.png", data.getvalue()))]
+    with TestClient(app) as client:
+        models = client.get("/v1/models").json()["models"]
+        assert models[0]["precision"] == "bfloat16"
+        classified = client.post("/v1/classify", files=upload).json()
+        assert classified["precision"] == "bfloat16"
+        assert classified["results"][0]["predictions"][0]["class_id"] in CAT_IDS
+        explained = client.post("/v1/explain", files=upload).json()
+        assert explained["precision"] == "bfloat16"
+        picture = client.post("/v1/explain?format=png", files=upload)
+        assert picture.headers["X-Kerascope-Precision"] == "bfloat16"
+
+
+def test_serve_cli_takes_precision():
+    from kerascope.cli import build_parser
+
+    assert build_parser().parse_args(["serve", "--precision", "bf16"]).precision == "bfloat16"
+    assert build_parser().parse_args(["serve"]).precision is None
+
+
+# --- batch --------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def cat_folder(tmp_path_factory, skimage_data):
+    import shutil
+
+    folder = tmp_path_factory.mktemp("cats")
+    shutil.copy(skimage_data / "chelsea.png", folder / "chelsea.png")
+    shutil.copy(skimage_data / "coffee.png", folder / "coffee.png")
+    return folder
+
+
+def test_batch_classify_in_bfloat16_records_it(cat_folder, lite0, tmp_path):
+    pq = pytest.importorskip("pyarrow.parquet")
+    from kerascope.scale import run_batch, shard_info
+    from kerascope.scale.plan import shard_dir
+
+    reports = {}
+    for precision in ("float32", "bfloat16"):
+        reports[precision] = run_batch("classify", [str(cat_folder)], tmp_path / precision,
+                                       top=3, precision=precision)  # fmt: skip
+    rows = {}
+    for precision, report in reports.items():
+        assert report.precisions == [precision] and report.errors == 0
+        (shard,) = shard_dir(report.output, "classify").glob("*.parquet")
+        assert shard_info(shard)["precision"] == precision
+        assert shard_info(shard)["settings"]["precision"] == precision
+        table = pq.read_table(shard).to_pylist()
+        rows[precision] = {(r["image"], r["rank"]): r for r in table}
+    for key, exact in rows["float32"].items():
+        if key[1] == 1:  # top-1 agrees on both photos; probabilities within bfloat16's reach
+            assert rows["bfloat16"][key]["class_id"] == exact["class_id"]
+            assert rows["bfloat16"][key]["probability"] == pytest.approx(
+                exact["probability"], abs=0.05
+            )
+    cat = [r for k, r in rows["bfloat16"].items() if k[0].endswith("chelsea.png") and k[1] == 1]
+    assert cat[0]["class_id"] in CAT_IDS
+
+
+def test_batch_cli_precision_and_batch_size_defaults():
+    from kerascope.cli import build_parser
+
+    args = build_parser().parse_args(["batch", "explain", "x", "-o", "out", "--precision", "fp16"])
+    assert args.precision == "float16" and args.batch_size is None
