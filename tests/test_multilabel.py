@@ -1,0 +1,142 @@
+"""Multi-label training from a CSV (issue 21): each picture holds two real-photo crops (left
+half one of four scikit-image photos, right half another) and names both; a sigmoid head on
+the offline Lite0 learns both labels, evaluate reports per-label precision / recall / F1 and
+mAP with the per-label thresholds tuned on validation, and predict / classify --model RUN name
+every label above its threshold. The CSV parser refuses bad rows naming their number."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from kerascope.data.folders import DatasetError
+from kerascope.data.multilabel import read_label_csv
+from kerascope.multilabel_metrics import average_precision, best_threshold, multilabel_report
+
+PHOTOS = {"astronaut": "astronaut.png", "cat": "chelsea.png", "coffee": "coffee.png",
+          "rocket": "rocket.jpg"}  # fmt: skip
+
+
+def _crop(photo: Image.Image, rng: np.random.Generator, size: tuple[int, int]) -> Image.Image:
+    """A random crop (60-90 % of the shorter side) resized to ``size`` = (w, h)."""
+    w, h = photo.size
+    s = int(rng.uniform(0.6, 0.9) * min(w, h))
+    x, y = int(rng.integers(0, w - s + 1)), int(rng.integers(0, h - s + 1))
+    return photo.crop((x, y, x + s, y + s)).resize(size, Image.BILINEAR)
+
+
+def make_pairs(root: Path, skimage_data: Path, n: int = 96, seed: int = 0) -> Path:
+    """``n`` 128x128 pictures, each two crops of two different photos side by side, and
+    ``labels.csv`` naming both (``;`` or ``|`` separated, in either order)."""
+    rng = np.random.default_rng(seed)
+    photos = {k: Image.open(skimage_data / v).convert("RGB") for k, v in PHOTOS.items()}
+    names = sorted(photos)
+    (root / "images").mkdir(parents=True)
+    lines = ["path,labels"]
+    for i in range(n):
+        a, b = rng.choice(len(names), 2, replace=False)
+        left, right = names[a], names[b]
+        canvas = Image.new("RGB", (128, 128))
+        canvas.paste(_crop(photos[left], rng, (64, 128)), (0, 0))
+        canvas.paste(_crop(photos[right], rng, (64, 128)), (64, 0))
+        canvas.save(root / "images" / f"{i:03d}.jpg", quality=90)
+        sep = ";" if i % 2 else "|"
+        lines.append(f"images/{i:03d}.jpg,{right}{sep}{left}")
+    (root / "labels.csv").write_text("\n".join(lines) + "\n")
+    return root / "labels.csv"
+
+
+@pytest.fixture(scope="module")
+def pairs(tmp_path_factory, skimage_data) -> Path:
+    return make_pairs(tmp_path_factory.mktemp("pairs"), skimage_data)
+
+
+@pytest.fixture(scope="module")
+def multilabel_run(pairs, tmp_path_factory):
+    from kerascope.training import train
+
+    out = tmp_path_factory.mktemp("ml") / "run"
+    return train(pairs, recipe="transfer", output=out, epochs=15, image_size=96, batch_size=16,
+                 lr=3e-3, val_split=0.25, progress=False)  # fmt: skip
+
+
+# --- the CSV parser ----------------------------------------------------------------------------
+
+
+def test_csv_reads_both_separators_and_paths_relative_to_its_folder(pairs):
+    table = read_label_csv(pairs)
+    assert table.labels == ["astronaut", "cat", "coffee", "rocket"]
+    assert len(table) == 96 and table.targets.shape == (96, 4)
+    assert np.all(table.targets.sum(axis=1) == 2)  # both names, whichever separator
+    assert table.paths[0] == pairs.parent / "images" / "000.jpg"
+    assert table.rows[0] == 2  # the header is row 1
+
+
+@pytest.mark.parametrize(
+    "rows,expected",
+    [
+        ("path,labels\nimages/000.jpg,cat\nimages/nope.jpg,cat;dog\n",
+         "row 3: 'images/nope.jpg' does not exist (paths are relative to the CSV's folder"),
+        ("images/000.jpg,cat\nimages/001.jpg, ; |\n", "row 2: 'images/001.jpg' has no labels"),
+        ("images/000.jpg\timages/001.jpg\n", "row 1: 1 cell(s) where 2 were expected"),
+        ("images/000.jpg,cat,dog\n", "row 1: 3 cell(s) where 2 were expected"),
+        ("path,labels\n", "has no image rows"),
+    ],
+)  # fmt: skip
+def test_csv_refuses_bad_rows_in_one_line_naming_the_row(pairs, tmp_path, rows, expected):
+    csv = pairs.parent / f"bad{abs(hash(rows)) % 10_000}.csv"
+    csv.write_text(rows)
+    with pytest.raises(DatasetError) as caught:
+        read_label_csv(csv)
+    message = str(caught.value)
+    assert expected in message and "\n" not in message and str(csv) in message
+
+
+def test_missing_csv_file_is_one_line(tmp_path):
+    from kerascope.cli import main
+
+    assert main(["train", str(tmp_path / "none.csv"), "-o", str(tmp_path / "run")]) != 0
+    assert not (tmp_path / "run").exists()
+
+
+# --- the metrics -------------------------------------------------------------------------------
+
+
+def test_average_precision_and_thresholds_by_their_definitions():
+    """scikit-learn's documented example (AP 0.8333); ties count as one threshold; the
+    tuned threshold sits between the last positive call and the next score, and separates a
+    separable label perfectly."""
+    assert average_precision([0, 0, 1, 1], [0.1, 0.4, 0.35, 0.8]) == pytest.approx(5 / 6)
+    assert average_precision([1, 0], [0.5, 0.5]) == pytest.approx(0.5)
+    assert np.isnan(average_precision([0, 0], [0.2, 0.9]))
+    t = best_threshold([0, 1, 1, 0, 1], [0.1, 0.7, 0.6, 0.3, 0.9])
+    assert t == pytest.approx(0.45)
+    report = multilabel_report(np.array([[1, 0], [0, 1], [1, 1]]),
+                               np.array([[0.9, 0.2], [0.1, 0.8], [0.7, 0.4]]),
+                               ["a", "b"], [0.5, 0.3])  # fmt: skip
+    a, b = report["labels"]
+    assert (a["precision"], a["recall"], a["f1"]) == (1.0, 1.0, 1.0)
+    assert (b["precision"], b["recall"]) == (1.0, 1.0)
+    assert report["mAP"] == pytest.approx(1.0) and report["subset_accuracy"] == 1.0
+
+
+# --- training, evaluation, prediction ---------------------------------------------------------
+
+
+def test_sigmoid_head_learns_both_labels(multilabel_run):
+    """mAP on the held-out pictures well above chance (about 0.5: each label is on half of
+    them), a sigmoid Dense with one unit per label, thresholds saved with the run."""
+    import keras
+
+    run = multilabel_run
+    assert run.val_map > 0.8, run.metrics
+    head = keras.saving.load_model(run.model_path, compile=False).get_layer("predictions")
+    assert head.units == 4 and head.activation is keras.activations.sigmoid
+    saved = json.loads((run.run_dir / "multilabel.json").read_text())
+    assert saved["labels"] == ["astronaut", "cat", "coffee", "rocket"]
+    assert saved["thresholds"] == run.thresholds and len(saved["splits"]["validation"]) == 24
+    assert run.config["task"] == "multilabel"
