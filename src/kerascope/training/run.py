@@ -64,7 +64,13 @@ from kerascope.training.outputs import check_task, loss_and_metric, task_of  # n
 from kerascope.training.progress import TrainProgress  # noqa: E402
 from kerascope.training.recipes import class_weights  # noqa: E402
 from kerascope.training.settings import load_config, resolve_config, save_config  # noqa: E402
-from kerascope.training.split import PrefixSequence, SplitModel, split_model  # noqa: E402
+from kerascope.training.split import (  # noqa: E402
+    PrefixSequence,
+    SplitModel,
+    prefix_forward,
+    prefix_place,
+    split_model,
+)
 from kerascope.training.whole import AugmentedTrainer, DeviceFeed  # noqa: E402
 
 MONITOR = "val_loss"  # finer-grained than accuracy on small validation sets, where it ties
@@ -485,11 +491,8 @@ def _run_stage(model, run_dir: Path, config: dict, index: int, stage: dict, seqs
               f"epochs {start + 1}-{end}{what} ({trainable:,} trainable, "
               f"{frozen:,} frozen parameters){again}")  # fmt: skip
         if parts is not None:
-            from kerascope.inference import engine_name
-
             cut = f"from '{parts.cut}' on" if parts.cut else "head only"
-            print(f"  split training: frozen prefix on {engine_name(parts.prefix)}, "
-                  f"Keras trains {cut}")  # fmt: skip
+            print(f"  split training: {prefix_place(parts.prefix)}, Keras trains {cut}")
         else:
             augmented = augment is not None and not augment.is_identity
             where = "augmented on the device inside" if augmented else "cast inside"
@@ -527,9 +530,7 @@ def _prefix_sequences(parts: SplitModel, seqs, config: dict, run_dir: Path, prog
                       class_weight: dict | None = None):  # fmt: skip
     """Train and validation batches through the stage's compiled prefix; validation (and
     training without augmentation) runs the prefix once and reuses its outputs."""
-    from kerascope.inference import compiled
-
-    forward = compiled(parts.prefix)
+    forward = prefix_forward(parts.prefix)  # on each local device for its shard (JAX)
     augment = None
     if config["augment"]:
         augment = random_affine(AugmentConfig(**config["augment"]), config["seed"])

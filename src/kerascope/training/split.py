@@ -34,7 +34,12 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
 from kerascope.data.loader import DerivedSequence, FolderSequence  # noqa: E402
-from kerascope.data.regularise import RegulariseConfig, regularise_batch, soft_targets  # noqa: E402
+from kerascope.data.regularise import (  # noqa: E402
+    RegulariseConfig,
+    regularise_batch,
+    sample_mix,
+    soft_targets,
+)
 from kerascope.training.whole import row_weights, sample_weights  # noqa: E402
 
 # Prefix outputs above this size are kept in a memory-mapped file, not in RAM.
@@ -250,13 +255,37 @@ class PrefixSequence(DerivedSequence):
             if r is not None:
                 labels = soft_targets(labels, classes, smoothing=r.label_smoothing)
             return _pack([out[rows] for out in self.outputs]), labels, weights
-        pixels = self.images.load_rows(rows, self.images.fed_part(len(rows)))  # others': 0
+        part = self.images.fed_part(len(rows))
+        pixels = self._load(rows, part, index)  # other processes' rows: zeros
         if self.augment is not None:
             pixels = self.augment(pixels, self.epoch, index)
         if r is not None:
             pixels, labels = regularise_batch(r, self.seed, self.epoch, index, pixels, labels,
                                               classes)  # fmt: skip
-        return _pack(_as_list(self.forward(pixels))), labels, weights
+        if part == slice(None):
+            return _pack(_as_list(self.forward(pixels))), labels, weights
+        # Several processes: the prefix runs on this process's rows only (the others' stay
+        # zero; devices.ProcessShard feeds this part alone).
+        mine = _as_list(self.forward(pixels[part]))
+        outs = [np.zeros((len(rows), *o.shape[1:]), o.dtype) for o in mine]
+        for out, o in zip(outs, mine, strict=True):
+            out[part] = o
+        return _pack(outs), labels, weights
+
+    def _load(self, rows: np.ndarray, part: slice, index: int) -> np.ndarray:
+        """The batch's pixels this process needs: its part of the rows, and with mixup or
+        CutMix their partners too (perhaps another process's rows: mixing with zeros instead
+        would train on black halves). The rest stay zero."""
+        r = self.regularise
+        if part == slice(None) or r is None or not r.mixes:
+            return self.images.load_rows(rows, part)
+        height, width = self.images.image_size
+        plan = sample_mix(r, self.seed, self.epoch, index, len(rows), height, width)
+        mine = np.arange(len(rows))[part]
+        need = np.union1d(mine, plan.partner[mine])
+        pixels = np.zeros((len(rows), height, width, 3), self.images.dtype)
+        pixels[need] = self.images.load_rows(rows[need])
+        return pixels
 
     def precompute(self, progress: Callable[[int, int], None] | None = None) -> None:
         """Run every image through the prefix once, in file order."""
@@ -301,3 +330,109 @@ def _as_list(value: Any) -> list[np.ndarray]:
 
 def _pack(values: list[np.ndarray]) -> Any:
     return values[0] if len(values) == 1 else tuple(values)
+
+
+class ShardedPrefix:
+    """A frozen prefix on the JAX engine run on each of this process's devices for its shard
+    of every batch: the batch is placed split along its first axis over a mesh of the local
+    devices (``NamedSharding(mesh, P("batch"))``), the prefix's weights replicated on each,
+    and the compiled forward keeps the split, so every device computes the prefix for its
+    rows only and its outputs stay on that device until they are copied back.
+
+    Why its own weights: in a multi-process run the model's variables are global arrays over
+    every process's devices, and a batch this process alone feeds must meet weights on its
+    devices only. The prefix is frozen (no trainable weights, deterministic layers: see
+    :func:`split_model`), so a copy taken when the stage starts stays right all stage."""
+
+    engine = "keras"
+
+    def __init__(self, model: Any, devices: list[Any]):
+        import jax
+        from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+        self.devices = list(devices)
+        mesh = Mesh(np.array(self.devices), ("batch",))
+        self.rows_sharding = NamedSharding(mesh, PartitionSpec("batch"))
+        replicated = NamedSharding(mesh, PartitionSpec())
+
+        def local(variable: Any) -> Any:
+            value = variable.value
+            if not getattr(value, "is_fully_addressable", True):  # another process's too
+                value = value.addressable_data(0)
+            return jax.device_put(value, replicated)
+
+        self._trainable = [local(v) for v in model.trainable_variables]
+        self._frozen = [local(v) for v in model.non_trainable_variables]
+        dtypes = [str(t.dtype or "float32") for t in model.inputs]
+        single = len(dtypes) == 1
+
+        def outputs(trainable: list, frozen: list, xs: list) -> list:
+            xs = [x.astype(d) for x, d in zip(xs, dtypes, strict=True)]  # uint8 cast on device
+            out, _ = model.stateless_call(trainable, frozen, xs[0] if single else xs,
+                                          training=False)  # fmt: skip
+            return [o.astype("float32") for o in keras.tree.flatten(out)]
+
+        self._run = jax.jit(outputs)
+
+    def on_devices(self, x: Any) -> list[Any]:
+        """The prefix's outputs for batch ``x`` (rows a multiple of the device count), as
+        arrays split over the devices like the batch (not copied back)."""
+        import jax
+
+        xs = list(x) if isinstance(x, list | tuple) else [x]
+        xs = [jax.device_put(np.asarray(a), self.rows_sharding) for a in xs]
+        return self._run(self._trainable, self._frozen, xs)
+
+    def __call__(self, x: Any) -> Any:
+        """Like a :class:`kerascope.inference.Forward`: float32 NumPy output(s). A batch whose
+        rows do not split evenly (the last of a precomputed pass) is padded with zero rows,
+        which are dropped again."""
+        xs = list(x) if isinstance(x, list | tuple) else [x]
+        n, k = len(xs[0]), len(self.devices)
+        rows = -(-n // k) * k
+        if rows != n:
+            xs = [np.concatenate([a, np.zeros((rows - n, *a.shape[1:]), a.dtype)]) for a in xs]
+        outs = [np.asarray(o)[:n] for o in self.on_devices(xs)]
+        return outs[0] if len(outs) == 1 else outs
+
+
+def local_mesh_devices() -> list[Any]:
+    """This process's devices in the current Keras distribution's mesh (none without one)."""
+    distribution = keras.distribution.distribution()
+    if distribution is None or keras.backend.backend() != "jax":
+        return []
+    import jax
+
+    return [d for d in np.asarray(distribution.device_mesh.devices).flat
+            if d.process_index == jax.process_index()]  # fmt: skip
+
+
+def prefix_forward(prefix: Any, engine: str | None = None) -> Callable[[Any], Any]:
+    """The stage's compiled prefix: on the JAX engine with several of this process's devices
+    in the run's mesh, a :class:`ShardedPrefix` (each device for its shard of every batch);
+    else the engine's one forward over the whole batch (see :func:`prefix_place`)."""
+    from kerascope.inference import compiled
+
+    forward = compiled(prefix, engine)
+    devices = local_mesh_devices()
+    if len(devices) < 2 or forward.engine != "keras" or keras.backend.backend() != "jax":
+        return forward
+    return ShardedPrefix(prefix, devices)
+
+
+def prefix_place(prefix: Any, engine: str | None = None) -> str:
+    """Where the stage's prefix runs, for the stage's line. onnxruntime and OpenVINO run one
+    forward over the whole batch: they run on this machine's CPU with their own threads, where
+    the mesh's devices (virtual CPU devices at most) are those same cores, so per-device
+    placement does not apply to them."""
+    from kerascope.inference import engine_name
+
+    name = engine_name(prefix, engine)
+    devices = local_mesh_devices()
+    if len(devices) < 2:
+        return f"frozen prefix on {name}"
+    if name != "keras" or keras.backend.backend() != "jax":
+        return (f"frozen prefix on {name} over each whole batch (a CPU engine on its own "
+                f"threads: per-device does not apply; the {len(devices)} devices train the "
+                "suffix)")  # fmt: skip
+    return f"frozen prefix on keras, on each of {len(devices)} devices for its shard"
