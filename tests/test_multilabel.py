@@ -140,3 +140,50 @@ def test_sigmoid_head_learns_both_labels(multilabel_run):
     assert saved["labels"] == ["astronaut", "cat", "coffee", "rocket"]
     assert saved["thresholds"] == run.thresholds and len(saved["splits"]["validation"]) == 24
     assert run.config["task"] == "multilabel"
+
+
+def test_evaluate_reports_per_label_scores_and_map(multilabel_run, pairs, capsys):
+    """`kerascope evaluate RUN labels.csv`: the held-out rows by default, per-label precision /
+    recall / F1 at the run's thresholds, AP and mAP, in metrics.json and on screen; the
+    trained-on rows are flagged when asked for."""
+    from kerascope.cli import main
+    from kerascope.multilabel_eval import evaluate_multilabel
+
+    run = multilabel_run
+    assert main(["evaluate", str(run.run_dir), str(pairs)]) == 0
+    shown = capsys.readouterr()
+    assert "mAP" in shown.err and "held out for validation" in shown.err
+    assert "astronaut" in shown.out and "precision" in shown.out
+    metrics = json.loads((run.run_dir / "metrics.json").read_text())
+    assert metrics["n"] == 24 and metrics["split"] == "validation" and metrics["trained_on"] == 0
+    assert metrics["mAP"] == pytest.approx(run.val_map, abs=1e-3)
+    assert [row["threshold"] for row in metrics["labels"]] == pytest.approx(run.thresholds)
+    assert {"precision", "recall", "f1", "average_precision"} <= set(metrics["labels"][0])
+    everything = evaluate_multilabel(run.run_dir, pairs, split="all",
+                                     output=run.run_dir / "all")  # fmt: skip
+    assert everything.n == 96 and everything.trained_on == 72 and everything.mAP > 0.8
+
+
+def test_predict_and_classify_name_every_label_above_its_threshold(multilabel_run, pairs,
+                                                                  capsys, tmp_path):  # fmt: skip
+    """A held-out picture holding two photos gets both labels (predict's CSV label joins them
+    with ;, classify --model RUN lists each), matching the CSV on most held-out pictures."""
+    from kerascope.cli import main
+    from kerascope.data.multilabel import read_label_csv
+    from kerascope.prediction import predict
+
+    run = multilabel_run
+    saved = json.loads((run.run_dir / "multilabel.json").read_text())
+    held = [pairs.parent / p for p in saved["splits"]["validation"]]
+    table = read_label_csv(pairs)
+    truth = {table.paths[i]: {table.labels[j] for j in np.nonzero(table.targets[i])[0]}
+             for i in range(len(table))}  # fmt: skip
+    rows = predict(run.run_dir, [str(p) for p in held], tmp_path / "p.csv")
+    exact = [set(r.label.split(";")) == truth[Path(r.source)] for r in rows]
+    assert sum(exact) >= 0.8 * len(rows), [(r.source, r.label) for r in rows]
+    assert all(len(r.label.split(";")) >= 1 for r in rows)
+    two = next(r for r, ok in zip(rows, exact, strict=True) if ok)
+    assert main(["classify", two.source, "--model", str(run.run_dir), "-f", "json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    names = {p["name"] for p in out[0]["predictions"]}
+    assert names == truth[Path(two.source)] and len(names) == 2

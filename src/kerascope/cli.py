@@ -148,6 +148,11 @@ def _run_classify(args) -> int:
     args.batch_size = batch_size_or_default(args.batch_size, "classify")  # by the device
     precision = run_precision(clf, args.precision)
     say_precision(args.precision, precision, engine_name(clf.model, precision=precision))
+    multilabel = clf.extra.get("multilabel")  # a multi-label run: each label over its threshold
+    if multilabel:
+        args.top = clf.num_classes
+        output.note("multi-label run: every label at or above its threshold (tuned on "
+                    "validation) is listed")  # fmt: skip
     stream = classify_sources(clf, sources, args.top, args.threshold, args.batch_size,
                               precision=precision, group=group)  # fmt: skip
     if tta is not None:
@@ -156,6 +161,11 @@ def _run_classify(args) -> int:
         stream = classify_tta(clf, sources, tta, args.top, args.threshold, args.batch_size,
                               precision)  # fmt: skip
     results, interrupted = _until_interrupted(stream, len(sources), "classifying")
+    if multilabel:
+        from kerascope.zoo.sigmoid_heads import called
+
+        for r in results:
+            r.predictions = called(r.predictions, multilabel["thresholds"]) if r.ok else []
     if interrupted:
         where = f"'{args.output}'" if args.output else "the output"
         if not results:

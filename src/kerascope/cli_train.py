@@ -378,6 +378,8 @@ def headline(run) -> str:
     """What was saved: the model's own epoch and validation numbers (not the best over all
     epochs, which may be another epoch's)."""
     accuracy = "n/a" if run.val_accuracy is None else f"{run.val_accuracy:.3f}"
+    if getattr(run, "val_map", None) is not None:  # a multi-label run
+        accuracy += f" per label, mAP {run.val_map:.3f}"
     return (f"saved model: epoch {run.best_epoch} (lowest validation loss {run.val_loss:.4f}), "
             f"validation accuracy {accuracy}; run in {run.run_dir} — try: kerascope evaluate "
             f"{run.run_dir} DATA")  # fmt: skip
@@ -398,7 +400,11 @@ def _feature_progress():
 
 def _run_evaluate(args) -> int:
     from kerascope.evaluation import evaluate, format_confusion, top5_note
+    from kerascope.multilabel_eval import is_multilabel_run
     from kerascope.output import printable_lines
+
+    if str(args.data).lower().endswith(".csv") or is_multilabel_run(args.run):
+        return _run_evaluate_multilabel(args)
 
     result = evaluate(args.run, args.data, batch_size=args.batch_size, output=args.output,
                       split=args.split, precision=args.precision,
@@ -416,6 +422,28 @@ def _run_evaluate(args) -> int:
               "folder)")  # fmt: skip
     _note(f"metrics in {result.output / 'metrics.json'}")
     return 1 if result.unreadable else 0
+
+
+def _run_evaluate_multilabel(args) -> int:
+    """evaluate RUN DATA.csv: per-label table, mAP, metrics.json."""
+    from kerascope.multilabel_eval import evaluate_multilabel
+    from kerascope.multilabel_metrics import format_report
+    from kerascope.output import printable_lines
+
+    if tta_from_args(args) is not None:
+        raise CliError("--tta is not available for multi-label runs yet; leave it out")
+    result = evaluate_multilabel(args.run, args.data, split=args.split, output=args.output,
+                                 batch_size=args.batch_size, precision=args.precision)  # fmt: skip
+    print(printable_lines(format_report(result.report)))
+    which = {"validation": "the rows the run held out for validation",
+             "train": "the rows the run trained on"}.get(result.split, "every row")  # fmt: skip
+    _note(f"mAP {result.mAP:.4f} on {result.n} images: {which} of {result.data} (thresholds: "
+          "the run's, tuned for max F1 on validation)")  # fmt: skip
+    if result.trained_on:
+        _note(f"WARNING: {result.trained_on} of the {result.n} scored images were used to "
+              "train this model, so these numbers overstate how it does on new images")  # fmt: skip
+    _note(f"metrics in {result.output / 'metrics.json'}")
+    return 0
 
 
 def _which(result) -> str:

@@ -98,14 +98,18 @@ def predict(
     clf = run_dir if isinstance(run_dir, Classifier) else load_model(run_dir)
     sources, skipped, _ = normalise_inputs(inputs)
     rows = []
+    multilabel = clf.extra.get("multilabel")  # every label, then those above their thresholds
+    top = clf.num_classes if multilabel else 1
     if tta is None:
-        results = classify_sources(clf, sources, top=1, batch_size=batch_size,
+        results = classify_sources(clf, sources, top=top, batch_size=batch_size,
                                    precision=precision)  # fmt: skip
     else:
-        results = classify_tta(clf, sources, tta, top=1, batch_size=batch_size,
+        results = classify_tta(clf, sources, tta, top=top, batch_size=batch_size,
                                precision=precision)  # fmt: skip
     for r in results:
-        if r.ok:
+        if r.ok and multilabel:
+            rows.append(_multilabel_row(r, multilabel["thresholds"]))
+        elif r.ok:
             top = r.predictions[0]
             rows.append(PredictedLabel(r.source, top.name, top.index, top.probability))
         else:
@@ -116,6 +120,19 @@ def predict(
     if output_csv is not None:
         write_csv(rows, output_csv)
     return rows
+
+
+def _multilabel_row(result, thresholds: list[float]) -> PredictedLabel:
+    """A multi-label run's row: every label at or above its threshold, most probable first,
+    joined by ``;`` (the training CSV's form), with the lowest of their probabilities (every
+    named label is at least that sure); none called: an empty label, the best probability."""
+    from kerascope.zoo.sigmoid_heads import called
+
+    chosen = called(result.predictions, thresholds)
+    if not chosen:
+        return PredictedLabel(result.source, "", None, result.predictions[0].probability)
+    return PredictedLabel(result.source, ";".join(p.name for p in chosen), chosen[0].index,
+                          min(p.probability for p in chosen))  # fmt: skip
 
 
 def summary(rows: list[PredictedLabel], shown: int = 5) -> str:

@@ -128,3 +128,18 @@ def read_label_csv(path: str | os.PathLike, labels: list[str] | None = None) -> 
         raise DatasetError(f"'{source}' names only the label '{order[0]}'; a multi-label "
                            "dataset needs at least two")  # fmt: skip
     return LabelTable(source, paths, order, targets, numbers)
+
+
+def pixels_of(table: LabelTable, indices: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """The rows' images decoded and resized (squashed, as the folder trainer does) to
+    ``size``, uint8; an unreadable one is one line naming its CSV row."""
+    from kerascope.images import ImageError, load_image, resize
+
+    out = np.empty((len(indices), *size, 3), np.uint8)
+    for k, i in enumerate(indices):
+        try:
+            out[k] = resize(load_image(table.paths[i]), size)
+        except ImageError as exc:
+            raise DatasetError(f"'{table.csv}' row {table.rows[i]}: cannot read "
+                               f"'{table.paths[i]}': {exc}") from None  # fmt: skip
+    return out

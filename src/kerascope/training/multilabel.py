@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from kerascope.data.multilabel import LabelTable, read_label_csv
+from kerascope.data.multilabel import LabelTable, pixels_of, read_label_csv
 from kerascope.errors import ConfigError, RunError
 from kerascope.files import atomic_path, write_json
 from kerascope.multilabel_metrics import multilabel_report, tune_thresholds
@@ -119,22 +119,6 @@ def _check_new_output(run_dir: Path) -> None:
     if run_dir.is_dir() and any(not p.name.startswith(".") for p in run_dir.iterdir()):
         raise RunError(f"output '{run_dir}' exists and is not empty: choose a new or empty "
                        "folder")  # fmt: skip
-
-
-def pixels_of(table: LabelTable, indices: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """The rows' images decoded and resized (squashed, as the folder trainer does) to
-    ``size``, uint8; an unreadable one is one line naming its CSV row."""
-    from kerascope.data.folders import DatasetError
-    from kerascope.images import ImageError, load_image, resize
-
-    out = np.empty((len(indices), *size, 3), np.uint8)
-    for k, i in enumerate(indices):
-        try:
-            out[k] = resize(load_image(table.paths[i]), size)
-        except ImageError as exc:
-            raise DatasetError(f"'{table.csv}' row {table.rows[i]}: cannot read "
-                               f"'{table.paths[i]}': {exc}") from None  # fmt: skip
-    return out
 
 
 def _train(run_dir: Path, config: dict, table: LabelTable, splits: dict, progress: bool):

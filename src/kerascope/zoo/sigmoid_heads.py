@@ -41,7 +41,8 @@ def two_class_view(model: Any) -> Any:
 
 
 def read_multilabel(run_dir: str | Path) -> dict[str, Any] | None:
-    """``multilabel.json`` of a run (labels, thresholds), or None for other runs."""
+    """``multilabel.json`` of a run (labels, thresholds, its CSV and split), or None for other
+    runs."""
     path = Path(run_dir) / MULTILABEL_NAME
     if not path.is_file():
         return None
@@ -54,4 +55,14 @@ def read_multilabel(run_dir: str | Path) -> dict[str, Any] | None:
     except (ValueError, KeyError, TypeError) as exc:
         raise RunError(f"'{path}' is damaged ({type(exc).__name__}: {exc}); train the "
                              "run again or restore the file") from None  # fmt: skip
-    return {"labels": labels, "thresholds": thresholds}
+    if len(thresholds) != len(labels):
+        raise RunError(f"'{path}' lists {len(labels)} labels but {len(thresholds)} thresholds; "
+                       "train the run again or restore the file")  # fmt: skip
+    return {**record, "labels": labels, "thresholds": thresholds}
+
+
+def called(predictions: list, thresholds: list[float]) -> list:
+    """The predictions (any objects with ``index`` and ``probability``) whose probability
+    reaches their label's threshold: a multi-label run's answer for one picture, which may
+    name several labels, or none."""
+    return [p for p in predictions if p.probability >= thresholds[p.index]]
