@@ -187,3 +187,18 @@ def test_predict_and_classify_name_every_label_above_its_threshold(multilabel_ru
     out = json.loads(capsys.readouterr().out)
     names = {p["name"] for p in out[0]["predictions"]}
     assert names == truth[Path(two.source)] and len(names) == 2
+
+
+def test_options_a_multilabel_run_does_not_take_are_refused(pairs, tmp_path, capsys):
+    """Options of folder training that a sigmoid head on frozen features cannot honour are one
+    line naming their flags, before anything is built or written (not silently ignored)."""
+    from kerascope.cli import main
+
+    out = tmp_path / "run"
+    assert main(["train", str(pairs), "--mixup", "0.2", "--class-weight", "auto", "-o",
+                 str(out)]) != 0  # fmt: skip
+    err = capsys.readouterr().err
+    assert "--class-weight, --mixup: not available for a multi-label CSV" in err, err
+    assert main(["train", str(pairs), "--recipe", "finetune", "-o", str(out)]) != 0
+    assert "use --recipe transfer or features" in capsys.readouterr().err
+    assert not out.exists()

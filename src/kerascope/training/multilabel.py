@@ -37,6 +37,10 @@ from kerascope.training.settings import resolve_config, save_config
 from kerascope.zoo.sigmoid_heads import MULTILABEL_NAME
 
 RECIPES = ("transfer", "features")
+TAKES = ("data", "recipe", "output", "backbone", "epochs", "batch_size", "lr", "seed",
+         "val_split", "image_size", "patience", "head", "dropout", "optimizer", "weights",
+         "augment", "layer", "pool")  # fmt: skip
+"""`train`'s settings a multi-label run takes; the others are refused, not ignored."""
 
 
 @dataclass
@@ -77,10 +81,12 @@ def train_multilabel(
     augment: Any = True,
     layer: str | None = None,
     pool: str = "avg",
+    refused: list[str] | None = None,
 ) -> MultilabelRun:
     """Train a sigmoid head on the label CSV ``data`` (see the module doc); `train`'s
     arguments of the same names mean the same. ``augment`` is not used (the features are
-    computed once); an explicit augmentation config is refused.
+    computed once); an explicit augmentation config is refused, and so are the options
+    ``train`` was given that this trainer does not take (``refused``: their flags).
 
     Raises:
         kerascope.data.DatasetError: a bad CSV row (its number named), an unreadable image.
@@ -90,6 +96,10 @@ def train_multilabel(
     from kerascope.config import ensure_backend
 
     ensure_backend()
+    if refused:
+        raise ConfigError(f"{', '.join(refused)}: not available for a multi-label CSV (a "
+                          "sigmoid head on frozen features); leave "
+                          f"{'it' if len(refused) == 1 else 'them'} out")  # fmt: skip
     if recipe not in RECIPES:
         raise ConfigError(f"a multi-label CSV trains a sigmoid head on a frozen backbone: use "
                           f"--recipe transfer or features, not {recipe!r}")  # fmt: skip

@@ -239,14 +239,18 @@ def train(
         if data is None:
             raise ConfigError("train needs a dataset folder (or resume=RUN_DIR)")
         if str(data).lower().endswith(".csv"):  # path,labels: a multi-label dataset
-            from kerascope.training.multilabel import train_multilabel
+            from kerascope.training.multilabel import TAKES, train_multilabel
 
+            given = _given_options(locals())
+            flags = [resuming.FLAGS[name] for name in given if name not in TAKES]
+            flags += ["--binary"] if binary else []
             return train_multilabel(data, recipe, output, backbone=backbone, epochs=epochs,
                                     batch_size=batch_size, lr=lr, seed=seed,
                                     val_split=val_split, image_size=image_size,
                                     patience=patience, head=head, dropout=dropout,
                                     optimizer=optimizer, weights=weights, progress=progress,
-                                    augment=augment, layer=layer, pool=pool)  # fmt: skip
+                                    augment=augment, layer=layer, pool=pool,
+                                    refused=flags)  # fmt: skip
         config = resolve_config(data, recipe, output, backbone, epochs, batch_size, lr, seed,
                                 val_split, skip_bad, class_weight, unfreeze, augment,
                                 image_size, patience, layer=layer, pool=pool, head=head,
