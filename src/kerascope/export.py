@@ -54,6 +54,8 @@ class ExportResult:
     classes: int
     max_abs_diff: float  # max |delta probability| against the Keras model
     checked_on: list[str]  # the images compared on
+    precision: str = "float32"  # "int8": a calibrated int8 graph (`kerascope.quantize`)
+    int8: Any = None  # the int8 graph's `kerascope.quantize.Int8Graph` (its measured agreement)
 
 
 def output_format(output: str | os.PathLike, format: str | None = None) -> str:
@@ -134,6 +136,7 @@ def export_model(
     input_type: str = "uint8",
     check: Sequence[str | os.PathLike] | None = None,
     weights: str | os.PathLike | None = None,
+    precision: str = "float32",
 ) -> ExportResult:
     """Write ``model`` as a standalone ONNX or ``.keras`` file, after checking it against Keras.
 
@@ -144,6 +147,10 @@ def export_model(
         input_type: ONNX input, ``"uint8"`` (default) or ``"float"``: RGB 0..255 either way.
         check: images to check the export on (default: scikit-image's sample photos).
         weights: explicit weights file for a zoo model.
+        precision: ``"float32"`` (default) or ``"int8"``: the calibrated int8 graph
+            (`kerascope.quantize`, ONNX only), written whatever its agreement; its measured
+            agreement with float32 and its calibration are in ``metadata_props``
+            (``kerascope_int8``), and it is checked against that graph instead of Keras.
 
     Raises:
         ExportError: unknown format, a layer the target cannot express (named with its class),
@@ -152,6 +159,10 @@ def export_model(
     from kerascope.zoo.models import Classifier, load_model
 
     fmt = output_format(output, format)
+    if precision not in ("float32", "int8"):
+        raise ExportError(f"unknown export precision '{precision}' (float32 or int8)")
+    if precision == "int8" and fmt != "onnx":
+        raise ExportError("--precision int8 writes ONNX only: name the output .onnx")
     if input_type not in INPUT_TYPES:
         raise ExportError(f"unknown input type '{input_type}' (uint8 or float)")
     clf = model if isinstance(model, Classifier) else load_model(model, weights=weights)
@@ -160,6 +171,11 @@ def export_model(
     try:
         images, names = check_images(clf.input_size, check)
         expected = _keras_probabilities(clf.model, images)
+        if precision == "int8":
+            kind = INPUT_TYPES[input_type]
+            diff, graph = _write_int8(clf, path, kind, images, expected, names)
+            return ExportResult(path, fmt, clf.name, clf.input_size, kind, clf.num_classes,
+                                diff, names, "int8", graph)  # fmt: skip
         if fmt == "onnx":
             kind = INPUT_TYPES[input_type]
             diff = _write_onnx(clf, path, kind, images, expected, names)
@@ -247,6 +263,50 @@ def _write_onnx(clf, path: Path, input_type: str, images, expected, names) -> fl
     path.parent.mkdir(parents=True, exist_ok=True)
     files.write_bytes(path, proto.SerializeToString())
     return diff
+
+
+def _write_int8(clf, path: Path, input_type: str, images, expected, names) -> tuple[float, Any]:
+    """The calibrated int8 graph, packaged like a float32 export, checked against that graph
+    (same numbers through the packaging) rather than Keras, and written with its record."""
+    import onnx
+    import onnxruntime as ort
+
+    from kerascope import __version__, files, quantize
+    from kerascope.onnx_export import package
+
+    if not quantize.photo_files():
+        raise ExportError("an int8 export calibrates on real photos: install scikit-image")
+    graph = quantize.int8_graph(clf.model)
+    record = {p.key: p.value for p in onnx.load_from_string(graph.payload).metadata_props}
+    try:
+        proto = package.package(graph.payload, input_type, clf.labels, clf.input_size,
+                                metadata={quantize.META_KEY: record[quantize.META_KEY]},
+                                convention=clf.convention)  # fmt: skip
+        onnx.checker.check_model(proto, full_check=True)
+        session = ort.InferenceSession(proto.SerializeToString(),
+                                       providers=["CPUExecutionProvider"])  # fmt: skip
+    except Exception as exc:  # noqa: BLE001  (onnx and onnxruntime raise their own types)
+        raise ExportError(
+            f"the int8 ONNX graph of '{clf.name}' is invalid: {_first_line(exc)}; nothing written"
+        ) from None
+    feed = images if input_type == "uint8" else images.astype(np.float32)
+    (got,) = session.run(None, {package.INPUT_NAME: feed})
+    direct = quantize.probabilities(graph.payload, images)
+    same, worst = _worst(got, direct, names)
+    if not same <= TOLERANCE:
+        raise ExportError(
+            f"the packaged int8 graph of '{clf.name}' differs from the int8 graph it packages by "
+            f"{same:.2g} on '{worst}' (limit {TOLERANCE:g}); nothing written"
+        )
+    diff = _worst(got, expected, names)[0]
+    props = {p.key: p.value for p in proto.metadata_props}
+    checked = {"images": names, "max_abs_diff_vs_keras": diff, "max_abs_diff_vs_int8_graph": same}
+    onnx.helper.set_model_props(proto, {**props, "model": clf.name, "precision": "int8",
+                                        "producer": f"kerascope {__version__}",
+                                        "checked": json.dumps(checked)})  # fmt: skip
+    path.parent.mkdir(parents=True, exist_ok=True)
+    files.write_bytes(path, proto.SerializeToString())
+    return diff, graph
 
 
 # --- .keras -------------------------------------------------------------------------------

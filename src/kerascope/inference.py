@@ -288,6 +288,10 @@ def choose_engine(model: Any, engine: str | None = None, precision: str = "float
     """
     wanted = requested_engine(engine)
     precision = resolve_precision(precision)
+    if precision == "int8":  # a graph that measured close to float32, or one line refusing it
+        from kerascope.quantize import int8_engine
+
+        return int8_engine(model, wanted, on_cpu())
     if wanted in GRAPH_ENGINES:
         check_graph_precision(wanted, precision)
         return wanted
@@ -346,7 +350,11 @@ def compiled(model: Any, engine: str | None = None, precision: str | None = "flo
         key = _key(kind, precision)
         if key not in cache:
             name = getattr(model, "name", "model")
-            if kind == "onnx":
+            if precision == "int8":
+                from kerascope.quantize import int8_runner
+
+                cache[key] = Forward(int8_runner(model, kind), kind, name, precision="int8")
+            elif kind == "onnx":
                 cache[key] = _onnx_forward(model, name)
             elif kind == "openvino":
                 cache[key] = _openvino_forward(model, name, precision)

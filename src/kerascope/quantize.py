@@ -1,0 +1,386 @@
+"""int8 on the CPU: a statically quantized copy of the converted graph, used only where it was
+measured to answer like float32.
+
+Why a gate and not a switch: int8 is only worth running if it gives the float32 answers. So the
+int8 graph is built once (onnxruntime's ``quantize_static``: QDQ, per-channel int8 weights,
+uint8 activations calibrated on real-photo crops; the preprocessing, the first convolution and
+the classifier head stay float32), then compared with the float32 graph on at least 200 *other*
+real-photo crops. ``--precision int8`` runs it only if top-1 agrees on >= 99 % of them and the
+mean over images of the largest |delta probability| is <= 0.005 (issue 22's bound, the one
+bfloat16 must meet too); otherwise it refuses in one line with the numbers.
+
+Both the graph and its measurement are cached in the ONNX cache folder
+(``onnx_export.cache``), keyed by the model's structure and weights, the quantizer settings,
+the onnxruntime version and the photos used: a second process neither quantizes nor measures
+again. The measurement travels inside the file (``metadata_props``), and so into
+``kerascope export --precision int8``.
+
+Measured on EfficientNet-Lite0 (real weights) on this project's AVX2 CPU (AMD EPYC, no VNNI;
+benchmarks/cpu_precision.py --int8 and /tmp experiments noted in the README): every variant
+tried stayed far from the bound, so int8 is refused there (see README "CPU precision").
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import math
+import os
+import tempfile
+import threading
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from kerascope.precision import PrecisionError
+
+MIN_AGREEMENT = 0.99  # top-1 agreement with float32
+MAX_MEAN_DP = 0.005  # mean over images of the largest |delta probability|
+CHECK_IMAGES = 200  # at least this many real-photo crops
+CALIBRATION_IMAGES = 64
+QUANTIZER = (
+    "onnxruntime quantize_static: QDQ, per-channel uint8 weights, uint8 activations "
+    "(MinMax), BN folded; preprocessing, first conv and head in float32"
+)
+QUANTIZER_VERSION = "1"
+META_KEY = "kerascope_int8"
+_ATTR = "_kerascope_int8"  # the in-process copy, on the model (freed with it)
+
+SKIMAGE_PHOTOS = ("astronaut.png", "chelsea.png", "coffee.png", "rocket.jpg",
+                  "motorcycle_left.png", "motorcycle_right.png", "camera.png", "coins.png",
+                  "clock_motion.png", "grass.png", "gravel.png", "brick.png", "moon.png",
+                  "hubble_deep_field.jpg", "retina.jpg", "ihc.png")  # fmt: skip
+
+
+class Int8RefusedError(PrecisionError):
+    """int8 was asked for where it cannot run, or where it did not measure close to float32."""
+
+
+def photo_files() -> list[Path]:
+    """The real photos installed packages ship: scikit-image's samples and matplotlib's
+    ``grace_hopper.jpg`` (no download: the set must be the same on every machine)."""
+    found: list[Path] = []
+    with contextlib.suppress(ImportError):
+        import skimage
+
+        folder = Path(skimage.__file__).parent / "data"
+        found += [folder / n for n in SKIMAGE_PHOTOS if (folder / n).is_file()]
+    with contextlib.suppress(ImportError):
+        import matplotlib
+
+        hopper = Path(matplotlib.get_data_path()) / "sample_data" / "grace_hopper.jpg"
+        found += [hopper] if hopper.is_file() else []
+    return found
+
+
+def photo_crops(
+    size: tuple[int, int], count: int, seed: int, photos: list[Path] | None = None
+) -> np.ndarray:
+    """At least ``count`` random crops (30-100 % of the short side, aspect 3:4 to 4:3, half of
+    them mirrored) spread evenly over ``photos``, resized as kerascope resizes: uint8
+    (N, H, W, 3). Seeded: the same crops on every run and machine."""
+    from kerascope.images import load_image, resize
+
+    photos = photo_files() if photos is None else photos
+    if not photos:
+        raise Int8RefusedError(
+            "int8 needs real photos to calibrate and check on and found none: install "
+            "scikit-image (pip install scikit-image), or use --precision float32"
+        )
+    rng = np.random.default_rng(seed)
+    per_photo = math.ceil(count / len(photos))
+    out = []
+    for path in photos:
+        image = load_image(path)
+        h, w = image.shape[:2]
+        for _ in range(per_photo):
+            side, aspect = rng.uniform(0.3, 1.0), rng.uniform(0.75, 4 / 3)
+            cw = int(min(w, max(16, side * min(w, h) * aspect)))
+            ch = int(min(h, max(16, side * min(w, h) / aspect)))
+            x0, y0 = int(rng.integers(0, w - cw + 1)), int(rng.integers(0, h - ch + 1))
+            crop = image[y0 : y0 + ch, x0 : x0 + cw]
+            crop = crop[:, ::-1] if rng.random() < 0.5 else crop
+            out.append(resize(np.ascontiguousarray(crop), size))
+    return np.stack(out)
+
+
+@dataclass(frozen=True)
+class Agreement:
+    """How the int8 graph answered beside float32 on the check crops."""
+
+    top1: float  # fraction of images with the same top-1 class
+    mean_dp: float  # mean over images of max over classes of |delta probability|
+    max_dp: float  # the largest |delta probability| seen
+    images: int
+    description: str  # which crops
+
+    @property
+    def met(self) -> bool:
+        enough = self.images >= CHECK_IMAGES
+        return enough and self.top1 >= MIN_AGREEMENT and self.mean_dp <= MAX_MEAN_DP
+
+    def text(self) -> str:
+        same = int(round(self.top1 * self.images))
+        return (f"top-1 agreement with float32 {self.top1:.1%} ({same}/{self.images}), mean "
+                f"|Δp| {self.mean_dp:.4f}, largest {self.max_dp:.3f}")  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Int8Graph:
+    """A quantized graph, its measured agreement and how it was calibrated."""
+
+    payload: bytes  # the serialized ONNX ModelProto (QDQ), metadata included
+    agreement: Agreement
+    calibration: str
+    quantizer: str
+    cached: bool  # read from the disk cache (neither quantized nor measured in this process)
+
+
+def bound_text() -> str:
+    return f"top-1 >= {MIN_AGREEMENT:.0%} and mean |Δp| <= {MAX_MEAN_DP}"
+
+
+def _versions() -> dict[str, str]:
+    return {"onnxruntime": metadata.version("onnxruntime")}
+
+
+def _input_size(model: Any) -> tuple[int, int]:
+    """(H, W) of a one-image classifier; refused in one line for anything else."""
+    try:
+        shape = tuple(model.inputs[0].shape)
+        outputs = len(model.outputs)
+    except (AttributeError, IndexError, TypeError, ValueError):
+        shape, outputs = (), 0
+    if len(shape) != 4 or shape[-1] != 3 or None in shape[1:3] or outputs != 1:
+        raise Int8RefusedError(
+            f"int8 is calibrated for image classifiers (one (N, H, W, 3) input, one output); "
+            f"'{getattr(model, 'name', 'model')}' is not one: use --precision float32"
+        )
+    return int(shape[1]), int(shape[2])
+
+
+def _session(payload: bytes) -> Any:
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.log_severity_level = 3
+    return ort.InferenceSession(payload, options, providers=["CPUExecutionProvider"])
+
+
+def probabilities(graph: bytes | Any, images: np.ndarray, batch: int = 16) -> np.ndarray:
+    """``graph``'s outputs (a serialized ONNX graph or an onnxruntime session) on uint8
+    ``images``, run ``batch`` at a time on onnxruntime: float64 (N, classes)."""
+    session = _session(graph) if isinstance(graph, bytes) else graph
+    name = session.get_inputs()[0].name
+    parts = [session.run(None, {name: images[i : i + batch].astype(np.float32)})[0]
+             for i in range(0, len(images), batch)]  # fmt: skip
+    return np.concatenate(parts).astype(np.float64)
+
+
+def measure(reference: np.ndarray, got: np.ndarray, description: str) -> Agreement:
+    """:class:`Agreement` of probabilities ``got`` with ``reference`` (both (N, classes))."""
+    diff = np.abs(np.asarray(got, np.float64) - np.asarray(reference, np.float64))
+    same = np.asarray(got).argmax(1) == np.asarray(reference).argmax(1)
+    return Agreement(float(same.mean()), float(diff.max(1).mean()), float(diff.max()),
+                     len(reference), description)  # fmt: skip
+
+
+def float_nodes(proto: Any, keep_depthwise: bool = False) -> list[str]:
+    """The nodes left in float32: everything up to and including the first convolution (the
+    preprocessing and the layer that sees raw pixels), the head from the last Gemm/MatMul on
+    (logits and softmax, where int8 steps would show directly in the probabilities), and with
+    ``keep_depthwise`` every grouped convolution."""
+    nodes = list(proto.graph.node)
+    first = next((i for i, n in enumerate(nodes) if n.op_type == "Conv"), -1)
+    heads = [i for i, n in enumerate(nodes) if n.op_type in ("Gemm", "MatMul")]
+    last = heads[-1] if heads else len(nodes)
+    keep = [n.name for n in nodes[: first + 1]] + [n.name for n in nodes[last:]]
+    if keep_depthwise:
+        for n in nodes:
+            group = next((a.i for a in n.attribute if a.name == "group"), 1)
+            if n.op_type == "Conv" and group > 1:
+                keep.append(n.name)
+    return keep
+
+
+def quantize_graph(fp32: bytes, calibration: np.ndarray, keep_depthwise: bool = False) -> bytes:
+    """``fp32`` (a converted graph, float32 NHWC input) quantized with onnxruntime.
+
+    Batch-norms are folded into the convolutions first (``quant_pre_process``), so the folded
+    weights are what is quantized, per output channel; activations get MinMax ranges over
+    ``calibration`` (uint8 RGB crops).
+    """
+    import onnx
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    name = onnx.load_from_string(fp32).graph.input[0].name
+    batches = [calibration[i : i + 8].astype(np.float32) for i in range(0, len(calibration), 8)]
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.rest = iter(batches)
+
+        def get_next(self) -> dict | None:
+            x = next(self.rest, None)
+            return None if x is None else {name: x}
+
+    quiet = logging.getLogger()
+    level = quiet.level
+    with tempfile.TemporaryDirectory(prefix="kerascope-int8-") as tmp:
+        src, pre, out = (os.path.join(tmp, f) for f in ("fp32.onnx", "pre.onnx", "int8.onnx"))
+        Path(src).write_bytes(fp32)
+        quiet.setLevel(logging.ERROR)  # the quantizer logs a line per tensor it skips
+        try:
+            quant_pre_process(src, pre, skip_symbolic_shape=True)
+            quantize_static(
+                pre, out, Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                weight_type=QuantType.QUInt8, activation_type=QuantType.QUInt8,
+                calibrate_method=CalibrationMethod.MinMax,
+                nodes_to_exclude=float_nodes(onnx.load(pre), keep_depthwise),
+            )  # fmt: skip
+        finally:
+            quiet.setLevel(level)
+        return Path(out).read_bytes()
+
+
+def _key(model_key: str, calibration: str, check: str) -> str:
+    header = [model_key, QUANTIZER, QUANTIZER_VERSION, _versions(), calibration, check]
+    return hashlib.sha256(json.dumps(header, sort_keys=True).encode()).hexdigest()
+
+
+def _from_payload(payload: bytes, cached: bool) -> Int8Graph | None:
+    """The graph and its record, or None when the record is missing or unreadable."""
+    import onnx
+
+    try:
+        props = {p.key: p.value for p in onnx.load_from_string(payload).metadata_props}
+        record = json.loads(props[META_KEY])
+        agreement = Agreement(**record["agreement"])
+        return Int8Graph(payload, agreement, record["calibration"], record["quantizer"], cached)
+    except Exception:  # noqa: BLE001  (no record, or a damaged protobuf: quantize again)
+        return None
+
+
+def int8_graph(model: Any, photos: list[Path] | None = None) -> Int8Graph:
+    """``model``'s int8 graph and its measured agreement with float32: from this process, else
+    from the disk cache, else quantized (calibration crops) and measured (other crops) now.
+
+    Args:
+        model: a Keras image classifier the ONNX converter supports.
+        photos: the real photos to crop (default :func:`photo_files`); part of the cache key.
+    """
+    from kerascope.onnx_export import cache
+
+    size = _input_size(model)
+    photos = photo_files() if photos is None else photos
+    n_cal, n_check = CALIBRATION_IMAGES, CHECK_IMAGES  # read now: tests shrink them
+    names = ", ".join(p.name for p in photos)
+    calibration = (f"{n_cal}+ random crops (seed 7) of {len(photos)} real photos "
+                   f"({names}), resized to {size[0]}x{size[1]}")  # fmt: skip
+    check = f"{n_check}+ other random crops (seed 1) of the same photos"
+    model_key = cache.model_key(model)
+    key = _key(model_key, calibration, check) if model_key else None
+    memo = vars(model).setdefault(_ATTR, {}) if hasattr(model, "__dict__") else {}
+    if key is not None and key in memo:
+        return memo[key]
+    path = cache.folder() / f"{key}.int8.onnx" if key else None
+    payload = cache._read(path) if path is not None else None  # the ONNX cache's own format
+    graph = _from_payload(payload, cached=True) if payload is not None else None
+    if graph is None:
+        fp32 = cache.onnx_bytes(model)
+        quantized = quantize_graph(fp32, photo_crops(size, n_cal, 7, photos))
+        images = photo_crops(size, n_check, 1, photos)
+        reference = probabilities(_session(fp32), images)
+        agreement = measure(reference, probabilities(_session(quantized), images), check)
+        payload = _with_record(quantized, agreement, calibration)
+        if path is not None:
+            cache._write(path, payload)
+        graph = Int8Graph(payload, agreement, calibration, QUANTIZER, cached=False)
+    if key is not None:
+        memo[key] = graph
+    return graph
+
+
+def _with_record(payload: bytes, agreement: Agreement, calibration: str) -> bytes:
+    import onnx
+
+    proto = onnx.load_from_string(payload)
+    record = {"agreement": asdict(agreement), "calibration": calibration, "quantizer": QUANTIZER,
+              "bound": bound_text(), "met": agreement.met}  # fmt: skip
+    props = {p.key: p.value for p in proto.metadata_props}
+    onnx.helper.set_model_props(proto, {**props, META_KEY: json.dumps(record)})
+    return proto.SerializeToString()
+
+
+def refusal(model: Any, graph: Int8Graph) -> str:
+    """The one line ``--precision int8`` prints when the graph missed the bound."""
+    name = getattr(model, "name", "model")
+    return (f"int8 refused for '{name}': its calibrated int8 graph misses the bound "
+            f"({bound_text()}) on {graph.agreement.images} real-photo crops: "
+            f"{graph.agreement.text()}; use --precision float32 (or auto)")  # fmt: skip
+
+
+def int8_engine(model: Any, wanted: str, cpu: bool) -> str:
+    """The engine that runs ``model`` in int8 (``onnx`` for auto), after checking that int8
+    can run here and measured close to float32; else :class:`Int8RefusedError` in one line."""
+    if not cpu:
+        raise Int8RefusedError(
+            "int8 is a CPU precision in kerascope (a calibrated onnxruntime graph); on this "
+            "accelerator use --precision bfloat16 or auto"
+        )
+    if wanted == "keras":
+        raise Int8RefusedError(
+            "the keras engine has no int8; int8 runs the converted graph on the onnx or "
+            "openvino engine (unset KERASCOPE_ENGINE), or use --precision float32"
+        )
+    from kerascope.onnx_export import supports
+
+    if not supports(model):
+        raise Int8RefusedError(
+            f"int8 needs the ONNX converter, which does not support "
+            f"'{getattr(model, 'name', 'model')}'; use --precision float32"
+        )
+    graph = int8_graph(model)
+    if not graph.agreement.met:
+        raise Int8RefusedError(refusal(model, graph))
+    return "onnx" if wanted == "auto" else wanted
+
+
+def int8_runner(model: Any, engine: str = "onnx") -> Callable[[list], list]:
+    """``run(xs) -> outputs`` on ``model``'s int8 graph (onnxruntime, or OpenVINO for
+    ``engine="openvino"``), only where :func:`int8_engine` accepts it."""
+    engine = int8_engine(model, engine, cpu=True)
+    graph = int8_graph(model)
+    if engine == "openvino":
+        from kerascope.engines import import_openvino
+
+        core = import_openvino().Core()
+        net = core.compile_model(core.read_model(graph.payload), "CPU",
+                                 {"INFERENCE_PRECISION_HINT": "f32"})  # fmt: skip
+        local = threading.local()  # one infer request per thread (a request is not thread-safe)
+
+        def run(xs: list) -> list:
+            request = getattr(local, "request", None)
+            if request is None:
+                request = local.request = net.create_infer_request()
+            result = request.infer({0: np.asarray(xs[0], np.float32)})
+            return [np.array(result[net.outputs[0]], np.float32)]
+
+        return run
+    session = _session(graph.payload)
+    name = session.get_inputs()[0].name
+    return lambda xs: session.run(None, {name: np.asarray(xs[0], np.float32)})
