@@ -68,6 +68,19 @@ def test_loaded_binary_run_reads_as_two_classes(binary_run, two):
     assert sum(r.label == "cat" for r in rows) >= 6
 
 
+def test_validate_and_tta_read_the_binary_run(binary_run, two, tmp_path):
+    """validate (class-name folders mapped to the run's two labels, Grad-CAM on the top
+    losses) and TTA's averaged rows work on the two-class view of the sigmoid."""
+    from kerascope.tta import TTA
+    from kerascope.validation import validate
+
+    result = validate(binary_run.run_dir, two / "validation", output=tmp_path / "val",
+                      tta=TTA(flip=True), top_losses=4)  # fmt: skip
+    assert result.n == 16 and result.accuracy >= 0.8
+    assert (tmp_path / "val" / "metrics.json").is_file()
+    assert (tmp_path / "val" / "top_losses.png").is_file()
+
+
 def test_binary_on_three_classes_is_one_line(crops, tmp_path, capsys):  # noqa: F811
     """Three class folders with --binary: refused naming the folder and the count, before an
     epoch runs, and the run folder is not left behind."""
