@@ -100,3 +100,14 @@ def test_binary_refuses_categorical_regularisers(two, tmp_path):
     with pytest.raises(ConfigError, match="cannot be used with --binary"):
         train(two, recipe="transfer", output=tmp_path / "run", epochs=1, binary=True,
               label_smoothing=0.1, **SMALL)  # fmt: skip
+
+
+def test_lr_finder_sweeps_the_binary_head(two, crops):  # noqa: F811
+    """--find-lr --binary sweeps the one-unit head with binary cross-entropy (a softmax sweep
+    would be the wrong network); three classes are refused as in train."""
+    from kerascope.training.lr_find import find_lr
+
+    result = find_lr(two, steps=8, plot=None, binary=True, image_size=64, batch_size=16)
+    assert len(result.losses) >= 5 and np.isfinite(result.losses[0])
+    with pytest.raises(ConfigError, match="exactly two classes"):
+        find_lr(crops, steps=8, plot=None, binary=True, image_size=64)

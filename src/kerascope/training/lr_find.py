@@ -110,10 +110,11 @@ def find_lr(
 
     from kerascope.data import make_sequences, scan_dataset
     from kerascope.training import recipes
+    from kerascope.training.outputs import check_task, loss_and_metric
     from kerascope.training.run import use_split
     from kerascope.training.settings import resolve_config
     from kerascope.training.split import PrefixSequence, split_model
-    from kerascope.training.whole import AugmentedTrainer, DeviceFeed, RealAccuracy
+    from kerascope.training.whole import AugmentedTrainer, DeviceFeed
 
     if not 0 < start_lr < end_lr:
         raise ConfigError(f"the sweep needs 0 < start_lr < end_lr, got {start_lr:g} and "
@@ -127,9 +128,11 @@ def find_lr(
         False, o("image_size"), None, layer=o("layer"), pool=o("pool") or "avg",
         head=o("head"), dropout=o("dropout"), optimizer=o("optimizer"),
         momentum=o("momentum"), weights=o("weights"), precision=o("precision"),
+        task="binary" if o("binary") else "multiclass",
     )  # fmt: skip
     dataset = scan_dataset(config["data"], config["val_split"], config["seed"],
                            config["skip_bad"])  # fmt: skip
+    check_task(config["task"], dataset.classes, config["data"])
     size = tuple(config["image_size"])
     images = make_sequences(dataset, size, config["batch_size"], config["seed"],
                             cache=True)["train"]  # fmt: skip
@@ -139,8 +142,8 @@ def find_lr(
                                 None, config["seed"], config["backbone"],
                                 backbone_weights=config.get("weights") or "imagenet",
                                 dropout=config["dropout"], layer=config.get("layer"),
-                                pool=config.get("pool", "avg"),
-                                head=config.get("head"))  # fmt: skip
+                                pool=config.get("pool", "avg"), head=config.get("head"),
+                                task=config["task"])  # fmt: skip
     recipes.prepare_stage(model, 0, config.get("unfreeze_index"))
     recipes.set_precision(model, "float32")
     parts = split_model(model) if use_split(engine, augmented=False) else None
@@ -162,8 +165,8 @@ def find_lr(
     from kerascope.training.optimizers import make_optimizer
 
     optimizer = make_optimizer(stage["optimizer"], start_lr, stage.get("momentum"))
-    trained.compile(optimizer=optimizer, loss="sparse_categorical_crossentropy",
-                    weighted_metrics=[RealAccuracy()])  # fmt: skip
+    loss, metric = loss_and_metric(config["task"], soft_targets=False)  # --binary: sigmoid
+    trained.compile(optimizer=optimizer, loss=loss, weighted_metrics=[metric])
     lrs = start_lr * (end_lr / start_lr) ** (np.arange(steps) / (steps - 1))
     losses: list[float] = []
     best = np.inf
