@@ -23,15 +23,16 @@ def task_of(config: dict[str, Any]) -> str:
     return str(config.get("task") or "multiclass")
 
 
-def check_task(task: str, classes: list[str], data: Any = "") -> None:
-    """Refuse a binary head on a folder without exactly two classes, before training.
+def check_task(task: str, classes: list[str] | None = None, data: Any = "") -> None:
+    """Refuse an unknown task, and a binary head on a folder without exactly two classes
+    (``classes`` None: the name only, before the folder is scanned).
 
     Raises:
         ConfigError: one line naming the folder, its classes and the fix.
     """
     if task not in TASKS:
         raise ConfigError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}")
-    if task == "binary" and len(classes) != 2:
+    if task == "binary" and classes is not None and len(classes) != 2:
         shown = ", ".join(classes[:6]) + (", ..." if len(classes) > 6 else "")
         raise ConfigError(f"--binary needs exactly two classes, but '{data}' has "
                           f"{len(classes)} ({shown}); leave out --binary for a softmax "

@@ -83,7 +83,7 @@ def resolve_config(
     regular = RegulariseConfig(float(label_smoothing or 0), float(mixup or 0), float(cutmix or 0))
     from kerascope.training.outputs import check_regularisers, check_task
 
-    check_task(task, ["?", "?"])  # the task's name; its classes are checked after the scan
+    check_task(task)  # the name; a binary task's two classes are checked after the scan
     check_regularisers(task, asdict(regular))
     if image_size is None:
         image_size = r.image_size or native_size(backbone)
