@@ -21,10 +21,11 @@ backbone prefix in the split trainer. Two engines, chosen by measurement
   image leave the device.
 
 Precision (``kerascope.precision``): ``compiled(model, precision="bfloat16")`` runs a clone of
-the model under Keras's ``mixed_bfloat16`` policy (``mixed_float16`` likewise): activations and
-matrix products in the reduced type, the variables float32 (read from the original model on
-each call, so the clone never goes stale), and the layers that produce the model's outputs
-(the softmax) in float32. On a CPU with bfloat16 units, bfloat16 runs on OpenVINO instead.
+the model (`kerascope.mixed_precision`, the one mechanism explain uses too) under Keras's
+``mixed_bfloat16`` policy (``mixed_float16`` likewise): activations and matrix products in
+the reduced type, the variables float32 (read from the original model on each call, so the
+clone never goes stale), and the layers that produce the model's outputs (the softmax) in
+float32. On a CPU with bfloat16 units, bfloat16 runs on OpenVINO instead.
 
 - ``openvino``: the same converted graph run by OpenVINO (optional package;
   ``kerascope.engines``), in float32 or, on CPUs with bf16 units, bfloat16. A snapshot too.
@@ -49,6 +50,11 @@ from kerascope.engines import ENGINES, GRAPH_ENGINES, check_graph_precision, cpu
 from kerascope.errors import KerascopeError
 from kerascope.images import (
     fit_box,
+)
+from kerascope.mixed_precision import (  # noqa: F401  (mixed_clone: part of this API)
+    forget_clones,
+    mixed_clone,
+    precision_runner,
 )
 from kerascope.precision import resolve_precision
 from kerascope.sources import bucket
@@ -374,6 +380,7 @@ def engine_name(model: Any, engine: str | None = None, precision: str | None = "
 def forget(model: Any) -> None:
     """Drop the cached forward(s) of ``model`` (after changing weights a graph engine baked in)."""
     vars(model).pop(_ATTR, None)
+    forget_clones(model)
 
 
 def _input_dtypes(model: Any) -> list[str]:
@@ -385,46 +392,6 @@ def _input_dtypes(model: Any) -> list[str]:
     return [str(getattr(t, "dtype", None) or "float32") for t in inputs] or ["float32"]
 
 
-def mixed_clone(model: Any, precision: str) -> Any:
-    """``model`` rebuilt under the mixed policy of ``precision`` (``mixed_bfloat16`` ...).
-
-    Every layer computes in the reduced type except the input layers and the layers whose
-    outputs are the model's (a classifier's softmax stays float32, as Keras's mixed-precision
-    guide advises); nested functional models are rebuilt alike. Variables stay float32 and are
-    copied from ``model``. Why a clone: a Keras layer's policy is fixed when it is built, and
-    changing the user's model in place would change it for training and saving too.
-    """
-    import keras
-
-    from kerascope.precision import dtype_policy
-    from kerascope.zoo.fast_init import numpy_init
-
-    policy = dtype_policy(precision)
-    keep = set()
-    for tensor in keras.tree.flatten(model.outputs):
-        history = getattr(tensor, "_keras_history", None)
-        if history is not None:
-            keep.add(id(history[0]))
-
-    def clone_layer(layer):
-        config = layer.get_config()
-        if isinstance(layer, keras.layers.InputLayer):
-            return layer.__class__.from_config(config)
-        config["dtype"] = "float32" if id(layer) in keep else policy
-        return layer.__class__.from_config(config)
-
-    with numpy_init():  # the clone's own initial values are replaced right away
-        clone = keras.models.clone_model(model, clone_function=clone_layer, recursive=True)
-    clone.set_weights(model.get_weights())
-    return clone
-
-
-def _same_variables(a: list, b: list) -> bool:
-    return len(a) == len(b) and all(
-        tuple(x.shape) == tuple(y.shape) and x.dtype == y.dtype for x, y in zip(a, b, strict=True)
-    )
-
-
 def _keras_forward(model: Any, name: str, precision: str = "float32") -> Forward:
     """Keras on the active backend; on JAX jitted functions, weights passed in at call time,
     batches padded to buckets and top-k selected on the device."""
@@ -432,15 +399,9 @@ def _keras_forward(model: Any, name: str, precision: str = "float32") -> Forward
 
     dtypes = _input_dtypes(model)
     single = len(dtypes) == 1
-    runner = model if precision == "float32" else mixed_clone(model, precision)
-    # The clone reads the original's current variables when they line up (they do for any
-    # functional model), so it follows a trainer's updates like the float32 forward does.
-    source = model
-    if runner is not model and not (
-        _same_variables(runner.trainable_variables, model.trainable_variables)
-        and _same_variables(runner.non_trainable_variables, model.non_trainable_variables)
-    ):
-        source = runner
+    # Reduced precision: a mixed clone fed the original's current variables (one mechanism
+    # with explain's, `kerascope.mixed_precision`), so it follows a trainer's updates too.
+    runner, source = precision_runner(model, precision)
     backend = keras.backend.backend()
     if backend == "jax":
         import jax

@@ -8,11 +8,11 @@ for any graph (skip connections around the target layer, nested models) without 
 
 from __future__ import annotations
 
-import contextlib
-import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import numpy as np
+
+from kerascope.mixed_precision import precision_runner
 
 # (features (N,h,w,K), grads (N,h,w,K), class indices (N,), probabilities (N,))
 Result = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
@@ -102,18 +102,20 @@ def _torch(probe, head: Callable) -> GradientFn:
 
 # --- the whole map on the device ----------------------------------------------------------------
 
-# (maps (N, H, W) float32 in [0, 1], class indices (N,), probabilities (N,))
+# (maps (N, H, W) float32 in [0, 1] (uint8 levels 0..255 when asked), class indices (N,),
+# probabilities (N,))
 MapsResult = tuple[np.ndarray, np.ndarray, np.ndarray]
 MapsFn = Callable[..., MapsResult]
 Combine = Callable[[object, object, object], object]  # (A, g, classes) -> (N, h, w), keras.ops
 
 
 def fused_fn(probe, head: Callable, combine: Combine, precision: str = "float32") -> MapsFn:
-    """``run(pixels_uint8, targets, size=None, pad_to=None) -> (maps, classes, probs)``: the
-    forward pass, the gradient, the method's channel weighting (``combine``, written with
-    ``keras.ops``), the ReLU, the upsampling to ``size`` = (H, W) (None: the feature
+    """``run(pixels_uint8, targets, size=None, pad_to=None, levels=False) -> (maps, classes,
+    probs)``: the forward pass, the gradient, the method's channel weighting (``combine``,
+    written with ``keras.ops``), the ReLU, the upsampling to ``size`` = (H, W) (None: the feature
     resolution) and the per-map normalisation, all on the device in one call; only the maps,
-    classes and probabilities are copied back.
+    classes and probabilities are copied back (with ``levels``, the maps as uint8 heat levels,
+    `kerascope.cam.overlay.to_levels`: what pictures draw, a quarter of the bytes).
 
     The batch is padded (repeating its last image) to ``pad_to`` images, or to the next power of
     two, so a job compiles once per batch shape, its last partial batch included. ``precision``
@@ -148,35 +150,45 @@ def _pad(pixels: np.ndarray, targets: np.ndarray, size: int) -> tuple[np.ndarray
     return pixels, np.concatenate([targets, np.repeat(targets[-1:], size - n)])
 
 
-@contextlib.contextmanager
-def compute_policy(model, precision: str) -> Iterator[None]:
-    """Run ``model``'s layers in ``precision`` (mixed: float32 weights, reduced activations).
-
-    Keras reads a layer's compute type from its dtype policy when the layer is *called*, so the
-    policies are swapped only while the caller traces (a jitted function's body runs once per
-    shape) and restored at once: the user's model is left as it was. A lock keeps two traces
-    from interleaving their swaps.
-    """
-    if precision == "float32":
-        yield
-        return
-    from kerascope.precision import dtype_policy
-
-    policy = dtype_policy(precision)
-    with _POLICY_LOCK:
-        layers = [x for x in model._flatten_layers(include_self=True, recursive=True)]
-        saved = [(x, x._dtype_policy) for x in layers]
-        try:
-            for x in layers:
-                if getattr(x._dtype_policy, "name", None) == "float32":
-                    x.dtype_policy = policy
-            yield
-        finally:
-            for x, p in saved:
-                x._dtype_policy = p
+# float16 Grad-CAM: the backward pass runs in float16 too, whose smallest normal number is
+# 6e-5, so the small gradients of a layer deep in the network flush to 0 (whole maps blank on
+# Lite0's early blocks). The class score's gradient is scaled up by LOSS_SCALE before the
+# backward pass and the gradient scaled back down in float32, as float16 training scales its
+# loss; an image whose scaled gradient overflows is done again at a scale 2^-5 smaller (down
+# to 1). bfloat16 has float32's exponent range: nothing to scale.
+LOSS_SCALE = 2.0**15
+_SCALE_STEP = 2.0**-5
 
 
-_POLICY_LOCK = threading.RLock()
+def scaled_vjp(vjp, cotangent, precision: str):
+    """``vjp(cotangent)``'s one gradient, in float32; in float16 computed with the per-image
+    loss scaling above (``cotangent`` (N, classes): one row per image)."""
+    import jax
+    import jax.numpy as jnp
+
+    if precision != "float16":
+        (grads,) = vjp(cotangent)
+        return grads.astype("float32")
+
+    def attempt(scale):
+        (g,) = vjp(cotangent * scale[:, None].astype(cotangent.dtype))
+        g = g.astype("float32") / scale.reshape(-1, *([1] * (g.ndim - 1)))
+        return g, jnp.all(jnp.isfinite(g), axis=tuple(range(1, g.ndim)))
+
+    def again(state):
+        i, _, _, ok = state
+        return (i < 3) & ~jnp.all(ok)
+
+    def retry(state):
+        i, scale, g, ok = state
+        scale = jnp.where(ok, scale, scale * _SCALE_STEP)
+        g_new, ok_new = attempt(scale)
+        g = jnp.where(ok.reshape(-1, *([1] * (g.ndim - 1))), g, g_new)
+        return i + 1, scale, g, ok | ok_new
+
+    scale = jnp.full((cotangent.shape[0],), LOSS_SCALE, "float32")
+    g, ok = attempt(scale)
+    return jax.lax.while_loop(again, retry, (0, scale, g, ok))[2]
 
 
 def _normalise_maps(ops, maps):
@@ -194,36 +206,44 @@ def _jax_fused(probe, head: Callable, combine: Combine, precision: str) -> MapsF
 
     shape = tuple(probe.inputs[1].shape[1:])
     traces = [0]
+    # Reduced precision: the probe's mixed clone (`kerascope.mixed_precision`, as inference),
+    # fed the probe's own float32 variables.
+    runner, source = precision_runner(probe, precision)
 
-    @functools.partial(jax.jit, static_argnames=("size",))
-    def run(trainable, frozen, pixels, targets, size):
+    @functools.partial(jax.jit, static_argnames=("size", "levels"))
+    def run(trainable, frozen, pixels, targets, size, levels):
         traces[0] += 1  # a Python side effect runs once per trace: this counts compilations
         x = pixels.astype("float32")  # uint8 crosses to the device; the cast is compiled in
-        with compute_policy(probe, precision):
 
-            def forward(delta):
-                (a, h), _ = probe.stateless_call(trainable, frozen, [x, delta], training=False)
-                logits, probs = head(h.astype("float32"))
-                return logits, (a, probs)
+        def forward(delta):
+            (a, h), _ = runner.stateless_call(trainable, frozen, [x, delta], training=False)
+            logits, probs = head(h.astype("float32"))
+            return logits, (a, probs)
 
-            delta = jnp.zeros((x.shape[0], *shape), "float32")
-            logits, vjp, (a, probs) = jax.vjp(forward, delta, has_aux=True)
-            classes = jnp.where(targets < 0, jnp.argmax(logits, axis=-1), targets)
-            (grads,) = vjp(jax.nn.one_hot(classes, logits.shape[-1], dtype=logits.dtype))
-        a, grads = a.astype("float32"), grads.astype("float32")
+        delta = jnp.zeros((x.shape[0], *shape), "float32")
+        logits, vjp, (a, probs) = jax.vjp(forward, delta, has_aux=True)
+        classes = jnp.where(targets < 0, jnp.argmax(logits, axis=-1), targets)
+        onehot = jax.nn.one_hot(classes, logits.shape[-1], dtype=logits.dtype)
+        grads = scaled_vjp(vjp, onehot, precision)
+        a = a.astype("float32")
         maps = jnp.maximum(combine(a, grads, classes), 0.0)
         if size is not None and tuple(maps.shape[1:]) != size:
             maps = jax.image.resize(maps, (maps.shape[0], *size), "bilinear")
         prob = jnp.take_along_axis(probs, classes[:, None], 1)[:, 0]
-        return _normalise_maps(ops, maps), classes, prob.astype("float32")
+        maps = _normalise_maps(ops, maps)
+        if levels:  # `overlay.to_levels` on the device: a quarter of the bytes cross back
+            maps = jnp.floor(jnp.clip(maps, 0.0, 1.0) * 255.0 + 0.5).astype(jnp.uint8)
+        return maps, classes, prob.astype("float32")
 
-    def call(pixels: np.ndarray, targets: np.ndarray, size=None, pad_to=None) -> MapsResult:
+    def call(
+        pixels: np.ndarray, targets: np.ndarray, size=None, pad_to=None, levels: bool = False
+    ) -> MapsResult:
         n = len(pixels)
         pixels, targets = _pad(pixels, targets.astype(np.int32), padded_size(n, pad_to))
-        trainable = [v.value for v in probe.trainable_variables]  # current weights, each call
-        frozen = [v.value for v in probe.non_trainable_variables]
+        trainable = [v.value for v in source.trainable_variables]  # current weights, each call
+        frozen = [v.value for v in source.non_trainable_variables]
         size = None if size is None else (int(size[0]), int(size[1]))
-        out = run(trainable, frozen, pixels, targets, size)
+        out = run(trainable, frozen, pixels, targets, size, bool(levels))
         return tuple(np.asarray(o)[:n] for o in out)
 
     call.traces = lambda: traces[0]
@@ -239,7 +259,9 @@ def _torch_fused(probe, head: Callable, combine: Combine, precision: str) -> Map
     shape = tuple(probe.inputs[1].shape[1:])
     reduced = {"bfloat16": torch.bfloat16, "float16": torch.float16}.get(precision)
 
-    def call(pixels: np.ndarray, targets: np.ndarray, size=None, pad_to=None) -> MapsResult:
+    def call(
+        pixels: np.ndarray, targets: np.ndarray, size=None, pad_to=None, levels: bool = False
+    ) -> MapsResult:
         n = len(pixels)
         pixels, targets = _pad(pixels, targets, padded_size(n, pad_to))
         x = keras.ops.convert_to_tensor(pixels).to(torch.float32)  # uint8 crosses, cast there
@@ -257,6 +279,8 @@ def _torch_fused(probe, head: Callable, combine: Combine, precision: str) -> Map
                 maps = F.interpolate(maps[:, None], size, mode="bilinear", align_corners=False)
                 maps = maps[:, 0]
             maps = _normalise_maps(ops, maps)
+            if levels:  # `overlay.to_levels` on the device
+                maps = torch.floor(maps.clamp(0.0, 1.0) * 255.0 + 0.5).to(torch.uint8)
             p = probs.gather(1, classes[:, None])[:, 0].float()
         return tuple(v.detach().cpu().numpy()[:n] for v in (maps, classes, p))
 

@@ -16,14 +16,14 @@ the activation of a Conv2D/Dense. Nothing of the user's model is changed.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 
-from kerascope.cam.gradients import _pad, compute_policy, padded_size
+from kerascope.cam.gradients import _pad, padded_size
+from kerascope.mixed_precision import precision_runner
 
 # (maps (N, H, W) float32 in [0, 1], class indices (N,), probabilities (N,)); with raw=True
 # (attributions (N, H, W, 3) float32, class indices (N,), class logits (N,))
@@ -261,20 +261,18 @@ def _blur_operands(spec: PixelSpec, size: tuple[int, int]):
     return blur_matrix(size[0], sigma), blur_matrix(size[1], sigma)
 
 
-@contextlib.contextmanager
-def _policies(models, precision: str):
-    with contextlib.ExitStack() as stack:
-        for m in models:
-            stack.enter_context(compute_policy(m, precision))
-        yield
-
-
 def _jax(spec, plain, guided, probe, score, precision):
     import jax
     import jax.numpy as jnp
     from keras import ops
 
-    models = _models(spec, plain, guided, probe)
+    # Reduced precision: each model's mixed clone, fed the model's own float32 variables
+    # (`kerascope.mixed_precision`, the mechanism inference and Grad-CAM use).
+    pairs = {
+        k: precision_runner(m, precision) for k, m in _models(spec, plain, guided, probe).items()
+    }
+    models = {k: runner for k, (runner, _) in pairs.items()}
+    sources = {k: source for k, (_, source) in pairs.items()}
     traces = [0]
     size = tuple(int(d) for d in plain.inputs[0].shape[1:3])
     blur = _blur_operands(spec, size)
@@ -291,41 +289,40 @@ def _jax(spec, plain, guided, probe, score, precision):
             out, _ = models[name].stateless_call(tv, ntv, given, training=False)
             return out
 
-        with _policies(models.values(), precision):
-            logit, probs = score(logits("plain", x).astype("float32"))
-            classes = jnp.where(targets < 0, jnp.argmax(logit, axis=-1), targets)
-            onehot = jax.nn.one_hot(classes, logit.shape[-1], dtype="float32")
+        logit, probs = score(logits("plain", x).astype("float32"))
+        classes = jnp.where(targets < 0, jnp.argmax(logit, axis=-1), targets)
+        onehot = jax.nn.one_hot(classes, logit.shape[-1], dtype="float32")
 
-            def grad(z):
-                def f(z):
-                    h = logits(key_on, z).astype("float32")
-                    return jnp.sum(score(h)[0] * onehot)
+        def grad(z):
+            def f(z):
+                h = logits(key_on, z).astype("float32")
+                return jnp.sum(score(h)[0] * onehot)
 
-                return jax.grad(f)(z)
+            return jax.grad(f)(z)
 
-            key = jax.random.key(spec.seed)
+        key = jax.random.key(spec.seed)
 
-            def noise(i):
-                return jax.random.normal(jax.random.fold_in(key, i), x.shape[1:], "float32")
+        def noise(i):
+            return jax.random.normal(jax.random.fold_in(key, i), x.shape[1:], "float32")
 
-            def loop(n, body, init):
-                return jax.lax.fori_loop(0, n, body, init)
+        def loop(n, body, init):
+            return jax.lax.fori_loop(0, n, body, init)
 
-            attr = attribution(ops, spec, x, grad, loop, noise, blur)
-            if spec.kind == "guidedcam":
-                delta0 = jnp.zeros((x.shape[0], *models["probe"].inputs[1].shape[1:]), "float32")
+        attr = attribution(ops, spec, x, grad, loop, noise, blur)
+        if spec.kind == "guidedcam":
+            delta0 = jnp.zeros((x.shape[0], *models["probe"].inputs[1].shape[1:]), "float32")
 
-                def cam_score(delta):
-                    a, h = logits("probe", x, delta)
-                    return jnp.sum(score(h.astype("float32"))[0] * onehot), a
+            def cam_score(delta):
+                a, h = logits("probe", x, delta)
+                return jnp.sum(score(h.astype("float32"))[0] * onehot), a
 
-                grads, a = jax.grad(cam_score, has_aux=True)(delta0)
+            grads, a = jax.grad(cam_score, has_aux=True)(delta0)
 
-                def resize(m, hw):
-                    return jax.image.resize(m, (m.shape[0], *hw), "bilinear")
+            def resize(m, hw):
+                return jax.image.resize(m, (m.shape[0], *hw), "bilinear")
 
-                cam = _cam_maps(ops, resize, a.astype("float32"), grads.astype("float32"), size)
-                attr = attr * cam[..., None]
+            cam = _cam_maps(ops, resize, a.astype("float32"), grads.astype("float32"), size)
+            attr = attr * cam[..., None]
         picked = jnp.take_along_axis(logit if raw else probs, classes[:, None], 1)[:, 0]
         out = attr if raw else reduce_maps(ops, spec, attr)
         return out.astype("float32"), classes, picked.astype("float32")
@@ -338,7 +335,7 @@ def _jax(spec, plain, guided, probe, score, precision):
                 [v.value for v in m.trainable_variables],
                 [v.value for v in m.non_trainable_variables],
             )
-            for k, m in models.items()
+            for k, m in sources.items()
         }
         out = run(variables, pixels, targets, bool(raw))
         return tuple(np.asarray(o)[:n] for o in out)
