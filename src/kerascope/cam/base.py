@@ -449,7 +449,12 @@ class BaseCAM:
         return maps, batch.classes.astype(np.int64), np.asarray(probs, np.float32)
 
     def explain_batch(
-        self, pixels: np.ndarray, targets=None, pad_to: int | None = None, upsample: bool = False
+        self,
+        pixels: np.ndarray,
+        targets=None,
+        pad_to: int | None = None,
+        upsample: bool = False,
+        levels: bool = False,
     ) -> tuple:
         """Heatmaps for a batch at ``clf.input_size``.
 
@@ -460,22 +465,30 @@ class BaseCAM:
                 its batch size, so its last partial batch compiles nothing new).
             upsample: maps at the input size (bilinear, renormalised; on the device path done
                 there) instead of the feature resolution.
+            levels: maps as uint8 heat levels 0..255 (`kerascope.cam.overlay.to_levels`: the
+                levels pictures are drawn in; on the device path quantised there, so a quarter
+                of the bytes cross back). Numbers (scores, comparisons) keep the float maps.
 
         Returns:
-            (maps (N, fh, fw) float32 in [0, 1], class indices (N,), probabilities (N,)).
+            (maps (N, fh, fw) float32 in [0, 1] (uint8 with ``levels``), class indices (N,),
+            probabilities (N,)).
         """
         pixels = model_pixels(self.clf, pixels)
         targets = self._targets(targets, len(pixels))
         size = tuple(self.clf.input_size) if upsample else None
         if self.on_device:
             run = self.probe.fused(self.device_map, self.name, self.precision)
-            return run(pixels, targets, size=size, pad_to=pad_to)
+            return run(pixels, targets, size=size, pad_to=pad_to, levels=levels)
         maps, classes, probs = self.raw_maps(pixels, targets)
         maps = normalise(maps)
         if size is not None and maps.shape[1:] != size:
             from kerascope.cam.overlay import upsample as resample
 
             maps = normalise(np.stack([resample(m, size) for m in maps]))
+        if levels:
+            from kerascope.cam.overlay import to_levels
+
+            maps = to_levels(maps)
         return maps, classes, probs
 
     def _targets(self, targets, n: int) -> np.ndarray:

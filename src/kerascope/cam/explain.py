@@ -177,11 +177,14 @@ class Explainer:
         targets: None | int | Sequence[int] = None,
         pad_to: int | None = None,
         upsample: bool = False,
+        levels: bool = False,
     ):
         """(N, h, w, 3) uint8 at ``clf.input_size`` -> (maps (N, fh, fw) float32 in [0, 1] at
         feature resolution, or at the input size with ``upsample``, class indices (N,),
-        probabilities (N,)). ``pad_to``: the job's batch size (see `BaseCAM.explain_batch`)."""
-        return self.cam.explain_batch(pixels, targets, pad_to=pad_to, upsample=upsample)
+        probabilities (N,)). ``pad_to``: the job's batch size (see `BaseCAM.explain_batch`).
+        ``levels``: the maps as uint8 heat levels 0..255 (`to_levels`), what pictures draw."""
+        return self.cam.explain_batch(pixels, targets, pad_to=pad_to, upsample=upsample,
+                                      levels=levels)  # fmt: skip
 
 
 def _is_imagenet(clf: Classifier) -> bool:
@@ -375,18 +378,28 @@ def iter_unplaced(
     keep_original: bool = False,
     upsample: bool = True,
     fit: str = DEFAULT_FIT,
+    levels: bool = False,
 ) -> Iterator[tuple[Explanation, np.ndarray | None, object]]:
     """As `iter_small`, but each map comes as the model saw it, with its decoded item (whose
     ``shape`` and ``box`` `overlay.place_in_picture` needs, and with ``keep_original`` the
     full-size picture): so the caller can place and draw it in a worker thread, off the thread
     that feeds the device. ``upsample`` False: maps at feature resolution on the device path
-    too (small to send to another process)."""
+    too (small to send to another process). ``levels``: maps as uint8 heat levels (what
+    pictures draw: a quarter of the float maps' bytes to copy off the device, under the GIL)."""
     yield from _iter_cams(clf, explainer, sources, targets, batch_size, keep_original, upsample,
-                          fit)  # fmt: skip
+                          fit, levels)  # fmt: skip
 
 
 def _iter_cams(
-    clf, explainer, sources, targets, batch_size, keep_original, upsample=True, fit=DEFAULT_FIT
+    clf,
+    explainer,
+    sources,
+    targets,
+    batch_size,
+    keep_original,
+    upsample=True,
+    fit=DEFAULT_FIT,
+    levels=False,
 ):
     """(Explanation without heatmap, map as the model saw it or None, decoded item) per source.
 
@@ -408,8 +421,9 @@ def _iter_cams(
             batch_targets = None if targets is None else targets[start + np.array(rows)]
             pixels = np.stack([items[i].pixels for i in rows])
             maps, classes, probs = explainer.explain_batch(
-                pixels, batch_targets, pad_to=batch_size, upsample=upsample and explainer.on_device
-            )
+                pixels, batch_targets, pad_to=batch_size,
+                upsample=upsample and explainer.on_device, levels=levels,
+            )  # fmt: skip
         row = {i: r for r, i in enumerate(rows)}
         for i, it in enumerate(items):
             if it.error is not None:

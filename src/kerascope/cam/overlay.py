@@ -118,7 +118,10 @@ def place_in_picture(
     """
     height, width = (int(s) for s in shape[:2])
     if box == (0.0, 0.0, float(width), float(height)):
+        if np.asarray(heatmap).dtype == np.uint8:  # levels: drawn as they are
+            return np.asarray(heatmap)
         return np.asarray(heatmap, dtype=np.float32)
+    heatmap = as_heat(heatmap)
     scale = min(1.0, PLACED_SIDE / max(height, width))
     grid_h, grid_w = max(1, round(height * scale)), max(1, round(width * scale))
     left, top, right, bottom = (round(v * scale) for v in box)
@@ -126,6 +129,22 @@ def place_in_picture(
     if right > left and bottom > top:
         placed[top:bottom, left:right] = upsample(heatmap, (bottom - top, right - left))
     return placed
+
+
+def to_levels(heatmap: np.ndarray) -> np.ndarray:
+    """A map in [0, 1] as the uint8 heat levels pictures are drawn in, ``round(255 * v)``: one
+    per colormap entry, so nothing that shows is lost (the device path computes the same
+    levels there). Numbers (scores, comparisons) keep float maps."""
+    a = np.nan_to_num(np.asarray(heatmap, dtype=np.float32), nan=0.0)
+    return (np.clip(a, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+
+
+def as_heat(heatmap: np.ndarray) -> np.ndarray:
+    """A map as float32 in [0, 1], whether it came as uint8 levels (`to_levels`) or floats."""
+    a = np.asarray(heatmap)
+    if a.dtype == np.uint8:
+        return a.astype(np.float32) / np.float32(255.0)
+    return a
 
 
 def colorize(heatmap: np.ndarray, colormap: str = DEFAULT_COLORMAP) -> np.ndarray:
@@ -222,11 +241,12 @@ def overlay_image(
     picture is drawn without NumPy copies (Pillow's C code runs outside the GIL)."""
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha must be in [0, 1], got {alpha}")
-    heat = np.ascontiguousarray(heatmap, dtype=np.float32)
+    heat = np.asarray(heatmap)
     if heat.ndim != 2:
         raise ValueError(f"heatmap must be 2-D (h, w), got shape {heat.shape}")
     width, height = image.size
-    heat8 = (np.clip(np.nan_to_num(heat, nan=0.0), 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+    # uint8 levels (`to_levels`, as the device path sends them) are drawn as they are.
+    heat8 = np.ascontiguousarray(heat if heat.dtype == np.uint8 else to_levels(heat))
     level = Image.fromarray(heat8)
     if heat8.shape != (height, width):
         level = level.resize((width, height), Image.Resampling.BILINEAR)
@@ -298,6 +318,8 @@ def is_empty(heatmap: np.ndarray) -> bool:
     Grad-CAM's ReLU zeroes a map with no positive evidence for the class (typically a class the
     model gives ~0 %); the overlay is then the untouched photo, which needs saying.
     """
+    if np.asarray(heatmap).dtype == np.uint8:  # levels: level 1 is the first that shows
+        return not bool(np.asarray(heatmap).any())
     a = np.nan_to_num(np.asarray(heatmap, dtype=np.float32), nan=0.0)
     return not bool((a >= 0.5 / 255.0).any())
 

@@ -144,12 +144,23 @@ class PixelMethod(BaseCAM):
         return cache[key]
 
     def explain_batch(
-        self, pixels: np.ndarray, targets=None, pad_to: int | None = None, upsample: bool = False
+        self,
+        pixels: np.ndarray,
+        targets=None,
+        pad_to: int | None = None,
+        upsample: bool = False,
+        levels: bool = False,
     ) -> tuple:
         """(maps (N, H, W) float32 in [0, 1] at the input size, whatever ``upsample`` says,
         class indices (N,), probabilities (N,)); arguments as `BaseCAM.explain_batch`."""
         pixels = model_pixels(self.clf, pixels)
-        return self._fn()(pixels, self._targets(targets, len(pixels)), pad_to=pad_to)
+        maps, classes, probs = self._fn()(pixels, self._targets(targets, len(pixels)),
+                                          pad_to=pad_to)  # fmt: skip
+        if levels:
+            from kerascope.cam.overlay import to_levels
+
+            maps = to_levels(maps)
+        return maps, classes, probs
 
     def attributions(self, pixels: np.ndarray, targets=None) -> tuple:
         """The signed attributions before the reduction: ((N, H, W, 3) float32 per input pixel
