@@ -22,6 +22,11 @@ def add_export_command(sub) -> None:
         help="images to compare the export with Keras on (default: scikit-image's photos)",
     )  # fmt: skip
     p.add_argument("--weights", help="explicit weights file for a zoo model")
+    p.add_argument(
+        "--precision", choices=("float32", "int8"), default="float32",
+        help="int8: the calibrated int8 graph (ONNX only; its measured agreement with float32 "
+        "on real-photo crops and its calibration go into the file's metadata)",
+    )  # fmt: skip
     p.set_defaults(func=_run_export)
 
 
@@ -34,10 +39,21 @@ def _run_export(args) -> int:
         raise ExportError("--input applies to ONNX exports only (a .keras model takes any dtype)")
     result = export_model(
         args.model, args.output, format=fmt, input_type=args.input_type or "uint8",
-        check=args.check, weights=args.weights,
+        check=args.check, weights=args.weights, precision=args.precision,
     )  # fmt: skip
     h, w = result.input_size
     what = f"{result.input_type} " if result.input_type else ""
+    if result.int8 is not None:
+        from kerascope.quantize import bound_text
+
+        agreement = result.int8.agreement
+        verdict = "meets" if agreement.met else "MISSES"
+        output.note(
+            f"wrote {result.path} (int8 ONNX: {what}{h}x{w} RGB input, {result.classes} "
+            f"classes); {agreement.text()} on {agreement.images} real-photo crops: {verdict} "
+            f"the bound --precision int8 needs ({bound_text()}); recorded in its metadata"
+        )
+        return 0
     output.note(
         f"wrote {result.path} ({result.format}: {what}{h}x{w} RGB input, {result.classes} "
         f"classes); max |Δ probability| vs Keras {result.max_abs_diff:.1e} on "

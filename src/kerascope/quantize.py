@@ -154,10 +154,10 @@ def _input_size(model: Any) -> tuple[int, int]:
     """(H, W) of a one-image classifier; refused in one line for anything else."""
     try:
         shape = tuple(model.inputs[0].shape)
-        outputs = len(model.outputs)
+        ports = len(model.inputs) + len(model.outputs)
     except (AttributeError, IndexError, TypeError, ValueError):
-        shape, outputs = (), 0
-    if len(shape) != 4 or shape[-1] != 3 or None in shape[1:3] or outputs != 1:
+        shape, ports = (), 0
+    if len(shape) != 4 or shape[-1] != 3 or None in shape[1:3] or ports != 2:
         raise Int8RefusedError(
             f"int8 is calibrated for image classifiers (one (N, H, W, 3) input, one output); "
             f"'{getattr(model, 'name', 'model')}' is not one: use --precision float32"
