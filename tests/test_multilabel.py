@@ -164,6 +164,17 @@ def test_evaluate_reports_per_label_scores_and_map(multilabel_run, pairs, capsys
     assert everything.n == 96 and everything.trained_on == 72 and everything.mAP > 0.8
 
 
+def test_validate_scores_every_row_of_a_label_csv(multilabel_run, pairs, tmp_path, capsys):
+    """`kerascope validate RUN labels.csv`: the whole CSV, trained-on rows flagged."""
+    from kerascope.cli import main
+
+    out = tmp_path / "val"
+    assert main(["validate", str(multilabel_run.run_dir), str(pairs), "-o", str(out)]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["n"] == 96 and metrics["split"] == "all" and metrics["trained_on"] == 72
+    assert metrics["mAP"] > 0.8 and "WARNING: 72 of the 96" in capsys.readouterr().err
+
+
 def test_predict_and_classify_name_every_label_above_its_threshold(multilabel_run, pairs,
                                                                   capsys, tmp_path):  # fmt: skip
     """A held-out picture holding two photos gets both labels (predict's CSV label joins them

@@ -426,7 +426,7 @@ def _run_evaluate(args) -> int:
 
 def _run_evaluate_multilabel(args) -> int:
     """evaluate RUN DATA.csv: per-label table, mAP, metrics.json."""
-    from kerascope.multilabel_eval import evaluate_multilabel
+    from kerascope.multilabel_eval import evaluate_multilabel, summary_lines
     from kerascope.multilabel_metrics import format_report
     from kerascope.output import printable_lines
 
@@ -435,14 +435,8 @@ def _run_evaluate_multilabel(args) -> int:
     result = evaluate_multilabel(args.run, args.data, split=args.split, output=args.output,
                                  batch_size=args.batch_size, precision=args.precision)  # fmt: skip
     print(printable_lines(format_report(result.report)))
-    which = {"validation": "the rows the run held out for validation",
-             "train": "the rows the run trained on"}.get(result.split, "every row")  # fmt: skip
-    _note(f"mAP {result.mAP:.4f} on {result.n} images: {which} of {result.data} (thresholds: "
-          "the run's, tuned for max F1 on validation)")  # fmt: skip
-    if result.trained_on:
-        _note(f"WARNING: {result.trained_on} of the {result.n} scored images were used to "
-              "train this model, so these numbers overstate how it does on new images")  # fmt: skip
-    _note(f"metrics in {result.output / 'metrics.json'}")
+    for line in summary_lines(result):
+        _note(line)
     return 0
 
 

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from kerascope.cli_common import positive_int, say_precision
+from kerascope.errors import CliError
 from kerascope.precision import add_precision_option
 from kerascope.tta import add_tta_options
 
@@ -34,10 +35,13 @@ def add_validate_command(sub) -> None:
 
 def _run_validate(args) -> int:
     from kerascope.evaluation import format_confusion, headline
+    from kerascope.multilabel_eval import is_multilabel_run
     from kerascope.output import note, printable_lines
     from kerascope.tta import tta_from_args
     from kerascope.validation import validate
 
+    if str(args.data).lower().endswith(".csv") or is_multilabel_run(args.model):
+        return _validate_multilabel(args)
     result = validate(args.model, args.data, output=args.output, batch_size=args.batch_size,
                       weights=args.weights, tta=tta_from_args(args), precision=args.precision,
                       top_losses=max(0, args.top_losses))  # fmt: skip
@@ -55,3 +59,22 @@ def _run_validate(args) -> int:
         + f" to {result.output}"
     )
     return 1 if result.unreadable else 0
+
+
+def _validate_multilabel(args) -> int:
+    """validate RUN DATA.csv: a multi-label run scored on every row of a label CSV."""
+    from kerascope.multilabel_eval import evaluate_multilabel, summary_lines
+    from kerascope.multilabel_metrics import format_report
+    from kerascope.output import note, printable_lines
+    from kerascope.tta import tta_from_args
+    from kerascope.validation import default_output
+
+    if tta_from_args(args) is not None:
+        raise CliError("--tta is not available for multi-label runs yet; leave it out")
+    result = evaluate_multilabel(args.model, args.data, split="all",
+                                 output=args.output or default_output(args.model),
+                                 batch_size=args.batch_size, precision=args.precision)  # fmt: skip
+    print(printable_lines(format_report(result.report)))
+    for line in summary_lines(result):
+        note(line)
+    return 0

@@ -46,6 +46,8 @@ def is_multilabel_run(run: Any) -> bool:
     from kerascope.zoo.sigmoid_heads import read_multilabel
 
     path = Path(run)
+    if not path.exists():  # a zoo name
+        return False
     return read_multilabel(path if path.is_dir() else path.parent) is not None
 
 
@@ -116,3 +118,18 @@ def evaluate_multilabel(
                                          "split": chosen, "trained_on": int(trained_on),
                                          **report})  # fmt: skip
     return MultilabelEvaluation(report, len(rows), table.csv, chosen, folder, int(trained_on))
+
+
+def summary_lines(result: MultilabelEvaluation) -> list[str]:
+    """What ``evaluate`` / ``validate`` say after the table: the headline, a warning when
+    trained-on rows were scored, and where the metrics went."""
+    which = {"validation": "the rows the run held out for validation",
+             "train": "the rows the run trained on"}.get(result.split, "every row")  # fmt: skip
+    lines = [f"mAP {result.mAP:.4f} on {result.n} images: {which} of {result.data} "
+             "(thresholds: the run's, tuned for max F1 on validation)"]  # fmt: skip
+    if result.trained_on:
+        lines.append(f"WARNING: {result.trained_on} of the {result.n} scored images were used "
+                     "to train this model, so these numbers overstate how it does on new "
+                     "images")  # fmt: skip
+    lines.append(f"metrics in {result.output / 'metrics.json'}")
+    return lines
