@@ -1,197 +1,30 @@
-"""``kerascope explain`` and ``kerascope video``: class-activation heatmaps for pictures and videos.
+"""``kerascope explain``: class-activation heatmaps for pictures (``video``: `cli_video`).
 
 Like `kerascope.cli`: parse, call the API, print; no logic of its own.
 """
 
 from __future__ import annotations
 
-import argparse
-import contextlib
-import os
 from pathlib import Path
 
-from kerascope.batch_sizes import batch_size_help, batch_size_or_default
-from kerascope.cli_common import DASH_NOTE, fraction, positive_int
+from kerascope.batch_sizes import batch_size_or_default
+from kerascope.cli_common import DASH_NOTE
+from kerascope.cli_explain_args import (
+    LazyAction,
+    add_explain_args,
+    class_option,
+    metric_help,
+    metric_names,
+)
 from kerascope.errors import CliError
 
 
 def add_explain_commands(sub) -> None:
+    """Register ``explain`` and ``video`` on the subparsers object of the main parser."""
+    from kerascope import cli_video
+
     _add_explain(sub)
-    _add_video(sub)
-
-
-def _colormap(name: str) -> str:
-    """A colormap the overlay knows: checked now, not after the model has loaded."""
-    from kerascope.cam.overlay import COLORMAPS, colormap_lut
-
-    try:
-        colormap_lut(name)
-    except ValueError:
-        more = " or a matplotlib colormap (viridis, magma, turbo, ...)" if _has_matplotlib() else ""
-        raise argparse.ArgumentTypeError(
-            f"unknown colormap {name!r}; use one of: {', '.join(COLORMAPS)}{more}"
-        ) from None
-    return name
-
-
-def _precision(name: str) -> str:
-    """--precision checked now (one line naming the choices), resolved later on the device."""
-    from kerascope.errors import KerascopeError
-    from kerascope.precision import check_precision
-
-    try:
-        return check_precision(name)
-    except KerascopeError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-
-
-def _has_matplotlib() -> bool:
-    import importlib.util
-
-    return importlib.util.find_spec("matplotlib") is not None
-
-
-class _Lazy(argparse.Action):
-    """Stores one value, with help text and choices computed only when argparse reads them.
-
-    They come from ``kerascope.cam`` (the methods and their costs, the overlay's default
-    colormap), which imports NumPy: building the parser for ``kerascope models`` must not.
-    """
-
-    def __init__(self, *args, help_text=None, choices_from=None, **kwargs):
-        self._help_text, self._choices_from = help_text, choices_from
-        super().__init__(*args, **kwargs)
-
-    @property
-    def help(self):  # type: ignore[override]
-        return self._help_text().replace("%", "%%") if self._help_text else None
-
-    @help.setter
-    def help(self, value) -> None:
-        pass
-
-    @property
-    def choices(self):  # type: ignore[override]
-        return self._choices_from() if self._choices_from else None
-
-    @choices.setter
-    def choices(self, value) -> None:
-        pass
-
-    def __call__(self, parser, namespace, values, option_string=None) -> None:
-        setattr(namespace, self.dest, values)
-
-
-class _MethodChoices(list):
-    """The registry's method names; a name with options after a colon (``ig:steps=256``,
-    ``smoothgrad:samples=50``) counts as a choice when the method takes those options."""
-
-    def __contains__(self, value: object) -> bool:
-        from kerascope.cam.methods import get_method
-
-        name = str(value)
-        if ":" not in name:
-            return list.__contains__(self, name)
-        if not list.__contains__(self, name.partition(":")[0]):
-            return False
-        try:
-            get_method(name)
-        except ValueError:
-            return False
-        return True
-
-
-def _method_names() -> list[str]:
-    from kerascope.cam.methods import METHODS
-
-    return _MethodChoices(METHODS)
-
-
-def _method_help() -> str:
-    """Every method with what it costs per image; the ones that fail the weight-randomisation
-    sanity check (Adebayo et al. 2018) are marked, since their maps may not depend on the model."""
-    from kerascope.cam.methods import METHODS
-
-    parts = []
-    for name, cls in METHODS.items():
-        notes = [getattr(cls, "cost", "")]
-        if getattr(cls, "sanity", True) is False:
-            notes.append("fails the randomisation sanity check")
-        notes = [n for n in notes if n]
-        parts.append(f"{name} ({'; '.join(notes)})" if notes else name)
-    return "CAM method: " + ", ".join(parts)
-
-
-def _default_colormap() -> str:
-    from kerascope.cam import overlay
-
-    return getattr(overlay, "DEFAULT_COLORMAP", "jet")
-
-
-def _metric_names() -> list[str]:
-    from kerascope.cam.faithfulness import METRICS
-
-    return list(METRICS)
-
-
-def _metric_help() -> str:
-    from kerascope.cam.compare import DEFAULT_METRIC
-    from kerascope.cam.faithfulness import METRICS
-
-    listed = ", ".join(
-        f"{m.name} ({'higher' if m.higher_is_better else 'lower'} is better)"
-        for m in METRICS.values()
-    )
-    return (
-        f"metric that ranks the methods in --compare: {listed} (default: {DEFAULT_METRIC}: "
-        "ROAD fills removed pixels from their neighbours, so the removed shape does not leak "
-        "the class as deletion's flat fill does; deletion is 2-3x faster)"
-    )
-
-
-def _add_explain_args(p) -> None:
-    p.add_argument("--model", "-m", default="efficientnet_lite0", help="zoo name or .keras file")
-    p.add_argument("--weights", help="explicit weights file for a zoo model")
-    p.add_argument("--method", action=_Lazy, metavar="METHOD", default="gradcam",
-                   help_text=_method_help, choices_from=_method_names)  # fmt: skip
-    p.add_argument("--class", dest="target", help="class to explain: name, WordNet id or index, "
-                   "or a group of ImageNet classes: cat, dog, vehicle, any WordNet ancestor "
-                   "(default: the top class)")  # fmt: skip
-    p.add_argument("--layer", help="layer to explain (default: found automatically)")
-    p.add_argument(
-        "--fit",
-        choices=("whole", "crop"),
-        default="whole",
-        help="what the model sees: whole (default) = the whole picture resized to its input, "
-        "the heatmap covers all of it and the label is that input's class; crop = the centre "
-        "crop classify shows it (its class and probability), outlined, the rest untinted",
-    )
-    p.add_argument(
-        "--alpha", type=fraction, default=0.4, help="heatmap opacity at its peak, 0 to 1"
-    )
-    p.add_argument(
-        "--colormap",
-        type=_colormap,
-        action=_Lazy,
-        default=None,
-        help_text=lambda: f"heatmap colours (default: {_default_colormap()})",
-    )
-    p.add_argument("--batch-size", "-b", type=positive_int, default=None,
-                   help=batch_size_help("explain"))  # fmt: skip
-    p.add_argument(
-        "--precision",
-        type=_precision,
-        default=None,
-        help="auto, float32, bfloat16 or float16 (default: auto = bfloat16 mixed precision on "
-        "GPUs that compute it natively, float32 elsewhere; also KERASCOPE_PRECISION). Reduced "
-        "precision applies to the gradient methods without smoothing; the output says which ran",
-    )
-    p.add_argument(
-        "--overwrite",
-        action="store_true",
-        help="replace existing output files; without it an existing file is never replaced, "
-        "and an input never is, even with it",
-    )
+    cli_video.add_video_command(sub)
 
 
 def _add_explain(sub) -> None:
@@ -199,7 +32,7 @@ def _add_explain(sub) -> None:
         "explain", help="class-activation heatmaps, saved beside the original", epilog=DASH_NOTE
     )
     p.add_argument("paths", nargs="+", help="image files, folders (recursive) or globs")
-    _add_explain_args(p)
+    add_explain_args(p)
     p.add_argument(
         "-o",
         "--output",
@@ -232,47 +65,9 @@ def _add_explain(sub) -> None:
         help="run every method on each image, write <name>-compare.jpg (one panel per method, "
         "its scores under it) and print the methods ranked by --metric",
     )
-    p.add_argument("--metric", action=_Lazy, metavar="METRIC", default=None,
-                   help_text=_metric_help, choices_from=_metric_names)  # fmt: skip
+    p.add_argument("--metric", action=LazyAction, metavar="METRIC", default=None,
+                   help_text=metric_help, choices_from=metric_names)  # fmt: skip
     p.set_defaults(func=_run_explain)
-
-
-def _add_video(sub) -> None:
-    p = sub.add_parser(
-        "video", help="heatmaps for every frame of a video, into a new video", epilog=DASH_NOTE
-    )
-    p.add_argument("input", help="any common video file")
-    p.add_argument(
-        "-o",
-        "--output",
-        help="output .mp4 (default: <input>-output.mp4); an existing file is not replaced "
-        "unless --overwrite is given, and the input never is",
-    )
-    _add_explain_args(p)
-    p.add_argument("--every", type=positive_int, default=1, help="fresh heatmap every N frames")
-    p.add_argument(
-        "--layout",
-        choices=("side", "overlay"),
-        default="side",
-        help="side: original | overlay; overlay: the overlay alone, at the input size",
-    )
-    p.add_argument("--frames-dir", help="also write every output frame as a JPEG here")
-    p.set_defaults(func=_run_video)
-
-
-def _target(clf, query: str | None) -> tuple:
-    """--class as (classifier, output index); a WordNet group ("cat", "dog") of an ImageNet
-    model as its merged classifier and 0 (`kerascope.cam.groups`); unknown: one line."""
-    from kerascope.cam.explain import resolve_target
-    from kerascope.cam.groups import class_or_group
-
-    if query is None:
-        return clf, None
-    try:
-        clf, query = class_or_group(clf, query)
-        return clf, resolve_target(clf, query)
-    except ValueError as exc:
-        raise CliError(str(exc)) from None
 
 
 def _run_explain(args) -> int:
@@ -296,7 +91,7 @@ def _run_explain(args) -> int:
                       args.overwrite)  # fmt: skip
     clf = load_model(args.model, weights=args.weights)
     args.batch_size = batch_size_or_default(args.batch_size, "explain")  # by the device
-    clf, target = _target(clf, args.target)
+    clf, target = class_option(clf, args.target)
     if args.compare:
         return _run_compare(args, clf, sources, target)
     options = _smoothing(args)
@@ -499,62 +294,3 @@ def _print_ranking(comparison) -> None:
             output.note(f"skipped {row.method}: {row.skipped}")
     if comparison.path is not None:
         output.note(f"wrote {comparison.path}")
-
-
-def _run_video(args) -> int:
-    from kerascope import output
-    from kerascope.video import estimate_frames, explain_video
-    from kerascope.zoo.models import load_model
-
-    _check_video_output(args.input, args.output, args.overwrite)
-    total = estimate_frames(args.input)
-    clf = load_model(args.model, weights=args.weights)
-    args.batch_size = batch_size_or_default(args.batch_size, "explain")  # by the device
-    clf, target = _target(clf, args.target)
-    with output.progress_bar(total, "video frames", min_total=1) as advance:
-        report = explain_video(
-            args.input,
-            args.output,
-            clf=clf,
-            method=args.method,
-            target=target,
-            every=args.every,
-            layout=args.layout,
-            frames_dir=args.frames_dir,
-            batch_size=args.batch_size,
-            alpha=args.alpha,
-            colormap=args.colormap,
-            progress=advance,
-            layer=args.layer,
-            precision=args.precision,
-            overwrite=args.overwrite,
-            fit=args.fit,
-        )
-    audio = "audio kept" if report.audio_kept else "no audio"
-    output.note(
-        f"wrote {report.output}: {report.frames} frames, {float(report.fps):.2f} fps, "
-        f"{report.size[0]}x{report.size[1]}, {audio} ({report.frames_per_second:.1f} frames/s, "
-        f"maps in {report.precision})"
-    )
-    return 0
-
-
-def _check_video_output(source: str, target: str | None, overwrite: bool = False) -> None:
-    """Refuse an --output that would overwrite the input or has no folder, before any work
-    (an existing file without --overwrite is `kerascope.video.check_output`'s one line)."""
-    if target is None:
-        return
-    folder = Path(target).parent
-    if not folder.is_dir():
-        raise CliError(
-            f"the folder of --output '{target}' does not exist ('{folder}'); "
-            "create it or choose another --output"
-        )
-    same = Path(os.path.realpath(source)) == Path(os.path.realpath(target))
-    with contextlib.suppress(OSError):
-        same = same or os.path.samefile(source, target)
-    if same:
-        raise CliError(
-            f"--output '{target}' is the input video; choose another name "
-            "(default: <input>-output.mp4)"
-        )
