@@ -120,7 +120,7 @@ PRECISION_HELP = (
     "and float16 run on the keras engine, with float32 weights and outputs, except bfloat16 on "
     "a CPU with bf16 units (AMX, AVX512-BF16), which runs on OpenVINO when it is installed; "
     "int8 (CPU) runs a calibrated int8 graph only if it measured close to float32 on real "
-    "photos (top-1 >= 99 %, mean |dp| <= 0.005), else it is refused with the numbers"
+    "photos (top-1 agreement >= 0.99, mean |dp| <= 0.005), else it is refused with numbers"
 )
 
 
