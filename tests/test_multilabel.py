@@ -212,4 +212,7 @@ def test_options_a_multilabel_run_does_not_take_are_refused(pairs, tmp_path, cap
     assert "--class-weight, --mixup: not available for a multi-label CSV" in err, err
     assert main(["train", str(pairs), "--recipe", "finetune", "-o", str(out)]) != 0
     assert "use --recipe transfer or features" in capsys.readouterr().err
+    assert main(["train", str(pairs), "--find-lr"]) != 0
+    assert "the lr finder sweeps a folder dataset, not the multi-label CSV" in (
+        capsys.readouterr().err)  # fmt: skip
     assert not out.exists()

@@ -138,7 +138,7 @@ def _multilabel_row(result, thresholds: list[float]) -> PredictedLabel:
 def summary(rows: list[PredictedLabel], shown: int = 5) -> str:
     """How many images got each label, most first (``7 cat, 5 dog``): what ``predict`` says
     on screen, since the labels themselves go to the CSV."""
-    counts = Counter(r.label for r in rows if r.ok).most_common()
+    counts = Counter(r.label or "no label" for r in rows if r.ok).most_common()  # multi-label
     text = ", ".join(f"{n} {label}" for label, n in counts[:shown])
     rest = sum(n for _, n in counts[shown:])
     return text + (f", {rest} in {len(counts) - shown} other classes" if rest else "")

@@ -121,6 +121,9 @@ def find_lr(
                           f"{end_lr:g}")  # fmt: skip
     if steps < 5:
         raise ConfigError(f"the sweep needs at least 5 steps, got {steps}")
+    if str(data).lower().endswith(".csv"):
+        raise ConfigError(f"the lr finder sweeps a folder dataset, not the multi-label CSV "
+                          f"'{data}'; train it with --lr (leave out --find-lr)")  # fmt: skip
     o = options.get
     config = resolve_config(
         data, recipe, None, o("backbone"), None, o("batch_size"), None, int(o("seed") or 0),
