@@ -29,6 +29,7 @@ def small():
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(quantize, "CALIBRATION_IMAGES", 16)
         mp.setattr(quantize, "CHECK_IMAGES", 24)
+        mp.setattr(quantize, "LADDER", ((),))  # one rung for Lite0; the ladder: test below
         yield mp
 
 
@@ -163,3 +164,54 @@ def test_export_int8_writes_the_graph_with_its_agreement(graph, tmp_path, photo_
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1 and "ONNX only" in err
     assert not (tmp_path / "m.keras").exists()
+
+
+def _tiny_bottleneck():
+    """12x12 RGB -> 5 classes: conv, depthwise, linear 1x1 projection, head (NumPy weights)."""
+    import keras
+
+    L = keras.layers
+    inputs = keras.Input((12, 12, 3), name="pixels")
+    x = L.Rescaling(1 / 127.5, offset=-1, name="scale")(inputs)
+    x = L.Conv2D(8, 3, padding="same", activation="relu6", name="stem")(x)
+    x = L.Conv2D(16, 1, activation="relu6", name="expand")(x)
+    x = L.DepthwiseConv2D(3, padding="same", activation="relu6", name="dw")(x)
+    x = L.Conv2D(8, 1, name="project")(x)
+    x = L.GlobalAveragePooling2D(name="gap")(x)
+    return keras.Model(inputs, L.Dense(5, activation="softmax", name="fc")(x), name="bottleneck")
+
+
+def test_ladder_keeps_more_in_float32_until_the_bound_is_met(small, monkeypatch):
+    """Each rung is tried only while the bound is missed; the best measured one is kept."""
+    from kerascope.onnx_export import supports
+
+    model = _tiny_bottleneck()
+    assert supports(model)
+    rungs = []
+    real = quantize.quantize_graph
+
+    def counted(fp32, crops, keep=()):
+        rungs.append(keep)
+        return real(fp32, crops, keep)
+
+    monkeypatch.setattr(quantize, "quantize_graph", counted)
+    monkeypatch.setattr(quantize, "LADDER", ((), ("depthwise", "projection")))
+    monkeypatch.setattr(quantize, "MIN_AGREEMENT", 1.01)  # missed by every rung
+    graph = quantize.int8_graph(model)
+    assert rungs == [(), ("depthwise", "projection")]
+    assert "also in float32: first conv, head" in graph.quantizer
+    proto = onnx.load_from_string(graph.payload)
+    convs = {n.name: n for n in proto.graph.node if n.op_type == "Conv"}
+    dequantized = {n.output[0] for n in proto.graph.node if n.op_type == "DequantizeLinear"}
+    quantized_weights = {name for name, n in convs.items() if n.input[1] in dequantized}
+    if "depthwise" in graph.quantizer:  # the second rung won: only the expansion is int8
+        assert len(quantized_weights) == 1
+    else:
+        assert len(quantized_weights) == 3  # expand, dw, project; the stem stays float32
+    # A bound every rung meets: the first (most int8) rung is taken and nothing else tried.
+    rungs.clear()
+    monkeypatch.setattr(quantize, "MIN_AGREEMENT", 0.0)
+    monkeypatch.setattr(quantize, "MAX_MEAN_DP", 1.0)
+    vars(model).pop(quantize._ATTR)
+    monkeypatch.setattr(quantize, "QUANTIZER_VERSION", "test-another-key")
+    assert quantize.int8_graph(model).agreement.met and rungs == [()]

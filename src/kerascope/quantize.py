@@ -48,7 +48,11 @@ QUANTIZER = (
     "onnxruntime quantize_static: QDQ, per-channel uint8 weights, uint8 activations "
     "(MinMax), BN folded; preprocessing, first conv and head in float32"
 )
-QUANTIZER_VERSION = "1"
+QUANTIZER_VERSION = "2"
+# Tried in turn until one meets the bound: more of the network in float32 at each step (the
+# first conv and the head always are). Measured on Lite0 (64 crops): all int8 84 % top-1
+# agreement, mean |dp| 0.063; depthwise and projections in float32 97 %, 0.018.
+LADDER: tuple[tuple[str, ...], ...] = ((), ("depthwise", "projection"))
 META_KEY = "kerascope_int8"
 _ATTR = "_kerascope_int8"  # the in-process copy, on the model (freed with it)
 
@@ -192,25 +196,34 @@ def measure(reference: np.ndarray, got: np.ndarray, description: str) -> Agreeme
                      len(reference), description)  # fmt: skip
 
 
-def float_nodes(proto: Any, keep_depthwise: bool = False) -> list[str]:
+def float_nodes(proto: Any, keep: tuple[str, ...] = ()) -> list[str]:
     """The nodes left in float32: everything up to and including the first convolution (the
     preprocessing and the layer that sees raw pixels), the head from the last Gemm/MatMul on
-    (logits and softmax, where int8 steps would show directly in the probabilities), and with
-    ``keep_depthwise`` every grouped convolution."""
+    (logits and softmax, where int8 steps would show directly in the probabilities), and the
+    kinds of convolution named in ``keep``: ``"depthwise"`` (grouped), ``"projection"`` (a
+    1x1 convolution not followed by an activation: the linear bottlenecks)."""
     nodes = list(proto.graph.node)
     first = next((i for i, n in enumerate(nodes) if n.op_type == "Conv"), -1)
     heads = [i for i, n in enumerate(nodes) if n.op_type in ("Gemm", "MatMul")]
     last = heads[-1] if heads else len(nodes)
-    keep = [n.name for n in nodes[: first + 1]] + [n.name for n in nodes[last:]]
-    if keep_depthwise:
-        for n in nodes:
-            group = next((a.i for a in n.attribute if a.name == "group"), 1)
-            if n.op_type == "Conv" and group > 1:
-                keep.append(n.name)
-    return keep
+    names = [n.name for n in nodes[: first + 1]] + [n.name for n in nodes[last:]]
+    consumers: dict[str, set[str]] = {}
+    for n in nodes:
+        for name in n.input:
+            consumers.setdefault(name, set()).add(n.op_type)
+    for n in nodes[first + 1 : last]:
+        if n.op_type != "Conv":
+            continue
+        group = next((a.i for a in n.attribute if a.name == "group"), 1)
+        activated = consumers.get(n.output[0], set()) & {"Clip", "Relu"}
+        if ("depthwise" in keep and group > 1) or (
+            "projection" in keep and group == 1 and not activated
+        ):
+            names.append(n.name)
+    return names
 
 
-def quantize_graph(fp32: bytes, calibration: np.ndarray, keep_depthwise: bool = False) -> bytes:
+def quantize_graph(fp32: bytes, calibration: np.ndarray, keep: tuple[str, ...] = ()) -> bytes:
     """``fp32`` (a converted graph, float32 NHWC input) quantized with onnxruntime.
 
     Batch-norms are folded into the convolutions first (``quant_pre_process``), so the folded
@@ -250,7 +263,7 @@ def quantize_graph(fp32: bytes, calibration: np.ndarray, keep_depthwise: bool = 
                 pre, out, Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
                 weight_type=QuantType.QUInt8, activation_type=QuantType.QUInt8,
                 calibrate_method=CalibrationMethod.MinMax,
-                nodes_to_exclude=float_nodes(onnx.load(pre), keep_depthwise),
+                nodes_to_exclude=float_nodes(onnx.load(pre), keep),
             )  # fmt: skip
         finally:
             quiet.setLevel(level)
@@ -258,7 +271,7 @@ def quantize_graph(fp32: bytes, calibration: np.ndarray, keep_depthwise: bool = 
 
 
 def _key(model_key: str, calibration: str, check: str) -> str:
-    header = [model_key, QUANTIZER, QUANTIZER_VERSION, _versions(), calibration, check]
+    header = [model_key, QUANTIZER, QUANTIZER_VERSION, LADDER, _versions(), calibration, check]
     return hashlib.sha256(json.dumps(header, sort_keys=True).encode()).hexdigest()
 
 
@@ -301,25 +314,46 @@ def int8_graph(model: Any, photos: list[Path] | None = None) -> Int8Graph:
     payload = cache._read(path) if path is not None else None  # the ONNX cache's own format
     graph = _from_payload(payload, cached=True) if payload is not None else None
     if graph is None:
-        fp32 = cache.onnx_bytes(model)
-        quantized = quantize_graph(fp32, photo_crops(size, n_cal, 7, photos))
-        images = photo_crops(size, n_check, 1, photos)
-        reference = probabilities(_session(fp32), images)
-        agreement = measure(reference, probabilities(_session(quantized), images), check)
-        payload = _with_record(quantized, agreement, calibration)
+        graph = _quantize_and_measure(model, size, photos, calibration, check)
         if path is not None:
-            cache._write(path, payload)
-        graph = Int8Graph(payload, agreement, calibration, QUANTIZER, cached=False)
+            cache._write(path, graph.payload)
     if key is not None:
         memo[key] = graph
     return graph
 
 
-def _with_record(payload: bytes, agreement: Agreement, calibration: str) -> bytes:
+def _quantize_and_measure(model, size, photos, calibration: str, check: str) -> Int8Graph:
+    """Climb :data:`LADDER` until a graph meets the bound; the best one measured otherwise."""
+    from kerascope.onnx_export import cache
+
+    fp32 = cache.onnx_bytes(model)
+    crops = photo_crops(size, CALIBRATION_IMAGES, 7, photos)
+    images = photo_crops(size, CHECK_IMAGES, 1, photos)
+    reference = probabilities(fp32, images)
+    best: Int8Graph | None = None
+    for keep in LADDER:
+        quantized = quantize_graph(fp32, crops, keep)
+        agreement = measure(reference, probabilities(quantized, images), check)
+        kept = ", ".join(("first conv", "head", *keep))
+        quantizer = f"{QUANTIZER}; also in float32: {kept}"
+        payload = _with_record(quantized, agreement, calibration, quantizer)
+        graph = Int8Graph(payload, agreement, calibration, quantizer, cached=False)
+        if best is None or (agreement.top1, -agreement.mean_dp) > (
+            best.agreement.top1,
+            -best.agreement.mean_dp,
+        ):
+            best = graph
+        if agreement.met:
+            return graph
+    assert best is not None
+    return best
+
+
+def _with_record(payload: bytes, agreement: Agreement, calibration: str, quantizer: str) -> bytes:
     import onnx
 
     proto = onnx.load_from_string(payload)
-    record = {"agreement": asdict(agreement), "calibration": calibration, "quantizer": QUANTIZER,
+    record = {"agreement": asdict(agreement), "calibration": calibration, "quantizer": quantizer,
               "bound": bound_text(), "met": agreement.met}  # fmt: skip
     props = {p.key: p.value for p in proto.metadata_props}
     onnx.helper.set_model_props(proto, {**props, META_KEY: json.dumps(record)})
