@@ -76,6 +76,10 @@ def test_float16_gradcam_matches_float32_where_gradients_underflow(
     half, half_classes, _ = _gradcam(small_gradients, cat_64, "float16", targets)
     assert half_classes.tolist() == classes.tolist() == [2]
     assert np.abs(half - exact).max() < 0.02
+    import keras
+
+    if keras.backend.backend() != "jax":
+        return  # torch's CPU autocast keeps the pooling in float32: nothing underflows there
     # Without the scaling (the code before): the gradients flush to zero, the map is lost.
     small_gradients.extra.clear()  # a new probe: its device function traces again
     monkeypatch.setattr(gradients, "LOSS_SCALE", 1.0)

@@ -222,6 +222,7 @@ class _Pipeline:
                 targets=self.opt["target"],
                 pad_to=self.opt["batch_size"],  # a short last batch compiles nothing new
                 upsample=self.explainer.on_device,
+                levels=True,  # uint8 heat levels: what the frames draw, a quarter of the bytes
             )
             probs = np.asarray(probs)
             labels = []

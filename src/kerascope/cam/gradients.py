@@ -271,7 +271,7 @@ def _torch_fused(probe, head: Callable, combine: Combine, precision: str) -> Map
             logits, probs = head(h.float())
         t = torch.as_tensor(targets, device=x.device, dtype=torch.long)
         classes = torch.where(t < 0, logits.argmax(-1), t)
-        (grads,) = torch.autograd.grad(logits.gather(1, classes[:, None]).sum(), delta)
+        grads = _torch_scaled_grad(logits.gather(1, classes[:, None]).sum(), delta, precision)
         with torch.no_grad():
             maps = torch.clamp(combine(a.detach().float(), grads.float(), classes), min=0.0)
             if size is not None and tuple(maps.shape[1:]) != tuple(size):
@@ -286,6 +286,23 @@ def _torch_fused(probe, head: Callable, combine: Combine, precision: str) -> Map
 
     call.traces = lambda: 0
     return call
+
+
+def _torch_scaled_grad(score, delta, precision: str):
+    """d score / d delta in float32; in float16 with the loss scaling of `scaled_vjp` (on
+    torch per batch: the whole batch again at a smaller scale when any gradient overflows)."""
+    import torch
+
+    if precision != "float16":
+        (grads,) = torch.autograd.grad(score, delta)
+        return grads.float()
+    scale = LOSS_SCALE
+    while True:
+        (grads,) = torch.autograd.grad(score * scale, delta, retain_graph=scale > 1)
+        grads = grads.float() / scale
+        if scale <= 1 or bool(torch.isfinite(grads).all()):
+            return grads
+        scale = max(1.0, scale * _SCALE_STEP)
 
 
 def _tensorflow(probe, head: Callable) -> GradientFn:
