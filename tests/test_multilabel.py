@@ -147,7 +147,8 @@ def test_evaluate_reports_per_label_scores_and_map(multilabel_run, pairs, capsys
     recall / F1 at the run's thresholds, AP and mAP, in metrics.json and on screen; the
     trained-on rows are flagged when asked for."""
     from kerascope.cli import main
-    from kerascope.multilabel_eval import evaluate_multilabel
+    from kerascope.evaluation import evaluate
+    from kerascope.multilabel_eval import MultilabelEvaluation
 
     run = multilabel_run
     assert main(["evaluate", str(run.run_dir), str(pairs)]) == 0
@@ -159,8 +160,8 @@ def test_evaluate_reports_per_label_scores_and_map(multilabel_run, pairs, capsys
     assert metrics["mAP"] == pytest.approx(run.val_map, abs=1e-3)
     assert [row["threshold"] for row in metrics["labels"]] == pytest.approx(run.thresholds)
     assert {"precision", "recall", "f1", "average_precision"} <= set(metrics["labels"][0])
-    everything = evaluate_multilabel(run.run_dir, pairs, split="all",
-                                     output=run.run_dir / "all")  # fmt: skip
+    everything = evaluate(run.run_dir, pairs, split="all", output=run.run_dir / "all")
+    assert isinstance(everything, MultilabelEvaluation)  # kerascope.evaluate dispatches
     assert everything.n == 96 and everything.trained_on == 72 and everything.mAP > 0.8
 
 

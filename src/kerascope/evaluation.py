@@ -24,7 +24,14 @@ import numpy as np
 
 from kerascope.classification import Source, iter_outputs, run_precision
 from kerascope.data.folders import SPLIT_DIRS, DatasetError
+from kerascope.errors import ConfigError
 from kerascope.eval_plots import plot_most_confused, plot_predictions
+from kerascope.evaluation_text import (  # noqa: F401  (re-exported: the CLI's text)
+    MATRIX_CLASSES,
+    format_confusion,
+    headline,
+    top5_note,
+)
 from kerascope.files import fresh_path, write_json
 from kerascope.images import expand_inputs
 from kerascope.inference import compiled
@@ -44,10 +51,6 @@ from kerascope.zoo.models import Classifier, load_model
 TOP_LOSSES = 12
 GRID = 16
 """Images in ``predictions.png`` (a 4x4 grid, as the tutorials' "cat 97%" picture)."""
-MATRIX_CLASSES = 50
-"""Above this many classes the confusion picture and the printed table show the most confused
-pairs (fastai's ``most_confused``) instead of the full matrix, and ``metrics.json`` keeps the
-matrix's non-zero cells only."""
 SPLITS = ("auto", "test", "validation", "train", "all")
 """``evaluate``'s ``split``: ``auto`` scores the folder's ``test/`` split if it has one, else the
 run's own held-out validation images when the folder is the one it trained from, else the
@@ -263,7 +266,9 @@ def evaluate(
             ``metrics.json``.
 
     Returns:
-        An `Evaluation`; unreadable images are left out and listed in ``unreadable``.
+        An `Evaluation`; unreadable images are left out and listed in ``unreadable``. A
+        multi-label run (``train DATA.csv``) gives a
+        `kerascope.multilabel_eval.MultilabelEvaluation` of the label CSV ``data`` instead.
 
     Raises:
         DatasetError: no class folders, a folder that is not a class of the model, a missing
@@ -280,6 +285,14 @@ def evaluate(
         read_labels(folder)  # a damaged labels.json: one line, before the model loads
     record = read_split(folder) if folder is not None else None
     clf = run_dir if isinstance(run_dir, Classifier) else load_model(run_dir)
+    if clf.extra.get("multilabel"):  # per-label scores on a label CSV
+        from kerascope.multilabel_eval import evaluate_multilabel
+
+        if labels is not None or tta is not None:
+            raise ConfigError("a multi-label run is evaluated on a label CSV, without labels= "
+                              "or tta= (not available for it yet)")  # fmt: skip
+        return evaluate_multilabel(clf, data, split=split, output=output,  # type: ignore
+                                   batch_size=batch_size, precision=precision)  # fmt: skip
     classes = [name for _, name in clf.labels]
     origin = "folder"
     if labels is None:
@@ -476,60 +489,3 @@ def _with_heatmaps(clf: Classifier, pixels: np.ndarray, targets: np.ndarray) -> 
         return pixels
     maps, _, _ = Explainer(clf, "gradcam").explain_batch(pixels, targets)
     return np.stack([overlay(image, heat) for image, heat in zip(pixels, maps, strict=True)])
-
-
-def top5_note(result: Evaluation) -> str:
-    """``", top-5 0.9500"`` when top-5 accuracy was measured, else nothing."""
-    return "" if result.top5_accuracy is None else f", top-5 {result.top5_accuracy:.4f}"
-
-
-def format_confusion(result: Evaluation) -> str:
-    """The confusion matrix (the most confused pairs above `MATRIX_CLASSES` classes) and the
-    per-class scores as a plain-text table, then the headline numbers (for the CLI)."""
-    classes = result.classes
-    big = len(classes) > MATRIX_CLASSES
-    predicted_n = np.asarray(result.confusion).sum(axis=0)
-    shown = [c for i, c in enumerate(classes)
-             if not big or result.per_class[c].support or predicted_n[i]]  # fmt: skip
-    width = max(8, *(len(c) for c in shown))
-    lines = []
-    if not big:
-        corner = "true \\ pred"
-        lines.append(f"{corner:<{width}}  " + "  ".join(f"{c[:width]:>{width}}" for c in classes))
-        for c, row in zip(classes, result.confusion, strict=True):
-            lines.append(f"{c:<{width}}  " + "  ".join(f"{v:>{width}}" for v in row))
-    else:
-        lines.append("most confused (true -> predicted: images):")
-        lines += [f"  {t} -> {p}: {n}" for t, p, n in result.most_confused[:10]] or ["  none"]
-    lines.append("")
-    lines.append(f"{'class':<{width}}  precision  recall      f1  support")
-    for c in shown:
-        s = result.per_class[c]
-        lines.append(f"{c:<{width}}  {s.precision:9.3f}  {s.recall:6.3f}  {s.f1:6.3f}"
-                     f"  {s.support:7d}")  # fmt: skip
-    if big:
-        lines.append(f"({len(shown)} of {len(classes)} classes shown: those with images or "
-                     "predictions)")  # fmt: skip
-    lines.append(headline(result))
-    if result.unreadable:
-        lines.append(f"{len(result.unreadable)} unreadable image(s) left out")
-    return "\n".join(lines)
-
-
-def headline(result: Evaluation) -> str:
-    """Two lines: ``accuracy 0.5000, top-5 1.0000 on 4 images`` and the 95 % intervals,
-    speed and TTA (``95 % CI (Wilson): top-1 0.15-0.85, top-5 0.51-1.00; 12.3 img/s``)."""
-    lo, hi = result.top1_interval
-    text = f"accuracy {result.accuracy:.4f}{top5_note(result)} on {result.n} images\n"
-    text += f"95 % CI (Wilson): top-1 {lo:.2f}-{hi:.2f}"
-    if result.top5_interval is not None:
-        text += f", top-5 {result.top5_interval[0]:.2f}-{result.top5_interval[1]:.2f}"
-    text += f"; {result.images_per_second:.1f} img/s"
-    if result.tta is not None:
-        text += f"; TTA: mean of {result.tta['views']} views ({_tta_words(result.tta)})"
-    return text
-
-
-def _tta_words(tta: dict[str, Any]) -> str:
-    return " + ".join(([f"{tta['crops']} crops"] if tta["crops"] > 1 else [])
-                      + (["flip"] if tta["flip"] else []))  # fmt: skip
