@@ -42,7 +42,7 @@ def test_finetune_starts_from_the_earlier_runs_head(crops, transfer_run, tmp_pat
     """The head that stage 1 starts from is the transfer run's saved head, not a random one,
     and the config records where it came from."""
     FirstWeights.seen = {}
-    run = train(crops, recipe="finetune", output=tmp_path / "ft", epochs=[1, 1],
+    run = train(crops, recipe="finetune", output=tmp_path / "ft", epochs=[1, 1], unfreeze=0.2,
                 init_from=transfer_run.run_dir, callbacks=[FirstWeights()], **SMALL)  # fmt: skip
     saved = keras.saving.load_model(transfer_run.model_path).get_layer("predictions")
     for start, earlier in zip(FirstWeights.seen["head"], saved.get_weights(), strict=True):
@@ -61,7 +61,7 @@ def test_mismatched_head_is_one_line_naming_the_layer(crops, transfer_run, tmp_p
         for split in ("train", "validation"):
             shutil.copytree(Path(crops) / split / name, two / split / name)
     with pytest.raises(ConfigError) as caught:
-        train(two, recipe="finetune", output=tmp_path / "ft", epochs=[1, 1],
+        train(two, recipe="finetune", output=tmp_path / "ft", epochs=[1, 1], unfreeze=0.2,
               init_from=transfer_run.run_dir, **SMALL)  # fmt: skip
     text = str(caught.value)
     assert "\n" not in text and "layer 'predictions'" in text

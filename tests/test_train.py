@@ -176,6 +176,7 @@ def test_transfer_beats_scratch_on_real_photos(tmp_path):
 def test_finetune_resumes_in_its_second_stage(shapes, tmp_path):
     run = tmp_path / "finetune"
     kwargs = dict(recipe="finetune", epochs=[1, 2], image_size=32, unfreeze="blocks_15_expand_conv")
+    kwargs.update(optimizer="rmsprop,sgd", lr=[1e-3, 1e-4])  # the Keras guide's constant rates
     with pytest.raises(KeyboardInterrupt):
         train(shapes, output=run, callbacks=[StopAfter(1)], progress=False, **kwargs)
     state = json.loads((run / "run_state.json").read_text())

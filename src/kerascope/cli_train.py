@@ -57,8 +57,12 @@ def _add_train(sub) -> None:
     p.add_argument("--output", "-o", help="run directory, new or empty (default: "
                    "runs/<time>-<recipe>)")  # fmt: skip
     p.add_argument("--epochs", type=_ints, help="epochs of every stage, or one per stage "
-                   "(5,10) (default: the recipe's); with --resume: for the stages not finished "
-                   "yet")  # fmt: skip
+                   "(5,10) (default: the recipe's, or finetune's time budget); with --resume: "
+                   "for the stages not finished yet")  # fmt: skip
+    p.add_argument("--time-budget", type=float, metavar="MINUTES", help="minutes the run may "
+                   "take: each stage's epochs from its measured epoch time (default: 15 for "
+                   "finetune, none for the others; 0: the recipe's fixed epochs); --epochs "
+                   "wins")  # fmt: skip
     p.add_argument("--batch-size", type=int, help="images per step (default: the recipe's)")
     p.add_argument("--lr", type=_lr_values, help="learning rate of the first stage, or one "
                    "per stage (1e-3,1e-4), or find: the lr finder's suggestion (its sweep is "
@@ -94,10 +98,11 @@ def _add_train(sub) -> None:
     p.add_argument(
         "--unfreeze",
         default=None,
-        help="finetune, stage 2: which backbone layers train: a fraction of the top layers "
-        "(0.2), the index of the first one as keras.applications numbers them (249: the "
-        "InceptionV3 guide's top two blocks; `kerascope models layers NAME` lists them), a "
-        "layer name, or all (default: 0.2); BatchNorm stays frozen",
+        help="finetune: one fine-tuning stage after the head's, training from this point: a "
+        "fraction of the top layers (0.2), the index of the first one as keras.applications "
+        "numbers them (249: the InceptionV3 guide's top two blocks; `kerascope models layers "
+        "NAME` lists them), a layer name, or all (default: gradual unfreezing in two stages, "
+        "the top 0.2 then all); BatchNorm stays frozen",
     )
     p.add_argument("--no-augment", action="store_true", help="train without augmentation")
     _add_augment_options(p.add_argument_group(
@@ -278,6 +283,8 @@ def _run_train(args) -> int:
     )  # fmt: skip
     if args.binary:
         kwargs["binary"] = True
+    if args.time_budget is not None:
+        kwargs["time_budget"] = args.time_budget
     if args.backbone:
         kwargs["backbone"] = args.backbone
     if args.layer:

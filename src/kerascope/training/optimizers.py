@@ -59,7 +59,8 @@ def check_schedule(schedule: str | None) -> str | None:
 
 
 def make_optimizer(name: str, lr: float, momentum: float | None = None,
-                   schedule: str | None = None, steps: int = 1) -> Any:  # fmt: skip
+                   schedule: str | None = None, steps: int = 1,
+                   rates: dict[str, float] | None = None) -> Any:  # fmt: skip
     """A Keras optimizer for one stage.
 
     Args:
@@ -69,7 +70,10 @@ def make_optimizer(name: str, lr: float, momentum: float | None = None,
         schedule: None (constant), ``inverse-time:DECAY``, ``cosine`` (to 0 over ``steps``) or
             ``onecycle`` (:func:`one_cycle`: up to ``lr`` and down again over ``steps``).
         steps: optimizer steps the stage runs (batches per epoch times epochs), for cosine
-            and one-cycle.
+            and one-cycle; :func:`set_total_steps` may change it before the stage trains,
+            without a new compilation (a time budget decides the epochs after measuring).
+        rates: discriminative learning rates, ``{variable path: multiplier of lr}``
+            (:func:`layer_rates`); variables not named train at ``lr``.
     """
     import keras
 
@@ -77,21 +81,91 @@ def make_optimizer(name: str, lr: float, momentum: float | None = None,
     rate: Any = float(lr)
     schedule = check_schedule(schedule)
     if schedule == "cosine":
-        rate = keras.optimizers.schedules.CosineDecay(float(lr), decay_steps=max(1, int(steps)))
+        rate = _one_cycle_class()(float(lr), steps, 0.0)
     elif schedule == "onecycle":
         rate = one_cycle(float(lr), steps)
     elif schedule is not None:
         decay = float(schedule.partition(":")[2])
         rate = keras.optimizers.schedules.InverseTimeDecay(float(lr), decay_steps=1,
                                                            decay_rate=decay)  # fmt: skip
-    if name == "sgd":
-        m = DEFAULT_MOMENTUM if momentum is None else float(momentum)
-        return keras.optimizers.SGD(learning_rate=rate, momentum=m)
-    if name == "adam":
-        return keras.optimizers.Adam(learning_rate=rate)
-    if name == "adadelta":
-        return keras.optimizers.Adadelta(learning_rate=rate)
-    return keras.optimizers.RMSprop(learning_rate=rate)
+    classes = {
+        "sgd": keras.optimizers.SGD,
+        "adam": keras.optimizers.Adam,
+        "adadelta": keras.optimizers.Adadelta,
+        "rmsprop": keras.optimizers.RMSprop,
+    }
+    kind = classes[name] if not rates else _per_variable(classes[name])
+    kwargs = {"momentum": DEFAULT_MOMENTUM if momentum is None else float(momentum)} if (
+        name == "sgd") else {}  # fmt: skip
+    optimizer = kind(learning_rate=rate, **kwargs)
+    if rates:
+        optimizer.rates = {str(k): float(v) for k, v in rates.items() if float(v) != 1.0}
+    if isinstance(rate, _one_cycle_class()):  # its length, a variable the step reads
+        rate.total = optimizer.add_variable((), initializer=keras.initializers.Constant(
+            rate.steps), dtype="float32", name="schedule_steps")  # fmt: skip
+    return optimizer
+
+
+def set_total_steps(optimizer: Any, steps: int) -> None:
+    """Set the number of steps a stage's one-cycle or cosine schedule spans (a no-op for
+    other rates). Why: a time budget knows the epochs only after timing a few steps, and
+    the schedule reads this from an optimizer variable, so the compiled step stays valid."""
+    schedule = getattr(optimizer, "_learning_rate", None)
+    if isinstance(schedule, _one_cycle_class()) and schedule.total is not None:
+        schedule.steps = float(max(2, int(steps)))
+        schedule.total.assign(schedule.steps)
+
+
+def layer_rates(model: Any, ratio: float) -> dict[str, float]:
+    """Discriminative learning rates, fastai's ``slice(lr / ratio, lr)``: the head trains at
+    ``lr``; a backbone layer at position ``r`` (0 its first layer, 1 its last) at
+    ``lr * ratio ** -(1 - r / 2)``, so from ``lr / ratio`` at the bottom to ``lr / sqrt(ratio)``
+    at the top (ratio 100: lr/100 .. lr/10, fastai's three groups made continuous). Why:
+    early layers hold generic features that a high rate would wreck; late ones adapt.
+
+    Returns ``{variable path: multiplier}`` for the backbone's variables (the nested model
+    inside a transfer model; none without one)."""
+    if not ratio or ratio == 1:
+        return {}
+    nested = [layer for layer in model.layers if getattr(layer, "layers", None)]
+    if not nested:
+        return {}
+    leaves = _leaves(nested[0])
+    with_weights = [layer for layer in leaves if layer.weights]
+    n = max(1, len(with_weights) - 1)
+    out = {}
+    for i, layer in enumerate(with_weights):
+        multiplier = float(ratio) ** -(1.0 - (i / n) / 2.0)
+        for variable in layer.weights:
+            out[variable.path] = multiplier
+    return out
+
+
+def _leaves(layer: Any) -> list[Any]:
+    inner = getattr(layer, "layers", None)
+    return [leaf for x in inner for leaf in _leaves(x)] if inner else [layer]
+
+
+@functools.cache
+def _per_variable(base: type) -> type:
+    """``base`` (a Keras optimizer class) whose update scales the rate per variable by
+    ``self.rates``: variables are grouped by multiplier and each group goes through the
+    backend's own update at ``lr * multiplier``, so Adam's and RMSprop's normalised steps
+    scale too (scaling gradients would not) and the torch backend's fused updates still run."""
+
+    def _backend_update_step(self: Any, grads: list, variables: list, learning_rate: Any) -> None:
+        rates = getattr(self, "rates", {})
+        groups: dict[float, tuple[list, list]] = {}
+        for grad, variable in zip(grads, variables, strict=True):
+            group = groups.setdefault(rates.get(variable.path, 1.0), ([], []))
+            group[0].append(grad)
+            group[1].append(variable)
+        for multiplier, (g, v) in groups.items():
+            rate = learning_rate if multiplier == 1.0 else learning_rate * multiplier
+            base._backend_update_step(self, g, v, rate)
+
+    return type(base.__name__, (base,), {"_backend_update_step": _backend_update_step,
+                                         "__module__": __name__})  # fmt: skip
 
 
 def one_cycle(lr: float, steps: int, warmup: float = ONECYCLE_WARMUP) -> Any:
@@ -115,19 +189,23 @@ def _one_cycle_class() -> type:
     @keras.saving.register_keras_serializable(package="kerascope")
     class OneCycle(keras.optimizers.schedules.LearningRateSchedule):
         def __init__(self, lr: float, steps: int, warmup: float):
-            self.lr, self.steps, self.warmup = float(lr), max(2, int(steps)), float(warmup)
+            self.lr, self.steps, self.warmup = float(lr), float(max(2, int(steps))), float(warmup)
+            self.total: Any = None  # an optimizer variable holding ``steps`` (make_optimizer)
 
         def __call__(self, step: Any) -> Any:
             ops = keras.ops
-            up = max(1.0, round(self.steps * self.warmup))
-            down = max(1.0, self.steps - 1 - up)
+            steps = self.steps if self.total is None else ops.cast(self.total, "float32")
             step = ops.cast(step, "float32")
-            low, end = self.lr / ONECYCLE_DIV, self.lr / ONECYCLE_FINAL_DIV
 
             def cosine(start: float, stop: float, t: Any) -> Any:  # start at t=0, stop at t=1
                 t = ops.clip(t, 0.0, 1.0)
                 return stop + (start - stop) * (1 + ops.cos(np.pi * t)) / 2
 
+            if self.warmup == 0:  # plain cosine to 0 (Keras's CosineDecay)
+                return cosine(self.lr, 0.0, step / steps)
+            up = ops.maximum(1.0, ops.round(steps * self.warmup))
+            down = ops.maximum(1.0, steps - 1 - up)
+            low, end = self.lr / ONECYCLE_DIV, self.lr / ONECYCLE_FINAL_DIV
             rising = cosine(low, self.lr, step / up)
             falling = cosine(self.lr, end, (step - up) / down)
             return ops.where(step < up, rising, falling)

@@ -10,9 +10,15 @@ run may override (and that is written to the run's ``config.yaml``):
   is the tutorial's minus horizontal flips: a mirrored "turn left" sign is a "turn right".
 * ``transfer``: a pretrained zoo backbone, frozen, under GAP -> Dropout -> Dense; RMSprop as
   in the Keras Applications guide for the new head.
-* ``finetune``: ``transfer`` (stage 1), then the top of the backbone unfrozen and trained
-  with SGD(1e-4, momentum 0.9) (stage 2), the guide's recipe: a low rate and no adaptive
-  optimizer, so the update cannot wreck the pretrained features.
+* ``finetune``: what fastai's ``fine_tune`` is known for, with ULMFiT's gradual unfreezing:
+  the head alone (Adam 2e-3, one-cycle), then the top of the backbone (``--unfreeze``, default
+  its top 20 %, block-aligned), then all of it, each with Adam 1e-3 on a one-cycle schedule
+  and discriminative rates (``optimizers.layer_rates``: lr/100 at the first backbone layer up
+  to lr/10 at its last, lr for the head). Each stage starts from the best weights so far and
+  stops early on validation loss. Epochs come from a time budget (``budget``: 15 minutes,
+  measured per stage) unless given; images are trained at their own size up to the
+  backbone's (:func:`size_from_data`). ``--unfreeze POINT`` gives the Keras guide's two
+  stages instead (head, then from POINT; e.g. ``--optimizer rmsprop,sgd --lr 1e-3,1e-4``).
 * ``features``: the seed's bottleneck ensemble (``gap_ResNet50.h5 + gap_Xception.h5 + ...``):
   several frozen backbones' pooled features concatenated under Dropout(0.5) -> Dense, Adam
   1e-3, no augmentation (so the backbones run once per stage: ``kerascope.training.split``). The
@@ -54,7 +60,11 @@ class Stage:
 
     optimizer: str  # kerascope.training.optimizers.OPTIMIZERS (sgd: momentum 0.9)
     lr: float
-    epochs: int
+    epochs: int  # the fixed number; under a time budget the most the stage may run
+    schedule: str | None = None  # with the recipe's optimizer (another runs at a constant lr)
+    lr_ratio: float = 1.0  # discriminative rates: the first backbone layer at lr / lr_ratio
+    unfreeze: str | None = None  # None: head only; "run": the run's --unfreeze; "all"
+    share: float = 1.0  # its weight in the time budget left when it starts
 
 
 @dataclass(frozen=True)
@@ -71,6 +81,8 @@ class Recipe:
     augment: AugmentConfig | None = field(default_factory=AugmentConfig)
     uses_backbone: bool = False
     backbone: str | tuple[str, ...] | None = None  # default; a tuple: several, concatenated
+    time_budget: float | None = None  # minutes: epochs from measured epoch times (`budget`)
+    size_from_data: bool = False  # image_size None: the data's size up to the backbone's
 
 
 RECIPES: dict[str, Recipe] = {
@@ -106,14 +118,20 @@ RECIPES: dict[str, Recipe] = {
     ),
     "finetune": Recipe(
         "finetune",
-        "transfer, then the top of the backbone trained with SGD at a low rate",
-        (Stage("rmsprop", 1e-3, 5), Stage("sgd", 1e-4, 10)),
+        "fastai's fine_tune: head, then gradual unfreezing, discriminative one-cycle rates",
+        (
+            Stage("adam", 2e-3, 3, "onecycle", share=0.2),
+            Stage("adam", 1e-3, 10, "onecycle", lr_ratio=100.0, unfreeze="run", share=0.35),
+            Stage("adam", 1e-3, 20, "onecycle", lr_ratio=100.0, unfreeze="all", share=0.45),
+        ),
         image_size=None,
         batch_size=32,
         patience=3,
         dropout=0.2,
         uses_backbone=True,
         backbone="efficientnet_lite0",
+        time_budget=15.0,
+        size_from_data=True,
     ),
     "features": Recipe(
         "features",
@@ -136,6 +154,28 @@ def get_recipe(name: str) -> Recipe:
         return RECIPES[name.lower()]
     except KeyError:
         raise ConfigError(f"unknown recipe {name!r}; choose one of {', '.join(RECIPES)}") from None
+
+
+def size_from_data(files: Sequence[str], native: int, smallest: int = 64) -> int:
+    """The training size the data asks for: the median shorter side of (a sample of) the
+    images, rounded down to a multiple of 32, between ``smallest`` and the backbone's
+    ``native`` size. Why: smaller images gain nothing from being upscaled to 224 px but cost
+    (224 / side)^2 times the compute per epoch, which a time budget spends on epochs instead;
+    larger ones are shrunk to what the pretrained weights saw."""
+    from PIL import Image
+
+    sides = []
+    step = max(1, len(files) // 64)
+    for path in list(files)[::step][:64]:
+        try:
+            with Image.open(path) as image:
+                sides.append(min(image.size))
+        except OSError:
+            continue  # the scan reports unreadable files; they do not choose the size
+    if not sides:
+        return native
+    median = sorted(sides)[len(sides) // 2]
+    return int(min(native, max(smallest, median // 32 * 32)))
 
 
 def native_size(backbone: str | Sequence[str]) -> int:
@@ -323,7 +363,8 @@ def backbone_of(model: Any) -> Any | None:
 
 
 def prepare_stage(model: Any, stage_index: int, unfreeze: heads.UnfreezeSpec) -> list[str]:
-    """Set the trainable flags for a stage; stage 2 of finetune unfreezes the backbone's top.
+    """Set the trainable flags for a stage; stage 2 of finetune unfreezes the backbone's top,
+    a later stage (gradual unfreezing) what its ``unfreeze`` says, e.g. ``"all"``.
 
     Returns:
         Names of the backbone layers being fine-tuned (empty in a head-only stage).

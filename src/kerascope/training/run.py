@@ -44,7 +44,6 @@ from kerascope.files import (  # noqa: E402
     write_json,
     write_text,
 )
-from kerascope.report import read_history, write_history  # noqa: E402
 from kerascope.rundir import (  # noqa: E402
     LABELS_NAME,
     discard_new_run,
@@ -53,13 +52,19 @@ from kerascope.rundir import (  # noqa: E402
     write_split,
     write_state,
 )
+from kerascope.training import budget, recipes  # noqa: E402
 from kerascope.training import devices as placing  # noqa: E402
-from kerascope.training import recipes  # noqa: E402
 from kerascope.training import resume as resuming  # noqa: E402
 from kerascope.training.checkpoints import Backup, BestCheckpoint, backup_epoch  # noqa: E402
+from kerascope.training.epochs import EpochLog  # noqa: E402
 from kerascope.training.finish import finish_run, remove_leftovers  # noqa: E402
 from kerascope.training.heads import UnfreezeSpec, parameter_counts  # noqa: E402
-from kerascope.training.optimizers import describe, make_optimizer  # noqa: E402
+from kerascope.training.optimizers import (  # noqa: E402
+    describe,
+    layer_rates,
+    make_optimizer,
+    set_total_steps,
+)
 from kerascope.training.outputs import check_task, loss_and_metric, task_of  # noqa: E402
 from kerascope.training.progress import TrainProgress  # noqa: E402
 from kerascope.training.recipes import class_weights  # noqa: E402
@@ -129,6 +134,7 @@ def train(
     cutmix: float | None = None,
     init_from: str | os.PathLike | None = None,
     binary: bool = False,
+    time_budget: float | None = None,
     devices: placing.DeviceSpec = None,
     coordinator: str | None = None,
     num_processes: int | None = None,
@@ -145,7 +151,12 @@ def train(
         backbone: zoo model under ``transfer``/``finetune`` (default ``efficientnet_lite0``);
             under ``features`` several, as a list or comma-separated (default
             ``efficientnet_lite0,efficientnet_lite1``).
-        epochs: epochs per stage; one int applies to every stage, a list gives each.
+        epochs: epochs per stage; one int applies to every stage, a list gives each. Given,
+            they win over a time budget.
+        time_budget: minutes the run may take: each stage's epochs come from its measured
+            epoch time (``kerascope.training.budget``), up to the recipe's. Default: the
+            recipe's (finetune: 15; others none: their fixed epochs); 0 turns it off.
+            ``config.yaml``'s ``epochs_rule`` says which ruled.
         batch_size, image_size, patience: override the recipe's defaults.
         lr: learning rate; a float sets the first stage only (finetune's stage 2 keeps its
             low SGD rate, the point of that stage), a list sets each stage.
@@ -257,6 +268,7 @@ def train(
                                 dropout=dropout, optimizer=optimizer, momentum=momentum,
                                 lr_schedule=lr_schedule, weights=weights,
                                 precision=precision, label_smoothing=label_smoothing,
+                                time_budget=time_budget,
                                 mixup=mixup, cutmix=cutmix, init_from=init_from,
                                 task="binary" if binary else "multiclass")  # fmt: skip
         run_dir = Path(config["output"])
@@ -348,6 +360,7 @@ def _train(run_dir: Path, config: dict[str, Any], resumed: bool, engine: str | N
     """Scan, build and fit every stage not finished yet, then finish; under the run's lock."""
     from kerascope.data import make_sequences, scan_dataset
 
+    started = time.monotonic()  # a time budget counts from here
     dataset = scan_dataset(config["data"], config["val_split"], config["seed"], config["skip_bad"])
     if resumed and dataset.classes != config["classes"]:
         raise RunError(f"classes in '{config['data']}' changed since '{run_dir}' started: "
@@ -392,11 +405,11 @@ def _train(run_dir: Path, config: dict[str, Any], resumed: bool, engine: str | N
     try:
         for index, stage in enumerate(config["stages"]):
             if index < state.get("completed_stages", 0):
-                recipes.prepare_stage(model, index, _unfreeze(config))
+                recipes.prepare_stage(model, index, _unfreeze(config, stage))
                 continue
             trained_here = True
             _run_stage(model, run_dir, config, index, stage, seqs, weights, verbose, callbacks,
-                       split, progress)  # fmt: skip
+                       split, progress, started)  # fmt: skip
             write_state(run_dir, {**read_state(run_dir), "completed_stages": index + 1})
             shutil.rmtree(run_dir / "backup" / f"stage{index + 1}", ignore_errors=True)
     except KeyboardInterrupt:
@@ -413,8 +426,11 @@ def _train(run_dir: Path, config: dict[str, Any], resumed: bool, engine: str | N
     return _finish(model, run_dir, config, dataset.summary(), trained_here)
 
 
-def _unfreeze(config: dict[str, Any]) -> UnfreezeSpec:
-    """Where fine-tuning starts: the index resolved when the run was configured."""
+def _unfreeze(config: dict[str, Any], stage: dict[str, Any] | None = None) -> UnfreezeSpec:
+    """Where fine-tuning starts: the stage's own point (gradual unfreezing's ``"all"``), else
+    the index resolved when the run was configured."""
+    if stage is not None and stage.get("unfreeze") is not None:
+        return stage["unfreeze"]
     index = config.get("unfreeze_index")
     return config.get("unfreeze") if index is None else int(index)
 
@@ -457,9 +473,12 @@ def use_split(engine: str | None = None, augmented: bool = True) -> bool:
 
 
 def _run_stage(model, run_dir: Path, config: dict, index: int, stage: dict, seqs, weights,
-               verbose: int, extra: list | None, split: bool, progress: bool) -> None:  # fmt: skip
-    """One ``fit``: flags, optimizer, callbacks; epochs are numbered across stages."""
-    fine_tuned = recipes.prepare_stage(model, index, _unfreeze(config))
+               verbose: int, extra: list | None, split: bool, progress: bool,
+               started: float | None = None) -> None:  # fmt: skip
+    """One ``fit``: flags, optimizer, callbacks; epochs are numbered across stages. Under a
+    time budget (``started``: when the run's clock started) the stage's epochs are planned
+    from its measured epoch time once compiled, and recorded in ``config.yaml``."""
+    fine_tuned = recipes.prepare_stage(model, index, _unfreeze(config, stage))
     backup = run_dir / "backup" / f"stage{index + 1}"
     best = run_dir / "best.weights.h5"
     if index > 0 and best.is_file() and backup_epoch(backup) is None:
@@ -475,7 +494,8 @@ def _run_stage(model, run_dir: Path, config: dict, index: int, stage: dict, seqs
     recipes.set_precision(parts.suffix if parts else model, precision)
     steps = len(seqs["train"]) * stage["epochs"]
     optimizer = make_optimizer(stage["optimizer"], stage["lr"], stage.get("momentum"),
-                               stage.get("schedule"), steps)  # fmt: skip
+                               stage.get("schedule"), steps,
+                               rates=layer_rates(model, stage.get("lr_ratio", 1.0)))  # fmt: skip
     if precision == "float16":  # float16 gradients underflow without loss scaling
         optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
     # batches are padded (weight 0): accuracy counts the real rows only; regularisers give
@@ -485,6 +505,8 @@ def _run_stage(model, run_dir: Path, config: dict, index: int, stage: dict, seqs
     trained.compile(optimizer=optimizer, loss=loss, weighted_metrics=[metric])
     start = sum(s["epochs"] for s in config["stages"][:index])
     end = start + stage["epochs"]
+    pending = (config.get("epochs_rule") == "time budget" and "epoch_seconds" not in stage
+               and started is not None and placing.process_share() is None)  # fmt: skip
     resumed = backup_epoch(backup)
     seqs["train"].set_epoch(resumed if resumed is not None else start)
     if progress:
@@ -492,7 +514,7 @@ def _run_stage(model, run_dir: Path, config: dict, index: int, stage: dict, seqs
         what = f", fine-tuning {len(fine_tuned)} backbone layers" if fine_tuned else ""
         again = f", resuming after epoch {resumed}" if resumed else ""
         print(f"stage {index + 1}/{len(config['stages'])}: {describe(stage)}, "
-              f"epochs {start + 1}-{end}{what} ({trainable:,} trainable, "
+              f"epochs {start + 1}-{end if not pending else '?'}{what} ({trainable:,} trainable, "
               f"{frozen:,} frozen parameters){again}")  # fmt: skip
         if parts is not None:
             cut = f"from '{parts.cut}' on" if parts.cut else "head only"
@@ -510,11 +532,22 @@ def _run_stage(model, run_dir: Path, config: dict, index: int, stage: dict, seqs
                                 regularise=regularise)  # fmt: skip
         val_data = DeviceFeed(seqs["validation"], None, config["seed"], regularise=hard)
     train_data, val_data = placing.process_shard(train_data), placing.process_shard(val_data)
+    if pending:  # the stage's epochs from its measured epoch time
+        seconds = round(budget.epoch_seconds(trained, train_data, val_data), 2)
+        left = round(config["time_budget"] * 60 - (time.monotonic() - started), 1)
+        shares = [s.get("share", 1.0) for s in config["stages"][index:]]
+        stage["epochs"] = budget.plan_epochs(left, seconds, shares, stage["epochs"])
+        stage.update(epoch_seconds=seconds, seconds_left=left)
+        save_config(run_dir, config)
+        set_total_steps(optimizer, len(seqs["train"]) * stage["epochs"])
+        end = start + stage["epochs"]
+        if progress:
+            print(budget.describe_plan(stage["epochs"], stage["most_epochs"], seconds, left))
     # Order matters for a kill between two of them: the history row and the best weights of
     # an epoch are written before its backup, so a resume redoes that epoch (same numbers)
     # rather than skipping past an epoch that history.csv or best.weights.h5 lacks.
     callbacks = [
-        _EpochLog(run_dir, index + 1, len(seqs["train"].paths)),
+        EpochLog(run_dir, index + 1, len(seqs["train"].paths)),
         BestCheckpoint(model, best, monitor=MONITOR),
         Backup(backup),
         keras.callbacks.EarlyStopping(monitor=MONITOR, patience=config["patience"]),
@@ -562,58 +595,6 @@ def _precompute_bar(split: str, progress: bool):
             print(f"  {split}: frozen prefix computed once for {total} batch(es)", flush=True)
 
     return report
-
-
-class _EpochLog(keras.callbacks.Callback):
-    """Appends each epoch to ``history.csv`` (rewriting epochs redone after a resume) and
-    records the stage and epoch in ``run_state.json``.
-
-    ``train_seconds`` is the epoch's training alone (validation excluded; the device is
-    waited for, so queued asynchronous steps count), ``images_per_second`` the training
-    images over it: the steady throughput is this column from the second epoch of a stage on
-    (the first includes compilation)."""
-
-    def __init__(self, run_dir: Path, stage: int, images: int = 0):
-        super().__init__()
-        self.run_dir, self.stage, self.images = run_dir, stage, int(images)
-        self.started = time.perf_counter()
-        self.trained: float | None = None
-        self.last: Any = None
-
-    def on_epoch_begin(self, epoch: int, logs=None) -> None:
-        self.started = time.perf_counter()
-        self.trained, self.last = None, None
-
-    def on_train_batch_end(self, batch: int, logs=None) -> None:
-        self.last = logs
-
-    def on_test_begin(self, logs=None) -> None:
-        if self.trained is None:
-            self.trained = self._train_end()
-
-    def _train_end(self) -> float:
-        """Now, once the last step's results exist (JAX returns before computing them)."""
-        if self.last:
-            for value in self.last.values():
-                with contextlib.suppress(Exception):
-                    float(keras.ops.convert_to_numpy(value))
-        return time.perf_counter() - self.started
-
-    def on_epoch_end(self, epoch: int, logs=None) -> None:
-        trained = self.trained if self.trained is not None else self._train_end()
-        logs = logs or {}
-        path = self.run_dir / "history.csv"
-        rows = [r for r in read_history(path) if r["epoch"] <= epoch]
-        lr = keras.ops.convert_to_numpy(self.model.optimizer.learning_rate)
-        row = {k: logs.get(k) for k in ("loss", "accuracy", "val_loss", "val_accuracy")}
-        seconds = round(time.perf_counter() - self.started, 3)
-        rate = round(self.images / trained, 1) if trained > 0 and self.images else None
-        rows.append({"epoch": epoch + 1, "stage": self.stage, **row, "lr": float(lr),
-                     "seconds": seconds, "train_seconds": round(trained, 3),
-                     "images_per_second": rate})  # fmt: skip
-        write_history(path, rows)
-        state = {**read_state(self.run_dir), "stage": self.stage, "epoch": epoch + 1}
-        write_state(self.run_dir, {**state, "status": "running"})
 
 
 def _finish(model, run_dir: Path, config: dict, summary: str, trained_here: bool) -> RunResult:

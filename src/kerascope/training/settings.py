@@ -18,7 +18,14 @@ from kerascope.data.augment import AugmentConfig
 from kerascope.errors import ConfigError, RunError
 from kerascope.files import write_text
 from kerascope.training import heads, optimizers
-from kerascope.training.recipes import NO_AUGMENT, RECIPES, Recipe, get_recipe, native_size
+from kerascope.training.recipes import (
+    NO_AUGMENT,
+    RECIPES,
+    Recipe,
+    get_recipe,
+    native_size,
+    size_from_data,
+)
 
 
 def _given(value: Any, default: Any, name: str, minimum: float, strict: bool = False) -> Any:
@@ -62,6 +69,7 @@ def resolve_config(
     cutmix: float | None = None,
     init_from: str | os.PathLike | None = None,
     task: str = "multiclass",
+    time_budget: float | None = None,
 ) -> dict[str, Any]:
     """Every setting of a run as plain data, defaults filled in (written as ``config.yaml``).
 
@@ -74,18 +82,24 @@ def resolve_config(
     from kerascope.training.init_from import resolve_init_from
 
     precision_ = resolve_precision(precision)
-    r = get_recipe(recipe)
+    r = stages_for(get_recipe(recipe), unfreeze)
     backbone = resolve_backbone(r, backbone)
     if r.name != "features" and (layer is not None or pool != "avg"):
         raise ConfigError("layer and pool choose the features recipe's features; "
                           f"recipe {r.name!r} takes neither")  # fmt: skip
     stages = resolve_stages(r, epochs, lr, optimizer, momentum, lr_schedule)
+    rule = epochs_rule(r, epochs, time_budget)
+    if rule["epochs_rule"] == "time budget":  # each stage's epochs are planned when it starts
+        for entry, s in zip(stages, r.stages, strict=True):
+            entry.update(most_epochs=entry["epochs"], share=s.share)
     regular = RegulariseConfig(float(label_smoothing or 0), float(mixup or 0), float(cutmix or 0))
     from kerascope.training.outputs import check_regularisers, check_task
 
     check_task(task)  # the name; a binary task's two classes are checked after the scan
     check_regularisers(task, asdict(regular))
-    if image_size is None:
+    if image_size is None and r.size_from_data:
+        image_size = data_size(data, native_size(backbone))
+    elif image_size is None:
         image_size = r.image_size or native_size(backbone)
     size = [int(image_size)] * 2 if isinstance(image_size, int) else [int(v) for v in image_size]
     if augment is True:
@@ -128,12 +142,44 @@ def resolve_config(
         "dropout": dropout,
         "weights": weights_,
         "patience": int(patience if patience is not None else r.patience),
+        **rule,
         "precision": precision_,
         "monitor": "val_loss",
         "backend": keras_backend(),
         "versions": versions(),
         "created": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
+
+
+def stages_for(recipe: Recipe, unfreeze: Any) -> Recipe:
+    """The recipe with the stages a run trains: gradual unfreezing (head, top, all) by
+    default; an explicit ``unfreeze`` point gives one fine-tuning stage from it (the Keras
+    guide's two stages), so its later ``"all"`` stage is left out."""
+    if unfreeze is None:
+        return recipe
+    return replace(recipe, stages=tuple(s for s in recipe.stages if s.unfreeze != "all"))
+
+
+def epochs_rule(recipe: Recipe, epochs: Any, time_budget: float | None) -> dict[str, Any]:
+    """What sets the epochs, for ``config.yaml`` and the report: ``epochs`` given (it always
+    wins), else a time budget in minutes (given, or the recipe's; 0 turns it off: the
+    recipe's fixed epochs)."""
+    if time_budget is not None and not time_budget >= 0:
+        raise ConfigError(f"time budget must be at least 0 minutes, got {time_budget!r}")
+    budget = recipe.time_budget if time_budget is None else float(time_budget)
+    if epochs is not None:
+        return {"epochs_rule": "epochs", "time_budget": None}
+    if budget:
+        return {"epochs_rule": "time budget", "time_budget": float(budget)}
+    return {"epochs_rule": "recipe", "time_budget": None}
+
+
+def data_size(data: str | os.PathLike, native: int) -> int:
+    """`recipes.size_from_data` over the image files under ``data``."""
+    from kerascope.images import IMAGE_SUFFIXES
+
+    files = sorted(str(p) for p in Path(data).rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+    return size_from_data(files, native)
 
 
 def resolve_stages(recipe: Recipe, epochs: Any, lr: Any, optimizer: Any, momentum: Any,
@@ -144,6 +190,10 @@ def resolve_stages(recipe: Recipe, epochs: Any, lr: Any, optimizer: Any, momentu
     its low-rate SGD, the point of that stage), a list sets each. An optimizer other than the
     recipe's stage's, given without ``lr``, gets its own usual rate (`optimizers.DEFAULT_LR`).
     ``momentum`` applies to the SGD stages; ``schedule`` to every stage unless a list.
+    A stage that keeps the recipe's optimizer keeps its schedule (unless ``schedule`` is
+    given) and discriminative ``lr_ratio``; a stage given another optimizer runs it plainly,
+    at one constant rate, as the tutorials do. A later stage's ``unfreeze`` (``"all"``) is
+    kept in its entry.
     """
     n = len(recipe.stages)
     epochs_ = per_stage(epochs, n, "epochs", broadcast=True)
@@ -162,9 +212,15 @@ def resolve_stages(recipe: Recipe, epochs: Any, lr: Any, optimizer: Any, momentu
             if not 0.0 <= m < 1.0:
                 raise ConfigError(f"momentum must be in [0, 1), got {m:g}")
             stage["momentum"] = m
-        chosen = optimizers.check_schedule(schedules[i])
+        own = name == s.optimizer
+        chosen = optimizers.check_schedule(schedules[i] if schedules[i] is not None or not own
+                                           else s.schedule)  # fmt: skip
         if chosen is not None:
             stage["schedule"] = chosen
+        if own and s.lr_ratio != 1.0:
+            stage["lr_ratio"] = float(s.lr_ratio)
+        if s.unfreeze not in (None, "run"):
+            stage["unfreeze"] = s.unfreeze
         stages.append(stage)
     if momentum is not None and not any(s["optimizer"] == "sgd" for s in stages):
         raise ConfigError("momentum is SGD's, and no stage of this run uses sgd (choose it "

@@ -1,0 +1,92 @@
+"""``--time-budget MINUTES``: a stage's epochs from its measured epoch time.
+
+Why: a fixed number of epochs is too few on a fast machine and hours on a slow one; what a
+user knows is how long they can wait. When a stage starts, :func:`epoch_seconds` times a few
+real training and validation steps of the compiled stage (after a first step of each, which
+compiles) and puts every variable back, so the run trains exactly as if unmeasured; then
+:func:`plan_epochs` gives the stage its share of the time left (the recipe's ``Stage.share``
+among the stages still to run, so time a stage saves by stopping early goes to the next),
+at most the recipe's epochs. Given ``epochs`` always win (``settings.epochs_rule``).
+
+What is counted: an epoch's training steps and validation steps, batches prepared the way
+the stage prepares them (augmentation, a split prefix), one after the other: fit overlaps
+the batch preparation with the step, so the estimate errs long and the run ends inside its
+budget. Decoding the data, compiling and saving are outside the per-epoch figure but inside
+the budget (the clock starts with the run).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import Any
+
+PROBE_STEPS = 3  # timed steps of each kind after the first
+MARGIN = 1.1  # per-epoch costs the probe does not see (callbacks, backups): 10 %
+
+
+def epoch_seconds(trained: Any, train_data: Any, val_data: Any, steps: int = PROBE_STEPS) -> float:
+    """Seconds one epoch of ``trained`` (compiled) takes on these batches, measured.
+
+    Runs ``steps + 1`` training steps and as many validation steps (the first of each also
+    compiles, as the stage's first epoch would; it is not counted), then restores the model's,
+    optimizer's and metrics' variables (seed states included) to their values before.
+    """
+    import keras
+
+    optimizer = trained.optimizer
+    if not optimizer.built:
+        optimizer.build(trained.trainable_variables)
+    variables = [*trained.variables, *optimizer.variables, *trained.metrics_variables]
+    saved = [keras.ops.convert_to_numpy(v.value).copy() for v in variables]
+    try:
+        train_step = _mean_seconds(lambda b: trained.train_on_batch(*b), train_data, steps)
+        val_step = _mean_seconds(lambda b: trained.test_on_batch(*b), val_data, steps)
+    finally:
+        for variable, value in zip(variables, saved, strict=True):
+            variable.assign(value)
+        trained.reset_metrics()
+    return MARGIN * (len(train_data) * train_step + len(val_data) * val_step)
+
+
+def _mean_seconds(step: Any, batches: Any, steps: int) -> float:
+    """Mean seconds of ``step(batch)`` with the batch prepared, after a first untimed one."""
+    n = len(batches)
+    step(batches[0])
+    count = min(steps, max(1, n - 1))
+    started = time.perf_counter()
+    for i in range(count):
+        out = step(batches[(1 + i) % n])
+        _wait(out)
+    return (time.perf_counter() - started) / count
+
+
+def _wait(out: Any) -> None:
+    """Block until an asynchronous (JAX) step has computed its results."""
+    import keras
+
+    values = out if isinstance(out, list | tuple) else [out]
+    for value in values:
+        try:
+            float(keras.ops.convert_to_numpy(value))
+        except (TypeError, ValueError):
+            pass
+
+
+def plan_epochs(seconds_left: float, epoch_seconds: float, shares: Sequence[float],
+                most: int) -> int:  # fmt: skip
+    """Epochs for the stage starting now: ``shares[0]`` (its share) over the sum of
+    ``shares`` (its own and the later stages') of ``seconds_left``, in whole epochs of
+    ``epoch_seconds``, between 1 and ``most``."""
+    share = seconds_left * shares[0] / max(sum(shares), 1e-9)
+    fits = int(share // max(epoch_seconds, 1e-9))
+    return max(1, min(int(most), fits))
+
+
+def describe_plan(epochs: int, most: int, epoch_s: float, seconds_left: float) -> str:
+    """One line for the progress output: what the budget gave this stage and why."""
+    capped = " (the recipe's most)" if epochs == most else ""
+    return (
+        f"  time budget: {epochs} epoch(s){capped} at ~{epoch_s:.1f} s each, "
+        f"{seconds_left / 60:.1f} min left for this and later stages"
+    )

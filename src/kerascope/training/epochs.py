@@ -1,0 +1,73 @@
+"""What each epoch of a stage writes besides the weights: its row of ``history.csv`` (with
+its training time and throughput) and the run's state.
+
+Moved out of ``training.run`` (which keeps the run's order of work) so that file stays one
+thing: configure, scan, build, train each stage, finish.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from pathlib import Path
+from typing import Any
+
+from kerascope.config import ensure_backend
+
+ensure_backend()  # the user's backend (JAX if none is usable) before Keras loads
+import keras  # noqa: E402
+
+from kerascope.report import read_history, write_history  # noqa: E402
+from kerascope.rundir import read_state, write_state  # noqa: E402
+
+
+class EpochLog(keras.callbacks.Callback):
+    """Appends each epoch to ``history.csv`` (rewriting epochs redone after a resume) and
+    records the stage and epoch in ``run_state.json``.
+
+    ``train_seconds`` is the epoch's training alone (validation excluded; the device is
+    waited for, so queued asynchronous steps count), ``images_per_second`` the training
+    images over it: the steady throughput is this column from the second epoch of a stage on
+    (the first includes compilation)."""
+
+    def __init__(self, run_dir: Path, stage: int, images: int = 0):
+        super().__init__()
+        self.run_dir, self.stage, self.images = run_dir, stage, int(images)
+        self.started = time.perf_counter()
+        self.trained: float | None = None
+        self.last: Any = None
+
+    def on_epoch_begin(self, epoch: int, logs=None) -> None:
+        self.started = time.perf_counter()
+        self.trained, self.last = None, None
+
+    def on_train_batch_end(self, batch: int, logs=None) -> None:
+        self.last = logs
+
+    def on_test_begin(self, logs=None) -> None:
+        if self.trained is None:
+            self.trained = self._train_end()
+
+    def _train_end(self) -> float:
+        """Now, once the last step's results exist (JAX returns before computing them)."""
+        if self.last:
+            for value in self.last.values():
+                with contextlib.suppress(Exception):
+                    float(keras.ops.convert_to_numpy(value))
+        return time.perf_counter() - self.started
+
+    def on_epoch_end(self, epoch: int, logs=None) -> None:
+        trained = self.trained if self.trained is not None else self._train_end()
+        logs = logs or {}
+        path = self.run_dir / "history.csv"
+        rows = [r for r in read_history(path) if r["epoch"] <= epoch]
+        lr = keras.ops.convert_to_numpy(self.model.optimizer.learning_rate)
+        row = {k: logs.get(k) for k in ("loss", "accuracy", "val_loss", "val_accuracy")}
+        seconds = round(time.perf_counter() - self.started, 3)
+        rate = round(self.images / trained, 1) if trained > 0 and self.images else None
+        rows.append({"epoch": epoch + 1, "stage": self.stage, **row, "lr": float(lr),
+                     "seconds": seconds, "train_seconds": round(trained, 3),
+                     "images_per_second": rate})  # fmt: skip
+        write_history(path, rows)
+        state = {**read_state(self.run_dir), "stage": self.stage, "epoch": epoch + 1}
+        write_state(self.run_dir, {**state, "status": "running"})
