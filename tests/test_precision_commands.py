@@ -70,6 +70,7 @@ def served_bf16(lite0):
     yield next(iter(served.values()))
 
 
+@pytest.mark.slow  # real weights: Lite0 compiled in bfloat16 on the CPU
 def test_serve_runs_in_the_precision_asked_and_says_so(served_bf16, lite0, chelsea_224):
     from kerascope.inference import compiled
 
@@ -85,6 +86,7 @@ def test_serve_runs_in_the_precision_asked_and_says_so(served_bf16, lite0, chels
     assert heat.max() == pytest.approx(1.0, abs=1e-3)
 
 
+@pytest.mark.slow  # real weights: Lite0 compiled in bfloat16 on the CPU
 def test_serve_responses_say_the_precision(served_bf16, chelsea_224):
     import io
 
@@ -129,6 +131,7 @@ def cat_folder(tmp_path_factory, skimage_data):
     return folder
 
 
+@pytest.mark.slow  # real weights: Lite0 compiled in bfloat16 on the CPU
 def test_batch_classify_in_bfloat16_records_it(cat_folder, lite0, tmp_path):
     pq = pytest.importorskip("pyarrow.parquet")
     from kerascope.scale import run_batch, shard_info
