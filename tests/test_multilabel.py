@@ -174,6 +174,10 @@ def test_validate_scores_every_row_of_a_label_csv(multilabel_run, pairs, tmp_pat
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["n"] == 96 and metrics["split"] == "all" and metrics["trained_on"] == 72
     assert metrics["mAP"] > 0.8 and "WARNING: 72 of the 96" in capsys.readouterr().err
+    from kerascope.validation import validate
+
+    again = validate(multilabel_run.run_dir, pairs, output=tmp_path / "api")
+    assert again.n == 96 and again.report["mAP"] == pytest.approx(metrics["mAP"])
 
 
 def test_predict_and_classify_name_every_label_above_its_threshold(multilabel_run, pairs,

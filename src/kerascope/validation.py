@@ -15,6 +15,7 @@ import re
 from pathlib import Path
 
 from kerascope.data.folders import DatasetError
+from kerascope.errors import ConfigError
 from kerascope.evaluation import GRID, TOP_LOSSES, Evaluation, score_items
 from kerascope.files import fresh_path
 from kerascope.images import expand_inputs
@@ -128,7 +129,9 @@ def validate(
         grid: images in ``predictions.png`` (0: none).
 
     Returns:
-        An `Evaluation` (top-1 / top-5 with 95 % Wilson intervals, per-class scores, img/s).
+        An `Evaluation` (top-1 / top-5 with 95 % Wilson intervals, per-class scores, img/s);
+        for a multi-label run, the `kerascope.multilabel_eval.MultilabelEvaluation` of every
+        row of the label CSV ``data``.
 
     Example:
         >>> r = kerascope.validate("efficientnet_lite0", "imagenet/val")  # doctest: +SKIP
@@ -143,8 +146,15 @@ def validate(
             read_labels(folder)  # a damaged labels.json: one line, before the model loads
             record = read_split(folder)
     clf = model if isinstance(model, Classifier) else load_model(model, weights=weights)
-    items = validation_items(data, clf.labels)
     out = Path(output) if output is not None else default_output(model)
+    if clf.extra.get("multilabel"):  # every row of a label CSV, per-label scores
+        from kerascope.multilabel_eval import evaluate_multilabel
+
+        if tta is not None:
+            raise ConfigError("--tta is not available for multi-label runs yet; leave it out")
+        return evaluate_multilabel(clf, data, split="all", output=out,  # type: ignore
+                                   batch_size=batch_size, precision=precision)  # fmt: skip
+    items = validation_items(data, clf.labels)
     return score_items(
         clf, items, out, data=data, split="all", split_source="folder", record=record,
         batch_size=batch_size, top_losses=top_losses, heatmaps=heatmaps, precision=precision,
