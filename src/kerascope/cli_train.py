@@ -411,7 +411,9 @@ def _run_evaluate(args) -> int:
     from kerascope.output import printable_lines
 
     if str(args.data).lower().endswith(".csv") or is_multilabel_run(args.run):
-        return _run_evaluate_multilabel(args)
+        from kerascope.cli_validate import run_multilabel
+
+        return run_multilabel(args, args.run, args.split, args.output)
 
     result = evaluate(args.run, args.data, batch_size=args.batch_size, output=args.output,
                       split=args.split, precision=args.precision,
@@ -429,22 +431,6 @@ def _run_evaluate(args) -> int:
               "folder)")  # fmt: skip
     _note(f"metrics in {result.output / 'metrics.json'}")
     return 1 if result.unreadable else 0
-
-
-def _run_evaluate_multilabel(args) -> int:
-    """evaluate RUN DATA.csv: per-label table, mAP, metrics.json."""
-    from kerascope.multilabel_eval import evaluate_multilabel, summary_lines
-    from kerascope.multilabel_metrics import format_report
-    from kerascope.output import printable_lines
-
-    if tta_from_args(args) is not None:
-        raise CliError("--tta is not available for multi-label runs yet; leave it out")
-    result = evaluate_multilabel(args.run, args.data, split=args.split, output=args.output,
-                                 batch_size=args.batch_size, precision=args.precision)  # fmt: skip
-    print(printable_lines(format_report(result.report)))
-    for line in summary_lines(result):
-        _note(line)
-    return 0
 
 
 def _which(result) -> str:

@@ -63,16 +63,21 @@ def _run_validate(args) -> int:
 
 def _validate_multilabel(args) -> int:
     """validate RUN DATA.csv: a multi-label run scored on every row of a label CSV."""
+    from kerascope.validation import default_output
+
+    return run_multilabel(args, args.model, "all", args.output or default_output(args.model))
+
+
+def run_multilabel(args, run: str, split: str, output: str | None) -> int:
+    """evaluate / validate of a multi-label run: the per-label table, mAP, metrics.json."""
     from kerascope.multilabel_eval import evaluate_multilabel, summary_lines
     from kerascope.multilabel_metrics import format_report
     from kerascope.output import note, printable_lines
     from kerascope.tta import tta_from_args
-    from kerascope.validation import default_output
 
     if tta_from_args(args) is not None:
         raise CliError("--tta is not available for multi-label runs yet; leave it out")
-    result = evaluate_multilabel(args.model, args.data, split="all",
-                                 output=args.output or default_output(args.model),
+    result = evaluate_multilabel(run, args.data, split=split, output=output,
                                  batch_size=args.batch_size, precision=args.precision)  # fmt: skip
     print(printable_lines(format_report(result.report)))
     for line in summary_lines(result):
