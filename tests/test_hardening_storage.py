@@ -347,10 +347,13 @@ def test_model_size_decode_of_a_large_jpeg_never_holds_the_full_image(tmp_path):
 
     from kerascope.images import load_image, resize
 
-    y, x = np.mgrid[0:6000, 0:8000]
-    pixels = np.stack([x % 256, y % 256, (x + y) // 64 % 256], -1).astype(np.uint8)
+    # Written channel by channel from broadcast uint16 ramps: np.mgrid's int64 planes and their
+    # stack moved ~3 GB and took most of this test's time (34 s of 35 on the shared machine).
+    x, y = np.arange(8000, dtype=np.uint16)[None, :], np.arange(6000, dtype=np.uint16)[:, None]
+    pixels = np.empty((6000, 8000, 3), np.uint8)
+    pixels[..., 0], pixels[..., 1], pixels[..., 2] = x % 256, y % 256, (x + y) // 64 % 256
     Image.fromarray(pixels).save(tmp_path / "big.jpg", quality=80)  # 48 MP: 144 MB as RGB
-    del pixels, x, y
+    del pixels
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
     done = subprocess.run([sys.executable, "-c", _DECODE_RSS, str(tmp_path / "big.jpg")],
                           capture_output=True, text=True, env=env, timeout=300)  # fmt: skip
