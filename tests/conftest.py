@@ -10,6 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from . import scheduling
+
 os.environ.setdefault("KERAS_BACKEND", "jax")  # plain `import keras` would default to TF
 
 
@@ -33,6 +35,11 @@ def pytest_configure(config):
     shared = os.environ.get("KERASCOPE_TEST_HOME") if hasattr(config, "workerinput") else None
     home = Path(shared) if shared else Path(tempfile.mkdtemp(prefix="kerascope-test-home-"))
     os.environ["KERASCOPE_HOME"] = os.environ["KERASCOPE_TEST_HOME"] = str(home)
+    if not hasattr(config, "workerinput"):  # the controller, or a run without xdist
+        scheduling.snapshot(config, home)  # the workers order files by these seconds
+        config.pluginmanager.register(scheduling.Recorder(), "kerascope-test-seconds")
+        if hasattr(config.option, "loadscopereorder"):
+            config.option.loadscopereorder = False  # xdist keeps heaviest_files_first's order
     os.environ["KERASCOPE_OFFLINE"] = "1"  # CI has no network; never try to download
     jax_settings = {
         "JAX_COMPILATION_CACHE_DIR": str(config.rootpath / ".pytest_cache" / "jax-cache"),
@@ -54,6 +61,11 @@ def pytest_configure(config):
             "jax_persistent_cache_min_entry_size_bytes",
             int(env["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"]),
         )
+
+
+def pytest_collection_modifyitems(config, items):
+    """Heaviest files first (tests/scheduling.py): xdist's file-per-worker runs end together."""
+    scheduling.heaviest_files_first(items)
 
 
 @pytest.fixture(scope="session", autouse=True)
