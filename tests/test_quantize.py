@@ -199,7 +199,7 @@ def test_ladder_keeps_more_in_float32_until_the_bound_is_met(small, monkeypatch)
     monkeypatch.setattr(quantize, "MIN_AGREEMENT", 1.01)  # missed by every rung
     graph = quantize.int8_graph(model)
     assert rungs == [(), ("depthwise", "projection")]
-    assert "also in float32: first conv, head" in graph.quantizer
+    assert "float32 kept for: preprocessing, first conv, head" in graph.quantizer
     proto = onnx.load_from_string(graph.payload)
     convs = {n.name: n for n in proto.graph.node if n.op_type == "Conv"}
     dequantized = {n.output[0] for n in proto.graph.node if n.op_type == "DequantizeLinear"}
