@@ -160,6 +160,11 @@ def test_evaluate_reports_per_label_scores_and_map(multilabel_run, pairs, capsys
     assert metrics["mAP"] == pytest.approx(run.val_map, abs=1e-3)
     assert [row["threshold"] for row in metrics["labels"]] == pytest.approx(run.thresholds)
     assert {"precision", "recall", "f1", "average_precision"} <= set(metrics["labels"][0])
+    assert main(["evaluate", str(run.run_dir), str(pairs), "--tta", "-o",
+                 str(run.run_dir / "tta")]) == 0  # fmt: skip
+    assert "mean of 2 views" in capsys.readouterr().err
+    averaged = json.loads((run.run_dir / "tta" / "metrics.json").read_text())
+    assert averaged["tta"]["views"] == 2 and averaged["n"] == 24 and averaged["mAP"] > 0.8
     everything = evaluate(run.run_dir, pairs, split="all", output=run.run_dir / "all")
     assert isinstance(everything, MultilabelEvaluation)  # kerascope.evaluate dispatches
     assert everything.n == 96 and everything.trained_on == 72 and everything.mAP > 0.8

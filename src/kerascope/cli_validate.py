@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 from kerascope.cli_common import positive_int, say_precision
-from kerascope.errors import CliError
 from kerascope.precision import add_precision_option
 from kerascope.tta import add_tta_options
 
@@ -75,10 +74,9 @@ def run_multilabel(args, run: str, split: str, output: str | None) -> int:
     from kerascope.output import note, printable_lines
     from kerascope.tta import tta_from_args
 
-    if tta_from_args(args) is not None:
-        raise CliError("--tta is not available for multi-label runs yet; leave it out")
     result = evaluate_multilabel(run, args.data, split=split, output=output,
-                                 batch_size=args.batch_size, precision=args.precision)  # fmt: skip
+                                 batch_size=args.batch_size, precision=args.precision,
+                                 tta=tta_from_args(args))  # fmt: skip
     print(printable_lines(format_report(result.report)))
     for line in summary_lines(result):
         note(line)

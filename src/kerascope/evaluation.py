@@ -288,11 +288,11 @@ def evaluate(
     if clf.extra.get("multilabel"):  # per-label scores on a label CSV
         from kerascope.multilabel_eval import evaluate_multilabel
 
-        if labels is not None or tta is not None:
-            raise ConfigError("a multi-label run is evaluated on a label CSV, without labels= "
-                              "or tta= (not available for it yet)")  # fmt: skip
+        if labels is not None:
+            raise ConfigError("a multi-label run is evaluated on a label CSV (path,labels "
+                              "rows), not with labels=")  # fmt: skip
         return evaluate_multilabel(clf, data, split=split, output=output,  # type: ignore
-                                   batch_size=batch_size, precision=precision)  # fmt: skip
+                                   batch_size=batch_size, precision=precision, tta=tta)  # fmt: skip
     classes = [name for _, name in clf.labels]
     origin = "folder"
     if labels is None:

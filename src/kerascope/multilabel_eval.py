@@ -20,6 +20,7 @@ from kerascope.data.multilabel import pixels_of, read_label_csv
 from kerascope.errors import ConfigError
 from kerascope.files import write_json
 from kerascope.multilabel_metrics import multilabel_report
+from kerascope.tta import TTA
 from kerascope.zoo.models import Classifier, load_model
 
 
@@ -33,6 +34,7 @@ class MultilabelEvaluation:
     split: str  # validation, train or all
     output: Path
     trained_on: int  # scored rows the run trained on (an optimistic number when > 0)
+    tta: dict[str, Any] | None = None  # `kerascope.tta.TTA.to_dict` when averaged over views
 
     @property
     def mAP(self) -> float:  # noqa: N802  (the name everyone uses)
@@ -59,6 +61,7 @@ def evaluate_multilabel(
     output: str | os.PathLike | None = None,
     batch_size: int = 32,
     precision: str | None = None,
+    tta: TTA | None = None,
 ) -> MultilabelEvaluation:
     """Score a multi-label run on the label CSV ``data`` and write ``metrics.json``.
 
@@ -70,6 +73,8 @@ def evaluate_multilabel(
         output: folder for ``metrics.json``; default the run directory for its own CSV, else
             ``evaluations/<CSV name>`` inside it.
         precision: what the model computes in (`kerascope.classification.run_precision`).
+        tta: score each picture by its label probabilities averaged over these views
+            (`kerascope.tta.TTA`); the thresholds stay the run's.
 
     Raises:
         ConfigError: not a multi-label run, or not a CSV.
@@ -106,8 +111,11 @@ def evaluate_multilabel(
     trained = set(splits.get("train", []))
     trained_on = sum(relative[i] in trained for i in rows)
     forward = compiled(clf.model, precision=run_precision(clf, precision))
+    views = tta.make_views if tta is not None else lambda pixels: [pixels]
     scores = np.concatenate([
-        np.asarray(forward(pixels_of(table, rows[i:i + batch_size], clf.input_size)))
+        np.mean([np.asarray(forward(v), np.float64)
+                 for v in views(pixels_of(table, rows[i:i + batch_size], clf.input_size))],
+                axis=0)
         for i in range(0, len(rows), batch_size)])  # fmt: skip
     report = multilabel_report(table.targets[rows], scores, labels, record["thresholds"])
     run_dir = Path(clf.source).parent
@@ -116,8 +124,10 @@ def evaluate_multilabel(
     folder.mkdir(parents=True, exist_ok=True)
     write_json(folder / "metrics.json", {"task": "multilabel", "data": str(table.csv),
                                          "split": chosen, "trained_on": int(trained_on),
+                                         "tta": tta.to_dict() if tta else None,
                                          **report})  # fmt: skip
-    return MultilabelEvaluation(report, len(rows), table.csv, chosen, folder, int(trained_on))
+    return MultilabelEvaluation(report, len(rows), table.csv, chosen, folder, int(trained_on),
+                                tta.to_dict() if tta else None)  # fmt: skip
 
 
 def summary_lines(result: MultilabelEvaluation) -> list[str]:
@@ -127,6 +137,9 @@ def summary_lines(result: MultilabelEvaluation) -> list[str]:
              "train": "the rows the run trained on"}.get(result.split, "every row")  # fmt: skip
     lines = [f"mAP {result.mAP:.4f} on {result.n} images: {which} of {result.data} "
              "(thresholds: the run's, tuned for max F1 on validation)"]  # fmt: skip
+    if result.tta:
+        lines.append(f"probabilities are the mean of {result.tta['views']} views per image "
+                     "(TTA)")  # fmt: skip
     if result.trained_on:
         lines.append(f"WARNING: {result.trained_on} of the {result.n} scored images were used "
                      "to train this model, so these numbers overstate how it does on new "

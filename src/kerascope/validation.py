@@ -15,7 +15,6 @@ import re
 from pathlib import Path
 
 from kerascope.data.folders import DatasetError
-from kerascope.errors import ConfigError
 from kerascope.evaluation import GRID, TOP_LOSSES, Evaluation, score_items
 from kerascope.files import fresh_path
 from kerascope.images import expand_inputs
@@ -150,10 +149,8 @@ def validate(
     if clf.extra.get("multilabel"):  # every row of a label CSV, per-label scores
         from kerascope.multilabel_eval import evaluate_multilabel
 
-        if tta is not None:
-            raise ConfigError("--tta is not available for multi-label runs yet; leave it out")
         return evaluate_multilabel(clf, data, split="all", output=out,  # type: ignore
-                                   batch_size=batch_size, precision=precision)  # fmt: skip
+                                   batch_size=batch_size, precision=precision, tta=tta)  # fmt: skip
     items = validation_items(data, clf.labels)
     return score_items(
         clf, items, out, data=data, split="all", split_source="folder", record=record,
