@@ -50,8 +50,13 @@ import numpy as np  # noqa: E402
 from kerascope.data.loader import DerivedSequence, share_part  # noqa: E402
 from kerascope.errors import ConfigError, KerascopeError, RunError  # noqa: E402
 from kerascope.training.starting import (  # noqa: E402
+    POLL,
+    PeerWatch,
+    reason_of,
     refusals_told,  # noqa: F401  (run.py wraps train in it, as placing.refusals_told)
     start_together,
+    tell_failure,
+    training_started,
 )
 
 LR_RULE = ("per global batch: --batch-size is the batch of one step over all devices (split "
@@ -356,12 +361,23 @@ def private_run_dir(run_dir: Path, resume: bool) -> Iterator[Path]:
         return
     scratch = Path(tempfile.mkdtemp(prefix=f"kerascope-process{jax.process_index()}-"))
     target = scratch / run_dir.name
+    _scratch.append(scratch)
     try:
         if resume:
             shutil.copytree(run_dir, target, ignore=shutil.ignore_patterns(".lock*"))
         yield target
     finally:
-        shutil.rmtree(scratch, ignore_errors=True)
+        _remove_scratch()
+
+
+_scratch: list[Path] = []  # this process's scratch copies (a process other than 0)
+
+
+def _remove_scratch() -> None:
+    """Remove the scratch copies; also called by a process that ends itself when a peer
+    failed (:class:`~kerascope.training.starting.PeerWatch`)."""
+    while _scratch:
+        shutil.rmtree(_scratch.pop(), ignore_errors=True)
 
 
 # The settings every process must share (its data path and output may differ per machine).
@@ -414,27 +430,55 @@ def reported(result: Any, run_dir: Path) -> Any:
 
 @contextlib.contextmanager
 def peers_watched(run_dir: Path) -> Iterator[None]:
-    """A process of a multi-process run that dies makes the others' next collective fail
-    (gloo: "connection reset by peer", within seconds); that failure becomes one line saying
-    what happened and how to continue, instead of JAX's traceback, and the process then ends
-    with exit code 2 as soon as Python exits (:func:`_exit_without_jax_shutdown`)."""
+    """Training in a multi-process run, where a stop is one line in every process, never a
+    hang (:mod:`kerascope.training.starting`). This process failing: it tells the others
+    its reason, raises as alone, and leaves without JAX's shutdown barrier. Another process
+    failing or dying: this one's next collective fails (gloo: "connection reset by peer",
+    within seconds), which becomes one line naming that process and its reason when it told
+    one, and saying how to continue; the process then ends with exit code 2 as soon as Python
+    exits (:func:`_exit_without_jax_shutdown`)."""
+    multi = keras.backend.backend() == "jax" and _process_count() > 1
+    watch = PeerWatch(run_dir, _remove_scratch) if multi else None
     try:
         yield
     except Exception as exc:
-        if keras.backend.backend() != "jax" or isinstance(exc, KerascopeError):
-            raise
-        import jax
-
-        if jax.process_count() == 1:
-            raise
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        if watch is None or not training_started():
+            raise  # a stop before training is told by starting.refusals_told
         import atexit
 
+        import jax
+
         atexit.register(_exit_without_jax_shutdown)
+        if isinstance(exc, KerascopeError):  # this process's own (a peer's gives no such error)
+            tell_failure(reason_of(exc))
+            raise
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        told = watch.wait(2 * POLL + 1)  # a peer that failed has said why by now
+        if told is None and not _peer_gone(first):
+            tell_failure(reason_of(exc))  # its own failure (out of memory, a bug)
+            raise
+        if told is not None:
+            raise RunError(watch.message()) from exc
         raise RunError(f"process {jax.process_index()} of {jax.process_count()}: another "
                        f"process of the run stopped ({first[:200]}); start every process "
                        f"again with `--resume {run_dir}` (process 0's last saved epoch "
                        "continues)") from exc  # fmt: skip
+    finally:
+        if watch is not None:
+            watch.stop()
+
+
+def _process_count() -> int:
+    import jax
+
+    return jax.process_count()
+
+
+def _peer_gone(message: str) -> bool:
+    """Whether a runtime error is a collective that lost a peer (gloo's connection closed or
+    reset), not this process's own failure (out of memory, a bug)."""
+    text = message.lower()
+    return any(word in text for word in ("gloo", "connection", "peer", "socket", "unavailable"))
 
 
 def _exit_without_jax_shutdown() -> None:

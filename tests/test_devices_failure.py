@@ -1,0 +1,103 @@
+"""A process of a multi-process run that fails after training started (issue 19): the others
+stop within seconds with one line naming it and its reason, instead of waiting for JAX's
+timeouts (before: the failing process waited at JAX's shutdown barrier while the others
+waited in their collective for it, until JAX aborted them with a C++ stack trace).
+
+Two real processes on 127.0.0.1 (JAX's gloo CPU collectives). The failure is real: once an
+epoch is saved, every image of the failing process's own copy of the dataset is overwritten
+with bytes that do not decode; that process keeps no decoded-image cache (its KERASCOPE_HOME
+is a file, so the cache cannot be made and it decodes its rows every epoch), so its next
+batch fails to decode, as a disk going bad under one machine's dataset would.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import keras
+import pytest
+
+from kerascope.testing import cat_and_coffee
+from kerascope.training import devices as placing
+
+from .serve_server import free_port
+
+jax_only = pytest.mark.skipif(keras.backend.backend() != "jax", reason="JAX's processes")
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory) -> Path:
+    """Cat and coffee crops of real photos: 26 training images, 6 validation (val_split 0.2)."""
+    return cat_and_coffee(tmp_path_factory.mktemp("photos"), n=16, size=40)
+
+
+def _env(**extra: str) -> dict[str, str]:
+    env = {**os.environ, "KERAS_BACKEND": "jax", "PYTHONUNBUFFERED": "1", **extra}
+    for name in placing.ENV.values():
+        env.pop(name, None)
+    return env
+
+
+@jax_only
+@pytest.mark.slow
+@pytest.mark.parametrize("failing", [1, 0])
+def test_a_process_failing_in_training_stops_the_others_naming_it(photos, tmp_path, failing):
+    """Process ``failing`` (1, or 0: the coordinator, whose exit takes JAX's key-value store
+    with it) cannot decode its next batch in epoch 2 or later: it stops with its own one-line
+    error, and the other process stops within seconds with one line naming it and that
+    reason; both exit with code 2, without a traceback or JAX's abort."""
+    run, port = tmp_path / "run", free_port()
+    own = tmp_path / "own-copy"
+    shutil.copytree(photos, own)
+    no_cache = tmp_path / "home-is-a-file"
+    no_cache.write_text("")
+    args = ["--recipe", "lenet", "--engine", "keras", "--epochs", "40", "--patience", "40",
+            "--batch-size", "8", "--image-size", "32", "-o", str(run)]  # fmt: skip
+    procs, temps = [], [tmp_path / "tmp0", tmp_path / "tmp1"]
+    for i in (0, 1):
+        data, home = (own, no_cache) if i == failing else (photos, tmp_path / f"home{i}")
+        temps[i].mkdir()
+        procs.append(subprocess.Popen(
+            [sys.executable, "-m", "kerascope", "train", str(data), *args, "--coordinator",
+             f"127.0.0.1:{port}", "--num-processes", "2", "--process-id", str(i)],
+            env=_env(KERASCOPE_HOME=str(home), TMPDIR=str(temps[i])),
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True))  # fmt: skip
+    deadline = time.monotonic() + 400
+    while not (run / "history.csv").is_file() and time.monotonic() < deadline:
+        assert all(p.poll() is None for p in procs), [p.communicate()[1][-2000:] for p in procs]
+        time.sleep(0.5)
+    assert (run / "history.csv").is_file()
+    broken = sorted(own.rglob("*.jpg"))
+    for path in broken:
+        path.write_bytes(b"not an image any more")
+    corrupted = time.monotonic()
+    errs, ended = [], []
+    for p in procs:
+        try:
+            errs.append(p.communicate(timeout=200)[1])
+        except subprocess.TimeoutExpired:
+            for q in procs:
+                q.kill()
+            raise
+        ended.append(time.monotonic() - corrupted)
+    other = 1 - failing
+    lines = [[line for line in err.splitlines() if line.startswith("kerascope: error:")]
+             for err in errs]  # fmt: skip
+    assert [p.returncode for p in procs] == [2, 2], errs
+    assert all("Traceback" not in err and "Check failure" not in err for err in errs), errs
+    assert len(lines[failing]) == 1 and str(own) in lines[failing][0], errs[failing][-2000:]
+    reason = lines[failing][0].removeprefix("kerascope: error: ")
+    assert lines[other] == [f"kerascope: error: process {other} of 2: process {failing} "
+                            f"stopped during training: {reason}; start every process again "
+                            f"with `--resume {run}`"], errs[other][-2000:]  # fmt: skip
+    print(f"process {failing} failed; ended {ended[0]:.1f} s and {ended[1]:.1f} s after the "
+          "images were overwritten")  # fmt: skip
+    assert max(ended) < 60, ended  # JAX's heartbeat alone is 100 s, its shutdown 300 s
+    assert abs(ended[0] - ended[1]) < 20, ended  # the other stopped within seconds of it
+    assert not list(temps[1].glob("kerascope-process*"))  # process 1's scratch copy is gone
+    assert (run / "history.csv").is_file()  # process 0 kept the epochs it saved
