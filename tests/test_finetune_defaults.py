@@ -12,7 +12,7 @@ from PIL import Image
 
 from kerascope.training import budget, recipes
 from kerascope.training.optimizers import layer_rates, make_optimizer, set_total_steps
-from kerascope.training.settings import resolve_config
+from kerascope.training.settings import load_config, resolve_config
 
 from .test_train import make_shapes
 
@@ -200,3 +200,31 @@ def test_early_stopping_stops_and_the_saved_model_is_the_best_epoch(tmp_path):
     probs = keras.ops.convert_to_numpy(model(np.stack(x), training=False))
     loss = float(np.mean(-np.log(probs[np.arange(len(y)), y])))
     assert loss == pytest.approx(losses[best], rel=1e-3)
+
+
+@pytest.mark.slow
+def test_a_resumed_budgeted_run_keeps_its_plan_and_its_schedule(tmp_path):
+    """Killed after its second epoch and resumed: the planned epochs are not planned again, and
+    the one-cycle rate after each epoch is the curve over the planned length (the schedule's
+    length is restored with the optimizer)."""
+    from kerascope.report import read_history
+    from kerascope.training import train
+    from kerascope.training.optimizers import one_cycle
+
+    from .test_train import StopAfter
+
+    data = make_shapes(tmp_path / "shapes", n=8, size=32)
+    kwargs = dict(recipe="lenet", time_budget=1.0, batch_size=8, lr=0.01, patience=50,
+                  lr_schedule="onecycle", augment=False, progress=False)  # fmt: skip
+    with pytest.raises(KeyboardInterrupt):
+        train(data, output=tmp_path / "run", callbacks=[StopAfter(1)], **kwargs)
+    planned = load_config(tmp_path / "run")["stages"][0]
+    resumed = train(resume=tmp_path / "run", progress=False)
+    (stage,) = resumed.config["stages"]
+    assert stage == planned and stage["epochs"] >= 1
+    history = read_history(tmp_path / "run" / "history.csv")
+    assert [row["epoch"] for row in history] == list(range(1, stage["epochs"] + 1))
+    steps = 3  # 18 training images (75 % of 24) in batches of 8
+    curve = one_cycle(0.01, steps * stage["epochs"])
+    for row in history:
+        assert row["lr"] == pytest.approx(float(curve(row["epoch"] * steps)), rel=1e-4)

@@ -223,4 +223,11 @@ def describe(stage: dict[str, Any]) -> str:
         text += f" momentum {stage['momentum']:g}"
     if stage.get("schedule"):
         text += f", {stage['schedule']} schedule"
+    if stage.get("lr_ratio", 1.0) != 1.0:
+        ratio = stage["lr_ratio"]
+        text += f", backbone at lr/{ratio:g}..lr/{ratio**0.5:g}"
+    if stage.get("unfreeze") == "all":
+        text += ", whole backbone"
+    if stage.get("epoch_seconds") is not None:
+        text += f" (epochs from the time budget: ~{stage['epoch_seconds']:g} s each)"
     return text
