@@ -107,6 +107,7 @@ def _ensemble():
     return keras.Model(inputs, outputs, name="ensemble")
 
 
+@pytest.mark.slow  # 16 s
 def test_ensemble_with_same_named_layers_in_two_branches():
     """Only the branch holding the target is inlined; the other is called whole."""
     model = _ensemble()

@@ -68,8 +68,10 @@ def _randomisation_correlation(lite0, randomised, photos, method: str) -> float:
     return float(np.max(rs))
 
 
-# Score-CAM: K masked forwards; SmoothGrad and Integrated Gradients: 25-128 passes per photo.
-_SLOW = ("scorecam", "smoothgrad", "ig", "ig-blur")
+# Score-CAM: K masked forwards; SmoothGrad and Integrated Gradients: 25-128 passes per photo;
+# the other pixel methods: one gradient of the whole network each side (40-64 s: XLA's CPU
+# gradient of Lite0's depthwise convolutions).
+_SLOW = ("scorecam", "smoothgrad", "ig", "ig-blur", "saliency", "guidedbackprop", "guidedgradcam")
 SANITY = [pytest.param(m, marks=pytest.mark.slow) if m in _SLOW else m for m in METHODS]
 # The many-pass methods are checked with fewer passes: whether a map depends on the weights
 # does not hinge on how finely the path or the noise is sampled, and their defaults made this

@@ -182,8 +182,12 @@ def _check(ours, theirs, label: str):
 # block the four photos take 1,280 forwards on each side; the arithmetic is the same).
 _INNER = ("gradcam++", "xgradcam", "hirescam", "layercam", "ablationcam", "eigencam")
 CASES = [
-    *[(m, HEAD) for m in CAM_METHODS if m != "scorecam"],  # pixel methods: test_pixel_methods
-    ("layercam", EARLY),
+    *[
+        pytest.param(m, HEAD, marks=pytest.mark.slow) if m == "ablationcam" else (m, HEAD)
+        for m in CAM_METHODS
+        if m != "scorecam"
+    ],  # pixel methods: test_pixel_methods
+    pytest.param("layercam", EARLY, marks=pytest.mark.slow),  # 35 s at 112 x 112
     *[pytest.param(m, LAST_BLOCK, marks=pytest.mark.slow) for m in _INNER],
     pytest.param("scorecam", MIDDLE, marks=pytest.mark.slow),
 ]
@@ -222,7 +226,7 @@ def _augmented_reference(net, x, method: str, layer: str):
     return np.mean(maps, axis=0)
 
 
-@pytest.mark.parametrize("method", ["gradcam", "layercam"])
+@pytest.mark.parametrize("method", ["gradcam", pytest.param("layercam", marks=pytest.mark.slow)])
 def test_eigen_smooth_matches_the_reference_projection(lite0, net, photos, x, method):
     layer = LAST_BLOCK if method == "layercam" else HEAD
     ours, _, _ = Explainer(lite0, method, layer=layer, eigen_smooth=True).explain_batch(photos)
@@ -232,6 +236,7 @@ def test_eigen_smooth_matches_the_reference_projection(lite0, net, photos, x, me
     assert not np.allclose(ours, plain, atol=1e-3)  # the option changed the map
 
 
+@pytest.mark.slow  # 42 s
 def test_aug_smooth_matches_the_reference_augmentations(lite0, net, photos, x):
     photos, x = photos[:2], x[:2]  # six augmented copies each
     ours, classes, probs = Explainer(lite0, "gradcam", aug_smooth=True).explain_batch(photos)

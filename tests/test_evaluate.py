@@ -123,6 +123,7 @@ def test_evaluate_rejects_unknown_class_folder(run_dir, tmp_path):
         evaluate(run_dir, tmp_path / "d")
 
 
+@pytest.mark.slow  # 19 s
 def test_top5_accuracy_is_reported_beside_top1_with_more_than_five_classes(tmp_path, capsys):
     from kerascope.cli import main
 
@@ -186,6 +187,7 @@ def test_predict_writes_one_row_per_file(run_dir, data, tmp_path):
         assert float(r["probability"]) == pytest.approx(reference[r["path"]].probability, abs=1e-6)
 
 
+@pytest.mark.slow  # 13 s
 def test_evaluate_and_predict_in_bfloat16_on_a_saved_run(run_dir, data, tmp_path, monkeypatch):
     """A .keras run (not a zoo model) runs under the mixed policy too, on the keras engine."""
     monkeypatch.delenv("KERASCOPE_ENGINE", raising=False)

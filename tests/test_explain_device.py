@@ -50,6 +50,7 @@ def _photos(folder, chelsea: np.ndarray, count: int) -> list[str]:
     return paths
 
 
+@pytest.mark.slow  # 16 s per head
 @pytest.mark.backends  # the fused path is written for JAX (one jit) and torch (one call)
 @pytest.mark.parametrize("head", ["gap", "flatten"])
 def test_device_maps_equal_the_host_path(head, monkeypatch):

@@ -37,6 +37,7 @@ def gradcam_maps(lite0, photo_paths):
     return out
 
 
+@pytest.mark.slow  # 22 s
 def test_gradcam_beats_random_and_inverted_maps_on_deletion_and_insertion(lite0, gradcam_maps):
     for name, pixels, cam, cls in gradcam_maps:
 
@@ -53,6 +54,7 @@ def test_gradcam_beats_random_and_inverted_maps_on_deletion_and_insertion(lite0,
         assert ours.insertion > random_insertion > inverted.insertion, name
 
 
+@pytest.mark.slow  # 31 s
 def test_road_removing_the_hottest_pixels_hurts_more_than_the_coldest(lite0, gradcam_maps):
     for name, pixels, cam, cls in gradcam_maps:
         ours = score_pixels(lite0, pixels, cam, cls, ["road"], road_percentiles=(20, 50, 80))

@@ -283,6 +283,7 @@ def test_file_problem_names_a_symlink_loop(loops):
         load_image(loops / "a.jpg")
 
 
+@pytest.mark.slow  # 12 s: three CLI runs
 def test_classify_reports_symlink_loops_given_walked_or_globbed(loops, capsys):
     from kerascope.cli import main
 

@@ -211,6 +211,7 @@ def test_resizing_matches_keras(interpolation):
     _assert_matches(model, _images(31)[:, :, :17], 1e-4, relative=True)
 
 
+@pytest.mark.slow  # 14 s
 def test_ensemble_of_resized_zoo_branches():
     """The ``features`` recipe's model: one input, a resize per branch, same-named inner layers."""
     import keras

@@ -136,6 +136,7 @@ def _first_shard(folder: Path, stop: threading.Event | None = None, timeout: flo
     return None
 
 
+@pytest.mark.slow  # 28 s + Ray's start (11 s)
 def test_killed_ray_worker_is_retried_and_every_path_is_written_once(
     ray_local, photos, single, tmp_path
 ):
@@ -171,6 +172,7 @@ def test_killed_ray_worker_is_retried_and_every_path_is_written_once(
     )  # no temp file left behind
 
 
+@pytest.mark.slow  # 13 s
 def test_features_from_a_csv_listing_match_the_api(ray_local, photos, tmp_path):
     paths = sorted(str(p) for p in photos.iterdir())
     listing = tmp_path / "list.csv"
@@ -191,6 +193,7 @@ def test_features_from_a_csv_listing_match_the_api(ray_local, photos, tmp_path):
     assert meta["kerascope_version"] == kerascope.__version__ and meta["shape"] == [want.shape[1]]
 
 
+@pytest.mark.slow  # 12 s
 def test_explain_on_ray_writes_the_pictures_explain_writes(ray_local, photos, lite0, tmp_path):
     from kerascope.cam.save import save_explanations
 

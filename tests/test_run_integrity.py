@@ -237,6 +237,7 @@ def test_headline_report_and_evaluate_describe_the_saved_model(lenet_run, shapes
     assert scored.accuracy == pytest.approx(outcome["val_accuracy"], abs=1e-6)
 
 
+@pytest.mark.slow  # 19 s
 def test_evaluate_scores_the_held_out_split_and_warns_about_training_images(
     lenet_run, shapes32, tmp_path, capsys
 ):

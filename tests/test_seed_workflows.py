@@ -165,6 +165,7 @@ def test_vgg19_block4_pool_features_equal_the_keras_submodel(notop, shapes, tmp_
     assert "no layer 'block4pool'" in err and "block4_pool" in err and "Traceback" not in err
 
 
+@pytest.mark.slow  # 60 s
 def test_frozen_resnet50_transfer_with_gap_and_dropout(notop, shapes, tmp_path, monkeypatch):
     """The blog's ResNet50 transfer: frozen base, GAP -> Dropout -> Dense."""
     notop("resnet50")

@@ -63,6 +63,7 @@ class StopAfter(keras.callbacks.Callback):
             raise KeyboardInterrupt
 
 
+@pytest.mark.slow  # 25 s
 def test_scratch_learns_separable_shapes(shapes, tmp_path):
     run = tmp_path / "run"
     result = train(shapes, recipe="scratch", output=run, epochs=12, image_size=64,

@@ -114,6 +114,7 @@ def test_a_name_two_classes_share_asks_for_the_wordnet_id(lite0, tmp_path):
         class_folders(tmp_path, lite0.labels)
 
 
+@pytest.mark.slow  # 21 s
 def test_cli_validate_prints_and_never_replaces_a_default_folder(imagenet_layout, tmp_path,
                                                                 monkeypatch, capsys):  # fmt: skip
     from kerascope.cli import main
@@ -173,6 +174,7 @@ def test_predictions_grid_marks_exactly_the_wrong_ones(by_wnid, lite0, skimage_d
     assert r.accuracy == 1.0 and _red_pixels(r.output / "predictions.png") == 0
 
 
+@pytest.mark.slow  # 14 s
 def test_flip_tta_numbers_stated_in_the_readme(imagenet_layout, lite0, tmp_path):
     from kerascope.tta import TTA
 
@@ -185,6 +187,7 @@ def test_flip_tta_numbers_stated_in_the_readme(imagenet_layout, lite0, tmp_path)
     assert (ten.accuracy, ten.top5_accuracy, ten.tta["views"]) == (0.5, 1.0, 10)
 
 
+@pytest.mark.slow  # 35 s
 def test_validate_a_run_and_its_keras_file_like_evaluate(tmp_path, capsys):
     from kerascope.cli import main
     from kerascope.evaluation import evaluate

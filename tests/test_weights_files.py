@@ -91,6 +91,7 @@ def check_family(name: str, both_files: bool = True) -> None:
         path.unlink()  # hundreds of MB for the big families: not left for pytest's temp dirs
 
 
+@pytest.mark.slow  # 15 s
 def test_cached_keras_files_load_with_and_without_top(cache):
     check_family(QUICK)
 
@@ -132,6 +133,7 @@ def test_notop_file_for_a_model_with_top_is_one_clear_error(cache, skimage_data,
     assert notop.name in err and "no classifier" in err and "without top" in err
 
 
+@pytest.mark.slow  # 14 s
 def test_verify_compares_cached_files_with_published_hashes(cache, capsys):
     from kerascope.zoo.models import build
 
