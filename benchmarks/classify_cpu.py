@@ -5,6 +5,9 @@ Prints images/second at batch 1 and 32, median [min - max] over interleaved repe
   - OpenVINO f32 on the same graph (the openvino engine; `pip install openvino`),
   - OpenVINO bf16, only on a CPU with bf16 units (AMX / AVX512-BF16; elsewhere it would
     silently compute in f32, so the row is left out and the script says so),
+  - int8: the graph `--precision int8` builds (`kerascope.quantize`, cached) on onnxruntime
+    and on OpenVINO, whether or not it met the agreement bound (its agreement is printed),
+    and with `--int8-rungs` every rung of its ladder on onnxruntime (quantized here),
   - kerascope with the Keras engine forced (jit-compiled Keras on the active backend),
   - the reference PyTorch implementation (efficientnet-lite-pytorch, eager, no_grad),
   - onnxruntime running the reference exported by torch.onnx,
@@ -72,6 +75,11 @@ def reference_onnx(net):
     return run
 
 
+def runner(session, name: str):
+    """``fn(x)``: an onnxruntime session's outputs on a uint8 batch fed as float32."""
+    return lambda x: session.run(None, {name: x.astype(np.float32)})
+
+
 def cold_start(photo: Path) -> float:
     start = time.perf_counter()
     subprocess.run(
@@ -91,6 +99,8 @@ def main() -> None:
         action="store_true",
         help="only the kerascope CPU engines (no Keras, PyTorch, cold start)",
     )
+    parser.add_argument("--int8-rungs", action="store_true",
+                        help="also time every int8 rung (all int8 ...) on onnxruntime")  # fmt: skip
     args = parser.parse_args()
 
     import skimage
@@ -111,6 +121,32 @@ def main() -> None:
         if cpu_native_bfloat16():
             fwd = compiled(clf.model, "openvino", precision="bfloat16")
             candidates["OpenVINO bf16 (openvino engine)"] = fwd
+    from kerascope import quantize
+
+    int8 = quantize.int8_graph(clf.model)  # quantized and measured once, then from the cache
+    int8_session = quantize._session(int8.payload)
+    int8_input = int8_session.get_inputs()[0].name
+    candidates["onnxruntime int8"] = lambda x: int8_session.run(
+        None, {int8_input: x.astype(np.float32)}
+    )
+    if openvino_installed():
+        from kerascope.engines import import_openvino
+
+        core = import_openvino().Core()
+        int8_ov = core.compile_model(core.read_model(int8.payload), "CPU",
+                                     {"INFERENCE_PRECISION_HINT": "f32"})  # fmt: skip
+        candidates["OpenVINO int8"] = lambda x: int8_ov(x.astype(np.float32))
+    rungs = {}
+    if args.int8_rungs:
+        from kerascope.onnx_export import cache
+
+        fp32 = cache.onnx_bytes(clf.model)
+        crops = quantize.photo_crops(clf.input_size, quantize.CALIBRATION_IMAGES, 7)
+        for i, keep in enumerate(quantize.LADDER):
+            rung = quantize._session(quantize.quantize_graph(fp32, crops, keep))
+            name = f"onnxruntime int8, rung {i + 1}"
+            rungs[name] = "float32 kept: first conv, head" + "".join(f", {k}" for k in keep)
+            candidates[name] = runner(rung, int8_input)
     cpu = cpu_info()[0]
     bf16 = "has bf16 units" if cpu_native_bfloat16() else "no bf16 units: no bf16 row"
     print(f"CPU: {cpu}, {os.cpu_count()} threads, {bf16}; openvino "
@@ -141,8 +177,13 @@ def main() -> None:
     for name in candidates:
         print(f"{name:<44}{spread(rates[(name, 1)]):>22}{spread(rates[(name, 32)]):>24}")
     base = "onnxruntime fp32 (onnx engine)"
+    print(f"int8 graph: {int8.quantizer}; {int8.agreement.text()} on {int8.agreement.images} "
+          f"real-photo crops ({'meets' if int8.agreement.met else 'misses'} the bound "
+          f"{quantize.bound_text()})")  # fmt: skip
+    for name, kept in rungs.items():
+        print(f"{name}: {kept}")
     for name in candidates:  # per-repeat ratios: a neighbour's load hits both sides of one
-        if name.startswith("OpenVINO"):
+        if name.startswith("OpenVINO") or "int8" in name:
             ratios = {bs: np.divide(rates[(name, bs)], rates[(base, bs)]) for bs in (1, 32)}
             shown = {bs: f"{np.median(r):.2f}x [{min(r):.2f} - {max(r):.2f}]"
                      for bs, r in ratios.items()}  # fmt: skip
@@ -172,6 +213,21 @@ def main() -> None:
     for engine in engines:
         print(f"kerascope.classify end to end on {engine} (decode+resize+infer, 64 PNG files "
               f"451x300): {spread(e2e[engine])} img/s")  # fmt: skip
+    if int8.agreement.met:  # else `--precision int8` refuses to run here: nothing to time
+
+        def int8_end_to_end() -> float:
+            start = time.perf_counter()
+            results = kerascope.classify(str(folder), model=clf, batch_size=32, precision="int8")
+            assert len(results) == 64 and all(r.ok for r in results)
+            return 64 / (time.perf_counter() - start)
+
+        int8_end_to_end()
+        rates8 = interleaved({"int8": int8_end_to_end, "onnx": lambda: end_to_end("onnx")},
+                             args.repeats, False)  # fmt: skip
+        print(f"kerascope.classify --precision int8 end to end: {spread(rates8['int8'])} img/s "
+              f"(float32 onnx beside it: {spread(rates8['onnx'])})")  # fmt: skip
+    else:
+        print("kerascope.classify --precision int8: refused here (agreement above), not timed")
     if args.engines_only:
         return
     times = sorted(cold_start(photo) for _ in range(3))

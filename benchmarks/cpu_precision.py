@@ -9,7 +9,11 @@ scikit-image, cropped and flipped at random (seeded: the same crops every run), 
   emulation of the number format only (bf16 activations and products, float32 weights and
   softmax), labelled as such, since OpenVINO would quietly compute in float32 there.
 
-    python benchmarks/cpu_precision.py [--crops 15] [--batch 16]
+    python benchmarks/cpu_precision.py [--crops 15] [--batch 16] [--int8]
+
+``--int8`` also builds the int8 graph exactly as ``--precision int8`` does (`kerascope.quantize`:
+64 calibration crops, every rung of its ladder until one meets the bound) and prints the
+agreement it measured on its own 200+ check crops, per rung, and which one it keeps.
 
 |dp| is reported two ways: the mean over images of the largest change of any class's
 probability (the stricter, used for the bound), and the mean over every (image, class).
@@ -66,6 +70,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--crops", type=int, default=15, help="crops per photo (16 photos)")
     parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--int8", action="store_true", help="also measure the int8 ladder")
     args = parser.parse_args()
 
     import kerascope
@@ -92,6 +97,31 @@ def main() -> None:
           f"mean |dp| {float(diff.mean()):.6f}, largest |dp| {float(diff.max()):.4f}")  # fmt: skip
     ok = agree >= 0.99 and worst <= 0.005
     print(f"bound (top-1 >= 99 %, mean |dp| <= 0.005): {'met' if ok else 'NOT met'}")
+    if args.int8:
+        int8(clf)
+
+
+def int8(clf) -> None:
+    """Every rung of `kerascope.quantize.LADDER` on ``clf``, measured as `int8_graph` does."""
+    from kerascope import quantize
+    from kerascope.onnx_export import cache
+
+    size = clf.input_size
+    fp32 = cache.onnx_bytes(clf.model)
+    crops_ = quantize.photo_crops(size, quantize.CALIBRATION_IMAGES, 7)
+    images = quantize.photo_crops(size, quantize.CHECK_IMAGES, 1)
+    reference = quantize.probabilities(fp32, images)
+    for keep in quantize.LADDER:
+        start = time.perf_counter()
+        graph = quantize.quantize_graph(fp32, crops_, keep)
+        took = time.perf_counter() - start
+        a = quantize.measure(reference, quantize.probabilities(graph, images), "")
+        kept = ", ".join(("preprocessing", "first conv", "head", *keep))
+        print(f"int8, float32 kept for {kept} (quantized in {took:.0f} s, {len(crops_)} "
+              f"calibration crops): {a.text()} on {a.images} crops: "
+              f"{'meets' if a.met else 'misses'} the bound")  # fmt: skip
+    graph = quantize.int8_graph(clf.model)
+    print(f"--precision int8 keeps: {graph.quantizer}; {graph.agreement.text()}")
 
 
 if __name__ == "__main__":

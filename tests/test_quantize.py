@@ -117,6 +117,14 @@ def test_int8_runs_where_it_meets_the_bound_and_says_so(graph, lite0, photo_path
     assert code == 0, err
     assert "computing in int8" in err and "on the onnx engine" in err
     assert any(cat in out for cat in CATS)
+    from kerascope.engines import openvino_installed
+
+    if openvino_installed():  # the same int8 graph, compiled by OpenVINO when asked for
+        monkeypatch.setenv("KERASCOPE_ENGINE", "openvino")
+        fwd = inference.compiled(lite0.model, precision="int8")
+        assert (fwd.engine, fwd.precision) == ("openvino", "int8")
+        probs = fwd(np.concatenate([x, x[:, ::-1]]))
+        assert probs.shape == (2, 1000) and np.allclose(probs.sum(1), 1, atol=1e-3)
 
 
 def test_int8_where_it_cannot_run_is_refused(graph, lite0, monkeypatch, no_int8_forwards):
