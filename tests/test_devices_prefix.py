@@ -120,3 +120,87 @@ def test_the_jax_prefix_runs_on_each_device_for_its_shard(photos, tmp_path):
     pairs = list(zip(a.get_weights(), b.get_weights(), strict=True))
     assert max(float(np.abs(x - y).max()) for x, y in pairs) < 1e-5
     assert any(float(np.abs(x).max()) > 0 for x, _ in pairs)
+
+
+def test_a_process_precomputes_the_prefix_for_its_rows_only(photos):
+    """Without augmentation the prefix runs once per stage: with ``share=(i, 2)`` only over
+    the rows process i feeds (its half of every padded batch: 14 or 13 of 26 in epoch 1,
+    every time for validation's fixed batches), a later epoch's new rows when first met; its
+    part of every batch, epoch after epoch, equals a one-process sequence's. Before, every
+    process ran the prefix over every image."""
+    from kerascope.data import FolderSequence, scan_dataset
+    from kerascope.training.split import PrefixSequence
+
+    dataset = scan_dataset(photos, 0.2, 0)
+    seen: list[int] = []
+
+    def pixels(x: np.ndarray) -> np.ndarray:
+        seen.append(len(x))
+        return x.astype(np.float32).mean(axis=(1, 2))  # per-image channel means
+
+    for split, shuffle, fed in (("train", True, (14, 13)), ("validation", False, (4, 3))):
+        items = dataset.splits[split]
+
+        def sequence(share=None, items=items, shuffle=shuffle):
+            images = FolderSequence(items, dataset.classes, 32, 8, shuffle=shuffle, seed=0,
+                                    share=share)  # fmt: skip
+            return PrefixSequence(images, pixels)
+
+        for index in (0, 1):
+            everything = sequence()
+            seen.clear()
+            shard = sequence((index, 2))
+            assert sum(seen) == fed[index], (split, index)
+            for _epoch in range(3):
+                for b in range(len(shard)):
+                    got = placing.shard_rows(shard[b], index, 2)
+                    want = placing.shard_rows(everything[b], index, 2)
+                    for g, w in zip(got, want, strict=True):
+                        np.testing.assert_array_equal(g, w)
+                shard.on_epoch_end()
+                everything.on_epoch_end()
+            if split == "validation":
+                assert sum(seen) == fed[index]  # the same rows every epoch: nothing more
+            else:
+                assert fed[index] < sum(seen) <= len(items)  # new rows, each computed once
+
+
+@jax_only
+@pytest.mark.slow
+def test_two_processes_train_split_with_mixup_as_one(photos, tmp_path):
+    """Two real processes on 127.0.0.1, the split trainer (transfer: frozen prefix on the CPU
+    engine, augmentation and mixup before it, validation precomputed): each runs the prefix
+    on its own rows, reads its rows' mixup partners, and precomputes validation for its rows;
+    the history equals one process's run within 1e-5 (before, a partner fed by the other
+    process was a black image)."""
+    from .serve_server import free_port
+
+    common = ["train", str(photos), "--recipe", "transfer", "--epochs", "2", "--batch-size",
+              "8", "--image-size", "64", "--seed", "0", "--mixup", "0.4"]  # fmt: skip
+    env = {**os.environ, "KERAS_BACKEND": "jax", "PYTHONUNBUFFERED": "1"}
+    for name in placing.ENV.values():
+        env.pop(name, None)
+    kerascope = [sys.executable, "-m", "kerascope"]
+    single = tmp_path / "single"
+    alone = subprocess.run([*kerascope, *common, "-o", str(single)], env=env,
+                           capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert alone.returncode == 0, alone.stderr[-3000:]
+    run, port = tmp_path / "pair", free_port()
+    procs = [subprocess.Popen([*kerascope, *common, "-o", str(run), "--coordinator",
+                               f"127.0.0.1:{port}", "--num-processes", "2", "--process-id",
+                               str(i)], env={**env, "KERASCOPE_HOME": str(tmp_path / f"h{i}")},
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for i in (0, 1)]  # fmt: skip
+    outs = [p.communicate(timeout=600) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs[0][1][-2000:] + outs[1][1][-2000:]
+    import csv
+
+    def history(path: Path) -> list[dict[str, str]]:
+        with open(path / "history.csv", newline="") as f:
+            return list(csv.DictReader(f))
+
+    pair, ref = history(run), history(single)
+    assert len(pair) == len(ref) == 2
+    for got, want in zip(pair, ref, strict=True):
+        for key in ("loss", "accuracy", "val_loss", "val_accuracy"):
+            assert float(got[key]) == pytest.approx(float(want[key]), rel=1e-5), key

@@ -18,8 +18,11 @@ Nothing here is home-made parallelism: the engine is Keras 3's distribution API.
   ``FolderSequence(share=process_share())``: the other rows of its batches stay zeros, never
   read), and only process 0 writes the run directory
   (:func:`private_run_dir` gives the others a scratch copy). A process that stops before
-  training tells the others, which stop at once naming its reason
-  (:mod:`kerascope.training.starting`; ``train`` is wrapped in :func:`refusals_told`).
+  training, or fails during it, tells the others, which stop at once naming it and its
+  reason (:mod:`kerascope.training.starting`; ``train`` is wrapped in :func:`refusals_told`,
+  training in :func:`peers_watched`).
+* The split trainer's frozen prefix runs on each of this process's devices for its shard
+  when it runs on the JAX engine (``kerascope.training.split.prefix_forward``).
 
 The learning-rate rule (:data:`LR_RULE`): ``--batch-size`` is the *global* batch, the one
 optimizer step sees over all devices, and ``--lr`` applies to it unchanged. The same

@@ -254,6 +254,7 @@ class PrefixSequence(DerivedSequence):
         if self.outputs is not None:
             if r is not None:
                 labels = soft_targets(labels, classes, smoothing=r.label_smoothing)
+            self._complete(rows[self.images.fed_part(len(rows))])
             return _pack([out[rows] for out in self.outputs]), labels, weights
         part = self.images.fed_part(len(rows))
         pixels = self._load(rows, part, index)  # other processes' rows: zeros
@@ -288,26 +289,45 @@ class PrefixSequence(DerivedSequence):
         return pixels
 
     def precompute(self, progress: Callable[[int, int], None] | None = None) -> None:
-        """Run every image through the prefix once, in file order."""
+        """Run every image through the prefix once, in file order. In a multi-process run
+        (the images' ``share``) only the rows this process feeds in the current epoch: a later
+        epoch's new rows are computed when a batch first needs them (:meth:`_complete`), as
+        the decode cache decodes them; a validation split's rows never change."""
         n = len(self.images.paths)
         size = self.images.batch_size
+        fed = self.images.fed_rows()
+        self._computed = np.zeros(n, bool)
         outputs: list[np.ndarray] | None = None
-        for done, begin in enumerate(range(0, n, size), 1):
-            rows = np.arange(begin, min(begin + size, n))
+        total = -(-len(fed) // size)
+        for done, begin in enumerate(range(0, len(fed), size), 1):
+            rows = fed[begin : begin + size]
             values = _as_list(self.forward(self.images.load_rows(rows)))
             if outputs is None:
                 outputs = [self._allocate((n, *v.shape[1:]), v.dtype) for v in values]
             for out, v in zip(outputs, values, strict=True):
                 out[rows] = v
+            self._computed[rows] = True
             if progress:
-                progress(done, len(self.images))
+                progress(done, total)
         self.outputs = outputs
+
+    def _complete(self, rows: np.ndarray) -> None:
+        """Compute the prefix outputs of those of ``rows`` not computed yet (a process's rows
+        that an earlier epoch did not feed it)."""
+        missing = np.unique(rows[~self._computed[rows]])
+        size = self.images.batch_size
+        for begin in range(0, len(missing), size):
+            chunk = missing[begin : begin + size]
+            values = _as_list(self.forward(self.images.load_rows(chunk)))
+            for out, v in zip(self.outputs, values, strict=True):
+                out[chunk] = v
+            self._computed[chunk] = True
 
     def _allocate(self, shape: tuple, dtype: Any) -> np.ndarray:
         """An array in RAM, or memory-mapped in ``scratch`` when it would be large."""
         nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
         if nbytes <= IN_MEMORY_BYTES or self.scratch is None:
-            return np.empty(shape, dtype)
+            return np.zeros(shape, dtype)  # rows another process feeds stay 0
         from kerascope.data.loader import reserve_blocks
         from kerascope.files import output_error
 
