@@ -226,3 +226,88 @@ def test_options_a_multilabel_run_does_not_take_are_refused(pairs, tmp_path, cap
     assert "the lr finder sweeps a folder dataset, not the multi-label CSV" in (
         capsys.readouterr().err)  # fmt: skip
     assert not out.exists()
+
+
+# --- the run's report, curves and augmentation -------------------------------------------------
+
+
+def test_run_writes_report_with_per_label_table_and_curves(multilabel_run):
+    """report.md and curves.png, as every folder run has (before: neither was written): the
+    sigmoid head, the label counts, a row per label with its saved threshold and AP, mAP."""
+    run = multilabel_run
+    report = (run.run_dir / "report.md").read_text()
+    saved = json.loads((run.run_dir / "multilabel.json").read_text())
+    assert "dense 4 sigmoid" in report and "softmax" not in report
+    assert "validation per-label accuracy (at 0.5)" in report and "No augmentation" in report
+    assert f"kerascope evaluate {run.run_dir} DATA.csv" in report
+    rows = [line for line in report.splitlines() if line.startswith("| ") and "label |" not in line]
+    assert [r.split(" | ")[0][2:] for r in rows] == saved["labels"]
+    for row, label in zip(rows, saved["validation"]["labels"], strict=True):
+        cells = row.split(" | ")
+        assert float(cells[3]) == pytest.approx(label["threshold"], abs=5e-4)
+        assert float(cells[4]) == pytest.approx(label["average_precision"], abs=5e-4)
+        assert int(cells[1]) + int(cells[2]) == sum(
+            1 for line in pairs_rows(run) if label["label"] in line
+        )
+    assert f"mAP **{run.val_map:.4f}**" in report
+    with Image.open(run.run_dir / "curves.png") as curves:
+        assert curves.format == "PNG" and curves.size == (1000, 400)
+    state = json.loads((run.run_dir / "run_state.json").read_text())
+    assert state["outcome"]["best_epoch"] == run.best_epoch
+    assert state["outcome"]["seconds"] > 0
+
+
+def pairs_rows(run) -> list[str]:
+    """The label cells of the run's CSV, one per picture."""
+    lines = Path(run.config["data"]).read_text().splitlines()[1:]
+    return [line.split(",", 1)[1].replace("|", ";").split(";") for line in lines]
+
+
+def test_augmented_batches_are_seeded_and_new_every_epoch(pairs):
+    """The training batches of an augmented run: the rows in a seeded order, each picture
+    transformed (not the decoded pixels), the same for the same seed, new the next epoch."""
+    from kerascope.data.affine import random_affine
+    from kerascope.data.augment import AugmentConfig
+    from kerascope.data.multilabel import pixels_of
+    from kerascope.training.multilabel import _augmented
+
+    table = read_label_csv(pairs)
+    rows = np.arange(10, 30)
+    size = (48, 48)
+
+    def first_two_epochs(seed: int) -> list:
+        batches = _augmented(table, rows, size, 8, lambda x: x.astype(np.float32),
+                             random_affine(AugmentConfig(), seed), seed)  # fmt: skip
+        return [next(batches) for _ in range(6)]  # 3 batches per epoch (8, 8, 4)
+
+    once, again = first_two_epochs(0), first_two_epochs(0)
+    for (x, y), (x2, y2) in zip(once, again, strict=True):
+        assert np.array_equal(x, x2) and np.array_equal(y, y2)
+    assert [len(y) for _, y in once] == [8, 8, 4, 8, 8, 4]
+    order = rows[np.random.default_rng([0, 0]).permutation(len(rows))]  # epoch 0's order
+    assert np.array_equal(np.concatenate([y for _, y in once[:3]]), table.targets[order])
+    assert sorted(order) == list(rows) and list(order) != list(rows)  # each row once, shuffled
+    plain = pixels_of(table, order[:8], size).astype(np.float32)
+    changed = [not np.array_equal(a, b) for a, b in zip(once[0][0], plain, strict=True)]
+    assert sum(changed) >= 6, changed  # transformed (a flip-only draw may leave one as it is)
+    assert not np.array_equal(once[0][0], once[3][0])  # epoch 1 differs from epoch 0
+
+
+def test_an_augmentation_option_trains_with_augmentation(pairs, tmp_path, capsys):
+    """`train labels.csv --zoom 0.1` (before: refused, 'leave out the augmentation options')
+    trains on augmented rows: the recipe's AugmentConfig with the change, recorded in
+    config.yaml and report.md, and still learns both labels of the held-out pictures."""
+    import yaml
+
+    from kerascope.cli import main
+
+    out = tmp_path / "run"
+    assert main(["train", str(pairs), "--zoom", "0.1", "--epochs", "8", "--image-size", "96",
+                 "--batch-size", "16", "--lr", "3e-3", "--val-split", "0.25", "-o",
+                 str(out)]) == 0, capsys.readouterr().err  # fmt: skip
+    config = yaml.safe_load((out / "config.yaml").read_text())
+    assert config["augment"]["zoom"] == 0.1 and config["augment"]["rotation"] == 40.0
+    assert "Augmentation of the training rows, new every epoch: rotation 40°" in (
+        (out / "report.md").read_text())  # fmt: skip
+    saved = json.loads((out / "multilabel.json").read_text())
+    assert saved["validation"]["mAP"] > 0.8, saved["validation"]

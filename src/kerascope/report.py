@@ -113,10 +113,19 @@ def plot_curves(history: Sequence[dict[str, Any]], path: str | os.PathLike) -> P
 
 
 def write_run_report(
-    path: str | os.PathLike, config: dict[str, Any], summary: str, outcome: dict[str, Any]
+    path: str | os.PathLike,
+    config: dict[str, Any],
+    summary: str,
+    outcome: dict[str, Any],
+    extra: Sequence[str] = (),
 ) -> Path:
-    """A short ``report.md``: data, result, time, and how to use the model."""
+    """A short ``report.md``: data, result, time, and how to use the model. ``extra``: lines
+    (Markdown) after the result, e.g. a multi-label run's per-label table."""
     run_dir = Path(config["output"])
+    multilabel = config.get("task") == "multilabel"
+    # a multi-label run's Keras accuracy is per label at 0.5, not "the right class"
+    accuracy = "per-label accuracy (at 0.5)" if multilabel else "accuracy"
+    data = "DATA.csv" if multilabel else "DATA"
     size = "x".join(str(s) for s in config["image_size"])
     backbone = config.get("backbone")
     body = f"{backbone} backbone, " if isinstance(backbone, str) else ""
@@ -145,20 +154,21 @@ def write_run_report(
         "## Result",
         "",
         f"- saved model (`model.keras`): epoch {outcome['best_epoch']} (lowest validation "
-        f"loss), validation accuracy **{_pct(outcome['val_accuracy'])}**, loss "
+        f"loss), validation {accuracy} **{_pct(outcome['val_accuracy'])}**, loss "
         f"{outcome['val_loss']:.4f}",
-        f"- last epoch ({outcome['epochs']}): validation accuracy "
+        f"- last epoch ({outcome['epochs']}): validation {accuracy} "
         f"{_pct(outcome['final_val_accuracy'])}; best over epochs "
         f"{_pct(outcome['best_val_accuracy'])} (not necessarily the saved epoch)",
         f"- training time: {outcome['seconds']:.0f} s",
         "",
         "![training curves](curves.png)",
         "",
+        *extra,
         "## Use it",
         "",
         "```",
         f"kerascope classify PHOTOS --model {run_dir}",
-        f"kerascope evaluate {run_dir} DATA",
+        f"kerascope evaluate {run_dir} {data}",
         f"kerascope predict {run_dir} FOLDER -o predictions.csv",
         "```",
         "",
@@ -192,7 +202,9 @@ def _model_notes(config: dict[str, Any]) -> list[str]:
                                    else ["dropout"])  # fmt: skip
     shown = [p.replace("dropout", f"dropout {config['dropout']:g}") if p == "dropout" else
              p.replace(":", " ") for p in parts]  # fmt: skip
-    lines = [f"- head: {' -> '.join([*shown, f'dense {k} softmax'])}"]
+    task = config.get("task")  # binary: the seed's one sigmoid unit; multilabel: one per label
+    out = {"binary": "dense 1 sigmoid", "multilabel": f"dense {k} sigmoid"}.get(task)
+    lines = [f"- head: {' -> '.join([*shown, out or f'dense {k} softmax'])}"]
     if config.get("unfreeze_index") is not None:
         lines.append(f"- fine-tuning (stage 2) trains the backbone from layer index "
                      f"{config['unfreeze_index']} on (keras.applications numbering; --unfreeze "

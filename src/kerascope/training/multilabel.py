@@ -3,8 +3,12 @@ cross-entropy on a frozen backbone's features (``transfer`` or ``features`` reci
 
 The frozen part of the network runs once over every image (`kerascope.training.split`: the
 same cut and the same inference engine as the folder trainer's split path), then Keras trains
-the head on those outputs. Without augmentation: a frozen backbone's features of a fixed
-picture do not change between epochs, which is what makes this fast. The head with the
+the head on those outputs. By default without augmentation: a frozen backbone's features of a
+fixed picture do not change between epochs, which is what makes this fast. An augmentation
+option (``--rotation``, ``--zoom``, ``--augment-policy``, ...: the folder recipes'
+`AugmentConfig`, applied by the same host executor, `kerascope.data.affine.random_affine`)
+makes every epoch decode, augment and run the training rows through the backbone again;
+validation rows are never augmented. The head with the
 lowest validation loss is kept (early stopping, best weights restored). Then, on the held-out
 rows, each label gets the threshold that maximises its F1 (`kerascope.multilabel_metrics`),
 saved in ``multilabel.json`` beside the labels and the split: ``predict`` and
@@ -12,7 +16,8 @@ saved in ``multilabel.json`` beside the labels and the split: ``predict`` and
 ``evaluate`` reports per-label precision / recall / F1 and mAP.
 
 The run directory holds what a folder run holds (``config.yaml``, ``labels.json``,
-``history.csv``, ``model.keras``, ``run_state.json``) plus ``multilabel.json``. A run is
+``history.csv``, ``model.keras``, ``run_state.json``, ``curves.png``, ``report.md`` with a
+per-label table of thresholds and AP) plus ``multilabel.json``. A run is
 short (one pass of the backbone): it is written at the end and not resumable.
 """
 
@@ -20,17 +25,20 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from kerascope.data.augment import AugmentConfig
 from kerascope.data.multilabel import LabelTable, pixels_of, read_label_csv
 from kerascope.errors import ConfigError, RunError
 from kerascope.files import atomic_path, write_json
 from kerascope.multilabel_metrics import multilabel_report, tune_thresholds
-from kerascope.report import write_history
+from kerascope.output import printable
+from kerascope.report import plot_curves, write_history, write_run_report
 from kerascope.rundir import LABELS_NAME, lock_run, write_state
 from kerascope.training import recipes
 from kerascope.training.settings import resolve_config, save_config
@@ -84,13 +92,15 @@ def train_multilabel(
     refused: list[str] | None = None,
 ) -> MultilabelRun:
     """Train a sigmoid head on the label CSV ``data`` (see the module doc); `train`'s
-    arguments of the same names mean the same. ``augment`` is not used (the features are
-    computed once); an explicit augmentation config is refused, and so are the options
-    ``train`` was given that this trainer does not take (``refused``: their flags).
+    arguments of the same names mean the same, except ``augment``: an `AugmentConfig`
+    augments the training rows (the backbone then runs on them every epoch), anything else
+    (True: the recipe's default) trains without augmentation, on features computed once. The
+    options ``train`` was given that this trainer does not take are refused (``refused``:
+    their flags).
 
     Raises:
         kerascope.data.DatasetError: a bad CSV row (its number named), an unreadable image.
-        ConfigError: a recipe other than transfer / features, or an augmentation asked for.
+        ConfigError: a recipe other than transfer / features.
         RunError: ``output`` holds a run or other files.
     """
     from kerascope.config import ensure_backend
@@ -103,12 +113,10 @@ def train_multilabel(
     if recipe not in RECIPES:
         raise ConfigError(f"a multi-label CSV trains a sigmoid head on a frozen backbone: use "
                           f"--recipe transfer or features, not {recipe!r}")  # fmt: skip
-    if augment not in (True, False, None):
-        raise ConfigError("a multi-label CSV trains on the frozen backbone's features, "
-                          "computed once: leave out the augmentation options")  # fmt: skip
+    augment = augment if isinstance(augment, AugmentConfig) else False  # asked for: only then
     table = read_label_csv(data)  # every row checked before anything is built
     config = resolve_config(data, recipe, output, backbone, epochs, batch_size, lr, seed,
-                            val_split, False, None, None, False, image_size, patience,
+                            val_split, False, None, None, augment, image_size, patience,
                             layer=layer, pool=pool, head=head, dropout=dropout,
                             optimizer=optimizer, weights=weights,
                             task="multilabel")  # fmt: skip
@@ -152,14 +160,20 @@ def _train(run_dir: Path, config: dict, table: LabelTable, splits: dict, progres
     parts = split_model(model)
     forward = compiled(parts.prefix)
     batch = config["batch_size"]
+    augment = config.get("augment")
+    augment = AugmentConfig(**augment) if augment else None
+    if augment is not None and augment.is_identity:
+        augment = None
     feats, targets = {}, {}
     for name, rows in splits.items():
+        if name == "train" and augment is not None:
+            continue  # its features change every epoch: computed as the epochs need them
         if progress:
             print(f"  {name}: frozen prefix on {len(rows)} images", flush=True)
         chunks = [forward(pixels_of(table, rows[i:i + batch], size))
                   for i in range(0, len(rows), batch)]  # fmt: skip
         feats[name] = _joined(chunks)
-        targets[name] = table.targets[rows]
+    targets = {name: table.targets[rows] for name, rows in splits.items()}
     stage = config["stages"][0]
     steps = -(-len(splits["train"]) // batch) * stage["epochs"]
     suffix = parts.suffix
@@ -169,11 +183,25 @@ def _train(run_dir: Path, config: dict, table: LabelTable, splits: dict, progres
                    metrics=[keras.metrics.BinaryAccuracy(name="accuracy")])  # fmt: skip
     stop = keras.callbacks.EarlyStopping(monitor="val_loss", patience=config["patience"],
                                          restore_best_weights=True)  # fmt: skip
+    began, seconds = [0.0], []
+    clock = keras.callbacks.LambdaCallback(
+        on_epoch_begin=lambda _e, _logs: began.__setitem__(0, time.perf_counter()),
+        on_epoch_end=lambda _e, _logs: seconds.append(time.perf_counter() - began[0]),
+    )
     verbose = (1 if sys.stdout.isatty() else 2) if progress else 0
-    fit = suffix.fit(feats["train"], targets["train"], batch_size=batch, epochs=stage["epochs"],
-                     validation_data=(feats["validation"], targets["validation"]),
-                     shuffle=True, callbacks=[stop], verbose=verbose)  # fmt: skip
-    history = [{"epoch": e + 1, "stage": 1, **{k: float(v[e]) for k, v in fit.history.items()}}
+    if augment is None:
+        data = {"x": feats["train"], "y": targets["train"], "batch_size": batch, "shuffle": True}
+    else:
+        from kerascope.data.affine import random_affine
+
+        data = {"x": _augmented(table, splits["train"], size, batch, forward,
+                                random_affine(augment, config["seed"]), config["seed"]),
+                "steps_per_epoch": -(-len(splits["train"]) // batch),
+                "shuffle": False}  # the generator shuffles, seeded per epoch  # fmt: skip
+    fit = suffix.fit(**data, epochs=stage["epochs"], callbacks=[stop, clock], verbose=verbose,
+                     validation_data=(feats["validation"], targets["validation"]))  # fmt: skip
+    history = [{"epoch": e + 1, "stage": 1, "seconds": seconds[e],
+                **{k: float(v[e]) for k, v in fit.history.items()}}
                for e in range(len(fit.history["loss"]))]  # fmt: skip
     best = int(np.argmin([row["val_loss"] for row in history]))
     scores = np.asarray(suffix.predict(feats["validation"], batch_size=batch, verbose=0))
@@ -188,14 +216,97 @@ def _train(run_dir: Path, config: dict, table: LabelTable, splits: dict, progres
         "threshold_rule": "max F1 per label on the validation rows",
         "splits": {name: table.relative(rows) for name, rows in splits.items()},
         "validation": metrics})  # fmt: skip
+    outcome = _outcome(history, best)
+    plot_curves(history, run_dir / "curves.png")
+    notes = [augment_line(augment), "", *label_lines(metrics, config["counts"])]
+    write_run_report(run_dir / "report.md", config, data_summary(table, splits), outcome, notes)
     write_state(run_dir, {"status": "done", "completed_stages": 1, "stage": 1,
-                          "epoch": len(history)})  # fmt: skip
+                          "epoch": len(history), "outcome": outcome})  # fmt: skip
     if progress:
         print(f"validation: mAP {metrics['mAP']:.4f}; thresholds (max F1 per label) "
-              f"saved in {run_dir / MULTILABEL_NAME}")  # fmt: skip
+              f"saved in {run_dir / MULTILABEL_NAME}; report in "
+              f"{run_dir / 'report.md'}")  # fmt: skip
     return MultilabelRun(run_dir, run_dir / "model.keras", list(table.labels), history,
                          best + 1, history[best]["val_loss"], history[best]["val_accuracy"],
                          metrics["mAP"], thresholds, metrics, config, saved)  # fmt: skip
+
+
+def _augmented(table: LabelTable, rows: np.ndarray, size: tuple, batch: int, forward: Any,
+               augment: Any, seed: int):  # fmt: skip
+    """Endless training batches ``(prefix outputs, targets)``: each epoch the rows in a new
+    seeded order, decoded, augmented (batch ``i`` of epoch ``e`` drawn from ``(seed, e, i)``,
+    as the folder trainer's) and run through the frozen prefix."""
+    epoch = 0
+    while True:
+        order = rows[np.random.default_rng([seed, epoch]).permutation(len(rows))]
+        for i in range(0, len(order), batch):
+            picked = order[i : i + batch]
+            out = forward(augment(pixels_of(table, picked, size), epoch, i // batch))
+            x = [np.asarray(o) for o in out] if isinstance(out, list | tuple) else np.asarray(out)
+            yield x, table.targets[picked]
+        epoch += 1
+
+
+def _outcome(history: list[dict[str, Any]], best: int) -> dict[str, Any]:
+    """The headline numbers of ``report.md`` and ``run_state.json``, as a folder run's."""
+    accuracies = [row["val_accuracy"] for row in history]
+    return {"best_epoch": best + 1, "val_accuracy": history[best]["val_accuracy"],
+            "val_loss": history[best]["val_loss"], "best_val_accuracy": max(accuracies),
+            "final_val_accuracy": accuracies[-1], "epochs": len(history),
+            "seconds": float(sum(row["seconds"] for row in history))}  # fmt: skip
+
+
+def data_summary(table: LabelTable, splits: dict[str, np.ndarray]) -> str:
+    """The report's data table: pictures naming each label per split, then the pictures."""
+    names = [printable(n) for n in table.labels]
+    width = max([6, *(len(n) for n in names)])
+    lines = [f"{printable(str(table.csv))} (multi-label CSV, {len(names)} labels, "
+             f"{len(table)} images)",
+             "  ".join([f"{'label':<{width}}", *(f"{s:>10}" for s in splits)])]  # fmt: skip
+    for j, name in enumerate(names):
+        counts = (int(table.targets[rows, j].sum()) for rows in splits.values())
+        lines.append("  ".join([f"{name:<{width}}", *(f"{c:>10}" for c in counts)]))
+    lines.append("  ".join([f"{'images':<{width}}", *(f"{len(r):>10}" for r in splits.values())]))
+    return "\n".join(lines)
+
+
+def augment_line(augment: AugmentConfig | None) -> str:
+    """What the report says about augmentation (a multi-label run has none unless asked)."""
+    if augment is None:
+        return ("No augmentation: the backbone ran once over every picture (an augmentation "
+                "option such as `--zoom 0.2` augments the training rows every epoch).")  # fmt: skip
+    a = augment
+    parts = [f"rotation {a.rotation:g}°", f"shift {a.width_shift:g} x {a.height_shift:g}",
+             f"shear {a.shear:g}", f"zoom {a.zoom:g}"]  # fmt: skip
+    parts += ["horizontal flips"] if augment.horizontal_flip else []
+    parts += ["vertical flips"] if augment.vertical_flip else []
+    parts += [f"{augment.policy} policy"] if augment.policy else []
+    return (
+        f"Augmentation of the training rows, new every epoch: {', '.join(parts)} (fill "
+        f"{augment.fill_mode}); validation rows as they are."
+    )
+
+
+def label_lines(metrics: dict[str, Any], counts: dict[str, dict[str, int]]) -> list[str]:
+    """``report.md``'s per-label section: each label's threshold (max F1 on validation) and
+    its scores there, then mAP."""
+    lines = ["## Labels", "",
+             f"On the {metrics['n']} validation images, a label is called when its probability "
+             "reaches its threshold (the one with the best F1 there; saved in "
+             f"`{MULTILABEL_NAME}`, used by predict, classify and serve).", "",
+             "| label | train images | validation images | threshold | AP | precision | "
+             "recall | F1 |", "|---|--:|--:|--:|--:|--:|--:|--:|"]  # fmt: skip
+    for row in metrics["labels"]:
+        seen = counts.get(row["label"], {})
+        name = printable(row["label"]).replace("|", "\\|")
+        lines.append(
+            f"| {name} | {seen.get('train', 0)} | {seen.get('validation', 0)} | "
+            f"{row['threshold']:.3f} | {row['average_precision']:.3f} | "
+            f"{row['precision']:.3f} | {row['recall']:.3f} | {row['f1']:.3f} |"
+        )
+    lines += ["", f"mAP **{metrics['mAP']:.4f}**, macro F1 {metrics['macro_f1']:.4f}, exact "
+              f"label sets {100 * metrics['subset_accuracy']:.1f} %.", ""]  # fmt: skip
+    return lines
 
 
 def _joined(chunks: list) -> Any:
