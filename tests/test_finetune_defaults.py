@@ -68,8 +68,32 @@ def test_training_size_is_the_datas_up_to_the_backbones(tmp_path, side, size):
 def test_plan_gives_each_stage_its_share_of_the_time_left():
     assert budget.plan_epochs(600, 10, [0.2, 0.35, 0.45], 100) == 12  # 120 s of 600
     assert budget.plan_epochs(600, 10, [0.2, 0.35, 0.45], 5) == 5  # the recipe's most
-    assert budget.plan_epochs(-30, 10, [1.0], 5) == 1  # over budget: still one epoch
+    assert budget.plan_epochs(-30, 10, [1.0], 5) == 0  # no epoch fits: the stage is skipped
+    assert budget.plan_epochs(-30, 10, [1.0], 5, least=1) == 1  # the head is always trained
+    assert budget.plan_epochs(15, 10, [0.2, 0.8], 5) == 1  # its share holds none, the rest one
     assert budget.plan_epochs(90, 10, [0.35, 0.45], 50) == 3  # 0.35 / 0.8 of 90 s
+
+
+def test_a_later_stage_is_not_measured_when_less_than_an_epoch_of_the_last_is_left():
+    config = {"stages": [{"epoch_seconds": 20.0}, {}]}
+    assert budget.out_of_time(config, 1, 19.0) and not budget.out_of_time(config, 1, 21.0)
+    assert not budget.out_of_time(config, 0, -5.0)  # the first stage always trains
+
+
+def test_a_spent_budget_trains_the_head_and_skips_the_rest(tmp_path):
+    """A budget shorter than the start-up: the head's stage still trains one epoch, the
+    unfreezing stages are skipped (recorded, 0 epochs), and the run finishes with a model."""
+    from kerascope.training import train
+
+    data = make_shapes(tmp_path / "shapes", n=8, size=32)
+    run = train(data, recipe="finetune", output=tmp_path / "run", time_budget=0.01,
+                batch_size=8, progress=False, augment=False)  # fmt: skip
+    stages = run.config["stages"]
+    assert [s["epochs"] for s in stages] == [1, 0, 0]
+    assert [bool(s.get("skipped")) for s in stages] == [False, True, True]
+    assert [row["stage"] for row in run.history] == [1]
+    assert (run.run_dir / "model.keras").is_file()
+    assert "skipped: the time budget was spent" in (run.run_dir / "report.md").read_text()
 
 
 def test_gradual_unfreezing_trains_the_head_then_the_top_then_everything(tmp_path):

@@ -19,7 +19,10 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
+
+from kerascope.training.settings import save_config
 
 PROBE_STEPS = 3  # timed steps of each kind after the first
 MARGIN = 1.1  # per-epoch costs the probe does not see (callbacks, backups): 10 %
@@ -74,19 +77,83 @@ def _wait(out: Any) -> None:
 
 
 def plan_epochs(seconds_left: float, epoch_seconds: float, shares: Sequence[float],
-                most: int) -> int:  # fmt: skip
+                most: int, least: int = 0) -> int:  # fmt: skip
     """Epochs for the stage starting now: ``shares[0]`` (its share) over the sum of
     ``shares`` (its own and the later stages') of ``seconds_left``, in whole epochs of
-    ``epoch_seconds``, between 1 and ``most``."""
+    ``epoch_seconds``, at most ``most``; one when only the whole time left holds an epoch,
+    and 0 (the stage is skipped) when not even that does, unless ``least`` (the first
+    stage: 1, a network needs its head trained)."""
+    epoch = max(epoch_seconds, 1e-9)
     share = seconds_left * shares[0] / max(sum(shares), 1e-9)
-    fits = int(share // max(epoch_seconds, 1e-9))
-    return max(1, min(int(most), fits))
+    fits = int(share // epoch) or (1 if seconds_left >= epoch else 0)
+    return max(int(least), min(int(most), fits))
+
+
+def out_of_time(config: dict[str, Any], index: int, seconds_left: float) -> bool:
+    """Whether a later stage need not even be measured: the time left is less than one epoch
+    of the stage before, and each stage trains more of the network than the one before, so
+    its epochs are no shorter. Why: measuring compiles the stage, which for the whole
+    backbone on a CPU costs as much as an epoch of a small dataset."""
+    if index == 0:
+        return False
+    before = config["stages"][index - 1]
+    return seconds_left < float(before.get("epoch_seconds") or 0.0)
 
 
 def describe_plan(epochs: int, most: int, epoch_s: float, seconds_left: float) -> str:
     """One line for the progress output: what the budget gave this stage and why."""
+    if not epochs:
+        return (f"  time budget: stage skipped, {seconds_left / 60:.1f} min left and an epoch "
+                f"takes ~{epoch_s:.1f} s")  # fmt: skip
     capped = " (the recipe's most)" if epochs == most else ""
     return (
         f"  time budget: {epochs} epoch(s){capped} at ~{epoch_s:.1f} s each, "
         f"{seconds_left / 60:.1f} min left for this and later stages"
     )
+
+
+def seconds_left(config: dict[str, Any], started: float) -> float:
+    """Seconds of the run's time budget left (negative when spent), ``started`` being when
+    the run's clock started (``time.monotonic``)."""
+    return round(config["time_budget"] * 60 - (time.monotonic() - started), 1)
+
+
+def plan_stage(
+    trained: Any,
+    train_data: Any,
+    val_data: Any,
+    run_dir: Path,
+    config: dict[str, Any],
+    index: int,
+    started: float,
+    progress: bool,
+) -> bool:
+    """Measure stage ``index`` (compiled) and set its epochs in ``config`` (written to the
+    run's ``config.yaml``, with the time measured and left); False when it is skipped."""
+    stage = config["stages"][index]
+    seconds = round(epoch_seconds(trained, train_data, val_data), 2)
+    left = seconds_left(config, started)
+    shares = [s.get("share", 1.0) for s in config["stages"][index:]]
+    epochs = plan_epochs(left, seconds, shares, stage["epochs"], least=int(index == 0))
+    if not epochs:
+        skip_stage(run_dir, config, index, started, progress, seconds)
+        return False
+    stage.update(epochs=epochs, epoch_seconds=seconds, seconds_left=left)
+    save_config(run_dir, config)
+    if progress:
+        print(describe_plan(epochs, stage["most_epochs"], seconds, left))
+    return True
+
+
+def skip_stage(run_dir: Path, config: dict[str, Any], index: int, started: float,
+               progress: bool, seconds: float | None = None) -> None:  # fmt: skip
+    """Record stage ``index`` as skipped (0 epochs): the budget has no epoch of it left.
+    ``seconds``: its measured epoch time (default: the stage before's, see `out_of_time`)."""
+    stage = config["stages"][index]
+    if seconds is None:
+        seconds = float(config["stages"][index - 1]["epoch_seconds"])
+    left = seconds_left(config, started)
+    stage.update(epochs=0, skipped=True, epoch_seconds=seconds, seconds_left=left)
+    save_config(run_dir, config)
+    if progress:
+        print(describe_plan(0, stage["most_epochs"], seconds, left))

@@ -1,5 +1,6 @@
-"""What each epoch of a stage writes besides the weights: its row of ``history.csv`` (with
-its training time and throughput) and the run's state.
+"""What a stage's epochs read and write besides the weights: the batches of a split stage
+(through its compiled frozen prefix, `kerascope.training.split`) and each epoch's row of
+``history.csv`` (with its training time and throughput) and the run's state.
 
 Moved out of ``training.run`` (which keeps the run's order of work) so that file stays one
 thing: configure, scan, build, train each stage, finish.
@@ -17,8 +18,12 @@ from kerascope.config import ensure_backend
 ensure_backend()  # the user's backend (JAX if none is usable) before Keras loads
 import keras  # noqa: E402
 
+from kerascope.data.affine import random_affine  # noqa: E402
+from kerascope.data.augment import AugmentConfig  # noqa: E402
+from kerascope.data.regularise import RegulariseConfig  # noqa: E402
 from kerascope.report import read_history, write_history  # noqa: E402
 from kerascope.rundir import read_state, write_state  # noqa: E402
+from kerascope.training.split import PrefixSequence, SplitModel, prefix_forward  # noqa: E402
 
 
 class EpochLog(keras.callbacks.Callback):
@@ -71,3 +76,37 @@ class EpochLog(keras.callbacks.Callback):
         write_history(path, rows)
         state = {**read_state(self.run_dir), "stage": self.stage, "epoch": epoch + 1}
         write_state(self.run_dir, {**state, "status": "running"})
+
+
+def prefix_sequences(parts: SplitModel, seqs, config: dict, run_dir: Path, progress: bool,
+                      class_weight: dict | None = None):  # fmt: skip
+    """Train and validation batches through the stage's compiled prefix; validation (and
+    training without augmentation) runs the prefix once and reuses its outputs."""
+    forward = prefix_forward(parts.prefix)  # on each local device for its shard (JAX)
+    augment = None
+    if config["augment"]:
+        augment = random_affine(AugmentConfig(**config["augment"]), config["seed"])
+    scratch = run_dir / "backup" / "prefix-outputs"
+    out = []
+    for name, aug in (("train", augment), ("validation", None)):
+        bar = _precompute_bar(name, progress) if aug is None else None
+        weights = class_weight if name == "train" else None
+        regularise = RegulariseConfig.from_config(config)
+        if regularise is not None and name == "validation":
+            regularise = RegulariseConfig()  # one-hot targets, no mixing
+        out.append(PrefixSequence(seqs[name], forward, aug, scratch=scratch, progress=bar,
+                                  class_weight=weights, regularise=regularise,
+                                  seed=config["seed"]))  # fmt: skip
+    return out
+
+
+def _precompute_bar(split: str, progress: bool):
+    """A line when the prefix outputs of a split are computed (once per stage)."""
+    if not progress:
+        return None
+
+    def report(done: int, total: int) -> None:
+        if done == total:
+            print(f"  {split}: frozen prefix computed once for {total} batch(es)", flush=True)
+
+    return report

@@ -228,6 +228,8 @@ def describe(stage: dict[str, Any]) -> str:
         text += f", backbone at lr/{ratio:g}..lr/{ratio**0.5:g}"
     if stage.get("unfreeze") == "all":
         text += ", whole backbone"
-    if stage.get("epoch_seconds") is not None:
+    if stage.get("skipped"):
+        text += " (skipped: the time budget was spent)"
+    elif stage.get("epoch_seconds") is not None:
         text += f" (epochs from the time budget: ~{stage['epoch_seconds']:g} s each)"
     return text

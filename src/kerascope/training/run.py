@@ -33,7 +33,6 @@ from kerascope.config import ensure_backend
 ensure_backend()  # the user's backend (JAX if none is usable) before Keras loads
 import keras  # noqa: E402
 
-from kerascope.data.affine import random_affine  # noqa: E402
 from kerascope.data.augment import AugmentConfig  # noqa: E402
 from kerascope.data.regularise import RegulariseConfig  # noqa: E402
 from kerascope.errors import ConfigError, RunError  # noqa: E402
@@ -56,7 +55,7 @@ from kerascope.training import budget, recipes  # noqa: E402
 from kerascope.training import devices as placing  # noqa: E402
 from kerascope.training import resume as resuming  # noqa: E402
 from kerascope.training.checkpoints import Backup, BestCheckpoint, backup_epoch  # noqa: E402
-from kerascope.training.epochs import EpochLog  # noqa: E402
+from kerascope.training.epochs import EpochLog, prefix_sequences  # noqa: E402
 from kerascope.training.finish import finish_run, remove_leftovers  # noqa: E402
 from kerascope.training.heads import UnfreezeSpec, parameter_counts  # noqa: E402
 from kerascope.training.optimizers import (  # noqa: E402
@@ -70,9 +69,6 @@ from kerascope.training.progress import TrainProgress  # noqa: E402
 from kerascope.training.recipes import class_weights  # noqa: E402
 from kerascope.training.settings import load_config, resolve_config, save_config  # noqa: E402
 from kerascope.training.split import (  # noqa: E402
-    PrefixSequence,
-    SplitModel,
-    prefix_forward,
     prefix_place,
     split_model,
 )
@@ -477,7 +473,13 @@ def _run_stage(model, run_dir: Path, config: dict, index: int, stage: dict, seqs
                started: float | None = None) -> None:  # fmt: skip
     """One ``fit``: flags, optimizer, callbacks; epochs are numbered across stages. Under a
     time budget (``started``: when the run's clock started) the stage's epochs are planned
-    from its measured epoch time once compiled, and recorded in ``config.yaml``."""
+    from its measured epoch time once compiled, and recorded in ``config.yaml``; a stage it
+    has no time left for is skipped."""
+    pending = (config.get("epochs_rule") == "time budget" and "epoch_seconds" not in stage
+               and not stage.get("skipped") and started is not None
+               and placing.process_share() is None)  # fmt: skip
+    if pending and budget.out_of_time(config, index, budget.seconds_left(config, started)):
+        return budget.skip_stage(run_dir, config, index, started, progress)
     fine_tuned = recipes.prepare_stage(model, index, _unfreeze(config, stage))
     backup = run_dir / "backup" / f"stage{index + 1}"
     best = run_dir / "best.weights.h5"
@@ -505,8 +507,6 @@ def _run_stage(model, run_dir: Path, config: dict, index: int, stage: dict, seqs
     trained.compile(optimizer=optimizer, loss=loss, weighted_metrics=[metric])
     start = sum(s["epochs"] for s in config["stages"][:index])
     end = start + stage["epochs"]
-    pending = (config.get("epochs_rule") == "time budget" and "epoch_seconds" not in stage
-               and started is not None and placing.process_share() is None)  # fmt: skip
     resumed = backup_epoch(backup)
     seqs["train"].set_epoch(resumed if resumed is not None else start)
     if progress:
@@ -525,24 +525,19 @@ def _run_stage(model, run_dir: Path, config: dict, index: int, stage: dict, seqs
             print(f"  whole graph in Keras: uint8 batches {where} the compiled train step")
     # Full-shape batches (one compiled step), class weights folded into the sample weights.
     if parts is not None:
-        train_data, val_data = _prefix_sequences(parts, seqs, config, run_dir, progress, weights)
+        train_data, val_data = prefix_sequences(parts, seqs, config, run_dir, progress, weights)
     else:
         hard = RegulariseConfig() if regularise else None  # one-hot validation targets
         train_data = DeviceFeed(seqs["train"], augment, config["seed"], weights,
                                 regularise=regularise)  # fmt: skip
         val_data = DeviceFeed(seqs["validation"], None, config["seed"], regularise=hard)
     train_data, val_data = placing.process_shard(train_data), placing.process_shard(val_data)
-    if pending:  # the stage's epochs from its measured epoch time
-        seconds = round(budget.epoch_seconds(trained, train_data, val_data), 2)
-        left = round(config["time_budget"] * 60 - (time.monotonic() - started), 1)
-        shares = [s.get("share", 1.0) for s in config["stages"][index:]]
-        stage["epochs"] = budget.plan_epochs(left, seconds, shares, stage["epochs"])
-        stage.update(epoch_seconds=seconds, seconds_left=left)
-        save_config(run_dir, config)
+    if pending:  # the stage's epochs from its measured epoch time (0: skipped)
+        if not budget.plan_stage(trained, train_data, val_data, run_dir, config, index, started,
+                                 progress):  # fmt: skip
+            return
         set_total_steps(optimizer, len(seqs["train"]) * stage["epochs"])
         end = start + stage["epochs"]
-        if progress:
-            print(budget.describe_plan(stage["epochs"], stage["most_epochs"], seconds, left))
     # Order matters for a kill between two of them: the history row and the best weights of
     # an epoch are written before its backup, so a resume redoes that epoch (same numbers)
     # rather than skipping past an epoch that history.csv or best.weights.h5 lacks.
@@ -561,40 +556,6 @@ def _run_stage(model, run_dir: Path, config: dict, index: int, stage: dict, seqs
         trained.fit(train_data, validation_data=val_data, epochs=end, initial_epoch=start,
                     callbacks=callbacks, shuffle=False,
                     verbose=verbose)  # fmt: skip
-
-
-def _prefix_sequences(parts: SplitModel, seqs, config: dict, run_dir: Path, progress: bool,
-                      class_weight: dict | None = None):  # fmt: skip
-    """Train and validation batches through the stage's compiled prefix; validation (and
-    training without augmentation) runs the prefix once and reuses its outputs."""
-    forward = prefix_forward(parts.prefix)  # on each local device for its shard (JAX)
-    augment = None
-    if config["augment"]:
-        augment = random_affine(AugmentConfig(**config["augment"]), config["seed"])
-    scratch = run_dir / "backup" / "prefix-outputs"
-    out = []
-    for name, aug in (("train", augment), ("validation", None)):
-        bar = _precompute_bar(name, progress) if aug is None else None
-        weights = class_weight if name == "train" else None
-        regularise = RegulariseConfig.from_config(config)
-        if regularise is not None and name == "validation":
-            regularise = RegulariseConfig()  # one-hot targets, no mixing
-        out.append(PrefixSequence(seqs[name], forward, aug, scratch=scratch, progress=bar,
-                                  class_weight=weights, regularise=regularise,
-                                  seed=config["seed"]))  # fmt: skip
-    return out
-
-
-def _precompute_bar(split: str, progress: bool):
-    """A line when the prefix outputs of a split are computed (once per stage)."""
-    if not progress:
-        return None
-
-    def report(done: int, total: int) -> None:
-        if done == total:
-            print(f"  {split}: frozen prefix computed once for {total} batch(es)", flush=True)
-
-    return report
 
 
 def _finish(model, run_dir: Path, config: dict, summary: str, trained_here: bool) -> RunResult:

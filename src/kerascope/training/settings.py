@@ -461,7 +461,9 @@ def _range_problem(config: dict[str, Any]) -> str | None:
     checks = [("batch_size", config["batch_size"], 1, "a whole number of at least 1"),
               ("patience", config["patience"], 0, "a whole number of at least 0")]  # fmt: skip
     for i, stage in enumerate(config["stages"], 1):
-        checks.append((f"stages[{i}].epochs", stage["epochs"], 1, "a whole number of at least 1"))
+        least = 0 if stage.get("skipped") else 1  # a stage the time budget had no time for
+        checks.append((f"stages[{i}].epochs", stage["epochs"], least,
+                       f"a whole number of at least {least}"))  # fmt: skip
     for key, value, low, rule in checks:
         if not _number(value, int) or value < low:
             return f"has an invalid '{key}' {value!r} ({rule})"
