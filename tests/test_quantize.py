@@ -223,3 +223,12 @@ def test_ladder_keeps_more_in_float32_until_the_bound_is_met(small, monkeypatch)
     vars(model).pop(quantize._ATTR)
     monkeypatch.setattr(quantize, "QUANTIZER_VERSION", "test-another-key")
     assert quantize.int8_graph(model).agreement.met and rungs == [()]
+
+
+def test_weights_are_uint8_where_int8_dot_products_would_saturate():
+    """AVX2 without VNNI: u8s8 kernels saturate, so uint8 weights; VNNI/AMX: int8 weights."""
+    assert quantize.weight_type(frozenset({"avx2", "fma"})) == "uint8"
+    assert quantize.weight_type(frozenset({"avx2", "avx512f", "avx512_vnni"})) == "int8"
+    assert quantize.weight_type(frozenset({"avx2", "avx_vnni"})) == "int8"
+    assert quantize.weight_type(frozenset({"amx_tile", "amx_int8"})) == "int8"
+    assert f"per-channel {quantize.weight_type()} weights" in quantize._quantizer()

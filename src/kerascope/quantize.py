@@ -19,12 +19,13 @@ again. The measurement travels inside the file (``metadata_props``), and so into
 Measured on EfficientNet-Lite0 (real weights) on this project's AVX2 CPU (AMD EPYC, no VNNI),
 ``python benchmarks/cpu_precision.py --int8`` (68 calibration crops, 204 check crops): all
 int8 77.9 % top-1 agreement, mean |dp| 0.066; depthwise and projection convolutions also in
-float32 95.1 %, 0.015. Both miss the bound, so ``--precision int8`` refuses Lite0 here. The
-weights are uint8, not int8: on AVX2 onnxruntime's u8s8 kernels (VPMADDUBSW) saturate their
-16-bit sums, which cost a further 20 points of agreement (64 % vs 84 % on 64 crops, where
-the simulated QDQ graph gave 83 %). NNCF 3.4 (OpenVINO's quantizer, ONNX backend, MIXED
-preset, fast bias correction) measured better, 85.3 % all int8 and 97.1 % on the second rung,
-but within the bound neither: it is not a dependency (ten more packages and a telemetry one).
+float32 95.1 %, 0.015. Both miss the bound, so ``--precision int8`` refuses Lite0 here. On AVX2
+the weights are uint8, not int8 (:func:`weight_type`): onnxruntime's u8s8 kernels saturate
+there, which cost a further 20 points of agreement; the u8u8 kernels are exact but slow (all
+int8: 0.2x float32's speed; the kept rung 0.7x at batch 32; benchmarks/classify_cpu.py).
+NNCF 3.4 (OpenVINO's quantizer, ONNX backend, MIXED preset, fast bias correction) measured
+better, 85.3 % all int8 and 97.1 % on the second rung, but within the bound neither: it is not
+a dependency (ten more packages and a telemetry one).
 """
 
 from __future__ import annotations
@@ -52,9 +53,12 @@ MAX_MEAN_DP = 0.005  # mean over images of the largest |delta probability|
 CHECK_IMAGES = 200  # at least this many real-photo crops
 CALIBRATION_IMAGES = 64
 QUANTIZER = (
-    "onnxruntime quantize_static: QDQ, per-channel uint8 weights, uint8 activations (MinMax), "
-    "batch norms folded"
+    "onnxruntime quantize_static: QDQ, per-channel {weights} weights, uint8 activations "
+    "(MinMax), batch norms folded"
 )
+# CPUs whose int8 dot products do not saturate (VNNI, AMX): int8 weights (u8s8, the fast
+# kernels) are exact there; elsewhere (AVX2) u8s8 saturates, so weights are uint8 (u8u8).
+INT8_DOT_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")
 QUANTIZER_VERSION = "2"
 # Tried in turn until one meets the bound: more of the network in float32 at each step (the
 # first conv and the head always are). Measured on Lite0 (204 crops): all int8 77.9 % top-1
@@ -155,6 +159,21 @@ class Int8Graph:
 
 def bound_text() -> str:
     return f"top-1 >= {MIN_AGREEMENT:.0%} and mean |Δp| <= {MAX_MEAN_DP}"
+
+
+def weight_type(flags: frozenset[str] | None = None) -> str:
+    """``"int8"`` on CPUs with VNNI/AMX int8 dot products, else ``"uint8"``. Why: without
+    them onnxruntime's u8s8 kernels (VPMADDUBSW) saturate 16-bit sums; on Lite0 that cost 20
+    points of top-1 agreement here, while uint8 weights matched the QDQ graph simulated in
+    float (84 % vs 83 %, 64 crops). u8u8 is slower, which the benchmark shows."""
+    from kerascope.precision import cpu_info
+
+    flags = cpu_info()[1] if flags is None else flags
+    return "int8" if any(f in flags for f in INT8_DOT_FLAGS) else "uint8"
+
+
+def _quantizer() -> str:
+    return QUANTIZER.format(weights=weight_type())
 
 
 def _versions() -> dict[str, str]:
@@ -268,7 +287,8 @@ def quantize_graph(fp32: bytes, calibration: np.ndarray, keep: tuple[str, ...] =
             quant_pre_process(src, pre, skip_symbolic_shape=True)
             quantize_static(
                 pre, out, Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                weight_type=QuantType.QUInt8, activation_type=QuantType.QUInt8,
+                weight_type=QuantType.QInt8 if weight_type() == "int8" else QuantType.QUInt8,
+                activation_type=QuantType.QUInt8,
                 calibrate_method=CalibrationMethod.MinMax,
                 nodes_to_exclude=float_nodes(onnx.load(pre), keep),
             )  # fmt: skip
@@ -278,7 +298,7 @@ def quantize_graph(fp32: bytes, calibration: np.ndarray, keep: tuple[str, ...] =
 
 
 def _key(model_key: str, calibration: str, check: str) -> str:
-    header = [model_key, QUANTIZER, QUANTIZER_VERSION, LADDER, _versions(), calibration, check]
+    header = [model_key, _quantizer(), QUANTIZER_VERSION, LADDER, _versions(), calibration, check]
     return hashlib.sha256(json.dumps(header, sort_keys=True).encode()).hexdigest()
 
 
@@ -342,7 +362,7 @@ def _quantize_and_measure(model, size, photos, calibration: str, check: str) -> 
         quantized = quantize_graph(fp32, crops, keep)
         agreement = measure(reference, probabilities(quantized, images), check)
         kept = ", ".join(("preprocessing", "first conv", "head", *keep))
-        quantizer = f"{QUANTIZER}; float32 kept for: {kept}"
+        quantizer = f"{_quantizer()}; float32 kept for: {kept}"
         payload = _with_record(quantized, agreement, calibration, quantizer)
         graph = Int8Graph(payload, agreement, calibration, quantizer, cached=False)
         if best is None or (agreement.top1, -agreement.mean_dp) > (
