@@ -140,7 +140,12 @@ def create_app(
     )
     async def classify(
         request: Request,
-        top: int = Query(5, ge=1, le=1000, description="classes per image"),
+        top: int = Query(
+            5,
+            ge=1,
+            le=1000,
+            description="classes per image (a multi-label model: every label over its threshold)",
+        ),
         threshold: float = Query(0.0, ge=0.0, le=1.0, description="hide classes below this"),
         model: str | None = Query(None, description="a name from /v1/models"),
         fit: str = Query(
@@ -151,13 +156,15 @@ def create_app(
             "--fit whole: the page sends the same fit to both, so classes and heatmap agree)",
         ),
     ):
-        """Top-k classes of each image (multipart files, or the image as the body).
+        """Top-k classes of each image (multipart files, or the image as the body); for a
+        multi-label run, every label whose probability reaches its threshold, with it.
 
         Results are `kerascope.classify`'s ``ImageResult``s; an unreadable image gets ``error``
         in place while the others are classified (4xx only when none could be).
         """
         from kerascope.cam.fitting import fit_convention
         from kerascope.classification import ImageResult, top_k
+        from kerascope.zoo.sigmoid_heads import called
 
         served_model = pick(model)
         clf = served_model.clf
@@ -173,15 +180,25 @@ def create_app(
             good = [it for it in items if it.error is None]
             probs = await batcher.run_all([it.pixels for it in good])
         by_item = dict(zip(map(id, good), probs, strict=True))
+        cuts = served_model.thresholds  # a multi-label run: as `kerascope classify --model RUN`
+
+        def listed(probs):
+            if cuts is None:
+                return top_k(probs, clf.labels, top, threshold)
+            return called(top_k(probs, clf.labels, clf.num_classes, threshold), cuts)
+
         results = [
             ImageResult(it.name, error=it.error)
             if it.error is not None
-            else ImageResult(it.name, top_k(by_item[id(it)], clf.labels, top, threshold))
+            else ImageResult(it.name, listed(by_item[id(it)]))
             for it in items
         ]
+        rows = [dataclasses.asdict(r) for r in results]
+        for shown in (p for row in rows for p in row["predictions"] if cuts is not None):
+            shown["threshold"] = cuts[shown["index"]]
         body = {"model": served_model.key, "engine": served_model.engine,
-                "precision": served_model.precision,
-                "results": [dataclasses.asdict(r) for r in results]}  # fmt: skip
+                "precision": served_model.precision, "multilabel": cuts is not None,
+                "results": rows}  # fmt: skip
         status = failure_status(items)
         if status != 200:
             return _error(status, items[0].error, **body)

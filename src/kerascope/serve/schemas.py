@@ -20,6 +20,10 @@ class Prediction(BaseModel):
     class_id: str = Field(description="WordNet id for ImageNet models, the index for trained")
     name: str
     probability: float
+    threshold: float | None = Field(
+        None, description="a multi-label model only: the label's threshold (tuned on "
+        "validation); the label is listed because its probability reaches it"
+    )  # fmt: skip
 
 
 class ImageResult(BaseModel):
@@ -34,6 +38,10 @@ class ClassifyResponse(BaseModel):
     precision: str = Field(
         "float32", description="what the forward pass computed in: float32, bfloat16, float16"
     )
+    multilabel: bool = Field(
+        False, description="a multi-label model: each image lists every label whose probability "
+        "reaches the label's threshold (none, one or several; top is not used)"
+    )  # fmt: skip
     results: list[ImageResult]
 
 
@@ -83,6 +91,11 @@ class ModelInfo(BaseModel):
     num_classes: int
     engine: str
     precision: str = Field("float32", description="what classify computes in on this server")
+    multilabel: bool = Field(False, description="one sigmoid per label, each called at its "
+                             "own threshold (a run trained from a label CSV)")  # fmt: skip
+    thresholds: dict[str, float] | None = Field(
+        None, description="a multi-label model: each label's threshold, tuned on validation"
+    )
     methods: list[str] = Field(description="explain methods this server answers for the model")
     expensive_methods: list[str] = Field(
         description="methods that run the model K times per image: their own queue and "

@@ -105,6 +105,21 @@ class ServedModel:
         return run_precision(self.clf)
 
     @property
+    def thresholds(self) -> list[float] | None:
+        """A multi-label run's per-label thresholds (tuned on validation, `multilabel.json`):
+        classify then answers every label whose probability reaches its own, as
+        ``classify --model RUN`` does; None for other models."""
+        record = self.clf.extra.get("multilabel")
+        return list(record["thresholds"]) if record else None
+
+    def label_thresholds(self) -> dict[str, float] | None:
+        """`thresholds` by label name, as ``/v1/models`` lists them."""
+        cuts = self.thresholds
+        if cuts is None:
+            return None
+        return {name: t for (_, name), t in zip(self.clf.labels, cuts, strict=True)}
+
+    @property
     def engine(self) -> str:
         from kerascope.inference import engine_name
 
@@ -126,6 +141,8 @@ class ServedModel:
             "num_classes": self.clf.num_classes,
             "engine": self.engine,
             "precision": self.precision,
+            "multilabel": self.thresholds is not None,
+            "thresholds": self.label_thresholds(),
             "methods": [m["name"] for m in methods if m["allowed"]],
             "expensive_methods": [m["name"] for m in methods if m["expensive"]],
             "method_details": methods,

@@ -75,9 +75,17 @@ function showError(card, message) {
   el.hidden = false;
 }
 
-function renderClasses(card, predictions) {
+// A multi-label model's answer lists every label at or over its own threshold (tuned on
+// validation), each shown with it; it may list none.
+function renderClasses(card, predictions, multilabel = false) {
   const list = $(".classes", card.root);
   list.replaceChildren();
+  if (multilabel && !predictions.length) {
+    const item = document.createElement("li");
+    item.className = "none";
+    item.textContent = "No label reaches its threshold.";
+    list.append(item);
+  }
   for (const p of predictions) {
     const item = document.createElement("li");
     const button = document.createElement("button");
@@ -92,6 +100,12 @@ function renderClasses(card, predictions) {
     const value = document.createElement("span");
     value.className = "value";
     value.textContent = percent(p.probability);
+    if (multilabel) {
+      const cut = document.createElement("span");
+      cut.className = "threshold";
+      cut.textContent = ` (threshold ${percent(p.threshold)})`;
+      value.append(cut);
+    }
     button.append(label, value);
     button.addEventListener("click", () => explain(card, p.index));
     item.append(button);
@@ -135,7 +149,7 @@ async function classify(card) {
   try {
     const fit = $("#fit").value; // the same input as the heatmap: classes and map agree
     const data = await api(`/v1/classify?${query({ top: 5, model: state.model, fit })}`, card.file);
-    renderClasses(card, data.results[0].predictions);
+    renderClasses(card, data.results[0].predictions, Boolean(data.multilabel));
     card.root.dataset.classified = "true";
   } catch (err) {
     showError(card, err.message);
@@ -179,7 +193,8 @@ async function loadModels() {
     for (const m of data.models) {
       const option = document.createElement("option");
       option.value = m.name;
-      option.textContent = `${m.name} (${m.num_classes} classes)`;
+      option.textContent = m.multilabel ? `${m.name} (${m.num_classes} labels, multi-label)`
+        : `${m.name} (${m.num_classes} classes)`;
       option.selected = m.default;
       select.append(option);
     }
