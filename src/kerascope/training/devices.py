@@ -51,15 +51,13 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
 from kerascope.data.loader import DerivedSequence, share_part  # noqa: E402
-from kerascope.errors import ConfigError, KerascopeError, RunError  # noqa: E402
+from kerascope.errors import ConfigError  # noqa: E402
 from kerascope.training.starting import (  # noqa: E402
-    POLL,
-    PeerWatch,
-    reason_of,
+    peers_watched as watched_by_peers,
+)
+from kerascope.training.starting import (  # noqa: E402
     refusals_told,  # noqa: F401  (run.py wraps train in it, as placing.refusals_told)
     start_together,
-    tell_failure,
-    training_started,
 )
 
 LR_RULE = ("per global batch: --batch-size is the batch of one step over all devices (split "
@@ -431,63 +429,7 @@ def reported(result: Any, run_dir: Path) -> Any:
                                model_path=Path(run_dir) / "model.keras")  # fmt: skip
 
 
-@contextlib.contextmanager
-def peers_watched(run_dir: Path) -> Iterator[None]:
-    """Training in a multi-process run, where a stop is one line in every process, never a
-    hang (:mod:`kerascope.training.starting`). This process failing: it tells the others
-    its reason, raises as alone, and leaves without JAX's shutdown barrier. Another process
-    failing or dying: this one's next collective fails (gloo: "connection reset by peer",
-    within seconds), which becomes one line naming that process and its reason when it told
-    one, and saying how to continue; the process then ends with exit code 2 as soon as Python
-    exits (:func:`_exit_without_jax_shutdown`)."""
-    multi = keras.backend.backend() == "jax" and _process_count() > 1
-    watch = PeerWatch(run_dir, _remove_scratch) if multi else None
-    try:
-        yield
-    except Exception as exc:
-        if watch is None or not training_started():
-            raise  # a stop before training is told by starting.refusals_told
-        import atexit
-
-        import jax
-
-        atexit.register(_exit_without_jax_shutdown)
-        if isinstance(exc, KerascopeError):  # this process's own (a peer's gives no such error)
-            tell_failure(reason_of(exc))
-            raise
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        told = watch.wait(2 * POLL + 1)  # a peer that failed has said why by now
-        if told is None and not _peer_gone(first):
-            tell_failure(reason_of(exc))  # its own failure (out of memory, a bug)
-            raise
-        if told is not None:
-            raise RunError(watch.message()) from exc
-        raise RunError(f"process {jax.process_index()} of {jax.process_count()}: another "
-                       f"process of the run stopped ({first[:200]}); start every process "
-                       f"again with `--resume {run_dir}` (process 0's last saved epoch "
-                       "continues)") from exc  # fmt: skip
-    finally:
-        if watch is not None:
-            watch.stop()
-
-
-def _process_count() -> int:
-    import jax
-
-    return jax.process_count()
-
-
-def _peer_gone(message: str) -> bool:
-    """Whether a runtime error is a collective that lost a peer (gloo's connection closed or
-    reset), not this process's own failure (out of memory, a bug)."""
-    text = message.lower()
-    return any(word in text for word in ("gloo", "connection", "peer", "socket", "unavailable"))
-
-
-def _exit_without_jax_shutdown() -> None:
-    """At exit after a peer died: leave now with the CLI's error code (2). JAX's client would
-    otherwise wait at its shutdown barrier for the dead process until the heartbeat timeout
-    (100 s) and then abort with a C++ stack trace (exit 134) after our one line."""
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(2)
+def peers_watched(run_dir: Path) -> contextlib.AbstractContextManager[None]:
+    """Training watched in a multi-process run (:func:`kerascope.training.starting.peers_watched`);
+    a process that ends itself removes its scratch copy (:func:`private_run_dir`) first."""
+    return watched_by_peers(run_dir, _remove_scratch)

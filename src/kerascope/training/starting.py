@@ -31,7 +31,7 @@ import os
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from kerascope.config import ensure_backend
@@ -232,3 +232,73 @@ class PeerWatch:
             with contextlib.suppress(Exception):
                 self.cleanup()
         os._exit(2)  # the main thread waits in a collective, where no exception reaches it
+
+
+@contextlib.contextmanager
+def peers_watched(run_dir: Any, cleanup: Callable[[], None] | None = None) -> Iterator[None]:
+    """Training in a multi-process run, where a stop is one line in every process, never a
+    hang (:mod:`kerascope.training.starting`). This process failing: it tells the others
+    its reason, raises as alone, and leaves without JAX's shutdown barrier. Another process
+    failing or dying: this one's next collective fails (gloo: "connection reset by peer",
+    within seconds), which becomes one line naming that process and its reason when it told
+    one, and saying how to continue; the process then ends with exit code 2 as soon as Python
+    exits (:func:`_exit_without_jax_shutdown`)."""
+    multi = keras.backend.backend() == "jax" and _process_count() > 1
+    watch = PeerWatch(run_dir, cleanup) if multi else None
+    try:
+        yield
+    except KeyboardInterrupt:  # Ctrl-C in this process alone (its last epoch is saved)
+        if watch is not None and training_started():
+            import atexit
+
+            atexit.register(_exit_without_jax_shutdown, 130)  # the CLI's code for it
+            tell_failure("interrupted (Ctrl-C)")
+        raise
+    except Exception as exc:
+        if watch is None or not training_started():
+            raise  # a stop before training is told by starting.refusals_told
+        import atexit
+
+        import jax
+
+        atexit.register(_exit_without_jax_shutdown)
+        if isinstance(exc, KerascopeError):  # this process's own (a peer's gives no such error)
+            tell_failure(reason_of(exc))
+            raise
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        told = watch.wait(2 * POLL + 1)  # a peer that failed has said why by now
+        if told is None and not _peer_gone(first):
+            tell_failure(reason_of(exc))  # its own failure (out of memory, a bug)
+            raise
+        if told is not None:
+            raise RunError(watch.message()) from exc
+        raise RunError(f"process {jax.process_index()} of {jax.process_count()}: another "
+                       f"process of the run stopped ({first[:200]}); start every process "
+                       f"again with `--resume {run_dir}` (process 0's last saved epoch "
+                       "continues)") from exc  # fmt: skip
+    finally:
+        if watch is not None:
+            watch.stop()
+
+
+def _process_count() -> int:
+    import jax
+
+    return jax.process_count()
+
+
+def _peer_gone(message: str) -> bool:
+    """Whether a runtime error is a collective that lost a peer (gloo's connection closed or
+    reset), not this process's own failure (out of memory, a bug)."""
+    text = message.lower()
+    return any(word in text for word in ("gloo", "connection", "peer", "socket", "unavailable"))
+
+
+def _exit_without_jax_shutdown(code: int = 2) -> None:
+    """At exit after a stop in training: leave now with the CLI's code (2 for an error, 130
+    for Ctrl-C). JAX's client would otherwise wait at its shutdown barrier for processes that
+    are gone or waiting in a collective, until its timeouts (100 s heartbeat, 300 s shutdown)
+    abort it with a C++ stack trace (exit 134) after our one line."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
