@@ -311,3 +311,23 @@ def test_an_augmentation_option_trains_with_augmentation(pairs, tmp_path, capsys
         (out / "report.md").read_text())  # fmt: skip
     saved = json.loads((out / "multilabel.json").read_text())
     assert saved["validation"]["mAP"] > 0.8, saved["validation"]
+
+
+@pytest.mark.parametrize(
+    "task,head,accuracy",
+    [("multilabel", "dense 4 sigmoid", "validation per-label accuracy (at 0.5) **"),
+     ("binary", "dense 1 sigmoid", "validation accuracy **"),
+     ("multiclass", "dense 4 softmax", "validation accuracy **")],
+)  # fmt: skip
+def test_report_names_the_head_each_task_trains(multilabel_run, tmp_path, task, head, accuracy):
+    """report.md's head line says what the network ends in (before: 'softmax' for every
+    task, also the binary run's one sigmoid unit), and a multi-label run's Keras accuracy is
+    called what it is."""
+    from kerascope.report import write_run_report
+
+    run = multilabel_run
+    config = {**run.config, "task": task}
+    outcome = json.loads((run.run_dir / "run_state.json").read_text())["outcome"]
+    text = write_run_report(tmp_path / "report.md", config, "data", outcome).read_text()
+    assert f"- head: gap -> dropout 0.2 -> {head}\n" in text
+    assert accuracy in text
