@@ -46,6 +46,7 @@ def test_binary_run_learns_with_one_sigmoid_unit(binary_run):
     assert binary_run.val_accuracy >= 0.8, binary_run.history
 
 
+@pytest.mark.slow  # 26 s
 def test_loaded_binary_run_reads_as_two_classes(binary_run, two):
     """load_model gives rows [1 - p, p] with p the saved sigmoid; evaluate scores both classes
     of the held-out crops well above chance; predict labels with the class names."""

@@ -22,6 +22,7 @@ def _one_line(text: str) -> str:
     return lines[0]
 
 
+@pytest.mark.slow  # 33 s
 def test_score_prints_the_faithfulness_the_api_computes(photo_paths, lite0, tmp_path, capsys):
     import kerascope
 

@@ -38,6 +38,7 @@ class FirstWeights(keras.callbacks.Callback):
         return next(layer for layer in self.model.layers if layer.name == "predictions")
 
 
+@pytest.mark.slow  # 16 s
 def test_finetune_starts_from_the_earlier_runs_head(crops, transfer_run, tmp_path):  # noqa: F811
     """The head that stage 1 starts from is the transfer run's saved head, not a random one,
     and the config records where it came from."""

@@ -90,6 +90,7 @@ def _tf_eval_reference(images: list[np.ndarray], size: int = 224) -> np.ndarray:
         return torch.softmax(net((torch.cat(batch) - 127.0) / 128.0), 1).numpy()
 
 
+@pytest.mark.slow  # 21 s
 def test_lite0_under_its_convention_agrees_with_the_reference_pipeline(lite0, photo_paths,
                                                                        skimage_data):  # fmt: skip
     """Top-1 agrees with the reference on every photo whose reference answer is clear (top two
@@ -211,6 +212,7 @@ def _old_lite0(new):
     return old
 
 
+@pytest.mark.slow  # 15 s
 def test_models_and_weights_saved_the_old_way_still_load(lite0, photo_paths, tmp_path):
     from kerascope.inference import compiled
     from kerascope.zoo.models import build, load_model

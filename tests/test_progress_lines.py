@@ -69,6 +69,7 @@ def test_piped_folder_explain_prints_plain_progress_lines(run_dir, folder, tmp_p
     assert len(list((tmp_path / "out").glob("*-output.jpg"))) == len(PHOTOS)
 
 
+@pytest.mark.slow  # 26 s
 def test_piped_compare_counts_methods_as_they_finish(run_dir, folder, tmp_path, monkeypatch,
                                                      capsys):  # fmt: skip
     from kerascope.cam.methods import METHODS

@@ -143,7 +143,8 @@ def crops(tmp_path_factory) -> Path:
 
 @pytest.mark.parametrize(
     "engine,options",
-    [("auto", {"label_smoothing": 0.1}), ("auto", {"mixup": 0.4}),
+    [pytest.param("auto", {"label_smoothing": 0.1}, marks=pytest.mark.slow),  # 27-30 s each
+     pytest.param("auto", {"mixup": 0.4}, marks=pytest.mark.slow),
      pytest.param("keras", {"cutmix": 1.0, "label_smoothing": 0.1},
                   marks=pytest.mark.slow)],  # 37 s: Lite0's whole graph in Keras on 2 cores
 )  # fmt: skip
