@@ -133,6 +133,11 @@ def test_int8_where_it_cannot_run_is_refused(graph, lite0, monkeypatch, no_int8_
         inference.compiled(lite0.model, precision="int8")
     with pytest.raises(PrecisionError, match="int8 is for inference on the CPU"):
         dtype_policy("int8")  # training and Keras clones: no int8
+    parser = cli.build_parser()
+    assert parser.parse_args(["classify", "x.jpg", "--precision", "int8"]).precision == "int8"
+    for command in (["explain", "x.jpg"], ["train", "data"]):  # refused before any model loads
+        with pytest.raises(SystemExit):
+            parser.parse_args([*command, "--precision", "int8"])
     with pytest.raises(quantize.Int8RefusedError, match="not one"):
         quantize._input_size(_two_inputs())
 

@@ -28,13 +28,13 @@ class PrecisionError(ConfigError):
     """A precision that cannot run as asked (the onnx engine computes in float32 only)."""
 
 
-def check_precision(name: str | None) -> str:
-    """``name`` (or ``KERASCOPE_PRECISION``, or ``auto``) checked against the choices."""
+def check_precision(name: str | None, choices: tuple[str, ...] = PRECISIONS) -> str:
+    """``name`` (or ``KERASCOPE_PRECISION``, or ``auto``) checked against ``choices`` (int8
+    only where a forward on the CPU graph engines runs: `resolve_precision`)."""
     value = (name or os.environ.get("KERASCOPE_PRECISION") or "auto").strip().lower()
     value = ALIASES.get(value, value)
-    if value not in INFERENCE_PRECISIONS:
-        choices = ", ".join(INFERENCE_PRECISIONS)
-        raise ConfigError(f"precision must be one of {choices}; got {name!r}")
+    if value not in choices:
+        raise ConfigError(f"precision must be one of {', '.join(choices)}; got {name!r}")
     return value
 
 
@@ -98,7 +98,7 @@ def cpu_native_bfloat16(flags: frozenset[str] | None = None) -> bool:
 
 def resolve_precision(name: str | None = None) -> str:
     """The concrete precision a job runs in: ``auto`` becomes bfloat16 or float32 by device."""
-    value = check_precision(name)
+    value = check_precision(name, INFERENCE_PRECISIONS)
     if value == "auto":
         return "bfloat16" if native_bfloat16() else "float32"
     return value
