@@ -237,3 +237,16 @@ def test_weights_are_uint8_where_int8_dot_products_would_saturate():
     assert quantize.weight_type(frozenset({"avx2", "avx_vnni"})) == "int8"
     assert quantize.weight_type(frozenset({"amx_tile", "amx_int8"})) == "int8"
     assert f"per-channel {quantize.weight_type()} weights" in quantize._quantizer()
+
+
+def test_int8_is_refused_for_a_model_without_probabilities(small):
+    """Agreement is measured on class probabilities: a feature body is refused, not gated on
+    numbers that mean nothing (and before any quantization)."""
+    import keras
+
+    L = keras.layers
+    inputs = keras.Input((12, 12, 3))
+    x = L.Conv2D(4, 3, activation="relu", name="conv")(L.Rescaling(1 / 255.0)(inputs))
+    body = keras.Model(inputs, L.GlobalAveragePooling2D()(x), name="body")
+    with pytest.raises(quantize.Int8RefusedError, match="'body' does not output them"):
+        quantize.int8_graph(body)

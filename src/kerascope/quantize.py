@@ -357,6 +357,11 @@ def _quantize_and_measure(model, size, photos, calibration: str, check: str) -> 
     crops = photo_crops(size, CALIBRATION_IMAGES, 7, photos)
     images = photo_crops(size, CHECK_IMAGES, 1, photos)
     reference = probabilities(fp32, images)
+    if reference.ndim != 2 or not np.allclose(reference.sum(1), 1.0, atol=1e-3):
+        raise Int8RefusedError(
+            f"int8 is checked on class probabilities and '{getattr(model, 'name', 'model')}' "
+            "does not output them (a feature extractor, or logits): use --precision float32"
+        )
     best: Int8Graph | None = None
     for keep in LADDER:
         quantized = quantize_graph(fp32, crops, keep)
