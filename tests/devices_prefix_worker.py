@@ -4,11 +4,12 @@ the split trainer's frozen prefix on the JAX engine, as on a GPU machine. Prints
 
 1. A frozen prefix (real-photo batch) under a two-device DataParallel: the sharded forward's
    outputs, where they live, and their difference from the one-device forward.
-2. One transfer epoch (split trainer, prefix on JAX) on one device and on both. On a CPU the
+2. One transfer epoch (split trainer, prefix on JAX) on one device and on both (or, given
+   PROCESS PORT, as one of two processes with two devices each). On a CPU the
    trainer would train whole in Keras under ``KERASCOPE_ENGINE=keras``; ``use_split`` is made
    to answer yes, which is what it answers on a GPU without augmentation.
 
-Usage: python tests/devices_prefix_worker.py DATA OUT
+Usage: python tests/devices_prefix_worker.py DATA OUT [PROCESS PORT]
 """
 
 from __future__ import annotations
@@ -65,11 +66,19 @@ def prefix_case(data: str) -> dict:
 
 
 def transfer_case(data: str, out: str) -> dict:
+    return {devices: transfer_run(data, str(Path(out) / f"transfer-{devices}"), devices)
+            for devices in ("1", "all")}  # fmt: skip
+
+
+def transfer_run(data: str, out: str, devices: str, **cluster) -> dict:
+    """One transfer epoch through the split trainer with the prefix on JAX (``cluster``: the
+    coordinator options of a multi-process run): its run directory and the prefix's kind."""
+    from kerascope.training import epochs as stage_epochs
     from kerascope.training import run as training_run
     from kerascope.training import train
+    from kerascope.training.split import prefix_forward
 
     made: list[str] = []
-    prefix_forward = training_run.prefix_forward
 
     def watched(prefix, engine=None):
         forward = prefix_forward(prefix, engine)
@@ -77,18 +86,23 @@ def transfer_case(data: str, out: str) -> dict:
         return forward
 
     training_run.use_split = lambda *args, **kwargs: True
-    training_run.prefix_forward = watched
-    result: dict = {}
-    for devices in ("1", "all"):
-        made.clear()
-        run = train(data, recipe="transfer", output=Path(out) / f"transfer-{devices}",
-                    epochs=1, batch_size=8, image_size=64, seed=0, progress=False,
-                    devices=devices)  # fmt: skip
-        result[devices] = {"run": str(run.run_dir), "forwards": sorted(set(made))}
-    return result
+    stage_epochs.prefix_forward = watched  # where the split stage builds its prefix batches
+    run = train(data, recipe="transfer", output=out, epochs=1, batch_size=8, image_size=64,
+                seed=0, progress=False, devices=devices, **cluster)  # fmt: skip
+    return {"run": str(run.run_dir), "forwards": sorted(set(made))}
 
 
-def main(data: str, out: str) -> None:
+def main(data: str, out: str, *pair: str) -> None:
+    """Both cases, or with ``PROCESS PORT`` one process of a two-process run (each process
+    with two virtual devices) training transfer into OUT."""
+    if pair:
+        process, port = (int(v) for v in pair)
+        got = transfer_run(data, out, "all", coordinator=f"127.0.0.1:{port}", num_processes=2,
+                           process_id=process)  # fmt: skip
+        import jax
+
+        print(json.dumps({**got, "local": len(jax.local_devices()), "all": len(jax.devices())}))
+        return
     import jax
 
     print(json.dumps({"jax_devices": len(jax.devices()), "prefix": prefix_case(data),
@@ -96,4 +110,4 @@ def main(data: str, out: str) -> None:
 
 
 if __name__ == "__main__":
-    main(*sys.argv[1:3])
+    main(*sys.argv[1:])

@@ -204,3 +204,43 @@ def test_two_processes_train_split_with_mixup_as_one(photos, tmp_path):
     for got, want in zip(pair, ref, strict=True):
         for key in ("loss", "accuracy", "val_loss", "val_accuracy"):
             assert float(got[key]) == pytest.approx(float(want[key]), rel=1e-5), key
+
+
+@jax_only
+@pytest.mark.slow
+def test_two_processes_with_two_devices_each_shard_the_jax_prefix(photos, tmp_path):
+    """Two processes on 127.0.0.1, two virtual CPU devices each, the prefix on JAX: each
+    process runs it sharded over its own two devices (weights copied from the global,
+    four-device arrays onto its devices), and one transfer epoch ends within 1e-5 of the
+    one-device weights."""
+    from .serve_server import free_port
+
+    worker = str(ROOT / "tests" / "devices_prefix_worker.py")
+    env = {**os.environ, "KERAS_BACKEND": "jax", "KERASCOPE_ENGINE": "keras",
+           "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}  # fmt: skip
+    for name in placing.ENV.values():
+        env.pop(name, None)
+    port = free_port()
+    procs = [subprocess.Popen([sys.executable, worker, str(photos), str(tmp_path / "pair"),
+                               str(i), str(port)], env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True)
+             for i in (0, 1)]  # fmt: skip
+    one = subprocess.run([sys.executable, "-c", "import sys; sys.argv[1:] = []; "
+                          "import tests.devices_prefix_worker as w; import json; "
+                          f"print(json.dumps(w.transfer_run({str(photos)!r}, "
+                          f"{str(tmp_path / 'one')!r}, '1')))"],
+                         env={**env, "XLA_FLAGS": ""}, capture_output=True, text=True,
+                         timeout=600, cwd=ROOT)  # fmt: skip
+    outs = [p.communicate(timeout=600) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs[0][1][-2000:] + outs[1][1][-2000:]
+    assert one.returncode == 0, one.stderr[-2000:]
+    got = [json.loads(out.strip().splitlines()[-1]) for out, _ in outs]
+    assert [(g["local"], g["all"]) for g in got] == [(2, 4), (2, 4)]
+    assert [g["forwards"] for g in got] == [["ShardedPrefix"], ["ShardedPrefix"]]
+    import kerascope.zoo.preprocess  # noqa: F401  (registers the backbone's layer for loading)
+
+    single = json.loads(one.stdout.strip().splitlines()[-1])
+    a = keras.saving.load_model(Path(single["run"]) / "model.keras")
+    b = keras.saving.load_model(Path(got[0]["run"]) / "model.keras")
+    pairs = list(zip(a.get_weights(), b.get_weights(), strict=True))
+    assert max(float(np.abs(x - y).max()) for x, y in pairs) < 1e-5
