@@ -86,8 +86,11 @@ def _save(fig: Any, path: str | os.PathLike) -> Path:
     return path
 
 
-def plot_curves(history: Sequence[dict[str, Any]], path: str | os.PathLike) -> Path:
+def plot_curves(
+    history: Sequence[dict[str, Any]], path: str | os.PathLike, accuracy: str = "accuracy"
+) -> Path:
     """Loss and accuracy per epoch, train beside validation; a dotted line at each new stage.
+    ``accuracy``: the right panel's title (a multi-label run's is per label, at 0.5).
 
     The gap between the two curves is the quickest overfitting check there is.
     """
@@ -104,7 +107,7 @@ def plot_curves(history: Sequence[dict[str, Any]], path: str | os.PathLike) -> P
             if row.get("stage") != prev.get("stage"):
                 ax.axvline(row["epoch"] - 0.5, color="gray", linestyle=":")
         ax.set_xlabel("epoch")
-        ax.set_title(metric)
+        ax.set_title(accuracy if metric == "accuracy" else metric)
         ax.grid(alpha=0.3)
         if metric == "accuracy":
             ax.set_ylim(-0.02, 1.02)

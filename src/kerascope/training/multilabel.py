@@ -217,7 +217,7 @@ def _train(run_dir: Path, config: dict, table: LabelTable, splits: dict, progres
         "splits": {name: table.relative(rows) for name, rows in splits.items()},
         "validation": metrics})  # fmt: skip
     outcome = _outcome(history, best)
-    plot_curves(history, run_dir / "curves.png")
+    plot_curves(history, run_dir / "curves.png", "accuracy per label (at 0.5)")
     notes = [augment_line(augment), "", *label_lines(metrics, config["counts"])]
     write_run_report(run_dir / "report.md", config, data_summary(table, splits), outcome, notes)
     write_state(run_dir, {"status": "done", "completed_stages": 1, "stage": 1,
