@@ -119,6 +119,7 @@ def test_gradual_unfreezing_trains_the_head_then_the_top_then_everything(tmp_pat
                for name in top)  # fmt: skip
 
 
+@pytest.mark.slow  # 14 s
 def test_discriminative_rates_scale_each_variables_update():
     """One Adam step with the rates beside one without, same gradients: each backbone
     variable moves ``multiplier`` times as far (lr/100 at the first layer, lr/10 at the last),
@@ -180,6 +181,7 @@ def test_measuring_an_epoch_leaves_every_variable_as_it_was():
         np.testing.assert_array_equal(keras.ops.convert_to_numpy(v), b)
 
 
+@pytest.mark.slow  # 47 s
 def test_a_budgeted_run_records_its_plan_and_keeps_to_it(tmp_path):
     """Each stage's epochs are what `plan_epochs` gives for the time measured and left, as
     recorded in config.yaml; the run trains no more than that."""
