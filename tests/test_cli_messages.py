@@ -237,9 +237,20 @@ def test_a_backend_that_cannot_import_is_one_line(tmp_path):
 @pytest.mark.parametrize(
     "command, defaults",
     [
-        ("classify", ["(default: 5)", "(default: 0.0)", "(default: table)", "(default: 32)"]),
+        (
+            "classify",
+            [
+                "(default: 5)",
+                "(default: 0.0)",
+                "(default: table)",
+                "(default: 32 on a CPU, 256 on a GPU or TPU)",
+            ],
+        ),
         ("explain", ["(default: 0.4)", "(default: viridis)", "(default: gradcam)", "(default: .)"]),
-        ("video", ["(default: side)", "(default: 1)", "(default: 16)"]),
+        (
+            "video",
+            ["(default: side)", "(default: 1)", "(default: 16 on a CPU, 128 on a GPU or TPU)"],
+        ),
         ("models", ["(default: list)", "(default: table)"]),
     ],
 )
