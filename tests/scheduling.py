@@ -21,15 +21,19 @@ from pathlib import Path
 
 import pytest
 
-CACHE_KEY = "kerascope/test-seconds"
 SNAPSHOT_ENV = "KERASCOPE_TEST_SECONDS"  # the controller's snapshot, for its workers
 UNMEASURED_SLOW, UNMEASURED = 20.0, 1.0
+
+
+def cache_key() -> str:
+    """One record per backend: `make test` runs the ``backends`` tests again on torch."""
+    return "kerascope/test-seconds-" + os.environ.get("KERAS_BACKEND", "jax")
 
 
 def snapshot(config: pytest.Config, folder: Path) -> None:
     """In the controller (or a run without xdist): the measured seconds, for the workers."""
     cache = getattr(config, "cache", None)
-    seconds = cache.get(CACHE_KEY, {}) if cache is not None else {}
+    seconds = cache.get(cache_key(), {}) if cache is not None else {}
     path = folder / "test-seconds.json"
     path.write_text(json.dumps(seconds if isinstance(seconds, dict) else {}))
     os.environ[SNAPSHOT_ENV] = str(path)
@@ -70,7 +74,7 @@ class Recorder:
         cache = getattr(session.config, "cache", None)
         if cache is None or not self.seconds:
             return
-        known = cache.get(CACHE_KEY, {})
+        known = cache.get(cache_key(), {})
         known = known if isinstance(known, dict) else {}
         known.update({k: round(v, 2) for k, v in self.seconds.items()})
-        cache.set(CACHE_KEY, known)
+        cache.set(cache_key(), known)
