@@ -305,6 +305,8 @@ def test_an_augmentation_option_trains_with_augmentation(pairs, tmp_path, capsys
     assert main(["train", str(pairs), "--zoom", "0.1", "--epochs", "8", "--image-size", "96",
                  "--batch-size", "16", "--lr", "3e-3", "--val-split", "0.25", "-o",
                  str(out)]) == 0, capsys.readouterr().err  # fmt: skip
+    shown = capsys.readouterr()
+    assert f"kerascope evaluate {out.resolve()} DATA.csv" in shown.out + shown.err
     config = yaml.safe_load((out / "config.yaml").read_text())
     assert config["augment"]["zoom"] == 0.1 and config["augment"]["rotation"] == 40.0
     assert "Augmentation of the training rows, new every epoch: rotation 40°" in (

@@ -385,11 +385,13 @@ def headline(run) -> str:
     """What was saved: the model's own epoch and validation numbers (not the best over all
     epochs, which may be another epoch's)."""
     accuracy = "n/a" if run.val_accuracy is None else f"{run.val_accuracy:.3f}"
-    if getattr(run, "val_map", None) is not None:  # a multi-label run
+    data = "DATA"
+    if getattr(run, "val_map", None) is not None:  # a multi-label run: it reads a label CSV
         accuracy += f" per label, mAP {run.val_map:.3f}"
+        data = "DATA.csv"
     return (f"saved model: epoch {run.best_epoch} (lowest validation loss {run.val_loss:.4f}), "
             f"validation accuracy {accuracy}; run in {run.run_dir} — try: kerascope evaluate "
-            f"{run.run_dir} DATA")  # fmt: skip
+            f"{run.run_dir} {data}")  # fmt: skip
 
 
 def _feature_progress():
