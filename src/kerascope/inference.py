@@ -39,6 +39,7 @@ Images reach it as batches from `kerascope.sources`.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -458,18 +459,29 @@ def _keras_forward(model: Any, name: str, precision: str = "float32") -> Forward
                        traces=traces)  # fmt: skip
 
     def call_eager(xs: list) -> list:
-        xs = [np.asarray(x).astype(d) for x, d in zip(xs, dtypes, strict=True)]
-        if backend == "torch":
-            import torch
-
-            with torch.no_grad():
-                out = runner(xs[0] if single else xs, training=False)
-        else:
-            out = runner.predict_on_batch(xs[0] if single else xs)
+        xs = [keras.ops.convert_to_tensor(np.asarray(x).astype(d))
+              for x, d in zip(xs, dtypes, strict=True)]  # fmt: skip
+        given = xs[0] if single else xs
+        with _no_grad(backend):
+            if runner is source:
+                out = runner(given, training=False)
+            else:  # the clone computes with the original's current variables, not a copy
+                trainable = [v.value for v in source.trainable_variables]
+                frozen = [v.value for v in source.non_trainable_variables]
+                out, _ = runner.stateless_call(trainable, frozen, given, training=False)
         return [np.asarray(keras.ops.convert_to_numpy(o), np.float32)
                 for o in keras.tree.flatten(out)]  # fmt: skip
 
     return Forward(call_eager, "keras", name, precision=precision)
+
+
+def _no_grad(backend: str) -> Any:
+    """torch.no_grad() on torch (an eager forward records no graph), else nothing."""
+    if backend == "torch":
+        import torch
+
+        return torch.no_grad()
+    return contextlib.nullcontext()
 
 
 def _output_width(model: Any) -> int | None:
