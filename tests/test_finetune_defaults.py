@@ -254,3 +254,20 @@ def test_a_resumed_budgeted_run_keeps_its_plan_and_its_schedule(tmp_path):
     curve = one_cycle(0.01, steps * stage["epochs"])
     for row in history:
         assert row["lr"] == pytest.approx(float(curve(row["epoch"] * steps)), rel=1e-4)
+
+
+@pytest.mark.parametrize(
+    ("args", "said"),
+    [(["--time-budget", "-1"], "time budget must be at least 0 minutes, got -1.0"),
+     (["--epochs", "1,5"], "epochs needs 3 value(s), one per stage, got [1, 5] (finetune "
+      "unfreezes gradually: the head, the backbone's top, then all of it; --unfreeze POINT "
+      "gives two stages)")],
+)  # fmt: skip
+def test_budget_and_stage_mistakes_are_one_line(tmp_path, capsys, args, said):
+    from kerascope.cli import main
+
+    data = _folder(tmp_path / "data", 64)
+    code = main(["train", str(data), "--recipe", "finetune", *args, "-o", str(tmp_path / "r")])
+    err = capsys.readouterr().err
+    assert code == 2 and said in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "r").exists()

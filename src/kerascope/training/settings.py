@@ -196,10 +196,17 @@ def resolve_stages(recipe: Recipe, epochs: Any, lr: Any, optimizer: Any, momentu
     kept in its entry.
     """
     n = len(recipe.stages)
-    epochs_ = per_stage(epochs, n, "epochs", broadcast=True)
-    lrs = per_stage(lr, n, "lr", broadcast=False)
-    names = per_stage(listed(optimizer), n, "optimizer", broadcast=False)
-    schedules = per_stage(listed(schedule), n, "lr_schedule", broadcast=True)
+    try:
+        epochs_ = per_stage(epochs, n, "epochs", broadcast=True)
+        lrs = per_stage(lr, n, "lr", broadcast=False)
+        names = per_stage(listed(optimizer), n, "optimizer", broadcast=False)
+        schedules = per_stage(listed(schedule), n, "lr_schedule", broadcast=True)
+    except ConfigError as exc:
+        if not any(s.unfreeze == "all" for s in recipe.stages):
+            raise
+        hint = ("finetune unfreezes gradually: the head, the backbone's top, then all of it; "
+                "--unfreeze POINT gives two stages")  # fmt: skip
+        raise ConfigError(f"{exc} ({hint})") from None
     stages = []
     for i, s in enumerate(recipe.stages):
         name = s.optimizer if names[i] is None else optimizers.check_optimizer(names[i])
