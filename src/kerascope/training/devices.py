@@ -138,6 +138,19 @@ def select_devices(value: DeviceSpec) -> list[Any]:
     return [devices[n] for n in spec]
 
 
+def parallel_flags(devices: DeviceSpec) -> list[str]:
+    """The flags that ask a trainer running on one device of one process (the multi-label
+    CSV's) for more: ``--devices`` beyond one, ``--coordinator`` (a joined multi-process
+    run), for it to refuse by name instead of ignoring them."""
+    flags = [] if parse_devices(devices) in ("all", 1, (0,)) else ["--devices"]
+    if keras.backend.backend() == "jax":
+        import jax
+
+        if jax.distributed.is_initialized() and jax.process_count() > 1:
+            flags.append("--coordinator")
+    return flags
+
+
 def _show(spec: Any) -> str:
     return ",".join(map(str, spec)) if isinstance(spec, tuple) else str(spec)
 

@@ -251,6 +251,7 @@ def train(
             given = _given_options(locals())
             flags = [resuming.FLAGS[name] for name in given if name not in TAKES]
             flags += ["--binary"] if binary else []
+            flags += placing.parallel_flags(devices)  # it trains on one device of one process
             return train_multilabel(data, recipe, output, backbone=backbone, epochs=epochs,
                                     batch_size=batch_size, lr=lr, seed=seed,
                                     val_split=val_split, image_size=image_size,
