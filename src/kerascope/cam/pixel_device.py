@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from kerascope.cam.gradients import _pad, padded_size
+from kerascope.cam.gradients import _pad, _torch_scaled_grad, padded_size, scaled_vjp
 from kerascope.mixed_precision import precision_runner
 
 # (maps (N, H, W) float32 in [0, 1], class indices (N,), probabilities (N,)); with raw=True
@@ -293,12 +293,12 @@ def _jax(spec, plain, guided, probe, score, precision):
         classes = jnp.where(targets < 0, jnp.argmax(logit, axis=-1), targets)
         onehot = jax.nn.one_hot(classes, logit.shape[-1], dtype="float32")
 
-        def grad(z):
+        def grad(z):  # float16: the class score's gradient loss-scaled, as Grad-CAM's
             def f(z):
-                h = logits(key_on, z).astype("float32")
-                return jnp.sum(score(h)[0] * onehot)
+                return score(logits(key_on, z).astype("float32"))[0]
 
-            return jax.grad(f)(z)
+            out, vjp = jax.vjp(f, z)
+            return scaled_vjp(vjp, onehot.astype(out.dtype), precision)
 
         key = jax.random.key(spec.seed)
 
@@ -312,11 +312,12 @@ def _jax(spec, plain, guided, probe, score, precision):
         if spec.kind == "guidedcam":
             delta0 = jnp.zeros((x.shape[0], *models["probe"].inputs[1].shape[1:]), "float32")
 
-            def cam_score(delta):
+            def cam_logits(delta):
                 a, h = logits("probe", x, delta)
-                return jnp.sum(score(h.astype("float32"))[0] * onehot), a
+                return score(h.astype("float32"))[0], a
 
-            grads, a = jax.grad(cam_score, has_aux=True)(delta0)
+            out, vjp, a = jax.vjp(cam_logits, delta0, has_aux=True)
+            grads = scaled_vjp(vjp, onehot.astype(out.dtype), precision)
 
             def resize(m, hw):
                 return jax.image.resize(m, (m.shape[0], *hw), "bilinear")
@@ -379,8 +380,7 @@ def _torch(spec, plain, guided, probe, score, precision):
             with autocast:
                 h = models[key_on](z, training=False)
             picked = score(h.float())[0].gather(1, classes[:, None]).sum()
-            (g,) = torch.autograd.grad(picked, z)
-            return g.detach()
+            return _torch_scaled_grad(picked, z, precision).detach()
 
         def noise(i):
             gen = torch.Generator(device=x.device).manual_seed(spec.seed * 1_000_003 + int(i))
@@ -393,7 +393,7 @@ def _torch(spec, plain, guided, probe, score, precision):
             with autocast:
                 a, h = models["probe"]([x, delta], training=False)
             picked = score(h.float())[0].gather(1, classes[:, None]).sum()
-            (grads,) = torch.autograd.grad(picked, delta)
+            grads = _torch_scaled_grad(picked, delta, precision)
 
             def resize(m, hw):
                 return F.interpolate(m[:, None], hw, mode="bilinear", align_corners=False)[:, 0]
