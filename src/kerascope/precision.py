@@ -104,6 +104,14 @@ def resolve_precision(name: str | None = None) -> str:
     return value
 
 
+def map_precision(name: str | None = None) -> str:
+    """What explanation maps compute in for a job asked to run in ``name``: `resolve_precision`,
+    except int8, which has no gradients (a quantized graph is not differentiable): a server or
+    classifier running int8 explains in float32, and the explainer's ``precision`` says so."""
+    value = resolve_precision(name)
+    return "float32" if value == "int8" else value
+
+
 def dtype_policy(precision: str) -> str:
     """The Keras dtype policy name for a resolved precision (``mixed_bfloat16`` ...)."""
     if precision == "int8":

@@ -360,7 +360,7 @@ class BaseCAM:
         eigen_smooth: bool = False,
         precision: str | None = None,
     ):
-        from kerascope.precision import resolve_precision
+        from kerascope.precision import map_precision
 
         self.clf = as_classifier(clf)
         self.probe = get_probe(self.clf, layer)
@@ -373,7 +373,7 @@ class BaseCAM:
                 f"Dense directly, which '{self.clf.model.name}' does not; use gradcam"
             )
         self.analytic = possible if analytic is None else bool(analytic)
-        wanted = resolve_precision(precision)
+        wanted = map_precision(precision)
         # The whole map on the device (`gradients.fused_fn`) wherever the network runs on the
         # Keras engine (GPUs; CPUs when asked) or in reduced precision, which onnxruntime's CPU
         # path does not offer; on a CPU's onnx engine the measured-faster host path stays.

@@ -449,13 +449,13 @@ def _cached_explainer(
 ) -> Explainer:
     """One Explainer per (classifier, method, layer, options), so repeated calls compile
     nothing. The plain key stays ``(method, layer)``, as callers look it up."""
-    from kerascope.precision import resolve_precision
+    from kerascope.precision import map_precision
 
     cache = clf.extra.setdefault("explainers", {})
     key = (get_method(method).name, layer)
     if aug_smooth or eigen_smooth:
         key = (*key, bool(aug_smooth), bool(eigen_smooth))
-    wanted = resolve_precision(precision)
+    wanted = map_precision(precision)
     if wanted != "float32":
         key = (*key, wanted)
     if key not in cache:

@@ -60,7 +60,7 @@ class PixelMethod(BaseCAM):
     ):
         import keras
 
-        from kerascope.precision import resolve_precision
+        from kerascope.precision import map_precision
 
         if aug_smooth or eigen_smooth:
             raise MethodError(
@@ -82,7 +82,7 @@ class PixelMethod(BaseCAM):
         self.aug_smooth = self.eigen_smooth = False
         self.analytic = False
         self.on_device = True  # every pixel map is computed in one device call
-        self.precision = resolve_precision(precision)
+        self.precision = map_precision(precision)
 
     @classmethod
     def spec(cls):

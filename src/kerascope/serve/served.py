@@ -127,9 +127,11 @@ class ServedModel:
 
     def explain_precision(self, method: str) -> str:
         """What ``method``'s maps are computed in here (float32 where a method has no
-        reduced-precision path: the host maps, the smoothing options)."""
+        reduced-precision path: the host maps, the smoothing options; int8 has no gradients)."""
+        from kerascope.precision import map_precision
+
         cam = self._cams.get(method)
-        return cam.precision if cam is not None else self.precision
+        return cam.precision if cam is not None else map_precision(self.precision)
 
     def describe(self, default: bool) -> dict[str, Any]:
         """What ``GET /v1/models`` says about this model (no server paths)."""

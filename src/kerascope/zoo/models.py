@@ -222,7 +222,7 @@ def load_model(
 ) -> Classifier:
     """Load a zoo model by name, or a ``.keras`` file saved by kerascope or plain Keras.
 
-    ``precision`` (auto, float32, bfloat16, float16; checked here) is what jobs on this
+    ``precision`` (auto, float32, bfloat16, float16, int8; checked here) is what jobs on this
     classifier compute in unless they are given one (``Classifier.extra["precision"]``; see
     `kerascope.classification.run_precision`); the weights stay float32 either way.
 
@@ -232,9 +232,11 @@ def load_model(
         (224, 224)
     """
     if precision is not None:
-        from kerascope.precision import check_precision
+        from kerascope.precision import INFERENCE_PRECISIONS, check_precision
 
-        checked = check_precision(precision)  # a bad name is one line before a slow load
+        # A bad name is one line before a slow load. int8 too: classify/serve run it (it is
+        # refused there, with numbers, where the model's int8 graph missed the bound).
+        checked = check_precision(precision, INFERENCE_PRECISIONS)
         clf = load_model(name_or_path, weights)
         clf.extra["precision"] = checked
         return clf
