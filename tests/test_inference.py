@@ -199,7 +199,7 @@ def test_damaged_cache_file_is_converted_again(damage, monkeypatch):
     inference.forget(model)
     _close(inference.compiled(model, "onnx")(_pixels()), expected)
     assert len(calls) == 2  # converted again ...
-    assert cache._read(path) is not None  # ... and stored whole
+    assert cache.read_payload(path) is not None  # ... and stored whole
 
 
 def test_unwritable_cache_folder_still_converts(tmp_path, monkeypatch):

@@ -338,12 +338,12 @@ def int8_graph(model: Any, photos: list[Path] | None = None) -> Int8Graph:
     if key is not None and key in memo:
         return memo[key]
     path = cache.folder() / f"{key}.int8.onnx" if key else None
-    payload = cache._read(path) if path is not None else None  # the ONNX cache's own format
+    payload = cache.read_payload(path) if path is not None else None  # the ONNX cache's format
     graph = _from_payload(payload, cached=True) if payload is not None else None
     if graph is None:
         graph = _quantize_and_measure(model, size, photos, calibration, check)
         if path is not None:
-            cache._write(path, graph.payload)
+            cache.write_payload(path, graph.payload)
     if key is not None:
         memo[key] = graph
     return graph

@@ -66,8 +66,9 @@ def model_key(model: Any, opset: int = 17) -> str | None:
     return digest.hexdigest()
 
 
-def _read(path: Path) -> bytes | None:
-    """The payload of a cache file, or None if it is missing, truncated or corrupted."""
+def read_payload(path: Path) -> bytes | None:
+    """The payload of a cache file, or None if it is missing, truncated or corrupted (public:
+    `kerascope.quantize` keeps its int8 graphs in this folder, in this format)."""
     try:
         data = path.read_bytes()
     except OSError:
@@ -99,7 +100,7 @@ def _prune(keep: Path) -> None:
                 total -= st.st_size
 
 
-def _write(path: Path, payload: bytes) -> None:
+def write_payload(path: Path, payload: bytes) -> None:
     """Atomically store ``payload``; a cache that cannot be written is silently skipped."""
     from kerascope import files
 
@@ -124,12 +125,12 @@ def onnx_bytes(model: Any, opset: int = 17, refresh: bool = False) -> bytes:
     key = model_key(model, opset)
     path = folder() / f"{key}.onnx" if key else None
     if path is not None and not refresh:
-        payload = _read(path)
+        payload = read_payload(path)
         if payload is not None:
             return payload
     payload = export.keras_to_onnx(model, opset=opset)  # looked up late: tests replace it
     if path is not None:
-        _write(path, payload)
+        write_payload(path, payload)
     return payload
 
 
