@@ -1,10 +1,12 @@
 """Reduced precision, one mechanism for every compiled call: a mixed-policy clone of the model.
 
-Inference (`kerascope.inference.compiled`), the Grad-CAM device path (`kerascope.cam.gradients`)
-and the pixel attribution methods (`kerascope.cam.pixel_device`) all run a model in bfloat16 or
-float16 the same way: `precision_runner` gives a clone of the model whose layers compute under
-Keras's ``mixed_bfloat16`` / ``mixed_float16`` policy, and the model whose float32 variables
-that clone reads on every call (the original's, so the clone never goes stale).
+Inference (`kerascope.inference.compiled`, every backend), the Grad-CAM device path
+(`kerascope.cam.gradients`) and the pixel attribution methods (`kerascope.cam.pixel_device`) on
+JAX all run a model in bfloat16 or float16 the same way: `precision_runner` gives a clone of the
+model whose layers compute under Keras's ``mixed_bfloat16`` / ``mixed_float16`` policy, and the
+model whose float32 variables that clone is fed on every call (``stateless_call`` with the
+original's current values, so the clone never goes stale). On torch the two explain paths run
+the model itself under ``torch.autocast`` (also private to the call: no policy is switched).
 
 Why a clone, and not the user's layers switched to the mixed policy while a function traces
 (what explain did before): the switch is visible to every other thread that traces the same
