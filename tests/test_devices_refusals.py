@@ -60,3 +60,24 @@ def test_a_multilabel_run_refuses_several_processes(pairs, tmp_path):
         assert lines == ["kerascope: error: --coordinator: not available for a multi-label CSV "
                          "(a sigmoid head on frozen features); leave it out"], err  # fmt: skip
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("sweep", [["--find-lr"], ["--lr", "find"]])
+def test_the_lr_finder_refuses_a_multi_process_run(tmp_path, capsys, monkeypatch, sweep):
+    """The sweep runs in one process: with --coordinator it is refused before anything runs
+    (before: --find-lr swept alone in every process; --lr find swept, then could not join the
+    run, JAX having started)."""
+    from kerascope.testing import cat_and_coffee
+
+    for name in placing.ENV.values():
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.chdir(tmp_path)  # where --find-lr would write lr_find.png
+    data = cat_and_coffee(tmp_path / "data", n=4, size=40)
+    out = tmp_path / "run"
+    code = main(["train", str(data), *sweep, "--coordinator", "127.0.0.1:1234",
+                 "--num-processes", "2", "--process-id", "0", "-o", str(out)])  # fmt: skip
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err == ("kerascope: error: the lr finder sweeps in one process: run it "
+                                 "once without --coordinator, then start every process with "
+                                 "--lr VALUE"), err  # fmt: skip
+    assert not out.exists() and not list(tmp_path.glob("lr_find*.png"))

@@ -121,10 +121,15 @@ def find_lr(
                           f"{end_lr:g}")  # fmt: skip
     if steps < 5:
         raise ConfigError(f"the sweep needs at least 5 steps, got {steps}")
+    o = options.get
     if str(data).lower().endswith(".csv"):
         raise ConfigError(f"the lr finder sweeps a folder dataset, not the multi-label CSV "
                           f"'{data}'; train it with --lr (leave out --find-lr)")  # fmt: skip
-    o = options.get
+    from kerascope.training.devices import cluster_options
+
+    if cluster_options(o("coordinator"), o("num_processes"), o("process_id"))[1] > 1:
+        raise ConfigError("the lr finder sweeps in one process: run it once without "
+                          "--coordinator, then start every process with --lr VALUE")  # fmt: skip
     config = resolve_config(
         data, recipe, None, o("backbone"), None, o("batch_size"), None, int(o("seed") or 0),
         float(o("val_split", 0.2)), bool(o("skip_bad")), o("class_weight"), o("unfreeze"),
