@@ -4,6 +4,9 @@
   torch it called the mixed clone directly: the weights copied when the clone was built);
 - float16 pixel methods (saliency, integrated gradients, SmoothGrad) keep maps whose gradients
   fall below float16's smallest number (loss scaling, as Grad-CAM's: they were blank);
+- ``serve --precision int8``: refused at startup in the one refusal line where the bound is
+  missed (before: 'precision must be one of ...' for every model), and where it is met classify
+  runs int8 while explain answers 200 with float32 maps (before: no server started at all).
 """
 
 from __future__ import annotations
