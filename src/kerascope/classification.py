@@ -174,9 +174,9 @@ def _array_outputs(
     clf: Classifier, forward: Any, pictures: np.ndarray, batch_size: int, top: int
 ) -> Iterator[tuple[PixelBatch, Any]]:
     """`iter_outputs` of one (N, H, W, 3) uint8 array on the JAX engine: batches are slices
-    of it, fitted (crop, resize) inside the compiled forward (`kerascope.inference.device_fit`)
+    of it, fitted (crop, resize) inside the compiled forward (`kerascope.device_fit`)
     unless they are at the input size already and the weights squash."""
-    from kerascope.inference import device_fit
+    from kerascope.device_fit import device_fit
 
     as_is = pictures.shape[1:3] == tuple(clf.input_size) and (
         getattr(clf.convention, "resize", "squash") == "squash")  # fmt: skip
@@ -304,7 +304,7 @@ def classify(
     ``inputs`` may be one (N, H, W, 3) uint8 array: on a GPU its batches go to the device as
     slices of it and are fitted to the model's input there, in the compiled forward (crop and
     resize as `kerascope.images.fit` does, within a few grey levels of Pillow's;
-    `kerascope.inference.device_fit`); on a CPU the decode threads fit them.
+    `kerascope.device_fit`); on a CPU the decode threads fit them.
 
     ``precision``: ``"auto"`` (bfloat16 mixed precision on GPUs that compute it natively,
     float32 elsewhere), ``"float32"``, ``"bfloat16"`` or ``"float16"``; default the one

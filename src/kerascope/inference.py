@@ -42,16 +42,13 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+from kerascope.device_fit import DeviceFit, device_fit, fit_on_device  # noqa: F401  (API)
 from kerascope.engines import ENGINES, GRAPH_ENGINES, check_graph_precision, cpu_engine
 from kerascope.errors import KerascopeError
-from kerascope.images import (
-    fit_box,
-)
 from kerascope.mixed_precision import (  # noqa: F401  (mixed_clone: part of this API)
     forget_clones,
     mixed_clone,
@@ -205,45 +202,6 @@ def host_top_k(values: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     order = np.argsort(-picked, axis=-1, kind="stable")
     return (np.take_along_axis(picked, order, axis=-1),
             np.take_along_axis(part, order, axis=-1).astype(np.int32))  # fmt: skip
-
-
-@dataclass(frozen=True)
-class DeviceFit:
-    """How pictures of one size are fitted to a model's input inside the compiled forward:
-    the crop box of `kerascope.images.fit_box` as a scale and shift per axis, and the filter."""
-
-    size: tuple[int, int]  # (height, width) of the model's input
-    scale: tuple[float, float]
-    shift: tuple[float, float]
-    method: str  # "cubic" or "linear" (jax.image)
-
-
-def device_fit(shape: tuple[int, ...], size: tuple[int, int], convention: Any = None) -> DeviceFit:
-    """The :class:`DeviceFit` of pictures of ``shape`` (H, W, ...) under ``convention``: the
-    same box and filter as `kerascope.images.fit`, antialiased like Pillow when shrinking, the
-    result rounded to whole grey levels as a uint8 picture holds them. Measured against
-    Pillow's ``fit`` on the four real photos: at most 5 grey levels apart, 0.1-0.2 on average
-    (rounding at the borders of the filter); Pillow's shrink-by-box step for pictures over 3x
-    the input (``reducing_gap``) is not mimicked."""
-    left, top, right, bottom = fit_box(shape, size, convention)
-    height, width = (int(v) for v in size)
-    sy, sx = height / (bottom - top), width / (right - left)
-    bicubic = getattr(convention, "interpolation", "bilinear") == "bicubic"
-    return DeviceFit((height, width), (sy, sx), (-top * sy, -left * sx),
-                     "cubic" if bicubic else "linear")  # fmt: skip
-
-
-def _fit_on_device(x: Any, fit: DeviceFit) -> Any:
-    """A (N, H, W, C) uint8 batch fitted under ``fit``, as float32 whole grey levels."""
-    import jax
-    import jax.numpy as jnp
-
-    shape = (x.shape[0], *fit.size, x.shape[3])
-    out = jax.image.scale_and_translate(
-        x.astype(jnp.float32), shape, (1, 2), jnp.asarray(fit.scale, jnp.float32),
-        jnp.asarray(fit.shift, jnp.float32), method=fit.method, antialias=True,
-    )  # fmt: skip
-    return jnp.clip(jnp.round(out), 0.0, 255.0)
 
 
 def _pad_rows(a: Any, rows: int) -> Any:
@@ -429,7 +387,7 @@ def _keras_forward(model: Any, name: str, precision: str = "float32") -> Forward
 
         def traced_fit_top_k(trainable, frozen, xs, k, fit):
             traces[0] += 1
-            fitted = [_fit_on_device(xs[0], fit)]
+            fitted = [fit_on_device(xs[0], fit)]
             values, indices = jax.lax.top_k(outputs(trainable, frozen, fitted)[0], k)
             return [values, indices.astype(jnp.int32)]
 
