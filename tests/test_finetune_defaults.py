@@ -195,6 +195,7 @@ def test_a_budgeted_run_records_its_plan_and_keeps_to_it(tmp_path):
     assert stage["epochs"] == budget.plan_epochs(stage["seconds_left"], stage["epoch_seconds"],
                                                  [1.0], stage["most_epochs"])  # fmt: skip
     assert 1 <= len(run.history) <= stage["epochs"] <= 35
+    assert "(epochs from the time budget: ~" in (run.run_dir / "report.md").read_text()
 
 
 def test_early_stopping_stops_and_the_saved_model_is_the_best_epoch(tmp_path):
