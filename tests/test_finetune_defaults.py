@@ -189,7 +189,7 @@ def test_a_budgeted_run_records_its_plan_and_keeps_to_it(tmp_path):
 
     data = make_shapes(tmp_path / "shapes", n=8, size=32)
     run = train(data, recipe="lenet", output=tmp_path / "run", time_budget=0.5, batch_size=8,
-                progress=False, augment=False)  # fmt: skip
+                patience=2, progress=False, augment=False)  # fmt: skip
     (stage,) = run.config["stages"]
     assert run.config["epochs_rule"] == "time budget"
     assert stage["epochs"] == budget.plan_epochs(stage["seconds_left"], stage["epoch_seconds"],
