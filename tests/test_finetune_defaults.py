@@ -98,7 +98,7 @@ def test_a_spent_budget_trains_the_head_and_skips_the_rest(tmp_path):
 
 def test_gradual_unfreezing_trains_the_head_then_the_top_then_everything(tmp_path):
     """The stages a default finetune config resolves to, applied in order as `train` does."""
-    from kerascope.training.run import _unfreeze
+    from kerascope.training.stage import unfreeze_point
 
     config = _config(_folder(tmp_path / "data", 64), tmp_path)
     model = recipes.build_model(recipes.get_recipe("finetune"), 2, (64, 64), None, 0,
@@ -106,7 +106,7 @@ def test_gradual_unfreezing_trains_the_head_then_the_top_then_everything(tmp_pat
     base = recipes.backbone_of(model)
     trained = []
     for index, stage in enumerate(config["stages"]):
-        recipes.prepare_stage(model, index, _unfreeze(config, stage))
+        recipes.prepare_stage(model, index, unfreeze_point(config, stage))
         trained.append({v.path for v in base.trainable_variables})
     head, top, everything = trained
     all_but_bn = {v.path for layer in base.layers if layer.weights

@@ -68,16 +68,16 @@ def _config(run: Path) -> dict:
 
 def _stage_optimizers(monkeypatch) -> list:
     """Records every optimizer a stage compiles with (the real ones, used for training)."""
-    from kerascope.training import run as run_module
+    from kerascope.training import stage as stage_module
 
     made = []
-    real = run_module.make_optimizer
+    real = stage_module.make_optimizer
 
     def spy(*args, **kwargs):
         made.append(real(*args, **kwargs))
         return made[-1]
 
-    monkeypatch.setattr(run_module, "make_optimizer", spy)
+    monkeypatch.setattr(stage_module, "make_optimizer", spy)
     return made
 
 

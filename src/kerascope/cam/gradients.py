@@ -12,6 +12,7 @@ from collections.abc import Callable
 
 import numpy as np
 
+from kerascope.fast_convs import fast_convs
 from kerascope.mixed_precision import precision_runner
 
 # (features (N,h,w,K), grads (N,h,w,K), class indices (N,), probabilities (N,))
@@ -71,7 +72,8 @@ def _jax(probe, head: Callable) -> GradientFn:
         if size != n:
             pixels = np.concatenate([pixels, np.repeat(pixels[-1:], size - n, 0)])
             targets = np.concatenate([targets, np.repeat(targets[-1:], size - n)])
-        out = run(trainable, frozen, pixels, targets.astype(np.int32))
+        with fast_convs():  # traced on a CPU: depthwise gradients ~4x faster (fast_convs)
+            out = run(trainable, frozen, pixels, targets.astype(np.int32))
         return tuple(np.asarray(o)[:n] for o in out)
 
     call.traces = lambda: traces[0]
@@ -243,7 +245,8 @@ def _jax_fused(probe, head: Callable, combine: Combine, precision: str) -> MapsF
         trainable = [v.value for v in source.trainable_variables]  # current weights, each call
         frozen = [v.value for v in source.non_trainable_variables]
         size = None if size is None else (int(size[0]), int(size[1]))
-        out = run(trainable, frozen, pixels, targets, size, bool(levels))
+        with fast_convs():
+            out = run(trainable, frozen, pixels, targets, size, bool(levels))
         return tuple(np.asarray(o)[:n] for o in out)
 
     call.traces = lambda: traces[0]

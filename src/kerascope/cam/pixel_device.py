@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from kerascope.cam.gradients import _pad, _torch_scaled_grad, padded_size, scaled_vjp
+from kerascope.fast_convs import fast_convs
 from kerascope.mixed_precision import precision_runner
 
 # (maps (N, H, W) float32 in [0, 1], class indices (N,), probabilities (N,)); with raw=True
@@ -338,7 +339,8 @@ def _jax(spec, plain, guided, probe, score, precision):
             )
             for k, m in sources.items()
         }
-        out = run(variables, pixels, targets, bool(raw))
+        with fast_convs():  # traced on a CPU: depthwise gradients ~4x faster (fast_convs)
+            out = run(variables, pixels, targets, bool(raw))
         return tuple(np.asarray(o)[:n] for o in out)
 
     call.traces = lambda: traces[0]

@@ -34,9 +34,7 @@ ensure_backend()  # the user's backend (JAX if none is usable) before Keras load
 import keras  # noqa: E402
 
 from kerascope.data.augment import AugmentConfig  # noqa: E402
-from kerascope.data.regularise import RegulariseConfig  # noqa: E402
 from kerascope.errors import ConfigError, RunError  # noqa: E402
-from kerascope.fast_convs import fast_convs  # noqa: E402
 from kerascope.files import (  # noqa: E402
     OutputError,
     is_disk_error,
@@ -51,30 +49,15 @@ from kerascope.rundir import (  # noqa: E402
     write_split,
     write_state,
 )
-from kerascope.training import budget, recipes  # noqa: E402
 from kerascope.training import devices as placing  # noqa: E402
+from kerascope.training import recipes  # noqa: E402
 from kerascope.training import resume as resuming  # noqa: E402
-from kerascope.training.checkpoints import Backup, BestCheckpoint, backup_epoch  # noqa: E402
-from kerascope.training.epochs import EpochLog, prefix_sequences  # noqa: E402
 from kerascope.training.finish import finish_run, remove_leftovers  # noqa: E402
-from kerascope.training.heads import UnfreezeSpec, parameter_counts  # noqa: E402
-from kerascope.training.optimizers import (  # noqa: E402
-    describe,
-    layer_rates,
-    make_optimizer,
-    set_total_steps,
-)
-from kerascope.training.outputs import check_task, loss_and_metric, task_of  # noqa: E402
-from kerascope.training.progress import TrainProgress  # noqa: E402
+from kerascope.training.heads import UnfreezeSpec  # noqa: E402
+from kerascope.training.outputs import check_task, task_of  # noqa: E402
 from kerascope.training.recipes import class_weights  # noqa: E402
 from kerascope.training.settings import load_config, resolve_config, save_config  # noqa: E402
-from kerascope.training.split import (  # noqa: E402
-    prefix_place,
-    split_model,
-)
-from kerascope.training.whole import AugmentedTrainer, DeviceFeed  # noqa: E402
-
-MONITOR = "val_loss"  # finer-grained than accuracy on small validation sets, where it ties
+from kerascope.training.stage import run_stage, unfreeze_point  # noqa: E402
 
 
 @dataclass
@@ -402,10 +385,10 @@ def _train(run_dir: Path, config: dict[str, Any], resumed: bool, engine: str | N
     try:
         for index, stage in enumerate(config["stages"]):
             if index < state.get("completed_stages", 0):
-                recipes.prepare_stage(model, index, _unfreeze(config, stage))
+                recipes.prepare_stage(model, index, unfreeze_point(config, stage))
                 continue
             trained_here = True
-            _run_stage(model, run_dir, config, index, stage, seqs, weights, verbose, callbacks,
+            run_stage(model, run_dir, config, index, stage, seqs, weights, verbose, callbacks,
                        split, progress, started)  # fmt: skip
             write_state(run_dir, {**read_state(run_dir), "completed_stages": index + 1})
             shutil.rmtree(run_dir / "backup" / f"stage{index + 1}", ignore_errors=True)
@@ -421,15 +404,6 @@ def _train(run_dir: Path, config: dict[str, Any], resumed: bool, engine: str | N
             write_state(run_dir, {**read_state(run_dir), "status": "failed"})
         raise
     return _finish(model, run_dir, config, dataset.summary(), trained_here)
-
-
-def _unfreeze(config: dict[str, Any], stage: dict[str, Any] | None = None) -> UnfreezeSpec:
-    """Where fine-tuning starts: the stage's own point (gradual unfreezing's ``"all"``), else
-    the index resolved when the run was configured."""
-    if stage is not None and stage.get("unfreeze") is not None:
-        return stage["unfreeze"]
-    index = config.get("unfreeze_index")
-    return config.get("unfreeze") if index is None else int(index)
 
 
 def _report_scan(dataset, run_dir: Path, progress: bool, weighted: bool = False) -> None:
@@ -467,96 +441,6 @@ def use_split(engine: str | None = None, augmented: bool = True) -> bool:
 
     wanted = requested_engine(engine)
     return wanted in ("onnx", "openvino") or (wanted == "auto" and (on_cpu() or not augmented))
-
-
-def _run_stage(model, run_dir: Path, config: dict, index: int, stage: dict, seqs, weights,
-               verbose: int, extra: list | None, split: bool, progress: bool,
-               started: float | None = None) -> None:  # fmt: skip
-    """One ``fit``: flags, optimizer, callbacks; epochs are numbered across stages. Under a
-    time budget (``started``: when the run's clock started) the stage's epochs are planned
-    from its measured epoch time once compiled, and recorded in ``config.yaml``; a stage it
-    has no time left for is skipped."""
-    pending = (config.get("epochs_rule") == "time budget" and "epoch_seconds" not in stage
-               and not stage.get("skipped") and started is not None
-               and placing.process_share() is None)  # fmt: skip
-    if pending and budget.out_of_time(config, index, budget.seconds_left(config, started)):
-        return budget.skip_stage(run_dir, config, index, started, progress)
-    fine_tuned = recipes.prepare_stage(model, index, _unfreeze(config, stage))
-    backup = run_dir / "backup" / f"stage{index + 1}"
-    best = run_dir / "best.weights.h5"
-    if index > 0 and best.is_file() and backup_epoch(backup) is None:
-        model.load_weights(best)  # stage 2 starts from stage 1's best, as the guide does
-    recipes.set_precision(model, "float32")  # the prefix is compiled in float32
-    parts = split_model(model) if split else None
-    augment = AugmentConfig(**config["augment"]) if config["augment"] else None
-    if parts is not None:
-        trained = parts.suffix
-    else:
-        trained = AugmentedTrainer(model, augment.fill_mode if augment else "nearest")
-    precision = config.get("precision", "float32")
-    recipes.set_precision(parts.suffix if parts else model, precision)
-    steps = len(seqs["train"]) * stage["epochs"]
-    optimizer = make_optimizer(stage["optimizer"], stage["lr"], stage.get("momentum"),
-                               stage.get("schedule"), steps,
-                               rates=layer_rates(model, stage.get("lr_ratio", 1.0)))  # fmt: skip
-    if precision == "float16":  # float16 gradients underflow without loss scaling
-        optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
-    # batches are padded (weight 0): accuracy counts the real rows only; regularisers give
-    # soft targets (validation one-hot), so the loss is then the categorical one
-    regularise = RegulariseConfig.from_config(config)
-    loss, metric = loss_and_metric(task_of(config), bool(regularise))
-    trained.compile(optimizer=optimizer, loss=loss, weighted_metrics=[metric])
-    start = sum(s["epochs"] for s in config["stages"][:index])
-    end = start + stage["epochs"]
-    resumed = backup_epoch(backup)
-    seqs["train"].set_epoch(resumed if resumed is not None else start)
-    if progress:
-        trainable, frozen = parameter_counts(model)
-        what = f", fine-tuning {len(fine_tuned)} backbone layers" if fine_tuned else ""
-        again = f", resuming after epoch {resumed}" if resumed else ""
-        print(f"stage {index + 1}/{len(config['stages'])}: {describe(stage)}, "
-              f"epochs {start + 1}-{end if not pending else '?'}{what} ({trainable:,} trainable, "
-              f"{frozen:,} frozen parameters){again}")  # fmt: skip
-        if parts is not None:
-            cut = f"from '{parts.cut}' on" if parts.cut else "head only"
-            print(f"  split training: {prefix_place(parts.prefix)}, Keras trains {cut}")
-        else:
-            augmented = augment is not None and not augment.is_identity
-            where = "augmented on the device inside" if augmented else "cast inside"
-            print(f"  whole graph in Keras: uint8 batches {where} the compiled train step")
-    # Full-shape batches (one compiled step), class weights folded into the sample weights.
-    if parts is not None:
-        train_data, val_data = prefix_sequences(parts, seqs, config, run_dir, progress, weights)
-    else:
-        hard = RegulariseConfig() if regularise else None  # one-hot validation targets
-        train_data = DeviceFeed(seqs["train"], augment, config["seed"], weights,
-                                regularise=regularise)  # fmt: skip
-        val_data = DeviceFeed(seqs["validation"], None, config["seed"], regularise=hard)
-    train_data, val_data = placing.process_shard(train_data), placing.process_shard(val_data)
-    if pending:  # the stage's epochs from its measured epoch time (0: skipped)
-        if not budget.plan_stage(trained, train_data, val_data, run_dir, config, index, started,
-                                 progress):  # fmt: skip
-            return
-        set_total_steps(optimizer, len(seqs["train"]) * stage["epochs"])
-        end = start + stage["epochs"]
-    # Order matters for a kill between two of them: the history row and the best weights of
-    # an epoch are written before its backup, so a resume redoes that epoch (same numbers)
-    # rather than skipping past an epoch that history.csv or best.weights.h5 lacks.
-    callbacks = [
-        EpochLog(run_dir, index + 1, len(seqs["train"].paths)),
-        BestCheckpoint(model, best, monitor=MONITOR),
-        Backup(backup),
-        keras.callbacks.EarlyStopping(monitor=MONITOR, patience=config["patience"]),
-        *([TrainProgress(len(seqs["train"].paths), end,
-                         cached=parts is not None and not config["augment"])]
-          if progress else []),  # fmt: skip
-        *(extra or []),
-    ]  # fmt: skip
-    trained._initial_epoch = None  # set by a previous stage's BackupAndRestore, never reset
-    with fast_convs():
-        trained.fit(train_data, validation_data=val_data, epochs=end, initial_epoch=start,
-                    callbacks=callbacks, shuffle=False,
-                    verbose=verbose)  # fmt: skip
 
 
 def _finish(model, run_dir: Path, config: dict, summary: str, trained_here: bool) -> RunResult:
