@@ -114,6 +114,9 @@ def build_parser() -> argparse.ArgumentParser:
     cli_explain.add_explain_commands(sub)
 
     cli_train.add_commands(sub)
+    from kerascope import cli_features  # features and augment: the data-preparing commands
+
+    cli_features.add_commands(sub)
     cli_serve.add_serve_command(sub)
     cli_export.add_export_command(sub)
     cli_batch.add_batch_command(sub)

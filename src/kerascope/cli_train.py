@@ -1,4 +1,5 @@
-"""CLI subcommands for the user's own data: train, evaluate, predict, features, augment.
+"""CLI subcommands for the user's own data: train, evaluate, predict (features and augment:
+`kerascope.cli_features`).
 
 Like `kerascope.cli`: parse, call the API, print; no logic of its own.
 """
@@ -39,8 +40,6 @@ def add_commands(sub) -> None:
     _add_train(sub)
     _add_evaluate(sub)
     _add_predict(sub)
-    _add_features(sub)
-    _add_augment(sub)
 
 
 def _add_train(sub) -> None:
@@ -196,45 +195,6 @@ def _add_predict(sub) -> None:
     add_precision_option(p)
     add_tta_options(p)
     p.set_defaults(func=_run_predict)
-
-
-def _add_features(sub) -> None:
-    p = _parser(sub, "features", "cache bottleneck features of backbones in HDF5")
-    p.add_argument("data", help="dataset folder (layouts as in train)")
-    p.add_argument("--backbone", default="efficientnet_lite0", help="comma-separated zoo names")
-    p.add_argument("--layer", help="any layer name of the backbone (default: its last)")
-    p.add_argument("--pool", choices=("avg", "max", "none"), default="avg", help="pooling")
-    p.add_argument("--image-size", type=int, help="side images are resized to (default: each "
-                   "backbone's own); smaller runs the backbone at that size (vgg16 at 150 "
-                   "gives 4x4x512 maps with --pool none), larger is resized to the backbone's "
-                   "in the graph")  # fmt: skip
-    p.add_argument("--weights", metavar="FILE", help="the backbone's weights file (default: "
-                   "the zoo's ImageNet weights); one per backbone, comma-separated")  # fmt: skip
-    p.add_argument("--output", "-o", default="features.h5", help="HDF5 store to add to")
-    p.add_argument("--batch-size", type=int, default=32, help="images per forward pass")
-    p.add_argument("--val-split", type=float, default=0.2,
-                   help="validation share when DATA has no validation/ folder")  # fmt: skip
-    p.add_argument("--seed", type=int, default=0, help="seeds the split")
-    p.add_argument("--skip-bad", action="store_true", help="leave unreadable images out")
-    add_precision_option(p, "what the backbones compute in: float32 (default: training reads "
-                         "this cache), bfloat16 or float16 (their own groups, ',precision=' in "
-                         "the key; keras engine), or auto (bfloat16 on GPUs that compute it "
-                         "natively)")  # fmt: skip
-    p.set_defaults(func=_run_features)
-
-
-def _add_augment(sub) -> None:
-    p = _parser(sub, "augment", "preview the training augmentation on one image")
-    p.add_argument("image", help="the picture to augment")
-    p.add_argument("-n", type=int, default=20, help="number of samples")
-    p.add_argument("-o", "--output", default="preview", help="folder to write into")
-    p.add_argument("--seed", type=int, default=0, help="seeds the random transforms")
-    _add_augment_options(p, defaults=True)
-    p.add_argument("--mixup", type=float, metavar="A", help="train's --mixup: each sample "
-                   "mixed with another sample, share ~ Beta(A, A)")  # fmt: skip
-    p.add_argument("--cutmix", type=float, metavar="A", help="train's --cutmix: a box of "
-                   "another sample pasted in (labelled with its number and area)")  # fmt: skip
-    p.set_defaults(func=_run_augment)
 
 
 _AUGMENT_FLAGS = (
@@ -394,19 +354,6 @@ def headline(run) -> str:
             f"{run.run_dir} {data}")  # fmt: skip
 
 
-def _feature_progress():
-    from kerascope import output
-
-    shown: set[str] = set()
-
-    def progress(backbone: str, done: int, total: int) -> None:
-        if backbone not in shown:
-            shown.add(backbone)
-            output.note(f"extracting {backbone} features for {total} images")
-
-    return progress
-
-
 def _run_evaluate(args) -> int:
     from kerascope.evaluation import evaluate, format_confusion, top5_note
     from kerascope.multilabel_eval import is_multilabel_run
@@ -466,48 +413,3 @@ def _run_predict(args) -> int:
         _note(f"labels are the mean probabilities of {tta_from_args(args).views} views per "
               f"image (TTA: {tta_from_args(args).describe()})")  # fmt: skip
     return 1 if failed else 0
-
-
-def _run_features(args) -> int:
-    from kerascope import output
-    from kerascope.bottleneck import extract_features
-    from kerascope.precision import resolve_precision
-
-    store = extract_features(
-        args.data, _backbones(args.backbone, "efficientnet_lite0"), layer=args.layer,
-        pool=args.pool, output=args.output, batch_size=args.batch_size,
-        val_split=args.val_split, seed=args.seed, skip_bad=args.skip_bad,
-        progress=_feature_progress(), image_size=args.image_size,
-        weights=args.weights.split(",") if args.weights else None,
-        precision=args.precision or "float32",
-    )  # fmt: skip
-    if args.precision is not None:
-        say_precision(args.precision, resolve_precision(args.precision))
-    for key, rows in store.computed.items():
-        shape = "x".join(str(d) for d in store.row_shape(key))
-        output.note(f"{key}: computed {rows} row(s) of {shape} features")
-    output.note(f"features in {args.output}")
-    return 0
-
-
-def _run_augment(args) -> int:
-    from kerascope import output
-    from kerascope.data.augment import AugmentConfig
-    from kerascope.data.preview import augment_preview
-    from kerascope.images import load_image
-
-    if args.n < 1:
-        raise CliError("-n must be at least 1")
-    load_image(args.image)  # a bad picture fails here with a one-line reason
-    config = AugmentConfig(
-        rotation=args.rotation, width_shift=args.width_shift, height_shift=args.height_shift,
-        shear=args.shear, zoom=args.zoom, horizontal_flip=not args.no_flip,
-        policy=args.augment_policy,
-    )  # fmt: skip
-    from kerascope.data.regularise import RegulariseConfig
-
-    mixing = RegulariseConfig(mixup=args.mixup or 0.0, cutmix=args.cutmix or 0.0)
-    paths = augment_preview(args.image, n=args.n, out_dir=args.output, config=config,
-                            seed=args.seed, regularise=mixing)  # fmt: skip
-    output.note(f"wrote {len(paths) - 1} samples and {paths[-1]}")
-    return 0
