@@ -12,7 +12,6 @@ batch fails to decode, as a disk going bad under one machine's dataset would.
 
 from __future__ import annotations
 
-import os
 import shutil
 import signal
 import subprocess
@@ -24,24 +23,17 @@ import keras
 import pytest
 
 from kerascope.testing import cat_and_coffee
-from kerascope.training import devices as placing
 
 from .serve_server import free_port
+from .test_train_devices import _env
 
 jax_only = pytest.mark.skipif(keras.backend.backend() != "jax", reason="JAX's processes")
 
 
 @pytest.fixture(scope="module")
 def photos(tmp_path_factory) -> Path:
-    """Cat and coffee crops of real photos: 26 training images, 6 validation (val_split 0.2)."""
+    """test_train_devices' photos: 26 training and 6 validation crops of the cat and coffee."""
     return cat_and_coffee(tmp_path_factory.mktemp("photos"), n=16, size=40)
-
-
-def _env(**extra: str) -> dict[str, str]:
-    env = {**os.environ, "KERAS_BACKEND": "jax", "PYTHONUNBUFFERED": "1", **extra}
-    for name in placing.ENV.values():
-        env.pop(name, None)
-    return env
 
 
 def _start_pair(photos: Path, tmp_path: Path, failing: int, own: Path | None = None):
