@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +14,12 @@ import pytest
 from . import scheduling
 
 os.environ.setdefault("KERAS_BACKEND", "jax")  # plain `import keras` would default to TF
+
+# A suite started in the background by a non-interactive shell (`make test &`) inherits SIGINT
+# ignored, and so would every process a test starts: the Ctrl-C tests would then send a signal
+# nobody receives. Python's own handler here means SIGINT is default again after their exec.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def pytest_configure(config):
