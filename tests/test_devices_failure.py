@@ -37,13 +37,14 @@ def photos(tmp_path_factory) -> Path:
 
 
 def _start_pair(photos: Path, tmp_path: Path, failing: int, own: Path | None = None):
-    """Both processes of a 40-epoch LeNet run on 127.0.0.1, process ``failing`` on ``own``
+    """Both processes of a 400-epoch LeNet run on 127.0.0.1, process ``failing`` on ``own``
     (a copy of the dataset) with no decode cache, each with its own TMPDIR; returns the
-    processes and the run directory once process 0 has saved an epoch."""
+    processes and the run directory once process 0 has saved an epoch. (With a warm
+    compilation cache 40 epochs ended before the test's signal reached them.)"""
     run, port = tmp_path / "run", free_port()
     no_cache = tmp_path / "home-is-a-file"
     no_cache.write_text("")
-    args = ["--recipe", "lenet", "--engine", "keras", "--epochs", "40", "--patience", "40",
+    args = ["--recipe", "lenet", "--engine", "keras", "--epochs", "400", "--patience", "400",
             "--batch-size", "8", "--image-size", "32", "-o", str(run)]  # fmt: skip
     procs = []
     for i in (0, 1):
