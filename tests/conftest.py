@@ -143,3 +143,53 @@ def jax_compiles():
 
     with count_compiles() as counter:
         yield counter
+
+
+# --- one load of each zoo model for read-only commands run in-process ---------------------
+
+_ZOO_MODELS: dict[str, object] = {}  # zoo name -> Classifier, loaded once per session
+
+
+@pytest.fixture
+def shared_zoo_models():
+    """Commands run in-process (``cli.main``, ``run_batch``, ``validate`` ...) that load a zoo
+    model by name get one session-wide load of it (real weights) instead of building it and
+    reading its weights again: 2-5 s per command, most of an in-process CLI test's time.
+
+    Each call returns its own `Classifier` (own ``extra``, so a ``precision`` stays with its
+    command) around the shared Keras model. Only for read-only commands: never in tests that
+    train, change weights, or check what loading itself prints or refuses (a file, other
+    weights, or a name the zoo does not know still go to the real `load_model`).
+    """
+    import dataclasses
+    import sys
+
+    from kerascope.zoo import models, registry
+
+    real = models.load_model
+
+    def load_model(name_or_path=models.DEFAULT_MODEL, weights=None, precision=None):
+        text = str(name_or_path)
+        if precision is not None or weights is not None or text.endswith(".keras"):
+            return real(name_or_path, weights, precision)  # precision: loads through this one
+        if Path(text).exists():
+            return real(name_or_path, weights)
+        try:
+            registry.get(text)
+        except Exception:
+            return real(name_or_path, weights)  # the real one-line refusal
+        if text not in _ZOO_MODELS:
+            _ZOO_MODELS[text] = real(text)
+        base = _ZOO_MODELS[text]
+        return dataclasses.replace(base, labels=list(base.labels), extra={})
+
+    def rebind(old, new) -> None:  # and in the modules that bound it at import
+        for name, module in list(sys.modules.items()):
+            if name.startswith("kerascope") and getattr(module, "load_model", None) is old:
+                module.load_model = new
+
+    rebind(real, load_model)
+    try:
+        yield load_model
+    finally:  # modules first imported during the test bound this one: they get the real one
+        rebind(load_model, real)

@@ -112,7 +112,7 @@ def test_bad_files_get_their_own_row_and_the_rest_is_classified(lite0, messy_fol
     assert "not an image" in results["notes.jpg"].error
 
 
-def test_cli_json_reports_failures_and_exits_nonzero(messy_folder, capsys):
+def test_cli_json_reports_failures_and_exits_nonzero(messy_folder, capsys, shared_zoo_models):
     code = main(["classify", str(messy_folder), "--format", "json", "--top", "2"])
     captured = capsys.readouterr()
     data = json.loads(captured.out)
@@ -125,7 +125,7 @@ def test_cli_json_reports_failures_and_exits_nonzero(messy_folder, capsys):
     assert "3 of 5" in captured.err
 
 
-def test_cli_csv_to_file_glob_and_threshold(tmp_path, photo_paths, capsys):
+def test_cli_csv_to_file_glob_and_threshold(tmp_path, photo_paths, capsys, shared_zoo_models):
     out = tmp_path / "out.csv"
     pattern = str(photo_paths["chelsea"].parent / "c*e*.png")  # chelsea, coffee
     code = main(["classify", pattern, "-f", "csv", "-o", str(out), "--threshold", "0.05"])
@@ -137,7 +137,7 @@ def test_cli_csv_to_file_glob_and_threshold(tmp_path, photo_paths, capsys):
     assert {"image", "rank", "class_id", "name", "probability", "error"} == set(rows[0])
 
 
-def test_cli_table_and_missing_path(photo_paths, capsys):
+def test_cli_table_and_missing_path(photo_paths, capsys, shared_zoo_models):
     code = main(["classify", str(photo_paths["chelsea"]), "/no/such/photo.jpg", "-k", "1"])
     out = capsys.readouterr().out
     assert code == 1

@@ -199,7 +199,7 @@ def test_cli_fit_choice_is_one_line(command, capsys):
 
 
 def test_cli_explain_fit_crop_labels_classify_s_class_and_says_what_the_model_saw(
-    lite0, photo_paths, tmp_path, capsys
+    lite0, photo_paths, tmp_path, capsys, shared_zoo_models
 ):
     """The CLI passes --fit through: its printed class is the crop's (classify's), and the
     picture's overlay is the photo outside the outlined crop."""

@@ -35,8 +35,9 @@ def test_printable_escapes_controls_and_keeps_unicode():
     assert printable("kätzchen 猫 🐈 naïve — “x”") == "kätzchen 猫 🐈 naïve — “x”"
 
 
-def test_classify_table_and_notes_show_escapes_json_keeps_name(photo_paths, tmp_path,
-                                                               monkeypatch, capsys):  # fmt: skip
+def test_classify_table_and_notes_show_escapes_json_keeps_name(
+    photo_paths, tmp_path, monkeypatch, capsys, shared_zoo_models
+):
     monkeypatch.chdir(tmp_path)
     name = f"cat{CLEAR}{TITLE} kätzchen.png"
     shutil.copy(photo_paths["chelsea"], tmp_path / name)
@@ -61,7 +62,7 @@ def test_classify_table_and_notes_show_escapes_json_keeps_name(photo_paths, tmp_
 
 
 def test_missing_inputs_and_one_line_errors_show_escapes(photo_paths, tmp_path, monkeypatch,
-                                                         capsys):  # fmt: skip
+                                                         capsys, shared_zoo_models):  # fmt: skip
     monkeypatch.chdir(tmp_path)
     assert main(["classify", f"gone{CLEAR}.png"]) == 1  # a row for the missing input
     out, err = capsys.readouterr()

@@ -55,7 +55,9 @@ def test_tta_is_the_mean_over_the_stated_views(lite0, photo_paths, crops, flip, 
     assert changed > 1e-2  # the views changed the answer (chelsea's cat classes move)
 
 
-def test_evaluate_predict_and_classify_say_tta_was_used(lite0, photo_paths, tmp_path, capsys):
+def test_evaluate_predict_and_classify_say_tta_was_used(
+    lite0, photo_paths, tmp_path, capsys, shared_zoo_models
+):
     from kerascope.cli import main
     from kerascope.evaluation import evaluate
     from kerascope.prediction import predict

@@ -151,7 +151,7 @@ def test_chelsea_is_a_cat_with_the_sum_of_the_cat_classes(lite0, chelsea, chelse
 
 
 @pytest.mark.slow
-def test_cli_classify_group_json(photo_paths, capsys):
+def test_cli_classify_group_json(photo_paths, capsys, shared_zoo_models):
     from kerascope.cli import main
 
     code = main(["classify", str(photo_paths["chelsea"]), "--group", "-k", "2", "-f", "json"])
@@ -226,7 +226,7 @@ def test_merged_model_runs_on_the_cpu_engine_with_the_summed_probability(lite0, 
 
 
 @pytest.mark.slow
-def test_batch_explain_takes_a_group(lite0, photo_paths, tmp_path):
+def test_batch_explain_takes_a_group(lite0, photo_paths, tmp_path, shared_zoo_models):
     import pyarrow.parquet as pq
 
     from kerascope.cam.explain import explain
