@@ -284,7 +284,7 @@ def test_file_problem_names_a_symlink_loop(loops):
 
 
 @pytest.mark.slow  # 12 s: three CLI runs
-def test_classify_reports_symlink_loops_given_walked_or_globbed(loops, capsys):
+def test_classify_reports_symlink_loops_given_walked_or_globbed(loops, capsys, shared_zoo_models):
     from kerascope.cli import main
 
     for inputs in ([str(loops / "self.jpg"), str(loops / "cat.png")], [str(loops)],
@@ -298,7 +298,9 @@ def test_classify_reports_symlink_loops_given_walked_or_globbed(loops, capsys):
         assert len(rows) - len(errors) == 1  # the cat is still classified
 
 
-def test_loops_without_an_image_suffix_are_reported_as_loops_not_skipped(loops, capsys):
+def test_loops_without_an_image_suffix_are_reported_as_loops_not_skipped(
+    loops, capsys, shared_zoo_models
+):
     """A link loop has no kind: walking a folder or a glob must not count it as a non-image."""
     from kerascope.cli import main
     from kerascope.images import expand_inputs

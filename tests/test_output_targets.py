@@ -188,7 +188,9 @@ def test_a_directory_a_socket_and_a_link_loop_are_refused_before_writing(tmp_pat
     assert sorted(p.name for p in tmp_path.iterdir()) == ["loop", "results", "s.sock"]
 
 
-def test_classify_json_into_a_fifo_through_the_cli(tmp_path, photo_paths, capsys):
+def test_classify_json_into_a_fifo_through_the_cli(
+    tmp_path, photo_paths, capsys, shared_zoo_models
+):
     from kerascope.cli import main
 
     fifo = tmp_path / "results.fifo"

@@ -23,7 +23,7 @@ def test_percent(p, shown):
     assert output.percent(p) == shown
 
 
-def test_classify_table_shows_small_probabilities_as_such(photo_paths, capsys):
+def test_classify_table_shows_small_probabilities_as_such(photo_paths, capsys, shared_zoo_models):
     """Chelsea's 30th class has ~0.04 % on the real Lite0: the table says so, in percent."""
     assert main(["classify", str(photo_paths["chelsea"]), "-k", "30"]) == 0
     cells = re.findall(r"(<?\d+(?:\.\d+)?%)\s*[┃│|]?\s*$", capsys.readouterr().out, re.M)
