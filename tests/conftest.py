@@ -193,3 +193,14 @@ def shared_zoo_models():
         yield load_model
     finally:  # modules first imported during the test bound this one: they get the real one
         rebind(load_model, real)
+
+
+@pytest.fixture(scope="session")
+def lite0_server():
+    """A real `kerascope serve` with its defaults (Lite0; batches of up to 32 gathered for up to
+    5 ms), started once per session for the modules that only send it requests (test_serve_load,
+    test_serve_browser): each start is a new interpreter plus a model load. Its base URL."""
+    from tests.serve_server import running_server
+
+    with running_server() as url:
+        yield url

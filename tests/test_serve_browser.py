@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.serve_server import httpx, running_server
+from tests.serve_server import httpx
 
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 ARTIFACTS = Path(__file__).parent / "artifacts"
@@ -26,9 +26,8 @@ webdriver = pytest.importorskip("selenium.webdriver", reason="needs selenium (th
 
 
 @pytest.fixture(scope="module")
-def server():
-    with running_server() as url:
-        yield url
+def server(lite0_server):
+    return lite0_server  # the session's default server (conftest)
 
 
 @pytest.fixture(scope="module")
