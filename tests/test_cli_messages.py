@@ -115,32 +115,58 @@ def _ascii_env(variant: str) -> tuple[list[str], dict[str, str]]:
     return [sys.executable], env
 
 
+# One interpreter per locale runs every command of that locale (its arguments decoded from the
+# command line as the locale says, commands separated by NEXT), each command's stdout into its
+# own file (fd 1 swapped between commands; sys.stdout keeps the encoding the locale gave it).
+NEXT = "--next-command--"
+_COMMANDS_IN_ONE_PROCESS = f"""
+import json, os, sys
+from kerascope.cli import main
+codes, argvs = [], [[]]
+for arg in sys.argv[1:]:
+    argvs.append([]) if arg == "{NEXT}" else argvs[-1].append(arg)
+for i, argv in enumerate(argvs):
+    sys.stdout.flush()
+    fd = os.open(f"stdout-{{i}}", os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+    os.dup2(fd, 1)
+    os.close(fd)
+    codes.append(main(argv))
+    sys.stdout.flush()
+with open("codes.json", "w") as fh:
+    json.dump(codes, fh)
+"""
+
+
 @pytest.mark.parametrize(
-    "variant, fmt, to_file",
-    [("C", "table", False), ("C", "json", False), ("C", "csv", True), ("ascii", "table", False)],
-)
-def test_non_utf8_locales_print_replacements_and_write_utf8(run_dir, tmp_path, variant, fmt,
-                                                            to_file):  # fmt: skip
+    "variant, runs",
+    [("C", [("table", False), ("json", False), ("csv", True)]), ("ascii", [("table", False)])],
+)  # fmt: skip
+def test_non_utf8_locales_print_replacements_and_write_utf8(run_dir, tmp_path, variant, runs):
     picture(tmp_path / UNICODE_NAME)
     picture(tmp_path / "plain.png", 1)
     python, env = _ascii_env(variant)
-    command = [*python, "-m", "kerascope", "classify", UNICODE_NAME, "plain.png", "-k", "1",
-               "-m", str(run_dir), "-f", fmt]  # fmt: skip
-    if to_file:
-        command += ["-o", "out ü.csv"]
-    done = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, timeout=300)
+    commands = []
+    for fmt, to_file in runs:
+        commands += [*([NEXT] if commands else []), "classify", UNICODE_NAME, "plain.png",
+                     "-k", "1", "-m", str(run_dir), "-f", fmt]  # fmt: skip
+        commands += ["-o", "out ü.csv"] if to_file else []
+    done = subprocess.run([*python, "-c", _COMMANDS_IN_ONE_PROCESS, *commands], cwd=tmp_path,
+                          env=env, capture_output=True, timeout=300)  # fmt: skip
     err = done.stderr.decode("utf-8", "replace")
     assert done.returncode == 0 and "Traceback" not in err, err
-    out = done.stdout.decode("ascii")  # nothing but ASCII reaches an ASCII terminal
-    if fmt == "table":
-        assert "k?tzchen ?.png" in out and any(c in out for c in CLASSES)
-        widths = {len(line) for line in out.splitlines()}
-        assert len(widths) == 1  # the replacement keeps the columns aligned
-    elif fmt == "json":
-        assert [d["image"] for d in json.loads(out)] == [UNICODE_NAME, "plain.png"]
-    else:
-        rows = list(csv.DictReader((tmp_path / "out ü.csv").open(encoding="utf-8", newline="")))
-        assert [r["image"] for r in rows] == [UNICODE_NAME, "plain.png"]
+    assert json.loads((tmp_path / "codes.json").read_text()) == [0] * len(runs), err
+    for i, (fmt, _) in enumerate(runs):
+        out = (tmp_path / f"stdout-{i}").read_bytes().decode("ascii")  # nothing but ASCII
+        if fmt == "table":
+            assert "k?tzchen ?.png" in out and any(c in out for c in CLASSES)
+            widths = {len(line) for line in out.splitlines()}
+            assert len(widths) == 1  # the replacement keeps the columns aligned
+        elif fmt == "json":
+            assert [d["image"] for d in json.loads(out)] == [UNICODE_NAME, "plain.png"]
+        else:
+            rows = list(csv.DictReader((tmp_path / "out ü.csv").open(encoding="utf-8",
+                                                                      newline="")))  # fmt: skip
+            assert [r["image"] for r in rows] == [UNICODE_NAME, "plain.png"]
 
 
 # --- file names that start with '-' -------------------------------------------------------
