@@ -119,11 +119,12 @@ def test_preview_labels_each_tile_with_its_operations(chelsea, tmp_path):
     assert (tmp_path / "out" / "grid.jpg").is_file()
 
 
-@pytest.mark.slow  # ~30 s: the prefix runs per batch (augmented)
+@pytest.mark.slow  # the prefix runs per batch (augmented)
 def test_a_run_with_trivialaugment_learns_real_photos(crops, tmp_path):  # noqa: F811
     from kerascope.training import train
 
-    run = train(crops, recipe="transfer", output=tmp_path / "run", epochs=3, image_size=64,
+    # two epochs (was 3): validation accuracy 1.0 after each (asked 0.75)
+    run = train(crops, recipe="transfer", output=tmp_path / "run", epochs=2, image_size=64,
                 batch_size=16, augment=AugmentConfig(0, 0, 0, 0, 0, policy="trivialaugment"),
                 progress=False, lr=3e-3)  # fmt: skip
     assert run.val_accuracy >= 0.75, run.history

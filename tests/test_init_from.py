@@ -22,7 +22,8 @@ SMALL = dict(image_size=64, batch_size=16, augment=False, progress=False)
 @pytest.fixture(scope="module")
 def transfer_run(crops, tmp_path_factory):  # noqa: F811
     out = tmp_path_factory.mktemp("transfer") / "run"
-    return train(crops, recipe="transfer", output=out, epochs=2, lr=3e-3, **SMALL)
+    # one epoch (was 2): validation accuracy 1.0, and the fine-tune from it 1.0 (asked 0.75)
+    return train(crops, recipe="transfer", output=out, epochs=1, lr=3e-3, **SMALL)
 
 
 class FirstWeights(keras.callbacks.Callback):
