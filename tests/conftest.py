@@ -151,15 +151,16 @@ _ZOO_MODELS: dict[str, object] = {}  # zoo name -> Classifier, loaded once per s
 
 
 @pytest.fixture
-def shared_zoo_models():
+def shared_zoo_models(lite0):
     """Commands run in-process (``cli.main``, ``run_batch``, ``validate`` ...) that load a zoo
     model by name get one session-wide load of it (real weights) instead of building it and
     reading its weights again: 2-5 s per command, most of an in-process CLI test's time.
 
     Each call returns its own `Classifier` (own ``extra``, so a ``precision`` stays with its
-    command) around the shared Keras model. Only for read-only commands: never in tests that
-    train, change weights, or check what loading itself prints or refuses (a file, other
-    weights, or a name the zoo does not know still go to the real `load_model`).
+    command) around the shared Keras model; Lite0's is the session's `lite0` fixture's model.
+    Only for read-only commands: never in tests that train, change weights, or check what
+    loading itself prints or refuses (a file, other weights, or a name the zoo does not know
+    still go to the real `load_model`).
     """
     import dataclasses
     import sys
@@ -167,6 +168,7 @@ def shared_zoo_models():
     from kerascope.zoo import models, registry
 
     real = models.load_model
+    _ZOO_MODELS.setdefault(lite0.name, lite0)
 
     def load_model(name_or_path=models.DEFAULT_MODEL, weights=None, precision=None):
         text = str(name_or_path)
