@@ -5,6 +5,10 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip install -q --disable-pip-version-check
 PHOTOS := chelsea.png coffee.png astronaut.png rocket.jpg
+# Some machines set PYTHONDONTWRITEBYTECODE: then every pytest process (each xdist worker, the
+# torch run) re-rewrites the assertions of all ~90 test modules (about 5 s of CPU each) and every
+# subprocess a test starts recompiles kerascope's sources. The caches go to ignored __pycache__/.
+unexport PYTHONDONTWRITEBYTECODE
 
 .PHONY: demo test test-fast lint bench install install-test clean
 
