@@ -193,6 +193,37 @@ def test_finetune_resumes_in_its_second_stage(shapes, tmp_path):
     assert not any(n.startswith("bn") or "_bn" in n for n in trainable)  # BN stays frozen
 
 
+def test_weights_files_build_no_reference_layer_per_layer(tmp_path, monkeypatch):
+    """Keras 3's ``get_attr_skipset`` stores its set under another key than it reads, so every
+    layer saved or loaded built a reference ``Layer()``: ~40 % of each per-epoch weights file
+    (checkpoints.fast_keras_saving). Now none is built, and the file still round-trips."""
+    from keras.src.layers import layer as layer_module
+
+    from kerascope.training.checkpoints import weights_h5
+    from kerascope.training.recipes import build_model
+
+    model = build_model(get_recipe("lenet"), 3, (16, 16), None, seed=0)
+    weights_h5(model)  # the first save in a process computes each set once
+    built = []
+
+    class Counting(layer_module.Layer):
+        def __init__(self, *args, **kwargs):
+            built.append(type(self))
+            super().__init__(*args, **kwargs)
+
+    monkeypatch.setattr(layer_module, "Layer", Counting)  # what get_attr_skipset imports
+    data = weights_h5(model)
+    path = tmp_path / "saved.weights.h5"
+    path.write_bytes(data)
+    model.load_weights(path)
+    monkeypatch.undo()
+    assert built == []
+    other = build_model(get_recipe("lenet"), 3, (16, 16), None, seed=1)
+    other.load_weights(path)
+    for got, want in zip(other.get_weights(), model.get_weights(), strict=True):
+        np.testing.assert_array_equal(got, want)
+
+
 def test_models_take_raw_pixels_and_carry_no_augmentation():
     """Augmentation is the trainers' (kerascope.data.augment), never a layer: what trains is
     what is saved; a model switched to bfloat16 for training is saved in float32."""

@@ -64,6 +64,7 @@ class Backup(keras.callbacks.Callback):
         optimizer = getattr(self.model, "optimizer", None)
         if optimizer is not None and not optimizer.built:
             optimizer.build(self.model.trainable_variables)  # its slots must exist to load
+        fast_keras_saving()
         self.model.load_weights(self.folder / meta["weights"])
         seeds = self.folder / meta["seeds"]
         states = self._seed_states()
@@ -127,6 +128,26 @@ class BestCheckpoint(keras.callbacks.Callback):
         self.best = float(value)
 
 
+def fast_keras_saving() -> None:
+    """Make Keras's weight saving and loading remember which attributes it skips.
+
+    Why: Keras 3 (``saving_lib.get_attr_skipset``, up to at least 3.15) stores that set under
+    ``saving_attr_skipset_<type>`` but looks it up under ``saving_attr_skiplist_<type>``, so
+    it builds a reference ``Layer()`` and lists its attributes again for every layer saved or
+    loaded: ~40 % of the CPU time of each ``.weights.h5`` and ``.keras`` written or read
+    (0.73 -> 0.45 s per epoch's best-weights file of a two-backbone ensemble). The set it
+    computes is the same each time, so it is stored once under the key it is read by. Keras's
+    global state is per thread and ``clear_session`` empties it: called again before saving.
+    """
+    from keras.src.backend.common import global_state
+    from keras.src.saving import saving_lib
+
+    for kind in ("Operation", "Layer", "Functional", "Sequential", "Metric", "Optimizer", "Loss"):
+        key = f"saving_attr_skiplist_{kind}"
+        if global_state.get_global_attribute(key) is None:
+            global_state.set_global_attribute(key, saving_lib.get_attr_skipset(kind))
+
+
 class _Memory(io.BytesIO):
     """An in-memory ``.weights.h5`` for Keras (which checks the name's suffix)."""
 
@@ -141,6 +162,7 @@ def weights_h5(model: Any, meta: dict[str, Any] | None = None) -> bytes:
     import h5py
     from keras.src.saving import saving_lib
 
+    fast_keras_saving()
     buffer = _Memory()
     saving_lib.save_weights_only(model, buffer)
     if meta is not None:

@@ -18,7 +18,7 @@ from kerascope.files import atomic_path, remove_stale_temps
 from kerascope.report import plot_curves, read_history, write_run_report
 from kerascope.rundir import write_state
 from kerascope.training import recipes
-from kerascope.training.checkpoints import read_best
+from kerascope.training.checkpoints import fast_keras_saving, read_best
 
 
 def finish_run(model, run_dir: Path, config: dict, summary: str, trained_here: bool
@@ -39,6 +39,7 @@ def _save_final_model(model, run_dir: Path, trained_here: bool):
     the best weights are gone; RunError rather than saving untrained weights."""
     best = run_dir / "best.weights.h5"
     path = run_dir / "model.keras"
+    fast_keras_saving()
     if best.is_file():
         model.load_weights(best)
     elif path.is_file():

@@ -52,6 +52,7 @@ from kerascope.rundir import (  # noqa: E402
 from kerascope.training import devices as placing  # noqa: E402
 from kerascope.training import recipes  # noqa: E402
 from kerascope.training import resume as resuming  # noqa: E402
+from kerascope.training.checkpoints import fast_keras_saving  # noqa: E402
 from kerascope.training.finish import finish_run, remove_leftovers  # noqa: E402
 from kerascope.training.heads import UnfreezeSpec  # noqa: E402
 from kerascope.training.outputs import check_task, task_of  # noqa: E402
@@ -341,6 +342,7 @@ def _train(run_dir: Path, config: dict[str, Any], resumed: bool, engine: str | N
     from kerascope.data import make_sequences, scan_dataset
 
     started = time.monotonic()  # a time budget counts from here
+    fast_keras_saving()  # the backbones' weights load faster too
     dataset = scan_dataset(config["data"], config["val_split"], config["seed"], config["skip_bad"])
     if resumed and dataset.classes != config["classes"]:
         raise RunError(f"classes in '{config['data']}' changed since '{run_dir}' started: "
