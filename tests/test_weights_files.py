@@ -43,14 +43,15 @@ def write_keras_file(spec, include_top: bool, seed: int) -> list[np.ndarray]:
     import keras
     from keras.src.legacy.saving import legacy_h5_format
 
-    from kerascope.zoo.fast_init import numpy_init
-
-    with numpy_init():
+    # Shapes first (in a StatelessScope Keras defers every variable's value), then each float
+    # variable gets its seeded value: drawn once, not drawn by an initializer and replaced.
+    with keras.StatelessScope(initialize_variables=False):
         model = spec.builder_fn()(weights=None, include_top=include_top)
     rng = np.random.default_rng(seed)
     for variable in model.weights:
         if "float" in str(variable.dtype):
-            variable.assign(rng.standard_normal(variable.shape).astype(variable.dtype))
+            value = rng.standard_normal(variable.shape, dtype=np.float32)
+            variable.assign(value.astype(variable.dtype, copy=False))
     path = cached_file(spec, include_top)
     with h5py.File(path, "w") as f:
         legacy_h5_format.save_weights_to_hdf5_group(f, model)
