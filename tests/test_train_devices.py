@@ -45,6 +45,17 @@ def _env(**extra: str) -> dict[str, str]:
     return env
 
 
+@pytest.fixture
+def reap():
+    """A list for the processes a test starts: those still running at its end are killed."""
+    procs: list[subprocess.Popen] = []
+    yield procs
+    for p in procs:
+        if p.poll() is None:
+            p.kill()
+            p.communicate()
+
+
 def _files(run: Path) -> set[str]:
     return {str(p.relative_to(run)) for p in run.rglob("*")}
 
@@ -211,20 +222,21 @@ def test_two_virtual_devices_train_the_one_device_weights(photos, tmp_path):
 
 @jax_only
 @pytest.mark.slow
-def test_two_processes_train_together_and_only_process_0_writes(photos, tmp_path):
+@pytest.mark.keras_init  # the reference run draws its weights as a `kerascope` process does
+def test_two_processes_train_together_and_only_process_0_writes(photos, tmp_path, capsys):
     """Two real processes on 127.0.0.1 (gloo CPU collectives): the history equals one
     process's run; process 1 writes nothing under the shared output path; each process (its
-    own KERASCOPE_HOME, as on two machines) decoded and cached only the rows it fed."""
+    own KERASCOPE_HOME, as on two machines) decoded and cached only the rows it fed. The
+    one-process reference trains in this process while the pair runs (a third process cost
+    ~5 s of imports)."""
     common = ["train", str(photos), "--recipe", "lenet", "--engine", "keras", "--epochs", "2",
               "--batch-size", "8", "--image-size", "32", "--seed", "0"]  # fmt: skip
-    kerascope = [sys.executable, "-m", "kerascope"]
     single = tmp_path / "single"
-    alone = subprocess.run([*kerascope, *common, "-o", str(single)], env=_env(),
-                           capture_output=True, text=True, timeout=600)  # fmt: skip
-    assert alone.returncode == 0, alone.stderr[-3000:]
     run = tmp_path / "pair"
     homes = [tmp_path / "home0", tmp_path / "home1"]
-    codes, outs = _pair([*common, "-o", str(run)], [*common, "-o", str(run)], homes)
+    pair = _start_pair([*common, "-o", str(run)], [*common, "-o", str(run)], homes)
+    assert main([*common, "-o", str(single)]) == 0, capsys.readouterr().err[-3000:]
+    codes, outs = _finish_pair(pair)
     assert codes == [0, 0], outs[0][1][-2000:] + outs[1][1][-2000:]
     pair, ref = _history(run), _history(single)
     assert len(pair) == len(ref) == 2
@@ -253,14 +265,28 @@ def _pair(args0: list[str], args1: list[str], homes: list[Path] | None = None,
     """``kerascope ARGS --coordinator 127.0.0.1:PORT --num-processes 2 --process-id I`` for
     I = 0, 1 at once (with ``homes``, each its own KERASCOPE_HOME): their exit codes and
     (stdout, stderr)."""
+    return _finish_pair(_start_pair(args0, args1, homes))
+
+
+def _start_pair(args0: list[str], args1: list[str], homes: list[Path] | None = None,
+                ) -> list[subprocess.Popen]:  # fmt: skip
+    """`_pair`'s two processes, started; `_finish_pair` waits for them."""
     port = free_port()
     envs = [_env(KERASCOPE_HOME=str(h)) for h in homes] if homes else [_env(), _env()]
-    procs = [subprocess.Popen([sys.executable, "-m", "kerascope", *args, "--coordinator",
-                               f"127.0.0.1:{port}", "--num-processes", "2", "--process-id",
-                               str(i)], env=envs[i], stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True)
-             for i, args in enumerate((args0, args1))]  # fmt: skip
-    outs = [p.communicate(timeout=600) for p in procs]
+    return [subprocess.Popen([sys.executable, "-m", "kerascope", *args, "--coordinator",
+                              f"127.0.0.1:{port}", "--num-processes", "2", "--process-id",
+                              str(i)], env=envs[i], stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
+            for i, args in enumerate((args0, args1))]  # fmt: skip
+
+
+def _finish_pair(procs: list[subprocess.Popen]) -> tuple[list[int], list[tuple[str, str]]]:
+    try:
+        outs = [p.communicate(timeout=600) for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
     return [p.returncode for p in procs], outs
 
 
@@ -281,7 +307,7 @@ def test_processes_started_with_other_options_both_refuse_naming_it(photos, tmp_
 
 @jax_only
 @pytest.mark.slow
-def test_process_0_refused_before_training_stops_the_others_at_once(photos, tmp_path):
+def test_process_0_refused_before_training_stops_the_others_at_once(photos, tmp_path, reap):
     """Process 0's output folder holds someone's files (process 1's, on its own machine, is
     new): process 0 refuses as alone, and process 1 stops at once with one line giving
     process 0's reason, instead of waiting in its first collective until JAX aborts both
@@ -291,6 +317,13 @@ def test_process_0_refused_before_training_stops_the_others_at_once(photos, tmp_
     (taken / "notes.txt").write_text("mine")
     common = ["train", str(photos), "--recipe", "lenet", "--image-size", "32", "--batch-size",
               "8"]  # fmt: skip
+    # the other way round (below: process 1 refused, its dataset path missing on its
+    # machine) starts at once, its pair beside this one
+    missing = tmp_path / "nowhere"
+    run = tmp_path / "run"
+    other_way = _start_pair(["train", str(photos), *common[2:], "-o", str(run)],
+                            ["train", str(missing), *common[2:], "-o", str(run)])  # fmt: skip
+    reap.extend(other_way)
     started = time.monotonic()
     codes, outs = _pair([*common, "-o", str(taken)], [*common, "-o", str(tmp_path / "fresh")])
     took = time.monotonic() - started
@@ -306,10 +339,7 @@ def test_process_0_refused_before_training_stops_the_others_at_once(photos, tmp_
     assert took < 60, took  # both started, refused and left: no heartbeat wait (100 s)
     assert _files(taken) == {"notes.txt"} and not (tmp_path / "fresh").exists()
     # the other way round: process 1 refused (its dataset path is missing on its machine)
-    missing = tmp_path / "nowhere"
-    run = tmp_path / "run"
-    codes, outs = _pair(["train", str(photos), *common[2:], "-o", str(run)],
-                        ["train", str(missing), *common[2:], "-o", str(run)])  # fmt: skip
+    codes, outs = _finish_pair(other_way)
     lines = [[line for line in err.splitlines() if line.startswith("kerascope:")]
              for _, err in outs]  # fmt: skip
     assert codes == [2, 2], outs
@@ -327,8 +357,9 @@ def test_a_killed_process_stops_the_other_with_one_line_and_both_resume(photos, 
     (its next collective fails) with one line saying to resume; `--resume` on both then
     finishes the run from the saved epoch."""
     run, port = tmp_path / "run", free_port()
-    args = ["train", str(photos), "--recipe", "lenet", "--engine", "keras", "--epochs", "40",
-            "--patience", "40", "--batch-size", "8", "--image-size", "32",
+    # 400 epochs: with a warm compilation cache a short run can end before the kill
+    args = ["train", str(photos), "--recipe", "lenet", "--engine", "keras", "--epochs", "400",
+            "--patience", "400", "--batch-size", "8", "--image-size", "32",
             "-o", str(run)]  # fmt: skip
     procs = [subprocess.Popen([sys.executable, "-m", "kerascope", *args, "--coordinator",
                                f"127.0.0.1:{port}", "--num-processes", "2", "--process-id",
@@ -338,7 +369,7 @@ def test_a_killed_process_stops_the_other_with_one_line_and_both_resume(photos, 
     deadline = time.monotonic() + 400
     while not (run / "history.csv").is_file() and time.monotonic() < deadline:
         assert procs[0].poll() is None, procs[0].communicate()[1][-2000:]
-        time.sleep(0.5)
+        time.sleep(0.05)
     procs[1].kill()
     procs[1].communicate()
     killed = time.monotonic()
