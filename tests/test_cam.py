@@ -90,10 +90,13 @@ def test_layer_inside_a_nested_base_model():
 
 def _ensemble():
     """Two branches of one zoo network (identical inner layer names) behind in-graph resizes,
-    each wrapped under its own name as ``bottleneck.build_body`` does; random weights."""
+    each wrapped under its own name as ``bottleneck.build_body`` does; random weights, seeded
+    (the same every session: compiled functions come from the JAX compilation cache)."""
     import keras
 
     from kerascope.zoo.models import build
+
+    keras.utils.set_random_seed(0)
 
     inputs = keras.Input((96, 96, 3), name="image")
     branches = []
@@ -367,6 +370,7 @@ def test_every_zoo_family_gives_a_finite_map(name, size, numpy_init):
     from kerascope.zoo.models import Classifier, build
 
     spec = registry.get(name)
+    keras.utils.set_random_seed(0)  # the same weights every session: cached compilations
     model = build(name, weights=None, input_shape=(size, size, 3))
     labels = [(str(i), str(i)) for i in range(1000)]
     clf = Classifier(model, name, (size, size), labels, cam_layer=spec.cam_layer)

@@ -116,9 +116,11 @@ def test_every_method_is_listed_with_its_cost_and_common_spellings_resolve():
 
 def _tiny(kind: str, size: int = 16):
     """A small random CNN whose class logit is linear in the target ``conv2``: ``flatten`` (a
-    Dense on every position) or ``skip`` (GAP + Dense over conv1 + conv2, a skip around it)."""
+    Dense on every position) or ``skip`` (GAP + Dense over conv1 + conv2, a skip around it).
+    Seeded (the same weights every session: compiled functions come from the JAX cache)."""
     import keras
 
+    keras.utils.set_random_seed(0)
     layers = keras.layers
     inputs = keras.Input((size, size, 3), name="image")
     x = layers.Rescaling(1 / 255.0)(inputs)

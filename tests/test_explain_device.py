@@ -17,9 +17,11 @@ GRADIENT_METHODS = ("gradcam", "gradcam++", "xgradcam", "hirescam", "layercam")
 
 
 def _tiny(head: str = "gap", classes: int = 5, size: int = 32):
-    """A small CNN (NumPy-drawn weights): GAP -> Dropout -> Dense, or Flatten -> Dense."""
+    """A small CNN (NumPy-drawn weights): GAP -> Dropout -> Dense, or Flatten -> Dense. Seeded:
+    the same weights in every session, so their compiled functions come from the JAX cache."""
     import keras
 
+    keras.utils.set_random_seed(0)
     layers = keras.layers
     inputs = keras.Input((size, size, 3), name="image")
     x = layers.Rescaling(1 / 255.0)(inputs)
