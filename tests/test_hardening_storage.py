@@ -283,7 +283,6 @@ def test_file_problem_names_a_symlink_loop(loops):
         load_image(loops / "a.jpg")
 
 
-@pytest.mark.slow  # 12 s: three CLI runs
 def test_classify_reports_symlink_loops_given_walked_or_globbed(loops, capsys, shared_zoo_models):
     from kerascope.cli import main
 
