@@ -191,6 +191,14 @@ def test_damaged_cache_without_its_package_is_one_clear_error(private_cache, mon
     assert str(path) in str(caught.value) and "\n" not in str(caught.value)
 
 
+@pytest.fixture(scope="module")
+def lite1_weights() -> Path:
+    """Lite1's ported weights from the session's cache: ported once, not once per case."""
+    from kerascope.zoo import registry, weights
+
+    return weights.resolve(registry.get("efficientnet_lite1"))
+
+
 @pytest.mark.parametrize(
     ("make", "reason"),
     [
@@ -200,14 +208,13 @@ def test_damaged_cache_without_its_package_is_one_clear_error(private_cache, mon
     ],
 )
 def test_bad_explicit_weights_file_is_one_line_naming_file_and_model(
-    private_cache, tmp_path, make, reason
+    lite1_weights, private_cache, tmp_path, make, reason
 ):
-    from kerascope.zoo import registry, weights
+    from kerascope.zoo import weights
     from kerascope.zoo.models import build
 
-    lite1 = weights.resolve(registry.get("efficientnet_lite1"))
     given = tmp_path / "mine.weights.h5"
-    make(lite1, given)
+    make(lite1_weights, given)
     model = "efficientnet_lite1" if reason != "belongs to another model" else LITE0
     with pytest.raises(weights.WeightsError) as caught:
         build(model, weights=given)
