@@ -54,14 +54,15 @@ def test_features_on_a_full_disk_stop_with_one_line_and_resume_once_freed(
     import kerascope.bottleneck as kf
     from kerascope.files import OutputError
 
-    reference = kf.extract_features(noise_dataset, [LITE0], output=tmp_path / "ref.h5")
+    small = dict(image_size=64)  # the rows are pooled (1280 floats) at any size: 64 px is cheap
+    reference = kf.extract_features(noise_dataset, [LITE0], output=tmp_path / "ref.h5", **small)
     with small_disk(4 << 20) as disk:
         if not disk.tmpfs:
             pytest.skip("needs a tmpfs (run as root)")
         out = disk.folder / "features.h5"
         _leave_free(disk.folder, 96 * 1024)  # 40 rows x 5 KB do not fit
         with pytest.raises(OutputError) as caught:
-            kf.extract_features(noise_dataset, [LITE0], output=out, batch_size=8)
+            kf.extract_features(noise_dataset, [LITE0], output=out, batch_size=8, **small)
         message = str(caught.value)
         assert "\n" not in message and str(out) in message and "no space left" in message
         assert "Traceback" not in capsys.readouterr().err  # h5py's own noise is kept quiet
@@ -71,10 +72,11 @@ def test_features_on_a_full_disk_stop_with_one_line_and_resume_once_freed(
             kf.FeatureStore(out)
 
         disk.free()
-        store = kf.extract_features(noise_dataset, [LITE0], output=out, batch_size=8)
-        got = store.load(LITE0)
+        store = kf.extract_features(noise_dataset, [LITE0], output=out, batch_size=8, **small)
+        got = store.load(LITE0, **small)
         assert store.info(store.keys()[0])["complete"]
-        np.testing.assert_allclose(got.features, reference.load(LITE0).features, atol=1e-5)
+        np.testing.assert_allclose(got.features, reference.load(LITE0, **small).features,
+                                   atol=1e-5)  # fmt: skip
 
 
 def test_features_completion_mark_only_after_verified_rows(noise_dataset, tmp_path, monkeypatch):
