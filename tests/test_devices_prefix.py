@@ -165,14 +165,29 @@ def test_a_process_precomputes_the_prefix_for_its_rows_only(photos):
                 assert fed[index] < sum(seen) <= len(items)  # new rows, each computed once
 
 
+@pytest.fixture
+def reap():
+    """A list for the processes a test starts: those still running at its end are killed."""
+    procs: list[subprocess.Popen] = []
+    yield procs
+    for p in procs:
+        if p.poll() is None:
+            p.kill()
+            p.communicate()
+
+
 @jax_only
 @pytest.mark.slow
-def test_two_processes_train_split_with_mixup_as_one(photos, tmp_path):
+@pytest.mark.keras_init  # the reference run draws its weights as a `kerascope` process does
+def test_two_processes_train_split_with_mixup_as_one(photos, tmp_path, capsys, reap):
     """Two real processes on 127.0.0.1, the split trainer (transfer: frozen prefix on the CPU
     engine, augmentation and mixup before it, validation precomputed): each runs the prefix
     on its own rows, reads its rows' mixup partners, and precomputes validation for its rows;
     the history equals one process's run within 1e-5 (before, a partner fed by the other
-    process was a black image)."""
+    process was a black image). The one-process reference trains in this process while the
+    pair runs (a third process cost ~5 s of imports)."""
+    from kerascope.cli import main
+
     from .serve_server import free_port
 
     common = ["train", str(photos), "--recipe", "transfer", "--epochs", "2", "--batch-size",
@@ -182,15 +197,14 @@ def test_two_processes_train_split_with_mixup_as_one(photos, tmp_path):
         env.pop(name, None)
     kerascope = [sys.executable, "-m", "kerascope"]
     single = tmp_path / "single"
-    alone = subprocess.run([*kerascope, *common, "-o", str(single)], env=env,
-                           capture_output=True, text=True, timeout=600)  # fmt: skip
-    assert alone.returncode == 0, alone.stderr[-3000:]
     run, port = tmp_path / "pair", free_port()
     procs = [subprocess.Popen([*kerascope, *common, "-o", str(run), "--coordinator",
                                f"127.0.0.1:{port}", "--num-processes", "2", "--process-id",
                                str(i)], env={**env, "KERASCOPE_HOME": str(tmp_path / f"h{i}")},
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
              for i in (0, 1)]  # fmt: skip
+    reap.extend(procs)
+    assert main([*common, "-o", str(single)]) == 0, capsys.readouterr().err[-3000:]
     outs = [p.communicate(timeout=600) for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outs[0][1][-2000:] + outs[1][1][-2000:]
     import csv
@@ -208,11 +222,17 @@ def test_two_processes_train_split_with_mixup_as_one(photos, tmp_path):
 
 @jax_only
 @pytest.mark.slow
-def test_two_processes_with_two_devices_each_shard_the_jax_prefix(photos, tmp_path):
+@pytest.mark.keras_init  # the reference run draws its weights as a `kerascope` process does
+def test_two_processes_with_two_devices_each_shard_the_jax_prefix(photos, tmp_path, monkeypatch,
+                                                                  reap):  # fmt: skip
     """Two processes on 127.0.0.1, two virtual CPU devices each, the prefix on JAX: each
     process runs it sharded over its own two devices (weights copied from the global,
     four-device arrays onto its devices), and one transfer epoch ends within 1e-5 of the
-    one-device weights."""
+    one-device weights (trained in this process, one CPU device, while the pair runs)."""
+    from kerascope.training import epochs as stage_epochs
+    from kerascope.training import run as training_run
+
+    from . import devices_prefix_worker
     from .serve_server import free_port
 
     worker = str(ROOT / "tests" / "devices_prefix_worker.py")
@@ -225,21 +245,19 @@ def test_two_processes_with_two_devices_each_shard_the_jax_prefix(photos, tmp_pa
                                str(i), str(port)], env=env, stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True)
              for i in (0, 1)]  # fmt: skip
-    one = subprocess.run([sys.executable, "-c", "import sys; sys.argv[1:] = []; "
-                          "import tests.devices_prefix_worker as w; import json; "
-                          f"print(json.dumps(w.transfer_run({str(photos)!r}, "
-                          f"{str(tmp_path / 'one')!r}, '1')))"],
-                         env={**env, "XLA_FLAGS": ""}, capture_output=True, text=True,
-                         timeout=600, cwd=ROOT)  # fmt: skip
+    reap.extend(procs)
+    monkeypatch.setenv("KERASCOPE_ENGINE", "keras")
+    for module, name in ((training_run, "use_split"), (stage_epochs, "prefix_forward")):
+        monkeypatch.setattr(module, name, getattr(module, name))  # transfer_run replaces them
+    single = devices_prefix_worker.transfer_run(str(photos), str(tmp_path / "one"), "1")
+    assert single["forwards"] == ["Forward"]  # one device: the plain forward
     outs = [p.communicate(timeout=600) for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outs[0][1][-2000:] + outs[1][1][-2000:]
-    assert one.returncode == 0, one.stderr[-2000:]
     got = [json.loads(out.strip().splitlines()[-1]) for out, _ in outs]
     assert [(g["local"], g["all"]) for g in got] == [(2, 4), (2, 4)]
     assert [g["forwards"] for g in got] == [["ShardedPrefix"], ["ShardedPrefix"]]
     import kerascope.zoo.preprocess  # noqa: F401  (registers the backbone's layer for loading)
 
-    single = json.loads(one.stdout.strip().splitlines()[-1])
     a = keras.saving.load_model(Path(single["run"]) / "model.keras")
     b = keras.saving.load_model(Path(got[0]["run"]) / "model.keras")
     pairs = list(zip(a.get_weights(), b.get_weights(), strict=True))

@@ -174,12 +174,14 @@ def test_killed_ray_worker_is_retried_and_every_path_is_written_once(
 
 @pytest.mark.slow  # 13 s
 def test_features_from_a_csv_listing_match_the_api(ray_local, photos, tmp_path):
+    """One actor (each loads kerascope and the model: ~5 s; two are the killed-worker test's
+    and the cluster's)."""
     paths = sorted(str(p) for p in photos.iterdir())
     listing = tmp_path / "list.csv"
     listing.write_text("path,label\n" + "".join(f"{p},x\n" for p in paths + paths[:2]))
     out = tmp_path / "features"
     report = run_batch("features", [str(listing)], out, cluster="local", block_size=5,
-                       layer="blocks_15_project_conv", pool="max")  # fmt: skip
+                       workers=1, layer="blocks_15_project_conv", pool="max")  # fmt: skip
     df = _read(out)
     assert sorted(df["image"]) == paths and report.inputs == 14  # listed twice, written once
     good = df[df["error"].isna()].sort_values("image")
@@ -195,10 +197,12 @@ def test_features_from_a_csv_listing_match_the_api(ray_local, photos, tmp_path):
 
 @pytest.mark.slow  # 12 s
 def test_explain_on_ray_writes_the_pictures_explain_writes(ray_local, photos, lite0, tmp_path):
+    """One actor, as features above."""
     from kerascope.cam.save import save_explanations
 
     inputs = [str(p) for p in sorted(photos.glob("c*_0.jpg"))] + [str(photos / "broken.jpg")]
-    mine = run_batch("explain", inputs, tmp_path / "ray", cluster="local", block_size=2)
+    mine = run_batch("explain", inputs, tmp_path / "ray", cluster="local", block_size=2,
+                     workers=1)  # fmt: skip
     saved = save_explanations(inputs, tmp_path / "single", lite0)
     index = _read(tmp_path / "ray" / "index")
     assert mine.inputs == len(inputs) == len(index) and mine.errors == 1
@@ -278,22 +282,33 @@ def _free_port() -> int:
 
 @pytest.fixture
 def two_nodes():
-    """Head (1 CPU) + a second node (1 CPU) on 127.0.0.1, each in its own temp dir."""
+    """Head (1 CPU) + a second node (1 CPU) on 127.0.0.1, each in its own temp dir. The
+    second node's ``ray start`` is under way when the test begins: ``join()`` waits for it."""
     ray_bin = str(Path(sys.executable).with_name("ray"))
     temp = tempfile.mkdtemp(prefix="krc", dir="/tmp")
     env = dict(os.environ, **RAY_ENV)
     port = _free_port()
     common = ["--num-cpus", "1", "--object-store-memory", str(100 * 2**20),
               "--disable-usage-stats", "--node-ip-address", "127.0.0.1"]  # fmt: skip
+    node2 = None
     try:
         subprocess.run([ray_bin, "start", "--head", "--port", str(port), "--temp-dir",
                         f"{temp}/head", "--include-dashboard=false", *common],
                        env=env, check=True, capture_output=True, timeout=180)  # fmt: skip
-        subprocess.run([ray_bin, "start", "--address", f"127.0.0.1:{port}", "--temp-dir",
-                        f"{temp}/node2", "--resources", '{"node2": 1}', *common],
-                       env=env, check=True, capture_output=True, timeout=180)  # fmt: skip
-        yield f"127.0.0.1:{port}", env
+        node2 = subprocess.Popen([ray_bin, "start", "--address", f"127.0.0.1:{port}",
+                                  "--temp-dir", f"{temp}/node2", "--resources", '{"node2": 1}',
+                                  *common], env=env, stdout=subprocess.PIPE,
+                                 stderr=subprocess.STDOUT, text=True)  # fmt: skip
+
+        def join() -> None:
+            out = node2.communicate(timeout=180)[0]
+            assert node2.returncode == 0, out[-3000:]
+
+        yield f"127.0.0.1:{port}", env, join
     finally:
+        if node2 is not None and node2.poll() is None:
+            node2.kill()
+            node2.communicate()
         _kill_marked(temp)  # `ray stop` would stop every Ray on the machine; these are ours
         time.sleep(1)
         _kill_marked(temp)
@@ -302,11 +317,14 @@ def two_nodes():
 
 @pytest.mark.slow
 def test_cluster_cli_resumes_after_the_driver_is_killed(two_nodes, photos, single, tmp_path):
-    address, env = two_nodes
+    """The first driver (one worker: it is killed at its first shard) starts while the second
+    node joins; the rerun, on both nodes, resumes it."""
+    address, env, join = two_nodes
     out = tmp_path / "out"
     cmd = [*_cli_command(), "batch", "classify", str(photos), "-o", str(out), "--top", str(TOP),
            "--block-size", "1", "--batch-size", "4", "--ray", address]  # fmt: skip
-    driver = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    driver = subprocess.Popen([*cmd, "--workers", "1"], env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT)  # fmt: skip
     try:
         assert _first_shard(out, timeout=300) is not None, driver.communicate()[0][-2000:]
         driver.kill()
@@ -316,6 +334,7 @@ def test_cluster_cli_resumes_after_the_driver_is_killed(two_nodes, photos, singl
             driver.kill()
     before = {p: p.stat().st_mtime_ns for p in out.glob("part-*.parquet")}
     assert 0 < len(before) < 14  # stopped part-way
+    join()  # both nodes up
     rerun = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert rerun.returncode == 1, rerun.stderr[-3000:]  # 1: two inputs have error rows
     assert "done before" in rerun.stderr and "2 worker(s)" in rerun.stderr
