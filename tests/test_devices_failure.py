@@ -57,22 +57,32 @@ def _start_pair(photos: Path, tmp_path: Path, failing: int, own: Path | None = N
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True))  # fmt: skip
     deadline = time.monotonic() + 400
     while not (run / "history.csv").is_file() and time.monotonic() < deadline:
-        assert all(p.poll() is None for p in procs), [p.communicate()[1][-2000:] for p in procs]
-        time.sleep(0.5)
-    assert (run / "history.csv").is_file()
+        if not all(p.poll() is None for p in procs):
+            pytest.fail(f"a process ended before an epoch was saved: {_stop(procs)}")
+        time.sleep(0.05)
+    if not (run / "history.csv").is_file():
+        pytest.fail(f"no epoch saved within 400 s: {_stop(procs)}")
     return procs, run
+
+
+def _stop(procs: list[subprocess.Popen]) -> list[tuple[int | None, str]]:
+    """Kill what still runs; each process's exit code (as it was) and the end of its stderr."""
+    codes = [p.poll() for p in procs]
+    for p in procs:
+        if p.poll() is None:
+            p.kill()
+    return [(code, p.communicate()[1][-2000:]) for code, p in zip(codes, procs, strict=True)]
 
 
 def _ends(procs: list[subprocess.Popen], since: float) -> tuple[list[str], list[float]]:
     """Each process's stderr and when it ended, in seconds after ``since``."""
     errs, ended = [], []
-    for p in procs:
+    for i, p in enumerate(procs):
         try:
             errs.append(p.communicate(timeout=200)[1])
         except subprocess.TimeoutExpired:
-            for q in procs:
-                q.kill()
-            raise
+            pytest.fail(f"process {i} still ran 200 s later (exit codes and stderr, before they "
+                        f"were killed: {_stop(procs)})")  # fmt: skip
         ended.append(time.monotonic() - since)
     return errs, ended
 
