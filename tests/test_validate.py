@@ -114,7 +114,6 @@ def test_a_name_two_classes_share_asks_for_the_wordnet_id(lite0, tmp_path):
         class_folders(tmp_path, lite0.labels)
 
 
-@pytest.mark.slow  # 21 s
 def test_cli_validate_prints_and_never_replaces_a_default_folder(imagenet_layout, tmp_path,
                                                                 monkeypatch, capsys,
                                                                 shared_zoo_models):  # fmt: skip

@@ -150,7 +150,6 @@ def test_chelsea_is_a_cat_with_the_sum_of_the_cat_classes(lite0, chelsea, chelse
     assert named[1].probability == pytest.approx(chelsea_probs[281:286].sum(), abs=1e-6)
 
 
-@pytest.mark.slow
 def test_cli_classify_group_json(photo_paths, capsys, shared_zoo_models):
     from kerascope.cli import main
 
