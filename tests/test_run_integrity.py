@@ -60,14 +60,17 @@ sys.exit(main(sys.argv[3:]))
 """
 
 
-def _kerascope(*args: str, **kwargs) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "kerascope", *args], capture_output=True,
-                          text=True, cwd=ROOT, timeout=600, **kwargs)  # fmt: skip
+def _kill_at(step: str, when: str, *args: str) -> subprocess.Popen:
+    """Starts the driver (several at once: each waits mostly on its imports)."""
+    return subprocess.Popen([sys.executable, "-c", KILL_DRIVER, step, when, *args],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            cwd=ROOT)  # fmt: skip
 
 
 def _killed_at(step: str, when: str, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-c", KILL_DRIVER, step, when, *args],
-                          capture_output=True, text=True, cwd=ROOT, timeout=600)  # fmt: skip
+    proc = _kill_at(step, when, *args)
+    out, err = proc.communicate(timeout=600)
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
 
 
 def _weights(path: Path) -> list[np.ndarray]:
@@ -107,18 +110,27 @@ def test_a_kill_at_each_finishing_step_never_loses_the_trained_model(shapes32, t
     assert _state(base)["completed_stages"] == 1 and not (base / "model.keras").exists()
     assert (base / "best.weights.h5").is_file()
 
-    reference = tmp_path / "reference"
-    shutil.copytree(base, reference)
-    result = train(resume=reference, progress=False)
-    expected = _weights(reference / "model.keras")
-    assert result.best_epoch in (1, 2) and _state(reference)["status"] == "done"
+    steps = (("model-write", "-"), ("_save_final_model", "after"),
+             ("_write_report_files", "after"), ("_mark_done", "after"))  # fmt: skip
+    kills = {}
+    try:
+        for step, when in steps:  # the four kills run at once, beside the reference below
+            shutil.copytree(base, tmp_path / step)
+            kills[step] = _kill_at(step, when, "train", "--resume", str(tmp_path / step))
+        reference = tmp_path / "reference"
+        shutil.copytree(base, reference)
+        result = train(resume=reference, progress=False)
+        expected = _weights(reference / "model.keras")
+        assert result.best_epoch in (1, 2) and _state(reference)["status"] == "done"
+        ends = {step: proc.communicate(timeout=600)[1] for step, proc in kills.items()}
+    finally:
+        for proc in kills.values():
+            proc.kill()  # only on a failure here: each has killed itself already
+            proc.wait()
 
-    for step, when in (("model-write", "-"), ("_save_final_model", "after"),
-                       ("_write_report_files", "after"), ("_mark_done", "after")):  # fmt: skip
+    for step, _ in steps:
         run = tmp_path / step
-        shutil.copytree(base, run)
-        killed = _killed_at(step, when, "train", "--resume", str(run))
-        assert killed.returncode == -signal.SIGKILL, (step, killed.stderr)
+        assert kills[step].returncode == -signal.SIGKILL, (step, ends[step])
         if step == "_mark_done":
             assert _state(run)["status"] == "done" and (run / "best.weights.h5").is_file()
             with pytest.raises(RunError, match="already finished"):
@@ -142,14 +154,15 @@ def test_a_second_writer_is_refused_while_the_first_trains(shapes32, tmp_path, c
          "--image-size", "32", "--epochs", "400", "--patience", "1000", "-o", str(run)],
         cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
+    meta = run / "backup" / "stage1" / "training_metadata.json"
     try:
         deadline = time.monotonic() + 300
-        while not read_history(run / "history.csv"):
+        while not meta.is_file():  # an epoch trained and backed up: the resume below needs one
             assert first.poll() is None and time.monotonic() < deadline, first.stderr.read()
             time.sleep(0.1)
-        second = _kerascope("train", str(shapes32), "--recipe", "scratch", "-o", str(run))
-        assert second.returncode == 2
-        line = _one_line_error(second.stderr)
+        # this process is the second writer (a third process would only add its imports)
+        assert main(["train", str(shapes32), "--recipe", "scratch", "-o", str(run)]) == 2
+        line = _one_line_error(capsys.readouterr().err)
         assert "in use by another kerascope process" in line and f"pid {first.pid}" in line
         assert main(["train", "--resume", str(run)]) == 2
         assert "in use" in capsys.readouterr().err
@@ -157,7 +170,7 @@ def test_a_second_writer_is_refused_while_the_first_trains(shapes32, tmp_path, c
     finally:
         first.kill()
         first.wait()
-    ran = json.loads((run / "backup" / "stage1" / "training_metadata.json").read_text())["epoch"]
+    ran = json.loads(meta.read_text())["epoch"]
     assert main(["train", "--resume", str(run), "--epochs", str(ran + 1)]) == 0
     assert [r["epoch"] for r in read_history(run / "history.csv")] == list(range(1, ran + 2))
 
