@@ -29,13 +29,15 @@ def _reference_logits(variant: str, images: np.ndarray) -> np.ndarray:
 @pytest.mark.slow
 @pytest.mark.backends
 @pytest.mark.parametrize("variant", VARIANTS)
-def test_logits_match_reference_pytorch(variant, photo_paths):
+def test_logits_match_reference_pytorch(variant, photo_paths, request):
     import keras
 
     from kerascope.zoo.models import build
 
     spec = registry.get(variant)
-    model = build(spec)
+    # Lite0: the session's build (load_model is build(spec) with labels), not one more.
+    lite0 = variant == "efficientnet_lite0"
+    model = request.getfixturevalue("lite0").model if lite0 else build(spec)
     logits_model = keras.Model(model.input, model.get_layer("logits").output)
     images = np.stack([load_rgb(p, spec.input_size) for p in photo_paths.values()])
     ours = keras.ops.convert_to_numpy(logits_model(images.astype("float32"), training=False))

@@ -72,11 +72,13 @@ def _lite(variant: str):
 @pytest.mark.slow
 @pytest.mark.backends
 @pytest.mark.parametrize("variant", ["efficientnet_lite0", "efficientnet_lite1"])
-def test_efficientnet_lite_with_real_weights(variant, photo_paths):
+def test_efficientnet_lite_with_real_weights(variant, photo_paths, request):
     """Lite1 runs at 240 px: odd sizes (15 -> 8) exercise TF's asymmetric "same" padding."""
     import keras
 
-    model = _lite(variant)
+    # Lite0: the session's build (load_model is _lite's build with labels), not one more.
+    lite0 = variant == "efficientnet_lite0"
+    model = request.getfixturevalue("lite0").model if lite0 else _lite(variant)
     x = _images(model.input_shape[1], photo_paths)
     logits = keras.Model(model.input, model.get_layer("logits").output)
     # Keras's answers for both graphs from one compiled forward (the same layers and weights).
