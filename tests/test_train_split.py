@@ -108,8 +108,10 @@ def test_split_run_saves_the_whole_network(recipe, shapes, tmp_path):
 @pytest.mark.slow
 def test_split_reaches_the_whole_graph_accuracy_on_real_photos(tmp_path):
     data = grey_photo_crops(tmp_path / "crops")
-    budget = dict(image_size=96, progress=False, augment=False)
-    for recipe, epochs in (("transfer", 3), ("finetune", [2, 1])):
+    # 64 px and two epochs: the whole graph's Keras steps are most of the cost; measured split
+    # = whole graph 0.958 (transfer), 0.875 (finetune), and their losses equal
+    budget = dict(image_size=64, progress=False, augment=False)
+    for recipe, epochs in (("transfer", 2), ("finetune", [1, 1])):
         top = {"unfreeze": 0.2} if recipe == "finetune" else {}  # two stages: head, top
         whole = train(data, recipe=recipe, output=tmp_path / f"{recipe}-keras", epochs=epochs,
                       engine="keras", **budget, **top)  # fmt: skip
@@ -124,7 +126,7 @@ def test_split_reaches_the_whole_graph_accuracy_on_real_photos(tmp_path):
 
 @pytest.mark.slow
 def test_split_resume_in_stage_two_reproduces_an_unbroken_run(shapes, tmp_path):
-    kwargs = dict(recipe="finetune", epochs=[1, 2], image_size=48, batch_size=16,
+    kwargs = dict(recipe="finetune", epochs=[1, 2], image_size=32, batch_size=16,
                   unfreeze="blocks_15_expand_conv")  # fmt: skip
     whole = train(shapes, output=tmp_path / "whole", progress=False, **kwargs)
     run = tmp_path / "broken"
