@@ -169,21 +169,28 @@ def test_interrupted_extraction_resumes_and_is_refused_until_done(tiny, tmp_path
     assert not kf.partial_path(out).exists()
 
 
-@pytest.mark.parametrize("pool", ["none", "avg", "max"])
-def test_intermediate_layer_matches_a_hand_built_submodel(tiny, pool):
+@pytest.fixture(scope="module")
+def blocks_9_maps(tiny) -> tuple[list[str], np.ndarray]:
+    """Two photos and their ``blocks_9_add`` maps from a hand-built Keras submodel (built once
+    for the three poolings)."""
     import keras
 
-    import kerascope.bottleneck as kf
     from kerascope.images import load_image, resize
     from kerascope.zoo.models import build
 
     paths = sorted(str(p) for p in (tiny / "train" / "chelsea").iterdir())[:2]
-    got = kf.features(paths, layer="blocks_9_add", pool=pool)
-
     base = build(LITE0, include_top=False)
     sub = keras.Model(base.input, base.get_layer("blocks_9_add").output)
     pixels = np.stack([resize(load_image(p), (224, 224)) for p in paths]).astype("float32")
-    maps = keras.ops.convert_to_numpy(sub(pixels, training=False))
+    return paths, keras.ops.convert_to_numpy(sub(pixels, training=False))
+
+
+@pytest.mark.parametrize("pool", ["none", "avg", "max"])
+def test_intermediate_layer_matches_a_hand_built_submodel(blocks_9_maps, pool):
+    import kerascope.bottleneck as kf
+
+    paths, maps = blocks_9_maps
+    got = kf.features(paths, layer="blocks_9_add", pool=pool)
     want = {"none": maps, "avg": maps.mean(axis=(1, 2)), "max": maps.max(axis=(1, 2))}[pool]
     assert got.shape == want.shape == ((2, 14, 14, 112) if pool == "none" else (2, 112))
     np.testing.assert_allclose(got, want, atol=2e-4, rtol=1e-4)
