@@ -75,8 +75,11 @@ _SLOW = ("scorecam", "smoothgrad", "ig", "ig-blur", "saliency", "guidedbackprop"
 SANITY = [pytest.param(m, marks=pytest.mark.slow) if m in _SLOW else m for m in METHODS]
 # The many-pass methods are checked with fewer passes: whether a map depends on the weights
 # does not hinge on how finely the path or the noise is sampled, and their defaults made this
-# one test 8 minutes of the suite (README's table holds the figures at the defaults).
-CHEAPER = {"ig": "ig:steps=16", "ig-blur": "ig-blur:steps=16", "smoothgrad": "smoothgrad:samples=8"}
+# one test 8 minutes of the suite (README's table holds the figures at the defaults). Highest
+# correlations measured (four photos): ig 0.320 at 8 steps (0.339 at 16), smoothgrad 0.363 at 4
+# samples (0.386 at 8), both far below 0.5; ig-blur, which fails the check, 0.562 at 16 steps
+# but 0.498 at 8 (on rocket.jpg): it keeps 16.
+CHEAPER = {"ig": "ig:steps=8", "ig-blur": "ig-blur:steps=16", "smoothgrad": "smoothgrad:samples=4"}
 
 
 @pytest.mark.parametrize("method", SANITY)

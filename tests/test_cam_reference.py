@@ -201,6 +201,8 @@ def _ids(case) -> str:
 @pytest.mark.backends
 @pytest.mark.parametrize(("method", "layer"), CASES, ids=[_ids(c) for c in CASES])
 def test_method_matches_an_independent_pytorch_reference(lite0, net, photos, x, method, layer):
+    if method == "scorecam":  # K masked forwards per photo on each side: two photos run the
+        photos, x = photos[:2], x[:2]  # same arithmetic (chelsea, coffee), half the 14 s
     ours, our_classes, _ = Explainer(lite0, method, layer=layer).explain_batch(photos)
     theirs, their_classes = _reference(net, x, method, layer)
     assert ours.shape == theirs.shape and ours.shape[0] == len(photos)
