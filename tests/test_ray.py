@@ -310,7 +310,9 @@ def two_nodes():
             node2.kill()
             node2.communicate()
         _kill_marked(temp)  # `ray stop` would stop every Ray on the machine; these are ours
-        time.sleep(1)
+        deadline = time.monotonic() + 1  # ... and those they were starting meanwhile
+        while _pids_with(temp) and time.monotonic() < deadline:
+            time.sleep(0.05)
         _kill_marked(temp)
         shutil.rmtree(temp, ignore_errors=True)
 
