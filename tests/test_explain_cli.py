@@ -75,9 +75,11 @@ def _panels(grid: np.ndarray) -> int:
 @pytest.fixture(scope="module")
 def gap_model(tmp_path_factory):
     """A small CNN with a GAP -> Dense head (so every method runs: CAM needs one) and ReLUs
-    (guided backpropagation needs them), saved as a ``.keras`` file for ``--model``."""
+    (guided backpropagation needs them), saved as a ``.keras`` file for ``--model``. Seeded:
+    the same weights every session, so the methods' compiled functions come from the JAX cache."""
     import keras
 
+    keras.utils.set_random_seed(0)
     layers = keras.layers
     inputs = keras.Input((48, 48, 3), name="image")
     x = layers.Rescaling(1 / 127.5, offset=-1)(inputs)
