@@ -188,9 +188,8 @@ def test_a_budgeted_run_records_its_plan_and_keeps_to_it(tmp_path):
     from kerascope.training import train
 
     data = make_shapes(tmp_path / "shapes", n=8, size=32)
-    # 16 px: a quarter of LeNet's weights at 32 px, so each epoch's backup is a quarter
     run = train(data, recipe="lenet", output=tmp_path / "run", time_budget=0.5, batch_size=8,
-                patience=2, image_size=16, progress=False, augment=False)  # fmt: skip
+                patience=2, progress=False, augment=False)  # fmt: skip
     (stage,) = run.config["stages"]
     assert run.config["epochs_rule"] == "time budget"
     assert stage["epochs"] == budget.plan_epochs(stage["seconds_left"], stage["epoch_seconds"],
@@ -242,9 +241,8 @@ def test_a_resumed_budgeted_run_keeps_its_plan_and_its_schedule(tmp_path):
     from .test_train import StopAfter
 
     data = make_shapes(tmp_path / "shapes", n=8, size=32)
-    # 16 px: every planned epoch (up to LeNet's 35) backs up a quarter of the 32-px weights
     kwargs = dict(recipe="lenet", time_budget=1.0, batch_size=8, lr=0.01, patience=50,
-                  image_size=16, lr_schedule="onecycle", augment=False, progress=False)  # fmt: skip
+                  lr_schedule="onecycle", augment=False, progress=False)  # fmt: skip
     with pytest.raises(KeyboardInterrupt):
         train(data, output=tmp_path / "run", callbacks=[StopAfter(1)], **kwargs)
     planned = load_config(tmp_path / "run")["stages"][0]
