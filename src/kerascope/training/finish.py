@@ -15,10 +15,11 @@ from typing import Any
 
 from kerascope.errors import RunError
 from kerascope.files import atomic_path, remove_stale_temps
+from kerascope.keras_saving import fast_keras_saving
 from kerascope.report import plot_curves, read_history, write_run_report
 from kerascope.rundir import write_state
 from kerascope.training import recipes
-from kerascope.training.checkpoints import fast_keras_saving, read_best
+from kerascope.training.checkpoints import read_best
 
 
 def finish_run(model, run_dir: Path, config: dict, summary: str, trained_here: bool

@@ -41,6 +41,7 @@ from kerascope.files import (  # noqa: E402
     write_json,
     write_text,
 )
+from kerascope.keras_saving import fast_keras_saving  # noqa: E402
 from kerascope.rundir import (  # noqa: E402
     LABELS_NAME,
     discard_new_run,
@@ -52,7 +53,6 @@ from kerascope.rundir import (  # noqa: E402
 from kerascope.training import devices as placing  # noqa: E402
 from kerascope.training import recipes  # noqa: E402
 from kerascope.training import resume as resuming  # noqa: E402
-from kerascope.training.checkpoints import fast_keras_saving  # noqa: E402
 from kerascope.training.finish import finish_run, remove_leftovers  # noqa: E402
 from kerascope.training.heads import UnfreezeSpec  # noqa: E402
 from kerascope.training.outputs import check_task, task_of  # noqa: E402

@@ -14,6 +14,7 @@ from typing import Any
 
 from kerascope.config import ensure_backend
 from kerascope.errors import KerascopeError
+from kerascope.keras_saving import fast_keras_saving
 from kerascope.rundir import read_labels
 from kerascope.zoo import registry
 from kerascope.zoo.fast_init import numpy_init
@@ -118,6 +119,7 @@ def _load_weights(model, spec: ModelSpec, path: Path) -> None:
 
     from kerascope.zoo.weights import WeightsError
 
+    fast_keras_saving()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
@@ -452,6 +454,7 @@ def _load_file(path: Path) -> Classifier:
     if not model_path.is_file():
         raise ModelFileError(f"no model file at '{model_path}'")
     check_model_archive(model_path)  # before Keras builds anything from it
+    fast_keras_saving()
     try:
         with numpy_init():  # every weight is then read from the file
             model = keras.saving.load_model(str(model_path), compile=False)
