@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -206,3 +207,15 @@ def lite0_server():
 
     with running_server() as url:
         yield url
+
+
+@pytest.fixture
+def reap():
+    """The processes a test starts (multi-process tests): those still running at its end are
+    killed."""
+    procs: list[subprocess.Popen] = []
+    yield procs
+    for p in procs:
+        if p.poll() is None:
+            p.kill()
+            p.communicate()

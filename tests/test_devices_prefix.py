@@ -165,17 +165,6 @@ def test_a_process_precomputes_the_prefix_for_its_rows_only(photos):
                 assert fed[index] < sum(seen) <= len(items)  # new rows, each computed once
 
 
-@pytest.fixture
-def reap():
-    """A list for the processes a test starts: those still running at its end are killed."""
-    procs: list[subprocess.Popen] = []
-    yield procs
-    for p in procs:
-        if p.poll() is None:
-            p.kill()
-            p.communicate()
-
-
 @jax_only
 @pytest.mark.slow
 @pytest.mark.keras_init  # the reference run draws its weights as a `kerascope` process does

@@ -45,17 +45,6 @@ def _env(**extra: str) -> dict[str, str]:
     return env
 
 
-@pytest.fixture
-def reap():
-    """A list for the processes a test starts: those still running at its end are killed."""
-    procs: list[subprocess.Popen] = []
-    yield procs
-    for p in procs:
-        if p.poll() is None:
-            p.kill()
-            p.communicate()
-
-
 def _files(run: Path) -> set[str]:
     return {str(p.relative_to(run)) for p in run.rglob("*")}
 
