@@ -107,8 +107,8 @@ def test_the_blogs_dense_head_learns_on_vgg16_features(notop, shapes, tmp_path):
     run = tmp_path / "run"
     assert main(["train", str(shapes), "--recipe", "features", "--backbone", "vgg16",
                  "--pool", "none", "--image-size", "150", "--head",
-                 "flatten,dense:256,dropout:0.5", "--epochs", "8", "--batch-size", "8",
-                 "--patience", "8", "-o", str(run)]) == 0  # fmt: skip
+                 "flatten,dense:256,dropout:0.5", "--epochs", "20", "--batch-size", "8",
+                 "--patience", "20", "-o", str(run)]) == 0  # fmt: skip
     from kerascope.zoo.models import load_model
 
     clf = load_model(run)
@@ -125,7 +125,7 @@ def test_the_blogs_dense_head_learns_on_vgg16_features(notop, shapes, tmp_path):
     assert main(["evaluate", str(run), str(shapes), "--split", "all", "-o",
                  str(tmp_path / "eval")]) == 0  # fmt: skip
     accuracy = json.loads((tmp_path / "eval" / "metrics.json").read_text())["accuracy"]
-    print(f"\nVGG16 dense head, 8 epochs: accuracy {accuracy:.3f} on the 18 images, "
+    print(f"\nVGG16 dense head, 20 epochs: accuracy {accuracy:.3f} on the 18 images, "
           f"validation {[round(r['val_accuracy'], 3) for r in _history(run)]}")  # fmt: skip
     assert accuracy >= 0.8
     pixels = load_rgb(next((shapes / "circle").iterdir()), 150)[None].astype("float32")

@@ -386,6 +386,12 @@ def test_descriptor_errors_are_logged_once_a_minute(caplog):
 
     from kerascope.serve.limits import DescriptorLog
 
+    # A server started in this process by an earlier test left its own filter on these loggers:
+    # install() then keeps that one, whose note doubled this handler's (order-dependent failure).
+    loggers = [logging.getLogger(name) for name in ("asyncio", "uvicorn.error")]
+    earlier = [(lg, f) for lg in loggers for f in lg.filters if isinstance(f, DescriptorLog)]
+    for lg, f in earlier:
+        lg.removeFilter(f)
     handler = DescriptorLog()
     loop = asyncio.new_event_loop()
     try:
@@ -400,8 +406,10 @@ def test_descriptor_errors_are_logged_once_a_minute(caplog):
             loop.call_exception_handler({"message": "something else"})
     finally:
         loop.close()
-        for name in ("asyncio", "uvicorn.error"):
-            logging.getLogger(name).removeFilter(handler)
+        for lg in loggers:
+            lg.removeFilter(handler)
+        for lg, f in earlier:
+            lg.addFilter(f)
     texts = [r.getMessage() for r in caplog.records]
     assert sum("descriptor table full" in t for t in texts) == 1
     assert not any("Exception in ASGI" in t for t in texts)
