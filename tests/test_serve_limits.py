@@ -386,12 +386,10 @@ def test_descriptor_errors_are_logged_once_a_minute(caplog):
 
     from kerascope.serve.limits import DescriptorLog
 
-    # A server started in this process by an earlier test left its own filter on these loggers:
-    # install() then keeps that one, whose note doubled this handler's (order-dependent failure).
+    # an earlier in-process server's filter on these loggers would log a second note: set aside
     loggers = [logging.getLogger(name) for name in ("asyncio", "uvicorn.error")]
     earlier = [(lg, f) for lg in loggers for f in lg.filters if isinstance(f, DescriptorLog)]
-    for lg, f in earlier:
-        lg.removeFilter(f)
+    [lg.removeFilter(f) for lg, f in earlier]
     handler = DescriptorLog()
     loop = asyncio.new_event_loop()
     try:
@@ -406,10 +404,8 @@ def test_descriptor_errors_are_logged_once_a_minute(caplog):
             loop.call_exception_handler({"message": "something else"})
     finally:
         loop.close()
-        for lg in loggers:
-            lg.removeFilter(handler)
-        for lg, f in earlier:
-            lg.addFilter(f)
+        [lg.removeFilter(handler) for lg in loggers]
+        [lg.addFilter(f) for lg, f in earlier]
     texts = [r.getMessage() for r in caplog.records]
     assert sum("descriptor table full" in t for t in texts) == 1
     assert not any("Exception in ASGI" in t for t in texts)
