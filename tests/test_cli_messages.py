@@ -408,3 +408,17 @@ def test_ctrl_c_prints_the_results_so_far(run_dir, tmp_path):
     assert code == 130 and "Traceback" not in err, err
     n = _finished(err)
     assert [d["image"] for d in json.loads(out)] == names[:n]
+
+
+@pytest.mark.parametrize(
+    ("command", "shown"),
+    [("train", "(default: 0.2)"), ("evaluate", "(default: auto)"),
+     ("predict", "predictions-1.csv"), ("features", "(default: features.h5)"),
+     ("augment", "(default: 20)")],
+)  # fmt: skip
+def test_every_help_shows_the_defaults(command, shown, capsys):
+    with pytest.raises(SystemExit):
+        main([command, "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert shown in text
+    assert "(default: None)" not in text

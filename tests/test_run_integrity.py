@@ -397,20 +397,6 @@ def test_damaged_run_files_and_taken_outputs_are_one_line_errors(
     assert sorted(p.name for p in other.iterdir()) == ["thesis.tex"]
 
 
-@pytest.mark.parametrize(
-    ("command", "shown"),
-    [("train", "(default: 0.2)"), ("evaluate", "(default: auto)"),
-     ("predict", "predictions-1.csv"), ("features", "(default: features.h5)"),
-     ("augment", "(default: 20)")],
-)  # fmt: skip
-def test_every_help_shows_the_defaults(command, shown, capsys):
-    with pytest.raises(SystemExit):
-        main([command, "--help"])
-    text = " ".join(capsys.readouterr().out.split())
-    assert shown in text
-    assert "(default: None)" not in text
-
-
 def _copy_run(lenet_run: Path, to: Path, finished: bool = True) -> Path:
     """A copy of the finished LeNet run; unfinished: its model gone, its state interrupted
     after stage 1's first epoch (as a Ctrl-C leaves it)."""
