@@ -388,6 +388,7 @@ def _finished(err: str) -> int:
     return int(found.group(1))
 
 
+@pytest.mark.slow  # a CLI process each (5-10 s): out of make test-fast's loop
 def test_ctrl_c_writes_the_results_so_far_to_the_output_file(run_dir, tmp_path):
     out = tmp_path / "out.csv"
     out.write_text("previous results\n")
@@ -403,6 +404,7 @@ def test_ctrl_c_writes_the_results_so_far_to_the_output_file(run_dir, tmp_path):
     assert out.read_text().endswith("\n")
 
 
+@pytest.mark.slow  # a CLI process each (5-10 s): out of make test-fast's loop
 def test_ctrl_c_prints_the_results_so_far(run_dir, tmp_path):
     code, out, err, names = _interrupted_classify(tmp_path, ["-m", str(run_dir), "-f", "json"])
     assert code == 130 and "Traceback" not in err, err

@@ -191,6 +191,7 @@ def shape_images(run_dir) -> list[Path]:
     return [sorted((data / name).iterdir())[0] for name in SHAPE_COLOURS]
 
 
+@pytest.mark.slow  # 5-12 s: out of make test-fast's loop (make test runs it)
 def test_trained_run_exports_its_labels_and_matches_classify(run_dir, shape_images, tmp_path):
     from kerascope.classification import classify
 

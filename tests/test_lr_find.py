@@ -82,6 +82,7 @@ def test_cli_find_lr_writes_the_picture_and_no_run(crops, tmp_path, monkeypatch,
     assert "suggested lr " in err and "--lr " in err and "instead of --find-lr" in err
 
 
+@pytest.mark.slow  # 6-9 s: out of make test-fast's loop (make test runs it)
 def test_cli_lr_find_trains_with_the_suggestion_and_keeps_the_sweep(crops, tmp_path, capsys):
     """`--lr find`: the sweep first, then the run at its suggestion (config.yaml's lr), the
     picture kept in the run directory; nothing written outside it."""

@@ -135,9 +135,10 @@ OPTIONS = {"ig": f"ig:steps={STEPS}", "ig-blur": f"ig-blur:steps={STEPS}",
            "smoothgrad": f"smoothgrad:samples={SAMPLES}"}  # fmt: skip
 
 
-# ig-blur differs from ig only in the baseline, which its completeness test checks against SciPy
-REFERENCE = [  # ig: 14 s
-    pytest.param(m, marks=pytest.mark.slow) if m in ("ig", "ig-blur") else m for m in PIXEL_METHODS
+# ig-blur differs from ig only in the baseline, which its completeness test checks against SciPy.
+# make test-fast keeps saliency (the plain gradient); the others (5-14 s each) run in make test.
+REFERENCE = [
+    m if m == "saliency" else pytest.param(m, marks=pytest.mark.slow) for m in PIXEL_METHODS
 ]
 
 

@@ -54,6 +54,7 @@ def _chelsea(photo_paths) -> np.ndarray:
     return load_rgb(photo_paths["chelsea"], 224)[None]
 
 
+@pytest.mark.slow  # 9-13 s: out of make test-fast's loop (make test runs it)
 def test_int8_graph_is_int8_measured_as_it_says_and_chelsea_stays_a_cat(graph, lite0, photo_paths):
     from kerascope.onnx_export import cache
 

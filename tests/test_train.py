@@ -132,6 +132,7 @@ def test_resume_keeps_the_optimizer_and_schedule_and_refuses_other_ones(shapes, 
 
 
 @pytest.mark.backends
+@pytest.mark.slow  # 9-18 s: out of make test-fast's loop (make test runs it)
 def test_transfer_saves_a_model_that_reloads_identically(shapes, tmp_path):
     from kerascope.classification import classify
     from kerascope.zoo.models import load_model

@@ -87,6 +87,7 @@ def test_one_step_on_the_split_equals_one_step_on_the_whole_graph(stage, head, s
 
 
 @pytest.mark.backends
+@pytest.mark.slow  # 7-15 s each: out of make test-fast's loop (make test runs it)
 @pytest.mark.parametrize("recipe", ["transfer", "finetune"])
 def test_split_run_saves_the_whole_network(recipe, shapes, tmp_path):
     from kerascope.zoo.models import load_model
