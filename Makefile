@@ -43,18 +43,10 @@ demo: $(VENV)/.installed
 	@data=$$($(PY) -c 'import skimage, pathlib; print(pathlib.Path(skimage.__file__).parent / "data")'); \
 	$(VENV)/bin/kerascope classify $(addprefix $$data/,$(PHOTOS)) --top 3
 
-# The torch run (the tests marked `backends`) goes beside the JAX run instead of after it: the
-# JAX workers leave a core idle while their tests wait on subprocesses, servers and Ray. Its
-# report is printed once both are done; either failing fails `make test`.
 test: $(VENV)/.installed-test
 	$(VENV)/bin/ruff check src tests benchmarks examples
-	@log=$$(mktemp -t kerascope-torch-tests.XXXXXX); \
-	KERAS_BACKEND=torch $(PY) -m pytest -q -m backends > $$log 2>&1 & torch=$$!; \
-	KERAS_BACKEND=jax $(PY) -m pytest -q -n auto --dist loadfile; jax=$$?; \
-	wait $$torch; status=$$?; \
-	echo "KERAS_BACKEND=torch $(PY) -m pytest -q -m backends (ran beside it):"; \
-	cat $$log; rm -f $$log; \
-	test $$jax -eq 0 && test $$status -eq 0
+	KERAS_BACKEND=jax $(PY) -m pytest -q -n auto --dist loadfile
+	KERAS_BACKEND=torch $(PY) -m pytest -q -m backends
 
 test-fast: $(VENV)/.installed-test
 	KERAS_BACKEND=jax $(PY) -m pytest -q -n auto --dist loadfile -m "not slow"
