@@ -15,6 +15,7 @@ import socket
 import struct
 import subprocess
 import sys
+import threading
 import time
 import zlib
 from concurrent.futures import ThreadPoolExecutor
@@ -406,6 +407,55 @@ def test_batcher_waits_only_for_requests_on_their_way():
         seen.clear()
         assert asyncio.run(announced()) == [2, 4, 6]
         assert seen == [3]
+
+
+def test_batcher_counts_only_what_is_left_of_the_running_pass(monkeypatch):
+    """A 2 s pass, 1.5 s into the next: a request with a 1 s queue limit starts in 0.5 s, so it
+    is queued (it was refused: the running pass counted in full). The clock is the test's."""
+    from kerascope.serve import batching
+    from kerascope.serve.limits import Busy
+
+    clock = [100.0]
+    monkeypatch.setattr(batching.time, "perf_counter", lambda: clock[0])
+    gate = threading.Event()
+
+    def run(xs):
+        gate.wait(30)
+        gate.clear()
+        return xs
+
+    async def until(condition):
+        for _ in range(3000):
+            if condition():
+                return
+            await asyncio.sleep(0.001)
+        raise AssertionError("the batcher did not get there")
+
+    async def scenario():
+        b = batching.DynamicBatcher(run, pool, max_batch=2, max_wait_ms=0, queue_timeout=1.0)
+        first = asyncio.ensure_future(b.submit(0))
+        await until(lambda: b.stats()["running"] == 1)
+        clock[0] = 102.0  # the first pass took 2 s
+        gate.set()
+        assert await first == 0
+        clock[0] = 200.0
+        second = asyncio.ensure_future(b.submit(1))
+        await until(lambda: b.stats()["running"] == 1)
+        clock[0] = 201.5
+        waits = [b.expected_wait()]
+        queued = b.enqueue([2, 3, 4])  # not refused: 0.5 s < 1 s
+        waits.append(b.expected_wait())  # then two passes of 2 items: 0.5 + 2 x 2 s
+        with pytest.raises(Busy, match="about 4 s of work queued"):
+            b.enqueue([5])
+        for _ in range(3):  # the second pass, then the queued ones
+            gate.set()
+            await until(lambda: not gate.is_set())
+        assert await second == 1 and [await f for f in queued] == [2, 3, 4]
+        await b.close()
+        return waits
+
+    with ThreadPoolExecutor(1) as pool:
+        assert asyncio.run(scenario()) == pytest.approx([0.5, 4.5])
 
 
 def test_batcher_hands_a_failure_to_every_request_of_the_batch():

@@ -195,19 +195,12 @@ def _input_size(model: Any) -> tuple[int, int]:
     return int(shape[1]), int(shape[2])
 
 
-def _session(payload: bytes) -> Any:
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.log_severity_level = 3
-    return ort.InferenceSession(payload, options, providers=["CPUExecutionProvider"])
-
-
 def probabilities(graph: bytes | Any, images: np.ndarray, batch: int = 16) -> np.ndarray:
     """``graph``'s outputs (a serialized ONNX graph or an onnxruntime session) on uint8
     ``images``, run ``batch`` at a time on onnxruntime: float64 (N, classes)."""
-    session = _session(graph) if isinstance(graph, bytes) else graph
+    from kerascope.onnx_export.cache import cpu_session
+
+    session = cpu_session(graph) if isinstance(graph, bytes) else graph
     name = session.get_inputs()[0].name
     parts = [session.run(None, {name: images[i : i + batch].astype(np.float32)})[0]
              for i in range(0, len(images), batch)]  # fmt: skip
@@ -451,6 +444,8 @@ def int8_runner(model: Any, engine: str = "onnx") -> Callable[[list], list]:
             return [np.array(result[net.outputs[0]], np.float32)]
 
         return run
-    session = _session(graph.payload)
+    from kerascope.onnx_export.cache import cpu_session
+
+    session = cpu_session(graph.payload)
     name = session.get_inputs()[0].name
     return lambda xs: session.run(None, {name: np.asarray(xs[0], np.float32)})

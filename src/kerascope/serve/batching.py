@@ -73,6 +73,7 @@ class DynamicBatcher:
         self.busy_status, self.label = busy_status, label
         self.refused = 0  # payloads turned away (queue too long, deadline passed, over budget)
         self._running = 0  # payloads in the pass now running
+        self._running_since = 0.0  # when that pass started (time.perf_counter)
         self._pass_s: float | None = None  # smoothed duration of one pass
         self._pending: collections.deque = collections.deque()
         self._incoming = 0  # payloads announced by `expecting` and not yet queued
@@ -99,11 +100,15 @@ class DynamicBatcher:
                 "refused": self.refused}  # fmt: skip
 
     def expected_wait(self) -> float:
-        """Seconds until a payload queued now would start: passes ahead x recent pass time."""
+        """Seconds until a payload queued now would start: what is left of the running pass,
+        then the queued passes, each at the recent pass time. (Counting the running pass in
+        full refused requests that would have started well within the queue limit.)"""
         if self._pass_s is None:
             return 0.0
-        ahead = math.ceil(len(self._pending) / self.max_batch) + (1 if self._running else 0)
-        return ahead * self._pass_s
+        left = 0.0
+        if self._running:
+            left = max(0.0, self._pass_s - (time.perf_counter() - self._running_since))
+        return left + math.ceil(len(self._pending) / self.max_batch) * self._pass_s
 
     def enqueue(self, payloads: Sequence[Any]) -> list[asyncio.Future]:
         """Queue payloads at once (no await: they join the same batch); await the futures.
@@ -207,7 +212,7 @@ class DynamicBatcher:
                 continue
             payloads = [p for p, _ in batch]
             self._running = len(payloads)
-            start = time.perf_counter()
+            start = self._running_since = time.perf_counter()
             try:
                 results = await loop.run_in_executor(self.executor, self.run, payloads)
                 if len(results) != len(payloads):
