@@ -143,6 +143,60 @@ def test_split_resume_in_stage_two_reproduces_an_unbroken_run(shapes, tmp_path):
         assert b["val_loss"] == pytest.approx(a["val_loss"], rel=1e-5)
 
 
+class BestFiles(keras.callbacks.Callback):
+    """After kerascope's own callbacks, each epoch: its validation loss, the trained (suffix)
+    variables by path, the token of best.weights.h5 and whether best.trained.npz exists."""
+
+    def __init__(self, run):
+        super().__init__()
+        self.run, self.rows = run, []
+
+    def on_epoch_end(self, epoch, logs=None):
+        import h5py
+
+        with h5py.File(self.run / "best.weights.h5", "r") as f:
+            token = json.loads(f.attrs["kerascope_best"])["token"]
+        trained = {v.path: keras.ops.convert_to_numpy(v).copy() for v in self.model.weights}
+        part = (self.run / "best.trained.npz").is_file()
+        self.rows.append((float(logs["val_loss"]), trained, token, part))
+
+
+@pytest.mark.slow
+def test_a_split_stage_writes_the_whole_network_once_and_then_its_trained_variables(
+    shapes, tmp_path
+):
+    """A better epoch of a split stage writes only the variables it trains (the prefix is
+    frozen); the saved model is still the best epoch's, after a Ctrl-C and resume too."""
+    from kerascope.zoo.models import load_model
+
+    kwargs = dict(recipe="transfer", epochs=4, image_size=32, batch_size=16, progress=False)
+    run = tmp_path / "whole"
+    seen = BestFiles(run)
+    train(shapes, output=run, callbacks=[seen], **kwargs)
+    losses = [row[0] for row in seen.rows]
+    better = [i for i, loss in enumerate(losses) if loss < min(losses[:i], default=np.inf)]
+    assert len(better) >= 2, losses  # the case under test: a second best epoch in the stage
+    assert len({row[2] for row in seen.rows}) == 1  # one whole-network file for the stage
+    assert [row[3] for row in seen.rows] == [i >= better[1] for i in range(4)]
+    saved = {v.path: keras.ops.convert_to_numpy(v) for v in load_model(run).model.weights}
+    best = seen.rows[better[-1]][1]
+    trained = [path for path in best if path in saved and path.endswith(("kernel", "bias"))]
+    assert trained
+    for path in trained:
+        np.testing.assert_array_equal(saved[path], best[path])
+    assert not (run / "best.trained.npz").exists()
+
+    broken = tmp_path / "broken"  # stopped after epoch 2: its best so far in the .npz
+    with pytest.raises(KeyboardInterrupt):
+        train(shapes, output=broken, callbacks=[StopAfter(1)], **kwargs)
+    assert (broken / "best.trained.npz").is_file() == (better[1] == 1)
+    train(resume=broken, progress=False)
+    resumed = load_model(broken).model.weights
+    for got, (path, want) in zip(resumed, saved.items(), strict=True):
+        np.testing.assert_allclose(keras.ops.convert_to_numpy(got), want, rtol=1e-5, atol=1e-6,
+                                   err_msg=path)  # fmt: skip
+
+
 @pytest.mark.slow
 def test_features_recipe_is_a_standard_split_run_that_resumes_exactly(shapes, tmp_path):
     """Two frozen backbones concatenated: the split trainer runs them once, the run folder is

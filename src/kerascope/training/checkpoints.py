@@ -8,6 +8,11 @@ any moment leaves a consistent set behind.
 * ``best.weights.h5``: the weights with the lowest validation loss so far, with that epoch's
   numbers stored inside the same file (an HDF5 attribute), so what the run reports as its
   saved model is by construction the epoch whose weights it saves.
+* ``best.trained.npz``: in a split stage (frozen prefix), a later best epoch of the same stage
+  writes only the variables the stage trains, with its numbers and the token of the
+  ``best.weights.h5`` it completes; the prefix cannot have changed since that file. The whole
+  network of a two-backbone ensemble was ~0.45 s per improving epoch, most of a ``features``
+  epoch; one stale (another token) is ignored. `load_best` and `read_best` read the pair.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ import io
 import json
 import math
 import os
+import secrets
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +33,7 @@ from kerascope.keras_saving import fast_keras_saving
 
 META = "training_metadata.json"
 BEST_ATTR = "kerascope_best"
+TRAINED_PART = "best.trained.npz"  # beside best.weights.h5
 
 
 def backup_epoch(folder: Path) -> int | None:
@@ -93,11 +100,43 @@ class Backup(keras.callbacks.Callback):
 
 
 def read_best(path: str | os.PathLike) -> dict[str, Any] | None:
-    """The numbers of the epoch whose weights ``best.weights.h5`` holds (None: no such file,
-    or one written before kerascope recorded them)."""
-    import h5py
+    """The numbers of the best epoch: of its ``best.trained.npz`` when that completes
+    ``best.weights.h5`` at ``path``, else of ``path`` itself (None: no such file, or one
+    written before kerascope recorded them)."""
+    base = _base_meta(Path(path))
+    if base is None:
+        return None
+    part = _trained_part(Path(path), base)
+    return part[0] if part is not None else base
+
+
+def load_best(model: Any, path: str | os.PathLike) -> None:
+    """Put the best epoch's weights in ``model``: ``best.weights.h5`` at ``path``, then the
+    variables its ``best.trained.npz`` holds (by their index in ``model.weights``)."""
+    from kerascope.errors import RunError
 
     path = Path(path)
+    fast_keras_saving()
+    model.load_weights(path)
+    base = _base_meta(path)
+    part = _trained_part(path, base) if base is not None else None
+    if part is None:
+        return
+    meta, values = part
+    weights = model.weights
+    if meta.get("count") != len(weights) or any(
+        i >= len(weights) or tuple(weights[i].shape) != v.shape for i, v in values.items()
+    ):
+        part = path.with_name(TRAINED_PART)
+        raise RunError(f"'{part}' does not fit this run's network: delete it to resume from "
+                       "the best epoch of best.weights.h5 alone")  # fmt: skip
+    for i, value in values.items():
+        weights[i].assign(value)
+
+
+def _base_meta(path: Path) -> dict[str, Any] | None:
+    import h5py
+
     if not path.is_file():
         return None
     try:
@@ -107,14 +146,39 @@ def read_best(path: str | os.PathLike) -> dict[str, Any] | None:
         return None
 
 
+def _trained_part(path: Path, base: dict[str, Any]
+                  ) -> tuple[dict[str, Any], dict[int, np.ndarray]] | None:  # fmt: skip
+    """``best.trained.npz``'s numbers and values, when it completes the base file ``base``
+    describes (same token); None otherwise (absent, stale, or cut short)."""
+    part = path.with_name(TRAINED_PART)
+    if base.get("token") is None or not part.is_file():
+        return None
+    try:
+        with np.load(part, allow_pickle=False) as arrays:
+            meta = json.loads(str(arrays["meta"]))
+            if meta.get("token") != base["token"]:
+                return None
+            values = {int(k[1:]): arrays[k] for k in arrays.files if k.startswith("w")}
+    except (OSError, KeyError, ValueError):
+        return None
+    return meta, values
+
+
 class BestCheckpoint(keras.callbacks.Callback):
     """Keeps the whole network's weights of the epoch with the lowest ``monitor`` so far (over
     every stage of the run), with that epoch's logs inside the file. The whole network, not the
-    trained model: a split stage fits only the suffix, which shares the network's variables."""
+    trained model: a split stage fits only the suffix, which shares the network's variables.
 
-    def __init__(self, full_model: Any, path: str | os.PathLike, monitor: str = "val_loss"):
+    ``frozen_prefix``: the stage trains only ``self.model`` (a split stage's suffix), so after
+    its first whole-network file a better epoch writes just the trained variables
+    (``best.trained.npz``, see the module's docstring)."""
+
+    def __init__(self, full_model: Any, path: str | os.PathLike, monitor: str = "val_loss",
+                 frozen_prefix: bool = False):  # fmt: skip
         super().__init__()
         self.full, self.path, self.monitor = full_model, Path(path), monitor
+        self.frozen_prefix = frozen_prefix
+        self._token: str | None = None  # of the whole-network file this process wrote
         best = read_best(self.path)
         self.best = float(best[monitor]) if best and best.get(monitor) is not None else math.inf
 
@@ -125,8 +189,24 @@ class BestCheckpoint(keras.callbacks.Callback):
             return
         meta = {"epoch": epoch + 1, **{k: _plain(logs.get(k)) for k in
                 ("loss", "accuracy", "val_loss", "val_accuracy")}}  # fmt: skip
-        write_bytes(self.path, weights_h5(self.full, meta))
+        part = self.path.with_name(TRAINED_PART)
+        if self._token is not None:
+            self._write_trained(part, {**meta, "token": self._token})
+        else:
+            token = secrets.token_hex(8)
+            write_bytes(self.path, weights_h5(self.full, {**meta, "token": token}))
+            part.unlink(missing_ok=True)  # completed another file: stale already
+            self._token = token if self.frozen_prefix else None
         self.best = float(value)
+
+    def _write_trained(self, part: Path, meta: dict[str, Any]) -> None:
+        weights = self.full.weights
+        index = {id(v): i for i, v in enumerate(weights)}
+        trained = sorted({index[id(v)] for v in self.model.weights if id(v) in index})
+        arrays = {f"w{i}": keras.ops.convert_to_numpy(weights[i]) for i in trained}
+        meta["count"] = len(weights)
+        with atomic_open(part, "wb") as handle:
+            np.savez(handle, meta=np.array(json.dumps(meta)), **arrays)
 
 
 class _Memory(io.BytesIO):

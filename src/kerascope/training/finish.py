@@ -19,7 +19,7 @@ from kerascope.keras_saving import fast_keras_saving
 from kerascope.report import plot_curves, read_history, write_run_report
 from kerascope.rundir import write_state
 from kerascope.training import recipes
-from kerascope.training.checkpoints import read_best
+from kerascope.training.checkpoints import TRAINED_PART, load_best, read_best
 
 
 def finish_run(model, run_dir: Path, config: dict, summary: str, trained_here: bool
@@ -42,7 +42,7 @@ def _save_final_model(model, run_dir: Path, trained_here: bool):
     path = run_dir / "model.keras"
     fast_keras_saving()
     if best.is_file():
-        model.load_weights(best)
+        load_best(model, best)
     elif path.is_file():
         from kerascope.zoo.models import load_model
 
@@ -91,5 +91,6 @@ def remove_leftovers(run_dir: Path) -> None:
     """After "done": the best weights (model.keras holds them), every stage's backup, and
     temp files of writes a kill cut short (this process holds the lock: none is live)."""
     (run_dir / "best.weights.h5").unlink(missing_ok=True)
+    (run_dir / TRAINED_PART).unlink(missing_ok=True)
     shutil.rmtree(run_dir / "backup", ignore_errors=True)
     remove_stale_temps(run_dir)

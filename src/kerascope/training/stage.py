@@ -17,7 +17,12 @@ from kerascope.data.regularise import RegulariseConfig  # noqa: E402
 from kerascope.fast_convs import fast_convs  # noqa: E402
 from kerascope.training import budget, recipes  # noqa: E402
 from kerascope.training import devices as placing  # noqa: E402
-from kerascope.training.checkpoints import Backup, BestCheckpoint, backup_epoch  # noqa: E402
+from kerascope.training.checkpoints import (  # noqa: E402
+    Backup,
+    BestCheckpoint,
+    backup_epoch,
+    load_best,
+)
 from kerascope.training.epochs import EpochLog, prefix_sequences  # noqa: E402
 from kerascope.training.heads import UnfreezeSpec, parameter_counts  # noqa: E402
 from kerascope.training.optimizers import (  # noqa: E402
@@ -59,7 +64,7 @@ def run_stage(model, run_dir: Path, config: dict, index: int, stage: dict, seqs,
     backup = run_dir / "backup" / f"stage{index + 1}"
     best = run_dir / "best.weights.h5"
     if index > 0 and best.is_file() and backup_epoch(backup) is None:
-        model.load_weights(best)  # stage 2 starts from stage 1's best, as the guide does
+        load_best(model, best)  # stage 2 starts from stage 1's best, as the guide does
     recipes.set_precision(model, "float32")  # the prefix is compiled in float32
     parts = split_model(model) if split else None
     augment = AugmentConfig(**config["augment"]) if config["augment"] else None
@@ -118,7 +123,7 @@ def run_stage(model, run_dir: Path, config: dict, index: int, stage: dict, seqs,
     # rather than skipping past an epoch that history.csv or best.weights.h5 lacks.
     callbacks = [
         EpochLog(run_dir, index + 1, len(seqs["train"].paths)),
-        BestCheckpoint(model, best, monitor=MONITOR),
+        BestCheckpoint(model, best, monitor=MONITOR, frozen_prefix=parts is not None),
         Backup(backup),
         keras.callbacks.EarlyStopping(monitor=MONITOR, patience=config["patience"]),
         *([TrainProgress(len(seqs["train"].paths), end,
