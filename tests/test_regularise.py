@@ -152,8 +152,11 @@ def test_a_short_run_with_each_regulariser_learns_real_photos(crops, tmp_path, e
     """Transfer on grey crops of three real photos (chance 1/3): the split trainer with label
     smoothing and with mixup, the whole graph with CutMix; each validation accuracy is well
     above chance, validation loss is against hard labels, and config.yaml keeps the settings."""
-    # Two epochs (was 3): validation accuracy 1.0, 1.0 and 0.958 (CutMix, 0.583 after one)
-    run = train(crops, recipe="transfer", output=tmp_path / "run", epochs=2, image_size=64,
+    # Two epochs for the split trainer (was 3): validation accuracy 0.958 and 1.0. CutMix keeps
+    # 3: 0.75, 0.708, 1.0 since each epoch is one permutation (Keras no longer takes the first
+    # batch from the feed itself: kerascope.training.stage.build_before_fit)
+    epochs = 3 if options.get("cutmix") else 2
+    run = train(crops, recipe="transfer", output=tmp_path / "run", epochs=epochs, image_size=64,
                 batch_size=16, augment=False, engine=engine, progress=False, lr=3e-3,
                 **options)  # fmt: skip
     assert run.val_accuracy >= 0.75, run.history

@@ -7,7 +7,9 @@ real photos (for "does a pretrained backbone beat training from scratch").
 
 from __future__ import annotations
 
+import contextlib
 import json
+import time
 from pathlib import Path
 
 import keras
@@ -363,3 +365,44 @@ def test_class_weights_balance_classes():
         class_weights({"c": 3}, ["a", "b"], {"a": 1, "b": 1})
     with pytest.raises(ValueError, match="unknown recipe"):
         get_recipe("resnet")
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_each_epoch_feeds_one_permutation_from_its_first_batch(workers):
+    """Keras builds the loss and metrics from a batch it takes from the feed itself; with the
+    feed's thread pool every epoch was then shifted by that batch and mixed two epochs'
+    orders (here: 1-5 of the first, 0-4 of the next). `build_before_fit` builds them first."""
+    from kerascope.training.stage import build_before_fit
+
+    fed = []
+
+    class Probe(keras.layers.Layer):
+        def call(self, x):
+            with contextlib.suppress(Exception):  # symbolic while Keras builds: no value
+                fed.append(int(keras.ops.convert_to_numpy(x)[0, 0]))
+            return x
+
+    class Feed(keras.utils.PyDataset):
+        def __init__(self):
+            super().__init__(workers=workers, use_multiprocessing=False, max_queue_size=4)
+            self.epoch = 0
+
+        def __len__(self):
+            return 10
+
+        def __getitem__(self, index):
+            time.sleep(0.01)  # the threads' prefetch runs ahead of the steps, as in training
+            value = np.full((2, 3), 100 * self.epoch + index, "float32")
+            return value, np.zeros((2, 1), "float32")
+
+        def on_epoch_end(self):
+            self.epoch += 1
+
+    inputs = keras.Input((3,))
+    model = keras.Model(inputs, keras.layers.Dense(1)(Probe()(inputs)))
+    model.compile("sgd", "mse", run_eagerly=True)
+    feed = Feed()
+    build_before_fit(model, feed)
+    fed.clear()
+    model.fit(feed, epochs=2, verbose=0, shuffle=False)  # Keras starts the feed's next epoch
+    assert fed == [*range(100, 110), *range(200, 210)]

@@ -234,7 +234,11 @@ class PrefixSequence(DerivedSequence):
     ):
         # Two threads: one batch's augmentation (Pillow, GIL released) overlaps the other's
         # prefix (onnxruntime): measured 2x the img/s of one thread for transfer on 2 cores.
-        super().__init__(workers=2, use_multiprocessing=False, max_queue_size=4)
+        # Batches gathered from precomputed outputs need none: Keras's thread pool only added
+        # its 0.1 s wait for an empty queue at the end of every epoch.
+        cached = augment is None and not (regularise is not None and regularise.mixes)
+        super().__init__(workers=1 if cached else 2, use_multiprocessing=False,
+                         max_queue_size=4)  # fmt: skip
         self.images, self.forward, self.augment = images, forward, augment
         self.scratch = Path(scratch) if scratch else None
         self.row_weight = row_weights(images, class_weight)
@@ -242,7 +246,7 @@ class PrefixSequence(DerivedSequence):
         # pixels, so the prefix then runs per batch like augmentation does.
         self.regularise, self.seed = regularise, int(seed)
         self.outputs: list[np.ndarray] | None = None
-        if augment is None and not (regularise is not None and regularise.mixes):
+        if cached:
             self.precompute(progress)
 
     def __getitem__(self, index: int) -> tuple[Any, np.ndarray, np.ndarray]:

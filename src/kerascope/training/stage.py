@@ -112,6 +112,7 @@ def run_stage(model, run_dir: Path, config: dict, index: int, stage: dict, seqs,
                                 regularise=regularise)  # fmt: skip
         val_data = DeviceFeed(seqs["validation"], None, config["seed"], regularise=hard)
     train_data, val_data = placing.process_shard(train_data), placing.process_shard(val_data)
+    build_before_fit(trained, train_data)
     if pending:  # the stage's epochs from its measured epoch time (0: skipped)
         if not budget.plan_stage(trained, train_data, val_data, run_dir, config, index, started,
                                  progress):  # fmt: skip
@@ -136,3 +137,12 @@ def run_stage(model, run_dir: Path, config: dict, index: int, stage: dict, seqs,
         trained.fit(train_data, validation_data=val_data, epochs=end, initial_epoch=start,
                     callbacks=callbacks, shuffle=False,
                     verbose=verbose)  # fmt: skip
+
+
+def build_before_fit(trained: Any, data: Any) -> None:
+    """Build ``trained``'s loss and metrics from the shapes of the feed's first batch before
+    ``fit``, as Keras would. Keras took that batch from the feed itself: with the feed's
+    thread pool (``workers`` > 1) its prefetch then mixed two epochs' orders in every epoch
+    (10 batches: batches 1-5 of one permutation, 0-4 of the next); now each epoch is one
+    permutation, batch 0 first, with or without threads."""
+    trained._symbolic_build(data_batch=data[0])
