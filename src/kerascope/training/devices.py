@@ -44,6 +44,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from kerascope.compile_cache import cache_in_every_process
 from kerascope.config import ensure_backend
 
 ensure_backend()
@@ -353,6 +354,7 @@ def join_cluster(coordinator: str | None = None, num_processes: int | None = Non
         os._exit(EXIT_NO_COORDINATOR)  # the connect is blocked in C++: no exception reaches it
 
     threading.Thread(target=give_up, daemon=True, name="kerascope-coordinator").start()
+    cache_in_every_process()  # else process 0 alone writes JAX's compile cache
     try:
         keras.distribution.initialize(address, num, pid)
     except RuntimeError as exc:
