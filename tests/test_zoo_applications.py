@@ -264,3 +264,25 @@ def test_numpy_init_compiles_nothing_and_nests():
     assert all(np.array_equal(u, v) for u, v in zip(a.weights, b.weights, strict=True))
     kernel = np.asarray(a.layers[1].kernel)  # glorot-uniform: within its limit, not constant
     assert 0 < kernel.std() and np.abs(kernel).max() <= np.sqrt(6 / (27 + 9 * 37))
+
+
+def test_shapes_only_draws_no_value_then_or_later():
+    """Keras's ``StatelessScope(initialize_variables=False)`` only postpones the values: the
+    next scope to end (``fit``'s symbolic build) draws them. `shapes_only` draws none, ever;
+    the variables deferred outside it still get theirs."""
+    import keras
+
+    from kerascope.zoo.fast_init import shapes_only
+
+    with keras.StatelessScope(initialize_variables=False):
+        postponed = keras.layers.Dense(3)
+        postponed.build((None, 2))
+    with shapes_only():
+        probe = keras.layers.Dense(5)
+        probe.build((None, 4))
+    assert probe.kernel.shape == (4, 5) and probe.count_params() == 25
+    assert postponed.kernel._value is None and probe.kernel._value is None
+    with keras.StatelessScope():  # as the first fit's symbolic build ends
+        pass
+    assert postponed.kernel._value is not None and postponed.kernel.numpy().std() > 0
+    assert probe.kernel._value is None and probe.bias._value is None
