@@ -106,6 +106,25 @@ def test_cli_imports_keras_without_its_optional_modules_which_load_later(tmp_pat
     assert _python(library, tmp_path, "jax") == str(sorted(installed))
 
 
+def test_reports_draw_without_pyplot_and_leave_the_users_backend(tmp_path):
+    """A program (a notebook) that picked its matplotlib backend keeps it after kerascope draws
+    a run's curves, and pyplot is never imported (0.7 s of a short ``train``)."""
+    png = tmp_path / "curves.png"
+    code = (
+        "import sys, matplotlib; matplotlib.use('pdf'); "
+        "from kerascope.report import plot_curves; "
+        "rows = [dict(epoch=e, loss=1.0 / e, val_loss=1.2 / e, accuracy=0.5 + e / 10, "
+        "val_accuracy=0.4 + e / 10, lr=1e-3) for e in (1, 2, 3)]; "
+        f"plot_curves(rows, {str(png)!r}); "
+        "print(matplotlib.get_backend(), 'matplotlib.pyplot' in sys.modules)"
+    )
+    assert _python(code, tmp_path, "jax") == "pdf False"
+    from PIL import Image
+
+    with Image.open(png) as image:
+        assert image.format == "PNG" and image.size == (1000, 400)
+
+
 def _user_errors() -> list[type[BaseException]]:
     from kerascope.bottleneck import FeatureCacheError
     from kerascope.cam.base import LayerError, MethodError

@@ -69,7 +69,7 @@ def _modules_hidden(names: tuple[str, ...]) -> Iterator[None]:
     """While inside, ``import name`` raises ImportError for each of ``names`` not yet imported.
 
     A ``None`` entry in ``sys.modules`` is Python's documented way to make an import fail; the
-    entries are removed afterwards, so later imports (kerascope's own pyplot reports) load them.
+    entries are removed afterwards, so later imports (the reports' matplotlib) load them.
     """
     hidden = [name for name in names if name not in sys.modules]
     for name in hidden:

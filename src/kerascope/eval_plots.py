@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from kerascope.output import percent, printable_lines
-from kerascope.report import _pyplot, _save, image_grid
+from kerascope.report import _save, image_grid, new_figure
 
 RIGHT, WRONG = "#1a7f37", "#cf222e"
 
@@ -60,9 +60,8 @@ def plot_most_confused(
     pairs: Sequence[tuple[str, str, int]], n: int, path: str | os.PathLike
 ) -> Path:
     """Horizontal bars of the most frequent (true -> predicted) mistakes, most at the top."""
-    plt = _pyplot()
     shown = list(pairs)[:20]
-    fig, ax = plt.subplots(figsize=(8, 1.5 + 0.35 * max(1, len(shown))), dpi=100)
+    fig, ax = new_figure(figsize=(8, 1.5 + 0.35 * max(1, len(shown))))
     if shown:
         labels = [printable_lines(f"{t} \u2192 {p}") for t, p, _ in shown][::-1]
         counts = [c for _, _, c in shown][::-1]

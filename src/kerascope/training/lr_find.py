@@ -208,35 +208,28 @@ def find_lr(
 
 def plot_lr_find(result: LRFindResult, path: str | os.PathLike) -> Path:
     """Loss against the rate (log scale), raw and smoothed, the suggestion marked."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     from kerascope.files import atomic_path
+    from kerascope.report import new_figure
 
     path = Path(path)
-    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=100)
-    try:
-        ax.plot(result.lrs, result.losses, color="0.75", lw=1, label="loss per step")
-        ax.plot(result.lrs, result.smoothed, color="C0", lw=2, label="smoothed")
-        ax.axvline(result.suggestion, color="C3", ls="--", lw=1)
-        ax.plot([result.suggestion], [result.smoothed[result.index]], "o", color="C3",
-                label=f"suggested lr {result.suggestion:.2g}")  # fmt: skip
-        ax.set_xscale("log")
-        finite = result.smoothed[np.isfinite(result.smoothed)]
-        if len(finite):
-            low, first = float(finite.min()), float(finite[0])
-            ax.set_ylim(low - 0.1 * abs(first - low) - 1e-3, max(first, low) * 1.3 + 1e-3)
-        ax.set_xlabel("learning rate (log scale)")
-        ax.set_ylabel("training loss")
-        ax.set_title(f"lr finder: {result.optimizer}, {result.trained} "
-                     f"({len(result.lrs)} steps)")  # fmt: skip
-        ax.legend(loc="upper left")
-        fig.tight_layout()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_path(path, suffix=path.suffix) as tmp:
-            fig.savefig(tmp)
-    finally:
-        plt.close(fig)
+    fig, ax = new_figure(figsize=(7, 4.5))
+    ax.plot(result.lrs, result.losses, color="0.75", lw=1, label="loss per step")
+    ax.plot(result.lrs, result.smoothed, color="C0", lw=2, label="smoothed")
+    ax.axvline(result.suggestion, color="C3", ls="--", lw=1)
+    ax.plot([result.suggestion], [result.smoothed[result.index]], "o", color="C3",
+            label=f"suggested lr {result.suggestion:.2g}")  # fmt: skip
+    ax.set_xscale("log")
+    finite = result.smoothed[np.isfinite(result.smoothed)]
+    if len(finite):
+        low, first = float(finite.min()), float(finite[0])
+        ax.set_ylim(low - 0.1 * abs(first - low) - 1e-3, max(first, low) * 1.3 + 1e-3)
+    ax.set_xlabel("learning rate (log scale)")
+    ax.set_ylabel("training loss")
+    ax.set_title(f"lr finder: {result.optimizer}, {result.trained} "
+                 f"({len(result.lrs)} steps)")  # fmt: skip
+    ax.legend(loc="upper left")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path, suffix=path.suffix) as tmp:
+        fig.savefig(tmp)
     return path
