@@ -208,8 +208,7 @@ def find_lr(
 
 def plot_lr_find(result: LRFindResult, path: str | os.PathLike) -> Path:
     """Loss against the rate (log scale), raw and smoothed, the suggestion marked."""
-    from kerascope.files import atomic_path
-    from kerascope.report import new_figure
+    from kerascope.report import _save, new_figure
 
     path = Path(path)
     fig, ax = new_figure(figsize=(7, 4.5))
@@ -228,8 +227,5 @@ def plot_lr_find(result: LRFindResult, path: str | os.PathLike) -> Path:
     ax.set_title(f"lr finder: {result.optimizer}, {result.trained} "
                  f"({len(result.lrs)} steps)")  # fmt: skip
     ax.legend(loc="upper left")
-    fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(path, suffix=path.suffix) as tmp:
-        fig.savefig(tmp)
-    return path
+    return _save(fig, path)
