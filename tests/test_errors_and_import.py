@@ -108,7 +108,7 @@ def test_cli_imports_keras_without_its_optional_modules_which_load_later(tmp_pat
 
 def test_reports_draw_without_pyplot_and_leave_the_users_backend(tmp_path):
     """A program (a notebook) that picked its matplotlib backend keeps it after kerascope draws
-    a run's curves, and pyplot is never imported (0.7 s of a short ``train``)."""
+    a run's curves, and pyplot is never imported."""
     png = tmp_path / "curves.png"
     code = (
         "import sys, matplotlib; matplotlib.use('pdf'); "
