@@ -224,6 +224,25 @@ def lite0_server():
         yield url
 
 
+@contextlib.contextmanager
+def cpu_without_bf16_units():
+    """Auto's engine for bfloat16 on a CPU depends on its bf16 units (OpenVINO where it has
+    them, the keras engine's mixed clone elsewhere): tests of the keras path pin the CPU to one
+    without, so they test the same thing on an AMD EPYC with AVX512-BF16 as on one without."""
+    from kerascope import engines
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(engines, "cpu_native_bfloat16", lambda flags=None: False)
+        yield
+
+
+@pytest.fixture
+def no_cpu_bf16():
+    """`cpu_without_bf16_units` for one test."""
+    with cpu_without_bf16_units():
+        yield
+
+
 @pytest.fixture
 def reap():
     """The processes a test starts (multi-process tests): those still running at its end are

@@ -207,7 +207,7 @@ def test_mixed_clone_keeps_outputs_float32_and_follows_weight_updates(monkeypatc
     np.testing.assert_allclose(forward(x), expected, atol=0.03)
 
 
-def test_reduced_precision_is_refused_on_onnx_in_one_line(monkeypatch):
+def test_reduced_precision_is_refused_on_onnx_in_one_line(monkeypatch, no_cpu_bf16):
     clf = _tiny_classifier(seed=11)
     from kerascope.precision import PrecisionError
 
@@ -241,7 +241,7 @@ def test_bfloat16_agrees_with_float32_on_real_photos(lite0, photo_paths, monkeyp
     assert difference <= PROBABILITY_TOLERANCE
 
 
-def test_cli_says_which_precision_ran(photo_paths, monkeypatch, capsys):
+def test_cli_says_which_precision_ran(photo_paths, monkeypatch, capsys, no_cpu_bf16):
     monkeypatch.delenv("KERASCOPE_ENGINE", raising=False)
     chelsea = str(photo_paths["chelsea"])
     assert main(["classify", chelsea, "-k", "1", "--precision", "bfloat16", "-f", "json"]) == 0

@@ -66,8 +66,11 @@ def chelsea_224(chelsea):
 def served_bf16(lite0):
     from kerascope.serve.served import load_served
 
-    served = load_served(["efficientnet_lite0"], max_batch=4, warm=False, precision="bfloat16")
-    yield next(iter(served.values()))
+    from .conftest import cpu_without_bf16_units
+
+    with cpu_without_bf16_units():  # the keras engine's mixed clone, whatever this CPU has
+        served = load_served(["efficientnet_lite0"], max_batch=4, warm=False, precision="bfloat16")
+        yield next(iter(served.values()))
 
 
 @pytest.mark.slow  # real weights: Lite0 compiled in bfloat16 on the CPU
