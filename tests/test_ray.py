@@ -290,15 +290,25 @@ def two_nodes():
     port = _free_port()
     common = ["--num-cpus", "1", "--object-store-memory", str(100 * 2**20),
               "--disable-usage-stats", "--node-ip-address", "127.0.0.1"]  # fmt: skip
+    # Each `ray start` in a session of its own: its daemons keep that process group, and the
+    # agents the raylets start rename themselves (ray::DashboardAgent), so only the group still
+    # finds them at the end (they outlived the test before).
+    groups: list[int] = []
     node2 = None
     try:
-        subprocess.run([ray_bin, "start", "--head", "--port", str(port), "--temp-dir",
-                        f"{temp}/head", "--include-dashboard=false", *common],
-                       env=env, check=True, capture_output=True, timeout=180)  # fmt: skip
+        head = subprocess.Popen([ray_bin, "start", "--head", "--port", str(port), "--temp-dir",
+                                 f"{temp}/head", "--include-dashboard=false", *common], env=env,
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                start_new_session=True)  # fmt: skip
+        groups.append(head.pid)
+        out = head.communicate(timeout=180)[0]
+        assert head.returncode == 0, out[-3000:]
         node2 = subprocess.Popen([ray_bin, "start", "--address", f"127.0.0.1:{port}",
                                   "--temp-dir", f"{temp}/node2", "--resources", '{"node2": 1}',
                                   *common], env=env, stdout=subprocess.PIPE,
-                                 stderr=subprocess.STDOUT, text=True)  # fmt: skip
+                                 stderr=subprocess.STDOUT, text=True,
+                                 start_new_session=True)  # fmt: skip
+        groups.append(node2.pid)
 
         def join() -> None:
             out = node2.communicate(timeout=180)[0]
@@ -314,6 +324,9 @@ def two_nodes():
         while _pids_with(temp) and time.monotonic() < deadline:
             time.sleep(0.05)
         _kill_marked(temp)
+        for group in groups:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(group, signal.SIGKILL)
         shutil.rmtree(temp, ignore_errors=True)
 
 
