@@ -79,16 +79,32 @@ def test_feed_pads_weighs_and_draws_the_cpu_trainers_views(shapes, tmp_path):
 
 def test_feed_transfers_each_batch_in_its_worker_with_batches_queued_ahead(shapes, tmp_path):
     """On an accelerator the worker that prepares a batch also puts it on the device, and
-    several batches are prepared ahead (prefetch depth >= 2) while the step runs."""
+    several batches are prepared ahead (prefetch depth >= 2) while the step runs, on the
+    feed's own threads: Keras reads it on one thread, so it has no enqueuer (and none of its
+    0.1 s waits at the end of every pass)."""
+    import threading
+
     import jax
+    from keras.src.trainers.data_adapters.py_dataset_adapter import PyDatasetAdapter
+
+    made: dict[int, str] = {}
+
+    class Recording(DeviceFeed):
+        def make_batch(self, index):
+            made[index] = threading.current_thread().name
+            return super().make_batch(index)
 
     items = [(str(p), i % 3) for i, p in enumerate(sorted(shapes.rglob("*.png")))][:12]
     images = FolderSequence(items, ["a", "b", "c"], 32, batch_size=8)
-    feed = DeviceFeed(images, AugmentConfig(), transfer=True)
+    feed = Recording(images, AugmentConfig(), transfer=True)
+    feed[0]
     inputs, labels, weights = feed[1]
+    assert made[0] == threading.current_thread().name  # the first read: made on the spot
+    assert made[1].startswith("kerascope-batches")  # made ahead, and transferred there
     assert isinstance(inputs["image"], jax.Array) and isinstance(weights, jax.Array)
     assert inputs["image"].dtype == "uint8" and inputs["image"].shape == (8, 32, 32, 3)
-    assert feed.workers >= 2 and feed.max_queue_size >= 2
+    assert feed.threads >= 2 and feed.ahead >= 2
+    assert feed.workers == 1 and PyDatasetAdapter(feed).enqueuer is None
 
 
 def test_bfloat16_training_learns_real_photos(tmp_path):

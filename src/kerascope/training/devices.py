@@ -237,18 +237,20 @@ class ProcessShard(DerivedSequence):
     assembles the global batch from the processes' parts."""
 
     def __init__(self, batches: Any, index: int, count: int):
-        super().__init__(workers=batches.workers, use_multiprocessing=False,
-                         max_queue_size=batches.max_queue_size)  # fmt: skip
+        super().__init__()  # read in order: ``batches`` makes the next ones ahead
         self.batches, self.images = batches, batches.images
         self.index, self.count = int(index), int(count)
 
     def __len__(self) -> int:
         return len(self.batches)
 
+    def set_epoch(self, epoch: int) -> None:
+        self.batches.set_epoch(epoch)
+
     def on_epoch_end(self) -> None:
         self.batches.on_epoch_end()
 
-    def __getitem__(self, index: int) -> Any:
+    def make_batch(self, index: int) -> Any:
         return shard_rows(self.batches[index], self.index, self.count)
 
 

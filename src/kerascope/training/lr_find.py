@@ -182,7 +182,7 @@ def find_lr(
     for i, lr in enumerate(lrs):
         if batch == len(feed):
             epoch, batch = epoch + 1, 0
-            images.set_epoch(epoch)
+            feed.set_epoch(epoch)
         x, y, w = feed[batch]
         batch += 1
         optimizer.learning_rate = float(lr)

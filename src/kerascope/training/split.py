@@ -234,11 +234,9 @@ class PrefixSequence(DerivedSequence):
     ):
         # Two threads: one batch's augmentation (Pillow, GIL released) overlaps the other's
         # prefix (onnxruntime): measured 2x the img/s of one thread for transfer on 2 cores.
-        # Batches gathered from precomputed outputs need none: Keras's thread pool only added
-        # its 0.1 s wait for an empty queue at the end of every epoch.
+        # Batches gathered from precomputed outputs need none.
         cached = augment is None and not (regularise is not None and regularise.mixes)
-        super().__init__(workers=1 if cached else 2, use_multiprocessing=False,
-                         max_queue_size=4)  # fmt: skip
+        super().__init__(threads=0 if cached else 2, ahead=4)
         self.images, self.forward, self.augment = images, forward, augment
         self.scratch = Path(scratch) if scratch else None
         self.row_weight = row_weights(images, class_weight)
@@ -249,7 +247,7 @@ class PrefixSequence(DerivedSequence):
         if cached:
             self.precompute(progress)
 
-    def __getitem__(self, index: int) -> tuple[Any, np.ndarray, np.ndarray]:
+    def make_batch(self, index: int) -> tuple[Any, np.ndarray, np.ndarray]:
         # Full-size batches (the last one padded, weight 0): the suffix's step compiles once.
         rows, real = self.images.padded_rows(index)
         labels = self.images.labels[rows]

@@ -105,8 +105,8 @@ class DeviceFeed(DerivedSequence):
         transfer: bool | None = None,
         regularise: RegulariseConfig | None = None,
     ):
-        workers = workers or max(2, min(PREFETCH, os.cpu_count() or 1))
-        super().__init__(workers=workers, use_multiprocessing=False, max_queue_size=PREFETCH)
+        super().__init__(threads=workers or max(2, min(PREFETCH, os.cpu_count() or 1)),
+                         ahead=PREFETCH)  # fmt: skip
         self.images, self.seed = images, int(seed)
         self.augment = None if augment is None or augment.is_identity else augment
         self.row_weight = row_weights(images, class_weight)
@@ -115,7 +115,7 @@ class DeviceFeed(DerivedSequence):
         self.transfer = transfer
         self.regularise = regularise
 
-    def __getitem__(self, index: int) -> tuple[Any, np.ndarray, np.ndarray]:
+    def make_batch(self, index: int) -> tuple[Any, np.ndarray, np.ndarray]:
         seq = self.images
         rows, real = seq.padded_rows(index)  # one shape: no second compile for the last batch
         size = len(rows)
