@@ -4,20 +4,19 @@ phone-sized window; a screenshot is kept in tests/artifacts/ for people to look 
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
 
+from tests.browser import CHROMEDRIVER, CHROMIUM, chromium, have_chromium
 from tests.serve_server import httpx
 
-CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 ARTIFACTS = Path(__file__).parent / "artifacts"
 CAT_NAMES = ("tabby", "tiger cat", "Persian cat", "Siamese cat", "Egyptian cat")
 pytestmark = [
     pytest.mark.slow,
     pytest.mark.skipif(
-        not (os.access(CHROMIUM, os.X_OK) and os.access(CHROMEDRIVER, os.X_OK)),
+        not have_chromium(),
         reason=f"needs Debian's chromium and chromium-driver ({CHROMIUM}, {CHROMEDRIVER}); "
         "`make install-test` installs them",
     ),
@@ -32,21 +31,8 @@ def server(lite0_server):
 
 @pytest.fixture(scope="module")
 def browser():
-    from selenium.webdriver.chrome.options import Options
-    from selenium.webdriver.chrome.service import Service
-
-    options = Options()
-    options.binary_location = CHROMIUM
-    for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
-                 "--window-size=412,915", "--no-first-run", "--disable-extensions"):  # fmt: skip
-        options.add_argument(flag)
-    # An explicit driver path: Selenium Manager never tries to download a driver or a browser.
-    driver = webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=options)
-    driver.set_page_load_timeout(60)
-    try:
+    with chromium() as driver:
         yield driver
-    finally:
-        driver.quit()
 
 
 def test_upload_shows_a_cat_and_its_heatmap(server, browser, photo_paths):

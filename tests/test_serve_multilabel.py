@@ -8,17 +8,16 @@ served as users start it and reached over loopback."""
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from tests.browser import chromium, have_chromium
 from tests.serve_server import httpx, running_server
 from tests.test_multilabel import make_pairs
 
 pytestmark = pytest.mark.slow
-CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 
 
 @pytest.fixture(scope="module")
@@ -85,11 +84,9 @@ def test_classify_lists_every_label_over_its_threshold_as_the_cli_does(server, r
 
 def test_page_shows_the_labels_with_their_thresholds(server, run):
     """The page lists both labels of a held-out picture, each with '(threshold N%)'."""
-    if not (os.access(CHROMIUM, os.X_OK) and os.access(CHROMEDRIVER, os.X_OK)):
+    if not have_chromium():
         pytest.skip("needs Debian's chromium and chromium-driver (`make install-test`)")
-    webdriver = pytest.importorskip("selenium.webdriver", reason="needs selenium (test extra)")
-    from selenium.webdriver.chrome.options import Options
-    from selenium.webdriver.chrome.service import Service
+    pytest.importorskip("selenium.webdriver", reason="needs selenium (test extra)")
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support import expected_conditions as ec
     from selenium.webdriver.support.ui import WebDriverWait
@@ -100,14 +97,7 @@ def test_page_shows_the_labels_with_their_thresholds(server, run):
     r = httpx.post(server + "/v1/classify", files=files(held), timeout=120).json()
     pick = next(x for x in r["results"] if {p["name"] for p in x["predictions"]}
                 == truth[x["source"]])  # fmt: skip
-    options = Options()
-    options.binary_location = CHROMIUM
-    for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
-                 "--window-size=412,915", "--no-first-run", "--disable-extensions"):  # fmt: skip
-        options.add_argument(flag)
-    browser = webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=options)
-    try:
-        browser.set_page_load_timeout(60)
+    with chromium() as browser:
         browser.get(server + "/")
         wait = WebDriverWait(browser, 120)
         wait.until(lambda d: "multi-label" in d.find_element(By.ID, "model").text)
@@ -117,8 +107,6 @@ def test_page_shows_the_labels_with_their_thresholds(server, run):
             (By.CSS_SELECTOR, ".card[data-classified]")))  # fmt: skip
         labels = [e.text for e in card.find_elements(By.CSS_SELECTOR, ".classes .label")]
         values = [e.text for e in card.find_elements(By.CSS_SELECTOR, ".classes .value")]
-    finally:
-        browser.quit()
     assert labels == [p["name"] for p in pick["predictions"]] and len(labels) == 2
     for value, p in zip(values, pick["predictions"], strict=True):
         cut = saved["thresholds"][p["index"]]

@@ -350,9 +350,11 @@ def test_a_killed_process_stops_the_other_with_one_line_and_both_resume(photos, 
     args = ["train", str(photos), "--recipe", "lenet", "--engine", "keras", "--epochs", "400",
             "--patience", "400", "--batch-size", "8", "--image-size", "32",
             "-o", str(run)]  # fmt: skip
+    temp = tmp_path / "tmp"  # the killed process 1 cannot remove its scratch copy of the run
+    temp.mkdir()
     procs = [subprocess.Popen([sys.executable, "-m", "kerascope", *args, "--coordinator",
                                f"127.0.0.1:{port}", "--num-processes", "2", "--process-id",
-                               str(i)], env=_env(), stdout=subprocess.DEVNULL,
+                               str(i)], env=_env(TMPDIR=str(temp)), stdout=subprocess.DEVNULL,
                               stderr=subprocess.PIPE, text=True)
              for i in (0, 1)]  # fmt: skip
     deadline = time.monotonic() + 400
