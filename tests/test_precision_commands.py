@@ -89,6 +89,29 @@ def test_serve_runs_in_the_precision_asked_and_says_so(served_bf16, lite0, chels
     assert heat.max() == pytest.approx(1.0, abs=1e-3)
 
 
+@pytest.mark.slow  # real weights: Lite0 converted for OpenVINO
+def test_serve_in_bfloat16_on_a_cpu_with_bf16_units_runs_openvino_and_explains(lite0, chelsea_224):
+    """On a CPU with bf16 units (pinned here, so every machine runs this path: an AMD EPYC
+    with AVX512-BF16 takes it by itself) bfloat16 classifies on OpenVINO; its explanations,
+    which need gradients, run on the keras engine in bfloat16 and name the same class."""
+    from kerascope import engines
+    from kerascope.serve.served import load_served
+
+    if not engines.openvino_installed():
+        pytest.skip("needs openvino (`make install-test`)")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(engines, "cpu_native_bfloat16", lambda flags=None: True)
+        served = load_served(["efficientnet_lite0"], max_batch=4, warm=False,
+                             precision="bfloat16")  # fmt: skip
+        model = next(iter(served.values()))
+        assert model.engine == "openvino" and model.describe(True)["precision"] == "bfloat16"
+        (probs,) = model._classify([chelsea_224])
+        ((heat, cls, p),) = model._explain("gradcam", [(chelsea_224, -1)])
+    assert np.argmax(probs) in CATS and cls == int(np.argmax(probs))
+    assert model.explain_precision("gradcam") == "bfloat16"
+    assert heat.max() == pytest.approx(1.0, abs=1e-3)
+
+
 @pytest.mark.slow  # real weights: Lite0 compiled in bfloat16 on the CPU
 def test_serve_responses_say_the_precision(served_bf16, chelsea_224):
     import io
