@@ -81,3 +81,29 @@ def test_the_lr_finder_refuses_a_multi_process_run(tmp_path, capsys, monkeypatch
                                  "once without --coordinator, then start every process with "
                                  "--lr VALUE"), err  # fmt: skip
     assert not out.exists() and not list(tmp_path.glob("lr_find*.png"))
+
+
+def test_a_killed_process_scratch_copy_is_removed_by_the_next_one_on_the_host(tmp_path):
+    """Only folders of this host whose process is gone go; a running process's, another
+    host's, a malformed name and a symlink stay."""
+    import os
+    import subprocess
+
+    from kerascope.training.scratch import remove_stale_scratch, scratch_prefix
+
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    ours = scratch_prefix(1)  # kerascope-process1-<host>-<this pid>-
+    host = ours.removeprefix("kerascope-process1-").rsplit("-", 2)[0]
+    dead = tmp_path / f"kerascope-process1-{host}-{gone.pid}-abc"
+    (dead / "run").mkdir(parents=True)
+    (dead / "run" / "best.weights.h5").write_bytes(b"x" * 1000)
+    alive = tmp_path / f"{ours}def"
+    other_host = tmp_path / f"kerascope-process1-{host}x-{gone.pid}-ghi"
+    odd = tmp_path / f"kerascope-process1-{host}-notapid-jkl"
+    link = tmp_path / f"kerascope-process2-{host}-{gone.pid}-mno"
+    for folder in (alive, other_host, odd):
+        folder.mkdir()
+    os.symlink(alive, link)
+    assert remove_stale_scratch(tmp_path) == [dead]
+    assert not dead.exists() and all(p.exists() for p in (alive, other_host, odd, link))

@@ -250,18 +250,20 @@ def test_two_processes_train_together_and_only_process_0_writes(photos, tmp_path
 
 
 def _pair(args0: list[str], args1: list[str], homes: list[Path] | None = None,
-          ) -> tuple[list[int], list[tuple[str, str]]]:  # fmt: skip
+          temp: Path | None = None) -> tuple[list[int], list[tuple[str, str]]]:  # fmt: skip
     """``kerascope ARGS --coordinator 127.0.0.1:PORT --num-processes 2 --process-id I`` for
-    I = 0, 1 at once (with ``homes``, each its own KERASCOPE_HOME): their exit codes and
-    (stdout, stderr)."""
-    return _finish_pair(_start_pair(args0, args1, homes))
+    I = 0, 1 at once (with ``homes``, each its own KERASCOPE_HOME; with ``temp``, that
+    TMPDIR): their exit codes and (stdout, stderr)."""
+    return _finish_pair(_start_pair(args0, args1, homes, temp))
 
 
 def _start_pair(args0: list[str], args1: list[str], homes: list[Path] | None = None,
-                ) -> list[subprocess.Popen]:  # fmt: skip
+                temp: Path | None = None) -> list[subprocess.Popen]:  # fmt: skip
     """`_pair`'s two processes, started; `_finish_pair` waits for them."""
     port = free_port()
-    envs = [_env(KERASCOPE_HOME=str(h)) for h in homes] if homes else [_env(), _env()]
+    extra = {"TMPDIR": str(temp)} if temp else {}
+    envs = ([_env(KERASCOPE_HOME=str(h), **extra) for h in homes] if homes
+            else [_env(**extra), _env(**extra)])  # fmt: skip
     return [subprocess.Popen([sys.executable, "-m", "kerascope", *args, "--coordinator",
                               f"127.0.0.1:{port}", "--num-processes", "2", "--process-id",
                               str(i)], env=envs[i], stdout=subprocess.PIPE,
@@ -373,11 +375,14 @@ def test_a_killed_process_stops_the_other_with_one_line_and_both_resume(photos, 
     assert f"again with `--resume {run}`" in lines[0]
     saved = len(_history(run))
     assert saved >= 1
+    assert len(list(temp.glob("kerascope-process1-*"))) == 1  # the killed one's scratch copy
     codes, outs = _pair(["train", "--resume", str(run), "--epochs", str(saved + 1)],
-                        ["train", "--resume", str(run), "--epochs", str(saved + 1)])  # fmt: skip
+                        ["train", "--resume", str(run), "--epochs", str(saved + 1)],
+                        temp=temp)  # fmt: skip
     assert codes == [0, 0], outs[0][1][-2000:] + outs[1][1][-2000:]
     assert [int(r["epoch"]) for r in _history(run)] == list(range(1, saved + 2))
     assert (run / "model.keras").is_file() and not (run / "backup").exists()
+    assert not list(temp.iterdir())  # the new process 1 removed the old copy, then its own
 
 
 @jax_only

@@ -35,9 +35,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-import shutil
 import sys
-import tempfile
 import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -53,6 +51,10 @@ import numpy as np  # noqa: E402
 
 from kerascope.data.loader import DerivedSequence, share_part  # noqa: E402
 from kerascope.errors import ConfigError  # noqa: E402
+from kerascope.training.scratch import (  # noqa: E402
+    private_run_dir,  # noqa: F401  (run.py writes through it, as placing.private_run_dir)
+    remove_scratch,
+)
 from kerascope.training.starting import (  # noqa: E402
     peers_watched as watched_by_peers,
 )
@@ -368,36 +370,6 @@ def join_cluster(coordinator: str | None = None, num_processes: int | None = Non
     return pid, num
 
 
-@contextlib.contextmanager
-def private_run_dir(run_dir: Path, resume: bool) -> Iterator[Path]:
-    """Where this process writes: the run directory for process 0, else a scratch folder
-    (a copy of the run to resume) removed at the end: only process 0 writes the run."""
-    import jax
-
-    if keras.backend.backend() != "jax" or jax.process_index() == 0:
-        yield run_dir
-        return
-    scratch = Path(tempfile.mkdtemp(prefix=f"kerascope-process{jax.process_index()}-"))
-    target = scratch / run_dir.name
-    _scratch.append(scratch)
-    try:
-        if resume:
-            shutil.copytree(run_dir, target, ignore=shutil.ignore_patterns(".lock*"))
-        yield target
-    finally:
-        _remove_scratch()
-
-
-_scratch: list[Path] = []  # this process's scratch copies (a process other than 0)
-
-
-def _remove_scratch() -> None:
-    """Remove the scratch copies; also called by a process that ends itself when a peer
-    failed (:class:`~kerascope.training.starting.PeerWatch`)."""
-    while _scratch:
-        shutil.rmtree(_scratch.pop(), ignore_errors=True)
-
-
 # The settings every process must share (its data path and output may differ per machine).
 SHARED = ("recipe", "backbone", "layer", "pool", "image_size", "batch_size", "stages", "seed",
           "val_split", "skip_bad", "class_weight", "unfreeze", "augment", "head", "dropout",
@@ -449,4 +421,4 @@ def reported(result: Any, run_dir: Path) -> Any:
 def peers_watched(run_dir: Path) -> contextlib.AbstractContextManager[None]:
     """Training watched in a multi-process run (:func:`kerascope.training.starting.peers_watched`);
     a process that ends itself removes its scratch copy (:func:`private_run_dir`) first."""
-    return watched_by_peers(run_dir, _remove_scratch)
+    return watched_by_peers(run_dir, remove_scratch)
