@@ -350,7 +350,11 @@ def test_cluster_cli_resumes_after_the_driver_is_killed(two_nodes, photos, singl
     before = {p: p.stat().st_mtime_ns for p in out.glob("part-*.parquet")}
     assert 0 < len(before) < 14  # stopped part-way
     join()  # both nodes up
-    rerun = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    # Ray Data hands blocks to whichever actor is ready: an actor that finished loading the
+    # model first took all 13 blocks once (a full run on a fast machine). Its documented knob
+    # makes the driver wait for both actors, so both nodes take blocks.
+    both = dict(env, RAY_DATA_DEFAULT_WAIT_FOR_MIN_ACTORS_S="300")
+    rerun = subprocess.run(cmd, env=both, capture_output=True, text=True, timeout=600)
     assert rerun.returncode == 1, rerun.stderr[-3000:]  # 1: two inputs have error rows
     assert "done before" in rerun.stderr and "2 worker(s)" in rerun.stderr
     # before: an error-level core_worker line and a "Progress bars disabled" warning from Ray
