@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
 import time
@@ -147,12 +148,22 @@ class KerascopeSide:
         seconds, _ = self._timed_classify(arrays, len(arrays), batch_size=batch)
         return {"value": len(arrays) / seconds, "info": info}
 
-    def classify_folder(self, folder: str, n: int, batch: int = CLASSIFY_BATCH) -> dict:
-        info = {"batch_size": batch}
-        if "folder" not in self.warm:
-            info["first_call_s"] = round(self._timed_classify(folder, n, batch_size=batch)[0], 2)
-            self.warm.add("folder")
-        seconds, _ = self._timed_classify(folder, n, batch_size=batch)
+    def classify_folder(
+        self, folder: str, n: int, batch: int = CLASSIFY_BATCH, decoder: str = "auto"
+    ) -> dict:
+        """``decoder``: KERASCOPE_JPEG_DECODER for this call (auto: simplejpeg if installed)."""
+        from kerascope.images.jpeg import DECODER_ENV, jpeg_decoder
+
+        os.environ[DECODER_ENV] = decoder
+        info = {"batch_size": batch, "decoder": jpeg_decoder()}
+        try:
+            if "folder" not in self.warm:
+                first = self._timed_classify(folder, n, batch_size=batch)[0]
+                info["first_call_s"] = round(first, 2)
+                self.warm.add("folder")
+            seconds, _ = self._timed_classify(folder, n, batch_size=batch)
+        finally:
+            os.environ[DECODER_ENV] = "auto"
         return {"value": n / seconds, "info": info}
 
     def first_call_folder(self, folder: str, n: int) -> dict:

@@ -278,9 +278,20 @@ def main() -> None:
     if (deadline := group("folder")) is not None:
         row = Row("classify_folder", f"classify folder {n_files} JPEGs (warm)", "img/s",
                   ">= 1.0x peer")  # fmt: skip
-        rows.append(row)
+        pil = Row("classify_folder_pillow", f"classify folder {n_files} JPEGs, Pillow decoder",
+                  "img/s", "(KERASCOPE_JPEG_DECODER=pillow)")  # fmt: skip
+        rows += [row, pil]
         kw = {"folder": data["folder"], "n": n_files}
-        interleave(row, deadline, ("classify_folder", kw), ("classify_folder", kw))
+        for rep in range(R):  # auto decoder (simplejpeg when installed), Pillow, the peer
+            for r, side, w, extra in ((row, "kerascope", K, {}), (pil, "kerascope", K,
+                                      {"decoder": "pillow"}), (row, "peer", P, {})):  # fmt: skip
+                if not (rep and getattr(r, side[0] + "_note")):
+                    r.add(side, ask(w, "classify_folder", left(deadline), **kw, **extra))
+            say(f"  {row.label} #{rep + 1}: kerascope {fmt(row.kerascope, row.k_note, 'img/s')}"
+                f" (Pillow {fmt(pil.kerascope, pil.k_note, 'img/s')})"
+                f" | peer {fmt(row.peer, row.p_note, 'img/s')}")  # fmt: skip
+            if left(deadline) < 2:
+                break
 
     write_report(out, meta, rows, workers, started)
 

@@ -15,6 +15,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from kerascope.errors import KerascopeError
+from kerascope.images import jpeg
 from kerascope.images.colour import to_rgb
 
 IMAGE_SUFFIXES: frozenset[str] = frozenset(
@@ -287,8 +288,12 @@ def _decode(p: str, img: Image.Image, max_side: int | None, min_size) -> np.ndar
     """Pixels of an opened, size-checked image, reduced as early as the format allows."""
     width, height = img.size
     floor = 2 * max(min_size) if min_size else None
-    if floor and img.format == "JPEG" and min(width, height) >= 2 * floor:
-        img.draft(img.mode, (floor, floor))  # keeps both sides >= floor, by powers of two
+    draft = floor if floor and min(width, height) >= 2 * floor else None
+    pixels = jpeg.decode(img, jpeg.draft_scale(img.size, draft))
+    if pixels is not None:  # simplejpeg: Pillow's pixels without holding the GIL
+        return _shrink_array(pixels, floor, max_side)
+    if draft and img.format == "JPEG":
+        img.draft(img.mode, (draft, draft))  # keeps both sides >= floor, by powers of two
     try:
         img.load()  # frame 0 of multi-frame GIF/TIFF: Image.open leaves it there
     except Image.DecompressionBombError as err:  # a GIF frame bigger than its canvas
@@ -327,6 +332,14 @@ def _memory_reason(img: Image.Image) -> str:
             f"{widest:,} Pillow can convert; crop or resize it first"
         )
     return f"not enough memory to convert {width}x{height} = {_fmt_pixels(width * height)}"
+
+
+def _shrink_array(pixels: np.ndarray, floor: int | None, max_side: int | None) -> np.ndarray:
+    """`_shrink` for pixels decoded straight to NumPy."""
+    height, width = pixels.shape[:2]
+    if (max_side and max(width, height) > max_side) or (floor and min(width, height) >= 2 * floor):
+        return np.array(_shrink(Image.fromarray(pixels, "RGB"), floor, max_side), dtype=np.uint8)
+    return pixels
 
 
 def _shrink(img: Image.Image, floor: int | None, max_side: int | None) -> Image.Image:

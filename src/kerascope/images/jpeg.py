@@ -1,0 +1,96 @@
+"""JPEG pixels through simplejpeg (libjpeg-turbo) when it is installed: the same pixels as
+Pillow's decode, without holding Python's GIL.
+
+Pillow releases the GIL while libjpeg decodes, but copying the decoded picture into NumPy
+(``Image.tobytes``) holds it: about 0.5 ms of a 2.2 ms decode-and-fit of a 500x375 photo, so
+a 16-core decode pool stalls near 1,000-2,000 photos/s whatever the cores. simplejpeg decodes
+straight into a NumPy array with the GIL released (``benchmarks/decode.py`` measures both).
+
+Only what both decoders do alike takes this path: a baseline or progressive Huffman JPEG in
+RGB or grayscale, without EXIF rotation, decoded with the DCT scaling Pillow's ``draft`` would
+pick. Everything else, and any file libjpeg-turbo so much as warns about, goes to Pillow,
+whose result or error is the reference. ``KERASCOPE_JPEG_DECODER=pillow`` turns it off.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+from PIL import ExifTags, Image
+
+from kerascope.errors import KerascopeError
+
+DECODER_ENV = "KERASCOPE_JPEG_DECODER"
+_CHOICES = ("auto", "simplejpeg", "pillow")
+_SAME_AS_PILLOW = frozenset({"RGB", "L"})  # CMYK/YCCK, MPO frames and the rest stay on Pillow
+
+
+class DecoderSettingError(KerascopeError, RuntimeError):
+    """``KERASCOPE_JPEG_DECODER`` names no decoder this installation has: one line from the
+    command, not a per-file error for every photo."""
+
+
+try:
+    import simplejpeg
+except ImportError:  # an optional extra: `pip install simplejpeg`
+    simplejpeg = None
+
+
+def jpeg_decoder() -> str:
+    """The JPEG decoder in force: ``simplejpeg`` or ``pillow``.
+
+    ``KERASCOPE_JPEG_DECODER`` (auto|simplejpeg|pillow; read on every call) chooses; auto is
+    simplejpeg when it is installed.
+
+    Raises:
+        DecoderSettingError: an unknown value, or simplejpeg asked for but not installed.
+    """
+    wanted = os.environ.get(DECODER_ENV, "auto").strip().lower() or "auto"
+    if wanted not in _CHOICES:
+        raise DecoderSettingError(f"{DECODER_ENV}={wanted!r} is not one of {', '.join(_CHOICES)}")
+    if wanted == "simplejpeg" and simplejpeg is None:
+        raise DecoderSettingError(
+            f"{DECODER_ENV}=simplejpeg, but simplejpeg is not installed "
+            "(pip install simplejpeg, or unset the variable to decode with Pillow)"
+        )
+    if wanted == "pillow" or simplejpeg is None:
+        return "pillow"
+    return "simplejpeg"
+
+
+def draft_scale(size: tuple[int, int], floor: int | None) -> int:
+    """The DCT scale (1, 2, 4 or 8) Pillow's ``draft(mode, (floor, floor))`` picks for a
+    (width, height) JPEG: the largest that keeps both sides at least ``floor``."""
+    if not floor:
+        return 1
+    most = min(size[0] // floor, size[1] // floor)
+    return next((s for s in (8, 4, 2) if most >= s), 1)
+
+
+def decode(img: Image.Image, scale: int) -> np.ndarray | None:
+    """(H, W, 3) uint8 RGB pixels of an opened, size-checked JPEG, reduced ``scale`` times in
+    the DCT as Pillow's ``draft`` would; None where Pillow must decode it (see the module)."""
+    if img.format != "JPEG" or jpeg_decoder() != "simplejpeg":
+        return None
+    if img.mode not in _SAME_AS_PILLOW or len(getattr(img, "tile", ())) != 1:
+        return None
+    if img.getexif().get(ExifTags.Base.Orientation, 1) in range(2, 9):
+        return None
+    fp = getattr(img, "fp", None)
+    try:
+        fp.seek(0)
+        data = fp.read()
+    except (AttributeError, OSError, ValueError):
+        return None
+    width, height = img.size
+    try:
+        return simplejpeg.decode_jpeg(
+            data,
+            colorspace="RGB",
+            min_width=-(-width // scale),
+            min_height=-(-height // scale),
+            strict=True,
+        )
+    except ValueError:  # a libjpeg-turbo warning or error: Pillow decides what it is
+        return None
