@@ -191,13 +191,15 @@ class KerascopeSide:
                          "new_again_s": round(again, 2), "partial_first_s": round(p_first, 2),
                          "partial_again_s": round(p_again, 2)}}  # fmt: skip
 
-    def explain(self, files: list[str], warm_files: int) -> dict:
-        """Grad-CAM pictures written (original | overlay JPEGs), as `kerascope explain` does."""
+    def explain(self, files: list[str], warm_files: int, pool: str = "threads") -> dict:
+        """Grad-CAM pictures written (original | overlay JPEGs), as `kerascope explain` does;
+        ``pool``: where the pictures are drawn (threads, or processes)."""
         from kerascope.cam.save import save_explanations
 
         clf = self._classifier("efficientnet_lite0")
-        info = {}
-        if "explain" not in self.warm:
+        info = {"pool": pool}
+        extra = {"pool": pool} if pool != "threads" else {}
+        if ("explain", pool) not in self.warm:
             out = Path(tempfile.mkdtemp(dir=self.tmp))
             start = time.perf_counter()
             save_explanations(
@@ -206,14 +208,15 @@ class KerascopeSide:
                 model=clf,
                 method="gradcam",
                 batch_size=EXPLAIN_BATCH,
+                **extra,
             )
             info["warm_up_s"] = round(time.perf_counter() - start, 2)
             shutil.rmtree(out, ignore_errors=True)
-            self.warm.add("explain")
+            self.warm.add(("explain", pool))
         out = Path(tempfile.mkdtemp(dir=self.tmp))
         start = time.perf_counter()
         saved = save_explanations(
-            files, output_dir=out, model=clf, method="gradcam", batch_size=EXPLAIN_BATCH
+            files, output_dir=out, model=clf, method="gradcam", batch_size=EXPLAIN_BATCH, **extra
         )
         seconds = time.perf_counter() - start
         written = sum(1 for _ in out.rglob("*.jpg"))

@@ -28,10 +28,12 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import numpy as np
 from _gpu_common import _photo_paths, _write_jpegs
 
 DECODERS = ("pillow", "simplejpeg")
 SIZE = (224, 224)
+WORKS = ("classify", "explain", "picture")
 
 
 def make_files(folder: Path, count: int) -> list[str]:
@@ -44,21 +46,41 @@ def make_files(folder: Path, count: int) -> list[str]:
     return [str(n) for n in names]
 
 
-def decode_one(path: str, keep_original: bool):
+def _blob() -> np.ndarray:
+    """A Grad-CAM-like map as the device sends it: uint8 heat levels at the input size."""
+    y, x = np.mgrid[0 : SIZE[0], 0 : SIZE[1]] / SIZE[0]
+    return np.round(255 * np.exp(-((x - 0.55) ** 2 + (y - 0.45) ** 2) / 0.05)).astype(np.uint8)
+
+
+BLOB = _blob()
+
+
+def decode_one(path: str, work: str, out: str | None = None):
+    """One photo's host work: ``classify`` decodes and fits it; ``explain`` keeps the photo
+    too; ``picture`` also draws and writes explain's picture of a fixed map into ``out``."""
     from kerascope.sources import decode_item
 
-    item = decode_item(path, SIZE, keep_original=keep_original)
+    item = decode_item(path, SIZE, keep_original=work != "classify")
     if item.error:
         raise RuntimeError(f"{path}: {item.error}")
+    if work == "picture":
+        from kerascope.cam.explain import Explanation
+        from kerascope.cam.save import _Decoded, _draw_one
+
+        e = Explanation(path, class_index=285, class_id="n02124075", class_name="Egyptian_cat",
+                        probability=0.771, box=item.box)  # fmt: skip
+        draw = dict(method="gradcam", alpha=0.4, colormap="jet", colorbar=False, replace=True)
+        target = Path(out) / (Path(path).stem + "-output.jpg")
+        _draw_one(_Decoded(item.original), (BLOB, item.shape, item.box), e, target, draw)
     return item
 
 
-def job(paths: list[str], decoder: str, threads: int, keep_original: bool) -> tuple[float, float]:
+def job(paths: list[str], decoder: str, threads: int, work: str, out: str) -> tuple[float, float]:
     """(photos per second, CPU ms per photo) of one pass over ``paths``."""
     os.environ["KERASCOPE_JPEG_DECODER"] = decoder
     cpu, start = time.process_time(), time.perf_counter()
     with ThreadPoolExecutor(threads) as pool:
-        for _ in pool.map(decode_one, paths, [keep_original] * len(paths)):
+        for _ in pool.map(decode_one, paths, [work] * len(paths), [out] * len(paths)):
             pass
     wall = time.perf_counter() - start
     return len(paths) / wall, (time.process_time() - cpu) / len(paths) * 1e3
@@ -74,7 +96,8 @@ def gil_ms_per_photo(paths: list[str], decoder: str, work: str) -> float | None:
         listing, raw = Path(tmp) / "files.txt", Path(tmp) / "raw.txt"
         listing.write_text("\n".join(paths))
         cmd = [spy, "record", "--gil", "-r", "1000", "-f", "raw", "-o", str(raw), "--",
-               sys.executable, __file__, "--loop", str(listing), "--work", work]  # fmt: skip
+               sys.executable, __file__, "--loop", str(listing), "--work", work, "--out",
+               tmp]  # fmt: skip
         env = dict(os.environ, KERASCOPE_JPEG_DECODER=decoder)
         subprocess.run(cmd, env=env, check=True, capture_output=True)
         samples = 0
@@ -85,15 +108,17 @@ def gil_ms_per_photo(paths: list[str], decoder: str, work: str) -> float | None:
     return samples / (3 * len(paths))  # 1 sample = 1 ms; the loop decodes each file 3 times
 
 
-def loop(listing: str, work: str) -> None:
-    """The --gil child: decode every file 3 times in this thread."""
+def loop(listing: str, work: str, out: str) -> None:
+    """The --gil child: every file's work 3 times in this thread."""
     from kerascope.sources import decode_item
 
     paths = Path(listing).read_text().splitlines()
     decode_item(paths[0], SIZE)  # imports and first-call work, outside decode_one's samples
+    if work == "picture":
+        from kerascope.cam.save import _draw_one  # noqa: F401
     for _ in range(3):
         for path in paths:
-            decode_one(path, work == "explain")
+            decode_one(path, work, out)
 
 
 def main() -> None:
@@ -101,12 +126,15 @@ def main() -> None:
     parser.add_argument("--files", type=int, default=600)
     parser.add_argument("--threads", default=f"1,{os.cpu_count()}", help="pool sizes, e.g. 1,4,16")
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--work", default="classify,explain", help="classify, explain or both")
+    parser.add_argument("--work", default="classify,explain,picture",
+                        help="classify (decode, fit), explain (keep the photo too), picture "
+                        "(also draw and write explain's picture of a fixed map)")  # fmt: skip
+    parser.add_argument("--out", help=argparse.SUPPRESS)
     parser.add_argument("--gil", action="store_true", help="GIL time per photo (needs py-spy)")
     parser.add_argument("--loop", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.loop:
-        return loop(args.loop, args.work)
+        return loop(args.loop, args.work, args.out)
 
     from kerascope.images.jpeg import simplejpeg
 
@@ -115,16 +143,19 @@ def main() -> None:
         print("simplejpeg is not installed (pip install simplejpeg): Pillow only")
     threads = sorted({int(t) for t in args.threads.split(",")})
     works = args.work.split(",")
-    with tempfile.TemporaryDirectory() as tmp:
-        paths = make_files(Path(tmp), args.files)
+    if unknown := set(works) - set(WORKS):
+        parser.error(f"unknown --work {sorted(unknown)}; choose from {', '.join(WORKS)}")
+    with tempfile.TemporaryDirectory() as folder:
+        paths = make_files(Path(folder), args.files)
+        tmp = os.path.join(folder, "pictures")
         results: dict = {}
         for decoder in decoders:  # warm-up: imports, page cache
-            job(paths[:50], decoder, 1, False)
+            job(paths[:50], decoder, 1, "picture", tmp)
         for _ in range(args.repeats):
             for work in works:
                 for n in threads:
                     for decoder in decoders:
-                        one = job(paths, decoder, n, work == "explain")
+                        one = job(paths, decoder, n, work, tmp)
                         results.setdefault((work, n, decoder), []).append(one)
         gil = {}
         if args.gil:

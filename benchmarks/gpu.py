@@ -237,6 +237,21 @@ def main() -> None:
             if left(deadline) < 2:
                 break
 
+    def with_variant(row: Row, variant: Row, deadline: float, k_op: tuple, extra: dict) -> None:
+        """``interleave`` with a second kerascope row: the same op with ``extra`` arguments
+        (another decoder, another picture pool), the peer measured once per repeat."""
+        op, kw = k_op
+        for rep in range(R):
+            for r, side, w, more in ((row, "kerascope", K, {}), (variant, "kerascope", K, extra),
+                                     (row, "peer", P, {})):  # fmt: skip
+                if not (rep and getattr(r, side[0] + "_note")):
+                    r.add(side, ask(w, op, left(deadline), **kw, **more))
+            say(f"  {row.label} #{rep + 1}: kerascope {fmt(row.kerascope, row.k_note, row.unit)}"
+                f" ({variant.target} {fmt(variant.kerascope, variant.k_note, row.unit)})"
+                f" | peer {fmt(row.peer, row.p_note, row.unit)}")  # fmt: skip
+            if left(deadline) < 2:
+                break
+
     # --- model forward
     if (deadline := group("forward")) is not None:
         say("model forward, uint8 batches from the host, probabilities back")
@@ -282,16 +297,7 @@ def main() -> None:
                   "img/s", "(KERASCOPE_JPEG_DECODER=pillow)")  # fmt: skip
         rows += [row, pil]
         kw = {"folder": data["folder"], "n": n_files}
-        for rep in range(R):  # auto decoder (simplejpeg when installed), Pillow, the peer
-            for r, side, w, extra in ((row, "kerascope", K, {}), (pil, "kerascope", K,
-                                      {"decoder": "pillow"}), (row, "peer", P, {})):  # fmt: skip
-                if not (rep and getattr(r, side[0] + "_note")):
-                    r.add(side, ask(w, "classify_folder", left(deadline), **kw, **extra))
-            say(f"  {row.label} #{rep + 1}: kerascope {fmt(row.kerascope, row.k_note, 'img/s')}"
-                f" (Pillow {fmt(pil.kerascope, pil.k_note, 'img/s')})"
-                f" | peer {fmt(row.peer, row.p_note, 'img/s')}")  # fmt: skip
-            if left(deadline) < 2:
-                break
+        with_variant(row, pil, deadline, ("classify_folder", kw), {"decoder": "pillow"})
 
     write_report(out, meta, rows, workers, started)
 
@@ -320,9 +326,11 @@ def main() -> None:
         files = data["files"][: sizes.explain_files]
         row = Row("explain_gradcam", f"explain Grad-CAM {len(files)} files, pictures written",
                   "img/s", ">= 1,000 img/s")  # fmt: skip
-        rows.append(row)
+        procs = Row("explain_gradcam_processes", "explain, pictures drawn in processes",
+                    "img/s", "(pool='processes')")  # fmt: skip
+        rows += [row, procs]
         kw = {"files": files, "warm_files": min(len(files), 256)}
-        interleave(row, deadline, ("explain", kw), ("explain", kw))
+        with_variant(row, procs, deadline, ("explain", kw), {"pool": "processes"})
     K.close()  # frees the device for the fresh processes below
 
     write_report(out, meta, rows, workers, started)
