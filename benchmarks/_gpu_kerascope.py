@@ -19,9 +19,11 @@ class KerascopeSide:
     def __init__(self, tmp: str):
         start = time.perf_counter()
         import kerascope  # noqa: F401
-        from kerascope.config import ensure_backend
+        from kerascope import config
 
-        ensure_backend()
+        config.ensure_backend()
+        for setting in ("fewer_collections", "steadier_malloc"):  # as `kerascope` sets them
+            getattr(config, setting, lambda: None)()
         self.import_s = time.perf_counter() - start
         self.tmp = Path(tmp)
         self.classifiers: dict = {}

@@ -9,10 +9,14 @@ also keeps the full-size picture for drawing. Decoders: ``pillow`` and ``simplej
 KERASCOPE_JPEG_DECODER. Jobs interleave decoder by decoder; each figure is the median over
 ``--repeats`` [min-max], with the process CPU time per photo.
 
+Each process sets glibc's malloc as the ``kerascope`` command does
+(`kerascope.config.steadier_malloc`); ``--glibc-default`` leaves it as glibc starts.
+
 ``--gil`` (needs ``py-spy`` on PATH) also measures how long each photo holds Python's GIL in
 one thread: a pool cannot decode faster than 1 / that, however many cores it has.
 
     python benchmarks/decode.py [--files 600] [--threads 1,2] [--repeats 3] [--gil]
+        [--work classify,explain,picture] [--glibc-default]
 """
 
 from __future__ import annotations
@@ -86,7 +90,9 @@ def job(paths: list[str], decoder: str, threads: int, work: str, out: str) -> tu
     return len(paths) / wall, (time.process_time() - cpu) / len(paths) * 1e3
 
 
-def gil_ms_per_photo(paths: list[str], decoder: str, work: str) -> float | None:
+def gil_ms_per_photo(
+    paths: list[str], decoder: str, work: str, glibc_default: bool
+) -> float | None:
     """GIL-held milliseconds per photo in one thread, sampled by py-spy at 1 kHz (its sampling
     slows the process down a little, so this reads slightly high)."""
     spy = shutil.which("py-spy")
@@ -97,7 +103,7 @@ def gil_ms_per_photo(paths: list[str], decoder: str, work: str) -> float | None:
         listing.write_text("\n".join(paths))
         cmd = [spy, "record", "--gil", "-r", "1000", "-f", "raw", "-o", str(raw), "--",
                sys.executable, __file__, "--loop", str(listing), "--work", work, "--out",
-               tmp]  # fmt: skip
+               tmp] + (["--glibc-default"] if glibc_default else [])  # fmt: skip
         env = dict(os.environ, KERASCOPE_JPEG_DECODER=decoder)
         subprocess.run(cmd, env=env, check=True, capture_output=True)
         samples = 0
@@ -129,10 +135,17 @@ def main() -> None:
     parser.add_argument("--work", default="classify,explain,picture",
                         help="classify (decode, fit), explain (keep the photo too), picture "
                         "(also draw and write explain's picture of a fixed map)")  # fmt: skip
+    parser.add_argument("--glibc-default", action="store_true",
+                        help="leave malloc as glibc starts it")  # fmt: skip
     parser.add_argument("--out", help=argparse.SUPPRESS)
     parser.add_argument("--gil", action="store_true", help="GIL time per photo (needs py-spy)")
     parser.add_argument("--loop", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    from kerascope.config import fewer_collections, steadier_malloc
+
+    fewer_collections()  # as the command does
+    if not args.glibc_default:
+        steadier_malloc()
     if args.loop:
         return loop(args.loop, args.work, args.out)
 
@@ -161,7 +174,9 @@ def main() -> None:
         if args.gil:
             for work in works:
                 for decoder in decoders:
-                    gil[(work, decoder)] = gil_ms_per_photo(paths[:200], decoder, work)
+                    gil[(work, decoder)] = gil_ms_per_photo(
+                        paths[:200], decoder, work, args.glibc_default
+                    )
 
     print(f"\n{args.files} JPEGs 500x375, {os.cpu_count()} CPUs; median [min-max] of", args.repeats)
     print(f"{'work':9s} {'threads':>7s} {'decoder':11s} {'photos/s':>22s} {'CPU ms/photo':>13s}")

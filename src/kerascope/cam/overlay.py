@@ -174,7 +174,13 @@ def opacity_gain(heat8: np.ndarray) -> float:
     non-empty map (one not normalised to 1 too) shows whatever the cap. A histogram of 256
     bins, not a sort: one pass over the map, cheap per video frame.
     """
-    counts = np.bincount(np.asarray(heat8, np.uint8).ravel(), minlength=256)[1:]
+    return _gain(Image.fromarray(np.ascontiguousarray(heat8, np.uint8)).histogram())
+
+
+def _gain(histogram: list[int]) -> float:
+    """`opacity_gain` from the map's 256-bin histogram (Pillow's, in C: half of
+    ``np.bincount``'s time, which first widens every level to 64 bits)."""
+    counts = np.asarray(histogram[1:], dtype=np.int64)
     total = int(counts.sum())
     if total == 0:  # empty: nothing to stretch
         return 1.0
@@ -248,6 +254,7 @@ def overlay_image(
     # uint8 levels (`to_levels`, as the device path sends them) are drawn as they are.
     heat8 = np.ascontiguousarray(heat if heat.dtype == np.uint8 else to_levels(heat))
     level = Image.fromarray(heat8)
+    gain = _gain(level.histogram())  # `opacity_gain`, on the map as it came
     if heat8.shape != (height, width):
         level = level.resize((width, height), Image.Resampling.BILINEAR)
     # The heat levels as palette indices (L -> P keeps the values): the colour and the opacity
@@ -256,7 +263,7 @@ def overlay_image(
     indexed = level.convert("P")
     indexed.putpalette(_colours(colormap))
     color = indexed.convert("RGB")
-    indexed.putpalette(_opacity_palette(float(alpha), opacity_gain(heat8)))
+    indexed.putpalette(_opacity_palette(float(alpha), gain))
     return Image.composite(color, image, indexed.convert("L"))
 
 
