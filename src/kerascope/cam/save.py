@@ -14,6 +14,7 @@ Where the pictures go, and the overwrite rule, are `kerascope.cam.outputs`.
 
 from __future__ import annotations
 
+import atexit
 import dataclasses
 import os
 import warnings
@@ -292,6 +293,9 @@ def _process_pool(workers: int) -> _KeptPool:
     if pool is None or getattr(pool, "_broken", False):
         context = multiprocessing.get_context("spawn")
         pool = _PROCESS_POOLS[workers] = ProcessPoolExecutor(workers, mp_context=context)
+        # shut at exit while the interpreter is whole: an executor collected during its
+        # teardown printed "Exception ignored in ... weakref_cb" (seen in xdist workers)
+        atexit.register(pool.shutdown, wait=False, cancel_futures=True)
     return _KeptPool(pool)
 
 
