@@ -131,6 +131,18 @@ def test_a_file_libjpeg_turbo_warns_about_is_decoded_by_pillow(jpegs, tmp_path, 
     np.testing.assert_array_equal(decoded, _with_pillow(monkeypatch, lambda: load_image(junk)))
 
 
+def test_a_file_much_larger_than_its_picture_is_not_read_whole(jpegs, tmp_path, spy):
+    """Megabytes after the picture's end: Pillow decodes it reading only the picture, so a
+    small picture in a huge file never becomes a huge read."""
+    data = jpegs["chelsea-2"].read_bytes()
+    padded = tmp_path / "padded.jpg"
+    padded.write_bytes(data + bytes(3 << 20))
+    decoded = load_image(padded)
+    assert spy.calls == 0
+    np.testing.assert_array_equal(decoded, load_image(jpegs["chelsea-2"]))
+    assert spy.calls == 1  # the photo itself does take the fast path
+
+
 def test_a_truncated_photo_fails_as_with_pillow(jpegs, tmp_path, spy, monkeypatch):
     data = jpegs["astronaut-2"].read_bytes()
     cut = tmp_path / "cut.jpg"

@@ -68,6 +68,13 @@ def draft_scale(size: tuple[int, int], floor: int | None) -> int:
     return next((s for s in (8, 4, 2) if most >= s), 1)
 
 
+def _most_bytes(width: int, height: int) -> int:
+    """The largest file read whole for a JPEG of this size: 4 bytes per pixel (more than any
+    quality spends) and 2 MB of metadata. A file claiming a small picture but holding a
+    gigabyte is decoded by Pillow, which reads only the picture."""
+    return 4 * width * height + (2 << 20)
+
+
 def decode(img: Image.Image, scale: int) -> np.ndarray | None:
     """(H, W, 3) uint8 RGB pixels of an opened, size-checked JPEG, reduced ``scale`` times in
     the DCT as Pillow's ``draft`` would; None where Pillow must decode it (see the module)."""
@@ -78,12 +85,14 @@ def decode(img: Image.Image, scale: int) -> np.ndarray | None:
     if img.getexif().get(ExifTags.Base.Orientation, 1) in range(2, 9):
         return None
     fp = getattr(img, "fp", None)
+    width, height = img.size
     try:
+        if fp.seek(0, os.SEEK_END) > _most_bytes(width, height):
+            return None  # junk after the picture: Pillow reads only what it decodes
         fp.seek(0)
         data = fp.read()
     except (AttributeError, OSError, ValueError):
         return None
-    width, height = img.size
     try:
         return simplejpeg.decode_jpeg(
             data,
