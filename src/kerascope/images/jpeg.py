@@ -101,5 +101,5 @@ def decode(img: Image.Image, scale: int) -> np.ndarray | None:
             min_height=-(-height // scale),
             strict=True,
         )
-    except ValueError:  # a libjpeg-turbo warning or error: Pillow decides what it is
+    except Exception:  # noqa: BLE001 - a libjpeg-turbo warning or error: Pillow decides
         return None
