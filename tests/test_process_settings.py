@@ -80,3 +80,19 @@ def test_the_users_own_malloc_settings_are_left_alone(monkeypatch):
             assert steadier_malloc() is False
     monkeypatch.setenv("GLIBC_TUNABLES", "glibc.pthread.rseq=0")  # not malloc's: applied
     assert steadier_malloc() is True
+
+
+def test_ray_actors_run_with_the_commands_settings(monkeypatch, tmp_path):
+    """A Ray actor of `kerascope batch` is a process of kerascope's own: it sets what the
+    command sets. The same worker called in-process leaves the caller's program alone."""
+    from kerascope import config
+    from kerascope.scale.work import BlockWorker
+
+    calls = []
+    monkeypatch.setattr(config, "fewer_collections", lambda: calls.append("gc"))
+    monkeypatch.setattr(config, "steadier_malloc", lambda: calls.append("malloc"))
+    job = {"task": "classify", "output": str(tmp_path), "settings": {"model": "no_such_model"}}
+    assert BlockWorker(job).fatal  # the unknown model, reported as the worker's fatal error
+    assert calls == []
+    assert BlockWorker.for_actors(job)().fatal  # what Ray Data builds each actor from
+    assert calls == ["gc", "malloc"]

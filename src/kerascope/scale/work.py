@@ -84,8 +84,17 @@ class BlockWorker:
     """
 
     JOB: dict[str, Any] | None = None  # set on a subclass by the Ray driver
+    OWN_PROCESS = False
+    """Set on the Ray driver's subclass: an actor is a process of kerascope's own, so it runs
+    with the command's process settings (`kerascope.config.fewer_collections`,
+    `steadier_malloc`); in-process, the caller's program keeps its own."""
 
     def __init__(self, job: dict[str, Any] | None = None):
+        if self.OWN_PROCESS:
+            from kerascope.config import fewer_collections, steadier_malloc
+
+            fewer_collections()
+            steadier_malloc()
         job = job if job is not None else self.JOB
         self.task = job["task"]
         self.out = Path(job["output"])
@@ -101,6 +110,12 @@ class BlockWorker:
             self._setup()
         except (KerascopeError, ValueError, OSError) as exc:
             self.fatal = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+
+    @classmethod
+    def for_actors(cls, job: dict[str, Any]) -> type[BlockWorker]:
+        """The class Ray Data builds its actors from: ``job`` travels inside it (pickled by
+        value), and each actor runs with the command's process settings."""
+        return type(cls.__name__, (cls,), {"JOB": job, "OWN_PROCESS": True})
 
     def _setup(self) -> None:
         s = self.settings
