@@ -96,3 +96,13 @@ def test_ray_actors_run_with_the_commands_settings(monkeypatch, tmp_path):
     assert calls == []
     assert BlockWorker.for_actors(job)().fatal  # what Ray Data builds each actor from
     assert calls == ["gc", "malloc"]
+
+
+def test_explains_picture_processes_run_with_the_commands_settings():
+    import gc
+
+    from kerascope.cam.save import _process_pool
+    from kerascope.config import GC_THRESHOLDS
+
+    with _process_pool(1) as pool:
+        assert pool.submit(gc.get_threshold).result(timeout=120) == GC_THRESHOLDS

@@ -284,6 +284,14 @@ class _KeptPool:
         return None
 
 
+def _own_process() -> None:
+    """A picture process is kerascope's own: it runs with the command's process settings."""
+    from kerascope.config import fewer_collections, steadier_malloc
+
+    fewer_collections()
+    steadier_malloc()
+
+
 def _process_pool(workers: int) -> _KeptPool:
     """``workers`` spawned processes (not forked: JAX's threads must not be copied), kept."""
     import multiprocessing
@@ -292,7 +300,9 @@ def _process_pool(workers: int) -> _KeptPool:
     pool = _PROCESS_POOLS.get(workers)
     if pool is None or getattr(pool, "_broken", False):
         context = multiprocessing.get_context("spawn")
-        pool = _PROCESS_POOLS[workers] = ProcessPoolExecutor(workers, mp_context=context)
+        pool = _PROCESS_POOLS[workers] = ProcessPoolExecutor(
+            workers, mp_context=context, initializer=_own_process
+        )
         # shut at exit while the interpreter is whole: an executor collected during its
         # teardown printed "Exception ignored in ... weakref_cb" (seen in xdist workers)
         atexit.register(pool.shutdown, wait=False, cancel_futures=True)
