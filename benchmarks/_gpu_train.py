@@ -34,6 +34,10 @@ def run_train(data: str, run_dir: Path, recipe: str, epochs: str, precision: str
            "--image-size", str(sizes.image_size), "--seed", "0"]  # fmt: skip
     if "--patience" in help_text:
         cmd += ["--patience", "1000"]  # steady epochs, not early stopping
+    if recipe == "finetune" and "--unfreeze" in help_text:
+        # two stages, head then the whole backbone (the "stage 2", the peer's whole
+        # fine-tune); the default unfreezes gradually in three
+        cmd += ["--unfreeze", "all"]
     if precision is not None:
         if "--precision" in help_text:
             cmd += ["--precision", precision]
