@@ -163,6 +163,7 @@ def write_jpeg(
     tmp = temp_name(path)
     if not isinstance(array, Image.Image):
         array = Image.fromarray(np.ascontiguousarray(array, dtype=np.uint8))
+    renamed = False
     try:
         with open(tmp, "xb") as fh:
             array.save(fh, "JPEG", quality=quality)
@@ -170,6 +171,7 @@ def write_jpeg(
             os.fsync(fh.fileno())
         if replace:
             os.replace(tmp, path)
+            renamed = True  # no temp file left, so no failing unlink (with the GIL held)
         else:
             _link(tmp, path)
         if sync_folder:
@@ -179,8 +181,9 @@ def write_jpeg(
             raise
         raise output_error(path, exc) from exc
     finally:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
+        if not renamed:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
     return path
 
 
