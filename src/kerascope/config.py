@@ -230,8 +230,9 @@ _MALLOC_ENV = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_P
 def steadier_malloc() -> bool:
     """Keep buffers up to 32 MB in glibc's heaps, and up to 128 MB free before giving memory
     back (`MALLOC_SETTINGS`), in this process only; whether it was applied. The command line
-    calls it, the library never does. Not glibc (musl, macOS, Windows), or the user's own
-    ``MALLOC_*_`` / ``GLIBC_TUNABLES`` malloc settings: left alone."""
+    and kerascope's own worker processes (Ray actors, explain's picture processes) call it; a
+    program that imports kerascope never gets it unasked. Not glibc (musl, macOS, Windows), or
+    the user's own ``MALLOC_*_`` / ``GLIBC_TUNABLES`` malloc settings: left alone."""
     import ctypes
     import platform
 
