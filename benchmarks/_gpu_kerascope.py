@@ -22,8 +22,7 @@ class KerascopeSide:
         from kerascope import config
 
         config.ensure_backend()
-        for setting in ("fewer_collections", "steadier_malloc"):  # as `kerascope` sets them
-            getattr(config, setting, lambda: None)()
+        getattr(config, "command_process_settings", lambda: None)()  # as `kerascope` sets them
         self.import_s = time.perf_counter() - start
         self.tmp = Path(tmp)
         self.classifiers: dict = {}

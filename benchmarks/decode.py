@@ -141,11 +141,12 @@ def main() -> None:
     parser.add_argument("--gil", action="store_true", help="GIL time per photo (needs py-spy)")
     parser.add_argument("--loop", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    from kerascope.config import fewer_collections, steadier_malloc
+    from kerascope import config
 
-    fewer_collections()  # as the command does
-    if not args.glibc_default:
-        steadier_malloc()
+    if args.glibc_default:
+        config.fewer_collections()  # the command's GC setting only
+    else:
+        config.command_process_settings()
     if args.loop:
         return loop(args.loop, args.work, args.out)
 

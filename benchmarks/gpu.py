@@ -226,29 +226,25 @@ def main() -> None:
     def left(deadline: float) -> float:
         return deadline - time.monotonic()
 
-    def interleave(row: Row, deadline: float, k_op: tuple, p_op: tuple) -> None:
+    def interleave(row: Row, deadline: float, k_op: tuple, p_op: tuple,
+                   variant: tuple[Row, dict] | None = None) -> None:  # fmt: skip
+        """Each repeat: kerascope, then ``variant`` (a second kerascope row: ``k_op`` with more
+        arguments, e.g. another decoder or picture pool), then the peer."""
+        sides = [(row, "kerascope", K, k_op), (row, "peer", P, p_op)]
+        if variant is not None:
+            op, kw = k_op
+            sides.insert(1, (variant[0], "kerascope", K, (op, {**kw, **variant[1]})))
         for rep in range(R):
-            for side, w, (op, kw) in (("kerascope", K, k_op), ("peer", P, p_op)):
-                if rep and getattr(row, side[0] + "_note"):
+            for r, side, w, (op, kw) in sides:
+                if rep and getattr(r, side[0] + "_note"):
                     continue  # failed or n/a on an earlier repeat
-                row.add(side, ask(w, op, left(deadline), **kw))
+                r.add(side, ask(w, op, left(deadline), **kw))
+            also = ""
+            if variant is not None:
+                v = variant[0]
+                also = f" ({v.target} {fmt(v.kerascope, v.k_note, row.unit)})"
             say(f"  {row.label} #{rep + 1}: kerascope {fmt(row.kerascope, row.k_note, row.unit)}"
-                f" | peer {fmt(row.peer, row.p_note, row.unit)}")  # fmt: skip
-            if left(deadline) < 2:
-                break
-
-    def with_variant(row: Row, variant: Row, deadline: float, k_op: tuple, extra: dict) -> None:
-        """``interleave`` with a second kerascope row: the same op with ``extra`` arguments
-        (another decoder, another picture pool), the peer measured once per repeat."""
-        op, kw = k_op
-        for rep in range(R):
-            for r, side, w, more in ((row, "kerascope", K, {}), (variant, "kerascope", K, extra),
-                                     (row, "peer", P, {})):  # fmt: skip
-                if not (rep and getattr(r, side[0] + "_note")):
-                    r.add(side, ask(w, op, left(deadline), **kw, **more))
-            say(f"  {row.label} #{rep + 1}: kerascope {fmt(row.kerascope, row.k_note, row.unit)}"
-                f" ({variant.target} {fmt(variant.kerascope, variant.k_note, row.unit)})"
-                f" | peer {fmt(row.peer, row.p_note, row.unit)}")  # fmt: skip
+                f"{also} | peer {fmt(row.peer, row.p_note, row.unit)}")  # fmt: skip
             if left(deadline) < 2:
                 break
 
@@ -297,7 +293,8 @@ def main() -> None:
                   "img/s", "(KERASCOPE_JPEG_DECODER=pillow)")  # fmt: skip
         rows += [row, pil]
         kw = {"folder": data["folder"], "n": n_files}
-        with_variant(row, pil, deadline, ("classify_folder", kw), {"decoder": "pillow"})
+        op = ("classify_folder", kw)
+        interleave(row, deadline, op, op, variant=(pil, {"decoder": "pillow"}))
 
     write_report(out, meta, rows, workers, started)
 
@@ -330,7 +327,8 @@ def main() -> None:
                     "img/s", "(pool='processes')")  # fmt: skip
         rows += [row, procs]
         kw = {"files": files, "warm_files": min(len(files), 256)}
-        with_variant(row, procs, deadline, ("explain", kw), {"pool": "processes"})
+        op = ("explain", kw)
+        interleave(row, deadline, op, op, variant=(procs, {"pool": "processes"}))
     K.close()  # frees the device for the fresh processes below
 
     write_report(out, meta, rows, workers, started)

@@ -89,13 +89,12 @@ def test_ray_actors_run_with_the_commands_settings(monkeypatch, tmp_path):
     from kerascope.scale.work import BlockWorker
 
     calls = []
-    monkeypatch.setattr(config, "fewer_collections", lambda: calls.append("gc"))
-    monkeypatch.setattr(config, "steadier_malloc", lambda: calls.append("malloc"))
+    monkeypatch.setattr(config, "command_process_settings", lambda: calls.append("settings"))
     job = {"task": "classify", "output": str(tmp_path), "settings": {"model": "no_such_model"}}
     assert BlockWorker(job).fatal  # the unknown model, reported as the worker's fatal error
     assert calls == []
     assert BlockWorker.for_actors(job)().fatal  # what Ray Data builds each actor from
-    assert calls == ["gc", "malloc"]
+    assert calls == ["settings"]
 
 
 def test_explains_picture_processes_run_with_the_commands_settings():

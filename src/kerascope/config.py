@@ -131,8 +131,7 @@ def configure_cli() -> str:
     """
     global _HIDDEN_FROM_KERAS
     _HIDDEN_FROM_KERAS = _OPTIONAL_KERAS_IMPORTS
-    fewer_collections()
-    steadier_malloc()
+    command_process_settings()
     os.environ.setdefault("KERAS_BACKEND", DEFAULT_BACKEND)
     # Keras prints a line for every import of the TF-less JAX backend otherwise.
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -146,6 +145,14 @@ def configure_cli() -> str:
 # the passes (and the older generations they trigger) took 7 % of the CPU of a test file that
 # builds, compiles and explains models. 50,000 keeps collections regular, and rare.
 GC_THRESHOLDS = (50_000, 20, 50)
+
+
+def command_process_settings() -> None:
+    """What the ``kerascope`` command sets for its own process: `fewer_collections` and
+    `steadier_malloc`. Also called by kerascope's own worker processes (Ray actors, explain's
+    picture processes) and the test suite; never by the library in the caller's process."""
+    fewer_collections()
+    steadier_malloc()
 
 
 def fewer_collections() -> None:

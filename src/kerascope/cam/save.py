@@ -286,10 +286,9 @@ class _KeptPool:
 
 def _own_process() -> None:
     """A picture process is kerascope's own: it runs with the command's process settings."""
-    from kerascope.config import fewer_collections, steadier_malloc
+    from kerascope.config import command_process_settings
 
-    fewer_collections()
-    steadier_malloc()
+    command_process_settings()
 
 
 def _process_pool(workers: int) -> _KeptPool:

@@ -86,15 +86,14 @@ class BlockWorker:
     JOB: dict[str, Any] | None = None  # set on a subclass by the Ray driver
     OWN_PROCESS = False
     """Set on the Ray driver's subclass: an actor is a process of kerascope's own, so it runs
-    with the command's process settings (`kerascope.config.fewer_collections`,
-    `steadier_malloc`); in-process, the caller's program keeps its own."""
+    with the command's process settings (`kerascope.config.command_process_settings`);
+    in-process, the caller's program keeps its own."""
 
     def __init__(self, job: dict[str, Any] | None = None):
         if self.OWN_PROCESS:
-            from kerascope.config import fewer_collections, steadier_malloc
+            from kerascope.config import command_process_settings
 
-            fewer_collections()
-            steadier_malloc()
+            command_process_settings()
         job = job if job is not None else self.JOB
         self.task = job["task"]
         self.out = Path(job["output"])
