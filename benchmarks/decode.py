@@ -64,7 +64,7 @@ def decode_one(path: str, work: str, out: str | None = None):
     too; ``picture`` also draws and writes explain's picture of a fixed map into ``out``."""
     from kerascope.sources import decode_item
 
-    item = decode_item(path, SIZE, keep_original=work != "classify")
+    item = decode_item(path, SIZE, keep_up_to=0 if work == "classify" else 1 << 40)
     if item.error:
         raise RuntimeError(f"{path}: {item.error}")
     if work == "picture":
@@ -93,16 +93,17 @@ def job(paths: list[str], decoder: str, threads: int, work: str, out: str) -> tu
 def gil_ms_per_photo(
     paths: list[str], decoder: str, work: str, glibc_default: bool
 ) -> float | None:
-    """GIL-held milliseconds per photo in one thread, sampled by py-spy at 1 kHz (its sampling
-    slows the process down a little, so this reads slightly high)."""
+    """GIL-held milliseconds per photo in one thread, sampled by py-spy at 1 kHz without
+    pausing the process (``--nonblocking``): py-spy's default stops the process for each
+    sample, and that read 2.4-2.8x higher here (the pauses count as time the GIL is held)."""
     spy = shutil.which("py-spy")
     if not spy:
         return None
     with tempfile.TemporaryDirectory() as tmp:
         listing, raw = Path(tmp) / "files.txt", Path(tmp) / "raw.txt"
         listing.write_text("\n".join(paths))
-        cmd = [spy, "record", "--gil", "-r", "1000", "-f", "raw", "-o", str(raw), "--",
-               sys.executable, __file__, "--loop", str(listing), "--work", work, "--out",
+        cmd = [spy, "record", "--gil", "--nonblocking", "-r", "1000", "-f", "raw", "-o", str(raw),
+               "--", sys.executable, __file__, "--loop", str(listing), "--work", work, "--out",
                tmp] + (["--glibc-default"] if glibc_default else [])  # fmt: skip
         env = dict(os.environ, KERASCOPE_JPEG_DECODER=decoder)
         subprocess.run(cmd, env=env, check=True, capture_output=True)

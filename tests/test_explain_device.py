@@ -168,23 +168,40 @@ def test_the_cli_says_which_precision_ran_and_refuses_an_unknown_one(chelsea, tm
 
 
 def test_small_files_are_decoded_once_and_give_the_same_pictures(chelsea, tmp_path, monkeypatch):
-    """Files the model's pass decodes at full size (no reduction, within the picture cap) are
-    drawn from that decode instead of being read again: the pictures are byte for byte those
-    of the second decode, and the picture threads open no file."""
+    """A file the model's pass decodes whole (not reduced, within the memory bound) is drawn
+    from that decode instead of being read again, file by file: in a job with one photo the
+    model sees reduced, only that one is read again. The pictures are byte for byte those of
+    the second decode, and `kerascope.explain` reuses the decode the same way."""
+    import kerascope.cam.explain as explain_module
     import kerascope.cam.save as save
+    import kerascope.sources as sources
 
-    clf = as_classifier(_tiny(size=64))  # 200 x 260 photos: no reduced decode below 4 x 64
+    clf = as_classifier(_tiny(size=64))  # 200 x 260 crops: no reduced decode below 4 x 64
     paths = _photos(tmp_path / "in", chelsea, 5)
+    large = tmp_path / "in" / "large.png"  # 300 x 451: the model's decode is reduced
+    Image.fromarray(chelsea).save(large)
+    paths.insert(2, str(large))
     opened = []
     load_image = save.load_image
-    monkeypatch.setattr(save, "load_image", lambda *a, **k: opened.append(a) or load_image(*a, **k))
+    monkeypatch.setattr(save, "load_image", lambda p, **k: opened.append(p) or load_image(p, **k))
     once = save_explanations(paths, tmp_path / "once", clf, batch_size=2)
-    assert opened == []
-    monkeypatch.setattr(save, "DECODE_ONCE_BYTES", 0)  # over budget: each file read again
+    assert opened == [str(large)]
+    monkeypatch.setattr(sources, "KEPT_BYTES", 0)  # over budget: each file read again
     twice = save_explanations(paths, tmp_path / "twice", clf, batch_size=2)
-    assert len(opened) == 5
+    assert len(opened) == 1 + 6
     for a, b in zip(once, twice, strict=True):
-        assert a.path.read_bytes() == b.path.read_bytes()
+        assert a.ok and a.path.read_bytes() == b.path.read_bytes()
+
+    monkeypatch.undo()
+    again = []
+    load_source = sources.load_source
+    monkeypatch.setattr(sources, "load_source", lambda s, *a: again.append(s) or load_source(s, *a))
+    explainer = explain_module._cached_explainer(clf, "gradcam", None)
+    found = list(explain_module.iter_explanations(clf, explainer, paths, batch_size=2))
+    assert again == [str(large)]
+    for path, (e, original) in zip(paths, found, strict=True):
+        np.testing.assert_array_equal(original, load_source(path))
+        assert e.heatmap.shape == original.shape[:2]
 
 
 def test_pictures_drawn_in_processes_are_those_drawn_in_threads(chelsea, tmp_path):

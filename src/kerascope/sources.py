@@ -31,6 +31,7 @@ from kerascope.images import (
     fit,
     fit_box,
     load_image,
+    load_image_whole,
     to_rgb,
 )
 
@@ -45,6 +46,16 @@ WORKERS_VAR = "KERASCOPE_DECODE_WORKERS"
 
 
 PREFETCH = 2  # batches decoded ahead of the one the model is running
+KEPT_BYTES = 1 << 30
+"""Largest memory the full-size pictures kept with their model inputs may take at once (see
+`kept_pixels`): beyond it, a picture is decoded again where it is drawn."""
+
+
+def kept_pixels(held: int) -> int:
+    """The largest picture (in pixels) `decode_item` may keep as ``Item.original`` when up to
+    ``held`` kept pictures are alive at once (batches ahead, pictures in flight), so that
+    together they stay within :data:`KEPT_BYTES`."""
+    return KEPT_BYTES // (3 * max(1, held))
 
 
 def bucket(n: int, batch_size: int | None = None, smallest: int = 1) -> int:
@@ -110,22 +121,25 @@ def load_source(source, size: tuple[int, int] | None = None) -> np.ndarray:
     return as_rgb_array(source)
 
 
-def decode_item(
-    source, size: tuple[int, int], keep_original: bool = False, convention: Any = None
-) -> Item:
+def decode_item(source, size: tuple[int, int], keep_up_to: int = 0, convention: Any = None) -> Item:
     """Decode one source and fit it to ``size`` under ``convention`` (`kerascope.images.fit`;
-    ``None``: squash); a failure comes back as ``Item.error``."""
+    ``None``: squash); a failure comes back as ``Item.error``. The decode is also kept as
+    ``Item.original`` when it is the whole picture at full size (no reduced decode of a large
+    file) of at most ``keep_up_to`` pixels, for a caller that draws the picture too."""
     name = source_name(source)
     if isinstance(source, Missing):
         return Item(name, error=MISSING_INPUT)
     try:
-        image = load_source(source, None if keep_original else size)
+        if isinstance(source, str | os.PathLike):
+            image, whole = load_image_whole(source, min_size=size)
+        else:
+            image, whole = load_source(source), True
     except ImageError as exc:
         return Item(name, error=exc.reason)
     except (ValueError, OSError) as exc:
         return Item(name, error=str(exc))
     box = fit_box(image.shape, size, convention)
-    kept = image if keep_original else None
+    kept = image if whole and image.shape[0] * image.shape[1] <= keep_up_to else None
     return Item(name, fit(image, size, convention), kept, box=box, shape=image.shape[:2])
 
 
@@ -205,7 +219,7 @@ def iter_batches(
     inputs: Sequence,
     size: tuple[int, int],
     batch_size: int,
-    keep_original: bool = False,
+    keep_up_to: int = 0,
     convention: Any = None,
 ) -> Iterator[list[Item]]:
     """Batches of decoded `Item`s in input order; missing and unreadable ones as error items.
@@ -221,7 +235,7 @@ def iter_batches(
     """
 
     def decode(chunk: Sequence) -> list[Item]:
-        return [decode_item(s, size, keep_original, convention) for s in chunk]
+        return [decode_item(s, size, keep_up_to, convention) for s in chunk]
 
     def submit(pool, pieces: list, lo: int, hi: int) -> Callable[[], list[Item]]:
         futures = [pool.submit(decode, inputs[lo + a : lo + b]) for a, b in pieces]

@@ -326,22 +326,25 @@ def iter_explanations(
 
     The model's input is decoded as every other explain path decodes it (a large JPEG at
     reduced size, `kerascope.sources.decode_item`), so `kerascope.faithfulness`, ``--score``
-    and ``--compare`` see the very pixels this explanation was computed on; the full-size
-    picture, for the heatmap's resolution, is a second decode, one image at a time.
+    and ``--compare`` see the very pixels this explanation was computed on. That decode is
+    the full-size picture, for the heatmap's resolution, unless it was reduced (a large file)
+    or is too large to keep with the batches decoded ahead: then the picture is a second
+    decode, one image at a time.
     """
     import dataclasses
 
     from kerascope.cam.overlay import upsample
     from kerascope.images import ImageError
-    from kerascope.sources import load_source
+    from kerascope.sources import PREFETCH, kept_pixels, load_source
 
-    found = _iter_cams(clf, explainer, sources, targets, batch_size, False, fit=fit)
+    keep = kept_pixels((PREFETCH + 1) * batch_size)
+    found = _iter_cams(clf, explainer, sources, targets, batch_size, keep, fit=fit)
     for source, (e, cam, it) in zip(sources, found, strict=True):
         if cam is None:
             yield e, None
             continue
         try:  # the picture at full size (the model's input may come from a reduced decode)
-            original = load_source(source)
+            original = load_source(source) if it.original is None else it.original
         except (ImageError, ValueError, OSError) as exc:  # changed or removed since
             yield dataclasses.replace(e, error=getattr(exc, "reason", str(exc))), None
             continue
@@ -363,7 +366,7 @@ def iter_small(
     """As `iter_explanations`, but keeping no full-size image: each `Explanation` comes without
     ``heatmap`` (its ``model_map`` set), with its map placed over the picture at feature
     resolution (None when unreadable) beside it."""
-    for e, cam, it in _iter_cams(clf, explainer, sources, targets, batch_size, False, fit=fit):
+    for e, cam, it in _iter_cams(clf, explainer, sources, targets, batch_size, 0, fit=fit):
         if cam is not None:
             e.model_map = cam
         yield e, None if cam is None else place(cam, e.box, it.shape)
@@ -375,18 +378,19 @@ def iter_unplaced(
     sources: Sequence,
     targets: np.ndarray | None = None,
     batch_size: int = 16,
-    keep_original: bool = False,
+    keep_up_to: int = 0,
     upsample: bool = True,
     fit: str = DEFAULT_FIT,
     levels: bool = False,
 ) -> Iterator[tuple[Explanation, np.ndarray | None, object]]:
     """As `iter_small`, but each map comes as the model saw it, with its decoded item (whose
-    ``shape`` and ``box`` `overlay.place_in_picture` needs, and with ``keep_original`` the
-    full-size picture): so the caller can place and draw it in a worker thread, off the thread
-    that feeds the device. ``upsample`` False: maps at feature resolution on the device path
-    too (small to send to another process). ``levels``: maps as uint8 heat levels (what
-    pictures draw: a quarter of the float maps' bytes to copy off the device, under the GIL)."""
-    yield from _iter_cams(clf, explainer, sources, targets, batch_size, keep_original, upsample,
+    ``shape`` and ``box`` `overlay.place_in_picture` needs, and, as ``original``, the
+    full-size picture where that decode is it and has at most ``keep_up_to`` pixels): so the
+    caller can place and draw it in a worker thread, off the thread that feeds the device.
+    ``upsample`` False: maps at feature resolution on the device path too (small to send to
+    another process). ``levels``: maps as uint8 heat levels (what pictures draw: a quarter of
+    the float maps' bytes to copy off the device, under the GIL)."""
+    yield from _iter_cams(clf, explainer, sources, targets, batch_size, keep_up_to, upsample,
                           fit, levels)  # fmt: skip
 
 
@@ -396,7 +400,7 @@ def _iter_cams(
     sources,
     targets,
     batch_size,
-    keep_original,
+    keep_up_to,
     upsample=True,
     fit=DEFAULT_FIT,
     levels=False,
@@ -415,7 +419,7 @@ def _iter_cams(
 
     start = 0
     size, convention = clf.input_size, fit_convention(clf, fit)
-    for items in iter_batches(sources, size, batch_size, keep_original, convention):
+    for items in iter_batches(sources, size, batch_size, keep_up_to, convention):
         rows = [i for i, it in enumerate(items) if it.error is None]
         if rows:
             batch_targets = None if targets is None else targets[start + np.array(rows)]

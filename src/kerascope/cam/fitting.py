@@ -53,13 +53,13 @@ def fit_convention(clf: Any, fit: str = DEFAULT_FIT) -> Any:
     return dataclasses.replace(convention, resize="squash", crop_fraction=1.0)
 
 
-def model_input(clf: Any, source: Any, fit: str = DEFAULT_FIT, keep_original: bool = False):
+def model_input(clf: Any, source: Any, fit: str = DEFAULT_FIT):
     """One source decoded and fitted as every explain path fits it: a
     `kerascope.sources.Item` (``pixels`` at ``clf.input_size``, ``box``, ``shape``; ``error``
     set when unreadable). `kerascope.cam.explain`'s batches use the same convention."""
     from kerascope.sources import decode_item
 
-    return decode_item(source, clf.input_size, keep_original, fit_convention(clf, fit))
+    return decode_item(source, clf.input_size, convention=fit_convention(clf, fit))
 
 
 Box = tuple[float, float, float, float]

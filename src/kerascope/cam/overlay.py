@@ -197,16 +197,11 @@ def opacity_levels(alpha: float, gain: float = 1.0) -> np.ndarray:
     return np.round(levels).astype(np.uint8)
 
 
-@functools.lru_cache(maxsize=16)
-def _colours(colormap: str) -> bytes:
-    """The colormap as an RGB palette."""
-    return colormap_lut(colormap).tobytes()
-
-
-def _opacity_palette(alpha: float, gain: float) -> bytes:
-    """The opacity as an RGB palette of grey levels (grey (o, o, o) converts to L = o exactly);
-    256 entries in NumPy, microseconds, so not cached (the gain differs from map to map)."""
-    return np.repeat(opacity_levels(alpha, gain), 3).tobytes()
+def _overlay_palette(colormap: str, alpha: float, gain: float) -> bytes:
+    """Each heat level's colour and, as its alpha, its opacity: an RGBA palette (256 entries
+    in NumPy, microseconds, so not cached: the gain differs from map to map)."""
+    opacity = opacity_levels(alpha, gain)[:, None]
+    return np.concatenate([colormap_lut(colormap), opacity], axis=1).tobytes()
 
 
 def overlay(
@@ -257,14 +252,16 @@ def overlay_image(
     gain = _gain(level.histogram())  # `opacity_gain`, on the map as it came
     if heat8.shape != (height, width):
         level = level.resize((width, height), Image.Resampling.BILINEAR)
-    # The heat levels as palette indices (L -> P keeps the values): the colour and the opacity
-    # are then palette lookups in C; Image.point would round its 256-entry table in Python on
-    # every call, which the picture threads of explain feel (it holds the GIL).
+    # The heat levels as palette indices (L -> P keeps the values): colour and opacity are
+    # then one RGBA palette lookup in C, pasted with its own alpha as the mask (what
+    # Image.composite does, without a separate L mask: 0.4 ms less per 500x375 picture).
+    # Image.point would round its 256-entry table in Python on every call, under the GIL.
     indexed = level.convert("P")
-    indexed.putpalette(_colours(colormap))
-    color = indexed.convert("RGB")
-    indexed.putpalette(_opacity_palette(float(alpha), gain))
-    return Image.composite(color, image, indexed.convert("L"))
+    indexed.putpalette(_overlay_palette(colormap, float(alpha), gain), "RGBA")
+    tinted = indexed.convert("RGBA")
+    blended = image.copy()
+    blended.paste(tinted, (0, 0), tinted)
+    return blended
 
 
 @functools.lru_cache(maxsize=8)

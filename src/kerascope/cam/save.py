@@ -4,10 +4,11 @@ What ``kerascope explain`` writes, as a function: the CLI only parses, calls thi
 Images are explained a batch at a time; each picture is drawn and written by a pool of threads
 (decoding, blending, JPEG encoding and writing run in Pillow's C code, outside the GIL) while
 the next batch runs on the device, so the device does not wait on pictures. A bounded number
-of pictures is in flight, so a folder of thousands keeps memory flat: the batches hold only
-model-size pixels, each file is decoded again (at most :data:`OUTPUT_MAX_SIDE` px) just to draw
-its picture, and the results keep no heatmap (they are in the pictures; `kerascope.explain`
-returns them).
+of pictures is in flight, so a folder of thousands keeps memory flat: a file's decode for the
+model is kept for its picture only while the pictures alive at once stay within
+`kerascope.sources.KEPT_BYTES` (else the picture thread decodes it again, at most
+:data:`OUTPUT_MAX_SIDE` px), and the results keep no heatmap (they are in the pictures;
+`kerascope.explain` returns them).
 
 Where the pictures go, and the overwrite rule, are `kerascope.cam.outputs`.
 """
@@ -17,7 +18,6 @@ from __future__ import annotations
 import atexit
 import dataclasses
 import os
-import warnings
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -60,7 +60,7 @@ from kerascope.cam.overlay import (
 from kerascope.files import fsync_dir, output_error
 from kerascope.images import ImageError, load_image, resize
 from kerascope.output import percent
-from kerascope.sources import Source, load_source, normalise_inputs
+from kerascope.sources import PREFETCH, Source, kept_pixels, load_source, normalise_inputs
 from kerascope.zoo.models import Classifier, load_model
 
 
@@ -184,10 +184,12 @@ def save_explanations(
     processes = pool == "processes"
     in_flight: deque = deque()  # (Explanation, future or None, path), in input order
     limit = 2 * workers + batch_size  # pictures in flight: memory stays flat
-    held = limit + (PREFETCH_BATCHES + 1) * batch_size
-    keep = not processes and _decode_once(sources, clf.input_size, held)
+    # Each file's decode for the model is kept for its picture when it is the whole picture
+    # and the pictures alive at once (batches ahead, the one explained, those in flight) fit
+    # in KEPT_BYTES; else the picture thread decodes the file again. Processes decode their own.
+    keep = 0 if processes else kept_pixels(limit + (PREFETCH + 1) * batch_size)
     # uint8 heat levels: what the pictures draw, a quarter of the bytes off the device
-    found = iter_unplaced(clf, explainer, sources, targets, batch_size, keep_original=keep,
+    found = iter_unplaced(clf, explainer, sources, targets, batch_size, keep_up_to=keep,
                           upsample=not processes, fit=fit, levels=True)  # fmt: skip
     saved: list[SavedExplanation] = []
 
@@ -206,7 +208,7 @@ def save_explanations(
             for source, path, (e, cam, item) in zip(sources, paths, found, strict=True):
                 future = None
                 if e.ok:
-                    picture = source if item.original is None else _Decoded(item.original)
+                    picture = _Decoded(item.original) if _drawn_as_is(item) else source
                     map_at = (cam, item.shape, item.box)
                     future = pool.submit(_draw_one, picture, map_at, e, path, draw)
                 in_flight.append((e, future, path))
@@ -224,48 +226,17 @@ def save_explanations(
     return saved
 
 
-PREFETCH_BATCHES = 2  # batches `sources.iter_batches` decodes ahead of the one explained
-DECODE_ONCE_BYTES = 1 << 30
-"""Largest memory the full-size pictures of a job may hold at once (the batches decoded ahead,
-the one explained, the pictures in flight) for each file to be decoded once (`_decode_once`)."""
-
-
 class _Decoded:
-    """A picture already decoded at full size for the model (see `_decode_once`)."""
+    """A picture already decoded at full size for the model (`kerascope.sources.decode_item`)."""
 
     def __init__(self, image: np.ndarray):
         self.image = image
 
 
-def _decode_once(sources: Sequence[Source], size: tuple[int, int], held: int) -> bool:
-    """Whether to keep each file's full-size decode from the model's pass for its picture,
-    instead of decoding it again: when that decode is exactly the one the model's input is
-    fitted from (no JPEG draft or box reduction: the shorter side under four times the input)
-    and the one the picture shows (the longer side within :data:`OUTPUT_MAX_SIDE`), and ``held``
-    such pictures fit in :data:`DECODE_ONCE_BYTES`. Read from the headers only; any doubt (an
-    unreadable header, an in-memory image) keeps the two decodes."""
-    from PIL import Image
-
-    from kerascope.sources import Missing
-
-    reduce_from = 4 * max(size)  # images.load_image reduces from 2 * (2 * max(size))
-    largest = 0
-    for source in sources:
-        if isinstance(source, Missing):
-            continue
-        if not isinstance(source, str | os.PathLike):
-            return False
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-                with Image.open(source) as img:
-                    width, height = img.size
-        except Exception:  # noqa: BLE001 - decoded (and reported) by the model's pass
-            return False
-        if min(width, height) >= reduce_from or max(width, height) > OUTPUT_MAX_SIDE:
-            return False
-        largest = max(largest, width * height)
-    return largest * 3 * held <= DECODE_ONCE_BYTES
+def _drawn_as_is(item) -> bool:
+    """Whether the model's decode of an item is the picture drawn: kept (the whole picture,
+    within the memory bound) and within :data:`OUTPUT_MAX_SIDE`."""
+    return item.original is not None and max(item.original.shape[:2]) <= OUTPUT_MAX_SIDE
 
 
 _PROCESS_POOLS: dict[int, Any] = {}

@@ -26,6 +26,7 @@ from kerascope.images.decode import (  # noqa: F401
     decode_image,
     file_problem,
     load_image,
+    load_image_whole,
     max_pixels,
     max_row_pixels,
 )

@@ -154,11 +154,21 @@ def load_image(
     Raises:
         ImageError: with ``reason`` saying what is wrong and, where possible, what to do.
     """
+    return load_image_whole(path, max_side, min_size)[0]
+
+
+def load_image_whole(
+    path: str | os.PathLike, max_side: int | None = None, min_size: tuple[int, int] | None = None
+) -> tuple[np.ndarray, bool]:
+    """`load_image`, and whether the array is the whole picture at its full size (neither
+    reduced for ``min_size`` nor scaled to ``max_side``): a caller that also needs the full
+    picture keeps this decode instead of reading the file again, told from the header the
+    decode reads anyway."""
     p = os.fspath(path)
     problem = file_problem(p, "an image file")
     if problem:
         raise ImageError(p, problem, "unreadable")
-    return decode_image(p, p, max_side, min_size)
+    return _open_and_decode(p, p, max_side, min_size, LIMIT_HINT)
 
 
 LIMIT_HINT = "set KERASCOPE_MAX_PIXELS to raise it"
@@ -176,6 +186,11 @@ def decode_image(
 
     ``ImageError.kind`` says what went wrong for callers that map it (HTTP statuses).
     """
+    return _open_and_decode(source, name, max_side, min_size, limit_hint)[0]
+
+
+def _open_and_decode(source, name: str, max_side, min_size, limit_hint) -> tuple[np.ndarray, bool]:
+    """`decode_image`, and whether the pixels are the whole picture (`load_image_whole`)."""
     p = name
     try:
         with _PIL_LIMIT_LOCK:
@@ -207,8 +222,18 @@ def decode_image(
             )
         if img.format == "JPEG":
             _check_jpeg_length(p, img)
+        floor = _floor(min_size)
+        whole = not (floor and min(width, height) >= 2 * floor) and not (
+            max_side and max(width, height) > max_side
+        )  # what _decode reduces or scales, from the same header
         with _DECODES.take(width * height):
-            return _decode(p, img, max_side, min_size)
+            return _decode(p, img, max_side, min_size), whole
+
+
+def _floor(min_size: tuple[int, int] | None) -> int | None:
+    """The smallest side a reduced decode for ``min_size`` keeps (twice the input's side); a
+    picture is reduced when its shorter side is at least twice this."""
+    return 2 * max(min_size) if min_size else None
 
 
 # Start-of-frame markers of Huffman-coded JPEGs (baseline, extended, progressive; lossless is
@@ -287,7 +312,7 @@ def _check_jpeg_length(p: str, img: Image.Image) -> None:
 def _decode(p: str, img: Image.Image, max_side: int | None, min_size) -> np.ndarray:
     """Pixels of an opened, size-checked image, reduced as early as the format allows."""
     width, height = img.size
-    floor = 2 * max(min_size) if min_size else None
+    floor = _floor(min_size)
     draft = floor if floor and min(width, height) >= 2 * floor else None
     pixels = jpeg.decode(img, jpeg.draft_scale(img.size, draft))
     if pixels is not None:  # simplejpeg: Pillow's pixels without holding the GIL
