@@ -13,7 +13,7 @@ import errno
 import os
 from collections import Counter
 from collections.abc import Sequence
-from pathlib import Path
+from pathlib import Path, PurePath
 
 import numpy as np
 from PIL import Image
@@ -27,41 +27,42 @@ class OutputExistsError(KerascopeError, FileExistsError):
     """An output that would replace an existing file (without ``overwrite``) or an input."""
 
 
-def output_name(source: Source, index: int) -> str:
-    """``<stem>-output.jpg`` for a file; ``image-<index>-output.jpg`` for an in-memory image."""
-    if isinstance(source, str | os.PathLike):
-        return f"{Path(source).stem}-output.jpg"
-    return f"image-{index}-output.jpg"
-
-
 def output_names(sources: Sequence[Source]) -> list[str | None]:
     """One unique relative name per source (None for a missing input), so no output of a run
-    overwrites another.
+    overwrites another: ``<stem>-output.jpg`` for a file, ``image-<index>-output.jpg`` for the
+    index-th in-memory image.
 
     The rule: a file keeps its folder relative to the deepest folder holding every file
     input (``a/pic.jpg b/pic.png`` -> ``a/pic-output.jpg``, ``b/pic-output.jpg``; one folder
     of inputs -> plain ``<stem>-output.jpg``); files that still meet on one name (``pic.jpg``
     and ``pic.png`` side by side) keep their extension (``pic.png-output.jpg``); anything
-    else that meets gets ``-2``, ``-3``.
+    else that meets gets ``-2``, ``-3``. String work only (no `pathlib` per file): the main
+    thread names every file of a job before the first batch runs.
     """
     from kerascope.sources import Missing
 
-    files = [i for i, s in enumerate(sources) if isinstance(s, str | os.PathLike)]
-    real = [os.path.abspath(sources[i]) for i in files if not isinstance(sources[i], Missing)]
-    root = os.path.commonpath([os.path.dirname(p) for p in real]) if real else ""
-    names: list[str | None] = [output_name(s, i) for i, s in enumerate(sources)]
-    for i in files:
-        if isinstance(sources[i], Missing):
+    names: list[str | None] = [f"image-{i}-output.jpg" for i in range(len(sources))]
+    files = {i: os.path.abspath(s) for i, s in enumerate(sources)
+             if isinstance(s, str | os.PathLike) and not isinstance(s, Missing)}  # fmt: skip
+    root = os.path.commonpath([os.path.dirname(p) for p in files.values()]) if files else ""
+    relative = {i: _relative(p, root) for i, p in files.items()}
+    for i, s in enumerate(sources):
+        if isinstance(s, Missing):
             names[i] = None
-            continue
-        rel = Path(os.path.relpath(os.path.abspath(sources[i]), root))
-        names[i] = str(rel.with_name(f"{rel.stem}-output.jpg"))
+        elif i in relative:
+            folder, name = os.path.split(relative[i])
+            names[i] = os.path.join(folder, f"{PurePath(name).stem}-output.jpg")
     clash = Counter(n.lower() for n in names if n is not None)  # case-insensitive disks too
-    for i in files:
-        if names[i] is not None and clash[names[i].lower()] > 1:
-            rel = Path(os.path.relpath(os.path.abspath(sources[i]), root))
-            names[i] = str(rel.with_name(f"{rel.name}-output.jpg"))
+    for i, rel in relative.items():
+        if clash[names[i].lower()] > 1:
+            names[i] = f"{rel}-output.jpg"
     return _numbered(names)
+
+
+def _relative(path: str, root: str) -> str:
+    """``path`` (absolute, normalised) relative to ``root``, a folder above it."""
+    prefix = root.rstrip(os.sep) + os.sep
+    return path[len(prefix) :] if path.startswith(prefix) else os.path.relpath(path, root)
 
 
 def _numbered(names: list[str | None]) -> list[str | None]:
