@@ -1,7 +1,8 @@
 """`explain` of JPEG files with the pictures written, in images per second: the figure issue 18
 sets a target for (>= 1,000 img/s on an H200), measured end to end through
 `kerascope.cam.save.save_explanations` (decode, forward, gradient, maps, drawing, JPEG encode,
-atomic write) into a fresh output folder each job.
+atomic write) into a fresh output folder each job, in a process set as the ``kerascope``
+command sets its own (`kerascope.config.command_process_settings`).
 
 The files are the scikit-image photos resized to 500x375 (the size of the GPU benchmark's
 JPEGs) and cycled up to ``--files``. One warm-up job compiles; then the median of ``--repeats``
@@ -10,12 +11,14 @@ time goes. ``--engine keras`` is the Keras/JAX path a GPU uses (on a CPU the def
 onnxruntime).
 
     KERAS_BACKEND=jax python benchmarks/explain_files.py --files 64 --batch-size 32 \
-        --engine keras [--precision bfloat16] [--variants pictures,maps,no-fsync]
+        --engine keras [--precision bfloat16] [--variants pictures,maps,api,no-fsync] \
+        [--model host-only]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import inspect
 import json
 import os
@@ -53,8 +56,25 @@ def maps_only(inputs, clf, method, batch_size, precision) -> None:
         assert e.ok, e.error
 
 
+def host_only(name: str = "efficientnet_lite0"):
+    """A classifier with ``name``'s input, labels and fitting whose device work is negligible
+    (one strided convolution, average pool, dense): what a job then takes is the host's."""
+    import keras
+
+    from kerascope.zoo.models import Classifier, load_model
+
+    like = load_model(name)
+    inputs = keras.Input((*like.input_size, 3))
+    x = keras.layers.Conv2D(16, 3, strides=8, activation="relu", name="conv")(inputs)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    outputs = keras.layers.Dense(like.num_classes, activation="softmax")(x)
+    return Classifier(keras.Model(inputs, outputs), "host-only", like.input_size, like.labels,
+                      cam_layer="conv", convention=like.convention)  # fmt: skip
+
+
 VARIANTS = {
     "pictures": "the job as users run it",
+    "api": "kerascope.explain: heatmaps at each photo's size, no pictures",
     "maps": "decode + maps on the device, no pictures: the ceiling pictures are held to",
     "no-fsync": "pictures with os.fsync a no-op (diagnostic: what syncing costs here)",
     "switch": "pictures with sys.setswitchinterval(0.0005) (diagnostic: GIL hand-over)",
@@ -83,6 +103,14 @@ def run_variant(variant, inputs, clf, args, extra, out: Path) -> float:
         if variant == "maps":
             maps_only(inputs, clf, args.method, args.batch_size, args.precision)
             return time.perf_counter() - start
+        if variant == "api":
+            import kerascope
+
+            found = kerascope.explain(inputs, model=clf, method=args.method,
+                                      batch_size=args.batch_size,
+                                      precision=args.precision)  # fmt: skip
+            assert all(e.ok for e in found), [e.error for e in found if not e.ok][:3]
+            return time.perf_counter() - start
         saved = save_explanations(inputs, out, clf, args.method, batch_size=args.batch_size,
                                   **extra)  # fmt: skip
         seconds = time.perf_counter() - start
@@ -103,7 +131,11 @@ def main() -> None:
     ap.add_argument("--engine", default=None, help="keras or onnx (default: kerascope's choice)")
     ap.add_argument("--precision", default=None, help="auto, float32, bfloat16 (if supported)")
     ap.add_argument("--method", default="gradcam")
-    ap.add_argument("--model", default="efficientnet_lite0")
+    ap.add_argument(
+        "--model",
+        default="efficientnet_lite0",
+        help="a zoo name, or host-only (`host_only`: the host's share of a job)",
+    )
     ap.add_argument("--folder", default=None, help="existing JPEG folder instead of generated")
     ap.add_argument("--json", default=None, help="also write the results here")
     ap.add_argument("--workers", type=int, default=None, help="picture threads (if supported)")
@@ -128,13 +160,17 @@ def main() -> None:
     from kerascope.cam.save import save_explanations
     from kerascope.zoo.models import load_model
 
+    with contextlib.suppress(ImportError):  # as the command runs (older trees: as they were)
+        from kerascope.config import command_process_settings
+
+        command_process_settings()
     work = Path(tempfile.mkdtemp(prefix="kerascope-explain-files-"))
     try:
         if args.folder:
             inputs = sorted(str(p) for p in Path(args.folder).glob("*.jp*g"))[: args.files]
         else:
             inputs = make_files(work / "in", args.files)
-        clf = load_model(args.model)
+        clf = host_only() if args.model == "host-only" else load_model(args.model)
         extra = {}
         accepted = inspect.signature(save_explanations).parameters
         if args.precision and "precision" in accepted:
