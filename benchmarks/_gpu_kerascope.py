@@ -149,20 +149,32 @@ class KerascopeSide:
         seconds, _ = self._timed_classify(arrays, len(arrays), batch_size=batch)
         return {"value": len(arrays) / seconds, "info": info}
 
+    def _host_only(self):
+        """Lite0's input, labels and fitting on a model with no device work
+        (`explain_files.host_only`): a job's figure with it is what the host alone allows."""
+        if "host-only" not in self.classifiers:
+            from explain_files import host_only
+
+            self.classifiers["host-only"] = host_only()
+        return self.classifiers["host-only"]
+
     def classify_folder(
-        self, folder: str, n: int, batch: int = CLASSIFY_BATCH, decoder: str = "auto"
-    ) -> dict:
-        """``decoder``: KERASCOPE_JPEG_DECODER for this call (auto: simplejpeg if installed)."""
+        self, folder: str, n: int, batch: int = CLASSIFY_BATCH, decoder: str = "auto",
+        model: str = "lite0",
+    ) -> dict:  # fmt: skip
+        """``decoder``: KERASCOPE_JPEG_DECODER for this call (auto: simplejpeg if installed);
+        ``model`` ``host-only``: `_host_only` instead of the default model."""
         from kerascope.images.jpeg import DECODER_ENV, jpeg_decoder
 
         os.environ[DECODER_ENV] = decoder
-        info = {"batch_size": batch, "decoder": jpeg_decoder()}
+        info = {"batch_size": batch, "decoder": jpeg_decoder(), "model": model}
+        kw = {"batch_size": batch, **({"model": self._host_only()} if model == "host-only" else {})}
         try:
-            if "folder" not in self.warm:
-                first = self._timed_classify(folder, n, batch_size=batch)[0]
+            if ("folder", model) not in self.warm:
+                first = self._timed_classify(folder, n, **kw)[0]
                 info["first_call_s"] = round(first, 2)
-                self.warm.add("folder")
-            seconds, _ = self._timed_classify(folder, n, batch_size=batch)
+                self.warm.add(("folder", model))
+            seconds, _ = self._timed_classify(folder, n, **kw)
         finally:
             os.environ[DECODER_ENV] = "auto"
         return {"value": n / seconds, "info": info}
@@ -192,15 +204,18 @@ class KerascopeSide:
                          "new_again_s": round(again, 2), "partial_first_s": round(p_first, 2),
                          "partial_again_s": round(p_again, 2)}}  # fmt: skip
 
-    def explain(self, files: list[str], warm_files: int, pool: str = "threads") -> dict:
+    def explain(
+        self, files: list[str], warm_files: int, pool: str = "threads", model: str = "lite0"
+    ) -> dict:
         """Grad-CAM pictures written (original | overlay JPEGs), as `kerascope explain` does;
-        ``pool``: where the pictures are drawn (threads, or processes)."""
+        ``pool``: where the pictures are drawn (threads, or processes); ``model`` ``host-only``:
+        `_host_only` instead of Lite0."""
         from kerascope.cam.save import save_explanations
 
-        clf = self._classifier("efficientnet_lite0")
-        info = {"pool": pool}
+        clf = self._host_only() if model == "host-only" else self._classifier("efficientnet_lite0")
+        info = {"pool": pool, "model": model}
         extra = {"pool": pool} if pool != "threads" else {}
-        if ("explain", pool) not in self.warm:
+        if ("explain", pool, model) not in self.warm:
             out = Path(tempfile.mkdtemp(dir=self.tmp))
             start = time.perf_counter()
             save_explanations(
@@ -213,7 +228,7 @@ class KerascopeSide:
             )
             info["warm_up_s"] = round(time.perf_counter() - start, 2)
             shutil.rmtree(out, ignore_errors=True)
-            self.warm.add(("explain", pool))
+            self.warm.add(("explain", pool, model))
         out = Path(tempfile.mkdtemp(dir=self.tmp))
         start = time.perf_counter()
         saved = save_explanations(

@@ -13,6 +13,8 @@ Rows: model forward (EfficientNet-Lite0 and ResNet-50, batch 256, uint8 from the
 bf16); ``classify`` of in-memory arrays (2,048 x 224²) and of a JPEG folder (3,000 JPEGs
 500x375, warm and first call in a fresh process); the first call on a new batch shape and on
 the last partial batch; ``explain`` Grad-CAM of 1,024 files with the pictures written;
+the folder and explain rows again with the Pillow decoder, with the pictures drawn in processes,
+and on a model with no device work (what the host alone allows);
 ``kerascope train --recipe transfer`` (bf16 and fp32) and ``--recipe finetune`` stage 2, steady
 epochs with augmentation, on a 2-class folder of 1,200 photos; each beside the peer a PyTorch
 user writes (timm eager, a 16-worker DataLoader, torchvision augmentation; after
@@ -227,22 +229,20 @@ def main() -> None:
         return deadline - time.monotonic()
 
     def interleave(row: Row, deadline: float, k_op: tuple, p_op: tuple,
-                   variant: tuple[Row, dict] | None = None) -> None:  # fmt: skip
-        """Each repeat: kerascope, then ``variant`` (a second kerascope row: ``k_op`` with more
-        arguments, e.g. another decoder or picture pool), then the peer."""
-        sides = [(row, "kerascope", K, k_op), (row, "peer", P, p_op)]
-        if variant is not None:
-            op, kw = k_op
-            sides.insert(1, (variant[0], "kerascope", K, (op, {**kw, **variant[1]})))
+                   variants: tuple[tuple[Row, dict], ...] = ()) -> None:  # fmt: skip
+        """Each repeat: kerascope, then each of ``variants`` (more kerascope rows: ``k_op``
+        with more arguments, e.g. another decoder or picture pool), then the peer."""
+        op, kw = k_op
+        sides = [(row, "kerascope", K, k_op),
+                 *((v, "kerascope", K, (op, {**kw, **extra})) for v, extra in variants),
+                 (row, "peer", P, p_op)]  # fmt: skip
         for rep in range(R):
             for r, side, w, (op, kw) in sides:
                 if rep and getattr(r, side[0] + "_note"):
                     continue  # failed or n/a on an earlier repeat
                 r.add(side, ask(w, op, left(deadline), **kw))
-            also = ""
-            if variant is not None:
-                v = variant[0]
-                also = f" ({v.target} {fmt(v.kerascope, v.k_note, row.unit)})"
+            also = "".join(f" ({v.target} {fmt(v.kerascope, v.k_note, row.unit)})"
+                           for v, _ in variants)  # fmt: skip
             say(f"  {row.label} #{rep + 1}: kerascope {fmt(row.kerascope, row.k_note, row.unit)}"
                 f"{also} | peer {fmt(row.peer, row.p_note, row.unit)}")  # fmt: skip
             if left(deadline) < 2:
@@ -291,10 +291,13 @@ def main() -> None:
                   ">= 1.0x peer")  # fmt: skip
         pil = Row("classify_folder_pillow", f"classify folder {n_files} JPEGs, Pillow decoder",
                   "img/s", "(KERASCOPE_JPEG_DECODER=pillow)")  # fmt: skip
-        rows += [row, pil]
+        host = Row("classify_folder_host_only", "classify folder, a model with no device work",
+                   "img/s", "(the host's ceiling)")  # fmt: skip
+        rows += [row, pil, host]
         kw = {"folder": data["folder"], "n": n_files}
         op = ("classify_folder", kw)
-        interleave(row, deadline, op, op, variant=(pil, {"decoder": "pillow"}))
+        variants = ((pil, {"decoder": "pillow"}), (host, {"model": "host-only"}))
+        interleave(row, deadline, op, op, variants=variants)
 
     write_report(out, meta, rows, workers, started)
 
@@ -325,10 +328,13 @@ def main() -> None:
                   "img/s", ">= 1,000 img/s")  # fmt: skip
         procs = Row("explain_gradcam_processes", "explain, pictures drawn in processes",
                     "img/s", "(pool='processes')")  # fmt: skip
-        rows += [row, procs]
+        host = Row("explain_gradcam_host_only", "explain, a model with no device work",
+                   "img/s", "(the host's ceiling)")  # fmt: skip
+        rows += [row, procs, host]
         kw = {"files": files, "warm_files": min(len(files), 256)}
         op = ("explain", kw)
-        interleave(row, deadline, op, op, variant=(procs, {"pool": "processes"}))
+        variants = ((procs, {"pool": "processes"}), (host, {"model": "host-only"}))
+        interleave(row, deadline, op, op, variants=variants)
     K.close()  # frees the device for the fresh processes below
 
     write_report(out, meta, rows, workers, started)
