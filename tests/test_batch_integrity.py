@@ -147,3 +147,24 @@ def test_batch_explain_writes_one_picture_per_input_when_names_collide(lenet, sk
         index.set_index("image").loc[p, "output"]])  # fmt: skip
     assert inputs_by_width == pictures_by_width  # each picture is drawn from its own input
     shutil.rmtree(out)
+
+
+def test_batch_explain_draws_each_picture_from_the_models_decode(lenet, pictures, tmp_path,
+                                                                 monkeypatch):  # fmt: skip
+    """Each file is read once: its picture is drawn from the decode the model's pass made (the
+    whole picture, within the memory bound), byte for byte the picture of a second decode."""
+    import kerascope.cam.save as save
+    import kerascope.sources as sources
+
+    opened = []
+    load_image = save.load_image
+    monkeypatch.setattr(save, "load_image", lambda p, **k: opened.append(p) or load_image(p, **k))
+    once = run_batch("explain", [str(pictures)], tmp_path / "once", model=str(lenet))
+    assert once.errors == 0 and opened == []
+    monkeypatch.setattr(sources, "KEPT_BYTES", 0)  # over budget: each file read again
+    twice = run_batch("explain", [str(pictures)], tmp_path / "twice", model=str(lenet))
+    assert twice.errors == 0 and len(opened) == 5
+    drawn = sorted((tmp_path / "once").glob("*-output.jpg"))
+    assert len(drawn) == 5
+    for picture in drawn:
+        assert picture.read_bytes() == (tmp_path / "twice" / picture.name).read_bytes()

@@ -208,7 +208,7 @@ def save_explanations(
             for source, path, (e, cam, item) in zip(sources, paths, found, strict=True):
                 future = None
                 if e.ok:
-                    picture = _Decoded(item.original) if _drawn_as_is(item) else source
+                    picture = picture_source(source, item)
                     map_at = (cam, item.shape, item.box)
                     future = pool.submit(_draw_one, picture, map_at, e, path, draw)
                 in_flight.append((e, future, path))
@@ -233,10 +233,12 @@ class _Decoded:
         self.image = image
 
 
-def _drawn_as_is(item) -> bool:
-    """Whether the model's decode of an item is the picture drawn: kept (the whole picture,
-    within the memory bound) and within :data:`OUTPUT_MAX_SIDE`."""
-    return item.original is not None and max(item.original.shape[:2]) <= OUTPUT_MAX_SIDE
+def picture_source(source: Source, item) -> Source | _Decoded:
+    """What `draw_explanation` draws for ``source``: the model's decode of it (``item``, a
+    `kerascope.sources.Item`) where that was kept (the whole picture, within the memory bound)
+    and is within :data:`OUTPUT_MAX_SIDE`, else the source, decoded again."""
+    kept = item.original
+    return _Decoded(kept) if kept is not None and max(kept.shape[:2]) <= OUTPUT_MAX_SIDE else source
 
 
 _PROCESS_POOLS: dict[int, Any] = {}

@@ -226,19 +226,23 @@ class BlockWorker:
         return table, sum(e is not None for e in errs)
 
     def _explain(self, row: dict[str, Any]):
-        from kerascope.cam.explain import iter_small
-        from kerascope.cam.save import draw_explanation
+        from kerascope.cam.explain import iter_unplaced
+        from kerascope.cam.fitting import place
+        from kerascope.cam.save import draw_explanation, picture_source
+        from kerascope.sources import PREFETCH, kept_pixels
 
         s = self.settings
         sources = self._sources(row)
         targets = None if self.target is None else np.full(len(sources), self.target)
         cols: dict[str, list] = {k: [] for k in EXPLAIN_COLUMNS}
         errors = 0
-        found = iter_small(self.clf, self.explainer, sources, targets, self.batch_size,
-                           fit=s.get("fit", "whole"))  # fmt: skip
-        for source, name, (e, cam) in zip(sources, row["outputs"], found, strict=True):
+        keep = kept_pixels((PREFETCH + 1) * self.batch_size)  # each file decoded once, if it fits
+        found = iter_unplaced(self.clf, self.explainer, sources, targets, self.batch_size,
+                              keep_up_to=keep, fit=s.get("fit", "whole"))  # fmt: skip
+        for source, name, (e, cam, item) in zip(sources, row["outputs"], found, strict=True):
             if e.ok:  # the picture single-machine `explain` writes, drawn by the same code
-                e = draw_explanation(source, cam, e, s["method"], s["alpha"], s["colormap"],
+                e = draw_explanation(picture_source(source, item), place(cam, e.box, item.shape),
+                                     e, s["method"], s["alpha"], s["colormap"],
                                      self.out / name)  # fmt: skip
             if not e.ok:
                 errors += 1
