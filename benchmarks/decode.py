@@ -69,13 +69,13 @@ def decode_one(path: str, work: str, out: str | None = None):
         raise RuntimeError(f"{path}: {item.error}")
     if work == "picture":
         from kerascope.cam.explain import Explanation
-        from kerascope.cam.save import _Decoded, _draw_one
+        from kerascope.cam.save import _draw_one, picture_source
 
         e = Explanation(path, class_index=285, class_id="n02124075", class_name="Egyptian_cat",
                         probability=0.771, box=item.box)  # fmt: skip
         draw = dict(method="gradcam", alpha=0.4, colormap="jet", colorbar=False, replace=True)
         target = Path(out) / (Path(path).stem + "-output.jpg")
-        _draw_one(_Decoded(item.original), (BLOB, item.shape, item.box), e, target, draw)
+        _draw_one(picture_source(path, item), (BLOB, item.shape, item.box), e, target, draw)
     return item
 
 

@@ -249,6 +249,9 @@ def test_output_names_keep_sub_folders_then_extensions_then_count(tmp_path):
     assert output_names(arrays) == ["image-0-output.jpg", "image-1-output.jpg"]
     same = [str(tmp_path / "b/pic.jpg"), str(tmp_path / "b/../b/pic.jpg")]
     assert len(set(output_names(same))) == 2  # never the same name twice in one run
+    # POSIX keeps a leading // through abspath: the name still lands inside the output folder
+    assert output_names(["//a/x.jpg", "/b/y.jpg"]) == ["a/x-output.jpg", "b/y-output.jpg"]
+    assert output_names(["//x.jpg"]) == ["x-output.jpg"]
 
 
 def test_explain_same_stem_in_two_folders_writes_every_picture(tmp_path, lite0, chelsea):

@@ -51,11 +51,13 @@ KEPT_BYTES = 1 << 30
 `kept_pixels`): beyond it, a picture is decoded again where it is drawn."""
 
 
-def kept_pixels(held: int) -> int:
-    """The largest picture (in pixels) `decode_item` may keep as ``Item.original`` when up to
-    ``held`` kept pictures are alive at once (batches ahead, pictures in flight), so that
-    together they stay within :data:`KEPT_BYTES`."""
-    return KEPT_BYTES // (3 * max(1, held))
+def kept_pixels(batch_size: int, in_flight: int = 0) -> int:
+    """The largest picture (in pixels) `decode_item` may keep as ``Item.original`` in
+    `iter_batches` of ``batch_size``, so that every kept picture alive at once stays within
+    :data:`KEPT_BYTES`: the batch being consumed, the ``PREFETCH + 1`` submitted behind it
+    (`_ahead`), and ``in_flight`` more that the consumer still holds (pictures being drawn)."""
+    held = in_flight + (PREFETCH + 2) * max(1, batch_size)
+    return KEPT_BYTES // (3 * held)
 
 
 def bucket(n: int, batch_size: int | None = None, smallest: int = 1) -> int:
@@ -93,7 +95,7 @@ class Item:
 
     source: str
     pixels: np.ndarray | None = None  # (H, W, 3) uint8 at the model's input size
-    original: np.ndarray | None = None  # full-resolution RGB, kept when asked for
+    original: np.ndarray | None = None  # the whole picture, where kept (decode_item)
     error: str | None = None
     box: tuple[float, float, float, float] | None = None  # the part `pixels` shows (fit_box)
     shape: tuple[int, int] | None = None  # (height, width) of the decoded picture
@@ -225,7 +227,8 @@ def iter_batches(
     """Batches of decoded `Item`s in input order; missing and unreadable ones as error items.
 
     ``inputs`` are sources as :func:`normalise_inputs` returns them. Decoding runs on a pool of
-    :func:`decode_workers` threads, ``PREFETCH`` batches ahead of the consumer.
+    :func:`decode_workers` threads, ``PREFETCH`` batches ahead of the consumer. ``keep_up_to``
+    as in `decode_item` (`kept_pixels` gives a bound for it).
 
     ``convention`` (a `kerascope.zoo.registry.InputConvention`) says how pictures are fitted to
     ``size``: classification passes its classifier's (``Classifier.convention``: a centre crop

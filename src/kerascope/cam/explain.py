@@ -335,9 +335,9 @@ def iter_explanations(
 
     from kerascope.cam.overlay import upsample
     from kerascope.images import ImageError
-    from kerascope.sources import PREFETCH, kept_pixels, load_source
+    from kerascope.sources import kept_pixels, load_source
 
-    keep = kept_pixels((PREFETCH + 1) * batch_size)
+    keep = kept_pixels(batch_size)
     found = _iter_cams(clf, explainer, sources, targets, batch_size, keep, fit=fit)
     for source, (e, cam, it) in zip(sources, found, strict=True):
         if cam is None:

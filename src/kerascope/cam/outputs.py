@@ -60,9 +60,11 @@ def output_names(sources: Sequence[Source]) -> list[str | None]:
 
 
 def _relative(path: str, root: str) -> str:
-    """``path`` (absolute, normalised) relative to ``root``, a folder above it."""
+    """``path`` (absolute, normalised) relative to ``root``, a folder above it; never absolute
+    (``//a/x.jpg`` keeps its two slashes through abspath, which commonpath drops)."""
     prefix = root.rstrip(os.sep) + os.sep
-    return path[len(prefix) :] if path.startswith(prefix) else os.path.relpath(path, root)
+    rel = path[len(prefix) :] if path.startswith(prefix) else ""
+    return rel if rel and not os.path.isabs(rel) else os.path.relpath(path, root)
 
 
 def _numbered(names: list[str | None]) -> list[str | None]:

@@ -238,7 +238,7 @@ def overlay(
 def overlay_image(
     image: Image.Image, heatmap: np.ndarray, alpha: float = 0.4, colormap: str = DEFAULT_COLORMAP
 ) -> Image.Image:
-    """`overlay` on a Pillow RGB image, returning one: what explain's picture threads use, so a
+    """`overlay` on a Pillow image, returning an RGB one: what explain's picture threads use, so a
     picture is drawn without NumPy copies (Pillow's C code runs outside the GIL)."""
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha must be in [0, 1], got {alpha}")
@@ -259,7 +259,7 @@ def overlay_image(
     indexed = level.convert("P")
     indexed.putpalette(_overlay_palette(colormap, float(alpha), gain), "RGBA")
     tinted = indexed.convert("RGBA")
-    blended = image.copy()
+    blended = image.copy() if image.mode == "RGB" else image.convert("RGB")
     blended.paste(tinted, (0, 0), tinted)
     return blended
 

@@ -60,7 +60,7 @@ from kerascope.cam.overlay import (
 from kerascope.files import fsync_dir, output_error
 from kerascope.images import ImageError, load_image, resize
 from kerascope.output import percent
-from kerascope.sources import PREFETCH, Source, kept_pixels, load_source, normalise_inputs
+from kerascope.sources import Source, kept_pixels, load_source, normalise_inputs
 from kerascope.zoo.models import Classifier, load_model
 
 
@@ -185,9 +185,9 @@ def save_explanations(
     in_flight: deque = deque()  # (Explanation, future or None, path), in input order
     limit = 2 * workers + batch_size  # pictures in flight: memory stays flat
     # Each file's decode for the model is kept for its picture when it is the whole picture
-    # and the pictures alive at once (batches ahead, the one explained, those in flight) fit
-    # in KEPT_BYTES; else the picture thread decodes the file again. Processes decode their own.
-    keep = 0 if processes else kept_pixels(limit + (PREFETCH + 1) * batch_size)
+    # and the pictures alive at once (batches decoded, those in flight) fit in KEPT_BYTES;
+    # else the picture thread decodes the file again. Processes decode their own.
+    keep = 0 if processes else kept_pixels(batch_size, in_flight=limit)
     # uint8 heat levels: what the pictures draw, a quarter of the bytes off the device
     found = iter_unplaced(clf, explainer, sources, targets, batch_size, keep_up_to=keep,
                           upsample=not processes, fit=fit, levels=True)  # fmt: skip
@@ -332,7 +332,8 @@ def draw_explanation(
 
 def _draw(source, cam, label, alpha, colormap, path: Path, e, colorbar, replace=True,
           sync_folder=True):  # fmt: skip
-    """Decode ``source`` again at the picture's size, draw and write it; one image at a time."""
+    """Draw and write ``source``'s picture (decoded again unless `picture_source` gave the
+    model's decode); one image at a time."""
     try:
         image = _picture_image(source)
     except (ImageError, ValueError, OSError) as exc:  # changed or removed since the forward

@@ -2,7 +2,7 @@
 
 Ray Data runs it in an actor pool (``map_batches``), and the in-process mode calls it directly,
 so both run the same code, and it is kerascope's own: `classify_sources`, the feature forward
-of `kerascope.bottleneck`, `iter_explanations` and the overlay drawing of ``explain``. Decoding
+of `kerascope.bottleneck`, `iter_unplaced` and the overlay drawing of ``explain``. Decoding
 happens here, on the worker (the inference core's thread pool overlaps it with the model).
 
 A block's rows are written as one Parquet file under a temp name, then renamed
@@ -229,14 +229,14 @@ class BlockWorker:
         from kerascope.cam.explain import iter_unplaced
         from kerascope.cam.fitting import place
         from kerascope.cam.save import draw_explanation, picture_source
-        from kerascope.sources import PREFETCH, kept_pixels
+        from kerascope.sources import kept_pixels
 
         s = self.settings
         sources = self._sources(row)
         targets = None if self.target is None else np.full(len(sources), self.target)
         cols: dict[str, list] = {k: [] for k in EXPLAIN_COLUMNS}
         errors = 0
-        keep = kept_pixels((PREFETCH + 1) * self.batch_size)  # each file decoded once, if it fits
+        keep = kept_pixels(self.batch_size)  # each file decoded once where it can be
         found = iter_unplaced(self.clf, self.explainer, sources, targets, self.batch_size,
                               keep_up_to=keep, fit=s.get("fit", "whole"))  # fmt: skip
         for source, name, (e, cam, item) in zip(sources, row["outputs"], found, strict=True):
