@@ -130,7 +130,7 @@ def iter_outputs(
     ``outputs`` is ``(values, indices)`` of the ``top`` most probable classes per input, or the
     whole probability rows when ``top`` is None; one row per input of the batch (an input that
     failed has a row of no meaning: check ``batch.errors``), None when no input of the batch
-    could be read. Decoding runs ``PREFETCH`` batches ahead on every core; batch i + 1 is
+    could be read. Decoding runs ``PREFETCH + 1`` batches ahead on every core; batch i + 1 is
     dispatched to the device before batch i's results are copied back, so the device always
     has the next batch while the host turns results into objects.
 

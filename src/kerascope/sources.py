@@ -3,7 +3,7 @@
 :func:`normalise_inputs` turns paths, folders, globs, RGB arrays and PIL Images into sources in
 input order (a missing path stays at its place as a :class:`Missing`), and :func:`iter_batches`
 / :func:`iter_pixel_batches` decode them on a thread pool as large as the machine's cores,
-``PREFETCH`` batches ahead of the consumer, into batches in that same order, missing and
+``PREFETCH + 1`` batches ahead of the consumer, into batches in that same order, missing and
 unreadable inputs as errors in place. classify, explain, evaluate, predict and features all go
 through them; video frames, which are not files, have their own pipeline (``kerascope.video``).
 Batches are padded to a :func:`bucket` so a compiled model sees few shapes
@@ -45,7 +45,7 @@ Output = np.ndarray | list[np.ndarray]
 WORKERS_VAR = "KERASCOPE_DECODE_WORKERS"
 
 
-PREFETCH = 2  # batches decoded ahead of the one the model is running
+PREFETCH = 2  # while the consumer holds batch i, batches i + 1 to i + 1 + PREFETCH decode
 KEPT_BYTES = 1 << 30
 """Largest memory the full-size pictures kept with their model inputs may take at once (see
 `kept_pixels`): beyond it, a picture is decoded again where it is drawn."""
@@ -193,8 +193,9 @@ def _pieces(n: int, workers: int) -> list[tuple[int, int]]:
 
 
 def _ahead(batches: Iterator[Callable[[], Any]], depth: int) -> Iterator[Any]:
-    """Run ``batches`` ``depth`` ahead: each item of ``batches`` has already submitted its work
-    to a pool and is the function that waits for it; results come in order."""
+    """Run ``batches`` ahead: while the consumer holds one result, the next ``depth + 1`` are
+    under way. Each item of ``batches`` has already submitted its work to a pool and is the
+    function that waits for it; results come in order."""
     queue = deque(itertools.islice(batches, depth + 1))
     while queue:
         wait = queue.popleft()
@@ -204,7 +205,7 @@ def _ahead(batches: Iterator[Callable[[], Any]], depth: int) -> Iterator[Any]:
 
 def _scheduled(total: int, batch_size: int, submit, depth: int = PREFETCH) -> Iterator[Any]:
     """``submit(pool, pieces, lo, hi)`` for each batch of ``total`` rows on a pool of
-    :func:`decode_workers` threads, ``depth`` batches ahead of the consumer; ``pieces`` are
+    :func:`decode_workers` threads, ``depth + 1`` batches ahead of the consumer; ``pieces`` are
     the batch's row ranges (:func:`_pieces`), one task each."""
     workers = decode_workers()
     pool = ThreadPoolExecutor(workers, thread_name_prefix="kerascope-decode")
@@ -227,7 +228,7 @@ def iter_batches(
     """Batches of decoded `Item`s in input order; missing and unreadable ones as error items.
 
     ``inputs`` are sources as :func:`normalise_inputs` returns them. Decoding runs on a pool of
-    :func:`decode_workers` threads, ``PREFETCH`` batches ahead of the consumer. ``keep_up_to``
+    :func:`decode_workers` threads, ``PREFETCH + 1`` batches ahead of the consumer. ``keep_up_to``
     as in `decode_item` (`kept_pixels` gives a bound for it).
 
     ``convention`` (a `kerascope.zoo.registry.InputConvention`) says how pictures are fitted to
