@@ -49,10 +49,10 @@ def make_files(folder: Path, count: int, size: tuple[int, int] = (500, 375)) -> 
 
 def maps_only(inputs, clf, method, batch_size, precision) -> None:
     """Decode and compute the maps (on the device where it applies), drawing nothing."""
-    from kerascope.cam.explain import _cached_explainer, iter_small
+    from kerascope.cam.explain import _cached_explainer, iter_unplaced
 
     explainer = _cached_explainer(clf, method, None, precision=precision)
-    for e, _ in iter_small(clf, explainer, inputs, None, batch_size):
+    for e, _, _ in iter_unplaced(clf, explainer, inputs, None, batch_size):
         assert e.ok, e.error
 
 

@@ -355,23 +355,6 @@ def iter_explanations(
         yield e, original
 
 
-def iter_small(
-    clf: Classifier,
-    explainer: Explainer,
-    sources: Sequence,
-    targets: np.ndarray | None = None,
-    batch_size: int = 16,
-    fit: str = DEFAULT_FIT,
-) -> Iterator[tuple[Explanation, np.ndarray | None]]:
-    """As `iter_explanations`, but keeping no full-size image: each `Explanation` comes without
-    ``heatmap`` (its ``model_map`` set), with its map placed over the picture at feature
-    resolution (None when unreadable) beside it."""
-    for e, cam, it in _iter_cams(clf, explainer, sources, targets, batch_size, 0, fit=fit):
-        if cam is not None:
-            e.model_map = cam
-        yield e, None if cam is None else place(cam, e.box, it.shape)
-
-
 def iter_unplaced(
     clf: Classifier,
     explainer: Explainer,
@@ -383,8 +366,9 @@ def iter_unplaced(
     fit: str = DEFAULT_FIT,
     levels: bool = False,
 ) -> Iterator[tuple[Explanation, np.ndarray | None, object]]:
-    """As `iter_small`, but each map comes as the model saw it, with its decoded item (whose
-    ``shape`` and ``box`` `overlay.place_in_picture` needs, and, as ``original``, the
+    """As `iter_explanations`, but keeping no heatmap: each `Explanation` comes with its map as
+    the model saw it and its decoded item (whose ``shape`` and ``box``
+    `overlay.place_in_picture` or `fitting.place` needs, and, as ``original``, the
     full-size picture where that decode is it and has at most ``keep_up_to`` pixels): so the
     caller can place and draw it in a worker thread, off the thread that feeds the device.
     ``upsample`` False: maps at feature resolution on the device path too (small to send to
