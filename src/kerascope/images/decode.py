@@ -161,9 +161,9 @@ def load_image_whole(
     path: str | os.PathLike, max_side: int | None = None, min_size: tuple[int, int] | None = None
 ) -> tuple[np.ndarray, bool]:
     """`load_image`, and whether the array is the whole picture at its full size (neither
-    reduced for ``min_size`` nor scaled to ``max_side``): a caller that also needs the full
-    picture keeps this decode instead of reading the file again, told from the header the
-    decode reads anyway."""
+    reduced for ``min_size`` nor scaled to ``max_side``; its sides those of the file's header):
+    a caller that also needs the full picture keeps this decode instead of reading the file
+    again."""
     p = os.fspath(path)
     problem = file_problem(p, "an image file")
     if problem:
@@ -222,18 +222,10 @@ def _open_and_decode(source, name: str, max_side, min_size, limit_hint) -> tuple
             )
         if img.format == "JPEG":
             _check_jpeg_length(p, img)
-        floor = _floor(min_size)
-        whole = not (floor and min(width, height) >= 2 * floor) and not (
-            max_side and max(width, height) > max_side
-        )  # what _decode reduces or scales, from the same header
         with _DECODES.take(width * height):
-            return _decode(p, img, max_side, min_size), whole
-
-
-def _floor(min_size: tuple[int, int] | None) -> int | None:
-    """The smallest side a reduced decode for ``min_size`` keeps (twice the input's side); a
-    picture is reduced when its shorter side is at least twice this."""
-    return 2 * max(min_size) if min_size else None
+            pixels = _decode(p, img, max_side, min_size)
+        # any reduction or scaling shrinks a side; an EXIF turn swaps them
+        return pixels, sorted(pixels.shape[:2]) == sorted((width, height))
 
 
 # Start-of-frame markers of Huffman-coded JPEGs (baseline, extended, progressive; lossless is
@@ -312,7 +304,7 @@ def _check_jpeg_length(p: str, img: Image.Image) -> None:
 def _decode(p: str, img: Image.Image, max_side: int | None, min_size) -> np.ndarray:
     """Pixels of an opened, size-checked image, reduced as early as the format allows."""
     width, height = img.size
-    floor = _floor(min_size)
+    floor = 2 * max(min_size) if min_size else None
     draft = floor if floor and min(width, height) >= 2 * floor else None
     pixels = jpeg.decode(img, jpeg.draft_scale(img.size, draft))
     if pixels is not None:  # simplejpeg: Pillow's pixels without holding the GIL
