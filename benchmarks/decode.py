@@ -95,7 +95,8 @@ def gil_ms_per_photo(
 ) -> float | None:
     """GIL-held milliseconds per photo in one thread, sampled by py-spy at 1 kHz without
     pausing the process (``--nonblocking``): py-spy's default stops the process for each
-    sample, and that read 2.4-2.8x higher here (the pauses count as time the GIL is held)."""
+    sample, and that read 1.4-2.8x higher here (the pauses count as time the GIL is held;
+    `gil_calibration.py`)."""
     spy = shutil.which("py-spy")
     if not spy:
         return None

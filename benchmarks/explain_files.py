@@ -61,15 +61,18 @@ def host_only(name: str = "efficientnet_lite0"):
     (one strided convolution, average pool, dense): what a job then takes is the host's."""
     import keras
 
+    from kerascope.zoo.fast_init import numpy_init  # no JAX compile per random initializer
     from kerascope.zoo.models import Classifier, load_model
 
     like = load_model(name)
-    inputs = keras.Input((*like.input_size, 3))
-    x = keras.layers.Conv2D(16, 3, strides=8, activation="relu", name="conv")(inputs)
-    x = keras.layers.GlobalAveragePooling2D()(x)
-    outputs = keras.layers.Dense(like.num_classes, activation="softmax")(x)
-    return Classifier(keras.Model(inputs, outputs), "host-only", like.input_size, like.labels,
-                      cam_layer="conv", convention=like.convention)  # fmt: skip
+    with numpy_init():
+        inputs = keras.Input((*like.input_size, 3))
+        x = keras.layers.Conv2D(16, 3, strides=8, activation="relu", name="conv")(inputs)
+        x = keras.layers.GlobalAveragePooling2D()(x)
+        outputs = keras.layers.Dense(like.num_classes, activation="softmax")(x)
+        model = keras.Model(inputs, outputs)
+    return Classifier(model, "host-only", like.input_size, like.labels, cam_layer="conv",
+                      convention=like.convention)  # fmt: skip
 
 
 VARIANTS = {
