@@ -219,3 +219,73 @@ def test_pictures_drawn_in_processes_are_those_drawn_in_threads(chelsea, tmp_pat
     (blocked / "b").write_text("a file where the sub-folder b/ should go")
     with pytest.raises(OutputError, match="could not write"):
         save_explanations(paths, blocked, clf, batch_size=4, workers=2, pool="processes")
+
+
+@pytest.mark.backends  # JAX dispatches asynchronously; torch's Pending copies from its tensors
+@pytest.mark.parametrize("gpu", [True, False])
+def test_batch_i_plus_1_is_on_the_device_before_batch_i_is_given_out(gpu, monkeypatch):
+    """On a GPU the device is never idle while the host hands out a batch: explain dispatches
+    the next batch before it copies a batch's maps back (on a CPU, whose cores are the host's,
+    one batch at a time), and the maps are those of one call per batch."""
+    from kerascope.cam.explain import iter_unplaced
+
+    monkeypatch.setenv("KERASCOPE_ENGINE", "keras")
+    monkeypatch.setattr("kerascope.inference.on_cpu", lambda: not gpu)
+    clf = as_classifier(_tiny())
+    explainer = Explainer(clf, "gradcam", precision="float32")
+    pixels = list(_pixels(5))  # batches of 2, 2, 1
+    events, dispatch = [], explainer.start_batch
+
+    def start_batch(*args, **kwargs):
+        k = sum(e[0] == "start" for e in events)
+        events.append(("start", k))
+        running = dispatch(*args, **kwargs)
+        copy_back = running.result
+        running.result = lambda: events.append(("result", k)) or copy_back()
+        return running
+
+    monkeypatch.setattr(explainer, "start_batch", start_batch)
+    found = []
+    for e, m, _ in iter_unplaced(clf, explainer, pixels, None, 2, upsample=False):
+        events.append(("out", len(found)))
+        found.append((e.class_index, m))
+    if gpu:
+        assert events == [("start", 0), ("start", 1), ("result", 0), ("out", 0), ("out", 1),
+                          ("start", 2), ("result", 1), ("out", 2), ("out", 3),
+                          ("result", 2), ("out", 4)]  # fmt: skip
+    else:
+        assert events == [("start", 0), ("result", 0), ("out", 0), ("out", 1),
+                          ("start", 1), ("result", 1), ("out", 2), ("out", 3),
+                          ("start", 2), ("result", 2), ("out", 4)]  # fmt: skip
+    monkeypatch.undo()
+    for lo in (0, 2, 4):
+        maps, classes, _ = explainer.explain_batch(np.stack(pixels[lo : lo + 2]), pad_to=2)
+        for r, (c, m) in enumerate(found[lo : lo + 2]):
+            assert c == classes[r]
+            np.testing.assert_array_equal(m, maps[r])
+
+
+@pytest.mark.backends
+def test_a_batch_that_fails_to_dispatch_comes_after_the_batch_before_it(monkeypatch):
+    """Pipelining loses nothing: when batch i + 1 cannot be dispatched, batch i (already on
+    the device) is given out first, then the error is raised."""
+    from kerascope.cam.explain import iter_unplaced
+
+    monkeypatch.setenv("KERASCOPE_ENGINE", "keras")
+    monkeypatch.setattr("kerascope.inference.on_cpu", lambda: False)  # as on a GPU
+    clf = as_classifier(_tiny())
+    explainer = Explainer(clf, "gradcam", precision="float32")
+    dispatch, calls = explainer.start_batch, []
+
+    def start_batch(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("device out of memory")
+        return dispatch(*args, **kwargs)
+
+    monkeypatch.setattr(explainer, "start_batch", start_batch)
+    found = []
+    with pytest.raises(RuntimeError, match="out of memory"):
+        for e, _, _ in iter_unplaced(clf, explainer, list(_pixels(6)), None, 2):
+            found.append(e)
+    assert len(found) == 2 and all(e.ok for e in found)

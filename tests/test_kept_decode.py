@@ -93,6 +93,7 @@ def test_the_budget_is_per_picture_and_counts_every_picture_alive(tmp_path, chel
     pixels = 300 * 451
     assert decode_item(path, SIZE, keep_up_to=pixels).original is not None
     assert decode_item(path, SIZE, keep_up_to=pixels - 1).original is None
-    # the batch in hand, PREFETCH + 1 behind it, and what the consumer holds: 1 GiB in all
-    assert kept_pixels(16) == (1 << 30) // (3 * 4 * 16)
-    assert kept_pixels(16, in_flight=36) == (1 << 30) // (3 * (36 + 4 * 16))
+    # the batch in hand, the one on the device, PREFETCH + 1 behind them, and what the
+    # consumer holds: 1 GiB in all
+    assert kept_pixels(16) == (1 << 30) // (3 * 5 * 16)
+    assert kept_pixels(16, in_flight=36) == (1 << 30) // (3 * (36 + 5 * 16))

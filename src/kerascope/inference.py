@@ -69,16 +69,24 @@ class EngineError(KerascopeError, ValueError):
 
 
 class Pending:
-    """Outputs dispatched to the device and not yet copied back (JAX runs asynchronously):
-    ``result()`` waits for them and returns the first ``rows`` rows as NumPy arrays."""
+    """Outputs dispatched to the device and not yet copied back (JAX and CUDA run
+    asynchronously): ``result()`` waits for them and returns the first ``rows`` rows as NumPy
+    arrays (``to_numpy`` copies one output back: ``np.asarray`` suits JAX and NumPy)."""
 
-    def __init__(self, outs: list, rows: int, single: bool):
+    def __init__(
+        self,
+        outs: list,
+        rows: int,
+        single: bool,
+        to_numpy: Callable[[Any], np.ndarray] = np.asarray,
+    ):
         self._outs = outs
         self._rows = rows
         self._single = single
+        self._to_numpy = to_numpy
 
     def result(self) -> Any:
-        outs = [np.asarray(o)[: self._rows] for o in self._outs]
+        outs = [self._to_numpy(o)[: self._rows] for o in self._outs]
         return outs[0] if self._single else outs
 
 

@@ -54,9 +54,11 @@ KEPT_BYTES = 1 << 30
 def kept_pixels(batch_size: int, in_flight: int = 0) -> int:
     """The largest picture (in pixels) `decode_item` may keep as ``Item.original`` in
     `iter_batches` of ``batch_size``, so that every kept picture alive at once stays within
-    :data:`KEPT_BYTES`: the batch being consumed, the ``PREFETCH + 1`` submitted behind it
-    (`_ahead`), and ``in_flight`` more that the consumer still holds (pictures being drawn)."""
-    held = in_flight + (PREFETCH + 2) * max(1, batch_size)
+    :data:`KEPT_BYTES`: the batch being consumed, the one on the device behind it (explain
+    dispatches batch i + 1 before it gives out batch i), the ``PREFETCH + 1`` submitted behind
+    that (`_ahead`), and ``in_flight`` more that the consumer still holds (pictures being
+    drawn)."""
+    held = in_flight + (PREFETCH + 3) * max(1, batch_size)
     return KEPT_BYTES // (3 * held)
 
 

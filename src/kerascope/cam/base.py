@@ -27,6 +27,7 @@ from kerascope.cam.graph import LayerError, candidate_layers, find_layer, rebuil
 from kerascope.cam.head import Head, activate, analyse_head  # noqa: F401  (Head: API)
 from kerascope.cam.smoothing import augmented_maps, first_component, normalise
 from kerascope.errors import KerascopeError
+from kerascope.inference import Pending
 from kerascope.zoo.models import Classifier
 
 
@@ -369,15 +370,8 @@ class BaseCAM:
         maps = np.maximum(self.combine(batch), 0.0).astype(np.float32)
         return maps, batch.classes.astype(np.int64), np.asarray(probs, np.float32)
 
-    def explain_batch(
-        self,
-        pixels: np.ndarray,
-        targets=None,
-        pad_to: int | None = None,
-        upsample: bool = False,
-        levels: bool = False,
-    ) -> tuple:
-        """Heatmaps for a batch at ``clf.input_size``.
+    def explain_batch(self, pixels: np.ndarray, targets=None, **options) -> tuple:
+        """Heatmaps for a batch at ``clf.input_size``: :meth:`start_batch`'s, waited for.
 
         Args:
             pixels: (N, h, w, 3) uint8 RGB at the classifier's input size.
@@ -394,12 +388,27 @@ class BaseCAM:
             (maps (N, fh, fw) float32 in [0, 1] (uint8 with ``levels``), class indices (N,),
             probabilities (N,)).
         """
+        return tuple(self.start_batch(pixels, targets, **options).result())
+
+    def start_batch(
+        self,
+        pixels: np.ndarray,
+        targets=None,
+        pad_to: int | None = None,
+        upsample: bool = False,
+        levels: bool = False,
+    ) -> Pending:
+        """:meth:`explain_batch` dispatched: on the device path its ``result()`` waits for the
+        device, so the caller prepares the next batch meanwhile; elsewhere computed now."""
         pixels = model_pixels(self.clf, pixels)
         targets = self._targets(targets, len(pixels))
         size = tuple(self.clf.input_size) if upsample else None
         if self.on_device:
             run = self.probe.fused(self.device_map, self.name, self.precision)
-            return run(pixels, targets, size=size, pad_to=pad_to, levels=levels)
+            return run.start(pixels, targets, size=size, pad_to=pad_to, levels=levels)
+        return Pending(list(self._host_maps(pixels, targets, size, levels)), len(pixels), False)
+
+    def _host_maps(self, pixels, targets, size, levels) -> tuple:
         maps, classes, probs = self.raw_maps(pixels, targets)
         maps = normalise(maps)
         if size is not None and maps.shape[1:] != size:

@@ -26,6 +26,7 @@ from kerascope.cam.fitting import (
     untinted_outside,
 )
 from kerascope.cam.methods import get_method
+from kerascope.inference import Pending
 from kerascope.zoo.models import Classifier
 
 
@@ -183,8 +184,13 @@ class Explainer:
         feature resolution, or at the input size with ``upsample``, class indices (N,),
         probabilities (N,)). ``pad_to``: the job's batch size (see `BaseCAM.explain_batch`).
         ``levels``: the maps as uint8 heat levels 0..255 (`to_levels`), what pictures draw."""
-        return self.cam.explain_batch(pixels, targets, pad_to=pad_to, upsample=upsample,
-                                      levels=levels)  # fmt: skip
+        running = self.start_batch(pixels, targets, pad_to=pad_to, upsample=upsample, levels=levels)
+        return tuple(running.result())
+
+    def start_batch(self, pixels: np.ndarray, targets=None, **options) -> Pending:
+        """:meth:`explain_batch` (same arguments) dispatched: ``result()`` waits for the device
+        (JAX, CUDA) and gives its tuple; meanwhile the caller prepares the next batch."""
+        return self.cam.start_batch(pixels, targets, **options)
 
 
 def _is_imagenet(clf: Classifier) -> bool:
@@ -398,33 +404,69 @@ def _iter_cams(
     it. Placing is left to them so that `save_explanations` does it in its picture threads, not
     in the thread that feeds the device. Every number of the explanation (class, probability,
     map) comes from ``item.pixels``: the one input `faithfulness` scores too.
+
+    On a GPU or TPU batch i + 1 is dispatched to the device before batch i's maps are copied
+    back and given out, so the device computes while the host stacks and hands out the batch
+    before (`_dispatch_ahead`).
     """
     from kerascope.sources import iter_batches
 
-    start = 0
+    start, pending, ahead = 0, None, _dispatch_ahead(explainer)
     size, convention = clf.input_size, fit_convention(clf, fit)
-    for items in iter_batches(sources, size, batch_size, keep_up_to, convention):
-        rows = [i for i, it in enumerate(items) if it.error is None]
-        if rows:
-            batch_targets = None if targets is None else targets[start + np.array(rows)]
-            pixels = np.stack([items[i].pixels for i in rows])
-            maps, classes, probs = explainer.explain_batch(
-                pixels, batch_targets, pad_to=batch_size,
-                upsample=upsample and explainer.on_device, levels=levels,
-            )  # fmt: skip
-        row = {i: r for r, i in enumerate(rows)}
-        for i, it in enumerate(items):
-            if it.error is not None:
-                yield Explanation(it.source, error=it.error), None, it
-                continue
-            r = row[i]
-            c = int(classes[r])
-            wnid, name = clf.labels[c]
-            box = as_fractions(it.box, it.shape)
-            e = Explanation(it.source, None, c, wnid, name, float(probs[r]), fit=fit, box=box)
-            yield e, maps[r], it
-            items[i] = None  # the consumer may drop its full-size image as soon as it is done
+    batches = iter_batches(sources, size, batch_size, keep_up_to, convention)
+    while True:
+        try:
+            items = next(batches, None)
+            if items is None:
+                break
+            rows = [i for i, it in enumerate(items) if it.error is None]
+            running = None
+            if rows:
+                batch_targets = None if targets is None else targets[start + np.array(rows)]
+                pixels = np.stack([items[i].pixels for i in rows])
+                running = explainer.start_batch(
+                    pixels, batch_targets, pad_to=batch_size,
+                    upsample=upsample and explainer.on_device, levels=levels,
+                )  # fmt: skip
+        except Exception:
+            if pending is not None:  # the batch before is complete: give it out first
+                yield from _explained(clf, fit, *pending)
+            raise
         start += len(items)
+        if pending is not None:  # batch i + 1 is on the device while batch i is given out
+            yield from _explained(clf, fit, *pending)
+        pending = (items, rows, running)
+        if not ahead:
+            yield from _explained(clf, fit, *pending)
+            pending = None
+    if pending is not None:
+        yield from _explained(clf, fit, *pending)
+
+
+def _dispatch_ahead(explainer: Explainer) -> bool:
+    """Whether to dispatch the next batch before a batch is given out: on an accelerator (on a
+    CPU, Lite0's maps measured 3-7 % slower so: `benchmarks/explain_files.py --engine keras`)."""
+    from kerascope.inference import on_cpu
+
+    return explainer.on_device and not on_cpu()
+
+
+def _explained(clf, fit, items, rows, running):
+    """`_iter_cams`'s triples for one batch, once its device call has finished."""
+    if rows:
+        maps, classes, probs = running.result()
+    row = {i: r for r, i in enumerate(rows)}
+    for i, it in enumerate(items):
+        if it.error is not None:
+            yield Explanation(it.source, error=it.error), None, it
+            continue
+        r = row[i]
+        c = int(classes[r])
+        wnid, name = clf.labels[c]
+        box = as_fractions(it.box, it.shape)
+        e = Explanation(it.source, None, c, wnid, name, float(probs[r]), fit=fit, box=box)
+        yield e, maps[r], it
+        items[i] = None  # the consumer may drop its full-size image as soon as it is done
 
 
 def _cached_explainer(

@@ -13,6 +13,7 @@ from collections.abc import Callable
 import numpy as np
 
 from kerascope.fast_convs import fast_convs
+from kerascope.inference import Pending
 from kerascope.mixed_precision import precision_runner
 
 # (features (N,h,w,K), grads (N,h,w,K), class indices (N,), probabilities (N,))
@@ -118,6 +119,7 @@ def fused_fn(probe, head: Callable, combine: Combine, precision: str = "float32"
     resolution) and the per-map normalisation, all on the device in one call; only the maps,
     classes and probabilities are copied back (with ``levels``, the maps as uint8 heat levels,
     `kerascope.cam.overlay.to_levels`: what pictures draw, a quarter of the bytes).
+    ``run.start`` (same arguments) only dispatches the call: a `kerascope.inference.Pending`.
 
     The batch is padded (repeating its last image) to ``pad_to`` images, or to the next power of
     two, so a job compiles once per batch shape, its last partial batch included. ``precision``
@@ -237,9 +239,9 @@ def _jax_fused(probe, head: Callable, combine: Combine, precision: str) -> MapsF
             maps = jnp.floor(jnp.clip(maps, 0.0, 1.0) * 255.0 + 0.5).astype(jnp.uint8)
         return maps, classes, prob.astype("float32")
 
-    def call(
+    def start(
         pixels: np.ndarray, targets: np.ndarray, size=None, pad_to=None, levels: bool = False
-    ) -> MapsResult:
+    ) -> Pending:
         n = len(pixels)
         pixels, targets = _pad(pixels, targets.astype(np.int32), padded_size(n, pad_to))
         trainable = [v.value for v in source.trainable_variables]  # current weights, each call
@@ -247,10 +249,9 @@ def _jax_fused(probe, head: Callable, combine: Combine, precision: str) -> MapsF
         size = None if size is None else (int(size[0]), int(size[1]))
         with fast_convs():
             out = run(trainable, frozen, pixels, targets, size, bool(levels))
-        return tuple(np.asarray(o)[:n] for o in out)
+        return Pending(list(out), n, single=False)
 
-    call.traces = lambda: traces[0]
-    return call
+    return _waiting(start, lambda: traces[0])
 
 
 def _torch_fused(probe, head: Callable, combine: Combine, precision: str) -> MapsFn:
@@ -262,9 +263,9 @@ def _torch_fused(probe, head: Callable, combine: Combine, precision: str) -> Map
     shape = tuple(probe.inputs[1].shape[1:])
     reduced = {"bfloat16": torch.bfloat16, "float16": torch.float16}.get(precision)
 
-    def call(
+    def start(
         pixels: np.ndarray, targets: np.ndarray, size=None, pad_to=None, levels: bool = False
-    ) -> MapsResult:
+    ) -> Pending:
         n = len(pixels)
         pixels, targets = _pad(pixels, targets, padded_size(n, pad_to))
         x = keras.ops.convert_to_tensor(pixels).to(torch.float32)  # uint8 crosses, cast there
@@ -285,9 +286,21 @@ def _torch_fused(probe, head: Callable, combine: Combine, precision: str) -> Map
             if levels:  # `overlay.to_levels` on the device
                 maps = torch.floor(maps.clamp(0.0, 1.0) * 255.0 + 0.5).to(torch.uint8)
             p = probs.gather(1, classes[:, None])[:, 0].float()
-        return tuple(v.detach().cpu().numpy()[:n] for v in (maps, classes, p))
+        return Pending([maps.detach(), classes, p], n, single=False,
+                       to_numpy=lambda v: v.cpu().numpy())  # fmt: skip
 
-    call.traces = lambda: 0
+    return _waiting(start, lambda: 0)
+
+
+def _waiting(start: Callable[..., Pending], traces: Callable[[], int]) -> MapsFn:
+    """The `fused_fn` call that waits for its results, from ``start``, which only dispatches
+    them (kept as ``call.start``: a job dispatches batch i + 1 before it copies batch i back,
+    so the device is not idle while the host stacks the next batch)."""
+
+    def call(pixels, targets, size=None, pad_to=None, levels: bool = False) -> MapsResult:
+        return tuple(start(pixels, targets, size=size, pad_to=pad_to, levels=levels).result())
+
+    call.start, call.traces = start, traces
     return call
 
 

@@ -32,6 +32,7 @@ from __future__ import annotations
 import numpy as np
 
 from kerascope.cam.base import BaseCAM, MethodError, as_classifier, get_probe, model_pixels
+from kerascope.inference import Pending
 
 _OPTIONS = {"steps": int, "samples": int, "noise": float, "baseline": str, "seed": int}
 
@@ -143,16 +144,10 @@ class PixelMethod(BaseCAM):
             cache[key] = pixel_fn(self.spec(), plain, guided, probe, score, self.precision)
         return cache[key]
 
-    def explain_batch(
-        self,
-        pixels: np.ndarray,
-        targets=None,
-        pad_to: int | None = None,
-        upsample: bool = False,
-        levels: bool = False,
-    ) -> tuple:
+    def start_batch(self, pixels: np.ndarray, targets=None, pad_to=None, levels=False, **_):
         """(maps (N, H, W) float32 in [0, 1] at the input size, whatever ``upsample`` says,
-        class indices (N,), probabilities (N,)); arguments as `BaseCAM.explain_batch`."""
+        class indices (N,), probabilities (N,)), computed now; arguments as
+        `BaseCAM.explain_batch`."""
         pixels = model_pixels(self.clf, pixels)
         maps, classes, probs = self._fn()(pixels, self._targets(targets, len(pixels)),
                                           pad_to=pad_to)  # fmt: skip
@@ -160,7 +155,7 @@ class PixelMethod(BaseCAM):
             from kerascope.cam.overlay import to_levels
 
             maps = to_levels(maps)
-        return maps, classes, probs
+        return Pending([maps, classes, probs], len(pixels), single=False)
 
     def attributions(self, pixels: np.ndarray, targets=None) -> tuple:
         """The signed attributions before the reduction: ((N, H, W, 3) float32 per input pixel
