@@ -205,15 +205,24 @@ class KerascopeSide:
                          "partial_again_s": round(p_again, 2)}}  # fmt: skip
 
     def explain(
-        self, files: list[str], warm_files: int, pool: str = "threads", model: str = "lite0"
+        self,
+        files: list[str],
+        warm_files: int,
+        pool: str = "threads",
+        model: str = "lite0",
+        ahead: bool = True,
     ) -> dict:
         """Grad-CAM pictures written (original | overlay JPEGs), as `kerascope explain` does;
         ``pool``: where the pictures are drawn (threads, or processes); ``model`` ``host-only``:
-        `_host_only` instead of Lite0."""
+        `_host_only` instead of Lite0; ``ahead`` False: one batch on the device at a time
+        (what dispatching batch i + 1 before copying batch i back gains)."""
+        import kerascope.cam.explain as explain_module
         from kerascope.cam.save import save_explanations
 
+        if not ahead and not hasattr(explain_module, "_dispatch_ahead"):
+            raise NotAvailable("this version dispatches one batch at a time only")
         clf = self._host_only() if model == "host-only" else self._classifier("efficientnet_lite0")
-        info = {"pool": pool, "model": model}
+        info = {"pool": pool, "model": model, "ahead": ahead}
         extra = {"pool": pool} if pool != "threads" else {}
         if ("explain", pool, model) not in self.warm:
             out = Path(tempfile.mkdtemp(dir=self.tmp))
@@ -230,11 +239,19 @@ class KerascopeSide:
             shutil.rmtree(out, ignore_errors=True)
             self.warm.add(("explain", pool, model))
         out = Path(tempfile.mkdtemp(dir=self.tmp))
-        start = time.perf_counter()
-        saved = save_explanations(
-            files, output_dir=out, model=clf, method="gradcam", batch_size=EXPLAIN_BATCH, **extra
-        )
-        seconds = time.perf_counter() - start
+        dispatch_ahead = getattr(explain_module, "_dispatch_ahead", None)
+        if not ahead:
+            explain_module._dispatch_ahead = lambda explainer: False
+        try:
+            start = time.perf_counter()
+            saved = save_explanations(
+                files, output_dir=out, model=clf, method="gradcam", batch_size=EXPLAIN_BATCH,
+                **extra,
+            )  # fmt: skip
+            seconds = time.perf_counter() - start
+        finally:
+            if dispatch_ahead is not None:
+                explain_module._dispatch_ahead = dispatch_ahead
         written = sum(1 for _ in out.rglob("*.jpg"))
         shutil.rmtree(out, ignore_errors=True)
         if written != len(files) or sum(1 for s in saved if not s.ok):

@@ -14,7 +14,8 @@ bf16); ``classify`` of in-memory arrays (2,048 x 224²) and of a JPEG folder (3,
 500x375, warm and first call in a fresh process); the first call on a new batch shape and on
 the last partial batch; ``explain`` Grad-CAM of 1,024 files with the pictures written;
 the folder and explain rows again with the Pillow decoder, with the pictures drawn in processes,
-and on a model with no device work (what the host alone allows);
+on a model with no device work (what the host alone allows), and explain with one batch on the
+device at a time (what dispatching the next batch first gains);
 ``kerascope train --recipe transfer`` (bf16 and fp32) and ``--recipe finetune`` stage 2, steady
 epochs with augmentation, on a 2-class folder of 1,200 photos; each beside the peer a PyTorch
 user writes (timm eager, a 16-worker DataLoader, torchvision augmentation; after
@@ -330,10 +331,13 @@ def main() -> None:
                     "img/s", "(pool='processes')")  # fmt: skip
         host = Row("explain_gradcam_host_only", "explain, a model with no device work",
                    "img/s", "(the host's ceiling)")  # fmt: skip
-        rows += [row, procs, host]
+        serial = Row("explain_gradcam_one_batch", "explain, one batch on the device at a time",
+                     "img/s", "(batch i + 1 not dispatched before batch i is back)")  # fmt: skip
+        rows += [row, procs, host, serial]
         kw = {"files": files, "warm_files": min(len(files), 256)}
         op = ("explain", kw)
-        variants = ((procs, {"pool": "processes"}), (host, {"model": "host-only"}))
+        variants = ((procs, {"pool": "processes"}), (host, {"model": "host-only"}),
+                    (serial, {"ahead": False}))  # fmt: skip
         interleave(row, deadline, op, op, variants=variants)
     K.close()  # frees the device for the fresh processes below
 
