@@ -84,6 +84,7 @@ def test_odd_job_sizes_compile_once_per_bucket(monkeypatch, jax_compiles):
     assert len(jax_compiles.names) == after_first  # JAX compiled nothing more
 
 
+@pytest.mark.backends  # on torch: top-k selected on its device (`topk.torch_top_k`)
 def test_padded_rows_never_come_back_and_results_match_the_model(monkeypatch):
     monkeypatch.setenv("KERASCOPE_ENGINE", "keras")
     clf = _tiny_classifier(seed=2)
@@ -104,6 +105,25 @@ def test_padded_rows_never_come_back_and_results_match_the_model(monkeypatch):
     for r, row in zip(results, expected, strict=True):
         assert [p.index for p in r.predictions] == list(np.argsort(-row, kind="stable")[:2])
         assert r.predictions[0].probability == pytest.approx(float(row.max()), abs=1e-5)
+
+
+def test_top_k_on_the_torch_device_picks_ties_as_jax_does():
+    """Equal scores: the lower class index first, on torch's device as in JAX's compiled top-k
+    (torch.topk does not say which it picks), and only k per row."""
+    import jax
+    import torch
+
+    from kerascope.topk import torch_top_k
+
+    rng = np.random.default_rng(0)
+    scores = rng.choice([0.0, 0.25, 0.5, 1.0], size=(16, 40)).astype(np.float32)
+    top = torch_top_k(lambda xs: [torch.as_tensor(xs[0])])
+    for k in (1, 3, 12, 40, 99):
+        values, indices = (t.numpy() for t in top([scores], k))
+        want_v, want_i = jax.lax.top_k(scores, min(k, 40))
+        assert indices.dtype == np.int32 and indices.shape == (16, min(k, 40))
+        np.testing.assert_array_equal(indices, np.asarray(want_i))
+        np.testing.assert_array_equal(values, np.asarray(want_v))
 
 
 def test_engines_agree_on_top_k_and_failed_inputs_keep_their_place(monkeypatch, tmp_path):

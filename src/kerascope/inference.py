@@ -56,6 +56,7 @@ from kerascope.mixed_precision import (  # noqa: F401  (mixed_clone: part of thi
 )
 from kerascope.precision import resolve_precision
 from kerascope.sources import bucket
+from kerascope.topk import host_top_k, torch_top_k
 
 ENV_VAR = "KERASCOPE_ENGINE"
 _ATTR = "_kerascope_forwards"  # per-model cache, on the model: freed with it (no global leak)
@@ -114,8 +115,10 @@ class Forward:
         fit_top_k: Callable[[list, int, DeviceFit], list] | None = None,
         pads: bool = False,
         traces: list[int] | None = None,
+        to_numpy: Callable[[Any], np.ndarray] = np.asarray,
     ):
         self._run = run
+        self._to_numpy = to_numpy
         self._top_k = top_k
         self._fit_top_k = fit_top_k
         self._traces = traces if traces is not None else [0]
@@ -166,7 +169,7 @@ class Forward:
         device computes this one, then calls ``.result()``."""
         xs, n = self._inputs(x, batch_size)
         outs = list(self._run(xs))
-        return Pending(outs, n, len(outs) == 1)
+        return Pending(outs, n, len(outs) == 1, self._to_numpy)
 
     def top_k(
         self, x: Batch, k: int, batch_size: int | None = None
@@ -187,29 +190,14 @@ class Forward:
         if fit is not None:
             if self._fit_top_k is None:
                 raise ValueError(f"the {self.engine} engine does not fit pictures on the device")
-            return Pending(list(self._fit_top_k(xs, int(k), fit)), n, False)
+            return Pending(list(self._fit_top_k(xs, int(k), fit)), n, False, self._to_numpy)
         if self._top_k is not None:
-            return Pending(list(self._top_k(xs, int(k))), n, False)
-        out = self._run(xs)[0]
-        return Pending(list(host_top_k(np.asarray(out), int(k))), n, False)
+            return Pending(list(self._top_k(xs, int(k))), n, False, self._to_numpy)
+        out = self._to_numpy(self._run(xs)[0])
+        return Pending(list(host_top_k(out, int(k))), n, False)
 
     def __repr__(self) -> str:
         return f"<Forward {self.name!r} on {self.engine} in {self.precision}>"
-
-
-def host_top_k(values: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Top-k of each row on the host, vectorised (argpartition, then a stable sort of k)."""
-    values = np.asarray(values, np.float32)
-    k = max(1, min(int(k), values.shape[-1]))
-    if k < values.shape[-1]:
-        part = np.argpartition(-values, k - 1, axis=-1)[..., :k]
-        part.sort(axis=-1)  # equal values keep index order in the stable sort below
-    else:
-        part = np.broadcast_to(np.arange(k), values.shape).copy()
-    picked = np.take_along_axis(values, part, axis=-1)
-    order = np.argsort(-picked, axis=-1, kind="stable")
-    return (np.take_along_axis(picked, order, axis=-1),
-            np.take_along_axis(part, order, axis=-1).astype(np.int32))  # fmt: skip
 
 
 def _pad_rows(a: Any, rows: int) -> Any:
@@ -425,7 +413,9 @@ def _keras_forward(model: Any, name: str, precision: str = "float32") -> Forward
                        traces=traces)  # fmt: skip
 
     def call_eager(xs: list) -> list:
-        xs = [keras.ops.convert_to_tensor(np.asarray(x).astype(d))
+        # uint8 crosses to the device as it is (a quarter of float32's bytes) and is cast there;
+        # the outputs stay there until `Pending.result`, so a GPU computes while the host goes on
+        xs = [keras.ops.cast(keras.ops.convert_to_tensor(np.asarray(x)), d)
               for x, d in zip(xs, dtypes, strict=True)]  # fmt: skip
         given = xs[0] if single else xs
         with _no_grad(backend):
@@ -435,10 +425,15 @@ def _keras_forward(model: Any, name: str, precision: str = "float32") -> Forward
                 trainable = [v.value for v in source.trainable_variables]
                 frozen = [v.value for v in source.non_trainable_variables]
                 out, _ = runner.stateless_call(trainable, frozen, given, training=False)
-        return [np.asarray(keras.ops.convert_to_numpy(o), np.float32)
-                for o in keras.tree.flatten(out)]  # fmt: skip
+        return keras.tree.flatten(out)
 
-    return Forward(call_eager, "keras", name, precision=precision)
+    def to_numpy(o: Any) -> np.ndarray:
+        o = keras.ops.convert_to_numpy(o)
+        return o if o.dtype == np.int32 else np.asarray(o, np.float32)
+
+    top_k = torch_top_k(call_eager) if backend == "torch" else None
+    return Forward(call_eager, "keras", name, precision=precision, top_k=top_k,
+                   to_numpy=to_numpy)  # fmt: skip
 
 
 def _no_grad(backend: str) -> Any:

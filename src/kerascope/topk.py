@@ -1,0 +1,39 @@
+"""Top-k of class scores: on the host (NumPy) or on the torch device. (The JAX engine
+selects inside its compiled forward: `jax.lax.top_k`.) Both give equal values lower index
+first, as `jax.lax.top_k` does."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+
+
+def host_top_k(values: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Top-k of each row on the host, vectorised (argpartition, then a stable sort of k)."""
+    values = np.asarray(values, np.float32)
+    k = max(1, min(int(k), values.shape[-1]))
+    if k < values.shape[-1]:
+        part = np.argpartition(-values, k - 1, axis=-1)[..., :k]
+        part.sort(axis=-1)  # equal values keep index order in the stable sort below
+    else:
+        part = np.broadcast_to(np.arange(k), values.shape).copy()
+    picked = np.take_along_axis(values, part, axis=-1)
+    order = np.argsort(-picked, axis=-1, kind="stable")
+    return (np.take_along_axis(picked, order, axis=-1),
+            np.take_along_axis(part, order, axis=-1).astype(np.int32))  # fmt: skip
+
+
+def torch_top_k(run: Callable[[list], list]) -> Callable[[list, int], list]:
+    """Top-k on the torch device, ties to the lower index as `host_top_k` (a stable sort:
+    torch.topk does not say which of equal values it picks); 2 * k numbers per row come back."""
+    import torch
+
+    def top_k(xs: list, k: int) -> list:
+        with torch.no_grad():
+            out = run(xs)[0].float()
+            values, indices = torch.sort(out, dim=-1, descending=True, stable=True)
+            k = max(1, min(int(k), out.shape[-1]))
+            return [values[..., :k], indices[..., :k].to(torch.int32)]
+
+    return top_k
