@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import threading
 from fractions import Fraction
 from pathlib import Path
 
@@ -235,9 +236,10 @@ def test_interrupted_run_leaves_nothing(lite0, clips, tmp_path):
         raise KeyboardInterrupt
 
     out = tmp_path / "pan-output.mp4"
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(KeyboardInterrupt):  # at the first frames encoded, others drawing
         explain_video(clips["aac"], out, clf=lite0, batch_size=8, progress=stop)
     assert os.listdir(tmp_path) == []
+    assert not [t for t in threading.enumerate() if t.name.startswith("kerascope-video-draw")]
 
 
 @pytest.mark.slow

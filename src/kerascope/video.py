@@ -17,22 +17,12 @@ from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 
-import numpy as np
-from PIL import Image
-
 from kerascope.cam import fitting
 from kerascope.cam import overlay as ov
 from kerascope.errors import KerascopeError
 from kerascope.files import atomic_path, is_disk_error, output_error
-from kerascope.images import file_problem, fit_box, resize
-from kerascope.images import fit as fit_picture
-from kerascope.output import percent
-
-# Audio codecs the MP4 muxer accepts as they are (checked with PyAV 18's FFmpeg, including
-# opus from webm); anything else (PCM from mov/mkv/avi, vorbis, ...) is transcoded to AAC.
-MP4_AUDIO = frozenset({"aac", "mp3", "ac3", "eac3", "alac", "opus", "flac"})
-_AAC_RATES = (96000, 88200, 64000, 48000, 44100, 32000, 24000, 22050, 16000, 12000, 11025, 8000)
-_PENDING_BYTES = 256 << 20  # frames held while waiting for their heatmap batch (--every N)
+from kerascope.images import file_problem
+from kerascope.video_frames import FramePipeline
 
 
 class VideoError(KerascopeError):
@@ -135,165 +125,6 @@ def estimate_frames(path: str | os.PathLike) -> int:
         return round(float(seconds * frame_rate(stream)))
 
 
-def _rgb(frame) -> np.ndarray:
-    """Decode to RGB, upright: phone videos are stored sideways with a display matrix."""
-    rgb = frame.to_ndarray(format="rgb24")
-    quarter = round((getattr(frame, "rotation", 0) or 0) / 90) % 4
-    rgb = np.rot90(rgb, k=quarter) if quarter else rgb
-    height, width = rgb.shape[:2]  # H.264 4:2:0 needs even sides: drop one row/column
-    return np.ascontiguousarray(rgb[: height - height % 2, : width - width % 2])
-
-
-class _Audio:
-    """Copies the input's first audio track into the output, transcoding only if needed."""
-
-    def __init__(self, out, stream, container_format: str):
-        self.out = out
-        codec = stream.codec_context.codec.canonical_name  # "mp3", not the decoder "mp3float"
-        self.remux = codec in MP4_AUDIO or container_format != "mp4"
-        if self.remux:
-            self.stream = out.add_stream_from_template(stream)
-        else:
-            rate = stream.sample_rate if stream.sample_rate in _AAC_RATES else 48000
-            self.stream = out.add_stream("aac", rate=rate)
-            # By channel count: a demuxed layout may be "unspecified order", which AAC refuses.
-            self.stream.layout = "mono" if stream.channels == 1 else "stereo"
-
-    def packet(self, packet) -> None:
-        if self.remux:
-            if packet.dts is not None:  # the demuxer's flush packets carry nothing
-                packet.stream = self.stream
-                self.out.mux(packet)
-            return
-        for frame in packet.decode():
-            frame.pts = None  # the encoder's resampler re-times at its own rate
-            self.out.mux(self.stream.encode(frame))
-
-    def close(self) -> None:
-        if not self.remux:
-            self.out.mux(self.stream.encode(None))
-
-
-class _Pipeline:
-    """Frames in, heatmapped frames out: batches the model calls, draws and encodes."""
-
-    def __init__(self, explainer, clf, options: dict, out, vstream, astream, progress):
-        self.explainer, self.clf, self.opt = explainer, clf, options
-        self.out, self.vstream, self.astream, self.progress = out, vstream, astream, progress
-        self.ostream = None
-        self.audio: _Audio | None = None
-        self.audio_waiting: list = []  # packets read before the output could be opened
-        self.pending: list[tuple[np.ndarray, int | None, bool]] = []
-        self.keys: list[np.ndarray] = []
-        self.pending_bytes = 0
-        self.current: tuple[np.ndarray, str] | None = None
-        self.count = 0
-        self.size = (0, 0)
-        self.frame_shape: tuple[int, int] | None = None
-        self.box = None  # the part of each frame the model sees (`cam.fitting.Box`)
-
-    def audio_packet(self, packet) -> None:
-        if self.audio is None:
-            self.audio_waiting.append(packet)
-        else:
-            self.audio.packet(packet)
-
-    def push(self, frame, index: int) -> None:
-        rgb = _rgb(frame)
-        if self.frame_shape is None:
-            self.frame_shape = rgb.shape[:2]
-            shown = fit_box(rgb.shape, self.clf.input_size, self.opt["convention"])
-            self.box = fitting.as_fractions(shown, rgb.shape)
-        elif rgb.shape[:2] != self.frame_shape:  # the size changed mid-stream: keep the first
-            rgb = resize(rgb, self.frame_shape)
-        key = index % self.opt["every"] == 0
-        if key:
-            self.keys.append(fit_picture(rgb, self.clf.input_size, self.opt["convention"]))
-        self.pending.append((rgb, frame.pts, key))
-        self.pending_bytes += rgb.nbytes
-        if len(self.keys) >= self.opt["batch_size"] or self.pending_bytes > _PENDING_BYTES:
-            self.flush()
-
-    def flush(self) -> None:
-        results = iter(())
-        if self.keys:
-            maps, classes, probs = self.explainer.explain_batch(
-                np.stack(self.keys),
-                targets=self.opt["target"],
-                pad_to=self.opt["batch_size"],  # a short last batch compiles nothing new
-                upsample=self.explainer.on_device,
-                levels=True,  # uint8 heat levels: what the frames draw, a quarter of the bytes
-            )
-            probs = np.asarray(probs)
-            labels = []
-            for i, c in enumerate(np.asarray(classes).reshape(-1)):
-                p = probs[i, c] if probs.ndim == 2 else probs[i]
-                name = self.clf.labels[int(c)][1].replace("_", " ")  # Keras: "Egyptian_cat"
-                labels.append(f"{name} {percent(p)}")
-            results = zip(np.asarray(maps), labels, strict=True)
-        for rgb, pts, key in self.pending:
-            if key:
-                self.current = next(results)
-            self._write(rgb, pts)
-        done = len(self.pending)
-        self.keys, self.pending, self.pending_bytes = [], [], 0
-        if done and self.progress is not None:
-            self.progress(done)
-
-    def _write(self, rgb: np.ndarray, pts: int | None) -> None:
-        heat, label = self.current
-        label = fitting.with_caption(ov.mark_empty(label, heat), self.box, rgb.shape)
-        heat = fitting.place(heat, self.box, rgb.shape)
-        blended = ov.overlay(rgb, heat, self.opt["alpha"], self.opt["colormap"])
-        if fitting.is_part(self.box, rgb.shape):
-            kept = fitting.photo_outside(Image.fromarray(blended), Image.fromarray(rgb), self.box)
-            blended = np.asarray(fitting.draw_outline(kept, self.box))
-        if self.opt["layout"] == "side":
-            image = ov.side_by_side(rgb, blended, label)
-        else:
-            image = ov.label_frame(blended, label)
-        self.count += 1
-        if self.opt["frames_dir"] is not None:
-            ov.save_jpeg(image, os.path.join(self.opt["frames_dir"], f"frame_{self.count:05d}.jpg"))
-        if self.ostream is None:
-            self._open_streams(image.shape[1], image.shape[0])
-        self.out.mux(self.ostream.encode(self._frame(image, pts)))
-
-    def _open_streams(self, width: int, height: int) -> None:
-        # Opened at the first frame because only then is the drawn size known; the container
-        # writes its header at the first mux, so audio packets wait until both streams exist.
-        stream = self.out.add_stream("libx264", rate=self.opt["fps"])
-        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
-        stream.codec_context.time_base = 1 / self.opt["fps"]
-        stream.options = {"crf": "20", "preset": self.opt["preset"]}
-        self.ostream, self.size, self.last_pts = stream, (width, height), None
-        if self.astream is not None:
-            self.audio = _Audio(self.out, self.astream, self.opt["format"])
-            for packet in self.audio_waiting:
-                self.audio.packet(packet)
-            self.audio_waiting = []
-
-    def _frame(self, image: np.ndarray, pts: int | None):
-        """Stamp on the grid of the average rate: constant-rate input keeps its exact rate
-        even from a millisecond time base (mkv), variable-rate keeps its gaps to 1/fps."""
-        import av
-
-        frame = av.VideoFrame.from_ndarray(image, format="rgb24")
-        fps = self.opt["fps"]
-        tick = None if pts is None else round(pts * self.vstream.time_base * fps)
-        if tick is None or (self.last_pts is not None and tick <= self.last_pts):
-            tick = 0 if self.last_pts is None else self.last_pts + 1  # missing or out of order
-        frame.pts, frame.time_base, self.last_pts = tick, 1 / fps, tick
-        return frame
-
-    def close(self) -> None:
-        self.flush()
-        if self.ostream is not None:
-            self.out.mux(self.ostream.encode(None))
-        if self.audio is not None:
-            self.audio.close()
-
-
 _FORMATS = {".mp4": "mp4", ".m4v": "mp4", ".mov": "mov", ".mkv": "matroska"}
 
 
@@ -387,8 +218,11 @@ def explain_video(
         )  # fmt: skip
         astream = container.streams.audio[0] if container.streams.audio else None
         with atomic_path(output) as partial, _open_output(partial, fmt, output) as out:
-            pipeline = _Pipeline(explainer, clf, options, out, vstream, astream, progress)
-            _run(container, vstream, astream, pipeline, input_path)
+            pipeline = FramePipeline(explainer, clf, options, out, vstream, astream, progress)
+            try:
+                _run(container, vstream, astream, pipeline, input_path)
+            finally:
+                pipeline.abort()  # an error or Ctrl-C: the draw threads end with the file
     return VideoReport(
         frames=pipeline.count,
         fps=float(options["fps"]),
@@ -455,7 +289,7 @@ def _open_output(path: Path, fmt: str, final: Path):
         raise VideoOutputError(final, str(exc).splitlines()[0]) from None
 
 
-def _run(container, vstream, astream, pipeline: _Pipeline, path) -> None:
+def _run(container, vstream, astream, pipeline: FramePipeline, path) -> None:
     """Demux once; video frames go to the pipeline, audio packets straight to the output."""
     index = 0
     for packet, frame in _read(container, vstream, astream, path):
