@@ -353,3 +353,39 @@ def test_mixed_clone_of_a_model_holding_a_model(monkeypatch):
     expected = model.predict(x.astype("float32"), verbose=0)
     np.testing.assert_allclose(inference.compiled(model, "keras", "bfloat16")(x), expected,
                                atol=0.03)  # fmt: skip
+
+
+def test_a_cuda_result_is_copied_back_behind_its_own_kernels(monkeypatch):
+    """On CUDA the copy back is queued when the batch is dispatched, with an event that
+    `result()` waits on: queued later, it would wait for the next batch too (one stream)."""
+    import torch
+
+    events = []
+
+    class Event:  # torch.cuda.Event, without a GPU
+        def record(self):
+            events.append("record")
+
+        def synchronize(self):
+            events.append("wait")
+
+    class CudaTensor:
+        is_cuda = True
+
+        def __init__(self, value):
+            self.value = value
+
+        def detach(self):
+            return self
+
+        def to(self, device, non_blocking=False):
+            events.append(("copy", device, non_blocking))
+            return np.asarray(self.value)
+
+    monkeypatch.setattr(torch.cuda, "Event", Event)
+    pending = inference.Pending([CudaTensor([[1.0, 2.0], [3.0, 4.0]]), np.arange(2)], 1, False)
+    assert events == [("copy", "cpu", True), "record"]  # at dispatch, before anything else
+    values, indices = pending.result()
+    assert events[-1] == "wait"
+    np.testing.assert_array_equal(values, [[1.0, 2.0]])
+    np.testing.assert_array_equal(indices, [0])

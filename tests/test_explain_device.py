@@ -289,3 +289,18 @@ def test_a_batch_that_fails_to_dispatch_comes_after_the_batch_before_it(monkeypa
         for e, _, _ in iter_unplaced(clf, explainer, list(_pixels(6)), None, 2):
             found.append(e)
     assert len(found) == 2 and all(e.ok for e in found)
+
+
+def test_only_a_method_whose_device_call_runs_on_dispatches_ahead(monkeypatch):
+    """The pixel methods compute their maps before `start_batch` returns: dispatching their
+    next batch first would only hold one more batch (and hand each out later)."""
+    from kerascope.cam.explain import _dispatch_ahead
+
+    monkeypatch.setenv("KERASCOPE_ENGINE", "keras")
+    monkeypatch.setattr("kerascope.inference.on_cpu", lambda: False)  # as on a GPU
+    clf = as_classifier(_tiny())
+    gradcam, saliency = Explainer(clf, "gradcam"), Explainer(clf, "saliency")
+    assert gradcam.on_device and saliency.on_device
+    assert _dispatch_ahead(gradcam) and not _dispatch_ahead(saliency)
+    monkeypatch.setattr("kerascope.inference.on_cpu", lambda: True)
+    assert not _dispatch_ahead(gradcam)

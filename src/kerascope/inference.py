@@ -72,7 +72,11 @@ class EngineError(KerascopeError, ValueError):
 class Pending:
     """Outputs dispatched to the device and not yet copied back (JAX and CUDA run
     asynchronously): ``result()`` waits for them and returns the first ``rows`` rows as NumPy
-    arrays (``to_numpy`` copies one output back: ``np.asarray`` suits JAX and NumPy)."""
+    arrays (``to_numpy`` converts one output: ``np.asarray`` suits JAX and NumPy).
+
+    torch CUDA tensors are copied back now, behind the kernels that compute them (into pinned
+    memory, an event to wait on): a copy queued at ``result()`` would wait for whatever the
+    device was given meanwhile, the next batch included. (JAX copies on its own stream.)"""
 
     def __init__(
         self,
@@ -81,14 +85,30 @@ class Pending:
         single: bool,
         to_numpy: Callable[[Any], np.ndarray] = np.asarray,
     ):
+        self._ready = None
+        if any(getattr(o, "is_cuda", False) for o in outs):
+            outs, self._ready = _copy_back_queued(outs)
         self._outs = outs
         self._rows = rows
         self._single = single
         self._to_numpy = to_numpy
 
     def result(self) -> Any:
+        if self._ready is not None:
+            self._ready()
         outs = [self._to_numpy(o)[: self._rows] for o in self._outs]
         return outs[0] if self._single else outs
+
+
+def _copy_back_queued(outs: list) -> tuple[list, Callable[[], None]]:
+    """torch CUDA tensors -> CPU tensors being filled by copies queued now, and the wait."""
+    import torch
+
+    copies = [o.detach().to("cpu", non_blocking=True) if getattr(o, "is_cuda", False) else o
+              for o in outs]  # fmt: skip
+    done = torch.cuda.Event()
+    done.record()
+    return copies, done.synchronize
 
 
 class Forward:
@@ -159,8 +179,8 @@ class Forward:
         to (see :func:`bucket`); padded rows never come back.
 
         Returns:
-            float32 outputs in the Keras layout: one array for a single-output model, else a
-            list in ``model.outputs`` order.
+            float32 outputs (int32 ones stay int32) in the Keras layout: one array for a
+            single-output model, else a list in ``model.outputs`` order.
         """
         return self.start(x, batch_size).result()
 
@@ -222,10 +242,10 @@ def on_cpu() -> bool:
         import jax
 
         return jax.default_backend() == "cpu"
-    if backend == "torch":
-        import torch
+    if backend == "torch":  # Keras's device (KERAS_TORCH_DEVICE=cpu keeps it on the CPU)
+        from keras.src.backend.torch.core import get_device
 
-        return not torch.cuda.is_available()
+        return str(get_device()).startswith("cpu")
     return True
 
 

@@ -1,6 +1,7 @@
 """Top-k of class scores: on the host (NumPy) or on the torch device. (The JAX engine
 selects inside its compiled forward: `jax.lax.top_k`.) Both give equal values lower index
-first, as `jax.lax.top_k` does."""
+first, as `jax.lax.top_k` does. (A NaN score, from a broken model, ranks last on the host and
+first on the devices.)"""
 
 from __future__ import annotations
 

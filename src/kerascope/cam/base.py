@@ -304,6 +304,12 @@ class BaseCAM:
         )
         self.precision = wanted if self.on_device else "float32"
 
+    @property
+    def runs_async(self) -> bool:
+        """Whether :meth:`start_batch` returns before the device has finished (the fused path:
+        JAX and CUDA queue the work), so a job gains by dispatching its next batch first."""
+        return self.on_device
+
     def _device_capable(self) -> bool:
         import keras
 
@@ -370,7 +376,7 @@ class BaseCAM:
         maps = np.maximum(self.combine(batch), 0.0).astype(np.float32)
         return maps, batch.classes.astype(np.int64), np.asarray(probs, np.float32)
 
-    def explain_batch(self, pixels: np.ndarray, targets=None, **options) -> tuple:
+    def explain_batch(self, pixels: np.ndarray, targets=None, *args, **options) -> tuple:
         """Heatmaps for a batch at ``clf.input_size``: :meth:`start_batch`'s, waited for.
 
         Args:
@@ -388,7 +394,7 @@ class BaseCAM:
             (maps (N, fh, fw) float32 in [0, 1] (uint8 with ``levels``), class indices (N,),
             probabilities (N,)).
         """
-        return tuple(self.start_batch(pixels, targets, **options).result())
+        return tuple(self.start_batch(pixels, targets, *args, **options).result())
 
     def start_batch(
         self,

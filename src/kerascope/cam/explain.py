@@ -372,8 +372,8 @@ def iter_unplaced(
     fit: str = DEFAULT_FIT,
     levels: bool = False,
 ) -> Iterator[tuple[Explanation, np.ndarray | None, object]]:
-    """As `iter_explanations`, but keeping no heatmap: each `Explanation` comes with its map as
-    the model saw it and its decoded item (whose ``shape`` and ``box``
+    """As `iter_explanations`, but keeping no heatmap: each `Explanation` comes beside its map
+    as the model saw it and its decoded item (whose ``shape`` and ``box``
     `overlay.place_in_picture` or `fitting.place` needs, and, as ``original``, the
     full-size picture where that decode is it and has at most ``keep_up_to`` pixels): so the
     caller can place and draw it in a worker thread, off the thread that feeds the device.
@@ -448,7 +448,7 @@ def _dispatch_ahead(explainer: Explainer) -> bool:
     CPU, Lite0's maps measured 3-7 % slower so: `benchmarks/explain_files.py --engine keras`)."""
     from kerascope.inference import on_cpu
 
-    return explainer.on_device and not on_cpu()
+    return explainer.cam.runs_async and not on_cpu()
 
 
 def _explained(clf, fit, items, rows, running):

@@ -85,6 +85,10 @@ class PixelMethod(BaseCAM):
         self.on_device = True  # every pixel map is computed in one device call
         self.precision = map_precision(precision)
 
+    @property
+    def runs_async(self) -> bool:
+        return False  # `start_batch` computes the maps before it returns
+
     @classmethod
     def spec(cls):
         """The device-side description of this method (`pixel_device.PixelSpec`)."""
@@ -144,7 +148,7 @@ class PixelMethod(BaseCAM):
             cache[key] = pixel_fn(self.spec(), plain, guided, probe, score, self.precision)
         return cache[key]
 
-    def start_batch(self, pixels: np.ndarray, targets=None, pad_to=None, levels=False, **_):
+    def start_batch(self, pixels, targets=None, pad_to=None, upsample=False, levels=False):
         """(maps (N, H, W) float32 in [0, 1] at the input size, whatever ``upsample`` says,
         class indices (N,), probabilities (N,)), computed now; arguments as
         `BaseCAM.explain_batch`."""

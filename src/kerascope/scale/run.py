@@ -252,7 +252,7 @@ def _stream(ray, job: dict, todo: list[Block], count: int, gpus: int, started: b
             ds = ray.data.from_items(rows, override_num_blocks=len(rows))
             # The job travels inside the class (pickled by value), not as constructor arguments in
             # the object store: a restarted actor must not depend on an object that may be gone.
-            worker = BlockWorker.for_actors(job)
+            worker = BlockWorker.for_actors({**job, "actors": count})
             ds = ds.map_batches(
                 worker,
                 batch_size=1,

@@ -99,6 +99,8 @@ class BlockWorker:
         self.out = Path(job["output"])
         self.folder = shard_dir(self.out, self.task)
         self.settings = job["settings"]
+        # actors on this machine at most: each keeps its share of the decodes' memory bound
+        self.neighbours = max(1, min(int(job.get("actors", 1)), os.cpu_count() or 1))
         self.fatal: str | None = None
         self.batch_size = 0
         try:
@@ -236,7 +238,7 @@ class BlockWorker:
         targets = None if self.target is None else np.full(len(sources), self.target)
         cols: dict[str, list] = {k: [] for k in EXPLAIN_COLUMNS}
         errors = 0
-        keep = kept_pixels(self.batch_size)  # each file decoded once where it can be
+        keep = kept_pixels(self.batch_size) // self.neighbours  # each file decoded once, if it can
         found = iter_unplaced(self.clf, self.explainer, sources, targets, self.batch_size,
                               keep_up_to=keep, fit=s.get("fit", "whole"))  # fmt: skip
         for source, name, (e, cam, item) in zip(sources, row["outputs"], found, strict=True):
