@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from kerascope.dispatch import dispatch_ahead
 from kerascope.inference import Pending, compiled, host_top_k, on_cpu
 from kerascope.precision import resolve_precision
 from kerascope.sources import (  # noqa: F401  (re-exported: the one way inputs enter)
@@ -150,17 +151,14 @@ def iter_outputs(
         sources, clf.input_size, batch_size, clf.convention,
         rows=lambda n: forward.rows(n, batch_size),
     )  # fmt: skip
-    pending = None
-    for batch in batches:
-        running = None
-        if batch.ok:
-            running = (forward.start_top_k(batch.pixels, top, batch_size) if top is not None
-                       else forward.start(batch.pixels, batch_size))  # fmt: skip
-        if pending is not None:
-            yield _finished(*pending)
-        pending = (batch, running)
-    if pending is not None:
-        yield _finished(*pending)
+
+    def start(batch: PixelBatch) -> Pending | None:
+        if not batch.ok:
+            return None
+        return (forward.start_top_k(batch.pixels, top, batch_size) if top is not None
+                else forward.start(batch.pixels, batch_size))  # fmt: skip
+
+    yield from dispatch_ahead(batches, start, _finished)
 
 
 def is_picture_batch(inputs: Any) -> bool:
@@ -181,24 +179,24 @@ def _array_outputs(
     as_is = pictures.shape[1:3] == tuple(clf.input_size) and (
         getattr(clf.convention, "resize", "squash") == "squash")  # fmt: skip
     fit = None if as_is else device_fit(pictures.shape[1:], clf.input_size, clf.convention)
-    pending = None
-    for lo in range(0, len(pictures), max(1, batch_size)):
-        chunk = pictures[lo : lo + batch_size]
-        running = forward.start_top_k(chunk, top, batch_size, fit=fit)
-        batch = PixelBatch(chunk, ["<array>"] * len(chunk), [None] * len(chunk))
-        if pending is not None:
-            yield _finished(*pending)
-        pending = (batch, running)
-    if pending is not None:
-        yield _finished(*pending)
+    step = max(1, batch_size)
+    chunks = (pictures[lo : lo + step] for lo in range(0, len(pictures), step))
+    batches = (PixelBatch(c, ["<array>"] * len(c), [None] * len(c)) for c in chunks)
+
+    def start(batch: PixelBatch) -> Pending:
+        return forward.start_top_k(batch.pixels, top, batch_size, fit=fit)
+
+    yield from dispatch_ahead(batches, start, _finished)
 
 
-def _finished(batch: PixelBatch, running: Pending | None) -> tuple[PixelBatch, Any]:
+def _finished(batch: PixelBatch, running: Pending | None) -> Iterator[tuple[PixelBatch, Any]]:
+    """``(batch, its outputs)``, once they are back (None when nothing of it ran)."""
     if running is None:
-        return batch, None
+        yield batch, None
+        return
     out = running.result()
     n = batch.n
-    return batch, ([o[:n] for o in out] if isinstance(out, list) else out[:n])
+    yield batch, ([o[:n] for o in out] if isinstance(out, list) else out[:n])
 
 
 def classify_sources(

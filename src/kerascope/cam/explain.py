@@ -409,38 +409,30 @@ def _iter_cams(
     back and given out, so the device computes while the host stacks and hands out the batch
     before (`_dispatch_ahead`).
     """
+    from kerascope.dispatch import dispatch_ahead
     from kerascope.sources import iter_batches
 
-    start, pending, ahead = 0, None, _dispatch_ahead(explainer)
     size, convention = clf.input_size, fit_convention(clf, fit)
+    offset = [0]  # of the batch in ``sources`` (and ``targets``)
+
+    def start(items):
+        rows = [i for i, it in enumerate(items) if it.error is None]
+        running = None
+        if rows:
+            batch_targets = None if targets is None else targets[offset[0] + np.array(rows)]
+            pixels = np.stack([items[i].pixels for i in rows])
+            running = explainer.start_batch(
+                pixels, batch_targets, pad_to=batch_size,
+                upsample=upsample and explainer.on_device, levels=levels,
+            )  # fmt: skip
+        offset[0] += len(items)
+        return rows, running
+
+    def finish(items, started):
+        return _explained(clf, fit, items, *started)
+
     batches = iter_batches(sources, size, batch_size, keep_up_to, convention)
-    while True:
-        try:
-            items = next(batches, None)
-            if items is None:
-                break
-            rows = [i for i, it in enumerate(items) if it.error is None]
-            running = None
-            if rows:
-                batch_targets = None if targets is None else targets[start + np.array(rows)]
-                pixels = np.stack([items[i].pixels for i in rows])
-                running = explainer.start_batch(
-                    pixels, batch_targets, pad_to=batch_size,
-                    upsample=upsample and explainer.on_device, levels=levels,
-                )  # fmt: skip
-        except Exception:
-            if pending is not None:  # the batch before is complete: give it out first
-                yield from _explained(clf, fit, *pending)
-            raise
-        start += len(items)
-        if pending is not None:  # batch i + 1 is on the device while batch i is given out
-            yield from _explained(clf, fit, *pending)
-        pending = (items, rows, running)
-        if not ahead:
-            yield from _explained(clf, fit, *pending)
-            pending = None
-    if pending is not None:
-        yield from _explained(clf, fit, *pending)
+    yield from dispatch_ahead(batches, start, finish, ahead=_dispatch_ahead(explainer))
 
 
 def _dispatch_ahead(explainer: Explainer) -> bool:
