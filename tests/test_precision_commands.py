@@ -38,6 +38,28 @@ def test_gpu_defaults_are_larger_and_explicit_batch_size_wins():
         default_batch_size("classify", "npu")
 
 
+@pytest.mark.backends
+def test_on_torch_the_device_is_the_one_keras_computes_on(monkeypatch):
+    """KERAS_TORCH_DEVICE=cpu on a CUDA machine is a CPU run: CPU batch sizes, no bf16, no
+    dispatching ahead; Keras on cuda (or mps) is a GPU run."""
+    import keras
+
+    if keras.backend.backend() != "torch":
+        pytest.skip("the torch backend's rule")
+    from keras.src.backend.torch import core
+
+    from kerascope.inference import on_cpu
+    from kerascope.precision import native_bfloat16
+
+    monkeypatch.setattr(core, "get_device", lambda: "cuda:0")
+    assert device_kind() == "gpu" and not on_cpu()
+    monkeypatch.setattr(core, "get_device", lambda: "mps")
+    assert device_kind() == "gpu"
+    monkeypatch.setattr(core, "get_device", lambda: "cpu")
+    assert device_kind() == "cpu" and on_cpu() and not native_bfloat16()
+    assert batch_size_or_default(None, "classify") == 32
+
+
 @pytest.mark.parametrize(("command", "cpu", "gpu"), [("classify", 32, 256), ("explain", 16, 128)])
 def test_help_states_the_rule(command, cpu, gpu, capsys):
     from kerascope.cli import build_parser

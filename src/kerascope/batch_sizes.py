@@ -29,13 +29,10 @@ def device_kind() -> str:
 
         platform = jax.default_backend()
         return "cpu" if platform == "cpu" else "tpu" if platform == "tpu" else "gpu"
-    if backend == "torch":
-        import torch
+    if backend == "torch":  # Keras's torch device: cuda, mps, xpu, or cpu (also when
+        from keras.src.backend.torch.core import get_device  # KERAS_TORCH_DEVICE=cpu says so)
 
-        if torch.cuda.is_available():
-            return "gpu"
-        mps = getattr(torch.backends, "mps", None)
-        return "gpu" if mps is not None and mps.is_available() else "cpu"
+        return "cpu" if str(get_device()).startswith("cpu") else "gpu"
     if backend == "tensorflow":
         import tensorflow as tf
 

@@ -234,19 +234,10 @@ def _pad_rows(a: Any, rows: int) -> Any:
 
 
 def on_cpu() -> bool:
-    """Whether the Keras backend computes on the CPU (no GPU or TPU visible to it)."""
-    import keras
+    """Whether the Keras backend computes on the CPU (`kerascope.batch_sizes.device_kind`)."""
+    from kerascope.batch_sizes import device_kind
 
-    backend = keras.backend.backend()
-    if backend == "jax":
-        import jax
-
-        return jax.default_backend() == "cpu"
-    if backend == "torch":  # Keras's device (KERAS_TORCH_DEVICE=cpu keeps it on the CPU)
-        from keras.src.backend.torch.core import get_device
-
-        return str(get_device()).startswith("cpu")
-    return True
+    return device_kind() == "cpu"
 
 
 def requested_engine(engine: str | None = None) -> str:

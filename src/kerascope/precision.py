@@ -59,7 +59,9 @@ def native_bfloat16() -> bool:
     if backend == "torch":
         import torch
 
-        return bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
+        from kerascope.inference import on_cpu  # Keras's device, not only what is installed
+
+        return bool(not on_cpu() and torch.cuda.is_available() and torch.cuda.is_bf16_supported())
     return False
 
 
