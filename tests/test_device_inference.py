@@ -363,14 +363,15 @@ def test_a_cuda_result_is_copied_back_behind_its_own_kernels(monkeypatch):
     events = []
 
     class Event:  # torch.cuda.Event, without a GPU
-        def record(self):
-            events.append("record")
+        def record(self, stream):
+            events.append(("record", stream))
 
         def synchronize(self):
             events.append("wait")
 
     class CudaTensor:
         is_cuda = True
+        device = "cuda:1"  # Keras's device (KERAS_TORCH_DEVICE), not the current one
 
         def __init__(self, value):
             self.value = value
@@ -383,8 +384,9 @@ def test_a_cuda_result_is_copied_back_behind_its_own_kernels(monkeypatch):
             return np.asarray(self.value)
 
     monkeypatch.setattr(torch.cuda, "Event", Event)
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda device: f"stream of {device}")
     pending = inference.Pending([CudaTensor([[1.0, 2.0], [3.0, 4.0]]), np.arange(2)], 1, False)
-    assert events == [("copy", "cpu", True), "record"]  # at dispatch, before anything else
+    assert events == [("copy", "cpu", True), ("record", "stream of cuda:1")]  # at dispatch
     values, indices = pending.result()
     assert events[-1] == "wait"
     np.testing.assert_array_equal(values, [[1.0, 2.0]])

@@ -104,10 +104,11 @@ def _copy_back_queued(outs: list) -> tuple[list, Callable[[], None]]:
     """torch CUDA tensors -> CPU tensors being filled by copies queued now, and the wait."""
     import torch
 
+    device = next(o.device for o in outs if getattr(o, "is_cuda", False))
     copies = [o.detach().to("cpu", non_blocking=True) if getattr(o, "is_cuda", False) else o
               for o in outs]  # fmt: skip
     done = torch.cuda.Event()
-    done.record()
+    done.record(torch.cuda.current_stream(device))  # where the copies were queued (not cuda:0)
     return copies, done.synchronize
 
 

@@ -272,11 +272,14 @@ def check_frames_dir(frames_dir, input_path: str | os.PathLike, overwrite: bool)
 
 @contextlib.contextmanager
 def _open_output(path: Path, fmt: str, final: Path):
-    """PyAV's output container; a write error (a full disk) becomes one line naming ``final``."""
+    """PyAV's output container; a write error (a full disk) becomes one line naming ``final``.
+    Packets are interleaved by time however far video lags audio (it waits for its heatmaps and
+    its drawing: FFmpeg's default gives up after 10 s and writes audio ahead)."""
     import av
 
     try:
-        out = av.open(os.fspath(path), "w", format=fmt)
+        options = {"max_interleave_delta": "0"}
+        out = av.open(os.fspath(path), "w", format=fmt, container_options=options)
         try:
             yield out
         finally:

@@ -20,13 +20,14 @@ from kerascope.cam import overlay as ov
 from kerascope.images import fit as fit_picture
 from kerascope.images import fit_box, resize
 from kerascope.output import percent
+from kerascope.sources import decode_workers
 
 # Audio codecs the MP4 muxer accepts as they are (checked with PyAV 18's FFmpeg, including
 # opus from webm); anything else (PCM from mov/mkv/avi, vorbis, ...) is transcoded to AAC.
 MP4_AUDIO = frozenset({"aac", "mp3", "ac3", "eac3", "alac", "opus", "flac"})
 _AAC_RATES = (96000, 88200, 64000, 48000, 44100, 32000, 24000, 22050, 16000, 12000, 11025, 8000)
-_PENDING_BYTES = 256 << 20  # frames held while waiting for their heatmap batch (--every N)
-DRAW_THREADS = max(1, min(4, os.cpu_count() or 1))
+_PENDING_BYTES = 256 << 20  # frames held waiting for their heatmap batch (--every N) or drawing
+DRAW_THREADS = 4  # at most (and no more than `sources.decode_workers`)
 
 
 def _rgb(frame) -> np.ndarray:
@@ -86,8 +87,11 @@ class FramePipeline:
         self.size = (0, 0)
         self.frame_shape: tuple[int, int] | None = None
         self.box = None  # the part of each frame the model sees (`cam.fitting.Box`)
-        self.pool = ThreadPoolExecutor(DRAW_THREADS, thread_name_prefix="kerascope-video-draw")
-        self.drawn: collections.deque[tuple[Future, int | None]] = collections.deque()
+        threads = min(DRAW_THREADS, decode_workers())
+        self.pool = ThreadPoolExecutor(threads, thread_name_prefix="kerascope-video-draw")
+        # (drawing, pts, bytes held): frames in the pool count against the same bound
+        self.drawn: collections.deque[tuple[Future, int | None, int]] = collections.deque()
+        self.drawn_bytes = 0
 
     def audio_packet(self, packet) -> None:
         if self.audio is None:
@@ -110,6 +114,8 @@ class FramePipeline:
         self.pending_bytes += rgb.nbytes
         if len(self.keys) >= self.opt["batch_size"] or self.pending_bytes > _PENDING_BYTES:
             self.flush()
+        else:
+            self._encode(keep=len(self.drawn))  # what is drawn already (and the bound)
 
     def flush(self) -> None:
         """Explain the key frames held, hand every held frame to the draw pool, then encode
@@ -136,15 +142,22 @@ class FramePipeline:
                 self.current = next(results)
             self.count += 1
             drawing = self.pool.submit(self._draw, rgb, self.current, self.count)
-            self.drawn.append((drawing, pts))
+            self.drawn.append((drawing, pts, rgb.nbytes))
+            self.drawn_bytes += rgb.nbytes
         self.keys, self.pending, self.pending_bytes = [], [], 0
         self._encode(keep=batch)
 
     def _encode(self, keep: int = 0) -> None:
-        """Encode drawn frames in order until at most ``keep`` are left in the pool."""
+        """Encode drawn frames in order: those drawn already, then, waiting for them, more
+        until at most ``keep`` are left in the pool and the frames held fit the bound."""
         done = 0
-        while len(self.drawn) > keep:
-            drawing, pts = self.drawn.popleft()
+        while self.drawn:
+            drawing, pts, held = self.drawn[0]
+            over = self.pending_bytes + self.drawn_bytes > _PENDING_BYTES
+            if len(self.drawn) <= keep and not over and not drawing.done():
+                break
+            self.drawn.popleft()
+            self.drawn_bytes -= held
             frame = drawing.result()
             if self.ostream is None:
                 self._open_streams(frame.width, frame.height)
@@ -215,3 +228,4 @@ class FramePipeline:
         """End the pool without drawing what is queued (an error or Ctrl-C: no file is kept)."""
         self.pool.shutdown(wait=True, cancel_futures=True)
         self.drawn.clear()
+        self.drawn_bytes = 0
