@@ -59,9 +59,10 @@ def native_bfloat16() -> bool:
     if backend == "torch":
         import torch
 
-        from kerascope.inference import on_cpu  # Keras's device, not only what is installed
+        from kerascope.batch_sizes import device_kind  # Keras's device, not what is installed
 
-        return bool(not on_cpu() and torch.cuda.is_available() and torch.cuda.is_bf16_supported())
+        on_gpu = device_kind() == "gpu"
+        return bool(on_gpu and torch.cuda.is_available() and torch.cuda.is_bf16_supported())
     return False
 
 
