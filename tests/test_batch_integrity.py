@@ -168,3 +168,16 @@ def test_batch_explain_draws_each_picture_from_the_models_decode(lenet, pictures
     assert len(drawn) == 5
     for picture in drawn:
         assert picture.read_bytes() == (tmp_path / "twice" / picture.name).read_bytes()
+
+
+def test_the_memory_share_counts_the_actors_one_machine_can_hold():
+    """Each actor takes a GPU (or a CPU): 8 one-GPU machines hold one actor each, not 8."""
+    from kerascope.scale.run import actors_per_machine
+
+    gpu_nodes = [{"Alive": True, "Resources": {"CPU": 16.0, "GPU": 1.0}} for _ in range(8)]
+    assert actors_per_machine(gpu_nodes, 8, gpus=True) == 1
+    cpu_nodes = [{"Alive": alive, "Resources": {"CPU": cpus}}
+                 for alive, cpus in ((True, 2.0), (True, 4.0), (False, 64.0))]  # fmt: skip
+    assert actors_per_machine(cpu_nodes, 6, gpus=False) == 4  # the largest live machine
+    assert actors_per_machine(cpu_nodes, 3, gpus=False) == 3  # no more than the job has
+    assert actors_per_machine([], 5, gpus=False) == 5  # nothing known: the whole job

@@ -233,7 +233,17 @@ def _on_ray(job: dict, todo: list[Block], cluster: str, workers: int | None):
     count = max(1, min(count, len(todo)))
     where = f"on Ray ({'local' if cluster == LOCAL else cluster}), {count} worker(s)"
     where += f", {gpus} GPU(s)" if gpus else ""
+    job = {**job, "actors": actors_per_machine(ray.nodes(), count, bool(gpus))}
     return _stream(ray, job, todo, count, gpus, started), count, where
+
+
+def actors_per_machine(nodes: list[dict], count: int, gpus: bool) -> int:
+    """The most of ``count`` actors one machine can hold: each takes one GPU (or one CPU), so
+    no more than the largest live node has of it. A worker's share of memory bounds is 1/this
+    (`work.BlockWorker`)."""
+    kind = "GPU" if gpus else "CPU"
+    room = [int(n.get("Resources", {}).get(kind, 0)) for n in nodes if n.get("Alive", True)]
+    return max(1, min(count, max(room, default=count) or count))
 
 
 def _stream(ray, job: dict, todo: list[Block], count: int, gpus: int, started: bool):
@@ -252,7 +262,7 @@ def _stream(ray, job: dict, todo: list[Block], count: int, gpus: int, started: b
             ds = ray.data.from_items(rows, override_num_blocks=len(rows))
             # The job travels inside the class (pickled by value), not as constructor arguments in
             # the object store: a restarted actor must not depend on an object that may be gone.
-            worker = BlockWorker.for_actors({**job, "actors": count})
+            worker = BlockWorker.for_actors(job)
             ds = ds.map_batches(
                 worker,
                 batch_size=1,

@@ -99,7 +99,8 @@ class BlockWorker:
         self.out = Path(job["output"])
         self.folder = shard_dir(self.out, self.task)
         self.settings = job["settings"]
-        # actors on this machine at most: each keeps its share of the decodes' memory bound
+        # actors on this machine at most (`run.actors_per_machine`): each keeps its share of
+        # the decodes' memory bound
         self.neighbours = max(1, min(int(job.get("actors", 1)), os.cpu_count() or 1))
         self.fatal: str | None = None
         self.batch_size = 0
