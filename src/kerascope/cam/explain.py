@@ -413,19 +413,20 @@ def _iter_cams(
     from kerascope.sources import iter_batches
 
     size, convention = clf.input_size, fit_convention(clf, fit)
-    offset = [0]  # of the batch in ``sources`` (and ``targets``)
+    offset = 0  # of the batch in ``sources`` (and ``targets``)
 
     def start(items):
+        nonlocal offset
         rows = [i for i, it in enumerate(items) if it.error is None]
         running = None
         if rows:
-            batch_targets = None if targets is None else targets[offset[0] + np.array(rows)]
+            batch_targets = None if targets is None else targets[offset + np.array(rows)]
             pixels = np.stack([items[i].pixels for i in rows])
             running = explainer.start_batch(
                 pixels, batch_targets, pad_to=batch_size,
                 upsample=upsample and explainer.on_device, levels=levels,
             )  # fmt: skip
-        offset[0] += len(items)
+        offset += len(items)
         return rows, running
 
     def finish(items, started):
