@@ -18,6 +18,7 @@ from kerascope.cli_common import (
     say_precision,
 )
 from kerascope.errors import CliError, KerascopeError
+from kerascope.interrupts import interrupts_kept
 from kerascope.precision import add_precision_option
 
 _argv: list[str] = []  # this run's arguments, for the hint in one-line usage errors
@@ -273,7 +274,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(_argv)
     try:
         _check_settings(args)
-        code = args.func(args)
+        with interrupts_kept():  # a Ctrl-C is never lost in a finalizer
+            code = args.func(args)
         sys.stdout.flush()  # a closed pipe shows up here, not at interpreter exit
         return code
     except KeyboardInterrupt:

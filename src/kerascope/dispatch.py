@@ -8,6 +8,8 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, TypeVar
 
+from kerascope import interrupts
+
 B = TypeVar("B")
 R = TypeVar("R")
 
@@ -27,6 +29,7 @@ def dispatch_ahead(
     pending = None
     batches = iter(batches)
     while True:
+        interrupts.check()  # a Ctrl-C swallowed by a finalizer
         try:
             batch = next(batches, _END)
             if batch is _END:

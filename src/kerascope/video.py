@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 
+from kerascope import interrupts
 from kerascope.cam import fitting
 from kerascope.cam import overlay as ov
 from kerascope.errors import KerascopeError
@@ -299,6 +300,7 @@ def _run(container, vstream, astream, pipeline: FramePipeline, path) -> None:
         if frame is None:
             pipeline.audio_packet(packet)
         else:
+            interrupts.check()  # a Ctrl-C swallowed by a finalizer
             pipeline.push(frame, index)
             index += 1
     if index == 0:

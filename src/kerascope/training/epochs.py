@@ -18,12 +18,23 @@ from kerascope.config import ensure_backend
 ensure_backend()  # the user's backend (JAX if none is usable) before Keras loads
 import keras  # noqa: E402
 
+from kerascope import interrupts  # noqa: E402
 from kerascope.data.affine import random_affine  # noqa: E402
 from kerascope.data.augment import AugmentConfig  # noqa: E402
 from kerascope.data.regularise import RegulariseConfig  # noqa: E402
 from kerascope.report import read_history, write_history  # noqa: E402
 from kerascope.rundir import read_state, write_state  # noqa: E402
 from kerascope.training.split import PrefixSequence, SplitModel, prefix_forward  # noqa: E402
+
+
+class InterruptCheck(keras.callbacks.Callback):
+    """A Ctrl-C that Python swallowed (`kerascope.interrupts`) raised again after the batch."""
+
+    def on_train_batch_end(self, batch: int, logs=None) -> None:
+        interrupts.check()
+
+    def on_test_batch_end(self, batch: int, logs=None) -> None:
+        interrupts.check()
 
 
 class EpochLog(keras.callbacks.Callback):

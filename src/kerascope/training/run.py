@@ -41,6 +41,7 @@ from kerascope.files import (  # noqa: E402
     write_json,
     write_text,
 )
+from kerascope.interrupts import interrupts_kept  # noqa: E402
 from kerascope.keras_saving import fast_keras_saving  # noqa: E402
 from kerascope.rundir import (  # noqa: E402
     LABELS_NAME,
@@ -269,7 +270,8 @@ def train(
             config = resuming.apply_options(run_dir, config, state, given)
         before = {p.name for p in run_dir.iterdir()}
         try:
-            with placing.peers_watched(shared):  # a process that died: one line, not a hang
+            # A process that died: one line, not a hang; a Ctrl-C is never lost.
+            with interrupts_kept(), placing.peers_watched(shared):
                 result = _train(run_dir, config, resume is not None, engine, progress,
                                 callbacks)  # fmt: skip
             return placing.reported(result, shared)

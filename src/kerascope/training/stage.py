@@ -23,7 +23,7 @@ from kerascope.training.checkpoints import (  # noqa: E402
     backup_epoch,
     load_best,
 )
-from kerascope.training.epochs import EpochLog, prefix_sequences  # noqa: E402
+from kerascope.training.epochs import EpochLog, InterruptCheck, prefix_sequences  # noqa: E402
 from kerascope.training.heads import UnfreezeSpec, parameter_counts  # noqa: E402
 from kerascope.training.optimizers import (  # noqa: E402
     describe,
@@ -123,6 +123,7 @@ def run_stage(model, run_dir: Path, config: dict, index: int, stage: dict, seqs,
     # an epoch are written before its backup, so a resume redoes that epoch (same numbers)
     # rather than skipping past an epoch that history.csv or best.weights.h5 lacks.
     callbacks = [
+        InterruptCheck(),
         EpochLog(run_dir, index + 1, len(seqs["train"].paths)),
         BestCheckpoint(model, best, monitor=MONITOR, frozen_prefix=parts is not None),
         Backup(backup),

@@ -1,0 +1,134 @@
+"""A Ctrl-C that Python swallows still stops training (`kerascope.interrupts`).
+
+Python raises a SIGINT's KeyboardInterrupt wherever the main thread is; inside a ``__del__``
+or weakref callback (JAX and Keras free arrays through both) it prints "Exception ignored"
+and goes on. A two-process run lost its Ctrl-C that way and trained on; here the signal is
+sent from a finalizer, so it lands there every time.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import threading
+from pathlib import Path
+
+import keras
+import pytest
+
+from kerascope import interrupts
+from kerascope.dispatch import dispatch_ahead
+from kerascope.report import read_history
+from kerascope.testing import cat_and_coffee
+from kerascope.training import train
+
+
+class _SendsCtrlCWhenFreed:
+    def __del__(self) -> None:
+        os.kill(os.getpid(), signal.SIGINT)  # Python runs the handler here, in the finalizer
+
+
+def _ctrl_c_in_a_finalizer() -> None:
+    _SendsCtrlCWhenFreed()  # freed at once
+
+
+@pytest.fixture
+def swallowed(monkeypatch) -> list:
+    """What Python swallowed ("Exception ignored in ..."), recorded instead of printed."""
+    seen: list = []
+    monkeypatch.setattr(sys, "unraisablehook", seen.append)
+    return seen
+
+
+def test_a_ctrl_c_swallowed_by_a_finalizer_is_raised_again_by_check(swallowed):
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    _ctrl_c_in_a_finalizer()  # Python's own handler: the Ctrl-C is lost
+    interrupts.check()
+    with interrupts.interrupts_kept():
+        interrupts.check()  # nothing came yet
+        _ctrl_c_in_a_finalizer()
+        with pytest.raises(KeyboardInterrupt):
+            interrupts.check()
+        with pytest.raises(KeyboardInterrupt):  # kept until the block ends
+            interrupts.check()
+    assert [type(s.exc_value) for s in swallowed] == [KeyboardInterrupt, KeyboardInterrupt]
+    interrupts.check()  # the block's end forgets it
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_a_ctrl_c_outside_finalizers_raises_at_once_as_always():
+    with interrupts.interrupts_kept(), pytest.raises(KeyboardInterrupt):
+        os.kill(os.getpid(), signal.SIGINT)
+    interrupts.check()
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_another_handler_or_thread_is_left_alone(monkeypatch):
+    """A caller's own Ctrl-C handler stays; off the main thread signals cannot be handled."""
+    mine = signal.signal(signal.SIGINT, lambda *_: None)
+    try:
+        with interrupts.interrupts_kept():
+            assert signal.getsignal(signal.SIGINT) is not interrupts._on_sigint
+    finally:
+        signal.signal(signal.SIGINT, mine)
+    seen = []
+
+    def in_thread() -> None:
+        with interrupts.interrupts_kept():
+            seen.append(signal.getsignal(signal.SIGINT))
+
+    thread = threading.Thread(target=in_thread)
+    thread.start()
+    thread.join()
+    assert seen == [signal.default_int_handler]
+
+
+def test_classify_and_explain_batches_stop_before_the_next_batch(swallowed):
+    """`kerascope.dispatch`'s loop (classify, explain) checks before it reads each batch."""
+    started = []
+
+    def finish(batch: int, running: None) -> list[int]:
+        if batch == 1:
+            _ctrl_c_in_a_finalizer()
+        return [batch]
+
+    given = []
+    with interrupts.interrupts_kept(), pytest.raises(KeyboardInterrupt):
+        for item in dispatch_ahead(range(5), started.append, finish, ahead=False):
+            given.append(item)
+    assert (started, given) == ([0, 1], [0, 1])
+
+
+class _CtrlCInAFinalizerAt(keras.callbacks.Callback):
+    """The Ctrl-C at training batch ``at`` (counted across epochs), inside a finalizer."""
+
+    def __init__(self, at: int):
+        super().__init__()
+        self.at, self.batches, self.begun = at, 0, 0
+
+    def on_train_batch_begin(self, batch: int, logs=None) -> None:
+        self.begun += 1
+
+    def on_train_batch_end(self, batch: int, logs=None) -> None:
+        self.batches += 1
+        if self.batches == self.at:
+            _ctrl_c_in_a_finalizer()
+
+
+def test_training_stops_at_the_next_batch_after_a_swallowed_ctrl_c(tmp_path, swallowed):
+    """Before: the run trained all its epochs and finished. Now it stops after the next
+    batch, saved as interrupted, as a Ctrl-C that was not swallowed does."""
+    photos = cat_and_coffee(tmp_path / "photos", n=12, size=32)
+    sender, run = _CtrlCInAFinalizerAt(at=6), tmp_path / "run"  # in epoch 2 (5 batches each)
+    with pytest.raises(KeyboardInterrupt):
+        train(photos, recipe="lenet", output=run, epochs=5, batch_size=4, image_size=32,
+              engine="keras", progress=False, callbacks=[sender])  # fmt: skip
+    assert [type(s.exc_value) for s in swallowed] == [KeyboardInterrupt]
+    assert (sender.batches, sender.begun) == (6, 7)  # stopped at the end of the next batch
+    assert [r["epoch"] for r in read_history(run / "history.csv")] == [1]
+    assert json.loads((run / "run_state.json").read_text())["status"] == "interrupted"
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    resumed = train(resume=Path(run), progress=False)
+    assert [r["epoch"] for r in resumed.history] == [1, 2, 3, 4, 5]
