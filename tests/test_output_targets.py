@@ -206,3 +206,31 @@ def test_classify_json_into_a_fifo_through_the_cli(
     rows = json.loads(data)
     assert rows[0]["image"] == str(chelsea) and rows[0]["predictions"][0]["index"] in CATS
     assert stat.S_ISFIFO(fifo.lstat().st_mode)
+
+
+@pytest.mark.parametrize("command", ["evaluate", "validate", "augment"])
+def test_an_output_folder_that_is_a_file_is_refused_before_any_work(command, tmp_path, capsys):
+    """evaluate, validate and augment write a folder of files: a file, a link loop or a path
+    under a file at -o is one line before the model loads (before: a FileExistsError
+    traceback once every image was scored)."""
+    from kerascope.cli import main
+    from kerascope.testing import skimage_data
+
+    taken = tmp_path / "results.csv"
+    taken.write_text("kept\n")
+    loop = tmp_path / "loop"
+    loop.symlink_to(loop)
+    lead = {
+        "evaluate": ["evaluate", "no-such-run", str(tmp_path)],
+        "validate": ["validate", "no-such-model", str(tmp_path)],
+        "augment": ["augment", str(skimage_data() / "chelsea.png"), "-n", "2"],
+    }[command]
+    for output, said in ((taken, "is a file"), (loop, "is a broken or looping link"),
+                         (taken / "sub", f"lies under '{taken}', which is a file")):  # fmt: skip
+        assert main([*lead, "-o", str(output)]) == 2
+        err = capsys.readouterr().err
+        assert err == f"kerascope: error: -o '{output}' {said}, not a folder: choose a folder\n"
+    assert taken.read_text() == "kept\n"
+    if command == "augment":  # a new folder, with a new parent, is made
+        assert main([*lead, "-o", str(tmp_path / "new" / "samples")]) == 0
+        assert len(list((tmp_path / "new" / "samples").glob("*.jpg"))) == 3  # 2 and the grid

@@ -32,7 +32,7 @@ from kerascope.evaluation_text import (  # noqa: F401  (re-exported: the CLI's t
     headline,
     top5_note,
 )
-from kerascope.files import fresh_path, write_json
+from kerascope.files import check_output_folder, fresh_path, make_output_folder, write_json
 from kerascope.images import expand_inputs
 from kerascope.inference import compiled
 from kerascope.metrics import (  # noqa: F401  (metrics_from, top_k_accuracy: re-exported)
@@ -280,6 +280,8 @@ def evaluate(
         >>> result.accuracy, result.per_class["cat"].recall  # doctest: +SKIP
         (0.94, 0.96)
     """
+    if output is not None:
+        check_output_folder(output)  # before the work, not after it
     folder = _run_folder(run_dir)
     if folder is not None:
         read_labels(folder)  # a damaged labels.json: one line, before the model loads
@@ -377,7 +379,7 @@ def score_items(
         images_per_second=len(items) / seconds if seconds > 0 else float("nan"),
         tta=None if tta is None else tta.to_dict(),
     )  # fmt: skip
-    output.mkdir(parents=True, exist_ok=True)
+    make_output_folder(output)
     write_json(output / "metrics.json", result.to_dict())
     if len(classes) <= MATRIX_CLASSES:
         plot_confusion(np.array(result.confusion), classes, output / "confusion.png")

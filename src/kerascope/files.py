@@ -294,3 +294,30 @@ def fresh_path(path: str | os.PathLike) -> Path:
         if not os.path.lexists(candidate):
             return candidate
     raise KerascopeError(f"'{path}' and 9,999 numbered variants exist: give -o FILE")
+
+
+def check_output_folder(folder: str | os.PathLike, what: str = "-o") -> None:
+    """Refuse, before any work, an output folder that is a file, a link to one, a dangling or
+    looping link, or lies under a file: one line naming it, never a traceback after the work."""
+    path = Path(folder)
+    for part in (path, *path.parents):
+        if os.path.isdir(part):
+            return
+        if os.path.lexists(part):
+            broken = os.path.islink(part) and not os.path.exists(part)
+            kind = "a broken or looping link" if broken else "a file"
+            where = f"is {kind}" if part == path else f"lies under '{part}', which is {kind}"
+            raise OutputError(f"{what} '{folder}' {where}, not a folder: choose a folder")
+
+
+def make_output_folder(folder: str | os.PathLike, what: str = "-o") -> Path:
+    """``folder`` made (with its parents) for outputs: `check_output_folder`'s refusals and a
+    failed mkdir (permissions, a read-only disk) as one line."""
+    check_output_folder(folder, what)
+    try:
+        os.makedirs(folder, exist_ok=True)
+    except OSError as exc:
+        if isinstance(exc, FileExistsError | NotADirectoryError):  # made a file meanwhile
+            check_output_folder(folder, what)
+        raise output_error(folder, exc) from None
+    return Path(folder)

@@ -18,7 +18,7 @@ import numpy as np
 
 from kerascope.data.multilabel import pixels_of, read_label_csv
 from kerascope.errors import ConfigError
-from kerascope.files import write_json
+from kerascope.files import make_output_folder, write_json
 from kerascope.multilabel_metrics import multilabel_report
 from kerascope.tta import TTA
 from kerascope.zoo.models import Classifier, load_model
@@ -121,7 +121,7 @@ def evaluate_multilabel(
     run_dir = Path(clf.source).parent
     folder = Path(output) if output else run_dir if own else (
         run_dir / "evaluations" / table.csv.stem)  # fmt: skip
-    folder.mkdir(parents=True, exist_ok=True)
+    make_output_folder(folder)
     write_json(folder / "metrics.json", {"task": "multilabel", "data": str(table.csv),
                                          "split": chosen, "trained_on": int(trained_on),
                                          "tta": tta.to_dict() if tta else None,

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from kerascope.data.folders import DatasetError
 from kerascope.evaluation import GRID, TOP_LOSSES, Evaluation, score_items
-from kerascope.files import fresh_path
+from kerascope.files import check_output_folder, fresh_path
 from kerascope.images import expand_inputs
 from kerascope.rundir import read_labels, read_split
 from kerascope.tta import TTA
@@ -138,6 +138,8 @@ def validate(
         (0.75, (0.74, 0.76))
     """
     record = None
+    if output is not None:
+        check_output_folder(output)  # before the work, not after it
     if not isinstance(model, Classifier):
         path = Path(model)
         folder = path if path.is_dir() else path.parent if path.suffix == ".keras" else None

@@ -21,6 +21,7 @@ from kerascope.data.affine import colour_host, warp_pillow
 from kerascope.data.augment import AugmentConfig, policy_plan, sample_matrices
 from kerascope.data.policy import describe as describe_policy
 from kerascope.data.regularise import RegulariseConfig, mix_host, sample_mix
+from kerascope.files import make_output_folder
 from kerascope.images import load_image, resize
 
 
@@ -73,8 +74,7 @@ def augment_preview(
     if regularise is not None and regularise.mixes and n > 1:
         mix = sample_mix(regularise, seed, 0, 0, n, *image.shape[:2])
         samples = mix_host(samples, mix)
-    out = Path(out_dir).expanduser()
-    out.mkdir(parents=True, exist_ok=True)
+    out = make_output_folder(Path(out_dir).expanduser())
     stem = Path(image_path).stem
     digits = len(str(n - 1))
     paths = []
