@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from kerascope.classification import Source, classify_sources
+from kerascope.data.folders import DatasetError
 from kerascope.files import atomic_open
 from kerascope.images import IMAGE_SUFFIXES
 from kerascope.output import csv_safe
@@ -95,8 +96,11 @@ def predict(
     """
     if not isinstance(run_dir, Classifier):
         _check_labels(Path(run_dir))
-    clf = run_dir if isinstance(run_dir, Classifier) else load_model(run_dir)
     sources, skipped, _ = normalise_inputs(inputs)
+    if not sources:  # before the model loads; "wrote 0 rows" read as success
+        named = [inputs] if isinstance(inputs, str | os.PathLike) else list(inputs)
+        raise DatasetError("no images found in " + " ".join(map(str, named)))
+    clf = run_dir if isinstance(run_dir, Classifier) else load_model(run_dir)
     rows = []
     multilabel = clf.extra.get("multilabel")  # every label, then those above their thresholds
     top = clf.num_classes if multilabel else 1

@@ -141,11 +141,11 @@ def write_state(run_dir: str | os.PathLike, state: dict[str, Any]) -> None:
 
 
 def read_labels(run_dir: str | os.PathLike) -> list[str] | None:
-    """The class names in a run's ``labels.json`` (None when there is none), or one line
-    naming the file when it is not a list of names."""
+    """The class names in a run's ``labels.json`` (without one: those its ``config.yaml``
+    records, else None), or one line naming the file when it is not a list of names."""
     path = Path(run_dir) / LABELS_NAME
     if not path.is_file():
-        return None
+        return _config_classes(Path(run_dir))
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
@@ -156,6 +156,24 @@ def read_labels(run_dir: str | os.PathLike) -> list[str] | None:
         raise RunError(f"'{path}' must hold {{\"classes\": [\"name\", ...]}}; restore it from "
                        "the run's config.yaml (its 'classes') or retrain")  # fmt: skip
     return names
+
+
+def _config_classes(run_dir: Path) -> list[str] | None:
+    """The classes a run's ``config.yaml`` records: a run that lost its ``labels.json`` kept
+    its names there (without this its predictions said ``class_0``, ``class_1`` ...)."""
+    path = run_dir / "config.yaml"
+    if not path.is_file():
+        return None
+    import yaml
+
+    try:
+        config = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return None  # resume says what is wrong with it; the model's names stay unknown
+    names = config.get("classes") if isinstance(config, dict) else None
+    if isinstance(names, list) and names and all(isinstance(n, str) for n in names):
+        return names
+    return None
 
 
 def write_split(run_dir: str | os.PathLike, root: str | os.PathLike, splits: dict) -> Path:

@@ -22,12 +22,14 @@ import json
 import math
 import os
 import secrets
+import zipfile
 from pathlib import Path
 from typing import Any
 
 import keras
 import numpy as np
 
+from kerascope.errors import RunError
 from kerascope.files import atomic_open, write_bytes, write_json
 from kerascope.keras_saving import fast_keras_saving
 
@@ -43,14 +45,30 @@ def backup_epoch(folder: Path) -> int | None:
 
 
 def _backup_meta(folder: Path) -> dict[str, Any] | None:
+    """The backup's commit record; None where there is none. A damaged one is an error: read
+    as "no backup", the stage silently started again from its first epoch."""
+    path = folder / META
     try:
-        meta = json.loads((folder / META).read_text())
+        meta = json.loads(path.read_text())
         int(meta["epoch"])
-    except (OSError, ValueError, KeyError, TypeError):
+    except FileNotFoundError:
         return None
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        reason = exc if isinstance(exc, OSError) else "not the JSON of a finished epoch"
+        raise damaged_backup(path, reason) from None
     meta.setdefault("weights", "latest.weights.h5")  # written by Keras's BackupAndRestore
     meta.setdefault("seeds", "seeds.npz")
     return meta
+
+
+def damaged_backup(path: Path, why: BaseException | str) -> RunError:
+    """One line for a backup file that cannot be read, and how to go on without it."""
+    reason = (str(why).strip().splitlines() or [type(why).__name__])[0][:200]
+    folder = path.parent
+    return RunError(f"the run's backup '{path}' is damaged ({reason}): remove the folder "
+                    f"'{folder}' to train {folder.name.replace('stage', 'stage ')} again from "
+                    f"its first epoch, then continue with `kerascope train --resume "
+                    f"{folder.parent.parent}`")  # fmt: skip
 
 
 class Backup(keras.callbacks.Callback):
@@ -73,14 +91,21 @@ class Backup(keras.callbacks.Callback):
         if optimizer is not None and not optimizer.built:
             optimizer.build(self.model.trainable_variables)  # its slots must exist to load
         fast_keras_saving()
-        self.model.load_weights(self.folder / meta["weights"])
+        weights = self.folder / meta["weights"]
+        try:
+            self.model.load_weights(weights)
+        except (OSError, ValueError, KeyError) as exc:  # truncated, or not this model's
+            raise damaged_backup(weights, exc) from None
         seeds = self.folder / meta["seeds"]
         states = self._seed_states()
         if seeds.is_file():
-            with np.load(seeds) as arrays:
-                if len(arrays.files) == len(states):
-                    for i, v in enumerate(states):
-                        v.assign(arrays[f"s{i}"])
+            try:
+                with np.load(seeds) as arrays:
+                    if len(arrays.files) == len(states):
+                        for i, v in enumerate(states):
+                            v.assign(arrays[f"s{i}"])
+            except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
+                raise damaged_backup(seeds, "not a complete .npz file") from None
         self.model._initial_epoch = int(meta["epoch"])
 
     def on_epoch_end(self, epoch: int, logs=None) -> None:

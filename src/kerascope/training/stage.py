@@ -4,6 +4,7 @@ run's order of work (settings, folder, scan, stages, finish) and calls this once
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,7 @@ import keras  # noqa: E402
 from kerascope.data.augment import AugmentConfig  # noqa: E402
 from kerascope.data.regularise import RegulariseConfig  # noqa: E402
 from kerascope.fast_convs import fast_convs  # noqa: E402
+from kerascope.rundir import read_state  # noqa: E402
 from kerascope.training import budget, recipes  # noqa: E402
 from kerascope.training import devices as placing  # noqa: E402
 from kerascope.training.checkpoints import (  # noqa: E402
@@ -89,6 +91,11 @@ def run_stage(model, run_dir: Path, config: dict, index: int, stage: dict, seqs,
     end = start + stage["epochs"]
     resumed = backup_epoch(backup)
     seqs["train"].set_epoch(resumed if resumed is not None else start)
+    saved = read_state(run_dir)
+    if progress and resumed is None and saved.get("stage") == index + 1 and \
+            (saved.get("epoch") or 0) > start:  # fmt: skip
+        print(f"note: '{backup}' is missing, so stage {index + 1}'s epochs "
+              f"{start + 1}-{saved['epoch']} are trained again", file=sys.stderr)  # fmt: skip
     if progress:
         trainable, frozen = parameter_counts(model)
         what = f", fine-tuning {len(fine_tuned)} backbone layers" if fine_tuned else ""
