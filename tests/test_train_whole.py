@@ -129,3 +129,36 @@ def test_bfloat16_training_learns_real_photos(tmp_path):
     assert run.val_accuracy > 0.6
     saved = keras.saving.load_model(run.model_path)
     assert {layer.dtype_policy.name for layer in saved.layers} == {"float32"}
+
+
+_ON_DEVICE_1 = """
+import sys
+from pathlib import Path
+from kerascope.data.augment import AugmentConfig
+from kerascope.data.loader import FolderSequence
+from kerascope.training.devices import data_parallel
+from kerascope.training.whole import DeviceFeed
+items = [(str(p), i % 3) for i, p in enumerate(sorted(Path(sys.argv[1]).rglob("*.png")))][:12]
+with data_parallel([1], 8):
+    feed = DeviceFeed(FolderSequence(items, ["a", "b", "c"], 32, batch_size=8), AugmentConfig(),
+                      transfer=True)
+    feed[0]
+    inputs, labels, weights = feed[1]  # made ahead, in the feed's thread
+    print(sorted(str(d) for d in inputs["image"].devices() | weights.devices()))
+"""
+
+
+def test_batches_made_ahead_go_to_the_one_device_chosen(shapes):
+    """``devices=[1]``: the feed's threads put each batch on device 1, not on JAX's default
+    device 0 (`jax.default_device` is the main thread's alone)."""
+    import os
+    import subprocess
+    import sys
+
+    from .test_train_devices import _env
+
+    env = _env(XLA_FLAGS="--xla_force_host_platform_device_count=2")
+    done = subprocess.run([sys.executable, "-c", _ON_DEVICE_1, str(shapes)], env=env,
+                          capture_output=True, text=True, timeout=300, cwd=os.getcwd())  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip().splitlines()[-1] == "['cpu:1']", done.stdout

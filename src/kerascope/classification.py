@@ -274,9 +274,9 @@ def iter_classify(
     For long jobs: a caller that stops early (Ctrl-C, a deadline) keeps every result it has
     seen, and memory does not grow with the number of images.
     """
-    from kerascope.zoo.models import load_model
+    from kerascope.zoo.shared import shared_model
 
-    clf = model if isinstance(model, Classifier) else load_model(model)
+    clf = model if isinstance(model, Classifier) else shared_model(model)
     # One uint8 picture batch stays one array: the keras engine fits it on the device.
     sources = inputs if is_picture_batch(inputs) else normalise_inputs(inputs)[0]
     yield from classify_sources(clf, sources, top, threshold, batch_size, precision=precision,

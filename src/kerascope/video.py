@@ -202,9 +202,9 @@ def explain_video(
     container, vstream = open_video(input_path)
     with contextlib.closing(container):
         if clf is None:
-            from kerascope.zoo.models import load_model
+            from kerascope.zoo.shared import shared_model
 
-            clf = load_model(model)
+            clf = shared_model(model)
         clf, target = class_or_group(as_classifier(clf), target)  # "cat": a WordNet group
         explainer = Explainer(clf, method=method, layer=layer, precision=precision)
         clf = explainer.clf  # a bare Keras model comes back wrapped, with labels

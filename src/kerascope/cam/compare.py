@@ -140,11 +140,12 @@ def compare_methods(
     from kerascope.images import ImageError
     from kerascope.inference import compiled
     from kerascope.sources import load_source, source_name
-    from kerascope.zoo.models import Classifier, load_model
+    from kerascope.zoo.models import Classifier
+    from kerascope.zoo.shared import shared_model
 
     clf = model if isinstance(model, Classifier) else None
     if clf is None:
-        clf = load_model(model) if isinstance(model, str | os.PathLike) else as_classifier(model)
+        clf = shared_model(model) if isinstance(model, str | os.PathLike) else as_classifier(model)
     clf, target = class_or_group(clf, target)  # "cat": a WordNet group (kerascope.cam.groups)
     names = [get_method(m).name for m in (METHODS if methods is None else methods)]
     wanted = check_metrics(dict.fromkeys((*CHEAP_METRICS, metric)))

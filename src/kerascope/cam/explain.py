@@ -276,10 +276,10 @@ def explain(
     """
     from kerascope.cam.groups import class_or_group
     from kerascope.sources import normalise_inputs
-    from kerascope.zoo.models import load_model
+    from kerascope.zoo.shared import shared_model
 
     check_fit(fit)
-    clf = model if isinstance(model, Classifier) else load_model(model)
+    clf = model if isinstance(model, Classifier) else shared_model(model)
     clf, target = class_or_group(clf, target)  # "cat": its classes merged (kerascope.cam.groups)
     explainer = _cached_explainer(clf, method, layer, aug_smooth, eigen_smooth, precision)
     single = _is_single(images_or_paths)

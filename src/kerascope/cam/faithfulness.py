@@ -195,11 +195,12 @@ def faithfulness(
     from kerascope.cam.base import as_classifier
     from kerascope.cam.fitting import FitError, check_fit, model_input
     from kerascope.images import ImageError
-    from kerascope.zoo.models import Classifier, load_model
+    from kerascope.zoo.models import Classifier
+    from kerascope.zoo.shared import shared_model
 
     clf = model if isinstance(model, Classifier) else None
     if clf is None:
-        clf = load_model(model) if isinstance(model, str | os.PathLike) else as_classifier(model)
+        clf = shared_model(model) if isinstance(model, str | os.PathLike) else as_classifier(model)
     heatmap, explained, explained_fit, placed = _heatmap_of(explanation)
     fit = fit or explained_fit or "whole"
     try:

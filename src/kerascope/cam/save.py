@@ -61,7 +61,8 @@ from kerascope.files import fsync_dir, output_error
 from kerascope.images import ImageError, load_image, resize
 from kerascope.output import percent
 from kerascope.sources import Source, kept_pixels, load_source, normalise_inputs
-from kerascope.zoo.models import Classifier, load_model
+from kerascope.zoo.models import Classifier
+from kerascope.zoo.shared import shared_model
 
 
 @dataclass
@@ -158,7 +159,7 @@ def save_explanations(
         (PosixPath('explained/cat-output.jpg'), 'tabby')
     """
     check_fit(fit)
-    clf = model if isinstance(model, Classifier) else load_model(model)
+    clf = model if isinstance(model, Classifier) else shared_model(model)
     explainer = _cached_explainer(  # a bad method or layer fails first
         clf, method, layer, aug_smooth=aug_smooth, eigen_smooth=eigen_smooth,
         precision=precision,

@@ -113,6 +113,11 @@ class DeviceFeed(DerivedSequence):
         if transfer is None:  # a distributed run's batches are split over devices by Keras
             transfer = on_accelerator() and keras.distribution.distribution() is None
         self.transfer = transfer
+        self.device = None  # `jax.default_device` is the creating thread's, not the feed's
+        if transfer:
+            import jax
+
+            self.device = jax.config.jax_default_device  # training.devices' one-device choice
         self.regularise = regularise
 
     def make_batch(self, index: int) -> tuple[Any, np.ndarray, np.ndarray]:
@@ -143,7 +148,7 @@ class DeviceFeed(DerivedSequence):
         if self.transfer:
             import jax
 
-            batch = jax.device_put(batch)
+            batch = jax.device_put(batch, self.device)
         return batch
 
 

@@ -1,0 +1,72 @@
+"""One loaded classifier per model for the functional API's repeated calls.
+
+``kerascope.classify("a.jpg")`` names its model, so each call used to build the network and
+compile its forward again: about 5 s for Lite0 on a GPU, far more than the call's own work.
+`shared_model` hands the same `Classifier` (and so its compiled forwards) to every call that
+names the same model with the same weights, and loads again when a file behind it changed (a
+run retrained, weights cached or replaced). It keeps the last `KEPT` models, each holding its
+weights in memory; a `Classifier` passed by the caller is never touched.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import threading
+from pathlib import Path
+from typing import Any
+
+from kerascope.zoo.models import Classifier, load_model
+
+KEPT = 2
+_kept: collections.OrderedDict[tuple, Classifier] = collections.OrderedDict()
+_lock = threading.Lock()
+
+
+def shared_model(name_or_path: str | os.PathLike, weights: Any = None) -> Classifier:
+    """`load_model(name_or_path, weights)`, or the classifier a call before loaded from the
+    same files."""
+    key = _key(name_or_path, weights)
+    with _lock:
+        clf = _kept.pop(key, None)
+        if clf is None:
+            clf = load_model(name_or_path, weights)
+            key = _key(name_or_path, weights)  # as loaded: a first load may port weights
+        _kept[key] = clf  # the newest last
+        while len(_kept) > KEPT:
+            _kept.popitem(last=False)
+    return clf
+
+
+def forget_shared_models() -> None:
+    """Drop every kept classifier (their memory goes with the caller's last reference)."""
+    with _lock:
+        _kept.clear()
+
+
+def _stat(path: Path) -> tuple | None:
+    try:
+        found = path.stat()
+    except OSError:
+        return None
+    return (str(path.resolve()), found.st_mtime_ns, found.st_size)
+
+
+def _key(name_or_path: str | os.PathLike, weights: Any) -> tuple:
+    """What the loaded classifier depends on: the model's files and their versions."""
+    text = str(name_or_path)
+    explicit = None if weights is None else _stat(Path(weights)) or str(weights)
+    path = Path(text).expanduser()
+    if text.endswith(".keras") or path.is_dir() or path.is_file():
+        folder = path if path.is_dir() else path.parent
+        model = path / "model.keras" if path.is_dir() else path
+        files = (model, folder / "labels.json", folder / "config.yaml", folder / "multilabel.json")
+        return ("file", str(path.resolve()), *map(_stat, files), explicit)
+    from kerascope.zoo import registry
+    from kerascope.zoo import weights as weights_mod
+
+    spec = registry.get(text)  # an unknown name: load_model's message, from here
+    cached = weights_mod.cached_file(spec)
+    package = weights_mod.package_file(spec)
+    return ("zoo", spec.name, explicit, str(cached), _stat(cached),
+            None if package is None else _stat(package))  # fmt: skip
