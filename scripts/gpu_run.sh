@@ -2,7 +2,7 @@
 # The device command of issue 18's GPU benchmark, for one lent H200 (16 cores). Call `run` with
 #   carry: [".whl"]   command: bash scripts/gpu_run.sh   timeout_s: 540
 # It installs the wheels the machine's image lacks into /tmp/site, checks that kerascope imports
-# from src/ on JAX with the GPU visible, then runs benchmarks/gpu.py (about 6.5 minutes), which
+# from src/ on JAX with the GPU visible, then runs benchmarks/gpu.py (about 7.5 minutes), which
 # writes gpu.txt (the table), gpu.json and gpu.log to $OUT. Extra arguments go to gpu.py
 # (e.g. --only train,forward or --budget 300).
 #

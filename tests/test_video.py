@@ -292,3 +292,26 @@ def test_full_disk_is_one_line_and_leaves_no_file(lite0, clips):
         disk.free()
         explain_video(clips["aac"], out, clf=lite0, batch_size=8)
         assert probe(out)["frames"] > 0
+
+
+def test_large_frames_are_batched_as_many_as_fit_not_padded(lite0, clips, tmp_path,
+                                                            monkeypatch):  # fmt: skip
+    """Frames so large that only 3 fit the held frames' bound: each model call gets 3 real
+    frames padded to 3, not to the batch size (on a GPU, 128: 1080p was 44 real rows of 128;
+    the rest computed for nothing)."""
+    from kerascope import video_frames
+    from kerascope.cam.explain import Explainer
+
+    frame_bytes = SIZE[0] * SIZE[1] * 3
+    monkeypatch.setattr(video_frames, "_PENDING_BYTES", 3 * frame_bytes + 1)
+    calls = []
+    real = Explainer.explain_batch
+
+    def recorded(self, pixels, *args, **options):
+        calls.append((len(pixels), options.get("pad_to")))
+        return real(self, pixels, *args, **options)
+
+    monkeypatch.setattr(Explainer, "explain_batch", recorded)
+    report = explain_video(clips["aac"], tmp_path / "out.mp4", clf=lite0, batch_size=16)
+    assert report.frames == 24
+    assert calls == [(3, 3)] * 8

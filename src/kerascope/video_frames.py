@@ -87,6 +87,7 @@ class FramePipeline:
         self.size = (0, 0)
         self.frame_shape: tuple[int, int] | None = None
         self.box = None  # the part of each frame the model sees (`cam.fitting.Box`)
+        self.batch = int(options["batch_size"])  # key frames per model call (set by the first)
         threads = min(DRAW_THREADS, decode_workers())
         self.pool = ThreadPoolExecutor(threads, thread_name_prefix="kerascope-video-draw")
         # (drawing, pts, bytes held): frames in the pool count against the same bound
@@ -105,6 +106,10 @@ class FramePipeline:
             self.frame_shape = rgb.shape[:2]
             shown = fit_box(rgb.shape, self.clf.input_size, self.opt["convention"])
             self.box = fitting.as_fractions(shown, rgb.shape)
+            # As many key frames as the held frames' bound lets wait, so a call is never
+            # mostly padding (1080p at --every 1: 41 frames fit, not the GPU default 128).
+            held = max(1, _PENDING_BYTES // (rgb.nbytes * self.opt["every"]))
+            self.batch = max(1, min(self.opt["batch_size"], held))
         elif rgb.shape[:2] != self.frame_shape:  # the size changed mid-stream: keep the first
             rgb = resize(rgb, self.frame_shape)
         key = index % self.opt["every"] == 0
@@ -112,7 +117,7 @@ class FramePipeline:
             self.keys.append(fit_picture(rgb, self.clf.input_size, self.opt["convention"]))
         self.pending.append((rgb, frame.pts, key))
         self.pending_bytes += rgb.nbytes
-        if len(self.keys) >= self.opt["batch_size"] or self.pending_bytes > _PENDING_BYTES:
+        if len(self.keys) >= self.batch or self.pending_bytes > _PENDING_BYTES:
             self.flush()
         else:
             self._encode(keep=len(self.drawn))  # what is drawn already (and the bound)
@@ -125,7 +130,7 @@ class FramePipeline:
             maps, classes, probs = self.explainer.explain_batch(
                 np.stack(self.keys),
                 targets=self.opt["target"],
-                pad_to=self.opt["batch_size"],  # a short last batch compiles nothing new
+                pad_to=self.batch,  # one shape per video: a short last batch compiles nothing
                 upsample=self.explainer.on_device,
                 levels=True,  # uint8 heat levels: what the frames draw, a quarter of the bytes
             )
