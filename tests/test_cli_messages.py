@@ -269,13 +269,18 @@ def test_a_backend_that_cannot_import_is_one_line(tmp_path):
                 "(default: 5)",
                 "(default: 0.0)",
                 "(default: table)",
-                "(default: 32 on a CPU, 256 on a GPU or TPU)",
+                "(default: 32 on a CPU, 256 on a GPU or TPU for 224-px models, fewer for larger "
+                "inputs)",
             ],
         ),
         ("explain", ["(default: 0.4)", "(default: viridis)", "(default: gradcam)", "(default: .)"]),
         (
             "video",
-            ["(default: side)", "(default: 1)", "(default: 16 on a CPU, 128 on a GPU or TPU)"],
+            [
+                "(default: side)",
+                "(default: 1)",
+                "(default: 16 on a CPU, 128 on a GPU or TPU for 224-px",
+            ],
         ),
         ("models", ["(default: list)", "(default: table)"]),
     ],

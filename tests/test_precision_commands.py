@@ -38,6 +38,21 @@ def test_gpu_defaults_are_larger_and_explicit_batch_size_wins():
         default_batch_size("classify", "npu")
 
 
+def test_device_defaults_shrink_with_the_input_by_its_pixels():
+    """A 600² model (EfficientNet-B7) on a GPU: 16 images to explain, not 128 (a batch's
+    activations ~7x a 224² one's); a CPU's sizes and an explicit -b stay."""
+    assert default_batch_size("explain", "gpu", (600, 600)) == 16
+    assert default_batch_size("classify", "gpu", (600, 600)) == 32
+    assert default_batch_size("classify", "gpu", (240, 240)) == 216  # Lite1: 256 * (224/240)²
+    assert default_batch_size("explain", "tpu", (299, 299)) == 64
+    assert default_batch_size("classify", "gpu", (224, 224)) == 256
+    assert default_batch_size("classify", "gpu", (32, 32)) == 256  # never above the table
+    assert default_batch_size("explain", "gpu", (4000, 4000)) == 8  # never below 8
+    assert default_batch_size("explain", "cpu", (600, 600)) == 16
+    assert batch_size_or_default(None, "explain", (600, 600)) == 16  # this CPU
+    assert batch_size_or_default(100, "explain", (600, 600)) == 100
+
+
 @pytest.mark.backends
 def test_on_torch_the_device_is_the_one_keras_computes_on(monkeypatch):
     """KERAS_TORCH_DEVICE=cpu on a CUDA machine is a CPU run: CPU batch sizes, no bf16, no

@@ -15,6 +15,8 @@ BATCH_SIZES: dict[str, dict[str, int]] = {
     "explain": {"cpu": 16, "gpu": 128, "tpu": 128},
 }
 DEVICE_KINDS = ("cpu", "gpu", "tpu")
+REFERENCE_SIDE = 224  # the GPU and TPU sizes above are for inputs of this side
+MIN_DEVICE_BATCH = 8
 
 
 def device_kind() -> str:
@@ -40,23 +42,40 @@ def device_kind() -> str:
     return "cpu"
 
 
-def default_batch_size(work: str, kind: str | None = None) -> int:
+def default_batch_size(
+    work: str, kind: str | None = None, input_size: tuple[int, int] | None = None
+) -> int:
     """Images per batch for ``work`` (``classify`` or ``explain``) on ``kind`` (a device kind;
-    None: this process's, `device_kind`)."""
+    None: this process's, `device_kind`) for a model of ``input_size`` (height, width).
+
+    On a GPU or TPU the sizes are for 224² inputs: a larger input gets fewer images, by its
+    pixels, rounded down to a multiple of 8 (EfficientNet-B7 at 600²: explain 16, classify 32),
+    so a batch's activations stay about the same size (128 of 600² for explain needed well
+    over an H100's 80 GB). On a CPU the sizes stay (they only fill the cores)."""
     if work not in BATCH_SIZES:
         raise ValueError(f"work must be one of {', '.join(BATCH_SIZES)}, got {work!r}")
     kind = device_kind() if kind is None else kind
     if kind not in DEVICE_KINDS:
         raise ValueError(f"device kind must be one of {', '.join(DEVICE_KINDS)}, got {kind!r}")
-    return BATCH_SIZES[work][kind]
+    size = BATCH_SIZES[work][kind]
+    if kind == "cpu" or input_size is None:
+        return size
+    scaled = size * REFERENCE_SIDE**2 / max(1, int(input_size[0]) * int(input_size[1]))
+    return max(MIN_DEVICE_BATCH, min(size, int(scaled) // 8 * 8))
 
 
 def batch_size_help(work: str) -> str:
     """``--batch-size``'s help for ``work``, the defaults read from `BATCH_SIZES`."""
     sizes = BATCH_SIZES[work]
-    return f"images per batch (default: {sizes['cpu']} on a CPU, {sizes['gpu']} on a GPU or TPU)"
+    return (f"images per batch (default: {sizes['cpu']} on a CPU, {sizes['gpu']} on a GPU or "
+            f"TPU for {REFERENCE_SIDE}-px models, fewer for larger inputs)")  # fmt: skip
 
 
-def batch_size_or_default(asked: int | None, work: str) -> int:
-    """``asked`` when given (an explicit -b wins), else `default_batch_size` on this device."""
-    return int(asked) if asked is not None else default_batch_size(work)
+def batch_size_or_default(
+    asked: int | None, work: str, input_size: tuple[int, int] | None = None
+) -> int:
+    """``asked`` when given (an explicit -b wins), else `default_batch_size` on this device
+    for a model of ``input_size``."""
+    if asked is not None:
+        return int(asked)
+    return default_batch_size(work, input_size=input_size)

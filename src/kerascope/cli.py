@@ -149,7 +149,7 @@ def _run_classify(args) -> int:
     clf = load_model(args.model, weights=args.weights)
     from kerascope.batch_sizes import batch_size_or_default
 
-    args.batch_size = batch_size_or_default(args.batch_size, "classify")  # by the device
+    args.batch_size = batch_size_or_default(args.batch_size, "classify", clf.input_size)
     precision = run_precision(clf, args.precision)
     say_precision(args.precision, precision, engine_name(clf.model, precision=precision))
     multilabel = clf.extra.get("multilabel")  # a multi-label run: each label over its threshold

@@ -90,7 +90,7 @@ def _run_explain(args) -> int:
         check_outputs([None if n is None else Path(args.output) / n for n in names], sources,
                       args.overwrite)  # fmt: skip
     clf = load_model(args.model, weights=args.weights)
-    args.batch_size = batch_size_or_default(args.batch_size, "explain")  # by the device
+    args.batch_size = batch_size_or_default(args.batch_size, "explain", clf.input_size)
     clf, target = class_option(clf, args.target)
     if args.compare:
         return _run_compare(args, clf, sources, target)

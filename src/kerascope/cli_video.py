@@ -51,7 +51,7 @@ def _run_video(args) -> int:
     _check_video_output(args.input, args.output, args.overwrite)
     total = estimate_frames(args.input)
     clf = load_model(args.model, weights=args.weights)
-    args.batch_size = batch_size_or_default(args.batch_size, "explain")  # by the device
+    args.batch_size = batch_size_or_default(args.batch_size, "explain", clf.input_size)
     clf, target = class_option(clf, args.target)
     with output.progress_bar(total, "video frames", min_total=1) as advance:
         report = explain_video(
