@@ -89,6 +89,39 @@ def test_order_preserved_and_duplicates_removed(tree, monkeypatch):
     ]
 
 
+def test_linked_folders_are_walked_once_and_a_link_back_up_is_no_loop(tree, tmp_path):
+    """Before: a linked folder was skipped in silence (`classify dl/` said "no images")."""
+    other = tmp_path / "other"
+    (other / "inner").mkdir(parents=True)
+    (other / "inner" / "g.png").write_bytes(b"x")
+    (tree / "linked").symlink_to(other)
+    (other / "inner" / "up").symlink_to(tree)  # back up: the walk must not go round
+    (tree / "again").symlink_to(tree / "sub")  # the same real folder twice: listed once
+    found = expand_inputs([tree])
+    assert _rel(found.paths, tree) == ["a.png", "b.jpg", "again/c.JPG", "again/deeper/f.webp",
+                                       "linked/inner/g.png"]  # fmt: skip
+
+
+def test_a_folder_that_cannot_be_listed_is_kept_and_says_why(tree, monkeypatch):
+    """Before: an unreadable sub-folder was left out without a word. (Patched: root, which
+    runs CI, reads any folder.)"""
+    from kerascope.images.decode import file_problem
+
+    locked = os.path.join(tree, "sub")
+    real_scandir = os.scandir
+
+    def scandir(path="."):
+        if os.fspath(path) == locked:
+            raise PermissionError(13, "Permission denied", locked)
+        return real_scandir(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    found = expand_inputs([tree])
+    assert _rel(found.paths, tree) == ["a.png", "b.jpg", "sub"]
+    assert file_problem(locked, "an image") == ("folder cannot be read (permission denied): "
+                                                "its images are left out")  # fmt: skip
+
+
 def test_suffixes_are_lower_case_with_dot():
     assert {
         ".jpg",

@@ -94,6 +94,11 @@ def file_problem(path: str, kind: str) -> str | None:
             return LINK_LOOP
         return f"cannot access file ({err.strerror or err})"
     if stat.S_ISDIR(st.st_mode):
+        try:  # a folder met while walking one, which could not be listed
+            os.scandir(path).close()
+        except OSError as err:
+            why = "permission denied" if isinstance(err, PermissionError) else err.strerror
+            return f"folder cannot be read ({why or err}): its images are left out"
         return f"is a directory, not {kind}"
     if not stat.S_ISREG(st.st_mode):
         return "not a regular file"

@@ -46,7 +46,9 @@ def expand_inputs(inputs: Iterable[str | os.PathLike]) -> InputList:
     only :data:`IMAGE_SUFFIXES` and symbolic link loops (whatever their names; they fail with
     :data:`LINK_LOOP`) are kept (others go to ``skipped``) and hidden entries
     (``.DS_Store``, ``.ipynb_checkpoints``, ``.git``) are ignored. Folders are walked in
-    sorted order, inputs keep their order, and a file reached twice is listed once.
+    sorted order, linked folders followed (each real folder once), inputs keep their order,
+    and a file reached twice is listed once. A folder that cannot be listed is kept as a
+    path, so it fails with its reason instead of vanishing.
     """
     result = InputList()
     seen: set[tuple[str, bool]] = set()
@@ -59,13 +61,25 @@ def expand_inputs(inputs: Iterable[str | os.PathLike]) -> InputList:
             if to is result.paths:
                 result.ordered.append((path, False))
 
+    def unlisted(error: OSError) -> None:
+        if error.filename is not None:
+            add(os.fspath(error.filename), result.paths)  # `file_problem` gives the reason
+
     def add_found(path: str) -> None:
         image = os.path.splitext(path)[1].lower() in IMAGE_SUFFIXES
         # a link loop has no kind to judge by its name: it is tried, and says it is a loop
         add(path, result.paths if image or _is_link_loop(path) else result.skipped)
 
     def walk(folder: str) -> None:
-        for dirpath, dirnames, filenames in os.walk(folder):
+        # Linked folders are followed (as training's class folders are), each real folder
+        # once (a link back up is a loop); one that cannot be listed is tried, and says why.
+        visited: set[str] = set()
+        for dirpath, dirnames, filenames in os.walk(folder, onerror=unlisted, followlinks=True):
+            real = os.path.realpath(dirpath)
+            if real in visited:
+                dirnames[:] = []
+                continue
+            visited.add(real)
             dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
             for name in sorted(filenames):
                 if not name.startswith("."):
