@@ -367,7 +367,8 @@ runpy.run_module("kerascope", run_name="__main__")
 """
 
 
-def _interrupted_classify(tmp_path: Path, args: list[str]) -> tuple[int, str, str, list[str]]:
+def _interrupted_classify(tmp_path: Path, args: list[str], stop: int = signal.SIGINT
+                          ) -> tuple[int, str, str, list[str]]:  # fmt: skip
     source = picture(tmp_path / "one.png").read_bytes()
     names = []
     for i in range(200):
@@ -382,13 +383,13 @@ def _interrupted_classify(tmp_path: Path, args: list[str]) -> tuple[int, str, st
         assert proc.poll() is None, proc.communicate()[1]
         assert time.monotonic() < deadline, "classify never got going"
         time.sleep(0.05)
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(stop)
     out, err = proc.communicate(timeout=120)
     return proc.returncode, out, err, names
 
 
-def _finished(err: str) -> int:
-    found = re.search(r"interrupted after (\d+) of 200 images", err)
+def _finished(err: str, how: str = "interrupted") -> int:
+    found = re.search(how + r" after (\d+) of 200 images", err)
     assert found, err
     return int(found.group(1))
 
@@ -407,6 +408,24 @@ def test_ctrl_c_writes_the_results_so_far_to_the_output_file(run_dir, tmp_path):
     assert [r["image"] for r in rows] == names[:n]  # complete rows, in order, nothing else
     assert all(r["name"] in CLASSES for r in rows)
     assert out.read_text().endswith("\n")
+
+
+@pytest.mark.slow  # a CLI process each (5-10 s): out of make test-fast's loop
+@pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGHUP])
+def test_sigterm_and_sighup_stop_as_ctrl_c_does(run_dir, tmp_path, stop):
+    """A scheduler's SIGTERM or a closed terminal's SIGHUP: the results so far are written
+    and said, no temporary file is left, and the exit code is the shell's (128 + N). Before:
+    the process died at once, the output file never written."""
+    out = tmp_path / "out.csv"
+    code, _, err, names = _interrupted_classify(
+        tmp_path, ["-m", str(run_dir), "-f", "csv", "-o", str(out)], stop
+    )
+    name = signal.Signals(stop).name
+    assert code == 128 + stop and "Traceback" not in err, err
+    n = _finished(err, f"stopped by {name}")
+    assert 24 <= n < 200
+    assert [r["image"] for r in csv.DictReader(out.open(newline=""))] == names[:n]
+    assert not list(tmp_path.glob(".*partial*"))
 
 
 @pytest.mark.slow  # a CLI process each (5-10 s): out of make test-fast's loop

@@ -70,7 +70,7 @@ def test_another_handler_or_thread_is_left_alone(monkeypatch):
     mine = signal.signal(signal.SIGINT, lambda *_: None)
     try:
         with interrupts.interrupts_kept():
-            assert signal.getsignal(signal.SIGINT) is not interrupts._on_sigint
+            assert signal.getsignal(signal.SIGINT) is not interrupts._on_signal
     finally:
         signal.signal(signal.SIGINT, mine)
     seen = []
@@ -132,3 +132,98 @@ def test_training_stops_at_the_next_batch_after_a_swallowed_ctrl_c(tmp_path, swa
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
     resumed = train(resume=Path(run), progress=False)
     assert [r["epoch"] for r in resumed.history] == [1, 2, 3, 4, 5]
+
+
+def test_sigterm_raises_terminated_and_an_ignored_sighup_stays_ignored():
+    previous = signal.signal(signal.SIGHUP, signal.SIG_IGN)  # as under nohup
+    try:
+        with interrupts.interrupts_kept():
+            assert signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
+            with pytest.raises(interrupts.Terminated) as stopped:
+                os.kill(os.getpid(), signal.SIGTERM)
+            assert isinstance(stopped.value, KeyboardInterrupt)  # every Ctrl-C path runs
+            assert interrupts.exit_code(stopped.value) == 143
+            assert interrupts.stopped_by(stopped.value) == "stopped by SIGTERM"
+            with pytest.raises(interrupts.Terminated):  # kept, as a swallowed Ctrl-C is
+                interrupts.check()
+        assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+    finally:
+        signal.signal(signal.SIGHUP, previous)
+    assert interrupts.exit_code(KeyboardInterrupt()) == 130
+
+
+# The explain CLI in a child process, each picture slow to draw; a marker once 24 are drawn.
+_SLOW_EXPLAIN = """
+import runpy, sys, time
+import kerascope.cam.save as s
+marker, done, draw = sys.argv.pop(1), [0], s._draw_one
+def slow_draw(*args, **kwargs):
+    time.sleep(0.05)
+    done[0] += 1
+    if done[0] == 24:
+        open(marker, "w").close()
+    return draw(*args, **kwargs)
+s._draw_one = slow_draw
+runpy.run_module("kerascope", run_name="__main__")
+"""
+
+
+@pytest.mark.slow  # a CLI process (10-20 s)
+def test_sigterm_in_explain_leaves_whole_pictures_and_says_how_many(tmp_path):
+    """Before: SIGTERM killed explain at once, leaving hidden ``.partial`` pictures and no
+    line; now the pictures in flight are finished, none is left half-written."""
+    import subprocess
+    import time
+
+    from kerascope.testing import skimage_data
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    source = (skimage_data() / "chelsea.png").read_bytes()
+    for i in range(150):
+        (photos / f"cat{i:03d}.png").write_bytes(source)
+    out, marker = tmp_path / "out", tmp_path / "started"
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _SLOW_EXPLAIN, str(marker), "explain", str(photos), "-o",
+         str(out), "-b", "8"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    deadline = time.monotonic() + 300
+    while not marker.exists():
+        assert proc.poll() is None, proc.communicate()[1]
+        assert time.monotonic() < deadline, "explain never got going"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143 and "Traceback" not in err, err
+    said = [line for line in err.splitlines() if "stopped by SIGTERM after" in line]
+    assert len(said) == 1 and f"their pictures are in '{out}'" in said[0], err
+    n = int(said[0].split("after ")[1].split(" of 150")[0])
+    written = sorted(p.name for p in out.iterdir())
+    assert 24 <= n <= len(written) < 150, (n, written)
+    assert all(name.endswith("-output.jpg") for name in written), written  # no .partial
+
+
+def test_train_stopped_before_its_first_epoch_says_nothing_is_saved(tmp_path, capsys,
+                                                                    monkeypatch):  # fmt: skip
+    """Before: "the last finished epoch is saved", twice over, when none had finished."""
+    import kerascope.training.run as run_module
+    from kerascope.cli import main
+
+    class StopAtOnce(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch: int, logs=None) -> None:
+            raise interrupts.Terminated(signal.SIGTERM)
+
+    real = run_module._train
+
+    def with_stop(run_dir, config, resumed, engine, progress, callbacks):
+        return real(run_dir, config, resumed, engine, progress, [*(callbacks or []), StopAtOnce()])
+
+    monkeypatch.setattr(run_module, "_train", with_stop)
+    photos, run = cat_and_coffee(tmp_path / "photos", n=8, size=32), tmp_path / "run"
+    code = main(["train", str(photos), "--recipe", "lenet", "--epochs", "2", "--image-size",
+                 "32", "-o", str(run)])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 143
+    assert [line for line in err.splitlines() if "SIGTERM" in line] == [
+        f"stopped by SIGTERM: before the first epoch finished: nothing trained is saved; "
+        f"`kerascope train --resume {run}` starts it again"], err  # fmt: skip

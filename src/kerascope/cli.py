@@ -18,7 +18,7 @@ from kerascope.cli_common import (
     say_precision,
 )
 from kerascope.errors import CliError, KerascopeError
-from kerascope.interrupts import interrupts_kept
+from kerascope.interrupts import exit_code, interrupts_kept, stopped_by
 from kerascope.precision import add_precision_option
 
 _argv: list[str] = []  # this run's arguments, for the hint in one-line usage errors
@@ -173,17 +173,18 @@ def _run_classify(args) -> int:
     if interrupted:
         where = f"'{args.output}'" if args.output else "the output"
         if not results:
-            output.note("interrupted before any image was classified; nothing written")
-            return 130
+            output.note(f"{stopped_by(interrupted)} before any image was classified; nothing "
+                        "written")  # fmt: skip
+            return exit_code(interrupted)
         output.note(
-            f"interrupted after {len(results)} of {len(sources)} images; "
+            f"{stopped_by(interrupted)} after {len(results)} of {len(sources)} images; "
             f"{where} holds those {len(results)} only"
         )
     output.write_results(results, args.format, args.output)
     failed = [r for r in results if not r.ok]
     if failed:
         output.note(f"{len(failed)} of {len(results)} input(s) could not be classified")
-    return 130 if interrupted else 1 if failed else 0
+    return exit_code(interrupted) if interrupted else 1 if failed else 0
 
 
 def _group_option(args) -> bool | list:
@@ -195,8 +196,11 @@ def _group_option(args) -> bool | list:
     return [g.wnid for g in resolve_groups(args.groups)]
 
 
-def _until_interrupted(stream: Iterator, total: int, label: str) -> tuple[list, bool]:
-    """Everything ``stream`` yields, with a progress bar; Ctrl-C keeps what came so far."""
+def _until_interrupted(
+    stream: Iterator, total: int, label: str
+) -> tuple[list, KeyboardInterrupt | None]:
+    """Everything ``stream`` yields, with a progress bar; Ctrl-C (or SIGTERM, SIGHUP) keeps
+    what came so far, and is returned."""
     from kerascope import output
 
     done: list = []
@@ -205,9 +209,9 @@ def _until_interrupted(stream: Iterator, total: int, label: str) -> tuple[list, 
             for item in stream:
                 done.append(item)
                 advance(1)
-    except KeyboardInterrupt:
-        return done, True
-    return done, False
+    except KeyboardInterrupt as stop:
+        return done, stop
+    return done, None
 
 
 def _one_line(text: str) -> str:
@@ -278,9 +282,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             code = args.func(args)
         sys.stdout.flush()  # a closed pipe shows up here, not at interpreter exit
         return code
-    except KeyboardInterrupt:
-        print("kerascope: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as stop:  # Ctrl-C, SIGTERM, SIGHUP (kerascope.interrupts)
+        if not getattr(stop, "told", False):  # a job that said what it kept says no more
+            print(f"kerascope: {stopped_by(stop)}", file=sys.stderr)
+        return exit_code(stop)
     except BrokenPipeError:
         _quiet_stdout()
         return 141  # what a shell reports for a command stopped by SIGPIPE

@@ -17,6 +17,7 @@ from kerascope.cli_explain_args import (
     metric_names,
 )
 from kerascope.errors import CliError
+from kerascope.interrupts import stopped_by
 
 
 def add_explain_commands(sub) -> None:
@@ -96,8 +97,20 @@ def _run_explain(args) -> int:
         return _run_compare(args, clf, sources, target)
     options = _smoothing(args)
     _say_precision(args, clf, options)
-    with output.progress_bar(len(sources), "explaining", min_total=16) as advance:
-        saved = _save(args, clf, sources, target, advance, options)
+    done = [0]
+
+    def counted(n: int) -> None:
+        done[0] += n
+        advance(n)
+
+    try:
+        with output.progress_bar(len(sources), "explaining", min_total=16) as advance:
+            saved = _save(args, clf, sources, target, counted, options)
+    except KeyboardInterrupt as stop:  # Ctrl-C, SIGTERM, SIGHUP: say what is there
+        output.note(f"{stopped_by(stop)} after {done[0]} of {len(sources)} images; their "
+                    f"pictures are in '{args.output}'")  # fmt: skip
+        stop.told = True
+        raise
     output.print_explanations(saved)
     failed = sum(1 for s in saved if not s.ok)
     if args.score:

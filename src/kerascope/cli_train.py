@@ -224,7 +224,6 @@ def _backbones(text: str | None, default: str) -> list[str]:
 
 
 def _run_train(args) -> int:
-    from kerascope import output
 
     if not args.data and not args.resume:
         raise CliError("give a dataset folder, or --resume RUN_DIR")
@@ -259,11 +258,7 @@ def _run_train(args) -> int:
     if found is not None:  # --lr find: train with the suggestion, the sweep kept in the run
         kwargs["lr"] = found.suggestion
         _note(f"lr finder: suggested lr {found.suggestion:.2g}; training with it")
-    try:
-        run = train(args.data, **kwargs)
-    except KeyboardInterrupt:
-        output.note("interrupted: the last finished epoch is saved; continue with --resume RUN_DIR")
-        return 130
+    run = train(args.data, **kwargs)  # a stop: its own line, then the exit code (cli.main)
     if found is not None:
         from kerascope.training.lr_find import plot_lr_find
 

@@ -13,6 +13,7 @@ from kerascope.batch_sizes import batch_size_or_default
 from kerascope.cli_common import DASH_NOTE, positive_int
 from kerascope.cli_explain_args import add_explain_args, class_option
 from kerascope.errors import CliError
+from kerascope.interrupts import stopped_by
 
 
 def add_video_command(sub) -> None:
@@ -45,7 +46,7 @@ def _add_video(sub) -> None:
 
 def _run_video(args) -> int:
     from kerascope import output
-    from kerascope.video import estimate_frames, explain_video
+    from kerascope.video import estimate_frames
     from kerascope.zoo.models import load_model
 
     _check_video_output(args.input, args.output, args.overwrite)
@@ -53,25 +54,21 @@ def _run_video(args) -> int:
     clf = load_model(args.model, weights=args.weights)
     args.batch_size = batch_size_or_default(args.batch_size, "explain", clf.input_size)
     clf, target = class_option(clf, args.target)
-    with output.progress_bar(total, "video frames", min_total=1) as advance:
-        report = explain_video(
-            args.input,
-            args.output,
-            clf=clf,
-            method=args.method,
-            target=target,
-            every=args.every,
-            layout=args.layout,
-            frames_dir=args.frames_dir,
-            batch_size=args.batch_size,
-            alpha=args.alpha,
-            colormap=args.colormap,
-            progress=advance,
-            layer=args.layer,
-            precision=args.precision,
-            overwrite=args.overwrite,
-            fit=args.fit,
-        )
+    done = [0]
+
+    def counted(n: int) -> None:
+        done[0] += n
+        advance(n)
+
+    try:
+        with output.progress_bar(total, "video frames", min_total=1) as advance:
+            report = _explain(args, clf, target, counted)
+    except KeyboardInterrupt as stop:  # Ctrl-C, SIGTERM, SIGHUP: say what is (not) there
+        frames = f"; frames drawn so far are in '{args.frames_dir}'" if args.frames_dir else ""
+        output.note(f"{stopped_by(stop)} after {done[0]} frames: no video written (a video is "
+                    f"written whole or not at all){frames}")  # fmt: skip
+        stop.told = True
+        raise
     audio = "audio kept" if report.audio_kept else "no audio"
     output.note(
         f"wrote {report.output}: {report.frames} frames, {float(report.fps):.2f} fps, "
@@ -79,6 +76,29 @@ def _run_video(args) -> int:
         f"maps in {report.precision})"
     )
     return 0
+
+
+def _explain(args, clf, target, progress):
+    from kerascope.video import explain_video
+
+    return explain_video(
+        args.input,
+        args.output,
+        clf=clf,
+        method=args.method,
+        target=target,
+        every=args.every,
+        layout=args.layout,
+        frames_dir=args.frames_dir,
+        batch_size=args.batch_size,
+        alpha=args.alpha,
+        colormap=args.colormap,
+        progress=progress,
+        layer=args.layer,
+        precision=args.precision,
+        overwrite=args.overwrite,
+        fit=args.fit,
+    )
 
 
 def _check_video_output(source: str, target: str | None, overwrite: bool = False) -> None:

@@ -1,10 +1,17 @@
-"""Ctrl-C that always stops a long job, even when Python swallows it.
+"""Ctrl-C, SIGTERM and SIGHUP stop a long job the same way, even when Python swallows them.
 
 Python raises the KeyboardInterrupt of a SIGINT wherever the main thread happens to be. When
 that is a ``__del__`` method or a weakref callback (JAX and Keras free arrays through both,
 many times per batch), Python prints "Exception ignored in ..." and goes on: the job kept
-training as if Ctrl-C had never come. :func:`interrupts_kept` remembers every SIGINT, and
-:func:`check` (called once per batch: ``training.epochs.InterruptCheck``) raises it again.
+training as if Ctrl-C had never come. :func:`interrupts_kept` remembers every such signal,
+and :func:`check` (called once per batch: ``training.epochs.InterruptCheck``, the classify and
+explain batch loop, video frames) raises it again.
+
+SIGTERM (a job scheduler, ``kill``, ``timeout``) and SIGHUP (a closed terminal) ended the
+process at once, leaving hidden ``.partial`` files and no word of what was written. Inside the
+block they raise :class:`Terminated`, a KeyboardInterrupt, so every Ctrl-C path runs: temp
+files removed, results so far written, the last epoch saved; the exit code is 128 + the
+signal's number, as a shell reports a process the signal ended.
 """
 
 from __future__ import annotations
@@ -16,33 +23,70 @@ from collections.abc import Iterator
 from typing import Any
 
 _received = threading.Event()
+_which: list[int] = [signal.SIGINT]
+STOPPING = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP")
+                 if hasattr(signal, name))  # fmt: skip
 
 
-def _on_sigint(signum: int, frame: Any) -> None:
+class Terminated(KeyboardInterrupt):
+    """SIGTERM or SIGHUP, stopping the job as Ctrl-C does."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = int(signum)
+
+
+def _stop(signum: int) -> KeyboardInterrupt:
+    return KeyboardInterrupt() if signum == signal.SIGINT else Terminated(signum)
+
+
+def _on_signal(signum: int, frame: Any) -> None:
+    _which[0] = signum
     _received.set()
-    raise KeyboardInterrupt
+    raise _stop(signum)
+
+
+def _untouched(signum: int) -> bool:
+    """Whether ``signum`` still has Python's own handling (not a caller's, not ignored:
+    ``nohup`` ignores SIGHUP, and so it stays)."""
+    default = signal.default_int_handler if signum == signal.SIGINT else signal.SIG_DFL
+    return signal.getsignal(signum) is default
 
 
 @contextlib.contextmanager
 def interrupts_kept() -> Iterator[None]:
-    """Within this block a Ctrl-C raises KeyboardInterrupt as always, and is also kept until
-    the block ends, so :func:`check` raises it again where the first one was swallowed. Off
-    the main thread, or where a handler other than Python's own is installed (a caller that
-    handles Ctrl-C itself), the block changes nothing."""
-    if (threading.current_thread() is not threading.main_thread()
-            or signal.getsignal(signal.SIGINT) is not signal.default_int_handler):  # fmt: skip
+    """Within this block Ctrl-C raises KeyboardInterrupt as always, SIGTERM and SIGHUP raise
+    :class:`Terminated`, and each is kept until the block ends, so :func:`check` raises it
+    again where the first was swallowed. Off the main thread, and for a signal whose handler
+    is not Python's default (a caller that handles it, an ignored SIGHUP), nothing changes."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    ours = [s for s in STOPPING if _untouched(s)]
+    if not ours:
         yield
         return
     _received.clear()
-    signal.signal(signal.SIGINT, _on_sigint)
+    previous = {s: signal.signal(s, _on_signal) for s in ours}
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, signal.default_int_handler)
+        for s, handler in previous.items():
+            signal.signal(s, handler)
         _received.clear()
 
 
 def check() -> None:
-    """Raise KeyboardInterrupt if a Ctrl-C came within :func:`interrupts_kept`'s block."""
+    """Raise the stop of a signal that came within :func:`interrupts_kept`'s block."""
     if _received.is_set():
-        raise KeyboardInterrupt
+        raise _stop(_which[0])
+
+
+def exit_code(stop: BaseException) -> int:
+    """The command's exit code after ``stop``: 130 for Ctrl-C, 128 + N for signal N."""
+    return 128 + (stop.signum if isinstance(stop, Terminated) else int(signal.SIGINT))
+
+
+def stopped_by(stop: BaseException) -> str:
+    """How the job was stopped, for its last line: "interrupted" or "stopped by SIGTERM"."""
+    return f"stopped by {stop}" if isinstance(stop, Terminated) else "interrupted"

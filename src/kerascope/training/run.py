@@ -41,7 +41,7 @@ from kerascope.files import (  # noqa: E402
     write_json,
     write_text,
 )
-from kerascope.interrupts import interrupts_kept  # noqa: E402
+from kerascope.interrupts import interrupts_kept, stopped_by  # noqa: E402
 from kerascope.keras_saving import fast_keras_saving  # noqa: E402
 from kerascope.rundir import (  # noqa: E402
     LABELS_NAME,
@@ -396,12 +396,16 @@ def _train(run_dir: Path, config: dict[str, Any], resumed: bool, engine: str | N
                        split, progress, started)  # fmt: skip
             write_state(run_dir, {**read_state(run_dir), "completed_stages": index + 1})
             shutil.rmtree(run_dir / "backup" / f"stage{index + 1}", ignore_errors=True)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as stop:  # Ctrl-C, SIGTERM, SIGHUP (kerascope.interrupts)
         with contextlib.suppress(OutputError):
             write_state(run_dir, {**read_state(run_dir), "status": "interrupted"})
         if progress:
-            print(f"\ninterrupted: continue with `kerascope train --resume {run_dir}`",
-                  file=sys.stderr)  # fmt: skip
+            epoch = read_state(run_dir).get("epoch")
+            saved = (f"epoch {epoch} is saved; continue with" if epoch else
+                     "before the first epoch finished: nothing trained is saved;")  # fmt: skip
+            print(f"\n{stopped_by(stop)}: {saved} `kerascope train --resume {run_dir}`"
+                  + ("" if epoch else " starts it again"), file=sys.stderr)  # fmt: skip
+            stop.told = True  # the command adds no line of its own
         raise
     except Exception:
         with contextlib.suppress(Exception):

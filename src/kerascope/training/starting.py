@@ -247,12 +247,15 @@ def peers_watched(run_dir: Any, cleanup: Callable[[], None] | None = None) -> It
     watch = PeerWatch(run_dir, cleanup) if multi else None
     try:
         yield
-    except KeyboardInterrupt:  # Ctrl-C in this process alone (its last epoch is saved)
+    except KeyboardInterrupt as stop:  # Ctrl-C in this process alone (its last epoch saved)
         if watch is not None and training_started():
             import atexit
 
-            atexit.register(_exit_without_jax_shutdown, 130)  # the CLI's code for it
-            tell_failure("interrupted (Ctrl-C)")
+            from kerascope.interrupts import exit_code, stopped_by
+
+            atexit.register(_exit_without_jax_shutdown, exit_code(stop))  # the CLI's code
+            how = stopped_by(stop)
+            tell_failure("interrupted (Ctrl-C)" if how == "interrupted" else how)
         raise
     except Exception as exc:
         if watch is None or not training_started():
