@@ -234,3 +234,19 @@ def test_an_output_folder_that_is_a_file_is_refused_before_any_work(command, tmp
     if command == "augment":  # a new folder, with a new parent, is made
         assert main([*lead, "-o", str(tmp_path / "new" / "samples")]) == 0
         assert len(list((tmp_path / "new" / "samples").glob("*.jpg"))) == 3  # 2 and the grid
+
+
+def test_classify_refuses_an_output_in_a_missing_folder_before_any_work(tmp_path, capsys):
+    """Before: every image was classified, then the write failed and the results were lost.
+    (The model named does not exist: the output is checked first.)"""
+    from kerascope.cli import main
+    from kerascope.testing import skimage_data
+
+    photo = str(skimage_data() / "chelsea.png")
+    out = tmp_path / "missing" / "results.csv"
+    assert main(["classify", photo, "-m", "no-such-model", "-o", str(out)]) == 2
+    assert capsys.readouterr().err == (f"kerascope: error: cannot write -o '{out}': the folder "
+                                       f"'{out.parent}' does not exist; create it, or choose "
+                                       "another place\n")  # fmt: skip
+    assert main(["classify", photo, "-m", "no-such-model", "-o", str(tmp_path)]) == 2
+    assert "it is a directory" in capsys.readouterr().err

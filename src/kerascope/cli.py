@@ -134,6 +134,10 @@ def _run_classify(args) -> int:
     from kerascope.sources import normalise_inputs
     from kerascope.zoo.models import load_model
 
+    if args.output:
+        from kerascope.files import check_output_file
+
+        check_output_file(args.output)  # before the work: a bad place loses none of it
     sources, skipped, _ = normalise_inputs(args.paths)
     if skipped:
         shown = ", ".join(skipped[:5]) + (" ..." if len(skipped) > 5 else "")

@@ -321,3 +321,18 @@ def make_output_folder(folder: str | os.PathLike, what: str = "-o") -> Path:
             check_output_folder(folder, what)
         raise output_error(folder, exc) from None
     return Path(folder)
+
+
+def check_output_file(path: str | os.PathLike, what: str = "-o") -> None:
+    """Refuse, before any work, an output file that cannot be written: `output_target`'s
+    refusals, a folder that does not exist, one this user cannot write in (before: found
+    after every image was classified, and all the results lost)."""
+    target = output_target(path)
+    if target.stream:
+        return
+    folder = target.path.parent
+    if not folder.is_dir():
+        raise OutputError(f"cannot write {what} '{path}': the folder '{folder}' does not "
+                          "exist; create it, or choose another place")  # fmt: skip
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise output_error(path, PermissionError(errno.EACCES, "Permission denied"))
