@@ -101,3 +101,14 @@ def test_predict_of_a_folder_without_images_is_one_line(finished, tmp_path, caps
     assert main(["predict", str(run), str(empty), "-o", str(out)]) == 2
     assert capsys.readouterr().err == f"kerascope: error: no images found in {empty}\n"
     assert not out.exists()
+
+
+@pytest.mark.parametrize("command", ["evaluate", "predict"])
+def test_a_run_path_that_does_not_exist_is_not_called_an_unknown_model(command, tmp_path,
+                                                                       capsys):  # fmt: skip
+    missing = tmp_path / "runs" / "gone"
+    make_shapes(tmp_path / "data", n=2, size=32)
+    assert main([command, str(missing), str(tmp_path / "data")]) == 2
+    assert capsys.readouterr().err == (f"kerascope: error: no run folder or model file at "
+                                       f"'{missing}' (zoo models are named without a path: "
+                                       "`kerascope models` lists them)\n")  # fmt: skip

@@ -108,6 +108,15 @@ def test_folders_matching_no_class_are_all_named(imagenet_layout, lite0, tmp_pat
     assert "\n" not in message and "WordNet id" in message
 
 
+def test_no_class_folders_names_the_models_own_classes(lite0, tmp_path):
+    """A trained run's folder is named by its classes: before, the advice was ImageNet's."""
+    own = [("0", "cat"), ("1", "coffee")]
+    with pytest.raises(DatasetError, match=r"folder named by its class name \(cat, coffee\)$"):
+        class_folders(tmp_path, own)
+    with pytest.raises(DatasetError, match=r"WordNet id \(n01440764\) or class name \(tench\)"):
+        class_folders(tmp_path, lite0.labels)
+
+
 def test_a_name_two_classes_share_asks_for_the_wordnet_id(lite0, tmp_path):
     (tmp_path / "crane").mkdir()  # ImageNet has the bird n02012849 and the machine n03126707
     with pytest.raises(DatasetError, match="n02012849 or n03126707"):

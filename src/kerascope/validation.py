@@ -44,10 +44,14 @@ def class_folders(data: str | os.PathLike, labels: list[tuple[str, str]]) -> lis
     if not root.is_dir():
         raise DatasetError(f"validation folder '{root}' does not exist")
     folders = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
-    if not folders:
-        raise DatasetError(f"no class folders in '{root}': put each class's images in a folder "
-                           "named by its WordNet id (n02123045) or class name (tabby)")  # fmt: skip
     ids = {cid: i for i, (cid, _) in enumerate(labels) if _WNID.fullmatch(cid)}
+    if not folders:  # the model's own names as the example (a trained run's: cat, coffee)
+        first = next(iter(ids), None)
+        how = (f"its WordNet id ({first}) or class name ({labels[ids[first]][1]})" if ids
+               else "its class name (" + ", ".join(n for _, n in labels[:5])
+               + (", ..." if len(labels) > 5 else "") + ")")  # fmt: skip
+        raise DatasetError(f"no class folders in '{root}': put each class's images in a folder "
+                           f"named by {how}")  # fmt: skip
     by_name: dict[str, list[int]] = {}
     for i, (_, name) in enumerate(labels):
         by_name.setdefault(_key(name), []).append(i)

@@ -245,6 +245,9 @@ def load_model(
     text = str(name_or_path)
     if text.endswith(".keras") or Path(text).is_dir() or Path(text).is_file():
         return _load_file(Path(text))
+    if os.sep in text or (os.altsep and os.altsep in text):  # a path, not a zoo name
+        raise ModelFileError(f"no run folder or model file at '{text}' (zoo models are named "
+                             "without a path: `kerascope models` lists them)")  # fmt: skip
     spec = registry.get(text)
     model = build(spec, weights=weights or "imagenet")
     return Classifier(
