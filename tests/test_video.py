@@ -315,3 +315,26 @@ def test_large_frames_are_batched_as_many_as_fit_not_padded(lite0, clips, tmp_pa
     report = explain_video(clips["aac"], tmp_path / "out.mp4", clf=lite0, batch_size=16)
     assert report.frames == 24
     assert calls == [(3, 3)] * 8
+
+
+def test_a_video_cut_short_is_said_and_exits_1(lite0, frames, tmp_path, capsys):
+    """A download cut in half whose header (written first: faststart) promises every frame:
+    it demuxes to its end without an error, so before, half a video came out with exit 0."""
+    from kerascope.cli import main
+
+    whole = tmp_path / "whole.mp4"
+    with av.open(str(whole), "w", options={"movflags": "+faststart"}) as out:
+        video = out.add_stream("libx264", rate=FPS)
+        video.width, video.height, video.pix_fmt = *SIZE, "yuv420p"
+        for image in frames * 4:
+            out.mux(video.encode(av.VideoFrame.from_ndarray(image, format="rgb24")))
+        out.mux(video.encode(None))
+    data = whole.read_bytes()
+    cut = _write(tmp_path / "cut.mp4", data[: len(data) * 6 // 10])
+    report = explain_video(cut, tmp_path / "cut-out.mp4", clf=lite0, every=8)
+    assert report.header_frames == 4 * len(frames) and 0 < report.frames < report.header_frames
+    assert report.short == (f"its header promises {report.header_frames} frames but only "
+                            f"{report.frames} could be read: the file looks truncated")  # fmt: skip
+    assert explain_video(whole, tmp_path / "whole-out.mp4", clf=lite0, every=8).short is None
+    assert main(["video", str(cut), "-o", str(tmp_path / "cli.mp4"), "--every", "8"]) == 1
+    assert f"'{cut}': {report.short}" in capsys.readouterr().err

@@ -75,6 +75,9 @@ def _run_video(args) -> int:
         f"{report.size[0]}x{report.size[1]}, {audio} ({report.frames_per_second:.1f} frames/s, "
         f"maps in {report.precision})"
     )
+    if report.short:  # as a truncated image is: the job ran, one input was not whole
+        output.note(f"'{args.input}': {report.short}")
+        return 1
     return 0
 
 

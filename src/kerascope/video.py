@@ -61,6 +61,17 @@ class VideoReport:
     audio_kept: bool
     frames_dir: str | None = None
     precision: str = "float32"  # what the heatmaps were computed in
+    header_frames: int = 0  # what the file's header promises (0: it does not say)
+
+    @property
+    def short(self) -> str | None:
+        """Why the video looks cut short (its header promised clearly more frames than could
+        be read, as a truncated download's does: it demuxes to its end without an error), or
+        None."""
+        if self.header_frames - self.frames > max(2, self.header_frames // 50):
+            return (f"its header promises {self.header_frames} frames but only {self.frames} "
+                    "could be read: the file looks truncated")  # fmt: skip
+        return None
 
     @property
     def frames_per_second(self) -> float:
@@ -118,12 +129,16 @@ def estimate_frames(path: str | os.PathLike) -> int:
     unknown. Headers can be off by a few frames, so use it for display only."""
     container, stream = open_video(path)
     with contextlib.closing(container):
-        if stream.frames:
-            return int(stream.frames)
-        seconds = (stream.duration or 0) * (stream.time_base or 0)
-        if not seconds and container.duration:
-            seconds = container.duration / 1_000_000
-        return round(float(seconds * frame_rate(stream)))
+        return _header_frames(container, stream)
+
+
+def _header_frames(container, stream) -> int:
+    if stream.frames:
+        return int(stream.frames)
+    seconds = (stream.duration or 0) * (stream.time_base or 0)
+    if not seconds and container.duration:
+        seconds = container.duration / 1_000_000
+    return round(float(seconds * frame_rate(stream)))
 
 
 _FORMATS = {".mp4": "mp4", ".m4v": "mp4", ".mov": "mov", ".mkv": "matroska"}
@@ -218,6 +233,7 @@ def explain_video(
             convention=fitting.fit_convention(clf, fit),
         )  # fmt: skip
         astream = container.streams.audio[0] if container.streams.audio else None
+        header = _header_frames(container, vstream)
         with atomic_path(output) as partial, _open_output(partial, fmt, output) as out:
             pipeline = FramePipeline(explainer, clf, options, out, vstream, astream, progress)
             try:
@@ -233,6 +249,7 @@ def explain_video(
         audio_kept=pipeline.audio is not None,
         frames_dir=options["frames_dir"],
         precision=explainer.precision,
+        header_frames=header,
     )
 
 
