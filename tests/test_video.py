@@ -14,6 +14,7 @@ from kerascope.cam import overlay as ov
 from kerascope.images import resize
 from kerascope.video import (
     VideoError,
+    VideoOutputError,
     default_output,
     estimate_frames,
     explain_video,
@@ -338,3 +339,19 @@ def test_a_video_cut_short_is_said_and_exits_1(lite0, frames, tmp_path, capsys):
     assert explain_video(whole, tmp_path / "whole-out.mp4", clf=lite0, every=8).short is None
     assert main(["video", str(cut), "-o", str(tmp_path / "cli.mp4"), "--every", "8"]) == 1
     assert f"'{cut}': {report.short}" in capsys.readouterr().err
+
+
+def test_another_output_format_and_a_file_without_frames_are_one_line(clips, tmp_path):
+    """Before: clip.avi held an MP4; a file with no frame said "[Errno 541478725] ..."."""
+    with pytest.raises(VideoOutputError, match=r"x\.avi': kerascope writes H\.264 in \.mp4, "
+                       r"\.m4v, \.mov, \.mkv files"):  # fmt: skip
+        explain_video(clips["aac"], tmp_path / "x.avi", clf="no-such-model")  # before the model
+    empty = tmp_path / "empty.mkv"
+    with av.open(str(empty), "w") as out:
+        stream = out.add_stream("libx264", rate=FPS)
+        stream.width, stream.height, stream.pix_fmt = *SIZE, "yuv420p"
+        out.start_encoding()  # the header, then no frame
+    with pytest.raises(VideoError, match="ends before its first frame") as info:
+        open_video(empty)
+    assert "Errno" not in str(info.value)
+    assert not list(tmp_path.glob("x.*"))

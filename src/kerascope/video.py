@@ -103,8 +103,11 @@ def open_video(path: str | os.PathLike):
         container = av.open(p, metadata_errors="ignore")
     except av.error.InvalidDataError:
         raise VideoError(p, "not a video file, or its header is corrupt or truncated") from None
+    except av.error.EOFError:  # "[Errno 541478725] End of file": no frame before the end
+        raise VideoError(p, "the file ends before its first frame (empty or truncated)") from None
     except (av.error.FFmpegError, OSError) as err:
-        raise VideoError(p, f"cannot open ({err})") from None
+        reason = getattr(err, "strerror", None) or str(err)
+        raise VideoError(p, f"cannot open ({reason})") from None
     if not container.streams.video:
         container.close()
         raise VideoError(p, "no video stream in the file (audio only?)")
@@ -212,7 +215,10 @@ def explain_video(
     check_output(input_path, output, overwrite)
     if frames_dir is not None:
         check_frames_dir(frames_dir, input_path, overwrite)
-    fmt = _FORMATS.get(output.suffix.lower(), "mp4")
+    fmt = _FORMATS.get(output.suffix.lower())
+    if fmt is None:  # before: an MP4 under the name clip.avi
+        raise VideoOutputError(output, f"kerascope writes H.264 in {', '.join(_FORMATS)} files; "
+                               "name the output with one of those")  # fmt: skip
     start = time.perf_counter()
     container, vstream = open_video(input_path)
     with contextlib.closing(container):
