@@ -250,3 +250,16 @@ def test_classify_refuses_an_output_in_a_missing_folder_before_any_work(tmp_path
                                        "another place\n")  # fmt: skip
     assert main(["classify", photo, "-m", "no-such-model", "-o", str(tmp_path)]) == 2
     assert "it is a directory" in capsys.readouterr().err
+
+
+def test_explain_refuses_a_picture_name_for_its_output_folder(tmp_path, capsys):
+    """Before: `explain cat.jpg -o single.png` made a folder named single.png."""
+    from kerascope.cli import main
+    from kerascope.testing import skimage_data
+
+    out = tmp_path / "single.png"
+    assert main(["explain", str(skimage_data() / "chelsea.png"), "-o", str(out)]) == 2
+    assert capsys.readouterr().err == (f"kerascope: error: -o '{out}' looks like a picture's "
+                                       "name, but -o names the folder the <name>-output.jpg "
+                                       "pictures go to: choose a folder name\n")  # fmt: skip
+    assert not out.exists()

@@ -106,6 +106,13 @@ def input_files(sources: Sequence[Source]) -> dict[tuple[int, int], str]:
 
 def check_output_folder(out_dir: str | os.PathLike, sources: Sequence[Source] = ()) -> None:
     """``-o`` must be a folder (or a new name): a file there is one line, not a traceback."""
+    from kerascope.images import IMAGE_SUFFIXES
+
+    if not os.path.lexists(out_dir) and Path(out_dir).suffix.lower() in IMAGE_SUFFIXES:
+        raise OutputExistsError(  # before: a folder named single.png, the picture inside it
+            f"-o '{out_dir}' looks like a picture's name, but -o names the folder the "
+            "<name>-output.jpg pictures go to: choose a folder name"
+        )
     if os.path.exists(out_dir) and not os.path.isdir(out_dir):
         which = " (it is one of the inputs)" if _identity(out_dir) in input_files(sources) else ""
         raise OutputExistsError(
