@@ -205,3 +205,22 @@ def test_evaluate_and_predict_in_bfloat16_on_a_saved_run(run_dir, data, tmp_path
         if a.ok:
             p16 = b.probability if b.label == a.label else 1.0 - b.probability  # two classes
             assert p16 == pytest.approx(a.probability, abs=0.02)
+
+
+def test_the_printed_tables_stay_aligned_with_an_escaped_class_name():
+    """A class named with ESC prints escaped (four characters for one): its columns were
+    measured before the escape, so every row after it was shifted."""
+    import numpy as np
+
+    from kerascope.evaluation import ClassScores
+
+    classes = ["cat", "co\x1bffee"]
+    m = metrics_from(np.array([0, 0, 1, 1]), np.array([0, 1, 1, 1]), classes)
+    result = Evaluation(n=m["n"], accuracy=m["accuracy"], macro_f1=m["macro_f1"],
+                        per_class={c: ClassScores(**v) for c, v in m["per_class"].items()},
+                        classes=m["classes"], confusion=m["confusion"])  # fmt: skip
+    lines = format_confusion(result).splitlines()
+    assert "\x1b" not in "".join(lines) and "co\\x1bffee" in lines[0]
+    matrix, scores = lines[:3], lines[4:7]
+    assert len({len(line) for line in matrix}) == 1, matrix
+    assert len({len(line) for line in scores}) == 1, scores

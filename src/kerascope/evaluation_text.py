@@ -25,18 +25,23 @@ def top5_note(result: Evaluation) -> str:
 def format_confusion(result: Evaluation) -> str:
     """The confusion matrix (the most confused pairs above `MATRIX_CLASSES` classes) and the
     per-class scores as a plain-text table, then the headline numbers (for the CLI)."""
+    from kerascope.output import printable
+
     classes = result.classes
     big = len(classes) > MATRIX_CLASSES
     predicted_n = np.asarray(result.confusion).sum(axis=0)
     shown = [c for i, c in enumerate(classes)
              if not big or result.per_class[c].support or predicted_n[i]]  # fmt: skip
-    width = max(8, *(len(c) for c in shown))
+    name = {c: printable(c) for c in classes}  # escaped before measured: the columns align
+    width = max(8, *(len(name[c]) for c in shown))
     lines = []
     if not big:
         corner = "true \\ pred"
-        lines.append(f"{corner:<{width}}  " + "  ".join(f"{c[:width]:>{width}}" for c in classes))
+        first = max(width, len(corner))
+        lines.append(f"{corner:<{first}}  "
+                     + "  ".join(f"{name[c][:width]:>{width}}" for c in classes))  # fmt: skip
         for c, row in zip(classes, result.confusion, strict=True):
-            lines.append(f"{c:<{width}}  " + "  ".join(f"{v:>{width}}" for v in row))
+            lines.append(f"{name[c]:<{first}}  " + "  ".join(f"{v:>{width}}" for v in row))
     else:
         lines.append("most confused (true -> predicted: images):")
         lines += [f"  {t} -> {p}: {n}" for t, p, n in result.most_confused[:10]] or ["  none"]
@@ -44,7 +49,7 @@ def format_confusion(result: Evaluation) -> str:
     lines.append(f"{'class':<{width}}  precision  recall      f1  support")
     for c in shown:
         s = result.per_class[c]
-        lines.append(f"{c:<{width}}  {s.precision:9.3f}  {s.recall:6.3f}  {s.f1:6.3f}"
+        lines.append(f"{name[c]:<{width}}  {s.precision:9.3f}  {s.recall:6.3f}  {s.f1:6.3f}"
                      f"  {s.support:7d}")  # fmt: skip
     if big:
         lines.append(f"({len(shown)} of {len(classes)} classes shown: those with images or "
