@@ -367,8 +367,10 @@ runpy.run_module("kerascope", run_name="__main__")
 """
 
 
-def _interrupted_classify(tmp_path: Path, args: list[str], stop: int = signal.SIGINT
-                          ) -> tuple[int, str, str, list[str]]:  # fmt: skip
+def _interrupted_classify(tmp_path: Path, args: list[str], stop: int = signal.SIGINT,
+                          terminal: bool = False) -> tuple[int, str, str, list[str]]:  # fmt: skip
+    """``terminal``: stdout and stderr on a pseudo-terminal, hung up (closed) before the
+    signal, as a closed terminal window does: every write to it then fails (EIO)."""
     source = picture(tmp_path / "one.png").read_bytes()
     names = []
     for i in range(200):
@@ -377,12 +379,21 @@ def _interrupted_classify(tmp_path: Path, args: list[str], stop: int = signal.SI
     marker = tmp_path / "started"
     command = [sys.executable, "-c", _SLOW_CLI, str(marker), "classify", *names, "-b", "8",
                "-k", "1", *args]  # fmt: skip
-    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    streams = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE}
+    if terminal:
+        import pty
+
+        master, child = pty.openpty()
+        streams = {"stdout": child, "stderr": child}
+    proc = subprocess.Popen(command, text=True, **streams)
     deadline = time.monotonic() + 300
     while not marker.exists():
         assert proc.poll() is None, proc.communicate()[1]
         assert time.monotonic() < deadline, "classify never got going"
         time.sleep(0.05)
+    if terminal:
+        os.close(child)
+        os.close(master)  # the hang-up
     proc.send_signal(stop)
     out, err = proc.communicate(timeout=120)
     return proc.returncode, out, err, names
@@ -426,6 +437,19 @@ def test_sigterm_and_sighup_stop_as_ctrl_c_does(run_dir, tmp_path, stop):
     assert 24 <= n < 200
     assert [r["image"] for r in csv.DictReader(out.open(newline=""))] == names[:n]
     assert not list(tmp_path.glob(".*partial*"))
+
+
+@pytest.mark.slow  # a CLI process each (5-10 s): out of make test-fast's loop
+def test_sighup_of_a_closed_terminal_still_writes_the_results_so_far(run_dir, tmp_path):
+    """After a hang-up every write to the terminal fails: before, the stop's own line failed
+    there and the -o file was never written."""
+    out = tmp_path / "out.csv"
+    code, _, _, names = _interrupted_classify(
+        tmp_path, ["-m", str(run_dir), "-f", "csv", "-o", str(out)], signal.SIGHUP, terminal=True
+    )
+    assert code == 128 + signal.SIGHUP
+    rows = [r["image"] for r in csv.DictReader(out.open(newline=""))]
+    assert 24 <= len(rows) < 200 and rows == names[: len(rows)]
 
 
 @pytest.mark.slow  # a CLI process each (5-10 s): out of make test-fast's loop

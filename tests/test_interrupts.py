@@ -199,7 +199,7 @@ def test_sigterm_in_explain_leaves_whole_pictures_and_says_how_many(tmp_path):
     assert len(said) == 1 and f"their pictures are in '{out}'" in said[0], err
     n = int(said[0].split("after ")[1].split(" of 150")[0])
     written = sorted(p.name for p in out.iterdir())
-    assert 24 <= n <= len(written) < 150, (n, written)
+    assert 0 < n <= len(written) < 150, (n, written)  # (pictures in flight: finished too)
     assert all(name.endswith("-output.jpg") for name in written), written  # no .partial
 
 
@@ -227,3 +227,30 @@ def test_train_stopped_before_its_first_epoch_says_nothing_is_saved(tmp_path, ca
     assert [line for line in err.splitlines() if "SIGTERM" in line] == [
         f"stopped by SIGTERM: before the first epoch finished: nothing trained is saved; "
         f"`kerascope train --resume {run}` starts it again"], err  # fmt: skip
+
+
+_TWICE = """
+import os, signal, time
+from kerascope.interrupts import Terminated, interrupts_kept
+with interrupts_kept():
+    try:
+        os.kill(os.getpid(), signal.SIGTERM)
+    except Terminated:
+        print("first: stopping", flush=True)
+        os.kill(os.getpid(), signal.SIGTERM)  # a second one, while the first is handled
+        time.sleep(30)
+        print("still here", flush=True)
+"""
+
+
+def test_a_second_sigterm_ends_the_process_at_once():
+    """The first SIGTERM stops the job in Python; a process stuck in C code never gets there,
+    so a second SIGTERM ends it (before this change a single one did)."""
+    import pickle
+    import subprocess
+
+    done = subprocess.run([sys.executable, "-c", _TWICE], capture_output=True, text=True,
+                          timeout=120)  # fmt: skip
+    assert done.returncode == -signal.SIGTERM and done.stdout == "first: stopping\n", done
+    copied = pickle.loads(pickle.dumps(interrupts.Terminated(signal.SIGHUP)))
+    assert copied.signum == signal.SIGHUP and str(copied) == "SIGHUP"

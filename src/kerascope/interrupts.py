@@ -17,6 +17,7 @@ signal's number, as a shell reports a process the signal ended.
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
 import threading
 from collections.abc import Iterator
@@ -24,6 +25,7 @@ from typing import Any
 
 _received = threading.Event()
 _which: list[int] = [signal.SIGINT]
+_terminals: list[int] = []  # stdout, stderr: those on a terminal when the block began
 STOPPING = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP")
                  if hasattr(signal, name))  # fmt: skip
 
@@ -35,15 +37,37 @@ class Terminated(KeyboardInterrupt):
         super().__init__(signal.Signals(signum).name)
         self.signum = int(signum)
 
+    def __reduce__(self):  # pickled and copied by its number (its args hold the name)
+        return (type(self), (self.signum,))
+
 
 def _stop(signum: int) -> KeyboardInterrupt:
     return KeyboardInterrupt() if signum == signal.SIGINT else Terminated(signum)
 
 
 def _on_signal(signum: int, frame: Any) -> None:
+    if _received.is_set() and signum != signal.SIGINT:
+        # The second SIGTERM/SIGHUP: the first is being handled, or the process is stuck in
+        # C code (a hung collective, a compile) where no Python handler runs: end it now.
+        signal.signal(signum, signal.SIG_DFL)
+        os.kill(os.getpid(), signum)
+        return
+    if signum == getattr(signal, "SIGHUP", None):
+        _detach_terminal()
     _which[0] = signum
     _received.set()
     raise _stop(signum)
+
+
+def _detach_terminal() -> None:
+    """After a hang-up, writing to the terminal fails (EIO): the stop's own lines and the
+    progress bar then lost the results it was writing. Output to the terminal goes nowhere
+    from now on, as under ``nohup``; files and pipes are kept."""
+    for fd in _terminals:  # (a hung-up terminal is no longer one: isatty was asked before)
+        with contextlib.suppress(OSError):
+            null = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(null, fd)
+            os.close(null)
 
 
 def _untouched(signum: int) -> bool:
@@ -67,13 +91,35 @@ def interrupts_kept() -> Iterator[None]:
         yield
         return
     _received.clear()
-    previous = {s: signal.signal(s, _on_signal) for s in ours}
+    _terminals[:] = [fd for fd in (1, 2) if _isatty(fd)]
+    with _blocked(ours):  # a signal between two installs waits, never half-installed
+        previous = {s: signal.signal(s, _on_signal) for s in ours}
     try:
         yield
     finally:
-        for s, handler in previous.items():
-            signal.signal(s, handler)
-        _received.clear()
+        with _blocked(ours):  # nor raised between two restores, leaving ours behind
+            for s, handler in previous.items():
+                signal.signal(s, handler)
+            _received.clear()  # a signal held back here is delivered, with the old handler
+
+
+def _isatty(fd: int) -> bool:
+    try:
+        return os.isatty(fd)
+    except OSError:
+        return False
+
+
+@contextlib.contextmanager
+def _blocked(signals: list[int]) -> Iterator[None]:
+    if not hasattr(signal, "pthread_sigmask"):  # Windows
+        yield
+        return
+    before = signal.pthread_sigmask(signal.SIG_BLOCK, signals)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, before)
 
 
 def check() -> None:
