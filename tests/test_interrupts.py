@@ -203,30 +203,36 @@ def test_sigterm_in_explain_leaves_whole_pictures_and_says_how_many(tmp_path):
     assert all(name.endswith("-output.jpg") for name in written), written  # no .partial
 
 
-def test_train_stopped_before_its_first_epoch_says_nothing_is_saved(tmp_path, capsys,
-                                                                    monkeypatch):  # fmt: skip
-    """Before: "the last finished epoch is saved", twice over, when none had finished."""
+@pytest.mark.parametrize("epoch", [0, 1])
+def test_train_stopped_says_what_a_resume_continues_from(tmp_path, capsys, monkeypatch, epoch):
+    """Before: "the last finished epoch is saved", twice over, even when none had finished."""
     import kerascope.training.run as run_module
     from kerascope.cli import main
 
-    class StopAtOnce(keras.callbacks.Callback):
+    class StopIn(keras.callbacks.Callback):
+        def on_epoch_begin(self, index: int, logs=None) -> None:
+            self.epoch = index
+
         def on_train_batch_end(self, batch: int, logs=None) -> None:
-            raise interrupts.Terminated(signal.SIGTERM)
+            if self.epoch == epoch:
+                raise interrupts.Terminated(signal.SIGTERM)
 
     real = run_module._train
 
     def with_stop(run_dir, config, resumed, engine, progress, callbacks):
-        return real(run_dir, config, resumed, engine, progress, [*(callbacks or []), StopAtOnce()])
+        return real(run_dir, config, resumed, engine, progress, [*(callbacks or []), StopIn()])
 
     monkeypatch.setattr(run_module, "_train", with_stop)
     photos, run = cat_and_coffee(tmp_path / "photos", n=8, size=32), tmp_path / "run"
-    code = main(["train", str(photos), "--recipe", "lenet", "--epochs", "2", "--image-size",
+    code = main(["train", str(photos), "--recipe", "lenet", "--epochs", "3", "--image-size",
                  "32", "-o", str(run)])  # fmt: skip
     err = capsys.readouterr().err
     assert code == 143
+    said = ("before the first epoch finished: nothing trained is saved; `kerascope train "
+            f"--resume {run}` starts it again" if epoch == 0 else
+            f"epoch 1 is saved; continue with `kerascope train --resume {run}`")  # fmt: skip
     assert [line for line in err.splitlines() if "SIGTERM" in line] == [
-        f"stopped by SIGTERM: before the first epoch finished: nothing trained is saved; "
-        f"`kerascope train --resume {run}` starts it again"], err  # fmt: skip
+        f"stopped by SIGTERM: {said}"], err  # fmt: skip
 
 
 _TWICE = """

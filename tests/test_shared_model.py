@@ -14,7 +14,7 @@ import kerascope
 from kerascope.inference import compiled
 from kerascope.testing import skimage_data
 from kerascope.zoo import shared
-from kerascope.zoo.models import load_model
+from kerascope.zoo.models import ModelFileError, load_model
 from kerascope.zoo.registry import UnknownModelError
 
 
@@ -64,4 +64,7 @@ def test_a_changed_run_file_is_loaded_again_and_only_two_are_kept(loads, tmp_pat
     assert len(loads) == 3 and len(shared._kept) == shared.KEPT
     with pytest.raises(UnknownModelError, match="no-such-model"):
         shared.shared_model("no-such-model")
+    missing = tmp_path / "runs" / "gone"
+    with pytest.raises(ModelFileError, match=f"no run folder or model file at '{missing}'"):
+        kerascope.classify(str(skimage_data() / "chelsea.png"), model=str(missing))
     assert len(shared._kept) == shared.KEPT

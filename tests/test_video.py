@@ -337,6 +337,25 @@ def test_a_video_cut_short_is_said_and_exits_1(lite0, frames, tmp_path, capsys):
     assert report.short == (f"its header promises {report.header_frames} frames but only "
                             f"{report.frames} could be read: the file looks truncated")  # fmt: skip
     assert explain_video(whole, tmp_path / "whole-out.mp4", clf=lite0, every=8).short is None
+    # An MKV states no frame count, and its duration is its audio's, here 4x the video's:
+    # whole, not truncated (the review of this change measured a false "truncated").
+    mkv = tmp_path / "long-audio.mkv"
+    with av.open(str(mkv), "w") as out:
+        video = out.add_stream("libx264", rate=FPS)
+        video.width, video.height, video.pix_fmt = *SIZE, "yuv420p"
+        sound = out.add_stream("aac", rate=44100)
+        sound.layout = "mono"
+        for image in frames:
+            out.mux(video.encode(av.VideoFrame.from_ndarray(image, format="rgb24")))
+        out.mux(video.encode(None))
+        wave = np.zeros(44100 * 4 * len(frames) // FPS, np.float32)
+        for start in range(0, len(wave), 1024):
+            chunk = av.AudioFrame.from_ndarray(wave[None, start : start + 1024], format="fltp",
+                                               layout="mono")  # fmt: skip
+            chunk.sample_rate, chunk.pts, chunk.time_base = 44100, start, Fraction(1, 44100)
+            out.mux(sound.encode(chunk))
+        out.mux(sound.encode(None))
+    assert explain_video(mkv, tmp_path / "mkv-out.mp4", clf=lite0, every=8).short is None
     assert main(["video", str(cut), "-o", str(tmp_path / "cli.mp4"), "--every", "8"]) == 1
     assert f"'{cut}': {report.short}" in capsys.readouterr().err
 

@@ -162,7 +162,7 @@ def _config_classes(run_dir: Path) -> list[str] | None:
     """The classes a run's ``config.yaml`` records: a run that lost its ``labels.json`` kept
     its names there (without this its predictions said ``class_0``, ``class_1`` ...)."""
     path = run_dir / "config.yaml"
-    if not path.is_file():
+    if not path.is_file() or not (run_dir / STATE_NAME).is_file():  # a kerascope run only
         return None
     import yaml
 

@@ -135,6 +135,16 @@ def estimate_frames(path: str | os.PathLike) -> int:
         return _header_frames(container, stream)
 
 
+def _promised_frames(stream) -> int:
+    """The video stream's own frame count, or its own duration x rate; 0 if it states
+    neither. Never the container's duration, which covers the longest stream: an MKV whose
+    audio runs past its video would read as a truncated video."""
+    if stream.frames:
+        return int(stream.frames)
+    seconds = (stream.duration or 0) * (stream.time_base or 0)
+    return round(float(seconds * frame_rate(stream))) if seconds else 0
+
+
 def _header_frames(container, stream) -> int:
     if stream.frames:
         return int(stream.frames)
@@ -239,7 +249,7 @@ def explain_video(
             convention=fitting.fit_convention(clf, fit),
         )  # fmt: skip
         astream = container.streams.audio[0] if container.streams.audio else None
-        header = _header_frames(container, vstream)
+        header = _promised_frames(vstream)
         with atomic_path(output) as partial, _open_output(partial, fmt, output) as out:
             pipeline = FramePipeline(explainer, clf, options, out, vstream, astream, progress)
             try:

@@ -289,6 +289,24 @@ def train(
                               f"free some space, {then}") from exc  # fmt: skip
 
 
+def _what_resumes(run_dir: Path) -> str:
+    """What a resume continues from after a stop, read from the backups (not from the state,
+    which an epoch records before its backup is written)."""
+    from kerascope.training.checkpoints import backup_epoch
+
+    then = f"`kerascope train --resume {run_dir}`"
+    try:
+        done = int(read_state(run_dir).get("completed_stages") or 0)
+        epoch = backup_epoch(run_dir / "backup" / f"stage{done + 1}")
+    except (RunError, OSError):
+        return f"continue with {then}"
+    if epoch:
+        return f"epoch {epoch} is saved; continue with {then}"
+    if done:
+        return f"stage {done} is saved; continue with {then}"
+    return f"before the first epoch finished: nothing trained is saved; {then} starts it again"
+
+
 def _saved_an_epoch(run_dir: Path) -> bool:
     """Whether the run has anything a resume would continue from (an epoch, a backup)."""
     try:
@@ -400,11 +418,7 @@ def _train(run_dir: Path, config: dict[str, Any], resumed: bool, engine: str | N
         with contextlib.suppress(OutputError):
             write_state(run_dir, {**read_state(run_dir), "status": "interrupted"})
         if progress:
-            epoch = read_state(run_dir).get("epoch")
-            saved = (f"epoch {epoch} is saved; continue with" if epoch else
-                     "before the first epoch finished: nothing trained is saved;")  # fmt: skip
-            print(f"\n{stopped_by(stop)}: {saved} `kerascope train --resume {run_dir}`"
-                  + ("" if epoch else " starts it again"), file=sys.stderr)  # fmt: skip
+            print(f"\n{stopped_by(stop)}: {_what_resumes(run_dir)}", file=sys.stderr)
             stop.told = True  # the command adds no line of its own
         raise
     except Exception:

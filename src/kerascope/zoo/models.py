@@ -245,10 +245,7 @@ def load_model(
     text = str(name_or_path)
     if text.endswith(".keras") or Path(text).is_dir() or Path(text).is_file():
         return _load_file(Path(text))
-    if os.sep in text or (os.altsep and os.altsep in text):  # a path, not a zoo name
-        raise ModelFileError(f"no run folder or model file at '{text}' (zoo models are named "
-                             "without a path: `kerascope models` lists them)")  # fmt: skip
-    spec = registry.get(text)
+    spec = zoo_spec(text)
     model = build(spec, weights=weights or "imagenet")
     return Classifier(
         model=model,
@@ -260,6 +257,15 @@ def load_model(
         source=str(weights or spec.weights.filename),
         convention=spec.weights.convention,
     )
+
+
+def zoo_spec(name: str) -> ModelSpec:
+    """The zoo's model ``name``; a path that names no file is said as such, not as an
+    unknown zoo name."""
+    if os.sep in name or (os.altsep and os.altsep in name):
+        raise ModelFileError(f"no run folder or model file at '{name}' (zoo models are named "
+                             "without a path: `kerascope models` lists them)")  # fmt: skip
+    return registry.get(name)
 
 
 class ModelFileError(KerascopeError, RuntimeError):
@@ -482,8 +488,9 @@ def _load_file(path: Path) -> Classifier:
     else:
         labels = [(str(i), f"class_{i}") for i in range(classes)]
     if len(labels) != classes:
+        source = labels_file if labels_file.is_file() else run_dir / "config.yaml"  # its classes
         raise ModelFileError(
-            f"'{labels_file}' lists {len(labels)} classes but the model outputs {classes}"
+            f"'{source}' lists {len(labels)} classes but the model outputs {classes}"
         )
     return Classifier(
         model=model,

@@ -20,21 +20,33 @@ from kerascope.zoo.models import Classifier, load_model
 
 KEPT = 2
 _kept: collections.OrderedDict[tuple, Classifier] = collections.OrderedDict()
-_lock = threading.Lock()
+_lock = threading.Lock()  # guards the two dicts, never held while a model loads
+_loading: dict[tuple, threading.Lock] = {}
 
 
 def shared_model(name_or_path: str | os.PathLike, weights: Any = None) -> Classifier:
     """`load_model(name_or_path, weights)`, or the classifier a call before loaded from the
-    same files."""
+    same files. Loading one model (seconds; a first download) holds back only the threads
+    that want that model."""
     key = _key(name_or_path, weights)
     with _lock:
         clf = _kept.pop(key, None)
+        if clf is not None:
+            _kept[key] = clf  # the newest last
+            return clf
+        loading = _loading.setdefault(key, threading.Lock())
+    with loading:
+        with _lock:
+            clf = _kept.get(key)  # another thread loaded it meanwhile
         if clf is None:
             clf = load_model(name_or_path, weights)
-            key = _key(name_or_path, weights)  # as loaded: a first load may port weights
-        _kept[key] = clf  # the newest last
-        while len(_kept) > KEPT:
-            _kept.popitem(last=False)
+        after = _key(name_or_path, weights)  # as loaded: a first load may port weights
+        with _lock:
+            _loading.pop(key, None)
+            _kept.pop(key, None)
+            _kept[after] = clf
+            while len(_kept) > KEPT:
+                _kept.popitem(last=False)
     return clf
 
 
@@ -49,7 +61,9 @@ def _stat(path: Path) -> tuple | None:
         found = path.stat()
     except OSError:
         return None
-    return (str(path.resolve()), found.st_mtime_ns, found.st_size)
+    # the inode and ctime too: an atomic rewrite of the same size within a coarse mtime
+    return (str(path.resolve()), found.st_ino, found.st_mtime_ns, found.st_ctime_ns,
+            found.st_size)  # fmt: skip
 
 
 def _key(name_or_path: str | os.PathLike, weights: Any) -> tuple:
@@ -62,10 +76,10 @@ def _key(name_or_path: str | os.PathLike, weights: Any) -> tuple:
         model = path / "model.keras" if path.is_dir() else path
         files = (model, folder / "labels.json", folder / "config.yaml", folder / "multilabel.json")
         return ("file", str(path.resolve()), *map(_stat, files), explicit)
-    from kerascope.zoo import registry
     from kerascope.zoo import weights as weights_mod
+    from kerascope.zoo.models import zoo_spec
 
-    spec = registry.get(text)  # an unknown name: load_model's message, from here
+    spec = zoo_spec(text)  # an unknown name or a missing path: load_model's message
     cached = weights_mod.cached_file(spec)
     package = weights_mod.package_file(spec)
     return ("zoo", spec.name, explicit, str(cached), _stat(cached),
