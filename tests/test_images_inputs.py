@@ -90,16 +90,21 @@ def test_order_preserved_and_duplicates_removed(tree, monkeypatch):
 
 
 def test_linked_folders_are_walked_once_and_a_link_back_up_is_no_loop(tree, tmp_path):
-    """Before: a linked folder was skipped in silence (`classify dl/` said "no images")."""
+    """Before: a linked folder was skipped in silence (`classify dl/` said "no images").
+    A link to a folder inside the tree is not followed: that folder comes by its own name."""
     other = tmp_path / "other"
     (other / "inner").mkdir(parents=True)
     (other / "inner" / "g.png").write_bytes(b"x")
     (tree / "linked").symlink_to(other)
     (other / "inner" / "up").symlink_to(tree)  # back up: the walk must not go round
-    (tree / "again").symlink_to(tree / "sub")  # the same real folder twice: listed once
+    (tree / "again").symlink_to(tree / "sub")  # within the tree: sub comes by its own name
     found = expand_inputs([tree])
-    assert _rel(found.paths, tree) == ["a.png", "b.jpg", "again/c.JPG", "again/deeper/f.webp",
-                                       "linked/inner/g.png"]  # fmt: skip
+    assert _rel(found.paths, tree) == ["a.png", "b.jpg", "linked/inner/g.png", "sub/c.JPG",
+                                       "sub/deeper/f.webp"]  # fmt: skip
+    (tree / "also").symlink_to(other)  # the same outside folder twice: walked once
+    found = expand_inputs([tree])
+    assert _rel(found.paths, tree) == ["a.png", "b.jpg", "also/inner/g.png", "sub/c.JPG",
+                                       "sub/deeper/f.webp"]  # fmt: skip
 
 
 def test_a_folder_that_cannot_be_listed_is_kept_and_says_why(tree, monkeypatch):

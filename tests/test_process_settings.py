@@ -105,3 +105,22 @@ def test_explains_picture_processes_run_with_the_commands_settings():
 
     with _process_pool(1) as pool:
         assert pool.submit(gc.get_threshold).result(timeout=120) == GC_THRESHOLDS
+
+
+def test_batch_workers_take_the_batch_size_rule_for_their_models_input(monkeypatch, tmp_path,
+                                                                        lite0):  # fmt: skip
+    """`kerascope batch` on a GPU: a 600-px model explains 16 images at a time, as `explain`
+    does (before: 128 whatever the input, the size that overflowed an 80 GB GPU)."""
+    import dataclasses
+
+    from kerascope import batch_sizes
+    from kerascope.scale.work import BlockWorker
+    from kerascope.zoo import models
+
+    big = dataclasses.replace(lite0, input_size=(600, 600))
+    monkeypatch.setattr(models, "load_model", lambda *a, **k: big)
+    monkeypatch.setattr(batch_sizes, "device_kind", lambda: "gpu")
+    job = {"task": "classify", "output": str(tmp_path), "settings": {"model": "big"}}
+    worker = BlockWorker(job)
+    assert worker.fatal is None and worker.batch_size == 32
+    assert BlockWorker({**job, "batch_size": 5}).batch_size == 5  # -b wins

@@ -360,7 +360,7 @@ def test_a_video_cut_short_is_said_and_exits_1(lite0, frames, tmp_path, capsys):
     assert f"'{cut}': {report.short}" in capsys.readouterr().err
 
 
-def test_another_output_format_and_a_file_without_frames_are_one_line(clips, tmp_path):
+def test_another_output_format_and_a_file_without_frames_are_one_line(clips, tmp_path, capsys):
     """Before: clip.avi held an MP4; a file with no frame said "[Errno 541478725] ..."."""
     with pytest.raises(VideoOutputError, match=r"x\.avi': kerascope writes H\.264 in \.mp4, "
                        r"\.m4v, \.mov, \.mkv files"):  # fmt: skip
@@ -374,3 +374,8 @@ def test_another_output_format_and_a_file_without_frames_are_one_line(clips, tmp
         open_video(empty)
     assert "Errno" not in str(info.value)
     assert not list(tmp_path.glob("x.*"))
+    from kerascope.cli import main
+
+    assert main(["video", str(clips["aac"]), "-o", str(tmp_path / "y.avi"), "-m",
+                 "no-such-model"]) == 2  # fmt: skip
+    assert "kerascope writes H.264 in" in capsys.readouterr().err  # before the model loads

@@ -109,6 +109,9 @@ def _check_video_output(source: str, target: str | None, overwrite: bool = False
     (an existing file without --overwrite is `kerascope.video.check_output`'s one line)."""
     if target is None:
         return
+    from kerascope.video import output_format
+
+    output_format(target)  # .avi: refused before the model loads
     folder = Path(target).parent
     if not folder.is_dir():
         raise CliError(

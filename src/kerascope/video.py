@@ -225,10 +225,7 @@ def explain_video(
     check_output(input_path, output, overwrite)
     if frames_dir is not None:
         check_frames_dir(frames_dir, input_path, overwrite)
-    fmt = _FORMATS.get(output.suffix.lower())
-    if fmt is None:  # before: an MP4 under the name clip.avi
-        raise VideoOutputError(output, f"kerascope writes H.264 in {', '.join(_FORMATS)} files; "
-                               "name the output with one of those")  # fmt: skip
+    fmt = output_format(output)
     start = time.perf_counter()
     container, vstream = open_video(input_path)
     with contextlib.closing(container):
@@ -267,6 +264,16 @@ def explain_video(
         precision=explainer.precision,
         header_frames=header,
     )
+
+
+def output_format(output: str | os.PathLike) -> str:
+    """The container of an output named ``output``, by its suffix; another suffix is refused
+    (before: an MP4 under the name clip.avi)."""
+    fmt = _FORMATS.get(Path(output).suffix.lower())
+    if fmt is None:
+        raise VideoOutputError(output, f"kerascope writes H.264 in {', '.join(_FORMATS)} files; "
+                               "name the output with one of those")  # fmt: skip
+    return fmt
 
 
 def check_output(input_path: str | os.PathLike, output: Path, overwrite: bool = False) -> None:

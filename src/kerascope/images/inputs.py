@@ -46,9 +46,9 @@ def expand_inputs(inputs: Iterable[str | os.PathLike]) -> InputList:
     only :data:`IMAGE_SUFFIXES` and symbolic link loops (whatever their names; they fail with
     :data:`LINK_LOOP`) are kept (others go to ``skipped``) and hidden entries
     (``.DS_Store``, ``.ipynb_checkpoints``, ``.git``) are ignored. Folders are walked in
-    sorted order, linked folders followed (each real folder once), inputs keep their order,
-    and a file reached twice is listed once. A folder that cannot be listed is kept as a
-    path, so it fails with its reason instead of vanishing.
+    sorted order, links to folders outside them followed (each real folder once), inputs
+    keep their order, and a file reached twice is listed once. A folder that cannot be
+    listed is kept as a path, so it fails with its reason instead of vanishing.
     """
     result = InputList()
     seen: set[tuple[str, bool]] = set()
@@ -71,16 +71,26 @@ def expand_inputs(inputs: Iterable[str | os.PathLike]) -> InputList:
         add(path, result.paths if image or _is_link_loop(path) else result.skipped)
 
     def walk(folder: str) -> None:
-        # Linked folders are followed (as training's class folders are), each real folder
-        # once (a link back up is a loop); one that cannot be listed is tried, and says why.
+        # Links to folders outside it are followed (as training's class folders are), each
+        # real folder once; a link within it is not (its folder is walked by its own name,
+        # and a link back up would loop). A folder that cannot be listed is tried: it says why.
+        root = os.path.realpath(folder)
         visited: set[str] = set()
+
+        def elsewhere(path: str) -> bool:
+            if not os.path.islink(path):
+                return True
+            real = os.path.realpath(path)
+            return real != root and not real.startswith(root.rstrip(os.sep) + os.sep)
+
         for dirpath, dirnames, filenames in os.walk(folder, onerror=unlisted, followlinks=True):
             real = os.path.realpath(dirpath)
             if real in visited:
                 dirnames[:] = []
                 continue
             visited.add(real)
-            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+            dirnames[:] = sorted(d for d in dirnames if not d.startswith(".")
+                                 and elsewhere(os.path.join(dirpath, d)))  # fmt: skip
             for name in sorted(filenames):
                 if not name.startswith("."):
                     add_found(os.path.join(dirpath, name))

@@ -107,9 +107,12 @@ class BlockWorker:
         try:
             from kerascope.batch_sizes import batch_size_or_default
 
-            work = "explain" if self.task == "explain" else "classify"
-            self.batch_size = batch_size_or_default(job.get("batch_size"), work)  # this device's
             self._setup()
+            work = "explain" if self.task == "explain" else "classify"
+            side = self.spec.input_size if self.task == "features" else None
+            size = (side, side) if side else self.clf.input_size
+            # this device's, for this model's input (`kerascope.batch_sizes`: one rule)
+            self.batch_size = batch_size_or_default(job.get("batch_size"), work, size)
         except (KerascopeError, ValueError, OSError) as exc:
             self.fatal = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
 
