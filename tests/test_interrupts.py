@@ -9,7 +9,6 @@ sent from a finalizer, so it lands there every time.
 from __future__ import annotations
 
 import json
-import os
 import signal
 import sys
 import threading
@@ -27,7 +26,7 @@ from kerascope.training import train
 
 class _SendsCtrlCWhenFreed:
     def __del__(self) -> None:
-        os.kill(os.getpid(), signal.SIGINT)  # Python runs the handler here, in the finalizer
+        signal.raise_signal(signal.SIGINT)  # to this thread: handled here, in the finalizer
 
 
 def _ctrl_c_in_a_finalizer() -> None:
@@ -60,7 +59,7 @@ def test_a_ctrl_c_swallowed_by_a_finalizer_is_raised_again_by_check(swallowed):
 
 def test_a_ctrl_c_outside_finalizers_raises_at_once_as_always():
     with interrupts.interrupts_kept(), pytest.raises(KeyboardInterrupt):
-        os.kill(os.getpid(), signal.SIGINT)
+        signal.raise_signal(signal.SIGINT)
     interrupts.check()
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
@@ -140,7 +139,7 @@ def test_sigterm_raises_terminated_and_an_ignored_sighup_stays_ignored():
         with interrupts.interrupts_kept():
             assert signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
             with pytest.raises(interrupts.Terminated) as stopped:
-                os.kill(os.getpid(), signal.SIGTERM)
+                signal.raise_signal(signal.SIGTERM)
             assert isinstance(stopped.value, KeyboardInterrupt)  # every Ctrl-C path runs
             assert interrupts.exit_code(stopped.value) == 143
             assert interrupts.stopped_by(stopped.value) == "stopped by SIGTERM"
@@ -240,10 +239,10 @@ import os, signal, time
 from kerascope.interrupts import Terminated, interrupts_kept
 with interrupts_kept():
     try:
-        os.kill(os.getpid(), signal.SIGTERM)
+        signal.raise_signal(signal.SIGTERM)
     except Terminated:
         print("first: stopping", flush=True)
-        os.kill(os.getpid(), signal.SIGTERM)  # a second one, while the first is handled
+        signal.raise_signal(signal.SIGTERM)  # a second one, while the first is handled
         time.sleep(30)
         print("still here", flush=True)
 """
