@@ -18,50 +18,70 @@ import keras
 import pytest
 
 from kerascope import interrupts
-from kerascope.dispatch import dispatch_ahead
 from kerascope.report import read_history
 from kerascope.testing import cat_and_coffee
 from kerascope.training import train
 
+# Each signal is sent in a child process: sent in the pytest worker, one that a library there
+# had blocked or deferred could come out later, anywhere, and end the worker (xdist then
+# waits for it). The child raises it to its own main thread (`signal.raise_signal`), inside
+# a finalizer, so it lands there every time.
+_CHILD = """
+import signal, sys
+from kerascope import interrupts
+seen = []
+sys.unraisablehook = lambda info: seen.append(type(info.exc_value).__name__)
 
-class _SendsCtrlCWhenFreed:
-    def __del__(self) -> None:
-        signal.raise_signal(signal.SIGINT)  # to this thread: handled here, in the finalizer
+class SendsCtrlCWhenFreed:
+    def __del__(self):
+        signal.raise_signal(signal.SIGINT)  # handled here, in the finalizer
+
+def ctrl_c_in_a_finalizer():
+    SendsCtrlCWhenFreed()  # freed at once
+
+def raised(call):
+    try:
+        call()
+    except KeyboardInterrupt as stop:
+        return type(stop).__name__
+    return None
+"""
 
 
-def _ctrl_c_in_a_finalizer() -> None:
-    _SendsCtrlCWhenFreed()  # freed at once
+def _child(body: str) -> list[str]:
+    """Run ``body`` after `_CHILD` in a fresh interpreter; the lines it prints."""
+    import subprocess
+
+    done = subprocess.run([sys.executable, "-c", _CHILD + body], capture_output=True,
+                          text=True, timeout=120)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    return done.stdout.splitlines()
 
 
-@pytest.fixture
-def swallowed(monkeypatch) -> list:
-    """What Python swallowed ("Exception ignored in ..."), recorded instead of printed."""
-    seen: list = []
-    monkeypatch.setattr(sys, "unraisablehook", seen.append)
-    return seen
-
-
-def test_a_ctrl_c_swallowed_by_a_finalizer_is_raised_again_by_check(swallowed):
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
-    _ctrl_c_in_a_finalizer()  # Python's own handler: the Ctrl-C is lost
-    interrupts.check()
-    with interrupts.interrupts_kept():
-        interrupts.check()  # nothing came yet
-        _ctrl_c_in_a_finalizer()
-        with pytest.raises(KeyboardInterrupt):
-            interrupts.check()
-        with pytest.raises(KeyboardInterrupt):  # kept until the block ends
-            interrupts.check()
-    assert [type(s.exc_value) for s in swallowed] == [KeyboardInterrupt, KeyboardInterrupt]
-    interrupts.check()  # the block's end forgets it
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+def test_a_ctrl_c_swallowed_by_a_finalizer_is_raised_again_by_check():
+    lines = _child("""
+print(signal.getsignal(signal.SIGINT) is signal.default_int_handler)
+ctrl_c_in_a_finalizer()  # Python's own handler: the Ctrl-C is lost
+print("lost", raised(interrupts.check), seen)
+with interrupts.interrupts_kept():
+    print("nothing yet", raised(interrupts.check))
+    ctrl_c_in_a_finalizer()
+    print("again", raised(interrupts.check), raised(interrupts.check))  # kept to the end
+print("after", raised(interrupts.check), seen)
+print(signal.getsignal(signal.SIGINT) is signal.default_int_handler)
+""")
+    assert lines == ["True", "lost None ['KeyboardInterrupt']", "nothing yet None",
+                     "again KeyboardInterrupt KeyboardInterrupt",
+                     "after None ['KeyboardInterrupt', 'KeyboardInterrupt']", "True"]  # fmt: skip
 
 
 def test_a_ctrl_c_outside_finalizers_raises_at_once_as_always():
-    with interrupts.interrupts_kept(), pytest.raises(KeyboardInterrupt):
-        signal.raise_signal(signal.SIGINT)
-    interrupts.check()
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    lines = _child("""
+with interrupts.interrupts_kept():
+    print(raised(lambda: signal.raise_signal(signal.SIGINT)))
+print(raised(interrupts.check), signal.getsignal(signal.SIGINT) is signal.default_int_handler)
+""")
+    assert lines == ["KeyboardInterrupt", "None True"]
 
 
 def test_another_handler_or_thread_is_left_alone(monkeypatch):
@@ -84,71 +104,77 @@ def test_another_handler_or_thread_is_left_alone(monkeypatch):
     assert seen == [signal.default_int_handler]
 
 
-def test_classify_and_explain_batches_stop_before_the_next_batch(swallowed):
+def test_classify_and_explain_batches_stop_before_the_next_batch():
     """`kerascope.dispatch`'s loop (classify, explain) checks before it reads each batch."""
-    started = []
+    lines = _child("""
+from kerascope.dispatch import dispatch_ahead
+started, given = [], []
 
-    def finish(batch: int, running: None) -> list[int]:
-        if batch == 1:
-            _ctrl_c_in_a_finalizer()
-        return [batch]
+def finish(batch, running):
+    if batch == 1:
+        ctrl_c_in_a_finalizer()
+    return [batch]
 
-    given = []
-    with interrupts.interrupts_kept(), pytest.raises(KeyboardInterrupt):
-        for item in dispatch_ahead(range(5), started.append, finish, ahead=False):
-            given.append(item)
-    assert (started, given) == ([0, 1], [0, 1])
+def run():
+    for item in dispatch_ahead(range(5), started.append, finish, ahead=False):
+        given.append(item)
 
-
-class _CtrlCInAFinalizerAt(keras.callbacks.Callback):
-    """The Ctrl-C at training batch ``at`` (counted across epochs), inside a finalizer."""
-
-    def __init__(self, at: int):
-        super().__init__()
-        self.at, self.batches, self.begun = at, 0, 0
-
-    def on_train_batch_begin(self, batch: int, logs=None) -> None:
-        self.begun += 1
-
-    def on_train_batch_end(self, batch: int, logs=None) -> None:
-        self.batches += 1
-        if self.batches == self.at:
-            _ctrl_c_in_a_finalizer()
+with interrupts.interrupts_kept():
+    print(raised(run), started, given)
+""")
+    assert lines == ["KeyboardInterrupt [0, 1] [0, 1]"]
 
 
-def test_training_stops_at_the_next_batch_after_a_swallowed_ctrl_c(tmp_path, swallowed):
+def test_training_stops_at_the_next_batch_after_a_swallowed_ctrl_c(tmp_path):
     """Before: the run trained all its epochs and finished. Now it stops after the next
     batch, saved as interrupted, as a Ctrl-C that was not swallowed does."""
     photos = cat_and_coffee(tmp_path / "photos", n=12, size=32)
-    sender, run = _CtrlCInAFinalizerAt(at=6), tmp_path / "run"  # in epoch 2 (5 batches each)
-    with pytest.raises(KeyboardInterrupt):
-        train(photos, recipe="lenet", output=run, epochs=5, batch_size=4, image_size=32,
-              engine="keras", progress=False, callbacks=[sender])  # fmt: skip
-    assert [type(s.exc_value) for s in swallowed] == [KeyboardInterrupt]
-    assert (sender.batches, sender.begun) == (6, 7)  # stopped at the end of the next batch
+    run = tmp_path / "run"
+    lines = _child(f"""
+import keras
+from kerascope.training import train
+
+class CtrlCInAFinalizerAt(keras.callbacks.Callback):  # at training batch 6: epoch 2
+    begun = ended = 0
+
+    def on_train_batch_begin(self, batch, logs=None):
+        self.begun += 1
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.ended += 1
+        if self.ended == 6:
+            ctrl_c_in_a_finalizer()
+
+sender = CtrlCInAFinalizerAt()
+print(raised(lambda: train({str(photos)!r}, recipe="lenet", output={str(run)!r}, epochs=5,
+                           batch_size=4, image_size=32, engine="keras", progress=False,
+                           callbacks=[sender])), seen, sender.ended, sender.begun)
+""")
+    # 5 batches per epoch (20 images); the check runs before the sender at each batch end
+    assert lines[-1] == "KeyboardInterrupt ['KeyboardInterrupt'] 6 7"
     assert [r["epoch"] for r in read_history(run / "history.csv")] == [1]
     assert json.loads((run / "run_state.json").read_text())["status"] == "interrupted"
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
     resumed = train(resume=Path(run), progress=False)
     assert [r["epoch"] for r in resumed.history] == [1, 2, 3, 4, 5]
 
 
 def test_sigterm_raises_terminated_and_an_ignored_sighup_stays_ignored():
-    previous = signal.signal(signal.SIGHUP, signal.SIG_IGN)  # as under nohup
+    lines = _child("""
+import pickle
+signal.signal(signal.SIGHUP, signal.SIG_IGN)  # as under nohup
+with interrupts.interrupts_kept():
+    print(signal.getsignal(signal.SIGHUP) is signal.SIG_IGN)
     try:
-        with interrupts.interrupts_kept():
-            assert signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
-            with pytest.raises(interrupts.Terminated) as stopped:
-                signal.raise_signal(signal.SIGTERM)
-            assert isinstance(stopped.value, KeyboardInterrupt)  # every Ctrl-C path runs
-            assert interrupts.exit_code(stopped.value) == 143
-            assert interrupts.stopped_by(stopped.value) == "stopped by SIGTERM"
-            with pytest.raises(interrupts.Terminated):  # kept, as a swallowed Ctrl-C is
-                interrupts.check()
-        assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
-    finally:
-        signal.signal(signal.SIGHUP, previous)
-    assert interrupts.exit_code(KeyboardInterrupt()) == 130
+        signal.raise_signal(signal.SIGTERM)
+    except interrupts.Terminated as stop:
+        print(isinstance(stop, KeyboardInterrupt), interrupts.exit_code(stop),
+              interrupts.stopped_by(stop), pickle.loads(pickle.dumps(stop)).signum)
+    print("kept", raised(interrupts.check))
+print(signal.getsignal(signal.SIGTERM) is signal.SIG_DFL, raised(interrupts.check),
+      interrupts.exit_code(KeyboardInterrupt()))
+""")
+    assert lines == ["True", "True 143 stopped by SIGTERM 15", "kept Terminated",
+                     "True None 130"]  # fmt: skip
 
 
 # The explain CLI in a child process, each picture slow to draw; a marker once 24 are drawn.
