@@ -260,8 +260,7 @@ def load_model(
 
 
 def zoo_spec(name: str) -> ModelSpec:
-    """The zoo's model ``name``; a path that names no file is said as such, not as an
-    unknown zoo name."""
+    """The zoo's model ``name``; a path that names no file says so (not "unknown model")."""
     if os.sep in name or (os.altsep and os.altsep in name):
         raise ModelFileError(f"no run folder or model file at '{name}' (zoo models are named "
                              "without a path: `kerascope models` lists them)")  # fmt: skip
@@ -489,9 +488,8 @@ def _load_file(path: Path) -> Classifier:
         labels = [(str(i), f"class_{i}") for i in range(classes)]
     if len(labels) != classes:
         source = labels_file if labels_file.is_file() else run_dir / "config.yaml"  # its classes
-        raise ModelFileError(
-            f"'{source}' lists {len(labels)} classes but the model outputs {classes}"
-        )
+        raise ModelFileError(f"'{source}' lists {len(labels)} classes but the model outputs "
+                             f"{classes}")  # fmt: skip
     return Classifier(
         model=model,
         name=model_path.stem if not path.is_dir() else path.name,
