@@ -263,3 +263,8 @@ def test_explain_refuses_a_picture_name_for_its_output_folder(tmp_path, capsys):
                                        "name, but -o names the folder the <name>-output.jpg "
                                        "pictures go to: choose a folder name\n")  # fmt: skip
     assert not out.exists()
+    loop = tmp_path / "loop"
+    loop.symlink_to(loop)
+    assert main(["explain", str(skimage_data() / "chelsea.png"), "-o", str(loop)]) == 2
+    assert capsys.readouterr().err == (f"kerascope: error: -o '{loop}' is a broken or looping "
+                                       "link, not a folder: choose a folder\n")  # fmt: skip

@@ -97,17 +97,12 @@ def _run_explain(args) -> int:
         return _run_compare(args, clf, sources, target)
     options = _smoothing(args)
     _say_precision(args, clf, options)
-    done = [0]
-
-    def counted(n: int) -> None:
-        done[0] += n
-        advance(n)
-
+    advance = output.Advance(lambda n: None)  # until the bar is up
     try:
         with output.progress_bar(len(sources), "explaining", min_total=16) as advance:
-            saved = _save(args, clf, sources, target, counted, options)
+            saved = _save(args, clf, sources, target, advance, options)
     except KeyboardInterrupt as stop:  # Ctrl-C, SIGTERM, SIGHUP: say what is there
-        output.note(f"{stopped_by(stop)} after {done[0]} of {len(sources)} images; their "
+        output.note(f"{stopped_by(stop)} after {advance.done} of {len(sources)} images; their "
                     f"pictures are in '{args.output}'")  # fmt: skip
         stop.told = True
         raise

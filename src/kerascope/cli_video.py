@@ -54,18 +54,13 @@ def _run_video(args) -> int:
     clf = load_model(args.model, weights=args.weights)
     args.batch_size = batch_size_or_default(args.batch_size, "explain", clf.input_size)
     clf, target = class_option(clf, args.target)
-    done = [0]
-
-    def counted(n: int) -> None:
-        done[0] += n
-        advance(n)
-
+    advance = output.Advance(lambda n: None)  # until the bar is up
     try:
         with output.progress_bar(total, "video frames", min_total=1) as advance:
-            report = _explain(args, clf, target, counted)
+            report = _explain(args, clf, target, advance)
     except KeyboardInterrupt as stop:  # Ctrl-C, SIGTERM, SIGHUP: say what is (not) there
         frames = f"; frames drawn so far are in '{args.frames_dir}'" if args.frames_dir else ""
-        output.note(f"{stopped_by(stop)} after {done[0]} frames: no video written (a video is "
+        output.note(f"{stopped_by(stop)} after {advance.done} frames: no video written (a video is "
                     f"written whole or not at all){frames}")  # fmt: skip
         stop.told = True
         raise

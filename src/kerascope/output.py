@@ -21,7 +21,7 @@ import re
 import sys
 import time
 import unicodedata
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict
 
 from rich import box
@@ -119,9 +119,22 @@ def note(message: str) -> None:
 PLAIN_EVERY_S = 10.0
 
 
+class Advance:
+    """A progress bar's ``advance(n)``, which also counts: a stopped job says how far it got
+    (``done``)."""
+
+    def __init__(self, step: Callable[[int], None]):
+        self.step, self.done = step, 0
+
+    def __call__(self, n: int) -> None:
+        self.done += n
+        self.step(n)
+
+
 @contextlib.contextmanager
-def progress_bar(total: int, label: str, min_total: int = 64) -> Iterator:
-    """A progress bar on stderr for long jobs; yields ``advance(n)``. Silent for short ones.
+def progress_bar(total: int, label: str, min_total: int = 64) -> Iterator[Advance]:
+    """A progress bar on stderr for long jobs; yields ``advance(n)`` (an `Advance`). Silent
+    for short ones.
 
     When stderr is not a terminal (piped, a log file, CI), a bar would be escape codes, so a
     plain line says how far it got every `PLAIN_EVERY_S` seconds and at each further 10 % of
@@ -129,10 +142,10 @@ def progress_bar(total: int, label: str, min_total: int = 64) -> Iterator:
     """
     if not _err.is_terminal:
         with _plain_progress(total, label) as advance:
-            yield advance
+            yield Advance(advance)
         return
     if total < min_total:
-        yield lambda n: None
+        yield Advance(lambda n: None)
         return
     columns = (
         TextColumn(label.replace("{", "{{").replace("}", "}}"), markup=False),
@@ -150,7 +163,7 @@ def progress_bar(total: int, label: str, min_total: int = 64) -> Iterator:
             if speed:
                 progress.update(task, rate=f"{speed:.1f} img/s")
 
-        yield advance
+        yield Advance(advance)
 
 
 @contextlib.contextmanager

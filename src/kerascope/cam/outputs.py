@@ -119,6 +119,9 @@ def check_output_folder(out_dir: str | os.PathLike, sources: Sequence[Source] = 
             f"the output folder '{out_dir}' is a file{which}; -o names the folder the "
             "<name>-output.jpg pictures go to: choose a folder"
         )
+    from kerascope.files import check_output_folder as any_output_folder
+
+    any_output_folder(out_dir)  # a link loop, a path under a file: the rule of every -o folder
 
 
 def check_outputs(
