@@ -132,7 +132,10 @@ def estimate_frames(path: str | os.PathLike) -> int:
     unknown. Headers can be off by a few frames, so use it for display only."""
     container, stream = open_video(path)
     with contextlib.closing(container):
-        return _header_frames(container, stream)
+        found = _promised_frames(stream)
+        if found or not container.duration:
+            return found
+        return round(float(container.duration / 1_000_000 * frame_rate(stream)))  # longest stream
 
 
 def _promised_frames(stream) -> int:
@@ -143,15 +146,6 @@ def _promised_frames(stream) -> int:
         return int(stream.frames)
     seconds = (stream.duration or 0) * (stream.time_base or 0)
     return round(float(seconds * frame_rate(stream))) if seconds else 0
-
-
-def _header_frames(container, stream) -> int:
-    if stream.frames:
-        return int(stream.frames)
-    seconds = (stream.duration or 0) * (stream.time_base or 0)
-    if not seconds and container.duration:
-        seconds = container.duration / 1_000_000
-    return round(float(seconds * frame_rate(stream)))
 
 
 _FORMATS = {".mp4": "mp4", ".m4v": "mp4", ".mov": "mov", ".mkv": "matroska"}
