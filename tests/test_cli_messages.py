@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import errno
+import io
 import json
 import os
 import re
@@ -188,6 +189,32 @@ def test_dash_file_names_work_after_double_dash(run_dir, tmp_path, monkeypatch, 
     with pytest.raises(SystemExit):
         main(["classify", "--help"])
     assert "kerascope classify -k 3 -- -cat.png" in capsys.readouterr().out
+
+
+def test_dash_alone_is_one_picture_piped_in(run_dir, tmp_path, monkeypatch, capsys):
+    picture(tmp_path / "a.png")
+    piped = (tmp_path / "a.png").read_bytes()
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(piped)))
+    code = main(["classify", "-m", str(run_dir), "-f", "json", "-k", "1", "-", str(tmp_path)])
+    assert code == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [d["image"] for d in rows] == ["-", str(tmp_path / "a.png")]
+    assert rows[0]["predictions"] == rows[1]["predictions"]  # the same picture, as a file
+
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(piped[:60])))
+    assert main(["classify", "-m", str(run_dir), "-f", "json", "-"]) == 1
+    (row,) = json.loads(capsys.readouterr().out)
+    assert row["image"] == "-" and "truncated" in row["error"]  # the reason, not a temp path
+
+    class Terminal(io.TextIOWrapper):
+        def isatty(self) -> bool:
+            return True
+
+    monkeypatch.setattr(sys, "stdin", Terminal(io.BytesIO()))
+    assert main(["classify", "-m", str(run_dir), "-"]) == 2
+    assert "standard input, which is a terminal" in one_line(capsys.readouterr().err)
+    assert main(["classify", "-m", str(run_dir), "-", "-"]) == 2
+    assert "named once" in one_line(capsys.readouterr().err)
 
 
 # --- wrong option values: one line with the valid choices -------------------------------------

@@ -12,10 +12,12 @@ from collections.abc import Iterator, Sequence
 from kerascope import __version__
 from kerascope.cli_common import (
     DASH_NOTE,
+    STDIN,
     fraction,
     positive_int,
     print_library_notes,
     say_precision,
+    stdin_picture,
 )
 from kerascope.errors import CliError, KerascopeError
 from kerascope.interrupts import exit_code, interrupts_kept, stopped_by
@@ -61,7 +63,9 @@ def _add_classify(sub) -> None:
         "results computed so far.",
         epilog=DASH_NOTE,
     )
-    p.add_argument("paths", nargs="+", help="image files, folders (recursive) or globs")
+    p.add_argument(
+        "paths", nargs="+", help="image files, folders (recursive), globs; - is a picture piped in"
+    )
     p.add_argument("--model", "-m", default="efficientnet_lite0", help="zoo name, run or .keras")
     p.add_argument("--weights", help="explicit weights file for a zoo model")
     p.add_argument("--top", "-k", type=positive_int, default=5, help="classes per image")
@@ -128,6 +132,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _run_classify(args) -> int:
+    with stdin_picture(args.paths) as (args.paths, args.piped):
+        return _classify(args)
+
+
+def _classify(args) -> int:
     from kerascope import output
     from kerascope.classification import classify_sources, run_precision
     from kerascope.inference import engine_name
@@ -169,6 +178,9 @@ def _run_classify(args) -> int:
         stream = classify_tta(clf, sources, tta, args.top, args.threshold, args.batch_size,
                               precision)  # fmt: skip
     results, interrupted = _until_interrupted(stream, len(sources), "classifying")
+    for r in results:
+        if r.source == args.piped:
+            r.source = STDIN  # named as the user named it
     if multilabel:
         from kerascope.zoo.sigmoid_heads import called
 

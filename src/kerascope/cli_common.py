@@ -7,9 +7,18 @@ imports the command modules to build its parser (see DESIGN.md, "Import directio
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
+import os
+import shutil
+import sys
+import tempfile
+from collections.abc import Iterator
 
+from kerascope.errors import CliError
 from kerascope.precision import ran_in
+
+STDIN = "-"
 
 DASH_NOTE = (
     "A file name that starts with '-' goes after '--', which ends the options: "
@@ -64,3 +73,25 @@ def print_library_notes() -> None:
     logger = logging.getLogger("kerascope")
     if not any(isinstance(h, _NoteHandler) for h in logger.handlers):
         logger.addHandler(_NoteHandler(logging.WARNING))
+
+
+@contextlib.contextmanager
+def stdin_picture(paths: list[str]) -> Iterator[tuple[list[str], str | None]]:
+    """``-`` among the inputs is one picture piped in (``curl -s URL | kerascope classify -``):
+    its bytes go to a private temporary file, so it decodes and fails exactly as a file does.
+    Yields the inputs with ``-`` replaced by that file, and the file (None without ``-``)."""
+    if STDIN not in paths:
+        yield paths, None
+        return
+    if paths.count(STDIN) > 1:
+        raise CliError("'-' (one picture from standard input) can be named once")
+    if sys.stdin is None or sys.stdin.isatty():
+        raise CliError(
+            "'-' reads one picture from standard input, which is a terminal: pipe one in "
+            "(curl -s URL | kerascope classify -); a file named '-' is ./-"
+        )
+    with tempfile.TemporaryDirectory(prefix="kerascope-stdin-") as folder:
+        piped = os.path.join(folder, "stdin")
+        with open(piped, "wb") as out:
+            shutil.copyfileobj(sys.stdin.buffer, out)
+        yield [piped if p == STDIN else p for p in paths], piped
