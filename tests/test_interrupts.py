@@ -221,7 +221,7 @@ def test_sigterm_in_explain_leaves_whole_pictures_and_says_how_many(tmp_path):
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 143 and "Traceback" not in err, err
     said = [line for line in err.splitlines() if "stopped by SIGTERM after" in line]
-    assert len(said) == 1 and f"their pictures are in '{out}'" in said[0], err
+    assert len(said) == 1 and f"the pictures of those explained are in '{out}'" in said[0], err
     n = int(said[0].split("after ")[1].split(" of 150")[0])
     written = sorted(p.name for p in out.iterdir())
     assert 0 < n <= len(written) < 150, (n, written)  # (pictures in flight: finished too)

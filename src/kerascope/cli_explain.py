@@ -102,8 +102,8 @@ def _run_explain(args) -> int:
         with output.progress_bar(len(sources), "explaining", min_total=16) as advance:
             saved = _save(args, clf, sources, target, advance, options)
     except KeyboardInterrupt as stop:  # Ctrl-C, SIGTERM, SIGHUP: say what is there
-        output.note(f"{stopped_by(stop)} after {advance.done} of {len(sources)} images; their "
-                    f"pictures are in '{args.output}'")  # fmt: skip
+        output.note(f"{stopped_by(stop)} after {advance.done} of {len(sources)} images; the "
+                    f"pictures of those explained are in '{args.output}'")  # fmt: skip
         stop.told = True
         raise
     output.print_explanations(saved)
