@@ -107,6 +107,29 @@ def test_padded_rows_never_come_back_and_results_match_the_model(monkeypatch):
         assert r.predictions[0].probability == pytest.approx(float(row.max()), abs=1e-5)
 
 
+def test_top_k_on_the_host_picks_ties_as_jax_does_whatever_k():
+    """A tie at the cut of k: argpartition takes either, so rank 1 of ``-k 1`` once differed
+    from rank 1 of ``-k 2`` (two classes of chelsea.png equal in bfloat16). NaN ranks last."""
+    import jax
+
+    from kerascope.topk import host_top_k
+
+    rng = np.random.default_rng(0)
+    scores = rng.choice([0.0, 0.25, 0.5, 1.0], size=(16, 40)).astype(np.float32)
+    for k in (1, 2, 3, 12, 39, 40, 99):
+        values, indices = host_top_k(scores, k)
+        want_v, want_i = jax.lax.top_k(scores, min(k, 40))
+        assert indices.dtype == np.int32 and indices.shape == (16, min(k, 40))
+        np.testing.assert_array_equal(indices, np.asarray(want_i))
+        np.testing.assert_array_equal(values, np.asarray(want_v))
+    row = rng.random(1000, dtype=np.float32)
+    row[[10, 20]] = 2.0
+    assert host_top_k(row, 1)[1].tolist() == [10] and host_top_k(row, 2)[1].tolist() == [10, 20]
+    row[[3, 500]] = np.nan
+    assert host_top_k(row, 1000)[1][-2:].tolist() == [3, 500]
+    assert host_top_k(np.full((2, 3, 5), 0.5, np.float32), 2)[1].tolist() == [[[0, 1]] * 3] * 2
+
+
 def test_top_k_on_the_torch_device_picks_ties_as_jax_does():
     """Equal scores: the lower class index first, on torch's device as in JAX's compiled top-k
     (torch.topk does not say which it picks), and only k per row."""
