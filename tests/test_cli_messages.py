@@ -487,6 +487,37 @@ def test_ctrl_c_prints_the_results_so_far(run_dir, tmp_path):
     assert [d["image"] for d in json.loads(out)] == names[:n]
 
 
+def _commands(parser, prefix=()):
+    """Every command and sub-command parser, by its words (batch explain included)."""
+    import argparse
+
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                yield (*prefix, name), sub
+                yield from _commands(sub, (*prefix, name))
+
+
+def test_every_option_with_a_default_says_it_in_help():
+    """README: "Every --help shows the defaults". Before: a default of 0 (--seed) was taken
+    for an off switch, and batch's options without help text showed nothing."""
+    import argparse
+
+    from kerascope.cli import build_parser
+
+    missing = []
+    for words, parser in _commands(build_parser()):
+        formatter = parser._get_formatter()
+        for action in parser._actions:
+            off = any(action.default is v for v in (None, False, True, argparse.SUPPRESS))
+            if not action.option_strings or off or isinstance(action, argparse._HelpAction):
+                continue
+            shown = formatter._expand_help(action) if action.help else ""
+            if "default" not in shown:
+                missing.append(f"{' '.join(words)} {action.option_strings[0]}")
+    assert not missing, missing
+
+
 @pytest.mark.parametrize(
     ("command", "shown"),
     [("train", "(default: 0.2)"), ("evaluate", "(default: auto)"),

@@ -303,12 +303,16 @@ def test_cli_says_which_precision_ran(photo_paths, monkeypatch, capsys, no_cpu_b
     assert exited.value.code == 2 and "invalid choice: 'fp8'" in capsys.readouterr().err
 
 
-def test_load_model_takes_a_precision(lite0):
+def test_load_model_takes_a_precision(lite0, monkeypatch):
     from kerascope.classification import run_precision
     from kerascope.errors import ConfigError
 
-    with pytest.raises(ConfigError, match="precision must be one of"):
+    with pytest.raises(ConfigError, match="precision must be one of .*; got 'fp8'$"):
         kerascope.load_model("efficientnet_lite0", precision="fp8")
+    monkeypatch.setenv("KERASCOPE_PRECISION", "foo")  # the default's own name, not "None"
+    with pytest.raises(ConfigError, match="; got KERASCOPE_PRECISION='foo'$"):
+        run_precision(lite0)
+    monkeypatch.delenv("KERASCOPE_PRECISION")
     clf = Classifier(**{**vars(lite0), "extra": {"precision": "bfloat16"}})
     assert run_precision(clf) == "bfloat16" and run_precision(clf, "float32") == "float32"
     assert run_precision(lite0) == "float32"  # auto on a CPU

@@ -13,6 +13,7 @@ from kerascope import __version__
 from kerascope.cli_common import (
     DASH_NOTE,
     STDIN,
+    HelpFormatter,
     fraction,
     positive_int,
     print_library_notes,
@@ -24,18 +25,6 @@ from kerascope.interrupts import exit_code, interrupts_kept, stopped_by
 from kerascope.precision import add_precision_option
 
 _argv: list[str] = []  # this run's arguments, for the hint in one-line usage errors
-
-
-class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    """Every option's default in its help, unless it has none or the help already says it."""
-
-    def _get_help_string(self, action: argparse.Action) -> str:
-        text = action.help or ""
-        if any(action.default is v for v in (None, False, argparse.SUPPRESS)) or "default" in text:
-            return text
-        if not action.option_strings and action.nargs not in ("?", "*"):
-            return text
-        return text + " (default: %(default)s)"
 
 
 class Parser(argparse.ArgumentParser):

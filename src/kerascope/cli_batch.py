@@ -4,9 +4,8 @@ this process or on Ray. Like `kerascope.cli`: parse, call the API, print; no log
 
 from __future__ import annotations
 
-import argparse
-
 from kerascope.batch_sizes import batch_size_help
+from kerascope.cli_common import HelpFormatter
 from kerascope.errors import CliError
 from kerascope.precision import PRECISION_HELP, add_precision_option
 
@@ -34,7 +33,7 @@ def add_batch_command(sub) -> None:
     """Register ``batch`` (with ``classify``, ``features``, ``explain``) on the subparsers."""
     p = sub.add_parser(
         "batch", help="classify/features/explain at scale into Parquet, on Ray or locally",
-        description=_DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=_DESCRIPTION, formatter_class=HelpFormatter,
     )  # fmt: skip
     tasks = p.add_subparsers(dest="task", required=True, metavar="TASK")
     c = _task(tasks, "classify", "top-k classes: columns image, rank, class_id, name, "
@@ -48,13 +47,16 @@ def add_batch_command(sub) -> None:
     f.add_argument("--model", "--backbone", "-m", default="efficientnet_lite0", help="zoo name")
     f.add_argument("--weights", help="explicit weights file")
     f.add_argument("--layer", help="any layer name of the backbone (default: its last)")
-    f.add_argument("--pool", choices=("avg", "max", "none"), default="avg")
+    f.add_argument("--pool", choices=("avg", "max", "none"), default="avg",
+                   help="pooling over height and width (none: the whole map)")  # fmt: skip
     f.add_argument("--image-size", type=int, help="decode size (default: the backbone's)")
     e = _task(tasks, "explain", "heatmap pictures <name>-output.jpg in OUTDIR (as explain "
               "writes them), indexed in OUTDIR/index/*.parquet")  # fmt: skip
     e.add_argument("--model", "-m", default="efficientnet_lite0", help="zoo name or .keras file")
-    e.add_argument("--method", choices=("cam", "gradcam", "gradcam++"), default="gradcam")
-    e.add_argument("--class", dest="target", help="class to explain: name, WordNet id or index")
+    e.add_argument("--method", choices=("cam", "gradcam", "gradcam++"), default="gradcam",
+                   help="the heatmap method, as explain --method")  # fmt: skip
+    e.add_argument("--class", dest="target", help="class or group to explain: name, WordNet "
+                   "id, index or a group such as cat (default: each top class)")  # fmt: skip
     e.add_argument("--layer", help="layer to explain (default: found automatically)")
     e.add_argument("--alpha", type=float, default=0.4, help="heatmap opacity at its peak")
     e.add_argument("--colormap", default=None, help="heatmap colours (default: viridis)")
@@ -65,7 +67,7 @@ def add_batch_command(sub) -> None:
 def _task(tasks, name: str, text: str):
     p = tasks.add_parser(
         name, help=text, description=f"{text}.\n\n{_DESCRIPTION}",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=HelpFormatter,
     )  # fmt: skip
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="files, folders, globs, listings")
     p.add_argument("-o", "--output", required=True, metavar="OUTDIR", help="dataset folder")

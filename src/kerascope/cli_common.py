@@ -26,6 +26,21 @@ DASH_NOTE = (
 )
 
 
+class DefaultsHelp(argparse.ArgumentDefaultsHelpFormatter):
+    """Every option's default in its help, unless it has none (None, an off switch; by
+    identity: a default of 0 is shown) or the help already says it."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if any(action.default is v for v in (None, False, argparse.SUPPRESS)) or "default" in text:
+            return text
+        return super()._get_help_string(action) or ""
+
+
+class HelpFormatter(DefaultsHelp, argparse.RawDescriptionHelpFormatter):
+    """`DefaultsHelp`, with descriptions kept as written (their examples and tables)."""
+
+
 def fraction(text: str) -> float:
     """A number from 0 to 1 (--alpha, --threshold)."""
     try:

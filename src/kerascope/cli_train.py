@@ -8,25 +8,14 @@ from __future__ import annotations
 
 import argparse
 
-from kerascope.cli_common import say_precision
+from kerascope.cli_common import DefaultsHelp, say_precision
 from kerascope.errors import CliError
 from kerascope.precision import add_precision_option
 from kerascope.tta import add_tta_options, tta_from_args
 
 
-class _Help(argparse.ArgumentDefaultsHelpFormatter):
-    """``--help`` with each option's default, except where there is none to show (None,
-    off switches) or the help text already says it."""
-
-    def _get_help_string(self, action):
-        text = action.help or ""
-        if action.default in (None, False, argparse.SUPPRESS) or "default" in text:
-            return text
-        return super()._get_help_string(action)
-
-
 def _parser(sub, name: str, text: str):
-    return sub.add_parser(name, help=text, description=text, formatter_class=_Help)
+    return sub.add_parser(name, help=text, description=text, formatter_class=DefaultsHelp)
 
 
 def _note(message: str) -> None:
@@ -68,8 +57,8 @@ def _add_train(sub) -> None:
                    "kept as RUN/lr_find.png) (default: the recipe's, or the optimizer's own "
                    "when --optimizer changes it)")  # fmt: skip
     p.add_argument("--optimizer", help="rmsprop, adam, sgd or adadelta for the first stage, or "
-                   "one per stage (rmsprop,sgd) (default: the recipe's: finetune trains its "
-                   "second stage with sgd)")  # fmt: skip
+                   "one per stage (rmsprop,sgd) (default: the recipe's: rmsprop for scratch "
+                   "and transfer, adam for lenet, finetune and features)")  # fmt: skip
     p.add_argument("--momentum", type=float, help="momentum of the sgd stages (default: 0.9, "
                    "the fine-tuning guide's)")  # fmt: skip
     p.add_argument("--lr-schedule", metavar="SCHEDULE", help="constant (default), "

@@ -34,7 +34,8 @@ def check_precision(name: str | None, choices: tuple[str, ...] = PRECISIONS) -> 
     value = (name or os.environ.get("KERASCOPE_PRECISION") or "auto").strip().lower()
     value = ALIASES.get(value, value)
     if value not in choices:
-        raise ConfigError(f"precision must be one of {', '.join(choices)}; got {name!r}")
+        given = f"{name!r}" if name else f"KERASCOPE_PRECISION={value!r}"
+        raise ConfigError(f"precision must be one of {', '.join(choices)}; got {given}")
     return value
 
 
