@@ -178,6 +178,20 @@ def test_user_files_untouched(tmp_path):
     assert tree_digest(root) == before
 
 
+def test_a_batch_larger_than_the_split_is_the_split(tmp_path):
+    """Batches are padded to their full size: 24 images padded to --batch-size 3000 took 24 GB
+    and the OOM killer. A split smaller than the batch gets its own size (rounded up to the
+    devices' multiple); a larger one keeps the batch asked."""
+    ds = scan_dataset(class_tree(tmp_path / "d", {"blue": 6, "red": 5}), val_split=0.2)
+    n_train, n_val = len(ds.splits["train"]), len(ds.splits["validation"])
+    seqs = make_sequences(ds, 16, batch_size=1000)
+    assert (seqs["train"].batch_size, seqs["validation"].batch_size) == (n_train, n_val)
+    assert len(seqs["train"]) == 1 and len(seqs["train"].padded_rows(0)[0]) == n_train
+    seqs = make_sequences(ds, 16, batch_size=1000, multiple=4)
+    assert seqs["train"].batch_size == -(-n_train // 4) * 4
+    assert make_sequences(ds, 16, batch_size=4)["train"].batch_size == 4
+
+
 @pytest.fixture
 def colour_items(tmp_path) -> tuple[list[tuple[str, int]], list[str]]:
     ds = scan_dataset(class_tree(tmp_path / "d", {"blue": 6, "red": 5}), val_split=0.2)

@@ -372,20 +372,30 @@ class FolderSequence(keras.utils.PyDataset):
         return state
 
 
+def fitted_batch(batch_size: int, images: int, multiple: int = 1) -> int:
+    """``batch_size``, or fewer for fewer ``images``: their count rounded up to ``multiple``."""
+    return max(1, min(int(batch_size), -(-int(images) // multiple) * multiple))
+
+
 def make_sequences(
     dataset: Dataset,
     image_size: int | tuple[int, int],
     batch_size: int = 32,
     seed: int = 0,
+    multiple: int = 1,
     **kwargs,
 ) -> dict[str, FolderSequence]:
-    """One :class:`FolderSequence` per split of a ``Dataset``; only ``train`` is shuffled."""
+    """One :class:`FolderSequence` per split of a ``Dataset``; only ``train`` is shuffled.
+
+    A split smaller than ``batch_size`` gets batches of its own size, rounded up to a
+    ``multiple`` (the devices a batch is split over): batches are padded to their full size,
+    and 24 images padded to a batch of 3,000 took 24 GB."""
     return {
         split: FolderSequence(
             items,
             dataset.classes,
             image_size,
-            batch_size=batch_size,
+            batch_size=fitted_batch(batch_size, len(items), multiple),
             shuffle=split == "train",
             seed=seed,
             **kwargs,

@@ -375,9 +375,13 @@ def _train(run_dir: Path, config: dict[str, Any], resumed: bool, engine: str | N
     _report_scan(dataset, run_dir, progress, weighted=config["class_weight"] is not None)
 
     recipe_ = recipes.get_recipe(config["recipe"])
+    devices = config["devices"]["count"]
     seqs = make_sequences(dataset, tuple(config["image_size"]), config["batch_size"],
-                          config["seed"], cache=True,
+                          config["seed"], multiple=devices, cache=True,
                           share=placing.process_share())  # fmt: skip
+    if progress and seqs["train"].batch_size < config["batch_size"]:
+        print(f"batch size {config['batch_size']} is more than the {len(seqs['train'].paths)} "
+              f"training images: each step takes {seqs['train'].batch_size}")  # fmt: skip
     for seq in (seqs["train"], seqs["validation"]):
         seq.fill_cache()  # decoded once, on every core (several processes: each its rows)
     placing.start_together("train")  # every process scanned its data: the collectives begin
