@@ -338,3 +338,25 @@ def test_fast_convs_equal_keras():
 
     # restored after the block: the user's own Keras code is untouched
     assert nn.depthwise_conv.__module__ == nn.conv.__module__ == "keras.src.backend.jax.nn"
+
+
+@pytest.mark.slow
+def test_a_stage_resumes_with_the_trainer_its_backup_was_made_by(shapes, tmp_path, monkeypatch):
+    """A backup of the split head does not load into the whole graph, nor the reverse: a run
+    started on a CPU (split) and resumed where auto means the whole graph (a GPU), or with
+    another engine, was called damaged, with advice to delete good work. Auto now follows the
+    backup; an engine asked for that cannot load it is one line."""
+    from kerascope.errors import RunError
+
+    monkeypatch.delenv("KERASCOPE_ENGINE", raising=False)
+    kwargs = dict(recipe="transfer", epochs=3, image_size=32, batch_size=16, progress=False)
+    for first, other in ((None, "keras"), ("keras", "onnx")):
+        run = tmp_path / f"run-{first}"
+        with pytest.raises(KeyboardInterrupt):
+            train(shapes, output=run, engine=first, callbacks=[StopAfter(1)], **kwargs)
+        trainer = json.loads(next((run / "backup").rglob("*.json")).read_text())["trainer"]
+        assert trainer == ("split" if first is None else "whole")
+        with pytest.raises(RunError, match="stage 1's backup .* was trained .*: resume without"):
+            train(resume=run, engine=other, progress=False)
+        resumed = train(resume=run, progress=False)  # auto: as the backup was trained
+        assert [r["epoch"] for r in resumed.history] == [1, 2, 3]

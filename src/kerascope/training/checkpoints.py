@@ -71,14 +71,36 @@ def damaged_backup(path: Path, why: BaseException | str) -> RunError:
                     f"{folder.parent.parent}`")  # fmt: skip
 
 
+def resumed_split(folder: Path, split: bool, forced: bool) -> bool:
+    """Whether a stage trains split: as its backup in ``folder`` was trained, where there is
+    one (a backup of the head alone does not load into the whole graph, nor the reverse: a
+    run started on a CPU and resumed on a GPU was called damaged); else ``split``. An engine
+    ``forced`` on the other trainer is one line."""
+    meta = _backup_meta(folder)
+    kept = None if meta is None else meta.get("trainer")
+    if kept is None or (kept == "split") == split:
+        return split
+    if forced:
+        stage = folder.name.replace("stage", "stage ")
+        how = ("split (the frozen prefix on onnxruntime or OpenVINO)" if kept == "split"
+               else "as one graph in Keras")  # fmt: skip
+        raise RunError(f"{stage}'s backup '{folder}' was trained {how}, which the engine asked "
+                       "for now (engine=/KERASCOPE_ENGINE) does not do: resume without it, or "
+                       f"remove the folder to train {stage} again from its first "
+                       "epoch")  # fmt: skip
+    return kept == "split"
+
+
 class Backup(keras.callbacks.Callback):
     """Saves the trained model's weights, optimizer and seed states after every epoch and
     restores them when a stage starts again; nothing is deleted here (the run removes a
-    stage's backup once the stage is marked complete)."""
+    stage's backup once the stage is marked complete). ``trainer`` ("split" or "whole") is
+    recorded: only the same trainer can load it (`resumed_split`)."""
 
-    def __init__(self, folder: str | os.PathLike):
+    def __init__(self, folder: str | os.PathLike, trainer: str = "whole"):
         super().__init__()
         self.folder = Path(folder)
+        self.trainer = trainer
 
     def _seed_states(self) -> list:
         return [v for v in self.model.variables if v.path.endswith("seed_generator_state")]
@@ -118,7 +140,7 @@ class Backup(keras.callbacks.Callback):
         with atomic_open(self.folder / seeds, "wb") as handle:
             np.savez(handle, **states)
         write_json(self.folder / META, {"epoch": done, "batch": 0, "weights": weights,
-                                        "seeds": seeds})  # fmt: skip
+                                        "seeds": seeds, "trainer": self.trainer})  # fmt: skip
         for old in self.folder.iterdir():
             if old.is_file() and old.name.startswith("epoch") and old.name not in (weights, seeds):
                 old.unlink(missing_ok=True)

@@ -54,6 +54,7 @@ from kerascope.rundir import (  # noqa: E402
 from kerascope.training import devices as placing  # noqa: E402
 from kerascope.training import recipes  # noqa: E402
 from kerascope.training import resume as resuming  # noqa: E402
+from kerascope.training.checkpoints import resumed_split  # noqa: E402
 from kerascope.training.finish import finish_run, remove_leftovers  # noqa: E402
 from kerascope.training.heads import UnfreezeSpec  # noqa: E402
 from kerascope.training.outputs import check_task, task_of  # noqa: E402
@@ -404,6 +405,9 @@ def _train(run_dir: Path, config: dict[str, Any], resumed: bool, engine: str | N
     verbose = (1 if sys.stdout.isatty() else 0) if progress else 0
     mixes = bool(config.get("mixup") or config.get("cutmix"))  # pixels change every epoch
     split = use_split(engine, augmented=bool(config["augment"]) or mixes)
+    from kerascope.inference import requested_engine
+
+    forced = requested_engine(engine) != "auto"  # else a stage resumes as its backup trained
     config.setdefault("precision", "float32")  # runs made before --precision trained so
     if progress:
         print(f"precision: {config['precision']} (weights float32)")
@@ -414,8 +418,9 @@ def _train(run_dir: Path, config: dict[str, Any], resumed: bool, engine: str | N
                 recipes.prepare_stage(model, index, unfreeze_point(config, stage))
                 continue
             trained_here = True
+            backup = run_dir / "backup" / f"stage{index + 1}"
             run_stage(model, run_dir, config, index, stage, seqs, weights, verbose, callbacks,
-                       split, progress, started)  # fmt: skip
+                      resumed_split(backup, split, forced), progress, started)  # fmt: skip
             write_state(run_dir, {**read_state(run_dir), "completed_stages": index + 1})
             shutil.rmtree(run_dir / "backup" / f"stage{index + 1}", ignore_errors=True)
     except KeyboardInterrupt as stop:  # Ctrl-C, SIGTERM, SIGHUP (kerascope.interrupts)

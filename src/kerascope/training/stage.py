@@ -133,7 +133,7 @@ def run_stage(model, run_dir: Path, config: dict, index: int, stage: dict, seqs,
         InterruptCheck(),
         EpochLog(run_dir, index + 1, len(seqs["train"].paths)),
         BestCheckpoint(model, best, monitor=MONITOR, frozen_prefix=parts is not None),
-        Backup(backup),
+        Backup(backup, "split" if parts is not None else "whole"),
         keras.callbacks.EarlyStopping(monitor=MONITOR, patience=config["patience"]),
         *([TrainProgress(len(seqs["train"].paths), end,
                          cached=parts is not None and not config["augment"])]
