@@ -218,6 +218,16 @@ def test_resume_honours_epochs_and_refuses_conflicting_options(shapes32, tmp_pat
         train(resume=run, batch_size=8, progress=False)
     assert main(["train", "--resume", str(run), "--recipe", "scratch"]) == 2
     assert "--recipe scratch" in _one_line_error(capsys.readouterr().err)
+    # Before: accepted and ignored (transfer is the default recipe; --binary and
+    # --time-budget were no run settings); an augmentation option named --no-augment.
+    for flags, said in (
+        (["--recipe", "transfer"], "with --recipe transfer: the run was started with recipe lenet"),
+        (["--binary"], "with --binary: the run was started with a multiclass head"),
+        (["--time-budget", "1"], "with --time-budget 1.0: the run was started with time_budget"),
+        (["--rotation", "5"], "with --rotation 5: the run was started with --rotation 30 ("),
+    ):
+        assert main(["train", "--resume", str(run), *flags]) == 2
+        assert said in _one_line_error(capsys.readouterr().err)
     assert main(["train", "--resume", str(run), "--epochs", "1"]) == 2
     assert "already run 2 epoch(s)" in _one_line_error(capsys.readouterr().err)
     result = train(resume=run, epochs=5, seed=0, progress=False)  # seed as saved: fine

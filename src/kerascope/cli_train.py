@@ -36,7 +36,7 @@ def _add_train(sub) -> None:
     p.add_argument("data", nargs="?", help="dataset folder (omit with --resume), or a CSV of "
                    "path,labels (labels split by ; or |): a multi-label sigmoid head")  # fmt: skip
     p.add_argument(
-        "--recipe", "-r", default="transfer", help="what to train (see the README)",
+        "--recipe", "-r", help="what to train (see the README) (default: transfer)",
         choices=("scratch", "lenet", "transfer", "finetune", "features"),
     )  # fmt: skip
     p.add_argument("--backbone", "--model", dest="backbone", default=None, help="zoo model(s); "
@@ -278,7 +278,7 @@ def _sweep(args, kwargs: dict, plot):
     options = {k: v for k, v in kwargs.items() if k not in ("recipe", "lr")}
     with output.progress_bar(100, "lr finder") as advance:
         return find_lr(args.data, plot=plot, progress=lambda done, total: advance(1),
-                       recipe=args.recipe, **options)  # fmt: skip
+                       recipe=args.recipe or "transfer", **options)  # fmt: skip
 
 
 def _lr_values(text: str) -> float | list[float] | str:
@@ -322,7 +322,7 @@ def _train_augment(args):
                        + " (or --no-augment)")  # fmt: skip
     from kerascope.training.settings import changed_augmentation
 
-    return changed_augmentation(args.recipe, given, resume=args.resume)
+    return changed_augmentation(args.recipe or "transfer", given, resume=args.resume)
 
 
 def headline(run) -> str:

@@ -21,7 +21,7 @@ FLAGS = {
     "dropout": "--dropout", "optimizer": "--optimizer", "momentum": "--momentum",
     "lr_schedule": "--lr-schedule", "weights": "--weights",
     "label_smoothing": "--label-smoothing", "mixup": "--mixup", "cutmix": "--cutmix",
-    "init_from": "--init-from",
+    "init_from": "--init-from", "binary": "--binary", "time_budget": "--time-budget",
 }  # fmt: skip
 """Arguments of ``train`` that are settings of the run, and their command-line flag."""
 
@@ -36,8 +36,8 @@ def apply_options(run_dir: Path, config: dict[str, Any], state: dict[str, Any],
         elif name == "patience":
             config["patience"] = int(value)
         elif not _same(name, value, config, run_dir):
-            saved = _saved(name, config, run_dir)
-            raise RunError(f"cannot resume '{run_dir}' with {_given(name, value)}: the "
+            saved = _saved(name, value, config, run_dir)
+            raise RunError(f"cannot resume '{run_dir}' with {_given(name, value, config)}: the "
                            f"run was started with {saved} (config.yaml); leave the option out "
                            "to continue as configured, or start a new run")  # fmt: skip
     return config
@@ -111,6 +111,10 @@ def _same(name: str, value: Any, config: dict, run_dir: Path) -> bool:
         if value is False or value is None:
             return config["augment"] is None
         return value is True or dataclasses.asdict(value) == config["augment"]
+    if name == "binary":
+        return bool(value) == (config.get("task") == "binary")
+    if name == "time_budget":
+        return config.get("time_budget") is not None and float(value) == config["time_budget"]
     if name == "class_weight" and isinstance(value, dict):
         value = {str(k): float(v) for k, v in value.items()}
     return value == config.get(name)
@@ -127,11 +131,15 @@ def _same_stages(name: str, value: Any, config: dict) -> bool:
     return all(v is None or check(v) == s.get(key) for v, s in zip(values, stages, strict=True))
 
 
-def _saved(name: str, config: dict, run_dir: Path) -> str:
+def _saved(name: str, value: Any, config: dict, run_dir: Path) -> str:
     if name == "output":
         return f"output {run_dir}"
+    if name == "augment" and dataclasses.is_dataclass(value) and config["augment"]:
+        return " ".join(_augment_flag(k, config["augment"][k]) for k in _changed(value, config))
     if name == "augment":
         return "augmentation" if config["augment"] else "no augmentation"
+    if name == "binary":
+        return f"a {config.get('task') or 'multiclass'} head"
     if name == "lr":
         return "lr " + ", ".join(f"{s['lr']:g}" for s in config["stages"])
     if name in ("optimizer", "momentum"):
@@ -143,11 +151,30 @@ def _saved(name: str, config: dict, run_dir: Path) -> str:
     return f"{name} {_show(config.get(name))}"
 
 
-def _given(name: str, value: Any) -> str:
+def _given(name: str, value: Any, config: dict) -> str:
     """The option as it was given on the command line."""
-    if name in ("augment", "skip_bad") and isinstance(value, bool):
+    if name in ("augment", "skip_bad", "binary") and isinstance(value, bool):
         return FLAGS[name] if value != (name == "augment") else f"{name}={value}"
+    if name == "augment" and dataclasses.is_dataclass(value):  # --rotation 5 and the like
+        fields = dataclasses.asdict(value)
+        return " ".join(_augment_flag(k, fields[k]) for k in _changed(value, config))
     return f"{FLAGS[name]} {_show(value)}"
+
+
+def _changed(augment: Any, config: dict) -> list[str]:
+    """The augmentation fields ``augment`` sets otherwise than the run (all, without one)."""
+    fields = dataclasses.asdict(augment)
+    saved = config["augment"] or dataclasses.asdict(settings.NO_AUGMENT)
+    return [k for k, v in fields.items() if k not in saved or saved[k] != v] or list(fields)
+
+
+def _augment_flag(field: str, value: Any) -> str:
+    """An `AugmentConfig` field as its train option: ``--rotation 5``, ``--no-flip``."""
+    if field == "horizontal_flip":
+        return "--no-flip" if not value else "flips"
+    flag = "--augment-policy" if field == "policy" else "--" + field.replace("_", "-")
+    number = isinstance(value, int | float) and not isinstance(value, bool)
+    return f"{flag} {value:g}" if number else f"{flag} {_show(value)}"
 
 
 def _show(value: Any) -> str:

@@ -84,7 +84,7 @@ class RunResult:
 @placing.refusals_told  # a process stopped before training tells the others
 def train(
     data: str | os.PathLike | None = None,
-    recipe: str = "transfer",
+    recipe: str | None = None,
     output: str | os.PathLike | None = None,
     backbone: str | list[str] | None = None,
     epochs: int | list[int] | None = None,
@@ -127,7 +127,7 @@ def train(
     Args:
         data: dataset folder (``DATA/<class>/`` or ``DATA/train|validation/<class>/``);
             may be omitted with ``resume``.
-        recipe: ``scratch``, ``lenet``, ``transfer``, ``finetune`` or ``features`` (see
+        recipe: ``scratch``, ``lenet``, ``transfer`` (default), ``finetune`` or ``features`` (see
             ``recipes``).
         output: the run directory; default ``runs/<YYYYmmdd-HHMMSS>-<recipe>``.
         backbone: zoo model under ``transfer``/``finetune`` (default ``efficientnet_lite0``);
@@ -231,12 +231,12 @@ def train(
     else:
         if data is None:
             raise ConfigError("train needs a dataset folder (or resume=RUN_DIR)")
+        recipe = recipe or "transfer"
         if str(data).lower().endswith(".csv"):  # path,labels: a multi-label dataset
             from kerascope.training.multilabel import TAKES, train_multilabel
 
             given = _given_options(locals())
             flags = [resuming.FLAGS[name] for name in given if name not in TAKES]
-            flags += ["--binary"] if binary else []
             flags += placing.parallel_flags(devices)  # it trains on one device of one process
             return train_multilabel(data, recipe, output, backbone=backbone, epochs=epochs,
                                     batch_size=batch_size, lr=lr, seed=seed,
