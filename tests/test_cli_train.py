@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 import shutil
 
 import pytest
@@ -77,7 +78,11 @@ def test_train_errors_are_one_line(tmp_path, capsys):
     ("option", "value", "said"),
     [("--epochs", "0", "epochs must be at least 1, got 0"),
      ("--batch-size", "0", "batch_size must be at least 1, got 0"),
-     ("--lr", "0", "lr must be above 0, got 0.0")],
+     ("--lr", "0", "lr must be above 0, got 0.0"),
+     # NaN trained a NaN model and saved it as the best
+     ("--lr", "nan", "lr must be a finite number, got nan"),
+     ("--mixup", "nan", "mixup is a Beta(a, a) parameter, at least 0 (0: off), got nan"),
+     ("--patience", "-1", "patience must be at least 0, got -1")],
 )  # fmt: skip
 def test_explicit_zeros_are_refused_not_read_as_the_default(tmp_path, capsys, option, value,
                                                             said):  # fmt: skip
@@ -88,6 +93,27 @@ def test_explicit_zeros_are_refused_not_read_as_the_default(tmp_path, capsys, op
     err = capsys.readouterr().err
     assert code == 2 and said in err and len(err.strip().splitlines()) == 1
     assert not run.exists()
+
+
+@pytest.mark.parametrize(
+    ("option", "said"),
+    [({"image_size": "64"}, "image_size must be a whole number or (height, width), got '64'"),
+     ({"image_size": (64, 64, 3)}, "(height, width), got (64, 64, 3)"),
+     ({"image_size": 0}, "image_size must be at least 1, got 0"),
+     ({"epochs": 1.5}, "epochs must be a whole number, got 1.5"),
+     ({"epochs": True}, "epochs must be a whole number, got True"),
+     ({"batch_size": 8.5}, "batch_size must be a whole number, got 8.5"),
+     ({"patience": 2.5}, "patience must be a whole number, got 2.5")],
+)  # fmt: skip
+def test_the_api_refuses_values_the_cli_cannot_give(tmp_path, option, said):
+    """Before: "64" trained at 6x4 px, 8.5 was cut to 8, True read as 1 epoch."""
+    from kerascope.errors import ConfigError
+    from kerascope.training import train
+
+    data = make_shapes(tmp_path / "data", n=4, size=32)
+    with pytest.raises(ConfigError, match=re.escape(said)):
+        train(data, recipe="scratch", output=tmp_path / "run", progress=False, **option)
+    assert not (tmp_path / "run").exists()
 
 
 @pytest.fixture(scope="module")

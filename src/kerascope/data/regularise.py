@@ -53,7 +53,7 @@ class RegulariseConfig:
         if not 0.0 <= self.label_smoothing < 1.0:
             raise ConfigError(f"label_smoothing must be in [0, 1), got {self.label_smoothing:g}")
         for name in ("mixup", "cutmix"):
-            if getattr(self, name) < 0:
+            if not 0 <= getattr(self, name) < float("inf"):  # NaN included
                 raise ConfigError(f"{name} is a Beta(a, a) parameter, at least 0 (0: off), got "
                                   f"{getattr(self, name):g}")  # fmt: skip
 

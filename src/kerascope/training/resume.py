@@ -123,8 +123,9 @@ def _same(name: str, value: Any, config: dict, run_dir: Path) -> bool:
 def _same_stages(name: str, value: Any, config: dict) -> bool:
     """Whether per-stage optimizer settings given with ``resume`` are the saved ones."""
     stages = config["stages"]
-    if name == "momentum":
-        return all(s.get("momentum") == float(value) for s in stages if s["optimizer"] == "sgd")
+    if name == "momentum":  # and none without an sgd stage: a new run refuses it there
+        sgd = [s for s in stages if s["optimizer"] == "sgd"]
+        return bool(sgd) and all(s.get("momentum") == float(value) for s in sgd)
     key, broadcast = ("optimizer", False) if name == "optimizer" else ("schedule", True)
     values = settings.per_stage(settings.listed(value), len(stages), name, broadcast=broadcast)
     check = optimizers.check_optimizer if key == "optimizer" else optimizers.check_schedule

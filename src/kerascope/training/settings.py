@@ -7,6 +7,8 @@ included, is never read as "the default".
 
 from __future__ import annotations
 
+import math
+import numbers
 import os
 import time
 from collections.abc import Sequence
@@ -28,15 +30,31 @@ from kerascope.training.recipes import (
 )
 
 
-def _given(value: Any, default: Any, name: str, minimum: float, strict: bool = False) -> Any:
+def _given(value: Any, default: Any, name: str, minimum: float, strict: bool = False,
+           whole: bool = False) -> Any:  # fmt: skip
     """``value`` when given (an explicit 0 included: it is never read as "the default"),
-    else ``default``; a value below ``minimum`` (or equal to it, when ``strict``) is refused."""
+    else ``default``; a value that is no finite number (a whole one, with ``whole``: 8.5 was
+    cut to 8, True read as 1, NaN trained a NaN model) or is below ``minimum`` (or equal to
+    it, when ``strict``) is refused."""
     if value is None:
         return default
+    real = isinstance(value, numbers.Real) and not isinstance(value, bool)
+    if not real or not math.isfinite(value) or (whole and not float(value).is_integer()):
+        raise ConfigError(f"{name} must be {'a whole' if whole else 'a finite'} number, got "
+                          f"{value!r}")  # fmt: skip
     if value < minimum or (strict and value == minimum):
         bound = f"above {minimum:g}" if strict else f"at least {minimum:g}"
         raise ConfigError(f"{name} must be {bound}, got {value!r}")
     return value
+
+
+def _image_size(value: Any) -> list[int]:
+    """``image_size`` as [height, width]: one whole number, or two (a string was split into
+    its characters: "64" trained at 6x4)."""
+    sides = [value] * 2 if isinstance(value, numbers.Real) else value
+    if isinstance(value, str | bytes) or not isinstance(sides, Sequence) or len(sides) != 2:
+        raise ConfigError(f"image_size must be a whole number or (height, width), got {value!r}")
+    return [int(_given(v, None, "image_size", minimum=1, whole=True)) for v in sides]
 
 
 def resolve_config(
@@ -101,7 +119,7 @@ def resolve_config(
         image_size = data_size(data, native_size(backbone))
     elif image_size is None:
         image_size = r.image_size or native_size(backbone)
-    size = [int(image_size)] * 2 if isinstance(image_size, int) else [int(v) for v in image_size]
+    size = _image_size(image_size)
     if augment is True:
         augment = r.augment
     dropout = float(r.dropout if dropout is None else dropout)
@@ -127,7 +145,7 @@ def resolve_config(
         "backbone": backbone,
         **chosen,
         "image_size": size,
-        "batch_size": int(_given(batch_size, r.batch_size, "batch_size", minimum=1)),
+        "batch_size": int(_given(batch_size, r.batch_size, "batch_size", minimum=1, whole=True)),
         "stages": stages,
         "seed": int(seed),
         "val_split": float(val_split),
@@ -141,7 +159,7 @@ def resolve_config(
         "task": task,
         "dropout": dropout,
         "weights": weights_,
-        "patience": int(patience if patience is not None else r.patience),
+        "patience": int(_given(patience, r.patience, "patience", minimum=0, whole=True)),
         **rule,
         "precision": precision_,
         "monitor": "val_loss",
@@ -213,7 +231,8 @@ def resolve_stages(recipe: Recipe, epochs: Any, lr: Any, optimizer: Any, momentu
         default_lr = s.lr if name == s.optimizer else optimizers.DEFAULT_LR[name]
         stage = {"optimizer": name,
                  "lr": float(_given(lrs[i], default_lr, "lr", minimum=0.0, strict=True)),
-                 "epochs": int(_given(epochs_[i], s.epochs, "epochs", minimum=1))}  # fmt: skip
+                 "epochs": int(_given(epochs_[i], s.epochs, "epochs", minimum=1,
+                                      whole=True))}  # fmt: skip
         if name == "sgd":
             m = optimizers.DEFAULT_MOMENTUM if momentum is None else float(momentum)
             if not 0.0 <= m < 1.0:
