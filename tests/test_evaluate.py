@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -224,3 +225,25 @@ def test_the_printed_tables_stay_aligned_with_an_escaped_class_name():
     matrix, scores = lines[:3], lines[4:7]
     assert len({len(line) for line in matrix}) == 1, matrix
     assert len({len(line) for line in scores}) == 1, scores
+
+
+@pytest.mark.parametrize("batch_size", [0, -3, 2.5])
+def test_a_batch_size_below_one_is_one_line_in_every_api(run_dir, data, tmp_path, batch_size):
+    """Before: predict(batch_size=0) gave no rows (exit 0), evaluate said no image could be
+    read, features and a negative size raised NumPy/range tracebacks."""
+    import kerascope
+    from kerascope.bottleneck import extract_features
+    from kerascope.errors import ConfigError
+    from kerascope.evaluation import evaluate
+
+    said = f"batch_size must be a whole number of at least 1, got {batch_size!r}"
+    calls = [
+        lambda: kerascope.predict(run_dir, data / CLASSES[0], batch_size=batch_size),
+        lambda: evaluate(run_dir, data, output=tmp_path / "ev", batch_size=batch_size),
+        lambda: extract_features(data, output=tmp_path / "f.h5", batch_size=batch_size),
+        lambda: kerascope.classify(data / CLASSES[0], model=run_dir, batch_size=batch_size),
+    ]
+    for call in calls:
+        with pytest.raises(ConfigError, match=re.escape(said)):
+            call()
+    assert not (tmp_path / "f.h5").exists()

@@ -9,6 +9,9 @@ An explicit ``-b`` always wins; this only fills in what was not given.
 
 from __future__ import annotations
 
+import numbers
+from typing import Any
+
 # work -> device kind -> images per batch
 BATCH_SIZES: dict[str, dict[str, int]] = {
     "classify": {"cpu": 32, "gpu": 256, "tpu": 256},
@@ -77,5 +80,16 @@ def batch_size_or_default(
     """``asked`` when given (an explicit -b wins), else `default_batch_size` on this device
     for a model of ``input_size``."""
     if asked is not None:
-        return int(asked)
+        return checked_batch_size(asked)
     return default_batch_size(work, input_size=input_size)
+
+
+def checked_batch_size(value: Any) -> int:
+    """``value`` as a batch size: a whole number of at least 1, else one line (0 gave no rows
+    and exit 0, a negative one a NumPy traceback)."""
+    from kerascope.errors import ConfigError
+
+    whole = isinstance(value, numbers.Integral) and not isinstance(value, bool)
+    if not whole or value < 1:
+        raise ConfigError(f"batch_size must be a whole number of at least 1, got {value!r}")
+    return int(value)

@@ -5,7 +5,7 @@ this process or on Ray. Like `kerascope.cli`: parse, call the API, print; no log
 from __future__ import annotations
 
 from kerascope.batch_sizes import batch_size_help
-from kerascope.cli_common import HelpFormatter
+from kerascope.cli_common import HelpFormatter, fraction, positive_int
 from kerascope.errors import CliError
 from kerascope.precision import PRECISION_HELP, add_precision_option
 
@@ -40,8 +40,10 @@ def add_batch_command(sub) -> None:
               "probability, error (as classify --format csv)")  # fmt: skip
     c.add_argument("--model", "-m", default="efficientnet_lite0", help="zoo name or .keras file")
     c.add_argument("--weights", help="explicit weights file for a zoo model")
-    c.add_argument("--top", "-k", type=int, default=5, help="classes per image (default 5)")
-    c.add_argument("--threshold", type=float, default=0.0, help="hide classes below this")
+    c.add_argument(
+        "--top", "-k", type=positive_int, default=5, help="classes per image (default 5)"
+    )
+    c.add_argument("--threshold", type=fraction, default=0.0, help="hide classes below this")
     f = _task(tasks, "features", "pooled feature vectors: columns image, vector, error; "
               "model, layer, pool and sizes in each shard's metadata")  # fmt: skip
     f.add_argument("--model", "--backbone", "-m", default="efficientnet_lite0", help="zoo name")
@@ -49,7 +51,7 @@ def add_batch_command(sub) -> None:
     f.add_argument("--layer", help="any layer name of the backbone (default: its last)")
     f.add_argument("--pool", choices=("avg", "max", "none"), default="avg",
                    help="pooling over height and width (none: the whole map)")  # fmt: skip
-    f.add_argument("--image-size", type=int, help="decode size (default: the backbone's)")
+    f.add_argument("--image-size", type=positive_int, help="decode size (default: the backbone's)")
     e = _task(tasks, "explain", "heatmap pictures <name>-output.jpg in OUTDIR (as explain "
               "writes them), indexed in OUTDIR/index/*.parquet")  # fmt: skip
     e.add_argument("--model", "-m", default="efficientnet_lite0", help="zoo name or .keras file")
@@ -58,7 +60,7 @@ def add_batch_command(sub) -> None:
     e.add_argument("--class", dest="target", help="class or group to explain: name, WordNet "
                    "id, index or a group such as cat (default: each top class)")  # fmt: skip
     e.add_argument("--layer", help="layer to explain (default: found automatically)")
-    e.add_argument("--alpha", type=float, default=0.4, help="heatmap opacity at its peak")
+    e.add_argument("--alpha", type=fraction, default=0.4, help="heatmap opacity at its peak")
     e.add_argument("--colormap", default=None, help="heatmap colours (default: viridis)")
     e.add_argument("--fit", choices=("whole", "crop"), default="whole",
                    help="what the model sees, as explain --fit (default: whole)")  # fmt: skip
@@ -77,9 +79,13 @@ def _task(tasks, name: str, text: str):
         "(auto, ray://HEAD:10001, HEAD:6379), that cluster. Without --ray: in this process. "
         "Put it after the inputs (or write --ray=ADDRESS)",
     )  # fmt: skip
-    p.add_argument("--workers", type=int, help="model copies (default: one per GPU, else CPU)")
-    p.add_argument("--block-size", type=int, default=256, help="inputs per shard (default 256)")
-    p.add_argument("--batch-size", "-b", type=int, default=None,
+    p.add_argument(
+        "--workers", type=positive_int, help="model copies (default: one per GPU, else CPU)"
+    )
+    p.add_argument(
+        "--block-size", type=positive_int, default=256, help="inputs per shard (default 256)"
+    )
+    p.add_argument("--batch-size", "-b", type=positive_int, default=None,
                    help=batch_size_help("explain" if name == "explain" else "classify")
                    + "; each worker's device decides")  # fmt: skip
     add_precision_option(p, BATCH_PRECISION_HELP)

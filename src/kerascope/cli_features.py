@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from kerascope.cli_common import say_precision
+from kerascope.cli_common import positive_int, say_precision
 from kerascope.cli_train import _add_augment_options, _backbones, _parser
 from kerascope.errors import CliError
 from kerascope.precision import add_precision_option
@@ -20,14 +20,14 @@ def _add_features(sub) -> None:
     p.add_argument("--backbone", default="efficientnet_lite0", help="comma-separated zoo names")
     p.add_argument("--layer", help="any layer name of the backbone (default: its last)")
     p.add_argument("--pool", choices=("avg", "max", "none"), default="avg", help="pooling")
-    p.add_argument("--image-size", type=int, help="side images are resized to (default: each "
-                   "backbone's own); smaller runs the backbone at that size (vgg16 at 150 "
+    p.add_argument("--image-size", type=positive_int, help="side images are resized to (default: "
+                   "each backbone's own); smaller runs the backbone at that size (vgg16 at 150 "
                    "gives 4x4x512 maps with --pool none), larger is resized to the backbone's "
                    "in the graph")  # fmt: skip
     p.add_argument("--weights", metavar="FILE", help="the backbone's weights file (default: "
                    "the zoo's ImageNet weights); one per backbone, comma-separated")  # fmt: skip
     p.add_argument("--output", "-o", default="features.h5", help="HDF5 store to add to")
-    p.add_argument("--batch-size", type=int, default=32, help="images per forward pass")
+    p.add_argument("--batch-size", type=positive_int, default=32, help="images per forward pass")
     p.add_argument("--val-split", type=float, default=0.2,
                    help="validation share when DATA has no validation/ folder")  # fmt: skip
     p.add_argument("--seed", type=int, default=0, help="seeds the split")
@@ -42,7 +42,7 @@ def _add_features(sub) -> None:
 def _add_augment(sub) -> None:
     p = _parser(sub, "augment", "preview the training augmentation on one image")
     p.add_argument("image", help="the picture to augment")
-    p.add_argument("-n", type=int, default=20, help="number of samples")
+    p.add_argument("-n", type=positive_int, default=20, help="number of samples")
     p.add_argument("-o", "--output", default="preview", help="folder to write into")
     p.add_argument("--seed", type=int, default=0, help="seeds the random transforms")
     _add_augment_options(p, defaults=True)

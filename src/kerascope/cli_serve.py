@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+from kerascope.cli_common import positive_int
 from kerascope.errors import CliError
 
 # (flag, ServeLimits field, type, help): what one client may cost the server
@@ -44,7 +45,7 @@ def add_serve_command(sub) -> None:
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=8000, help="port (default 8000; 0: any free)")
     p.add_argument(
-        "--max-batch", type=int, default=32,
+        "--max-batch", type=positive_int, default=32,
         help="most images per forward pass; 1 switches dynamic batching off (default 32)",
     )  # fmt: skip
     p.add_argument(

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import argparse
 
-from kerascope.cli_common import DefaultsHelp, say_precision
+from kerascope.cli_common import DefaultsHelp, positive_int, say_precision
 from kerascope.errors import CliError
 from kerascope.precision import add_precision_option
 from kerascope.tta import add_tta_options, tta_from_args
@@ -167,7 +167,7 @@ def _add_evaluate(sub) -> None:
     p.add_argument("--output", "-o", help="folder for metrics.json and plots (default: the "
                    "run directory for the data it trained from, else a new "
                    "RUN/evaluations/DATA-NAME folder)")  # fmt: skip
-    p.add_argument("--batch-size", type=int, default=32, help="images per forward pass")
+    p.add_argument("--batch-size", type=positive_int, default=32, help="images per forward pass")
     add_precision_option(p)
     add_tta_options(p)
     p.set_defaults(func=_run_evaluate)
@@ -180,7 +180,7 @@ def _add_predict(sub) -> None:
     p.add_argument("--output", "-o", help="CSV to write (default: predictions.csv, or "
                    "predictions-1.csv, ... when that exists: never replaced unless "
                    "named)")  # fmt: skip
-    p.add_argument("--batch-size", type=int, default=32, help="images per forward pass")
+    p.add_argument("--batch-size", type=positive_int, default=32, help="images per forward pass")
     add_precision_option(p)
     add_tta_options(p)
     p.set_defaults(func=_run_predict)

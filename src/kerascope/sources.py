@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from kerascope.batch_sizes import checked_batch_size
 from kerascope.errors import KerascopeError
 from kerascope.images import (
     ImageError,
@@ -239,6 +240,7 @@ def iter_batches(
     and video use it so a heatmap covers everything the user sees, and features and training
     use it because trained models learnt on squashed pictures.
     """
+    batch_size = checked_batch_size(batch_size)
 
     def decode(chunk: Sequence) -> list[Item]:
         return [decode_item(s, size, keep_up_to, convention) for s in chunk]
@@ -314,6 +316,7 @@ def iter_pixel_batches(
     but each batch is one :class:`PixelBatch`. ``rows(n)`` is how many rows to allocate for
     ``n`` inputs (``Forward.rows``: the bucket the engine pads to), so no copy is needed to pad.
     """
+    batch_size = checked_batch_size(batch_size)
     height, width = (int(s) for s in size)
 
     def fill(buffer: np.ndarray, chunk: Sequence, errors: list, offset: int) -> None:

@@ -23,6 +23,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from kerascope.batch_sizes import checked_batch_size
 from kerascope.bottleneck.branches import (
     FeatureCacheError,
     FeatureSpec,
@@ -93,6 +94,7 @@ def extract_features(
     out = Path(output)
     with _writer_lock(out):
         _check_output(out)
+        batch_size = checked_batch_size(batch_size)
         dataset = data
         if isinstance(data, str | os.PathLike):
             dataset = scan_dataset(data, val_split=val_split, seed=seed, skip_bad=skip_bad)
