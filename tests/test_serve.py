@@ -299,7 +299,7 @@ def test_slow_and_aborted_uploads_do_not_block_others(server, client, photo_path
     stalled = []
     for _ in range(4):  # uploads that announce 1 MB and send 10 bytes, then stall
         s = socket.create_connection(("127.0.0.1", port))
-        s.sendall(b"POST /v1/classify HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\n"
+        s.sendall(b"POST /v1/classify HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: image/png\r\n"
                   b"Content-Length: 1000000\r\n\r\n" + cat[:10])  # fmt: skip
         stalled.append(s)
     start = time.perf_counter()
@@ -308,12 +308,30 @@ def test_slow_and_aborted_uploads_do_not_block_others(server, client, photo_path
     for s in stalled:  # abort mid-body: the server drops them and carries on
         s.close()
     half = socket.create_connection(("127.0.0.1", port))
-    half.sendall(b"POST /v1/explain HTTP/1.1\r\nHost: x\r\nContent-Length: 500000\r\n\r\n")
+    half.sendall(b"POST /v1/explain HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 500000\r\n\r\n")
     half.sendall(cat[:1000])
     half.shutdown(socket.SHUT_RDWR)
     half.close()
     assert client.post("/v1/classify", content=cat).status_code == 200
     assert client.get("/healthz").json()["status"] == "ok"
+
+
+def test_a_loopback_server_answers_its_own_names_only(server, photo_paths):
+    """DNS rebinding: a page of another site reaches 127.0.0.1 under its own name (its
+    requests say ``Host: evil.example``) and reads the answers. Before: answered."""
+    from kerascope.serve.hosts import host_name, is_loopback
+
+    port = int(server.rsplit(":", 1)[1])
+    cat = photo_paths["chelsea"].read_bytes()
+    for name in ("evil.example", "192.168.1.5", "localhost.evil.example", ""):
+        r = httpx.post(f"{server}/v1/classify", content=cat, headers={"Host": f"{name}:{port}"})
+        assert r.status_code == 400 and "DNS rebinding" in r.json()["error"], (name, r.text)
+    for name in ("localhost", "127.0.0.1", "LOCALHOST"):
+        r = httpx.post(f"{server}/v1/classify", content=cat, headers={"Host": f"{name}:{port}"})
+        assert r.status_code == 200, (name, r.text)
+    assert [host_name(h) for h in ("[::1]:80", "a:1", "::1", "b")] == ["::1", "a", "::1", "b"]
+    assert is_loopback("127.0.0.1") and is_loopback("::1") and is_loopback("localhost")
+    assert not is_loopback("0.0.0.0") and not is_loopback("192.168.1.5")
 
 
 def test_port_in_use_is_one_line_before_loading_anything():

@@ -11,10 +11,12 @@ milliseconds.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import json
 import logging
 import re
+import signal
 import socket
 import struct
 import subprocess
@@ -32,7 +34,7 @@ CHANNELS, SIZE = 256, 64
 real_server = pytest.mark.slow  # a server subprocess per module: ~20 s to start on 2 cores
 
 
-def slow_cam_run(folder):
+def slow_cam_run(folder, channels: int = CHANNELS):
     """A run directory whose Score-CAM costs seconds: 256 channels at 62x62 to mask."""
     import keras
 
@@ -41,7 +43,7 @@ def slow_cam_run(folder):
         keras.Input((SIZE, SIZE, 3)),
         keras.layers.Rescaling(1 / 255.0),
         keras.layers.Conv2D(16, 3, activation="relu"),
-        keras.layers.Conv2D(CHANNELS, 3, activation="relu", name="features"),
+        keras.layers.Conv2D(channels, 3, activation="relu", name="features"),
         keras.layers.GlobalAveragePooling2D(),
         keras.layers.Dense(3, activation="softmax"),
     ])  # fmt: skip
@@ -127,7 +129,7 @@ def scorecam_running(url: str, images: int, out: dict, timeout: float = 60.0) ->
     deadline = time.monotonic() + timeout
     while True:
         (stats,) = httpx.get(f"{url}/healthz", timeout=10).json()["models"].values()
-        if stats.get("explain", {}).get("scorecam", {}).get("running", 0) >= images:
+        if stats.get("explain", {}).get("expensive", {}).get("running", 0) >= images:
             return
         done = {k: v[:3] if isinstance(v, tuple) else v for k, v in out.items()}
         assert time.monotonic() < deadline, f"no Score-CAM pass of {images}: {stats}, {done}"
@@ -269,7 +271,7 @@ def test_idle_connections_are_closed(guarded):
     silent = raw_request(guarded.port, b"")
     took, _ = seconds_until_closed(silent, 8)
     assert 1.5 < took < 4.0  # --header-timeout-s 2
-    kept = raw_request(guarded.port, b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+    kept = raw_request(guarded.port, b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
     took, got = seconds_until_closed(kept, 8)
     assert got.startswith(b"HTTP/1.1 200") and 0.5 < took < 3.0  # --keep-alive-s 1
 
@@ -293,7 +295,7 @@ def test_trickled_body_gets_408_at_the_body_deadline(guarded):
     """Before: a byte every few seconds reset the 30 s read timeout for ever."""
     s = raw_request(
         guarded.port,
-        b"POST /v1/classify HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\n"
+        b"POST /v1/classify HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: image/png\r\n"
         b"Content-Length: 1000\r\n\r\n",
     )
     start, got = time.monotonic(), b""
@@ -319,7 +321,9 @@ def test_trickled_body_gets_408_at_the_body_deadline(guarded):
 
 @real_server
 def test_oversized_headers_are_refused(guarded):
-    s = raw_request(guarded.port, b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 20_000)
+    s = raw_request(
+        guarded.port, b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Big: " + b"a" * 20_000
+    )
     took, got = seconds_until_closed(s, 5)
     assert got.startswith(b"HTTP/1.1 400") and took < 2
 
@@ -498,3 +502,49 @@ def test_pixel_budget_counts_decoded_pixels_from_the_header(photo_paths):
     assert drawn == pytest.approx(1024 * 768, abs=1)
     assert pixel_cost([("j", big_jpeg)], size, True, 0) == 2 * 4000 * 3000
     assert pixel_cost([("x", b"not an image")], size) == 0
+
+
+@real_server
+def test_expensive_methods_share_one_budget_and_take_no_options(guarded, photo_paths):
+    """Before: each method, and each option set (ig:steps=4, ig:steps=5, ...), had its own
+    budget of --max-expensive-inflight on the one expensive thread, and each option set was
+    compiled anew and kept (memory without end)."""
+    cat = photo_paths["chelsea"].read_bytes()
+    out: dict = {}
+    running = threading.Thread(target=post_scorecam, args=(guarded.url, 2, cat, out, "run"))
+    running.start()
+    scorecam_running(guarded.url, 2, out)
+    with httpx.Client(base_url=guarded.url, timeout=60) as c:
+        r = c.post("/v1/explain?method=ig", files=files(("a.png", cat), ("b.png", cat)))
+        assert r.status_code == 429 and "the expensive methods on" in r.json()["error"], r.text
+        r = c.post("/v1/explain?method=ig:steps=4", content=cat)
+        assert r.status_code == 400 and "without options" in r.json()["error"], r.text
+    running.join(300)
+    assert out["run"][0] == 200
+
+
+@real_server
+def test_a_stopped_server_does_not_wait_for_a_running_pass(tmp_path, photo_paths):
+    """Before: Ctrl-C or SIGTERM left the process waiting at exit for the explain pass its
+    worker thread ran (132 s and 201 s for a long one)."""
+    cat = photo_paths["chelsea"].read_bytes()
+    run = slow_cam_run(tmp_path, channels=1024)  # a pass of far more than the 5 s grace
+    args = ("--model", str(run), "--allow-expensive", "--max-expensive-images", "2")
+    out: dict = {}
+    with server_process(*args) as server:
+
+        def cut_off() -> None:  # its connection is closed by the stop: no answer to read
+            with contextlib.suppress(httpx.HTTPError, ValueError):
+                post_scorecam(server.url, 2, cat, out, "sc")
+
+        worker = threading.Thread(target=cut_off)
+        worker.start()
+        scorecam_running(server.url, 2, out)
+        stopped = time.monotonic()
+        server.proc.send_signal(signal.SIGINT)
+        code = server.proc.wait(120)
+        took = time.monotonic() - stopped
+        log = server.log()
+        worker.join(60)
+    assert code == 130 and took < 15, (took, log)
+    assert "a model pass still running is not waited for" in log, log

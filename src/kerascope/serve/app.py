@@ -72,10 +72,14 @@ def _error(status: int, message: str, headers: dict | None = None, **extra) -> J
 
 
 def create_app(
-    served: dict[str, ServedModel], max_body_mb: float = 20.0, limits: ServeLimits | None = None
+    served: dict[str, ServedModel],
+    max_body_mb: float = 20.0,
+    limits: ServeLimits | None = None,
+    loopback: bool = False,
 ) -> FastAPI:
     """The app serving ``served`` (first = default) under ``limits`` (default: `ServeLimits`
-    with ``max_body_mb``, the cap on one request's body).
+    with ``max_body_mb``, the cap on one request's body). ``loopback``: served on a loopback
+    address, so it answers loopback names only (`kerascope.serve.hosts`).
 
     Example:
         >>> app = create_app(load_served(["efficientnet_lite0"]))
@@ -112,6 +116,10 @@ def create_app(
         read_timeout=min(limits.read_timeout_s, limits.body_timeout_s),
         body_timeout=limits.body_timeout_s,
     )
+    if loopback:
+        from kerascope.serve.hosts import LoopbackHosts
+
+        app.add_middleware(LoopbackHosts)  # added last: the outermost, before any body is read
     _add_handlers(app)
 
     def pick(name: str | None) -> ServedModel:

@@ -137,7 +137,7 @@ class BodyLimit:
             return await self.app(scope, receive, send)
         declared = _content_length(scope)
         if declared is not None and declared > self.max_bytes:
-            return await _reply(send, 413, str(BodyTooLarge(self.max_bytes)))
+            return await json_reply(send, 413, str(BodyTooLarge(self.max_bytes)))
         seen, done = 0, False
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.body_timeout  # the whole body, however it trickles
@@ -178,7 +178,7 @@ def _content_length(scope) -> int | None:
     return None
 
 
-async def _reply(send, status: int, message: str) -> None:
+async def json_reply(send, status: int, message: str) -> None:
     """A JSON error sent straight from the middleware; the connection is closed after it."""
     body = json.dumps({"error": message}).encode()
     headers = [

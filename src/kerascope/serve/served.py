@@ -13,9 +13,10 @@ their own limits, and are refused (403) unless the server allows them.
 
 from __future__ import annotations
 
+import contextlib
 import re
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -82,8 +83,10 @@ class ServedModel:
     classifier: DynamicBatcher = field(init=False)
     closed_form_head: bool = field(default=False, init=False)  # GAP + Dense: ablation is cheap
     _explainers: dict[str, DynamicBatcher] = field(default_factory=dict, init=False)
+    _expensive: DynamicBatcher | None = field(default=None, init=False)  # all of them, one queue
     _cams: dict[str, Any] = field(default_factory=dict, init=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, init=False)
+    _passes: int = field(default=0, init=False)  # passes running in the worker threads now
     _build_lock: threading.Lock = field(default_factory=threading.Lock, init=False)
 
     def __post_init__(self) -> None:
@@ -167,6 +170,8 @@ class ServedModel:
         """What ``/healthz`` says about this model: its classify queue and each explain one."""
         with self._lock:
             explainers = dict(self._explainers)
+            if self._expensive is not None:
+                explainers[EXPENSIVE_QUEUE] = self._expensive
         return {**self.classifier.stats(), "explain": {k: b.stats() for k, b in explainers.items()}}
 
     def expensive(self, method: str) -> bool:
@@ -200,7 +205,27 @@ class ServedModel:
             return n
         return min(max(n, self.max_batch), 1 << (n - 1).bit_length())
 
+    @property
+    def running(self) -> bool:
+        """Whether a pass runs in a worker thread now (a stopping server does not wait for
+        it: `kerascope.serve.server`)."""
+        return self._passes > 0
+
+    @contextlib.contextmanager
+    def _pass(self) -> Iterator[None]:
+        with self._lock:
+            self._passes += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._passes -= 1
+
     def _classify(self, batch: Sequence[np.ndarray]) -> list[np.ndarray]:
+        with self._pass():
+            return self._classify_now(batch)
+
+    def _classify_now(self, batch: Sequence[np.ndarray]) -> list[np.ndarray]:
         from kerascope.inference import compiled
 
         x = _pad(np.stack(batch), self._padded(len(batch)))
@@ -227,6 +252,9 @@ class ServedModel:
         """
         from kerascope.cam.methods import get_method
 
+        if ":" in str(method):  # each option set compiled anew and kept: memory without end
+            raise RequestError(f"this server answers methods by name, without options (ig, "
+                               f"not {method!r})", 400)  # fmt: skip
         try:
             cls = get_method(method)
         except ValueError as exc:
@@ -239,38 +267,59 @@ class ServedModel:
             )
         return cls.name
 
-    def explainer(self, method: str, images: int = 1) -> DynamicBatcher:
-        """The batcher for one method and a request of ``images``; the explainer behind it is
-        built on first use.
+    def explainer(self, method: str, images: int = 1) -> DynamicBatcher | MethodQueue:
+        """The queue for one method and a request of ``images``: a batcher of its own for a
+        one-pass method; for an expensive one, its place in the model's one expensive queue,
+        so ``--max-expensive-inflight`` and the queue deadline hold for all of them together
+        (before: per method, so five methods queued five times the budget on one thread).
+        The explainer behind it is built on first use.
 
         Raises:
             RequestError: as `method`; more images than an expensive method takes (413).
         """
         name = self.method(method)
-        expensive = self.expensive(name)
         most = self.limits.max_expensive_images
-        if expensive and images > most:
-            raise RequestError(
-                f"method {name} takes at most {most} image(s) per request on this server "
-                f"(--max-expensive-images), got {images}: send them one request at a time",
-                413,
-            )
+        if self.expensive(name):
+            if images > most:
+                raise RequestError(
+                    f"method {name} takes at most {most} image(s) per request on this server "
+                    f"(--max-expensive-images), got {images}: send them one request at a time",
+                    413,
+                )
+            with self._lock:
+                if self._expensive is None:
+                    self._expensive = DynamicBatcher(
+                        self._explain_each, self.slow_executor, most, self.max_wait_ms,
+                        queue_timeout=self.limits.queue_timeout_s,
+                        max_items=self.limits.max_expensive_inflight, busy_status=429,
+                        label=f"the expensive methods on '{self.key}'",
+                    )  # fmt: skip
+                return MethodQueue(self._expensive, name)
         with self._lock:
             if name not in self._explainers:
                 self._explainers[name] = DynamicBatcher(
-                    lambda items, m=name: self._explain(m, items),
-                    self.slow_executor if expensive else self.executor,
-                    most if expensive else self.max_batch,
-                    self.max_wait_ms,
-                    queue_timeout=self.limits.queue_timeout_s,
-                    max_items=self.limits.max_expensive_inflight if expensive else None,
-                    busy_status=429,
+                    lambda items, m=name: self._explain(m, items), self.executor,
+                    self.max_batch, self.max_wait_ms, queue_timeout=self.limits.queue_timeout_s,
                     label=f"{name} on '{self.key}'",
-                )
+                )  # fmt: skip
             return self._explainers[name]
+
+    def _explain_each(self, items: Sequence[tuple[str, np.ndarray, int]]) -> list[tuple]:
+        """The expensive queue's pass: (method, pixels, target) each, run method by method."""
+        out: list = [None] * len(items)
+        for method in dict.fromkeys(m for m, _, _ in items):
+            rows = [i for i, (m, _, _) in enumerate(items) if m == method]
+            for i, result in zip(rows, self._explain(method, [items[i][1:] for i in rows]),
+                                 strict=True):  # fmt: skip
+                out[i] = result
+        return out
 
     def _explain(self, method: str, items: Sequence[tuple[np.ndarray, int]]) -> list[tuple]:
         """(pixels, target or -1) each -> (map at feature resolution, class, probability)."""
+        with self._pass():
+            return self._explain_now(method, items)
+
+    def _explain_now(self, method: str, items: Sequence[tuple[np.ndarray, int]]) -> list[tuple]:
         from kerascope.cam.explain import Explainer
 
         explainer = self._cams.get(method)  # one thread per method: no race on its explainer
@@ -291,10 +340,30 @@ class ServedModel:
 
     async def close(self) -> None:
         await self.classifier.close()
-        for batcher in list(self._explainers.values()):
-            await batcher.close()
+        for batcher in [*self._explainers.values(), self._expensive]:
+            if batcher is not None:
+                await batcher.close()
         self.executor.shutdown(wait=False, cancel_futures=True)
         self.slow_executor.shutdown(wait=False, cancel_futures=True)
+
+
+EXPENSIVE_QUEUE = "expensive"
+"""The expensive methods' shared queue, as ``/healthz`` names it among the explain queues."""
+
+
+@dataclass
+class MethodQueue:
+    """One expensive method's requests in the model's shared expensive queue: payloads go in
+    tagged with the method (`ServedModel._explain_each` runs each with its own)."""
+
+    batcher: DynamicBatcher
+    method: str
+
+    def expecting(self, n: int):
+        return self.batcher.expecting(n)
+
+    async def run_all(self, payloads: Sequence[tuple[np.ndarray, int]]) -> list[Any]:
+        return await self.batcher.run_all([(self.method, *p) for p in payloads])
 
 
 def _pad(x: np.ndarray, rows: int) -> np.ndarray:

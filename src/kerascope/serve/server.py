@@ -7,12 +7,14 @@ deadlines and the cap of `kerascope.serve.connections`.
 
 from __future__ import annotations
 
+import os
 import socket
 import sys
 from collections.abc import Callable, Sequence
 
 from kerascope.errors import KerascopeError
 from kerascope.extras import install_command
+from kerascope.serve.hosts import is_loopback
 from kerascope.serve.limits import ServeLimits
 
 
@@ -89,7 +91,7 @@ def run_server(
     try:
         say(f"loading {', '.join(models)}")
         served = load_served(models, max_batch, max_wait_ms, limits=limits, precision=precision)
-        app = create_app(served, limits=limits)
+        app = create_app(served, limits=limits, loopback=is_loopback(host))
         bound_host, bound_port = sock.getsockname()[:2]
         shown = f"[{bound_host}]" if ":" in bound_host else bound_host
         engines = ", ".join(f"{k} ({m.engine}, {m.precision})" for k, m in served.items())
@@ -108,6 +110,27 @@ def run_server(
             h11_max_incomplete_event_size=MAX_HEADER_BYTES,
             backlog=ACCEPT_BATCH,
         )
-        server_class()(config).run(sockets=[sock])
+        try:
+            server_class()(config).run(sockets=[sock])
+        except KeyboardInterrupt as stop:  # Ctrl-C, SIGTERM (uvicorn raises it again at its end)
+            _leave_running_passes(served, say, stop)
+            raise
+        _leave_running_passes(served, say)
     finally:
         sock.close()
+
+
+def _leave_running_passes(served: dict, say: Callable[[str], None],
+                          stop: KeyboardInterrupt | None = None) -> None:  # fmt: skip
+    """End the process now if a model pass still runs in a worker thread: Python would wait
+    for it at exit (an explain pass of minutes held a stopped server that long). No answer
+    is lost: uvicorn has closed every connection; nothing is written to disk."""
+    if not any(m.running for m in served.values()):
+        return
+    from kerascope.interrupts import exit_code, stopped_by
+
+    said = stopped_by(stop) if stop is not None else "stopped"
+    say(f"{said}; a model pass still running is not waited for")
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(exit_code(stop) if stop is not None else 0)

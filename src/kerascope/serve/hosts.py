@@ -1,0 +1,57 @@
+"""Which ``Host`` a server on a loopback address answers: its own names only.
+
+A web page on any site can make the browser send requests to ``http://127.0.0.1:8000`` under
+its own name (DNS rebinding: ``evil.example`` resolves to 127.0.0.1 after the page loads), and
+then read the answers, since to the browser they come from the page's own origin. The request
+then carries ``Host: evil.example:8000``; a loopback server refuses every name but localhost,
+127.0.0.1 and ::1 (400, JSON). A server bound to another address was put there to be reached
+by other names, and answers them all.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+
+from kerascope.serve.limits import json_reply
+
+LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` (a bind address or name) is this machine only."""
+    if host.strip().lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def host_name(header: str) -> str:
+    """The name in a ``Host`` header, without its port: ``[::1]:8000`` -> ``::1``."""
+    header = header.strip().lower()
+    if header.startswith("["):
+        return header[1 : header.find("]")] if "]" in header else header
+    return header.rsplit(":", 1)[0] if header.count(":") == 1 else header
+
+
+class LoopbackHosts:
+    """Pure ASGI middleware: a request whose ``Host`` is not a loopback name gets a 400."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http":
+            given = dict(scope.get("headers") or []).get(b"host", b"").decode("latin-1")
+            name = host_name(given)
+            if name not in LOOPBACK_NAMES and not name.startswith("127."):
+                shown = given.encode("unicode_escape").decode()[:100]
+                return await json_reply(
+                    send, 400,
+                    f"Host {shown!r} is not this server's name: a server on a loopback address "
+                    "answers localhost, 127.0.0.1 and [::1] only (a page of another site must "
+                    "not reach it by DNS rebinding); start it with --host 0.0.0.0 to be reached "
+                    "by other names",
+                )  # fmt: skip
+        return await self.app(scope, receive, send)
