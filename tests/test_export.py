@@ -329,6 +329,27 @@ def test_format_comes_from_the_extension(tmp_path, monkeypatch, capsys):
     assert not (tmp_path / "x.onnx").exists()
 
 
+def test_an_output_no_file_can_be_written_to_is_refused_before_the_model_loads(
+    tmp_path, monkeypatch, capsys
+):
+    """Before: -o afile/m.onnx loaded, converted and checked the model, then a FileExistsError
+    traceback; --format onnx -o m.keras wrote ONNX under a Keras name; -o - a file named -."""
+    import kerascope.zoo.models as models
+
+    monkeypatch.setattr(models, "load_model", lambda *a, **k: pytest.fail("model loaded"))
+    (tmp_path / "afile").write_text("x")
+    (tmp_path / "adir.onnx").mkdir()
+    for args, said in (
+        (["-o", str(tmp_path / "afile" / "m.onnx")], "is a file, not a folder"),
+        (["-o", str(tmp_path / "adir.onnx")], "it is a directory"),
+        (["-o", "-", "--format", "onnx"], "not standard output"),
+        (["-o", str(tmp_path / "m.keras"), "--format", "onnx"], "name it .onnx"),
+    ):
+        code, err = run_cli(["export", "efficientnet_lite0", *args], monkeypatch, capsys)
+        assert code == 2 and said in err, (args, err)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["adir.onnx", "afile"]
+
+
 def test_check_images_without_scikit_image(monkeypatch, skimage_data):
     import kerascope.export as export
     from kerascope.images import load_image, resize

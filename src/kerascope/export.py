@@ -72,6 +72,9 @@ def output_format(output: str | os.PathLike, format: str | None = None) -> str:
         raise ExportError(f"unknown export format '{format}' (onnx or keras)")
     if format == "keras" and suffix != ".keras":
         raise ExportError(f"a Keras model file must end in .keras, not '{output}'")
+    if format == "onnx" and suffix == ".keras":
+        raise ExportError(f"an ONNX model file named .keras would be read as a Keras one: name "
+                          f"it .onnx, not '{output}'")  # fmt: skip
     return format
 
 
@@ -165,6 +168,7 @@ def export_model(
         raise ExportError("--precision int8 writes ONNX only: name the output .onnx")
     if input_type not in INPUT_TYPES:
         raise ExportError(f"unknown input type '{input_type}' (uint8 or float)")
+    _check_output(output)
     clf = model if isinstance(model, Classifier) else load_model(model, weights=weights)
     _check_interface(clf)
     path = Path(output)
@@ -189,6 +193,18 @@ def export_model(
             "free memory, or export a model with a smaller input"
         ) from None
     return ExportResult(path, fmt, clf.name, clf.input_size, kind, clf.num_classes, diff, names)
+
+
+def _check_output(output: str | os.PathLike) -> None:
+    """Refuse, before the model loads, an output no file can be written to: standard output,
+    a folder, a path under a file (before: a FileExistsError traceback after the export)."""
+    from kerascope.files import check_output_folder, output_target
+
+    if os.fspath(output) == "-":
+        raise ExportError("export writes a model file, not standard output: name one "
+                          "(-o model.onnx)")  # fmt: skip
+    check_output_folder(Path(output).parent, what="the folder of -o")
+    output_target(output)
 
 
 def _check_interface(clf: Any) -> None:
