@@ -5,7 +5,8 @@ that is a ``__del__`` method or a weakref callback (JAX and Keras free arrays th
 many times per batch), Python prints "Exception ignored in ..." and goes on: the job kept
 training as if Ctrl-C had never come. :func:`interrupts_kept` remembers every such signal,
 and :func:`check` (called once per batch: ``training.epochs.InterruptCheck``, the classify and
-explain batch loop, video frames) raises it again.
+explain batch loop, video frames) raises it again; Python's "Exception ignored" report of it
+is not printed.
 
 SIGTERM (a job scheduler, ``kill``, ``timeout``) and SIGHUP (a closed terminal) ended the
 process at once, leaving hidden ``.partial`` files and no word of what was written. Inside the
@@ -19,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import sys
 import threading
 from collections.abc import Iterator
 from typing import Any
@@ -92,14 +94,24 @@ def interrupts_kept() -> Iterator[None]:
         return
     _received.clear()
     _terminals[:] = [fd for fd in (1, 2) if _isatty(fd)]
+    hook = sys.unraisablehook
+
+    def unprinted(unraisable: Any) -> None:
+        # A stop swallowed in a finalizer printed "Exception ignored in ... Traceback ...
+        # KeyboardInterrupt" in the middle of the job's own lines; `check` raises it again.
+        if not (isinstance(unraisable.exc_value, KeyboardInterrupt) and _received.is_set()):
+            hook(unraisable)
+
     with _blocked(ours):  # a signal between two installs waits, never half-installed
         previous = {s: signal.signal(s, _on_signal) for s in ours}
+        sys.unraisablehook = unprinted
     try:
         yield
     finally:
         with _blocked(ours):  # nor raised between two restores, leaving ours behind
             for s, handler in previous.items():
                 signal.signal(s, handler)
+            sys.unraisablehook = hook
             _received.clear()  # a signal held back here is delivered, with the old handler
 
 
