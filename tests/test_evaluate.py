@@ -7,7 +7,9 @@ wrong confusion matrix or a dropped file cannot pass by being self-consistent.
 from __future__ import annotations
 
 import csv
+import io
 import json
+import os
 import re
 from pathlib import Path
 
@@ -186,6 +188,26 @@ def test_predict_writes_one_row_per_file(run_dir, data, tmp_path):
     for r in good:
         assert r["label"] == reference[r["path"]].name
         assert float(r["probability"]) == pytest.approx(reference[r["path"]].probability, abs=1e-6)
+
+
+def test_predict_writes_json_for_a_json_name_and_csv_to_standard_output(
+    run_dir, data, tmp_path, capsys
+):
+    """Before: -o out.json got CSV, and -o - made a file named '-'."""
+    from kerascope.cli import main
+
+    rows = predict(run_dir, data, tmp_path / "out.json")
+    written = json.loads((tmp_path / "out.json").read_text())
+    assert [r["path"] for r in written] == [r.source for r in rows]
+    broken = next(r for r in written if r["path"].endswith("broken.jpg"))
+    assert broken["label"] is None and broken["probability"] is None and broken["error"]
+    good = next(r for r in written if not r["error"])
+    assert isinstance(good["probability"], float) and good["label"] in CLASSES
+    capsys.readouterr()
+    assert main(["predict", str(run_dir), str(data), "-o", "-"]) == 1  # the broken file
+    out, err = capsys.readouterr()
+    assert [r["path"] for r in csv.DictReader(io.StringIO(out))] == [r["path"] for r in written]
+    assert "rows to standard output" in err and not os.path.exists("-")
 
 
 @pytest.mark.slow  # 13 s

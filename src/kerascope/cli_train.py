@@ -177,9 +177,9 @@ def _add_predict(sub) -> None:
     p = _parser(sub, "predict", "label a folder with a trained run, into a CSV")
     p.add_argument("run", help="run directory or .keras file")
     p.add_argument("inputs", nargs="+", help="image files, folders or globs")
-    p.add_argument("--output", "-o", help="CSV to write (default: predictions.csv, or "
-                   "predictions-1.csv, ... when that exists: never replaced unless "
-                   "named)")  # fmt: skip
+    p.add_argument("--output", "-o", help="CSV to write (JSON if it ends in .json; - for "
+                   "standard output) (default: predictions.csv, or predictions-1.csv, ... when "
+                   "that exists: never replaced unless named)")  # fmt: skip
     p.add_argument("--batch-size", type=positive_int, default=32, help="images per forward pass")
     add_precision_option(p)
     add_tta_options(p)
@@ -391,7 +391,8 @@ def _run_predict(args) -> int:
                        tta=tta_from_args(args))  # fmt: skip
     failed = [r for r in rows if not r.ok]
     labelled = summary(rows)
-    _note(f"wrote {len(rows)} rows to {target}" + (f": {labelled}" if labelled else "") + (
+    where = "standard output" if str(target) == "-" else target
+    _note(f"wrote {len(rows)} rows to {where}" + (f": {labelled}" if labelled else "") + (
         f"; {len(failed)} could not be read (error rows)" if failed else ""))  # fmt: skip
     if tta_from_args(args) is not None:
         _note(f"labels are the mean probabilities of {tta_from_args(args).views} views per "

@@ -9,14 +9,16 @@ from __future__ import annotations
 
 import csv
 import os
+import sys
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from kerascope.classification import Source, classify_sources
 from kerascope.data.folders import DatasetError
-from kerascope.files import atomic_open
+from kerascope.files import atomic_open, write_json
 from kerascope.images import IMAGE_SUFFIXES
 from kerascope.output import csv_safe
 from kerascope.rundir import read_labels
@@ -79,7 +81,8 @@ def predict(
         inputs: paths, folders (recursive), globs, (H, W, 3) arrays or PIL Images, or a
             list of them.
         output_csv: write ``path,label,probability,error`` rows here (atomically; text
-            cells a spreadsheet would run as formulas are quoted); None writes nothing.
+            cells a spreadsheet would run as formulas are quoted): as JSON for a ``.json``
+            name, to standard output for ``-``; None writes nothing.
         batch_size: images per forward pass.
         precision: what the model computes in: auto, float32, bfloat16 or float16 (see
             `kerascope.classification.run_precision`).
@@ -164,11 +167,24 @@ def _check_labels(path: Path) -> None:
 
 def write_csv(rows: Iterable[PredictedLabel], path: str | os.PathLike) -> Path:
     """Write ``rows`` through a temp file in the same folder: never half a CSV at ``path``,
-    and on a full disk the previous file is kept (`kerascope.files.OutputError`)."""
+    and on a full disk the previous file is kept (`kerascope.files.OutputError`). A ``.json``
+    name gets the rows as JSON (it got CSV), ``-`` standard output (it made a file named -)."""
+    if os.fspath(path) == "-":
+        _write_rows(rows, sys.stdout)
+        sys.stdout.flush()
+        return Path("-")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    if path.suffix.lower() == ".json":
+        records = [{k: (v if v != "" else None) for k, v in row.csv_row().items()} for row in rows]
+        write_json(path, records)
+        return path
     with atomic_open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, CSV_FIELDS)
-        writer.writeheader()
-        writer.writerows(csv_safe(row.csv_row()) for row in rows)
+        _write_rows(rows, f)
     return path
+
+
+def _write_rows(rows: Iterable[PredictedLabel], stream: Any) -> None:
+    writer = csv.DictWriter(stream, CSV_FIELDS)
+    writer.writeheader()
+    writer.writerows(csv_safe(row.csv_row()) for row in rows)
