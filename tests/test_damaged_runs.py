@@ -112,3 +112,22 @@ def test_a_run_path_that_does_not_exist_is_not_called_an_unknown_model(command, 
     assert capsys.readouterr().err == (f"kerascope: error: no run folder or model file at "
                                        f"'{missing}' (zoo models are named without a path: "
                                        "`kerascope models` lists them)\n")  # fmt: skip
+
+
+def test_an_unfinished_run_says_how_to_finish_it_and_a_file_is_no_dataset(
+    interrupted, finished, tmp_path, capsys
+):
+    """Before: "no model file at RUN/model.keras" with no word of --resume; evaluate of one
+    image said its folder "does not exist"."""
+    run, data = finished
+    image = next((data / "circle").iterdir())
+    for command in (["predict", str(interrupted), str(image)],
+                    ["classify", str(image), "-m", str(interrupted)]):  # fmt: skip
+        assert main(command) == 2
+        line = capsys.readouterr().err
+        assert f"has not finished; continue it with `kerascope train --resume {interrupted}`" \
+            in line, line  # fmt: skip
+    for target in (image, data / "*" / "*.png"):
+        assert main(["evaluate", str(run), str(target)]) == 2
+        line = capsys.readouterr().err
+        assert "reads a folder of class folders" in line and "kerascope predict" in line, line

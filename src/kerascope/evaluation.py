@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from kerascope.classification import Source, iter_outputs, run_precision
-from kerascope.data.folders import SPLIT_DIRS, DatasetError
+from kerascope.data.folders import SPLIT_DIRS, DatasetError, not_a_folder
 from kerascope.errors import ConfigError
 from kerascope.eval_plots import plot_most_confused, plot_predictions
 from kerascope.evaluation_text import (  # noqa: F401  (re-exported: the CLI's text)
@@ -166,7 +166,7 @@ def evaluation_items(data: str | os.PathLike, classes: list[str], split: str = "
         raise DatasetError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
     root = Path(data).expanduser()
     if not root.is_dir():
-        raise DatasetError(f"evaluation folder '{root}' does not exist")
+        raise DatasetError(not_a_folder(root, "evaluation"))
     folders = {p.name.lower(): p for p in root.iterdir() if p.is_dir()}
     found = {name: next((folders[n] for n in names if n in folders), None)
              for name, names in SPLIT_DIRS.items()}  # fmt: skip

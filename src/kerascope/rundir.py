@@ -136,6 +136,17 @@ def _damaged_state(path: Path, why: str) -> str:
     return f"'{path}' is damaged ({why}); {_STATE_FIX}"
 
 
+def missing_model(model_path: Path) -> str:
+    """What to say of a run folder's missing ``model.keras``: a kerascope run that has not
+    finished has none yet (a Ctrl-C, a crash), and goes on with ``--resume``."""
+    run_dir = model_path.parent
+    said = f"no model file at '{model_path}'"
+    if (run_dir / STATE_NAME).is_file() and (run_dir / "config.yaml").is_file():
+        return (f"{said}: the run in '{run_dir}' has not finished; continue it with "
+                f"`kerascope train --resume {run_dir}`")  # fmt: skip
+    return said
+
+
 def write_state(run_dir: str | os.PathLike, state: dict[str, Any]) -> None:
     write_json(Path(run_dir) / STATE_NAME, state)
 

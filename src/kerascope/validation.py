@@ -14,7 +14,7 @@ import os
 import re
 from pathlib import Path
 
-from kerascope.data.folders import DatasetError
+from kerascope.data.folders import DatasetError, not_a_folder
 from kerascope.evaluation import GRID, TOP_LOSSES, Evaluation, score_items
 from kerascope.files import check_output_folder, fresh_path
 from kerascope.images import expand_inputs
@@ -42,7 +42,7 @@ def class_folders(data: str | os.PathLike, labels: list[tuple[str, str]]) -> lis
     """
     root = Path(data).expanduser()
     if not root.is_dir():
-        raise DatasetError(f"validation folder '{root}' does not exist")
+        raise DatasetError(not_a_folder(root, "validation"))
     folders = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     ids = {cid: i for i, (cid, _) in enumerate(labels) if _WNID.fullmatch(cid)}
     if not folders:  # the model's own names as the example (a trained run's: cat, coffee)

@@ -50,6 +50,18 @@ class DatasetError(KerascopeError):
     """The dataset folder cannot be trained on as it is; the message says why and what to do."""
 
 
+def not_a_folder(root: Path, what: str) -> str:
+    """Why ``root`` cannot be a ``what`` (dataset, evaluation, validation) folder of class
+    folders: a file or a glob (these read folders only: one image is `predict`'s), or none."""
+    if root.exists() or any(c in str(root) for c in "*?["):
+        kind = "a file" if root.exists() else "a glob"
+        return (
+            f"{what} folder '{root}' is {kind}: this reads a folder of class folders "
+            "(DATA/<class>/*.jpg); `kerascope predict RUN FILES` labels single images"
+        )
+    return f"{what} folder '{root}' does not exist"
+
+
 @dataclass
 class Dataset:
     """What :func:`scan_dataset` found.
@@ -137,8 +149,7 @@ def scan_dataset(
     """
     root = Path(root).expanduser()
     if not root.is_dir():
-        what = "is a file, not a folder" if root.exists() else "does not exist"
-        raise DatasetError(f"dataset folder '{root}' {what}")
+        raise DatasetError(not_a_folder(root, "dataset"))
     warnings: list[str] = []
     skipped: list[str] = []
     folders = _subfolders(root)

@@ -15,7 +15,7 @@ from typing import Any
 from kerascope.config import ensure_backend
 from kerascope.errors import KerascopeError
 from kerascope.keras_saving import fast_keras_saving
-from kerascope.rundir import read_labels
+from kerascope.rundir import missing_model, read_labels
 from kerascope.zoo import registry
 from kerascope.zoo.fast_init import numpy_init
 from kerascope.zoo.registry import InputConvention, ModelSpec
@@ -460,7 +460,7 @@ def _load_file(path: Path) -> Classifier:
     run_dir = path if path.is_dir() else path.parent
     model_path = path / "model.keras" if path.is_dir() else path
     if not model_path.is_file():
-        raise ModelFileError(f"no model file at '{model_path}'")
+        raise ModelFileError(missing_model(model_path))
     check_model_archive(model_path)  # before Keras builds anything from it
     fast_keras_saving()
     try:
