@@ -295,6 +295,12 @@ def test_evaluate_scores_the_held_out_split_and_warns_about_training_images(
         assert theirs.output == lenet_run / "evaluations" / "other"
         assert (theirs.output / "metrics.json").is_file()
         assert (lenet_run / "metrics.json").read_bytes() == own
+        # its own data's trained-on images: beside the held-out score, never over it (before:
+        # --split train replaced metrics.json with the optimistic score)
+        for split in ("train", "all"):
+            scored = evaluate(lenet_run, shapes32, top_losses=0, split=split)
+            assert scored.output == lenet_run / "evaluations" / f"{shapes32.name}-{split}"
+            assert (lenet_run / "metrics.json").read_bytes() == own
     finally:
         shutil.rmtree(lenet_run / "evaluations", ignore_errors=True)
 

@@ -165,8 +165,8 @@ def _add_evaluate(sub) -> None:
                    "validation/ folder, else all; all = every image, training ones "
                    "included")  # fmt: skip
     p.add_argument("--output", "-o", help="folder for metrics.json and plots (default: the "
-                   "run directory for the data it trained from, else a new "
-                   "RUN/evaluations/DATA-NAME folder)")  # fmt: skip
+                   "run directory for the images it held out of the data it trained from, "
+                   "else a new RUN/evaluations/DATA-NAME folder)")  # fmt: skip
     p.add_argument("--batch-size", type=positive_int, default=32, help="images per forward pass")
     add_precision_option(p)
     add_tta_options(p)

@@ -306,7 +306,11 @@ def evaluate(
         and labels is None
         and Path(data).expanduser().resolve() == Path(record["data"])
     )
-    out = Path(output) if output is not None else _default_output(run_dir, clf, data, own)
+    # Scores of trained-on images never replace the run's held-out metrics.json
+    trained_on = own and split in ("train", "all")
+    out = (Path(output) if output is not None
+           else _default_output(run_dir, clf, data, own and not trained_on,
+                                f"-{split}" if trained_on else ""))  # fmt: skip
     return score_items(
         clf, items, out, data=data, split=split, split_source=origin, record=record,
         batch_size=batch_size, top_losses=top_losses, heatmaps=heatmaps, precision=precision,
@@ -448,10 +452,12 @@ def _run_folder(run_dir: Any) -> Path | None:
     return path if path.is_dir() else path.parent if path.suffix == ".keras" else None
 
 
-def _default_output(run_dir: Any, clf: Classifier, data: Any = None, own: bool = True) -> Path:
+def _default_output(
+    run_dir: Any, clf: Classifier, data: Any = None, own: bool = True, suffix: str = ""
+) -> Path:
     """The run's folder when scoring the data it trained from (its own evaluation), else a new
-    ``evaluations/<data>`` folder inside it: another folder's results never replace the run's
-    own ``metrics.json`` and pictures, nor an earlier evaluation's (``<data>-1``, ...)."""
+    ``evaluations/<data><suffix>`` folder inside it: another folder's results never replace
+    the run's own ``metrics.json`` and pictures, nor an earlier evaluation's (``<data>-1``)."""
     if isinstance(run_dir, Classifier):
         folder = Path(clf.source).parent
     else:
@@ -460,7 +466,7 @@ def _default_output(run_dir: Any, clf: Classifier, data: Any = None, own: bool =
     if own:
         return folder
     name = Path(data).expanduser().resolve().name if isinstance(data, str | os.PathLike) else ""
-    return fresh_path(folder / "evaluations" / (name or "images"))
+    return fresh_path(folder / "evaluations" / ((name or "images") + suffix))
 
 
 def _top_losses(clf, kept, probs, labels, path: Path, count: int, heatmaps: bool) -> Path:
