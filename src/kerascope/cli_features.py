@@ -26,14 +26,17 @@ def _add_features(sub) -> None:
                    "in the graph")  # fmt: skip
     p.add_argument("--weights", metavar="FILE", help="the backbone's weights file (default: "
                    "the zoo's ImageNet weights); one per backbone, comma-separated")  # fmt: skip
-    p.add_argument("--output", "-o", default="features.h5", help="HDF5 store to add to")
+    p.add_argument("--output", "-o", default="features.h5", help="HDF5 store of one dataset's "
+                   "features: other backbones, layers and settings are added to it; its rows "
+                   "follow DATA (images added, removed or changed since; another folder's "
+                   "images replace them, features of the same image bytes kept)")  # fmt: skip
     p.add_argument("--batch-size", type=positive_int, default=32, help="images per forward pass")
     p.add_argument("--val-split", type=float, default=0.2,
                    help="validation share when DATA has no validation/ folder")  # fmt: skip
     p.add_argument("--seed", type=int, default=0, help="seeds the split")
     p.add_argument("--skip-bad", action="store_true", help="leave unreadable images out")
-    add_precision_option(p, "what the backbones compute in: float32 (default: training reads "
-                         "this cache), bfloat16 or float16 (their own groups, ',precision=' in "
+    add_precision_option(p, "what the backbones compute in: float32 (default: the features a "
+                         "float32 model sees), bfloat16 or float16 (their own groups, ',precision=' in "
                          "the key; keras engine), or auto (bfloat16 on GPUs that compute it "
                          "natively)")  # fmt: skip
     p.set_defaults(func=_run_features)
