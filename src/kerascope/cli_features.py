@@ -36,9 +36,9 @@ def _add_features(sub) -> None:
     p.add_argument("--seed", type=int, default=0, help="seeds the split")
     p.add_argument("--skip-bad", action="store_true", help="leave unreadable images out")
     add_precision_option(p, "what the backbones compute in: float32 (default: the features a "
-                         "float32 model sees), bfloat16 or float16 (their own groups, ',precision=' in "
-                         "the key; keras engine), or auto (bfloat16 on GPUs that compute it "
-                         "natively)")  # fmt: skip
+                         "float32 model sees), bfloat16 or float16 (their own groups, "
+                         "',precision=' in the key; keras engine), or auto (bfloat16 on GPUs "
+                         "that compute it natively)")  # fmt: skip
     p.set_defaults(func=_run_features)
 
 
