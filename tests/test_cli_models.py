@@ -6,6 +6,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from kerascope.cli import main
 
 
@@ -148,3 +150,15 @@ def test_models_measure_errors_are_one_line(tmp_path, monkeypatch, capsys):
     assert err.count("\n") == 1 and "resnet50_weights_tf_dim_ordering_tf_kernels.h5" in err
     assert main(["models", "layers", "resnet50", "--measure"]) == 2
     assert "--measure" in capsys.readouterr().err
+
+
+def test_an_unknown_name_suggests_each_model_once():
+    """Before: "did you mean efficientnet_lite1, efficientnet_lite0, efficientnet_lite1?" (an
+    alias and its name counted twice), and nothing said a list is the features recipe's."""
+    from kerascope.zoo import registry
+
+    with pytest.raises(registry.UnknownModelError) as err:
+        registry.get("efficientnet_lite0,efficientnet_lite1")
+    meant = str(err.value).split("did you mean ")[1].split("?")[0].split(", ")
+    assert len(meant) == len(set(meant)) and "efficientnet_lite0" in meant
+    assert "the features recipe takes several" in str(err.value)

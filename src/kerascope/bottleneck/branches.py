@@ -139,11 +139,11 @@ def build_body(spec: FeatureSpec, input_shape: tuple[int, int, int] | None = Non
     if spec.layer is not None:
         names = [layer.name for layer in base.layers]
         if spec.layer not in names:
-            close = difflib.get_close_matches(spec.layer, names, n=5, cutoff=0.5)
+            close = difflib.get_close_matches(spec.layer, names, n=5, cutoff=0.6)
             hint = f"; close matches: {', '.join(close)}" if close else ""
             raise FeatureCacheError(
                 f"'{spec.backbone}' has no layer '{spec.layer}'{hint} ({len(names)} layers; "
-                f"list them with kerascope.zoo.models.build('{spec.backbone}').summary())"
+                f"`kerascope models layers {spec.backbone}` lists them)"
             )
         x = base.get_layer(spec.layer).output
     if spec.pool != "none" and len(x.shape) == 4:

@@ -43,8 +43,13 @@ def get(name: str) -> ModelSpec:
     if key not in _ALIASES:
         import difflib
 
-        close = difflib.get_close_matches(key, list(_ALIASES), n=3)
-        hint = f"; did you mean {', '.join(_ALIASES[c] for c in close)}?" if close else ""
+        close = dict.fromkeys(
+            _ALIASES[c] for c in difflib.get_close_matches(key, list(_ALIASES), n=9)
+        )
+        named = list(close)[:3]  # an alias and its name are one model, said once
+        hint = f"; did you mean {', '.join(named)}?" if named else ""
+        if "," in name:
+            hint += " (one model here; the features recipe takes several)"
         raise UnknownModelError(f"unknown model '{name}'{hint} (`kerascope models` lists the zoo)")
     return _REGISTRY[_ALIASES[key]]
 
