@@ -164,6 +164,18 @@ def test_imbalance_warning(tmp_path):
     assert any("imbalanced" in w and "'red'" in w for w in ds.warnings)
 
 
+def test_a_file_two_classes_hold_is_said(tmp_path):
+    """A linked class folder (or a hard link) trained one picture under two labels, in
+    silence; the warning names a file and its classes. Distinct files are not flagged."""
+    root = class_tree(tmp_path / "d", {"blue": 6, "red": 5})
+    assert not any("more than one class" in w for w in scan_dataset(root).warnings)
+    (root / "navy").symlink_to(root / "blue", target_is_directory=True)
+    os.link(root / "red" / "red_001.jpg", root / "navy" / "hard.jpg")  # inside blue/ too
+    (warning,) = [w for w in scan_dataset(root).warnings if "more than one class" in w]
+    assert warning.startswith("7 file(s) belong to more than one class"), warning
+    assert "'blue', 'navy'" in warning and "one class" in warning
+
+
 def test_user_files_untouched(tmp_path):
     root = split_tree(tmp_path / "d", test=True)
     (root / "train" / "red" / "broken.jpg").write_bytes(b"\xff\xd8\xff garbage")

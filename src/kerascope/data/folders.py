@@ -20,6 +20,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -166,6 +167,7 @@ def scan_dataset(
     where = split_dirs.get("train", root)
     _check_classes(where, classes, found["train" if split_dirs else "all"])
     _note_loose_files(root, where, warnings)
+    _note_shared_files(found, warnings)
 
     bad: list[tuple[str, str]] = []
     if check_images:
@@ -208,6 +210,27 @@ def scan_dataset(
         more = f" and {len(skipped) - _SHOW} more" if len(skipped) > _SHOW else ""
         warnings.append(f"{len(skipped)} non-image file(s) ignored: {shown}{more}")
     return Dataset(root, layout, classes, splits, counts, bad, skipped, warnings)
+
+
+def _note_shared_files(found: dict[str, dict[str, list[str]]], warnings: list[str]) -> None:
+    """A file that two classes hold (a linked class folder, a hard link) teaches the model
+    both labels for one picture, and may land in training and validation at once."""
+    owners: dict[Any, tuple[str, set[str]]] = {}
+    for per_class in found.values():
+        for cls, files in per_class.items():
+            for path in files:
+                try:
+                    st = os.stat(path)
+                    key: Any = (st.st_dev, st.st_ino)
+                except OSError:  # said when it is read
+                    key = path
+                owners.setdefault(key, (path, set()))[1].add(cls)
+    shared = [(path, sorted(c)) for path, c in owners.values() if len(c) > 1]
+    if shared:
+        path, classes = shared[0]
+        warnings.append(f"{len(shared)} file(s) belong to more than one class (e.g. '{path}' "
+                        f"is in {', '.join(repr(c) for c in classes)}): each is trained with "
+                        "both labels; give every picture one class")  # fmt: skip
 
 
 def _subfolders(folder: Path) -> list[Path]:
