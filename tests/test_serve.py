@@ -334,6 +334,34 @@ def test_a_loopback_server_answers_its_own_names_only(server, photo_paths):
     assert not is_loopback("0.0.0.0") and not is_loopback("192.168.1.5")
 
 
+def test_a_methods_first_pass_does_not_hold_up_classify(server, client, photo_paths):
+    """A method's first pass builds and compiles its explainer: on its own thread, so
+    classify is answered meanwhile (before: it waited behind it, 2-9 s per new method)."""
+    cat = photo_paths["chelsea"].read_bytes()
+    done: dict = {}
+
+    def first_guided() -> None:
+        r = httpx.post(f"{server}/v1/explain?method=guidedbackprop", content=cat, timeout=300)
+        done["explain"] = (r.status_code, time.monotonic())
+
+    worker = threading.Thread(target=first_guided)
+    worker.start()
+    deadline = time.monotonic() + 60
+    while "explain" not in done:  # until its pass runs (or it is already over: no check)
+        (_, stats), *_ = client.get("/healthz").json()["models"].items()
+        if stats["explain"].get("guidedbackprop", {}).get("running"):
+            break
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    running = "explain" not in done
+    r = client.post("/v1/classify", content=cat)
+    classified = time.monotonic()
+    worker.join(300)
+    assert r.status_code == 200 and done["explain"][0] == 200
+    if running:
+        assert classified < done["explain"][1]  # answered while the first pass still ran
+
+
 def test_port_in_use_is_one_line_before_loading_anything():
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))

@@ -80,6 +80,7 @@ class ServedModel:
     limits: ServeLimits = field(default_factory=ServeLimits)
     executor: ThreadPoolExecutor = field(init=False)
     slow_executor: ThreadPoolExecutor = field(init=False)
+    cold_executor: ThreadPoolExecutor = field(init=False)
     classifier: DynamicBatcher = field(init=False)
     closed_form_head: bool = field(default=False, init=False)  # GAP + Dense: ablation is cheap
     _explainers: dict[str, DynamicBatcher] = field(default_factory=dict, init=False)
@@ -94,6 +95,9 @@ class ServedModel:
         # core; an expensive pass runs beside them instead of in front of them.
         self.executor = ThreadPoolExecutor(1, thread_name_prefix=f"kerascope-{self.key}")
         self.slow_executor = ThreadPoolExecutor(1, thread_name_prefix=f"kerascope-{self.key}-x")
+        # A method's first pass builds and compiles its explainer (seconds): on a thread of
+        # its own, so classify does not wait behind it (it stalled 2-9 s per new method).
+        self.cold_executor = ThreadPoolExecutor(1, thread_name_prefix=f"kerascope-{self.key}-c")
         self.classifier = DynamicBatcher(
             self._classify, self.executor, self.max_batch, self.max_wait_ms,
             queue_timeout=self.limits.queue_timeout_s, label=f"model '{self.key}'",
@@ -297,12 +301,22 @@ class ServedModel:
                 return MethodQueue(self._expensive, name)
         with self._lock:
             if name not in self._explainers:
-                self._explainers[name] = DynamicBatcher(
-                    lambda items, m=name: self._explain(m, items), self.executor,
+                built = name in self._cams  # warm_up's gradcam
+                batcher = DynamicBatcher(
+                    lambda items, m=name: self._first_pass(m, items),
+                    self.executor if built else self.cold_executor,
                     self.max_batch, self.max_wait_ms, queue_timeout=self.limits.queue_timeout_s,
                     label=f"{name} on '{self.key}'",
                 )  # fmt: skip
+                self._explainers[name] = batcher
             return self._explainers[name]
+
+    def _first_pass(self, method: str, items: Sequence[tuple[np.ndarray, int]]) -> list[tuple]:
+        """A cheap method's pass; once its explainer is built, its passes move to the thread
+        classify runs on (one pass at a time uses every core)."""
+        out = self._explain(method, items)
+        self._explainers[method].executor = self.executor
+        return out
 
     def _explain_each(self, items: Sequence[tuple[str, np.ndarray, int]]) -> list[tuple]:
         """The expensive queue's pass: (method, pixels, target) each, run method by method."""
@@ -343,8 +357,8 @@ class ServedModel:
         for batcher in [*self._explainers.values(), self._expensive]:
             if batcher is not None:
                 await batcher.close()
-        self.executor.shutdown(wait=False, cancel_futures=True)
-        self.slow_executor.shutdown(wait=False, cancel_futures=True)
+        for executor in (self.executor, self.slow_executor, self.cold_executor):
+            executor.shutdown(wait=False, cancel_futures=True)
 
 
 EXPENSIVE_QUEUE = "expensive"
