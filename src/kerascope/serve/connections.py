@@ -30,7 +30,6 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from kerascope.serve.limits import ServeLimits
 
-MAX_HEADER_BYTES = 16 * 1024
 BODY_GRACE_S = 2.0  # after the app's own 408, before the socket is closed under it
 ACCEPT_BATCH = 16  # connections asyncio accepts per loop turn (uvicorn's `backlog`)
 LISTEN_BACKLOG = 2048  # the kernel's queue of connections not yet accepted

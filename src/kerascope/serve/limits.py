@@ -123,6 +123,11 @@ class PixelsTooMany(KerascopeError):
     """One request over the per-request pixel budget: HTTP 413."""
 
 
+MAX_HEADER_BYTES = 16 * 1024
+"""A request's headers at most: an incomplete header block is cut off here by h11
+(`kerascope.serve.connections`), a complete one that came in one read by `BodyLimit`."""
+
+
 class BodyLimit:
     """Pure ASGI middleware (no buffering of its own); see the module docstring."""
 
@@ -135,6 +140,10 @@ class BodyLimit:
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
+        size = sum(len(k) + len(v) + 4 for k, v in scope.get("headers") or ())
+        if size > MAX_HEADER_BYTES:
+            return await json_reply(send, 431, f"request headers of {size:,} bytes, over this "
+                                    f"server's {MAX_HEADER_BYTES // 1024} KB")  # fmt: skip
         declared = _content_length(scope)
         if declared is not None and declared > self.max_bytes:
             return await json_reply(send, 413, str(BodyTooLarge(self.max_bytes)))

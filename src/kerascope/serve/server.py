@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from kerascope.errors import KerascopeError
 from kerascope.extras import install_command
 from kerascope.serve.hosts import is_loopback
-from kerascope.serve.limits import ServeLimits
+from kerascope.serve.limits import MAX_HEADER_BYTES, ServeLimits
 
 
 class ServeError(KerascopeError, OSError):
@@ -76,7 +76,6 @@ def run_server(
         from kerascope.serve.app import create_app
         from kerascope.serve.connections import (
             ACCEPT_BATCH,
-            MAX_HEADER_BYTES,
             connection_cap,
             guarded_protocol,
             server_class,
