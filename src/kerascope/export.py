@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from kerascope import interrupts
 from kerascope.errors import KerascopeError
 
 FORMATS = {".onnx": "onnx", ".keras": "keras"}
@@ -175,6 +176,7 @@ def export_model(
     try:
         images, names = check_images(clf.input_size, check)
         expected = _keras_probabilities(clf.model, images)
+        interrupts.check()  # (a Ctrl-C Python swallowed in a finalizer: `kerascope.interrupts`)
         if precision == "int8":
             kind = INPUT_TYPES[input_type]
             diff, graph = _write_int8(clf, path, kind, images, expected, names)
@@ -241,6 +243,7 @@ def _write_onnx(clf, path: Path, input_type: str, images, expected, names) -> fl
         raw = convert.keras_to_onnx(clf.model)
     except UnsupportedLayerError as exc:
         raise ExportError(f"{exc}; nothing written (a .keras export keeps every layer)") from None
+    interrupts.check()  # a Ctrl-C swallowed while converting: stop before anything is written
     try:
         proto = package.package(
             raw, input_type, clf.labels, clf.input_size, convention=clf.convention
@@ -435,6 +438,7 @@ def _write_keras(clf, path: Path, images, expected, names) -> float:
             first = _first_line(exc)
             raise ExportError(f"plain Keras cannot reload '{clf.name}': {first}") from None
         diff, worst = _worst(_keras_probabilities(loaded, images), expected, names)
+        interrupts.check()  # before the temp file becomes the export
         if not diff <= TOLERANCE:
             raise ExportError(
                 f"the reloaded .keras model of '{clf.name}' differs by {diff:.2g} in probability "
