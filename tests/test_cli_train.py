@@ -103,7 +103,9 @@ def test_explicit_zeros_are_refused_not_read_as_the_default(tmp_path, capsys, op
      ({"epochs": 1.5}, "epochs must be a whole number, got 1.5"),
      ({"epochs": True}, "epochs must be a whole number, got True"),
      ({"batch_size": 8.5}, "batch_size must be a whole number, got 8.5"),
-     ({"patience": 2.5}, "patience must be a whole number, got 2.5")],
+     ({"patience": 2.5}, "patience must be a whole number, got 2.5"),
+     ({"class_weight": {"a": -1}}, "class_weight['a'] must be at least 0, got -1"),
+     ({"class_weight": "heavy"}, "class_weight must be None, 'auto' or a dict, got 'heavy'")],
 )  # fmt: skip
 def test_the_api_refuses_values_the_cli_cannot_give(tmp_path, option, said):
     """Before: "64" trained at 6x4 px, 8.5 was cut to 8, True read as 1 epoch."""
