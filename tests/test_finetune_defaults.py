@@ -11,8 +11,9 @@ import pytest
 from PIL import Image
 
 from kerascope.training import budget, recipes
+from kerascope.training.config_file import load_config
 from kerascope.training.optimizers import layer_rates, make_optimizer, set_total_steps
-from kerascope.training.settings import load_config, resolve_config
+from kerascope.training.settings import resolve_config
 
 from .test_train import make_shapes
 

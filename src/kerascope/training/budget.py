@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from kerascope.training.settings import save_config
+from kerascope.training.config_file import save_config
 
 PROBE_STEPS = 3  # timed steps of each kind after the first
 MARGIN = 1.1  # per-epoch costs the probe does not see (callbacks, backups): 10 %

@@ -41,7 +41,8 @@ from kerascope.output import printable
 from kerascope.report import plot_curves, write_history, write_run_report
 from kerascope.rundir import LABELS_NAME, lock_run, write_state
 from kerascope.training import recipes
-from kerascope.training.settings import resolve_config, save_config
+from kerascope.training.config_file import save_config
+from kerascope.training.settings import resolve_config
 from kerascope.zoo.sigmoid_heads import MULTILABEL_NAME
 
 RECIPES = ("transfer", "features")

@@ -55,11 +55,12 @@ from kerascope.training import devices as placing  # noqa: E402
 from kerascope.training import recipes  # noqa: E402
 from kerascope.training import resume as resuming  # noqa: E402
 from kerascope.training.checkpoints import resumed_split  # noqa: E402
+from kerascope.training.config_file import load_config, save_config  # noqa: E402
 from kerascope.training.finish import finish_run, remove_leftovers  # noqa: E402
 from kerascope.training.heads import UnfreezeSpec  # noqa: E402
 from kerascope.training.outputs import check_task, task_of  # noqa: E402
 from kerascope.training.recipes import class_weights  # noqa: E402
-from kerascope.training.settings import load_config, resolve_config, save_config  # noqa: E402
+from kerascope.training.settings import resolve_config  # noqa: E402
 from kerascope.training.stage import run_stage, unfreeze_point  # noqa: E402
 
 
