@@ -323,15 +323,21 @@ def test_a_loopback_server_answers_its_own_names_only(server, photo_paths):
 
     port = int(server.rsplit(":", 1)[1])
     cat = photo_paths["chelsea"].read_bytes()
-    for name in ("evil.example", "192.168.1.5", "localhost.evil.example", ""):
+    for name in ("evil.example", "192.168.1.5", "localhost.evil.example", "",
+                 "127.attacker.example", "127.0.0.1.nip.io"):  # fmt: skip
         r = httpx.post(f"{server}/v1/classify", content=cat, headers={"Host": f"{name}:{port}"})
         assert r.status_code == 400 and "DNS rebinding" in r.json()["error"], (name, r.text)
-    for name in ("localhost", "127.0.0.1", "LOCALHOST"):
+    for name in ("localhost", "127.0.0.1", "LOCALHOST", "localhost.", "127.0.0.2", "[::1]"):
         r = httpx.post(f"{server}/v1/classify", content=cat, headers={"Host": f"{name}:{port}"})
         assert r.status_code == 200, (name, r.text)
     assert [host_name(h) for h in ("[::1]:80", "a:1", "::1", "b")] == ["::1", "a", "::1", "b"]
     assert is_loopback("127.0.0.1") and is_loopback("::1") and is_loopback("localhost")
     assert not is_loopback("0.0.0.0") and not is_loopback("192.168.1.5")
+    assert is_loopback("::ffff:127.0.0.1") and not is_loopback("127.attacker.example")
+    no_host = socket.create_connection(("127.0.0.1", port), timeout=30)  # HTTP/1.0: no Host
+    no_host.sendall(b"GET /healthz HTTP/1.0\r\n\r\n")
+    assert no_host.recv(100).startswith(b"HTTP/1.1 200"), "a request without Host is answered"
+    no_host.close()
 
 
 def test_a_methods_first_pass_does_not_hold_up_classify(server, client, photo_paths):
@@ -502,6 +508,33 @@ def test_batcher_counts_only_what_is_left_of_the_running_pass(monkeypatch):
 
     with ThreadPoolExecutor(1) as pool:
         assert asyncio.run(scenario()) == pytest.approx([0.5, 4.5])
+
+
+def test_a_failing_method_in_the_expensive_queue_fails_its_own_requests_only():
+    """The expensive methods share one queue: a pass holding scorecam and a method this model
+    cannot build gave scorecam's request the other's 400."""
+    from types import SimpleNamespace
+
+    from kerascope.serve.served import MethodQueue, RequestError, ServedModel
+
+    def explain(method, items):
+        if method == "bad":
+            raise RequestError("this model cannot", 400)
+        return [(method, target) for _, target in items]
+
+    fake = SimpleNamespace(_explain=explain)
+    items = [("scorecam", None, 1), ("bad", None, 2), ("scorecam", None, 3)]
+    out = ServedModel._explain_each(fake, items)
+    assert out[0] == ("scorecam", 1) and out[2] == ("scorecam", 3)
+
+    class Batcher:  # the shared queue, as `DynamicBatcher.run_all` hands out the rows
+        async def run_all(self, payloads):
+            return ServedModel._explain_each(fake, payloads)
+
+    assert asyncio.run(MethodQueue(Batcher(), "scorecam").run_all([(None, 5)])) == [
+        ("scorecam", 5)]  # fmt: skip
+    with pytest.raises(RequestError, match="this model cannot"):
+        asyncio.run(MethodQueue(Batcher(), "bad").run_all([(None, 6)]))
 
 
 def test_batcher_hands_a_failure_to_every_request_of_the_batch():

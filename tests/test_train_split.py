@@ -360,3 +360,9 @@ def test_a_stage_resumes_with_the_trainer_its_backup_was_made_by(shapes, tmp_pat
             train(resume=run, engine=other, progress=False)
         resumed = train(resume=run, progress=False)  # auto: as the backup was trained
         assert [r["epoch"] for r in resumed.history] == [1, 2, 3]
+    run = tmp_path / "scratch-onnx"  # nothing frozen to split: whole under every engine
+    with pytest.raises(KeyboardInterrupt):
+        train(shapes, output=run, engine="onnx", recipe="scratch", epochs=2, image_size=32,
+              batch_size=16, progress=False, callbacks=[StopAfter(0)])  # fmt: skip
+    resumed = train(resume=run, engine="onnx", progress=False)  # the same engine: no refusal
+    assert [r["epoch"] for r in resumed.history] == [1, 2]

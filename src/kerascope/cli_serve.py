@@ -109,5 +109,6 @@ def _run_serve(args) -> int:
         log_level=args.log_level,
         limits=limits,
         precision=args.precision,
+        exit_on_stop=True,  # a pass still running is not waited for
     )
     return 0

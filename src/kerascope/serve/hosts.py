@@ -14,17 +14,20 @@ import ipaddress
 
 from kerascope.serve.limits import json_reply
 
-LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
-
 
 def is_loopback(host: str) -> bool:
-    """Whether ``host`` (a bind address or name) is this machine only."""
-    if host.strip().lower() == "localhost":
+    """Whether ``host`` (a bind address, or a name from a ``Host`` header) is this machine
+    only: ``localhost`` or a loopback address (127.0.0.0/8, ::1, ::ffff:127.0.0.1). A name
+    that merely starts with "127." (``127.attacker.example``) is anybody's."""
+    name = host.strip().strip("[]").rstrip(".").lower()
+    if name == "localhost":
         return True
     try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
+        address = ipaddress.ip_address(name)
     except ValueError:
         return False
+    mapped = getattr(address, "ipv4_mapped", None)
+    return address.is_loopback or (mapped is not None and mapped.is_loopback)
 
 
 def host_name(header: str) -> str:
@@ -43,9 +46,10 @@ class LoopbackHosts:
 
     async def __call__(self, scope, receive, send):
         if scope["type"] == "http":
-            given = dict(scope.get("headers") or []).get(b"host", b"").decode("latin-1")
-            name = host_name(given)
-            if name not in LOOPBACK_NAMES and not name.startswith("127."):
+            header = dict(scope.get("headers") or []).get(b"host")
+            given = None if header is None else header.decode("latin-1")
+            # No Host at all (HTTP/1.0, a health check) is no browser's: nothing to rebind.
+            if given is not None and not is_loopback(host_name(given)):
                 shown = given.encode("unicode_escape").decode()[:100]
                 return await json_reply(
                     send, 400,

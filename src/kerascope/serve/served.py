@@ -318,13 +318,17 @@ class ServedModel:
         self._explainers[method].executor = self.executor
         return out
 
-    def _explain_each(self, items: Sequence[tuple[str, np.ndarray, int]]) -> list[tuple]:
-        """The expensive queue's pass: (method, pixels, target) each, run method by method."""
+    def _explain_each(self, items: Sequence[tuple[str, np.ndarray, int]]) -> list[Any]:
+        """The expensive queue's pass: (method, pixels, target) each, run method by method; a
+        method that fails fails its own rows only (`Failed`), not the others batched with it."""
         out: list = [None] * len(items)
         for method in dict.fromkeys(m for m, _, _ in items):
             rows = [i for i, (m, _, _) in enumerate(items) if m == method]
-            for i, result in zip(rows, self._explain(method, [items[i][1:] for i in rows]),
-                                 strict=True):  # fmt: skip
+            try:
+                results = self._explain(method, [items[i][1:] for i in rows])
+            except Exception as exc:  # noqa: BLE001  (given to this method's requests only)
+                results = [Failed(exc)] * len(rows)
+            for i, result in zip(rows, results, strict=True):
                 out[i] = result
         return out
 
@@ -377,7 +381,18 @@ class MethodQueue:
         return self.batcher.expecting(n)
 
     async def run_all(self, payloads: Sequence[tuple[np.ndarray, int]]) -> list[Any]:
-        return await self.batcher.run_all([(self.method, *p) for p in payloads])
+        results = await self.batcher.run_all([(self.method, *p) for p in payloads])
+        for result in results:
+            if isinstance(result, Failed):
+                raise result.error
+        return results
+
+
+@dataclass
+class Failed:
+    """A row of the expensive queue whose method failed: its request gets the error."""
+
+    error: Exception
 
 
 def _pad(x: np.ndarray, rows: int) -> np.ndarray:

@@ -54,11 +54,14 @@ def run_server(
     announce: Callable[[str], None] | None = None,
     limits: ServeLimits | None = None,
     precision: str | None = None,
+    exit_on_stop: bool = False,
 ) -> None:
     """Load ``models`` (the first is the default), then serve until interrupted.
 
     ``limits``: every limit (default: `ServeLimits` with ``max_body_mb``). ``precision``: what
     the models compute in (auto, float32, bfloat16, float16; see `load_served`).
+    ``exit_on_stop``: end the process at once when it stops while a model pass still runs
+    (the command's choice; a program that calls this keeps its process, and waits).
 
     Raises:
         ServeError: the ``serve`` extra is missing or the address cannot be used.
@@ -112,9 +115,11 @@ def run_server(
         try:
             server_class()(config).run(sockets=[sock])
         except KeyboardInterrupt as stop:  # Ctrl-C, SIGTERM (uvicorn raises it again at its end)
-            _leave_running_passes(served, say, stop)
+            if exit_on_stop:
+                _leave_running_passes(served, say, stop)
             raise
-        _leave_running_passes(served, say)
+        if exit_on_stop:
+            _leave_running_passes(served, say)
     finally:
         sock.close()
 

@@ -71,31 +71,28 @@ def damaged_backup(path: Path, why: BaseException | str) -> RunError:
                     f"{folder.parent.parent}`")  # fmt: skip
 
 
-def resumed_split(folder: Path, split: bool, forced: bool) -> bool:
-    """Whether a stage trains split: as its backup in ``folder`` was trained, where there is
-    one (a backup of the head alone does not load into the whole graph, nor the reverse: a
-    run started on a CPU and resumed on a GPU was called damaged); else ``split``. An engine
-    ``forced`` on the other trainer is one line."""
+def backup_trainer(folder: Path) -> str | None:
+    """How a stage's backup was trained: "split" (the head after a frozen prefix) or "whole"
+    (the whole graph in Keras); None without a backup, or one made before this was kept."""
     meta = _backup_meta(folder)
-    kept = None if meta is None else meta.get("trainer")
-    if kept is None or (kept == "split") == split:
-        return split
-    if forced:
-        stage = folder.name.replace("stage", "stage ")
-        how = ("split (the frozen prefix on onnxruntime or OpenVINO)" if kept == "split"
-               else "as one graph in Keras")  # fmt: skip
-        raise RunError(f"{stage}'s backup '{folder}' was trained {how}, which the engine asked "
-                       "for now (engine=/KERASCOPE_ENGINE) does not do: resume without it, or "
-                       f"remove the folder to train {stage} again from its first "
-                       "epoch")  # fmt: skip
-    return kept == "split"
+    return None if meta is None else meta.get("trainer")
+
+
+def trainer_mismatch(folder: Path, kept: str) -> RunError:
+    """One line for an engine asked for that cannot load the stage's backup."""
+    stage = folder.name.replace("stage", "stage ")
+    how = ("split (the frozen prefix on onnxruntime or OpenVINO)" if kept == "split"
+           else "as one graph in Keras")  # fmt: skip
+    return RunError(f"{stage}'s backup '{folder}' was trained {how}, which the engine asked for "
+                    "now (engine=/KERASCOPE_ENGINE) does not do: resume without it, or remove "
+                    f"the folder to train {stage} again from its first epoch")  # fmt: skip
 
 
 class Backup(keras.callbacks.Callback):
     """Saves the trained model's weights, optimizer and seed states after every epoch and
     restores them when a stage starts again; nothing is deleted here (the run removes a
     stage's backup once the stage is marked complete). ``trainer`` ("split" or "whole") is
-    recorded: only the same trainer can load it (`resumed_split`)."""
+    recorded: only the same trainer can load it (`backup_trainer`)."""
 
     def __init__(self, folder: str | os.PathLike, trainer: str = "whole"):
         super().__init__()

@@ -54,7 +54,6 @@ from kerascope.rundir import (  # noqa: E402
 from kerascope.training import devices as placing  # noqa: E402
 from kerascope.training import recipes  # noqa: E402
 from kerascope.training import resume as resuming  # noqa: E402
-from kerascope.training.checkpoints import resumed_split  # noqa: E402
 from kerascope.training.config_file import load_config, save_config  # noqa: E402
 from kerascope.training.finish import finish_run, remove_leftovers  # noqa: E402
 from kerascope.training.heads import UnfreezeSpec  # noqa: E402
@@ -419,9 +418,8 @@ def _train(run_dir: Path, config: dict[str, Any], resumed: bool, engine: str | N
                 recipes.prepare_stage(model, index, unfreeze_point(config, stage))
                 continue
             trained_here = True
-            backup = run_dir / "backup" / f"stage{index + 1}"
             run_stage(model, run_dir, config, index, stage, seqs, weights, verbose, callbacks,
-                      resumed_split(backup, split, forced), progress, started)  # fmt: skip
+                      split, progress, started, forced)  # fmt: skip
             write_state(run_dir, {**read_state(run_dir), "completed_stages": index + 1})
             shutil.rmtree(run_dir / "backup" / f"stage{index + 1}", ignore_errors=True)
     except KeyboardInterrupt as stop:  # Ctrl-C, SIGTERM, SIGHUP (kerascope.interrupts)

@@ -23,7 +23,9 @@ from kerascope.training.checkpoints import (  # noqa: E402
     Backup,
     BestCheckpoint,
     backup_epoch,
+    backup_trainer,
     load_best,
+    trainer_mismatch,
 )
 from kerascope.training.epochs import EpochLog, InterruptCheck, prefix_sequences  # noqa: E402
 from kerascope.training.heads import UnfreezeSpec, parameter_counts  # noqa: E402
@@ -52,11 +54,12 @@ def unfreeze_point(config: dict[str, Any], stage: dict[str, Any] | None = None) 
 
 def run_stage(model, run_dir: Path, config: dict, index: int, stage: dict, seqs, weights,
                verbose: int, extra: list | None, split: bool, progress: bool,
-               started: float | None = None) -> None:  # fmt: skip
+               started: float | None = None, forced: bool = False) -> None:  # fmt: skip
     """One ``fit``: flags, optimizer, callbacks; epochs are numbered across stages. Under a
     time budget (``started``: when the run's clock started) the stage's epochs are planned
     from its measured epoch time once compiled, and recorded in ``config.yaml``; a stage it
-    has no time left for is skipped."""
+    has no time left for is skipped. A resumed stage trains as its backup was trained (split
+    or whole), unless the engine was ``forced`` (asked for), which cannot load it: one line."""
     pending = (config.get("epochs_rule") == "time budget" and "epoch_seconds" not in stage
                and not stage.get("skipped") and started is not None
                and placing.process_share() is None)  # fmt: skip
@@ -68,7 +71,7 @@ def run_stage(model, run_dir: Path, config: dict, index: int, stage: dict, seqs,
     if index > 0 and best.is_file() and backup_epoch(backup) is None:
         load_best(model, best)  # stage 2 starts from stage 1's best, as the guide does
     recipes.set_precision(model, "float32")  # the prefix is compiled in float32
-    parts = split_model(model) if split else None
+    parts = _as_backed_up(backup, split_model(model) if split else None, model, forced)
     augment = AugmentConfig(**config["augment"]) if config["augment"] else None
     if parts is not None:
         trained = parts.suffix
@@ -145,6 +148,19 @@ def run_stage(model, run_dir: Path, config: dict, index: int, stage: dict, seqs,
         trained.fit(train_data, validation_data=val_data, epochs=end, initial_epoch=start,
                     callbacks=callbacks, shuffle=False,
                     verbose=verbose)  # fmt: skip
+
+
+def _as_backed_up(backup: Path, parts: Any, model: Any, forced: bool) -> Any:
+    """``parts`` (the split; None: the whole graph), or as the stage's backup was trained:
+    a backup of the head alone does not load into the whole graph, nor the reverse (a run
+    started on a CPU and resumed on a GPU was called damaged). A stage that cannot split
+    (nothing frozen before it) trains whole under every engine, and matches its backup."""
+    kept = backup_trainer(backup)
+    if kept is None or kept == ("split" if parts is not None else "whole"):
+        return parts
+    if forced:
+        raise trainer_mismatch(backup, kept)
+    return split_model(model) if kept == "split" else None
 
 
 def build_before_fit(trained: Any, data: Any) -> None:
