@@ -396,10 +396,12 @@ def test_cli_checks_its_options():
     args = parser.parse_args(["serve", "-m", "resnet50", "runs/cats", "--model", "x.keras"])
     assert args.models == ["resnet50", "runs/cats", "x.keras"]
     assert (args.host, args.port, args.max_batch, args.max_wait_ms) == ("127.0.0.1", 8000, 32, 5)
-    for bad in (["--max-batch", "0"], ["--port", "70000"], ["--max-body-mb", "0"]):
+    for bad in (["--port", "70000"], ["--max-body-mb", "0"]):
         with pytest.raises(CliError):
             args = parser.parse_args(["serve", *bad])
             args.func(args)
+    with pytest.raises(SystemExit):  # a whole number of at least 1, as every batch size
+        parser.parse_args(["serve", "--max-batch", "0"])
 
 
 def test_batcher_gathers_concurrent_requests():

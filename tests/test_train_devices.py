@@ -237,11 +237,12 @@ def test_two_processes_train_together_and_only_process_0_writes(photos, tmp_path
     assert _files(run) == _files(single)  # one writer: no second lock, no stray files
     assert f"run in {run}" in outs[1][1]  # process 1 names the run (its scratch copy is gone)
     # Each process's caches hold its half of every batch it fed, no other row: validation's
-    # 6 images (one batch, padded with its first row) exactly; the 26 training images
+    # 6 images (one batch of 6: a split smaller than the batch is not padded to it) exactly;
+    # the 26 training images
     # reshuffled each epoch, so epochs 1 and 2's halves, and perhaps some of the third's
     # (Keras's queue prefetches the epoch after the last one: 4 batches, all of it here)
     caches = [_cached(home) for home in homes]
-    assert [c[6] for c in caches] == [{0, 1, 2, 3}, {4, 5, 0}]
+    assert [c[6] for c in caches] == [{0, 1, 2}, {3, 4, 5}]
     for index, cache in enumerate(caches):
         assert set(cache) == {6, 26}
         fed, prefetched = (_fed(26, 8, 0, range(e), index, 2) for e in (2, 3))

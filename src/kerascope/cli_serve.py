@@ -95,8 +95,6 @@ def _run_serve(args) -> int:
 
     if not 0 <= args.port <= 65535:
         raise CliError(f"--port must be 0..65535, got {args.port}")
-    if args.max_batch < 1:
-        raise CliError("--max-batch must be at least 1")
     if not 0 <= args.max_wait_ms <= 10_000:
         raise CliError("--max-wait-ms must be 0..10000")
     limits = limits_from(args)
