@@ -215,6 +215,9 @@ def test_dash_alone_is_one_picture_piped_in(run_dir, tmp_path, monkeypatch, caps
     assert "standard input, which is a terminal" in one_line(capsys.readouterr().err)
     assert main(["classify", "-m", str(run_dir), "-", "-"]) == 2
     assert "named once" in one_line(capsys.readouterr().err)
+    monkeypatch.setattr(sys, "stdin", None)  # `kerascope classify - <&-`
+    assert main(["classify", "-m", str(run_dir), "-"]) == 2
+    assert "standard input, which is closed" in one_line(capsys.readouterr().err)
 
 
 # --- wrong option values: one line with the valid choices -------------------------------------

@@ -95,6 +95,15 @@ def test_explicit_zeros_are_refused_not_read_as_the_default(tmp_path, capsys, op
     assert not run.exists()
 
 
+def test_image_sides_take_numpy_numbers_and_arrays():
+    import numpy as np
+
+    from kerascope.training.settings import image_sides
+
+    assert image_sides(np.int64(64)) == [64, 64] == image_sides(np.array([64, 64]))
+    assert image_sides((32, 48)) == [32, 48]
+
+
 @pytest.mark.parametrize(
     ("option", "said"),
     [({"image_size": "64"}, "image_size must be a whole number or (height, width), got '64'"),

@@ -127,6 +127,11 @@ def test_an_unfinished_run_says_how_to_finish_it_and_a_file_is_no_dataset(
         line = capsys.readouterr().err
         assert f"has not finished; continue it with `kerascope train --resume {interrupted}`" \
             in line, line  # fmt: skip
+    gone = tmp_path / "gone"  # finished, then its model deleted: no resume to offer
+    shutil.copytree(run, gone)
+    (gone / "model.keras").unlink()
+    assert main(["predict", str(gone), str(image)]) == 2
+    assert "finished, but its model was removed since" in capsys.readouterr().err
     for target in (image, data / "*" / "*.png"):
         assert main(["evaluate", str(run), str(target)]) == 2
         line = capsys.readouterr().err

@@ -200,7 +200,7 @@ def test_predict_writes_json_for_a_json_name_and_csv_to_standard_output(
     written = json.loads((tmp_path / "out.json").read_text())
     assert [r["path"] for r in written] == [r.source for r in rows]
     broken = next(r for r in written if r["path"].endswith("broken.jpg"))
-    assert broken["label"] is None and broken["probability"] is None and broken["error"]
+    assert broken["label"] == "" and broken["probability"] is None and broken["error"]
     good = next(r for r in written if not r["error"])
     assert isinstance(good["probability"], float) and good["label"] in CLASSES
     capsys.readouterr()

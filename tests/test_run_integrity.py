@@ -223,14 +223,18 @@ def test_resume_honours_epochs_and_refuses_conflicting_options(shapes32, tmp_pat
     for flags, said in (
         (["--recipe", "transfer"], "with --recipe transfer: the run was started with recipe lenet"),
         (["--binary"], "with --binary: the run was started with a multiclass head"),
-        (["--time-budget", "1"], "with --time-budget 1.0: the run was started with time_budget"),
+        (
+            ["--time-budget", "1"],
+            "with --time-budget 1.0: the run was started with no time "
+            "budget (epochs from the epochs)",
+        ),
         (["--rotation", "5"], "with --rotation 5: the run was started with --rotation 30 ("),
     ):
         assert main(["train", "--resume", str(run), *flags]) == 2
         assert said in _one_line_error(capsys.readouterr().err)
     assert main(["train", "--resume", str(run), "--epochs", "1"]) == 2
     assert "already run 2 epoch(s)" in _one_line_error(capsys.readouterr().err)
-    result = train(resume=run, epochs=5, seed=0, progress=False)  # seed as saved: fine
+    result = train(resume=run, epochs=5, seed=0, time_budget=0, progress=False)  # as saved
     assert [r["epoch"] for r in result.history] == [1, 2, 3, 4, 5]
     assert result.config["stages"][0]["epochs"] == 5
     assert main(["train", "--resume", str(run), "--epochs", "9"]) == 2

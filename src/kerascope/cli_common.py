@@ -101,8 +101,9 @@ def stdin_picture(paths: list[str]) -> Iterator[tuple[list[str], str | None]]:
     if paths.count(STDIN) > 1:
         raise CliError("'-' (one picture from standard input) can be named once")
     if sys.stdin is None or sys.stdin.isatty():
+        state = "closed" if sys.stdin is None else "a terminal"
         raise CliError(
-            "'-' reads one picture from standard input, which is a terminal: pipe one in "
+            f"'-' reads one picture from standard input, which is {state}: pipe one in "
             "(curl -s URL | kerascope classify -); a file named '-' is ./-"
         )
     with tempfile.TemporaryDirectory(prefix="kerascope-stdin-") as folder:

@@ -8,6 +8,7 @@ classifier, so a predicted label is the top-1 class ``classify`` gives for the s
 from __future__ import annotations
 
 import csv
+import math
 import os
 import sys
 from collections import Counter
@@ -176,12 +177,22 @@ def write_csv(rows: Iterable[PredictedLabel], path: str | os.PathLike) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     if path.suffix.lower() == ".json":
-        records = [{k: (v if v != "" else None) for k, v in row.csv_row().items()} for row in rows]
-        write_json(path, records)
+        write_json(path, [_json_row(row) for row in rows])
         return path
     with atomic_open(path, "w", newline="") as f:
         _write_rows(rows, f)
     return path
+
+
+def _json_row(row: PredictedLabel) -> dict[str, Any]:
+    """A row as JSON: the label as in the CSV ("" when none is called), the probability a
+    number or null (never NaN, which is no JSON), the error a text or null."""
+    cells = row.csv_row()
+    p = cells["probability"]
+    number = isinstance(p, int | float) and math.isfinite(p)
+    return {"path": cells["path"], "label": cells["label"],
+            "probability": float(p) if number else None,
+            "error": cells["error"] or None}  # fmt: skip
 
 
 def _write_rows(rows: Iterable[PredictedLabel], stream: Any) -> None:

@@ -141,10 +141,16 @@ def missing_model(model_path: Path) -> str:
     finished has none yet (a Ctrl-C, a crash), and goes on with ``--resume``."""
     run_dir = model_path.parent
     said = f"no model file at '{model_path}'"
-    if (run_dir / STATE_NAME).is_file() and (run_dir / "config.yaml").is_file():
-        return (f"{said}: the run in '{run_dir}' has not finished; continue it with "
-                f"`kerascope train --resume {run_dir}`")  # fmt: skip
-    return said
+    if not ((run_dir / STATE_NAME).is_file() and (run_dir / "config.yaml").is_file()):
+        return said
+    try:
+        done = read_state(run_dir).get("status") == "done"
+    except RunError:
+        return said
+    if done:  # finished, then the model was moved or deleted: a resume would be refused
+        return f"{said}: the run in '{run_dir}' finished, but its model was removed since"
+    return (f"{said}: the run in '{run_dir}' has not finished; continue it with "
+            f"`kerascope train --resume {run_dir}`")  # fmt: skip
 
 
 def write_state(run_dir: str | os.PathLike, state: dict[str, Any]) -> None:

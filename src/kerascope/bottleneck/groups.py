@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from kerascope import interrupts
 from kerascope.bottleneck.branches import (
     FeatureCacheError,
     FeatureSpec,
@@ -159,6 +160,7 @@ def _compute(f, g, spec, run, rows, todo, batch_size, progress, done) -> int:
     for start, items in zip(
         range(0, len(todo), batch_size), iter_batches(sources, size, batch_size), strict=True
     ):
+        interrupts.check()  # a Ctrl-C swallowed in a finalizer (`kerascope.interrupts`)
         bad = [it for it in items if it.error is not None]
         if bad:
             raise FeatureCacheError(

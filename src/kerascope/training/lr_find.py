@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from kerascope import interrupts
 from kerascope.errors import ConfigError
 
 SMOOTHING = 0.98  # fastai's exponential moving average of the loss (debiased)
@@ -180,6 +181,7 @@ def find_lr(
     best = np.inf
     epoch, batch = 0, 0
     for i, lr in enumerate(lrs):
+        interrupts.check()  # a Ctrl-C swallowed in a finalizer (`kerascope.interrupts`)
         if batch == len(feed):
             epoch, batch = epoch + 1, 0
             feed.set_epoch(epoch)

@@ -105,16 +105,15 @@ def _same(name: str, value: Any, config: dict, run_dir: Path) -> bool:
         recipe = recipes.get_recipe(config["recipe"])
         return settings.resolve_weights(recipe, config["backbone"], value) == config.get("weights")
     if name == "image_size":
-        size = [int(value)] * 2 if isinstance(value, int) else [int(v) for v in value]
-        return size == list(config["image_size"])
+        return settings.image_sides(value) == list(config["image_size"])
     if name == "augment":
         if value is False or value is None:
             return config["augment"] is None
         return value is True or dataclasses.asdict(value) == config["augment"]
     if name == "binary":
         return bool(value) == (config.get("task") == "binary")
-    if name == "time_budget":
-        return config.get("time_budget") is not None and float(value) == config["time_budget"]
+    if name == "time_budget":  # 0 turns it off: the same as a run without one
+        return float(value or 0) == float(config.get("time_budget") or 0)
     if name == "class_weight" and isinstance(value, dict):
         value = {str(k): float(v) for k, v in value.items()}
     return value == config.get(name)
@@ -141,6 +140,8 @@ def _saved(name: str, value: Any, config: dict, run_dir: Path) -> str:
         return "augmentation" if config["augment"] else "no augmentation"
     if name == "binary":
         return f"a {config.get('task') or 'multiclass'} head"
+    if name == "time_budget" and not config.get("time_budget"):
+        return f"no time budget (epochs from the {config.get('epochs_rule') or 'recipe'})"
     if name == "lr":
         return "lr " + ", ".join(f"{s['lr']:g}" for s in config["stages"])
     if name in ("optimizer", "momentum"):

@@ -46,9 +46,11 @@ def _given(value: Any, default: Any, name: str, minimum: float, strict: bool = F
     return value
 
 
-def _image_size(value: Any) -> list[int]:
+def image_sides(value: Any) -> list[int]:
     """``image_size`` as [height, width]: one whole number, or two (a string was split into
-    its characters: "64" trained at 6x4)."""
+    its characters: "64" trained at 6x4); NumPy numbers and arrays as Python's."""
+    if hasattr(value, "tolist") and not isinstance(value, str | bytes):
+        value = value.tolist()  # np.int64(224) -> 224, np.array([224, 224]) -> [224, 224]
     sides = [value] * 2 if isinstance(value, numbers.Real) else value
     if isinstance(value, str | bytes) or not isinstance(sides, Sequence) or len(sides) != 2:
         raise ConfigError(f"image_size must be a whole number or (height, width), got {value!r}")
@@ -117,7 +119,7 @@ def resolve_config(
         image_size = data_size(data, native_size(backbone))
     elif image_size is None:
         image_size = r.image_size or native_size(backbone)
-    size = _image_size(image_size)
+    size = image_sides(image_size)
     if augment is True:
         augment = r.augment
     dropout = float(r.dropout if dropout is None else dropout)
