@@ -553,3 +553,5 @@ def test_a_stopped_server_does_not_wait_for_a_running_pass(tmp_path, photo_paths
         worker.join(60)
     assert code == 130 and took < 15, (took, log)
     assert "a model pass still running is not waited for" in log, log
+    status, _, body, _, _ = out["sc"]  # past the 5 s grace: a JSON 503, not uvicorn's 500
+    assert status == 503 and "stopped before this request was answered" in body["error"], body

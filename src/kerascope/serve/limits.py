@@ -174,7 +174,22 @@ class BodyLimit:
                 done = not message.get("more_body", False)
             return message
 
-        await self.app(scope, limited_receive, send)
+        started = False
+
+        async def tracked_send(message):
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, limited_receive, tracked_send)
+        except asyncio.CancelledError:  # a stopping server cancels what outlived its grace
+            if started:
+                raise
+            # Answered here, not re-raised: uvicorn sent a plain-text 500 and logged a
+            # traceback per request (the client did nothing wrong)
+            await json_reply(send, 503, "the server stopped before this request was "
+                             "answered; send it again when it is back")  # fmt: skip
 
 
 def _content_length(scope) -> int | None:
