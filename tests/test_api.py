@@ -9,6 +9,7 @@ every step takes paths, folders, globs, arrays or PIL Images through one mechani
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -123,3 +124,19 @@ def test_save_explanations_names_files_and_leaves_no_temp_files(run_dir, tmp_pat
     assert [s.path.name for s in again] == ["image-0-output.jpg", "image-1-output.jpg"]
     assert [s.explanation.class_name for s in again] == CLASSES
     assert not [p for p in out.iterdir() if p.name.startswith(".")]
+
+
+@pytest.mark.parametrize(
+    ("inputs", "kwargs", "error", "said"),
+    [(None, {}, TypeError, "got NoneType"), (b"cat.png", {}, TypeError, "got bytes"),
+     (["a.png", None], {}, TypeError, "got NoneType None"), ([1, 2], {}, TypeError, "got int 1"),
+     ("a.png", {"top": 0}, ValueError, "top must be a whole number of at least 1, got 0"),
+     ("a.png", {"top": None}, ValueError, "top must be a whole number of at least 1, got None"),
+     ("a.png", {"threshold": 2}, ValueError, "threshold must be a number from 0 to 1, got 2"),
+     ("a.png", {"threshold": "0.1"}, ValueError, "from 0 to 1, got '0.1'")],
+)  # fmt: skip
+def test_classify_names_a_wrong_argument(run_dir, inputs, kwargs, error, said):  # noqa: F811
+    """Before: top=0 and threshold=2 gave one class in silence, None an obscure "NoneType is
+    not iterable", raw bytes "expected str, bytes or os.PathLike object, not int"."""
+    with pytest.raises(error, match=re.escape(said)):
+        kerascope.classify(inputs, model=run_dir, **kwargs)

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+import kerascope
 from kerascope.data.folders import DatasetError
 from kerascope.data.multilabel import read_label_csv
 from kerascope.multilabel_metrics import average_precision, best_threshold, multilabel_report
@@ -210,6 +211,9 @@ def test_predict_and_classify_name_every_label_above_its_threshold(multilabel_ru
     out = json.loads(capsys.readouterr().out)
     names = {p["name"] for p in out[0]["predictions"]}
     assert names == truth[Path(two.source)] and len(names) == 2
+    # the Python API answers as the CLI does (it gave every label, ranked)
+    (api,) = kerascope.classify(two.source, model=run.run_dir)
+    assert {p.name for p in api.predictions} == names
 
 
 def test_options_a_multilabel_run_does_not_take_are_refused(pairs, tmp_path, capsys):

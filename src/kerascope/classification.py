@@ -15,6 +15,7 @@ inside (`kerascope.inference.Forward.top_k`) and batches padded to a few fixed s
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -276,11 +277,43 @@ def iter_classify(
     """
     from kerascope.zoo.shared import shared_model
 
+    check_ranking(top, threshold)
     clf = model if isinstance(model, Classifier) else shared_model(model)
     # One uint8 picture batch stays one array: the keras engine fits it on the device.
     sources = inputs if is_picture_batch(inputs) else normalise_inputs(inputs)[0]
-    yield from classify_sources(clf, sources, top, threshold, batch_size, precision=precision,
-                                group=group)  # fmt: skip
+    multilabel = clf.extra.get("multilabel")
+    stream = classify_sources(clf, sources, clf.num_classes if multilabel else top, threshold,
+                              batch_size, precision=precision, group=group)  # fmt: skip
+    yield from called_labels(clf, stream)
+
+
+def check_ranking(top: Any, threshold: Any) -> None:
+    """``top`` a whole number of at least 1, ``threshold`` a number from 0 to 1: one
+    ValueError naming the argument (top=0 gave one class, threshold="0.1" a TypeError)."""
+    if isinstance(top, bool) or not isinstance(top, numbers.Integral) or top < 1:
+        raise ValueError(f"top must be a whole number of at least 1, got {top!r}")
+    if (
+        isinstance(threshold, bool)
+        or not isinstance(threshold, numbers.Real)
+        or not (0.0 <= threshold <= 1.0)
+    ):
+        raise ValueError(f"threshold must be a number from 0 to 1, got {threshold!r}")
+
+
+def called_labels(clf: Classifier, results: Iterable[ImageResult]) -> Iterator[ImageResult]:
+    """``results`` as given, or for a multi-label run, each with the labels at or above their
+    own thresholds (tuned on validation: ``multilabel.json``), which may be several or none:
+    the answer ``classify --model RUN`` prints (the API gave every label, ranked)."""
+    multilabel = clf.extra.get("multilabel")
+    if not multilabel:
+        yield from results
+        return
+    from kerascope.zoo.sigmoid_heads import called
+
+    for r in results:
+        if r.ok:
+            r.predictions = called(r.predictions, multilabel["thresholds"])
+        yield r
 
 
 def classify(

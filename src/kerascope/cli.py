@@ -127,7 +127,7 @@ def _run_classify(args) -> int:
 
 def _classify(args) -> int:
     from kerascope import output
-    from kerascope.classification import classify_sources, run_precision
+    from kerascope.classification import called_labels, classify_sources, run_precision
     from kerascope.inference import engine_name
     from kerascope.sources import normalise_inputs
     from kerascope.zoo.models import load_model
@@ -166,15 +166,11 @@ def _classify(args) -> int:
                     f"{tta.describe()})")  # fmt: skip
         stream = classify_tta(clf, sources, tta, args.top, args.threshold, args.batch_size,
                               precision)  # fmt: skip
-    results, interrupted = _until_interrupted(stream, len(sources), "classifying")
+    results, interrupted = _until_interrupted(called_labels(clf, stream), len(sources),
+                                              "classifying")  # fmt: skip
     for r in results:
         if r.source == args.piped:
             r.source = STDIN  # named as the user named it
-    if multilabel:
-        from kerascope.zoo.sigmoid_heads import called
-
-        for r in results:
-            r.predictions = called(r.predictions, multilabel["thresholds"]) if r.ok else []
     if interrupted:
         where = f"'{args.output}'" if args.output else "the output"
         if not results:

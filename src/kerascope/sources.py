@@ -15,7 +15,7 @@ from __future__ import annotations
 import itertools
 import os
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -160,7 +160,15 @@ def normalise_inputs(inputs) -> tuple[list, list[str], list[str]]:
         return list(inputs), [], []
     if isinstance(inputs, str | os.PathLike | np.ndarray | Image.Image):
         inputs = [inputs]
+    if isinstance(inputs, bytes | bytearray) or not isinstance(inputs, Iterable):
+        raise TypeError(f"inputs are paths, folders, globs, RGB arrays or PIL Images (or a list "
+                        f"of them), got {type(inputs).__name__}")  # fmt: skip
     inputs = list(inputs)
+    kinds = str | os.PathLike | np.ndarray | Image.Image
+    odd = [x for x in inputs if not isinstance(x, kinds)]
+    if odd:
+        raise TypeError(f"inputs are paths, folders, globs, RGB arrays or PIL Images, got "
+                        f"{type(odd[0]).__name__} {odd[0]!r:.60}")  # fmt: skip
     images = [x for x in inputs if isinstance(x, np.ndarray | Image.Image)]
     paths = [x for x in inputs if not isinstance(x, np.ndarray | Image.Image)]
     if images and paths:
