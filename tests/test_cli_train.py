@@ -82,7 +82,8 @@ def test_train_errors_are_one_line(tmp_path, capsys):
      # NaN trained a NaN model and saved it as the best
      ("--lr", "nan", "lr must be a finite number, got nan"),
      ("--mixup", "nan", "mixup is a Beta(a, a) parameter, at least 0 (0: off), got nan"),
-     ("--patience", "-1", "patience must be at least 0, got -1")],
+     ("--patience", "-1", "patience must be at least 0, got -1"),
+     ("--rotation", "nan", "rotation must be >= 0, got nan")],
 )  # fmt: skip
 def test_explicit_zeros_are_refused_not_read_as_the_default(tmp_path, capsys, option, value,
                                                             said):  # fmt: skip

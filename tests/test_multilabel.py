@@ -339,3 +339,14 @@ def test_report_names_the_head_each_task_trains(multilabel_run, tmp_path, task, 
     text = write_run_report(tmp_path / "report.md", config, "data", outcome).read_text()
     assert f"- head: gap -> dropout 0.2 -> {head}\n" in text
     assert accuracy in text
+
+
+def test_multilabel_json_files_hold_no_bare_nan():
+    """A label without positives has no average precision: it was written as bare NaN, which
+    is no JSON (JavaScript's JSON.parse refused metrics.json); now null."""
+    from kerascope.files import finite
+
+    data = {"per_label": [{"average_precision": float("nan"), "f1": 0.5}], "map": float("inf")}
+    text = json.dumps(finite(data), allow_nan=False)
+    assert json.loads(text) == {"per_label": [{"average_precision": None, "f1": 0.5}],
+                                "map": None}  # fmt: skip

@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import json
+import math
 import os
 import secrets
 import shutil
@@ -283,6 +284,19 @@ def write_text(path: str | os.PathLike, text: str, newline: str | None = None) -
 
 def write_json(path: str | os.PathLike, data: Any) -> Path:
     return write_text(path, json.dumps(data, indent=1, ensure_ascii=False) + "\n")
+
+
+def finite(data: Any) -> Any:
+    """``data`` with every NaN or infinity as None, for JSON others read: bare ``NaN`` is no
+    JSON (JavaScript's ``JSON.parse`` refused a multi-label ``metrics.json`` with a label
+    that has no positives)."""
+    if isinstance(data, float):
+        return data if math.isfinite(data) else None
+    if isinstance(data, dict):
+        return {k: finite(v) for k, v in data.items()}
+    if isinstance(data, list | tuple):
+        return [finite(v) for v in data]
+    return data
 
 
 def fresh_path(path: str | os.PathLike) -> Path:

@@ -18,7 +18,7 @@ import numpy as np
 
 from kerascope.data.multilabel import pixels_of, read_label_csv
 from kerascope.errors import ConfigError
-from kerascope.files import make_output_folder, write_json
+from kerascope.files import finite, make_output_folder, write_json
 from kerascope.multilabel_metrics import multilabel_report
 from kerascope.tta import TTA
 from kerascope.zoo.models import Classifier, load_model
@@ -122,10 +122,10 @@ def evaluate_multilabel(
     folder = Path(output) if output else run_dir if own else (
         run_dir / "evaluations" / table.csv.stem)  # fmt: skip
     make_output_folder(folder)
-    write_json(folder / "metrics.json", {"task": "multilabel", "data": str(table.csv),
-                                         "split": chosen, "trained_on": int(trained_on),
-                                         "tta": tta.to_dict() if tta else None,
-                                         **report})  # fmt: skip
+    write_json(folder / "metrics.json", finite({"task": "multilabel", "data": str(table.csv),
+                                                "split": chosen, "trained_on": int(trained_on),
+                                                "tta": tta.to_dict() if tta else None,
+                                                **report}))  # fmt: skip
     return MultilabelEvaluation(report, len(rows), table.csv, chosen, folder, int(trained_on),
                                 tta.to_dict() if tta else None)  # fmt: skip
 

@@ -88,7 +88,7 @@ class AugmentConfig:
         if not 0 <= int(self.policy_magnitude) <= 30:
             raise ConfigError(f"policy_magnitude is a bin, 0 to 30, got {self.policy_magnitude}")
         for name in ("rotation", "width_shift", "height_shift", "shear", "zoom"):
-            if getattr(self, name) < 0:
+            if not getattr(self, name) >= 0:  # NaN too (it reached the random draws)
                 raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.rotation > 180:
             raise ConfigError(f"rotation is in degrees and at most 180, got {self.rotation}")

@@ -35,7 +35,7 @@ import numpy as np
 from kerascope.data.augment import AugmentConfig
 from kerascope.data.multilabel import LabelTable, pixels_of, read_label_csv
 from kerascope.errors import ConfigError, RunError
-from kerascope.files import atomic_path, write_json
+from kerascope.files import atomic_path, finite, write_json
 from kerascope.multilabel_metrics import multilabel_report, tune_thresholds
 from kerascope.output import printable
 from kerascope.report import plot_curves, write_history, write_run_report
@@ -212,11 +212,11 @@ def _train(run_dir: Path, config: dict, table: LabelTable, splits: dict, progres
     with atomic_path(run_dir / "model.keras", suffix=".keras") as tmp:
         saved.save(tmp)
     write_history(run_dir / "history.csv", history)
-    write_json(run_dir / MULTILABEL_NAME, {
+    write_json(run_dir / MULTILABEL_NAME, finite({
         "labels": table.labels, "thresholds": thresholds, "csv": str(table.csv),
         "threshold_rule": "max F1 per label on the validation rows",
         "splits": {name: table.relative(rows) for name, rows in splits.items()},
-        "validation": metrics})  # fmt: skip
+        "validation": metrics}))  # fmt: skip
     outcome = _outcome(history, best)
     plot_curves(history, run_dir / "curves.png", "accuracy per label (at 0.5)")
     notes = [augment_line(augment), "", *label_lines(metrics, config["counts"])]
