@@ -88,6 +88,10 @@ def test_csv_reads_both_separators_and_paths_relative_to_its_folder(pairs):
         ("images/000.jpg\timages/001.jpg\n", "row 1: 1 cell(s) where 2 were expected"),
         ("images/000.jpg,cat,dog\n", "row 1: 3 cell(s) where 2 were expected"),
         ("path,labels\n", "has no image rows"),
+        # twice: in training and validation at once, or two contradicting answers
+        ("images/000.jpg,cat\nimages/001.jpg,dog\n./images/000.jpg,dog\n",
+         "row 3: './images/000.jpg' is listed already (row 1)"),
+        ("images,cat\n", "row 1: 'images' is a folder, not an image"),
     ],
 )  # fmt: skip
 def test_csv_refuses_bad_rows_in_one_line_naming_the_row(pairs, tmp_path, rows, expected):

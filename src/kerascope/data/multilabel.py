@@ -89,6 +89,7 @@ def read_label_csv(path: str | os.PathLike, labels: list[str] | None = None) -> 
     except (UnicodeDecodeError, csv.Error) as exc:
         raise DatasetError(f"'{source}' is not a readable CSV ({exc}); {_FORMAT}") from None
     paths, names, numbers = [], [], []
+    seen: dict[str, int] = {}  # image -> the row that named it first
     for number, row in enumerate(table, 1):
         cells = [c.strip() for c in row]
         if not any(cells):
@@ -108,8 +109,14 @@ def read_label_csv(path: str | os.PathLike, labels: list[str] | None = None) -> 
         image = Path(file).expanduser()
         image = image if image.is_absolute() else source.parent / image
         if not image.is_file():
-            raise DatasetError(f"'{source}' row {number}: '{file}' does not exist (paths are "
+            what = "is a folder, not an image" if image.is_dir() else "does not exist"
+            raise DatasetError(f"'{source}' row {number}: '{file}' {what} (paths are "
                                f"relative to the CSV's folder, {source.parent})")  # fmt: skip
+        first = seen.setdefault(os.path.realpath(image), number)
+        if first != number:  # twice: in training and validation at once, or two answers
+            raise DatasetError(f"'{source}' row {number}: '{file}' is listed already (row "
+                               f"{first}); give each image one row, with all its "
+                               "labels")  # fmt: skip
         paths.append(image)
         names.append(named)
         numbers.append(number)
