@@ -393,3 +393,19 @@ def test_every_zoo_family_gives_a_finite_map(name, size, numpy_init):
         inner = Explainer(nested, "gradcam++")
         assert inner.layer == "out_relu" and inner.cam.analytic
         assert np.isfinite(inner.explain_batch(_pixels(2, size))[0]).all()
+
+
+def test_explain_batch_reads_dtypes_as_explain_does(lite0, photo_paths):
+    """Before: a float batch in [0, 1] was rounded to black (a matchstick), uint16 read as
+    0..255 (a nematode), NaN explained; now the rules of `kerascope.explain`'s arrays."""
+    from kerascope.cam.explain import Explainer
+
+    x = load_rgb(photo_paths["chelsea"], 224)[None]
+    explainer = Explainer(lite0, "gradcam")
+    maps, classes, probs = explainer.explain_batch(x)
+    for same in (x / 255.0, x.astype(np.float32), x.astype(np.uint16) * 257):
+        m, c, p = explainer.explain_batch(same)
+        assert int(np.asarray(c)[0]) == int(np.asarray(classes)[0])
+        np.testing.assert_allclose(np.asarray(p), np.asarray(probs), atol=1e-6)
+    with pytest.raises(ValueError, match="NaN"):
+        explainer.explain_batch(np.full(x.shape, np.nan))

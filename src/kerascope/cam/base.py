@@ -243,14 +243,19 @@ class Activations:
 
 
 def model_pixels(clf: Any, pixels: np.ndarray) -> np.ndarray:
-    """A batch at ``clf``'s input size as uint8 (rounded and clipped when given as floats), or a
-    ValueError naming the shape expected: what every explain method takes."""
+    """A batch at ``clf``'s input size as uint8, or a ValueError naming the shape expected:
+    what every explain method takes. Other dtypes follow `kerascope.images.as_rgb_array`'s
+    rules, as `kerascope.explain` does (floats in [0, 1] scaled; uint16 divided by 257; NaN
+    refused): a 0..1 float batch was rounded to black and explained as a matchstick."""
     pixels = np.asarray(pixels)
     expected = (*clf.input_size, 3)
     if pixels.ndim != 4 or tuple(pixels.shape[1:]) != expected:
         raise ValueError(f"expected pixels of shape (N, {expected}), got {pixels.shape}")
     if pixels.dtype != np.uint8:
-        pixels = np.clip(np.rint(pixels), 0, 255).astype(np.uint8)
+        from kerascope.images import as_rgb_array
+
+        pixels = np.stack([as_rgb_array(p) for p in pixels]) if len(pixels) else (
+            pixels.astype(np.uint8))  # fmt: skip
     return pixels
 
 
