@@ -354,3 +354,19 @@ def test_multilabel_json_files_hold_no_bare_nan():
     text = json.dumps(finite(data), allow_nan=False)
     assert json.loads(text) == {"per_label": [{"average_precision": None, "f1": 0.5}],
                                 "map": None}  # fmt: skip
+
+
+def test_a_label_no_training_row_names_is_refused_before_anything_is_written(pairs, tmp_path):
+    """The split is a plain shuffle of rows: a rare label all held out trained nothing, and
+    got a threshold of 5e-05 that called it on a black picture."""
+    from kerascope.data.folders import DatasetError
+    from kerascope.training import train
+
+    rows = pairs.read_text().splitlines()
+    held = read_label_csv(pairs).split(0.25, 0)["validation"]
+    rows[1 + int(held[0])] += ";rare"  # one row names it, and it is held out
+    csv = pairs.parent / "rare.csv"
+    csv.write_text("\n".join(rows) + "\n")
+    with pytest.raises(DatasetError, match="label\\(s\\) 'rare' name no training image"):
+        train(csv, output=tmp_path / "run", val_split=0.25, seed=0, progress=False)
+    assert not (tmp_path / "run").exists()

@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 
 from kerascope.data.augment import AugmentConfig
+from kerascope.data.folders import DatasetError
 from kerascope.data.multilabel import LabelTable, pixels_of, read_label_csv
 from kerascope.errors import ConfigError, RunError
 from kerascope.files import atomic_path, finite, write_json
@@ -125,11 +126,30 @@ def train_multilabel(
     config["classes"] = table.labels
     config["counts"] = {name: {s: int(table.targets[rows, j].sum()) for s, rows in splits.items()}
                         for j, name in enumerate(table.labels)}  # fmt: skip
+    _check_label_counts(config["counts"], progress)
     run_dir = Path(config["output"])
     _check_new_output(run_dir)
     with lock_run(run_dir, create=True):
         _check_new_output(run_dir)
         return _train(run_dir, config, table, splits, progress)
+
+
+def _check_label_counts(counts: dict[str, dict[str, int]], progress: bool) -> None:
+    """A label no training row names cannot be learnt (its threshold came out at 5e-05 and it
+    was called on a black picture): refused. One no validation row names gets no tuned
+    threshold (0.5) nor average precision: said, as the split is a plain shuffle of rows."""
+    untrained = [name for name, c in counts.items() if not c["train"]]
+    if untrained:
+        raise DatasetError(f"label(s) {', '.join(map(repr, untrained))} name no training image "
+                           "after the split (all held out for validation): add images that "
+                           "have them, or change --seed or --val-split")  # fmt: skip
+    unscored = [name for name, c in counts.items() if not c["validation"]]
+    if unscored and progress:
+        print(
+            f"note: label(s) {', '.join(map(repr, unscored))} name no validation image: "
+            "their thresholds stay 0.5 and the mAP leaves them out",
+            file=sys.stderr,
+        )
 
 
 def _check_new_output(run_dir: Path) -> None:
