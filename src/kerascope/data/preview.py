@@ -21,7 +21,7 @@ from kerascope.data.affine import colour_host, warp_pillow
 from kerascope.data.augment import AugmentConfig, policy_plan, sample_matrices
 from kerascope.data.policy import describe as describe_policy
 from kerascope.data.regularise import RegulariseConfig, mix_host, sample_mix
-from kerascope.files import make_output_folder
+from kerascope.files import atomic_open, make_output_folder
 from kerascope.images import load_image, resize
 
 
@@ -80,7 +80,7 @@ def augment_preview(
     paths = []
     for i, sample in enumerate(samples):
         path = out / f"{stem}_{i:0{digits}d}.jpg"
-        Image.fromarray(sample).save(path, quality=92)
+        _save_jpeg(Image.fromarray(sample), path, 92)
         paths.append(path)
     grid = out / "grid.jpg"
     h, w = image.shape[:2]
@@ -96,8 +96,14 @@ def augment_preview(
             share = 1 - float(mix.own[i])
             labels[i + 1] += ("\n" + (f"mixup: {share:.0%} of {other}" if mix.kind == "mixup"
                                        else f"cutmix: {share:.0%} box of {other}"))  # fmt: skip
-    _grid([image, *samples], labels).save(grid, quality=90)
+    _save_jpeg(_grid([image, *samples], labels), grid, 90)
     return [*paths, grid]
+
+
+def _save_jpeg(image: Image.Image, path: Path, quality: int) -> None:
+    """Through a temp file renamed when complete: never half a picture under ``path``."""
+    with atomic_open(path, "wb") as fh:
+        image.save(fh, "JPEG", quality=quality)
 
 
 def _transform_of(matrix: np.ndarray, config: AugmentConfig, height: int, width: int) -> dict:
