@@ -533,3 +533,17 @@ def test_every_help_shows_the_defaults(command, shown, capsys):
     text = " ".join(capsys.readouterr().out.split())
     assert shown in text
     assert "(default: None)" not in text
+
+
+@pytest.mark.parametrize(
+    ("argv", "helped"),
+    [(["augment", "a.png", "b.png"], "kerascope augment --help"),
+     (["batch", "classify", "x", "-o", "y", "--bogus"], "kerascope batch classify --help")],
+)  # fmt: skip
+def test_an_unrecognized_argument_points_to_its_commands_help(argv, helped, capsys):
+    """argparse reports it from the top parser: the hint said `kerascope --help`, which does
+    not list the command's options."""
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    assert f"(see {helped})" in capsys.readouterr().err

@@ -36,12 +36,13 @@ class Parser(argparse.ArgumentParser):
 
     def error(self, message: str) -> None:  # type: ignore[override]
         line = f"{self.prog}: error: {_one_line(message)}"
+        helped = _command_parser(self) if message.startswith("unrecognized") else self
         dashed = [a for a in _argv if a.startswith("-") and len(a) > 1 and os.path.exists(a)]
         if dashed and "--" not in _argv:
             line += (
                 f"; put file names that start with '-' after the options and '--': -- {dashed[0]}"
             )
-        self.exit(2, f"{line} (see {self.prog} --help)\n")
+        self.exit(2, f"{line} (see {helped.prog} --help)\n")
 
 
 def _add_classify(sub) -> None:
@@ -91,6 +92,17 @@ def _add_classify(sub) -> None:
 
     add_tta_options(p)
     p.set_defaults(func=_run_classify)
+
+
+def _command_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """The (sub-)command's parser the words of this run chose: argparse reports unrecognized
+    arguments from the top parser, whose --help does not list the command's options."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            chosen = next((action.choices[a] for a in _argv if a in action.choices), None)
+            if chosen is not None:
+                return _command_parser(chosen)
+    return parser
 
 
 def build_parser() -> argparse.ArgumentParser:
