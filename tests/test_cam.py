@@ -409,3 +409,21 @@ def test_explain_batch_reads_dtypes_as_explain_does(lite0, photo_paths):
         np.testing.assert_allclose(np.asarray(p), np.asarray(probs), atol=1e-6)
     with pytest.raises(ValueError, match="NaN"):
         explainer.explain_batch(np.full(x.shape, np.nan))
+
+
+def test_explain_batch_names_a_wrong_target_and_explainer_takes_a_name(lite0, photo_paths):
+    """Before: targets=2.7 explained class 2 in silence, two targets for one image a NumPy
+    broadcast error, 'tabby' "invalid literal for int()"; Explainer("efficientnet_lite0")
+    "'str' object has no attribute 'input_shape'"."""
+    from kerascope.cam.explain import Explainer
+
+    x = load_rgb(photo_paths["chelsea"], 224)[None]
+    explainer = Explainer(lite0, "gradcam")
+    assert np.asarray(explainer.explain_batch(x, targets=[285])[1]).tolist() == [285]
+    for targets, said in (([281, 282], "2 targets for 1 image"), ("tabby", "class indices"),
+                          (2.7, "class indices")):  # fmt: skip
+        with pytest.raises(ValueError, match=said):
+            explainer.explain_batch(x, targets=targets)
+    assert Explainer("efficientnet_lite0", "gradcam").clf.name == lite0.name
+    with pytest.raises(TypeError, match="a model is a Classifier"):
+        Explainer(None, "gradcam")

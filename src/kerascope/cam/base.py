@@ -18,6 +18,7 @@ the activations ``A`` of the target layer:
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -208,9 +209,17 @@ class Probe:
 
 
 def as_classifier(clf: Classifier | Any) -> Classifier:
-    """Accept a bare Keras model too (labels ``class_i``, input size from its input shape)."""
+    """Accept a bare Keras model too (labels ``class_i``, input size from its input shape),
+    and a zoo name, run folder or model file, as every other entry point does."""
     if isinstance(clf, Classifier):
         return clf
+    if isinstance(clf, str | os.PathLike):
+        from kerascope.zoo.shared import shared_model
+
+        return shared_model(clf)
+    if not hasattr(clf, "input_shape"):
+        raise TypeError(f"a model is a Classifier, a Keras model, or a zoo name, run folder or "
+                        f"model file, got {type(clf).__name__}")  # fmt: skip
     shape = clf.input_shape[0] if isinstance(clf.input_shape, list) else clf.input_shape
     labels = [(str(i), f"class_{i}") for i in range(int(clf.output_shape[-1]))]
     return Classifier(model=clf, name=clf.name, input_size=(shape[1], shape[2]), labels=labels)
@@ -433,9 +442,21 @@ class BaseCAM:
         return maps, classes, probs
 
     def _targets(self, targets, n: int) -> np.ndarray:
+        """Class indices, one per image or one for all (-1: each image's top class); a name,
+        a fraction (2.7 explained class 2) or a count that is not the batch's is refused."""
         if targets is None:
             return np.full(n, -1, np.int64)
-        t = np.broadcast_to(np.asarray(targets, dtype=np.int64), (n,)).copy()
+        given = np.asarray(targets)
+        whole = given.dtype.kind in "iu" or (
+            given.dtype.kind == "f" and np.all(np.isfinite(given)) and np.all(given % 1 == 0)
+        )
+        if not whole or given.ndim > 1:
+            raise ValueError(f"targets are class indices (one, or one per image), got "
+                             f"{targets!r:.60}; `kerascope.cam.explain.resolve_target` reads a "
+                             "name")  # fmt: skip
+        if given.ndim == 1 and given.size not in (1, n):
+            raise ValueError(f"{given.size} targets for {n} image(s): give one per image, or one")
+        t = np.broadcast_to(given.astype(np.int64), (n,)).copy()
         bad = t[(t < -1) | (t >= self.clf.num_classes)]
         if bad.size:
             raise ValueError(f"class index {bad[0]} outside 0..{self.clf.num_classes - 1}")
