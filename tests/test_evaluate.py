@@ -269,3 +269,19 @@ def test_a_batch_size_below_one_is_one_line_in_every_api(run_dir, data, tmp_path
         with pytest.raises(ConfigError, match=re.escape(said)):
             call()
     assert not (tmp_path / "f.h5").exists()
+
+
+def test_tta_true_means_the_default_views_and_other_values_are_named(run_dir, data, tmp_path):
+    """Before: tta=True was "'bool' object has no attribute 'make_views'", grid=-1 a NumPy
+    error; --top-losses -1 was taken in silence."""
+    from kerascope.errors import ConfigError
+    from kerascope.evaluation import evaluate
+    from kerascope.tta import TTA
+
+    rows = predict(run_dir, data / CLASSES[0], tta=True)
+    assert [r.label for r in rows] == [r.label for r in predict(run_dir, data / CLASSES[0],
+                                                                 tta=TTA())]  # fmt: skip
+    with pytest.raises(TypeError, match="tta is a kerascope.tta.TTA"):
+        predict(run_dir, data / CLASSES[0], tta="flip")
+    with pytest.raises(ConfigError, match="top_losses must be a whole number of at least 0"):
+        evaluate(run_dir, data, output=tmp_path / "ev", top_losses=-1)

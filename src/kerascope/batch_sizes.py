@@ -87,9 +87,14 @@ def batch_size_or_default(
 def checked_batch_size(value: Any) -> int:
     """``value`` as a batch size: a whole number of at least 1, else one line (0 gave no rows
     and exit 0, a negative one a NumPy traceback)."""
+    return whole_number("batch_size", value, 1)
+
+
+def whole_number(name: str, value: Any, least: int) -> int:
+    """``value`` as an int of at least ``least``, else a ConfigError naming ``name``."""
     from kerascope.errors import ConfigError
 
     whole = isinstance(value, numbers.Integral) and not isinstance(value, bool)
-    if not whole or value < 1:
-        raise ConfigError(f"batch_size must be a whole number of at least 1, got {value!r}")
+    if not whole or value < least:
+        raise ConfigError(f"{name} must be a whole number of at least {least}, got {value!r}")
     return int(value)

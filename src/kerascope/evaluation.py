@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from kerascope.batch_sizes import whole_number
 from kerascope.classification import Source, iter_outputs, run_precision
 from kerascope.data.folders import SPLIT_DIRS, DatasetError, not_a_folder
 from kerascope.errors import ConfigError
@@ -45,7 +46,7 @@ from kerascope.output import percent
 from kerascope.report import plot_confusion, plot_gallery
 from kerascope.rundir import read_labels, read_split, split_files
 from kerascope.sources import MISSING_INPUT, iter_batches, normalise_inputs
-from kerascope.tta import TTA, iter_tta_outputs
+from kerascope.tta import TTA, as_tta, iter_tta_outputs
 from kerascope.zoo.models import Classifier, load_model
 
 TOP_LOSSES = 12
@@ -301,16 +302,14 @@ def evaluate(
         split, items, origin = evaluation_items(data, classes, split, record)
     else:
         split, items = "labels", _labelled_items(data, labels, classes)
+    recorded = record is not None and labels is None
     own = origin == "run" or (
-        record is not None
-        and labels is None
-        and Path(data).expanduser().resolve() == Path(record["data"])
+        recorded and Path(data).expanduser().resolve() == Path(record["data"])
     )
-    # Scores of trained-on images never replace the run's held-out metrics.json
-    trained_on = own and split in ("train", "all")
-    out = (Path(output) if output is not None
-           else _default_output(run_dir, clf, data, own and not trained_on,
-                                f"-{split}" if trained_on else ""))  # fmt: skip
+    trained_on = own and split in ("train", "all")  # never over the held-out metrics.json
+    suffix = f"-{split}" if trained_on else ""
+    out = Path(output) if output is not None else _default_output(
+        run_dir, clf, data, own and not trained_on, suffix)  # fmt: skip
     return score_items(
         clf, items, out, data=data, split=split, split_source=origin, record=record,
         batch_size=batch_size, top_losses=top_losses, heatmaps=heatmaps, precision=precision,
@@ -341,6 +340,8 @@ def score_items(
     ``tta``: average the probabilities over its views (`kerascope.tta`); ``grid``: images in
     ``predictions.png`` (0: none), drawn at random (``seed``) among the scored ones.
     """
+    tta = as_tta(tta)
+    top_losses, grid = whole_number("top_losses", top_losses, 0), whole_number("grid", grid, 0)
     classes = [name for _, name in clf.labels]
     names = _names([source for source, _ in items])
     kept, probs, unreadable = [], [], []

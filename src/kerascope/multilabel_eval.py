@@ -20,7 +20,7 @@ from kerascope.data.multilabel import pixels_of, read_label_csv
 from kerascope.errors import ConfigError
 from kerascope.files import finite, make_output_folder, write_json
 from kerascope.multilabel_metrics import multilabel_report
-from kerascope.tta import TTA
+from kerascope.tta import TTA, as_tta
 from kerascope.zoo.models import Classifier, load_model
 
 
@@ -111,6 +111,7 @@ def evaluate_multilabel(
     trained = set(splits.get("train", []))
     trained_on = sum(relative[i] in trained for i in rows)
     forward = compiled(clf.model, precision=run_precision(clf, precision))
+    tta = as_tta(tta)
     views = tta.make_views if tta is not None else lambda pixels: [pixels]
     scores = np.concatenate([
         np.mean([np.asarray(forward(v), np.float64)

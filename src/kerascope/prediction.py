@@ -24,7 +24,7 @@ from kerascope.images import IMAGE_SUFFIXES
 from kerascope.output import csv_safe
 from kerascope.rundir import read_labels
 from kerascope.sources import normalise_inputs
-from kerascope.tta import TTA, classify_tta
+from kerascope.tta import TTA, as_tta, classify_tta
 from kerascope.zoo.models import Classifier, load_model
 
 CSV_FIELDS = ("path", "label", "probability", "error")
@@ -98,6 +98,7 @@ def predict(
         >>> rows[0].label, rows[0].probability  # doctest: +SKIP
         ('cat', 0.97)
     """
+    tta = as_tta(tta)
     if not isinstance(run_dir, Classifier):
         _check_labels(Path(run_dir))
     sources, skipped, _ = normalise_inputs(inputs)

@@ -100,6 +100,20 @@ def corner_crops(pixels: np.ndarray) -> list[np.ndarray]:
     return views
 
 
+def as_tta(value: TTA | bool | None) -> TTA | None:
+    """A `TTA`, ``True`` for the default views (what ``--tta`` means), None or False for none;
+    anything else is a TypeError naming it (``tta=True`` was "'bool' object has no attribute
+    'make_views'")."""
+    if value is None or value is False:
+        return None
+    if value is True:
+        return TTA()
+    if not isinstance(value, TTA):
+        raise TypeError(f"tta is a kerascope.tta.TTA (or True for its default views: mirror "
+                        f"images), got {value!r:.60}")  # fmt: skip
+    return value
+
+
 def iter_tta_outputs(
     clf: Classifier,
     sources: Sequence,
@@ -110,6 +124,7 @@ def iter_tta_outputs(
     """``(batch, mean probabilities)`` per batch, as `kerascope.classification.iter_outputs`
     with ``top=None`` yields them, but averaged over ``tta``'s views (all views of a batch
     are dispatched before the first result is read back)."""
+    tta = as_tta(tta)
     forward = compiled(clf.model, precision=run_precision(clf, precision))
     if isinstance(sources, np.ndarray):
         sources = list(sources)
