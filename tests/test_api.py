@@ -140,3 +140,20 @@ def test_classify_names_a_wrong_argument(run_dir, inputs, kwargs, error, said): 
     not iterable", raw bytes "expected str, bytes or os.PathLike object, not int"."""
     with pytest.raises(error, match=re.escape(said)):
         kerascope.classify(inputs, model=run_dir, **kwargs)
+
+
+def test_other_api_calls_name_a_wrong_argument(run_dir, tmp_path):  # noqa: F811
+    """Before: features(model=[a, b]) "'list' object has no attribute 'strip'", predict(run,
+    []) "no images found in " (nothing after it), evaluate(labels="circle") split the name
+    into six labels."""
+    from kerascope.data.folders import DatasetError
+
+    picture = tmp_path / "a.png"
+    Image.fromarray(np.full((32, 32, 3), 200, np.uint8)).save(picture)
+    with pytest.raises(TypeError, match="a model name is one string"):
+        kerascope.features(str(picture), model=["efficientnet_lite0", "efficientnet_lite1"])
+    with pytest.raises(DatasetError, match="no inputs given"):
+        kerascope.predict(run_dir, [])
+    scored = kerascope.evaluate(run_dir, str(picture), labels=CLASSES[0],
+                                output=tmp_path / "ev", top_losses=0)  # fmt: skip
+    assert scored.n == 1

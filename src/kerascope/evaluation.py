@@ -419,7 +419,7 @@ def _labelled_items(data, labels: Sequence[str | int], classes: list[str]) -> li
     sources, _, missing = normalise_inputs(data)
     if missing:
         raise DatasetError(f"'{missing[0]}': {MISSING_INPUT}")
-    labels = list(labels)
+    labels = [labels] if isinstance(labels, str | int) else list(labels)  # "tabby": one label
     if len(labels) != len(sources):
         raise ValueError(f"{len(labels)} labels given for {len(sources)} images")
     if not sources:

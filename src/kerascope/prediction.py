@@ -104,7 +104,8 @@ def predict(
     sources, skipped, _ = normalise_inputs(inputs)
     if not sources:  # before the model loads; "wrote 0 rows" read as success
         named = [inputs] if isinstance(inputs, str | os.PathLike) else list(inputs)
-        raise DatasetError("no images found in " + " ".join(map(str, named)))
+        raise DatasetError("no images found in " + " ".join(map(str, named)) if named
+                           else "no inputs given: name image files, folders or globs")  # fmt: skip
     clf = run_dir if isinstance(run_dir, Classifier) else load_model(run_dir)
     rows = []
     multilabel = clf.extra.get("multilabel")  # every label, then those above their thresholds

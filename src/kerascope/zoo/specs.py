@@ -85,6 +85,8 @@ _ALIASES: dict[str, str] = {}
 
 
 def _key(name: str) -> str:
+    if not isinstance(name, str):  # a list was "'list' object has no attribute 'strip'"
+        raise TypeError(f"a model name is one string (a zoo name), got {name!r:.60}")
     return name.strip().lower().replace("-", "_")
 
 
