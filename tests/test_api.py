@@ -157,3 +157,13 @@ def test_other_api_calls_name_a_wrong_argument(run_dir, tmp_path):  # noqa: F811
     scored = kerascope.evaluate(run_dir, str(picture), labels=CLASSES[0],
                                 output=tmp_path / "ev", top_losses=0)  # fmt: skip
     assert scored.n == 1
+
+
+def test_group_and_target_of_the_wrong_type_are_named(photo_paths):
+    """Before: group=1 "'int' object is not iterable", target=3.0 "object of type 'float' has
+    no len()"; a whole float is its class now."""
+    with pytest.raises(TypeError, match="group is True"):
+        kerascope.classify(str(photo_paths["chelsea"]), group=1)
+    assert kerascope.explain(str(photo_paths["chelsea"]), target=285.0).class_index == 285
+    with pytest.raises(TypeError, match="target is a class"):
+        kerascope.explain(str(photo_paths["chelsea"]), target=2.5)

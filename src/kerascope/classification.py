@@ -105,6 +105,9 @@ def _groups_of(clf: Classifier, group: bool | str | Sequence[str]) -> tuple[list
     """``group`` as the classify functions take it -> (groups, rest) or None (no roll-up)."""
     if group is False or group is None:
         return None
+    if not (group is True or isinstance(group, str) or isinstance(group, Sequence)):
+        raise TypeError(f"group is True (the everyday groups), names (\"cat,dog\" or a list) "
+                        f"or False, got {group!r:.60}")  # fmt: skip
     from kerascope.zoo.hierarchy import basic_groups, check_imagenet, resolve_groups
 
     check_imagenet(clf.labels, f"model '{clf.name}'")

@@ -294,6 +294,11 @@ def resolve_targets(
     clf: Classifier, target: None | int | str | Sequence[int | str], n: int
 ) -> np.ndarray | None:
     """``target`` as `explain` takes it -> None (each image's top-1) or n output indices."""
+    if isinstance(target, float) and target.is_integer():  # 3.0: class 3
+        target = int(target)
+    if not (target is None or isinstance(target, str | int | np.integer | Sequence)):
+        raise TypeError(f"target is a class (index, name or WordNet id) or one per image, got "
+                        f"{target!r:.60}")  # fmt: skip
     if target is None or isinstance(target, str | int | np.integer):
         return None if target is None else np.full(n, resolve_target(clf, target))
     if len(target) != n:
