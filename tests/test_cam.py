@@ -409,6 +409,12 @@ def test_explain_batch_reads_dtypes_as_explain_does(lite0, photo_paths):
         np.testing.assert_allclose(np.asarray(p), np.asarray(probs), atol=1e-6)
     with pytest.raises(ValueError, match="NaN"):
         explainer.explain_batch(np.full(x.shape, np.nan))
+    # one scale for the batch: a near-black frame among 0..255 floats stays near black
+    from kerascope.cam.base import model_pixels
+
+    frames = np.stack([np.full(x.shape[1:], 200.0), np.full(x.shape[1:], 0.8)])
+    assert model_pixels(lite0, frames).reshape(2, -1).max(axis=1).tolist() == [200, 1]
+    assert model_pixels(lite0, np.full(x.shape, 255.3)).max() == 255  # an overshoot: clipped
 
 
 def test_explain_batch_names_a_wrong_target_and_explainer_takes_a_name(lite0, photo_paths):

@@ -215,9 +215,15 @@ def test_predict_and_classify_name_every_label_above_its_threshold(multilabel_ru
     out = json.loads(capsys.readouterr().out)
     names = {p["name"] for p in out[0]["predictions"]}
     assert names == truth[Path(two.source)] and len(names) == 2
-    # the Python API answers as the CLI does (it gave every label, ranked)
+    # the Python API answers as the CLI does (it gave every label, ranked), and so does
+    # `batch classify` (it wrote the top 5 of the sigmoid scores)
     (api,) = kerascope.classify(two.source, model=run.run_dir)
     assert {p.name for p in api.predictions} == names
+    pq = pytest.importorskip("pyarrow.parquet")
+    from kerascope.scale import run_batch
+
+    run_batch("classify", [two.source], tmp_path / "batch", model=str(run.run_dir))
+    assert set(pq.read_table(tmp_path / "batch").to_pandas()["name"]) == names
 
 
 def test_options_a_multilabel_run_does_not_take_are_refused(pairs, tmp_path, capsys):

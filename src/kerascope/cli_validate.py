@@ -43,7 +43,7 @@ def _run_validate(args) -> int:
         return _validate_multilabel(args)
     result = validate(args.model, args.data, output=args.output, batch_size=args.batch_size,
                       weights=args.weights, tta=tta_from_args(args), precision=args.precision,
-                      top_losses=max(0, args.top_losses))  # fmt: skip
+                      top_losses=args.top_losses)  # fmt: skip
     say_precision(args.precision, result.precision)
     print(printable_lines(format_confusion(result)))  # class names with ESC: shown escaped
     for path, reason in result.unreadable:

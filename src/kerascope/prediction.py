@@ -12,7 +12,7 @@ import math
 import os
 import sys
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -103,7 +103,8 @@ def predict(
         _check_labels(Path(run_dir))
     sources, skipped, _ = normalise_inputs(inputs)
     if not sources:  # before the model loads; "wrote 0 rows" read as success
-        named = [inputs] if isinstance(inputs, str | os.PathLike) else list(inputs)
+        named = [inputs] if isinstance(inputs, str | os.PathLike) else (
+            list(inputs) if isinstance(inputs, Sequence) else ["the inputs given"])  # fmt: skip
         raise DatasetError("no images found in " + " ".join(map(str, named)) if named
                            else "no inputs given: name image files, folders or globs")  # fmt: skip
     clf = run_dir if isinstance(run_dir, Classifier) else load_model(run_dir)

@@ -254,18 +254,28 @@ class Activations:
 def model_pixels(clf: Any, pixels: np.ndarray) -> np.ndarray:
     """A batch at ``clf``'s input size as uint8, or a ValueError naming the shape expected:
     what every explain method takes. Other dtypes follow `kerascope.images.as_rgb_array`'s
-    rules, as `kerascope.explain` does (floats in [0, 1] scaled; uint16 divided by 257; NaN
-    refused): a 0..1 float batch was rounded to black and explained as a matchstick."""
+    rules for the batch as a whole (floats all in [0, 1] scaled, else rounded and clipped;
+    uint16 divided by 257; NaN refused): a 0..1 float batch was rounded to black and explained
+    as a matchstick."""
     pixels = np.asarray(pixels)
     expected = (*clf.input_size, 3)
     if pixels.ndim != 4 or tuple(pixels.shape[1:]) != expected:
         raise ValueError(f"expected pixels of shape (N, {expected}), got {pixels.shape}")
-    if pixels.dtype != np.uint8:
-        from kerascope.images import as_rgb_array
-
-        pixels = np.stack([as_rgb_array(p) for p in pixels]) if len(pixels) else (
-            pixels.astype(np.uint8))  # fmt: skip
-    return pixels
+    if pixels.dtype == np.uint8:
+        return pixels
+    a = pixels
+    if a.dtype == np.bool_:
+        a = a.astype(np.uint8) * 255
+    elif a.dtype == np.uint16:
+        a = np.rint(a / 257.0)
+    elif np.issubdtype(a.dtype, np.floating):
+        if not np.isfinite(a).all():
+            raise ValueError("float pixels contain NaN or infinity")
+        a = np.rint(a * (255.0 if a.size and a.max() <= 1.0 else 1.0))  # one scale per batch
+    lo, hi = (float(a.min()), float(a.max())) if a.size else (0.0, 0.0)
+    if lo < -1 or hi > 256:  # a resampled frame's slight overshoot is clipped, as before
+        raise ValueError(f"pixel values range {lo:g}..{hi:g}; expected 0..255 (floats: or 0..1)")
+    return np.clip(a, 0, 255).astype(np.uint8)
 
 
 class BaseCAM:

@@ -15,6 +15,7 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -62,6 +63,15 @@ class LabelTable:
         return [os.path.relpath(self.paths[i], root) for i in indices]
 
 
+def _same_file(path: Path) -> Any:
+    """One key per file, however named (a link, a hard link, another case on macOS)."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return os.path.normcase(os.path.realpath(path))
+    return (st.st_dev, st.st_ino)
+
+
 def is_label_csv(data: str | os.PathLike) -> bool:
     """Whether ``data`` names a label CSV (by its suffix) rather than a dataset folder."""
     return str(data).lower().endswith(".csv")
@@ -89,7 +99,7 @@ def read_label_csv(path: str | os.PathLike, labels: list[str] | None = None) -> 
     except (UnicodeDecodeError, csv.Error) as exc:
         raise DatasetError(f"'{source}' is not a readable CSV ({exc}); {_FORMAT}") from None
     paths, names, numbers = [], [], []
-    seen: dict[str, int] = {}  # image -> the row that named it first
+    seen: dict[Any, int] = {}  # image -> the row that named it first
     for number, row in enumerate(table, 1):
         cells = [c.strip() for c in row]
         if not any(cells):
@@ -112,7 +122,7 @@ def read_label_csv(path: str | os.PathLike, labels: list[str] | None = None) -> 
             what = "is a folder, not an image" if image.is_dir() else "does not exist"
             raise DatasetError(f"'{source}' row {number}: '{file}' {what} (paths are "
                                f"relative to the CSV's folder, {source.parent})")  # fmt: skip
-        first = seen.setdefault(os.path.realpath(image), number)
+        first = seen.setdefault(_same_file(image), number)
         if first != number:  # twice: in training and validation at once, or two answers
             raise DatasetError(f"'{source}' row {number}: '{file}' is listed already (row "
                                f"{first}); give each image one row, with all its "

@@ -192,13 +192,14 @@ class BlockWorker:
         return [Missing(p) if m else p for p, m in zip(row["paths"], row["missing"], strict=True)]
 
     def _classify(self, row: dict[str, Any]):
-        from kerascope.classification import classify_sources
+        from kerascope.classification import called_labels, classify_sources
 
         s = self.settings
         cols: dict[str, list] = {k: [] for k in CLASSIFY_COLUMNS}
         errors = 0
-        found = classify_sources(self.clf, self._sources(row), s["top"], s["threshold"],
-                                 self.batch_size)  # fmt: skip
+        top = self.clf.num_classes if self.clf.extra.get("multilabel") else s["top"]
+        found = called_labels(self.clf, classify_sources(
+            self.clf, self._sources(row), top, s["threshold"], self.batch_size))  # fmt: skip
         for r in found:
             if not r.ok:
                 errors += 1

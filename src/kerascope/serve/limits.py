@@ -183,8 +183,8 @@ class BodyLimit:
 
         try:
             await self.app(scope, limited_receive, tracked_send)
-        except asyncio.CancelledError:  # a stopping server cancels what outlived its grace
-            if started:
+        except asyncio.CancelledError as exc:  # a stopping server cancels what outlived its grace
+            if started or "shutdown" not in " ".join(map(str, exc.args)):  # any other: as it was
                 raise
             # Answered here, not re-raised: uvicorn sent a plain-text 500 and logged a
             # traceback per request (the client did nothing wrong)

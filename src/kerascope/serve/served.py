@@ -14,6 +14,7 @@ their own limits, and are refused (403) unless the server allows them.
 from __future__ import annotations
 
 import contextlib
+import copy
 import re
 import threading
 from collections.abc import Iterator, Sequence
@@ -383,8 +384,8 @@ class MethodQueue:
     async def run_all(self, payloads: Sequence[tuple[np.ndarray, int]]) -> list[Any]:
         results = await self.batcher.run_all([(self.method, *p) for p in payloads])
         for result in results:
-            if isinstance(result, Failed):
-                raise result.error
+            if isinstance(result, Failed):  # a copy each: one instance gathered every traceback
+                raise copy.copy(result.error)
         return results
 
 
