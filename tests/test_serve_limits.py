@@ -11,12 +11,10 @@ milliseconds.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import io
 import json
 import logging
 import re
-import signal
 import socket
 import struct
 import subprocess
@@ -24,7 +22,6 @@ import sys
 import threading
 import time
 import zlib
-from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
@@ -456,38 +453,6 @@ def test_max_body_mb_inf_is_one_line_not_a_traceback():
     ]
 
 
-# --- the queue deadline, in isolation ------------------------------------------------------
-
-
-def test_batcher_refuses_what_waited_past_its_deadline():
-    from kerascope.serve.batching import DynamicBatcher
-    from kerascope.serve.limits import Busy
-
-    def slow(xs):
-        time.sleep(0.6)
-        return xs
-
-    async def scenario():
-        batcher = DynamicBatcher(slow, pool, max_batch=1, max_wait_ms=0, queue_timeout=0.3)
-        first = asyncio.ensure_future(batcher.submit(1))
-        await asyncio.sleep(0.05)
-        start = time.monotonic()
-        with pytest.raises(Busy) as waited:
-            await batcher.submit(2)  # behind a 0.6 s pass: refused at 0.3 s
-        refused_after = time.monotonic() - start
-        assert await first == 1
-        with pytest.raises(Busy) as estimated:  # the pass time is known now: refused at once
-            batcher.enqueue([3])
-            batcher.enqueue([4])
-        await batcher.close()
-        return waited.value, refused_after, estimated.value
-
-    with ThreadPoolExecutor(1) as pool:
-        waited, refused_after, estimated = asyncio.run(scenario())
-    assert 0.25 < refused_after < 0.5 and waited.status == 503 and waited.retry_after >= 1
-    assert "queue limit" in str(estimated)
-
-
 def test_pixel_budget_counts_decoded_pixels_from_the_header(photo_paths):
     from PIL import Image
 
@@ -526,32 +491,3 @@ def test_expensive_methods_share_one_budget_and_take_no_options(guarded, photo_p
         assert r.status_code == 400 and "without options" in r.json()["error"], r.text
     running.join(300)
     assert out["run"][0] == 200
-
-
-@real_server
-def test_a_stopped_server_does_not_wait_for_a_running_pass(tmp_path, photo_paths):
-    """Before: Ctrl-C or SIGTERM left the process waiting at exit for the explain pass its
-    worker thread ran (132 s and 201 s for a long one)."""
-    cat = photo_paths["chelsea"].read_bytes()
-    run = slow_cam_run(tmp_path, channels=1024)  # a pass of far more than the 5 s grace
-    args = ("--model", str(run), "--allow-expensive", "--max-expensive-images", "2")
-    out: dict = {}
-    with server_process(*args) as server:
-
-        def cut_off() -> None:  # its connection is closed by the stop: no answer to read
-            with contextlib.suppress(httpx.HTTPError, ValueError):
-                post_scorecam(server.url, 2, cat, out, "sc")
-
-        worker = threading.Thread(target=cut_off)
-        worker.start()
-        scorecam_running(server.url, 2, out)
-        stopped = time.monotonic()
-        server.proc.send_signal(signal.SIGINT)
-        code = server.proc.wait(120)
-        took = time.monotonic() - stopped
-        log = server.log()
-        worker.join(60)
-    assert code == 130 and took < 15, (took, log)
-    assert "a model pass still running is not waited for" in log, log
-    status, _, body, _, _ = out["sc"]  # past the 5 s grace: a JSON 503, not uvicorn's 500
-    assert status == 503 and "stopped before this request was answered" in body["error"], body
