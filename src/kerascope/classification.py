@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from kerascope.batch_sizes import whole_number
 from kerascope.dispatch import dispatch_ahead
 from kerascope.inference import Pending, compiled, host_top_k, on_cpu
 from kerascope.precision import resolve_precision
@@ -293,8 +294,7 @@ def iter_classify(
 def check_ranking(top: Any, threshold: Any) -> None:
     """``top`` a whole number of at least 1, ``threshold`` a number from 0 to 1: one
     ValueError naming the argument (top=0 gave one class, threshold="0.1" a TypeError)."""
-    if isinstance(top, bool) or not isinstance(top, numbers.Integral) or top < 1:
-        raise ValueError(f"top must be a whole number of at least 1, got {top!r}")
+    whole_number("top", top, 1)  # a ConfigError, which is a ValueError
     if (
         isinstance(threshold, bool)
         or not isinstance(threshold, numbers.Real)

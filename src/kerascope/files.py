@@ -282,6 +282,16 @@ def write_text(path: str | os.PathLike, text: str, newline: str | None = None) -
     return Path(path)
 
 
+def file_identity(path: str | os.PathLike) -> tuple[int, int] | None:
+    """(device, inode) of what ``path`` names (links followed), or None when nothing is there:
+    one key per file, however it is named (a link, a hard link, another spelling)."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
 def write_json(path: str | os.PathLike, data: Any) -> Path:
     return write_text(path, json.dumps(data, indent=1, ensure_ascii=False) + "\n")
 

@@ -19,7 +19,7 @@ import numpy as np
 from PIL import Image
 
 from kerascope.errors import KerascopeError
-from kerascope.files import fsync_dir, output_error, temp_name
+from kerascope.files import file_identity, fsync_dir, output_error, temp_name
 from kerascope.sources import Source
 
 
@@ -82,15 +82,6 @@ def _numbered(names: list[str | None]) -> list[str | None]:
     return out
 
 
-def _identity(path: str | os.PathLike) -> tuple[int, int] | None:
-    """(device, inode) of what ``path`` names (links followed), or None when nothing is there."""
-    try:
-        st = os.stat(path)
-    except OSError:
-        return None
-    return st.st_dev, st.st_ino
-
-
 def input_files(sources: Sequence[Source]) -> dict[tuple[int, int], str]:
     """The files a job reads, by (device, inode): a link or another spelling is the same file."""
     from kerascope.sources import Missing
@@ -98,7 +89,7 @@ def input_files(sources: Sequence[Source]) -> dict[tuple[int, int], str]:
     found = {}
     for s in sources:
         if isinstance(s, str | os.PathLike) and not isinstance(s, Missing):
-            key = _identity(s)
+            key = file_identity(s)
             if key is not None:
                 found[key] = os.fspath(s)
     return found
@@ -114,7 +105,9 @@ def check_output_folder(out_dir: str | os.PathLike, sources: Sequence[Source] = 
             "<name>-output.jpg pictures go to: choose a folder name"
         )
     if os.path.exists(out_dir) and not os.path.isdir(out_dir):
-        which = " (it is one of the inputs)" if _identity(out_dir) in input_files(sources) else ""
+        which = (
+            " (it is one of the inputs)" if file_identity(out_dir) in input_files(sources) else ""
+        )
         raise OutputExistsError(
             f"the output folder '{out_dir}' is a file{which}; -o names the folder the "
             "<name>-output.jpg pictures go to: choose a folder"
@@ -134,7 +127,7 @@ def check_outputs(
     for path in paths:
         if path is None or not os.path.lexists(path):
             continue
-        source = inputs.get(_identity(path))
+        source = inputs.get(file_identity(path))
         if source is not None:
             raise OutputExistsError(
                 f"the output '{path}' is the input '{source}'; inputs are never replaced, even "

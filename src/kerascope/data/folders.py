@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from kerascope.errors import KerascopeError
+from kerascope.files import file_identity
 from kerascope.images import IMAGE_SUFFIXES, ImageError, expand_inputs, load_image
 
 SPLIT_DIRS: dict[str, tuple[str, ...]] = {
@@ -219,11 +220,7 @@ def _note_shared_files(found: dict[str, dict[str, list[str]]], warnings: list[st
     for per_class in found.values():
         for cls, files in per_class.items():
             for path in files:
-                try:
-                    st = os.stat(path)
-                    key: Any = (st.st_dev, st.st_ino)
-                except OSError:  # said when it is read
-                    key = path
+                key = file_identity(path) or path  # (none: said when it is read)
                 owners.setdefault(key, (path, set()))[1].add(cls)
     shared = [(path, sorted(c)) for path, c in owners.values() if len(c) > 1]
     if shared:

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from kerascope.data.folders import DatasetError
+from kerascope.files import file_identity
 
 _SEPARATORS = re.compile(r"[;|]")
 _FORMAT = "each row must be path,labels with labels separated by ; or | (e.g. a.jpg,cat;dog)"
@@ -61,15 +62,6 @@ class LabelTable:
         """The rows' paths as the CSV's folder sees them (for the run's record)."""
         root = self.csv.parent
         return [os.path.relpath(self.paths[i], root) for i in indices]
-
-
-def _same_file(path: Path) -> Any:
-    """One key per file, however named (a link, a hard link, another case on macOS)."""
-    try:
-        st = os.stat(path)
-    except OSError:
-        return os.path.normcase(os.path.realpath(path))
-    return (st.st_dev, st.st_ino)
 
 
 def is_label_csv(data: str | os.PathLike) -> bool:
@@ -122,7 +114,8 @@ def read_label_csv(path: str | os.PathLike, labels: list[str] | None = None) -> 
             what = "is a folder, not an image" if image.is_dir() else "does not exist"
             raise DatasetError(f"'{source}' row {number}: '{file}' {what} (paths are "
                                f"relative to the CSV's folder, {source.parent})")  # fmt: skip
-        first = seen.setdefault(_same_file(image), number)
+        key = file_identity(image) or os.path.normcase(os.path.realpath(image))
+        first = seen.setdefault(key, number)
         if first != number:  # twice: in training and validation at once, or two answers
             raise DatasetError(f"'{source}' row {number}: '{file}' is listed already (row "
                                f"{first}); give each image one row, with all its "
