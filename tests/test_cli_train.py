@@ -153,6 +153,8 @@ def tiny(tmp_path_factory):
      (["--recipe", "lenet", "--no-augment", "--zoom", "0.1"], "--no-augment turns augmentation"),
      (["--recipe", "lenet", "--zoom", "1.5"], "zoom must be below 1 (a fraction), got 1.5"),
      (["--backbone", "vgg16", "--image-size", "16"], "'vgg16' cannot run on 16x16 images"),
+     (["--recipe", "scratch", "--image-size", "21"], "the scratch network cannot run on 21x21"),
+     (["--recipe", "lenet", "--image-size", "3"], "the lenet network cannot run on 3x3 images"),
      (["--precision", "fp8"], "--precision"),
      (["--model", "vgg16", "--image-size", "16"], "'vgg16' cannot run on 16x16 images")],
 )  # fmt: skip
@@ -167,6 +169,12 @@ def test_bad_training_choices_are_one_line_before_anything_is_written(tiny, tmp_
     err = capsys.readouterr().err
     assert said in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
     assert not run.exists()
+
+
+def test_a_pretrained_backbone_on_tiny_images_is_warned_of(tiny, tmp_path, capsys):
+    assert main(["train", str(tiny), "--image-size", "16", "--epochs", "1", "--no-augment",
+                 "-o", str(tmp_path / "run")]) == 0  # fmt: skip
+    assert "16x16 images are too small for a pretrained backbone" in capsys.readouterr().err
 
 
 def test_augmentation_options_change_the_recipes_and_are_saved(tiny, tmp_path):

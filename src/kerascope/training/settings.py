@@ -319,6 +319,7 @@ def _probe_backbones(recipe: Recipe, backbone: Any, size: list[int]) -> dict[str
     from kerascope.zoo.models import build
 
     if not recipe.uses_backbone:
+        _probe_own_network(recipe, size)
         return {}
     probes = {}
     for name in [backbone] if isinstance(backbone, str) else backbone:
@@ -333,6 +334,22 @@ def _probe_backbones(recipe: Recipe, backbone: Any, size: list[int]) -> dict[str
                               "its layers shrink them to nothing; give a larger --image-size "
                               f"(it was trained at {native})") from None  # fmt: skip
     return probes
+
+
+def _probe_own_network(recipe: Recipe, size: list[int]) -> None:
+    """A network of the recipe's own (scratch, lenet) built for its shapes at ``size``: its
+    convolutions and pooling leave nothing of images too small (scratch needs 22 px), which
+    Keras said as a traceback from the first build."""
+    from kerascope.training.recipes import build_model
+    from kerascope.zoo.fast_init import shapes_only
+
+    try:
+        with shapes_only():
+            build_model(recipe, 2, tuple(size), None, 0)
+    except ValueError:
+        raise ConfigError(f"the {recipe.name} network cannot run on {size[0]}x{size[1]} images: "
+                          "its layers shrink them to nothing; give a larger --image-size "
+                          f"(its default is {recipe.image_size})") from None  # fmt: skip
 
 
 def changed_augmentation(recipe: str, changes: dict[str, Any],
