@@ -123,11 +123,13 @@ def _add_train(sub) -> None:
                    "avg)")  # fmt: skip
     p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run as it was "
                    "configured (only --epochs and --patience may change)")  # fmt: skip
+    from kerascope.engines import ENGINES
+
     p.add_argument(
-        "--engine", choices=("auto", "keras", "onnx"), default=None,
+        "--engine", choices=ENGINES, default=None,
         help="auto (default, or $KERASCOPE_ENGINE): on a CPU the frozen part of the backbone "
         "runs on onnxruntime and only the trainable part trains in Keras; keras: the whole "
-        "graph in Keras (the GPU path)",
+        "graph in Keras (the GPU path); onnx, openvino: the frozen part on that engine",
     )  # fmt: skip
     from kerascope.precision import PRECISIONS
 
