@@ -20,6 +20,7 @@ from PIL import Image
 
 import kerascope
 from kerascope.classification import normalise_inputs
+from kerascope.errors import ConfigError
 from kerascope.evaluation import Evaluation
 from kerascope.prediction import PredictedLabel
 
@@ -157,6 +158,12 @@ def test_other_api_calls_name_a_wrong_argument(run_dir, tmp_path):  # noqa: F811
     scored = kerascope.evaluate(run_dir, str(picture), labels=CLASSES[0],
                                 output=tmp_path / "ev", top_losses=0)  # fmt: skip
     assert scored.n == 1
+    # Before: "expected str, bytes or os.PathLike object, not list", "invalid literal for int()"
+    with pytest.raises(TypeError, match="validate's data is one folder of class folders"):
+        kerascope.validate(run_dir, [str(tmp_path)])
+    with pytest.raises(ConfigError, match="image_size must be a whole number of at least 1"):
+        kerascope.features(str(picture), image_size="x")
+    assert kerascope.features(str(picture), image_size=np.int64(40)).shape == (1, 1280)
 
 
 def test_group_and_target_of_the_wrong_type_are_named(photo_paths):

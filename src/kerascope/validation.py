@@ -142,6 +142,9 @@ def validate(
         (0.75, (0.74, 0.76))
     """
     record = None
+    if not isinstance(data, str | os.PathLike):  # a list of folders: "expected str ... not list"
+        raise TypeError(f"validate's data is one folder of class folders (or a label CSV), got "
+                        f"{type(data).__name__}")  # fmt: skip
     if output is not None:
         check_output_folder(output)  # before the work, not after it
     if not isinstance(model, Classifier):

@@ -48,13 +48,16 @@ class FeatureSpec:
     def make(cls, backbone: str, layer=None, pool="avg", image_size=None, weights=None,
              precision: str = "float32"):  # fmt: skip
         """Canonical names, sizes and precision, so equal settings give equal keys."""
+        from kerascope.batch_sizes import whole_number
         from kerascope.precision import resolve_precision
         from kerascope.zoo import registry
 
         if pool not in POOLS:
             raise ValueError(f"pool must be one of {', '.join(POOLS)}, got {pool!r}")
         spec = registry.get(backbone)
-        size = int(image_size or spec.input_size)
+        if hasattr(image_size, "item"):
+            image_size = image_size.item()  # a NumPy number
+        size = spec.input_size if image_size is None else whole_number("image_size", image_size, 1)
         return cls(spec.name, layer or None, pool, size, str(weights) if weights else None,
                    resolve_precision(precision))  # fmt: skip
 
