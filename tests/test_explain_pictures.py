@@ -91,3 +91,17 @@ def test_smoothing_options_reach_the_explainer(for_and_against, photo_paths, tmp
     with Image.open(plain.path) as a, Image.open(smooth.path) as b:
         assert np.asarray(a).shape == np.asarray(b).shape
         assert not np.array_equal(np.asarray(a), np.asarray(b))  # a different map was drawn
+
+
+def test_a_tiny_picture_is_drawn_enlarged_with_a_readable_label(for_and_against, tmp_path):
+    """Before: a 1x1 picture was 2x21 px, its label a smudge; now whole-pixel enlarged."""
+    tiny = tmp_path / "tiny.png"
+    Image.fromarray(np.array([[[200, 30, 30], [30, 30, 200]]], np.uint8)).save(tiny)  # 2x1
+    saved = save_explanations(str(tiny), tmp_path / "out", for_and_against, target="cat")[0]
+    with Image.open(saved.path) as img:
+        picture = np.asarray(img.convert("RGB")).astype(int)
+    bar = ov.bar_height(112)  # enlarged 112 times: 224 x 112
+    assert picture.shape == (112 + bar, 2 * 224, 3)
+    left, right = picture[bar + 10 :, 10:100], picture[bar + 10 :, 124:214]  # the two pixels
+    assert np.abs(left - [200, 30, 30]).max() < 12 and np.abs(right - [30, 30, 200]).max() < 12
+    assert _text_end(picture[:bar]) > 60  # the label's text spans many columns

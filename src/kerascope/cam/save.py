@@ -87,6 +87,8 @@ class SavedExplanation:
 
 
 OUTPUT_MAX_SIDE: int = 4096
+# A smaller picture is drawn enlarged (whole pixels, nearest), so its label bar is readable.
+OUTPUT_MIN_SIDE: int = 224
 """Longest side of the original in a written picture (the picture is twice as wide): larger
 images are scaled down to it, so memory per image is bounded (about 300 MB at the cap)."""
 
@@ -357,13 +359,19 @@ def _draw(source, cam, label, alpha, colormap, path: Path, e, colorbar, replace=
 
 
 def _picture_image(source: Source | _Decoded) -> np.ndarray:
-    """The original as drawn: full size up to :data:`OUTPUT_MAX_SIDE`, scaled down beyond."""
+    """The original as drawn: full size up to :data:`OUTPUT_MAX_SIDE`, scaled down beyond;
+    one under :data:`OUTPUT_MIN_SIDE` enlarged by a whole factor (a 1x1 picture's label was a
+    smudge of a few pixels)."""
     if isinstance(source, _Decoded):
-        return source.image
-    if isinstance(source, str | os.PathLike):
-        return load_image(source, max_side=OUTPUT_MAX_SIDE)
-    image = load_source(source)
+        image = source.image
+    elif isinstance(source, str | os.PathLike):
+        image = load_image(source, max_side=OUTPUT_MAX_SIDE)
+    else:
+        image = load_source(source)
     height, width = image.shape[:2]
+    if max(height, width) < OUTPUT_MIN_SIDE:
+        factor = -(-OUTPUT_MIN_SIDE // max(height, width))
+        return np.repeat(np.repeat(image, factor, axis=0), factor, axis=1)
     if max(height, width) <= OUTPUT_MAX_SIDE:
         return image
     scale = OUTPUT_MAX_SIDE / max(height, width)
