@@ -467,10 +467,12 @@ def test_pixel_budget_counts_decoded_pixels_from_the_header(photo_paths):
     assert pixel_cost([("b", png_1bit(6000, 6000))], size) == 36_000_000  # PNG: whole
     # JPEG: decoded reduced (draft to >= 448 px: 1/4), as classify decodes a file
     assert pixel_cost([("j", big_jpeg)], size) == 1000 * 750
-    # explain keeps the picture (short side >= max_side) and draws it at max_side
-    drawn = pixel_cost([("j", big_jpeg)], size, True, 1024) - 2000 * 1500
+    # explain keeps the picture (short side >= max_side) and draws it at max_side; the model
+    # sees classify's decode (1000 x 750), decoded again
+    drawn = pixel_cost([("j", big_jpeg)], size, True, 1024) - 2000 * 1500 - 1000 * 750
     assert drawn == pytest.approx(1024 * 768, abs=1)
-    assert pixel_cost([("j", big_jpeg)], size, True, 0) == 2 * 4000 * 3000
+    assert pixel_cost([("j", big_jpeg)], size, True, 0) == 2 * 4000 * 3000 + 1000 * 750
+    assert pixel_cost([("c", cat)], size, True, 1024) == 2 * 451 * 300  # one decode serves both
     assert pixel_cost([("x", b"not an image")], size) == 0
 
 

@@ -80,11 +80,17 @@ def _prepare(
 ) -> Upload:
     from kerascope.images import fit
 
+    floor = decode_floor(size, keep, max_side)
     try:  # as classify decodes a file
-        image = decode_bytes(data, decode_floor(size, keep, max_side))
+        image = source = decode_bytes(data, floor)
+        if keep and decode_cost(data, floor)[1:] != decode_cost(data, size)[1:]:
+            # A large JPEG's picture is decoded less reduced than classify decodes it; the model
+            # sees classify's decode, so the class's probability is the one classify gives
+            # (77.0 % against 77.7 % for a 2400x1800 photo before).
+            source = decode_bytes(data, size)
     except DecodeError as exc:
         return Upload(name, error=f"cannot read '{name}': {exc.reason}", status=exc.status)
-    return Upload(name, image if keep else None, fit(image, size, convention))
+    return Upload(name, image if keep else None, fit(source, size, convention))
 
 
 def pixel_cost(
@@ -103,6 +109,9 @@ def pixel_cost(
         if keep and pixels:
             scale = min(1.0, max_side / max(width, height)) if max_side else 1.0
             total += math.ceil(pixels * scale * scale)
+            model_decode = decode_cost(data, size)
+            if model_decode[1:] != (width, height):  # decoded again for the model (`_prepare`)
+                total += model_decode[0]
     return total
 
 
