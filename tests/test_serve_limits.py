@@ -182,7 +182,7 @@ def test_expensive_quota_per_request_and_in_flight_and_queue_deadline(guarded, p
     queued.join(300)
     running.join(300)
     status, headers, body, start, end = out["over"]
-    assert status == 429 and "limit is 3" in body["error"], body
+    assert status == 429 and "the most this server takes at once is 3" in body["error"], body
     assert int(headers["retry-after"]) >= 1 and end - start < 1.0  # refused at once
     assert out["run"][0] == 200
     status, headers, body, start, end = out["queued"]
@@ -228,10 +228,12 @@ def test_pixel_bombs_in_one_request_are_413_at_once(guarded):
             r = c.post(path, files=files(*[(f"{i}.png", bomb) for i in range(8)]))
             assert r.status_code == 413, r.text[:300]
             assert time.monotonic() - start < 2.0
-            assert "MP per request" in r.json()["error"]
+            assert "these 8 images need " in r.json()["error"]
         # explain at full size counts every pixel twice (decoded and drawn): one is too many
         r = c.post("/v1/explain?max_side=0", files=files(("big.png", bomb)))
-        assert r.status_code == 413 and "72.0 MP" in r.json()["error"]
+        said = r.json()["error"]
+        assert r.status_code == 413 and "this image needs 72.0 MP" in said, said
+        assert said.endswith("(--max-request-mp): send a smaller image")
     assert guarded.peak_rss_mb() - before < 100  # nothing was decoded
 
 

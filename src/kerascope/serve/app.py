@@ -180,7 +180,7 @@ def create_app(
         batcher = served_model.classifier
         loop = asyncio.get_running_loop()
         cost = await loop.run_in_executor(pool, pixel_cost, uploads, clf.input_size)
-        with budget.reserve(cost):
+        with budget.reserve(cost, len(uploads)):
             with batcher.expecting(len(uploads)):
                 items = await decode_all(
                     uploads, clf.input_size, pool, convention=fit_convention(clf, fit)
@@ -272,7 +272,7 @@ def create_app(
         batcher = served_model.explainer(method, len(uploads))
         loop = asyncio.get_running_loop()
         cost = await loop.run_in_executor(pool, pixel_cost, uploads, clf.input_size, True, max_side)
-        with budget.reserve(cost):  # held until the pictures are drawn and encoded
+        with budget.reserve(cost, len(uploads)):  # held until the pictures are drawn and encoded
             with batcher.expecting(len(uploads)):
                 items = await decode_all(
                     uploads, clf.input_size, pool, True, fit_convention(clf, fit), max_side

@@ -121,10 +121,12 @@ class DynamicBatcher:
         held = len(self._pending) + self._running
         if self.max_items is not None and held + len(payloads) > self.max_items:
             self.refused += len(payloads)
+            retry = wait + (self._pass_s or 1.0)
             raise Busy(
-                f"{self.label} has {held} image(s) queued or running, its limit is "
-                f"{self.max_items}; retry later",
-                retry_after=wait + (self._pass_s or 1.0),
+                f"{self.label}: {held} {'image' if held == 1 else 'images'} queued or running, "
+                f"the most this server takes at once is {self.max_items}; retry in about "
+                f"{math.ceil(retry)} s",
+                retry_after=retry,
                 status=self.busy_status,
             )
         if self.queue_timeout is not None and wait > self.queue_timeout:

@@ -94,17 +94,21 @@ class PixelBudget:
         self.used = 0
 
     @contextlib.contextmanager
-    def reserve(self, pixels: int, what: str = "this request") -> Iterator[None]:
-        """Hold ``pixels`` for the block.
+    def reserve(self, pixels: int, images: int = 0) -> Iterator[None]:
+        """Hold ``pixels`` for the block (of ``images`` images, for the refusal's words).
 
         Raises:
             PixelsTooMany: over the per-request cap (the client must send less: 413).
             Busy: the in-flight budget cannot hold it now (503 + Retry-After).
         """
         if pixels > self.per_request:
+            what, advice = ("this request needs", "fewer or smaller images")
+            if images:
+                what = "this image needs" if images == 1 else f"these {images} images need"
+                advice = "a smaller image" if images == 1 else advice
             raise PixelsTooMany(
-                f"{what} needs {pixels / MP:.1f} MP decoded, over the {self.per_request / MP:g} "
-                "MP per request of this server: send fewer or smaller images"
+                f"{what} {pixels / MP:.1f} MP decoded, over the {self.per_request / MP:g} MP per "
+                f"request of this server (--max-request-mp): send {advice}"
             )
         if self.used + pixels > self.total:
             raise Busy(
