@@ -195,3 +195,49 @@ def test_batcher_refuses_what_waited_past_its_deadline():
         waited, refused_after, estimated = asyncio.run(scenario())
     assert 0.25 < refused_after < 0.5 and waited.status == 503 and waited.retry_after >= 1
     assert "queue limit" in str(estimated)
+
+
+def test_a_client_that_hangs_up_leaves_the_queue_at_once():
+    """Before: a reloaded page's queued Score-CAMs kept their places (429 for the page's next
+    request) until their passes ran, ~40 s; now `until_gone` takes them out when the client
+    hangs up, and the quota is free for the next request."""
+    from starlette.requests import ClientDisconnect
+
+    from kerascope.serve.batching import DynamicBatcher, until_gone
+    from kerascope.serve.limits import Busy
+
+    release = threading.Event()
+
+    def slow(xs):
+        release.wait(30)
+        return list(xs)
+
+    async def scenario():
+        batcher = DynamicBatcher(slow, pool, max_batch=1, max_items=2, busy_status=429)
+        running = asyncio.ensure_future(batcher.submit("running"))
+        while batcher.stats()["running"] == 0:
+            await asyncio.sleep(0.01)
+        hung_up = asyncio.Event()
+
+        async def receive():  # the ASGI receive after the body: a disconnect, when it comes
+            await hung_up.wait()
+            return {"type": "http.disconnect"}
+
+        gone = asyncio.ensure_future(until_gone(receive, batcher.submit("abandoned")))
+        await asyncio.sleep(0.05)
+        with pytest.raises(Busy, match="the most this server takes at once is 2"):
+            batcher.enqueue(["refused"])  # one running + one queued: full
+        hung_up.set()
+        with pytest.raises(ClientDisconnect):
+            await gone
+        assert batcher.stats()["queued"] == 0
+        later = asyncio.ensure_future(batcher.submit("later"))  # its place is free
+        release.set()
+        assert await running == "running" and await later == "later"
+        hung_up.clear()  # a client that stays: its answer, as without the watch
+        answered = await until_gone(receive, batcher.submit("answered"))
+        await batcher.close()
+        return answered
+
+    with ThreadPoolExecutor(1) as pool:
+        assert asyncio.run(scenario()) == "answered"

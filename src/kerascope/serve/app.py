@@ -26,6 +26,7 @@ from starlette.requests import ClientDisconnect
 
 from kerascope import __version__
 from kerascope.serve import schemas
+from kerascope.serve.batching import until_gone
 from kerascope.serve.limits import (
     MP,
     BodyLimit,
@@ -186,7 +187,7 @@ def create_app(
                     uploads, clf.input_size, pool, convention=fit_convention(clf, fit)
                 )
             good = [it for it in items if it.error is None]
-            probs = await batcher.run_all([it.pixels for it in good])
+            probs = await until_gone(request.receive, batcher.run_all([it.pixels for it in good]))
         by_item = dict(zip(map(id, good), probs, strict=True))
         cuts = served_model.thresholds  # a multi-label run: as `kerascope classify --model RUN`
 
@@ -278,7 +279,9 @@ def create_app(
                     uploads, clf.input_size, pool, True, fit_convention(clf, fit), max_side
                 )
             good = [it for it in items if it.error is None]
-            outs = await batcher.run_all([(it.pixels, class_index) for it in good])
+            outs = await until_gone(
+                request.receive, batcher.run_all([(it.pixels, class_index) for it in good])
+            )
             return await answer(served_model, method, items, good, outs,
                                 format, alpha, colormap, max_side, fit)  # fmt: skip
 

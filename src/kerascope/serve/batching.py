@@ -22,9 +22,11 @@ import collections
 import contextlib
 import math
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from concurrent.futures import Executor
 from typing import Any
+
+from starlette.requests import ClientDisconnect
 
 from kerascope.serve.limits import Busy
 
@@ -96,7 +98,7 @@ class DynamicBatcher:
     def stats(self) -> dict[str, int]:
         """Passes run, images carried, largest pass; images queued, running and refused."""
         return {"batches": self.batches, "items": self.items, "largest": self.largest,
-                "queued": len(self._pending), "running": self._running,
+                "queued": self._queued(), "running": self._running,
                 "refused": self.refused}  # fmt: skip
 
     def expected_wait(self) -> float:
@@ -108,7 +110,12 @@ class DynamicBatcher:
         left = 0.0
         if self._running:
             left = max(0.0, self._pass_s - (time.perf_counter() - self._running_since))
-        return left + math.ceil(len(self._pending) / self.max_batch) * self._pass_s
+        return left + math.ceil(self._queued() / self.max_batch) * self._pass_s
+
+    def _queued(self) -> int:
+        """Payloads waiting whose clients still wait: a request cancelled (its client hung up,
+        `until_gone`) stays in the deque until a pass skips it, but holds no place."""
+        return sum(not future.done() for _, future, _ in self._pending)
 
     def enqueue(self, payloads: Sequence[Any]) -> list[asyncio.Future]:
         """Queue payloads at once (no await: they join the same batch); await the futures.
@@ -118,7 +125,7 @@ class DynamicBatcher:
         """
         loop = asyncio.get_running_loop()
         wait = self.expected_wait()
-        held = len(self._pending) + self._running
+        held = self._queued() + self._running
         if self.max_items is not None and held + len(payloads) > self.max_items:
             self.refused += len(payloads)
             retry = wait + (self._pass_s or 1.0)
@@ -234,3 +241,28 @@ class DynamicBatcher:
             for (_, future), result in zip(batch, results, strict=True):
                 if not future.done():
                     future.set_result(result)
+
+
+async def until_gone(receive: Callable[[], Any], work: Awaitable[Any]) -> Any:
+    """``await work``, cancelled if the client hangs up first (Starlette's ``ClientDisconnect``,
+    answered 499 to nobody): its payloads leave their queue. Before, a reloaded page's
+    abandoned Score-CAM requests held the expensive quota (429 for the page's next one) until
+    their passes ran, about 40 s. ``receive``: the request's ASGI receive, read after its body
+    (only a disconnect comes)."""
+
+    async def hung_up() -> None:
+        while (await receive())["type"] != "http.disconnect":
+            pass
+
+    task, watch = asyncio.ensure_future(work), asyncio.ensure_future(hung_up())
+    try:
+        await asyncio.wait({task, watch}, return_when=asyncio.FIRST_COMPLETED)
+    except asyncio.CancelledError:
+        task.cancel()
+        raise
+    finally:
+        watch.cancel()
+    if not task.done():
+        task.cancel()
+        raise ClientDisconnect
+    return task.result()
