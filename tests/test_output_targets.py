@@ -268,3 +268,24 @@ def test_explain_refuses_a_picture_name_for_its_output_folder(tmp_path, capsys):
     assert main(["explain", str(skimage_data() / "chelsea.png"), "-o", str(loop)]) == 2
     assert capsys.readouterr().err == (f"kerascope: error: -o '{loop}' is a broken or looping "
                                        "link, not a folder: choose a folder\n")  # fmt: skip
+
+
+def test_an_input_is_never_the_output_file(tmp_path, capsys):
+    """Before: `classify x.jpg -o x.jpg` replaced the photo with its results, exit 0 (the
+    model named does not exist: the check comes before it loads). A link is the same file."""
+    from kerascope import predict
+    from kerascope.cli import main
+    from kerascope.testing import skimage_data
+
+    photo = tmp_path / "cat.png"
+    shutil.copy(skimage_data() / "chelsea.png", photo)
+    before = photo.read_bytes()
+    (tmp_path / "link.png").symlink_to(photo)
+    for out in (photo, tmp_path / "link.png"):
+        assert main(["classify", str(tmp_path), "-m", "no-such-model", "-o", str(out)]) == 2
+        assert capsys.readouterr().err == (f"kerascope: error: -o '{out}' is one of the inputs: "
+                                           "writing it would replace that file; choose another "
+                                           "name\n")  # fmt: skip
+    with pytest.raises(OutputError, match="is one of the inputs"):
+        predict(tmp_path / "no-such-run", [str(photo)], photo)
+    assert photo.read_bytes() == before

@@ -154,6 +154,10 @@ def _classify(args) -> int:
         output.note(f"skipped {len(skipped)} non-image file(s): {shown}")
     if not sources:
         raise CliError("no images found in " + " ".join(args.paths))
+    if args.output:
+        from kerascope.files import check_not_an_input
+
+        check_not_an_input(args.output, sources)
     group = _group_option(args)
     from kerascope.tta import classify_tta, tta_from_args
 

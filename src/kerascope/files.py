@@ -24,7 +24,7 @@ import secrets
 import shutil
 import stat
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -290,6 +290,27 @@ def file_identity(path: str | os.PathLike) -> tuple[int, int] | None:
     except OSError:
         return None
     return st.st_dev, st.st_ino
+
+
+def input_files(sources: Sequence[Any]) -> dict[tuple[int, int], str]:
+    """The files a job reads, by (device, inode): a link or another spelling is the same file."""
+    from kerascope.sources import Missing
+
+    found = {}
+    for s in sources:
+        if isinstance(s, str | os.PathLike) and not isinstance(s, Missing):
+            key = file_identity(s)
+            if key is not None:
+                found[key] = os.fspath(s)
+    return found
+
+
+def check_not_an_input(path: str | os.PathLike, sources: Sequence[Any], what: str = "-o") -> None:
+    """Refuse an output file that is one of the job's inputs: ``classify x.jpg -o x.jpg``
+    replaced the photo with its results (exit 0)."""
+    if str(path) != "-" and file_identity(path) in input_files(sources):
+        raise OutputError(f"{what} '{path}' is one of the inputs: writing it would replace that "
+                          "file; choose another name")  # fmt: skip
 
 
 def write_json(path: str | os.PathLike, data: Any) -> Path:

@@ -19,7 +19,7 @@ from typing import Any
 
 from kerascope.classification import Source, classify_sources
 from kerascope.data.folders import DatasetError
-from kerascope.files import atomic_open, write_json
+from kerascope.files import atomic_open, check_not_an_input, write_json
 from kerascope.images import IMAGE_SUFFIXES
 from kerascope.output import csv_safe
 from kerascope.rundir import read_labels
@@ -107,6 +107,8 @@ def predict(
             list(inputs) if isinstance(inputs, Sequence) else ["the inputs given"])  # fmt: skip
         raise DatasetError("no images found in " + " ".join(map(str, named)) if named
                            else "no inputs given: name image files, folders or globs")  # fmt: skip
+    if output_csv is not None:
+        check_not_an_input(output_csv, sources)
     clf = run_dir if isinstance(run_dir, Classifier) else load_model(run_dir)
     rows = []
     multilabel = clf.extra.get("multilabel")  # every label, then those above their thresholds

@@ -19,7 +19,7 @@ import numpy as np
 from PIL import Image
 
 from kerascope.errors import KerascopeError
-from kerascope.files import file_identity, fsync_dir, output_error, temp_name
+from kerascope.files import file_identity, fsync_dir, input_files, output_error, temp_name
 from kerascope.sources import Source
 
 
@@ -80,19 +80,6 @@ def _numbered(names: list[str | None]) -> list[str | None]:
             seen.add(name.lower())
         out.append(name)
     return out
-
-
-def input_files(sources: Sequence[Source]) -> dict[tuple[int, int], str]:
-    """The files a job reads, by (device, inode): a link or another spelling is the same file."""
-    from kerascope.sources import Missing
-
-    found = {}
-    for s in sources:
-        if isinstance(s, str | os.PathLike) and not isinstance(s, Missing):
-            key = file_identity(s)
-            if key is not None:
-                found[key] = os.fspath(s)
-    return found
 
 
 def check_output_folder(out_dir: str | os.PathLike, sources: Sequence[Source] = ()) -> None:
