@@ -263,3 +263,22 @@ def test_running_out_of_memory_is_one_line(saved, tmp_path, monkeypatch, capsys)
     with pytest.raises(ModelFileError, match="it does not fit in memory"):
         load_model(saved["tiny"])
     assert not list(tmp_path.iterdir())
+
+
+def test_a_zoo_name_stays_the_zoos_beside_a_folder_of_that_name(tmp_path, monkeypatch, capsys):
+    """Before: a folder named efficientnet_lite0 in the current directory took over the
+    default model ("no model file at 'efficientnet_lite0/model.keras'", exit 2)."""
+    import shutil
+
+    from kerascope.cli import main
+    from kerascope.testing import skimage_data
+
+    monkeypatch.chdir(tmp_path)
+    Path("efficientnet_lite0").mkdir()
+    shutil.copy(skimage_data() / "chelsea.png", "efficientnet_lite0/cat.png")
+    assert main(["classify", "efficientnet_lite0/cat.png", "-k", "1", "-f", "csv"]) == 0
+    out, err = capsys.readouterr()
+    assert "_cat" in out.splitlines()[1]  # chelsea, by the zoo's ImageNet model
+    assert "'efficientnet_lite0' is the zoo model; for the file or folder" in err
+    with pytest.raises(ModelFileError, match="no model file at"):
+        load_model("./efficientnet_lite0")  # the folder, written as a path

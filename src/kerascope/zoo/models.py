@@ -243,8 +243,13 @@ def load_model(
         clf.extra["precision"] = checked
         return clf
     text = str(name_or_path)
-    if text.endswith(".keras") or Path(text).is_dir() or Path(text).is_file():
-        return _load_file(Path(text))
+    if names_a_file(name_or_path):
+        return _load_file(Path(text).expanduser())
+    if os.path.lexists(text):  # a folder "efficientnet_lite0" here took the default model
+        from kerascope.output import note
+
+        note(f"'{text}' is the zoo model; for the file or folder of that name here, "
+             f"write ./{text}")  # fmt: skip
     spec = zoo_spec(text)
     model = build(spec, weights=weights or "imagenet")
     return Classifier(
@@ -257,6 +262,16 @@ def load_model(
         source=str(weights or spec.weights.filename),
         convention=spec.weights.convention,
     )
+
+
+def names_a_file(name_or_path: str | os.PathLike) -> bool:
+    """Whether ``name_or_path`` means a model file or run folder, not a zoo model: a zoo name
+    given as a string is the zoo's even beside a file of that name (``./name`` is the file)."""
+    text = str(name_or_path)
+    if isinstance(name_or_path, str) and registry.known(text):
+        return False
+    path = Path(text).expanduser()
+    return text.endswith(".keras") or path.is_dir() or path.is_file()
 
 
 def zoo_spec(name: str) -> ModelSpec:

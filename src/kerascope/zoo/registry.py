@@ -54,6 +54,12 @@ def get(name: str) -> ModelSpec:
     return _REGISTRY[_ALIASES[key]]
 
 
+def known(name: str) -> bool:
+    """Whether ``name`` is a zoo model's name or alias (case-insensitive)."""
+    _load_builtin()
+    return _key(name) in _ALIASES
+
+
 def all_specs() -> list[ModelSpec]:
     """Every spec: kerascope's own builders first (the default Lite family), then the
     keras.applications ones, each in registration order, whichever module was imported first."""

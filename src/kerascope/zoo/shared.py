@@ -16,7 +16,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from kerascope.zoo.models import Classifier, load_model
+from kerascope.zoo.models import Classifier, load_model, names_a_file
 
 KEPT = 2
 _kept: collections.OrderedDict[tuple, Classifier] = collections.OrderedDict()
@@ -71,7 +71,7 @@ def _key(name_or_path: str | os.PathLike, weights: Any) -> tuple:
     text = str(name_or_path)
     explicit = None if weights is None else _stat(Path(weights)) or str(weights)
     path = Path(text).expanduser()
-    if text.endswith(".keras") or path.is_dir() or path.is_file():
+    if names_a_file(name_or_path):
         folder = path if path.is_dir() else path.parent
         model = path / "model.keras" if path.is_dir() else path
         files = (model, folder / "labels.json", folder / "config.yaml", folder / "multilabel.json")
