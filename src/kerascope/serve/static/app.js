@@ -4,7 +4,7 @@
 "use strict";
 
 const $ = (sel, root = document) => root.querySelector(sel);
-const state = { model: null, cards: [], methods: {} };
+const state = { model: null, cards: [], methods: {}, skipped: { names: [], none: false } };
 
 // The methods come from /v1/models (the server's registry): each with its cost per image and
 // whether it passes the weight-randomisation sanity check.
@@ -44,16 +44,50 @@ function fillMethods(details) {
 
 function status(text) { $("#status").textContent = text; }
 
-async function api(path, file) {
-  const body = new FormData();
-  body.append("file", file, file.name);
-  const response = await fetch(path, { method: "POST", body });
-  let data = null;
-  try { data = await response.json(); } catch (_) { /* not JSON: reported below */ }
-  if (!response.ok) {
-    throw new Error((data && data.error) || `the server answered ${response.status}`);
+const MAX_WAIT_S = 120; // the longest a request waits on a busy server before it gives up
+
+function unreachable() {
+  return `cannot reach the kerascope server at ${location.host}: ` +
+    "is `kerascope serve` still running?";
+}
+
+function failure(message, retryable) { return Object.assign(new Error(message), { retryable }); }
+
+function sleep(seconds, signal) {
+  return new Promise((resolve, reject) => {
+    const timer = setTimeout(resolve, 1000 * seconds);
+    const stop = () => { clearTimeout(timer); reject(signal.reason); };
+    if (signal) signal.addEventListener("abort", stop, { once: true });
+  });
+}
+
+// A request the server turns away for now (429: the expensive methods' quota; 503: busy) is sent
+// again after its Retry-After, up to MAX_WAIT_S in all; onWait(seconds) says so meanwhile.
+// Errors carry `retryable`: whether trying again later may help (the card offers Retry).
+async function api(path, file, { signal, onWait } = {}) {
+  for (let waited = 0; ;) {
+    const body = new FormData();
+    body.append("file", file, file.name);
+    let response;
+    try {
+      response = await fetch(path, { method: "POST", body, signal });
+    } catch (err) {
+      if (signal && signal.aborted) throw err;
+      throw failure(unreachable(), true); // fetch's own "Failed to fetch" says nothing useful
+    }
+    let data = null;
+    try { data = await response.json(); } catch (_) { /* not JSON: reported below */ }
+    if (response.ok && data) return data;
+    const message = (data && data.error) || `the server answered ${response.status}`;
+    const busy = response.status === 429 || response.status === 503;
+    const wait = Math.max(1, Number(response.headers.get("Retry-After")) || 1);
+    if (!busy || waited + wait > MAX_WAIT_S) {
+      throw failure(message, busy || response.status === 408 || response.status >= 500);
+    }
+    if (onWait) onWait(wait);
+    await sleep(wait, signal);
+    waited += wait;
   }
-  return data;
 }
 
 function query(params) {
@@ -69,10 +103,68 @@ function percent(p) {
   return p > 0 ? "<0.01%" : "0%";
 }
 
-function showError(card, message) {
+function plural(n, word) { return `${n} ${word}${n === 1 ? "" : "s"}`; }
+
+// A few names, then how many more: a folder of 500 text files must not fill the page.
+function nameList(names, most = 3) {
+  const shown = names.slice(0, most).map((n) => `'${n}'`).join(", ");
+  return names.length > most ? `${shown} and ${names.length - most} more` : shown;
+}
+
+// The status line sums up every card: working, or done with how many failed, and the files
+// of the last pick or drop that were not images.
+function updateStatus() {
+  const { names, none } = state.skipped;
+  const skipped = !names.length ? "" : none ? `No image among the files given: ${nameList(names)}.`
+    : `Skipped, not images: ${nameList(names)}.`;
+  const cards = state.cards;
+  if (!cards.length) { status(skipped); return; }
+  const busy = cards.filter((c) => c.requests.classify || c.requests.explain).length;
+  const failed = cards.filter((c) => c.errors.classify || c.errors.explain).length;
+  const parts = [skipped];
+  if (busy) parts.unshift(`Looking at ${plural(busy, "photo")}…`);
+  else {
+    parts.unshift(`Done: ${plural(cards.length, "photo")}${failed ? `, ${failed} failed` : ""}.`);
+    if (failed < cards.length) parts.push("Choose a class to see where the model finds it.");
+  }
+  status(parts.filter(Boolean).join(" "));
+}
+
+// Each card's classify and explain errors are kept apart (one request clears only its own)
+// and shown together, a message once.
+function renderErrors(card) {
+  const errors = Object.values(card.errors).filter(Boolean);
   const el = $(".error", card.root);
-  el.textContent = message;
-  el.hidden = false;
+  el.textContent = [...new Set(errors.map((e) => e.message))].join("\n");
+  el.hidden = !errors.length;
+  $(".retry", card.root).hidden = !errors.some((e) => e.retryable);
+}
+
+// One request of each kind per card: a newer one aborts the older (the server then drops it
+// if still queued) and clears the older one's error.
+function begin(card, kind) {
+  if (card.requests[kind]) card.requests[kind].abort();
+  const request = (card.requests[kind] = new AbortController());
+  card.errors[kind] = null;
+  renderErrors(card);
+  updateStatus();
+  return request;
+}
+
+// How a request ended (its caller has checked that no newer one of its kind has started).
+function end(card, kind, error = null) {
+  card.requests[kind] = null;
+  card.errors[kind] = error;
+  renderErrors(card);
+  updateStatus();
+}
+
+// The pressed class follows the chosen one, else the one the heatmap shows (the top class).
+function markPressed(card) {
+  const index = card.target ?? card.shown;
+  for (const b of card.root.querySelectorAll(".classes button")) {
+    b.setAttribute("aria-pressed", String(index != null && b.dataset.index === String(index)));
+  }
 }
 
 // A multi-label model's answer lists every label at or over its own threshold (tuned on
@@ -92,7 +184,6 @@ function renderClasses(card, predictions, multilabel = false) {
     button.type = "button";
     button.dataset.index = String(p.index);
     button.style.setProperty("--p", `${Math.max(0.5, 100 * p.probability)}%`);
-    button.setAttribute("aria-pressed", "false");
     button.title = `Show where the model sees ${p.name}`;
     const label = document.createElement("span");
     label.className = "label";
@@ -111,6 +202,39 @@ function renderClasses(card, predictions, multilabel = false) {
     item.append(button);
     list.append(item);
   }
+  markPressed(card);
+}
+
+// The heatmap layer over the photo; where the browser cannot draw the photo (TIFF, ...), the
+// server's own blend of photo and heatmap instead (the opacity slider cannot change that one).
+function drawHeatmap(card) {
+  const r = card.result;
+  const under = $(".under", card.root);
+  const layer = $(".overlay", card.root);
+  if (!r) {
+    layer.removeAttribute("src");
+    if (card.photoFailed) under.hidden = true;
+    return;
+  }
+  const alt = `${methodTitle(r.method)} heatmap for ${r.class_name}`;
+  if (card.photoFailed && r.overlay) {
+    under.src = r.overlay;
+    under.alt = alt;
+    under.hidden = false;
+    layer.hidden = true;
+  } else {
+    layer.alt = alt;
+    layer.src = r.heatmap;
+  }
+}
+
+// The browser cannot draw this file (TIFF, or no image at all): no broken-image icon.
+function photoFailed(card) {
+  if (card.photoFailed) return;
+  card.photoFailed = true;
+  for (const img of card.root.querySelectorAll(".photo")) img.hidden = true;
+  $(".photo-caption", card.root).textContent = "Photo: this browser cannot show this file";
+  drawHeatmap(card);
 }
 
 async function explain(card, classIndex) {
@@ -118,63 +242,85 @@ async function explain(card, classIndex) {
   const method = $("#method").value;
   const caption = $(".explained", card.root);
   caption.textContent = `${methodTitle(method)}: computing…`;
-  for (const b of card.root.querySelectorAll(".classes button")) {
-    b.setAttribute("aria-pressed", String(classIndex !== null && b.dataset.index === String(classIndex)));
-  }
-  const ticket = (card.ticket = (card.ticket || 0) + 1);
+  markPressed(card);
+  const request = begin(card, "explain");
   try {
     const fit = $("#fit").value;
     const q = query({ method, model: state.model, class: classIndex, max_side: 1024, fit });
-    const data = await api(`/v1/explain?${q}`, card.file);
-    if (ticket !== card.ticket) return; // a newer request for this card won
-    const r = data.results[0];
-    const overlay = $(".overlay", card.root);
-    overlay.alt = `${methodTitle(method)} heatmap for ${r.class_name}`;
-    overlay.src = r.heatmap;
+    const onWait = (s) => {
+      caption.textContent = `${methodTitle(method)}: the server is busy, waiting for it ` +
+        `(trying again in ${s} s)…`;
+    };
+    const data = await api(`/v1/explain?${q}`, card.file, { signal: request.signal, onWait });
+    if (card.requests.explain !== request) return; // a newer request for this card won
+    const r = (card.result = { ...data.results[0], method });
+    card.shown = r.class_index;
+    drawHeatmap(card);
     caption.textContent = `${methodTitle(method)}: where the model sees ` +
       `${r.class_name.replaceAll("_", " ")} (${percent(r.probability)})` +
       (r.fit === "crop" ? "; it saw only the outlined centre crop" : "");
-    for (const b of card.root.querySelectorAll(".classes button")) {
-      b.setAttribute("aria-pressed", String(b.dataset.index === String(r.class_index)));
-    }
+    markPressed(card);
     card.root.dataset.explained = "true";
+    end(card, "explain");
   } catch (err) {
-    if (ticket !== card.ticket) return;
+    if (card.requests.explain !== request) return;
+    card.result = null; // no older heatmap under a caption saying there is none
+    drawHeatmap(card);
     caption.textContent = "Heatmap: not available";
-    showError(card, err.message);
+    end(card, "explain", err);
   }
 }
 
 async function classify(card) {
+  const request = begin(card, "classify");
   try {
     const fit = $("#fit").value; // the same input as the heatmap: classes and map agree
-    const data = await api(`/v1/classify?${query({ top: 5, model: state.model, fit })}`, card.file);
+    const q = query({ top: 5, model: state.model, fit });
+    const data = await api(`/v1/classify?${q}`, card.file, { signal: request.signal });
+    if (card.requests.classify !== request) return;
     renderClasses(card, data.results[0].predictions, Boolean(data.multilabel));
     card.root.dataset.classified = "true";
+    end(card, "classify");
   } catch (err) {
-    showError(card, err.message);
+    if (card.requests.classify !== request) return;
+    $(".classes", card.root).replaceChildren(); // classes of another fit or model would mislead
+    delete card.root.dataset.classified;
+    end(card, "classify", err);
   }
+}
+
+// Ask again after a change (or Retry): the heatmap, and the classes where the change alters
+// them or the card has none (its classify failed).
+function refresh(card, classesToo) {
+  if (classesToo || (!card.root.dataset.classified && !card.requests.classify)) classify(card);
+  explain(card, card.target);
 }
 
 function addPhoto(file) {
   const root = $("#card-template").content.firstElementChild.cloneNode(true);
-  const card = { root, file, target: null };
+  const card = { root, file, target: null, shown: null, result: null, photoFailed: false,
+    requests: {}, errors: {} };
   $(".name", root).textContent = file.name;
   const url = URL.createObjectURL(file);
-  for (const img of root.querySelectorAll(".photo")) img.src = url;
+  for (const img of root.querySelectorAll(".photo")) {
+    img.addEventListener("error", () => { if (img.src === url) photoFailed(card); });
+    img.src = url;
+  }
   $(".photo", root).alt = `Photo ${file.name}`;
+  $(".retry", root).addEventListener("click", () => refresh(card, false));
   $("#results").prepend(root);
   state.cards.push(card);
-  return Promise.all([classify(card), explain(card, null)]);
+  classify(card);
+  explain(card, null);
 }
 
-async function addPhotos(files) {
-  const images = [...files].filter((f) => f.type.startsWith("image/") || f.type === "");
-  if (!images.length) { status("No image among the files given."); return; }
-  status(`Looking at ${images.length} photo${images.length > 1 ? "s" : ""}…`);
-  await Promise.all(images.map(addPhoto));
-  status(`Done: ${images.length} photo${images.length > 1 ? "s" : ""}. ` +
-    "Choose a class to see where the model finds it.");
+function addPhotos(files) {
+  const isImage = (f) => f.type.startsWith("image/") || f.type === "";
+  const images = [...files].filter(isImage);
+  state.skipped = { names: [...files].filter((f) => !isImage(f)).map((f) => f.name),
+    none: !images.length };
+  images.forEach(addPhoto);
+  updateStatus();
 }
 
 function setOpacity(value) {
@@ -183,52 +329,65 @@ function setOpacity(value) {
 }
 
 async function loadModels() {
+  let data;
   try {
-    const response = await fetch("/v1/models");
-    const data = await response.json();
-    state.model = data.default;
-    const details = (m) => (data.models.find((x) => x.name === m) || {}).method_details || [];
-    fillMethods(details(state.model));
-    const select = $("#model");
-    for (const m of data.models) {
-      const option = document.createElement("option");
-      option.value = m.name;
-      option.textContent = m.multilabel ? `${m.name} (${m.num_classes} labels, multi-label)`
-        : `${m.name} (${m.num_classes} classes)`;
-      option.selected = m.default;
-      select.append(option);
-    }
-    $("#model-field").hidden = data.models.length < 2;
-    select.addEventListener("change", () => {
-      state.model = select.value;
-      fillMethods(details(state.model));
-      for (const card of state.cards) { classify(card); explain(card, null); }
-    });
-  } catch (err) {
-    status(`Cannot reach the server: ${err.message}`);
+    data = await (await fetch("/v1/models")).json();
+  } catch (_) {
+    status(unreachable());
+    return;
   }
+  state.model = data.default;
+  const details = (m) => (data.models.find((x) => x.name === m) || {}).method_details || [];
+  fillMethods(details(state.model));
+  const select = $("#model");
+  for (const m of data.models) {
+    const option = document.createElement("option");
+    option.value = m.name;
+    option.textContent = m.multilabel ? `${m.name} (${m.num_classes} labels, multi-label)`
+      : `${m.name} (${m.num_classes} classes)`;
+    option.selected = m.default;
+    select.append(option);
+  }
+  $("#model-field").hidden = data.models.length < 2;
+  select.addEventListener("change", () => {
+    state.model = select.value;
+    fillMethods(details(state.model));
+    for (const card of state.cards) {
+      card.target = card.shown = null; // class indices of the other model
+      refresh(card, true);
+    }
+  });
 }
 
 function setUp() {
   $("#files").addEventListener("change", (e) => { addPhotos(e.target.files); e.target.value = ""; });
   $("#method").addEventListener("change", () => {
     $("#method-note").textContent = methodNote(state.methods[$("#method").value]);
-    for (const card of state.cards) explain(card, card.target);
+    for (const card of state.cards) refresh(card, false);
   });
   $("#fit").addEventListener("change", () => {
-    for (const card of state.cards) { classify(card); explain(card, card.target); }
+    for (const card of state.cards) refresh(card, true);
   });
   $("#opacity").addEventListener("input", (e) => setOpacity(e.target.value));
   setOpacity($("#opacity").value);
-  document.addEventListener("dragover", (e) => { e.preventDefault(); document.body.classList.add("dragging"); });
-  document.addEventListener("dragleave", (e) => {
-    if (e.target === document.documentElement || e.target === document.body) {
-      document.body.classList.remove("dragging");
-    }
+  // Entering a child fires dragenter there before dragleave here: a count of the two is 0 only
+  // once the drag has left the window (or dropped).
+  let depth = 0;
+  const dragging = (on) => document.body.classList.toggle("dragging", on);
+  document.addEventListener("dragenter", (e) => {
+    e.preventDefault();
+    depth += 1;
+    dragging(true);
   });
+  document.addEventListener("dragleave", () => {
+    depth = Math.max(0, depth - 1);
+    if (!depth) dragging(false);
+  });
+  document.addEventListener("dragover", (e) => e.preventDefault());
   document.addEventListener("drop", (e) => {
     e.preventDefault();
-    document.body.classList.remove("dragging");
+    depth = 0;
+    dragging(false);
     if (e.dataTransfer && e.dataTransfer.files.length) addPhotos(e.dataTransfer.files);
   });
   loadModels();
