@@ -170,6 +170,12 @@ def test_classify_threshold_and_per_image_errors(client, photo_paths):
     good, bad = mixed.json()["results"]
     assert good["predictions"] and bad["predictions"] == []
     assert bad["error"] == "cannot read 'notes.txt': not an image file (unrecognised format)"
+    # a bidi override in the name reversed the rest of the message on the page: escaped there,
+    # while the result's name stays the exact file name
+    flipped = client.post("/v1/classify", files=files(("\u202egpj.txt.jpg", b"hello")))
+    (row,) = flipped.json()["results"]
+    assert row["error"].startswith("cannot read '\\u202egpj.txt.jpg': not an image file")
+    assert row["source"] == "\u202egpj.txt.jpg"
 
 
 def test_explain_matches_the_python_api(client, photo_paths, lite0):

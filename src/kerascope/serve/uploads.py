@@ -25,6 +25,7 @@ from PIL import Image
 from starlette.datastructures import UploadFile
 from starlette.requests import Request
 
+from kerascope.output import clean, printable
 from kerascope.serve.decode import DecodeError, decode_bytes, decode_cost
 from kerascope.serve.served import RequestError
 from kerascope.zoo.registry import InputConvention
@@ -89,7 +90,9 @@ def _prepare(
             # (77.0 % against 77.7 % for a 2400x1800 photo before).
             source = decode_bytes(data, size)
     except DecodeError as exc:
-        return Upload(name, error=f"cannot read '{name}': {exc.reason}", status=exc.status)
+        # the name as people read it: a U+202E in it reversed the rest of the message on the page
+        shown = printable(clean(name))
+        return Upload(name, error=f"cannot read '{shown}': {exc.reason}", status=exc.status)
     return Upload(name, image if keep else None, fit(source, size, convention))
 
 
