@@ -204,6 +204,11 @@ def _finished(batch: PixelBatch, running: Pending | None) -> Iterator[tuple[Pixe
     yield batch, ([o[:n] for o in out] if isinstance(out, list) else out[:n])
 
 
+# A row of the model's output with NaN or infinity: no ranking of it means anything.
+NOT_A_NUMBER = ("the model's output for this image is not a number (NaN or infinite): a "
+                "damaged model file, or float16 overflowing (try --precision float32)")  # fmt: skip
+
+
 def classify_sources(
     clf: Classifier,
     sources: Sequence | np.ndarray,
@@ -237,6 +242,8 @@ def _classify_classes(clf, sources, top, threshold, batch_size, progress, precis
     for batch, out in outputs:
         values, indices = (out[0].tolist(), out[1].tolist()) if out is not None else ((), ())
         for i, (name, error) in enumerate(zip(batch.names, batch.errors, strict=True)):
+            if error is None and not np.isfinite(values[i]).all():
+                error = NOT_A_NUMBER
             if error is not None:
                 yield ImageResult(name, error=error)
             else:
@@ -251,11 +258,14 @@ def _classify_groups(clf, sources, grouped, top, threshold, batch_size, progress
 
     groups, rest = grouped
     for batch, out in iter_outputs(clf, sources, batch_size, None, precision):
-        ranked = []
+        ranked, finite = [], []
         if out is not None:
             rows, columns = roll_up(np.asarray(out), groups, rest)
             ranked = group_top_k(rows, columns, top, threshold)
+            finite = np.isfinite(rows).all(axis=1)
         for i, (name, error) in enumerate(zip(batch.names, batch.errors, strict=True)):
+            if error is None and not finite[i]:
+                error = NOT_A_NUMBER
             yield (
                 ImageResult(name, error=error)
                 if error is not None

@@ -1,4 +1,4 @@
-"""Runs whose network ends in sigmoid units, read like any classifier.
+"""Runs whose network ends in sigmoid units (or in logits), read like any classifier.
 
 * A binary run (``train --binary``) saves the seed's Dense(1, sigmoid): the probability of
   class 1. Loaded, it gets a fixed two-unit layer on top giving ``[1 - p, p]``, so every
@@ -26,6 +26,39 @@ def is_binary_sigmoid(model: Any) -> bool:
     layer = out._keras_history.operation
     activation = getattr(layer, "activation", None)
     return tuple(out.shape)[1:] == (1,) and activation is keras.activations.sigmoid
+
+
+def output_activation(model: Any) -> str | None:
+    """The name of the activation that makes the output: ``softmax``, ``sigmoid``, ``linear``
+    (no activation: logits), another name, or None when the last operation is none of those
+    layers (a custom op: read as it is)."""
+    import keras
+
+    layer = model.outputs[0]._keras_history.operation
+    if isinstance(layer, keras.layers.Softmax):
+        return "softmax"
+    fn = getattr(layer, "activation", None)
+    if isinstance(layer, keras.layers.Dense | keras.layers.Conv2D | keras.layers.Activation):
+        return getattr(fn, "__name__", None)
+    return None
+
+
+def as_probabilities(model: Any) -> tuple[Any, str | None]:
+    """``model`` with probabilities out, and what was done, for a model that ends in logits
+    (a Dense without activation, trained ``from_logits=True``): its outputs were printed as
+    percentages (a logit of 4 as 400%, a negative one hidden). Several outputs get a softmax,
+    one a sigmoid (the probability of class 1, then read as two classes)."""
+    import keras
+
+    if output_activation(model) != "linear":
+        return model, None
+    one = tuple(model.outputs[0].shape)[1:] == (1,)
+    activation = keras.layers.Activation("sigmoid", name="kerascope_sigmoid") if one else (
+        keras.layers.Softmax(name="kerascope_softmax"))  # fmt: skip
+    said = ("its sigmoid is the probability of class 1" if one
+            else "their softmax gives the probabilities")  # fmt: skip
+    wrapped = keras.Model(model.inputs, activation(model.outputs[0]), name=model.name)
+    return wrapped, f"the model's last layer has no activation: its outputs are logits, {said}"
 
 
 def two_class_view(model: Any) -> Any:
