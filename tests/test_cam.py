@@ -433,3 +433,35 @@ def test_explain_batch_names_a_wrong_target_and_explainer_takes_a_name(lite0, ph
     assert Explainer("efficientnet_lite0", "gradcam").clf.name == lite0.name
     with pytest.raises(TypeError, match="a model is a Classifier"):
         Explainer(None, "gradcam")
+
+
+def test_explanation_save_reads_images_as_explain_and_never_replaces_its_photo(
+    lite0, photo_paths, tmp_path
+):
+    """Before: save(image=float [0, 1]) drew a black picture, save("cat.png") of cat.png
+    replaced the photo with a JPEG, and every name got JPEG bytes."""
+    import shutil
+
+    from PIL import Image
+
+    import kerascope
+    from kerascope.files import OutputError
+
+    photo = tmp_path / "cat.png"
+    shutil.copy(photo_paths["chelsea"], photo)
+    before = photo.read_bytes()
+    e = kerascope.explain(str(photo), model=lite0)
+    with pytest.raises(OutputError, match="is one of the inputs"):
+        e.save(photo)
+    with pytest.raises(ValueError, match="save writes .jpg, .jpeg or .png"):
+        e.save(tmp_path / "cat.gif")
+    assert photo.read_bytes() == before
+    with Image.open(e.save(tmp_path / "out.png")) as png:
+        assert png.format == "PNG"
+        width = png.size[0]
+    pixels = np.asarray(Image.open(photo).convert("RGB"))
+    floats = pixels.astype(np.float32) / 255
+    with Image.open(e.save(tmp_path / "float.jpg", image=floats)) as drawn:
+        original_half = np.asarray(drawn.convert("RGB"))[-pixels.shape[0] :, : width // 2]
+    assert np.abs(original_half.astype(int) - pixels).mean() < 4  # the photo, not black
+    assert e.overlay(pixels[..., 0]).shape == pixels.shape  # grey (H, W), as explain reads it

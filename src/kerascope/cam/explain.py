@@ -13,6 +13,7 @@ import re
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -88,16 +89,21 @@ class Explanation:
         alpha: float = 0.4,
         colormap: str | None = None,
     ) -> Path:
-        """Write original | overlay side by side under a label bar as JPEG (atomically),
-        creating the folder if needed. With ``fit="crop"`` the crop the model saw is outlined
-        and the label says so (`kerascope.cam.fitting`)."""
+        """Write original | overlay side by side under a label bar as JPEG, or PNG for a
+        ``.png`` name (atomically), creating the folder if needed; never over the file
+        explained. With ``fit="crop"`` the crop the model saw is outlined and the label says
+        so (`kerascope.cam.fitting`)."""
         from PIL import Image
 
         from kerascope.cam.fitting import draw_outline, with_caption
         from kerascope.cam.overlay import save_jpeg, side_by_side
-        from kerascope.files import output_error
+        from kerascope.files import check_not_an_input, output_error
         from kerascope.output import percent
 
+        fmt = _PICTURE_FORMATS.get(Path(path).suffix.lower())
+        if fmt is None:  # before: JPEG bytes under any name, a .png too
+            raise ValueError(f"save writes .jpg, .jpeg or .png pictures, got '{path}'")
+        check_not_an_input(path, [self.source], "the path")  # it replaced the photo explained
         image = self._image(image)
         try:
             Path(path).parent.mkdir(parents=True, exist_ok=True)
@@ -109,17 +115,22 @@ class Explanation:
         label = with_caption(
             f"{self.class_name} {percent(self.probability or 0.0)}", self.box, image.shape
         )
-        save_jpeg(side_by_side(image, blended, label), path)
+        save_jpeg(side_by_side(image, blended, label), path, fmt=fmt)
         return Path(path)
 
-    def _image(self, image: np.ndarray | None) -> np.ndarray:
+    def _image(self, image: Any) -> np.ndarray:
+        """The picture to draw on: ``image`` read as `kerascope.explain` reads its input (a
+        float [0, 1] array was cast to uint8: a black picture), else the source reloaded."""
+        from kerascope.sources import load_source
+
         if image is not None:
-            return np.asarray(image, dtype=np.uint8)
+            return load_source(image)
         if not isinstance(self.source, str | os.PathLike) or not os.path.isfile(self.source):
             raise ValueError(f"'{self.source}' is not a file to reload; pass image=")
-        from kerascope.images import load_image
+        return load_source(self.source)
 
-        return load_image(self.source)
+
+_PICTURE_FORMATS = {".jpg": "JPEG", ".jpeg": "JPEG", ".png": "PNG"}
 
 
 class Explainer:

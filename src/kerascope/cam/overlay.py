@@ -453,14 +453,17 @@ def label_frame(
     return out
 
 
-def save_jpeg(array: np.ndarray | Image.Image, path: str | os.PathLike, quality: int = 90) -> None:
-    """Write an RGB array (or Pillow image) as JPEG atomically (`kerascope.files.atomic_open`:
-    temp file beside it, fsync, rename). An interrupted run or a full disk never leaves a
-    half-written file under ``path``; a failed write raises `kerascope.files.OutputError`.
+def save_jpeg(
+    array: np.ndarray | Image.Image, path: str | os.PathLike, quality: int = 90, fmt: str = "JPEG"
+) -> None:
+    """Write an RGB array (or Pillow image) as JPEG (or ``fmt``: PNG) atomically
+    (`kerascope.files.atomic_open`: temp file beside it, fsync, rename). An interrupted run or
+    a full disk never leaves a half-written file under ``path``; a failed write raises
+    `kerascope.files.OutputError`.
     """
     if isinstance(array, Image.Image):
         image = array
     else:
         image = Image.fromarray(np.ascontiguousarray(array, dtype=np.uint8))
     with atomic_open(path, "wb") as fh:
-        image.save(fh, "JPEG", quality=quality)
+        image.save(fh, fmt, **({"quality": quality} if fmt == "JPEG" else {}))
