@@ -194,3 +194,19 @@ def test_video_overwrite_replaces_the_output_never_the_input(clip, tmp_path, cap
     with pytest.raises(VideoOutputError, match="already holds 1 frame file"):
         explain_video(source, tmp_path / "new.mp4", clf=tiny_clf, frames_dir=frames)
     assert (frames / "frame_00001.jpg").read_bytes() == b"an earlier frame"
+
+
+def test_explain_into_its_input_folder_runs_again(tmp_path, capsys):
+    """Before: `explain photos -o photos` run twice took the first run's pictures as inputs,
+    and refused itself ("the output ... is the input"), even with --overwrite."""
+    from kerascope.testing import skimage_data
+
+    shutil.copy(skimage_data() / "chelsea.png", tmp_path / "cat.png")
+    assert main(["explain", str(tmp_path), "-o", str(tmp_path)]) == 0
+    first = _digest(tmp_path / "cat-output.jpg")
+    capsys.readouterr()
+    assert main(["explain", str(tmp_path), "-o", str(tmp_path), "--overwrite"]) == 0
+    err = capsys.readouterr().err
+    assert "left out 1 picture(s) of an earlier explain" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cat-output.jpg", "cat.png"]
+    assert _digest(tmp_path / "cat-output.jpg") == first  # the same picture, drawn again

@@ -81,6 +81,13 @@ def _run_explain(args) -> int:
     sources, skipped, _ = normalise_inputs(args.paths)
     if skipped:
         output.note(f"skipped {len(skipped)} non-image file(s): {', '.join(skipped[:5])}")
+    if not args.compare:
+        from kerascope.cam.outputs import without_earlier_outputs
+
+        sources, earlier = without_earlier_outputs(sources, args.output)
+        if earlier:
+            output.note(f"left out {earlier} picture(s) of an earlier explain in "
+                        f"'{args.output}' (*-output.jpg)")  # fmt: skip
     if not sources:
         raise CliError("no images found in " + " ".join(args.paths))
     if not args.compare:  # the overwrite rule, before the model loads (compare checks its own)

@@ -59,6 +59,20 @@ def output_names(sources: Sequence[Source]) -> list[str | None]:
     return _numbered(names)
 
 
+def without_earlier_outputs(sources: list[Source], out_dir: str | os.PathLike) -> tuple[list, int]:
+    """``sources`` less the pictures an earlier run wrote into ``out_dir`` (``*-output.jpg``
+    under it), and how many were left out: ``explain photos -o photos`` run twice took its
+    first run's pictures as inputs, and refused itself even with --overwrite."""
+    from kerascope.sources import Missing
+
+    folder = os.path.abspath(out_dir) + os.sep
+    kept = [s for s in sources
+            if not (isinstance(s, str | os.PathLike) and not isinstance(s, Missing)
+                    and os.fspath(s).endswith("-output.jpg")
+                    and os.path.abspath(s).startswith(folder))]  # fmt: skip
+    return kept, len(sources) - len(kept)
+
+
 def _relative(path: str, root: str) -> str:
     """``path`` (absolute, normalised) relative to ``root``, a folder above it; never absolute
     (``//a/x.jpg`` keeps its two slashes through abspath, which commonpath drops)."""
