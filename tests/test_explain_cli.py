@@ -159,6 +159,17 @@ def test_metric_without_compare_is_one_line_before_any_work(tmp_path, capsys):
     assert "add --compare" in _one_line(capsys.readouterr().err)
 
 
+def test_a_class_for_a_class_independent_method_is_refused(tmp_path, capsys):
+    """Before: eigencam --class tabby drew the top class's map, labelled "tabby"."""
+    import kerascope
+
+    missing = tmp_path / "none.png"  # never read: the check comes first
+    assert main(["explain", str(missing), "--method", "eigencam", "--class", "tabby"]) == 2
+    assert "--class: eigencam is class-independent" in _one_line(capsys.readouterr().err)
+    with pytest.raises(ValueError, match="eigencam is class-independent"):
+        kerascope.explain(str(missing), method="eigencam", target=281)
+
+
 def test_building_the_parser_imports_no_cam_code():
     """Method costs and the default colormap reach --help lazily: other commands stay fast."""
     code = "import sys, kerascope.cli as c; c.build_parser(); print('kerascope.cam' in sys.modules)"

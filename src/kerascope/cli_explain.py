@@ -78,6 +78,13 @@ def _run_explain(args) -> int:
 
     if args.metric is not None and not args.compare:
         raise CliError("--metric ranks the methods of --compare; add --compare (or drop --metric)")
+    if not args.compare:
+        from kerascope.cam.methods import check_class_choice
+
+        try:
+            check_class_choice(args.method, args.target)
+        except ValueError as exc:
+            raise CliError(f"--class: {exc}") from None
     sources, skipped, _ = normalise_inputs(args.paths)
     if skipped:
         output.note(f"skipped {len(skipped)} non-image file(s): {', '.join(skipped[:5])}")

@@ -296,6 +296,7 @@ class BaseCAM:
     sanity = True  # passes the weight-randomisation sanity check (Adebayo et al. 2018)
     needs_dense_head = False  # CAM reads the Dense weights, so it needs GAP + Dense
     needs_gradients = True  # False: one forward pass (no backward) gives what it needs
+    class_independent = False  # True: the same map whatever the class (a class is refused)
 
     def __init__(
         self,

@@ -26,7 +26,7 @@ from kerascope.cam.fitting import (
     place,
     untinted_outside,
 )
-from kerascope.cam.methods import get_method
+from kerascope.cam.methods import check_class_choice, get_method
 from kerascope.inference import Pending
 from kerascope.zoo.models import Classifier
 
@@ -290,6 +290,7 @@ def explain(
     from kerascope.zoo.shared import shared_model
 
     check_fit(fit)
+    check_class_choice(method, target)
     clf = model if isinstance(model, Classifier) else shared_model(model)
     clf, target = class_or_group(clf, target)  # "cat": its classes merged (kerascope.cam.groups)
     explainer = _cached_explainer(clf, method, layer, aug_smooth, eigen_smooth, precision)

@@ -233,6 +233,7 @@ class EigenCAM(BaseCAM):
     name = "eigencam"
     cost = "1 forward + an SVD, class-independent"
     needs_gradients = False
+    class_independent = True
 
     def combine(self, batch: Activations) -> np.ndarray:
         from kerascope.cam.smoothing import first_component
@@ -270,6 +271,19 @@ METHODS: dict[str, type[BaseCAM]] = {
 }
 CAM_METHODS = tuple(m for m in METHODS if m not in PIXEL_METHODS)
 ALIASES = {"gradcampp": "gradcam++", "gradcamplusplus": "gradcam++", **PIXEL_ALIASES}
+
+
+def check_class_choice(method: str, target: object) -> None:
+    """Refuse a class for a method whose map ignores it: eigencam with --class tabby drew
+    the same map as for the top class, labelled "tabby"."""
+    try:
+        chosen = get_method(method)
+    except ValueError:
+        return  # an unknown method is said where the explainer is built
+    if target is not None and chosen.class_independent:
+        raise ValueError(f"{chosen.name} is class-independent (its map is the same "
+                         "for every class): leave the class out, or pick a method that follows "
+                         "it, e.g. gradcam")  # fmt: skip
 
 
 def get_method(name: str) -> type[BaseCAM]:
