@@ -116,6 +116,12 @@ def test_public_api_takes_an_explanation_or_a_raw_map_and_says_what_is_wrong(lit
     broken = kerascope.explain([str(path) + ".missing"], model=lite0)[0]
     with pytest.raises(MetricError, match="was not explained"):
         kerascope.faithfulness(path, broken, model=lite0)
+    # Before: coffee's map and class scored on the cat (0.0001), an all-NaN map as a flat one
+    with pytest.raises(MetricError, match="the explanation is of a 600x400 picture, the image "
+                                          "given is 451x300"):  # fmt: skip
+        kerascope.faithfulness(photo_paths["chelsea"], e, model=lite0, metrics=["deletion"])
+    with pytest.raises(MetricError, match="no finite value"):
+        kerascope.faithfulness(path, np.full((7, 7), np.nan), model=lite0, metrics=["deletion"])
 
 
 def test_compare_skips_a_method_the_model_cannot_run_and_draws_the_others(chelsea, tmp_path):

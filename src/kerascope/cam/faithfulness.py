@@ -210,6 +210,11 @@ def faithfulness(
     item = model_input(clf, image, fit)
     if item.error is not None:
         raise ImageError(item.source, item.error)
+    drawn = getattr(explanation, "heatmap", None)  # an Explanation's map, at its picture's size
+    if drawn is not None and tuple(np.shape(drawn)) != tuple(item.shape[:2]):
+        (h, w), (ih, iw) = np.shape(drawn), item.shape[:2]
+        raise MetricError(f"the explanation is of a {w}x{h} picture, the image given is "
+                          f"{iw}x{ih}: pass the image that was explained")  # fmt: skip
     if placed:  # a map over the whole picture: the part the model saw
         heatmap = _part(_finite(heatmap), item.box, item.shape)
     target = class_index if class_index is not None else explained
@@ -319,6 +324,8 @@ def _finite(heatmap: np.ndarray) -> np.ndarray:
     a = np.asarray(heatmap, dtype=np.float32)
     if a.ndim != 2 or a.size == 0:
         raise MetricError(f"heatmap must be 2-D (h, w), got shape {a.shape}")
+    if not np.isfinite(a).any():  # all NaN was scored as a flat map
+        raise MetricError("the heatmap has no finite value (all NaN or infinite)")
     return np.nan_to_num(a, nan=0.0, posinf=0.0, neginf=0.0)
 
 
