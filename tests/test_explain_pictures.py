@@ -105,3 +105,24 @@ def test_a_tiny_picture_is_drawn_enlarged_with_a_readable_label(for_and_against,
     left, right = picture[bar + 10 :, 10:100], picture[bar + 10 :, 124:214]  # the two pixels
     assert np.abs(left - [200, 30, 30]).max() < 12 and np.abs(right - [30, 30, 200]).max() < 12
     assert _text_end(picture[:bar]) > 60  # the label's text spans many columns
+
+
+def test_a_stopped_job_counts_every_picture_it_wrote(for_and_against, photo_paths, tmp_path):
+    """Before: "interrupted after 4 of 30 images" with 10 pictures on disk: the pictures the
+    pool finished after the stop were written but never counted."""
+    import shutil
+
+    for i in range(8):
+        shutil.copy(photo_paths["chelsea"], tmp_path / f"c{i}.png")
+    counted: list[int] = []
+
+    def progress(n: int) -> None:
+        counted.append(n)
+        if len(counted) == 1:
+            raise KeyboardInterrupt  # Ctrl-C while the first picture is collected
+
+    with pytest.raises(KeyboardInterrupt):
+        save_explanations(str(tmp_path), tmp_path / "out", for_and_against, target="cat",
+                          batch_size=1, workers=2, progress=progress)  # fmt: skip
+    written = list((tmp_path / "out").glob("*-output.jpg"))
+    assert len(counted) == 2 and sum(counted) == len(written) > 1

@@ -5,6 +5,8 @@ Like `kerascope.cli`: parse, call the API, print; no logic of its own.
 
 from __future__ import annotations
 
+import contextlib
+import os
 from pathlib import Path
 
 from kerascope.batch_sizes import batch_size_or_default
@@ -112,12 +114,19 @@ def _run_explain(args) -> int:
     options = _smoothing(args)
     _say_precision(args, clf, options)
     advance = output.Advance(lambda n: None)  # until the bar is up
+    existed = os.path.lexists(args.output)
     try:
         with output.progress_bar(len(sources), "explaining", min_total=16) as advance:
             saved = _save(args, clf, sources, target, advance, options)
     except KeyboardInterrupt as stop:  # Ctrl-C, SIGTERM, SIGHUP: say what is there
-        output.note(f"{stopped_by(stop)} after {advance.done} of {len(sources)} images; the "
-                    f"pictures of those explained are in '{args.output}'")  # fmt: skip
+        if advance.done:
+            output.note(f"{stopped_by(stop)} after {advance.done} of {len(sources)} images; "
+                        f"the pictures of those explained are in '{args.output}'")  # fmt: skip
+        else:  # not an empty folder named as if it held something
+            if not existed:
+                with contextlib.suppress(OSError):
+                    os.rmdir(args.output)  # made by this run, still empty
+            output.note(f"{stopped_by(stop)} before any picture was written")
         stop.told = True
         raise
     output.print_explanations(saved)

@@ -206,27 +206,39 @@ def save_explanations(
             progress(1)
 
     executor = _process_pool(workers) if processes else None
-    with executor or ThreadPoolExecutor(workers, thread_name_prefix="kerascope-picture") as pool:
-        try:
-            for source, path, (e, cam, item) in zip(sources, paths, found, strict=True):
-                future = None
-                if e.ok:
-                    picture = picture_source(source, item)
-                    map_at = (cam, item.shape, item.box)
-                    future = pool.submit(_draw_one, picture, map_at, e, path, draw)
-                in_flight.append((e, future, path))
-                while len(in_flight) > limit:
+    executor = executor or ThreadPoolExecutor(workers, thread_name_prefix="kerascope-picture")
+    try:
+        with executor as pool:
+            try:
+                for source, path, (e, cam, item) in zip(sources, paths, found, strict=True):
+                    future = None
+                    if e.ok:
+                        picture = picture_source(source, item)
+                        map_at = (cam, item.shape, item.box)
+                        future = pool.submit(_draw_one, picture, map_at, e, path, draw)
+                    in_flight.append((e, future, path))
+                    while len(in_flight) > limit:
+                        collect()
+                while in_flight:
                     collect()
-            while in_flight:
-                collect()
-            for folder in {p.parent for p in paths if p is not None}:  # the names, durable
-                fsync_dir(folder)
-        except BaseException:
-            for _, future, _ in in_flight:
-                if future is not None:
-                    future.cancel()
-            raise
+                for folder in {p.parent for p in paths if p is not None}:  # the names, durable
+                    fsync_dir(folder)
+            except BaseException:
+                for _, future, _ in in_flight:
+                    if future is not None:
+                        future.cancel()
+                raise
+    except BaseException:  # the pool has finished what it started: those pictures are written
+        if progress is not None:  # "after 4 of 30" was said with 10 pictures on disk
+            progress(sum(1 for _, f, _ in in_flight if _written(f)))
+        raise
     return saved
+
+
+def _written(future) -> bool:
+    """Whether a picture's future finished with its file written."""
+    return (future is not None and future.done() and not future.cancelled()
+            and future.exception() is None)  # fmt: skip
 
 
 class _Decoded:
