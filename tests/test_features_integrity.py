@@ -185,3 +185,20 @@ def test_features_into_a_read_only_folder_is_one_line(photos, capsys):
         line = _one_line_error(capsys.readouterr().err)
         assert f"'{out}'" in line and ("read-only" in line or "permission denied" in line)
         assert os.listdir(disk) == []
+
+
+def test_a_bad_layer_leaves_no_work_file_and_skipped_files_are_named(photos, tmp_path, capsys):
+    """Before: --layer nosuch left an empty features.h5.partial; --skip-bad left files out
+    in silence ("computed 6 row(s)", nothing more)."""
+    import shutil
+
+    out = tmp_path / "fz.h5"
+    assert main(["features", str(photos), "--layer", "nosuch", "-o", str(out)]) == 2
+    assert "has no layer 'nosuch'" in _one_line_error(capsys.readouterr().err)
+    assert os.listdir(tmp_path) == []
+    data = tmp_path / "data"
+    shutil.copytree(photos, data)
+    (data / "train" / "chelsea" / "notes.jpg").write_text("garbage")
+    assert main(["features", str(data), "--skip-bad", "-o", str(tmp_path / "f.h5")]) == 0
+    err = capsys.readouterr().err
+    assert "--skip-bad left out 1 unreadable file(s): '" in err and "notes.jpg' (not an image" in err

@@ -6,6 +6,7 @@ from __future__ import annotations
 from kerascope.cli_common import positive_int, say_precision
 from kerascope.cli_train import _add_augment_options, _backbones, _parser
 from kerascope.errors import CliError
+from kerascope.interrupts import stopped_by
 from kerascope.precision import add_precision_option
 
 
@@ -65,7 +66,9 @@ def _feature_progress():
         if backbone not in shown:
             shown.add(backbone)
             output.note(f"extracting {backbone} features for {total} images")
+        progress.last = (backbone, done, total)
 
+    progress.last = None
     return progress
 
 
@@ -74,19 +77,32 @@ def _run_features(args) -> int:
     from kerascope.bottleneck import extract_features
     from kerascope.precision import resolve_precision
 
-    store = extract_features(
-        args.data, _backbones(args.backbone, "efficientnet_lite0"), layer=args.layer,
-        pool=args.pool, output=args.output, batch_size=args.batch_size,
-        val_split=args.val_split, seed=args.seed, skip_bad=args.skip_bad,
-        progress=_feature_progress(), image_size=args.image_size,
-        weights=args.weights.split(",") if args.weights else None,
-        precision=args.precision or "float32",
-    )  # fmt: skip
+    progress = _feature_progress()
+    try:
+        store = extract_features(
+            args.data, _backbones(args.backbone, "efficientnet_lite0"), layer=args.layer,
+            pool=args.pool, output=args.output, batch_size=args.batch_size,
+            val_split=args.val_split, seed=args.seed, skip_bad=args.skip_bad,
+            progress=progress, image_size=args.image_size,
+            weights=args.weights.split(",") if args.weights else None,
+            precision=args.precision or "float32",
+        )  # fmt: skip
+    except KeyboardInterrupt as stop:  # say what is kept (before: "interrupted", no more)
+        if progress.last is not None:
+            backbone, done, total = progress.last
+            output.note(f"{stopped_by(stop)} after {done} of {total} {backbone} rows; they "
+                        "are kept: run the same command again to compute the rest")  # fmt: skip
+            stop.told = True
+        raise
     if args.precision is not None:
         say_precision(args.precision, resolve_precision(args.precision))
     for key, rows in store.computed.items():
         shape = "x".join(str(d) for d in store.row_shape(key))
         output.note(f"{key}: computed {rows} row(s) of {shape} features")
+    if store.skipped:  # before: left out in silence
+        shown = ", ".join(f"'{path}' ({reason})" for path, reason in store.skipped[:3])
+        more = f" and {len(store.skipped) - 3} more" if len(store.skipped) > 3 else ""
+        output.note(f"--skip-bad left out {len(store.skipped)} unreadable file(s): {shown}{more}")
     output.note(f"features in {args.output}")
     return 0
 

@@ -27,6 +27,7 @@ from kerascope.batch_sizes import checked_batch_size
 from kerascope.bottleneck.branches import (
     FeatureCacheError,
     FeatureSpec,
+    forward_for,
     weights_checksum,
     weights_file,
     weights_per_backbone,
@@ -98,8 +99,10 @@ def extract_features(
         dataset = data
         if isinstance(data, str | os.PathLike):
             dataset = scan_dataset(data, val_split=val_split, seed=seed, skip_bad=skip_bad)
-        return _extract(dataset, backbones, layer, pool, out, batch_size, progress, image_size,
-                        weights, precision)  # fmt: skip
+        store = _extract(dataset, backbones, layer, pool, out, batch_size, progress,
+                         image_size, weights, precision)  # fmt: skip
+        store.skipped = list(getattr(dataset, "bad", []))  # said by the caller, as train says it
+        return store
 
 
 def _extract(dataset: Any, backbones: Sequence[str], layer: str | None, pool: str, out: Path,
@@ -132,6 +135,9 @@ def _extract(dataset: Any, backbones: Sequence[str], layer: str | None, pool: st
     computed = dict.fromkeys((s.key for s in specs), 0)
     if source == out and all(mode == "keep" for mode, _ in plans.values()):
         return FeatureStore(out, computed)
+    for s in specs:  # built now (kept for the work): a bad --layer left an empty work file
+        if plans[s][0] != "keep":
+            forward_for(s)
     with _h5_errors(out) as lost:
         if source == out and out.is_file():
             _copy(out, partial)

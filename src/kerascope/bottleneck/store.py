@@ -88,12 +88,15 @@ class FeatureStore:
     """Read side of a feature file; refuses groups an interrupted extraction left unfinished.
 
     ``computed`` maps each group key to the rows the extraction that returned this store
-    actually ran through a backbone (0 when everything came from the cache).
+    actually ran through a backbone (0 when everything came from the cache); ``skipped``: the
+    (file, reason) pairs its scan left out (``skip_bad``).
     """
 
-    def __init__(self, path: str | os.PathLike, computed: dict[str, int] | None = None):
+    def __init__(self, path: str | os.PathLike, computed: dict[str, int] | None = None,
+                 skipped: list[tuple[str, str]] | None = None):  # fmt: skip
         self.path = Path(path)
         self.computed = dict(computed or {})
+        self.skipped = list(skipped or [])
         if self.path.is_dir():
             raise FeatureCacheError(f"'{self.path}' is a folder, not a feature file")
         if not self.path.is_file():
