@@ -299,6 +299,42 @@ def test_processes_started_with_other_options_both_refuse_naming_it(photos, tmp_
 
 @jax_only
 @pytest.mark.slow
+def test_processes_reading_other_images_both_refuse(photos, tmp_path):
+    """Process 1's copy of the data lacks one image: before, both trained in lockstep on
+    other batches and process 0's split.json described a run that did not happen."""
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(photos, copy)
+    next(p for p in sorted(copy.rglob("*")) if p.suffix in (".png", ".jpg")).unlink()
+    common = ["--recipe", "lenet", "--image-size", "32", "--batch-size", "8", "-o",
+              str(tmp_path / "run")]  # fmt: skip
+    codes, outs = _pair(["train", str(photos), *common], ["train", str(copy), *common])
+    says = (
+        "kerascope: error: process 1 reads other images (names, sizes or split) than "
+        "process 0 in its DATA folder: give every process the same copy of the dataset"
+    )
+    assert codes == [2, 2], outs
+    assert all(says in err.splitlines() for _, err in outs), outs
+
+
+@jax_only
+@pytest.mark.slow
+def test_process_1_does_not_name_a_run_folder_it_lacks(photos, tmp_path):
+    """Process 1 with its own -o (allowed: a path on its machine): before, it said "run in
+    <its -o> — try: kerascope evaluate <its -o>", a folder only process 0's machine has."""
+    common = ["train", str(photos), "--recipe", "lenet", "--image-size", "32", "--batch-size",
+              "8", "--epochs", "1"]  # fmt: skip
+    codes, outs = _pair([*common, "-o", str(tmp_path / "run")],
+                        [*common, "-o", str(tmp_path / "elsewhere")])  # fmt: skip
+    assert codes == [0, 0], outs
+    assert "run in " + str(tmp_path / "run") in outs[0][1]
+    assert "process 1: done; process 0 wrote the run, on its machine" in outs[1][1], outs
+    assert not (tmp_path / "elsewhere").exists()
+
+
+@jax_only
+@pytest.mark.slow
 def test_process_0_refused_before_training_stops_the_others_at_once(photos, tmp_path, reap):
     """Process 0's output folder holds someone's files (process 1's, on its own machine, is
     new): process 0 refuses as alone, and process 1 stops at once with one line giving

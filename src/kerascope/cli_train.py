@@ -254,6 +254,10 @@ def _run_train(args) -> int:
         from kerascope.training.lr_find import plot_lr_find
 
         _note(f"the lr sweep is in {plot_lr_find(found, run.run_dir / 'lr_find.png')}")
+    if args.process_id and not run.run_dir.exists():  # process 0 writes it, on its machine
+        _note(f"process {args.process_id}: done; process 0 wrote the run, on its machine (it "
+              "named a folder that is not on this one)")  # fmt: skip
+        return 0
     _note(headline(run))
     return 0
 

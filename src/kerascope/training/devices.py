@@ -380,32 +380,61 @@ def check_same_options(config: dict[str, Any]) -> None:
     """Every process of a run refuses, naming the option, when any process was started with
     other settings than process 0: they would otherwise train different models in lockstep
     (or wait on each other until JAX's heartbeat aborts them)."""
+    from kerascope.training.resume import FLAGS
+
+    devices = config.get("devices") or {}
+    values = [config.get(k) for k in SHARED] + [devices.get("count")]
+    differs = _differing(values, "options")
+    if differs is not None:
+        process, index = differs
+        key = (*SHARED, "devices")[index]
+        flag = FLAGS.get(key, "--" + key.replace("_", "-"))
+        raise ConfigError(f"process {process} was started with another {flag} than "
+                          f"process 0: start every process with the same options (only "
+                          "--process-id differs)")  # fmt: skip
+
+
+def check_same_data(dataset: Any) -> None:
+    """Every process refuses when any reads other images than process 0 (names relative to
+    the data folder, sizes, classes, split): a copy short of one image trained in lockstep
+    on other batches, and process 0's split.json described a run that did not happen."""
+    import os
+
+    root = str(dataset.root)
+    listing = {split: [(os.path.relpath(p, root), os.path.getsize(p), label)
+                       for p, label in pairs]
+               for split, pairs in sorted(dataset.splits.items())}  # fmt: skip
+    differs = _differing([dataset.classes, listing], "data")
+    if differs is not None:
+        what = "classes" if differs[1] == 0 else "images (names, sizes or split)"
+        raise ConfigError(f"process {differs[0]} reads other {what} than process 0 in "
+                          "its DATA folder: give every process the same copy of the "
+                          "dataset")  # fmt: skip
+
+
+def _differing(values: list[Any], phase: str) -> tuple[int, int] | None:
+    """(process, index of the first value) where a process's ``values`` differ from process
+    0's, compared by checksum across the processes; None when all agree or one process runs."""
     if keras.backend.backend() != "jax":
-        return
+        return None
     import jax
 
     if jax.process_count() == 1:
-        return
-    start_together("options")  # a process refused before this: told, not waited for
+        return None
+    start_together(phase)  # a process refused before this: told, not waited for
     import json
     import zlib
 
     from jax.experimental import multihost_utils
 
-    from kerascope.training.resume import FLAGS
-
-    devices = config.get("devices") or {}
-    values = [config.get(k) for k in SHARED] + [devices.get("count")]
     mine = np.array([zlib.crc32(json.dumps(v, sort_keys=True, default=str).encode()) & 0x7FFFFFFF
                      for v in values], np.int32)  # fmt: skip
     every = np.asarray(multihost_utils.process_allgather(mine)).reshape(jax.process_count(), -1)
     for process, theirs in enumerate(every[1:], start=1):
-        for key, a, b in zip((*SHARED, "devices"), every[0], theirs, strict=True):
+        for index, (a, b) in enumerate(zip(every[0], theirs, strict=True)):
             if a != b:
-                flag = FLAGS.get(key, "--" + key.replace("_", "-"))
-                raise ConfigError(f"process {process} was started with another {flag} than "
-                                  f"process 0: start every process with the same options (only "
-                                  "--process-id differs)")  # fmt: skip
+                return process, index
+    return None
 
 
 def reported(result: Any, run_dir: Path) -> Any:

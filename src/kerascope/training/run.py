@@ -368,6 +368,7 @@ def _train(run_dir: Path, config: dict[str, Any], resumed: bool, engine: str | N
     started = time.monotonic()  # a time budget counts from here
     fast_keras_saving()  # the backbones' weights load faster too
     dataset = scan_dataset(config["data"], config["val_split"], config["seed"], config["skip_bad"])
+    placing.check_same_data(dataset)  # every process: the same images, before any is written
     if resumed and dataset.classes != config["classes"]:
         raise RunError(f"classes in '{config['data']}' changed since '{run_dir}' started: "
                          f"{dataset.classes} vs {config['classes']}")  # fmt: skip
