@@ -444,3 +444,24 @@ def test_a_coordinator_that_does_not_answer_ends_with_one_line(photos, tmp_path)
     assert "Check failure" not in proc.stderr
     assert time.monotonic() - started < 60
     assert not (tmp_path / "run").exists()
+
+
+def test_a_coordinator_address_is_checked_at_once():
+    """Before: a name that does not resolve waited the full 120 s; process 0 given another
+    machine's address was told to "start process 0 there"."""
+    import socket
+
+    from kerascope.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="cannot resolve 'nosuch.invalid'"):
+        placing.check_address("nosuch.invalid:1234", 1)
+    with pytest.raises(ConfigError, match="this machine has no address 192.0.2.1"):
+        placing.check_address("192.0.2.1:1234", 0)  # TEST-NET-1: never this machine's
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(ConfigError, match=f"port {port} is in use on this machine"):
+            placing.check_address(f"127.0.0.1:{port}", 0)
+        placing.check_address(f"127.0.0.1:{port}", 1)  # process 1 connects there: fine
+    placing.check_address(f"127.0.0.1:{free_port()}", 0)

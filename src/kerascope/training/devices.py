@@ -324,6 +324,37 @@ def _whole(value: Any, name: str) -> int | None:
                           f"{value!r}") from None  # fmt: skip
 
 
+def check_address(address: str, pid: int) -> None:
+    """The coordinator's HOST:PORT checked at once: a name that does not resolve (every process
+    waited its full timeout), and for process 0, which serves it, an address this machine
+    lacks (told "start process 0 there") or a port in use here."""
+    import errno
+    import socket
+
+    host, _, port = address.rpartition(":")
+    host = host.strip("[]")
+    try:
+        found = socket.getaddrinfo(host, int(port), type=socket.SOCK_STREAM)
+    except (socket.gaierror, UnicodeError) as exc:
+        reason = getattr(exc, "strerror", None) or str(exc)
+        raise ConfigError(f"--coordinator {address}: cannot resolve '{host}' ({reason}); give "
+                          "process 0's address") from None  # fmt: skip
+    if pid != 0:
+        return
+    family, _, _, _, where = found[0]
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(where)
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise ConfigError(f"--coordinator {address}: port {port} is in use on this "
+                                  "machine; choose another port") from None  # fmt: skip
+            raise ConfigError(f"--coordinator {address}: process 0 serves the coordinator, and "
+                              f"this machine has no address {host}; give process 0 its own "
+                              f"address, or start process 0 on {host}") from None  # fmt: skip
+
+
 def join_cluster(coordinator: str | None = None, num_processes: int | None = None,
                  process_id: int | None = None,
                  timeout: float | None = None) -> tuple[int, int]:  # fmt: skip
@@ -337,6 +368,7 @@ def join_cluster(coordinator: str | None = None, num_processes: int | None = Non
     address, num, pid = cluster_options(coordinator, num_processes, process_id)
     if address is None or num == 1:
         return 0, 1
+    check_address(address.split(",")[0].strip(), pid)
     import jax
 
     if jax.distributed.is_initialized():
@@ -348,12 +380,13 @@ def join_cluster(coordinator: str | None = None, num_processes: int | None = Non
     def give_up() -> None:
         if joined.wait(timeout):
             return
-        whom = ("the other processes did not all connect" if pid == 0
-                else "the coordinator did not answer")  # fmt: skip
+        whom, start = ("the other processes did not all connect", "start every process "
+                       f"with --coordinator {address}") if pid == 0 else (
+            "the coordinator did not answer", "start process 0 there")  # fmt: skip
         sys.stderr.write(f"kerascope: error: {whom} at {address} within {timeout:g} s "
-                         f"(process {pid} of {num}): start process 0 there with the same "
-                         f"--num-processes, check the address and that the port is open, "
-                         f"or wait longer with {TIMEOUT_ENV}=SECONDS\n")  # fmt: skip
+                         f"(process {pid} of {num}): {start} with the same --num-processes, "
+                         f"check the address and that the port is open, or wait longer with "
+                         f"{TIMEOUT_ENV}=SECONDS\n")  # fmt: skip
         sys.stderr.flush()
         os._exit(EXIT_NO_COORDINATOR)  # the connect is blocked in C++: no exception reaches it
 
