@@ -264,6 +264,7 @@ def test_evaluate_scores_the_held_out_split_and_warns_about_training_images(
     shutil.copytree(shapes32, other)
     try:
         theirs = evaluate(lenet_run, other, top_losses=0, split="all")
+        assert theirs.trained_on == n_train  # copies of them: before, 0 and no warning
         assert theirs.output == lenet_run / "evaluations" / "other"
         assert (theirs.output / "metrics.json").is_file()
         assert (lenet_run / "metrics.json").read_bytes() == own

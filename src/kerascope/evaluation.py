@@ -44,7 +44,7 @@ from kerascope.metrics import (  # noqa: F401  (metrics_from, top_k_accuracy: re
 )
 from kerascope.output import percent
 from kerascope.report import plot_confusion, plot_gallery
-from kerascope.rundir import read_labels, read_split, split_files
+from kerascope.rundir import read_labels, read_split, split_files, trained_count
 from kerascope.sources import MISSING_INPUT, iter_batches, normalise_inputs
 from kerascope.tta import TTA, as_tta, iter_tta_outputs
 from kerascope.zoo.models import Classifier, load_model
@@ -219,15 +219,6 @@ def _recorded_items(record: dict, split: str, classes: list[str]) -> list:
     return items
 
 
-def _trained_on(record: dict | None, sources: list) -> int:
-    """How many of ``sources`` are files the run trained on (by real path)."""
-    if record is None:
-        return 0
-    trained = {os.path.realpath(p) for p in split_files(record, "train")}
-    return sum(isinstance(s, str | os.PathLike) and os.path.realpath(s) in trained
-               for s in sources)  # fmt: skip
-
-
 def evaluate(
     run_dir: str | os.PathLike | Classifier,
     data: Source | Iterable[Source],
@@ -376,7 +367,7 @@ def score_items(
         classes=m["classes"], confusion=m["confusion"],
         data=str(Path(data).resolve()) if isinstance(data, str | os.PathLike) else None,
         split=split, split_source=split_source, unreadable=unreadable, model=str(clf.source),
-        output=output, trained_on=_trained_on(record, [s for s, _, _ in kept]),
+        output=output, trained_on=trained_count(record, [s for s, _, _ in kept]),
         top5_accuracy=top5, precision=run_precision(clf, precision),
         top1_interval=wilson_interval(round(m["accuracy"] * m["n"]), m["n"]),
         top5_interval=None if top5 is None else wilson_interval(round(top5 * m["n"]), m["n"]),
