@@ -33,24 +33,38 @@ def _add_video(sub) -> None:
         "unless --overwrite is given, and the input never is",
     )
     add_explain_args(p)
-    p.add_argument("--every", type=positive_int, default=1, help="fresh heatmap every N frames")
+    p.add_argument(
+        "--every",
+        type=positive_int,
+        default=1,
+        help="fresh heatmap every N frames; no frame is skipped: the frames between show the "
+        "last heatmap, and every frame keeps its input time (a variable frame rate is kept)",
+    )
     p.add_argument(
         "--layout",
         choices=("side", "overlay"),
         default="side",
-        help="side: original | overlay; overlay: the overlay alone, at the input size",
+        help="side: original | overlay; overlay: the overlay alone, at the input size rounded "
+        "down to even sides for H.264 (333x201 gives 332x200)",
     )
-    p.add_argument("--frames-dir", help="also write every output frame as a JPEG here")
+    p.add_argument(
+        "--frames-dir",
+        help="also write every output frame as a JPEG here (frame_00001.jpg, ...); with "
+        "--overwrite, the frame_NNNNN.jpg files of an earlier run there are deleted first",
+    )
     p.set_defaults(func=_run_video)
 
 
 def _run_video(args) -> int:
     from kerascope import output
-    from kerascope.video import estimate_frames
+    from kerascope.video import check_frames_dir, check_output, default_output, estimate_frames
     from kerascope.zoo.models import load_model
 
     _check_video_output(args.input, args.output, args.overwrite)
-    total = estimate_frames(args.input)
+    total = estimate_frames(args.input)  # the input's one line, before the default output's
+    check_output(args.input, Path(args.output or default_output(args.input)), args.overwrite)
+    if args.frames_dir is not None:  # all refused before the model loads
+        check_frames_dir(args.frames_dir, args.input, args.overwrite)
     clf = load_model(args.model, weights=args.weights)
     args.batch_size = batch_size_or_default(args.batch_size, "explain", clf.input_size)
     clf, target = class_option(clf, args.target)
@@ -59,14 +73,15 @@ def _run_video(args) -> int:
         with output.progress_bar(total, "video frames", min_total=1) as advance:
             report = _explain(args, clf, target, advance)
     except KeyboardInterrupt as stop:  # Ctrl-C, SIGTERM, SIGHUP: say what is (not) there
-        frames = f"; frames drawn so far are in '{args.frames_dir}'" if args.frames_dir else ""
-        output.note(f"{stopped_by(stop)} after {advance.done} frames: no video written (a video is "
-                    f"written whole or not at all){frames}")  # fmt: skip
+        saved = getattr(stop, "frames_saved", 0)
+        output.note(interrupt_note(stopped_by(stop), advance.done, args.frames_dir, saved))
         stop.told = True
         raise
     audio = "audio kept" if report.audio_kept else "no audio"
+    rate = f"{float(report.fps):.2f} fps"
+    rate = f"variable frame rate, {rate} on average" if report.variable_rate else rate
     output.note(
-        f"wrote {report.output}: {report.frames} frames, {float(report.fps):.2f} fps, "
+        f"wrote {report.output}: {report.frames} frames, {rate}, "
         f"{report.size[0]}x{report.size[1]}, {audio} ({report.frames_per_second:.1f} frames/s, "
         f"maps in {report.precision})"
     )
@@ -74,6 +89,19 @@ def _run_video(args) -> int:
         output.note(f"'{args.input}': {report.short}")
         return 1
     return 0
+
+
+def interrupt_note(stopped: str, done: int, frames_dir: str | None, saved: int) -> str:
+    """The line a stopped run ends with: ``saved`` frame files are in ``frames_dir`` (with 0,
+    that none was drawn: the folder is not named as holding frames; `explain_video` removed
+    it if it had made it)."""
+    line = (f"{stopped} after {done} frames: no video written (a video is written whole or "
+            "not at all)")  # fmt: skip
+    if frames_dir is None:
+        return line
+    if not saved:
+        return f"{line}; no frame was drawn, so none is in --frames-dir '{frames_dir}'"
+    return f"{line}; the {saved} frame(s) drawn so far are in '{frames_dir}'"
 
 
 def _explain(args, clf, target, progress):
@@ -104,10 +132,14 @@ def _check_video_output(source: str, target: str | None, overwrite: bool = False
     (an existing file without --overwrite is `kerascope.video.check_output`'s one line)."""
     if target is None:
         return
-    from kerascope.video import output_format
+    from kerascope.video import output_format, under_a_file
 
     output_format(target)  # .avi: refused before the model loads
     folder = Path(target).parent
+    blocker = under_a_file(target)
+    if blocker is not None:
+        raise CliError(f"--output '{target}' lies under '{blocker}', which is a file, not a "
+                       "folder; choose another --output")  # fmt: skip
     if not folder.is_dir():
         raise CliError(
             f"the folder of --output '{target}' does not exist ('{folder}'); "

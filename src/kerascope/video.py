@@ -1,10 +1,12 @@
 """Explain every frame of a video: decode (PyAV), heatmap in batches, draw, encode H.264.
 
 The seed's workflow took three tools (ffmpeg to frames, a script per frame, ffmpeg back to a
-video) and lost the sound and the frame rate on the way. Here one pass keeps both: frames are
-re-stamped with their own timestamps, audio packets are copied through (or transcoded to AAC
-when MP4 cannot hold the codec), and the result is fsynced and renamed into place only when
-complete (`kerascope.files.atomic_path`): a full disk is one line and leaves no file.
+video) and lost the sound and the frame rate on the way. Here one pass keeps both: each frame
+keeps its own timestamp (a variable-rate video stays variable: `video_frames.Timeline`), audio
+packets are copied through (or transcoded to AAC when MP4 cannot hold the codec), and the
+result is fsynced and renamed into place only when complete (`kerascope.files.atomic_path`): a
+full disk is one line and leaves no file. An output name that is a symbolic link is refused:
+neither the link nor the file it points to is replaced.
 """
 
 from __future__ import annotations
@@ -21,9 +23,21 @@ from kerascope import interrupts
 from kerascope.cam import fitting
 from kerascope.cam import overlay as ov
 from kerascope.errors import KerascopeError
-from kerascope.files import atomic_path, is_disk_error, output_error
+from kerascope.files import (
+    OutputError,
+    atomic_path,
+    check_output_folder,
+    is_disk_error,
+    output_error,
+)
 from kerascope.images import file_problem
-from kerascope.video_frames import FramePipeline
+from kerascope.video_frames import (
+    FramePipeline,
+    frame_files,
+    missing_folders,
+    prepare_frames_dir,
+    remove_empty,
+)
 
 
 class VideoError(KerascopeError):
@@ -62,6 +76,7 @@ class VideoReport:
     frames_dir: str | None = None
     precision: str = "float32"  # what the heatmaps were computed in
     header_frames: int = 0  # what the file's header promises (0: it does not say)
+    variable_rate: bool = False  # frames came at varying steps (kept); ``fps`` is the average
 
     @property
     def short(self) -> str | None:
@@ -181,17 +196,25 @@ def explain_video(
         clf: a loaded :class:`~kerascope.zoo.models.Classifier`; else ``model`` is loaded.
         method: ``cam``, ``gradcam`` or ``gradcam++`` (see `kerascope.cam.explain.Explainer`).
         target: class index or name to explain in every frame; ``None``: each frame's top-1.
-        every: compute a fresh heatmap every N frames and reuse it in between (all frames
-            are still written); N > 1 trades heatmap lag for speed.
-        layout: ``"side"`` (original | overlay, label bar on top) or ``"overlay"`` (input size).
-        frames_dir: also save each drawn frame as ``frame_00001.jpg``, ... in this folder.
+        every: compute a fresh heatmap every N frames and reuse it in between; N > 1 trades
+            heatmap lag for speed. No frame is skipped: every input frame is written at its own
+            time, those between two key frames with the last key frame's heatmap and label.
+            (Each output frame keeps its input frame's timestamp, so a variable-rate video
+            stays variable and in sync with its audio.)
+        layout: ``"side"`` (original | overlay, label bar on top) or ``"overlay"`` (the input
+            size rounded down to even sides, which H.264 needs: 333x201 gives 332x200).
+        frames_dir: also save each drawn frame as ``frame_00001.jpg``, ... in this folder
+            (made if missing). With ``overwrite`` the ``frame_NNNNN.jpg`` files already there
+            are deleted first (only regular files of that pattern), so the folder holds this
+            run's frames alone; without it, any such file is refused.
         batch_size: frames per model call.
         alpha: heatmap opacity at its peak.
         progress: called with the number of frames just written, after each batch.
         preset: x264 speed preset; ``veryfast`` keeps encoding well under the model's cost.
         precision: ``auto`` (default), ``float32``, ``bfloat16``, ``float16`` (see
             `kerascope.cam.explain.Explainer`); the report says which ran.
-        overwrite: replace an existing output (and frame files); the input is never replaced.
+        overwrite: replace an existing output (and frame files); the input is never replaced,
+            nor a symbolic link at the output name (nor the file it points to).
         fit: ``whole`` (default): the model sees each whole frame resized to its input;
             ``crop``: the centre crop `classify` shows it, outlined (`kerascope.cam.fitting`).
 
@@ -200,9 +223,14 @@ def explain_video(
 
     Raises:
         VideoError: the input is missing, not a video, has no video stream or fails to decode;
-            `VideoOutputError` (a VideoError) when the output is the input, exists (without
-            ``overwrite``) or its folder is missing.
-        kerascope.files.OutputError: the output could not be written (full disk, read-only).
+            `VideoOutputError` (a VideoError) when the output is the input, a symbolic link,
+            exists (without ``overwrite``) or its folder is missing or lies under a file.
+        kerascope.files.OutputError: the output could not be written (full disk, read-only),
+            or ``frames_dir`` cannot be used.
+
+    Whatever stops a run (an error, Ctrl-C) leaves no video; the exception carries
+    ``frames_saved``, the number of frame files written into ``frames_dir``, and a
+    ``frames_dir`` this run made is removed again if it holds nothing.
     """
     from kerascope.cam.base import as_classifier
     from kerascope.cam.explain import Explainer, resolve_target
@@ -221,32 +249,41 @@ def explain_video(
         check_frames_dir(frames_dir, input_path, overwrite)
     fmt = output_format(output)
     start = time.perf_counter()
-    container, vstream = open_video(input_path)
-    with contextlib.closing(container):
-        if clf is None:
-            from kerascope.zoo.shared import shared_model
+    made = missing_folders(frames_dir)  # made by this run: removed again if left empty
+    pipeline = None
+    try:
+        container, vstream = open_video(input_path)
+        with contextlib.closing(container):
+            if clf is None:
+                from kerascope.zoo.shared import shared_model
 
-            clf = shared_model(model)
-        clf, target = class_or_group(as_classifier(clf), target)  # "cat": a WordNet group
-        explainer = Explainer(clf, method=method, layer=layer, precision=precision)
-        clf = explainer.clf  # a bare Keras model comes back wrapped, with labels
-        if frames_dir is not None:
-            os.makedirs(frames_dir, exist_ok=True)
-        options = dict(
-            every=every, batch_size=batch_size, alpha=alpha, colormap=colormap, layout=layout,
-            frames_dir=None if frames_dir is None else os.fspath(frames_dir),
-            target=None if target is None else resolve_target(clf, target),
-            fps=frame_rate(vstream), format=fmt, preset=preset,
-            convention=fitting.fit_convention(clf, fit),
-        )  # fmt: skip
-        astream = container.streams.audio[0] if container.streams.audio else None
-        header = _promised_frames(vstream)
-        with atomic_path(output) as partial, _open_output(partial, fmt, output) as out:
-            pipeline = FramePipeline(explainer, clf, options, out, vstream, astream, progress)
-            try:
-                _run(container, vstream, astream, pipeline, input_path)
-            finally:
-                pipeline.abort()  # an error or Ctrl-C: the draw threads end with the file
+                clf = shared_model(model)
+            clf, target = class_or_group(as_classifier(clf), target)  # "cat": a WordNet group
+            explainer = Explainer(clf, method=method, layer=layer, precision=precision)
+            clf = explainer.clf  # a bare Keras model comes back wrapped, with labels
+            if frames_dir is not None:
+                prepare_frames_dir(frames_dir, overwrite)
+            options = dict(
+                every=every, batch_size=batch_size, alpha=alpha, colormap=colormap,
+                layout=layout, frames_dir=None if frames_dir is None else os.fspath(frames_dir),
+                target=None if target is None else resolve_target(clf, target),
+                fps=frame_rate(vstream), format=fmt, preset=preset, method=method,
+                convention=fitting.fit_convention(clf, fit),
+            )  # fmt: skip
+            astream = container.streams.audio[0] if container.streams.audio else None
+            header = _promised_frames(vstream)
+            with atomic_path(output) as partial, _open_output(partial, fmt, output) as out:
+                pipeline = FramePipeline(explainer, clf, options, out, vstream, astream,
+                                         progress)  # fmt: skip
+                try:
+                    _run(container, vstream, astream, pipeline, input_path)
+                finally:
+                    pipeline.abort()  # an error or Ctrl-C: the draw threads end with the file
+    except BaseException as exc:
+        with contextlib.suppress(AttributeError, TypeError):
+            exc.frames_saved = 0 if pipeline is None else pipeline.saved
+        remove_empty(made)
+        raise
     return VideoReport(
         frames=pipeline.count,
         fps=float(options["fps"]),
@@ -257,6 +294,7 @@ def explain_video(
         frames_dir=options["frames_dir"],
         precision=explainer.precision,
         header_frames=header,
+        variable_rate=pipeline.timeline.variable,
     )
 
 
@@ -271,10 +309,16 @@ def output_format(output: str | os.PathLike) -> str:
 
 
 def check_output(input_path: str | os.PathLike, output: Path, overwrite: bool = False) -> None:
-    """Refuse, before any work, an output that is the input (always), an existing file (unless
-    ``overwrite``: the overwrite rule of `kerascope.cam.save`) or lies in a missing folder."""
+    """Refuse, before any work, an output that is the input (always), a symbolic link (always:
+    kerascope replaces neither the link nor the file it points to), an existing file (unless
+    ``overwrite``: the overwrite rule of `kerascope.cam.save`), or lies in a missing folder or
+    under a file."""
     folder = output.parent if str(output.parent) else Path(".")
     if not folder.is_dir():
+        blocker = under_a_file(output)
+        if blocker is not None:
+            raise VideoOutputError(output, f"it lies under '{blocker}', which is a file, not a "
+                                   "folder; choose another output")  # fmt: skip
         raise VideoOutputError(
             output, f"its folder '{folder}' does not exist; create it or choose another output"
         )
@@ -282,6 +326,11 @@ def check_output(input_path: str | os.PathLike, output: Path, overwrite: bool = 
         raise VideoOutputError(
             output, "it is the input video; choose another name (default: <input>-output.mp4)"
         )
+    if os.path.islink(output):
+        raise VideoOutputError(
+            output, "it is a symbolic link; kerascope replaces neither a link nor the file it "
+            "points to: remove the link or choose another output"
+        )  # fmt: skip
     if os.path.isdir(output):
         raise VideoOutputError(output, "it is a folder; name the output file (-o clip.mp4)")
     if os.path.lexists(output) and not overwrite:
@@ -290,16 +339,36 @@ def check_output(input_path: str | os.PathLike, output: Path, overwrite: bool = 
         )
 
 
+def under_a_file(path: str | os.PathLike) -> Path | None:
+    """The nearest existing folder above ``path`` when it is not a folder (a file, a broken
+    link): ``one.mp4/x.mp4`` lies under the file ``one.mp4``. None when it is a folder."""
+    for part in Path(path).parents:
+        if os.path.isdir(part):
+            return None
+        if os.path.lexists(part):
+            return part
+    return None
+
+
 def check_frames_dir(frames_dir, input_path: str | os.PathLike, overwrite: bool) -> None:
-    """--frames-dir: earlier ``frame_*.jpg`` files are not replaced unless ``overwrite``; the
-    folder must not be a file (least of all the input)."""
+    """--frames-dir: earlier ``frame_NNNNN.jpg`` files are not replaced unless ``overwrite``;
+    one of those names that is not a regular file (a symbolic link, a folder, a FIFO) is
+    refused always, as is a folder that is a file (least of all the input) or lies under one."""
     folder = Path(frames_dir)
     if folder.exists() and not folder.is_dir():
         raise VideoOutputError(folder, "--frames-dir is a file, not a folder; choose a folder")
-    earlier = sorted(folder.glob("frame_*.jpg")) if folder.is_dir() else []
+    check_output_folder(folder, "--frames-dir")  # under a file, a broken link
+    earlier = frame_files(folder)
+    odd = [e for e in earlier if not e.is_file(follow_symlinks=False)]
+    if odd:
+        what = "a symbolic link" if odd[0].is_symlink() else "not a regular file"
+        raise OutputError(
+            f"--frames-dir '{folder}' holds '{odd[0].name}', which is {what}: kerascope "
+            "neither writes through nor replaces it; remove it or choose another folder"
+        )
     if earlier and not overwrite:
         raise VideoOutputError(
-            earlier[0],
+            earlier[0].path,
             f"--frames-dir already holds {len(earlier)} frame file(s); add --overwrite to "
             "replace them, or choose another folder",
         )

@@ -3,20 +3,27 @@
 The model sees the key frames in batches; each frame is then drawn (heatmap, outline, label)
 in a pool of threads (Pillow and NumPy work mostly outside the GIL) while this thread decodes
 the next frames, runs the next batch and encodes the frames drawn before, in order: H.264
-encoding and muxing stay in one thread, beside the audio packets.
+encoding and muxing stay in one thread, beside the audio packets. Each frame keeps its input
+time (`Timeline`). Also here: the --frames-dir names, and its rules (`prepare_frames_dir`).
 """
 
 from __future__ import annotations
 
 import collections
+import math
 import os
+import re
+import threading
 from concurrent.futures import Future, ThreadPoolExecutor
+from fractions import Fraction
+from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
 from kerascope.cam import fitting
 from kerascope.cam import overlay as ov
+from kerascope.files import output_error
 from kerascope.images import fit as fit_picture
 from kerascope.images import fit_box, resize
 from kerascope.output import percent
@@ -28,6 +35,74 @@ MP4_AUDIO = frozenset({"aac", "mp3", "ac3", "eac3", "alac", "opus", "flac"})
 _AAC_RATES = (96000, 88200, 64000, 48000, 44100, 32000, 24000, 22050, 16000, 12000, 11025, 8000)
 _PENDING_BYTES = 256 << 20  # frames held waiting for their heatmap batch (--every N) or drawing
 DRAW_THREADS = 4  # at most (and no more than `sources.decode_workers`)
+FRAME_NAME = "frame_{:05d}.jpg"  # --frames-dir: frame_00001.jpg, ...; see `is_frame_name`
+_FRAME_NAME = re.compile(r"frame_[0-9]{5,}\.jpg\Z")
+
+
+def frame_name(count: int) -> str:
+    """The --frames-dir file name of output frame ``count`` (from 1)."""
+    return FRAME_NAME.format(count)
+
+
+def is_frame_name(name: str) -> bool:
+    """Whether ``name`` is one `frame_name` gives: only those are counted, replaced or
+    removed in a --frames-dir (a ``frame_cover.jpg`` of the user's is left alone)."""
+    return _FRAME_NAME.match(name) is not None
+
+
+def frame_label(class_name: str, probability: float, method: str) -> str:
+    """A frame's label, as `kerascope.cam.save.draw_explanation` labels a picture:
+    ``Egyptian cat 77.1% (gradcam)``."""
+    return f"{class_name.replace('_', ' ')} {percent(probability)} ({method})"
+
+
+def frame_files(folder: Path) -> list[os.DirEntry]:
+    """The entries of ``folder`` named as frames are (`is_frame_name`), sorted by name."""
+    if not folder.is_dir():
+        return []
+    with os.scandir(folder) as entries:
+        return sorted((e for e in entries if is_frame_name(e.name)), key=lambda e: e.name)
+
+
+def prepare_frames_dir(frames_dir, overwrite: bool) -> None:
+    """Make ``frames_dir``; with ``overwrite``, delete the frame files of an earlier run there
+    (regular files named ``frame_NNNNN.jpg`` only), so none is left beside this run's (before:
+    a 1-frame run left frames 2-30 of a 30-frame one)."""
+    try:
+        os.makedirs(frames_dir, exist_ok=True)
+    except OSError as exc:
+        raise output_error(frames_dir, exc) from None
+    if not overwrite:
+        return
+    for entry in frame_files(Path(frames_dir)):
+        if entry.is_file(follow_symlinks=False):
+            try:
+                os.unlink(entry.path)
+            except FileNotFoundError:
+                pass
+            except OSError as exc:
+                raise output_error(entry.path, exc) from None
+
+
+def missing_folders(frames_dir) -> list[Path]:
+    """The folders ``os.makedirs(frames_dir)`` would make, deepest first."""
+    missing: list[Path] = []
+    if frames_dir is not None:
+        path = Path(os.path.abspath(frames_dir))
+        for part in (path, *path.parents):
+            if os.path.lexists(part):
+                break
+            missing.append(part)
+    return missing
+
+
+def remove_empty(folders: list[Path]) -> None:
+    """Remove the folders a stopped run made, deepest first, those it left empty only."""
+    for folder in folders:
+        try:
+            os.rmdir(folder)
+        except OSError:
+            return
 
 
 def _rgb(frame) -> np.ndarray:
@@ -69,6 +144,65 @@ class Audio:
             self.out.mux(self.stream.encode(None))
 
 
+class Timeline:
+    """Output timestamps: each frame keeps its input frame's time, so a variable-rate video
+    stays variable and its audio stays in sync (before: every frame was put on a 1/fps grid, a
+    200 ms gap became one of 1/fps and the picture ran ahead of the sound).
+
+    A time within half an input tick of the stream's frame-rate grid (``r_frame_rate``,
+    counted from the first frame) is put exactly on it, so constant-rate video from a
+    millisecond time base (mkv: 0, 83, 167 ms) keeps its exact rate; the output's time base
+    holds both (``time_base``). A frame without a time, or one not after the one before, gets
+    the one before plus 1/``rate`` (the average rate). ``durations`` holds each frame's
+    duration by output pts, for its packet: the last frame lasts as long as the input's (the
+    video's length is kept; the muxer guessed 1/rate).
+    """
+
+    def __init__(self, stream, rate: Fraction):
+        self.tick = Fraction(stream.time_base or Fraction(1, 90000))  # the input's time base
+        self.step = 1 / Fraction(rate)
+        self.grid = Fraction(stream.base_rate or rate)
+        den = math.lcm(self.tick.denominator, self.grid.numerator)
+        self.time_base = Fraction(1, den if den < 2**31 else self.tick.denominator)
+        self.start: Fraction | None = None
+        self.last: int | None = None  # output pts of the frame before
+        self.steps: tuple[int, int] | None = None  # smallest, largest step between frames
+        self.durations: dict[int, int] = {}
+
+    def stamp(self, pts: int | None, duration: int | None) -> int:
+        """The output pts (in ``time_base``) of the next frame, given its input pts and
+        duration (in the input's time base; 0 or None: not known)."""
+        when = None
+        length = duration * self.tick if duration else self.step
+        if pts is not None:
+            when = pts * self.tick
+            self.start = when if self.start is None else self.start
+            on_grid = self.start + round((when - self.start) * self.grid) / self.grid
+            if abs(on_grid - when) <= self.tick / 2:
+                when = on_grid
+                if abs(length - 1 / self.grid) <= self.tick:  # 83 ms at 12 fps: 1/12 s
+                    length = 1 / self.grid
+        out = None if when is None else round(when / self.time_base)
+        if out is None or (self.last is not None and out <= self.last):
+            out = 0 if self.last is None else self.last + max(1, round(self.step / self.time_base))
+        if self.last is not None:
+            gap = out - self.last
+            low, high = self.steps or (gap, gap)
+            self.steps = (min(low, gap), max(high, gap))
+        self.last = out
+        self.durations[out] = max(1, round(length / self.time_base))
+        return out
+
+    @property
+    def variable(self) -> bool:
+        """Whether the steps between frames differ by more than an input tick and 5 %: a
+        variable-rate video (a screen recording, a phone's), for the summary line."""
+        if self.steps is None:
+            return False
+        low, high = (n * self.time_base for n in self.steps)
+        return high - low > max(self.tick, low / 20)
+
+
 class FramePipeline:
     """Frames in, heatmapped frames out: batches the model calls, draws (in a thread pool)
     and encodes (in this thread, in order). ``close`` (or ``abort``) ends it."""
@@ -84,6 +218,9 @@ class FramePipeline:
         self.pending_bytes = 0
         self.current: tuple[np.ndarray, str] | None = None
         self.count = 0  # frames drawn (submitted to the pool)
+        self.saved = 0  # frame_*.jpg files written (--frames-dir)
+        self.saved_lock = threading.Lock()
+        self.timeline = Timeline(vstream, options["fps"])
         self.size = (0, 0)
         self.frame_shape: tuple[int, int] | None = None
         self.box = None  # the part of each frame the model sees (`cam.fitting.Box`)
@@ -115,7 +252,8 @@ class FramePipeline:
         key = index % self.opt["every"] == 0
         if key:
             self.keys.append(fit_picture(rgb, self.clf.input_size, self.opt["convention"]))
-        self.pending.append((rgb, frame.pts, key))
+        pts = self.timeline.stamp(frame.pts, getattr(frame, "duration", None))
+        self.pending.append((rgb, pts, key))
         self.pending_bytes += rgb.nbytes
         if len(self.keys) >= self.batch or self.pending_bytes > _PENDING_BYTES:
             self.flush()
@@ -138,8 +276,8 @@ class FramePipeline:
             labels = []
             for i, c in enumerate(np.asarray(classes).reshape(-1)):
                 p = probs[i, c] if probs.ndim == 2 else probs[i]
-                name = self.clf.labels[int(c)][1].replace("_", " ")  # Keras: "Egyptian_cat"
-                labels.append(f"{name} {percent(p)}")
+                name = self.clf.labels[int(c)][1]  # Keras: "Egyptian_cat"
+                labels.append(frame_label(name, p, self.opt["method"]))
             results = zip(np.asarray(maps), labels, strict=True)
         batch = len(self.pending)
         for rgb, pts, key in self.pending:
@@ -166,7 +304,8 @@ class FramePipeline:
             frame = drawing.result()
             if self.ostream is None:
                 self._open_streams(frame.width, frame.height)
-            self.out.mux(self.ostream.encode(self._stamp(frame, pts)))
+            frame.pts, frame.time_base = pts, self.timeline.time_base
+            self._mux_video(self.ostream.encode(frame))
             done += 1
         if done and self.progress is not None:
             self.progress(done)
@@ -190,7 +329,9 @@ class FramePipeline:
         else:
             image = ov.label_frame(blended, label)
         if self.opt["frames_dir"] is not None:
-            ov.save_jpeg(image, os.path.join(self.opt["frames_dir"], f"frame_{count:05d}.jpg"))
+            ov.save_jpeg(image, os.path.join(self.opt["frames_dir"], frame_name(count)))
+            with self.saved_lock:
+                self.saved += 1
         return av.VideoFrame.from_ndarray(image, format="rgb24").reformat(format="yuv420p")
 
     def _open_streams(self, width: int, height: int) -> None:
@@ -198,24 +339,23 @@ class FramePipeline:
         # writes its header at the first mux, so audio packets wait until both streams exist.
         stream = self.out.add_stream("libx264", rate=self.opt["fps"])
         stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
-        stream.codec_context.time_base = 1 / self.opt["fps"]
+        stream.codec_context.time_base = self.timeline.time_base  # the input's times, kept
         stream.options = {"crf": "20", "preset": self.opt["preset"]}
-        self.ostream, self.size, self.last_pts = stream, (width, height), None
+        self.ostream, self.size = stream, (width, height)
         if self.astream is not None:
             self.audio = Audio(self.out, self.astream, self.opt["format"])
             for packet in self.audio_waiting:
                 self.audio.packet(packet)
             self.audio_waiting = []
 
-    def _stamp(self, frame, pts: int | None):
-        """Stamp on the grid of the average rate: constant-rate input keeps its exact rate
-        even from a millisecond time base (mkv), variable-rate keeps its gaps to 1/fps."""
-        fps = self.opt["fps"]
-        tick = None if pts is None else round(pts * self.vstream.time_base * fps)
-        if tick is None or (self.last_pts is not None and tick <= self.last_pts):
-            tick = 0 if self.last_pts is None else self.last_pts + 1  # missing or out of order
-        frame.pts, frame.time_base, self.last_pts = tick, 1 / fps, tick
-        return frame
+    def _mux_video(self, packets) -> None:
+        """Mux encoded frames, each lasting as long as its input frame (`Timeline`): the
+        encoder leaves durations unset, so the muxer guessed 1/rate for the last frame."""
+        for packet in packets:
+            length = self.timeline.durations.pop(packet.pts, 0)
+            if length and not packet.duration:
+                packet.duration = length
+            self.out.mux(packet)
 
     def close(self) -> None:
         """Every frame explained, drawn and encoded; the encoders flushed; the pool ended."""
@@ -223,7 +363,7 @@ class FramePipeline:
             self.flush()
             self._encode()
             if self.ostream is not None:
-                self.out.mux(self.ostream.encode(None))
+                self._mux_video(self.ostream.encode(None))
             if self.audio is not None:
                 self.audio.close()
         finally:
