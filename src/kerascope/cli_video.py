@@ -70,7 +70,7 @@ def _run_video(args) -> int:
     clf, target = class_option(clf, args.target)
     advance = output.Advance(lambda n: None)  # until the bar is up
     try:
-        with output.progress_bar(total, "video frames", min_total=1) as advance:
+        with output.progress_bar(total, "video frames", min_total=1, unit="frames") as advance:
             report = _explain(args, clf, target, advance)
     except KeyboardInterrupt as stop:  # Ctrl-C, SIGTERM, SIGHUP: say what is (not) there
         saved = getattr(stop, "frames_saved", 0)
