@@ -250,10 +250,11 @@ def load_model(
     if names_a_file(name_or_path):
         return _load_file(Path(text).expanduser())
     if os.path.lexists(text):  # a folder "efficientnet_lite0" here took the default model
-        from kerascope.output import note
-
-        note(f"'{text}' is the zoo model; for the file or folder of that name here, "
-             f"write ./{text}")  # fmt: skip
+        _log.warning(
+            "'%s' is the zoo model; for the file or folder of that name here, write ./%s",
+            text,
+            text,
+        )
     spec = zoo_spec(text)
     model = build(spec, weights=weights or "imagenet")
     return Classifier(
@@ -348,9 +349,7 @@ def _load_file(path: Path) -> Classifier:
 
     model, done = as_probabilities(model)
     if done:
-        from kerascope.output import note
-
-        note(f"'{model_path}': {done}")
+        _log.warning("'%s': %s", model_path, done)
     if classes == 1 and (names is None or len(names) == 2) and is_binary_sigmoid(model):
         model, classes = two_class_view(model), 2  # a binary run: read as two classes
     multilabel = read_multilabel(run_dir)
