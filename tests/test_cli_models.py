@@ -74,7 +74,20 @@ def test_models_table_shows_depth_and_the_cpu_column(capsys):
     assert cells("resnet50")[depth] == str(registry.get("resnet50").depth)
     assert registry.get("efficientnet_v2_s").depth is None
     assert cells("efficientnet_v2_s")[depth] == "-"
+    # Lite's depth counted as Keras's table counts it: its layers with weights (was "-")
+    from kerascope.zoo.fast_init import shapes_only
+    from kerascope.zoo.models import build
+
+    with shapes_only():
+        lite0 = build("efficientnet_lite0", weights=None)
+    assert cells("efficientnet_lite0")[depth] == str(sum(1 for x in lite0.layers if x.weights))
     assert cells("vgg16")[ms] == "-"  # never measured: no weights here
+    # One format for the size: "109.4" beside "98.0", not "109.42" beside "98".
+    size = columns.index("size MB")
+    shown = {name: cells(name)[size] for name in ("resnet50", "convnext_tiny", "mobilenet_v3_small",
+                                                  "convnext_xlarge")}  # fmt: skip
+    assert shown == {"resnet50": "98.0", "convnext_tiny": "109.4", "mobilenet_v3_small": "10.2",
+                     "convnext_xlarge": "1310.0"}  # fmt: skip
 
 
 def test_models_layers_numbers_as_keras_counts(capsys):

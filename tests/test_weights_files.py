@@ -11,6 +11,7 @@ real files), so loading must match layers in order, as Keras does.
 from __future__ import annotations
 
 import hashlib
+import json
 
 import h5py
 import numpy as np
@@ -18,7 +19,8 @@ import pytest
 
 from kerascope.cli import main
 from kerascope.zoo import registry
-from kerascope.zoo.weights import WeightsError, cached_file, verify
+from kerascope.zoo.weights import WeightsError, cached_file
+from kerascope.zoo.weights_verify import verify
 
 # The smallest model of every family the zoo lists; the first runs in the quick tests.
 FAMILY_MODELS = (
@@ -160,13 +162,18 @@ def test_verify_compares_cached_files_with_published_hashes(cache, capsys):
     assert cached_file(spec).name in out and "MISMATCH" in out and "not cached" not in out
 
 
-def test_verify_says_no_published_hash_for_mobilenet(cache, capsys):
+def test_verify_without_published_hash_still_judges_the_file(cache, capsys):
+    """MobileNet V2's files have no hash to compare with: a file that is no HDF5 at all fails
+    anyway (before, "no published hash" and exit code 0). A file in Keras's layout passes:
+    tests/test_models_cache.py."""
     spec = registry.get("mobilenet_v2")
     assert spec.weights.file_hash is None and spec.weights.notop.file_hash is None
     cached_file(spec, include_top=False).write_bytes(b"copied by hand")
-    assert main(["models", "verify", "MobileNetV2", "--format", "json"]) == 0
-    out = capsys.readouterr().out
-    assert '"no published hash"' in out and '"not cached"' in out
+    assert main(["models", "verify", "MobileNetV2", "--format", "json"]) == 1
+    rows = {r["kind"]: r for r in json.loads(capsys.readouterr().out)}
+    assert rows["with top"]["status"] == "not cached"
+    assert rows["without top"]["status"] == "not HDF5"
+    assert "it starts with 'copied by hand'" in rows["without top"]["detail"]
 
 
 def test_verify_checks_ported_files_against_their_recorded_checksum(

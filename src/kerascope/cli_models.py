@@ -1,7 +1,8 @@
 """``kerascope models``: the zoo as a table or JSON, one model in detail, a backbone's layers,
 the cached weights checked against their published hashes.
 
-Like `kerascope.cli`: parse, call the API, print; no logic of its own.
+Like `kerascope.cli`: parse, call the API, print; no logic of its own (the zoo table's cells
+say what `zoo.weights.cache_state` found at each cache path).
 """
 
 from __future__ import annotations
@@ -21,8 +22,8 @@ def _add_models(sub) -> None:
         help="list the model zoo; `models show|layers NAME`, `models verify [NAME]`",
         description="list: the zoo. show NAME: one model in detail. layers NAME: the backbone's "
         "layers, numbered as Keras counts them (for --unfreeze and the Keras guides). verify "
-        "[NAME]: cached weights files against Keras's published hashes (exit code 1 on a "
-        "mismatch).",
+        "[NAME]: cached weights files against Keras's published hashes, one row each (exit "
+        "code 1 if any fails: a mismatch, a damaged or unreadable file, a folder or link loop).",
     )
     p.add_argument("action", nargs="?", choices=ACTIONS, default="list", help="what to do")
     p.add_argument("name", nargs="?", help="the model (show, layers, verify)")
@@ -31,7 +32,8 @@ def _add_models(sub) -> None:
         "--measure",
         action="store_true",
         help="first time CPU ms/image (8 photos, median of 5 runs) for the models whose weights "
-        "are here (list), or for NAME (show); remembered per CPU in the cache folder",
+        "are here (list; one that fails is named and skipped, exit code 1), or for NAME (show); "
+        "remembered per CPU in the cache folder",
     )
     p.set_defaults(func=_run_models)
 
@@ -46,8 +48,7 @@ def _run_models(args) -> int:
                        f"{args.name}")  # fmt: skip
     if args.measure and args.action not in ("list", "show"):
         raise CliError("--measure goes with `models` (every model here) or `models show NAME`")
-    if args.measure:
-        _measure(args.name)
+    failed = _measure(args.name) if args.measure else 0
     if args.action == "show":
         output.print_spec(args.name, args.format)
     elif args.action == "layers":
@@ -56,29 +57,113 @@ def _run_models(args) -> int:
         output.print_layers(args.name, backbone_layers(args.name), args.format)
     elif args.action == "verify":
         return _verify(args.name, args.format)
-    else:
+    elif args.format == "json":
         output.print_zoo(args.format)
-    return 0
+    else:
+        _print_zoo()
+    return 1 if failed else 0
 
 
-def _measure(name: str | None) -> None:
-    from kerascope.measure import cpu_name, measure
+def _measure(name: str | None) -> int:
+    """Time NAME (its failure is the command's one-line error), or every model that works
+    offline here: one line each, its time or why not, carrying on. Returns how many failed."""
+    from kerascope.errors import KerascopeError
+    from kerascope.measure import MeasureError, cpu_name, measure
     from kerascope.output import note
     from kerascope.zoo.registry import get
     from kerascope.zoo.weights import offline_models
 
-    names = [get(name).name] if name else offline_models()
-    for model in names:
-        timing = measure(model)
-        note(f"{model}: {timing.ms_per_image:.1f} ms/image on {cpu_name()} "
-             f"({timing.engine} engine, batch {timing.batch})")  # fmt: skip
+    if name:
+        model = get(name).name
+        _say(model, measure(model), cpu_name())
+        return 0
+    failed = 0
+    for model in offline_models():
+        try:
+            timing = measure(model)
+        except MeasureError:  # this machine, not the model: no other model would do better
+            raise
+        except (KerascopeError, OSError) as exc:  # a bad weights file, a model that fails
+            failed += 1
+            note(f"{model}: not measured: {_one_line(exc)}")
+            continue
+        _say(model, timing, cpu_name())
+    return failed
+
+
+def _say(model: str, timing, cpu: str) -> None:
+    from kerascope.output import note
+
+    note(f"{model}: {timing.ms_per_image:.1f} ms/image on {cpu} "
+         f"({timing.engine} engine, batch {timing.batch})")  # fmt: skip
+
+
+def _one_line(exc: BaseException) -> str:
+    if isinstance(exc, OSError) and exc.strerror:
+        where = f": '{exc.filename}'" if exc.filename is not None else ""
+        return f"{exc.strerror}{where}"
+    text = " ".join(str(exc).split())
+    return text or type(exc).__name__
+
+
+def _print_zoo() -> None:
+    """The zoo table, with what is at each cache path (`cache_state`): "yes", "no", or the
+    problem ("damaged", "not HDF5", "link loop"...) of a file that would not load."""
+    from kerascope.measure import timings
+    from kerascope.output import Table, _Console, literal
+    from kerascope.zoo.registry import all_specs
+    from kerascope.zoo.weights import cache_state, package_file
+
+    measured = timings()
+    table = Table(title="kerascope model zoo")
+    columns = ("name", "input", "params", "depth", "top-1", "top-5", "size MB", "CPU ms/img",
+               "offline", "cached")  # fmt: skip
+    for col in columns:
+        table.add_column(col, justify="left" if col == "name" else "right")
+    for s in all_specs():
+        ms = measured.get(s.name)
+        top = cache_state(s)
+        notop = cache_state(s, include_top=False) if s.weights.notop is not None else None
+        offline = top.usable or package_file(s) is not None
+        table.add_row(
+            literal(s.name),
+            f"{s.input_size}px",
+            f"{s.params / 1e6:.1f}M",
+            str(s.depth) if s.depth is not None else "-",
+            f"{s.top1:.1%}" if s.top1 else "-",
+            f"{s.top5:.1%}" if s.top5 else "-",
+            f"{s.size_mb:.1f}",
+            f"{ms:.1f}" if ms is not None else "-",
+            "yes" if offline else "no",
+            literal(cached_column(top.status, None if notop is None else notop.status)),
+        )
+    _Console(width=140).print(table)
+
+
+def cached_column(top: str, notop: str | None) -> str:
+    """The "cached" cell from the `cache_state` statuses of the with-top and without-top files
+    (``notop`` None: one file serves both): "yes", "with top", "without top", "no", or each
+    file's problem ("damaged", "with top, without top: link loop")."""
+    if notop is None:
+        return top
+    plain = {("yes", "yes"): "yes", ("yes", "no"): "with top", ("no", "yes"): "without top",
+             ("no", "no"): "no"}  # fmt: skip
+    if (top, notop) in plain:
+        return plain[top, notop]
+    parts = []
+    for label, status in (("with top", top), ("without top", notop)):
+        if status == "yes":
+            parts.append(label)
+        elif status != "no":
+            parts.append(f"{label}: {status}")
+    return ", ".join(parts)
 
 
 def _verify(name: str | None, fmt: str) -> int:
     from kerascope import output
     from kerascope.config import cache_dir
     from kerascope.zoo.registry import get
-    from kerascope.zoo.weights import verify, verify_cached
+    from kerascope.zoo.weights_verify import verify, verify_cached
 
     checks = verify(get(name)) if name else verify_cached()
     if not checks:

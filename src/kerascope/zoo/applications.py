@@ -6,7 +6,8 @@ imported when a model is first built.
 Sources of the numbers:
 
 * ``params``: ``count_params()`` of the ``include_top=True`` model built with ``weights=None``
-  (``tests/test_zoo_applications.py`` rebuilds every model and checks it).
+  (``tests/test_zoo_applications.py`` rebuilds every model and checks it); ``NOTOP_PARAMS``,
+  the same for ``include_top=False``: what a cached file must be large enough to hold.
 * ``size_mb``, ``top1``, ``top5``, ``depth``: the table of https://keras.io/api/applications/
   ("Depth counts the number of layers with parameters"; "-" there is ``None`` here). That table
   leaves out MobileNetV3: its top-1 is the 1.0/224 row of the table in Keras's own
@@ -378,6 +379,54 @@ _NOTOP: dict[str, tuple[str, str, str | None]] = {
         "https://storage.googleapis.com/tensorflow/keras-applications/convnext/convnext_xlarge_notop.h5",
         "de3f8a54174130e0cecdc71583354753d557fcf1f4487331558e2a16ba0cfe05",
     ),
+}
+
+
+# ``count_params()`` of each model built without top (``include_top=False, weights=None``): the
+# cached ``_notop`` file must hold at least that many float32 values (4 bytes each), a cheap
+# check of a file's size before it is ever loaded (`zoo.weights.cache_state`);
+# tests/test_models_cache.py rebuilds a few and compares.
+NOTOP_PARAMS: dict[str, int] = {
+    "vgg16": 14_714_688,
+    "vgg19": 20_024_384,
+    "resnet50": 23_587_712,
+    "resnet101": 42_658_176,
+    "resnet152": 58_370_944,
+    "resnet50_v2": 23_564_800,
+    "resnet101_v2": 42_626_560,
+    "resnet152_v2": 58_331_648,
+    "inception_v3": 21_802_784,
+    "inception_resnet_v2": 54_336_736,
+    "xception": 20_861_480,
+    "mobilenet": 3_228_864,
+    "mobilenet_v2": 2_257_984,
+    "mobilenet_v3_small": 939_120,
+    "mobilenet_v3_large": 2_996_352,
+    "densenet121": 7_037_504,
+    "densenet169": 12_642_880,
+    "densenet201": 18_321_984,
+    "nasnet_mobile": 4_269_716,
+    "nasnet_large": 84_887_922,
+    "efficientnet_b0": 4_049_571,
+    "efficientnet_b1": 6_575_239,
+    "efficientnet_b2": 7_768_569,
+    "efficientnet_b3": 10_783_535,
+    "efficientnet_b4": 17_673_823,
+    "efficientnet_b5": 28_513_527,
+    "efficientnet_b6": 40_960_143,
+    "efficientnet_b7": 64_097_687,
+    "efficientnet_v2_b0": 5_919_312,
+    "efficientnet_v2_b1": 6_931_124,
+    "efficientnet_v2_b2": 8_769_374,
+    "efficientnet_v2_b3": 12_930_622,
+    "efficientnet_v2_s": 20_331_360,
+    "efficientnet_v2_m": 53_150_388,
+    "efficientnet_v2_l": 117_746_848,
+    "convnext_tiny": 27_820_128,
+    "convnext_small": 49_454_688,
+    "convnext_base": 87_566_464,
+    "convnext_large": 196_230_336,
+    "convnext_xlarge": 348_147_968,
 }
 
 

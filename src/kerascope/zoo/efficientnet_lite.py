@@ -255,6 +255,9 @@ _PUBLISHED = {
     "efficientnet_lite2": (0.776, 6_150_168, 24.7),
 }
 
+# Layers with weights, counted as the Keras applications table counts depth (built and counted).
+_DEPTH = {"efficientnet_lite0": 99, "efficientnet_lite1": 129, "efficientnet_lite2": 129}
+
 for _variant, _file in _PACKAGE_FILES.items():
     _top1, _params, _size = _PUBLISHED[_variant]
     _n = _variant[-1]
@@ -267,7 +270,7 @@ for _variant, _file in _PACKAGE_FILES.items():
             preprocess="lite",
             cam_layer="conv_head_relu6",
             params=_params,
-            depth=None,
+            depth=_DEPTH[_variant],
             size_mb=_size,
             top1=_top1,
             top5=None,

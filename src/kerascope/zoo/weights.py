@@ -8,24 +8,35 @@ that names the file, where to put it and which models work offline.
 Keras publishes two files per application: with its classifier and without (``*_notop.h5``,
 for ``include_top=False``); both are known here, with Keras's names and hashes. A file found in
 the cache is used as it is (copying a file there by hand is the usual offline case; hashing
-500 MB on every start is not free): `verify` checks the cache on demand.
+500 MB on every start is not free): `verify` checks the cache on demand. What is at a cache path
+is judged cheaply, without reading any weights (`cache_state`): a link loop, a folder, an
+unreadable, empty, non-HDF5 or damaged file, or one too small or too large for the model's
+parameters is not "cached", so `kerascope models` and the offline list do not count it, and
+loading names it in one line instead of trying to download over it.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import hashlib
 import importlib
 import importlib.util
+import io
 import json
 import logging
 import os
-from dataclasses import dataclass
+import re
+import stat
+import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from kerascope.config import cache_dir
 from kerascope.errors import WeightsError
 from kerascope.files import atomic_path, write_json
-from kerascope.zoo.registry import ModelSpec, WeightsSource, all_specs
+from kerascope.zoo.registry import ModelSpec, all_specs
+from kerascope.zoo.weight_files import NOT_A_FILE, CacheState, file_kind, judge_file, os_reason
 
 # What happened that the caller may want to say (the command prints it; DESIGN.md).
 _log = logging.getLogger(__name__)
@@ -48,8 +59,40 @@ def cached_file(spec: ModelSpec, include_top: bool = True) -> Path:
     return cache_dir() / spec.weights.for_top(include_top).filename
 
 
+def least_params(spec: ModelSpec, include_top: bool) -> int | None:
+    """The parameters the model's file must hold (with top: the spec's; without: the table's)."""
+    if include_top or spec.weights.notop is None:
+        return spec.params or None
+    from kerascope.zoo.applications import NOTOP_PARAMS
+
+    return NOTOP_PARAMS.get(spec.name)
+
+
+def cache_state(spec: ModelSpec, include_top: bool = True) -> CacheState:
+    """Judge the cached weights file of ``spec`` (with or without top) in about a millisecond.
+
+    A with-top file also serves the model without top (`zoo.models`), so either file may hold
+    up to the with-top model's parameters.
+    """
+    source = spec.weights.for_top(include_top)
+    return judge_file(
+        cached_file(spec, include_top),
+        least_params=least_params(spec, include_top),
+        most_params=spec.params or None,
+        recorded_size=_recorded_size(cached_file(spec, include_top)) if source.converter else None,
+    )
+
+
+def _recorded_size(path: Path) -> int | None:
+    try:
+        return int(json.loads(checksum_file(path).read_text(encoding="utf-8"))["size"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None  # no record (an older port) or a damaged one: `cache_problem` says which
+
+
 def is_cached(spec: ModelSpec, include_top: bool = True) -> bool:
-    return cached_file(spec, include_top).is_file()
+    """A plausible weights file is at the cache path (`cache_state`), not just any file."""
+    return cache_state(spec, include_top).usable
 
 
 def works_offline(spec: ModelSpec) -> bool:
@@ -147,17 +190,63 @@ def _download(spec: ModelSpec, include_top: bool = True) -> Path:
     import keras
 
     source = spec.weights.for_top(include_top)
+
+    def announce() -> None:  # once bytes arrive: offline, a failure stays one line
+        _log.warning("downloading %s from %s", source.filename, source.url)
+
     try:
-        path = keras.utils.get_file(
-            source.filename,
-            source.url,
-            cache_subdir=str(cache_dir()),
-            file_hash=source.file_hash,
-        )
+        with contextlib.redirect_stdout(_DownloadOutput(announce)):
+            path = keras.utils.get_file(
+                source.filename,
+                source.url,
+                cache_subdir=str(cache_dir()),
+                file_hash=source.file_hash,
+            )
     except Exception as exc:  # get_file raises bare Exception on network errors
-        reason = str(exc).splitlines()[0]
-        raise WeightsError(_missing_message(spec, reason, include_top)) from None
+        raise WeightsError(_missing_message(spec, _download_failure(exc), include_top)) from None
     return Path(path)
+
+
+class _DownloadOutput(io.TextIOBase):
+    """Stdout while Keras's ``get_file`` runs. Its "Downloading data from URL" line is dropped
+    (without network the failure is then our one line, not two), and its progress bar goes to
+    stderr (stdout may be a command's JSON), after one line naming the file."""
+
+    def __init__(self, announce: Callable[[], None]) -> None:
+        super().__init__()
+        self._announce: Callable[[], None] | None = announce
+
+    def write(self, text: str) -> int:
+        if text.startswith(("Downloading data from", "A local file was found")):
+            return len(text)
+        if self._announce is not None:
+            announce, self._announce = self._announce, None
+            announce()
+        sys.stderr.write(text)
+        return len(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
+
+    def isatty(self) -> bool:  # Keras draws its bar in place on a terminal only
+        try:
+            return sys.stderr.isatty()
+        except (AttributeError, ValueError):
+            return False
+
+
+def _download_failure(exc: BaseException) -> str:
+    """Keras's "URL fetch failure on URL: None -- [Errno -2] Name or service not known" as the
+    reason of our message (which names the URL once)."""
+    text = str(exc).strip()
+    first = text.splitlines()[0] if text else type(exc).__name__
+    if m := re.match(r"URL fetch failure on \S+: (\S+) -- (.*)", first):
+        code, why = m[1], re.sub(r"^\[Errno -?\d+\]\s*", "", m[2]).strip()
+        why = f"HTTP {code} {why}" if code.isdigit() else why or "no answer"
+        return f"not cached, and downloading it failed ({why})"
+    if "hash does not match" in first:
+        return "not cached, and the downloaded file does not match Keras's published hash"
+    return f"not cached, and downloading it failed ({first})"
 
 
 def _missing_message(spec: ModelSpec, reason: str, include_top: bool = True) -> str:
@@ -177,20 +266,51 @@ def _not_a_file(path: Path) -> str:
     A directory, FIFO or device is named as such: "does not exist" sent users looking for a
     typo in a path that is there (and reading /dev/zero or a FIFO would never end).
     """
-    import stat
-
     try:
         mode = path.stat().st_mode
     except FileNotFoundError:
         return "does not exist"
     except OSError as exc:  # a permission, a symlink loop, a name too long
+        if exc.errno == errno.ELOOP:
+            return "is a symbolic link loop: point the link at the weights file, or pass that file"
         return f"cannot be read ({exc.strerror or type(exc).__name__})"
     if stat.S_ISDIR(mode):
         return "is a directory: pass the weights file inside it (.h5 or .weights.h5)"
-    kinds = {stat.S_ISFIFO: "a FIFO", stat.S_ISCHR: "a device", stat.S_ISBLK: "a device",
-             stat.S_ISSOCK: "a socket"}  # fmt: skip
-    kind = next((name for test, name in kinds.items() if test(mode)), "something else")
+    kind = file_kind(mode)
     return f"is {kind}, not a regular file: save the weights to a file and pass that file"
+
+
+def _check_readable(path: Path) -> None:
+    """Say "cannot read FILE: permission denied" before HDF5 says it as "[Errno 13] Unable to
+    synchronously open file (... errno = 13 ...)"."""
+    try:
+        with open(path, "rb"):
+            pass
+    except OSError as exc:
+        raise WeightsError(f"cannot read '{path}': {os_reason(exc)}") from None
+
+
+def _unusable_cache(spec: ModelSpec, state: CacheState, include_top: bool) -> WeightsError:
+    """The one line for something at the cache path that is no weights file to read, or a file
+    that cannot be one: what it is and what to do."""
+    source = spec.weights.for_top(include_top)
+    fetch = f" (download: {source.url})" if source.url else ""
+    if state.status == "unreadable":
+        return WeightsError(
+            f"cannot read '{state.path}': {state.detail.removeprefix('unreadable: ')} (the "
+            f"cached weights of '{spec.name}': make the file readable, or delete it and put "
+            f"{source.filename}{fetch} there)"
+        )
+    if state.status in NOT_A_FILE:
+        return WeightsError(
+            f"the weights of '{spec.name}' belong at '{state.path}', which is {state.detail}: "
+            f"remove it and put {source.filename}{fetch} there, or pass --weights FILE"
+        )
+    what = state.detail if state.status == "damaged" else f"unusable: {state.detail}"
+    return WeightsError(
+        f"cached weights '{state.path}' for '{spec.name}' are {what}; delete the file and put "
+        f"{source.filename}{fetch} there, or pass --weights FILE"
+    )
 
 
 def resolve(
@@ -206,13 +326,19 @@ def resolve(
         path = Path(explicit).expanduser()
         if not path.is_file():
             raise WeightsError(f"weights file '{path}' {_not_a_file(path)}")
+        _check_readable(path)
         return path
     own_file = spec.weights.for_top(include_top) is spec.weights  # packaged/ported: one file
     source = package_file(spec) if own_file else None
-    if is_cached(spec, include_top):
+    state = cache_state(spec, include_top)
+    if state.status in NOT_A_FILE:  # a loop, a folder...: said, never downloaded over
+        raise _unusable_cache(spec, state, include_top)
+    if state.present:
         if own_file and spec.weights.converter:
-            return _cached_or_ported(spec, source)
-        return cached_file(spec, include_top)
+            return _cached_or_ported(spec, source)  # checks its recorded size and SHA-256
+        if state.status in ("empty", "not HDF5", "damaged"):
+            raise _unusable_cache(spec, state, include_top)
+        return state.path  # "wrong size" too: loading says which layer does not match
     if source is not None and spec.weights.converter:
         return _port_from_package(spec, source)
     if source is not None:
@@ -227,83 +353,3 @@ def resolve(
 
 
 # --- `kerascope models verify`: cached files against the published hashes ----------------------
-
-
-@dataclass(frozen=True)
-class FileCheck:
-    """One cached weights file of one model, checked: ``status`` is one of `CHECK_STATUSES`."""
-
-    model: str
-    kind: str  # "with top", "without top", or "with and without top" (one file serves both)
-    path: Path
-    status: str
-    detail: str = ""  # what was compared, or why it failed
-
-    @property
-    def failed(self) -> bool:
-        return self.status == "MISMATCH"
-
-
-CHECK_STATUSES = ("OK", "MISMATCH", "not cached", "no published hash", "no checksum recorded")
-
-
-def hash_algorithm(file_hash: str) -> str:
-    """The algorithm of a published hash, told by its length as Keras's ``get_file`` tells it."""
-    return "sha256" if len(file_hash) == 64 else "md5"
-
-
-def file_digest(path: Path, algorithm: str) -> str:
-    digest = hashlib.new(algorithm)
-    with open(path, "rb") as f:
-        while block := f.read(1 << 20):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def weight_files(spec: ModelSpec) -> list[tuple[str, WeightsSource]]:
-    """Every file a spec can use, labelled: Keras's with-top and ``_notop`` files, or one."""
-    if spec.weights.notop is None:
-        return [("with and without top", spec.weights)]
-    return [("with top", spec.weights), ("without top", spec.weights.notop)]
-
-
-def verify(spec: ModelSpec) -> list[FileCheck]:
-    """Check each cached file of ``spec`` against the hash Keras publishes for it.
-
-    Loading never hashes a Keras file (a file copied into the cache by hand is the usual
-    offline case, and a 500 MB MD5 on every start is not free); this is the check on demand.
-    Ported files (EfficientNet-Lite) have no published hash: their recorded SHA-256 is used.
-    """
-    checks = []
-    for kind, source in weight_files(spec):
-        path = cache_dir() / source.filename
-        if not path.is_file():
-            checks.append(FileCheck(spec.name, kind, path, "not cached"))
-        elif source.converter:
-            checks.append(_check_recorded(spec, kind, path))
-        elif not source.file_hash:
-            checks.append(FileCheck(spec.name, kind, path, "no published hash",
-                                    "Keras publishes none for this file"))  # fmt: skip
-        else:
-            algorithm = hash_algorithm(source.file_hash)
-            actual = file_digest(path, algorithm)
-            if actual == source.file_hash:
-                checks.append(FileCheck(spec.name, kind, path, "OK", f"{algorithm} {actual}"))
-            else:
-                detail = f"{algorithm} expected {source.file_hash}, got {actual}"
-                checks.append(FileCheck(spec.name, kind, path, "MISMATCH", detail))
-    return checks
-
-
-def _check_recorded(spec: ModelSpec, kind: str, path: Path) -> FileCheck:
-    problem = cache_problem(path)
-    if problem is None:
-        return FileCheck(spec.name, kind, path, "OK", "sha256 as recorded when it was ported")
-    if problem == "no checksum recorded":
-        return FileCheck(spec.name, kind, path, problem, "ported by an older kerascope")
-    return FileCheck(spec.name, kind, path, "MISMATCH", problem)
-
-
-def verify_cached() -> list[FileCheck]:
-    """`verify` for every model, keeping only the files that are in the cache."""
-    return [c for spec in all_specs() for c in verify(spec) if c.status != "not cached"]
