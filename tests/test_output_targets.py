@@ -289,3 +289,20 @@ def test_an_input_is_never_the_output_file(tmp_path, capsys):
     with pytest.raises(OutputError, match="is one of the inputs"):
         predict(tmp_path / "no-such-run", [str(photo)], photo)
     assert photo.read_bytes() == before
+
+
+def test_a_replaced_file_keeps_its_permissions(tmp_path):
+    """Before: a private (600) results file replaced by a run became world-readable (644)."""
+    out = tmp_path / "private.csv"
+    out.write_text("old")
+    out.chmod(0o600)
+    files.write_text(out, "new")
+    assert out.read_text() == "new" and stat.S_IMODE(out.stat().st_mode) == 0o600
+    fresh = files.write_text(tmp_path / "fresh.csv", "x")  # a new file: the umask's mode
+    assert stat.S_IMODE(fresh.stat().st_mode) == 0o666 & ~_umask()
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask

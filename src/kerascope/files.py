@@ -197,6 +197,7 @@ def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
         tmp = tmp.with_name(tmp.name + suffix)
     try:
         yield tmp
+        _keep_mode(final, tmp)
         fsync_path(tmp)
         os.replace(tmp, final)
         fsync_dir(tmp.parent)
@@ -205,6 +206,15 @@ def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
             tmp.unlink()
         _reraise(path, exc, kept=True)
         raise
+
+
+def _keep_mode(final: Path, tmp: Path) -> None:
+    """The file replaced keeps its permissions: a private (600) results file became
+    world-readable (644) when a run replaced it."""
+    with contextlib.suppress(OSError):
+        found = os.stat(final)
+        if stat.S_ISREG(found.st_mode) and os.path.exists(tmp):
+            os.chmod(tmp, stat.S_IMODE(found.st_mode))
 
 
 def _reraise(path: str | os.PathLike, exc: BaseException, kept: bool) -> None:
