@@ -263,6 +263,19 @@ def test_a_bad_engine_setting_is_reported_before_the_model_loads(monkeypatch, ca
     assert "KERASCOPE_ENGINE='bogus'" in line and "auto, keras, onnx" in line
 
 
+def test_a_bad_pixel_limit_is_one_line_before_the_model_loads(monkeypatch, capsys):
+    """Before: an error row for every image, after the model had loaded; 1e9 was refused."""
+    from kerascope.images import max_pixels
+
+    monkeypatch.setenv("KERASCOPE_MAX_PIXELS", "abc")
+    assert main(["classify", "x.png", "--model", "no-such-model"]) == 2
+    assert "KERASCOPE_MAX_PIXELS must be a positive integer, got 'abc'" in one_line(
+        capsys.readouterr().err
+    )
+    monkeypatch.setenv("KERASCOPE_MAX_PIXELS", "1e9")
+    assert max_pixels() == 1_000_000_000
+
+
 def test_an_unknown_backend_is_one_line_naming_the_backends(monkeypatch):
     from kerascope.config import check_backend
     from kerascope.errors import ConfigError

@@ -271,6 +271,12 @@ def _check_settings(args: argparse.Namespace) -> None:
     check_backend()
     if getattr(args, "engine", None) is None:  # an --engine option wins over the variable
         requested_engine()
+    from kerascope.images import max_pixels
+
+    try:  # before: an error row for every image, after the model had loaded
+        max_pixels()
+    except ValueError as exc:
+        raise CliError(str(exc)) from None
 
 
 def _quiet_stdout() -> None:

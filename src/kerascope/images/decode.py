@@ -65,7 +65,11 @@ def max_pixels() -> int:
     try:
         value = int(raw.replace("_", ""))
     except ValueError:
-        value = 0
+        try:  # 1e9, 2.5e8: a whole number written in exponent form
+            number = float(raw)
+            value = int(number) if number.is_integer() else 0
+        except (ValueError, OverflowError):
+            value = 0
     if value <= 0:
         raise ValueError(f"KERASCOPE_MAX_PIXELS must be a positive integer, got {raw!r}")
     return value
