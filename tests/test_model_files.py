@@ -282,3 +282,12 @@ def test_a_zoo_name_stays_the_zoos_beside_a_folder_of_that_name(tmp_path, monkey
     assert "'efficientnet_lite0' is the zoo model; for the file or folder" in err
     with pytest.raises(ModelFileError, match="no model file at"):
         load_model("./efficientnet_lite0")  # the folder, written as a path
+
+
+def test_weights_for_a_model_file_or_empty_are_refused(saved):
+    """Before: --weights was ignored for a .keras model (its own weights ran), and an empty
+    --weights fell back to the zoo's cache, both in silence."""
+    with pytest.raises(ModelFileError, match="is for zoo models; .* holds its own weights"):
+        load_model(saved["tiny"], weights="other.h5")
+    with pytest.raises(ModelFileError, match="is empty"):
+        load_model("efficientnet_lite0", weights=" ")

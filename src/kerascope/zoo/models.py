@@ -247,7 +247,12 @@ def load_model(
         clf.extra["precision"] = checked
         return clf
     text = str(name_or_path)
+    if weights is not None and not str(weights).strip():  # fell back to the cache in silence
+        raise ModelFileError("--weights (weights=) is empty: give a weights file, or leave it out")
     if names_a_file(name_or_path):
+        if weights is not None:  # before: ignored, the file's own weights ran
+            raise ModelFileError(f"--weights (weights=) is for zoo models; '{text}' holds its "
+                                 "own weights")  # fmt: skip
         return _load_file(Path(text).expanduser())
     if os.path.lexists(text):  # a folder "efficientnet_lite0" here took the default model
         _log.warning(
