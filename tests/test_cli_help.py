@@ -3,6 +3,8 @@ lists the command's options."""
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from kerascope.cli import main
@@ -100,3 +102,17 @@ def test_an_unrecognized_argument_points_to_its_commands_help(argv, helped, caps
         main(argv)
     assert exit_info.value.code == 2
     assert f"(see {helped})" in capsys.readouterr().err
+
+
+def test_inputs_may_follow_the_options(tmp_path, capsys):
+    """Before: `classify a.png -k 1 b.png` was "unrecognized arguments: b.png"."""
+    import json
+
+    from PIL import Image
+
+    for name in ("a.png", "b.png"):
+        Image.new("RGB", (32, 32), (120, 60, 30)).save(tmp_path / name)
+    argv = ["classify", str(tmp_path / "a.png"), "-k", "1", str(tmp_path / "b.png"), "-f", "json"]
+    assert main(argv) == 0
+    shown = [row["image"] for row in json.loads(capsys.readouterr().out)]
+    assert [os.path.basename(s) for s in shown] == ["a.png", "b.png"]

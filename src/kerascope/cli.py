@@ -105,6 +105,19 @@ def _command_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     return parser
 
 
+def _parse(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace:
+    """``parser.parse_args(argv)``, where inputs may also follow the options, as in most
+    commands (``classify cat.jpg -k 1 dog.png`` was "unrecognized arguments: dog.png"): the
+    words left over join the command's list of inputs when none looks like an option."""
+    args, extra = parser.parse_known_args(argv)
+    listed = next((a.dest for a in _command_parser(parser)._actions
+                   if not a.option_strings and a.nargs in ("+", "*")), None)  # fmt: skip
+    if not extra or listed is None or any(e.startswith("-") and e != "-" for e in extra):
+        return parser.parse_args(argv)  # the usage error, as argparse words it
+    getattr(args, listed).extend(extra)
+    return args
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = Parser(
         prog="kerascope",
@@ -298,7 +311,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     _tolerant_streams()
     configure_cli()  # this process only, before Keras loads: JAX default, compile cache
     print_library_notes()
-    args = build_parser().parse_args(_argv)
+    args = _parse(build_parser(), _argv)
     try:
         _check_settings(args)
         with interrupts_kept():  # a Ctrl-C is never lost in a finalizer
