@@ -89,3 +89,15 @@ def test_aug_smooth_cost_is_the_same_in_help_and_readme(capsys):
     readme = " ".join((ROOT / "README.md").read_text(encoding="utf-8").split())
     in_readme = re.search(r"`--aug-smooth` averages (\d+) flipped .*? \(([\d-]+x) the time", readme)
     assert in_readme and (in_readme[1], in_readme[2]) == (said[1], said[2])
+
+
+def test_the_table_wraps_a_long_file_name_instead_of_cutting_it():
+    """Before: "long/holiday_photos_…/day_three/IMG_2024…" for two files of one folder."""
+    from kerascope.classification import ImageResult, Prediction
+
+    folder = "long/holiday_photos_2024_summer_trip_to_the_mountains/day_three/"
+    names = [folder + f"IMG_20240712_101500_{kind}.jpg" for kind in ("cat", "coffee")]
+    rows = [ImageResult(n, [Prediction(1, 285, "n02124075", "Egyptian_cat", 0.5)]) for n in names]
+    table = output.render(rows, "table")
+    cells = "".join(line.split("│")[1].strip() for line in table.splitlines() if "│" in line)
+    assert "…" not in table and all(name in cells for name in names)

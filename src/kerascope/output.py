@@ -293,7 +293,9 @@ def _table(results: list[ImageResult], ascii_only: bool = False) -> Table:
     columns = [("image", "left"), ("#", "right"), ("WordNet id", "left"), ("class", "left"),
                ("probability", "right")]  # fmt: skip
     for col, justify in columns if wordnet else columns[:2] + columns[3:]:
-        table.add_column(col, justify=justify)
+        # A long path wraps onto more lines: cut with an ellipsis, two files of one folder
+        # read the same ("holiday_photos_…/IMG_2024…"), the README's own chelsea included.
+        table.add_column(col, justify=justify, overflow="fold" if col == "image" else "ellipsis")
     for r in results:
         if not r.ok:
             table.add_row(cell(_short(r.source)), "", *([""] if wordnet else []),
