@@ -20,7 +20,7 @@ from kerascope.cli import main
             [
                 "(default: 5)",
                 "(default: 0.0)",
-                "(default: table)",
+                "(default: from -o's .json or .csv suffix, else table)",
                 "(default: 32 on a CPU, 256 on a GPU or TPU for 224-px models, fewer for larger "
                 "inputs)",
             ],
@@ -116,3 +116,20 @@ def test_inputs_may_follow_the_options(tmp_path, capsys):
     assert main(argv) == 0
     shown = [row["image"] for row in json.loads(capsys.readouterr().out)]
     assert [os.path.basename(s) for s in shown] == ["a.png", "b.png"]
+
+
+def test_the_format_follows_the_output_files_suffix(tmp_path, capsys):
+    """Before: `classify a.png -o r.json` wrote a drawn table into r.json."""
+    import csv
+    import json
+
+    from PIL import Image
+
+    Image.new("RGB", (32, 32), (120, 60, 30)).save(tmp_path / "a.png")
+    for name in ("r.json", "r.CSV", "r.txt"):
+        assert (
+            main(["classify", str(tmp_path / "a.png"), "-k", "2", "-o", str(tmp_path / name)]) == 0
+        )
+    assert len(json.loads((tmp_path / "r.json").read_text())[0]["predictions"]) == 2
+    assert len(list(csv.DictReader((tmp_path / "r.CSV").open()))) == 2
+    assert "probability" in (tmp_path / "r.txt").read_text().splitlines()[1]  # a table

@@ -65,6 +65,14 @@ def test_render_csv_escapes_paths_names_and_errors():
         "error": "",
     }
     assert rows[1]["image"] == "'+broken.png" and rows[1]["error"] == "'-bad file"
+    # six significant digits: 2.8e-07 was written 0.0 (six decimals), as a class given nothing
+    tiny = [
+        ImageResult(
+            "a.png", [Prediction(1, 0, "0", "a", 0.6857623), Prediction(2, 1, "1", "b", 2.8e-07)]
+        )
+    ]
+    written = [r["probability"] for r in csv.DictReader(io.StringIO(render(tiny, "csv")))]
+    assert written == ["0.685762", "2.8e-07"]
 
 
 @pytest.fixture(scope="module")

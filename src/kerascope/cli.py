@@ -67,7 +67,11 @@ def _add_classify(sub) -> None:
         "so an image always gets an answer, even one below the threshold",
     )
     p.add_argument(
-        "--format", "-f", choices=("table", "json", "csv"), default="table", help="output format"
+        "--format",
+        "-f",
+        choices=("table", "json", "csv"),
+        default=None,
+        help="output format (default: from -o's .json or .csv suffix, else table)",
     )
     p.add_argument("--output", "-o", help="write to this file instead of the terminal")
     from kerascope.batch_sizes import batch_size_help
@@ -157,6 +161,9 @@ def _classify(args) -> int:
     from kerascope.sources import normalise_inputs
     from kerascope.zoo.models import load_model
 
+    if args.format is None:  # -o r.json wrote a drawn table into r.json
+        suffix = os.path.splitext(str(args.output or ""))[1].lower()
+        args.format = {".json": "json", ".csv": "csv"}.get(suffix, "table")
     if args.output:
         from kerascope.files import check_output_file
 

@@ -219,9 +219,15 @@ def _rows(results: list[ImageResult]) -> Iterator[dict]:
                 "rank": p.rank,
                 "class_id": clean(p.class_id),
                 "name": clean(p.name),
-                "probability": round(p.probability, 6),
+                "probability": csv_probability(p.probability),
                 "error": "",
             }
+
+
+def csv_probability(p: float) -> float:
+    """Six significant digits: rounded to six decimals, 2.8e-07 was written as 0.0 (a class the
+    model gives something, written as one it gives nothing)."""
+    return float(f"{p:.6g}")
 
 
 # A cell starting with one of these is run as a formula by spreadsheets (OWASP CSV injection).

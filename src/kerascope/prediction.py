@@ -21,7 +21,7 @@ from kerascope.classification import Source, classify_sources
 from kerascope.data.folders import DatasetError
 from kerascope.files import atomic_open, check_not_an_input, write_json
 from kerascope.images import IMAGE_SUFFIXES
-from kerascope.output import csv_safe
+from kerascope.output import csv_probability, csv_safe
 from kerascope.rundir import read_labels
 from kerascope.sources import normalise_inputs
 from kerascope.tta import TTA, as_tta, classify_tta
@@ -57,7 +57,7 @@ class PredictedLabel:
         if not self.ok:
             return {"path": self.source, "label": "", "probability": "", "error": self.error}
         return {"path": self.source, "label": self.label,
-                "probability": round(self.probability, 6), "error": ""}  # fmt: skip
+                "probability": csv_probability(self.probability), "error": ""}  # fmt: skip
 
 
 def predict(
