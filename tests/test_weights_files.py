@@ -220,3 +220,18 @@ def test_weights_that_are_not_a_regular_file_are_named_as_such(kind, tmp_path, s
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1 and "Traceback" not in err
     assert err.startswith(f"kerascope: error: weights file '{path}' {expected}")
+
+
+def test_another_models_keras3_weights_say_so(tmp_path, skimage_data, capsys):
+    """Before: "A total of 99 objects could not be loaded. Example error message for object
+    <...>: (is it a weights file of this model?)", the example empty."""
+    import keras
+
+    inputs = keras.Input((16, 16, 3))
+    other = keras.Model(inputs, keras.layers.Dense(3)(keras.layers.Conv2D(4, 3)(inputs)))
+    path = tmp_path / "other.weights.h5"
+    other.save_weights(path)
+    code = main(["classify", "--weights", str(path), str(skimage_data / "chelsea.png")])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1
+    assert "layers found no weights in the file: it holds another model's weights" in err

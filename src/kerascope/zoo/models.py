@@ -163,6 +163,12 @@ def weights_mismatch(exc: BaseException) -> str:
         where = f"layer '{layer[1]}' " if layer else ""
         return (f"{where}expects shape {shapes[1]} but the file holds {shapes[2]}: the file "
                 "belongs to another model (pass that model with --model)")  # fmt: skip
+    if m := re.search(r"A total of (\d+) objects could not be loaded", text):
+        # Keras 3's own words, its "Example error message" empty: say what it means
+        return (f"{int(m[1]):,} of this model's layers found no weights in the file: it holds "
+                "another model's weights (pass that model with --model)")  # fmt: skip
+    if isinstance(exc, PermissionError) or "errno = 13" in text:
+        return "permission denied (make the file readable)"
     first = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
     return f"{first} (is it a weights file of this model?)"
 
