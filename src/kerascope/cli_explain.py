@@ -187,7 +187,10 @@ def _print_scores(args, clf, sources, target, options) -> None:
     from kerascope.cam.faithfulness import METRICS, iter_scores
 
     targets = spread_targets(resolve_targets(clf, target, len(sources)), sources)
-    table = Table(title=f"faithfulness of {args.method} (class probability on perturbed copies)")
+    table = Table(
+        title=f"faithfulness of {args.method} (the class's probability on perturbed "
+        "copies: areas under its curve, ROAD and avg drop as changes)"
+    )
     table.add_column("image", overflow="fold")
     table.add_column("class", overflow="fold")
     for metric in METRICS.values():

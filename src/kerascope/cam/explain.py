@@ -283,7 +283,7 @@ def explain(
     Example:
         >>> e = kerascope.explain("chelsea.png")
         >>> e.class_name, e.heatmap.shape
-        ('tabby', (300, 451))
+        ('Egyptian_cat', (300, 451))
     """
     from kerascope.cam.groups import class_or_group
     from kerascope.sources import normalise_inputs

@@ -132,7 +132,7 @@ def check_outputs(
         if source is not None:
             raise OutputExistsError(
                 f"the output '{path}' is the input '{source}'; inputs are never replaced, even "
-                "with --overwrite: choose another output folder (-o)"
+                "with --overwrite: choose another output folder (-o, output_dir=)"
             )
         if os.path.isdir(path):
             raise OutputExistsError(f"the output '{path}' is a folder; choose another -o")
@@ -140,8 +140,8 @@ def check_outputs(
     if taken and not overwrite:
         more = f" (and {len(taken) - 1} more)" if len(taken) > 1 else ""
         raise OutputExistsError(
-            f"'{taken[0]}' already exists{more}; add --overwrite to replace existing pictures, "
-            "or choose another output folder (-o)"
+            f"'{taken[0]}' already exists{more}; add --overwrite (overwrite=True) to replace "
+            "existing pictures, or choose another output folder (-o, output_dir=)"
         )
 
 
@@ -200,8 +200,8 @@ def _link(tmp: Path, path: Path) -> None:
         os.link(tmp, path)
     except FileExistsError:
         raise OutputExistsError(
-            f"'{path}' appeared while the job ran; it was kept (add --overwrite to replace "
-            "it, or choose another output folder)"
+            f"'{path}' appeared while the job ran; it was kept (add --overwrite, overwrite=True, "
+            "to replace it, or choose another output folder)"
         ) from None
     except OSError as exc:
         if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EMLINK):
