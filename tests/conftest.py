@@ -258,3 +258,23 @@ def reap():
         if p.poll() is None:
             p.kill()
             p.communicate()
+
+
+def _tiny_cam():
+    import keras
+
+    inputs = keras.Input((32, 32, 3))
+    x = keras.layers.Rescaling(1 / 255.0)(inputs)
+    x = keras.layers.Conv2D(8, 3, padding="same", activation="relu", name="conv")(x)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    outputs = keras.layers.Dense(3, activation="softmax")(x)
+    return keras.Model(inputs, outputs, name="tiny_cam")
+
+
+@pytest.fixture(scope="module")
+def tiny_clf():
+    """A tiny CAM model (random weights, 32 px): for the tests of what explain and video
+    write, which need pictures drawn, not a good model."""
+    from kerascope.cam.base import as_classifier
+
+    return as_classifier(_tiny_cam())

@@ -11,26 +11,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from kerascope.cam.base import as_classifier
 from kerascope.cam.save import save_explanations
 from kerascope.cli import main
 from kerascope.errors import KerascopeError
-
-
-def _tiny():
-    import keras
-
-    inputs = keras.Input((32, 32, 3))
-    x = keras.layers.Rescaling(1 / 255.0)(inputs)
-    x = keras.layers.Conv2D(8, 3, padding="same", activation="relu", name="conv")(x)
-    x = keras.layers.GlobalAveragePooling2D()(x)
-    outputs = keras.layers.Dense(3, activation="softmax")(x)
-    return keras.Model(inputs, outputs, name="tiny_overwrite")
-
-
-@pytest.fixture(scope="module")
-def tiny_clf():
-    return as_classifier(_tiny())
 
 
 def _digest(path) -> str:

@@ -12,7 +12,6 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from kerascope.cam.base import as_classifier
 from kerascope.cli import main
 from kerascope.cli_video import interrupt_note
 from kerascope.files import OutputError
@@ -23,22 +22,6 @@ av = pytest.importorskip("av")
 
 W, H = 64, 48
 VFR_MS = [0, 33, 66, 99, 132, 165, 365, 565, 765, 965]  # 33 ms steps, then 200 ms ones
-
-
-def _tiny():
-    import keras
-
-    inputs = keras.Input((32, 32, 3))
-    x = keras.layers.Rescaling(1 / 255.0)(inputs)
-    x = keras.layers.Conv2D(8, 3, padding="same", activation="relu", name="conv")(x)
-    x = keras.layers.GlobalAveragePooling2D()(x)
-    outputs = keras.layers.Dense(3, activation="softmax")(x)
-    return keras.Model(inputs, outputs, name="tiny_video")
-
-
-@pytest.fixture(scope="module")
-def tiny_clf():
-    return as_classifier(_tiny())
 
 
 def _picture(i: int) -> np.ndarray:

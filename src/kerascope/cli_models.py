@@ -58,7 +58,7 @@ def _run_models(args) -> int:
     elif args.action == "verify":
         return _verify(args.name, args.format)
     elif args.format == "json":
-        output.print_zoo(args.format)
+        output.print_zoo_json()
     else:
         _print_zoo()
     return 1 if failed else 0

@@ -355,52 +355,15 @@ def _is_terminal(stream: object) -> bool:
         return False
 
 
-def print_zoo(fmt: str = "table") -> None:
-    """List every spec without building any network (specs are plain data).
-
-    The CPU column holds what ``kerascope models --measure`` measured on this machine's CPU.
-    """
+def print_zoo_json() -> None:
+    """Every spec as JSON, without building any network (specs are plain data); the table is
+    `kerascope.cli_models`'s, which says what is at each cache path."""
     from kerascope.measure import timings
     from kerascope.zoo.registry import all_specs
-    from kerascope.zoo.weights import is_cached, works_offline
 
-    specs = all_specs()
     measured = timings()
-    if fmt == "json":
-        rows = [_spec_dict(s, measured) for s in specs]
-        sys.stdout.write(json.dumps(rows, indent=2) + "\n")
-        return
-    table = Table(title="kerascope model zoo")
-    columns = ("name", "input", "params", "depth", "top-1", "top-5", "size MB", "CPU ms/img",
-               "offline", "cached")  # fmt: skip
-    for col in columns:
-        table.add_column(col, justify="left" if col == "name" else "right")
-    for s in specs:
-        ms = measured.get(s.name)
-        table.add_row(
-            literal(s.name),
-            f"{s.input_size}px",
-            f"{s.params / 1e6:.1f}M",
-            str(s.depth) if s.depth is not None else "-",
-            f"{s.top1:.1%}" if s.top1 else "-",
-            f"{s.top5:.1%}" if s.top5 else "-",
-            f"{s.size_mb:g}",
-            f"{ms:.1f}" if ms is not None else "-",
-            "yes" if works_offline(s) else "no",
-            _cached(s, is_cached),
-        )
-    _Console(width=140).print(table)
-
-
-def _cached(spec, is_cached) -> str:
-    """Which of a model's weights files are in the cache (Keras ships two: with top, without)."""
-    top = is_cached(spec)
-    if spec.weights.notop is None:
-        return "yes" if top else "no"
-    notop = is_cached(spec, include_top=False)
-    return {(True, True): "yes", (True, False): "with top", (False, True): "without top"}.get(
-        (top, notop), "no"
-    )
+    rows = [_spec_dict(s, measured) for s in all_specs()]
+    sys.stdout.write(json.dumps(rows, indent=2) + "\n")
 
 
 def _spec_dict(spec, measured: dict[str, float] | None = None) -> dict:
