@@ -30,12 +30,20 @@ def _one_line_error(err: str) -> str:
 
 @pytest.fixture(scope="module")
 def lenet(tmp_path_factory) -> Path:
-    """An untrained LeNet run folder (32x32, two classes): cheap, and the same every time."""
-    return untrained_run(tmp_path_factory.mktemp("lenet"), ["cat", "coffee"])
+    return lenet_run(tmp_path_factory)
 
 
 @pytest.fixture(scope="module")
 def pictures(tmp_path_factory, skimage_data) -> Path:
+    return real_pictures(tmp_path_factory, skimage_data)
+
+
+def lenet_run(tmp_path_factory) -> Path:
+    """An untrained LeNet run folder (32x32, two classes): cheap, and the same every time."""
+    return untrained_run(tmp_path_factory.mktemp("lenet"), ["cat", "coffee"])
+
+
+def real_pictures(tmp_path_factory, skimage_data) -> Path:
     """Five small crops of real photos (a cat, a cup of coffee, an astronaut)."""
     folder = tmp_path_factory.mktemp("pictures")
     for i, (name, box) in enumerate([("chelsea.png", (0, 0, 200, 200)),

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
+import secrets
 import shutil
 import signal
 import socket
@@ -319,15 +321,20 @@ def two_nodes():
         if node2 is not None and node2.poll() is None:
             node2.kill()
             node2.communicate()
-        _kill_marked(temp)  # `ray stop` would stop every Ray on the machine; these are ours
-        deadline = time.monotonic() + 1  # ... and those they were starting meanwhile
-        while _pids_with(temp) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        _kill_marked(temp)
-        for group in groups:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(group, signal.SIGKILL)
-        shutil.rmtree(temp, ignore_errors=True)
+        _stop_cluster(temp, groups)
+
+
+def _stop_cluster(temp: str, groups: list[int]) -> None:
+    """Stop the Ray processes a test started with `ray start` in sessions of their own."""
+    _kill_marked(temp)  # `ray stop` would stop every Ray on the machine; these are ours
+    deadline = time.monotonic() + 1  # ... and those they were starting meanwhile
+    while _pids_with(temp) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    _kill_marked(temp)
+    for group in groups:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(group, signal.SIGKILL)
+    shutil.rmtree(temp, ignore_errors=True)
 
 
 @pytest.mark.slow
@@ -365,3 +372,92 @@ def test_cluster_cli_resumes_after_the_driver_is_killed(two_nodes, photos, singl
     _assert_same_as_single(df, single)
     pids = {shard_info(p)["pid"] for p in out.glob("part-*.parquet") if p not in before}
     assert len(pids) == 2 or len(before) >= 12  # both nodes' actors took blocks
+
+
+# ---- a cluster already running (`ray start --head`, token authentication on) ----
+
+
+@pytest.fixture(scope="module")
+def token_head():
+    """A one-node cluster (1 CPU) started as a user starts one, with token authentication on,
+    and recorded by `ray start` where `ray.init()` without an address looks: its own
+    RAY_TMPDIR. Its port and the environment of a user who holds the token."""
+    ray_bin = str(Path(sys.executable).with_name("ray"))
+    temp = tempfile.mkdtemp(prefix="krh", dir="/tmp")  # short: Ray's socket paths have a limit
+    env = dict(os.environ, RAY_USAGE_STATS_ENABLED="0", RAY_TMPDIR=temp, RAY_AUTH_MODE="token",
+               RAY_AUTH_TOKEN=secrets.token_hex(16))  # fmt: skip
+    env.pop("RAY_ADDRESS", None)
+    port = _free_port()
+    groups: list[int] = []
+    try:
+        head = subprocess.Popen([ray_bin, "start", "--head", "--port", str(port),
+                                 "--include-dashboard=false", "--num-cpus", "1",
+                                 "--object-store-memory", str(100 * 2**20),
+                                 "--disable-usage-stats", "--node-ip-address", "127.0.0.1"],
+                                env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                text=True, start_new_session=True)  # fmt: skip
+        groups.append(head.pid)
+        out = head.communicate(timeout=180)[0]
+        assert head.returncode == 0, out[-3000:]
+        yield port, env
+    finally:
+        _stop_cluster(temp, groups)
+
+
+@pytest.mark.slow  # Ray retries a refused token for 20 s
+def test_a_cluster_that_wants_a_token_is_one_line_that_says_so(token_head, photos, tmp_path):
+    """Before: "Failed to connect to Ray cluster at ... (start it with `ray start --head`, ...)"
+    after 20 lines of Ray's InvalidAuthToken warnings: the cause was not in the line."""
+    port, env = token_head
+    plain = {k: v for k, v in env.items() if k != "RAY_AUTH_TOKEN"}
+    plain["RAY_AUTH_MODE"] = "disabled"
+    out = tmp_path / "out"
+    cmd = [*_cli_command(), "batch", "classify", str(photos), "-o", str(out), "--ray",
+           f"127.0.0.1:{port}"]  # fmt: skip
+    run = subprocess.run(cmd, env=plain, capture_output=True, text=True, timeout=300)
+    lines = [line for line in run.stderr.splitlines() if line.strip()]
+    assert run.returncode == 2 and len(lines) == 1, run.stderr[-3000:]
+    line = lines[0]
+    assert line.startswith(f"kerascope: error: cannot connect to Ray at '127.0.0.1:{port}'")
+    assert "authentication" in line and "InvalidAuthToken" in line
+    assert "RAY_AUTH_MODE=token" in line and "RAY_AUTH_TOKEN" in line
+    assert "ray start" not in line  # it is running: starting one is not the fix
+    assert not out.exists()
+
+
+@pytest.mark.slow
+def test_plain_ray_joins_the_running_cluster_and_ctrl_c_keeps_its_shards(
+    token_head, photos, single, tmp_path
+):
+    """Before: `--ray` beside a running cluster failed ("num_cpus and num_gpus must not be
+    provided"), and Ctrl-C said only "interrupted". Now the job runs on that cluster (the
+    closing line says so); stopped by a real SIGINT it says what it keeps, and the re-run
+    reuses those shards."""
+    port, env = token_head
+    out = tmp_path / "out"
+    cmd = [*_cli_command(), "batch", "classify", str(photos), "-o", str(out), "--top", str(TOP),
+           "--block-size", "1", "--batch-size", "4", "--ray"]  # fmt: skip
+    driver = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True)  # fmt: skip
+    try:
+        assert _first_shard(out, timeout=300) is not None, driver.communicate()[1][-2000:]
+        driver.send_signal(signal.SIGINT)
+        err = driver.communicate(timeout=120)[1]
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+    assert driver.returncode == 130, err[-3000:]
+    said = re.fullmatch(r"kerascope: interrupted after (\d+) of 14 shards \((\d+) of 14 "
+                        r"images\); run the same command again to finish the rest",
+                        err.strip().splitlines()[-1])  # fmt: skip
+    assert said and said[1] == said[2], err[-3000:]
+    kept = {p: p.stat().st_mtime_ns for p in out.glob("part-*.parquet")}
+    # counted once Ray let go of the job; an actor may still have finished the block it held
+    assert 1 <= int(said[1]) <= len(kept) < 14
+    rerun = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert rerun.returncode == 1, rerun.stderr[-3000:]  # 1: two inputs have error rows
+    assert f"({len(kept)} done before)" in rerun.stderr
+    assert "the cluster already running on this machine at " in rerun.stderr
+    assert f":{port}), 1 worker(s)" in rerun.stderr
+    assert all(p.stat().st_mtime_ns == t for p, t in kept.items())  # reused, not recomputed
+    _assert_same_as_single(_read(out), single)

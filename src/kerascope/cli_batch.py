@@ -23,9 +23,12 @@ that stopped. Inputs: files, folders, globs, or listing files (.txt one path a l
 
 Where it runs:
   no --ray           in this process (no Ray needed; same output, same resume)
-  --ray              a Ray instance started on this machine, with all its CPUs
-  --ray ADDRESS      an existing Ray cluster: auto, ray://HEAD:10001 or HEAD:6379
-                     (the ray extra installed on every node: pip install -e '.[ray]')
+  --ray              the Ray cluster already running on this machine (ray start,
+                     RAY_ADDRESS) if one answers, else a Ray instance started here with
+                     all its CPUs; the closing line says which
+  --ray ADDRESS      an existing Ray cluster: auto, HEAD:6379 or ray://HEAD:10001
+                     (the ray extra installed on every node: pip install -e '.[ray]';
+                     ray:// also needs pip install "ray[client]")
 """
 
 
@@ -75,8 +78,9 @@ def _task(tasks, name: str, text: str):
     p.add_argument("-o", "--output", required=True, metavar="OUTDIR", help="dataset folder")
     p.add_argument(
         "--ray", nargs="?", const="local", default=None, metavar="ADDRESS",
-        help="run on Ray: alone, a local instance with this machine's CPUs; with an address "
-        "(auto, ray://HEAD:10001, HEAD:6379), that cluster. Without --ray: in this process. "
+        help="run on Ray: alone, the Ray already running on this machine, else a local "
+        "instance with this machine's CPUs; with an address (auto, HEAD:6379, "
+        "ray://HEAD:10001), that cluster. Without --ray: in this process. "
         "Put it after the inputs (or write --ray=ADDRESS)",
     )  # fmt: skip
     p.add_argument(
@@ -95,15 +99,23 @@ def _task(tasks, name: str, text: str):
 
 def _run_batch(args) -> int:
     from kerascope import output
+    from kerascope.interrupts import stopped_by
     from kerascope.scale import run_batch
 
     options = {k: v for k, v in vars(args).items() if k in _OPTIONS and v is not None}
     if args.task == "classify" and args.top < 1:
         raise CliError("--top must be at least 1")
-    report = run_batch(
-        args.task, args.inputs, args.output, cluster=args.ray, workers=args.workers,
-        block_size=args.block_size, batch_size=args.batch_size, **options,
-    )  # fmt: skip
+    try:
+        report = run_batch(
+            args.task, args.inputs, args.output, cluster=args.ray, workers=args.workers,
+            block_size=args.block_size, batch_size=args.batch_size, **options,
+        )  # fmt: skip
+    except KeyboardInterrupt as stop:  # Ctrl-C, SIGTERM, SIGHUP: say what is kept
+        kept = getattr(stop, "batch_kept", None)
+        if kept is not None:
+            output.note(interrupted_note(stopped_by(stop), kept))
+            stop.told = True  # the command adds no line of its own
+        raise
     if report.skipped_files:
         shown = ", ".join(report.skipped_files[:5])
         output.note(f"skipped {len(report.skipped_files)} non-image file(s): {shown}")
@@ -117,6 +129,20 @@ def _run_batch(args) -> int:
         f"{' and '.join(report.precisions)}"
     )
     return 1 if report.errors else 0
+
+
+def interrupted_note(how: str, kept) -> str:
+    """The line an interrupted job ends with, from what its output holds (`Kept`): "interrupted
+    after 16 of 40 shards (128 of 320 images); run the same command again to finish the rest"."""
+    if not kept.started:
+        return f"{how} before the job started; nothing written"
+    if kept.shards == 0:
+        return (f"{how} before any shard was written (0 of {kept.blocks}); run the same "
+                "command again to run the job")  # fmt: skip
+    return (
+        f"{how} after {kept.shards} of {kept.blocks} shards ({kept.images} of "
+        f"{kept.inputs} images); run the same command again to finish the rest"
+    )
 
 
 _OPTIONS = frozenset(

@@ -191,14 +191,16 @@ def manifest_for(task: str, settings: dict, blocks: list[Block], block_size: int
 
 
 _SAME = ("format", "task", "settings", "inputs", "block_size", "digest")
+# How each setting is written on the command line (`kerascope batch TASK --help`).
+_FLAGS = {"model": "--model", "weights": "--weights", "top": "--top", "threshold": "--threshold",
+          "layer": "--layer", "pool": "--pool", "image_size": "--image-size",
+          "method": "--method", "target": "--class", "alpha": "--alpha",
+          "colormap": "--colormap", "fit": "--fit", "precision": "--precision"}  # fmt: skip
 
 
-def prepare_output(out: Path, manifest: dict) -> None:
-    """Start or resume the job in ``out``; refuse a folder that holds something else.
-
-    Hidden temp files left by workers killed mid-write (``.*.partial``) are removed: the
-    blocks they belonged to have no shard and run again.
-    """
+def check_output(out: Path, manifest: dict) -> None:
+    """Refuse, without writing anything, an output that cannot hold this job: a file, a folder
+    with other things in it, or one holding a batch job of other inputs or options."""
     path = out / MANIFEST
     if out.exists() and not out.is_dir():
         raise BatchError(f"output '{out}' is a file: batch writes a folder of Parquet shards; "
@@ -208,17 +210,67 @@ def prepare_output(out: Path, manifest: dict) -> None:
             old = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, ValueError) as exc:
             raise BatchError(f"cannot read '{path}' ({exc}); delete it to start over") from None
+        if not isinstance(old, dict):
+            raise BatchError(f"'{path}' is not a kerascope batch manifest; delete it to start "
+                             "over")  # fmt: skip
         changed = [k for k in _SAME if old.get(k) != manifest.get(k)]
         if changed:
             raise BatchError(
-                f"'{out}' holds another batch job (different {', '.join(changed)}); resume it "
-                "with the same inputs and options, or choose a new output folder"
+                f"'{out}' holds another batch job: {differences(old, manifest)}; to resume it "
+                "use the same inputs and options, or give this job another -o folder"
             )
     elif out.is_dir() and any(not p.name.startswith(".") for p in out.iterdir()):
         raise BatchError(
             f"'{out}' is not empty and holds no kerascope batch job; choose a new or empty "
             "output folder"
         )
+    parent = out.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if parent.exists() and not parent.is_dir():  # a file where a parent folder should be
+        raise BatchError(f"output '{out}' lies under a file: choose a folder")
+
+
+def differences(old: dict, new: dict) -> str:
+    """What differs between a saved job (``old``) and this one, as the command line says it:
+    "it was run with --top 5 (this run: --top 3)"."""
+    said = []
+    if old.get("task") != new.get("task"):
+        said.append(f"it is a batch {old.get('task')} job (this run: batch {new.get('task')})")
+    if old.get("format") != new.get("format"):
+        said.append(f"it was written by another kerascope version ({old.get('kerascope_version')})")
+    was, now = [], []
+    saved, asked = old.get("settings") or {}, new.get("settings") or {}
+    if old.get("task") == new.get("task"):
+        for key in [k for k in {**saved, **asked} if saved.get(k) != asked.get(k)]:
+            was.append(_option(key, saved.get(key)))
+            now.append(_option(key, asked.get(key)))
+    if old.get("block_size") != new.get("block_size"):
+        was.append(f"--block-size {old.get('block_size')}")
+        now.append(f"--block-size {new.get('block_size')}")
+    if was:
+        said.append(f"it was run with {', '.join(was)} (this run: {', '.join(now)})")
+    if old.get("inputs") != new.get("inputs"):
+        said.append(f"it has {old.get('inputs')} input(s) (this run: {new.get('inputs')})")
+    elif not was and old.get("digest") != new.get("digest"):  # (a new block size: new digest)
+        said.append(f"its {old.get('inputs')} inputs are not this run's")
+    return "; ".join(said) or "different settings"
+
+
+def _option(key: str, value: Any) -> str:
+    flag = _FLAGS.get(key, "--" + key.replace("_", "-"))
+    return f"no {flag}" if value is None else f"{flag} {value}"
+
+
+def prepare_output(out: Path, manifest: dict) -> None:
+    """Start or resume the job in ``out`` (`check_output` first); refuse a folder that holds
+    something else.
+
+    Hidden temp files left by workers killed mid-write (``.*.partial``) are removed: the
+    blocks they belonged to have no shard and run again.
+    """
+    check_output(out, manifest)
+    path = out / MANIFEST
     shards = shard_dir(out, manifest["task"])
     try:
         shards.mkdir(parents=True, exist_ok=True)

@@ -18,10 +18,12 @@ from pathlib import Path
 from typing import Any
 
 from kerascope.extras import install_command
+from kerascope.scale.connect import LOCAL, Connection, connect, dropping_stderr_lines
 from kerascope.scale.plan import (
     TASKS,
     BatchError,
     Block,
+    check_output,
     collect_inputs,
     finish,
     make_blocks,
@@ -31,7 +33,7 @@ from kerascope.scale.plan import (
     shard_dir,
 )
 
-LOCAL = "local"  # --ray without an address: a Ray instance on this machine, all its CPUs
+__all__ = ["LOCAL", "BatchReport", "Kept", "run_batch", "worker_env"]
 # Environment that decides what a worker computes (backend, engine, caches, limits): the
 # driver's values travel to every worker through Ray's runtime environment.
 _ENV_PREFIXES = ("KERASCOPE_", "KERAS_", "JAX_", "XLA_FLAGS", "TF_CPP_")
@@ -106,9 +108,12 @@ def run_batch(
         inputs: files, folders, globs, and listing files (``.txt`` one path a line, ``.csv``
             or ``.parquet`` with a ``path`` column), on storage every worker can read.
         output: the dataset folder; a job stopped part-way resumes when run again with it.
-        cluster: None runs in this process; ``"local"`` starts Ray on this machine; else a
-            Ray address (``auto``, ``ray://head:10001``, ``10.0.0.5:6379``). An already
-            initialised Ray (``ray.init`` by the caller) is used as it is.
+        cluster: None runs in this process; ``"local"``: the Ray cluster already running on
+            this machine (``ray start``, ``RAY_ADDRESS``) if one answers, else a Ray instance
+            started for the job; else a Ray address (``auto``, ``ray://head:10001``,
+            ``10.0.0.5:6379``), tried with a short TCP connection before ``ray.init`` (an
+            unknown host or nothing answering is a `BatchError` within seconds, with nothing
+            written). An already initialised Ray (``ray.init`` by the caller) is used as it is.
         workers: actors (model copies); default one per GPU of the cluster, else per CPU.
         block_size: inputs per block: per shard, and per unit of retry and resume.
         batch_size: images per forward pass; None: each worker's device decides
@@ -127,6 +132,8 @@ def run_batch(
     Raises:
         BatchError: no inputs, an output folder holding something else, Ray missing or not
             reachable, or a setup error on the workers (unknown model, layer or class).
+        KeyboardInterrupt: Ctrl-C (SIGTERM, SIGHUP), with ``batch_kept``: a `Kept` saying
+            what the output holds (a re-run computes only the rest).
     """
     if task not in TASKS:
         raise BatchError(f"task must be one of {', '.join(TASKS)}, got {task!r}")
@@ -142,34 +149,71 @@ def run_batch(
     blocks = make_blocks(found, block_size, task)
     out = Path(output).absolute()
     manifest = manifest_for(task, settings, blocks, block_size)
-    prepare_output(out, manifest)
-    from kerascope.scale.work import remove_damaged
-
-    redone = remove_damaged(shard_dir(out, task), blocks)
-    todo = pending(out, task, blocks)
-    job = {"task": task, "output": str(out), "settings": settings, "batch_size": batch_size}
-    used, where = 0, "in this process"
-    if todo:
-        if cluster is None:
-            results, used = _in_process(job, todo), 1
-        else:
-            results, used, where = _on_ray(job, todo, cluster, workers)
-        with contextlib.closing(results):  # stops the pipeline (and Ray) on an error
-            for summary in results:
-                if summary["fatal"]:
-                    raise BatchError(summary["fatal"])
-                if progress is not None:
-                    progress(summary["inputs"])
-    finish(out, manifest, blocks)
-    from kerascope.scale.work import shard_info
+    check_output(out, manifest)  # refused before Ray starts; nothing written yet
+    from kerascope.scale.work import remove_damaged, shard_info, unfinished
 
     folder = shard_dir(out, task)
+    try:
+        todo = unfinished(folder, blocks)  # reads only: a job already done needs no Ray
+        ray = connection = None
+        if todo and cluster is not None:
+            ray = _import_ray()
+            connection = connect(ray, cluster, worker_env())  # before the first write
+        try:
+            prepare_output(out, manifest)
+            redone = remove_damaged(folder, todo)
+            todo = pending(out, task, blocks)
+            job = {"task": task, "output": str(out), "settings": settings,
+                   "batch_size": batch_size}  # fmt: skip
+            used, where = 0, "in this process"
+            if todo:
+                if connection is None:
+                    results, used = _in_process(job, todo), 1
+                else:
+                    results, used, where = _on_ray(ray, connection, job, todo, workers)
+                with contextlib.closing(results):  # stops the pipeline on an error
+                    for summary in results:
+                        if summary["fatal"]:
+                            raise BatchError(summary["fatal"])
+                        if progress is not None:
+                            progress(summary["inputs"])
+        finally:
+            if connection is not None and connection.started:
+                ray.shutdown()
+    except KeyboardInterrupt as stop:  # Ctrl-C, SIGTERM, SIGHUP: what is kept, for the command
+        stop.batch_kept = kept_so_far(out, task, blocks)
+        raise
+    finish(out, manifest, blocks)
     infos = [shard_info(folder / b.shard) for b in blocks]
     errors = sum(info.get("errors", 0) for info in infos)
     precisions = sorted({info.get("precision", "not recorded") for info in infos})
     return BatchReport(task, out, len(found.paths), len(blocks), len(todo),
                        len(blocks) - len(todo), errors, used, found.skipped, where,
                        redone, precisions)  # fmt: skip
+
+
+@dataclass
+class Kept:
+    """What an interrupted job left in its output: ``shards`` of ``blocks`` written (by this
+    run or before), holding ``images`` of the job's ``inputs``; a re-run computes only the rest."""
+
+    shards: int
+    blocks: int
+    images: int
+    inputs: int
+    started: bool  # the output folder holds this job (its manifest is written)
+
+
+def kept_so_far(out: Path, task: str, blocks: list[Block]) -> Kept:
+    from kerascope.scale.plan import MANIFEST
+
+    try:
+        left = {b.index for b in pending(out, task, blocks)}
+    except OSError:
+        left = {b.index for b in blocks}
+    done = [b for b in blocks if b.index not in left]
+    return Kept(len(done), len(blocks), sum(len(b.paths) for b in done),
+                sum(len(b.paths) for b in blocks), (out / MANIFEST).is_file())  # fmt: skip
 
 
 def _require(what: str, module: str) -> None:
@@ -201,40 +245,15 @@ def worker_env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if k.startswith(_ENV_PREFIXES)}
 
 
-def _connect(ray, cluster: str) -> bool:
-    """Connect (or start Ray locally); True when this call started the connection."""
-    if ray.is_initialized():
-        return False
-    kwargs = dict(
-        include_dashboard=False,
-        logging_level=logging.WARNING,
-        log_to_driver=True,
-        runtime_env={"env_vars": worker_env()},
-    )
-    try:
-        if cluster == LOCAL:
-            ray.init(num_cpus=os.cpu_count() or 1, **kwargs)
-        else:
-            ray.init(address=cluster, **kwargs)
-    except (ConnectionError, RuntimeError, ValueError, TimeoutError) as exc:
-        raise BatchError(
-            f"cannot connect to Ray at '{cluster}': {str(exc).splitlines()[0]} "
-            "(start it with `ray start --head`, or run without an address for a local one)"
-        ) from None
-    return True
-
-
-def _on_ray(job: dict, todo: list[Block], cluster: str, workers: int | None):
-    ray = _import_ray()
-    started = _connect(ray, cluster)
+def _on_ray(ray, connection: Connection, job: dict, todo: list[Block], workers: int | None):
     resources = ray.cluster_resources()
     gpus = int(resources.get("GPU", 0))
     count = workers or (gpus or int(resources.get("CPU", 1)) or 1)
     count = max(1, min(count, len(todo)))
-    where = f"on Ray ({'local' if cluster == LOCAL else cluster}), {count} worker(s)"
+    where = f"on Ray ({connection.label}), {count} worker(s)"
     where += f", {gpus} GPU(s)" if gpus else ""
     job = {**job, "actors": actors_per_machine(ray.nodes(), count, bool(gpus))}
-    return _stream(ray, job, todo, count, gpus, started), count, where
+    return _stream(ray, job, todo, count, gpus, connection.started), count, where
 
 
 def actors_per_machine(nodes: list[dict], count: int, gpus: bool) -> int:
@@ -247,10 +266,11 @@ def actors_per_machine(nodes: list[dict], count: int, gpus: bool) -> int:
 
 
 def _stream(ray, job: dict, todo: list[Block], count: int, gpus: int, started: bool):
-    """Summaries as blocks finish; Ray is shut down afterwards if this job started it."""
+    """Summaries as blocks finish; Ray is shut down afterwards if this job connected it (here,
+    where Ray's stderr is filtered; `run_batch` also does if the stream never started)."""
     from kerascope.scale.work import BlockWorker
 
-    with _dropping_stderr_lines(RAY_NOTICES):
+    with dropping_stderr_lines(RAY_NOTICES):
         try:
             context = ray.data.DataContext.get_current()
             context.enable_progress_bars = False  # kerascope prints its own progress
@@ -281,43 +301,3 @@ def _stream(ray, job: dict, todo: list[Block], count: int, gpus: int, started: b
 # run: Ray Data itself passes its actors' constructor arguments through the object store and
 # restarts actors (ray-project/ray#53727); nothing a kerascope user can or needs to act on.
 RAY_NOTICES = (b"has constructor arguments in the object store and max_restarts > 0",)
-
-
-@contextlib.contextmanager
-def _dropping_stderr_lines(needles: tuple[bytes, ...]) -> Iterator[None]:
-    """Pass this process's stderr (file descriptor 2, where C++ code writes too) through a
-    pipe that drops lines holding one of ``needles``; everything else is forwarded as is.
-
-    Without a real descriptor 2 (captured by a test, say) nothing is filtered.
-    """
-    import sys
-    import threading
-
-    try:
-        sys.stderr.flush()
-        saved = os.dup(2)
-    except (OSError, ValueError, AttributeError):
-        yield
-        return
-    read, write = os.pipe()
-    os.dup2(write, 2)
-    os.close(write)
-
-    def pump() -> None:
-        with os.fdopen(read, "rb") as lines:
-            for line in lines:
-                if not any(needle in line for needle in needles):
-                    with contextlib.suppress(OSError):
-                        os.write(saved, line)
-
-    thread = threading.Thread(target=pump, name="kerascope-stderr-filter", daemon=True)
-    thread.start()
-    try:
-        yield
-    finally:
-        with contextlib.suppress(Exception):
-            sys.stderr.flush()
-        os.dup2(saved, 2)  # the pipe ends once no process holds its writing end any more
-        thread.join(timeout=5)
-        if not thread.is_alive():
-            os.close(saved)

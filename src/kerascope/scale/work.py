@@ -329,6 +329,12 @@ def shard_check(path: Path, block: int, inputs: int) -> dict[str, Any] | None:
     return info
 
 
+def unfinished(folder: Path, blocks: list) -> list:
+    """The ``blocks`` with no whole shard in ``folder`` (none yet, or a damaged one: see
+    `shard_check`); reads footers only, writes nothing."""
+    return [b for b in blocks if shard_check(folder / b.shard, b.index, len(b.paths)) is None]
+
+
 def remove_damaged(folder: Path, blocks: list) -> list[str]:
     """Delete the shards of ``blocks`` in ``folder`` that exist but are not whole (see
     `shard_check`), so that their blocks run again; their names. Only the job's own shard
