@@ -243,11 +243,8 @@ def _short(path: str) -> str:
 def _run_compare(args, clf, sources, target) -> int:
     """Every method on each image: one grid picture and a ranking table per image."""
     from kerascope import output
-    from kerascope.cam.compare import DEFAULT_METRIC, compare_methods
-    from kerascope.cam.methods import METHODS
+    from kerascope.cam.compare import DEFAULT_METRIC
     from kerascope.cam.outputs import check_output_folder, check_outputs, output_names
-    from kerascope.images import ImageError
-    from kerascope.sources import Missing
 
     if args.colorbar:
         raise CliError("--colorbar is for the per-image pictures, not --compare's grid; drop it")
@@ -259,13 +256,36 @@ def _run_compare(args, clf, sources, target) -> int:
     check_output_folder(out_dir, sources)
     check_outputs(paths, sources, args.overwrite)
     out_dir.mkdir(parents=True, exist_ok=True)
-    failed, done = 0, []
+    done: list = []
+    try:
+        _compare_each(args, clf, sources, target, paths, metric, done)
+    except KeyboardInterrupt as stop:  # before: "interrupted", nothing said of the grids kept
+        drawn = sum(1 for c in done if c is not None)
+        kept = f"the grids of {drawn} are in '{out_dir}'" if drawn else "no grid was written"
+        output.note(f"{stopped_by(stop)} after {len(done)} of {len(sources)} images; {kept}")
+        stop.told = True
+        raise
+    failed = sum(1 for c in done if c is None)
+    for comparison in done:  # after the bar: stdout written under a live bar goes to stderr
+        if comparison is not None:
+            _print_ranking(comparison)
+    return 1 if failed else 0
+
+
+def _compare_each(args, clf, sources, target, paths, metric, done: list) -> None:
+    """Each image's grid in turn, appended to ``done`` (None for one that failed)."""
+    from kerascope import output
+    from kerascope.cam.compare import compare_methods
+    from kerascope.cam.methods import METHODS
+    from kerascope.images import ImageError
+    from kerascope.sources import Missing
+
     with output.progress_bar(len(sources) * len(METHODS), "comparing (image x method)",
                              min_total=2) as advance:  # fmt: skip
         for source, path in zip(sources, paths, strict=True):
             if isinstance(source, Missing):
                 output.note(f"cannot read '{source}': no such file, folder or matching glob")
-                failed += 1
+                done.append(None)
                 advance(len(METHODS))
                 continue
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -284,14 +304,11 @@ def _run_compare(args, clf, sources, target) -> int:
                 )  # fmt: skip
             except ImageError as exc:
                 output.note(f"cannot read '{source}': {exc.reason}")
-                failed += 1
+                done.append(None)
                 continue
             finally:
                 advance(len(METHODS) - max(len(started) - 1, 0))
             done.append(comparison)
-    for comparison in done:  # after the bar: stdout written under a live bar goes to stderr
-        _print_ranking(comparison)
-    return 1 if failed else 0
 
 
 def _print_ranking(comparison) -> None:
