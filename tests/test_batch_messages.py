@@ -134,6 +134,8 @@ def test_plain_ray_passes_over_a_stale_cluster_record_and_checks_ray_address(tmp
         running_cluster()
     said = str(caught.value)
     assert f"'127.0.0.1:{port}' (RAY_ADDRESS)" in said and "unset RAY_ADDRESS" in said
+    monkeypatch.setenv("RAY_ADDRESS", "local")  # Ray's "start one here" (the review's find)
+    assert running_cluster() is None
 
 
 def test_a_resume_with_other_options_names_them_and_their_saved_values(

@@ -69,3 +69,18 @@ def test_a_model_that_outputs_nan_is_an_error_row(tmp_path, capsys, picture):
     (row,) = json.loads(out, parse_constant=lambda c: pytest.fail(f"bare {c} in the JSON"))
     assert code == 1 and row["predictions"] == []
     assert "output for this image is not a number" in row["error"]
+
+
+def test_a_binary_view_saved_again_stays_probabilities(tmp_path, capsys, picture):
+    """The review's find: a binary run's two-class view ([1 - p, p], a Dense without
+    activation), exported and loaded again, was read as logits: 100 % became 73 %."""
+    from kerascope.zoo.models import load_model
+    from kerascope.zoo.sigmoid_heads import two_class_view
+
+    one = keras.saving.load_model(head_model(tmp_path / "one.keras", 1, "sigmoid", [4.0]))
+    two_class_view(one).save(tmp_path / "exported.keras")
+    code, rows, err = classified(capsys, picture, tmp_path / "exported.keras")
+    p = 1 / (1 + np.exp(-4.0))
+    assert code == 0 and rows[0]["probability"] == pytest.approx(p, abs=1e-6)
+    assert "logits" not in err
+    assert load_model(tmp_path / "exported.keras").num_classes == 2

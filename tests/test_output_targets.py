@@ -298,6 +298,12 @@ def test_a_replaced_file_keeps_its_permissions(tmp_path):
     out.chmod(0o600)
     files.write_text(out, "new")
     assert out.read_text() == "new" and stat.S_IMODE(out.stat().st_mode) == 0o600
+    out.chmod(0o200)  # write-only (the review's find: the sync after the chmod could not read it)
+    files.write_text(out, "newer")
+    assert stat.S_IMODE(out.stat().st_mode) == 0o200
+    out.chmod(0o4755)  # a setuid bit is not carried over
+    files.write_text(out, "newest")
+    assert stat.S_IMODE(out.stat().st_mode) == 0o755
     fresh = files.write_text(tmp_path / "fresh.csv", "x")  # a new file: the umask's mode
     assert stat.S_IMODE(fresh.stat().st_mode) == 0o666 & ~_umask()
 

@@ -5,8 +5,6 @@ Like `kerascope.cli`: parse, call the API, print; no logic of its own.
 
 from __future__ import annotations
 
-import contextlib
-import os
 from pathlib import Path
 
 from kerascope.batch_sizes import batch_size_or_default
@@ -19,6 +17,7 @@ from kerascope.cli_explain_args import (
     metric_names,
 )
 from kerascope.errors import CliError
+from kerascope.files import missing_folders, remove_empty
 from kerascope.interrupts import stopped_by
 
 
@@ -114,7 +113,7 @@ def _run_explain(args) -> int:
     options = _smoothing(args)
     _say_precision(args, clf, options)
     advance = output.Advance(lambda n: None)  # until the bar is up
-    existed = os.path.lexists(args.output)
+    made = missing_folders(args.output)  # made by this run: removed again if left empty
     try:
         with output.progress_bar(len(sources), "explaining", min_total=16) as advance:
             saved = _save(args, clf, sources, target, advance, options)
@@ -123,9 +122,7 @@ def _run_explain(args) -> int:
             output.note(f"{stopped_by(stop)} after {advance.done} of {len(sources)} images; "
                         f"the pictures of those explained are in '{args.output}'")  # fmt: skip
         else:  # not an empty folder named as if it held something
-            if not existed:
-                with contextlib.suppress(OSError):
-                    os.rmdir(args.output)  # made by this run, still empty
+            remove_empty(made)
             output.note(f"{stopped_by(stop)} before any picture was written")
         stop.told = True
         raise

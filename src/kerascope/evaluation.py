@@ -47,7 +47,7 @@ from kerascope.report import plot_confusion, plot_gallery
 from kerascope.rundir import read_labels, read_split, split_files, trained_count
 from kerascope.sources import MISSING_INPUT, iter_batches, normalise_inputs
 from kerascope.tta import TTA, as_tta, iter_tta_outputs
-from kerascope.zoo.models import Classifier, load_model
+from kerascope.zoo.models import Classifier, load_model, run_folder
 
 TOP_LOSSES = 12
 GRID = 16
@@ -438,10 +438,7 @@ def _names(sources: list) -> list[str]:
 
 def _run_folder(run_dir: Any) -> Path | None:
     """The run directory of a run directory or of a ``.keras`` file inside one."""
-    if isinstance(run_dir, Classifier):
-        return None
-    path = Path(run_dir)
-    return path if path.is_dir() else path.parent if path.suffix == ".keras" else None
+    return None if isinstance(run_dir, Classifier) else run_folder(run_dir)
 
 
 def _default_output(

@@ -197,8 +197,8 @@ def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
         tmp = tmp.with_name(tmp.name + suffix)
     try:
         yield tmp
-        _keep_mode(final, tmp)
         fsync_path(tmp)
+        _keep_mode(final, tmp)  # after the fsync, which opens it for reading
         os.replace(tmp, final)
         fsync_dir(tmp.parent)
     except BaseException as exc:
@@ -214,7 +214,7 @@ def _keep_mode(final: Path, tmp: Path) -> None:
     with contextlib.suppress(OSError):
         found = os.stat(final)
         if stat.S_ISREG(found.st_mode) and os.path.exists(tmp):
-            os.chmod(tmp, stat.S_IMODE(found.st_mode))
+            os.chmod(tmp, found.st_mode & 0o777)  # never a setuid or setgid bit
 
 
 def _reraise(path: str | os.PathLike, exc: BaseException, kept: bool) -> None:
@@ -321,6 +321,28 @@ def check_not_an_input(path: str | os.PathLike, sources: Sequence[Any], what: st
     if str(path) != "-" and file_identity(path) in input_files(sources):
         raise OutputError(f"{what} '{path}' is one of the inputs: writing it would replace that "
                           "file; choose another name")  # fmt: skip
+
+
+def missing_folders(folder: str | os.PathLike | None) -> list[Path]:
+    """The folders ``os.makedirs(folder)`` would make, deepest first: what a stopped run that
+    made them removes again when it left them empty (`remove_empty`)."""
+    missing: list[Path] = []
+    if folder is not None:
+        path = Path(os.path.abspath(folder))
+        for part in (path, *path.parents):
+            if os.path.lexists(part):
+                break
+            missing.append(part)
+    return missing
+
+
+def remove_empty(folders: list[Path]) -> None:
+    """Remove the folders a stopped run made, deepest first, those it left empty only."""
+    for folder in folders:
+        try:
+            os.rmdir(folder)
+        except OSError:
+            return
 
 
 def write_json(path: str | os.PathLike, data: Any) -> Path:

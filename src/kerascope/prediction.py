@@ -25,7 +25,7 @@ from kerascope.output import csv_probability, csv_safe
 from kerascope.rundir import read_labels
 from kerascope.sources import normalise_inputs
 from kerascope.tta import TTA, as_tta, classify_tta
-from kerascope.zoo.models import Classifier, load_model
+from kerascope.zoo.models import Classifier, load_model, run_folder
 
 CSV_FIELDS = ("path", "label", "probability", "error")
 
@@ -100,7 +100,7 @@ def predict(
     """
     tta = as_tta(tta)
     if not isinstance(run_dir, Classifier):
-        _check_labels(Path(run_dir))
+        _check_labels(run_dir)
     sources, skipped, _ = normalise_inputs(inputs)
     if not sources:  # before the model loads; "wrote 0 rows" read as success
         named = [inputs] if isinstance(inputs, str | os.PathLike) else (
@@ -164,9 +164,9 @@ def skip_reason(path: str) -> str:
     return f"skipped: {what} an image format kerascope reads ({len(IMAGE_SUFFIXES)} suffixes)"
 
 
-def _check_labels(path: Path) -> None:
+def _check_labels(path: str | os.PathLike) -> None:
     """A damaged ``labels.json`` is one line here, before the model is loaded."""
-    folder = path if path.is_dir() else path.parent if path.suffix == ".keras" else None
+    folder = run_folder(path)
     if folder is not None:
         read_labels(folder)
 

@@ -20,7 +20,7 @@ from kerascope.files import check_output_folder, fresh_path
 from kerascope.images import expand_inputs
 from kerascope.rundir import read_labels, read_split
 from kerascope.tta import TTA
-from kerascope.zoo.models import Classifier, load_model, names_a_file
+from kerascope.zoo.models import Classifier, load_model, run_folder
 
 _WNID = re.compile(r"n\d{8}")
 
@@ -147,9 +147,8 @@ def validate(
                         f"{type(data).__name__}")  # fmt: skip
     if output is not None:
         check_output_folder(output)  # before the work, not after it
-    if not isinstance(model, Classifier) and names_a_file(model):
-        path = Path(model).expanduser()
-        folder = path if path.is_dir() else path.parent if path.suffix == ".keras" else None
+    if not isinstance(model, Classifier):
+        folder = run_folder(model)
         if folder is not None:
             read_labels(folder)  # a damaged labels.json: one line, before the model loads
             record = read_split(folder)

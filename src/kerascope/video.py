@@ -28,15 +28,15 @@ from kerascope.files import (
     atomic_path,
     check_output_folder,
     is_disk_error,
+    missing_folders,
     output_error,
+    remove_empty,
 )
 from kerascope.images import file_problem
 from kerascope.video_frames import (
     FramePipeline,
     frame_files,
-    missing_folders,
     prepare_frames_dir,
-    remove_empty,
 )
 
 

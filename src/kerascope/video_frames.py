@@ -84,27 +84,6 @@ def prepare_frames_dir(frames_dir, overwrite: bool) -> None:
                 raise output_error(entry.path, exc) from None
 
 
-def missing_folders(frames_dir) -> list[Path]:
-    """The folders ``os.makedirs(frames_dir)`` would make, deepest first."""
-    missing: list[Path] = []
-    if frames_dir is not None:
-        path = Path(os.path.abspath(frames_dir))
-        for part in (path, *path.parents):
-            if os.path.lexists(part):
-                break
-            missing.append(part)
-    return missing
-
-
-def remove_empty(folders: list[Path]) -> None:
-    """Remove the folders a stopped run made, deepest first, those it left empty only."""
-    for folder in folders:
-        try:
-            os.rmdir(folder)
-        except OSError:
-            return
-
-
 def _rgb(frame) -> np.ndarray:
     """Decode to RGB, upright: phone videos are stored sideways with a display matrix."""
     rgb = frame.to_ndarray(format="rgb24")

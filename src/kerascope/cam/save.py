@@ -197,10 +197,11 @@ def save_explanations(
     saved: list[SavedExplanation] = []
 
     def collect() -> None:
-        e, future, path = in_flight.popleft()
+        e, future, path = in_flight[0]  # left in flight until done: a stop here counts it
         empty = False
         if future is not None:
             e, empty = future.result()  # a write error (full disk) stops the job here
+        in_flight.popleft()
         saved.append(SavedExplanation(e, path if e.ok else None, empty))
         if progress is not None:
             progress(1)
@@ -236,9 +237,10 @@ def save_explanations(
 
 
 def _written(future) -> bool:
-    """Whether a picture's future finished with its file written."""
+    """Whether a picture's future finished with its file written (an explanation that came
+    back with an error, its file gone since the forward, wrote none)."""
     return (future is not None and future.done() and not future.cancelled()
-            and future.exception() is None)  # fmt: skip
+            and future.exception() is None and future.result()[0].ok)  # fmt: skip
 
 
 class _Decoded:

@@ -86,6 +86,8 @@ def running_cluster() -> tuple[str, str] | None:
     start`` last recorded on this machine (a stale record, of a cluster gone, is passed over).
     Its address and where it was found."""
     named = os.environ.get("RAY_ADDRESS", "").strip()
+    if named.lower() == "local":  # Ray's own word for "start one here"
+        return None
     if named:
         return check_reachable(named, "RAY_ADDRESS"), "(RAY_ADDRESS)"
     try:
@@ -150,8 +152,9 @@ def _auto(named_by: str) -> str:
         return "auto"
     if not found:
         by = "" if named_by == "--ray" else f" ({named_by})"
-        raise BatchError(f"cannot connect to Ray at 'auto'{by}: no Ray cluster is "
-                         "running on this machine and RAY_ADDRESS is not set; start one with "
+        why = ("no Ray cluster is running on this machine" if named_by == "RAY_ADDRESS" else
+               "no Ray cluster is running on this machine and RAY_ADDRESS is not set")  # fmt: skip
+        raise BatchError(f"cannot connect to Ray at 'auto'{by}: {why}; start one with "
                          f"`ray start --head`, {_otherwise(named_by)}")  # fmt: skip
     return found
 

@@ -187,7 +187,7 @@ def create_app(
                     uploads, clf.input_size, pool, convention=fit_convention(clf, fit)
                 )
             good = [it for it in items if it.error is None]
-            probs = await until_gone(request.receive, batcher.run_all([it.pixels for it in good]))
+            probs = await until_gone(request.receive, batcher.queued([it.pixels for it in good]))
         by_item = dict(zip(map(id, good), probs, strict=True))
         cuts = served_model.thresholds  # a multi-label run: as `kerascope classify --model RUN`
 
@@ -280,7 +280,7 @@ def create_app(
                 )
             good = [it for it in items if it.error is None]
             outs = await until_gone(
-                request.receive, batcher.run_all([(it.pixels, class_index) for it in good])
+                request.receive, batcher.queued([(it.pixels, class_index) for it in good])
             )
             return await answer(served_model, method, items, good, outs,
                                 format, alpha, colormap, max_side, fit)  # fmt: skip

@@ -22,7 +22,7 @@ import collections
 import contextlib
 import math
 import time
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Executor
 from typing import Any
 
@@ -161,7 +161,17 @@ class DynamicBatcher:
 
     async def run_all(self, payloads: Sequence[Any]) -> list[Any]:
         """Queue payloads together and wait for all their results, in order."""
-        return list(await asyncio.gather(*self.enqueue(payloads))) if payloads else []
+        return list(await self.queued(payloads))
+
+    def queued(self, payloads: Sequence[Any]) -> asyncio.Future:
+        """Queue payloads together now (no await: right after `expecting`, so a forming batch
+        takes them) and return one future of all their results, in order; cancelling it takes
+        them out of the queue."""
+        if not payloads:
+            done = asyncio.get_running_loop().create_future()
+            done.set_result([])
+            return done
+        return asyncio.gather(*self.enqueue(payloads))
 
     async def close(self) -> None:
         """Stop the worker; payloads still queued get a CancelledError."""
@@ -243,12 +253,13 @@ class DynamicBatcher:
                     future.set_result(result)
 
 
-async def until_gone(receive: Callable[[], Any], work: Awaitable[Any]) -> Any:
+async def until_gone(receive: Callable[[], Any], work: asyncio.Future) -> Any:
     """``await work``, cancelled if the client hangs up first (Starlette's ``ClientDisconnect``,
     answered 499 to nobody): its payloads leave their queue. Before, a reloaded page's
     abandoned Score-CAM requests held the expensive quota (429 for the page's next one) until
     their passes ran, about 40 s. ``receive``: the request's ASGI receive, read after its body
-    (only a disconnect comes)."""
+    (only a disconnect comes). ``work``: a future already queued (`DynamicBatcher.queued`): a
+    coroutine would queue a loop turn late, after a forming batch had left without it."""
 
     async def hung_up() -> None:
         while (await receive())["type"] != "http.disconnect":

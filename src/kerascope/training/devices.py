@@ -325,34 +325,33 @@ def _whole(value: Any, name: str) -> int | None:
 
 
 def check_address(address: str, pid: int) -> None:
-    """The coordinator's HOST:PORT checked at once: a name that does not resolve (every process
-    waited its full timeout), and for process 0, which serves it, an address this machine
-    lacks (told "start process 0 there") or a port in use here."""
+    """The coordinator's HOST:PORT checked at once: a port out of range, a name that does not
+    resolve (every process waited its full timeout), and for process 0, which serves it on
+    every interface (JAX binds ``[::]:PORT``: the address may be a NAT's or a service name), a
+    port in use here."""
     import errno
     import socket
 
-    host, _, port = address.rpartition(":")
-    host = host.strip("[]")
+    host, _, port_text = address.rpartition(":")
+    host, port = host.strip("[]"), int(port_text)
+    if not 0 < port < 65536:
+        raise ConfigError(f"--coordinator {address}: the port must be 1-65535")
     try:
-        found = socket.getaddrinfo(host, int(port), type=socket.SOCK_STREAM)
+        socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except (socket.gaierror, UnicodeError) as exc:
         reason = getattr(exc, "strerror", None) or str(exc)
         raise ConfigError(f"--coordinator {address}: cannot resolve '{host}' ({reason}); give "
                           "process 0's address") from None  # fmt: skip
     if pid != 0:
         return
-    family, _, _, _, where = found[0]
-    with socket.socket(family, socket.SOCK_STREAM) as probe:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
-            probe.bind(where)
+            probe.bind(("", port))
         except OSError as exc:
             if exc.errno == errno.EADDRINUSE:
                 raise ConfigError(f"--coordinator {address}: port {port} is in use on this "
                                   "machine; choose another port") from None  # fmt: skip
-            raise ConfigError(f"--coordinator {address}: process 0 serves the coordinator, and "
-                              f"this machine has no address {host}; give process 0 its own "
-                              f"address, or start process 0 on {host}") from None  # fmt: skip
 
 
 def join_cluster(coordinator: str | None = None, num_processes: int | None = None,
@@ -434,9 +433,13 @@ def check_same_data(dataset: Any) -> None:
     import os
 
     root = str(dataset.root)
-    listing = {split: [(os.path.relpath(p, root), os.path.getsize(p), label)
-                       for p, label in pairs]
-               for split, pairs in sorted(dataset.splits.items())}  # fmt: skip
+    try:
+        listing = {split: [(os.path.relpath(p, root), os.path.getsize(p), label)
+                           for p, label in pairs]
+                   for split, pairs in sorted(dataset.splits.items())}  # fmt: skip
+    except OSError as exc:  # removed since the scan
+        raise ConfigError(f"cannot read '{exc.filename}' of the dataset: {exc.strerror}; "
+                          "leave the DATA folder as it is while training") from None  # fmt: skip
     differs = _differing([dataset.classes, listing], "data")
     if differs is not None:
         what = "classes" if differs[1] == 0 else "images (names, sizes or split)"

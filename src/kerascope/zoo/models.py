@@ -290,6 +290,15 @@ def names_a_file(name_or_path: str | os.PathLike) -> bool:
     return text.endswith(".keras") or path.is_dir() or path.is_file()
 
 
+def run_folder(name_or_path: str | os.PathLike) -> Path | None:
+    """The run directory ``name_or_path`` means (itself, or the folder of its ``.keras`` file),
+    or None for a zoo model or a model file outside a run."""
+    if not names_a_file(name_or_path):
+        return None
+    path = Path(name_or_path).expanduser()
+    return path if path.is_dir() else path.parent if path.suffix == ".keras" else None
+
+
 def zoo_spec(name: str) -> ModelSpec:
     """The zoo's model ``name``; a path that names no file says so (not "unknown model")."""
     if os.sep in name or (os.altsep and os.altsep in name):

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 MULTILABEL_NAME = "multilabel.json"
+TWO_CLASSES = "two_classes"  # the layer `two_class_view` adds: [1 - p, p], probabilities
 
 
 def is_binary_sigmoid(model: Any) -> bool:
@@ -50,8 +51,9 @@ def as_probabilities(model: Any) -> tuple[Any, str | None]:
     one a sigmoid (the probability of class 1, then read as two classes)."""
     import keras
 
-    if output_activation(model) != "linear":
-        return model, None
+    last = model.outputs[0]._keras_history.operation
+    if output_activation(model) != "linear" or last.name == TWO_CLASSES:
+        return model, None  # a binary run's [1 - p, p] (exported with it) is probabilities
     one = tuple(model.outputs[0].shape)[1:] == (1,)
     activation = keras.layers.Activation("sigmoid", name="kerascope_sigmoid") if one else (
         keras.layers.Softmax(name="kerascope_softmax"))  # fmt: skip
@@ -67,7 +69,7 @@ def two_class_view(model: Any) -> Any:
     import keras
     import numpy as np
 
-    layer = keras.layers.Dense(2, dtype="float32", name="two_classes", trainable=False)
+    layer = keras.layers.Dense(2, dtype="float32", name=TWO_CLASSES, trainable=False)
     outputs = layer(model.outputs[0])
     layer.set_weights([np.array([[-1.0, 1.0]], np.float32), np.array([1.0, 0.0], np.float32)])
     return keras.Model(model.inputs, outputs, name=model.name)
