@@ -118,7 +118,7 @@ def test_save_explanations_names_files_and_leaves_no_temp_files(run_dir, tmp_pat
     assert saved[0].path == out / "00-output.jpg" and saved[0].explanation.heatmap is None
     assert sorted(p.name for p in out.iterdir()) == ["00-output.jpg", "01-output.jpg"]
     with Image.open(out / "00-output.jpg") as im:
-        assert im.size[0] == 2 * 40  # original | overlay
+        assert im.size[0] == 2 * 40 * 6  # original | overlay, a 40 px picture drawn 6x (>= 224)
 
     pil = Image.open(files / "01.png")
     again = save_explanations([pil, _photo(0)], out, model=run_dir, target=["disc", "plain"])

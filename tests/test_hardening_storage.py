@@ -257,7 +257,8 @@ def test_output_names_keep_sub_folders_then_extensions_then_count(tmp_path):
 def test_explain_same_stem_in_two_folders_writes_every_picture(tmp_path, lite0, chelsea):
     from kerascope.cam.save import save_explanations
 
-    sizes = {"a/pic.jpg": (120, 90), "b/pic.png": (100, 80), "b/pic.jpg": (60, 50)}
+    # at least 224 px: drawn at their own size (a smaller picture is drawn enlarged)
+    sizes = {"a/pic.jpg": (320, 240), "b/pic.png": (300, 230), "b/pic.jpg": (260, 225)}
     for rel, size in sizes.items():
         (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
         Image.fromarray(chelsea).resize(size).save(tmp_path / rel)

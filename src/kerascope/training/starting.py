@@ -46,7 +46,7 @@ POLL = 0.5  # seconds between two reads of the failures posted by other processe
 GRACE = 10.0  # seconds a process told of a peer's failure waits for its own collective to fail
 ACK_TIMEOUT = 5.0  # seconds a failing process waits for the others to have read its reason
 
-_PHASES = ("options", "train")
+_PHASES = ("options", "data", "train")  # the steps of the start, in order (start_together)
 _calls = 0  # train() calls in this process: every process makes the same ones, in order
 _training = 0  # the call whose processes all reached the start of training (0: none yet)
 _posted: set[str] = set()

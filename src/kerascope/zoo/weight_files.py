@@ -13,6 +13,8 @@ import stat
 from dataclasses import dataclass
 from pathlib import Path
 
+from kerascope.errors import WeightsError
+
 HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 
 # What can be at a cache path instead of a usable file. The first kind is no file to read at
@@ -113,8 +115,8 @@ def judge_file(
     return CacheState(path, "yes")
 
 
-class Damaged(Exception):
-    pass
+class Damaged(WeightsError):
+    """HDF5 refused the file (truncated, damaged metadata); the message says how."""
 
 
 def _hdf5_layer_count(path: Path) -> int | None:
