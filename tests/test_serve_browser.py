@@ -321,3 +321,23 @@ def test_the_pressed_class_survives_a_fit_change(server, browser, photo_paths):
     card = card_state(browser, "chelsea.png")
     assert card["caption"].endswith("it saw only the outlined centre crop")
     assert labels[1] in card["caption"] and card["pressed"] == [labels[1]]
+
+
+def test_a_file_over_the_servers_body_limit_is_refused_before_it_is_sent(server, browser, tmp_path):
+    """Before: a 31 MB file was uploaded twice (classify and explain) to get two 413s."""
+    limit = httpx.get(server + "/v1/models", timeout=30).json()["max_body_bytes"]
+    big = tmp_path / "big.png"
+    with big.open("wb") as f:
+        f.truncate(limit + 1_000_000)
+    open_page(browser, server)
+    browser.execute_script(
+        "window.__sent = []; const real = window.fetch; window.fetch = "
+        "(u, o) => { window.__sent.push(u); return real(u, o); };"
+    )
+    pick(browser, big)
+    assert done(browser).startswith("Done: 1 photo, 1 failed.")
+    state = card_state(browser, "big.png")
+    assert state["error"] == (f"'big.png' is {(limit + 1e6) / 1e6:.1f} MB; this server takes up "
+                              f"to {limit / 1e6:.1f} MB per request (kerascope serve "
+                              "--max-body-mb)") and not state["retry"]  # fmt: skip
+    assert browser.execute_script("return window.__sent") == []

@@ -139,7 +139,8 @@ def create_app(
     @app.get("/v1/models", response_model=schemas.ModelList, tags=["api"])
     async def models():
         """The models this server holds; the default answers requests that name none."""
-        return {"default": default, "models": [m.describe(k == default) for k, m in served.items()]}
+        return {"default": default, "models": [m.describe(k == default) for k, m in served.items()],
+                "max_body_bytes": int(limits.max_body_mb * MP)}  # fmt: skip
 
     @app.post(
         "/v1/classify",

@@ -109,6 +109,10 @@ class ModelInfo(BaseModel):
 class ModelList(BaseModel):
     default: str
     models: list[ModelInfo]
+    max_body_bytes: int | None = Field(
+        None, description="the largest request body this server takes (--max-body-mb): the "
+        "page refuses a bigger file before sending it"
+    )  # fmt: skip
 
 
 class BatchStats(BaseModel):

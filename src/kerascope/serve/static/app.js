@@ -292,6 +292,7 @@ async function classify(card) {
 // Ask again after a change (or Retry): the heatmap, and the classes where the change alters
 // them or the card has none (its classify failed).
 function refresh(card, classesToo) {
+  if (card.tooBig) return; // never sent: the server would refuse it
   if (classesToo || (!card.root.dataset.classified && !card.requests.classify)) classify(card);
   explain(card, card.target);
 }
@@ -310,9 +311,21 @@ function addPhoto(file) {
   $(".retry", root).addEventListener("click", () => refresh(card, false));
   $("#results").prepend(root);
   state.cards.push(card);
+  // Larger than the server takes (with room for the form around it): said now, not after
+  // the upload (413, twice: classify and explain).
+  if (state.maxBody && file.size > state.maxBody - 4096) {
+    card.tooBig = true;
+    card.errors.classify = failure(`'${file.name}' is ${megabytes(file.size)}; this server ` +
+      `takes up to ${megabytes(state.maxBody)} per request (kerascope serve --max-body-mb)`, false);
+    renderErrors(card);
+    updateStatus();
+    return;
+  }
   classify(card);
   explain(card, null);
 }
+
+function megabytes(bytes) { return `${(bytes / 1e6).toFixed(1)} MB`; }
 
 function addPhotos(files) {
   const isImage = (f) => f.type.startsWith("image/") || f.type === "";
@@ -337,6 +350,7 @@ async function loadModels() {
     return;
   }
   state.model = data.default;
+  state.maxBody = data.max_body_bytes || null;
   const details = (m) => (data.models.find((x) => x.name === m) || {}).method_details || [];
   fillMethods(details(state.model));
   const select = $("#model");
