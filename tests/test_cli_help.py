@@ -104,7 +104,7 @@ def test_an_unrecognized_argument_points_to_its_commands_help(argv, helped, caps
     assert f"(see {helped})" in capsys.readouterr().err
 
 
-def test_inputs_may_follow_the_options(tmp_path, capsys):
+def test_inputs_may_follow_the_options(tmp_path, capsys, monkeypatch):
     """Before: `classify a.png -k 1 b.png` was "unrecognized arguments: b.png"."""
     import json
 
@@ -116,6 +116,11 @@ def test_inputs_may_follow_the_options(tmp_path, capsys):
     assert main(argv) == 0
     shown = [row["image"] for row in json.loads(capsys.readouterr().out)]
     assert [os.path.basename(s) for s in shown] == ["a.png", "b.png"]
+    # and a name that starts with '-' after '--' (README), with an input before the options
+    (tmp_path / "a.png").rename(tmp_path / "-a.png")
+    monkeypatch.chdir(tmp_path)
+    assert main(["classify", "b.png", "-k", "1", "-f", "json", "--", "-a.png"]) == 0
+    assert [row["image"] for row in json.loads(capsys.readouterr().out)] == ["b.png", "-a.png"]
 
 
 def test_the_format_follows_the_output_files_suffix(tmp_path, capsys):

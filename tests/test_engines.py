@@ -227,8 +227,12 @@ def test_split_training_runs_its_frozen_prefix_on_openvino(tmp_path, monkeypatch
     from kerascope.zoo.models import load_model
     from tests.test_train import make_shapes
 
-    monkeypatch.setenv("KERASCOPE_ENGINE", "openvino")
     data = make_shapes(tmp_path / "shapes", n=24)
+    # the engine asked for (before: --engine openvino ran the prefix on onnxruntime)
+    train(data, recipe="transfer", output=tmp_path / "asked", epochs=1, image_size=48,
+          batch_size=16, augment=False, engine="openvino")  # fmt: skip
+    assert "split training: frozen prefix on openvino" in capsys.readouterr().out
+    monkeypatch.setenv("KERASCOPE_ENGINE", "openvino")
     result = train(data, recipe="transfer", output=tmp_path / "run", epochs=1, image_size=48,
                    batch_size=16, augment=False)  # fmt: skip
     assert "split training: frozen prefix on openvino" in capsys.readouterr().out

@@ -116,7 +116,11 @@ def _parse(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespa
     args, extra = parser.parse_known_args(argv)
     listed = next((a.dest for a in _command_parser(parser)._actions
                    if not a.option_strings and a.nargs in ("+", "*")), None)  # fmt: skip
-    if not extra or listed is None or any(e.startswith("-") and e != "-" for e in extra):
+    if extra and extra[0] == "--":  # `a.png -k 1 -- -cat.png`: after it, names only
+        extra = extra[1:]
+    elif any(e.startswith("-") and e != "-" for e in extra):
+        listed = None
+    if not extra or listed is None:
         return parser.parse_args(argv)  # the usage error, as argparse words it
     getattr(args, listed).extend(extra)
     return args

@@ -90,10 +90,10 @@ class EpochLog(keras.callbacks.Callback):
 
 
 def prefix_sequences(parts: SplitModel, seqs, config: dict, run_dir: Path, progress: bool,
-                      class_weight: dict | None = None):  # fmt: skip
+                      class_weight: dict | None = None, engine: str | None = None):  # fmt: skip
     """Train and validation batches through the stage's compiled prefix; validation (and
     training without augmentation) runs the prefix once and reuses its outputs."""
-    forward = prefix_forward(parts.prefix)  # on each local device for its shard (JAX)
+    forward = prefix_forward(parts.prefix, engine)  # on each local device for its shard (JAX)
     augment = None
     if config["augment"]:
         augment = random_affine(AugmentConfig(**config["augment"]), config["seed"])

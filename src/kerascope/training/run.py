@@ -416,7 +416,9 @@ def _train(run_dir: Path, config: dict[str, Any], resumed: bool, engine: str | N
     split = use_split(engine, augmented=bool(config["augment"]) or mixes)
     from kerascope.inference import requested_engine
 
-    forced = requested_engine(engine) != "auto"  # else a stage resumes as its backup trained
+    asked = requested_engine(engine)
+    forced = asked != "auto"  # else a stage resumes as its backup trained
+    prefix_engine = asked if asked in ("onnx", "openvino") else None  # --engine's, not only $'s
     config.setdefault("precision", "float32")  # runs made before --precision trained so
     if progress:
         print(f"precision: {config['precision']} (weights float32)")
@@ -428,7 +430,7 @@ def _train(run_dir: Path, config: dict[str, Any], resumed: bool, engine: str | N
                 continue
             trained_here = True
             run_stage(model, run_dir, config, index, stage, seqs, weights, verbose, callbacks,
-                      split, progress, started, forced)  # fmt: skip
+                      split, progress, started, forced, prefix_engine)  # fmt: skip
             write_state(run_dir, {**read_state(run_dir), "completed_stages": index + 1})
             shutil.rmtree(run_dir / "backup" / f"stage{index + 1}", ignore_errors=True)
     except KeyboardInterrupt as stop:  # Ctrl-C, SIGTERM, SIGHUP (kerascope.interrupts)

@@ -54,12 +54,15 @@ def unfreeze_point(config: dict[str, Any], stage: dict[str, Any] | None = None) 
 
 def run_stage(model, run_dir: Path, config: dict, index: int, stage: dict, seqs, weights,
                verbose: int, extra: list | None, split: bool, progress: bool,
-               started: float | None = None, forced: bool = False) -> None:  # fmt: skip
+               started: float | None = None, forced: bool = False,
+               prefix_engine: str | None = None) -> None:  # fmt: skip
     """One ``fit``: flags, optimizer, callbacks; epochs are numbered across stages. Under a
     time budget (``started``: when the run's clock started) the stage's epochs are planned
     from its measured epoch time once compiled, and recorded in ``config.yaml``; a stage it
     has no time left for is skipped. A resumed stage trains as its backup was trained (split
-    or whole), unless the engine was ``forced`` (asked for), which cannot load it: one line."""
+    or whole), unless the engine was ``forced`` (asked for), which cannot load it: one line.
+    ``prefix_engine``: the engine asked for the frozen prefix (onnx, openvino; None: auto or
+    ``KERASCOPE_ENGINE``); before, ``--engine openvino`` ran it on onnxruntime."""
     pending = (config.get("epochs_rule") == "time budget" and "epoch_seconds" not in stage
                and not stage.get("skipped") and started is not None
                and placing.process_share() is None)  # fmt: skip
@@ -108,14 +111,16 @@ def run_stage(model, run_dir: Path, config: dict, index: int, stage: dict, seqs,
               f"{frozen:,} frozen parameters){again}")  # fmt: skip
         if parts is not None:
             cut = f"from '{parts.cut}' on" if parts.cut else "head only"
-            print(f"  split training: {prefix_place(parts.prefix)}, Keras trains {cut}")
+            print(f"  split training: {prefix_place(parts.prefix, prefix_engine)}, Keras "
+                  f"trains {cut}")  # fmt: skip
         else:
             augmented = augment is not None and not augment.is_identity
             where = "augmented on the device inside" if augmented else "cast inside"
             print(f"  whole graph in Keras: uint8 batches {where} the compiled train step")
     # Full-shape batches (one compiled step), class weights folded into the sample weights.
     if parts is not None:
-        train_data, val_data = prefix_sequences(parts, seqs, config, run_dir, progress, weights)
+        train_data, val_data = prefix_sequences(parts, seqs, config, run_dir, progress, weights,
+                                                prefix_engine)  # fmt: skip
     else:
         hard = RegulariseConfig() if regularise else None  # one-hot validation targets
         train_data = DeviceFeed(seqs["train"], augment, config["seed"], weights,
