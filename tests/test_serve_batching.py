@@ -139,9 +139,11 @@ def test_a_failing_method_in_the_expensive_queue_fails_its_own_requests_only():
     out = ServedModel._explain_each(fake, items)
     assert out[0] == ("scorecam", 1) and out[2] == ("scorecam", 3)
 
-    class Batcher:  # the shared queue, as `DynamicBatcher.run_all` hands out the rows
-        async def run_all(self, payloads):
-            return ServedModel._explain_each(fake, payloads)
+    class Batcher:  # the shared queue, as `DynamicBatcher.queued` hands out the rows
+        def queued(self, payloads):
+            done = asyncio.get_running_loop().create_future()
+            done.set_result(ServedModel._explain_each(fake, payloads))
+            return done
 
     assert asyncio.run(MethodQueue(Batcher(), "scorecam").run_all([(None, 5)])) == [
         ("scorecam", 5)]  # fmt: skip

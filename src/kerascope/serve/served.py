@@ -13,6 +13,7 @@ their own limits, and are refused (403) unless the server allows them.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import copy
 import re
@@ -382,7 +383,17 @@ class MethodQueue:
         return self.batcher.expecting(n)
 
     async def run_all(self, payloads: Sequence[tuple[np.ndarray, int]]) -> list[Any]:
-        results = await self.batcher.run_all([(self.method, *p) for p in payloads])
+        return await self.queued(payloads)
+
+    def queued(self, payloads: Sequence[tuple[np.ndarray, int]]) -> asyncio.Future:
+        """As `DynamicBatcher.queued`: queued now, one future of the results (a failure of
+        this method raised from it)."""
+        inner = self.batcher.queued([(self.method, *p) for p in payloads])
+        return asyncio.ensure_future(self._checked(inner))
+
+    @staticmethod
+    async def _checked(inner: asyncio.Future) -> list[Any]:
+        results = await inner
         for result in results:
             if isinstance(result, Failed):  # a copy each: one instance gathered every traceback
                 raise copy.copy(result.error)
