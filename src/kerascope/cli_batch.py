@@ -92,7 +92,7 @@ def _task(tasks, name: str, text: str):
     p.add_argument("--batch-size", "-b", type=positive_int, default=None,
                    help=batch_size_help("explain" if name == "explain" else "classify")
                    + "; each worker's device decides")  # fmt: skip
-    add_precision_option(p, BATCH_PRECISION_HELP)
+    add_precision_option(p, BATCH_PRECISION_HELP, int8=False)
     p.set_defaults(func=_run_batch)
     return p
 

@@ -39,7 +39,7 @@ def _add_features(sub) -> None:
     add_precision_option(p, "what the backbones compute in: float32 (default: the features a "
                          "float32 model sees), bfloat16 or float16 (their own groups, "
                          "',precision=' in the key; keras engine), or auto (bfloat16 on GPUs "
-                         "that compute it natively)")  # fmt: skip
+                         "that compute it natively)", int8=False)  # fmt: skip
     p.set_defaults(func=_run_features)
 
 

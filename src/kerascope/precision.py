@@ -136,10 +136,12 @@ PRECISION_HELP = (
 )
 
 
-def add_precision_option(parser, help: str = PRECISION_HELP) -> None:
-    """``--precision`` on a command that runs a model (classify, evaluate, predict, features)."""
-    parser.add_argument("--precision", type=_cli_name, choices=INFERENCE_PRECISIONS, default=None,
-                        help=help)  # fmt: skip
+def add_precision_option(parser, help: str = PRECISION_HELP, int8: bool = True) -> None:
+    """``--precision`` on a command that runs a model (classify, evaluate, predict, features);
+    ``int8`` where the command computes class probabilities on the CPU engine (features and
+    batch refused it at run time while their help offered it)."""
+    parser.add_argument("--precision", type=_cli_name, default=None, help=help,
+                        choices=INFERENCE_PRECISIONS if int8 else PRECISIONS)  # fmt: skip
 
 
 def _cli_name(text: str) -> str:

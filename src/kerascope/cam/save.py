@@ -87,10 +87,11 @@ class SavedExplanation:
 
 
 OUTPUT_MAX_SIDE: int = 4096
-# A smaller picture is drawn enlarged (whole pixels, nearest), so its label bar is readable.
-OUTPUT_MIN_SIDE: int = 224
 """Longest side of the original in a written picture (the picture is twice as wide): larger
 images are scaled down to it, so memory per image is bounded (about 300 MB at the cap)."""
+OUTPUT_MIN_SIDE: int = 224
+"""A picture whose longest side is under this is drawn enlarged (whole pixels, nearest), so
+its label bar is readable."""
 
 
 def save_explanations(

@@ -107,7 +107,7 @@ class PixelBudget:
                 what = "this image needs" if images == 1 else f"these {images} images need"
                 advice = "a smaller image" if images == 1 else advice
             raise PixelsTooMany(
-                f"{what} {pixels / MP:.1f} MP decoded, over the {self.per_request / MP:g} MP per "
+                f"{what} {_mp(pixels)} MP decoded, over the {self.per_request / MP:g} MP per "
                 f"request of this server (--max-request-mp): send {advice}"
             )
         if self.used + pixels > self.total:
@@ -282,3 +282,10 @@ def is_descriptor_error(exc: BaseException | None) -> bool:
             return True
         exc = exc.__cause__ or exc.__context__
     return False
+
+
+def _mp(pixels: int) -> str:
+    """Megapixels to one decimal, or two significant digits under 1 (0.135 MP read "0.1 MP,
+    over the 0.1 MP")."""
+    mp = pixels / MP
+    return f"{mp:.1f}" if mp >= 1 else f"{mp:.2g}"
