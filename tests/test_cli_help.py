@@ -121,6 +121,8 @@ def test_inputs_may_follow_the_options(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert main(["classify", "b.png", "-k", "1", "-f", "json", "--", "-a.png"]) == 0
     assert [row["image"] for row in json.loads(capsys.readouterr().out)] == ["b.png", "-a.png"]
+    assert main(["classify", "b.png", "-k", "1", "b.png", "-f", "json", "--", "-a.png"]) == 0
+    assert [row["image"] for row in json.loads(capsys.readouterr().out)] == ["b.png", "-a.png"]
 
 
 def test_the_format_follows_the_output_files_suffix(tmp_path, capsys):

@@ -116,10 +116,14 @@ def _parse(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespa
     args, extra = parser.parse_known_args(argv)
     listed = next((a.dest for a in _command_parser(parser)._actions
                    if not a.option_strings and a.nargs in ("+", "*")), None)  # fmt: skip
-    if extra and extra[0] == "--":  # `a.png -k 1 -- -cat.png`: after it, names only
-        extra = extra[1:]
-    elif any(e.startswith("-") and e != "-" for e in extra):
+    if "--" in extra:  # `a.png -k 1 -- -cat.png`: after it, names only
+        cut = extra.index("--")
+        before, after = extra[:cut], extra[cut + 1 :]
+    else:
+        before, after = extra, []
+    if any(e.startswith("-") and e != "-" for e in before):
         listed = None
+    extra = before + after
     if not extra or listed is None:
         return parser.parse_args(argv)  # the usage error, as argparse words it
     getattr(args, listed).extend(extra)

@@ -10,9 +10,9 @@ from kerascope.errors import CliError
 from kerascope.precision import PRECISION_HELP, add_precision_option
 
 BATCH_PRECISION_HELP = (
-    PRECISION_HELP + "; auto is resolved on each worker, and each shard's metadata and the "
-    "closing line say what ran"
-)
+    PRECISION_HELP.split("; int8 (CPU)")[0] + "; auto is resolved on each worker, and each "
+    "shard's metadata and the closing line say what ran"
+)  # no int8 sentence: batch does not take it
 
 _DESCRIPTION = """\
 Run classify, features or explain over many images into one output folder of Parquet

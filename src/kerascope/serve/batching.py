@@ -275,5 +275,11 @@ async def until_gone(receive: Callable[[], Any], work: asyncio.Future) -> Any:
         watch.cancel()
     if not task.done():
         task.cancel()
+        task.add_done_callback(_retrieved)  # else asyncio logs "exception was never retrieved"
         raise ClientDisconnect
     return task.result()
+
+
+def _retrieved(future: asyncio.Future) -> None:
+    if not future.cancelled():
+        future.exception()

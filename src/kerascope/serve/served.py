@@ -389,7 +389,10 @@ class MethodQueue:
         """As `DynamicBatcher.queued`: queued now, one future of the results (a failure of
         this method raised from it)."""
         inner = self.batcher.queued([(self.method, *p) for p in payloads])
-        return asyncio.ensure_future(self._checked(inner))
+        outer = asyncio.ensure_future(self._checked(inner))
+        # cancelled before its first step, it never awaited (so never cancelled) the queue's
+        outer.add_done_callback(lambda f: inner.cancel() if f.cancelled() else None)
+        return outer
 
     @staticmethod
     async def _checked(inner: asyncio.Future) -> list[Any]:

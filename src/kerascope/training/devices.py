@@ -344,14 +344,23 @@ def check_address(address: str, pid: int) -> None:
                           "process 0's address") from None  # fmt: skip
     if pid != 0:
         return
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    for family, anywhere in ((socket.AF_INET, ""), (socket.AF_INET6, "::")):
         try:
-            probe.bind(("", port))
+            with socket.socket(family, socket.SOCK_STREAM) as probe:
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                if family == socket.AF_INET6:
+                    probe.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+                probe.bind((anywhere, port))
         except OSError as exc:
             if exc.errno == errno.EADDRINUSE:
                 raise ConfigError(f"--coordinator {address}: port {port} is in use on this "
                                   "machine; choose another port") from None  # fmt: skip
+            if exc.errno == errno.EACCES:
+                raise ConfigError(
+                    f"--coordinator {address}: port {port} needs privileges "
+                    "this process lacks; choose one above 1023"
+                ) from None
+            # no such family here (an IPv4- or IPv6-only host): nothing to check on it
 
 
 def join_cluster(coordinator: str | None = None, num_processes: int | None = None,

@@ -160,9 +160,11 @@ def find_lr(
                                     dataset.counts["train"])  # fmt: skip
     if parts is not None:
         from kerascope.inference import compiled
+        from kerascope.training.split import prefix_engine
 
         trained: Any = parts.suffix
-        feed: Any = PrefixSequence(images, compiled(parts.prefix), None, class_weight=weights)
+        forward = compiled(parts.prefix, prefix_engine(engine))  # --engine's, as train's
+        feed: Any = PrefixSequence(images, forward, None, class_weight=weights)
         what = f"from '{parts.cut}' on" if parts.cut else "head only"
     else:
         trained = AugmentedTrainer(model)

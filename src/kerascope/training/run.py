@@ -416,9 +416,10 @@ def _train(run_dir: Path, config: dict[str, Any], resumed: bool, engine: str | N
     split = use_split(engine, augmented=bool(config["augment"]) or mixes)
     from kerascope.inference import requested_engine
 
-    asked = requested_engine(engine)
-    forced = asked != "auto"  # else a stage resumes as its backup trained
-    prefix_engine = asked if asked in ("onnx", "openvino") else None  # --engine's, not only $'s
+    forced = requested_engine(engine) != "auto"  # else a stage resumes as its backup trained
+    from kerascope.training.split import prefix_engine
+
+    asked_prefix = prefix_engine(engine)  # --engine's, not only KERASCOPE_ENGINE's
     config.setdefault("precision", "float32")  # runs made before --precision trained so
     if progress:
         print(f"precision: {config['precision']} (weights float32)")
@@ -430,7 +431,7 @@ def _train(run_dir: Path, config: dict[str, Any], resumed: bool, engine: str | N
                 continue
             trained_here = True
             run_stage(model, run_dir, config, index, stage, seqs, weights, verbose, callbacks,
-                      split, progress, started, forced, prefix_engine)  # fmt: skip
+                      split, progress, started, forced, asked_prefix)  # fmt: skip
             write_state(run_dir, {**read_state(run_dir), "completed_stages": index + 1})
             shutil.rmtree(run_dir / "backup" / f"stage{index + 1}", ignore_errors=True)
     except KeyboardInterrupt as stop:  # Ctrl-C, SIGTERM, SIGHUP (kerascope.interrupts)

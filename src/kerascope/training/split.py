@@ -429,6 +429,15 @@ def local_mesh_devices() -> list[Any]:
             if d.process_index == jax.process_index()]  # fmt: skip
 
 
+def prefix_engine(engine: str | None) -> str | None:
+    """The engine the frozen prefix is asked to run on: ``engine`` (``--engine``) when it names
+    one (onnx, openvino), else None (auto or ``KERASCOPE_ENGINE`` decide)."""
+    from kerascope.inference import requested_engine
+
+    asked = requested_engine(engine)
+    return asked if asked in ("onnx", "openvino") else None
+
+
 def prefix_forward(prefix: Any, engine: str | None = None) -> Callable[[Any], Any]:
     """The stage's compiled prefix: on the JAX engine with several of this process's devices
     in the run's mesh, a :class:`ShardedPrefix` (each device for its shard of every batch);

@@ -292,7 +292,7 @@ def names_a_file(name_or_path: str | os.PathLike) -> bool:
 
 def run_folder(name_or_path: str | os.PathLike) -> Path | None:
     """The run directory ``name_or_path`` means (itself, or the folder of its ``.keras`` file),
-    or None for a zoo model or a model file outside a run."""
+    or None for a zoo model (or a model file of another kind, such as ``.h5``)."""
     if not names_a_file(name_or_path):
         return None
     path = Path(name_or_path).expanduser()
