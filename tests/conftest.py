@@ -278,3 +278,28 @@ def tiny_clf():
     from kerascope.cam.base import as_classifier
 
     return as_classifier(_tiny_cam())
+
+
+# The batch tests' run and pictures (tests/test_batch_integrity.py, test_batch_messages.py).
+@pytest.fixture(scope="module")
+def lenet(tmp_path_factory):
+    """An untrained LeNet run folder (32x32, two classes): cheap, and the same every time."""
+    from tests.test_evaluate import untrained_run
+
+    return untrained_run(tmp_path_factory.mktemp("lenet"), ["cat", "coffee"])
+
+
+@pytest.fixture(scope="module")
+def pictures(tmp_path_factory, skimage_data):
+    """Five small crops of real photos (a cat, a cup of coffee, an astronaut)."""
+    from PIL import Image
+
+    folder = tmp_path_factory.mktemp("pictures")
+    for i, (name, box) in enumerate([("chelsea.png", (0, 0, 200, 200)),
+                                     ("chelsea.png", (100, 50, 300, 250)),
+                                     ("coffee.png", (0, 0, 300, 300)),
+                                     ("coffee.png", (200, 100, 500, 400)),
+                                     ("astronaut.png", (100, 0, 400, 300))]):  # fmt: skip
+        with Image.open(skimage_data / name) as img:
+            img.convert("RGB").crop(box).resize((64, 64)).save(folder / f"p{i}.png")
+    return folder

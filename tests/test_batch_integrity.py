@@ -19,41 +19,12 @@ from kerascope.scale import run_batch  # noqa: E402
 from kerascope.scale.plan import explain_names  # noqa: E402
 
 from .readonly import read_only  # noqa: E402
-from .test_evaluate import untrained_run  # noqa: E402
 
 
 def _one_line_error(err: str) -> str:
     lines = [line for line in err.strip().splitlines() if line.startswith("kerascope: error:")]
     assert len(lines) == 1 and "Traceback" not in err, err
     return lines[0]
-
-
-@pytest.fixture(scope="module")
-def lenet(tmp_path_factory) -> Path:
-    return lenet_run(tmp_path_factory)
-
-
-@pytest.fixture(scope="module")
-def pictures(tmp_path_factory, skimage_data) -> Path:
-    return real_pictures(tmp_path_factory, skimage_data)
-
-
-def lenet_run(tmp_path_factory) -> Path:
-    """An untrained LeNet run folder (32x32, two classes): cheap, and the same every time."""
-    return untrained_run(tmp_path_factory.mktemp("lenet"), ["cat", "coffee"])
-
-
-def real_pictures(tmp_path_factory, skimage_data) -> Path:
-    """Five small crops of real photos (a cat, a cup of coffee, an astronaut)."""
-    folder = tmp_path_factory.mktemp("pictures")
-    for i, (name, box) in enumerate([("chelsea.png", (0, 0, 200, 200)),
-                                     ("chelsea.png", (100, 50, 300, 250)),
-                                     ("coffee.png", (0, 0, 300, 300)),
-                                     ("coffee.png", (200, 100, 500, 400)),
-                                     ("astronaut.png", (100, 0, 400, 300))]):  # fmt: skip
-        with Image.open(skimage_data / name) as img:
-            img.convert("RGB").crop(box).resize((64, 64)).save(folder / f"p{i}.png")
-    return folder
 
 
 def _table(folder: Path):

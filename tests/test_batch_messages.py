@@ -13,7 +13,6 @@ import socket
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 
@@ -22,8 +21,6 @@ ray = pytest.importorskip("ray")
 
 from kerascope.cli import main  # noqa: E402
 from kerascope.scale import BatchError, run_batch  # noqa: E402
-
-from .test_batch_integrity import lenet_run, real_pictures  # noqa: E402
 
 FAST = 15.0  # seconds: a refusal within this (Ray's own retries took minutes)
 
@@ -39,16 +36,6 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def lenet(tmp_path_factory) -> Path:
-    return lenet_run(tmp_path_factory)
-
-
-@pytest.fixture(scope="module")
-def pictures(tmp_path_factory, skimage_data) -> Path:
-    return real_pictures(tmp_path_factory, skimage_data)
 
 
 @pytest.fixture

@@ -96,13 +96,11 @@ class Explanation:
         from PIL import Image
 
         from kerascope.cam.fitting import draw_outline, with_caption
-        from kerascope.cam.overlay import save_jpeg, side_by_side
+        from kerascope.cam.overlay import picture_format, save_jpeg, side_by_side
         from kerascope.files import check_not_an_input, output_error
         from kerascope.output import percent
 
-        fmt = _PICTURE_FORMATS.get(Path(path).suffix.lower())
-        if fmt is None:  # before: JPEG bytes under any name, a .png too
-            raise ValueError(f"save writes .jpg, .jpeg or .png pictures, got '{path}'")
+        fmt = picture_format(path)  # before: JPEG bytes under any name, a .png too
         check_not_an_input(path, [self.source], "the path")  # it replaced the photo explained
         image = self._image(image)
         try:
@@ -128,9 +126,6 @@ class Explanation:
         if not isinstance(self.source, str | os.PathLike) or not os.path.isfile(self.source):
             raise ValueError(f"'{self.source}' is not a file to reload; pass image=")
         return load_source(self.source)
-
-
-_PICTURE_FORMATS = {".jpg": "JPEG", ".jpeg": "JPEG", ".png": "PNG"}
 
 
 class Explainer:

@@ -193,7 +193,7 @@ def faithfulness(
         True
     """
     from kerascope.cam.base import as_classifier
-    from kerascope.cam.fitting import FitError, check_fit, model_input
+    from kerascope.cam.fitting import FitError, check_fit, model_input, same_picture
     from kerascope.images import ImageError
     from kerascope.zoo.models import Classifier
     from kerascope.zoo.shared import shared_model
@@ -211,7 +211,7 @@ def faithfulness(
     if item.error is not None:
         raise ImageError(item.source, item.error)
     drawn = getattr(explanation, "heatmap", None)  # an Explanation's map, at its picture's size
-    if drawn is not None and not _same_picture(np.shape(drawn), item.shape[:2]):
+    if drawn is not None and not same_picture(np.shape(drawn), item.shape[:2]):
         (h, w), (ih, iw) = np.shape(drawn), item.shape[:2]
         raise MetricError(f"the explanation is of a {w}x{h} picture, the image given is "
                           f"{iw}x{ih}: pass the image that was explained")  # fmt: skip
@@ -221,16 +221,6 @@ def faithfulness(
     return score_pixels(
         clf, item.pixels, heatmap, target, metrics, steps, road_percentiles, seed, batch_size
     )
-
-
-def _same_picture(drawn: tuple[int, ...], decoded: tuple[int, ...]) -> bool:
-    """Whether a map drawn at (h, w) can be of a picture decoded at ``decoded``: the same size,
-    or a whole-number scale of it within a pixel (a large picture is decoded reduced here: a
-    JPEG by a power of two, other formats by Pillow's ``reduce``)."""
-    (h, w), (ih, iw) = drawn, decoded
-    near = [(abs(h / s - ih) <= 1 and abs(w / s - iw) <= 1)
-            or (abs(ih / s - h) <= 1 and abs(iw / s - w) <= 1) for s in range(1, 17)]  # fmt: skip
-    return any(near)
 
 
 def _heatmap_of(explanation: Any) -> tuple[np.ndarray, int | None, str | None, bool]:

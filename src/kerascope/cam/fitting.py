@@ -164,3 +164,13 @@ def draw_outline(image: Image.Image, box: Box | None) -> Image.Image:
             outline=colour, width=width,
         )  # fmt: skip
     return image
+
+
+def same_picture(drawn: tuple[int, ...], decoded: tuple[int, ...]) -> bool:
+    """Whether a map drawn at (h, w) can be of a picture decoded at ``decoded``: the same size,
+    or a whole-number scale of it within a pixel (a large picture is decoded reduced here: a
+    JPEG by a power of two, other formats by Pillow's ``reduce``)."""
+    (h, w), (ih, iw) = drawn, decoded
+    near = [(abs(h / s - ih) <= 1 and abs(w / s - iw) <= 1)
+            or (abs(ih / s - h) <= 1 and abs(iw / s - w) <= 1) for s in range(1, 17)]  # fmt: skip
+    return any(near)

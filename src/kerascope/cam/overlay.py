@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import functools
 import os
+from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
@@ -451,6 +452,14 @@ def label_frame(
     if colorbar and width >= 3:
         out[height - bar :, width - width // 3 :] = _colorbar_fn(width // 3, bar, colormap)
     return out
+
+
+def picture_format(path: str | os.PathLike) -> str:
+    """Pillow's format for a picture named ``path``: JPEG or PNG by its suffix."""
+    fmt = {".jpg": "JPEG", ".jpeg": "JPEG", ".png": "PNG"}.get(Path(path).suffix.lower())
+    if fmt is None:
+        raise ValueError(f"save writes .jpg, .jpeg or .png pictures, got '{path}'")
+    return fmt
 
 
 def save_jpeg(

@@ -186,6 +186,21 @@ def native_size(backbone: str | Sequence[str]) -> int:
     return max(registry.get(name).input_size for name in names)
 
 
+# Below this side Keras's applications refuse ImageNet weights: a backbone sees almost nothing.
+SMALLEST_PRETRAINED = 32
+
+
+def too_small_to_see(recipe: Recipe, image_size: Sequence[int]) -> str | None:
+    """The warning for a pretrained backbone on images too small for it, or None."""
+    if not recipe.uses_backbone or min(image_size) >= SMALLEST_PRETRAINED:
+        return None
+    h, w = image_size
+    return (
+        f"{h}x{w} images are too small for a pretrained backbone to see anything (Keras's "
+        f"applications take {SMALLEST_PRETRAINED} px or more); expect accuracy near chance"
+    )
+
+
 def build_model(
     recipe: Recipe,
     num_classes: int,

@@ -62,9 +62,6 @@ from kerascope.training.recipes import class_weights  # noqa: E402
 from kerascope.training.settings import resolve_config  # noqa: E402
 from kerascope.training.stage import run_stage, unfreeze_point  # noqa: E402
 
-# Below this side Keras's applications refuse ImageNet weights: a backbone sees almost nothing.
-SMALLEST_PRETRAINED = 32
-
 
 @dataclass
 class RunResult:
@@ -380,11 +377,8 @@ def _train(run_dir: Path, config: dict[str, Any], resumed: bool, engine: str | N
     _report_scan(dataset, run_dir, progress, weighted=config["class_weight"] is not None)
 
     recipe_ = recipes.get_recipe(config["recipe"])
-    if progress and recipe_.uses_backbone and min(config["image_size"]) < SMALLEST_PRETRAINED:
-        h, w = config["image_size"]  # Keras's applications refuse pretrained weights below 32
-        print(f"warning: {h}x{w} images are too small for a pretrained backbone to see "
-              f"anything (Keras's applications take {SMALLEST_PRETRAINED} px or more); expect "
-              "accuracy near chance", file=sys.stderr)  # fmt: skip
+    if progress and (tiny := recipes.too_small_to_see(recipe_, config["image_size"])):
+        print(f"warning: {tiny}", file=sys.stderr)
     devices = config["devices"]["count"]
     seqs = make_sequences(dataset, tuple(config["image_size"]), config["batch_size"],
                           config["seed"], multiple=devices, cache=True,
