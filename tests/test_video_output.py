@@ -12,11 +12,12 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
+from kerascope.cam.save import picture_label
 from kerascope.cli import main
 from kerascope.cli_video import interrupt_note
 from kerascope.files import OutputError
 from kerascope.video import VideoOutputError, explain_video
-from kerascope.video_frames import Timeline, frame_label
+from kerascope.video_frames import Timeline
 
 av = pytest.importorskip("av")
 
@@ -264,7 +265,7 @@ def test_frame_labels_name_the_method_as_explain_pictures_do(tiny_clf, short_cli
     for label in labels:
         name, _, rest = label.partition(" ")
         assert name == "class" and rest.split(" ", 2)[2] == "(gradcam++)", label
-    assert frame_label("Egyptian_cat", 0.7712, "gradcam") == "Egyptian cat 77.1% (gradcam)"
+    assert picture_label("Egyptian_cat", 0.7712, "gradcam") == "Egyptian cat 77.1% (gradcam)"
 
 
 def test_video_help_tells_sizes_and_frame_times(capsys):

@@ -23,10 +23,10 @@ from PIL import Image
 
 from kerascope.cam import fitting
 from kerascope.cam import overlay as ov
+from kerascope.cam.save import picture_label
 from kerascope.files import output_error
 from kerascope.images import fit as fit_picture
 from kerascope.images import fit_box, resize
-from kerascope.output import percent
 from kerascope.sources import decode_workers
 
 # Audio codecs the MP4 muxer accepts as they are (checked with PyAV 18's FFmpeg, including
@@ -48,12 +48,6 @@ def is_frame_name(name: str) -> bool:
     """Whether ``name`` is one `frame_name` gives: only those are counted, replaced or
     removed in a --frames-dir (a ``frame_cover.jpg`` of the user's is left alone)."""
     return _FRAME_NAME.match(name) is not None
-
-
-def frame_label(class_name: str, probability: float, method: str) -> str:
-    """A frame's label, as `kerascope.cam.save.draw_explanation` labels a picture:
-    ``Egyptian cat 77.1% (gradcam)``."""
-    return f"{class_name.replace('_', ' ')} {percent(probability)} ({method})"
 
 
 def frame_files(folder: Path) -> list[os.DirEntry]:
@@ -256,7 +250,7 @@ class FramePipeline:
             for i, c in enumerate(np.asarray(classes).reshape(-1)):
                 p = probs[i, c] if probs.ndim == 2 else probs[i]
                 name = self.clf.labels[int(c)][1]  # Keras: "Egyptian_cat"
-                labels.append(frame_label(name, p, self.opt["method"]))
+                labels.append(picture_label(name, p, self.opt["method"]))
             results = zip(np.asarray(maps), labels, strict=True)
         batch = len(self.pending)
         for rgb, pts, key in self.pending:
