@@ -203,3 +203,35 @@ def test_a_bad_layer_leaves_no_work_file_and_skipped_files_are_named(photos, tmp
     err = capsys.readouterr().err
     assert "--skip-bad left out 1 unreadable file(s): '" in err
     assert "notes.jpg' (not an image" in err
+
+
+def test_a_second_dataset_written_into_a_store_says_it_replaces_the_first(photos, tmp_path, capsys):
+    """Before: a store written for another dataset silently lost the first dataset's rows; one
+    changed image (the usual rebuild) stays quiet."""
+    import shutil
+
+    import h5py
+
+    out = tmp_path / "f.h5"
+    assert main(["features", str(photos), "-o", str(out)]) == 0
+    capsys.readouterr()
+    edited = Path(shutil.copytree(photos, tmp_path / "edited"))
+    one = edited / "train" / "chelsea" / "0.jpg"
+    Image.open(one).transpose(Image.FLIP_LEFT_RIGHT).save(one)
+    assert main(["features", str(edited), "-o", str(out)]) == 0
+    assert "not in this dataset" not in capsys.readouterr().err
+
+    other = tmp_path / "other"
+    for name in ("chelsea", "coffee"):
+        (other / "train" / name).mkdir(parents=True)
+        for i, path in enumerate(sorted((photos / "train" / name).iterdir())):
+            Image.open(path).transpose(Image.FLIP_TOP_BOTTOM).save(
+                other / "train" / name / f"{i}.jpg"
+            )
+    assert main(["features", str(other), "-o", str(out)]) == 0
+    err = capsys.readouterr().err
+    assert f"f.h5 held {LITE0} features of 6 images that are not in this dataset" in err
+    assert "give another -o to keep both" in err
+    with h5py.File(out) as f:
+        (group,) = f.values()
+        assert all(p.decode().startswith(str(other)) for p in group["path"][:])

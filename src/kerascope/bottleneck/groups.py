@@ -8,6 +8,7 @@ new. `fill_group` carries the plan out batch by batch, features flushed before t
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 import time
 from pathlib import Path
@@ -26,6 +27,8 @@ from kerascope.bottleneck.store import SPLITS, Rows
 from kerascope.files import (
     OutputError,
 )
+
+_log = logging.getLogger(__name__)
 
 
 def _plan(g: Any, rows: Rows, checksum: str) -> tuple[str, np.ndarray | None]:
@@ -111,6 +114,7 @@ def fill_group(f, spec, plan, rows, checksum, batch_size, progress) -> int:
             uniq, inverse = np.unique(reuse[kept], return_inverse=True)
             old, shape = g["features"][uniq][inverse], g["features"].shape[1:]
         if g is not None:
+            _warn_replaced(f, spec, g, reuse)
             del f[spec.key]
         if len(todo):
             run, shape = forward_for(spec)
@@ -130,6 +134,21 @@ def fill_group(f, spec, plan, rows, checksum, batch_size, progress) -> int:
         done = _compute(f, g, spec, run, rows, todo, batch_size, progress, done)
     f.flush()  # ``complete`` is set by `_finish`, once the rows are verified on disk
     return len(todo)
+
+
+def _warn_replaced(f: Any, spec: FeatureSpec, g: Any, reuse: np.ndarray | None) -> None:
+    """Say so when most of a group's rows belong to images this dataset lacks: a store holds
+    one dataset's features, and a second dataset written into it replaces the first's."""
+    stored = np.flatnonzero(g["done"][:])
+    kept = np.intersect1d(stored, reuse[reuse >= 0]) if reuse is not None else stored[:0]
+    dropped = len(stored) - len(kept)
+    if dropped and dropped * 2 > len(stored):
+        name = Path(f.filename).name.removesuffix(".partial")
+        _log.warning(
+            "%s held %s features of %d images that are not in this dataset; they are replaced "
+            "by this dataset's (a feature file holds one dataset: give another -o to keep both)",
+            name, spec.backbone, dropped,
+        )  # fmt: skip
 
 
 def _check_space(f: Any, todo: int, shape: tuple) -> None:
