@@ -137,3 +137,47 @@ def test_ctrl_c_in_one_process_stops_the_other_naming_it(photos, tmp_path):
                                f"with `--resume {run}`"], errs[0][-2000:]  # fmt: skip
     print(f"Ctrl-C in process 1; ended {ended[0]:.1f} s and {ended[1]:.1f} s after it")
     assert max(ended) < 60, ended
+
+
+@jax_only
+@pytest.mark.slow
+@pytest.mark.parametrize("pid", [0, 1])
+def test_ctrl_c_while_waiting_for_the_other_processes_ends_at_once(photos, tmp_path, pid):
+    """Before: JAX waits for the other processes in C++, where no Python signal handler runs,
+    so Ctrl-C took effect only when the wait timed out (120 s by default). Process 1 is
+    caught waiting when it connects to the test's socket, process 0 when its port answers."""
+    import socket
+
+    server = socket.create_server(("127.0.0.1", 0)) if pid == 1 else None
+    port = server.getsockname()[1] if server else free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "kerascope", "train", str(photos), "--recipe", "lenet", "-o",
+         str(tmp_path / "run"), "--coordinator", f"127.0.0.1:{port}", "--num-processes", "2",
+         "--process-id", str(pid)],
+        env=_env(KERASCOPE_COORDINATOR_TIMEOUT="300"), stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    deadline = time.monotonic() + 300
+    while True:
+        assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()[-2000:]
+        try:
+            if server:
+                server.settimeout(0.2)
+                server.accept()
+            else:
+                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            break
+        except OSError:
+            time.sleep(0.1)
+    time.sleep(1)
+    proc.send_signal(signal.SIGINT)
+    try:
+        _, err = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+        if server:
+            server.close()
+    whom = "the coordinator" if pid else "the other processes"
+    assert proc.returncode == 130, err[-2000:]
+    lines = [line for line in err.splitlines() if line.startswith("kerascope:")]
+    assert lines == [f"kerascope: interrupted while waiting for {whom} at 127.0.0.1:{port}"]
+    assert not (tmp_path / "run").exists()

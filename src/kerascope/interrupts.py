@@ -148,3 +148,50 @@ def exit_code(stop: BaseException) -> int:
 def stopped_by(stop: BaseException) -> str:
     """How the job was stopped, for its last line: "interrupted" or "stopped by SIGTERM"."""
     return f"stopped by {stop}" if isinstance(stop, Terminated) else "interrupted"
+
+
+@contextlib.contextmanager
+def ended_at_once(what: str) -> Iterator[None]:
+    """While the main thread is blocked in C code (JAX's wait for the other processes of a
+    run), no Python signal handler runs: Ctrl-C took effect only when the wait ended, minutes
+    later. Within this block a stop signal ends the process at once with one line,
+    ``kerascope: interrupted <what>``; use it only where nothing is written yet.
+
+    Python's C handler writes each signal's number to the wakeup fd whatever the main thread
+    is doing; a watcher thread reads it. Nothing changes off the main thread, off POSIX, or
+    where a wakeup fd is already in use (an event loop's)."""
+    if os.name != "posix" or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    read, write = os.pipe()
+    os.set_blocking(write, False)
+    previous = signal.set_wakeup_fd(write, warn_on_full_buffer=False)
+    if previous != -1:
+        signal.set_wakeup_fd(previous)
+        os.close(read), os.close(write)
+        yield
+        return
+    done = threading.Event()
+
+    def watch() -> None:
+        import select
+
+        while not done.is_set():
+            if not select.select([read], [], [], 0.2)[0]:
+                continue
+            for signum in os.read(read, 64):
+                if signum in STOPPING and not done.is_set():
+                    stop = _stop(signum)
+                    sys.stderr.write(f"kerascope: {stopped_by(stop)} {what}\n")
+                    sys.stderr.flush()
+                    os._exit(exit_code(stop))
+
+    watcher = threading.Thread(target=watch, daemon=True, name="kerascope-stop-watch")
+    watcher.start()
+    try:
+        yield
+    finally:
+        done.set()
+        signal.set_wakeup_fd(-1)
+        watcher.join()
+        os.close(read), os.close(write)

@@ -7,8 +7,7 @@ Nothing here is home-made parallelism: the engine is Keras 3's distribution API.
   current distribution while the run's model is built and trained. Keras then replicates
   the variables on every device, splits each batch along its first axis and averages the
   gradients inside the compiled step. On a CPU-only machine JAX shows one device (unless
-  ``XLA_FLAGS=--xla_force_host_platform_device_count=N`` forces virtual ones), so the
-  default ``all`` trains there as before.
+  ``XLA_FLAGS=--xla_force_host_platform_device_count=N`` forces virtual ones).
 * ``--coordinator HOST:PORT --num-processes N --process-id I`` (or Keras's own environment
   variables, :data:`ENV`) join the processes of a multi-machine run through
   ``keras.distribution.initialize`` (:func:`join_cluster`), before JAX starts. The mesh then
@@ -42,6 +41,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from kerascope import interrupts
 from kerascope.compile_cache import cache_in_every_process
 from kerascope.config import ensure_backend
 
@@ -370,8 +370,8 @@ def join_cluster(coordinator: str | None = None, num_processes: int | None = Non
     before JAX computes anything); ``(process_id, num_processes)``, ``(0, 1)`` alone.
 
     A coordinator that does not answer within ``timeout`` seconds (default 120, or
-    ``KERASCOPE_COORDINATOR_TIMEOUT``) ends the process with one line naming the address:
-    JAX itself would wait 300 s and abort with a C++ stack trace.
+    ``KERASCOPE_COORDINATOR_TIMEOUT``) ends the process with one line naming the address
+    (JAX itself would wait 300 s and abort with a C++ stack trace), and so does Ctrl-C.
     """
     address, num, pid = cluster_options(coordinator, num_processes, process_id)
     if address is None or num == 1:
@@ -400,8 +400,10 @@ def join_cluster(coordinator: str | None = None, num_processes: int | None = Non
 
     threading.Thread(target=give_up, daemon=True, name="kerascope-coordinator").start()
     cache_in_every_process()  # else process 0 alone writes JAX's compile cache
-    try:
-        keras.distribution.initialize(address, num, pid)
+    waiting = "the coordinator" if pid else "the other processes"
+    try:  # Ctrl-C ends the wait at once: JAX's C++ wait runs no Python signal handler
+        with interrupts.ended_at_once(f"while waiting for {waiting} at {address}"):
+            keras.distribution.initialize(address, num, pid)
     except RuntimeError as exc:
         raise ConfigError(f"cannot join the run at {address} as process {pid} of {num}: "
                           f"{str(exc).splitlines()[0]} (start every process before JAX "
