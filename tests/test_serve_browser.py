@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from tests.browser import CHROMEDRIVER, CHROMIUM, chromium, have_chromium
-from tests.serve_server import httpx
+from tests.serve_server import httpx, server_process
 
 ARTIFACTS = Path(__file__).parent / "artifacts"
 CAT_NAMES = ("tabby", "tiger cat", "Persian cat", "Siamese cat", "Egyptian cat")
@@ -341,3 +341,59 @@ def test_a_file_over_the_servers_body_limit_is_refused_before_it_is_sent(server,
                               f"to {limit / 1e6:.1f} MB per request (kerascope serve "
                               "--max-body-mb)") and not state["retry"]  # fmt: skip
     assert browser.execute_script("return window.__sent") == []
+
+
+@pytest.fixture(scope="module")
+def expensive_server(tmp_path_factory):
+    """A tiny model whose Score-CAM takes seconds (256 channels to mask), the expensive
+    methods allowed one image at a time."""
+    from tests.test_serve_limits import slow_cam_run
+
+    run_dir = slow_cam_run(tmp_path_factory.mktemp("slowcam"))
+    args = ("--model", str(run_dir), "--allow-expensive", "--max-expensive-inflight", "1")
+    with server_process(*args) as server:
+        yield server.url
+
+
+def test_expensive_heatmaps_take_turns_within_the_servers_quota(
+    expensive_server, browser, photo_paths, tmp_path
+):
+    """Before: three photos under Score-CAM were sent at once to a server that takes one; two
+    came back 429 and Chromium logged each refusal to the console (it logs every non-2xx
+    response, handled or not). Now the page sends one at a time and the console stays clean."""
+    import shutil
+
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select
+
+    models = httpx.get(expensive_server + "/v1/models", timeout=30).json()
+    assert models["max_expensive_inflight"] == 1
+    photos = [tmp_path / f"cat{i}.png" for i in range(3)]
+    for path in photos:
+        shutil.copy(photo_paths["chelsea"], path)
+    open_page(browser, expensive_server)
+    Select(browser.find_element(By.ID, "method")).select_by_value("scorecam")
+    browser.execute_script(
+        """window.captions = new Set();
+           new MutationObserver(() => document.querySelectorAll('.explained')
+             .forEach((e) => window.captions.add(e.textContent)))
+             .observe(document.querySelector('#results'), { subtree: true, childList: true });
+           const real = window.fetch.bind(window);
+           Object.assign(window, { sent: 0, inFlight: 0, most: 0 });
+           window.fetch = (url, init) => {
+             if (!String(url).includes('/v1/explain')) return real(url, init);
+             window.sent += 1;
+             window.most = Math.max(window.most, ++window.inFlight);
+             return real(url, init).finally(() => { window.inFlight -= 1; });
+           };"""
+    )
+    browser.get_log("browser")  # what earlier tests left
+    pick(browser, *photos)
+    assert done(browser) == "Done: 3 photos. Choose a class to see where the model finds it."
+    assert browser.execute_script("return [window.sent, window.most]") == [3, 1]
+    captions = browser.execute_script("return [...window.captions]")
+    title = browser.execute_script("return methodTitle('scorecam')")
+    assert f"{title}: waiting for the other photos (this server computes 1 at a time)…" in captions
+    for path in photos:
+        assert card_state(browser, path.name)["caption"].startswith(f"{title}: where the model")
+    assert [e for e in browser.get_log("browser") if e["level"] == "SEVERE"] == []

@@ -46,6 +46,7 @@ from kerascope.serve.uploads import (
     failure_status,
     pixel_cost,
     read_uploads,
+    weigh,
 )
 
 STATIC = resources.files("kerascope.serve") / "static"
@@ -140,7 +141,8 @@ def create_app(
     async def models():
         """The models this server holds; the default answers requests that name none."""
         return {"default": default, "models": [m.describe(k == default) for k, m in served.items()],
-                "max_body_bytes": int(limits.max_body_mb * MP)}  # fmt: skip
+                "max_body_bytes": int(limits.max_body_mb * MP),
+                "max_expensive_inflight": limits.max_expensive_inflight}  # fmt: skip
 
     @app.post(
         "/v1/classify",
@@ -273,12 +275,11 @@ def create_app(
             raise RequestError(f"format={format} returns one picture; send one image or use json")
         batcher = served_model.explainer(method, len(uploads))
         loop = asyncio.get_running_loop()
-        cost = await loop.run_in_executor(pool, pixel_cost, uploads, clf.input_size, True, max_side)
-        with budget.reserve(cost, len(uploads)):  # held until the pictures are drawn and encoded
+        weighed = await loop.run_in_executor(pool, weigh, uploads, clf.input_size, True, max_side)
+        with budget.reserve(weighed.pixels, len(uploads)):  # held till the pictures are encoded
             with batcher.expecting(len(uploads)):
-                items = await decode_all(
-                    uploads, clf.input_size, pool, True, fit_convention(clf, fit), max_side
-                )
+                items = await decode_all(uploads, clf.input_size, pool, True,
+                                         fit_convention(clf, fit), max_side, weighed)  # fmt: skip
             good = [it for it in items if it.error is None]
             outs = await until_gone(
                 request.receive, batcher.queued([(it.pixels, class_index) for it in good])

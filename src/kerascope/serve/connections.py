@@ -16,6 +16,10 @@ sockets cannot use up the process's file descriptors (where every accept would f
 accepts up to uvicorn's ``backlog`` connections in one go before any of them reaches
 ``connection_made`` (two loop turns later), so that batch is kept small (`ACCEPT_BATCH`; the
 kernel's queue is set back to `LISTEN_BACKLOG` after startup) and `FD_RESERVE` covers three.
+
+Bytes h11 cannot parse (a garbage request line, a bad header line, headers over the limit, a
+broken chunked body) get a JSON ``{"error": ...}`` like every other error, where uvicorn sent
+plain text.
 """
 
 from __future__ import annotations
@@ -24,11 +28,13 @@ import asyncio
 import json
 import logging
 import os
+import sys
+from http import HTTPStatus
 
 import h11
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
-from kerascope.serve.limits import ServeLimits
+from kerascope.serve.limits import MAX_HEADER_BYTES, ServeLimits
 
 BODY_GRACE_S = 2.0  # after the app's own 408, before the socket is closed under it
 ACCEPT_BATCH = 16  # connections asyncio accepts per loop turn (uvicorn's `backlog`)
@@ -124,7 +130,37 @@ def guarded_protocol(limits: ServeLimits, max_connections: int) -> type[H11Proto
             if not self.transport.is_closing():
                 self.transport.close()
 
+        def send_400_response(self, msg: str) -> None:
+            """uvicorn's answer to bytes h11 cannot parse, as JSON like every other error
+            (it was plain text); called while h11's error is being handled."""
+            _malformed(self, sys.exception())
+
     return GuardedH11Protocol
+
+
+def _malformed(protocol: H11Protocol, exc: BaseException | None) -> None:
+    """h11's status for ``exc`` (400; 431 for headers over its limit, 501 for a transfer coding
+    it lacks) with a JSON body, then close. Just close when a response has already begun on
+    this connection: h11 refuses to start another."""
+    status = getattr(exc, "error_status_hint", 400)
+    status = status if isinstance(status, int) and 400 <= status < 600 else 400
+    if status == 431:
+        message = f"request headers over this server's {MAX_HEADER_BYTES // 1024} KB"
+    else:
+        detail = str(exc)[:200] if isinstance(exc, h11.ProtocolError) else ""
+        message = "malformed HTTP request" + (f": {detail}" if detail else "")
+    body = json.dumps({"error": message}).encode()
+    headers = [(b"content-type", b"application/json"),
+               (b"content-length", str(len(body)).encode()), (b"connection", b"close")]  # fmt: skip
+    try:
+        event = h11.Response(status_code=status, headers=headers, reason=HTTPStatus(status).phrase)
+        data = protocol.conn.send(event) or b""
+        data += protocol.conn.send(h11.Data(data=body)) or b""
+        data += protocol.conn.send(h11.EndOfMessage()) or b""
+        protocol.transport.write(data)
+    except (h11.LocalProtocolError, ValueError):  # mid-response; or a status without a phrase
+        pass
+    protocol.transport.close()
 
 
 _REFUSED = {"count": 0, "logged": False}

@@ -8,18 +8,21 @@ photo sent to the server is classified exactly as `kerascope.classify` classifie
 Each failure carries the HTTP status a client should get.
 
 `decode_cost` reads only the header to say how many pixels that decode will hold, so a request
-is weighed against the server's pixel budget before any pixel is allocated.
+is weighed against the server's pixel budget before any pixel is allocated; `decode_costs` says
+it for several decodes of one upload (explain's picture and model input) from one read.
 """
 
 from __future__ import annotations
 
 import io
+from collections.abc import Sequence
 
 import numpy as np
 from PIL import Image
 
 from kerascope.errors import KerascopeError
 from kerascope.images import _PIL_LIMIT_LOCK, ImageError, decode_image, max_pixels
+from kerascope.images.jpeg import draft_scale
 
 BAD_REQUEST, TOO_LARGE, UNSUPPORTED, UNPROCESSABLE = 400, 413, 415, 422
 
@@ -62,6 +65,14 @@ def decode_cost(data: bytes, min_size: tuple[int, int] | None = None) -> tuple[i
     is reduced. Unreadable headers, and images over the pixel limit, cost 0: their decode fails
     before it allocates anything (and says why, for that image alone).
     """
+    return decode_costs(data, [min_size])[0]
+
+
+def decode_costs(
+    data: bytes, sizes: Sequence[tuple[int, int] | None]
+) -> list[tuple[int, int, int]]:
+    """`decode_cost` for each of ``sizes``, from one read of the header: explain decodes a
+    picture and, for a large JPEG, the model's input apart."""
     try:
         with _PIL_LIMIT_LOCK:  # our limit, not Pillow's (as decode_image opens it)
             saved, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
@@ -70,13 +81,16 @@ def decode_cost(data: bytes, min_size: tuple[int, int] | None = None) -> tuple[i
             finally:
                 Image.MAX_IMAGE_PIXELS = saved
         with img:
-            width, height = img.size
-            if width * height > max_pixels():
-                return 0, 0, 0
-            floor = 2 * max(min_size) if min_size else None
-            if floor and img.format == "JPEG" and min(width, height) >= 2 * floor:
-                img.draft(img.mode, (floor, floor))  # the size only: nothing is decoded yet
-                width, height = img.size
+            (width, height), jpeg = img.size, img.format == "JPEG"
     except Exception:  # noqa: BLE001  (any unreadable header: the decode says why)
-        return 0, 0, 0
-    return width * height, width, height
+        return [(0, 0, 0)] * len(sizes)
+    if width * height > max_pixels():
+        return [(0, 0, 0)] * len(sizes)
+    costs = []
+    for min_size in sizes:
+        floor = 2 * max(min_size) if min_size else None
+        reduced = jpeg and floor and min(width, height) >= 2 * floor
+        s = draft_scale((width, height), floor) if reduced else 1  # as Pillow's draft
+        w, h = -(-width // s), -(-height // s)
+        costs.append((w * h, w, h))
+    return costs

@@ -113,6 +113,10 @@ class ModelList(BaseModel):
         None, description="the largest request body this server takes (--max-body-mb): the "
         "page refuses a bigger file before sending it"
     )  # fmt: skip
+    max_expensive_inflight: int | None = Field(
+        None, description="images of the expensive methods a model takes at once, queued or "
+        "running (--max-expensive-inflight; more are refused with 429): the page sends no more"
+    )  # fmt: skip
 
 
 class BatchStats(BaseModel):

@@ -3,7 +3,7 @@
 Images come as ``multipart/form-data`` (any field name, one or more files) or as the raw
 request body (any image content type). They are held in memory only up to the body limit
 (`kerascope.serve.limits`) and decoded on a thread pool (Pillow releases the GIL), so a big
-photo never stalls the requests around it. Before any of them is decoded, `pixel_cost` weighs
+photo never stalls the requests around it. Before any of them is decoded, `weigh` weighs
 the request from the headers alone (the server's pixel budget: a 22 KB PNG can claim 179 MP).
 
 Decoding is reduced as ``classify`` reduces a file: to at least twice the model input for
@@ -26,7 +26,7 @@ from starlette.datastructures import UploadFile
 from starlette.requests import Request
 
 from kerascope.output import clean, printable
-from kerascope.serve.decode import DecodeError, decode_bytes, decode_cost
+from kerascope.serve.decode import DecodeError, decode_bytes, decode_costs
 from kerascope.serve.served import RequestError
 from kerascope.zoo.registry import InputConvention
 
@@ -77,14 +77,24 @@ def decode_floor(size: tuple[int, int], keep: bool, max_side: int | None) -> tup
 
 
 def _prepare(
-    name: str, data: bytes, size: tuple[int, int], keep: bool, convention, max_side: int | None
+    name: str,
+    data: bytes,
+    size: tuple[int, int],
+    keep: bool,
+    convention,
+    max_side: int | None,
+    again: bool | None = None,
 ) -> Upload:
+    """``again``: the model's input needs a decode of its own (`Weighed.again`; None: read
+    the header to know)."""
     from kerascope.images import fit
 
     floor = decode_floor(size, keep, max_side)
+    if again is None:
+        again = keep and _decoded_twice(decode_costs(data, (floor, size)))
     try:  # as classify decodes a file
         image = source = decode_bytes(data, floor)
-        if keep and decode_cost(data, floor)[1:] != decode_cost(data, size)[1:]:
+        if again:
             # A large JPEG's picture is decoded less reduced than classify decodes it; the model
             # sees classify's decode, so the class's probability is the one classify gives
             # (77.0 % against 77.7 % for a 2400x1800 photo before).
@@ -96,26 +106,54 @@ def _prepare(
     return Upload(name, image if keep else None, fit(source, size, convention))
 
 
+def _decoded_twice(costs: list[tuple[int, int, int]]) -> bool:
+    """Whether the picture's decode and the model's (`decode_costs` of both) differ in size."""
+    (pixels, *picture), (_, *model) = costs
+    return bool(pixels) and picture != model
+
+
+@dataclass(frozen=True)
+class Weighed:
+    """A request weighed from its headers: the pixels it will hold at once, and for each
+    upload whether the model's input is decoded apart from the picture (`decode_all` takes it:
+    the headers are read once per request)."""
+
+    pixels: int
+    again: tuple[bool, ...]
+
+
+def weigh(
+    uploads: list[tuple[str, bytes]],
+    size: tuple[int, int],
+    keep: bool = False,
+    max_side: int | None = None,
+) -> Weighed:
+    """Pixels a request will hold at once: each image as decoded (headers only are read),
+    plus, for explain (``keep``), the pictures drawn at ``max_side`` (0: full size) and the
+    model's own decode where it differs from the picture's."""
+    floor = decode_floor(size, keep, max_side)
+    total, again = 0, []
+    for _, data in uploads:
+        costs = decode_costs(data, (floor, size) if keep else (floor,))
+        pixels, width, height = costs[0]
+        total += pixels
+        twice = keep and _decoded_twice(costs)
+        if keep and pixels:
+            scale = min(1.0, max_side / max(width, height)) if max_side else 1.0
+            total += math.ceil(pixels * scale * scale)
+            total += costs[1][0] if twice else 0  # decoded again for the model (`_prepare`)
+        again.append(twice)
+    return Weighed(total, tuple(again))
+
+
 def pixel_cost(
     uploads: list[tuple[str, bytes]],
     size: tuple[int, int],
     keep: bool = False,
     max_side: int | None = None,
 ) -> int:
-    """Pixels a request will hold at once: each image as decoded (headers only are read),
-    plus, for explain (``keep``), the pictures drawn at ``max_side`` (0: full size)."""
-    floor = decode_floor(size, keep, max_side)
-    total = 0
-    for _, data in uploads:
-        pixels, width, height = decode_cost(data, floor)
-        total += pixels
-        if keep and pixels:
-            scale = min(1.0, max_side / max(width, height)) if max_side else 1.0
-            total += math.ceil(pixels * scale * scale)
-            model_decode = decode_cost(data, size)
-            if model_decode[1:] != (width, height):  # decoded again for the model (`_prepare`)
-                total += model_decode[0]
-    return total
+    """`weigh`'s pixels alone."""
+    return weigh(uploads, size, keep, max_side).pixels
 
 
 async def decode_all(
@@ -125,18 +163,21 @@ async def decode_all(
     keep: bool = False,
     convention: InputConvention | None = None,
     max_side: int | None = None,
+    weighed: Weighed | None = None,
 ) -> list[Upload]:
     """Decode and fit every upload to ``size`` on ``pool``; failures come back in place.
 
     ``convention``: the classifier's (``Classifier.convention``) for classification, as
     ``classify`` fits files; ``None`` (squash) keeps the whole picture, for explain.
     ``keep``: keep the decoded picture too (explain), reduced while its short side stays at
-    least ``max_side`` (0 or None: full size).
+    least ``max_side`` (0 or None: full size). ``weighed``: `weigh`'s answer for the same
+    arguments, so no header is read again.
     """
     loop = asyncio.get_running_loop()
+    again = weighed.again if weighed is not None else (None,) * len(uploads)
     jobs = [
-        loop.run_in_executor(pool, _prepare, n, d, size, keep, convention, max_side)
-        for n, d in uploads
+        loop.run_in_executor(pool, _prepare, n, d, size, keep, convention, max_side, a)
+        for (n, d), a in zip(uploads, again, strict=True)
     ]
     return list(await asyncio.gather(*jobs))
 

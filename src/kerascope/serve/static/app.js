@@ -61,8 +61,9 @@ function sleep(seconds, signal) {
   });
 }
 
-// A request the server turns away for now (429: the expensive methods' quota; 503: busy) is sent
-// again after its Retry-After, up to MAX_WAIT_S in all; onWait(seconds) says so meanwhile.
+// A request the server turns away for now (429: the expensive methods' quota, filled by other
+// clients; 503: busy) is sent again after its Retry-After, up to MAX_WAIT_S in all;
+// onWait(seconds) says so meanwhile.
 // Errors carry `retryable`: whether trying again later may help (the card offers Retry).
 async function api(path, file, { signal, onWait } = {}) {
   for (let waited = 0; ;) {
@@ -87,6 +88,57 @@ async function api(path, file, { signal, onWait } = {}) {
     if (onWait) onWait(wait);
     await sleep(wait, signal);
     waited += wait;
+  }
+}
+
+// The server takes at most `max_expensive_inflight` images of the expensive methods (Score-CAM,
+// ...) per model at once and refuses more with 429, which Chromium logs to the console as it
+// logs every refused request, handled or not. So the page sends no more than that itself: only
+// other clients' requests can still make it wait (for Retry-After, in `api`).
+const turns = {}; // per model: { used, waiting: [start, ...] }
+
+// A turn to send an expensive request for `model`: a function that ends it, once the page has
+// fewer than the server's quota in flight. onQueue(true) when it must wait, onQueue(false) when
+// its turn comes after that.
+function expensiveTurn(model, signal, onQueue) {
+  const q = (turns[model || ""] ??= { used: 0, waiting: [] });
+  return new Promise((resolve, reject) => {
+    if (signal.aborted) { reject(signal.reason); return; }
+    let queued = false;
+    const start = () => {
+      signal.removeEventListener("abort", drop);
+      q.used += 1;
+      if (queued) onQueue(false);
+      let ended = false;
+      resolve(() => {
+        if (ended) return;
+        ended = true;
+        q.used -= 1;
+        const next = q.waiting.shift();
+        if (next) next();
+      });
+    };
+    const drop = () => {
+      q.waiting = q.waiting.filter((s) => s !== start);
+      reject(signal.reason);
+    };
+    if (q.used < state.maxExpensive) { start(); return; }
+    queued = true;
+    signal.addEventListener("abort", drop, { once: true });
+    q.waiting.push(start);
+    onQueue(true);
+  });
+}
+
+// `api`, taking turns with the page's other requests of an expensive method.
+async function explainApi(path, file, method, { signal, onWait, onQueue }) {
+  const d = state.methods[method];
+  if (!d || !d.expensive || !state.maxExpensive) return api(path, file, { signal, onWait });
+  const done = await expensiveTurn(state.model, signal, onQueue);
+  try {
+    return await api(path, file, { signal, onWait });
+  } finally {
+    done();
   }
 }
 
@@ -251,7 +303,13 @@ async function explain(card, classIndex) {
       caption.textContent = `${methodTitle(method)}: the server is busy, waiting for it ` +
         `(trying again in ${s} s)…`;
     };
-    const data = await api(`/v1/explain?${q}`, card.file, { signal: request.signal, onWait });
+    const onQueue = (waiting) => {
+      caption.textContent = !waiting ? `${methodTitle(method)}: computing…`
+        : `${methodTitle(method)}: waiting for the other photos (this server computes ` +
+          `${state.maxExpensive} at a time)…`;
+    };
+    const data = await explainApi(`/v1/explain?${q}`, card.file, method,
+      { signal: request.signal, onWait, onQueue });
     if (card.requests.explain !== request) return; // a newer request for this card won
     const r = (card.result = { ...data.results[0], method });
     card.shown = r.class_index;
@@ -351,6 +409,7 @@ async function loadModels() {
   }
   state.model = data.default;
   state.maxBody = data.max_body_bytes || null;
+  state.maxExpensive = data.max_expensive_inflight || null;
   const details = (m) => (data.models.find((x) => x.name === m) || {}).method_details || [];
   fillMethods(details(state.model));
   const select = $("#model");
