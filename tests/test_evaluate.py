@@ -122,8 +122,56 @@ def test_evaluate_rejects_unknown_class_folder(run_dir, tmp_path):
     from kerascope.data import DatasetError
 
     _images(tmp_path / "d" / "zebra", "plain", 1, seed=0)
-    with pytest.raises(DatasetError, match="zebra' is not a class"):
+    _images(tmp_path / "d" / "disc", "disc", 1, seed=0)
+    with pytest.raises(DatasetError, match="1 folder.* match no class of the model: .zebra.;"):
         evaluate(run_dir, tmp_path / "d")
+
+
+# --- a zoo model on ImageNet-layout and class-name folders (real photos, offline Lite0) ---------
+# chelsea.png is a tabby (n02123045; Lite0 says tiger_cat, tabby in its top 5), coffee.png an
+# espresso (n07920052; Lite0 right): top-1 1/2, top-5 2/2 whichever way the folders are named.
+PHOTOS = {"chelsea.png": ("n02123045", "Tabby"), "coffee.png": ("n07920052", "espresso")}
+
+
+def _zoo_folder(root: Path, skimage_data: Path, column: int) -> Path:
+    import shutil
+
+    for photo, names in PHOTOS.items():
+        (root / names[column]).mkdir(parents=True)
+        shutil.copy(skimage_data / photo, root / names[column] / photo)
+    return root
+
+
+@pytest.mark.parametrize("column", [0, 1], ids=["wordnet-ids", "class-names"])
+def test_evaluate_a_zoo_model_on_wordnet_id_or_class_name_folders(lite0, skimage_data,
+                                                                  tmp_path, column):  # fmt: skip
+    data = _zoo_folder(tmp_path / "val", skimage_data, column)
+    r = evaluate(lite0, data, output=tmp_path / "out", heatmaps=False, top_losses=0)
+    assert (r.n, r.accuracy, r.top5_accuracy) == (2, 0.5, 1.0)
+    assert r.per_class["tabby"].support == 1 and r.per_class["espresso"].recall == 1.0
+    tabby, tiger_cat = r.classes.index("tabby"), r.classes.index("tiger_cat")
+    assert r.confusion[tabby][tiger_cat] == 1
+
+
+def test_cli_evaluate_of_a_zoo_model_names_every_unknown_folder_in_one_line(
+    skimage_data, tmp_path, capsys, shared_zoo_models
+):
+    from kerascope.cli import main
+
+    data = _zoo_folder(tmp_path / "val", skimage_data, 0)
+    assert main(["evaluate", "efficientnet_lite0", str(data), "-o", str(tmp_path / "a")]) == 0
+    assert json.loads((tmp_path / "a" / "metrics.json").read_text())["accuracy"] == 0.5
+    capsys.readouterr()
+    (data / "zebras").mkdir()
+    (data / "crane").mkdir()
+    assert main(["evaluate", "efficientnet_lite0", str(data), "-o", str(tmp_path / "b")]) != 0
+    err = capsys.readouterr().err
+    assert "name the folder by its WordNet id (n02012849 or n03126707)" in err
+    (data / "crane").rmdir()
+    assert main(["evaluate", "efficientnet_lite0", str(data), "-o", str(tmp_path / "b")]) != 0
+    err = capsys.readouterr().err.strip()
+    assert "'zebras'; rename each to a WordNet id (n02123045) or a class name" in err
+    assert "\n" not in err and "goldfish" in err and "toilet_tissue" not in err  # not all 1000
 
 
 @pytest.mark.slow  # 19 s

@@ -22,7 +22,8 @@ import numpy as np
 import pytest
 
 from kerascope.data.folders import DatasetError
-from kerascope.validation import class_folders, validate
+from kerascope.labelled_folders import class_folders
+from kerascope.validation import validate
 
 PHOTOS = {  # file: (WordNet id, ImageNet name, a class-name folder as a person would type it)
     "chelsea.png": ("n02123045", "tabby", "Tabby"),

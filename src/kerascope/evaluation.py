@@ -34,8 +34,8 @@ from kerascope.evaluation_text import (  # noqa: F401  (re-exported: the CLI's t
     top5_note,
 )
 from kerascope.files import check_output_folder, fresh_path, make_output_folder, write_json
-from kerascope.images import expand_inputs
 from kerascope.inference import compiled
+from kerascope.labelled_folders import folder_items
 from kerascope.metrics import (  # noqa: F401  (metrics_from, top_k_accuracy: re-exported)
     metrics_from,
     most_confused,
@@ -151,13 +151,15 @@ class Evaluation:
 
 
 def evaluation_items(data: str | os.PathLike, classes: list[str], split: str = "auto",
-                     record: dict | None = None) -> tuple[str, list, str]:  # fmt: skip
+                     record: dict | None = None,
+                     ids: list[str] | None = None) -> tuple[str, list, str]:  # fmt: skip
     """``(split used, [(path, label)], source)`` for the folder ``data``.
 
     ``split`` as in `SPLITS`. ``record`` is the run's ``split.json``: when ``data`` is the
     folder the run trained from, ``validation`` and ``train`` are the files the run itself
     held out and trained on (``source`` ``"run"``); otherwise the folder's own ``validation/``
-    or ``train/`` folder (``source`` ``"folder"``).
+    or ``train/`` folder (``source`` ``"folder"``), whose class folders are named by class
+    name or, where ``ids`` are WordNet ids (a zoo model), as ImageNet's are (``n02123045/``).
 
     Raises:
         DatasetError: no class folders, a folder that is not one of the model's classes, or
@@ -185,26 +187,8 @@ def evaluation_items(data: str | os.PathLike, classes: list[str], split: str = "
         raise DatasetError(f"'{root}' has no {split}/ folder" + (
             "" if not ours else f" and the run recorded no {split} files")
             + f"; choose another --split ({', '.join(SPLITS)})")  # fmt: skip
-    items = [item for folder in where for item in _folder_items(folder, classes)]
-    if not items:
-        raise DatasetError(f"no images in the class folders of '{where[0]}'")
-    return split, items, "folder"
-
-
-def _folder_items(where: Path, classes: list[str]) -> list:
-    """``[(path, label)]`` of the class folders in ``where``."""
-    class_dirs = sorted(p for p in where.iterdir() if p.is_dir() and not p.name.startswith("."))
-    if not class_dirs:
-        raise DatasetError(f"no class folders in '{where}': put each class's images in a folder "
-                           f"named after the class ({', '.join(classes[:5])})")  # fmt: skip
-    items = []
-    for folder in class_dirs:
-        if folder.name not in classes:
-            raise DatasetError(f"'{folder}' is not a class of this model (its classes: "
-                               f"{', '.join(classes)}); rename or remove it")  # fmt: skip
-        label = classes.index(folder.name)
-        items += [(p, label) for p in expand_inputs([folder]).paths]
-    return items
+    labels = list(zip(ids or classes, classes, strict=True))
+    return split, [item for folder in where for item in folder_items(folder, labels)], "folder"
 
 
 def _recorded_items(record: dict, split: str, classes: list[str]) -> list:
@@ -290,7 +274,8 @@ def evaluate(
     classes = [name for _, name in clf.labels]
     origin = "folder"
     if labels is None:
-        split, items, origin = evaluation_items(data, classes, split, record)
+        ids = [cid for cid, _ in clf.labels]
+        split, items, origin = evaluation_items(data, classes, split, record, ids)
     else:
         split, items = "labels", _labelled_items(data, labels, classes)
     recorded = record is not None and labels is None
@@ -430,10 +415,8 @@ def _class_index(label: str | int, classes: list[str]) -> int:
 
 def _names(sources: list) -> list[str]:
     """Paths as they are; in-memory images as ``<image i>`` (their position in the inputs)."""
-    return [
-        os.fspath(s) if isinstance(s, str | os.PathLike) else f"<image {i}>"
-        for i, s in enumerate(sources)
-    ]
+    return [os.fspath(s) if isinstance(s, str | os.PathLike) else f"<image {i}>"
+            for i, s in enumerate(sources)]  # fmt: skip
 
 
 def _run_folder(run_dir: Any) -> Path | None:

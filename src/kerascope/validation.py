@@ -11,82 +11,14 @@ behind ``evaluate`` too.
 from __future__ import annotations
 
 import os
-import re
 from pathlib import Path
 
-from kerascope.data.folders import DatasetError, not_a_folder
 from kerascope.evaluation import GRID, TOP_LOSSES, Evaluation, score_items
 from kerascope.files import check_output_folder, fresh_path
-from kerascope.images import expand_inputs
+from kerascope.labelled_folders import folder_items
 from kerascope.rundir import read_labels, read_split
 from kerascope.tta import TTA
 from kerascope.zoo.models import Classifier, load_model, run_folder
-
-_WNID = re.compile(r"n\d{8}")
-
-
-def _key(name: str) -> str:
-    """A class or folder name compared without case, spaces, ``-`` or ``_``."""
-    return re.sub(r"[\s_\-]+", "", name).casefold()
-
-
-def class_folders(data: str | os.PathLike, labels: list[tuple[str, str]]) -> list[tuple[Path, int]]:
-    """``[(folder, class index)]`` for each class folder of ``data``, in name order.
-
-    A folder maps to a class by its WordNet id (``n02123045``) when the model's labels carry
-    them, else by the class name, compared without case, spaces, ``-`` or ``_``.
-
-    Raises:
-        DatasetError: ``data`` is no folder or has no class folders; folders that match no
-            class (all named in one line), or a name two classes share (use the id).
-    """
-    root = Path(data).expanduser()
-    if not root.is_dir():
-        raise DatasetError(not_a_folder(root, "validation"))
-    folders = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
-    ids = {cid: i for i, (cid, _) in enumerate(labels) if _WNID.fullmatch(cid)}
-    if not folders:  # the model's own names as the example (a trained run's: cat, coffee)
-        first = next(iter(ids), None)
-        how = (f"its WordNet id ({first}) or class name ({labels[ids[first]][1]})" if ids
-               else "its class name (" + ", ".join(n for _, n in labels[:5])
-               + (", ..." if len(labels) > 5 else "") + ")")  # fmt: skip
-        raise DatasetError(f"no class folders in '{root}': put each class's images in a folder "
-                           f"named by {how}")  # fmt: skip
-    by_name: dict[str, list[int]] = {}
-    for i, (_, name) in enumerate(labels):
-        by_name.setdefault(_key(name), []).append(i)
-    mapped, unknown = [], []
-    for folder in folders:
-        if folder.name in ids:
-            mapped.append((folder, ids[folder.name]))
-            continue
-        found = by_name.get(_key(folder.name), [])
-        if len(found) > 1:
-            choices = " or ".join(labels[i][0] for i in found)
-            raise DatasetError(f"'{folder}': {len(found)} classes of this model are named "
-                               f"'{labels[found[0]][1]}'; name the folder by its WordNet id "
-                               f"({choices})")  # fmt: skip
-        if found:
-            mapped.append((folder, found[0]))
-        else:
-            unknown.append(folder.name)
-    if unknown:
-        shown = ", ".join(f"'{n}'" for n in unknown[:10]) + (" ..." if len(unknown) > 10 else "")
-        how = "a WordNet id (n02123045) or a class name" if ids else "a class name"
-        examples = ", ".join(name for _, name in labels[:5])
-        raise DatasetError(f"{len(unknown)} folder(s) of '{root}' match no class of the model: "
-                           f"{shown}; rename each to {how} of the model (e.g. {examples}) or "
-                           "remove it")  # fmt: skip
-    return mapped
-
-
-def validation_items(data: str | os.PathLike, labels: list[tuple[str, str]]) -> list:
-    """``[(path, class index)]`` of every image in the class folders of ``data``."""
-    items = [(p, index) for folder, index in class_folders(data, labels)
-             for p in expand_inputs([folder]).paths]  # fmt: skip
-    if not items:
-        raise DatasetError(f"no images in the class folders of '{data}'")
-    return items
 
 
 def default_output(model: str | os.PathLike | Classifier) -> Path:
@@ -119,7 +51,8 @@ def validate(
     Args:
         model: a zoo name (``efficientnet_lite0``), a run directory or a ``.keras`` file, or a
             loaded `Classifier`.
-        data: one folder per class, named by WordNet id or class name (`class_folders`).
+        data: one folder per class, named by WordNet id or class name
+            (`kerascope.labelled_folders`).
         output: folder for ``metrics.json``, ``confusion.png``, ``top_losses.png`` and
             ``predictions.png`` (its files of those names are replaced); default a new
             ``validate-<model>`` folder here (`default_output`).
@@ -159,7 +92,7 @@ def validate(
 
         return evaluate_multilabel(clf, data, split="all", output=out,  # type: ignore
                                    batch_size=batch_size, precision=precision, tta=tta)  # fmt: skip
-    items = validation_items(data, clf.labels)
+    items = folder_items(data, clf.labels)
     return score_items(
         clf, items, out, data=data, split="all", split_source="folder", record=record,
         batch_size=batch_size, top_losses=top_losses, heatmaps=heatmaps, precision=precision,

@@ -6,11 +6,17 @@ header. Every row is checked before anything trains, and a bad one is one line n
 number (counted as a spreadsheet shows it: the first line is row 1): a file that is not
 there, an empty label set, a row that is not two cells. The split into training and
 validation is seeded, like the folder datasets' (`kerascope.data.folders`).
+
+A label may contain spaces (``golden retriever``), so a space is never a separator; but a
+fastai-style CSV (``cat dog``) would then train one label ``cat dog`` without a word. When no
+row uses ``;`` or ``|`` and every label with a space is made of labels other rows name alone,
+the file is refused; weaker signs are one logged warning (see `_check_space_separated`).
 """
 
 from __future__ import annotations
 
 import csv
+import logging
 import os
 import re
 from dataclasses import dataclass
@@ -21,6 +27,8 @@ import numpy as np
 
 from kerascope.data.folders import DatasetError
 from kerascope.files import file_identity
+
+_log = logging.getLogger(__name__)
 
 _SEPARATORS = re.compile(r"[;|]")
 _FORMAT = "each row must be path,labels with labels separated by ; or | (e.g. a.jpg,cat;dog)"
@@ -92,6 +100,7 @@ def read_label_csv(path: str | os.PathLike, labels: list[str] | None = None) -> 
         raise DatasetError(f"'{source}' is not a readable CSV ({exc}); {_FORMAT}") from None
     paths, names, numbers = [], [], []
     seen: dict[Any, int] = {}  # image -> the row that named it first
+    separated = False  # whether any row uses ; or |
     for number, row in enumerate(table, 1):
         cells = [c.strip() for c in row]
         if not any(cells):
@@ -104,6 +113,7 @@ def read_label_csv(path: str | os.PathLike, labels: list[str] | None = None) -> 
         file, text = cells
         if not file:
             raise DatasetError(f"'{source}' row {number}: the path is empty; {_FORMAT}")
+        separated = separated or bool(_SEPARATORS.search(text))
         named = sorted({n.strip() for n in _SEPARATORS.split(text) if n.strip()})
         if not named:
             raise DatasetError(f"'{source}' row {number}: '{file}' has no labels; give at "
@@ -125,19 +135,60 @@ def read_label_csv(path: str | os.PathLike, labels: list[str] | None = None) -> 
         numbers.append(number)
     if not paths:
         raise DatasetError(f"'{source}' has no image rows; {_FORMAT}")
+    if labels is None:
+        _check_space_separated(source, names, numbers, separated)
     order = sorted({n for row in names for n in row}) if labels is None else list(labels)
     index = {name: i for i, name in enumerate(order)}
     targets = np.zeros((len(paths), len(order)), np.float32)
     for i, (row, number) in enumerate(zip(names, numbers, strict=True)):
         for name in row:
             if name not in index:
+                hint = ""
+                if len(name.split()) > 1 and all(w in index for w in name.split()):
+                    hint = f"; separate labels with ; ({';'.join(name.split())})"
                 raise DatasetError(f"'{source}' row {number}: label '{name}' is not one the "
-                                   f"model knows ({', '.join(order)})")  # fmt: skip
+                                   f"model knows ({', '.join(order)}){hint}")  # fmt: skip
             targets[i, index[name]] = 1.0
     if labels is None and len(order) < 2:
         raise DatasetError(f"'{source}' names only the label '{order[0]}'; a multi-label "
                            "dataset needs at least two")  # fmt: skip
     return LabelTable(source, paths, order, targets, numbers)
+
+
+def _check_space_separated(
+    source: Path, names: list[list[str]], numbers: list[int], separated: bool
+) -> None:
+    """Refuse or warn about labels that look like several labels separated by spaces.
+
+    Why: ``cat dog`` is silently one class otherwise. Refused only when the file uses no
+    ``;``/``|`` at all and every spaced label splits into labels that rows name alone: then
+    the file is plainly space-separated. A spaced label made of lone labels in a file that
+    does use ``;`` (or a file where no image has two labels but some labels have spaces) is
+    only warned about, since ``golden retriever`` may be a real class.
+    """
+    alone = {row[0] for row in names if len(row) == 1 and len(row[0].split()) == 1}
+    spaced: dict[str, int] = {}  # spaced label -> the first row naming it
+    for row, number in zip(names, numbers, strict=True):
+        for name in row:
+            if len(name.split()) > 1:
+                spaced.setdefault(name, number)
+    if not spaced:
+        return
+    combined = {n: r for n, r in spaced.items() if all(w in alone for w in n.split())}
+    name, number = next(iter((combined or spaced).items()))
+    fix = (f"separate labels with ; ({';'.join(name.split())}); a label with a space in its "
+           "name is kept whole")  # fmt: skip
+    if combined:
+        what = (f"'{source}' row {number}: label '{name}' is the labels "
+                f"{', '.join(repr(w) for w in name.split())} that other rows name alone, "
+                "separated by spaces")  # fmt: skip
+        if not separated and len(combined) == len(spaced):
+            raise DatasetError(f"{what}; {fix}")
+        _log.warning("%s: read as one label; if it is several, %s", what, fix)
+    elif not separated:
+        _log.warning("'%s': no row names two labels, and %d label(s) contain spaces (row %d: "
+                     "'%s'); if those are several labels, %s", source, len(spaced), number,
+                     name, fix)  # fmt: skip
 
 
 def pixels_of(table: LabelTable, indices: np.ndarray, size: tuple[int, int]) -> np.ndarray:

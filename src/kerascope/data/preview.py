@@ -5,12 +5,19 @@ The tutorial's ``datagen.flow(..., save_to_dir='preview')`` step. Draws come fro
 the host executor, :func:`kerascope.data.affine.warp_pillow`; each tile is labelled with the
 transform read back from its matrix. A module of its own so that ``augment`` (the definition)
 and ``affine`` (its Pillow executor) import in one direction.
+
+Each sample carries a JPEG comment (`_MARK`): a later run into the same folder removes the
+samples of the same picture an earlier run left beyond its own ``n`` (``-n 8`` then ``-n 4``
+would otherwise leave 4-7 beside the new ones, looking like one run), and only files that are
+named as it names them *and* carry the mark, so no file of the user's is ever touched.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import os
+import re
 from dataclasses import replace
 from pathlib import Path
 
@@ -23,6 +30,10 @@ from kerascope.data.policy import describe as describe_policy
 from kerascope.data.regularise import RegulariseConfig, mix_host, sample_mix
 from kerascope.files import atomic_open, make_output_folder
 from kerascope.images import load_image, resize
+
+_log = logging.getLogger(__name__)
+
+_MARK = b"kerascope augment"  # the JPEG comment of every sample: what marks a file as ours
 
 
 def augment_preview(
@@ -39,8 +50,9 @@ def augment_preview(
     Drawn by :func:`sample_matrices` (as training draws them) and resampled by Pillow.
     This is the tutorial's ``datagen.flow(..., save_to_dir='preview')`` step: look at what the
     augmentation does to your own pictures before training on it (too much rotation or zoom
-    can destroy what identifies a class). Files are named ``<stem>_<i>.jpg``; existing files
-    in ``out_dir`` other than these are left alone.
+    can destroy what identifies a class). Files are named ``<stem>_<i>.jpg``; samples of the
+    same picture an earlier run wrote beyond these are removed (logged), other files in
+    ``out_dir`` are left alone.
 
     Args:
         image_path: the picture to augment.
@@ -80,8 +92,9 @@ def augment_preview(
     paths = []
     for i, sample in enumerate(samples):
         path = out / f"{stem}_{i:0{digits}d}.jpg"
-        _save_jpeg(Image.fromarray(sample), path, 92)
+        _save_jpeg(Image.fromarray(sample), path, 92, comment=_MARK)
         paths.append(path)
+    _remove_stale(out, stem, {p.name for p in paths})
     grid = out / "grid.jpg"
     h, w = image.shape[:2]
     labels = ["original"] + [
@@ -100,10 +113,33 @@ def augment_preview(
     return [*paths, grid]
 
 
-def _save_jpeg(image: Image.Image, path: Path, quality: int) -> None:
+def _save_jpeg(image: Image.Image, path: Path, quality: int, comment: bytes = b"") -> None:
     """Through a temp file renamed when complete: never half a picture under ``path``."""
     with atomic_open(path, "wb") as fh:
-        image.save(fh, "JPEG", quality=quality)
+        image.save(fh, "JPEG", quality=quality, **({"comment": comment} if comment else {}))
+
+
+def _remove_stale(out: Path, stem: str, written: set[str]) -> list[Path]:
+    """Remove the samples of ``stem`` an earlier run left in ``out`` beyond ``written``: named
+    ``<stem>_<digits>.jpg`` (any padding: ``-n 20`` writes ``_07``) and carrying `_MARK`."""
+    pattern = re.compile(re.escape(stem) + r"_\d+\.jpg")
+    stale = []
+    for path in sorted(out.iterdir()):
+        if path.name in written or not pattern.fullmatch(path.name) or path.is_symlink():
+            continue
+        try:
+            with Image.open(path) as img:
+                ours = img.format == "JPEG" and img.info.get("comment") == _MARK
+        except (OSError, ValueError):
+            continue  # unreadable or not a picture: not ours
+        if ours:
+            path.unlink(missing_ok=True)
+            stale.append(path)
+    if stale:
+        names = ", ".join(p.name for p in stale[:3]) + (" ..." if len(stale) > 3 else "")
+        _log.warning("'%s': removed %d sample(s) of '%s' an earlier augment run wrote (%s); "
+                     "other files are left alone", out, len(stale), stem, names)  # fmt: skip
+    return stale
 
 
 def _transform_of(matrix: np.ndarray, config: AugmentConfig, height: int, width: int) -> dict:

@@ -206,3 +206,26 @@ def resolve_groups(names: str | list[str]) -> list[Group]:
     if not found:
         raise GroupError("no group named; give names such as 'cat,dog,vehicle'")
     return list({g.wnid: g for g in found}.values())
+
+
+def classes_named(name: str, labels: list[tuple[str, str]]) -> list[int]:
+    """The output indices a class folder's ``name`` stands for among a model's ``labels``
+    ((id, name) pairs), so ImageNet-layout folders (``n02123045/``) and class-name folders
+    (``tabby/``) both score: the class whose WordNet id it is, else the classes of exactly that
+    name, else those whose name matches ignoring case, spaces, ``_`` and ``-``. Several: a
+    name two classes share (ImageNet's two ``crane``), for the caller to refuse; none: [].
+    """
+    if is_wnid(name):
+        found = [i for i, (cid, _) in enumerate(labels) if cid == name]
+        if found:
+            return found
+    exact = [i for i, (_, n) in enumerate(labels) if n == name]
+    if exact:
+        return exact
+    key = re.sub(r"[\s_\-]+", "", name).casefold()
+    return [i for i, (_, n) in enumerate(labels) if re.sub(r"[\s_\-]+", "", n).casefold() == key]
+
+
+def is_wnid(text: str) -> bool:
+    """Whether ``text`` is shaped like a WordNet noun id (``n02123045``)."""
+    return _WNID.fullmatch(text) is not None

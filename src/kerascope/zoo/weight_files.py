@@ -1,6 +1,10 @@
 """What is at a weights file's path, judged without reading any weights: a link loop, a folder,
 an unreadable, empty, non-HDF5 or damaged file, or one too small or too large for a model's
 parameters (`judge_file`). `kerascope.zoo.weights` judges its cache paths with it.
+
+A legacy file's layout (its layers' shapes, no values) gives its parameter count
+(`legacy_layout`), and that count names the model it most likely holds (`other_model`): the
+zoo's specs and Keras's other published MobileNet widths, from tables, without building any.
 """
 
 from __future__ import annotations
@@ -134,6 +138,85 @@ def _hdf5_layer_count(path: Path) -> int | None:
             return len(f.attrs["layer_names"])
     except Exception as exc:  # OSError from HDF5; anything else is the same verdict
         raise Damaged(hdf5_reason(exc)) from None
+
+
+def legacy_layout(path: Path) -> tuple[int | None, int]:
+    """(layers with weights, parameters) of a legacy ``.h5`` weights file, as Keras's loader
+    counts them, from the datasets' shapes (20-80 ms; no value is read); (None, 0) for another
+    layout. `Damaged` when HDF5 refuses the file or its layer list does not match it."""
+    import math
+
+    try:
+        with open_hdf5(path) as f:
+            legacy_model = "layer_names" not in f.attrs and "model_weights" in f
+            group = f["model_weights"] if legacy_model else f
+            if "layer_names" not in group.attrs:
+                return None, 0
+            layers = params = 0
+            for name in group.attrs["layer_names"]:
+                layer = group[name.decode() if isinstance(name, bytes) else name]
+                weight_names = layer.attrs.get("weight_names", [])
+                if len(weight_names):
+                    layers += 1
+                    for w in weight_names:
+                        params += math.prod(layer[w.decode() if isinstance(w, bytes) else w].shape)
+            return layers, params
+    except OSError as exc:
+        raise Damaged(hdf5_reason(exc)) from None
+    except (KeyError, ValueError, TypeError) as exc:  # names listed but not there
+        raise Damaged(f"its layer list does not match its contents ({exc})") from None
+
+
+# Keras's published MobileNet widths that the zoo does not list (it lists alpha 1.0): (with top,
+# without top) parameters as keras.applications builds them, so a file of another width, saved
+# under the alpha-1.0 name, is named from its count (tests/test_weights_other_model.py builds
+# the small ones to check).
+WIDTH_VARIANTS: dict[tuple[str, str], tuple[int, int]] = {
+    ("mobilenet", "alpha 0.25"): (475_544, 218_544),
+    ("mobilenet", "alpha 0.5"): (1_342_536, 829_536),
+    ("mobilenet", "alpha 0.75"): (2_601_976, 1_832_976),
+    ("mobilenet_v2", "alpha 0.35"): (1_691_208, 410_208),
+    ("mobilenet_v2", "alpha 0.5"): (1_987_224, 706_224),
+    ("mobilenet_v2", "alpha 0.75"): (2_663_064, 1_382_064),
+    ("mobilenet_v2", "alpha 1.3"): (5_431_048, 3_766_048),
+    ("mobilenet_v2", "alpha 1.4"): (6_156_712, 4_363_712),
+    ("mobilenet_v3_small", "alpha 0.75"): (2_051_552, 583_160),
+    ("mobilenet_v3_small", "minimalistic"): (2_056_848, 441_000),
+    ("mobilenet_v3_large", "alpha 0.75"): (4_012_616, 1_808_736),
+    ("mobilenet_v3_large", "minimalistic"): (3_948_688, 1_437_608),
+}
+
+
+def likely_models(params: int) -> list[str]:
+    """The models whose weights files hold exactly ``params`` parameters, as said in a message:
+    ``'resnet50' (with top)``, ``'mobilenet' at alpha 0.5 (without top)``."""
+    from kerascope.zoo.applications import NOTOP_PARAMS
+    from kerascope.zoo.registry import all_specs
+
+    counts = [((f"'{s.name}'"), (s.params, NOTOP_PARAMS.get(s.name))) for s in all_specs()]
+    counts += [(f"'{name}' at {variant}", n) for (name, variant), n in WIDTH_VARIANTS.items()]
+    return [f"{who} ({top})" for who, pair in counts
+            for top, n in zip(("with top", "without top"), pair, strict=True)
+            if n == params]  # fmt: skip
+
+
+def other_model(path: Path, name: str, expected: set[int]) -> str | None:
+    """What a legacy file holds when it is not model ``name``'s (whose files hold one of the
+    ``expected`` parameter counts), as the end of "it holds ...": the likely model by its
+    count, with the counts. None for a file with an expected count or another layout.
+    `Damaged` as `legacy_layout`."""
+    return held_weights(*legacy_layout(path), name, expected)
+
+
+def held_weights(layers: int | None, params: int, name: str, expected: set[int]) -> str | None:
+    """`other_model` of a layout already read (`legacy_layout`)."""
+    if layers is None or not expected or params in expected:
+        return None
+    want = " or ".join(f"{n:,}" for n in sorted(expected))
+    held = f"{params:,} parameters in {layers} layers, where '{name}' has {want}"
+    likely = likely_models(params)
+    return f"the weights of {' or '.join(likely)}: {held}" if likely else (
+        f"{held}: another model's weights")  # fmt: skip
 
 
 def open_hdf5(path: Path):

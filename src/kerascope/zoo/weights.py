@@ -36,7 +36,16 @@ from kerascope.config import cache_dir
 from kerascope.errors import WeightsError
 from kerascope.files import atomic_path, write_json
 from kerascope.zoo.registry import ModelSpec, all_specs
-from kerascope.zoo.weight_files import NOT_A_FILE, CacheState, file_kind, judge_file, os_reason
+from kerascope.zoo.weight_files import (
+    NOT_A_FILE,
+    CacheState,
+    Damaged,
+    file_kind,
+    held_weights,
+    judge_file,
+    legacy_layout,
+    os_reason,
+)
 
 # What happened that the caller may want to say (the command prints it; DESIGN.md).
 _log = logging.getLogger(__name__)
@@ -313,6 +322,34 @@ def _unusable_cache(spec: ModelSpec, state: CacheState, include_top: bool) -> We
     )
 
 
+def _refuse_other_model(
+    spec: ModelSpec, state: CacheState, include_top: bool, given: bool = False
+) -> None:
+    """A file too small or too large for ``spec`` whose layers, counted, hold another model's
+    parameters: one line naming the likely model (`held_weights`), since Keras's loader says
+    only that some layer's shape differs. Nothing when the count cannot tell (left to loading).
+    """
+    if state.status != "wrong size":
+        return
+    expected = {spec.params, least_params(spec, include_top)} - {None}
+    try:
+        layers, params = legacy_layout(state.path)
+    except (Damaged, OSError):
+        return
+    held = held_weights(layers, params, spec.name, expected)
+    if held is None or params == least_params(spec, False):  # its own _notop file: loading
+        return  # says so, and what to do
+    if given:
+        raise WeightsError(f"cannot load weights '{state.path}' into '{spec.name}': it holds "
+                           f"{held}")  # fmt: skip
+    source = spec.weights.for_top(include_top)
+    fetch = f" (download: {source.url})" if source.url else ""
+    raise WeightsError(
+        f"cached weights '{state.path}' for '{spec.name}' are not its own: it holds {held}; "
+        f"put {source.filename}{fetch} there, or pass --weights FILE"
+    )
+
+
 def resolve(
     spec: ModelSpec, explicit: str | os.PathLike | None = None, include_top: bool = True
 ) -> Path:
@@ -327,6 +364,9 @@ def resolve(
         if not path.is_file():
             raise WeightsError(f"weights file '{path}' {_not_a_file(path)}")
         _check_readable(path)
+        most = spec.params or None
+        _refuse_other_model(spec, judge_file(path, least_params(spec, include_top), most),
+                            include_top, given=True)  # fmt: skip
         return path
     own_file = spec.weights.for_top(include_top) is spec.weights  # packaged/ported: one file
     source = package_file(spec) if own_file else None
@@ -338,7 +378,8 @@ def resolve(
             return _cached_or_ported(spec, source)  # checks its recorded size and SHA-256
         if state.status in ("empty", "not HDF5", "damaged"):
             raise _unusable_cache(spec, state, include_top)
-        return state.path  # "wrong size" too: loading says which layer does not match
+        _refuse_other_model(spec, state, include_top)  # "wrong size": whose file is it?
+        return state.path  # else loading says which layer does not match
     if source is not None and spec.weights.converter:
         return _port_from_package(spec, source)
     if source is not None:

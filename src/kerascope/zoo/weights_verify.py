@@ -15,9 +15,10 @@ from kerascope.zoo.weight_files import (
     NOT_A_FILE,
     CacheState,
     Damaged,
-    hdf5_reason,
-    open_hdf5,
+    held_weights,
+    legacy_layout,
     os_reason,
+    other_model,
 )
 from kerascope.zoo.weights import cache_problem, cache_state, least_params
 
@@ -101,10 +102,25 @@ def _check(spec: ModelSpec, kind: str, source: WeightsSource, state: CacheState)
         return FileCheck(spec.name, kind, path, "unreadable", f"unreadable: {os_reason(exc)}")
     if state.status == "wrong size" and check.failed:  # the size said it first
         if source.file_hash:  # the counts of `_check_layout` say more than the size
-            detail = f"{state.detail}: another model's file? ({check.detail})"
+            held = _held(spec, path, source is spec.weights)
+            detail = (f"{state.detail}: it holds {held}" if held
+                      else f"{state.detail}: another model's file? ({check.detail})")  # fmt: skip
             return replace(check, status=state.status, detail=detail)
         return replace(check, status=state.status)
     return check
+
+
+def _held(spec: ModelSpec, path: Path, include_top: bool) -> str | None:
+    """`other_model` for ``spec``'s file, None where it cannot tell (another layout, damaged)."""
+    try:
+        return other_model(path, spec.name, _expected(spec, include_top))
+    except (Damaged, OSError):
+        return None
+
+
+def _expected(spec: ModelSpec, include_top: bool) -> set[int]:
+    """The parameter counts a file of ``spec`` may hold: a with-top file serves both."""
+    return {spec.params, least_params(spec, include_top)} - {None}
 
 
 def _check_hash(spec: ModelSpec, kind: str, path: Path, file_hash: str) -> FileCheck:
@@ -120,47 +136,19 @@ def _check_layout(spec: ModelSpec, kind: str, path: Path, include_top: bool) -> 
     """No hash to compare with: count the parameters the file's layers hold (their shapes,
     not their values; 20-80 ms) against the model's, with top or (either file) without."""
     none = "Keras publishes none for this file"
+    expected = _expected(spec, include_top)
     try:
-        layers, params = _legacy_layout(path)
+        layers, params = legacy_layout(path)
     except Damaged as exc:
         return FileCheck(spec.name, kind, path, "damaged", f"damaged: {exc}")
     if layers is None:  # another layout: nothing to count
         return FileCheck(spec.name, kind, path, "no published hash", none)
-    expected = {spec.params, least_params(spec, include_top)} - {None}
-    if params in expected:
+    held = held_weights(layers, params, spec.name, expected)
+    if held is None:
         return FileCheck(spec.name, kind, path, "no published hash",
                          f"{none}; it holds the model's {params:,} parameters in {layers} "
                          "layers")  # fmt: skip
-    want = " or ".join(f"{n:,}" for n in sorted(expected))
-    return FileCheck(spec.name, kind, path, "MISMATCH",
-                     f"{none}, and it holds {params:,} parameters in {layers} layers where "
-                     f"'{spec.name}' has {want}: another model's file?")  # fmt: skip
-
-
-def _legacy_layout(path: Path) -> tuple[int | None, int]:
-    """(layers with weights, parameters) of a legacy ``.h5`` weights file, as Keras's loader
-    counts them; (None, 0) for another layout."""
-    import math
-
-    try:
-        with open_hdf5(path) as f:
-            legacy_model = "layer_names" not in f.attrs and "model_weights" in f
-            group = f["model_weights"] if legacy_model else f
-            if "layer_names" not in group.attrs:
-                return None, 0
-            layers = params = 0
-            for name in group.attrs["layer_names"]:
-                layer = group[name.decode() if isinstance(name, bytes) else name]
-                weight_names = layer.attrs.get("weight_names", [])
-                if len(weight_names):
-                    layers += 1
-                    for w in weight_names:
-                        params += math.prod(layer[w.decode() if isinstance(w, bytes) else w].shape)
-            return layers, params
-    except OSError as exc:
-        raise Damaged(hdf5_reason(exc)) from None
-    except (KeyError, ValueError, TypeError) as exc:  # names listed but not there
-        raise Damaged(f"its layer list does not match its contents ({exc})") from None
+    return FileCheck(spec.name, kind, path, "MISMATCH", f"{none}, and it holds {held}")
 
 
 def _check_recorded(spec: ModelSpec, kind: str, path: Path) -> FileCheck:
