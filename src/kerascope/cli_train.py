@@ -158,9 +158,10 @@ def _add_train(sub) -> None:
 def _add_evaluate(sub) -> None:
     from kerascope.evaluation import SPLITS
 
-    p = _parser(sub, "evaluate", "accuracy, per-class scores and confusion of a run")
-    p.add_argument("run", help="run directory or .keras file")
-    p.add_argument("data", help="labelled class folders")
+    p = _parser(sub, "evaluate", "accuracy, per-class scores and confusion of a run or model")
+    p.add_argument("run", help="run directory, .keras file or zoo model name")
+    p.add_argument("data", help="labelled class folders (class names, or WordNet ids for a zoo "
+                   "model), or a run's label CSV")
     p.add_argument("--split", choices=SPLITS, default="auto",
                    help="which images of DATA: auto = its test/ folder, else the run's own "
                    "held-out images when DATA is the folder it trained from, else its "
