@@ -239,9 +239,32 @@ def test_the_stop_line_names_the_frames_dir_only_with_frames_in_it():
         "all); no frame was drawn, so none is in --frames-dir 'intfr'"
     )
     assert interrupt_note("interrupted", 4, "fr", 6).endswith(
-        "; the 6 frame(s) drawn so far are in 'fr'"
+        "; the 6 frames drawn so far are in 'fr'"
     )
     assert "frames-dir" not in interrupt_note("stopped by SIGTERM", 3, None, 0)
+    # one frame is one (before: "after 1 frames", "the 1 frame(s) drawn so far are in")
+    assert interrupt_note("interrupted", 1, "fr", 1) == (
+        "interrupted after 1 frame: no video written (a video is written whole or not at "
+        "all); the frame drawn so far is in 'fr'"
+    )
+
+
+def test_a_one_frame_video_says_1_frame(tiny_clf, tmp_path, capsys):
+    """Before: "wrote one.mp4: 1 frames, ..." and "already holds 1 frame file(s)"."""
+    from tests.conftest import _tiny_cam
+
+    model = tmp_path / "tiny.keras"
+    _tiny_cam().save(model)
+    one = write_timed(tmp_path / "one.mp4", [0])
+    frames = tmp_path / "frames"
+    out = tmp_path / "one-out.mp4"
+    argv = ["video", str(one), "-o", str(out), "-m", str(model), "--frames-dir", str(frames)]
+    assert main(argv) == 0
+    err = " ".join(capsys.readouterr().err.split())
+    assert f"wrote {out}: 1 frame, " in err and "1 frames" not in err
+    with pytest.raises(VideoOutputError, match="already holds 1 frame file; add --overwrite "
+                       "to replace it, or"):  # fmt: skip
+        explain_video(one, tmp_path / "again.mp4", clf=tiny_clf, frames_dir=frames)
 
 
 # ---------------------------------------------------------------- labels and help

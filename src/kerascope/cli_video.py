@@ -57,7 +57,13 @@ def _add_video(sub) -> None:
 
 def _run_video(args) -> int:
     from kerascope import output
-    from kerascope.video import check_frames_dir, check_output, default_output, estimate_frames
+    from kerascope.video import (
+        check_frames_dir,
+        check_output,
+        counted,
+        default_output,
+        estimate_frames,
+    )
     from kerascope.zoo.models import load_model
 
     _check_video_output(args.input, args.output, args.overwrite)
@@ -81,7 +87,7 @@ def _run_video(args) -> int:
     rate = f"{float(report.fps):.2f} fps"
     rate = f"variable frame rate, {rate} on average" if report.variable_rate else rate
     output.note(
-        f"wrote {report.output}: {report.frames} frames, {rate}, "
+        f"wrote {report.output}: {counted(report.frames, 'frame')}, {rate}, "
         f"{report.size[0]}x{report.size[1]}, {audio} ({report.frames_per_second:.1f} frames/s, "
         f"maps in {report.precision})"
     )
@@ -95,13 +101,16 @@ def interrupt_note(stopped: str, done: int, frames_dir: str | None, saved: int) 
     """The line a stopped run ends with: ``saved`` frame files are in ``frames_dir`` (with 0,
     that none was drawn: the folder is not named as holding frames; `explain_video` removed
     it if it had made it)."""
-    line = (f"{stopped} after {done} frames: no video written (a video is written whole or "
-            "not at all)")  # fmt: skip
+    from kerascope.video import counted
+
+    line = (f"{stopped} after {counted(done, 'frame')}: no video written (a video is written "
+            "whole or not at all)")  # fmt: skip
     if frames_dir is None:
         return line
     if not saved:
         return f"{line}; no frame was drawn, so none is in --frames-dir '{frames_dir}'"
-    return f"{line}; the {saved} frame(s) drawn so far are in '{frames_dir}'"
+    drawn = "the frame drawn" if saved == 1 else f"the {saved} frames drawn"
+    return f"{line}; {drawn} so far {'is' if saved == 1 else 'are'} in '{frames_dir}'"
 
 
 def _explain(args, clf, target, progress):

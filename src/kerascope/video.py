@@ -13,13 +13,15 @@ from __future__ import annotations
 
 import contextlib
 import os
+import queue
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 
-from kerascope import interrupts
+from kerascope import interrupts, video_frames
 from kerascope.cam import fitting
 from kerascope.cam import overlay as ov
 from kerascope.errors import KerascopeError
@@ -34,6 +36,7 @@ from kerascope.files import (
 )
 from kerascope.images import file_problem
 from kerascope.video_frames import (
+    Budget,
     FramePipeline,
     frame_files,
     prepare_frames_dir,
@@ -92,6 +95,11 @@ class VideoReport:
     def frames_per_second(self) -> float:
         """Processing speed, for the CLI's summary line."""
         return self.frames / self.seconds if self.seconds > 0 else 0.0
+
+
+def counted(n: int, noun: str) -> str:
+    """``1 frame``, ``2 frames``: the video lines say one frame as one (before: "1 frames")."""
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
 
 def default_output(input_path: str | os.PathLike) -> Path:
@@ -209,7 +217,8 @@ def explain_video(
             run's frames alone; without it, any such file is refused.
         batch_size: frames per model call.
         alpha: heatmap opacity at its peak.
-        progress: called with the number of frames just written, after each batch.
+        progress: called with the number of frames just written, as they are (in the
+            caller's thread: an exception it raises stops the run).
         preset: x264 speed preset; ``veryfast`` keeps encoding well under the model's cost.
         precision: ``auto`` (default), ``float32``, ``bfloat16``, ``float16`` (see
             `kerascope.cam.explain.Explainer`); the report says which ran.
@@ -369,8 +378,8 @@ def check_frames_dir(frames_dir, input_path: str | os.PathLike, overwrite: bool)
     if earlier and not overwrite:
         raise VideoOutputError(
             earlier[0].path,
-            f"--frames-dir already holds {len(earlier)} frame file(s); add --overwrite to "
-            "replace them, or choose another folder",
+            f"--frames-dir already holds {counted(len(earlier), 'frame file')}; add --overwrite "
+            f"to replace {'it' if len(earlier) == 1 else 'them'}, or choose another folder",
         )
 
 
@@ -397,18 +406,67 @@ def _open_output(path: Path, fmt: str, final: Path):
 
 
 def _run(container, vstream, astream, pipeline: FramePipeline, path) -> None:
-    """Demux once; video frames go to the pipeline, audio packets straight to the output."""
-    index = 0
-    for packet, frame in _read(container, vstream, astream, path):
-        if frame is None:
-            pipeline.audio_packet(packet)
-        else:
+    """Frames come prepared from a reader thread (`_Reader`) while this thread runs the model;
+    the pipeline draws and encodes in its own threads."""
+    reader = _Reader(container, vstream, astream, pipeline, path)
+    try:
+        for item in reader.frames():
             interrupts.check()  # a Ctrl-C swallowed by a finalizer
-            pipeline.push(frame, index)
-            index += 1
-    if index == 0:
+            pipeline.push(item)
+    finally:
+        reader.stop()
+    if reader.count == 0:
         raise VideoError(path, "no frame could be decoded (corrupt or truncated video)")
     pipeline.close()
+
+
+class _Reader:
+    """Demux, decode and prepare the frames (`FramePipeline.prepare`) in a thread, up to a
+    batch's bytes ahead of the model (`video_frames._PENDING_BYTES`), so that the next batch
+    is ready when the model is done; audio goes on to the pipeline's encoder from here. What
+    ends the thread (an input error) is raised by `frames`, in the model's thread."""
+
+    def __init__(self, container, vstream, astream, pipeline: FramePipeline, path):
+        self.ahead = Budget(video_frames._PENDING_BYTES)
+        self.ready: queue.SimpleQueue = queue.SimpleQueue()
+        self.stopping = threading.Event()
+        self.count = 0
+        args = (container, vstream, astream, pipeline, path)
+        self.thread = threading.Thread(target=self._work, args=args, daemon=True,
+                                       name="kerascope-video-read")  # fmt: skip
+        self.thread.start()
+
+    def _work(self, container, vstream, astream, pipeline: FramePipeline, path) -> None:
+        try:
+            for packet, frame in _read(container, vstream, astream, path):
+                if self.stopping.is_set():
+                    return
+                if frame is None:
+                    pipeline.audio_packet(packet)
+                    continue
+                item = pipeline.prepare(frame, self.count)
+                self.count += 1
+                self.ahead.take(item[0].nbytes, self.stopping.is_set)
+                self.ready.put(item)
+            self.ready.put(None)
+        except BaseException as exc:  # noqa: BLE001 - raised again by `frames`
+            self.ready.put(exc)
+
+    def frames(self):
+        """The prepared frames in order, as the thread makes them."""
+        while (item := self.ready.get()) is not None:
+            if isinstance(item, BaseException):
+                raise item
+            self.ahead.give(item[0].nbytes)
+            yield item
+
+    def stop(self) -> None:
+        """End the thread (at once, or after the packet it decodes) and wait for it."""
+        self.stopping.set()
+        self.ahead.wake()
+        while self.thread.is_alive():
+            with contextlib.suppress(KeyboardInterrupt):  # a second Ctrl-C: still wait
+                self.thread.join()
 
 
 def _read(container, vstream, astream, path):
@@ -428,7 +486,9 @@ def _read(container, vstream, astream, path):
         except StopIteration:
             return
         except av.error.FFmpegError as err:
-            raise VideoError(path, f"decode error after {frames} frames ({err})") from None
+            raise VideoError(
+                path, f"decode error after {counted(frames, 'frame')} ({err})"
+            ) from None
         if decoded is None:
             yield packet, None
             continue
