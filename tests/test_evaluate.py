@@ -333,3 +333,18 @@ def test_tta_true_means_the_default_views_and_other_values_are_named(run_dir, da
         predict(run_dir, data / CLASSES[0], tta="flip")
     with pytest.raises(ConfigError, match="top_losses must be a whole number of at least 0"):
         evaluate(run_dir, data, output=tmp_path / "ev", top_losses=-1)
+
+
+def test_split_all_scores_the_images_of_every_split_folder_even_with_an_empty_one(tmp_path):
+    """``--split all`` over train/ (images) and test/ (class folders, no images yet): the
+    review caught a version that refused test/ alone."""
+    from kerascope.data import DatasetError
+    from kerascope.evaluation import evaluation_items
+
+    for c in ("cat", "dog"):
+        (tmp_path / "test" / c).mkdir(parents=True)
+        _images(tmp_path / "train" / c, c, 2, seed=len(c))
+    split, items, source = evaluation_items(tmp_path, ["cat", "dog"], "all")
+    assert (split, source, sorted(label for _, label in items)) == ("all", "folder", [0, 0, 1, 1])
+    with pytest.raises(DatasetError, match="no images in the class folders of"):
+        evaluation_items(tmp_path, ["cat", "dog"], "test")

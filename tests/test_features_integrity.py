@@ -205,16 +205,24 @@ def test_a_bad_layer_leaves_no_work_file_and_skipped_files_are_named(photos, tmp
     assert "notes.jpg' (not an image" in err
 
 
-def test_a_second_dataset_written_into_a_store_says_it_replaces_the_first(photos, tmp_path, capsys):
+def test_a_second_dataset_written_into_a_store_says_it_replaces_the_first(
+    photos, tmp_path, capsys, monkeypatch
+):
     """Before: a store written for another dataset silently lost the first dataset's rows; one
-    changed image (the usual rebuild) stays quiet."""
+    changed image (the usual rebuild) and other weights (all rows recomputed) stay quiet."""
     import shutil
 
     import h5py
 
+    import kerascope.bottleneck.extract as extract
+
     out = tmp_path / "f.h5"
     assert main(["features", str(photos), "-o", str(out)]) == 0
-    capsys.readouterr()
+    real = extract.weights_checksum
+    monkeypatch.setattr(extract, "weights_checksum", lambda p: "other-" + real(p))
+    assert main(["features", str(photos), "-o", str(out)]) == 0
+    monkeypatch.undo()
+    assert "not in this dataset" not in capsys.readouterr().err
     edited = Path(shutil.copytree(photos, tmp_path / "edited"))
     one = edited / "train" / "chelsea" / "0.jpg"
     Image.open(one).transpose(Image.FLIP_LEFT_RIGHT).save(one)

@@ -188,7 +188,7 @@ def evaluation_items(data: str | os.PathLike, classes: list[str], split: str = "
             "" if not ours else f" and the run recorded no {split} files")
             + f"; choose another --split ({', '.join(SPLITS)})")  # fmt: skip
     labels = list(zip(ids or classes, classes, strict=True))
-    return split, [item for folder in where for item in folder_items(folder, labels)], "folder"
+    return split, folder_items(where, labels), "folder"
 
 
 def _recorded_items(record: dict, split: str, classes: list[str]) -> list:

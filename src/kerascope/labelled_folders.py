@@ -56,10 +56,13 @@ def class_folders(data: str | os.PathLike, labels: list[tuple[str, str]]) -> lis
     return mapped
 
 
-def folder_items(data: str | os.PathLike, labels: list[tuple[str, str]]) -> list:
-    """``[(path, class index)]`` of every image in the class folders of ``data``."""
-    items = [(p, index) for folder, index in class_folders(data, labels)
+def folder_items(data: str | os.PathLike | list, labels: list[tuple[str, str]]) -> list:
+    """``[(path, class index)]`` of every image in the class folders of ``data``: one folder,
+    or several (``evaluate --split all``: train/, validation/, test/), of which only all
+    together must hold an image."""
+    roots = data if isinstance(data, list) else [data]
+    items = [(p, index) for root in roots for folder, index in class_folders(root, labels)
              for p in expand_inputs([folder]).paths]  # fmt: skip
     if not items:
-        raise DatasetError(f"no images in the class folders of '{data}'")
+        raise DatasetError(f"no images in the class folders of '{roots[0]}'")
     return items

@@ -114,7 +114,7 @@ def fill_group(f, spec, plan, rows, checksum, batch_size, progress) -> int:
             uniq, inverse = np.unique(reuse[kept], return_inverse=True)
             old, shape = g["features"][uniq][inverse], g["features"].shape[1:]
         if g is not None:
-            _warn_replaced(f, spec, g, reuse)
+            _warn_replaced(f, spec, g, rows)
             del f[spec.key]
         if len(todo):
             run, shape = forward_for(spec)
@@ -136,12 +136,12 @@ def fill_group(f, spec, plan, rows, checksum, batch_size, progress) -> int:
     return len(todo)
 
 
-def _warn_replaced(f: Any, spec: FeatureSpec, g: Any, reuse: np.ndarray | None) -> None:
+def _warn_replaced(f: Any, spec: FeatureSpec, g: Any, rows: Rows) -> None:
     """Say so when most of a group's rows belong to images this dataset lacks: a store holds
-    one dataset's features, and a second dataset written into it replaces the first's."""
-    stored = np.flatnonzero(g["done"][:])
-    kept = np.intersect1d(stored, reuse[reuse >= 0]) if reuse is not None else stored[:0]
-    dropped = len(stored) - len(kept)
+    one dataset's features, and a second dataset written into it replaces the first's (by
+    file content: new weights or a changed image recompute rows, they replace nothing)."""
+    stored = g["sha1"][:][g["done"][:]]
+    dropped = int((~np.isin(stored, rows.sha1)).sum())
     if dropped and dropped * 2 > len(stored):
         name = Path(f.filename).name.removesuffix(".partial")
         _log.warning(
