@@ -138,3 +138,31 @@ def test_ctrl_c_mid_video_writes_nothing_and_says_so(clip, tmp_path):
     assert proc.returncode == 130 and "Traceback" not in err, err
     assert "interrupted after " in err and "no video written" in err, err
     assert os.listdir(out_dir) == []
+
+
+def test_the_reader_holds_its_frames_and_the_models_views_within_the_bound(clip, monkeypatch):
+    """The read-ahead counts each key frame's view for the model too: the review found it
+    counting the picture alone, so small frames for a large model held 9x the bound."""
+    import numpy as np
+
+    from kerascope import video_input
+
+    class Prepared:  # what FramePipeline.prepare gives: a 224 px view for every frame
+        def audio_packet(self, packet):
+            pass
+
+        def prepare(self, frame, index):
+            return video_frames._rgb(frame), np.zeros((224, 224, 3), np.uint8), index, 1
+
+    one = 224 * 224 * 3
+    monkeypatch.setattr(video_input, "_PENDING_BYTES", 6 * one)
+    container = av.open(str(clip))
+    reader = video_input.FrameReader(container, container.streams.video[0], None, Prepared(),
+                                     clip)  # fmt: skip
+    try:
+        time.sleep(1.5)  # the model is busy: nothing is taken
+        ahead = reader.ready.qsize()
+        assert 1 <= ahead <= 7 and reader.ahead.used <= 6 * one + one, (ahead, reader.ahead.used)
+    finally:
+        reader.stop()
+        container.close()

@@ -13,15 +13,12 @@ from __future__ import annotations
 
 import contextlib
 import os
-import queue
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from fractions import Fraction
 from pathlib import Path
 
-from kerascope import interrupts, video_frames
+from kerascope import interrupts
 from kerascope.cam import fitting
 from kerascope.cam import overlay as ov
 from kerascope.errors import KerascopeError
@@ -34,25 +31,20 @@ from kerascope.files import (
     output_error,
     remove_empty,
 )
-from kerascope.images import file_problem
 from kerascope.video_frames import (
-    Budget,
     FramePipeline,
     frame_files,
     prepare_frames_dir,
 )
-
-
-class VideoError(KerascopeError):
-    """A video that cannot be used, with the path and a reason a user can act on."""
-
-    def __init__(self, path: str | os.PathLike, reason: str):
-        self.path = str(path)
-        self.reason = reason
-        super().__init__(f"cannot read video '{self.path}': {reason}")
-
-    def __reduce__(self):
-        return (type(self), (self.path, self.reason))
+from kerascope.video_input import (  # noqa: F401  (VideoError, open_video...: the API's)
+    FrameReader,
+    VideoError,
+    counted,
+    estimate_frames,
+    frame_rate,
+    open_video,
+    promised_frames,
+)
 
 
 class VideoOutputError(VideoError, ValueError):
@@ -97,78 +89,10 @@ class VideoReport:
         return self.frames / self.seconds if self.seconds > 0 else 0.0
 
 
-def counted(n: int, noun: str) -> str:
-    """``1 frame``, ``2 frames``: the video lines say one frame as one (before: "1 frames")."""
-    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
-
-
 def default_output(input_path: str | os.PathLike) -> Path:
     """``clip.mov`` -> ``clip-output.mp4`` beside it, like the seed's ``dog-output.jpg``."""
     p = Path(input_path)
     return p.with_name(f"{p.stem}-output.mp4")
-
-
-def open_video(path: str | os.PathLike):
-    """Open ``path`` with PyAV and return ``(container, video_stream)``, or raise VideoError.
-
-    The file is checked first because FFmpeg's messages for a missing file, a folder or an
-    empty file name neither the file nor the fix.
-    """
-    p = os.fspath(path)
-    try:
-        import av
-    except ImportError:
-        raise VideoError(p, "video support needs PyAV: pip install av") from None
-    problem = file_problem(p, "a video file")
-    if problem:
-        raise VideoError(p, problem)
-    try:
-        container = av.open(p, metadata_errors="ignore")
-    except av.error.InvalidDataError:
-        raise VideoError(p, "not a video file, or its header is corrupt or truncated") from None
-    except av.error.EOFError:  # "[Errno 541478725] End of file": no frame before the end
-        raise VideoError(p, "the file ends before its first frame (empty or truncated)") from None
-    except (av.error.FFmpegError, OSError) as err:
-        reason = getattr(err, "strerror", None) or str(err)
-        raise VideoError(p, f"cannot open ({reason})") from None
-    if not container.streams.video:
-        container.close()
-        raise VideoError(p, "no video stream in the file (audio only?)")
-    stream = container.streams.video[0]
-    if stream.codec_context is None or not stream.codec_context.width:
-        container.close()
-        raise VideoError(p, "video stream has no decodable picture (unknown codec or size)")
-    stream.thread_type = "AUTO"
-    return container, stream
-
-
-def frame_rate(stream) -> Fraction:
-    """The stream's average rate, falling back to the guessed one and then 25 fps."""
-    for rate in (stream.average_rate, stream.guessed_rate, stream.base_rate):
-        if rate:
-            return Fraction(rate)
-    return Fraction(25)
-
-
-def estimate_frames(path: str | os.PathLike) -> int:
-    """Frame count from the header (or duration x rate), for a progress bar's total; 0 if
-    unknown. Headers can be off by a few frames, so use it for display only."""
-    container, stream = open_video(path)
-    with contextlib.closing(container):
-        found = _promised_frames(stream)
-        if found or not container.duration:
-            return found
-        return round(float(container.duration / 1_000_000 * frame_rate(stream)))  # longest stream
-
-
-def _promised_frames(stream) -> int:
-    """The video stream's own frame count, or its own duration x rate; 0 if it states
-    neither. Never the container's duration, which covers the longest stream: an MKV whose
-    audio runs past its video would read as a truncated video."""
-    if stream.frames:
-        return int(stream.frames)
-    seconds = (stream.duration or 0) * (stream.time_base or 0)
-    return round(float(seconds * frame_rate(stream))) if seconds else 0
 
 
 _FORMATS = {".mp4": "mp4", ".m4v": "mp4", ".mov": "mov", ".mkv": "matroska"}
@@ -280,7 +204,7 @@ def explain_video(
                 convention=fitting.fit_convention(clf, fit),
             )  # fmt: skip
             astream = container.streams.audio[0] if container.streams.audio else None
-            header = _promised_frames(vstream)
+            header = promised_frames(vstream)
             with atomic_path(output) as partial, _open_output(partial, fmt, output) as out:
                 pipeline = FramePipeline(explainer, clf, options, out, vstream, astream,
                                          progress)  # fmt: skip
@@ -406,9 +330,9 @@ def _open_output(path: Path, fmt: str, final: Path):
 
 
 def _run(container, vstream, astream, pipeline: FramePipeline, path) -> None:
-    """Frames come prepared from a reader thread (`_Reader`) while this thread runs the model;
-    the pipeline draws and encodes in its own threads."""
-    reader = _Reader(container, vstream, astream, pipeline, path)
+    """Frames come prepared from a reader thread (`video_input.FrameReader`) while this thread
+    runs the model; the pipeline draws and encodes in its own threads."""
+    reader = FrameReader(container, vstream, astream, pipeline, path)
     try:
         for item in reader.frames():
             interrupts.check()  # a Ctrl-C swallowed by a finalizer
@@ -418,80 +342,3 @@ def _run(container, vstream, astream, pipeline: FramePipeline, path) -> None:
     if reader.count == 0:
         raise VideoError(path, "no frame could be decoded (corrupt or truncated video)")
     pipeline.close()
-
-
-class _Reader:
-    """Demux, decode and prepare the frames (`FramePipeline.prepare`) in a thread, up to a
-    batch's bytes ahead of the model (`video_frames._PENDING_BYTES`), so that the next batch
-    is ready when the model is done; audio goes on to the pipeline's encoder from here. What
-    ends the thread (an input error) is raised by `frames`, in the model's thread."""
-
-    def __init__(self, container, vstream, astream, pipeline: FramePipeline, path):
-        self.ahead = Budget(video_frames._PENDING_BYTES)
-        self.ready: queue.SimpleQueue = queue.SimpleQueue()
-        self.stopping = threading.Event()
-        self.count = 0
-        args = (container, vstream, astream, pipeline, path)
-        self.thread = threading.Thread(target=self._work, args=args, daemon=True,
-                                       name="kerascope-video-read")  # fmt: skip
-        self.thread.start()
-
-    def _work(self, container, vstream, astream, pipeline: FramePipeline, path) -> None:
-        try:
-            for packet, frame in _read(container, vstream, astream, path):
-                if self.stopping.is_set():
-                    return
-                if frame is None:
-                    pipeline.audio_packet(packet)
-                    continue
-                item = pipeline.prepare(frame, self.count)
-                self.count += 1
-                self.ahead.take(item[0].nbytes, self.stopping.is_set)
-                self.ready.put(item)
-            self.ready.put(None)
-        except BaseException as exc:  # noqa: BLE001 - raised again by `frames`
-            self.ready.put(exc)
-
-    def frames(self):
-        """The prepared frames in order, as the thread makes them."""
-        while (item := self.ready.get()) is not None:
-            if isinstance(item, BaseException):
-                raise item
-            self.ahead.give(item[0].nbytes)
-            yield item
-
-    def stop(self) -> None:
-        """End the thread (at once, or after the packet it decodes) and wait for it."""
-        self.stopping.set()
-        self.ahead.wake()
-        while self.thread.is_alive():
-            with contextlib.suppress(KeyboardInterrupt):  # a second Ctrl-C: still wait
-                self.thread.join()
-
-
-def _read(container, vstream, astream, path):
-    """Yield ``(audio_packet, None)`` or ``(None, video_frame)``; input errors -> VideoError.
-
-    Only reading is guarded, so an encoder or disk error on the output is not blamed on
-    the input file.
-    """
-    import av
-
-    demux = container.demux([vstream] if astream is None else [vstream, astream])
-    frames = 0
-    while True:
-        try:
-            packet = next(demux)
-            decoded = None if packet.stream is astream else packet.decode()
-        except StopIteration:
-            return
-        except av.error.FFmpegError as err:
-            raise VideoError(
-                path, f"decode error after {counted(frames, 'frame')} ({err})"
-            ) from None
-        if decoded is None:
-            yield packet, None
-            continue
-        for frame in decoded:
-            frames += 1
-            yield None, frame

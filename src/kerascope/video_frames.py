@@ -1,13 +1,13 @@
 """A video's frames in, its explained frames out (`kerascope.video.explain_video`'s pipeline).
 
-Four stages overlap, so that the model (the slow one) never waits for the others: a reader
-thread decodes and prepares the next frames (`kerascope.video._Reader`), the caller's thread
-runs the model on batches of key frames, a pool of threads draws each frame (Pillow and NumPy
-work mostly outside the GIL), and one encoder thread encodes them in order (H.264 and muxing
-stay in one thread, beside the audio). `kerascope video` on a 10 s 640x360 clip, Lite0 on 2
-busy cores: 26 -> 30 frames/s (medians of 9 runs), a run then lasting the model's calls plus
-the last batch's drawing. Each frame keeps its input time (`Timeline`). Also here: the
---frames-dir names, and its rules (`prepare_frames_dir`).
+Four stages overlap, so that the model (the slow one) never waits for the others: a reader thread
+decodes and prepares the next frames (`kerascope.video_input.FrameReader`), the caller's thread runs
+the model on batches of key frames, a pool of threads draws each frame (Pillow and NumPy work mostly
+outside the GIL), and one encoder thread encodes them in order (H.264 and muxing stay in one thread,
+beside the audio). `kerascope video` on a 10 s 640x360 clip, Lite0 on 2 busy cores: 26 -> 30
+frames/s (medians of 9 runs), a run then lasting the model's calls plus the last batch's drawing.
+Each frame keeps its input time (`Timeline`). Also here: the --frames-dir names, and its rules
+(`prepare_frames_dir`).
 """
 
 from __future__ import annotations
@@ -236,12 +236,12 @@ class Budget:
 
 
 class FramePipeline:
-    """Frames in, heatmapped frames out. A reader thread `prepare`s each frame (RGB, the
-    model's view, its time: `kerascope.video._Reader`), this thread runs the model on batches
+    """Frames in, heatmapped frames out. A reader thread `prepare`s each frame (RGB, the model's
+    view, its time: `kerascope.video_input.FrameReader`), this thread runs the model on batches
     of key frames (`push`, `flush`), a pool of threads draws and one encoder thread encodes and
-    muxes, in order, with the audio: the model never waits for decoding or encoding. Frames
-    held between the model and the muxer stay under `_PENDING_BYTES`. ``close`` (or
-    ``abort``) ends it; an error in a thread is raised here."""
+    muxes, in order, with the audio: the model never waits for decoding or encoding. Frames held
+    between the model and the muxer stay under `_PENDING_BYTES`. ``close`` (or ``abort``) ends
+    it; an error in a thread is raised here."""
 
     def __init__(self, explainer, clf, options: dict, out, vstream, astream, progress):
         self.explainer, self.clf, self.opt = explainer, clf, options
@@ -461,7 +461,11 @@ class FramePipeline:
         file is kept). Returns once the encoder thread has ended, so the file can be closed."""
         self.stopping.set()
         self.to_encode.put(("stop", None))
-        self.pool.shutdown(wait=True, cancel_futures=True)
+        self.pool.shutdown(wait=False, cancel_futures=True)
         while self.encoder.is_alive():  # at most the frame it is encoding
             with contextlib.suppress(KeyboardInterrupt):  # a second Ctrl-C: still wait
                 self.encoder.join()
+        while True:  # the frames being drawn (--frames-dir: their files are counted after)
+            with contextlib.suppress(KeyboardInterrupt):
+                self.pool.shutdown(wait=True)
+                break
