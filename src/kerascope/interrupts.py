@@ -192,6 +192,8 @@ def ended_at_once(what: str) -> Iterator[None]:
         yield
     finally:
         done.set()
-        signal.set_wakeup_fd(-1)
-        watcher.join()
-        os.close(read), os.close(write)
+        try:
+            signal.set_wakeup_fd(-1)
+            watcher.join()
+        finally:
+            os.close(read), os.close(write)

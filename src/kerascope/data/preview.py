@@ -18,6 +18,7 @@ import logging
 import math
 import os
 import re
+import stat
 from dataclasses import replace
 from pathlib import Path
 
@@ -125,12 +126,12 @@ def _remove_stale(out: Path, stem: str, written: set[str]) -> list[Path]:
     pattern = re.compile(re.escape(stem) + r"_\d+\.jpg")
     stale = []
     for path in sorted(out.iterdir()):
-        if path.name in written or not pattern.fullmatch(path.name) or path.is_symlink():
+        if path.name in written or not pattern.fullmatch(path.name) or not _regular(path):
             continue
         try:
             with Image.open(path) as img:
                 ours = img.format == "JPEG" and img.info.get("comment") == _MARK
-        except (OSError, ValueError):
+        except (OSError, ValueError, Image.DecompressionBombError):
             continue  # unreadable or not a picture: not ours
         if ours:
             path.unlink(missing_ok=True)
@@ -140,6 +141,14 @@ def _remove_stale(out: Path, stem: str, written: set[str]) -> list[Path]:
         _log.warning("'%s': removed %d sample(s) of '%s' an earlier augment run wrote (%s); "
                      "other files are left alone", out, len(stale), stem, names)  # fmt: skip
     return stale
+
+
+def _regular(path: Path) -> bool:
+    """A plain file, not followed through a link (a FIFO would block the read for ever)."""
+    try:
+        return stat.S_ISREG(path.lstat().st_mode)
+    except OSError:
+        return False
 
 
 def _transform_of(matrix: np.ndarray, config: AugmentConfig, height: int, width: int) -> dict:

@@ -143,7 +143,10 @@ def _malformed(protocol: H11Protocol, exc: BaseException | None) -> None:
     it lacks) with a JSON body, then close. Just close when a response has already begun on
     this connection: h11 refuses to start another."""
     status = getattr(exc, "error_status_hint", 400)
-    status = status if isinstance(status, int) and 400 <= status < 600 else 400
+    known = (
+        isinstance(status, int) and 400 <= status < 600 and status in HTTPStatus._value2member_map_
+    )
+    status = status if known else 400
     if status == 431:
         message = f"request headers over this server's {MAX_HEADER_BYTES // 1024} KB"
     else:
