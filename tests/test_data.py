@@ -71,6 +71,23 @@ def test_split_layout(tmp_path, val_name):
     assert "blue" in text and "validation" in text and "total" in text
 
 
+@pytest.mark.parametrize("test_dir", ["empty", "class folders, no images", "unlabelled"])
+def test_a_test_folder_without_labelled_images_is_left_out_saying_so(tmp_path, test_dir):
+    """Kaggle's layout (train/<class>/ + test/*.jpg) or an empty test/: before, the split was
+    kept with no rows and training ended in a ValueError traceback."""
+    root = split_tree(tmp_path / "d")
+    (root / "test").mkdir()
+    if test_dir == "class folders, no images":
+        (root / "test" / "blue").mkdir()
+    elif test_dir == "unlabelled":
+        draw(root / "test" / "0001.jpg", COLOURS["red"])
+    ds = scan_dataset(root)
+    assert list(ds.splits) == ["train", "validation"]
+    (note,) = [w for w in ds.warnings if "no test split" in w]
+    assert f"'{root / 'test'}' holds no images in class folders" in note
+    assert "kerascope predict RUN" in note
+
+
 def test_split_layout_without_validation_holds_out_train(tmp_path):
     class_tree(tmp_path / "d" / "train", {"blue": 5, "red": 5})
     ds = scan_dataset(tmp_path / "d", val_split=0.4)

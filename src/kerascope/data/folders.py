@@ -313,7 +313,14 @@ def _check_split_classes(
     classes: list[str],
     warnings: list[str],
 ) -> None:
-    """Validation/test classes must be train classes; a missing one is an error/warning."""
+    """Validation/test classes must be train classes; a missing one is an error/warning. A
+    test/ folder with no labelled image at all (Kaggle's unlabelled test/*.jpg, or empty) is
+    left out, saying so (before: training failed on an empty test split)."""
+    if "test" in found and not any(found["test"].values()):
+        del found["test"]
+        warnings.append(f"'{dirs['test']}' holds no images in class folders, so there is no test "
+                        f"split (unlabelled pictures there: `kerascope predict RUN "
+                        f"{dirs['test']}` labels them)")  # fmt: skip
     for split in ("validation", "test"):
         if split not in found:
             continue
