@@ -9,6 +9,7 @@ run on the model (CAM needs a GlobalAveragePooling2D -> Dense head) is skipped w
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import time
@@ -39,6 +40,11 @@ CHEAP_METRICS = ("deletion", "insertion", "drop")
 """Always shown in the grid: together a few dozen forward passes per method."""
 PANEL_SIDE = 320
 """Longest side of each method's overlay in the grid, in pixels."""
+MIN_PANEL_WIDTH = 160
+"""Narrowest panel: a tall, thin picture is centred in one this wide, so its title and numbers
+wrap into readable lines instead of one word (or letter) per line."""
+_TITLE_SIZE, _SCORE_SIZE, _HEADER_SIZE, _CAPTION_SIZE = 18, 13, 16, 13
+_SMALLEST = 10  # px: a title shrinks no further; a word still too wide is broken
 _GAP, _TITLE, _LINE, _HEADER = 10, 26, 18, 30
 _BACKGROUND, _TEXT, _DIM, _HIGHLIGHT = (24, 24, 24), (255, 255, 255), (170, 170, 170), (255, 214, 0)
 
@@ -139,7 +145,7 @@ def compare_methods(
     from kerascope.cam.methods import METHODS, get_method
     from kerascope.images import ImageError
     from kerascope.inference import compiled
-    from kerascope.sources import load_source, source_name
+    from kerascope.sources import source_name
     from kerascope.zoo.models import Classifier
     from kerascope.zoo.shared import shared_model
 
@@ -184,11 +190,22 @@ def compare_methods(
         fit=fit, box=as_fractions(item.box, item.shape), maps=maps,
     )  # fmt: skip
     if output is not None and maps:
-        picture = _fit(load_source(image), PANEL_SIDE)
+        picture = _fit(_panel_picture(image), PANEL_SIDE)
         grid, comparison.panels = draw_grid(comparison, picture, maps, alpha, colormap)
         overlay_module.save_jpeg(grid, output)
         comparison.path = Path(output)
     return comparison
+
+
+def _panel_picture(image: Any) -> np.ndarray:
+    """The picture the panels show: a file decoded no larger than a panel needs (a 12 MP JPEG
+    at 1/8 in the DCT, not in full for 320 px), anything else as the model's input reads it."""
+    from kerascope.images import load_image
+    from kerascope.sources import load_source
+
+    if isinstance(image, str | os.PathLike):
+        return load_image(image, max_side=PANEL_SIDE)
+    return load_source(image)
 
 
 def _fit(image: np.ndarray, side: int) -> np.ndarray:
@@ -210,46 +227,139 @@ def draw_grid(
     """The grid: a header line, then one panel per method that ran (rank and name, its overlay,
     its numbers), in ranking order, best first. Returns the picture and each overlay's box.
     With a crop (``comparison.box``), each map covers that part, outlined, and the header
-    says what the model saw."""
+    says what the model saw. Every text stays inside its panel (`fit_text`): a long title
+    ("#13 guidedbackprop (fails sanity check)") ran into the next panel."""
     from kerascope.cam.fitting import caption, draw_outline, photo_outside, place
     from kerascope.cam.overlay import overlay, upsample
 
     ranked = [m for m in comparison.ranking() if m.method in maps]
     height, width = picture.shape[:2]
-    lines = max(len(_score_lines(m, comparison.metric)) for m in ranked)
-    panel_w, panel_h = width, _TITLE + height + lines * _LINE + 6
+    panel_w = max(width, MIN_PANEL_WIDTH)
+    titles = [fit_text(_title(i, row), panel_w, _TITLE_SIZE) for i, row in enumerate(ranked)]
+    title_h = max(_TITLE, 3 + max(len(lines) * _line_height(font) for font, lines in titles))
+    scores = [_wrapped_scores(row, comparison.metric, panel_w) for row in ranked]
+    lines = max(len(s) for s in scores)
+    panel_h = title_h + height + lines * _LINE + 6
     cols = min(len(ranked), math.ceil(math.sqrt(len(ranked))))
     rows = math.ceil(len(ranked) / cols)
+    canvas_w = cols * panel_w + (cols + 1) * _GAP
+    metric = METRICS[comparison.metric]
+    header = fit_text(
+        f"{comparison.class_name} {percent(comparison.probability)}, ranked by {metric.title} "
+        f"({'higher' if metric.higher_is_better else 'lower'} is better)",
+        canvas_w - 2 * _GAP, _HEADER_SIZE, _CAPTION_SIZE,
+    )  # fmt: skip
     seen = caption(comparison.box, picture.shape)  # one more header line: what the model saw
-    head = _HEADER + (_LINE if seen else 0)
-    size = (cols * panel_w + (cols + 1) * _GAP, head + rows * (panel_h + _GAP) + _GAP)
+    seen_text = fit_text(seen, canvas_w - 2 * _GAP, _CAPTION_SIZE) if seen else None
+    head = max(_HEADER - 6, len(header[1]) * _line_height(header[0])) + 6
+    head += len(seen_text[1]) * _LINE if seen_text else 0
+    size = (canvas_w, head + rows * (panel_h + _GAP) + _GAP)
     canvas = Image.new("RGB", size, _BACKGROUND)
     draw = ImageDraw.Draw(canvas)
-    metric = METRICS[comparison.metric]
-    header = (
-        f"{comparison.class_name} {percent(comparison.probability)}, ranked by {metric.title} "
-        f"({'higher' if metric.higher_is_better else 'lower'} is better)"
-    )
-    draw.text((_GAP, 6), header, fill=_TEXT, font=_font(16))
-    if seen:
-        draw.text((_GAP, _HEADER - 2), seen, fill=_DIM, font=_font(13))
+    y = _draw_lines(draw, (_GAP, 6), header, _TEXT)
+    if seen_text:
+        _draw_lines(draw, (_GAP, max(y, _HEADER) - 2), seen_text, _DIM, _LINE)
     boxes = []
     for i, row in enumerate(ranked):
         left = _GAP + (i % cols) * (panel_w + _GAP)
         top = head + _GAP + (i // cols) * (panel_h + _GAP)
-        title = f"#{i + 1} {row.method}" + ("" if row.sanity else " (fails sanity check)")
-        draw.text((left, top + 3), title, fill=_HIGHLIGHT if i == 0 else _TEXT, font=_font(18))
+        _draw_lines(draw, (left, top + 3), titles[i], _HIGHLIGHT if i == 0 else _TEXT)
         heat = upsample(place(maps[row.method], comparison.box, picture.shape), (height, width))
         panel = photo_outside(Image.fromarray(overlay(picture, heat, alpha, colormap)),
                               Image.fromarray(picture), comparison.box)  # fmt: skip
         panel = draw_outline(panel, comparison.box)
-        canvas.paste(panel, (left, top + _TITLE))
-        boxes.append((row.method, (left, top + _TITLE, left + width, top + _TITLE + height)))
-        y = top + _TITLE + height + 3
-        for text, chosen in _score_lines(row, comparison.metric):
-            draw.text((left, y), text, fill=_HIGHLIGHT if chosen else _DIM, font=_font(13))
+        x = left + (panel_w - width) // 2  # a picture narrower than the panel: centred
+        canvas.paste(panel, (x, top + title_h))
+        boxes.append((row.method, (x, top + title_h, x + width, top + title_h + height)))
+        y = top + title_h + height + 3
+        font = _font(_SCORE_SIZE)
+        for text, chosen in scores[i]:
+            draw.text((left, y), text, fill=_HIGHLIGHT if chosen else _DIM, font=font)
             y += _LINE
     return np.asarray(canvas, dtype=np.uint8), boxes
+
+
+def _title(i: int, row: MethodScore) -> str:
+    """A panel's title: rank, method, and the sanity verdict where it fails."""
+    return f"#{i + 1} {row.method}" + ("" if row.sanity else " (fails sanity check)")
+
+
+def _wrapped_scores(row: MethodScore, metric: str, width: int) -> list[tuple[str, bool]]:
+    """`_score_lines` wrapped to ``width`` (between its pairs of numbers first): the ROAD line
+    alone is 325 px at 13 px, wider than a 320 px panel."""
+    return [
+        (line, chosen)
+        for text, chosen in _score_lines(row, metric)
+        for line in fit_text(text, width, _SCORE_SIZE, _SCORE_SIZE, shrink=1.0)[1]
+    ]  # one size for every number: drawn at _font(_SCORE_SIZE)
+
+
+def fit_text(
+    text: str, width: int, size: int, smallest: int = _SMALLEST, shrink: float = 0.75
+) -> tuple[ImageFont.ImageFont | ImageFont.FreeTypeFont, list[str]]:
+    """(font, lines) drawing all of ``text`` within ``width`` px: on one line at ``size``, or
+    down to ``shrink`` times it, else wrapped between words (number pairs, split by two spaces,
+    first) at ``size``, shrinking towards ``smallest`` only while a word alone is too wide; a
+    word too wide even then is broken between letters. Nothing is cut: the lines, joined,
+    are the text."""
+    width = max(1, int(width))
+    for s in range(size, max(smallest, math.ceil(size * shrink)) - 1, -1):
+        font = _font(s)
+        if _length(font, text) <= width:
+            return font, [text]
+    for s in range(size, smallest - 1, -1):
+        font = _font(s)
+        words = [w for chunk in text.split("  ") for w in chunk.split(" ")]
+        if all(_length(font, w) <= width for w in words) or s == smallest:
+            return font, _wrap(font, text, width, ("  ", " ", ""))
+    raise AssertionError("unreachable")  # the loop returns at ``smallest``
+
+
+def _wrap(font, text: str, width: int, seps: tuple[str, ...]) -> list[str]:
+    """Greedy lines of ``text`` split at ``seps[0]``; a piece still too wide is split at the
+    next separator ("" : between characters)."""
+    if _length(font, text) <= width or not seps:
+        return [text]
+    sep, rest = seps[0], seps[1:]
+    pieces = list(text) if sep == "" else text.split(sep)
+    lines: list[str] = []
+    joinable = False  # the last line ends a whole piece (not a broken one's first part)
+    for piece in pieces:
+        if joinable and _length(font, lines[-1] + sep + piece) <= width:
+            lines[-1] += sep + piece
+        elif _length(font, piece) <= width:
+            lines.append(piece)
+        else:
+            lines.extend(_wrap(font, piece, width, rest))
+            joinable = False
+            continue
+        joinable = True
+    return lines
+
+
+def _draw_lines(draw, at: tuple[int, int], fitted, fill, step: int | None = None) -> int:
+    """Draw `fit_text`'s lines from ``at`` down; the y below the last."""
+    font, lines = fitted
+    x, y = at
+    for line in lines:
+        draw.text((x, y), line, fill=fill, font=font)
+        y += step or _line_height(font)
+    return y
+
+
+def _length(font, text: str) -> float:
+    """Drawn width of ``text``: advance and ink (a slanted last letter can pass its advance)."""
+    if hasattr(font, "getlength"):
+        return max(font.getlength(text), font.getbbox(text)[2] if text else 0)
+    return font.getbbox(text)[2]
+
+
+def _line_height(font) -> int:
+    """Height of one line at ``font``: ascent + descent (23 px at 18 px), or the bitmap's."""
+    if hasattr(font, "getmetrics"):
+        ascent, descent = font.getmetrics()
+        return ascent + descent
+    return font.getbbox("Ag")[3] + 2
 
 
 def _score_lines(row: MethodScore, metric: str) -> list[tuple[str, bool]]:
@@ -270,6 +380,7 @@ def _score_lines(row: MethodScore, metric: str) -> list[tuple[str, bool]]:
     return lines
 
 
+@functools.lru_cache(maxsize=32)
 def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
     """Pillow's bundled font at ``size`` px (its fixed bitmap font without FreeType)."""
     try:

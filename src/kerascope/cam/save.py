@@ -253,10 +253,11 @@ class _Decoded:
 
 def picture_source(source: Source, item) -> Source | _Decoded:
     """What `draw_explanation` draws for ``source``: the model's decode of it (``item``, a
-    `kerascope.sources.Item`) where that was kept (the whole picture, within the memory bound)
-    and is within :data:`OUTPUT_MAX_SIDE`, else the source, decoded again."""
-    kept = item.original
-    return _Decoded(kept) if kept is not None and max(kept.shape[:2]) <= OUTPUT_MAX_SIDE else source
+    `kerascope.sources.Item`) where that was kept (the whole picture, within the memory bound;
+    one over :data:`OUTPUT_MAX_SIDE` is scaled down as a second decode would be), else the
+    source, decoded again at reduced size (`_picture_image`). A kept panorama over the cap was
+    decoded a second time, in full, though the first decode was still in memory."""
+    return source if item.original is None else _Decoded(item.original)
 
 
 _PROCESS_POOLS: dict[int, Any] = {}
@@ -379,9 +380,10 @@ def _draw(source, cam, label, alpha, colormap, path: Path, e, colorbar, replace=
 
 
 def _picture_image(source: Source | _Decoded) -> np.ndarray:
-    """The original as drawn: full size up to :data:`OUTPUT_MAX_SIDE`, scaled down beyond;
-    one under :data:`OUTPUT_MIN_SIDE` enlarged by a whole factor (a 1x1 picture's label was a
-    smudge of a few pixels)."""
+    """The original as drawn: full size up to :data:`OUTPUT_MAX_SIDE`, scaled down beyond (a
+    file decoded no larger than needed: a 12000x3000 JPEG at 6000x1500, not 36 MP); one under
+    :data:`OUTPUT_MIN_SIDE` enlarged by a whole factor (a 1x1 picture's label was a smudge of
+    a few pixels)."""
     if isinstance(source, _Decoded):
         image = source.image
     elif isinstance(source, str | os.PathLike):

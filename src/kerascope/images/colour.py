@@ -6,10 +6,14 @@ CMYK, 16-bit and float pictures reach the model, rescaled where Pillow would cli
 
 from __future__ import annotations
 
+import logging
+import threading
+
 import numpy as np
 from PIL import ExifTags, Image, ImageOps
 
 _WHITE = 255
+_log = logging.getLogger(__name__)
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
@@ -24,6 +28,7 @@ def to_rgb(image: Image.Image) -> Image.Image:
     Raises:
         ValueError: a mode with no sensible RGB meaning.
     """
+    fmt = image.format  # a file's depth is known; a transposed copy has no format
     orientation = image.getexif().get(ExifTags.Base.Orientation, 1)
     if orientation in range(2, 9):
         image = ImageOps.exif_transpose(image)
@@ -36,8 +41,9 @@ def to_rgb(image: Image.Image) -> Image.Image:
         return _fromarray(np.clip(rgb, 0, 255).astype(np.uint8))
     if mode in ("RGBA", "LA", "PA") or (mode in ("P", "L", "RGB") and "transparency" in image.info):
         return _fromarray(_composite_on_white(np.asarray(image.convert("RGBA"))))
-    if mode.startswith("I;16"):
-        return _fromarray(_scale_uint16(np.asarray(image)))
+    if mode.startswith("I;16"):  # from a file: 16-bit; in memory, as a uint16 array is read
+        a = np.asarray(image)
+        return _fromarray(_scale_uint16(a) if fmt else uint16_pixels(a))
     if mode == "I":
         return _fromarray(_scale_int32(np.asarray(image), image.format))
     if mode == "F":
@@ -69,6 +75,29 @@ def _scale_uint16(a: np.ndarray) -> np.ndarray:
     return ((a.astype(np.uint32) + 128) // 257).astype(np.uint8)
 
 
+_said_8bit = threading.Event()  # the 8-bit reading of uint16 is explained once per process
+
+
+def uint16_pixels(a: np.ndarray) -> np.ndarray:
+    """uint16 pixels as uint8: 16-bit values (0..65535) divided by 257, except in an array with
+    no value over 255. That holds 8-bit values (``np.array(img, dtype=np.uint16)``), which
+    divided by 257 became a black picture, silently classified and explained: they are taken
+    as they are, with a warning (once per process) saying how to have them read as 16-bit. A
+    16-bit picture that dark is under 0.4 % of full scale: black either way, unless asked."""
+    hi = int(a.max()) if a.size else 0
+    if hi > 255 or hi == 0:
+        return _scale_uint16(a)
+    if not _said_8bit.is_set():
+        _said_8bit.set()
+        _log.warning(
+            "a uint16 image array has no value over %d: read as 8-bit values (0..255), not as "
+            "16-bit (0..65535), which would be black; if it is a 16-bit picture that dark, "
+            "pass it as floats in [0, 1] (x / 65535)",
+            hi,
+        )
+    return a.astype(np.uint8)
+
+
 def _scale_int32(a: np.ndarray, fmt: str | None) -> np.ndarray:
     """Mode ``I`` does not say its bit depth: 16-bit PGM and old 16-bit PNG decode to it,
     but so do 8-bit values that went through ``convert("I")``."""
@@ -96,9 +125,10 @@ def as_rgb_array(x: np.ndarray) -> np.ndarray:
     """Validate an array passed through the Python API and return it as (H, W, 3) uint8.
 
     Accepts (H, W), (H, W, 1), (H, W, 3) and (H, W, 4) (alpha composited on white, as
-    for files); uint8, uint16 (divided by 257), bool, other integers within 0..255, and
-    floats in [0, 1] (multiplied by 255) or [0, 255]. A float array whose values all lie
-    in [0, 1] is read as [0, 1]. Already-uint8 RGB input is returned without a copy.
+    for files); uint8, uint16 (divided by 257; with no value over 255, read as 8-bit with a
+    warning: `uint16_pixels`), bool, other integers within 0..255, and floats in [0, 1]
+    (multiplied by 255) or [0, 255]. A float array whose values all lie in [0, 1] is read as
+    [0, 1]. Already-uint8 RGB input is returned without a copy.
 
     Raises:
         ValueError: shape or values that cannot be an image; the message says which.
@@ -123,7 +153,7 @@ def as_rgb_array(x: np.ndarray) -> np.ndarray:
     elif a.dtype == np.bool_:
         a = a.astype(np.uint8) * 255
     elif a.dtype == np.uint16:
-        a = _scale_uint16(a)
+        a = uint16_pixels(a)
     elif np.issubdtype(a.dtype, np.integer):
         lo, hi = int(a.min()), int(a.max())
         if lo < 0 or hi > 255:
