@@ -259,6 +259,15 @@ def test_text_file_named_jpg(tmp_path):
     assert _reason(tmp_path / "notes.jpg") == "not an image file (unrecognised format)"
 
 
+def test_a_video_given_as_an_image_points_to_the_video_command(tmp_path):
+    """Before: "not an image file (unrecognised format)" and nothing more for a .mov."""
+    (tmp_path / "kitchen.mov").write_bytes(b"\x00\x00\x00\x14ftypqt  " + os.urandom(64))
+    assert _reason(tmp_path / "kitchen.mov") == (
+        "not an image file (unrecognised format); a video: `kerascope video FILE` explains it "
+        "frame by frame"
+    )
+
+
 def test_heic_hint(tmp_path):
     (tmp_path / "IMG_0001.HEIC").write_bytes(b"\x00\x00\x00\x18ftypheic" + b"\x00" * 64)
     assert "pillow-heif" in _reason(tmp_path / "IMG_0001.HEIC")

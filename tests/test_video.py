@@ -276,6 +276,14 @@ def test_output_that_is_the_input_or_in_a_missing_folder_is_one_line(clips, tmp_
     assert not missing.parent.exists()
 
 
+def test_a_folder_of_frames_given_as_a_video_points_to_explain(tmp_path):
+    from kerascope.video import VideoError, open_video
+
+    with pytest.raises(VideoError, match=r"is a directory, not a video file \(for a folder of "
+                       r"pictures: `kerascope explain FOLDER -o OUT`\)$"):  # fmt: skip
+        open_video(tmp_path)
+
+
 def test_full_disk_is_one_line_and_leaves_no_file(lite0, clips):
     from kerascope.files import OutputError
     from tests.fulldisk import small_disk

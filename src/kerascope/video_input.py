@@ -48,6 +48,8 @@ def open_video(path: str | os.PathLike):
     except ImportError:
         raise VideoError(p, "video support needs PyAV: pip install av") from None
     problem = file_problem(p, "a video file")
+    if problem and problem.startswith("is a directory"):
+        problem += " (for a folder of pictures: `kerascope explain FOLDER -o OUT`)"
     if problem:
         raise VideoError(p, problem)
     try:

@@ -83,6 +83,10 @@ LINK_LOOP = "symbolic link loop (the link leads back to itself); fix or remove t
 """The reason every command gives for a path caught in a loop of symbolic links."""
 
 
+VIDEO_SUFFIXES = frozenset({".mp4", ".m4v", ".mov", ".mkv", ".avi", ".webm", ".wmv", ".flv",
+                            ".mpg", ".mpeg", ".ts", ".3gp"})  # fmt: skip
+
+
 def file_problem(path: str, kind: str) -> str | None:
     """Why ``path`` cannot be read as a file at all (decoders' own messages name neither the
     file nor the fix), or ``None``. ``kind`` completes "is a directory, not ...".
@@ -211,8 +215,11 @@ def _open_and_decode(source, name: str, max_side, min_size, limit_hint) -> tuple
                 Image.MAX_IMAGE_PIXELS = saved
     except UnidentifiedImageError:
         reason = "not an image file (unrecognised format)"
-        if os.path.splitext(p)[1].lower() in {".heic", ".heif"}:
+        suffix = os.path.splitext(p)[1].lower()
+        if suffix in {".heic", ".heif"}:
             reason += "; HEIC/HEIF needs `pip install pillow-heif`, or convert it to JPEG"
+        elif suffix in VIDEO_SUFFIXES:
+            reason += "; a video: `kerascope video FILE` explains it frame by frame"
         raise ImageError(p, reason, "not_image") from None
     except PermissionError:
         raise ImageError(p, "permission denied", "unreadable") from None
