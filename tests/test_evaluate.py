@@ -348,3 +348,49 @@ def test_split_all_scores_the_images_of_every_split_folder_even_with_an_empty_on
     assert (split, source, sorted(label for _, label in items)) == ("all", "folder", [0, 0, 1, 1])
     with pytest.raises(DatasetError, match="no images in the class folders of"):
         evaluation_items(tmp_path, ["cat", "dog"], "test")
+
+
+@pytest.mark.parametrize("layout", ["classes", "split"])
+def test_the_runs_held_out_files_keep_their_class_folder_however_deep(tmp_path, layout):
+    """Before: a held-out file in a sub-folder of its class folder was labelled by its parent
+    folder's name (``cat/coffee/x.png`` scored as coffee; ``cat/sub/x.png`` refused)."""
+    from kerascope.evaluation import evaluation_items
+
+    root = tmp_path / "data"
+    base = root / "validation" if layout == "split" else root
+    for c in ("cat", "coffee"):
+        _images(base / c, c, 1, seed=len(c))
+    _images(base / "cat" / "coffee", "cat", 1, seed=1)
+    _images(base / "cat" / "sub" / "deeper", "cat", 1, seed=2)
+    files = sorted(p.relative_to(root).as_posix() for p in root.rglob("*.png"))
+    record = {"data": str(root), "splits": {"train": [], "validation": files}}
+    split, items, source = evaluation_items(root, ["cat", "coffee"], "validation", record)
+    assert (split, source) == ("validation", "run")
+    labels = {Path(p).relative_to(base).as_posix(): label for p, label in items}
+    assert labels == {"cat/00.png": 0, "cat/coffee/00.png": 0, "cat/sub/deeper/00.png": 0,
+                      "coffee/00.png": 1}  # fmt: skip
+
+
+def test_only_the_default_split_without_tta_writes_the_runs_own_metrics(tmp_path):
+    """Before: ``--split validation`` or ``--tta`` on the run's own data replaced the run's
+    metrics.json (the test split's scores) without a word."""
+    from kerascope.rundir import write_split
+
+    run = tmp_path / "run"
+    run.mkdir()
+    untrained_run(run, CLASSES)
+    root = tmp_path / "data"
+    splits = {}
+    for s, n in (("train", 2), ("validation", 1), ("test", 1)):
+        for k, name in enumerate(CLASSES):
+            _images(root / s / name, name, n, seed=10 * n + k)
+        splits[s] = [(str(p), 0) for p in sorted((root / s).rglob("*.png"))]
+    write_split(run, root, splits)
+    assert evaluate(run, root, top_losses=0, heatmaps=False).output == run
+    assert evaluate(run, root, split="test", top_losses=0, heatmaps=False).output == run
+    kept = (run / "metrics.json").read_text()
+    other = evaluate(run, root, split="validation", top_losses=0, heatmaps=False)
+    assert other.output == run / "evaluations" / "data-validation"
+    tta = evaluate(run, root, tta=True, top_losses=0, heatmaps=False)
+    assert tta.output == run / "evaluations" / "data-test-tta"
+    assert (run / "metrics.json").read_text() == kept and json.loads(kept)["split"] == "test"

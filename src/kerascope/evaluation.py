@@ -192,14 +192,18 @@ def evaluation_items(data: str | os.PathLike, classes: list[str], split: str = "
 
 
 def _recorded_items(record: dict, split: str, classes: list[str]) -> list:
-    """The files the run put in ``split``, labelled by their class folder."""
+    """The files the run put in ``split``, labelled as training labelled them: by the class
+    folder below the data folder (or below its split folder), however deep the file lies
+    (``cat/coffee/x.jpg`` is a cat: its parent folder's name read it as coffee)."""
+    splits = {n for names in SPLIT_DIRS.values() for n in names}
     items = []
-    for path in split_files(record, split):
-        parent = Path(path).parent.name
-        if parent not in classes:
+    for rel, path in zip(record["splits"].get(split, []), split_files(record, split), strict=True):
+        parts = Path(rel).parts
+        top = 1 if len(parts) > 2 and parts[0].lower() in splits and parts[1] in classes else 0
+        if len(parts) < top + 2 or parts[top] not in classes:
             raise DatasetError(f"'{path}' (recorded in the run's split.json) is not in a class "
                                f"folder of this model; evaluate with --split all")  # fmt: skip
-        items.append((path, classes.index(parent)))
+        items.append((path, classes.index(parts[top])))
     return items
 
 
@@ -273,8 +277,8 @@ def evaluate(
                                    batch_size=batch_size, precision=precision, tta=tta)  # fmt: skip
     classes = [name for _, name in clf.labels]
     origin = "folder"
+    requested, ids = split, [cid for cid, _ in clf.labels]
     if labels is None:
-        ids = [cid for cid, _ in clf.labels]
         split, items, origin = evaluation_items(data, classes, split, record, ids)
     else:
         split, items = "labels", _labelled_items(data, labels, classes)
@@ -282,10 +286,14 @@ def evaluate(
     own = origin == "run" or (
         recorded and Path(data).expanduser().resolve() == Path(record["data"])
     )
-    trained_on = own and split in ("train", "all")  # never over the held-out metrics.json
-    suffix = f"-{split}" if trained_on else ""
+    # The run's own metrics.json is its default held-out split, without TTA: another split
+    # (the training images above all) or TTA goes to evaluations/<data>-<split>[-tta]
+    main = own and split not in ("train", "all") and tta is None and (
+        requested == "auto" or split == evaluation_items(data, classes, "auto", record, ids)[0]
+    )  # fmt: skip
+    suffix = "" if main or not own else f"-{split}" + ("-tta" if tta is not None else "")
     out = Path(output) if output is not None else _default_output(
-        run_dir, clf, data, own and not trained_on, suffix)  # fmt: skip
+        run_dir, clf, data, main, suffix)  # fmt: skip
     return score_items(
         clf, items, out, data=data, split=split, split_source=origin, record=record,
         batch_size=batch_size, top_losses=top_losses, heatmaps=heatmaps, precision=precision,
