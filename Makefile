@@ -28,6 +28,9 @@ $(VENV)/.installed-test: $(VENV)/.installed pyproject.toml
 	# The serve page's browser test drives Debian's Chromium through its own driver, so
 	# Selenium never downloads a browser or a driver.
 	test -x /usr/bin/chromedriver || { apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y chromium chromium-driver; }
+	# A CJK font (WenQuanYi Zen Hei, ~10 MB): tests/test_fonts.py checks that class names such as
+	# 猫 and 狗 are drawn with their own glyphs in pictures and plots, not as the same box.
+	test -f /usr/share/fonts/truetype/wqy/wqy-zenhei.ttc || { apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y fonts-wqy-zenhei; }
 	# WordNet 3.0 (Debian's wordnet-base): the test that re-derives the bundled ImageNet hierarchy
 	# with scripts/make_imagenet_hierarchy.py reads it; kerascope itself never does.
 	test -f /usr/share/wordnet/data.noun || { apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y wordnet-base; }

@@ -77,6 +77,7 @@ def _run_features(args) -> int:
     from kerascope.bottleneck import extract_features
     from kerascope.precision import resolve_precision
 
+    _check_folder(args)
     progress = _feature_progress()
     try:
         store = extract_features(
@@ -105,6 +106,28 @@ def _run_features(args) -> int:
         output.note(f"--skip-bad left out {len(store.skipped)} unreadable file(s): {shown}{more}")
     output.note(f"features in {args.output}")
     return 0
+
+
+def _check_folder(args) -> None:
+    """DATA given as image files (a file or a glob): the command that computes their features
+    is ``batch features``, with the options given here (before: the hint named `predict`,
+    which labels images with a trained run and computes no features)."""
+    import shlex
+    from pathlib import Path
+
+    from kerascope.data.folders import DatasetError, not_a_folder
+
+    root = Path(args.data).expanduser()
+    if root.is_dir() or not (root.exists() or any(c in args.data for c in "*?[")):
+        return  # a folder, or nothing there: scan_dataset says which
+    options = [f"--model {_backbones(args.backbone, 'efficientnet_lite0')[0]}"]
+    options += [f"--{flag.replace('_', '-')} {shlex.quote(str(getattr(args, flag)))}"
+                for flag in ("layer", "image_size") if getattr(args, flag)]  # fmt: skip
+    if args.pool != "avg":
+        options.append(f"--pool {args.pool}")
+    command = f"kerascope batch features {shlex.quote(args.data)} {' '.join(options)} -o DIR"
+    raise DatasetError(not_a_folder(root, "dataset", single=f"`{command}` computes the "
+                                    "features of single images (Parquet)"))  # fmt: skip
 
 
 def _run_augment(args) -> int:

@@ -115,8 +115,10 @@ def _add_train(sub) -> None:
                    "taken) and prints the suggested --lr; no run directory is made")  # fmt: skip
     p.add_argument("--image-size", type=int, help="side in pixels (default: the recipe's, "
                    "or the backbone's)")  # fmt: skip
-    p.add_argument("--patience", type=int, help="early-stopping patience in epochs (default: "
-                   "the recipe's)")  # fmt: skip
+    p.add_argument("--patience", type=int, help="stop a stage after this many epochs without "
+                   "a lower validation loss, keeping the best epoch; 0: never stop early "
+                   "(default: the recipe's: 3 for transfer and finetune, 10 for the "
+                   "others)")  # fmt: skip
     p.add_argument("--layer", help="features: backbone layer to take features from (default: "
                    "its last)")  # fmt: skip
     p.add_argument("--pool", choices=("avg", "max", "none"), help="features: pooling (default: "
@@ -160,8 +162,11 @@ def _add_evaluate(sub) -> None:
 
     p = _parser(sub, "evaluate", "accuracy, per-class scores and confusion of a run or model")
     p.add_argument("run", help="run directory, .keras file or zoo model name")
-    p.add_argument("data", help="labelled class folders (class names, or WordNet ids for a zoo "
-                   "model), or a run's label CSV")
+    p.add_argument(
+        "data",
+        help="labelled class folders (class names, or WordNet ids for a zoo "
+        "model), or a run's label CSV",
+    )
     p.add_argument("--split", choices=SPLITS, default="auto",
                    help="which images of DATA: auto = its test/ folder, else the run's own "
                    "held-out images when DATA is the folder it trained from, else its "
@@ -335,14 +340,18 @@ def _train_augment(args):
 def headline(run) -> str:
     """What was saved: the model's own epoch and validation numbers (not the best over all
     epochs, which may be another epoch's)."""
+    import shlex
+
     accuracy = "n/a" if run.val_accuracy is None else f"{run.val_accuracy:.3f}"
     data = "DATA"
     if getattr(run, "val_map", None) is not None:  # a multi-label run: it reads a label CSV
         accuracy += f" per label, mAP {run.val_map:.3f}"
         data = "DATA.csv"
+    else:  # the folder it read (a multi-label run keeps DATA.csv: tests pin it)
+        data = (getattr(run, "config", None) or {}).get("data") or data
     return (f"saved model: epoch {run.best_epoch} (lowest validation loss {run.val_loss:.4f}), "
             f"validation accuracy {accuracy}; run in {run.run_dir} — try: kerascope evaluate "
-            f"{run.run_dir} {data}")  # fmt: skip
+            f"{shlex.quote(str(run.run_dir))} {shlex.quote(str(data))}")  # fmt: skip
 
 
 def _run_evaluate(args) -> int:
@@ -399,7 +408,8 @@ def _run_predict(args) -> int:
     failed = [r for r in rows if not r.ok]
     labelled = summary(rows)
     where = "standard output" if str(target) == "-" else target
-    _note(f"wrote {len(rows)} rows to {where}" + (f": {labelled}" if labelled else "") + (
+    plural = "" if len(rows) == 1 else "s"
+    _note(f"wrote {len(rows)} row{plural} to {where}" + (f": {labelled}" if labelled else "") + (
         f"; {len(failed)} could not be read (error rows)" if failed else ""))  # fmt: skip
     if tta_from_args(args) is not None:
         _note(f"labels are the mean probabilities of {tta_from_args(args).views} views per "

@@ -64,11 +64,12 @@ def new_figure(*grid: int, figsize: tuple[float, float], **subplots: Any) -> tup
 
     Why: pyplot's ``matplotlib.use("Agg")`` switched the backend of a program (a notebook)
     that called kerascope for its own plots; its import also cost a short ``train`` 0.1 CPU-s
-    (0.7 s under cProfile).
+    (0.7 s under cProfile). The figure finds a font for every glyph when it is laid out
+    (`kerascope.fonts.fit_figure`): class names in Chinese drew as boxes.
     """
-    from matplotlib.figure import Figure
+    from kerascope.fonts import figure_class
 
-    fig = Figure(figsize=figsize, dpi=100)
+    fig = figure_class()(figsize=figsize, dpi=100)
     return fig, fig.subplots(*grid, **subplots)
 
 
@@ -107,6 +108,7 @@ def plot_curves(
             if row.get("stage") != prev.get("stage"):
                 ax.axvline(row["epoch"] - 0.5, color="gray", linestyle=":")
         ax.set_xlabel("epoch")
+        ax.xaxis.get_major_locator().set_params(integer=True)  # no epoch 1.5
         ax.set_title(accuracy if metric == "accuracy" else metric)
         ax.grid(alpha=0.3)
         if metric == "accuracy":
@@ -136,7 +138,9 @@ def write_run_report(
         body = f"{' + '.join(backbone)} features, "
     from kerascope.training.optimizers import describe
 
-    stages = ", then ".join(f"{s['epochs']} epochs {describe(s)}" for s in config["stages"])
+    ran = outcome.get("stage_epochs")  # None: a run finished before it was recorded
+    stages = ", then ".join(_stage_text(s, ran, i, config, describe(s))
+                            for i, s in enumerate(config["stages"]))  # fmt: skip
     lines = [
         f"# Training run `{run_dir.name}`",
         "",
@@ -171,7 +175,7 @@ def write_run_report(
         "",
         "```",
         f"kerascope classify PHOTOS --model {run_dir}",
-        f"kerascope evaluate {run_dir} {data}",
+        f"kerascope evaluate {run_dir} {data if multilabel else _data_path(config, data)}",
         f"kerascope predict {run_dir} FOLDER -o predictions.csv",
         "```",
         "",
@@ -182,6 +186,29 @@ def write_run_report(
         "",
     ]
     return write_text(path, "\n".join(lines))
+
+
+def _stage_text(stage: dict[str, Any], ran: Sequence[int] | None, index: int,
+                config: dict[str, Any], optimizer: str) -> str:  # fmt: skip
+    """``6 epochs adam lr=0.001``, or ``4 of 6 epochs adam lr=0.001 (stopped early: ...)``
+    when early stopping ended the stage (before, the report gave the epochs asked for while
+    history.csv had fewer rows)."""
+    asked = int(stage["epochs"])
+    done = ran[index] if ran is not None and index < len(ran) else asked
+    if stage.get("skipped") or done >= asked:
+        return f"{asked} epoch{'s' if asked != 1 else ''} {optimizer}"
+    patience = config.get("patience")
+    return (f"{done} of {asked} epochs {optimizer} (stopped early: no lower validation loss "
+            f"for {patience} epoch{'s' if patience != 1 else ''})")  # fmt: skip
+
+
+def _data_path(config: dict[str, Any], placeholder: str) -> str:
+    """The data the run trained from, for the report's commands (``placeholder`` when the
+    configuration has none); quoted for a shell when it needs it."""
+    import shlex
+
+    data = config.get("data")
+    return shlex.quote(str(data)) if data else placeholder
 
 
 def _devices_note(config: dict[str, Any]) -> list[str]:

@@ -9,7 +9,6 @@ run on the model (CAM needs a GlobalAveragePooling2D -> Dense head) is skipped w
 
 from __future__ import annotations
 
-import functools
 import math
 import os
 import time
@@ -28,6 +27,7 @@ from kerascope.cam.faithfulness import (
     check_metrics,
     score_pixels,
 )
+from kerascope.fonts import pillow_font
 from kerascope.output import percent
 
 DEFAULT_METRIC = "road_morf"
@@ -272,8 +272,8 @@ def draw_grid(
         canvas.paste(panel, (x, top + title_h))
         boxes.append((row.method, (x, top + title_h, x + width, top + title_h + height)))
         y = top + title_h + height + 3
-        font = _font(_SCORE_SIZE)
         for text, chosen in scores[i]:
+            font = _font(_SCORE_SIZE, text)
             draw.text((left, y), text, fill=_HIGHLIGHT if chosen else _DIM, font=font)
             y += _LINE
     return np.asarray(canvas, dtype=np.uint8), boxes
@@ -304,11 +304,11 @@ def fit_text(
     are the text."""
     width = max(1, int(width))
     for s in range(size, max(smallest, math.ceil(size * shrink)) - 1, -1):
-        font = _font(s)
+        font = _font(s, text)
         if _length(font, text) <= width:
             return font, [text]
     for s in range(size, smallest - 1, -1):
-        font = _font(s)
+        font = _font(s, text)
         words = [w for chunk in text.split("  ") for w in chunk.split(" ")]
         if all(_length(font, w) <= width for w in words) or s == smallest:
             return font, _wrap(font, text, width, ("  ", " ", ""))
@@ -380,10 +380,7 @@ def _score_lines(row: MethodScore, metric: str) -> list[tuple[str, bool]]:
     return lines
 
 
-@functools.lru_cache(maxsize=32)
-def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
-    """Pillow's bundled font at ``size`` px (its fixed bitmap font without FreeType)."""
-    try:
-        return ImageFont.load_default(size=size)
-    except (TypeError, OSError, ImportError):
-        return ImageFont.load_default()
+def _font(size: int, text: str = "") -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
+    """A font with every glyph of ``text`` at ``size`` px (`kerascope.fonts`, cached there):
+    Pillow's bundled one for ASCII, else an installed one (a class named 猫 drew as boxes)."""
+    return pillow_font(size, text)

@@ -19,6 +19,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from kerascope.files import atomic_open
+from kerascope.fonts import pillow_font
 
 # Piecewise-linear colormaps as (x, value) breakpoints per channel, matplotlib's definitions
 # (matplotlib/_cm.py), so results look like the tutorials people compare against without
@@ -265,13 +266,10 @@ def overlay_image(
     return blended
 
 
-@functools.lru_cache(maxsize=8)
-def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
-    """Pillow's bundled font at ``size`` px (a fixed bitmap font when FreeType is missing)."""
-    try:
-        return ImageFont.load_default(size=size)
-    except (TypeError, OSError, ImportError):  # Pillow < 10.1 or no FreeType
-        return ImageFont.load_default()
+def _font(size: int, text: str = "") -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
+    """A font with every glyph of ``text`` at ``size`` px (`kerascope.fonts`): Pillow's bundled
+    one for ASCII, else an installed one that has them (class names in Chinese drew as boxes)."""
+    return pillow_font(size, text)
 
 
 def bar_height(image_height: int) -> int:
@@ -307,7 +305,7 @@ def _draw_bar(label: str, width: int, height: int) -> np.ndarray:
 
 def _write_label(draw: ImageDraw.ImageDraw, label: str, height: int) -> None:
     """White ``label`` vertically centred in the top ``height`` rows (a label bar)."""
-    font = _font(max(8, round(height * 0.68)))
+    font = _font(max(8, round(height * 0.68)), label)
     left, top, right, bottom = draw.textbbox((0, 0), label, font=font)
     y = (height - (bottom - top)) // 2 - top
     draw.text((max(4, height // 4), y), label, fill=(255, 255, 255), font=font)

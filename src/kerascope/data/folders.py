@@ -15,6 +15,7 @@ only ever read: nothing under ``root`` is written, moved or deleted.
 from __future__ import annotations
 
 import os
+import re
 import zlib
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -35,6 +36,13 @@ SPLIT_DIRS: dict[str, tuple[str, ...]] = {
 }
 """Folder names (compared case-insensitively) that mark the pre-split layout."""
 
+_SPLIT_LIKE = re.compile(
+    r"(train(ing)?|val(id(ation)?)?|test(ing)?|eval(uation)?|dev)([ _-]?(set|data|images|\d+))?",
+    re.IGNORECASE,
+)
+"""Folder names a download gives its splits (``train2``, ``test1``, ``val_set``,
+``training_set``), which read as classes would train a classifier of splits."""
+
 IMBALANCE_RATIO = 3.0
 """Largest/smallest class size in train above which a warning is raised: accuracy stops
 meaning much, and class weights or resampling are worth considering."""
@@ -52,14 +60,16 @@ class DatasetError(KerascopeError):
     """The dataset folder cannot be trained on as it is; the message says why and what to do."""
 
 
-def not_a_folder(root: Path, what: str) -> str:
+def not_a_folder(root: Path, what: str, single: str | None = None) -> str:
     """Why ``root`` cannot be a ``what`` (dataset, evaluation, validation) folder of class
-    folders: a file or a glob (these read folders only: one image is `predict`'s), or none."""
+    folders: a file or a glob (these read folders only: one image is `predict`'s, or
+    ``single``: the command that does for single images what the caller does), or none."""
     if root.exists() or any(c in str(root) for c in "*?["):
         kind = "a file" if root.exists() else "a glob"
+        single = single or "`kerascope predict RUN FILES` labels single images"
         return (
             f"{what} folder '{root}' is {kind}: this reads a folder of class folders "
-            "(DATA/<class>/*.jpg); `kerascope predict RUN FILES` labels single images"
+            f"(DATA/<class>/*.jpg); {single}"
         )
     return f"{what} folder '{root}' does not exist"
 
@@ -163,6 +173,7 @@ def scan_dataset(
         _check_split_classes(root, split_dirs, found, classes, warnings)
     else:
         layout = "classes"
+        _check_not_splits(root, folders, warnings)
         found = {"all": _class_files(root, skipped, folders)}
         classes = sorted(found["all"])
     where = split_dirs.get("train", root)
@@ -261,6 +272,47 @@ def _split_dirs(root: Path, folders: list[Path]) -> dict[str, Path]:
             "train/ and validation/, or drop train/ and keep one folder per class"
         )
     return found
+
+
+def _check_not_splits(root: Path, folders: list[Path], warnings: list[str]) -> None:
+    """Class folders that look like splits: refused when every one is named like a split, or
+    some are and all hold the same class folders (a Kaggle download's ``train2/{cats,dogs}``
+    + ``test2/...``, read before as the two classes "train2" and "test2"); a warning when
+    only one sign is there (``cats/{indoor,outdoor}`` + ``dogs/{indoor,outdoor}`` may be
+    classes with their own subfolders)."""
+    inner = {f.name: {d.name.lower() for d in _dir_entries(f) if _holds_images(d.path)}
+             for f in folders}  # fmt: skip
+    named = [name for name in inner if _SPLIT_LIKE.fullmatch(name)]
+    shared = set.intersection(*inner.values()) if len(inner) > 1 else set()
+    nested = len(inner) > 1 and all(len(v) > 1 for v in inner.values()) and bool(shared)
+    if not named and not nested:
+        return
+    holding = sorted(shared) if nested else sorted(set().union(*(inner[n] for n in named)))
+    listed = ", ".join(f"'{n}'" for n in (named or list(inner))[:_SHOW])
+    inside = f" holding {', '.join(holding[:_SHOW])}" if holding else ""
+    message = (f"'{root}' looks like splits, not classes: {listed}{inside}; name them train/ "
+               "and test/ (or validation/), each holding one folder per class")  # fmt: skip
+    if named and (nested or len(named) == len(inner)):
+        raise DatasetError(message)
+    if named:  # some classes, some split-like names: a test folder among the classes?
+        message = (f"class folder(s) {listed} in '{root}' are named like a split, not a class: "
+                   "if they are one, put the classes in train/<class>/ and test/<class>/ (or "
+                   "validation/)")  # fmt: skip
+    warnings.append(f"{message} (read as classes now)")
+
+
+def _dir_entries(folder: Path) -> list[os.DirEntry]:
+    """Visible subfolders, from the directory listing alone (no stat of every image)."""
+    with os.scandir(folder) as entries:
+        return [e for e in entries if not e.name.startswith(".") and e.is_dir()]
+
+
+def _holds_images(folder: str | Path) -> bool:
+    """Whether any image lies under ``folder`` (stops at the first)."""
+    for _, _, files in os.walk(folder):
+        if any(Path(f).suffix.lower() in IMAGE_SUFFIXES for f in files):
+            return True
+    return False
 
 
 def _class_files(

@@ -30,6 +30,7 @@ from kerascope.data.augment import AugmentConfig, policy_plan, sample_matrices
 from kerascope.data.policy import describe as describe_policy
 from kerascope.data.regularise import RegulariseConfig, mix_host, sample_mix
 from kerascope.files import atomic_open, make_output_folder
+from kerascope.fonts import pillow_font
 from kerascope.images import load_image, resize
 
 _log = logging.getLogger(__name__)
@@ -193,17 +194,18 @@ def _grid(images: list[np.ndarray], labels: list[str] | None = None, tile: int =
     """Tiles on a white sheet, nearly square, each with its label underneath; the first tile
     is the original picture. Cells take the pictures' shape (all are the same size), so a
     landscape photo does not leave a square's worth of white around it."""
-    from PIL import ImageDraw, ImageFont
+    from PIL import ImageDraw
 
     cols = math.ceil(math.sqrt(len(images)))
     rows = math.ceil(len(images) / cols)
     height, width = images[0].shape[:2]
     scale = tile / max(height, width)
     cell_w, cell_h = max(1, round(width * scale)), max(1, round(height * scale))
-    font = ImageFont.load_default(size=11)
+    font = pillow_font(11, "".join(labels or []))  # a class named 猫 drew as boxes
     lines = max((label.count("\n") + 1 for label in labels or []), default=0)
-    text_h = lines * 13 + (3 if lines else 0)
     measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    line_h = max(13, measure.textbbox((0, 0), "A", font=font)[3] + 2)  # a CJK font's are taller
+    text_h = lines * line_h + (3 if lines else 0)
     widest = max((measure.multiline_textbbox((0, 0), t, font=font)[2] for t in labels or []),
                  default=0)  # fmt: skip
     cell_w = max(cell_w, widest)  # a portrait picture's label stays under its own tile

@@ -9,6 +9,7 @@ thing: configure, scan, build, train each stage, finish.
 from __future__ import annotations
 
 import contextlib
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,7 @@ from kerascope.data.augment import AugmentConfig  # noqa: E402
 from kerascope.data.regularise import RegulariseConfig  # noqa: E402
 from kerascope.report import read_history, write_history  # noqa: E402
 from kerascope.rundir import read_state, write_state  # noqa: E402
+from kerascope.training.checkpoints import read_best  # noqa: E402
 from kerascope.training.split import PrefixSequence, SplitModel, prefix_forward  # noqa: E402
 
 
@@ -87,6 +89,42 @@ class EpochLog(keras.callbacks.Callback):
         write_history(path, rows)
         state = {**read_state(self.run_dir), "stage": self.stage, "epoch": epoch + 1}
         write_state(self.run_dir, {**state, "status": "running"})
+
+
+class EarlyStop(keras.callbacks.EarlyStopping):
+    """Keras's early stopping on the validation loss, saying when it stops a stage (before,
+    a run asked for 6 epochs stopped after 4 with no word, and its report claimed 6).
+
+    ``patience`` 0 turns it off: every epoch asked for runs. Keras's 0 stopped at the first
+    epoch without a lower loss, exactly as its 1 does, so 0 had no use of its own.
+
+    Args:
+        patience: epochs without a lower validation loss before the stage stops; 0: never.
+        end_epoch: the stage's last epoch (1-based), for "stopped after epoch 4 of 6".
+        best: the run's ``best.weights.h5``, whose epoch is the one kept (over every
+            stage); None: this stage's best (``restore_best_weights`` puts it back).
+        stream: where the line goes; None: nowhere.
+    """
+
+    def __init__(self, patience: int, end_epoch: int, best: Path | None = None,
+                 stream: Any = None, **kwargs: Any):  # fmt: skip
+        self.asked = int(patience)
+        super().__init__(monitor="val_loss", patience=self.asked or sys.maxsize, **kwargs)
+        self.end_epoch, self.best_path, self.stream = int(end_epoch), best, stream
+
+    def on_train_end(self, logs=None) -> None:
+        super().on_train_end(logs)
+        if self.stopped_epoch > 0 and self.stream is not None:
+            print(f"  {self.stop_line()}", file=self.stream, flush=True)
+
+    def stop_line(self) -> str:
+        """Why the stage ended before its last epoch, and which epoch the run keeps."""
+        kept = read_best(self.best_path) if self.best_path is not None else None
+        best = int(kept["epoch"]) if kept and kept.get("epoch") else self.best_epoch + 1
+        return (f"stopped after epoch {self.stopped_epoch + 1} of {self.end_epoch}: validation "
+                f"loss has not improved for {self.asked} epoch{'s' if self.asked != 1 else ''} "
+                f"(--patience {self.asked}; 0: never stop early); the best, epoch {best}, is "
+                "kept")  # fmt: skip
 
 
 def prefix_sequences(parts: SplitModel, seqs, config: dict, run_dir: Path, progress: bool,

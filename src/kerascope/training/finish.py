@@ -72,8 +72,16 @@ def _outcome(history: list[dict[str, Any]], best: dict[str, Any] | None) -> dict
         "best_val_accuracy": max(accuracies, default=float("nan")),
         "final_val_accuracy": history[-1]["val_accuracy"] if history else None,
         "epochs": int(history[-1]["epoch"]) if history else 0,
+        "stage_epochs": stage_epochs(history),
         "seconds": float(sum(r["seconds"] or 0.0 for r in history)),
     }
+
+
+def stage_epochs(history: list[dict[str, Any]]) -> list[int]:
+    """Epochs each stage ran (history's rows per stage): fewer than it asked for when early
+    stopping ended it, which the report says."""
+    last = max((int(r["stage"] or 1) for r in history), default=0)
+    return [sum(1 for r in history if int(r["stage"] or 1) == s) for s in range(1, last + 1)]
 
 
 def _write_report_files(run_dir: Path, config: dict, summary: str, history: list,

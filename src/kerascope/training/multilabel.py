@@ -164,6 +164,7 @@ def _train(run_dir: Path, config: dict, table: LabelTable, splits: dict, progres
     import keras
 
     from kerascope.inference import compiled
+    from kerascope.training.epochs import EarlyStop
     from kerascope.training.optimizers import make_optimizer
     from kerascope.training.split import split_model
 
@@ -202,8 +203,8 @@ def _train(run_dir: Path, config: dict, table: LabelTable, splits: dict, progres
                                             stage.get("schedule"), steps),
                    loss="binary_crossentropy",
                    metrics=[keras.metrics.BinaryAccuracy(name="accuracy")])  # fmt: skip
-    stop = keras.callbacks.EarlyStopping(monitor="val_loss", patience=config["patience"],
-                                         restore_best_weights=True)  # fmt: skip
+    stop = EarlyStop(config["patience"], stage["epochs"], stream=sys.stdout if progress else None,
+                     restore_best_weights=True)  # fmt: skip
     began, seconds = [0.0], []
     clock = keras.callbacks.LambdaCallback(
         on_epoch_begin=lambda _e, _logs: began.__setitem__(0, time.perf_counter()),
@@ -274,6 +275,7 @@ def _outcome(history: list[dict[str, Any]], best: int) -> dict[str, Any]:
     return {"best_epoch": best + 1, "val_accuracy": history[best]["val_accuracy"],
             "val_loss": history[best]["val_loss"], "best_val_accuracy": max(accuracies),
             "final_val_accuracy": accuracies[-1], "epochs": len(history),
+            "stage_epochs": [len(history)],
             "seconds": float(sum(row["seconds"] for row in history))}  # fmt: skip
 
 

@@ -7,6 +7,7 @@ included, is never read as "the default".
 
 from __future__ import annotations
 
+import logging
 import math
 import numbers
 import os
@@ -26,6 +27,8 @@ from kerascope.training.recipes import (
     native_size,
     size_from_data,
 )
+
+_log = logging.getLogger(__name__)
 
 
 def _given(value: Any, default: Any, name: str, minimum: float, strict: bool = False,
@@ -254,7 +257,28 @@ def resolve_stages(recipe: Recipe, epochs: Any, lr: Any, optimizer: Any, momentu
     if momentum is not None and not any(s["optimizer"] == "sgd" for s in stages):
         raise ConfigError("momentum is SGD's, and no stage of this run uses sgd (choose it "
                           "with --optimizer sgd)")  # fmt: skip
+    _note_first_stage_only(stages, optimizer=listed(optimizer), lr=lr)
     return stages
+
+
+def _note_first_stage_only(stages: list[dict[str, Any]], **given: Any) -> None:
+    """One warning when a single ``--optimizer``/``--lr`` meets several stages: it sets the
+    first only (as documented), and the later stages keep the recipe's, which a user asking
+    finetune for "sgd 1e-4" did not expect (stage 2 ran Adam 1e-3 in silence)."""
+    single = {name: value for name, value in given.items()
+              if value is not None and not isinstance(value, list | tuple)}  # fmt: skip
+    if len(stages) < 2 or not single:
+        return
+    shown = {name: f"{value:g}" if isinstance(value, float) else str(value)
+             for name, value in single.items()}  # fmt: skip
+    asked = " ".join(f"--{name} {value}" for name, value in shown.items())
+    each = "; ".join(f"stage {i + 1}: {optimizers.describe(s)}" for i, s in enumerate(stages))
+    every = " ".join(f"--{name} {','.join([value] * len(stages))}"
+                     for name, value in shown.items())  # fmt: skip
+    later = "stage 2 keeps" if len(stages) == 2 else f"stages 2-{len(stages)} keep"
+    _log.warning(f"{asked} applies to the first of {len(stages)} stages only, {later} the "
+                 f"recipe's ({each}); for every stage give one value per stage: "
+                 f"{every}")  # fmt: skip
 
 
 def resolve_head(recipe: Recipe, backbone: Any, head: Any, pool: str) -> list[str] | None:

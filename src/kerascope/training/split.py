@@ -55,11 +55,15 @@ class SplitModel:
         suffix: trainable part, boundary tensors in, probabilities out; shares its layers
             (and so its variables) with the full model.
         cut: name of the first backbone layer in the suffix (None: the head only).
+        cut_index: its index as `kerascope models layers` numbers it (None: no cut).
+        cut_kind: its class name, which tells a name Keras made up (``conv2d_174``).
     """
 
     prefix: Any
     suffix: Any
     cut: str | None
+    cut_index: int | None = None
+    cut_kind: str | None = None
 
 
 def _first_trainable(layers: list) -> int | None:
@@ -192,8 +196,14 @@ def split_model(model: Any) -> SplitModel | None:
     values = _replay(rest, known, call)
     suffix = keras.Model(_pack(suffix_inputs), values[id(model.outputs[0])],
                          name=f"{model.name}_suffix")  # fmt: skip
-    cut = cuts[0][0].operation.layers[cuts[0][1]].name if cuts else None
-    return SplitModel(prefix, suffix, cut)
+    if not cuts:
+        return SplitModel(prefix, suffix, None)
+    from kerascope.training.heads import keras_index
+
+    inner, start = cuts[0][0].operation, cuts[0][1]
+    layer = inner.layers[start]
+    return SplitModel(prefix, suffix, layer.name, keras_index(inner, start),
+                      type(layer).__name__)  # fmt: skip
 
 
 def _call(node: Any, values: dict) -> Any:

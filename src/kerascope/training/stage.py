@@ -4,6 +4,7 @@ run's order of work (settings, folder, scan, stages, finish) and calls this once
 
 from __future__ import annotations
 
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -27,7 +28,12 @@ from kerascope.training.checkpoints import (  # noqa: E402
     load_best,
     trainer_mismatch,
 )
-from kerascope.training.epochs import EpochLog, InterruptCheck, prefix_sequences  # noqa: E402
+from kerascope.training.epochs import (  # noqa: E402
+    EarlyStop,
+    EpochLog,
+    InterruptCheck,
+    prefix_sequences,
+)
 from kerascope.training.heads import UnfreezeSpec, parameter_counts  # noqa: E402
 from kerascope.training.optimizers import (  # noqa: E402
     describe,
@@ -110,7 +116,7 @@ def run_stage(model, run_dir: Path, config: dict, index: int, stage: dict, seqs,
               f"epochs {start + 1}-{end if not pending else '?'}{what} ({trainable:,} trainable, "
               f"{frozen:,} frozen parameters){again}")  # fmt: skip
         if parts is not None:
-            cut = f"from '{parts.cut}' on" if parts.cut else "head only"
+            cut = f"from {cut_label(parts, config)} on" if parts.cut else "head only"
             print(f"  split training: {prefix_place(parts.prefix, prefix_engine)}, Keras "
                   f"trains {cut}")  # fmt: skip
         else:
@@ -142,7 +148,7 @@ def run_stage(model, run_dir: Path, config: dict, index: int, stage: dict, seqs,
         EpochLog(run_dir, index + 1, len(seqs["train"].paths)),
         BestCheckpoint(model, best, monitor=MONITOR, frozen_prefix=parts is not None),
         Backup(backup, "split" if parts is not None else "whole"),
-        keras.callbacks.EarlyStopping(monitor=MONITOR, patience=config["patience"]),
+        EarlyStop(config["patience"], end, best, sys.stdout if progress else None),
         *([TrainProgress(len(seqs["train"].paths), end,
                          cached=parts is not None and not config["augment"])]
           if progress else []),  # fmt: skip
@@ -153,6 +159,30 @@ def run_stage(model, run_dir: Path, config: dict, index: int, stage: dict, seqs,
         trained.fit(train_data, validation_data=val_data, epochs=end, initial_epoch=start,
                     callbacks=callbacks, shuffle=False,
                     verbose=verbose)  # fmt: skip
+
+
+def cut_label(parts: Any, config: dict[str, Any]) -> str:
+    """The first layer a split stage trains, as `kerascope models layers` shows it: its index,
+    and its name unless Keras made the name up (``conv2d_174``: a per-session counter that
+    differs from the listing's ``conv2d_80``); a name the user gave is shown as given."""
+    index = getattr(parts, "cut_index", None)
+    if index is None:
+        return f"'{parts.cut}'"
+    given = config.get("unfreeze")
+    if isinstance(given, str) and given != "all" and config.get("unfreeze_index") == index:
+        return f"layer {index} '{given}'"
+    name = "" if _auto_named(parts.cut, getattr(parts, "cut_kind", None)) else f" '{parts.cut}'"
+    return f"layer {index}{name} (as `kerascope models layers` numbers them)"
+
+
+def _auto_named(name: str, kind: str | None) -> bool:
+    """Whether ``name`` is one Keras generated from the layer's class (``conv2d``,
+    ``conv2d_174``), which depends on how many such layers the process built before."""
+    if kind is None:
+        return False
+    base = re.sub(r"(.)([A-Z][a-z]+)", r"\1_\2", re.sub(r"\W+", "", kind))
+    base = re.sub(r"([a-z])([A-Z])", r"\1_\2", base).lower()  # as keras's to_snake_case
+    return re.fullmatch(re.escape(base) + r"(_\d+)?", name) is not None
 
 
 def _as_backed_up(backup: Path, parts: Any, model: Any, forced: bool) -> Any:
