@@ -152,7 +152,8 @@ class AblationCAM(BaseCAM):
     """Ablation-CAM (Desai & Ramaswamy 2020, "Ablation-CAM: Visual Explanations for Deep
     Convolutional Network via Gradient-free Localization", Eq. 3):
     ``w_k = (y_c - y_c^k) / y_c``, ``y_c^k`` the class logit with channel k of the target
-    layer set to zero.
+    layer set to zero; divided by ``|y_c|`` here, so a class scored below zero keeps the sign
+    of its evidence (the paper explains the top class, whose logit is positive).
 
     Closed form on a GAP + Dense head: zeroing channel k lowers the pooled feature ``P_k`` to
     0, so ``y_c - y_c^k = W[k, c] P_k`` and no network runs again. Otherwise the layers after
@@ -176,7 +177,9 @@ class AblationCAM(BaseCAM):
             tail = self.probe.tail(batch.pixels, analytic=False)
             score = _scores(tail, a, classes)
             drop = score[:, None] - ablated_scores(tail, a, classes)
-        score = np.where(np.abs(score) > 1e-12, score, 1e-12)
+        # |y_c|: dividing by a negative score (a class the image does not have, a binary run's
+        # class 0 scoring -z) turned its evidence against into evidence for, one map per class
+        score = np.maximum(np.abs(score), 1e-12)
         return self.weighted_sum(a, (drop / score[:, None]).astype(np.float32))
 
 

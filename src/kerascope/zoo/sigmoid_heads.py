@@ -52,7 +52,7 @@ def as_probabilities(model: Any) -> tuple[Any, str | None]:
     import keras
 
     last = model.outputs[0]._keras_history.operation
-    if output_activation(model) != "linear" or _is_two_class_view(last):
+    if output_activation(model) != "linear" or is_two_class_view(last):
         return model, None  # a binary run's [1 - p, p] (exported with it) is probabilities
     one = tuple(model.outputs[0].shape)[1:] == (1,)
     activation = keras.layers.Activation("sigmoid", name="kerascope_sigmoid") if one else (
@@ -63,11 +63,12 @@ def as_probabilities(model: Any) -> tuple[Any, str | None]:
     return wrapped, f"the model's last layer has no activation: its outputs are logits, {said}"
 
 
-def _is_two_class_view(layer: Any) -> bool:
-    """`two_class_view`'s layer: its name and its fixed weights [[-1, 1]], [1, 0]."""
+def is_two_class_view(layer: Any) -> bool:
+    """`two_class_view`'s layer: its name and its fixed weights [[-1, 1]], [1, 0] (explain
+    reads the sigmoid's logit through it: `kerascope.cam.head`)."""
     import numpy as np
 
-    if layer.name != TWO_CLASSES or len(layer.get_weights()) != 2:
+    if getattr(layer, "name", None) != TWO_CLASSES or len(layer.get_weights()) != 2:
         return False
     kernel, bias = layer.get_weights()
     return np.array_equal(kernel, [[-1.0, 1.0]]) and np.array_equal(bias, [1.0, 0.0])
