@@ -265,6 +265,8 @@ def test_keras_export_names_a_non_keras_layer(tmp_path):
 def test_unsupported_layer_is_one_line_naming_layer_and_class(tmp_path, monkeypatch, capsys):
     clf = tiny_model(extra=keras.layers.Conv2DTranspose(4, 3, name="upsample"))
     clf.model.save(tmp_path / "up.keras")
+    names = [name for _, name in clf.labels]  # else a warning line: no class names found
+    (tmp_path / "labels.json").write_text(json.dumps({"classes": names}))
     out = tmp_path / "up.onnx"
     code, err = run_cli(["export", str(tmp_path / "up.keras"), "-o", str(out)], monkeypatch, capsys)
     assert code == 2

@@ -233,6 +233,17 @@ def test_headline_report_and_evaluate_describe_the_saved_model(lenet_run, shapes
 
 
 @pytest.mark.slow  # 19 s
+def test_a_copy_of_a_runs_model_keras_alone_keeps_its_class_names(lenet_run, tmp_path):
+    """Before: copied out of its run folder, model.keras named its classes class_0, class_1."""
+    import shutil
+
+    from kerascope.rundir import read_labels
+    from kerascope.zoo.models import load_model
+
+    copy = Path(shutil.copy(lenet_run / "model.keras", tmp_path / "copied.keras"))
+    assert [name for _, name in load_model(copy).labels] == read_labels(lenet_run)
+
+
 def test_evaluate_scores_the_held_out_split_and_warns_about_training_images(
     lenet_run, shapes32, tmp_path, capsys
 ):

@@ -4,7 +4,9 @@ Two targets. ONNX: the graph kerascope's CPU engine already runs (``onnx_export`
 preprocessing inside, uint8 or float32 RGB input, a dynamic batch dimension, and the labels and
 input size in ``metadata_props`` (``onnx_export.package``). ``.keras``: the Keras model with
 kerascope's one custom layer (``ImagePreprocess``) replaced by standard Keras layers that compute
-the same thing, so plain ``keras.saving.load_model`` opens it.
+the same thing, so plain ``keras.saving.load_model`` opens it; the labels, input convention,
+heatmap layer and a multi-label run's thresholds go into the archive's ``metadata.json``, which
+Keras ignores (`kerascope.zoo.model_archive.write_record`), so kerascope reads them back.
 
 Nothing is written unless the file has been checked first: ``onnx.checker`` and onnxruntime
 (batch of several and batch of one) or a reload through ``keras.saving.load_model``, against the
@@ -407,6 +409,7 @@ def _write_keras(clf, path: Path, images, expected, names) -> float:
 
     from kerascope import files
     from kerascope.zoo.fast_init import numpy_init
+    from kerascope.zoo.model_archive import model_record, write_record
 
     model = portable_model(clf.model)
     for layer in _layers(model):
@@ -424,6 +427,8 @@ def _write_keras(clf, path: Path, images, expected, names) -> float:
         except Exception as exc:  # noqa: BLE001  (a layer Keras cannot serialize)
             first = _first_line(exc)
             raise ExportError(f"cannot save '{clf.name}' as a .keras file: {first}") from None
+        write_record(tmp, model_record(clf.labels, clf.convention, clf.cam_layer,
+                                       clf.extra.get("multilabel"), clf.name))  # fmt: skip
         with zipfile.ZipFile(tmp) as archive:
             config = json.loads(archive.read("config.json"))
         for layer, name in _foreign(config):

@@ -17,9 +17,10 @@ from kerascope.errors import RunError
 from kerascope.files import atomic_path, remove_stale_temps
 from kerascope.keras_saving import fast_keras_saving
 from kerascope.report import plot_curves, read_history, write_run_report
-from kerascope.rundir import write_state
+from kerascope.rundir import read_labels, write_state
 from kerascope.training import recipes
 from kerascope.training.checkpoints import TRAINED_PART, load_best, read_best
+from kerascope.zoo.model_archive import model_record, write_record
 
 
 def finish_run(model, run_dir: Path, config: dict, summary: str, trained_here: bool
@@ -54,6 +55,8 @@ def _save_final_model(model, run_dir: Path, trained_here: bool):
     saved = recipes.inference_model(model)
     with atomic_path(path, suffix=".keras") as tmp:
         saved.save(tmp)
+        if names := read_labels(run_dir):  # inside too: a copy of model.keras keeps its names
+            write_record(tmp, model_record([(str(i), n) for i, n in enumerate(names)]))
     return saved
 
 

@@ -44,6 +44,7 @@ from kerascope.rundir import LABELS_NAME, lock_run, write_state
 from kerascope.training import recipes
 from kerascope.training.config_file import save_config
 from kerascope.training.settings import resolve_config
+from kerascope.zoo.model_archive import model_record, write_record
 from kerascope.zoo.sigmoid_heads import MULTILABEL_NAME
 
 RECIPES = ("transfer", "features")
@@ -230,12 +231,16 @@ def _train(run_dir: Path, config: dict, table: LabelTable, splits: dict, progres
     thresholds = tune_thresholds(targets["validation"], scores)
     metrics = multilabel_report(targets["validation"], scores, table.labels, thresholds)
     saved = recipes.inference_model(model)
+    rule = "max F1 per label on the validation rows"
     with atomic_path(run_dir / "model.keras", suffix=".keras") as tmp:
-        saved.save(tmp)
+        saved.save(tmp)  # with its labels inside: a copy of model.keras keeps them
+        write_record(tmp, model_record([(str(i), n) for i, n in enumerate(table.labels)],
+                     multilabel={"labels": table.labels, "thresholds": thresholds,
+                                 "threshold_rule": rule}))  # fmt: skip
     write_history(run_dir / "history.csv", history)
     write_json(run_dir / MULTILABEL_NAME, finite({
         "labels": table.labels, "thresholds": thresholds, "csv": str(table.csv),
-        "threshold_rule": "max F1 per label on the validation rows",
+        "threshold_rule": rule,
         "splits": {name: table.relative(rows) for name, rows in splits.items()},
         "validation": metrics}))  # fmt: skip
     outcome = _outcome(history, best)

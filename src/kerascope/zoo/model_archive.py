@@ -1,13 +1,24 @@
 """A ``.keras`` file judged from its ``config.json`` alone, before Keras builds anything from
 it: damaged archives, configs that would switch Keras's safe mode off, inputs too large to run.
+
+Also the record kerascope keeps inside the archive (`write_record`, `read_record`): the class
+names and how to feed the model, so a ``.keras`` file keeps them once it leaves its run folder.
 """
 
 from __future__ import annotations
 
+import json
+import logging
+import os
+import shutil
+import zipfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from kerascope.errors import KerascopeError
+
+_log = logging.getLogger(__name__)
 
 
 class ModelFileError(KerascopeError, RuntimeError):
@@ -39,8 +50,6 @@ def check_model_archive(path: Path) -> None:
     safe-mode toggle in its layer list, and builds a model of any input size (the memory is
     spent later, resizing pictures to it). Other files (legacy HDF5) are left to Keras.
     """
-    import json
-    import zipfile
     import zlib
 
     with open(path, "rb") as f:
@@ -163,3 +172,162 @@ def check_input_size(shape: Any, first: dict | None, what: str) -> None:
             f"~{_size_text(need)} per image (limit {_size_text(MAX_FIRST_ACTIVATION)}); rebuild "
             "it with an input of a few hundred pixels a side, e.g. keras.Input((224, 224, 3))"
         )
+
+
+# --- kerascope's record inside a .keras archive -------------------------------------------------
+
+# Keras writes metadata.json (its version, the date) and never reads it back, so a key of ours
+# there is ignored by plain Keras; an extra archive member would not be: past three members,
+# Keras's loader extracts the whole archive (weights included) to a temp folder as "assets".
+METADATA_NAME = "metadata.json"
+RECORD_KEY = "kerascope"
+RECORD_VERSION = 1
+_RESIZES, _FILTERS = ("squash", "crop"), ("bilinear", "bicubic")  # `images.fit` takes these
+
+
+def model_record(
+    labels: Sequence[tuple[str, str]],
+    convention: Any = None,
+    cam_layer: str | None = None,
+    multilabel: dict[str, Any] | None = None,
+    model: str | None = None,
+) -> dict[str, Any]:
+    """What loading a ``.keras`` file needs beyond Keras: ``(id, name)`` per output, how
+    pictures are fitted (an ``InputConvention``; None: squash), the heatmap layer, and a
+    multi-label run's labels and thresholds (its CSV and splits stay with the run)."""
+    record: dict[str, Any] = {
+        "version": RECORD_VERSION,
+        "classes": [str(name) for _, name in labels],
+        "class_ids": [str(i) for i, _ in labels],
+        "input_convention": {
+            "resize": getattr(convention, "resize", "squash"),
+            "crop_fraction": float(getattr(convention, "crop_fraction", 1.0)),
+            "interpolation": getattr(convention, "interpolation", "bilinear"),
+        },
+    }
+    if model:
+        record["model"] = str(model)
+    if cam_layer:
+        record["cam_layer"] = str(cam_layer)
+    if multilabel:
+        record["multilabel"] = {
+            "labels": [str(n) for n in multilabel["labels"]],
+            "thresholds": [float(t) for t in multilabel["thresholds"]],
+            **({"threshold_rule": multilabel["threshold_rule"]}
+               if "threshold_rule" in multilabel else {}),
+        }  # fmt: skip
+    return record
+
+
+def write_record(path: str | os.PathLike, record: dict[str, Any]) -> None:
+    """Put ``record`` into the ``metadata.json`` of the ``.keras`` archive at ``path``.
+
+    The archive is rewritten beside itself and renamed over ``path`` (members copied as they
+    are, in order); call it on the temp file of an atomic write, before it is moved in place.
+    """
+    from kerascope.files import temp_name
+
+    path = Path(path)
+    tmp = temp_name(path)
+    try:
+        with zipfile.ZipFile(path) as src, zipfile.ZipFile(tmp, "w") as dst:
+            names = src.namelist()
+            meta = _json_object(src.read(METADATA_NAME)) if METADATA_NAME in names else {}
+            meta[RECORD_KEY] = record
+            text = json.dumps(meta, ensure_ascii=False).encode("utf-8")
+            if METADATA_NAME not in names:
+                dst.writestr(METADATA_NAME, text)
+            for info in src.infolist():
+                if info.filename == METADATA_NAME:
+                    dst.writestr(_copy_info(info), text)
+                    continue
+                big = info.file_size > 1 << 31  # zip64 fields, as zipfile needs to be told
+                with src.open(info) as r, dst.open(_copy_info(info), "w", force_zip64=big) as w:
+                    shutil.copyfileobj(r, w, 1 << 20)
+        shutil.copymode(path, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def _copy_info(info: zipfile.ZipInfo) -> zipfile.ZipInfo:
+    out = zipfile.ZipInfo(info.filename, info.date_time)
+    out.compress_type, out.external_attr = info.compress_type, info.external_attr
+    out.file_size = info.file_size  # zipfile picks zip64 from it
+    return out
+
+
+def _json_object(data: bytes) -> dict[str, Any]:
+    try:
+        value = json.loads(data)
+    except ValueError:
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def read_record(path: str | os.PathLike) -> dict[str, Any] | None:
+    """kerascope's record in the ``.keras`` archive at ``path`` (`model_record`), or None.
+
+    None too for a damaged record, after a warning: the model still runs, only what the
+    record said is unknown (a damaged run file is refused instead: the run can be restored).
+    """
+    try:
+        with zipfile.ZipFile(path) as archive:
+            info = archive.getinfo(METADATA_NAME)
+            if info.file_size > _MAX_CONFIG_BYTES:
+                raise ValueError(f"{info.file_size:,} bytes")
+            meta = json.loads(archive.read(info))
+    except KeyError:
+        return None  # not saved by Keras 3's model.save (or a stripped copy)
+    except (OSError, zipfile.BadZipFile, EOFError, NotImplementedError) as exc:
+        _log.warning("'%s': cannot read its metadata.json (%s)", path, exc)
+        return None
+    except (ValueError, RecursionError) as exc:
+        _log.warning("'%s': its metadata.json is damaged (%s); kerascope's record in it is "
+                     "ignored", path, type(exc).__name__)  # fmt: skip
+        return None
+    record = meta.get(RECORD_KEY) if isinstance(meta, dict) else None
+    if record is None:
+        return None
+    problem = _record_problem(record)
+    if problem:
+        _log.warning("'%s': kerascope's record in its metadata.json is damaged (%s); it is "
+                     "ignored", path, problem)  # fmt: skip
+        return None
+    return record
+
+
+def _strings(value: Any) -> bool:
+    return isinstance(value, list) and bool(value) and all(isinstance(v, str) for v in value)
+
+
+def _record_problem(record: Any) -> str | None:
+    """What is wrong with a record read back, or None (it is then safe to use as it is)."""
+    if not isinstance(record, dict):
+        return f"a JSON {type(record).__name__}, not an object"
+    classes, ids = record.get("classes"), record.get("class_ids")
+    if not _strings(classes):
+        return "its 'classes' is not a list of names"
+    if ids is not None and not (_strings(ids) and len(ids) == len(classes)):
+        return "its 'class_ids' do not match its classes"
+    fit = record.get("input_convention", {})
+    if not isinstance(fit, dict) or fit.get("resize", "squash") not in _RESIZES:
+        return "its 'input_convention' is not squash or crop"
+    if fit.get("interpolation", "bilinear") not in _FILTERS:
+        return f"its interpolation is not {' or '.join(_FILTERS)}"
+    fraction = fit.get("crop_fraction", 1.0)
+    if isinstance(fraction, bool) or not isinstance(fraction, int | float) or not 0 < fraction <= 1:
+        return "its crop_fraction is not in (0, 1]"
+    if not isinstance(record.get("cam_layer", ""), str):
+        return "its 'cam_layer' is not a layer name"
+    multilabel = record.get("multilabel")
+    if multilabel is not None:
+        try:
+            thresholds = [float(t) for t in multilabel["thresholds"]]
+            ok = _strings(multilabel["labels"]) and len(thresholds) == len(multilabel["labels"])
+        except (TypeError, KeyError, ValueError):
+            ok = False
+        if not ok:
+            return "its 'multilabel' does not list one threshold per label"
+    return None

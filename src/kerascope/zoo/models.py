@@ -21,6 +21,7 @@ from kerascope.zoo.model_archive import (  # noqa: F401  (ModelFileError: caller
     ModelFileError,
     check_input_size,
     check_model_archive,
+    read_record,
 )
 from kerascope.zoo.registry import InputConvention, ModelSpec
 
@@ -346,6 +347,7 @@ def _load_file(path: Path) -> Classifier:
     model_path = path / "model.keras" if path.is_dir() else path
     if not model_path.is_file():
         raise ModelFileError(missing_model(model_path))
+    _check_format(model_path)
     check_model_archive(model_path)  # before Keras builds anything from it
     fast_keras_saving()
     try:
@@ -358,8 +360,16 @@ def _load_file(path: Path) -> Classifier:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ModelFileError(f"cannot load model '{model_path}': {first}") from None
     shape, classes = _check_interface(model, model_path)
+    # The run's files beside the model first (they can be edited), then the record inside the
+    # archive (`kerascope export`), which a model keeps once it leaves its run folder.
+    record = read_record(model_path) or {}
     labels_file = run_dir / "labels.json"
     names = read_labels(run_dir)  # a damaged labels.json is one line, not a traceback
+    source = f"'{labels_file if labels_file.is_file() else run_dir / 'config.yaml'}'"
+    ids = None
+    if names is None and record:
+        names, ids = record["classes"], record.get("class_ids")
+        source = f"the kerascope record in '{model_path}' (its metadata.json)"
     from kerascope.zoo.sigmoid_heads import (
         as_probabilities,
         is_binary_sigmoid,
@@ -372,22 +382,70 @@ def _load_file(path: Path) -> Classifier:
         _log.warning("'%s': %s", model_path, done)
     if classes == 1 and (names is None or len(names) == 2) and is_binary_sigmoid(model):
         model, classes = two_class_view(model), 2  # a binary run: read as two classes
-    multilabel = read_multilabel(run_dir)
+    multilabel = read_multilabel(run_dir) or record.get("multilabel")
     if names is not None:
-        labels = [(str(i), n) for i, n in enumerate(names)]
+        labels = [(ids[i] if ids else str(i), n) for i, n in enumerate(names)]
     elif classes == 1000:
         labels = _imagenet_labels()
     else:
         labels = [(str(i), f"class_{i}") for i in range(classes)]
+        _say_unnamed(model_path, classes)
     if len(labels) != classes:
-        source = labels_file if labels_file.is_file() else run_dir / "config.yaml"  # its classes
-        raise ModelFileError(f"'{source}' lists {len(labels)} classes but the model outputs "
+        raise ModelFileError(f"{source} lists {len(labels)} classes but the model outputs "
                              f"{classes}")  # fmt: skip
     return Classifier(
         model=model,
         name=model_path.stem if not path.is_dir() else path.name,
         input_size=(int(shape[1]), int(shape[2])),
         labels=labels,
+        cam_layer=record.get("cam_layer"),
         source=str(model_path),
+        convention=_convention(record.get("input_convention", {})),
         extra={"multilabel": multilabel} if multilabel else {},
     )
+
+
+def _convention(fit: dict[str, Any]) -> InputConvention:
+    """The record's input convention (checked by `read_record`); keys of a later version out."""
+    keys = ("resize", "crop_fraction", "interpolation")
+    return InputConvention(**{k: fit[k] for k in keys if k in fit})
+
+
+_KERAS_SUFFIXES = (".keras", ".h5", ".hdf5")  # what keras.saving.load_model reads by name
+_said_unnamed: set[str] = set()
+
+
+def _say_unnamed(model_path: Path, classes: int) -> None:
+    """Warn, once per file and process, that a model's classes have no names: its predictions
+    said class_1 in silence (a model.keras copied out of its run folder)."""
+    key = os.path.abspath(model_path)
+    if key in _said_unnamed:
+        return
+    _said_unnamed.add(key)
+    _log.warning(
+        "no class names found for '%s' (no labels.json beside it, none inside it): classes "
+        "are shown as class_0..class_%d (export its run with `kerascope export RUN -o "
+        "model.keras` to keep them in the file)",
+        model_path,
+        classes - 1,
+    )
+
+
+def _check_format(path: Path) -> None:
+    """A file Keras cannot load by its name is one line saying what to do, not Keras's text
+    about SavedModel and TFSMLayer."""
+    suffix = path.suffix.lower()
+    if suffix in _KERAS_SUFFIXES:
+        return
+    if suffix == ".onnx":
+        raise ModelFileError(
+            f"'{path}' is an ONNX export: kerascope runs .keras files and run folders; run "
+            "the .onnx with onnxruntime (examples/onnx_predict.py)"
+        )
+    import zipfile
+
+    if zipfile.is_zipfile(path):
+        raise ModelFileError(f"cannot load model '{path}': Keras reads a model archive only "
+                             "under a .keras name; rename or copy it to one")  # fmt: skip
+    raise ModelFileError(f"cannot load model '{path}': not a Keras model file (a .keras file, "
+                         "a legacy .h5, or a run folder)")  # fmt: skip
