@@ -225,3 +225,22 @@ def test_validate_a_run_and_its_keras_file_like_evaluate(tmp_path, capsys):
                  "--tta", "--tta-crops", "5"]) == 0  # fmt: skip
     assert "TTA: mean of 10 views (5 crops + flip)" in capsys.readouterr().out
     assert json.loads((tmp_path / "t" / "metrics.json").read_text())["tta"]["views"] == 10
+
+
+def test_decomposed_unicode_and_case_only_names_of_a_run(tmp_path):
+    """Before: a class trained from a macOS folder (decomposed ``café``) did not match the
+    composed folder that looks the same, and a run's ``Cat``/``cat`` asked for a WordNet id."""
+    import unicodedata
+
+    own = [("0", unicodedata.normalize("NFD", "café")), ("1", "Cat"), ("2", "cat")]
+    for name in ("café", "Cat", "cat", "CAT"):
+        (tmp_path / name).mkdir()
+    with pytest.raises(DatasetError) as info:
+        class_folders(tmp_path, own)
+    assert str(info.value) == (
+        f"'{tmp_path / 'CAT'}' could be the class 'Cat' or 'cat' of this "
+        "model; name the folder exactly as the class is named"
+    )
+    (tmp_path / "CAT").rmdir()
+    found = {folder.name: index for folder, index in class_folders(tmp_path, own)}
+    assert found == {unicodedata.normalize("NFC", "café"): 0, "Cat": 1, "cat": 2}

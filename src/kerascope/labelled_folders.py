@@ -37,11 +37,15 @@ def class_folders(data: str | os.PathLike, labels: list[tuple[str, str]]) -> lis
     mapped, unknown = [], []
     for folder in folders:
         found = classes_named(folder.name, labels)
-        if len(found) > 1:
+        if len(found) > 1 and all(is_wnid(labels[i][0]) for i in found):
             choices = " or ".join(labels[i][0] for i in found)
             raise DatasetError(f"'{folder}': {len(found)} classes of this model are named "
                                f"'{labels[found[0]][1]}'; name the folder by its WordNet id "
                                f"({choices})")  # fmt: skip
+        if len(found) > 1:  # a run's classes that differ only in case or spacing
+            names = " or ".join(f"'{labels[i][1]}'" for i in found)
+            raise DatasetError(f"'{folder}' could be the class {names} of this model; name the "
+                               "folder exactly as the class is named")  # fmt: skip
         if found:
             mapped.append((folder, found[0]))
         else:

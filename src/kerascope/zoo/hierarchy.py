@@ -18,6 +18,7 @@ from __future__ import annotations
 import difflib
 import json
 import re
+import unicodedata
 from dataclasses import dataclass
 from functools import cache
 from importlib import resources
@@ -212,18 +213,29 @@ def classes_named(name: str, labels: list[tuple[str, str]]) -> list[int]:
     """The output indices a class folder's ``name`` stands for among a model's ``labels``
     ((id, name) pairs), so ImageNet-layout folders (``n02123045/``) and class-name folders
     (``tabby/``) both score: the class whose WordNet id it is, else the classes of exactly that
-    name, else those whose name matches ignoring case, spaces, ``_`` and ``-``. Several: a
-    name two classes share (ImageNet's two ``crane``), for the caller to refuse; none: [].
+    name (in Unicode's composed form: a folder made on macOS spells ``café`` decomposed), else
+    those whose name matches ignoring case, spaces, ``_`` and ``-``. Several: a name two
+    classes share (ImageNet's two ``crane``; a run's ``Cat`` and ``cat``), for the caller to
+    refuse; none: [].
     """
     if is_wnid(name):
         found = [i for i, (cid, _) in enumerate(labels) if cid == name]
         if found:
             return found
-    exact = [i for i, (_, n) in enumerate(labels) if n == name]
+    exact = [i for i, (_, n) in enumerate(labels) if _nfc(n) == _nfc(name)]
     if exact:
         return exact
-    key = re.sub(r"[\s_\-]+", "", name).casefold()
-    return [i for i, (_, n) in enumerate(labels) if re.sub(r"[\s_\-]+", "", n).casefold() == key]
+    key = _loose(name)
+    return [i for i, (_, n) in enumerate(labels) if _loose(n) == key]
+
+
+def _nfc(text: str) -> str:
+    return unicodedata.normalize("NFC", text)
+
+
+def _loose(text: str) -> str:
+    """``text`` compared without case, spaces, ``_`` or ``-``."""
+    return re.sub(r"[\s_\-]+", "", _nfc(text)).casefold()
 
 
 def is_wnid(text: str) -> bool:
