@@ -69,3 +69,12 @@ def test_grid_tiles_are_labelled_and_shaped_like_the_photo(photo_paths, tmp_path
         top = 4 + (k // 3) * step_y + cell_h + 1
         band = grid[top : 4 + (k // 3 + 1) * step_y - 4, 4 + (k % 3) * step_x :][:, : step_x - 4]
         assert (band < 100).sum() > 30, k  # letters, not a blank strip
+
+
+def test_a_value_that_rounds_to_zero_reads_plus_zero():
+    """Before: "shear -0.00" and "shift -0%" for tiny negative values."""
+    from kerascope.data.preview import _describe
+
+    t = {"flip_x": False, "flip_y": False, "rotation": -0.2, "shift": (-0.001, 0.004),
+         "zoom": (1.0, 1.0), "shear": -0.001}  # fmt: skip
+    assert _describe(t) == "rot +0° shear +0.00\nshift +0% +0% zoom 1.00/1.00"

@@ -183,10 +183,11 @@ def _transform_of(matrix: np.ndarray, config: AugmentConfig, height: int, width:
 def _describe(t: dict) -> str:
     """One preview label: what `_transform_of` found, in the config's units."""
     flips = "+".join(n for n, on in (("flip", t["flip_x"]), ("vflip", t["flip_y"])) if on)
-    first = f"rot {t['rotation']:+.0f}°" + (f" {flips}" if flips else "")
-    second = (f"shift {t['shift'][0]:+.0%} {t['shift'][1]:+.0%} "
+    # ``z``: a value that rounds to zero reads +0, never -0 (was "shear -0.00", "shift -0%")
+    first = f"rot {t['rotation']:+z.0f}°" + (f" {flips}" if flips else "")
+    second = (f"shift {t['shift'][0]:+z.0%} {t['shift'][1]:+z.0%} "
               f"zoom {t['zoom'][0]:.2f}/{t['zoom'][1]:.2f}")  # fmt: skip
-    return f"{first} shear {t['shear']:+.2f}\n{second}"
+    return f"{first} shear {t['shear']:+z.2f}\n{second}"
 
 
 def _grid(images: list[np.ndarray], labels: list[str] | None = None, tile: int = 192,
