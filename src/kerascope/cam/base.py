@@ -18,18 +18,21 @@ the activations ``A`` of the target layer:
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from kerascope.cam.graph import LayerError, candidate_layers, find_layer, rebuild
+from kerascope.cam.graph import LayerError, branch_of, candidate_layers, find_layer, rebuild
 from kerascope.cam.head import Head, activate, analyse_head  # noqa: F401  (Head: API)
 from kerascope.cam.smoothing import augmented_maps, first_component, normalise
 from kerascope.errors import KerascopeError
 from kerascope.inference import Pending
 from kerascope.zoo.models import Classifier
+
+_log = logging.getLogger(__name__)
 
 
 class MethodError(KerascopeError, ValueError):
@@ -237,6 +240,11 @@ def get_probe(clf: Classifier, layer: str | None) -> Probe:
     probes = clf.extra.setdefault("cam_probes", {})
     if key not in probes:
         probes[key] = Probe(model, target, key)
+        if layer is None and (branches := branch_of(model, target)):
+            _log.warning("'%s' has %d branches (%s): the heatmaps show branch '%s' only "
+                         "('%s/%s'); --layer BRANCH/LAYER explains another",
+                         model.name, len(branches[1]), ", ".join(branches[1]), branches[0],
+                         branches[0], target.name)  # fmt: skip
     return probes[key]
 
 

@@ -72,6 +72,19 @@ def candidate_layers(model: Any) -> list[str]:
     return list(dict.fromkeys(reversed(names)))
 
 
+def branch_of(model: Any, target: Any) -> tuple[str, list[str]] | None:
+    """``(the nested model holding target, every nested model with a spatial layer)`` when
+    there are several of those (an ensemble's branches, whose maps each explain only their
+    part of the prediction), else None."""
+    found, owners = "", []
+    for op, shape, outer in _walk_named(model):
+        if outer and len(shape) == 4 and _functional(op) is None:
+            owners.append(outer)
+            found = outer if op is target else found
+    owners = list(dict.fromkeys(owners))
+    return (found, owners) if len(owners) > 1 and found else None
+
+
 def find_layer(model: Any, name: str | None = None) -> Any:
     """The layer whose activations are explained: ``name``, or the last spatial 4-D layer.
 
