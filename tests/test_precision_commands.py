@@ -227,3 +227,15 @@ def test_batch_cli_precision_and_batch_size_defaults():
 
     args = build_parser().parse_args(["batch", "explain", "x", "-o", "out", "--precision", "fp16"])
     assert args.precision == "float16" and args.batch_size is None
+
+
+def test_the_int8_line_never_names_the_keras_engine():
+    """Before: a command that did not pass its engine (evaluate, predict) printed "computing
+    in int8 ... on the keras engine", the one engine that has no int8."""
+    from kerascope.precision import ran_in
+
+    assert "keras" not in ran_in("int8")
+    assert ran_in("int8", "onnx").endswith("bound) on the onnx engine")
+    assert ran_in("bfloat16") == ("computing in bfloat16 (mixed: float32 weights and outputs) "
+                                  "on the keras engine")  # fmt: skip
+    assert ran_in("float32") == "computing in float32"

@@ -9,7 +9,11 @@ def add_export_command(sub) -> None:
         "export", help="write a model as a standalone .onnx or .keras file (checked first)"
     )
     p.add_argument("model", help="zoo name, run directory or .keras file")
-    p.add_argument("-o", "--output", required=True, help="file to write: .onnx or .keras")
+    p.add_argument("-o", "--output", required=True, help="file to write: .onnx or .keras (an "
+                   "existing file is refused unless --overwrite)")  # fmt: skip
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output "
+                   "file (never a file the export reads: the model, --weights, "
+                   "--check images)")  # fmt: skip
     p.add_argument(
         "--format", "-f", choices=("onnx", "keras"), help="default: from the output's extension"
     )
@@ -40,6 +44,7 @@ def _run_export(args) -> int:
     result = export_model(
         args.model, args.output, format=fmt, input_type=args.input_type or "uint8",
         check=args.check, weights=args.weights, precision=args.precision,
+        overwrite=args.overwrite,
     )  # fmt: skip
     h, w = result.input_size
     what = f"{result.input_type} " if result.input_type else ""

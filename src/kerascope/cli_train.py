@@ -33,8 +33,9 @@ def add_commands(sub) -> None:
 
 def _add_train(sub) -> None:
     p = _parser(sub, "train", "train a classifier on DATA/<class>/ image folders")
-    p.add_argument("data", nargs="?", help="dataset folder (omit with --resume), or a CSV of "
-                   "path,labels (labels split by ; or |): a multi-label sigmoid head")  # fmt: skip
+    p.add_argument("data", nargs="?", help="dataset folder (omit with --resume, unless the "
+                   "dataset moved: then its new location), or a CSV of path,labels (labels "
+                   "split by ; or |): a multi-label sigmoid head")  # fmt: skip
     p.add_argument(
         "--recipe", "-r", help="what to train (see the README) (default: transfer)",
         choices=("scratch", "lenet", "transfer", "finetune", "features"),
@@ -124,7 +125,8 @@ def _add_train(sub) -> None:
     p.add_argument("--pool", choices=("avg", "max", "none"), help="features: pooling (default: "
                    "avg)")  # fmt: skip
     p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run as it was "
-                   "configured (only --epochs and --patience may change)")  # fmt: skip
+                   "configured, on the split it recorded (only --epochs and --patience may "
+                   "change)")  # fmt: skip
     from kerascope.engines import ENGINES
 
     p.add_argument(
@@ -392,26 +394,51 @@ def _which(result) -> str:
 
 
 def _run_predict(args) -> int:
-    from kerascope import output
     from kerascope.files import fresh_path
-    from kerascope.precision import resolve_precision
-    from kerascope.prediction import predict, summary
-    from kerascope.sources import normalise_inputs
+    from kerascope.interrupts import exit_code, stopped_by
+    from kerascope.prediction import prepare_predict, summary, write_csv
 
+    tta = tta_from_args(args)
     target = args.output or fresh_path("predictions.csv")
-    say_precision(args.precision, resolve_precision(args.precision))
-    total = len(normalise_inputs(args.inputs)[0])  # for the progress line only
-    with output.progress_bar(total, "predicting") as advance:
-        rows = predict(args.run, args.inputs, target, batch_size=args.batch_size,
-                       precision=args.precision, progress=advance,
-                       tta=tta_from_args(args))  # fmt: skip
+    job = prepare_predict(args.run, args.inputs, target, batch_size=args.batch_size,
+                          precision=args.precision, tta=tta)  # fmt: skip
+    say_precision(args.precision, job.precision, job.engine)  # after int8 is measured
+    rows, stop = _predicted_until_stopped(job)
+    where = "standard output" if str(target) == "-" else target
+    if stop is not None:
+        if not rows:
+            _note(f"{stopped_by(stop)} before any image was labelled; nothing written")
+            return exit_code(stop)
+        write_csv(rows, target)  # the rows done, atomically; the skipped files were not tried
+        shown = where if str(target) == "-" else f"'{target}'"
+        kept = "that one" if len(rows) == 1 else f"those {len(rows)}"
+        _note(f"{stopped_by(stop)} after {len(rows)} of {len(job.sources)} images; {shown} "
+              f"holds {kept} only")  # fmt: skip
+        return exit_code(stop)
+    rows += job.skipped_rows()
+    write_csv(rows, target)
     failed = [r for r in rows if not r.ok]
     labelled = summary(rows)
-    where = "standard output" if str(target) == "-" else target
     plural = "" if len(rows) == 1 else "s"
     _note(f"wrote {len(rows)} row{plural} to {where}" + (f": {labelled}" if labelled else "") + (
         f"; {len(failed)} could not be read (error rows)" if failed else ""))  # fmt: skip
-    if tta_from_args(args) is not None:
-        _note(f"labels are the mean probabilities of {tta_from_args(args).views} views per "
-              f"image (TTA: {tta_from_args(args).describe()})")  # fmt: skip
+    if tta is not None:
+        _note(f"labels are the mean probabilities of {tta.views} views per image (TTA: "
+              f"{tta.describe()})")  # fmt: skip
     return 1 if failed else 0
+
+
+def _predicted_until_stopped(job) -> tuple[list, KeyboardInterrupt | None]:
+    """The rows of ``job`` with a progress line; Ctrl-C (or SIGTERM, SIGHUP) keeps those done
+    and is returned, so they are written (as classify keeps its results)."""
+    from kerascope import output
+
+    rows: list = []
+    try:
+        with output.progress_bar(len(job.sources), "predicting") as advance:
+            for row in job.rows():
+                rows.append(row)
+                advance(1)
+    except KeyboardInterrupt as stop:
+        return rows, stop
+    return rows, None

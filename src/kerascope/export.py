@@ -12,7 +12,8 @@ Nothing is written unless the file has been checked first: ``onnx.checker`` and 
 (batch of several and batch of one) or a reload through ``keras.saving.load_model``, against the
 Keras model on real photos (max |delta probability| <= ``TOLERANCE``). The file then appears
 atomically (``kerascope.files``), so a failed export never leaves half a file or replaces a
-good one.
+good one. An existing output is replaced only with ``overwrite`` (explain's rule), a file the
+export reads never.
 
 Example:
     >>> from kerascope.export import export_model
@@ -143,6 +144,7 @@ def export_model(
     check: Sequence[str | os.PathLike] | None = None,
     weights: str | os.PathLike | None = None,
     precision: str = "float32",
+    overwrite: bool = False,
 ) -> ExportResult:
     """Write ``model`` as a standalone ONNX or ``.keras`` file, after checking it against Keras.
 
@@ -157,10 +159,13 @@ def export_model(
             (`kerascope.quantize`, ONNX only), written whatever its agreement; its measured
             agreement with float32 and its calibration are in ``metadata_props``
             (``kerascope_int8``), and it is checked against that graph instead of Keras.
+        overwrite: replace an existing ``output`` (explain's rule: never without it, and
+            never a file the export reads, even with it).
 
     Raises:
-        ExportError: unknown format, a layer the target cannot express (named with its class),
-            or an export that disagrees with Keras; nothing is written then.
+        ExportError: unknown format, an existing output without ``overwrite`` or one that is
+            an input, a layer the target cannot express (named with its class), or an export
+            that disagrees with Keras; nothing is written then.
     """
     from kerascope.zoo.models import Classifier, load_model
 
@@ -172,6 +177,7 @@ def export_model(
     if input_type not in INPUT_TYPES:
         raise ExportError(f"unknown input type '{input_type}' (uint8 or float)")
     _check_output(output)
+    _check_not_replacing(output, _inputs(model, weights, check), overwrite)
     clf = model if isinstance(model, Classifier) else load_model(model, weights=weights)
     _check_interface(clf)
     path = Path(output)
@@ -209,6 +215,37 @@ def _check_output(output: str | os.PathLike) -> None:
                           "(-o model.onnx)")  # fmt: skip
     check_output_folder(Path(output).parent, what="the folder of -o")
     output_target(output)
+
+
+def _inputs(model: Any, weights: Any, check: Sequence[Any] | None) -> list[str]:
+    """The files an export reads: the model file (a run's ``model.keras`` and ``labels.json``),
+    the weights, the check images."""
+    found = [os.fspath(p) for p in (weights, *(check or ())) if isinstance(p, str | os.PathLike)]
+    if isinstance(model, str | os.PathLike):
+        path = Path(model).expanduser()
+        folder = path if path.is_dir() else path.parent if path.suffix == ".keras" else None
+        found.append(str(path / "model.keras" if path.is_dir() else path))
+        if folder is not None:
+            found.append(str(folder / "labels.json"))
+    return found
+
+
+def _check_not_replacing(output: str | os.PathLike, inputs: list[str], overwrite: bool) -> None:
+    """Explain's overwrite rule, before the model loads: an existing file is replaced only with
+    ``overwrite`` (before: silently), an input never (a FIFO or device is written, not
+    replaced)."""
+    from kerascope.files import file_identity, output_target
+
+    if output_target(output).what != "file" or not os.path.exists(output):
+        return
+    same = {file_identity(p): p for p in inputs if file_identity(p) is not None}
+    source = same.get(file_identity(output))
+    if source is not None:
+        raise ExportError(f"the output '{output}' is the input '{source}'; inputs are never "
+                          "replaced, even with --overwrite: choose another -o")  # fmt: skip
+    if not overwrite:
+        raise ExportError(f"'{output}' already exists; add --overwrite (overwrite=True) to "
+                          "replace it, or choose another -o")  # fmt: skip
 
 
 def _check_interface(clf: Any) -> None:

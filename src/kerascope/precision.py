@@ -156,7 +156,8 @@ def ran_in(precision: str, engine: str | None = None) -> str:
     mixed = " (mixed: float32 weights and outputs)" if precision != "float32" else ""
     if engine == "openvino" and precision != "float32":
         mixed = " (OpenVINO's bf16 inference: float32 in and out)"
-    if precision == "int8":
+    if precision == "int8":  # never on the keras engine: no engine named unless given
         mixed = " (a calibrated int8 graph that met the float32 agreement bound)"
-    engine = engine or ("keras" if precision != "float32" else None)
+    elif engine is None and precision != "float32":
+        engine = "keras"
     return f"computing in {precision}{mixed}" + (f" on the {engine} engine" if engine else "")

@@ -12,15 +12,16 @@ import math
 import os
 import sys
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from kerascope.classification import Source, classify_sources
+from kerascope.classification import Source, classify_sources, run_precision
 from kerascope.data.folders import DatasetError
 from kerascope.files import atomic_open, check_not_an_input, write_json
 from kerascope.images import IMAGE_SUFFIXES
+from kerascope.inference import engine_name
 from kerascope.output import csv_probability, csv_safe
 from kerascope.rundir import read_labels
 from kerascope.sources import normalise_inputs
@@ -85,7 +86,7 @@ def predict(
             cells a spreadsheet would run as formulas are quoted): as JSON for a ``.json``
             name, to standard output for ``-``; None writes nothing.
         batch_size: images per forward pass.
-        precision: what the model computes in: auto, float32, bfloat16 or float16 (see
+        precision: what the model computes in: auto, float32, bfloat16, float16 or int8 (see
             `kerascope.classification.run_precision`).
         progress: called with 1 as each image is labelled (the CLI's progress line).
         tta: label by the mean probabilities over these views (`kerascope.tta.TTA`).
@@ -98,6 +99,77 @@ def predict(
         >>> rows[0].label, rows[0].probability  # doctest: +SKIP
         ('cat', 0.97)
     """
+    job = prepare_predict(run_dir, inputs, output_csv, batch_size, precision, tta)
+    rows = []
+    for row in job.rows():
+        rows.append(row)
+        if progress is not None:
+            progress(1)
+    rows += job.skipped_rows()
+    if output_csv is not None:
+        write_csv(rows, output_csv)
+    return rows
+
+
+@dataclass
+class PredictJob:
+    """A predict job checked and ready: the model loaded and its engine chosen (an int8 graph
+    measured, or refused), so a command says what it computes in only once that is true, and
+    keeps the rows done when it is stopped (`rows` yields them one at a time).
+
+    Attributes:
+        clf: the loaded model.
+        sources: the inputs to label, in order (what `rows` yields one row for).
+        skipped: files of folders and globs that are not images by their suffix.
+        precision: what the model computes in (auto resolved).
+        engine: the engine that runs it (``keras``, ``onnx``, ``openvino``).
+    """
+
+    clf: Classifier
+    sources: list
+    skipped: list[str]
+    precision: str
+    engine: str
+    batch_size: int = 32
+    tta: TTA | None = None
+
+    def rows(self) -> Iterator[PredictedLabel]:
+        """One row per source, in input order, as each batch is labelled."""
+        multilabel = self.clf.extra.get("multilabel")  # every label, then those called
+        top = self.clf.num_classes if multilabel else 1
+        if self.tta is None:
+            results = classify_sources(self.clf, self.sources, top=top,
+                                       batch_size=self.batch_size,
+                                       precision=self.precision)  # fmt: skip
+        else:
+            results = classify_tta(self.clf, self.sources, self.tta, top=top,
+                                   batch_size=self.batch_size,
+                                   precision=self.precision)  # fmt: skip
+        for r in results:
+            if r.ok and multilabel:
+                yield _multilabel_row(r, multilabel["thresholds"])
+            elif r.ok:
+                best = r.predictions[0]
+                yield PredictedLabel(r.source, best.name, best.index, best.probability)
+            else:
+                yield PredictedLabel(r.source, error=r.error)
+
+    def skipped_rows(self) -> list[PredictedLabel]:
+        """The error rows of `skipped`, which `predict` puts after the others."""
+        return [PredictedLabel(path, error=skip_reason(path)) for path in self.skipped]
+
+
+def prepare_predict(
+    run_dir: str | os.PathLike | Classifier,
+    inputs: Source | Iterable[Source],
+    output_csv: str | os.PathLike | None = None,
+    batch_size: int = 32,
+    precision: str | None = None,
+    tta: TTA | None = None,
+) -> PredictJob:
+    """Everything `predict` checks before its first image, in its order: labels, inputs,
+    ``output_csv`` not an input, the model, then its engine in ``precision`` (where int8 is
+    measured and refused in one line). Arguments as `predict`'s."""
     tta = as_tta(tta)
     if not isinstance(run_dir, Classifier):
         _check_labels(run_dir)
@@ -110,29 +182,9 @@ def predict(
     if output_csv is not None:
         check_not_an_input(output_csv, sources)
     clf = run_dir if isinstance(run_dir, Classifier) else load_model(run_dir)
-    rows = []
-    multilabel = clf.extra.get("multilabel")  # every label, then those above their thresholds
-    top = clf.num_classes if multilabel else 1
-    if tta is None:
-        results = classify_sources(clf, sources, top=top, batch_size=batch_size,
-                                   precision=precision)  # fmt: skip
-    else:
-        results = classify_tta(clf, sources, tta, top=top, batch_size=batch_size,
-                               precision=precision)  # fmt: skip
-    for r in results:
-        if r.ok and multilabel:
-            rows.append(_multilabel_row(r, multilabel["thresholds"]))
-        elif r.ok:
-            top = r.predictions[0]
-            rows.append(PredictedLabel(r.source, top.name, top.index, top.probability))
-        else:
-            rows.append(PredictedLabel(r.source, error=r.error))
-        if progress is not None:
-            progress(1)
-    rows += [PredictedLabel(path, error=skip_reason(path)) for path in skipped]
-    if output_csv is not None:
-        write_csv(rows, output_csv)
-    return rows
+    resolved = run_precision(clf, precision)
+    engine = engine_name(clf.model, precision=resolved)  # int8: measured, or refused here
+    return PredictJob(clf, list(sources), list(skipped), resolved, engine, batch_size, tta)
 
 
 def _multilabel_row(result, thresholds: list[float]) -> PredictedLabel:
