@@ -239,3 +239,18 @@ def test_the_int8_line_never_names_the_keras_engine():
     assert ran_in("bfloat16") == ("computing in bfloat16 (mixed: float32 weights and outputs) "
                                   "on the keras engine")  # fmt: skip
     assert ran_in("float32") == "computing in float32"
+
+
+def test_bfloat16_on_a_cpu_without_bf16_units_says_it_is_slower(monkeypatch, capsys):
+    """Before: nothing said that bfloat16 on this CPU is emulated (a finetune epoch 5x slower)."""
+    import kerascope.precision as precision
+    from kerascope.cli_common import say_precision
+
+    monkeypatch.setattr(precision, "cpu_native_bfloat16", lambda flags=None: False)
+    say_precision("bfloat16", "bfloat16", "keras")
+    assert "bfloat16 is emulated on this CPU (no bf16 units): slower than float32" in (
+        capsys.readouterr().err
+    )
+    monkeypatch.setattr(precision, "cpu_native_bfloat16", lambda flags=None: True)
+    say_precision("bfloat16", "bfloat16", "keras")
+    assert "emulated" not in capsys.readouterr().err
