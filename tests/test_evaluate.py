@@ -346,7 +346,7 @@ def test_split_all_scores_the_images_of_every_split_folder_even_with_an_empty_on
         _images(tmp_path / "train" / c, c, 2, seed=len(c))
     split, items, source = evaluation_items(tmp_path, ["cat", "dog"], "all")
     assert (split, source, sorted(label for _, label in items)) == ("all", "folder", [0, 0, 1, 1])
-    with pytest.raises(DatasetError, match="no images in the class folders of"):
+    with pytest.raises(DatasetError, match="has no test/ folder of class folders"):
         evaluation_items(tmp_path, ["cat", "dog"], "test")
 
 
@@ -394,3 +394,20 @@ def test_only_the_default_split_without_tta_writes_the_runs_own_metrics(tmp_path
     tta = evaluate(run, root, tta=True, top_losses=0, heatmaps=False)
     assert tta.output == run / "evaluations" / "data-test-tta"
     assert (run / "metrics.json").read_text() == kept and json.loads(kept)["split"] == "test"
+
+
+def test_kaggles_unlabelled_test_folder_is_left_out_of_evaluate_too(tmp_path):
+    """Training leaves a test/ of loose pictures out; evaluate refused the whole folder
+    ("no class folders in .../test"), --split validation included (the review's find)."""
+    from kerascope.evaluation import evaluation_items
+
+    for c in CLASSES:
+        _images(tmp_path / "train" / c, c, 2, seed=len(c))
+    _images(tmp_path / "test", "plain", 2, seed=5)  # loose pictures, no class folders
+    split, items, _ = evaluation_items(tmp_path, CLASSES, "auto")
+    assert split == "all" and len(items) == 4
+    record = {"data": str(tmp_path), "splits": {
+        "train": [f"train/{c}/00.png" for c in CLASSES],
+        "validation": [f"train/{c}/01.png" for c in CLASSES]}}  # fmt: skip
+    assert evaluation_items(tmp_path, CLASSES, "auto", record)[0] == "validation"
+    assert len(evaluation_items(tmp_path, CLASSES, "validation", record)[1]) == 2

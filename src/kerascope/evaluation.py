@@ -170,12 +170,9 @@ def evaluation_items(data: str | os.PathLike, classes: list[str], split: str = "
     root = Path(data).expanduser()
     if not root.is_dir():
         raise DatasetError(not_a_folder(root, "evaluation"))
-    folders = {p.name.lower(): p for p in root.iterdir() if p.is_dir()}
-    found = {name: next((folders[n] for n in names if n in folders), None)
-             for name, names in SPLIT_DIRS.items()}  # fmt: skip
-    ours = record is not None and root.resolve() == Path(record["data"])
+    found, ours = _split_folders(root, record)
     if split == "auto":
-        split = "test" if found["test"] else "validation" if ours or found["validation"] else "all"
+        split = _default_split(found, ours)
     if ours and split in ("train", "validation") and record["splits"].get(split):
         items = _recorded_items(record, split, classes)
         return split, items, "run"
@@ -184,11 +181,31 @@ def evaluation_items(data: str | os.PathLike, classes: list[str], split: str = "
     elif found[split] is not None:
         where = [found[split]]
     else:
-        raise DatasetError(f"'{root}' has no {split}/ folder" + (
+        raise DatasetError(f"'{root}' has no {split}/ folder of class folders" + (
             "" if not ours else f" and the run recorded no {split} files")
             + f"; choose another --split ({', '.join(SPLITS)})")  # fmt: skip
     labels = list(zip(ids or classes, classes, strict=True))
     return split, folder_items(where, labels), "folder"
+
+
+def _split_folders(root: Path, record: dict | None) -> tuple[dict[str, Path | None], bool]:
+    """``root``'s split folders by split name (a ``test/`` with no class folder holding
+    anything left out, as training leaves Kaggle's unlabelled ``test/*.jpg`` out), and whether
+    ``root`` is the folder the run trained from."""
+    folders = {p.name.lower(): p for p in root.iterdir() if p.is_dir()}
+    found = {name: next((folders[n] for n in names if n in folders), None)
+             for name, names in SPLIT_DIRS.items()}  # fmt: skip
+    if found["test"] is not None and not any(
+        p.is_dir() and not p.name.startswith(".") and any(p.iterdir())
+        for p in found["test"].iterdir()
+    ):
+        found["test"] = None
+    return found, record is not None and root.resolve() == Path(record["data"])
+
+
+def _default_split(found: dict[str, Path | None], ours: bool) -> str:
+    """What ``--split auto`` scores: test/, else the held-out images, else everything."""
+    return "test" if found["test"] else "validation" if ours or found["validation"] else "all"
 
 
 def _recorded_items(record: dict, split: str, classes: list[str]) -> list:
@@ -289,7 +306,8 @@ def evaluate(
     # The run's own metrics.json is its default held-out split, without TTA: another split
     # (the training images above all) or TTA goes to evaluations/<data>-<split>[-tta]
     main = own and split not in ("train", "all") and tta is None and (
-        requested == "auto" or split == evaluation_items(data, classes, "auto", record, ids)[0]
+        requested == "auto"
+        or split == _default_split(*_split_folders(Path(data).expanduser(), record))
     )  # fmt: skip
     suffix = "" if main or not own else f"-{split}" + ("-tta" if tta is not None else "")
     out = Path(output) if output is not None else _default_output(
