@@ -240,7 +240,13 @@ def test_write_record_keeps_the_other_members_and_the_mode(t1, tmp_path):
      ({"classes": ["a", "b", "c"], "class_ids": ["1"]}, "its 'class_ids' do not match"),
      ({"classes": ["a", "b", "c"], "input_convention": {"resize": "pad"}}, "squash or crop"),
      ({"classes": ["a", "b", "c"], "multilabel": {"labels": ["a"], "thresholds": []}},
-      "one threshold per label")],
+      "one threshold in [0, 1] per label"),
+     ({"classes": ["a", "b", "c"], "multilabel": {"labels": ["a", "b", "c"],
+                                                  "thresholds": ["0.5", 0.5, 0.5]}},
+      "one threshold in [0, 1] per label"),
+     ({"classes": ["a", "b", "c"], "multilabel": {"labels": ["a", "b", "c"],
+                                                  "thresholds": [float("nan"), 2, 0.5]}},
+      "one threshold in [0, 1] per label")],
 )  # fmt: skip
 def test_a_damaged_record_is_a_warning_and_ignored(t1, tmp_path, caplog, record, why):
     path = tmp_path / "damaged.keras"
@@ -293,3 +299,25 @@ def test_other_files_keras_cannot_read_are_one_line(t1, tmp_path):
     with pytest.raises(ModelFileError, match=r"not a Keras model file") as info:
         load_model(junk)
     assert "TFSMLayer" not in str(info.value)
+
+
+def test_a_legacy_h5_file_has_no_record_and_no_warning(tmp_path, caplog):
+    """The review found every legacy .h5 load warning "cannot read its metadata.json"."""
+    import h5py
+
+    path = tmp_path / "weights.h5"
+    with h5py.File(path, "w") as f:
+        f.attrs["layer_names"] = []
+    with caplog.at_level(logging.WARNING, logger="kerascope"):
+        assert read_record(path) is None
+    assert not caplog.records
+
+
+def test_a_stray_labels_json_of_other_classes_gives_way_to_the_record(exported, tmp_path, caplog):
+    """The review found an exported file refused for a 2-name labels.json lying beside it."""
+    path = Path(shutil.copy(exported, tmp_path / "exp.keras"))
+    (tmp_path / "labels.json").write_text(json.dumps(["x", "y"]))
+    with caplog.at_level(logging.WARNING, logger="kerascope"):
+        clf = load_model(path)
+    assert [name for _, name in clf.labels] == read_record(path)["classes"]
+    assert any("lists 2 classes but the model outputs 3" in r.getMessage() for r in caplog.records)

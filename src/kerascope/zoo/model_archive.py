@@ -12,6 +12,7 @@ import logging
 import os
 import shutil
 import zipfile
+import zlib
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -273,6 +274,8 @@ def read_record(path: str | os.PathLike) -> dict[str, Any] | None:
     record said is unknown (a damaged run file is refused instead: the run can be restored).
     """
     try:
+        if not zipfile.is_zipfile(path):
+            return None  # a legacy .h5 (or not a model): nothing of kerascope's inside
         with zipfile.ZipFile(path) as archive:
             info = archive.getinfo(METADATA_NAME)
             if info.file_size > _MAX_CONFIG_BYTES:
@@ -280,7 +283,7 @@ def read_record(path: str | os.PathLike) -> dict[str, Any] | None:
             meta = json.loads(archive.read(info))
     except KeyError:
         return None  # not saved by Keras 3's model.save (or a stripped copy)
-    except (OSError, zipfile.BadZipFile, EOFError, NotImplementedError) as exc:
+    except (OSError, zipfile.BadZipFile, EOFError, NotImplementedError, zlib.error) as exc:
         _log.warning("'%s': cannot read its metadata.json (%s)", path, exc)
         return None
     except (ValueError, RecursionError) as exc:
@@ -324,10 +327,13 @@ def _record_problem(record: Any) -> str | None:
     multilabel = record.get("multilabel")
     if multilabel is not None:
         try:
-            thresholds = [float(t) for t in multilabel["thresholds"]]
-            ok = _strings(multilabel["labels"]) and len(thresholds) == len(multilabel["labels"])
-        except (TypeError, KeyError, ValueError):
+            thresholds = multilabel["thresholds"]
+            ok = (_strings(multilabel["labels"]) and len(multilabel["labels"]) == len(classes)
+                  and isinstance(thresholds, list) and len(thresholds) == len(classes)
+                  and all(isinstance(t, int | float) and not isinstance(t, bool)
+                          and 0 <= t <= 1 for t in thresholds))  # fmt: skip
+        except (TypeError, KeyError):
             ok = False
         if not ok:
-            return "its 'multilabel' does not list one threshold per label"
+            return "its 'multilabel' does not list one threshold in [0, 1] per label"
     return None

@@ -390,6 +390,16 @@ def _load_file(path: Path) -> Classifier:
     else:
         labels = [(str(i), f"class_{i}") for i in range(classes)]
         _say_unnamed(model_path, classes)
+    if (
+        len(labels) != classes
+        and names is not record.get("classes")
+        and (record and len(record["classes"]) == classes)
+    ):  # a stray labels.json beside it
+        _log.warning("%s lists %d classes but the model outputs %d: the names recorded inside "
+                     "'%s' are used", source, len(labels), classes, model_path)  # fmt: skip
+        ids = record.get("class_ids")
+        labels = [(ids[i] if ids else str(i), n) for i, n in enumerate(record["classes"])]
+        multilabel = record.get("multilabel")
     if len(labels) != classes:
         raise ModelFileError(f"{source} lists {len(labels)} classes but the model outputs "
                              f"{classes}")  # fmt: skip
