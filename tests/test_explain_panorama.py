@@ -134,3 +134,10 @@ def test_load_image_with_max_side_decodes_no_larger_than_needed(
     assert decode_module.side_scale((12000, 3000), 4096) == 2  # the panorama: 6000x1500
     assert decode_module.side_scale((12000, 5), 1000) == 4  # a short side of 5 stays >= 1 px
     assert decode_module.side_scale((4000, 3000), None) == 1
+
+
+def test_a_long_side_of_exactly_twice_the_cap_is_not_left_a_row_too_tall():
+    """The review found 8192x3001 at max_side 4096 decoded at 1/2 to 4096x1501 and returned as
+    it was: a row taller than the full decode scaled (1500), its last row half padding."""
+    assert decode_module.side_scale((8192, 3001), 4096) == 1
+    assert decode_module.side_scale((8194, 3001), 4096) == 2

@@ -373,11 +373,12 @@ def _memory_reason(img: Image.Image) -> str:
 
 def side_scale(size: tuple[int, int], max_side: int | None) -> int:
     """The DCT scale (1, 2, 4 or 8) at which a (width, height) JPEG to be scaled to ``max_side``
-    can be decoded: the largest keeping its long side >= ``max_side`` (and its short side a
-    pixel), so a 12000x3000 panorama drawn at 4096 px is decoded at 6000x1500, not in full."""
+    can be decoded: the largest keeping its long side over ``max_side`` (a decode of exactly
+    ``max_side`` would skip the resize that trims its padded last row) and its short side a
+    pixel, so a 12000x3000 panorama drawn at 4096 px is decoded at 6000x1500, not in full."""
     if not max_side:
         return 1
-    return next((s for s in (8, 4, 2) if max(size) // s >= max_side and min(size) >= s), 1)
+    return next((s for s in (8, 4, 2) if max(size) // s > max_side and min(size) >= s), 1)
 
 
 def _shrink_array(
