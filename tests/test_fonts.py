@@ -157,3 +157,14 @@ def test_the_font_named_in_the_environment_is_used(cjk_font, monkeypatch, tmp_pa
         assert fonts.pillow_font(12, CAT) is fonts._default(12)
     notes = [r.getMessage() for r in caplog.records if r.name == "kerascope.fonts"]
     assert len(notes) == 2 and str(bad) in notes[0] and CAT in notes[1]
+
+
+def test_a_font_chosen_for_a_label_also_has_its_latin_letters():
+    """Pillow draws a label with one font: the review found 'x ⎲' given a symbols font without
+    an 'x', so the Latin part of the label drew as boxes."""
+    from kerascope import fonts
+
+    found = fonts.covering_font("x ⎲")
+    if found is None:
+        pytest.skip("no installed font has '⎲'")
+    assert {ord("x"), ord("⎲")} <= fonts._charmap(found.path, found.index)

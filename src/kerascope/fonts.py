@@ -81,14 +81,20 @@ def pillow_font(size: int, text: str = "") -> PillowFont:
     glyph (all ASCII, at once), else the installed font that has them (warned once if none)."""
     if text.isascii():
         return _default(size)
-    found = _pillow_choice(_needed(text))
+    found = _pillow_choice(_visible(text))
     return _default(size) if found is None else _truetype(found.path, found.index, size)
 
 
 def covering_font(text: str) -> FontFile | None:
     """The installed font drawing ``text`` when the bundled one cannot; None when that one can
     (or, after the warning, when no installed font has any of the missing glyphs)."""
-    return None if text.isascii() else _pillow_choice(_needed(text))
+    return None if text.isascii() else _pillow_choice(_visible(text))
+
+
+def _visible(text: str) -> frozenset[int]:
+    """Every code point of ``text`` that shows, ASCII included: Pillow draws a label with one
+    font, so a font chosen for its 猫 must also have the label's Latin letters and digits."""
+    return frozenset(ord(c) for c in text if c.isprintable() and not c.isspace())
 
 
 def _needed(text: str) -> frozenset[int]:

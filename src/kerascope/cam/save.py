@@ -58,6 +58,7 @@ from kerascope.cam.overlay import (
     side_by_side_image,
 )
 from kerascope.files import fsync_dir, output_error
+from kerascope.fonts import covering_font
 from kerascope.images import ImageError, load_image, resize
 from kerascope.output import percent
 from kerascope.sources import Source, kept_pixels, load_source, normalise_inputs
@@ -217,6 +218,8 @@ def save_explanations(
                     if e.ok:
                         picture = picture_source(source, item)
                         map_at = (cam, item.shape, item.box)
+                        if processes:  # a missing glyph is said here, once, not per process
+                            covering_font(e.class_name or "")
                         future = pool.submit(_draw_one, picture, map_at, e, path, draw)
                     in_flight.append((e, future, path))
                     while len(in_flight) > limit:
@@ -278,9 +281,14 @@ class _KeptPool:
 
 def _own_process() -> None:
     """A picture process is kerascope's own: it runs with the command's process settings."""
+    import logging
+
     from kerascope.config import command_process_settings
 
     command_process_settings()
+    # the parent looks up each label's font first (`save_explanations`) and warns there once:
+    # each spawned process would say the same again
+    logging.getLogger("kerascope.fonts").setLevel(logging.ERROR)
 
 
 def _process_pool(workers: int) -> _KeptPool:
