@@ -193,3 +193,36 @@ def test_explain_into_its_input_folder_runs_again(tmp_path, capsys):
     assert "left out 1 picture(s) of an earlier explain" in err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cat-output.jpg", "cat.png"]
     assert _digest(tmp_path / "cat-output.jpg") == first  # the same picture, drawn again
+
+
+def test_skip_existing_explains_only_the_images_without_a_picture(tiny_clf, chelsea, tmp_path):
+    """Before: an interrupted explain could only be run again whole (--overwrite). The names
+    stay those of the whole input list (a/pic and c/pic keep their sub-folders)."""
+    a = _jpeg(tmp_path / "a" / "pic.jpg", chelsea)
+    c = _jpeg(tmp_path / "c" / "pic.jpg", chelsea, shift=30)
+    out = tmp_path / "out"
+    first = save_explanations([a, c], out, tiny_clf)
+    kept = first[0].path
+    stamp = _digest(kept)
+    first[1].path.unlink()
+    again = save_explanations([a, c], out, tiny_clf, skip_existing=True)
+    assert [s.path for s in again] == [first[1].path] and first[1].path.is_file()
+    assert _digest(kept) == stamp
+
+
+def test_the_cli_skip_existing_says_what_it_kept(chelsea, tmp_path, capsys):
+    photos = [_jpeg(tmp_path / "in" / f"p{i}.jpg", chelsea, shift=10 * i) for i in range(3)]
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "p0-output.jpg").write_bytes(b"kept")
+    args = ["explain", *map(str, photos), "-o", str(out), "--skip-existing"]
+    assert main(args) == 0
+    err = capsys.readouterr().err
+    assert (
+        f"1 picture(s) already in '{out}' are kept (--skip-existing): explaining the other 2" in err
+    )
+    assert (out / "p0-output.jpg").read_bytes() == b"kept" and (out / "p2-output.jpg").is_file()
+    assert main(args) == 0
+    assert f"every picture is already in '{out}' (--skip-existing)" in capsys.readouterr().err
+    assert main([*args, "--overwrite"]) != 0
+    assert "not with --overwrite" in _one_line(capsys.readouterr().err)

@@ -5,6 +5,7 @@ Like `kerascope.cli`: parse, call the API, print; no logic of its own.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from kerascope.batch_sizes import batch_size_or_default
@@ -44,6 +45,12 @@ def _add_explain(sub) -> None:
         "unless --overwrite is given; an input is never replaced, even with --overwrite",
     )
     p.add_argument(
+        "--skip-existing",
+        action="store_true",
+        help="leave out the images whose picture is already in -o (an interrupted run, run "
+        "again, explains only the rest); not with --overwrite",
+    )
+    p.add_argument(
         "--aug-smooth",
         action="store_true",
         help="average the maps of 6 copies (flipped x intensity 0.9/1/1.1): 2-5x the time "
@@ -77,6 +84,11 @@ def _run_explain(args) -> int:
     from kerascope.sources import normalise_inputs
     from kerascope.zoo.models import load_model
 
+    if args.skip_existing and (args.overwrite or args.compare):
+        raise CliError(
+            "--skip-existing keeps the pictures already there: not with "
+            + ("--overwrite" if args.overwrite else "--compare")
+        )
     if args.metric is not None and not args.compare:
         raise CliError("--metric ranks the methods of --compare; add --compare (or drop --metric)")
     if not args.compare:
@@ -98,13 +110,23 @@ def _run_explain(args) -> int:
                         f"'{args.output}' (*-output.jpg)")  # fmt: skip
     if not sources:
         raise CliError("no images found in " + " ".join(args.paths))
+    todo = len(sources)  # the images this run explains (--skip-existing: fewer)
     if not args.compare:  # the overwrite rule, before the model loads (compare checks its own)
         from kerascope.cam.outputs import check_output_folder, check_outputs, output_names
 
         check_output_folder(args.output, sources)
         names = output_names(sources)
-        check_outputs([None if n is None else Path(args.output) / n for n in names], sources,
-                      args.overwrite)  # fmt: skip
+        paths = [None if n is None else Path(args.output) / n for n in names]
+        check_outputs(paths, sources, args.overwrite or args.skip_existing)
+        if args.skip_existing:
+            kept = sum(1 for p in paths if p is not None and os.path.lexists(p))
+            if kept == len(sources):
+                output.note(f"every picture is already in '{args.output}' (--skip-existing)")
+                return 0
+            todo -= kept
+            if kept:
+                output.note(f"{kept} picture(s) already in '{args.output}' are kept "
+                            f"(--skip-existing): explaining the other {todo}")  # fmt: skip
     clf = load_model(args.model, weights=args.weights)
     args.batch_size = batch_size_or_default(args.batch_size, "explain", clf.input_size)
     clf, target = class_option(clf, args.target)
@@ -115,12 +137,13 @@ def _run_explain(args) -> int:
     advance = output.Advance(lambda n: None)  # until the bar is up
     made = missing_folders(args.output)  # made by this run: removed again if left empty
     try:
-        with output.progress_bar(len(sources), "explaining", min_total=16) as advance:
+        with output.progress_bar(todo, "explaining", min_total=16) as advance:
             saved = _save(args, clf, sources, target, advance, options)
     except KeyboardInterrupt as stop:  # Ctrl-C, SIGTERM, SIGHUP: say what is there
         if advance.done:
-            output.note(f"{stopped_by(stop)} after {advance.done} of {len(sources)} images; "
-                        f"the pictures of those explained are in '{args.output}'")  # fmt: skip
+            output.note(f"{stopped_by(stop)} after {advance.done} of {todo} images; "
+                        f"the pictures of those explained are in '{args.output}': the same "
+                        "command with --skip-existing explains the rest")  # fmt: skip
         else:  # not an empty folder named as if it held something
             remove_empty(made)
             output.note(f"{stopped_by(stop)} before any picture was written")
@@ -163,7 +186,8 @@ def _save(args, clf, sources, target, advance, options):
     from kerascope.cam.save import save_explanations
 
     extra = {**options, "colorbar": args.colorbar, "precision": args.precision,
-             "overwrite": args.overwrite, "fit": args.fit}  # fmt: skip
+             "overwrite": args.overwrite, "fit": args.fit,
+             "skip_existing": args.skip_existing}  # fmt: skip
     accepted = inspect.signature(save_explanations).parameters
     missing = [k for k, on in extra.items() if on and k not in accepted]
     if missing:

@@ -114,6 +114,7 @@ def save_explanations(
     workers: int | None = None,
     pool: str = "threads",
     fit: str = DEFAULT_FIT,
+    skip_existing: bool = False,
 ) -> list[SavedExplanation]:
     """Explain images and write each as original | overlay, labelled, into ``output_dir``.
 
@@ -145,6 +146,8 @@ def save_explanations(
             (``benchmarks/explain_files.py --variants pictures,processes``).
         fit: ``whole`` (default) or ``crop``: what the model sees of each picture
             (`kerascope.cam.fitting`); with ``crop`` the crop is outlined and the label says so.
+        skip_existing: leave out the inputs whose picture is already there (an interrupted
+            run, run again, explains only the rest); names are those of the whole input list.
 
     Returns:
         One `SavedExplanation` per input, in input order (folders and globs in their expansion
@@ -176,7 +179,11 @@ def save_explanations(
     names = output_names(sources)
     paths = [None if n is None else out_dir / n for n in names]
     check_output_folder(out_dir, sources)
-    check_outputs(paths, sources, overwrite)
+    check_outputs(paths, sources, overwrite or skip_existing)
+    if skip_existing:  # after the check: an output that is an input is still refused
+        todo = [i for i, p in enumerate(paths) if p is None or not os.path.lexists(p)]
+        sources, paths = [sources[i] for i in todo], [paths[i] for i in todo]
+        targets = None if targets is None else targets[todo]
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
