@@ -150,6 +150,7 @@ def write_run_report(
         "",
         *_devices_note(config),
         *_model_notes(config),
+        *_choices_note(config),
         *_regularisers_note(config),
         "## Data",
         "",
@@ -243,6 +244,32 @@ def _model_notes(config: dict[str, Any]) -> list[str]:
         files = config["weights"] if isinstance(config["weights"], list) else [config["weights"]]
         lines.append(f"- backbone weights: {', '.join(f'`{f}`' for f in files)}")
     return [*lines, ""]
+
+
+def _choices_note(config: dict[str, Any]) -> list[str]:
+    """Augmentation and class weights: choices that change the result, which the report left
+    out (``--rotation 7 --no-flip``, ``--class-weight auto``) though it promises them all."""
+    augment = config.get("augment")
+    if not augment:
+        shown = "none"
+    else:
+        flips = [n for n in ("horizontal", "vertical") if augment.get(f"{n}_flip")]
+        shown = ", ".join([
+            f"rotation {augment.get('rotation', 0):g}°",
+            f"shift {augment.get('width_shift', 0):g} x {augment.get('height_shift', 0):g}",
+            f"shear {augment.get('shear', 0):g}",
+            f"zoom {augment.get('zoom', 0):g}",
+            f"flips {' and '.join(flips) if flips else 'none'}",
+            f"fill {augment.get('fill_mode', 'nearest')}",
+        ])  # fmt: skip
+    weight = config.get("class_weight")
+    if weight == "auto":
+        weights = "auto (n / (k * n_c): every class weighs the same in the loss)"
+    elif isinstance(weight, dict):
+        weights = ", ".join(f"{k} {float(v):g}" for k, v in weight.items())
+    else:
+        weights = "none (every image weighs the same)"
+    return [f"Augmentation: {shown}. Class weights: {weights}.", ""]
 
 
 def _regularisers_note(config: dict[str, Any]) -> list[str]:

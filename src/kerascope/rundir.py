@@ -195,14 +195,15 @@ def _config_classes(run_dir: Path) -> list[str] | None:
 
 def write_split(run_dir: str | os.PathLike, root: str | os.PathLike, splits: dict) -> Path:
     """Record which files of ``root`` each split used (paths relative to ``root``); on a resume
-    the files trained on before stay listed as trained on."""
+    the files trained on before stay listed as trained on (also when the dataset moved: the
+    recorded folder is gone, the relative paths are the same)."""
     root = Path(root).expanduser().resolve()
     record = {
         "data": str(root),
         "splits": {name: [_relative(p, root) for p, _ in items] for name, items in splits.items()},
     }
     old = read_split(run_dir)
-    if old is not None and old["data"] == record["data"]:
+    if old is not None and (old["data"] == record["data"] or not os.path.isdir(old["data"])):
         seen = set(record["splits"].get("train", []))
         extra = [p for p in old["splits"].get("train", []) if p not in seen]
         record["splits"]["train"] = record["splits"].get("train", []) + extra
@@ -266,8 +267,8 @@ def trained_count(record: dict | None, sources: list) -> int:
             if size not in by_size:
                 return False
             if size not in digests:
-                digests[size] = {_digest(p) for p in by_size[size] if os.path.isfile(p)}
-            return _digest(path) in digests[size]
+                digests[size] = {file_digest(p) for p in by_size[size] if os.path.isfile(p)}
+            return file_digest(path) in digests[size]
         except OSError:
             return False
 
@@ -276,7 +277,8 @@ def trained_count(record: dict | None, sources: list) -> int:
                for s in sources)  # fmt: skip
 
 
-def _digest(path: str) -> bytes:
+def file_digest(path: str | os.PathLike) -> bytes:
+    """A file's content hash (BLAKE2b): copies of a file have the same one."""
     import hashlib
 
     with open(path, "rb") as f:

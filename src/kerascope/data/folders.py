@@ -177,6 +177,7 @@ def scan_dataset(
         found = {"all": _class_files(root, skipped, folders)}
         classes = sorted(found["all"])
     where = split_dirs.get("train", root)
+    _note_cruft([root, *split_dirs.values()], warnings)
     _check_classes(where, classes, found["train" if split_dirs else "all"])
     _note_loose_files(root, where, warnings)
     _note_shared_files(found, warnings)
@@ -241,9 +242,27 @@ def _note_shared_files(found: dict[str, dict[str, list[str]]], warnings: list[st
                         "both labels; give every picture one class")  # fmt: skip
 
 
+_CRUFT = ("__macosx",)
+"""Folder names that are never data: a zip made on a Mac unpacks its resource forks into
+``__MACOSX/`` (read before as an empty class)."""
+
+
 def _subfolders(folder: Path) -> list[Path]:
-    """Visible subfolders, sorted; hidden ones (``.ipynb_checkpoints``, ``.git``) are not data."""
-    return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+    """Visible subfolders, sorted; hidden ones (``.ipynb_checkpoints``, ``.git``) and archive
+    leftovers (``__MACOSX``) are not data."""
+    return sorted(p for p in folder.iterdir() if p.is_dir() and _is_data(p.name))
+
+
+def _is_data(name: str) -> bool:
+    return not name.startswith(".") and name.lower() not in _CRUFT
+
+
+def _note_cruft(folders: list[Path], warnings: list[str]) -> None:
+    """Say which archive leftovers were ignored, so a missing class is never a mystery."""
+    cruft = [p for f in folders for p in f.iterdir() if p.is_dir() and p.name.lower() in _CRUFT]
+    if cruft:
+        listed = ", ".join(f"'{p}'" for p in cruft[:_SHOW])
+        warnings.append(f"ignored {listed}: macOS archive metadata, not images")
 
 
 def _split_dirs(root: Path, folders: list[Path]) -> dict[str, Path]:
@@ -275,11 +294,11 @@ def _split_dirs(root: Path, folders: list[Path]) -> dict[str, Path]:
 
 
 def _check_not_splits(root: Path, folders: list[Path], warnings: list[str]) -> None:
-    """Class folders that look like splits: refused when every one is named like a split, or
-    some are and all hold the same class folders (a Kaggle download's ``train2/{cats,dogs}``
-    + ``test2/...``, read before as the two classes "train2" and "test2"); a warning when
-    only one sign is there (``cats/{indoor,outdoor}`` + ``dogs/{indoor,outdoor}`` may be
-    classes with their own subfolders)."""
+    """Class folders that look like splits: refused when every one is named like a split (a
+    Kaggle download's ``train2/{cats,dogs}`` + ``test2/...``, read before as the two classes
+    "train2" and "test2"); a warning when only some are, or all hold the same class folders
+    (``cats/{indoor,outdoor}`` + ``dogs/{indoor,outdoor}`` may be classes with their own
+    subfolders)."""
     inner = {f.name: {d.name.lower() for d in _dir_entries(f) if _holds_images(d.path)}
              for f in folders}  # fmt: skip
     named = [name for name in inner if _SPLIT_LIKE.fullmatch(name)]
@@ -292,7 +311,7 @@ def _check_not_splits(root: Path, folders: list[Path], warnings: list[str]) -> N
     inside = f" holding {', '.join(holding[:_SHOW])}" if holding else ""
     message = (f"'{root}' looks like splits, not classes: {listed}{inside}; name them train/ "
                "and test/ (or validation/), each holding one folder per class")  # fmt: skip
-    if named and (nested or len(named) == len(inner)):
+    if named and len(named) == len(inner):  # one sign alone (dev/ + prod/) is only a warning
         raise DatasetError(message)
     if named:  # some classes, some split-like names: a test folder among the classes?
         message = (f"class folder(s) {listed} in '{root}' are named like a split, not a class: "
@@ -302,9 +321,21 @@ def _check_not_splits(root: Path, folders: list[Path], warnings: list[str]) -> N
 
 
 def _dir_entries(folder: Path) -> list[os.DirEntry]:
-    """Visible subfolders, from the directory listing alone (no stat of every image)."""
-    with os.scandir(folder) as entries:
-        return [e for e in entries if not e.name.startswith(".") and e.is_dir()]
+    """Visible subfolders, from the directory listing alone (no stat of every image); none
+    for a folder that cannot be listed (the scan names it with its reason)."""
+    try:
+        with os.scandir(folder) as entries:
+            return [e for e in entries if _is_data(e.name) and _entry_is_dir(e)]
+    except OSError:
+        return []
+
+
+def _entry_is_dir(entry: os.DirEntry) -> bool:
+    """A link loop (``loop.png -> loop.png``) is no folder: said when its file is read."""
+    try:
+        return entry.is_dir()
+    except OSError:
+        return False
 
 
 def _holds_images(folder: str | Path) -> bool:

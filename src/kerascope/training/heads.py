@@ -81,13 +81,19 @@ def default_head(spatial: bool) -> list[str]:
 def check_head(parts: Sequence[str], spatial: bool) -> None:
     """Refuse a head that cannot sit on its input before anything is built: dense on a feature
     map, or pooling of features that are already vectors."""
+    reduced = None  # the head's part that made vectors of the feature map
     for part in parts:
         name = part.partition(":")[0]
+        if name in ("gap", "gmp") and reduced:  # before: blamed --pool, which transfer lacks
+            raise ConfigError(f"head: {name} pools a feature map, but the head's {reduced} "
+                              "before it made vectors already; keep one of gap, gmp or "
+                              "flatten")  # fmt: skip
         if name in ("gap", "gmp") and not spatial:
             raise ConfigError(f"head: {name} pools a feature map, but these features are "
                               "vectors already (pooled by --pool); leave it out or use "
                               "--pool none")  # fmt: skip
         if name in _REDUCERS:
+            reduced = reduced or (name if spatial else None)
             spatial = False
         elif name == "dense" and spatial:
             break

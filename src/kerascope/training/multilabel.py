@@ -221,7 +221,8 @@ def _train(run_dir: Path, config: dict, table: LabelTable, splits: dict, progres
                                 random_affine(augment, config["seed"]), config["seed"]),
                 "steps_per_epoch": -(-len(splits["train"]) // batch),
                 "shuffle": False}  # the generator shuffles, seeded per epoch  # fmt: skip
-    fit = suffix.fit(**data, epochs=stage["epochs"], callbacks=[stop, clock], verbose=verbose,
+    bar = [keras.callbacks.ProgbarLogger()] if verbose else []  # ends its line before stop's
+    fit = suffix.fit(**data, epochs=stage["epochs"], callbacks=[*bar, stop, clock], verbose=verbose,
                      validation_data=(feats["validation"], targets["validation"]))  # fmt: skip
     history = [{"epoch": e + 1, "stage": 1, "seconds": seconds[e],
                 **{k: float(v[e]) for k, v in fit.history.items()}}

@@ -118,7 +118,17 @@ class TrainProgress(keras.callbacks.Callback):
             )
 
     def _print(self, line: str) -> None:
-        print(line, file=self.stream, flush=True)
+        """On a terminal, over the line of Keras's bar in progress (erased first: the bar
+        redraws itself on the next line), else plainly."""
+        erase = "\r\x1b[K" if _is_terminal(self.stream) else ""
+        print(erase + line, file=self.stream, flush=True)
+
+
+def _is_terminal(stream: TextIO) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):  # a closed or odd stream
+        return False
 
 
 def _per_step(seconds: float) -> str:

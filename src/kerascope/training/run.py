@@ -39,7 +39,6 @@ from kerascope.files import (  # noqa: E402
     OutputError,
     is_disk_error,
     write_json,
-    write_text,
 )
 from kerascope.interrupts import interrupts_kept, stopped_by  # noqa: E402
 from kerascope.keras_saving import fast_keras_saving  # noqa: E402
@@ -52,7 +51,7 @@ from kerascope.rundir import (  # noqa: E402
     write_state,
 )
 from kerascope.training import devices as placing  # noqa: E402
-from kerascope.training import recipes  # noqa: E402
+from kerascope.training import recipes, run_data  # noqa: E402
 from kerascope.training import resume as resuming  # noqa: E402
 from kerascope.training.config_file import load_config, save_config  # noqa: E402
 from kerascope.training.finish import finish_run, remove_leftovers  # noqa: E402
@@ -126,7 +125,7 @@ def train(
 
     Args:
         data: dataset folder (``DATA/<class>/`` or ``DATA/train|validation/<class>/``);
-            may be omitted with ``resume``.
+            with ``resume``: omitted, or where the run's dataset moved to.
         recipe: ``scratch``, ``lenet``, ``transfer`` (default), ``finetune`` or ``features`` (see
             ``recipes``).
         output: the run directory; default ``runs/<YYYYmmdd-HHMMSS>-<recipe>``.
@@ -152,8 +151,9 @@ def train(
             numbering (the InceptionV3 guide's 249), a layer name, or ``"all"`` (see
             ``heads.unfreeze_start``).
         augment: ``True`` for the recipe's augmentation, ``False`` for none, or a config.
-        resume: a run directory to continue from its ``config.yaml`` and backup. The run
-            continues as it was configured: ``epochs`` (an int: each stage not finished yet;
+        resume: a run directory to continue from its ``config.yaml`` and backup, on the split
+            its ``split.json`` records (files gone are dropped, new ones left out, each said).
+            The run continues as it was configured: ``epochs`` (an int: each stage not finished yet;
             a list: every stage, finished ones unchanged) and ``patience`` are honoured, any
             other setting given that differs from ``config.yaml`` is refused (RunError).
         progress: Keras progress bar per epoch and a line per stage.
@@ -224,6 +224,9 @@ def train(
         run_dir = Path(resume)
         config = load_config(run_dir)
         given = _given_options(locals())
+        if moved := run_data.resumed_data(run_dir, config, data):  # the run's files, moved
+            config["data"] = moved
+            given.pop("data", None)
         if precision is not None:  # not the network's shape: a resume may change it
             from kerascope.precision import resolve_precision
 
@@ -255,6 +258,7 @@ def train(
                                 mixup=mixup, cutmix=cutmix, init_from=init_from,
                                 task="binary" if binary else "multiclass")  # fmt: skip
         run_dir = Path(config["output"])
+        run_data.check_output_outside(config["data"], run_dir)
         if run_dir.exists() and not (run_dir / "config.yaml").exists():
             _check_new_output(run_dir)  # a file or someone's folder: refused, no lock left there
     parallel = placing.data_parallel(devices, config["batch_size"])  # refused before writing
@@ -290,17 +294,25 @@ def train(
                               f"free some space, {then}") from exc  # fmt: skip
 
 
-def _what_resumes(run_dir: Path) -> str:
+def _what_resumes(run_dir: Path, stages: int) -> str:
     """What a resume continues from after a stop, read from the backups (not from the state,
-    which an epoch records before its backup is written)."""
+    which an epoch records before its backup is written): in the setup, an epoch or the
+    finishing steps alike."""
     from kerascope.training.checkpoints import backup_epoch
 
     then = f"`kerascope train --resume {run_dir}`"
+    if not (run_dir / "config.yaml").is_file():
+        return "nothing of the run is saved yet; run the same command again"
     try:
-        done = int(read_state(run_dir).get("completed_stages") or 0)
+        state = read_state(run_dir)
+        done = int(state.get("completed_stages") or 0)
         epoch = backup_epoch(run_dir / "backup" / f"stage{done + 1}")
     except (RunError, OSError):
         return f"continue with {then}"
+    if state.get("status") == "done":
+        return f"the run had finished: its model is '{run_dir / 'model.keras'}'"
+    if done >= stages:
+        return f"every stage is trained and saved; {then} writes the model and report"
     if epoch:
         return f"epoch {epoch} is saved; continue with {then}"
     if done:
@@ -359,22 +371,43 @@ def _refuse_finished(run_dir: Path, state: dict[str, Any]) -> None:
 
 def _train(run_dir: Path, config: dict[str, Any], resumed: bool, engine: str | None,
            progress: bool, callbacks: list | None) -> RunResult:  # fmt: skip
+    """`_train_stages`, saying on a stop what a resume continues from: in the scan or setup,
+    an epoch or the finishing steps (before, only a stop in an epoch said it)."""
+    try:
+        return _train_stages(run_dir, config, resumed, engine, progress, callbacks)
+    except KeyboardInterrupt as stop:  # Ctrl-C, SIGTERM, SIGHUP (kerascope.interrupts)
+        with contextlib.suppress(OutputError, RunError):
+            state = read_state(run_dir)
+            if (run_dir / "config.yaml").is_file() and state.get("status") != "done":
+                write_state(run_dir, {**state, "status": "interrupted"})
+        if progress:
+            told = _what_resumes(run_dir, len(config["stages"]))
+            print(f"\n{stopped_by(stop)}: {told}", file=sys.stderr)
+            stop.told = True  # the command adds no line of its own
+        raise
+
+
+def _train_stages(run_dir: Path, config: dict[str, Any], resumed: bool, engine: str | None,
+                  progress: bool, callbacks: list | None) -> RunResult:  # fmt: skip
     """Scan, build and fit every stage not finished yet, then finish; under the run's lock."""
     from kerascope.data import make_sequences, scan_dataset
 
     started = time.monotonic()  # a time budget counts from here
     fast_keras_saving()  # the backbones' weights load faster too
     dataset = scan_dataset(config["data"], config["val_split"], config["seed"], config["skip_bad"])
-    placing.check_same_data(dataset)  # every process: the same images, before any is written
     if resumed and dataset.classes != config["classes"]:
         raise RunError(f"classes in '{config['data']}' changed since '{run_dir}' started: "
                          f"{dataset.classes} vs {config['classes']}")  # fmt: skip
+    if resumed:  # the split it started with: never a held-out image trained on
+        dataset = run_data.keep_recorded_split(run_dir, dataset)
+    run_data.note_copies(dataset)
+    placing.check_same_data(dataset)  # every process: the same images, before any is written
     check_task(task_of(config), dataset.classes, config["data"])  # --binary: two classes
     config["classes"], config["counts"] = dataset.classes, dataset.counts
     save_config(run_dir, config)
     write_json(run_dir / LABELS_NAME, {"classes": dataset.classes})
     write_split(run_dir, config["data"], dataset.splits)
-    _report_scan(dataset, run_dir, progress, weighted=config["class_weight"] is not None)
+    run_data.report_scan(dataset, run_dir, progress, weighted=config["class_weight"] is not None)
 
     recipe_ = recipes.get_recipe(config["recipe"])
     if progress and (tiny := recipes.too_small_to_see(recipe_, config["image_size"])):
@@ -428,45 +461,13 @@ def _train(run_dir: Path, config: dict[str, Any], resumed: bool, engine: str | N
                       split, progress, started, forced, asked_prefix)  # fmt: skip
             write_state(run_dir, {**read_state(run_dir), "completed_stages": index + 1})
             shutil.rmtree(run_dir / "backup" / f"stage{index + 1}", ignore_errors=True)
-    except KeyboardInterrupt as stop:  # Ctrl-C, SIGTERM, SIGHUP (kerascope.interrupts)
-        with contextlib.suppress(OutputError):
-            write_state(run_dir, {**read_state(run_dir), "status": "interrupted"})
-        if progress:
-            print(f"\n{stopped_by(stop)}: {_what_resumes(run_dir)}", file=sys.stderr)
-            stop.told = True  # the command adds no line of its own
-        raise
+    except KeyboardInterrupt:
+        raise  # said by `_train`
     except Exception:
         with contextlib.suppress(Exception):
             write_state(run_dir, {**read_state(run_dir), "status": "failed"})
         raise
     return _finish(model, run_dir, config, dataset.summary(), trained_here)
-
-
-def _report_scan(dataset, run_dir: Path, progress: bool, weighted: bool = False) -> None:
-    """The scan's findings on stderr before the first epoch; dropped and ignored files listed
-    in ``skipped.txt`` (path, tab, reason), since a terminal shows only the first few."""
-    dropped = [(p, r) for p, r in dataset.bad] + [(p, "not an image file (ignored by suffix)")
-                                                  for p in dataset.skipped]  # fmt: skip
-    listing = run_dir / "skipped.txt"
-    if dropped:
-        write_text(listing, "".join(f"{_one_line(p)}\t{_one_line(r)}\n" for p, r in dropped))
-    if not progress:
-        return
-    if dataset.bad:
-        print(f"warning: --skip-bad left out {len(dataset.bad)} unreadable file(s); the list "
-              f"is in {listing}", file=sys.stderr)  # fmt: skip
-    for warning in dataset.warnings:
-        if weighted:  # the advice is already taken
-            from kerascope.data.folders import IMBALANCE_HINT, IMBALANCE_WEIGHTED
-
-            warning = warning.replace(IMBALANCE_HINT, IMBALANCE_WEIGHTED)
-        print(f"warning: {warning}", file=sys.stderr)
-    if dataset.skipped and not dataset.bad:
-        print(f"  (ignored files are listed in {listing})", file=sys.stderr)
-
-
-def _one_line(text: str) -> str:
-    return text.replace("\t", " ").replace("\n", " ").replace("\r", " ")
 
 
 def use_split(engine: str | None = None, augmented: bool = True) -> bool:

@@ -144,6 +144,9 @@ def run_stage(model, run_dir: Path, config: dict, index: int, stage: dict, seqs,
     # an epoch are written before its backup, so a resume redoes that epoch (same numbers)
     # rather than skipping past an epoch that history.csv or best.weights.h5 lacks.
     callbacks = [
+        # Keras's bar first, so it ends its line before an epoch's own lines are printed
+        # (appended last by Keras, it redrew its stale bar after them on a terminal)
+        *([keras.callbacks.ProgbarLogger()] if verbose else []),
         InterruptCheck(),
         EpochLog(run_dir, index + 1, len(seqs["train"].paths)),
         BestCheckpoint(model, best, monitor=MONITOR, frozen_prefix=parts is not None),
