@@ -244,3 +244,11 @@ def test_decomposed_unicode_and_case_only_names_of_a_run(tmp_path):
     (tmp_path / "CAT").rmdir()
     found = {folder.name: index for folder, index in class_folders(tmp_path, own)}
     assert found == {unicodedata.normalize("NFC", "café"): 0, "Cat": 1, "cat": 2}
+
+
+def test_a_macos_archive_folder_is_no_class_folder(tmp_path):
+    """As in training: ``__MACOSX/`` from a zip made on a Mac was "no class of the model"."""
+    own = [("0", "cat"), ("1", "dog")]
+    for name in ("cat", "dog", "__MACOSX"):
+        (tmp_path / name).mkdir()
+    assert [f.name for f, _ in class_folders(tmp_path, own)] == ["cat", "dog"]

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from kerascope.data.folders import DatasetError, not_a_folder
+from kerascope.data.folders import DatasetError, is_data_name, not_a_folder
 from kerascope.images import expand_inputs
 from kerascope.zoo.hierarchy import classes_named, is_wnid
 
@@ -26,7 +26,7 @@ def class_folders(data: str | os.PathLike, labels: list[tuple[str, str]]) -> lis
     root = Path(data).expanduser()
     if not root.is_dir():
         raise DatasetError(not_a_folder(root, "validation"))
-    folders = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    folders = sorted(p for p in root.iterdir() if p.is_dir() and is_data_name(p.name))
     first = next((i for i, (cid, _) in enumerate(labels) if is_wnid(cid)), None)
     if not folders:  # the model's own names as the example (a trained run's: cat, coffee)
         how = (f"its WordNet id ({labels[first][0]}) or class name ({labels[first][1]})"

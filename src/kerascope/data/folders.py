@@ -250,10 +250,11 @@ _CRUFT = ("__macosx",)
 def _subfolders(folder: Path) -> list[Path]:
     """Visible subfolders, sorted; hidden ones (``.ipynb_checkpoints``, ``.git``) and archive
     leftovers (``__MACOSX``) are not data."""
-    return sorted(p for p in folder.iterdir() if p.is_dir() and _is_data(p.name))
+    return sorted(p for p in folder.iterdir() if p.is_dir() and is_data_name(p.name))
 
 
-def _is_data(name: str) -> bool:
+def is_data_name(name: str) -> bool:
+    """Whether a folder of this name can hold data: not hidden, not an archive's leftovers."""
     return not name.startswith(".") and name.lower() not in _CRUFT
 
 
@@ -325,7 +326,7 @@ def _dir_entries(folder: Path) -> list[os.DirEntry]:
     for a folder that cannot be listed (the scan names it with its reason)."""
     try:
         with os.scandir(folder) as entries:
-            return [e for e in entries if _is_data(e.name) and _entry_is_dir(e)]
+            return [e for e in entries if is_data_name(e.name) and _entry_is_dir(e)]
     except OSError:
         return []
 
