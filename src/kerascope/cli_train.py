@@ -125,8 +125,8 @@ def _add_train(sub) -> None:
     p.add_argument("--pool", choices=("avg", "max", "none"), help="features: pooling (default: "
                    "avg)")  # fmt: skip
     p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run as it was "
-                   "configured, on the split it recorded (only --epochs and --patience may "
-                   "change)")  # fmt: skip
+                   "configured, on the split it recorded (only --epochs, --patience and "
+                   "--precision may change; DATA only when the dataset moved)")  # fmt: skip
     from kerascope.engines import ENGINES
 
     p.add_argument(
