@@ -110,7 +110,7 @@ def _run_explain(args) -> int:
                         f"'{args.output}' (*-output.jpg)")  # fmt: skip
     if not sources:
         raise CliError("no images found in " + " ".join(args.paths))
-    todo = len(sources)  # the images this run explains (--skip-existing: fewer)
+    explained = sources  # the images this run explains (--skip-existing: fewer)
     if not args.compare:  # the overwrite rule, before the model loads (compare checks its own)
         from kerascope.cam.outputs import check_output_folder, check_outputs, output_names
 
@@ -118,15 +118,16 @@ def _run_explain(args) -> int:
         names = output_names(sources)
         paths = [None if n is None else Path(args.output) / n for n in names]
         check_outputs(paths, sources, args.overwrite or args.skip_existing)
-        if args.skip_existing:
-            kept = sum(1 for p in paths if p is not None and os.path.lexists(p))
-            if kept == len(sources):
+        if args.skip_existing:  # as save_explanations leaves them out: names of the whole list
+            explained = [s for s, p in zip(sources, paths, strict=True)
+                         if p is None or not os.path.lexists(p)]  # fmt: skip
+            if not explained:
                 output.note(f"every picture is already in '{args.output}' (--skip-existing)")
                 return 0
-            todo -= kept
-            if kept:
-                output.note(f"{kept} picture(s) already in '{args.output}' are kept "
-                            f"(--skip-existing): explaining the other {todo}")  # fmt: skip
+            if len(explained) < len(sources):
+                output.note(f"{len(sources) - len(explained)} picture(s) already in "
+                            f"'{args.output}' are kept (--skip-existing): explaining the "
+                            f"other {len(explained)}")  # fmt: skip
     clf = load_model(args.model, weights=args.weights)
     args.batch_size = batch_size_or_default(args.batch_size, "explain", clf.input_size)
     clf, target = class_option(clf, args.target)
@@ -137,13 +138,14 @@ def _run_explain(args) -> int:
     advance = output.Advance(lambda n: None)  # until the bar is up
     made = missing_folders(args.output)  # made by this run: removed again if left empty
     try:
-        with output.progress_bar(todo, "explaining", min_total=16) as advance:
+        with output.progress_bar(len(explained), "explaining", min_total=16) as advance:
             saved = _save(args, clf, sources, target, advance, options)
     except KeyboardInterrupt as stop:  # Ctrl-C, SIGTERM, SIGHUP: say what is there
         if advance.done:
-            output.note(f"{stopped_by(stop)} after {advance.done} of {todo} images; "
+            instead = " instead of --overwrite" if args.overwrite else ""
+            output.note(f"{stopped_by(stop)} after {advance.done} of {len(explained)} images; "
                         f"the pictures of those explained are in '{args.output}': the same "
-                        "command with --skip-existing explains the rest")  # fmt: skip
+                        f"command with --skip-existing{instead} explains the rest")  # fmt: skip
         else:  # not an empty folder named as if it held something
             remove_empty(made)
             output.note(f"{stopped_by(stop)} before any picture was written")
@@ -152,7 +154,7 @@ def _run_explain(args) -> int:
     output.print_explanations(saved)
     failed = sum(1 for s in saved if not s.ok)
     if args.score:
-        _print_scores(args, clf, [s for s, d in zip(sources, saved, strict=True) if d.ok],
+        _print_scores(args, clf, [s for s, d in zip(explained, saved, strict=True) if d.ok],
                       target, options)  # fmt: skip
     if failed:
         output.note(f"{failed} of {len(saved)} input(s) could not be explained")

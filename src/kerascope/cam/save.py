@@ -151,7 +151,8 @@ def save_explanations(
 
     Returns:
         One `SavedExplanation` per input, in input order (folders and globs in their expansion
-        order); a missing or unreadable input has ``error`` set, at its place, and no file.
+        order; with ``skip_existing``, none for the inputs left out); a missing or unreadable
+        input has ``error`` set, at its place, and no file.
         ``empty`` is set when the map showed nothing (the picture says so in its label).
 
     Raises:
