@@ -37,3 +37,20 @@ def test_explain_of_an_ensemble_names_the_branch_it_shows(caplog):
     with caplog.at_level(logging.WARNING, logger="kerascope"):
         kerascope.explain(picture, model=model, method="gradcam", layer="left/conv")
     assert not [r for r in caplog.records if "branches" in r.getMessage()]
+
+
+def test_nested_models_in_a_chain_are_no_branches():
+    """The review found the Keras guide's augmentation -> backbone chain called "2 branches"."""
+    import keras
+
+    from kerascope.cam.graph import branch_of, find_layer
+
+    x = keras.Input((16, 16, 3))
+    first = keras.Sequential([keras.Input((16, 16, 3)), keras.layers.Conv2D(3, 3, padding="same")],
+                             name="augment")  # fmt: skip
+    inner = keras.Input((16, 16, 3))
+    body = keras.Model(inner, keras.layers.Conv2D(4, 3, padding="same", name="conv")(inner),
+                       name="backbone")  # fmt: skip
+    pooled = keras.layers.GlobalAveragePooling2D()(body(first(x)))
+    model = keras.Model(x, keras.layers.Dense(2, activation="softmax")(pooled))
+    assert branch_of(model, find_layer(model)) is None

@@ -114,3 +114,32 @@ def test_an_output_inside_the_dataset_is_refused_up_front(tmp_path, capsys):
     line = _one_line_error(capsys.readouterr().err)  # before: "class folder ... has no images"
     assert f"output '{data / 'run'}' is inside the dataset folder '{data}'" in line
     assert sorted(p.name for p in data.iterdir()) == ["cat", "coffee"]
+
+
+def test_a_record_whose_class_lost_its_held_out_images_says_why(tmp_path):
+    """An earlier kerascope's resume could move a small class's only held-out image into
+    training; the review found the refusal then telling to "restore" what nothing lists."""
+    from kerascope.data import DatasetError
+
+    data = cat_and_coffee(tmp_path / "data", n=6, size=32)
+    run = tmp_path / "run"
+    before = _interrupted_run(data, run)
+    record = json.loads((run / "split.json").read_text())
+    moved = [f for f in record["splits"]["validation"] if f.startswith("coffee/")]
+    record["splits"]["validation"] = [f for f in record["splits"]["validation"] if f not in moved]
+    record["splits"]["train"] += moved
+    (run / "split.json").write_text(json.dumps(record))
+    with pytest.raises(DatasetError, match="no validation image of class 'coffee'") as info:
+        train(resume=run, progress=False)
+    assert "moved into training by a resume of an earlier kerascope" in str(info.value)
+    assert before  # the run itself is kept as it was
+    assert json.loads((run / "split.json").read_text()) == record
+
+
+def test_a_finished_run_whose_dataset_is_gone_is_refused_as_finished(tmp_path):
+    data = cat_and_coffee(tmp_path / "data", n=4, size=32)
+    run = tmp_path / "run"
+    train(data, recipe="lenet", output=run, epochs=1, image_size=32, progress=False)
+    shutil.rmtree(data)
+    with pytest.raises(RunError, match="already finished"):  # not "give its new location"
+        train(resume=run, progress=False)

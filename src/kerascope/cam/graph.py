@@ -73,16 +73,33 @@ def candidate_layers(model: Any) -> list[str]:
 
 
 def branch_of(model: Any, target: Any) -> tuple[str, list[str]] | None:
-    """``(the nested model holding target, every nested model with a spatial layer)`` when
-    there are several of those (an ensemble's branches, whose maps each explain only their
-    part of the prediction), else None."""
-    found, owners = "", []
-    for op, shape, outer in _walk_named(model):
-        if outer and len(shape) == 4 and _functional(op) is None:
-            owners.append(outer)
-            found = outer if op is target else found
-    owners = list(dict.fromkeys(owners))
-    return (found, owners) if len(owners) > 1 and found else None
+    """``(the branch holding target, every branch)`` when ``model`` calls several nested models
+    side by side, neither feeding the other (an ensemble, whose maps each explain only their
+    part of the prediction), else None. Nested models in a chain (augmentation -> backbone,
+    ConvNeXt's stem -> stages) are no branches."""
+    fn = _functional(model)
+    nested = [n for n in _nodes(fn) if _functional(n.operation) is not None
+              and any(len(shape) == 4 for _, shape in _walk(n.operation))]  # fmt: skip
+    ancestors = {id(n): _ancestors(n) for n in nested}
+    side = [n for n in nested
+            if not any(id(m) in ancestors[id(n)] or id(n) in ancestors[id(m)]
+                       for m in nested if m is not n)]  # fmt: skip
+    holding = [n.operation.name for n in side
+               if any(op is target for op, _ in _walk(n.operation))]  # fmt: skip
+    names = list(dict.fromkeys(n.operation.name for n in side))
+    return (holding[0], names) if len(names) > 1 and holding else None
+
+
+def _ancestors(node: Any) -> set[int]:
+    """ids of the nodes ``node`` depends on, all the way up to the inputs."""
+    seen: set[int] = set()
+    stack = list(node.parent_nodes)
+    while stack:
+        parent = stack.pop()
+        if id(parent) not in seen:
+            seen.add(id(parent))
+            stack.extend(parent.parent_nodes)
+    return seen
 
 
 def find_layer(model: Any, name: str | None = None) -> Any:

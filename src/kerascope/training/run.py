@@ -395,7 +395,7 @@ def _train_stages(run_dir: Path, config: dict[str, Any], resumed: bool, engine: 
     started = time.monotonic()  # a time budget counts from here
     fast_keras_saving()  # the backbones' weights load faster too
     dataset = scan_dataset(config["data"], config["val_split"], config["seed"], config["skip_bad"])
-    if resumed and dataset.classes != config["classes"]:
+    if resumed and not run_data.same_classes(dataset.classes, config["classes"]):
         raise RunError(f"classes in '{config['data']}' changed since '{run_dir}' started: "
                          f"{dataset.classes} vs {config['classes']}")  # fmt: skip
     if resumed:  # the split it started with: never a held-out image trained on

@@ -18,7 +18,7 @@ from typing import Any
 from kerascope.data.folders import Dataset, DatasetError
 from kerascope.errors import RunError
 from kerascope.files import write_text
-from kerascope.rundir import file_digest, read_split
+from kerascope.rundir import file_digest, read_split, read_state
 
 log = logging.getLogger(__name__)
 
@@ -42,8 +42,10 @@ def resumed_data(run_dir: Path, config: dict[str, Any], data: Any) -> str | None
     records, relative to it: a copy short of a few). None: ``data``
     is for `resume.apply_options` to judge (the recorded folder is still there)."""
     recorded = Path(config["data"])
+    if read_state(run_dir).get("status") == "done":
+        return None  # a finished run is refused as such, wherever its dataset went
     if data is None:
-        if not recorded.is_dir():
+        if not recorded.exists():  # a folder, or a multi-label run's CSV
             raise RunError(f"the dataset of '{run_dir}', '{recorded}', does not exist any more: "
                            f"if it moved, give its new location: `kerascope train NEW_FOLDER "
                            f"--resume {run_dir}`")  # fmt: skip
@@ -64,6 +66,17 @@ def resumed_data(run_dir: Path, config: dict[str, Any], data: Any) -> str | None
     log.info("dataset moved: '%s' is gone; resuming on '%s' (%d of its %d files there)",
              recorded, new, found, len(files))  # fmt: skip
     return str(new)
+
+
+def same_classes(found: list[str], recorded: list[str]) -> bool:
+    """Whether a resume's scan found the run's classes, in Unicode's composed form: a dataset
+    moved between macOS (decomposed ``café``) and Linux keeps its classes."""
+    import unicodedata
+
+    def nfc(names: list[str]) -> list[str]:
+        return [unicodedata.normalize("NFC", n) for n in names]
+
+    return nfc(found) == nfc(recorded)
 
 
 def keep_recorded_split(run_dir: Path, dataset: Dataset) -> Dataset:
@@ -88,16 +101,19 @@ def keep_recorded_split(run_dir: Path, dataset: Dataset) -> Dataset:
         splits.setdefault(name, [])
     new = sorted(f for f in now if f not in kept)
     order = [n for n in ("train", "validation", "test") if n in splits]
-    dataset.splits = {n: sorted(splits[n], key=lambda item: (item[1], item[0])) for n in order}
+    dataset.splits = {n: splits[n] for n in order}  # the recorded order: the first run's
     dataset.counts = {n: {c: sum(1 for _, label in dataset.splits[n] if label == i)
                           for i, c in enumerate(dataset.classes)}
                       for n in order}  # fmt: skip
-    for c, count in dataset.counts["validation"].items():
-        if not count:
-            raise DatasetError(f"class '{c}' has none of the validation images '{run_dir}' "
-                               f"held out left in '{root}': restore them (split.json lists "
-                               "them), or start a new run")  # fmt: skip
     where = run_dir / "split.json"
+    for split in ("train", "validation"):
+        for c, count in dataset.counts[split].items():
+            if not count:
+                raise DatasetError(
+                    f"no {split} image of class '{c}' that '{where}' records is in '{root}' "
+                    "(deleted since, or, for held-out images, moved into training by a resume "
+                    "of an earlier kerascope): a resume never moves images between the "
+                    "splits; restore them, or start a new run")  # fmt: skip
     if gone:
         dataset.warnings.append(f"{len(gone)} file(s) of the run's split are gone from the "
                                 f"dataset and left out ({_names(sorted(gone))}); the split of "
