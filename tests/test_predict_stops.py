@@ -78,9 +78,9 @@ def _stopped_predict(run_dir: Path, images: list[str], tmp_path: Path, output: s
     return proc.returncode, out, err
 
 
-def _kept(err: str, output: str, how: str = "interrupted") -> int:
-    found = re.search(how + rf" after (\d+) of {N} images; (.*) holds those (\d+) only$",
-                      err.strip().splitlines()[-1])  # fmt: skip
+def _kept(err: str, output: str, how: str = "interrupted", tail: str = "") -> int:
+    found = re.search(how + rf" after (\d+) of {N} images; (.*) holds those (\d+) only"
+                      + re.escape(tail) + "$", err.strip().splitlines()[-1])  # fmt: skip
     assert found and found.group(1) == found.group(3), err
     assert found.group(2) == output, err
     return int(found.group(1))
@@ -89,11 +89,13 @@ def _kept(err: str, output: str, how: str = "interrupted") -> int:
 @pytest.mark.slow  # a CLI process each (5-10 s)
 def test_ctrl_c_writes_the_rows_done_to_the_csv(run_dir, images, tmp_path):
     """Before: "predicting: 270/900" then "kerascope: interrupted", exit 130, no CSV."""
-    out = tmp_path / "pred.csv"
-    out.write_text("previous rows\n")
-    code, _, err = _stopped_predict(run_dir, images, tmp_path, str(out))
+    earlier = tmp_path / "pred.csv"
+    earlier.write_text("previous rows\n")  # kept: the stopped run writes beside it
+    out = tmp_path / "pred-1.csv"
+    code, _, err = _stopped_predict(run_dir, images, tmp_path, str(earlier))
     assert code == 130 and "Traceback" not in err, err
-    n = _kept(err, f"'{out}'")
+    n = _kept(err, f"'{out}'", tail=f" ('{earlier}' is kept as it was)")
+    assert earlier.read_text() == "previous rows\n"
     assert 24 <= n < N
     rows = list(csv.DictReader(out.open(newline="")))
     assert [r["path"] for r in rows] == images[:n]  # complete rows, in order, nothing else

@@ -272,6 +272,7 @@ def _run_train(args) -> int:
 
 def _find_lr(args, kwargs: dict) -> int:
     """``train --find-lr``: the sweep, its picture and the suggestion; nothing else written."""
+
     from kerascope.files import fresh_path
 
     result = _sweep(args, kwargs, fresh_path("lr_find.png"))
@@ -394,6 +395,8 @@ def _which(result) -> str:
 
 
 def _run_predict(args) -> int:
+    import os
+
     from kerascope.files import fresh_path
     from kerascope.interrupts import exit_code, stopped_by
     from kerascope.prediction import prepare_predict, summary, write_csv
@@ -403,17 +406,22 @@ def _run_predict(args) -> int:
     job = prepare_predict(args.run, args.inputs, target, batch_size=args.batch_size,
                           precision=args.precision, tta=tta)  # fmt: skip
     say_precision(args.precision, job.precision, job.engine)  # after int8 is measured
+    earlier = str(target) != "-" and os.path.lexists(target)
     rows, stop = _predicted_until_stopped(job)
     where = "standard output" if str(target) == "-" else target
     if stop is not None:
         if not rows:
             _note(f"{stopped_by(stop)} before any image was labelled; nothing written")
             return exit_code(stop)
-        write_csv(rows, target)  # the rows done, atomically; the skipped files were not tried
-        shown = where if str(target) == "-" else f"'{target}'"
+        # the rows done, atomically, beside a file the stopped run would have replaced
+        partial = fresh_path(target) if earlier else target
+        write_csv(rows, partial)
+        shown = where if str(target) == "-" else f"'{partial}'"
         kept = "that one" if len(rows) == 1 else f"those {len(rows)}"
-        _note(f"{stopped_by(stop)} after {len(rows)} of {len(job.sources)} images; {shown} "
-              f"holds {kept} only")  # fmt: skip
+        _note(
+            f"{stopped_by(stop)} after {len(rows)} of {len(job.sources)} images; {shown} "
+            f"holds {kept} only" + (f" ('{target}' is kept as it was)" if earlier else "")
+        )
         return exit_code(stop)
     rows += job.skipped_rows()
     write_csv(rows, target)
