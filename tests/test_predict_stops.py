@@ -164,3 +164,36 @@ def test_float32_asked_says_the_engine_that_runs(run_dir, images, monkeypatch, c
     assert lines[0] == "kerascope: computing in float32 on the keras engine", lines
     assert lines[-1].startswith("kerascope: wrote 1 row to standard output: 1 ")
     assert [r["path"] for r in csv.DictReader(io.StringIO(captured.out))] == images[:1]
+
+
+@pytest.mark.slow
+def test_a_stopped_classify_keeps_an_earlier_output_file(run_dir, images, tmp_path):
+    """As predict: before, a Ctrl-C replaced a complete earlier -o file by the partial rows."""
+    earlier = tmp_path / "classes.csv"
+    earlier.write_text("earlier results\n")
+    marker = tmp_path / "started"
+    command = [sys.executable, "-c", _SLOW_CLI, str(marker), "classify", *images, "--model",
+               str(run_dir), "-o", str(earlier), "--batch-size", "8"]  # fmt: skip
+    proc = subprocess.Popen(command, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 300
+        while not marker.exists():
+            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[1]
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 130, err
+    assert earlier.read_text() == "earlier results\n"
+    assert (
+        err.strip()
+        .splitlines()[-1]
+        .endswith(
+            f"'{tmp_path / 'classes-1.csv'}' holds those 24 only ('{earlier}' is kept as it was)"
+        )
+        or f"('{earlier}' is kept as it was)" in err
+    ), err
+    assert (tmp_path / "classes-1.csv").is_file()

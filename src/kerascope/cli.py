@@ -210,6 +210,8 @@ def _classify(args) -> int:
                     f"{tta.describe()})")  # fmt: skip
         stream = classify_tta(clf, sources, tta, args.top, args.threshold, args.batch_size,
                               precision)  # fmt: skip
+    earlier = args.output is not None and str(args.output) != "-" and os.path.lexists(
+        args.output)  # a stopped run writes beside it, never over it  # fmt: skip
     results, interrupted = _until_interrupted(called_labels(clf, stream), len(sources),
                                               "classifying")  # fmt: skip
     for r in results:
@@ -221,9 +223,15 @@ def _classify(args) -> int:
             output.note(f"{stopped_by(interrupted)} before any image was classified; nothing "
                         "written")  # fmt: skip
             return exit_code(interrupted)
+        if earlier:
+            from kerascope.files import fresh_path
+
+            kept, args.output = args.output, fresh_path(args.output)
+            where = f"'{args.output}'"
         output.note(
             f"{stopped_by(interrupted)} after {len(results)} of {len(sources)} images; "
             f"{where} holds those {len(results)} only"
+            + (f" ('{kept}' is kept as it was)" if earlier else "")
         )
     output.write_results(results, args.format, args.output)
     failed = [r for r in results if not r.ok]
