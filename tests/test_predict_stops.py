@@ -189,6 +189,6 @@ def test_a_stopped_classify_keeps_an_earlier_output_file(run_dir, images, tmp_pa
     assert proc.returncode == 130, err
     assert earlier.read_text() == "earlier results\n"
     new, old = re.escape(str(tmp_path / "classes-1.csv")), re.escape(str(earlier))
-    last = err.strip().splitlines()[-1]
-    assert re.search(rf"'{new}' holds those \d+ only \('{old}' is kept as it was\)$", last), err
+    said = rf"'{new}' holds those \d+ only \('{old}' is kept as it was\)$"
+    assert re.search(said, err, re.MULTILINE) and f"result(s) to {tmp_path}" in err, err
     assert (tmp_path / "classes-1.csv").is_file()
