@@ -252,3 +252,14 @@ def test_a_macos_archive_folder_is_no_class_folder(tmp_path):
     for name in ("cat", "dog", "__MACOSX"):
         (tmp_path / name).mkdir()
     assert [f.name for f, _ in class_folders(tmp_path, own)] == ["cat", "dog"]
+
+
+def test_unknown_and_ambiguous_folders_are_said_together(lite0, tmp_path):
+    """The README checker found `crane/` said alone, `xyz/` only on the next run."""
+    for name in ("Tabby", "crane", "xyz"):
+        (tmp_path / name).mkdir()
+    with pytest.raises(DatasetError) as info:
+        class_folders(tmp_path, lite0.labels)
+    message = str(info.value)
+    assert "1 folder(s)" in message and "'xyz'" in message and "n02012849 or n03126707" in message
+    assert "\n" not in message

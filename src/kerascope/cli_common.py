@@ -16,7 +16,7 @@ import tempfile
 from collections.abc import Iterator
 
 from kerascope.errors import CliError
-from kerascope.precision import emulated_here, ran_in
+from kerascope.precision import ran_in, slower_here
 
 STDIN = "-"
 
@@ -72,10 +72,8 @@ def say_precision(asked: str | None, precision: str, engine: str | None = None) 
         from kerascope.output import note
 
         note(ran_in(precision, engine))
-        if emulated_here(precision, engine):
-            units = " (no bf16 units)" if precision == "bfloat16" else ""
-            note(f"{precision} is emulated on this CPU{units}: slower than float32; it shows "
-                 "what a GPU would compute, not a speed-up")  # fmt: skip
+        if slower := slower_here(precision, engine):
+            note(slower)
 
 
 class _NoteHandler(logging.Handler):

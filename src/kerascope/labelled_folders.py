@@ -34,29 +34,31 @@ def class_folders(data: str | os.PathLike, labels: list[tuple[str, str]]) -> lis
                + (", ..." if len(labels) > 5 else "") + ")")  # fmt: skip
         raise DatasetError(f"no class folders in '{root}': put each class's images in a folder "
                            f"named by {how}")  # fmt: skip
-    mapped, unknown = [], []
+    mapped, unknown, unclear = [], [], []
     for folder in folders:
         found = classes_named(folder.name, labels)
         if len(found) > 1 and all(is_wnid(labels[i][0]) for i in found):
             choices = " or ".join(labels[i][0] for i in found)
-            raise DatasetError(f"'{folder}': {len(found)} classes of this model are named "
-                               f"'{labels[found[0]][1]}'; name the folder by its WordNet id "
-                               f"({choices})")  # fmt: skip
-        if len(found) > 1:  # a run's classes that differ only in case or spacing
+            unclear.append(f"'{folder}': {len(found)} classes of this model are named "
+                           f"'{labels[found[0]][1]}'; name the folder by its WordNet id "
+                           f"({choices})")  # fmt: skip
+        elif len(found) > 1:  # a run's classes that differ only in case or spacing
             names = " or ".join(f"'{labels[i][1]}'" for i in found)
-            raise DatasetError(f"'{folder}' could be the class {names} of this model; name the "
-                               "folder exactly as the class is named")  # fmt: skip
-        if found:
+            unclear.append(f"'{folder}' could be the class {names} of this model; name the "
+                           "folder exactly as the class is named")  # fmt: skip
+        elif found:
             mapped.append((folder, found[0]))
         else:
             unknown.append(folder.name)
-    if unknown:
+    if unknown:  # every folder that is no class, and the unclear ones, in one line
         shown = ", ".join(f"'{n}'" for n in unknown[:10]) + (" ..." if len(unknown) > 10 else "")
         how = "a WordNet id (n02123045) or a class name" if first is not None else "a class name"
         examples = ", ".join(name for _, name in labels[:5])
         raise DatasetError(f"{len(unknown)} folder(s) of '{root}' match no class of the model: "
                            f"{shown}; rename each to {how} of the model (e.g. {examples}) or "
-                           "remove it")  # fmt: skip
+                           "remove it" + "".join(f"; and {u}" for u in unclear))  # fmt: skip
+    if unclear:
+        raise DatasetError("; ".join(unclear))
     return mapped
 
 

@@ -449,7 +449,7 @@ def _train_stages(run_dir: Path, config: dict[str, Any], resumed: bool, engine: 
     asked_prefix = prefix_engine(engine)  # --engine's, not only KERASCOPE_ENGINE's
     config.setdefault("precision", "float32")  # runs made before --precision trained so
     if progress:
-        print(f"precision: {config['precision']} (weights float32)")
+        print(run_data.precision_line(config["precision"]))
     trained_here = False
     try:
         for index, stage in enumerate(config["stages"]):

@@ -202,3 +202,11 @@ def _names(files: list[str]) -> str:
 
 def _relative(path: str, root: Path) -> str:
     return os.path.relpath(os.path.abspath(path), root)
+
+
+def precision_line(precision: str) -> str:
+    """The run's precision line, with why it is slower here when it is (a CPU's XLA)."""
+    from kerascope.precision import slower_here
+
+    slower = slower_here(precision)
+    return f"precision: {precision} (weights float32)" + (f"; {slower}" if slower else "")
