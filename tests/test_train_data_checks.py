@@ -73,3 +73,15 @@ def test_a_second_pooling_in_the_head_names_the_head_not_pool():
     assert "the head's gap before it made vectors already" in str(refused.value)
     with pytest.raises(ConfigError, match="pooled by --pool"):  # features: still --pool's
         heads.check_head(["gap"], spatial=False)
+
+
+def test_train_says_what_it_trains_on_before_the_first_epoch(tmp_path, capsys):
+    """README promised counts per class at scan time; they were only in report.md."""
+    from kerascope.testing.photos import cat_and_coffee
+    from kerascope.training import train
+
+    data = cat_and_coffee(tmp_path / "data", n=6, size=32)
+    train(data, recipe="lenet", output=tmp_path / "run", epochs=1, image_size=32)
+    first = capsys.readouterr().out.splitlines()[0]
+    assert first.startswith("dataset: 2 classes; train ") and "(cat " in first
+    assert "; validation " in first
