@@ -26,6 +26,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
 from kerascope.data.ahead import BatchesAhead  # noqa: E402
+from kerascope.data.cache_budget import make_room, touch  # noqa: E402
 from kerascope.images import load_image, resize  # noqa: E402
 
 if TYPE_CHECKING:
@@ -326,6 +327,7 @@ class FolderSequence(keras.utils.PyDataset):
             if pixels.shape != shape or filled.shape != shape[:1]:
                 raise ValueError("cache shape mismatch")
             reserve_blocks(self.cache_path)  # made sparse by an older kerascope, perhaps
+            touch(self.cache_path)  # used now: the last to go (`cache_budget`)
         except (OSError, ValueError):
             try:
                 pixels, filled = self._create_cache(shape, mask)
@@ -347,6 +349,7 @@ class FolderSequence(keras.utils.PyDataset):
     def _create_cache(self, shape: tuple[int, ...], mask: Path) -> tuple[np.ndarray, np.ndarray]:
         """Create both files under temporary names, then rename: never a half-made cache."""
         self.cache_path.parent.mkdir(parents=True, exist_ok=True)
+        make_room(self.cache_path.parent, int(np.prod(shape)) + shape[0])
         tmp = f".tmp-{os.getpid()}-{id(self)}"
         tmp_pixels = self.cache_path.with_name(self.cache_path.name + tmp)
         tmp_mask = mask.with_name(mask.name + tmp)
