@@ -136,3 +136,20 @@ def test_an_unfinished_run_says_how_to_finish_it_and_a_file_is_no_dataset(
         assert main(["evaluate", str(run), str(target)]) == 2
         line = capsys.readouterr().err
         assert "reads a folder of class folders" in line and "kerascope predict" in line, line
+
+
+def test_a_run_still_training_says_so_instead_of_resume(tmp_path):
+    """Before: evaluate of a run in training said "continue it with train --resume", which
+    the run's lock then refused."""
+    from kerascope.locks import acquire
+    from kerascope.rundir import LOCK_NAME, missing_model, write_state
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text("recipe: lenet\n")
+    write_state(run, {"status": "running", "completed_stages": 0})
+    assert "continue it with `kerascope train --resume" in missing_model(run / "model.keras")
+    with acquire(run / LOCK_NAME):
+        said = missing_model(run / "model.keras")
+    assert "is still training" in said and "--resume" not in said
+    assert "continue it with" in missing_model(run / "model.keras")  # released: resumable

@@ -149,8 +149,24 @@ def missing_model(model_path: Path) -> str:
         return said
     if done:  # finished, then the model was moved or deleted: a resume would be refused
         return f"{said}: the run in '{run_dir}' finished, but its model was removed since"
+    if holder := _training(run_dir):  # a resume would be refused: the run is locked
+        return (f"{said}: the run in '{run_dir}' is still training ({holder}); its model is "
+                "written when it ends")  # fmt: skip
     return (f"{said}: the run in '{run_dir}' has not finished; continue it with "
             f"`kerascope train --resume {run_dir}`")  # fmt: skip
+
+
+def _training(run_dir: Path) -> str | None:
+    """Who holds the run's lock (the training writing it), or None."""
+    if not (run_dir / LOCK_NAME).exists():
+        return None
+    try:
+        acquire(run_dir / LOCK_NAME).release()  # free: a lock file a crash left
+    except LockBusy as busy:
+        return str(busy.holder)
+    except OSError:
+        return None
+    return None
 
 
 def write_state(run_dir: str | os.PathLike, state: dict[str, Any]) -> None:
