@@ -18,26 +18,11 @@ import pytest
 from PIL import Image
 
 from kerascope.cli import main
+from tests.test_cli_messages import _SLOW_CLI  # the CLI, each labelled image made slow
 from tests.test_evaluate import untrained_run
 
 CLASSES = ["cat", "dog"]
 N = 200
-
-# The real CLI in a child process, each labelled image made slow enough to interrupt; a marker
-# appears once 24 are done, so the signal comes mid-run on any machine.
-_SLOW_CLI = """
-import runpy, sys, time
-import kerascope.classification as c
-marker, done, predictions = sys.argv.pop(1), [0], c._predictions
-def slow_predictions(*args, **kwargs):
-    done[0] += 1
-    if done[0] == 25:  # 24 finished
-        open(marker, "w").close()
-    time.sleep(0.05)
-    return predictions(*args, **kwargs)
-c._predictions = slow_predictions  # one call per labelled image
-runpy.run_module("kerascope", run_name="__main__")
-"""
 
 
 @pytest.fixture(scope="module")

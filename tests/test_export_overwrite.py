@@ -1,0 +1,63 @@
+"""`kerascope export`'s overwrite rule, explain's: an existing output is replaced only with
+--overwrite, and a file the export reads (the model, a run's labels.json, --check images) never
+is, even with it. Refused in one line, before the model loads."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import keras
+import pytest
+
+from kerascope.export import ExportError, export_model
+
+from .test_export import run_cli, tiny_model
+
+
+def test_an_existing_output_is_kept_without_overwrite(tmp_path, monkeypatch, capsys):
+    """Explain's rule: before, `export -o old.keras` replaced the file in silence. Refused in
+    one line naming it, before the model loads; --overwrite replaces it."""
+    clf = tiny_model()
+    clf.model.save(tmp_path / "tiny.keras")
+    (tmp_path / "labels.json").write_text(json.dumps({"classes": ["ant", "bee", "cat"]}))
+    out = tmp_path / "out.keras"
+    out.write_bytes(b"an earlier export")
+    code, err = run_cli(["export", str(tmp_path / "tiny.keras"), "-o", str(out)],
+                        monkeypatch, capsys)  # fmt: skip
+    assert code == 2 and err.count("\n") == 1 and "Traceback" not in err, err
+    assert f"'{out}' already exists; add --overwrite" in err
+    assert out.read_bytes() == b"an earlier export"
+    with pytest.raises(ExportError, match="already exists"):
+        export_model(clf, out)
+    assert out.read_bytes() == b"an earlier export"
+    code, err = run_cli(["export", str(tmp_path / "tiny.keras"), "-o", str(out), "--overwrite"],
+                        monkeypatch, capsys)  # fmt: skip
+    assert code == 0, err
+    assert keras.saving.load_model(out, compile=False).output_shape == (None, 3)
+
+
+def test_an_input_is_never_replaced_even_with_overwrite(tmp_path, monkeypatch, capsys):
+    """`export run/ -o run/model.keras --overwrite` would replace the model it reads."""
+    import kerascope.zoo.models as models
+
+    run = tmp_path / "run"
+    run.mkdir()
+    tiny_model().model.save(run / "model.keras")
+    (run / "labels.json").write_text(json.dumps({"classes": ["ant", "bee", "cat"]}))
+    photo = tmp_path / "photo.png"
+    from PIL import Image
+
+    Image.new("RGB", (30, 30), (200, 10, 10)).save(photo)
+    before = {p: p.read_bytes() for p in (run / "model.keras", run / "labels.json", photo)}
+    monkeypatch.setattr(models, "load_model", lambda *a, **k: pytest.fail("model loaded"))
+    for model, out, extra in ((run, run / "model.keras", []),
+                              (run / "model.keras", run / "model.keras", []),
+                              (run, photo.with_suffix(".keras"), []),
+                              (run, photo, ["--check", str(photo), "-f", "onnx"])):  # fmt: skip
+        if out.suffix == ".keras" and out.parent == tmp_path:
+            os.symlink(run / "labels.json", out)  # another name for an input
+        code, err = run_cli(["export", str(model), "-o", str(out), "--overwrite", *extra],
+                            monkeypatch, capsys)  # fmt: skip
+        assert code == 2 and "inputs are never replaced" in err, (model, out, err)
+    assert {p: p.read_bytes() for p in before} == before
