@@ -404,6 +404,9 @@ def test_kaggles_unlabelled_test_folder_is_left_out_of_evaluate_too(tmp_path):
     for c in CLASSES:
         _images(tmp_path / "train" / c, c, 2, seed=len(c))
     _images(tmp_path / "test", "plain", 2, seed=5)  # loose pictures, no class folders
+    (tmp_path / "test" / "disc").mkdir()  # and class folders holding no picture (the review's)
+    (tmp_path / "test" / "disc" / ".DS_Store").write_bytes(b"x")
+    (tmp_path / "test" / "plain" / "empty").mkdir(parents=True)
     split, items, _ = evaluation_items(tmp_path, CLASSES, "auto")
     assert split == "all" and len(items) == 4
     record = {"data": str(tmp_path), "splits": {

@@ -101,10 +101,13 @@ def test_sigterm_writes_the_rows_done_as_json(run_dir, images, tmp_path):
 
 
 @pytest.mark.slow
-def test_ctrl_c_writes_the_rows_done_to_standard_output(run_dir, images, tmp_path):
-    code, out, err = _stopped_predict(run_dir, images, tmp_path, "-")
+@pytest.mark.parametrize("target", ["-", "/proc/self/fd/1"])
+def test_ctrl_c_writes_the_rows_done_to_standard_output(run_dir, images, tmp_path, target):
+    """A descriptor is a stream, written in place (the review found its rows sent to a new
+    '/proc/self/fd/1-1' as if it were a file to keep)."""
+    code, out, err = _stopped_predict(run_dir, images, tmp_path, target)
     assert code == 130 and "Traceback" not in err, err
-    n = _kept(err, "standard output")
+    n = _kept(err, "standard output" if target == "-" else f"'{target}'")
     rows = list(csv.DictReader(io.StringIO(out)))
     assert [r["path"] for r in rows] == images[:n]
 

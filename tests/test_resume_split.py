@@ -143,3 +143,20 @@ def test_a_finished_run_whose_dataset_is_gone_is_refused_as_finished(tmp_path):
     shutil.rmtree(data)
     with pytest.raises(RunError, match="already finished"):  # not "give its new location"
         train(resume=run, progress=False)
+
+
+def test_a_dataset_whose_names_changed_unicode_form_resumes(tmp_path):
+    """macOS spells café decomposed, Linux composed: the review found every file of that class
+    taken as gone and new, and the resume refused."""
+    import unicodedata
+
+    data = cat_and_coffee(tmp_path / "data", n=6, size=32)
+    composed = unicodedata.normalize("NFC", "café")
+    (data / "cat").rename(data / composed)
+    run = tmp_path / "run"
+    before = _interrupted_run(data, run)
+    (data / composed).rename(data / unicodedata.normalize("NFD", "café"))
+    result = train(resume=run, progress=False)
+    assert sum(sum(c.values()) for c in result.config["counts"].values()) == 12
+    after = {k: {unicodedata.normalize("NFC", f) for f in v} for k, v in _split(run).items()}
+    assert after == before

@@ -210,8 +210,9 @@ def _classify(args) -> int:
                     f"{tta.describe()})")  # fmt: skip
         stream = classify_tta(clf, sources, tta, args.top, args.threshold, args.batch_size,
                               precision)  # fmt: skip
-    earlier = args.output is not None and str(args.output) != "-" and os.path.lexists(
-        args.output)  # a stopped run writes beside it, never over it  # fmt: skip
+    from kerascope.files import fresh_path, holds_a_file
+
+    earlier = args.output is not None and holds_a_file(args.output)  # a stop writes beside it
     results, interrupted = _until_interrupted(called_labels(clf, stream), len(sources),
                                               "classifying")  # fmt: skip
     for r in results:
@@ -224,8 +225,6 @@ def _classify(args) -> int:
                         "written")  # fmt: skip
             return exit_code(interrupted)
         if earlier:
-            from kerascope.files import fresh_path
-
             kept, args.output = args.output, fresh_path(args.output)
             where = f"'{args.output}'"
         output.note(

@@ -395,9 +395,7 @@ def _which(result) -> str:
 
 
 def _run_predict(args) -> int:
-    import os
-
-    from kerascope.files import fresh_path
+    from kerascope.files import fresh_path, holds_a_file
     from kerascope.interrupts import exit_code, stopped_by
     from kerascope.prediction import prepare_predict, summary, write_csv
 
@@ -406,7 +404,7 @@ def _run_predict(args) -> int:
     job = prepare_predict(args.run, args.inputs, target, batch_size=args.batch_size,
                           precision=args.precision, tta=tta)  # fmt: skip
     say_precision(args.precision, job.precision, job.engine)  # after int8 is measured
-    earlier = str(target) != "-" and os.path.lexists(target)
+    earlier = holds_a_file(target)  # a stopped run writes beside it, never over it
     rows, stop = _predicted_until_stopped(job)
     where = "standard output" if str(target) == "-" else target
     if stop is not None:

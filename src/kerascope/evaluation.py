@@ -24,7 +24,7 @@ import numpy as np
 
 from kerascope.batch_sizes import whole_number
 from kerascope.classification import Source, iter_outputs, run_precision
-from kerascope.data.folders import SPLIT_DIRS, DatasetError, not_a_folder
+from kerascope.data.folders import SPLIT_DIRS, DatasetError, is_data_name, not_a_folder
 from kerascope.errors import ConfigError
 from kerascope.eval_plots import plot_most_confused, plot_predictions
 from kerascope.evaluation_text import (  # noqa: F401  (re-exported: the CLI's text)
@@ -34,6 +34,7 @@ from kerascope.evaluation_text import (  # noqa: F401  (re-exported: the CLI's t
     top5_note,
 )
 from kerascope.files import check_output_folder, fresh_path, make_output_folder, write_json
+from kerascope.images import expand_inputs
 from kerascope.inference import compiled
 from kerascope.labelled_folders import folder_items
 from kerascope.metrics import (  # noqa: F401  (metrics_from, top_k_accuracy: re-exported)
@@ -195,8 +196,8 @@ def _split_folders(root: Path, record: dict | None) -> tuple[dict[str, Path | No
     folders = {p.name.lower(): p for p in root.iterdir() if p.is_dir()}
     found = {name: next((folders[n] for n in names if n in folders), None)
              for name, names in SPLIT_DIRS.items()}  # fmt: skip
-    if found["test"] is not None and not any(
-        p.is_dir() and not p.name.startswith(".") and any(p.iterdir())
+    if found["test"] is not None and not any(  # training's rule: a class folder with images
+        p.is_dir() and is_data_name(p.name) and expand_inputs([p]).paths
         for p in found["test"].iterdir()
     ):
         found["test"] = None

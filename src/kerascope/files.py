@@ -122,6 +122,17 @@ class OutputTarget:
     what: str
 
 
+def holds_a_file(path: str | os.PathLike) -> bool:
+    """Whether a write to ``path`` would replace a file there: not ``-``, a FIFO, a device or
+    a descriptor (written in place), nor a new name. A stopped job then writes beside it."""
+    if os.fspath(path) == "-" or not os.path.lexists(path):
+        return False
+    try:
+        return not output_target(path).stream
+    except OutputError:
+        return False
+
+
 def _names_a_descriptor(path: str) -> bool:
     absolute = os.path.abspath(path)
     if absolute.startswith(_FD_PREFIXES):

@@ -3,15 +3,17 @@
 Every training folder decoded once at a size leaves a memory-mapped ``.npy`` in
 ``default_cache_dir()`` (a stress run found 281 MB in 334 entries, never removed). Before a new
 one is made, the least recently used (``mtime``, touched on every open) are deleted until the
-new one fits in ``KERASCOPE_DATASET_CACHE_GB`` (default 20). One used within the last hour is
-never deleted: another training may be reading it (a process that has it mapped keeps reading
-it anyway; Linux frees the file when the last map goes).
+new one fits in ``KERASCOPE_DATASET_CACHE_GB`` (default 20; ``inf`` or 0: no limit). One used
+within the last hour is never deleted: another training may be reading it (a process that has it
+mapped keeps reading it anyway; Linux frees the file when the last map goes).
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import os
+import re
 import time
 from pathlib import Path
 
@@ -20,17 +22,21 @@ _log = logging.getLogger(__name__)
 ENV_VAR = "KERASCOPE_DATASET_CACHE_GB"
 DEFAULT_GB = 20.0
 RECENT_S = 3600.0
+_OURS = re.compile(r"[0-9a-f]{32}\.npy")  # `loader.cache_key` names
 
 
-def limit_bytes() -> int:
-    """The cache's size limit from ``KERASCOPE_DATASET_CACHE_GB`` (a bad value: the default)."""
+def limit_bytes() -> int | None:
+    """The cache's size limit from ``KERASCOPE_DATASET_CACHE_GB``: None for no limit (``inf``,
+    0 or less); a value that is no number: the default, said."""
     text = os.environ.get(ENV_VAR, "")
     try:
         gb = float(text) if text else DEFAULT_GB
     except ValueError:
+        gb = float("nan")
+    if math.isnan(gb):
         _log.warning("%s=%r is not a number of GB; using %g", ENV_VAR, text, DEFAULT_GB)
         gb = DEFAULT_GB
-    return int(max(gb, 0.0) * 1e9)
+    return None if math.isinf(gb) or gb <= 0 else int(gb * 1e9)
 
 
 def touch(path: Path) -> None:
@@ -45,10 +51,13 @@ def make_room(folder: Path, needed: int, limit: int | None = None) -> list[Path]
     """Delete least recently used caches in ``folder`` until ``needed`` more bytes fit in the
     limit; return what was deleted (said in one line)."""
     limit = limit_bytes() if limit is None else limit
+    if limit is None:
+        return []
     entries = []
     for pixels in folder.glob("*.npy"):
-        if pixels.name.endswith(".filled.npy"):
-            continue
+        mask = pixels.with_suffix(".filled.npy")
+        if not _OURS.fullmatch(pixels.name) or not mask.is_file():
+            continue  # only kerascope's caches: a pixels file and the mask that vouches for it
         try:
             st = pixels.stat()
         except OSError:
@@ -60,11 +69,11 @@ def make_room(folder: Path, needed: int, limit: int | None = None) -> list[Path]
     for mtime, size, pixels in sorted(entries):
         if used + needed <= limit or now - mtime < RECENT_S:
             break
-        for path in (pixels, pixels.with_suffix(".filled.npy")):
-            try:
-                path.unlink(missing_ok=True)
-            except OSError:
-                continue
+        try:  # the mask first: pixels without the mask that vouches for them are never read
+            pixels.with_suffix(".filled.npy").unlink(missing_ok=True)
+            pixels.unlink(missing_ok=True)
+        except OSError:
+            continue
         used -= size
         removed.append(pixels)
     if removed:

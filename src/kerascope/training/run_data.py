@@ -71,12 +71,7 @@ def resumed_data(run_dir: Path, config: dict[str, Any], data: Any) -> str | None
 def same_classes(found: list[str], recorded: list[str]) -> bool:
     """Whether a resume's scan found the run's classes, in Unicode's composed form: a dataset
     moved between macOS (decomposed ``café``) and Linux keeps its classes."""
-    import unicodedata
-
-    def nfc(names: list[str]) -> list[str]:
-        return [unicodedata.normalize("NFC", n) for n in names]
-
-    return nfc(found) == nfc(recorded)
+    return [_nfc(n) for n in found] == [_nfc(n) for n in recorded]
 
 
 def keep_recorded_split(run_dir: Path, dataset: Dataset) -> Dataset:
@@ -93,7 +88,8 @@ def keep_recorded_split(run_dir: Path, dataset: Dataset) -> Dataset:
     splits: dict[str, list[tuple[str, int]]] = {}
     gone: list[str] = []
     kept: set[str] = set()
-    for name, files in record["splits"].items():
+    for name, recorded in record["splits"].items():
+        files = [_nfc(f) for f in recorded]
         splits[name] = [now[f] for f in files if f in now and f not in kept]
         kept.update(files)
         gone += [f for f in files if f not in now and f not in unreadable]
@@ -213,7 +209,15 @@ def _names(files: list[str]) -> str:
 
 
 def _relative(path: str, root: Path) -> str:
-    return os.path.relpath(os.path.abspath(path), root)
+    """``path`` relative to ``root``, composed (NFC): a dataset moved between macOS and Linux
+    spells its names the other way, and they still name the same files."""
+    return _nfc(os.path.relpath(os.path.abspath(path), root))
+
+
+def _nfc(text: str) -> str:
+    import unicodedata
+
+    return unicodedata.normalize("NFC", text)
 
 
 def precision_line(precision: str) -> str:
