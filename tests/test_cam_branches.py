@@ -54,3 +54,19 @@ def test_nested_models_in_a_chain_are_no_branches():
     pooled = keras.layers.GlobalAveragePooling2D()(body(first(x)))
     model = keras.Model(x, keras.layers.Dense(2, activation="softmax")(pooled))
     assert branch_of(model, find_layer(model)) is None
+
+
+def test_an_ensemble_behind_a_shared_augmentation_or_wrapped_is_still_one():
+    """The review found the first chain rule hiding these ensembles."""
+    import keras
+
+    from kerascope.cam.graph import branch_of, find_layer
+
+    x = keras.Input((16, 16, 3))
+    shared = keras.Sequential([keras.Input((16, 16, 3)), keras.layers.Conv2D(3, 1)],
+                              name="augment")(x)  # fmt: skip
+    joined = keras.layers.Concatenate()([_branch("left")(shared), _branch("right")(shared)])
+    model = keras.Model(x, keras.layers.Dense(2, activation="softmax")(joined))
+    assert branch_of(model, find_layer(model)) == ("right", ["left", "right"])
+    wrapped = keras.Model(x, model(x))
+    assert branch_of(wrapped, find_layer(wrapped)) == ("right", ["left", "right"])

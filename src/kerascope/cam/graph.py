@@ -73,21 +73,23 @@ def candidate_layers(model: Any) -> list[str]:
 
 
 def branch_of(model: Any, target: Any) -> tuple[str, list[str]] | None:
-    """``(the branch holding target, every branch)`` when ``model`` calls several nested models
-    side by side, neither feeding the other (an ensemble, whose maps each explain only their
-    part of the prediction), else None. Nested models in a chain (augmentation -> backbone,
-    ConvNeXt's stem -> stages) are no branches."""
+    """``(the branch holding target, every branch)`` when ``model`` calls nested models side
+    by side, neither feeding the other (an ensemble, whose maps each explain only their part of
+    the prediction; behind a shared augmentation, or wrapped in one nested model), else None.
+    Nested models only in a chain (augmentation -> backbone, ConvNeXt's stem -> stages) are no
+    branches."""
     fn = _functional(model)
     nested = [n for n in _nodes(fn) if _functional(n.operation) is not None
               and any(len(shape) == 4 for _, shape in _walk(n.operation))]  # fmt: skip
     ancestors = {id(n): _ancestors(n) for n in nested}
     side = [n for n in nested
-            if not any(id(m) in ancestors[id(n)] or id(n) in ancestors[id(m)]
-                       for m in nested if m is not n)]  # fmt: skip
-    holding = [n.operation.name for n in side
-               if any(op is target for op, _ in _walk(n.operation))]  # fmt: skip
+            if any(m is not n and id(m) not in ancestors[id(n)]
+                   and id(n) not in ancestors[id(m)] for m in nested)]  # fmt: skip
+    holds = [n for n in nested if any(op is target for op, _ in _walk(n.operation))]
     names = list(dict.fromkeys(n.operation.name for n in side))
-    return (holding[0], names) if len(names) > 1 and holding else None
+    if len(names) > 1 and holds and holds[0] in side:
+        return holds[0].operation.name, names
+    return branch_of(holds[0].operation, target) if len(holds) == 1 else None
 
 
 def _ancestors(node: Any) -> set[int]:
