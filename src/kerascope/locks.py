@@ -62,7 +62,7 @@ def acquire(path: str | os.PathLike) -> HeldLock:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as exc:
-            holder = _holder(fd)
+            holder = lock_holder(fd)
             os.close(fd)
             if exc.errno not in (errno.EWOULDBLOCK, errno.EACCES):
                 raise
@@ -80,7 +80,8 @@ def acquire(path: str | os.PathLike) -> HeldLock:
     return HeldLock(lock, fd)
 
 
-def _holder(fd: int) -> str:
+def lock_holder(fd: int) -> str:
+    """Who holds the lock open at ``fd``: the pid its holder wrote, when it did."""
     try:
         return f"another kerascope process (pid {int(os.pread(fd, 32, 0).decode().strip())})"
     except (OSError, ValueError):

@@ -25,7 +25,7 @@ from typing import Any
 
 from kerascope.errors import RunError
 from kerascope.files import output_error, write_json
-from kerascope.locks import LockBusy, acquire
+from kerascope.locks import LockBusy, acquire, lock_holder
 
 LOCK_NAME = ".lock"
 SPLIT_NAME = "split.json"
@@ -157,15 +157,21 @@ def missing_model(model_path: Path) -> str:
 
 
 def _training(run_dir: Path) -> str | None:
-    """Who holds the run's lock (the training writing it), or None."""
-    if not (run_dir / LOCK_NAME).exists():
-        return None
+    """Who holds the run's lock (the training writing it), or None. Looked at read-only, with a
+    shared lock for a moment: nothing is created or removed, and a training starting then is
+    kept waiting microseconds at most."""
+    import fcntl
+
     try:
-        acquire(run_dir / LOCK_NAME).release()  # free: a lock file a crash left
-    except LockBusy as busy:
-        return str(busy.holder)
+        fd = os.open(run_dir / LOCK_NAME, os.O_RDONLY)
     except OSError:
-        return None
+        return None  # no lock file: nothing trains there
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except OSError:
+        return lock_holder(fd)
+    finally:
+        os.close(fd)  # drops the shared lock, if taken
     return None
 
 
