@@ -210,7 +210,8 @@ def _add_augment_options(p, defaults: bool) -> None:
     `train` (no defaults: a given value changes the recipe's)."""
     for flag, default, text in _AUGMENT_FLAGS:
         p.add_argument(f"--{flag}", type=float, default=default if defaults else None,
-                       help=text + ("" if defaults else " (0: none)"))  # fmt: skip
+                       help=text + ("" if defaults else f" (default {default:g} for a folder "
+                                    "dataset, none for a label CSV; 0: none)"))  # fmt: skip
     p.add_argument("--no-flip", action="store_true", help="no horizontal flips")
     p.add_argument("--augment-policy", choices=("randaugment", "trivialaugment"), default=None,
                    help="on top of the transformations above: RandAugment (2 operations at "
