@@ -294,6 +294,8 @@ BAD = [
                               "headers": {"content-type": "multipart/form-data"}}, 400, "boundary"),
     ("post", "/v1/explain?class=flying_saucer", {"content": jpeg_bytes()}, 400, "unknown"),
     ("post", "/v1/explain?class=1000", {"content": jpeg_bytes()}, 400, "0..999"),
+    ("post", "/v1/explain?class=cat", {"content": jpeg_bytes()}, 400,  # was "did you mean crate"
+     "'cat' is a group of 7 ImageNet classes; the server explains one class: ask for one"),
     ("post", "/v1/explain?method=lime", {"content": jpeg_bytes()}, 400, "unknown method"),
     ("post", "/v1/explain?format=gif", {"content": jpeg_bytes()}, 400, "format"),
     ("post", "/v1/explain?format=png",

@@ -247,7 +247,9 @@ class ServedModel:
         try:
             return resolve_target(self.clf, query.strip())
         except (ValueError, TypeError, KeyError) as exc:
-            raise RequestError(str(exc.args[0] if exc.args else exc), 400) from None
+            raise RequestError(
+                _group_hint(self.clf, query.strip()) or str(exc.args[0] if exc.args else exc), 400
+            ) from None
 
     def method(self, method: str) -> str:
         """The canonical name of a method a request asks for, if this server answers it.
@@ -452,3 +454,19 @@ def load_served(
         if warm:
             served[key].warm_up()
     return served
+
+
+def _group_hint(clf: Any, query: str) -> str | None:
+    """A WordNet group (``cat``) asked of the server, which explains single classes: say so and
+    name a few of its classes (before: "unknown ImageNet class 'cat'; did you mean 'crate'")."""
+    if clf.num_classes != 1000:
+        return None
+    from kerascope.zoo.hierarchy import find_group
+
+    group = find_group(query)
+    if group is None or group.is_class:
+        return None
+    shown = ", ".join(f"{clf.labels[i][1]} ({clf.labels[i][0]})" for i in group.classes[:3])
+    return (f"'{query}' is a group of {len(group.classes)} ImageNet classes; the server explains "
+            f"one class: ask for one of them by name or WordNet id (e.g. {shown}); `kerascope "
+            "explain --class` takes groups")  # fmt: skip
