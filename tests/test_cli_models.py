@@ -175,3 +175,13 @@ def test_an_unknown_name_suggests_each_model_once():
     meant = str(err.value).split("did you mean ")[1].split("?")[0].split(", ")
     assert len(meant) == len(set(meant)) and "efficientnet_lite0" in meant
     assert "the features recipe takes several" in str(err.value)
+
+
+def test_models_show_prints_each_url_whole(capsys):
+    """The new-user walkthrough found the weights URLs cut with an ellipsis at 120 columns."""
+    from kerascope.cli import main
+    from kerascope.zoo.registry import get
+
+    assert main(["models", "show", "resnet50"]) == 0
+    out = capsys.readouterr().out
+    assert get("resnet50").weights.url in out and "…" not in out

@@ -392,10 +392,13 @@ def print_spec(name: str, fmt: str = "table") -> None:
         sys.stdout.write(json.dumps(data, indent=2) + "\n")
         return
     table = Table(show_header=False, title=literal(data["name"]))
-    for key, value in _flat(data):
-        if value not in (None, "", (), {}):
-            table.add_row(key, literal(value))
-    _Console(width=120).print(table)
+    rows = [(key, str(value)) for key, value in _flat(data) if value not in (None, "", (), {})]
+    for key, value in rows:
+        table.add_row(key, literal(value))
+    # as wide as the longest row: a URL or hash stays on one line, copied whole (it was cut
+    # with an ellipsis at 120 columns); a narrower terminal wraps it softly
+    widest = max(len(k) for k, _ in rows) + max(len(v) for _, v in rows) + 8
+    _Console(width=max(120, widest)).print(table)
 
 
 def _flat(data: dict, prefix: str = "") -> Iterator[tuple[str, object]]:
