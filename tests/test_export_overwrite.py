@@ -61,3 +61,18 @@ def test_an_input_is_never_replaced_even_with_overwrite(tmp_path, monkeypatch, c
                             monkeypatch, capsys)  # fmt: skip
         assert code == 2 and "inputs are never replaced" in err, (model, out, err)
     assert {p: p.read_bytes() for p in before} == before
+
+
+def test_check_takes_folders_and_globs(tmp_path):
+    """The new-user walkthrough found `--check data/cat/` refused ("is a directory")."""
+    from PIL import Image
+
+    photos = tmp_path / "photos" / "cat"
+    photos.mkdir(parents=True)
+    for i in range(3):
+        Image.new("RGB", (30, 30), (60 * i, 10, 200)).save(photos / f"{i}.png")
+    clf = tiny_model()
+    result = export_model(clf, tmp_path / "a.keras", check=[photos.parent])
+    assert sorted(result.checked_on) == ["0.png", "1.png", "2.png"]
+    result = export_model(clf, tmp_path / "b.keras", check=[str(photos / "[01].png")])
+    assert sorted(result.checked_on) == ["0.png", "1.png"]

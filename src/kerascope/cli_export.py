@@ -23,7 +23,8 @@ def add_export_command(sub) -> None:
     )  # fmt: skip
     p.add_argument(
         "--check", nargs="+", metavar="IMAGE",
-        help="images to compare the export with Keras on (default: scikit-image's photos)",
+        help="images, folders or globs to compare the export with Keras on (default: "
+        "scikit-image's photos)",
     )  # fmt: skip
     p.add_argument("--weights", help="explicit weights file for a zoo model")
     p.add_argument(

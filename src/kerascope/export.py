@@ -176,6 +176,10 @@ def export_model(
         raise ExportError("--precision int8 writes ONNX only: name the output .onnx")
     if input_type not in INPUT_TYPES:
         raise ExportError(f"unknown input type '{input_type}' (uint8 or float)")
+    if check:  # folders and globs too, as every command takes images (a folder was refused)
+        from kerascope.images import expand_inputs
+
+        check = expand_inputs(check).paths or list(check)
     _check_output(output)
     _check_not_replacing(output, _inputs(model, weights, check), overwrite)
     clf = model if isinstance(model, Classifier) else load_model(model, weights=weights)
