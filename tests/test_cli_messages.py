@@ -422,10 +422,13 @@ def test_ctrl_c_writes_the_results_so_far_to_the_output_file(run_dir, tmp_path):
     assert code == 130 and "Traceback" not in err, err
     n = _finished(err)
     assert 24 <= n < 200
-    rows = list(csv.DictReader(out.open(newline="")))
+    assert out.read_text() == "previous results\n"  # kept: the stopped run writes beside it
+    partial = tmp_path / "out-1.csv"
+    assert f"'{partial}' holds those {n} only ('{out}' is kept as it was)" in err
+    rows = list(csv.DictReader(partial.open(newline="")))
     assert [r["image"] for r in rows] == names[:n]  # complete rows, in order, nothing else
     assert all(r["name"] in CLASSES for r in rows)
-    assert out.read_text().endswith("\n")
+    assert partial.read_text().endswith("\n")
 
 
 @pytest.mark.slow  # a CLI process each (5-10 s): out of make test-fast's loop
