@@ -7,7 +7,7 @@ import contextlib
 import io
 import os
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 
 from kerascope import __version__
 from kerascope.cli_common import (
@@ -15,10 +15,12 @@ from kerascope.cli_common import (
     STDIN,
     HelpFormatter,
     fraction,
+    kept_after_stop,
     positive_int,
     print_library_notes,
     say_precision,
     stdin_picture,
+    until_interrupted,
 )
 from kerascope.errors import CliError, KerascopeError
 from kerascope.interrupts import exit_code, interrupts_kept, stopped_by
@@ -210,28 +212,22 @@ def _classify(args) -> int:
                     f"{tta.describe()})")  # fmt: skip
         stream = classify_tta(clf, sources, tta, args.top, args.threshold, args.batch_size,
                               precision)  # fmt: skip
-    from kerascope.files import fresh_path, holds_a_file
+    from kerascope.files import holds_a_file
 
     earlier = args.output is not None and holds_a_file(args.output)  # a stop writes beside it
-    results, interrupted = _until_interrupted(called_labels(clf, stream), len(sources),
-                                              "classifying")  # fmt: skip
+    results, interrupted = until_interrupted(called_labels(clf, stream), len(sources),
+                                             "classifying")  # fmt: skip
     for r in results:
         if r.source == args.piped:
             r.source = STDIN  # named as the user named it
     if interrupted:
-        where = f"'{args.output}'" if args.output else "the output"
         if not results:
             output.note(f"{stopped_by(interrupted)} before any image was classified; nothing "
                         "written")  # fmt: skip
             return exit_code(interrupted)
-        if earlier:
-            kept, args.output = args.output, fresh_path(args.output)
-            where = f"'{args.output}'"
-        output.note(
-            f"{stopped_by(interrupted)} after {len(results)} of {len(sources)} images; "
-            f"{where} holds those {len(results)} only"
-            + (f" ('{kept}' is kept as it was)" if earlier else "")
-        )
+        args.output, line = kept_after_stop(interrupted, len(results), len(sources),
+                                            args.output, earlier)  # fmt: skip
+        output.note(line)
     output.write_results(results, args.format, args.output)
     failed = [r for r in results if not r.ok]
     if failed:
@@ -246,24 +242,6 @@ def _group_option(args) -> bool | list:
     from kerascope.zoo.hierarchy import resolve_groups
 
     return [g.wnid for g in resolve_groups(args.groups)]
-
-
-def _until_interrupted(
-    stream: Iterator, total: int, label: str
-) -> tuple[list, KeyboardInterrupt | None]:
-    """Everything ``stream`` yields, with a progress bar; Ctrl-C (or SIGTERM, SIGHUP) keeps
-    what came so far, and is returned."""
-    from kerascope import output
-
-    done: list = []
-    try:
-        with output.progress_bar(total, label) as advance:
-            for item in stream:
-                done.append(item)
-                advance(1)
-    except KeyboardInterrupt as stop:
-        return done, stop
-    return done, None
 
 
 def _one_line(text: str) -> str:

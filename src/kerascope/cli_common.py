@@ -14,6 +14,7 @@ import shutil
 import sys
 import tempfile
 from collections.abc import Iterator
+from typing import Any
 
 from kerascope.errors import CliError
 from kerascope.precision import ran_in, slower_here
@@ -113,3 +114,34 @@ def stdin_picture(paths: list[str]) -> Iterator[tuple[list[str], str | None]]:
         with open(piped, "wb") as out:
             shutil.copyfileobj(sys.stdin.buffer, out)
         yield [piped if p == STDIN else p for p in paths], piped
+
+
+def until_interrupted(stream: Iterator, total: int, label: str) -> tuple[list, Any]:
+    """Everything ``stream`` yields, with a progress bar; Ctrl-C (or SIGTERM, SIGHUP) keeps
+    what came so far, and is returned with it (classify's results, predict's rows)."""
+    from kerascope import output
+
+    done: list = []
+    try:
+        with output.progress_bar(total, label) as advance:
+            for item in stream:
+                done.append(item)
+                advance(1)
+    except KeyboardInterrupt as stop:
+        return done, stop
+    return done, None
+
+
+def kept_after_stop(stop: BaseException, done: int, total: int, target: Any,
+                    earlier: bool) -> tuple[Any, str]:  # fmt: skip
+    """Where a stopped job writes the ``done`` results it kept, and the line saying so: beside
+    an output file that was there before (``earlier``: `files.holds_a_file`), never over it."""
+    from kerascope.files import fresh_path
+    from kerascope.interrupts import stopped_by
+
+    partial = fresh_path(target) if earlier else target
+    shown = ("the output" if target is None else "standard output" if str(target) == "-"
+             else f"'{partial}'")  # fmt: skip
+    kept = "that one" if done == 1 else f"those {done}"
+    line = f"{stopped_by(stop)} after {done} of {total} images; {shown} holds {kept} only"
+    return partial, line + (f" ('{target}' is kept as it was)" if earlier else "")

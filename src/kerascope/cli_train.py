@@ -8,7 +8,13 @@ from __future__ import annotations
 
 import argparse
 
-from kerascope.cli_common import DefaultsHelp, positive_int, say_precision
+from kerascope.cli_common import (
+    DefaultsHelp,
+    kept_after_stop,
+    positive_int,
+    say_precision,
+    until_interrupted,
+)
 from kerascope.errors import CliError
 from kerascope.precision import add_precision_option
 from kerascope.tta import add_tta_options, tta_from_args
@@ -406,21 +412,15 @@ def _run_predict(args) -> int:
                           precision=args.precision, tta=tta)  # fmt: skip
     say_precision(args.precision, job.precision, job.engine)  # after int8 is measured
     earlier = holds_a_file(target)  # a stopped run writes beside it, never over it
-    rows, stop = _predicted_until_stopped(job)
+    rows, stop = until_interrupted(job.rows(), len(job.sources), "predicting")
     where = "standard output" if str(target) == "-" else target
     if stop is not None:
         if not rows:
             _note(f"{stopped_by(stop)} before any image was labelled; nothing written")
             return exit_code(stop)
-        # the rows done, atomically, beside a file the stopped run would have replaced
-        partial = fresh_path(target) if earlier else target
-        write_csv(rows, partial)
-        shown = where if str(target) == "-" else f"'{partial}'"
-        kept = "that one" if len(rows) == 1 else f"those {len(rows)}"
-        _note(
-            f"{stopped_by(stop)} after {len(rows)} of {len(job.sources)} images; {shown} "
-            f"holds {kept} only" + (f" ('{target}' is kept as it was)" if earlier else "")
-        )
+        partial, line = kept_after_stop(stop, len(rows), len(job.sources), target, earlier)
+        write_csv(rows, partial)  # the rows done, atomically; the skipped files not tried
+        _note(line)
         return exit_code(stop)
     rows += job.skipped_rows()
     write_csv(rows, target)
@@ -433,19 +433,3 @@ def _run_predict(args) -> int:
         _note(f"labels are the mean probabilities of {tta.views} views per image (TTA: "
               f"{tta.describe()})")  # fmt: skip
     return 1 if failed else 0
-
-
-def _predicted_until_stopped(job) -> tuple[list, KeyboardInterrupt | None]:
-    """The rows of ``job`` with a progress line; Ctrl-C (or SIGTERM, SIGHUP) keeps those done
-    and is returned, so they are written (as classify keeps its results)."""
-    from kerascope import output
-
-    rows: list = []
-    try:
-        with output.progress_bar(len(job.sources), "predicting") as advance:
-            for row in job.rows():
-                rows.append(row)
-                advance(1)
-    except KeyboardInterrupt as stop:
-        return rows, stop
-    return rows, None
