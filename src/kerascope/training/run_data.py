@@ -19,6 +19,7 @@ from kerascope.data.folders import Dataset, DatasetError
 from kerascope.errors import RunError
 from kerascope.files import write_text
 from kerascope.rundir import file_digest, read_split, read_state
+from kerascope.zoo.hierarchy import composed
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +72,7 @@ def resumed_data(run_dir: Path, config: dict[str, Any], data: Any) -> str | None
 def same_classes(found: list[str], recorded: list[str]) -> bool:
     """Whether a resume's scan found the run's classes, in Unicode's composed form: a dataset
     moved between macOS (decomposed ``café``) and Linux keeps its classes."""
-    return [_nfc(n) for n in found] == [_nfc(n) for n in recorded]
+    return [composed(n) for n in found] == [composed(n) for n in recorded]
 
 
 def keep_recorded_split(run_dir: Path, dataset: Dataset) -> Dataset:
@@ -89,7 +90,7 @@ def keep_recorded_split(run_dir: Path, dataset: Dataset) -> Dataset:
     gone: list[str] = []
     kept: set[str] = set()
     for name, recorded in record["splits"].items():
-        files = [_nfc(f) for f in recorded]
+        files = [composed(f) for f in recorded]
         splits[name] = [now[f] for f in files if f in now and f not in kept]
         kept.update(files)
         gone += [f for f in files if f not in now and f not in unreadable]
@@ -211,13 +212,7 @@ def _names(files: list[str]) -> str:
 def _relative(path: str, root: Path) -> str:
     """``path`` relative to ``root``, composed (NFC): a dataset moved between macOS and Linux
     spells its names the other way, and they still name the same files."""
-    return _nfc(os.path.relpath(os.path.abspath(path), root))
-
-
-def _nfc(text: str) -> str:
-    import unicodedata
-
-    return unicodedata.normalize("NFC", text)
+    return composed(os.path.relpath(os.path.abspath(path), root))
 
 
 def precision_line(precision: str) -> str:

@@ -222,20 +222,21 @@ def classes_named(name: str, labels: list[tuple[str, str]]) -> list[int]:
         found = [i for i, (cid, _) in enumerate(labels) if cid == name]
         if found:
             return found
-    exact = [i for i, (_, n) in enumerate(labels) if _nfc(n) == _nfc(name)]
+    exact = [i for i, (_, n) in enumerate(labels) if composed(n) == composed(name)]
     if exact:
         return exact
     key = _loose(name)
     return [i for i, (_, n) in enumerate(labels) if _loose(n) == key]
 
 
-def _nfc(text: str) -> str:
+def composed(text: str) -> str:
+    """``text`` in Unicode's composed form (NFC): macOS spells file names decomposed."""
     return unicodedata.normalize("NFC", text)
 
 
 def _loose(text: str) -> str:
     """``text`` compared without case, spaces, ``_`` or ``-``."""
-    return re.sub(r"[\s_\-]+", "", _nfc(text)).casefold()
+    return re.sub(r"[\s_\-]+", "", composed(text)).casefold()
 
 
 def is_wnid(text: str) -> bool:
