@@ -9,6 +9,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from kerascope.output import counted
+
 if TYPE_CHECKING:
     from kerascope.evaluation import Evaluation
 
@@ -73,11 +75,6 @@ def headline(result: Evaluation) -> str:
     if result.tta is not None:
         text += f"; TTA: mean of {result.tta['views']} views ({_tta_words(result.tta)})"
     return text
-
-
-def counted(n: int, noun: str) -> str:
-    """``1 image``, ``2 images``: "on 1 images" read as a slip."""
-    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
 
 def display_width(text: str) -> int:

@@ -93,6 +93,11 @@ def literal(value: object, style: str = "") -> Text:
     return Text(printable(clean(str(value))), style=style)
 
 
+def counted(n: int, noun: str) -> str:
+    """``1 frame``, ``2 frames``: one thing said as one (lines read "1 frames", "1 images")."""
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
 def percent(probability: float) -> str:
     """A probability for people, the one format of every table, label and title.
 

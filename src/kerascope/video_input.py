@@ -16,6 +16,7 @@ from fractions import Fraction
 
 from kerascope.errors import KerascopeError
 from kerascope.images import file_problem
+from kerascope.output import counted
 from kerascope.video_frames import _PENDING_BYTES, Budget, FramePipeline
 
 
@@ -29,11 +30,6 @@ class VideoError(KerascopeError):
 
     def __reduce__(self):
         return (type(self), (self.path, self.reason))
-
-
-def counted(n: int, noun: str) -> str:
-    """``1 frame``, ``2 frames``: the video lines say one frame as one (before: "1 frames")."""
-    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
 
 def open_video(path: str | os.PathLike):
