@@ -76,3 +76,28 @@ def test_check_takes_folders_and_globs(tmp_path):
     assert sorted(result.checked_on) == ["0.png", "1.png", "2.png"]
     result = export_model(clf, tmp_path / "b.keras", check=[str(photos / "[01].png")])
     assert sorted(result.checked_on) == ["0.png", "1.png"]
+
+
+@pytest.mark.parametrize("name", ["late.keras", "late.onnx"])
+def test_an_output_created_during_the_export_is_kept(tmp_path, monkeypatch, name):
+    """The output is checked free before the work; a file made at that name meanwhile was then
+    replaced by the final rename. Now it is kept, the export says so, and no temp is left."""
+    import kerascope.export as export
+
+    clf = tiny_model()
+    out = tmp_path / name
+    probabilities = export._keras_probabilities
+
+    def meanwhile(model, images):
+        out.write_bytes(b"made by someone else")
+        return probabilities(model, images)
+
+    monkeypatch.setattr(export, "_keras_probabilities", meanwhile)
+    with pytest.raises(OSError, match="created by something else while kerascope was writing"):
+        export_model(clf, out)
+    assert out.read_bytes() == b"made by someone else"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [name]
+    out.unlink()
+    monkeypatch.setattr(export, "_keras_probabilities", probabilities)
+    export_model(clf, out)  # free all along: written, and nothing else left beside it
+    assert sorted(p.name for p in tmp_path.iterdir()) == [name] and out.stat().st_size > 1000

@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from kerascope import interrupts
+from kerascope import files, interrupts
 from kerascope.errors import KerascopeError
 
 FORMATS = {".onnx": "onnx", ".keras": "keras"}
@@ -185,28 +185,34 @@ def export_model(
     clf = model if isinstance(model, Classifier) else load_model(model, weights=weights)
     _check_interface(clf)
     path = Path(output)
+    # Without overwrite, the output was checked free before the work: written beside it and
+    # given its name only while still free (`files.place_new`), never over a file made meanwhile.
+    written = path if overwrite or files.output_target(path).stream else files.temp_name(path)
     try:
         images, names = check_images(clf.input_size, check)
         expected = _keras_probabilities(clf.model, images)
         interrupts.check()  # (a Ctrl-C Python swallowed in a finalizer: `kerascope.interrupts`)
+        int8: tuple = ()
         if precision == "int8":
             kind = INPUT_TYPES[input_type]
-            diff, graph = _write_int8(clf, path, kind, images, expected, names)
-            return ExportResult(path, fmt, clf.name, clf.input_size, kind, clf.num_classes,
-                                diff, names, "int8", graph)  # fmt: skip
-        if fmt == "onnx":
+            diff, graph = _write_int8(clf, written, kind, images, expected, names)
+            int8 = ("int8", graph)
+        elif fmt == "onnx":
             kind = INPUT_TYPES[input_type]
-            diff = _write_onnx(clf, path, kind, images, expected, names)
+            diff = _write_onnx(clf, written, kind, images, expected, names)
         else:
             kind = None
-            diff = _write_keras(clf, path, images, expected, names)
+            diff = _write_keras(clf, written, images, expected, names)
     except MemoryError:  # a one-line error like any other, never a traceback
         h, w = clf.input_size
         raise ExportError(
             f"ran out of memory exporting '{clf.name}' ({h}x{w} input); nothing written: "
             "free memory, or export a model with a smaller input"
         ) from None
-    return ExportResult(path, fmt, clf.name, clf.input_size, kind, clf.num_classes, diff, names)
+    if written != path:
+        files.place_new(written, path)
+    return ExportResult(path, fmt, clf.name, clf.input_size, kind, clf.num_classes, diff, names,
+                        *int8)  # fmt: skip
 
 
 def _check_output(output: str | os.PathLike) -> None:
@@ -277,7 +283,7 @@ def _write_onnx(clf, path: Path, input_type: str, images, expected, names) -> fl
     import onnx
     import onnxruntime as ort
 
-    from kerascope import __version__, files
+    from kerascope import __version__
     from kerascope.onnx_export import export as convert
     from kerascope.onnx_export import package
     from kerascope.onnx_export.graph import UnsupportedLayerError
@@ -333,7 +339,7 @@ def _write_int8(clf, path: Path, input_type: str, images, expected, names) -> tu
     import onnx
     import onnxruntime as ort
 
-    from kerascope import __version__, files, quantize
+    from kerascope import __version__, quantize
     from kerascope.onnx_export import package
 
     if not quantize.photo_files():
@@ -448,7 +454,6 @@ def _write_keras(clf, path: Path, images, expected, names) -> float:
     """Save the portable model, prove plain Keras rebuilds it, then move it into place."""
     import keras
 
-    from kerascope import files
     from kerascope.zoo.fast_init import numpy_init
     from kerascope.zoo.model_archive import model_record, write_record
 

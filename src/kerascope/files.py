@@ -219,6 +219,30 @@ def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
         raise
 
 
+def place_new(tmp: Path, final: str | os.PathLike) -> None:
+    """Give the finished ``tmp`` the name ``final`` only while no file has it: a hard link fails
+    atomically on an existing name, where a rename would replace a file created meanwhile (an
+    output checked free before minutes of work). ``tmp`` is gone either way."""
+    final = Path(final)
+    appeared = OutputError(
+        f"'{final}' was created by something else while kerascope was writing it; it was left "
+        "as it is and nothing was written: choose another name, or replace it with --overwrite"
+    )
+    try:
+        try:
+            os.link(tmp, final)
+        except FileExistsError:
+            raise appeared from None
+        except OSError:  # a file system without hard links (FAT, some network shares)
+            if os.path.lexists(final):
+                raise appeared from None
+            os.replace(tmp, final)
+        fsync_dir(final.parent)
+    finally:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+
+
 def _keep_mode(final: Path, tmp: Path) -> None:
     """The file replaced keeps its permissions: a private (600) results file became
     world-readable (644) when a run replaced it."""
