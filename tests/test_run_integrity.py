@@ -331,9 +331,10 @@ def test_predict_lists_skipped_files_and_never_replaces_an_unnamed_csv(
     err = capsys.readouterr().err
     assert "predictions-1.csv" in err and Path("predictions.csv").read_text() == "precious\n"
     rows = {Path(r["path"]).name: r for r in csv.DictReader(open("predictions-1.csv"))}
-    assert len(rows) == 10 + 3
-    assert "skipped" in rows["scan.jp2"]["error"] and ".jp2" in rows["scan.jp2"]["error"]
-    assert rows["notes.txt"]["error"] and rows["loop.png"]["error"]
+    assert len(rows) == 10 + 1  # non-image files are named in one note, not given rows
+    assert "scan.jp2" not in rows and "notes.txt" not in rows
+    assert "skipped 2 non-image file(s): " in err and "scan.jp2" in err and "notes.txt" in err
+    assert rows["loop.png"]["error"]
     assert rows["000.png"]["label"] and not rows["000.png"]["error"]
     assert main(["predict", str(lenet_run), str(pics)]) == 1
     assert Path("predictions-2.csv").is_file() and "predictions-2.csv" in capsys.readouterr().err

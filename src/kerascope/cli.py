@@ -180,8 +180,9 @@ def _classify(args) -> int:
         check_output_file(args.output)  # before the work: a bad place loses none of it
     sources, skipped, _ = normalise_inputs(args.paths)
     if skipped:
-        shown = ", ".join(skipped[:5]) + (" ..." if len(skipped) > 5 else "")
-        output.note(f"skipped {len(skipped)} non-image file(s): {shown}")
+        from kerascope.images.inputs import skipped_note
+
+        output.note(skipped_note(skipped))
     if not sources:
         raise CliError("no images found in " + " ".join(args.paths))
     if args.output:

@@ -117,8 +117,9 @@ def _run_batch(args) -> int:
             stop.told = True  # the command adds no line of its own
         raise
     if report.skipped_files:
-        shown = ", ".join(report.skipped_files[:5])
-        output.note(f"skipped {len(report.skipped_files)} non-image file(s): {shown}")
+        from kerascope.images.inputs import skipped_note
+
+        output.note(skipped_note(report.skipped_files))
     if report.redone:
         output.note(f"{len(report.redone)} damaged shard(s) found and computed again: "
                     f"{', '.join(report.redone[:3])}")  # fmt: skip

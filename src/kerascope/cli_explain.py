@@ -100,7 +100,9 @@ def _run_explain(args) -> int:
             raise CliError(f"--class: {exc}") from None
     sources, skipped, _ = normalise_inputs(args.paths)
     if skipped:
-        output.note(f"skipped {len(skipped)} non-image file(s): {', '.join(skipped[:5])}")
+        from kerascope.images.inputs import skipped_note
+
+        output.note(skipped_note(skipped))
     if not args.compare:
         from kerascope.cam.outputs import without_earlier_outputs
 

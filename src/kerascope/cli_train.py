@@ -419,10 +419,9 @@ def _run_predict(args) -> int:
             _note(f"{stopped_by(stop)} before any image was labelled; nothing written")
             return exit_code(stop)
         partial, line = kept_after_stop(stop, len(rows), len(job.sources), target, earlier)
-        write_csv(rows, partial)  # the rows done, atomically; the skipped files not tried
+        write_csv(rows, partial)  # the rows done, atomically
         _note(line)
         return exit_code(stop)
-    rows += job.skipped_rows()
     write_csv(rows, target)
     failed = [r for r in rows if not r.ok]
     labelled = summary(rows)

@@ -24,9 +24,14 @@ import numpy as np
 
 from kerascope.batch_sizes import whole_number
 from kerascope.classification import Source, iter_outputs, run_precision
-from kerascope.data.folders import SPLIT_DIRS, DatasetError, is_data_name, not_a_folder
+from kerascope.data.folders import DatasetError
 from kerascope.errors import ConfigError
 from kerascope.eval_plots import plot_most_confused, plot_predictions
+from kerascope.evaluation_data import (  # noqa: F401  (re-exported: evaluate's choices)
+    SPLITS,
+    evaluation_items,
+    items_and_default,
+)
 from kerascope.evaluation_text import (  # noqa: F401  (re-exported: the CLI's text)
     MATRIX_CLASSES,
     format_confusion,
@@ -34,9 +39,7 @@ from kerascope.evaluation_text import (  # noqa: F401  (re-exported: the CLI's t
     top5_note,
 )
 from kerascope.files import check_output_folder, fresh_path, make_output_folder, write_json
-from kerascope.images import expand_inputs
 from kerascope.inference import compiled
-from kerascope.labelled_folders import folder_items
 from kerascope.metrics import (  # noqa: F401  (metrics_from, top_k_accuracy: re-exported)
     metrics_from,
     most_confused,
@@ -45,7 +48,7 @@ from kerascope.metrics import (  # noqa: F401  (metrics_from, top_k_accuracy: re
 )
 from kerascope.output import percent
 from kerascope.report import plot_confusion, plot_gallery
-from kerascope.rundir import read_labels, read_split, split_files, trained_count
+from kerascope.rundir import read_labels, read_split, trained_count
 from kerascope.sources import MISSING_INPUT, iter_batches, normalise_inputs
 from kerascope.tta import TTA, as_tta, iter_tta_outputs
 from kerascope.zoo.models import Classifier, load_model, run_folder
@@ -53,10 +56,6 @@ from kerascope.zoo.models import Classifier, load_model, run_folder
 TOP_LOSSES = 12
 GRID = 16
 """Images in ``predictions.png`` (a 4x4 grid, as the tutorials' "cat 97%" picture)."""
-SPLITS = ("auto", "test", "validation", "train", "all")
-"""``evaluate``'s ``split``: ``auto`` scores the folder's ``test/`` split if it has one, else the
-run's own held-out validation images when the folder is the one it trained from, else the
-folder's ``validation/`` split, else every image."""
 
 
 @dataclass
@@ -151,80 +150,6 @@ class Evaluation:
         }
 
 
-def evaluation_items(data: str | os.PathLike, classes: list[str], split: str = "auto",
-                     record: dict | None = None,
-                     ids: list[str] | None = None) -> tuple[str, list, str]:  # fmt: skip
-    """``(split used, [(path, label)], source)`` for the folder ``data``.
-
-    ``split`` as in `SPLITS`. ``record`` is the run's ``split.json``: when ``data`` is the
-    folder the run trained from, ``validation`` and ``train`` are the files the run itself
-    held out and trained on (``source`` ``"run"``); otherwise the folder's own ``validation/``
-    or ``train/`` folder (``source`` ``"folder"``), whose class folders are named by class
-    name or, where ``ids`` are WordNet ids (a zoo model), as ImageNet's are (``n02123045/``).
-
-    Raises:
-        DatasetError: no class folders, a folder that is not one of the model's classes, or
-            no such split.
-    """
-    if split not in SPLITS:
-        raise DatasetError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
-    root = Path(data).expanduser()
-    if not root.is_dir():
-        raise DatasetError(not_a_folder(root, "evaluation"))
-    found, ours = _split_folders(root, record)
-    if split == "auto":
-        split = _default_split(found, ours)
-    if ours and split in ("train", "validation") and record["splits"].get(split):
-        items = _recorded_items(record, split, classes)
-        return split, items, "run"
-    if split == "all":
-        where = [p for p in found.values() if p is not None] or [root]
-    elif found[split] is not None:
-        where = [found[split]]
-    else:
-        raise DatasetError(f"'{root}' has no {split}/ folder of class folders" + (
-            "" if not ours else f" and the run recorded no {split} files")
-            + f"; choose another --split ({', '.join(SPLITS)})")  # fmt: skip
-    labels = list(zip(ids or classes, classes, strict=True))
-    return split, folder_items(where, labels), "folder"
-
-
-def _split_folders(root: Path, record: dict | None) -> tuple[dict[str, Path | None], bool]:
-    """``root``'s split folders by split name (a ``test/`` with no class folder holding
-    anything left out, as training leaves Kaggle's unlabelled ``test/*.jpg`` out), and whether
-    ``root`` is the folder the run trained from."""
-    folders = {p.name.lower(): p for p in root.iterdir() if p.is_dir()}
-    found = {name: next((folders[n] for n in names if n in folders), None)
-             for name, names in SPLIT_DIRS.items()}  # fmt: skip
-    if found["test"] is not None and not any(  # training's rule: a class folder with images
-        p.is_dir() and is_data_name(p.name) and expand_inputs([p]).paths
-        for p in found["test"].iterdir()
-    ):
-        found["test"] = None
-    return found, record is not None and root.resolve() == Path(record["data"])
-
-
-def _default_split(found: dict[str, Path | None], ours: bool) -> str:
-    """What ``--split auto`` scores: test/, else the held-out images, else everything."""
-    return "test" if found["test"] else "validation" if ours or found["validation"] else "all"
-
-
-def _recorded_items(record: dict, split: str, classes: list[str]) -> list:
-    """The files the run put in ``split``, labelled as training labelled them: by the class
-    folder below the data folder (or below its split folder), however deep the file lies
-    (``cat/coffee/x.jpg`` is a cat: its parent folder's name read it as coffee)."""
-    splits = {n for names in SPLIT_DIRS.values() for n in names}
-    items = []
-    for rel, path in zip(record["splits"].get(split, []), split_files(record, split), strict=True):
-        parts = Path(rel).parts
-        top = 1 if len(parts) > 2 and parts[0].lower() in splits and parts[1] in classes else 0
-        if len(parts) < top + 2 or parts[top] not in classes:
-            raise DatasetError(f"'{path}' (recorded in the run's split.json) is not in a class "
-                               f"folder of this model; evaluate with --split all")  # fmt: skip
-        items.append((path, classes.index(parts[top])))
-    return items
-
-
 def evaluate(
     run_dir: str | os.PathLike | Classifier,
     data: Source | Iterable[Source],
@@ -295,9 +220,10 @@ def evaluate(
                                    batch_size=batch_size, precision=precision, tta=tta)  # fmt: skip
     classes = [name for _, name in clf.labels]
     origin = "folder"
-    requested, ids = split, [cid for cid, _ in clf.labels]
+    ids = [cid for cid, _ in clf.labels]
+    default = None
     if labels is None:
-        split, items, origin = evaluation_items(data, classes, split, record, ids)
+        split, items, origin, default = items_and_default(data, classes, split, record, ids)
     else:
         split, items = "labels", _labelled_items(data, labels, classes)
     recorded = record is not None and labels is None
@@ -306,10 +232,7 @@ def evaluate(
     )
     # The run's own metrics.json is its default held-out split, without TTA: another split
     # (the training images above all) or TTA goes to evaluations/<data>-<split>[-tta]
-    main = own and split not in ("train", "all") and tta is None and (
-        requested == "auto"
-        or split == _default_split(*_split_folders(Path(data).expanduser(), record))
-    )  # fmt: skip
+    main = own and split not in ("train", "all") and tta is None and split == default
     suffix = "" if main or not own else f"-{split}" + ("-tta" if tta is not None else "")
     out = Path(output) if output is not None else _default_output(
         run_dir, clf, data, main, suffix)  # fmt: skip

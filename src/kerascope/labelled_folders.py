@@ -3,30 +3,102 @@
 ``n02123045/``) or by its name as the model labels it (``tabby/``, ``Tabby``, ``tiger-cat``:
 `kerascope.zoo.hierarchy.classes_named`). Every folder that matches no class is named in one
 line before any image is decoded.
+
+Each folder is listed once (`list_folder`), and what is not read is said as train's scan says
+it: link loops, files that are not images by suffix, images in no class folder.
 """
 
 from __future__ import annotations
 
+import logging
 import os
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from kerascope.data.folders import DatasetError, is_data_name, not_a_folder
-from kerascope.images import expand_inputs
+from kerascope.data.folders import DatasetError, not_a_folder
+from kerascope.data.listing import loose_note, top_level
+from kerascope.images.inputs import expand_inputs, loop_note, skipped_note
 from kerascope.zoo.hierarchy import classes_named, is_wnid
 
+_log = logging.getLogger(__name__)
 
-def class_folders(data: str | os.PathLike, labels: list[tuple[str, str]]) -> list[tuple[Path, int]]:
-    """``[(folder, class index)]`` for each class folder of ``data``, in name order;
-    ``labels`` are the model's (id, name) pairs.
+
+@dataclass
+class Listed:
+    """One folder of class folders, each walked once.
+
+    Attributes:
+        root: the folder.
+        files: class folder -> its image files (recursive, sorted).
+        skipped: files not images by suffix, in the class folders and beside them.
+        loose: images directly in ``root``, in no class folder.
+        loops: ``(link, target)`` of each folder link back into a folder that holds it.
+        walked: whether the class folders were walked (``files`` holds their images).
+    """
+
+    root: Path
+    files: dict[Path, list[str]] = field(default_factory=dict)
+    skipped: list[str] = field(default_factory=list)
+    loose: list[str] = field(default_factory=list)
+    loops: list[tuple[str, str]] = field(default_factory=list)
+    walked: bool = False
+
+    @property
+    def has_images(self) -> bool:
+        """Whether any class folder holds an image."""
+        return any(self.files.values())
+
+
+def list_folder(root: str | os.PathLike, walk: bool = True) -> Listed:
+    """The class folders of ``root`` from one listing, each walked once for its images
+    unless not ``walk`` (`walk_folders` does it later), and what is left out (`Listed`)."""
+    root = Path(root)
+    top = top_level(root)
+    listed = Listed(root, {f: [] for f in top.folders}, list(top.others), top.images, top.loops)
+    return walk_folders(listed) if walk else listed
+
+
+def walk_folders(listed: Listed) -> Listed:
+    """Walk each class folder of ``listed`` once (recursively) for its images."""
+    for folder in listed.files:
+        found = expand_inputs([folder])
+        listed.files[folder] = found.paths
+        listed.skipped += found.skipped
+        listed.loops += [c for c in found.cycles if c not in listed.loops]
+    listed.walked = True
+    return listed
+
+
+def say_left_out(listings: list[Listed]) -> None:
+    """One warning line per link loop, one for the files not images by suffix, one per folder
+    with images in no class folder (this module's logger: the commands print them as notes)."""
+    for listed in listings:
+        for link, target in listed.loops:
+            _log.warning(loop_note(link, target))
+    skipped = [p for listed in listings for p in listed.skipped]
+    if skipped:
+        _log.warning(skipped_note(skipped))
+    for listed in listings:
+        if listed.loose:
+            _log.warning(loose_note(len(listed.loose), listed.root))
+
+
+def class_folders(
+    data: str | os.PathLike | Listed, labels: list[tuple[str, str]]
+) -> list[tuple[Path, int]]:
+    """``[(folder, class index)]`` for each class folder of ``data`` (a folder, or its
+    `list_folder`), in name order; ``labels`` are the model's (id, name) pairs.
 
     Raises:
         DatasetError: ``data`` is no folder or has no class folders; folders that match no
             class (all named in one line), or a name two classes share (use the id).
     """
-    root = Path(data).expanduser()
-    if not root.is_dir():
-        raise DatasetError(not_a_folder(root, "validation"))
-    folders = sorted(p for p in root.iterdir() if p.is_dir() and is_data_name(p.name))
+    if not isinstance(data, Listed):
+        data = Path(data).expanduser()
+        if not data.is_dir():
+            raise DatasetError(not_a_folder(data, "validation"))
+        data = list_folder(data, walk=False)
+    root, folders = data.root, list(data.files)
     first = next((i for i, (cid, _) in enumerate(labels) if is_wnid(cid)), None)
     if not folders:  # the model's own names as the example (a trained run's: cat, coffee)
         how = (f"its WordNet id ({labels[first][0]}) or class name ({labels[first][1]})"
@@ -62,13 +134,27 @@ def class_folders(data: str | os.PathLike, labels: list[tuple[str, str]]) -> lis
     return mapped
 
 
-def folder_items(data: str | os.PathLike | list, labels: list[tuple[str, str]]) -> list:
+def folder_items(data: str | os.PathLike | Listed | list, labels: list[tuple[str, str]]) -> list:
     """``[(path, class index)]`` of every image in the class folders of ``data``: one folder,
     or several (``evaluate --split all``: train/, validation/, test/), of which only all
-    together must hold an image."""
+    together must hold an image; each given as a path or as its `list_folder` (listed once).
+    What is left out is said (`say_left_out`) once the folder names are checked."""
     roots = data if isinstance(data, list) else [data]
-    items = [(p, index) for root in roots for folder, index in class_folders(root, labels)
-             for p in expand_inputs([folder]).paths]  # fmt: skip
+    listings, matched = [], []
+    for root in roots:
+        if not isinstance(root, Listed):
+            root = Path(root).expanduser()
+            if not root.is_dir():
+                raise DatasetError(not_a_folder(root, "validation"))
+            root = list_folder(root, walk=False)  # a wrong folder name: one line, no walk
+        matched.append(class_folders(root, labels))
+        listings.append(root)
+    for listed in listings:
+        if not listed.walked:
+            walk_folders(listed)
+    items = [(p, index) for listed, pairs in zip(listings, matched, strict=True)
+             for folder, index in pairs for p in listed.files[folder]]  # fmt: skip
+    say_left_out(listings)
     if not items:
-        raise DatasetError(f"no images in the class folders of '{roots[0]}'")
+        raise DatasetError(f"no images in the class folders of '{listings[0].root}'")
     return items

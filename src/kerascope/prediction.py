@@ -8,6 +8,7 @@ classifier, so a predicted label is the top-1 class ``classify`` gives for the s
 from __future__ import annotations
 
 import csv
+import logging
 import math
 import os
 import sys
@@ -20,7 +21,7 @@ from typing import Any
 from kerascope.classification import Source, classify_sources, run_precision
 from kerascope.data.folders import DatasetError
 from kerascope.files import atomic_open, check_not_an_input, write_json
-from kerascope.images import IMAGE_SUFFIXES
+from kerascope.images.inputs import skipped_note
 from kerascope.inference import engine_name
 from kerascope.output import csv_probability, csv_safe
 from kerascope.rundir import read_labels
@@ -29,6 +30,7 @@ from kerascope.tta import TTA, as_tta, classify_tta
 from kerascope.zoo.models import Classifier, load_model, run_folder
 
 CSV_FIELDS = ("path", "label", "probability", "error")
+_log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -75,8 +77,10 @@ def predict(
     A file that cannot be read gets a row with its ``error`` instead of vanishing, so the row
     count always matches the inputs given, each at its place (folders and globs in their
     expansion order, a missing path's error row where the path was given). Files that
-    folders and globs hold but that are not images by their suffix (``.jp2``, ``.txt``) get
-    an error row too, after the others.
+    folders and globs hold but that are not images by their suffix (``.txt``, ``.csv``) get
+    no row: they are named in one warning (``skipped 2 non-image file(s): ...``, on this
+    module's logger; the command prints it as a note), as ``classify`` and ``evaluate`` say
+    them. A file with an image suffix that does not decode gets its error row.
 
     Args:
         run_dir: a run directory or ``.keras`` file (or a loaded `Classifier`).
@@ -105,7 +109,6 @@ def predict(
         rows.append(row)
         if progress is not None:
             progress(1)
-    rows += job.skipped_rows()
     if output_csv is not None:
         write_csv(rows, output_csv)
     return rows
@@ -120,7 +123,8 @@ class PredictJob:
     Attributes:
         clf: the loaded model.
         sources: the inputs to label, in order (what `rows` yields one row for).
-        skipped: files of folders and globs that are not images by their suffix.
+        skipped: files of folders and globs that are not images by their suffix (named in
+            a warning when the job is prepared; no rows).
         precision: what the model computes in (auto resolved).
         engine: the engine that runs it (``keras``, ``onnx``, ``openvino``).
     """
@@ -154,10 +158,6 @@ class PredictJob:
             else:
                 yield PredictedLabel(r.source, error=r.error)
 
-    def skipped_rows(self) -> list[PredictedLabel]:
-        """The error rows of `skipped`, which `predict` puts after the others."""
-        return [PredictedLabel(path, error=skip_reason(path)) for path in self.skipped]
-
 
 def prepare_predict(
     run_dir: str | os.PathLike | Classifier,
@@ -174,6 +174,8 @@ def prepare_predict(
     if not isinstance(run_dir, Classifier):
         _check_labels(run_dir)
     sources, skipped, _ = normalise_inputs(inputs)
+    if skipped:  # as classify says them, before the model loads
+        _log.warning(skipped_note(skipped))
     if not sources:  # before the model loads; "wrote 0 rows" read as success
         named = [inputs] if isinstance(inputs, str | os.PathLike) else (
             list(inputs) if isinstance(inputs, Sequence) else ["the inputs given"])  # fmt: skip
@@ -207,13 +209,6 @@ def summary(rows: list[PredictedLabel], shown: int = 5) -> str:
     text = ", ".join(f"{n} {label}" for label, n in counts[:shown])
     rest = sum(n for _, n in counts[shown:])
     return text + (f", {rest} in {len(counts) - shown} other classes" if rest else "")
-
-
-def skip_reason(path: str) -> str:
-    """Why a file met in a folder or glob was not tried."""
-    suffix = os.path.splitext(path)[1].lower()
-    what = f"'{suffix}' is not" if suffix else "a name without a suffix is not"
-    return f"skipped: {what} an image format kerascope reads ({len(IMAGE_SUFFIXES)} suffixes)"
 
 
 def _check_labels(path: str | os.PathLike) -> None:

@@ -13,6 +13,7 @@ Batches are padded to a :func:`bucket` so a compiled model sees few shapes
 from __future__ import annotations
 
 import itertools
+import logging
 import os
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -28,13 +29,15 @@ from kerascope.errors import KerascopeError
 from kerascope.images import (
     ImageError,
     as_rgb_array,
-    expand_inputs,
     fit,
     fit_box,
     load_image,
     load_image_whole,
     to_rgb,
 )
+from kerascope.images.inputs import expand_inputs, loop_note
+
+_log = logging.getLogger(__name__)
 
 ENV_VAR = "KERASCOPE_ENGINE"
 _ATTR = "_kerascope_forwards"  # per-model cache, on the model: freed with it (no global leak)
@@ -155,6 +158,8 @@ def normalise_inputs(inputs) -> tuple[list, list[str], list[str]]:
     recursively, globs), (H, W, 3) arrays, PIL Images, or an (N, H, W, 3) array. Paths and
     in-memory images are not mixed in one call. Folders and globs expand in place; a missing
     path stays at its position as a :class:`Missing` (and is listed in the third value too).
+    A folder link back into a folder it is inside is left out, each said in one warning on
+    this module's logger (the commands print it as a note).
     """
     if isinstance(inputs, np.ndarray) and inputs.ndim == 4:
         return list(inputs), [], []
@@ -176,6 +181,8 @@ def normalise_inputs(inputs) -> tuple[list, list[str], list[str]]:
     if images:
         return images, [], []
     found = expand_inputs(paths)
+    for link, target in found.cycles:
+        _log.warning(loop_note(link, target))
     sources = [Missing(name) if missing else name for name, missing in found.ordered]
     return sources, list(found.skipped), list(found.missing)
 

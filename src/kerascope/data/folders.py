@@ -25,9 +25,11 @@ from typing import Any
 
 import numpy as np
 
+from kerascope.data.listing import data_folders, is_data_name, note_cruft, note_loose_files
 from kerascope.errors import KerascopeError
 from kerascope.files import file_identity
-from kerascope.images import IMAGE_SUFFIXES, ImageError, expand_inputs, load_image
+from kerascope.images import IMAGE_SUFFIXES, ImageError, load_image
+from kerascope.images.inputs import expand_inputs, loop_note
 
 SPLIT_DIRS: dict[str, tuple[str, ...]] = {
     "train": ("train",),
@@ -164,22 +166,24 @@ def scan_dataset(
         raise DatasetError(not_a_folder(root, "dataset"))
     warnings: list[str] = []
     skipped: list[str] = []
-    folders = _subfolders(root)
+    loops: list[tuple[str, str]] = []
+    folders = _subfolders(root, loops)
     split_dirs = _split_dirs(root, folders)
     if split_dirs:
         layout = "split"
-        found = {s: _class_files(d, skipped) for s, d in split_dirs.items()}
+        found = {s: _class_files(d, skipped, loops) for s, d in split_dirs.items()}
         classes = sorted(found["train"])
         _check_split_classes(root, split_dirs, found, classes, warnings)
     else:
         layout = "classes"
         _check_not_splits(root, folders, warnings)
-        found = {"all": _class_files(root, skipped, folders)}
+        found = {"all": _class_files(root, skipped, loops, folders)}
         classes = sorted(found["all"])
     where = split_dirs.get("train", root)
-    _note_cruft([root, *split_dirs.values()], warnings)
+    warnings += [loop_note(link, target) for link, target in loops]
+    note_cruft([root, *split_dirs.values()], warnings)
     _check_classes(where, classes, found["train" if split_dirs else "all"])
-    _note_loose_files(root, where, warnings)
+    skipped += note_loose_files(root, where, warnings)
     _note_shared_files(found, warnings)
 
     bad: list[tuple[str, str]] = []
@@ -242,28 +246,11 @@ def _note_shared_files(found: dict[str, dict[str, list[str]]], warnings: list[st
                         "both labels; give every picture one class")  # fmt: skip
 
 
-_CRUFT = ("__macosx",)
-"""Folder names that are never data: a zip made on a Mac unpacks its resource forks into
-``__MACOSX/`` (read before as an empty class)."""
-
-
-def _subfolders(folder: Path) -> list[Path]:
-    """Visible subfolders, sorted; hidden ones (``.ipynb_checkpoints``, ``.git``) and archive
-    leftovers (``__MACOSX``) are not data."""
-    return sorted(p for p in folder.iterdir() if p.is_dir() and is_data_name(p.name))
-
-
-def is_data_name(name: str) -> bool:
-    """Whether a folder of this name can hold data: not hidden, not an archive's leftovers."""
-    return not name.startswith(".") and name.lower() not in _CRUFT
-
-
-def _note_cruft(folders: list[Path], warnings: list[str]) -> None:
-    """Say which archive leftovers were ignored, so a missing class is never a mystery."""
-    cruft = [p for f in folders for p in f.iterdir() if p.is_dir() and p.name.lower() in _CRUFT]
-    if cruft:
-        listed = ", ".join(f"'{p}'" for p in cruft[:_SHOW])
-        warnings.append(f"ignored {listed}: macOS archive metadata, not images")
+def _subfolders(folder: Path, loops: list[tuple[str, str]] | None = None) -> list[Path]:
+    """Visible subfolders, sorted (`kerascope.data.listing.data_folders`): hidden ones and
+    archive leftovers are not data, nor a link back into a folder that holds it (added to
+    ``loops``)."""
+    return data_folders(folder, [] if loops is None else loops)
 
 
 def _split_dirs(root: Path, folders: list[Path]) -> dict[str, Path]:
@@ -348,13 +335,18 @@ def _holds_images(folder: str | Path) -> bool:
 
 
 def _class_files(
-    folder: Path, skipped: list[str], classes: list[Path] | None = None
+    folder: Path,
+    skipped: list[str],
+    loops: list[tuple[str, str]],
+    classes: list[Path] | None = None,
 ) -> dict[str, list[str]]:
-    """Class name -> image files found recursively under each class folder, sorted."""
+    """Class name -> image files found recursively under each class folder, sorted; files
+    not images by suffix go to ``skipped``, folder link loops to ``loops``."""
     out = {}
-    for class_dir in _subfolders(folder) if classes is None else classes:
+    for class_dir in _subfolders(folder, loops) if classes is None else classes:
         found = expand_inputs([class_dir])
         skipped += found.skipped
+        loops += [c for c in found.cycles if c not in loops]
         out[class_dir.name] = found.paths
     return out
 
@@ -422,17 +414,6 @@ def _check_split_classes(
             )
         if missing:
             warnings.append(f"no {split} images for class(es) {', '.join(missing)} in '{root}'")
-
-
-def _note_loose_files(root: Path, where: Path, warnings: list[str]) -> None:
-    """Images lying next to the class folders are ignored; say so rather than drop them silently."""
-    for folder in {root, where}:
-        loose = [p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")]
-        images = [p for p in loose if p.suffix.lower() in IMAGE_SUFFIXES]
-        if images:
-            warnings.append(
-                f"{len(images)} image(s) directly in '{folder}' are ignored (no class folder)"
-            )
 
 
 def _check_one(path: str) -> tuple[str, str] | None:

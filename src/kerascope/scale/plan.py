@@ -13,6 +13,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import logging
 import os
 from collections import Counter
 from dataclasses import dataclass, field
@@ -22,7 +23,9 @@ from typing import Any
 from kerascope import files
 from kerascope.errors import KerascopeError
 from kerascope.extras import install_command
-from kerascope.images import expand_inputs
+from kerascope.images.inputs import expand_inputs, loop_note
+
+_log = logging.getLogger(__name__)
 
 MANIFEST = "_kerascope_batch.json"
 INDEX_DIR = "index"  # explain: the Parquet index beside the overlay pictures
@@ -112,6 +115,8 @@ def collect_inputs(inputs: list[str]) -> Inputs:
         else:
             named.append(item)
     found = expand_inputs(named)
+    for link, target in found.cycles:
+        _log.warning(loop_note(link, target))
     missing = {os.path.abspath(p) for p in found.missing}
     paths = {os.path.abspath(p) for p in found.paths} | {os.path.abspath(p) for p in listed}
     return Inputs(sorted(paths | missing), missing - paths, list(found.skipped))
