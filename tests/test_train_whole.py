@@ -46,6 +46,19 @@ def test_one_compilation_per_step_function_with_a_partial_last_batch(shapes, tmp
     assert run.config["precision"] == "float32"  # auto, on a CPU
 
 
+def test_batches_put_on_the_device_compile_the_step_once(shapes, tmp_path, monkeypatch,
+                                                         jax_compiles):  # fmt: skip
+    """The accelerator feed (batches put on the device in its threads): a batch committed to
+    the named device made the step compile three times per stage (committed batches, then
+    the state coming back committed, then the metrics reset). Forced here on the CPU."""
+    import kerascope.training.whole as whole
+
+    monkeypatch.setattr(whole, "on_accelerator", lambda: True)
+    train(shapes, recipe="lenet", output=tmp_path / "run", epochs=3, batch_size=16,
+          image_size=32, engine="keras", progress=False)  # fmt: skip
+    assert jax_compiles.names.count("jit(train_step)") == 1, jax_compiles.names
+
+
 def test_feed_pads_weighs_and_draws_the_cpu_trainers_views(shapes, tmp_path):
     """Every batch has the full shape; padding weighs 0 and real rows weigh steps*B/n (class
     weights folded in), so epoch means are exact; the matrices are the ones the Pillow

@@ -145,10 +145,11 @@ class DeviceFeed(DerivedSequence):
                 inputs.update(partner=plan.partner.astype(np.int32), boxes=plan.boxes)
             targets = soft_targets(labels, len(seq.classes), plan, r.label_smoothing)
         batch = (inputs, targets, weights)
-        if self.transfer:
-            import jax
+        if self.transfer:  # uncommitted, like the model's state: a batch committed to a named
+            import jax  # device made the train step compile again for the state it came back
 
-            batch = jax.device_put(batch, self.device)
+            with jax.default_device(self.device):
+                batch = jax.device_put(batch)
         return batch
 
 
