@@ -7,6 +7,7 @@ every label above its threshold. The CSV parser refuses bad rows naming their nu
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -255,7 +256,11 @@ def test_run_writes_report_with_per_label_table_and_curves(multilabel_run):
     saved = json.loads((run.run_dir / "multilabel.json").read_text())
     assert "dense 4 sigmoid" in report and "softmax" not in report
     assert "validation per-label accuracy (at 0.5)" in report and "No augmentation" in report
-    assert f"kerascope evaluate {run.run_dir} DATA.csv" in report
+    assert f"kerascope evaluate {run.run_dir} {run.config['data']}\n" in report  # was DATA.csv
+    assert run.config["data"].endswith("labels.csv")
+    assert re.search(r"\n- wall time: \d+ s from start to end: epochs \d+ s", report)
+    clock = json.loads((run.run_dir / "run_state.json").read_text())["outcome"]["clock"]
+    assert clock["wall_seconds"] > clock["epoch_seconds"] + clock["parts"]["setup"]
     rows = [line for line in report.splitlines() if line.startswith("| ") and "label |" not in line]
     assert [r.split(" | ")[0][2:] for r in rows] == saved["labels"]
     for row, label in zip(rows, saved["validation"]["labels"], strict=True):
@@ -322,7 +327,18 @@ def test_an_augmentation_option_trains_with_augmentation(pairs, tmp_path, capsys
                  "--batch-size", "16", "--lr", "3e-3", "--val-split", "0.25", "-o",
                  str(out)]) == 0, capsys.readouterr().err  # fmt: skip
     shown = capsys.readouterr()
-    assert f"kerascope evaluate {out.resolve()} DATA.csv" in shown.out + shown.err
+    # the CSV it read, not a DATA.csv placeholder
+    assert f"kerascope evaluate {out.resolve()} {pairs.resolve()}" in shown.out + shown.err
+    # what it trains on, then kerascope's epoch lines, as a folder run (before: neither the
+    # dataset line, and Keras's raw "Epoch 1/5" and "5/5 - 2s - ... - loss: ..." lines)
+    lines = shown.out.splitlines()
+    (said,) = [i for i, line in enumerate(lines) if line.startswith("dataset: ")]
+    assert lines[said].startswith("dataset: 4 labels, 96 images; train 72 (astronaut ")
+    assert "; validation 24 (astronaut " in lines[said]
+    epochs = [i for i, line in enumerate(lines) if line.startswith("  epoch ")]
+    assert epochs and said < epochs[0] and lines[epochs[0]].startswith("  epoch 1: loss ")
+    assert all("val_loss" in lines[i] and "img/s" in lines[i] for i in epochs)
+    assert "Epoch 1/" not in shown.out and " - loss: " not in shown.out
     config = yaml.safe_load((out / "config.yaml").read_text())
     assert config["augment"]["zoom"] == 0.1 and config["augment"]["rotation"] == 40.0
     assert "Augmentation of the training rows, new every epoch: rotation 40°" in (

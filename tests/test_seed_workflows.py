@@ -186,7 +186,8 @@ def test_frozen_resnet50_transfer_with_gap_and_dropout(notop, shapes, tmp_path, 
     assert model.get_layer("head_dropout").rate == 0.5
     assert not any(w.trainable for w in model.get_layer("resnet50").weights)
     config = _config(run)
-    assert config["dropout"] == 0.5 and config["head"] is None and config["unfreeze"] is None
+    assert config["dropout"] == 0.5 and config["unfreeze"] is None
+    assert config["head"] == ["gap", "dropout"]  # the default head, as its parts
 
 
 @pytest.mark.slow

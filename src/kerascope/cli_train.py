@@ -353,12 +353,10 @@ def headline(run) -> str:
     import shlex
 
     accuracy = "n/a" if run.val_accuracy is None else f"{run.val_accuracy:.3f}"
-    data = "DATA"
     if getattr(run, "val_map", None) is not None:  # a multi-label run: it reads a label CSV
         accuracy += f" per label, mAP {run.val_map:.3f}"
-        data = "DATA.csv"
-    else:  # the folder it read (a multi-label run keeps DATA.csv: tests pin it)
-        data = (getattr(run, "config", None) or {}).get("data") or data
+    # the folder or label CSV it read (a multi-label run said DATA.csv)
+    data = (getattr(run, "config", None) or {}).get("data") or "DATA"
     return (f"saved model: epoch {run.best_epoch} (lowest validation loss {run.val_loss:.4f}), "
             f"validation accuracy {accuracy}; run in {run.run_dir} — try: kerascope evaluate "
             f"{shlex.quote(str(run.run_dir))} {shlex.quote(str(data))}")  # fmt: skip

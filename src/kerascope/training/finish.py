@@ -20,17 +20,22 @@ from kerascope.report import plot_curves, read_history, write_run_report
 from kerascope.rundir import read_labels, write_state
 from kerascope.training import recipes
 from kerascope.training.checkpoints import TRAINED_PART, load_best, read_best
+from kerascope.training.clock import RunClock
 from kerascope.zoo.model_archive import model_record, write_record
 
 
-def finish_run(model, run_dir: Path, config: dict, summary: str, trained_here: bool
+def finish_run(model, run_dir: Path, config: dict, summary: str, trained_here: bool,
+               clock: RunClock | None = None
                ) -> tuple[Any, list[dict[str, Any]], dict[str, Any]]:  # fmt: skip
-    """Run the finishing steps; ``(saved inference model, history rows, outcome)``."""
+    """Run the finishing steps; ``(saved inference model, history rows, outcome)``.
+    ``clock``: the run's (its wall time and parts go into the outcome and report.md)."""
     history = read_history(run_dir / "history.csv")
     best = read_best(run_dir / "best.weights.h5")
-    saved = _save_final_model(model, run_dir, trained_here)
+    clock = clock or RunClock()
+    with clock.part("saving"):
+        saved = _save_final_model(model, run_dir, trained_here)
     outcome = _outcome(history, best)
-    _write_report_files(run_dir, config, summary, history, outcome)
+    _write_report_files(run_dir, config, summary, history, outcome, clock)
     _mark_done(run_dir, config, outcome)
     remove_leftovers(run_dir)
     return saved, history, outcome
@@ -88,8 +93,11 @@ def stage_epochs(history: list[dict[str, Any]]) -> list[int]:
 
 
 def _write_report_files(run_dir: Path, config: dict, summary: str, history: list,
-                        outcome: dict) -> None:  # fmt: skip
-    plot_curves(history, run_dir / "curves.png")
+                        outcome: dict, clock: RunClock) -> None:  # fmt: skip
+    """curves.png, then report.md with the wall time up to now (``outcome["clock"]``)."""
+    with clock.part("saving"):
+        plot_curves(history, run_dir / "curves.png")
+    outcome["clock"] = clock.summary()
     write_run_report(run_dir / "report.md", config, summary, outcome)
 
 

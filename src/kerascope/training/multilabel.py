@@ -107,8 +107,10 @@ def train_multilabel(
         RunError: ``output`` holds a run or other files.
     """
     from kerascope.config import ensure_backend
+    from kerascope.training.clock import RunClock
 
     ensure_backend()
+    clock = RunClock()  # report.md's wall time counts from here
     if refused:
         raise ConfigError(f"{', '.join(refused)}: not available for a multi-label CSV (a "
                           "sigmoid head on frozen features); leave "
@@ -132,7 +134,7 @@ def train_multilabel(
     _check_new_output(run_dir)
     with lock_run(run_dir, create=True):
         _check_new_output(run_dir)
-        return _train(run_dir, config, table, splits, progress)
+        return _train(run_dir, config, table, splits, progress, clock)
 
 
 def _check_label_counts(counts: dict[str, dict[str, int]], progress: bool) -> None:
@@ -161,14 +163,20 @@ def _check_new_output(run_dir: Path) -> None:
                        "folder")  # fmt: skip
 
 
-def _train(run_dir: Path, config: dict, table: LabelTable, splits: dict, progress: bool):
+def _train(run_dir: Path, config: dict, table: LabelTable, splits: dict, progress: bool,
+           clock: Any):  # fmt: skip
     import keras
 
     from kerascope.inference import compiled
     from kerascope.training.epochs import EarlyStop
     from kerascope.training.optimizers import make_optimizer
+    from kerascope.training.progress import TrainProgress
     from kerascope.training.split import split_model
 
+    clock.add("checks", time.monotonic() - clock.started)  # the CSV's rows, the settings
+    setup = time.monotonic()
+    if progress:  # what it trains on, before the first epoch, as a folder run says it
+        print(counts_line(table, splits, config["counts"]))
     save_config(run_dir, config)
     write_json(run_dir / LABELS_NAME, {"classes": table.labels})
     write_state(run_dir, {"status": "running"})
@@ -179,7 +187,7 @@ def _train(run_dir: Path, config: dict, table: LabelTable, splits: dict, progres
                                 backbone_weights=config.get("weights") or "imagenet",
                                 dropout=config["dropout"], layer=config.get("layer"),
                                 pool=config.get("pool", "avg"), head=config.get("head"),
-                                task="multilabel")  # fmt: skip
+                                task="multilabel", zero_head=True)  # fmt: skip
     parts = split_model(model)
     forward = compiled(parts.prefix)
     batch = config["batch_size"]
@@ -207,11 +215,15 @@ def _train(run_dir: Path, config: dict, table: LabelTable, splits: dict, progres
     stop = EarlyStop(config["patience"], stage["epochs"], stream=sys.stdout if progress else None,
                      restore_best_weights=True)  # fmt: skip
     began, seconds = [0.0], []
-    clock = keras.callbacks.LambdaCallback(
+    timer = keras.callbacks.LambdaCallback(
         on_epoch_begin=lambda _e, _logs: began.__setitem__(0, time.perf_counter()),
         on_epoch_end=lambda _e, _logs: seconds.append(time.perf_counter() - began[0]),
     )
-    verbose = (1 if sys.stdout.isatty() else 2) if progress else 0
+    # kerascope's epoch lines, as a folder run's (before: Keras's raw lines off a terminal);
+    # Keras's bar only on a terminal, first, so it ends its line before them
+    verbose = (1 if sys.stdout.isatty() else 0) if progress else 0
+    shown = [TrainProgress(len(splits["train"]), stage["epochs"],
+                           cached=augment is None)] if progress else []  # fmt: skip
     if augment is None:
         data = {"x": feats["train"], "y": targets["train"], "batch_size": batch, "shuffle": True}
     else:
@@ -222,8 +234,11 @@ def _train(run_dir: Path, config: dict, table: LabelTable, splits: dict, progres
                 "steps_per_epoch": -(-len(splits["train"]) // batch),
                 "shuffle": False}  # the generator shuffles, seeded per epoch  # fmt: skip
     bar = [keras.callbacks.ProgbarLogger()] if verbose else []  # ends its line before stop's
-    fit = suffix.fit(**data, epochs=stage["epochs"], callbacks=[*bar, stop, clock], verbose=verbose,
-                     validation_data=(feats["validation"], targets["validation"]))  # fmt: skip
+    clock.add("setup", time.monotonic() - setup)  # the frozen prefix's pass, compiling
+    with clock.part("fit"):
+        fit = suffix.fit(**data, epochs=stage["epochs"], verbose=verbose,
+                         callbacks=[*bar, timer, clock.epochs_callback(), stop, *shown],
+                         validation_data=(feats["validation"], targets["validation"]))  # fmt: skip
     history = [{"epoch": e + 1, "stage": 1, "seconds": seconds[e],
                 **{k: float(v[e]) for k, v in fit.history.items()}}
                for e in range(len(fit.history["loss"]))]  # fmt: skip
@@ -231,6 +246,7 @@ def _train(run_dir: Path, config: dict, table: LabelTable, splits: dict, progres
     scores = np.asarray(suffix.predict(feats["validation"], batch_size=batch, verbose=0))
     thresholds = tune_thresholds(targets["validation"], scores)
     metrics = multilabel_report(targets["validation"], scores, table.labels, thresholds)
+    saving = time.monotonic()
     saved = recipes.inference_model(model)
     rule = "max F1 per label on the validation rows"
     with atomic_path(run_dir / "model.keras", suffix=".keras") as tmp:
@@ -244,8 +260,9 @@ def _train(run_dir: Path, config: dict, table: LabelTable, splits: dict, progres
         "threshold_rule": rule,
         "splits": {name: table.relative(rows) for name, rows in splits.items()},
         "validation": metrics}))  # fmt: skip
-    outcome = _outcome(history, best)
     plot_curves(history, run_dir / "curves.png", "accuracy per label (at 0.5)")
+    clock.add("saving", time.monotonic() - saving)
+    outcome = {**_outcome(history, best), "clock": clock.summary()}
     notes = [augment_line(augment), "", *label_lines(metrics, config["counts"])]
     write_run_report(run_dir / "report.md", config, data_summary(table, splits), outcome, notes)
     write_state(run_dir, {"status": "done", "completed_stages": 1, "stage": 1,
@@ -283,6 +300,21 @@ def _outcome(history: list[dict[str, Any]], best: int) -> dict[str, Any]:
             "final_val_accuracy": accuracies[-1], "epochs": len(history),
             "stage_epochs": [len(history)],
             "seconds": float(sum(row["seconds"] for row in history))}  # fmt: skip
+
+
+def counts_line(table: LabelTable, splits: dict[str, np.ndarray],
+                counts: dict[str, dict[str, int]], shown: int = 6) -> str:  # fmt: skip
+    """What the run trains on, in one line, as a folder run's (`run_data.counts_line`):
+    ``dataset: 4 labels, 96 images; train 72 (astronaut 36, cat 35, ...); validation 24
+    (...)``, each label's count the images of the split that name it."""
+    parts = []
+    for split, rows in splits.items():
+        each = ", ".join(f"{printable(name)} {c[split]}" for name, c in
+                         list(counts.items())[:shown])  # fmt: skip
+        more = ", ..." if len(counts) > shown else ""
+        parts.append(f"{split} {len(rows)} ({each}{more})")
+    return (f"dataset: {len(table.labels)} labels, {len(table)} images; "
+            + "; ".join(parts))  # fmt: skip
 
 
 def data_summary(table: LabelTable, splits: dict[str, np.ndarray]) -> str:

@@ -214,6 +214,7 @@ def build_model(
     pool: str = "avg",
     head: Sequence[str] | None = None,
     task: str = "multiclass",
+    zero_head: bool = False,
 ) -> Any:
     """The recipe's network: Input (RGB 0..255) -> body -> head -> softmax, in float32.
 
@@ -229,6 +230,8 @@ def build_model(
     activations each contributes, as in ``kerascope.bottleneck``), concatenated.
     ``head``: `heads.parse_head` parts (None: `heads.default_head`). ``backbone_weights``:
     ``"imagenet"`` (the zoo's file), a weights file, or one file per ``features`` backbone.
+    ``zero_head``: a backbone recipe's output layer starts at zero (`heads.classifier_head`'s
+    ``zero_init``: at chance, however large the features), as the trainers build it.
     """
     import keras
 
@@ -244,7 +247,7 @@ def build_model(
         spatial = len(names) == 1 and heads.reduces_first(head)
         x = _feature_branches(x, names, image_size, layer, pool, backbone_weights, spatial)
         outputs = heads.classifier_head(x, num_classes, dropout, head, seed=seed,
-                                        activation=activation)  # fmt: skip
+                                        activation=activation, zero_init=zero_head)  # fmt: skip
         name = "features_ensemble"
     elif recipe.uses_backbone:
         from kerascope.zoo.models import build
@@ -253,7 +256,8 @@ def build_model(
                      pooling=None, input_shape=(*image_size, 3))  # fmt: skip
         heads.freeze(base)
         outputs = heads.classifier_head(base(x, training=False), num_classes, dropout, head,
-                                        seed=seed, activation=activation)  # fmt: skip
+                                        seed=seed, activation=activation,
+                                        zero_init=zero_head)  # fmt: skip
         name = f"{base.name}_{recipe.name}"
     elif recipe.name == "scratch":
         outputs, name = _small_cnn(x, num_classes, dropout, activation), "small_cnn"

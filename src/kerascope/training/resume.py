@@ -109,7 +109,8 @@ def _same(name: str, value: Any, config: dict, run_dir: Path) -> bool:
     if name == "augment":
         if value is False or value is None:
             return config["augment"] is None
-        return value is True or dataclasses.asdict(value) == config["augment"]
+        return value is True or (settings.augment_record(value)
+                                 == settings.augment_record(config["augment"]))  # fmt: skip
     if name == "binary":
         return bool(value) == (config.get("task") == "binary")
     if name == "time_budget":  # 0 turns it off: the same as a run without one
@@ -165,8 +166,8 @@ def _given(name: str, value: Any, config: dict) -> str:
 
 def _changed(augment: Any, config: dict) -> list[str]:
     """The augmentation fields ``augment`` sets otherwise than the run (all, without one)."""
-    fields = dataclasses.asdict(augment)
-    saved = config["augment"] or dataclasses.asdict(settings.NO_AUGMENT)
+    fields = settings.augment_record(augment)
+    saved = settings.augment_record(config["augment"] or settings.NO_AUGMENT)
     return [k for k, v in fields.items() if k not in saved or saved[k] != v] or list(fields)
 
 
@@ -185,3 +186,30 @@ def _show(value: Any) -> str:
     if isinstance(value, str):
         return value
     return repr(value)
+
+
+def what_resumes(run_dir: Path, stages: int) -> str:
+    """What a resume continues from after a stop, read from the backups (not from the state,
+    which an epoch records before its backup is written): in the setup, an epoch or the
+    finishing steps alike."""
+    from kerascope.rundir import read_state
+    from kerascope.training.checkpoints import backup_epoch
+
+    then = f"`kerascope train --resume {run_dir}`"
+    if not (run_dir / "config.yaml").is_file():
+        return "nothing of the run is saved yet; run the same command again"
+    try:
+        state = read_state(run_dir)
+        done = int(state.get("completed_stages") or 0)
+        epoch = backup_epoch(run_dir / "backup" / f"stage{done + 1}")
+    except (RunError, OSError):
+        return f"continue with {then}"
+    if state.get("status") == "done":
+        return f"the run had finished: its model is '{run_dir / 'model.keras'}'"
+    if done >= stages:
+        return f"every stage is trained and saved; {then} writes the model and report"
+    if epoch:
+        return f"epoch {epoch} is saved; continue with {then}"
+    if done:
+        return f"stage {done} is saved; continue with {then}"
+    return f"before the first epoch finished: nothing trained is saved; {then} starts it again"

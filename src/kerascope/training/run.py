@@ -53,6 +53,7 @@ from kerascope.rundir import (  # noqa: E402
 from kerascope.training import devices as placing  # noqa: E402
 from kerascope.training import recipes, run_data  # noqa: E402
 from kerascope.training import resume as resuming  # noqa: E402
+from kerascope.training.clock import RunClock  # noqa: E402
 from kerascope.training.config_file import load_config, save_config  # noqa: E402
 from kerascope.training.finish import finish_run, remove_leftovers  # noqa: E402
 from kerascope.training.heads import UnfreezeSpec  # noqa: E402
@@ -219,6 +220,7 @@ def train(
         >>> kerascope.classify("new.jpg", model=result.run_dir)  # doctest: +SKIP
     """
     ensure_backend()
+    began = time.monotonic()  # report.md's wall time counts from here
     placing.join_cluster(coordinator, num_processes, process_id)  # before JAX computes
     if resume is not None:
         run_dir = Path(resume)
@@ -278,7 +280,7 @@ def train(
             # A process that died: one line, not a hang; a Ctrl-C is never lost.
             with interrupts_kept(), placing.peers_watched(shared):
                 result = _train(run_dir, config, resume is not None, engine, progress,
-                                callbacks)  # fmt: skip
+                                callbacks, RunClock(began, resume is not None))  # fmt: skip
             return placing.reported(result, shared)
         except Exception as exc:
             fresh = resume is None and not _saved_an_epoch(run_dir)
@@ -292,32 +294,6 @@ def train(
                 raise
             raise OutputError(f"could not write into '{run_dir}': no space left on the device; "
                               f"free some space, {then}") from exc  # fmt: skip
-
-
-def _what_resumes(run_dir: Path, stages: int) -> str:
-    """What a resume continues from after a stop, read from the backups (not from the state,
-    which an epoch records before its backup is written): in the setup, an epoch or the
-    finishing steps alike."""
-    from kerascope.training.checkpoints import backup_epoch
-
-    then = f"`kerascope train --resume {run_dir}`"
-    if not (run_dir / "config.yaml").is_file():
-        return "nothing of the run is saved yet; run the same command again"
-    try:
-        state = read_state(run_dir)
-        done = int(state.get("completed_stages") or 0)
-        epoch = backup_epoch(run_dir / "backup" / f"stage{done + 1}")
-    except (RunError, OSError):
-        return f"continue with {then}"
-    if state.get("status") == "done":
-        return f"the run had finished: its model is '{run_dir / 'model.keras'}'"
-    if done >= stages:
-        return f"every stage is trained and saved; {then} writes the model and report"
-    if epoch:
-        return f"epoch {epoch} is saved; continue with {then}"
-    if done:
-        return f"stage {done} is saved; continue with {then}"
-    return f"before the first epoch finished: nothing trained is saved; {then} starts it again"
 
 
 def _saved_an_epoch(run_dir: Path) -> bool:
@@ -370,29 +346,32 @@ def _refuse_finished(run_dir: Path, state: dict[str, Any]) -> None:
 
 
 def _train(run_dir: Path, config: dict[str, Any], resumed: bool, engine: str | None,
-           progress: bool, callbacks: list | None) -> RunResult:  # fmt: skip
+           progress: bool, callbacks: list | None, clock: RunClock) -> RunResult:  # fmt: skip
     """`_train_stages`, saying on a stop what a resume continues from: in the scan or setup,
     an epoch or the finishing steps (before, only a stop in an epoch said it)."""
     try:
-        return _train_stages(run_dir, config, resumed, engine, progress, callbacks)
+        return _train_stages(run_dir, config, resumed, engine, progress, callbacks, clock)
     except KeyboardInterrupt as stop:  # Ctrl-C, SIGTERM, SIGHUP (kerascope.interrupts)
         with contextlib.suppress(OutputError, RunError):
             state = read_state(run_dir)
             if (run_dir / "config.yaml").is_file() and state.get("status") != "done":
                 write_state(run_dir, {**state, "status": "interrupted"})
         if progress:
-            told = _what_resumes(run_dir, len(config["stages"]))
+            told = resuming.what_resumes(run_dir, len(config["stages"]))
             print(f"\n{stopped_by(stop)}: {told}", file=sys.stderr)
             stop.told = True  # the command adds no line of its own
         raise
 
 
 def _train_stages(run_dir: Path, config: dict[str, Any], resumed: bool, engine: str | None,
-                  progress: bool, callbacks: list | None) -> RunResult:  # fmt: skip
-    """Scan, build and fit every stage not finished yet, then finish; under the run's lock."""
+                  progress: bool, callbacks: list | None,
+                  clock: RunClock) -> RunResult:  # fmt: skip
+    """Scan, build and fit every stage not finished yet, then finish; under the run's lock.
+    ``clock``: where the wall time goes (report.md), from `train`'s start."""
     from kerascope.data import make_sequences, scan_dataset
 
     started = time.monotonic()  # a time budget counts from here
+    clock.add("checks", started - clock.started)
     fast_keras_saving()  # the backbones' weights load faster too
     dataset = scan_dataset(config["data"], config["val_split"], config["seed"], config["skip_bad"])
     if resumed and not run_data.same_classes(dataset.classes, config["classes"]):
@@ -421,6 +400,8 @@ def _train_stages(run_dir: Path, config: dict[str, Any], resumed: bool, engine: 
               f"training images: each step takes {seqs['train'].batch_size}")  # fmt: skip
     for seq in (seqs["train"], seqs["validation"]):
         seq.fill_cache()  # decoded once, on every core (several processes: each its rows)
+    clock.add("scan", time.monotonic() - started)
+    built = time.monotonic()
     placing.start_together("train")  # every process scanned its data: the collectives begin
     keras.utils.set_random_seed(config["seed"])
     augment_cfg = AugmentConfig(**config["augment"]) if config["augment"] else None
@@ -429,7 +410,7 @@ def _train_stages(run_dir: Path, config: dict[str, Any], resumed: bool, engine: 
                                 backbone_weights=config.get("weights") or "imagenet",
                                 dropout=config["dropout"], layer=config.get("layer"),
                                 pool=config.get("pool", "avg"), head=config.get("head"),
-                                task=task_of(config))  # fmt: skip
+                                task=task_of(config), zero_head=True)  # fmt: skip
     if config.get("init_from"):  # an earlier run's head (and matching layers)
         from kerascope.training.init_from import load_init_weights
 
@@ -451,14 +432,17 @@ def _train_stages(run_dir: Path, config: dict[str, Any], resumed: bool, engine: 
     if progress:
         print(run_data.precision_line(config["precision"]))
     trained_here = False
+    clock.add("setup", time.monotonic() - built)
     try:
         for index, stage in enumerate(config["stages"]):
             if index < state.get("completed_stages", 0):
                 recipes.prepare_stage(model, index, unfreeze_point(config, stage))
                 continue
             trained_here = True
-            run_stage(model, run_dir, config, index, stage, seqs, weights, verbose, callbacks,
-                      split, progress, started, forced, asked_prefix)  # fmt: skip
+            with clock.part("stage"):
+                run_stage(model, run_dir, config, index, stage, seqs, weights, verbose,
+                          callbacks, split, progress, started, forced, asked_prefix,
+                          clock)  # fmt: skip
             write_state(run_dir, {**read_state(run_dir), "completed_stages": index + 1})
             shutil.rmtree(run_dir / "backup" / f"stage{index + 1}", ignore_errors=True)
     except KeyboardInterrupt:
@@ -467,7 +451,7 @@ def _train_stages(run_dir: Path, config: dict[str, Any], resumed: bool, engine: 
         with contextlib.suppress(Exception):
             write_state(run_dir, {**read_state(run_dir), "status": "failed"})
         raise
-    return _finish(model, run_dir, config, dataset.summary(), trained_here)
+    return _finish(model, run_dir, config, dataset.summary(), trained_here, clock)
 
 
 def use_split(engine: str | None = None, augmented: bool = True) -> bool:
@@ -480,9 +464,10 @@ def use_split(engine: str | None = None, augmented: bool = True) -> bool:
     return wanted in ("onnx", "openvino") or (wanted == "auto" and (on_cpu() or not augmented))
 
 
-def _finish(model, run_dir: Path, config: dict, summary: str, trained_here: bool) -> RunResult:
+def _finish(model, run_dir: Path, config: dict, summary: str, trained_here: bool,
+            clock: RunClock) -> RunResult:  # fmt: skip
     """`finish.finish_run`'s steps, then the run's result."""
-    saved, history, outcome = finish_run(model, run_dir, config, summary, trained_here)
+    saved, history, outcome = finish_run(model, run_dir, config, summary, trained_here, clock)
     return RunResult(
         run_dir=run_dir,
         model_path=run_dir / "model.keras",

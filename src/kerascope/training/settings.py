@@ -158,7 +158,7 @@ def resolve_config(
         "skip_bad": bool(skip_bad),
         "class_weight": class_weight,
         **fine_tune,
-        "augment": asdict(augment) if augment else None,
+        "augment": augment_record(augment),
         **asdict(regular),
         "init_from": resolve_init_from(init_from),
         "head": head_,
@@ -282,10 +282,15 @@ def _note_first_stage_only(stages: list[dict[str, Any]], **given: Any) -> None:
 
 
 def resolve_head(recipe: Recipe, backbone: Any, head: Any, pool: str) -> list[str] | None:
-    """The head's parts (None: the recipe's default, GAP -> Dropout -> Dense), checked
-    against what the body gives: a feature map, or vectors for pooled ``features``."""
+    """The head's parts, checked against what the body gives: a feature map, or vectors for
+    pooled ``features``. Not given: the recipe's default as parts (``gap, dropout``;
+    ``dropout`` on features), so config.yaml records the head that was built (it said
+    ``null``); None for recipes with their own network (scratch, lenet), which have no head
+    to choose."""
     if head is None:
-        return None
+        if not recipe.uses_backbone:
+            return None
+        return heads.default_head(spatial=recipe.name != "features")
     if not recipe.uses_backbone:
         raise ConfigError(f"head chooses the classifier on a backbone; recipe {recipe.name!r} "
                           "has its own network")  # fmt: skip
@@ -374,6 +379,21 @@ def _probe_own_network(recipe: Recipe, size: list[int]) -> None:
         raise ConfigError(f"the {recipe.name} network cannot run on {size[0]}x{size[1]} images: "
                           "its layers shrink them to nothing; give a larger --image-size "
                           f"(its default is {recipe.image_size})") from None  # fmt: skip
+
+
+AUGMENT_UNUSED = ("rescale",)
+"""`AugmentConfig` fields no trainer applies: ``rescale`` is the tutorial's 1/255, kept so its
+settings round-trip, but every model scales its 0..255 input inside the graph."""
+
+
+def augment_record(augment: AugmentConfig | dict[str, Any] | None) -> dict[str, Any] | None:
+    """The augmentation as config.yaml records it: the fields that change the batches (not
+    `AUGMENT_UNUSED`, which it recorded as ``rescale: 1/255`` though no model used it); None
+    without augmentation. A dict (an older run's record) is read the same way."""
+    if not augment:
+        return None
+    fields = augment if isinstance(augment, dict) else asdict(augment)
+    return {k: v for k, v in fields.items() if k not in AUGMENT_UNUSED}
 
 
 def changed_augmentation(recipe: str, changes: dict[str, Any],

@@ -28,6 +28,7 @@ from kerascope.training.checkpoints import (  # noqa: E402
     load_best,
     trainer_mismatch,
 )
+from kerascope.training.clock import RunClock  # noqa: E402
 from kerascope.training.epochs import (  # noqa: E402
     EarlyStop,
     EpochLog,
@@ -61,14 +62,17 @@ def unfreeze_point(config: dict[str, Any], stage: dict[str, Any] | None = None) 
 def run_stage(model, run_dir: Path, config: dict, index: int, stage: dict, seqs, weights,
                verbose: int, extra: list | None, split: bool, progress: bool,
                started: float | None = None, forced: bool = False,
-               prefix_engine: str | None = None) -> None:  # fmt: skip
+               prefix_engine: str | None = None,
+               clock: RunClock | None = None) -> None:  # fmt: skip
     """One ``fit``: flags, optimizer, callbacks; epochs are numbered across stages. Under a
     time budget (``started``: when the run's clock started) the stage's epochs are planned
     from its measured epoch time once compiled, and recorded in ``config.yaml``; a stage it
     has no time left for is skipped. A resumed stage trains as its backup was trained (split
     or whole), unless the engine was ``forced`` (asked for), which cannot load it: one line.
     ``prefix_engine``: the engine asked for the frozen prefix (onnx, openvino; None: auto or
-    ``KERASCOPE_ENGINE``); before, ``--engine openvino`` ran it on onnxruntime."""
+    ``KERASCOPE_ENGINE``); before, ``--engine openvino`` ran it on onnxruntime. ``clock``:
+    where the time goes (the budget's timing, the fit, its epochs), for report.md."""
+    clock = clock or RunClock()
     pending = (config.get("epochs_rule") == "time budget" and "epoch_seconds" not in stage
                and not stage.get("skipped") and started is not None
                and placing.process_share() is None)  # fmt: skip
@@ -135,8 +139,10 @@ def run_stage(model, run_dir: Path, config: dict, index: int, stage: dict, seqs,
     train_data, val_data = placing.process_shard(train_data), placing.process_shard(val_data)
     build_before_fit(trained, train_data)
     if pending:  # the stage's epochs from its measured epoch time (0: skipped)
-        if not budget.plan_stage(trained, train_data, val_data, run_dir, config, index, started,
-                                 progress):  # fmt: skip
+        with clock.part("timing"):
+            planned = budget.plan_stage(trained, train_data, val_data, run_dir, config, index,
+                                        started, progress)  # fmt: skip
+        if not planned:
             return
         set_total_steps(optimizer, len(seqs["train"]) * stage["epochs"])
         end = start + stage["epochs"]
@@ -149,6 +155,7 @@ def run_stage(model, run_dir: Path, config: dict, index: int, stage: dict, seqs,
         *([keras.callbacks.ProgbarLogger()] if verbose else []),
         InterruptCheck(),
         EpochLog(run_dir, index + 1, len(seqs["train"].paths)),
+        clock.epochs_callback(),  # the same span as EpochLog's seconds
         BestCheckpoint(model, best, monitor=MONITOR, frozen_prefix=parts is not None),
         Backup(backup, "split" if parts is not None else "whole"),
         EarlyStop(config["patience"], end, best, sys.stdout if progress else None),
@@ -158,7 +165,7 @@ def run_stage(model, run_dir: Path, config: dict, index: int, stage: dict, seqs,
         *(extra or []),
     ]  # fmt: skip
     trained._initial_epoch = None  # set by a previous stage's BackupAndRestore, never reset
-    with fast_convs():
+    with fast_convs(), clock.part("fit"):
         trained.fit(train_data, validation_data=val_data, epochs=end, initial_epoch=start,
                     callbacks=callbacks, shuffle=False,
                     verbose=verbose)  # fmt: skip
