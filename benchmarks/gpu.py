@@ -5,7 +5,7 @@ On a GPU machine (one H200, 16 cores: see scripts/gpu_run.sh for the exact devic
     PYTHONPATH=src KERAS_BACKEND=jax python3 benchmarks/gpu.py --out "$OUT"
 
 and on a CPU, as a smoke run of every code path with tiny sizes (peer rows that need CUDA or
-torchvision say so)::
+torchvision say so; it runs the keras engine, KERASCOPE_ENGINE=keras: the JAX path a GPU runs)::
 
     .venv/bin/python benchmarks/gpu.py --quick
 
@@ -183,6 +183,8 @@ def main() -> None:
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO / "src"), env.get("PYTHONPATH"))
                                         if p)  # fmt: skip
     env.setdefault("KERAS_BACKEND", "jax")
+    if args.quick:  # the JAX engine a GPU runs, not the CPU's onnx/OpenVINO: the path under test
+        env["KERASCOPE_ENGINE"] = "keras"
     env["KERASCOPE_HOME"] = str(tmp / "kerascope-home")  # weights port, decode cache, XLA cache
     env.setdefault("XLA_PYTHON_CLIENT_MEM_FRACTION", "0.45")  # JAX beside the torch peer
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")

@@ -22,4 +22,9 @@ export PYTHONPATH=/tmp/site:src KERAS_BACKEND=jax PYTHONUNBUFFERED=1 TF_CPP_MIN_
 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv,noheader
 python3 -c "import jax, keras, kerascope, timm, torch; print('jax', jax.__version__, jax.devices(),
 'keras', keras.__version__, 'torch', torch.__version__, 'timm', timm.__version__)" || exit 1
+# A jaxlib that cannot use CUDA falls back to the CPU in silence: the benchmark would then spend
+# the whole device budget on a CPU run. Stop at once, in one line, unless both see the GPU.
+python3 -c "import jax, torch, sys; j = jax.default_backend(); t = torch.cuda.is_available()
+sys.exit(0 if j == 'gpu' and t else f'gpu_run.sh: no GPU in use (jax backend {j!r}, torch '
+         f'CUDA {t}): check the jaxlib CUDA plugin and the driver; nothing was benchmarked')" || exit 3
 exec python3 benchmarks/gpu.py --out "${OUT:-/tmp/gpu-out}" "$@"

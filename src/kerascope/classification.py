@@ -154,14 +154,17 @@ def iter_outputs(
         sources = list(sources)
     batches = iter_pixel_batches(
         sources, clf.input_size, batch_size, clf.convention,
-        rows=lambda n: forward.rows(n, batch_size),
+        rows=lambda n: forward.rows(n, batch_size, len(sources)),
     )  # fmt: skip
 
     def start(batch: PixelBatch) -> Pending | None:
         if not batch.ok:
             return None
-        return (forward.start_top_k(batch.pixels, top, batch_size) if top is not None
-                else forward.start(batch.pixels, batch_size))  # fmt: skip
+        return (
+            forward.start_top_k(batch.pixels, top, batch_size, job=len(sources))
+            if top is not None
+            else forward.start(batch.pixels, batch_size, len(sources))
+        )
 
     yield from dispatch_ahead(batches, start, _finished)
 
@@ -189,7 +192,7 @@ def _array_outputs(
     batches = (PixelBatch(c, ["<array>"] * len(c), [None] * len(c)) for c in chunks)
 
     def start(batch: PixelBatch) -> Pending:
-        return forward.start_top_k(batch.pixels, top, batch_size, fit=fit)
+        return forward.start_top_k(batch.pixels, top, batch_size, fit=fit, job=len(pictures))
 
     yield from dispatch_ahead(batches, start, _finished)
 

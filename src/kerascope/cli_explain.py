@@ -176,7 +176,8 @@ def _say_precision(args, clf, options) -> None:
         return  # a plain CPU run: nothing to report
     engine = explainer.cam.probe.engine if not explainer.on_device else "keras"
     where = "one compiled call per batch" if explainer.on_device else "maps on the host"
-    output.note(f"{explainer.method}: {ran_in(explainer.precision, engine)}, {where}")
+    why = f" ({explainer.cam.precision_note})" if explainer.cam.precision_note else ""
+    output.note(f"{explainer.method}: {ran_in(explainer.precision, engine)}, {where}{why}")
 
 
 def _smoothing(args) -> dict[str, bool]:

@@ -51,7 +51,8 @@ from kerascope.report import plot_confusion, plot_gallery
 from kerascope.rundir import read_labels, read_split, trained_count
 from kerascope.sources import MISSING_INPUT, iter_batches, normalise_inputs
 from kerascope.tta import TTA, as_tta, iter_tta_outputs
-from kerascope.zoo.models import Classifier, load_model, run_folder
+from kerascope.zoo.models import Classifier, run_folder
+from kerascope.zoo.shared import shared_model
 
 TOP_LOSSES = 12
 GRID = 16
@@ -209,7 +210,9 @@ def evaluate(
     if folder is not None:
         read_labels(folder)  # a damaged labels.json: one line, before the model loads
     record = read_split(folder) if folder is not None else None
-    clf = run_dir if isinstance(run_dir, Classifier) else load_model(run_dir)
+    clf = (
+        run_dir if isinstance(run_dir, Classifier) else shared_model(run_dir)
+    )  # compiled once a process
     if clf.extra.get("multilabel"):  # per-label scores on a label CSV
         from kerascope.multilabel_eval import evaluate_multilabel
 

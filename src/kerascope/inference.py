@@ -14,11 +14,13 @@ backbone prefix in the split trainer. Two engines, chosen by measurement
   the jitted function (so batches cross to the device as uint8). It reads the model's
   **current** variable values on every call, so it stays right while a trainer updates them.
   Used on GPUs, for models the converter does not cover, for reduced precision, and when asked
-  for. On JAX every batch is padded to a **bucket** (:func:`bucket`: the job's batch size or a
-  power of two), so a process compiles each model once per bucket, never once per odd last
-  batch; the padded rows' outputs are dropped before anything is copied back. ``top_k`` runs
-  the model and the top-k selection as one compiled function: only k values and indices per
-  image leave the device.
+  for. On JAX every batch is padded to a **bucket** (:func:`bucket`: the job's batch size for
+  every batch of a job longer than one batch, else a power of two), so a process compiles each
+  model once per bucket, never once per odd last batch. The padded rows' outputs are copied
+  back with the others and dropped on the host (slicing them off on the device would compile
+  a slice per batch length, to save copying a few rows). ``top_k`` runs the model and the
+  top-k selection as one compiled function: only k values and indices per image leave the
+  device.
 
 Precision (``kerascope.precision``): ``compiled(model, precision="bfloat16")`` runs a clone of
 the model (`kerascope.mixed_precision`, the one mechanism explain uses too) under Keras's
@@ -72,7 +74,8 @@ class EngineError(KerascopeError, ValueError):
 class Pending:
     """Outputs dispatched to the device and not yet copied back (JAX and CUDA run
     asynchronously): ``result()`` waits for them and returns the first ``rows`` rows as NumPy
-    arrays (``to_numpy`` converts one output: ``np.asarray`` suits JAX and NumPy).
+    arrays (``to_numpy`` converts one output: ``np.asarray`` suits JAX and NumPy); rows a
+    bucket padded are copied back too and sliced off on the host.
 
     torch CUDA tensors are copied back now, behind the kernels that compute them (into pinned
     memory, an event to wait on): a copy queued at ``result()`` would wait for whatever the
@@ -161,53 +164,60 @@ class Forward:
         one per bucket and output kind (outputs, or top-k for each k). 0 on onnx."""
         return self._traces[0]
 
-    def rows(self, n: int, batch_size: int | None = None) -> int:
-        """The rows a batch of ``n`` runs at: its :func:`bucket` when this engine pads, else n."""
-        return bucket(n, batch_size) if self.pads else n
+    def rows(self, n: int, batch_size: int | None = None, job: int | None = None) -> int:
+        """The rows a batch of ``n`` runs at: its :func:`bucket` when this engine pads, else n
+        (``job``: the inputs of the whole job, so a last batch runs at ``batch_size``)."""
+        return bucket(n, batch_size, job=job) if self.pads else n
 
-    def _inputs(self, x: Batch, batch_size: int | None) -> tuple[list, int]:
+    def _inputs(self, x: Batch, batch_size: int | None, job: int | None) -> tuple[list, int]:
         xs = list(x) if isinstance(x, list | tuple) else [x]
         n = int(xs[0].shape[0])
-        rows = self.rows(n, batch_size) if n else n
+        rows = self.rows(n, batch_size, job) if n else n
         if rows != n:
             xs = [_pad_rows(a, rows) for a in xs]
         return xs, n
 
-    def __call__(self, x: Batch, batch_size: int | None = None) -> Output:
+    def __call__(self, x: Batch, batch_size: int | None = None, job: int | None = None) -> Output:
         """Run a batch: (N, ...) uint8 or float; a list of arrays for a multi-input model.
 
-        ``batch_size``: the job's batch size, which picks the bucket an odd batch is padded
-        to (see :func:`bucket`); padded rows never come back.
+        ``batch_size``: the job's batch size, and ``job`` its number of inputs, which pick
+        the bucket an odd batch is padded to (see :func:`bucket`: the last batch of a job
+        longer than one batch runs at ``batch_size``); padded rows never come back.
 
         Returns:
             float32 outputs (int32 ones stay int32) in the Keras layout: one array for a
             single-output model, else a list in ``model.outputs`` order.
         """
-        return self.start(x, batch_size).result()
+        return self.start(x, batch_size, job).result()
 
-    def start(self, x: Batch, batch_size: int | None = None) -> Pending:
+    def start(self, x: Batch, batch_size: int | None = None, job: int | None = None) -> Pending:
         """``self(x)`` dispatched without waiting: the caller prepares the next batch while the
         device computes this one, then calls ``.result()``."""
-        xs, n = self._inputs(x, batch_size)
+        xs, n = self._inputs(x, batch_size, job)
         outs = list(self._run(xs))
         return Pending(outs, n, len(outs) == 1, self._to_numpy)
 
     def top_k(
-        self, x: Batch, k: int, batch_size: int | None = None
+        self, x: Batch, k: int, batch_size: int | None = None, job: int | None = None
     ) -> tuple[np.ndarray, np.ndarray]:
         """The ``k`` largest values of the (first) output per row, largest first, and their
         indices: ``(values float32 (N, k), indices int32 (N, k))``; ties to the lower index."""
-        return self.start_top_k(x, k, batch_size).result()
+        return self.start_top_k(x, k, batch_size, job=job).result()
 
     def start_top_k(
-        self, x: Batch, k: int, batch_size: int | None = None, fit: DeviceFit | None = None
+        self,
+        x: Batch,
+        k: int,
+        batch_size: int | None = None,
+        fit: DeviceFit | None = None,
+        job: int | None = None,
     ) -> Pending:
         """:meth:`top_k` dispatched without waiting. On the JAX engine model and selection are
         one compiled function, so only ``2 * k`` numbers per image are copied back.
 
         ``fit`` (:func:`device_fit`; needs :attr:`fits_on_device`): ``x`` holds uint8 pictures
         of one size, which the same compiled function fits to the model's input first."""
-        xs, n = self._inputs(x, batch_size)
+        xs, n = self._inputs(x, batch_size, job)
         if fit is not None:
             if self._fit_top_k is None:
                 raise ValueError(f"the {self.engine} engine does not fit pictures on the device")

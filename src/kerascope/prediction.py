@@ -27,7 +27,8 @@ from kerascope.output import csv_probability, csv_safe
 from kerascope.rundir import read_labels
 from kerascope.sources import normalise_inputs
 from kerascope.tta import TTA, as_tta, classify_tta
-from kerascope.zoo.models import Classifier, load_model, run_folder
+from kerascope.zoo.models import Classifier, run_folder
+from kerascope.zoo.shared import shared_model
 
 CSV_FIELDS = ("path", "label", "probability", "error")
 _log = logging.getLogger(__name__)
@@ -183,7 +184,9 @@ def prepare_predict(
                            else "no inputs given: name image files, folders or globs")  # fmt: skip
     if output_csv is not None:
         check_not_an_input(output_csv, sources)
-    clf = run_dir if isinstance(run_dir, Classifier) else load_model(run_dir)
+    clf = (
+        run_dir if isinstance(run_dir, Classifier) else shared_model(run_dir)
+    )  # compiled once a process
     resolved = run_precision(clf, precision)
     engine = engine_name(clf.model, precision=resolved)  # int8: measured, or refused here
     return PredictJob(clf, list(sources), list(skipped), resolved, engine, batch_size, tta)

@@ -66,17 +66,22 @@ def kept_pixels(batch_size: int, in_flight: int = 0) -> int:
     return KEPT_BYTES // (3 * held)
 
 
-def bucket(n: int, batch_size: int | None = None, smallest: int = 1) -> int:
+def bucket(n: int, batch_size: int | None = None, smallest: int = 1, job: int | None = None) -> int:
     """The number of rows a batch of ``n`` runs at on a compiling engine (JAX).
 
-    The job's ``batch_size`` when ``n`` is more than half of it, else the next power of two
-    (at least ``smallest``): a job of 37 images at batch 16 runs 16, 16 and 8 rows, a later job
-    of 21 runs 16 and 8 again, so the process compiles each model at most once per bucket (at
-    most ``log2(batch_size) + 1`` shapes) and never for an odd last batch. Without a
+    In a ``job`` of more than one ``batch_size`` batch, every batch runs at ``batch_size``
+    rows, the last one padded: a job of 37 images at batch 16 runs 16, 16 and 16 rows, and a
+    later job of 35 or 40 reuses that one compiled shape instead of compiling 8 (or 5) rows
+    again. A job shorter than one batch (or one whose length is not given) runs at the next
+    power of two, at least ``smallest`` and at most ``batch_size``: a 1-image job at batch
+    256 runs 1 row, a 5-image job 8, and a later 6-image job 8 again, so such jobs compile at
+    most ``log2(batch_size) + 1`` shapes (60 at batch 100 runs 64, 70 runs 100). Without a
     ``batch_size`` (a caller that passes whatever it has) buckets are the powers of two.
     """
     if n < 1:
         raise ValueError(f"a batch has at least one row, got {n}")
+    if batch_size and job is not None and int(job) > batch_size >= n:
+        return int(batch_size)
     rows = max(int(smallest), 1 << (n - 1).bit_length())
     if batch_size and n <= batch_size:
         return min(rows, int(batch_size))

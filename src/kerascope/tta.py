@@ -130,13 +130,14 @@ def iter_tta_outputs(
         sources = list(sources)
     batches = iter_pixel_batches(
         sources, clf.input_size, batch_size, clf.convention,
-        rows=lambda n: forward.rows(n, batch_size),
+        rows=lambda n: forward.rows(n, batch_size, len(sources)),
     )  # fmt: skip
     for batch in batches:
         if not batch.ok:
             yield batch, None
             continue
-        running = [forward.start(view, batch_size) for view in tta.make_views(batch.pixels)]
+        running = [forward.start(view, batch_size, len(sources))
+                   for view in tta.make_views(batch.pixels)]  # fmt: skip
         total = None
         for pending in running:
             out = np.asarray(pending.result(), np.float64)[: batch.n]

@@ -197,12 +197,12 @@ def forward_for(spec: FeatureSpec, precision: str | None = None) -> tuple[Forwar
         if resize is not None:
             inner = run
 
-            def run(x: np.ndarray, batch_size: int | None = None) -> np.ndarray:
-                rows = inner.rows(len(x), batch_size)  # resize the padded batch: one shape
+            def run(x: np.ndarray, batch_size: int | None = None, job: int | None = None):
+                rows = inner.rows(len(x), batch_size, job)  # resize the padded batch: one shape
                 padded = x if rows == len(x) else np.concatenate(
                     [x, np.zeros((rows - len(x), *x.shape[1:]), x.dtype)])  # fmt: skip
                 resized = keras.ops.convert_to_numpy(resize(padded.astype("float32")))
-                return inner(resized, batch_size)[: len(x)]
+                return inner(resized, batch_size, job)[: len(x)]
 
         while len(_FORWARDS) >= 4:  # models are large; keep the few a session alternates
             _FORWARDS.pop(next(iter(_FORWARDS)))
@@ -222,9 +222,9 @@ def features(
 ) -> np.ndarray:
     """Features of images given as paths, folders, globs, RGB arrays or PIL Images; no cache.
 
-    ``precision``: auto (bfloat16 on GPUs that compute it natively, float32 elsewhere; the
-    default, or ``KERASCOPE_PRECISION``), float32, bfloat16 or float16. The features come back
-    as float32 whatever the precision.
+    ``precision``: float32 (the default: features are stored and compared, so they do not
+    change with the machine), bfloat16, float16 or auto (bfloat16 on GPUs that compute it
+    natively, float32 elsewhere). The features come back as float32 whatever the precision.
 
     Example:
         >>> kerascope.features("cat.jpg", layer="blocks_9_add", pool="max").shape  # doctest: +SKIP
@@ -244,5 +244,5 @@ def features(
         for name, error in zip(batch.names, batch.errors, strict=True):
             if error is not None:
                 raise ImageError(name, error)
-        out.append(run(batch.pixels, batch_size))
+        out.append(run(batch.pixels, batch_size, len(sources)))  # a last batch: its bucket
     return np.concatenate(out)

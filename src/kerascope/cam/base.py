@@ -58,12 +58,13 @@ class Probe:
         self._gradients = None
         self._models: dict[str, Any] = {}  # sub-models for the gradient-free methods, by use
 
-    def features(self, pixels: np.ndarray) -> np.ndarray:
-        """Target-layer activations from the inference engine (onnxruntime on CPU)."""
+    def features(self, pixels: np.ndarray, batch_size: int | None = None) -> np.ndarray:
+        """Target-layer activations from the inference engine (onnxruntime on CPU);
+        ``batch_size``: the job's, which a compiling engine pads a partial batch to."""
         from kerascope.inference import compiled
 
         forward = compiled(self._features_model)  # built on the first call, cached on the model
-        return np.asarray(forward(pixels), dtype=np.float32)
+        return np.asarray(forward(pixels, batch_size), dtype=np.float32)
 
     @property
     def engine(self) -> str:
@@ -72,9 +73,9 @@ class Probe:
 
         return engine_name(self._features_model)
 
-    def analytic(self, pixels: np.ndarray, targets: np.ndarray) -> tuple:
+    def analytic(self, pixels: np.ndarray, targets: np.ndarray, batch_size=None) -> tuple:
         """Features and the closed-form gradient ``W[k, c] / (h * w)`` (module docstring)."""
-        a = self.features(pixels)
+        a = self.features(pixels, batch_size)
         logits = a.mean(axis=(1, 2)) @ self.head.kernel + self.head.bias
         probs = activate(logits, self.head.activation)
         classes = np.where(targets < 0, logits.argmax(-1), targets)
@@ -88,17 +89,18 @@ class Probe:
             self._gradients = self._gradient_fn()
         return self._gradients(pixels, targets)
 
-    def forward(self, pixels: np.ndarray, targets: np.ndarray) -> tuple:
+    def forward(self, pixels: np.ndarray, targets: np.ndarray, batch_size=None) -> tuple:
         """Features, classes and probabilities without gradients (gradient-free methods).
 
         On an analytic head that is :meth:`analytic` (its gradient is a free broadcast view);
         otherwise one pass of ``image -> [features, head input]`` on the inference engine.
         """
         if self.head.analytic:
-            return self.analytic(pixels, targets)
+            return self.analytic(pixels, targets, batch_size)
         from kerascope.inference import compiled
 
-        a, h = compiled(self._model("both", [self._features, self.head.score_input]))(pixels)
+        both = compiled(self._model("both", [self._features, self.head.score_input]))
+        a, h = both(pixels, batch_size)
         logits, probs = self.scores(h)
         classes = np.where(targets < 0, logits.argmax(-1), targets)
         return np.asarray(a, np.float32), None, classes, probs[np.arange(len(a)), classes]
@@ -305,6 +307,7 @@ class BaseCAM:
     needs_dense_head = False  # CAM reads the Dense weights, so it needs GAP + Dense
     needs_gradients = True  # False: one forward pass (no backward) gives what it needs
     class_independent = False  # True: the same map whatever the class (a class is refused)
+    precision_note = ""  # why auto computes float32, where it does (`PixelMethod`)
 
     def __init__(
         self,
@@ -369,6 +372,13 @@ class BaseCAM:
         """(N, K) weight of each channel of ``features`` (N, h, w, K) for the class."""
         raise NotImplementedError
 
+    @classmethod
+    def map_precision(cls, precision: str | None) -> str:
+        """What this method's maps compute in when ``precision`` is asked for."""
+        from kerascope.precision import map_precision
+
+        return map_precision(precision)
+
     def combine(self, batch: Activations) -> np.ndarray:
         """(N, h, w) map before the ReLU: ``sum_k w_k A^k`` (Selvaraju et al. 2017, Eq. 2).
 
@@ -390,21 +400,22 @@ class BaseCAM:
             return first_component(weighted)
         return weighted.sum(axis=-1)
 
-    def raw_maps(self, pixels: np.ndarray, targets: np.ndarray) -> tuple:
+    def raw_maps(self, pixels: np.ndarray, targets: np.ndarray, batch_size=None) -> tuple:
         """ReLU(combined map) before normalisation, averaged over augmentations if asked."""
         if self.aug_smooth:
             from kerascope.cam.perturbation import neutral_pixel
 
             neutral = neutral_pixel(self.clf.model)
             return augmented_maps(self._raw_maps, pixels, targets, neutral)
-        return self._raw_maps(pixels, targets)
+        return self._raw_maps(pixels, targets, batch_size)
 
-    def _raw_maps(self, pixels: np.ndarray, targets: np.ndarray) -> tuple:
+    def _raw_maps(self, pixels: np.ndarray, targets: np.ndarray, batch_size=None) -> tuple:
         if self.analytic:
-            run = self.probe.analytic
+            features, grads, classes, probs = self.probe.analytic(pixels, targets, batch_size)
+        elif self.needs_gradients:
+            features, grads, classes, probs = self.probe.autodiff(pixels, targets)
         else:
-            run = self.probe.autodiff if self.needs_gradients else self.probe.forward
-        features, grads, classes, probs = run(pixels, targets)
+            features, grads, classes, probs = self.probe.forward(pixels, targets, batch_size)
         batch = Activations(pixels, features, grads, np.asarray(classes), self.probe)
         maps = np.maximum(self.combine(batch), 0.0).astype(np.float32)
         return maps, batch.classes.astype(np.int64), np.asarray(probs, np.float32)
@@ -445,10 +456,11 @@ class BaseCAM:
         if self.on_device:
             run = self.probe.fused(self.device_map, self.name, self.precision)
             return run.start(pixels, targets, size=size, pad_to=pad_to, levels=levels)
-        return Pending(list(self._host_maps(pixels, targets, size, levels)), len(pixels), False)
+        return Pending(list(self._host_maps(pixels, targets, size, levels, pad_to)), len(pixels),
+                       False)  # fmt: skip
 
-    def _host_maps(self, pixels, targets, size, levels) -> tuple:
-        maps, classes, probs = self.raw_maps(pixels, targets)
+    def _host_maps(self, pixels, targets, size, levels, pad_to=None) -> tuple:
+        maps, classes, probs = self.raw_maps(pixels, targets, pad_to)
         maps = normalise(maps)
         if size is not None and maps.shape[1:] != size:
             from kerascope.cam.overlay import upsample as resample

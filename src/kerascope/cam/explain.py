@@ -484,15 +484,13 @@ def _cached_explainer(
 ) -> Explainer:
     """One Explainer per (classifier, method, layer, options), so repeated calls compile
     nothing. The plain key stays ``(method, layer)``, as callers look it up."""
-    from kerascope.precision import map_precision
-
     cache = clf.extra.setdefault("explainers", {})
-    key = (get_method(method).name, layer)
+    kind = get_method(method)
+    key = (kind.name, layer)
     if aug_smooth or eigen_smooth:
         key = (*key, bool(aug_smooth), bool(eigen_smooth))
-    wanted = map_precision(precision)
-    if wanted != "float32":
-        key = (*key, wanted)
+    wanted = kind.map_precision(precision)  # "auto": a pixel method's float32, with its note
+    key = key if wanted == "float32" else (*key, wanted)
     if key not in cache:
         cache[key] = Explainer(clf, method, layer, aug_smooth=aug_smooth,
                                eigen_smooth=eigen_smooth, precision=wanted)  # fmt: skip

@@ -441,7 +441,8 @@ def _class_probabilities(forward, batches: dict[str, np.ndarray], class_index, b
     stacked = np.concatenate([batches[n] for n in names])
     probs = []
     for start in range(0, len(stacked), batch_size):
-        out = np.asarray(forward(stacked[start : start + batch_size]), dtype=np.float64)
+        chunk = stacked[start : start + batch_size]  # the last one runs at batch_size too
+        out = np.asarray(forward(chunk, batch_size, len(stacked)), dtype=np.float64)
         if start == 0:
             if out.ndim != 2:
                 raise MetricError(f"the model's output has shape {out.shape}; expected classes")

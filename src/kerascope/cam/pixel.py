@@ -61,7 +61,7 @@ class PixelMethod(BaseCAM):
     ):
         import keras
 
-        from kerascope.precision import map_precision
+        from kerascope.precision import PIXEL_AUTO_NOTE, auto_kept_float32, map_precision
 
         if aug_smooth or eigen_smooth:
             raise MethodError(
@@ -83,7 +83,16 @@ class PixelMethod(BaseCAM):
         self.aug_smooth = self.eigen_smooth = False
         self.analytic = False
         self.on_device = True  # every pixel map is computed in one device call
-        self.precision = map_precision(precision)
+        self.precision = map_precision(precision, pixels=True)  # auto: float32 (its note)
+        self.precision_note = PIXEL_AUTO_NOTE if auto_kept_float32(precision) else ""
+
+    @classmethod
+    def map_precision(cls, precision: str | None) -> str:
+        """``"auto"`` where auto means bfloat16 here: the maps compute in float32 and say why
+        (`kerascope.precision.PIXEL_AUTO_NOTE`); else what ``precision`` resolves to."""
+        from kerascope.precision import auto_kept_float32, map_precision
+
+        return "auto" if auto_kept_float32(precision) else map_precision(precision, pixels=True)
 
     @property
     def runs_async(self) -> bool:

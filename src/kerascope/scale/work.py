@@ -217,7 +217,8 @@ class BlockWorker:
         images, vectors, errs = [], [], []
         for items in iter_batches(self._sources(row), size, self.batch_size):
             good = [it for it in items if it.error is None]
-            out = self.forward(np.stack([it.pixels for it in good])) if good else None
+            pixels = np.stack([it.pixels for it in good]) if good else None
+            out = None if pixels is None else self.forward(pixels, self.batch_size)  # its bucket
             k = 0
             for it in items:
                 images.append(_clean(it.source))
