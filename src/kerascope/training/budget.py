@@ -90,14 +90,16 @@ def plan_epochs(seconds_left: float, epoch_seconds: float, shares: Sequence[floa
 
 
 def out_of_time(config: dict[str, Any], index: int, seconds_left: float) -> bool:
-    """Whether a later stage need not even be measured: the time left is less than one epoch
-    of the stage before, and each stage trains more of the network than the one before, so
-    its epochs are no shorter. Why: measuring compiles the stage, which for the whole
-    backbone on a CPU costs as much as an epoch of a small dataset."""
+    """Whether a later stage need not even be measured: the time left is less than measuring
+    and one epoch of the stage before took, and each stage trains more of the network than
+    the one before, so neither its compile nor its epochs are shorter. Why: measuring
+    compiles the stage, which for the whole backbone on a CPU costs as much as an epoch of a
+    small dataset (a 1-minute budget spent 100 s compiling a stage it then skipped)."""
     if index == 0:
         return False
     before = config["stages"][index - 1]
-    return seconds_left < float(before.get("epoch_seconds") or 0.0)
+    cost = float(before.get("epoch_seconds") or 0.0) + float(before.get("measure_seconds") or 0)
+    return seconds_left < cost
 
 
 def describe_plan(epochs: int, most: int, epoch_s: float, seconds_left: float) -> str:
@@ -131,7 +133,9 @@ def plan_stage(
     """Measure stage ``index`` (compiled) and set its epochs in ``config`` (written to the
     run's ``config.yaml``, with the time measured and left); False when it is skipped."""
     stage = config["stages"][index]
+    began = time.monotonic()
     seconds = round(epoch_seconds(trained, train_data, val_data), 2)
+    stage["measure_seconds"] = round(time.monotonic() - began, 1)  # compiling included
     left = seconds_left(config, started)
     shares = [s.get("share", 1.0) for s in config["stages"][index:]]
     epochs = plan_epochs(left, seconds, shares, stage["epochs"], least=int(index == 0))
