@@ -239,6 +239,7 @@ def _open_and_decode(source, name: str, max_side, min_size, limit_hint) -> tuple
             )
         if img.format == "JPEG":
             _check_jpeg_length(p, img)
+            _check_jpeg_scans(p, img)
         with _DECODES.take(width * height):
             pixels = _decode(p, img, max_side, min_size)
         # any reduction or scaling shrinks a side; an EXIF turn swaps them
@@ -315,6 +316,17 @@ def _check_jpeg_length(p: str, img: Image.Image) -> None:
             p,
             f"truncated image data: the header says {width}x{height}, which needs at least "
             f"{need:,} bytes of compressed data, but the file has {size:,}",
+        )
+
+
+def _check_jpeg_scans(p: str, img: Image.Image) -> None:
+    """Refuse a JPEG with far more scans than any encoder writes (`jpeg.MAX_SCANS`), from its
+    markers, before a pixel is decoded: each scan decodes every block again (a scan bomb)."""
+    if jpeg.scan_bomb(getattr(img, "fp", None)) is not None:
+        raise ImageError(
+            p,
+            f"progressive JPEG with over {jpeg.MAX_SCANS} scans (encoders write about 10): "
+            "its decode could take minutes; save it again as an ordinary JPEG",
         )
 
 

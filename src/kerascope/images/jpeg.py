@@ -14,7 +14,10 @@ whose result or error is the reference. ``KERASCOPE_JPEG_DECODER=pillow`` turns 
 
 from __future__ import annotations
 
+import contextlib
+import mmap
 import os
+import re
 
 import numpy as np
 from PIL import ExifTags, Image
@@ -103,3 +106,71 @@ def decode(img: Image.Image, scale: int) -> np.ndarray | None:
         )
     except Exception:  # noqa: BLE001 - a libjpeg-turbo warning or error: Pillow decides
         return None
+
+
+MAX_SCANS = 100
+"""Most scans (SOS markers) a JPEG may have. Real encoders write 1 (baseline, interleaved), 3
+(baseline, one per component) or about 10 (progressive: libjpeg's default script has 10, 6
+for greyscale; mozjpeg's optimised scripts stay under 64); libjpeg-turbo's tools refuse over
+500 (``-maxscans``). Every progressive scan walks every block of the picture again, whatever
+the DCT reduction, so a 476 KB file with one scan repeated 3,000 times took ~100 s to decode
+at 8000x8000; at 100 scans that file costs about what an ordinary photo of its size does."""
+
+# A marker: 0xFF then anything but a stuffed zero, a restart marker (no length, part of the
+# scan), or another 0xFF (fill bytes before a marker).
+_MARKER = re.compile(rb"\xff[^\x00\xd0-\xd7\xff]")
+_NO_LENGTH = frozenset({0x01, 0xD8})  # TEM, SOI
+
+
+def count_scans(data, most: int = MAX_SCANS) -> int:
+    """Scans (SOS segments) of the JPEG ``data`` (bytes, memoryview or mmap), counted from its
+    markers without decoding: segment lengths are followed (so a thumbnail inside EXIF does not
+    count), entropy-coded data is searched for the next marker. Stops at EOI, at the end of
+    the data, or once ``most`` + 1 scans are seen (enough to refuse the file)."""
+    pos, end, scans = 2, len(data), 0
+    while pos < end and scans <= most:
+        found = _MARKER.search(data, pos)
+        if found is None:
+            break
+        marker, pos = data[found.start() + 1], found.end()
+        if marker == 0xD9:  # EOI: libjpeg stops here, whatever follows
+            break
+        if marker in _NO_LENGTH:
+            continue
+        if pos + 2 > end:
+            break
+        length = int.from_bytes(data[pos : pos + 2], "big")
+        if marker == 0xDA:
+            scans += 1  # then its header, then entropy-coded data up to the next marker
+        pos += max(2, length)
+    return scans
+
+
+def scan_bomb(fp, most: int = MAX_SCANS) -> int | None:
+    """The scan count of the JPEG in the open binary file ``fp`` when it is over ``most``
+    (None when it is not, or cannot be read: the decode says why). The file is mapped, not
+    read, where it has a descriptor; ``fp``'s position is kept."""
+    try:
+        where = fp.tell()
+    except (AttributeError, OSError, ValueError):
+        return None
+    try:
+        getbuffer = getattr(fp, "getbuffer", None)
+        if getbuffer is not None:  # an upload in memory
+            with getbuffer() as view:
+                scans = count_scans(view, most)
+        else:
+            try:
+                mapped = mmap.mmap(fp.fileno(), 0, access=mmap.ACCESS_READ)
+            except (AttributeError, OSError, ValueError):  # a pipe, or no descriptor
+                fp.seek(0)
+                scans = count_scans(fp.read(), most)
+            else:
+                with mapped:
+                    scans = count_scans(mapped, most)
+    except (OSError, ValueError):
+        return None
+    finally:
+        with contextlib.suppress(OSError, ValueError):
+            fp.seek(where)
+    return scans if scans > most else None

@@ -12,8 +12,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import os
-from concurrent.futures import ThreadPoolExecutor
 from importlib import resources
 from urllib.parse import quote
 
@@ -27,6 +25,7 @@ from starlette.requests import ClientDisconnect
 from kerascope import __version__
 from kerascope.serve import schemas
 from kerascope.serve.batching import until_gone
+from kerascope.serve.hosts import BrowserGuard, LoopbackHosts
 from kerascope.serve.limits import (
     MP,
     BodyLimit,
@@ -37,14 +36,15 @@ from kerascope.serve.limits import (
     PixelBudget,
     PixelsTooMany,
     ServeLimits,
+    shorten,
 )
+from kerascope.serve.pools import Lanes
 from kerascope.serve.served import RequestError, ServedModel
 from kerascope.serve.uploads import (
     data_url,
     decode_all,
     encode,
     failure_status,
-    pixel_cost,
     read_uploads,
     weigh,
 )
@@ -93,7 +93,7 @@ def create_app(
     limits = limits or ServeLimits(max_body_mb=max_body_mb)
     limits.check()
     budget = PixelBudget(limits.max_request_mp * MP, limits.max_inflight_mp * MP)
-    pool = ThreadPoolExecutor(min(8, os.cpu_count() or 2), thread_name_prefix="kerascope-decode")
+    lanes = Lanes(limits.queue_timeout_s)  # decode and draw: light and heavy requests apart
 
     @contextlib.asynccontextmanager
     async def lifespan(_app):
@@ -101,7 +101,7 @@ def create_app(
         yield
         for model in served.values():
             await model.close()
-        pool.shutdown(wait=False, cancel_futures=True)
+        lanes.shutdown()
 
     app = FastAPI(
         title="kerascope",
@@ -118,16 +118,17 @@ def create_app(
         read_timeout=min(limits.read_timeout_s, limits.body_timeout_s),
         body_timeout=limits.body_timeout_s,
     )
+    app.add_middleware(BrowserGuard)  # before any body is read; headers on every response
     if loopback:
-        from kerascope.serve.hosts import LoopbackHosts
-
         app.add_middleware(LoopbackHosts)  # added last: the outermost, before any body is read
     _add_handlers(app)
 
     def pick(name: str | None) -> ServedModel:
         key = name or default
         if key not in served:
-            raise RequestError(f"unknown model {key!r}; this server has: {', '.join(served)}", 404)
+            raise RequestError(
+                f"unknown model {shorten(key)!r}; this server has: {', '.join(served)}", 404
+            )
         return served[key]
 
     @app.get("/healthz", response_model=schemas.Health, tags=["server"])
@@ -135,7 +136,12 @@ def create_app(
         """Liveness, how well batching works (passes run, images carried) and the load now:
         images queued, running and refused, per model and per explain method."""
         stats = {k: m.stats() for k, m in served.items()}
-        return {"status": "ok", "pixels_in_flight": budget.used, "models": stats}
+        return {
+            "status": "ok",
+            "pixels_in_flight": budget.used,
+            "decoding": lanes.stats(),
+            "models": stats,
+        }
 
     @app.get("/v1/models", response_model=schemas.ModelList, tags=["api"])
     async def models():
@@ -183,12 +189,13 @@ def create_app(
         uploads = await read_uploads(request)
         batcher = served_model.classifier
         loop = asyncio.get_running_loop()
-        cost = await loop.run_in_executor(pool, pixel_cost, uploads, clf.input_size)
-        with budget.reserve(cost, len(uploads)):
-            with batcher.expecting(len(uploads)):
-                items = await decode_all(
-                    uploads, clf.input_size, pool, convention=fit_convention(clf, fit)
-                )
+        weighed = await loop.run_in_executor(lanes.headers, weigh, uploads, clf.input_size)
+        with budget.reserve(weighed.pixels, len(uploads)):
+            async with lanes.lane(weighed.work, "decoding this request") as pool:
+                with batcher.expecting(len(uploads)):
+                    items = await until_gone(request.receive, asyncio.ensure_future(decode_all(
+                        uploads, clf.input_size, pool, False, fit_convention(clf, fit),
+                        weighed=weighed)))  # fmt: skip
             good = [it for it in items if it.error is None]
             probs = await until_gone(request.receive, batcher.queued([it.pixels for it in good]))
         by_item = dict(zip(map(id, good), probs, strict=True))
@@ -275,20 +282,35 @@ def create_app(
             raise RequestError(f"format={format} returns one picture; send one image or use json")
         batcher = served_model.explainer(method, len(uploads))
         loop = asyncio.get_running_loop()
-        weighed = await loop.run_in_executor(pool, weigh, uploads, clf.input_size, True, max_side)
+        weighed = await loop.run_in_executor(
+            lanes.headers, weigh, uploads, clf.input_size, True, max_side
+        )
         with budget.reserve(weighed.pixels, len(uploads)):  # held till the pictures are encoded
-            with batcher.expecting(len(uploads)):
-                items = await decode_all(uploads, clf.input_size, pool, True,
-                                         fit_convention(clf, fit), max_side, weighed)  # fmt: skip
+            async with lanes.lane(weighed.work, "decoding this request") as pool:
+                with batcher.expecting(len(uploads)):
+                    items = await until_gone(request.receive, asyncio.ensure_future(decode_all(
+                        uploads, clf.input_size, pool, True, fit_convention(clf, fit),
+                        max_side, weighed)))  # fmt: skip
             good = [it for it in items if it.error is None]
             outs = await until_gone(
                 request.receive, batcher.queued([(it.pixels, class_index) for it in good])
             )
-            return await answer(served_model, method, items, good, outs,
-                                format, alpha, colormap, max_side, fit)  # fmt: skip
+            async with lanes.lane(weighed.work, "drawing this request's pictures") as pool:
+                return await answer(served_model, method, items, good, outs, pool,
+                                    format, alpha, colormap, max_side, fit)  # fmt: skip
 
     async def answer(
-        served_model, method, items, good, outs, format, alpha, colormap, max_side, fit="whole"
+        served_model,
+        method,
+        items,
+        good,
+        outs,
+        pool,
+        format,
+        alpha,
+        colormap,
+        max_side,
+        fit="whole",
     ):
         """The explain response: the pictures drawn on the pool, as JSON or one image."""
         import numpy as np

@@ -171,7 +171,18 @@ class DynamicBatcher:
             done = asyncio.get_running_loop().create_future()
             done.set_result([])
             return done
-        return asyncio.gather(*self.enqueue(payloads))
+        futures = self.enqueue(payloads)
+        together = asyncio.gather(*futures)
+
+        def drop_the_rest(done: asyncio.Future) -> None:
+            # One payload refused (its deadline) or the request cancelled: its other payloads
+            # leave the queue too, so no pass runs for a request already answered.
+            if done.cancelled() or done.exception() is not None:
+                for future in futures:
+                    future.cancel()
+
+        together.add_done_callback(drop_the_rest)
+        return together
 
     async def close(self) -> None:
         """Stop the worker; payloads still queued get a CancelledError."""

@@ -15,14 +15,16 @@ it for several decodes of one upload (explain's picture and model input) from on
 from __future__ import annotations
 
 import io
+import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image
 
 from kerascope.errors import KerascopeError
 from kerascope.images import _PIL_LIMIT_LOCK, ImageError, decode_image, max_pixels
-from kerascope.images.jpeg import draft_scale
+from kerascope.images.jpeg import MAX_SCANS, count_scans, draft_scale
 
 BAD_REQUEST, TOO_LARGE, UNSUPPORTED, UNPROCESSABLE = 400, 413, 415, 422
 
@@ -68,11 +70,21 @@ def decode_cost(data: bytes, min_size: tuple[int, int] | None = None) -> tuple[i
     return decode_costs(data, [min_size])[0]
 
 
-def decode_costs(
-    data: bytes, sizes: Sequence[tuple[int, int] | None]
-) -> list[tuple[int, int, int]]:
-    """`decode_cost` for each of ``sizes``, from one read of the header: explain decodes a
-    picture and, for a large JPEG, the model's input apart."""
+@dataclass(frozen=True)
+class Header:
+    """What an upload's header says, for weighing it before it is decoded."""
+
+    width: int
+    height: int
+    jpeg: bool
+    bytes_per_pixel: int  # as the decoder reads it: 16-bit and alpha channels hold more
+    scans: int  # JPEG scans (1 for every other format): each one decodes every block again
+    size: int  # bytes of the file
+
+
+def read_header(data: bytes) -> Header | None:
+    """The `Header` of ``data``; None when it is unreadable or over the pixel limit (its decode
+    fails before it allocates anything, and says why, for that image alone)."""
     try:
         with _PIL_LIMIT_LOCK:  # our limit, not Pillow's (as decode_image opens it)
             saved, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
@@ -82,10 +94,39 @@ def decode_costs(
                 Image.MAX_IMAGE_PIXELS = saved
         with img:
             (width, height), jpeg = img.size, img.format == "JPEG"
+            bands = len(img.getbands())
+            raw = " ".join(str(t[3]) for t in getattr(img, "tile", ()) or ())
+            mode = img.mode
     except Exception:  # noqa: BLE001  (any unreadable header: the decode says why)
-        return [(0, 0, 0)] * len(sizes)
+        return None
     if width * height > max_pixels():
+        return None
+    depth = 4 if mode in ("I", "F") else 2 if "16" in raw or "16" in mode else 1
+    scans = min(count_scans(data), MAX_SCANS + 1) if jpeg else 1
+    return Header(width, height, jpeg, bands * depth, scans, len(data))
+
+
+def decode_work(header: Header | None, pixels: int) -> int:
+    """The work of decoding ``header``'s image to ``pixels`` pixels, in pixel-equivalents (an
+    8-bit RGB pixel decoded is 1): more bytes per pixel cost more, and a JPEG reduced while it
+    decodes still reads all its compressed bytes and walks every block once per scan."""
+    if header is None:
+        return 0
+    work = pixels * max(3, header.bytes_per_pixel) / 3
+    if header.jpeg:
+        work += header.size + header.width * header.height * header.scans / 64
+    return math.ceil(work)
+
+
+def decode_costs(
+    data: bytes, sizes: Sequence[tuple[int, int] | None], header: Header | None = None
+) -> list[tuple[int, int, int]]:
+    """`decode_cost` for each of ``sizes``, from one read of the header (``header``: already
+    read): explain decodes a picture and, for a large JPEG, the model's input apart."""
+    header = header or read_header(data)
+    if header is None:
         return [(0, 0, 0)] * len(sizes)
+    width, height, jpeg = header.width, header.height, header.jpeg
     costs = []
     for min_size in sizes:
         floor = 2 * max(min_size) if min_size else None

@@ -59,3 +59,71 @@ class LoopbackHosts:
                     "by other names",
                 )  # fmt: skip
         return await self.app(scope, receive, send)
+
+
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+SECURITY_HEADERS = [
+    (b"x-content-type-options", b"nosniff"),
+    (b"x-frame-options", b"DENY"),
+    (b"referrer-policy", b"no-referrer"),
+    # The page's own script, style and icons; photos the user picks (blob:) and the heatmaps the
+    # API returns (data:); requests to this server only; never inside another site's frame.
+    (
+        b"content-security-policy",
+        b"default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; "
+        b"connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
+    ),
+]
+
+
+def same_origin(origin: str, host: str | None) -> bool:
+    """Whether a request's ``Origin`` is the server's own (scheme, name and port as the
+    ``Host`` the browser sent): the page this server serves, not another site's."""
+    if host is None or "://" not in origin:
+        return False
+    scheme, _, rest = origin.partition("://")
+    return scheme.lower() in ("http", "https") and rest.lower() == host.strip().lower()
+
+
+class BrowserGuard:
+    """Pure ASGI middleware: a cross-origin POST (an ``Origin`` other than the server's own:
+    another site's page, or ``null``) gets a 403 before its body is read, since any site the
+    user visits could make their browser send a form of photos here; clients that send no
+    ``Origin`` (curl, scripts) and the server's own page are answered. Every response gets
+    `SECURITY_HEADERS`."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+
+        async def guarded_send(message):
+            if message["type"] == "http.response.start":
+                names = {k.lower() for k, _ in message.get("headers") or ()}
+                extra = [(k, v) for k, v in SECURITY_HEADERS if k not in names]
+                message = {**message, "headers": [*(message.get("headers") or ()), *extra]}
+            await send(message)
+
+        headers = dict(scope.get("headers") or [])
+        origin = headers.get(b"origin")
+        if scope.get("method", "GET") not in SAFE_METHODS and origin is not None:
+            given = origin.decode("latin-1")
+            # A reverse proxy may rewrite Host and say the page's in X-Forwarded-Host, which
+            # another site's page cannot set without a preflight this server never grants.
+            names = [
+                h.decode("latin-1")
+                for h in (headers.get(b"host"), headers.get(b"x-forwarded-host"))
+                if h
+            ]
+            if not any(same_origin(given, name) for name in names):
+                shown = given.encode("unicode_escape").decode()[:100]
+                return await json_reply(
+                    guarded_send, 403,
+                    f"cross-origin request from {shown!r} refused: this server answers its own "
+                    "page and clients that send no Origin (curl, scripts); behind a reverse "
+                    "proxy, pass the page's Host on (nginx: proxy_set_header Host $host)",
+                )  # fmt: skip
+        return await self.app(scope, receive, guarded_send)

@@ -127,6 +127,22 @@ class PixelsTooMany(KerascopeError):
     """One request over the per-request pixel budget: HTTP 413."""
 
 
+MAX_NAME = 256
+"""Longest class or method name a request may give (a folder name, a class, is at most 255
+bytes); longer ones are refused unread."""
+
+SHOWN = 80
+"""Characters of a client's string quoted back in an error, at most."""
+
+
+def shorten(text: str, most: int = SHOWN) -> str:
+    """``text`` as an error quotes it back: printable, at most ``most`` characters + "..."."""
+    from kerascope.output import clean, printable
+
+    text = printable(clean(text))
+    return text if len(text) <= most else text[:most] + "..."
+
+
 MAX_HEADER_BYTES = 16 * 1024
 """A request's headers at most: an incomplete header block is cut off here by h11
 (`kerascope.serve.connections`), a complete one that came in one read by `BodyLimit`."""

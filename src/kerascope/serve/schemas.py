@@ -137,4 +137,9 @@ class ModelStats(BatchStats):
 class Health(BaseModel):
     status: str
     pixels_in_flight: int = Field(0, description="decoded pixels the requests now hold")
+    decoding: dict[str, int] = Field(
+        default_factory=dict,
+        description="the heavy decode lane: requests decoding or drawing in it, waiting for it, "
+        "and refused after --queue-timeout-s of waiting",
+    )
     models: dict[str, ModelStats]

@@ -19,7 +19,6 @@ import copy
 import re
 import threading
 from collections.abc import Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,12 +26,16 @@ import numpy as np
 
 from kerascope.errors import KerascopeError
 from kerascope.serve.batching import DynamicBatcher
-from kerascope.serve.limits import ServeLimits
+from kerascope.serve.limits import MAX_NAME, ServeLimits, shorten
+from kerascope.serve.pools import DaemonPool
 from kerascope.zoo.models import Classifier
 
 # K forward passes per image (K: channels of the target layer; ~300x Grad-CAM on Lite0).
 PERTURBATION = ("scorecam", "ablationcam")
 
+
+EXPLAIN_BATCH = 8
+"""Most images in one pass of a one-pass explain method (classify's passes take --max-batch)."""
 
 EXPENSIVE_MULTIPLE = 10
 """A method stated to cost this many passes of a one-pass method or more is expensive."""
@@ -80,9 +83,10 @@ class ServedModel:
     max_batch: int
     max_wait_ms: float
     limits: ServeLimits = field(default_factory=ServeLimits)
-    executor: ThreadPoolExecutor = field(init=False)
-    slow_executor: ThreadPoolExecutor = field(init=False)
-    cold_executor: ThreadPoolExecutor = field(init=False)
+    executor: DaemonPool = field(init=False)
+    explain_executor: DaemonPool = field(init=False)
+    slow_executor: DaemonPool = field(init=False)
+    cold_executor: DaemonPool = field(init=False)
     classifier: DynamicBatcher = field(init=False)
     closed_form_head: bool = field(default=False, init=False)  # GAP + Dense: ablation is cheap
     _explainers: dict[str, DynamicBatcher] = field(default_factory=dict, init=False)
@@ -93,13 +97,16 @@ class ServedModel:
     _build_lock: threading.Lock = field(default_factory=threading.Lock, init=False)
 
     def __post_init__(self) -> None:
-        # One thread per cost class: cheap passes run one after another, each using every
-        # core; an expensive pass runs beside them instead of in front of them.
-        self.executor = ThreadPoolExecutor(1, thread_name_prefix=f"kerascope-{self.key}")
-        self.slow_executor = ThreadPoolExecutor(1, thread_name_prefix=f"kerascope-{self.key}-x")
+        # One thread per kind of work: classify's passes run one after another, each using
+        # every core; the one-pass explain methods' beside them (a 64-image Guided Grad-CAM
+        # pass held classify 17.8 s on classify's thread), an expensive pass beside both.
+        # Daemon threads: a stopping server never waits for a pass (`DaemonPool`).
+        self.executor = DaemonPool(1, f"kerascope-{self.key}")
+        self.explain_executor = DaemonPool(1, f"kerascope-{self.key}-e")
+        self.slow_executor = DaemonPool(1, f"kerascope-{self.key}-x")
         # A method's first pass builds and compiles its explainer (seconds): on a thread of
-        # its own, so classify does not wait behind it (it stalled 2-9 s per new method).
-        self.cold_executor = ThreadPoolExecutor(1, thread_name_prefix=f"kerascope-{self.key}-c")
+        # its own, so the warm methods do not wait behind it (it stalled 2-9 s per method).
+        self.cold_executor = DaemonPool(1, f"kerascope-{self.key}-c")
         self.classifier = DynamicBatcher(
             self._classify, self.executor, self.max_batch, self.max_wait_ms,
             queue_timeout=self.limits.queue_timeout_s, label=f"model '{self.key}'",
@@ -244,12 +251,14 @@ class ServedModel:
 
         if query is None or not query.strip():
             return -1
+        if len(query.strip()) > MAX_NAME:  # no class is named so; nor fuzzy-matched (CPU)
+            raise RequestError(f"unknown class {shorten(query.strip())!r} ({len(query):,} "
+                               f"characters; class names here are shorter)", 400)  # fmt: skip
         try:
             return resolve_target(self.clf, query.strip())
         except (ValueError, TypeError, KeyError) as exc:
-            raise RequestError(
-                _group_hint(self.clf, query.strip()) or str(exc.args[0] if exc.args else exc), 400
-            ) from None
+            said = _group_hint(self.clf, query.strip()) or str(exc.args[0] if exc.args else exc)
+            raise RequestError(said.replace(query.strip(), shorten(query.strip())), 400) from None
 
     def method(self, method: str) -> str:
         """The canonical name of a method a request asks for, if this server answers it.
@@ -262,7 +271,9 @@ class ServedModel:
 
         if ":" in str(method):  # each option set compiled anew and kept: memory without end
             raise RequestError(f"this server answers methods by name, without options (ig, "
-                               f"not {method!r})", 400)  # fmt: skip
+                               f"not {shorten(method)!r})", 400)  # fmt: skip
+        if len(method) > MAX_NAME:
+            raise RequestError(f"unknown method {shorten(method)!r}", 400)
         try:
             cls = get_method(method)
         except ValueError as exc:
@@ -306,20 +317,23 @@ class ServedModel:
         with self._lock:
             if name not in self._explainers:
                 built = name in self._cams  # warm_up's gradcam
+                # Passes of at most EXPLAIN_BATCH images: a request refused or abandoned
+                # meanwhile (its client gone, its deadline passed) loses its later passes,
+                # where one pass of 32 ran on for clients that had their 503 long before.
                 batcher = DynamicBatcher(
                     lambda items, m=name: self._first_pass(m, items),
-                    self.executor if built else self.cold_executor,
-                    self.max_batch, self.max_wait_ms, queue_timeout=self.limits.queue_timeout_s,
-                    label=f"{name} on '{self.key}'",
+                    self.explain_executor if built else self.cold_executor,
+                    min(self.max_batch, EXPLAIN_BATCH), self.max_wait_ms,
+                    queue_timeout=self.limits.queue_timeout_s, label=f"{name} on '{self.key}'",
                 )  # fmt: skip
                 self._explainers[name] = batcher
             return self._explainers[name]
 
     def _first_pass(self, method: str, items: Sequence[tuple[np.ndarray, int]]) -> list[tuple]:
         """A cheap method's pass; once its explainer is built, its passes move to the thread
-        classify runs on (one pass at a time uses every core)."""
+        the warm explain methods run on (one pass at a time uses every core)."""
         out = self._explain(method, items)
-        self._explainers[method].executor = self.executor
+        self._explainers[method].executor = self.explain_executor
         return out
 
     def _explain_each(self, items: Sequence[tuple[str, np.ndarray, int]]) -> list[Any]:
@@ -365,7 +379,12 @@ class ServedModel:
         for batcher in [*self._explainers.values(), self._expensive]:
             if batcher is not None:
                 await batcher.close()
-        for executor in (self.executor, self.slow_executor, self.cold_executor):
+        for executor in (
+            self.executor,
+            self.explain_executor,
+            self.slow_executor,
+            self.cold_executor,
+        ):
             executor.shutdown(wait=False, cancel_futures=True)
 
 

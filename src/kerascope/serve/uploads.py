@@ -26,7 +26,13 @@ from starlette.datastructures import UploadFile
 from starlette.requests import Request
 
 from kerascope.output import clean, printable
-from kerascope.serve.decode import DecodeError, decode_bytes, decode_costs
+from kerascope.serve.decode import (
+    DecodeError,
+    decode_bytes,
+    decode_costs,
+    decode_work,
+    read_header,
+)
 from kerascope.serve.served import RequestError
 from kerascope.zoo.registry import InputConvention
 
@@ -114,12 +120,14 @@ def _decoded_twice(costs: list[tuple[int, int, int]]) -> bool:
 
 @dataclass(frozen=True)
 class Weighed:
-    """A request weighed from its headers: the pixels it will hold at once, and for each
-    upload whether the model's input is decoded apart from the picture (`decode_all` takes it:
-    the headers are read once per request)."""
+    """A request weighed from its headers: the pixels it will hold at once, the work of its
+    decoding and drawing (`kerascope.serve.decode.decode_work`: which lane it takes), and for
+    each upload whether the model's input is decoded apart from the picture (`decode_all`
+    takes it: the headers are read once per request)."""
 
     pixels: int
     again: tuple[bool, ...]
+    work: int = 0
 
 
 def weigh(
@@ -130,20 +138,27 @@ def weigh(
 ) -> Weighed:
     """Pixels a request will hold at once: each image as decoded (headers only are read),
     plus, for explain (``keep``), the pictures drawn at ``max_side`` (0: full size) and the
-    model's own decode where it differs from the picture's."""
+    model's own decode where it differs from the picture's; and the work of it all."""
     floor = decode_floor(size, keep, max_side)
-    total, again = 0, []
+    total, work, again = 0, 0, []
     for _, data in uploads:
-        costs = decode_costs(data, (floor, size) if keep else (floor,))
+        header = read_header(data)
+        sizes = (floor, size) if keep else (floor,)
+        costs = decode_costs(data, sizes, header) if header else [(0, 0, 0)] * len(sizes)
         pixels, width, height = costs[0]
         total += pixels
+        work += decode_work(header, pixels)
         twice = keep and _decoded_twice(costs)
         if keep and pixels:
             scale = min(1.0, max_side / max(width, height)) if max_side else 1.0
-            total += math.ceil(pixels * scale * scale)
-            total += costs[1][0] if twice else 0  # decoded again for the model (`_prepare`)
+            drawn = math.ceil(pixels * scale * scale)
+            total += drawn
+            work += drawn
+            if twice:  # decoded again for the model (`_prepare`)
+                total += costs[1][0]
+                work += decode_work(header, costs[1][0])
         again.append(twice)
-    return Weighed(total, tuple(again))
+    return Weighed(total, tuple(again), work)
 
 
 def pixel_cost(
