@@ -61,7 +61,13 @@ def _add_explain(sub) -> None:
         action="store_true",
         help="first principal component of the weighted activations: less noise",
     )
-    p.add_argument("--colorbar", action="store_true", help="add a colour bar to each picture")
+    p.add_argument(
+        "--colorbar",
+        action="store_true",
+        help="add a colour key under each overlay, from 0 to the map's own maximum: every map "
+        "is scaled to its maximum, so colours are not comparable between pictures or classes "
+        "(a class under 1%% is labelled 'map shape only')",
+    )
     p.add_argument(
         "--score",
         action="store_true",
@@ -72,7 +78,9 @@ def _add_explain(sub) -> None:
         "--compare",
         action="store_true",
         help="run every method on each image, write <name>-compare.jpg (one panel per method, "
-        "its scores under it) and print the methods ranked by --metric",
+        "its scores under it) and print the methods ranked by --metric, beside a seeded random "
+        "map scored the same way: a method no better than it is marked, and the best one that "
+        "passes the sanity check and beats it is drawn in gold",
     )
     p.add_argument("--metric", action=LazyAction, metavar="METRIC", default=None,
                    help_text=metric_help, choices_from=metric_names)  # fmt: skip
@@ -133,6 +141,7 @@ def _run_explain(args) -> int:
     clf = load_model(args.model, weights=args.weights)
     args.batch_size = batch_size_or_default(args.batch_size, "explain", clf.input_size)
     clf, target = class_option(clf, args.target)
+    _say_fit(args, clf)
     if args.compare:
         return _run_compare(args, clf, sources, target)
     options = _smoothing(args)
@@ -161,6 +170,21 @@ def _run_explain(args) -> int:
     if failed:
         output.note(f"{failed} of {len(saved)} input(s) could not be explained")
     return 1 if failed else 0
+
+
+FIT_NOTE = ("explain scores the whole picture; classify centre-crops by default, so its top "
+            "class can differ: --fit crop matches it")  # fmt: skip
+
+
+def _say_fit(args, clf) -> None:
+    """Once per run, when ``--fit whole`` shows the model other pixels than classify does (a
+    zoo model's centre crop): chelsea.png was Egyptian_cat 77.1 % here and tiger_cat 38.5 %
+    in classify, and nothing said why."""
+    from kerascope import output
+    from kerascope.cam.fitting import fit_convention
+
+    if args.fit == "whole" and fit_convention(clf, "whole") != clf.convention:
+        output.note(FIT_NOTE)
 
 
 def _say_precision(args, clf, options) -> None:
@@ -211,11 +235,15 @@ def _print_scores(args, clf, sources, target, options) -> None:
     from kerascope import output
     from kerascope.cam.explain import resolve_targets, spread_targets
     from kerascope.cam.faithfulness import METRICS, iter_scores
+    from kerascope.cam.labels import NOT_A_CLASS, is_class_independent
 
     targets = spread_targets(resolve_targets(clf, target, len(sources)), sources)
+    independent = is_class_independent(args.method)
+    about = (f"; its map is {NOT_A_CLASS}: scored against the top class, which it does not "
+             "explain" if independent else "")  # fmt: skip
     table = Table(
         title=f"faithfulness of {args.method} (the class's probability on perturbed "
-        "copies: areas under its curve, ROAD and avg drop as changes)"
+        f"copies: areas under its curve, ROAD and avg drop as changes{about})"
     )
     table.add_column("image", overflow="fold")
     table.add_column("class", overflow="fold")
@@ -232,7 +260,8 @@ def _print_scores(args, clf, sources, target, options) -> None:
             if f is None:
                 table.add_row(image, output.literal(f"error: {e.error}", "red"))
             else:
-                table.add_row(image, output.literal(e.class_name),
+                name = e.class_name + (" (class-independent map)" if independent else "")
+                table.add_row(image, output.literal(name),
                               *(_number(m, f.value(m)) for m in METRICS))  # fmt: skip
             advance(1)
     _print(table)
@@ -242,13 +271,9 @@ def _print_scores(args, clf, sources, target, options) -> None:
 
 
 def _number(metric: str, value: float | None) -> str:
-    if value is None:
-        return ""
-    if metric == "increase":
-        return "1" if value else "0"
-    if metric == "drop":
-        return f"{value:.1%}"
-    return f"{value:+.3f}" if metric.startswith("road") else f"{value:.3f}"
+    from kerascope.cam.compare import format_value
+
+    return format_value(metric, value)
 
 
 def _print(table) -> None:
@@ -344,6 +369,7 @@ def _print_ranking(comparison) -> None:
     from kerascope.cam.faithfulness import METRICS
 
     chosen = METRICS[comparison.metric]
+    sign = 1.0 if chosen.higher_is_better else -1.0
     shown = list(dict.fromkeys((comparison.metric, "deletion", "insertion", "drop")))
     better = "higher" if chosen.higher_is_better else "lower"
     title = (
@@ -358,16 +384,53 @@ def _print_ranking(comparison) -> None:
         table.add_column(METRICS[m].title, justify="right")
     table.add_column("explain s", justify="right")
     table.add_column("cost per image", overflow="fold")
+    reference = comparison.reference
+    ref = reference.faithfulness.value(comparison.metric) if reference else None
     for rank, row in enumerate(comparison.ranking(), 1):
         f = row.faithfulness
-        sanity = "" if row.sanity else " (fails sanity check)"
-        empty = " (empty map)" if row.empty else ""
-        table.add_row(str(rank), output.literal(row.method + sanity + empty),
+        value = f.value(comparison.metric)
+        if ref is not None and (value is None or sign * value <= sign * ref):
+            _reference_row(table, reference, shown)  # where it ranks: the methods below lose
+            ref = None
+        marks = row.marks() + (["empty map"] if row.empty else [])
+        name = row.method + (f" ({'; '.join(marks)})" if marks else "")
+        table.add_row(str(rank), output.literal(name),
                       *(_number(m, f.value(m)) for m in shown), f"{row.seconds:.2f}",
                       output.literal(row.cost))  # fmt: skip
+    if ref is not None:
+        _reference_row(table, reference, shown)
     _print(table)
+    for line in _ranking_notes(comparison):
+        output.note(line)
     for row in comparison.methods:
         if not row.ok:
             output.note(f"skipped {row.method}: {row.skipped}")
     if comparison.path is not None:
         output.note(f"wrote {comparison.path}")
+
+
+def _reference_row(table, reference, shown) -> None:
+    """The random map's row: no rank, its numbers by the same metrics."""
+    from kerascope import output
+
+    f = reference.faithfulness
+    table.add_row("-", output.literal(f"{reference.method} (reference)"),
+                  *(_number(m, f.value(m)) for m in shown), "", "seeded noise, input size",
+                  style="dim")  # fmt: skip
+
+
+def _ranking_notes(comparison) -> list[str]:
+    """The lines under --compare's table: the reference and gold, what the metric favours,
+    a negligible class, the black baseline's bias when ig ran."""
+    from kerascope.cam.compare import NO_BETTER, header_notes
+    from kerascope.cam.methods import get_method
+    from kerascope.cam.pixel import baseline_bias
+
+    notes = header_notes(comparison)
+    if any(row.beats_random is False for row in comparison.methods):
+        notes.append(f"'{NO_BETTER}': it does not beat the seeded noise map by this metric")
+    for row in comparison.methods:
+        bias = baseline_bias(get_method(row.method)) if row.ok else ""
+        if bias:
+            notes.append(f"{row.method}: {bias}")
+    return notes

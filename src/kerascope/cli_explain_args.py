@@ -104,11 +104,15 @@ def _method_names() -> list[str]:
 def _method_help() -> str:
     """Every method with what it costs per image; the ones that fail the weight-randomisation
     sanity check (Adebayo et al. 2018) are marked, since their maps may not depend on the model."""
+    from kerascope.cam.labels import NOT_A_CLASS
     from kerascope.cam.methods import METHODS
+    from kerascope.cam.pixel import baseline_bias
 
     parts = []
     for name, cls in METHODS.items():
-        notes = [getattr(cls, "cost", "")]
+        notes = [getattr(cls, "cost", ""), baseline_bias(cls)]
+        if getattr(cls, "class_independent", False):
+            notes.append(f"its map is {NOT_A_CLASS}")
         if getattr(cls, "sanity", True) is False:
             notes.append("fails the randomisation sanity check")
         notes = [n for n in notes if n]
@@ -160,8 +164,9 @@ def add_explain_args(p: argparse.ArgumentParser) -> None:
         choices=("whole", "crop"),
         default="whole",
         help="what the model sees: whole (default) = the whole picture resized to its input, "
-        "the heatmap covers all of it and the label is that input's class; crop = the centre "
-        "crop classify shows it (its class and probability), outlined, the rest untinted",
+        "the heatmap covers all of it and the label is that input's class (it can differ from "
+        "classify's, which centre-crops); crop = the centre crop classify shows it (its class "
+        "and probability), outlined, the rest untinted",
     )
     p.add_argument(
         "--alpha", type=fraction, default=0.4, help="heatmap opacity at its peak, 0 to 1"

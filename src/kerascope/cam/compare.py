@@ -5,6 +5,13 @@ Which method to trust for a model is an empirical question: the maps look alike,
 faithfulness does not (Rong et al. 2022). All methods explain the same class (the image's top-1
 unless a target is given), on the same pixels, scored by the same metric. A method that cannot
 run on the model (CAM needs a GlobalAveragePooling2D -> Dense head) is skipped with its reason.
+
+A metric alone has no scale: a random noise map beat Grad-CAM on deletion AUC (chelsea.png:
+0.139-0.151 against 0.344), since deletion and average drop reward fine-grained maps whatever
+they point at. So every comparison also scores a :data:`REFERENCE` (seeded noise at the model's
+input resolution, the finest a map can be) on the same pixels with the same metrics; a method
+that does no better than it is marked, and the method drawn in gold is the best one that passes
+the sanity check and beats the random map (`Comparison.best`), never one that does not.
 """
 
 from __future__ import annotations
@@ -47,6 +54,26 @@ _TITLE_SIZE, _SCORE_SIZE, _HEADER_SIZE, _CAPTION_SIZE = 18, 13, 16, 13
 _SMALLEST = 10  # px: a title shrinks no further; a word still too wide is broken
 _GAP, _TITLE, _LINE, _HEADER = 10, 26, 18, 30
 _BACKGROUND, _TEXT, _DIM, _HIGHLIGHT = (24, 24, 24), (255, 255, 255), (170, 170, 170), (255, 214, 0)
+REFERENCE = "random map"
+"""The reference every method is measured against: uniform noise, seeded, at the input size."""
+NO_BETTER = "no better than a random map"
+FINE_GRAINED = ("deletion", "drop")
+"""Metrics that favour fine-grained (pixel) maps: scattered removals break the picture for any
+map, and the image x map of a pixel map is nearly black (avg drop 98-100 % for every pixel
+method on chelsea.png), so they say little about where a map points."""
+
+
+def fine_grained_note(metric: str) -> str:
+    """One line saying that ``metric`` favours fine-grained maps; "" for the others."""
+    if metric not in FINE_GRAINED:
+        return ""
+    return (f"{METRICS[metric].title} favours fine-grained (pixel) maps, wherever they point: "
+            f"compare each method with the {REFERENCE}, or rank by road_morf")  # fmt: skip
+
+
+def random_map(shape: tuple[int, int], seed: int = 0) -> np.ndarray:
+    """The :data:`REFERENCE` map: (height, width) uniform noise in [0, 1), seeded."""
+    return np.random.default_rng(seed).random(shape, dtype=np.float32)
 
 
 @dataclass
@@ -60,10 +87,24 @@ class MethodScore:
     skipped: str | None = None
     empty: bool = False  # the map has no positive evidence at all (every pixel ties)
     seconds: float = 0.0  # explaining the image (scoring not included)
+    class_independent: bool = False  # the same map for every class (EigenCAM)
+    beats_random: bool | None = None  # scores better than the random map (None: not scored)
 
     @property
     def ok(self) -> bool:
         return self.skipped is None
+
+    @property
+    def trusted(self) -> bool:
+        """Passes the sanity check, has a map, and does not do worse than a random map."""
+        return self.ok and self.sanity and not self.empty and self.beats_random is not False
+
+    def marks(self) -> list[str]:
+        """What to say beside the method's name: the verdicts against it."""
+        notes = ["class-independent"] if self.class_independent else []
+        notes += [] if self.sanity else ["fails sanity check"]
+        notes += [NO_BETTER] if self.beats_random is False else []
+        return notes
 
 
 @dataclass
@@ -83,6 +124,23 @@ class Comparison:
     """Each method's map as the model computed it (what its numbers score)."""
     panels: list[tuple[str, tuple[int, int, int, int]]] = field(default_factory=list)
     """Each drawn method and its overlay's box (left, top, right, bottom) in the picture."""
+    reference: MethodScore | None = None
+    """The :data:`REFERENCE` map's scores on the same pixels, by the same metrics."""
+
+    def judge(self) -> None:
+        """Set each method's ``beats_random`` from :attr:`reference` by :attr:`metric`."""
+        ref = self.reference.faithfulness if self.reference is not None else None
+        base = ref.value(self.metric) if ref is not None else None
+        sign = -1.0 if METRICS[self.metric].higher_is_better else 1.0
+        for row in self.methods:
+            value = row.faithfulness.value(self.metric) if row.faithfulness else None
+            known = None not in (value, base) and not math.isnan(value) and not math.isnan(base)
+            row.beats_random = sign * value < sign * base if known else None
+
+    def best(self) -> MethodScore | None:
+        """The best-ranked method that passes the sanity check and beats the random map: the
+        one drawn in gold (None when no method does)."""
+        return next((m for m in self.ranking() if m.trusted), None)
 
     def ranking(self) -> list[MethodScore]:
         """The methods that ran, best first by :attr:`metric` (stable: ties keep METHODS order)."""
@@ -131,7 +189,8 @@ def compare_methods(
         options: ``aug_smooth``, ``eigen_smooth``, ``precision``, as `Explainer` takes them.
 
     Returns:
-        A `Comparison`; ``ranking()`` gives the methods best first.
+        A `Comparison`; ``ranking()`` gives the methods best first, ``best()`` the one in
+        gold, ``reference`` the random map's scores (:data:`REFERENCE`).
 
     Raises:
         ValueError: an unknown method, metric, class or layer (before any work).
@@ -168,7 +227,12 @@ def compare_methods(
     rows, maps = [], {}
     for name in names:
         cls = get_method(name)
-        row = MethodScore(name, getattr(cls, "cost", ""), bool(getattr(cls, "sanity", True)))
+        row = MethodScore(
+            name,
+            getattr(cls, "cost", ""),
+            bool(getattr(cls, "sanity", True)),
+            class_independent=bool(getattr(cls, "class_independent", False)),
+        )
         rows.append(row)
         if progress is not None:
             progress(name)
@@ -184,11 +248,15 @@ def compare_methods(
         row.empty = not np.any(cams[0] > 0)
         row.faithfulness = score_pixels(clf, pixels, cams[0], class_index, wanted, steps,
                                         seed=seed)  # fmt: skip
+    noise = random_map(pixels.shape[:2], seed)  # the reference: scored as the methods are
+    reference = MethodScore(REFERENCE, "", faithfulness=score_pixels(
+        clf, pixels, noise, class_index, wanted, steps, seed=seed))  # fmt: skip
     name = clf.labels[class_index][1]
     comparison = Comparison(
         source_name(image), class_index, name, float(probs[class_index]), metric, rows,
-        fit=fit, box=as_fractions(item.box, item.shape), maps=maps,
+        fit=fit, box=as_fractions(item.box, item.shape), maps=maps, reference=reference,
     )  # fmt: skip
+    comparison.judge()
     if output is not None and maps:
         picture = _fit(_panel_picture(image), PANEL_SIDE)
         grid, comparison.panels = draw_grid(comparison, picture, maps, alpha, colormap)
@@ -249,21 +317,25 @@ def draw_grid(
         f"({'higher' if metric.higher_is_better else 'lower'} is better)",
         canvas_w - 2 * _GAP, _HEADER_SIZE, _CAPTION_SIZE,
     )  # fmt: skip
-    seen = caption(comparison.box, picture.shape)  # one more header line: what the model saw
-    seen_text = fit_text(seen, canvas_w - 2 * _GAP, _CAPTION_SIZE) if seen else None
+    seen = caption(comparison.box, picture.shape)  # what the model saw, when a part
+    notes = [
+        n for n in (seen, *header_notes(comparison, drawn=True)) if n
+    ]  # dim lines under the header
+    notes_text = [fit_text(n, canvas_w - 2 * _GAP, _CAPTION_SIZE) for n in notes]
     head = max(_HEADER - 6, len(header[1]) * _line_height(header[0])) + 6
-    head += len(seen_text[1]) * _LINE if seen_text else 0
+    head += sum(len(lines) for _, lines in notes_text) * _LINE
     size = (canvas_w, head + rows * (panel_h + _GAP) + _GAP)
     canvas = Image.new("RGB", size, _BACKGROUND)
     draw = ImageDraw.Draw(canvas)
-    y = _draw_lines(draw, (_GAP, 6), header, _TEXT)
-    if seen_text:
-        _draw_lines(draw, (_GAP, max(y, _HEADER) - 2), seen_text, _DIM, _LINE)
+    y = max(_draw_lines(draw, (_GAP, 6), header, _TEXT), _HEADER) - 2
+    for text in notes_text:
+        y = _draw_lines(draw, (_GAP, y), text, _DIM, _LINE)
+    best = comparison.best()  # gold: never a method that fails the checks
     boxes = []
     for i, row in enumerate(ranked):
         left = _GAP + (i % cols) * (panel_w + _GAP)
         top = head + _GAP + (i // cols) * (panel_h + _GAP)
-        _draw_lines(draw, (left, top + 3), titles[i], _HIGHLIGHT if i == 0 else _TEXT)
+        _draw_lines(draw, (left, top + 3), titles[i], _HIGHLIGHT if row is best else _TEXT)
         heat = upsample(place(maps[row.method], comparison.box, picture.shape), (height, width))
         panel = photo_outside(Image.fromarray(overlay(picture, heat, alpha, colormap)),
                               Image.fromarray(picture), comparison.box)  # fmt: skip
@@ -280,8 +352,48 @@ def draw_grid(
 
 
 def _title(i: int, row: MethodScore) -> str:
-    """A panel's title: rank, method, and the sanity verdict where it fails."""
-    return f"#{i + 1} {row.method}" + ("" if row.sanity else " (fails sanity check)")
+    """A panel's title: rank, method, and the verdicts against it (`MethodScore.marks`)."""
+    marks = row.marks()
+    return f"#{i + 1} {row.method}" + (f" ({'; '.join(marks)})" if marks else "")
+
+
+def format_value(metric: str, value: float | None) -> str:
+    """A metric's value as tables and the grid print it."""
+    if value is None:
+        return ""
+    if metric == "increase":
+        return "1" if value else "0"
+    if metric == "drop":
+        return f"{value:.1%}"
+    return f"{value:+.3f}" if metric.startswith("road") else f"{value:.3f}"
+
+
+def reference_line(comparison: Comparison, drawn: bool = False) -> str:
+    """What the random map scores by the ranking metric and the best method that passes the
+    checks (``drawn``: the grid, where that one's title is gold)."""
+    ref = comparison.reference.faithfulness if comparison.reference else None
+    if ref is None:
+        return ""
+    metric, best = comparison.metric, comparison.best()
+    if best is None:
+        verdict = "no method passes the sanity check and beats it"
+    else:
+        gold = " (in gold)" if drawn else ""
+        verdict = f"the best method that passes the sanity check and beats it: {best.method}{gold}"
+    return (f"a {REFERENCE} (reference) scores {METRICS[metric].title} "
+            f"{format_value(metric, ref.value(metric))}; {verdict}")  # fmt: skip
+
+
+def header_notes(comparison: Comparison, drawn: bool = False) -> list[str]:
+    """The lines under the grid's header (``drawn``) or the table: the reference, what the
+    metric favours, a class the model all but rules out."""
+    from kerascope.cam.labels import is_negligible
+
+    notes = [reference_line(comparison, drawn), fine_grained_note(comparison.metric)]
+    if is_negligible(comparison.probability):
+        notes.append(f"maps' shape only: the model gives this class "
+                     f"{percent(comparison.probability)}")  # fmt: skip
+    return [n for n in notes if n]
 
 
 def _wrapped_scores(row: MethodScore, metric: str, width: int) -> list[tuple[str, bool]]:

@@ -96,9 +96,9 @@ class Explanation:
         from PIL import Image
 
         from kerascope.cam.fitting import draw_outline, with_caption
+        from kerascope.cam.labels import picture_label
         from kerascope.cam.overlay import picture_format, save_jpeg, side_by_side
         from kerascope.files import check_not_an_input, output_error
-        from kerascope.output import percent
 
         fmt = picture_format(path)  # before: JPEG bytes under any name, a .png too
         check_not_an_input(path, [self.source], "the path")  # it replaced the photo explained
@@ -111,7 +111,7 @@ class Explanation:
             draw_outline(Image.fromarray(self.overlay(image, alpha, colormap)), self.box)
         )
         label = with_caption(
-            f"{self.class_name} {percent(self.probability or 0.0)}", self.box, image.shape
+            picture_label(self.class_name or "", self.probability or 0.0), self.box, image.shape
         )
         save_jpeg(side_by_side(image, blended, label), path, fmt=fmt)
         return Path(path)

@@ -6,7 +6,9 @@ blend is one ``Image.composite``, and label bars are rendered once per distinct 
 
 Contrast rule: a pixel's opacity follows its heat, stretched (`opacity_gain`) when a map's
 evidence is faint nearly everywhere (LayerCAM at an early layer), so the hottest part of any
-non-empty map shows; the colour is always the true heat, so the colour bar reads true.
+non-empty map shows; the colour is always the map's value, so the colour bar reads true. That
+value is relative: each map is divided by its own maximum, so its key runs from 0 to "this
+map's max", not to an absolute heat shared between pictures.
 """
 
 from __future__ import annotations
@@ -106,7 +108,9 @@ def upsample(heatmap: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 
 
 PLACED_SIDE = 256
-"""Long side of a heatmap placed in its picture: fine enough for any later bilinear upsampling."""
+"""Long side of a heatmap placed in its picture, at least: a map finer than that (a pixel method's
+224 x 224) keeps its own resolution inside the box (a 256 px grid over an 800 x 300 picture
+squeezed it to 84 x 84 inside the crop, losing half its hot pixels)."""
 
 
 def place_in_picture(
@@ -116,7 +120,8 @@ def place_in_picture(
 
     Classification may show the model only the centre of a picture (``images.fit_box``); the
     heatmap explains that part, so it is drawn there and the rest stays the plain photo. The
-    result has the picture's aspect ratio at no more than :data:`PLACED_SIDE` pixels a side.
+    result has the picture's aspect ratio, at most its size, :data:`PLACED_SIDE` pixels a side
+    or enough that the map keeps its own resolution inside ``box``.
     """
     height, width = (int(s) for s in shape[:2])
     if box == (0.0, 0.0, float(width), float(height)):
@@ -124,7 +129,9 @@ def place_in_picture(
             return np.asarray(heatmap)
         return np.asarray(heatmap, dtype=np.float32)
     heatmap = as_heat(heatmap)
-    scale = min(1.0, PLACED_SIDE / max(height, width))
+    box_w, box_h = max(box[2] - box[0], 1e-9), max(box[3] - box[1], 1e-9)
+    own = max(heatmap.shape[0] / box_h, heatmap.shape[1] / box_w)  # the map's cells, 1:1
+    scale = min(1.0, max(PLACED_SIDE / max(height, width), own))
     grid_h, grid_w = max(1, round(height * scale)), max(1, round(width * scale))
     left, top, right, bottom = (round(v * scale) for v in box)
     placed = np.zeros((grid_h, grid_w), np.float32)
@@ -332,10 +339,16 @@ def mark_empty(label: str, heatmap: np.ndarray) -> str:
     return f"{label} - {EMPTY_NOTICE}" if is_empty(heatmap) else label
 
 
+KEY_WORDS = (("0", "this map's max"), ("0", "max"))
+"""The colour key's ends, longest first: every map is scaled to its own maximum, so its top
+colour is that map's maximum, not a heat comparable between pictures ("high" read as one)."""
+
+
 def colorbar(width: int, height: int, colormap: str = DEFAULT_COLORMAP) -> np.ndarray:
-    """A horizontal key for the overlay: ``low`` [colormap from 0 to 1] ``high``, white text
-    on black, (height, width, 3) uint8. Narrower than the two words allow, it is the gradient
-    alone. Read-only; small keys (video frames) are drawn once per size and shared."""
+    """A horizontal key for the overlay: ``0`` [colormap from 0 to 1] ``this map's max``
+    (`KEY_WORDS`; ``max`` where that does not fit), white text on black, (height, width, 3)
+    uint8. Narrower than the words allow, it is the gradient alone. Read-only; small keys
+    (video frames) are drawn once per size and shared."""
     if width * height * 3 <= _CACHED_BAR_BYTES:
         return _cached_colorbar(int(width), int(height), colormap)
     return _draw_colorbar(int(width), int(height), colormap)
@@ -351,12 +364,15 @@ def _draw_colorbar(width: int, height: int, colormap: str) -> np.ndarray:
     draw = ImageDraw.Draw(bar)
     font = _font(max(8, round(height * 0.68)))
     pad = max(2, height // 4)
-    low, high = (draw.textbbox((0, 0), w, font=font) for w in ("low", "high"))
-    left, right = pad + low[2] - low[0] + pad, width - pad - (high[2] - high[0]) - pad
+    for words in KEY_WORDS:
+        low, high = (draw.textbbox((0, 0), w, font=font) for w in words)
+        left, right = pad + low[2] - low[0] + pad, width - pad - (high[2] - high[0]) - pad
+        if right - left >= max(16, width // 4):
+            break
     if right - left < max(16, width // 4):  # no room for words: the gradient alone
         left, right = 0, width
     else:
-        for word, box, x in (("low", low, pad), ("high", high, right + pad)):
+        for word, box, x in ((words[0], low, pad), (words[1], high, right + pad)):
             y = (height - (box[3] - box[1])) // 2 - box[1]
             draw.text((x - box[0], y), word, fill=(255, 255, 255), font=font)
     out = np.array(bar, dtype=np.uint8)
@@ -378,8 +394,8 @@ def side_by_side(
 
     The layout of the seed's ``dog-output.jpg``: the unmodified photo next to the heatmap,
     so the eye can check what is under the hot region. With ``colorbar``, a key of
-    ``colormap`` (the one the overlay was drawn with) from low to high heat runs under the
-    overlay, in a strip as tall as the label bar.
+    ``colormap`` (the one the overlay was drawn with) from 0 to the map's own maximum runs
+    under the overlay, in a strip as tall as the label bar.
 
     Returns:
         (bar_height(H) + H, 2 * W, 3) uint8; (2 * bar_height(H) + H, 2 * W, 3) with colorbar.

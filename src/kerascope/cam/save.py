@@ -42,6 +42,7 @@ from kerascope.cam.fitting import (
     photo_outside,
     with_caption,
 )
+from kerascope.cam.labels import picture_label
 from kerascope.cam.outputs import (
     check_output_folder,
     check_outputs,
@@ -60,7 +61,6 @@ from kerascope.cam.overlay import (
 from kerascope.files import fsync_dir, output_error
 from kerascope.fonts import covering_font
 from kerascope.images import ImageError, load_image, resize
-from kerascope.output import percent
 from kerascope.sources import Source, kept_pixels, load_source, normalise_inputs
 from kerascope.zoo.models import Classifier
 from kerascope.zoo.shared import shared_model
@@ -353,21 +353,17 @@ def draw_explanation(
     sync_folder: bool = True,
 ) -> Explanation:
     """Write the picture `explain` writes for one explained source (original beside overlay,
-    labelled with class, probability and method, and a note when the map is empty, optionally
-    a colour key); ``e``, with ``error`` set when the file can no longer be decoded. Shared by
-    `save_explanations` and ``kerascope batch explain``. ``colormap`` None: the default.
-    ``replace`` False: a file that appeared at ``path`` is kept (`OutputExistsError`);
-    ``sync_folder`` False: the caller syncs the folder (`write_jpeg`). Thread-safe:
-    `save_explanations` calls it from a pool. When the model saw a crop (``e.box``), it is
-    outlined on the overlay and the label says so (`kerascope.cam.fitting`)."""
+    labelled with class, probability and method (`kerascope.cam.labels.picture_label`), and a
+    note when the map is empty, optionally a colour key); ``e``, with ``error`` set when the
+    file can no longer be decoded. Shared by `save_explanations` and ``kerascope batch
+    explain``. ``colormap`` None: the default. ``replace`` False: a file that appeared at
+    ``path`` is kept (`OutputExistsError`); ``sync_folder`` False: the caller syncs the folder
+    (`write_jpeg`). Thread-safe: `save_explanations` calls it from a pool. When the model saw
+    a crop (``e.box``), it is outlined on the overlay and the label says so
+    (`kerascope.cam.fitting`)."""
     label = mark_empty(picture_label(e.class_name, e.probability, method), cam)
     return _draw(source, cam, label, alpha, colormap or DEFAULT_COLORMAP, path, e, colorbar,
                  replace, sync_folder)  # fmt: skip
-
-
-def picture_label(class_name: str, probability: float, method: str) -> str:
-    """The label of an explain picture or a video frame: ``Egyptian cat 77.1% (gradcam)``."""
-    return f"{class_name.replace('_', ' ')} {percent(probability)} ({method})"
 
 
 def _draw(source, cam, label, alpha, colormap, path: Path, e, colorbar, replace=True,
