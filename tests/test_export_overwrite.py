@@ -101,3 +101,19 @@ def test_an_output_created_during_the_export_is_kept(tmp_path, monkeypatch, name
     monkeypatch.setattr(export, "_keras_probabilities", probabilities)
     export_model(clf, out)  # free all along: written, and nothing else left beside it
     assert sorted(p.name for p in tmp_path.iterdir()) == [name] and out.stat().st_size > 1000
+
+
+def test_a_link_to_a_new_file_and_a_long_name_are_written(tmp_path):
+    """The output free-check placed the new export beside a link and then refused the link
+    itself as "created by something else"; a 212-byte name failed as the temp of a temp grew
+    past 255 bytes."""
+    clf = tiny_model()
+    (tmp_path / "real").mkdir()
+    link = tmp_path / "out.keras"
+    os.symlink("real/target.keras", link)
+    export_model(clf, link)
+    assert link.is_symlink() and (tmp_path / "real" / "target.keras").stat().st_size > 1000
+    long = tmp_path / ("m" * 212 + ".keras")
+    export_model(clf, long)
+    assert long.stat().st_size > 1000
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([long.name, "out.keras", "real"])

@@ -124,6 +124,18 @@ def test_glob_matches_pythons_where_there_is_no_loop(tmp_path, monkeypatch):
         assert _glob(pattern, []) == sorted(glob.glob(pattern, recursive=True)), pattern
 
 
+def test_a_recursive_glob_from_the_root_walks_the_root(monkeypatch):
+    """``/**/x.jpg`` walked the working folder and gave relative paths (the empty head before
+    the first ``/`` read as "here")."""
+    from kerascope.images import inputs
+
+    walked = []
+    monkeypatch.setattr(inputs, "_walk", lambda base, cycles: walked.append(base) or iter(()))
+    assert inputs._glob("/**/zzz_review.jpg", []) == [] and walked == [os.sep]
+    walked.clear()
+    assert inputs._glob("**/zzz_review.jpg", []) == [] and walked == ["."]
+
+
 def test_train_scan_says_each_loop_and_makes_no_class_of_it(looped):
     os.symlink("../d", looped / "self")  # ln -s ../d d/self: a "class" of the whole dataset
     ds = scan_dataset(looped, check_images=False, val_split=0.5)

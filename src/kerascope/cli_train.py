@@ -118,7 +118,9 @@ def _add_train(sub) -> None:
                    "head; other shapes stop with the layer named")  # fmt: skip
     p.add_argument("--find-lr", action="store_true", help="run the learning-rate finder "
                    "instead of training: an exponential sweep of the recipe's first stage "
-                   "(same network, same split path), writes lr_find.png (lr_find-1.png... when "
+                   "(same network and split path; its new head from random weights, where "
+                   "training's starts at zero: a sweep from chance falls too slowly for the "
+                   "valley to be read), writes lr_find.png (lr_find-1.png... when "
                    "taken) and prints the suggested --lr; no run directory is made")  # fmt: skip
     p.add_argument("--image-size", type=int, help="side in pixels (default: the recipe's, "
                    "or the backbone's)")  # fmt: skip

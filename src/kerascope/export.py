@@ -187,7 +187,8 @@ def export_model(
     path = Path(output)
     # Without overwrite, the output was checked free before the work: written beside it and
     # given its name only while still free (`files.place_new`), never over a file made meanwhile.
-    written = path if overwrite or files.output_target(path).stream else files.temp_name(path)
+    target = files.output_target(path)  # a link's target is the file written (its name stays)
+    written = path if overwrite or target.stream else files.temp_name(target.path)
     try:
         images, names = check_images(clf.input_size, check)
         expected = _keras_probabilities(clf.model, images)
@@ -210,7 +211,7 @@ def export_model(
             "free memory, or export a model with a smaller input"
         ) from None
     if written != path:
-        files.place_new(written, path)
+        files.place_new(written, target.path)
     return ExportResult(path, fmt, clf.name, clf.input_size, kind, clf.num_classes, diff, names,
                         *int8)  # fmt: skip
 

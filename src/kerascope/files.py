@@ -41,7 +41,10 @@ class OutputError(KerascopeError, OSError):
 def temp_name(path: str | os.PathLike) -> Path:
     """A hidden, unique name beside ``path``: same folder, so the final rename is atomic."""
     path = Path(os.path.abspath(os.fspath(path)))
-    return path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}.partial")
+    # at most 150 bytes of the name: a long name (255 bytes is the usual limit; 85 CJK
+    # characters) still leaves room for the marks, a library's suffix and a temp of the temp
+    name = path.name.encode()[:150].decode(errors="ignore")
+    return path.with_name(f".{name}.{os.getpid()}-{secrets.token_hex(4)}.partial")
 
 
 def remove_stale_temps(folder: str | os.PathLike) -> None:

@@ -12,6 +12,7 @@ import errno
 import fnmatch
 import glob
 import os
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -171,12 +172,14 @@ def _glob(pattern: str, cycles: list[tuple[str, str]]) -> list[str]:
     """``glob.glob(pattern, recursive=True)``, sorted, except that ``**`` walks folders as
     `expand_inputs` does (`_walk`): Python's follows every link, so one link loop gave each
     picture once per turn of it (40 turns), and two loops never ended."""
-    parts = pattern.split(os.sep)
+    parts = re.split("[/\\\\]" if os.altsep else "/", pattern)  # Windows: both separators
     if "**" not in parts:
-        return sorted(glob.glob(pattern))
+        return sorted(glob.glob(pattern, recursive=True))
     folders_only = parts[-1] == ""  # "photos/**/": folders, as glob gives them
     at = parts.index("**")
     head, rest = os.sep.join(parts[:at]), [p for p in parts[at:] if p]
+    if at and not head:  # "/**/x.jpg": from the root, not the working folder
+        head = os.sep
     bases = sorted(glob.glob(head)) if glob.has_magic(head) else [head]
     matches = []
     for base in bases:
