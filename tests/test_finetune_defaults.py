@@ -82,6 +82,10 @@ def test_a_later_stage_is_not_measured_when_less_than_an_epoch_of_the_last_is_le
     # measuring compiles the stage: a 1-minute budget spent 100 s compiling a stage it skipped
     config = {"stages": [{"epoch_seconds": 5.0, "measure_seconds": 30.0}, {}]}
     assert budget.out_of_time(config, 1, 11.0) and not budget.out_of_time(config, 1, 36.0)
+    # a stage skipped for time: every later one is too (it measured the whole backbone)
+    config = {"stages": [{"epoch_seconds": 5.0, "measure_seconds": 30.0},
+                         {"epoch_seconds": 5.0, "skipped": True, "epochs": 0}, {}]}  # fmt: skip
+    assert budget.out_of_time(config, 2, 20.0)
 
 
 def test_a_spent_budget_trains_the_head_and_skips_the_rest(tmp_path):

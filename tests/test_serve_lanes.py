@@ -71,7 +71,7 @@ def test_heavy_decodes_wait_in_their_lane_and_small_requests_pass(server, photo_
         r = httpx.post(f"{server.url}/v1/classify", content=heavy, timeout=120)
         out.append((r.status_code, r.json().get("error", "")))
 
-    workers = [threading.Thread(target=post_heavy) for _ in range(10 * slots)]
+    workers = [threading.Thread(target=post_heavy) for _ in range(30 * slots)]  # > 3 s of work
     for w in workers:
         w.start()
     took = []
@@ -154,7 +154,10 @@ def test_cross_origin_posts_are_refused_and_headers_set(server, photo_paths):
         assert c.post("/v1/classify", content=cat, headers={"Origin": own}).status_code == 200
         assert c.post("/v1/classify", content=cat).status_code == 200  # curl: no Origin
         # behind a proxy that rewrites Host, the page's own name comes as X-Forwarded-Host
-        page = {"Origin": "https://cats.example", "X-Forwarded-Host": "cats.example"}
+        page = {
+            "Origin": "https://cats.example:8443",
+            "X-Forwarded-Host": "cats.example:8443, inner.proxy",
+        }  # the first: the page's
         assert c.post("/v1/classify", content=cat, headers=page).status_code == 200
         for path in ("/", "/v1/models", "/static/app.js"):
             h = c.get(path).headers
@@ -192,3 +195,33 @@ def test_trickled_headers_cannot_keep_other_clients_out(server, photo_paths):
         for s in held:
             s.close()
     assert codes == [200] * 10, codes
+
+
+@real_server
+def test_heavy_waiters_hold_no_pixel_budget(tmp_path, photo_paths):
+    """With the default in-flight budget (256 MP) and one heavy slot, four 64 MP requests
+    waiting for the slot held the whole budget, so small requests got 503 "decoding 256 MP
+    for other requests". Pixels are now reserved once the slot is had."""
+    run = slow_cam_run(tmp_path, channels=8)
+    heavy, small = _png(8000), photo_paths["chelsea"].read_bytes()
+    with server_process("--model", str(run)) as served:
+        assert _stats(served.url)["decoding"]["heavy_slots"] == 1  # 2 cores: one slot
+        codes: list[int] = []
+
+        def post() -> None:
+            r = httpx.post(f"{served.url}/v1/classify", content=heavy, timeout=120)
+            codes.append(r.status_code)
+
+        posts = [threading.Thread(target=post) for _ in range(6)]
+        for thread in posts:
+            thread.start()
+        answers = []
+        with httpx.Client(base_url=served.url, timeout=60) as client:
+            while any(thread.is_alive() for thread in posts) or not answers:
+                r = client.post("/v1/classify", content=small)
+                answers.append((r.status_code, r.text[:120]))
+                time.sleep(0.1)
+        for thread in posts:
+            thread.join()
+    assert codes == [200] * 6
+    assert all(code == 200 for code, _ in answers), answers

@@ -237,7 +237,7 @@ def _open_and_decode(source, name: str, max_side, min_size, limit_hint) -> tuple
                 f"{_fmt_pixels(limit)} limit ({limit_hint})",
                 "too_large",
             )
-        if img.format == "JPEG":
+        if img.format in ("JPEG", "MPO"):  # MPO: a JPEG with a multi-picture index (phones)
             _check_jpeg_length(p, img)
             _check_jpeg_scans(p, img)
         with _DECODES.take(width * height):

@@ -190,8 +190,10 @@ def create_app(
         batcher = served_model.classifier
         loop = asyncio.get_running_loop()
         weighed = await loop.run_in_executor(lanes.headers, weigh, uploads, clf.input_size)
-        with budget.reserve(weighed.pixels, len(uploads)):
-            async with lanes.lane(weighed.work, "decoding this request") as pool:
+        budget.check_request(weighed.pixels, len(uploads))  # 413 before any wait
+        with contextlib.ExitStack() as held:  # pixels reserved once a decode slot is had:
+            async with lanes.lane(weighed.work, "decoding this request") as pool:  # (a waiter
+                held.enter_context(budget.reserve(weighed.pixels, len(uploads)))  # held none)
                 with batcher.expecting(len(uploads)):
                     items = await until_gone(request.receive, asyncio.ensure_future(decode_all(
                         uploads, clf.input_size, pool, False, fit_convention(clf, fit),
@@ -285,8 +287,10 @@ def create_app(
         weighed = await loop.run_in_executor(
             lanes.headers, weigh, uploads, clf.input_size, True, max_side
         )
-        with budget.reserve(weighed.pixels, len(uploads)):  # held till the pictures are encoded
+        budget.check_request(weighed.pixels, len(uploads))  # 413 before any wait
+        with contextlib.ExitStack() as held:  # held till the pictures are encoded
             async with lanes.lane(weighed.work, "decoding this request") as pool:
+                held.enter_context(budget.reserve(weighed.pixels, len(uploads)))
                 with batcher.expecting(len(uploads)):
                     items = await until_gone(request.receive, asyncio.ensure_future(decode_all(
                         uploads, clf.input_size, pool, True, fit_convention(clf, fit),

@@ -93,7 +93,7 @@ def read_header(data: bytes) -> Header | None:
             finally:
                 Image.MAX_IMAGE_PIXELS = saved
         with img:
-            (width, height), jpeg = img.size, img.format == "JPEG"
+            (width, height), jpeg = img.size, img.format in ("JPEG", "MPO")
             bands = len(img.getbands())
             raw = " ".join(str(t[3]) for t in getattr(img, "tile", ()) or ())
             mode = img.mode

@@ -111,19 +111,18 @@ class BrowserGuard:
         origin = headers.get(b"origin")
         if scope.get("method", "GET") not in SAFE_METHODS and origin is not None:
             given = origin.decode("latin-1")
-            # A reverse proxy may rewrite Host and say the page's in X-Forwarded-Host, which
-            # another site's page cannot set without a preflight this server never grants.
-            names = [
-                h.decode("latin-1")
-                for h in (headers.get(b"host"), headers.get(b"x-forwarded-host"))
-                if h
-            ]
+            # A reverse proxy names the page's host in X-Forwarded-Host (the first, nearest
+            # the browser, of a list), which another site's page cannot set without a
+            # preflight this server never grants.
+            forwarded = (headers.get(b"x-forwarded-host") or b"").split(b",")[0].strip()
+            names = [h.decode("latin-1") for h in (headers.get(b"host"), forwarded) if h]
             if not any(same_origin(given, name) for name in names):
                 shown = given.encode("unicode_escape").decode()[:100]
                 return await json_reply(
                     guarded_send, 403,
                     f"cross-origin request from {shown!r} refused: this server answers its own "
                     "page and clients that send no Origin (curl, scripts); behind a reverse "
-                    "proxy, pass the page's Host on (nginx: proxy_set_header Host $host)",
+                    "proxy, name the page's host (nginx: proxy_set_header X-Forwarded-Host "
+                    "$http_host)",
                 )  # fmt: skip
         return await self.app(scope, receive, guarded_send)

@@ -101,15 +101,7 @@ class PixelBudget:
             PixelsTooMany: over the per-request cap (the client must send less: 413).
             Busy: the in-flight budget cannot hold it now (503 + Retry-After).
         """
-        if pixels > self.per_request:
-            what, advice = ("this request needs", "fewer or smaller images")
-            if images:
-                what = "this image needs" if images == 1 else f"these {images} images need"
-                advice = "a smaller image" if images == 1 else advice
-            raise PixelsTooMany(
-                f"{what} {_mp(pixels)} MP decoded, over the {self.per_request / MP:g} MP per "
-                f"request of this server (--max-request-mp): send {advice}"
-            )
+        self.check_request(pixels, images)
         if self.used + pixels > self.total:
             raise Busy(
                 f"the server is decoding {self.used / MP:.0f} MP for other requests (budget "
@@ -121,6 +113,19 @@ class PixelBudget:
             yield
         finally:
             self.used -= pixels
+
+    def check_request(self, pixels: int, images: int = 0) -> None:
+        """`PixelsTooMany` for a request over the per-request cap: said before it waits for
+        a decode slot, where `reserve` (after the slot) would say it only then."""
+        if pixels > self.per_request:
+            what, advice = ("this request needs", "fewer or smaller images")
+            if images:
+                what = "this image needs" if images == 1 else f"these {images} images need"
+                advice = "a smaller image" if images == 1 else advice
+            raise PixelsTooMany(
+                f"{what} {_mp(pixels)} MP decoded, over the {self.per_request / MP:g} MP per "
+                f"request of this server (--max-request-mp): send {advice}"
+            )
 
 
 class PixelsTooMany(KerascopeError):

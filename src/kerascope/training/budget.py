@@ -98,6 +98,8 @@ def out_of_time(config: dict[str, Any], index: int, seconds_left: float) -> bool
     if index == 0:
         return False
     before = config["stages"][index - 1]
+    if before.get("skipped"):  # time only shrinks, and this stage costs more than that one
+        return True
     cost = float(before.get("epoch_seconds") or 0.0) + float(before.get("measure_seconds") or 0)
     return seconds_left < cost
 
