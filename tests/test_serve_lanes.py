@@ -225,3 +225,37 @@ def test_heavy_waiters_hold_no_pixel_budget(tmp_path, photo_paths):
             thread.join()
     assert codes == [200] * 6
     assert all(code == 200 for code, _ in answers), answers
+
+
+def test_a_gone_clients_running_decode_keeps_its_slot(monkeypatch):
+    """A client that hung up freed its heavy slot at once while its decode ran on in the
+    pool, so the next heavy request got the slot and waited behind that decode in the pool,
+    where no queue timeout applies. Now the slot is held until the running decode ends, and
+    the next request's wait for it is bounded (503 after --queue-timeout-s)."""
+    import asyncio
+
+    import kerascope.serve.uploads as uploads
+    from kerascope.serve.limits import Busy
+    from kerascope.serve.pools import Lanes
+
+    async def scenario() -> str:
+        lanes = Lanes(queue_timeout=0.5, cores=2)
+        monkeypatch.setattr(uploads, "_prepare", lambda *a: time.sleep(2.0))
+
+        async def request() -> None:
+            async with lanes.lane(10**9, "decoding this request") as pool:
+                await uploads.decode_all([("x.png", b"")], (8, 8), pool)
+
+        gone = asyncio.create_task(request())
+        await asyncio.sleep(0.2)  # its decode is running
+        gone.cancel()
+        try:
+            await request()
+        except Busy:
+            return "refused"
+        finally:
+            await asyncio.gather(gone, return_exceptions=True)
+            lanes.shutdown()
+        return "waited in the pool"
+
+    assert asyncio.run(scenario()) == "refused"

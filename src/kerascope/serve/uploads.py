@@ -17,6 +17,7 @@ import asyncio
 import base64
 import io
 import math
+from concurrent import futures
 from concurrent.futures import Executor
 from dataclasses import dataclass
 
@@ -188,13 +189,23 @@ async def decode_all(
     least ``max_side`` (0 or None: full size). ``weighed``: `weigh`'s answer for the same
     arguments, so no header is read again.
     """
-    loop = asyncio.get_running_loop()
     again = weighed.again if weighed is not None else (None,) * len(uploads)
     jobs = [
-        loop.run_in_executor(pool, _prepare, n, d, size, keep, convention, max_side, a)
+        pool.submit(_prepare, n, d, size, keep, convention, max_side, a)
         for (n, d), a in zip(uploads, again, strict=True)
     ]
-    return list(await asyncio.gather(*jobs))
+    try:
+        return list(await asyncio.gather(*map(asyncio.wrap_future, jobs)))
+    except asyncio.CancelledError:
+        # A client gone: decodes not started are dropped, and those running keep this
+        # request's slot and pixels until they end (a thread cannot be stopped): freed at
+        # once, the next heavy request waited behind them in the pool, past its queue timeout.
+        for job in jobs:
+            job.cancel()
+        running = [job for job in jobs if not job.done()]
+        if running:
+            await asyncio.get_running_loop().run_in_executor(None, futures.wait, running)
+        raise
 
 
 def failure_status(items: list[Upload]) -> int:
