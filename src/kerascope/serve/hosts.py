@@ -38,6 +38,11 @@ def host_name(header: str) -> str:
     return header.rsplit(":", 1)[0] if header.count(":") == 1 else header
 
 
+def quoted(header: str) -> str:
+    """A client's header value as an error quotes it: escaped, at most 100 characters."""
+    return repr(header.encode("unicode_escape").decode()[:100])
+
+
 class LoopbackHosts:
     """Pure ASGI middleware: a request whose ``Host`` is not a loopback name gets a 400."""
 
@@ -50,13 +55,12 @@ class LoopbackHosts:
             given = None if header is None else header.decode("latin-1")
             # No Host at all (HTTP/1.0, a health check) is no browser's: nothing to rebind.
             if given is not None and not is_loopback(host_name(given)):
-                shown = given.encode("unicode_escape").decode()[:100]
                 return await json_reply(
                     send, 400,
-                    f"Host {shown!r} is not this server's name: a server on a loopback address "
-                    "answers localhost, 127.0.0.1 and [::1] only (a page of another site must "
-                    "not reach it by DNS rebinding); start it with --host 0.0.0.0 to be reached "
-                    "by other names",
+                    f"Host {quoted(given)} is not this server's name: a server on a loopback "
+                    "address answers localhost, 127.0.0.1 and [::1] only (a page of another "
+                    "site must not reach it by DNS rebinding); start it with --host 0.0.0.0 to "
+                    "be reached by other names",
                 )  # fmt: skip
         return await self.app(scope, receive, send)
 
@@ -117,12 +121,11 @@ class BrowserGuard:
             forwarded = (headers.get(b"x-forwarded-host") or b"").split(b",")[0].strip()
             names = [h.decode("latin-1") for h in (headers.get(b"host"), forwarded) if h]
             if not any(same_origin(given, name) for name in names):
-                shown = given.encode("unicode_escape").decode()[:100]
                 return await json_reply(
                     guarded_send, 403,
-                    f"cross-origin request from {shown!r} refused: this server answers its own "
-                    "page and clients that send no Origin (curl, scripts); behind a reverse "
-                    "proxy, name the page's host (nginx: proxy_set_header X-Forwarded-Host "
-                    "$http_host)",
+                    f"cross-origin request from {quoted(given)} refused: this server answers "
+                    "its own page and clients that send no Origin (curl, scripts); behind a "
+                    "reverse proxy, name the page's host (nginx: proxy_set_header "
+                    "X-Forwarded-Host $http_host)",
                 )  # fmt: skip
         return await self.app(scope, receive, guarded_send)
