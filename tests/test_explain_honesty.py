@@ -135,10 +135,16 @@ def test_colour_key_says_it_is_relative_to_the_map_maximum():
     ("args", "label"),
     [
         (("Egyptian_cat", 0.7712, "gradcam"), "Egyptian cat 77.1% (gradcam)"),
-        (("goldfish", 0.00003, "gradcam"),
-         "goldfish (gradcam) - map shape only: the model gives this class <0.01%"),
+        (("goldfish", 0.00003, "gradcam"), "goldfish <0.01% (gradcam): map shape only"),
         (("tiger_cat", 0.403, "eigencam"),
-         "eigencam: the layer's main component, not class-specific (top class tiger cat 40.3%)"),
+         "tiger cat 40.3% (eigencam: the layer's main component, not class-specific)"),
+        # the rule follows the number printed: 0.00996 prints 1.0%, which is not "under 1%"
+        (("goldfish", 0.00996, "gradcam"), "goldfish 1.0% (gradcam)"),
+        (("goldfish", 0.0094, "gradcam"), "goldfish 0.9% (gradcam): map shape only"),
+        # an unknown probability is no number, never "0%" and "map shape only"
+        (("Egyptian_cat", None, "eigencam"),
+         "Egyptian cat (eigencam: the layer's main component, not class-specific)"),
+        (("Egyptian_cat", None, None), "Egyptian cat"),
     ],
 )  # fmt: skip
 def test_picture_labels(args, label):
@@ -158,9 +164,7 @@ def test_a_negligible_class_is_labelled_shape_only_on_the_picture(lite0, photo_p
     bar = ov.bar_height(photo.shape[0])
     with Image.open(saved.path) as img:
         drawn = np.asarray(img.convert("RGB"))[:bar].astype(int)
-    said = (
-        f"goldfish (gradcam) - map shape only: the model gives this class {percent(e.probability)}"
-    )
+    said = f"goldfish {percent(e.probability)} (gradcam): map shape only"
     new = ov.side_by_side(photo, photo, said)
     old = ov.side_by_side(photo, photo, f"goldfish {e.probability:.2%} (gradcam)")
     new_diff = np.abs(drawn - new[:bar]).mean()

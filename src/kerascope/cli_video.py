@@ -57,6 +57,7 @@ def _add_video(sub) -> None:
 
 def _run_video(args) -> int:
     from kerascope import output
+    from kerascope.cam.methods import check_class_choice
     from kerascope.video import (
         check_frames_dir,
         check_output,
@@ -66,6 +67,10 @@ def _run_video(args) -> int:
     )
     from kerascope.zoo.models import load_model
 
+    try:  # refused before the model loads, as explain refuses it
+        check_class_choice(args.method, args.target)
+    except ValueError as exc:
+        raise CliError(f"--class: {exc}") from None
     _check_video_output(args.input, args.output, args.overwrite)
     total = estimate_frames(args.input)  # the input's one line, before the default output's
     check_output(args.input, Path(args.output or default_output(args.input)), args.overwrite)

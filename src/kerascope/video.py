@@ -174,6 +174,9 @@ def explain_video(
     if layout not in ("side", "overlay"):
         raise ValueError(f"layout must be 'side' or 'overlay', got {layout!r}")
     fitting.check_fit(fit)
+    from kerascope.cam.methods import check_class_choice
+
+    check_class_choice(method, target)  # eigencam with a class: its map follows no class
     colormap = colormap or ov.DEFAULT_COLORMAP
     ov.colormap_lut(colormap)  # unknown names fail now, not after the model has loaded
     output = Path(output_path) if output_path is not None else default_output(input_path)

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageDraw
 
 from kerascope.cam.faithfulness import (
     DEFAULT_STEPS,
@@ -34,7 +34,7 @@ from kerascope.cam.faithfulness import (
     check_metrics,
     score_pixels,
 )
-from kerascope.fonts import pillow_font
+from kerascope.cam.text import _draw_lines, _font, _line_height, fit_text
 from kerascope.output import percent
 
 DEFAULT_METRIC = "road_morf"
@@ -51,12 +51,12 @@ MIN_PANEL_WIDTH = 160
 """Narrowest panel: a tall, thin picture is centred in one this wide, so its title and numbers
 wrap into readable lines instead of one word (or letter) per line."""
 _TITLE_SIZE, _SCORE_SIZE, _HEADER_SIZE, _CAPTION_SIZE = 18, 13, 16, 13
-_SMALLEST = 10  # px: a title shrinks no further; a word still too wide is broken
 _GAP, _TITLE, _LINE, _HEADER = 10, 26, 18, 30
 _BACKGROUND, _TEXT, _DIM, _HIGHLIGHT = (24, 24, 24), (255, 255, 255), (170, 170, 170), (255, 214, 0)
 REFERENCE = "random map"
 """The reference every method is measured against: uniform noise, seeded, at the input size."""
 NO_BETTER = "no better than a random map"
+CLASS_FREE = "class-independent"
 FINE_GRAINED = ("deletion", "drop")
 """Metrics that favour fine-grained (pixel) maps: scattered removals break the picture for any
 map, and the image x map of a pixel map is nearly black (avg drop 98-100 % for every pixel
@@ -96,12 +96,14 @@ class MethodScore:
 
     @property
     def trusted(self) -> bool:
-        """Passes the sanity check, has a map, and does not do worse than a random map."""
-        return self.ok and self.sanity and not self.empty and self.beats_random is not False
+        """Passes the sanity check, has a map, does better than a random map, and explains the
+        class (a class-independent map is never gold: it is not about the class ranked)."""
+        return (self.ok and self.sanity and not self.empty and self.beats_random is not False
+                and not self.class_independent)  # fmt: skip
 
     def marks(self) -> list[str]:
         """What to say beside the method's name: the verdicts against it."""
-        notes = ["class-independent"] if self.class_independent else []
+        notes = [CLASS_FREE] if self.class_independent else []
         notes += [] if self.sanity else ["fails sanity check"]
         notes += [NO_BETTER] if self.beats_random is False else []
         return notes
@@ -128,14 +130,16 @@ class Comparison:
     """The :data:`REFERENCE` map's scores on the same pixels, by the same metrics."""
 
     def judge(self) -> None:
-        """Set each method's ``beats_random`` from :attr:`reference` by :attr:`metric`."""
+        """Set each method's ``beats_random`` from :attr:`reference` by :attr:`metric`; an
+        empty map (no evidence at all) never beats it, whatever its ties happen to score."""
         ref = self.reference.faithfulness if self.reference is not None else None
         base = ref.value(self.metric) if ref is not None else None
         sign = -1.0 if METRICS[self.metric].higher_is_better else 1.0
         for row in self.methods:
             value = row.faithfulness.value(self.metric) if row.faithfulness else None
             known = None not in (value, base) and not math.isnan(value) and not math.isnan(base)
-            row.beats_random = sign * value < sign * base if known else None
+            beats = known and not row.empty and sign * value < sign * base  # no map: never
+            row.beats_random = beats if known else None
 
     def best(self) -> MethodScore | None:
         """The best-ranked method that passes the sanity check and beats the random map: the
@@ -234,6 +238,9 @@ def compare_methods(
             class_independent=bool(getattr(cls, "class_independent", False)),
         )
         rows.append(row)
+        if target is not None and row.class_independent:
+            row.skipped = f"{CLASS_FREE}: its map is the same for every class, not about --class"
+            continue
         if progress is not None:
             progress(name)
         start = time.perf_counter()
@@ -406,74 +413,6 @@ def _wrapped_scores(row: MethodScore, metric: str, width: int) -> list[tuple[str
     ]  # one size for every number: drawn at _font(_SCORE_SIZE)
 
 
-def fit_text(
-    text: str, width: int, size: int, smallest: int = _SMALLEST, shrink: float = 0.75
-) -> tuple[ImageFont.ImageFont | ImageFont.FreeTypeFont, list[str]]:
-    """(font, lines) drawing all of ``text`` within ``width`` px: on one line at ``size``, or
-    down to ``shrink`` times it, else wrapped between words (number pairs, split by two spaces,
-    first) at ``size``, shrinking towards ``smallest`` only while a word alone is too wide; a
-    word too wide even then is broken between letters. Nothing is cut: the lines, joined,
-    are the text."""
-    width = max(1, int(width))
-    for s in range(size, max(smallest, math.ceil(size * shrink)) - 1, -1):
-        font = _font(s, text)
-        if _length(font, text) <= width:
-            return font, [text]
-    for s in range(size, smallest - 1, -1):
-        font = _font(s, text)
-        words = [w for chunk in text.split("  ") for w in chunk.split(" ")]
-        if all(_length(font, w) <= width for w in words) or s == smallest:
-            return font, _wrap(font, text, width, ("  ", " ", ""))
-    raise AssertionError("unreachable")  # the loop returns at ``smallest``
-
-
-def _wrap(font, text: str, width: int, seps: tuple[str, ...]) -> list[str]:
-    """Greedy lines of ``text`` split at ``seps[0]``; a piece still too wide is split at the
-    next separator ("" : between characters)."""
-    if _length(font, text) <= width or not seps:
-        return [text]
-    sep, rest = seps[0], seps[1:]
-    pieces = list(text) if sep == "" else text.split(sep)
-    lines: list[str] = []
-    joinable = False  # the last line ends a whole piece (not a broken one's first part)
-    for piece in pieces:
-        if joinable and _length(font, lines[-1] + sep + piece) <= width:
-            lines[-1] += sep + piece
-        elif _length(font, piece) <= width:
-            lines.append(piece)
-        else:
-            lines.extend(_wrap(font, piece, width, rest))
-            joinable = False
-            continue
-        joinable = True
-    return lines
-
-
-def _draw_lines(draw, at: tuple[int, int], fitted, fill, step: int | None = None) -> int:
-    """Draw `fit_text`'s lines from ``at`` down; the y below the last."""
-    font, lines = fitted
-    x, y = at
-    for line in lines:
-        draw.text((x, y), line, fill=fill, font=font)
-        y += step or _line_height(font)
-    return y
-
-
-def _length(font, text: str) -> float:
-    """Drawn width of ``text``: advance and ink (a slanted last letter can pass its advance)."""
-    if hasattr(font, "getlength"):
-        return max(font.getlength(text), font.getbbox(text)[2] if text else 0)
-    return font.getbbox(text)[2]
-
-
-def _line_height(font) -> int:
-    """Height of one line at ``font``: ascent + descent (23 px at 18 px), or the bitmap's."""
-    if hasattr(font, "getmetrics"):
-        ascent, descent = font.getmetrics()
-        return ascent + descent
-    return font.getbbox("Ag")[3] + 2
-
-
 def _score_lines(row: MethodScore, metric: str) -> list[tuple[str, bool]]:
     """The numbers under a panel, one (text, holds the ranking metric) per line."""
     f = row.faithfulness
@@ -490,9 +429,3 @@ def _score_lines(row: MethodScore, metric: str) -> list[tuple[str, bool]]:
     if row.empty:
         lines.append(("empty map: no positive evidence", False))
     return lines
-
-
-def _font(size: int, text: str = "") -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
-    """A font with every glyph of ``text`` at ``size`` px (`kerascope.fonts`, cached there):
-    Pillow's bundled one for ASCII, else an installed one (a class named 猫 drew as boxes)."""
-    return pillow_font(size, text)

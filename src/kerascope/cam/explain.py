@@ -44,6 +44,7 @@ class Explanation:
     error: str | None = None
     fit: str = "whole"  # what the model saw: the whole picture or its crop (`cam.fitting`)
     box: tuple[float, float, float, float] | None = None  # that part (`cam.fitting.Box`)
+    method: str | None = None  # what drew the map: its picture's label names it
     model_map: np.ndarray | None = field(default=None, repr=False)
     """The map as the model computed it (feature or input resolution), before it was placed
     over the picture: what `kerascope.faithfulness` scores, so its numbers are this map's."""
@@ -110,9 +111,8 @@ class Explanation:
         blended = np.asarray(
             draw_outline(Image.fromarray(self.overlay(image, alpha, colormap)), self.box)
         )
-        label = with_caption(
-            picture_label(self.class_name or "", self.probability or 0.0), self.box, image.shape
-        )
+        label = picture_label(self.class_name or "", self.probability, self.method)
+        label = with_caption(label, self.box, image.shape)
         save_jpeg(side_by_side(image, blended, label), path, fmt=fmt)
         return Path(path)
 
@@ -442,7 +442,7 @@ def _iter_cams(
         return rows, running
 
     def finish(items, started):
-        return _explained(clf, fit, items, *started)
+        return _explained(clf, fit, explainer.method, items, *started)
 
     batches = iter_batches(sources, size, batch_size, keep_up_to, convention)
     yield from dispatch_ahead(batches, start, finish, ahead=_dispatch_ahead(explainer))
@@ -456,7 +456,7 @@ def _dispatch_ahead(explainer: Explainer) -> bool:
     return explainer.cam.runs_async and not on_cpu()
 
 
-def _explained(clf, fit, items, rows, running):
+def _explained(clf, fit, method, items, rows, running):
     """`_iter_cams`'s triples for one batch, once its device call has finished."""
     if rows:
         maps, classes, probs = running.result()
@@ -469,7 +469,8 @@ def _explained(clf, fit, items, rows, running):
         c = int(classes[r])
         wnid, name = clf.labels[c]
         box = as_fractions(it.box, it.shape)
-        e = Explanation(it.source, None, c, wnid, name, float(probs[r]), fit=fit, box=box)
+        e = Explanation(it.source, None, c, wnid, name, float(probs[r]), fit=fit, box=box,
+                        method=method)  # fmt: skip
         yield e, maps[r], it
         items[i] = None  # the consumer may drop its full-size image as soon as it is done
 

@@ -12,8 +12,8 @@ from __future__ import annotations
 from kerascope.output import percent
 
 NEGLIGIBLE = 0.01
-"""Below this probability the explained class's map is its shape only: the model gives the
-class next to nothing, though the map is drawn as brightly as any (its own maximum is 1)."""
+"""Below this probability, as printed, the explained class's map is its shape only: the model
+gives the class next to nothing, though the map is drawn as brightly as any (its maximum is 1)."""
 NOT_A_CLASS = "the layer's main component, not class-specific"
 """What a class-independent method's map is (said in labels, titles and score lines)."""
 RELATIVE_SCALE = "colours are relative to each map's maximum"
@@ -33,20 +33,29 @@ def is_class_independent(method: str | None) -> bool:
 
 
 def is_negligible(probability: float | None) -> bool:
-    """Whether the model gives the explained class next to nothing (:data:`NEGLIGIBLE`)."""
-    return probability is not None and float(probability) < NEGLIGIBLE
+    """Whether the model gives the explained class next to nothing: the probability *as
+    printed* (`kerascope.output.percent`) is under 1 %. 0.00996 prints "1.0%" and is not
+    negligible; an unknown (None, NaN) probability is not either."""
+    if probability is None:
+        return False
+    shown = percent(probability)
+    if shown == "n/a":
+        return False
+    return float(shown.lstrip("<").rstrip("%")) < 100 * NEGLIGIBLE
 
 
-def picture_label(class_name: str, probability: float, method: str | None = None) -> str:
-    """The label of an explain picture or a video frame: ``Egyptian cat 77.1% (gradcam)``;
-    ``goldfish (gradcam) - map shape only: the model gives this class <0.01%`` for a class the
-    model all but rules out; ``eigencam: the layer's main component, not class-specific (top
-    class tiger cat 40.3%)`` for a class-independent method."""
+def picture_label(class_name: str, probability: float | None, method: str | None = None) -> str:
+    """The label of an explain picture or a video frame, class and probability first (a label
+    too long for a small picture is shrunk or wrapped, `kerascope.cam.overlay`, and what is
+    read first is what matters): ``Egyptian cat 77.1% (gradcam)``; ``goldfish <0.01%
+    (gradcam): map shape only`` for a class the model all but rules out; ``Egyptian cat 72.4%
+    (eigencam: the layer's main component, not class-specific)`` for a class-independent
+    method, whose class is the top one the map is not about. ``probability`` None: no number."""
     name = class_name.replace("_", " ")
-    chance = percent(probability)
+    head = name if probability is None else f"{name} {percent(probability)}"
     if is_class_independent(method):
-        return f"{method}: {NOT_A_CLASS} (top class {name} {chance})"
+        return f"{head} ({method}: {NOT_A_CLASS})"
     how = f" ({method})" if method else ""
     if is_negligible(probability):
-        return f"{name}{how} - map shape only: the model gives this class {chance}"
-    return f"{name} {chance}{how}"
+        return f"{head}{how}: map shape only"
+    return f"{head}{how}"

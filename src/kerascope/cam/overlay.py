@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from kerascope.cam.text import fit_bar
 from kerascope.files import atomic_open
 from kerascope.fonts import pillow_font
 
@@ -304,18 +305,21 @@ def _cached_bar(label: str, width: int, height: int) -> np.ndarray:
 
 def _draw_bar(label: str, width: int, height: int) -> np.ndarray:
     bar = Image.new("RGB", (width, height), (0, 0, 0))
-    _write_label(ImageDraw.Draw(bar), label, height)
+    _write_label(ImageDraw.Draw(bar), label, width, height)
     out = np.asarray(bar, dtype=np.uint8)
     out.setflags(write=False)
     return out
 
 
-def _write_label(draw: ImageDraw.ImageDraw, label: str, height: int) -> None:
-    """White ``label`` vertically centred in the top ``height`` rows (a label bar)."""
-    font = _font(max(8, round(height * 0.68)), label)
-    left, top, right, bottom = draw.textbbox((0, 0), label, font=font)
+def _write_label(draw: ImageDraw.ImageDraw, label: str, width: int, height: int) -> None:
+    """White ``label`` vertically centred in the top ``height`` rows, shrunk or wrapped to
+    ``width`` (`kerascope.cam.text.fit_bar`): never cut at the edge."""
+    pad = max(4, height // 4)
+    font, lines = fit_bar(label, width, height, pad)
+    text = "\n".join(lines)
+    left, top, right, bottom = draw.multiline_textbbox((0, 0), text, font=font, spacing=0)
     y = (height - (bottom - top)) // 2 - top
-    draw.text((max(4, height // 4), y), label, fill=(255, 255, 255), font=font)
+    draw.multiline_text((pad, y), text, fill=(255, 255, 255), font=font, spacing=0)
 
 
 EMPTY_NOTICE = "empty map: no evidence for this class"
@@ -436,7 +440,7 @@ def side_by_side_image(
     if 2 * width * bar * 3 <= _CACHED_BAR_BYTES:  # small: the cached bar, as side_by_side
         canvas.paste(Image.fromarray(_cached_bar(label, 2 * width, bar)), (0, 0))
     else:
-        _write_label(ImageDraw.Draw(canvas), label, bar)
+        _write_label(ImageDraw.Draw(canvas), label, 2 * width, bar)
     canvas.paste(image, (0, bar))
     canvas.paste(overlaid, (width, bar))
     if colorbar:

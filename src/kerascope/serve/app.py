@@ -146,7 +146,8 @@ def create_app(
     @app.get("/v1/models", response_model=schemas.ModelList, tags=["api"])
     async def models():
         """The models this server holds; the default answers requests that name none."""
-        return {"default": default, "models": [m.describe(k == default) for k, m in served.items()],
+        return {"default": default, "models": [_with_kinds(m.describe(k == default))
+                                                for k, m in served.items()],
                 "max_body_bytes": int(limits.max_body_mb * MP),
                 "max_expensive_inflight": limits.max_expensive_inflight}  # fmt: skip
 
@@ -278,6 +279,12 @@ def create_app(
         served_model = pick(model)
         clf = served_model.clf
         method = served_model.method(method)  # refused before the body is read
+        from kerascope.cam.methods import check_class_choice
+
+        try:  # eigencam with a class: its map is the same for every class
+            check_class_choice(method, target)
+        except ValueError as exc:
+            raise RequestError(f"class: {exc}") from None
         class_index = served_model.resolve_class(target)
         uploads = await read_uploads(request)
         if format != "json" and len(uploads) != 1:
@@ -371,9 +378,8 @@ def create_app(
                 return _explanation_dict(Explanation(it.name, error=it.error))
             (_, c, p), (over, layer) = done[id(it)]
             wnid, name = clf.labels[c]
-            row = _explanation_dict(
-                Explanation(it.name, None, c, wnid, name, p, fit=fit, box=boxes[id(it)])
-            )
+            row = _explanation_dict(Explanation(it.name, None, c, wnid, name, p, fit=fit,
+                                                box=boxes[id(it)], method=method))  # fmt: skip
             row.update(width=over.shape[1], height=over.shape[0])
             row.update(overlay=data_url(over, "jpeg"), heatmap=data_url(layer, "png"))
             return row
@@ -398,9 +404,25 @@ def create_app(
 
 
 def _explanation_dict(e) -> dict:
-    """An `Explanation` as JSON: every field but the maps (sent as pictures)."""
+    """An `Explanation` as JSON: every field but the maps (sent as pictures), and ``label``,
+    what explain's picture says of it (`kerascope.cam.labels.picture_label`: the class, or
+    that the map is its shape only or about no class)."""
+    from kerascope.cam.labels import picture_label
+
     maps = ("heatmap", "model_map")
-    return {f.name: getattr(e, f.name) for f in dataclasses.fields(e) if f.name not in maps}
+    row = {f.name: getattr(e, f.name) for f in dataclasses.fields(e) if f.name not in maps}
+    row["label"] = picture_label(e.class_name, e.probability, e.method) if e.ok else None
+    return row
+
+
+def _with_kinds(described: dict) -> dict:
+    """``/v1/models``' entry with each method's ``class_independent`` (EigenCAM: the same map
+    for every class, so a class is refused)."""
+    from kerascope.cam.labels import is_class_independent
+
+    for m in described["method_details"]:
+        m["class_independent"] = is_class_independent(m["name"])
+    return described
 
 
 def _add_handlers(app: FastAPI) -> None:

@@ -57,6 +57,13 @@ class ExplainResult(BaseModel):
         None, description="the part of the picture the model saw, (left, top, right, bottom) as "
         "fractions of its width and height; outlined on the pictures when it is not all of it"
     )  # fmt: skip
+    method: str | None = Field(None, description="the method that drew the map")
+    label: str | None = Field(
+        None, description="what the picture says of the map, class and probability first: "
+        "'goldfish <0.01% (gradcam): map shape only' for a class the model all but rules out "
+        "(every map is scaled to its own maximum), '... (eigencam: the layer's main component, "
+        "not class-specific)' for a map that is the same for every class"
+    )  # fmt: skip
     width: int | None = Field(None, description="size of overlay and heatmap, in pixels")
     height: int | None = None
     overlay: str | None = Field(None, description="data: URL, the photo with the heatmap over it")
@@ -79,6 +86,9 @@ class MethodInfo(BaseModel):
     sanity: bool = Field(
         description="passes the weight-randomisation sanity check (Adebayo et al. 2018): false "
         "means the map may partly not depend on the model"
+    )
+    class_independent: bool = Field(
+        False, description="the same map for every class (EigenCAM): a class is refused"
     )
     expensive: bool = Field(description="runs the model K times per image on this server")
     allowed: bool = Field(description="this server answers it (expensive ones: --allow-expensive)")

@@ -298,7 +298,11 @@ async function explain(card, classIndex) {
   const request = begin(card, "explain");
   try {
     const fit = $("#fit").value;
-    const q = query({ method, model: state.model, class: classIndex, max_side: 1024, fit });
+    // A class-independent method (Eigen-CAM) draws one map for every class: the server
+    // refuses a class for it, so none is sent and the caption says what the map is.
+    const free = Boolean((state.methods[method] || {}).class_independent);
+    const q = query({ method, model: state.model, class: free ? null : classIndex,
+      max_side: 1024, fit });
     const onWait = (s) => {
       caption.textContent = `${methodTitle(method)}: the server is busy, waiting for it ` +
         `(trying again in ${s} s)…`;
@@ -314,8 +318,11 @@ async function explain(card, classIndex) {
     const r = (card.result = { ...data.results[0], method });
     card.shown = r.class_index;
     drawHeatmap(card);
-    caption.textContent = `${methodTitle(method)}: where the model sees ` +
-      `${r.class_name.replaceAll("_", " ")} (${percent(r.probability)})` +
+    // The server's label (explain's picture label): "goldfish <0.01% (gradcam): map shape
+    // only" for a class the model all but rules out, "... not class-specific" for Eigen-CAM.
+    const said = r.label || `${r.class_name.replaceAll("_", " ")} ${percent(r.probability)}`;
+    caption.textContent = `${methodTitle(method)}: ` + (free ? said
+      : `where the model sees ${said}`) +
       (r.fit === "crop" ? "; it saw only the outlined centre crop" : "");
     markPressed(card);
     card.root.dataset.explained = "true";
