@@ -246,8 +246,9 @@ def test_train_stopped_says_what_a_resume_continues_from(tmp_path, capsys, monke
 
     real = run_module._train
 
-    def with_stop(run_dir, config, resumed, engine, progress, callbacks):
-        return real(run_dir, config, resumed, engine, progress, [*(callbacks or []), StopIn()])
+    def with_stop(run_dir, config, resumed, engine, progress, callbacks, *rest):
+        return real(run_dir, config, resumed, engine, progress, [*(callbacks or []), StopIn()],
+                    *rest)  # fmt: skip
 
     monkeypatch.setattr(run_module, "_train", with_stop)
     photos, run = cat_and_coffee(tmp_path / "photos", n=8, size=32), tmp_path / "run"

@@ -43,7 +43,7 @@ def temp_name(path: str | os.PathLike) -> Path:
     path = Path(os.path.abspath(os.fspath(path)))
     # at most 150 bytes of the name: a long name (255 bytes is the usual limit; 85 CJK
     # characters) still leaves room for the marks, a library's suffix and a temp of the temp
-    name = path.name.encode()[:150].decode(errors="ignore")
+    name = os.fsdecode(os.fsencode(path.name)[:150])  # (a name's undecodable bytes kept)
     return path.with_name(f".{name}.{os.getpid()}-{secrets.token_hex(4)}.partial")
 
 
