@@ -10,9 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from kerascope.images.decode import IMAGE_SUFFIXES
-from kerascope.images.inputs import loop_target
-
-_SHOW = 5  # how many folders a note names
+from kerascope.images.inputs import SHOWN, loop_target
 
 _CRUFT = ("__macosx",)
 """Folder names that are never data: a zip made on a Mac unpacks its resource forks into
@@ -67,7 +65,7 @@ def note_cruft(folders: list[Path], warnings: list[str]) -> None:
     """Say which archive leftovers were ignored, so a missing class is never a mystery."""
     cruft = [p for f in folders for p in f.iterdir() if p.is_dir() and p.name.lower() in _CRUFT]
     if cruft:
-        listed = ", ".join(f"'{p}'" for p in cruft[:_SHOW])
+        listed = ", ".join(f"'{p}'" for p in cruft[:SHOWN])
         warnings.append(f"ignored {listed}: macOS archive metadata, not images")
 
 
