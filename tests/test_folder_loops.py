@@ -130,7 +130,7 @@ def test_a_recursive_glob_from_the_root_walks_the_root(monkeypatch):
     from kerascope.images import inputs
 
     walked = []
-    monkeypatch.setattr(inputs, "_walk", lambda base, cycles: walked.append(base) or iter(()))
+    monkeypatch.setattr(inputs, "_walk", lambda base, cycles, **_: walked.append(base) or iter(()))
     assert inputs._glob("/**/zzz_review.jpg", []) == [] and walked == [os.sep]
     walked.clear()
     assert inputs._glob("**/zzz_review.jpg", []) == [] and walked == ["."]

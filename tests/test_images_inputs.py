@@ -65,6 +65,28 @@ def test_globs(tree):
     assert _rel(found.skipped, tree) == ["notes.txt", "sub/d.txt"]
 
 
+@pytest.mark.parametrize(
+    "pattern",
+    [
+        "**/.git/*.png",
+        "**/.*.jpg",
+        "sub/**/*",
+        "**/*.png",
+        "**/.ipynb_checkpoints/*",
+        ".*/*.png",
+        "**/e.png",
+    ],
+)
+def test_globs_treat_hidden_entries_as_python_does(tree, pattern):
+    """A component that starts with a dot names hidden entries; ``*`` and ``**`` never match
+    them. Before: ``**/.git/*.png`` found nothing, since the walk left hidden folders out."""
+    import glob
+
+    found = expand_inputs([str(tree / pattern)])
+    want = sorted(p for p in glob.glob(str(tree / pattern), recursive=True) if os.path.isfile(p))
+    assert sorted(found.paths + found.skipped) == want
+
+
 def test_missing_inputs(tree):
     missing = [str(tree / "nope.jpg"), str(tree / "*.gif"), ""]
     found = expand_inputs([*missing, str(tree / "a.png"), str(tree / "nope.jpg")])

@@ -133,12 +133,13 @@ def expand_inputs(inputs: Iterable[str | os.PathLike]) -> InputList:
     return result
 
 
-def _walk(folder: str, cycles: list[tuple[str, str]], unlisted=None):
+def _walk(folder: str, cycles: list[tuple[str, str]], unlisted=None, hidden: bool = False):
     """``os.walk`` of ``folder`` following links, each real folder once, visible entries
-    sorted: a link to a folder outside it is followed (as training's class folders are), a
-    link to a folder within it is not (that folder comes by its own name), and a link back
-    into a folder it is inside goes to ``cycles`` (`loop_target`) instead of round and round.
-    A folder that cannot be listed goes to ``unlisted``."""
+    (hidden ones too with ``hidden``, for a glob that names one) sorted: a link to a folder
+    outside it is followed (as training's class folders are), a link to a folder within it
+    is not (that folder comes by its own name), and a link back into a folder it is inside
+    goes to ``cycles`` (`loop_target`) instead of round and round. A folder that cannot be
+    listed goes to ``unlisted``."""
     root = os.path.realpath(folder)
     visited: set[str] = set()
     came_through: dict[str, tuple[str, ...]] = {}  # a folder -> the real folders above it
@@ -161,17 +162,18 @@ def _walk(folder: str, cycles: list[tuple[str, str]], unlisted=None):
             continue
         visited.add(real)
         above = (*came_through.get(dirpath, ()), real)
-        dirnames[:] = [d for d in sorted(dirnames) if not d.startswith(".")
+        dirnames[:] = [d for d in sorted(dirnames) if (hidden or not d.startswith("."))
                        and follow(os.path.join(dirpath, d), above)]  # fmt: skip
         for d in dirnames:
             came_through[os.path.join(dirpath, d)] = above
-        yield dirpath, dirnames, sorted(f for f in filenames if not f.startswith("."))
+        yield dirpath, dirnames, sorted(f for f in filenames if hidden or not f.startswith("."))
 
 
 def _glob(pattern: str, cycles: list[tuple[str, str]]) -> list[str]:
     """``glob.glob(pattern, recursive=True)``, sorted, except that ``**`` walks folders as
     `expand_inputs` does (`_walk`): Python's follows every link, so one link loop gave each
-    picture once per turn of it (40 turns), and two loops never ended."""
+    picture once per turn of it (40 turns), and two loops never ended. As in Python's glob,
+    hidden entries match only a component that names them (``**/.cache/*.jpg``)."""
     parts = re.split("[/\\\\]" if os.altsep else "/", pattern)  # Windows: both separators
     if "**" not in parts:
         return sorted(glob.glob(pattern, recursive=True))
@@ -180,12 +182,13 @@ def _glob(pattern: str, cycles: list[tuple[str, str]]) -> list[str]:
     head, rest = os.sep.join(parts[:at]), [p for p in parts[at:] if p]
     if at and not head:  # "/**/x.jpg": from the root, not the working folder
         head = os.sep
+    hidden = any(p.startswith(".") and p not in (".", "..") for p in rest)
     bases = sorted(glob.glob(head)) if glob.has_magic(head) else [head]
     matches = []
     for base in bases:
         if not os.path.isdir(base or "."):
             continue
-        for dirpath, dirnames, filenames in _walk(base or ".", cycles):
+        for dirpath, dirnames, filenames in _walk(base or ".", cycles, hidden=hidden):
             rel = os.path.relpath(dirpath, base or ".")
             above = [] if rel == "." else rel.split(os.sep)
             names = dirnames if folders_only else dirnames + filenames
@@ -200,10 +203,14 @@ def _glob(pattern: str, cycles: list[tuple[str, str]]) -> list[str]:
 
 def _matches(pattern: list[str], parts: list[str]) -> bool:
     """Whether path components ``parts`` match glob components ``pattern`` (``**``: any
-    number of components, none included)."""
+    number of components, none included). A hidden component matches only a pattern that
+    starts with a dot, never ``**`` (Python's glob)."""
     if not pattern:
         return not parts
     if pattern[0] == "**":
-        return any(_matches(pattern[1:], parts[k:]) for k in range(len(parts) + 1))
+        visible = next((k for k, p in enumerate(parts) if p.startswith(".")), len(parts))
+        return any(_matches(pattern[1:], parts[k:]) for k in range(visible + 1))
+    if parts and parts[0].startswith(".") and not pattern[0].startswith("."):
+        return False
     first = bool(parts) and fnmatch.fnmatch(parts[0], pattern[0])
     return first and _matches(pattern[1:], parts[1:])
