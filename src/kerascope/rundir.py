@@ -217,8 +217,9 @@ def _config_classes(run_dir: Path) -> list[str] | None:
 
 def write_split(run_dir: str | os.PathLike, root: str | os.PathLike, splits: dict) -> Path:
     """Record which files of ``root`` each split used (paths relative to ``root``); on a resume
-    the files trained on before stay listed as trained on (also when the dataset moved: the
-    recorded folder is gone, the relative paths are the same)."""
+    the files of each split before stay listed in it, missing ones too (also when the dataset
+    moved: the recorded folder is gone, the relative paths are the same): a validation file
+    away during one resume is held out again when it is back, not taken for a new file."""
     root = Path(root).expanduser().resolve()
     record = {
         "data": str(root),
@@ -233,6 +234,11 @@ def write_split(run_dir: str | os.PathLike, root: str | os.PathLike, splits: dic
         for name, files in record["splits"].items():
             if name != "train":
                 record["splits"][name] = [p for p in files if p not in trained]
+        listed = {p for files in record["splits"].values() for p in files}
+        for name, files in old["splits"].items():
+            away = [p for p in files if p not in listed]
+            if name != "train" and away:
+                record["splits"][name] = record["splits"].get(name, []) + away
     return write_json(Path(run_dir) / SPLIT_NAME, record)
 
 
