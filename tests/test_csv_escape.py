@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import csv
 import io
+import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -113,3 +115,23 @@ def test_predict_csv_is_escaped_and_returned_rows_are_not(run_dir, images, tmp_p
     _check(list(csv.DictReader(out.open(newline=""))), "path", "label")
     assert [r.source for r in rows] == NAMES  # the API returns the data as it is
     assert all(r.label in CLASSES for r in rows)
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".json"])
+def test_predict_writes_a_file_name_that_is_not_utf8(run_dir, tmp_path, suffix):
+    """Before: one such name (PEP 383 surrogates) crashed the CSV and JSON writers with a
+    UnicodeEncodeError, losing the whole folder's rows; classify's writers already cleaned it."""
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    rng = np.random.default_rng(1)
+    for name in (b"bad\xff.png", "caf\u00e9.png".encode(), b"plain.png"):
+        picture = Image.fromarray(rng.integers(0, 255, (40, 40, 3), dtype=np.uint8))
+        picture.save(os.fsdecode(os.fsencode(folder) + b"/" + name), format="PNG")
+    out = tmp_path / f"predictions{suffix}"
+    assert main(["predict", str(run_dir), str(folder), "-o", str(out)]) == 0
+    text = out.read_text(encoding="utf-8")  # strict: the file is valid UTF-8
+    rows = json.loads(text) if suffix == ".json" else list(csv.DictReader(io.StringIO(text)))
+    names = sorted(Path(r["path"]).name for r in rows)
+    assert names == ["bad\ufffd.png", "caf\u00e9.png", "plain.png"]
+    labels = set(CLASSES) if suffix == ".json" else {"'" + c for c in CLASSES}
+    assert all(r["label"] in labels for r in rows)

@@ -240,15 +240,18 @@ _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 
 
 def csv_safe(row: dict) -> dict:
-    """``row`` with every text cell that a spreadsheet would run as a formula quoted.
+    """``row`` with every text cell that a spreadsheet would run as a formula quoted, and
+    that UTF-8 can hold (`clean`: a file name that is not UTF-8 crashed the whole write).
 
     Such cells (paths, class names, errors) get a leading single quote. Numbers are left as
     numbers: a negative value is data, not a formula. Shared by every CSV kerascope writes.
     """
-    return {
-        key: "'" + value if isinstance(value, str) and value.startswith(_FORMULA_START) else value
-        for key, value in row.items()
-    }
+    return {key: _spreadsheet_safe(clean(value)) if isinstance(value, str) else value
+            for key, value in row.items()}  # fmt: skip
+
+
+def _spreadsheet_safe(text: str) -> str:
+    return "'" + text if text.startswith(_FORMULA_START) else text
 
 
 def _short(path: str) -> str:

@@ -23,7 +23,7 @@ from kerascope.data.folders import DatasetError
 from kerascope.files import atomic_open, check_not_an_input, write_json
 from kerascope.images.inputs import skipped_note
 from kerascope.inference import engine_name
-from kerascope.output import csv_probability, csv_safe
+from kerascope.output import clean, csv_probability, csv_safe
 from kerascope.rundir import read_labels
 from kerascope.sources import normalise_inputs
 from kerascope.tta import TTA, as_tta, classify_tta
@@ -245,9 +245,9 @@ def _json_row(row: PredictedLabel) -> dict[str, Any]:
     cells = row.csv_row()
     p = cells["probability"]
     number = isinstance(p, int | float) and math.isfinite(p)
-    return {"path": cells["path"], "label": cells["label"],
+    return {"path": clean(cells["path"]), "label": clean(cells["label"]),
             "probability": float(p) if number else None,
-            "error": cells["error"] or None}  # fmt: skip
+            "error": clean(cells["error"]) or None}  # fmt: skip
 
 
 def _write_rows(rows: Iterable[PredictedLabel], stream: Any) -> None:
