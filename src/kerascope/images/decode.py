@@ -194,16 +194,21 @@ def decode_image(
     max_side: int | None = None,
     min_size: tuple[int, int] | None = None,
     limit_hint: str = LIMIT_HINT,
+    scans: int | None = None,
 ) -> np.ndarray:
     """`load_image` for a path already checked or an open binary file (an upload): the same
     header check, pixel limit, budget and reduced decode; errors name ``name``.
 
+    ``scans``: a JPEG's scan count when the caller has counted it in these same bytes
+    (`jpeg.count_scans`, as the server does to weigh an upload), so it is not counted again.
     ``ImageError.kind`` says what went wrong for callers that map it (HTTP statuses).
     """
-    return _open_and_decode(source, name, max_side, min_size, limit_hint)[0]
+    return _open_and_decode(source, name, max_side, min_size, limit_hint, scans)[0]
 
 
-def _open_and_decode(source, name: str, max_side, min_size, limit_hint) -> tuple[np.ndarray, bool]:
+def _open_and_decode(
+    source, name: str, max_side, min_size, limit_hint, scans: int | None = None
+) -> tuple[np.ndarray, bool]:
     """`decode_image`, and whether the pixels are the whole picture (`load_image_whole`)."""
     p = name
     try:
@@ -239,7 +244,7 @@ def _open_and_decode(source, name: str, max_side, min_size, limit_hint) -> tuple
             )
         if img.format in ("JPEG", "MPO"):  # MPO: a JPEG with a multi-picture index (phones)
             _check_jpeg_length(p, img)
-            _check_jpeg_scans(p, img)
+            _check_jpeg_scans(p, img, scans)
         with _DECODES.take(width * height):
             pixels = _decode(p, img, max_side, min_size)
         # any reduction or scaling shrinks a side; an EXIF turn swaps them
@@ -319,10 +324,15 @@ def _check_jpeg_length(p: str, img: Image.Image) -> None:
         )
 
 
-def _check_jpeg_scans(p: str, img: Image.Image) -> None:
+def _check_jpeg_scans(p: str, img: Image.Image, scans: int | None = None) -> None:
     """Refuse a JPEG with far more scans than any encoder writes (`jpeg.MAX_SCANS`), from its
-    markers, before a pixel is decoded: each scan decodes every block again (a scan bomb)."""
-    if jpeg.scan_bomb(getattr(img, "fp", None)) is not None:
+    markers (``scans``: already counted), before a pixel is decoded: each scan decodes every
+    block again (a scan bomb)."""
+    if scans is None:
+        bomb = jpeg.scan_bomb(getattr(img, "fp", None)) is not None
+    else:
+        bomb = scans > jpeg.MAX_SCANS
+    if bomb:
         raise ImageError(
             p,
             f"progressive JPEG with over {jpeg.MAX_SCANS} scans (encoders write about 10): "

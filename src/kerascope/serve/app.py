@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 from importlib import resources
 from urllib.parse import quote
 
@@ -24,7 +25,7 @@ from starlette.requests import ClientDisconnect
 
 from kerascope import __version__
 from kerascope.serve import schemas
-from kerascope.serve.batching import until_gone
+from kerascope.serve.batching import hung_up, until_gone
 from kerascope.serve.hosts import BrowserGuard, LoopbackHosts
 from kerascope.serve.limits import (
     MP,
@@ -192,9 +193,10 @@ def create_app(
         loop = asyncio.get_running_loop()
         weighed = await loop.run_in_executor(lanes.headers, weigh, uploads, clf.input_size)
         budget.check_request(weighed.pixels, len(uploads))  # 413 before any wait
+        gone = functools.partial(hung_up, request.receive)  # a waiter whose client left: out
         with contextlib.ExitStack() as held:  # pixels reserved once a decode slot is had:
-            async with lanes.lane(weighed.work, "decoding this request") as pool:  # (a waiter
-                held.enter_context(budget.reserve(weighed.pixels, len(uploads)))  # held none)
+            async with lanes.lane(weighed.work, "decoding this request", gone) as pool:  # (a
+                held.enter_context(budget.reserve(weighed.pixels, len(uploads)))  # waiter: none)
                 with batcher.expecting(len(uploads)):
                     items = await until_gone(request.receive, asyncio.ensure_future(decode_all(
                         uploads, clf.input_size, pool, False, fit_convention(clf, fit),
@@ -295,8 +297,9 @@ def create_app(
             lanes.headers, weigh, uploads, clf.input_size, True, max_side
         )
         budget.check_request(weighed.pixels, len(uploads))  # 413 before any wait
+        gone = functools.partial(hung_up, request.receive)
         with contextlib.ExitStack() as held:  # held till the pictures are encoded
-            async with lanes.lane(weighed.work, "decoding this request") as pool:
+            async with lanes.lane(weighed.work, "decoding this request", gone) as pool:
                 held.enter_context(budget.reserve(weighed.pixels, len(uploads)))
                 with batcher.expecting(len(uploads)):
                     items = await until_gone(request.receive, asyncio.ensure_future(decode_all(
@@ -306,7 +309,8 @@ def create_app(
             outs = await until_gone(
                 request.receive, batcher.queued([(it.pixels, class_index) for it in good])
             )
-            async with lanes.lane(weighed.work, "drawing this request's pictures") as pool:
+            # its model pass ran: drawing goes before requests still to decode, never refused
+            async with lanes.lane(weighed.work, "drawing", gone, resume=True) as pool:
                 return await answer(served_model, method, items, good, outs, pool,
                                     format, alpha, colormap, max_side, fit)  # fmt: skip
 

@@ -264,6 +264,13 @@ class DynamicBatcher:
                     future.set_result(result)
 
 
+async def hung_up(receive: Callable[[], Any]) -> None:
+    """Return when the client of a request whose body was read hangs up (``receive``: its ASGI
+    receive; after the body only a disconnect comes)."""
+    while (await receive())["type"] != "http.disconnect":
+        pass
+
+
 async def until_gone(receive: Callable[[], Any], work: asyncio.Future) -> Any:
     """``await work``, cancelled if the client hangs up first (Starlette's ``ClientDisconnect``,
     answered 499 to nobody): its payloads leave their queue. Before, a reloaded page's
@@ -271,12 +278,7 @@ async def until_gone(receive: Callable[[], Any], work: asyncio.Future) -> Any:
     their passes ran, about 40 s. ``receive``: the request's ASGI receive, read after its body
     (only a disconnect comes). ``work``: a future already queued (`DynamicBatcher.queued`): a
     coroutine would queue a loop turn late, after a forming batch had left without it."""
-
-    async def hung_up() -> None:
-        while (await receive())["type"] != "http.disconnect":
-            pass
-
-    task, watch = asyncio.ensure_future(work), asyncio.ensure_future(hung_up())
+    task, watch = asyncio.ensure_future(work), asyncio.ensure_future(hung_up(receive))
     try:
         await asyncio.wait({task, watch}, return_when=asyncio.FIRST_COMPLETED)
     except asyncio.CancelledError:

@@ -40,11 +40,14 @@ class DecodeError(KerascopeError, ValueError):
         self.status = status
 
 
-def decode_bytes(data: bytes, min_size: tuple[int, int] | None = None) -> np.ndarray:
+def decode_bytes(
+    data: bytes, min_size: tuple[int, int] | None = None, scans: int | None = None
+) -> np.ndarray:
     """Decode one uploaded image to (H, W, 3) uint8 RGB, or raise `DecodeError`.
 
     ``min_size``: the model input it will be resized to, as for ``load_image`` (None keeps the
-    full resolution, for an overlay).
+    full resolution, for an overlay). ``scans``: `Header.jpeg_scans` when the header was read
+    to weigh the upload (its JPEG scans are then not counted a second time).
 
     Raises:
         DecodeError: empty (400), not an image (415), over the pixel limit (413), truncated or
@@ -53,7 +56,7 @@ def decode_bytes(data: bytes, min_size: tuple[int, int] | None = None) -> np.nda
     if not data:
         raise DecodeError("empty upload (0 bytes)", BAD_REQUEST)
     try:
-        return decode_image(io.BytesIO(data), "upload", min_size=min_size,
+        return decode_image(io.BytesIO(data), "upload", min_size=min_size, scans=scans,
                             limit_hint="set by this server: send a smaller image")  # fmt: skip
     except ImageError as exc:
         raise DecodeError(exc.reason, _STATUS.get(exc.kind, UNPROCESSABLE)) from None
@@ -80,6 +83,12 @@ class Header:
     bytes_per_pixel: int  # as the decoder reads it: 16-bit and alpha channels hold more
     scans: int  # JPEG scans (1 for every other format): each one decodes every block again
     size: int  # bytes of the file
+
+    @property
+    def jpeg_scans(self) -> int | None:
+        """The scans counted for the decode's scan-bomb check (`decode_bytes`); None when it
+        is not a JPEG."""
+        return self.scans if self.jpeg else None
 
 
 def read_header(data: bytes) -> Header | None:

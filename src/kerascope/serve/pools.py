@@ -8,7 +8,9 @@ and every progressive scan walks all its blocks again. A request under `LIGHT_WO
 once on the light lane; a heavier one waits for a slot of the heavy lane (first come, first
 served, one slot per heavy thread) and gets a 503 + ``Retry-After`` when that wait would pass the
 server's ``--queue-timeout-s``, as for the model queues. So a cheap classify never queues behind
-a 62 MP PNG, and the pool threads behind the heavy lane are few (half the cores).
+a 62 MP PNG, and the pool threads behind the heavy lane are few (half the cores). A waiter whose
+client hangs up leaves the queue at once; explain's drawing, after its model pass, goes before
+the requests still to decode and is never refused (its pass would be wasted).
 
 Every thread here is a daemon (`DaemonPool`): a stopping server never waits for a decode still
 running (a scan-bomb JPEG held a SIGTERM'd process 38 s before).
@@ -22,10 +24,15 @@ import contextlib
 import os
 import queue
 import threading
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import Executor, Future
 
+from starlette.requests import ClientDisconnect
+
 from kerascope.serve.limits import Busy
+
+Gone = Callable[[], Awaitable[object]]
+"""Returns an awaitable that ends when a request's client hangs up (`batching.hung_up`)."""
 
 LIGHT_WORK = 8_000_000
 """Decode work (pixel-equivalents: 8-bit RGB pixels decoded) of a request the light lane takes:
@@ -92,58 +99,102 @@ class DaemonPool(Executor):
 
 
 class HeavyGate:
-    """First-come slots of the heavy lane, awaited on the event loop with a deadline."""
+    """First-come slots of the heavy lane, awaited on the event loop with a deadline.
+
+    Two queues: requests still to decode (``waiting``, first come first served, refused at the
+    deadline) and requests resuming after their model pass (``resuming``: explain's drawing),
+    served first and never refused, so no model pass already run is thrown away. A waiter whose
+    client hangs up (``gone``) leaves its queue at once instead of taking its turn for nobody.
+    """
 
     def __init__(self, slots: int, timeout: float):
         self.slots, self.timeout = max(1, slots), timeout
         self.held = 0
         self.refused = 0
         self._waiting: collections.deque[asyncio.Future] = collections.deque()
+        self._resuming: collections.deque[asyncio.Future] = collections.deque()
+
+    @property
+    def queued(self) -> int:
+        """Requests waiting for a slot, in both queues."""
+        return len(self._waiting) + len(self._resuming)
 
     @contextlib.asynccontextmanager
-    async def slot(self, what: str) -> AsyncIterator[None]:
+    async def slot(
+        self, what: str, gone: Gone | None = None, resume: bool = False
+    ) -> AsyncIterator[None]:
         """Hold a slot for the block (``what``: the work, for the refusal's words).
+
+        ``gone``: returns an awaitable that ends when the request's client hangs up (then
+        `ClientDisconnect`). ``resume``: the request's earlier work is done (its model pass):
+        it goes before every request still to decode and waits as long as it takes.
 
         Raises:
             Busy: no slot came within the timeout (503 + Retry-After).
+            ClientDisconnect: the client hung up while waiting.
         """
-        if self.held >= self.slots or self._waiting:
-            waiter = asyncio.get_running_loop().create_future()
-            self._waiting.append(waiter)
-            try:
-                await asyncio.wait_for(asyncio.shield(waiter), self.timeout)
-            except TimeoutError:
-                if waiter in self._waiting:
-                    self._waiting.remove(waiter)
-                elif waiter.done() and not waiter.cancelled():  # handed over as it expired
-                    self._release()
-                self.refused += 1
-                raise Busy(
-                    f"waited {self.timeout:g} s for the server to finish decoding large images "
-                    f"of other requests before {what} (this server's --queue-timeout-s); "
-                    "retry later, or send smaller images",
-                    retry_after=self.timeout / 2,
-                ) from None
-            except asyncio.CancelledError:  # the client left
-                if waiter in self._waiting:
-                    self._waiting.remove(waiter)
-                elif waiter.done() and not waiter.cancelled():
-                    self._release()
-                raise
-        else:
+        if self.held < self.slots and not self.queued:
             self.held += 1
+        else:
+            await self._wait(what, gone, self._resuming if resume else self._waiting)
         try:
             yield
         finally:
             self._release()
 
+    async def _wait(self, what: str, gone: Gone | None, line: collections.deque) -> None:
+        """Wait in ``line`` until `_release` hands this request a slot. ``asyncio.wait``, not
+        ``wait_for``: on Python 3.11 ``wait_for`` swallowed a cancellation that came in the loop
+        turn the slot was handed over, and the request went on for a client long gone."""
+        waiter = asyncio.get_running_loop().create_future()
+        line.append(waiter)
+        watch = asyncio.ensure_future(gone()) if gone is not None else None
+        deadline = None if line is self._resuming else self.timeout
+        try:
+            await asyncio.wait({waiter} | ({watch} if watch else set()), timeout=deadline,
+                               return_when=asyncio.FIRST_COMPLETED)  # fmt: skip
+        except BaseException:  # cancelled (a stopping server): the slot, if handed, goes on
+            self._leave(waiter, line)
+            raise
+        finally:
+            if watch is not None:
+                watch.cancel()
+                watch.add_done_callback(_retrieved)
+        left = watch is not None and watch.done() and not watch.cancelled()
+        if waiter.done() and not left:
+            return  # the slot is this request's (handed over: ``held`` counts it already)
+        self._leave(waiter, line)
+        if left:
+            raise ClientDisconnect
+        self.refused += 1
+        raise Busy(
+            f"waited {self.timeout:g} s for the server to finish decoding large images "
+            f"of other requests before {what} (this server's --queue-timeout-s); "
+            "retry later, or send smaller images",
+            retry_after=self.timeout / 2,
+        )
+
+    def _leave(self, waiter: asyncio.Future, line: collections.deque) -> None:
+        """Take ``waiter`` out of ``line``; a slot already handed to it goes to the next."""
+        if waiter in line:
+            line.remove(waiter)
+        elif waiter.done() and not waiter.cancelled():
+            self._release()
+
     def _release(self) -> None:
-        while self._waiting:  # hand the slot straight to the next waiter still waiting
-            waiter = self._waiting.popleft()
-            if not waiter.done():
-                waiter.set_result(None)
-                return
+        for line in (self._resuming, self._waiting):  # straight to the next still waiting
+            while line:
+                waiter = line.popleft()
+                if not waiter.done():
+                    waiter.set_result(None)
+                    return
         self.held -= 1
+
+
+def _retrieved(future: asyncio.Future) -> None:
+    """Read a finished watch's outcome, so asyncio logs no "exception was never retrieved"."""
+    if not future.cancelled():
+        future.exception()
 
 
 class Lanes:
@@ -158,18 +209,21 @@ class Lanes:
         self.gate = HeavyGate(heavy, queue_timeout)
 
     @contextlib.asynccontextmanager
-    async def lane(self, work: int, what: str) -> AsyncIterator[Executor]:
-        """The pool for a request of ``work``; a heavy one holds a slot for the block."""
+    async def lane(
+        self, work: int, what: str, gone: Gone | None = None, resume: bool = False
+    ) -> AsyncIterator[Executor]:
+        """The pool for a request of ``work``; a heavy one holds a slot for the block
+        (``gone``, ``resume``: as `HeavyGate.slot`)."""
         if work <= LIGHT_WORK:
             yield self.light
             return
-        async with self.gate.slot(what):
+        async with self.gate.slot(what, gone, resume):
             yield self.heavy
 
     def stats(self) -> dict[str, int]:
         """What ``/healthz`` says of the heavy lane: slots, requests in them, waiting, refused."""
         return {"heavy_slots": self.gate.slots, "heavy_running": self.gate.held,
-                "heavy_waiting": len(self.gate._waiting),
+                "heavy_waiting": self.gate.queued,
                 "heavy_refused": self.gate.refused}  # fmt: skip
 
     def shutdown(self) -> None:
