@@ -82,8 +82,9 @@ def printable(text: str, keep: str = "") -> str:
 
 
 def printable_lines(text: str) -> str:
-    """`printable` for text of several lines (a plain-text report): only the newlines stay."""
-    return printable(text, keep="\n")
+    """`printable` for text of several lines (a plain-text report, a picture's title): only
+    the newlines stay, and a name that is not UTF-8 is `clean` (matplotlib refused it)."""
+    return printable(clean(text), keep="\n")
 
 
 def literal(value: object, style: str = "") -> Text:
