@@ -201,8 +201,8 @@ def test_score_says_eigencam_is_class_independent(photo_paths, tmp_path, capsys,
     assert main(argv) == 0
     out, err = capsys.readouterr()
     out, err = " ".join(out.split()), " ".join(err.split())
-    assert "(class-independen" in out  # the score row's class cell (it folds)
-    assert "not class-specific" in out
+    assert "(top class" in out and "Egyptian_cat)" in out  # the class cells (they fold)
+    assert "layer's main component, not class-specific" in out  # the title
     assert err.count("explain scores the whole picture") == 1
 
 

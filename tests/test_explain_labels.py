@@ -135,6 +135,7 @@ def test_the_api_refuses_a_class_for_eigencam_and_labels_its_results(tmp_path):
             row = r.json()["results"][0]
             assert row["label"] == picture_label(row["class_name"], row["probability"], method)
             assert says in row["label"] and row["method"] == method
+            assert row["class_specific"] is (method != "eigencam")  # JSON: said as data too
 
 
 def test_an_empty_map_never_beats_the_random_reference():

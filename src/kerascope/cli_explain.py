@@ -78,9 +78,9 @@ def _add_explain(sub) -> None:
         "--compare",
         action="store_true",
         help="run every method on each image, write <name>-compare.jpg (one panel per method, "
-        "its scores under it) and print the methods ranked by --metric, beside a seeded random "
-        "map scored the same way: a method no better than it is marked, and the best one that "
-        "passes the sanity check and beats it is drawn in gold",
+        "its scores under it) and print the methods ranked by --metric, beside 4 seeded random "
+        "maps scored the same way (their mean and sd): a method no better than the best of them "
+        "is marked, and the best one that passes the sanity check and beats them is drawn in gold",
     )
     p.add_argument("--metric", action=LazyAction, metavar="METRIC", default=None,
                    help_text=metric_help, choices_from=metric_names)  # fmt: skip
@@ -162,7 +162,7 @@ def _run_explain(args) -> int:
             output.note(f"{stopped_by(stop)} before any picture was written")
         stop.told = True
         raise
-    output.print_explanations(saved)
+    _print_explained(saved)
     failed = sum(1 for s in saved if not s.ok)
     if args.score:
         _print_scores(args, clf, [s for s, d in zip(explained, saved, strict=True) if d.ok],
@@ -170,6 +170,32 @@ def _run_explain(args) -> int:
     if failed:
         output.note(f"{failed} of {len(saved)} input(s) could not be explained")
     return 1 if failed else 0
+
+
+def _print_explained(saved: list) -> None:
+    """One row per `SavedExplanation`: the class explained and the picture written, or why
+    not. A class-independent map's class cell says so beside the top class (`class_cell`):
+    the table called EigenCAM's map "Egyptian_cat" while its picture said "not class-specific"."""
+    from rich.table import Table
+
+    from kerascope import output
+    from kerascope.cam.labels import class_cell
+
+    table = Table()
+    for col in ("image", "class", "probability", "written to"):
+        table.add_column(col, overflow="fold")
+    for s in saved:
+        if not s.ok:
+            table.add_row(output.literal(_short(s.source)),
+                          output.literal(f"error: {s.error}", "red"), "", "")  # fmt: skip
+            continue
+        e = s.explanation
+        name = class_cell(e.class_name, getattr(e, "method", None))
+        empty = " (empty map: no evidence for this class)" if getattr(s, "empty", False) else ""
+        written = output.literal(_short(str(s.path)))
+        table.add_row(output.literal(_short(s.source)), output.literal(name + empty),
+                      output.percent(e.probability), written)  # fmt: skip
+    _print(table)
 
 
 FIT_NOTE = ("explain scores the whole picture; classify centre-crops by default, so its top "
@@ -235,7 +261,7 @@ def _print_scores(args, clf, sources, target, options) -> None:
     from kerascope import output
     from kerascope.cam.explain import resolve_targets, spread_targets
     from kerascope.cam.faithfulness import METRICS, iter_scores
-    from kerascope.cam.labels import NOT_A_CLASS, is_class_independent
+    from kerascope.cam.labels import NOT_A_CLASS, class_cell, is_class_independent
 
     targets = spread_targets(resolve_targets(clf, target, len(sources)), sources)
     independent = is_class_independent(args.method)
@@ -260,8 +286,7 @@ def _print_scores(args, clf, sources, target, options) -> None:
             if f is None:
                 table.add_row(image, output.literal(f"error: {e.error}", "red"))
             else:
-                name = e.class_name + (" (class-independent map)" if independent else "")
-                table.add_row(image, output.literal(name),
+                table.add_row(image, output.literal(class_cell(e.class_name, args.method)),
                               *(_number(m, f.value(m)) for m in METRICS))  # fmt: skip
             advance(1)
     _print(table)
@@ -384,13 +409,12 @@ def _print_ranking(comparison) -> None:
         table.add_column(METRICS[m].title, justify="right")
     table.add_column("explain s", justify="right")
     table.add_column("cost per image", overflow="fold")
-    reference = comparison.reference
-    ref = reference.faithfulness.value(comparison.metric) if reference else None
+    ref = comparison.bar()  # the best random map: the methods below it do not beat it
     for rank, row in enumerate(comparison.ranking(), 1):
         f = row.faithfulness
         value = f.value(comparison.metric)
         if ref is not None and (value is None or sign * value <= sign * ref):
-            _reference_row(table, reference, shown)  # where it ranks: the methods below lose
+            _reference_row(table, comparison, shown)  # where it ranks: the methods below lose
             ref = None
         marks = row.marks() + (["empty map"] if row.empty else [])
         name = row.method + (f" ({'; '.join(marks)})" if marks else "")
@@ -398,7 +422,7 @@ def _print_ranking(comparison) -> None:
                       *(_number(m, f.value(m)) for m in shown), f"{row.seconds:.2f}",
                       output.literal(row.cost))  # fmt: skip
     if ref is not None:
-        _reference_row(table, reference, shown)
+        _reference_row(table, comparison, shown)
     _print(table)
     for line in _ranking_notes(comparison):
         output.note(line)
@@ -409,14 +433,18 @@ def _print_ranking(comparison) -> None:
         output.note(f"wrote {comparison.path}")
 
 
-def _reference_row(table, reference, shown) -> None:
-    """The random map's row: no rank, its numbers by the same metrics."""
+def _reference_row(table, comparison, shown) -> None:
+    """The random maps' row: no rank, their mean (± sd) by the same metrics."""
     from kerascope import output
+    from kerascope.cam.compare import reference_value
 
-    f = reference.faithfulness
-    table.add_row("-", output.literal(f"{reference.method} (reference)"),
-                  *(_number(m, f.value(m)) for m in shown), "", "seeded noise, input size",
-                  style="dim")  # fmt: skip
+    runs = len(comparison.reference_runs)
+    seeds = f"{runs} seeds" if runs > 1 else "seeded"
+    cells = [reference_value(comparison, m) for m in shown]
+    if runs > 1:  # the ranking metric's: the bar the methods above the row beat
+        cells[0] += f" (best {_number(comparison.metric, comparison.bar())})"
+    table.add_row("-", output.literal(f"{comparison.reference.method} (reference)"), *cells,
+                  "", f"noise at the input size, {seeds}", style="dim")  # fmt: skip
 
 
 def _ranking_notes(comparison) -> list[str]:
@@ -428,7 +456,12 @@ def _ranking_notes(comparison) -> list[str]:
 
     notes = header_notes(comparison)
     if any(row.beats_random is False for row in comparison.methods):
-        notes.append(f"'{NO_BETTER}': it does not beat the seeded noise map by this metric")
+        maps = (
+            "the best of the seeded noise maps"
+            if comparison.reference_runs
+            else "the seeded noise map"
+        )
+        notes.append(f"'{NO_BETTER}': it does not beat {maps} by this metric")
     for row in comparison.methods:
         bias = baseline_bias(get_method(row.method)) if row.ok else ""
         if bias:

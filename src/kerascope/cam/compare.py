@@ -8,10 +8,10 @@ run on the model (CAM needs a GlobalAveragePooling2D -> Dense head) is skipped w
 
 A metric alone has no scale: a random noise map beat Grad-CAM on deletion AUC (chelsea.png:
 0.139-0.151 against 0.344), since deletion and average drop reward fine-grained maps whatever
-they point at. So every comparison also scores a :data:`REFERENCE` (seeded noise at the model's
-input resolution, the finest a map can be) on the same pixels with the same metrics; a method
-that does no better than it is marked, and the method drawn in gold is the best one that passes
-the sanity check and beats the random map (`Comparison.best`), never one that does not.
+they point at. So every comparison also scores :data:`REFERENCE_SEEDS` seeded noise maps at the
+model's input resolution (`kerascope.cam.reference`) on the same pixels with the same metrics; a
+method that does no better than the best of them is marked, and the method drawn in gold is the
+best one that passes the sanity check and beats them (`Comparison.best`), never one that does not.
 """
 
 from __future__ import annotations
@@ -34,7 +34,17 @@ from kerascope.cam.faithfulness import (
     check_metrics,
     score_pixels,
 )
+from kerascope.cam.reference import (  # noqa: F401  (random_map: API)
+    REFERENCE,
+    REFERENCE_SEEDS,
+    best,
+    mean_scores,
+    random_map,
+    score_reference,
+    spread,
+)
 from kerascope.cam.text import _draw_lines, _font, _line_height, fit_text
+from kerascope.cam.wording import shown_name
 from kerascope.output import percent
 
 DEFAULT_METRIC = "road_morf"
@@ -53,8 +63,6 @@ wrap into readable lines instead of one word (or letter) per line."""
 _TITLE_SIZE, _SCORE_SIZE, _HEADER_SIZE, _CAPTION_SIZE = 18, 13, 16, 13
 _GAP, _TITLE, _LINE, _HEADER = 10, 26, 18, 30
 _BACKGROUND, _TEXT, _DIM, _HIGHLIGHT = (24, 24, 24), (255, 255, 255), (170, 170, 170), (255, 214, 0)
-REFERENCE = "random map"
-"""The reference every method is measured against: uniform noise, seeded, at the input size."""
 NO_BETTER = "no better than a random map"
 CLASS_FREE = "class-independent"
 FINE_GRAINED = ("deletion", "drop")
@@ -69,11 +77,6 @@ def fine_grained_note(metric: str) -> str:
         return ""
     return (f"{METRICS[metric].title} favours fine-grained (pixel) maps, wherever they point: "
             f"compare each method with the {REFERENCE}, or rank by road_morf")  # fmt: skip
-
-
-def random_map(shape: tuple[int, int], seed: int = 0) -> np.ndarray:
-    """The :data:`REFERENCE` map: (height, width) uniform noise in [0, 1), seeded."""
-    return np.random.default_rng(seed).random(shape, dtype=np.float32)
 
 
 @dataclass
@@ -127,13 +130,21 @@ class Comparison:
     panels: list[tuple[str, tuple[int, int, int, int]]] = field(default_factory=list)
     """Each drawn method and its overlay's box (left, top, right, bottom) in the picture."""
     reference: MethodScore | None = None
-    """The :data:`REFERENCE` map's scores on the same pixels, by the same metrics."""
+    """The :data:`REFERENCE` maps' scores on the same pixels, by the same metrics: their mean."""
+    reference_runs: list[Faithfulness] = field(default_factory=list, repr=False)
+    """Each reference map's scores (`kerascope.cam.reference`); empty: the mean is the bar."""
+
+    def bar(self) -> float | None:
+        """What a method must beat by :attr:`metric`: the best reference map's value."""
+        if self.reference_runs:
+            return best(self.reference_runs, self.metric)
+        ref = self.reference.faithfulness if self.reference is not None else None
+        return ref.value(self.metric) if ref is not None else None
 
     def judge(self) -> None:
-        """Set each method's ``beats_random`` from :attr:`reference` by :attr:`metric`; an
-        empty map (no evidence at all) never beats it, whatever its ties happen to score."""
-        ref = self.reference.faithfulness if self.reference is not None else None
-        base = ref.value(self.metric) if ref is not None else None
+        """Set each method's ``beats_random``: better by :attr:`metric` than the best random
+        map (`bar`); an empty map (no evidence at all) never is, whatever its ties score."""
+        base = self.bar()
         sign = -1.0 if METRICS[self.metric].higher_is_better else 1.0
         for row in self.methods:
             value = row.faithfulness.value(self.metric) if row.faithfulness else None
@@ -255,13 +266,13 @@ def compare_methods(
         row.empty = not np.any(cams[0] > 0)
         row.faithfulness = score_pixels(clf, pixels, cams[0], class_index, wanted, steps,
                                         seed=seed)  # fmt: skip
-    noise = random_map(pixels.shape[:2], seed)  # the reference: scored as the methods are
-    reference = MethodScore(REFERENCE, "", faithfulness=score_pixels(
-        clf, pixels, noise, class_index, wanted, steps, seed=seed))  # fmt: skip
+    runs = score_reference(clf, pixels, class_index, wanted, steps, seed)  # as the methods
+    reference = MethodScore(REFERENCE, "", faithfulness=mean_scores(runs))
     name = clf.labels[class_index][1]
     comparison = Comparison(
         source_name(image), class_index, name, float(probs[class_index]), metric, rows,
         fit=fit, box=as_fractions(item.box, item.shape), maps=maps, reference=reference,
+        reference_runs=runs,
     )  # fmt: skip
     comparison.judge()
     if output is not None and maps:
@@ -318,12 +329,7 @@ def draw_grid(
     cols = min(len(ranked), math.ceil(math.sqrt(len(ranked))))
     rows = math.ceil(len(ranked) / cols)
     canvas_w = cols * panel_w + (cols + 1) * _GAP
-    metric = METRICS[comparison.metric]
-    header = fit_text(
-        f"{comparison.class_name} {percent(comparison.probability)}, ranked by {metric.title} "
-        f"({'higher' if metric.higher_is_better else 'lower'} is better)",
-        canvas_w - 2 * _GAP, _HEADER_SIZE, _CAPTION_SIZE,
-    )  # fmt: skip
+    header = fit_text(grid_header(comparison), canvas_w - 2 * _GAP, _HEADER_SIZE, _CAPTION_SIZE)
     seen = caption(comparison.box, picture.shape)  # what the model saw, when a part
     notes = [
         n for n in (seen, *header_notes(comparison, drawn=True)) if n
@@ -358,6 +364,14 @@ def draw_grid(
     return np.asarray(canvas, dtype=np.uint8), boxes
 
 
+def grid_header(comparison: Comparison) -> str:
+    """The grid's first line: class as pictures name it (``tiger cat``), probability, metric."""
+    metric = METRICS[comparison.metric]
+    better = "higher" if metric.higher_is_better else "lower"
+    return (f"{shown_name(comparison.class_name)} {percent(comparison.probability)}, "
+            f"ranked by {metric.title} ({better} is better)")  # fmt: skip
+
+
 def _title(i: int, row: MethodScore) -> str:
     """A panel's title: rank, method, and the verdicts against it (`MethodScore.marks`)."""
     marks = row.marks()
@@ -375,20 +389,35 @@ def format_value(metric: str, value: float | None) -> str:
     return f"{value:+.3f}" if metric.startswith("road") else f"{value:.3f}"
 
 
-def reference_line(comparison: Comparison, drawn: bool = False) -> str:
-    """What the random map scores by the ranking metric and the best method that passes the
-    checks (``drawn``: the grid, where that one's title is gold)."""
+def reference_value(comparison: Comparison, metric: str) -> str:
+    """The reference's ``metric`` as tables print it: the maps' mean, ``± sd`` when several."""
     ref = comparison.reference.faithfulness if comparison.reference else None
-    if ref is None:
+    mean = format_value(metric, ref.value(metric) if ref is not None else None)
+    sd = spread(comparison.reference_runs, metric) if metric != "increase" else None
+    if not mean or sd is None:
+        return mean
+    return f"{mean} ±{format_value(metric, sd).lstrip('+')}"
+
+
+def reference_line(comparison: Comparison, drawn: bool = False) -> str:
+    """What the random maps score by the ranking metric, the bar they set, and the best method
+    that passes the checks (``drawn``: the grid, where that one's title is gold)."""
+    if comparison.reference is None or comparison.reference.faithfulness is None:
         return ""
-    metric, best = comparison.metric, comparison.best()
-    if best is None:
+    metric, chosen = comparison.metric, comparison.best()
+    runs = len(comparison.reference_runs)
+    if chosen is None:
         verdict = "no method passes the sanity check and beats it"
     else:
         gold = " (in gold)" if drawn else ""
-        verdict = f"the best method that passes the sanity check and beats it: {best.method}{gold}"
-    return (f"a {REFERENCE} (reference) scores {METRICS[metric].title} "
-            f"{format_value(metric, ref.value(metric))}; {verdict}")  # fmt: skip
+        verdict = (
+            f"the best method that passes the sanity check and beats it: {chosen.method}{gold}"
+        )
+    scored = f"{METRICS[metric].title} {reference_value(comparison, metric)}"
+    if runs > 1:
+        scored += (f" (mean ± sd of {runs} seeds; a method must beat the best, "
+                   f"{format_value(metric, comparison.bar())})")  # fmt: skip
+    return f"a {REFERENCE} (reference) scores {scored}; {verdict}"
 
 
 def header_notes(comparison: Comparison, drawn: bool = False) -> list[str]:

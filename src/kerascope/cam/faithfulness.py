@@ -38,23 +38,16 @@ from typing import Any
 
 import numpy as np
 
+from kerascope.cam.imputation import ROAD_NOISE, impute  # noqa: F401  (API: both)
 from kerascope.errors import KerascopeError
 
 DEFAULT_STEPS = 20
 """Deletion and insertion in 20 steps of 5 % (21 forward passes each)."""
 ROAD_PERCENTILES: tuple[int, ...] = (10, 20, 30, 40, 50, 60, 70, 80, 90)
 """Percent of pixels removed in the ROAD sweep, as pytorch-grad-cam's ``ROAD*Average``."""
-ROAD_NOISE = 0.01 * 127.5
-"""Noise std of the imputed pixels, in 0..255 units: pytorch-grad-cam's ``NoisyLinearImputer``
-adds 0.01 in normalised input units, here the [-1, 1] range EfficientNet-Lite feeds on."""
 BLUR_SIGMA = 15.0 / 224
 """Insertion's starting image: a Gaussian blur of this std, as a fraction of the input's shorter
 side (15 px at 224 px; see the module docstring)."""
-# Neighbour offsets (row, column) and their weights in the imputation (ROAD, Sec. 4.2).
-_NEIGHBOURS = (
-    ((1, 1), 1 / 12), ((0, 1), 1 / 6), ((-1, 1), 1 / 12), ((1, -1), 1 / 12),
-    ((0, -1), 1 / 6), ((-1, -1), 1 / 12), ((1, 0), 1 / 6), ((-1, 0), 1 / 6),
-)  # fmt: skip
 
 
 class MetricError(KerascopeError, ValueError):
@@ -272,7 +265,24 @@ def score_pixels(
 ) -> Faithfulness:
     """`faithfulness` on an image already at ``clf.input_size`` ((h, w, 3) uint8), for callers
     that have it decoded (``explain --score``, ``--compare``)."""
-    from kerascope.cam.overlay import upsample
+    return score_maps(clf, pixels, [heatmap], class_index, metrics, steps, road_percentiles,
+                      seed, batch_size)[0]  # fmt: skip
+
+
+def score_maps(
+    clf: Any,
+    pixels: np.ndarray,
+    heatmaps: Sequence[np.ndarray],
+    class_index: int | None = None,
+    metrics: Iterable[str] | None = None,
+    steps: int = DEFAULT_STEPS,
+    road_percentiles: Sequence[int] = ROAD_PERCENTILES,
+    seed: int = 0,
+    batch_size: int = 32,
+) -> list[Faithfulness]:
+    """`score_pixels` of several maps of one image, each as it would score alone (ranked and
+    imputed with ``seed``), their perturbed copies run through the model together: one batched
+    run, the unperturbed image once (--compare's random reference, `kerascope.cam.reference`)."""
     from kerascope.inference import compiled
 
     wanted = set(check_metrics(metrics))
@@ -282,27 +292,45 @@ def score_pixels(
     if not percentiles or not all(0 < p < 100 for p in percentiles):
         raise MetricError(f"ROAD percentiles must lie strictly between 0 and 100: {percentiles}")
     image = np.asarray(pixels, dtype=np.float32)
+    batches: dict[Any, np.ndarray] = {"original": image[None]}
+    heats = []
+    for k, heatmap in enumerate(heatmaps):
+        heat, copies = _copies(image, heatmap, wanted, steps, percentiles, seed)
+        heats.append(heat)
+        batches.update({(k, name): copy for name, copy in copies.items()})
+    probs = _class_probabilities(compiled(clf.model), batches, class_index, batch_size)
+    target, p = int(probs.pop("class_index")), float(probs.pop("original")[0])
+    return [
+        _result(Faithfulness(target, p, road_percentiles=percentiles, heatmap=heat),
+                {key[1]: v for key, v in probs.items() if key[0] == k})
+        for k, heat in enumerate(heats)
+    ]  # fmt: skip
+
+
+def _copies(image, heatmap, wanted: set[str], steps: int, percentiles, seed: int):
+    """(the map at the input size in [0, 1], each metric's perturbed copies of ``image``)."""
+    from kerascope.cam.overlay import upsample
+
     heat = _unit_range(upsample(_finite(heatmap), image.shape[:2]))
     rng = np.random.default_rng(seed)
     rank = _ranks(heat, rng)  # 0 = the hottest pixel
-
-    batches: dict[str, np.ndarray] = {"original": image[None]}
+    batches: dict[str, np.ndarray] = {}
     if "deletion" in wanted:
         batches["deletion"] = _deletion(image, rank, steps)
     if "insertion" in wanted:
         batches["insertion"] = _insertion(image, rank, steps)
-    morf = wanted & {"road_morf", "road"}
-    lerf = wanted & {"road_lerf", "road"}
-    if morf:
+    if wanted & {"road_morf", "road"}:
         batches["road_morf"] = _road(image, rank, percentiles, True, rng)
-    if lerf:
+    if wanted & {"road_lerf", "road"}:
         batches["road_lerf"] = _road(image, rank, percentiles, False, rng)
     if wanted & {"drop", "increase"}:
         batches["drop"] = (image * heat[..., None])[None]
-    probs = _class_probabilities(compiled(clf.model), batches, class_index, batch_size)
+    return heat, batches
 
-    target, p = probs.pop("class_index"), float(probs["original"][0])
-    result = Faithfulness(int(target), p, road_percentiles=percentiles, heatmap=heat)
+
+def _result(result: Faithfulness, probs: dict[str, np.ndarray]) -> Faithfulness:
+    """``result`` with the numbers of its copies' class probabilities ``probs`` filled in."""
+    p = result.probability
     if "deletion" in probs:
         result.deletion_curve = probs["deletion"]
         result.deletion = _auc(probs["deletion"])
@@ -377,64 +405,7 @@ def _road(image, rank, percentiles, most_relevant_first: bool, rng) -> np.ndarra
     return out
 
 
-def impute(
-    image: np.ndarray, removed: np.ndarray, rng: np.random.Generator | None = None
-) -> np.ndarray:
-    """ROAD's noisy linear imputation (Rong et al. 2022, Sec. 4.2; pytorch-grad-cam's
-    ``NoisyLinearImputer``): each removed pixel becomes the weighted mean of its in-image
-    neighbours (:data:`_NEIGHBOURS`), removed neighbours being unknowns too, so one sparse
-    system ``A x = b`` fills every hole smoothly from its border; then Gaussian noise of std
-    :data:`ROAD_NOISE` is added to the filled pixels (``rng`` None: no noise).
-
-    Args:
-        image: (H, W, C) float pixels in 0..255.
-        removed: (H, W) bool, True where a pixel is to be imputed.
-
-    Returns:
-        (H, W, C) float32, clipped to 0..255.
-    """
-    from scipy import sparse
-    from scipy.sparse.linalg import splu
-
-    height, width, channels = image.shape
-    flat = image.reshape(-1, channels).astype(np.float64)
-    gone = np.asarray(removed, bool).ravel()
-    unknown = np.flatnonzero(gone)
-    n = unknown.size
-    out = flat.copy()
-    if n:
-        variable = np.full(gone.size, -1, np.int64)
-        variable[unknown] = np.arange(n)
-        row0, col0 = np.divmod(unknown, width)
-        rows, cols, values = [np.arange(n)], [np.arange(n)], []
-        weight_sum = np.zeros(n)
-        b = np.zeros((n, channels))
-        for (dr, dc), w in _NEIGHBOURS:
-            r, c = row0 + dr, col0 + dc
-            inside = (r >= 0) & (r < height) & (c >= 0) & (c < width)
-            eq, neighbour = np.flatnonzero(inside), (r * width + c)[inside]
-            weight_sum[eq] += w  # sum_j w_j (x_i - x_j) = 0 over in-image neighbours j
-            known = ~gone[neighbour]
-            b[eq[known]] += w * flat[neighbour[known]]
-            rows.append(eq[~known])
-            cols.append(variable[neighbour[~known]])
-            values.append(np.full(int((~known).sum()), -w))
-        values.insert(0, weight_sum)
-        a = sparse.csc_matrix(
-            (np.concatenate(values), (np.concatenate(rows), np.concatenate(cols))), shape=(n, n)
-        )
-        # Symmetric positive definite (a grounded graph Laplacian): minimum degree on A + A^T
-        # and no pivoting factor it fastest (measured against COLAMD, the default).
-        lu = splu(a, permc_spec="MMD_AT_PLUS_A", diag_pivot_thresh=0.0,
-                  options={"SymmetricMode": True})  # fmt: skip
-        filled = lu.solve(b)
-        if rng is not None:
-            filled += rng.normal(0.0, ROAD_NOISE, filled.shape)
-        out[unknown] = filled
-    return np.clip(out, 0.0, 255.0).astype(np.float32).reshape(image.shape)
-
-
-def _class_probabilities(forward, batches: dict[str, np.ndarray], class_index, batch_size):
+def _class_probabilities(forward, batches: dict[Any, np.ndarray], class_index, batch_size):
     """Run every perturbed batch through ``forward`` in chunks; the class's probability per
     image, per batch name, plus ``class_index`` (the top-1 of the original when not given)."""
     names = list(batches)

@@ -9,13 +9,12 @@ its label names the layer's main component, not the top class as if the map were
 
 from __future__ import annotations
 
+from kerascope.cam.wording import NOT_A_CLASS, NOT_CLASS_SPECIFIC, shown_name
 from kerascope.output import percent
 
 NEGLIGIBLE = 0.01
 """Below this probability, as printed, the explained class's map is its shape only: the model
 gives the class next to nothing, though the map is drawn as brightly as any (its maximum is 1)."""
-NOT_A_CLASS = "the layer's main component, not class-specific"
-"""What a class-independent method's map is (said in labels, titles and score lines)."""
 RELATIVE_SCALE = "colours are relative to each map's maximum"
 """The colour scale of every picture: the map divided by its own maximum."""
 
@@ -50,8 +49,9 @@ def picture_label(class_name: str, probability: float | None, method: str | None
     read first is what matters): ``Egyptian cat 77.1% (gradcam)``; ``goldfish <0.01%
     (gradcam): map shape only`` for a class the model all but rules out; ``Egyptian cat 72.4%
     (eigencam: the layer's main component, not class-specific)`` for a class-independent
-    method, whose class is the top one the map is not about. ``probability`` None: no number."""
-    name = class_name.replace("_", " ")
+    method, whose class is the top one the map is not about (``(eigencam: no class)`` where the
+    bar is narrow: `kerascope.cam.wording`). ``probability`` None: no number."""
+    name = shown_name(class_name)
     head = name if probability is None else f"{name} {percent(probability)}"
     if is_class_independent(method):
         return f"{head} ({method}: {NOT_A_CLASS})"
@@ -59,3 +59,12 @@ def picture_label(class_name: str, probability: float | None, method: str | None
     if is_negligible(probability):
         return f"{head}{how}: map shape only"
     return f"{head}{how}"
+
+
+def class_cell(class_name: str, method: str | None = None) -> str:
+    """The class column of a table (Keras's name, as tables print it): ``Egyptian_cat``, or for
+    a class-independent method, whose map is about no class, ``not class-specific (top class
+    Egyptian_cat)``: the table showed the top class as the class explained."""
+    if is_class_independent(method):
+        return f"{NOT_CLASS_SPECIFIC} (top class {class_name})"
+    return class_name

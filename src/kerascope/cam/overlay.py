@@ -21,6 +21,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from kerascope.cam.text import fit_bar
+from kerascope.cam.wording import shorter
 from kerascope.files import atomic_open
 from kerascope.fonts import pillow_font
 
@@ -313,9 +314,10 @@ def _draw_bar(label: str, width: int, height: int) -> np.ndarray:
 
 def _write_label(draw: ImageDraw.ImageDraw, label: str, width: int, height: int) -> None:
     """White ``label`` vertically centred in the top ``height`` rows, shrunk or wrapped to
-    ``width`` (`kerascope.cam.text.fit_bar`): never cut at the edge."""
+    ``width`` (`kerascope.cam.text.fit_bar`): never cut at the edge; in its shorter wording
+    where that reads larger (`kerascope.cam.wording.shorter`)."""
     pad = max(4, height // 4)
-    font, lines = fit_bar(label, width, height, pad)
+    font, lines = fit_bar(label, width, height, pad, shorter(label))
     text = "\n".join(lines)
     left, top, right, bottom = draw.multiline_textbbox((0, 0), text, font=font, spacing=0)
     y = (height - (bottom - top)) // 2 - top

@@ -89,12 +89,30 @@ def _font(size: int, text: str = "") -> ImageFont.ImageFont | ImageFont.FreeType
     return pillow_font(size, text)
 
 
-def fit_bar(text: str, width: int, height: int, pad: int) -> tuple[ImageFont.ImageFont, list[str]]:
+def fit_bar(
+    text: str, width: int, height: int, pad: int, shorter: str | None = None
+) -> tuple[ImageFont.ImageFont, list[str]]:
     """(font, lines) for a label bar ``width`` x ``height`` px with ``pad`` px of margin each
     side: one line at ~68 % of the height, else shrunk (to 8 px at least), else wrapped into
     as many lines as the bar holds at the largest size that fits; nothing is cut. Before, a
     label was drawn at one size and cut at the picture's edge: on a 224 px picture "Egyptian
-    cat 72.4% (eigencam: ...)" lost its class and probability."""
+    cat 72.4% (eigencam: ...)" lost its class and probability. ``shorter``: the same label
+    worded shorter (`kerascope.cam.wording`), drawn instead where ``text`` would be smaller
+    or wrapped and it is not: "where space is short"."""
+    fitted = _fit_bar(text, width, height, pad)
+    if shorter is None:
+        return fitted
+    short = _fit_bar(shorter, width, height, pad)
+    return short if _legibility(short) > _legibility(fitted) else fitted
+
+
+def _legibility(fitted) -> tuple[bool, float]:
+    """One line first, then the larger font."""
+    font, lines = fitted
+    return len(lines) == 1, getattr(font, "size", 0)
+
+
+def _fit_bar(text: str, width: int, height: int, pad: int):
     room = max(1, width - 2 * pad)
     size = max(8, round(height * 0.68))
     for s in range(size, max(1, min(8, size)) - 1, -1):
