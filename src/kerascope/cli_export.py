@@ -30,7 +30,8 @@ def add_export_command(sub) -> None:
     p.add_argument(
         "--precision", choices=("float32", "int8"), default="float32",
         help="int8: the calibrated int8 graph (ONNX only; its measured agreement with float32 "
-        "on real-photo crops and its calibration go into the file's metadata)",
+        "on real-photo crops and its calibration go into the file's metadata; one that misses "
+        "the bound classify needs is written, said, and exits 1)",
     )  # fmt: skip
     p.set_defaults(func=_run_export)
 
@@ -53,10 +54,17 @@ def _run_export(args) -> int:
         from kerascope.quantize import bound_text
 
         agreement = result.int8.agreement
-        verdict = "meets" if agreement.met else "MISSES"
+        if not agreement.met:  # what classify and serve refuse to run: said, and exit 1
+            output.note(
+                f"wrote {result.path}, but its int8 graph MISSES the bound --precision int8 "
+                f"needs ({bound_text()}): {agreement.text()} on {agreement.images} real-photo "
+                "crops, so classify and serve would refuse it (exit 1; the numbers are in its "
+                "metadata): export float32 instead (leave out --precision int8)"
+            )
+            return 1
         output.note(
             f"wrote {result.path} (int8 ONNX: {what}{h}x{w} RGB input, {result.classes} "
-            f"classes); {agreement.text()} on {agreement.images} real-photo crops: {verdict} "
+            f"classes); {agreement.text()} on {agreement.images} real-photo crops: meets "
             f"the bound --precision int8 needs ({bound_text()}); recorded in its metadata"
         )
         return 0

@@ -7,6 +7,8 @@ say what `zoo.weights.cache_state` found at each cache path).
 
 from __future__ import annotations
 
+import os
+
 from kerascope.errors import CliError
 
 ACTIONS = ("list", "show", "layers", "verify")
@@ -166,8 +168,14 @@ def _verify(name: str | None, fmt: str) -> int:
     from kerascope.zoo.weights_verify import verify, verify_cached
 
     checks = verify(get(name)) if name else verify_cached()
+    folder = cache_dir()
+    if not checks and os.path.lexists(folder) and not os.path.isdir(folder):
+        from kerascope.zoo import cache_folder  # a file there: no cache at all, and a failure
+
+        output.note(cache_folder.message(cache_folder.problem(folder) or "is no folder", folder))
+        return 1
     if not checks:
-        output.note(f"no weights files are cached in '{cache_dir()}'")
+        output.note(f"no weights files are cached in '{folder}'")
         return 0
     output.print_verify(checks, fmt)
     return 1 if any(c.failed for c in checks) else 0

@@ -35,15 +35,18 @@ import numpy as np
 
 from kerascope import files, interrupts
 from kerascope.errors import KerascopeError
+from kerascope.export_target import (  # ExportError: callers import it from here
+    ExportError,
+    check_not_replacing,
+    check_output,
+    inputs,
+    named_as,
+)
 
 FORMATS = {".onnx": "onnx", ".keras": "keras"}
 INPUT_TYPES = {"uint8": "uint8", "float": "float32", "float32": "float32"}
 TOLERANCE = 1e-4  # max |delta probability| against the Keras model on the check images
 CHECK_PHOTOS = ("chelsea.png", "coffee.png", "astronaut.png", "rocket.jpg")  # skimage/data
-
-
-class ExportError(KerascopeError, ValueError):
-    """A model that cannot be exported as asked; nothing was written. The message says why."""
 
 
 @dataclass
@@ -150,7 +153,8 @@ def export_model(
 
     Args:
         model: zoo name, run directory, ``.keras`` file, or a loaded ``Classifier``.
-        output: the file to write (its folder is created); ``.onnx`` or ``.keras``.
+        output: the file to write (its folder is created, and checked writable before any
+            work); ``.onnx`` or ``.keras``.
         format: ``"onnx"`` or ``"keras"``; default from ``output``'s extension.
         input_type: ONNX input, ``"uint8"`` (default) or ``"float"``: RGB 0..255 either way.
         check: images to check the export on (default: scikit-image's sample photos).
@@ -180,11 +184,20 @@ def export_model(
         from kerascope.images import expand_inputs
 
         check = expand_inputs(check).paths or list(check)
-    _check_output(output)
-    _check_not_replacing(output, _inputs(model, weights, check), overwrite)
-    clf = model if isinstance(model, Classifier) else load_model(model, weights=weights)
+    made = check_output(output)  # a folder it can write in, probed: one line before any work
+    try:
+        check_not_replacing(output, inputs(model, weights, check), overwrite)
+        clf = model if isinstance(model, Classifier) else load_model(model, weights=weights)
+        return _export(clf, Path(output), fmt, input_type, check, precision, overwrite)
+    except BaseException:
+        files.remove_empty(made)  # the folders made for it, where nothing was written
+        raise
+
+
+def _export(clf, path: Path, fmt: str, input_type: str, check, precision: str,
+            overwrite: bool) -> ExportResult:  # fmt: skip
+    """`export_model` once its output was checked and its model loaded."""
     _check_interface(clf)
-    path = Path(output)
     # Without overwrite, the output was checked free before the work: written beside it and
     # given its name only while still free (`files.place_new`), never over a file made meanwhile.
     target = files.output_target(path)  # a link's target is the file written (its name stays)
@@ -194,16 +207,17 @@ def export_model(
         expected = _keras_probabilities(clf.model, images)
         interrupts.check()  # (a Ctrl-C Python swallowed in a finalizer: `kerascope.interrupts`)
         int8: tuple = ()
-        if precision == "int8":
-            kind = INPUT_TYPES[input_type]
-            diff, graph = _write_int8(clf, written, kind, images, expected, names)
-            int8 = ("int8", graph)
-        elif fmt == "onnx":
-            kind = INPUT_TYPES[input_type]
-            diff = _write_onnx(clf, written, kind, images, expected, names)
-        else:
-            kind = None
-            diff = _write_keras(clf, written, images, expected, names)
+        with named_as(path, written):  # a failed write of the temp is a failed write of -o
+            if precision == "int8":
+                kind = INPUT_TYPES[input_type]
+                diff, graph = _write_int8(clf, written, kind, images, expected, names)
+                int8 = ("int8", graph)
+            elif fmt == "onnx":
+                kind = INPUT_TYPES[input_type]
+                diff = _write_onnx(clf, written, kind, images, expected, names)
+            else:
+                kind = None
+                diff = _write_keras(clf, written, images, expected, names)
     except MemoryError:  # a one-line error like any other, never a traceback
         h, w = clf.input_size
         raise ExportError(
@@ -211,52 +225,10 @@ def export_model(
             "free memory, or export a model with a smaller input"
         ) from None
     if written != path:
-        files.place_new(written, target.path)
+        with named_as(path, written):
+            files.place_new(written, target.path)
     return ExportResult(path, fmt, clf.name, clf.input_size, kind, clf.num_classes, diff, names,
                         *int8)  # fmt: skip
-
-
-def _check_output(output: str | os.PathLike) -> None:
-    """Refuse, before the model loads, an output no file can be written to: standard output,
-    a folder, a path under a file (before: a FileExistsError traceback after the export)."""
-    from kerascope.files import check_output_folder, output_target
-
-    if os.fspath(output) == "-":
-        raise ExportError("export writes a model file, not standard output: name one "
-                          "(-o model.onnx)")  # fmt: skip
-    check_output_folder(Path(output).parent, what="the folder of -o")
-    output_target(output)
-
-
-def _inputs(model: Any, weights: Any, check: Sequence[Any] | None) -> list[str]:
-    """The files an export reads: the model file (a run's ``model.keras`` and ``labels.json``),
-    the weights, the check images."""
-    found = [os.fspath(p) for p in (weights, *(check or ())) if isinstance(p, str | os.PathLike)]
-    if isinstance(model, str | os.PathLike):
-        path = Path(model).expanduser()
-        folder = path if path.is_dir() else path.parent if path.suffix == ".keras" else None
-        found.append(str(path / "model.keras" if path.is_dir() else path))
-        if folder is not None:
-            found.append(str(folder / "labels.json"))
-    return found
-
-
-def _check_not_replacing(output: str | os.PathLike, inputs: list[str], overwrite: bool) -> None:
-    """Explain's overwrite rule, before the model loads: an existing file is replaced only with
-    ``overwrite`` (before: silently), an input never (a FIFO or device is written, not
-    replaced)."""
-    from kerascope.files import file_identity, output_target
-
-    if output_target(output).what != "file" or not os.path.exists(output):
-        return
-    same = {file_identity(p): p for p in inputs if file_identity(p) is not None}
-    source = same.get(file_identity(output))
-    if source is not None:
-        raise ExportError(f"the output '{output}' is the input '{source}'; inputs are never "
-                          "replaced, even with --overwrite: choose another -o")  # fmt: skip
-    if not overwrite:
-        raise ExportError(f"'{output}' already exists; add --overwrite (overwrite=True) to "
-                          "replace it, or choose another -o")  # fmt: skip
 
 
 def _check_interface(clf: Any) -> None:
@@ -329,7 +301,6 @@ def _write_onnx(clf, path: Path, input_type: str, images, expected, names) -> fl
             "checked": json.dumps({"images": names, "max_abs_diff_vs_keras": diff}),
         },
     )
-    path.parent.mkdir(parents=True, exist_ok=True)
     files.write_bytes(path, proto.SerializeToString())
     return diff
 
@@ -373,7 +344,6 @@ def _write_int8(clf, path: Path, input_type: str, images, expected, names) -> tu
     onnx.helper.set_model_props(proto, {**props, "model": clf.name, "precision": "int8",
                                         "producer": f"kerascope {__version__}",
                                         "checked": json.dumps(checked)})  # fmt: skip
-    path.parent.mkdir(parents=True, exist_ok=True)
     files.write_bytes(path, proto.SerializeToString())
     return diff, graph
 
@@ -465,7 +435,6 @@ def _write_keras(clf, path: Path, images, expected, names) -> float:
                 f"cannot export layer '{layer.name}' ({type(layer).__name__}) to a plain .keras "
                 "file: it is not a Keras layer, so keras.saving.load_model could not rebuild it"
             )
-    path.parent.mkdir(parents=True, exist_ok=True)
     with files.atomic_path(path, suffix=".keras") as tmp:
         try:
             model.save(tmp)

@@ -150,14 +150,24 @@ def output_target(path: str | os.PathLike) -> OutputTarget:
     Callers may check an output this way before any work; `atomic_path` and `atomic_open` do.
 
     Raises:
-        OutputError: ``path`` is a directory, socket, block device or a symbolic link loop.
+        OutputError: ``path`` is a directory, socket, block device, a symbolic link loop, or
+            a link to a missing name in a folder that does not exist.
     """
     name = os.fspath(path)
     try:
         st = os.stat(name)  # follows links, also /proc/self/fd/N to the pipe behind it
     except FileNotFoundError:
-        # a new name, or a link to one: the link's target is created (the link stays)
-        real = os.path.realpath(name) if os.path.islink(name) else name
+        # a new name, or a link to one: the link's target is created (the link stays), never
+        # the folders it would lie in (`kerascope export` made /nonexistent/dir for one)
+        if not os.path.islink(name):
+            return OutputTarget(Path(name), False, "new file")
+        real = os.path.realpath(name)
+        if not os.path.isdir(os.path.dirname(real)):
+            error = OutputError(f"cannot write '{name}': it is a symbolic link to '{real}', "
+                                "whose folder does not exist; create that folder, or remove "
+                                "the link")  # fmt: skip
+            error.errno = errno.ENOENT
+            raise error from None
         return OutputTarget(Path(real), False, "new file")
     except OSError as exc:
         if exc.errno == errno.ELOOP:
@@ -451,3 +461,16 @@ def check_output_file(path: str | os.PathLike, what: str = "-o") -> None:
                           "exist; create it, or choose another place")  # fmt: skip
     if not os.access(folder, os.W_OK | os.X_OK):
         raise output_error(path, PermissionError(errno.EACCES, "Permission denied"))
+
+
+def probe_folder(folder: str | os.PathLike, path: str | os.PathLike) -> None:
+    """Create and remove a hidden file in ``folder``, where ``path`` will be written: one line
+    (`output_error`, naming ``path``) before any work when nothing can be written there.
+    Stricter than ``os.access``, which passes root everywhere (a read-only mount, /proc)."""
+    try:
+        fd, name = tempfile.mkstemp(prefix=".kerascope-probe-", suffix=".partial", dir=folder)
+    except OSError as exc:
+        raise output_error(path, exc) from None
+    os.close(fd)
+    with contextlib.suppress(OSError):
+        os.unlink(name)

@@ -110,21 +110,32 @@ def build(
         # plain tensor warns that the input structure does not match; same layers, one input.
         model = keras.Model(model.inputs[0], model.output, name=model.name)
     if path is not None:
-        _load_weights(model, spec, Path(path))
+        _load_weights(model, spec, Path(path), kwargs.get("include_top", True))
     return model
 
 
-def _load_weights(model, spec: ModelSpec, path: Path) -> None:
+class _OtherLayers(RuntimeError):
+    """A legacy file whose layers are not the model's (`_load_keras_app_weights`)."""
+
+
+class _NoClassifier(RuntimeError):
+    """A without-top file for a model with its classifier; the message names what is missing."""
+
+
+def _load_weights(model, spec: ModelSpec, path: Path, include_top: bool = True) -> None:
     """Load ``path`` into ``model``; a damaged file or another model's is one clear line.
 
     Keras reports those as an h5py traceback, a 69-object shape dump, or (a file holding fewer
     layers) only warnings while leaving those layers random; all of them are refused here.
+    A cached file that is not the model's says whose it is (its layers counted) and what to do.
     """
     import warnings
 
+    from kerascope.zoo import weights as cache
     from kerascope.zoo.weights import WeightsError
 
     fast_keras_saving()
+    cached = cache.is_cached_path(spec, path, include_top)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
@@ -132,6 +143,23 @@ def _load_weights(model, spec: ModelSpec, path: Path) -> None:
                 model.load_weights(str(path))
             else:
                 _load_keras_app_weights(model, path, spec.name)
+        except _OtherLayers as exc:
+            held = cache.layout_held(spec, path, include_top)
+            what = f"it holds {held}" if held else f"{exc}: it is another model's file"
+            if cached:
+                raise WeightsError(cache.not_its_own(spec, path, include_top, what)) from None
+            raise WeightsError(f"cannot load weights '{path}' into '{spec.name}': {what} (pass "
+                               f"the weights of '{spec.name}', or use the model the file holds "
+                               "with --model)") from None  # fmt: skip
+        except _NoClassifier as exc:
+            if cached:
+                raise WeightsError(f"cached weights '{path}' for '{spec.name}' cannot serve "
+                                   f"it: {exc}; "
+                                   f"{cache.put_there(spec, include_top)}") from None  # fmt: skip
+            raise WeightsError(
+                f"cannot load weights '{path}' into '{spec.name}': {exc}: build the model "
+                "without top, or pass the with-top file"
+            ) from None
         except WeightsError as exc:
             raise WeightsError(f"cannot load weights '{path}' into '{spec.name}': {exc}") from None
         except Exception as exc:
@@ -186,8 +214,6 @@ def _load_keras_app_weights(model, path: Path, name: str = "") -> None:
     import h5py
     from keras.src.legacy.saving import legacy_h5_format as legacy
 
-    from kerascope.zoo.weights import WeightsError
-
     def _legacy_order(layer) -> list:  # the order legacy files hold a layer's variables in
         return layer.trainable_weights + layer.non_trainable_weights
 
@@ -207,15 +233,12 @@ def _load_keras_app_weights(model, path: Path, name: str = "") -> None:
         common = min(len(saved), len(ours))
         same_backbone = [shapes for _, shapes in saved[:common]] == ours[:common]
         if not same_backbone:
-            raise WeightsError(f"the file holds weights for {len(saved)} layers, the model has "
-                               f"{len(ours)} (is it another model's?)")  # fmt: skip
+            raise _OtherLayers(f"the file holds weights for {len(saved)} layers, the model has "
+                               f"{len(ours)}")  # fmt: skip
         if len(saved) < len(layers):
             missing = ", ".join(layer.name for layer in layers[len(saved) :])
-            raise WeightsError(
-                f"the file has no classifier (it is a without-top file, like Keras's "
-                f"*_notop.h5; missing: {missing}): build the model without top, or pass the "
-                "with-top file"
-            )
+            raise _NoClassifier(f"the file has no classifier (a without-top file, like Keras's "
+                                f"*_notop.h5; missing: {missing})")  # fmt: skip
         for (layer_name, _), layer in zip(saved, layers, strict=False):
             values = legacy.load_subset_weights_from_hdf5_group(group[layer_name])
             for variable, value in zip(_legacy_order(layer), values, strict=True):

@@ -34,7 +34,9 @@ from pathlib import Path
 
 from kerascope.config import cache_dir
 from kerascope.errors import WeightsError
-from kerascope.files import atomic_path, write_json
+from kerascope.files import OutputError, atomic_path, write_json
+from kerascope.zoo import cache_folder
+from kerascope.zoo.cache_folder import CacheFolderError
 from kerascope.zoo.registry import ModelSpec, all_specs
 from kerascope.zoo.weight_files import (
     NOT_A_FILE,
@@ -154,14 +156,25 @@ def cache_problem(path: Path) -> str | None:
 
 
 def _port_from_package(spec: ModelSpec, source: Path) -> Path:
-    """Run the spec's converter into a temp file, fsync, rename, then record its checksum."""
+    """Run the spec's converter into a temp file, fsync, rename, then record its checksum.
+
+    A cache folder that cannot be written (a file, read-only, not creatable) does not stop a
+    model whose weights ship in a package: they are ported for this run only, said once
+    (`cache_folder.port_for_this_run`), about 2 s each run instead of once.
+    """
     target = cached_file(spec)
-    target.parent.mkdir(parents=True, exist_ok=True)
     module, _, attr = spec.weights.converter.partition(":")
     convert = getattr(importlib.import_module(module), attr)
-    with atomic_path(target, suffix=".weights.h5") as tmp:  # Keras wants that suffix
-        convert(spec.name, source, tmp)
-    _record(target)
+    try:
+        cache_folder.make(target.parent)
+        with atomic_path(target, suffix=".weights.h5") as tmp:  # Keras wants that suffix
+            convert(spec.name, source, tmp)
+        _record(target)
+    except CacheFolderError as exc:
+        return cache_folder.port_for_this_run(spec, source, convert, str(exc))
+    except OutputError as exc:  # the folder is there, but the write failed
+        why = cache_folder.message(cache_folder.os_problem(exc, target.parent), target.parent)
+        return cache_folder.port_for_this_run(spec, source, convert, why)
     return target
 
 
@@ -178,7 +191,8 @@ def _cached_or_ported(spec: ModelSpec, source: Path | None) -> Path:
         return target
     if source is None or not spec.weights.converter:
         if problem == "no checksum recorded":
-            _record(target)
+            with contextlib.suppress(OSError):  # a read-only cache: trusted, not recorded
+                _record(target)
             return target
         raise WeightsError(
             f"cached weights '{target}' for '{spec.name}' are damaged: {problem}; delete the "
@@ -199,6 +213,10 @@ def _download(spec: ModelSpec, include_top: bool = True) -> Path:
     import keras
 
     source = spec.weights.for_top(include_top)
+    try:  # Keras's own mkdir would say "[Errno 17] File exists" for a file there
+        cache_folder.make(cached_file(spec, include_top).parent)
+    except CacheFolderError as exc:
+        raise WeightsError(_missing_message(spec, "not cached", include_top, str(exc))) from None
 
     def announce() -> None:  # once bytes arrive: offline, a failure stays one line
         _log.warning("downloading %s from %s", source.filename, source.url)
@@ -258,11 +276,20 @@ def _download_failure(exc: BaseException) -> str:
     return f"not cached, and downloading it failed ({first})"
 
 
-def _missing_message(spec: ModelSpec, reason: str, include_top: bool = True) -> str:
+def _missing_message(
+    spec: ModelSpec, reason: str, include_top: bool = True, cache: str | None = None
+) -> str:
+    """``cache``: what is wrong with the cache folder (`cache_folder.message`), found when it
+    was made; else judged here. Then "Put FILE at PATH" could not be done, so it says that."""
     offline = ", ".join(offline_models()) or "none"
     source = spec.weights.for_top(include_top)
     where = cached_file(spec, include_top)
     fetch = f" (download: {source.url})" if source.url else ""
+    trouble = cache_folder.problem(where.parent)
+    cache = cache or (cache_folder.message(trouble, where.parent) if trouble else None)
+    if cache is not None:
+        return (f"weights for '{spec.name}' are not available: {reason}, and {cache}; or pass "
+                f"--weights FILE. Models that work offline here: {offline}")  # fmt: skip
     return (
         f"weights for '{spec.name}' are not available: {reason}. Put {source.filename}"
         f"{fetch} at {where}, or pass --weights FILE. Models that work offline here: {offline}"
@@ -342,12 +369,38 @@ def _refuse_other_model(
     if given:
         raise WeightsError(f"cannot load weights '{state.path}' into '{spec.name}': it holds "
                            f"{held}")  # fmt: skip
+    raise WeightsError(not_its_own(spec, state.path, include_top, f"it holds {held}"))
+
+
+def put_there(spec: ModelSpec, include_top: bool) -> str:
+    """What to do about a cached file that cannot serve: "delete the file and put X there"."""
     source = spec.weights.for_top(include_top)
     fetch = f" (download: {source.url})" if source.url else ""
-    raise WeightsError(
-        f"cached weights '{state.path}' for '{spec.name}' are not its own: it holds {held}; "
-        f"put {source.filename}{fetch} there, or pass --weights FILE"
-    )
+    return f"delete the file and put {source.filename}{fetch} there, or pass --weights FILE"
+
+
+def not_its_own(spec: ModelSpec, path: Path, include_top: bool, what: str) -> str:
+    """The line for a cached file that is not ``spec``'s (``what``: "it holds ..."), with what
+    to do (`put_there`)."""
+    return (f"cached weights '{path}' for '{spec.name}' are not its own: {what}; "
+            f"{put_there(spec, include_top)}")  # fmt: skip
+
+
+def is_cached_path(spec: ModelSpec, path: Path, include_top: bool = True) -> bool:
+    """Whether ``path`` is the cache path a model with (or without) top loads from, not a file
+    given with --weights (its own ``_notop`` file given for a model with top is one)."""
+    return os.path.abspath(path) == os.path.abspath(cached_file(spec, include_top))
+
+
+def layout_held(spec: ModelSpec, path: Path, include_top: bool) -> str | None:
+    """Whose weights a legacy file holds, from its layers' shapes (`held_weights`; 20-80 ms),
+    or None where the count cannot tell (another layout, a damaged file, the model's own)."""
+    try:
+        layers, params = legacy_layout(path)
+    except (Damaged, OSError):
+        return None
+    expected = {spec.params, least_params(spec, include_top)} - {None}
+    return held_weights(layers, params, spec.name, expected)
 
 
 def resolve(
