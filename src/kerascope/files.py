@@ -394,7 +394,15 @@ def remove_empty(folders: list[Path]) -> None:
 
 
 def write_json(path: str | os.PathLike, data: Any) -> Path:
-    return write_text(path, json.dumps(data, indent=1, ensure_ascii=False) + "\n")
+    """``data`` as JSON, written atomically. A file name that is not UTF-8 (its bytes held as
+    lone surrogates, PEP 383) is written as ``\\udcff`` escapes, which read back as the same
+    name (a ``split.json`` must match the files): UTF-8 cannot hold it as it is."""
+    text = json.dumps(data, indent=1, ensure_ascii=False)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        text = json.dumps(data, indent=1)
+    return write_text(path, text + "\n")
 
 
 def finite(data: Any) -> Any:

@@ -26,6 +26,7 @@ from typing import Any
 from kerascope.errors import RunError
 from kerascope.files import output_error, write_json
 from kerascope.locks import LockBusy, acquire, lock_holder
+from kerascope.zoo.hierarchy import composed
 
 LOCK_NAME = ".lock"
 SPLIT_NAME = "split.json"
@@ -227,18 +228,23 @@ def write_split(run_dir: str | os.PathLike, root: str | os.PathLike, splits: dic
     }
     old = read_split(run_dir)
     if old is not None and (old["data"] == record["data"] or not os.path.isdir(old["data"])):
-        seen = set(record["splits"].get("train", []))
-        extra = [p for p in old["splits"].get("train", []) if p not in seen]
-        record["splits"]["train"] = record["splits"].get("train", []) + extra
-        trained = set(record["splits"]["train"])
-        for name, files in record["splits"].items():
+        # names compared composed (NFC): a run recorded on macOS resumed on Linux listed each
+        # accented file twice, once per spelling
+        splits = record["splits"]
+        trained = {composed(p) for p in splits.get("train", [])}
+        for p in old["splits"].get("train", []):  # trained on before: trained on for good
+            if composed(p) not in trained:
+                trained.add(composed(p))
+                splits.setdefault("train", []).append(p)
+        for name, files in splits.items():
             if name != "train":
-                record["splits"][name] = [p for p in files if p not in trained]
-        listed = {p for files in record["splits"].values() for p in files}
+                splits[name] = [p for p in files if composed(p) not in trained]
+        listed = {composed(p) for files in splits.values() for p in files}
         for name, files in old["splits"].items():
-            away = [p for p in files if p not in listed]
-            if name != "train" and away:
-                record["splits"][name] = record["splits"].get(name, []) + away
+            for p in files if name != "train" else ():
+                if composed(p) not in listed:
+                    listed.add(composed(p))
+                    splits.setdefault(name, []).append(p)
     return write_json(Path(run_dir) / SPLIT_NAME, record)
 
 

@@ -27,6 +27,7 @@ from kerascope.bottleneck.store import SPLITS, Rows
 from kerascope.files import (
     OutputError,
 )
+from kerascope.output import clean
 
 _log = logging.getLogger(__name__)
 
@@ -41,7 +42,8 @@ def _plan(g: Any, rows: Rows, checksum: str) -> tuple[str, np.ndarray | None]:
         and np.array_equal(g["sha1"][:], rows.sha1)
         and np.array_equal(g["label"][:], rows.labels)
         and np.array_equal(g["split"][:], rows.splits)
-        and [p.decode() if isinstance(p, bytes) else p for p in g["path"][:]] == rows.paths
+        and [p.decode() if isinstance(p, bytes) else p for p in g["path"][:]]
+        == [clean(p) for p in rows.paths]
     )
     if same:
         return ("keep" if done.all() and g.attrs.get("complete") else "resume"), None
@@ -73,7 +75,8 @@ def _new_group(f: Any, spec: FeatureSpec, rows: Rows, checksum: str, shape: tupl
     g.create_dataset("features", shape=(n, *shape), dtype="f4", chunks=chunks)
     g.create_dataset("done", data=np.zeros(n, bool))
     g.create_dataset("sha1", data=rows.sha1)
-    g.create_dataset("path", data=rows.paths, dtype=h5py.string_dtype())
+    # HDF5 strings are UTF-8: a name that is not is kept `clean` (it crashed the store)
+    g.create_dataset("path", data=[clean(p) for p in rows.paths], dtype=h5py.string_dtype())
     g.create_dataset("label", data=rows.labels)
     g.create_dataset("split", data=rows.splits)
     meta = {

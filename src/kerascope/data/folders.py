@@ -354,7 +354,13 @@ def _class_files(
 def _check_classes(
     where: Path, classes: list[str], files: dict[str, list[str]], after_bad: bool = False
 ) -> None:
-    """At least two classes, each with at least one (readable) image."""
+    """At least two classes, each with at least one (readable) image, each named in UTF-8
+    (a class name is kept in labels.json and the model; one that is not would crash there)."""
+    for c in classes:
+        if any("\udc80" <= ch <= "\udcff" for ch in c):
+            shown = c.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+            raise DatasetError(f"class folder '{where / shown}' has a name that is not UTF-8: "
+                               "rename it (its name becomes the class's name)")  # fmt: skip
     if not classes:
         if not any(not p.name.startswith(".") for p in where.iterdir()):
             raise DatasetError(

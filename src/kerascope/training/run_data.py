@@ -90,8 +90,8 @@ def keep_recorded_split(run_dir: Path, dataset: Dataset) -> Dataset:
     gone: list[str] = []
     kept: set[str] = set()
     for name, recorded in record["splits"].items():
-        files = [composed(f) for f in recorded]
-        splits[name] = [now[f] for f in files if f in now and f not in kept]
+        files = [f for f in dict.fromkeys(composed(f) for f in recorded) if f not in kept]
+        splits[name] = [now[f] for f in files if f in now]  # each file once, in its first split
         kept.update(files)
         gone += [f for f in files if f not in now and f not in unreadable]
     for name in ("train", "validation"):
