@@ -311,7 +311,7 @@ def _copies(image, heatmap, wanted: set[str], steps: int, percentiles, seed: int
     """(the map at the input size in [0, 1], each metric's perturbed copies of ``image``)."""
     from kerascope.cam.overlay import upsample
 
-    heat = _unit_range(upsample(_finite(heatmap), image.shape[:2]))
+    heat = _unit_range(upsample(_unit_range(_finite(heatmap)), image.shape[:2]))  # upsample clips
     rng = np.random.default_rng(seed)
     rank = _ranks(heat, rng)  # 0 = the hottest pixel
     batches: dict[str, np.ndarray] = {}
