@@ -36,13 +36,16 @@ def sweep(crops, tmp_path_factory):
 
 def test_sweep_runs_the_heads_split_path_and_draws_the_suggestion(sweep):
     """The rates grow exponentially from 1e-7; the head trained on the split path (frozen
-    backbone precomputed), the loss fell from its start before the suggestion."""
+    backbone precomputed), the loss fell from its start before the suggestion (by a tenth of
+    it: each step's loss is its batch's mean, no longer scaled by steps * batch / images) and
+    by a third at its lowest."""
     assert sweep.trained == "head only" and sweep.optimizer == "rmsprop"
     assert sweep.lrs[0] == pytest.approx(1e-7)
     ratios = sweep.lrs[1:] / sweep.lrs[:-1]
     np.testing.assert_allclose(ratios, ratios[0])
     assert 1e-5 < sweep.suggestion < 1.0
-    assert sweep.smoothed[sweep.index] < sweep.smoothed[0] - 0.5
+    assert sweep.smoothed[sweep.index] < 0.9 * sweep.smoothed[0]
+    assert sweep.smoothed.min() < 2 / 3 * sweep.smoothed[0]
     from PIL import Image
 
     with Image.open(sweep.plot) as picture:

@@ -60,9 +60,10 @@ def test_batches_put_on_the_device_compile_the_step_once(shapes, tmp_path, monke
 
 
 def test_feed_pads_weighs_and_draws_the_cpu_trainers_views(shapes, tmp_path):
-    """Every batch has the full shape; padding weighs 0 and real rows weigh steps*B/n (class
-    weights folded in), so epoch means are exact; the matrices are the ones the Pillow
-    trainer draws for the same (seed, epoch, batch), so both trainers see the same views."""
+    """Every batch has the full shape; padding weighs 0 and real rows weigh B/real (class
+    weights folded in), so each step's loss is its real rows' mean; the matrices are the ones
+    the Pillow trainer draws for the same (seed, epoch, batch), so both trainers see the same
+    views."""
     items = [(str(p), i % 3) for i, p in enumerate(sorted(shapes.rglob("*.png")))][:20]
     images = FolderSequence(items, ["a", "b", "c"], 32, batch_size=8, shuffle=True, seed=4,
                             cache=tmp_path / "cache")  # fmt: skip
@@ -78,7 +79,7 @@ def test_feed_pads_weighs_and_draws_the_cpu_trainers_views(shapes, tmp_path):
     weights = np.concatenate([w for _, _, w in batches])
     labels = np.concatenate([y for _, y, _ in batches])
     np.testing.assert_array_equal(weights[-4:], 0)
-    scale = 3 * 8 / 20
+    scale = np.repeat([1.0, 1.0, 8 / 4], 8)[:20]  # two full batches, then 4 real rows of 8
     np.testing.assert_allclose(weights[:20], np.where(labels[:20] == 1, 2 * scale, scale))
     inputs = batches[1][0]
     np.testing.assert_array_equal(inputs["matrices"],

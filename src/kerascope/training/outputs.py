@@ -54,7 +54,7 @@ def check_regularisers(task: str, config: dict[str, Any]) -> None:
 
 def loss_and_metric(task: str, soft_targets: bool) -> tuple[str, Any]:
     """The loss and the ``accuracy`` metric a stage compiles with (padded rows excluded)."""
-    from kerascope.training.whole import RealAccuracy, RealBinaryAccuracy, SoftRealAccuracy
+    from kerascope.training.padded import RealAccuracy, RealBinaryAccuracy, SoftRealAccuracy
 
     if task in ("binary", "multilabel"):
         return "binary_crossentropy", RealBinaryAccuracy()

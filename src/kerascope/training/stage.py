@@ -44,7 +44,7 @@ from kerascope.training.optimizers import (  # noqa: E402
 )
 from kerascope.training.outputs import loss_and_metric, task_of  # noqa: E402
 from kerascope.training.progress import TrainProgress  # noqa: E402
-from kerascope.training.split import prefix_place, split_model  # noqa: E402
+from kerascope.training.split import PREFIX_PRECISION, prefix_place, split_model  # noqa: E402
 from kerascope.training.whole import AugmentedTrainer, DeviceFeed  # noqa: E402
 
 MONITOR = "val_loss"  # finer-grained than accuracy on small validation sets, where it ties
@@ -121,8 +121,11 @@ def run_stage(model, run_dir: Path, config: dict, index: int, stage: dict, seqs,
               f"{frozen:,} frozen parameters){again}")  # fmt: skip
         if parts is not None:
             cut = f"from {cut_label(parts, config)} on" if parts.cut else "head only"
+            mixed = (f"; the prefix computes in {PREFIX_PRECISION}, --precision {precision} "
+                     "applies to what Keras trains" if precision != PREFIX_PRECISION
+                     else "")  # fmt: skip
             print(f"  split training: {prefix_place(parts.prefix, prefix_engine)}, Keras "
-                  f"trains {cut}")  # fmt: skip
+                  f"trains {cut}{mixed}")  # fmt: skip
         else:
             augmented = augment is not None and not augment.is_identity
             where = "augmented on the device inside" if augmented else "cast inside"

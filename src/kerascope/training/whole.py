@@ -17,10 +17,9 @@ Two pieces:
   thread that prepared it, so the next batches are already on the device (prefetch depth =
   the queue, at least 2) while the current one trains.
 
-Weights: real rows weigh ``steps * batch / images`` (times the class weight), padding 0, so an
-epoch's loss is the exact mean over its real images (Keras averages the batch means, each of
-``batch`` rows), and :class:`RealAccuracy` counts the real rows once each. The split trainer's
-batches (``kerascope.training.split.PrefixSequence``) are padded and weighed the same way.
+Weights, loss and accuracy of the padded batches: `kerascope.training.padded` (each step
+trains on its real rows' mean, the epoch's loss is the exact mean over its images), shared with
+the split trainer's batches (``kerascope.training.split.PrefixSequence``).
 """
 
 from __future__ import annotations
@@ -43,12 +42,14 @@ from kerascope.data.regularise import (  # noqa: E402
     sample_mix,
     soft_targets,
 )
+from kerascope.training.padded import PaddedLoss, row_weights, sample_weights  # noqa: E402
 
 PREFETCH = 4  # batches prepared (and transferred) ahead of the step
 
 
-class AugmentedTrainer(keras.Model):
-    """``network`` with the augmentation in front, for ``fit`` only (see the module doc)."""
+class AugmentedTrainer(PaddedLoss, keras.Model):
+    """``network`` with the augmentation in front, for ``fit`` only (see the module doc); its
+    ``loss`` is the mean over real rows (`kerascope.training.padded.PaddedLoss`)."""
 
     def __init__(self, network: Any, fill_mode: str = "nearest", **kwargs: Any):
         super().__init__(name=f"{network.name}_trainer", **kwargs)
@@ -151,50 +152,3 @@ class DeviceFeed(DerivedSequence):
             with jax.default_device(self.device):
                 batch = jax.device_put(batch)
         return batch
-
-
-def row_weights(images: FolderSequence, class_weight: dict[int, float] | None) -> np.ndarray:
-    """Per class, the sample weight of a real row: ``steps * batch / images`` times the class
-    weight, so that with padded batches (Keras averages batch means of ``batch`` rows each) an
-    epoch's loss and accuracy are the exact means over its real images."""
-    weights = np.full(len(images.classes), len(images) * images.batch_size / len(images.paths),
-                      np.float32)  # fmt: skip
-    for index, value in (class_weight or {}).items():
-        weights[int(index)] *= float(value)
-    return weights
-
-
-def sample_weights(labels: np.ndarray, real: int, row_weight: np.ndarray) -> np.ndarray:
-    """A padded batch's sample weights: each real row its class's, padding 0."""
-    weights = row_weight[labels].astype(np.float32)
-    weights[real:] = 0.0
-    return weights
-
-
-class _RealRows:
-    """Counts the real rows of padded batches: a row counts when its sample weight is above 0,
-    and counts once whatever its class weight (Keras's unweighted ``accuracy`` would count the
-    padding; a weighted one would count class weights)."""
-
-    def __init__(self, name: str = "accuracy", **kwargs: Any):
-        super().__init__(name=name, **kwargs)
-
-    def update_state(self, y_true: Any, y_pred: Any, sample_weight: Any = None) -> Any:
-        if sample_weight is not None:
-            sample_weight = keras.ops.cast(keras.ops.greater(sample_weight, 0), "float32")
-        return super().update_state(y_true, y_pred, sample_weight=sample_weight)
-
-
-class RealAccuracy(_RealRows, keras.metrics.SparseCategoricalAccuracy):
-    """``accuracy`` of hard labels over the real rows of padded batches (`_RealRows`)."""
-
-
-class SoftRealAccuracy(_RealRows, keras.metrics.CategoricalAccuracy):
-    """``accuracy`` against the largest share of soft targets (label smoothing, mixup,
-    cutmix), over the real rows of padded batches. With mixup the largest share is the
-    image's own label when lambda > 1/2, the partner's otherwise."""
-
-
-class RealBinaryAccuracy(_RealRows, keras.metrics.BinaryAccuracy):
-    """``accuracy`` of a sigmoid head (binary, or each label of a multi-label head, at 0.5)
-    over the real rows of padded batches (`_RealRows`)."""
