@@ -186,8 +186,8 @@ def _cli_name(text: str) -> str:
 def slower_here(precision: str, engine: str | None = None) -> str | None:
     """Why ``precision`` runs slower than float32 here, or None: bfloat16 and float16 on the
     keras engine of a CPU, where XLA converts around most ops, bf16 units or not (measured on
-    an earlier development machine, an AMD EPYC with AVX512-BF16: a finetune epoch 77.8 s against 16 s; classify
-    8.4 img/s against 9.1). Users read reduced precision as a speed-up."""
+    an earlier development machine, an AMD EPYC with AVX512-BF16: a finetune epoch 77.8 s
+    against 16 s; classify 8.4 img/s against 9.1). Users read reduced precision as a speed-up."""
     if precision not in ("bfloat16", "float16") or engine not in (None, "keras"):
         return None
     from kerascope.batch_sizes import device_kind
