@@ -119,8 +119,12 @@ def test_devices_option_values():
     assert placing.parse_devices(None) == placing.parse_devices(" All ") == "all"
     assert placing.parse_devices("2") == placing.parse_devices(2) == 2
     assert placing.parse_devices("0, 2,5") == placing.parse_devices([0, 2, 5]) == (0, 2, 5)
-    for bad, says in (("two", "takes all, a count"), ("0", "at least 1"), ("1,1", "twice"),
-                      ("-1", "takes all, a count")):  # fmt: skip
+    # "0" is a count (CUDA users mean GPU 0): the line says how to name device 0 alone
+    assert placing.parse_devices("0,") == placing.parse_devices([0]) == (0,)
+    assert placing.parse_devices("2 ,") == (2,)
+    alone = "give at least 1, or all; to train on device 0 alone, give --devices 0,"
+    for bad, says in (("two", "takes all, a count"), ("1,1", "twice"), ("0", alone),
+                      ("-1", "takes all, a count"), (",0", "takes all, a count")):  # fmt: skip
         with pytest.raises(ConfigError, match=says):
             placing.parse_devices(bad)
     with pytest.raises(ConfigError, match="give a multiple of 4 \\(e.g. 32\\)"):
@@ -259,15 +263,17 @@ def _pair(args0: list[str], args1: list[str], homes: list[Path] | None = None,
 
 
 def _start_pair(args0: list[str], args1: list[str], homes: list[Path] | None = None,
-                temp: Path | None = None) -> list[subprocess.Popen]:  # fmt: skip
-    """`_pair`'s two processes, started; `_finish_pair` waits for them."""
+                temp: Path | None = None,
+                counts: tuple[int, int] = (2, 2)) -> list[subprocess.Popen]:  # fmt: skip
+    """`_pair`'s two processes, started (``counts``: each one's --num-processes);
+    `_finish_pair` waits for them."""
     port = free_port()
     extra = {"TMPDIR": str(temp)} if temp else {}
     envs = ([_env(KERASCOPE_HOME=str(h), **extra) for h in homes] if homes
             else [_env(**extra), _env(**extra)])  # fmt: skip
     return [subprocess.Popen([sys.executable, "-m", "kerascope", *args, "--coordinator",
-                              f"127.0.0.1:{port}", "--num-processes", "2", "--process-id",
-                              str(i)], env=envs[i], stdout=subprocess.PIPE,
+                              f"127.0.0.1:{port}", "--num-processes", str(counts[i]),
+                              "--process-id", str(i)], env=envs[i], stdout=subprocess.PIPE,
                              stderr=subprocess.PIPE, text=True)
             for i, args in enumerate((args0, args1))]  # fmt: skip
 
@@ -285,15 +291,22 @@ def _finish_pair(procs: list[subprocess.Popen]) -> tuple[list[int], list[tuple[s
 @jax_only
 @pytest.mark.slow
 def test_processes_started_with_other_options_both_refuse_naming_it(photos, tmp_path):
-    """Process 1 given another --seed: both processes stop at once with the same line (no
-    lockstep training of two different runs, no wait for JAX's heartbeat), nothing written."""
+    """Process 1 given another --lr, or another --num-processes (JAX takes process 0's: it
+    trained without a word): both processes stop at once with the same line naming it (no
+    lockstep training of two different runs, no wait for JAX's heartbeat), nothing written.
+    Before, --lr was named "--stages", an option that does not exist."""
     common = ["train", str(photos), "--recipe", "lenet", "--image-size", "32", "--batch-size",
               "8", "-o", str(tmp_path / "run")]  # fmt: skip
-    codes, outs = _pair(common, [*common, "--seed", "1"])
-    says = ("kerascope: error: process 1 was started with another --seed than process 0: "
-            "start every process with the same options (only --process-id differs)")  # fmt: skip
-    assert codes == [2, 2], outs
-    assert all(says in err.splitlines() for _, err in outs), outs
+    pairs = {"--lr": _start_pair(common, [*common, "--lr", "0.01"]),
+             "--num-processes": _start_pair(common, common, counts=(2, 3))}  # fmt: skip
+    for flag, pair in pairs.items():
+        codes, outs = _finish_pair(pair)
+        says = (
+            f"kerascope: error: process 1 was started with another {flag} than process 0: "
+            "start every process with the same options (only --process-id differs)"
+        )
+        assert codes == [2, 2], outs
+        assert all(says in err.splitlines() for _, err in outs), outs
     assert not (tmp_path / "run").exists()
 
 

@@ -146,7 +146,7 @@ def write_run_report(
         "",
         f"Recipe **{config['recipe']}** ({body}{size} px, batch {config['batch_size']}): "
         f"{stages}; seed {config['seed']}, Keras {config['versions']['keras']} on "
-        f"{config['backend']}, precision {config.get('precision', 'float32')}.",
+        f"{config['backend']}, precision {_precision(config)}.",
         "",
         *_devices_note(config),
         *_model_notes(config),
@@ -244,15 +244,34 @@ def _data_path(config: dict[str, Any], placeholder: str) -> str:
     return shlex.quote(str(data)) if data else placeholder
 
 
+def _precision(config: dict[str, Any]) -> str:
+    """``--precision``, and the split trainer's frozen prefix when it computed in another
+    (``prefix_precision``: training/split.py keeps it in float32, whatever the option)."""
+    precision = config.get("precision", "float32")
+    prefix = config.get("prefix_precision")
+    if prefix and prefix != precision:
+        return f"{precision} (split training's frozen prefix in {prefix})"
+    return precision
+
+
 def _devices_note(config: dict[str, Any]) -> list[str]:
     """Where the run trained and its learning-rate rule (nothing for runs made before
-    ``--devices``)."""
+    ``--devices``). The images per device are those each step ran: fewer training images
+    than the batch make a smaller step (4 images on 4 devices: 1 each, not 32 / 4)."""
     devices = config.get("devices")
     if not devices:
         return []
     where = f"{devices['count']} device(s) ({', '.join(devices['names'])})"
+    per_device = devices["per_device_batch"]
+    train = (config.get("counts") or {}).get("train")
+    if isinstance(train, dict) and train:
+        from kerascope.data.loader import fitted_batch
+
+        count = max(1, int(devices["count"]))
+        step = fitted_batch(config["batch_size"], sum(train.values()), count)
+        per_device = min(per_device, step // count)
     return [f"Devices: {where} in {devices['processes']} process(es), "
-            f"{devices['per_device_batch']} images per device per step; learning rate "
+            f"{per_device} images per device per step; learning rate "
             f"{devices['lr_rule']}.", ""]  # fmt: skip
 
 

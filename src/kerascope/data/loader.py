@@ -204,7 +204,7 @@ class FolderSequence(keras.utils.PyDataset):
     def padded_rows(self, index: int) -> tuple[np.ndarray, int]:
         """Batch ``index``'s rows padded to the full batch size (by repeating its first row),
         and how many are real: one batch shape means one compiled step, the last batch
-        included. Padded rows must weigh 0 (:func:`kerascope.training.whole.sample_weights`)."""
+        included. Padded rows must weigh 0 (:func:`kerascope.training.padded.sample_weights`)."""
         rows = self.batch_rows(index)
         real = len(rows)
         if real < self.batch_size:

@@ -49,8 +49,13 @@ ensure_backend()
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
-from kerascope.data.loader import DerivedSequence, share_part  # noqa: E402
+from kerascope.data.loader import DerivedSequence, fitted_batch, share_part  # noqa: E402
 from kerascope.errors import ConfigError  # noqa: E402
+from kerascope.training.same_run import (  # noqa: E402  (run.py calls them as placing.*)
+    check_same_data,  # noqa: F401
+    check_same_options,  # noqa: F401
+    remember_processes,
+)
 from kerascope.training.scratch import (  # noqa: E402
     private_run_dir,  # noqa: F401  (run.py writes through it, as placing.private_run_dir)
     remove_scratch,
@@ -60,7 +65,7 @@ from kerascope.training.starting import (  # noqa: E402
 )
 from kerascope.training.starting import (  # noqa: E402
     refusals_told,  # noqa: F401  (run.py wraps train in it, as placing.refusals_told)
-    start_together,
+    start_together,  # noqa: F401  (run.py calls it, as placing.start_together)
 )
 
 LR_RULE = ("per global batch: --batch-size is the batch of one step over all devices (split "
@@ -90,16 +95,18 @@ def parse_devices(value: DeviceSpec) -> str | int | tuple[int, ...]:
                           f"{value!r}")  # fmt: skip
     if isinstance(value, int):
         if value < 1:
-            raise ConfigError(f"--devices {value}: give at least 1 device, or all")
+            raise ConfigError(f"--devices {value} is a count of devices: give at least 1, or "
+                              f"all; to train on device {value} alone, give --devices "
+                              f"{value}, (device numbers: 0, or 0,2,5)")  # fmt: skip
         return value
     if isinstance(value, str):
         text = value.strip()
         if re.fullmatch(r"\d+", text):
             return parse_devices(int(text))
-        if not re.fullmatch(r"\d+(\s*,\s*\d+)+", text):
+        if not re.fullmatch(r"\d+(\s*,\s*\d+)+|\d+\s*,", text):  # "0,": device 0 alone
             raise ConfigError(f"--devices takes all, a count (2) or device numbers (0,2,5), got "
                               f"{value!r}")  # fmt: skip
-        value = [int(v) for v in text.split(",")]
+        value = [int(v) for v in text.split(",") if v.strip()]
     numbers = tuple(int(v) for v in value)
     if len(set(numbers)) != len(numbers):
         raise ConfigError(f"--devices {','.join(map(str, numbers))}: a device is named twice")
@@ -174,7 +181,7 @@ class Placement:
 
     def record(self, batch_size: int) -> dict[str, Any]:
         """What ``config.yaml`` and ``report.md`` say about it (not a setting of the run: a
-        resume may use other devices)."""
+        resume may use other devices); :func:`step_record` fits it to the training images."""
         return {
             "count": self.count,
             "names": [f"{d.platform}:{d.id}" for d in self.devices] or ["default"],
@@ -182,6 +189,14 @@ class Placement:
             "per_device_batch": batch_size // self.count,
             "lr_rule": LR_RULE,
         }
+
+
+def step_record(record: dict[str, Any], batch_size: int, images: int) -> dict[str, Any]:
+    """``record`` with the images each device takes per step as the run feeds them: fewer
+    training images than ``batch_size`` make a smaller step (``fitted_batch``; 4 images on 4
+    devices: 1 each, not the 8 of a batch of 32)."""
+    count = max(1, int(record.get("count") or 1))
+    return {**record, "per_device_batch": fitted_batch(batch_size, images, count) // count}
 
 
 def check_batch(batch_size: int, count: int) -> None:
@@ -379,6 +394,7 @@ def join_cluster(coordinator: str | None = None, num_processes: int | None = Non
     check_address(address.split(",")[0].strip(), pid)
     import jax
 
+    remember_processes(num)  # compared across the processes: JAX takes process 0's count
     if jax.distributed.is_initialized():
         return jax.process_index(), jax.process_count()
     if timeout is None:
@@ -411,77 +427,6 @@ def join_cluster(coordinator: str | None = None, num_processes: int | None = Non
     finally:
         joined.set()
     return pid, num
-
-
-# The settings every process must share (its data path and output may differ per machine).
-SHARED = ("recipe", "backbone", "layer", "pool", "image_size", "batch_size", "stages", "seed",
-          "val_split", "skip_bad", "class_weight", "unfreeze", "augment", "head", "dropout",
-          "patience", "precision", "label_smoothing", "mixup", "cutmix")  # fmt: skip
-
-
-def check_same_options(config: dict[str, Any]) -> None:
-    """Every process of a run refuses, naming the option, when any process was started with
-    other settings than process 0: they would otherwise train different models in lockstep
-    (or wait on each other until JAX's heartbeat aborts them)."""
-    from kerascope.training.resume import FLAGS
-
-    devices = config.get("devices") or {}
-    values = [config.get(k) for k in SHARED] + [devices.get("count")]
-    differs = _differing(values, "options")
-    if differs is not None:
-        process, index = differs
-        key = (*SHARED, "devices")[index]
-        flag = FLAGS.get(key, "--" + key.replace("_", "-"))
-        raise ConfigError(f"process {process} was started with another {flag} than "
-                          f"process 0: start every process with the same options (only "
-                          "--process-id differs)")  # fmt: skip
-
-
-def check_same_data(dataset: Any) -> None:
-    """Every process refuses when any reads other images than process 0 (names relative to
-    the data folder, sizes, classes, split): a copy short of one image trained in lockstep
-    on other batches, and process 0's split.json described a run that did not happen."""
-    import os
-
-    root = str(dataset.root)
-    try:
-        listing = {split: [(os.path.relpath(p, root), os.path.getsize(p), label)
-                           for p, label in pairs]
-                   for split, pairs in sorted(dataset.splits.items())}  # fmt: skip
-    except OSError as exc:  # removed since the scan
-        raise ConfigError(f"cannot read '{exc.filename}' of the dataset: {exc.strerror}; "
-                          "leave the DATA folder as it is while training") from None  # fmt: skip
-    differs = _differing([dataset.classes, listing], "data")
-    if differs is not None:
-        what = "classes" if differs[1] == 0 else "images (names, sizes or split)"
-        raise ConfigError(f"process {differs[0]} reads other {what} than process 0 in "
-                          "its DATA folder: give every process the same copy of the "
-                          "dataset")  # fmt: skip
-
-
-def _differing(values: list[Any], phase: str) -> tuple[int, int] | None:
-    """(process, index of the first value) where a process's ``values`` differ from process
-    0's, compared by checksum across the processes; None when all agree or one process runs."""
-    if keras.backend.backend() != "jax":
-        return None
-    import jax
-
-    if jax.process_count() == 1:
-        return None
-    start_together(phase)  # a process refused before this: told, not waited for
-    import json
-    import zlib
-
-    from jax.experimental import multihost_utils
-
-    mine = np.array([zlib.crc32(json.dumps(v, sort_keys=True, default=str).encode()) & 0x7FFFFFFF
-                     for v in values], np.int32)  # fmt: skip
-    every = np.asarray(multihost_utils.process_allgather(mine)).reshape(jax.process_count(), -1)
-    for process, theirs in enumerate(every[1:], start=1):
-        for index, (a, b) in enumerate(zip(every[0], theirs, strict=True)):
-            if a != b:
-                return process, index
-    return None
 
 
 def reported(result: Any, run_dir: Path) -> Any:

@@ -383,6 +383,8 @@ def _train_stages(run_dir: Path, config: dict[str, Any], resumed: bool, engine: 
     placing.check_same_data(dataset)  # every process: the same images, before any is written
     check_task(task_of(config), dataset.classes, config["data"])  # --binary: two classes
     config["classes"], config["counts"] = dataset.classes, dataset.counts
+    config["devices"] = placing.step_record(config["devices"], config["batch_size"],
+                                            sum(dataset.counts["train"].values()))  # fmt: skip
     save_config(run_dir, config)
     write_json(run_dir / LABELS_NAME, {"classes": dataset.classes})
     write_split(run_dir, config["data"], dataset.splits)

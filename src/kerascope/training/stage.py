@@ -88,6 +88,7 @@ def run_stage(model, run_dir: Path, config: dict, index: int, stage: dict, seqs,
     augment = AugmentConfig(**config["augment"]) if config["augment"] else None
     if parts is not None:
         trained = parts.suffix
+        config["prefix_precision"] = PREFIX_PRECISION  # report.md says what the prefix ran in
     else:
         trained = AugmentedTrainer(model, augment.fill_mode if augment else "nearest")
     precision = config.get("precision", "float32")
