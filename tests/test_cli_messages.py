@@ -82,14 +82,16 @@ def test_notes_are_literal_and_never_wrapped(capsys):
 
 
 def test_explain_table_shows_names_as_they_are(capsys):
-    from kerascope import output
+    """The table `kerascope explain` prints (its own printer; output.print_explanations, which
+    only this test used, is gone)."""
+    from kerascope.cli_explain import _print_explained
 
-    explanation = SimpleNamespace(class_name="dog[red]", probability=0.5)
+    explanation = SimpleNamespace(class_name="dog[red]", probability=0.5, method="gradcam")
     saved = [
         SimpleNamespace(ok=True, source="a[/b].png", explanation=explanation, path="a[/b]-out.jpg"),
         SimpleNamespace(ok=False, source="[bold]b.png", error="unreadable [/i] file"),
     ]
-    output.print_explanations(saved)
+    _print_explained(saved)
     out = capsys.readouterr().out
     for text in ("a[/b].png", "dog[red]", "a[/b]-out.jpg", "[bold]b.png", "unreadable [/i] file"):
         assert text in out

@@ -136,6 +136,40 @@ def test_the_api_refuses_a_class_for_eigencam_and_labels_its_results(tmp_path):
             assert row["label"] == picture_label(row["class_name"], row["probability"], method)
             assert says in row["label"] and row["method"] == method
             assert row["class_specific"] is (method != "eigencam")  # JSON: said as data too
+        schema = client.get("/v1/openapi.json").json()["components"]["schemas"]["ExplainResult"]
+        field = schema["properties"]["class_specific"]  # documented, not only sent
+        assert "eigencam" in field["description"] and "boolean" in str(field)
+
+
+def test_the_explain_schema_documents_every_field_the_api_sends():
+    """ExplainResult lists each field of `Explanation` but the arrays (before: class_specific,
+    sent by the API, was missing from its schema)."""
+    import dataclasses
+
+    from kerascope.cam.explanation import Explanation
+    from kerascope.serve.schemas import ExplainResult
+
+    sent = {f.name for f in dataclasses.fields(Explanation)} - {"heatmap", "model_map"}
+    assert sent <= set(ExplainResult.model_fields)
+
+
+def test_batch_explain_says_which_maps_follow_no_class(tmp_path, pictures):
+    """The Parquet index has a class_specific column, false for eigencam's rows (whose name is
+    the top class, which the map is not about), true for gradcam's."""
+    pq = pytest.importorskip("pyarrow.parquet")
+    from kerascope.scale import run_batch
+    from kerascope.scale.work import EXPLAIN_COLUMNS
+    from tests.conftest import _tiny_cam
+
+    model = tmp_path / "tiny.keras"
+    _tiny_cam().save(model)
+    assert "class_specific" in EXPLAIN_COLUMNS
+    for method in ("eigencam", "gradcam"):
+        out = tmp_path / method
+        report = run_batch("explain", [str(pictures)], out, model=str(model), method=method)
+        table = pq.read_table(out / "index")
+        assert report.errors == 0 and table.schema.field("class_specific").type == "bool"
+        assert table.column("class_specific").to_pylist() == [method != "eigencam"] * 5
 
 
 def test_an_empty_map_never_beats_the_random_reference():

@@ -38,9 +38,12 @@ def test_an_existing_picture_is_kept_unless_overwrite(tiny_clf, chelsea, tmp_pat
     out.mkdir()
     earlier = out / "pic-output.jpg"
     earlier.write_bytes(b"someone else's file")
-    with pytest.raises(FileExistsError, match=r"pic-output.jpg' already exists.*--overwrite") as e:
+    with pytest.raises(
+        FileExistsError, match=r"pic-output.jpg' already exists.*overwrite=True"
+    ) as e:
         save_explanations(photo, out, tiny_clf)
     assert isinstance(e.value, KerascopeError)  # the CLI prints it as one line
+    assert "--overwrite" not in str(e.value) and "(-o" not in str(e.value)  # the API's words
     assert earlier.read_bytes() == b"someone else's file"
     saved = save_explanations(photo, out, tiny_clf, overwrite=True)
     assert saved[0].path == earlier
@@ -55,7 +58,8 @@ def test_the_cli_refuses_an_existing_picture_in_one_line(chelsea, tmp_path, caps
     (out / "pic-output.jpg").write_bytes(b"keep me")
     assert main(["explain", str(photo), "-o", str(out)]) != 0  # refused before the model loads
     line = _one_line(capsys.readouterr().err)
-    assert "already exists" in line and "--overwrite" in line
+    assert "already exists" in line and "add --overwrite" in line and "(-o)" in line
+    assert "overwrite=True" not in line and "output_dir" not in line  # before: both wordings
     assert (out / "pic-output.jpg").read_bytes() == b"keep me"
 
 
@@ -111,8 +115,10 @@ def test_a_picture_that_appears_during_the_job_is_kept(tiny_clf, chelsea, tmp_pa
 
     target = tmp_path / "late-output.jpg"
     target.write_bytes(b"arrived first")
-    with pytest.raises(FileExistsError, match="appeared while the job ran"):
+    with pytest.raises(FileExistsError, match="appeared while the job ran") as e:
         write_new_jpeg(np.zeros((8, 8, 3), np.uint8), target)
+    assert "overwrite=True" in str(e.value) and "--overwrite" in e.value.cli
+    assert "--overwrite" not in str(e.value) and "overwrite=True" not in e.value.cli
     assert target.read_bytes() == b"arrived first"
     assert [p.name for p in tmp_path.iterdir()] == ["late-output.jpg"]  # no temp file left
 

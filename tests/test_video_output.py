@@ -143,7 +143,7 @@ def test_frames_dir_overwrite_deletes_the_earlier_runs_frames(tiny_clf, vfr_clip
     from PIL import Image
 
     with Image.open(frames / "frame_00002.jpg") as img:
-        assert img.size == report.size == (W, H)
+        assert img.size == report.size == (4 * W, 4 * H)  # under 224 px: enlarged whole
 
 
 def test_frames_dir_link_at_a_frame_name_is_refused(tiny_clf, short_clip, tmp_path):
@@ -239,14 +239,15 @@ def test_the_stop_line_names_the_frames_dir_only_with_frames_in_it():
         "interrupted after 0 frames: no video written (a video is written whole or not at "
         "all); no frame was drawn, so none is in --frames-dir 'intfr'"
     )
-    assert interrupt_note("interrupted", 4, "fr", 6).endswith(
-        "; the 6 frames drawn so far are in 'fr'"
+    assert interrupt_note("interrupted", 4, "fr", 6) == (
+        "interrupted after 6 frames drawn: no video written (a video is written whole or not "
+        "at all); they are in 'fr'"
     )
     assert "frames-dir" not in interrupt_note("stopped by SIGTERM", 3, None, 0)
     # one frame is one (before: "after 1 frames", "the 1 frame(s) drawn so far are in")
     assert interrupt_note("interrupted", 1, "fr", 1) == (
-        "interrupted after 1 frame: no video written (a video is written whole or not at "
-        "all); the frame drawn so far is in 'fr'"
+        "interrupted after 1 frame drawn: no video written (a video is written whole or not at "
+        "all); it is in 'fr'"
     )
 
 

@@ -32,7 +32,10 @@ def add_explain_commands(sub) -> None:
 
 def _add_explain(sub) -> None:
     p = sub.add_parser(
-        "explain", help="class-activation heatmaps, saved beside the original", epilog=DASH_NOTE
+        "explain",
+        help="class-activation heatmaps: the original beside its heatmap, as <name>-output.jpg "
+        "in -o (default: the current folder)",
+        epilog=DASH_NOTE,
     )
     p.add_argument("paths", nargs="+", help="image files, folders (recursive) or globs")
     add_explain_args(p)
@@ -88,6 +91,17 @@ def _add_explain(sub) -> None:
 
 
 def _run_explain(args) -> int:
+    """`_explain` with a taken output said in the command line's words (--overwrite, -o),
+    not the API's (`kerascope.cam.outputs.OutputExistsError`)."""
+    from kerascope.cam.outputs import OutputExistsError
+
+    try:
+        return _explain(args)
+    except OutputExistsError as exc:
+        raise CliError(exc.cli) from None
+
+
+def _explain(args) -> int:
     from kerascope import output
     from kerascope.sources import normalise_inputs
     from kerascope.zoo.models import load_model

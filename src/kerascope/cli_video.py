@@ -45,7 +45,8 @@ def _add_video(sub) -> None:
         choices=("side", "overlay"),
         default="side",
         help="side: original | overlay; overlay: the overlay alone, at the input size rounded "
-        "down to even sides for H.264 (333x201 gives 332x200)",
+        "down to even sides for H.264 (333x201 gives 332x200; under 224 px, first enlarged by "
+        "a whole factor: 7x5 gives 224x160)",
     )
     p.add_argument(
         "--frames-dir",
@@ -103,19 +104,22 @@ def _run_video(args) -> int:
 
 
 def interrupt_note(stopped: str, done: int, frames_dir: str | None, saved: int) -> str:
-    """The line a stopped run ends with: ``saved`` frame files are in ``frames_dir`` (with 0,
-    that none was drawn: the folder is not named as holding frames; `explain_video` removed
-    it if it had made it)."""
+    """The line a stopped run ends with, one count in it: ``done`` frames encoded or, with a
+    ``frames_dir``, the ``saved`` frame files in it (drawn frames run ahead of the encoder:
+    before, "after 416 frames ... the 432 frames drawn so far are in 'fr'"). With none saved
+    the folder is not named as holding frames (`explain_video` removed it if it had made it)."""
     from kerascope.video import counted
 
-    line = (f"{stopped} after {counted(done, 'frame')}: no video written (a video is written "
-            "whole or not at all)")  # fmt: skip
+    whole = "no video written (a video is written whole or not at all)"
+    if frames_dir is not None and saved:
+        where = "it is" if saved == 1 else "they are"
+        return (
+            f"{stopped} after {counted(saved, 'frame')} drawn: {whole}; {where} in '{frames_dir}'"
+        )
+    line = f"{stopped} after {counted(done, 'frame')}: {whole}"
     if frames_dir is None:
         return line
-    if not saved:
-        return f"{line}; no frame was drawn, so none is in --frames-dir '{frames_dir}'"
-    drawn = "the frame drawn" if saved == 1 else f"the {saved} frames drawn"
-    return f"{line}; {drawn} so far {'is' if saved == 1 else 'are'} in '{frames_dir}'"
+    return f"{line}; no frame was drawn, so none is in --frames-dir '{frames_dir}'"
 
 
 def _explain(args, clf, target, progress):
@@ -146,8 +150,12 @@ def _check_video_output(source: str, target: str | None, overwrite: bool = False
     (an existing file without --overwrite is `kerascope.video.check_output`'s one line)."""
     if target is None:
         return
-    from kerascope.video import output_format, under_a_file
+    from kerascope.video import default_output, output_format, under_a_file
 
+    if os.path.isdir(target):  # before its suffix: "adir" is a folder, not a wrong format
+        inside = Path(target) / default_output(source).name
+        raise CliError(f"--output '{target}' is a folder; name the video file to write in it "
+                       f"(-o '{inside}')")  # fmt: skip
     output_format(target)  # .avi: refused before the model loads
     folder = Path(target).parent
     blocker = under_a_file(target)

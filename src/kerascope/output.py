@@ -449,30 +449,3 @@ def print_verify(checks: list, fmt: str = "table") -> None:
         table.add_row(literal(c.model), literal(c.path.name), c.kind,
                       literal(c.status, styles.get(c.status, "")), literal(c.detail))  # fmt: skip
     _Console(width=160).print(table)
-
-
-def print_explanations(saved: list) -> None:
-    """One line per `SavedExplanation`: the class explained and the picture written, or why not."""
-    table = Table()
-    table.add_column("image", overflow="fold")
-    for col in ("class", "probability", "written to"):
-        table.add_column(col, overflow="fold")
-    for s in saved:
-        if not s.ok:
-            table.add_row(literal(_short(s.source)), literal(f"error: {s.error}", "red"), "", "")
-        else:
-            e = s.explanation
-            table.add_row(
-                literal(_short(s.source)),
-                literal(
-                    e.class_name
-                    + (
-                        " (empty map: no evidence for this class)"
-                        if getattr(s, "empty", False)
-                        else ""
-                    )
-                ),
-                percent(e.probability),
-                literal(_short(str(s.path))),
-            )
-    _Console(width=120).print(table)

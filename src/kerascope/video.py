@@ -72,16 +72,21 @@ class VideoReport:
     precision: str = "float32"  # what the heatmaps were computed in
     header_frames: int = 0  # what the file's header promises (0: it does not say)
     variable_rate: bool = False  # frames came at varying steps (kept); ``fps`` is the average
+    damage: str | None = None  # where reading fell short of the file (`video_input.Reach`)
 
     @property
     def short(self) -> str | None:
-        """Why the video looks cut short (its header promised clearly more frames than could
-        be read, as a truncated download's does: it demuxes to its end without an error), or
-        None."""
-        if self.header_frames - self.frames > max(2, self.header_frames // 50):
+        """Why the video looks cut short, or None: its header promised clearly more frames than
+        could be read (a truncated download demuxes to its end without an error), or reading
+        or decoding ended clearly before the file does (``damage``: with frame threading FFmpeg
+        drops what it cannot decode without an error). The frames read are written all the
+        same; the CLI exits 1."""
+        if self.damage is None and self.header_frames - self.frames > max(
+            2, self.header_frames // 50
+        ):
             return (f"its header promises {self.header_frames} frames but only {self.frames} "
                     "could be read: the file looks truncated")  # fmt: skip
-        return None
+        return self.damage  # `video_input.Reach.problem`, which makes the check above too
 
     @property
     def frames_per_second(self) -> float:
@@ -134,7 +139,8 @@ def explain_video(
             (Each output frame keeps its input frame's timestamp, so a variable-rate video
             stays variable and in sync with its audio.)
         layout: ``"side"`` (original | overlay, label bar on top) or ``"overlay"`` (the input
-            size rounded down to even sides, which H.264 needs: 333x201 gives 332x200).
+            size rounded down to even sides, which H.264 needs: 333x201 gives 332x200; a
+            video under 224 px is enlarged by a whole factor first, as explain's pictures are).
         frames_dir: also save each drawn frame as ``frame_00001.jpg``, ... in this folder
             (made if missing). With ``overwrite`` the ``frame_NNNNN.jpg`` files already there
             are deleted first (only regular files of that pattern), so the folder holds this
@@ -212,7 +218,7 @@ def explain_video(
                 pipeline = FramePipeline(explainer, clf, options, out, vstream, astream,
                                          progress)  # fmt: skip
                 try:
-                    _run(container, vstream, astream, pipeline, input_path)
+                    damage = _run(container, vstream, astream, pipeline, input_path, header)
                 finally:
                     pipeline.abort()  # an error or Ctrl-C: the draw threads end with the file
     except BaseException as exc:
@@ -231,6 +237,7 @@ def explain_video(
         precision=explainer.precision,
         header_frames=header,
         variable_rate=pipeline.timeline.variable,
+        damage=damage,
     )
 
 
@@ -332,9 +339,11 @@ def _open_output(path: Path, fmt: str, final: Path):
         raise VideoOutputError(final, str(exc).splitlines()[0]) from None
 
 
-def _run(container, vstream, astream, pipeline: FramePipeline, path) -> None:
+def _run(container, vstream, astream, pipeline: FramePipeline, path, header: int) -> str | None:
     """Frames come prepared from a reader thread (`video_input.FrameReader`) while this thread
-    runs the model; the pipeline draws and encodes in its own threads."""
+    runs the model; the pipeline draws and encodes in its own threads. Returns why the frames
+    read fall short of the file (`video_input.Reach.problem`; ``header``: the frames the header
+    promises), or None."""
     reader = FrameReader(container, vstream, astream, pipeline, path)
     try:
         for item in reader.frames():
@@ -343,5 +352,7 @@ def _run(container, vstream, astream, pipeline: FramePipeline, path) -> None:
     finally:
         reader.stop()
     if reader.count == 0:
-        raise VideoError(path, "no frame could be decoded (corrupt or truncated video)")
+        cause = f": {reader.reach.error}" if reader.reach.error else ""
+        raise VideoError(path, f"no frame could be decoded (corrupt or truncated video{cause})")
     pipeline.close()
+    return reader.reach.problem(container, 1 / frame_rate(vstream), header, reader.count)

@@ -28,7 +28,7 @@ from PIL import Image
 
 from kerascope.cam import fitting
 from kerascope.cam import overlay as ov
-from kerascope.cam.save import picture_label
+from kerascope.cam.save import OUTPUT_MIN_SIDE, picture_label
 from kerascope.files import output_error
 from kerascope.images import fit as fit_picture
 from kerascope.images import fit_box, resize
@@ -87,8 +87,19 @@ def _rgb(frame) -> np.ndarray:
     """Decode to RGB, upright: phone videos are stored sideways with a display matrix."""
     rgb = frame.to_ndarray(format="rgb24")
     quarter = round((getattr(frame, "rotation", 0) or 0) / 90) % 4
-    rgb = np.rot90(rgb, k=quarter) if quarter else rgb
-    height, width = rgb.shape[:2]  # H.264 4:2:0 needs even sides: drop one row/column
+    return np.rot90(rgb, k=quarter) if quarter else rgb
+
+
+def _drawn(rgb: np.ndarray) -> np.ndarray:
+    """The frame as drawn: one under `cam.save.OUTPUT_MIN_SIDE` enlarged by a whole factor
+    (whole pixels), as explain's pictures are, so its label is legible (before: a 7x5 video
+    gave 12x24 frames, mostly label bar; a 1x1 one crashed); then even sides, which H.264 4:2:0
+    needs (one row or column dropped)."""
+    height, width = rgb.shape[:2]
+    if max(height, width) < OUTPUT_MIN_SIDE:
+        factor = -(-OUTPUT_MIN_SIDE // max(height, width))
+        rgb = np.repeat(np.repeat(rgb, factor, axis=0), factor, axis=1)
+        height, width = rgb.shape[:2]
     return np.ascontiguousarray(rgb[: height - height % 2, : width - width % 2])
 
 
@@ -286,11 +297,14 @@ class FramePipeline:
     def prepare(self, frame, index: int) -> tuple[np.ndarray, np.ndarray | None, int, int]:
         """(The reader thread.) ``(rgb, what the model sees or None, output pts, duration)``
         of input frame ``index``; the model sees every ``every``-th frame."""
-        rgb = _rgb(frame)
+        upright = _rgb(frame)
+        rgb = _drawn(upright)
+        # The model sees a tiny frame as it is (a still's decode is not enlarged either).
+        seen = upright if max(upright.shape[:2]) < OUTPUT_MIN_SIDE else rgb
         if self.frame_shape is None:
             self.frame_shape = rgb.shape[:2]
-            shown = fit_box(rgb.shape, self.clf.input_size, self.opt["convention"])
-            self.box = fitting.as_fractions(shown, rgb.shape)
+            shown = fit_box(seen.shape, self.clf.input_size, self.opt["convention"])
+            self.box = fitting.as_fractions(shown, seen.shape)
             # As many key frames as the held frames' bound lets wait, so a call is never
             # mostly padding (1080p at --every 1: 41 frames fit, not the GPU default 128).
             held = max(1, _PENDING_BYTES // (rgb.nbytes * self.opt["every"]))
@@ -299,7 +313,7 @@ class FramePipeline:
             rgb = resize(rgb, self.frame_shape)
         key = None
         if index % self.opt["every"] == 0:
-            key = fit_picture(rgb, self.clf.input_size, self.opt["convention"])
+            key = fit_picture(seen, self.clf.input_size, self.opt["convention"])
         pts = self.timeline.stamp(frame.pts, getattr(frame, "duration", None))
         return rgb, key, pts, self.timeline.durations.pop(pts)
 

@@ -107,6 +107,7 @@ class FrameReader:
         self.ready: queue.SimpleQueue = queue.SimpleQueue()
         self.stopping = threading.Event()
         self.count = 0
+        self.reach = Reach()
         args = (container, vstream, astream, pipeline, path)
         self.thread = threading.Thread(target=self._work, args=args, daemon=True,
                                        name="kerascope-video-read")  # fmt: skip
@@ -114,7 +115,7 @@ class FrameReader:
 
     def _work(self, container, vstream, astream, pipeline: FramePipeline, path) -> None:
         try:
-            for packet, frame in _read(container, vstream, astream, path):
+            for packet, frame in _read(container, vstream, astream, self.reach):
                 if self.stopping.is_set():
                     return
                 if frame is None:
@@ -150,8 +151,91 @@ def _held(item: tuple) -> int:
     return item[0].nbytes + (item[1].nbytes if item[1] is not None else 0)
 
 
-def _read(container, vstream, astream, path):
-    """Yield ``(audio_packet, None)`` or ``(None, video_frame)``; input errors -> VideoError.
+class Reach:
+    """How far reading got, in seconds of the input, and what failed on the way: the ends of
+    the video packets read, of the frames decoded from them and of the audio packets; the
+    packets the decoder refused. A damaged video is written as far as it can be read (as the
+    ffmpeg tool does: a refused packet is skipped, its neighbours until the next key frame are
+    lost) and `problem` says so. Ends matter because with frame threading FFmpeg drops a
+    packet it cannot decode without an error (a corrupt MKV read as 27 frames of 200, exit 0)
+    and a truncated MKV demuxes to its end without one."""
+
+    def __init__(self) -> None:
+        self.packets: float | None = None  # end of the last video packet read
+        self.frames: float | None = None  # end of the last frame decoded
+        self.audio: float | None = None  # end of the last audio packet read
+        self.refused = 0  # video packets the decoder refused
+        self.error: str | None = None  # the first refusal (or what ended demuxing), in words
+
+    def packet(self, packet, video: bool) -> None:
+        end = _end(packet.pts if packet.pts is not None else packet.dts, packet.duration,
+                   packet.time_base)  # fmt: skip
+        if end is None or not packet.size:
+            return
+        if video:
+            self.packets = end if self.packets is None else max(self.packets, end)
+        else:
+            self.audio = end if self.audio is None else max(self.audio, end)
+
+    def frame(self, frame, step: Fraction) -> None:
+        end = _end(frame.pts, getattr(frame, "duration", None), frame.time_base)
+        if end is None:
+            return
+        if not getattr(frame, "duration", None):
+            end += float(step)
+        self.frames = end if self.frames is None else max(self.frames, end)
+
+    def failed(self, err: Exception, when: float | None, refused: bool) -> None:
+        """A packet the decoder refused (``refused``), or the error that ended demuxing."""
+        self.refused += refused
+        if self.error is None:  # "Invalid data found when processing input", not its errno
+            said = getattr(err, "strerror", None) or str(err) or type(err).__name__
+            at = "" if when is None else f"near {when:.2f} s: "
+            self.error = f"{at}{said.splitlines()[0]}"
+
+    def problem(self, container, step: Fraction, promised: int = 0, read: int = 0) -> str | None:
+        """Why the ``read`` frames look like less than the whole video, in words, or None:
+        packets refused, fewer frames than the header's ``promised`` count (a truncated MP4),
+        reading ended before the header's length, or decoding before reading. Gaps under two
+        frames and 2 % of the length are not counted (rounded times, a last frame's guessed
+        duration)."""
+        if self.frames is None:
+            return None
+        if self.refused:
+            refused = counted(self.refused, "packet")
+            return (f"{refused} could not be decoded (the first {self.error}), so frames are "
+                    "missing: the file looks corrupt")  # fmt: skip
+        if promised - read > max(2, promised // 50):
+            return (f"its header promises {promised} frames but only {read} could be read: "
+                    "the file looks truncated")  # fmt: skip
+        start = (container.start_time or 0) / 1_000_000
+        slack = 2 * float(step)
+        ends = [x for x in (self.packets, self.audio) if x is not None]
+        length = (container.duration or 0) / 1_000_000
+        cause = f" ({self.error})" if self.error else ""  # the first refusal
+        if length and length - (max(ends, default=self.frames) - start) > max(slack, length / 50):
+            return (f"only its first {self.frames - start:.2f} s of {length:.2f} s could be "
+                    f"read{cause}: the file looks truncated or corrupt")  # fmt: skip
+        if self.packets is not None:
+            lost = self.packets - self.frames
+            if lost > max(slack, (self.packets - start) / 50):
+                return (f"its frames from {self.frames - start:.2f} s to "
+                        f"{self.packets - start:.2f} s could not be decoded: the file looks "
+                        "corrupt")  # fmt: skip
+        return None
+
+
+def _end(pts, duration, time_base) -> float | None:
+    if pts is None or not time_base:
+        return None
+    return float((pts + (duration or 0)) * time_base)
+
+
+def _read(container, vstream, astream, reach: Reach):
+    """Yield ``(audio_packet, None)`` or ``(None, video_frame)``. A packet the decoder refuses
+    is skipped, and an error that ends demuxing ends reading, both told to ``reach``
+    (`Reach`), which says after the run what is missing (before, the first refusal ended the
+    run with no video: an hour's frames lost to one bad packet).
 
     Only reading is guarded, so an encoder or disk error on the output is not blamed on
     the input file.
@@ -159,20 +243,25 @@ def _read(container, vstream, astream, path):
     import av
 
     demux = container.demux([vstream] if astream is None else [vstream, astream])
-    frames = 0
+    step = 1 / frame_rate(vstream)
     while True:
+        packet = None
         try:
             packet = next(demux)
-            decoded = None if packet.stream is astream else packet.decode()
+            video = packet.stream is not astream
+            reach.packet(packet, video)
+            decoded = packet.decode() if video else None
         except StopIteration:
             return
         except av.error.FFmpegError as err:
-            raise VideoError(
-                path, f"decode error after {counted(frames, 'frame')} ({err})"
-            ) from None
+            when = None if packet is None else _end(packet.pts, 0, packet.time_base)
+            reach.failed(err, when if when is not None else reach.frames, packet is not None)
+            if packet is None:  # the demuxer gave up: the frames so far are kept
+                return
+            continue
         if decoded is None:
             yield packet, None
             continue
         for frame in decoded:
-            frames += 1
+            reach.frame(frame, step)
             yield None, frame

@@ -24,7 +24,18 @@ from kerascope.sources import Source
 
 
 class OutputExistsError(KerascopeError, FileExistsError):
-    """An output that would replace an existing file (without ``overwrite``) or an input."""
+    """An output that would replace an existing file (without ``overwrite``) or an input.
+
+    Its message names the API's arguments (``overwrite=True``, ``output_dir``); ``cli`` is the
+    same in the command line's words (``--overwrite``, ``-o``), which `kerascope explain`
+    prints (before, one line named both: "add --overwrite (overwrite=True)")."""
+
+    def __init__(self, message: str, cli: str | None = None):
+        super().__init__(message)
+        self.cli = message if cli is None else cli
+
+    def __reduce__(self):  # from a worker process: both wordings
+        return (type(self), (str(self), self.cli))
 
 
 def output_names(sources: Sequence[Source]) -> list[str | None]:
@@ -130,18 +141,23 @@ def check_outputs(
             continue
         source = inputs.get(file_identity(path))
         if source is not None:
+            said = f"the output '{path}' is the input '{source}'; inputs are never replaced, even"
             raise OutputExistsError(
-                f"the output '{path}' is the input '{source}'; inputs are never replaced, even "
-                "with --overwrite: choose another output folder (-o, output_dir=)"
+                f"{said} with overwrite=True: choose another output_dir",
+                cli=f"{said} with --overwrite: choose another output folder (-o)",
             )
         if os.path.isdir(path):
-            raise OutputExistsError(f"the output '{path}' is a folder; choose another -o")
+            said = f"the output '{path}' is a folder; choose another"
+            raise OutputExistsError(f"{said} output_dir", cli=f"{said} -o")
         taken.append(path)
     if taken and not overwrite:
         more = f" (and {len(taken) - 1} more)" if len(taken) > 1 else ""
+        said = f"'{taken[0]}' already exists{more};"
         raise OutputExistsError(
-            f"'{taken[0]}' already exists{more}; add --overwrite (overwrite=True) to replace "
-            "existing pictures, or choose another output folder (-o, output_dir=)"
+            f"{said} pass overwrite=True to replace existing pictures, or choose another "
+            "output_dir",
+            cli=f"{said} add --overwrite to replace existing pictures, or choose another output "
+            "folder (-o)",
         )
 
 
@@ -199,9 +215,10 @@ def _link(tmp: Path, path: Path) -> None:
     try:
         os.link(tmp, path)
     except FileExistsError:
+        said = f"'{path}' appeared while the job ran; it was kept"
         raise OutputExistsError(
-            f"'{path}' appeared while the job ran; it was kept (add --overwrite, overwrite=True, "
-            "to replace it, or choose another output folder)"
+            f"{said} (pass overwrite=True to replace it, or choose another output_dir)",
+            cli=f"{said} (add --overwrite to replace it, or choose another output folder: -o)",
         ) from None
     except OSError as exc:
         if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EMLINK):

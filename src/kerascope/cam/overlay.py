@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from kerascope.cam.stretch import stretch_array, stretch_image
 from kerascope.cam.text import fit_bar
 from kerascope.cam.wording import shorter
 from kerascope.files import atomic_open
@@ -403,11 +404,11 @@ def side_by_side(
     ``colormap`` (the one the overlay was drawn with) from 0 to the map's own maximum runs
     under the overlay, in a strip as tall as the label bar.
 
-    Returns:
-        (bar_height(H) + H, 2 * W, 3) uint8; (2 * bar_height(H) + H, 2 * W, 3) with colorbar.
-    """
+    Returns: (bar_height(H) + H, 2 * W, 3) uint8 (2 * bar_height(H) + H with colorbar), H, W
+    stretched to at least `cam.stretch.MIN_PICTURE_SIDE`."""
     if image.shape != overlaid.shape:
         raise ValueError(f"image {image.shape} and overlay {overlaid.shape} differ in shape")
+    image, overlaid = stretch_array(image), stretch_array(overlaid)  # a panorama: `cam.stretch`
     height, width = image.shape[:2]
     bar = bar_height(height)
     key = bar if colorbar else 0
@@ -435,6 +436,7 @@ def side_by_side_image(
     photos pasted after it clip the text as the bar's edge does)."""
     if image.size != overlaid.size:
         raise ValueError(f"image {image.size} and overlay {overlaid.size} differ in size")
+    image, overlaid = stretch_image(image), stretch_image(overlaid)
     width, height = image.size
     bar = bar_height(height)
     key = bar if colorbar else 0

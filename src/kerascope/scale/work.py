@@ -254,15 +254,20 @@ class BlockWorker:
                                      self.out / name)  # fmt: skip
             if not e.ok:
                 errors += 1
-                _append(cols, _clean(e.source), None, None, None, None, None, _clean(e.error))
+                _append(cols, _clean(e.source), None, None, None, None, None, None,
+                        _clean(e.error))  # fmt: skip
                 continue
             _append(cols, _clean(e.source), e.class_index, _clean(e.class_id),
-                    _clean(e.class_name), e.probability, name, None)  # fmt: skip
+                    _clean(e.class_name), e.probability, e.class_specific, name,
+                    None)  # fmt: skip
         return _pa().table(cols, schema=explain_schema()), errors
 
 
 CLASSIFY_COLUMNS = ("image", "rank", "class_id", "name", "probability", "error")
-EXPLAIN_COLUMNS = ("image", "class_index", "class_id", "name", "probability", "output", "error")
+EXPLAIN_COLUMNS = ("image", "class_index", "class_id", "name", "probability", "class_specific",
+                   "output", "error")  # fmt: skip
+"""``class_specific`` is false for a map that is the same for every class (eigencam): ``name``
+is then the top class, which the map is not about (`kerascope.cam.explanation.Explanation`)."""
 
 
 def _append(cols: dict[str, list], *values) -> None:
@@ -288,8 +293,8 @@ def explain_schema():
     pa = _pa()
     return pa.schema([("image", pa.string()), ("class_index", pa.int32()),
                       ("class_id", pa.string()), ("name", pa.string()),
-                      ("probability", pa.float64()), ("output", pa.string()),
-                      ("error", pa.string())])  # fmt: skip
+                      ("probability", pa.float64()), ("class_specific", pa.bool_()),
+                      ("output", pa.string()), ("error", pa.string())])  # fmt: skip
 
 
 def write_shard(table: Any, path: Path) -> None:

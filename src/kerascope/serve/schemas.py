@@ -58,6 +58,10 @@ class ExplainResult(BaseModel):
         "fractions of its width and height; outlined on the pictures when it is not all of it"
     )  # fmt: skip
     method: str | None = Field(None, description="the method that drew the map")
+    class_specific: bool | None = Field(
+        None, description="false for a map that is the same for every class (eigencam): "
+        "class_name is then the top class, which the map is not about"
+    )  # fmt: skip
     label: str | None = Field(
         None, description="what the picture says of the map, class and probability first: "
         "'goldfish <0.01% (gradcam): map shape only' for a class the model all but rules out "
