@@ -397,3 +397,47 @@ def test_expensive_heatmaps_take_turns_within_the_servers_quota(
     for path in photos:
         assert card_state(browser, path.name)["caption"].startswith(f"{title}: where the model")
     assert [e for e in browser.get_log("browser") if e["level"] == "SEVERE"] == []
+
+
+def test_files_the_server_refused_are_not_sent_again_on_a_change(
+    server, browser, photo_paths, tmp_path
+):
+    """Before: each method, fit or model change sent classify and explain again for every file
+    the server had refused as unreadable (415, 400), and Chromium logged both refusals to the
+    console each time. Now only the photo it could read is asked again."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select
+
+    text, empty = tmp_path / "notes.png", tmp_path / "empty.jpg"
+    text.write_text("not a picture\n")
+    empty.write_bytes(b"")
+    open_page(browser, server)
+    browser.execute_script(
+        """const real = window.fetch.bind(window);
+           window.sent = [];
+           window.fetch = (url, init = {}) => {
+             if (init.body instanceof FormData) {
+               window.sent.push(`${String(url).split('?')[0]} ${init.body.get('file').name}`);
+             }
+             return real(url, init);
+           };"""
+    )
+    pick(browser, photo_paths["chelsea"], text, empty)
+    assert (
+        done(browser) == "Done: 3 photos, 2 failed. Choose a class to see where the model finds it."
+    )
+    errors = {n: card_state(browser, n)["error"] for n in ("notes.png", "empty.jpg")}
+    assert "not an image" in errors["notes.png"] and "empty" in errors["empty.jpg"]
+    assert not card_state(browser, "notes.png")["retry"]  # refused: trying again cannot help
+    browser.execute_script("window.sent = []")
+    browser.get_log("browser")  # the first refusals' console lines
+    Select(browser.find_element(By.ID, "method")).select_by_value("gradcam++")
+    done(browser)
+    Select(browser.find_element(By.ID, "fit")).select_by_value("crop")
+    assert done(browser).startswith("Done: 3 photos, 2 failed.")
+    sent = browser.execute_script("return window.sent")
+    assert sorted(sent) == ["/v1/classify chelsea.png", "/v1/explain chelsea.png",
+                            "/v1/explain chelsea.png"]  # fmt: skip
+    assert {n: card_state(browser, n)["error"] for n in errors} == errors  # still said
+    assert [e for e in browser.get_log("browser") if e["level"] == "SEVERE"] == []
+    assert card_state(browser, "chelsea.png")["caption"].endswith("outlined centre crop")

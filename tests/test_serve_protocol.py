@@ -10,6 +10,7 @@ import time
 
 import pytest
 
+from kerascope.serve.hosts import SECURITY_HEADERS
 from tests.serve_server import server_process
 
 pytestmark = pytest.mark.slow  # a server subprocess: ~20 s to start on 2 cores
@@ -74,6 +75,8 @@ def test_unparseable_requests_get_a_json_error(port, data, status, error):
     assert headers["connection"] == "close"
     assert body["error"].startswith(error), body
     assert "Invalid HTTP request received" not in body["error"]
+    for name, value in SECURITY_HEADERS:  # as every answer: these came without them
+        assert headers[name.decode()] == value.decode()
 
 
 def test_the_server_still_answers_after_them(port):

@@ -26,7 +26,7 @@ from starlette.requests import ClientDisconnect
 from kerascope import __version__
 from kerascope.serve import schemas
 from kerascope.serve.batching import hung_up, until_gone
-from kerascope.serve.hosts import BrowserGuard, LoopbackHosts
+from kerascope.serve.hosts import BrowserGuard, LoopbackHosts, SecurityHeaders
 from kerascope.serve.limits import (
     MP,
     BodyLimit,
@@ -45,7 +45,7 @@ from kerascope.serve.uploads import (
     data_url,
     decode_all,
     encode,
-    failure_status,
+    failure,
     read_uploads,
     weigh,
 )
@@ -72,6 +72,14 @@ CLOSE = {"Connection": "close"}  # the body was not read to its end: the connect
 
 def _error(status: int, message: str, headers: dict | None = None, **extra) -> JSONResponse:
     return JSONResponse({"error": message, **extra}, status_code=status, headers=headers)
+
+
+class _App(FastAPI):
+    """FastAPI with `SecurityHeaders` around everything: Starlette runs the 500 handler, and
+    so sends its answer, outside every middleware ``add_middleware`` adds."""
+
+    def build_middleware_stack(self):
+        return SecurityHeaders(super().build_middleware_stack())
 
 
 def create_app(
@@ -104,7 +112,7 @@ def create_app(
             await model.close()
         lanes.shutdown()
 
-    app = FastAPI(
+    app = _App(
         title="kerascope",
         version=__version__,
         summary="Classify images and explain the predictions with class-activation heatmaps.",
@@ -119,7 +127,7 @@ def create_app(
         read_timeout=min(limits.read_timeout_s, limits.body_timeout_s),
         body_timeout=limits.body_timeout_s,
     )
-    app.add_middleware(BrowserGuard)  # before any body is read; headers on every response
+    app.add_middleware(BrowserGuard)  # before any body is read
     if loopback:
         app.add_middleware(LoopbackHosts)  # added last: the outermost, before any body is read
     _add_handlers(app)
@@ -223,9 +231,9 @@ def create_app(
         body = {"model": served_model.key, "engine": served_model.engine,
                 "precision": served_model.precision, "multilabel": cuts is not None,
                 "results": rows}  # fmt: skip
-        status = failure_status(items)
+        status, message = failure(items)
         if status != 200:
-            return _error(status, items[0].error, **body)
+            return _error(status, message, **body)
         return JSONResponse(body)  # already plain JSON: skip jsonable_encoder
 
     @app.post(
@@ -366,7 +374,7 @@ def create_app(
             loop.run_in_executor(pool, draw, it, out[0]) for it, out in zip(good, outs, strict=True)
         ))  # fmt: skip
         done = {id(it): (out, pics) for it, out, pics in zip(good, outs, drawn, strict=True)}
-        status = failure_status(items)
+        status, message = failure(items)
         if format != "json" and status == 200:
             (_, c, p), (over, _) = done[id(items[0])]
             picture = await loop.run_in_executor(pool, encode, over, format)
@@ -396,7 +404,7 @@ def create_app(
             "results": rows,
         }
         if status != 200:
-            return _error(status, items[0].error, **body)
+            return _error(status, message, **body)
         return JSONResponse(body)  # already plain JSON: skip jsonable_encoder
 
     @app.get("/", include_in_schema=False)

@@ -36,6 +36,7 @@ from http import HTTPStatus
 import h11
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
+from kerascope.serve.hosts import SECURITY_HEADERS
 from kerascope.serve.limits import MAX_HEADER_BYTES, ServeLimits
 
 BODY_GRACE_S = 2.0  # after the app's own 408, before the socket is closed under it
@@ -160,8 +161,8 @@ def guarded_protocol(limits: ServeLimits, max_connections: int) -> type[H11Proto
 
 def _malformed(protocol: H11Protocol, exc: BaseException | None) -> None:
     """h11's status for ``exc`` (400; 431 for headers over its limit, 501 for a transfer coding
-    it lacks) with a JSON body, then close. Just close when a response has already begun on
-    this connection: h11 refuses to start another."""
+    it lacks) with a JSON body and `SECURITY_HEADERS`, then close. Just close when a response
+    has already begun on this connection: h11 refuses to start another."""
     status = getattr(exc, "error_status_hint", 400)
     known = (
         isinstance(status, int) and 400 <= status < 600 and status in HTTPStatus._value2member_map_
@@ -174,7 +175,8 @@ def _malformed(protocol: H11Protocol, exc: BaseException | None) -> None:
         message = "malformed HTTP request" + (f": {detail}" if detail else "")
     body = json.dumps({"error": message}).encode()
     headers = [(b"content-type", b"application/json"),
-               (b"content-length", str(len(body)).encode()), (b"connection", b"close")]  # fmt: skip
+               (b"content-length", str(len(body)).encode()), (b"connection", b"close"),
+               *SECURITY_HEADERS]  # fmt: skip
     try:
         event = h11.Response(status_code=status, headers=headers, reason=HTTPStatus(status).phrase)
         data = protocol.conn.send(event) or b""
@@ -190,15 +192,17 @@ _REFUSED = {"count": 0, "logged": False, "evicted": 0}
 
 
 def _refuse(transport, limit: int) -> None:
-    """503 + Retry-After straight onto a connection over the cap, then close it."""
+    """503 + Retry-After (and `SECURITY_HEADERS`, as every answer) straight onto a connection
+    over the cap, then close it."""
     body = json.dumps(
         {"error": f"the server holds {limit} connections, its limit; retry shortly"}
     ).encode()
     head = (
         "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\n"
-        f"content-length: {len(body)}\r\nretry-after: 1\r\nconnection: close\r\n\r\n"
-    )
-    transport.write(head.encode() + body)
+        f"content-length: {len(body)}\r\nretry-after: 1\r\nconnection: close\r\n"
+    ).encode()
+    security = b"".join(k + b": " + v + b"\r\n" for k, v in SECURITY_HEADERS)
+    transport.write(head + security + b"\r\n" + body)
     transport.close()
     _REFUSED["count"] += 1
     _note_limit(limit)

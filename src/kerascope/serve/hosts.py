@@ -90,12 +90,11 @@ def same_origin(origin: str, host: str | None) -> bool:
     return scheme.lower() in ("http", "https") and rest.lower() == host.strip().lower()
 
 
-class BrowserGuard:
-    """Pure ASGI middleware: a cross-origin POST (an ``Origin`` other than the server's own:
-    another site's page, or ``null``) gets a 403 before its body is read, since any site the
-    user visits could make their browser send a form of photos here; clients that send no
-    ``Origin`` (curl, scripts) and the server's own page are answered. Every response gets
-    `SECURITY_HEADERS`."""
+class SecurityHeaders:
+    """Pure ASGI middleware: every response gets `SECURITY_HEADERS` (those it lacks). It wraps
+    the whole app, its error handling and the other middleware included (`create_app`), so
+    refusals sent before any route runs carry them too; `kerascope.serve.connections` adds
+    them to the answers it writes itself."""
 
     def __init__(self, app):
         self.app = app
@@ -104,13 +103,28 @@ class BrowserGuard:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
 
-        async def guarded_send(message):
+        async def with_headers(message):
             if message["type"] == "http.response.start":
                 names = {k.lower() for k, _ in message.get("headers") or ()}
                 extra = [(k, v) for k, v in SECURITY_HEADERS if k not in names]
                 message = {**message, "headers": [*(message.get("headers") or ()), *extra]}
             await send(message)
 
+        return await self.app(scope, receive, with_headers)
+
+
+class BrowserGuard:
+    """Pure ASGI middleware: a cross-origin POST (an ``Origin`` other than the server's own:
+    another site's page, or ``null``) gets a 403 before its body is read, since any site the
+    user visits could make their browser send a form of photos here; clients that send no
+    ``Origin`` (curl, scripts) and the server's own page are answered."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
         headers = dict(scope.get("headers") or [])
         origin = headers.get(b"origin")
         if scope.get("method", "GET") not in SAFE_METHODS and origin is not None:
@@ -122,10 +136,10 @@ class BrowserGuard:
             names = [h.decode("latin-1") for h in (headers.get(b"host"), forwarded) if h]
             if not any(same_origin(given, name) for name in names):
                 return await json_reply(
-                    guarded_send, 403,
+                    send, 403,
                     f"cross-origin request from {quoted(given)} refused: this server answers "
                     "its own page and clients that send no Origin (curl, scripts); behind a "
                     "reverse proxy, name the page's host (nginx: proxy_set_header "
                     "X-Forwarded-Host $http_host)",
                 )  # fmt: skip
-        return await self.app(scope, receive, guarded_send)
+        return await self.app(scope, receive, send)

@@ -3,7 +3,7 @@
 The page stacks the heatmap layer (an RGBA PNG whose opacity is the heat) over the photo and
 changes its CSS opacity with a slider, so moving the slider costs no request. Both are drawn
 at most ``max_side`` pixels on the long side: a 12 MP phone photo needs no 12 MP overlay on
-a screen, and the response stays small.
+a screen, and the response stays small. A tiny photo is drawn enlarged, as explain draws it.
 """
 
 from __future__ import annotations
@@ -11,16 +11,31 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
+from kerascope.cam.enlarge import enlarge, enlargement
 from kerascope.cam.overlay import colormap_lut, opacity_gain, opacity_levels, overlay
+from kerascope.cam.save import OUTPUT_MIN_SIDE
+
+
+def drawn_size(width: int, height: int, max_side: int) -> tuple[int, int]:
+    """The (width, height) `fit` draws a ``width`` x ``height`` picture at."""
+    factor = enlargement(width, height, OUTPUT_MIN_SIDE)
+    width, height = width * factor, height * factor
+    scale = max_side / max(height, width) if max_side else 1.0
+    if scale >= 1.0:
+        return width, height
+    return max(1, round(width * scale)), max(1, round(height * scale))
 
 
 def fit(image: np.ndarray, max_side: int) -> np.ndarray:
-    """``image`` scaled down (never up) so its long side is at most ``max_side`` (0: as is)."""
+    """``image`` as drawn: one under explain's ``OUTPUT_MIN_SIDE`` enlarged by a whole factor
+    as explain enlarges it (`kerascope.cam.enlarge`: a 1x1 photo's heatmap was 1x1, which the
+    page stretched to one flat colour), then scaled down so its long side is at most
+    ``max_side`` (0: as is)."""
+    image = enlarge(image, OUTPUT_MIN_SIDE)
     height, width = image.shape[:2]
-    scale = max_side / max(height, width) if max_side else 1.0
-    if scale >= 1.0:
+    size = drawn_size(width, height, max_side)
+    if size == (width, height):
         return image
-    size = (max(1, round(width * scale)), max(1, round(height * scale)))
     pil = Image.fromarray(image).resize(size, Image.Resampling.BILINEAR, reducing_gap=3.0)
     return np.asarray(pil)
 

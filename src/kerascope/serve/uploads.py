@@ -34,6 +34,7 @@ from kerascope.serve.decode import (
     decode_work,
     read_header,
 )
+from kerascope.serve.render import drawn_size
 from kerascope.serve.served import RequestError
 from kerascope.zoo.registry import InputConvention
 
@@ -157,9 +158,8 @@ def weigh(
         total += pixels
         work += decode_work(header, pixels)
         twice = keep and _decoded_twice(costs)
-        if keep and pixels:
-            scale = min(1.0, max_side / max(width, height)) if max_side else 1.0
-            drawn = math.ceil(pixels * scale * scale)
+        if keep and pixels:  # the pictures as drawn: scaled down, a tiny one enlarged
+            drawn = math.prod(drawn_size(width, height, max_side or 0))
             total += drawn
             work += drawn
             if twice:  # decoded again for the model (`_prepare`)
@@ -216,12 +216,15 @@ async def decode_all(
         raise
 
 
-def failure_status(items: list[Upload]) -> int:
-    """200 when any image worked; else the status of the failure (413 wins: it says "resize")."""
+def failure(items: list[Upload]) -> tuple[int, str | None]:
+    """(200, None) when any image worked; else the status of the failure (413 wins: it says
+    "resize") and the message of the first image that failed so, so the two agree (a text
+    file's "not an image file" came with an empty file's 400, not its own 415)."""
     if any(it.error is None for it in items):
-        return 200
+        return 200, None
     statuses = {it.status for it in items}
-    return 413 if 413 in statuses else min(statuses)
+    status = 413 if 413 in statuses else min(statuses)
+    return status, next(it.error for it in items if it.status == status)
 
 
 def data_url(image: np.ndarray | Image.Image, fmt: str) -> str:

@@ -51,7 +51,11 @@ function unreachable() {
     "is `kerascope serve` still running?";
 }
 
-function failure(message, retryable) { return Object.assign(new Error(message), { retryable }); }
+// `refused`: the server turned the file itself away (unreadable, empty, too many pixels): the
+// same bytes get the same answer whatever the method, fit or model.
+function failure(message, retryable, refused = false) {
+  return Object.assign(new Error(message), { retryable, refused });
+}
 
 function sleep(seconds, signal) {
   return new Promise((resolve, reject) => {
@@ -83,7 +87,10 @@ async function api(path, file, { signal, onWait } = {}) {
     const busy = response.status === 429 || response.status === 503;
     const wait = Math.max(1, Number(response.headers.get("Retry-After")) || 1);
     if (!busy || waited + wait > MAX_WAIT_S) {
-      throw failure(message, busy || response.status === 408 || response.status >= 500);
+      const retryable = busy || response.status === 408 || response.status >= 500;
+      // The file's own error in the results (a 415, 400 or 422 of every file), or a 413.
+      const own = Boolean(data && data.results && data.results.some((r) => r && r.error));
+      throw failure(message, retryable, !retryable && (own || response.status === 413));
     }
     if (onWait) onWait(wait);
     await sleep(wait, signal);
@@ -355,11 +362,14 @@ async function classify(card) {
 }
 
 // Ask again after a change (or Retry): the heatmap, and the classes where the change alters
-// them or the card has none (its classify failed).
+// them or the card has none (its classify failed). Never a request whose file the server
+// refused: it would refuse it again, and Chromium logs each refusal to the console.
 function refresh(card, classesToo) {
   if (card.tooBig) return; // never sent: the server would refuse it
-  if (classesToo || (!card.root.dataset.classified && !card.requests.classify)) classify(card);
-  explain(card, card.target);
+  const refused = (kind) => Boolean(card.errors[kind] && card.errors[kind].refused);
+  if (!refused("classify") &&
+      (classesToo || (!card.root.dataset.classified && !card.requests.classify))) classify(card);
+  if (!refused("explain")) explain(card, card.target);
 }
 
 function addPhoto(file) {
