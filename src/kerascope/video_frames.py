@@ -28,6 +28,7 @@ from PIL import Image
 
 from kerascope.cam import fitting
 from kerascope.cam import overlay as ov
+from kerascope.cam.enlarge import enlarge
 from kerascope.cam.save import OUTPUT_MIN_SIDE, picture_label
 from kerascope.files import output_error
 from kerascope.images import fit as fit_picture
@@ -95,11 +96,8 @@ def _drawn(rgb: np.ndarray) -> np.ndarray:
     (whole pixels), as explain's pictures are, so its label is legible (before: a 7x5 video
     gave 12x24 frames, mostly label bar; a 1x1 one crashed); then even sides, which H.264 4:2:0
     needs (one row or column dropped)."""
+    rgb = enlarge(rgb, OUTPUT_MIN_SIDE)
     height, width = rgb.shape[:2]
-    if max(height, width) < OUTPUT_MIN_SIDE:
-        factor = -(-OUTPUT_MIN_SIDE // max(height, width))
-        rgb = np.repeat(np.repeat(rgb, factor, axis=0), factor, axis=1)
-        height, width = rgb.shape[:2]
     return np.ascontiguousarray(rgb[: height - height % 2, : width - width % 2])
 
 

@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from kerascope.cam.enlarge import enlarge
 from kerascope.cam.explain import (
     Explanation,
     _cached_explainer,
@@ -404,8 +405,7 @@ def _picture_image(source: Source | _Decoded) -> np.ndarray:
         image = load_source(source)
     height, width = image.shape[:2]
     if max(height, width) < OUTPUT_MIN_SIDE:
-        factor = -(-OUTPUT_MIN_SIDE // max(height, width))
-        return np.repeat(np.repeat(image, factor, axis=0), factor, axis=1)
+        return enlarge(image, OUTPUT_MIN_SIDE)
     if max(height, width) <= OUTPUT_MAX_SIDE:
         return image
     scale = OUTPUT_MAX_SIDE / max(height, width)
