@@ -114,7 +114,8 @@ def test_image_sides_take_numpy_numbers_and_arrays():
      ({"epochs": True}, "epochs must be a whole number, got True"),
      ({"batch_size": 8.5}, "batch_size must be a whole number, got 8.5"),
      ({"patience": 2.5}, "patience must be a whole number, got 2.5"),
-     ({"class_weight": {"a": -1}}, "class_weight['a'] must be at least 0, got -1"),
+     ({"class_weight": {"a": -1}}, "class_weight['a'] must be above 0, got -1"),
+     ({"class_weight": {"a": 0}}, "class_weight['a'] must be above 0, got 0"),  # counted as padding
      ({"class_weight": "heavy"}, "class_weight must be None, 'auto' or a dict, got 'heavy'")],
 )  # fmt: skip
 def test_the_api_refuses_values_the_cli_cannot_give(tmp_path, option, said):

@@ -51,18 +51,32 @@ def _values(model: keras.Model) -> list[np.ndarray]:
     return [keras.ops.convert_to_numpy(v).copy() for v in model.weights]
 
 
-def _epoch_rows(images: FolderSequence) -> list[np.ndarray]:
-    images.set_epoch(0)
-    return [images.batch_rows(b) for b in range(len(images))]
+class _EpochSeen(keras.callbacks.Callback):
+    """The sequence's epoch (its order of images) at each training step: the reference trains
+    on that order. Keras's fit advances the sequence once before training, so "epoch 0's
+    order" was not what it trained on (the test passed only for seeds whose two orders end on
+    the same image)."""
+
+    def __init__(self, images: FolderSequence):
+        super().__init__()
+        self.images, self.seen = images, set()
+
+    def on_train_batch_begin(self, batch, logs=None):
+        self.seen.add(self.images.epoch)
+
+    def rows(self) -> list[np.ndarray]:
+        (epoch,) = self.seen
+        self.images.set_epoch(epoch)
+        return [self.images.batch_rows(b) for b in range(len(self.images))]
 
 
-def _reference(frozen: bool, images: FolderSequence, lr: float) -> list[np.ndarray]:
+def _reference(frozen: bool, images: FolderSequence, lr: float, served) -> list[np.ndarray]:
     """Plain Keras on unpadded batches (32 rows, then 1): SGD, class weights as sample
     weights. The weights after one epoch."""
     network = _network(frozen)
     network.compile(keras.optimizers.SGD(lr), "sparse_categorical_crossentropy")
     weight = np.array([1.0, CLASS_WEIGHT[1]], np.float32)
-    for rows in _epoch_rows(images):
+    for rows in served:
         y = images.labels[rows]
         network.train_on_batch(images.load_rows(rows).astype("float32"), y,
                                sample_weight=weight[y])  # fmt: skip
@@ -72,7 +86,7 @@ def _reference(frozen: bool, images: FolderSequence, lr: float) -> list[np.ndarr
 def _trained(engine: str, images: FolderSequence, lr: float, validate: bool = False):
     """One epoch of ``engine``'s trainer (``whole``: `AugmentedTrainer` on a `DeviceFeed`;
     ``split``: the split model's suffix on a `PrefixSequence`), SGD without momentum, class
-    weights. Returns the network, its history and the batch shapes fed."""
+    weights. Returns the network, its history, the batch shapes fed and the rows trained on."""
     network = _network(frozen=engine == "split")
     loss, metric = loss_and_metric("multiclass", soft_targets=False)
     images.set_epoch(0)
@@ -89,8 +103,10 @@ def _trained(engine: str, images: FolderSequence, lr: float, validate: bool = Fa
         val = PrefixSequence(images, forward, None) if validate else None
     trained.compile(optimizer=keras.optimizers.SGD(lr), loss=loss, weighted_metrics=[metric])
     shapes = [len(feed[b][2]) for b in range(len(feed))]
-    history = trained.fit(feed, validation_data=val, epochs=1, shuffle=False, verbose=0)
-    return network, history.history, shapes
+    seen = _EpochSeen(images)
+    history = trained.fit(feed, validation_data=val, epochs=1, shuffle=False, verbose=0,
+                          callbacks=[seen])  # fmt: skip
+    return network, history.history, shapes, seen.rows()
 
 
 @pytest.mark.parametrize("engine", ["whole", "split"])
@@ -98,10 +114,11 @@ def test_sgd_steps_equal_plain_keras_on_unpadded_batches(engine, images):
     """33 images at batch 32 (the second batch one image padded to 32): after one SGD epoch the
     weights equal plain Keras's two unpadded steps (32 rows, then 1), class weights included.
     Before: the full batch's step was x1.94 and the last x0.06."""
-    network, _, shapes = _trained(engine, images, lr=0.5)
+    network, _, shapes, served = _trained(engine, images, 0.5)
     assert shapes == [BATCH, BATCH]  # the last batch is padded: one compiled step
+    assert [len(rows) for rows in served] == [BATCH, 1]
     before = _values(_network(frozen=engine == "split"))
-    want = _reference(engine == "split", images, lr=0.5)
+    want = _reference(engine == "split", images, 0.5, served)
     got = _values(network)
     moved = max(float(np.max(np.abs(w - b))) for w, b in zip(want, before, strict=True))
     assert moved > 1e-2  # the steps really moved the weights
@@ -115,8 +132,8 @@ def test_epoch_loss_and_accuracy_are_exact_means_over_the_images(engine, images)
     images of each one's class-weighted cross-entropy, its accuracy k/33, and the validation
     loss (no class weights) the plain mean. Keras alone weighs each batch's loss by its 32
     rows, padding included: the last image would count 32 times."""
-    network, history, _ = _trained(engine, images, lr=0.0, validate=True)
-    rows = np.concatenate(_epoch_rows(images))
+    network, history, _, served = _trained(engine, images, 0.0, validate=True)
+    rows = np.concatenate(served)
     x, y = images.load_rows(rows).astype("float32"), images.labels[rows]
     p = keras.ops.convert_to_numpy(network(x, training=False))
     per_image = -np.log(p[np.arange(len(y)), y])

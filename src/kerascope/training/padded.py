@@ -69,6 +69,10 @@ class PaddedLoss:
     def compile(self, *args: Any, **kwargs: Any) -> None:
         super().compile(*args, **kwargs)
         self._loss_tracker = _RealRowsMean(name="loss")
+        if not any(m is self._loss_tracker for m in self.metrics):  # a Keras that renamed it
+            raise RuntimeError(f"Keras {keras.__version__} no longer reports the trainer's "
+                               "_loss_tracker: kerascope.training.padded needs updating (the "
+                               "logged loss would count padded rows)")  # fmt: skip
 
     def compute_loss(self, x: Any = None, y: Any = None, y_pred: Any = None,
                      sample_weight: Any = None, training: bool = True) -> Any:  # fmt: skip

@@ -139,8 +139,10 @@ def resolve_config(
     fine_tune = resolve_unfreeze(r, probes.get(backbone) if isinstance(backbone, str) else None,
                                  unfreeze)  # fmt: skip
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    if isinstance(class_weight, dict):  # a negative weight trained the class away (accuracy 0)
-        class_weight = {str(k): float(_given(v, None, f"class_weight[{k!r}]", minimum=0.0))
+    if isinstance(class_weight, dict):  # a negative weight trained the class away (accuracy 0);
+        # a weight of 0 made its rows count as padding (`training.padded`) in loss and accuracy
+        class_weight = {str(k): float(_given(v, None, f"class_weight[{k!r}]", minimum=0.0,
+                                             strict=True))
                         for k, v in class_weight.items()}  # fmt: skip
     elif class_weight not in (None, "auto", "balanced"):
         raise ConfigError(f"class_weight must be None, 'auto' or a dict, got {class_weight!r}")
