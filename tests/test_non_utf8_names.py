@@ -123,3 +123,14 @@ def test_features_store_names_that_are_not_utf8_and_keep_them_on_a_rerun(tmp_pat
     assert names == ["x\ufffd0.jpg", "x\ufffd0.jpg", "x\ufffd1.jpg", "x\ufffd1.jpg"]
     assert main(argv) == 0
     assert (out.stat().st_ino, out.stat().st_mtime_ns) == stamp  # kept, not written again
+
+
+def test_write_json_escapes_only_what_utf8_cannot_hold(tmp_path):
+    """A name that is not UTF-8 is escaped (and reads back the same); others stay readable.
+    Before the review: one such name escaped every accented or CJK name in the file."""
+    from kerascope.files import write_json
+
+    data = {"splits": ["caf\u00e9/0.jpg", "\u732b/1.jpg", "x\udcff.jpg"]}
+    text = write_json(tmp_path / "s.json", data).read_text(encoding="utf-8")
+    assert "caf\u00e9/0.jpg" in text and "\u732b/1.jpg" in text and "x\\udcff.jpg" in text
+    assert json.loads(text) == data

@@ -395,14 +395,10 @@ def remove_empty(folders: list[Path]) -> None:
 
 def write_json(path: str | os.PathLike, data: Any) -> Path:
     """``data`` as JSON, written atomically. A file name that is not UTF-8 (its bytes held as
-    lone surrogates, PEP 383) is written as ``\\udcff`` escapes, which read back as the same
-    name (a ``split.json`` must match the files): UTF-8 cannot hold it as it is."""
+    lone surrogates, PEP 383) is written as a ``\\udcff`` escape, which reads back as the same
+    name (a ``split.json`` must match the files); other text stays as it is (``café``)."""
     text = json.dumps(data, indent=1, ensure_ascii=False)
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        text = json.dumps(data, indent=1)
-    return write_text(path, text + "\n")
+    return write_text(path, text.encode("utf-8", "backslashreplace").decode("utf-8") + "\n")
 
 
 def finite(data: Any) -> Any:
