@@ -208,9 +208,9 @@ def test_classify_json_into_a_fifo_through_the_cli(
     assert stat.S_ISFIFO(fifo.lstat().st_mode)
 
 
-@pytest.mark.parametrize("command", ["evaluate", "validate", "augment"])
+@pytest.mark.parametrize("command", ["evaluate", "validate", "augment", "train"])
 def test_an_output_folder_that_is_a_file_is_refused_before_any_work(command, tmp_path, capsys):
-    """evaluate, validate and augment write a folder of files: a file, a link loop or a path
+    """evaluate, validate, augment and train write a folder of files: a file, a link loop or a path
     under a file at -o is one line before the model loads (before: a FileExistsError
     traceback once every image was scored)."""
     from kerascope.cli import main
@@ -224,6 +224,7 @@ def test_an_output_folder_that_is_a_file_is_refused_before_any_work(command, tmp
         "evaluate": ["evaluate", "no-such-run", str(tmp_path)],
         "validate": ["validate", "no-such-model", str(tmp_path)],
         "augment": ["augment", str(skimage_data() / "chelsea.png"), "-n", "2"],
+        "train": ["train", str(tmp_path)],  # before: a loop was a RuntimeError traceback
     }[command]
     for output, said in ((taken, "is a file"), (loop, "is a broken or looping link"),
                          (taken / "sub", f"lies under '{taken}', which is a file")):  # fmt: skip
@@ -234,6 +235,29 @@ def test_an_output_folder_that_is_a_file_is_refused_before_any_work(command, tmp
     if command == "augment":  # a new folder, with a new parent, is made
         assert main([*lead, "-o", str(tmp_path / "new" / "samples")]) == 0
         assert len(list((tmp_path / "new" / "samples").glob("*.jpg"))) == 3  # 2 and the grid
+
+
+def test_features_writes_through_a_link_and_keeps_it(tmp_path, capsys):
+    """Before: `features -o LINK` replaced the link itself with a file (its target never
+    written), and a loop or a link into a missing folder too; now the target is written, the
+    link stays, and the other two are refused in one line."""
+    from kerascope.cli import main
+    from kerascope.testing.photos import cat_and_coffee
+
+    data = cat_and_coffee(tmp_path / "data", n=2, size=32)
+    (tmp_path / "real").mkdir()
+    link, loop, dangling = tmp_path / "to-new.h5", tmp_path / "loop.h5", tmp_path / "gone.h5"
+    link.symlink_to(tmp_path / "real" / "store.h5")
+    loop.symlink_to(loop)
+    dangling.symlink_to(tmp_path / "missing" / "s.h5")
+    lead = ["features", str(data), "--backbone", "efficientnet_lite0", "--image-size", "32"]
+    assert main([*lead, "-o", str(link)]) == 0
+    assert link.is_symlink() and (tmp_path / "real" / "store.h5").is_file()
+    for output, said in ((loop, "symbolic link loop"), (dangling, "whose folder does not exist")):
+        assert main([*lead, "-o", str(output)]) == 2
+        assert said in capsys.readouterr().err
+        assert output.is_symlink()
+    assert not (tmp_path / "missing").exists()
 
 
 def test_classify_refuses_an_output_in_a_missing_folder_before_any_work(tmp_path, capsys):

@@ -47,6 +47,7 @@ from kerascope.files import (
     fsync_path,
     is_disk_error,
     output_error,
+    output_target,
     temp_name,
 )
 from kerascope.locks import LockBusy, acquire
@@ -93,6 +94,8 @@ def extract_features(
     from kerascope.data import scan_dataset
 
     out = Path(output)
+    if not out.is_dir():  # a link: its target is written, the link stays (it was replaced)
+        out = output_target(out).path
     with _writer_lock(out):
         _check_output(out)
         batch_size = checked_batch_size(batch_size)

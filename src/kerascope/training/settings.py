@@ -19,6 +19,7 @@ from typing import Any
 
 from kerascope.data.augment import AugmentConfig
 from kerascope.errors import ConfigError
+from kerascope.files import check_output_folder
 from kerascope.training import heads, optimizers
 from kerascope.training.recipes import (
     NO_AUGMENT,
@@ -146,6 +147,8 @@ def resolve_config(
                         for k, v in class_weight.items()}  # fmt: skip
     elif class_weight not in (None, "auto", "balanced"):
         raise ConfigError(f"class_weight must be None, 'auto' or a dict, got {class_weight!r}")
+    if output is not None:  # a link loop was a traceback (resolve); a file, a late error
+        check_output_folder(output)
     return {
         "recipe": r.name,
         "data": str(Path(data).expanduser().resolve()),
