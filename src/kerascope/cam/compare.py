@@ -44,7 +44,7 @@ from kerascope.cam.reference import (  # noqa: F401  (random_map: API)
     spread,
 )
 from kerascope.cam.text import _draw_lines, _font, _line_height, fit_text
-from kerascope.cam.wording import shown_name
+from kerascope.cam.wording import NOT_CLASS_SPECIFIC, shown_name
 from kerascope.output import percent
 
 DEFAULT_METRIC = "road_morf"
@@ -64,7 +64,7 @@ _TITLE_SIZE, _SCORE_SIZE, _HEADER_SIZE, _CAPTION_SIZE = 18, 13, 16, 13
 _GAP, _TITLE, _LINE, _HEADER = 10, 26, 18, 30
 _BACKGROUND, _TEXT, _DIM, _HIGHLIGHT = (24, 24, 24), (255, 255, 255), (170, 170, 170), (255, 214, 0)
 NO_BETTER = "no better than a random map"
-CLASS_FREE = "class-independent"
+CLASS_FREE = NOT_CLASS_SPECIFIC  # the tables' and labels' wording
 FINE_GRAINED = ("deletion", "drop")
 """Metrics that favour fine-grained (pixel) maps: scattered removals break the picture for any
 map, and the image x map of a pixel map is nearly black (avg drop 98-100 % for every pixel
