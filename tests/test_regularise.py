@@ -221,3 +221,19 @@ def test_resume_keeps_the_mix_and_refuses_another(crops, tmp_path):
     resumed = train(resume=broken, progress=False)
     for a, b in zip(whole.history, resumed.history, strict=True):
         assert b["loss"] == pytest.approx(a["loss"], rel=1e-4)
+
+
+def test_a_padded_batchs_real_rows_mix_among_themselves():
+    """The last batch is padded to the batch size (`training.padded`): its real rows must take
+    their partners among the real rows, as in an unpadded batch. Before: a real row's partner
+    was a padding copy of row 0 with probability (n - real) / n (29 of 32 here)."""
+    from kerascope.data.regularise import RegulariseConfig, sample_mix
+
+    for config in (RegulariseConfig(mixup=0.4), RegulariseConfig(cutmix=1.0)):
+        for seed in range(20):
+            plan = sample_mix(config, seed, 0, 1, n=32, height=8, width=8, real=3)
+            assert sorted(plan.partner[:3]) == [0, 1, 2]
+            assert list(plan.partner[3:]) == list(range(3, 32))  # padding: itself, weight 0
+        full = sample_mix(config, 5, 0, 1, n=32, height=8, width=8)
+        same = sample_mix(config, 5, 0, 1, n=32, height=8, width=8, real=32)
+        assert list(full.partner) == list(same.partner)  # a full batch draws as before

@@ -87,9 +87,11 @@ class MixPlan:
 
 
 def sample_mix(config: RegulariseConfig, seed: int, epoch: int, batch: int, n: int,
-               height: int, width: int) -> MixPlan:  # fmt: skip
+               height: int, width: int, real: int | None = None) -> MixPlan:  # fmt: skip
     """The mixing of one batch, drawn from ``(seed, epoch, batch)``: the one definition both
-    executors apply (see the module doc).
+    executors apply (see the module doc). ``real``: the batch's real rows when the rest pad it
+    (`kerascope.training.padded`); they mix among themselves, as in an unpadded batch (a real
+    row's partner was a padding copy of row 0 with probability (n - real) / n).
 
     Example:
         >>> plan = sample_mix(RegulariseConfig(mixup=0.2), 0, 0, 0, n=4, height=8, width=8)
@@ -105,7 +107,8 @@ def sample_mix(config: RegulariseConfig, seed: int, epoch: int, batch: int, n: i
         kind = "cutmix" if rng.random() < 0.5 else "mixup"
     alpha = config.mixup if kind == "mixup" else config.cutmix
     lam = float(rng.beta(alpha, alpha))
-    partner = rng.permutation(n)
+    real = n if real is None else min(int(real), n)
+    partner = np.concatenate([rng.permutation(real), np.arange(real, n)])
     if kind == "mixup":
         boxes[:, 4:] = lam
         return MixPlan(partner, boxes, np.full(n, lam, np.float32), kind)
@@ -168,9 +171,9 @@ def soft_targets(labels: np.ndarray, classes: int, plan: MixPlan | None = None,
 
 
 def regularise_batch(config: RegulariseConfig, seed: int, epoch: int, batch: int,
-                     images: np.ndarray, labels: np.ndarray,
-                     classes: int) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+                     images: np.ndarray, labels: np.ndarray, classes: int,
+                     real: int | None = None) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
     """The host path in one call: the batch mixed (uint8) and its soft targets."""
     n, height, width = images.shape[:3]
-    plan = sample_mix(config, seed, epoch, batch, n, height, width)
+    plan = sample_mix(config, seed, epoch, batch, n, height, width, real)
     return mix_host(images, plan), soft_targets(labels, classes, plan, config.label_smoothing)

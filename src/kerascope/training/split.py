@@ -279,12 +279,12 @@ class PrefixSequence(DerivedSequence):
             self._complete(rows[self.images.fed_part(len(rows))])
             return _pack([out[rows] for out in self.outputs]), labels, weights
         part = self.images.fed_part(len(rows))
-        pixels = self._load(rows, part, index)  # other processes' rows: zeros
+        pixels = self._load(rows, part, index, real)  # other processes' rows: zeros
         if self.augment is not None:
             pixels = self.augment(pixels, self.epoch, index)
         if r is not None:
             pixels, labels = regularise_batch(r, self.seed, self.epoch, index, pixels, labels,
-                                              classes)  # fmt: skip
+                                              classes, real)  # fmt: skip
         if part == slice(None):
             return _pack(_as_list(self.forward(pixels))), labels, weights
         # Several processes: the prefix runs on this process's rows only (the others' stay
@@ -295,7 +295,7 @@ class PrefixSequence(DerivedSequence):
             out[part] = o
         return _pack(outs), labels, weights
 
-    def _load(self, rows: np.ndarray, part: slice, index: int) -> np.ndarray:
+    def _load(self, rows: np.ndarray, part: slice, index: int, real: int) -> np.ndarray:
         """The batch's pixels this process needs: its part of the rows, and with mixup or
         CutMix their partners too (perhaps another process's rows: mixing with zeros instead
         would train on black halves). The rest stay zero."""
@@ -303,7 +303,7 @@ class PrefixSequence(DerivedSequence):
         if part == slice(None) or r is None or not r.mixes:
             return self.images.load_rows(rows, part)
         height, width = self.images.image_size
-        plan = sample_mix(r, self.seed, self.epoch, index, len(rows), height, width)
+        plan = sample_mix(r, self.seed, self.epoch, index, len(rows), height, width, real)
         mine = np.arange(len(rows))[part]
         need = np.union1d(mine, plan.partner[mine])
         pixels = np.zeros((len(rows), height, width, 3), self.images.dtype)

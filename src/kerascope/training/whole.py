@@ -140,7 +140,7 @@ class DeviceFeed(DerivedSequence):
         targets: Any = labels
         if self.regularise is not None:  # soft targets; the pixels are mixed on the device
             r = self.regularise
-            plan = sample_mix(r, self.seed, self.epoch, index, size, height, width)
+            plan = sample_mix(r, self.seed, self.epoch, index, size, height, width, real)
             if plan.kind != "none":
                 inputs = inputs if isinstance(inputs, dict) else {"image": pixels}
                 inputs.update(partner=plan.partner.astype(np.int32), boxes=plan.boxes)
