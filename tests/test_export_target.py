@@ -34,14 +34,34 @@ def test_an_output_folder_that_cannot_be_written_is_refused_before_any_work(
     monkeypatch, capsys, no_model_load
 ):
     with read_only() as folder:
-        for out, named in ((folder / "x.onnx", folder / "x.onnx"),
-                           (folder / "sub" / "x.onnx", folder / "sub")):  # fmt: skip
+        sub = folder / "sub"
+        for out, said in ((folder / "x.onnx", f"could not write '{folder / 'x.onnx'}': "),
+                          (sub / "x.onnx", f"could not write '{sub / 'x.onnx'}': its folder "
+                           f"'{sub}' cannot be created (")):  # fmt: skip
             code, err = run_cli(["export", "efficientnet_lite0", "-o", str(out)],
                                 monkeypatch, capsys)  # fmt: skip
             assert code == 2 and err.count("\n") == 1 and "Traceback" not in err, err
-            assert f"could not write '{named}'" in err and ".partial" not in err
+            assert said in err and ".partial" not in err, err  # the file, not its folder
             assert "choose another output location" in err
+            assert "previous file is kept" not in err  # there was none
         assert os.listdir(folder) == []
+
+
+def test_a_failed_write_promises_to_keep_a_previous_file_only_where_there_is_one(
+    tmp_path, monkeypatch, capsys, no_model_load
+):
+    """``-o /proc/m.onnx`` said "(any previous file is kept)" of a file that never was."""
+    there = tmp_path / "there.csv"
+    there.write_text("old\n")
+    denied = PermissionError(errno.EACCES, "Permission denied")
+    assert str(files.output_error(there, denied)).endswith("(any previous file is kept)")
+    assert "kept" not in str(files.output_error(tmp_path / "new.csv", denied))
+    if not os.path.isdir("/proc/self"):
+        return
+    code, err = run_cli(["export", "efficientnet_lite0", "-o", "/proc/m.onnx"], monkeypatch,
+                        capsys)  # fmt: skip
+    assert code == 2 and err.count("\n") == 1 and "could not write '/proc/m.onnx'" in err, err
+    assert "kept" not in err
 
 
 @pytest.mark.parametrize("name", ["x.onnx", "x.keras"])

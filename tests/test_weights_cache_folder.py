@@ -4,20 +4,23 @@ A file where ``~/.keras/models`` belongs gave a ``FileExistsError`` traceback ev
 default model; ``KERAS_HOME`` under /proc or naming a file gave a bare OS error; a read-only
 cache "could not write ...: choose another output location". Each is now one line naming the
 weights cache and ``KERASCOPE_HOME``, and a model whose weights ship in a package still runs
-(ported for the run). A cached file of another architecture but about the right size, or the
-without-top file under the with-top name, says whose it is and what to put there.
+(ported into the user's own temp folder, where later runs reuse it). A cached file of another
+architecture but about the right size, or the without-top file under the with-top name, says
+whose it is and what to put there.
 """
 
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import h5py
 import numpy as np
 import pytest
 
+from kerascope import config
 from kerascope.cli import main
-from kerascope.zoo import cache_folder, registry
+from kerascope.zoo import cache_folder, registry, weights
 from kerascope.zoo.weight_files import HDF5_SIGNATURE
 from kerascope.zoo.weights import WeightsError, cached_file, resolve
 from tests.readonly import read_only
@@ -25,19 +28,31 @@ from tests.test_weights_files import write_keras_file
 
 
 @pytest.fixture
-def fresh_ports(monkeypatch):
-    """No port made for an earlier test's run is reused."""
+def fresh_ports(monkeypatch, tmp_path):
+    """No port made for an earlier test's run is reused, and the temp folder is the test's."""
     monkeypatch.setattr(cache_folder, "_ported", {})
+    (tmp_path / "tmp").mkdir()
+    monkeypatch.setattr("tempfile.tempdir", str(tmp_path / "tmp"))
+    return tmp_path / "tmp"
 
 
-def _assert_ported_for_the_run(path, caplog, cache, why: str) -> None:
-    """``path`` holds the packaged weights, outside the cache, and the log said why, once."""
+def _user_folder(tmp) -> Path:
+    return tmp / f"kerascope-{os.getuid()}"
+
+
+def _assert_ported_outside(spec, path, caplog, cache, why: str, tmp) -> None:
+    """``path`` holds the packaged weights in the user's own temp folder (mode 0700), named as
+    in the cache, with their checksum record, and the log said why, once."""
     assert path.is_file() and path.read_bytes()[:8] == HDF5_SIGNATURE
-    assert not str(path).startswith(str(cache))
+    assert path.parent == _user_folder(tmp) and path.name == cached_file(spec).name
+    assert os.stat(path.parent).st_mode & 0o777 == 0o700
+    assert weights.cache_problem(path) is None  # size + SHA-256 recorded, as the cache's
     said = [r.getMessage() for r in caplog.records if "weights cache" in r.getMessage()]
     assert len(said) == 1, said
     assert f"the weights cache '{cache}'" in said[0] and why in said[0]
-    assert "KERASCOPE_HOME" in said[0] and "for this run only" in said[0]
+    assert (
+        "KERASCOPE_HOME" in said[0] and f"into '{path.parent}', where later runs find it" in said[0]
+    )
 
 
 def test_a_file_where_the_cache_belongs_still_ports_the_default_model(
@@ -50,7 +65,9 @@ def test_a_file_where_the_cache_belongs_still_ports_the_default_model(
     with caplog.at_level("WARNING", logger="kerascope"):
         path = resolve(spec)
         assert resolve(spec) == path  # one port per process, said once
-    _assert_ported_for_the_run(path, caplog, cache, "is a file, not a folder: move that file")
+    _assert_ported_outside(
+        spec, path, caplog, cache, "is a file, not a folder: move that file", fresh_ports
+    )
     assert cache.read_text() == "x\n"
 
 
@@ -60,7 +77,120 @@ def test_a_read_only_cache_still_runs_the_default_model(monkeypatch, caplog, fre
         monkeypatch.setenv("KERASCOPE_HOME", str(cache))
         path = resolve(spec)
         assert os.listdir(cache) == []
-    _assert_ported_for_the_run(path, caplog, cache, "writ")  # not writable / read-only
+    _assert_ported_outside(
+        spec, path, caplog, cache, "writ", fresh_ports
+    )  # not writable / read-only
+
+
+def test_a_port_outside_the_cache_is_reused_by_later_runs_never_piled_up(
+    tmp_path, monkeypatch, caplog, fresh_ports
+):
+    """A folder per run, removed at exit, was left behind by every hard stop (19 MB each) and
+    ported again every run; the user's folder is checked as the cache is, and reused."""
+    monkeypatch.setenv("KERASCOPE_HOME", str(tmp_path / "afile"))
+    (tmp_path / "afile").write_text("")
+    spec = registry.get("efficientnet_lite0")
+    first = resolve(spec)
+    made = first.stat()
+    # A later process (no memo): the same file, read, not ported again; said so.
+    monkeypatch.setattr(cache_folder, "_ported", {})
+    monkeypatch.setattr(weights, "_port", lambda *a: pytest.fail("ported again"))
+    # a port a hard stop cut short (its process gone) is cleared, a live one's is not
+    dead = first.with_name(f".{first.name}.999999999-0123abcd.partial.weights.h5")
+    live = first.with_name(f".{first.name}.{os.getpid()}-0123abcd.partial.weights.h5")
+    dead.write_bytes(b"x" * 1000)
+    live.write_bytes(b"x" * 1000)
+    with caplog.at_level("WARNING", logger="kerascope"):
+        again = resolve(spec)
+    assert again == first and again.stat().st_ino == made.st_ino
+    assert f"was read from '{first.parent}', where an earlier run ported it" in caplog.text
+    assert sorted(os.listdir(fresh_ports)) == [_user_folder(fresh_ports).name]
+    # Damaged there: ported again (the checksum says so), the dead port's temp file removed.
+    monkeypatch.undo()
+    monkeypatch.setenv("KERASCOPE_HOME", str(tmp_path / "afile"))
+    monkeypatch.setattr("tempfile.tempdir", str(fresh_ports))
+    monkeypatch.setattr(cache_folder, "_ported", {})
+    with open(first, "r+b") as f:
+        f.seek(5000)
+        f.write(b"\xff" * 64)
+    assert resolve(spec) == first and weights.cache_problem(first) is None
+    assert not dead.exists() and live.exists()
+
+
+@pytest.mark.parametrize("how", ["others may write", "another user's", "a link"])
+def test_a_temp_folder_others_could_fill_is_never_read(how, tmp_path, monkeypatch, caplog,
+                                                       fresh_ports):  # fmt: skip
+    """/tmp is shared: weights another user planted in 'kerascope-<uid>' would be loaded."""
+    folder = _user_folder(fresh_ports)
+    if how == "a link":
+        (tmp_path / "theirs").mkdir(mode=0o700)
+        folder.symlink_to(tmp_path / "theirs")
+    else:
+        folder.mkdir()
+        os.chmod(folder, 0o777 if how == "others may write" else 0o700)
+        if how == "another user's":
+            if os.geteuid() != 0:
+                pytest.skip("only root can give a folder to another user")
+            os.chown(folder, 12345, 12345)
+    monkeypatch.setenv("KERASCOPE_HOME", str(tmp_path / "afile"))
+    (tmp_path / "afile").write_text("")
+    spec = registry.get("efficientnet_lite0")
+    planted = folder / cached_file(spec).name
+    planted.write_bytes(b"planted")
+    with caplog.at_level("WARNING", logger="kerascope"):
+        path = resolve(spec)
+    assert path.parent != folder and path.read_bytes()[:8] == HDF5_SIGNATURE
+    assert planted.read_bytes() == b"planted"  # neither read nor replaced
+    reason = {"others may write": "is open to other users (mode 777",
+              "another user's": "belongs to another user (uid 12345",
+              "a link": "is not a folder"}[how]  # fmt: skip
+    assert f"'{folder}' {reason}" in caplog.text and "for this run only" in caplog.text
+
+
+def test_an_unusable_home_keeps_the_jax_cache_in_the_users_temp_folder(tmp_path, monkeypatch,
+                                                                       fresh_ports):  # fmt: skip
+    """$KERASCOPE_HOME/jax-cache under a file or on a read-only disk: JAX warned in two lines on
+    every run and compiled cold."""
+    for name in ("JAX_COMPILATION_CACHE_DIR", "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS",
+                 "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"):  # fmt: skip
+        monkeypatch.delenv(name, raising=False)
+    (tmp_path / "afile").write_text("")
+    monkeypatch.setenv("KERASCOPE_HOME", str(tmp_path / "afile"))
+    config._persistent_jax_cache()
+    assert os.environ["JAX_COMPILATION_CACHE_DIR"] == str(_user_folder(fresh_ports) / "jax-cache")
+    with read_only() as ro:
+        monkeypatch.delenv("JAX_COMPILATION_CACHE_DIR")
+        monkeypatch.setenv("KERASCOPE_HOME", str(ro / "missing"))
+        config._persistent_jax_cache()
+        assert os.environ["JAX_COMPILATION_CACHE_DIR"] == str(_user_folder(fresh_ports) /
+                                                              "jax-cache")  # fmt: skip
+        assert os.listdir(ro) == []
+    # A usable home keeps it there; the user's own setting always wins.
+    monkeypatch.delenv("JAX_COMPILATION_CACHE_DIR")
+    monkeypatch.setenv("KERASCOPE_HOME", str(tmp_path / "home"))
+    config._persistent_jax_cache()
+    assert os.environ["JAX_COMPILATION_CACHE_DIR"] == str(tmp_path / "home" / "jax-cache")
+    monkeypatch.setenv("JAX_COMPILATION_CACHE_DIR", "/mine")
+    monkeypatch.setenv("KERASCOPE_HOME", str(tmp_path / "afile"))
+    config._persistent_jax_cache()
+    assert os.environ["JAX_COMPILATION_CACHE_DIR"] == "/mine"
+
+
+def test_a_cache_on_a_read_only_disk_says_to_set_kerascope_home_not_create_it(monkeypatch):
+    """ "cannot be created ('/ro' is not writable): create it" could not be done there."""
+    if os.geteuid() != 0:
+        pytest.skip("a plain user's read-only folder is a permission (EACCES), said as such")
+    with read_only() as ro:
+        for home, said in ((ro / "missing", f"cannot be created ('{ro}' is on a read-only file "
+                            "system); set KERASCOPE_HOME to a folder you can write"),
+                           (ro, "is on a read-only file system; set KERASCOPE_HOME to a folder "
+                            "you can write")):  # fmt: skip
+            monkeypatch.setenv("KERASCOPE_HOME", str(home))
+            with pytest.raises(WeightsError) as caught:
+                cache_folder.make()
+            assert said in str(caught.value), str(caught.value)
+            assert "create it" not in str(caught.value) and "make it writable" not in str(
+                caught.value)  # fmt: skip
 
 
 @pytest.mark.parametrize("where", ["file", "under a file", "proc"])

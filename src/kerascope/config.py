@@ -12,10 +12,13 @@ Importing kerascope changes nothing in the process. Two functions decide the bac
 from __future__ import annotations
 
 import contextlib
+import errno
 import importlib.util
 import json
 import os
+import stat
 import sys
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -204,13 +207,68 @@ def _persistent_jax_cache() -> None:
 
     Building a network on JAX compiles every weight initializer shape (~500 tiny programs for
     EfficientNet-Lite0): measured `kerascope classify` cold start 15-18 s without this cache,
-    4.5-5 s with it. Users' own JAX_* settings win.
+    4.5-5 s with it. Users' own JAX_* settings win. A ``KERASCOPE_HOME`` that cannot hold it (a
+    file, read-only) made JAX print a two-line warning on every run and compile cold: the cache
+    then goes to `user_temp_dir`, or is left off when that is refused too.
     """
-    home = os.environ.get("KERASCOPE_HOME")
-    base = Path(home).expanduser() if home else Path("~/.cache/kerascope").expanduser()
-    os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", str(base / "jax-cache"))
+    if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+        home = os.environ.get("KERASCOPE_HOME")
+        base = Path(home).expanduser() if home else Path("~/.cache/kerascope").expanduser()
+        folder = base / "jax-cache"
+        if not _usable_folder(folder):
+            try:
+                folder = user_temp_dir() / "jax-cache"
+            except OSError:
+                return
+        os.environ["JAX_COMPILATION_CACHE_DIR"] = str(folder)
     os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
     os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
+
+
+def _usable_folder(folder: Path) -> bool:
+    """Whether ``folder`` is, or could be made, a folder this process writes in: a stat and an
+    access call when it exists (every run after the first); else it is made here, as JAX would
+    make it at the first compilation (a missing folder's parent may refuse only the mkdir,
+    /proc or a read-only mount seen by root)."""
+    if os.path.isdir(folder):
+        return os.access(folder, os.W_OK | os.X_OK) and not on_read_only_disk(folder)
+    try:
+        os.makedirs(folder, exist_ok=True)
+    except OSError:  # a file there or above it, a read-only disk, no permission
+        return False
+    return os.access(folder, os.W_OK | os.X_OK)
+
+
+def on_read_only_disk(folder: str | os.PathLike) -> bool:
+    """Whether ``folder`` lies on a file system mounted read-only (root passes ``os.access``)."""
+    try:
+        return bool(os.statvfs(folder).f_flag & os.ST_RDONLY)
+    except (OSError, AttributeError):  # no statvfs (Windows)
+        return False
+
+
+def user_temp_dir() -> Path:
+    """``$TMPDIR/kerascope-<uid>``, mode 0700: what a weights cache that cannot be used would
+    hold (ported weights, JAX compilations), kept for later runs instead of redone each run.
+
+    The temp folder is shared (/tmp), and weights or compiled programs read from it run in this
+    process: a folder there that is a link, belongs to another user or that others may use is
+    refused (OSError, saying why), never used.
+    """
+    uid = os.getuid() if hasattr(os, "getuid") else None
+    folder = Path(tempfile.gettempdir()) / f"kerascope-{uid if uid is not None else 'user'}"
+    with contextlib.suppress(FileExistsError):
+        os.mkdir(folder, 0o700)
+    found = os.lstat(folder)
+    if not stat.S_ISDIR(found.st_mode):
+        raise OSError(errno.EEXIST, f"'{folder}' is not a folder (not used)")
+    if uid is not None and found.st_uid != uid:
+        raise OSError(errno.EPERM, f"'{folder}' belongs to another user (uid {found.st_uid}; "
+                      "not used)")  # fmt: skip
+    if uid is not None and found.st_mode & 0o077:
+        raise OSError(errno.EPERM, f"'{folder}' is open to other users (mode "
+                      f"{found.st_mode & 0o777:o}; not used)")  # fmt: skip
+    return folder
 
 
 def cache_dir() -> Path:

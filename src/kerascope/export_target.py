@@ -37,7 +37,13 @@ def check_output(output: str | os.PathLike) -> list[Path]:
     if target.stream:
         return []
     made = files.missing_folders(parent)
-    files.make_output_folder(parent, what="the folder of -o")
+    try:
+        files.make_output_folder(parent, what="the folder of -o")
+    except files.OutputError as exc:  # it named the folder as the file it could not write
+        files.remove_empty(made)
+        if not isinstance(exc.__context__, OSError):  # a file there meanwhile: said as such
+            raise
+        raise files.output_error(output, exc.__context__, folder=parent) from None
     try:
         files.probe_folder(target.path.parent, output)
     except files.OutputError:

@@ -57,11 +57,15 @@ def remove_stale_temps(folder: str | os.PathLike) -> None:
         stale.unlink(missing_ok=True)
 
 
-def output_error(path: str | os.PathLike, exc: BaseException, kept: bool = True) -> OutputError:
+def output_error(
+    path: str | os.PathLike, exc: BaseException, kept: bool = True, folder: Any = None
+) -> OutputError:
     """One line for a failed write of ``path``: what happened and what to do.
 
     ``kept``: the previous file is untouched (atomic replacement); False for a stream written in
-    place (a FIFO, a device), where that promise would be false.
+    place (a FIFO, a device), where that promise would be false. Said only where a file is
+    there to keep (``-o /proc/m.onnx`` promised to keep a file that never was). ``folder``:
+    the missing folder of ``path`` that could not be made, named as such (not as the file).
     """
     code = getattr(exc, "errno", None)
     if code in _DISK_ERRORS:
@@ -73,7 +77,9 @@ def output_error(path: str | os.PathLike, exc: BaseException, kept: bool = True)
     else:
         reason = getattr(exc, "strerror", None) or str(exc).splitlines()[0] or type(exc).__name__
         todo = "check the output location and run again"
-    kept_note = " (any previous file is kept)" if kept else ""
+    kept_note = " (any previous file is kept)" if kept and os.path.lexists(path) else ""
+    if folder is not None:
+        reason = f"its folder '{folder}' cannot be created ({reason})"
     error = OutputError(f"could not write '{path}': {reason}; {todo}{kept_note}")
     error.errno = code
     return error

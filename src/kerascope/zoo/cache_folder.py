@@ -11,16 +11,18 @@ raises one `CacheFolderError` line; `os_problem` words a write that failed there
 from __future__ import annotations
 
 import atexit
+import contextlib
 import errno
 import logging
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from kerascope.config import cache_dir
+from kerascope.config import cache_dir, on_read_only_disk, user_temp_dir
 from kerascope.errors import WeightsError
 
 # What happened that the caller may want to say (the command prints it; DESIGN.md).
@@ -41,11 +43,16 @@ def origin() -> str:
 # What to do, in every message: the variable `cache_dir` reads first.
 ELSEWHERE = "or set KERASCOPE_HOME to a folder you can write (the weights are kept in it)"
 
+# A read-only file system: nothing to do there (no "create it", "make it writable").
+READ_ONLY = "read-only file system"
+
 
 def message(reason: str, folder: Path | None = None) -> str:
-    """The one line for an unusable cache: "the weights cache 'F' (X) REASON: DO, or set ..."."""
+    """The one line for an unusable cache: "the weights cache 'F' (X) REASON: DO, or set ...",
+    or "...REASON; set ..." where only another folder helps (`READ_ONLY`)."""
     folder = cache_dir() if folder is None else folder
-    return f"the weights cache '{folder}' ({origin()}) {reason}, {ELSEWHERE}"
+    todo = f"; {ELSEWHERE.removeprefix('or ')}" if READ_ONLY in reason else f", {ELSEWHERE}"
+    return f"the weights cache '{folder}' ({origin()}) {reason}{todo}"
 
 
 def problem(folder: Path | None = None) -> str | None:
@@ -53,6 +60,8 @@ def problem(folder: Path | None = None) -> str | None:
     sentence, judged without writing; None when it is, or can be made, a writable folder."""
     folder = cache_dir() if folder is None else folder
     if os.path.isdir(folder):
+        if on_read_only_disk(folder):
+            return f"is on a {READ_ONLY}"
         if not os.access(folder, os.W_OK | os.X_OK):
             return "is not writable: make it writable"
         return None
@@ -63,6 +72,8 @@ def problem(folder: Path | None = None) -> str | None:
         return "is a file, not a folder: move that file away"
     for parent in Path(os.path.abspath(folder)).parents:
         if os.path.isdir(parent):
+            if on_read_only_disk(parent):
+                return f"cannot be created ('{parent}' is on a {READ_ONLY})"
             if not os.access(parent, os.W_OK | os.X_OK):
                 return f"cannot be created ('{parent}' is not writable): create it"
             return None
@@ -79,7 +90,7 @@ def os_problem(exc: OSError, folder: Path | None = None) -> str:
     if exc.errno in (errno.EACCES, errno.EPERM):
         return "is not writable (permission denied): make it writable"
     if exc.errno == errno.EROFS:
-        return "is on a read-only file system"
+        return f"is on a {READ_ONLY}"
     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
         return "is on a full disk: free some space"
     reason = exc.strerror or str(exc) or type(exc).__name__
@@ -102,32 +113,76 @@ def make(folder: Path | None = None) -> Path:
     raise CacheFolderError(message(found, folder))
 
 
-_ported: dict[str, Path] = {}  # model name -> its weights ported for this process only
+_ported: dict[str, Path] = {}  # model name -> its weights ported outside the cache, this process
+
+# `files.temp_name`'s hidden temp files: ".NAME.PID-XXXXXXXX.partial" and a library's suffix.
+_TEMP = re.compile(r"^\..*\.(\d+)-[0-9a-f]{8}\.partial")
 
 
-def port_for_this_run(spec: Any, source: Path, convert: Callable, why: str) -> Path:
-    """Weights a package ships, ported into a temporary folder removed at exit, when the cache
-    cannot take them (``why``: `message`'s line, said once per model and process).
+def port_outside(
+    spec: Any, why: str, name: str, port: Callable[[Path], None], intact: Callable[[Path], bool]
+) -> Path:
+    """Weights a package ships, when the cache cannot take them (``why``: `message`'s line,
+    said once per model and process): ``port``-ed to ``name`` in `user_temp_dir`, where later
+    runs find them ``intact`` (the size and SHA-256 the cache's files are checked with).
 
     Why not refuse: the packaged models are the ones that work offline, and nothing about an
-    unusable cache stops reading them; the cost is the port (about 2 s) on every run.
+    unusable cache stops reading them. Why not a folder per run, removed at exit: a hard stop
+    (a second SIGTERM, ``os._exit``) left 19 MB per model each time, and each run ported again
+    (about 2 s). Only where the user's folder is refused (`user_temp_dir`) is it that still.
     """
     done = _ported.get(spec.name)
     if done is not None and done.is_file():
         return done
     try:
+        folder: Path | None = user_temp_dir()
+    except OSError as exc:
+        folder, refused = None, exc.strerror or str(exc)
+    package = spec.weights.package
+    if folder is None:
+        path = _run_folder(why) / name
+        port(path)
+        how = (f"ported from the '{package}' package for this run only ({refused}; each run "
+               "ports it again until the cache is usable)")  # fmt: skip
+    elif intact(folder / name):
+        path = folder / name
+        how = f"read from '{folder}', where an earlier run ported it from the '{package}' package"
+    else:
+        remove_dead_temps(folder)
+        path = folder / name
+        port(path)
+        how = f"ported from the '{package}' package into '{folder}', where later runs find it"
+    _ported[spec.name] = path
+    _log.warning("%s; '%s' was %s", why, spec.name, how)
+    return path
+
+
+def _run_folder(why: str) -> Path:
+    """A fresh temp folder, removed at exit: where a refused `user_temp_dir` leaves a port."""
+    try:
         folder = Path(tempfile.mkdtemp(prefix="kerascope-weights-"))
     except OSError:
         raise CacheFolderError(why) from None
     atexit.register(shutil.rmtree, folder, True)
-    path = folder / f"{spec.name}.weights.h5"
-    convert(spec.name, source, path)
-    _ported[spec.name] = path
-    _log.warning(
-        "%s; '%s' was ported from the '%s' package for this run only (each run ports it again "
-        "until the cache is usable)",
-        why,
-        spec.name,
-        spec.weights.package,
-    )
-    return path
+    return folder
+
+
+def remove_dead_temps(folder: Path) -> None:
+    """Delete the temp files of ports a hard stop cut short in ``folder`` (this user's own):
+    those of a process that is gone, never a live one's (the pid is in the name)."""
+    for entry in os.scandir(folder):
+        found = _TEMP.match(entry.name)
+        if found is None or _alive(int(found[1])):
+            continue
+        with contextlib.suppress(OSError):
+            os.unlink(entry.path)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # another user's (not ours to judge), or no such call: leave it
+        return True
+    return True

@@ -159,23 +159,39 @@ def _port_from_package(spec: ModelSpec, source: Path) -> Path:
     """Run the spec's converter into a temp file, fsync, rename, then record its checksum.
 
     A cache folder that cannot be written (a file, read-only, not creatable) does not stop a
-    model whose weights ship in a package: they are ported for this run only, said once
-    (`cache_folder.port_for_this_run`), about 2 s each run instead of once.
+    model whose weights ship in a package: they are ported into the user's own temp folder
+    (`cache_folder.port_outside`), checked and reused by later runs like the cache's file.
     """
     target = cached_file(spec)
-    module, _, attr = spec.weights.converter.partition(":")
-    convert = getattr(importlib.import_module(module), attr)
     try:
         cache_folder.make(target.parent)
-        with atomic_path(target, suffix=".weights.h5") as tmp:  # Keras wants that suffix
-            convert(spec.name, source, tmp)
-        _record(target)
+        _port(spec, source, target)
     except CacheFolderError as exc:
-        return cache_folder.port_for_this_run(spec, source, convert, str(exc))
+        why = str(exc)
     except OutputError as exc:  # the folder is there, but the write failed
         why = cache_folder.message(cache_folder.os_problem(exc, target.parent), target.parent)
-        return cache_folder.port_for_this_run(spec, source, convert, why)
-    return target
+    else:
+        return target
+    return cache_folder.port_outside(
+        spec, why, target.name, lambda path: _port(spec, source, path), _intact
+    )
+
+
+def _port(spec: ModelSpec, source: Path, target: Path) -> None:
+    """The converter's file at ``target``, written atomically, and its size and SHA-256."""
+    module, _, attr = spec.weights.converter.partition(":")
+    convert = getattr(importlib.import_module(module), attr)
+    with atomic_path(target, suffix=".weights.h5") as tmp:  # Keras wants that suffix
+        convert(spec.name, source, tmp)
+    _record(target)
+
+
+def _intact(path: Path) -> bool:
+    """A port at ``path`` whose recorded size and SHA-256 match (`cache_problem`)."""
+    try:
+        return path.is_file() and cache_problem(path) is None
+    except OSError:
+        return False
 
 
 def _cached_or_ported(spec: ModelSpec, source: Path | None) -> Path:
