@@ -176,3 +176,59 @@ def test_batches_made_ahead_go_to_the_one_device_chosen(shapes):
                           capture_output=True, text=True, timeout=300, cwd=os.getcwd())  # fmt: skip
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip().splitlines()[-1] == "['cpu:1']", done.stdout
+
+
+_SPLIT_AHEAD = """
+import sys
+from pathlib import Path
+import numpy as np
+import keras
+import kerascope.training.whole as whole
+from kerascope.data.augment import AugmentConfig
+from kerascope.data.loader import FolderSequence
+from kerascope.training import train
+from kerascope.training.devices import data_parallel
+from kerascope.zoo.fast_init import numpy_init
+items = [(str(p), i % 3) for i, p in enumerate(sorted(Path(sys.argv[1]).rglob("*.png")))][:12]
+weights = {}
+for accelerator in (False, True):  # Keras places each batch / the feed's threads did
+    whole.on_accelerator = lambda: accelerator
+    with data_parallel("all", 8):
+        feed = whole.DeviceFeed(FolderSequence(items, ["a", "b", "c"], 32, batch_size=8),
+                                AugmentConfig())
+        feed[0]
+        inputs, labels, w = feed[1]  # made ahead, in the feed's thread
+        layout = keras.distribution.distribution().get_data_layout((8, 32, 32, 3))
+        if accelerator:
+            for a in (inputs["image"], inputs["matrices"], labels, w):
+                assert a.sharding.is_equivalent_to(layout.backend_layout, a.ndim), a.sharding
+            print("split", sorted(str(d) for d in inputs["image"].devices()))
+        else:
+            assert isinstance(inputs["image"], np.ndarray)
+    with numpy_init():
+        run = train(sys.argv[1], recipe="lenet", output=Path(sys.argv[2]) / str(accelerator),
+                    epochs=2, batch_size=8, image_size=32, engine="keras", seed=0,
+                    progress=False, devices="all")
+    weights[accelerator] = [np.asarray(v) for v in keras.saving.load_model(run.model_path).weights]
+print("same", all(np.array_equal(a, b) for a, b in zip(weights[False], weights[True])))
+"""
+
+
+def test_batches_made_ahead_are_split_over_the_devices_as_keras_lays_them_out(shapes, tmp_path):
+    """On several devices of one process the feed's threads put each batch there already
+    split by rows as Keras's ``DataParallel`` would (before: handed over as NumPy, copied
+    in the step loop); training gives the same weights as when Keras places the batches."""
+    import os
+    import subprocess
+    import sys
+
+    from .test_train_devices import _env
+
+    env = _env(XLA_FLAGS="--xla_force_host_platform_device_count=2")
+    done = subprocess.run([sys.executable, "-c", _SPLIT_AHEAD, str(shapes), str(tmp_path)],
+                          env=env, capture_output=True, text=True, timeout=600,
+                          cwd=os.getcwd())  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    lines = done.stdout.strip().splitlines()
+    assert "split ['cpu:0', 'cpu:1']" in lines, lines
+    assert lines[-1] == "same True", lines

@@ -15,7 +15,9 @@ Two pieces:
   the last partial one padded with weight-0 rows, so the step compiles once per stage, not
   again for the last batch. On an accelerator each batch is ``jax.device_put`` by the worker
   thread that prepared it, so the next batches are already on the device (prefetch depth =
-  the queue, at least 2) while the current one trains.
+  the queue, at least 2) while the current one trains; on several devices of one process it
+  is put there already split over them as Keras's ``DataParallel`` lays it out, so Keras's own
+  placement in the step loop finds it in place (a no-op) instead of copying it there.
 
 Weights, loss and accuracy of the padded batches: `kerascope.training.padded` (each step
 trains on its real rows' mean, the epoch's loss is the exact mean over its images), shared with
@@ -111,14 +113,19 @@ class DeviceFeed(DerivedSequence):
         self.images, self.seed = images, int(seed)
         self.augment = None if augment is None or augment.is_identity else augment
         self.row_weight = row_weights(images, class_weight)
-        if transfer is None:  # a distributed run's batches are split over devices by Keras
-            transfer = on_accelerator() and keras.distribution.distribution() is None
+        # Keras's distribution and `jax.default_device` are the creating thread's (thread-local
+        # state), not the feed's threads': both are read here.
+        distribution = keras.distribution.distribution()
+        if transfer is None:  # several processes: each hands Keras its rows of the batch
+            transfer = on_accelerator() and (distribution is None
+                                             or distribution.num_processes == 1)  # fmt: skip
         self.transfer = transfer
-        self.device = None  # `jax.default_device` is the creating thread's, not the feed's
+        self.device = self.distribution = None
         if transfer:
             import jax
 
             self.device = jax.config.jax_default_device  # training.devices' one-device choice
+            self.distribution = distribution
         self.regularise = regularise
 
     def make_batch(self, index: int) -> tuple[Any, np.ndarray, np.ndarray]:
@@ -146,9 +153,17 @@ class DeviceFeed(DerivedSequence):
                 inputs.update(partner=plan.partner.astype(np.int32), boxes=plan.boxes)
             targets = soft_targets(labels, len(seq.classes), plan, r.label_smoothing)
         batch = (inputs, targets, weights)
-        if self.transfer:  # uncommitted, like the model's state: a batch committed to a named
-            import jax  # device made the train step compile again for the state it came back
+        return self._put(batch) if self.transfer else batch
 
-            with jax.default_device(self.device):
-                batch = jax.device_put(batch)
-        return batch
+    def _put(self, batch: Any) -> Any:
+        """``batch`` on the device(s), from the worker thread that made it."""
+        import jax
+
+        if self.distribution is not None:  # each array split by rows as Keras lays it out
+            layout = self.distribution.get_data_layout
+            return jax.tree.map(lambda a: jax.device_put(a, layout(a.shape).backend_layout),
+                                batch)  # fmt: skip
+        # uncommitted, like the model's state: a batch committed to a named device made the
+        # train step compile again for the state it came back with
+        with jax.default_device(self.device):
+            return jax.device_put(batch)
