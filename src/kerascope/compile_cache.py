@@ -8,8 +8,9 @@ Measured for a 2-process ``train --recipe transfer`` (Lite0, 64 px, 2 epochs) on
 machine with a warm cache: process 0 10.3 CPU-s, process 1 24.6 (115 programs compiled,
 none written), both processes waiting for the slower one.
 
-kerascope's runs give each machine its own cache (``~/.kerascope/jax-cache`` unless
-``JAX_COMPILATION_CACHE_DIR`` says otherwise), so the contention JAX avoids does not arise:
+kerascope's runs give each machine its own cache (``~/.cache/kerascope/jax-cache``, or
+``$KERASCOPE_HOME/jax-cache``, unless ``JAX_COMPILATION_CACHE_DIR`` says otherwise:
+`kerascope.config`), so the contention JAX avoids does not arise:
 :func:`cache_in_every_process` lets this process write its own entries, through JAX's own
 writer and with JAX's own rules (size and compile-time thresholds, no host callbacks).
 """
