@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import os
 import queue
+import re
 import threading
 from fractions import Fraction
 
@@ -82,19 +83,51 @@ def estimate_frames(path: str | os.PathLike) -> int:
     container, stream = open_video(path)
     with contextlib.closing(container):
         found = promised_frames(stream)
-        if found or not container.duration:
+        end = stated_end(stream)  # the video's own end, not the longest stream's
+        if found or (end is None and not container.duration):
             return found
-        return round(float(container.duration / 1_000_000 * frame_rate(stream)))  # longest stream
+        if end is None:
+            end = (container.duration or 0) / 1_000_000  # the longest stream's
+        begin = float((stream.start_time or 0) * (stream.time_base or 0))
+        return max(0, round((end - begin) * float(frame_rate(stream))))
 
 
 def promised_frames(stream) -> int:
     """The video stream's own frame count, or its own duration x rate; 0 if it states
     neither. Never the container's duration, which covers the longest stream: an MKV whose
-    audio runs past its video would read as a truncated video."""
+    audio runs past its video would read as a truncated video. FFmpeg copies that duration
+    into a track that states none (a Matroska video of a few frames under longer sound), so
+    a stream's duration equal to the container's counts only in a one-stream file."""
     if stream.frames:
         return int(stream.frames)
     seconds = (stream.duration or 0) * (stream.time_base or 0)
-    return round(float(seconds * frame_rate(stream))) if seconds else 0
+    if not seconds or (len(stream.container.streams) > 1 and _copied(stream)):
+        return 0
+    return round(float(seconds * frame_rate(stream)))
+
+
+def stated_end(stream) -> float | None:
+    """Where the file says ``stream`` ends, in seconds on its clock, or None: Matroska's
+    DURATION tag (FFmpeg writes the track's end there, mkvmerge its length, no later; it
+    survives truncation), else the stream's start + duration (MP4's track header)."""
+    for key, value in stream.metadata.items():
+        if key.upper() == "DURATION" or key.upper().startswith("DURATION-"):
+            found = re.fullmatch(r"\s*(\d+):(\d+):(\d+(?:\.\d*)?)\s*", value)
+            if found:
+                hours, minutes, seconds = found.groups()
+                return int(hours) * 3600 + int(minutes) * 60 + float(seconds)
+    if not stream.duration or not stream.time_base:
+        return None
+    return float(((stream.start_time or 0) + stream.duration) * stream.time_base)
+
+
+def _copied(stream) -> bool:
+    """Whether the stream's duration is only the container's (FFmpeg's fill for a track
+    that states none)."""
+    container, tick = stream.container, float(stream.time_base or 0)
+    if not container.duration or not tick:
+        return False
+    return abs((stream.duration or 0) * tick - container.duration / 1_000_000) <= tick + 1e-6
 
 
 class FrameReader:
@@ -107,7 +140,7 @@ class FrameReader:
         self.ready: queue.SimpleQueue = queue.SimpleQueue()
         self.stopping = threading.Event()
         self.count = 0
-        self.reach = Reach()
+        self.reach = Reach((vstream, astream))
         args = (container, vstream, astream, pipeline, path)
         self.thread = threading.Thread(target=self._work, args=args, daemon=True,
                                        name="kerascope-video-read")  # fmt: skip
@@ -160,7 +193,8 @@ class Reach:
     packet it cannot decode without an error (a corrupt MKV read as 27 frames of 200, exit 0)
     and a truncated MKV demuxes to its end without one."""
 
-    def __init__(self) -> None:
+    def __init__(self, streams=()) -> None:
+        self.streams = [s for s in streams if s is not None]  # those read: video, first audio
         self.packets: float | None = None  # end of the last video packet read
         self.frames: float | None = None  # end of the last frame decoded
         self.audio: float | None = None  # end of the last audio packet read
@@ -211,7 +245,7 @@ class Reach:
         start = (container.start_time or 0) / 1_000_000
         slack = 2 * float(step)
         ends = [x for x in (self.packets, self.audio) if x is not None]
-        length = (container.duration or 0) / 1_000_000
+        length = self.length(container)
         cause = f" ({self.error})" if self.error else ""  # the first refusal
         if length and length - (max(ends, default=self.frames) - start) > max(slack, length / 50):
             return (f"only its first {self.frames - start:.2f} s of {length:.2f} s could be "
@@ -223,6 +257,16 @@ class Reach:
                         f"{self.packets - start:.2f} s could not be decoded: the file looks "
                         "corrupt")  # fmt: skip
         return None
+
+    def length(self, container) -> float:
+        """Seconds from the file's start to the end of the streams read, as the file states
+        them (`stated_end`), never past the container's end; the container's length (its
+        longest stream's: a subtitle, a second sound track or video not read) only where
+        they state none. 0 if unknown."""
+        start = (container.start_time or 0) / 1_000_000
+        whole = (container.duration or 0) / 1_000_000
+        ends = [end for end in map(stated_end, self.streams) if end is not None]
+        return min(max(ends) - start, whole) if ends and whole else whole
 
 
 def _end(pts, duration, time_base) -> float | None:
