@@ -42,6 +42,7 @@ def decode_workers() -> int:
 
 
 _POOL: ThreadPoolExecutor | None = None
+_NO_CACHE_SAID: set[str] = set()  # cache folders this process said it trains without
 
 
 def _pool() -> ThreadPoolExecutor:
@@ -338,12 +339,16 @@ class FolderSequence(keras.utils.PyDataset):
 
     def _no_cache(self, exc: OSError) -> None:
         """Train without the cache when it cannot be made (a full disk): decoding every epoch
-        is slower, never wrong; said once, on stderr."""
+        is slower, never wrong; said once per folder and process, on stderr (the training
+        and validation images each have a cache: the line came twice)."""
         import sys
 
-        print(f"kerascope: no decoded-image cache in '{self.cache_path.parent}' "
-              f"({exc.strerror or exc}); decoding the images every epoch instead",
-              file=sys.stderr)  # fmt: skip
+        folder = str(self.cache_path.parent)
+        if folder not in _NO_CACHE_SAID:
+            _NO_CACHE_SAID.add(folder)
+            print(f"kerascope: no decoded-image cache in {folder!r} "
+                  f"({exc.strerror or exc}); decoding the images every epoch instead",
+                  file=sys.stderr)  # fmt: skip
         self.cache_path, self._cache_off = None, True
 
     def _create_cache(self, shape: tuple[int, ...], mask: Path) -> tuple[np.ndarray, np.ndarray]:
