@@ -150,6 +150,33 @@ def test_a_resume_with_other_options_names_them_and_their_saved_values(
     assert sorted(p.name for p in out.iterdir()) == before
 
 
+def test_an_explain_job_of_an_older_shard_layout_is_not_resumed_into_a_mix(
+    lenet, pictures, tmp_path, capsys
+):
+    """Readers take the first shard's schema: an explain job started before ``class_specific``
+    (layout 1) and resumed lost that column in every shard, without a word."""
+    import json
+
+    import pyarrow.parquet as pq
+
+    out = tmp_path / "out"
+    run_batch("explain", [str(pictures)], out, model=str(lenet), block_size=2)
+    manifest = out / "_kerascope_batch.json"
+    saved = json.loads(manifest.read_text())
+    assert saved["format"] == 2
+    assert "class_specific" in pq.read_table(out / "index").column_names
+    shards = sorted((out / "index").glob("part-*.parquet"))
+    shards[-1].unlink()  # a job that stopped before its last shard, started in layout 1
+    manifest.write_text(json.dumps({**saved, "format": 1, "complete": False}))
+    args = ["batch", "explain", str(pictures), "-m", str(lenet), "-o", str(out),
+            "--block-size", "2"]  # fmt: skip
+    assert main(args) == 2
+    line = _one_line_error(capsys.readouterr().err)
+    assert "another layout (format 1" in line and "writes format 2" in line, line
+    assert "another -o" in line
+    assert sorted((out / "index").glob("part-*.parquet")) == shards[:-1]  # nothing written
+
+
 def test_ctrl_c_says_how_many_shards_are_kept_and_a_rerun_uses_them(
     lenet,
     pictures,
