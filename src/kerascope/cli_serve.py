@@ -70,6 +70,12 @@ def add_serve_command(sub) -> None:
             flag, dest=field, type=kind, default=getattr(defaults, field), help=text,
             metavar=unit if unit in ("MB", "MP", "S") else "N",
         )  # fmt: skip
+    p.add_argument(
+        "--warm-up", metavar="METHODS",
+        help="explain methods to build and compile for every batch size before the server "
+        "answers: a comma-separated list, all (every method it answers) or none (classify "
+        "only); default gradcam",
+    )  # fmt: skip
     from kerascope.precision import PRECISION_HELP, add_precision_option
 
     add_precision_option(p, PRECISION_HELP + "; /v1/models and every response say what ran")
@@ -92,12 +98,16 @@ def limits_from(args):
 
 def _run_serve(args) -> int:
     from kerascope.serve.server import run_server
+    from kerascope.serve.warmup import warm_up_plan
 
     if not 0 <= args.port <= 65535:
         raise CliError(f"--port must be 0..65535, got {args.port}")
     if not 0 <= args.max_wait_ms <= 10_000:
         raise CliError("--max-wait-ms must be 0..10000")
     limits = limits_from(args)
+    if args.warm_up is not None:  # a name that is no method: one line now, before loading
+        warm_up_plan(args.warm_up)
+    asked = {} if args.warm_up is None else {"warm": args.warm_up}  # else run_server's default
     run_server(
         args.models or ["efficientnet_lite0"],
         host=args.host,
@@ -108,5 +118,6 @@ def _run_serve(args) -> int:
         limits=limits,
         precision=args.precision,
         exit_on_stop=True,  # a pass still running is not waited for
+        **asked,
     )
     return 0

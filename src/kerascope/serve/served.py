@@ -18,7 +18,7 @@ import contextlib
 import copy
 import re
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -200,23 +200,37 @@ class ServedModel:
     def allowed(self, method: str) -> bool:
         return self.limits.allow_expensive or not self.expensive(method)
 
-    def warm_up(self) -> None:
-        """Build the forward passes (onnx conversion or jit) of classify and of the default
-        explain method before the first request needs them (a first explain costs seconds)."""
+    @property
+    def explain_limit(self) -> int:
+        """Most images in one pass of a one-pass explain method here."""
+        return min(self.max_batch, EXPLAIN_BATCH)
+
+    def explain_rows(self, method: str, n: int) -> int | None:
+        """The rows a pass of ``n`` images of ``method`` runs at (`kerascope.serve.warmup`
+        compiles them): a cheap method's at the bucket of ``n`` whatever classify runs on
+        (explain's gradients run on the jit); an expensive one's as it decides (None: a padded
+        row would cost K passes)."""
+        from kerascope.sources import bucket
+
+        return None if self.expensive(method) else bucket(n, self.explain_limit)
+
+    def warm_pass(self, method: str | None, n: int) -> None:
+        """A pass of ``n`` black images, of classify (None) or ``method``: what builds and
+        compiles a pass of that size (`kerascope.serve.warmup`)."""
         blank = np.zeros((*self.clf.input_size, 3), np.uint8)
-        self._classify([blank])
-        try:
-            self._explain("gradcam", [(blank, -1)])
-            self.closed_form_head = bool(self._cams["gradcam"].cam.probe.head.analytic)
-        except Exception:  # noqa: BLE001  (explain is optional: its requests will say why)
-            self._cams.clear()
+        if method is None:
+            self._classify([blank] * n)
+        else:
+            self._explain(method, [(blank, -1)] * n)
 
     def _padded(self, n: int) -> int:
-        """Rows to run for ``n`` images: as is on onnx; on keras (jit) the next power of two,
-        so batches of every size share ~log2(max_batch) compilations instead of one each."""
-        if self.engine != "keras":
-            return n
-        return min(max(n, self.max_batch), 1 << (n - 1).bit_length())
+        """Rows classify runs ``n`` images at: ``n`` on onnx, its bucket on the jit."""
+        return self._forward().rows(n, self.max_batch)
+
+    def _forward(self):  # classify's, built on first use
+        from kerascope.inference import compiled
+
+        return compiled(self.clf.model, precision=self.precision)
 
     @property
     def running(self) -> bool:
@@ -239,11 +253,9 @@ class ServedModel:
             return self._classify_now(batch)
 
     def _classify_now(self, batch: Sequence[np.ndarray]) -> list[np.ndarray]:
-        from kerascope.inference import compiled
-
-        x = _pad(np.stack(batch), self._padded(len(batch)))
-        probs = compiled(self.clf.model, precision=self.precision)(x)
-        return list(np.asarray(probs, dtype=np.float32)[: len(batch)])
+        # the forward pads to `_padded` rows itself where it compiles (padded rows never return)
+        probs = self._forward()(np.stack(batch), self.max_batch)
+        return list(np.asarray(probs, dtype=np.float32))
 
     def resolve_class(self, query: str | None) -> int:
         """A class asked for by name, WordNet id or index -> its output index (-1: top-1)."""
@@ -316,14 +328,14 @@ class ServedModel:
                 return MethodQueue(self._expensive, name)
         with self._lock:
             if name not in self._explainers:
-                built = name in self._cams  # warm_up's gradcam
+                built = name in self._cams  # warmed up (`kerascope.serve.warmup`)
                 # Passes of at most EXPLAIN_BATCH images: a request refused or abandoned
                 # meanwhile (its client gone, its deadline passed) loses its later passes,
                 # where one pass of 32 ran on for clients that had their 503 long before.
                 batcher = DynamicBatcher(
                     lambda items, m=name: self._first_pass(m, items),
                     self.explain_executor if built else self.cold_executor,
-                    min(self.max_batch, EXPLAIN_BATCH), self.max_wait_ms,
+                    self.explain_limit, self.max_wait_ms,
                     queue_timeout=self.limits.queue_timeout_s, label=f"{name} on '{self.key}'",
                 )  # fmt: skip
                 self._explainers[name] = batcher
@@ -367,11 +379,10 @@ class ServedModel:
                     )
                 except ValueError as exc:  # MethodError, LayerError: this model cannot
                     raise RequestError(str(exc), 400) from None
-        # Padding (for the jit's compile cache) would cost K passes per padded row here.
-        rows = len(items) if self.expensive(method) else self._padded(len(items))
-        pixels = _pad(np.stack([p for p, _ in items]), rows)
-        targets = _pad(np.array([t for _, t in items], dtype=np.int64), rows)
-        maps, classes, probs = explainer.explain_batch(pixels, targets)
+        pixels = np.stack([p for p, _ in items])
+        targets = np.array([t for _, t in items], dtype=np.int64)
+        rows = self.explain_rows(method, len(items))  # padded rows never come back
+        maps, classes, probs = explainer.explain_batch(pixels, targets, pad_to=rows)
         return [(maps[i], int(classes[i]), float(probs[i])) for i in range(len(items))]
 
     async def close(self) -> None:
@@ -379,12 +390,8 @@ class ServedModel:
         for batcher in [*self._explainers.values(), self._expensive]:
             if batcher is not None:
                 await batcher.close()
-        for executor in (
-            self.executor,
-            self.explain_executor,
-            self.slow_executor,
-            self.cold_executor,
-        ):
+        for executor in (self.executor, self.explain_executor, self.slow_executor,
+                         self.cold_executor):  # fmt: skip
             executor.shutdown(wait=False, cancel_futures=True)
 
 
@@ -431,13 +438,6 @@ class Failed:
     error: Exception
 
 
-def _pad(x: np.ndarray, rows: int) -> np.ndarray:
-    """``x`` with its last row repeated up to ``rows`` rows."""
-    if rows <= len(x):
-        return x
-    return np.concatenate([x, np.repeat(x[-1:], rows - len(x), axis=0)])
-
-
 def model_key(clf: Classifier, taken: set[str]) -> str:
     """The name clients use for ``clf``: its zoo or run name, made unique among ``taken``."""
     base = (clf.name or "model").strip() or "model"
@@ -451,27 +451,34 @@ def load_served(
     names: Sequence[str],
     max_batch: int = 32,
     max_wait_ms: float = 5.0,
-    warm: bool = True,
+    warm: bool | str | Sequence[str] = True,
     limits: ServeLimits | None = None,
     precision: str | None = None,
+    announce: Callable[[str], None] | None = None,
 ) -> dict[str, ServedModel]:
     """Load every model named (zoo name, run directory or .keras file); the first is default.
 
+    ``warm``: what each model builds and compiles first, as ``serve --warm-up`` takes it
+    (`kerascope.serve.warmup`): True the default, False nothing. ``announce``: told a line
+    per part warmed, with its time.
     ``precision``: what the models compute in (auto, float32, bfloat16, float16; None:
     ``KERASCOPE_PRECISION`` or auto); `ServedModel.precision` says what it resolved to.
 
     Raises:
-        KerascopeError: a model that cannot be loaded (the message names it).
+        KerascopeError: a model that cannot be loaded (the message names it); a ``warm``
+            the server cannot do (`kerascope.serve.warmup.warm_up_plan`, `warm_model`).
     """
+    from kerascope.serve.warmup import warm_model, warm_up_plan
     from kerascope.zoo.models import load_model
 
+    plan = warm_up_plan(warm)
     served: dict[str, ServedModel] = {}
     for name in names:
         clf = load_model(name, precision=precision)
         key = model_key(clf, set(served))
         served[key] = ServedModel(key, clf, max_batch, max_wait_ms, limits or ServeLimits())
-        if warm:
-            served[key].warm_up()
+        if plan is not None:
+            warm_model(served[key], plan, announce or (lambda line: None))
     return served
 
 

@@ -55,6 +55,7 @@ def run_server(
     limits: ServeLimits | None = None,
     precision: str | None = None,
     exit_on_stop: bool = False,
+    warm: bool | str | Sequence[str] = True,
 ) -> None:
     """Load ``models`` (the first is the default), then serve until interrupted.
 
@@ -62,6 +63,7 @@ def run_server(
     the models compute in (auto, float32, bfloat16, float16; see `load_served`).
     ``exit_on_stop``: end the process at once when it stops while a model pass still runs
     (the command's choice; a program that calls this keeps its process, and waits).
+    ``warm``: what each model builds and compiles before the server answers (`load_served`).
 
     Raises:
         ServeError: the ``serve`` extra is missing or the address cannot be used.
@@ -92,7 +94,8 @@ def run_server(
     sock = bind(host, port)  # first: a port in use fails before minutes of model loading
     try:
         say(f"loading {', '.join(models)}")
-        served = load_served(models, max_batch, max_wait_ms, limits=limits, precision=precision)
+        served = load_served(models, max_batch, max_wait_ms, warm=warm, limits=limits,
+                             precision=precision, announce=say)  # fmt: skip
         app = create_app(served, limits=limits, loopback=is_loopback(host))
         bound_host, bound_port = sock.getsockname()[:2]
         shown = f"[{bound_host}]" if ":" in bound_host else bound_host
