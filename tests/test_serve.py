@@ -433,7 +433,7 @@ def test_keras_engine_pads_batches_to_powers_of_two(run_dir, monkeypatch):
     served = ServedModel("shapes", load_model(run_dir), max_batch=32, max_wait_ms=5)
     try:
         assert served.engine == "keras"
-        assert [served._padded(n) for n in (1, 3, 5, 17, 32)] == [1, 4, 8, 32, 32]
+        assert [served.classify_rows(n) for n in (1, 3, 5, 17, 32)] == [1, 4, 8, 32, 32]
         images = list(np.random.default_rng(0).integers(0, 256, (3, 32, 32, 3), dtype=np.uint8))
         got = served._classify(images)
         want = served.clf.model.predict_on_batch(np.stack(images).astype("float32"))

@@ -142,8 +142,9 @@ def test_a_warmed_server_answers_every_batch_size_without_compiling(warmed):
 
 
 def test_load_served_warms_every_bucket_of_the_jit(tiny_file, compiles, monkeypatch):
-    """On the jit engine (GPUs' default) gradcam compiles per batch size: warmed through the
-    Python API, requests of 1..8 images compile nothing more."""
+    """On the jit engine (GPUs' default) gradcam and classify compile per batch size: warmed
+    through the Python API, requests of 1..8 images and classify passes of 1..32 compile
+    nothing more."""
     from fastapi.testclient import TestClient
 
     from kerascope.serve.app import create_app
@@ -153,12 +154,18 @@ def test_load_served_warms_every_bucket_of_the_jit(tiny_file, compiles, monkeypa
     said: list[str] = []
     served = load_served([str(tiny_file)], warm=["gradcam"], announce=said.append)
     assert served["tiny"].engine == "keras"
-    assert pass_rows(compiles).count(8) == 1  # gradcam's 8-row pass: compiled at warm-up
+    assert pass_rows(compiles).count(8) == 2  # classify's and gradcam's 8-row passes: at warm-up
     assert [line.split(" warmed")[0] for line in said[1:]] == ["tiny: gradcam"]
     warm = len(compiles)
     with TestClient(create_app(served), base_url="http://127.0.0.1") as client:
         for n in range(1, 9):
             explain(client, "gradcam", n)
+    assert compiles[warm:] == []
+    # classify too, at every size a pass of 1..--max-batch images runs at (before: 1 only)
+    assert said[0].startswith("tiny: classify ready in ")
+    assert said[0].endswith(" (compiled for 1, 2, 4, 8, 16, 32 image(s))"), said
+    for n in range(1, 33):
+        served["tiny"].warm_pass(None, n)
     assert compiles[warm:] == []
 
 
@@ -178,7 +185,7 @@ def test_cheap_methods_run_at_buckets_and_classify_on_onnx_unpadded(tiny_file, c
         model.warm_pass("saliency", n)
     assert pass_rows(compiles) == [1, 2, 4, 6]
 
-    forward, rows = model._forward(), []
+    forward, rows = model.forward(), []
     run = forward._run
     forward._run = lambda xs: rows.append(len(xs[0])) or run(xs)
     for n in (3, 5):

@@ -223,11 +223,12 @@ class ServedModel:
         else:
             self._explain(method, [(blank, -1)] * n)
 
-    def _padded(self, n: int) -> int:
+    def classify_rows(self, n: int) -> int:
         """Rows classify runs ``n`` images at: ``n`` on onnx, its bucket on the jit."""
-        return self._forward().rows(n, self.max_batch)
+        return self.forward().rows(n, self.max_batch)
 
-    def _forward(self):  # classify's, built on first use
+    def forward(self) -> Any:
+        """Classify's compiled forward pass (`kerascope.inference.compiled`), built on first use."""
         from kerascope.inference import compiled
 
         return compiled(self.clf.model, precision=self.precision)
@@ -253,8 +254,8 @@ class ServedModel:
             return self._classify_now(batch)
 
     def _classify_now(self, batch: Sequence[np.ndarray]) -> list[np.ndarray]:
-        # the forward pads to `_padded` rows itself where it compiles (padded rows never return)
-        probs = self._forward()(np.stack(batch), self.max_batch)
+        # the forward pads to `classify_rows` itself where it compiles (padded rows never return)
+        probs = self.forward()(np.stack(batch), self.max_batch)
         return list(np.asarray(probs, dtype=np.float32))
 
     def resolve_class(self, query: str | None) -> int:

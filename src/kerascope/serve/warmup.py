@@ -6,8 +6,8 @@ JAX's compilation cache cold, and requests queued behind it got 503 past --queue
 Warmed up, every size its passes run at (`ServedModel.explain_rows`: 1, 2, 4 and 8 images) is
 compiled before the server answers (saliency: 50 s cold, 11 s with the cache warm), so no
 request waits for a compile, and ``/healthz`` answers only a server that is ready: a load
-balancer sends it nothing before. Classify is warmed up at one image, as before (onnxruntime,
-the CPU default, compiles nothing per size).
+balancer sends it nothing before. Classify is warmed up for every size it compiles
+(`classify_sizes`: one image on onnxruntime, the CPU default, which compiles nothing per size).
 """
 
 from __future__ import annotations
@@ -84,6 +84,15 @@ def warm_sizes(model: ServedModel, method: str) -> list[int]:
     return sorted({bucket(n, model.explain_limit) for n in range(1, model.explain_limit + 1)})
 
 
+def classify_sizes(model: ServedModel) -> list[int]:
+    """The batch sizes classify's passes run at that each compile on their first use: on the
+    jit (a GPU's engine) every bucket up to --max-batch (Lite0 at 32: 1, 2, 4 ... 32), on
+    onnxruntime (the CPU's, which compiles nothing per size) one image builds it all."""
+    if not model.forward().pads:
+        return [1]
+    return sorted({model.classify_rows(n) for n in range(1, model.max_batch + 1)})
+
+
 def warm_model(model: ServedModel, plan: WarmUp, say: Callable[[str], None]) -> None:
     """Build and compile classify and ``plan``'s methods on ``model``, saying each one's time.
 
@@ -102,8 +111,12 @@ def warm_model(model: ServedModel, plan: WarmUp, say: Callable[[str], None]) -> 
             "server refuses; start it with --allow-expensive to warm up and answer "
             f"{'them' if len(refused) > 1 else 'it'}"
         )
-    took = _timed(lambda: model.warm_pass(None, 1))
-    say(f"{model.key}: classify ready in {took:.1f} s")
+    sizes = classify_sizes(model)
+    took = _timed(lambda: [model.warm_pass(None, n) for n in sizes])
+    say(
+        f"{model.key}: classify ready in {took:.1f} s"
+        + (f" (compiled for {', '.join(map(str, sizes))} image(s))" if len(sizes) > 1 else "")
+    )
     for method in methods:
         sizes = warm_sizes(model, method)
         try:
