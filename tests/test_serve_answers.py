@@ -166,3 +166,31 @@ def test_a_tiny_photo_is_drawn_enlarged_as_explain_draws_it(client, chelsea, hei
     # the pixel budget weighs the picture as drawn, not as sent
     size = (32, 32)
     assert pixel_cost([("t", png(photo))], size, True, 1024) == height * width + drawn.size // 3
+
+
+@pytest.mark.parametrize(("height", "width"), [(12, 600), (600, 12)])
+def test_a_thin_photo_is_drawn_stretched_as_explain_draws_it(client, chelsea, height, width):
+    """Before: a 600x12 strip came back as a 600x12 overlay (a 30000x20 panorama: 1024x1 at
+    the default max_side), which showed no heat. Its short side is now stretched to
+    ``MIN_PICTURE_SIDE``, as explain's pictures are (`kerascope.cam.stretch`)."""
+    from kerascope.cam.stretch import MIN_PICTURE_SIDE, stretch_array
+    from kerascope.serve.uploads import pixel_cost
+
+    photo = np.asarray(Image.fromarray(chelsea).resize((width, height), Image.BOX))
+    drawn = stretch_array(photo)  # explain's rule, on the photo as sent
+    assert min(drawn.shape[:2]) == MIN_PICTURE_SIDE and max(drawn.shape[:2]) == 600
+    sent = [("file", ("thin.png", png(photo)))]
+    for fit in ("whole", "crop"):
+        r = client.post(f"/v1/explain?fit={fit}", files=sent)
+        assert r.status_code == 200, r.text
+        row = r.json()["results"][0]
+        assert (row["height"], row["width"]) == drawn.shape[:2]
+        assert picture(row["heatmap"]).shape == (*drawn.shape[:2], 4)
+        assert picture(row["overlay"]).shape == drawn.shape
+    bare = client.post("/v1/explain?format=png&alpha=0", files=sent)
+    shown = picture("," + base64.b64encode(bare.content).decode())
+    assert shown.shape == drawn.shape  # the photo itself, stretched
+    assert np.abs(shown.astype(int) - drawn.astype(int)).mean() < 3  # bilinear vs bicubic
+    capped = client.post("/v1/explain?max_side=100", files=sent).json()["results"][0]
+    assert (capped["width"], capped["height"]) == (100, 100)  # never past its long side
+    assert pixel_cost([("t", png(photo))], (32, 32), True, 1024) == height * width + drawn.size // 3

@@ -3,7 +3,8 @@
 The page stacks the heatmap layer (an RGBA PNG whose opacity is the heat) over the photo and
 changes its CSS opacity with a slider, so moving the slider costs no request. Both are drawn
 at most ``max_side`` pixels on the long side: a 12 MP phone photo needs no 12 MP overlay on
-a screen, and the response stays small. A tiny photo is drawn enlarged, as explain draws it.
+a screen, and the response stays small. A tiny photo is drawn enlarged and a thin one
+stretched, as explain draws them.
 """
 
 from __future__ import annotations
@@ -14,23 +15,28 @@ from PIL import Image
 from kerascope.cam.enlarge import enlarge, enlargement
 from kerascope.cam.overlay import colormap_lut, opacity_gain, opacity_levels, overlay
 from kerascope.cam.save import OUTPUT_MIN_SIDE
+from kerascope.cam.stretch import MIN_PICTURE_SIDE
 
 
 def drawn_size(width: int, height: int, max_side: int) -> tuple[int, int]:
-    """The (width, height) `fit` draws a ``width`` x ``height`` picture at."""
+    """The (width, height) `fit` draws a ``width`` x ``height`` picture at: enlarged when
+    tiny, scaled down to ``max_side``, then a thin one's short side stretched to
+    `kerascope.cam.stretch.MIN_PICTURE_SIDE` (never past its long side), as explain draws it:
+    a 30000x20 panorama was a 1024x1 strip on the page."""
     factor = enlargement(width, height, OUTPUT_MIN_SIDE)
     width, height = width * factor, height * factor
     scale = max_side / max(height, width) if max_side else 1.0
-    if scale >= 1.0:
-        return width, height
-    return max(1, round(width * scale)), max(1, round(height * scale))
+    if scale < 1.0:
+        width, height = max(1, round(width * scale)), max(1, round(height * scale))
+    short = min(MIN_PICTURE_SIDE, max(width, height))
+    return max(width, short), max(height, short)
 
 
 def fit(image: np.ndarray, max_side: int) -> np.ndarray:
-    """``image`` as drawn: one under explain's ``OUTPUT_MIN_SIDE`` enlarged by a whole factor
-    as explain enlarges it (`kerascope.cam.enlarge`: a 1x1 photo's heatmap was 1x1, which the
-    page stretched to one flat colour), then scaled down so its long side is at most
-    ``max_side`` (0: as is)."""
+    """``image`` as drawn (`drawn_size`): one under explain's ``OUTPUT_MIN_SIDE`` enlarged by
+    a whole factor as explain enlarges it (`kerascope.cam.enlarge`: a 1x1 photo's heatmap was
+    1x1, which the page stretched to one flat colour), scaled down so its long side is at
+    most ``max_side`` (0: as is), a thin one stretched."""
     image = enlarge(image, OUTPUT_MIN_SIDE)
     height, width = image.shape[:2]
     size = drawn_size(width, height, max_side)
