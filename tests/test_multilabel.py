@@ -6,6 +6,8 @@ every label above its threshold. The CSV parser refuses bad rows naming their nu
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import re
 from pathlib import Path
@@ -225,6 +227,41 @@ def test_predict_and_classify_name_every_label_above_its_threshold(multilabel_ru
 
     run_batch("classify", [two.source], tmp_path / "batch", model=str(run.run_dir))
     assert set(pq.read_table(tmp_path / "batch").to_pandas()["name"]) == names
+
+
+def test_every_picture_gets_its_rows_whatever_its_labels_thresholds(multilabel_run, pairs,
+                                                                    capsys, tmp_path):  # fmt: skip
+    """A picture whose most probable label is under its threshold lost its name in the table
+    (shown on rank 1 only), and one with no label over its threshold had no row at all, in
+    the table or the CSV. Thresholds raised in a copy of the run make both happen."""
+    import shutil
+
+    from kerascope.cli import main
+    from kerascope.output import NO_LABEL
+
+    saved = json.loads((multilabel_run.run_dir / "multilabel.json").read_text())
+    held = [str(pairs.parent / p) for p in saved["splits"]["validation"]][:2]
+    (first,) = kerascope.classify(held[0], model=multilabel_run.run_dir)
+    top = max(first.predictions, key=lambda p: p.probability)
+    run = tmp_path / "run"
+    shutil.copytree(multilabel_run.run_dir, run)
+    thresholds = [0.0] * len(saved["labels"])
+    thresholds[top.index] = 1.0  # the top label never reaches it: the others all do
+    (run / "multilabel.json").write_text(json.dumps({**saved, "thresholds": thresholds}))
+    (kept,) = kerascope.classify(held[0], model=run)
+    assert top.index not in {p.index for p in kept.predictions} and kept.predictions[0].rank > 1
+    assert main(["classify", held[0], "--model", str(run)]) == 0
+    table = capsys.readouterr().out
+    assert Path(held[0]).name in table
+    (run / "multilabel.json").write_text(
+        json.dumps({**saved, "thresholds": [1.0] * len(thresholds)})
+    )
+    assert main(["classify", *held, "--model", str(run)]) == 0
+    table = capsys.readouterr().out
+    assert all(Path(h).name in table for h in held) and table.count(NO_LABEL) == 2, table
+    assert main(["classify", *held, "--model", str(run), "-f", "csv"]) == 0
+    rows = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
+    assert [r["image"] for r in rows] == held and {r["name"] for r in rows} == {""}
 
 
 def test_options_a_multilabel_run_does_not_take_are_refused(pairs, tmp_path, capsys):

@@ -41,7 +41,9 @@ def add_batch_command(sub) -> None:
     tasks = p.add_subparsers(dest="task", required=True, metavar="TASK")
     c = _task(tasks, "classify", "top-k classes: columns image, rank, class_id, name, "
               "probability, error (as classify --format csv)")  # fmt: skip
-    c.add_argument("--model", "-m", default="efficientnet_lite0", help="zoo name or .keras file")
+    c.add_argument(
+        "--model", "-m", default="efficientnet_lite0", help="zoo name, run or .keras file"
+    )
     c.add_argument("--weights", help="explicit weights file for a zoo model")
     c.add_argument(
         "--top", "-k", type=positive_int, default=5, help="classes per image (default 5)"
@@ -57,7 +59,9 @@ def add_batch_command(sub) -> None:
     f.add_argument("--image-size", type=positive_int, help="decode size (default: the backbone's)")
     e = _task(tasks, "explain", "heatmap pictures <name>-output.jpg in OUTDIR (as explain "
               "writes them), indexed in OUTDIR/index/*.parquet")  # fmt: skip
-    e.add_argument("--model", "-m", default="efficientnet_lite0", help="zoo name or .keras file")
+    e.add_argument(
+        "--model", "-m", default="efficientnet_lite0", help="zoo name, run or .keras file"
+    )
     e.add_argument("--method", choices=("cam", "gradcam", "gradcam++"), default="gradcam",
                    help="the heatmap method, as explain --method")  # fmt: skip
     e.add_argument("--class", dest="target", help="class or group to explain: name, WordNet "

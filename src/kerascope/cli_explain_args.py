@@ -151,7 +151,9 @@ def metric_help() -> str:
 
 def add_explain_args(p: argparse.ArgumentParser) -> None:
     """The options explain and video share (model, method, class, drawing, batch, precision)."""
-    p.add_argument("--model", "-m", default="efficientnet_lite0", help="zoo name or .keras file")
+    p.add_argument(
+        "--model", "-m", default="efficientnet_lite0", help="zoo name, run or .keras file"
+    )
     p.add_argument("--weights", help="explicit weights file for a zoo model")
     p.add_argument("--method", action=LazyAction, metavar="METHOD", default="gradcam",
                    help_text=_method_help, choices_from=_method_names)  # fmt: skip

@@ -68,8 +68,9 @@ def _add_train(sub) -> None:
                    "and transfer, adam for lenet, finetune and features)")  # fmt: skip
     p.add_argument("--momentum", type=float, help="momentum of the sgd stages (default: 0.9, "
                    "the fine-tuning guide's)")  # fmt: skip
-    p.add_argument("--lr-schedule", metavar="SCHEDULE", help="constant (default), "
-                   "inverse-time:DECAY (lr / (1 + DECAY * step): Keras 2's decay=DECAY) or "
+    p.add_argument("--lr-schedule", metavar="SCHEDULE", help="constant (default; "
+                   "finetune: onecycle), inverse-time:DECAY (lr / (1 + DECAY * step): Keras 2's "
+                   "decay=DECAY) or "
                    "cosine (down to 0 over each stage) or onecycle (fastai's fit_one_cycle: "
                    "up from lr/25 to lr over the first quarter, down to lr/1e5)")  # fmt: skip
     p.add_argument("--head", help="layers between the backbone and the final softmax Dense, "
@@ -184,7 +185,8 @@ def _add_evaluate(sub) -> None:
                    "included")  # fmt: skip
     p.add_argument("--output", "-o", help="folder for metrics.json and plots (default: the "
                    "run directory for the images it held out of the data it trained from, "
-                   "else a new RUN/evaluations/DATA-NAME folder)")  # fmt: skip
+                   "else a new RUN/evaluations/DATA-NAME folder; for a zoo model or .keras "
+                   "file ./evaluations/DATA-NAME)")  # fmt: skip
     p.add_argument("--batch-size", type=positive_int, default=32, help="images per forward pass")
     add_precision_option(p)
     add_tta_options(p)

@@ -207,8 +207,17 @@ def _plain_progress(total: int, label: str) -> Iterator:
         note(line(time.monotonic()) + " (done)")
 
 
+NO_LABEL = "no label over its threshold"
+"""What a multi-label run's picture shows when no label reaches its threshold: every input
+gets a row (the table and the CSV had none for it)."""
+
+
 def _rows(results: list[ImageResult]) -> Iterator[dict]:
     for r in results:
+        if r.ok and not r.predictions:  # the CSV's row for it: no class, no error
+            yield {"image": clean(r.source), "rank": "", "class_id": "", "name": "",
+                   "probability": "", "error": ""}  # fmt: skip
+            continue
         if not r.ok:
             yield {
                 "image": clean(r.source),
@@ -316,8 +325,11 @@ def _table(results: list[ImageResult], ascii_only: bool = False) -> Table:
             table.add_row(cell(_short(r.source)), "", *([""] if wordnet else []),
                           cell(f"error: {r.error}", "red"), "")  # fmt: skip
             continue
-        for p in r.predictions:
-            image = cell(_short(r.source)) if p.rank == 1 else ""
+        if not r.predictions:  # a multi-label run's picture with no label over its threshold
+            table.add_row(cell(_short(r.source)), "", *([""] if wordnet else []),
+                          cell(NO_LABEL, "dim"), "")  # fmt: skip
+        for place, p in enumerate(r.predictions):
+            image = "" if place else cell(_short(r.source))  # rank 1 may be under its threshold
             wnid = [cell(p.class_id)] if wordnet else []
             table.add_row(image, str(p.rank), *wnid, cell(p.name), percent(p.probability))
     return table
