@@ -177,6 +177,27 @@ def test_an_explain_job_of_an_older_shard_layout_is_not_resumed_into_a_mix(
     assert sorted((out / "index").glob("part-*.parquet")) == shards[:-1]  # nothing written
 
 
+def test_a_start_that_wrote_nothing_does_not_block_the_corrected_command(
+    lenet, pictures, tmp_path, capsys
+):
+    """A start that failed before any block (its weights missing) left its record behind, and
+    the corrected command was refused: "it was run with no --weights (this run: ...)". A
+    record with no shard and no picture beside it is replaced; one with a shard is not."""
+    import json
+
+    out = tmp_path / "out"
+    args = ["batch", "classify", str(pictures), "-o", str(out), "--block-size", "2"]
+    assert main([*args, "-m", "efficientnet_lite0", "--weights", str(tmp_path / "no.h5")]) == 2
+    assert "does not exist" in _one_line_error(capsys.readouterr().err)
+    assert json.loads((out / "_kerascope_batch.json").read_text())["settings"]["weights"]
+    assert main([*args, "-m", str(lenet)]) == 0  # corrected: runs, and records itself
+    capsys.readouterr()
+    saved = json.loads((out / "_kerascope_batch.json").read_text())
+    assert saved["settings"]["model"] == str(lenet) and saved["complete"]
+    assert main([*args, "-m", str(lenet), "--top", "3"]) == 2  # a job with shards: kept
+    assert "it was run with --top 5 (this run: --top 3)" in capsys.readouterr().err
+
+
 def test_ctrl_c_says_how_many_shards_are_kept_and_a_rerun_uses_them(
     lenet,
     pictures,

@@ -221,6 +221,8 @@ def check_output(out: Path, manifest: dict) -> None:
         if not isinstance(old, dict):
             raise BatchError(f"'{path}' is not a kerascope batch manifest; delete it to start "
                              "over")  # fmt: skip
+        if _holds_nothing(out, old):  # a start that failed (weights missing): no job yet
+            return
         task = manifest.get("task")
         if old.get("task") == task and old.get("format") != manifest.get("format"):
             raise BatchError(
@@ -245,6 +247,26 @@ def check_output(out: Path, manifest: dict) -> None:
         parent = parent.parent
     if parent.exists() and not parent.is_dir():  # a file where a parent folder should be
         raise BatchError(f"output '{out}' lies under a file: choose a folder")
+
+
+def _holds_nothing(out: Path, saved: dict) -> bool:
+    """Whether the job recorded in ``out`` wrote nothing but its record: no shard, no picture
+    (a start that failed before any block, e.g. weights that could not be loaded). Such a
+    record is replaced by the next start, whatever its options: it blocked the corrected
+    command ("it was run with no --weights")."""
+    if saved.get("task") not in TASKS:
+        return False
+    shards = shard_dir(out, saved["task"])
+    for folder in {out, shards}:
+        try:
+            names = [e.name for e in os.scandir(folder)]
+        except FileNotFoundError:
+            continue
+        except OSError:
+            return False
+        if any(not n.startswith(".") and n not in (MANIFEST, INDEX_DIR) for n in names):
+            return False
+    return True
 
 
 def differences(old: dict, new: dict) -> str:
@@ -294,8 +316,8 @@ def prepare_output(out: Path, manifest: dict) -> None:
         raise BatchError(f"output '{out}' lies under a file: choose a folder") from None
     except OSError as exc:  # a read-only file system, no permission
         raise files.output_error(out, exc) from None
-    if not path.is_file():
-        files.write_json(path, manifest)
+    if not path.is_file() or (_read_manifest(path) != manifest and _holds_nothing(out, manifest)):
+        files.write_json(path, manifest)  # new, or a record of a start that wrote nothing
 
 
 def pending(out: Path, task: str, blocks: list[Block]) -> list[Block]:
