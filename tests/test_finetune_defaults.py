@@ -88,6 +88,24 @@ def test_a_later_stage_is_not_measured_when_less_than_an_epoch_of_the_last_is_le
     assert budget.out_of_time(config, 2, 20.0)
 
 
+def test_a_stage_skipped_unmeasured_says_why(tmp_path, capsys):
+    """It said "0.3 min left and an epoch takes ~4.1 s", as if 18 s could not hold 4.1 s: the
+    reason is measuring the stage before and one epoch of it (20.3 + 4.1 s > 18 s)."""
+    import time
+
+    config = {"time_budget": 1.0, "stages": [
+        {"epochs": 3, "most_epochs": 3, "epoch_seconds": 4.1, "measure_seconds": 20.3},
+        {"epochs": 10, "most_epochs": 10}, {"epochs": 20, "most_epochs": 20}]}  # fmt: skip
+    started = time.monotonic() - 42.0  # 18 s of the minute left
+    budget.skip_stage(tmp_path, config, 1, started, progress=True)
+    budget.skip_stage(tmp_path, config, 2, started, progress=True)
+    first, second = capsys.readouterr().out.splitlines()
+    assert first.startswith("  time budget: stage skipped, 0.3 min left, less than measuring")
+    assert first.endswith("(~20.3 s + ~4.1 s)")
+    assert "as the stage before was" in second
+    assert [s.get("epochs") for s in config["stages"]] == [3, 0, 0]
+
+
 def test_a_spent_budget_trains_the_head_and_skips_the_rest(tmp_path):
     """A budget shorter than the start-up: the head's stage still trains one epoch, the
     unfreezing stages are skipped (recorded, 0 epochs), and the run finishes with a model."""

@@ -156,10 +156,23 @@ def skip_stage(run_dir: Path, config: dict[str, Any], index: int, started: float
     """Record stage ``index`` as skipped (0 epochs): the budget has no epoch of it left.
     ``seconds``: its measured epoch time (default: the stage before's, see `out_of_time`)."""
     stage = config["stages"][index]
+    measured = seconds is not None
+    before = config["stages"][index - 1] if index else {}
     if seconds is None:
-        seconds = float(config["stages"][index - 1]["epoch_seconds"])
+        seconds = float(before["epoch_seconds"])
     left = seconds_left(config, started)
     stage.update(epochs=0, skipped=True, epoch_seconds=seconds, seconds_left=left)
     save_config(run_dir, config)
-    if progress:
+    if not progress:
+        return
+    if measured:
         print(describe_plan(0, stage["most_epochs"], seconds, left))
+    elif before.get("skipped"):
+        print("  time budget: stage skipped, as the stage before was (each trains more of the "
+              "network than the one before)")  # fmt: skip
+    else:  # `out_of_time`: not measured (its compile alone may cost more than the time left)
+        measure = float(before.get("measure_seconds") or 0.0)
+        print(
+            f"  time budget: stage skipped, {left / 60:.1f} min left, less than measuring the "
+            f"stage before and an epoch of it took (~{measure:.1f} s + ~{seconds:.1f} s)"
+        )
