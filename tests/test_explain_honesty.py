@@ -185,11 +185,15 @@ def test_a_crop_keeps_a_pixel_maps_resolution():
 
 
 def test_whole_fit_says_once_why_classify_may_differ(lite0, capsys):
-    from kerascope.cli_explain import FIT_NOTE, _say_fit
+    from kerascope.cli_explain import FIT_NOTE, FIT_NOTE_CLASS, _say_fit
 
     for fit, said in (("whole", True), ("crop", False)):
         _say_fit(argparse.Namespace(fit=fit), lite0)
         assert (FIT_NOTE in " ".join(capsys.readouterr().err.split())) is said
+    # --class tabby: the top class is not what can differ, its probability is
+    _say_fit(argparse.Namespace(fit="whole", target="tabby"), lite0)
+    err = " ".join(capsys.readouterr().err.split())
+    assert FIT_NOTE_CLASS in err and "top class" not in err
 
 
 def test_score_says_eigencam_is_class_independent(photo_paths, tmp_path, capsys,

@@ -214,6 +214,9 @@ def _print_explained(saved: list) -> None:
 
 FIT_NOTE = ("explain scores the whole picture; classify centre-crops by default, so its top "
             "class can differ: --fit crop matches it")  # fmt: skip
+FIT_NOTE_CLASS = ("explain scores the whole picture; classify centre-crops by default, so its "
+                  "probabilities can differ: --fit crop matches them")  # fmt: skip
+"""With --class the top class is not what differs (its probability is)."""
 
 
 def _say_fit(args, clf) -> None:
@@ -224,7 +227,7 @@ def _say_fit(args, clf) -> None:
     from kerascope.cam.fitting import fit_convention
 
     if args.fit == "whole" and fit_convention(clf, "whole") != clf.convention:
-        output.note(FIT_NOTE)
+        output.note(FIT_NOTE_CLASS if getattr(args, "target", None) else FIT_NOTE)
 
 
 def _say_precision(args, clf, options) -> None:
