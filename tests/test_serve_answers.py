@@ -138,6 +138,19 @@ def test_answers_written_under_the_app_carry_the_security_headers(raw, status):
     assert {k: headers.get(k) for k in SECURITY} == SECURITY
 
 
+def _drawn_as(client, sent: list, shape: tuple[int, ...]):
+    """Explain ``sent`` with either fit: the picture, its heatmap layer and the reported size
+    are ``shape``; then the bare picture (alpha 0, PNG), for the caller to compare."""
+    for fit in ("whole", "crop"):
+        r = client.post(f"/v1/explain?fit={fit}", files=sent)
+        assert r.status_code == 200, r.text
+        row = r.json()["results"][0]
+        assert (row["height"], row["width"]) == shape[:2]
+        assert picture(row["heatmap"]).shape == (*shape[:2], 4)
+        assert picture(row["overlay"]).shape == shape
+    return client.post("/v1/explain?format=png&alpha=0", files=sent)
+
+
 @pytest.mark.parametrize(("height", "width"), [(1, 1), (6, 8)])
 def test_a_tiny_photo_is_drawn_enlarged_as_explain_draws_it(client, chelsea, height, width):
     """Before: a 1x1 photo's overlay and heatmap were 1x1 and an 8x6 one's 8x6, which the page
@@ -151,15 +164,8 @@ def test_a_tiny_photo_is_drawn_enlarged_as_explain_draws_it(client, chelsea, hei
     sent = [("file", ("tiny.png", png(photo)))]
     drawn = enlarge(photo, OUTPUT_MIN_SIDE)
     assert max(drawn.shape[:2]) >= OUTPUT_MIN_SIDE > max(drawn.shape[:2]) - max(height, width)
-    for fit in ("whole", "crop"):
-        r = client.post(f"/v1/explain?fit={fit}", files=sent)
-        assert r.status_code == 200, r.text
-        row = r.json()["results"][0]
-        assert (row["height"], row["width"]) == drawn.shape[:2]
-        assert picture(row["heatmap"]).shape == (*drawn.shape[:2], 4)
-        assert picture(row["overlay"]).shape == drawn.shape
     # No heat at all: the picture is the photo itself, each pixel a whole block of it.
-    bare = client.post("/v1/explain?format=png&alpha=0", files=sent)
+    bare = _drawn_as(client, sent, drawn.shape)
     assert np.array_equal(picture("," + base64.b64encode(bare.content).decode()), drawn)
     capped = client.post("/v1/explain?max_side=100", files=sent).json()["results"][0]
     assert max(capped["width"], capped["height"]) == 100
@@ -180,14 +186,7 @@ def test_a_thin_photo_is_drawn_stretched_as_explain_draws_it(client, chelsea, he
     drawn = stretch_array(photo)  # explain's rule, on the photo as sent
     assert min(drawn.shape[:2]) == MIN_PICTURE_SIDE and max(drawn.shape[:2]) == 600
     sent = [("file", ("thin.png", png(photo)))]
-    for fit in ("whole", "crop"):
-        r = client.post(f"/v1/explain?fit={fit}", files=sent)
-        assert r.status_code == 200, r.text
-        row = r.json()["results"][0]
-        assert (row["height"], row["width"]) == drawn.shape[:2]
-        assert picture(row["heatmap"]).shape == (*drawn.shape[:2], 4)
-        assert picture(row["overlay"]).shape == drawn.shape
-    bare = client.post("/v1/explain?format=png&alpha=0", files=sent)
+    bare = _drawn_as(client, sent, drawn.shape)
     shown = picture("," + base64.b64encode(bare.content).decode())
     assert shown.shape == drawn.shape  # the photo itself, stretched
     assert np.abs(shown.astype(int) - drawn.astype(int)).mean() < 3  # bilinear vs bicubic
