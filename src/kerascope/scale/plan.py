@@ -31,10 +31,7 @@ MANIFEST = "_kerascope_batch.json"
 INDEX_DIR = "index"  # explain: the Parquet index beside the overlay pictures
 LISTING_SUFFIXES = frozenset({".txt", ".lst", ".list", ".csv", ".parquet", ".pq"})
 TASKS = ("classify", "features", "explain")
-# The shards' layout per task, raised when a task's columns change: a job started with an older
-# layout is not resumed into a mix (readers take the first shard's schema, so explain's
-# class_specific column, added in layout 2, vanished from a resumed job without a word).
-FORMAT = {"classify": 1, "features": 1, "explain": 2}
+FORMAT = 1  # the manifest's; the shards' columns are checked on a resume (`work.lacking_columns`)
 
 
 class BatchError(KerascopeError, ValueError):
@@ -186,7 +183,7 @@ def manifest_for(task: str, settings: dict, blocks: list[Block], block_size: int
     import kerascope
 
     return {
-        "format": FORMAT[task],
+        "format": FORMAT,
         "task": task,
         "settings": settings,
         "inputs": sum(len(b.paths) for b in blocks),
@@ -223,14 +220,6 @@ def check_output(out: Path, manifest: dict) -> None:
                              "over")  # fmt: skip
         if _holds_nothing(out, old):  # a start that failed (weights missing): no job yet
             return
-        task = manifest.get("task")
-        if old.get("task") == task and old.get("format") != manifest.get("format"):
-            raise BatchError(
-                f"'{out}' holds a batch {task} job whose shards have another layout (format "
-                f"{old.get('format')}, kerascope {old.get('kerascope_version')}; this kerascope "
-                f"writes format {manifest.get('format')}): finish it with the kerascope that "
-                "started it, or give this job another -o folder"
-            )
         changed = [k for k in _SAME if old.get(k) != manifest.get(k)]
         if changed:
             raise BatchError(
@@ -275,6 +264,8 @@ def differences(old: dict, new: dict) -> str:
     said = []
     if old.get("task") != new.get("task"):
         said.append(f"it is a batch {old.get('task')} job (this run: batch {new.get('task')})")
+    if old.get("format") != new.get("format"):
+        said.append(f"it was written by another kerascope version ({old.get('kerascope_version')})")
     was, now = [], []
     saved, asked = old.get("settings") or {}, new.get("settings") or {}
     if old.get("task") == new.get("task"):

@@ -150,11 +150,19 @@ def run_batch(
     out = Path(output).absolute()
     manifest = manifest_for(task, settings, blocks, block_size)
     check_output(out, manifest)  # refused before Ray starts; nothing written yet
-    from kerascope.scale.work import remove_damaged, shard_info, unfinished
+    from kerascope.scale.work import lacking_columns, remove_damaged, shard_info, unfinished
 
     folder = shard_dir(out, task)
     try:
         todo = unfinished(folder, blocks)  # reads only: a job already done needs no Ray
+        lacking = lacking_columns(folder, task, blocks, todo)
+        if lacking:
+            raise BatchError(
+                f"'{out}' holds a batch {task} job whose shards lack the column(s) "
+                f"{', '.join(lacking)} this kerascope writes, so resuming it would mix two "
+                "layouts: finish it with the kerascope that started it, or give this job "
+                "another -o folder"
+            )
         ray = connection = None
         if todo and cluster is not None:
             ray = _import_ray()

@@ -335,6 +335,23 @@ def shard_check(path: Path, block: int, inputs: int) -> dict[str, Any] | None:
     return info
 
 
+def lacking_columns(folder: Path, task: str, blocks: list, todo: list) -> list[str]:
+    """The columns this kerascope writes for ``task`` that the job's shards lack, when blocks
+    are left to write (one written shard's schema read): a resume would mix two layouts, and
+    readers take the first shard's schema (explain's ``class_specific`` vanished from every
+    row of a job started by an older kerascope and finished by this one, without a word)."""
+    import pyarrow.parquet as pq
+
+    written = [b for b in blocks if b not in todo]
+    if task != "explain" or not todo or not written:
+        return []
+    try:
+        names = set(pq.read_schema(folder / written[0].shard).names)
+    except Exception:  # noqa: BLE001  (an unreadable shard is `remove_damaged`'s)
+        return []
+    return [c for c in EXPLAIN_COLUMNS if c not in names]
+
+
 def unfinished(folder: Path, blocks: list) -> list:
     """The ``blocks`` with no whole shard in ``folder`` (none yet, or a damaged one: see
     `shard_check`); reads footers only, writes nothing."""
