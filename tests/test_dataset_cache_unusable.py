@@ -20,6 +20,6 @@ def test_unusable_cache_folder_is_said_once_and_training_goes_on(tmp_path, monke
                     image_size=32, engine="keras", progress=False)  # fmt: skip
     err = capfd.readouterr().err
     said = [line for line in err.splitlines() if "no decoded-image cache" in line]
-    assert said == [f"kerascope: no decoded-image cache in {str(home / 'datasets')!r} "
+    assert said == [f"kerascope: no decoded-image cache in '{home / 'datasets'}' "
                     "(Not a directory); decoding the images every epoch instead"], err  # fmt: skip
     assert run.model_path.is_file() and len(run.history) == 1

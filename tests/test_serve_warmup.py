@@ -215,3 +215,31 @@ def test_a_method_the_model_cannot_explain(tmp_path):
     assert said[0].startswith("flat: classify ready in ") and len(said) == 2, said
     assert said[1].startswith("flat: gradcam not warmed up: ")
     assert served["flat"]._cams == {}
+
+
+def test_score_cam_warm_up_compiles_what_a_request_runs(tmp_path, compiles, monkeypatch):
+    """Score-CAM runs its passes over the channels whose map varies: a warm-up on black
+    pictures, which a model that rescales by 1/255 maps to flat zero maps, compiled none, and
+    the first request compiled them. The warm-up pictures are noise now."""
+    import keras
+
+    from kerascope.serve.limits import ServeLimits
+    from kerascope.serve.served import load_served
+
+    monkeypatch.setenv("KERASCOPE_ENGINE", "keras")
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((32, 32, 3))
+    x = keras.layers.Rescaling(1 / 255.0)(inputs)
+    x = keras.layers.Conv2D(8, 3, padding="same", activation="relu", name="conv")(x)
+    x = keras.layers.Flatten()(keras.layers.MaxPooling2D(4)(x))
+    model = keras.Model(inputs, keras.layers.Dense(3, activation="softmax")(x), name="flat")
+    model.save(tmp_path / "flat.keras")
+    said: list[str] = []
+    limits = ServeLimits(allow_expensive=True, max_expensive_images=1)
+    served = load_served([str(tmp_path / "flat.keras")], warm="scorecam", limits=limits,
+                         announce=said.append)["flat"]  # fmt: skip
+    assert any("scorecam warmed up for 1 image(s)" in line for line in said), said
+    warm = len(compiles)
+    photo = np.random.default_rng(1).integers(0, 256, (32, 32, 3), np.uint8)
+    (answer,) = served._explain_each([("scorecam", photo, -1)])
+    assert answer[0].shape == (8, 8) and compiles[warm:] == []  # the target layer's map

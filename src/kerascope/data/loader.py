@@ -343,10 +343,12 @@ class FolderSequence(keras.utils.PyDataset):
         and validation images each have a cache: the line came twice)."""
         import sys
 
+        from kerascope.output import printable
+
         folder = str(self.cache_path.parent)
         if folder not in _NO_CACHE_SAID:
             _NO_CACHE_SAID.add(folder)
-            print(f"kerascope: no decoded-image cache in {folder!r} "
+            print(f"kerascope: no decoded-image cache in '{printable(folder)}' "
                   f"({exc.strerror or exc}); decoding the images every epoch instead",
                   file=sys.stderr)  # fmt: skip
         self.cache_path, self._cache_off = None, True

@@ -215,13 +215,14 @@ class ServedModel:
         return None if self.expensive(method) else bucket(n, self.explain_limit)
 
     def warm_pass(self, method: str | None, n: int) -> None:
-        """A pass of ``n`` black images, of classify (None) or ``method``: what builds and
-        compiles a pass of that size (`kerascope.serve.warmup`)."""
-        blank = np.zeros((*self.clf.input_size, 3), np.uint8)
+        """A pass of ``n`` noise images (not black: Score-CAM's passes run over the channels
+        whose map varies, none for a model mapping black to 0), of classify (None) or
+        ``method``: what builds and compiles a pass of that size (`kerascope.serve.warmup`)."""
+        noise = np.random.default_rng(0).integers(0, 256, (*self.clf.input_size, 3), np.uint8)
         if method is None:
-            self._classify([blank] * n)
+            self._classify([noise] * n)
         else:
-            self._explain(method, [(blank, -1)] * n)
+            self._explain(method, [(noise, -1)] * n)
 
     def classify_rows(self, n: int) -> int:
         """Rows classify runs ``n`` images at: ``n`` on onnx, its bucket on the jit."""
