@@ -444,6 +444,23 @@ def test_bad_limits_are_one_line(flag, value):
         args.func(args)
 
 
+def test_more_expensive_images_per_request_than_in_flight_is_refused_at_the_start():
+    """Before: the server started, and a 3-image Score-CAM request on a server taking 2 in
+    flight got 429 "retry in about 1 s" on every retry."""
+    import argparse
+
+    from kerascope.cli_serve import add_serve_command
+    from kerascope.errors import CliError
+
+    parser = argparse.ArgumentParser()
+    add_serve_command(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["serve", "--allow-expensive", "--max-expensive-images", "3"])
+    with pytest.raises(CliError, match="--max-expensive-images 3 is more than "
+                       "--max-expensive-inflight 2, so a request of that many images could "
+                       "never run"):  # fmt: skip
+        args.func(args)
+
+
 def test_max_body_mb_inf_is_one_line_not_a_traceback():
     """Before: OverflowError (int(inf * 1e6)) with a traceback, after loading the model."""
     done = subprocess.run(

@@ -93,7 +93,12 @@ def limits_from(args):
     if args.max_body_mb > 1_000_000:
         raise CliError(f"--max-body-mb must be at most 1000000 (1 TB), got {args.max_body_mb:g}")
     values = {field: getattr(args, field) for _, field, _, _ in LIMITS}
-    return ServeLimits(allow_expensive=args.allow_expensive, **values)
+    limits = ServeLimits(allow_expensive=args.allow_expensive, **values)
+    try:
+        limits.check()
+    except ValueError as exc:
+        raise CliError(str(exc)) from None
+    return limits
 
 
 def _run_serve(args) -> int:

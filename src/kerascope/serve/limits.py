@@ -57,6 +57,13 @@ class ServeLimits:
                 raise ValueError(f"{name} must be a finite number above 0, got {value!r}")
         if self.max_body_mb * MP > 2**53:
             raise ValueError(f"max_body_mb must be at most {2**53 / MP:g}, got {self.max_body_mb}")
+        if self.max_expensive_images > self.max_expensive_inflight:  # 429 on every retry
+            raise ValueError(
+                f"--max-expensive-images {self.max_expensive_images} is more than "
+                f"--max-expensive-inflight {self.max_expensive_inflight}, so a request of that "
+                "many images could never run: raise --max-expensive-inflight or lower "
+                "--max-expensive-images"
+            )
 
 
 class BodyTooLarge(KerascopeError):
