@@ -110,9 +110,8 @@ def _run_serve(args) -> int:
     if not 0 <= args.max_wait_ms <= 10_000:
         raise CliError("--max-wait-ms must be 0..10000")
     limits = limits_from(args)
-    if args.warm_up is not None:  # a name that is no method: one line now, before loading
-        warm_up_plan(args.warm_up)
-    asked = {} if args.warm_up is None else {"warm": args.warm_up}  # else run_server's default
+    warm = True if args.warm_up is None else args.warm_up  # True: the default warm-up
+    warm_up_plan(warm)  # a name that is no method: one line now, before loading
     run_server(
         args.models or ["efficientnet_lite0"],
         host=args.host,
@@ -123,6 +122,6 @@ def _run_serve(args) -> int:
         limits=limits,
         precision=args.precision,
         exit_on_stop=True,  # a pass still running is not waited for
-        **asked,
+        warm=warm,
     )
     return 0

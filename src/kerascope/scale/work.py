@@ -342,8 +342,11 @@ def lacking_columns(folder: Path, task: str, blocks: list, todo: list) -> list[s
     row of a job started by an older kerascope and finished by this one, without a word)."""
     import pyarrow.parquet as pq
 
-    written = [b for b in blocks if b not in todo]
-    if task != "explain" or not todo or not written:
+    if task != "explain" or not todo:
+        return []
+    left = {b.shard for b in todo}
+    written = [b for b in blocks if b.shard not in left]
+    if not written:
         return []
     try:
         names = set(pq.read_schema(folder / written[0].shard).names)

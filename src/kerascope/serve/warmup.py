@@ -18,7 +18,6 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from kerascope.errors import KerascopeError
-from kerascope.sources import bucket
 
 if TYPE_CHECKING:
     from kerascope.serve.served import ServedModel
@@ -77,11 +76,11 @@ def warm_up_plan(warm: bool | str | Sequence[str] | None) -> WarmUp | None:
 
 
 def warm_sizes(model: ServedModel, method: str) -> list[int]:
-    """The batch sizes ``method``'s passes run at on ``model``: a cheap method's buckets
-    (`kerascope.sources.bucket`: 1, 2, 4, 8), an expensive one's 1..--max-expensive-images."""
+    """The batch sizes ``method``'s passes run at on ``model`` (`ServedModel.explain_rows`): a
+    cheap method's buckets (1, 2, 4, 8), an expensive one's 1..--max-expensive-images."""
     if model.explain_rows(method, 1) is None:
         return list(range(1, model.limits.max_expensive_images + 1))
-    return sorted({bucket(n, model.explain_limit) for n in range(1, model.explain_limit + 1)})
+    return _run_at(lambda n: model.explain_rows(method, n), model.explain_limit)
 
 
 def classify_sizes(model: ServedModel) -> list[int]:
@@ -90,7 +89,12 @@ def classify_sizes(model: ServedModel) -> list[int]:
     onnxruntime (the CPU's, which compiles nothing per size) one image builds it all."""
     if not model.forward().pads:
         return [1]
-    return sorted({model.classify_rows(n) for n in range(1, model.max_batch + 1)})
+    return _run_at(model.classify_rows, model.max_batch)
+
+
+def _run_at(rows: Callable[[int], int], most: int) -> list[int]:
+    """The distinct row counts passes of 1..``most`` images run at (the server's own rule)."""
+    return sorted({rows(n) for n in range(1, most + 1)})
 
 
 def warm_model(model: ServedModel, plan: WarmUp, say: Callable[[str], None]) -> None:
