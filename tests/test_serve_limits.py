@@ -1,7 +1,7 @@
 """What one client may cost `kerascope serve` (issue 23, item 2), against real servers on
 loopback: expensive methods on their own queue and quota, a pixel budget per request and in
 flight, deadlines for headers, bodies and idle connections, a connection cap below the file
-descriptor limit, and flags that are checked in one line.
+descriptor limit (the flags themselves: test_serve_limit_flags.py).
 
 The model is tiny (random weights, 64 px) but its target layer has 256 channels, so Score-CAM
 runs 256 masked forward passes per image: seconds, as on a real model, while classify takes
@@ -14,11 +14,8 @@ import asyncio
 import io
 import json
 import logging
-import re
 import socket
 import struct
-import subprocess
-import sys
 import threading
 import time
 import zlib
@@ -423,54 +420,6 @@ def test_descriptor_errors_are_logged_once_a_minute(caplog):
 
 
 # --- flags ---------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    ("flag", "value"),
-    [("--max-body-mb", "inf"), ("--max-body-mb", "nan"), ("--max-body-mb", "-1"),
-     ("--max-body-mb", "0"), ("--max-request-mp", "inf"), ("--body-timeout-s", "nan"),
-     ("--limit-concurrency", "0"), ("--max-expensive-images", "-2")],
-)  # fmt: skip
-def test_bad_limits_are_one_line(flag, value):
-    import argparse
-
-    from kerascope.cli_serve import add_serve_command
-    from kerascope.errors import CliError
-
-    parser = argparse.ArgumentParser()
-    add_serve_command(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(["serve", flag, value])
-    with pytest.raises(CliError, match=re.escape(flag) + " must be a finite number above 0"):
-        args.func(args)
-
-
-def test_more_expensive_images_per_request_than_in_flight_is_refused_at_the_start():
-    """Before: the server started, and a 3-image Score-CAM request on a server taking 2 in
-    flight got 429 "retry in about 1 s" on every retry."""
-    import argparse
-
-    from kerascope.cli_serve import add_serve_command
-    from kerascope.errors import CliError
-
-    parser = argparse.ArgumentParser()
-    add_serve_command(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(["serve", "--allow-expensive", "--max-expensive-images", "3"])
-    with pytest.raises(CliError, match="--max-expensive-images 3 is more than "
-                       "--max-expensive-inflight 2, so a request of that many images could "
-                       "never run"):  # fmt: skip
-        args.func(args)
-
-
-def test_max_body_mb_inf_is_one_line_not_a_traceback():
-    """Before: OverflowError (int(inf * 1e6)) with a traceback, after loading the model."""
-    done = subprocess.run(
-        [sys.executable, "-m", "kerascope.serve", "--max-body-mb", "inf", "--port", "0"],
-        capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
-    assert done.returncode == 2
-    assert done.stderr.strip().splitlines() == [
-        "kerascope: error: --max-body-mb must be a finite number above 0, got inf"
-    ]
 
 
 def test_pixel_budget_counts_decoded_pixels_from_the_header(photo_paths):
