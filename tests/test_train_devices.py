@@ -295,10 +295,13 @@ def test_processes_started_with_other_options_both_refuse_naming_it(photos, tmp_
     trained without a word): both processes stop at once with the same line naming it (no
     lockstep training of two different runs, no wait for JAX's heartbeat), nothing written.
     Before, --lr was named "--stages", an option that does not exist."""
-    common = ["train", str(photos), "--recipe", "lenet", "--image-size", "32", "--batch-size",
-              "8", "-o", str(tmp_path / "run")]  # fmt: skip
-    pairs = {"--lr": _start_pair(common, [*common, "--lr", "0.01"]),
-             "--num-processes": _start_pair(common, common, counts=(2, 3))}  # fmt: skip
+
+    def common(run: str) -> list[str]:  # each pair its own -o: one run folder has one writer
+        return ["train", str(photos), "--recipe", "lenet", "--image-size", "32",
+                "--batch-size", "8", "-o", str(tmp_path / run)]  # fmt: skip
+
+    pairs = {"--lr": _start_pair(common("lr"), [*common("lr"), "--lr", "0.01"]),
+             "--num-processes": _start_pair(common("np"), common("np"), counts=(2, 3))}  # fmt: skip
     for flag, pair in pairs.items():
         codes, outs = _finish_pair(pair)
         says = (
@@ -307,7 +310,7 @@ def test_processes_started_with_other_options_both_refuse_naming_it(photos, tmp_
         )
         assert codes == [2, 2], outs
         assert all(says in err.splitlines() for _, err in outs), outs
-    assert not (tmp_path / "run").exists()
+    assert not (tmp_path / "lr").exists() and not (tmp_path / "np").exists()
 
 
 @jax_only
