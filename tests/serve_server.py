@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -19,14 +18,10 @@ from dataclasses import dataclass
 
 import pytest
 
+from .ports import free_port
+
 httpx = pytest.importorskip("httpx", reason="the serve tests need the test extra (httpx)")
 pytest.importorskip("fastapi", reason="the serve tests need the serve extra (fastapi)")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @dataclass

@@ -9,12 +9,13 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
 
 import pytest
+
+from .ports import free_port
 
 pytest.importorskip("pyarrow.parquet")
 ray = pytest.importorskip("ray")
@@ -30,12 +31,6 @@ def _one_line_error(err: str) -> str:
     assert len(lines) == 1 and lines[0].startswith("kerascope: error:"), err
     assert "Traceback" not in err
     return lines[0]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture
@@ -56,7 +51,7 @@ def test_a_ray_address_nothing_answers_at_is_one_line_within_seconds(
     """Before: `--ray 127.0.0.1:1` retried for minutes printing only Ray's C++ warnings (about
     192.0.2.2:1, an address the user never gave), `--ray nosuch.invalid:6379` ran for 4.5+
     minutes, and the output folder was written before any connection."""
-    port = _free_port()  # bound and closed: nothing listens there now
+    port = free_port()  # bound and closed: nothing listens there now
     address = f"127.0.0.1:{port}" if kind == "free port" else "nosuch.invalid:6379"
     out = tmp_path / "out_x"
     start = time.monotonic()
@@ -97,7 +92,7 @@ def test_ray_client_port_is_checked_like_a_cluster_address(pictures, tmp_path, n
     ray:// address nothing answers at names the client port and how to start the head."""
     from kerascope.scale.connect import _answers, _start_client_hint
 
-    port = _free_port()
+    port = free_port()
     with pytest.raises(BatchError) as caught:
         _answers(f"ray://127.0.0.1:{port}", "127.0.0.1", port, _start_client_hint(port, "--ray"))
     said = str(caught.value)
@@ -110,7 +105,7 @@ def test_plain_ray_passes_over_a_stale_cluster_record_and_checks_ray_address(tmp
     answers (a record of a cluster gone starts a local one); RAY_ADDRESS must answer."""
     from kerascope.scale.connect import running_cluster
 
-    port = _free_port()
+    port = free_port()
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     monkeypatch.setenv("RAY_TMPDIR", str(tmp_path))
     (tmp_path / "ray").mkdir()

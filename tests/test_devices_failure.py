@@ -24,7 +24,7 @@ import pytest
 
 from kerascope.testing import cat_and_coffee
 
-from .serve_server import free_port
+from .ports import free_port
 from .test_train_devices import _env
 
 jax_only = pytest.mark.skipif(keras.backend.backend() != "jax", reason="JAX's processes")

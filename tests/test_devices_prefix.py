@@ -177,7 +177,7 @@ def test_two_processes_train_split_with_mixup_as_one(photos, tmp_path, capsys, r
     pair runs (a third process cost ~5 s of imports)."""
     from kerascope.cli import main
 
-    from .serve_server import free_port
+    from .ports import free_port
 
     common = ["train", str(photos), "--recipe", "transfer", "--epochs", "2", "--batch-size",
               "8", "--image-size", "64", "--seed", "0", "--mixup", "0.4"]  # fmt: skip
@@ -222,7 +222,7 @@ def test_two_processes_with_two_devices_each_shard_the_jax_prefix(photos, tmp_pa
     from kerascope.training import run as training_run
 
     from . import devices_prefix_worker
-    from .serve_server import free_port
+    from .ports import free_port
 
     worker = str(ROOT / "tests" / "devices_prefix_worker.py")
     env = {**os.environ, "KERAS_BACKEND": "jax", "KERASCOPE_ENGINE": "keras",

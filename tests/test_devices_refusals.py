@@ -17,7 +17,7 @@ import pytest
 from kerascope.cli import main
 from kerascope.training import devices as placing
 
-from .serve_server import free_port
+from .ports import free_port
 from .test_multilabel import make_pairs
 
 jax_only = pytest.mark.skipif(keras.backend.backend() != "jax", reason="JAX's processes")

@@ -10,7 +10,6 @@ import re
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -21,6 +20,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+
+from .ports import free_port
 
 ray = pytest.importorskip("ray")
 pq = pytest.importorskip("pyarrow.parquet")
@@ -276,12 +277,6 @@ def _cli_command() -> list[str]:
         return [sys.executable, "-c", _WRAPPER]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
 def two_nodes():
     """Head (1 CPU) + a second node (1 CPU) on 127.0.0.1, each in its own temp dir. The
@@ -289,7 +284,7 @@ def two_nodes():
     ray_bin = str(Path(sys.executable).with_name("ray"))
     temp = tempfile.mkdtemp(prefix="krc", dir="/tmp")
     env = dict(os.environ, **RAY_ENV)
-    port = _free_port()
+    port = free_port()
     common = ["--num-cpus", "1", "--object-store-memory", str(100 * 2**20),
               "--disable-usage-stats", "--node-ip-address", "127.0.0.1"]  # fmt: skip
     # Each `ray start` in a session of its own: its daemons keep that process group, and the
@@ -356,6 +351,8 @@ def test_cluster_cli_resumes_after_the_driver_is_killed(two_nodes, photos, singl
             driver.kill()
     before = {p: p.stat().st_mtime_ns for p in out.glob("part-*.parquet")}
     assert 0 < len(before) < 14  # stopped part-way
+    # the killed driver's actor may still finish the block it held, after `before`
+    first = {shard_info(p)["pid"] for p in before}
     join()  # both nodes up
     # Ray Data hands blocks to whichever actor is ready: an actor that finished loading the
     # model first took all 13 blocks once (a full run on a fast machine). Its documented knob
@@ -370,7 +367,7 @@ def test_cluster_cli_resumes_after_the_driver_is_killed(two_nodes, photos, singl
     assert all(p.stat().st_mtime_ns == t for p, t in before.items())  # not recomputed
     df = _read(out)
     _assert_same_as_single(df, single)
-    pids = {shard_info(p)["pid"] for p in out.glob("part-*.parquet") if p not in before}
+    pids = {shard_info(p)["pid"] for p in out.glob("part-*.parquet") if p not in before} - first
     assert len(pids) == 2 or len(before) >= 12  # both nodes' actors took blocks
 
 
@@ -387,7 +384,7 @@ def token_head():
     env = dict(os.environ, RAY_USAGE_STATS_ENABLED="0", RAY_TMPDIR=temp, RAY_AUTH_MODE="token",
                RAY_AUTH_TOKEN=secrets.token_hex(16))  # fmt: skip
     env.pop("RAY_ADDRESS", None)
-    port = _free_port()
+    port = free_port()
     groups: list[int] = []
     try:
         head = subprocess.Popen([ray_bin, "start", "--head", "--port", str(port),
@@ -456,7 +453,9 @@ def test_plain_ray_joins_the_running_cluster_and_ctrl_c_keeps_its_shards(
     assert 1 <= int(said[1]) <= len(kept) < 14
     rerun = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert rerun.returncode == 1, rerun.stderr[-3000:]  # 1: two inputs have error rows
-    assert f"({len(kept)} done before)" in rerun.stderr
+    # an actor may finish the block it held after `kept` was listed, before the rerun counts
+    counted = re.search(r"\((\d+) done before\)", rerun.stderr)
+    assert counted and len(kept) <= int(counted[1]) < 14, rerun.stderr[-3000:]
     assert "the cluster already running on this machine at " in rerun.stderr
     assert f":{port}), 1 worker(s)" in rerun.stderr
     assert all(p.stat().st_mtime_ns == t for p, t in kept.items())  # reused, not recomputed

@@ -195,7 +195,7 @@ def test_batcher_refuses_what_waited_past_its_deadline():
 
     with ThreadPoolExecutor(1) as pool:
         waited, refused_after, estimated = asyncio.run(scenario())
-    assert 0.25 < refused_after < 0.5 and waited.status == 503 and waited.retry_after >= 1
+    assert 0.25 < refused_after < 0.55 and waited.status == 503 and waited.retry_after >= 1
     assert "queue limit" in str(estimated)
 
 

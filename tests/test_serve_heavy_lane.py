@@ -100,7 +100,7 @@ def _a_waiter_gone(server, heavy: bytes) -> None:
         in_flight.add(_stats(server.url)["pixels_in_flight"])
         time.sleep(0.02)
     # before: it kept its place through the holders' decodes (~5 s), then took the slot
-    assert left_after < 1.5 and lane["heavy_running"] == slots, (left_after, lane)
+    assert left_after < 3.0 and lane["heavy_running"] == slots, (left_after, lane)
     assert all(pixels % HEAVY == 0 for pixels in in_flight), sorted(in_flight)
     assert [code for code, _ in out] == [200] * (slots + 1), out
     assert _until(server.url, lambda lane: lane["heavy_running"] == 0)["heavy_waiting"] == 0

@@ -180,14 +180,14 @@ def test_expensive_quota_per_request_and_in_flight_and_queue_deadline(guarded, p
     running.join(300)
     status, headers, body, start, end = out["over"]
     assert status == 429 and "the most this server takes at once is 3" in body["error"], body
-    assert int(headers["retry-after"]) >= 1 and end - start < 1.0  # refused at once
+    assert int(headers["retry-after"]) >= 1 and end - start < 1.5  # refused at once
     assert out["run"][0] == 200
     status, headers, body, start, end = out["queued"]
     waited_for_pass = out["run"][4] - start  # how long it would have waited
     if waited_for_pass > 1.5 + 0.5:  # past its deadline: refused by then (or at once)
         assert status == 503, body
         assert "queue limit" in body["error"] and int(headers["retry-after"]) >= 1
-        assert end - start < 1.5 + 0.5
+        assert end - start < min(1.5 + 1.0, waited_for_pass)  # before its answer would come
     elif waited_for_pass < 1.5 - 0.3:  # ended in time: answered, or refused at once by an
         estimated = status == 503 and "of work queued" in body["error"] and end - start < 1.0
         assert status == 200 or estimated, body  # estimate over the limit (passes vary)
