@@ -271,6 +271,15 @@ def _tiny_cam():
     return keras.Model(inputs, outputs, name="tiny_cam")
 
 
+@pytest.fixture(scope="session")
+def tiny_cam_file(tmp_path_factory):
+    """The tiny CAM model saved as .keras: for what takes a model file (the command line,
+    serve, batch). Read only."""
+    path = tmp_path_factory.mktemp("tiny_cam") / "tiny.keras"
+    _tiny_cam().save(path)
+    return path
+
+
 @pytest.fixture(scope="module")
 def tiny_clf():
     """A tiny CAM model (random weights, 32 px): for the tests of what explain and video

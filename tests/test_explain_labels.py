@@ -110,15 +110,13 @@ def test_an_explanation_knows_its_method_and_its_picture_says_it(tiny_clf, tmp_p
     assert np.abs(drawn[:bar] - new).mean() < np.abs(drawn[:bar] - old).mean() / 3
 
 
-def test_the_api_refuses_a_class_for_eigencam_and_labels_its_results(tmp_path):
+def test_the_api_refuses_a_class_for_eigencam_and_labels_its_results(tiny_cam_file):
     from fastapi.testclient import TestClient
 
     from kerascope.serve.app import create_app
     from kerascope.serve.served import load_served
-    from tests.conftest import _tiny_cam
 
-    path = tmp_path / "tiny.keras"
-    _tiny_cam().save(path)
+    path = tiny_cam_file
     data = io.BytesIO()
     Image.fromarray(np.full((40, 40, 3), 120, np.uint8)).save(data, "PNG")
     upload = [("file", ("grey.png", data.getvalue()))]
@@ -153,16 +151,14 @@ def test_the_explain_schema_documents_every_field_the_api_sends():
     assert sent <= set(ExplainResult.model_fields)
 
 
-def test_batch_explain_says_which_maps_follow_no_class(tmp_path, pictures):
+def test_batch_explain_says_which_maps_follow_no_class(tmp_path, pictures, tiny_cam_file):
     """The Parquet index has a class_specific column, false for eigencam's rows (whose name is
     the top class, which the map is not about), true for gradcam's."""
     pq = pytest.importorskip("pyarrow.parquet")
     from kerascope.scale import run_batch
     from kerascope.scale.work import EXPLAIN_COLUMNS
-    from tests.conftest import _tiny_cam
 
-    model = tmp_path / "tiny.keras"
-    _tiny_cam().save(model)
+    model = tiny_cam_file
     assert "class_specific" in EXPLAIN_COLUMNS
     for method in ("eigencam", "gradcam"):
         out = tmp_path / method

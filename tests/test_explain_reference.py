@@ -110,12 +110,12 @@ def _table_cells(out: str, image: str) -> list[str]:
 
 
 @pytest.mark.parametrize("method", ["eigencam", "gradcam"])
-def test_explain_table_says_an_eigencam_map_is_not_class_specific(tmp_path, capsys, method):
+def test_explain_table_says_an_eigencam_map_is_not_class_specific(
+    tmp_path, capsys, method, tiny_cam_file
+):
     import kerascope
-    from tests.conftest import _tiny_cam
 
-    model = tmp_path / "tiny.keras"
-    _tiny_cam().save(model)
+    model = tiny_cam_file
     image = tmp_path / "grey.png"
     Image.fromarray(np.random.default_rng(0).integers(0, 256, (40, 40, 3), np.uint8)).save(image)
     argv = ["explain", str(image), "--model", str(model), "--method", method, "-o",

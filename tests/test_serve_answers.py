@@ -19,14 +19,11 @@ SECURITY = {k.decode(): v.decode() for k, v in SECURITY_HEADERS}
 
 
 @pytest.fixture(scope="module")
-def app(tmp_path_factory):
+def app(tiny_cam_file):
     from kerascope.serve.app import create_app
     from kerascope.serve.served import load_served
-    from tests.conftest import _tiny_cam
 
-    path = tmp_path_factory.mktemp("tiny") / "tiny.keras"
-    _tiny_cam().save(path)
-    return create_app(load_served([str(path)]), loopback=True)
+    return create_app(load_served([str(tiny_cam_file)]), loopback=True)
 
 
 @pytest.fixture(scope="module")

@@ -21,15 +21,6 @@ from tests.serve_server import httpx, server_process
 COMPILING = re.compile(r"Compiling .*?uint8\[(\d+),32,32,3\]")  # a pass's pixels: its rows
 
 
-@pytest.fixture(scope="module")
-def tiny_file(tmp_path_factory):
-    from tests.conftest import _tiny_cam
-
-    path = tmp_path_factory.mktemp("warm") / "tiny.keras"
-    _tiny_cam().save(path)
-    return path
-
-
 @pytest.fixture
 def compiles():
     """Every JAX compilation in this process while the test runs (JAX's own compile log)."""
@@ -101,10 +92,10 @@ def test_warm_up_values():
         (["--warm-up", "scorecam"], "start it with --allow-expensive"),
     ],
 )
-def test_a_warm_up_the_server_cannot_do_exits_2_in_one_line(tiny_file, args, says):
+def test_a_warm_up_the_server_cannot_do_exits_2_in_one_line(tiny_cam_file, args, says):
     """Refused at the start, before the server answers: an unknown name before any model
     loads, an expensive method (here: 300x Grad-CAM) unless the server allows them."""
-    cmd = [sys.executable, "-m", "kerascope.serve", "--port", "0", "-m", str(tiny_file), *args]
+    cmd = [sys.executable, "-m", "kerascope.serve", "--port", "0", "-m", str(tiny_cam_file), *args]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     errors = [line for line in done.stderr.splitlines() if "error" in line.lower()]
     assert done.returncode == 2, done.stderr[-2000:]
@@ -115,11 +106,11 @@ def test_a_warm_up_the_server_cannot_do_exits_2_in_one_line(tiny_file, args, say
 
 
 @pytest.fixture(scope="module")
-def warmed(tiny_file):
+def warmed(tiny_cam_file):
     """A real server whose saliency and gradcam are warmed up, JAX logging its compiles."""
     with pytest.MonkeyPatch.context() as env:
         env.setenv("JAX_LOG_COMPILES", "1")  # read by the server process
-        with server_process("-m", str(tiny_file), "--warm-up", "saliency,gradcam") as server:
+        with server_process("-m", str(tiny_cam_file), "--warm-up", "saliency,gradcam") as server:
             yield server
 
 
@@ -141,7 +132,7 @@ def test_a_warmed_server_answers_every_batch_size_without_compiling(warmed):
         assert warmed.log().count("Compiling ") > before
 
 
-def test_load_served_warms_every_bucket_of_the_jit(tiny_file, compiles, monkeypatch):
+def test_load_served_warms_every_bucket_of_the_jit(tiny_cam_file, compiles, monkeypatch):
     """On the jit engine (GPUs' default) gradcam and classify compile per batch size: warmed
     through the Python API, requests of 1..8 images and classify passes of 1..32 compile
     nothing more."""
@@ -152,7 +143,7 @@ def test_load_served_warms_every_bucket_of_the_jit(tiny_file, compiles, monkeypa
 
     monkeypatch.setenv("KERASCOPE_ENGINE", "keras")
     said: list[str] = []
-    served = load_served([str(tiny_file)], warm=["gradcam"], announce=said.append)
+    served = load_served([str(tiny_cam_file)], warm=["gradcam"], announce=said.append)
     assert served["tiny"].engine == "keras"
     assert pass_rows(compiles).count(8) == 2  # classify's and gradcam's 8-row passes: at warm-up
     assert [line.split(" warmed")[0] for line in said[1:]] == ["tiny: gradcam"]
@@ -169,7 +160,7 @@ def test_load_served_warms_every_bucket_of_the_jit(tiny_file, compiles, monkeypa
     assert compiles[warm:] == []
 
 
-def test_cheap_methods_run_at_buckets_and_classify_on_onnx_unpadded(tiny_file, compiles):
+def test_cheap_methods_run_at_buckets_and_classify_on_onnx_unpadded(tiny_cam_file, compiles):
     """One rule for a pass's rows: a cheap method's passes run at the buckets of its pass
     limit (here --max-batch 6: 1, 2, 4, 6), exactly what warm-up compiles (before: 8 rows for
     5 or 6 images, which no warm-up at 6 would have compiled); classify on onnxruntime,
@@ -177,7 +168,7 @@ def test_cheap_methods_run_at_buckets_and_classify_on_onnx_unpadded(tiny_file, c
     from kerascope.serve.served import load_served
     from kerascope.serve.warmup import warm_sizes
 
-    model = load_served([str(tiny_file)], max_batch=6, warm=False)["tiny"]
+    model = load_served([str(tiny_cam_file)], max_batch=6, warm=False)["tiny"]
     if model.engine != "onnx":
         pytest.skip(f"classify runs on {model.engine} here, not onnxruntime")
     assert warm_sizes(model, "saliency") == [1, 2, 4, 6]

@@ -69,7 +69,7 @@ def whole(tmp_path_factory, chelsea):
 
 
 def test_a_truncated_mkv_keeps_its_frames_says_so_and_exits_1(tiny_clf, whole, tmp_path,
-                                                               capsys):  # fmt: skip
+                                                               capsys, tiny_cam_file):  # fmt: skip
     """The first half of the file: it demuxes to its end without an error and its header has
     no frame count (before: "wrote ...: 20 frames", exit 0, no word of the other 2 s)."""
     data = whole.read_bytes()
@@ -81,7 +81,7 @@ def test_a_truncated_mkv_keeps_its_frames_says_so_and_exits_1(tiny_clf, whole, t
     assert re.fullmatch(r"only its first [0-9.]+ s of 4\.00 s could be read: the file looks "
                         r"truncated or corrupt", report.short)  # fmt: skip
     again = tmp_path / "cli.mp4"
-    assert main(["video", str(cut), "-o", str(again), "-m", _saved(tmp_path)]) == 1
+    assert main(["video", str(cut), "-o", str(again), "-m", str(tiny_cam_file)]) == 1
     err = " ".join(capsys.readouterr().err.split())
     assert f"wrote {again}: {report.frames} frames" in err
     assert f"'{cut}': only its first" in err and again.exists()
@@ -163,13 +163,3 @@ def test_the_stop_line_has_one_count():
     one = interrupt_note("interrupted", 0, "fr", 1)
     assert one.startswith("interrupted after 1 frame drawn: ") and one.endswith("it is in 'fr'")
     assert re.findall(r"\d+", interrupt_note("interrupted", 7, None, 0)) == ["7"]
-
-
-def _saved(folder) -> str:
-    """The tiny model as a .keras file, for the command line."""
-    from tests.conftest import _tiny_cam
-
-    path = folder / "tiny.keras"
-    if not path.exists():
-        _tiny_cam().save(path)
-    return str(path)

@@ -251,12 +251,9 @@ def test_the_stop_line_names_the_frames_dir_only_with_frames_in_it():
     )
 
 
-def test_a_one_frame_video_says_1_frame(tiny_clf, tmp_path, capsys):
+def test_a_one_frame_video_says_1_frame(tiny_clf, tmp_path, capsys, tiny_cam_file):
     """Before: "wrote one.mp4: 1 frames, ..." and "already holds 1 frame file(s)"."""
-    from tests.conftest import _tiny_cam
-
-    model = tmp_path / "tiny.keras"
-    _tiny_cam().save(model)
+    model = tiny_cam_file
     one = write_timed(tmp_path / "one.mp4", [0])
     frames = tmp_path / "frames"
     out = tmp_path / "one-out.mp4"

@@ -121,12 +121,12 @@ def test_a_whole_video_with_streams_it_does_not_read_is_not_called_damaged(
         assert container_seconds(clip) > want / FPS + 1.5
 
 
-def test_the_command_line_exits_0_for_a_subtitled_video(chelsea, tmp_path, capsys):
+def test_the_command_line_exits_0_for_a_subtitled_video(chelsea, tmp_path, capsys, tiny_cam_file):
     """Before: exit 1, "'subtitle.mkv': only its first 2.00 s of 6.00 s could be read: the
     file looks truncated or corrupt"."""
     clip = write(tmp_path / "subtitle.mkv", chelsea, subtitle=(1.0, 6.0))
     out = tmp_path / "out.mp4"
-    assert main(["video", str(clip), "-o", str(out), "-m", _saved(tmp_path)]) == 0
+    assert main(["video", str(clip), "-o", str(out), "-m", str(tiny_cam_file)]) == 0
     err = " ".join(capsys.readouterr().err.split())
     assert f"wrote {out}: 24 frames" in err and "truncated" not in err
 
@@ -155,13 +155,3 @@ def test_the_progress_total_is_the_video_s_own_length(chelsea, tmp_path):
     container's 6 s x 12 fps = 72 (before)."""
     clip = write(tmp_path / "long-sound.mkv", chelsea, sounds=(6.0,))
     assert estimate_frames(clip) == decodable(clip) == 24
-
-
-def _saved(folder) -> str:
-    """The tiny model as a .keras file, for the command line."""
-    from tests.conftest import _tiny_cam
-
-    path = folder / "tiny.keras"
-    if not path.exists():
-        _tiny_cam().save(path)
-    return str(path)

@@ -114,13 +114,10 @@ runpy.run_module("kerascope", run_name="__main__")
 
 
 @pytest.mark.slow  # a CLI process (5-10 s)
-def test_ctrl_c_mid_video_writes_nothing_and_says_so(clip, tmp_path):
+def test_ctrl_c_mid_video_writes_nothing_and_says_so(clip, tmp_path, tiny_cam_file):
     """A real SIGINT while the threads work: the run ends with the stop line and exit 130,
     leaving no video and no temporary file (the threads are ended before the file is)."""
-    from tests.conftest import _tiny_cam
-
-    model = tmp_path / "tiny.keras"
-    _tiny_cam().save(model)
+    model = tiny_cam_file
     out_dir = tmp_path / "out"
     out_dir.mkdir()
     marker = tmp_path / "started"
